@@ -1,0 +1,115 @@
+//! `broker ctl`: a Unix socket in the data directory (mode 0600). A request is one line, a
+//! JSON array of the words after `ctl`; the answer is one line, `{"ok": bool, "output": ..}`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::plugins::manager::Manager;
+
+/// Longest request accepted, in bytes.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// The socket's file name inside the data directory.
+pub const SOCKET_NAME: &str = "broker.sock";
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    ok: bool,
+    output: String,
+}
+
+/// A ctl request failed before the broker answered it.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("no broker running at {0} (start one with `broker`)")]
+    NoBroker(PathBuf),
+    #[error("talking to the broker at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("unreadable answer from the broker: {0}")]
+    BadReply(String),
+}
+
+/// Binds the ctl socket (the caller holds the data directory lock, so a leftover socket
+/// file belongs to a dead broker and is removed).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!("removed stale ctl socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers ctl requests forever.
+pub async fn serve(listener: UnixListener, manager: Arc<Manager>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(stream, manager.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("ctl accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn answer(stream: UnixStream, manager: Arc<Manager>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST));
+    let reply = match reader.read_line(&mut line).await {
+        Ok(_) if !line.ends_with('\n') => Reply { ok: false, output: format!("request too long or unterminated (limit {MAX_REQUEST} bytes)") },
+        Ok(_) => match serde_json::from_str::<Vec<String>>(&line) {
+            Ok(args) => {
+                let result = tokio::task::spawn_blocking(move || manager.command(&args)).await;
+                match result {
+                    Ok(Ok(output)) => Reply { ok: true, output },
+                    Ok(Err(output)) => Reply { ok: false, output },
+                    Err(e) => Reply { ok: false, output: format!("command failed: {e}") },
+                }
+            }
+            Err(e) => Reply { ok: false, output: format!("malformed request: {e}") },
+        },
+        Err(e) => Reply { ok: false, output: format!("unreadable request: {e}") },
+    };
+    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Sends `args` to the broker whose data directory is `data_dir`; `Ok((ok, output))`.
+pub fn request(data_dir: &Path, args: &[String]) -> Result<(bool, String), CtlError> {
+    let path = socket_path(data_dir);
+    let io = |source| CtlError::Io { path: path.clone(), source };
+    let mut stream = match StdUnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Err(CtlError::NoBroker(path));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let mut line = serde_json::to_string(args).map_err(|e| CtlError::BadReply(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream.take(16 * 1024 * 1024)).read_line(&mut answer).map_err(io)?;
+    let reply: Reply = serde_json::from_str(&answer).map_err(|e| CtlError::BadReply(e.to_string()))?;
+    Ok((reply.ok, reply.output))
+}

@@ -1,0 +1,96 @@
+//! Hook dispatch: which running plugins get which hook, in priority order.
+//!
+//! This is on the hot path of every message. The table is swapped whole (`ArcSwap`) when a
+//! plugin starts or stops, so a dispatch takes no lock and allocates nothing; a hook no
+//! plugin wants costs one relaxed atomic load ([`Hooks::wants`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use plugin_api::abi::{self, RawEvent};
+use plugin_api::Hook;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::plugins::instance::Instance;
+
+/// The answer of a hook chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every plugin deferred (or kept the message).
+    Continue,
+    /// A plugin allowed (auth / ACL).
+    Allow,
+    /// A plugin denied (auth / ACL).
+    Deny,
+    /// A plugin dropped the message.
+    Drop,
+}
+
+#[derive(Debug, Default)]
+struct HookTable {
+    by_hook: [Vec<Arc<Instance>>; Hook::ALL.len()],
+}
+
+/// The dispatcher shared by every connection.
+#[derive(Debug)]
+pub struct Hooks {
+    wanted: AtomicU64,
+    table: ArcSwap<HookTable>,
+    /// Where a plugin that panicked is reported, to be stopped off the hot path.
+    failed: UnboundedSender<Arc<Instance>>,
+}
+
+impl Hooks {
+    pub fn new(failed: UnboundedSender<Arc<Instance>>) -> Hooks {
+        Hooks { wanted: AtomicU64::new(0), table: ArcSwap::from_pointee(HookTable::default()), failed }
+    }
+
+    /// Whether any running plugin wants `hook`. Check it before building an event.
+    #[inline]
+    pub fn wants(&self, hook: Hook) -> bool {
+        self.wanted.load(Ordering::Relaxed) & (1 << hook as u32) != 0
+    }
+
+    /// Replaces the table with `running` (in load order), sorted by priority.
+    pub fn install(&self, running: &[Arc<Instance>]) {
+        let mut table = HookTable::default();
+        let mut wanted = 0u64;
+        for hook in Hook::ALL {
+            let list = &mut table.by_hook[hook as usize];
+            list.extend(running.iter().filter(|p| p.library.meta.hooks.contains(hook)).cloned());
+            list.sort_by_key(|p| (std::cmp::Reverse(p.library.meta.priority), p.seq));
+            if !list.is_empty() {
+                wanted |= 1 << hook as u32;
+            }
+        }
+        self.table.store(Arc::new(table));
+        self.wanted.store(wanted, Ordering::Relaxed);
+    }
+
+    /// Runs the chain for `event.hook`: each plugin in turn until one answers something other
+    /// than Continue.
+    pub fn dispatch(&self, event: &RawEvent) -> Verdict {
+        let table = self.table.load();
+        let Some(list) = table.by_hook.get(event.hook as usize) else {
+            return Verdict::Continue;
+        };
+        for plugin in list {
+            match plugin.on_event(event) {
+                None | Some(abi::HOOK_CONTINUE) => {}
+                Some(abi::HOOK_ALLOW) => return Verdict::Allow,
+                Some(abi::HOOK_DENY) => return Verdict::Deny,
+                Some(abi::HOOK_DROP) => return Verdict::Drop,
+                Some(abi::HOOK_PANICKED) => {
+                    let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+                    plugin.fail(format!("panicked in {hook}"));
+                    let _ = self.failed.send(plugin.clone());
+                }
+                Some(other) => {
+                    tracing::warn!(plugin = plugin.name(), "unknown hook answer {other}, treated as continue");
+                }
+            }
+        }
+        Verdict::Continue
+    }
+}

@@ -1,0 +1,189 @@
+//! Opening a plugin's `cdylib` and checking its descriptor before calling any of its code.
+//!
+//! Libraries are opened with `RTLD_NODELETE` and their handles are never closed: unloading a
+//! plugin stops it but keeps its code mapped (see the crate docs of `plugin-api` for why). A
+//! library whose file changed since it was mapped is opened from a fresh copy, so `reload`
+//! after a rebuild runs the new code.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use plugin_api::abi::{self, PluginDescriptor};
+use plugin_api::{HookMask, PluginKind};
+
+/// Why a plugin's library was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("unknown plugin {name}: no library at {path}")]
+    Missing { name: String, path: PathBuf },
+    #[error("plugin {name}: cannot open {path}: {reason}")]
+    Open { name: String, path: PathBuf, reason: String },
+    #[error("plugin {name}: {path} is not a broker plugin (no `{symbol}` symbol)")]
+    NoDescriptor { name: String, path: PathBuf, symbol: &'static str },
+    #[error(
+        "plugin {name} was built for plugin ABI version {found}; this broker accepts ABI version{} {}",
+        if accepted.len() > 1 { "s" } else { "" },
+        accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    AbiMismatch { name: String, found: u32, accepted: &'static [u32] },
+    #[error("plugin {name}: descriptor of {found} bytes is smaller than the {needed} bytes of ABI version 1")]
+    ShortDescriptor { name: String, found: u32, needed: u32 },
+    #[error("plugin file {path} declares the name {declared:?}, not {name:?}")]
+    NameMismatch { name: String, path: PathBuf, declared: String },
+    #[error("plugin {name} declares an unknown kind {kind}")]
+    UnknownKind { name: String, kind: u32 },
+}
+
+/// What a plugin says about itself, copied out of its descriptor.
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub kind: PluginKind,
+    pub hooks: HookMask,
+    pub priority: i32,
+    pub ctl_command: Option<String>,
+}
+
+/// Identity of a file's contents, to notice a rebuilt library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(meta: &fs::Metadata) -> Fingerprint {
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// A mapped, checked plugin library. Never unmapped.
+#[derive(Debug)]
+pub struct PluginLibrary {
+    pub meta: PluginMeta,
+    descriptor: &'static PluginDescriptor,
+    fingerprint: Fingerprint,
+}
+
+/// The library file for plugin `name` in `dir`.
+pub fn library_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("lib{name}.so"))
+}
+
+static COPIES: AtomicU64 = AtomicU64::new(0);
+
+impl PluginLibrary {
+    /// The checked descriptor.
+    pub fn descriptor(&self) -> &'static PluginDescriptor {
+        self.descriptor
+    }
+
+    /// Whether the file at `path` is still the one this library was mapped from.
+    pub fn is_current(&self, path: &Path) -> bool {
+        fs::metadata(path).map(|m| Fingerprint::of(&m) == self.fingerprint).unwrap_or(false)
+    }
+
+    /// Maps `lib<name>.so` from `dir` and checks its descriptor. `fresh_copy` maps a copy of
+    /// the file (needed when an older build of it is already mapped under its own path).
+    pub fn open(dir: &Path, name: &str, fresh_copy: bool) -> Result<PluginLibrary, LibraryError> {
+        let path = library_path(dir, name);
+        let meta = fs::metadata(&path)
+            .map_err(|_| LibraryError::Missing { name: name.to_owned(), path: path.clone() })?;
+        let fingerprint = Fingerprint::of(&meta);
+        let open_error = |reason: String| LibraryError::Open { name: name.to_owned(), path: path.clone(), reason };
+
+        let library = if fresh_copy {
+            let copy = std::env::temp_dir().join(format!(
+                "broker-plugin-{}-{}-{name}.so",
+                std::process::id(),
+                COPIES.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::copy(&path, &copy).map_err(|e| open_error(e.to_string()))?;
+            let library = map(&copy);
+            // The mapping keeps the contents; the name is no longer needed.
+            let _ = fs::remove_file(&copy);
+            library
+        } else {
+            map(&path)
+        }
+        .map_err(|e| open_error(e.to_string()))?;
+
+        // SAFETY: we only read the address of the symbol here; it is dereferenced below after
+        // checking it is non-null. A plugin exports it as a `static PluginDescriptor`.
+        let symbol = unsafe { library.get::<*const PluginDescriptor>(abi::DESCRIPTOR_SYMBOL.as_bytes()) };
+        let descriptor_ptr: *const PluginDescriptor = match symbol {
+            Ok(symbol) => *symbol,
+            Err(_) => return Err(no_descriptor(name, &path)),
+        };
+        if descriptor_ptr.is_null() {
+            return Err(no_descriptor(name, &path));
+        }
+        // The library is never unmapped, so its statics live for the rest of the process.
+        std::mem::forget(library);
+
+        // SAFETY: the first two u32 fields of a descriptor are frozen across all ABI versions,
+        // so they can be read from any plugin's descriptor.
+        let (abi_version, size) = unsafe {
+            let head = descriptor_ptr as *const u32;
+            (head.read(), head.add(1).read())
+        };
+        if !abi::SUPPORTED_ABI_VERSIONS.contains(&abi_version) {
+            return Err(LibraryError::AbiMismatch {
+                name: name.to_owned(),
+                found: abi_version,
+                accepted: abi::SUPPORTED_ABI_VERSIONS,
+            });
+        }
+        let needed = std::mem::size_of::<PluginDescriptor>() as u32;
+        if size < needed {
+            return Err(LibraryError::ShortDescriptor { name: name.to_owned(), found: size, needed });
+        }
+        // SAFETY: the version and size checks passed, so the static has the layout of
+        // PluginDescriptor; it lives as long as the (never unmapped) library.
+        let descriptor: &'static PluginDescriptor = unsafe { &*descriptor_ptr };
+        // SAFETY: descriptor strings point to the plugin's static data.
+        let text = |s: abi::RawStr| unsafe { s.as_str() }.to_owned();
+        let declared = text(descriptor.name);
+        if declared != name {
+            return Err(LibraryError::NameMismatch { name: name.to_owned(), path, declared });
+        }
+        let kind = PluginKind::from_raw(descriptor.kind)
+            .ok_or(LibraryError::UnknownKind { name: name.to_owned(), kind: descriptor.kind })?;
+        let ctl_command = Some(text(descriptor.ctl_command)).filter(|c| !c.is_empty());
+        Ok(PluginLibrary {
+            meta: PluginMeta {
+                name: declared,
+                version: text(descriptor.version),
+                description: text(descriptor.description),
+                kind,
+                hooks: HookMask(descriptor.hooks),
+                priority: descriptor.priority,
+                ctl_command,
+            },
+            descriptor,
+            fingerprint,
+        })
+    }
+}
+
+fn map(path: &Path) -> Result<Library, libloading::Error> {
+    // SAFETY: loading a library runs its initialisers; plugin libraries are trusted code the
+    // operator put in the plugins directory. RTLD_NODELETE keeps it mapped for good.
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
+}
+
+fn no_descriptor(name: &str, path: &Path) -> LibraryError {
+    LibraryError::NoDescriptor { name: name.to_owned(), path: path.to_owned(), symbol: abi::DESCRIPTOR_SYMBOL }
+}

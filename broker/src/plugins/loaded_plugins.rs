@@ -1,0 +1,184 @@
+//! `data/loaded_plugins`, EMQX style: `{name, true}.`, `{name, false}.` or `name.`, one a
+//! line; blank lines and `%` comments are kept on rewrite; a bad line is reported with its
+//! number and kept as it is.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Whether `name` is a valid plugin name: `[a-z0-9_]+`. Names are never paths.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A line that is not a valid entry, comment or blank.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}: {text:?}")]
+pub struct LineError {
+    pub line: usize,
+    pub problem: &'static str,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Entry { name: String, enabled: bool },
+    /// A comment, a blank line, or a line that did not parse: kept verbatim.
+    Verbatim(String),
+}
+
+/// The parsed file: its lines in order, ready to be edited and written back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedPlugins {
+    lines: Vec<Line>,
+}
+
+fn parse_entry(text: &str) -> Result<(String, bool), &'static str> {
+    let body = text.strip_suffix('.').ok_or("missing the final '.'")?.trim_end();
+    let (name, enabled) = match body.strip_prefix('{') {
+        Some(inner) => {
+            let inner = inner.strip_suffix('}').ok_or("missing '}'")?;
+            let (name, flag) = inner.split_once(',').ok_or("expected {name, true|false}")?;
+            let enabled = match flag.trim() {
+                "true" => true,
+                "false" => false,
+                _ => return Err("the flag must be true or false"),
+            };
+            (name.trim(), enabled)
+        }
+        None => (body, true),
+    };
+    if !is_valid_name(name) {
+        return Err("a plugin name is [a-z0-9_]+ (never a path)");
+    }
+    Ok((name.to_owned(), enabled))
+}
+
+impl LoadedPlugins {
+    /// Parses the file's text. Every line that is neither an entry, a comment nor blank is an
+    /// error in the second value and is kept verbatim; a name listed twice is reported and the
+    /// first listing wins.
+    pub fn parse(text: &str) -> (LoadedPlugins, Vec<LineError>) {
+        let mut lines = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, raw) in text.lines().enumerate() {
+            let raw = raw.strip_suffix('\r').unwrap_or(raw);
+            let text = raw.trim();
+            if text.is_empty() || text.starts_with('%') {
+                lines.push(Line::Verbatim(raw.to_owned()));
+                continue;
+            }
+            match parse_entry(text) {
+                Ok((name, _)) if !seen.insert(name.clone()) => {
+                    errors.push(LineError { line: i + 1, problem: "duplicate entry, ignored", text: raw.to_owned() });
+                    lines.push(Line::Verbatim(raw.to_owned()));
+                }
+                Ok((name, enabled)) => lines.push(Line::Entry { name, enabled }),
+                Err(problem) => {
+                    errors.push(LineError { line: i + 1, problem, text: raw.to_owned() });
+                    lines.push(Line::Verbatim(raw.to_owned()));
+                }
+            }
+        }
+        (LoadedPlugins { lines }, errors)
+    }
+
+    /// Reads and parses `path`; a missing file is an empty list.
+    pub fn read(path: &Path) -> io::Result<(LoadedPlugins, Vec<LineError>)> {
+        match fs::read(path) {
+            Ok(bytes) => Ok(LoadedPlugins::parse(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.lines.iter().filter_map(|line| match line {
+            Line::Entry { name, enabled } => Some((name.as_str(), *enabled)),
+            Line::Verbatim(_) => None,
+        })
+    }
+
+    /// Sets `name`'s flag, appending an entry if it is not listed.
+    pub fn set(&mut self, name: &str, enabled: bool) {
+        for line in &mut self.lines {
+            if let Line::Entry { name: n, enabled: e } = line {
+                if n == name {
+                    *e = enabled;
+                    return;
+                }
+            }
+        }
+        self.lines.push(Line::Entry { name: name.to_owned(), enabled });
+    }
+
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for line in &self.lines {
+            match line {
+                Line::Entry { name, enabled } => out.push_str(&format!("{{{name}, {enabled}}}.")),
+                Line::Verbatim(text) => out.push_str(text),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
+    /// directory. A crash leaves either the old or the new file.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new().prefix(".loaded_plugins.").tempfile_in(dir)?;
+        tmp.write_all(self.render().as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        fs::File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_emqx_forms_and_keeps_comments() {
+        let text = "% default plugins\n{emqx_telemetry, true}.\r\n\n{emqx_retainer,false}.  \nemqx_mod_presence.\n";
+        let (file, errors) = LoadedPlugins::parse(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let entries: Vec<_> = file.entries().collect();
+        assert_eq!(entries, vec![("emqx_telemetry", true), ("emqx_retainer", false), ("emqx_mod_presence", true)]);
+        assert_eq!(
+            file.render(),
+            "% default plugins\n{emqx_telemetry, true}.\n\n{emqx_retainer, false}.\n{emqx_mod_presence, true}.\n"
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number_and_kept() {
+        let text = "{ok, true}.\n{../etc/passwd, true}.\n{x, maybe}.\n{ok, false}.\n{trunc";
+        let (file, errors) = LoadedPlugins::parse(text);
+        let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5]);
+        assert_eq!(file.entries().collect::<Vec<_>>(), vec![("ok", true)]);
+        assert!(file.render().contains("{../etc/passwd, true}."));
+    }
+
+    #[test]
+    fn set_updates_in_place_or_appends() {
+        let (mut file, _) = LoadedPlugins::parse("% c\n{a, true}.\n");
+        file.set("a", false);
+        file.set("b", true);
+        assert_eq!(file.render(), "% c\n{a, false}.\n{b, true}.\n");
+    }
+
+    #[test]
+    fn names_are_never_paths() {
+        for bad in ["", "a/b", "..", "a.b", "A", "a-b", "a b"] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+        assert!(is_valid_name("emqx_mod_presence2"));
+    }
+}

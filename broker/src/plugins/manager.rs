@@ -1,0 +1,356 @@
+//! The plugin manager: starts what `data/loaded_plugins` enables, and loads, unloads and
+//! reloads plugins while the broker serves, persisting the choice to that file.
+//!
+//! Operations are serialised by one lock (`ops`), held across a plugin's `init` and `stop`; the
+//! state read by `list` has its own short-lived lock so a plugin may list plugins from `init`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use plugin_api::abi;
+use serde::Serialize;
+
+use super::host_api::HostShared;
+use super::instance::Instance;
+use super::library::{library_path, LibraryError, PluginLibrary};
+use super::loaded_plugins::{is_valid_name, LoadedPlugins};
+use crate::hooks::Hooks;
+
+/// Why a plugin operation failed. Each message is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("invalid plugin name {0:?}: a name is [a-z0-9_]+, never a path")]
+    InvalidName(String),
+    #[error("plugin {0} is already loaded")]
+    AlreadyLoaded(String),
+    #[error("plugin {0} is not loaded")]
+    NotLoaded(String),
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("plugin {name} failed to start: {why}")]
+    Init { name: String, why: String },
+    #[error("cannot update {path}: {source}")]
+    Persist { path: PathBuf, source: std::io::Error },
+}
+
+/// One plugin as `list` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub kind: String,
+    pub active: bool,
+    /// `running`, `stopped`, or `failed: <why>`.
+    pub state: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    libraries: HashMap<String, Arc<PluginLibrary>>,
+    running: Vec<Arc<Instance>>,
+    failed: HashMap<String, String>,
+    next_seq: u64,
+}
+
+/// Where the manager finds things.
+#[derive(Debug, Clone)]
+pub struct ManagerPaths {
+    pub plugins_dir: PathBuf,
+    pub loaded_plugins: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Manager {
+    paths: ManagerPaths,
+    /// Each plugin's config table, by config section name.
+    configs: serde_json::Map<String, serde_json::Value>,
+    shared: Arc<HostShared>,
+    hooks: Arc<Hooks>,
+    ops: Mutex<()>,
+    state: Mutex<State>,
+}
+
+/// The config section of a plugin: its name without `emqx_` and `mod_` (`emqx_telemetry` reads
+/// `[telemetry]`, `emqx_mod_presence` reads `[presence]`), or its full name if that section
+/// exists.
+pub fn config_section(name: &str) -> &str {
+    let short = name.strip_prefix("emqx_").unwrap_or(name);
+    short.strip_prefix("mod_").unwrap_or(short)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Manager {
+    pub fn new(
+        paths: ManagerPaths,
+        configs: serde_json::Map<String, serde_json::Value>,
+        shared: Arc<HostShared>,
+        hooks: Arc<Hooks>,
+    ) -> Manager {
+        Manager { paths, configs, shared, hooks, ops: Mutex::new(()), state: Mutex::new(State::default()) }
+    }
+
+    /// Starts every plugin `loaded_plugins` enables. Problems are logged; the rest start.
+    pub fn boot(&self) {
+        let path = &self.paths.loaded_plugins;
+        let file = match LoadedPlugins::read(path) {
+            Ok((file, errors)) => {
+                for error in errors {
+                    tracing::error!("{}: {error}", path.display());
+                }
+                file
+            }
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}; starting no plugins", path.display());
+                return;
+            }
+        };
+        for (name, enabled) in file.entries() {
+            if !enabled {
+                continue;
+            }
+            match self.load(name, false) {
+                Ok(()) => {}
+                Err(e) => tracing::error!("{}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn config_json(&self, name: &str) -> String {
+        let value = self.configs.get(name).or_else(|| self.configs.get(config_section(name)));
+        value.map(|v| v.to_string()).unwrap_or_default()
+    }
+
+    fn persist(&self, name: &str, enabled: bool) -> Result<(), PluginError> {
+        let path = &self.paths.loaded_plugins;
+        let persist_error = |source| PluginError::Persist { path: path.clone(), source };
+        let (mut file, _) = LoadedPlugins::read(path).map_err(persist_error)?;
+        file.set(name, enabled);
+        file.write(path).map_err(persist_error)
+    }
+
+    /// Maps (or re-uses) the plugin's library. A file rebuilt since it was mapped is mapped
+    /// again from a fresh copy.
+    fn library(&self, name: &str) -> Result<Arc<PluginLibrary>, LibraryError> {
+        let path = library_path(&self.paths.plugins_dir, name);
+        let cached = lock(&self.state).libraries.get(name).cloned();
+        if let Some(library) = &cached {
+            if library.is_current(&path) {
+                return Ok(library.clone());
+            }
+        }
+        let library = Arc::new(PluginLibrary::open(&self.paths.plugins_dir, name, cached.is_some())?);
+        lock(&self.state).libraries.insert(name.to_owned(), library.clone());
+        Ok(library)
+    }
+
+    /// Starts plugin `name`; with `persist`, records `{name, true}.` in `loaded_plugins`.
+    pub fn load(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+        let _ops = lock(&self.ops);
+        self.load_locked(name, persist)
+    }
+
+    fn load_locked(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+        if !is_valid_name(name) {
+            return Err(PluginError::InvalidName(name.to_owned()));
+        }
+        if lock(&self.state).running.iter().any(|p| p.name() == name) {
+            return Err(PluginError::AlreadyLoaded(name.to_owned()));
+        }
+        let library = self.library(name)?;
+        let seq = {
+            let mut state = lock(&self.state);
+            state.next_seq += 1;
+            state.next_seq
+        };
+        let instance = match Instance::start(library, self.shared.clone(), &self.config_json(name), seq) {
+            Ok(instance) => Arc::new(instance),
+            Err(why) => {
+                lock(&self.state).failed.insert(name.to_owned(), why.clone());
+                return Err(PluginError::Init { name: name.to_owned(), why });
+            }
+        };
+        {
+            let mut state = lock(&self.state);
+            state.failed.remove(name);
+            state.running.push(instance.clone());
+            self.hooks.install(&state.running);
+        }
+        let meta = &instance.library.meta;
+        tracing::info!(plugin = name, version = meta.version, kind = meta.kind.as_str(), "plugin started");
+        if persist {
+            self.persist(name, true)?;
+        }
+        Ok(())
+    }
+
+    /// Stops plugin `name`; with `persist`, records `{name, false}.` in `loaded_plugins`.
+    pub fn unload(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+        let _ops = lock(&self.ops);
+        self.unload_locked(name, persist)
+    }
+
+    fn unload_locked(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+        if !is_valid_name(name) {
+            return Err(PluginError::InvalidName(name.to_owned()));
+        }
+        let instance = {
+            let mut state = lock(&self.state);
+            let index = state.running.iter().position(|p| p.name() == name);
+            let Some(index) = index else {
+                return Err(PluginError::NotLoaded(name.to_owned()));
+            };
+            let instance = state.running.remove(index);
+            self.hooks.install(&state.running);
+            instance
+        };
+        Self::stop_instance(&instance);
+        tracing::info!(plugin = name, "plugin stopped");
+        if persist {
+            self.persist(name, false)?;
+        }
+        Ok(())
+    }
+
+    fn stop_instance(instance: &Instance) {
+        if instance.stop() == abi::STATUS_PANICKED {
+            tracing::error!(plugin = instance.name(), "plugin panicked in stop");
+        }
+    }
+
+    /// Stops `name` if it runs, then starts it again from its (possibly rebuilt) library, and
+    /// records it as enabled.
+    pub fn reload(&self, name: &str) -> Result<(), PluginError> {
+        let _ops = lock(&self.ops);
+        match self.unload_locked(name, false) {
+            Ok(()) | Err(PluginError::NotLoaded(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.load_locked(name, true)
+    }
+
+    /// Stops a plugin that failed (panicked) and keeps it listed as failed.
+    pub fn stop_failed(&self, instance: Arc<Instance>) {
+        let _ops = lock(&self.ops);
+        let why = instance.failure().unwrap_or_else(|| "failed".to_owned());
+        {
+            let mut state = lock(&self.state);
+            let before = state.running.len();
+            state.running.retain(|p| !Arc::ptr_eq(p, &instance));
+            if state.running.len() == before {
+                return; // already stopped
+            }
+            self.hooks.install(&state.running);
+            state.failed.insert(instance.name().to_owned(), why.clone());
+        }
+        tracing::error!(plugin = instance.name(), "plugin {why}; stopping it");
+        Self::stop_instance(&instance);
+    }
+
+    /// Stops every plugin, last started first.
+    pub fn shutdown(&self) {
+        let _ops = lock(&self.ops);
+        let running = {
+            let mut state = lock(&self.state);
+            let running = std::mem::take(&mut state.running);
+            self.hooks.install(&[]);
+            running
+        };
+        for instance in running.iter().rev() {
+            Self::stop_instance(instance);
+        }
+    }
+
+    /// Every known plugin: those in `loaded_plugins` in file order, then any other that runs
+    /// or failed.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        let mut names: Vec<String> = LoadedPlugins::read(&self.paths.loaded_plugins)
+            .map(|(file, _)| file.entries().map(|(n, _)| n.to_owned()).collect())
+            .unwrap_or_default();
+        {
+            let state = lock(&self.state);
+            for name in state.running.iter().map(|p| p.name()).chain(state.failed.keys().map(String::as_str)) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.iter().map(|name| self.status(name)).collect()
+    }
+
+    fn status(&self, name: &str) -> PluginStatus {
+        let (running, failed, cached) = {
+            let state = lock(&self.state);
+            let running = state.running.iter().find(|p| p.name() == name).cloned();
+            (running, state.failed.get(name).cloned(), state.libraries.get(name).cloned())
+        };
+        let library = cached.map(Ok).unwrap_or_else(|| self.library(name));
+        let (version, description, kind) = match &library {
+            Ok(l) => (l.meta.version.clone(), l.meta.description.clone(), l.meta.kind.as_str().to_owned()),
+            Err(e) => (String::new(), e.to_string(), String::new()),
+        };
+        let active = running.as_ref().is_some_and(|p| p.is_active());
+        let state = match (&running, failed) {
+            (Some(_), _) => "running".to_owned(),
+            (None, Some(why)) => format!("failed: {why}"),
+            (None, None) => "stopped".to_owned(),
+        };
+        PluginStatus { name: name.to_owned(), version, description, kind, active, state }
+    }
+
+    /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
+    pub fn command(&self, args: &[String]) -> Result<String, String> {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["plugins", "list"] => Ok(self.list().iter().map(format_status).collect::<Vec<_>>().join("\n")),
+            ["plugins", "load", name] => {
+                self.load(name, true).map_err(|e| e.to_string())?;
+                Ok(format!("Plugin {name} loaded successfully."))
+            }
+            ["plugins", "unload", name] => {
+                self.unload(name, true).map_err(|e| e.to_string())?;
+                Ok(format!("Plugin {name} unloaded successfully."))
+            }
+            ["plugins", "reload", name] => {
+                self.reload(name).map_err(|e| e.to_string())?;
+                Ok(format!("Plugin {name} reloaded successfully."))
+            }
+            ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
+            [command, rest @ ..] => {
+                let instance = lock(&self.state)
+                    .running
+                    .iter()
+                    .find(|p| p.library.meta.ctl_command.as_deref() == Some(command))
+                    .cloned();
+                match instance {
+                    Some(instance) => {
+                        let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                        instance.ctl(&rest)
+                    }
+                    None => Err(format!(
+                        "unknown command {command:?}: no running plugin answers it (try `broker ctl plugins list`)"
+                    )),
+                }
+            }
+            [] => Err(PLUGINS_USAGE.to_owned()),
+        }
+    }
+}
+
+const PLUGINS_USAGE: &str = "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
+
+fn format_status(s: &PluginStatus) -> String {
+    let mut line = format!(
+        "Plugin({}, version={}, kind={}, description={}, active={}",
+        s.name, s.version, s.kind, s.description, s.active
+    );
+    if let Some(why) = s.state.strip_prefix("failed: ") {
+        line.push_str(&format!(", failed={why}"));
+    }
+    line.push(')');
+    line
+}

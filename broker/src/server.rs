@@ -1,0 +1,148 @@
+//! Starting and stopping the broker: data directory lock, router, plugins, ctl, listener.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, Overrides, Settings};
+use crate::hooks::Hooks;
+use crate::plugins::host_api::HostShared;
+use crate::plugins::manager::{Manager, ManagerPaths};
+use crate::relay::{self, Relay, RelaySettings};
+use crate::router::{self, RouterSettings};
+use crate::stats::Stats;
+use crate::ctl;
+
+fn init_logging(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=error", settings.log_level)));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Takes the data directory's lock file, so that two brokers never share one directory.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("broker.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "another broker (pid {}) is already running on data directory {}",
+                pid.trim(),
+                data_dir.display()
+            );
+        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
+    let started = (Instant::now(), SystemTime::now());
+    let settings = config::load(overrides)?;
+    init_logging(&settings);
+
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+    let data_dir = settings.data_dir.canonicalize()?;
+    let _lock = lock_data_dir(&data_dir)?;
+    let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let router_settings = RouterSettings {
+        max_connections: settings.mqtt.max_connections,
+        // rumqttd limits the payload; the relay limits the whole packet.
+        max_packet_size: settings.mqtt.max_packet_size,
+        max_inflight: settings.mqtt.max_inflight,
+        connect_timeout: settings.mqtt.connect_timeout(),
+    };
+    let (router, publisher) = router::start(&router_settings, runtime.handle())?;
+    tracing::debug!(v4 = %router.v4, v5 = %router.v5, "embedded rumqttd listening");
+
+    let stats = Arc::new(Stats::new(started.0));
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let hooks = Arc::new(Hooks::new(failed_tx));
+    let shared = Arc::new(HostShared {
+        broker_version: env!("CARGO_PKG_VERSION").to_owned(),
+        node_name: settings.node_name.clone(),
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        started_at: started.1,
+        stats: stats.clone(),
+        publisher,
+        manager: OnceLock::new(),
+    });
+    let manager = Arc::new(Manager::new(
+        ManagerPaths { plugins_dir: plugins_dir.clone(), loaded_plugins: data_dir.join("loaded_plugins") },
+        settings.plugins.clone(),
+        shared.clone(),
+        hooks.clone(),
+    ));
+    let _ = shared.manager.set(Arc::downgrade(&manager));
+    tracing::info!(plugins_dir = %plugins_dir.display(), data_dir = %data_dir.display(), "starting plugins");
+    manager.boot();
+
+    runtime.block_on(async {
+        {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                while let Some(instance) = failed_rx.recv().await {
+                    let manager = manager.clone();
+                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
+                }
+            });
+        }
+        let socket = ctl::socket_path(&data_dir);
+        let ctl_listener = ctl::bind(&socket).with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
+        tokio::spawn(ctl::serve(ctl_listener, manager.clone()));
+
+        let listener = TcpListener::bind(settings.listener.tcp)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
+        let relay = Arc::new(Relay {
+            settings: RelaySettings {
+                max_packet_size: settings.mqtt.max_packet_size,
+                connect_timeout: settings.mqtt.connect_timeout(),
+            },
+            hooks,
+            stats,
+            router,
+        });
+        tracing::info!("mqtt listener on {}", listener.local_addr()?);
+        tokio::spawn(relay::serve(listener, relay));
+
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = std::fs::remove_file(&socket);
+        anyhow::Ok(())
+    })?;
+    manager.shutdown();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

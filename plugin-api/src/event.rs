@@ -1,0 +1,143 @@
+//! The safe view of one hook event, and the plugin's answer.
+
+use crate::abi::{self, RawEvent};
+use crate::info::Hook;
+
+/// MQTT quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum QoS {
+    /// At most once.
+    AtMostOnce = 0,
+    /// At least once.
+    AtLeastOnce = 1,
+    /// Exactly once.
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// From the wire value; anything above 2 reads as 2.
+    pub const fn from_u8(v: u8) -> QoS {
+        match v {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+}
+
+/// Which action a `client.check_acl` event asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction {
+    /// The client publishes to [`Event::topic`].
+    Publish,
+    /// The client subscribes to the filter [`Event::topic`].
+    Subscribe,
+}
+
+/// One hook event, borrowed from the host for the duration of `on_event`.
+///
+/// Fields that do not apply to [`Event::hook`] are empty or zero.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// Which hook fired.
+    pub hook: Hook,
+    /// MQTT client id.
+    pub client_id: &'a str,
+    /// MQTT username, empty when none.
+    pub username: &'a str,
+    /// Password bytes; only in `client.authenticate`.
+    pub password: &'a [u8],
+    /// Peer address as `ip:port`.
+    pub peer: &'a str,
+    /// Topic of a message or filter of a subscription.
+    pub topic: &'a str,
+    /// Message payload.
+    pub payload: &'a [u8],
+    /// QoS of the message or subscription.
+    pub qos: QoS,
+    /// Retain flag of a message.
+    pub retain: bool,
+    /// MQTT protocol level: 3, 4 (3.1.1) or 5.
+    pub proto_ver: u8,
+    /// Clean session / clean start.
+    pub clean_start: bool,
+    /// Keep-alive in seconds as the client asked.
+    pub keepalive: u16,
+    /// Packet identifier of a message (0 for QoS 0).
+    pub packet_id: u16,
+    /// CONNACK return code (`client.connected`) or SUBACK code (`session.subscribed`).
+    pub return_code: u32,
+    /// Session expiry interval (MQTT 5).
+    pub expiry_interval: u32,
+    /// For `client.check_acl`: publish or subscribe.
+    pub acl_action: Option<AclAction>,
+    /// Why the client disconnected (`client.disconnected`).
+    pub reason: &'a str,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+impl<'a> Event<'a> {
+    /// Reads a raw event. Returns `None` for a hook this crate does not know.
+    ///
+    /// # Safety
+    /// Every pointer in `raw` must be valid for `'a`, as the host guarantees during
+    /// `on_event`.
+    pub unsafe fn from_raw(raw: &'a RawEvent) -> Option<Event<'a>> {
+        let hook = Hook::from_raw(raw.hook)?;
+        // SAFETY: the caller promises every field points to memory valid for 'a.
+        unsafe {
+            Some(Event {
+                hook,
+                client_id: raw.client_id.as_str(),
+                username: raw.username.as_str(),
+                password: raw.password.as_slice(),
+                peer: raw.peer.as_str(),
+                topic: raw.topic.as_str(),
+                payload: raw.payload.as_slice(),
+                qos: QoS::from_u8(raw.qos),
+                retain: raw.retain != 0,
+                proto_ver: raw.proto_ver,
+                clean_start: raw.clean_start != 0,
+                keepalive: raw.keepalive,
+                packet_id: raw.packet_id,
+                return_code: raw.return_code,
+                expiry_interval: raw.expiry_interval,
+                acl_action: match raw.acl_action {
+                    abi::ACL_PUBLISH => Some(AclAction::Publish),
+                    abi::ACL_SUBSCRIBE => Some(AclAction::Subscribe),
+                    _ => None,
+                },
+                reason: raw.reason.as_str(),
+                timestamp_ms: raw.timestamp_ms,
+            })
+        }
+    }
+}
+
+/// A plugin's answer to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HookResult {
+    /// No opinion (defer to the next plugin), or keep the message.
+    #[default]
+    Continue,
+    /// For `client.authenticate` / `client.check_acl`: allow, and ask no further plugin.
+    Allow,
+    /// For `client.authenticate` / `client.check_acl`: deny, and ask no further plugin.
+    Deny,
+    /// For `message.publish`: drop the message. The publisher still gets its
+    /// acknowledgement; subscribers get nothing.
+    Drop,
+}
+
+impl HookResult {
+    /// The raw ABI value.
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            HookResult::Continue => abi::HOOK_CONTINUE,
+            HookResult::Allow => abi::HOOK_ALLOW,
+            HookResult::Deny => abi::HOOK_DENY,
+            HookResult::Drop => abi::HOOK_DROP,
+        }
+    }
+}

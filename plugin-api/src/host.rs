@@ -1,0 +1,206 @@
+//! The safe handle a plugin keeps to call the host.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::abi::{self, HostApi, RawBytes, RawStats, RawStr, RawWriter};
+use crate::event::QoS;
+
+/// Log level of a line a plugin writes through the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something is wrong but the plugin goes on.
+    Warn,
+    /// Normal operation worth telling an operator.
+    Info,
+    /// Detail for debugging.
+    Debug,
+}
+
+/// A host call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// The host refused or could not do it; the text says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The host's answer could not be read.
+    #[error("unreadable answer from the host: {0}")]
+    BadAnswer(String),
+}
+
+/// Broker statistics at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Clients connected now.
+    pub connections: u64,
+    /// PUBLISH packets received from clients since start.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to subscribers since start.
+    pub messages_sent: u64,
+    /// Seconds since the broker started.
+    pub uptime_secs: u64,
+}
+
+/// One plugin as the host knows it (from [`Host::plugins`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PluginStatus {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version (empty if its library could not be read).
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+    /// `plugin` or `module`.
+    pub kind: String,
+    /// Whether it runs now.
+    pub active: bool,
+    /// `running`, `stopped` or `failed: <why>`.
+    pub state: String,
+}
+
+/// The plugin's handle to the host. Cheap to copy; valid until the plugin's `stop` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    api: &'static HostApi,
+}
+
+impl Host {
+    /// Wraps the host's vtable.
+    ///
+    /// # Safety
+    /// `api` must point to a `HostApi` valid until the plugin's `stop` returns (the host
+    /// guarantees this for the pointer it passes to `init`). The plugin must not use the
+    /// `Host` after `stop`.
+    pub unsafe fn from_raw(api: *const HostApi) -> Host {
+        // SAFETY: valid for the plugin's life, as the caller promises; we treat that as
+        // 'static because the plugin cannot outlive it.
+        Host { api: unsafe { &*api } }
+    }
+
+    /// The broker's version.
+    pub fn broker_version(&self) -> &str {
+        // SAFETY: host strings are valid for the plugin's life.
+        unsafe { self.api.broker_version.as_str() }
+    }
+
+    /// The broker's node name, e.g. `emqx@127.0.0.1`.
+    pub fn node_name(&self) -> &str {
+        // SAFETY: host strings are valid for the plugin's life.
+        unsafe { self.api.node_name.as_str() }
+    }
+
+    /// The broker's data directory, where a plugin keeps its files.
+    pub fn data_dir(&self) -> &Path {
+        // SAFETY: host strings are valid for the plugin's life.
+        Path::new(unsafe { self.api.data_dir.as_str() })
+    }
+
+    /// When the broker started.
+    pub fn started_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.api.started_at_ms)
+    }
+
+    /// Writes a log line under the plugin's name.
+    pub fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Error => abi::LOG_ERROR,
+            Level::Warn => abi::LOG_WARN,
+            Level::Info => abi::LOG_INFO,
+            Level::Debug => abi::LOG_DEBUG,
+        };
+        // SAFETY: ctx and log are valid for the plugin's life; message outlives the call.
+        unsafe { (self.api.log)(self.api.ctx, level, RawStr::new(message)) }
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: &str) {
+        self.log(Level::Error, message)
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: &str) {
+        self.log(Level::Warn, message)
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: &str) {
+        self.log(Level::Info, message)
+    }
+
+    /// Logs at debug level.
+    pub fn debug(&self, message: &str) {
+        self.log(Level::Debug, message)
+    }
+
+    /// Publishes a message into the broker, as the broker itself.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), HostError> {
+        // SAFETY: ctx and publish are valid for the plugin's life; the borrowed topic and
+        // payload outlive the call (the host copies what it keeps).
+        let status = unsafe {
+            (self.api.publish)(
+                self.api.ctx,
+                RawStr::new(topic),
+                RawBytes::new(payload),
+                qos as u8,
+                retain as u8,
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            _ => Err(HostError::Failed(format!("could not publish to {topic}"))),
+        }
+    }
+
+    /// Current broker statistics.
+    pub fn stats(&self) -> Stats {
+        let mut raw = RawStats { size: std::mem::size_of::<RawStats>() as u32, ..Default::default() };
+        // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
+        // whose size field tells the host how much it may write.
+        unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
+        Stats {
+            connections: raw.connections,
+            messages_received: raw.messages_received,
+            messages_sent: raw.messages_sent,
+            uptime_secs: raw.uptime_secs,
+        }
+    }
+
+    /// Every plugin the host knows, loaded or not.
+    pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
+        let mut json = String::new();
+        // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
+        let status = unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status != abi::STATUS_OK {
+            return Err(HostError::Failed(json));
+        }
+        serde_json::from_str(&json).map_err(|e| HostError::BadAnswer(e.to_string()))
+    }
+
+    /// Runs a `broker ctl` command, e.g. `["plugins", "unload", "emqx_telemetry"]`, and
+    /// returns its output. Meant for management plugins.
+    ///
+    /// Do not unload the calling plugin itself from one of its own hooks: the host waits for
+    /// hook calls in flight before it stops a plugin.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, HostError> {
+        let args = serde_json::to_string(args).map_err(|e| HostError::BadAnswer(e.to_string()))?;
+        let mut out = String::new();
+        // SAFETY: ctx and ctl are valid; args outlives the call; the writer borrows `out`.
+        let status = unsafe {
+            (self.api.ctl)(self.api.ctx, RawStr::new(&args), RawWriter::for_string(&mut out))
+        };
+        match status {
+            abi::STATUS_OK => Ok(out),
+            _ => Err(HostError::Failed(out)),
+        }
+    }
+}

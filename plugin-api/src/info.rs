@@ -1,0 +1,195 @@
+//! What a plugin says about itself, and the config it receives.
+
+use serde::de::DeserializeOwned;
+
+use crate::abi;
+
+/// A broker hook, named as in EMQX 4.x. The discriminant is the bit index in a [`HookMask`].
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `client.connect`: a CONNECT arrived, before authentication.
+    ClientConnect = 0,
+    /// `client.connected`: the broker accepted the connection (CONNACK success sent).
+    ClientConnected = 1,
+    /// `client.disconnected`: the connection is gone; see [`crate::Event::reason`].
+    ClientDisconnected = 2,
+    /// `client.authenticate`: answer Allow, Deny or Continue (no opinion).
+    ClientAuthenticate = 3,
+    /// `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
+    /// ([`crate::Event::acl_action`]).
+    ClientCheckAcl = 4,
+    /// `client.subscribe`: a SUBSCRIBE arrived; one event per topic filter.
+    ClientSubscribe = 5,
+    /// `client.unsubscribe`: an UNSUBSCRIBE arrived; one event per topic filter.
+    ClientUnsubscribe = 6,
+    /// `session.subscribed`: the broker granted a subscription (SUBACK); one per filter.
+    SessionSubscribed = 7,
+    /// `session.unsubscribed`: the broker removed a subscription (UNSUBACK); one per filter.
+    SessionUnsubscribed = 8,
+    /// `message.publish`: a client published; answer Continue (keep) or Drop.
+    MessagePublish = 9,
+    /// `message.delivered`: a message was sent to a subscriber.
+    MessageDelivered = 10,
+    /// `message.acked`: a subscriber acknowledged a QoS 1/2 message.
+    MessageAcked = 11,
+    /// `message.dropped`: a message was dropped by a plugin.
+    MessageDropped = 12,
+}
+
+impl Hook {
+    /// Every hook, in discriminant order.
+    pub const ALL: [Hook; 13] = [
+        Hook::ClientConnect,
+        Hook::ClientConnected,
+        Hook::ClientDisconnected,
+        Hook::ClientAuthenticate,
+        Hook::ClientCheckAcl,
+        Hook::ClientSubscribe,
+        Hook::ClientUnsubscribe,
+        Hook::SessionSubscribed,
+        Hook::SessionUnsubscribed,
+        Hook::MessagePublish,
+        Hook::MessageDelivered,
+        Hook::MessageAcked,
+        Hook::MessageDropped,
+    ];
+
+    /// The EMQX name, e.g. `message.publish`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::ClientConnect => "client.connect",
+            Hook::ClientConnected => "client.connected",
+            Hook::ClientDisconnected => "client.disconnected",
+            Hook::ClientAuthenticate => "client.authenticate",
+            Hook::ClientCheckAcl => "client.check_acl",
+            Hook::ClientSubscribe => "client.subscribe",
+            Hook::ClientUnsubscribe => "client.unsubscribe",
+            Hook::SessionSubscribed => "session.subscribed",
+            Hook::SessionUnsubscribed => "session.unsubscribed",
+            Hook::MessagePublish => "message.publish",
+            Hook::MessageDelivered => "message.delivered",
+            Hook::MessageAcked => "message.acked",
+            Hook::MessageDropped => "message.dropped",
+        }
+    }
+
+    /// The hook with this raw number, if it is one this crate knows.
+    pub const fn from_raw(raw: u32) -> Option<Hook> {
+        if (raw as usize) < Hook::ALL.len() {
+            Some(Hook::ALL[raw as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// A set of hooks, as a bit mask (`1 << hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HookMask(pub u64);
+
+impl HookMask {
+    /// The set of the given hooks (usable in `const`).
+    pub const fn of(hooks: &[Hook]) -> HookMask {
+        let mut bits = 0u64;
+        let mut i = 0;
+        while i < hooks.len() {
+            bits |= 1 << hooks[i] as u32;
+            i += 1;
+        }
+        HookMask(bits)
+    }
+
+    /// Whether `hook` is in the set.
+    pub const fn contains(self, hook: Hook) -> bool {
+        self.0 & (1 << hook as u32) != 0
+    }
+}
+
+/// Whether a plugin is an EMQX *plugin* or a *module*; telemetry lists them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// An application-style plugin (`active_plugins`).
+    Plugin,
+    /// A built-in-module-style plugin (`active_modules`).
+    Module,
+}
+
+impl PluginKind {
+    /// The raw ABI value.
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            PluginKind::Plugin => abi::KIND_PLUGIN,
+            PluginKind::Module => abi::KIND_MODULE,
+        }
+    }
+
+    /// From the raw ABI value; unknown values are `None`.
+    pub const fn from_raw(raw: u32) -> Option<PluginKind> {
+        match raw {
+            abi::KIND_PLUGIN => Some(PluginKind::Plugin),
+            abi::KIND_MODULE => Some(PluginKind::Module),
+            _ => None,
+        }
+    }
+
+    /// `plugin` or `module`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Plugin => "plugin",
+            PluginKind::Module => "module",
+        }
+    }
+}
+
+/// What a plugin declares about itself with [`declare_plugin!`](crate::declare_plugin).
+#[derive(Debug, Clone, Copy)]
+pub struct PluginInfo {
+    /// `[a-z0-9_]+`, equal to the library's name (`lib<name>.so`).
+    pub name: &'static str,
+    /// The plugin's version, usually `env!("CARGO_PKG_VERSION")`.
+    pub version: &'static str,
+    /// One line saying what it does.
+    pub description: &'static str,
+    /// Plugin or module.
+    pub kind: PluginKind,
+    /// The hooks the plugin wants events for.
+    pub hooks: HookMask,
+    /// Higher runs first on a hook; equal priorities run in load order.
+    pub priority: i32,
+    /// The `broker ctl` command this plugin answers (`broker ctl <command> ARGS...`).
+    pub ctl_command: Option<&'static str>,
+}
+
+/// A plugin's own config table, as JSON (from the broker config file and environment).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    value: serde_json::Value,
+}
+
+/// The plugin's config table does not fit the type asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid plugin config: {0}")]
+pub struct ConfigError(#[from] serde_json::Error);
+
+impl Config {
+    /// Wraps a JSON value (the host passes an object; `null` means no table).
+    pub fn new(value: serde_json::Value) -> Config {
+        Config { value }
+    }
+
+    /// The raw JSON value.
+    pub fn json(&self) -> &serde_json::Value {
+        &self.value
+    }
+
+    /// Deserializes the table into `T`; a missing table reads as `{}` so `#[serde(default)]`
+    /// fields get their defaults.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let value = match &self.value {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            v => v.clone(),
+        };
+        Ok(serde_json::from_value(value)?)
+    }
+}

@@ -1,0 +1,132 @@
+//! The stable C ABI between the `broker` host and its plugins, and a safe Rust layer on top.
+//!
+//! A plugin is a `cdylib` crate. It implements [`Plugin`] for one type and names it with
+//! [`declare_plugin!`]; it never writes `unsafe` itself. The host finds the plugin's library
+//! in its plugins directory (`lib<name>.so`), reads the exported [`abi::PluginDescriptor`]
+//! (checking [`abi::ABI_VERSION`] and the name *before* calling any plugin code), calls
+//! `init`, then `on_event` for every hook the plugin asked for, and `stop` on unload.
+//!
+//! # Example
+//!
+//! A plugin that counts publishes and logs every new client:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use plugin_api::{declare_plugin, Config, Event, Hook, HookMask, HookResult, Host, Plugin,
+//!                  PluginInfo, PluginKind};
+//!
+//! pub struct Counter {
+//!     host: Host,
+//!     publishes: AtomicU64,
+//! }
+//!
+//! impl Plugin for Counter {
+//!     fn init(host: Host, _config: Config) -> Result<Self, plugin_api::BoxError> {
+//!         Ok(Counter { host, publishes: AtomicU64::new(0) })
+//!     }
+//!
+//!     fn on_event(&self, event: &Event<'_>) -> HookResult {
+//!         match event.hook {
+//!             Hook::ClientConnected => self.host.info(&format!("hello {}", event.client_id)),
+//!             Hook::MessagePublish => {
+//!                 self.publishes.fetch_add(1, Ordering::Relaxed);
+//!             }
+//!             _ => {}
+//!         }
+//!         HookResult::Continue
+//!     }
+//!
+//!     fn stop(self) {
+//!         let n = self.publishes.load(Ordering::Relaxed);
+//!         self.host.info(&format!("counted {n} publishes"));
+//!     }
+//! }
+//!
+//! declare_plugin!(Counter, PluginInfo {
+//!     name: "counter",
+//!     version: "0.1.0",
+//!     description: "Counts publishes",
+//!     kind: PluginKind::Plugin,
+//!     hooks: HookMask::of(&[Hook::ClientConnected, Hook::MessagePublish]),
+//!     priority: 0,
+//!     ctl_command: None,
+//! });
+//! # fn main() {}
+//! ```
+//!
+//! # Rules for plugin authors
+//!
+//! - **Hooks are on the hot path.** `on_event` runs on the broker's network threads, inline
+//!   with the client's traffic. Return quickly: count, copy, or hand the work to your own
+//!   thread. Never block on I/O or sleep in a hook.
+//! - **Threads you start, you join.** If the plugin starts threads or an async runtime, `stop`
+//!   must stop and join them. After `stop` returns the host will never call the plugin again.
+//! - **Unload does not unmap.** The host keeps a plugin's library mapped after `stop` (a Rust
+//!   `cdylib` cannot be unmapped safely: thread-local destructors and stray threads would
+//!   point into freed code). A later `load` of an unchanged file re-uses the mapped code, so
+//!   keep all state in your plugin value, not in `static`s. A `reload` of a *rebuilt* file
+//!   maps a fresh copy of it.
+//! - **Panics are caught.** A panic in `init`, a hook, `ctl` or `stop` is caught on the
+//!   plugin's side of the boundary; the host then stops the plugin and marks it failed.
+#![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+
+pub mod abi;
+mod event;
+#[doc(hidden)]
+pub mod export;
+mod host;
+mod info;
+
+pub use event::{AclAction, Event, HookResult, QoS};
+pub use host::{Host, HostError, Level, PluginStatus, Stats};
+pub use info::{Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind};
+
+/// The error a plugin's `init` returns: anything that implements `std::error::Error`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a plugin implements. One value of this type lives from `init` to `stop`.
+///
+/// `on_event` and `ctl` take `&self` and may be called from several threads at once, so keep
+/// mutable state in atomics or locks (held briefly, never across I/O).
+pub trait Plugin: Send + Sync + Sized + 'static {
+    /// Starts the plugin. `config` is the plugin's own table of the broker config file (with
+    /// `BROKER_<SECTION>__<KEY>` environment overrides applied), or an empty table.
+    ///
+    /// An error refuses the load; its message is shown to the operator.
+    fn init(host: Host, config: Config) -> Result<Self, BoxError>;
+
+    /// Called for every hook in [`PluginInfo::hooks`]. The default answers
+    /// [`HookResult::Continue`] (no opinion).
+    fn on_event(&self, event: &Event<'_>) -> HookResult {
+        let _ = event;
+        HookResult::Continue
+    }
+
+    /// Runs `broker ctl <ctl_command> ARGS...` for a plugin that set
+    /// [`PluginInfo::ctl_command`]. `Ok` text is printed to the operator; `Err` text is printed
+    /// as an error and `ctl` exits non-zero.
+    fn ctl(&self, args: &[String]) -> Result<String, String> {
+        let _ = args;
+        Err("this plugin has no commands".to_owned())
+    }
+
+    /// Stops the plugin: stop and join its threads, flush what it must. Called once; the host
+    /// has already stopped sending events and waited for calls in flight to return.
+    fn stop(self) {}
+}
+
+/// Exports a type implementing [`Plugin`] as this library's plugin.
+///
+/// Use it once per `cdylib`, with the type and a `const` [`PluginInfo`]. It defines the
+/// `broker_plugin_descriptor` symbol the host looks for; the plugin's file must be named
+/// `lib<name>.so` (a crate named `<name>`), and the host refuses a descriptor whose name
+/// differs from the file's.
+#[macro_export]
+macro_rules! declare_plugin {
+    ($plugin:ty, $info:expr $(,)?) => {
+        #[doc(hidden)]
+        #[no_mangle]
+        pub static broker_plugin_descriptor: $crate::abi::PluginDescriptor =
+            $crate::export::descriptor::<$plugin>(&$info);
+    };
+}
