@@ -3,7 +3,9 @@
 //! through a local link.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttd::local::LinkTx;
@@ -64,6 +66,34 @@ impl Publisher {
     }
 }
 
+/// Whether rumqttd answers a real CONNECT on `addr` with a CONNACK (then disconnects).
+fn probe(addr: SocketAddr, level: u8) -> bool {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    // A fresh client id each time: rumqttd keeps per-id state after a disconnect.
+    let id = format!("broker-probe-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
+    let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
+    if level == 5 {
+        connect.push(0); // no properties
+    }
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    connect[1] = (connect.len() - 2) as u8;
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(&connect)?;
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header)?;
+        let mut rest = vec![0u8; header[1] as usize];
+        stream.read_exact(&mut rest)?;
+        stream.write_all(&[0xe0, 0])?;
+        // Read to the end so closing does not reset the connection.
+        let _ = stream.read_to_end(&mut rest);
+        Ok(header[0] == 0x20 && rest.get(1) == Some(&0))
+    };
+    attempt().unwrap_or(false)
+}
+
 fn free_loopback_port() -> Result<SocketAddr, RouterError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(RouterError::Port)?;
     listener.local_addr().map_err(RouterError::Port)
@@ -112,7 +142,7 @@ pub fn start(settings: &RouterSettings, runtime: &tokio::runtime::Handle) -> Res
         ..Default::default()
     };
     let mut broker = Broker::new(config);
-    let (link_tx, mut link_rx) = broker.link("$broker").map_err(|e| RouterError::Link(e.to_string()))?;
+    let (link_tx, mut link_rx) = broker.link("broker-host").map_err(|e| RouterError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {
@@ -131,9 +161,9 @@ pub fn start(settings: &RouterSettings, runtime: &tokio::runtime::Handle) -> Res
     runtime.spawn(run_publisher(rx, link_tx));
 
     let timeout = Duration::from_secs(10);
-    for addr in [router.v4, router.v5] {
+    for (addr, level) in [(router.v4, 4), (router.v5, 5)] {
         let deadline = Instant::now() + timeout;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while !probe(addr, level) {
             if Instant::now() > deadline {
                 return Err(RouterError::NotListening(addr, timeout));
             }

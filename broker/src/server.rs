@@ -21,8 +21,9 @@ use crate::ctl;
 
 fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=error", settings.log_level)));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=off", settings.log_level)));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Takes the data directory's lock file, so that two brokers never share one directory.

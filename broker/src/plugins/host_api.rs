@@ -67,10 +67,10 @@ unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: RawStr) {
     let (context, message) = unsafe { (context(ctx), message.as_str()) };
     let plugin = context.name.as_str();
     match level {
-        abi::LOG_ERROR => tracing::error!(plugin, "{message}"),
-        abi::LOG_WARN => tracing::warn!(plugin, "{message}"),
-        abi::LOG_INFO => tracing::info!(plugin, "{message}"),
-        _ => tracing::debug!(plugin, "{message}"),
+        abi::LOG_ERROR => tracing::error!(target: "plugin", plugin, "{message}"),
+        abi::LOG_WARN => tracing::warn!(target: "plugin", plugin, "{message}"),
+        abi::LOG_INFO => tracing::info!(target: "plugin", plugin, "{message}"),
+        _ => tracing::debug!(target: "plugin", plugin, "{message}"),
     }
 }
 

@@ -42,7 +42,8 @@ pub struct PluginStatus {
     pub description: String,
     pub kind: String,
     pub active: bool,
-    /// `running`, `stopped`, or `failed: <why>`.
+    /// `running`, `stopped`, `failed: <why>` (init failed or it panicked), or
+    /// `unavailable: <why>` (its library is missing or refused).
     pub state: String,
 }
 
@@ -291,13 +292,14 @@ impl Manager {
         let library = cached.map(Ok).unwrap_or_else(|| self.library(name));
         let (version, description, kind) = match &library {
             Ok(l) => (l.meta.version.clone(), l.meta.description.clone(), l.meta.kind.as_str().to_owned()),
-            Err(e) => (String::new(), e.to_string(), String::new()),
+            Err(_) => Default::default(),
         };
         let active = running.as_ref().is_some_and(|p| p.is_active());
-        let state = match (&running, failed) {
-            (Some(_), _) => "running".to_owned(),
-            (None, Some(why)) => format!("failed: {why}"),
-            (None, None) => "stopped".to_owned(),
+        let state = match (&running, failed, library) {
+            (Some(_), _, _) => "running".to_owned(),
+            (None, Some(why), _) => format!("failed: {why}"),
+            (None, None, Err(e)) => format!("unavailable: {e}"),
+            (None, None, Ok(_)) => "stopped".to_owned(),
         };
         PluginStatus { name: name.to_owned(), version, description, kind, active, state }
     }
@@ -348,8 +350,8 @@ fn format_status(s: &PluginStatus) -> String {
         "Plugin({}, version={}, kind={}, description={}, active={}",
         s.name, s.version, s.kind, s.description, s.active
     );
-    if let Some(why) = s.state.strip_prefix("failed: ") {
-        line.push_str(&format!(", failed={why}"));
+    if s.state != "running" && s.state != "stopped" {
+        line.push_str(&format!(", state={}", s.state));
     }
     line.push(')');
     line

@@ -1,0 +1,378 @@
+//! Test harness: starts the real `broker` binary (built by `cargo build --workspace`, in the
+//! profile the tests run in) on a free loopback port with a temporary data directory, and
+//! talks to it with real MQTT clients and the real `broker ctl`.
+//!
+//! No sleeps: every wait polls a condition against a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Where the built `broker` and plugin libraries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BROKER_BIN_DIR") {
+        return dir.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+}
+
+/// The `broker` executable.
+pub fn broker_exe() -> PathBuf {
+    let exe = bin_dir().join("broker");
+    assert!(
+        exe.exists(),
+        "{} is missing: build the workspace first (`cargo build --release --workspace`)",
+        exe.display()
+    );
+    exe
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] saying `what`.
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temporary data directory, kept across broker restarts.
+pub struct DataDir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DataDir {
+    pub fn new() -> DataDir {
+        DataDir { dir: tempfile::Builder::new().prefix("broker-test-").tempdir().expect("temp dir") }
+    }
+
+    /// A data directory whose `loaded_plugins` is `text`.
+    pub fn with_plugins(text: &str) -> DataDir {
+        let dir = DataDir::new();
+        dir.write("loaded_plugins", text);
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.file(name), text).expect("write test file");
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.file(name)).unwrap_or_default()
+    }
+
+    /// Runs `broker ctl ARGS` against this data directory.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let output = Command::new(broker_exe())
+            .arg("--data-dir")
+            .arg(self.path())
+            .arg("ctl")
+            .args(args)
+            .output()
+            .expect("run broker ctl");
+        CtlOutput::from(output)
+    }
+}
+
+/// What `broker ctl` printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for CtlOutput {
+    fn from(o: Output) -> Self {
+        CtlOutput {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl CtlOutput {
+    /// Asserts success and returns stdout.
+    pub fn ok(self) -> String {
+        assert!(self.success, "ctl failed: {}", self.stderr);
+        self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    pub fn err(self) -> String {
+        assert!(!self.success, "ctl succeeded unexpectedly: {}", self.stdout);
+        self.stderr
+    }
+}
+
+/// A running broker process. Killed when dropped.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    data_dir: PathBuf,
+}
+
+impl Broker {
+    /// Starts the broker on a free loopback port with `data_dir` and extra environment, and
+    /// waits until its MQTT listener is up (plugins are started before it listens).
+    pub fn start(data_dir: &DataDir, env: &[(&str, &str)]) -> Broker {
+        Self::start_with_args(data_dir, env, &[])
+    }
+
+    pub fn start_with_args(data_dir: &DataDir, env: &[(&str, &str)], args: &[&str]) -> Broker {
+        let mut command = Command::new(broker_exe());
+        command
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info,rumqttd=off")
+            // No test reaches the internet: telemetry goes to a closed local port unless a
+            // test points it at its own receiver.
+            .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
+            .env_remove("BROKER_PLUGINS_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn broker");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[broker] {line}");
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut broker = Broker { child, addr: "0.0.0.0:0".parse().unwrap(), logs, data_dir: data_dir.path().to_owned() };
+        broker.addr = wait_until("the broker's mqtt listener", || {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("broker exited with {status} before listening; log:\n{}", broker.logs().join("\n"));
+            }
+            broker.logs().iter().find_map(|l| l.split("mqtt listener on ").nth(1).and_then(|a| a.trim().parse().ok()))
+        });
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_until(&format!("a log line containing {needle:?}"), || {
+            self.logs().into_iter().find(|l| l.contains(needle))
+        })
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + DEADLINE;
+        while self.is_running() {
+            assert!(Instant::now() < deadline, "broker did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker with SIGKILL (a crash) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real MQTT client (rumqttc) whose event loop runs in a task; events arrive on a channel.
+pub struct Client {
+    pub client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Options for a client of `broker`.
+pub fn options(broker: &Broker, id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+impl Client {
+    /// Connects with a clean session and waits for the CONNACK.
+    pub async fn connect(broker: &Broker, id: &str) -> Client {
+        Client::connect_with(options(broker, id)).await
+    }
+
+    /// Connects with `options` and waits for the CONNACK.
+    pub async fn connect_with(options: MqttOptions) -> Client {
+        let (client, eventloop) = AsyncClient::new(options, 100);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_eventloop(eventloop, tx));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "connection refused");
+                    break;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("connection failed before CONNACK"),
+                Err(_) => panic!("no CONNACK within {DEADLINE:?}"),
+            }
+        }
+        Client { client, events, task }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.wait_for("SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+    }
+
+    /// Waits for an event matching `pred`, dropping the others.
+    pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("connection closed while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Receives `n` PUBLISH packets (waiting up to the deadline).
+    pub async fn receive(&mut self, n: usize) -> Vec<Publish> {
+        let mut received = Vec::with_capacity(n);
+        while received.len() < n {
+            let event = self
+                .wait_for(&format!("message {} of {n}", received.len() + 1), |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
+                .await;
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                received.push(p);
+            }
+        }
+        received
+    }
+
+    /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
+    pub async fn publish_acked(&mut self, topic: &str, qos: QoS, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, qos, false, payload.into()).await.expect("publish");
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.wait_for("PUBACK", |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
+            }
+            QoS::ExactlyOnce => {
+                self.wait_for("PUBCOMP", |e| matches!(e, Event::Incoming(Packet::PubComp(_)))).await;
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and waits for the connection to end.
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("disconnect");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, self.events.recv()).await {}
+        self.task.abort();
+    }
+
+    /// Drops the connection without DISCONNECT, as a crashed client would.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn run_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            // Never reconnect behind a test's back: the channel closes instead.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs `mosquitto_sub`/`mosquitto_pub` style commands, failing clearly if missing.
+pub fn mosquitto(program: &str) -> Command {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output();
+    assert!(
+        found.map(|o| o.status.success()).unwrap_or(false),
+        "{program} is not installed (apt-get install mosquitto-clients; .ci/run does it)"
+    );
+    Command::new(program)
+}
+
+/// Reads the hook_recorder's JSON-lines file.
+pub fn recorded_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
