@@ -206,7 +206,6 @@ impl Relay {
             frame.to_vec()
         };
         let level = connect.level;
-        drop(connect);
 
         let upstream_addr = if level == 5 { self.router.v5 } else { self.router.v4 };
         let mut upstream = match TcpStream::connect(upstream_addr).await {
