@@ -1,0 +1,237 @@
+//! `emqx_telemetry`: counts clients and messages from broker hooks and reports anonymous
+//! usage data, as EMQX 4.x does, by HTTPS POST to `telemetry.url` every
+//! `telemetry.report_interval`.
+//!
+//! Off switches: `broker ctl telemetry disable` (kept in the data directory),
+//! `BROKER_TELEMETRY__ENABLE=false` (or `enable = false` in `[telemetry]`), `DO_NOT_TRACK=1`,
+//! `broker ctl plugins unload emqx_telemetry`, or removing its line from `loaded_plugins`.
+//!
+//! Commands: `broker ctl telemetry enable | disable | get status | get data`.
+#![forbid(unsafe_code)]
+
+mod report;
+mod reporter;
+mod settings;
+mod state;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use plugin_api::{
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
+};
+
+use report::{License, Report};
+use reporter::{Reporter, Source};
+use settings::Settings;
+use state::State;
+
+/// Counts kept from hooks (seeded from the broker's stats at start, so a plugin loaded on a
+/// busy broker agrees with it).
+#[derive(Debug, Default)]
+struct Counters {
+    clients: AtomicI64,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// What the report is built from.
+#[derive(Debug)]
+struct Shared {
+    host: Host,
+    counters: Counters,
+    uuid: String,
+    os: (String, String),
+}
+
+impl Source for Shared {
+    fn report(&self) -> Report {
+        let (mut active_plugins, mut active_modules) = (Vec::new(), Vec::new());
+        match self.host.plugins() {
+            Ok(plugins) => {
+                for plugin in plugins.into_iter().filter(|p| p.active) {
+                    match plugin.kind.as_str() {
+                        "module" => active_modules.push(plugin.name),
+                        _ => active_plugins.push(plugin.name),
+                    }
+                }
+            }
+            Err(e) => self.host.warn(&format!("cannot list plugins for the report: {e}")),
+        }
+        let up_time = SystemTime::now().duration_since(self.host.started_at()).map(|d| d.as_secs()).unwrap_or(0);
+        Report {
+            license: License { edition: "community" },
+            nodes_uuid: Vec::new(),
+            active_plugins,
+            active_modules,
+            num_clients: self.counters.clients.load(Ordering::Relaxed).max(0) as u64,
+            messages_received: self.counters.received.load(Ordering::Relaxed),
+            messages_sent: self.counters.sent.load(Ordering::Relaxed),
+            emqx_version: self.host.broker_version().to_owned(),
+            os_name: self.os.0.clone(),
+            os_version: self.os.1.clone(),
+            otp_version: env!("TELEMETRY_RUSTC_VERSION").to_owned(),
+            up_time,
+            uuid: self.uuid.clone(),
+        }
+    }
+
+    fn warn(&self, message: &str) {
+        self.host.warn(message)
+    }
+
+    fn debug(&self, message: &str) {
+        self.host.debug(message)
+    }
+}
+
+#[derive(Debug)]
+struct Control {
+    state: State,
+    reporter: Option<Reporter>,
+}
+
+pub struct Telemetry {
+    shared: Arc<Shared>,
+    settings: Settings,
+    control: Mutex<Control>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why telemetry is off, or `None` when it is on.
+    fn off_reason(&self, state: &State) -> Option<&'static str> {
+        if !self.settings.enable {
+            Some("disabled by the config (telemetry.enable = false / BROKER_TELEMETRY__ENABLE=false)")
+        } else if settings::do_not_track() {
+            Some("disabled by DO_NOT_TRACK")
+        } else if !state.enabled {
+            Some("disabled by `broker ctl telemetry disable`")
+        } else {
+            None
+        }
+    }
+
+    /// Starts or stops the reporter to match the current switches.
+    fn apply(&self, control: &mut Control) -> Result<(), String> {
+        let on = self.off_reason(&control.state).is_none();
+        if on && control.reporter.is_none() {
+            let source: Arc<dyn Source> = self.shared.clone();
+            let reporter = Reporter::start(self.settings.clone(), source).map_err(|e| e.to_string())?;
+            control.reporter = Some(reporter);
+            self.shared.host.info(&format!(
+                "telemetry is on: every {} it sends anonymous usage data (broker version, OS, uptime, \
+                 plugin names, client and message counts; no IPs, hostnames, client ids, usernames or \
+                 topics) to {}; turn it off with `broker ctl telemetry disable`, \
+                 BROKER_TELEMETRY__ENABLE=false or DO_NOT_TRACK=1",
+                humantime::format_duration(self.settings.report_interval),
+                self.settings.url
+            ));
+        } else if !on {
+            if let Some(reporter) = control.reporter.take() {
+                reporter.stop();
+            }
+        }
+        Ok(())
+    }
+
+    fn set_enabled(&self, enabled: bool) -> Result<String, String> {
+        let mut control = self.control();
+        control.state.enabled = enabled;
+        state::save(self.shared.host.data_dir(), &control.state)
+            .map_err(|e| format!("cannot save {}: {e}", state::path(self.shared.host.data_dir()).display()))?;
+        self.apply(&mut control)?;
+        let verb = if enabled { "Enable" } else { "Disable" };
+        Ok(match self.off_reason(&control.state) {
+            Some(reason) if enabled => format!("{verb} telemetry successfully (but it stays off: {reason})"),
+            _ => format!("{verb} telemetry successfully"),
+        })
+    }
+}
+
+impl Plugin for Telemetry {
+    fn init(host: Host, config: Config) -> Result<Self, BoxError> {
+        let settings: Settings = config.parse()?;
+        let state = state::load_or_create(host.data_dir())?;
+        let stats = host.stats();
+        let shared = Arc::new(Shared {
+            host,
+            counters: Counters {
+                clients: AtomicI64::new(stats.connections as i64),
+                received: AtomicU64::new(stats.messages_received),
+                sent: AtomicU64::new(stats.messages_sent),
+            },
+            uuid: state.uuid.clone(),
+            os: report::os_name_and_version(),
+        });
+        let telemetry = Telemetry { shared, settings, control: Mutex::new(Control { state, reporter: None }) };
+        {
+            let mut control = telemetry.control();
+            if let Some(reason) = telemetry.off_reason(&control.state) {
+                host.info(&format!("telemetry is off ({reason}); nothing is sent"));
+            }
+            telemetry.apply(&mut control)?;
+        }
+        Ok(telemetry)
+    }
+
+    fn on_event(&self, event: &Event<'_>) -> HookResult {
+        let counters = &self.shared.counters;
+        match event.hook {
+            Hook::ClientConnected => counters.clients.fetch_add(1, Ordering::Relaxed),
+            Hook::ClientDisconnected => counters.clients.fetch_sub(1, Ordering::Relaxed),
+            Hook::MessagePublish => counters.received.fetch_add(1, Ordering::Relaxed) as i64,
+            Hook::MessageDelivered => counters.sent.fetch_add(1, Ordering::Relaxed) as i64,
+            _ => 0,
+        };
+        HookResult::Continue
+    }
+
+    fn ctl(&self, args: &[String]) -> Result<String, String> {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["enable"] => self.set_enabled(true),
+            ["disable"] => self.set_enabled(false),
+            ["get", "status"] => Ok(match self.off_reason(&self.control().state) {
+                None => "Telemetry status: enabled".to_owned(),
+                Some(reason) => format!("Telemetry status: disabled ({reason})"),
+            }),
+            ["get", "data"] => serde_json::to_string(&self.shared.report()).map_err(|e| e.to_string()),
+            _ => Err("usage: broker ctl telemetry enable | disable | get status | get data".to_owned()),
+        }
+    }
+
+    fn stop(self) {
+        if let Some(reporter) = self.control().reporter.take() {
+            reporter.stop();
+        }
+    }
+}
+
+declare_plugin!(
+    Telemetry,
+    PluginInfo {
+        name: "emqx_telemetry",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Telemetry data",
+        kind: PluginKind::Plugin,
+        hooks: HookMask::of(&[
+            Hook::ClientConnected,
+            Hook::ClientDisconnected,
+            Hook::MessagePublish,
+            Hook::MessageDelivered,
+        ]),
+        priority: 0,
+        ctl_command: Some("telemetry"),
+    }
+);
