@@ -74,7 +74,10 @@ impl Ended {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Accepts clients forever.
@@ -144,7 +147,11 @@ struct Pending {
 type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
 /// Reads from `reader` into `buf` until one complete frame is at its start.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut, max: usize) -> Result<FrameHeader, Ended> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<FrameHeader, Ended> {
     loop {
         if let Some(header) = parse_header(buf, max)? {
             if buf.len() >= header.frame_len() {
@@ -200,19 +207,37 @@ impl Relay {
         // An empty client id (3.1.1 clean session) gets a generated one so hooks can name it.
         let needs_rewrite = connect.keepalive == 0 || session.client_id != connect.client_id;
         let connect_frame = if needs_rewrite {
-            let keepalive = if connect.keepalive == 0 { u16::MAX } else { connect.keepalive };
-            packet::rewrite_connect(header.first_byte, body, &connect, keepalive, &session.client_id)
+            let keepalive = if connect.keepalive == 0 {
+                u16::MAX
+            } else {
+                connect.keepalive
+            };
+            packet::rewrite_connect(
+                header.first_byte,
+                body,
+                &connect,
+                keepalive,
+                &session.client_id,
+            )
         } else {
             frame.to_vec()
         };
         let level = connect.level;
 
-        let upstream_addr = if level == 5 { self.router.v5 } else { self.router.v4 };
+        let upstream_addr = if level == 5 {
+            self.router.v5
+        } else {
+            self.router.v4
+        };
         let mut upstream = match TcpStream::connect(upstream_addr).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::error!("cannot reach the embedded router at {upstream_addr}: {e}");
-                let refuse = if level == 5 { [0x20, 3, 0, 0x88, 0].to_vec() } else { vec![0x20, 2, 0, 3] };
+                let refuse = if level == 5 {
+                    [0x20, 3, 0, 0x88, 0].to_vec()
+                } else {
+                    vec![0x20, 2, 0, 3]
+                };
                 let _ = client.write_all(&refuse).await;
                 return;
             }
@@ -286,7 +311,12 @@ impl Relay {
     }
 
     /// Runs `client.connect` and `client.authenticate`; refuses the client if denied.
-    async fn admit(&self, connect: &Connect<'_>, session: &Session, client: &mut TcpStream) -> bool {
+    async fn admit(
+        &self,
+        connect: &Connect<'_>,
+        session: &Session,
+        client: &mut TcpStream,
+    ) -> bool {
         if self.hooks.wants(Hook::ClientConnect) {
             self.hooks.dispatch(&session.event(Hook::ClientConnect));
         }
@@ -298,8 +328,14 @@ impl Relay {
         if self.hooks.dispatch(&event) != Verdict::Deny {
             return true;
         }
-        tracing::info!(client_id = session.client_id, peer = session.peer, "authentication denied");
-        let _ = client.write_all(&packet::connack_not_authorized(connect.level)).await;
+        tracing::info!(
+            client_id = session.client_id,
+            peer = session.peer,
+            "authentication denied"
+        );
+        let _ = client
+            .write_all(&packet::connack_not_authorized(connect.level))
+            .await;
         let _ = client.shutdown().await;
         false
     }
@@ -308,7 +344,12 @@ impl Relay {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -325,7 +366,12 @@ struct ClientPump {
 }
 
 impl ClientPump {
-    async fn run(mut self, mut reader: OwnedReadHalf, mut upstream: OwnedWriteHalf, mut buf: BytesMut) -> Ended {
+    async fn run(
+        mut self,
+        mut reader: OwnedReadHalf,
+        mut upstream: OwnedWriteHalf,
+        mut buf: BytesMut,
+    ) -> Ended {
         let max = self.relay.settings.max_packet_size;
         loop {
             // Forward every complete frame in the buffer, in as few writes as possible.
@@ -345,7 +391,14 @@ impl ClientPump {
                         return Ended::BrokerClosed;
                     }
                     forward_from = pos + header.frame_len();
-                    if self.client_writer.lock().await.write_all(&reply).await.is_err() {
+                    if self
+                        .client_writer
+                        .lock()
+                        .await
+                        .write_all(&reply)
+                        .await
+                        .is_err()
+                    {
                         return Ended::ClientClosed;
                     }
                 } else if action.skip {
@@ -384,7 +437,10 @@ impl ClientPump {
             kind::PUBLISH => {
                 self.relay.stats.message_received();
                 let check_acl = hooks.wants(Hook::ClientCheckAcl);
-                if !check_acl && !hooks.wants(Hook::MessagePublish) && !hooks.wants(Hook::MessageDropped) {
+                if !check_acl
+                    && !hooks.wants(Hook::MessagePublish)
+                    && !hooks.wants(Hook::MessageDropped)
+                {
                     return Ok(Action::FORWARD);
                 }
                 let publish = packet::decode_publish(header.flags(), body, v5)?;
@@ -404,7 +460,11 @@ impl ClientPump {
                 event.packet_id = publish.packet_id;
                 let mut verdict = Verdict::Continue;
                 if check_acl {
-                    let acl = RawEvent { hook: Hook::ClientCheckAcl as u32, acl_action: abi::ACL_PUBLISH, ..event };
+                    let acl = RawEvent {
+                        hook: Hook::ClientCheckAcl as u32,
+                        acl_action: abi::ACL_PUBLISH,
+                        ..event
+                    };
                     if hooks.dispatch(&acl) == Verdict::Deny {
                         verdict = Verdict::Drop;
                     }
@@ -416,7 +476,10 @@ impl ClientPump {
                     return Ok(Action::FORWARD);
                 }
                 if hooks.wants(Hook::MessageDropped) {
-                    hooks.dispatch(&RawEvent { hook: Hook::MessageDropped as u32, ..event });
+                    hooks.dispatch(&RawEvent {
+                        hook: Hook::MessageDropped as u32,
+                        ..event
+                    });
                 }
                 // The publisher still gets its acknowledgement.
                 Ok(match publish.qos {
@@ -452,7 +515,10 @@ impl ClientPump {
                         hooks.dispatch(&event);
                     }
                 }
-                let owned = filters.into_iter().map(|(f, q)| (f.to_owned(), q)).collect();
+                let owned = filters
+                    .into_iter()
+                    .map(|(f, q)| (f.to_owned(), q))
+                    .collect();
                 lock(&self.pending).subscribes.insert(packet_id, owned);
                 Ok(Action::FORWARD)
             }
@@ -484,11 +550,20 @@ struct Action {
 }
 
 impl Action {
-    const FORWARD: Action = Action { skip: false, reply: None };
-    const SKIP: Action = Action { skip: true, reply: None };
+    const FORWARD: Action = Action {
+        skip: false,
+        reply: None,
+    };
+    const SKIP: Action = Action {
+        skip: true,
+        reply: None,
+    };
 
     fn reply(bytes: [u8; 4]) -> Action {
-        Action { skip: true, reply: Some(bytes) }
+        Action {
+            skip: true,
+            reply: Some(bytes),
+        }
     }
 }
 
@@ -574,7 +649,10 @@ impl BrokerPump {
             }
             kind::SUBACK => {
                 let (packet_id, codes) = packet::decode_ack_with_codes(body, v5)?;
-                let filters = lock(&self.pending).subscribes.remove(&packet_id).unwrap_or_default();
+                let filters = lock(&self.pending)
+                    .subscribes
+                    .remove(&packet_id)
+                    .unwrap_or_default();
                 if hooks.wants(Hook::SessionSubscribed) {
                     for ((filter, _), &code) in filters.iter().zip(codes) {
                         if code < 0x80 {
@@ -589,7 +667,10 @@ impl BrokerPump {
             }
             kind::UNSUBACK => {
                 let packet_id = packet::decode_packet_id(body)?;
-                let filters = lock(&self.pending).unsubscribes.remove(&packet_id).unwrap_or_default();
+                let filters = lock(&self.pending)
+                    .unsubscribes
+                    .remove(&packet_id)
+                    .unwrap_or_default();
                 if hooks.wants(Hook::SessionUnsubscribed) {
                     for filter in &filters {
                         let mut event = self.session.event(Hook::SessionUnsubscribed);

@@ -11,19 +11,23 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, Overrides, Settings};
+use crate::ctl;
 use crate::hooks::Hooks;
 use crate::plugins::host_api::HostShared;
 use crate::plugins::manager::{Manager, ManagerPaths};
 use crate::relay::{self, Relay, RelaySettings};
 use crate::router::{self, RouterSettings};
 use crate::stats::Stats;
-use crate::ctl;
 
 fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=off", settings.log_level)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Takes the data directory's lock file, so that two brokers never share one directory.
@@ -47,7 +51,9 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
                 data_dir.display()
             );
         }
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
     file.set_len(0)?;
     file.rewind()?;
@@ -61,13 +67,20 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let settings = config::load(overrides)?;
     init_logging(&settings);
 
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
     let data_dir = settings.data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
-    let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
+    let plugins_dir =
+        config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let router_settings = RouterSettings {
         max_connections: settings.mqtt.max_connections,
         // rumqttd limits the payload; the relay limits the whole packet.
@@ -91,7 +104,10 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         manager: OnceLock::new(),
     });
     let manager = Arc::new(Manager::new(
-        ManagerPaths { plugins_dir: plugins_dir.clone(), loaded_plugins: data_dir.join("loaded_plugins") },
+        ManagerPaths {
+            plugins_dir: plugins_dir.clone(),
+            loaded_plugins: data_dir.join("loaded_plugins"),
+        },
         settings.plugins.clone(),
         shared.clone(),
         hooks.clone(),
@@ -106,12 +122,14 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 while let Some(instance) = failed_rx.recv().await {
                     let manager = manager.clone();
-                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
                 }
             });
         }
         let socket = ctl::socket_path(&data_dir);
-        let ctl_listener = ctl::bind(&socket).with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
+        let ctl_listener = ctl::bind(&socket)
+            .with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
         tokio::spawn(ctl::serve(ctl_listener, manager.clone()));
 
         let listener = TcpListener::bind(settings.listener.tcp)

@@ -77,12 +77,18 @@ impl RawStr {
 
     /// Borrows a `'static` string (usable in `const`).
     pub const fn from_static(s: &'static str) -> RawStr {
-        RawStr { ptr: s.as_ptr(), len: s.len() }
+        RawStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// Borrows a string; the caller keeps it alive while the `RawStr` is used.
     pub fn new(s: &str) -> RawStr {
-        RawStr { ptr: s.as_ptr(), len: s.len() }
+        RawStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// Reads the string back. Invalid UTF-8 reads as the empty string.
@@ -113,11 +119,17 @@ unsafe impl Sync for RawBytes {}
 
 impl RawBytes {
     /// No bytes.
-    pub const EMPTY: RawBytes = RawBytes { ptr: [].as_ptr(), len: 0 };
+    pub const EMPTY: RawBytes = RawBytes {
+        ptr: [].as_ptr(),
+        len: 0,
+    };
 
     /// Borrows a byte slice; the caller keeps it alive while the `RawBytes` is used.
     pub fn new(b: &[u8]) -> RawBytes {
-        RawBytes { ptr: b.as_ptr(), len: b.len() }
+        RawBytes {
+            ptr: b.as_ptr(),
+            len: b.len(),
+        }
     }
 
     /// Reads the bytes back.
@@ -163,7 +175,10 @@ impl RawWriter {
             let (buf, text) = unsafe { (&mut *(ctx as *mut String), text.as_str()) };
             buf.push_str(text);
         }
-        RawWriter { ctx: buf as *mut String as *mut c_void, write: append }
+        RawWriter {
+            ctx: buf as *mut String as *mut c_void,
+            write: append,
+        }
     }
 
     /// Appends `text` through the writer.

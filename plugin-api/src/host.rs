@@ -78,7 +78,9 @@ impl Host {
     pub unsafe fn from_raw(api: *const HostApi) -> Host {
         // SAFETY: valid for the plugin's life, as the caller promises; we treat that as
         // 'static because the plugin cannot outlive it.
-        Host { api: unsafe { &*api } }
+        Host {
+            api: unsafe { &*api },
+        }
     }
 
     /// The broker's version.
@@ -163,7 +165,10 @@ impl Host {
 
     /// Current broker statistics.
     pub fn stats(&self) -> Stats {
-        let mut raw = RawStats { size: std::mem::size_of::<RawStats>() as u32, ..Default::default() };
+        let mut raw = RawStats {
+            size: std::mem::size_of::<RawStats>() as u32,
+            ..Default::default()
+        };
         // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
         // whose size field tells the host how much it may write.
         unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
@@ -179,7 +184,8 @@ impl Host {
     pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
         let mut json = String::new();
         // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
-        let status = unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status =
+            unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }
@@ -196,7 +202,11 @@ impl Host {
         let mut out = String::new();
         // SAFETY: ctx and ctl are valid; args outlives the call; the writer borrows `out`.
         let status = unsafe {
-            (self.api.ctl)(self.api.ctx, RawStr::new(&args), RawWriter::for_string(&mut out))
+            (self.api.ctl)(
+                self.api.ctx,
+                RawStr::new(&args),
+                RawWriter::for_string(&mut out),
+            )
         };
         match status {
             abi::STATUS_OK => Ok(out),

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod receiver;
+
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
@@ -25,7 +27,11 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+    target.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
 }
 
 /// The `broker` executable.
@@ -64,7 +70,12 @@ impl Default for DataDir {
 
 impl DataDir {
     pub fn new() -> DataDir {
-        DataDir { dir: tempfile::Builder::new().prefix("broker-test-").tempdir().expect("temp dir") }
+        DataDir {
+            dir: tempfile::Builder::new()
+                .prefix("broker-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
     }
 
     /// A data directory whose `loaded_plugins` is `text`.
@@ -162,6 +173,7 @@ impl Broker {
             // test points it at its own receiver.
             .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
             .env_remove("BROKER_PLUGINS_DIR")
+            .env_remove("DO_NOT_TRACK")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -180,12 +192,24 @@ impl Broker {
                 }
             });
         }
-        let mut broker = Broker { child, addr: "0.0.0.0:0".parse().unwrap(), logs, data_dir: data_dir.path().to_owned() };
+        let mut broker = Broker {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            logs,
+            data_dir: data_dir.path().to_owned(),
+        };
         broker.addr = wait_until("the broker's mqtt listener", || {
             if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("broker exited with {status} before listening; log:\n{}", broker.logs().join("\n"));
+                panic!(
+                    "broker exited with {status} before listening; log:\n{}",
+                    broker.logs().join("\n")
+                );
             }
-            broker.logs().iter().find_map(|l| l.split("mqtt listener on ").nth(1).and_then(|a| a.trim().parse().ok()))
+            broker.logs().iter().find_map(|l| {
+                l.split("mqtt listener on ")
+                    .nth(1)
+                    .and_then(|a| a.trim().parse().ok())
+            })
         });
         broker
     }
@@ -269,7 +293,11 @@ impl Client {
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => {
-                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "connection refused");
+                    assert_eq!(
+                        ack.code,
+                        rumqttc::ConnectReturnCode::Success,
+                        "connection refused"
+                    );
                     break;
                 }
                 Ok(Some(_)) => {}
@@ -277,13 +305,20 @@ impl Client {
                 Err(_) => panic!("no CONNACK within {DEADLINE:?}"),
             }
         }
-        Client { client, events, task }
+        Client {
+            client,
+            events,
+            task,
+        }
     }
 
     /// Subscribes and waits for the SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.client.subscribe(filter, qos).await.expect("subscribe");
-        self.wait_for("SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+        self.wait_for("SUBACK", |e| {
+            matches!(e, Event::Incoming(Packet::SubAck(_)))
+        })
+        .await;
     }
 
     /// Waits for an event matching `pred`, dropping the others.
@@ -317,14 +352,23 @@ impl Client {
 
     /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
     pub async fn publish_acked(&mut self, topic: &str, qos: QoS, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, qos, false, payload.into()).await.expect("publish");
+        self.client
+            .publish(topic, qos, false, payload.into())
+            .await
+            .expect("publish");
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.wait_for("PUBACK", |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
+                self.wait_for("PUBACK", |e| {
+                    matches!(e, Event::Incoming(Packet::PubAck(_)))
+                })
+                .await;
             }
             QoS::ExactlyOnce => {
-                self.wait_for("PUBCOMP", |e| matches!(e, Event::Incoming(Packet::PubComp(_)))).await;
+                self.wait_for("PUBCOMP", |e| {
+                    matches!(e, Event::Incoming(Packet::PubComp(_)))
+                })
+                .await;
             }
         }
     }
@@ -360,7 +404,10 @@ async fn run_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event
 
 /// Runs `mosquitto_sub`/`mosquitto_pub` style commands, failing clearly if missing.
 pub fn mosquitto(program: &str) -> Command {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output();
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output();
     assert!(
         found.map(|o| o.status.success()).unwrap_or(false),
         "{program} is not installed (apt-get install mosquitto-clients; .ci/run does it)"

@@ -34,7 +34,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(PacketError::Truncated)?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(PacketError::Truncated)?;
         let bytes = &self.buf[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -159,7 +163,12 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
     let level = r.u8()?;
     match (name, level) {
         ("MQTT", 4 | 5) | ("MQIsdp", 3) => {}
-        _ => return Err(PacketError::UnsupportedProtocol { name: name.to_owned(), level }),
+        _ => {
+            return Err(PacketError::UnsupportedProtocol {
+                name: name.to_owned(),
+                level,
+            })
+        }
     }
     let flags = r.u8()?;
     let keepalive_at = r.pos;
@@ -184,8 +193,16 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
         r.string()?; // will topic
         r.binary()?; // will payload
     }
-    let username = if flags & 0x80 != 0 { Some(r.string()?) } else { None };
-    let password = if flags & 0x40 != 0 { Some(r.binary()?) } else { None };
+    let username = if flags & 0x80 != 0 {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if flags & 0x40 != 0 {
+        Some(r.binary()?)
+    } else {
+        None
+    };
     Ok(Connect {
         level,
         clean_start: flags & 0x02 != 0,
@@ -201,7 +218,13 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
 
 /// Re-encodes a CONNECT frame with another keep-alive and client id, keeping every other
 /// byte as the client sent it.
-pub fn rewrite_connect(first_byte: u8, body: &[u8], connect: &Connect<'_>, keepalive: u16, client_id: &str) -> Vec<u8> {
+pub fn rewrite_connect(
+    first_byte: u8,
+    body: &[u8],
+    connect: &Connect<'_>,
+    keepalive: u16,
+    client_id: &str,
+) -> Vec<u8> {
     let mut new_body = Vec::with_capacity(body.len() + client_id.len());
     new_body.extend_from_slice(&body[..connect.keepalive_at]);
     new_body.extend_from_slice(&keepalive.to_be_bytes());
@@ -253,7 +276,14 @@ pub fn decode_publish(flags: u8, body: &[u8], v5: bool) -> Result<Publish<'_>> {
             Ok(false)
         })?;
     }
-    Ok(Publish { topic, qos, retain: flags & 0x01 != 0, packet_id, topic_alias, payload: r.rest() })
+    Ok(Publish {
+        topic,
+        qos,
+        retain: flags & 0x01 != 0,
+        packet_id,
+        topic_alias,
+        payload: r.rest(),
+    })
 }
 
 /// SUBSCRIBE: packet id and (filter, requested QoS) pairs.
@@ -331,17 +361,24 @@ mod tests {
     fn connect_v4_with_credentials() {
         // MQTT 3.1.1, clean, user+password, keepalive 0, client id "c1"
         let body = [
-            0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 0, 0, 2, b'c', b'1', 0, 1, b'u', 0, 2, b'p', b'w',
+            0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 0, 0, 2, b'c', b'1', 0, 1, b'u', 0, 2, b'p',
+            b'w',
         ];
         let c = decode_connect(&body).unwrap();
-        assert_eq!((c.level, c.clean_start, c.keepalive, c.client_id), (4, true, 0, "c1"));
+        assert_eq!(
+            (c.level, c.clean_start, c.keepalive, c.client_id),
+            (4, true, 0, "c1")
+        );
         assert_eq!((c.username, c.password), (Some("u"), Some(&b"pw"[..])));
 
         let frame = rewrite_connect(0x10, &body, &c, 60, "client-two");
         let (first, new_body) = split(&frame);
         assert_eq!(first, 0x10);
         let c2 = decode_connect(new_body).unwrap();
-        assert_eq!((c2.keepalive, c2.client_id, c2.username), (60, "client-two", Some("u")));
+        assert_eq!(
+            (c2.keepalive, c2.client_id, c2.username),
+            (60, "client-two", Some("u"))
+        );
     }
 
     #[test]
@@ -357,11 +394,17 @@ mod tests {
     fn publish_v4_and_v5() {
         let body = [0, 3, b'a', b'/', b'b', 0, 7, b'h', b'i'];
         let p = decode_publish(0x02, &body, false).unwrap();
-        assert_eq!((p.topic, p.qos, p.packet_id, p.payload), ("a/b", 1, 7, &b"hi"[..]));
+        assert_eq!(
+            (p.topic, p.qos, p.packet_id, p.payload),
+            ("a/b", 1, 7, &b"hi"[..])
+        );
 
         let body = [0, 0, 3, 0x23, 0, 9, b'x'];
         let p = decode_publish(0x01, &body, true).unwrap();
-        assert_eq!((p.topic, p.retain, p.topic_alias, p.payload), ("", true, Some(9), &b"x"[..]));
+        assert_eq!(
+            (p.topic, p.retain, p.topic_alias, p.payload),
+            ("", true, Some(9), &b"x"[..])
+        );
         assert_eq!(decode_publish(0x06, &body, true), Err(PacketError::BadQoS));
     }
 

@@ -130,7 +130,10 @@ impl Instance {
 
     /// Why the plugin failed, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops new calls and waits until the calls in flight have returned.

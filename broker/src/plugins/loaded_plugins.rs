@@ -8,7 +8,10 @@ use std::path::Path;
 
 /// Whether `name` is a valid plugin name: `[a-z0-9_]+`. Names are never paths.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A line that is not a valid entry, comment or blank.
@@ -22,7 +25,10 @@ pub struct LineError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
-    Entry { name: String, enabled: bool },
+    Entry {
+        name: String,
+        enabled: bool,
+    },
     /// A comment, a blank line, or a line that did not parse: kept verbatim.
     Verbatim(String),
 }
@@ -34,7 +40,10 @@ pub struct LoadedPlugins {
 }
 
 fn parse_entry(text: &str) -> Result<(String, bool), &'static str> {
-    let body = text.strip_suffix('.').ok_or("missing the final '.'")?.trim_end();
+    let body = text
+        .strip_suffix('.')
+        .ok_or("missing the final '.'")?
+        .trim_end();
     let (name, enabled) = match body.strip_prefix('{') {
         Some(inner) => {
             let inner = inner.strip_suffix('}').ok_or("missing '}'")?;
@@ -71,12 +80,20 @@ impl LoadedPlugins {
             }
             match parse_entry(text) {
                 Ok((name, _)) if !seen.insert(name.clone()) => {
-                    errors.push(LineError { line: i + 1, problem: "duplicate entry, ignored", text: raw.to_owned() });
+                    errors.push(LineError {
+                        line: i + 1,
+                        problem: "duplicate entry, ignored",
+                        text: raw.to_owned(),
+                    });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
                 Ok((name, enabled)) => lines.push(Line::Entry { name, enabled }),
                 Err(problem) => {
-                    errors.push(LineError { line: i + 1, problem, text: raw.to_owned() });
+                    errors.push(LineError {
+                        line: i + 1,
+                        problem,
+                        text: raw.to_owned(),
+                    });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
             }
@@ -104,14 +121,21 @@ impl LoadedPlugins {
     /// Sets `name`'s flag, appending an entry if it is not listed.
     pub fn set(&mut self, name: &str, enabled: bool) {
         for line in &mut self.lines {
-            if let Line::Entry { name: n, enabled: e } = line {
+            if let Line::Entry {
+                name: n,
+                enabled: e,
+            } = line
+            {
                 if n == name {
                     *e = enabled;
                     return;
                 }
             }
         }
-        self.lines.push(Line::Entry { name: name.to_owned(), enabled });
+        self.lines.push(Line::Entry {
+            name: name.to_owned(),
+            enabled,
+        });
     }
 
     /// The file's text.
@@ -130,8 +154,13 @@ impl LoadedPlugins {
     /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
     /// directory. A crash leaves either the old or the new file.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new().prefix(".loaded_plugins.").tempfile_in(dir)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".loaded_plugins.")
+            .tempfile_in(dir)?;
         tmp.write_all(self.render().as_bytes())?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
@@ -149,7 +178,14 @@ mod tests {
         let (file, errors) = LoadedPlugins::parse(text);
         assert!(errors.is_empty(), "{errors:?}");
         let entries: Vec<_> = file.entries().collect();
-        assert_eq!(entries, vec![("emqx_telemetry", true), ("emqx_retainer", false), ("emqx_mod_presence", true)]);
+        assert_eq!(
+            entries,
+            vec![
+                ("emqx_telemetry", true),
+                ("emqx_retainer", false),
+                ("emqx_mod_presence", true)
+            ]
+        );
         assert_eq!(
             file.render(),
             "% default plugins\n{emqx_telemetry, true}.\n\n{emqx_retainer, false}.\n{emqx_mod_presence, true}.\n"
