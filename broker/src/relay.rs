@@ -1,17 +1,23 @@
 //! The client-facing listener. Each client connection is relayed, frame by frame, to the
 //! embedded rumqttd; hooks fire on the frames that pass. Frames are forwarded unchanged, in
-//! batches (one write for everything one read delivered), unless a hook drops a message.
+//! batches (one write for everything one read delivered), except where the host must step in:
+//!
+//! - a PUBLISH a plugin dropped (or the ACL denied) is acknowledged by the host, not forwarded;
+//! - the retain flag of a PUBLISH is cleared on its way to rumqttd: retaining is
+//!   `emqx_retainer`'s job, so with it unloaded the broker does not retain (as in EMQX);
+//! - topic filters the ACL denies, and `$` filters (`$SYS/#`, which rumqttd refuses), are
+//!   taken out of a SUBSCRIBE; the host serves `$` subscriptions itself and merges its codes
+//!   into rumqttd's SUBACK (0x80 for a denied filter).
 //!
 //! One connection is two pumps: client → broker (`ClientPump`) and broker → client
-//! (`BrokerPump`). The client's write half is shared (behind an async mutex) because the host
-//! itself answers a client in two cases: a refused CONNECT and the acknowledgement of a
-//! message a plugin dropped.
+//! (`BrokerPump`). Only `BrokerPump` writes to the client: what the host sends on its own
+//! goes through the session's outbox (see `sessions`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use plugin_api::abi::{self, RawBytes, RawEvent, RawStr};
@@ -23,7 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::hooks::{Hooks, Verdict};
 use crate::mqtt::frame::{kind, parse_header, FrameError, FrameHeader};
 use crate::mqtt::packet::{self, Connect, PacketError};
-use crate::router::Router;
+use crate::router::{Publisher, Router};
+use crate::sessions::{HostAck, NewSession, Registry, Session};
 use crate::stats::Stats;
 
 /// Relay limits.
@@ -42,6 +49,8 @@ pub struct Relay {
     pub hooks: Arc<Hooks>,
     pub stats: Arc<Stats>,
     pub router: Router,
+    pub publisher: Publisher,
+    pub registry: Registry,
 }
 
 /// Why a connection ended.
@@ -73,13 +82,6 @@ impl Ended {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Accepts clients forever.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
     loop {
@@ -97,54 +99,25 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
     }
 }
 
-/// Who a connection is, for hook events.
+/// A SUBSCRIBE / UNSUBSCRIBE waiting for rumqttd's answer, by packet id.
 #[derive(Debug)]
-struct Session {
-    client_id: String,
-    username: String,
-    peer: String,
-    proto_ver: u8,
-    keepalive: u16,
-    clean_start: bool,
-    expiry_interval: u32,
-    /// Set when rumqttd accepted the connection (CONNACK success).
-    connected: AtomicBool,
+struct PendingSubscriptions {
+    /// Each filter with its requested QoS.
+    filters: Vec<(String, u8)>,
+    /// The host's code for the filters it answered itself (denied, or `$`); `None` for those
+    /// forwarded to rumqttd.
+    host_codes: Vec<Option<u8>>,
 }
 
-impl Session {
-    fn event(&self, hook: Hook) -> RawEvent {
-        RawEvent {
-            size: std::mem::size_of::<RawEvent>() as u32,
-            hook: hook as u32,
-            client_id: RawStr::new(&self.client_id),
-            username: RawStr::new(&self.username),
-            password: RawBytes::EMPTY,
-            peer: RawStr::new(&self.peer),
-            topic: RawStr::EMPTY,
-            payload: RawBytes::EMPTY,
-            qos: 0,
-            retain: 0,
-            proto_ver: self.proto_ver,
-            clean_start: self.clean_start as u8,
-            keepalive: self.keepalive,
-            packet_id: 0,
-            return_code: 0,
-            expiry_interval: self.expiry_interval,
-            acl_action: 0,
-            reason: RawStr::EMPTY,
-            timestamp_ms: now_ms(),
-        }
-    }
-}
-
-/// Subscriptions and unsubscriptions waiting for their SUBACK / UNSUBACK, by packet id.
 #[derive(Debug, Default)]
 struct Pending {
-    subscribes: HashMap<u16, Vec<(String, u8)>>,
-    unsubscribes: HashMap<u16, Vec<String>>,
+    subscribes: HashMap<u16, PendingSubscriptions>,
+    unsubscribes: HashMap<u16, PendingSubscriptions>,
 }
 
-type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Reads from `reader` into `buf` until one complete frame is at its start.
 async fn read_frame<R: AsyncRead + Unpin>(
@@ -165,7 +138,64 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
+/// A `$` topic filter the host serves itself (shared subscriptions are rumqttd's).
+fn is_host_filter(filter: &str) -> bool {
+    filter.starts_with('$') && !filter.starts_with("$share/")
+}
+
 impl Relay {
+    /// Publishes as the broker: `$` topics to the host's own subscribers, others into rumqttd.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), String> {
+        if topic.starts_with('$') {
+            for (session, sub_qos) in self.registry.sys_subscribers(topic) {
+                self.send_to(&session, topic, payload, qos.min(sub_qos), false);
+            }
+            Ok(())
+        } else {
+            let _ = retain; // never retained by rumqttd: see the module docs
+            self.publisher
+                .publish(topic, payload, qos, false)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Delivers a message to one client; false if it is not connected.
+    pub fn deliver(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+    ) -> bool {
+        match self.registry.get(client_id) {
+            Some(session) => {
+                self.send_to(&session, topic, payload, qos, retain);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send_to(&self, session: &Session, topic: &str, payload: &[u8], qos: u8, retain: bool) {
+        session.send_publish(topic, payload, qos, retain);
+        self.stats.message_sent();
+        if self.hooks.wants(Hook::MessageDelivered) {
+            let mut event = session.event(Hook::MessageDelivered);
+            event.topic = RawStr::new(topic);
+            event.payload = RawBytes::new(payload);
+            event.qos = qos;
+            event.retain = retain as u8;
+            self.hooks.dispatch(&event);
+        }
+    }
+
     async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(4096);
@@ -198,7 +228,7 @@ impl Relay {
                 return;
             }
         };
-        let session = Arc::new(self.session(&connect, peer));
+        let session = Arc::new(Session::new(self.new_session(&connect, peer)));
         if !self.admit(&connect, &session, &mut client).await {
             return;
         }
@@ -234,7 +264,7 @@ impl Relay {
             Err(e) => {
                 tracing::error!("cannot reach the embedded router at {upstream_addr}: {e}");
                 let refuse = if level == 5 {
-                    [0x20, 3, 0, 0x88, 0].to_vec()
+                    vec![0x20, 3, 0, 0x88, 0]
                 } else {
                     vec![0x20, 2, 0, 3]
                 };
@@ -249,7 +279,6 @@ impl Relay {
 
         let (client_read, client_write) = client.into_split();
         let (upstream_read, upstream_write) = upstream.into_split();
-        let client_write: ClientWriter = Arc::new(tokio::sync::Mutex::new(client_write));
         let pending = Arc::new(Mutex::new(Pending::default()));
 
         let mut broker_pump = tokio::spawn(
@@ -258,13 +287,12 @@ impl Relay {
                 session: session.clone(),
                 pending: pending.clone(),
             }
-            .run(upstream_read, client_write.clone()),
+            .run(upstream_read, client_write),
         );
         let client_pump = ClientPump {
             relay: self.clone(),
             session: session.clone(),
             pending,
-            client_writer: client_write,
             aliases: HashMap::new(),
             dropped_qos2: HashSet::new(),
         }
@@ -281,24 +309,24 @@ impl Relay {
             },
         };
         if session.connected.load(Ordering::SeqCst) {
+            self.registry.unregister(&session);
             self.stats.client_disconnected();
             if self.hooks.wants(Hook::ClientDisconnected) {
                 let mut event = session.event(Hook::ClientDisconnected);
-                let reason = ended.reason();
-                event.reason = RawStr::new(reason);
+                event.reason = RawStr::new(ended.reason());
                 self.hooks.dispatch(&event);
             }
         }
         tracing::debug!(client_id = session.client_id, "connection ended: {ended}");
     }
 
-    fn session(&self, connect: &Connect<'_>, peer: SocketAddr) -> Session {
+    fn new_session(&self, connect: &Connect<'_>, peer: SocketAddr) -> NewSession {
         let client_id = if connect.client_id.is_empty() && connect.level < 5 {
-            format!("auto-{:016x}", rand_u64())
+            format!("auto-{}", crate::unique_suffix())
         } else {
             connect.client_id.to_owned()
         };
-        Session {
+        NewSession {
             client_id,
             username: connect.username.unwrap_or_default().to_owned(),
             peer: peer.to_string(),
@@ -306,7 +334,6 @@ impl Relay {
             keepalive: connect.keepalive,
             clean_start: connect.clean_start,
             expiry_interval: connect.session_expiry,
-            connected: AtomicBool::new(false),
         }
     }
 
@@ -341,16 +368,70 @@ impl Relay {
     }
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+/// What a pump does with one frame.
+#[derive(Debug)]
+enum Action {
+    /// Pass it on unchanged.
+    Forward,
+    /// Pass it on with the retain flag cleared (a PUBLISH).
+    ForwardWithoutRetain,
+    /// Pass these bytes on instead.
+    Replace(Vec<u8>),
+    /// Do not pass it on (the host answered it, or it is dropped).
+    Skip,
+}
+
+/// Writes `frames` (complete frames) to `out`, applying each frame's action; one write per
+/// run of unchanged frames.
+async fn write_frames(
+    out: &mut OwnedWriteHalf,
+    buf: &mut [u8],
+    actions: &[(usize, usize, Action)],
+) -> std::io::Result<()> {
+    let mut from = 0;
+    for (start, len, action) in actions {
+        match action {
+            Action::Forward => {}
+            Action::ForwardWithoutRetain => buf[*start] &= !0x01,
+            Action::Replace(bytes) => {
+                out.write_all(&buf[from..*start]).await?;
+                out.write_all(bytes).await?;
+                from = start + len;
+            }
+            Action::Skip => {
+                out.write_all(&buf[from..*start]).await?;
+                from = start + len;
+            }
+        }
+    }
+    let end = actions.last().map_or(0, |(start, len, _)| start + len);
+    if from < end {
+        out.write_all(&buf[from..end]).await?;
+    }
+    Ok(())
+}
+
+/// Splits the complete frames at the start of `buf`, asking `inspect` what to do with each.
+fn plan<E: From<FrameError>>(
+    buf: &[u8],
+    max: usize,
+    mut inspect: impl FnMut(&FrameHeader, &[u8]) -> Result<Action, E>,
+) -> Result<Vec<(usize, usize, Action)>, E> {
+    let mut actions = Vec::new();
+    let mut pos = 0;
+    while let Some(header) = parse_header(&buf[pos..], max)? {
+        if buf.len() - pos < header.frame_len() {
+            break;
+        }
+        let body = &buf[pos + header.header_len..pos + header.frame_len()];
+        let action = inspect(&header, body)?;
+        actions.push((pos, header.frame_len(), action));
+        pos += header.frame_len();
+        if header.kind() == kind::DISCONNECT {
+            break;
+        }
+    }
+    Ok(actions)
 }
 
 /// Client → broker.
@@ -358,7 +439,6 @@ struct ClientPump {
     relay: Arc<Relay>,
     session: Arc<Session>,
     pending: Arc<Mutex<Pending>>,
-    client_writer: ClientWriter,
     /// MQTT 5 topic aliases the client set.
     aliases: HashMap<u16, String>,
     /// QoS 2 messages a plugin dropped: their PUBREL is answered here.
@@ -374,50 +454,25 @@ impl ClientPump {
     ) -> Ended {
         let max = self.relay.settings.max_packet_size;
         loop {
-            // Forward every complete frame in the buffer, in as few writes as possible.
-            let mut pos = 0;
-            let mut forward_from = 0;
-            while let Some(header) = match parse_header(&buf[pos..], max) {
-                Ok(h) => h.filter(|h| buf.len() - pos >= h.frame_len()),
-                Err(e) => return e.into(),
-            } {
-                let frame = &buf[pos..pos + header.frame_len()];
-                let action = match self.inspect(&header, &frame[header.header_len..]) {
-                    Ok(action) => action,
-                    Err(e) => return e.into(),
-                };
-                if let Some(reply) = action.reply {
-                    if upstream.write_all(&buf[forward_from..pos]).await.is_err() {
-                        return Ended::BrokerClosed;
-                    }
-                    forward_from = pos + header.frame_len();
-                    if self
-                        .client_writer
-                        .lock()
-                        .await
-                        .write_all(&reply)
-                        .await
-                        .is_err()
-                    {
-                        return Ended::ClientClosed;
-                    }
-                } else if action.skip {
-                    if upstream.write_all(&buf[forward_from..pos]).await.is_err() {
-                        return Ended::BrokerClosed;
-                    }
-                    forward_from = pos + header.frame_len();
-                }
-                pos += header.frame_len();
-                if header.kind() == kind::DISCONNECT {
-                    let _ = upstream.write_all(&buf[forward_from..pos]).await;
-                    let _ = upstream.shutdown().await;
-                    return Ended::Normal;
-                }
-            }
-            if forward_from < pos && upstream.write_all(&buf[forward_from..pos]).await.is_err() {
+            let actions = match plan(&buf, max, |h, body| self.inspect(h, body)) {
+                Ok(actions) => actions,
+                Err(e) => return e,
+            };
+            let consumed = actions.last().map_or(0, |(start, len, _)| start + len);
+            let disconnect = actions
+                .last()
+                .is_some_and(|(start, _, _)| buf[*start] >> 4 == kind::DISCONNECT);
+            if write_frames(&mut upstream, &mut buf[..], &actions)
+                .await
+                .is_err()
+            {
                 return Ended::BrokerClosed;
             }
-            buf.advance(pos);
+            if disconnect {
+                let _ = upstream.shutdown().await;
+                return Ended::Normal;
+            }
+            buf.advance(consumed);
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
@@ -430,18 +485,24 @@ impl ClientPump {
     }
 
     /// Fires the hooks for one frame from the client and says what to do with it.
-    fn inspect(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, PacketError> {
+    fn inspect(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
         let v5 = self.session.proto_ver == 5;
         let hooks = &self.relay.hooks;
         match header.kind() {
             kind::PUBLISH => {
                 self.relay.stats.message_received();
+                let retained = header.flags() & 0x01 != 0;
+                let forward = if retained {
+                    Action::ForwardWithoutRetain
+                } else {
+                    Action::Forward
+                };
                 let check_acl = hooks.wants(Hook::ClientCheckAcl);
                 if !check_acl
                     && !hooks.wants(Hook::MessagePublish)
                     && !hooks.wants(Hook::MessageDropped)
                 {
-                    return Ok(Action::FORWARD);
+                    return Ok(forward);
                 }
                 let publish = packet::decode_publish(header.flags(), body, v5)?;
                 let topic = match (publish.topic, publish.topic_alias) {
@@ -466,6 +527,11 @@ impl ClientPump {
                         ..event
                     };
                     if hooks.dispatch(&acl) == Verdict::Deny {
+                        tracing::debug!(
+                            client_id = self.session.client_id,
+                            topic,
+                            "publish denied by ACL"
+                        );
                         verdict = Verdict::Drop;
                     }
                 }
@@ -473,7 +539,7 @@ impl ClientPump {
                     verdict = hooks.dispatch(&event);
                 }
                 if verdict != Verdict::Drop {
-                    return Ok(Action::FORWARD);
+                    return Ok(forward);
                 }
                 if hooks.wants(Hook::MessageDropped) {
                     hooks.dispatch(&RawEvent {
@@ -482,93 +548,237 @@ impl ClientPump {
                     });
                 }
                 // The publisher still gets its acknowledgement.
-                Ok(match publish.qos {
-                    0 => Action::SKIP,
-                    1 => Action::reply(packet::ack(kind::PUBACK, publish.packet_id)),
+                match publish.qos {
+                    0 => {}
+                    1 => self
+                        .session
+                        .send(&packet::ack(kind::PUBACK, publish.packet_id)),
                     _ => {
                         self.dropped_qos2.insert(publish.packet_id);
-                        Action::reply(packet::ack(kind::PUBREC, publish.packet_id))
+                        self.session
+                            .send(&packet::ack(kind::PUBREC, publish.packet_id));
                     }
-                })
+                }
+                Ok(Action::Skip)
             }
             kind::PUBREL if !self.dropped_qos2.is_empty() => {
                 let id = packet::decode_packet_id(body)?;
                 if self.dropped_qos2.remove(&id) {
-                    Ok(Action::reply(packet::ack(kind::PUBCOMP, id)))
+                    self.session.send(&packet::ack(kind::PUBCOMP, id));
+                    Ok(Action::Skip)
                 } else {
-                    Ok(Action::FORWARD)
+                    Ok(Action::Forward)
                 }
             }
-            kind::PUBACK | kind::PUBCOMP if hooks.wants(Hook::MessageAcked) => {
-                let mut event = self.session.event(Hook::MessageAcked);
-                event.packet_id = packet::decode_packet_id(body)?;
+            kind @ (kind::PUBACK | kind::PUBREC | kind::PUBCOMP) => {
+                let id = packet::decode_packet_id(body)?;
+                match self.session.host_ack(kind, id) {
+                    HostAck::Settled => return Ok(Action::Skip),
+                    HostAck::Reply(reply) => {
+                        self.session.send(&reply);
+                        return Ok(Action::Skip);
+                    }
+                    HostAck::NotOurs => {}
+                }
+                if kind != kind::PUBREC && hooks.wants(Hook::MessageAcked) {
+                    let mut event = self.session.event(Hook::MessageAcked);
+                    event.packet_id = id;
+                    hooks.dispatch(&event);
+                }
+                Ok(Action::Forward)
+            }
+            kind::SUBSCRIBE => self.subscribe(header, body, v5),
+            kind::UNSUBSCRIBE => self.unsubscribe(header, body, v5),
+            _ => Ok(Action::Forward),
+        }
+    }
+
+    fn subscribe(&mut self, header: &FrameHeader, body: &[u8], v5: bool) -> Result<Action, Ended> {
+        let hooks = &self.relay.hooks;
+        let sub = packet::decode_subscribe(body, v5)?;
+        let check_acl = hooks.wants(Hook::ClientCheckAcl);
+        let mut host_codes = Vec::with_capacity(sub.filters.len());
+        for &(filter, options) in &sub.filters {
+            let qos = options & 0x03;
+            let mut event = self.session.event(Hook::ClientSubscribe);
+            event.topic = RawStr::new(filter);
+            event.qos = qos;
+            if hooks.wants(Hook::ClientSubscribe) {
                 hooks.dispatch(&event);
-                Ok(Action::FORWARD)
             }
-            kind::SUBSCRIBE => {
-                let (packet_id, filters) = packet::decode_subscribe(body, v5)?;
-                if hooks.wants(Hook::ClientSubscribe) {
-                    for (filter, qos) in &filters {
-                        let mut event = self.session.event(Hook::ClientSubscribe);
-                        event.topic = RawStr::new(filter);
-                        event.qos = *qos;
-                        hooks.dispatch(&event);
-                    }
-                }
-                let owned = filters
-                    .into_iter()
-                    .map(|(f, q)| (f.to_owned(), q))
-                    .collect();
-                lock(&self.pending).subscribes.insert(packet_id, owned);
-                Ok(Action::FORWARD)
+            let denied = check_acl
+                && hooks.dispatch(&RawEvent {
+                    hook: Hook::ClientCheckAcl as u32,
+                    acl_action: abi::ACL_SUBSCRIBE,
+                    ..event
+                }) == Verdict::Deny;
+            host_codes.push(if denied {
+                tracing::debug!(
+                    client_id = self.session.client_id,
+                    filter,
+                    "subscribe denied by ACL"
+                );
+                Some(0x80)
+            } else if is_host_filter(filter) {
+                self.session.add_sys_subscription(filter, qos.min(2));
+                Some(qos.min(2))
+            } else {
+                None
+            });
+        }
+        let filters: Vec<(String, u8)> = sub
+            .filters
+            .iter()
+            .map(|&(f, o)| (f.to_owned(), o & 0x03))
+            .collect();
+        let forwarded: Vec<(&str, u8)> = sub
+            .filters
+            .iter()
+            .zip(&host_codes)
+            .filter(|(_, code)| code.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        let pending = PendingSubscriptions {
+            filters,
+            host_codes,
+        };
+        if forwarded.is_empty() {
+            // The host answers the whole SUBSCRIBE.
+            let codes: Vec<u8> = pending
+                .host_codes
+                .iter()
+                .map(|c| c.unwrap_or(0x80))
+                .collect();
+            let props: &[u8] = if v5 { &[0] } else { &[] };
+            self.session.send(&packet::encode_ack_with_codes(
+                kind::SUBACK,
+                sub.packet_id,
+                props,
+                &codes,
+            ));
+            fire_subscribed(&self.relay, &self.session, &pending.filters, &codes);
+            return Ok(Action::Skip);
+        }
+        let action = if forwarded.len() == sub.filters.len() {
+            Action::Forward
+        } else {
+            Action::Replace(packet::encode_subscriptions(
+                header.first_byte,
+                sub.packet_id,
+                sub.properties,
+                forwarded.into_iter(),
+            ))
+        };
+        lock(&self.pending)
+            .subscribes
+            .insert(sub.packet_id, pending);
+        Ok(action)
+    }
+
+    fn unsubscribe(
+        &mut self,
+        header: &FrameHeader,
+        body: &[u8],
+        v5: bool,
+    ) -> Result<Action, Ended> {
+        let hooks = &self.relay.hooks;
+        let unsub = packet::decode_unsubscribe(body, v5)?;
+        let mut host_codes = Vec::with_capacity(unsub.filters.len());
+        for &(filter, _) in &unsub.filters {
+            if hooks.wants(Hook::ClientUnsubscribe) {
+                let mut event = self.session.event(Hook::ClientUnsubscribe);
+                event.topic = RawStr::new(filter);
+                hooks.dispatch(&event);
             }
-            kind::UNSUBSCRIBE => {
-                let (packet_id, filters) = packet::decode_unsubscribe(body, v5)?;
-                if hooks.wants(Hook::ClientUnsubscribe) {
-                    for filter in &filters {
-                        let mut event = self.session.event(Hook::ClientUnsubscribe);
-                        event.topic = RawStr::new(filter);
-                        hooks.dispatch(&event);
-                    }
-                }
-                let owned = filters.into_iter().map(str::to_owned).collect();
-                lock(&self.pending).unsubscribes.insert(packet_id, owned);
-                Ok(Action::FORWARD)
-            }
-            _ => Ok(Action::FORWARD),
+            host_codes.push(if is_host_filter(filter) {
+                // MQTT 5: 0x00 success, 0x11 no subscription existed.
+                Some(if self.session.remove_sys_subscription(filter) {
+                    0x00
+                } else {
+                    0x11
+                })
+            } else {
+                None
+            });
+        }
+        let filters: Vec<(String, u8)> = unsub
+            .filters
+            .iter()
+            .map(|&(f, _)| (f.to_owned(), 0))
+            .collect();
+        let forwarded: Vec<(&str, u8)> = unsub
+            .filters
+            .iter()
+            .zip(&host_codes)
+            .filter(|(_, code)| code.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        let pending = PendingSubscriptions {
+            filters,
+            host_codes,
+        };
+        if forwarded.is_empty() {
+            let codes: Vec<u8> = pending.host_codes.iter().map(|c| c.unwrap_or(0)).collect();
+            let unsuback = if v5 {
+                packet::encode_ack_with_codes(kind::UNSUBACK, unsub.packet_id, &[0], &codes)
+            } else {
+                packet::encode_ack_with_codes(kind::UNSUBACK, unsub.packet_id, &[], &[])
+            };
+            self.session.send(&unsuback);
+            fire_unsubscribed(&self.relay, &self.session, &pending.filters);
+            return Ok(Action::Skip);
+        }
+        let action = if forwarded.len() == unsub.filters.len() {
+            Action::Forward
+        } else {
+            Action::Replace(packet::encode_subscriptions(
+                header.first_byte,
+                unsub.packet_id,
+                unsub.properties,
+                forwarded.into_iter(),
+            ))
+        };
+        lock(&self.pending)
+            .unsubscribes
+            .insert(unsub.packet_id, pending);
+        Ok(action)
+    }
+}
+
+/// Fires `session.subscribed` for every granted filter (code below 0x80).
+fn fire_subscribed(relay: &Relay, session: &Session, filters: &[(String, u8)], codes: &[u8]) {
+    if !relay.hooks.wants(Hook::SessionSubscribed) {
+        return;
+    }
+    for ((filter, _), &code) in filters.iter().zip(codes) {
+        if code < 0x80 {
+            let mut event = session.event(Hook::SessionSubscribed);
+            event.topic = RawStr::new(filter);
+            event.qos = code;
+            event.return_code = code as u32;
+            relay.hooks.dispatch(&event);
         }
     }
 }
 
-/// What the client pump does with a frame.
-#[derive(Debug)]
-struct Action {
-    /// Do not forward the frame.
-    skip: bool,
-    /// Answer the client with these bytes instead of forwarding.
-    reply: Option<[u8; 4]>,
-}
-
-impl Action {
-    const FORWARD: Action = Action {
-        skip: false,
-        reply: None,
-    };
-    const SKIP: Action = Action {
-        skip: true,
-        reply: None,
-    };
-
-    fn reply(bytes: [u8; 4]) -> Action {
-        Action {
-            skip: true,
-            reply: Some(bytes),
-        }
+fn fire_unsubscribed(relay: &Relay, session: &Session, filters: &[(String, u8)]) {
+    if !relay.hooks.wants(Hook::SessionUnsubscribed) {
+        return;
+    }
+    for (filter, _) in filters {
+        let mut event = session.event(Hook::SessionUnsubscribed);
+        event.topic = RawStr::new(filter);
+        relay.hooks.dispatch(&event);
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Merges rumqttd's codes (for the forwarded filters, in order) with the host's.
+fn merge_codes(host_codes: &[Option<u8>], router_codes: &[u8]) -> Vec<u8> {
+    let mut router_codes = router_codes.iter();
+    host_codes
+        .iter()
+        .map(|code| code.unwrap_or_else(|| router_codes.next().copied().unwrap_or(0x80)))
+        .collect()
 }
 
 /// Broker → client.
@@ -579,38 +789,37 @@ struct BrokerPump {
 }
 
 impl BrokerPump {
-    async fn run(mut self, mut upstream: OwnedReadHalf, client: ClientWriter) -> Ended {
-        let ended = self.pump(&mut upstream, &client).await;
-        let _ = client.lock().await.shutdown().await;
+    async fn run(self, mut upstream: OwnedReadHalf, mut client: OwnedWriteHalf) -> Ended {
+        let ended = self.pump(&mut upstream, &mut client).await;
+        let _ = client.shutdown().await;
         ended
     }
 
-    async fn pump(&mut self, upstream: &mut OwnedReadHalf, client: &ClientWriter) -> Ended {
+    async fn pump(&self, upstream: &mut OwnedReadHalf, client: &mut OwnedWriteHalf) -> Ended {
         let mut buf = BytesMut::with_capacity(8192);
         loop {
-            match upstream.read_buf(&mut buf).await {
-                Ok(0) => return Ended::BrokerClosed,
-                Ok(_) => {}
-                Err(e) => return e.into(),
+            tokio::select! {
+                read = upstream.read_buf(&mut buf) => match read {
+                    Ok(0) => return Ended::BrokerClosed,
+                    Ok(_) => {}
+                    Err(e) => return e.into(),
+                },
+                _ = self.session.queued() => {}
             }
-            let mut pos = 0;
-            // Frames from rumqttd are trusted to be well formed, but never larger than
-            // what a client could be sent.
-            while let Some(header) = match parse_header(&buf[pos..], usize::MAX) {
-                Ok(h) => h.filter(|h| buf.len() - pos >= h.frame_len()),
-                Err(e) => return e.into(),
-            } {
-                let body = &buf[pos + header.header_len..pos + header.frame_len()];
-                if let Err(e) = self.inspect(&header, body) {
-                    return e.into();
-                }
-                pos += header.frame_len();
+            // Frames from rumqttd are trusted to be well formed.
+            let actions = match plan(&buf, usize::MAX, |h, body| self.inspect(h, body)) {
+                Ok(actions) => actions,
+                Err(e) => return e,
+            };
+            let consumed = actions.last().map_or(0, |(start, len, _)| start + len);
+            if write_frames(client, &mut buf[..], &actions).await.is_err() {
+                return Ended::ClientClosed;
             }
-            if pos > 0 {
-                if client.lock().await.write_all(&buf[..pos]).await.is_err() {
+            buf.advance(consumed);
+            if let Some(outbox) = self.session.take_outbox() {
+                if client.write_all(&outbox).await.is_err() {
                     return Ended::ClientClosed;
                 }
-                buf.advance(pos);
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(8192);
@@ -618,12 +827,13 @@ impl BrokerPump {
         }
     }
 
-    fn inspect(&mut self, header: &FrameHeader, body: &[u8]) -> Result<(), PacketError> {
+    fn inspect(&self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
         let v5 = self.session.proto_ver == 5;
-        let hooks = &self.relay.hooks;
+        let relay = &self.relay;
+        let hooks = &relay.hooks;
         match header.kind() {
             kind::PUBLISH => {
-                self.relay.stats.message_sent();
+                relay.stats.message_sent();
                 if hooks.wants(Hook::MessageDelivered) {
                     let publish = packet::decode_publish(header.flags(), body, v5)?;
                     let mut event = self.session.event(Hook::MessageDelivered);
@@ -634,53 +844,84 @@ impl BrokerPump {
                     event.packet_id = publish.packet_id;
                     hooks.dispatch(&event);
                 }
+                Ok(Action::Forward)
             }
             kind::CONNACK if !self.session.connected.load(Ordering::Relaxed) => {
                 let (_, code) = packet::decode_connack(body)?;
                 if code == 0 {
                     self.session.connected.store(true, Ordering::SeqCst);
-                    self.relay.stats.client_connected();
+                    relay.registry.register(&self.session);
+                    relay.stats.client_connected();
                     if hooks.wants(Hook::ClientConnected) {
                         let mut event = self.session.event(Hook::ClientConnected);
                         event.return_code = code as u32;
                         hooks.dispatch(&event);
                     }
                 }
+                Ok(Action::Forward)
             }
             kind::SUBACK => {
-                let (packet_id, codes) = packet::decode_ack_with_codes(body, v5)?;
-                let filters = lock(&self.pending)
-                    .subscribes
-                    .remove(&packet_id)
-                    .unwrap_or_default();
-                if hooks.wants(Hook::SessionSubscribed) {
-                    for ((filter, _), &code) in filters.iter().zip(codes) {
-                        if code < 0x80 {
-                            let mut event = self.session.event(Hook::SessionSubscribed);
-                            event.topic = RawStr::new(filter);
-                            event.qos = code;
-                            event.return_code = code as u32;
-                            hooks.dispatch(&event);
-                        }
-                    }
+                let (packet_id, properties, codes) = packet::decode_ack_with_codes(body, v5)?;
+                let Some(pending) = lock(&self.pending).subscribes.remove(&packet_id) else {
+                    return Ok(Action::Forward);
+                };
+                let merged = merge_codes(&pending.host_codes, codes);
+                fire_subscribed(relay, &self.session, &pending.filters, &merged);
+                if pending.host_codes.iter().all(Option::is_none) {
+                    Ok(Action::Forward)
+                } else {
+                    Ok(Action::Replace(packet::encode_ack_with_codes(
+                        kind::SUBACK,
+                        packet_id,
+                        properties,
+                        &merged,
+                    )))
                 }
             }
             kind::UNSUBACK => {
-                let packet_id = packet::decode_packet_id(body)?;
-                let filters = lock(&self.pending)
-                    .unsubscribes
-                    .remove(&packet_id)
-                    .unwrap_or_default();
-                if hooks.wants(Hook::SessionUnsubscribed) {
-                    for filter in &filters {
-                        let mut event = self.session.event(Hook::SessionUnsubscribed);
-                        event.topic = RawStr::new(filter);
-                        hooks.dispatch(&event);
-                    }
+                let (packet_id, properties, codes) = packet::decode_ack_with_codes(body, v5)?;
+                let Some(pending) = lock(&self.pending).unsubscribes.remove(&packet_id) else {
+                    return Ok(Action::Forward);
+                };
+                fire_unsubscribed(relay, &self.session, &pending.filters);
+                if !v5 || pending.host_codes.iter().all(Option::is_none) {
+                    Ok(Action::Forward)
+                } else {
+                    let merged = merge_codes(&pending.host_codes, codes);
+                    Ok(Action::Replace(packet::encode_ack_with_codes(
+                        kind::UNSUBACK,
+                        packet_id,
+                        properties,
+                        &merged,
+                    )))
                 }
             }
-            _ => {}
+            _ => Ok(Action::Forward),
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_merge_in_filter_order() {
+        assert_eq!(
+            merge_codes(&[None, Some(0x80), None, Some(1)], &[2, 0]),
+            vec![2, 0x80, 0, 1]
+        );
+        assert_eq!(
+            merge_codes(&[None], &[]),
+            vec![0x80],
+            "a missing code reads as failure"
+        );
+    }
+
+    #[test]
+    fn host_filters() {
+        assert!(is_host_filter("$SYS/#"));
+        assert!(!is_host_filter("$share/g/a"));
+        assert!(!is_host_filter("a/$b"));
     }
 }

@@ -17,6 +17,7 @@ use crate::plugins::host_api::HostShared;
 use crate::plugins::manager::{Manager, ManagerPaths};
 use crate::relay::{self, Relay, RelaySettings};
 use crate::router::{self, RouterSettings};
+use crate::sessions::Registry;
 use crate::stats::Stats;
 
 fn init_logging(settings: &Settings) {
@@ -94,13 +95,23 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Arc::new(Hooks::new(failed_tx));
+    let relay = Arc::new(Relay {
+        settings: RelaySettings {
+            max_packet_size: settings.mqtt.max_packet_size,
+            connect_timeout: settings.mqtt.connect_timeout(),
+        },
+        hooks: hooks.clone(),
+        stats,
+        router,
+        publisher,
+        registry: Registry::default(),
+    });
     let shared = Arc::new(HostShared {
         broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         node_name: settings.node_name.clone(),
         data_dir: data_dir.to_string_lossy().into_owned(),
         started_at: started.1,
-        stats: stats.clone(),
-        publisher,
+        relay: relay.clone(),
         manager: OnceLock::new(),
     });
     let manager = Arc::new(Manager::new(
@@ -135,15 +146,6 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         let listener = TcpListener::bind(settings.listener.tcp)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
-        let relay = Arc::new(Relay {
-            settings: RelaySettings {
-                max_packet_size: settings.mqtt.max_packet_size,
-                connect_timeout: settings.mqtt.connect_timeout(),
-            },
-            hooks,
-            stats,
-            router,
-        });
         tracing::info!("mqtt listener on {}", listener.local_addr()?);
         tokio::spawn(relay::serve(listener, relay));
 

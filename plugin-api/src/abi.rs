@@ -345,6 +345,17 @@ pub struct HostApi {
     /// Runs a `broker ctl` command (JSON array of strings, e.g. `["plugins","unload","x"]`),
     /// writing its output, or its error on `STATUS_ERROR`, to `out`. For management plugins.
     pub ctl: unsafe extern "C" fn(ctx: *const c_void, args_json: RawStr, out: RawWriter) -> Status,
+    /// Delivers a message to one connected client only (e.g. a retained message to a new
+    /// subscriber), at `qos`, with the retain flag as given. `STATUS_ERROR` if the client is
+    /// not connected.
+    pub deliver: unsafe extern "C" fn(
+        ctx: *const c_void,
+        client_id: RawStr,
+        topic: RawStr,
+        payload: RawBytes,
+        qos: u8,
+        retain: u8,
+    ) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is

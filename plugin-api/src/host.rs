@@ -138,7 +138,10 @@ impl Host {
         self.log(Level::Debug, message)
     }
 
-    /// Publishes a message into the broker, as the broker itself.
+    /// Publishes a message into the broker, as the broker itself. Topics starting with `$`
+    /// (such as `$SYS/...`) go to the clients subscribed to them, at the lower of `qos` and
+    /// the subscription's QoS; other topics are routed at QoS 0. Plugin publishes are never
+    /// retained by the broker (retaining is `emqx_retainer`'s job).
     pub fn publish(
         &self,
         topic: &str,
@@ -160,6 +163,37 @@ impl Host {
         match status {
             abi::STATUS_OK => Ok(()),
             _ => Err(HostError::Failed(format!("could not publish to {topic}"))),
+        }
+    }
+
+    /// Delivers a message to one connected client only, e.g. a retained message to a client
+    /// that just subscribed. Safe to call from a hook: the host queues it behind what the
+    /// client is already being sent.
+    pub fn deliver(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), HostError> {
+        // SAFETY: ctx and deliver are valid for the plugin's life; the borrowed strings
+        // outlive the call (the host copies what it keeps).
+        let status = unsafe {
+            (self.api.deliver)(
+                self.api.ctx,
+                RawStr::new(client_id),
+                RawStr::new(topic),
+                RawBytes::new(payload),
+                qos as u8,
+                retain as u8,
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            _ => Err(HostError::Failed(format!(
+                "client {client_id} is not connected"
+            ))),
         }
     }
 

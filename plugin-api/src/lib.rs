@@ -76,6 +76,7 @@ mod event;
 pub mod export;
 mod host;
 mod info;
+pub mod topic;
 
 pub use event::{AclAction, Event, HookResult, QoS};
 pub use host::{Host, HostError, Level, PluginStatus, Stats};

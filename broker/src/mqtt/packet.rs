@@ -286,44 +286,103 @@ pub fn decode_publish(flags: u8, body: &[u8], v5: bool) -> Result<Publish<'_>> {
     })
 }
 
-/// SUBSCRIBE: packet id and (filter, requested QoS) pairs.
-pub fn decode_subscribe(body: &[u8], v5: bool) -> Result<(u16, Vec<(&str, u8)>)> {
+/// A SUBSCRIBE or UNSUBSCRIBE, with what is needed to re-encode it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriptions<'a> {
+    pub packet_id: u16,
+    /// MQTT 5 property block, with its length prefix (empty before MQTT 5).
+    pub properties: &'a [u8],
+    /// Topic filters with their options byte (QoS in the low two bits); UNSUBSCRIBE has 0.
+    pub filters: Vec<(&'a str, u8)>,
+}
+
+fn decode_subscriptions(body: &[u8], v5: bool, with_options: bool) -> Result<Subscriptions<'_>> {
     let mut r = Reader::new(body);
     let packet_id = r.u16()?;
+    let props_start = r.pos;
     if v5 {
         r.properties()?;
     }
+    let properties = &body[props_start..r.pos];
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string()?;
-        let options = r.u8()?;
-        filters.push((filter, options & 0x03));
+        let options = if with_options { r.u8()? } else { 0 };
+        filters.push((filter, options));
     }
-    Ok((packet_id, filters))
+    Ok(Subscriptions {
+        packet_id,
+        properties,
+        filters,
+    })
 }
 
-/// UNSUBSCRIBE: packet id and filters.
-pub fn decode_unsubscribe(body: &[u8], v5: bool) -> Result<(u16, Vec<&str>)> {
+/// SUBSCRIBE: packet id, properties and (filter, options) pairs.
+pub fn decode_subscribe(body: &[u8], v5: bool) -> Result<Subscriptions<'_>> {
+    decode_subscriptions(body, v5, true)
+}
+
+/// UNSUBSCRIBE: packet id, properties and filters.
+pub fn decode_unsubscribe(body: &[u8], v5: bool) -> Result<Subscriptions<'_>> {
+    decode_subscriptions(body, v5, false)
+}
+
+/// Re-encodes a SUBSCRIBE (`first_byte` 0x82) or UNSUBSCRIBE (0xa2) with only `keep` of its
+/// filters.
+pub fn encode_subscriptions<'a>(
+    first_byte: u8,
+    packet_id: u16,
+    properties: &[u8],
+    keep: impl Iterator<Item = (&'a str, u8)>,
+) -> Vec<u8> {
+    let with_options = first_byte >> 4 == kind::SUBSCRIBE;
+    let mut body = Vec::new();
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.extend_from_slice(properties);
+    for (filter, options) in keep {
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        if with_options {
+            body.push(options);
+        }
+    }
+    frame(first_byte, &body)
+}
+
+/// SUBACK (or MQTT 5 UNSUBACK) with these codes; `properties` with its length prefix (MQTT 5)
+/// or empty. An MQTT 3.1.1 UNSUBACK has no codes: pass `codes` empty.
+pub fn encode_ack_with_codes(
+    packet_kind: u8,
+    packet_id: u16,
+    properties: &[u8],
+    codes: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + properties.len() + codes.len());
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.extend_from_slice(properties);
+    body.extend_from_slice(codes);
+    frame(packet_kind << 4, &body)
+}
+
+fn frame(first_byte: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    frame.push(first_byte);
+    encode_length(body.len(), &mut frame);
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// SUBACK / UNSUBACK: packet id, properties (with length prefix; MQTT 5) and reason codes
+/// (UNSUBACK codes are MQTT 5 only).
+pub fn decode_ack_with_codes(body: &[u8], v5: bool) -> Result<(u16, &[u8], &[u8])> {
     let mut r = Reader::new(body);
     let packet_id = r.u16()?;
+    let props_start = r.pos;
     if v5 {
         r.properties()?;
     }
-    let mut filters = Vec::new();
-    while !r.is_empty() {
-        filters.push(r.string()?);
-    }
-    Ok((packet_id, filters))
-}
-
-/// SUBACK / UNSUBACK: packet id and reason codes (UNSUBACK codes are MQTT 5 only).
-pub fn decode_ack_with_codes(body: &[u8], v5: bool) -> Result<(u16, &[u8])> {
-    let mut r = Reader::new(body);
-    let packet_id = r.u16()?;
-    if v5 {
-        r.properties()?;
-    }
-    Ok((packet_id, r.rest()))
+    let properties = &body[props_start..r.pos];
+    Ok((packet_id, properties, r.rest()))
 }
 
 /// The packet id of PUBACK, PUBREC, PUBREL or PUBCOMP.
@@ -411,8 +470,25 @@ mod tests {
     #[test]
     fn subscribe_filters() {
         let body = [0, 1, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 2];
-        let (id, filters) = decode_subscribe(&body, false).unwrap();
-        assert_eq!((id, filters), (1, vec![("a/#", 1), ("b", 2)]));
+        let sub = decode_subscribe(&body, false).unwrap();
+        assert_eq!(
+            (sub.packet_id, sub.filters.clone()),
+            (1, vec![("a/#", 1), ("b", 2)])
+        );
+        let frame = encode_subscriptions(0x82, 1, sub.properties, sub.filters.into_iter().skip(1));
+        let (first, body) = split(&frame);
+        assert_eq!(first, 0x82);
+        assert_eq!(
+            decode_subscribe(body, false).unwrap().filters,
+            vec![("b", 2)]
+        );
+
+        let v5 = [0, 7, 2, 0x0b, 3, 0, 1, b'c', 0x15];
+        let sub = decode_subscribe(&v5, true).unwrap();
+        assert_eq!(
+            (sub.properties, sub.filters),
+            (&[2, 0x0b, 3][..], vec![("c", 0x15)])
+        );
     }
 
     #[test]

@@ -7,8 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use plugin_api::abi::{self, HostApi, RawBytes, RawStats, RawStr, RawWriter, Status};
 
 use super::manager::Manager;
-use crate::router::Publisher;
-use crate::stats::Stats;
+use crate::relay::Relay;
 
 /// What every plugin's vtable shares: broker facts, counters, the way to publish, and (once
 /// the manager exists) the manager for plugin lists and commands.
@@ -18,8 +17,8 @@ pub struct HostShared {
     pub node_name: String,
     pub data_dir: String,
     pub started_at: SystemTime,
-    pub stats: Arc<Stats>,
-    pub publisher: Publisher,
+    /// Publishing and delivering go through the relay; stats are the relay's.
+    pub relay: Arc<Relay>,
     pub manager: OnceLock<Weak<Manager>>,
 }
 
@@ -56,6 +55,7 @@ pub fn vtable(context: &PluginContext) -> HostApi {
         stats,
         list_plugins,
         ctl,
+        deliver,
     }
 }
 
@@ -89,7 +89,7 @@ unsafe extern "C" fn publish(
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
     match context
         .shared
-        .publisher
+        .relay
         .publish(topic, payload, qos, retain != 0)
     {
         Ok(()) => abi::STATUS_OK,
@@ -106,7 +106,7 @@ unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
     if (out.size as usize) < std::mem::size_of::<RawStats>() {
         return abi::STATUS_ERROR;
     }
-    let s = context.shared.stats.snapshot();
+    let s = context.shared.relay.stats.snapshot();
     out.connections = s.connections;
     out.messages_received = s.messages_received;
     out.messages_sent = s.messages_sent;
@@ -151,4 +151,32 @@ unsafe extern "C" fn ctl(ctx: *const c_void, args_json: RawStr, out: RawWriter) 
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&text) };
     status
+}
+
+unsafe extern "C" fn deliver(
+    ctx: *const c_void,
+    client_id: RawStr,
+    topic: RawStr,
+    payload: RawBytes,
+    qos: u8,
+    retain: u8,
+) -> Status {
+    // SAFETY: our ctx; the strings are valid for the call and copied by the relay.
+    let (context, client_id, topic, payload) = unsafe {
+        (
+            context(ctx),
+            client_id.as_str(),
+            topic.as_str(),
+            payload.as_slice(),
+        )
+    };
+    if context
+        .shared
+        .relay
+        .deliver(client_id, topic, payload, qos, retain != 0)
+    {
+        abi::STATUS_OK
+    } else {
+        abi::STATUS_ERROR
+    }
 }

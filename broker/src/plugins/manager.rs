@@ -382,14 +382,14 @@ impl Manager {
             ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
-                let uptime = shared.stats.snapshot().uptime_secs;
+                let uptime = shared.relay.stats.snapshot().uptime_secs;
                 Ok(format!(
                     "sysdescr  : MQTT broker (rumqttd with plugins)\nversion   : {}\nuptime    : {uptime} seconds\nnode      : {}",
                     shared.broker_version, shared.node_name
                 ))
             }
             ["broker", "stats"] => {
-                let s = self.shared.stats.snapshot();
+                let s = self.shared.relay.stats.snapshot();
                 Ok(format!(
                     "connections.count       : {}\nmessages.received       : {}\nmessages.sent           : {}",
                     s.connections, s.messages_received, s.messages_sent
