@@ -1,0 +1,119 @@
+//! `emqx_mod_presence`: publishes a JSON event to
+//! `$SYS/brokers/<node>/clients/<clientid>/connected` when a client connects and
+//! `.../disconnected` when it goes, with the fields EMQX 4.x uses. Subscribe to
+//! `$SYS/brokers/+/clients/#` to watch clients come and go.
+//!
+//! Config (`[presence]`): `qos` (0, 1 or 2; default 0), the QoS of the events.
+#![forbid(unsafe_code)]
+
+use plugin_api::{
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind, QoS,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    qos: u8,
+}
+
+pub struct Presence {
+    host: Host,
+    qos: QoS,
+}
+
+/// The IP address of an `ip:port` peer (IPv6 peers are `[ip]:port`).
+fn ip_of(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((ip, _)) => ip.trim_start_matches('[').trim_end_matches(']'),
+        None => peer,
+    }
+}
+
+/// EMQX sends `null` for a client without a username.
+fn username(event: &Event<'_>) -> serde_json::Value {
+    if event.username.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(event.username)
+    }
+}
+
+impl Presence {
+    fn publish(&self, client_id: &str, what: &str, payload: serde_json::Value) {
+        let topic = format!("$SYS/brokers/{}/clients/{client_id}/{what}", self.host.node_name());
+        if let Err(e) = self.host.publish(&topic, payload.to_string().as_bytes(), self.qos, false) {
+            self.host.warn(&format!("cannot publish {topic}: {e}"));
+        }
+    }
+}
+
+impl Plugin for Presence {
+    fn init(host: Host, config: Config) -> Result<Self, BoxError> {
+        let settings: Settings = config.parse()?;
+        if settings.qos > 2 {
+            return Err(format!("presence.qos must be 0, 1 or 2, not {}", settings.qos).into());
+        }
+        Ok(Presence { host, qos: QoS::from_u8(settings.qos) })
+    }
+
+    fn on_event(&self, event: &Event<'_>) -> HookResult {
+        match event.hook {
+            Hook::ClientConnected => self.publish(
+                event.client_id,
+                "connected",
+                json!({
+                    "clientid": event.client_id,
+                    "username": username(event),
+                    "ipaddress": ip_of(event.peer),
+                    "proto_name": if event.proto_ver == 3 { "MQIsdp" } else { "MQTT" },
+                    "proto_ver": event.proto_ver,
+                    "keepalive": event.keepalive,
+                    "connack": event.return_code,
+                    "clean_start": event.clean_start,
+                    "expiry_interval": event.expiry_interval,
+                    "connected_at": event.timestamp_ms,
+                    "ts": event.timestamp_ms,
+                }),
+            ),
+            Hook::ClientDisconnected => self.publish(
+                event.client_id,
+                "disconnected",
+                json!({
+                    "clientid": event.client_id,
+                    "username": username(event),
+                    "reason": event.reason,
+                    "disconnected_at": event.timestamp_ms,
+                    "ts": event.timestamp_ms,
+                }),
+            ),
+            _ => {}
+        }
+        HookResult::Continue
+    }
+}
+
+declare_plugin!(
+    Presence,
+    PluginInfo {
+        name: "emqx_mod_presence",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "EMQX Presence Module",
+        kind: PluginKind::Module,
+        hooks: HookMask::of(&[Hook::ClientConnected, Hook::ClientDisconnected]),
+        priority: 0,
+        ctl_command: None,
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::ip_of;
+
+    #[test]
+    fn peer_ip() {
+        assert_eq!(ip_of("127.0.0.1:5555"), "127.0.0.1");
+        assert_eq!(ip_of("[::1]:5555"), "::1");
+    }
+}
