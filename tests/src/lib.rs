@@ -45,6 +45,12 @@ pub fn broker_exe() -> PathBuf {
     exe
 }
 
+/// A number unique within this test process (for client ids).
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Polls `check` until it returns `Some`, or panics after [`DEADLINE`] saying `what`.
 pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
@@ -268,6 +274,8 @@ impl Drop for Broker {
 pub struct Client {
     pub client: AsyncClient,
     events: mpsc::UnboundedReceiver<Event>,
+    /// Messages that arrived while waiting for something else, kept for `receive`.
+    backlog: std::collections::VecDeque<Event>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -308,6 +316,7 @@ impl Client {
         Client {
             client,
             events,
+            backlog: Default::default(),
             task,
         }
     }
@@ -321,12 +330,19 @@ impl Client {
         .await;
     }
 
-    /// Waits for an event matching `pred`, dropping the others.
+    /// Waits for an event matching `pred`. Other events are dropped, except incoming
+    /// messages, which are kept for a later `receive`.
     pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        if let Some(i) = self.backlog.iter().position(&mut pred) {
+            return self.backlog.remove(i).expect("index in range");
+        }
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(event @ Event::Incoming(Packet::Publish(_)))) => {
+                    self.backlog.push_back(event)
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("connection closed while waiting for {what}"),
                 Err(_) => panic!("timed out waiting for {what}"),
