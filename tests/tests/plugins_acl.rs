@@ -1,0 +1,174 @@
+//! `emqx_mod_acl_internal` end to end, and telemetry listing the issue's plugins exactly while
+//! they run.
+
+use std::process::Stdio;
+
+use e2e::{mosquitto, options, Broker, Client, DataDir};
+use rumqttc::{Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use serde_json::Value;
+
+const ACL: &str = r#"
+%% test rules
+{deny, {user, "bob"}, subscribe, ["secret/#"]}.
+{deny, all, publish, ["secret/#"]}.
+{allow, all, pubsub, ["clients/%c/#", "users/%u/#"]}.
+{deny, all, pubsub, ["clients/#", "users/#"]}.
+{this is, not a rule}.
+{allow, all}.
+"#;
+
+async fn suback_codes(client: &mut Client, filters: &[&str]) -> Vec<SubscribeReasonCode> {
+    let filters = filters
+        .iter()
+        .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+    client.client.subscribe_many(filters).await.unwrap();
+    match client
+        .wait_for("SUBACK", |e| {
+            matches!(e, Event::Incoming(Packet::SubAck(_)))
+        })
+        .await
+    {
+        Event::Incoming(Packet::SubAck(ack)) => ack.return_codes,
+        _ => unreachable!(),
+    }
+}
+
+async fn user(broker: &Broker, id: &str, name: &str) -> Client {
+    let mut opts = options(broker, id);
+    opts.set_credentials(name, "pw");
+    Client::connect_with(opts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_allow_and_deny_publish_and_subscribe() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", ACL);
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("acl.conf: line 7: expected ',' or '}', found 'i'; rule skipped");
+    broker.wait_for_log("5 rules loaded from");
+
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let mut bob = user(&broker, "c-bob", "bob").await;
+    assert_eq!(
+        suback_codes(&mut bob, &["secret/x", "open/x"]).await,
+        vec![SubscribeReasonCode::Failure, ok],
+        "one SUBACK, denied filter failed, the other granted"
+    );
+    let mut alice = user(&broker, "c-alice", "alice").await;
+    assert_eq!(suback_codes(&mut alice, &["secret/x"]).await, vec![ok]);
+    assert_eq!(
+        suback_codes(&mut alice, &["clients/c-alice/#", "clients/c-bob/#"]).await,
+        vec![ok, SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        suback_codes(&mut alice, &["users/alice/#", "users/bob/#"]).await,
+        vec![ok, SubscribeReasonCode::Failure]
+    );
+
+    // A denied publish is acknowledged and dropped; an allowed one is delivered.
+    alice
+        .publish_acked("secret/x", QoS::AtLeastOnce, "leak")
+        .await;
+    bob.publish_acked("secret/x", QoS::ExactlyOnce, "leak2")
+        .await;
+    bob.publish_acked("open/x", QoS::AtLeastOnce, "fine").await;
+    bob.publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "not yours")
+        .await;
+    alice
+        .publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "mine")
+        .await;
+    let got = alice.receive(1).await;
+    assert_eq!(
+        &got[0].payload[..],
+        b"mine",
+        "the denied publishes never arrived"
+    );
+    assert_eq!(&bob.receive(1).await[0].payload[..], b"fine");
+
+    // mosquitto_sub reports the refusal too.
+    let out = mosquitto("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-u",
+            "bob",
+            "-t",
+            "secret/#",
+            "-W",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied"),
+        "{:?}",
+        out
+    );
+
+    // Rules are re-read on `ctl acl reload`.
+    dir.write("acl.conf", "{deny, all, subscribe, [\"open/#\"]}.\n");
+    assert!(dir.ctl(&["acl", "reload"]).ok().contains("1 rules loaded"));
+    let mut carol = user(&broker, "c-carol", "carol").await;
+    assert_eq!(
+        suback_codes(&mut carol, &["open/x", "secret/x"]).await,
+        vec![SubscribeReasonCode::Failure, ok]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nomatch_deny_and_unloading_lifts_the_rules() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", "{allow, all, subscribe, [\"allowed/#\"]}.\n");
+    let broker = Broker::start(&dir, &[("BROKER_ACL_INTERNAL__NOMATCH", "deny")]);
+    let mut client = Client::connect(&broker, "nm").await;
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    assert_eq!(
+        suback_codes(&mut client, &["allowed/x", "other/x"]).await,
+        vec![ok, SubscribeReasonCode::Failure]
+    );
+    dir.ctl(&["plugins", "unload", "emqx_mod_acl_internal"])
+        .ok();
+    assert_eq!(suback_codes(&mut client, &["other/x"]).await, vec![ok]);
+}
+
+fn telemetry_lists(dir: &DataDir) -> (Value, Value) {
+    let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    (
+        data["active_plugins"].clone(),
+        data["active_modules"].clone(),
+    )
+}
+
+#[test]
+fn telemetry_lists_exactly_the_running_plugins_and_modules() {
+    let dir = DataDir::with_plugins(
+        "{emqx_retainer, true}.\n{emqx_mod_presence, true}.\n{emqx_mod_acl_internal, true}.\n{emqx_telemetry, true}.\n",
+    );
+    let _broker = Broker::start(&dir, &[]);
+    let (plugins, modules) = telemetry_lists(&dir);
+    assert_eq!(
+        plugins,
+        serde_json::json!(["emqx_retainer", "emqx_telemetry"])
+    );
+    assert_eq!(
+        modules,
+        serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"])
+    );
+
+    dir.ctl(&["plugins", "unload", "emqx_retainer"]).ok();
+    dir.ctl(&["plugins", "unload", "emqx_mod_presence"]).ok();
+    let (plugins, modules) = telemetry_lists(&dir);
+    assert_eq!(plugins, serde_json::json!(["emqx_telemetry"]));
+    assert_eq!(modules, serde_json::json!(["emqx_mod_acl_internal"]));
+
+    dir.ctl(&["plugins", "load", "emqx_mod_presence"]).ok();
+    let (_, modules) = telemetry_lists(&dir);
+    assert_eq!(
+        modules,
+        serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"])
+    );
+}
