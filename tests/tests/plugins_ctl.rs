@@ -220,3 +220,59 @@ fn load_appends_a_plugin_missing_from_the_file() {
         "Plugin(hook_recorder, version=0.1.0, kind=plugin, description=Test plugin: records hook events to a file, active=true)"
     );
 }
+
+/// `--plugins-dir` / `BROKER_PLUGINS_DIR` choose where libraries are found, and `reload`
+/// after the file changed maps a fresh copy of it (the old one stays mapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_dir_setting_and_reload_of_a_replaced_library() {
+    let plugins = tempfile::tempdir().unwrap();
+    let library = plugins.path().join("libhook_recorder.so");
+    std::fs::copy(e2e::bin_dir().join("libhook_recorder.so"), &library).unwrap();
+    let dir = DataDir::with_plugins(PLUGINS);
+    let (k, v) = recorder_env(&dir);
+    let plugins_dir = plugins.path().to_str().unwrap();
+
+    // From the environment...
+    let broker = Broker::start(&dir, &[(&k, &v), ("BROKER_PLUGINS_DIR", plugins_dir)]);
+    broker.wait_for_log(&format!("plugins_dir={plugins_dir}"));
+    assert!(dir.ctl(&["plugins", "list"]).ok().contains("active=true"));
+    broker.stop();
+
+    // ...and from the flag, which beats the environment.
+    let broker = Broker::start_with_args(
+        &dir,
+        &[(&k, &v), ("BROKER_PLUGINS_DIR", "/nonexistent")],
+        &["--plugins-dir", plugins_dir],
+    );
+    assert!(dir.ctl(&["plugins", "list"]).ok().contains("active=true"));
+
+    // Replace the file (a new inode, as a rebuild makes), then reload.
+    std::fs::remove_file(&library).unwrap();
+    std::fs::copy(e2e::bin_dir().join("libhook_recorder.so"), &library).unwrap();
+    dir.ctl(&["plugins", "reload", "hook_recorder"]).ok();
+    let client = Client::connect(&broker, "after-replace").await;
+    let file = dir.file("events.jsonl");
+    wait_until("the replaced library to record a connection", || {
+        recorded_events(&file)
+            .iter()
+            .any(|e| e["client_id"] == "after-replace")
+            .then_some(())
+    });
+    client.disconnect().await;
+
+    // A missing library is a clear error, and nothing else changes.
+    std::fs::remove_file(&library).unwrap();
+    let stderr = dir.ctl(&["plugins", "reload", "hook_recorder"]).err();
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: unknown plugin hook_recorder: no library at {}",
+            library.display()
+        )
+    );
+    assert!(
+        dir.ctl(&["plugins", "list"]).ok().contains("active=true"),
+        "the running instance was kept"
+    );
+    assert!(broker.logs().iter().all(|l| !l.contains("panicked")));
+}

@@ -257,9 +257,16 @@ impl Manager {
     }
 
     /// Stops `name` if it runs, then starts it again from its (possibly rebuilt) library, and
-    /// records it as enabled.
+    /// records it as enabled. A library that cannot be loaded leaves the running instance
+    /// alone.
     pub fn reload(&self, name: &str) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
+        if !is_valid_name(name) {
+            return Err(PluginError::InvalidName(name.to_owned()));
+        }
+        // Check the new library before stopping the running instance: a missing or refused
+        // file leaves the plugin running as it was.
+        self.library(name)?;
         match self.unload_locked(name, false) {
             Ok(()) | Err(PluginError::NotLoaded(_)) => {}
             Err(e) => return Err(e),
