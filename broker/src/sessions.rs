@@ -37,6 +37,8 @@ pub struct Session {
     pub expiry_interval: u32,
     /// Set when rumqttd accepted the connection (CONNACK success).
     pub connected: AtomicBool,
+    /// When the CONNECT arrived, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
     outbox: Mutex<BytesMut>,
     wake: Notify,
     host_inflight: Mutex<HostInflight>,
@@ -83,6 +85,7 @@ impl Session {
             clean_start: s.clean_start,
             expiry_interval: s.expiry_interval,
             connected: AtomicBool::new(false),
+            connected_at_ms: crate::now_ms(),
             outbox: Mutex::new(BytesMut::new()),
             wake: Notify::new(),
             host_inflight: Mutex::new(HostInflight {
@@ -253,6 +256,13 @@ impl Registry {
         {
             sessions.remove(&session.client_id);
         }
+    }
+
+    /// Every connected client, ordered by client id.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        let mut all: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {

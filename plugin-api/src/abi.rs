@@ -356,6 +356,10 @@ pub struct HostApi {
         qos: u8,
         retain: u8,
     ) -> Status,
+    /// Writes a JSON array of the connected clients: `[{"clientid", "username",
+    /// "ip_address", "port", "proto_ver", "keepalive", "clean_start", "connected_at"}]`
+    /// (`connected_at` in milliseconds since the Unix epoch). For management plugins.
+    pub list_clients: unsafe extern "C" fn(ctx: *const c_void, out: RawWriter) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is

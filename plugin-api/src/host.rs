@@ -46,7 +46,7 @@ pub struct Stats {
 }
 
 /// One plugin as the host knows it (from [`Host::plugins`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct PluginStatus {
     /// Plugin name.
     pub name: String,
@@ -60,6 +60,27 @@ pub struct PluginStatus {
     pub active: bool,
     /// `running`, `stopped` or `failed: <why>`.
     pub state: String,
+}
+
+/// One connected client (from [`Host::clients`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ClientInfo {
+    /// MQTT client id.
+    pub clientid: String,
+    /// MQTT username (empty when none).
+    pub username: String,
+    /// Peer IP address.
+    pub ip_address: String,
+    /// Peer port.
+    pub port: u16,
+    /// MQTT protocol level.
+    pub proto_ver: u8,
+    /// Keep-alive in seconds.
+    pub keepalive: u16,
+    /// Clean session / clean start.
+    pub clean_start: bool,
+    /// When it connected, in milliseconds since the Unix epoch.
+    pub connected_at: u64,
 }
 
 /// The plugin's handle to the host. Cheap to copy; valid until the plugin's `stop` returns.
@@ -220,6 +241,18 @@ impl Host {
         // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
         let status =
             unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status != abi::STATUS_OK {
+            return Err(HostError::Failed(json));
+        }
+        serde_json::from_str(&json).map_err(|e| HostError::BadAnswer(e.to_string()))
+    }
+
+    /// The clients connected now.
+    pub fn clients(&self) -> Result<Vec<ClientInfo>, HostError> {
+        let mut json = String::new();
+        // SAFETY: ctx and list_clients are valid; the writer borrows `json` for the call.
+        let status =
+            unsafe { (self.api.list_clients)(self.api.ctx, RawWriter::for_string(&mut json)) };
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }

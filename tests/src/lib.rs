@@ -45,6 +45,15 @@ pub fn broker_exe() -> PathBuf {
     exe
 }
 
+/// A free loopback port (bound, then released for the broker to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A number unique within this test process (for client ids).
 pub fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -256,6 +265,18 @@ impl Broker {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The address a log line `... <prefix><addr>...` names, waiting for the line.
+    pub fn logged_addr(&self, prefix: &str) -> SocketAddr {
+        let line = self.wait_for_log(prefix);
+        let rest = line.split(prefix).nth(1).expect("prefix in line");
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        addr.parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"))
     }
 
     pub fn data_dir(&self) -> &Path {

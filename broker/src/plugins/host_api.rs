@@ -56,6 +56,7 @@ pub fn vtable(context: &PluginContext) -> HostApi {
         list_plugins,
         ctl,
         deliver,
+        list_clients,
     }
 }
 
@@ -179,4 +180,32 @@ unsafe extern "C" fn deliver(
     } else {
         abi::STATUS_ERROR
     }
+}
+
+unsafe extern "C" fn list_clients(ctx: *const c_void, out: RawWriter) -> Status {
+    // SAFETY: our ctx.
+    let context = unsafe { context(ctx) };
+    let clients: Vec<plugin_api::ClientInfo> = context
+        .shared
+        .relay
+        .registry
+        .all()
+        .iter()
+        .map(|s| {
+            let peer: Option<std::net::SocketAddr> = s.peer.parse().ok();
+            plugin_api::ClientInfo {
+                clientid: s.client_id.clone(),
+                username: s.username.clone(),
+                ip_address: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                port: peer.map(|p| p.port()).unwrap_or(0),
+                proto_ver: s.proto_ver,
+                keepalive: s.keepalive,
+                clean_start: s.clean_start,
+                connected_at: s.connected_at_ms,
+            }
+        })
+        .collect();
+    // SAFETY: the writer is alive during this call.
+    unsafe { out.write_str(&serde_json::to_string(&clients).unwrap_or_default()) };
+    abi::STATUS_OK
 }

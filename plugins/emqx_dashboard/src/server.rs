@@ -1,0 +1,116 @@
+//! The page, its assets, and the `/api/` pass-through to the management API.
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::json;
+
+const INDEX: &str = include_str!("../assets/index.html");
+const SCRIPT: &str = include_str!("../assets/app.js");
+const STYLE: &str = include_str!("../assets/app.css");
+
+/// Largest request body passed to the API.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+struct Proxy {
+    api: String,
+    client: reqwest::Client,
+}
+
+pub fn router(api: String) -> Result<Router, reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    Ok(Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route(
+            "/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    SCRIPT,
+                )
+            }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
+        .route("/api/{*rest}", any(pass_through))
+        .with_state(Proxy { api, client }))
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(json!({"code": status.as_u16(), "message": message})),
+    )
+        .into_response()
+}
+
+/// Whether a request would stop the dashboard serving this very page.
+fn stops_the_dashboard(method: &Method, path: &str) -> bool {
+    method == Method::PUT
+        && matches!(
+            path,
+            "/api/v4/plugins/emqx_dashboard/unload" | "/api/v4/plugins/emqx_dashboard/reload"
+        )
+}
+
+async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if stops_the_dashboard(&method, &path) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The dashboard cannot be stopped from its own page: it would cut off this page. \
+             Use `broker ctl plugins unload emqx_dashboard`."
+                .into(),
+        );
+    }
+    let url = match request.uri().query() {
+        Some(query) => format!("{}{path}?{query}", proxy.api),
+        None => format!("{}{path}", proxy.api),
+    };
+    let mut outgoing = proxy.client.request(method, &url);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(value) = request.headers().get(&name) {
+            outgoing = outgoing.header(name, value.clone());
+        }
+    }
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY} bytes"),
+            )
+        }
+    };
+    let answer =
+        match outgoing.body(body).send().await {
+            Ok(answer) => answer,
+            Err(e) => return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the management API at {} is not reachable (is emqx_management loaded?): {e}",
+                    proxy.api
+                ),
+            ),
+        };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.unwrap_or_default();
+    // No WWW-Authenticate: the page has its own login form, the browser's dialog must not
+    // pop up.
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    response
+}

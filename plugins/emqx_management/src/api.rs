@@ -1,0 +1,282 @@
+//! The REST API, in EMQX 4.x's shape: every answer is JSON, `{"code": 0, "data": ...}` on
+//! success and `{"code": <http status>, "message": "..."}` on failure.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::Engine;
+use plugin_api::Host;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Who may call the API.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone)]
+struct Api {
+    host: Host,
+    credentials: Credentials,
+}
+
+/// An API failure: status and message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(json!({"code": self.0.as_u16(), "message": self.1})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn ok(data: Value) -> ApiResult {
+    Ok(Json(json!({"code": 0, "data": data})))
+}
+
+/// Maps a `broker ctl` error to an HTTP status.
+fn ctl_error(message: String) -> ApiError {
+    let status = if message.starts_with("invalid plugin name") {
+        StatusCode::BAD_REQUEST
+    } else if message.starts_with("unknown plugin") || message.starts_with("unknown command") {
+        StatusCode::NOT_FOUND
+    } else if message.ends_with("is already loaded") || message.ends_with("is not loaded") {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError(status, message)
+}
+
+/// Runs a ctl command off the async threads (plugin operations wait for hooks in flight).
+async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.ctl(&args).map_err(|e| ctl_error(e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+pub fn router(host: Host, credentials: Credentials) -> Router {
+    let api = Api { host, credentials };
+    Router::new()
+        .route("/api/v4/brokers", get(brokers))
+        .route("/api/v4/stats", get(stats))
+        .route("/api/v4/clients", get(clients))
+        .route("/api/v4/plugins", get(plugins))
+        .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
+        .route(
+            "/api/v4/telemetry/status",
+            get(telemetry_status).put(set_telemetry_status),
+        )
+        .route("/api/v4/telemetry/data", get(telemetry_data))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}
+
+async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let authorized = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .is_some_and(|pair| {
+            pair.split_once(':').is_some_and(|(u, p)| {
+                u == api.credentials.username && p == api.credentials.password
+            })
+        });
+    if authorized {
+        return next.run(request).await;
+    }
+    let mut response = ApiError(
+        StatusCode::UNAUTHORIZED,
+        "wrong or missing credentials (HTTP basic auth)".into(),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"emqx\""),
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint".into(),
+    )
+}
+
+async fn brokers(State(api): State<Api>) -> ApiResult {
+    let stats = api.host.stats();
+    ok(json!({
+        "node": api.host.node_name(),
+        "version": api.host.broker_version(),
+        "sysdescr": "MQTT broker (rumqttd with plugins)",
+        "uptime": stats.uptime_secs,
+        "node_status": "Running",
+    }))
+}
+
+async fn stats(State(api): State<Api>) -> ApiResult {
+    let s = api.host.stats();
+    ok(json!({
+        "node": api.host.node_name(),
+        "connections.count": s.connections,
+        "messages.received": s.messages_received,
+        "messages.sent": s.messages_sent,
+        "uptime": s.uptime_secs,
+    }))
+}
+
+async fn clients(State(api): State<Api>) -> ApiResult {
+    let clients = api
+        .host
+        .clients()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        json!({"code": 0, "data": clients, "meta": {"count": clients.len()}}),
+    ))
+}
+
+async fn plugins(State(api): State<Api>) -> ApiResult {
+    let plugins = api
+        .host
+        .plugins()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let data: Vec<Value> = plugins
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "version": p.version,
+                "description": p.description,
+                "active": p.active,
+                "type": p.kind,
+                "state": p.state,
+            })
+        })
+        .collect();
+    ok(Value::Array(data))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+async fn plugin_action(
+    State(api): State<Api>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult {
+    if !matches!(action.as_str(), "load" | "unload" | "reload") {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {action:?}: use load, unload or reload"),
+        ));
+    }
+    if !valid_name(&name) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid plugin name {name:?}: a name is [a-z0-9_]+"),
+        ));
+    }
+    if name == crate::NAME && action != "load" {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{name} cannot {action} itself through its own API; use `broker ctl plugins {action} {name}`"),
+        ));
+    }
+    let message = ctl(api.host, vec!["plugins".into(), action, name]).await?;
+    Ok(Json(json!({"code": 0, "message": message})))
+}
+
+async fn telemetry_status(State(api): State<Api>) -> ApiResult {
+    let status = ctl(
+        api.host,
+        vec!["telemetry".into(), "get".into(), "status".into()],
+    )
+    .await
+    .map_err(telemetry_off)?;
+    ok(json!({"enable": status.trim() == "Telemetry status: enabled", "status": status.trim()}))
+}
+
+#[derive(Deserialize)]
+struct EnableBody {
+    enable: bool,
+}
+
+async fn set_telemetry_status(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let parsed: Result<EnableBody, _> = serde_json::from_slice(&body);
+    let body = match (is_json, parsed) {
+        (true, Ok(body)) => body,
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON body {\"enable\": true|false}".into(),
+            ))
+        }
+    };
+    let verb = if body.enable { "enable" } else { "disable" };
+    let message = ctl(api.host, vec!["telemetry".into(), verb.into()])
+        .await
+        .map_err(telemetry_off)?;
+    Ok(Json(json!({"code": 0, "message": message})))
+}
+
+async fn telemetry_data(State(api): State<Api>) -> ApiResult {
+    let data = ctl(
+        api.host,
+        vec!["telemetry".into(), "get".into(), "data".into()],
+    )
+    .await
+    .map_err(telemetry_off)?;
+    let data: Value = serde_json::from_str(&data)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(data)
+}
+
+fn telemetry_off(e: ApiError) -> ApiError {
+    if e.0 == StatusCode::NOT_FOUND {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "emqx_telemetry is not running".into(),
+        )
+    } else {
+        e
+    }
+}
