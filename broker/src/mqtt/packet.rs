@@ -498,3 +498,56 @@ mod tests {
         assert_eq!(decode_connect(&[0, 4, b'M']), Err(PacketError::Truncated));
     }
 }
+
+/// Property tests: the decoders never panic, whatever the bytes (the fuzz targets).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mqtt::frame::parse_header;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn frame_header_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16), max in 0usize..1 << 20) {
+            if let Ok(Some(h)) = parse_header(&bytes, max) {
+                prop_assert!(h.header_len >= 2 && h.header_len <= 5);
+                prop_assert!(h.frame_len() <= max);
+            }
+        }
+
+        #[test]
+        fn decoders_never_panic(body in proptest::collection::vec(any::<u8>(), 0..96), flags in 0u8..16, v5 in any::<bool>()) {
+            let _ = decode_connect(&body);
+            let _ = decode_connack(&body);
+            let _ = decode_publish(flags, &body, v5);
+            let _ = decode_subscribe(&body, v5);
+            let _ = decode_unsubscribe(&body, v5);
+            let _ = decode_ack_with_codes(&body, v5);
+            let _ = decode_packet_id(&body);
+        }
+
+        #[test]
+        fn connect_rewrite_round_trips(id in "[a-zA-Z0-9_-]{0,30}", new_id in "[a-z0-9]{1,30}", keepalive in any::<u16>(), user in proptest::option::of("[a-z]{1,8}")) {
+            let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+            body.push(0x02 | if user.is_some() { 0x80 } else { 0 });
+            body.extend_from_slice(&30u16.to_be_bytes());
+            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            body.extend_from_slice(id.as_bytes());
+            if let Some(u) = &user {
+                body.extend_from_slice(&(u.len() as u16).to_be_bytes());
+                body.extend_from_slice(u.as_bytes());
+            }
+            let connect = decode_connect(&body).unwrap();
+            let frame = rewrite_connect(0x10, &body, &connect, keepalive, &new_id);
+            let header = parse_header(&frame, usize::MAX).unwrap().unwrap();
+            prop_assert_eq!(header.frame_len(), frame.len());
+            let again = decode_connect(&frame[header.header_len..]).unwrap();
+            prop_assert_eq!(again.client_id, new_id.as_str());
+            prop_assert_eq!(again.keepalive, keepalive);
+            prop_assert_eq!(again.username, user.as_deref());
+        }
+    }
+}

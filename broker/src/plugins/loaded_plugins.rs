@@ -25,9 +25,11 @@ pub struct LineError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
+    /// `line` is the 1-based line number in the file as read (0 for an appended entry).
     Entry {
         name: String,
         enabled: bool,
+        line: usize,
     },
     /// A comment, a blank line, or a line that did not parse: kept verbatim.
     Verbatim(String),
@@ -87,7 +89,11 @@ impl LoadedPlugins {
                     });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
-                Ok((name, enabled)) => lines.push(Line::Entry { name, enabled }),
+                Ok((name, enabled)) => lines.push(Line::Entry {
+                    name,
+                    enabled,
+                    line: i + 1,
+                }),
                 Err(problem) => {
                     errors.push(LineError {
                         line: i + 1,
@@ -112,8 +118,18 @@ impl LoadedPlugins {
 
     /// Every entry, in file order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.numbered_entries()
+            .map(|(_, name, enabled)| (name, enabled))
+    }
+
+    /// Every entry with its line number, in file order.
+    pub fn numbered_entries(&self) -> impl Iterator<Item = (usize, &str, bool)> {
         self.lines.iter().filter_map(|line| match line {
-            Line::Entry { name, enabled } => Some((name.as_str(), *enabled)),
+            Line::Entry {
+                name,
+                enabled,
+                line,
+            } => Some((*line, name.as_str(), *enabled)),
             Line::Verbatim(_) => None,
         })
     }
@@ -124,6 +140,7 @@ impl LoadedPlugins {
             if let Line::Entry {
                 name: n,
                 enabled: e,
+                ..
             } = line
             {
                 if n == name {
@@ -135,6 +152,7 @@ impl LoadedPlugins {
         self.lines.push(Line::Entry {
             name: name.to_owned(),
             enabled,
+            line: 0,
         });
     }
 
@@ -143,7 +161,9 @@ impl LoadedPlugins {
         let mut out = String::new();
         for line in &self.lines {
             match line {
-                Line::Entry { name, enabled } => out.push_str(&format!("{{{name}, {enabled}}}.")),
+                Line::Entry { name, enabled, .. } => {
+                    out.push_str(&format!("{{{name}, {enabled}}}."))
+                }
                 Line::Verbatim(text) => out.push_str(text),
             }
             out.push('\n');
@@ -216,5 +236,55 @@ mod tests {
             assert!(!is_valid_name(bad), "{bad:?}");
         }
         assert!(is_valid_name("emqx_mod_presence2"));
+    }
+}
+
+/// Property tests: any text parses without panicking, and writing it back keeps what it said
+/// (the fuzz target for the file).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9_]{1,12}".prop_map(|n| format!("{{{n}, true}}.")),
+            "[a-z0-9_]{1,12}".prop_map(|n| format!("{{{n},false}}.  ")),
+            "[a-z0-9_]{1,12}".prop_map(|n| format!("{n}.")),
+            "% [ -~]{0,20}",
+            Just(String::new()),
+            "[ -~]{0,24}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn any_text_parses(text in "(?s).{0,200}") {
+            let (file, _) = LoadedPlugins::parse(&text);
+            for (_, name, _) in file.numbered_entries() {
+                prop_assert!(is_valid_name(name));
+            }
+        }
+
+        #[test]
+        fn render_keeps_entries_and_lines(lines in proptest::collection::vec(line(), 0..20), crlf in any::<bool>()) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            let (file, errors) = LoadedPlugins::parse(&text);
+            let (again, errors_again) = LoadedPlugins::parse(&file.render());
+            prop_assert_eq!(file.entries().collect::<Vec<_>>(), again.entries().collect::<Vec<_>>());
+            prop_assert_eq!(errors.len(), errors_again.len());
+            prop_assert_eq!(file.render().lines().count(), text.lines().count());
+        }
+
+        #[test]
+        fn set_then_parse(lines in proptest::collection::vec(line(), 0..10), name in "[a-z0-9_]{1,12}", enabled in any::<bool>()) {
+            let (mut file, _) = LoadedPlugins::parse(&lines.join("\n"));
+            file.set(&name, enabled);
+            let (again, _) = LoadedPlugins::parse(&file.render());
+            prop_assert_eq!(again.entries().find(|(n, _)| *n == name).map(|(_, e)| e), Some(enabled));
+        }
     }
 }

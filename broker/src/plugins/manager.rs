@@ -120,13 +120,12 @@ impl Manager {
                 return;
             }
         };
-        for (name, enabled) in file.entries() {
+        for (line, name, enabled) in file.numbered_entries() {
             if !enabled {
                 continue;
             }
-            match self.load(name, false) {
-                Ok(()) => {}
-                Err(e) => tracing::error!("{}: {e}", path.display()),
+            if let Err(e) = self.load(name, false) {
+                tracing::error!("{}: line {line}: {e}", path.display());
             }
         }
     }

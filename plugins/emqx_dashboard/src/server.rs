@@ -91,17 +91,18 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
             )
         }
     };
-    let answer =
-        match outgoing.body(body).send().await {
-            Ok(answer) => answer,
-            Err(e) => return error(
+    let answer = match outgoing.body(body).send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return error(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "the management API at {} is not reachable (is emqx_management loaded?): {e}",
                     proxy.api
                 ),
-            ),
-        };
+            )
+        }
+    };
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = answer.bytes().await.unwrap_or_default();

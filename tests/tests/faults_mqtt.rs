@@ -1,0 +1,114 @@
+//! Bad MQTT input closes that connection only: malformed and oversized packets, a CONNECT
+//! that never comes, a client that vanishes mid-packet.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use e2e::{Broker, Client, DataDir};
+use rumqttc::QoS;
+
+const CONNECT: [u8; 16] = [
+    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'r', b'w',
+];
+
+fn connected(broker: &Broker, id: u8) -> TcpStream {
+    let mut stream = TcpStream::connect(broker.addr).unwrap();
+    stream.set_read_timeout(Some(e2e::DEADLINE)).unwrap();
+    let mut connect = CONNECT;
+    connect[15] = id;
+    stream.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    stream
+}
+
+/// Reads until the broker closes the connection (EOF or reset); a read timeout fails.
+fn assert_closed(mut stream: TcpStream, what: &str) {
+    let mut sink = [0u8; 1024];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("{what}: the connection was not closed")
+            }
+            Err(_) => return, // reset by the broker
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packets_close_only_their_connection() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MQTT__MAX_PACKET_SIZE", "1024"),
+            ("BROKER_MQTT__CONNECT_TIMEOUT", "1"),
+        ],
+    );
+    let mut bystander = Client::connect(&broker, "bystander").await;
+    bystander.subscribe("alive", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "bystander-pub").await;
+
+    let bad: [(&str, Vec<u8>); 6] = [
+        ("reserved packet type 0", vec![0x00, 0x00]),
+        (
+            "remaining length over 4 bytes",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+        (
+            "topic that is not UTF-8",
+            vec![0x30, 5, 0, 3, 0xff, 0xfe, 0xfd],
+        ),
+        ("QoS 3 publish", vec![0x36, 5, 0, 1, b'a', 0, 1]),
+        ("subscribe cut short", vec![0x82, 4, 0, 1, 0, 9]),
+        ("packet over max_packet_size", {
+            let mut p = vec![0x30, 0x80, 0x10]; // 2048 bytes announced
+            p.extend_from_slice(&[0, 1, b'a']);
+            p
+        }),
+    ];
+    for (i, (what, bytes)) in bad.into_iter().enumerate() {
+        let mut stream = connected(&broker, b'a' + i as u8);
+        stream.write_all(&bytes).unwrap();
+        assert_closed(stream, what);
+        publisher
+            .publish_acked("alive", QoS::AtLeastOnce, what)
+            .await;
+        assert_eq!(
+            &bystander.receive(1).await[0].payload[..],
+            what.as_bytes(),
+            "after {what}"
+        );
+    }
+
+    // A CONNECT that never comes: closed after connect_timeout.
+    let silent = TcpStream::connect(broker.addr).unwrap();
+    silent.set_read_timeout(Some(e2e::DEADLINE)).unwrap();
+    assert_closed(silent, "no CONNECT");
+    // A first packet that is not CONNECT.
+    let mut rude = TcpStream::connect(broker.addr).unwrap();
+    rude.set_read_timeout(Some(e2e::DEADLINE)).unwrap();
+    rude.write_all(&[0xc0, 0]).unwrap();
+    assert_closed(rude, "PINGREQ before CONNECT");
+    // A client that vanishes mid-packet.
+    let mut vanishing = connected(&broker, b'v');
+    vanishing.write_all(&[0x30, 100, 0, 5, b'a', b'l']).unwrap();
+    drop(vanishing);
+
+    publisher
+        .publish_acked("alive", QoS::AtLeastOnce, "end")
+        .await;
+    assert_eq!(&bystander.receive(1).await[0].payload[..], b"end");
+    e2e::wait_until("only the two good clients connected", || {
+        let stats = dir.ctl(&["broker", "stats"]).ok();
+        stats.contains("connections.count       : 2").then_some(())
+    });
+}
