@@ -57,7 +57,7 @@ async fn a_blocking_hook_does_not_stall_unrelated_clients() {
     sub.subscribe("slow", QoS::AtLeastOnce).await;
     sub.subscribe("fast", QoS::AtLeastOnce).await;
 
-    let mut slow = Client::connect(&broker, "slow-client").await;
+    let slow = Client::connect(&broker, "slow-client").await;
     slow.client
         .publish("slow", QoS::AtLeastOnce, false, "slow")
         .await
