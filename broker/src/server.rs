@@ -62,11 +62,34 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Raises the open-file limit to its hard maximum: each client costs the broker three
+/// descriptors (the client's socket, the relay's connection to rumqttd, and rumqttd's end).
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!("cannot raise the open-file limit above {}", limit.rlim_cur);
+            }
+        }
+    }
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
     let settings = config::load(overrides)?;
     init_logging(&settings);
+    raise_file_limit();
 
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
