@@ -84,6 +84,24 @@ fn raise_file_limit() {
     }
 }
 
+/// Keeps network I/O going while a plugin hook blocks a runtime worker (against the rules).
+///
+/// Tokio's I/O driver is polled by whichever worker parks on it; when that worker is then
+/// held up by a blocking hook, the other (parked) workers are not told to take over, and
+/// every connection waits. A no-op task spawned from outside the runtime every few
+/// milliseconds wakes an idle worker, which then polls the driver. An idle broker pays one
+/// wake-up per interval.
+fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+    std::thread::Builder::new()
+        .name("driver-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(INTERVAL);
+            drop(handle.spawn(async {}));
+        })?;
+    Ok(())
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
@@ -112,6 +130,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         max_inflight: settings.mqtt.max_inflight,
         connect_timeout: settings.mqtt.connect_timeout(),
     };
+    spawn_driver_watch(runtime.handle().clone())?;
     let (router, publisher) = router::start(&router_settings, runtime.handle())?;
     tracing::debug!(v4 = %router.v4, v5 = %router.v5, "embedded rumqttd listening");
 

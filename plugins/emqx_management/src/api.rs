@@ -176,7 +176,8 @@ async fn plugins(State(api): State<Api>) -> ApiResult {
                 "version": p.version,
                 "description": p.description,
                 "active": p.active,
-                "type": p.kind,
+                "type": p.kind.clone(),
+                "kind": p.kind,
                 "state": p.state,
             })
         })
