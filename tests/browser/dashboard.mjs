@@ -49,7 +49,7 @@ try {
 
   // Stopping the dashboard from its own page is refused with a message.
   await page.click('tr[data-plugin="emqx_dashboard"] button.toggle');
-  await page.waitForSelector("#message:not([hidden])");
+  await page.waitForFunction(() => document.getElementById("message").textContent.includes("cannot be stopped"));
   seen.selfStop = await page.textContent("#message");
   seen.dashboardStatus = await page.textContent('tr[data-plugin="emqx_dashboard"] td.status');
 

@@ -1,0 +1,304 @@
+//! `bench`: an MQTT load generator (rumqttc) printing throughput and end-to-end latency.
+//!
+//! Scenarios: `fan-in` (N publishers → 1 subscriber), `fan-out` (1 publisher → N
+//! subscribers), `many` (N publishers → N subscribers, every subscriber gets every message),
+//! and `idle` (N connected clients that do nothing, held for `--hold` seconds, to measure the
+//! broker's memory from outside).
+//!
+//! Each payload starts with the send time (nanoseconds since the run started, one clock for
+//! publishers and subscribers, all in this process); latency is receive time minus send time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    FanIn,
+    FanOut,
+    Many,
+    Idle,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "MQTT load generator: throughput and p50/p99 latency")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    #[arg(long, value_enum, default_value = "fan-in")]
+    scenario: Scenario,
+    /// 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Publishers (fan-in, many) or subscribers (fan-out, many); connections for idle.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Payload bytes (at least 8, for the timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Messages each publisher sends.
+    #[arg(long, default_value_t = 5000)]
+    messages: usize,
+    /// Name of the broker under test, printed with the figures.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+    /// Give up waiting for messages after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Idle: seconds to hold the connections.
+    #[arg(long, default_value_t = 5)]
+    hold: u64,
+}
+
+fn options(args: &Args, id: String) -> MqttOptions {
+    let mut o = MqttOptions::new(id, args.host.clone(), args.port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    o.set_inflight(100);
+    o
+}
+
+fn qos(args: &Args) -> QoS {
+    if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Connects and waits for the CONNACK; the event loop then runs in `on_event` until it
+/// returns false.
+async fn connect(
+    opts: MqttOptions,
+    mut on_event: impl FnMut(Event) -> bool + Send + 'static,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(event) => {
+                    if !on_event(event) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    (client, task)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn pubsub(args: Args) {
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let (publishers, subscribers, expected_each) = match args.scenario {
+        Scenario::FanIn => (args.clients, 1, args.clients * args.messages),
+        Scenario::FanOut => (1, args.clients, args.messages),
+        Scenario::Many => (args.clients, args.clients, args.clients * args.messages),
+        Scenario::Idle => unreachable!(),
+    };
+    let expected = expected_each * subscribers;
+    let start = Instant::now();
+    let received = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let filter = format!("bench/{run}/#");
+
+    let mut subscriber_tasks = Vec::new();
+    let mut subscriber_clients = Vec::new();
+    let mut all_latencies = Vec::new();
+    // Nanoseconds since `start` of the last message received.
+    let last_receive = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for s in 0..subscribers {
+        let (suback_tx, suback_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut suback_tx = Some(suback_tx);
+        let (received, done, last_receive) = (received.clone(), done.clone(), last_receive.clone());
+        let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each)));
+        all_latencies.push(mine.clone());
+        let (client, task) = connect(
+            options(&args, format!("bench-sub-{run}-{s}")),
+            move |event| {
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        if let Some(tx) = suback_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let now = start.elapsed().as_nanos() as u64;
+                        let sent = p
+                            .payload
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, u64::from_be_bytes);
+                        let mut mine = mine.lock().unwrap();
+                        mine.push(now.saturating_sub(sent));
+                        last_receive.fetch_max(now, Ordering::Relaxed);
+                        if received.fetch_add(1, Ordering::Relaxed) + 1 == expected {
+                            done.notify_one();
+                        }
+                        if mine.len() == expected_each {
+                            return false;
+                        }
+                    }
+                    _ => {}
+                }
+                true
+            },
+        )
+        .await;
+        client
+            .subscribe(filter.clone(), qos(&args))
+            .await
+            .expect("subscribe");
+        suback_rx.await.expect("SUBACK");
+        subscriber_clients.push(client);
+        subscriber_tasks.push(task);
+    }
+
+    let mut publisher_clients = Vec::new();
+    for p in 0..publishers {
+        let (client, task) =
+            connect(options(&args, format!("bench-pub-{run}-{p}")), |_| true).await;
+        publisher_clients.push((client, task));
+    }
+
+    let first_publish = Instant::now();
+    let mut publish_tasks = Vec::new();
+    for (p, (client, _)) in publisher_clients.iter().enumerate() {
+        let client = client.clone();
+        let topic = format!("bench/{run}/{p}");
+        let (messages, size, qos) = (args.messages, args.payload.max(8), qos(&args));
+        publish_tasks.push(tokio::spawn(async move {
+            let mut payload = vec![0u8; size];
+            for _ in 0..messages {
+                let sent = start.elapsed().as_nanos() as u64;
+                payload[..8].copy_from_slice(&sent.to_be_bytes());
+                if client
+                    .publish(topic.clone(), qos, false, payload.clone())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    for task in publish_tasks {
+        let _ = task.await;
+    }
+    let finished = tokio::time::timeout(Duration::from_secs(args.timeout), done.notified())
+        .await
+        .is_ok();
+    let got = received.load(Ordering::Relaxed);
+    let end = start + Duration::from_nanos(last_receive.load(Ordering::Relaxed));
+    let elapsed = end
+        .saturating_duration_since(first_publish)
+        .as_secs_f64()
+        .max(1e-9);
+    let mut latencies: Vec<u64> = all_latencies
+        .iter()
+        .flat_map(|l| l.lock().unwrap().clone())
+        .collect();
+    latencies.sort_unstable();
+    let rate = got as f64 / elapsed;
+    let (p50, p99) = (
+        percentile(&latencies, 0.50) / 1000,
+        percentile(&latencies, 0.99) / 1000,
+    );
+    let scenario = format!("{:?}", args.scenario).to_lowercase();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "label": args.label, "scenario": scenario, "qos": args.qos, "clients": args.clients,
+                "payload": args.payload, "messages": expected, "received": got,
+                "msgs_per_sec": rate.round(), "p50_us": p50, "p99_us": p99, "seconds": elapsed,
+            })
+        );
+    } else {
+        println!(
+            "{} {scenario} qos{} clients={} payload={}B: {rate:.0} msgs/s, p50 {p50} us, p99 {p99} us, received {got}/{expected}",
+            args.label, args.qos, args.clients, args.payload
+        );
+    }
+    for client in subscriber_clients
+        .iter()
+        .chain(publisher_clients.iter().map(|(c, _)| c))
+    {
+        let _ = client.try_disconnect();
+    }
+    if !finished {
+        std::process::exit(2);
+    }
+}
+
+/// Holds `clients` bare MQTT connections (CONNECT, then nothing) for `hold` seconds.
+async fn idle(args: Args) {
+    // SAFETY: getrlimit/setrlimit on a local rlimit value.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    let mut streams = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let mut stream = tokio::net::TcpStream::connect((args.host.as_str(), args.port))
+            .await
+            .expect("connect");
+        let id = format!("idle-{}-{i}", std::process::id());
+        let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x0e, 0x10]; // keep-alive 3600
+        connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        connect.extend_from_slice(id.as_bytes());
+        connect[1] = (connect.len() - 2) as u8;
+        stream.write_all(&connect).await.expect("CONNECT");
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.expect("CONNACK");
+        assert_eq!(connack[3], 0, "refused");
+        streams.push(stream);
+    }
+    println!("connected {}", streams.len());
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.scenario {
+        Scenario::Idle => runtime.block_on(idle(args)),
+        _ => runtime.block_on(pubsub(args)),
+    }
+}
