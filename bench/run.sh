@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Measures, in one go and on loopback, the broker with its default plugins (a), the broker
+# with no plugins (b), bare rumqttd with the same settings (c) and Debian's mosquitto (d):
+# fan-in, fan-out and many-to-many at QoS 0 and 1, then memory with idle clients. Prints a
+# Markdown table with the ratios a/c and a/d.
+#
+#   bench/run.sh                 # needs: apt-get install mosquitto; python3
+#   IDLE_CLIENTS=10000 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace >&2
+BIN=target/release
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+PAYLOAD=${PAYLOAD:-64}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+# Each idle client costs the broker three descriptors (client, relay, rumqttd).
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 400); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+start_target() { # name port -> sets TARGET_PID
+  local name=$1 port=$2
+  case $name in
+    a|b)
+      mkdir -p "$WORK/$name"
+      if [ "$name" = a ]; then cp data/loaded_plugins data/acl.conf "$WORK/$name/"; else : > "$WORK/$name/loaded_plugins"; fi
+      DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+        "$BIN/broker" --data-dir "$WORK/$name" --listen "127.0.0.1:$port" 2>"$WORK/$name.log" &
+      ;;
+    c) "$BIN/bare_rumqttd" --listen "127.0.0.1:$port" >/dev/null 2>&1 & ;;
+    d)
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 1000000\n' "$port" > "$WORK/mosquitto.conf"
+      mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
+      ;;
+  esac
+  TARGET_PID=$!
+  PIDS+=("$TARGET_PID")
+  wait_port "$port"
+}
+
+SCENARIOS=(
+  "fan-in 0 10 10000"
+  "fan-in 1 10 5000"
+  "fan-out 0 10 5000"
+  "fan-out 1 10 2000"
+  "many 0 5 2000"
+  "many 1 5 2000"
+)
+RESULTS="$WORK/results.jsonl"
+for target in a b c d; do
+  port=$(free_port)
+  start_target "$target" "$port"
+  for s in "${SCENARIOS[@]}"; do
+    read -r scenario qos clients messages <<<"$s"
+    "$BIN/bench" --port "$port" --scenario "$scenario" --qos "$qos" --clients "$clients" \
+      --messages "$messages" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
+      || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"failed\":true}" >>"$RESULTS"
+  done
+  before=$(rss_kib "$TARGET_PID")
+  "$BIN/bench" --port "$port" --scenario idle --clients "$IDLE_CLIENTS" --hold 3 > "$WORK/idle.out" &
+  idle=$!
+  for _ in $(seq 1200); do grep -q connected "$WORK/idle.out" 2>/dev/null && break; sleep 0.05; done
+  during=$(rss_kib "$TARGET_PID")
+  wait "$idle" || true
+  echo "{\"label\":\"$target\",\"scenario\":\"idle\",\"clients\":$IDLE_CLIENTS,\"rss_before_kib\":$before,\"rss_idle_kib\":$during}" >>"$RESULTS"
+  kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true
+done
+
+python3 - "$RESULTS" "$PAYLOAD" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
+def get(label, scenario, qos):
+    for r in rows:
+        if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos:
+            return r
+print(f"payload {sys.argv[2]} B; msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
+print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c msgs/s | a/c p99 | a/d msgs/s |")
+print("|---" * 8 + "|")
+seen = []
+for r in rows:
+    key = (r["scenario"], r.get("qos"))
+    if r["scenario"] == "idle" or key in seen:
+        continue
+    seen.append(key)
+    cells, res = [], {}
+    for k in "abcd":
+        x = get(k, *key)
+        res[k] = x
+        if not x or x.get("failed"):
+            cells.append("failed")
+        else:
+            lost = "" if x["received"] == x["messages"] else f", got {x['received']}/{x['messages']}"
+            cells.append(f"{x['msgs_per_sec']:.0f} ({x['p50_us']} / {x['p99_us']}){lost}")
+    def ratio(k1, k2, f):
+        a, b = res.get(k1), res.get(k2)
+        if not a or not b or a.get("failed") or b.get("failed") or not b[f]:
+            return "-"
+        return f"{a[f] / b[f]:.2f}"
+    print(f"| {key[0]} QoS {key[1]} | " + " | ".join(cells) +
+          f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
+print()
+for k in "abcd":
+    x = next((r for r in rows if r["label"] == k and r["scenario"] == "idle"), None)
+    if x:
+        per = (x["rss_idle_kib"] - x["rss_before_kib"]) / x["clients"]
+        print(f"- {names[k]}: {x['clients']} idle clients: RSS {x['rss_before_kib']} -> {x['rss_idle_kib']} KiB ({per:.1f} KiB a client)")
+PY
