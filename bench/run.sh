@@ -5,12 +5,13 @@
 # Markdown table with the ratios a/c and a/d.
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
-#   IDLE_CLIENTS=10000 bench/run.sh
+#   IDLE_CLIENTS=10000 bench/run.sh   # each idle client costs the broker 3 descriptors:
+#                                     # it needs `ulimit -n` above 3 x IDLE_CLIENTS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
-IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
 PAYLOAD=${PAYLOAD:-64}
 WORK=$(mktemp -d)
 PIDS=()
@@ -69,7 +70,7 @@ for target in a b c d; do
       || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"failed\":true}" >>"$RESULTS"
   done
   before=$(rss_kib "$TARGET_PID")
-  "$BIN/bench" --port "$port" --scenario idle --clients "$IDLE_CLIENTS" --hold 3 > "$WORK/idle.out" &
+  timeout 120 "$BIN/bench" --port "$port" --scenario idle --clients "$IDLE_CLIENTS" --hold 3 > "$WORK/idle.out" &
   idle=$!
   for _ in $(seq 1200); do grep -q connected "$WORK/idle.out" 2>/dev/null && break; sleep 0.05; done
   during=$(rss_kib "$TARGET_PID")

@@ -112,11 +112,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 async fn pubsub(args: Args) {
-    let run = format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
+    let run = format!("{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
     let (publishers, subscribers, expected_each) = match args.scenario {
         Scenario::FanIn => (args.clients, 1, args.clients * args.messages),
         Scenario::FanOut => (1, args.clients, args.messages),
@@ -140,42 +136,32 @@ async fn pubsub(args: Args) {
         let (received, done, last_receive) = (received.clone(), done.clone(), last_receive.clone());
         let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each)));
         all_latencies.push(mine.clone());
-        let (client, task) = connect(
-            options(&args, format!("bench-sub-{run}-{s}")),
-            move |event| {
-                match event {
-                    Event::Incoming(Packet::SubAck(_)) => {
-                        if let Some(tx) = suback_tx.take() {
-                            let _ = tx.send(());
-                        }
+        let (client, task) = connect(options(&args, format!("bench-sub-{run}-{s}")), move |event| {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = suback_tx.take() {
+                        let _ = tx.send(());
                     }
-                    Event::Incoming(Packet::Publish(p)) => {
-                        let now = start.elapsed().as_nanos() as u64;
-                        let sent = p
-                            .payload
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(0, u64::from_be_bytes);
-                        let mut mine = mine.lock().unwrap();
-                        mine.push(now.saturating_sub(sent));
-                        last_receive.fetch_max(now, Ordering::Relaxed);
-                        if received.fetch_add(1, Ordering::Relaxed) + 1 == expected {
-                            done.notify_one();
-                        }
-                        if mine.len() == expected_each {
-                            return false;
-                        }
-                    }
-                    _ => {}
                 }
-                true
-            },
-        )
+                Event::Incoming(Packet::Publish(p)) => {
+                    let now = start.elapsed().as_nanos() as u64;
+                    let sent = p.payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+                    let mut mine = mine.lock().unwrap();
+                    mine.push(now.saturating_sub(sent));
+                    last_receive.fetch_max(now, Ordering::Relaxed);
+                    if received.fetch_add(1, Ordering::Relaxed) + 1 == expected {
+                        done.notify_one();
+                    }
+                    if mine.len() == expected_each {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+            true
+        })
         .await;
-        client
-            .subscribe(filter.clone(), qos(&args))
-            .await
-            .expect("subscribe");
+        client.subscribe(filter.clone(), qos(&args)).await.expect("subscribe");
         suback_rx.await.expect("SUBACK");
         subscriber_clients.push(client);
         subscriber_tasks.push(task);
@@ -183,8 +169,7 @@ async fn pubsub(args: Args) {
 
     let mut publisher_clients = Vec::new();
     for p in 0..publishers {
-        let (client, task) =
-            connect(options(&args, format!("bench-pub-{run}-{p}")), |_| true).await;
+        let (client, task) = connect(options(&args, format!("bench-pub-{run}-{p}")), |_| true).await;
         publisher_clients.push((client, task));
     }
 
@@ -199,11 +184,7 @@ async fn pubsub(args: Args) {
             for _ in 0..messages {
                 let sent = start.elapsed().as_nanos() as u64;
                 payload[..8].copy_from_slice(&sent.to_be_bytes());
-                if client
-                    .publish(topic.clone(), qos, false, payload.clone())
-                    .await
-                    .is_err()
-                {
+                if client.publish(topic.clone(), qos, false, payload.clone()).await.is_err() {
                     return;
                 }
             }
@@ -212,25 +193,14 @@ async fn pubsub(args: Args) {
     for task in publish_tasks {
         let _ = task.await;
     }
-    let finished = tokio::time::timeout(Duration::from_secs(args.timeout), done.notified())
-        .await
-        .is_ok();
+    let finished = tokio::time::timeout(Duration::from_secs(args.timeout), done.notified()).await.is_ok();
     let got = received.load(Ordering::Relaxed);
     let end = start + Duration::from_nanos(last_receive.load(Ordering::Relaxed));
-    let elapsed = end
-        .saturating_duration_since(first_publish)
-        .as_secs_f64()
-        .max(1e-9);
-    let mut latencies: Vec<u64> = all_latencies
-        .iter()
-        .flat_map(|l| l.lock().unwrap().clone())
-        .collect();
+    let elapsed = end.saturating_duration_since(first_publish).as_secs_f64().max(1e-9);
+    let mut latencies: Vec<u64> = all_latencies.iter().flat_map(|l| l.lock().unwrap().clone()).collect();
     latencies.sort_unstable();
     let rate = got as f64 / elapsed;
-    let (p50, p99) = (
-        percentile(&latencies, 0.50) / 1000,
-        percentile(&latencies, 0.99) / 1000,
-    );
+    let (p50, p99) = (percentile(&latencies, 0.50) / 1000, percentile(&latencies, 0.99) / 1000);
     let scenario = format!("{:?}", args.scenario).to_lowercase();
     if args.json {
         println!(
@@ -247,10 +217,7 @@ async fn pubsub(args: Args) {
             args.label, args.qos, args.clients, args.payload
         );
     }
-    for client in subscriber_clients
-        .iter()
-        .chain(publisher_clients.iter().map(|(c, _)| c))
-    {
+    for client in subscriber_clients.iter().chain(publisher_clients.iter().map(|(c, _)| c)) {
         let _ = client.try_disconnect();
     }
     if !finished {
@@ -262,10 +229,7 @@ async fn pubsub(args: Args) {
 async fn idle(args: Args) {
     // SAFETY: getrlimit/setrlimit on a local rlimit value.
     unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
@@ -273,9 +237,7 @@ async fn idle(args: Args) {
     }
     let mut streams = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let mut stream = tokio::net::TcpStream::connect((args.host.as_str(), args.port))
-            .await
-            .expect("connect");
+        let mut stream = tokio::net::TcpStream::connect((args.host.as_str(), args.port)).await.expect("connect");
         let id = format!("idle-{}-{i}", std::process::id());
         let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x0e, 0x10]; // keep-alive 3600
         connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
@@ -283,7 +245,11 @@ async fn idle(args: Args) {
         connect[1] = (connect.len() - 2) as u8;
         stream.write_all(&connect).await.expect("CONNECT");
         let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.expect("CONNACK");
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut connack)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            eprintln!("bench: client {i} got no CONNACK within 10 s; {} clients connected", streams.len());
+            std::process::exit(2);
+        }
         assert_eq!(connack[3], 0, "refused");
         streams.push(stream);
     }
@@ -293,10 +259,7 @@ async fn idle(args: Args) {
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     match args.scenario {
         Scenario::Idle => runtime.block_on(idle(args)),
         _ => runtime.block_on(pubsub(args)),

@@ -29,9 +29,7 @@ pub struct ListenerSettings {
 
 impl Default for ListenerSettings {
     fn default() -> Self {
-        ListenerSettings {
-            tcp: "0.0.0.0:1883".parse().expect("valid address"),
-        }
+        ListenerSettings { tcp: "0.0.0.0:1883".parse().expect("valid address") }
     }
 }
 
@@ -50,12 +48,7 @@ pub struct MqttSettings {
 
 impl Default for MqttSettings {
     fn default() -> Self {
-        MqttSettings {
-            max_packet_size: 1024 * 1024,
-            max_connections: 100_000,
-            max_inflight: 100,
-            connect_timeout: 15,
-        }
+        MqttSettings { max_packet_size: 1024 * 1024, max_connections: 100_000, max_inflight: 100, connect_timeout: 15 }
     }
 }
 
@@ -124,10 +117,7 @@ pub fn data_dir(overrides: &Overrides) -> PathBuf {
 /// Reads the settings. A config file named by `--config` or `BROKER_CONFIG` must exist; the
 /// default `<data_dir>/broker.toml` is optional.
 pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let explicit = overrides
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("BROKER_CONFIG").map(PathBuf::from));
+    let explicit = overrides.config.clone().or_else(|| std::env::var_os("BROKER_CONFIG").map(PathBuf::from));
     let file = match explicit {
         Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path)),
         Some(path) => Some(path),
@@ -155,9 +145,6 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
 pub fn plugins_dir(settings: &Settings) -> std::io::Result<PathBuf> {
     match &settings.plugins_dir {
         Some(dir) => Ok(dir.clone()),
-        None => Ok(std::env::current_exe()?
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_owned()),
+        None => Ok(std::env::current_exe()?.parent().unwrap_or(Path::new(".")).to_owned()),
     }
 }

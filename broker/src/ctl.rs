@@ -35,10 +35,7 @@ pub enum CtlError {
     #[error("no broker running at {0} (start one with `broker`)")]
     NoBroker(PathBuf),
     #[error("talking to the broker at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("unreadable answer from the broker: {0}")]
     BadReply(String),
 }
@@ -76,31 +73,21 @@ async fn answer(stream: UnixStream, manager: Arc<Manager>) {
     let mut line = String::new();
     let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST));
     let reply = match reader.read_line(&mut line).await {
-        Ok(_) if !line.ends_with('\n') => Reply {
-            ok: false,
-            output: format!("request too long or unterminated (limit {MAX_REQUEST} bytes)"),
-        },
+        Ok(_) if !line.ends_with('\n') => {
+            Reply { ok: false, output: format!("request too long or unterminated (limit {MAX_REQUEST} bytes)") }
+        }
         Ok(_) => match serde_json::from_str::<Vec<String>>(&line) {
             Ok(args) => {
                 let result = tokio::task::spawn_blocking(move || manager.command(&args)).await;
                 match result {
                     Ok(Ok(output)) => Reply { ok: true, output },
                     Ok(Err(output)) => Reply { ok: false, output },
-                    Err(e) => Reply {
-                        ok: false,
-                        output: format!("command failed: {e}"),
-                    },
+                    Err(e) => Reply { ok: false, output: format!("command failed: {e}") },
                 }
             }
-            Err(e) => Reply {
-                ok: false,
-                output: format!("malformed request: {e}"),
-            },
+            Err(e) => Reply { ok: false, output: format!("malformed request: {e}") },
         },
-        Err(e) => Reply {
-            ok: false,
-            output: format!("unreadable request: {e}"),
-        },
+        Err(e) => Reply { ok: false, output: format!("unreadable request: {e}") },
     };
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
@@ -110,18 +97,10 @@ async fn answer(stream: UnixStream, manager: Arc<Manager>) {
 /// Sends `args` to the broker whose data directory is `data_dir`; `Ok((ok, output))`.
 pub fn request(data_dir: &Path, args: &[String]) -> Result<(bool, String), CtlError> {
     let path = socket_path(data_dir);
-    let io = |source| CtlError::Io {
-        path: path.clone(),
-        source,
-    };
+    let io = |source| CtlError::Io { path: path.clone(), source };
     let mut stream = match StdUnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             return Err(CtlError::NoBroker(path));
         }
         Err(e) => return Err(io(e)),
@@ -130,10 +109,7 @@ pub fn request(data_dir: &Path, args: &[String]) -> Result<(bool, String), CtlEr
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(stream.take(16 * 1024 * 1024))
-        .read_line(&mut answer)
-        .map_err(io)?;
-    let reply: Reply =
-        serde_json::from_str(&answer).map_err(|e| CtlError::BadReply(e.to_string()))?;
+    BufReader::new(stream.take(16 * 1024 * 1024)).read_line(&mut answer).map_err(io)?;
+    let reply: Reply = serde_json::from_str(&answer).map_err(|e| CtlError::BadReply(e.to_string()))?;
     Ok((reply.ok, reply.output))
 }

@@ -43,11 +43,7 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn new(failed: UnboundedSender<Arc<Instance>>) -> Hooks {
-        Hooks {
-            wanted: AtomicU64::new(0),
-            table: ArcSwap::from_pointee(HookTable::default()),
-            failed,
-        }
+        Hooks { wanted: AtomicU64::new(0), table: ArcSwap::from_pointee(HookTable::default()), failed }
     }
 
     /// Whether any running plugin wants `hook`. Check it before building an event.
@@ -62,12 +58,7 @@ impl Hooks {
         let mut wanted = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
-            list.extend(
-                running
-                    .iter()
-                    .filter(|p| p.library.meta.hooks.contains(hook))
-                    .cloned(),
-            );
+            list.extend(running.iter().filter(|p| p.library.meta.hooks.contains(hook)).cloned());
             list.sort_by_key(|p| (std::cmp::Reverse(p.library.meta.priority), p.seq));
             if !list.is_empty() {
                 wanted |= 1 << hook as u32;
@@ -96,10 +87,7 @@ impl Hooks {
                     let _ = self.failed.send(plugin.clone());
                 }
                 Some(other) => {
-                    tracing::warn!(
-                        plugin = plugin.name(),
-                        "unknown hook answer {other}, treated as continue"
-                    );
+                    tracing::warn!(plugin = plugin.name(), "unknown hook answer {other}, treated as continue");
                 }
             }
         }

@@ -1,20 +1,9 @@
 //! `broker`: an MQTT broker whose features are plugins.
 //!
 //! `broker` (or `broker start`) runs it in the foreground; `broker ctl ...` talks to a
-//! running one. The path of one PUBLISH: `relay` (socket, frames, hooks) → `hooks`
-//! (dispatch to plugins) → `router` (the embedded rumqttd).
+//! running one.
 
-mod config;
-mod ctl;
-mod hooks;
-mod mqtt;
-mod plugins;
-mod relay;
-mod router;
-mod server;
-mod sessions;
-mod stats;
-
+use broker::{config, ctl, server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,24 +41,6 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// 16 hex digits that differ between calls (for generated client ids).
-pub(crate) fn unique_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.write_u64(now_ms());
-    format!("{:016x}", h.finish())
 }
 
 fn main() -> ExitCode {

@@ -145,13 +145,7 @@ fn is_host_filter(filter: &str) -> bool {
 
 impl Relay {
     /// Publishes as the broker: `$` topics to the host's own subscribers, others into rumqttd.
-    pub fn publish(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        qos: u8,
-        retain: bool,
-    ) -> Result<(), String> {
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Result<(), String> {
         if topic.starts_with('$') {
             for (session, sub_qos) in self.registry.sys_subscribers(topic) {
                 self.send_to(&session, topic, payload, qos.min(sub_qos), false);
@@ -159,21 +153,12 @@ impl Relay {
             Ok(())
         } else {
             let _ = retain; // never retained by rumqttd: see the module docs
-            self.publisher
-                .publish(topic, payload, qos, false)
-                .map_err(|e| e.to_string())
+            self.publisher.publish(topic, payload, qos, false).map_err(|e| e.to_string())
         }
     }
 
     /// Delivers a message to one client; false if it is not connected.
-    pub fn deliver(
-        &self,
-        client_id: &str,
-        topic: &str,
-        payload: &[u8],
-        qos: u8,
-        retain: bool,
-    ) -> bool {
+    pub fn deliver(&self, client_id: &str, topic: &str, payload: &[u8], qos: u8, retain: bool) -> bool {
         match self.registry.get(client_id) {
             Some(session) => {
                 self.send_to(&session, topic, payload, qos, retain);
@@ -237,37 +222,19 @@ impl Relay {
         // An empty client id (3.1.1 clean session) gets a generated one so hooks can name it.
         let needs_rewrite = connect.keepalive == 0 || session.client_id != connect.client_id;
         let connect_frame = if needs_rewrite {
-            let keepalive = if connect.keepalive == 0 {
-                u16::MAX
-            } else {
-                connect.keepalive
-            };
-            packet::rewrite_connect(
-                header.first_byte,
-                body,
-                &connect,
-                keepalive,
-                &session.client_id,
-            )
+            let keepalive = if connect.keepalive == 0 { u16::MAX } else { connect.keepalive };
+            packet::rewrite_connect(header.first_byte, body, &connect, keepalive, &session.client_id)
         } else {
             frame.to_vec()
         };
         let level = connect.level;
 
-        let upstream_addr = if level == 5 {
-            self.router.v5
-        } else {
-            self.router.v4
-        };
+        let upstream_addr = if level == 5 { self.router.v5 } else { self.router.v4 };
         let mut upstream = match TcpStream::connect(upstream_addr).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::error!("cannot reach the embedded router at {upstream_addr}: {e}");
-                let refuse = if level == 5 {
-                    vec![0x20, 3, 0, 0x88, 0]
-                } else {
-                    vec![0x20, 2, 0, 3]
-                };
+                let refuse = if level == 5 { vec![0x20, 3, 0, 0x88, 0] } else { vec![0x20, 2, 0, 3] };
                 let _ = client.write_all(&refuse).await;
                 return;
             }
@@ -282,12 +249,8 @@ impl Relay {
         let pending = Arc::new(Mutex::new(Pending::default()));
 
         let mut broker_pump = tokio::spawn(
-            BrokerPump {
-                relay: self.clone(),
-                session: session.clone(),
-                pending: pending.clone(),
-            }
-            .run(upstream_read, client_write),
+            BrokerPump { relay: self.clone(), session: session.clone(), pending: pending.clone() }
+                .run(upstream_read, client_write),
         );
         let client_pump = ClientPump {
             relay: self.clone(),
@@ -338,12 +301,7 @@ impl Relay {
     }
 
     /// Runs `client.connect` and `client.authenticate`; refuses the client if denied.
-    async fn admit(
-        &self,
-        connect: &Connect<'_>,
-        session: &Session,
-        client: &mut TcpStream,
-    ) -> bool {
+    async fn admit(&self, connect: &Connect<'_>, session: &Session, client: &mut TcpStream) -> bool {
         if self.hooks.wants(Hook::ClientConnect) {
             self.hooks.dispatch(&session.event(Hook::ClientConnect));
         }
@@ -355,14 +313,8 @@ impl Relay {
         if self.hooks.dispatch(&event) != Verdict::Deny {
             return true;
         }
-        tracing::info!(
-            client_id = session.client_id,
-            peer = session.peer,
-            "authentication denied"
-        );
-        let _ = client
-            .write_all(&packet::connack_not_authorized(connect.level))
-            .await;
+        tracing::info!(client_id = session.client_id, peer = session.peer, "authentication denied");
+        let _ = client.write_all(&packet::connack_not_authorized(connect.level)).await;
         let _ = client.shutdown().await;
         false
     }
@@ -446,12 +398,7 @@ struct ClientPump {
 }
 
 impl ClientPump {
-    async fn run(
-        mut self,
-        mut reader: OwnedReadHalf,
-        mut upstream: OwnedWriteHalf,
-        mut buf: BytesMut,
-    ) -> Ended {
+    async fn run(mut self, mut reader: OwnedReadHalf, mut upstream: OwnedWriteHalf, mut buf: BytesMut) -> Ended {
         let max = self.relay.settings.max_packet_size;
         loop {
             let actions = match plan(&buf, max, |h, body| self.inspect(h, body)) {
@@ -459,13 +406,8 @@ impl ClientPump {
                 Err(e) => return e,
             };
             let consumed = actions.last().map_or(0, |(start, len, _)| start + len);
-            let disconnect = actions
-                .last()
-                .is_some_and(|(start, _, _)| buf[*start] >> 4 == kind::DISCONNECT);
-            if write_frames(&mut upstream, &mut buf[..], &actions)
-                .await
-                .is_err()
-            {
+            let disconnect = actions.last().is_some_and(|(start, _, _)| buf[*start] >> 4 == kind::DISCONNECT);
+            if write_frames(&mut upstream, &mut buf[..], &actions).await.is_err() {
                 return Ended::BrokerClosed;
             }
             if disconnect {
@@ -492,16 +434,9 @@ impl ClientPump {
             kind::PUBLISH => {
                 self.relay.stats.message_received();
                 let retained = header.flags() & 0x01 != 0;
-                let forward = if retained {
-                    Action::ForwardWithoutRetain
-                } else {
-                    Action::Forward
-                };
+                let forward = if retained { Action::ForwardWithoutRetain } else { Action::Forward };
                 let check_acl = hooks.wants(Hook::ClientCheckAcl);
-                if !check_acl
-                    && !hooks.wants(Hook::MessagePublish)
-                    && !hooks.wants(Hook::MessageDropped)
-                {
+                if !check_acl && !hooks.wants(Hook::MessagePublish) && !hooks.wants(Hook::MessageDropped) {
                     return Ok(forward);
                 }
                 let publish = packet::decode_publish(header.flags(), body, v5)?;
@@ -521,17 +456,9 @@ impl ClientPump {
                 event.packet_id = publish.packet_id;
                 let mut verdict = Verdict::Continue;
                 if check_acl {
-                    let acl = RawEvent {
-                        hook: Hook::ClientCheckAcl as u32,
-                        acl_action: abi::ACL_PUBLISH,
-                        ..event
-                    };
+                    let acl = RawEvent { hook: Hook::ClientCheckAcl as u32, acl_action: abi::ACL_PUBLISH, ..event };
                     if hooks.dispatch(&acl) == Verdict::Deny {
-                        tracing::debug!(
-                            client_id = self.session.client_id,
-                            topic,
-                            "publish denied by ACL"
-                        );
+                        tracing::debug!(client_id = self.session.client_id, topic, "publish denied by ACL");
                         verdict = Verdict::Drop;
                     }
                 }
@@ -542,21 +469,15 @@ impl ClientPump {
                     return Ok(forward);
                 }
                 if hooks.wants(Hook::MessageDropped) {
-                    hooks.dispatch(&RawEvent {
-                        hook: Hook::MessageDropped as u32,
-                        ..event
-                    });
+                    hooks.dispatch(&RawEvent { hook: Hook::MessageDropped as u32, ..event });
                 }
                 // The publisher still gets its acknowledgement.
                 match publish.qos {
                     0 => {}
-                    1 => self
-                        .session
-                        .send(&packet::ack(kind::PUBACK, publish.packet_id)),
+                    1 => self.session.send(&packet::ack(kind::PUBACK, publish.packet_id)),
                     _ => {
                         self.dropped_qos2.insert(publish.packet_id);
-                        self.session
-                            .send(&packet::ack(kind::PUBREC, publish.packet_id));
+                        self.session.send(&packet::ack(kind::PUBREC, publish.packet_id));
                     }
                 }
                 Ok(Action::Skip)
@@ -613,11 +534,7 @@ impl ClientPump {
                     ..event
                 }) == Verdict::Deny;
             host_codes.push(if denied {
-                tracing::debug!(
-                    client_id = self.session.client_id,
-                    filter,
-                    "subscribe denied by ACL"
-                );
+                tracing::debug!(client_id = self.session.client_id, filter, "subscribe denied by ACL");
                 Some(0x80)
             } else if is_host_filter(filter) {
                 self.session.add_sys_subscription(filter, qos.min(2));
@@ -626,36 +543,15 @@ impl ClientPump {
                 None
             });
         }
-        let filters: Vec<(String, u8)> = sub
-            .filters
-            .iter()
-            .map(|&(f, o)| (f.to_owned(), o & 0x03))
-            .collect();
-        let forwarded: Vec<(&str, u8)> = sub
-            .filters
-            .iter()
-            .zip(&host_codes)
-            .filter(|(_, code)| code.is_none())
-            .map(|(f, _)| *f)
-            .collect();
-        let pending = PendingSubscriptions {
-            filters,
-            host_codes,
-        };
+        let filters: Vec<(String, u8)> = sub.filters.iter().map(|&(f, o)| (f.to_owned(), o & 0x03)).collect();
+        let forwarded: Vec<(&str, u8)> =
+            sub.filters.iter().zip(&host_codes).filter(|(_, code)| code.is_none()).map(|(f, _)| *f).collect();
+        let pending = PendingSubscriptions { filters, host_codes };
         if forwarded.is_empty() {
             // The host answers the whole SUBSCRIBE.
-            let codes: Vec<u8> = pending
-                .host_codes
-                .iter()
-                .map(|c| c.unwrap_or(0x80))
-                .collect();
+            let codes: Vec<u8> = pending.host_codes.iter().map(|c| c.unwrap_or(0x80)).collect();
             let props: &[u8] = if v5 { &[0] } else { &[] };
-            self.session.send(&packet::encode_ack_with_codes(
-                kind::SUBACK,
-                sub.packet_id,
-                props,
-                &codes,
-            ));
+            self.session.send(&packet::encode_ack_with_codes(kind::SUBACK, sub.packet_id, props, &codes));
             fire_subscribed(&self.relay, &self.session, &pending.filters, &codes);
             return Ok(Action::Skip);
         }
@@ -669,18 +565,11 @@ impl ClientPump {
                 forwarded.into_iter(),
             ))
         };
-        lock(&self.pending)
-            .subscribes
-            .insert(sub.packet_id, pending);
+        lock(&self.pending).subscribes.insert(sub.packet_id, pending);
         Ok(action)
     }
 
-    fn unsubscribe(
-        &mut self,
-        header: &FrameHeader,
-        body: &[u8],
-        v5: bool,
-    ) -> Result<Action, Ended> {
+    fn unsubscribe(&mut self, header: &FrameHeader, body: &[u8], v5: bool) -> Result<Action, Ended> {
         let hooks = &self.relay.hooks;
         let unsub = packet::decode_unsubscribe(body, v5)?;
         let mut host_codes = Vec::with_capacity(unsub.filters.len());
@@ -692,31 +581,15 @@ impl ClientPump {
             }
             host_codes.push(if is_host_filter(filter) {
                 // MQTT 5: 0x00 success, 0x11 no subscription existed.
-                Some(if self.session.remove_sys_subscription(filter) {
-                    0x00
-                } else {
-                    0x11
-                })
+                Some(if self.session.remove_sys_subscription(filter) { 0x00 } else { 0x11 })
             } else {
                 None
             });
         }
-        let filters: Vec<(String, u8)> = unsub
-            .filters
-            .iter()
-            .map(|&(f, _)| (f.to_owned(), 0))
-            .collect();
-        let forwarded: Vec<(&str, u8)> = unsub
-            .filters
-            .iter()
-            .zip(&host_codes)
-            .filter(|(_, code)| code.is_none())
-            .map(|(f, _)| *f)
-            .collect();
-        let pending = PendingSubscriptions {
-            filters,
-            host_codes,
-        };
+        let filters: Vec<(String, u8)> = unsub.filters.iter().map(|&(f, _)| (f.to_owned(), 0)).collect();
+        let forwarded: Vec<(&str, u8)> =
+            unsub.filters.iter().zip(&host_codes).filter(|(_, code)| code.is_none()).map(|(f, _)| *f).collect();
+        let pending = PendingSubscriptions { filters, host_codes };
         if forwarded.is_empty() {
             let codes: Vec<u8> = pending.host_codes.iter().map(|c| c.unwrap_or(0)).collect();
             let unsuback = if v5 {
@@ -738,9 +611,7 @@ impl ClientPump {
                 forwarded.into_iter(),
             ))
         };
-        lock(&self.pending)
-            .unsubscribes
-            .insert(unsub.packet_id, pending);
+        lock(&self.pending).unsubscribes.insert(unsub.packet_id, pending);
         Ok(action)
     }
 }
@@ -775,10 +646,7 @@ fn fire_unsubscribed(relay: &Relay, session: &Session, filters: &[(String, u8)])
 /// Merges rumqttd's codes (for the forwarded filters, in order) with the host's.
 fn merge_codes(host_codes: &[Option<u8>], router_codes: &[u8]) -> Vec<u8> {
     let mut router_codes = router_codes.iter();
-    host_codes
-        .iter()
-        .map(|code| code.unwrap_or_else(|| router_codes.next().copied().unwrap_or(0x80)))
-        .collect()
+    host_codes.iter().map(|code| code.unwrap_or_else(|| router_codes.next().copied().unwrap_or(0x80))).collect()
 }
 
 /// Broker → client.
@@ -870,12 +738,7 @@ impl BrokerPump {
                 if pending.host_codes.iter().all(Option::is_none) {
                     Ok(Action::Forward)
                 } else {
-                    Ok(Action::Replace(packet::encode_ack_with_codes(
-                        kind::SUBACK,
-                        packet_id,
-                        properties,
-                        &merged,
-                    )))
+                    Ok(Action::Replace(packet::encode_ack_with_codes(kind::SUBACK, packet_id, properties, &merged)))
                 }
             }
             kind::UNSUBACK => {
@@ -888,12 +751,7 @@ impl BrokerPump {
                     Ok(Action::Forward)
                 } else {
                     let merged = merge_codes(&pending.host_codes, codes);
-                    Ok(Action::Replace(packet::encode_ack_with_codes(
-                        kind::UNSUBACK,
-                        packet_id,
-                        properties,
-                        &merged,
-                    )))
+                    Ok(Action::Replace(packet::encode_ack_with_codes(kind::UNSUBACK, packet_id, properties, &merged)))
                 }
             }
             _ => Ok(Action::Forward),
@@ -907,15 +765,8 @@ mod tests {
 
     #[test]
     fn codes_merge_in_filter_order() {
-        assert_eq!(
-            merge_codes(&[None, Some(0x80), None, Some(1)], &[2, 0]),
-            vec![2, 0x80, 0, 1]
-        );
-        assert_eq!(
-            merge_codes(&[None], &[]),
-            vec![0x80],
-            "a missing code reads as failure"
-        );
+        assert_eq!(merge_codes(&[None, Some(0x80), None, Some(1)], &[2, 0]), vec![2, 0x80, 0, 1]);
+        assert_eq!(merge_codes(&[None], &[]), vec![0x80], "a missing code reads as failure");
     }
 
     #[test]

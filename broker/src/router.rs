@@ -57,13 +57,7 @@ pub struct Publisher {
 pub struct PublishError(&'static str);
 
 impl Publisher {
-    pub fn publish(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        _qos: u8,
-        retain: bool,
-    ) -> Result<(), PublishError> {
+    pub fn publish(&self, topic: &str, payload: &[u8], _qos: u8, retain: bool) -> Result<(), PublishError> {
         let publish = Publish::new(topic.as_bytes().to_vec(), payload.to_vec(), retain);
         self.tx.try_send(publish).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PublishError("full"),
@@ -76,11 +70,7 @@ impl Publisher {
 fn probe(addr: SocketAddr, level: u8) -> bool {
     static PROBES: AtomicU64 = AtomicU64::new(0);
     // A fresh client id each time: rumqttd keeps per-id state after a disconnect.
-    let id = format!(
-        "broker-probe-{}-{}",
-        std::process::id(),
-        PROBES.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = format!("broker-probe-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
     let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
     if level == 5 {
         connect.push(0); // no properties
@@ -116,8 +106,7 @@ fn server(name: &str, listen: SocketAddr, settings: &RouterSettings) -> ServerSe
         tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
-            connection_timeout_ms: settings.connect_timeout.as_millis().min(u16::MAX as u128)
-                as u16,
+            connection_timeout_ms: settings.connect_timeout.as_millis().min(u16::MAX as u128) as u16,
             max_payload_size: settings.max_packet_size,
             max_inflight_count: settings.max_inflight,
             auth: None,
@@ -137,14 +126,8 @@ async fn run_publisher(mut rx: mpsc::Receiver<Publish>, mut link: LinkTx) {
 }
 
 /// Starts rumqttd on two free loopback ports and waits until both accept connections.
-pub fn start(
-    settings: &RouterSettings,
-    runtime: &tokio::runtime::Handle,
-) -> Result<(Router, Publisher), RouterError> {
-    let router = Router {
-        v4: free_loopback_port()?,
-        v5: free_loopback_port()?,
-    };
+pub fn start(settings: &RouterSettings, runtime: &tokio::runtime::Handle) -> Result<(Router, Publisher), RouterError> {
+    let router = Router { v4: free_loopback_port()?, v5: free_loopback_port()? };
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -154,20 +137,12 @@ pub fn start(
             max_segment_count: 10,
             ..Default::default()
         },
-        v4: Some(HashMap::from([(
-            "v4".to_owned(),
-            server("internal-v4", router.v4, settings),
-        )])),
-        v5: Some(HashMap::from([(
-            "v5".to_owned(),
-            server("internal-v5", router.v5, settings),
-        )])),
+        v4: Some(HashMap::from([("v4".to_owned(), server("internal-v4", router.v4, settings))])),
+        v5: Some(HashMap::from([("v5".to_owned(), server("internal-v5", router.v5, settings))])),
         ..Default::default()
     };
     let mut broker = Broker::new(config);
-    let (link_tx, mut link_rx) = broker
-        .link("broker-host")
-        .map_err(|e| RouterError::Link(e.to_string()))?;
+    let (link_tx, mut link_rx) = broker.link("broker-host").map_err(|e| RouterError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {

@@ -24,11 +24,7 @@ fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=off", settings.log_level)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Takes the data directory's lock file, so that two brokers never share one directory.
@@ -46,15 +42,9 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
         Err(TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            bail!(
-                "another broker (pid {}) is already running on data directory {}",
-                pid.trim(),
-                data_dir.display()
-            );
+            bail!("another broker (pid {}) is already running on data directory {}", pid.trim(), data_dir.display());
         }
-        Err(TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
     file.set_len(0)?;
     file.rewind()?;
@@ -64,23 +54,27 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 
 /// Raises the open-file limit to its hard maximum: each client costs the broker three
 /// descriptors (the client's socket, the relay's connection to rumqttd, and rumqttd's end).
-fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+fn raise_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let wanted = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                tracing::warn!("cannot raise the open-file limit above {}", limit.rlim_cur);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit = wanted;
             }
         }
+    }
+    let clients = (limit.rlim_cur as usize).saturating_sub(64) / 3;
+    if clients < max_connections {
+        tracing::warn!(
+            "the open-file limit ({}) allows about {clients} clients (three descriptors each), fewer than \
+             mqtt.max_connections ({max_connections}); raise it with `ulimit -n`",
+            limit.rlim_cur
+        );
     }
 }
 
@@ -93,12 +87,10 @@ fn raise_file_limit() {
 /// wake-up per interval.
 fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
     const INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-    std::thread::Builder::new()
-        .name("driver-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(INTERVAL);
-            drop(handle.spawn(async {}));
-        })?;
+    std::thread::Builder::new().name("driver-watch".into()).spawn(move || loop {
+        std::thread::sleep(INTERVAL);
+        drop(handle.spawn(async {}));
+    })?;
     Ok(())
 }
 
@@ -107,22 +99,15 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
     let settings = config::load(overrides)?;
     init_logging(&settings);
-    raise_file_limit();
+    raise_file_limit(settings.mqtt.max_connections);
 
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
     let data_dir = settings.data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
-    let plugins_dir =
-        config::plugins_dir(&settings).context("cannot find the plugins directory")?;
+    let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let router_settings = RouterSettings {
         max_connections: settings.mqtt.max_connections,
         // rumqttd limits the payload; the relay limits the whole packet.
@@ -157,10 +142,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         manager: OnceLock::new(),
     });
     let manager = Arc::new(Manager::new(
-        ManagerPaths {
-            plugins_dir: plugins_dir.clone(),
-            loaded_plugins: data_dir.join("loaded_plugins"),
-        },
+        ManagerPaths { plugins_dir: plugins_dir.clone(), loaded_plugins: data_dir.join("loaded_plugins") },
         settings.plugins.clone(),
         shared.clone(),
         hooks.clone(),
@@ -175,14 +157,13 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 while let Some(instance) = failed_rx.recv().await {
                     let manager = manager.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
+                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
                 }
             });
         }
         let socket = ctl::socket_path(&data_dir);
-        let ctl_listener = ctl::bind(&socket)
-            .with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
+        let ctl_listener =
+            ctl::bind(&socket).with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
         tokio::spawn(ctl::serve(ctl_listener, manager.clone()));
 
         let listener = TcpListener::bind(settings.listener.tcp)

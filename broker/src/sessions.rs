@@ -88,10 +88,7 @@ impl Session {
             connected_at_ms: crate::now_ms(),
             outbox: Mutex::new(BytesMut::new()),
             wake: Notify::new(),
-            host_inflight: Mutex::new(HostInflight {
-                next: *HOST_PACKET_IDS.start(),
-                unacked: HashMap::new(),
-            }),
+            host_inflight: Mutex::new(HostInflight { next: *HOST_PACKET_IDS.start(), unacked: HashMap::new() }),
             sys_subscriptions: Mutex::new(Vec::new()),
         }
     }
@@ -141,11 +138,7 @@ impl Session {
     /// Queues a PUBLISH from the host itself.
     pub fn send_publish(&self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
         let qos = qos.min(2);
-        let packet_id = if qos > 0 {
-            Some(self.host_packet_id(qos))
-        } else {
-            None
-        };
+        let packet_id = if qos > 0 { Some(self.host_packet_id(qos)) } else { None };
         let frame = encode_publish(topic, payload, qos, retain, packet_id, self.proto_ver == 5);
         self.send(&frame);
     }
@@ -154,11 +147,7 @@ impl Session {
         let mut inflight = lock(&self.host_inflight);
         loop {
             let id = inflight.next;
-            inflight.next = if id == *HOST_PACKET_IDS.end() {
-                *HOST_PACKET_IDS.start()
-            } else {
-                id + 1
-            };
+            inflight.next = if id == *HOST_PACKET_IDS.end() { *HOST_PACKET_IDS.start() } else { id + 1 };
             if let std::collections::hash_map::Entry::Vacant(slot) = inflight.unacked.entry(id) {
                 slot.insert(qos);
                 return id;
@@ -177,9 +166,7 @@ impl Session {
                 inflight.unacked.remove(&packet_id);
                 HostAck::Settled
             }
-            (kind::PUBREC, Some(2)) => {
-                HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, packet_id))
-            }
+            (kind::PUBREC, Some(2)) => HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, packet_id)),
             _ => HostAck::Settled,
         }
     }
@@ -250,10 +237,7 @@ impl Registry {
     /// Forgets a client, unless a newer connection took its id over.
     pub fn unregister(&self, session: &Arc<Session>) {
         let mut sessions = lock(&self.sessions);
-        if sessions
-            .get(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
+        if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             sessions.remove(&session.client_id);
         }
     }
@@ -271,10 +255,7 @@ impl Registry {
 
     /// The sessions subscribed to `$`-topic `topic`, with their subscription QoS.
     pub fn sys_subscribers(&self, topic: &str) -> Vec<(Arc<Session>, u8)> {
-        lock(&self.sessions)
-            .values()
-            .filter_map(|s| s.sys_match(topic).map(|qos| (s.clone(), qos)))
-            .collect()
+        lock(&self.sessions).values().filter_map(|s| s.sys_match(topic).map(|qos| (s.clone(), qos))).collect()
     }
 }
 
@@ -291,10 +272,7 @@ mod tests {
             let header = parse_header(&frame, usize::MAX).unwrap().unwrap();
             assert_eq!(header.frame_len(), frame.len());
             let p = decode_publish(header.flags(), &frame[header.header_len..], v5).unwrap();
-            assert_eq!(
-                (p.topic, p.qos, p.retain, p.packet_id, p.payload),
-                ("a/b", 1, true, 0x8001, &b"xyz"[..])
-            );
+            assert_eq!((p.topic, p.qos, p.retain, p.packet_id, p.payload), ("a/b", 1, true, 0x8001, &b"xyz"[..]));
         }
     }
 
@@ -312,10 +290,7 @@ mod tests {
         assert_eq!(s.host_ack(kind::PUBACK, 5), HostAck::NotOurs);
         let id = s.host_packet_id(2);
         assert!(HOST_PACKET_IDS.contains(&id));
-        assert_eq!(
-            s.host_ack(kind::PUBREC, id),
-            HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, id))
-        );
+        assert_eq!(s.host_ack(kind::PUBREC, id), HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, id)));
         assert_eq!(s.host_ack(kind::PUBCOMP, id), HostAck::Settled);
         assert_ne!(s.host_packet_id(1), id, "ids advance");
     }

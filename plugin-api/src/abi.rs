@@ -77,18 +77,12 @@ impl RawStr {
 
     /// Borrows a `'static` string (usable in `const`).
     pub const fn from_static(s: &'static str) -> RawStr {
-        RawStr {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        RawStr { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// Borrows a string; the caller keeps it alive while the `RawStr` is used.
     pub fn new(s: &str) -> RawStr {
-        RawStr {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        RawStr { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// Reads the string back. Invalid UTF-8 reads as the empty string.
@@ -119,17 +113,11 @@ unsafe impl Sync for RawBytes {}
 
 impl RawBytes {
     /// No bytes.
-    pub const EMPTY: RawBytes = RawBytes {
-        ptr: [].as_ptr(),
-        len: 0,
-    };
+    pub const EMPTY: RawBytes = RawBytes { ptr: [].as_ptr(), len: 0 };
 
     /// Borrows a byte slice; the caller keeps it alive while the `RawBytes` is used.
     pub fn new(b: &[u8]) -> RawBytes {
-        RawBytes {
-            ptr: b.as_ptr(),
-            len: b.len(),
-        }
+        RawBytes { ptr: b.as_ptr(), len: b.len() }
     }
 
     /// Reads the bytes back.
@@ -175,10 +163,7 @@ impl RawWriter {
             let (buf, text) = unsafe { (&mut *(ctx as *mut String), text.as_str()) };
             buf.push_str(text);
         }
-        RawWriter {
-            ctx: buf as *mut String as *mut c_void,
-            write: append,
-        }
+        RawWriter { ctx: buf as *mut String as *mut c_void, write: append }
     }
 
     /// Appends `text` through the writer.
@@ -330,13 +315,8 @@ pub struct HostApi {
     /// Writes a log line at `level` (`LOG_*`) under the plugin's name.
     pub log: unsafe extern "C" fn(ctx: *const c_void, level: u32, message: RawStr),
     /// Publishes a message into the broker as the broker itself.
-    pub publish: unsafe extern "C" fn(
-        ctx: *const c_void,
-        topic: RawStr,
-        payload: RawBytes,
-        qos: u8,
-        retain: u8,
-    ) -> Status,
+    pub publish:
+        unsafe extern "C" fn(ctx: *const c_void, topic: RawStr, payload: RawBytes, qos: u8, retain: u8) -> Status,
     /// Fills `out` (whose `size` the caller set) with current stats.
     pub stats: unsafe extern "C" fn(ctx: *const c_void, out: *mut RawStats) -> Status,
     /// Writes a JSON array of every known plugin:

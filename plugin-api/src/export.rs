@@ -87,11 +87,7 @@ unsafe extern "C" fn on_event<P: Plugin>(state: *mut c_void, event: *const RawEv
     .unwrap_or(abi::HOOK_PANICKED)
 }
 
-unsafe extern "C" fn ctl<P: Plugin>(
-    state: *mut c_void,
-    args_json: RawStr,
-    out: RawWriter,
-) -> Status {
+unsafe extern "C" fn ctl<P: Plugin>(state: *mut c_void, args_json: RawStr, out: RawWriter) -> Status {
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in on_event; args_json is valid during this call.
         let (plugin, args) = unsafe { (&*(state as *const P), args_json.as_str()) };

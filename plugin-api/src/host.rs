@@ -99,9 +99,7 @@ impl Host {
     pub unsafe fn from_raw(api: *const HostApi) -> Host {
         // SAFETY: valid for the plugin's life, as the caller promises; we treat that as
         // 'static because the plugin cannot outlive it.
-        Host {
-            api: unsafe { &*api },
-        }
+        Host { api: unsafe { &*api } }
     }
 
     /// The broker's version.
@@ -163,23 +161,11 @@ impl Host {
     /// (such as `$SYS/...`) go to the clients subscribed to them, at the lower of `qos` and
     /// the subscription's QoS; other topics are routed at QoS 0. Plugin publishes are never
     /// retained by the broker (retaining is `emqx_retainer`'s job).
-    pub fn publish(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        qos: QoS,
-        retain: bool,
-    ) -> Result<(), HostError> {
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Result<(), HostError> {
         // SAFETY: ctx and publish are valid for the plugin's life; the borrowed topic and
         // payload outlive the call (the host copies what it keeps).
         let status = unsafe {
-            (self.api.publish)(
-                self.api.ctx,
-                RawStr::new(topic),
-                RawBytes::new(payload),
-                qos as u8,
-                retain as u8,
-            )
+            (self.api.publish)(self.api.ctx, RawStr::new(topic), RawBytes::new(payload), qos as u8, retain as u8)
         };
         match status {
             abi::STATUS_OK => Ok(()),
@@ -212,18 +198,13 @@ impl Host {
         };
         match status {
             abi::STATUS_OK => Ok(()),
-            _ => Err(HostError::Failed(format!(
-                "client {client_id} is not connected"
-            ))),
+            _ => Err(HostError::Failed(format!("client {client_id} is not connected"))),
         }
     }
 
     /// Current broker statistics.
     pub fn stats(&self) -> Stats {
-        let mut raw = RawStats {
-            size: std::mem::size_of::<RawStats>() as u32,
-            ..Default::default()
-        };
+        let mut raw = RawStats { size: std::mem::size_of::<RawStats>() as u32, ..Default::default() };
         // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
         // whose size field tells the host how much it may write.
         unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
@@ -239,8 +220,7 @@ impl Host {
     pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
         let mut json = String::new();
         // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
-        let status =
-            unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status = unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }
@@ -251,8 +231,7 @@ impl Host {
     pub fn clients(&self) -> Result<Vec<ClientInfo>, HostError> {
         let mut json = String::new();
         // SAFETY: ctx and list_clients are valid; the writer borrows `json` for the call.
-        let status =
-            unsafe { (self.api.list_clients)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status = unsafe { (self.api.list_clients)(self.api.ctx, RawWriter::for_string(&mut json)) };
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }
@@ -268,13 +247,7 @@ impl Host {
         let args = serde_json::to_string(args).map_err(|e| HostError::BadAnswer(e.to_string()))?;
         let mut out = String::new();
         // SAFETY: ctx and ctl are valid; args outlives the call; the writer borrows `out`.
-        let status = unsafe {
-            (self.api.ctl)(
-                self.api.ctx,
-                RawStr::new(&args),
-                RawWriter::for_string(&mut out),
-            )
-        };
+        let status = unsafe { (self.api.ctl)(self.api.ctx, RawStr::new(&args), RawWriter::for_string(&mut out)) };
         match status {
             abi::STATUS_OK => Ok(out),
             _ => Err(HostError::Failed(out)),

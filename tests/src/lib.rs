@@ -27,11 +27,7 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join(if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    })
+    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
 }
 
 /// The `broker` executable.
@@ -47,10 +43,7 @@ pub fn broker_exe() -> PathBuf {
 
 /// Raises this process's open-file limit to its hard maximum (tests with many clients).
 pub fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
@@ -62,11 +55,7 @@ pub fn raise_file_limit() {
 
 /// A free loopback port (bound, then released for the broker to take).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A number unique within this test process (for client ids).
@@ -100,12 +89,7 @@ impl Default for DataDir {
 
 impl DataDir {
     pub fn new() -> DataDir {
-        DataDir {
-            dir: tempfile::Builder::new()
-                .prefix("broker-test-")
-                .tempdir()
-                .expect("temp dir"),
-        }
+        DataDir { dir: tempfile::Builder::new().prefix("broker-test-").tempdir().expect("temp dir") }
     }
 
     /// A data directory whose `loaded_plugins` is `text`.
@@ -222,24 +206,13 @@ impl Broker {
                 }
             });
         }
-        let mut broker = Broker {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            logs,
-            data_dir: data_dir.path().to_owned(),
-        };
+        let mut broker =
+            Broker { child, addr: "0.0.0.0:0".parse().unwrap(), logs, data_dir: data_dir.path().to_owned() };
         broker.addr = wait_until("the broker's mqtt listener", || {
             if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!(
-                    "broker exited with {status} before listening; log:\n{}",
-                    broker.logs().join("\n")
-                );
+                panic!("broker exited with {status} before listening; log:\n{}", broker.logs().join("\n"));
             }
-            broker.logs().iter().find_map(|l| {
-                l.split("mqtt listener on ")
-                    .nth(1)
-                    .and_then(|a| a.trim().parse().ok())
-            })
+            broker.logs().iter().find_map(|l| l.split("mqtt listener on ").nth(1).and_then(|a| a.trim().parse().ok()))
         });
         broker
     }
@@ -250,8 +223,7 @@ impl Broker {
 
     /// The broker's resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -301,12 +273,8 @@ impl Broker {
     pub fn logged_addr(&self, prefix: &str) -> SocketAddr {
         let line = self.wait_for_log(prefix);
         let rest = line.split(prefix).nth(1).expect("prefix in line");
-        let addr: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect();
-        addr.parse()
-            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+        let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        addr.parse().unwrap_or_else(|_| panic!("no address in {line:?}"))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -352,11 +320,7 @@ impl Client {
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(Event::Incoming(Packet::ConnAck(ack)))) => {
-                    assert_eq!(
-                        ack.code,
-                        rumqttc::ConnectReturnCode::Success,
-                        "connection refused"
-                    );
+                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "connection refused");
                     break;
                 }
                 Ok(Some(_)) => {}
@@ -364,21 +328,13 @@ impl Client {
                 Err(_) => panic!("no CONNACK within {DEADLINE:?}"),
             }
         }
-        Client {
-            client,
-            events,
-            backlog: Default::default(),
-            task,
-        }
+        Client { client, events, backlog: Default::default(), task }
     }
 
     /// Subscribes and waits for the SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.client.subscribe(filter, qos).await.expect("subscribe");
-        self.wait_for("SUBACK", |e| {
-            matches!(e, Event::Incoming(Packet::SubAck(_)))
-        })
-        .await;
+        self.wait_for("SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
     }
 
     /// Waits for an event matching `pred`. Other events are dropped, except incoming
@@ -391,9 +347,7 @@ impl Client {
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) if pred(&event) => return event,
-                Ok(Some(event @ Event::Incoming(Packet::Publish(_)))) => {
-                    self.backlog.push_back(event)
-                }
+                Ok(Some(event @ Event::Incoming(Packet::Publish(_)))) => self.backlog.push_back(event),
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("connection closed while waiting for {what}"),
                 Err(_) => panic!("timed out waiting for {what}"),
@@ -419,23 +373,14 @@ impl Client {
 
     /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
     pub async fn publish_acked(&mut self, topic: &str, qos: QoS, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, qos, false, payload.into())
-            .await
-            .expect("publish");
+        self.client.publish(topic, qos, false, payload.into()).await.expect("publish");
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.wait_for("PUBACK", |e| {
-                    matches!(e, Event::Incoming(Packet::PubAck(_)))
-                })
-                .await;
+                self.wait_for("PUBACK", |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
             }
             QoS::ExactlyOnce => {
-                self.wait_for("PUBCOMP", |e| {
-                    matches!(e, Event::Incoming(Packet::PubComp(_)))
-                })
-                .await;
+                self.wait_for("PUBCOMP", |e| matches!(e, Event::Incoming(Packet::PubComp(_)))).await;
             }
         }
     }
@@ -471,10 +416,7 @@ async fn run_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event
 
 /// Runs `mosquitto_sub`/`mosquitto_pub` style commands, failing clearly if missing.
 pub fn mosquitto(program: &str) -> Command {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output();
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output();
     assert!(
         found.map(|o| o.status.success()).unwrap_or(false),
         "{program} is not installed (apt-get install mosquitto-clients; .ci/run does it)"
@@ -484,9 +426,5 @@ pub fn mosquitto(program: &str) -> Command {
 
 /// Reads the hook_recorder's JSON-lines file.
 pub fn recorded_events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }

@@ -42,10 +42,7 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let store = received.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let handler = move |headers: HeaderMap, body: Bytes| {
                     let store = store.clone();
@@ -100,11 +97,7 @@ impl Receiver {
         let before = self.count();
         let end = Instant::now() + window;
         while Instant::now() < end {
-            assert_eq!(
-                self.count(),
-                before,
-                "a report arrived while telemetry should be off"
-            );
+            assert_eq!(self.count(), before, "a report arrived while telemetry should be off");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -23,25 +23,16 @@ fn ensure_playwright() {
         .current_dir(browser_dir())
         .status()
         .expect("npm is needed for the browser test (Node.js)");
-    assert!(
-        status.success(),
-        "npm ci failed in {}",
-        browser_dir().display()
-    );
+    assert!(status.success(), "npm ci failed in {}", browser_dir().display());
 }
 
 #[test]
 fn stop_telemetry_from_the_plugins_page() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install chromium (.ci/run does)"
-    );
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
     ensure_playwright();
 
-    let dir = DataDir::with_plugins(
-        "{emqx_management, true}.\n{emqx_dashboard, true}.\n{emqx_telemetry, true}.\n",
-    );
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n{emqx_telemetry, true}.\n");
     let api = format!("127.0.0.1:{}", free_port());
     let broker = Broker::start(
         &dir,
@@ -64,38 +55,23 @@ fn stop_telemetry_from_the_plugins_page() {
         .output()
         .expect("node is needed for the browser test");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
 
     assert_eq!(seen["wrongPassword"], "Wrong username or password.");
     assert_eq!(seen["before"], "active");
     assert_eq!(seen["after"], "inactive");
     assert_eq!(seen["button"], "Start");
-    assert_eq!(
-        seen["pageReloads"], 0,
-        "the table updated without reloading the page"
-    );
-    assert!(
-        seen["selfStop"]
-            .as_str()
-            .unwrap()
-            .contains("cannot be stopped from its own page"),
-        "{seen}"
-    );
+    assert_eq!(seen["pageReloads"], 0, "the table updated without reloading the page");
+    assert!(seen["selfStop"].as_str().unwrap().contains("cannot be stopped from its own page"), "{seen}");
     assert_eq!(seen["dashboardStatus"], "active");
 
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(list.contains("Plugin(emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false)"), "{list}");
-    assert!(dir
-        .read("loaded_plugins")
-        .contains("{emqx_telemetry, false}."));
-    let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real screenshot"
+        list.contains("Plugin(emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false)"),
+        "{list}"
     );
+    assert!(dir.read("loaded_plugins").contains("{emqx_telemetry, false}."));
+    let png = std::fs::read(&screenshot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
 }

@@ -12,18 +12,11 @@ use rumqttc::QoS;
 fn the_socket_is_private_and_a_stale_one_is_replaced() {
     let dir = DataDir::with_plugins("");
     let broker = Broker::start(&dir, &[]);
-    let mode = std::fs::metadata(dir.file("broker.sock"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(dir.file("broker.sock")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "ctl socket mode {mode:o}");
     broker.kill(); // leaves the socket file behind
     assert!(dir.file("broker.sock").exists());
-    assert!(dir
-        .ctl(&["plugins", "list"])
-        .err()
-        .contains("no broker running at"));
+    assert!(dir.ctl(&["plugins", "list"]).err().contains("no broker running at"));
 
     let broker = Broker::start(&dir, &[]);
     broker.wait_for_log("removed stale ctl socket");
@@ -43,13 +36,7 @@ async fn a_second_broker_on_the_same_data_directory_refuses_to_start() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     let canonical = dir.path().canonicalize().unwrap();
-    assert!(
-        stderr.contains(&format!(
-            "is already running on data directory {}",
-            canonical.display()
-        )),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("is already running on data directory {}", canonical.display())), "{stderr}");
     // The first one is untouched.
     dir.ctl(&["plugins", "list"]).ok();
     let mut client = Client::connect(&broker, "first-still-serves").await;
@@ -78,13 +65,9 @@ fn malformed_and_oversized_ctl_requests_get_an_error() {
     ];
     for (bytes, expected) in cases {
         let answer = raw_request(&dir, bytes);
-        let reply: serde_json::Value =
-            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("{answer:?}"));
+        let reply: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("{answer:?}"));
         assert_eq!(reply["ok"], false, "{answer}");
-        assert!(
-            reply["output"].as_str().unwrap().contains(expected),
-            "{answer}"
-        );
+        assert!(reply["output"].as_str().unwrap().contains(expected), "{answer}");
     }
     let huge = vec![b'['; 1024 * 1024];
     let answer = raw_request(&dir, &huge);

@@ -10,10 +10,7 @@ const MESSY: &str = "% comment\r\n\r\n{hook_recorder, true}.   \r\n{hook_recorde
 async fn every_bad_line_is_named_and_the_valid_ones_start() {
     let dir = DataDir::with_plugins(MESSY);
     let events = dir.file("events.jsonl");
-    let broker = Broker::start(
-        &dir,
-        &[("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap())],
-    );
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap())]);
     let expected = [
         "line 4: duplicate entry, ignored: \"{hook_recorder, false}.\"",
         "line 5: unknown plugin nonexistent_plugin: no library at",
@@ -23,17 +20,16 @@ async fn every_bad_line_is_named_and_the_valid_ones_start() {
     ];
     for needle in expected {
         let line = broker.wait_for_log(needle);
-        assert!(
-            line.contains("ERROR") && line.contains("loaded_plugins"),
-            "{line}"
-        );
+        assert!(line.contains("ERROR") && line.contains("loaded_plugins"), "{line}");
     }
     let list = dir.ctl(&["plugins", "list"]).ok();
+    assert!(list.contains("Plugin(hook_recorder, version=0.1.0, kind=plugin"), "{list}");
     assert!(
-        list.contains("Plugin(hook_recorder, version=0.1.0, kind=plugin"),
+        list.contains(
+            "Plugin(noop_module, version=0.1.0, kind=module, description=Test module: does nothing, active=true)"
+        ),
         "{list}"
     );
-    assert!(list.contains("Plugin(noop_module, version=0.1.0, kind=module, description=Test module: does nothing, active=true)"), "{list}");
     assert_eq!(list.matches("active=true").count(), 2, "{list}");
     assert!(!list.contains("passwd"));
 
@@ -41,9 +37,7 @@ async fn every_bad_line_is_named_and_the_valid_ones_start() {
     dir.ctl(&["plugins", "unload", "noop_module"]).ok();
     let text = dir.read("loaded_plugins");
     assert!(
-        text.contains("{../../etc/passwd, true}.")
-            && text.contains("{panicky, tru")
-            && text.contains("% comment"),
+        text.contains("{../../etc/passwd, true}.") && text.contains("{panicky, tru") && text.contains("% comment"),
         "{text}"
     );
     assert!(text.contains("{noop_module, false}."), "{text}");
@@ -63,10 +57,7 @@ fn an_empty_or_unreadable_file_starts_nothing_and_the_broker_serves() {
     std::fs::create_dir(dir.file("loaded_plugins")).unwrap(); // reading it fails
     let broker = Broker::start(&dir, &[]);
     let line = broker.wait_for_log("cannot read");
-    assert!(
-        line.contains("loaded_plugins") && line.contains("starting no plugins"),
-        "{line}"
-    );
+    assert!(line.contains("loaded_plugins") && line.contains("starting no plugins"), "{line}");
     let stderr = dir.ctl(&["plugins", "load", "noop_module"]).err();
     assert!(stderr.contains("cannot update"), "{stderr}");
 }
@@ -74,29 +65,16 @@ fn an_empty_or_unreadable_file_starts_nothing_and_the_broker_serves() {
 #[test]
 fn concurrent_ctl_updates_never_corrupt_the_file() {
     let header = "% keep me\n\n";
-    let dir = DataDir::with_plugins(&format!(
-        "{header}{{noop_module, true}}.\n{{hook_recorder, false}}.\n"
-    ));
+    let dir = DataDir::with_plugins(&format!("{header}{{noop_module, true}}.\n{{hook_recorder, false}}.\n"));
     let events = dir.file("events.jsonl");
-    let _broker = Broker::start(
-        &dir,
-        &[("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap())],
-    );
+    let _broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap())]);
     let threads: Vec<_> = (0..8)
         .map(|i| {
             let data_dir = dir.path().to_owned();
             std::thread::spawn(move || {
-                let plugin = if i % 2 == 0 {
-                    "noop_module"
-                } else {
-                    "hook_recorder"
-                };
+                let plugin = if i % 2 == 0 { "noop_module" } else { "hook_recorder" };
                 for round in 0..10 {
-                    let action = if (round + i) % 2 == 0 {
-                        "unload"
-                    } else {
-                        "load"
-                    };
+                    let action = if (round + i) % 2 == 0 { "unload" } else { "load" };
                     let _ = std::process::Command::new(e2e::broker_exe())
                         .arg("--data-dir")
                         .arg(&data_dir)
@@ -123,9 +101,7 @@ fn concurrent_ctl_updates_never_corrupt_the_file() {
     let list = dir.ctl(&["plugins", "list"]).ok();
     for plugin in ["noop_module", "hook_recorder"] {
         let enabled = text.contains(&format!("{{{plugin}, true}}."));
-        let active = list
-            .lines()
-            .any(|l| l.starts_with(&format!("Plugin({plugin},")) && l.contains("active=true"));
+        let active = list.lines().any(|l| l.starts_with(&format!("Plugin({plugin},")) && l.contains("active=true"));
         assert_eq!(enabled, active, "{plugin}: {text} / {list}");
     }
 }

@@ -7,9 +7,7 @@ use std::net::TcpStream;
 use e2e::{Broker, Client, DataDir};
 use rumqttc::QoS;
 
-const CONNECT: [u8; 16] = [
-    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'r', b'w',
-];
+const CONNECT: [u8; 16] = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'r', b'w'];
 
 fn connected(broker: &Broker, id: u8) -> TcpStream {
     let mut stream = TcpStream::connect(broker.addr).unwrap();
@@ -30,12 +28,7 @@ fn assert_closed(mut stream: TcpStream, what: &str) {
         match stream.read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 panic!("{what}: the connection was not closed")
             }
             Err(_) => return, // reset by the broker
@@ -46,27 +39,16 @@ fn assert_closed(mut stream: TcpStream, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_packets_close_only_their_connection() {
     let dir = DataDir::with_plugins("");
-    let broker = Broker::start(
-        &dir,
-        &[
-            ("BROKER_MQTT__MAX_PACKET_SIZE", "1024"),
-            ("BROKER_MQTT__CONNECT_TIMEOUT", "1"),
-        ],
-    );
+    let broker =
+        Broker::start(&dir, &[("BROKER_MQTT__MAX_PACKET_SIZE", "1024"), ("BROKER_MQTT__CONNECT_TIMEOUT", "1")]);
     let mut bystander = Client::connect(&broker, "bystander").await;
     bystander.subscribe("alive", QoS::AtLeastOnce).await;
     let mut publisher = Client::connect(&broker, "bystander-pub").await;
 
     let bad: [(&str, Vec<u8>); 6] = [
         ("reserved packet type 0", vec![0x00, 0x00]),
-        (
-            "remaining length over 4 bytes",
-            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
-        ),
-        (
-            "topic that is not UTF-8",
-            vec![0x30, 5, 0, 3, 0xff, 0xfe, 0xfd],
-        ),
+        ("remaining length over 4 bytes", vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        ("topic that is not UTF-8", vec![0x30, 5, 0, 3, 0xff, 0xfe, 0xfd]),
         ("QoS 3 publish", vec![0x36, 5, 0, 1, b'a', 0, 1]),
         ("subscribe cut short", vec![0x82, 4, 0, 1, 0, 9]),
         ("packet over max_packet_size", {
@@ -79,14 +61,8 @@ async fn bad_packets_close_only_their_connection() {
         let mut stream = connected(&broker, b'a' + i as u8);
         stream.write_all(&bytes).unwrap();
         assert_closed(stream, what);
-        publisher
-            .publish_acked("alive", QoS::AtLeastOnce, what)
-            .await;
-        assert_eq!(
-            &bystander.receive(1).await[0].payload[..],
-            what.as_bytes(),
-            "after {what}"
-        );
+        publisher.publish_acked("alive", QoS::AtLeastOnce, what).await;
+        assert_eq!(&bystander.receive(1).await[0].payload[..], what.as_bytes(), "after {what}");
     }
 
     // A CONNECT that never comes: closed after connect_timeout.
@@ -103,9 +79,7 @@ async fn bad_packets_close_only_their_connection() {
     vanishing.write_all(&[0x30, 100, 0, 5, b'a', b'l']).unwrap();
     drop(vanishing);
 
-    publisher
-        .publish_acked("alive", QoS::AtLeastOnce, "end")
-        .await;
+    publisher.publish_acked("alive", QoS::AtLeastOnce, "end").await;
     assert_eq!(&bystander.receive(1).await[0].payload[..], b"end");
     e2e::wait_until("only the two good clients connected", || {
         let stats = dir.ctl(&["broker", "stats"]).ok();

@@ -6,33 +6,22 @@ use rumqttc::QoS;
 use serde_json::Value;
 
 fn find<'a>(events: &'a [Value], hook: &str, client: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["hook"] == hook && e["client_id"] == client)
-        .collect()
+    events.iter().filter(|e| e["hook"] == hook && e["client_id"] == client).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_fire_with_client_id_and_topic() {
     let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
     let file = dir.file("events.jsonl");
-    let broker = Broker::start(
-        &dir,
-        &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())],
-    );
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
 
     let mut sub = Client::connect(&broker, "alice").await;
     sub.subscribe("rooms/+/temp", QoS::AtLeastOnce).await;
     let mut publisher = Client::connect(&broker, "bob").await;
-    publisher
-        .publish_acked("rooms/kitchen/temp", QoS::AtLeastOnce, "21.5")
-        .await;
+    publisher.publish_acked("rooms/kitchen/temp", QoS::AtLeastOnce, "21.5").await;
     sub.receive(1).await;
     sub.client.unsubscribe("rooms/+/temp").await.unwrap();
-    sub.wait_for("UNSUBACK", |e| {
-        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_)))
-    })
-    .await;
+    sub.wait_for("UNSUBACK", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_)))).await;
     publisher.disconnect().await;
     sub.kill().await;
 
@@ -45,29 +34,15 @@ async fn hooks_fire_with_client_id_and_topic() {
 
     for client in ["alice", "bob"] {
         assert_eq!(find(&events, "client.connect", client).len(), 1, "{client}");
-        assert_eq!(
-            find(&events, "client.authenticate", client).len(),
-            1,
-            "{client}"
-        );
-        assert_eq!(
-            find(&events, "client.connected", client).len(),
-            1,
-            "{client}"
-        );
+        assert_eq!(find(&events, "client.authenticate", client).len(), 1, "{client}");
+        assert_eq!(find(&events, "client.connected", client).len(), 1, "{client}");
     }
     let subscribed = find(&events, "session.subscribed", "alice");
     assert_eq!(subscribed.len(), 1);
     assert_eq!(subscribed[0]["topic"], "rooms/+/temp");
     assert_eq!(subscribed[0]["qos"], 1);
-    assert_eq!(
-        find(&events, "client.subscribe", "alice")[0]["topic"],
-        "rooms/+/temp"
-    );
-    assert_eq!(
-        find(&events, "session.unsubscribed", "alice")[0]["topic"],
-        "rooms/+/temp"
-    );
+    assert_eq!(find(&events, "client.subscribe", "alice")[0]["topic"], "rooms/+/temp");
+    assert_eq!(find(&events, "session.unsubscribed", "alice")[0]["topic"], "rooms/+/temp");
 
     let published = find(&events, "message.publish", "bob");
     assert_eq!(published.len(), 1);
@@ -78,14 +53,8 @@ async fn hooks_fire_with_client_id_and_topic() {
     assert_eq!(delivered[0]["topic"], "rooms/kitchen/temp");
     assert_eq!(find(&events, "message.acked", "alice").len(), 1);
 
-    assert_eq!(
-        find(&events, "client.disconnected", "bob")[0]["reason"],
-        "normal"
-    );
-    assert_eq!(
-        find(&events, "client.disconnected", "alice")[0]["reason"],
-        "tcp_closed"
-    );
+    assert_eq!(find(&events, "client.disconnected", "bob")[0]["reason"], "normal");
+    assert_eq!(find(&events, "client.disconnected", "alice")[0]["reason"], "tcp_closed");
     // No personal data leaks into other clients' events.
     assert!(find(&events, "message.publish", "alice").is_empty());
 }

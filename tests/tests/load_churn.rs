@@ -16,11 +16,7 @@ const MESSAGES_EACH: usize = 4;
 fn stat(output: &str, key: &str) -> u64 {
     output
         .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.trim() == key)
-                .map(|(_, v)| v.trim().parse().unwrap())
-        })
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().parse().unwrap()))
         .unwrap()
 }
 
@@ -50,11 +46,7 @@ async fn many_clients_while_plugins_churn() {
                     .args(args)
                     .output()
                     .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
             };
             let mut rounds = 0;
             while !done.load(Ordering::SeqCst) {
@@ -77,9 +69,7 @@ async fn many_clients_while_plugins_churn() {
             tokio::spawn(async move {
                 let mut client = Client::connect_with(opts).await;
                 for k in 0..MESSAGES_EACH {
-                    client
-                        .publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("{i}-{k}"))
-                        .await;
+                    client.publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("{i}-{k}")).await;
                 }
                 client.disconnect().await;
             })
@@ -93,12 +83,8 @@ async fn many_clients_while_plugins_churn() {
     let elapsed = started.elapsed();
 
     let total = CLIENTS * MESSAGES_EACH;
-    let got: HashSet<String> = sink
-        .receive(total)
-        .await
-        .iter()
-        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
-        .collect();
+    let got: HashSet<String> =
+        sink.receive(total).await.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
     assert_eq!(got.len(), total, "every QoS 1 message arrived exactly once");
 
     e2e::wait_until("all load clients gone", || {
@@ -125,8 +111,5 @@ async fn many_clients_while_plugins_churn() {
         rss_end < rss_start + 64 * 1024,
         "memory did not come back near its start: {rss_start} KiB -> {rss_end} KiB"
     );
-    assert!(
-        broker.logs().iter().all(|l| !l.contains("panicked")),
-        "no panic"
-    );
+    assert!(broker.logs().iter().all(|l| !l.contains("panicked")), "no panic");
 }

@@ -5,8 +5,7 @@ use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-const PLUGINS: &str =
-    "{emqx_management, true}.\n{emqx_telemetry, true}.\n{emqx_mod_presence, false}.\n";
+const PLUGINS: &str = "{emqx_management, true}.\n{emqx_telemetry, true}.\n{emqx_mod_presence, false}.\n";
 
 struct Api {
     base: String,
@@ -31,57 +30,35 @@ impl Api {
         let response = request.send().await.expect("API reachable");
         let status = response.status();
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("JSON body for {path}: {text:?}")),
-        )
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body for {path}: {text:?}")))
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, Some(("admin", "s3cret")), None)
-            .await
+        self.call(Method::GET, path, Some(("admin", "s3cret")), None).await
     }
 
     async fn put(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(("admin", "s3cret")), None)
-            .await
+        self.call(Method::PUT, path, Some(("admin", "s3cret")), None).await
     }
 }
 
 fn start(dir: &DataDir) -> (Broker, Api) {
-    let broker = Broker::start(
-        dir,
-        &[
-            ("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"),
-            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
-        ],
-    );
+    let broker =
+        Broker::start(dir, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", "s3cret")]);
     let addr = broker.logged_addr("management API listening on http://");
-    (
-        broker,
-        Api {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-        },
-    )
+    (broker, Api { base: format!("http://{addr}"), http: reqwest::Client::new() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_in_emqx_shape() {
     let dir = DataDir::with_plugins(PLUGINS);
     let (broker, api) = start(&dir);
-    assert!(
-        !broker.logs().iter().any(|l| l.contains("default password")),
-        "no warning with a set password"
-    );
+    assert!(!broker.logs().iter().any(|l| l.contains("default password")), "no warning with a set password");
 
     let mut sub = Client::connect(&broker, "api-sub").await;
     sub.subscribe("api/#", QoS::AtLeastOnce).await;
     let mut publisher = Client::connect(&broker, "api-pub").await;
-    publisher
-        .publish_acked("api/x", QoS::AtLeastOnce, "1")
-        .await;
+    publisher.publish_acked("api/x", QoS::AtLeastOnce, "1").await;
     sub.receive(1).await;
 
     let (status, body) = api.get("/api/v4/brokers").await;
@@ -96,12 +73,7 @@ async fn every_endpoint_answers_in_emqx_shape() {
     assert_eq!(body["data"]["messages.sent"], 1);
 
     let (_, body) = api.get("/api/v4/clients").await;
-    let ids: Vec<&str> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["clientid"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|c| c["clientid"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["api-pub", "api-sub"]);
     assert_eq!(body["data"][0]["ip_address"], "127.0.0.1");
     assert_eq!(body["meta"]["count"], 2);
@@ -117,45 +89,26 @@ async fn every_endpoint_answers_in_emqx_shape() {
     // Load / unload / reload, persisted like `broker ctl`.
     let (status, body) = api.put("/api/v4/plugins/emqx_mod_presence/load").await;
     assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
-    assert!(dir
-        .read("loaded_plugins")
-        .contains("{emqx_mod_presence, true}."));
-    assert!(dir.ctl(&["plugins", "list"]).ok().contains("Plugin(emqx_mod_presence, version=0.1.0, kind=module, description=EMQX Presence Module, active=true)"));
+    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, true}."));
+    assert!(dir.ctl(&["plugins", "list"]).ok().contains(
+        "Plugin(emqx_mod_presence, version=0.1.0, kind=module, description=EMQX Presence Module, active=true)"
+    ));
     let (status, _) = api.put("/api/v4/plugins/emqx_mod_presence/reload").await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = api.put("/api/v4/plugins/emqx_mod_presence/unload").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(dir
-        .read("loaded_plugins")
-        .contains("{emqx_mod_presence, false}."));
+    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, false}."));
 
     // Telemetry status, enable/disable and data.
     let (_, body) = api.get("/api/v4/telemetry/status").await;
     assert_eq!(body["data"]["enable"], true);
     let (status, _) = api
-        .call(
-            Method::PUT,
-            "/api/v4/telemetry/status",
-            Some(("admin", "s3cret")),
-            Some(json!({"enable": false})),
-        )
+        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": false})))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        api.get("/api/v4/telemetry/status").await.1["data"]["enable"],
-        false
-    );
-    assert!(dir
-        .ctl(&["telemetry", "get", "status"])
-        .ok()
-        .contains("disabled"));
-    api.call(
-        Method::PUT,
-        "/api/v4/telemetry/status",
-        Some(("admin", "s3cret")),
-        Some(json!({"enable": true})),
-    )
-    .await;
+    assert_eq!(api.get("/api/v4/telemetry/status").await.1["data"]["enable"], false);
+    assert!(dir.ctl(&["telemetry", "get", "status"]).ok().contains("disabled"));
+    api.call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": true}))).await;
     let (_, body) = api.get("/api/v4/telemetry/data").await;
     assert_eq!(body["data"]["license"]["edition"], "community");
     assert_eq!(body["data"]["num_clients"], 2);
@@ -163,13 +116,7 @@ async fn every_endpoint_answers_in_emqx_shape() {
     // With telemetry unloaded its endpoints say so.
     api.put("/api/v4/plugins/emqx_telemetry/unload").await;
     let (status, body) = api.get("/api/v4/telemetry/status").await;
-    assert_eq!(
-        (status, body["message"].clone()),
-        (
-            StatusCode::NOT_FOUND,
-            json!("emqx_telemetry is not running")
-        )
-    );
+    assert_eq!((status, body["message"].clone()), (StatusCode::NOT_FOUND, json!("emqx_telemetry is not running")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,78 +129,25 @@ async fn auth_failures_and_bad_input_get_4xx_with_a_json_error() {
         assert_eq!(body["code"], 401);
     }
     let cases: [(Method, &str, StatusCode, &str); 8] = [
-        (
-            Method::PUT,
-            "/api/v4/plugins/no_such_plugin/load",
-            StatusCode::NOT_FOUND,
-            "unknown plugin no_such_plugin",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/..%2F..%2Fetc/load",
-            StatusCode::BAD_REQUEST,
-            "invalid plugin name",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/Bad-Name/load",
-            StatusCode::BAD_REQUEST,
-            "invalid plugin name",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/emqx_telemetry/load",
-            StatusCode::CONFLICT,
-            "is already loaded",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/emqx_mod_presence/unload",
-            StatusCode::CONFLICT,
-            "is not loaded",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/emqx_telemetry/explode",
-            StatusCode::NOT_FOUND,
-            "unknown action",
-        ),
-        (
-            Method::PUT,
-            "/api/v4/plugins/emqx_management/unload",
-            StatusCode::BAD_REQUEST,
-            "cannot unload itself",
-        ),
-        (
-            Method::DELETE,
-            "/api/v4/plugins",
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        ),
+        (Method::PUT, "/api/v4/plugins/no_such_plugin/load", StatusCode::NOT_FOUND, "unknown plugin no_such_plugin"),
+        (Method::PUT, "/api/v4/plugins/..%2F..%2Fetc/load", StatusCode::BAD_REQUEST, "invalid plugin name"),
+        (Method::PUT, "/api/v4/plugins/Bad-Name/load", StatusCode::BAD_REQUEST, "invalid plugin name"),
+        (Method::PUT, "/api/v4/plugins/emqx_telemetry/load", StatusCode::CONFLICT, "is already loaded"),
+        (Method::PUT, "/api/v4/plugins/emqx_mod_presence/unload", StatusCode::CONFLICT, "is not loaded"),
+        (Method::PUT, "/api/v4/plugins/emqx_telemetry/explode", StatusCode::NOT_FOUND, "unknown action"),
+        (Method::PUT, "/api/v4/plugins/emqx_management/unload", StatusCode::BAD_REQUEST, "cannot unload itself"),
+        (Method::DELETE, "/api/v4/plugins", StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
     ];
     for (method, path, expected, message) in cases {
-        let (status, body) = api
-            .call(method.clone(), path, Some(("admin", "s3cret")), None)
-            .await;
+        let (status, body) = api.call(method.clone(), path, Some(("admin", "s3cret")), None).await;
         assert_eq!(status, expected, "{method} {path}: {body}");
         assert_eq!(body["code"], expected.as_u16());
-        assert!(
-            body["message"].as_str().unwrap().contains(message),
-            "{method} {path}: {body}"
-        );
+        assert!(body["message"].as_str().unwrap().contains(message), "{method} {path}: {body}");
     }
     let (status, body) = api.get("/api/v4/nothing").await;
-    assert_eq!(
-        (status, body["code"].clone()),
-        (StatusCode::NOT_FOUND, json!(404))
-    );
+    assert_eq!((status, body["code"].clone()), (StatusCode::NOT_FOUND, json!(404)));
     let (status, _) = api
-        .call(
-            Method::PUT,
-            "/api/v4/telemetry/status",
-            Some(("admin", "s3cret")),
-            Some(json!({"enable": "yes"})),
-        )
+        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": "yes"})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Nothing above changed the file.

@@ -5,8 +5,7 @@
 use e2e::{Broker, Client, DataDir};
 use rumqttc::QoS;
 
-const MESSAGE: &str =
-    "plugin bad_abi was built for plugin ABI version 999; this broker accepts ABI version 1";
+const MESSAGE: &str = "plugin bad_abi was built for plugin ABI version 999; this broker accepts ABI version 1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_abi_is_refused_and_the_broker_keeps_serving() {
@@ -18,17 +17,12 @@ async fn wrong_abi_is_refused_and_the_broker_keeps_serving() {
     let stderr = dir.ctl(&["plugins", "load", "bad_abi"]).err();
     assert_eq!(stderr.trim(), format!("error: {MESSAGE}"));
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(
-        list.contains(&format!("active=false, state=unavailable: {MESSAGE})")),
-        "{list}"
-    );
+    assert!(list.contains(&format!("active=false, state=unavailable: {MESSAGE})")), "{list}");
 
     let mut sub = Client::connect(&broker, "still-serving").await;
     sub.subscribe("alive", QoS::AtLeastOnce).await;
     let mut publisher = Client::connect(&broker, "still-publishing").await;
-    publisher
-        .publish_acked("alive", QoS::AtLeastOnce, "yes")
-        .await;
+    publisher.publish_acked("alive", QoS::AtLeastOnce, "yes").await;
     assert_eq!(&sub.receive(1).await[0].payload[..], b"yes");
     assert!(broker.is_running());
 }

@@ -18,16 +18,9 @@ const ACL: &str = r#"
 "#;
 
 async fn suback_codes(client: &mut Client, filters: &[&str]) -> Vec<SubscribeReasonCode> {
-    let filters = filters
-        .iter()
-        .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+    let filters = filters.iter().map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
     client.client.subscribe_many(filters).await.unwrap();
-    match client
-        .wait_for("SUBACK", |e| {
-            matches!(e, Event::Incoming(Packet::SubAck(_)))
-        })
-        .await
-    {
+    match client.wait_for("SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await {
         Event::Incoming(Packet::SubAck(ack)) => ack.return_codes,
         _ => unreachable!(),
     }
@@ -66,57 +59,29 @@ async fn rules_allow_and_deny_publish_and_subscribe() {
     );
 
     // A denied publish is acknowledged and dropped; an allowed one is delivered.
-    alice
-        .publish_acked("secret/x", QoS::AtLeastOnce, "leak")
-        .await;
-    bob.publish_acked("secret/x", QoS::ExactlyOnce, "leak2")
-        .await;
+    alice.publish_acked("secret/x", QoS::AtLeastOnce, "leak").await;
+    bob.publish_acked("secret/x", QoS::ExactlyOnce, "leak2").await;
     bob.publish_acked("open/x", QoS::AtLeastOnce, "fine").await;
-    bob.publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "not yours")
-        .await;
-    alice
-        .publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "mine")
-        .await;
+    bob.publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "not yours").await;
+    alice.publish_acked("clients/c-alice/inbox", QoS::AtLeastOnce, "mine").await;
     let got = alice.receive(1).await;
-    assert_eq!(
-        &got[0].payload[..],
-        b"mine",
-        "the denied publishes never arrived"
-    );
+    assert_eq!(&got[0].payload[..], b"mine", "the denied publishes never arrived");
     assert_eq!(&bob.receive(1).await[0].payload[..], b"fine");
 
     // mosquitto_sub reports the refusal too.
     let out = mosquitto("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port().to_string(),
-            "-u",
-            "bob",
-            "-t",
-            "secret/#",
-            "-W",
-            "10",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-u", "bob", "-t", "secret/#", "-W", "10"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("denied"),
-        "{:?}",
-        out
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"), "{:?}", out);
 
     // Rules are re-read on `ctl acl reload`.
     dir.write("acl.conf", "{deny, all, subscribe, [\"open/#\"]}.\n");
     assert!(dir.ctl(&["acl", "reload"]).ok().contains("1 rules loaded"));
     let mut carol = user(&broker, "c-carol", "carol").await;
-    assert_eq!(
-        suback_codes(&mut carol, &["open/x", "secret/x"]).await,
-        vec![SubscribeReasonCode::Failure, ok]
-    );
+    assert_eq!(suback_codes(&mut carol, &["open/x", "secret/x"]).await, vec![SubscribeReasonCode::Failure, ok]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,21 +91,14 @@ async fn nomatch_deny_and_unloading_lifts_the_rules() {
     let broker = Broker::start(&dir, &[("BROKER_ACL_INTERNAL__NOMATCH", "deny")]);
     let mut client = Client::connect(&broker, "nm").await;
     let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
-    assert_eq!(
-        suback_codes(&mut client, &["allowed/x", "other/x"]).await,
-        vec![ok, SubscribeReasonCode::Failure]
-    );
-    dir.ctl(&["plugins", "unload", "emqx_mod_acl_internal"])
-        .ok();
+    assert_eq!(suback_codes(&mut client, &["allowed/x", "other/x"]).await, vec![ok, SubscribeReasonCode::Failure]);
+    dir.ctl(&["plugins", "unload", "emqx_mod_acl_internal"]).ok();
     assert_eq!(suback_codes(&mut client, &["other/x"]).await, vec![ok]);
 }
 
 fn telemetry_lists(dir: &DataDir) -> (Value, Value) {
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
-    (
-        data["active_plugins"].clone(),
-        data["active_modules"].clone(),
-    )
+    (data["active_plugins"].clone(), data["active_modules"].clone())
 }
 
 #[test]
@@ -150,14 +108,8 @@ fn telemetry_lists_exactly_the_running_plugins_and_modules() {
     );
     let _broker = Broker::start(&dir, &[]);
     let (plugins, modules) = telemetry_lists(&dir);
-    assert_eq!(
-        plugins,
-        serde_json::json!(["emqx_retainer", "emqx_telemetry"])
-    );
-    assert_eq!(
-        modules,
-        serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"])
-    );
+    assert_eq!(plugins, serde_json::json!(["emqx_retainer", "emqx_telemetry"]));
+    assert_eq!(modules, serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"]));
 
     dir.ctl(&["plugins", "unload", "emqx_retainer"]).ok();
     dir.ctl(&["plugins", "unload", "emqx_mod_presence"]).ok();
@@ -167,8 +119,5 @@ fn telemetry_lists_exactly_the_running_plugins_and_modules() {
 
     dir.ctl(&["plugins", "load", "emqx_mod_presence"]).ok();
     let (_, modules) = telemetry_lists(&dir);
-    assert_eq!(
-        modules,
-        serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"])
-    );
+    assert_eq!(modules, serde_json::json!(["emqx_mod_presence", "emqx_mod_acl_internal"]));
 }

@@ -11,10 +11,7 @@ use rumqttc::QoS;
 const PLUGINS: &str = "% test plugins\n\n{hook_recorder, true}.\n";
 
 fn recorder_env(dir: &DataDir) -> (String, String) {
-    (
-        "BROKER_HOOK_RECORDER__FILE".to_owned(),
-        dir.file("events.jsonl").to_string_lossy().into_owned(),
-    )
+    ("BROKER_HOOK_RECORDER__FILE".to_owned(), dir.file("events.jsonl").to_string_lossy().into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,42 +31,27 @@ async fn unload_under_qos1_traffic_loses_nothing_and_stops_the_plugin() {
         let acked = acked.clone();
         let data_dir = dir.path().to_owned();
         std::thread::spawn(move || {
-            wait_until("a quarter of the messages acked", || {
-                (acked.load(Ordering::SeqCst) >= TOTAL / 4).then_some(())
-            });
+            wait_until("a quarter of the messages acked", || (acked.load(Ordering::SeqCst) >= TOTAL / 4).then_some(()));
             let out = std::process::Command::new(e2e::broker_exe())
                 .arg("--data-dir")
                 .arg(&data_dir)
                 .args(["ctl", "plugins", "unload", "hook_recorder"])
                 .output()
                 .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                acked.load(Ordering::SeqCst),
-            )
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), acked.load(Ordering::SeqCst))
         })
     };
     for n in 0..TOTAL {
-        publisher
-            .publish_acked("load/x", QoS::AtLeastOnce, format!("{n}"))
-            .await;
+        publisher.publish_acked("load/x", QoS::AtLeastOnce, format!("{n}")).await;
         acked.fetch_add(1, Ordering::SeqCst);
     }
     let (ok, stdout, acked_at_unload) = unloader.join().unwrap();
     assert!(ok, "unload failed");
     assert_eq!(stdout.trim(), "Plugin hook_recorder unloaded successfully.");
-    assert!(
-        acked_at_unload < TOTAL,
-        "the unload happened while messages were flowing"
-    );
+    assert!(acked_at_unload < TOTAL, "the unload happened while messages were flowing");
 
-    let got: BTreeSet<usize> = sub
-        .receive(TOTAL)
-        .await
-        .iter()
-        .map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap())
-        .collect();
+    let got: BTreeSet<usize> =
+        sub.receive(TOTAL).await.iter().map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap()).collect();
     assert_eq!(got, (0..TOTAL).collect(), "every QoS 1 message arrived");
 
     // The plugin saw messages before the unload and none after.
@@ -79,32 +61,17 @@ async fn unload_under_qos1_traffic_loses_nothing_and_stops_the_plugin() {
         .filter(|e| e["hook"] == "message.publish")
         .map(|e| e["payload"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert!(
-        !seen.is_empty() && seen.len() < TOTAL,
-        "recorded {} of {TOTAL}",
-        seen.len()
-    );
+    assert!(!seen.is_empty() && seen.len() < TOTAL, "recorded {} of {TOTAL}", seen.len());
     let last_seen = *seen.iter().max().unwrap();
-    publisher
-        .publish_acked("load/x", QoS::AtLeastOnce, "after")
-        .await;
+    publisher.publish_acked("load/x", QoS::AtLeastOnce, "after").await;
     sub.receive(1).await;
     let events = recorded_events(&file);
-    assert!(
-        events.iter().all(|e| e["payload"] != "after"),
-        "a stopped plugin got an event"
-    );
+    assert!(events.iter().all(|e| e["payload"] != "after"), "a stopped plugin got an event");
     assert!(last_seen < TOTAL);
 
-    assert_eq!(
-        dir.read("loaded_plugins"),
-        "% test plugins\n\n{hook_recorder, false}.\n"
-    );
+    assert_eq!(dir.read("loaded_plugins"), "% test plugins\n\n{hook_recorder, false}.\n");
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(
-        list.contains("Plugin(hook_recorder, version=0.1.0, kind=plugin,"),
-        "{list}"
-    );
+    assert!(list.contains("Plugin(hook_recorder, version=0.1.0, kind=plugin,"), "{list}");
     assert!(list.contains("active=false)"), "{list}");
 }
 
@@ -119,31 +86,19 @@ async fn unload_persists_across_restart_and_reload_brings_it_back() {
 
     let broker = Broker::start(&dir, &[(&k, &v)]);
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(
-        list.contains("active=false"),
-        "stays off after restart: {list}"
-    );
-    assert!(
-        !broker.logs().iter().any(|l| l.contains("plugin started")),
-        "no plugin started"
-    );
+    assert!(list.contains("active=false"), "stays off after restart: {list}");
+    assert!(!broker.logs().iter().any(|l| l.contains("plugin started")), "no plugin started");
 
     let out = dir.ctl(&["plugins", "reload", "hook_recorder"]).ok();
     assert_eq!(out.trim(), "Plugin hook_recorder reloaded successfully.");
     assert!(dir.ctl(&["plugins", "list"]).ok().contains("active=true"));
-    assert_eq!(
-        dir.read("loaded_plugins"),
-        "% test plugins\n\n{hook_recorder, true}.\n"
-    );
+    assert_eq!(dir.read("loaded_plugins"), "% test plugins\n\n{hook_recorder, true}.\n");
 
     // And it works: it records a new client.
     let client = Client::connect(&broker, "after-reload").await;
     let file = dir.file("events.jsonl");
     wait_until("the reloaded plugin to record a connection", || {
-        recorded_events(&file)
-            .iter()
-            .any(|e| e["client_id"] == "after-reload")
-            .then_some(())
+        recorded_events(&file).iter().any(|e| e["client_id"] == "after-reload").then_some(())
     });
     client.disconnect().await;
 
@@ -158,35 +113,17 @@ fn ctl_errors_are_one_clear_line_with_a_failure_status() {
     let no_broker = dir.ctl(&["plugins", "list"]).err();
     assert_eq!(
         no_broker.trim(),
-        format!(
-            "error: no broker running at {} (start one with `broker`)",
-            dir.file("broker.sock").display()
-        )
+        format!("error: no broker running at {} (start one with `broker`)", dir.file("broker.sock").display())
     );
 
     let (k, v) = recorder_env(&dir);
     let broker = Broker::start(&dir, &[(&k, &v)]);
     let cases: [(&[&str], &str); 6] = [
-        (
-            &["plugins", "load", "no_such_plugin"],
-            "error: unknown plugin no_such_plugin: no library at ",
-        ),
-        (
-            &["plugins", "load", "hook_recorder"],
-            "error: plugin hook_recorder is already loaded",
-        ),
-        (
-            &["plugins", "unload", "emqx_retainer"],
-            "error: plugin emqx_retainer is not loaded",
-        ),
-        (
-            &["plugins", "load", "../../etc/passwd"],
-            "error: invalid plugin name \"../../etc/passwd\"",
-        ),
-        (
-            &["plugins", "frobnicate"],
-            "error: usage: broker ctl plugins list | load NAME",
-        ),
+        (&["plugins", "load", "no_such_plugin"], "error: unknown plugin no_such_plugin: no library at "),
+        (&["plugins", "load", "hook_recorder"], "error: plugin hook_recorder is already loaded"),
+        (&["plugins", "unload", "emqx_retainer"], "error: plugin emqx_retainer is not loaded"),
+        (&["plugins", "load", "../../etc/passwd"], "error: invalid plugin name \"../../etc/passwd\""),
+        (&["plugins", "frobnicate"], "error: usage: broker ctl plugins list | load NAME"),
         (&["nonsense"], "error: unknown command \"nonsense\""),
     ];
     for (args, expected) in cases {
@@ -197,10 +134,7 @@ fn ctl_errors_are_one_clear_line_with_a_failure_status() {
     // Failed commands changed nothing.
     assert_eq!(dir.read("loaded_plugins"), PLUGINS);
     broker.stop();
-    assert!(dir
-        .ctl(&["plugins", "list"])
-        .err()
-        .contains("no broker running"));
+    assert!(dir.ctl(&["plugins", "list"]).err().contains("no broker running"));
 }
 
 #[test]
@@ -210,10 +144,7 @@ fn load_appends_a_plugin_missing_from_the_file() {
     let _broker = Broker::start(&dir, &[(&k, &v)]);
     assert_eq!(dir.ctl(&["plugins", "list"]).ok().trim(), "");
     dir.ctl(&["plugins", "load", "hook_recorder"]).ok();
-    assert_eq!(
-        dir.read("loaded_plugins"),
-        "% nothing yet\n{hook_recorder, true}.\n"
-    );
+    assert_eq!(dir.read("loaded_plugins"), "% nothing yet\n{hook_recorder, true}.\n");
     let list = dir.ctl(&["plugins", "list"]).ok();
     assert_eq!(
         list.trim(),
@@ -253,26 +184,14 @@ async fn plugins_dir_setting_and_reload_of_a_replaced_library() {
     let client = Client::connect(&broker, "after-replace").await;
     let file = dir.file("events.jsonl");
     wait_until("the replaced library to record a connection", || {
-        recorded_events(&file)
-            .iter()
-            .any(|e| e["client_id"] == "after-replace")
-            .then_some(())
+        recorded_events(&file).iter().any(|e| e["client_id"] == "after-replace").then_some(())
     });
     client.disconnect().await;
 
     // A missing library is a clear error, and nothing else changes.
     std::fs::remove_file(&library).unwrap();
     let stderr = dir.ctl(&["plugins", "reload", "hook_recorder"]).err();
-    assert_eq!(
-        stderr.trim(),
-        format!(
-            "error: unknown plugin hook_recorder: no library at {}",
-            library.display()
-        )
-    );
-    assert!(
-        dir.ctl(&["plugins", "list"]).ok().contains("active=true"),
-        "the running instance was kept"
-    );
+    assert_eq!(stderr.trim(), format!("error: unknown plugin hook_recorder: no library at {}", library.display()));
+    assert!(dir.ctl(&["plugins", "list"]).ok().contains("active=true"), "the running instance was kept");
     assert!(broker.logs().iter().all(|l| !l.contains("panicked")));
 }

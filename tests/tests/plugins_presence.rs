@@ -13,23 +13,10 @@ async fn mosquitto_sub_sees_connected_and_disconnected_events() {
     let events = dir.file("events.jsonl");
     let broker = Broker::start(
         &dir,
-        &[
-            ("BROKER_NODE_NAME", "node1@127.0.0.1"),
-            ("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap()),
-        ],
+        &[("BROKER_NODE_NAME", "node1@127.0.0.1"), ("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap())],
     );
     let watcher = mosquitto("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port().to_string(),
-            "-v",
-            "-t",
-            "$SYS/#",
-            "-i",
-            "watcher",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-v", "-t", "$SYS/#", "-i", "watcher"])
         .args(["-C", "2", "-W", "20"])
         .stdout(Stdio::piped())
         .spawn()
@@ -37,30 +24,19 @@ async fn mosquitto_sub_sees_connected_and_disconnected_events() {
     wait_until("mosquitto_sub subscribed to $SYS/#", || {
         recorded_events(&events)
             .iter()
-            .any(|e| {
-                e["hook"] == "session.subscribed"
-                    && e["client_id"] == "watcher"
-                    && e["topic"] == "$SYS/#"
-            })
+            .any(|e| e["hook"] == "session.subscribed" && e["client_id"] == "watcher" && e["topic"] == "$SYS/#")
             .then_some(())
     });
 
     let mut opts = options(&broker, "device1");
-    opts.set_credentials("alice", "secret")
-        .set_keep_alive(std::time::Duration::from_secs(42));
+    opts.set_credentials("alice", "secret").set_keep_alive(std::time::Duration::from_secs(42));
     Client::connect_with(opts).await.kill().await;
 
     let output = watcher.wait_with_output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     let (topic, payload) = lines[0].split_once(' ').unwrap();
-    assert_eq!(
-        topic,
-        "$SYS/brokers/node1@127.0.0.1/clients/device1/connected"
-    );
+    assert_eq!(topic, "$SYS/brokers/node1@127.0.0.1/clients/device1/connected");
     let connected: Value = serde_json::from_str(payload).unwrap();
     assert_eq!(connected["clientid"], "device1");
     assert_eq!(connected["username"], "alice");
@@ -74,10 +50,7 @@ async fn mosquitto_sub_sees_connected_and_disconnected_events() {
     assert!(!payload.contains("secret"), "no password in events");
 
     let (topic, payload) = lines[1].split_once(' ').unwrap();
-    assert_eq!(
-        topic,
-        "$SYS/brokers/node1@127.0.0.1/clients/device1/disconnected"
-    );
+    assert_eq!(topic, "$SYS/brokers/node1@127.0.0.1/clients/device1/disconnected");
     let disconnected: Value = serde_json::from_str(payload).unwrap();
     assert_eq!(disconnected["clientid"], "device1");
     assert_eq!(disconnected["username"], "alice");
@@ -92,15 +65,10 @@ async fn events_use_the_configured_qos_and_stop_when_unloaded() {
         let q = qos.to_string();
         let broker = Broker::start(&dir, &[("BROKER_PRESENCE__QOS", q.as_str())]);
         let mut watcher = Client::connect(&broker, "qos-watcher").await;
-        watcher
-            .subscribe("$SYS/brokers/+/clients/+/connected", QoS::AtLeastOnce)
-            .await;
+        watcher.subscribe("$SYS/brokers/+/clients/+/connected", QoS::AtLeastOnce).await;
         Client::connect(&broker, "first").await.disconnect().await;
         let event = watcher.receive(1).await.remove(0);
-        assert_eq!(
-            event.topic,
-            "$SYS/brokers/emqx@127.0.0.1/clients/first/connected"
-        );
+        assert_eq!(event.topic, "$SYS/brokers/emqx@127.0.0.1/clients/first/connected");
         assert_eq!(event.qos as u8, qos);
 
         // Unloaded: no event for "second"; loaded again: "third" is the next one seen.
@@ -109,10 +77,7 @@ async fn events_use_the_configured_qos_and_stop_when_unloaded() {
         dir.ctl(&["plugins", "load", "emqx_mod_presence"]).ok();
         Client::connect(&broker, "third").await.disconnect().await;
         let next = watcher.receive(1).await.remove(0);
-        assert_eq!(
-            next.topic,
-            "$SYS/brokers/emqx@127.0.0.1/clients/third/connected"
-        );
+        assert_eq!(next.topic, "$SYS/brokers/emqx@127.0.0.1/clients/third/connected");
     }
 }
 
@@ -130,33 +95,16 @@ async fn sys_subscriptions_mix_with_normal_ones() {
         ])
         .await
         .unwrap();
-    let ack = watcher
-        .wait_for("SUBACK", |e| {
-            matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))
-        })
-        .await;
-    let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) = ack else {
-        unreachable!()
-    };
+    let ack = watcher.wait_for("SUBACK", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))).await;
+    let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) = ack else { unreachable!() };
     assert_eq!(ack.return_codes.len(), 2);
-    assert!(ack
-        .return_codes
-        .iter()
-        .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce))));
+    assert!(ack.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce))));
 
     let mut other = Client::connect(&broker, "other").await;
     other.publish_acked("plain/x", QoS::AtLeastOnce, "p").await;
-    let got: Vec<String> = watcher
-        .receive(2)
-        .await
-        .iter()
-        .map(|p| p.topic.clone())
-        .collect();
+    let got: Vec<String> = watcher.receive(2).await.iter().map(|p| p.topic.clone()).collect();
     assert!(got.contains(&"plain/x".to_owned()), "{got:?}");
-    assert!(
-        got.iter().any(|t| t.ends_with("/clients/other/connected")),
-        "{got:?}"
-    );
+    assert!(got.iter().any(|t| t.ends_with("/clients/other/connected")), "{got:?}");
 
     // A plain `#` never gets `$SYS` messages.
     let mut hash = Client::connect(&broker, "hash").await;

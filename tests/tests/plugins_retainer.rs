@@ -10,26 +10,14 @@ const PLUGINS: &str = "{emqx_retainer, true}.\n";
 
 async fn publish_retained(broker: &Broker, topic: &str, qos: QoS, payload: &str) {
     let mut publisher = Client::connect(broker, &format!("retain-{}", e2e::unique())).await;
-    publisher
-        .client
-        .publish(topic, qos, true, payload.as_bytes().to_vec())
-        .await
-        .unwrap();
+    publisher.client.publish(topic, qos, true, payload.as_bytes().to_vec()).await.unwrap();
     match qos {
         QoS::AtMostOnce => {}
         QoS::AtLeastOnce => {
-            publisher
-                .wait_for("PUBACK", |e| {
-                    matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
-                })
-                .await;
+            publisher.wait_for("PUBACK", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))).await;
         }
         QoS::ExactlyOnce => {
-            publisher
-                .wait_for("PUBCOMP", |e| {
-                    matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)))
-                })
-                .await;
+            publisher.wait_for("PUBCOMP", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)))).await;
         }
     }
     publisher.disconnect().await;
@@ -42,9 +30,7 @@ async fn retained_for(broker: &Broker, filter: &str, qos: QoS) -> Vec<Publish> {
     sub.subscribe(filter, qos).await;
     sub.subscribe("marker/end", QoS::AtLeastOnce).await;
     let mut marker = Client::connect(broker, &format!("marker-{}", e2e::unique())).await;
-    marker
-        .publish_acked("marker/end", QoS::AtLeastOnce, "end")
-        .await;
+    marker.publish_acked("marker/end", QoS::AtLeastOnce, "end").await;
     let mut got = Vec::new();
     loop {
         let p = sub.receive(1).await.remove(0);
@@ -60,14 +46,7 @@ async fn retained_for(broker: &Broker, filter: &str, qos: QoS) -> Vec<Publish> {
 fn summary(messages: &[Publish]) -> Vec<(String, String, QoS, bool)> {
     messages
         .iter()
-        .map(|p| {
-            (
-                p.topic.clone(),
-                String::from_utf8_lossy(&p.payload).into_owned(),
-                p.qos,
-                p.retain,
-            )
-        })
+        .map(|p| (p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned(), p.qos, p.retain))
         .collect()
 }
 
@@ -88,10 +67,7 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
 
     assert_eq!(
         summary(&retained_for(&broker, "home/+/temp", QoS::ExactlyOnce).await),
-        vec![
-            s("home/garage/temp", "9", QoS::ExactlyOnce),
-            s("home/kitchen/temp", "21", QoS::AtLeastOnce)
-        ]
+        vec![s("home/garage/temp", "9", QoS::ExactlyOnce), s("home/kitchen/temp", "21", QoS::AtLeastOnce)]
     );
     // At the lower of the stored QoS and the subscription's.
     assert_eq!(
@@ -102,9 +78,7 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
             s("office/temp", "18", QoS::AtMostOnce),
         ]
     );
-    assert!(retained_for(&broker, "nothing/here", QoS::AtLeastOnce)
-        .await
-        .is_empty());
+    assert!(retained_for(&broker, "nothing/here", QoS::AtLeastOnce).await.is_empty());
 
     // Live subscribers get the message without the retain flag.
     let mut live = Client::connect(&broker, "live").await;
@@ -116,26 +90,12 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
 
     // And mosquitto_sub sees a retained message too.
     let out = mosquitto("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port().to_string(),
-            "-t",
-            "office/#",
-            "-C",
-            "1",
-            "-W",
-            "20",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-t", "office/#", "-C", "1", "-W", "20"])
         .args(["-F", "%r %t %p"])
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "1 office/temp 19"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 office/temp 19");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,15 +103,10 @@ async fn limits_refuse_with_a_log_line() {
     let dir = DataDir::with_plugins(PLUGINS);
     let broker = Broker::start(
         &dir,
-        &[
-            ("BROKER_RETAINER__MAX_RETAINED_MESSAGES", "2"),
-            ("BROKER_RETAINER__MAX_PAYLOAD_SIZE", "10B"),
-        ],
+        &[("BROKER_RETAINER__MAX_RETAINED_MESSAGES", "2"), ("BROKER_RETAINER__MAX_PAYLOAD_SIZE", "10B")],
     );
     publish_retained(&broker, "big", QoS::AtLeastOnce, "01234567890").await;
-    broker.wait_for_log(
-        "retained message on big not stored: 11 bytes is over max_payload_size (10 bytes)",
-    );
+    broker.wait_for_log("retained message on big not stored: 11 bytes is over max_payload_size (10 bytes)");
     publish_retained(&broker, "a", QoS::AtLeastOnce, "1").await;
     publish_retained(&broker, "b", QoS::AtLeastOnce, "2").await;
     publish_retained(&broker, "c", QoS::AtLeastOnce, "3").await;
@@ -169,20 +124,10 @@ async fn expired_messages_are_not_delivered() {
     let dir = DataDir::with_plugins(PLUGINS);
     let broker = Broker::start(&dir, &[("BROKER_RETAINER__EXPIRY_INTERVAL", "1s")]);
     publish_retained(&broker, "short/lived", QoS::AtLeastOnce, "x").await;
-    assert_eq!(
-        dir.ctl(&["retainer", "topics"]).ok().trim(),
-        "short/lived",
-        "it was stored"
-    );
+    assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "short/lived", "it was stored");
     let start = std::time::Instant::now();
-    while !retained_for(&broker, "short/#", QoS::AtLeastOnce)
-        .await
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < e2e::DEADLINE,
-            "the retained message never expired"
-        );
+    while !retained_for(&broker, "short/#", QoS::AtLeastOnce).await.is_empty() {
+        assert!(start.elapsed() < e2e::DEADLINE, "the retained message never expired");
     }
 }
 
@@ -202,19 +147,14 @@ async fn disc_storage_survives_restart_and_crash() {
     publish_retained(&broker, "keep/2", QoS::AtLeastOnce, "two").await;
     // Once the store is on disc, a crash loses nothing.
     wait_until("keep/2 written to disc", || {
-        std::fs::read(dir.file("emqx_retainer.dat"))
-            .ok()
-            .filter(|b| b.windows(6).any(|w| w == b"keep/2"))
+        std::fs::read(dir.file("emqx_retainer.dat")).ok().filter(|b| b.windows(6).any(|w| w == b"keep/2"))
     });
     broker.kill();
 
     let broker = Broker::start(&dir, &[]);
     assert_eq!(
         summary(&retained_for(&broker, "keep/#", QoS::AtLeastOnce).await),
-        vec![
-            s("keep/1", "one", QoS::AtLeastOnce),
-            s("keep/2", "two", QoS::AtLeastOnce)
-        ]
+        vec![s("keep/1", "one", QoS::AtLeastOnce), s("keep/2", "two", QoS::AtLeastOnce)]
     );
 }
 
@@ -224,15 +164,10 @@ async fn ram_storage_forgets_on_restart() {
     let env = [("BROKER_RETAINER__STORAGE_TYPE", "ram")];
     let broker = Broker::start(&dir, &env);
     publish_retained(&broker, "ram/1", QoS::AtLeastOnce, "x").await;
-    assert_eq!(
-        retained_for(&broker, "ram/#", QoS::AtLeastOnce).await.len(),
-        1
-    );
+    assert_eq!(retained_for(&broker, "ram/#", QoS::AtLeastOnce).await.len(), 1);
     broker.stop();
     let broker = Broker::start(&dir, &env);
-    assert!(retained_for(&broker, "ram/#", QoS::AtLeastOnce)
-        .await
-        .is_empty());
+    assert!(retained_for(&broker, "ram/#", QoS::AtLeastOnce).await.is_empty());
     assert!(!dir.file("emqx_retainer.dat").exists());
 }
 
@@ -244,12 +179,7 @@ async fn unloaded_the_broker_does_not_retain_and_reload_brings_messages_back() {
     dir.ctl(&["plugins", "unload", "emqx_retainer"]).ok();
 
     publish_retained(&broker, "kept/during", QoS::AtLeastOnce, "not stored").await;
-    assert!(
-        retained_for(&broker, "kept/#", QoS::AtLeastOnce)
-            .await
-            .is_empty(),
-        "nothing retained while unloaded"
-    );
+    assert!(retained_for(&broker, "kept/#", QoS::AtLeastOnce).await.is_empty(), "nothing retained while unloaded");
 
     dir.ctl(&["plugins", "load", "emqx_retainer"]).ok();
     assert_eq!(

@@ -38,36 +38,22 @@ fn start(dir: &DataDir, env: &[(String, String)]) -> Broker {
 }
 
 fn names(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect()
+    value.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect()
 }
 
 fn stat(output: &str, key: &str) -> u64 {
     output
         .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.trim() == key)
-                .map(|(_, v)| v.trim().parse().unwrap())
-        })
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().parse().unwrap()))
         .unwrap_or_else(|| panic!("{key} not in {output}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     let receiver = Receiver::start(Mode::Accept);
-    let dir = DataDir::with_plugins(
-        "{emqx_telemetry, true}.\n{hook_recorder, true}.\n{noop_module, true}.\n",
-    );
+    let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n{hook_recorder, true}.\n{noop_module, true}.\n");
     let mut env = telemetry_env(&receiver.url(), "200ms");
-    env.push((
-        "BROKER_HOOK_RECORDER__FILE".into(),
-        dir.file("events.jsonl").to_string_lossy().into(),
-    ));
+    env.push(("BROKER_HOOK_RECORDER__FILE".into(), dir.file("events.jsonl").to_string_lossy().into()));
     let broker = start(&dir, &env);
 
     const N: u64 = 10;
@@ -80,9 +66,7 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     }
     let mut publisher = Client::connect(&broker, "tpub").await;
     for n in 0..N {
-        publisher
-            .publish_acked("tele/secret-topic", QoS::AtLeastOnce, format!("{n}"))
-            .await;
+        publisher.publish_acked("tele/secret-topic", QoS::AtLeastOnce, format!("{n}")).await;
     }
     for sub in &mut subs {
         sub.receive(N as usize).await;
@@ -95,77 +79,35 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     let json = &report.json;
 
     // Exactly EMQX's fields, in EMQX's order.
-    let keys: Vec<&str> = json
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
     let mut sorted = FIELDS.to_vec();
     sorted.sort();
     assert_eq!(keys, sorted, "field set");
-    let positions: Vec<usize> = FIELDS
-        .iter()
-        .map(|f| report.raw.find(&format!("\"{f}\":")).unwrap())
-        .collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "field order: {}",
-        report.raw
-    );
+    let positions: Vec<usize> = FIELDS.iter().map(|f| report.raw.find(&format!("\"{f}\":")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "field order: {}", report.raw);
 
     assert_eq!(json["license"], serde_json::json!({"edition": "community"}));
     assert_eq!(json["nodes_uuid"], serde_json::json!([]));
-    assert_eq!(
-        names(&json["active_plugins"]),
-        vec!["emqx_telemetry", "hook_recorder"]
-    );
+    assert_eq!(names(&json["active_plugins"]), vec!["emqx_telemetry", "hook_recorder"]);
     assert_eq!(names(&json["active_modules"]), vec!["noop_module"]);
     assert_eq!(json["emqx_version"], env!("CARGO_PKG_VERSION"));
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let os_name = os_release
-        .lines()
-        .find_map(|l| l.strip_prefix("NAME="))
-        .map(|v| v.trim_matches('"'));
-    assert_eq!(
-        json["os_name"].as_str(),
-        Some(os_name.unwrap_or(std::env::consts::OS))
-    );
+    let os_name = os_release.lines().find_map(|l| l.strip_prefix("NAME=")).map(|v| v.trim_matches('"'));
+    assert_eq!(json["os_name"].as_str(), Some(os_name.unwrap_or(std::env::consts::OS)));
     assert!(!json["os_version"].as_str().unwrap().is_empty());
-    assert!(
-        json["otp_version"].as_str().unwrap().starts_with("rustc "),
-        "{}",
-        json["otp_version"]
-    );
+    assert!(json["otp_version"].as_str().unwrap().starts_with("rustc "), "{}", json["otp_version"]);
 
     let uuid = json["uuid"].as_str().unwrap();
     let groups: Vec<usize> = uuid.split('-').map(str::len).collect();
     assert_eq!(groups, vec![8, 4, 4, 4, 12], "{uuid}");
-    assert!(
-        uuid.chars()
-            .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()),
-        "{uuid}"
-    );
-    assert!(
-        dir.read("emqx_telemetry.json").contains(uuid),
-        "uuid kept in the data directory"
-    );
+    assert!(uuid.chars().all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()), "{uuid}");
+    assert!(dir.read("emqx_telemetry.json").contains(uuid), "uuid kept in the data directory");
 
     // No personal data.
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    for secret in [
-        "127.0.0.1",
-        "tsub0",
-        "tpub",
-        "secret-topic",
-        hostname.trim(),
-    ] {
+    for secret in ["127.0.0.1", "tsub0", "tpub", "secret-topic", hostname.trim()] {
         if !secret.is_empty() {
-            assert!(
-                !report.raw.contains(secret),
-                "report leaks {secret:?}: {}",
-                report.raw
-            );
+            assert!(!report.raw.contains(secret), "report leaks {secret:?}: {}", report.raw);
         }
     }
 
@@ -175,28 +117,19 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     assert_eq!(stat(&stats, "messages.sent"), N * M);
     assert_eq!(stat(&stats, "connections.count"), M + 1);
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
-    for key in [
-        "messages_received",
-        "messages_sent",
-        "num_clients",
-        "uuid",
-        "active_plugins",
-    ] {
+    for key in ["messages_received", "messages_sent", "num_clients", "uuid", "active_plugins"] {
         assert_eq!(data[key], json[key], "{key}");
     }
 
     // up_time grows.
     let up_time = json["up_time"].as_u64().unwrap();
-    receiver.wait_for("a later report with a larger up_time", |j| {
-        j["up_time"].as_u64() > Some(up_time)
-    });
+    receiver.wait_for("a later report with a larger up_time", |j| j["up_time"].as_u64() > Some(up_time));
 
     // The lists follow plugins being stopped.
     dir.ctl(&["plugins", "unload", "hook_recorder"]).ok();
     dir.ctl(&["plugins", "unload", "noop_module"]).ok();
     receiver.wait_for("a report without the unloaded plugins", |j| {
-        j["active_plugins"] == serde_json::json!(["emqx_telemetry"])
-            && j["active_modules"] == serde_json::json!([])
+        j["active_plugins"] == serde_json::json!(["emqx_telemetry"]) && j["active_modules"] == serde_json::json!([])
     });
 
     // Clients leaving are counted too.
@@ -208,8 +141,7 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
 fn uuid_is_stable_across_restarts() {
     let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
     let uuid = |dir: &DataDir| {
-        let data: Value =
-            serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+        let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
         data["uuid"].as_str().unwrap().to_owned()
     };
     let broker = Broker::start(&dir, &[]);
@@ -232,19 +164,12 @@ fn unloading_the_plugin_stops_reports_and_reload_resumes_them() {
     // `unload` returns after the plugin's reporter thread is joined.
     dir.ctl(&["plugins", "unload", "emqx_telemetry"]).ok();
     receiver.assert_silent_for(Duration::from_secs(1));
-    assert!(dir
-        .ctl(&["telemetry", "get", "status"])
-        .err()
-        .contains("unknown command \"telemetry\""));
-    assert!(dir
-        .read("loaded_plugins")
-        .contains("{emqx_telemetry, false}."));
+    assert!(dir.ctl(&["telemetry", "get", "status"]).err().contains("unknown command \"telemetry\""));
+    assert!(dir.read("loaded_plugins").contains("{emqx_telemetry, false}."));
 
     let before = receiver.count();
     dir.ctl(&["plugins", "reload", "emqx_telemetry"]).ok();
-    e2e::wait_until("reports after reload", || {
-        (receiver.count() > before).then_some(())
-    });
+    e2e::wait_until("reports after reload", || (receiver.count() > before).then_some(()));
 }
 
 #[test]
@@ -254,16 +179,15 @@ fn a_plugin_not_enabled_in_loaded_plugins_never_starts() {
         let dir = DataDir::with_plugins(file);
         let broker = start(&dir, &telemetry_env(&receiver.url(), "100ms"));
         receiver.assert_silent_for(Duration::from_secs(1));
-        assert!(
-            !broker.logs().iter().any(|l| l.contains("emqx_telemetry")),
-            "{file}"
-        );
-        assert!(dir
-            .ctl(&["telemetry", "get", "status"])
-            .err()
-            .contains("unknown command"));
+        assert!(!broker.logs().iter().any(|l| l.contains("emqx_telemetry")), "{file}");
+        assert!(dir.ctl(&["telemetry", "get", "status"]).err().contains("unknown command"));
         let list = dir.ctl(&["plugins", "list"]).ok();
-        assert!(!list.contains("emqx_telemetry") || list.contains("emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false"), "{list}");
+        assert!(
+            !list.contains("emqx_telemetry")
+                || list
+                    .contains("emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false"),
+            "{list}"
+        );
     }
     assert_eq!(receiver.count(), 0);
 }
@@ -275,16 +199,10 @@ fn ctl_disable_is_persisted_and_sends_nothing() {
     let env = telemetry_env(&receiver.url(), "100ms");
     let broker = start(&dir, &env);
     broker.wait_for_log("telemetry is on: every 100ms it sends anonymous usage data");
-    assert_eq!(
-        dir.ctl(&["telemetry", "get", "status"]).ok().trim(),
-        "Telemetry status: enabled"
-    );
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry status: enabled");
     receiver.wait_for("a first report", |_| true);
 
-    assert_eq!(
-        dir.ctl(&["telemetry", "disable"]).ok().trim(),
-        "Disable telemetry successfully"
-    );
+    assert_eq!(dir.ctl(&["telemetry", "disable"]).ok().trim(), "Disable telemetry successfully");
     receiver.assert_silent_for(Duration::from_secs(1));
     assert_eq!(
         dir.ctl(&["telemetry", "get", "status"]).ok().trim(),
@@ -295,9 +213,7 @@ fn ctl_disable_is_persisted_and_sends_nothing() {
     broker.stop();
     let before = receiver.count();
     let broker = start(&dir, &env);
-    broker.wait_for_log(
-        "telemetry is off (disabled by `broker ctl telemetry disable`); nothing is sent",
-    );
+    broker.wait_for_log("telemetry is off (disabled by `broker ctl telemetry disable`); nothing is sent");
     receiver.assert_silent_for(Duration::from_secs(1));
     assert_eq!(receiver.count(), before);
 
@@ -306,17 +222,9 @@ fn ctl_disable_is_persisted_and_sends_nothing() {
     assert_eq!(data["license"]["edition"], "community");
     assert_eq!(receiver.count(), before);
 
-    assert_eq!(
-        dir.ctl(&["telemetry", "enable"]).ok().trim(),
-        "Enable telemetry successfully"
-    );
-    e2e::wait_until("reports after enable", || {
-        (receiver.count() > before).then_some(())
-    });
-    assert!(dir
-        .ctl(&["telemetry", "bogus"])
-        .err()
-        .contains("usage: broker ctl telemetry"));
+    assert_eq!(dir.ctl(&["telemetry", "enable"]).ok().trim(), "Enable telemetry successfully");
+    e2e::wait_until("reports after enable", || (receiver.count() > before).then_some(()));
+    assert!(dir.ctl(&["telemetry", "bogus"]).err().contains("usage: broker ctl telemetry"));
 }
 
 #[test]
@@ -324,11 +232,7 @@ fn do_not_track_and_enable_false_send_nothing() {
     let receiver = Receiver::start(Mode::Accept);
     let cases = [
         ("DO_NOT_TRACK", "1", "disabled by DO_NOT_TRACK"),
-        (
-            "BROKER_TELEMETRY__ENABLE",
-            "false",
-            "disabled by the config",
-        ),
+        ("BROKER_TELEMETRY__ENABLE", "false", "disabled by the config"),
     ];
     for (key, value, reason) in cases {
         let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
@@ -356,24 +260,16 @@ async fn failing_endpoints_never_affect_mqtt_traffic() {
         l.local_addr().unwrap()
     };
     let endpoints = [
-        (
-            format!("http://{closed}/api/telemetry"),
-            "failed: error sending request",
-        ),
+        (format!("http://{closed}/api/telemetry"), "failed: error sending request"),
         (failing.url(), "failed: HTTP 500"),
-        (
-            format!("https://{}/api/telemetry", failing.addr),
-            "failed: error sending request",
-        ),
+        (format!("https://{}/api/telemetry", failing.addr), "failed: error sending request"),
         (hanging.url(), ""),
     ];
     for (url, failure) in endpoints {
         let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
         let broker = start(&dir, &telemetry_env(&url, "100ms"));
         if failure.is_empty() {
-            e2e::wait_until("a hanging request in flight", || {
-                (hanging.count() > 0).then_some(())
-            });
+            e2e::wait_until("a hanging request in flight", || (hanging.count() > 0).then_some(()));
         } else {
             let line = broker.wait_for_log(&format!("telemetry report to {url} {failure}"));
             assert!(line.contains("WARN"), "{line}");
@@ -383,9 +279,7 @@ async fn failing_endpoints_never_affect_mqtt_traffic() {
         sub.subscribe("traffic", QoS::AtLeastOnce).await;
         let mut publisher = Client::connect(&broker, "unaffected-pub").await;
         for n in 0..100 {
-            publisher
-                .publish_acked("traffic", QoS::AtLeastOnce, format!("{n}"))
-                .await;
+            publisher.publish_acked("traffic", QoS::AtLeastOnce, format!("{n}")).await;
         }
         assert_eq!(sub.receive(100).await.len(), 100, "{url}");
 
@@ -393,9 +287,7 @@ async fn failing_endpoints_never_affect_mqtt_traffic() {
         dir.ctl(&["plugins", "unload", "emqx_telemetry"]).ok();
         let mut broker = broker;
         assert!(broker.is_running());
-        publisher
-            .publish_acked("traffic", QoS::AtLeastOnce, "after")
-            .await;
+        publisher.publish_acked("traffic", QoS::AtLeastOnce, "after").await;
         assert_eq!(&sub.receive(1).await[0].payload[..], b"after");
     }
 }

@@ -68,16 +68,9 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<FrameHeader>,
         };
         body_len |= ((byte & 0x7f) as usize) << (7 * i);
         if byte & 0x80 == 0 {
-            let header = FrameHeader {
-                first_byte,
-                header_len: 2 + i,
-                body_len,
-            };
+            let header = FrameHeader { first_byte, header_len: 2 + i, body_len };
             if header.frame_len() > max_frame {
-                return Err(FrameError::TooLarge {
-                    size: header.frame_len(),
-                    max: max_frame,
-                });
+                return Err(FrameError::TooLarge { size: header.frame_len(), max: max_frame });
             }
             return Ok(Some(header));
         }
@@ -106,17 +99,7 @@ mod tests {
 
     #[test]
     fn lengths_round_trip() {
-        for len in [
-            0,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            2_097_151,
-            2_097_152,
-            268_435_455,
-        ] {
+        for len in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455] {
             let mut buf = vec![0x30];
             encode_length(len, &mut buf);
             let header = parse_header(&buf, usize::MAX).unwrap().unwrap();
@@ -130,20 +113,8 @@ mod tests {
         assert_eq!(parse_header(&[], 100), Ok(None));
         assert_eq!(parse_header(&[0x30], 100), Ok(None));
         assert_eq!(parse_header(&[0x30, 0x80], 100), Ok(None));
-        assert_eq!(
-            parse_header(&[0x30, 0x80, 0x80, 0x80, 0x80], 100),
-            Err(FrameError::MalformedLength)
-        );
-        assert_eq!(
-            parse_header(&[0x00, 0x00], 100),
-            Err(FrameError::ReservedType)
-        );
-        assert_eq!(
-            parse_header(&[0x30, 0x7f], 100),
-            Err(FrameError::TooLarge {
-                size: 129,
-                max: 100
-            })
-        );
+        assert_eq!(parse_header(&[0x30, 0x80, 0x80, 0x80, 0x80], 100), Err(FrameError::MalformedLength));
+        assert_eq!(parse_header(&[0x00, 0x00], 100), Err(FrameError::ReservedType));
+        assert_eq!(parse_header(&[0x30, 0x7f], 100), Err(FrameError::TooLarge { size: 129, max: 100 }));
     }
 }

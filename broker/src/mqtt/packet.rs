@@ -34,11 +34,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or(PacketError::Truncated)?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(PacketError::Truncated)?;
         let bytes = &self.buf[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -98,10 +94,7 @@ impl<'a> Reader<'a> {
 
 /// Walks an MQTT 5 property block, calling `f(id, reader)` for the properties `f` wants
 /// (it must read the value and return true) and skipping the others.
-fn for_each_property<'a>(
-    mut props: Reader<'a>,
-    mut f: impl FnMut(u8, &mut Reader<'a>) -> Result<bool>,
-) -> Result<()> {
+fn for_each_property<'a>(mut props: Reader<'a>, mut f: impl FnMut(u8, &mut Reader<'a>) -> Result<bool>) -> Result<()> {
     while !props.is_empty() {
         let id = props.u8()?;
         if f(id, &mut props)? {
@@ -163,12 +156,7 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
     let level = r.u8()?;
     match (name, level) {
         ("MQTT", 4 | 5) | ("MQIsdp", 3) => {}
-        _ => {
-            return Err(PacketError::UnsupportedProtocol {
-                name: name.to_owned(),
-                level,
-            })
-        }
+        _ => return Err(PacketError::UnsupportedProtocol { name: name.to_owned(), level }),
     }
     let flags = r.u8()?;
     let keepalive_at = r.pos;
@@ -193,16 +181,8 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
         r.string()?; // will topic
         r.binary()?; // will payload
     }
-    let username = if flags & 0x80 != 0 {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let password = if flags & 0x40 != 0 {
-        Some(r.binary()?)
-    } else {
-        None
-    };
+    let username = if flags & 0x80 != 0 { Some(r.string()?) } else { None };
+    let password = if flags & 0x40 != 0 { Some(r.binary()?) } else { None };
     Ok(Connect {
         level,
         clean_start: flags & 0x02 != 0,
@@ -218,13 +198,7 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
 
 /// Re-encodes a CONNECT frame with another keep-alive and client id, keeping every other
 /// byte as the client sent it.
-pub fn rewrite_connect(
-    first_byte: u8,
-    body: &[u8],
-    connect: &Connect<'_>,
-    keepalive: u16,
-    client_id: &str,
-) -> Vec<u8> {
+pub fn rewrite_connect(first_byte: u8, body: &[u8], connect: &Connect<'_>, keepalive: u16, client_id: &str) -> Vec<u8> {
     let mut new_body = Vec::with_capacity(body.len() + client_id.len());
     new_body.extend_from_slice(&body[..connect.keepalive_at]);
     new_body.extend_from_slice(&keepalive.to_be_bytes());
@@ -276,14 +250,7 @@ pub fn decode_publish(flags: u8, body: &[u8], v5: bool) -> Result<Publish<'_>> {
             Ok(false)
         })?;
     }
-    Ok(Publish {
-        topic,
-        qos,
-        retain: flags & 0x01 != 0,
-        packet_id,
-        topic_alias,
-        payload: r.rest(),
-    })
+    Ok(Publish { topic, qos, retain: flags & 0x01 != 0, packet_id, topic_alias, payload: r.rest() })
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE, with what is needed to re-encode it.
@@ -310,11 +277,7 @@ fn decode_subscriptions(body: &[u8], v5: bool, with_options: bool) -> Result<Sub
         let options = if with_options { r.u8()? } else { 0 };
         filters.push((filter, options));
     }
-    Ok(Subscriptions {
-        packet_id,
-        properties,
-        filters,
-    })
+    Ok(Subscriptions { packet_id, properties, filters })
 }
 
 /// SUBSCRIBE: packet id, properties and (filter, options) pairs.
@@ -351,12 +314,7 @@ pub fn encode_subscriptions<'a>(
 
 /// SUBACK (or MQTT 5 UNSUBACK) with these codes; `properties` with its length prefix (MQTT 5)
 /// or empty. An MQTT 3.1.1 UNSUBACK has no codes: pass `codes` empty.
-pub fn encode_ack_with_codes(
-    packet_kind: u8,
-    packet_id: u16,
-    properties: &[u8],
-    codes: &[u8],
-) -> Vec<u8> {
+pub fn encode_ack_with_codes(packet_kind: u8, packet_id: u16, properties: &[u8], codes: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(2 + properties.len() + codes.len());
     body.extend_from_slice(&packet_id.to_be_bytes());
     body.extend_from_slice(properties);
@@ -419,32 +377,21 @@ mod tests {
     #[test]
     fn connect_v4_with_credentials() {
         // MQTT 3.1.1, clean, user+password, keepalive 0, client id "c1"
-        let body = [
-            0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 0, 0, 2, b'c', b'1', 0, 1, b'u', 0, 2, b'p',
-            b'w',
-        ];
+        let body = [0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 0, 0, 2, b'c', b'1', 0, 1, b'u', 0, 2, b'p', b'w'];
         let c = decode_connect(&body).unwrap();
-        assert_eq!(
-            (c.level, c.clean_start, c.keepalive, c.client_id),
-            (4, true, 0, "c1")
-        );
+        assert_eq!((c.level, c.clean_start, c.keepalive, c.client_id), (4, true, 0, "c1"));
         assert_eq!((c.username, c.password), (Some("u"), Some(&b"pw"[..])));
 
         let frame = rewrite_connect(0x10, &body, &c, 60, "client-two");
         let (first, new_body) = split(&frame);
         assert_eq!(first, 0x10);
         let c2 = decode_connect(new_body).unwrap();
-        assert_eq!(
-            (c2.keepalive, c2.client_id, c2.username),
-            (60, "client-two", Some("u"))
-        );
+        assert_eq!((c2.keepalive, c2.client_id, c2.username), (60, "client-two", Some("u")));
     }
 
     #[test]
     fn connect_v5_reads_session_expiry() {
-        let body = [
-            0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 30, 5, 0x11, 0, 0, 0, 100, 0, 1, b'x',
-        ];
+        let body = [0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 30, 5, 0x11, 0, 0, 0, 100, 0, 1, b'x'];
         let c = decode_connect(&body).unwrap();
         assert_eq!((c.level, c.session_expiry, c.client_id), (5, 100, "x"));
     }
@@ -453,17 +400,11 @@ mod tests {
     fn publish_v4_and_v5() {
         let body = [0, 3, b'a', b'/', b'b', 0, 7, b'h', b'i'];
         let p = decode_publish(0x02, &body, false).unwrap();
-        assert_eq!(
-            (p.topic, p.qos, p.packet_id, p.payload),
-            ("a/b", 1, 7, &b"hi"[..])
-        );
+        assert_eq!((p.topic, p.qos, p.packet_id, p.payload), ("a/b", 1, 7, &b"hi"[..]));
 
         let body = [0, 0, 3, 0x23, 0, 9, b'x'];
         let p = decode_publish(0x01, &body, true).unwrap();
-        assert_eq!(
-            (p.topic, p.retain, p.topic_alias, p.payload),
-            ("", true, Some(9), &b"x"[..])
-        );
+        assert_eq!((p.topic, p.retain, p.topic_alias, p.payload), ("", true, Some(9), &b"x"[..]));
         assert_eq!(decode_publish(0x06, &body, true), Err(PacketError::BadQoS));
     }
 
@@ -471,24 +412,15 @@ mod tests {
     fn subscribe_filters() {
         let body = [0, 1, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 2];
         let sub = decode_subscribe(&body, false).unwrap();
-        assert_eq!(
-            (sub.packet_id, sub.filters.clone()),
-            (1, vec![("a/#", 1), ("b", 2)])
-        );
+        assert_eq!((sub.packet_id, sub.filters.clone()), (1, vec![("a/#", 1), ("b", 2)]));
         let frame = encode_subscriptions(0x82, 1, sub.properties, sub.filters.into_iter().skip(1));
         let (first, body) = split(&frame);
         assert_eq!(first, 0x82);
-        assert_eq!(
-            decode_subscribe(body, false).unwrap().filters,
-            vec![("b", 2)]
-        );
+        assert_eq!(decode_subscribe(body, false).unwrap().filters, vec![("b", 2)]);
 
         let v5 = [0, 7, 2, 0x0b, 3, 0, 1, b'c', 0x15];
         let sub = decode_subscribe(&v5, true).unwrap();
-        assert_eq!(
-            (sub.properties, sub.filters),
-            (&[2, 0x0b, 3][..], vec![("c", 0x15)])
-        );
+        assert_eq!((sub.properties, sub.filters), (&[2, 0x0b, 3][..], vec![("c", 0x15)]));
     }
 
     #[test]

@@ -45,11 +45,7 @@ pub fn vtable(context: &PluginContext) -> HostApi {
         broker_version: RawStr::new(&shared.broker_version),
         node_name: RawStr::new(&shared.node_name),
         data_dir: RawStr::new(&shared.data_dir),
-        started_at_ms: shared
-            .started_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        started_at_ms: shared.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         log,
         publish,
         stats,
@@ -79,20 +75,10 @@ unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: RawStr) {
     }
 }
 
-unsafe extern "C" fn publish(
-    ctx: *const c_void,
-    topic: RawStr,
-    payload: RawBytes,
-    qos: u8,
-    retain: u8,
-) -> Status {
+unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawBytes, qos: u8, retain: u8) -> Status {
     // SAFETY: our ctx; topic and payload are valid for the call and copied below.
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
-    match context
-        .shared
-        .relay
-        .publish(topic, payload, qos, retain != 0)
-    {
+    match context.shared.relay.publish(topic, payload, qos, retain != 0) {
         Ok(()) => abi::STATUS_OK,
         Err(e) => {
             tracing::warn!(plugin = context.name, "publish to {topic} failed: {e}");
@@ -116,22 +102,14 @@ unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
 }
 
 fn manager(context: &PluginContext) -> Result<Arc<Manager>, String> {
-    context
-        .shared
-        .manager
-        .get()
-        .and_then(Weak::upgrade)
-        .ok_or_else(|| "the broker is shutting down".to_owned())
+    context.shared.manager.get().and_then(Weak::upgrade).ok_or_else(|| "the broker is shutting down".to_owned())
 }
 
 unsafe extern "C" fn list_plugins(ctx: *const c_void, out: RawWriter) -> Status {
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
     let (status, text) = match manager(context) {
-        Ok(manager) => (
-            abi::STATUS_OK,
-            serde_json::to_string(&manager.list()).unwrap_or_default(),
-        ),
+        Ok(manager) => (abi::STATUS_OK, serde_json::to_string(&manager.list()).unwrap_or_default()),
         Err(e) => (abi::STATUS_ERROR, e),
     };
     // SAFETY: the writer is alive during this call.
@@ -163,19 +141,9 @@ unsafe extern "C" fn deliver(
     retain: u8,
 ) -> Status {
     // SAFETY: our ctx; the strings are valid for the call and copied by the relay.
-    let (context, client_id, topic, payload) = unsafe {
-        (
-            context(ctx),
-            client_id.as_str(),
-            topic.as_str(),
-            payload.as_slice(),
-        )
-    };
-    if context
-        .shared
-        .relay
-        .deliver(client_id, topic, payload, qos, retain != 0)
-    {
+    let (context, client_id, topic, payload) =
+        unsafe { (context(ctx), client_id.as_str(), topic.as_str(), payload.as_slice()) };
+    if context.shared.relay.deliver(client_id, topic, payload, qos, retain != 0) {
         abi::STATUS_OK
     } else {
         abi::STATUS_ERROR

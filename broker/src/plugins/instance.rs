@@ -83,11 +83,8 @@ impl Instance {
     /// flight. `None` when the plugin is stopping or stopped.
     fn with_state<T>(&self, f: impl FnOnce(*mut c_void) -> T) -> Option<T> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        let result = if self.active.load(Ordering::SeqCst) {
-            Some(f(self.state.load(Ordering::Acquire)))
-        } else {
-            None
-        };
+        let result =
+            if self.active.load(Ordering::SeqCst) { Some(f(self.state.load(Ordering::Acquire))) } else { None };
         self.inflight.fetch_sub(1, Ordering::SeqCst);
         result
     }
@@ -130,10 +127,7 @@ impl Instance {
 
     /// Why the plugin failed, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stops new calls and waits until the calls in flight have returned.

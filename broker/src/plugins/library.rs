@@ -20,39 +20,19 @@ pub enum LibraryError {
     #[error("unknown plugin {name}: no library at {path}")]
     Missing { name: String, path: PathBuf },
     #[error("plugin {name}: cannot open {path}: {reason}")]
-    Open {
-        name: String,
-        path: PathBuf,
-        reason: String,
-    },
+    Open { name: String, path: PathBuf, reason: String },
     #[error("plugin {name}: {path} is not a broker plugin (no `{symbol}` symbol)")]
-    NoDescriptor {
-        name: String,
-        path: PathBuf,
-        symbol: &'static str,
-    },
+    NoDescriptor { name: String, path: PathBuf, symbol: &'static str },
     #[error(
         "plugin {name} was built for plugin ABI version {found}; this broker accepts ABI version{} {}",
         if accepted.len() > 1 { "s" } else { "" },
         accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
     )]
-    AbiMismatch {
-        name: String,
-        found: u32,
-        accepted: &'static [u32],
-    },
+    AbiMismatch { name: String, found: u32, accepted: &'static [u32] },
     #[error("plugin {name}: descriptor of {found} bytes is smaller than the {needed} bytes of ABI version 1")]
-    ShortDescriptor {
-        name: String,
-        found: u32,
-        needed: u32,
-    },
+    ShortDescriptor { name: String, found: u32, needed: u32 },
     #[error("plugin file {path} declares the name {declared:?}, not {name:?}")]
-    NameMismatch {
-        name: String,
-        path: PathBuf,
-        declared: String,
-    },
+    NameMismatch { name: String, path: PathBuf, declared: String },
     #[error("plugin {name} declares an unknown kind {kind}")]
     UnknownKind { name: String, kind: u32 },
 }
@@ -112,25 +92,17 @@ impl PluginLibrary {
 
     /// Whether the file at `path` is still the one this library was mapped from.
     pub fn is_current(&self, path: &Path) -> bool {
-        fs::metadata(path)
-            .map(|m| Fingerprint::of(&m) == self.fingerprint)
-            .unwrap_or(false)
+        fs::metadata(path).map(|m| Fingerprint::of(&m) == self.fingerprint).unwrap_or(false)
     }
 
     /// Maps `lib<name>.so` from `dir` and checks its descriptor. `fresh_copy` maps a copy of
     /// the file (needed when an older build of it is already mapped under its own path).
     pub fn open(dir: &Path, name: &str, fresh_copy: bool) -> Result<PluginLibrary, LibraryError> {
         let path = library_path(dir, name);
-        let meta = fs::metadata(&path).map_err(|_| LibraryError::Missing {
-            name: name.to_owned(),
-            path: path.clone(),
-        })?;
+        let meta =
+            fs::metadata(&path).map_err(|_| LibraryError::Missing { name: name.to_owned(), path: path.clone() })?;
         let fingerprint = Fingerprint::of(&meta);
-        let open_error = |reason: String| LibraryError::Open {
-            name: name.to_owned(),
-            path: path.clone(),
-            reason,
-        };
+        let open_error = |reason: String| LibraryError::Open { name: name.to_owned(), path: path.clone(), reason };
 
         let library = if fresh_copy {
             let copy = std::env::temp_dir().join(format!(
@@ -150,8 +122,7 @@ impl PluginLibrary {
 
         // SAFETY: we only read the address of the symbol here; it is dereferenced below after
         // checking it is non-null. A plugin exports it as a `static PluginDescriptor`.
-        let symbol =
-            unsafe { library.get::<*const PluginDescriptor>(abi::DESCRIPTOR_SYMBOL.as_bytes()) };
+        let symbol = unsafe { library.get::<*const PluginDescriptor>(abi::DESCRIPTOR_SYMBOL.as_bytes()) };
         let descriptor_ptr: *const PluginDescriptor = match symbol {
             Ok(symbol) => *symbol,
             Err(_) => return Err(no_descriptor(name, &path)),
@@ -177,11 +148,7 @@ impl PluginLibrary {
         }
         let needed = std::mem::size_of::<PluginDescriptor>() as u32;
         if size < needed {
-            return Err(LibraryError::ShortDescriptor {
-                name: name.to_owned(),
-                found: size,
-                needed,
-            });
+            return Err(LibraryError::ShortDescriptor { name: name.to_owned(), found: size, needed });
         }
         // SAFETY: the version and size checks passed, so the static has the layout of
         // PluginDescriptor; it lives as long as the (never unmapped) library.
@@ -190,16 +157,10 @@ impl PluginLibrary {
         let text = |s: abi::RawStr| unsafe { s.as_str() }.to_owned();
         let declared = text(descriptor.name);
         if declared != name {
-            return Err(LibraryError::NameMismatch {
-                name: name.to_owned(),
-                path,
-                declared,
-            });
+            return Err(LibraryError::NameMismatch { name: name.to_owned(), path, declared });
         }
-        let kind = PluginKind::from_raw(descriptor.kind).ok_or(LibraryError::UnknownKind {
-            name: name.to_owned(),
-            kind: descriptor.kind,
-        })?;
+        let kind = PluginKind::from_raw(descriptor.kind)
+            .ok_or(LibraryError::UnknownKind { name: name.to_owned(), kind: descriptor.kind })?;
         let ctl_command = Some(text(descriptor.ctl_command)).filter(|c| !c.is_empty());
         Ok(PluginLibrary {
             meta: PluginMeta {
@@ -224,9 +185,5 @@ fn map(path: &Path) -> Result<Library, libloading::Error> {
 }
 
 fn no_descriptor(name: &str, path: &Path) -> LibraryError {
-    LibraryError::NoDescriptor {
-        name: name.to_owned(),
-        path: path.to_owned(),
-        symbol: abi::DESCRIPTOR_SYMBOL,
-    }
+    LibraryError::NoDescriptor { name: name.to_owned(), path: path.to_owned(), symbol: abi::DESCRIPTOR_SYMBOL }
 }

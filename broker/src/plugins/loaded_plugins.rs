@@ -8,10 +8,7 @@ use std::path::Path;
 
 /// Whether `name` is a valid plugin name: `[a-z0-9_]+`. Names are never paths.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A line that is not a valid entry, comment or blank.
@@ -26,11 +23,7 @@ pub struct LineError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
     /// `line` is the 1-based line number in the file as read (0 for an appended entry).
-    Entry {
-        name: String,
-        enabled: bool,
-        line: usize,
-    },
+    Entry { name: String, enabled: bool, line: usize },
     /// A comment, a blank line, or a line that did not parse: kept verbatim.
     Verbatim(String),
 }
@@ -42,10 +35,7 @@ pub struct LoadedPlugins {
 }
 
 fn parse_entry(text: &str) -> Result<(String, bool), &'static str> {
-    let body = text
-        .strip_suffix('.')
-        .ok_or("missing the final '.'")?
-        .trim_end();
+    let body = text.strip_suffix('.').ok_or("missing the final '.'")?.trim_end();
     let (name, enabled) = match body.strip_prefix('{') {
         Some(inner) => {
             let inner = inner.strip_suffix('}').ok_or("missing '}'")?;
@@ -82,24 +72,12 @@ impl LoadedPlugins {
             }
             match parse_entry(text) {
                 Ok((name, _)) if !seen.insert(name.clone()) => {
-                    errors.push(LineError {
-                        line: i + 1,
-                        problem: "duplicate entry, ignored",
-                        text: raw.to_owned(),
-                    });
+                    errors.push(LineError { line: i + 1, problem: "duplicate entry, ignored", text: raw.to_owned() });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
-                Ok((name, enabled)) => lines.push(Line::Entry {
-                    name,
-                    enabled,
-                    line: i + 1,
-                }),
+                Ok((name, enabled)) => lines.push(Line::Entry { name, enabled, line: i + 1 }),
                 Err(problem) => {
-                    errors.push(LineError {
-                        line: i + 1,
-                        problem,
-                        text: raw.to_owned(),
-                    });
+                    errors.push(LineError { line: i + 1, problem, text: raw.to_owned() });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
             }
@@ -118,18 +96,13 @@ impl LoadedPlugins {
 
     /// Every entry, in file order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.numbered_entries()
-            .map(|(_, name, enabled)| (name, enabled))
+        self.numbered_entries().map(|(_, name, enabled)| (name, enabled))
     }
 
     /// Every entry with its line number, in file order.
     pub fn numbered_entries(&self) -> impl Iterator<Item = (usize, &str, bool)> {
         self.lines.iter().filter_map(|line| match line {
-            Line::Entry {
-                name,
-                enabled,
-                line,
-            } => Some((*line, name.as_str(), *enabled)),
+            Line::Entry { name, enabled, line } => Some((*line, name.as_str(), *enabled)),
             Line::Verbatim(_) => None,
         })
     }
@@ -137,23 +110,14 @@ impl LoadedPlugins {
     /// Sets `name`'s flag, appending an entry if it is not listed.
     pub fn set(&mut self, name: &str, enabled: bool) {
         for line in &mut self.lines {
-            if let Line::Entry {
-                name: n,
-                enabled: e,
-                ..
-            } = line
-            {
+            if let Line::Entry { name: n, enabled: e, .. } = line {
                 if n == name {
                     *e = enabled;
                     return;
                 }
             }
         }
-        self.lines.push(Line::Entry {
-            name: name.to_owned(),
-            enabled,
-            line: 0,
-        });
+        self.lines.push(Line::Entry { name: name.to_owned(), enabled, line: 0 });
     }
 
     /// The file's text.
@@ -161,9 +125,7 @@ impl LoadedPlugins {
         let mut out = String::new();
         for line in &self.lines {
             match line {
-                Line::Entry { name, enabled, .. } => {
-                    out.push_str(&format!("{{{name}, {enabled}}}."))
-                }
+                Line::Entry { name, enabled, .. } => out.push_str(&format!("{{{name}, {enabled}}}.")),
                 Line::Verbatim(text) => out.push_str(text),
             }
             out.push('\n');
@@ -174,13 +136,8 @@ impl LoadedPlugins {
     /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
     /// directory. A crash leaves either the old or the new file.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".loaded_plugins.")
-            .tempfile_in(dir)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new().prefix(".loaded_plugins.").tempfile_in(dir)?;
         tmp.write_all(self.render().as_bytes())?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
@@ -198,14 +155,7 @@ mod tests {
         let (file, errors) = LoadedPlugins::parse(text);
         assert!(errors.is_empty(), "{errors:?}");
         let entries: Vec<_> = file.entries().collect();
-        assert_eq!(
-            entries,
-            vec![
-                ("emqx_telemetry", true),
-                ("emqx_retainer", false),
-                ("emqx_mod_presence", true)
-            ]
-        );
+        assert_eq!(entries, vec![("emqx_telemetry", true), ("emqx_retainer", false), ("emqx_mod_presence", true)]);
         assert_eq!(
             file.render(),
             "% default plugins\n{emqx_telemetry, true}.\n\n{emqx_retainer, false}.\n{emqx_mod_presence, true}.\n"

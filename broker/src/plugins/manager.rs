@@ -31,10 +31,7 @@ pub enum PluginError {
     #[error("plugin {name} failed to start: {why}")]
     Init { name: String, why: String },
     #[error("cannot update {path}: {source}")]
-    Persist {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Persist { path: PathBuf, source: std::io::Error },
 }
 
 /// One plugin as `list` reports it.
@@ -95,14 +92,7 @@ impl Manager {
         shared: Arc<HostShared>,
         hooks: Arc<Hooks>,
     ) -> Manager {
-        Manager {
-            paths,
-            configs,
-            shared,
-            hooks,
-            ops: Mutex::new(()),
-            state: Mutex::new(State::default()),
-        }
+        Manager { paths, configs, shared, hooks, ops: Mutex::new(()), state: Mutex::new(State::default()) }
     }
 
     /// Starts every plugin `loaded_plugins` enables. Problems are logged; the rest start.
@@ -131,19 +121,13 @@ impl Manager {
     }
 
     fn config_json(&self, name: &str) -> String {
-        let value = self
-            .configs
-            .get(name)
-            .or_else(|| self.configs.get(config_section(name)));
+        let value = self.configs.get(name).or_else(|| self.configs.get(config_section(name)));
         value.map(|v| v.to_string()).unwrap_or_default()
     }
 
     fn persist(&self, name: &str, enabled: bool) -> Result<(), PluginError> {
         let path = &self.paths.loaded_plugins;
-        let persist_error = |source| PluginError::Persist {
-            path: path.clone(),
-            source,
-        };
+        let persist_error = |source| PluginError::Persist { path: path.clone(), source };
         let (mut file, _) = LoadedPlugins::read(path).map_err(persist_error)?;
         file.set(name, enabled);
         file.write(path).map_err(persist_error)
@@ -159,14 +143,8 @@ impl Manager {
                 return Ok(library.clone());
             }
         }
-        let library = Arc::new(PluginLibrary::open(
-            &self.paths.plugins_dir,
-            name,
-            cached.is_some(),
-        )?);
-        lock(&self.state)
-            .libraries
-            .insert(name.to_owned(), library.clone());
+        let library = Arc::new(PluginLibrary::open(&self.paths.plugins_dir, name, cached.is_some())?);
+        lock(&self.state).libraries.insert(name.to_owned(), library.clone());
         Ok(library)
     }
 
@@ -189,19 +167,13 @@ impl Manager {
             state.next_seq += 1;
             state.next_seq
         };
-        let instance =
-            match Instance::start(library, self.shared.clone(), &self.config_json(name), seq) {
-                Ok(instance) => Arc::new(instance),
-                Err(why) => {
-                    lock(&self.state)
-                        .failed
-                        .insert(name.to_owned(), why.clone());
-                    return Err(PluginError::Init {
-                        name: name.to_owned(),
-                        why,
-                    });
-                }
-            };
+        let instance = match Instance::start(library, self.shared.clone(), &self.config_json(name), seq) {
+            Ok(instance) => Arc::new(instance),
+            Err(why) => {
+                lock(&self.state).failed.insert(name.to_owned(), why.clone());
+                return Err(PluginError::Init { name: name.to_owned(), why });
+            }
+        };
         {
             let mut state = lock(&self.state);
             state.failed.remove(name);
@@ -209,12 +181,7 @@ impl Manager {
             self.hooks.install(&state.running);
         }
         let meta = &instance.library.meta;
-        tracing::info!(
-            plugin = name,
-            version = meta.version,
-            kind = meta.kind.as_str(),
-            "plugin started"
-        );
+        tracing::info!(plugin = name, version = meta.version, kind = meta.kind.as_str(), "plugin started");
         if persist {
             self.persist(name, true)?;
         }
@@ -313,12 +280,7 @@ impl Manager {
             .unwrap_or_default();
         {
             let state = lock(&self.state);
-            for name in state
-                .running
-                .iter()
-                .map(|p| p.name())
-                .chain(state.failed.keys().map(String::as_str))
-            {
+            for name in state.running.iter().map(|p| p.name()).chain(state.failed.keys().map(String::as_str)) {
                 if !names.iter().any(|n| n == name) {
                     names.push(name.to_owned());
                 }
@@ -331,19 +293,11 @@ impl Manager {
         let (running, failed, cached) = {
             let state = lock(&self.state);
             let running = state.running.iter().find(|p| p.name() == name).cloned();
-            (
-                running,
-                state.failed.get(name).cloned(),
-                state.libraries.get(name).cloned(),
-            )
+            (running, state.failed.get(name).cloned(), state.libraries.get(name).cloned())
         };
         let library = cached.map(Ok).unwrap_or_else(|| self.library(name));
         let (version, description, kind) = match &library {
-            Ok(l) => (
-                l.meta.version.clone(),
-                l.meta.description.clone(),
-                l.meta.kind.as_str().to_owned(),
-            ),
+            Ok(l) => (l.meta.version.clone(), l.meta.description.clone(), l.meta.kind.as_str().to_owned()),
             Err(_) => Default::default(),
         };
         let active = running.as_ref().is_some_and(|p| p.is_active());
@@ -353,26 +307,14 @@ impl Manager {
             (None, None, Err(e)) => format!("unavailable: {e}"),
             (None, None, Ok(_)) => "stopped".to_owned(),
         };
-        PluginStatus {
-            name: name.to_owned(),
-            version,
-            description,
-            kind,
-            active,
-            state,
-        }
+        PluginStatus { name: name.to_owned(), version, description, kind, active, state }
     }
 
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
     pub fn command(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["plugins", "list"] => Ok(self
-                .list()
-                .iter()
-                .map(format_status)
-                .collect::<Vec<_>>()
-                .join("\n")),
+            ["plugins", "list"] => Ok(self.list().iter().map(format_status).collect::<Vec<_>>().join("\n")),
             ["plugins", "load", name] => {
                 self.load(name, true).map_err(|e| e.to_string())?;
                 Ok(format!("Plugin {name} loaded successfully."))
@@ -422,8 +364,7 @@ impl Manager {
     }
 }
 
-const PLUGINS_USAGE: &str =
-    "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
+const PLUGINS_USAGE: &str = "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
 
 fn format_status(s: &PluginStatus) -> String {
     let mut line = format!(

@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use plugin_api::{
-    declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind,
-};
+use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -34,10 +32,7 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            listen: "127.0.0.1:18083".parse().expect("valid address"),
-            api: "http://127.0.0.1:8081".into(),
-        }
+        Settings { listen: "127.0.0.1:18083".parse().expect("valid address"), api: "http://127.0.0.1:8081".into() }
     }
 }
 
@@ -56,43 +51,27 @@ impl Plugin for Dashboard {
         let addr = listener.local_addr()?;
         let app = server::router(settings.api.trim_end_matches('/').to_owned())?;
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new()
-            .name(NAME.into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => return host.error(&format!("dashboard listener failed: {e}")),
-                    };
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    });
-                    if let Err(e) = serve.await {
-                        host.error(&format!("dashboard stopped: {e}"));
-                    }
-                })
-            })?;
-        host.info(&format!(
-            "dashboard listening on http://{addr}/ (API at {})",
-            settings.api
-        ));
-        Ok(Dashboard {
-            host,
-            shutdown: Mutex::new(Some(shutdown)),
-            thread: Mutex::new(Some(thread)),
-        })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name(NAME.into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => return host.error(&format!("dashboard listener failed: {e}")),
+                };
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    host.error(&format!("dashboard stopped: {e}"));
+                }
+            })
+        })?;
+        host.info(&format!("dashboard listening on http://{addr}/ (API at {})", settings.api));
+        Ok(Dashboard { host, shutdown: Mutex::new(Some(shutdown)), thread: Mutex::new(Some(thread)) })
     }
 
     fn stop(self) {
-        if let Some(shutdown) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(shutdown) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = shutdown.send(());
         }
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {

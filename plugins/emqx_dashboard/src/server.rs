@@ -22,43 +22,23 @@ struct Proxy {
 }
 
 pub fn router(api: String) -> Result<Router, reqwest::Error> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
     Ok(Router::new()
         .route("/", get(|| async { Html(INDEX) }))
-        .route(
-            "/app.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    SCRIPT,
-                )
-            }),
-        )
-        .route(
-            "/app.css",
-            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
-        )
+        .route("/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }))
+        .route("/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/api/{*rest}", any(pass_through))
         .with_state(Proxy { api, client }))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (
-        status,
-        Json(json!({"code": status.as_u16(), "message": message})),
-    )
-        .into_response()
+    (status, Json(json!({"code": status.as_u16(), "message": message}))).into_response()
 }
 
 /// Whether a request would stop the dashboard serving this very page.
 fn stops_the_dashboard(method: &Method, path: &str) -> bool {
     method == Method::PUT
-        && matches!(
-            path,
-            "/api/v4/plugins/emqx_dashboard/unload" | "/api/v4/plugins/emqx_dashboard/reload"
-        )
+        && matches!(path, "/api/v4/plugins/emqx_dashboard/unload" | "/api/v4/plugins/emqx_dashboard/reload")
 }
 
 async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response {
@@ -84,22 +64,14 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
     }
     let body: Bytes = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
         Ok(body) => body,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {MAX_BODY} bytes"),
-            )
-        }
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY} bytes")),
     };
     let answer = match outgoing.body(body).send().await {
         Ok(answer) => answer,
         Err(e) => {
             return error(
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "the management API at {} is not reachable (is emqx_management loaded?): {e}",
-                    proxy.api
-                ),
+                format!("the management API at {} is not reachable (is emqx_management loaded?): {e}", proxy.api),
             )
         }
     };
@@ -109,9 +81,8 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
     // No WWW-Authenticate: the page has its own login form, the browser's dialog must not
     // pop up.
     let mut response = (status, bytes).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/json")),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.unwrap_or(HeaderValue::from_static("application/json")));
     response
 }

@@ -31,11 +31,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(json!({"code": self.0.as_u16(), "message": self.1})),
-        )
-            .into_response()
+        (self.0, Json(json!({"code": self.0.as_u16(), "message": self.1}))).into_response()
     }
 }
 
@@ -77,10 +73,7 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/plugins", get(plugins))
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
-        .route(
-            "/api/v4/telemetry/status",
-            get(telemetry_status).put(set_telemetry_status),
-        )
+        .route("/api/v4/telemetry/status", get(telemetry_status).put(set_telemetry_status))
         .route("/api/v4/telemetry/data", get(telemetry_data))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -94,29 +87,17 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
         .and_then(|raw| String::from_utf8(raw).ok())
         .is_some_and(|pair| {
-            pair.split_once(':').is_some_and(|(u, p)| {
-                u == api.credentials.username && p == api.credentials.password
-            })
+            pair.split_once(':').is_some_and(|(u, p)| u == api.credentials.username && p == api.credentials.password)
         });
     if authorized {
         return next.run(request).await;
     }
-    let mut response = ApiError(
-        StatusCode::UNAUTHORIZED,
-        "wrong or missing credentials (HTTP basic auth)".into(),
-    )
-    .into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"emqx\""),
-    );
+    let mut response =
+        ApiError(StatusCode::UNAUTHORIZED, "wrong or missing credentials (HTTP basic auth)".into()).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"emqx\""));
     response
 }
 
@@ -125,10 +106,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this endpoint".into(),
-    )
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into())
 }
 
 async fn brokers(State(api): State<Api>) -> ApiResult {
@@ -154,20 +132,12 @@ async fn stats(State(api): State<Api>) -> ApiResult {
 }
 
 async fn clients(State(api): State<Api>) -> ApiResult {
-    let clients = api
-        .host
-        .clients()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(
-        json!({"code": 0, "data": clients, "meta": {"count": clients.len()}}),
-    ))
+    let clients = api.host.clients().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({"code": 0, "data": clients, "meta": {"count": clients.len()}})))
 }
 
 async fn plugins(State(api): State<Api>) -> ApiResult {
-    let plugins = api
-        .host
-        .plugins()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let plugins = api.host.plugins().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let data: Vec<Value> = plugins
         .into_iter()
         .map(|p| {
@@ -186,27 +156,15 @@ async fn plugins(State(api): State<Api>) -> ApiResult {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-async fn plugin_action(
-    State(api): State<Api>,
-    Path((name, action)): Path<(String, String)>,
-) -> ApiResult {
+async fn plugin_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
     if !matches!(action.as_str(), "load" | "unload" | "reload") {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("unknown action {action:?}: use load, unload or reload"),
-        ));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action {action:?}: use load, unload or reload")));
     }
     if !valid_name(&name) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("invalid plugin name {name:?}: a name is [a-z0-9_]+"),
-        ));
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("invalid plugin name {name:?}: a name is [a-z0-9_]+")));
     }
     if name == crate::NAME && action != "load" {
         return Err(ApiError(
@@ -219,12 +177,7 @@ async fn plugin_action(
 }
 
 async fn telemetry_status(State(api): State<Api>) -> ApiResult {
-    let status = ctl(
-        api.host,
-        vec!["telemetry".into(), "get".into(), "status".into()],
-    )
-    .await
-    .map_err(telemetry_off)?;
+    let status = ctl(api.host, vec!["telemetry".into(), "get".into(), "status".into()]).await.map_err(telemetry_off)?;
     ok(json!({"enable": status.trim() == "Telemetry status: enabled", "status": status.trim()}))
 }
 
@@ -233,11 +186,7 @@ struct EnableBody {
     enable: bool,
 }
 
-async fn set_telemetry_status(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> ApiResult {
+async fn set_telemetry_status(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -245,38 +194,23 @@ async fn set_telemetry_status(
     let parsed: Result<EnableBody, _> = serde_json::from_slice(&body);
     let body = match (is_json, parsed) {
         (true, Ok(body)) => body,
-        _ => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "expected a JSON body {\"enable\": true|false}".into(),
-            ))
-        }
+        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "expected a JSON body {\"enable\": true|false}".into())),
     };
     let verb = if body.enable { "enable" } else { "disable" };
-    let message = ctl(api.host, vec!["telemetry".into(), verb.into()])
-        .await
-        .map_err(telemetry_off)?;
+    let message = ctl(api.host, vec!["telemetry".into(), verb.into()]).await.map_err(telemetry_off)?;
     Ok(Json(json!({"code": 0, "message": message})))
 }
 
 async fn telemetry_data(State(api): State<Api>) -> ApiResult {
-    let data = ctl(
-        api.host,
-        vec!["telemetry".into(), "get".into(), "data".into()],
-    )
-    .await
-    .map_err(telemetry_off)?;
-    let data: Value = serde_json::from_str(&data)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let data = ctl(api.host, vec!["telemetry".into(), "get".into(), "data".into()]).await.map_err(telemetry_off)?;
+    let data: Value =
+        serde_json::from_str(&data).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     ok(data)
 }
 
 fn telemetry_off(e: ApiError) -> ApiError {
     if e.0 == StatusCode::NOT_FOUND {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            "emqx_telemetry is not running".into(),
-        )
+        ApiError(StatusCode::NOT_FOUND, "emqx_telemetry is not running".into())
     } else {
         e
     }

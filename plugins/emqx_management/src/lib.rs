@@ -20,9 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use plugin_api::{
-    declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind,
-};
+use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -68,52 +66,29 @@ impl Plugin for Management {
                 settings.username
             ));
         }
-        let app = api::router(
-            host,
-            api::Credentials {
-                username: settings.username,
-                password: settings.password,
-            },
-        );
+        let app = api::router(host, api::Credentials { username: settings.username, password: settings.password });
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new()
-            .name(NAME.into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            return host.error(&format!("management API listener failed: {e}"))
-                        }
-                    };
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    });
-                    if let Err(e) = serve.await {
-                        host.error(&format!("management API stopped: {e}"));
-                    }
-                })
-            })?;
-        host.info(&format!(
-            "management API listening on http://{addr}/api/v4/"
-        ));
-        Ok(Management {
-            host,
-            shutdown: Mutex::new(Some(shutdown)),
-            thread: Mutex::new(Some(thread)),
-        })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name(NAME.into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => return host.error(&format!("management API listener failed: {e}")),
+                };
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    host.error(&format!("management API stopped: {e}"));
+                }
+            })
+        })?;
+        host.info(&format!("management API listening on http://{addr}/api/v4/"));
+        Ok(Management { host, shutdown: Mutex::new(Some(shutdown)), thread: Mutex::new(Some(thread)) })
     }
 
     fn stop(self) {
-        if let Some(shutdown) = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(shutdown) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = shutdown.send(());
         }
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {

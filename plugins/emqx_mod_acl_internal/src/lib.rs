@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use plugin_api::{
-    declare_plugin, AclAction, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin,
-    PluginInfo, PluginKind,
+    declare_plugin, AclAction, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo,
+    PluginKind,
 };
 use rules::{Action, Client, Permission, Rule};
 use serde::Deserialize;
@@ -37,10 +37,7 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            file: PathBuf::from("acl.conf"),
-            nomatch: NoMatch::Allow,
-        }
+        Settings { file: PathBuf::from("acl.conf"), nomatch: NoMatch::Allow }
     }
 }
 
@@ -61,8 +58,7 @@ impl AclInternal {
         };
         let (rules, errors) = rules::parse(&text);
         for error in &errors {
-            self.host
-                .error(&format!("{}: {error}; rule skipped", self.path.display()));
+            self.host.error(&format!("{}: {error}; rule skipped", self.path.display()));
         }
         let summary = format!(
             "{} rules loaded from {} ({} skipped); no match means {:?}",
@@ -96,20 +92,10 @@ impl Plugin for AclInternal {
             Some(AclAction::Subscribe) => Action::Subscribe,
             None => return HookResult::Continue,
         };
-        let ip = event
-            .peer
-            .rsplit_once(':')
-            .and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok());
-        let client = Client {
-            client_id: event.client_id,
-            username: event.username,
-            ip,
-        };
+        let ip = event.peer.rsplit_once(':').and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok());
+        let client = Client { client_id: event.client_id, username: event.username, ip };
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match rules
-            .iter()
-            .find_map(|rule| rule.check(&client, action, event.topic))
-        {
+        match rules.iter().find_map(|rule| rule.check(&client, action, event.topic)) {
             Some(Permission::Allow) => HookResult::Allow,
             Some(Permission::Deny) => HookResult::Deny,
             None if self.nomatch == NoMatch::Deny => HookResult::Deny,
@@ -123,11 +109,7 @@ impl Plugin for AclInternal {
             ["reload"] => self.load(),
             ["list"] => {
                 let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-                Ok(rules
-                    .iter()
-                    .map(|r| format!("{r:?}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"))
+                Ok(rules.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join("\n"))
             }
             _ => Err("usage: broker ctl acl reload | list".to_owned()),
         }

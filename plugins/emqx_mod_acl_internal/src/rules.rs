@@ -69,11 +69,7 @@ impl Rule {
             Who::User(u) => !client.username.is_empty() && u == client.username,
             Who::Client(c) => c == client.client_id,
             Who::IpAddr(net, bits) => client.ip.is_some_and(|ip| {
-                let mask = if *bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(*bits))
-                };
+                let mask = if *bits == 0 { 0 } else { u32::MAX << (32 - u32::from(*bits)) };
                 u32::from(ip) & mask == u32::from(*net) & mask
             }),
         };
@@ -84,9 +80,7 @@ impl Rule {
             || self.topics.iter().any(|rule| match rule {
                 TopicRule::Eq(t) => t == topic,
                 TopicRule::Filter(f) => {
-                    let filter = f
-                        .replace("%c", client.client_id)
-                        .replace("%u", client.username);
+                    let filter = f.replace("%c", client.client_id).replace("%u", client.username);
                     topic::matches(&filter, topic)
                 }
             });
@@ -162,10 +156,7 @@ impl Parser<'_> {
             }
             Some((_, c)) if c.is_ascii_lowercase() => {
                 let mut atom = c.to_string();
-                while let Some((_, c)) = self
-                    .chars
-                    .next_if(|&(_, c)| c.is_ascii_alphanumeric() || c == '_')
-                {
+                while let Some((_, c)) = self.chars.next_if(|&(_, c)| c.is_ascii_alphanumeric() || c == '_') {
                     atom.push(c);
                 }
                 Ok(Term::Atom(atom))
@@ -218,36 +209,17 @@ fn rule_from(term: Term) -> Result<Rule, String> {
             Term::Atom(a) if a == "ipaddr" => {
                 let text = string(&pair[1])?;
                 let (ip, bits) = text.split_once('/').unwrap_or((text, "32"));
-                let ip: Ipv4Addr = ip
-                    .parse()
-                    .map_err(|_| format!("invalid IPv4 address {text:?}"))?;
-                let bits: u8 = bits
-                    .parse()
-                    .ok()
-                    .filter(|b| *b <= 32)
-                    .ok_or(format!("invalid prefix in {text:?}"))?;
+                let ip: Ipv4Addr = ip.parse().map_err(|_| format!("invalid IPv4 address {text:?}"))?;
+                let bits: u8 = bits.parse().ok().filter(|b| *b <= 32).ok_or(format!("invalid prefix in {text:?}"))?;
                 Who::IpAddr(ip, bits)
             }
-            other => {
-                return Err(format!(
-                    "unknown who {other:?} (all, user, client or ipaddr)"
-                ))
-            }
+            other => return Err(format!("unknown who {other:?} (all, user, client or ipaddr)")),
         },
-        _ => {
-            return Err(
-                "the second element is all, {user, _}, {client, _} or {ipaddr, _}".to_owned(),
-            )
-        }
+        _ => return Err("the second element is all, {user, _}, {client, _} or {ipaddr, _}".to_owned()),
     };
     if items.len() == 2 {
         return match who {
-            Who::All => Ok(Rule {
-                permission,
-                who,
-                action: None,
-                topics: Vec::new(),
-            }),
+            Who::All => Ok(Rule { permission, who, action: None, topics: Vec::new() }),
             _ => Err("the two-element form is {allow, all} or {deny, all}".to_owned()),
         };
     }
@@ -258,11 +230,7 @@ fn rule_from(term: Term) -> Result<Rule, String> {
         Term::Atom(a) if a == "publish" => Some(Action::Publish),
         Term::Atom(a) if a == "subscribe" => Some(Action::Subscribe),
         Term::Atom(a) if a == "pubsub" => None,
-        other => {
-            return Err(format!(
-                "unknown access {other:?} (publish, subscribe or pubsub)"
-            ))
-        }
+        other => return Err(format!("unknown access {other:?} (publish, subscribe or pubsub)")),
     };
     let Term::List(list) = &items[3] else {
         return Err("topics are a list".to_owned());
@@ -275,26 +243,16 @@ fn rule_from(term: Term) -> Result<Rule, String> {
             Term::Tuple(pair) if pair.len() == 2 && pair[0] == Term::Atom("eq".into()) => {
                 Ok(TopicRule::Eq(string(&pair[1])?.to_owned()))
             }
-            other => Err(format!(
-                "a topic is \"filter\" or {{eq, \"topic\"}}, not {other:?}"
-            )),
+            other => Err(format!("a topic is \"filter\" or {{eq, \"topic\"}}, not {other:?}")),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Rule {
-        permission,
-        who,
-        action,
-        topics,
-    })
+    Ok(Rule { permission, who, action, topics })
 }
 
 /// Parses a whole file. Bad rules are reported with their line and skipped; parsing resumes
 /// after the next `.`.
 pub fn parse(text: &str) -> (Vec<Rule>, Vec<RuleError>) {
-    let mut parser = Parser {
-        chars: text.char_indices().peekable(),
-        text,
-    };
+    let mut parser = Parser { chars: text.char_indices().peekable(), text };
     let mut rules = Vec::new();
     let mut errors = Vec::new();
     loop {
@@ -334,12 +292,7 @@ mod tests {
 {allow, all}.
 "##;
 
-    fn first_match(
-        rules: &[Rule],
-        client: &Client<'_>,
-        action: Action,
-        topic: &str,
-    ) -> Option<Permission> {
+    fn first_match(rules: &[Rule], client: &Client<'_>, action: Action, topic: &str) -> Option<Permission> {
         rules.iter().find_map(|r| r.check(client, action, topic))
     }
 
@@ -348,39 +301,14 @@ mod tests {
         let (rules, errors) = parse(EMQX_DEFAULT);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(rules.len(), 4);
-        let remote = Client {
-            client_id: "c",
-            username: "u",
-            ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
-        };
-        let local = Client {
-            ip: Some(Ipv4Addr::LOCALHOST),
-            ..remote
-        };
-        let dashboard = Client {
-            username: "dashboard",
-            ..remote
-        };
-        assert_eq!(
-            first_match(&rules, &remote, Action::Subscribe, "#"),
-            Some(Permission::Deny)
-        );
-        assert_eq!(
-            first_match(&rules, &remote, Action::Subscribe, "$SYS/x"),
-            Some(Permission::Deny)
-        );
-        assert_eq!(
-            first_match(&rules, &remote, Action::Subscribe, "a/#"),
-            Some(Permission::Allow)
-        );
-        assert_eq!(
-            first_match(&rules, &local, Action::Subscribe, "#"),
-            Some(Permission::Allow)
-        );
-        assert_eq!(
-            first_match(&rules, &dashboard, Action::Subscribe, "$SYS/#"),
-            Some(Permission::Allow)
-        );
+        let remote = Client { client_id: "c", username: "u", ip: Some(Ipv4Addr::new(10, 0, 0, 1)) };
+        let local = Client { ip: Some(Ipv4Addr::LOCALHOST), ..remote };
+        let dashboard = Client { username: "dashboard", ..remote };
+        assert_eq!(first_match(&rules, &remote, Action::Subscribe, "#"), Some(Permission::Deny));
+        assert_eq!(first_match(&rules, &remote, Action::Subscribe, "$SYS/x"), Some(Permission::Deny));
+        assert_eq!(first_match(&rules, &remote, Action::Subscribe, "a/#"), Some(Permission::Allow));
+        assert_eq!(first_match(&rules, &local, Action::Subscribe, "#"), Some(Permission::Allow));
+        assert_eq!(first_match(&rules, &dashboard, Action::Subscribe, "$SYS/#"), Some(Permission::Allow));
     }
 
     #[test]
@@ -390,37 +318,19 @@ mod tests {
              {deny, {ipaddr, \"10.0.0.0/8\"}, publish, [\"#\"]}.\n",
         );
         assert!(errors.is_empty(), "{errors:?}");
-        let c1 = Client {
-            client_id: "c1",
-            username: "",
-            ip: Some(Ipv4Addr::new(192, 168, 1, 1)),
-        };
-        assert_eq!(
-            first_match(&rules, &c1, Action::Publish, "clients/c1/x"),
-            Some(Permission::Allow)
-        );
-        assert_eq!(
-            first_match(&rules, &c1, Action::Publish, "clients/c2/x"),
-            Some(Permission::Deny)
-        );
-        let inside = Client {
-            ip: Some(Ipv4Addr::new(10, 1, 2, 3)),
-            ..c1
-        };
-        assert_eq!(
-            first_match(&rules, &inside, Action::Publish, "other"),
-            Some(Permission::Deny)
-        );
+        let c1 = Client { client_id: "c1", username: "", ip: Some(Ipv4Addr::new(192, 168, 1, 1)) };
+        assert_eq!(first_match(&rules, &c1, Action::Publish, "clients/c1/x"), Some(Permission::Allow));
+        assert_eq!(first_match(&rules, &c1, Action::Publish, "clients/c2/x"), Some(Permission::Deny));
+        let inside = Client { ip: Some(Ipv4Addr::new(10, 1, 2, 3)), ..c1 };
+        assert_eq!(first_match(&rules, &inside, Action::Publish, "other"), Some(Permission::Deny));
         assert_eq!(first_match(&rules, &c1, Action::Publish, "other"), None);
     }
 
     #[test]
     fn bad_rules_name_their_line_and_the_rest_still_parse() {
-        let (rules, errors) = parse("{allow, all}.\n{maybe, all}.\n{deny, {user, \"x\"}, publish, [\"a/#/b\"]}.\n{deny, all}.\n");
+        let (rules, errors) =
+            parse("{allow, all}.\n{maybe, all}.\n{deny, {user, \"x\"}, publish, [\"a/#/b\"]}.\n{deny, all}.\n");
         assert_eq!(rules.len(), 2);
-        assert_eq!(
-            errors.iter().map(|e| e.line).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 3]);
     }
 }

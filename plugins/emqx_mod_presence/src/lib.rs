@@ -7,8 +7,7 @@
 #![forbid(unsafe_code)]
 
 use plugin_api::{
-    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo,
-    PluginKind, QoS,
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind, QoS,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -43,14 +42,8 @@ fn username(event: &Event<'_>) -> serde_json::Value {
 
 impl Presence {
     fn publish(&self, client_id: &str, what: &str, payload: serde_json::Value) {
-        let topic = format!(
-            "$SYS/brokers/{}/clients/{client_id}/{what}",
-            self.host.node_name()
-        );
-        if let Err(e) = self
-            .host
-            .publish(&topic, payload.to_string().as_bytes(), self.qos, false)
-        {
+        let topic = format!("$SYS/brokers/{}/clients/{client_id}/{what}", self.host.node_name());
+        if let Err(e) = self.host.publish(&topic, payload.to_string().as_bytes(), self.qos, false) {
             self.host.warn(&format!("cannot publish {topic}: {e}"));
         }
     }
@@ -62,10 +55,7 @@ impl Plugin for Presence {
         if settings.qos > 2 {
             return Err(format!("presence.qos must be 0, 1 or 2, not {}", settings.qos).into());
         }
-        Ok(Presence {
-            host,
-            qos: QoS::from_u8(settings.qos),
-        })
+        Ok(Presence { host, qos: QoS::from_u8(settings.qos) })
     }
 
     fn on_event(&self, event: &Event<'_>) -> HookResult {

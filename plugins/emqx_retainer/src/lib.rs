@@ -19,17 +19,14 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use plugin_api::{
-    declare_plugin, topic, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin,
-    PluginInfo, PluginKind, QoS,
+    declare_plugin, topic, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
+    QoS,
 };
 use settings::{Settings, StorageType};
 use store::{Messages, Retained};
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,34 +57,26 @@ struct DiscWriter {
 
 impl DiscWriter {
     fn start(shared: Arc<Shared>, host: Host, dir: PathBuf) -> std::io::Result<DiscWriter> {
-        let thread = std::thread::Builder::new()
-            .name("emqx_retainer".to_owned())
-            .spawn(move || loop {
-                let stopping = {
-                    let mut dirty = lock(&shared.dirty);
-                    while !*dirty && !shared.stopping.load(Ordering::SeqCst) {
-                        dirty = shared
-                            .changed
-                            .wait(dirty)
-                            .unwrap_or_else(|e| e.into_inner());
-                    }
-                    let was_dirty = std::mem::take(&mut *dirty);
-                    if !was_dirty {
-                        return; // stopping, nothing left to write
-                    }
-                    shared.stopping.load(Ordering::SeqCst)
-                };
-                let snapshot = lock(&shared.messages).clone();
-                if let Err(e) = store::save(&dir, &snapshot) {
-                    host.error(&format!(
-                        "cannot save retained messages to {}: {e}",
-                        store::path(&dir).display()
-                    ));
+        let thread = std::thread::Builder::new().name("emqx_retainer".to_owned()).spawn(move || loop {
+            let stopping = {
+                let mut dirty = lock(&shared.dirty);
+                while !*dirty && !shared.stopping.load(Ordering::SeqCst) {
+                    dirty = shared.changed.wait(dirty).unwrap_or_else(|e| e.into_inner());
                 }
-                if stopping && !*lock(&shared.dirty) {
-                    return;
+                let was_dirty = std::mem::take(&mut *dirty);
+                if !was_dirty {
+                    return; // stopping, nothing left to write
                 }
-            })?;
+                shared.stopping.load(Ordering::SeqCst)
+            };
+            let snapshot = lock(&shared.messages).clone();
+            if let Err(e) = store::save(&dir, &snapshot) {
+                host.error(&format!("cannot save retained messages to {}: {e}", store::path(&dir).display()));
+            }
+            if stopping && !*lock(&shared.dirty) {
+                return;
+            }
+        })?;
         Ok(DiscWriter { thread })
     }
 }
@@ -128,11 +117,8 @@ impl Retainer {
                 ));
                 false
             } else {
-                let message = Retained {
-                    payload: event.payload.to_vec(),
-                    qos: event.qos as u8,
-                    stored_at_ms: now_ms(),
-                };
+                let message =
+                    Retained { payload: event.payload.to_vec(), qos: event.qos as u8, stored_at_ms: now_ms() };
                 messages.insert(topic.to_owned(), message);
                 true
             }
@@ -156,12 +142,8 @@ impl Retainer {
             .collect();
         for (topic, message) in matching {
             let qos = QoS::from_u8(message.qos.min(event.qos as u8));
-            if let Err(e) = self
-                .host
-                .deliver(event.client_id, &topic, &message.payload, qos, true)
-            {
-                self.host
-                    .debug(&format!("retained {topic} not delivered: {e}"));
+            if let Err(e) = self.host.deliver(event.client_id, &topic, &message.payload, qos, true) {
+                self.host.debug(&format!("retained {topic} not delivered: {e}"));
             }
         }
     }
@@ -195,16 +177,8 @@ impl Plugin for Retainer {
             }
         };
         let count = lock(&shared.messages).len();
-        host.info(&format!(
-            "retainer started ({:?} storage, {count} retained messages)",
-            settings.storage_type
-        ));
-        Ok(Retainer {
-            host,
-            settings,
-            shared,
-            writer,
-        })
+        host.info(&format!("retainer started ({:?} storage, {count} retained messages)", settings.storage_type));
+        Ok(Retainer { host, settings, shared, writer })
     }
 
     fn on_event(&self, event: &Event<'_>) -> HookResult {
@@ -219,10 +193,7 @@ impl Plugin for Retainer {
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["info"] => Ok(format!(
-                "retained messages: {}",
-                lock(&self.shared.messages).len()
-            )),
+            ["info"] => Ok(format!("retained messages: {}", lock(&self.shared.messages).len())),
             ["topics"] => {
                 let mut topics: Vec<String> = lock(&self.shared.messages).keys().cloned().collect();
                 topics.sort();

@@ -53,19 +53,13 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         Some(i) => upper.split_at(i),
         None => (upper.as_str(), ""),
     };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (use e.g. 1MB, 64KB)"))?;
+    let n: usize = digits.parse().map_err(|_| format!("invalid size {text:?} (use e.g. 1MB, 64KB)"))?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KB" | "K" => 1024,
         "MB" | "M" => 1024 * 1024,
         "GB" | "G" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {text:?} (use B, KB, MB or GB)"
-            ))
-        }
+        _ => return Err(format!("invalid size unit in {text:?} (use B, KB, MB or GB)")),
     };
     Ok(n * factor)
 }

@@ -43,10 +43,7 @@ pub fn encode(messages: &Messages) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
     let mut messages = Messages::new();
     let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        return (
-            messages,
-            Some("not a retainer file (bad header)".to_owned()),
-        );
+        return (messages, Some("not a retainer file (bad header)".to_owned()));
     };
     fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
@@ -61,14 +58,7 @@ pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
             let stored_at_ms = u64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
             let payload_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
             let payload = take(&mut rest, payload_len)?.to_vec();
-            Some((
-                topic,
-                Retained {
-                    payload,
-                    qos,
-                    stored_at_ms,
-                },
-            ))
+            Some((topic, Retained { payload, qos, stored_at_ms }))
         })();
         match record {
             Some((topic, message)) => {
@@ -98,22 +88,8 @@ mod tests {
     #[test]
     fn round_trip_and_truncation() {
         let mut messages = Messages::new();
-        messages.insert(
-            "a/b".into(),
-            Retained {
-                payload: b"\x00\xffbinary".to_vec(),
-                qos: 1,
-                stored_at_ms: 7,
-            },
-        );
-        messages.insert(
-            "c".into(),
-            Retained {
-                payload: vec![],
-                qos: 0,
-                stored_at_ms: 9,
-            },
-        );
+        messages.insert("a/b".into(), Retained { payload: b"\x00\xffbinary".to_vec(), qos: 1, stored_at_ms: 7 });
+        messages.insert("c".into(), Retained { payload: vec![], qos: 0, stored_at_ms: 9 });
         let bytes = encode(&messages);
         assert_eq!(decode(&bytes), (messages.clone(), None));
         let (partial, problem) = decode(&bytes[..bytes.len() - 3]);

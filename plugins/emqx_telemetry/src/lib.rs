@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use plugin_api::{
-    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo,
-    PluginKind,
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
 };
 
 use report::{License, Report};
@@ -58,18 +57,11 @@ impl Source for Shared {
                     }
                 }
             }
-            Err(e) => self
-                .host
-                .warn(&format!("cannot list plugins for the report: {e}")),
+            Err(e) => self.host.warn(&format!("cannot list plugins for the report: {e}")),
         }
-        let up_time = SystemTime::now()
-            .duration_since(self.host.started_at())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let up_time = SystemTime::now().duration_since(self.host.started_at()).map(|d| d.as_secs()).unwrap_or(0);
         Report {
-            license: License {
-                edition: "community",
-            },
+            license: License { edition: "community" },
             nodes_uuid: Vec::new(),
             active_plugins,
             active_modules,
@@ -108,9 +100,7 @@ pub struct Telemetry {
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Telemetry").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
@@ -137,8 +127,7 @@ impl Telemetry {
         let on = self.off_reason(&control.state).is_none();
         if on && control.reporter.is_none() {
             let source: Arc<dyn Source> = self.shared.clone();
-            let reporter =
-                Reporter::start(self.settings.clone(), source).map_err(|e| e.to_string())?;
+            let reporter = Reporter::start(self.settings.clone(), source).map_err(|e| e.to_string())?;
             control.reporter = Some(reporter);
             self.shared.host.info(&format!(
                 "telemetry is on: every {} it sends anonymous usage data (broker version, OS, uptime, \
@@ -159,12 +148,8 @@ impl Telemetry {
     fn set_enabled(&self, enabled: bool) -> Result<String, String> {
         let mut control = self.control();
         control.state.enabled = enabled;
-        state::save(self.shared.host.data_dir(), &control.state).map_err(|e| {
-            format!(
-                "cannot save {}: {e}",
-                state::path(self.shared.host.data_dir()).display()
-            )
-        })?;
+        state::save(self.shared.host.data_dir(), &control.state)
+            .map_err(|e| format!("cannot save {}: {e}", state::path(self.shared.host.data_dir()).display()))?;
         self.apply(&mut control)?;
         let verb = if enabled { "Enable" } else { "Disable" };
         Ok(match self.off_reason(&control.state) {
@@ -191,14 +176,7 @@ impl Plugin for Telemetry {
             uuid: state.uuid.clone(),
             os: report::os_name_and_version(),
         });
-        let telemetry = Telemetry {
-            shared,
-            settings,
-            control: Mutex::new(Control {
-                state,
-                reporter: None,
-            }),
-        };
+        let telemetry = Telemetry { shared, settings, control: Mutex::new(Control { state, reporter: None }) };
         {
             let mut control = telemetry.control();
             if let Some(reason) = telemetry.off_reason(&control.state) {
@@ -230,12 +208,8 @@ impl Plugin for Telemetry {
                 None => "Telemetry status: enabled".to_owned(),
                 Some(reason) => format!("Telemetry status: disabled ({reason})"),
             }),
-            ["get", "data"] => {
-                serde_json::to_string(&self.shared.report()).map_err(|e| e.to_string())
-            }
-            _ => Err(
-                "usage: broker ctl telemetry enable | disable | get status | get data".to_owned(),
-            ),
+            ["get", "data"] => serde_json::to_string(&self.shared.report()).map_err(|e| e.to_string()),
+            _ => Err("usage: broker ctl telemetry enable | disable | get status | get data".to_owned()),
         }
     }
 

@@ -40,10 +40,7 @@ pub fn os_from_release(text: &str) -> (Option<String>, Option<String>) {
             (!value.is_empty()).then(|| value.to_owned())
         })
     };
-    (
-        field("NAME"),
-        field("VERSION").or_else(|| field("VERSION_ID")),
-    )
+    (field("NAME"), field("VERSION").or_else(|| field("VERSION_ID")))
 }
 
 /// The OS name and version of this machine; `linux` / `unknown` when `/etc/os-release` (or
@@ -53,10 +50,7 @@ pub fn os_name_and_version() -> (String, String) {
         .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
         .unwrap_or_default();
     let (name, version) = os_from_release(&text);
-    (
-        name.unwrap_or_else(|| std::env::consts::OS.to_owned()),
-        version.unwrap_or_else(|| "unknown".to_owned()),
-    )
+    (name.unwrap_or_else(|| std::env::consts::OS.to_owned()), version.unwrap_or_else(|| "unknown".to_owned()))
 }
 
 #[cfg(test)]
@@ -66,26 +60,15 @@ mod tests {
     #[test]
     fn reads_os_release() {
         let text = "PRETTY_NAME=\"Ubuntu 16.04.6 LTS\"\nNAME=\"Ubuntu\"\nVERSION=\"16.04.6 LTS (Xenial Xerus)\"\nVERSION_ID=\"16.04\"\n";
-        assert_eq!(
-            os_from_release(text),
-            (
-                Some("Ubuntu".into()),
-                Some("16.04.6 LTS (Xenial Xerus)".into())
-            )
-        );
-        assert_eq!(
-            os_from_release("NAME=Alpine\nVERSION_ID=3.19\n"),
-            (Some("Alpine".into()), Some("3.19".into()))
-        );
+        assert_eq!(os_from_release(text), (Some("Ubuntu".into()), Some("16.04.6 LTS (Xenial Xerus)".into())));
+        assert_eq!(os_from_release("NAME=Alpine\nVERSION_ID=3.19\n"), (Some("Alpine".into()), Some("3.19".into())));
         assert_eq!(os_from_release(""), (None, None));
     }
 
     #[test]
     fn serializes_in_emqx_order() {
         let report = Report {
-            license: License {
-                edition: "community",
-            },
+            license: License { edition: "community" },
             nodes_uuid: vec![],
             active_plugins: vec!["emqx_telemetry".into()],
             active_modules: vec![],

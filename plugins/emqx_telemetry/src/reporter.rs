@@ -42,9 +42,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Reporter {
     pub fn start(settings: Settings, source: Arc<dyn Source>) -> std::io::Result<Reporter> {
         let (shutdown, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new()
             .name("emqx_telemetry".to_owned())
             .spawn(move || runtime.block_on(run(settings, source, stopped)))?;
@@ -62,10 +60,7 @@ async fn run(settings: Settings, source: Arc<dyn Source>, mut stopped: watch::Re
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(client) => client,
         Err(e) => {
-            source.warn(&format!(
-                "telemetry disabled: cannot build an HTTP client: {}",
-                error_chain(&e)
-            ));
+            source.warn(&format!("telemetry disabled: cannot build an HTTP client: {}", error_chain(&e)));
             return;
         }
     };

@@ -29,17 +29,10 @@ fn new_uuid() -> String {
 pub fn load_or_create(data_dir: &Path) -> std::io::Result<State> {
     let path = path(data_dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let state = State {
-                uuid: new_uuid(),
-                enabled: true,
-            };
+            let state = State { uuid: new_uuid(), enabled: true };
             save(data_dir, &state)?;
             Ok(state)
         }
@@ -68,23 +61,10 @@ mod tests {
         let first = load_or_create(&dir).unwrap();
         assert_eq!(first.uuid.len(), 36);
         assert_eq!(first.uuid, first.uuid.to_uppercase());
-        assert_eq!(
-            first.uuid.split('-').map(str::len).collect::<Vec<_>>(),
-            vec![8, 4, 4, 4, 12]
-        );
-        save(
-            &dir,
-            &State {
-                enabled: false,
-                ..first.clone()
-            },
-        )
-        .unwrap();
+        assert_eq!(first.uuid.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        save(&dir, &State { enabled: false, ..first.clone() }).unwrap();
         let again = load_or_create(&dir).unwrap();
-        assert_eq!(
-            (again.uuid.as_str(), again.enabled),
-            (first.uuid.as_str(), false)
-        );
+        assert_eq!((again.uuid.as_str(), again.enabled), (first.uuid.as_str(), false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
