@@ -51,24 +51,33 @@ start_target() { # name port -> sets TARGET_PID
   wait_port "$port"
 }
 
+# scenario qos clients messages-per-publisher rate (0: as fast as possible = throughput;
+# otherwise a steady total rate, where latency is the broker's, not a queue's)
 SCENARIOS=(
-  "fan-in 0 10 10000"
-  "fan-in 1 10 5000"
-  "fan-out 0 10 5000"
-  "fan-out 1 10 2000"
-  "many 0 5 2000"
-  "many 1 5 2000"
+  "fan-in 0 10 20000 0"
+  "fan-in 1 10 10000 0"
+  "fan-out 0 10 10000 0"
+  "fan-out 1 10 5000 0"
+  "many 0 5 4000 0"
+  "many 1 5 4000 0"
+  "fan-in 0 10 4000 20000"
+  "fan-in 1 10 4000 20000"
 )
 RESULTS="$WORK/results.jsonl"
 for target in a b c d; do
   port=$(free_port)
   start_target "$target" "$port"
   for s in "${SCENARIOS[@]}"; do
-    read -r scenario qos clients messages <<<"$s"
+    read -r scenario qos clients messages rate <<<"$s"
     "$BIN/bench" --port "$port" --scenario "$scenario" --qos "$qos" --clients "$clients" \
-      --messages "$messages" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
-      || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"failed\":true}" >>"$RESULTS"
+      --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
+      || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}" >>"$RESULTS"
   done
+  kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true
+  # Memory on a fresh instance: idle clients only.
+  rm -rf "${WORK:?}/$target"
+  port=$(free_port)
+  start_target "$target" "$port"
   before=$(rss_kib "$TARGET_PID")
   timeout 120 "$BIN/bench" --port "$port" --scenario idle --clients "$IDLE_CLIENTS" --hold 3 > "$WORK/idle.out" &
   idle=$!
@@ -83,16 +92,16 @@ python3 - "$RESULTS" "$PAYLOAD" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
-def get(label, scenario, qos):
+def get(label, scenario, qos, rate):
     for r in rows:
-        if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos:
+        if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos and r.get("rate", 0) == rate:
             return r
 print(f"payload {sys.argv[2]} B; msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
 print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c msgs/s | a/c p99 | a/d msgs/s |")
 print("|---" * 8 + "|")
 seen = []
 for r in rows:
-    key = (r["scenario"], r.get("qos"))
+    key = (r["scenario"], r.get("qos"), r.get("rate", 0))
     if r["scenario"] == "idle" or key in seen:
         continue
     seen.append(key)
@@ -110,7 +119,8 @@ for r in rows:
         if not a or not b or a.get("failed") or b.get("failed") or not b[f]:
             return "-"
         return f"{a[f] / b[f]:.2f}"
-    print(f"| {key[0]} QoS {key[1]} | " + " | ".join(cells) +
+    pace = f" at {key[2]}/s" if key[2] else ""
+    print(f"| {key[0]} QoS {key[1]}{pace} | " + " | ".join(cells) +
           f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
 print()
 for k in "abcd":

@@ -45,6 +45,10 @@ struct Args {
     /// Messages each publisher sends.
     #[arg(long, default_value_t = 5000)]
     messages: usize,
+    /// Total publish rate in messages a second, spread over the publishers; 0 = as fast as
+    /// possible (a throughput run; latency then includes queueing).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Name of the broker under test, printed with the figures.
     #[arg(long, default_value = "broker")]
     label: String,
@@ -82,6 +86,9 @@ async fn connect(
     mut on_event: impl FnMut(Event) -> bool + Send + 'static,
 ) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => break,
@@ -179,9 +186,14 @@ async fn pubsub(args: Args) {
         let client = client.clone();
         let topic = format!("bench/{run}/{p}");
         let (messages, size, qos) = (args.messages, args.payload.max(8), qos(&args));
+        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(publishers as f64 / args.rate as f64));
         publish_tasks.push(tokio::spawn(async move {
             let mut payload = vec![0u8; size];
-            for _ in 0..messages {
+            let begin = tokio::time::Instant::now();
+            for k in 0..messages {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(begin + interval.mul_f64(k as f64)).await;
+                }
                 let sent = start.elapsed().as_nanos() as u64;
                 payload[..8].copy_from_slice(&sent.to_be_bytes());
                 if client.publish(topic.clone(), qos, false, payload.clone()).await.is_err() {
@@ -206,15 +218,15 @@ async fn pubsub(args: Args) {
         println!(
             "{}",
             serde_json::json!({
-                "label": args.label, "scenario": scenario, "qos": args.qos, "clients": args.clients,
+                "label": args.label, "scenario": scenario, "qos": args.qos, "clients": args.clients, "rate": args.rate,
                 "payload": args.payload, "messages": expected, "received": got,
                 "msgs_per_sec": rate.round(), "p50_us": p50, "p99_us": p99, "seconds": elapsed,
             })
         );
     } else {
         println!(
-            "{} {scenario} qos{} clients={} payload={}B: {rate:.0} msgs/s, p50 {p50} us, p99 {p99} us, received {got}/{expected}",
-            args.label, args.qos, args.clients, args.payload
+            "{} {scenario} qos{} clients={} payload={}B rate={}: {rate:.0} msgs/s, p50 {p50} us, p99 {p99} us, received {got}/{expected}",
+            args.label, args.qos, args.clients, args.payload, args.rate
         );
     }
     for client in subscriber_clients.iter().chain(publisher_clients.iter().map(|(c, _)| c)) {
