@@ -16,7 +16,9 @@ use broker::relay::{Relay, RelaySettings};
 use broker::router::{self, RouterSettings};
 use broker::sessions::{NewSession, Registry, Session};
 use broker::stats::Stats;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use plugin_api::abi::{RawBytes, RawStr};
 use plugin_api::Hook;
 
