@@ -14,12 +14,10 @@
 mod server;
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
+use plugin_http::HttpServer;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
 const NAME: &str = "emqx_dashboard";
 
@@ -38,45 +36,20 @@ impl Default for Settings {
 
 pub struct Dashboard {
     host: Host,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    server: HttpServer,
 }
 
 impl Plugin for Dashboard {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let listener = std::net::TcpListener::bind(settings.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let app = server::router(settings.api.trim_end_matches('/').to_owned())?;
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name(NAME.into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return host.error(&format!("dashboard listener failed: {e}")),
-                };
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = serve.await {
-                    host.error(&format!("dashboard stopped: {e}"));
-                }
-            })
-        })?;
-        host.info(&format!("dashboard listening on http://{addr}/ (API at {})", settings.api));
-        Ok(Dashboard { host, shutdown: Mutex::new(Some(shutdown)), thread: Mutex::new(Some(thread)) })
+        let server = HttpServer::start(NAME, host, settings.listen, app)?;
+        host.info(&format!("dashboard listening on http://{}/ (API at {})", server.addr(), settings.api));
+        Ok(Dashboard { host, server })
     }
 
     fn stop(self) {
-        if let Some(shutdown) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = thread.join();
-        }
+        self.server.stop();
         self.host.info("dashboard stopped");
     }
 }

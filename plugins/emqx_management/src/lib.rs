@@ -17,12 +17,10 @@
 mod api;
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
+use plugin_http::HttpServer;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
 const NAME: &str = "emqx_management";
 const DEFAULT_PASSWORD: &str = "public";
@@ -45,20 +43,15 @@ impl Default for Settings {
     }
 }
 
-/// The HTTP server thread, stopped and joined on `stop`.
+/// The API's HTTP server, stopped and joined on `stop`.
 pub struct Management {
     host: Host,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    server: HttpServer,
 }
 
 impl Plugin for Management {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let listener = std::net::TcpListener::bind(settings.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         if settings.password == DEFAULT_PASSWORD {
             host.warn(&format!(
                 "the management API uses the default password for {:?}; set management.password \
@@ -67,33 +60,13 @@ impl Plugin for Management {
             ));
         }
         let app = api::router(host, api::Credentials { username: settings.username, password: settings.password });
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name(NAME.into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return host.error(&format!("management API listener failed: {e}")),
-                };
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = serve.await {
-                    host.error(&format!("management API stopped: {e}"));
-                }
-            })
-        })?;
-        host.info(&format!("management API listening on http://{addr}/api/v4/"));
-        Ok(Management { host, shutdown: Mutex::new(Some(shutdown)), thread: Mutex::new(Some(thread)) })
+        let server = HttpServer::start(NAME, host, settings.listen, app)?;
+        host.info(&format!("management API listening on http://{}/api/v4/", server.addr()));
+        Ok(Management { host, server })
     }
 
     fn stop(self) {
-        if let Some(shutdown) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = thread.join();
-        }
+        self.server.stop();
         self.host.info("management API stopped");
     }
 }
