@@ -543,27 +543,14 @@ impl ClientPump {
                 None
             });
         }
-        let filters: Vec<(String, u8)> = sub.filters.iter().map(|&(f, o)| (f.to_owned(), o & 0x03)).collect();
-        let forwarded: Vec<(&str, u8)> =
-            sub.filters.iter().zip(&host_codes).filter(|(_, code)| code.is_none()).map(|(f, _)| *f).collect();
-        let pending = PendingSubscriptions { filters, host_codes };
-        if forwarded.is_empty() {
+        let (pending, action) = route_filters(header, &sub, host_codes);
+        let Some(action) = action else {
             // The host answers the whole SUBSCRIBE.
             let codes: Vec<u8> = pending.host_codes.iter().map(|c| c.unwrap_or(0x80)).collect();
             let props: &[u8] = if v5 { &[0] } else { &[] };
             self.session.send(&packet::encode_ack_with_codes(kind::SUBACK, sub.packet_id, props, &codes));
             fire_subscribed(&self.relay, &self.session, &pending.filters, &codes);
             return Ok(Action::Skip);
-        }
-        let action = if forwarded.len() == sub.filters.len() {
-            Action::Forward
-        } else {
-            Action::Replace(packet::encode_subscriptions(
-                header.first_byte,
-                sub.packet_id,
-                sub.properties,
-                forwarded.into_iter(),
-            ))
         };
         lock(&self.pending).subscribes.insert(sub.packet_id, pending);
         Ok(action)
@@ -586,11 +573,9 @@ impl ClientPump {
                 None
             });
         }
-        let filters: Vec<(String, u8)> = unsub.filters.iter().map(|&(f, _)| (f.to_owned(), 0)).collect();
-        let forwarded: Vec<(&str, u8)> =
-            unsub.filters.iter().zip(&host_codes).filter(|(_, code)| code.is_none()).map(|(f, _)| *f).collect();
-        let pending = PendingSubscriptions { filters, host_codes };
-        if forwarded.is_empty() {
+        let (pending, action) = route_filters(header, &unsub, host_codes);
+        let Some(action) = action else {
+            // The host answers the whole UNSUBSCRIBE.
             let codes: Vec<u8> = pending.host_codes.iter().map(|c| c.unwrap_or(0)).collect();
             let unsuback = if v5 {
                 packet::encode_ack_with_codes(kind::UNSUBACK, unsub.packet_id, &[0], &codes)
@@ -600,20 +585,32 @@ impl ClientPump {
             self.session.send(&unsuback);
             fire_unsubscribed(&self.relay, &self.session, &pending.filters);
             return Ok(Action::Skip);
-        }
-        let action = if forwarded.len() == unsub.filters.len() {
-            Action::Forward
-        } else {
-            Action::Replace(packet::encode_subscriptions(
-                header.first_byte,
-                unsub.packet_id,
-                unsub.properties,
-                forwarded.into_iter(),
-            ))
         };
         lock(&self.pending).unsubscribes.insert(unsub.packet_id, pending);
         Ok(action)
     }
+}
+
+/// Splits a SUBSCRIBE or UNSUBSCRIBE between the host (the filters it has a code for) and
+/// rumqttd (the rest). The action is `None` when the host answers every filter itself.
+fn route_filters(
+    header: &FrameHeader,
+    subs: &packet::Subscriptions<'_>,
+    host_codes: Vec<Option<u8>>,
+) -> (PendingSubscriptions, Option<Action>) {
+    let filters = subs.filters.iter().map(|&(f, options)| (f.to_owned(), options & 0x03)).collect();
+    let forwarded: Vec<(&str, u8)> =
+        subs.filters.iter().zip(&host_codes).filter(|(_, code)| code.is_none()).map(|(f, _)| *f).collect();
+    let action = if forwarded.is_empty() {
+        None
+    } else if forwarded.len() == subs.filters.len() {
+        Some(Action::Forward)
+    } else {
+        let frame =
+            packet::encode_subscriptions(header.first_byte, subs.packet_id, subs.properties, forwarded.into_iter());
+        Some(Action::Replace(frame))
+    };
+    (PendingSubscriptions { filters, host_codes }, action)
 }
 
 /// Fires `session.subscribed` for every granted filter (code below 0x80).
