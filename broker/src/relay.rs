@@ -220,7 +220,8 @@ impl Relay {
 
         // rumqttd drops keep-alive 0 ("no keep-alive", legal MQTT); give it the longest one.
         // An empty client id (3.1.1 clean session) gets a generated one so hooks can name it.
-        let needs_rewrite = connect.keepalive == 0 || session.client_id != connect.client_id;
+        // A will is never retained by rumqttd (retaining is emqx_retainer's job).
+        let needs_rewrite = connect.keepalive == 0 || session.client_id != connect.client_id || connect.will_retain;
         let connect_frame = if needs_rewrite {
             let keepalive = if connect.keepalive == 0 { u16::MAX } else { connect.keepalive };
             packet::rewrite_connect(header.first_byte, body, &connect, keepalive, &session.client_id)

@@ -148,6 +148,8 @@ pub struct Connect<'a> {
     pub client_id_at: Range<usize>,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+    /// The will is to be retained.
+    pub will_retain: bool,
 }
 
 pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
@@ -193,14 +195,17 @@ pub fn decode_connect(body: &[u8]) -> Result<Connect<'_>> {
         client_id_at,
         username,
         password,
+        will_retain: flags & 0x24 == 0x24,
     })
 }
 
-/// Re-encodes a CONNECT frame with another keep-alive and client id, keeping every other
-/// byte as the client sent it.
+/// Re-encodes a CONNECT frame with another keep-alive and client id, and without the will's
+/// retain flag, keeping every other byte as the client sent it.
 pub fn rewrite_connect(first_byte: u8, body: &[u8], connect: &Connect<'_>, keepalive: u16, client_id: &str) -> Vec<u8> {
     let mut new_body = Vec::with_capacity(body.len() + client_id.len());
     new_body.extend_from_slice(&body[..connect.keepalive_at]);
+    // The connect flags sit just before the keep-alive; 0x20 is "will retain".
+    new_body[connect.keepalive_at - 1] &= !0x20;
     new_body.extend_from_slice(&keepalive.to_be_bytes());
     new_body.extend_from_slice(&body[connect.keepalive_at + 2..connect.client_id_at.start]);
     new_body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
@@ -381,6 +386,19 @@ mod tests {
         let c = decode_connect(&body).unwrap();
         assert_eq!((c.level, c.clean_start, c.keepalive, c.client_id), (4, true, 0, "c1"));
         assert_eq!((c.username, c.password), (Some("u"), Some(&b"pw"[..])));
+
+        let mut with_will = body.to_vec();
+        with_will[7] |= 0x24; // will flag + will retain: the will's fields follow the client id
+        let will = [0, 1, b't', 0, 1, b'w'];
+        let at = c.client_id_at.end;
+        with_will.splice(at..at, will);
+        let w = decode_connect(&with_will).unwrap();
+        assert!(w.will_retain);
+        let rewritten = rewrite_connect(0x10, &with_will, &w, 30, "c1");
+        let (_, rewritten_body) = split(&rewritten);
+        let again = decode_connect(rewritten_body).unwrap();
+        assert!(!again.will_retain, "the will retain flag is cleared");
+        assert_eq!((again.client_id, again.username), ("c1", Some("u")));
 
         let frame = rewrite_connect(0x10, &body, &c, 60, "client-two");
         let (first, new_body) = split(&frame);
