@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use plugin_api::abi::{self, RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,6 +41,9 @@ pub struct RelaySettings {
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Duration,
 }
+
+/// Bytes the pipe to rumqttd holds in each direction before a writer waits.
+const UPSTREAM_BUFFER: usize = 64 * 1024;
 
 /// What the relay shares between connections.
 #[derive(Debug)]
@@ -114,6 +117,9 @@ struct Pending {
     subscribes: HashMap<u16, PendingSubscriptions>,
     unsubscribes: HashMap<u16, PendingSubscriptions>,
 }
+
+type UpstreamReader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+type UpstreamWriter = tokio::io::WriteHalf<tokio::io::DuplexStream>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -230,23 +236,17 @@ impl Relay {
         };
         let level = connect.level;
 
-        let upstream_addr = if level == 5 { self.router.v5 } else { self.router.v4 };
-        let mut upstream = match TcpStream::connect(upstream_addr).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::error!("cannot reach the embedded router at {upstream_addr}: {e}");
-                let refuse = if level == 5 { vec![0x20, 3, 0, 0x88, 0] } else { vec![0x20, 2, 0, 3] };
-                let _ = client.write_all(&refuse).await;
-                return;
-            }
-        };
-        let _ = upstream.set_nodelay(true);
+        // The connection to rumqttd is an in-memory pipe served by rumqttd's own connection
+        // code on this runtime.
+        let (mut upstream, router_end) = tokio::io::duplex(UPSTREAM_BUFFER);
+        let handler = if level == 5 { self.router.v5.clone() } else { self.router.v4.clone() };
+        tokio::spawn(async move { handler.serve(router_end).await });
         if upstream.write_all(&connect_frame).await.is_err() {
             return;
         }
 
         let (client_read, client_write) = client.into_split();
-        let (upstream_read, upstream_write) = upstream.into_split();
+        let (upstream_read, upstream_write) = tokio::io::split(upstream);
         let pending = Arc::new(Mutex::new(Pending::default()));
 
         let mut broker_pump = tokio::spawn(
@@ -336,8 +336,8 @@ enum Action {
 
 /// Writes `frames` (complete frames) to `out`, applying each frame's action; one write per
 /// run of unchanged frames.
-async fn write_frames(
-    out: &mut OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    out: &mut W,
     buf: &mut [u8],
     actions: &[(usize, usize, Action)],
 ) -> std::io::Result<()> {
@@ -399,7 +399,7 @@ struct ClientPump {
 }
 
 impl ClientPump {
-    async fn run(mut self, mut reader: OwnedReadHalf, mut upstream: OwnedWriteHalf, mut buf: BytesMut) -> Ended {
+    async fn run(mut self, mut reader: OwnedReadHalf, mut upstream: UpstreamWriter, mut buf: BytesMut) -> Ended {
         let max = self.relay.settings.max_packet_size;
         loop {
             let actions = match plan(&buf, max, |h, body| self.inspect(h, body)) {
@@ -655,13 +655,13 @@ struct BrokerPump {
 }
 
 impl BrokerPump {
-    async fn run(self, mut upstream: OwnedReadHalf, mut client: OwnedWriteHalf) -> Ended {
+    async fn run(self, mut upstream: UpstreamReader, mut client: OwnedWriteHalf) -> Ended {
         let ended = self.pump(&mut upstream, &mut client).await;
         let _ = client.shutdown().await;
         ended
     }
 
-    async fn pump(&self, upstream: &mut OwnedReadHalf, client: &mut OwnedWriteHalf) -> Ended {
+    async fn pump(&self, upstream: &mut UpstreamReader, client: &mut OwnedWriteHalf) -> Ended {
         let mut buf = BytesMut::with_capacity(8192);
         loop {
             tokio::select! {

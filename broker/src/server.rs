@@ -117,7 +117,6 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     };
     spawn_driver_watch(runtime.handle().clone())?;
     let (router, publisher) = router::start(&router_settings, runtime.handle())?;
-    tracing::debug!(v4 = %router.v4, v5 = %router.v5, "embedded rumqttd listening");
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
