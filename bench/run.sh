@@ -5,8 +5,7 @@
 # Markdown table with the ratios a/c and a/d.
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
-#   IDLE_CLIENTS=10000 bench/run.sh   # each idle client costs the broker 3 descriptors:
-#                                     # it needs `ulimit -n` above 3 x IDLE_CLIENTS
+#   IDLE_CLIENTS=10000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
@@ -17,7 +16,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-# Each idle client costs the broker three descriptors (client, relay, rumqttd).
+# Each idle client costs a broker one descriptor.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

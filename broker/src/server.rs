@@ -52,8 +52,8 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// Raises the open-file limit to its hard maximum: each client costs the broker three
-/// descriptors (the client's socket, the relay's connection to rumqttd, and rumqttd's end).
+/// Raises the open-file limit to its hard maximum: each client costs the broker one
+/// descriptor (its socket; the way to rumqttd is an in-memory pipe).
 fn raise_file_limit(max_connections: usize) {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
@@ -68,10 +68,10 @@ fn raise_file_limit(max_connections: usize) {
             }
         }
     }
-    let clients = (limit.rlim_cur as usize).saturating_sub(64) / 3;
+    let clients = (limit.rlim_cur as usize).saturating_sub(64);
     if clients < max_connections {
         tracing::warn!(
-            "the open-file limit ({}) allows about {clients} clients (three descriptors each), fewer than \
+            "the open-file limit ({}) allows about {clients} clients (one descriptor each), fewer than \
              mqtt.max_connections ({max_connections}); raise it with `ulimit -n`",
             limit.rlim_cur
         );
