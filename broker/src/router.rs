@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 pub enum RouterError {
     #[error("cannot open the router's local link: {0}")]
     Link(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Limits applied by the router.
@@ -102,7 +104,10 @@ pub fn start(settings: &RouterSettings, runtime: &tokio::runtime::Handle) -> Res
     let (link_tx, mut link_rx) = broker.link("broker-host").map_err(|e| RouterError::Link(e.to_string()))?;
     // The local link receives nothing we need (it subscribes to nothing); drain it so the
     // router never blocks on it.
-    runtime.spawn_blocking(move || while link_rx.recv().is_ok() {});
+    std::thread::Builder::new()
+        .name("router-link".to_owned())
+        .spawn(move || while link_rx.recv().is_ok() {})
+        .map_err(RouterError::Thread)?;
     let (tx, rx) = mpsc::channel(4096);
     runtime.spawn(run_publisher(rx, link_tx));
     Ok((router, Publisher { tx }))

@@ -3,7 +3,7 @@
 //! afterwards, and memory back near where it started. Prints the figures it measured.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use e2e::{options, Broker, Client, DataDir};
@@ -12,6 +12,8 @@ use serde_json::Value;
 
 const CLIENTS: usize = 500;
 const MESSAGES_EACH: usize = 4;
+const MIN_ROUNDS: usize = 20;
+const MAX_WAVES: usize = 40;
 
 fn stat(output: &str, key: &str) -> u64 {
     output
@@ -34,8 +36,10 @@ async fn many_clients_while_plugins_churn() {
 
     // Churn plugins until the clients are done.
     let done = Arc::new(AtomicBool::new(false));
+    let rounds_done = Arc::new(AtomicUsize::new(0));
     let churn = {
         let done = done.clone();
+        let rounds_done = rounds_done.clone();
         let data_dir = dir.path().to_owned();
         std::thread::spawn(move || {
             let ctl = |args: &[&str]| {
@@ -57,32 +61,39 @@ async fn many_clients_while_plugins_churn() {
                 ctl(&["plugins", "load", "emqx_mod_presence"]);
                 ctl(&["plugins", "reload", "emqx_mod_acl_internal"]);
                 rounds += 1;
+                rounds_done.store(rounds, Ordering::SeqCst);
             }
             rounds
         })
     };
 
+    // Waves of 500 concurrent clients until the plugins have churned for a while (at least
+    // MIN_ROUNDS rounds, at most MAX_WAVES waves).
     let started = std::time::Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let opts = options(&broker, &format!("load-{i}"));
-            tokio::spawn(async move {
-                let mut client = Client::connect_with(opts).await;
-                for k in 0..MESSAGES_EACH {
-                    client.publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("{i}-{k}")).await;
-                }
-                client.disconnect().await;
+    let mut waves = 0;
+    while waves == 0 || (rounds_done.load(Ordering::SeqCst) < MIN_ROUNDS && waves < MAX_WAVES) {
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let opts = options(&broker, &format!("load-{waves}-{i}"));
+                tokio::spawn(async move {
+                    let mut client = Client::connect_with(opts).await;
+                    for k in 0..MESSAGES_EACH {
+                        client.publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("{waves}-{i}-{k}")).await;
+                    }
+                    client.disconnect().await;
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("a client failed");
+            .collect();
+        for task in tasks {
+            task.await.expect("a client failed");
+        }
+        waves += 1;
     }
     done.store(true, Ordering::SeqCst);
     let rounds = churn.join().expect("plugin churn failed");
     let elapsed = started.elapsed();
 
-    let total = CLIENTS * MESSAGES_EACH;
+    let total = waves * CLIENTS * MESSAGES_EACH;
     let got: HashSet<String> =
         sink.receive(total).await.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
     assert_eq!(got.len(), total, "every QoS 1 message arrived exactly once");
@@ -102,7 +113,7 @@ async fn many_clients_while_plugins_churn() {
     // Memory, once the clients are gone.
     let rss_end = broker.rss_kib();
     println!(
-        "load_churn: {CLIENTS} clients x {MESSAGES_EACH} QoS 1 messages in {:.2?} with {rounds} plugin churn rounds; \
+        "load_churn: {waves} waves of {CLIENTS} concurrent clients x {MESSAGES_EACH} QoS 1 messages in {:.2?} with {rounds} plugin churn rounds; \
          broker RSS {rss_start} KiB at start, {rss_end} KiB after",
         elapsed
     );
