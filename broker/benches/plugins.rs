@@ -14,7 +14,7 @@ use broker::plugins::library::PluginLibrary;
 use broker::plugins::manager::{Manager, ManagerPaths};
 use broker::relay::{Relay, RelaySettings};
 use broker::router::{self, RouterSettings};
-use broker::sessions::{NewSession, Registry, Session};
+use broker::sessions::{Identity, Registry, Session};
 use broker::stats::Stats;
 use std::hint::black_box;
 
@@ -71,7 +71,7 @@ fn dispatch(c: &mut Criterion) {
     let library = Arc::new(PluginLibrary::open(&plugins_dir(), "counter", false).unwrap());
     let instances: Vec<Arc<Instance>> =
         (0..5).map(|seq| Arc::new(Instance::start(library.clone(), host.shared.clone(), "", seq).unwrap())).collect();
-    let session = Session::new(NewSession {
+    let session = Session::new(Identity {
         client_id: "bench-client".into(),
         username: String::new(),
         peer: "127.0.0.1:5000".into(),

@@ -15,6 +15,11 @@ pub mod server;
 pub mod sessions;
 pub mod stats;
 
+/// Locks `m`, going on past a poisoned lock (a panic elsewhere must not stop the broker).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -27,10 +27,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::hooks::{Hooks, Verdict};
+use crate::lock;
 use crate::mqtt::frame::{kind, parse_header, FrameError, FrameHeader};
 use crate::mqtt::packet::{self, Connect, PacketError};
 use crate::router::{Publisher, Router};
-use crate::sessions::{HostAck, NewSession, Registry, Session};
+use crate::sessions::{HostAck, Identity, Registry, Session};
 use crate::stats::Stats;
 
 /// Relay limits.
@@ -120,10 +121,6 @@ struct Pending {
 
 type UpstreamReader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
 type UpstreamWriter = tokio::io::WriteHalf<tokio::io::DuplexStream>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Reads from `reader` into `buf` until one complete frame is at its start.
 async fn read_frame<R: AsyncRead + Unpin>(
@@ -227,10 +224,11 @@ impl Relay {
         // rumqttd drops keep-alive 0 ("no keep-alive", legal MQTT); give it the longest one.
         // An empty client id (3.1.1 clean session) gets a generated one so hooks can name it.
         // A will is never retained by rumqttd (retaining is emqx_retainer's job).
-        let needs_rewrite = connect.keepalive == 0 || session.client_id != connect.client_id || connect.will_retain;
+        let needs_rewrite =
+            connect.keepalive == 0 || session.identity.client_id != connect.client_id || connect.will_retain;
         let connect_frame = if needs_rewrite {
             let keepalive = if connect.keepalive == 0 { u16::MAX } else { connect.keepalive };
-            packet::rewrite_connect(header.first_byte, body, &connect, keepalive, &session.client_id)
+            packet::rewrite_connect(header.first_byte, body, &connect, keepalive, &session.identity.client_id)
         } else {
             frame.to_vec()
         };
@@ -281,16 +279,16 @@ impl Relay {
                 self.hooks.dispatch(&event);
             }
         }
-        tracing::debug!(client_id = session.client_id, "connection ended: {ended}");
+        tracing::debug!(client_id = session.identity.client_id, "connection ended: {ended}");
     }
 
-    fn new_session(&self, connect: &Connect<'_>, peer: SocketAddr) -> NewSession {
+    fn new_session(&self, connect: &Connect<'_>, peer: SocketAddr) -> Identity {
         let client_id = if connect.client_id.is_empty() && connect.level < 5 {
             format!("auto-{}", crate::unique_suffix())
         } else {
             connect.client_id.to_owned()
         };
-        NewSession {
+        Identity {
             client_id,
             username: connect.username.unwrap_or_default().to_owned(),
             peer: peer.to_string(),
@@ -314,7 +312,7 @@ impl Relay {
         if self.hooks.dispatch(&event) != Verdict::Deny {
             return true;
         }
-        tracing::info!(client_id = session.client_id, peer = session.peer, "authentication denied");
+        tracing::info!(client_id = session.identity.client_id, peer = session.identity.peer, "authentication denied");
         let _ = client.write_all(&packet::connack_not_authorized(connect.level)).await;
         let _ = client.shutdown().await;
         false
@@ -429,7 +427,7 @@ impl ClientPump {
 
     /// Fires the hooks for one frame from the client and says what to do with it.
     fn inspect(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
-        let v5 = self.session.proto_ver == 5;
+        let v5 = self.session.identity.proto_ver == 5;
         let hooks = &self.relay.hooks;
         match header.kind() {
             kind::PUBLISH => {
@@ -459,7 +457,7 @@ impl ClientPump {
                 if check_acl {
                     let acl = RawEvent { hook: Hook::ClientCheckAcl as u32, acl_action: abi::ACL_PUBLISH, ..event };
                     if hooks.dispatch(&acl) == Verdict::Deny {
-                        tracing::debug!(client_id = self.session.client_id, topic, "publish denied by ACL");
+                        tracing::debug!(client_id = self.session.identity.client_id, topic, "publish denied by ACL");
                         verdict = Verdict::Drop;
                     }
                 }
@@ -535,7 +533,7 @@ impl ClientPump {
                     ..event
                 }) == Verdict::Deny;
             host_codes.push(if denied {
-                tracing::debug!(client_id = self.session.client_id, filter, "subscribe denied by ACL");
+                tracing::debug!(client_id = self.session.identity.client_id, filter, "subscribe denied by ACL");
                 Some(0x80)
             } else if is_host_filter(filter) {
                 self.session.add_sys_subscription(filter, qos.min(2));
@@ -694,7 +692,7 @@ impl BrokerPump {
     }
 
     fn inspect(&self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
-        let v5 = self.session.proto_ver == 5;
+        let v5 = self.session.identity.proto_ver == 5;
         let relay = &self.relay;
         let hooks = &relay.hooks;
         match header.kind() {

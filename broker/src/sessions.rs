@@ -8,33 +8,25 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 use tokio::sync::Notify;
 
+use crate::lock;
 use crate::mqtt::frame::{encode_length, kind};
 
 /// Packet ids the host uses for what it sends at QoS 1/2. rumqttd numbers its own outgoing
 /// messages 1..=100, so the two never collide.
 const HOST_PACKET_IDS: std::ops::RangeInclusive<u16> = 0x8000..=0xffff;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One connected client.
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: String,
-    pub username: String,
-    pub peer: String,
-    pub proto_ver: u8,
-    pub keepalive: u16,
-    pub clean_start: bool,
-    pub expiry_interval: u32,
+    /// Who it is, from its CONNECT.
+    pub identity: Identity,
     /// Set when rumqttd accepted the connection (CONNACK success).
     pub connected: AtomicBool,
     /// When the CONNECT arrived, in milliseconds since the Unix epoch.
@@ -64,7 +56,9 @@ pub enum HostAck {
     Reply([u8; 4]),
 }
 
-pub struct NewSession {
+/// Who a client is, from its CONNECT (what hook events tell plugins).
+#[derive(Debug, Clone)]
+pub struct Identity {
     pub client_id: String,
     pub username: String,
     pub peer: String,
@@ -75,15 +69,9 @@ pub struct NewSession {
 }
 
 impl Session {
-    pub fn new(s: NewSession) -> Session {
+    pub fn new(identity: Identity) -> Session {
         Session {
-            client_id: s.client_id,
-            username: s.username,
-            peer: s.peer,
-            proto_ver: s.proto_ver,
-            keepalive: s.keepalive,
-            clean_start: s.clean_start,
-            expiry_interval: s.expiry_interval,
+            identity,
             connected: AtomicBool::new(false),
             connected_at_ms: crate::now_ms(),
             outbox: Mutex::new(BytesMut::new()),
@@ -98,20 +86,20 @@ impl Session {
         RawEvent {
             size: std::mem::size_of::<RawEvent>() as u32,
             hook: hook as u32,
-            client_id: RawStr::new(&self.client_id),
-            username: RawStr::new(&self.username),
+            client_id: RawStr::new(&self.identity.client_id),
+            username: RawStr::new(&self.identity.username),
             password: RawBytes::EMPTY,
-            peer: RawStr::new(&self.peer),
+            peer: RawStr::new(&self.identity.peer),
             topic: RawStr::EMPTY,
             payload: RawBytes::EMPTY,
             qos: 0,
             retain: 0,
-            proto_ver: self.proto_ver,
-            clean_start: self.clean_start as u8,
-            keepalive: self.keepalive,
+            proto_ver: self.identity.proto_ver,
+            clean_start: self.identity.clean_start as u8,
+            keepalive: self.identity.keepalive,
             packet_id: 0,
             return_code: 0,
-            expiry_interval: self.expiry_interval,
+            expiry_interval: self.identity.expiry_interval,
             acl_action: 0,
             reason: RawStr::EMPTY,
             timestamp_ms: crate::now_ms(),
@@ -139,7 +127,7 @@ impl Session {
     pub fn send_publish(&self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
         let qos = qos.min(2);
         let packet_id = if qos > 0 { Some(self.host_packet_id(qos)) } else { None };
-        let frame = encode_publish(topic, payload, qos, retain, packet_id, self.proto_ver == 5);
+        let frame = encode_publish(topic, payload, qos, retain, packet_id, self.identity.proto_ver == 5);
         self.send(&frame);
     }
 
@@ -231,21 +219,21 @@ pub struct Registry {
 impl Registry {
     /// Records a newly connected client (a takeover replaces the old session).
     pub fn register(&self, session: &Arc<Session>) {
-        lock(&self.sessions).insert(session.client_id.clone(), session.clone());
+        lock(&self.sessions).insert(session.identity.client_id.clone(), session.clone());
     }
 
     /// Forgets a client, unless a newer connection took its id over.
     pub fn unregister(&self, session: &Arc<Session>) {
         let mut sessions = lock(&self.sessions);
-        if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            sessions.remove(&session.client_id);
+        if sessions.get(&session.identity.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&session.identity.client_id);
         }
     }
 
     /// Every connected client, ordered by client id.
     pub fn all(&self) -> Vec<Arc<Session>> {
         let mut all: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all.sort_by(|a, b| a.identity.client_id.cmp(&b.identity.client_id));
         all
     }
 
@@ -278,7 +266,7 @@ mod tests {
 
     #[test]
     fn host_packet_ids_are_settled_by_the_right_ack() {
-        let s = Session::new(NewSession {
+        let s = Session::new(Identity {
             client_id: "c".into(),
             username: String::new(),
             peer: String::new(),

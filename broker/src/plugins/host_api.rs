@@ -160,15 +160,15 @@ unsafe extern "C" fn list_clients(ctx: *const c_void, out: RawWriter) -> Status 
         .all()
         .iter()
         .map(|s| {
-            let peer: Option<std::net::SocketAddr> = s.peer.parse().ok();
+            let peer: Option<std::net::SocketAddr> = s.identity.peer.parse().ok();
             plugin_api::ClientInfo {
-                clientid: s.client_id.clone(),
-                username: s.username.clone(),
+                clientid: s.identity.client_id.clone(),
+                username: s.identity.username.clone(),
                 ip_address: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
                 port: peer.map(|p| p.port()).unwrap_or(0),
-                proto_ver: s.proto_ver,
-                keepalive: s.keepalive,
-                clean_start: s.clean_start,
+                proto_ver: s.identity.proto_ver,
+                keepalive: s.identity.keepalive,
+                clean_start: s.identity.clean_start,
                 connected_at: s.connected_at_ms,
             }
         })

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use plugin_api::abi;
 use serde::Serialize;
@@ -16,6 +16,7 @@ use super::instance::Instance;
 use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
 use crate::hooks::Hooks;
+use crate::lock;
 
 /// Why a plugin operation failed. Each message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +80,6 @@ pub struct Manager {
 pub fn config_section(name: &str) -> &str {
     let short = name.strip_prefix("emqx_").unwrap_or(name);
     short.strip_prefix("mod_").unwrap_or(short)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Manager {
