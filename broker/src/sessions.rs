@@ -2,18 +2,20 @@
 //! what the host itself sends them (acknowledgements, SUBACKs it answers, retained and `$SYS`
 //! messages), and the `$`-topic subscriptions the host serves (rumqttd refuses `$` filters).
 //!
-//! Only the connection's broker→client pump writes to the socket: it drains the outbox after
-//! each batch it relays, so what the host queues never interleaves inside a frame and follows
-//! what was already on its way (a retained message comes after its SUBACK).
+//! Only the connection's link (`relay::link`) writes to the socket: it drains the outbox
+//! between frames, after what it had already inspected, so what the host queues never
+//! interleaves inside a frame and follows what was already on its way (a retained message
+//! comes after its SUBACK).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
+use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
 use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
-use tokio::sync::Notify;
 
 use crate::lock;
 use crate::mqtt::frame::{encode_length, kind};
@@ -32,7 +34,8 @@ pub struct Session {
     /// When the CONNECT arrived, in milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
     outbox: Mutex<BytesMut>,
-    wake: Notify,
+    /// The connection task that writes to the client, woken when something is queued.
+    writer: AtomicWaker,
     host_inflight: Mutex<HostInflight>,
     /// `$` filters (e.g. `$SYS/#`) the host serves for this client, with their QoS.
     sys_subscriptions: Mutex<Vec<(String, u8)>>,
@@ -75,7 +78,7 @@ impl Session {
             connected: AtomicBool::new(false),
             connected_at_ms: crate::now_ms(),
             outbox: Mutex::new(BytesMut::new()),
-            wake: Notify::new(),
+            writer: AtomicWaker::new(),
             host_inflight: Mutex::new(HostInflight { next: *HOST_PACKET_IDS.start(), unacked: HashMap::new() }),
             sys_subscriptions: Mutex::new(Vec::new()),
         }
@@ -109,7 +112,7 @@ impl Session {
     /// Queues bytes (whole frames) for the client and wakes its writer.
     pub fn send(&self, frame: &[u8]) {
         lock(&self.outbox).extend_from_slice(frame);
-        self.wake.notify_one();
+        self.writer.wake();
     }
 
     /// Takes everything queued so far.
@@ -118,9 +121,9 @@ impl Session {
         (!outbox.is_empty()).then(|| outbox.split())
     }
 
-    /// Resolves when something was queued.
-    pub async fn queued(&self) {
-        self.wake.notified().await
+    /// Asks for `waker` to be woken the next time something is queued.
+    pub fn register_writer(&self, waker: &Waker) {
+        self.writer.register(waker);
     }
 
     /// Queues a PUBLISH from the host itself.
