@@ -130,7 +130,7 @@ impl Inspector {
     }
 
     /// A frame from the client, on its way to rumqttd.
-    pub(super) fn from_client(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
+    pub(super) fn client_frame(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
         let hooks = &self.relay.hooks;
         match header.kind() {
             kind::PUBLISH => self.publish(header, body),
@@ -300,7 +300,7 @@ impl Inspector {
     }
 
     /// A frame from rumqttd, on its way to the client.
-    pub(super) fn from_broker(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
+    pub(super) fn broker_frame(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Action, Ended> {
         let v5 = self.v5();
         let (relay, session) = (&self.relay, &self.session);
         let hooks = &relay.hooks;

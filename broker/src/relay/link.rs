@@ -84,7 +84,7 @@ impl ClientLink {
         let start = self.ready;
         let inspector = &mut self.inspector;
         let actions = inspect::plan(&self.inbound[start..], self.max_packet_size, |header, body| {
-            inspector.from_client(header, body)
+            inspector.client_frame(header, body)
         })?;
         let Some((last, _, _)) = actions.last() else {
             return Ok(());
@@ -142,12 +142,13 @@ impl ClientLink {
     fn take_from_broker(&mut self, data: &[u8]) -> Result<(), Ended> {
         let inspector = &mut self.inspector;
         if self.partial.is_empty() {
-            let actions = inspect::plan(data, usize::MAX, |header, body| inspector.from_broker(header, body))?;
+            let actions = inspect::plan(data, usize::MAX, |header, body| inspector.broker_frame(header, body))?;
             inspect::apply(data, &actions, &mut self.out);
             self.partial.extend_from_slice(&data[inspect::planned_len(&actions)..]);
         } else {
             self.partial.extend_from_slice(data);
-            let actions = inspect::plan(&self.partial, usize::MAX, |header, body| inspector.from_broker(header, body))?;
+            let actions =
+                inspect::plan(&self.partial, usize::MAX, |header, body| inspector.broker_frame(header, body))?;
             inspect::apply(&self.partial, &actions, &mut self.out);
             self.partial.advance(inspect::planned_len(&actions));
         }
