@@ -6,11 +6,13 @@
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
 #   IDLE_CLIENTS=10000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS
+#   REPS=5 PAYLOAD=64 bench/run.sh     # runs of each scenario (median shown), payload bytes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
 IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
+REPS=${REPS:-5}
 PAYLOAD=${PAYLOAD:-64}
 WORK=$(mktemp -d)
 PIDS=()
@@ -50,8 +52,9 @@ start_target() { # name port -> sets TARGET_PID
   wait_port "$port"
 }
 
-# scenario qos clients messages-per-publisher rate (0: as fast as possible = throughput;
-# otherwise a steady total rate, where latency is the broker's, not a queue's)
+# scenario qos clients messages-per-publisher rate (0: as fast as possible = throughput, and
+# latency is then mostly queueing; otherwise a steady total rate, where latency is the
+# broker's own)
 SCENARIOS=(
   "fan-in 0 10 20000 0"
   "fan-in 1 10 10000 0"
@@ -61,19 +64,33 @@ SCENARIOS=(
   "many 1 5 4000 0"
   "fan-in 0 10 4000 20000"
   "fan-in 1 10 4000 20000"
+  "fan-in 0 10 10000 100000"
+  "fan-in 1 10 10000 100000"
 )
 RESULTS="$WORK/results.jsonl"
+# All four run side by side (idle ones cost nothing) and each scenario is run REPS times,
+# a b c d in turn, so that a slow moment of the machine falls on all of them alike; the
+# table shows medians.
+declare -A PORT
 for target in a b c d; do
-  port=$(free_port)
-  start_target "$target" "$port"
-  for s in "${SCENARIOS[@]}"; do
-    read -r scenario qos clients messages rate <<<"$s"
-    "$BIN/bench" --port "$port" --scenario "$scenario" --qos "$qos" --clients "$clients" \
-      --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
-      || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}" >>"$RESULTS"
+  PORT[$target]=$(free_port)
+  start_target "$target" "${PORT[$target]}"
+done
+for s in "${SCENARIOS[@]}"; do
+  read -r scenario qos clients messages rate <<<"$s"
+  for rep in $(seq "$REPS"); do
+    for target in a b c d; do
+      "$BIN/bench" --port "${PORT[$target]}" --scenario "$scenario" --qos "$qos" --clients "$clients" \
+        --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
+        || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}" >>"$RESULTS"
+    done
   done
-  kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true
-  # Memory on a fresh instance: idle clients only.
+done
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+PIDS=()
+
+# Memory, on a fresh instance of each: idle clients only.
+for target in a b c d; do
   rm -rf "${WORK:?}/$target"
   port=$(free_port)
   start_target "$target" "$port"
@@ -87,15 +104,22 @@ for target in a b c d; do
   kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true
 done
 
-python3 - "$RESULTS" "$PAYLOAD" <<'PY'
-import json, sys
+python3 - "$RESULTS" "$PAYLOAD" "$REPS" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
 def get(label, scenario, qos, rate):
-    for r in rows:
-        if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos and r.get("rate", 0) == rate:
-            return r
-print(f"payload {sys.argv[2]} B; msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
+    """The median run of `label` (medians of msgs/s, p50 and p99 taken one by one)."""
+    runs = [r for r in rows if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos
+            and r.get("rate", 0) == rate]
+    ok = [r for r in runs if not r.get("failed")]
+    if not ok:
+        return {"failed": True} if runs else None
+    med = {f: statistics.median(r[f] for r in ok) for f in ("msgs_per_sec", "p50_us", "p99_us")}
+    med["lost"] = sum(r["messages"] - r["received"] for r in ok)
+    med["failed_runs"] = len(runs) - len(ok)
+    return med
+print(f"payload {sys.argv[2]} B; median of {sys.argv[3]} runs: msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
 print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c msgs/s | a/c p99 | a/d msgs/s |")
 print("|---" * 8 + "|")
 seen = []
@@ -111,8 +135,9 @@ for r in rows:
         if not x or x.get("failed"):
             cells.append("failed")
         else:
-            lost = "" if x["received"] == x["messages"] else f", got {x['received']}/{x['messages']}"
-            cells.append(f"{x['msgs_per_sec']:.0f} ({x['p50_us']} / {x['p99_us']}){lost}")
+            lost = f", {x['lost']} lost" if x["lost"] else ""
+            lost += f", {x['failed_runs']} runs failed" if x["failed_runs"] else ""
+            cells.append(f"{x['msgs_per_sec']:.0f} ({x['p50_us']:.0f} / {x['p99_us']:.0f}){lost}")
     def ratio(k1, k2, f):
         a, b = res.get(k1), res.get(k2)
         if not a or not b or a.get("failed") or b.get("failed") or not b[f]:
