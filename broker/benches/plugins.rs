@@ -47,7 +47,11 @@ fn host() -> Host {
     let (failed, _) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Arc::new(Hooks::new(failed));
     let relay = Arc::new(Relay {
-        settings: RelaySettings { max_packet_size: 1024 * 1024, connect_timeout: Duration::from_secs(15) },
+        settings: RelaySettings {
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(15),
+            acl_cache: None,
+        },
         hooks: hooks.clone(),
         stats: Arc::new(Stats::new(Instant::now())),
         router,

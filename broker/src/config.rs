@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::relay::AclCacheSettings;
+
 /// Settings given on the command line; they beat the file and the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -44,17 +46,41 @@ pub struct MqttSettings {
     pub max_inflight: usize,
     /// Seconds a new connection has to send its CONNECT.
     pub connect_timeout: u64,
+    /// Cache each connection's ACL answers (EMQX's `enable_acl_cache`).
+    pub acl_cache: bool,
+    /// Most cached ACL answers a connection keeps (EMQX's `acl_cache_max_size`).
+    pub acl_cache_max_size: usize,
+    /// How long an ACL answer is cached, e.g. `"1m"` (EMQX's `acl_cache_ttl`).
+    pub acl_cache_ttl: String,
 }
 
 impl Default for MqttSettings {
     fn default() -> Self {
-        MqttSettings { max_packet_size: 1024 * 1024, max_connections: 100_000, max_inflight: 100, connect_timeout: 15 }
+        MqttSettings {
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            max_inflight: 100,
+            connect_timeout: 15,
+            acl_cache: true,
+            acl_cache_max_size: 32,
+            acl_cache_ttl: "1m".to_owned(),
+        }
     }
 }
 
 impl MqttSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout.max(1))
+    }
+
+    /// The ACL cache's settings; `None` when it is off.
+    pub fn acl_cache(&self) -> Result<Option<AclCacheSettings>, ConfigError> {
+        if !self.acl_cache {
+            return Ok(None);
+        }
+        let ttl = humantime::parse_duration(&self.acl_cache_ttl)
+            .map_err(|e| ConfigError::Setting("mqtt.acl_cache_ttl", format!("{:?}: {e}", self.acl_cache_ttl)))?;
+        Ok(Some(AclCacheSettings { max_size: self.acl_cache_max_size, ttl }))
     }
 }
 
@@ -98,6 +124,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0} = {1}")]
+    Setting(&'static str, String),
 }
 
 fn environment() -> Env {
@@ -138,6 +166,7 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     if let Some(listen) = overrides.listen {
         settings.listener.tcp = listen;
     }
+    settings.mqtt.acl_cache()?;
     Ok(settings)
 }
 

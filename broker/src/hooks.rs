@@ -37,13 +37,20 @@ struct HookTable {
 pub struct Hooks {
     wanted: AtomicU64,
     table: ArcSwap<HookTable>,
+    /// Changes whenever cached ACL answers may be stale (see [`Hooks::acl_generation`]).
+    acl_generation: AtomicU64,
     /// Where a plugin that panicked is reported, to be stopped off the hot path.
     failed: UnboundedSender<Arc<Instance>>,
 }
 
 impl Hooks {
     pub fn new(failed: UnboundedSender<Arc<Instance>>) -> Hooks {
-        Hooks { wanted: AtomicU64::new(0), table: ArcSwap::from_pointee(HookTable::default()), failed }
+        Hooks {
+            wanted: AtomicU64::new(0),
+            table: ArcSwap::from_pointee(HookTable::default()),
+            acl_generation: AtomicU64::new(0),
+            failed,
+        }
     }
 
     /// Whether any running plugin wants `hook`. Check it before building an event.
@@ -66,6 +73,19 @@ impl Hooks {
         }
         self.table.store(Arc::new(table));
         self.wanted.store(wanted, Ordering::Relaxed);
+        self.invalidate_acl_answers();
+    }
+
+    /// The generation of `client.check_acl` answers: connections drop their cached answers
+    /// when it changes. It changes with the hook table and on [`Hooks::invalidate_acl_answers`].
+    #[inline]
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(Ordering::Acquire)
+    }
+
+    /// Makes every connection ask the `client.check_acl` chain again (rules were reloaded).
+    pub fn invalidate_acl_answers(&self) {
+        self.acl_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Runs the chain for `event.hook`: each plugin in turn until one answers something other

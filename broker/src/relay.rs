@@ -14,8 +14,11 @@
 //! through. What the host sends on its own goes through the session's outbox (see `sessions`)
 //! and the link puts it on the wire between frames.
 
+mod acl_cache;
 mod inspect;
 mod link;
+
+pub use acl_cache::AclCacheSettings;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -45,6 +48,8 @@ pub struct RelaySettings {
     pub max_packet_size: usize,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Duration,
+    /// Per-connection cache of `client.check_acl` answers; `None`: ask every time.
+    pub acl_cache: Option<AclCacheSettings>,
 }
 
 /// What the relay shares between connections.

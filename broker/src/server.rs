@@ -140,6 +140,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         settings: RelaySettings {
             max_packet_size: settings.mqtt.max_packet_size,
             connect_timeout: settings.mqtt.connect_timeout(),
+            acl_cache: settings.mqtt.acl_cache()?,
         },
         hooks: hooks.clone(),
         stats,

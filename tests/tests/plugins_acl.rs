@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use e2e::{mosquitto, options, Broker, Client, DataDir};
+use e2e::{mosquitto, options, recorded_events, Broker, Client, DataDir};
 use rumqttc::{Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use serde_json::Value;
 
@@ -94,6 +94,39 @@ async fn nomatch_deny_and_unloading_lifts_the_rules() {
     assert_eq!(suback_codes(&mut client, &["allowed/x", "other/x"]).await, vec![ok, SubscribeReasonCode::Failure]);
     dir.ctl(&["plugins", "unload", "emqx_mod_acl_internal"]).ok();
     assert_eq!(suback_codes(&mut client, &["other/x"]).await, vec![ok]);
+}
+
+/// EMQX's ACL cache: a connection asks `client.check_acl` once per topic (not once per
+/// message) unless `[mqtt] acl_cache = false`, and a reload of the rules applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_answers_are_cached_per_connection_until_the_rules_change() {
+    for (cache, checks) in [("true", 1), ("false", 5)] {
+        // The recorder is first in the chain, so it sees every question put to the ACL.
+        let dir = DataDir::with_plugins("{hook_recorder, true}.\n{emqx_mod_acl_internal, true}.\n");
+        dir.write("acl.conf", "{deny, all, publish, [\"t/#\"]}.\n{allow, all}.\n");
+        let file = dir.file("events.jsonl");
+        let broker = Broker::start(
+            &dir,
+            &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap()), ("BROKER_MQTT__ACL_CACHE", cache)],
+        );
+        let mut sub = Client::connect(&broker, "sub").await;
+        sub.subscribe("t/#", QoS::AtLeastOnce).await;
+        let mut publisher = Client::connect(&broker, "pub").await;
+        for _ in 0..5 {
+            publisher.publish_acked("t/1", QoS::AtLeastOnce, "denied").await;
+        }
+        let asked = recorded_events(&file)
+            .iter()
+            .filter(|e| e["hook"] == "client.check_acl" && e["client_id"] == "pub" && e["topic"] == "t/1")
+            .count();
+        assert_eq!(asked, checks, "acl_cache = {cache}: check_acl calls for 5 publishes");
+
+        // New rules, reloaded: the same connection's cached "deny" is gone at once.
+        dir.write("acl.conf", "{allow, all}.\n");
+        dir.ctl(&["acl", "reload"]).ok();
+        publisher.publish_acked("t/1", QoS::AtLeastOnce, "allowed").await;
+        assert_eq!(&sub.receive(1).await[0].payload[..], b"allowed", "acl_cache = {cache}");
+    }
 }
 
 fn telemetry_lists(dir: &DataDir) -> (Value, Value) {

@@ -349,7 +349,10 @@ impl Manager {
                 match instance {
                     Some(instance) => {
                         let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                        instance.ctl(&rest)
+                        let result = instance.ctl(&rest);
+                        // The command may have changed what the plugin answers (`acl reload`).
+                        self.hooks.invalidate_acl_answers();
+                        result
                     }
                     None => Err(format!(
                         "unknown command {command:?}: no running plugin answers it (try `broker ctl plugins list`)"

@@ -4,13 +4,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use plugin_api::abi::{self, RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
+use super::acl_cache::AclCache;
 use super::{Ended, Relay};
-use crate::hooks::Verdict;
+use crate::hooks::{Hooks, Verdict};
 use crate::mqtt::frame::{kind, parse_header, FrameHeader};
 use crate::mqtt::packet;
 use crate::sessions::{HostAck, Session};
@@ -106,6 +108,7 @@ pub(super) struct Inspector {
     aliases: HashMap<u16, String>,
     /// QoS 2 messages a plugin dropped: their PUBREL is answered by the host.
     dropped_qos2: HashSet<u16>,
+    acl_cache: Option<AclCache>,
 }
 
 /// A `$` topic filter the host serves itself (shared subscriptions are rumqttd's).
@@ -115,6 +118,7 @@ pub(super) fn is_host_filter(filter: &str) -> bool {
 
 impl Inspector {
     pub(super) fn new(relay: Arc<Relay>, session: Arc<Session>) -> Inspector {
+        let acl_cache = relay.settings.acl_cache.map(AclCache::new);
         Inspector {
             relay,
             session,
@@ -122,6 +126,7 @@ impl Inspector {
             unsubscribes: HashMap::new(),
             aliases: HashMap::new(),
             dropped_qos2: HashSet::new(),
+            acl_cache,
         }
     }
 
@@ -193,7 +198,7 @@ impl Inspector {
         let mut verdict = Verdict::Continue;
         if check_acl {
             let acl = RawEvent { hook: Hook::ClientCheckAcl as u32, acl_action: abi::ACL_PUBLISH, ..event };
-            if hooks.dispatch(&acl) == Verdict::Deny {
+            if acl_denied(&mut self.acl_cache, hooks, &acl, topic) {
                 tracing::debug!(client_id = self.session.identity.client_id, topic, "publish denied by ACL");
                 verdict = Verdict::Drop;
             }
@@ -234,12 +239,8 @@ impl Inspector {
             if hooks.wants(Hook::ClientSubscribe) {
                 hooks.dispatch(&event);
             }
-            let denied = check_acl
-                && hooks.dispatch(&RawEvent {
-                    hook: Hook::ClientCheckAcl as u32,
-                    acl_action: abi::ACL_SUBSCRIBE,
-                    ..event
-                }) == Verdict::Deny;
+            let acl = RawEvent { hook: Hook::ClientCheckAcl as u32, acl_action: abi::ACL_SUBSCRIBE, ..event };
+            let denied = check_acl && acl_denied(&mut self.acl_cache, hooks, &acl, filter);
             host_codes.push(if denied {
                 tracing::debug!(client_id = session.identity.client_id, filter, "subscribe denied by ACL");
                 Some(0x80)
@@ -362,6 +363,20 @@ impl Inspector {
             _ => Ok(Action::Forward),
         }
     }
+}
+
+/// Asks the `client.check_acl` chain about `event` (its action on `topic`), or the cache.
+fn acl_denied(cache: &mut Option<AclCache>, hooks: &Hooks, event: &RawEvent, topic: &str) -> bool {
+    let Some(cache) = cache else {
+        return hooks.dispatch(event) == Verdict::Deny;
+    };
+    let (generation, now) = (hooks.acl_generation(), Instant::now());
+    if let Some(denied) = cache.get(generation, event.acl_action, topic, now) {
+        return denied;
+    }
+    let denied = hooks.dispatch(event) == Verdict::Deny;
+    cache.put(generation, event.acl_action, topic, denied, now);
+    denied
 }
 
 /// Splits a SUBSCRIBE or UNSUBSCRIBE between the host (the filters it has a code for) and
