@@ -138,6 +138,13 @@ impl ClientLink {
         Poll::Ready(Err(error))
     }
 
+    fn read_failed(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        self.client_done = true;
+        let error = io::Error::new(e.kind(), e.to_string());
+        self.end(Ended::Io(e));
+        Poll::Ready(Err(error))
+    }
+
     /// Inspects frames from rumqttd in `data` (with any partial frame before them) into `out`.
     fn take_from_broker(&mut self, data: &[u8]) -> Result<(), Ended> {
         let inspector = &mut self.inspector;
@@ -184,6 +191,17 @@ impl AsyncRead for ClientLink {
             if this.ready > 0 || this.client_done {
                 continue;
             }
+            if this.inbound.is_empty() {
+                match this.tcp.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return this.read_failed(e),
+                    Poll::Pending => {
+                        // Idle: hold no read buffer until the client has something to say.
+                        this.inbound = BytesMut::new();
+                        return Poll::Pending;
+                    }
+                }
+            }
             if this.inbound.capacity() - this.inbound.len() < READ_CHUNK / 4 {
                 this.inbound.reserve(READ_CHUNK);
             }
@@ -193,12 +211,7 @@ impl AsyncRead for ClientLink {
                     this.end(Ended::ClientClosed);
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    this.client_done = true;
-                    let error = io::Error::new(e.kind(), e.to_string());
-                    this.end(Ended::Io(e));
-                    return Poll::Ready(Err(error));
-                }
+                Err(e) => return this.read_failed(e),
             }
         }
     }
