@@ -31,6 +31,17 @@ wait_port() {
   echo "nothing listens on port $1" >&2; return 1
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Waits (up to 5 s) until process $1 has used no CPU for 100 ms: a broker may still be busy
+# after a run (mosquitto spends up to half a second cleaning up), and that work must not fall
+# on the next run of another broker.
+settle() {
+  local before after
+  for _ in $(seq 50); do
+    before=$(cpu_ticks "$1"); sleep 0.1; after=$(cpu_ticks "$1")
+    [ "$before" = "$after" ] && return 0
+  done
+}
 
 start_target() { # name port -> sets TARGET_PID
   local name=$1 port=$2
@@ -71,10 +82,11 @@ RESULTS="$WORK/results.jsonl"
 # All four run side by side (idle ones cost nothing) and each scenario is run REPS times,
 # a b c d in turn, so that a slow moment of the machine falls on all of them alike; the
 # table shows medians.
-declare -A PORT
+declare -A PORT PID
 for target in a b c d; do
   PORT[$target]=$(free_port)
   start_target "$target" "${PORT[$target]}"
+  PID[$target]=$TARGET_PID
 done
 for s in "${SCENARIOS[@]}"; do
   read -r scenario qos clients messages rate <<<"$s"
@@ -83,6 +95,7 @@ for s in "${SCENARIOS[@]}"; do
       "$BIN/bench" --port "${PORT[$target]}" --scenario "$scenario" --qos "$qos" --clients "$clients" \
         --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
         || echo "{\"label\":\"$target\",\"scenario\":\"$scenario\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}" >>"$RESULTS"
+      settle "${PID[$target]}"
     done
   done
 done

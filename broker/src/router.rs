@@ -1,6 +1,7 @@
 //! The embedded rumqttd: no listener of its own; the relay hands it each client connection
-//! over an in-memory pipe, and it keeps doing what it does well (sessions, QoS, wills,
-//! routing). The host publishes into it through a local link.
+//! (the client's socket behind the host's frame inspection, `relay::link`), and it keeps
+//! doing what it does well (sessions, QoS, wills, routing). The host publishes into it
+//! through a local link.
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ pub struct RouterSettings {
 }
 
 /// The way into the router: each relayed connection is served by rumqttd's own connection
-/// code over an in-memory pipe (no socket, no listener).
+/// code, reading and writing the client's socket through the relay (no listener of its own).
 #[derive(Clone)]
 pub struct Router {
     /// MQTT 3.1 / 3.1.1 connections.

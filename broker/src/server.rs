@@ -68,7 +68,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 }
 
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
-/// descriptor (its socket; the way to rumqttd is an in-memory pipe).
+/// descriptor (its socket, which rumqttd's connection code uses through the relay).
 fn raise_file_limit(max_connections: usize) {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
