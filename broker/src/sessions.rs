@@ -86,6 +86,12 @@ impl Session {
 
     /// A hook event about this client (timestamped now).
     pub fn event(&self, hook: Hook) -> RawEvent {
+        self.event_at(hook, crate::now_ms())
+    }
+
+    /// A hook event about this client, timestamped `timestamp_ms` (milliseconds since the
+    /// Unix epoch).
+    pub fn event_at(&self, hook: Hook, timestamp_ms: u64) -> RawEvent {
         RawEvent {
             size: std::mem::size_of::<RawEvent>() as u32,
             hook: hook as u32,
@@ -105,7 +111,7 @@ impl Session {
             expiry_interval: self.identity.expiry_interval,
             acl_action: 0,
             reason: RawStr::EMPTY,
-            timestamp_ms: crate::now_ms(),
+            timestamp_ms,
         }
     }
 

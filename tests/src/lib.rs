@@ -408,8 +408,12 @@ async fn run_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Event
                     return;
                 }
             }
-            // Never reconnect behind a test's back: the channel closes instead.
-            Err(_) => return,
+            // Never reconnect behind a test's back: the channel closes instead, and the
+            // reason is printed for the failing test's output.
+            Err(e) => {
+                eprintln!("[client] connection ended: {e}");
+                return;
+            }
         }
     }
 }

@@ -35,7 +35,11 @@ async fn many_clients_while_plugins_churn() {
         "{emqx_telemetry, true}.\n{emqx_retainer, true}.\n{emqx_mod_presence, true}.\n\
          {emqx_mod_acl_internal, true}.\n{noop_module, true}.\n",
     );
-    let broker = Broker::start(&dir, &[("BROKER_TELEMETRY__FIRST_REPORT_DELAY", "1h")]);
+    // rumqttd's warnings and the relay's "connection ended: <why>" explain a dropped client.
+    let broker = Broker::start(
+        &dir,
+        &[("BROKER_TELEMETRY__FIRST_REPORT_DELAY", "1h"), ("RUST_LOG", "info,rumqttd=warn,broker::relay=debug")],
+    );
     let mut sink = Client::connect(&broker, "sink").await;
     sink.subscribe("load/#", QoS::AtLeastOnce).await;
     let rss_start = broker.rss_kib();

@@ -82,7 +82,11 @@ impl ClientLink {
     /// Inspects the complete frames after the ready ones and makes them ready, as changed.
     fn inspect_inbound(&mut self) -> Result<(), Ended> {
         let start = self.ready;
+        if self.inbound.len() == start {
+            return Ok(());
+        }
         let inspector = &mut self.inspector;
+        inspector.start_batch();
         let actions = inspect::plan(&self.inbound[start..], self.max_packet_size, |header, body| {
             inspector.client_frame(header, body)
         })?;
@@ -148,6 +152,7 @@ impl ClientLink {
     /// Inspects frames from rumqttd in `data` (with any partial frame before them) into `out`.
     fn take_from_broker(&mut self, data: &[u8]) -> Result<(), Ended> {
         let inspector = &mut self.inspector;
+        inspector.start_batch();
         if self.partial.is_empty() {
             let actions = inspect::plan(data, usize::MAX, |header, body| inspector.broker_frame(header, body))?;
             inspect::apply(data, &actions, &mut self.out);
