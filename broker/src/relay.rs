@@ -9,8 +9,8 @@
 //!   taken out of a SUBSCRIBE; the host serves `$` subscriptions itself and merges its codes
 //!   into rumqttd's SUBACK (0x80 for a denied filter).
 //!
-//! rumqttd's own connection code serves each client over a [`link::ClientLink`]: the client's
-//! socket as rumqttd's stream, with [`inspect::Inspector`] looking at every frame on its way
+//! rumqttd's own connection code serves each client over a `link::ClientLink`: the client's
+//! socket as rumqttd's stream, with `inspect::Inspector` looking at every frame on its way
 //! through. What the host sends on its own goes through the session's outbox (see `sessions`)
 //! and the link puts it on the wire between frames.
 
