@@ -7,9 +7,11 @@
 //! rumqttd's buffer, and from rumqttd's buffer to the socket, with no pipe, no second task and
 //! no thread hop in between.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,6 +29,9 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Room made in the read buffer before each read from the client.
 const READ_CHUNK: usize = 4096;
 
+/// How long rumqttd gets to close a connection itself after the client's DISCONNECT.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(5);
+
 /// The client's socket, as rumqttd's stream.
 pub(super) struct ClientLink {
     tcp: TcpStream,
@@ -37,6 +42,9 @@ pub(super) struct ClientLink {
     ready: usize,
     /// Nothing more comes from the client: it sent DISCONNECT, closed, or broke the protocol.
     client_done: bool,
+    /// Set when the client sent DISCONNECT: the end of the stream is held back until then
+    /// (see `poll_read`).
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The start of a frame from rumqttd whose end has not been written yet.
     partial: BytesMut,
     /// Inspected frames on their way to the client.
@@ -68,6 +76,7 @@ impl ClientLink {
             inbound,
             ready: connect.len(),
             client_done: false,
+            linger: None,
             partial: BytesMut::new(),
             out: BytesMut::new(),
             ended: None,
@@ -95,6 +104,7 @@ impl ClientLink {
         };
         if self.inbound[start + last] >> 4 == kind::DISCONNECT {
             self.client_done = true;
+            self.linger = Some(Box::pin(tokio::time::sleep(DISCONNECT_LINGER)));
             self.end(Ended::Normal);
         }
         let len = inspect::planned_len(&actions);
@@ -185,6 +195,13 @@ impl AsyncRead for ClientLink {
                 return Poll::Ready(Ok(()));
             }
             if this.client_done {
+                // After a DISCONNECT, rumqttd's router closes the connection itself. An end of
+                // stream here too made rumqttd report a second disconnection for the same
+                // connection id, which its router applied to whichever new client had been
+                // given that id in between: the newcomer was dropped right after CONNECT.
+                if let Some(linger) = &mut this.linger {
+                    ready!(linger.as_mut().poll(cx));
+                }
                 return Poll::Ready(Ok(())); // end of stream
             }
             if let Err(e) = this.inspect_inbound() {
