@@ -44,11 +44,7 @@ impl AclCache {
     /// The cached answer for `action` on `topic`: `Some(denied)`, or `None` if the chain must
     /// be asked.
     pub(super) fn get(&mut self, generation: u64, action: u32, topic: &str, now: Instant) -> Option<bool> {
-        if generation != self.generation {
-            self.entries.clear();
-            self.generation = generation;
-            return None;
-        }
+        self.follow(generation);
         let at = self.entries.iter().rposition(|e| e.action == action && &*e.topic == topic)?;
         if self.entries[at].expires > now {
             return Some(self.entries[at].denied);
@@ -57,15 +53,20 @@ impl AclCache {
         None
     }
 
+    /// Forgets every answer of an older generation.
+    fn follow(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+    }
+
     /// Remembers the chain's answer.
     pub(super) fn put(&mut self, generation: u64, action: u32, topic: &str, denied: bool, now: Instant) {
         if self.settings.max_size == 0 {
             return;
         }
-        if generation != self.generation {
-            self.entries.clear();
-            self.generation = generation;
-        }
+        self.follow(generation);
         if self.entries.len() >= self.settings.max_size {
             self.entries.retain(|e| e.expires > now);
             if self.entries.len() >= self.settings.max_size {

@@ -116,7 +116,7 @@ pub(super) struct Inspector {
 }
 
 /// A `$` topic filter the host serves itself (shared subscriptions are rumqttd's).
-pub(super) fn is_host_filter(filter: &str) -> bool {
+fn is_host_filter(filter: &str) -> bool {
     filter.starts_with('$') && !filter.starts_with("$share/")
 }
 

@@ -152,6 +152,13 @@ impl ClientLink {
         Poll::Ready(Err(error))
     }
 
+    /// A frame broke the protocol (or could not be inspected): the connection ends for it.
+    fn frame_failed<T>(&mut self, e: Ended) -> Poll<io::Result<T>> {
+        let error = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        self.end(e);
+        Poll::Ready(Err(error))
+    }
+
     fn read_failed(&mut self, e: io::Error) -> Poll<io::Result<()>> {
         self.client_done = true;
         let error = io::Error::new(e.kind(), e.to_string());
@@ -206,9 +213,7 @@ impl AsyncRead for ClientLink {
             }
             if let Err(e) = this.inspect_inbound() {
                 this.client_done = true;
-                let error = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-                this.end(e);
-                return Poll::Ready(Err(error));
+                return this.frame_failed(e);
             }
             if this.ready > 0 || this.client_done {
                 continue;
@@ -248,9 +253,7 @@ impl AsyncWrite for ClientLink {
             _ => {}
         }
         if let Err(e) = this.take_from_broker(data) {
-            let error = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-            this.end(e);
-            return Poll::Ready(Err(error));
+            return this.frame_failed(e);
         }
         this.collect_outbox(cx);
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
