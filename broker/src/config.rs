@@ -11,7 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::relay::AclCacheSettings;
+use crate::connection::AclCacheSettings;
+use crate::node::Zone;
+use crate::session::QueueLimits;
 
 /// Settings given on the command line; they beat the file and the environment.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +37,7 @@ impl Default for ListenerSettings {
     }
 }
 
+/// `[mqtt]`: the MQTT behaviour of every connection, with EMQX's names (its zone settings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MqttSettings {
@@ -43,7 +46,9 @@ pub struct MqttSettings {
     /// Most clients connected at once.
     pub max_connections: usize,
     /// Most unacknowledged QoS 1/2 messages in flight to one client.
-    pub max_inflight: usize,
+    pub max_inflight: u16,
+    /// Most QoS 2 messages a client may have unreleased (announced as Receive Maximum).
+    pub max_awaiting_rel: u16,
     /// Seconds a new connection has to send its CONNECT.
     pub connect_timeout: u64,
     /// Cache each connection's ACL answers (EMQX's `enable_acl_cache`).
@@ -52,6 +57,31 @@ pub struct MqttSettings {
     pub acl_cache_max_size: usize,
     /// How long an ACL answer is cached, e.g. `"1m"` (EMQX's `acl_cache_ttl`).
     pub acl_cache_ttl: String,
+    /// Most messages waiting in one session (offline, or beyond its inflight window); 0 is
+    /// no limit. When full the oldest QoS 0 message goes first.
+    pub max_mqueue_len: usize,
+    /// Keep QoS 0 messages for offline clients too.
+    pub mqueue_store_qos0: bool,
+    /// How long an MQTT 3.1.1 session with clean session 0 outlives its connection
+    /// (MQTT 5 clients say it themselves), e.g. `"2h"`.
+    pub session_expiry_interval: String,
+    /// Deliver at the subscription's QoS even when the message was published lower.
+    pub upgrade_qos: bool,
+    /// Highest QoS accepted (MQTT 5 Maximum QoS).
+    pub max_qos_allowed: u8,
+    /// Accept retained messages (MQTT 5 Retain Available).
+    pub retain_available: bool,
+    /// Accept wildcard subscriptions (MQTT 5 Wildcard Subscription Available).
+    pub wildcard_subscription: bool,
+    /// Accept shared subscriptions (MQTT 5 Shared Subscription Available).
+    pub shared_subscription: bool,
+    /// Topic aliases an MQTT 5 client may use (Topic Alias Maximum announced); 0 for none.
+    pub max_topic_alias: u16,
+    /// Keep-alive imposed on MQTT 5 clients (Server Keep Alive), in seconds; 0 leaves the
+    /// client's.
+    pub server_keepalive: u16,
+    /// Longest client id accepted.
+    pub max_clientid_len: usize,
 }
 
 impl Default for MqttSettings {
@@ -60,10 +90,22 @@ impl Default for MqttSettings {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
             max_inflight: 100,
+            max_awaiting_rel: 100,
             connect_timeout: 15,
             acl_cache: true,
             acl_cache_max_size: 32,
             acl_cache_ttl: "1m".to_owned(),
+            max_mqueue_len: 1000,
+            mqueue_store_qos0: true,
+            session_expiry_interval: "2h".to_owned(),
+            upgrade_qos: false,
+            max_qos_allowed: 2,
+            retain_available: true,
+            wildcard_subscription: true,
+            shared_subscription: true,
+            max_topic_alias: 65535,
+            server_keepalive: 0,
+            max_clientid_len: 65535,
         }
     }
 }
@@ -74,14 +116,83 @@ impl MqttSettings {
     }
 
     /// The ACL cache's settings; `None` when it is off.
-    pub fn acl_cache(&self) -> Result<Option<AclCacheSettings>, ConfigError> {
+    pub(crate) fn acl_cache(&self) -> Result<Option<AclCacheSettings>, ConfigError> {
         if !self.acl_cache {
             return Ok(None);
         }
-        let ttl = humantime::parse_duration(&self.acl_cache_ttl)
-            .map_err(|e| ConfigError::Setting("mqtt.acl_cache_ttl", format!("{:?}: {e}", self.acl_cache_ttl)))?;
+        let ttl = duration("mqtt.acl_cache_ttl", &self.acl_cache_ttl)?;
         Ok(Some(AclCacheSettings { max_size: self.acl_cache_max_size, ttl }))
     }
+
+    /// The settings every connection follows, checked.
+    pub(crate) fn zone(&self) -> Result<Zone, ConfigError> {
+        let bad = |key: &'static str, value: &dyn std::fmt::Display| ConfigError::Setting(key, value.to_string());
+        if self.max_inflight == 0 {
+            return Err(bad("mqtt.max_inflight", &"0 (must be 1 to 65535)"));
+        }
+        if self.max_awaiting_rel == 0 {
+            return Err(bad("mqtt.max_awaiting_rel", &"0 (must be 1 to 65535)"));
+        }
+        if self.max_qos_allowed > 2 {
+            return Err(bad("mqtt.max_qos_allowed", &self.max_qos_allowed));
+        }
+        if self.max_packet_size < 64 {
+            return Err(bad("mqtt.max_packet_size", &format!("{} (at least 64 bytes)", self.max_packet_size)));
+        }
+        let expiry = duration("mqtt.session_expiry_interval", &self.session_expiry_interval)?;
+        Ok(Zone {
+            max_packet_size: self.max_packet_size.min(268_435_460),
+            max_connections: self.max_connections,
+            max_inflight: self.max_inflight,
+            max_awaiting_rel: self.max_awaiting_rel,
+            connect_timeout: self.connect_timeout(),
+            acl_cache: self.acl_cache()?,
+            queue: QueueLimits { max_len: self.max_mqueue_len, store_qos0: self.mqueue_store_qos0 },
+            session_expiry_v3: expiry.as_secs().min(u64::from(u32::MAX)) as u32,
+            upgrade_qos: self.upgrade_qos,
+            max_qos: self.max_qos_allowed,
+            retain_available: self.retain_available,
+            wildcard_subscription: self.wildcard_subscription,
+            shared_subscription: self.shared_subscription,
+            max_topic_alias: self.max_topic_alias,
+            server_keep_alive: (self.server_keepalive > 0).then_some(self.server_keepalive),
+            max_client_id_len: self.max_clientid_len,
+        })
+    }
+}
+
+/// A duration setting: `"30s"`, `"2h"`, or a bare number of seconds.
+fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(value).map_err(|e| ConfigError::Setting(key, format!("{value:?}: {e}")))
+}
+
+/// How a share group picks the member that gets a message (EMQX's
+/// `broker.shared_subscription_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Any member, at random (EMQX's default).
+    #[default]
+    Random,
+    /// Each member in turn.
+    RoundRobin,
+    /// The same member for as long as it stays subscribed and connected.
+    Sticky,
+    /// A member chosen by the publisher's client id: one publisher's messages stay in order
+    /// at one member.
+    Hash,
+}
+
+/// `[broker]`: node-wide behaviour (EMQX's `broker.*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    /// How a share group picks the member that gets a message: `random`, `round_robin`,
+    /// `sticky` or `hash` (of the publisher's client id).
+    pub shared_subscription_strategy: SharedStrategy,
 }
 
 /// Every broker setting.
@@ -98,6 +209,7 @@ pub struct Settings {
     pub log_level: String,
     pub listener: ListenerSettings,
     pub mqtt: MqttSettings,
+    pub broker: BrokerSettings,
     /// Every other table: plugin configs, by section name.
     #[serde(flatten)]
     pub plugins: serde_json::Map<String, serde_json::Value>,
@@ -112,6 +224,7 @@ impl Default for Settings {
             log_level: "info".to_owned(),
             listener: ListenerSettings::default(),
             mqtt: MqttSettings::default(),
+            broker: BrokerSettings::default(),
             plugins: Default::default(),
         }
     }
@@ -166,7 +279,7 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     if let Some(listen) = overrides.listen {
         settings.listener.tcp = listen;
     }
-    settings.mqtt.acl_cache()?;
+    settings.mqtt.zone()?;
     Ok(settings)
 }
 

@@ -54,7 +54,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Answers ctl requests forever.
-pub async fn serve(listener: UnixListener, manager: Arc<Manager>) {
+pub(crate) async fn serve(listener: UnixListener, manager: Arc<Manager>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {

@@ -12,11 +12,11 @@ use plugin_api::abi::{self, RawEvent};
 use plugin_api::Hook;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::plugins::instance::Instance;
+use crate::plugins::handle::PluginHandle;
 
 /// The answer of a hook chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Every plugin deferred (or kept the message).
     Continue,
     /// A plugin allowed (auth / ACL).
@@ -29,22 +29,22 @@ pub enum Verdict {
 
 #[derive(Debug, Default)]
 struct HookTable {
-    by_hook: [Vec<Arc<Instance>>; Hook::ALL.len()],
+    by_hook: [Vec<Arc<PluginHandle>>; Hook::ALL.len()],
 }
 
 /// The dispatcher shared by every connection.
 #[derive(Debug)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     wanted: AtomicU64,
     table: ArcSwap<HookTable>,
     /// Changes whenever cached ACL answers may be stale (see [`Hooks::acl_generation`]).
     acl_generation: AtomicU64,
     /// Where a plugin that panicked is reported, to be stopped off the hot path.
-    failed: UnboundedSender<Arc<Instance>>,
+    failed: UnboundedSender<Arc<PluginHandle>>,
 }
 
 impl Hooks {
-    pub fn new(failed: UnboundedSender<Arc<Instance>>) -> Hooks {
+    pub(crate) fn new(failed: UnboundedSender<Arc<PluginHandle>>) -> Hooks {
         Hooks {
             wanted: AtomicU64::new(0),
             table: ArcSwap::from_pointee(HookTable::default()),
@@ -55,18 +55,18 @@ impl Hooks {
 
     /// Whether any running plugin wants `hook`. Check it before building an event.
     #[inline]
-    pub fn wants(&self, hook: Hook) -> bool {
+    pub(crate) fn wants(&self, hook: Hook) -> bool {
         self.wanted.load(Ordering::Relaxed) & (1 << hook as u32) != 0
     }
 
     /// Replaces the table with `running` (in load order), sorted by priority.
-    pub fn install(&self, running: &[Arc<Instance>]) {
+    pub(crate) fn install(&self, running: &[Arc<PluginHandle>]) {
         let mut table = HookTable::default();
         let mut wanted = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
-            list.extend(running.iter().filter(|p| p.library.meta.hooks.contains(hook)).cloned());
-            list.sort_by_key(|p| (std::cmp::Reverse(p.library.meta.priority), p.seq));
+            list.extend(running.iter().filter(|p| p.hooks.contains(hook)).cloned());
+            list.sort_by_key(|p| (std::cmp::Reverse(p.priority), p.seq));
             if !list.is_empty() {
                 wanted |= 1 << hook as u32;
             }
@@ -79,18 +79,18 @@ impl Hooks {
     /// The generation of `client.check_acl` answers: connections drop their cached answers
     /// when it changes. It changes with the hook table and on [`Hooks::invalidate_acl_answers`].
     #[inline]
-    pub fn acl_generation(&self) -> u64 {
+    pub(crate) fn acl_generation(&self) -> u64 {
         self.acl_generation.load(Ordering::Acquire)
     }
 
     /// Makes every connection ask the `client.check_acl` chain again (rules were reloaded).
-    pub fn invalidate_acl_answers(&self) {
+    pub(crate) fn invalidate_acl_answers(&self) {
         self.acl_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Runs the chain for `event.hook`: each plugin in turn until one answers something other
     /// than Continue.
-    pub fn dispatch(&self, event: &RawEvent) -> Verdict {
+    pub(crate) fn dispatch(&self, event: &RawEvent) -> Verdict {
         let table = self.table.load();
         let Some(list) = table.by_hook.get(event.hook as usize) else {
             return Verdict::Continue;
@@ -107,7 +107,7 @@ impl Hooks {
                     let _ = self.failed.send(plugin.clone());
                 }
                 Some(other) => {
-                    tracing::warn!(plugin = plugin.name(), "unknown hook answer {other}, treated as continue");
+                    tracing::warn!(plugin = plugin.name, "unknown hook answer {other}, treated as continue");
                 }
             }
         }

@@ -1,23 +1,42 @@
 //! The `broker` host as a library: the binary (`src/main.rs`) is its command line, and the
 //! benchmarks in `benches/` drive the same parts.
 //!
-//! The path of one PUBLISH: `relay` (socket, frames, hooks) → `hooks` (dispatch to plugins)
-//! → `router` (the embedded rumqttd).
+//! The path of one PUBLISH: `listener` accepts the client → `connection` (its task: reads
+//! the packet, decoded by `mqtt`, fires the hooks through `hooks`) → `node::Node::publish`
+//! → `router` (the subscription trie) → each matching `session` → that session's
+//! `connection` writes it out.
 
+#[doc(hidden)]
+pub mod bench;
+pub(crate) mod client;
 pub mod config;
+pub(crate) mod connection;
 pub mod ctl;
-pub mod hooks;
-pub mod mqtt;
-pub mod plugins;
-pub mod relay;
-pub mod router;
+pub(crate) mod hooks;
+pub(crate) mod listener;
+pub(crate) mod message;
+pub(crate) mod mqtt;
+pub(crate) mod node;
+pub(crate) mod plugins;
+pub(crate) mod router;
 pub mod server;
-pub mod sessions;
-pub mod stats;
+pub(crate) mod session;
+pub(crate) mod sessions;
+pub(crate) mod stats;
 
 /// Locks `m`, going on past a poisoned lock (a panic elsewhere must not stop the broker).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-locks `l`, going on past a poisoned lock.
+pub(crate) fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-locks `l`, going on past a poisoned lock.
+pub(crate) fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -26,7 +45,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// 16 hex digits that differ between calls (for generated client ids).
-pub fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

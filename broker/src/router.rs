@@ -1,115 +1,221 @@
-//! The embedded rumqttd: no listener of its own; the relay hands it each client connection
-//! (the client's socket behind the host's frame inspection, `relay::link`), and it keeps
-//! doing what it does well (sessions, QoS, wills, routing). The host publishes into it
-//! through a local link.
+//! Routing: which sessions a message goes to.
+//!
+//! A subscription trie (`trie`) holds every subscription, keyed by topic filter level; shared
+//! subscriptions (`$share/<group>/<filter>`, and EMQX's `$queue/<filter>`) sit in the same
+//! trie as groups (`shared`) of which one member gets each message. There is no router
+//! thread: the publisher's own connection task matches the trie (under a read lock that many
+//! publishers hold at once) and hands each matching session the shared message.
 
-use std::time::Duration;
+mod shared;
+mod trie;
 
-use rumqttd::local::LinkTx;
-use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Broker, Config, ConnectionHandler, ConnectionSettings, RouterConfig};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
-/// Why the embedded router could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("cannot open the router's local link: {0}")]
-    Link(String),
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
+pub(crate) use shared::Strategy;
+
+use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::session::Session;
+use shared::Pick;
+use trie::Level;
+
+/// A topic filter as a subscription names it: a plain filter, or a shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Filter<'a> {
+    /// The share group (`$queue/` is the group `$queue`); `None` for a plain subscription.
+    pub(crate) group: Option<&'a str>,
+    /// The filter matched against topics.
+    pub(crate) path: &'a str,
 }
 
-/// Limits applied by the router.
-#[derive(Debug, Clone)]
-pub struct RouterSettings {
-    pub max_connections: usize,
-    pub max_packet_size: usize,
-    pub max_inflight: usize,
-    pub connect_timeout: Duration,
+/// Why a topic filter cannot be subscribed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FilterError {
+    #[error("invalid topic filter")]
+    Invalid,
+    #[error("invalid share name")]
+    InvalidShare,
 }
 
-/// The way into the router: each relayed connection is served by rumqttd's own connection
-/// code, reading and writing the client's socket through the relay (no listener of its own).
-#[derive(Clone)]
-pub struct Router {
-    /// MQTT 3.1 / 3.1.1 connections.
-    pub v4: ConnectionHandler,
-    /// MQTT 5 connections.
-    pub v5: ConnectionHandler,
-}
+impl<'a> Filter<'a> {
+    /// Parses a filter from SUBSCRIBE or UNSUBSCRIBE: `+` and `#` only as whole levels, `#`
+    /// last (MQTT-4.7.1-1, MQTT-4.7.1-2); a share name without wildcards (MQTT-4.8.2-1).
+    pub(crate) fn parse(filter: &'a str) -> Result<Filter<'a>, FilterError> {
+        let (group, path) = if let Some(rest) = filter.strip_prefix("$share/") {
+            let (group, path) = rest.split_once('/').ok_or(FilterError::InvalidShare)?;
+            if group.is_empty() || group.contains(['+', '#']) {
+                return Err(FilterError::InvalidShare);
+            }
+            (Some(group), path)
+        } else if let Some(path) = filter.strip_prefix("$queue/") {
+            (Some("$queue"), path)
+        } else {
+            (None, filter)
+        };
+        if !plugin_api::topic::is_valid_filter(path) {
+            return Err(FilterError::Invalid);
+        }
+        Ok(Filter { group, path })
+    }
 
-impl std::fmt::Debug for Router {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Router")
+    pub(crate) fn has_wildcards(&self) -> bool {
+        self.path.contains(['+', '#'])
     }
 }
 
-/// Publishes messages into the router as the broker itself (QoS 0, as rumqttd's local links
-/// only carry QoS 0; the retain flag is honoured).
-#[derive(Debug, Clone)]
-pub struct Publisher {
-    tx: mpsc::Sender<Publish>,
+/// Whether `topic` is a valid topic name to publish to: not empty, no wildcards
+/// (MQTT-3.3.2-2, MQTT-4.7.3-1).
+pub(crate) fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#'])
 }
 
-/// The host's publish queue is full or closed.
-#[derive(Debug, thiserror::Error)]
-#[error("the broker's publish queue is {0}")]
-pub struct PublishError(&'static str);
+/// One session's subscription, as the trie keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    pub(crate) session: Arc<Session>,
+    pub(crate) options: SubscriptionOptions,
+    /// MQTT 5 Subscription Identifier.
+    pub(crate) id: Option<u32>,
+}
 
-impl Publisher {
-    pub fn publish(&self, topic: &str, payload: &[u8], _qos: u8, retain: bool) -> Result<(), PublishError> {
-        let publish = Publish::new(topic.as_bytes().to_vec(), payload.to_vec(), retain);
-        self.tx.try_send(publish).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PublishError("full"),
-            mpsc::error::TrySendError::Closed(_) => PublishError("closed"),
-        })
+/// Where one message goes: a session, and what its matching subscriptions decide.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) session: Arc<Session>,
+    /// The highest QoS of the matching subscriptions.
+    pub(crate) qos: u8,
+    /// A matching subscription keeps the retain flag.
+    pub(crate) retain_as_published: bool,
+    /// Identifiers of the matching subscriptions.
+    pub(crate) ids: Vec<u32>,
+    /// From a shared subscription (never merged with the session's plain subscriptions).
+    shared: bool,
+}
+
+/// Who published, for the subscription options and share strategies that depend on it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Publisher<'a> {
+    /// Session id; 0 for the broker.
+    pub(crate) session: u64,
+    pub(crate) client_id: &'a str,
+}
+
+/// Every subscription of every session.
+#[derive(Debug)]
+pub(crate) struct Router {
+    trie: RwLock<Level>,
+    strategy: Strategy,
+    subscriptions: AtomicUsize,
+}
+
+impl Router {
+    pub(crate) fn new(strategy: Strategy) -> Router {
+        Router { trie: RwLock::new(Level::default()), strategy, subscriptions: AtomicUsize::new(0) }
+    }
+
+    /// Adds or replaces `subscriber`'s subscription to `filter`; true if it is new.
+    pub(crate) fn subscribe(&self, filter: &Filter<'_>, subscriber: Subscriber) -> bool {
+        let added = crate::write(&self.trie).insert(filter, subscriber);
+        if added {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Removes session `session_id`'s subscription to `filter`; true if it existed.
+    pub(crate) fn unsubscribe(&self, filter: &Filter<'_>, session_id: u64) -> bool {
+        let removed = crate::write(&self.trie).remove(filter, session_id);
+        if removed {
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// The sessions a message on `topic` goes to, appended to `out`: one target a session for
+    /// its plain subscriptions (the highest QoS and every identifier of those that match,
+    /// MQTT-3.3.4-2, MQTT-3.3.4-3), and one a share group.
+    pub(crate) fn route(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
+        let first = out.len();
+        {
+            let trie = crate::read(&self.trie);
+            trie.matches(topic, &mut |level| {
+                for sub in &level.subscribers {
+                    if sub.options.no_local && sub.session.id == publisher.session {
+                        continue; // MQTT-3.8.3-3
+                    }
+                    out.push(Target {
+                        session: sub.session.clone(),
+                        qos: sub.options.qos,
+                        retain_as_published: sub.options.retain_as_published,
+                        ids: sub.id.into_iter().collect(),
+                        shared: false,
+                    });
+                }
+                for group in &level.groups {
+                    if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
+                        out.push(Target {
+                            session: sub.session.clone(),
+                            qos: sub.options.qos,
+                            retain_as_published: sub.options.retain_as_published,
+                            ids: sub.id.into_iter().collect(),
+                            shared: true,
+                        });
+                    }
+                }
+            });
+        }
+        merge_overlapping(out, first);
+    }
+
+    /// Subscriptions held now.
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Topic filters with at least one subscription now.
+    pub(crate) fn filter_count(&self) -> usize {
+        crate::read(&self.trie).count_filters()
     }
 }
 
-async fn run_publisher(mut rx: mpsc::Receiver<Publish>, mut link: LinkTx) {
-    while let Some(publish) = rx.recv().await {
-        if let Err(e) = link.send(Packet::Publish(publish, None)).await {
-            tracing::error!("router link closed: {e}");
-            return;
+/// Merges the targets from `first` on that name the same session through plain
+/// subscriptions into one (overlapping subscriptions deliver one copy).
+fn merge_overlapping(targets: &mut Vec<Target>, first: usize) {
+    if targets.len() - first < 2 {
+        return;
+    }
+    targets[first..].sort_unstable_by_key(|t| (t.shared, t.session.id));
+    let mut kept = first;
+    for next in first + 1..targets.len() {
+        let (head, tail) = targets.split_at_mut(next);
+        let (last, target) = (&mut head[kept], &mut tail[0]);
+        if !last.shared && !target.shared && last.session.id == target.session.id {
+            last.qos = last.qos.max(target.qos);
+            last.retain_as_published |= target.retain_as_published;
+            last.ids.append(&mut target.ids);
+        } else {
+            kept += 1;
+            targets.swap(kept, next);
         }
     }
+    targets.truncate(kept + 1);
 }
 
-/// Starts rumqttd's router (its own thread) and returns the way in for connections and for
-/// the host's own publishes.
-pub fn start(settings: &RouterSettings, runtime: &tokio::runtime::Handle) -> Result<(Router, Publisher), RouterError> {
-    let config = Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: settings.max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let connections = ConnectionSettings {
-        connection_timeout_ms: settings.connect_timeout.as_millis().min(u16::MAX as u128) as u16,
-        max_payload_size: settings.max_packet_size,
-        max_inflight_count: settings.max_inflight,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let broker = Broker::new(config);
-    let router = Router {
-        v4: broker.connection_handler(connections.clone(), false),
-        v5: broker.connection_handler(connections, true),
-    };
-    let (link_tx, mut link_rx) = broker.link("broker-host").map_err(|e| RouterError::Link(e.to_string()))?;
-    // The local link receives nothing we need (it subscribes to nothing); drain it so the
-    // router never blocks on it.
-    std::thread::Builder::new()
-        .name("router-link".to_owned())
-        .spawn(move || while link_rx.recv().is_ok() {})
-        .map_err(RouterError::Thread)?;
-    let (tx, rx) = mpsc::channel(4096);
-    runtime.spawn(run_publisher(rx, link_tx));
-    Ok((router, Publisher { tx }))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse() {
+        assert_eq!(Filter::parse("a/+/#"), Ok(Filter { group: None, path: "a/+/#" }));
+        assert_eq!(Filter::parse("$share/g/a/#"), Ok(Filter { group: Some("g"), path: "a/#" }));
+        assert_eq!(Filter::parse("$queue/a"), Ok(Filter { group: Some("$queue"), path: "a" }));
+        assert_eq!(Filter::parse("$share/g"), Err(FilterError::InvalidShare));
+        assert_eq!(Filter::parse("$share//a"), Err(FilterError::InvalidShare));
+        assert_eq!(Filter::parse("$share/g+/a"), Err(FilterError::InvalidShare));
+        assert_eq!(Filter::parse("a/#/b"), Err(FilterError::Invalid));
+        assert_eq!(Filter::parse("a+"), Err(FilterError::Invalid));
+        assert_eq!(Filter::parse(""), Err(FilterError::Invalid));
+        assert!(is_valid_topic("a/b") && !is_valid_topic("a/+") && !is_valid_topic(""));
+    }
 }

@@ -1,4 +1,4 @@
-//! Starting and stopping the broker: data directory lock, router, plugins, ctl, listener.
+//! Starting and stopping the broker: data directory lock, node, plugins, ctl, listener.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -8,38 +8,26 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
-use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{self, Overrides, Settings};
 use crate::ctl;
 use crate::hooks::Hooks;
+use crate::node::Node;
 use crate::plugins::host_api::HostShared;
 use crate::plugins::manager::{Manager, ManagerPaths};
-use crate::relay::{self, Relay, RelaySettings};
-use crate::router::{self, RouterSettings};
-use crate::sessions::Registry;
+use crate::router::Router;
 use crate::stats::Stats;
 
 fn init_logging(settings: &Settings) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=off", settings.log_level)));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(FilterFn::new(|meta| !is_per_packet_span(meta)))
         .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
         .try_init();
-}
-
-/// rumqttd's router opens a span for every packet it handles (`incoming_payload`, `publish`
-/// with the topic formatted, ...), most at ERROR level, so any `RUST_LOG` naming rumqttd
-/// enables them. Recording them took a fifth of the QoS 0 fan-in throughput (`bench/run.sh`
-/// with `RUST_LOG=warn`: 370k against 440k msgs/s without), so they are never recorded;
-/// rumqttd's events still are, and its per-connection spans still give them context.
-fn is_per_packet_span(meta: &tracing::Metadata<'_>) -> bool {
-    meta.is_span() && meta.target().starts_with("rumqttd::router")
 }
 
 /// Takes the data directory's lock file, so that two brokers never share one directory.
@@ -68,7 +56,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 }
 
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
-/// descriptor (its socket, which rumqttd's connection code uses through the relay).
+/// descriptor (its socket).
 fn raise_file_limit(max_connections: usize) {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
@@ -122,38 +110,21 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&data_dir)?;
     let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
+    let zone = settings.mqtt.zone()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let router_settings = RouterSettings {
-        max_connections: settings.mqtt.max_connections,
-        // rumqttd limits the payload; the relay limits the whole packet.
-        max_packet_size: settings.mqtt.max_packet_size,
-        max_inflight: settings.mqtt.max_inflight,
-        connect_timeout: settings.mqtt.connect_timeout(),
-    };
     spawn_driver_watch(runtime.handle().clone())?;
-    let (router, publisher) = router::start(&router_settings, runtime.handle())?;
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Arc::new(Hooks::new(failed_tx));
-    let relay = Arc::new(Relay {
-        settings: RelaySettings {
-            max_packet_size: settings.mqtt.max_packet_size,
-            connect_timeout: settings.mqtt.connect_timeout(),
-            acl_cache: settings.mqtt.acl_cache()?,
-        },
-        hooks: hooks.clone(),
-        stats,
-        router,
-        publisher,
-        registry: Registry::default(),
-    });
+    let router = Router::new(settings.broker.shared_subscription_strategy);
+    let node = Arc::new(Node::new(zone, hooks.clone(), stats, router));
     let shared = Arc::new(HostShared {
         broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         node_name: settings.node_name.clone(),
         data_dir: data_dir.to_string_lossy().into_owned(),
         started_at: started.1,
-        relay: relay.clone(),
+        node: node.clone(),
         manager: OnceLock::new(),
     });
     let manager = Arc::new(Manager::new(
@@ -170,9 +141,9 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         {
             let manager = manager.clone();
             tokio::spawn(async move {
-                while let Some(instance) = failed_rx.recv().await {
+                while let Some(handle) = failed_rx.recv().await {
                     let manager = manager.clone();
-                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(instance)).await;
+                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(handle)).await;
                 }
             });
         }
@@ -185,7 +156,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
         tracing::info!("mqtt listener on {}", listener.local_addr()?);
-        tokio::spawn(relay::serve(listener, relay));
+        tokio::spawn(crate::listener::serve_tcp(listener, node));
 
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -1,294 +1,232 @@
-//! Connected clients as the host knows them: who they are (for hook events), an outbox for
-//! what the host itself sends them (acknowledgements, SUBACKs it answers, retained and `$SYS`
-//! messages), and the `$`-topic subscriptions the host serves (rumqttd refuses `$` filters).
+//! Every session by client id, and their life: opened (new, resumed, or taken over from a
+//! live connection) when a client connects, detached when its connection ends, ended at once
+//! or when its Session Expiry Interval runs out, with its will published on time.
 //!
-//! Only the connection's link (`relay::link`) writes to the socket: it drains the outbox
-//! between frames, after what it had already inspected, so what the host queues never
-//! interleaves inside a frame and follows what was already on its way (a retained message
-//! comes after its SUBACK).
+//! Takeover (MQTT-3.1.4-3): the live connection is told to end (DISCONNECT 0x8E in MQTT 5)
+//! and the newcomer waits for it to detach before it resumes or discards the session, so a
+//! session is never served by two connections.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
-use bytes::{BufMut, BytesMut};
-use plugin_api::abi::{RawBytes, RawEvent, RawStr};
-use plugin_api::Hook;
-
+use crate::client::ClientInfo;
 use crate::lock;
-use crate::mqtt::frame::{encode_length, kind};
+use crate::message::Message;
+use crate::node::Node;
+use crate::session::{Attachment, PendingWill, Session};
 
-/// Packet ids the host uses for what it sends at QoS 1/2. rumqttd numbers its own outgoing
-/// messages 1..=100, so the two never collide.
-const HOST_PACKET_IDS: std::ops::RangeInclusive<u16> = 0x8000..=0xffff;
+/// How long a newcomer waits for the connection it takes over to let go of the session.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// One connected client.
+/// A will as the connection hands it over when it ends.
 #[derive(Debug)]
-pub struct Session {
-    /// Who it is, from its CONNECT.
-    pub identity: Identity,
-    /// Set when rumqttd accepted the connection (CONNACK success).
-    pub connected: AtomicBool,
-    /// When the CONNECT arrived, in milliseconds since the Unix epoch.
-    pub connected_at_ms: u64,
-    outbox: Mutex<BytesMut>,
-    /// The connection task that writes to the client, woken when something is queued.
-    writer: AtomicWaker,
-    host_inflight: Mutex<HostInflight>,
-    /// `$` filters (e.g. `$SYS/#`) the host serves for this client, with their QoS.
-    sys_subscriptions: Mutex<Vec<(String, u8)>>,
+pub(crate) struct Will {
+    pub(crate) message: Message,
+    /// MQTT 5 Will Delay Interval in seconds.
+    pub(crate) delay: u32,
+    /// MQTT 5 Message Expiry Interval, counted from when the will is published.
+    pub(crate) expiry: Option<u32>,
 }
 
+/// The session a connection got.
 #[derive(Debug)]
-struct HostInflight {
-    next: u16,
-    /// Packet id → QoS of messages the host sent and the client has not acknowledged.
-    unacked: HashMap<u16, u8>,
+pub(crate) struct Opened {
+    pub(crate) session: Arc<Session>,
+    /// An existing session was resumed (CONNACK's Session Present).
+    pub(crate) present: bool,
 }
 
-/// What to do with an acknowledgement from the client.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HostAck {
-    /// Not for a message the host sent: forward it to rumqttd.
-    NotOurs,
-    /// Ours and settled: drop it.
-    Settled,
-    /// Ours, a PUBREC: answer with this PUBREL.
-    Reply([u8; 4]),
-}
-
-/// Who a client is, from its CONNECT (what hook events tell plugins).
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub client_id: String,
-    pub username: String,
-    pub peer: String,
-    pub proto_ver: u8,
-    pub keepalive: u16,
-    pub clean_start: bool,
-    pub expiry_interval: u32,
-}
-
-impl Session {
-    pub fn new(identity: Identity) -> Session {
-        Session {
-            identity,
-            connected: AtomicBool::new(false),
-            connected_at_ms: crate::now_ms(),
-            outbox: Mutex::new(BytesMut::new()),
-            writer: AtomicWaker::new(),
-            host_inflight: Mutex::new(HostInflight { next: *HOST_PACKET_IDS.start(), unacked: HashMap::new() }),
-            sys_subscriptions: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A hook event about this client (timestamped now).
-    pub fn event(&self, hook: Hook) -> RawEvent {
-        self.event_at(hook, crate::now_ms())
-    }
-
-    /// A hook event about this client, timestamped `timestamp_ms` (milliseconds since the
-    /// Unix epoch).
-    pub fn event_at(&self, hook: Hook, timestamp_ms: u64) -> RawEvent {
-        RawEvent {
-            size: std::mem::size_of::<RawEvent>() as u32,
-            hook: hook as u32,
-            client_id: RawStr::new(&self.identity.client_id),
-            username: RawStr::new(&self.identity.username),
-            password: RawBytes::EMPTY,
-            peer: RawStr::new(&self.identity.peer),
-            topic: RawStr::EMPTY,
-            payload: RawBytes::EMPTY,
-            qos: 0,
-            retain: 0,
-            proto_ver: self.identity.proto_ver,
-            clean_start: self.identity.clean_start as u8,
-            keepalive: self.identity.keepalive,
-            packet_id: 0,
-            return_code: 0,
-            expiry_interval: self.identity.expiry_interval,
-            acl_action: 0,
-            reason: RawStr::EMPTY,
-            timestamp_ms,
-        }
-    }
-
-    /// Queues bytes (whole frames) for the client and wakes its writer.
-    pub fn send(&self, frame: &[u8]) {
-        lock(&self.outbox).extend_from_slice(frame);
-        self.writer.wake();
-    }
-
-    /// Takes everything queued so far.
-    pub fn take_outbox(&self) -> Option<BytesMut> {
-        let mut outbox = lock(&self.outbox);
-        (!outbox.is_empty()).then(|| outbox.split())
-    }
-
-    /// Asks for `waker` to be woken the next time something is queued.
-    pub fn register_writer(&self, waker: &Waker) {
-        self.writer.register(waker);
-    }
-
-    /// Queues a PUBLISH from the host itself.
-    pub fn send_publish(&self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
-        let qos = qos.min(2);
-        let packet_id = if qos > 0 { Some(self.host_packet_id(qos)) } else { None };
-        let frame = encode_publish(topic, payload, qos, retain, packet_id, self.identity.proto_ver == 5);
-        self.send(&frame);
-    }
-
-    fn host_packet_id(&self, qos: u8) -> u16 {
-        let mut inflight = lock(&self.host_inflight);
-        loop {
-            let id = inflight.next;
-            inflight.next = if id == *HOST_PACKET_IDS.end() { *HOST_PACKET_IDS.start() } else { id + 1 };
-            if let std::collections::hash_map::Entry::Vacant(slot) = inflight.unacked.entry(id) {
-                slot.insert(qos);
-                return id;
-            }
-        }
-    }
-
-    /// Handles a PUBACK / PUBREC / PUBCOMP from the client if it settles a host message.
-    pub fn host_ack(&self, packet_kind: u8, packet_id: u16) -> HostAck {
-        if !HOST_PACKET_IDS.contains(&packet_id) {
-            return HostAck::NotOurs;
-        }
-        let mut inflight = lock(&self.host_inflight);
-        match (packet_kind, inflight.unacked.get(&packet_id)) {
-            (kind::PUBACK, Some(1)) | (kind::PUBCOMP, Some(2)) => {
-                inflight.unacked.remove(&packet_id);
-                HostAck::Settled
-            }
-            (kind::PUBREC, Some(2)) => HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, packet_id)),
-            _ => HostAck::Settled,
-        }
-    }
-
-    /// Adds (or replaces) a `$` subscription the host serves.
-    pub fn add_sys_subscription(&self, filter: &str, qos: u8) {
-        let mut subs = lock(&self.sys_subscriptions);
-        subs.retain(|(f, _)| f != filter);
-        subs.push((filter.to_owned(), qos));
-    }
-
-    /// Removes a `$` subscription; whether it existed.
-    pub fn remove_sys_subscription(&self, filter: &str) -> bool {
-        let mut subs = lock(&self.sys_subscriptions);
-        let before = subs.len();
-        subs.retain(|(f, _)| f != filter);
-        subs.len() != before
-    }
-
-    /// The highest QoS among this client's `$` subscriptions matching `topic`.
-    pub fn sys_match(&self, topic: &str) -> Option<u8> {
-        lock(&self.sys_subscriptions)
-            .iter()
-            .filter(|(filter, _)| plugin_api::topic::matches(filter, topic))
-            .map(|(_, qos)| *qos)
-            .max()
-    }
-}
-
-/// Encodes a PUBLISH frame.
-pub fn encode_publish(
-    topic: &str,
-    payload: &[u8],
-    qos: u8,
-    retain: bool,
-    packet_id: Option<u16>,
-    v5: bool,
-) -> BytesMut {
-    let body_len = 2 + topic.len() + packet_id.map_or(0, |_| 2) + usize::from(v5) + payload.len();
-    let mut frame = Vec::with_capacity(body_len + 5);
-    frame.push(kind::PUBLISH << 4 | qos << 1 | u8::from(retain));
-    encode_length(body_len, &mut frame);
-    let mut frame = BytesMut::from(&frame[..]);
-    frame.put_u16(topic.len() as u16);
-    frame.put_slice(topic.as_bytes());
-    if let Some(id) = packet_id {
-        frame.put_u16(id);
-    }
-    if v5 {
-        frame.put_u8(0); // no properties
-    }
-    frame.put_slice(payload);
-    frame
-}
-
-/// Every connected client by client id.
 #[derive(Debug, Default)]
-pub struct Registry {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+pub(crate) struct Sessions {
+    by_client_id: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    next_id: AtomicU64,
 }
 
-impl Registry {
-    /// Records a newly connected client (a takeover replaces the old session).
-    pub fn register(&self, session: &Arc<Session>) {
-        lock(&self.sessions).insert(session.identity.client_id.clone(), session.clone());
+impl Sessions {
+    pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        lock(&self.by_client_id).get(client_id).cloned()
     }
 
-    /// Forgets a client, unless a newer connection took its id over.
-    pub fn unregister(&self, session: &Arc<Session>) {
-        let mut sessions = lock(&self.sessions);
-        if sessions.get(&session.identity.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
-            sessions.remove(&session.identity.client_id);
+    /// Forgets `session`, unless another session has its client id by now.
+    pub(crate) fn remove(&self, session: &Arc<Session>) {
+        let mut sessions = lock(&self.by_client_id);
+        if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&session.client_id);
+            if sessions.capacity() > 64 && sessions.len() < sessions.capacity() / 4 {
+                sessions.shrink_to_fit();
+            }
         }
     }
 
-    /// Every connected client, ordered by client id.
-    pub fn all(&self) -> Vec<Arc<Session>> {
-        let mut all: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        all.sort_by(|a, b| a.identity.client_id.cmp(&b.identity.client_id));
-        all
+    /// The clients connected now, ordered by client id.
+    pub(crate) fn connected(&self) -> Vec<Arc<ClientInfo>> {
+        let sessions: Vec<Arc<Session>> = lock(&self.by_client_id).values().cloned().collect();
+        let mut clients: Vec<Arc<ClientInfo>> =
+            sessions.iter().filter_map(|s| s.lock().attachment.as_ref().map(|a| a.client.clone())).collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        clients
     }
 
-    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        lock(&self.sessions).get(client_id).cloned()
+    fn create(&self, node: &Node, client: &Arc<ClientInfo>, connection: u64, expiry: u32) -> Arc<Session> {
+        let session =
+            Arc::new(Session::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1, client.client_id.clone()));
+        {
+            let mut state = session.lock();
+            state.expiry_interval = expiry;
+            session.attach(&mut state, Attachment { connection, client: client.clone() });
+        }
+        node.stats.session_created();
+        session
     }
 
-    /// The sessions subscribed to `$`-topic `topic`, with their subscription QoS.
-    pub fn sys_subscribers(&self, topic: &str) -> Vec<(Arc<Session>, u8)> {
-        lock(&self.sessions).values().filter_map(|s| s.sys_match(topic).map(|qos| (s.clone(), qos))).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mqtt::frame::parse_header;
-    use crate::mqtt::packet::decode_publish;
-
-    #[test]
-    fn encoded_publish_decodes() {
-        for v5 in [false, true] {
-            let frame = encode_publish("a/b", b"xyz", 1, true, Some(0x8001), v5);
-            let header = parse_header(&frame, usize::MAX).unwrap().unwrap();
-            assert_eq!(header.frame_len(), frame.len());
-            let p = decode_publish(header.flags(), &frame[header.header_len..], v5).unwrap();
-            assert_eq!((p.topic, p.qos, p.retain, p.packet_id, p.payload), ("a/b", 1, true, 0x8001, &b"xyz"[..]));
+    /// The session for a new connection of `client`: a new one (clean start, or none
+    /// existed), or the existing one resumed. A connection still serving the client id is
+    /// told to end first.
+    pub(crate) async fn open(
+        &self,
+        node: &Node,
+        client: &Arc<ClientInfo>,
+        connection: u64,
+        clean_start: bool,
+        expiry: u32,
+    ) -> Opened {
+        loop {
+            let existing = self.get(&client.client_id);
+            let Some(old) = existing else {
+                let mut sessions = lock(&self.by_client_id);
+                if sessions.contains_key(&client.client_id) {
+                    continue; // another connection of this client id got in first
+                }
+                let session = self.create(node, client, connection, expiry);
+                sessions.insert(client.client_id.clone(), session.clone());
+                return Opened { session, present: false };
+            };
+            let detached = old.detached.notified();
+            tokio::pin!(detached);
+            detached.as_mut().enable();
+            {
+                let mut state = old.lock();
+                if state.ended {
+                    drop(state);
+                    self.remove(&old);
+                    continue;
+                }
+                if state.attachment.is_none() {
+                    if clean_start {
+                        drop(state);
+                        let session = self.create(node, client, connection, expiry);
+                        lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
+                        node.end_session(&old);
+                        return Opened { session, present: false };
+                    }
+                    state.expiry_interval = expiry;
+                    old.attach(&mut state, Attachment { connection, client: client.clone() });
+                    return Opened { session: old.clone(), present: true };
+                }
+                old.kick_takeover(clean_start);
+            }
+            if tokio::time::timeout(TAKEOVER_WAIT, detached).await.is_err() {
+                // The old connection is stuck (a blocking hook, say): take the session from it.
+                tracing::warn!(
+                    client_id = &*client.client_id,
+                    "the connection being taken over did not let go in time"
+                );
+                let mut state = old.lock();
+                if let Some(connection) = state.attachment.as_ref().map(|a| a.connection) {
+                    old.detach(&mut state, connection);
+                }
+            }
         }
     }
 
-    #[test]
-    fn host_packet_ids_are_settled_by_the_right_ack() {
-        let s = Session::new(Identity {
-            client_id: "c".into(),
-            username: String::new(),
-            peer: String::new(),
-            proto_ver: 4,
-            keepalive: 0,
-            clean_start: true,
-            expiry_interval: 0,
-        });
-        assert_eq!(s.host_ack(kind::PUBACK, 5), HostAck::NotOurs);
-        let id = s.host_packet_id(2);
-        assert!(HOST_PACKET_IDS.contains(&id));
-        assert_eq!(s.host_ack(kind::PUBREC, id), HostAck::Reply(crate::mqtt::packet::ack(kind::PUBREL, id)));
-        assert_eq!(s.host_ack(kind::PUBCOMP, id), HostAck::Settled);
-        assert_ne!(s.host_packet_id(1), id, "ids advance");
+    /// Called when connection `connection` of `session` ends. `will` is the will to publish
+    /// (none after a normal DISCONNECT); `taken_over` when a newer connection ends it, which
+    /// then decides what becomes of the session.
+    pub(crate) fn close(
+        &self,
+        node: &Arc<Node>,
+        session: &Arc<Session>,
+        connection: u64,
+        client: &Arc<ClientInfo>,
+        will: Option<Will>,
+        taken_over: bool,
+    ) {
+        let mut publish_now = None;
+        let mut end = false;
+        let mut schedule = None;
+        {
+            let mut state = session.lock();
+            let was_attached = session.detach(&mut state, connection);
+            let expiry = state.expiry_interval;
+            if let Some(mut will) = will {
+                // The will is published now, or at `at`: its expiry counts from then.
+                let at = Instant::now() + Duration::from_secs(u64::from(will.delay.min(expiry.max(1))));
+                will.message.timestamp_ms = crate::now_ms();
+                will.message.expires_at =
+                    Message::expiry_from(will.expiry, if will.delay > 0 { at } else { Instant::now() });
+                // MQTT-3.1.3-9: a delayed will waits, unless the session ends first.
+                let persistent = was_attached && !state.ended && (expiry > 0 || taken_over);
+                if will.delay > 0 && persistent {
+                    state.pending_will = Some(PendingWill { message: will.message, client: client.clone(), at });
+                } else {
+                    publish_now = Some(will.message);
+                }
+            }
+            if was_attached && !taken_over && !state.ended {
+                if expiry == 0 {
+                    end = true;
+                } else {
+                    state.expires_at =
+                        (expiry != u32::MAX).then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+                    schedule = Some(state.generation);
+                }
+            }
+        }
+        session.detached.notify_waiters();
+        if let Some(message) = publish_now {
+            node.publish(message, client);
+        }
+        if end {
+            node.end_session(session);
+        } else if let Some(generation) = schedule {
+            tokio::spawn(expire(node.clone(), session.clone(), generation));
+        }
+    }
+}
+
+/// Waits out an offline session's delayed will and expiry, unless a connection resumes it.
+async fn expire(node: Arc<Node>, session: Arc<Session>, generation: u64) {
+    loop {
+        let next = {
+            let state = session.lock();
+            if state.generation != generation || state.ended || state.attachment.is_some() {
+                return;
+            }
+            match (state.pending_will.as_ref().map(|w| w.at), state.expires_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return,
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+        let (will, expired) = {
+            let mut state = session.lock();
+            if state.generation != generation || state.ended || state.attachment.is_some() {
+                return;
+            }
+            let now = Instant::now();
+            let will =
+                if state.pending_will.as_ref().is_some_and(|w| w.at <= now) { state.pending_will.take() } else { None };
+            (will, state.expires_at.is_some_and(|at| at <= now))
+        };
+        if let Some(will) = will {
+            node.publish(will.message, &will.client);
+        }
+        if expired {
+            node.end_session(&session);
+            return;
+        }
     }
 }

@@ -264,6 +264,40 @@ pub struct RawEvent {
     pub reason: RawStr,
     /// Milliseconds since the Unix epoch when the event happened.
     pub timestamp_ms: u64,
+    // Fields below were added after the first release of ABI version 1: read them only when
+    // `size` covers them (the safe layer does).
+    /// For message hooks: the MQTT 5 properties the message carries to its subscribers
+    /// (Payload Format Indicator, Content Type, Response Topic, Correlation Data, User
+    /// Properties), encoded as in a PUBLISH property block without its length; empty when
+    /// none. Store it with a retained message and hand it back in [`RawMessage::properties`].
+    pub properties: RawBytes,
+    /// For message hooks: the message's remaining MQTT 5 Message Expiry Interval in seconds;
+    /// 0 when it never expires.
+    pub message_expiry: u32,
+    /// For `session.subscribed`: the MQTT 5 subscription options byte (QoS in bits 0-1, No
+    /// Local bit 2, Retain As Published bit 3, Retain Handling bits 4-5); 0 before MQTT 5
+    /// but for the QoS.
+    pub sub_options: u8,
+    /// For `session.subscribed`: 1 if the subscription did not exist before this SUBSCRIBE.
+    pub sub_new: u8,
+}
+
+/// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawMessage {
+    /// `size_of::<RawMessage>()` as the plugin built it.
+    pub size: u32,
+    /// Topic name.
+    pub topic: RawStr,
+    /// Payload.
+    pub payload: RawBytes,
+    /// QoS it was stored with.
+    pub qos: u8,
+    /// Forwarded MQTT 5 properties, as in [`RawEvent::properties`]; empty when none.
+    pub properties: RawBytes,
+    /// Remaining Message Expiry Interval in seconds; 0 when it never expires.
+    pub message_expiry: u32,
 }
 
 /// Broker statistics, filled by [`HostApi::stats`].
@@ -340,6 +374,19 @@ pub struct HostApi {
     /// "ip_address", "port", "proto_ver", "keepalive", "clean_start", "connected_at"}]`
     /// (`connected_at` in milliseconds since the Unix epoch). For management plugins.
     pub list_clients: unsafe extern "C" fn(ctx: *const c_void, out: RawWriter) -> Status,
+    // Functions below were added after the first release of ABI version 1: call them only
+    // when `size` covers them (the safe layer does).
+    /// Delivers a retained message to one subscription of one client, as the MQTT
+    /// specification wants it after a SUBSCRIBE (`session.subscribed`): with the retain flag
+    /// set, at the lower of the message's and the subscription's QoS, with the
+    /// subscription's identifier. `filter` names the subscription exactly as the event gave
+    /// it. `STATUS_ERROR` if the client has no such subscription.
+    pub deliver_retained: unsafe extern "C" fn(
+        ctx: *const c_void,
+        client_id: RawStr,
+        filter: RawStr,
+        message: *const RawMessage,
+    ) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is

@@ -34,6 +34,31 @@ pub enum AclAction {
     Subscribe,
 }
 
+/// The options of a subscription, as in MQTT 5 (before MQTT 5 only the QoS is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionOptions {
+    /// Maximum QoS granted.
+    pub qos: u8,
+    /// The subscriber does not get its own messages.
+    pub no_local: bool,
+    /// Forwarded messages keep their retain flag.
+    pub retain_as_published: bool,
+    /// 0: send retained messages on subscribe; 1: only if the subscription is new; 2: never.
+    pub retain_handling: u8,
+}
+
+impl SubscriptionOptions {
+    /// From the MQTT 5 subscription options byte.
+    pub const fn from_byte(byte: u8) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos: byte & 0x03,
+            no_local: byte & 0x04 != 0,
+            retain_as_published: byte & 0x08 != 0,
+            retain_handling: (byte >> 4) & 0x03,
+        }
+    }
+}
+
 /// One hook event, borrowed from the host for the duration of `on_event`.
 ///
 /// Fields that do not apply to [`Event::hook`] are empty or zero.
@@ -41,7 +66,8 @@ pub enum AclAction {
 pub struct Event<'a> {
     /// Which hook fired.
     pub hook: Hook,
-    /// MQTT client id.
+    /// MQTT client id. For `message.publish` and `message.dropped` of a message the broker
+    /// itself publishes (a plugin's, `$SYS`), empty.
     pub client_id: &'a str,
     /// MQTT username, empty when none.
     pub username: &'a str,
@@ -75,6 +101,15 @@ pub struct Event<'a> {
     pub reason: &'a str,
     /// When it happened, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// For message hooks: the MQTT 5 properties the message carries to subscribers, encoded
+    /// (keep them with a stored message and hand them back when delivering it).
+    pub properties: &'a [u8],
+    /// For message hooks: the remaining MQTT 5 Message Expiry Interval in seconds.
+    pub message_expiry: Option<u32>,
+    /// For `session.subscribed`: the subscription's options.
+    pub subscription: SubscriptionOptions,
+    /// For `session.subscribed`: the subscription did not exist before.
+    pub subscription_is_new: bool,
 }
 
 impl<'a> Event<'a> {
@@ -85,6 +120,8 @@ impl<'a> Event<'a> {
     /// `on_event`.
     pub unsafe fn from_raw(raw: &'a RawEvent) -> Option<Event<'a>> {
         let hook = Hook::from_raw(raw.hook)?;
+        // Fields appended after the first release are read only when the host sent them.
+        let extended = raw.size as usize >= std::mem::size_of::<RawEvent>();
         // SAFETY: the caller promises every field points to memory valid for 'a.
         unsafe {
             Some(Event {
@@ -110,7 +147,31 @@ impl<'a> Event<'a> {
                 },
                 reason: raw.reason.as_str(),
                 timestamp_ms: raw.timestamp_ms,
+                properties: if extended { raw.properties.as_slice() } else { &[] },
+                message_expiry: Some(raw.message_expiry).filter(|&s| extended && s > 0),
+                subscription: if extended {
+                    SubscriptionOptions::from_byte(raw.sub_options)
+                } else {
+                    SubscriptionOptions { qos: raw.qos, ..Default::default() }
+                },
+                subscription_is_new: extended && raw.sub_new != 0,
             })
+        }
+    }
+}
+
+impl Event<'_> {
+    /// For `session.subscribed`: whether the subscriber wants the retained messages that
+    /// match its filter now, as its Retain Handling option says. A shared subscription
+    /// (`$share/...`, `$queue/...`) never gets retained messages.
+    pub fn wants_retained(&self) -> bool {
+        if self.topic.starts_with("$share/") || self.topic.starts_with("$queue/") {
+            return false;
+        }
+        match self.subscription.retain_handling {
+            0 => true,
+            1 => self.subscription_is_new,
+            _ => false,
         }
     }
 }

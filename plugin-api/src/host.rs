@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::abi::{self, HostApi, RawBytes, RawStats, RawStr, RawWriter};
+use crate::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter};
 use crate::event::QoS;
 
 /// Log level of a line a plugin writes through the host.
@@ -81,6 +81,21 @@ pub struct ClientInfo {
     pub clean_start: bool,
     /// When it connected, in milliseconds since the Unix epoch.
     pub connected_at: u64,
+}
+
+/// A retained message a plugin delivers with [`Host::deliver_retained`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetainedMessage<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// The forwarded MQTT 5 properties it was published with ([`crate::Event::properties`]).
+    pub properties: &'a [u8],
+    /// Remaining Message Expiry Interval in seconds, if it expires.
+    pub message_expiry: Option<u32>,
 }
 
 /// The plugin's handle to the host. Cheap to copy; valid until the plugin's `stop` returns.
@@ -199,6 +214,38 @@ impl Host {
         match status {
             abi::STATUS_OK => Ok(()),
             _ => Err(HostError::Failed(format!("client {client_id} is not connected"))),
+        }
+    }
+
+    /// Delivers a retained message to the subscription `filter` of client `client_id`, as a
+    /// retainer does after `session.subscribed`: the host sets the retain flag, delivers at
+    /// the lower of the message's and the subscription's QoS and adds the subscription's
+    /// identifier (MQTT 5). Safe to call from the hook: the message follows the SUBACK.
+    pub fn deliver_retained(
+        &self,
+        client_id: &str,
+        filter: &str,
+        message: &RetainedMessage<'_>,
+    ) -> Result<(), HostError> {
+        let needed = std::mem::offset_of!(HostApi, deliver_retained) + std::mem::size_of::<usize>();
+        if (self.api.size as usize) < needed {
+            return Err(HostError::Failed("this broker cannot deliver retained messages".to_owned()));
+        }
+        let raw = RawMessage {
+            size: std::mem::size_of::<RawMessage>() as u32,
+            topic: RawStr::new(message.topic),
+            payload: RawBytes::new(message.payload),
+            qos: message.qos as u8,
+            properties: RawBytes::new(message.properties),
+            message_expiry: message.message_expiry.unwrap_or(0),
+        };
+        // SAFETY: the size check above says the host's vtable has this function; ctx is
+        // valid for the plugin's life; the borrowed strings and `raw` outlive the call.
+        let status =
+            unsafe { (self.api.deliver_retained)(self.api.ctx, RawStr::new(client_id), RawStr::new(filter), &raw) };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            _ => Err(HostError::Failed(format!("client {client_id} has no subscription {filter}"))),
         }
     }
 

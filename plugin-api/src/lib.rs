@@ -78,8 +78,8 @@ mod host;
 mod info;
 pub mod topic;
 
-pub use event::{AclAction, Event, HookResult, QoS};
-pub use host::{ClientInfo, Host, HostError, Level, PluginStatus, Stats};
+pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};
+pub use host::{ClientInfo, Host, HostError, Level, PluginStatus, RetainedMessage, Stats};
 pub use info::{Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind};
 
 /// The error a plugin's `init` returns: anything that implements `std::error::Error`.

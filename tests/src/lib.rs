@@ -182,7 +182,7 @@ impl Broker {
             .arg(data_dir.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info,rumqttd=off")
+            .env("RUST_LOG", "info")
             // No test reaches the internet: telemetry goes to a closed local port unless a
             // test points it at its own receiver.
             .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")

@@ -86,7 +86,7 @@ async fn sys_subscriptions_mix_with_normal_ones() {
     let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
     let broker = Broker::start(&dir, &[]);
     let mut watcher = Client::connect(&broker, "mixed").await;
-    // One SUBSCRIBE with a `$SYS` filter (served by the host) and a normal one (rumqttd).
+    // One SUBSCRIBE with a `$SYS` filter and a normal one.
     watcher
         .client
         .subscribe_many([

@@ -1,42 +1,47 @@
-//! The host side of the vtable a plugin receives: log, publish, stats, plugin list and ctl.
+//! The host side of the vtable a plugin receives: log, publish, deliver, stats, client and
+//! plugin lists, and ctl.
 
 use std::ffi::c_void;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use plugin_api::abi::{self, HostApi, RawBytes, RawStats, RawStr, RawWriter, Status};
+use bytes::Bytes;
+use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
 
 use super::manager::Manager;
-use crate::relay::Relay;
+use crate::message::{Delivery, Message};
+use crate::mqtt::properties::{self, Allowed, PropertyWriter};
+use crate::node::Node;
+use crate::router::is_valid_topic;
 
 /// What every plugin's vtable shares: broker facts, counters, the way to publish, and (once
 /// the manager exists) the manager for plugin lists and commands.
 #[derive(Debug)]
-pub struct HostShared {
-    pub broker_version: String,
-    pub node_name: String,
-    pub data_dir: String,
-    pub started_at: SystemTime,
-    /// Publishing and delivering go through the relay; stats are the relay's.
-    pub relay: Arc<Relay>,
-    pub manager: OnceLock<Weak<Manager>>,
+pub(crate) struct HostShared {
+    pub(crate) broker_version: String,
+    pub(crate) node_name: String,
+    pub(crate) data_dir: String,
+    pub(crate) started_at: SystemTime,
+    /// Publishing, delivering, stats and clients are the node's.
+    pub(crate) node: Arc<Node>,
+    pub(crate) manager: OnceLock<Weak<Manager>>,
 }
 
 /// One plugin's `ctx`: the shared part plus the plugin's name, for its log lines.
 #[derive(Debug)]
-pub struct PluginContext {
+pub(crate) struct PluginContext {
     name: String,
     shared: Arc<HostShared>,
 }
 
 impl PluginContext {
-    pub fn new(name: String, shared: Arc<HostShared>) -> PluginContext {
+    pub(crate) fn new(name: String, shared: Arc<HostShared>) -> PluginContext {
         PluginContext { name, shared }
     }
 }
 
 /// Builds the vtable for one plugin. `context` must outlive the plugin's `stop`.
-pub fn vtable(context: &PluginContext) -> HostApi {
+pub(crate) fn vtable(context: &PluginContext) -> HostApi {
     let shared = &context.shared;
     HostApi {
         size: std::mem::size_of::<HostApi>() as u32,
@@ -53,6 +58,7 @@ pub fn vtable(context: &PluginContext) -> HostApi {
         ctl,
         deliver,
         list_clients,
+        deliver_retained,
     }
 }
 
@@ -78,12 +84,32 @@ unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: RawStr) {
 unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawBytes, qos: u8, retain: u8) -> Status {
     // SAFETY: our ctx; topic and payload are valid for the call and copied below.
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
-    match context.shared.relay.publish(topic, payload, qos, retain != 0) {
-        Ok(()) => abi::STATUS_OK,
-        Err(e) => {
-            tracing::warn!(plugin = context.name, "publish to {topic} failed: {e}");
-            abi::STATUS_ERROR
-        }
+    if !is_valid_topic(topic) || qos > 2 {
+        tracing::warn!(plugin = context.name, "publish to {topic:?} at QoS {qos} refused: not a valid topic and QoS");
+        return abi::STATUS_ERROR;
+    }
+    context.shared.node.publish_as_broker(plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None));
+    abi::STATUS_OK
+}
+
+/// A message a plugin hands the host.
+fn plugin_message(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    forwarded: Bytes,
+    expiry: Option<u32>,
+) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+        forwarded,
+        expires_at: Message::expiry_from(expiry, std::time::Instant::now()),
+        publisher: 0,
+        timestamp_ms: crate::now_ms(),
     }
 }
 
@@ -93,7 +119,7 @@ unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
     if (out.size as usize) < std::mem::size_of::<RawStats>() {
         return abi::STATUS_ERROR;
     }
-    let s = context.shared.relay.stats.snapshot();
+    let s = context.shared.node.stats_snapshot();
     out.connections = s.connections;
     out.messages_received = s.messages_received;
     out.messages_sent = s.messages_sent;
@@ -140,10 +166,54 @@ unsafe extern "C" fn deliver(
     qos: u8,
     retain: u8,
 ) -> Status {
-    // SAFETY: our ctx; the strings are valid for the call and copied by the relay.
+    // SAFETY: our ctx; the strings are valid for the call and copied by the node.
     let (context, client_id, topic, payload) =
         unsafe { (context(ctx), client_id.as_str(), topic.as_str(), payload.as_slice()) };
-    if context.shared.relay.deliver(client_id, topic, payload, qos, retain != 0) {
+    if !is_valid_topic(topic) || qos > 2 {
+        return abi::STATUS_ERROR;
+    }
+    let message = plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None);
+    let delivery = Delivery { message: Arc::new(message), qos, retain: retain != 0, subscription_ids: Box::new([]) };
+    if context.shared.node.deliver(client_id, delivery) {
+        abi::STATUS_OK
+    } else {
+        abi::STATUS_ERROR
+    }
+}
+
+unsafe extern "C" fn deliver_retained(
+    ctx: *const c_void,
+    client_id: RawStr,
+    filter: RawStr,
+    message: *const RawMessage,
+) -> Status {
+    // SAFETY: our ctx; the strings and the message are valid for the call (copied below).
+    let (context, client_id, filter, message) =
+        unsafe { (context(ctx), client_id.as_str(), filter.as_str(), &*message) };
+    if (message.size as usize) < std::mem::size_of::<RawMessage>() {
+        return abi::STATUS_ERROR;
+    }
+    // SAFETY: the plugin keeps the message's fields valid for the call.
+    let (topic, payload, props) =
+        unsafe { (message.topic.as_str(), message.payload.as_slice(), message.properties.as_slice()) };
+    if !is_valid_topic(topic) || message.qos > 2 {
+        return abi::STATUS_ERROR;
+    }
+    // Only the properties that travel with a message are passed on, re-encoded.
+    let forwarded = match properties::decode_block(props, Allowed::PUBLISH) {
+        Ok(p) => {
+            let mut w = PropertyWriter { out: bytes::BytesMut::new() };
+            p.write_forwarded(&mut w);
+            w.out.freeze()
+        }
+        Err(e) => {
+            tracing::warn!(plugin = context.name, "properties of a retained message on {topic} ignored: {e}");
+            Bytes::new()
+        }
+    };
+    let expiry = Some(message.message_expiry).filter(|&s| s > 0);
+    let message = plugin_message(topic, payload, message.qos, true, forwarded, expiry);
+    if context.shared.node.deliver_retained(client_id, filter, message) {
         abi::STATUS_OK
     } else {
         abi::STATUS_ERROR
@@ -155,22 +225,19 @@ unsafe extern "C" fn list_clients(ctx: *const c_void, out: RawWriter) -> Status 
     let context = unsafe { context(ctx) };
     let clients: Vec<plugin_api::ClientInfo> = context
         .shared
-        .relay
-        .registry
-        .all()
+        .node
+        .sessions
+        .connected()
         .iter()
-        .map(|s| {
-            let peer: Option<std::net::SocketAddr> = s.identity.peer.parse().ok();
-            plugin_api::ClientInfo {
-                clientid: s.identity.client_id.clone(),
-                username: s.identity.username.clone(),
-                ip_address: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-                port: peer.map(|p| p.port()).unwrap_or(0),
-                proto_ver: s.identity.proto_ver,
-                keepalive: s.identity.keepalive,
-                clean_start: s.identity.clean_start,
-                connected_at: s.connected_at_ms,
-            }
+        .map(|c| plugin_api::ClientInfo {
+            clientid: c.client_id.to_string(),
+            username: c.username.to_string(),
+            ip_address: c.peer_addr.map(|p| p.ip().to_string()).unwrap_or_default(),
+            port: c.peer_addr.map(|p| p.port()).unwrap_or(0),
+            proto_ver: c.version.level(),
+            keepalive: c.keep_alive,
+            clean_start: c.clean_start,
+            connected_at: c.connected_at_ms,
         })
         .collect();
     // SAFETY: the writer is alive during this call.

@@ -16,7 +16,7 @@ use plugin_api::{HookMask, PluginKind};
 
 /// Why a plugin's library was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum LibraryError {
+pub(crate) enum LibraryError {
     #[error("unknown plugin {name}: no library at {path}")]
     Missing { name: String, path: PathBuf },
     #[error("plugin {name}: cannot open {path}: {reason}")]
@@ -39,14 +39,14 @@ pub enum LibraryError {
 
 /// What a plugin says about itself, copied out of its descriptor.
 #[derive(Debug, Clone)]
-pub struct PluginMeta {
-    pub name: String,
-    pub version: String,
-    pub description: String,
-    pub kind: PluginKind,
-    pub hooks: HookMask,
-    pub priority: i32,
-    pub ctl_command: Option<String>,
+pub(crate) struct PluginMeta {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) description: String,
+    pub(crate) kind: PluginKind,
+    pub(crate) hooks: HookMask,
+    pub(crate) priority: i32,
+    pub(crate) ctl_command: Option<String>,
 }
 
 /// Identity of a file's contents, to notice a rebuilt library.
@@ -71,14 +71,14 @@ impl Fingerprint {
 
 /// A mapped, checked plugin library. Never unmapped.
 #[derive(Debug)]
-pub struct PluginLibrary {
-    pub meta: PluginMeta,
+pub(crate) struct PluginLibrary {
+    pub(crate) meta: PluginMeta,
     descriptor: &'static PluginDescriptor,
     fingerprint: Fingerprint,
 }
 
 /// The library file for plugin `name` in `dir`.
-pub fn library_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn library_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("lib{name}.so"))
 }
 
@@ -86,18 +86,18 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 
 impl PluginLibrary {
     /// The checked descriptor.
-    pub fn descriptor(&self) -> &'static PluginDescriptor {
+    pub(crate) fn descriptor(&self) -> &'static PluginDescriptor {
         self.descriptor
     }
 
     /// Whether the file at `path` is still the one this library was mapped from.
-    pub fn is_current(&self, path: &Path) -> bool {
+    pub(crate) fn is_current(&self, path: &Path) -> bool {
         fs::metadata(path).map(|m| Fingerprint::of(&m) == self.fingerprint).unwrap_or(false)
     }
 
     /// Maps `lib<name>.so` from `dir` and checks its descriptor. `fresh_copy` maps a copy of
     /// the file (needed when an older build of it is already mapped under its own path).
-    pub fn open(dir: &Path, name: &str, fresh_copy: bool) -> Result<PluginLibrary, LibraryError> {
+    pub(crate) fn open(dir: &Path, name: &str, fresh_copy: bool) -> Result<PluginLibrary, LibraryError> {
         let path = library_path(dir, name);
         let meta =
             fs::metadata(&path).map_err(|_| LibraryError::Missing { name: name.to_owned(), path: path.clone() })?;

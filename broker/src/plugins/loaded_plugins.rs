@@ -7,17 +7,17 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// Whether `name` is a valid plugin name: `[a-z0-9_]+`. Names are never paths.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A line that is not a valid entry, comment or blank.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {problem}: {text:?}")]
-pub struct LineError {
-    pub line: usize,
-    pub problem: &'static str,
-    pub text: String,
+pub(crate) struct LineError {
+    pub(crate) line: usize,
+    pub(crate) problem: &'static str,
+    pub(crate) text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ enum Line {
 
 /// The parsed file: its lines in order, ready to be edited and written back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadedPlugins {
+pub(crate) struct LoadedPlugins {
     lines: Vec<Line>,
 }
 
@@ -59,7 +59,7 @@ impl LoadedPlugins {
     /// Parses the file's text. Every line that is neither an entry, a comment nor blank is an
     /// error in the second value and is kept verbatim; a name listed twice is reported and the
     /// first listing wins.
-    pub fn parse(text: &str) -> (LoadedPlugins, Vec<LineError>) {
+    pub(crate) fn parse(text: &str) -> (LoadedPlugins, Vec<LineError>) {
         let mut lines = Vec::new();
         let mut errors = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -86,7 +86,7 @@ impl LoadedPlugins {
     }
 
     /// Reads and parses `path`; a missing file is an empty list.
-    pub fn read(path: &Path) -> io::Result<(LoadedPlugins, Vec<LineError>)> {
+    pub(crate) fn read(path: &Path) -> io::Result<(LoadedPlugins, Vec<LineError>)> {
         match fs::read(path) {
             Ok(bytes) => Ok(LoadedPlugins::parse(&String::from_utf8_lossy(&bytes))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
@@ -95,12 +95,12 @@ impl LoadedPlugins {
     }
 
     /// Every entry, in file order.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, bool)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, bool)> {
         self.numbered_entries().map(|(_, name, enabled)| (name, enabled))
     }
 
     /// Every entry with its line number, in file order.
-    pub fn numbered_entries(&self) -> impl Iterator<Item = (usize, &str, bool)> {
+    pub(crate) fn numbered_entries(&self) -> impl Iterator<Item = (usize, &str, bool)> {
         self.lines.iter().filter_map(|line| match line {
             Line::Entry { name, enabled, line } => Some((*line, name.as_str(), *enabled)),
             Line::Verbatim(_) => None,
@@ -108,7 +108,7 @@ impl LoadedPlugins {
     }
 
     /// Sets `name`'s flag, appending an entry if it is not listed.
-    pub fn set(&mut self, name: &str, enabled: bool) {
+    pub(crate) fn set(&mut self, name: &str, enabled: bool) {
         for line in &mut self.lines {
             if let Line::Entry { name: n, enabled: e, .. } = line {
                 if n == name {
@@ -121,7 +121,7 @@ impl LoadedPlugins {
     }
 
     /// The file's text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for line in &self.lines {
             match line {
@@ -135,7 +135,7 @@ impl LoadedPlugins {
 
     /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
     /// directory. A crash leaves either the old or the new file.
-    pub fn write(&self, path: &Path) -> io::Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> io::Result<()> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new().prefix(".loaded_plugins.").tempfile_in(dir)?;
         tmp.write_all(self.render().as_bytes())?;

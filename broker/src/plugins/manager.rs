@@ -11,16 +11,18 @@ use std::sync::{Arc, Mutex};
 use plugin_api::abi;
 use serde::Serialize;
 
+use super::handle::PluginHandle;
 use super::host_api::HostShared;
 use super::instance::Instance;
 use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
 use crate::hooks::Hooks;
 use crate::lock;
+use crate::stats::Snapshot;
 
 /// Why a plugin operation failed. Each message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
-pub enum PluginError {
+pub(crate) enum PluginError {
     #[error("invalid plugin name {0:?}: a name is [a-z0-9_]+, never a path")]
     InvalidName(String),
     #[error("plugin {0} is already loaded")]
@@ -37,15 +39,15 @@ pub enum PluginError {
 
 /// One plugin as `list` reports it.
 #[derive(Debug, Clone, Serialize)]
-pub struct PluginStatus {
-    pub name: String,
-    pub version: String,
-    pub description: String,
-    pub kind: String,
-    pub active: bool,
+pub(crate) struct PluginStatus {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) description: String,
+    pub(crate) kind: String,
+    pub(crate) active: bool,
     /// `running`, `stopped`, `failed: <why>` (init failed or it panicked), or
     /// `unavailable: <why>` (its library is missing or refused).
-    pub state: String,
+    pub(crate) state: String,
 }
 
 #[derive(Debug, Default)]
@@ -58,13 +60,13 @@ struct State {
 
 /// Where the manager finds things.
 #[derive(Debug, Clone)]
-pub struct ManagerPaths {
-    pub plugins_dir: PathBuf,
-    pub loaded_plugins: PathBuf,
+pub(crate) struct ManagerPaths {
+    pub(crate) plugins_dir: PathBuf,
+    pub(crate) loaded_plugins: PathBuf,
 }
 
 #[derive(Debug)]
-pub struct Manager {
+pub(crate) struct Manager {
     paths: ManagerPaths,
     /// Each plugin's config table, by config section name.
     configs: serde_json::Map<String, serde_json::Value>,
@@ -77,13 +79,13 @@ pub struct Manager {
 /// The config section of a plugin: its name without `emqx_` and `mod_` (`emqx_telemetry` reads
 /// `[telemetry]`, `emqx_mod_presence` reads `[presence]`), or its full name if that section
 /// exists.
-pub fn config_section(name: &str) -> &str {
+pub(crate) fn config_section(name: &str) -> &str {
     let short = name.strip_prefix("emqx_").unwrap_or(name);
     short.strip_prefix("mod_").unwrap_or(short)
 }
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         paths: ManagerPaths,
         configs: serde_json::Map<String, serde_json::Value>,
         shared: Arc<HostShared>,
@@ -93,7 +95,7 @@ impl Manager {
     }
 
     /// Starts every plugin `loaded_plugins` enables. Problems are logged; the rest start.
-    pub fn boot(&self) {
+    pub(crate) fn boot(&self) {
         let path = &self.paths.loaded_plugins;
         let file = match LoadedPlugins::read(path) {
             Ok((file, errors)) => {
@@ -146,7 +148,7 @@ impl Manager {
     }
 
     /// Starts plugin `name`; with `persist`, records `{name, true}.` in `loaded_plugins`.
-    pub fn load(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+    pub(crate) fn load(&self, name: &str, persist: bool) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
         self.load_locked(name, persist)
     }
@@ -175,7 +177,7 @@ impl Manager {
             let mut state = lock(&self.state);
             state.failed.remove(name);
             state.running.push(instance.clone());
-            self.hooks.install(&state.running);
+            self.hooks.install(&handles(&state.running));
         }
         let meta = &instance.library.meta;
         tracing::info!(plugin = name, version = meta.version, kind = meta.kind.as_str(), "plugin started");
@@ -186,7 +188,7 @@ impl Manager {
     }
 
     /// Stops plugin `name`; with `persist`, records `{name, false}.` in `loaded_plugins`.
-    pub fn unload(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+    pub(crate) fn unload(&self, name: &str, persist: bool) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
         self.unload_locked(name, persist)
     }
@@ -202,7 +204,7 @@ impl Manager {
                 return Err(PluginError::NotLoaded(name.to_owned()));
             };
             let instance = state.running.remove(index);
-            self.hooks.install(&state.running);
+            self.hooks.install(&handles(&state.running));
             instance
         };
         Self::stop_instance(&instance);
@@ -222,7 +224,7 @@ impl Manager {
     /// Stops `name` if it runs, then starts it again from its (possibly rebuilt) library, and
     /// records it as enabled. A library that cannot be loaded leaves the running instance
     /// alone.
-    pub fn reload(&self, name: &str) -> Result<(), PluginError> {
+    pub(crate) fn reload(&self, name: &str) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
         if !is_valid_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()));
@@ -238,25 +240,25 @@ impl Manager {
     }
 
     /// Stops a plugin that failed (panicked) and keeps it listed as failed.
-    pub fn stop_failed(&self, instance: Arc<Instance>) {
+    pub(crate) fn stop_failed(&self, handle: Arc<PluginHandle>) {
         let _ops = lock(&self.ops);
-        let why = instance.failure().unwrap_or_else(|| "failed".to_owned());
-        {
+        let why = handle.failure().unwrap_or_else(|| "failed".to_owned());
+        let instance = {
             let mut state = lock(&self.state);
-            let before = state.running.len();
-            state.running.retain(|p| !Arc::ptr_eq(p, &instance));
-            if state.running.len() == before {
+            let Some(index) = state.running.iter().position(|p| Arc::ptr_eq(&p.handle, &handle)) else {
                 return; // already stopped
-            }
-            self.hooks.install(&state.running);
+            };
+            let instance = state.running.remove(index);
+            self.hooks.install(&handles(&state.running));
             state.failed.insert(instance.name().to_owned(), why.clone());
-        }
+            instance
+        };
         tracing::error!(plugin = instance.name(), "plugin {why}; stopping it");
         Self::stop_instance(&instance);
     }
 
     /// Stops every plugin, last started first.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ops = lock(&self.ops);
         let running = {
             let mut state = lock(&self.state);
@@ -271,7 +273,7 @@ impl Manager {
 
     /// Every known plugin: those in `loaded_plugins` in file order, then any other that runs
     /// or failed.
-    pub fn list(&self) -> Vec<PluginStatus> {
+    pub(crate) fn list(&self) -> Vec<PluginStatus> {
         let mut names: Vec<String> = LoadedPlugins::read(&self.paths.loaded_plugins)
             .map(|(file, _)| file.entries().map(|(n, _)| n.to_owned()).collect())
             .unwrap_or_default();
@@ -308,7 +310,7 @@ impl Manager {
     }
 
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
-    pub fn command(&self, args: &[String]) -> Result<String, String> {
+    pub(crate) fn command(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
             ["plugins", "list"] => Ok(self.list().iter().map(format_status).collect::<Vec<_>>().join("\n")),
@@ -327,19 +329,13 @@ impl Manager {
             ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
-                let uptime = shared.relay.stats.snapshot().uptime_secs;
+                let uptime = shared.node.stats.snapshot().uptime_secs;
                 Ok(format!(
-                    "sysdescr  : MQTT broker (rumqttd with plugins)\nversion   : {}\nuptime    : {uptime} seconds\nnode      : {}",
+                    "sysdescr  : MQTT broker with plugins\nversion   : {}\nuptime    : {uptime} seconds\nnode      : {}",
                     shared.broker_version, shared.node_name
                 ))
             }
-            ["broker", "stats"] => {
-                let s = self.shared.relay.stats.snapshot();
-                Ok(format!(
-                    "connections.count       : {}\nmessages.received       : {}\nmessages.sent           : {}",
-                    s.connections, s.messages_received, s.messages_sent
-                ))
-            }
+            ["broker", "stats"] => Ok(format_stats(&self.shared.node.stats_snapshot())),
             [command, rest @ ..] => {
                 let instance = lock(&self.state)
                     .running
@@ -364,7 +360,27 @@ impl Manager {
     }
 }
 
+/// `broker ctl broker stats`: EMQX's names, one a line.
+fn format_stats(s: &Snapshot) -> String {
+    let rows = [
+        ("connections.count", s.connections),
+        ("connections.max", s.connections_max),
+        ("sessions.count", s.sessions),
+        ("subscriptions.count", s.subscriptions),
+        ("topics.count", s.topics),
+        ("messages.received", s.messages_received),
+        ("messages.sent", s.messages_sent),
+        ("messages.dropped", s.messages_dropped),
+    ];
+    rows.iter().map(|(name, value)| format!("{name:<24}: {value}")).collect::<Vec<_>>().join("\n")
+}
+
 const PLUGINS_USAGE: &str = "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
+
+/// The hook handles of the running plugins, in load order.
+fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {
+    running.iter().map(|i| i.handle.clone()).collect()
+}
 
 fn format_status(s: &PluginStatus) -> String {
     let mut line = format!(

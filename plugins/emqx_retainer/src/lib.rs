@@ -1,7 +1,9 @@
 //! `emqx_retainer`: owns retained messages, as EMQX's retainer does. A PUBLISH with the retain
 //! flag is stored per topic (latest wins; an empty payload deletes it); a new subscription
 //! (wildcards too) gets the matching stored messages, retain flag set, at the lower of the
-//! stored and the granted QoS. The broker itself never retains: with this plugin unloaded,
+//! stored and the granted QoS, with the subscription's identifier, as its Retain Handling
+//! option asks (MQTT 5). A message keeps its MQTT 5 properties, and its Message Expiry
+//! Interval is honoured. The broker itself never retains: with this plugin unloaded,
 //! nothing is retained; loaded again (`storage_type = "disc"`), its stored messages are back.
 //!
 //! Config (`[retainer]`): `storage_type = "disc" | "ram"`, `max_retained_messages` (0 =
@@ -20,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use plugin_api::{
     declare_plugin, topic, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
-    QoS,
+    QoS, RetainedMessage,
 };
 use settings::{Settings, StorageType};
 use store::{Messages, Retained};
@@ -91,7 +93,8 @@ pub struct Retainer {
 impl Retainer {
     fn expired(&self, message: &Retained, now: u64) -> bool {
         let ttl = self.settings.expiry_interval.as_millis() as u64;
-        ttl > 0 && now.saturating_sub(message.stored_at_ms) >= ttl
+        (ttl > 0 && now.saturating_sub(message.stored_at_ms) >= ttl)
+            || (message.expires_at_ms > 0 && now >= message.expires_at_ms)
     }
 
     fn store(&self, event: &Event<'_>) {
@@ -117,8 +120,14 @@ impl Retainer {
                 ));
                 false
             } else {
-                let message =
-                    Retained { payload: event.payload.to_vec(), qos: event.qos as u8, stored_at_ms: now_ms() };
+                let now = now_ms();
+                let message = Retained {
+                    payload: event.payload.to_vec(),
+                    qos: event.qos as u8,
+                    stored_at_ms: now,
+                    properties: event.properties.to_vec(),
+                    expires_at_ms: event.message_expiry.map_or(0, |s| now + u64::from(s) * 1000),
+                };
                 messages.insert(topic.to_owned(), message);
                 true
             }
@@ -129,11 +138,11 @@ impl Retainer {
     }
 
     fn deliver(&self, event: &Event<'_>) {
-        let filter = event.topic;
-        // Shared subscriptions get no retained messages (MQTT 5, 4.8.2).
-        if filter.starts_with("$share/") {
+        // Retain Handling, and no retained messages for shared subscriptions.
+        if !event.wants_retained() {
             return;
         }
+        let filter = event.topic;
         let now = now_ms();
         let matching: Vec<(String, Retained)> = lock(&self.shared.messages)
             .iter()
@@ -141,8 +150,18 @@ impl Retainer {
             .map(|(topic, message)| (topic.clone(), message.clone()))
             .collect();
         for (topic, message) in matching {
-            let qos = QoS::from_u8(message.qos.min(event.qos as u8));
-            if let Err(e) = self.host.deliver(event.client_id, &topic, &message.payload, qos, true) {
+            let retained = RetainedMessage {
+                topic: &topic,
+                payload: &message.payload,
+                qos: QoS::from_u8(message.qos),
+                properties: &message.properties,
+                // The remaining interval, rounded up.
+                message_expiry: (message.expires_at_ms > 0)
+                    .then(|| (message.expires_at_ms.saturating_sub(now)).div_ceil(1000) as u32),
+            };
+            // The broker sets the retain flag and delivers at the lower of the stored and
+            // the granted QoS, with the subscription's identifier.
+            if let Err(e) = self.host.deliver_retained(event.client_id, filter, &retained) {
                 self.host.debug(&format!("retained {topic} not delivered: {e}"));
             }
         }

@@ -1,16 +1,19 @@
 //! The retained messages, and their file.
 //!
-//! File format (`emqx_retainer.dat`): the line `broker-retainer v1\n`, then one record per
+//! File format (`emqx_retainer.dat`): the line `broker-retainer v2\n`, then one record per
 //! message: topic length (u32 BE), topic, QoS (u8), stored-at milliseconds since the epoch
-//! (u64 BE), payload length (u32 BE), payload. The file is replaced atomically (temporary
-//! file, fsync, rename, fsync of the directory), so a crash leaves the previous or the new
-//! contents, never a mix.
+//! (u64 BE), payload length (u32 BE), payload, then (v2) the MQTT 5 properties' length (u32
+//! BE) and bytes, and when the MQTT 5 Message Expiry runs out (u64 BE milliseconds since the
+//! epoch, 0 for never). Version 1 files (without the last two) are still read. The file is
+//! replaced atomically (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves the previous or the new contents, never a mix.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8] = b"broker-retainer v1\n";
+const MAGIC_V1: &[u8] = b"broker-retainer v1\n";
+const MAGIC: &[u8] = b"broker-retainer v2\n";
 pub const FILE_NAME: &str = "emqx_retainer.dat";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +21,10 @@ pub struct Retained {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub stored_at_ms: u64,
+    /// The forwarded MQTT 5 properties it was published with, encoded by the broker.
+    pub properties: Vec<u8>,
+    /// When its MQTT 5 Message Expiry Interval runs out (ms since the epoch); 0 for never.
+    pub expires_at_ms: u64,
 }
 
 pub type Messages = HashMap<String, Retained>;
@@ -35,6 +42,9 @@ pub fn encode(messages: &Messages) -> Vec<u8> {
         out.extend_from_slice(&m.stored_at_ms.to_be_bytes());
         out.extend_from_slice(&(m.payload.len() as u32).to_be_bytes());
         out.extend_from_slice(&m.payload);
+        out.extend_from_slice(&(m.properties.len() as u32).to_be_bytes());
+        out.extend_from_slice(&m.properties);
+        out.extend_from_slice(&m.expires_at_ms.to_be_bytes());
     }
     out
 }
@@ -42,8 +52,10 @@ pub fn encode(messages: &Messages) -> Vec<u8> {
 /// Decodes a file's bytes. Returns what could be read and, if the file is damaged, why.
 pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
     let mut messages = Messages::new();
-    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        return (messages, Some("not a retainer file (bad header)".to_owned()));
+    let (mut rest, v2) = match (bytes.strip_prefix(MAGIC), bytes.strip_prefix(MAGIC_V1)) {
+        (Some(rest), _) => (rest, true),
+        (None, Some(rest)) => (rest, false),
+        _ => return (messages, Some("not a retainer file (bad header)".to_owned())),
     };
     fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
@@ -58,7 +70,14 @@ pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
             let stored_at_ms = u64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?);
             let payload_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
             let payload = take(&mut rest, payload_len)?.to_vec();
-            Some((topic, Retained { payload, qos, stored_at_ms }))
+            let (properties, expires_at_ms) = if v2 {
+                let len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+                let properties = take(&mut rest, len)?.to_vec();
+                (properties, u64::from_be_bytes(take(&mut rest, 8)?.try_into().ok()?))
+            } else {
+                (Vec::new(), 0)
+            };
+            Some((topic, Retained { payload, qos, stored_at_ms, properties, expires_at_ms }))
         })();
         match record {
             Some((topic, message)) => {
@@ -88,13 +107,30 @@ mod tests {
     #[test]
     fn round_trip_and_truncation() {
         let mut messages = Messages::new();
-        messages.insert("a/b".into(), Retained { payload: b"\x00\xffbinary".to_vec(), qos: 1, stored_at_ms: 7 });
-        messages.insert("c".into(), Retained { payload: vec![], qos: 0, stored_at_ms: 9 });
+        let retained = |payload: &[u8], qos, stored_at_ms, properties: &[u8], expires_at_ms| Retained {
+            payload: payload.to_vec(),
+            qos,
+            stored_at_ms,
+            properties: properties.to_vec(),
+            expires_at_ms,
+        };
+        messages.insert("a/b".into(), retained(b"\x00\xffbinary", 1, 7, &[0x03, 0, 1, b'x'], 99));
+        messages.insert("c".into(), retained(b"", 0, 9, b"", 0));
         let bytes = encode(&messages);
         assert_eq!(decode(&bytes), (messages.clone(), None));
         let (partial, problem) = decode(&bytes[..bytes.len() - 3]);
         assert_eq!(partial.len(), 1);
         assert!(problem.is_some());
         assert!(decode(b"garbage").1.is_some());
+    }
+
+    #[test]
+    fn version_1_files_are_read() {
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&[0, 0, 0, 1, b't', 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 2, b'h', b'i']);
+        let (messages, problem) = decode(&v1);
+        assert_eq!(problem, None);
+        let m = &messages["t"];
+        assert_eq!((m.payload.as_slice(), m.qos, m.stored_at_ms, m.expires_at_ms), (&b"hi"[..], 2, 5, 0));
     }
 }

@@ -192,7 +192,10 @@ impl Plugin for Telemetry {
         match event.hook {
             Hook::ClientConnected => counters.clients.fetch_add(1, Ordering::Relaxed),
             Hook::ClientDisconnected => counters.clients.fetch_sub(1, Ordering::Relaxed),
-            Hook::MessagePublish => counters.received.fetch_add(1, Ordering::Relaxed) as i64,
+            // Messages from clients (EMQX's `messages.received`), not the broker's own.
+            Hook::MessagePublish if !event.client_id.is_empty() => {
+                counters.received.fetch_add(1, Ordering::Relaxed) as i64
+            }
             Hook::MessageDelivered => counters.sent.fetch_add(1, Ordering::Relaxed) as i64,
             _ => 0,
         };

@@ -1,0 +1,329 @@
+//! One client connection, served by one task from its CONNECT to its end: the handshake
+//! (`handshake`: CONNECT, authentication, session, CONNACK), then a loop that reads the
+//! client's packets and acts on them (`inbound`), moves the session's waiting messages onto
+//! the wire (`outbound`), answers keep-alive, and ends the connection when the client, the
+//! protocol or a takeover says so.
+//!
+//! Reads and writes go through two buffers the task owns. Both are given back while the
+//! connection is idle, and the task stops reading from a client that does not read what it is
+//! sent (above 64 KiB waiting): a slow client slows itself down, not the broker.
+
+mod acl_cache;
+mod handshake;
+mod inbound;
+mod outbound;
+mod transport;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use plugin_api::abi::RawStr;
+use plugin_api::Hook;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Sleep;
+
+pub(crate) use acl_cache::AclCacheSettings;
+pub(crate) use transport::Transport;
+
+use crate::client::ClientInfo;
+use crate::mqtt::disconnect::encode_disconnect;
+use crate::mqtt::frame::{parse_header, FrameError};
+use crate::mqtt::reason;
+use crate::mqtt::Version;
+use crate::node::Node;
+use crate::session::Session;
+use crate::sessions::Will;
+use acl_cache::AclCache;
+use outbound::OutgoingAliases;
+
+/// Bytes waiting for the client above which the connection stops reading from it and stops
+/// taking messages from its session.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Room made in the read buffer for each read.
+const READ_CHUNK: usize = 4096;
+
+/// How long the last words to a client (a DISCONNECT, acknowledgements) may take to write.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ended. The names are EMQX's disconnect reasons.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The client sent DISCONNECT (reason 0x00): its will is discarded.
+    Normal,
+    /// The client sent DISCONNECT with another reason (0x04: "with will"): its will goes.
+    NormalWithWill,
+    /// The client closed the connection without DISCONNECT.
+    Closed,
+    /// Reading or writing failed.
+    Io(io::Error),
+    /// Nothing from the client for 1.5 times its keep-alive (MQTT-3.1.2-24).
+    KeepAlive,
+    /// A new connection with the same client id resumed the session.
+    TakenOver,
+    /// A new connection with the same client id and clean start discarded the session.
+    Discarded,
+    /// The client broke the protocol; `code` is the MQTT 5 reason.
+    Protocol { code: u8, why: &'static str },
+    /// A packet over `mqtt.max_packet_size`.
+    TooLarge,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Ended {
+    /// The `reason` of `client.disconnected`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Ended::Normal | Ended::NormalWithWill => "normal",
+            Ended::Closed => "tcp_closed",
+            Ended::Io(_) => "sock_error",
+            Ended::KeepAlive => "keepalive_timeout",
+            Ended::TakenOver => "takeovered",
+            Ended::Discarded => "discarded",
+            Ended::Protocol { .. } => "protocol_error",
+            Ended::TooLarge => "frame_too_large",
+            Ended::Shutdown => "server_shutdown",
+        }
+    }
+
+    /// The reason code of the DISCONNECT an MQTT 5 client is sent, if the broker ends it.
+    fn disconnect_code(&self) -> Option<u8> {
+        match self {
+            Ended::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            Ended::TakenOver | Ended::Discarded => Some(reason::SESSION_TAKEN_OVER),
+            Ended::Protocol { code, .. } => Some(*code),
+            Ended::TooLarge => Some(reason::PACKET_TOO_LARGE),
+            Ended::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn protocol(code: u8, why: &'static str) -> Ended {
+        Ended::Protocol { code, why }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Io(e) => write!(f, "sock_error: {e}"),
+            Ended::Protocol { why, .. } => write!(f, "protocol_error: {why}"),
+            other => f.write_str(other.reason()),
+        }
+    }
+}
+
+/// What woke the connection.
+enum Wake {
+    /// Something to do: bytes read, messages queued, or room to write again.
+    Progress,
+    Ended(Ended),
+}
+
+/// Serves one client connection until it ends.
+pub(crate) async fn serve<T: Transport>(node: Arc<Node>, io: T, peer: SocketAddr) {
+    let Some(mut connection) = handshake::handshake(&node, io, peer).await else {
+        return;
+    };
+    let ended = connection.run().await;
+    connection.finish(ended).await;
+}
+
+/// A connected client (after a successful CONNACK).
+struct Connection<T> {
+    node: Arc<Node>,
+    io: T,
+    /// Unique per connection.
+    id: u64,
+    client: Arc<ClientInfo>,
+    session: Arc<Session>,
+    version: Version,
+    /// Bytes from the client not yet handled.
+    inbound: BytesMut,
+    /// Bytes for the client not yet written.
+    out: BytesMut,
+    /// 1.5 times the keep-alive; `None` when keep-alive is off (0).
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    keep_alive_timer: Option<Pin<Box<Sleep>>>,
+    /// MQTT 5 limits the client announced.
+    client_receive_maximum: u16,
+    client_max_packet_size: usize,
+    /// MQTT 5: the client wants reason strings (Request Problem Information).
+    problem_information: bool,
+    /// Topic aliases the client set (MQTT 5).
+    aliases_in: HashMap<u16, Box<str>>,
+    aliases_out: OutgoingAliases,
+    acl_cache: Option<AclCache>,
+    will: Option<Will>,
+    /// The CONNECT's Session Expiry Interval was 0: a DISCONNECT may not raise it.
+    expiry_was_zero: bool,
+    /// The clock for the frames being handled.
+    now: Instant,
+}
+
+impl<T: Transport> Connection<T> {
+    async fn run(&mut self) -> Ended {
+        loop {
+            if let Err(ended) = self.handle_input() {
+                return ended;
+            }
+            self.pull_deliveries();
+            match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Progress => {}
+                Wake::Ended(ended) => return ended,
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    fn handle_input(&mut self) -> Result<(), Ended> {
+        if self.inbound.is_empty() {
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut self.inbound);
+        let result = self.handle_frames(&mut buf);
+        self.inbound = buf;
+        result
+    }
+
+    fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), Ended> {
+        self.now = Instant::now();
+        let mut handled = false;
+        let result = loop {
+            let header = match parse_header(buf, self.node.zone.max_packet_size) {
+                Ok(Some(header)) => header,
+                Ok(None) => break Ok(()),
+                Err(FrameError::TooLarge { .. }) => break Err(Ended::TooLarge),
+                Err(FrameError::MalformedLength | FrameError::ReservedType) => {
+                    break Err(Ended::protocol(reason::MALFORMED_PACKET, "malformed fixed header"))
+                }
+            };
+            if buf.len() < header.frame_len() {
+                buf.reserve(header.frame_len() - buf.len());
+                break Ok(());
+            }
+            handled = true;
+            let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
+            buf.advance(header.frame_len());
+            if let Err(ended) = outcome {
+                break Err(ended);
+            }
+        };
+        if handled {
+            self.last_packet = self.now;
+        }
+        result
+    }
+
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if let Some(code) = self.session.kicked() {
+            let discard = code == reason::SESSION_TAKEN_OVER && self.session.kick_discards();
+            return Poll::Ready(Wake::Ended(match code {
+                reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
+                reason::SESSION_TAKEN_OVER => Ended::TakenOver,
+                reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
+                code => Ended::protocol(code, "kicked"),
+            }));
+        }
+        let pending = self.session.poll_pending(cx.waker());
+        let was_full = self.out.len() >= OUT_HIGH_WATER;
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Poll::Ready(Wake::Ended(Ended::Io(e)));
+        }
+        if pending || (was_full && self.out.len() < OUT_HIGH_WATER) {
+            return Poll::Ready(Wake::Progress);
+        }
+        if self.out.len() < OUT_HIGH_WATER {
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Wake::Ended(Ended::Closed)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Wake::Progress),
+                Poll::Ready(Err(e)) => return Poll::Ready(Wake::Ended(Ended::Io(e))),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(ended) = self.poll_keep_alive(cx) {
+            return Poll::Ready(Wake::Ended(ended));
+        }
+        // Idle: hold no buffers.
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+        if self.inbound.is_empty() && self.inbound.capacity() > 0 {
+            self.inbound = BytesMut::new();
+        }
+        Poll::Pending
+    }
+
+    /// Writes what is waiting, until it is all written or the socket is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads what the client sent; `Ok(0)` when it closed the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.inbound.is_empty() {
+            ready!(self.io.poll_read_ready(cx))?;
+        }
+        if self.inbound.capacity() - self.inbound.len() < READ_CHUNK / 4 {
+            self.inbound.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.inbound)
+    }
+
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
+        let (Some(keep_alive), Some(timer)) = (self.keep_alive, self.keep_alive_timer.as_mut()) else {
+            return None;
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_packet + keep_alive;
+            if Instant::now() >= deadline {
+                return Some(Ended::KeepAlive);
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+        None
+    }
+
+    /// Ends the connection: tells an MQTT 5 client why, hands the will and the session over,
+    /// writes what is left and closes.
+    async fn finish(mut self, ended: Ended) {
+        if self.version.is_v5() {
+            if let Some(code) = ended.disconnect_code() {
+                encode_disconnect(&mut self.out, code, self.problem_information.then(|| reason::describe(code)));
+            }
+        }
+        let will = if matches!(ended, Ended::Normal) { None } else { self.will.take() };
+        let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
+        let node = self.node.clone();
+        node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
+        node.stats.client_disconnected();
+        if node.hooks.wants(Hook::ClientDisconnected) {
+            let mut event = self.client.event(Hook::ClientDisconnected, crate::now_ms());
+            event.reason = RawStr::new(ended.reason());
+            node.hooks.dispatch(&event);
+        }
+        tracing::debug!(client_id = &*self.client.client_id, "connection ended: {ended}");
+        let (out, io) = (&self.out, &mut self.io);
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, async move {
+            io.write_all(out).await?;
+            io.shutdown().await
+        })
+        .await;
+    }
+}

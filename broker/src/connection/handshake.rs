@@ -1,0 +1,306 @@
+//! From a new connection to its CONNACK: read the CONNECT (within `mqtt.connect_timeout`),
+//! check it, fire `client.connect` and `client.authenticate`, open the session (taking over
+//! a live connection with the same client id), answer, and resend what was in flight.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use plugin_api::abi::{self, RawBytes, RawStr};
+use plugin_api::Hook;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::outbound::OutgoingAliases;
+use super::{Connection, Transport, FLUSH_TIMEOUT};
+use crate::client::ClientInfo;
+use crate::hooks::Verdict;
+use crate::message::Message;
+use crate::mqtt::connect::{encode_connack, ConnackProperties, Connect, ConnectError};
+use crate::mqtt::frame::{parse_header, FrameHeader};
+use crate::mqtt::packet::decode_first;
+use crate::mqtt::properties::PropertyWriter;
+use crate::mqtt::reason;
+use crate::mqtt::Version;
+use crate::node::Node;
+use crate::router::is_valid_topic;
+use crate::sessions::Will;
+
+/// Why the handshake stopped before a CONNACK was due.
+#[derive(Debug, thiserror::Error)]
+enum Early {
+    #[error("closed before CONNECT")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] crate::mqtt::frame::FrameError),
+}
+
+/// Reads until one whole frame is at the start of `buf`.
+async fn read_frame<T: Transport>(io: &mut T, buf: &mut BytesMut, max: usize) -> Result<FrameHeader, Early> {
+    loop {
+        if let Some(header) = parse_header(buf, max)? {
+            if buf.len() >= header.frame_len() {
+                return Ok(header);
+            }
+            buf.reserve(header.frame_len() - buf.len());
+        } else if buf.capacity() == buf.len() {
+            buf.reserve(256);
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Err(Early::Closed);
+        }
+    }
+}
+
+/// Answers a CONNECT with a refusal (`code`, an MQTT 5 reason code) and closes.
+async fn refuse<T: Transport>(io: &mut T, version: Version, code: u8) {
+    let mut out = Vec::new();
+    let properties = ConnackProperties { reason_string: Some(reason::describe(code)), ..Default::default() };
+    encode_connack(&mut out, version, false, code, &properties);
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+        io.write_all(&out).await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+/// Whether a CONNECT body that could not be decoded comes from an MQTT 5 client, which is
+/// then told why in a CONNACK before the connection closes (MQTT 5 §4.13.1).
+fn looks_like_v5(body: &[u8]) -> bool {
+    body.get(..7) == Some(&[0, 4, b'M', b'Q', b'T', b'T', 5][..])
+}
+
+/// The forwarded properties of a will or a message, encoded once for every subscriber.
+pub(super) fn forwarded(properties: &crate::mqtt::properties::Properties<'_>) -> Bytes {
+    let mut w = PropertyWriter { out: BytesMut::new() };
+    properties.write_forwarded(&mut w);
+    w.out.freeze()
+}
+
+/// Runs the handshake; `None` when the connection ends before it is accepted.
+pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: SocketAddr) -> Option<Connection<T>> {
+    let zone = &node.zone;
+    let mut buf = BytesMut::new();
+    let header =
+        match tokio::time::timeout(zone.connect_timeout, read_frame(&mut io, &mut buf, zone.max_packet_size)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "connection ended before CONNECT: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no CONNECT within {:?}; closing", zone.connect_timeout);
+                return None;
+            }
+        };
+    let frame = buf.split_to(header.frame_len()).freeze();
+    let body = &frame[header.header_len..];
+    let connect = match decode_first(&header, body) {
+        Ok(connect) => connect,
+        Err(ConnectError::UnsupportedVersion { name, level }) => {
+            tracing::debug!(%peer, "unsupported protocol {name:?} level {level}; refused");
+            // MQTT-3.1.2-2: CONNACK 0x01 (the level is unknown, so a 3.1.1 CONNACK).
+            refuse(&mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION).await;
+            return None;
+        }
+        Err(ConnectError::Decode(e)) => {
+            tracing::debug!(%peer, "bad CONNECT: {e}; closing");
+            if looks_like_v5(body) {
+                refuse(&mut io, Version::V5, e.reason_code()).await;
+            }
+            return None;
+        }
+    };
+    let version = connect.version;
+    let (client, assigned) = match identify(node, &connect, peer) {
+        Ok(identified) => identified,
+        Err(code) => {
+            tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
+            refuse(&mut io, version, code).await;
+            return None;
+        }
+    };
+    let will = match will(node, &connect) {
+        Ok(will) => will,
+        Err(Some(code)) => {
+            refuse(&mut io, version, code).await;
+            return None;
+        }
+        Err(None) => return None, // 3.1.1: a bad will topic closes the connection
+    };
+    if let Err(code) = admit(node, &client, &connect) {
+        refuse(&mut io, version, code).await;
+        return None;
+    }
+
+    let id = node.next_connection_id();
+    let expiry = client.expiry_interval;
+    let opened = node.sessions.open(node, &client, id, connect.clean_start, expiry).await;
+    let mut will = will;
+    if let Some(will) = &mut will {
+        will.message.publisher = opened.session.id;
+    }
+    let keep_alive = match zone.server_keep_alive {
+        Some(server) if version.is_v5() => server,
+        _ => connect.keep_alive,
+    };
+    let properties = ConnackProperties {
+        receive_maximum: Some(zone.max_awaiting_rel).filter(|&m| m < u16::MAX),
+        maximum_qos: Some(zone.max_qos).filter(|&q| q < 2),
+        retain_available: Some(zone.retain_available),
+        maximum_packet_size: Some(zone.max_packet_size.min(u32::MAX as usize) as u32),
+        assigned_client_identifier: assigned.then_some(&*client.client_id),
+        topic_alias_maximum: Some(zone.max_topic_alias).filter(|&m| m > 0),
+        wildcard_subscription_available: Some(zone.wildcard_subscription),
+        subscription_identifiers_available: Some(true),
+        shared_subscription_available: Some(zone.shared_subscription),
+        server_keep_alive: zone.server_keep_alive.filter(|_| version.is_v5()),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    encode_connack(&mut out, version, opened.present, reason::SUCCESS, &properties);
+
+    let keep_alive = (keep_alive > 0).then(|| std::time::Duration::from_millis(u64::from(keep_alive) * 1500));
+    let now = Instant::now();
+    let mut connection = Connection {
+        node: node.clone(),
+        io,
+        id,
+        client: client.clone(),
+        session: opened.session,
+        version,
+        inbound: buf,
+        out,
+        keep_alive,
+        last_packet: now,
+        keep_alive_timer: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
+        client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        problem_information: connect.properties.request_problem_information != Some(0),
+        aliases_in: HashMap::new(),
+        aliases_out: OutgoingAliases::new(if version.is_v5() {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        }),
+        acl_cache: zone.acl_cache.map(super::AclCache::new),
+        will,
+        expiry_was_zero: expiry == 0,
+        now,
+    };
+    node.stats.client_connected();
+    if node.hooks.wants(Hook::ClientConnected) {
+        let event = client.event(Hook::ClientConnected, crate::now_ms());
+        node.hooks.dispatch(&event);
+    }
+    if opened.present {
+        connection.resend_inflight();
+    }
+    Some(connection)
+}
+
+/// Who the client is; the MQTT 5 reason code of the refusal otherwise. The bool says the
+/// client id was assigned by the broker.
+fn identify(node: &Node, connect: &Connect<'_>, peer: SocketAddr) -> Result<(Arc<ClientInfo>, bool), u8> {
+    let zone = &node.zone;
+    let version = connect.version;
+    if connect.properties.authentication_method.is_some() {
+        return Err(reason::BAD_AUTHENTICATION_METHOD); // no enhanced authentication here
+    }
+    let assigned = connect.client_id.is_empty();
+    let client_id: Arc<str> = if assigned {
+        // MQTT-3.1.3-6 / 3.1.3-7 (MQTT 5: assigned and returned); MQTT 3.1.1 only with a
+        // clean session (MQTT-3.1.3-7, -8); MQTT 3.1 never.
+        if version == Version::V3_1 || (version == Version::V3_1_1 && !connect.clean_start) {
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        format!("auto-{}", crate::unique_suffix()).into()
+    } else if connect.client_id.len() > zone.max_client_id_len {
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    } else {
+        connect.client_id.into()
+    };
+    let expiry_interval = if version.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        zone.session_expiry_v3
+    };
+    let client = ClientInfo {
+        client_id,
+        username: connect.username.unwrap_or_default().into(),
+        peer: peer.to_string().into(),
+        peer_addr: Some(peer),
+        version,
+        keep_alive: connect.keep_alive,
+        clean_start: connect.clean_start,
+        expiry_interval,
+        connected_at_ms: crate::now_ms(),
+    };
+    Ok((Arc::new(client), assigned && version.is_v5()))
+}
+
+/// The will of a CONNECT, checked. `Err(Some(code))` refuses with a CONNACK,
+/// `Err(None)` closes the connection.
+fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> {
+    let Some(will) = &connect.will else {
+        return Ok(None);
+    };
+    let v5 = connect.version.is_v5();
+    if !is_valid_topic(will.topic) {
+        return Err(v5.then_some(reason::TOPIC_NAME_INVALID));
+    }
+    if will.qos > node.zone.max_qos {
+        return Err(Some(reason::QOS_NOT_SUPPORTED)); // MQTT-3.2.2-12
+    }
+    if will.retain && !node.zone.retain_available {
+        return Err(Some(reason::RETAIN_NOT_SUPPORTED)); // MQTT-3.2.2-13
+    }
+    let message = Message {
+        topic: will.topic.into(),
+        payload: Bytes::copy_from_slice(will.payload),
+        qos: will.qos,
+        retain: will.retain,
+        forwarded: if v5 { forwarded(&will.properties) } else { Bytes::new() },
+        expires_at: None,
+        publisher: 0,
+        timestamp_ms: 0,
+    };
+    Ok(Some(Will {
+        message,
+        delay: will.properties.will_delay_interval.unwrap_or(0),
+        expiry: will.properties.message_expiry_interval,
+    }))
+}
+
+/// Runs `client.connect`, `client.authenticate` and the will's ACL check; the reason code of
+/// the refusal if the client may not connect.
+fn admit(node: &Node, client: &ClientInfo, connect: &Connect<'_>) -> Result<(), u8> {
+    let hooks = &node.hooks;
+    let now = crate::now_ms();
+    if hooks.wants(Hook::ClientConnect) {
+        hooks.dispatch(&client.event(Hook::ClientConnect, now));
+    }
+    if hooks.wants(Hook::ClientAuthenticate) {
+        let mut event = client.event(Hook::ClientAuthenticate, now);
+        event.password = RawBytes::new(connect.password.unwrap_or_default());
+        if hooks.dispatch(&event) == Verdict::Deny {
+            tracing::info!(client_id = &*client.client_id, peer = &*client.peer, "authentication denied");
+            return Err(reason::NOT_AUTHORIZED);
+        }
+    }
+    if let (Some(will), true) = (&connect.will, hooks.wants(Hook::ClientCheckAcl)) {
+        let mut event = client.event(Hook::ClientCheckAcl, now);
+        event.acl_action = abi::ACL_PUBLISH;
+        event.topic = RawStr::new(will.topic);
+        if hooks.dispatch(&event) == Verdict::Deny {
+            tracing::info!(client_id = &*client.client_id, topic = will.topic, "will denied by ACL");
+            return Err(reason::NOT_AUTHORIZED);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! What the connection does with each packet from its client: publish (with topic aliases,
+//! the ACL, QoS 2 de-duplication and `message.publish`), acknowledgements of what it was
+//! sent, subscribe and unsubscribe (with the ACL and the session hooks), ping, disconnect.
+
+use bytes::Bytes;
+use plugin_api::abi::{self, RawStr};
+use plugin_api::Hook;
+
+use super::handshake::forwarded;
+use super::{Connection, Ended, Transport};
+use crate::hooks::{Hooks, Verdict};
+use crate::message::Message;
+use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
+use crate::mqtt::frame::{kind, FrameHeader};
+use crate::mqtt::packet::Packet;
+use crate::mqtt::publish::{encode_ack, Ack, Publish};
+use crate::mqtt::reason;
+use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
+use crate::node::{DropReason, Node, Published};
+use crate::router::{is_valid_topic, Filter};
+use crate::session::{RecOutcome, Subscription};
+
+impl<T: Transport> Connection<T> {
+    /// Handles one packet from the client.
+    pub(super) fn handle_packet(&mut self, header: &FrameHeader, body: &[u8]) -> Result<(), Ended> {
+        let packet = Packet::decode(header, body, self.version).map_err(|e| {
+            let why = match e {
+                crate::mqtt::reader::DecodeError::Malformed(why) | crate::mqtt::reader::DecodeError::Protocol(why) => {
+                    why
+                }
+            };
+            Ended::protocol(e.reason_code(), why)
+        })?;
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::PubAck(ack) => {
+                self.on_puback(ack);
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                self.on_pubrec(ack);
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                self.on_pubrel(ack);
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                self.on_pubcomp(ack);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                encode_pingresp(&mut self.out);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
+            Packet::Connect => Err(Ended::protocol(reason::PROTOCOL_ERROR, "a second CONNECT (MQTT-3.1.0-2)")),
+            Packet::Auth(_) => Err(Ended::protocol(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+        }
+    }
+
+    /// A reason string for an MQTT 5 acknowledgement with `code`, when it is a failure and
+    /// the client wants problem information.
+    fn reason_string(&self, code: u8) -> Option<&'static str> {
+        (code >= 0x80 && self.problem_information).then(|| reason::describe(code))
+    }
+
+    fn ack(&mut self, packet_kind: u8, packet_id: u16, code: u8) {
+        let reason_string = self.reason_string(code);
+        encode_ack(&mut self.out, self.version, packet_kind, packet_id, code, reason_string);
+    }
+
+    /// The topic a PUBLISH goes to, with MQTT 5 topic aliases applied (§3.3.2.3.4).
+    fn topic_of(&mut self, publish: &Publish<'_>) -> Result<Box<str>, Ended> {
+        let Some(alias) = publish.properties.topic_alias else {
+            if publish.topic.is_empty() {
+                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "an empty topic without a topic alias"));
+            }
+            return Ok(publish.topic.into());
+        };
+        if alias == 0 || alias > self.node.zone.max_topic_alias {
+            return Err(Ended::protocol(reason::TOPIC_ALIAS_INVALID, "topic alias out of range (MQTT-3.3.2-9)"));
+        }
+        if publish.topic.is_empty() {
+            return match self.aliases_in.get(&alias) {
+                Some(topic) => Ok(topic.clone()),
+                None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
+            };
+        }
+        self.aliases_in.insert(alias, publish.topic.into());
+        Ok(publish.topic.into())
+    }
+
+    fn on_publish(&mut self, publish: Publish<'_>) -> Result<(), Ended> {
+        let node = self.node.clone();
+        node.stats.message_received();
+        let topic = self.topic_of(&publish)?;
+        if !is_valid_topic(&topic) {
+            return Err(Ended::protocol(reason::TOPIC_NAME_INVALID, "a topic name with wildcards (MQTT-3.3.2-2)"));
+        }
+        if publish.qos > node.zone.max_qos {
+            return Err(Ended::protocol(reason::QOS_NOT_SUPPORTED, "QoS above the maximum (MQTT-3.2.2-11)"));
+        }
+        if publish.retain && !node.zone.retain_available {
+            return Err(Ended::protocol(reason::RETAIN_NOT_SUPPORTED, "retain is not available (MQTT-3.2.2-14)"));
+        }
+        let ack_kind = match publish.qos {
+            0 => 0,
+            1 => kind::PUBACK,
+            _ => kind::PUBREC,
+        };
+        if publish.qos == 2 {
+            let mut state = self.session.lock();
+            if state.awaiting_rel.contains(&publish.packet_id) {
+                // A resent QoS 2 message already routed: acknowledge, never route twice
+                // (MQTT-4.3.3-10).
+                drop(state);
+                self.ack(kind::PUBREC, publish.packet_id, reason::SUCCESS);
+                return Ok(());
+            }
+            if state.awaiting_rel.len() >= usize::from(node.zone.max_awaiting_rel) {
+                return Err(Ended::protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "over the Receive Maximum (MQTT-3.3.4-9)",
+                ));
+            }
+            state.awaiting_rel.push(publish.packet_id);
+        }
+        let v5 = self.version.is_v5();
+        let message = Message {
+            topic,
+            payload: Bytes::copy_from_slice(publish.payload),
+            qos: publish.qos,
+            retain: publish.retain,
+            forwarded: if v5 { forwarded(&publish.properties) } else { Bytes::new() },
+            expires_at: Message::expiry_from(publish.properties.message_expiry_interval, self.now),
+            publisher: self.session.id,
+            timestamp_ms: crate::now_ms(),
+        };
+        if self.acl_denied(abi::ACL_PUBLISH, &message.topic) {
+            tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
+            node.dropped(&self.client.client_id, &message, DropReason::Denied);
+            if ack_kind != 0 {
+                // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged.
+                self.ack(ack_kind, publish.packet_id, if v5 { reason::NOT_AUTHORIZED } else { reason::SUCCESS });
+            }
+            if v5 && publish.qos == 2 {
+                self.session.lock().awaiting_rel.retain(|&id| id != publish.packet_id);
+            }
+            return Ok(());
+        }
+        let outcome = node.publish(message, &self.client);
+        if ack_kind != 0 {
+            let code = match outcome {
+                Published::Routed(0) => reason::NO_MATCHING_SUBSCRIBERS,
+                _ => reason::SUCCESS,
+            };
+            self.ack(ack_kind, publish.packet_id, code);
+        }
+        Ok(())
+    }
+
+    /// Asks `client.check_acl` (or the connection's ACL cache) whether `action` on `topic` is
+    /// denied.
+    fn acl_denied(&mut self, action: u32, topic: &str) -> bool {
+        let hooks: &Hooks = &self.node.hooks;
+        if !hooks.wants(Hook::ClientCheckAcl) {
+            return false;
+        }
+        let ask = || {
+            let mut event = self.client.event(Hook::ClientCheckAcl, crate::now_ms());
+            event.acl_action = action;
+            event.topic = RawStr::new(topic);
+            hooks.dispatch(&event) == Verdict::Deny
+        };
+        let Some(cache) = &mut self.acl_cache else {
+            return ask();
+        };
+        let generation = hooks.acl_generation();
+        if let Some(denied) = cache.get(generation, action, topic, self.now) {
+            return denied;
+        }
+        let denied = ask();
+        cache.put(generation, action, topic, denied, self.now);
+        denied
+    }
+
+    fn fire_acked(&self, message: &Message, packet_id: u16) {
+        let hooks = &self.node.hooks;
+        if hooks.wants(Hook::MessageAcked) {
+            let mut event = Node::message_event(&self.client, Hook::MessageAcked, message, self.now);
+            event.packet_id = packet_id;
+            hooks.dispatch(&event);
+        }
+    }
+
+    fn on_puback(&mut self, ack: Ack<'_>) {
+        let settled = self.session.lock().inflight.puback(ack.packet_id);
+        if let Some(delivery) = settled {
+            self.fire_acked(&delivery.message, ack.packet_id);
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: Ack<'_>) {
+        let outcome = self.session.lock().inflight.pubrec(ack.packet_id, ack.reason);
+        match outcome {
+            RecOutcome::Release => self.ack(kind::PUBREL, ack.packet_id, reason::SUCCESS),
+            RecOutcome::Unknown => self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND),
+            RecOutcome::Refused => {}
+        }
+    }
+
+    fn on_pubcomp(&mut self, ack: Ack<'_>) {
+        let settled = self.session.lock().inflight.pubcomp(ack.packet_id);
+        if let Some(delivery) = settled {
+            self.fire_acked(&delivery.message, ack.packet_id);
+        }
+    }
+
+    fn on_pubrel(&mut self, ack: Ack<'_>) {
+        let known = {
+            let mut state = self.session.lock();
+            let before = state.awaiting_rel.len();
+            state.awaiting_rel.retain(|&id| id != ack.packet_id);
+            state.awaiting_rel.len() != before
+        };
+        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        self.ack(kind::PUBCOMP, ack.packet_id, code);
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe<'_>) -> Result<(), Ended> {
+        let node = self.node.clone();
+        let zone = &node.zone;
+        let id = subscribe.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::with_capacity(subscribe.filters.len());
+        for &(filter, options) in &subscribe.filters {
+            if node.hooks.wants(Hook::ClientSubscribe) {
+                let mut event = self.client.event(Hook::ClientSubscribe, crate::now_ms());
+                event.topic = RawStr::new(filter);
+                event.qos = options.qos;
+                event.sub_options = options.to_byte();
+                node.hooks.dispatch(&event);
+            }
+            let code = match Filter::parse(filter) {
+                Err(_) => reason::TOPIC_FILTER_INVALID,
+                Ok(parsed) if parsed.group.is_some() && options.no_local => {
+                    return Err(Ended::protocol(
+                        reason::PROTOCOL_ERROR,
+                        "No Local on a shared subscription (MQTT-3.8.3-4)",
+                    ));
+                }
+                Ok(parsed) if parsed.group.is_some() && !zone.shared_subscription => {
+                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(parsed) if parsed.has_wildcards() && !zone.wildcard_subscription => {
+                    reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(parsed) => {
+                    if self.acl_denied(abi::ACL_SUBSCRIBE, filter) {
+                        tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
+                        reason::NOT_AUTHORIZED
+                    } else {
+                        let options = SubscriptionOptions { qos: options.qos.min(zone.max_qos), ..options };
+                        let is_new = node.subscribe(&self.session, filter, &parsed, Subscription { options, id });
+                        granted.push((filter, options, is_new));
+                        options.qos
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c));
+        encode_sub_ack(&mut self.out, self.version, kind::SUBACK, subscribe.packet_id, &codes, reason_string);
+        // After the SUBACK is queued: retained messages a plugin delivers now follow it.
+        if node.hooks.wants(Hook::SessionSubscribed) {
+            for (filter, options, is_new) in granted {
+                let mut event = self.client.event(Hook::SessionSubscribed, crate::now_ms());
+                event.topic = RawStr::new(filter);
+                event.qos = options.qos;
+                event.return_code = u32::from(options.qos);
+                event.sub_options = options.to_byte();
+                event.sub_new = is_new as u8;
+                node.hooks.dispatch(&event);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe<'_>) {
+        let node = self.node.clone();
+        let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+        let mut removed = Vec::new();
+        for &filter in &unsubscribe.filters {
+            if node.hooks.wants(Hook::ClientUnsubscribe) {
+                let mut event = self.client.event(Hook::ClientUnsubscribe, crate::now_ms());
+                event.topic = RawStr::new(filter);
+                node.hooks.dispatch(&event);
+            }
+            let code = match Filter::parse(filter) {
+                Err(_) => reason::TOPIC_FILTER_INVALID,
+                Ok(parsed) if node.unsubscribe(&self.session, filter, &parsed) => {
+                    removed.push(filter);
+                    reason::SUCCESS
+                }
+                Ok(_) => reason::NO_SUBSCRIPTION_EXISTED,
+            };
+            codes.push(code);
+        }
+        encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
+        if node.hooks.wants(Hook::SessionUnsubscribed) {
+            for filter in removed {
+                let mut event = self.client.event(Hook::SessionUnsubscribed, crate::now_ms());
+                event.topic = RawStr::new(filter);
+                node.hooks.dispatch(&event);
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect<'_>) -> Ended {
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if self.expiry_was_zero && expiry != 0 {
+                return Ended::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "Session Expiry raised from 0 at DISCONNECT (MQTT-3.14.2-2)",
+                );
+            }
+            self.session.lock().expiry_interval = expiry;
+        }
+        if disconnect.reason == reason::SUCCESS {
+            Ended::Normal // MQTT-3.14.4-3: the will is discarded
+        } else {
+            Ended::NormalWithWill
+        }
+    }
+}

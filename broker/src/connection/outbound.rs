@@ -1,0 +1,193 @@
+//! From the session to the wire: waiting messages are taken in order while the inflight
+//! window (`mqtt.max_inflight`, lowered by the client's Receive Maximum) has room, given a
+//! packet id if QoS 1 or 2, encoded (with the remaining Message Expiry, the Subscription
+//! Identifiers and a topic alias for MQTT 5 clients that accept them), and
+//! `message.delivered` fires. Messages that expired or are over the client's Maximum Packet
+//! Size are dropped (`message.dropped`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use plugin_api::Hook;
+
+use super::{Connection, Transport, OUT_HIGH_WATER};
+use crate::message::{Delivery, Message};
+use crate::mqtt::frame::kind;
+use crate::mqtt::publish::{encode_ack, OutgoingPublish};
+use crate::mqtt::Version;
+use crate::node::{DropReason, Node};
+use crate::session::Phase;
+
+/// The topic aliases the broker set for this connection (MQTT 5 §3.3.2.3.4): a topic gets
+/// the next alias while the client's Topic Alias Maximum allows, and keeps it.
+#[derive(Debug)]
+pub(super) struct OutgoingAliases {
+    max: u16,
+    by_topic: HashMap<Box<str>, u16>,
+}
+
+impl OutgoingAliases {
+    pub(super) fn new(max: u16) -> OutgoingAliases {
+        OutgoingAliases { max, by_topic: HashMap::new() }
+    }
+
+    /// The alias for `topic`: `(alias, known)`, `known` when the client has it already.
+    fn lookup(&self, topic: &str) -> Option<(u16, bool)> {
+        if self.max == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.by_topic.get(topic) {
+            return Some((alias, true));
+        }
+        let next = self.by_topic.len() as u16 + 1;
+        (next <= self.max).then_some((next, false))
+    }
+}
+
+/// Why a delivery could not be encoded.
+struct TooLarge;
+
+/// Encodes `delivery` as a PUBLISH with `packet_id` into `out`, unless it is over
+/// `max_packet_size`.
+#[allow(clippy::too_many_arguments)]
+fn encode_delivery(
+    out: &mut BytesMut,
+    aliases: &mut OutgoingAliases,
+    version: Version,
+    max_packet_size: usize,
+    delivery: &Delivery,
+    packet_id: u16,
+    expiry: Option<u32>,
+    dup: bool,
+) -> Result<(), TooLarge> {
+    let message = &delivery.message;
+    let v5 = version.is_v5();
+    let alias = if v5 { aliases.lookup(&message.topic) } else { None };
+    let publish = OutgoingPublish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: if matches!(alias, Some((_, true))) { "" } else { &message.topic },
+        packet_id,
+        payload: &message.payload,
+        message_expiry: expiry,
+        topic_alias: alias.map(|(a, _)| a),
+        subscription_ids: &delivery.subscription_ids,
+        forwarded: &message.forwarded,
+    };
+    if publish.frame_len(version) > max_packet_size {
+        return Err(TooLarge);
+    }
+    if let Some((alias, false)) = alias {
+        aliases.by_topic.insert(message.topic.clone(), alias);
+    }
+    publish.encode(out, version);
+    Ok(())
+}
+
+impl<T: Transport> Connection<T> {
+    /// The most QoS 1/2 messages in flight to this client.
+    fn window(&self) -> usize {
+        usize::from(self.node.zone.max_inflight.min(self.client_receive_maximum)).max(1)
+    }
+
+    /// Moves waiting messages from the session onto the wire, as the window and the write
+    /// buffer allow.
+    pub(super) fn pull_deliveries(&mut self) {
+        if self.out.len() >= OUT_HIGH_WATER {
+            return;
+        }
+        let window = self.window();
+        let node = self.node.clone();
+        let want_delivered = node.hooks.wants(Hook::MessageDelivered);
+        let mut delivered: Vec<(Arc<Message>, u8, u16, bool)> = Vec::new();
+        let mut dropped: Vec<(Arc<Message>, DropReason)> = Vec::new();
+        let mut sent = 0u64;
+        let now = Instant::now();
+        {
+            let mut state = self.session.lock();
+            let state = &mut *state;
+            while self.out.len() < OUT_HIGH_WATER {
+                let Some(front) = state.queue.front() else {
+                    break;
+                };
+                if front.qos > 0 && state.inflight.len() >= window {
+                    break;
+                }
+                let Some(delivery) = state.queue.pop_front() else {
+                    break;
+                };
+                // MQTT-3.3.2-5: an expired message is not sent.
+                let Ok(expiry) = delivery.message.remaining_expiry(now) else {
+                    dropped.push((delivery.message, DropReason::Expired));
+                    continue;
+                };
+                let packet_id = if delivery.qos > 0 { state.inflight.next_packet_id() } else { 0 };
+                let encoded = encode_delivery(
+                    &mut self.out,
+                    &mut self.aliases_out,
+                    self.version,
+                    self.client_max_packet_size,
+                    &delivery,
+                    packet_id,
+                    expiry,
+                    false,
+                );
+                if encoded.is_err() {
+                    // MQTT-3.1.2-25: never more than the client's Maximum Packet Size.
+                    dropped.push((delivery.message, DropReason::TooLarge));
+                    continue;
+                }
+                sent += 1;
+                if want_delivered {
+                    delivered.push((delivery.message.clone(), delivery.qos, packet_id, delivery.retain));
+                }
+                if delivery.qos > 0 {
+                    state.inflight.push(packet_id, delivery);
+                }
+            }
+        }
+        if sent > 0 {
+            node.stats.messages_sent(sent);
+        }
+        for (message, qos, packet_id, retain) in delivered {
+            let mut event = Node::message_event(&self.client, Hook::MessageDelivered, &message, now);
+            event.qos = qos;
+            event.packet_id = packet_id;
+            event.retain = retain as u8;
+            node.hooks.dispatch(&event);
+        }
+        for (message, why) in dropped {
+            node.dropped(&self.client.client_id, &message, why);
+        }
+    }
+
+    /// After a session is resumed: resends every unacknowledged PUBLISH (DUP set) and PUBREL,
+    /// in the order first sent (MQTT-4.4.0-1).
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let state = self.session.lock();
+        for entry in state.inflight.iter() {
+            match entry.phase {
+                Phase::Puback | Phase::Pubrec => {
+                    let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
+                    let _ = encode_delivery(
+                        &mut self.out,
+                        &mut self.aliases_out,
+                        self.version,
+                        usize::MAX,
+                        &entry.delivery,
+                        entry.packet_id,
+                        expiry,
+                        true,
+                    );
+                }
+                Phase::Pubcomp => {
+                    encode_ack(&mut self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! What a connection runs over: a byte stream, and for TCP a way to wait for input without
+//! holding a read buffer (an idle connection then costs no buffer memory at all).
+
+use std::io;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A client's byte stream.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would make progress. A transport that cannot tell says ready, and
+    /// the connection then reads into a buffer straight away.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}

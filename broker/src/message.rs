@@ -1,0 +1,88 @@
+//! A message on its way from a publisher to its subscribers, and one delivery of it.
+//!
+//! A [`Message`] is built once per PUBLISH (its topic and payload copied out of the
+//! publisher's read buffer, so that a message kept in an offline queue never pins that
+//! buffer) and shared (`Arc`) by every session it is delivered to.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// An application message.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) topic: Box<str>,
+    pub(crate) payload: Bytes,
+    /// The QoS it was published with.
+    pub(crate) qos: u8,
+    /// The retain flag it was published with.
+    pub(crate) retain: bool,
+    /// MQTT 5 properties passed to subscribers unchanged (Payload Format Indicator, Content
+    /// Type, Response Topic, Correlation Data, User Properties), encoded; empty when none.
+    pub(crate) forwarded: Bytes,
+    /// When the MQTT 5 Message Expiry Interval runs out.
+    pub(crate) expires_at: Option<Instant>,
+    /// The publisher's session ([`crate::session::Session::id`]); 0 for the broker itself.
+    pub(crate) publisher: u64,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub(crate) timestamp_ms: u64,
+}
+
+impl Message {
+    /// The remaining Message Expiry Interval in seconds (rounded up, never 0 while it has
+    /// not expired), `Ok(None)` when it never expires, `Err(())` once it has expired.
+    pub(crate) fn remaining_expiry(&self, now: Instant) -> Result<Option<u32>, ()> {
+        let Some(at) = self.expires_at else {
+            return Ok(None);
+        };
+        let left = at.checked_duration_since(now).filter(|d| !d.is_zero()).ok_or(())?;
+        Ok(Some(left.as_secs().saturating_add(u64::from(left.subsec_nanos() > 0)).min(u64::from(u32::MAX)) as u32))
+    }
+
+    /// When a message with Message Expiry Interval `seconds` (received `now`) expires.
+    pub(crate) fn expiry_from(seconds: Option<u32>, now: Instant) -> Option<Instant> {
+        seconds.map(|s| now + Duration::from_secs(u64::from(s)))
+    }
+}
+
+/// One message on its way to one session, with what the matching subscriptions decided.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) message: Arc<Message>,
+    /// The QoS it goes out with.
+    pub(crate) qos: u8,
+    /// The retain flag it goes out with.
+    pub(crate) retain: bool,
+    /// MQTT 5 Subscription Identifiers of the subscriptions it matched.
+    pub(crate) subscription_ids: Box<[u32]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(expires_at: Option<Instant>) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: 0,
+            retain: false,
+            forwarded: Bytes::new(),
+            expires_at,
+            publisher: 0,
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn remaining_expiry_rounds_up_and_expires() {
+        let now = Instant::now();
+        assert_eq!(message(None).remaining_expiry(now), Ok(None));
+        let m = message(Some(now + Duration::from_millis(1500)));
+        assert_eq!(m.remaining_expiry(now), Ok(Some(2)));
+        assert_eq!(m.remaining_expiry(now + Duration::from_millis(1499)), Ok(Some(1)));
+        assert_eq!(m.remaining_expiry(now + Duration::from_millis(1500)), Err(()));
+        assert_eq!(m.remaining_expiry(now + Duration::from_secs(9)), Err(()));
+    }
+}

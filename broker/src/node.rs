@@ -1,0 +1,321 @@
+//! The broker node: what every connection shares (settings, hooks, counters, sessions,
+//! router), and the operations that span them: publishing a message (hooks, then routing to
+//! every matching session), subscribing, and ending a session.
+//!
+//! No lock is held while a hook runs: a plugin may publish or deliver from any hook.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plugin_api::abi::{RawBytes, RawEvent, RawStr};
+use plugin_api::Hook;
+
+use crate::client::ClientInfo;
+use crate::connection::AclCacheSettings;
+use crate::hooks::{Hooks, Verdict};
+use crate::message::{Delivery, Message};
+use crate::router::{Filter, Publisher, Router, Subscriber, Target};
+use crate::session::{QueueLimits, Session, Subscription};
+use crate::sessions::Sessions;
+use crate::stats::Stats;
+
+/// The MQTT settings every connection follows (EMQX calls this a zone).
+#[derive(Debug, Clone)]
+pub(crate) struct Zone {
+    /// Largest packet accepted from a client, and announced to MQTT 5 clients.
+    pub(crate) max_packet_size: usize,
+    pub(crate) max_connections: usize,
+    /// Most QoS 1/2 messages in flight to one client (lowered by its Receive Maximum).
+    pub(crate) max_inflight: u16,
+    /// Most QoS 2 messages a client may have unreleased: the Receive Maximum announced.
+    pub(crate) max_awaiting_rel: u16,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) acl_cache: Option<AclCacheSettings>,
+    pub(crate) queue: QueueLimits,
+    /// Session Expiry Interval of an MQTT 3.1.1 session with clean session 0.
+    pub(crate) session_expiry_v3: u32,
+    /// Deliver at the subscription's QoS even when the message's is lower (EMQX).
+    pub(crate) upgrade_qos: bool,
+    pub(crate) max_qos: u8,
+    pub(crate) retain_available: bool,
+    pub(crate) wildcard_subscription: bool,
+    pub(crate) shared_subscription: bool,
+    /// Topic aliases a client may use (MQTT 5 Topic Alias Maximum announced).
+    pub(crate) max_topic_alias: u16,
+    /// Keep-alive the broker imposes on MQTT 5 clients (Server Keep Alive), if any.
+    pub(crate) server_keep_alive: Option<u16>,
+    pub(crate) max_client_id_len: usize,
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Zone {
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            max_inflight: 100,
+            max_awaiting_rel: 100,
+            connect_timeout: Duration::from_secs(15),
+            acl_cache: None,
+            queue: QueueLimits { max_len: 1000, store_qos0: true },
+            session_expiry_v3: 7200,
+            upgrade_qos: false,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscription: true,
+            shared_subscription: true,
+            max_topic_alias: 65535,
+            server_keep_alive: None,
+            max_client_id_len: 65535,
+        }
+    }
+}
+
+/// Why a message did not reach a subscriber (the `reason` of `message.dropped`, EMQX's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// No subscription matched.
+    NoSubscribers,
+    /// A plugin's `message.publish` dropped it, or the ACL denied it.
+    Denied,
+    /// The subscriber's queue was full (`mqtt.max_mqueue_len`).
+    QueueFull,
+    /// Its Message Expiry Interval ran out before it could be sent.
+    Expired,
+    /// Over the subscriber's Maximum Packet Size (MQTT 5).
+    TooLarge,
+}
+
+impl DropReason {
+    fn name(self) -> &'static str {
+        match self {
+            DropReason::NoSubscribers => "no_subscribers",
+            DropReason::Denied => "denied",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// A plugin dropped it.
+    Dropped,
+    /// Routed to this many sessions.
+    Routed(usize),
+}
+
+thread_local! {
+    /// Reused between routings on one thread (taken out while in use: routing can nest when a
+    /// hook publishes).
+    static TARGETS: RefCell<Vec<Target>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The broker node.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) zone: Zone,
+    pub(crate) hooks: Arc<Hooks>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) router: Router,
+    pub(crate) sessions: Sessions,
+    /// The broker as a publisher (for plugins' messages).
+    broker: ClientInfo,
+    next_connection: std::sync::atomic::AtomicU64,
+}
+
+impl Node {
+    pub(crate) fn new(zone: Zone, hooks: Arc<Hooks>, stats: Arc<Stats>, router: Router) -> Node {
+        Node {
+            zone,
+            hooks,
+            stats,
+            router,
+            sessions: Sessions::default(),
+            broker: ClientInfo::broker(),
+            next_connection: Default::default(),
+        }
+    }
+
+    /// A connection id never used before.
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// Every counter, the router's included.
+    pub(crate) fn stats_snapshot(&self) -> crate::stats::Snapshot {
+        crate::stats::Snapshot {
+            subscriptions: self.router.subscription_count() as u64,
+            topics: self.router.filter_count() as u64,
+            ..self.stats.snapshot()
+        }
+    }
+
+    /// A hook event about `message`, as seen by `client`.
+    pub(crate) fn message_event(client: &ClientInfo, hook: Hook, message: &Message, now: Instant) -> RawEvent {
+        let mut event = client.event(hook, message.timestamp_ms);
+        event.topic = RawStr::new(&message.topic);
+        event.payload = RawBytes::new(&message.payload);
+        event.qos = message.qos;
+        event.retain = message.retain as u8;
+        event.properties = RawBytes::new(&message.forwarded);
+        event.message_expiry = message.remaining_expiry(now).ok().flatten().unwrap_or(0);
+        event
+    }
+
+    /// Fires `message.dropped` for a message that did not reach `client_id`.
+    pub(crate) fn dropped(&self, client_id: &str, message: &Message, reason: DropReason) {
+        self.stats.message_dropped();
+        if !self.hooks.wants(Hook::MessageDropped) {
+            return;
+        }
+        let mut event = self.broker.event(Hook::MessageDropped, crate::now_ms());
+        event.client_id = RawStr::new(client_id);
+        event.topic = RawStr::new(&message.topic);
+        event.payload = RawBytes::new(&message.payload);
+        event.qos = message.qos;
+        event.retain = message.retain as u8;
+        event.properties = RawBytes::new(&message.forwarded);
+        event.reason = RawStr::new(reason.name());
+        self.hooks.dispatch(&event);
+    }
+
+    /// Publishes `message` from `client`: `message.publish` may drop it, then it is routed.
+    /// The broker never retains it (that is `emqx_retainer`'s job, through the hook).
+    pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
+        if self.hooks.wants(Hook::MessagePublish) {
+            let event = Node::message_event(client, Hook::MessagePublish, &message, Instant::now());
+            if self.hooks.dispatch(&event) == Verdict::Drop {
+                self.dropped(&client.client_id, &message, DropReason::Denied);
+                return Published::Dropped;
+            }
+        }
+        let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
+        Published::Routed(self.route(Arc::new(message), publisher))
+    }
+
+    /// Publishes as the broker itself (plugins' messages, `$SYS`).
+    pub(crate) fn publish_as_broker(&self, message: Message) -> Published {
+        self.publish(message, &self.broker)
+    }
+
+    /// Hands `message` to every matching session; returns how many.
+    fn route(&self, message: Arc<Message>, publisher: Publisher<'_>) -> usize {
+        let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        self.router.route(&message.topic, publisher, &mut targets);
+        let routed = targets.len();
+        if routed == 0 {
+            self.dropped(publisher.client_id, &message, DropReason::NoSubscribers);
+        }
+        let mut dropped = Vec::new();
+        for target in targets.drain(..) {
+            let qos = if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) };
+            let delivery = Delivery {
+                message: message.clone(),
+                qos,
+                // MQTT-3.3.1-9 / MQTT-3.3.1-12: a forwarded message keeps its retain flag only
+                // for a Retain As Published subscription.
+                retain: message.retain && target.retain_as_published,
+                subscription_ids: target.ids.into_boxed_slice(),
+            };
+            if let Some(lost) = target.session.enqueue(delivery, self.zone.queue) {
+                dropped.push((target.session.client_id.clone(), lost));
+            }
+        }
+        TARGETS.with(|t| *t.borrow_mut() = targets);
+        for (client_id, lost) in dropped {
+            self.dropped(&client_id, &lost.message, DropReason::QueueFull);
+        }
+        routed
+    }
+
+    /// Delivers to one connected client only (`Host::deliver`); false if it is not connected.
+    pub(crate) fn deliver(&self, client_id: &str, delivery: Delivery) -> bool {
+        match self.sessions.get(client_id).filter(|s| s.is_connected()) {
+            Some(session) => {
+                if let Some(lost) = session.enqueue(delivery, self.zone.queue) {
+                    self.dropped(client_id, &lost.message, DropReason::QueueFull);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers a retained message to `client_id`'s subscription `filter`: retain flag set,
+    /// at the lower of the message's and the subscription's QoS, with its identifier.
+    pub(crate) fn deliver_retained(&self, client_id: &str, filter: &str, message: Message) -> bool {
+        let Some(session) = self.sessions.get(client_id) else {
+            return false;
+        };
+        let Some(subscription) = session.lock().subscriptions.get(filter).copied() else {
+            return false;
+        };
+        let qos =
+            if self.zone.upgrade_qos { subscription.options.qos } else { message.qos.min(subscription.options.qos) };
+        let delivery = Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: true,
+            subscription_ids: subscription.id.into_iter().collect(),
+        };
+        if let Some(lost) = session.enqueue(delivery, self.zone.queue) {
+            self.dropped(client_id, &lost.message, DropReason::QueueFull);
+        }
+        true
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter` (already validated); true if it
+    /// is new.
+    pub(crate) fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        parsed: &Filter<'_>,
+        subscription: Subscription,
+    ) -> bool {
+        let subscriber = Subscriber { session: session.clone(), options: subscription.options, id: subscription.id };
+        {
+            let mut state = session.lock();
+            if state.ended {
+                return false;
+            }
+            state.subscriptions.insert(filter.into(), subscription);
+        }
+        self.router.subscribe(parsed, subscriber)
+    }
+
+    /// Removes `session`'s subscription to `filter`; true if it existed.
+    pub(crate) fn unsubscribe(&self, session: &Session, filter: &str, parsed: &Filter<'_>) -> bool {
+        let existed = session.lock().subscriptions.remove(filter).is_some();
+        self.router.unsubscribe(parsed, session.id) || existed
+    }
+
+    /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
+    /// waiting for its delay is published now (MQTT-3.1.3-9: the session ended first).
+    pub(crate) fn end_session(&self, session: &Arc<Session>) {
+        let (subscriptions, will) = {
+            let mut state = session.lock();
+            if state.ended {
+                return;
+            }
+            state.ended = true;
+            state.queue.take();
+            state.inflight.take();
+            state.awaiting_rel = Vec::new();
+            (std::mem::take(&mut state.subscriptions), state.pending_will.take())
+        };
+        for filter in subscriptions.keys() {
+            if let Ok(parsed) = Filter::parse(filter) {
+                self.router.unsubscribe(&parsed, session.id);
+            }
+        }
+        self.sessions.remove(session);
+        self.stats.session_ended();
+        if let Some(will) = will {
+            self.publish(will.message, &will.client);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! What hook dispatch needs of a running plugin, and nothing more: its name, hooks and
+//! priority, its `on_event` entry point and state, and the bookkeeping that lets the host
+//! stop it safely while hook calls are in flight on other threads.
+//!
+//! The protocol: a caller increments `inflight`, then checks `active`; only if active does it
+//! call in, and it decrements `inflight` afterwards. `deactivate` clears `active`, then waits
+//! for `inflight` to reach zero. Both use `SeqCst`, so after `deactivate` returns no call is
+//! running and none will start: `stop` may then free the plugin's state.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use plugin_api::abi::RawEvent;
+use plugin_api::HookMask;
+
+/// A plugin's `on_event` entry point.
+pub(crate) type OnEvent = unsafe extern "C" fn(state: *mut c_void, event: *const RawEvent) -> u32;
+
+/// A started plugin, as the hook table holds it.
+#[derive(Debug)]
+pub(crate) struct PluginHandle {
+    pub(crate) name: String,
+    pub(crate) hooks: HookMask,
+    /// Higher runs first.
+    pub(crate) priority: i32,
+    /// Load order, to break priority ties.
+    pub(crate) seq: u64,
+    on_event: OnEvent,
+    state: AtomicPtr<c_void>,
+    active: AtomicBool,
+    inflight: AtomicUsize,
+    failure: Mutex<Option<String>>,
+}
+
+impl PluginHandle {
+    pub(crate) fn new(
+        name: String,
+        hooks: HookMask,
+        priority: i32,
+        seq: u64,
+        on_event: OnEvent,
+        state: *mut c_void,
+    ) -> PluginHandle {
+        PluginHandle {
+            name,
+            hooks,
+            priority,
+            seq,
+            on_event,
+            state: AtomicPtr::new(state),
+            active: AtomicBool::new(true),
+            inflight: AtomicUsize::new(0),
+            failure: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` with the plugin's state if the plugin is active, tracking the call as in
+    /// flight. `None` when the plugin is stopping or stopped.
+    pub(crate) fn with_state<T>(&self, f: impl FnOnce(*mut c_void) -> T) -> Option<T> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let result =
+            if self.active.load(Ordering::SeqCst) { Some(f(self.state.load(Ordering::Acquire))) } else { None };
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Delivers one event; `None` when the plugin is no longer active.
+    #[inline]
+    pub(crate) fn on_event(&self, event: &RawEvent) -> Option<u32> {
+        let on_event = self.on_event;
+        // SAFETY: with_state only runs this between init and stop (the library checked the
+        // descriptor this function pointer came from); the event is valid for the call.
+        self.with_state(|state| unsafe { on_event(state, event) })
+    }
+
+    /// Records why the plugin failed and stops new calls into it. The manager then stops it.
+    pub(crate) fn fail(&self, why: String) {
+        self.active.store(false, Ordering::SeqCst);
+        crate::lock(&self.failure).get_or_insert(why);
+    }
+
+    /// Why the plugin failed, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        crate::lock(&self.failure).clone()
+    }
+
+    /// Stops new calls and waits until the calls in flight have returned.
+    pub(crate) fn deactivate(&self) {
+        self.active.store(false, Ordering::SeqCst);
+        while self.inflight.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Deactivates the plugin and hands back its state, once (null afterwards).
+    pub(crate) fn take_state(&self) -> *mut c_void {
+        self.deactivate();
+        self.state.swap(std::ptr::null_mut(), Ordering::AcqRel)
+    }
+}

@@ -1,0 +1,71 @@
+//! Shared subscriptions: a group of subscribers of which one gets each message, picked by the
+//! configured strategy (EMQX's `broker.shared_subscription_strategy`). Members whose client
+//! is connected are preferred; a message goes to an offline member's queue only when no
+//! member is connected.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::Subscriber;
+
+pub(crate) use crate::config::SharedStrategy as Strategy;
+
+/// What a pick may depend on.
+#[derive(Debug)]
+pub(super) struct Pick<'a> {
+    pub(super) publisher: &'a str,
+}
+
+/// One share group at one filter.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) name: Box<str>,
+    pub(super) members: Vec<Subscriber>,
+    next: AtomicUsize,
+    /// The sticky member's session id (0: none yet).
+    sticky: AtomicU64,
+}
+
+impl Group {
+    pub(super) fn new(name: &str) -> Group {
+        Group { name: name.into(), members: Vec::new(), next: AtomicUsize::new(0), sticky: AtomicU64::new(0) }
+    }
+
+    /// The member that gets the next message.
+    pub(super) fn pick(&self, strategy: Strategy, pick: &Pick<'_>) -> Option<&Subscriber> {
+        let connected = self.members.iter().filter(|m| m.session.is_connected()).count();
+        let candidates = |i: usize| -> Option<&Subscriber> {
+            if connected == 0 {
+                self.members.get(i)
+            } else {
+                self.members.iter().filter(|m| m.session.is_connected()).nth(i)
+            }
+        };
+        let count = if connected == 0 { self.members.len() } else { connected };
+        if count == 0 {
+            return None;
+        }
+        let index = match strategy {
+            Strategy::Random => fastrand::usize(..count),
+            Strategy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % count,
+            Strategy::Hash => {
+                // DefaultHasher::new has fixed keys: one publisher maps to one member.
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                pick.publisher.hash(&mut h);
+                (h.finish() % count as u64) as usize
+            }
+            Strategy::Sticky => {
+                let sticky = self.sticky.load(Ordering::Relaxed);
+                if let Some(member) =
+                    self.members.iter().find(|m| m.session.id == sticky && (connected == 0 || m.session.is_connected()))
+                {
+                    return Some(member);
+                }
+                let chosen = candidates(fastrand::usize(..count))?;
+                self.sticky.store(chosen.session.id, Ordering::Relaxed);
+                return Some(chosen);
+            }
+        };
+        candidates(index)
+    }
+}
