@@ -77,9 +77,13 @@ pub struct MqttSettings {
     pub shared_subscription: bool,
     /// Topic aliases an MQTT 5 client may use (Topic Alias Maximum announced); 0 for none.
     pub max_topic_alias: u16,
-    /// Keep-alive imposed on MQTT 5 clients (Server Keep Alive), in seconds; 0 leaves the
-    /// client's.
+    /// Keep-alive imposed on every MQTT 5 client (Server Keep Alive, EMQX's
+    /// `server_keepalive`), in seconds; 0 leaves the client's.
     pub server_keepalive: u16,
+    /// Longest keep-alive a client may ask for (mosquitto's `max_keepalive`), in seconds; 0
+    /// for no limit. An MQTT 5 client asking for more (or for none) is told this one (Server
+    /// Keep Alive); an MQTT 3.1.1 client asking for more cannot be told, and is refused.
+    pub max_keepalive: u16,
     /// Longest client id accepted.
     pub max_clientid_len: usize,
 }
@@ -105,6 +109,7 @@ impl Default for MqttSettings {
             shared_subscription: true,
             max_topic_alias: 65535,
             server_keepalive: 0,
+            max_keepalive: 0,
             max_clientid_len: 65535,
         }
     }
@@ -156,6 +161,7 @@ impl MqttSettings {
             shared_subscription: self.shared_subscription,
             max_topic_alias: self.max_topic_alias,
             server_keep_alive: (self.server_keepalive > 0).then_some(self.server_keepalive),
+            max_keep_alive: (self.max_keepalive > 0).then_some(self.max_keepalive),
             max_client_id_len: self.max_clientid_len,
         })
     }
@@ -187,12 +193,23 @@ pub enum SharedStrategy {
 }
 
 /// `[broker]`: node-wide behaviour (EMQX's `broker.*`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BrokerSettings {
     /// How a share group picks the member that gets a message: `random`, `round_robin`,
     /// `sticky` or `hash` (of the publisher's client id).
     pub shared_subscription_strategy: SharedStrategy,
+    /// How many heaps glibc's allocator keeps (its `M_ARENA_MAX`); 0 leaves glibc's default
+    /// of eight a core. Each heap keeps the high-water mark of what was allocated in it, so
+    /// with one heap a thread the broker's resident memory after waves of clients settles
+    /// higher (see the README). The `MALLOC_ARENA_MAX` environment variable beats it.
+    pub malloc_arena_max: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings { shared_subscription_strategy: SharedStrategy::default(), malloc_arena_max: 1 }
+    }
 }
 
 /// Every broker setting.

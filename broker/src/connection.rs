@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use plugin_api::abi::RawStr;
 use plugin_api::Hook;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
 pub(crate) use acl_cache::AclCacheSettings;
@@ -130,11 +130,13 @@ enum Wake {
 
 /// Serves one client connection until it ends.
 pub(crate) async fn serve<T: Transport>(node: Arc<Node>, io: T, peer: SocketAddr) {
-    let Some(mut connection) = handshake::handshake(&node, io, peer).await else {
+    // The handshake and the ending are boxed: their state would otherwise make every
+    // connection's task bigger for all of its life.
+    let Some(mut connection) = Box::pin(handshake::handshake(&node, io, peer)).await else {
         return;
     };
     let ended = connection.run().await;
-    connection.finish(ended).await;
+    Box::pin(connection.finish(ended)).await;
 }
 
 /// A connected client (after a successful CONNACK).
@@ -312,18 +314,24 @@ impl<T: Transport> Connection<T> {
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
         node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
-        node.stats.client_disconnected();
         if node.hooks.wants(Hook::ClientDisconnected) {
             let mut event = self.client.event(Hook::ClientDisconnected, crate::now_ms());
             event.reason = RawStr::new(ended.reason());
             node.hooks.dispatch(&event);
         }
         tracing::debug!(client_id = &*self.client.client_id, "connection ended: {ended}");
+        // Write what is left, then read (and drop) until the client closes: closing with its
+        // bytes unread would reset the connection, and the client could lose our last words.
         let (out, io) = (&self.out, &mut self.io);
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, async move {
             io.write_all(out).await?;
-            io.shutdown().await
+            io.shutdown().await?;
+            let mut sink = [0u8; 256];
+            while io.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
         })
         .await;
+        // Counted until its socket is done with: `connections.count` is what is open.
+        node.stats.client_disconnected();
     }
 }

@@ -53,8 +53,42 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Runs the plugin manager's work (commands, stopping a failed plugin) on one thread of its
+/// own, in turn: it may block (a plugin's `init` or `stop`), so not on the network threads.
+/// One long-lived thread rather than a thread per command: glibc gives new threads heaps of
+/// their own, and the fragments left in each add up in the broker's resident memory.
+#[derive(Debug, Clone)]
+pub(crate) struct ManagerThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce(&Manager) + Send>>,
+}
+
+impl ManagerThread {
+    /// Starts the thread; it ends when every handle is dropped.
+    pub(crate) fn start(manager: Arc<Manager>) -> std::io::Result<ManagerThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce(&Manager) + Send>>();
+        std::thread::Builder::new().name("plugin-manager".into()).spawn(move || {
+            for job in queue {
+                job(&manager);
+            }
+        })?;
+        Ok(ManagerThread { jobs })
+    }
+
+    /// Runs `job` on the manager's thread and waits for its result (`None` if the thread is
+    /// gone, or the job panicked).
+    pub(crate) async fn run<T: Send + 'static>(&self, job: impl FnOnce(&Manager) -> T + Send + 'static) -> Option<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = move |manager: &Manager| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(manager)));
+            let _ = done.send(outcome.ok());
+        };
+        self.jobs.send(Box::new(job)).ok()?;
+        result.await.ok().flatten()
+    }
+}
+
 /// Answers ctl requests forever.
-pub(crate) async fn serve(listener: UnixListener, manager: Arc<Manager>) {
+pub(crate) async fn serve(listener: UnixListener, manager: ManagerThread) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -68,7 +102,7 @@ pub(crate) async fn serve(listener: UnixListener, manager: Arc<Manager>) {
     }
 }
 
-async fn answer(stream: UnixStream, manager: Arc<Manager>) {
+async fn answer(stream: UnixStream, manager: ManagerThread) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST));
@@ -77,14 +111,11 @@ async fn answer(stream: UnixStream, manager: Arc<Manager>) {
             Reply { ok: false, output: format!("request too long or unterminated (limit {MAX_REQUEST} bytes)") }
         }
         Ok(_) => match serde_json::from_str::<Vec<String>>(&line) {
-            Ok(args) => {
-                let result = tokio::task::spawn_blocking(move || manager.command(&args)).await;
-                match result {
-                    Ok(Ok(output)) => Reply { ok: true, output },
-                    Ok(Err(output)) => Reply { ok: false, output },
-                    Err(e) => Reply { ok: false, output: format!("command failed: {e}") },
-                }
-            }
+            Ok(args) => match manager.run(move |manager| manager.command(&args)).await {
+                Some(Ok(output)) => Reply { ok: true, output },
+                Some(Err(output)) => Reply { ok: false, output },
+                None => Reply { ok: false, output: "command failed: the plugin manager stopped".to_owned() },
+            },
             Err(e) => Reply { ok: false, output: format!("malformed request: {e}") },
         },
         Err(e) => Reply { ok: false, output: format!("unreadable request: {e}") },

@@ -45,6 +45,8 @@ pub(crate) struct Zone {
     pub(crate) max_topic_alias: u16,
     /// Keep-alive the broker imposes on MQTT 5 clients (Server Keep Alive), if any.
     pub(crate) server_keep_alive: Option<u16>,
+    /// Longest keep-alive a client may ask for, if limited.
+    pub(crate) max_keep_alive: Option<u16>,
     pub(crate) max_client_id_len: usize,
 }
 
@@ -66,6 +68,7 @@ impl Default for Zone {
             shared_subscription: true,
             max_topic_alias: 65535,
             server_keep_alive: None,
+            max_keep_alive: None,
             max_client_id_len: 65535,
         }
     }
@@ -296,9 +299,14 @@ impl Node {
     /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
     /// waiting for its delay is published now (MQTT-3.1.3-9: the session ended first).
     pub(crate) fn end_session(&self, session: &Arc<Session>) {
+        self.end_session_if(session, |_| true);
+    }
+
+    /// Ends `session` if `still` holds for its state (checked under its lock).
+    pub(crate) fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&crate::session::State) -> bool) {
         let (subscriptions, will) = {
             let mut state = session.lock();
-            if state.ended {
+            if state.ended || !still(&state) {
                 return;
             }
             state.ended = true;

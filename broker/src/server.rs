@@ -55,6 +55,20 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Limits glibc's heaps to `broker.malloc_arena_max` (before any thread starts), unless the
+/// operator set `MALLOC_ARENA_MAX`.
+fn limit_malloc_arenas(settings: &Settings) {
+    let arenas = settings.broker.malloc_arena_max;
+    if arenas == 0 || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt with a valid parameter, called before the broker starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas.min(i32::MAX as u32) as i32);
+    }
+}
+
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
 /// descriptor (its socket).
 fn raise_file_limit(max_connections: usize) {
@@ -101,6 +115,7 @@ fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
     let settings = config::load(overrides)?;
+    limit_malloc_arenas(&settings);
     init_logging(&settings);
     raise_file_limit(settings.mqtt.max_connections);
 
@@ -138,19 +153,19 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     manager.boot();
 
     runtime.block_on(async {
+        let manager_thread = ctl::ManagerThread::start(manager.clone())?;
         {
-            let manager = manager.clone();
+            let manager_thread = manager_thread.clone();
             tokio::spawn(async move {
                 while let Some(handle) = failed_rx.recv().await {
-                    let manager = manager.clone();
-                    let _ = tokio::task::spawn_blocking(move || manager.stop_failed(handle)).await;
+                    manager_thread.run(move |manager| manager.stop_failed(handle)).await;
                 }
             });
         }
         let socket = ctl::socket_path(&data_dir);
         let ctl_listener =
             ctl::bind(&socket).with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
-        tokio::spawn(ctl::serve(ctl_listener, manager.clone()));
+        tokio::spawn(ctl::serve(ctl_listener, manager_thread));
 
         let listener = TcpListener::bind(settings.listener.tcp)
             .await

@@ -211,22 +211,26 @@ async fn expire(node: Arc<Node>, session: Arc<Session>, generation: u64) {
             }
         };
         tokio::time::sleep_until(next.into()).await;
-        let (will, expired) = {
+        let will = {
             let mut state = session.lock();
             if state.generation != generation || state.ended || state.attachment.is_some() {
                 return;
             }
             let now = Instant::now();
-            let will =
-                if state.pending_will.as_ref().is_some_and(|w| w.at <= now) { state.pending_will.take() } else { None };
-            (will, state.expires_at.is_some_and(|at| at <= now))
+            if state.expires_at.is_some_and(|at| at <= now) {
+                // Ends it (a will still waiting goes now), unless a connection resumed it since.
+                drop(state);
+                node.end_session_if(&session, |state| state.generation == generation && state.attachment.is_none());
+                return;
+            }
+            if state.pending_will.as_ref().is_some_and(|w| w.at <= now) {
+                state.pending_will.take()
+            } else {
+                None
+            }
         };
         if let Some(will) = will {
             node.publish(will.message, &will.client);
-        }
-        if expired {
-            node.end_session(&session);
-            return;
         }
     }
 }

@@ -131,10 +131,16 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
         Err(None) => return None, // 3.1.1: a bad will topic closes the connection
     };
+    let Some((keep_alive, server_keep_alive)) = keep_alive(zone, version, connect.keep_alive) else {
+        tracing::debug!(%peer, "keep-alive {} over mqtt.max_keepalive; refused", connect.keep_alive);
+        refuse(&mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
+    };
     if let Err(code) = admit(node, &client, &connect) {
         refuse(&mut io, version, code).await;
         return None;
     }
+    // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).
 
     let id = node.next_connection_id();
     let expiry = client.expiry_interval;
@@ -143,10 +149,6 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     if let Some(will) = &mut will {
         will.message.publisher = opened.session.id;
     }
-    let keep_alive = match zone.server_keep_alive {
-        Some(server) if version.is_v5() => server,
-        _ => connect.keep_alive,
-    };
     let properties = ConnackProperties {
         receive_maximum: Some(zone.max_awaiting_rel).filter(|&m| m < u16::MAX),
         maximum_qos: Some(zone.max_qos).filter(|&q| q < 2),
@@ -157,7 +159,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         wildcard_subscription_available: Some(zone.wildcard_subscription),
         subscription_identifiers_available: Some(true),
         shared_subscription_available: Some(zone.shared_subscription),
-        server_keep_alive: zone.server_keep_alive.filter(|_| version.is_v5()),
+        server_keep_alive,
         ..Default::default()
     };
     let mut out = BytesMut::new();
@@ -200,6 +202,21 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         connection.resend_inflight();
     }
     Some(connection)
+}
+
+/// The keep-alive the connection runs with, and the Server Keep Alive to tell an MQTT 5
+/// client. Over `mqtt.max_keepalive`, an MQTT 5 client is told the maximum (asking for none
+/// counts as over); an MQTT 3.1.1 client cannot be told and is refused (`None`), as mosquitto
+/// does, but may still turn keep-alive off.
+fn keep_alive(zone: &crate::node::Zone, version: Version, asked: u16) -> Option<(u16, Option<u16>)> {
+    if let (Some(server), true) = (zone.server_keep_alive, version.is_v5()) {
+        return Some((server, Some(server)));
+    }
+    match zone.max_keep_alive {
+        Some(max) if version.is_v5() && (asked == 0 || asked > max) => Some((max, Some(max))),
+        Some(max) if asked > max => None,
+        _ => Some((asked, None)),
+    }
 }
 
 /// Who the client is; the MQTT 5 reason code of the refusal otherwise. The bool says the
@@ -253,6 +270,9 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
     let v5 = connect.version.is_v5();
     if !is_valid_topic(will.topic) {
         return Err(v5.then_some(reason::TOPIC_NAME_INVALID));
+    }
+    if will.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {
+        return Err(Some(reason::PROTOCOL_ERROR)); // MQTT-3.3.2-14
     }
     if will.qos > node.zone.max_qos {
         return Err(Some(reason::QOS_NOT_SUPPORTED)); // MQTT-3.2.2-12

@@ -103,6 +103,9 @@ impl<T: Transport> Connection<T> {
         if !is_valid_topic(&topic) {
             return Err(Ended::protocol(reason::TOPIC_NAME_INVALID, "a topic name with wildcards (MQTT-3.3.2-2)"));
         }
+        if publish.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {
+            return Err(Ended::protocol(reason::PROTOCOL_ERROR, "a Response Topic with wildcards (MQTT-3.3.2-14)"));
+        }
         if publish.qos > node.zone.max_qos {
             return Err(Ended::protocol(reason::QOS_NOT_SUPPORTED, "QoS above the maximum (MQTT-3.2.2-11)"));
         }
