@@ -168,8 +168,11 @@ struct Connection<T> {
     will: Option<Will>,
     /// The CONNECT's Session Expiry Interval was 0: a DISCONNECT may not raise it.
     expiry_was_zero: bool,
-    /// The clock for the frames being handled.
+    /// The clock for the frames being handled (read once a batch: a clock read a message
+    /// was 3 % of the broker's time in a QoS 0 flood).
     now: Instant,
+    /// The same moment, in milliseconds since the Unix epoch.
+    now_ms: u64,
 }
 
 impl<T: Transport> Connection<T> {
@@ -199,6 +202,7 @@ impl<T: Transport> Connection<T> {
 
     fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), Ended> {
         self.now = Instant::now();
+        self.now_ms = crate::now_ms();
         let mut handled = false;
         let result = loop {
             let header = match parse_header(buf, self.node.zone.max_packet_size) {

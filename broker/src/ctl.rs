@@ -59,13 +59,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// their own, and the fragments left in each add up in the broker's resident memory.
 #[derive(Debug, Clone)]
 pub(crate) struct ManagerThread {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce(&Manager) + Send>>,
+    jobs: std::sync::mpsc::Sender<ManagerJob>,
 }
+
+/// Work for the plugin manager's thread.
+type ManagerJob = Box<dyn FnOnce(&Manager) + Send>;
 
 impl ManagerThread {
     /// Starts the thread; it ends when every handle is dropped.
     pub(crate) fn start(manager: Arc<Manager>) -> std::io::Result<ManagerThread> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce(&Manager) + Send>>();
+        let (jobs, queue) = std::sync::mpsc::channel::<ManagerJob>();
         std::thread::Builder::new().name("plugin-manager".into()).spawn(move || {
             for job in queue {
                 job(&manager);

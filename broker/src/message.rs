@@ -59,6 +59,24 @@ pub(crate) struct Delivery {
 }
 
 #[cfg(test)]
+impl Delivery {
+    /// A delivery of a message on `t` with `payload`, at `qos` (for unit tests).
+    pub(crate) fn for_test(qos: u8, payload: &[u8]) -> Delivery {
+        let message = Message {
+            topic: "t".into(),
+            payload: Bytes::copy_from_slice(payload),
+            qos,
+            retain: false,
+            forwarded: Bytes::new(),
+            expires_at: None,
+            publisher: 0,
+            timestamp_ms: 0,
+        };
+        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Box::new([]) }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -6,7 +6,7 @@
 //! and the newcomer waits for it to detach before it resumes or discards the session, so a
 //! session is never served by two connections.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

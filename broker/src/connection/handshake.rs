@@ -192,6 +192,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         will,
         expiry_was_zero: expiry == 0,
         now,
+        now_ms: crate::now_ms(),
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

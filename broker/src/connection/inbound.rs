@@ -143,7 +143,7 @@ impl<T: Transport> Connection<T> {
             forwarded: if v5 { forwarded(&publish.properties) } else { Bytes::new() },
             expires_at: Message::expiry_from(publish.properties.message_expiry_interval, self.now),
             publisher: self.session.id,
-            timestamp_ms: crate::now_ms(),
+            timestamp_ms: self.now_ms,
         };
         if self.acl_denied(abi::ACL_PUBLISH, &message.topic) {
             tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
@@ -176,7 +176,7 @@ impl<T: Transport> Connection<T> {
             return false;
         }
         let ask = || {
-            let mut event = self.client.event(Hook::ClientCheckAcl, crate::now_ms());
+            let mut event = self.client.event(Hook::ClientCheckAcl, self.now_ms);
             event.acl_action = action;
             event.topic = RawStr::new(topic);
             hooks.dispatch(&event) == Verdict::Deny
@@ -244,7 +244,7 @@ impl<T: Transport> Connection<T> {
         let mut granted = Vec::with_capacity(subscribe.filters.len());
         for &(filter, options) in &subscribe.filters {
             if node.hooks.wants(Hook::ClientSubscribe) {
-                let mut event = self.client.event(Hook::ClientSubscribe, crate::now_ms());
+                let mut event = self.client.event(Hook::ClientSubscribe, self.now_ms);
                 event.topic = RawStr::new(filter);
                 event.qos = options.qos;
                 event.sub_options = options.to_byte();
@@ -283,7 +283,7 @@ impl<T: Transport> Connection<T> {
         // After the SUBACK is queued: retained messages a plugin delivers now follow it.
         if node.hooks.wants(Hook::SessionSubscribed) {
             for (filter, options, is_new) in granted {
-                let mut event = self.client.event(Hook::SessionSubscribed, crate::now_ms());
+                let mut event = self.client.event(Hook::SessionSubscribed, self.now_ms);
                 event.topic = RawStr::new(filter);
                 event.qos = options.qos;
                 event.return_code = u32::from(options.qos);
@@ -301,7 +301,7 @@ impl<T: Transport> Connection<T> {
         let mut removed = Vec::new();
         for &filter in &unsubscribe.filters {
             if node.hooks.wants(Hook::ClientUnsubscribe) {
-                let mut event = self.client.event(Hook::ClientUnsubscribe, crate::now_ms());
+                let mut event = self.client.event(Hook::ClientUnsubscribe, self.now_ms);
                 event.topic = RawStr::new(filter);
                 node.hooks.dispatch(&event);
             }
@@ -318,7 +318,7 @@ impl<T: Transport> Connection<T> {
         encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
-                let mut event = self.client.event(Hook::SessionUnsubscribed, crate::now_ms());
+                let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);
                 event.topic = RawStr::new(filter);
                 node.hooks.dispatch(&event);
             }

@@ -2,12 +2,13 @@
 //! Empty levels are removed as soon as their last subscription goes, so nothing per filter
 //! outlives its subscriptions.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::shared::Group;
 use super::{Filter, Subscriber};
 
-/// One level of the trie and the subscriptions whose filter ends here.
+/// One level of the trie and the subscriptions whose filter ends here. Children are hashed
+/// with foldhash (randomly seeded): SipHash was 6 % of the broker's time in a QoS 0 flood.
 #[derive(Debug, Default)]
 pub(super) struct Level {
     children: HashMap<Box<str>, Level>,

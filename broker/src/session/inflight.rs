@@ -113,25 +113,10 @@ impl Inflight {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-
     use super::*;
-    use crate::message::Message;
 
     fn delivery(qos: u8) -> Delivery {
-        let message = Message {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos,
-            retain: false,
-            forwarded: Bytes::new(),
-            expires_at: None,
-            publisher: 0,
-            timestamp_ms: 0,
-        };
-        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Box::new([]) }
+        Delivery::for_test(qos, b"")
     }
 
     #[test]
