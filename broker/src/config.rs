@@ -11,8 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::connection::AclCacheSettings;
-use crate::node::Zone;
+use crate::node::{AclCacheSettings, Zone};
 use crate::session::QueueLimits;
 
 /// Settings given on the command line; they beat the file and the environment.

@@ -29,7 +29,6 @@ use plugin_api::Hook;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
-pub(crate) use acl_cache::AclCacheSettings;
 pub(crate) use transport::Transport;
 
 use crate::client::ClientInfo;

@@ -12,13 +12,21 @@ use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
 use crate::client::ClientInfo;
-use crate::connection::AclCacheSettings;
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::router::{Filter, Publisher, Router, Subscriber, Target};
 use crate::session::{QueueLimits, Session, Subscription};
 use crate::sessions::Sessions;
 use crate::stats::Stats;
+
+/// How the cache behaves (from `[mqtt]`): EMQX's per-connection ACL cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AclCacheSettings {
+    /// Most entries one connection keeps.
+    pub(crate) max_size: usize,
+    /// How long an answer is kept.
+    pub(crate) ttl: Duration,
+}
 
 /// The MQTT settings every connection follows (EMQX calls this a zone).
 #[derive(Debug, Clone)]

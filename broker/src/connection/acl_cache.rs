@@ -7,16 +7,9 @@
 //! (`broker ctl acl reload`): the host cannot tell what the command changed.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// How the cache behaves (from `[mqtt]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AclCacheSettings {
-    /// Most entries one connection keeps.
-    pub(crate) max_size: usize,
-    /// How long an answer is kept.
-    pub(crate) ttl: Duration,
-}
+use crate::node::AclCacheSettings;
 
 #[derive(Debug)]
 struct Entry {
@@ -79,6 +72,8 @@ impl AclCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const PUB: u32 = 1;
