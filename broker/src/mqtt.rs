@@ -19,6 +19,9 @@ pub(crate) mod reader;
 pub(crate) mod reason;
 pub(crate) mod subscribe;
 
+#[cfg(test)]
+mod differential;
+
 /// The protocol level a client connected with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Version {
