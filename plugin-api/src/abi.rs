@@ -259,8 +259,11 @@ pub struct RawEvent {
     pub expiry_interval: u32,
     /// For `client.check_acl`: [`ACL_PUBLISH`] or [`ACL_SUBSCRIBE`].
     pub acl_action: u32,
-    /// Why a client disconnected (`normal`, `closed`, `takenover`...), for
-    /// `client.disconnected`.
+    /// Why a client disconnected (EMQX's names: `normal`, `tcp_closed`, `keepalive_timeout`,
+    /// `takeovered`, `discarded`, `protocol_error`, `frame_too_large`, `sock_error`,
+    /// `server_shutdown`), for `client.disconnected`; why a message was dropped
+    /// (`no_subscribers`, `denied`, `queue_full`, `expired`, `too_large`), for
+    /// `message.dropped`.
     pub reason: RawStr,
     /// Milliseconds since the Unix epoch when the event happened.
     pub timestamp_ms: u64,

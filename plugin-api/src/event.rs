@@ -97,7 +97,9 @@ pub struct Event<'a> {
     pub expiry_interval: u32,
     /// For `client.check_acl`: publish or subscribe.
     pub acl_action: Option<AclAction>,
-    /// Why the client disconnected (`client.disconnected`).
+    /// Why the client disconnected (`client.disconnected`: `normal`, `tcp_closed`,
+    /// `keepalive_timeout`, `takeovered`, ...), or why a message was dropped
+    /// (`message.dropped`: `no_subscribers`, `denied`, `queue_full`, `expired`, `too_large`).
     pub reason: &'a str,
     /// When it happened, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,

@@ -172,10 +172,12 @@ impl Host {
         self.log(Level::Debug, message)
     }
 
-    /// Publishes a message into the broker, as the broker itself. Topics starting with `$`
-    /// (such as `$SYS/...`) go to the clients subscribed to them, at the lower of `qos` and
-    /// the subscription's QoS; other topics are routed at QoS 0. Plugin publishes are never
-    /// retained by the broker (retaining is `emqx_retainer`'s job).
+    /// Publishes a message into the broker, as the broker itself, to any topic (`$SYS/...`
+    /// included) at any QoS: it goes through `message.publish` (with an empty client id) and
+    /// reaches every matching subscription at the lower of `qos` and the subscription's QoS.
+    /// The broker itself never retains it; with `retain`, a retainer plugin sees the flag in
+    /// `message.publish` and may. Do not publish from your own `message.publish` hook for
+    /// every message: that would never end.
     pub fn publish(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Result<(), HostError> {
         // SAFETY: ctx and publish are valid for the plugin's life; the borrowed topic and
         // payload outlive the call (the host copies what it keeps).

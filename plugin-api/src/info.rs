@@ -33,7 +33,10 @@ pub enum Hook {
     MessageDelivered = 10,
     /// `message.acked`: a subscriber acknowledged a QoS 1/2 message.
     MessageAcked = 11,
-    /// `message.dropped`: a message was dropped by a plugin.
+    /// `message.dropped`: a message did not reach a subscriber: no subscription matched, a
+    /// plugin or the ACL dropped it, a subscriber's queue was full, it expired, or it was over
+    /// a subscriber's Maximum Packet Size ([`crate::Event::reason`]). `client_id` is the
+    /// subscriber's for the last three, the publisher's otherwise.
     MessageDropped = 12,
 }
 
