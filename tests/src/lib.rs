@@ -77,6 +77,39 @@ pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// `bytes` (a topic or a payload) as text, invalid UTF-8 replaced.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A new data directory whose `loaded_plugins` is `plugins`, and a broker started in it with
+/// the extra environment `env`.
+pub fn start_broker(plugins: &str, env: &[(&str, &str)]) -> (DataDir, Broker) {
+    let dir = DataDir::with_plugins(plugins);
+    let broker = Broker::start(&dir, env);
+    (dir, broker)
+}
+
+/// The counter `name` (e.g. `sessions.count`) in `stats`, the output of
+/// `broker ctl broker stats` (lines `name : value`). Panics if it is not there.
+pub fn stat_in(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).and_then(|(_, v)| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in:\n{stats}"))
+}
+
+/// The counter `name` (e.g. `sessions.count`) of the broker running in `dir`, read now with
+/// `broker ctl broker stats`.
+pub fn stat(dir: &DataDir, name: &str) -> u64 {
+    stat_in(&dir.ctl(&["broker", "stats"]).ok(), name)
+}
+
+/// Waits until the counter `name` of the broker running in `dir` is `value` (see [`stat`]).
+pub fn wait_for_stat(dir: &DataDir, name: &str, value: u64) {
+    wait_until(&format!("{name} = {value}"), || (stat(dir, name) == value).then_some(()));
+}
+
 /// A temporary data directory, kept across broker restarts.
 pub struct DataDir {
     dir: tempfile::TempDir,

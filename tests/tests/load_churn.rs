@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use e2e::{options, Broker, Client, DataDir};
+use e2e::{options, stat_in, Broker, Client, DataDir};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -17,13 +17,6 @@ const MESSAGES_EACH: usize = 4;
 const WAVES: usize = 2;
 /// Plugin churn rounds (6 load/unload/reload commands each) while a wave is connected.
 const CHURN_PER_WAVE: usize = 20;
-
-fn stat(output: &str, key: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().parse().unwrap()))
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_while_plugins_churn() {
@@ -123,11 +116,11 @@ async fn many_clients_while_plugins_churn() {
 
     e2e::wait_until("all load clients gone", || {
         let stats = dir.ctl(&["broker", "stats"]).ok();
-        (stat(&stats, "connections.count") == 1).then_some(stats)
+        (stat_in(&stats, "connections.count") == 1).then_some(stats)
     });
     let stats = dir.ctl(&["broker", "stats"]).ok();
-    assert_eq!(stat(&stats, "messages.received"), total as u64);
-    assert_eq!(stat(&stats, "messages.sent"), total as u64);
+    assert_eq!(stat_in(&stats, "messages.received"), total as u64);
+    assert_eq!(stat_in(&stats, "messages.sent"), total as u64);
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
     assert_eq!(data["messages_received"], total as u64, "telemetry agrees");
     assert_eq!(data["messages_sent"], total as u64);

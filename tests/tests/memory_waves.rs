@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use e2e::{Broker, DataDir};
+use e2e::{stat_in, Broker, DataDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -71,13 +71,6 @@ async fn client(addr: std::net::SocketAddr, id: String, all_connected: Arc<Barri
     let _ = tokio::time::timeout(e2e::DEADLINE, stream.read_to_end(&mut rest)).await;
 }
 
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("{key} in {stats}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waves_of_new_client_ids_and_filters_give_memory_back() {
     e2e::raise_file_limit();
@@ -113,12 +106,12 @@ async fn waves_of_new_client_ids_and_filters_give_memory_back() {
         }
         let stats = e2e::wait_until("the wave's sessions ended", || {
             let stats = dir.ctl(&["broker", "stats"]).ok();
-            (stat(&stats, "connections.count") == 0 && stat(&stats, "sessions.count") == 0).then_some(stats)
+            (stat_in(&stats, "connections.count") == 0 && stat_in(&stats, "sessions.count") == 0).then_some(stats)
         });
-        assert_eq!(stat(&stats, "subscriptions.count"), 0, "no subscription outlives its session");
-        assert_eq!(stat(&stats, "topics.count"), 0, "no filter outlives its subscriptions");
-        assert_eq!(stat(&stats, "messages.received"), ((wave + 1) * CLIENTS) as u64);
-        assert_eq!(stat(&stats, "messages.sent"), ((wave + 1) * CLIENTS) as u64);
+        assert_eq!(stat_in(&stats, "subscriptions.count"), 0, "no subscription outlives its session");
+        assert_eq!(stat_in(&stats, "topics.count"), 0, "no filter outlives its subscriptions");
+        assert_eq!(stat_in(&stats, "messages.received"), ((wave + 1) * CLIENTS) as u64);
+        assert_eq!(stat_in(&stats, "messages.sent"), ((wave + 1) * CLIENTS) as u64);
         // At rest: the least of three readings, a ctl round trip apart (a reading can catch a
         // moment's allocation, e.g. the ctl command's own).
         let rest = (0..3).map(|_| {

@@ -8,294 +8,20 @@
 //! over the client's are dropped, `message.dropped` with `too_large`; packets over the
 //! broker's `mqtt.max_packet_size` get DISCONNECT 0x95).
 //!
-//! Raw connections (rumqttc's codec) so that every property is seen as the broker sent it.
+//! Raw connections (`e2e::raw::C5`, rumqttc's codec) so that every property is seen as the
+//! broker sent it.
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use e2e::raw::{connect5, v5, Raw, Wire, V5};
-use e2e::{recorded_events, wait_until, Broker, DataDir};
+use bytes::Bytes;
+use e2e::raw::{connect5, payload, topic, v5, C5};
+use e2e::{recorded_events, start_broker, stat, wait_until, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 use v5::Packet as P5;
 
 // ---------------------------------------------------------------------------------------
-// Helpers: an MQTT 5 client on a raw connection.
+// Helpers: properties and packets
 // ---------------------------------------------------------------------------------------
-
-/// rumqttc 0.25.1's MQTT 5 codec, except that a PUBLISH from the broker is decoded here:
-/// rumqttc's `PublishProperties::read` counts each Subscription Identifier one byte too long,
-/// so with several identifiers the last ones (and any property after them) are taken for
-/// payload.
-#[derive(Debug)]
-struct V5x;
-
-impl Wire for V5x {
-    type Packet = v5::Packet;
-    fn read(buf: &mut BytesMut) -> Result<v5::Packet, String> {
-        if buf.first().is_some_and(|b| b >> 4 == 3) {
-            read_publish(buf)
-        } else {
-            V5::read(buf)
-        }
-    }
-    fn write(packet: &v5::Packet, buf: &mut BytesMut) {
-        V5::write(packet, buf)
-    }
-}
-
-/// A variable byte integer at the start of `bytes`: (value, bytes it takes), `None` if cut.
-fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0;
-    for (i, b) in bytes.iter().take(4).enumerate() {
-        value |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn take(body: &mut Bytes, n: usize) -> Result<Bytes, String> {
-    if body.len() < n {
-        return Err(format!("PUBLISH cut short: {n} bytes wanted, {} left", body.len()));
-    }
-    Ok(body.split_to(n))
-}
-
-fn take_u16(body: &mut Bytes) -> Result<u16, String> {
-    Ok(take(body, 2)?.get_u16())
-}
-
-fn take_string(body: &mut Bytes) -> Result<String, String> {
-    let len = take_u16(body)?;
-    String::from_utf8(take(body, usize::from(len))?.to_vec()).map_err(|e| format!("not UTF-8: {e}"))
-}
-
-fn take_varint(body: &mut Bytes) -> Result<usize, String> {
-    let (value, len) = varint(body).ok_or("bad variable byte integer")?;
-    body.advance(len);
-    Ok(value)
-}
-
-fn read_publish(buf: &mut BytesMut) -> Result<v5::Packet, String> {
-    let (remaining, len_len) = match varint(&buf[1..]) {
-        Some(found) => found,
-        None if buf.len() < 5 => return Err("InsufficientBytes".into()),
-        None => return Err("bad remaining length".into()),
-    };
-    if buf.len() < 1 + len_len + remaining {
-        return Err("InsufficientBytes".into());
-    }
-    let frame = buf.split_to(1 + len_len + remaining).freeze();
-    let first = frame[0];
-    let mut body = frame.slice(1 + len_len..);
-    let qos = match (first >> 1) & 3 {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        q => return Err(format!("PUBLISH with QoS {q}")),
-    };
-    let topic_len = take_u16(&mut body)?;
-    let topic = take(&mut body, usize::from(topic_len))?;
-    let pkid = if qos == QoS::AtMostOnce { 0 } else { take_u16(&mut body)? };
-    let props_len = take_varint(&mut body)?;
-    let mut props = take(&mut body, props_len)?;
-    let mut p = v5::PublishProperties::default();
-    while !props.is_empty() {
-        match take(&mut props, 1)?[0] {
-            0x01 => p.payload_format_indicator = Some(take(&mut props, 1)?[0]),
-            0x02 => p.message_expiry_interval = Some(take(&mut props, 4)?.get_u32()),
-            0x03 => p.content_type = Some(take_string(&mut props)?),
-            0x08 => p.response_topic = Some(take_string(&mut props)?),
-            0x09 => {
-                let len = take_u16(&mut props)?;
-                p.correlation_data = Some(take(&mut props, usize::from(len))?);
-            }
-            0x0b => p.subscription_identifiers.push(take_varint(&mut props)?),
-            0x23 => p.topic_alias = Some(take_u16(&mut props)?),
-            0x26 => {
-                let key = take_string(&mut props)?;
-                p.user_properties.push((key, take_string(&mut props)?));
-            }
-            other => return Err(format!("property {other:#04x} in a PUBLISH")),
-        }
-    }
-    Ok(P5::Publish(v5::Publish {
-        dup: first & 0x08 != 0,
-        qos,
-        retain: first & 0x01 != 0,
-        topic,
-        pkid,
-        payload: body,
-        properties: (props_len > 0).then_some(p),
-    }))
-}
-
-/// An MQTT 5 client on a raw connection.
-struct C5 {
-    raw: Raw<V5x>,
-    pkid: u16,
-}
-
-impl C5 {
-    fn connect(broker: &Broker, id: &str) -> C5 {
-        C5::connect_with(broker, id, None).0
-    }
-
-    fn connect_with(broker: &Broker, id: &str, props: Option<v5::ConnectProperties>) -> (C5, v5::ConnAck) {
-        C5::connect_packet(broker, &connect5(id, true, props))
-    }
-
-    /// Connects with `connect` and returns the CONNACK, asserting success.
-    fn connect_packet(broker: &Broker, connect: &P5) -> (C5, v5::ConnAck) {
-        let mut raw = Raw::<V5x>::open(broker.addr);
-        raw.send(connect);
-        let ack = match raw.recv() {
-            P5::ConnAck(ack) => ack,
-            other => panic!("expected CONNACK, got {other:?}"),
-        };
-        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "CONNACK {ack:?}");
-        (C5 { raw, pkid: 0 }, ack)
-    }
-
-    /// Sends DISCONNECT (normal) and waits for the broker to close.
-    fn disconnect(mut self) {
-        let disconnect =
-            v5::Disconnect { reason_code: v5::DisconnectReasonCode::NormalDisconnection, properties: None };
-        self.raw.send(&P5::Disconnect(disconnect));
-        assert_eq!(self.raw.until_closed(), vec![], "nothing after DISCONNECT");
-    }
-
-    fn next_pkid(&mut self) -> u16 {
-        self.pkid = self.pkid % u16::MAX + 1;
-        self.pkid
-    }
-
-    /// Subscribes to one filter, asserting it is granted at `qos`.
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let pkid = self.next_pkid();
-        let filters = vec![v5::Filter::new(filter, qos)];
-        self.raw.send(&P5::Subscribe(v5::Subscribe { pkid, filters, properties: None }));
-        match self.raw.recv() {
-            P5::SubAck(ack) => {
-                assert_eq!(ack.pkid, pkid, "the SUBACK's packet id");
-                assert_eq!(ack.return_codes, vec![v5::SubscribeReasonCode::Success(qos)], "SUBSCRIBE {filter}");
-            }
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// Sends `publish` (packet id set here for QoS 1/2) and completes its QoS flow; returns
-    /// the PUBACK or PUBREC. A PUBREC with a failure code ends the flow (no PUBREL).
-    fn publish_packet(&mut self, mut publish: v5::Publish) -> Option<P5> {
-        if publish.qos != QoS::AtMostOnce {
-            publish.pkid = self.next_pkid();
-        }
-        let (pkid, qos) = (publish.pkid, publish.qos);
-        self.raw.send(&P5::Publish(publish));
-        match qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => match self.raw.recv() {
-                P5::PubAck(ack) if ack.pkid == pkid => Some(P5::PubAck(ack)),
-                other => panic!("expected PUBACK {pkid}, got {other:?}"),
-            },
-            QoS::ExactlyOnce => match self.raw.recv() {
-                P5::PubRec(rec) if rec.pkid == pkid => {
-                    if matches!(rec.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers) {
-                        let rel = v5::PubRel { pkid, reason: v5::PubRelReason::Success, properties: None };
-                        self.raw.send(&P5::PubRel(rel));
-                        match self.raw.recv() {
-                            P5::PubComp(comp) if comp.pkid == pkid => {}
-                            other => panic!("expected PUBCOMP {pkid}, got {other:?}"),
-                        }
-                    }
-                    Some(P5::PubRec(rec))
-                }
-                other => panic!("expected PUBREC {pkid}, got {other:?}"),
-            },
-        }
-    }
-
-    fn publish_with(&mut self, topic: &str, qos: QoS, payload: &str, props: v5::PublishProperties) -> Option<P5> {
-        self.publish_packet(v5::Publish::new(topic, qos, payload.as_bytes().to_vec(), Some(props)))
-    }
-
-    /// Publishes and asserts the broker accepted it (QoS 1/2: a success code).
-    fn publish(&mut self, topic: &str, qos: QoS, payload: &str) {
-        match self.publish_packet(v5::Publish::new(topic, qos, payload.as_bytes().to_vec(), None)) {
-            None => {}
-            Some(P5::PubAck(ack)) => assert!(
-                matches!(ack.reason, v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers),
-                "PUBACK for {topic}: {ack:?}"
-            ),
-            Some(P5::PubRec(rec)) => assert!(
-                matches!(rec.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers),
-                "PUBREC for {topic}: {rec:?}"
-            ),
-            Some(other) => unreachable!("{other:?}"),
-        }
-    }
-
-    /// The next PUBLISH (acknowledged as its QoS requires); anything else but a PUBREL
-    /// (answered with PUBCOMP) fails the test.
-    fn next_publish(&mut self) -> v5::Publish {
-        loop {
-            match self.raw.recv() {
-                P5::Publish(p) => {
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => self.raw.send(&P5::PubAck(v5::PubAck {
-                            pkid: p.pkid,
-                            reason: v5::PubAckReason::Success,
-                            properties: None,
-                        })),
-                        QoS::ExactlyOnce => self.raw.send(&P5::PubRec(v5::PubRec {
-                            pkid: p.pkid,
-                            reason: v5::PubRecReason::Success,
-                            properties: None,
-                        })),
-                    }
-                    return p;
-                }
-                P5::PubRel(rel) => self.raw.send(&P5::PubComp(v5::PubComp {
-                    pkid: rel.pkid,
-                    reason: v5::PubCompReason::Success,
-                    properties: None,
-                })),
-                other => panic!("expected PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    /// Every PUBLISH before the first one on `marker` (which is consumed).
-    fn until(&mut self, marker: &str) -> Vec<v5::Publish> {
-        let mut got = Vec::new();
-        loop {
-            let p = self.next_publish();
-            if topic(&p) == marker {
-                return got;
-            }
-            got.push(p);
-        }
-    }
-
-    /// Expects a DISCONNECT with `code`, then the connection closing.
-    fn expect_disconnect(mut self, code: v5::DisconnectReasonCode) {
-        match self.raw.next_packet() {
-            Some(P5::Disconnect(d)) => assert_eq!(d.reason_code, code, "{d:?}"),
-            other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
-        }
-        assert_eq!(self.raw.until_closed(), vec![], "the connection closes after the DISCONNECT");
-    }
-}
-
-fn topic(p: &v5::Publish) -> String {
-    String::from_utf8_lossy(&p.topic).into_owned()
-}
-
-fn payload(p: &v5::Publish) -> String {
-    String::from_utf8_lossy(&p.payload).into_owned()
-}
 
 fn alias(p: &v5::Publish) -> Option<u16> {
     p.properties.as_ref().and_then(|p| p.topic_alias)
@@ -313,23 +39,6 @@ fn with_expiry(seconds: u32) -> v5::PublishProperties {
 /// connection).
 fn lasting() -> v5::ConnectProperties {
     v5::ConnectProperties { session_expiry_interval: Some(60), ..v5::ConnectProperties::new() }
-}
-
-/// A `broker ctl broker stats` counter.
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let out = dir.ctl(&["broker", "stats"]).ok();
-    out.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == name).then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
-}
-
-fn start(plugins: &str, env: &[(&str, &str)]) -> (DataDir, Broker) {
-    let dir = DataDir::with_plugins(plugins);
-    let broker = Broker::start(&dir, env);
-    (dir, broker)
 }
 
 /// A QoS 1 PUBLISH to `topic` whose whole packet (as the broker also sends it to a
@@ -359,7 +68,7 @@ const MAX_ALIAS: (&str, &str) = ("BROKER_MQTT__MAX_TOPIC_ALIAS", "4");
 /// full topic name (MQTT-3.3.2-3).
 #[test]
 fn client_topic_aliases_are_set_then_used() {
-    let (_dir, broker) = start("", &[MAX_ALIAS]);
+    let (_dir, broker) = start_broker("", &[MAX_ALIAS]);
     let mut sub = C5::connect(&broker, "ta-sub");
     sub.subscribe("ta/#", QoS::AtLeastOnce);
     let (mut publisher, connack) = C5::connect_with(&broker, "ta-pub", None);
@@ -388,7 +97,7 @@ fn client_topic_aliases_are_set_then_used() {
 /// invalid); the message goes nowhere.
 #[test]
 fn topic_alias_zero_or_above_the_maximum_is_refused() {
-    let (_dir, broker) = start("", &[MAX_ALIAS]);
+    let (_dir, broker) = start_broker("", &[MAX_ALIAS]);
     let mut sub = C5::connect(&broker, "tab-sub");
     sub.subscribe("tab/#", QoS::AtLeastOnce);
     for (i, (t, a)) in [("tab/x", 0), ("tab/x", 5), ("", 0), ("tab/x", u16::MAX)].into_iter().enumerate() {
@@ -407,7 +116,7 @@ fn topic_alias_zero_or_above_the_maximum_is_refused() {
 /// set, or with an empty topic and no alias, is a protocol error: DISCONNECT 0x82.
 #[test]
 fn an_unknown_topic_alias_is_a_protocol_error() {
-    let (_dir, broker) = start("", &[MAX_ALIAS]);
+    let (_dir, broker) = start_broker("", &[MAX_ALIAS]);
     for (i, props) in [Some(with_alias(2)), None].into_iter().enumerate() {
         let mut c = C5::connect(&broker, &format!("tau-{i}"));
         if i == 0 {
@@ -426,7 +135,7 @@ fn an_unknown_topic_alias_is_a_protocol_error() {
 /// 0x82).
 #[test]
 fn topic_aliases_do_not_survive_a_reconnect() {
-    let (_dir, broker) = start("", &[MAX_ALIAS]);
+    let (_dir, broker) = start_broker("", &[MAX_ALIAS]);
     let mut sub = C5::connect(&broker, "tar-sub");
     sub.subscribe("tar/#", QoS::AtLeastOnce);
     let (mut c, _) = C5::connect_packet(&broker, &connect5("tar-pub", false, Some(lasting())));
@@ -456,7 +165,7 @@ fn topic_aliases_do_not_survive_a_reconnect() {
 /// delivery names the topic published.
 #[test]
 fn topic_aliases_to_the_client_stay_within_its_maximum() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let props = v5::ConnectProperties { topic_alias_max: Some(2), ..v5::ConnectProperties::new() };
     let (mut sub, _) = C5::connect_with(&broker, "tao-sub", Some(props));
     sub.subscribe("to/#", QoS::AtLeastOnce);
@@ -502,7 +211,7 @@ fn topic_aliases_to_the_client_stay_within_its_maximum() {
 /// MQTT-3.1.2-27 (5): a client whose Topic Alias Maximum is absent or 0 is sent no alias.
 #[test]
 fn no_topic_aliases_to_a_client_that_allows_none() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut subs: Vec<C5> = [None, Some(0)]
         .into_iter()
         .enumerate()
@@ -535,7 +244,7 @@ fn no_topic_aliases_to_a_client_that_allows_none() {
 /// delivered at once carries at most the original; a message without one gets none.
 #[test]
 fn message_expiry_counts_down_while_a_message_waits() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let (mut sub, _) = C5::connect_packet(&broker, &connect5("exp-sub", true, Some(lasting())));
     sub.subscribe("exp/#", QoS::AtLeastOnce);
     sub.disconnect();
@@ -628,7 +337,7 @@ fn user_properties() -> Vec<(String, String)> {
 /// subscribers at any QoS and one that gets the message retained (`emqx_retainer`).
 #[test]
 fn forwarded_properties_arrive_unchanged() {
-    let (_dir, broker) = start("{emqx_retainer, true}.\n", &[]);
+    let (_dir, broker) = start_broker("{emqx_retainer, true}.\n", &[]);
     let mut subs: Vec<C5> = [QoS::AtMostOnce, QoS::ExactlyOnce]
         .into_iter()
         .enumerate()
@@ -786,7 +495,7 @@ fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
 /// with DISCONNECT 0x95 (Packet too large) and is not routed.
 #[test]
 fn a_packet_over_the_brokers_maximum_packet_size_gets_disconnect_0x95() {
-    let (_dir, broker) = start("", &[("BROKER_MQTT__MAX_PACKET_SIZE", "1024")]);
+    let (_dir, broker) = start_broker("", &[("BROKER_MQTT__MAX_PACKET_SIZE", "1024")]);
     let mut sub = C5::connect(&broker, "big-sub");
     sub.subscribe("big/#", QoS::AtLeastOnce);
     let (mut c, connack) = C5::connect_with(&broker, "big-pub", None);

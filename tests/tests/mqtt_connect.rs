@@ -9,7 +9,7 @@ use std::net::TcpStream;
 
 use bytes::BytesMut;
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
-use e2e::{options, recorded_events, wait_until, Broker, Client, DataDir};
+use e2e::{options, recorded_events, stat, wait_for_stat, wait_until, Broker, Client, DataDir};
 use rumqttc::{ConnectReturnCode, Event, Packet, QoS};
 use serde_json::Value;
 
@@ -120,25 +120,8 @@ fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let out = dir.ctl(&["broker", "stats"]).ok();
-    out.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in {out}"))
-}
-
 // ---------------------------------------------------------------------------------------
 // Raw packets through the rumqttc codecs.
-
-fn ping4(raw: &mut Raw<V4>) {
-    raw.send(&Packet::PingReq);
-    assert_eq!(raw.recv(), Packet::PingResp);
-}
-
-fn ping5(raw: &mut Raw<V5>) {
-    raw.send(&v5::Packet::PingReq(v5::PingReq));
-    assert_eq!(raw.recv(), v5::Packet::PingResp(v5::PingResp));
-}
 
 /// Subscribes `raw` (3.1 or 3.1.1) to `topic` at QoS 0 and publishes to it: the message comes
 /// back, so the connection really works as a session.
@@ -202,7 +185,7 @@ fn mqtt_3_1_3_1_1_and_5_are_accepted() {
         Packet::ConnAck(ack) => assert_eq!((ack.code, ack.session_present), (ConnectReturnCode::Success, false)),
         other => panic!("MQTT 3.1: expected CONNACK first, got {other:?}"),
     }
-    ping4(&mut raw);
+    raw.ping("MQTT 3.1");
     round_trip4(&mut raw, "levels/v31");
 
     // MQTT 3.1.1, with the longest client id every server must allow.
@@ -210,16 +193,16 @@ fn mqtt_3_1_3_1_1_and_5_are_accepted() {
     assert_eq!(id23.len(), 23);
     let (mut raw4, ack) = Raw::<V4>::connect(broker.addr, &connect4(id23, true));
     assert_eq!((ack.code, ack.session_present), (ConnectReturnCode::Success, false));
-    ping4(&mut raw4);
+    raw4.ping("MQTT 3.1.1");
     round_trip4(&mut raw4, "levels/v311");
 
     // MQTT 5, with the shortest.
     let (mut raw5, ack) = Raw::<V5>::connect(broker.addr, &connect5("z", true, None));
     assert_eq!((ack.code, ack.session_present), (v5::ConnectReturnCode::Success, false));
-    ping5(&mut raw5);
+    raw5.ping("MQTT 5");
     round_trip5(&mut raw5, "levels/v5");
 
-    wait_until("three clients connected", || (stat(&dir, "connections.count") == 3).then_some(()));
+    wait_for_stat(&dir, "connections.count", 3); // the three clients connected
 }
 
 /// MQTT-3.2.2-1 and MQTT-3.2.2-3 (3.1.1): a new session, with CleanSession 1 or 0, gets
@@ -267,7 +250,7 @@ fn an_unsupported_protocol_level_is_refused_with_0x01() {
 
     // The broker still serves well-behaved clients.
     let (mut raw, _) = Raw::<V4>::connect(broker.addr, &connect4("after", true));
-    ping4(&mut raw);
+    raw.ping("a well-behaved client after the refusals");
 }
 
 /// MQTT-3.1.2-3 (3.1.1 and 5): the reserved CONNECT flag must be 0; MQTT-3.1.4-1 (3.1.1): a
@@ -506,10 +489,10 @@ fn a_client_id_over_max_clientid_len_is_refused() {
 
     let (mut ok4, ack) = Raw::<V4>::connect(broker.addr, &connect4("eight-v4", true));
     assert_eq!(ack.code, ConnectReturnCode::Success, "8 bytes is allowed");
-    ping4(&mut ok4);
+    ok4.ping("eight-v4");
     let (mut ok5, ack) = Raw::<V5>::connect(broker.addr, &connect5("eight-v5", true, None));
     assert_eq!(ack.code, v5::ConnectReturnCode::Success, "8 bytes is allowed");
-    ping5(&mut ok5);
+    ok5.ping("eight-v5");
 
     let got = exchange(&broker, &connect_bytes("MQTT", 4, 0x02, &mqtt_string("nine-v311")), "3.1.1");
     assert_eq!(got, [0x20, 2, 0, 2], "3.1.1: CONNACK 0x02, then closed");
@@ -750,5 +733,5 @@ fn a_connection_without_connect_is_closed_after_connect_timeout() {
     assert_eq!(ack.code, ConnectReturnCode::Success);
     let mut late = open(&broker);
     assert_eq!(read_until_closed(&mut late, "second silent"), [] as [u8; 0]);
-    ping4(&mut raw);
+    raw.ping("the client that sent its CONNECT in time");
 }

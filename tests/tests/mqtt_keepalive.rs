@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
-use e2e::{recorded_events, wait_until, Broker, Client, DataDir};
+use e2e::{recorded_events, stat, wait_until, Broker, Client, DataDir};
 use rumqttc::{ConnectReturnCode, Packet, QoS};
 
 type QoS5 = rumqttc::v5::mqttbytes::QoS;
@@ -31,36 +31,6 @@ fn connect5_ka(id: &str, keep_alive: u16, will_topic: Option<&str>) -> v5::Packe
     c.keep_alive = keep_alive;
     let will = will_topic.map(|t| v5::LastWill::new(t, id, QoS5::AtMostOnce, false, None));
     v5::Packet::Connect(c, will, None)
-}
-
-fn ping4(raw: &mut Raw<V4>, who: &str) {
-    raw.send(&Packet::PingReq);
-    assert_eq!(raw.next_packet(), Some(Packet::PingResp), "{who} answers PINGREQ: still connected");
-}
-
-fn ping5(raw: &mut Raw<V5>, who: &str) {
-    raw.send(&v5::Packet::PingReq(v5::PingReq));
-    assert_eq!(raw.next_packet(), Some(v5::Packet::PingResp(v5::PingResp)), "{who} answers PINGREQ: still connected");
-}
-
-/// Reads an MQTT 5 connection to its end: exactly one DISCONNECT `code`, without a Session
-/// Expiry Interval (MQTT-3.14.2-2), then the close.
-fn assert_disconnected5(raw: &mut Raw<V5>, code: v5::DisconnectReasonCode, who: &str) {
-    match &raw.until_closed()[..] {
-        [v5::Packet::Disconnect(d)] => {
-            assert_eq!(d.reason_code, code, "{who}");
-            let expiry = d.properties.as_ref().and_then(|p| p.session_expiry_interval);
-            assert_eq!(expiry, None, "{who}: a server DISCONNECT has no Session Expiry Interval");
-        }
-        other => panic!("{who}: expected DISCONNECT {code:?} then the close, got {other:?}"),
-    }
-}
-
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let out = dir.ctl(&["broker", "stats"]).ok();
-    out.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in {out}"))
 }
 
 /// MQTT-3.1.2-24 (3.1.1), MQTT-3.1.2-22 (5): nothing from a client for one and a half times
@@ -86,7 +56,7 @@ async fn a_silent_client_is_closed_and_its_will_published() {
     assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), None, "no Server Keep Alive");
 
     assert_eq!(quick4.until_closed(), vec![], "3.1.1: closed with nothing sent");
-    assert_disconnected5(&mut quick5, v5::DisconnectReasonCode::KeepAliveTimeout, "5");
+    quick5.expect_disconnect_without_expiry(v5::DisconnectReasonCode::KeepAliveTimeout, "5");
     assert_eq!(slow.until_closed(), vec![], "keep-alive 2: closed too");
 
     let wills: Vec<String> = watcher.receive(3).await.into_iter().map(|p| p.topic).collect();
@@ -118,8 +88,8 @@ fn keep_alive_0_means_never() {
     assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), None);
     let (mut one, _) = Raw::<V4>::connect(broker.addr, &connect4_ka("ka1", 1, None));
     assert_eq!(one.until_closed(), vec![], "the keep-alive 1 client is closed");
-    ping4(&mut zero4, "keep-alive 0, MQTT 3.1.1");
-    ping5(&mut zero5, "keep-alive 0, MQTT 5");
+    zero4.ping("keep-alive 0, MQTT 3.1.1");
+    zero5.ping("keep-alive 0, MQTT 5");
 }
 
 /// MQTT-3.12.4-1 (3.1.1 and 5): every PINGREQ is answered with a PINGRESP (MQTT 3.1 too).
@@ -133,9 +103,9 @@ fn pingreq_is_answered_with_pingresp() {
     raw31.send_bytes(&[0x10, 17, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 3, b'p', b'3', b'1']);
     assert!(matches!(raw31.recv(), Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success));
     for n in 0..3 {
-        ping4(&mut raw4, &format!("3.1.1, ping {n}"));
-        ping5(&mut raw5, &format!("5, ping {n}"));
-        ping4(&mut raw31, &format!("3.1, ping {n}"));
+        raw4.ping(&format!("3.1.1, ping {n}"));
+        raw5.ping(&format!("5, ping {n}"));
+        raw31.ping(&format!("3.1, ping {n}"));
     }
     // Two PINGREQs in one write: two PINGRESPs.
     raw4.send_bytes(&[0xc0, 0, 0xc0, 0]);
@@ -208,10 +178,10 @@ fn any_packet_resets_the_keep_alive_timer() {
 
     for (who, handle) in [("PINGREQ", pinger), ("PUBLISH", publisher), ("SUBSCRIBE", subscriber)] {
         let mut raw = handle.join().unwrap_or_else(|_| panic!("the {who} client failed"));
-        ping4(&mut raw, &format!("the client sending {who}"));
+        raw.ping(&format!("the client sending {who}"));
     }
     let mut raw = publisher5.join().expect("the MQTT 5 PUBLISH client failed");
-    ping5(&mut raw, "the MQTT 5 client sending PUBLISH");
+    raw.ping("the MQTT 5 client sending PUBLISH");
 }
 
 /// `mqtt.server_keepalive` = 1: every MQTT 5 client is told Server Keep Alive 1 in its CONNACK,
@@ -233,9 +203,9 @@ fn server_keepalive_is_announced_to_mqtt_5_and_enforced() {
         clients.push((asked, raw));
     }
     for (asked, raw) in &mut clients {
-        assert_disconnected5(raw, v5::DisconnectReasonCode::KeepAliveTimeout, &format!("asked {asked}"));
+        raw.expect_disconnect_without_expiry(v5::DisconnectReasonCode::KeepAliveTimeout, &format!("asked {asked}"));
     }
-    ping4(&mut v311, "the MQTT 3.1.1 client");
+    v311.ping("the MQTT 3.1.1 client");
 }
 
 /// `mqtt.max_keepalive` = 2: an MQTT 5 client asking more, or 0, is told Server Keep Alive 2
@@ -252,7 +222,7 @@ fn max_keepalive_caps_the_keep_alive_clients_ask_for() {
     assert_eq!(ack.code, ConnectReturnCode::Success, "3.1.1 asking 0");
     let (mut two4, ack) = Raw::<V4>::connect(broker.addr, &connect4_ka("max-v4-2", 2, None));
     assert_eq!(ack.code, ConnectReturnCode::Success, "3.1.1 asking 2");
-    ping4(&mut two4, "3.1.1 asking 2");
+    two4.ping("3.1.1 asking 2");
     for asked in [3, 60, 65535] {
         let mut raw = Raw::<V4>::open(broker.addr);
         raw.send(&connect4_ka(&format!("max-v4-{asked}"), asked, None));
@@ -271,12 +241,12 @@ fn max_keepalive_caps_the_keep_alive_clients_ask_for() {
         assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), told, "MQTT 5 asking {asked}");
         if asked == 0 {
             // Told 2 instead of "never": closed when silent.
-            assert_disconnected5(&mut raw, v5::DisconnectReasonCode::KeepAliveTimeout, "MQTT 5 asking 0");
+            raw.expect_disconnect_without_expiry(v5::DisconnectReasonCode::KeepAliveTimeout, "MQTT 5 asking 0");
         } else {
-            ping5(&mut raw, &format!("MQTT 5 asking {asked}"));
+            raw.ping(&format!("MQTT 5 asking {asked}"));
         }
     }
-    ping4(&mut zero4, "3.1.1 asking 0 (connected before the MQTT 5 one closed for silence)");
+    zero4.ping("3.1.1 asking 0 (connected before the MQTT 5 one closed for silence)");
 }
 
 /// A CONNECT refused for its keep-alive (over `mqtt.max_keepalive`, 3.1.1) is refused before

@@ -12,10 +12,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
-use e2e::{Broker, DataDir};
+use e2e::raw::{connect4, connect5, v5, Raw, Wire, V4, V5};
+use e2e::{text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// The broker sends nothing before answering two PINGREQs in a row.
+fn quiet<W: Wire>(raw: &mut Raw<W>, what: &str) {
+    raw.ping(what);
+    raw.ping(what);
+}
 
 // ---------------------------------------------------------------------------------------------
 // MQTT 3.1.1 helpers
@@ -73,21 +82,6 @@ fn expect_publish4(raw: &mut Raw<V4>) -> rumqttc::Publish {
     match raw.recv() {
         P4::Publish(p) => p,
         other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
-
-fn text(payload: &[u8]) -> String {
-    String::from_utf8_lossy(payload).into_owned()
-}
-
-/// The broker sends nothing before answering two PINGREQs in a row.
-fn quiet4(raw: &mut Raw<V4>, what: &str) {
-    for _ in 0..2 {
-        raw.send(&P4::PingReq);
-        match raw.recv() {
-            P4::PingResp => {}
-            other => panic!("{what}: expected only PINGRESP, got {other:?}"),
-        }
     }
 }
 
@@ -162,16 +156,6 @@ fn expect_publish5(raw: &mut Raw<V5>) -> v5::Publish {
     }
 }
 
-fn quiet5(raw: &mut Raw<V5>, what: &str) {
-    for _ in 0..2 {
-        raw.send(&v5::Packet::PingReq(v5::PingReq));
-        match raw.recv() {
-            v5::Packet::PingResp(_) => {}
-            other => panic!("{what}: expected only PINGRESP, got {other:?}"),
-        }
-    }
-}
-
 fn puback5(pkid: u16) -> v5::Packet {
     v5::Packet::PubAck(v5::PubAck::new(pkid, None))
 }
@@ -208,15 +192,6 @@ fn collect5(raw: &mut Raw<V5>, n: usize) -> Vec<v5::Publish> {
         }
     }
     got
-}
-
-fn expect_disconnect5(raw: &mut Raw<V5>, code: v5::DisconnectReasonCode, what: &str) {
-    match raw.next_packet() {
-        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, code, "{what}"),
-        other => panic!("{what}: expected DISCONNECT {code:?}, got {other:?}"),
-    }
-    let rest = raw.until_closed();
-    assert!(rest.is_empty(), "{what}: nothing after DISCONNECT (MQTT-3.14.4-1), got {rest:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +255,7 @@ fn qos_0_1_2_flows_both_ways_v311() {
     sub.send(&P4::PubRec(rumqttc::PubRec::new(p.pkid)));
     assert_eq!(sub.recv(), P4::PubRel(rumqttc::PubRel::new(p.pkid)));
     sub.send(&P4::PubComp(rumqttc::PubComp::new(p.pkid)));
-    quiet4(&mut sub, "every flow complete");
+    quiet(&mut sub, "every flow complete");
 }
 
 /// MQTT 5: MQTT-3.3.4-1, MQTT-2.2.1-2, MQTT-2.2.1-4, MQTT-2.2.1-5, MQTT-3.3.1-2,
@@ -347,7 +322,7 @@ fn qos_0_1_2_flows_both_ways_v5() {
     assert!(matches!(publisher.recv(), v5::Packet::PubComp(ack) if ack.pkid == 0x4321));
     let got = collect5(&mut sub, 1);
     assert_eq!((got[0].qos, got[0].dup, text(&got[0].payload)), (Q5::ExactlyOnce, false, "two again".into()));
-    quiet5(&mut sub, "every flow complete");
+    quiet(&mut sub, "every flow complete");
 }
 
 /// MQTT-4.3.3-2 (3.1.1), MQTT-4.3.3-10 (5), MQTT-4.4.0-1 (a client resending after reconnect):
@@ -405,7 +380,7 @@ fn pubrel_for_an_unknown_id_gets_pubcomp() {
     let (mut c4, _) = conn4(&broker, "unknown-rel4", true);
     c4.send(&P4::PubRel(rumqttc::PubRel::new(42)));
     assert_eq!(c4.recv(), P4::PubComp(rumqttc::PubComp::new(42)));
-    quiet4(&mut c4, "the connection goes on");
+    quiet(&mut c4, "the connection goes on");
 
     let (mut c5, _) = conn5(&broker, "unknown-rel5", true, None);
     c5.send(&v5::Packet::PubRel(v5::PubRel::new(42, None)));
@@ -415,7 +390,7 @@ fn pubrel_for_an_unknown_id_gets_pubcomp() {
         }
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
-    quiet5(&mut c5, "the connection goes on");
+    quiet(&mut c5, "the connection goes on");
 }
 
 /// MQTT-3.8.4-6 (3.1.1), MQTT-3.8.4-8 and MQTT-3.8.4-7 (5): a message is delivered at the lower
@@ -504,7 +479,7 @@ fn max_qos_allowed_1() {
 
     let (mut p5, _) = conn5(&broker, "mq-pub5", true, None);
     p5.send(&publish5("mq/x", Q5::ExactlyOnce, 1, "qos2 from 5", false));
-    expect_disconnect5(&mut p5, v5::DisconnectReasonCode::QoSNotSupported, "QoS 2 PUBLISH");
+    p5.expect_disconnect(v5::DisconnectReasonCode::QoSNotSupported, "QoS 2 PUBLISH");
     let (mut p4, _) = conn4(&broker, "mq-pub4", true);
     p4.send(&publish4("mq/x", QoS::ExactlyOnce, 1, "qos2 from 3.1.1", false));
     let rest = p4.until_closed();
@@ -536,13 +511,13 @@ fn max_inflight_limits_unacknowledged_messages() {
     assert_eq!(payloads, ["m0", "m1", "m2"]);
     let ids: HashSet<u16> = first.iter().map(|p| p.pkid).collect();
     assert_eq!(ids.len(), 3, "distinct packet ids in flight: {first:?}");
-    quiet4(&mut sub, "window of 3 full");
+    quiet(&mut sub, "window of 3 full");
 
     sub.send(&P4::PubAck(rumqttc::PubAck::new(first[0].pkid)));
     let fourth = expect_publish4(&mut sub);
     assert_eq!(text(&fourth.payload), "m3");
     assert!(fourth.pkid != first[1].pkid && fourth.pkid != first[2].pkid, "not an id still in flight");
-    quiet4(&mut sub, "window full again");
+    quiet(&mut sub, "window full again");
 
     sub.send(&P4::PubAck(rumqttc::PubAck::new(first[1].pkid)));
     sub.send(&P4::PubAck(rumqttc::PubAck::new(first[2].pkid)));
@@ -572,16 +547,16 @@ fn client_receive_maximum_limits_the_broker() {
         ("m0".into(), Q5::AtLeastOnce, "m1".into(), Q5::ExactlyOnce)
     );
     assert_ne!(m0.pkid, m1.pkid);
-    quiet5(&mut sub, "Receive Maximum 2 reached");
+    quiet(&mut sub, "Receive Maximum 2 reached");
 
     // PUBREC: the PUBREL comes, but m1 still counts until PUBCOMP.
     sub.send(&pubrec5(m1.pkid, v5::PubRecReason::Success));
     assert!(matches!(sub.recv(), v5::Packet::PubRel(rel) if rel.pkid == m1.pkid));
-    quiet5(&mut sub, "QoS 2 message between PUBREC and PUBCOMP still counts");
+    quiet(&mut sub, "QoS 2 message between PUBREC and PUBCOMP still counts");
     sub.send(&pubcomp5(m1.pkid));
     let m2 = expect_publish5(&mut sub);
     assert_eq!(text(&m2.payload), "m2");
-    quiet5(&mut sub, "two in flight again (m0, m2)");
+    quiet(&mut sub, "two in flight again (m0, m2)");
 
     sub.send(&puback5(m0.pkid));
     let m3 = expect_publish5(&mut sub);
@@ -592,7 +567,7 @@ fn client_receive_maximum_limits_the_broker() {
     let m4 = expect_publish5(&mut sub);
     assert_eq!(text(&m4.payload), "m4");
     assert!(m4.pkid != m2.pkid, "not an id in flight");
-    quiet5(&mut sub, "m2 and m4 in flight; no PUBREL for the refused m3");
+    quiet(&mut sub, "m2 and m4 in flight; no PUBREL for the refused m3");
 }
 
 /// MQTT-2.3.1-4 applying MQTT-2.3.1-2/-3 to the server (3.1.1): over more than 65535 QoS 1
@@ -666,9 +641,7 @@ fn unacknowledged_messages_are_resent_on_reconnect_v311() {
     sub.send(&P4::PubRec(rumqttc::PubRec::new(ids["b"])));
     assert_eq!(sub.recv(), P4::PubRel(rumqttc::PubRel::new(ids["b"])));
     sub.drop_connection();
-    e2e::wait_until("the subscriber's connection to end", || {
-        dir.ctl(&["broker", "stats"]).ok().contains("connections.count       : 1").then_some(())
-    });
+    wait_for_stat(&dir, "connections.count", 1); // the subscriber's connection ended
     publish_flow4(&mut publisher, "resend/x", QoS::AtLeastOnce, 9, "e");
 
     let (mut sub, present) = conn4(&broker, "resend4-sub", false);
@@ -738,7 +711,7 @@ fn unacknowledged_messages_are_resent_on_reconnect_v5() {
     sub.send(&pubrec5(ids["b"], v5::PubRecReason::Success));
     assert!(matches!(sub.recv(), v5::Packet::PubRel(rel) if rel.pkid == ids["b"]));
     sub.send(&pubrec5(ids["d"], v5::PubRecReason::UnspecifiedError));
-    quiet5(&mut sub, "no PUBREL for the refused message");
+    quiet(&mut sub, "no PUBREL for the refused message");
     sub.drop_connection();
 
     let (mut sub, ack) = conn5(&broker, "resend5-sub", false, props5(Some(60), None));
@@ -774,7 +747,7 @@ fn unacknowledged_messages_are_resent_on_reconnect_v5() {
     assert!(sub.until_closed().is_empty());
     let (mut sub, ack) = conn5(&broker, "resend5-sub", false, props5(Some(60), None));
     assert!(ack.session_present);
-    quiet5(&mut sub, "everything was acknowledged");
+    quiet(&mut sub, "everything was acknowledged");
 }
 
 /// MQTT 5 §3.3.4 / §3.2.2.3.3 (the server's Receive Maximum; no numbered statement covers the
@@ -800,7 +773,7 @@ fn client_exceeding_the_broker_receive_maximum_is_disconnected() {
     assert!(matches!(p5.recv(), v5::Packet::PubRec(a) if a.pkid == 3 && a.reason == v5::PubRecReason::Success));
     // Two unreleased (2, 3): a third is one too many.
     p5.send(&publish5("rx/x", Q5::ExactlyOnce, 4, "m4", false));
-    expect_disconnect5(&mut p5, v5::DisconnectReasonCode::ReceiveMaximumExceeded, "third unreleased QoS 2");
+    p5.expect_disconnect(v5::DisconnectReasonCode::ReceiveMaximumExceeded, "third unreleased QoS 2");
 
     let (mut p4, _) = conn4(&broker, "rx-marker", true);
     publish_flow4(&mut p4, "rx/x", QoS::AtLeastOnce, 1, "marker");

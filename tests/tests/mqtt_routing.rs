@@ -7,7 +7,8 @@
 //! denial by `emqx_mod_acl_internal`), and plugins that drop (`message.publish`) or publish as
 //! the broker (the `gatekeeper` test plugin).
 //!
-//! Raw connections (rumqttc's codec) on both sides, MQTT 3.1.1 and 5, so that every code,
+//! Raw connections (rumqttc's codec; `e2e::raw::C5` for MQTT 5) on both sides, MQTT 3.1.1 and
+//! 5, so that every code,
 //! flag, QoS and property the broker sends is seen as sent. Absence is shown with a marker
 //! message published after the one that must not arrive: the marker must come next.
 
@@ -15,304 +16,16 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::Stdio;
 
-use bytes::{Buf, Bytes, BytesMut};
-use e2e::raw::{connect4, connect5, v5, Raw, Wire, V4, V5};
-use e2e::{mosquitto, wait_until, Broker, DataDir};
+use e2e::raw::{connect4, payload, topic, v5, Raw, C5, V4};
+use e2e::{mosquitto, start_broker, stat, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::QoS as QoS4;
 use v5::Packet as P5;
 
 // ---------------------------------------------------------------------------------------
-// Helpers: an MQTT 5 and an MQTT 3.1.1 client on raw connections.
+// Helpers: subscription options and an MQTT 3.1.1 client on a raw connection (the MQTT 5
+// one is `e2e::raw::C5`).
 // ---------------------------------------------------------------------------------------
-
-/// rumqttc 0.25.1's MQTT 5 codec, except that a PUBLISH from the broker is decoded here:
-/// rumqttc's `PublishProperties::read` counts each Subscription Identifier one byte too long,
-/// so with several identifiers the last ones (and any property after them) are taken for
-/// payload.
-#[derive(Debug)]
-struct V5x;
-
-impl Wire for V5x {
-    type Packet = v5::Packet;
-    fn read(buf: &mut BytesMut) -> Result<v5::Packet, String> {
-        if buf.first().is_some_and(|b| b >> 4 == 3) {
-            read_publish(buf)
-        } else {
-            V5::read(buf)
-        }
-    }
-    fn write(packet: &v5::Packet, buf: &mut BytesMut) {
-        V5::write(packet, buf)
-    }
-}
-
-/// A variable byte integer at the start of `bytes`: (value, bytes it takes), `None` if cut.
-fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0;
-    for (i, b) in bytes.iter().take(4).enumerate() {
-        value |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn take(body: &mut Bytes, n: usize) -> Result<Bytes, String> {
-    if body.len() < n {
-        return Err(format!("PUBLISH cut short: {n} bytes wanted, {} left", body.len()));
-    }
-    Ok(body.split_to(n))
-}
-
-fn take_u16(body: &mut Bytes) -> Result<u16, String> {
-    Ok(take(body, 2)?.get_u16())
-}
-
-fn take_string(body: &mut Bytes) -> Result<String, String> {
-    let len = take_u16(body)?;
-    String::from_utf8(take(body, usize::from(len))?.to_vec()).map_err(|e| format!("not UTF-8: {e}"))
-}
-
-fn take_varint(body: &mut Bytes) -> Result<usize, String> {
-    let (value, len) = varint(body).ok_or("bad variable byte integer")?;
-    body.advance(len);
-    Ok(value)
-}
-
-fn read_publish(buf: &mut BytesMut) -> Result<v5::Packet, String> {
-    let (remaining, len_len) = match varint(&buf[1..]) {
-        Some(found) => found,
-        None if buf.len() < 5 => return Err("InsufficientBytes".into()),
-        None => return Err("bad remaining length".into()),
-    };
-    if buf.len() < 1 + len_len + remaining {
-        return Err("InsufficientBytes".into());
-    }
-    let frame = buf.split_to(1 + len_len + remaining).freeze();
-    let first = frame[0];
-    let mut body = frame.slice(1 + len_len..);
-    let qos = match (first >> 1) & 3 {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        q => return Err(format!("PUBLISH with QoS {q}")),
-    };
-    let topic_len = take_u16(&mut body)?;
-    let topic = take(&mut body, usize::from(topic_len))?;
-    let pkid = if qos == QoS::AtMostOnce { 0 } else { take_u16(&mut body)? };
-    let props_len = take_varint(&mut body)?;
-    let mut props = take(&mut body, props_len)?;
-    let mut p = v5::PublishProperties::default();
-    while !props.is_empty() {
-        match take(&mut props, 1)?[0] {
-            0x01 => p.payload_format_indicator = Some(take(&mut props, 1)?[0]),
-            0x02 => p.message_expiry_interval = Some(take(&mut props, 4)?.get_u32()),
-            0x03 => p.content_type = Some(take_string(&mut props)?),
-            0x08 => p.response_topic = Some(take_string(&mut props)?),
-            0x09 => {
-                let len = take_u16(&mut props)?;
-                p.correlation_data = Some(take(&mut props, usize::from(len))?);
-            }
-            0x0b => p.subscription_identifiers.push(take_varint(&mut props)?),
-            0x23 => p.topic_alias = Some(take_u16(&mut props)?),
-            0x26 => {
-                let key = take_string(&mut props)?;
-                p.user_properties.push((key, take_string(&mut props)?));
-            }
-            other => return Err(format!("property {other:#04x} in a PUBLISH")),
-        }
-    }
-    Ok(P5::Publish(v5::Publish {
-        dup: first & 0x08 != 0,
-        qos,
-        retain: first & 0x01 != 0,
-        topic,
-        pkid,
-        payload: body,
-        properties: (props_len > 0).then_some(p),
-    }))
-}
-
-/// An MQTT 5 client on a raw connection.
-struct C5 {
-    raw: Raw<V5x>,
-    pkid: u16,
-}
-
-impl C5 {
-    fn connect(broker: &Broker, id: &str) -> C5 {
-        C5::connect_with(broker, id, None).0
-    }
-
-    fn connect_with(broker: &Broker, id: &str, props: Option<v5::ConnectProperties>) -> (C5, v5::ConnAck) {
-        let mut raw = Raw::<V5x>::open(broker.addr);
-        raw.send(&connect5(id, true, props));
-        let ack = match raw.recv() {
-            P5::ConnAck(ack) => ack,
-            other => panic!("{id}: expected CONNACK, got {other:?}"),
-        };
-        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "{id}: CONNACK {ack:?}");
-        (C5 { raw, pkid: 0 }, ack)
-    }
-
-    fn next_pkid(&mut self) -> u16 {
-        self.pkid = self.pkid % u16::MAX + 1;
-        self.pkid
-    }
-
-    /// Sends one SUBSCRIBE and returns its SUBACK's reason codes.
-    fn subscribe_with(&mut self, filters: Vec<v5::Filter>, id: Option<usize>) -> Vec<v5::SubscribeReasonCode> {
-        let pkid = self.next_pkid();
-        let properties = id.map(|id| v5::SubscribeProperties { id: Some(id), user_properties: Vec::new() });
-        self.raw.send(&P5::Subscribe(v5::Subscribe { pkid, filters, properties }));
-        match self.raw.recv() {
-            P5::SubAck(ack) => {
-                assert_eq!(ack.pkid, pkid, "the SUBACK's packet id");
-                ack.return_codes
-            }
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// Subscribes to one filter (with a Subscription Identifier if `id`), asserting it is
-    /// granted at `qos`.
-    fn subscribe_id(&mut self, filter: &str, qos: QoS, id: Option<usize>) {
-        let codes = self.subscribe_with(vec![v5::Filter::new(filter, qos)], id);
-        assert_eq!(codes, vec![v5::SubscribeReasonCode::Success(qos)], "SUBSCRIBE {filter}");
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.subscribe_id(filter, qos, None);
-    }
-
-    fn unsubscribe(&mut self, filters: &[&str]) -> Vec<v5::UnsubAckReason> {
-        let pkid = self.next_pkid();
-        let filters = filters.iter().map(|f| (*f).to_owned()).collect();
-        self.raw.send(&P5::Unsubscribe(v5::Unsubscribe { pkid, filters, properties: None }));
-        match self.raw.recv() {
-            P5::UnsubAck(ack) => {
-                assert_eq!(ack.pkid, pkid, "the UNSUBACK's packet id");
-                ack.reasons
-            }
-            other => panic!("expected UNSUBACK, got {other:?}"),
-        }
-    }
-
-    /// Sends `publish` (packet id set here for QoS 1/2) and completes its QoS flow; returns
-    /// the PUBACK or PUBREC. A PUBREC with a failure code ends the flow (no PUBREL).
-    fn publish_packet(&mut self, mut publish: v5::Publish) -> Option<P5> {
-        if publish.qos != QoS::AtMostOnce {
-            publish.pkid = self.next_pkid();
-        }
-        let (pkid, qos) = (publish.pkid, publish.qos);
-        self.raw.send(&P5::Publish(publish));
-        match qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => match self.raw.recv() {
-                P5::PubAck(ack) if ack.pkid == pkid => Some(P5::PubAck(ack)),
-                other => panic!("expected PUBACK {pkid}, got {other:?}"),
-            },
-            QoS::ExactlyOnce => match self.raw.recv() {
-                P5::PubRec(rec) if rec.pkid == pkid => {
-                    if matches!(rec.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers) {
-                        let rel = v5::PubRel { pkid, reason: v5::PubRelReason::Success, properties: None };
-                        self.raw.send(&P5::PubRel(rel));
-                        match self.raw.recv() {
-                            P5::PubComp(comp) if comp.pkid == pkid => {}
-                            other => panic!("expected PUBCOMP {pkid}, got {other:?}"),
-                        }
-                    }
-                    Some(P5::PubRec(rec))
-                }
-                other => panic!("expected PUBREC {pkid}, got {other:?}"),
-            },
-        }
-    }
-
-    fn publish_with(&mut self, topic: &str, qos: QoS, retain: bool, payload: &str) -> Option<P5> {
-        let mut publish = v5::Publish::new(topic, qos, payload.as_bytes().to_vec(), None);
-        publish.retain = retain;
-        self.publish_packet(publish)
-    }
-
-    /// Publishes and asserts the broker accepted it (QoS 1/2: a success code).
-    fn publish(&mut self, topic: &str, qos: QoS, payload: &str) {
-        match self.publish_with(topic, qos, false, payload) {
-            None => {}
-            Some(P5::PubAck(ack)) => assert!(
-                matches!(ack.reason, v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers),
-                "PUBACK for {topic}: {ack:?}"
-            ),
-            Some(P5::PubRec(rec)) => assert!(
-                matches!(rec.reason, v5::PubRecReason::Success | v5::PubRecReason::NoMatchingSubscribers),
-                "PUBREC for {topic}: {rec:?}"
-            ),
-            Some(other) => unreachable!("{other:?}"),
-        }
-    }
-
-    /// The next PUBLISH (acknowledged as its QoS requires); anything else but a PUBREL
-    /// (answered with PUBCOMP) fails the test.
-    fn next_publish(&mut self) -> v5::Publish {
-        loop {
-            match self.raw.recv() {
-                P5::Publish(p) => {
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => self.raw.send(&P5::PubAck(v5::PubAck {
-                            pkid: p.pkid,
-                            reason: v5::PubAckReason::Success,
-                            properties: None,
-                        })),
-                        QoS::ExactlyOnce => self.raw.send(&P5::PubRec(v5::PubRec {
-                            pkid: p.pkid,
-                            reason: v5::PubRecReason::Success,
-                            properties: None,
-                        })),
-                    }
-                    return p;
-                }
-                P5::PubRel(rel) => self.raw.send(&P5::PubComp(v5::PubComp {
-                    pkid: rel.pkid,
-                    reason: v5::PubCompReason::Success,
-                    properties: None,
-                })),
-                other => panic!("expected PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    /// Every PUBLISH before the first one on `marker` (which is consumed).
-    fn until(&mut self, marker: &str) -> Vec<v5::Publish> {
-        let mut got = Vec::new();
-        loop {
-            let p = self.next_publish();
-            if topic(&p) == marker {
-                return got;
-            }
-            got.push(p);
-        }
-    }
-
-    /// Expects a DISCONNECT with `code`, then the connection closing.
-    fn expect_disconnect(mut self, code: v5::DisconnectReasonCode) {
-        match self.raw.next_packet() {
-            Some(P5::Disconnect(d)) => assert_eq!(d.reason_code, code, "{d:?}"),
-            other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
-        }
-        assert_eq!(self.raw.until_closed(), vec![], "the connection closes after the DISCONNECT");
-    }
-}
-
-fn topic(p: &v5::Publish) -> String {
-    String::from_utf8_lossy(&p.topic).into_owned()
-}
-
-fn payload(p: &v5::Publish) -> String {
-    String::from_utf8_lossy(&p.payload).into_owned()
-}
 
 /// The Subscription Identifiers of a delivery, sorted (their order is not significant).
 fn ids(p: &v5::Publish) -> Vec<usize> {
@@ -430,23 +143,6 @@ impl C4 {
     }
 }
 
-/// A `broker ctl broker stats` counter.
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let out = dir.ctl(&["broker", "stats"]).ok();
-    out.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            (key.trim() == name).then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
-}
-
-fn start(plugins: &str, env: &[(&str, &str)]) -> (DataDir, Broker) {
-    let dir = DataDir::with_plugins(plugins);
-    let broker = Broker::start(&dir, env);
-    (dir, broker)
-}
-
 // ---------------------------------------------------------------------------------------
 // Topic filters
 // ---------------------------------------------------------------------------------------
@@ -471,7 +167,7 @@ const MATCHES: [(&str, &[usize]); 10] = [
 /// no normalization. One MQTT 3.1.1 client per filter; each gets exactly its topics, in order.
 #[test]
 fn wildcards_match_as_specified_v311() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let marker = "zz/end";
     let mut subs: Vec<C4> = FILTERS
         .iter()
@@ -500,7 +196,7 @@ fn wildcards_match_as_specified_v311() {
 /// message comes once, naming exactly the filters that match it.
 #[test]
 fn wildcards_match_as_specified_v5() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C5::connect(&broker, "wild5");
     for (i, f) in FILTERS.iter().enumerate() {
         sub.subscribe_id(f, QoS::AtMostOnce, Some(i + 1));
@@ -523,7 +219,7 @@ fn wildcards_match_as_specified_v5() {
 /// failure code is 0x80.
 #[test]
 fn invalid_filters_are_refused() {
-    let (dir, broker) = start("", &[]);
+    let (dir, broker) = start_broker("", &[]);
     let bad = ["a/#/b", "a/b#", "a+", "+a/b", "#/", "a/#/"];
     let bad_shares = ["$share/g", "$share//a", "$share/g+/a", "$share/g#/a", "$share/g/"];
 
@@ -554,7 +250,7 @@ fn invalid_filters_are_refused() {
 /// nor by `+/...` (nor `+/#`, `+/+`, `+`), but by filters that start with the same `$` level.
 #[test]
 fn dollar_topics_are_not_matched_by_leading_wildcards() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C5::connect(&broker, "dollar");
     let filters = ["#", "+/x", "+/+", "+/#", "$test/#", "$test/+", "$test/x", "+", "$SYS/#"];
     for (i, f) in filters.iter().enumerate() {
@@ -584,7 +280,7 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
 /// nowhere.
 #[test]
 fn wildcards_in_a_published_topic_end_the_connection() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C5::connect(&broker, "wpub-sub");
     sub.subscribe("#", QoS::AtLeastOnce);
 
@@ -614,7 +310,7 @@ fn wildcards_in_a_published_topic_end_the_connection() {
 /// the highest QoS of the matching subscriptions (never above the message's).
 #[test]
 fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos_v311() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C4::connect(&broker, "ov4");
     let codes =
         sub.subscribe_many(&[("ov/#", QoS4::AtMostOnce), ("ov/+", QoS4::ExactlyOnce), ("ov/x", QoS4::AtLeastOnce)]);
@@ -645,7 +341,7 @@ fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos_v311() {
 /// with its own identifier.
 #[test]
 fn overlapping_subscriptions_deliver_one_copy_with_every_identifier_v5() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C5::connect(&broker, "ov5");
     sub.subscribe_id("ov/#", QoS::AtMostOnce, Some(1));
     sub.subscribe_id("ov/+", QoS::AtLeastOnce, Some(2));
@@ -669,7 +365,7 @@ fn overlapping_subscriptions_deliver_one_copy_with_every_identifier_v5() {
 /// subscription (its QoS, its Subscription Identifier): still one subscription, one copy.
 #[test]
 fn a_second_subscribe_to_the_same_filter_replaces_it() {
-    let (dir, broker) = start("", &[]);
+    let (dir, broker) = start_broker("", &[]);
     let mut sub4 = C4::connect(&broker, "re4");
     sub4.subscribe("re/x", QoS4::ExactlyOnce);
     sub4.subscribe("re/x", QoS4::AtMostOnce);
@@ -702,7 +398,7 @@ fn a_second_subscribe_to_the_same_filter_replaces_it() {
 /// 0x11 (No subscription existed) for those never subscribed.
 #[test]
 fn unsubscribe_stops_delivery_v5() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C5::connect(&broker, "un5");
     sub.subscribe("un/#", QoS::AtLeastOnce);
     sub.subscribe("un/keep", QoS::AtLeastOnce);
@@ -725,7 +421,7 @@ fn unsubscribe_stops_delivery_v5() {
 /// same in MQTT 3.1.1: one UNSUBACK with the packet id, also when nothing was removed.
 #[test]
 fn unsubscribe_stops_delivery_v311() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut sub = C4::connect(&broker, "un4");
     sub.subscribe("un/#", QoS4::AtLeastOnce);
     sub.subscribe("un/keep", QoS4::AtLeastOnce);
@@ -748,7 +444,7 @@ fn unsubscribe_stops_delivery_v311() {
 // ---------------------------------------------------------------------------------------
 
 fn start_shared(strategy: &str) -> (DataDir, Broker) {
-    start("", &[("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", strategy)])
+    start_broker("", &[("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", strategy)])
 }
 
 /// Members of `$share/<group>/<path>`, each also subscribed to the plain `marker`.
@@ -896,7 +592,7 @@ fn each_share_group_and_each_plain_subscriber_gets_a_copy() {
 /// DISCONNECT 0x82, then the connection closes.
 #[test]
 fn no_local_on_a_shared_subscription_is_a_protocol_error() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     for share in ["$share/g/nl/x", "$queue/nl/x"] {
         let mut c = C5::connect(&broker, "nl-shared");
         let pkid = c.next_pkid();
@@ -910,9 +606,9 @@ fn no_local_on_a_shared_subscription_is_a_protocol_error() {
 /// a plain subscription to the same filter does (MQTT-3.3.1-9 (5)).
 #[test]
 fn shared_subscriptions_get_no_retained_messages() {
-    let (_dir, broker) = start("{emqx_retainer, true}.\n", &[]);
+    let (_dir, broker) = start_broker("{emqx_retainer, true}.\n", &[]);
     let mut publisher = C5::connect(&broker, "sr-pub");
-    publisher.publish_with("sr/x", QoS::AtLeastOnce, true, "retained");
+    publisher.publish_retain("sr/x", QoS::AtLeastOnce, true, "retained");
     let mut sub = C5::connect(&broker, "sr-sub");
     sub.subscribe("sr-end", QoS::AtLeastOnce);
     sub.subscribe("$share/g/sr/x", QoS::AtLeastOnce);
@@ -931,7 +627,7 @@ fn shared_subscriptions_get_no_retained_messages() {
 #[test]
 fn switched_off_shared_and_wildcard_subscriptions_are_refused() {
     let env = [("BROKER_MQTT__SHARED_SUBSCRIPTION", "false"), ("BROKER_MQTT__WILDCARD_SUBSCRIPTION", "false")];
-    let (dir, broker) = start("", &env);
+    let (dir, broker) = start_broker("", &env);
     let (mut sub, connack) = C5::connect_with(&broker, "off5", None);
     let props = connack.properties.expect("CONNACK properties");
     assert_eq!(props.shared_subscription_available, Some(0));
@@ -964,7 +660,7 @@ fn switched_off_shared_and_wildcard_subscriptions_are_refused() {
 /// messages arrive, and a subscriber without No Local gets both.
 #[test]
 fn no_local_keeps_a_clients_own_messages_from_it() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut own = C5::connect(&broker, "nl-own");
     let nl = filter("nl/x", QoS::AtLeastOnce, true, false, v5::RetainForwardRule::OnEverySubscribe);
     assert_eq!(own.subscribe_with(vec![nl], None), vec![v5::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
@@ -984,7 +680,7 @@ fn no_local_keeps_a_clients_own_messages_from_it() {
 /// forwarded message with RETAIN 0.
 #[test]
 fn retain_as_published_decides_the_retain_flag_of_forwarded_messages() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut keeps = C5::connect(&broker, "rap-1");
     let rap = filter("rap/#", QoS::AtLeastOnce, false, true, v5::RetainForwardRule::OnEverySubscribe);
     keeps.subscribe_with(vec![rap], None);
@@ -994,8 +690,8 @@ fn retain_as_published_decides_the_retain_flag_of_forwarded_messages() {
     v311.subscribe("rap/#", QoS4::AtLeastOnce);
 
     let mut publisher = C5::connect(&broker, "rap-pub");
-    publisher.publish_with("rap/r", QoS::AtLeastOnce, true, "retained");
-    publisher.publish_with("rap/n", QoS::AtLeastOnce, false, "plain");
+    publisher.publish_retain("rap/r", QoS::AtLeastOnce, true, "retained");
+    publisher.publish_retain("rap/n", QoS::AtLeastOnce, false, "plain");
     let flags = |c: &mut C5| (0..2).map(|_| c.next_publish()).map(|p| (topic(&p), p.retain)).collect::<Vec<_>>();
     assert_eq!(flags(&mut keeps), vec![("rap/r".to_owned(), true), ("rap/n".to_owned(), false)]);
     assert_eq!(flags(&mut clears), vec![("rap/r".to_owned(), false), ("rap/n".to_owned(), false)]);
@@ -1010,9 +706,9 @@ fn retain_as_published_decides_the_retain_flag_of_forwarded_messages() {
 /// follow carry the identifiers of the replacing subscriptions.
 #[test]
 fn retain_handling_decides_which_subscribes_get_retained_messages() {
-    let (_dir, broker) = start("{emqx_retainer, true}.\n", &[]);
+    let (_dir, broker) = start_broker("{emqx_retainer, true}.\n", &[]);
     let mut publisher = C5::connect(&broker, "rh-pub");
-    publisher.publish_with("rh/x", QoS::AtLeastOnce, true, "kept");
+    publisher.publish_retain("rh/x", QoS::AtLeastOnce, true, "kept");
     let mut sub = C5::connect(&broker, "rh-sub");
     sub.subscribe("mark", QoS::AtLeastOnce);
     let mut retained_after = |sub: &mut C5, f: &str, rh: v5::RetainForwardRule, id: usize| {
@@ -1029,7 +725,7 @@ fn retain_handling_decides_which_subscribes_get_retained_messages() {
     assert_eq!(retained_after(&mut sub, "rh/+", OnNewSubscribe, 10), vec![], "RH 1, existing subscription");
     assert_eq!(retained_after(&mut sub, "rh/x", Never, 11), vec![], "RH 2");
 
-    publisher.publish_with("rh/x", QoS::AtLeastOnce, true, "live");
+    publisher.publish_retain("rh/x", QoS::AtLeastOnce, true, "live");
     let p = sub.next_publish();
     assert_eq!((payload(&p), p.retain, ids(&p)), ("live".to_owned(), false, vec![8, 10, 11]));
 }
@@ -1042,23 +738,23 @@ fn retain_handling_decides_which_subscribes_get_retained_messages() {
 /// matched, with reason 0x10 (No matching subscribers, §3.4.2.1), and 0x00 once one does.
 #[test]
 fn no_matching_subscribers_is_said_in_the_ack() {
-    let (_dir, broker) = start("", &[]);
+    let (_dir, broker) = start_broker("", &[]);
     let mut publisher = C5::connect(&broker, "nm-pub");
-    match publisher.publish_with("nm/x", QoS::AtLeastOnce, false, "1") {
+    match publisher.publish_retain("nm/x", QoS::AtLeastOnce, false, "1") {
         Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::NoMatchingSubscribers),
         other => panic!("{other:?}"),
     }
-    match publisher.publish_with("nm/x", QoS::ExactlyOnce, false, "2") {
+    match publisher.publish_retain("nm/x", QoS::ExactlyOnce, false, "2") {
         Some(P5::PubRec(rec)) => assert_eq!(rec.reason, v5::PubRecReason::NoMatchingSubscribers),
         other => panic!("{other:?}"),
     }
     let mut sub = C5::connect(&broker, "nm-sub");
     sub.subscribe("nm/#", QoS::AtLeastOnce);
-    match publisher.publish_with("nm/x", QoS::AtLeastOnce, false, "3") {
+    match publisher.publish_retain("nm/x", QoS::AtLeastOnce, false, "3") {
         Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::Success),
         other => panic!("{other:?}"),
     }
-    match publisher.publish_with("nm/x", QoS::ExactlyOnce, false, "4") {
+    match publisher.publish_retain("nm/x", QoS::ExactlyOnce, false, "4") {
         Some(P5::PubRec(rec)) => assert_eq!(rec.reason, v5::PubRecReason::Success),
         other => panic!("{other:?}"),
     }
@@ -1093,11 +789,11 @@ fn acl_denials_are_acknowledged_and_nothing_is_delivered() {
     );
 
     let mut pub5 = C5::connect(&broker, "acl-pub5");
-    match pub5.publish_with("secret/x", QoS::AtLeastOnce, false, "leak1") {
+    match pub5.publish_retain("secret/x", QoS::AtLeastOnce, false, "leak1") {
         Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::NotAuthorized),
         other => panic!("{other:?}"),
     }
-    match pub5.publish_with("secret/x", QoS::ExactlyOnce, false, "leak2") {
+    match pub5.publish_retain("secret/x", QoS::ExactlyOnce, false, "leak2") {
         Some(P5::PubRec(rec)) => assert_eq!(rec.reason, v5::PubRecReason::NotAuthorized),
         other => panic!("{other:?}"),
     }
@@ -1136,7 +832,7 @@ fn a_message_dropped_by_a_plugin_is_acknowledged_but_not_delivered() {
 /// `$SYS/#` at QoS 2, and not a subscriber to `#`.
 #[test]
 fn a_message_published_by_a_plugin_reaches_sys_subscribers_at_qos2() {
-    let (dir, broker) = start("{gatekeeper, true}.\n", &[]);
+    let (dir, broker) = start_broker("{gatekeeper, true}.\n", &[]);
     let mut hash = C5::connect(&broker, "sys-hash");
     hash.subscribe("#", QoS::ExactlyOnce);
     let mut child = mosquitto("mosquitto_sub")
@@ -1146,7 +842,7 @@ fn a_message_published_by_a_plugin_reaches_sys_subscribers_at_qos2() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
-    wait_until("mosquitto_sub's subscription", || (stat(&dir, "subscriptions.count") == 2).then_some(()));
+    wait_for_stat(&dir, "subscriptions.count", 2); // mosquitto_sub's subscription is in
     let out = dir.ctl(&["gatekeeper", "publish", "$SYS/test", "2", "hi"]).ok();
     assert!(out.contains("published"), "{out}");
     let status = child.wait().unwrap();

@@ -10,22 +10,11 @@
 use std::path::Path;
 
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
-use e2e::{options, recorded_events, wait_until, Broker, Client, DataDir};
+use e2e::{options, recorded_events, stat, wait_for_stat, wait_until, Broker, Client, DataDir};
 use rumqttc::{Packet, QoS};
 use serde_json::Value;
 
 type QoS5 = rumqttc::v5::mqttbytes::QoS;
-
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let out = dir.ctl(&["broker", "stats"]).ok();
-    out.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in {out}"))
-}
-
-fn wait_for_stat(dir: &DataDir, name: &str, value: u64) {
-    wait_until(&format!("{name} = {value}"), || (stat(dir, name) == value).then_some(()));
-}
 
 /// A broker recording hook events; returns it with the events file.
 fn recording_broker(dir: &DataDir, env: &[(&str, &str)]) -> (Broker, std::path::PathBuf) {
@@ -91,11 +80,6 @@ fn until_marker4(raw: &mut Raw<V4>, marker: &str) -> Vec<(String, String)> {
     }
 }
 
-fn disconnect4(mut raw: Raw<V4>) {
-    raw.send(&Packet::Disconnect);
-    assert_eq!(raw.until_closed(), vec![]);
-}
-
 // --- MQTT 5 raw client -------------------------------------------------------------------
 
 fn connect5_with(id: &str, clean_start: bool, expiry: Option<u32>, will: Option<&str>) -> v5::Packet {
@@ -148,19 +132,6 @@ fn disconnect5(mut raw: Raw<V5>, expiry: Option<u32>) -> Vec<v5::Packet> {
     raw.until_closed()
 }
 
-/// Reads an MQTT 5 connection to its end: exactly one DISCONNECT `code`, without a Session
-/// Expiry Interval (MQTT-3.14.2-2), then the close.
-fn assert_disconnected5(raw: &mut Raw<V5>, code: v5::DisconnectReasonCode, who: &str) {
-    match &raw.until_closed()[..] {
-        [v5::Packet::Disconnect(d)] => {
-            assert_eq!(d.reason_code, code, "{who}");
-            let expiry = d.properties.as_ref().and_then(|p| p.session_expiry_interval);
-            assert_eq!(expiry, None, "{who}: a server DISCONNECT has no Session Expiry Interval");
-        }
-        other => panic!("{who}: expected DISCONNECT {code:?} then the close, got {other:?}"),
-    }
-}
-
 fn payloads(got: &[(String, String)]) -> Vec<&str> {
     got.iter().map(|(_, p)| p.as_str()).collect()
 }
@@ -181,7 +152,7 @@ async fn clean_start_discards_the_session() {
     let (mut raw, ack) = Raw::<V4>::connect(broker.addr, &connect4("clean4", false));
     assert!(!ack.session_present);
     subscribe4(&mut raw, "clean/4", QoS::AtLeastOnce);
-    disconnect4(raw);
+    raw.disconnect();
     wait_disconnected(&file, "clean4", 1);
     publisher.publish_acked("clean/4", QoS::AtLeastOnce, "queued").await;
 
@@ -191,11 +162,11 @@ async fn clean_start_discards_the_session() {
     publisher.publish_acked("clean/4", QoS::AtLeastOnce, "after").await;
     publisher.publish_acked("marker/4", QoS::AtLeastOnce, "m").await;
     assert_eq!(until_marker4(&mut raw, "marker/4"), vec![], "3.1.1: neither the queue nor the subscription survived");
-    disconnect4(raw);
+    raw.disconnect();
     wait_disconnected(&file, "clean4", 2);
-    let (raw, ack) = Raw::<V4>::connect(broker.addr, &connect4("clean4", false));
+    let (mut raw, ack) = Raw::<V4>::connect(broker.addr, &connect4("clean4", false));
     assert!(!ack.session_present, "3.1.1: the clean session ended with its connection");
-    disconnect4(raw);
+    raw.disconnect();
 
     // MQTT 5
     let (mut raw, ack) = Raw::<V5>::connect(broker.addr, &connect5_with("clean5", false, Some(60), None));
@@ -230,7 +201,7 @@ async fn a_persistent_session_is_resumed_with_its_subscriptions_and_queue() {
     // MQTT 3.1.1
     let (mut raw, _) = Raw::<V4>::connect(broker.addr, &connect4("keep4", false));
     subscribe4(&mut raw, "keep/4/+", QoS::AtLeastOnce);
-    disconnect4(raw);
+    raw.disconnect();
     wait_disconnected(&file, "keep4", 1);
     for (payload, qos) in queued.iter().zip(qos) {
         publisher.publish_acked("keep/4/m", qos, *payload).await;
@@ -394,7 +365,7 @@ async fn mqtt_3_1_1_sessions_end_after_the_configured_session_expiry_interval() 
     assert_eq!(disconnect5(v5, None), vec![]);
     let (mut v4, _) = Raw::<V4>::connect(broker.addr, &connect4("v3exp-4", false));
     subscribe4(&mut v4, "v3exp/4", QoS::AtLeastOnce);
-    disconnect4(v4);
+    v4.disconnect();
     wait_for_stat(&dir, "sessions.count", 1); // the 3.1.1 one ended
 
     let mut publisher = Client::connect(&broker, "v3exp-pub").await;
@@ -430,7 +401,7 @@ async fn a_takeover_with_clean_start_0_resumes_the_session() {
     let (mut new, ack) = Raw::<V5>::connect(broker.addr, &connect5_with("to5", false, Some(60), None));
     assert_eq!(ack.code, v5::ConnectReturnCode::Success);
     assert!(ack.session_present, "5: the newcomer resumes the session");
-    assert_disconnected5(&mut old, v5::DisconnectReasonCode::SessionTakenOver, "the old MQTT 5 connection");
+    old.expect_disconnect_without_expiry(v5::DisconnectReasonCode::SessionTakenOver, "the old MQTT 5 connection");
     assert_eq!(watcher.receive(1).await[0].topic, "to/will/to5");
     publisher.publish_acked("to/5/m", QoS::AtLeastOnce, "kept").await;
     publisher.publish_acked("to/5/end", QoS::AtLeastOnce, "end").await;
@@ -471,7 +442,7 @@ async fn a_takeover_with_clean_start_1_discards_the_session() {
     subscribe5(&mut old, "td/5/+");
     let (mut new, ack) = Raw::<V5>::connect(broker.addr, &connect5_with("td5", true, Some(60), None));
     assert!(!ack.session_present, "5: clean start: a new session");
-    assert_disconnected5(&mut old, v5::DisconnectReasonCode::SessionTakenOver, "the old MQTT 5 connection");
+    old.expect_disconnect_without_expiry(v5::DisconnectReasonCode::SessionTakenOver, "the old MQTT 5 connection");
     assert_eq!(watcher.receive(1).await[0].topic, "td/will/td5");
     subscribe5(&mut new, "td/5/end");
     publisher.publish_acked("td/5/m", QoS::AtLeastOnce, "lost").await;

@@ -10,16 +10,12 @@
 //! have been published is the next message the watcher gets.
 
 use e2e::raw::{v5, Raw, V4, V5};
-use e2e::{recorded_events, Broker, DataDir};
+use e2e::{recorded_events, text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn text(payload: &[u8]) -> String {
-    String::from_utf8_lossy(payload).into_owned()
-}
 
 /// A 3.1.1 CONNECT with `will` and `keep_alive`.
 fn connect4_will(id: &str, keep_alive: u16, will: Option<rumqttc::LastWill>) -> P4 {
@@ -82,12 +78,6 @@ fn conn5_will(
     (raw, ack.session_present)
 }
 
-fn disconnect5(raw: &mut Raw<V5>, code: v5::DisconnectReasonCode) {
-    raw.send(&v5::Packet::Disconnect(v5::Disconnect::new(code)));
-    let rest = raw.until_closed();
-    assert!(rest.is_empty(), "the broker closes after the client's DISCONNECT, got {rest:?}");
-}
-
 /// A 3.1.1 watcher subscribed to `filter` at `qos`.
 fn watcher4(broker: &Broker, id: &str, filter: &str, qos: QoS) -> Raw<V4> {
     let mut raw = conn4_will(broker, id, 60, None);
@@ -143,15 +133,6 @@ fn marker(broker: &Broker, id: &str, topic: &str, payload: &str) {
     assert!(matches!(raw.recv(), P4::PubAck(ack) if ack.pkid == 1));
     raw.send(&P4::Disconnect);
     raw.until_closed();
-}
-
-/// A counter from `broker ctl broker stats`.
-fn stat(dir: &DataDir, name: &str) -> u64 {
-    let stats = dir.ctl(&["broker", "stats"]).ok();
-    let line = stats.lines().find(|l| l.split(':').next().map(str::trim) == Some(name));
-    line.and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {stats}"))
 }
 
 fn assert_message(p: &rumqttc::Publish, topic: &str, payload: &str) {
@@ -212,7 +193,7 @@ fn will_is_published_on_abnormal_close_only_v5() {
 
     let (mut polite, _) =
         conn5_will(&broker, "w5-polite", true, None, Some(will5("w5/polite", "polite", Q5::AtLeastOnce, false, None)));
-    disconnect5(&mut polite, v5::DisconnectReasonCode::NormalDisconnection);
+    polite.disconnect(v5::DisconnectReasonCode::NormalDisconnection);
 
     let (dropped, _) = conn5_will(
         &broker,
@@ -248,7 +229,7 @@ fn will_is_published_on_abnormal_close_only_v5() {
 
     let (mut leaving, _) =
         conn5_will(&broker, "w5-0x04", true, None, Some(will5("w5/with-will", "asked", Q5::AtLeastOnce, false, None)));
-    disconnect5(&mut leaving, v5::DisconnectReasonCode::DisconnectWithWillMessage);
+    leaving.disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage);
     assert_message(&next4(&mut watcher), "w5/with-will", "asked");
 
     marker(&broker, "w5-marker", "w5/marker", "end");
@@ -269,7 +250,7 @@ fn will_delay_waits_and_a_new_connection_cancels_it() {
     // Ends, then reconnects to its session within the delay.
     let will = will5("wd/reconnected", "must not be sent", Q5::AtLeastOnce, false, Some(2));
     let (mut back, _) = conn5_will(&broker, "wd-back", true, Some(60), Some(will));
-    disconnect5(&mut back, v5::DisconnectReasonCode::DisconnectWithWillMessage);
+    back.disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage);
     let (_back, present) = conn5_will(&broker, "wd-back", false, Some(60), None);
     assert!(present);
 
@@ -286,7 +267,7 @@ fn will_delay_waits_and_a_new_connection_cancels_it() {
     // Ends for good: its will waits 3 s.
     let will = will5("wd/delayed", "late", Q5::AtLeastOnce, false, Some(3));
     let (mut gone, _) = conn5_will(&broker, "wd-gone", true, Some(60), Some(will));
-    disconnect5(&mut gone, v5::DisconnectReasonCode::DisconnectWithWillMessage);
+    gone.disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage);
     marker(&broker, "wd-marker", "wd/marker", "connection gone");
 
     assert_message(&next4(&mut watcher), "wd/marker", "connection gone");
@@ -306,7 +287,7 @@ fn will_is_sent_when_the_session_ends_before_the_delay() {
     // The 20 s test deadline is well under the 60 s delay.
     let will = will5("ws/no-session", "session over", Q5::AtLeastOnce, false, Some(60));
     let (mut brief, _) = conn5_will(&broker, "ws-brief", true, Some(0), Some(will));
-    disconnect5(&mut brief, v5::DisconnectReasonCode::DisconnectWithWillMessage);
+    brief.disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage);
     assert_message(&next4(&mut watcher), "ws/no-session", "session over");
 
     // A new connection with Clean Start ends the old session: its will goes at once.
@@ -322,12 +303,12 @@ fn will_is_sent_when_the_session_ends_before_the_delay() {
 
     let will = will5("ws/expired", "session expired", Q5::AtLeastOnce, false, Some(60));
     let (mut short, _) = conn5_will(&broker, "ws-short", true, Some(2), Some(will));
-    disconnect5(&mut short, v5::DisconnectReasonCode::DisconnectWithWillMessage);
+    short.disconnect(v5::DisconnectReasonCode::DisconnectWithWillMessage);
     marker(&broker, "ws-marker", "ws/marker", "connection gone");
     assert_message(&next4(&mut watcher), "ws/marker", "connection gone");
     assert_message(&next4(&mut watcher), "ws/expired", "session expired");
     // Only the watcher's and ws-discarded's sessions are left once the expired one is ended.
-    e2e::wait_until("the expired session to be ended", || (stat(&dir, "sessions.count") == 2).then_some(()));
+    wait_for_stat(&dir, "sessions.count", 2);
     let (_short, present) = conn5_will(&broker, "ws-short", false, Some(2), None);
     assert!(!present, "the session had ended");
 }

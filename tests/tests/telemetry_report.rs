@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use e2e::receiver::{Mode, Receiver};
-use e2e::{Broker, Client, DataDir};
+use e2e::{stat_in, Broker, Client, DataDir};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -39,13 +39,6 @@ fn start(dir: &DataDir, env: &[(String, String)]) -> Broker {
 
 fn names(value: &Value) -> Vec<&str> {
     value.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect()
-}
-
-fn stat(output: &str, key: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("{key} not in {output}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +106,9 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
 
     // The same numbers as the broker's own stats and as `ctl telemetry get data`.
     let stats = dir.ctl(&["broker", "stats"]).ok();
-    assert_eq!(stat(&stats, "messages.received"), N);
-    assert_eq!(stat(&stats, "messages.sent"), N * M);
-    assert_eq!(stat(&stats, "connections.count"), M + 1);
+    assert_eq!(stat_in(&stats, "messages.received"), N);
+    assert_eq!(stat_in(&stats, "messages.sent"), N * M);
+    assert_eq!(stat_in(&stats, "connections.count"), M + 1);
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
     for key in ["messages_received", "messages_sent", "num_clients", "uuid", "active_plugins"] {
         assert_eq!(data[key], json[key], "{key}");
