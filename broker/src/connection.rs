@@ -310,7 +310,11 @@ impl<T: Transport> Connection<T> {
     async fn finish(mut self, ended: Ended) {
         if self.version.is_v5() {
             if let Some(code) = ended.disconnect_code() {
-                encode_disconnect(&mut self.out, code, self.problem_information.then(|| reason::describe(code)));
+                let reason_string = self
+                    .problem_information
+                    .then(|| reason::string_within(code, 4, self.client_max_packet_size))
+                    .flatten();
+                encode_disconnect(&mut self.out, code, reason_string);
             }
         }
         let will = if matches!(ended, Ended::Normal) { None } else { self.will.take() };

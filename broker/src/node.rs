@@ -305,7 +305,7 @@ impl Node {
     }
 
     /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
-    /// waiting for its delay is published now (MQTT-3.1.3-9: the session ended first).
+    /// waiting for its delay is published now (MQTT-3.1.2-8: the session ended first).
     pub(crate) fn end_session(&self, session: &Arc<Session>) {
         self.end_session_if(session, |_| true);
     }

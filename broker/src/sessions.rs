@@ -166,7 +166,7 @@ impl Sessions {
                 will.message.timestamp_ms = crate::now_ms();
                 will.message.expires_at =
                     Message::expiry_from(will.expiry, if will.delay > 0 { at } else { Instant::now() });
-                // MQTT-3.1.3-9: a delayed will waits, unless the session ends first.
+                // MQTT-3.1.2-8: a delayed will waits, unless the session ends first.
                 let persistent = was_attached && !state.ended && (expiry > 0 || taken_over);
                 if will.delay > 0 && persistent {
                     state.pending_will = Some(PendingWill { message: will.message, client: client.clone(), at });

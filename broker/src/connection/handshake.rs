@@ -55,10 +55,12 @@ async fn read_frame<T: Transport>(io: &mut T, buf: &mut BytesMut, max: usize) ->
     }
 }
 
-/// Answers a CONNECT with a refusal (`code`, an MQTT 5 reason code) and closes.
-async fn refuse<T: Transport>(io: &mut T, version: Version, code: u8) {
+/// Answers a CONNECT with a refusal (`code`, an MQTT 5 reason code) and closes. The reason
+/// string goes when it fits in the client's Maximum Packet Size (if it said one).
+async fn refuse<T: Transport>(io: &mut T, version: Version, code: u8, max_packet_size: Option<u32>) {
     let mut out = Vec::new();
-    let properties = ConnackProperties { reason_string: Some(reason::describe(code)), ..Default::default() };
+    let max = max_packet_size.map_or(usize::MAX, |m| m as usize);
+    let properties = ConnackProperties { reason_string: reason::string_within(code, 6, max), ..Default::default() };
     encode_connack(&mut out, version, false, code, &properties);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
         io.write_all(&out).await?;
@@ -103,13 +105,13 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Err(ConnectError::UnsupportedVersion { name, level }) => {
             tracing::debug!(%peer, "unsupported protocol {name:?} level {level}; refused");
             // MQTT-3.1.2-2: CONNACK 0x01 (the level is unknown, so a 3.1.1 CONNACK).
-            refuse(&mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION).await;
+            refuse(&mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION, None).await;
             return None;
         }
         Err(ConnectError::Decode(e)) => {
             tracing::debug!(%peer, "bad CONNECT: {e}; closing");
             if looks_like_v5(body) {
-                refuse(&mut io, Version::V5, e.reason_code()).await;
+                refuse(&mut io, Version::V5, e.reason_code(), None).await;
             }
             return None;
         }
@@ -119,25 +121,25 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Ok(identified) => identified,
         Err(code) => {
             tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
-            refuse(&mut io, version, code).await;
+            refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
     };
     let will = match will(node, &connect) {
         Ok(will) => will,
         Err(Some(code)) => {
-            refuse(&mut io, version, code).await;
+            refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
         Err(None) => return None, // 3.1.1: a bad will topic closes the connection
     };
     let Some((keep_alive, server_keep_alive)) = keep_alive(zone, version, connect.keep_alive) else {
         tracing::debug!(%peer, "keep-alive {} over mqtt.max_keepalive; refused", connect.keep_alive);
-        refuse(&mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        refuse(&mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID, connect.properties.maximum_packet_size).await;
         return None;
     };
     if let Err(code) = admit(node, &client, &connect) {
-        refuse(&mut io, version, code).await;
+        refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
         return None;
     }
     // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).

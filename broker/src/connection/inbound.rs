@@ -66,12 +66,16 @@ impl<T: Transport> Connection<T> {
 
     /// A reason string for an MQTT 5 acknowledgement with `code`, when it is a failure and
     /// the client wants problem information.
-    fn reason_string(&self, code: u8) -> Option<&'static str> {
-        (code >= 0x80 && self.problem_information).then(|| reason::describe(code))
+    fn reason_string(&self, code: u8, base_len: usize) -> Option<&'static str> {
+        if code < 0x80 || !self.problem_information {
+            return None;
+        }
+        reason::string_within(code, base_len, self.client_max_packet_size)
     }
 
     fn ack(&mut self, packet_kind: u8, packet_id: u16, code: u8) {
-        let reason_string = self.reason_string(code);
+        // Fixed header, packet id, reason code, property length.
+        let reason_string = self.reason_string(code, 6);
         encode_ack(&mut self.out, self.version, packet_kind, packet_id, code, reason_string);
     }
 
@@ -129,7 +133,7 @@ impl<T: Transport> Connection<T> {
             if state.awaiting_rel.len() >= usize::from(node.zone.max_awaiting_rel) {
                 return Err(Ended::protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
-                    "over the Receive Maximum (MQTT-3.3.4-9)",
+                    "over the Receive Maximum (MQTT-3.3.4-7)",
                 ));
             }
             state.awaiting_rel.push(publish.packet_id);
@@ -278,7 +282,8 @@ impl<T: Transport> Connection<T> {
             };
             codes.push(code);
         }
-        let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c));
+        let base_len = 5 + 1 + codes.len();
+        let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, subscribe.packet_id, &codes, reason_string);
         // After the SUBACK is queued: retained messages a plugin delivers now follow it.
         if node.hooks.wants(Hook::SessionSubscribed) {
@@ -330,7 +335,7 @@ impl<T: Transport> Connection<T> {
             if self.expiry_was_zero && expiry != 0 {
                 return Ended::protocol(
                     reason::PROTOCOL_ERROR,
-                    "Session Expiry raised from 0 at DISCONNECT (MQTT-3.14.2-2)",
+                    "Session Expiry raised from 0 at DISCONNECT (§3.14.2.2.2)",
                 );
             }
             self.session.lock().expiry_interval = expiry;

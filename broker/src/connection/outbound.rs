@@ -166,28 +166,44 @@ impl<T: Transport> Connection<T> {
 
     /// After a session is resumed: resends every unacknowledged PUBLISH (DUP set) and PUBREL,
     /// in the order first sent (MQTT-4.4.0-1).
+    /// A message now over the client's Maximum Packet Size (it may have lowered it) is dropped
+    /// instead (MQTT-3.1.2-25).
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
-        let state = self.session.lock();
-        for entry in state.inflight.iter() {
-            match entry.phase {
-                Phase::Puback | Phase::Pubrec => {
-                    let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
-                    let _ = encode_delivery(
-                        &mut self.out,
-                        &mut self.aliases_out,
-                        self.version,
-                        usize::MAX,
-                        &entry.delivery,
-                        entry.packet_id,
-                        expiry,
-                        true,
-                    );
-                }
-                Phase::Pubcomp => {
-                    encode_ack(&mut self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
+        let mut too_large_ids = Vec::new();
+        let too_large: Vec<Arc<Message>>;
+        {
+            let mut state = self.session.lock();
+            for entry in state.inflight.iter() {
+                match entry.phase {
+                    Phase::Puback | Phase::Pubrec => {
+                        // Onward delivery had begun: an expired message still goes (§3.3.2.3.3).
+                        let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
+                        let encoded = encode_delivery(
+                            &mut self.out,
+                            &mut self.aliases_out,
+                            self.version,
+                            self.client_max_packet_size,
+                            &entry.delivery,
+                            entry.packet_id,
+                            expiry,
+                            true,
+                        );
+                        if encoded.is_err() {
+                            too_large_ids.push(entry.packet_id);
+                        }
+                    }
+                    Phase::Pubcomp => {
+                        encode_ack(&mut self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
+                    }
                 }
             }
+            too_large =
+                too_large_ids.iter().filter_map(|&id| state.inflight.remove(id)).map(|e| e.delivery.message).collect();
+        }
+        let node = self.node.clone();
+        for message in too_large {
+            node.dropped(&self.client.client_id, &message, DropReason::TooLarge);
         }
     }
 }

@@ -63,6 +63,15 @@ pub(crate) fn suback_v3(code: u8) -> u8 {
     }
 }
 
+/// The Reason String for `code` in a packet that is `base_len` bytes without it, if the
+/// packet still fits in `max_packet_size` with it: a reason string is left out rather than
+/// make a packet bigger than the client accepts (MQTT-3.1.2-25, and the same rule for each
+/// packet that carries one). Conservative by a few bytes (length fields may grow).
+pub(crate) fn string_within(code: u8, base_len: usize, max_packet_size: usize) -> Option<&'static str> {
+    let text = describe(code);
+    (!text.is_empty() && base_len + 3 + text.len() + 3 <= max_packet_size).then_some(text)
+}
+
 /// A short text for a reason code, sent as the Reason String of MQTT 5 acknowledgements that
 /// are not a success (when the client asked for problem information).
 pub(crate) fn describe(code: u8) -> &'static str {

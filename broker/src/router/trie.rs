@@ -93,7 +93,7 @@ impl Level {
 
     fn match_rest(&self, rest: Option<&str>, dollar: bool, found: &mut impl FnMut(&Level)) {
         if !dollar {
-            // `#` matches the parent level too: `a/#` matches `a` (MQTT-4.7.1-2).
+            // `#` matches the parent level too: `a/#` matches `a` (MQTT 5 §4.7.1.2).
             if let Some(hash) = self.children.get("#") {
                 found(hash);
             }

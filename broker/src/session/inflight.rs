@@ -100,6 +100,12 @@ impl Inflight {
         self.entries.remove(index).map(|e| e.delivery)
     }
 
+    /// Takes the entry with `packet_id` out, whatever it waits for.
+    pub(crate) fn remove(&mut self, packet_id: u16) -> Option<Entry> {
+        let index = self.entries.iter().position(|e| e.packet_id == packet_id)?;
+        self.entries.remove(index)
+    }
+
     /// Every entry, oldest first (for resending after a reconnect).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
