@@ -5,8 +5,10 @@
 //! properties forwarded unchanged (Payload Format Indicator, Content Type, Response Topic,
 //! Correlation Data, User Properties in order), reason strings on failed acknowledgements
 //! (none with Request Problem Information 0), and Maximum Packet Size both ways (deliveries
-//! over the client's are dropped, `message.dropped` with `too_large`; packets over the
-//! broker's `mqtt.max_packet_size` get DISCONNECT 0x95).
+//! over the client's are dropped, `message.dropped` with `too_large`, also when resent after a
+//! reconnect; Reason Strings left out where they would not fit; packets over the broker's
+//! `mqtt.max_packet_size` get DISCONNECT 0x95), and what the broker refuses: a Topic Alias when
+//! it allows none, RETAIN 1 when retain is not available, a Response Topic with wildcards.
 //!
 //! Raw connections (`e2e::raw::C5`, rumqttc's codec) so that every property is seen as the
 //! broker sent it.
@@ -14,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::raw::{connect5, payload, topic, v5, C5};
+use e2e::raw::{connect5, payload, topic, v5, Raw, C5, V5};
 use e2e::{recorded_events, start_broker, stat, wait_until, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 use v5::Packet as P5;
@@ -110,6 +112,26 @@ fn topic_alias_zero_or_above_the_maximum_is_refused() {
     let mut publisher = C5::connect(&broker, "tab-pub");
     publisher.publish("tab/marker", QoS::AtLeastOnce, "marker");
     assert_eq!(topic(&sub.next_publish()), "tab/marker", "no message with a bad alias was routed");
+}
+
+/// MQTT-3.2.2-18 (5): with `mqtt.max_topic_alias = 0` the CONNACK has no Topic Alias Maximum,
+/// so a client may send no Topic Alias; the broker ends a connection that does with
+/// DISCONNECT 0x94 (Topic Alias invalid), and the message goes nowhere.
+#[test]
+fn a_topic_alias_when_the_broker_allows_none_gets_disconnect_0x94() {
+    let (_dir, broker) = start_broker("", &[("BROKER_MQTT__MAX_TOPIC_ALIAS", "0")]);
+    let mut sub = C5::connect(&broker, "tan-sub");
+    sub.subscribe("tan/#", QoS::AtLeastOnce);
+    let (mut c, connack) = C5::connect_with(&broker, "tan-pub", None);
+    assert_eq!(connack.properties.and_then(|p| p.topic_alias_max), None, "no Topic Alias Maximum announced");
+    let mut publish = v5::Publish::new("tan/x", QoS::AtLeastOnce, b"aliased".to_vec(), Some(with_alias(1)));
+    publish.pkid = 1;
+    c.raw.send(&P5::Publish(publish));
+    c.expect_disconnect(v5::DisconnectReasonCode::TopicAliasInvalid);
+
+    let mut publisher = C5::connect(&broker, "tan-marker");
+    publisher.publish("tan/marker", QoS::AtLeastOnce, "marker");
+    assert_eq!(topic(&sub.next_publish()), "tan/marker", "the aliased message was not routed");
 }
 
 /// MQTT-4.13.1-1 (5), §3.3.2.3.4: a PUBLISH with an empty topic and an alias the client never
@@ -513,4 +535,190 @@ fn a_packet_over_the_brokers_maximum_packet_size_gets_disconnect_0x95() {
     marker.publish("big/marker", QoS::AtLeastOnce, "marker");
     let got: Vec<String> = sub.until("big/marker").iter().map(topic).collect();
     assert_eq!(got, ["big/fits"], "the packet over the limit was not routed");
+}
+
+// ---------------------------------------------------------------------------------------
+// Retain Available, Response Topic
+// ---------------------------------------------------------------------------------------
+
+/// MQTT-3.2.2-14 (5): with `mqtt.retain_available = false` the CONNACK says Retain Available
+/// 0, so a client may not publish with RETAIN 1; the broker ends a connection that does (at
+/// QoS 0 or 1) with DISCONNECT 0x9A (Retain not supported), and the message goes nowhere. A
+/// PUBLISH with RETAIN 0 is accepted.
+#[test]
+fn retain_when_retain_is_not_available_gets_disconnect_0x9a() {
+    let (_dir, broker) = start_broker("", &[("BROKER_MQTT__RETAIN_AVAILABLE", "false")]);
+    let mut sub = C5::connect(&broker, "rna-sub");
+    sub.subscribe("rna/#", QoS::AtLeastOnce);
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce].into_iter().enumerate() {
+        let (mut c, connack) = C5::connect_with(&broker, &format!("rna-{i}"), None);
+        assert_eq!(connack.properties.and_then(|p| p.retain_available), Some(0), "Retain Available 0");
+        let mut publish = v5::Publish::new("rna/retained", qos, b"retained".to_vec(), None);
+        publish.retain = true;
+        publish.pkid = if qos == QoS::AtMostOnce { 0 } else { 1 };
+        c.raw.send(&P5::Publish(publish));
+        c.expect_disconnect(v5::DisconnectReasonCode::RetainNotSupported);
+    }
+    let mut publisher = C5::connect(&broker, "rna-pub");
+    publisher.publish("rna/plain", QoS::AtLeastOnce, "not retained");
+    assert_eq!(topic(&sub.next_publish()), "rna/plain", "no retained PUBLISH was routed");
+}
+
+/// MQTT-3.3.2-14 (5): a Response Topic is a topic name, without wildcards: a PUBLISH whose
+/// Response Topic has one ends the connection with DISCONNECT 0x82 (Protocol Error) and goes
+/// nowhere; a CONNECT whose will has one is refused with CONNACK 0x82 and closed. The same
+/// with a Response Topic without wildcards are accepted (and forwarded).
+#[test]
+fn a_response_topic_with_a_wildcard_is_refused() {
+    let (dir, broker) = start_broker("", &[]);
+    let mut sub = C5::connect(&broker, "rt-sub");
+    sub.subscribe("rt/#", QoS::AtLeastOnce);
+    let response = |t: &str| v5::PublishProperties { response_topic: Some(t.to_owned()), ..Default::default() };
+    for (i, bad) in ["rt/replies/+", "rt/replies/#", "#"].into_iter().enumerate() {
+        let mut c = C5::connect(&broker, &format!("rt-{i}"));
+        let mut publish = v5::Publish::new("rt/x", QoS::AtLeastOnce, b"bad".to_vec(), Some(response(bad)));
+        publish.pkid = 1;
+        c.raw.send(&P5::Publish(publish));
+        c.expect_disconnect(v5::DisconnectReasonCode::ProtocolError);
+
+        let will_properties = v5::LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: Some(bad.to_owned()),
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        let will = v5::LastWill::new("rt/will", "bad", QoS::AtMostOnce, false, Some(will_properties));
+        let v5::Packet::Connect(connect, _, _) = connect5(&format!("rt-will-{i}"), true, None) else { unreachable!() };
+        let (mut raw, ack) = Raw::<V5>::connect(broker.addr, &P5::Connect(connect, Some(will), None));
+        assert_eq!((ack.code, ack.session_present), (v5::ConnectReturnCode::ProtocolError, false), "will {bad}");
+        assert!(raw.until_closed().is_empty(), "closed after the refusal");
+    }
+    assert_eq!(stat(&dir, "sessions.count"), 1, "only the subscriber's session: no refused will opened one");
+
+    let mut publisher = C5::connect(&broker, "rt-pub");
+    publisher.publish_with("rt/x", QoS::AtLeastOnce, "good", response("rt/replies/1"));
+    let got = sub.next_publish();
+    assert_eq!(payload(&got), "good", "the PUBLISHes with a wildcard Response Topic were not routed");
+    assert_eq!(got.properties.and_then(|p| p.response_topic).as_deref(), Some("rt/replies/1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Reason Strings within the client's Maximum Packet Size
+// ---------------------------------------------------------------------------------------
+
+/// The reason strings of the failures `failure_reason_strings` provokes, then of PUBREL 0x92
+/// (a PUBREC for an id not in flight) and of DISCONNECT 0x90 (a PUBLISH to a wildcard topic),
+/// which ends the connection.
+fn every_reason_string(mut c: C5) -> Vec<Option<String>> {
+    let mut strings = failure_reason_strings(&mut c);
+    c.raw.send(&P5::PubRec(v5::PubRec::new(999, None)));
+    match c.raw.recv() {
+        P5::PubRel(rel) => {
+            assert_eq!((rel.pkid, rel.reason), (999, v5::PubRelReason::PacketIdentifierNotFound));
+            assert!(rel.properties.as_ref().is_none_or(|p| p.user_properties.is_empty()));
+            strings.push(rel.properties.and_then(|p| p.reason_string));
+        }
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    c.raw.send(&P5::Publish(v5::Publish::new("bad/#", QoS::AtMostOnce, b"x".to_vec(), None)));
+    let d = c.raw.expect_disconnect(v5::DisconnectReasonCode::TopicNameInvalid, "a wildcard topic name");
+    strings.push(d.properties.and_then(|p| p.reason_string));
+    strings
+}
+
+/// The Reason String of the CONNACK that refuses a CONNECT with an Authentication Method (0x8C)
+/// from a client announcing `max_packet_size`.
+fn connack_reason_string(broker: &Broker, max_packet_size: u32) -> Option<String> {
+    let props = v5::ConnectProperties {
+        max_packet_size: Some(max_packet_size),
+        authentication_method: Some("SCRAM-SHA-256".to_owned()),
+        ..v5::ConnectProperties::new()
+    };
+    let (mut raw, ack) = Raw::<V5>::connect(broker.addr, &connect5("rs-auth", true, Some(props)));
+    assert_eq!((ack.code, ack.session_present), (v5::ConnectReturnCode::BadAuthenticationMethod, false));
+    assert!(raw.until_closed().is_empty(), "closed after the refusal");
+    ack.properties.and_then(|p| p.reason_string)
+}
+
+/// MQTT-3.2.2-19, MQTT-3.4.2-2, MQTT-3.5.2-2, MQTT-3.6.2-2, MQTT-3.7.2-2, MQTT-3.9.2-1,
+/// MQTT-3.14.2-3 (5): the broker leaves out a Reason String that would make its packet bigger
+/// than the Maximum Packet Size the client announced. A client announcing 20 bytes gets its
+/// failed SUBACK (0x8F, 0x87), PUBACK (0x87), PUBREC (0x87), PUBCOMP (0x92), PUBREL (0x92),
+/// its DISCONNECT (0x90) and a refusing CONNACK (0x8C) with the same reason codes and no
+/// Reason String; a client announcing 64 bytes, in which they fit, gets each with one.
+#[test]
+fn reason_strings_are_left_out_when_over_the_clients_maximum_packet_size() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", ACL);
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("3 rules loaded from");
+    let max = |bytes: u32| Some(v5::ConnectProperties { max_packet_size: Some(bytes), ..v5::ConnectProperties::new() });
+
+    let (small, _) = C5::connect_with(&broker, "rs-20", max(20));
+    assert_eq!(every_reason_string(small), vec![None; 6], "Maximum Packet Size 20: no Reason String");
+    assert_eq!(connack_reason_string(&broker, 20), None, "CONNACK to a client with Maximum Packet Size 20");
+
+    let (roomy, _) = C5::connect_with(&broker, "rs-64", max(64));
+    let strings = every_reason_string(roomy);
+    assert!(strings.iter().all(|s| s.as_ref().is_some_and(|s| !s.is_empty())), "Maximum Packet Size 64: {strings:?}");
+    assert!(connack_reason_string(&broker, 64).is_some_and(|s| !s.is_empty()), "CONNACK, Maximum Packet Size 64");
+}
+
+/// MQTT-3.1.2-24, MQTT-3.1.2-25 (5), for messages sent again when a session is resumed: a
+/// subscriber leaves two QoS 1 messages unacknowledged (a 200-byte one, then a small one) and
+/// comes back announcing a Maximum Packet Size of 100 and a Receive Maximum of 1: the small one
+/// is sent again (DUP 1, same packet id), the big one is not sent but dropped
+/// (`message.dropped` with reason `too_large`, counted in `messages.dropped`), and the broker
+/// goes on as if it had been delivered: once the small one is acknowledged the next message
+/// comes, although the big one was never acknowledged and the window is 1.
+#[test]
+fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let file = dir.file("events.jsonl");
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
+    let first = v5::ConnectProperties { receive_maximum: Some(2), ..lasting() };
+    let (mut sub, _) = C5::connect_packet(&broker, &connect5("rsz-sub", true, Some(first)));
+    sub.subscribe("rsz/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "rsz-pub");
+    publisher.publish_packet(sized_publish("rsz/x", 200));
+    publisher.publish("rsz/x", QoS::AtLeastOnce, "small");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        match sub.raw.recv() {
+            P5::Publish(p) => held.push(p),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!((held[0].size(), payload(&held[1])), (200, "small".to_owned()));
+    sub.raw.drop_connection();
+    let dropped = stat(&dir, "messages.dropped");
+
+    let smaller = v5::ConnectProperties { max_packet_size: Some(100), receive_maximum: Some(1), ..lasting() };
+    let (mut sub, ack) = C5::connect_packet(&broker, &connect5("rsz-sub", false, Some(smaller)));
+    assert!(ack.session_present);
+    match sub.raw.recv() {
+        P5::Publish(p) => assert_eq!(
+            (payload(&p), p.dup, p.pkid),
+            ("small".to_owned(), true, held[1].pkid),
+            "only the small message is sent again"
+        ),
+        other => panic!("expected the small message again, got {other:?}"),
+    }
+    sub.raw.send(&P5::PubAck(v5::PubAck::new(held[1].pkid, None)));
+    publisher.publish("rsz/x", QoS::AtLeastOnce, "after");
+    let next = sub.next_publish();
+    assert_eq!((payload(&next), next.dup), ("after".to_owned(), false), "the window is free: the big one is done");
+    assert_eq!(stat(&dir, "messages.dropped"), dropped + 1, "messages.dropped counts it");
+    let events = wait_until("message.dropped (too_large) for rsz-sub", || {
+        let events: Vec<serde_json::Value> = recorded_events(&file)
+            .into_iter()
+            .filter(|e| e["hook"] == "message.dropped" && e["client_id"] == "rsz-sub")
+            .collect();
+        (!events.is_empty()).then_some(events)
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((&events[0]["reason"], &events[0]["topic"]), (&"too_large".into(), &"rsz/x".into()));
 }

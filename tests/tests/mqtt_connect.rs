@@ -1,8 +1,9 @@
 //! CONNECT and CONNACK in MQTT 3.1, 3.1.1 and 5: which protocol levels are accepted, which
-//! CONNECTs are refused (with which CONNACK, or none) and that the connection is then closed,
-//! client id rules (zero-length ids, `mqtt.max_clientid_len`), the MQTT 5 CONNACK properties
-//! and the settings that change them, authentication refused by a plugin, the CONNECT timeout,
-//! and Session Present on a new session.
+//! CONNECTs are refused (with which CONNACK, or none: inconsistent flags, fields the flags
+//! announce missing) and that the connection is then closed, client id rules (zero-length ids,
+//! `mqtt.max_clientid_len`), the MQTT 5 CONNACK properties and the settings that change them,
+//! authentication refused by a plugin, enhanced authentication refused (an Authentication
+//! Method, an AUTH without one), the CONNECT timeout, and Session Present on a new session.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -734,4 +735,96 @@ fn a_connection_without_connect_is_closed_after_connect_timeout() {
     let mut late = open(&broker);
     assert_eq!(read_until_closed(&mut late, "second silent"), [] as [u8; 0]);
     raw.ping("the client that sent its CONNECT in time");
+}
+
+/// A CONNECT whose flags announce a field its payload does not have is malformed and closes
+/// the connection: MQTT-3.1.2-21 (3.1.1): the password flag with no password after the user
+/// name (closed without a CONNACK, MQTT-3.1.4-1); MQTT-3.1.2-9 (5): the will flag with no will
+/// properties, topic and payload, or with the properties but no topic; MQTT-3.1.2-17 (5): the
+/// user name flag with no user name; MQTT-3.1.2-19 (5): the password flag with no password
+/// (MQTT 5 allows a password without a user name, so with and without one); MQTT-3.1.4-1 (5):
+/// closed, after at most a CONNACK 0x81 (Malformed Packet). No session is opened, and the same
+/// CONNECTs with every announced field present are accepted.
+#[test]
+fn missing_will_user_name_or_password_fields_close_the_connection() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let id = mqtt_string("missing");
+    let with_user = [mqtt_string("missing"), mqtt_string("user")].concat();
+
+    let got = exchange(&broker, &connect_bytes("MQTT", 4, 0xc2, &with_user), "3.1.1 password flag");
+    assert_eq!(got, [] as [u8; 0], "3.1.1, password flag without a password: closed without a CONNACK");
+
+    let will_properties_only = [id.clone(), vec![0]].concat();
+    let cases: [(&str, u8, &[u8]); 5] = [
+        ("will flag without will properties, topic and payload", 0x06, &id),
+        ("will flag with will properties but no topic", 0x06, &will_properties_only),
+        ("user name flag without a user name", 0x82, &id),
+        ("password flag (no user name) without a password", 0x42, &id),
+        ("password flag after a user name without a password", 0xc2, &with_user),
+    ];
+    for (what, flags, payload) in cases {
+        let got = exchange(&broker, &connect_bytes("MQTT", 5, flags, payload), what);
+        if !got.is_empty() {
+            match decode5(&got) {
+                v5::Packet::ConnAck(ack) => {
+                    assert_eq!(ack.code, v5::ConnectReturnCode::MalformedPacket, "5, {what}");
+                    assert!(!ack.session_present, "5, {what}");
+                }
+                other => panic!("5, {what}: only a CONNACK 0x81 may come before the close, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(stat(&dir, "sessions.count"), 0, "no session was opened");
+
+    // With the fields present, the same flags are accepted: the refusals were about the
+    // missing fields.
+    let credentials = [mqtt_string("complete"), mqtt_string("user"), mqtt_string("pw")].concat();
+    let mut stream = open(&broker);
+    stream.write_all(&connect_bytes("MQTT", 4, 0xc2, &credentials)).unwrap();
+    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0], "3.1.1 with user name and password");
+    let will = [mqtt_string("complete5"), vec![0], mqtt_string("w/t"), mqtt_string("bye")].concat();
+    let password_only = [mqtt_string("complete5-pw"), mqtt_string("pw")].concat();
+    for (what, flags, payload) in [("will", 0x06, will), ("password only", 0x42, password_only)] {
+        let mut stream = open(&broker);
+        stream.write_all(&connect_bytes("MQTT", 5, flags, &payload)).unwrap();
+        match decode5(&read_packet(&mut stream)) {
+            v5::Packet::ConnAck(ack) => assert_eq!(ack.code, v5::ConnectReturnCode::Success, "5, {what}"),
+            other => panic!("5, {what}: expected CONNACK, got {other:?}"),
+        }
+    }
+}
+
+/// MQTT-4.12.0-7 (5): a client that sent no Authentication Method in its CONNECT must not send
+/// AUTH; the broker treats one as a Protocol Error: DISCONNECT 0x82, then the connection is
+/// closed (MQTT-4.13.1-1), whether the AUTH asks to continue (0x18) or to re-authenticate
+/// (0x19, with a method). Its will is published: this is not a normal DISCONNECT.
+#[test]
+fn an_auth_packet_without_an_authentication_method_is_a_protocol_error() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut watcher, _) = Raw::<V5>::connect(broker.addr, &connect5("auth-watcher", true, None));
+    let mut subscribe = v5::Subscribe::new(v5::Filter::new("auth/#", rumqttc::v5::mqttbytes::QoS::AtMostOnce), None);
+    subscribe.pkid = 1;
+    watcher.send(&v5::Packet::Subscribe(subscribe));
+    assert!(matches!(watcher.recv(), v5::Packet::SubAck(_)), "SUBACK");
+
+    // AUTH 0x18 without properties; AUTH 0x19 with Authentication Method "PLAIN".
+    let method = [&[0x15][..], &mqtt_string("PLAIN")].concat();
+    let reauth = [&[0x19, method.len() as u8][..], &method].concat();
+    for (i, auth) in [frame(0xf0, &[0x18, 0]), frame(0xf0, &reauth)].into_iter().enumerate() {
+        let id = format!("auth-{i}");
+        let will =
+            v5::LastWill::new(format!("auth/will/{i}"), "gone", rumqttc::v5::mqttbytes::QoS::AtMostOnce, false, None);
+        let v5::Packet::Connect(c, _, _) = connect5(&id, true, None) else { unreachable!() };
+        let (mut raw, ack) = Raw::<V5>::connect(broker.addr, &v5::Packet::Connect(c, Some(will), None));
+        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "{id}");
+        raw.ping(&id);
+        raw.send_bytes(&auth);
+        raw.expect_disconnect(v5::DisconnectReasonCode::ProtocolError, &format!("{id}: AUTH without a method"));
+        match watcher.recv() {
+            v5::Packet::Publish(p) => assert_eq!(&p.topic[..], format!("auth/will/{i}").as_bytes(), "{id}'s will"),
+            other => panic!("{id}: expected its will, got {other:?}"),
+        }
+    }
 }

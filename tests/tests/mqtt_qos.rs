@@ -3,8 +3,9 @@
 //! an unknown id, the delivered QoS (minimum of published and granted, or the subscription's
 //! with `mqtt.upgrade_qos`), `mqtt.max_qos_allowed`, the outbound inflight window
 //! (`mqtt.max_inflight`, the client's Receive Maximum), packet ids never reused while in
-//! flight, resending on reconnect, the broker's own Receive Maximum (`mqtt.max_awaiting_rel`)
-//! and message order.
+//! flight, resending on reconnect (also after the message's expiry), the broker's own Receive
+//! Maximum (`mqtt.max_awaiting_rel`), QoS 2 flows after a refusal or an expiry, and message
+//! order.
 //!
 //! "Nothing more is sent" is shown with two PINGREQs: the broker handles the first after every
 //! message in question was queued for the client, so anything it would send appears before the
@@ -13,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use e2e::raw::{connect4, connect5, v5, Raw, Wire, V4, V5};
-use e2e::{text, wait_for_stat, Broker, DataDir};
+use e2e::{stat, text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
 
@@ -147,6 +148,33 @@ fn publish5(topic: &str, qos: Q5, pkid: u16, payload: &str, dup: bool) -> v5::Pa
     publish.pkid = pkid;
     publish.dup = dup;
     v5::Packet::Publish(publish)
+}
+
+/// A PUBLISH with a Message Expiry Interval of `seconds`.
+fn expiring5(topic: &str, qos: Q5, pkid: u16, payload: &str, seconds: u32) -> v5::Packet {
+    let properties = v5::PublishProperties { message_expiry_interval: Some(seconds), ..Default::default() };
+    let mut publish = v5::Publish::new(topic, qos, payload.as_bytes().to_vec(), Some(properties));
+    publish.pkid = pkid;
+    v5::Packet::Publish(publish)
+}
+
+/// Publishes at QoS 2 and completes the flow, asserting every acknowledgement is a success.
+fn publish_flow5(raw: &mut Raw<V5>, publish: v5::Packet) {
+    let v5::Packet::Publish(p) = &publish else { unreachable!() };
+    let pkid = p.pkid;
+    raw.send(&publish);
+    assert!(matches!(raw.recv(), v5::Packet::PubRec(a) if a.pkid == pkid && a.reason == v5::PubRecReason::Success));
+    raw.send(&v5::Packet::PubRel(v5::PubRel::new(pkid, None)));
+    assert!(matches!(raw.recv(), v5::Packet::PubComp(a) if a.pkid == pkid && a.reason == v5::PubCompReason::Success));
+}
+
+/// Returns once more than a second has passed since it was called, as the broker counts time:
+/// a session with a Session Expiry Interval of 1 s, whose client disconnects now, has ended.
+fn a_second_passes(dir: &DataDir, broker: &Broker) {
+    let sessions = stat(dir, "sessions.count");
+    let (mut clock, _) = conn5(broker, &format!("clock-{}", e2e::unique()), true, props5(Some(1), None));
+    clock.disconnect(v5::DisconnectReasonCode::NormalDisconnection);
+    wait_for_stat(dir, "sessions.count", sessions);
 }
 
 fn expect_publish5(raw: &mut Raw<V5>) -> v5::Publish {
@@ -844,4 +872,115 @@ fn messages_from_one_publisher_arrive_in_order_at_every_qos() {
             collect5(sub, 3 * PER_QOS).iter().map(|p| text(&p.payload)).collect(),
         );
     }
+}
+
+/// MQTT-4.3.3-7 (5): once a QoS 2 PUBLISH has been sent, the broker no longer applies the
+/// message's expiry: a subscriber holds back the PUBREC of a message with a Message Expiry
+/// Interval of 1 s, goes away (its session stays) and comes back after more than a second: the
+/// message is sent again (DUP 1, same packet id) and its QoS 2 flow completes. A message with
+/// the same expiry that was still waiting (the subscriber's Receive Maximum is 1) had not been
+/// sent, so it is dropped as expired (MQTT-3.3.2-5, `messages.dropped`): the next message is
+/// one published later.
+#[test]
+fn a_qos_2_message_in_flight_is_resent_after_its_expiry() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut sub, _) = conn5(&broker, "exp2-sub", true, props5(Some(60), Some(1)));
+    sub5(&mut sub, 1, "exp2/#", Q5::ExactlyOnce);
+    let (mut publisher, _) = conn5(&broker, "exp2-pub", true, None);
+    publish_flow5(&mut publisher, expiring5("exp2/x", Q5::ExactlyOnce, 1, "in flight", 1));
+    publish_flow5(&mut publisher, expiring5("exp2/x", Q5::ExactlyOnce, 2, "waiting", 1));
+    let first = expect_publish5(&mut sub);
+    assert_eq!((text(&first.payload).as_str(), first.dup), ("in flight", false));
+    quiet(&mut sub, "the second message waits for the Receive Maximum");
+    sub.drop_connection();
+    let dropped = stat(&dir, "messages.dropped");
+
+    a_second_passes(&dir, &broker);
+    let (mut sub, ack) = conn5(&broker, "exp2-sub", false, props5(Some(60), Some(1)));
+    assert!(ack.session_present);
+    let again = expect_publish5(&mut sub);
+    assert_eq!(
+        (text(&again.payload).as_str(), again.dup, again.pkid, again.qos),
+        ("in flight", true, first.pkid, Q5::ExactlyOnce),
+        "the message in flight is sent again although its expiry has passed"
+    );
+    sub.send(&pubrec5(again.pkid, v5::PubRecReason::Success));
+    assert!(matches!(sub.recv(), v5::Packet::PubRel(rel) if rel.pkid == again.pkid));
+    sub.send(&pubcomp5(again.pkid));
+
+    publish_flow5(&mut publisher, publish5("exp2/x", Q5::ExactlyOnce, 3, "later", false));
+    let next = collect5(&mut sub, 1);
+    assert_eq!(text(&next[0].payload), "later", "the waiting message expired before it was sent");
+    assert_eq!(stat(&dir, "messages.dropped"), dropped + 1, "dropped as expired");
+}
+
+/// MQTT-4.3.3-13 (5): the broker, as the receiver of a QoS 2 message, completes the
+/// acknowledgements after the message's expiry: a client publishes at QoS 2 with a Message
+/// Expiry Interval of 1 s, gets PUBREC, and sends PUBREL more than a second later, when the
+/// broker has the message as expired (the copy kept for an offline subscriber is never
+/// delivered): the PUBREL gets PUBCOMP with reason Success (not 0x92 Packet Identifier not
+/// found), and the packet id then starts a new message, which is delivered.
+#[test]
+fn a_qos_2_flow_from_a_client_completes_after_the_message_expired() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut sub, _) = conn5(&broker, "rexp-sub", true, props5(Some(60), None));
+    sub5(&mut sub, 1, "rexp/#", Q5::AtLeastOnce);
+    sub.disconnect(v5::DisconnectReasonCode::NormalDisconnection); // its session stays
+
+    let (mut publisher, _) = conn5(&broker, "rexp-pub", true, None);
+    publisher.send(&expiring5("rexp/x", Q5::ExactlyOnce, 7, "expires", 1));
+    assert!(matches!(publisher.recv(), v5::Packet::PubRec(a) if a.pkid == 7 && a.reason == v5::PubRecReason::Success));
+    a_second_passes(&dir, &broker);
+    publisher.send(&v5::Packet::PubRel(v5::PubRel::new(7, None)));
+    match publisher.recv() {
+        v5::Packet::PubComp(comp) => assert_eq!((comp.pkid, comp.reason), (7, v5::PubCompReason::Success)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    publish_flow5(&mut publisher, publish5("rexp/x", Q5::ExactlyOnce, 7, "same id, new message", false));
+
+    let (mut sub, ack) = conn5(&broker, "rexp-sub", false, props5(Some(60), None));
+    assert!(ack.session_present);
+    let got = collect5(&mut sub, 1);
+    assert_eq!(text(&got[0].payload), "same id, new message", "the expired message is not delivered");
+    quiet(&mut sub, "nothing else");
+}
+
+/// MQTT-4.3.3-9 (5): after the broker answered a QoS 2 PUBLISH with a PUBREC of 0x80 or more
+/// (0x87: `emqx_mod_acl_internal` denies the topic), a PUBLISH with the same packet id is a new
+/// message: sent again (DUP 1) it is refused again, not acknowledged as a duplicate, and a new
+/// message with that id to an allowed topic is accepted (PUBREC 0x00, then PUBCOMP 0x00) and
+/// delivered. The other way round, MQTT-4.3.3-4 (5): a subscriber's PUBREC 0x80 gets no PUBREL,
+/// and the next message's PUBREC gets its PUBREL as usual.
+#[test]
+fn after_a_refused_qos_2_publish_its_packet_id_starts_a_new_message() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", "{deny, all, publish, [\"denied/#\"]}.\n{allow, all}.\n");
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("2 rules loaded from");
+    let (mut sub, _) = conn5(&broker, "refq2-sub", true, None);
+    sub5(&mut sub, 1, "allowed/#", Q5::ExactlyOnce);
+
+    let (mut publisher, _) = conn5(&broker, "refq2-pub", true, None);
+    for dup in [false, true] {
+        publisher.send(&publish5("denied/x", Q5::ExactlyOnce, 5, "refused", dup));
+        match publisher.recv() {
+            v5::Packet::PubRec(rec) => assert_eq!((rec.pkid, rec.reason), (5, v5::PubRecReason::NotAuthorized)),
+            other => panic!("expected PUBREC 0x87 (DUP {dup}), got {other:?}"),
+        }
+    }
+    publish_flow5(&mut publisher, publish5("allowed/x", Q5::ExactlyOnce, 5, "new", false));
+    quiet(&mut publisher, "no PUBREL or PUBCOMP left over for the refused message");
+
+    // The subscriber refuses the first of two messages.
+    publish_flow5(&mut publisher, publish5("allowed/x", Q5::ExactlyOnce, 6, "refused by the subscriber", false));
+    let new = expect_publish5(&mut sub);
+    let refused = expect_publish5(&mut sub);
+    assert_eq!((text(&new.payload).as_str(), text(&refused.payload).as_str()), ("new", "refused by the subscriber"));
+    sub.send(&pubrec5(refused.pkid, v5::PubRecReason::UnspecifiedError));
+    sub.send(&pubrec5(new.pkid, v5::PubRecReason::Success));
+    assert!(matches!(sub.recv(), v5::Packet::PubRel(rel) if rel.pkid == new.pkid), "PUBREL for the accepted one only");
+    sub.send(&pubcomp5(new.pkid));
+    quiet(&mut sub, "no PUBREL for the refused message");
 }

@@ -1,23 +1,25 @@
-//! Routing and subscriptions end to end: topic filter wildcards (`+`, `#`) and `$` topics,
-//! invalid filters and wildcard topic names, overlapping and replaced subscriptions,
-//! UNSUBSCRIBE, shared subscriptions (`$share/<group>/...`, `$queue/...`) under every
-//! strategy, shared and wildcard subscriptions switched off, the MQTT 5 subscription options
-//! (No Local, Retain As Published, Retain Handling with `emqx_retainer`) and Subscription
-//! Identifiers, the acknowledgement codes routing decides (no matching subscribers, ACL
-//! denial by `emqx_mod_acl_internal`), and plugins that drop (`message.publish`) or publish as
-//! the broker (the `gatekeeper` test plugin).
+//! Routing and subscriptions end to end: topic filter wildcards (`+`, `#`) and `$` topics, a
+//! byte order mark kept in topic names, invalid filters and wildcard topic names, overlapping
+//! and replaced subscriptions, UNSUBSCRIBE (malformed, and with deliveries under way), shared
+//! subscriptions (`$share/<group>/...`, `$queue/...`) under every strategy, what becomes of a
+//! shared message whose member disconnects, loses its session or refuses it, shared and
+//! wildcard subscriptions switched off, the MQTT 5 subscription options (No Local, Retain As
+//! Published, Retain Handling with `emqx_retainer`) and Subscription Identifiers, the
+//! acknowledgement codes routing decides (no matching subscribers, ACL denial by
+//! `emqx_mod_acl_internal`), and plugins that drop (`message.publish`) or publish as the broker
+//! (the `gatekeeper` test plugin).
 //!
 //! Raw connections (rumqttc's codec; `e2e::raw::C5` for MQTT 5) on both sides, MQTT 3.1.1 and
-//! 5, so that every code,
-//! flag, QoS and property the broker sends is seen as sent. Absence is shown with a marker
-//! message published after the one that must not arrive: the marker must come next.
+//! 5, so that every code, flag, QoS and property the broker sends is seen as sent. Absence is
+//! shown with a marker message published after the one that must not arrive: the marker must
+//! come next.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::Stdio;
 
-use e2e::raw::{connect4, payload, topic, v5, Raw, C5, V4};
-use e2e::{mosquitto, start_broker, stat, wait_for_stat, Broker, DataDir};
+use e2e::raw::{connect4, connect5, payload, topic, v5, Raw, C5, V4};
+use e2e::{mosquitto, recorded_events, start_broker, stat, text, wait_for_stat, wait_until, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::QoS as QoS4;
 use v5::Packet as P5;
@@ -246,6 +248,67 @@ fn invalid_filters_are_refused() {
     assert_eq!(sub4.next_publish().payload, "four".as_bytes());
 }
 
+/// A topic name starting with U+FEFF (ZERO WIDTH NO-BREAK SPACE), which UTF-8 encodes as
+/// EF BB BF, the byte order mark.
+const BOM_TOPIC: &str = "\u{feff}bom/t";
+
+/// MQTT-1.5.3-3 (3.1.1), MQTT-1.5.4-3 (5): EF BB BF in a string is the character U+FEFF and is
+/// never skipped or stripped: a topic name starting with it is a topic of its own, matched by
+/// the filter that starts with it (delivered with the three bytes in place) and not by the
+/// same filter without them, while a message to the topic without them goes only to the
+/// filter without them; for MQTT 3.1.1 and 5 publishers and subscribers alike. MQTT 5 string
+/// properties starting with it (Content Type, a User Property's name and value) are forwarded
+/// byte for byte.
+#[test]
+fn a_byte_order_mark_in_a_topic_is_kept() {
+    assert_eq!(&BOM_TOPIC.as_bytes()[..3], [0xef, 0xbb, 0xbf]);
+    let (_dir, broker) = start_broker("", &[]);
+    let marker = "bom/end";
+    let mut with4 = C4::connect(&broker, "bom4-with");
+    let mut without4 = C4::connect(&broker, "bom4-without");
+    for (c, f) in [(&mut with4, BOM_TOPIC), (&mut without4, "bom/t")] {
+        c.subscribe(f, QoS4::AtLeastOnce);
+        c.subscribe(marker, QoS4::AtLeastOnce);
+    }
+    let mut with5 = C5::connect(&broker, "bom5-with");
+    let mut without5 = C5::connect(&broker, "bom5-without");
+    for (c, f) in [(&mut with5, BOM_TOPIC), (&mut without5, "bom/t")] {
+        c.subscribe(f, QoS::AtLeastOnce);
+        c.subscribe(marker, QoS::AtLeastOnce);
+    }
+
+    let mut publisher4 = C4::connect(&broker, "bom4-pub");
+    publisher4.publish(BOM_TOPIC, QoS4::AtLeastOnce, false, "from 3.1.1");
+    let mut publisher5 = C5::connect(&broker, "bom5-pub");
+    let properties = v5::PublishProperties {
+        content_type: Some("\u{feff}text/plain".to_owned()),
+        user_properties: vec![("\u{feff}name".to_owned(), "\u{feff}value".to_owned())],
+        ..Default::default()
+    };
+    match publisher5.publish_with(BOM_TOPIC, QoS::AtLeastOnce, "from 5", properties.clone()) {
+        Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::Success, "subscribers matched"),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    publisher5.publish("bom/t", QoS::AtLeastOnce, "plain");
+    publisher5.publish(marker, QoS::AtLeastOnce, "end");
+
+    let bom = BOM_TOPIC.as_bytes().to_vec();
+    let got: Vec<(Vec<u8>, String)> =
+        with4.until(marker).into_iter().map(|p| (p.topic.into_bytes(), text(&p.payload))).collect();
+    assert_eq!(got, [(bom.clone(), "from 3.1.1".to_owned()), (bom.clone(), "from 5".to_owned())], "3.1.1");
+    let got: Vec<(String, String)> = without4.until(marker).into_iter().map(|p| (p.topic, text(&p.payload))).collect();
+    assert_eq!(got, [("bom/t".to_owned(), "plain".to_owned())], "3.1.1 without the BOM");
+
+    let got = with5.until(marker);
+    let seen: Vec<(Vec<u8>, String)> = got.iter().map(|p| (p.topic.to_vec(), payload(p))).collect();
+    assert_eq!(seen, [(bom.clone(), "from 3.1.1".to_owned()), (bom, "from 5".to_owned())], "5");
+    let forwarded = got[1].properties.clone().expect("the MQTT 5 message's properties");
+    assert_eq!(forwarded.content_type, properties.content_type, "Content Type byte for byte");
+    assert_eq!(forwarded.user_properties, properties.user_properties, "User Property byte for byte");
+    let got: Vec<(String, String)> = without5.until(marker).iter().map(|p| (topic(p), payload(p))).collect();
+    assert_eq!(got, [("bom/t".to_owned(), "plain".to_owned())], "5 without the BOM");
+}
+
 /// MQTT-4.7.2-1: a topic starting with `$` (`$SYS/...` included) is matched neither by `#`
 /// nor by `+/...` (nor `+/#`, `+/+`, `+`), but by filters that start with the same `$` level.
 #[test]
@@ -439,6 +502,146 @@ fn unsubscribe_stops_delivery_v311() {
     assert_eq!(sub.next_publish().topic, "un/keep", "nothing for the removed subscription");
 }
 
+/// An UNSUBSCRIBE of `filter` with packet id 1 and the fixed-header flags `flags` (MQTT 5:
+/// with an empty property block).
+fn unsubscribe_bytes(flags: u8, v5: bool, filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    if v5 {
+        body.push(0);
+    }
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    let mut out = vec![0xa0 | flags, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
+/// CONNECT properties of a session that outlives its connection by `seconds`.
+fn expiry(seconds: u32) -> Option<v5::ConnectProperties> {
+    Some(v5::ConnectProperties { session_expiry_interval: Some(seconds), ..v5::ConnectProperties::new() })
+}
+
+/// MQTT-3.10.1-1 (3.1.1 and 5), MQTT-2.2.2-2 (3.1.1): the fixed-header flags of UNSUBSCRIBE
+/// must be 0010; with any other value (0000, 0011, 1010) the packet is malformed and the
+/// connection is closed (MQTT 5: after DISCONNECT 0x81); the UNSUBSCRIBE is not acted on: the
+/// persistent session, resumed, still has the subscription and gets its messages. The same
+/// bytes with flags 0010 are answered with UNSUBACK.
+#[test]
+fn unsubscribe_with_wrong_fixed_header_flags_closes_the_connection() {
+    let (_dir, broker) = start_broker("", &[]);
+    let mut publisher = C5::connect(&broker, "uf-pub");
+    for flags in [0x00u8, 0x03, 0x0a] {
+        let id = format!("uf4-{flags}");
+        let filter = format!("uf/{id}");
+        let (raw, _) = Raw::<V4>::connect(broker.addr, &connect4(&id, false));
+        let mut c4 = C4 { raw, pkid: 10 };
+        c4.subscribe(&filter, QoS4::AtLeastOnce);
+        c4.raw.send_bytes(&unsubscribe_bytes(flags, false, &filter));
+        assert_eq!(c4.raw.until_closed(), vec![], "3.1.1 UNSUBSCRIBE flags {flags:#06b}: closed, nothing sent");
+        let (raw, ack) = Raw::<V4>::connect(broker.addr, &connect4(&id, false));
+        assert!(ack.session_present, "{id}");
+        let mut c4 = C4 { raw, pkid: 10 };
+        publisher.publish(&filter, QoS::AtLeastOnce, "still subscribed");
+        assert_eq!(text(&c4.next_publish().payload), "still subscribed", "{id}: the subscription is still there");
+        c4.raw.send_bytes(&unsubscribe_bytes(0x02, false, &filter));
+        assert!(matches!(c4.raw.recv(), rumqttc::Packet::UnsubAck(a) if a.pkid == 1), "{id}: flags 0010");
+
+        let id = format!("uf5-{flags}");
+        let filter = format!("uf/{id}");
+        let (mut c5, _) = C5::connect_packet(&broker, &connect5(&id, true, expiry(60)));
+        c5.subscribe(&filter, QoS::AtLeastOnce);
+        c5.raw.send_bytes(&unsubscribe_bytes(flags, true, &filter));
+        c5.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket);
+        let (mut c5, ack) = C5::connect_packet(&broker, &connect5(&id, false, expiry(60)));
+        assert!(ack.session_present, "{id}");
+        publisher.publish(&filter, QoS::AtLeastOnce, "still subscribed");
+        assert_eq!(payload(&c5.next_publish()), "still subscribed", "{id}: the subscription is still there");
+        c5.raw.send_bytes(&unsubscribe_bytes(0x02, true, &filter));
+        match c5.raw.recv() {
+            P5::UnsubAck(ack) => assert_eq!((ack.pkid, ack.reasons), (1, vec![v5::UnsubAckReason::Success]), "{id}"),
+            other => panic!("{id}: expected UNSUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Waits until `client_id` has had a `message.acked` for each of `topics`.
+fn wait_acked(file: &std::path::Path, client_id: &str, topics: &[&str]) {
+    wait_until(&format!("message.acked for {client_id}: {topics:?}"), || {
+        let events = recorded_events(file);
+        topics
+            .iter()
+            .all(|t| {
+                events.iter().any(|e| e["hook"] == "message.acked" && e["client_id"] == client_id && e["topic"] == *t)
+            })
+            .then_some(())
+    });
+}
+
+/// MQTT-3.10.4-3 (3.1.1 and 5): deliveries under way when their subscription is removed are
+/// completed. A subscriber holds back the PUBACK of a QoS 1 message and the PUBREC of a QoS 2
+/// one, unsubscribes (the UNSUBACK is the next packet), then acknowledges: the broker answers
+/// the PUBREC with PUBREL (MQTT 5: Success, not 0x92 Packet Identifier not found), and records
+/// both deliveries as acknowledged (`message.acked`, which fires only for a message it still
+/// had in flight); the connection goes on, and a later message on the topic is not sent.
+#[test]
+fn unsubscribe_completes_the_deliveries_under_way() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let file = dir.file("events.jsonl");
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
+    let mut publisher = C5::connect(&broker, "ud-pub");
+
+    let mut sub4 = C4::connect(&broker, "ud4");
+    sub4.subscribe("ud4/#", QoS4::ExactlyOnce);
+    sub4.subscribe("ud4-end", QoS4::AtLeastOnce);
+    publisher.publish("ud4/one", QoS::AtLeastOnce, "one");
+    publisher.publish("ud4/two", QoS::ExactlyOnce, "two");
+    let mut under_way = Vec::new();
+    for qos in [QoS4::AtLeastOnce, QoS4::ExactlyOnce] {
+        match sub4.raw.recv() {
+            rumqttc::Packet::Publish(p) if p.qos == qos => under_way.push(p.pkid),
+            other => panic!("3.1.1: expected a PUBLISH at {qos:?}, got {other:?}"),
+        }
+    }
+    sub4.raw.send(&rumqttc::Packet::Unsubscribe(rumqttc::Unsubscribe { pkid: 99, topics: vec!["ud4/#".into()] }));
+    assert!(matches!(sub4.raw.recv(), rumqttc::Packet::UnsubAck(a) if a.pkid == 99), "3.1.1: the UNSUBACK");
+    sub4.raw.send(&rumqttc::Packet::PubAck(rumqttc::PubAck::new(under_way[0])));
+    sub4.raw.send(&rumqttc::Packet::PubRec(rumqttc::PubRec::new(under_way[1])));
+    assert_eq!(sub4.raw.recv(), rumqttc::Packet::PubRel(rumqttc::PubRel::new(under_way[1])), "3.1.1: PUBREL");
+    sub4.raw.send(&rumqttc::Packet::PubComp(rumqttc::PubComp::new(under_way[1])));
+    sub4.raw.ping("3.1.1: the connection goes on");
+    publisher.publish("ud4/three", QoS::AtLeastOnce, "three");
+    publisher.publish("ud4-end", QoS::AtLeastOnce, "end");
+    assert!(sub4.until("ud4-end").is_empty(), "3.1.1: nothing for the removed subscription");
+
+    let mut sub5 = C5::connect(&broker, "ud5");
+    sub5.subscribe("ud5/#", QoS::ExactlyOnce);
+    sub5.subscribe("ud5-end", QoS::AtLeastOnce);
+    publisher.publish("ud5/one", QoS::AtLeastOnce, "one");
+    publisher.publish("ud5/two", QoS::ExactlyOnce, "two");
+    let mut under_way = Vec::new();
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        match sub5.raw.recv() {
+            P5::Publish(p) if p.qos == qos => under_way.push(p.pkid),
+            other => panic!("5: expected a PUBLISH at {qos:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(sub5.unsubscribe(&["ud5/#"]), vec![v5::UnsubAckReason::Success]);
+    sub5.raw.send(&P5::PubAck(v5::PubAck::new(under_way[0], None)));
+    sub5.raw.send(&P5::PubRec(v5::PubRec::new(under_way[1], None)));
+    match sub5.raw.recv() {
+        P5::PubRel(rel) => assert_eq!((rel.pkid, rel.reason), (under_way[1], v5::PubRelReason::Success), "5: PUBREL"),
+        other => panic!("5: expected PUBREL, got {other:?}"),
+    }
+    sub5.raw.send(&P5::PubComp(v5::PubComp::new(under_way[1], None)));
+    sub5.raw.ping("5: the connection goes on");
+    publisher.publish("ud5/three", QoS::AtLeastOnce, "three");
+    publisher.publish("ud5-end", QoS::AtLeastOnce, "end");
+    assert!(sub5.until("ud5-end").is_empty(), "5: nothing for the removed subscription");
+
+    wait_acked(&file, "ud4", &["ud4/one", "ud4/two"]);
+    wait_acked(&file, "ud5", &["ud5/one", "ud5/two"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Shared subscriptions
 // ---------------------------------------------------------------------------------------
@@ -585,6 +788,130 @@ fn each_share_group_and_each_plain_subscriber_gets_a_copy() {
         if group.len() == 1 {
             assert_eq!(shares[0], (0..12).collect::<Vec<_>>(), "{name}: all, in order");
         }
+    }
+}
+
+/// The next packet on `c`'s connection, which must be a PUBLISH (not acknowledged).
+fn held(c: &mut C5) -> v5::Publish {
+    match c.raw.recv() {
+        P5::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// MQTT-4.8.2-4 (5): a QoS 2 delivery to a member of a share group whose connection breaks is
+/// completed with that member when it reconnects: the message it had not acknowledged is sent
+/// to it again (DUP 1, same packet id) and the one it had sent PUBREC for gets its PUBREL
+/// again; the other member, connected and in the group meanwhile, gets neither.
+#[test]
+fn a_shared_qos_2_delivery_is_completed_with_its_member_after_a_reconnect() {
+    let (dir, broker) = start_broker("", &[]);
+    let share = "$share/g/sh4/x";
+    let (mut first, _) = C5::connect_packet(&broker, &connect5("sh4-first", true, expiry(60)));
+    first.subscribe(share, QoS::ExactlyOnce);
+    first.subscribe("sh4/end", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "sh4-pub");
+    publisher.publish("sh4/x", QoS::ExactlyOnce, "unacknowledged");
+    publisher.publish("sh4/x", QoS::ExactlyOnce, "received");
+    let unacknowledged = held(&mut first);
+    let received = held(&mut first);
+    assert_eq!((payload(&unacknowledged), payload(&received)), ("unacknowledged".into(), "received".into()));
+    first.raw.send(&P5::PubRec(v5::PubRec::new(received.pkid, None)));
+    assert!(matches!(first.raw.recv(), P5::PubRel(rel) if rel.pkid == received.pkid), "PUBREL");
+    first.raw.drop_connection();
+
+    let mut second = C5::connect(&broker, "sh4-second");
+    second.subscribe(share, QoS::ExactlyOnce);
+    second.subscribe("sh4/end", QoS::AtLeastOnce);
+    wait_for_stat(&dir, "connections.count", 2); // the publisher and the second member
+
+    let (mut first, ack) = C5::connect_packet(&broker, &connect5("sh4-first", false, expiry(60)));
+    assert!(ack.session_present);
+    let (mut resent, mut released) = (None, None);
+    for _ in 0..2 {
+        match first.raw.recv() {
+            P5::Publish(p) => resent = Some(p),
+            P5::PubRel(rel) => released = Some(rel.pkid),
+            other => panic!("expected the PUBLISH and the PUBREL again, got {other:?}"),
+        }
+    }
+    let resent = resent.expect("the unacknowledged message again");
+    assert_eq!(
+        (payload(&resent), resent.dup, resent.qos, resent.pkid),
+        ("unacknowledged".to_owned(), true, QoS::ExactlyOnce, unacknowledged.pkid),
+        "resent to the same member"
+    );
+    assert_eq!(released, Some(received.pkid), "PUBREL again for the message past PUBREC");
+    first.raw.send(&P5::PubRec(v5::PubRec::new(resent.pkid, None)));
+    assert!(matches!(first.raw.recv(), P5::PubRel(rel) if rel.pkid == resent.pkid));
+    first.raw.send(&P5::PubComp(v5::PubComp::new(resent.pkid, None)));
+    first.raw.send(&P5::PubComp(v5::PubComp::new(received.pkid, None)));
+
+    publisher.publish("sh4/end", QoS::AtLeastOnce, "end");
+    assert!(second.until("sh4/end").is_empty(), "the other member got neither message");
+    assert!(first.until("sh4/end").is_empty(), "nothing else for the first member");
+}
+
+/// MQTT-4.8.2-5 (5): when the session of the member a QoS 2 message was being sent to ends
+/// before the member reconnects (Session Expiry 1 s), the message is not sent to any other
+/// member: the other member, in the group since before the connection broke, gets the next
+/// message published to the group and not that one; the first member, back with a new
+/// session, gets nothing.
+#[test]
+fn a_shared_qos_2_message_is_not_given_to_another_member_when_its_session_ends() {
+    let (dir, broker) = start_broker("", &[]);
+    let share = "$share/g/sh5/x";
+    let (mut first, _) = C5::connect_packet(&broker, &connect5("sh5-first", true, expiry(1)));
+    first.subscribe(share, QoS::ExactlyOnce);
+    let mut publisher = C5::connect(&broker, "sh5-pub");
+    publisher.publish("sh5/x", QoS::ExactlyOnce, "lost");
+    assert_eq!(payload(&held(&mut first)), "lost");
+    let mut second = C5::connect(&broker, "sh5-second");
+    second.subscribe(share, QoS::ExactlyOnce);
+
+    let sessions = stat(&dir, "sessions.count");
+    first.raw.drop_connection();
+    wait_for_stat(&dir, "sessions.count", sessions - 1); // the first member's session ended
+    publisher.publish("sh5/x", QoS::ExactlyOnce, "next");
+    assert_eq!(payload(&second.next_publish()), "next", "the other member never got the lost message");
+
+    let (mut first, ack) = C5::connect_packet(&broker, &connect5("sh5-first", false, expiry(1)));
+    assert!(!ack.session_present, "the session had ended");
+    first.raw.ping("nothing for the new session");
+}
+
+/// MQTT-4.8.2-6 (5): a message a member of a share group refuses (PUBACK 0x80 at QoS 1,
+/// PUBREC 0x80 at QoS 2) is discarded: it is not sent to the other member (in the group and
+/// connected when the refusals come), nor again to the member that refused it, which gets no
+/// PUBREL either.
+#[test]
+fn a_shared_message_a_member_refuses_is_not_sent_to_another() {
+    let (_dir, broker) = start_broker("", &[]);
+    let share = "$share/g/sh6/x";
+    let mut first = C5::connect(&broker, "sh6-first");
+    first.subscribe(share, QoS::ExactlyOnce);
+    first.subscribe("sh6/end", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "sh6-pub");
+    publisher.publish("sh6/x", QoS::AtLeastOnce, "refused at QoS 1");
+    publisher.publish("sh6/x", QoS::ExactlyOnce, "refused at QoS 2");
+    let one = held(&mut first);
+    let two = held(&mut first);
+    assert_eq!((one.qos, two.qos), (QoS::AtLeastOnce, QoS::ExactlyOnce));
+    let mut second = C5::connect(&broker, "sh6-second");
+    second.subscribe(share, QoS::ExactlyOnce);
+    second.subscribe("sh6/end", QoS::AtLeastOnce);
+
+    let reason = v5::PubAckReason::UnspecifiedError;
+    first.raw.send(&P5::PubAck(v5::PubAck { pkid: one.pkid, reason, properties: None }));
+    let reason = v5::PubRecReason::UnspecifiedError;
+    first.raw.send(&P5::PubRec(v5::PubRec { pkid: two.pkid, reason, properties: None }));
+    first.raw.ping("the refusals are handled, and no PUBREL comes for the refused QoS 2 message");
+
+    publisher.publish("sh6/end", QoS::AtLeastOnce, "end");
+    assert!(second.until("sh6/end").is_empty(), "the other member got neither refused message");
+    match first.raw.recv() {
+        P5::Publish(p) => assert_eq!(topic(&p), "sh6/end", "nothing sent again to the member that refused"),
+        other => panic!("expected the marker, got {other:?}"),
     }
 }
 

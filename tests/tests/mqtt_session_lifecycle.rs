@@ -1,15 +1,15 @@
 //! Sessions from start to end: clean start discards, a persistent session is resumed with its
 //! subscriptions and the messages queued while offline, MQTT 5 Session Expiry (0, N seconds,
-//! changed at DISCONNECT), `mqtt.session_expiry_interval` for MQTT 3.1.1, takeover of a live
-//! client id (resumed or discarded), and the offline queue's bounds (`mqtt.max_mqueue_len`,
-//! `mqtt.mqueue_store_qos0`).
+//! changed at DISCONNECT, never while connected), `mqtt.session_expiry_interval` for MQTT
+//! 3.1.1, takeover of a live client id (resumed or discarded), and the offline queue's bounds
+//! (`mqtt.max_mqueue_len`, `mqtt.mqueue_store_qos0`).
 //!
 //! "Nothing else arrived" is shown with a marker: a message published after the point where
 //! the unwanted one would have been sent must be the next one received.
 
 use std::path::Path;
 
-use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
+use e2e::raw::{connect4, connect5, payload, topic, v5, Raw, C5, V4, V5};
 use e2e::{options, recorded_events, stat, wait_for_stat, wait_until, Broker, Client, DataDir};
 use rumqttc::{Packet, QoS};
 use serde_json::Value;
@@ -552,4 +552,39 @@ async fn mqueue_store_qos0_false_keeps_no_qos0_for_offline_clients() {
     assert_eq!(got, ["y1", "w1"]);
     publisher.publish_acked("q0/t", QoS::AtMostOnce, "marker").await;
     assert_eq!(&sub.receive(1).await[0].payload[..], b"marker", "no QoS 0 message was kept");
+}
+
+/// MQTT-4.1.0-1 (5): a session is not discarded while its connection is open, however short its
+/// Session Expiry Interval: a client with an interval of 1 s stays connected while the 1 s
+/// session of a second client, which connected and left after the first connected, runs out
+/// (`sessions.count` drops to 1; a message to the second one's subscription then finds no
+/// subscriber). The first session is still there: still counted, and its subscription still
+/// delivers.
+#[test]
+fn a_session_is_kept_while_its_connection_is_open() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut kept, ack) = Raw::<V5>::connect(broker.addr, &connect5_with("open-kept", false, Some(1), None));
+    assert!(!ack.session_present);
+    subscribe5(&mut kept, "open/kept");
+    let (mut gone, _) = Raw::<V5>::connect(broker.addr, &connect5_with("open-gone", false, Some(1), None));
+    subscribe5(&mut gone, "open/gone");
+    assert_eq!(stat(&dir, "sessions.count"), 2);
+    assert_eq!(disconnect5(gone, None), vec![]);
+    wait_for_stat(&dir, "sessions.count", 1); // open-gone's session ended, 1 s after its connection
+
+    kept.ping("open-kept is still connected");
+    let mut publisher = C5::connect(&broker, "open-pub");
+    assert_eq!(stat(&dir, "sessions.count"), 2, "open-kept's session and the publisher's");
+    match publisher.publish_retain("open/gone", QoS5::AtLeastOnce, false, "nobody") {
+        Some(v5::Packet::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::NoMatchingSubscribers),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    publisher.publish("open/kept", QoS5::AtLeastOnce, "still subscribed");
+    match kept.recv() {
+        v5::Packet::Publish(p) => {
+            assert_eq!((topic(&p), payload(&p)), ("open/kept".to_owned(), "still subscribed".to_owned()))
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
 }

@@ -1,16 +1,17 @@
 //! Wills, MQTT 3.1.1 and 5, with raw connections: published when the connection ends without
-//! a normal DISCONNECT (socket dropped, keep-alive expired, protocol error, MQTT 5 DISCONNECT
-//! 0x04) and never after DISCONNECT 0x00; the MQTT 5 Will Delay Interval (the will waits, a
-//! reconnect or takeover before it cancels it, the session ending first sends it); will QoS
-//! and retain (kept by `emqx_retainer`, through `message.publish`); MQTT 5 will properties;
-//! wills the broker must refuse (ACL-denied topic, wildcard topic, QoS or retain beyond what it
-//! supports).
+//! a normal DISCONNECT (socket dropped, keep-alive expired, protocol error, a DISCONNECT with
+//! reserved flags set, MQTT 5 DISCONNECT 0x04) and never after DISCONNECT 0x00, nothing for a
+//! client without a will; the MQTT 5 Will Delay Interval (the will waits, a reconnect or
+//! takeover before it cancels it, the session ending first sends it); will QoS and retain (kept
+//! by `emqx_retainer`, through `message.publish`, only with Will Retain 1); MQTT 5 will
+//! properties; wills the broker must refuse (ACL-denied topic, wildcard topic, QoS or retain
+//! beyond what it supports).
 //!
 //! "No will was sent" is shown by order: a marker published after the moment the will would
 //! have been published is the next message the watcher gets.
 
-use e2e::raw::{v5, Raw, V4, V5};
-use e2e::{recorded_events, text, wait_for_stat, Broker, DataDir};
+use e2e::raw::{topic, v5, Raw, C5, V4, V5};
+use e2e::{recorded_events, stat, text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
 
@@ -313,6 +314,66 @@ fn will_is_sent_when_the_session_ends_before_the_delay() {
     assert!(!present, "the session had ended");
 }
 
+/// MQTT-3.1.2-12 (3.1.1): a client that connected without a will publishes nothing when its
+/// connection ends abnormally: neither when its socket is dropped nor when it breaks the
+/// protocol (a second CONNECT). A watcher of every topic (`#`) gets, after those two ended, the
+/// will of a third client that had one, then a marker: nothing came before.
+#[test]
+fn a_client_without_a_will_publishes_nothing_when_it_drops_v311() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = watcher4(&broker, "nw-watcher", "#", QoS::AtLeastOnce);
+    let connected = stat(&dir, "connections.count");
+
+    conn4_will(&broker, "nw-dropped", 60, None).drop_connection();
+    let mut rude = conn4_will(&broker, "nw-rude", 60, None);
+    rude.send(&connect4_will("nw-rude", 60, None));
+    assert!(rude.until_closed().is_empty(), "a second CONNECT closes the connection");
+    wait_for_stat(&dir, "connections.count", connected); // both connections are over
+
+    // A will goes to the watcher: it would have got the others' too.
+    conn4_will(&broker, "nw-with-will", 60, will4("nw/will", "bye", QoS::AtLeastOnce, false)).drop_connection();
+    assert_message(&next4(&mut watcher), "nw/will", "bye");
+    marker(&broker, "nw-marker", "nw/marker", "end");
+    assert_message(&next4(&mut watcher), "nw/marker", "end");
+}
+
+/// MQTT-3.14.1-1, MQTT-2.2.2-2 (3.1.1): a DISCONNECT whose reserved flag bits are not 0 makes
+/// the broker disconnect the client (closed, nothing sent) instead of taking it as a normal
+/// DISCONNECT: its will is published. MQTT-3.14.1-1 (5): the broker answers DISCONNECT 0x81
+/// (Malformed Packet), closes, and publishes the will. The same clients with a well-formed
+/// DISCONNECT (flags 0) leave without their will (a marker comes next).
+#[test]
+fn a_disconnect_with_reserved_flags_set_is_malformed_and_the_will_is_sent() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = watcher4(&broker, "df-watcher", "df/#", QoS::AtLeastOnce);
+
+    for flags in [0x01u8, 0x02, 0x08] {
+        let will = will4(&format!("df/v4/{flags}"), "malformed", QoS::AtLeastOnce, false);
+        let mut c4 = conn4_will(&broker, &format!("df4-{flags}"), 60, will);
+        c4.send_bytes(&[0xe0 | flags, 0]);
+        assert!(c4.until_closed().is_empty(), "3.1.1 DISCONNECT flags {flags:#06b}: closed, nothing sent");
+        assert_message(&next4(&mut watcher), &format!("df/v4/{flags}"), "malformed");
+
+        let will = will5(&format!("df/v5/{flags}"), "malformed", Q5::AtLeastOnce, false, None);
+        let (mut c5, _) = conn5_will(&broker, &format!("df5-{flags}"), true, None, Some(will));
+        c5.send_bytes(&[0xe0 | flags, 0]);
+        c5.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket, &format!("5 DISCONNECT flags {flags:#06b}"));
+        assert_message(&next4(&mut watcher), &format!("df/v5/{flags}"), "malformed");
+    }
+
+    let mut c4 = conn4_will(&broker, "df4-ok", 60, will4("df/v4/ok", "must not be sent", QoS::AtLeastOnce, false));
+    c4.send_bytes(&[0xe0, 0]);
+    assert!(c4.until_closed().is_empty());
+    let will = will5("df/v5/ok", "must not be sent", Q5::AtLeastOnce, false, None);
+    let (mut c5, _) = conn5_will(&broker, "df5-ok", true, None, Some(will));
+    c5.send_bytes(&[0xe0, 0]);
+    assert!(c5.until_closed().is_empty());
+    marker(&broker, "df-marker", "df/marker", "end");
+    assert_message(&next4(&mut watcher), "df/marker", "end");
+}
+
 // ---------------------------------------------------------------------------------------------
 // What is published
 
@@ -500,4 +561,34 @@ fn will_beyond_the_broker_capabilities_is_refused() {
         assert!(raw.until_closed().is_empty(), "closed after the refusal");
     }
     conn5_will(&broker, "cap-5", true, None, Some(will5("cap/x", "x", Q5::AtLeastOnce, false, None)));
+}
+
+/// MQTT-3.1.2-14 (5): an MQTT 5 will with Will Retain 0 is published as a non-retained message:
+/// with `emqx_retainer` loaded, a watcher subscribed with Retain As Published sees it with
+/// RETAIN 0 (and a will with Will Retain 1, for comparison, with RETAIN 1), and a client
+/// subscribing afterwards is given only the retained one (a marker published after its SUBACK
+/// comes next).
+#[test]
+fn a_will_with_retain_0_is_not_retained_v5() {
+    let dir = DataDir::with_plugins("{emqx_retainer, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = C5::connect(&broker, "wn-watcher");
+    let rap = v5::Filter { preserve_retain: true, ..v5::Filter::new("wn/#", Q5::AtLeastOnce) };
+    assert_eq!(watcher.subscribe_with(vec![rap], None), vec![v5::SubscribeReasonCode::Success(Q5::AtLeastOnce)]);
+
+    let plain = will5("wn/plain", "not retained", Q5::AtLeastOnce, false, None);
+    conn5_will(&broker, "wn-plain", true, None, Some(plain)).0.drop_connection();
+    let got = watcher.next_publish();
+    assert_eq!((topic(&got).as_str(), got.retain), ("wn/plain", false), "Will Retain 0: published with RETAIN 0");
+    let kept = will5("wn/kept", "retained", Q5::AtLeastOnce, true, None);
+    conn5_will(&broker, "wn-kept", true, None, Some(kept)).0.drop_connection();
+    let got = watcher.next_publish();
+    assert_eq!((topic(&got).as_str(), got.retain), ("wn/kept", true), "Will Retain 1: published with RETAIN 1");
+
+    let mut later = C5::connect(&broker, "wn-later");
+    later.subscribe("wn/#", Q5::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "wn-marker");
+    publisher.publish("wn/marker", Q5::AtLeastOnce, "end");
+    let retained: Vec<(String, bool)> = later.until("wn/marker").iter().map(|p| (topic(p), p.retain)).collect();
+    assert_eq!(retained, [("wn/kept".to_owned(), true)], "only the will with Will Retain 1 was retained");
 }

@@ -1,9 +1,12 @@
 //! `emqx_retainer` end to end: store, replace, delete, wildcard delivery, QoS, limits,
-//! storage across restarts, and no retaining while it is unloaded.
+//! storage across restarts, and no retaining while it is unloaded; a retained QoS 0 message
+//! replaces the one before, a PUBLISH with RETAIN 0 (MQTT 3.1.1 and 5) leaves it alone.
 
 use std::process::Stdio;
 
+use e2e::raw::{payload, C5};
 use e2e::{mosquitto, wait_until, Broker, Client, DataDir};
+use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Publish, QoS};
 
 const PLUGINS: &str = "{emqx_retainer, true}.\n";
@@ -185,5 +188,58 @@ async fn unloaded_the_broker_does_not_retain_and_reload_brings_messages_back() {
     assert_eq!(
         summary(&retained_for(&broker, "kept/#", QoS::AtLeastOnce).await),
         vec![s("kept/before", "stored", QoS::AtLeastOnce)]
+    );
+}
+
+/// MQTT-3.3.1-7 (3.1.1): a retained message published at QoS 0 replaces the message retained
+/// for its topic (here one retained at QoS 1 and one at QoS 2); this broker keeps the QoS 0
+/// one as the new retained message (which the statement allows it to drop later), so a new
+/// subscriber gets it, at QoS 0, and never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_qos_0_message_replaces_the_retained_one() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[]);
+    publish_retained(&broker, "q0/one", QoS::AtLeastOnce, "old at QoS 1").await;
+    publish_retained(&broker, "q0/two", QoS::ExactlyOnce, "old at QoS 2").await;
+    assert_eq!(retained_for(&broker, "q0/#", QoS::ExactlyOnce).await.len(), 2, "both stored");
+
+    publish_retained(&broker, "q0/one", QoS::AtMostOnce, "new at QoS 0").await;
+    publish_retained(&broker, "q0/two", QoS::AtMostOnce, "newer at QoS 0").await;
+    assert_eq!(
+        summary(&retained_for(&broker, "q0/#", QoS::ExactlyOnce).await),
+        vec![s("q0/one", "new at QoS 0", QoS::AtMostOnce), s("q0/two", "newer at QoS 0", QoS::AtMostOnce)]
+    );
+}
+
+/// MQTT-3.3.1-12 (3.1.1), MQTT-3.3.1-8 (5): a PUBLISH with RETAIN 0 is neither stored as the
+/// retained message nor removes or replaces the one there: after non-retained publishes to a
+/// topic holding a retained message (MQTT 3.1.1 at QoS 1, MQTT 5 at QoS 0 and 1, and an empty
+/// payload, which with RETAIN 1 would delete it), a new subscriber still gets the original
+/// retained message, and nothing is retained for a topic only ever published with RETAIN 0.
+/// The live subscriber got every one of those messages, so they were routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_retain_0_leaves_the_retained_message_alone() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[]);
+    publish_retained(&broker, "r0/held", QoS::AtLeastOnce, "the retained one").await;
+    let mut live = C5::connect(&broker, "r0-live");
+    live.subscribe("r0/#", Q5::AtLeastOnce);
+    assert_eq!(payload(&live.next_publish()), "the retained one");
+
+    let mut v4 = Client::connect(&broker, "r0-v4").await;
+    v4.publish_acked("r0/held", QoS::AtLeastOnce, "3.1.1 not retained").await;
+    v4.publish_acked("r0/never", QoS::AtLeastOnce, "3.1.1 elsewhere").await;
+    let mut v5 = C5::connect(&broker, "r0-v5");
+    v5.publish_retain("r0/held", Q5::AtMostOnce, false, "5 at QoS 0");
+    v5.publish_retain("r0/held", Q5::AtLeastOnce, false, "5 at QoS 1");
+    v5.publish_retain("r0/held", Q5::AtLeastOnce, false, "");
+    v5.publish_retain("r0/never", Q5::AtLeastOnce, false, "5 elsewhere");
+    let got: Vec<(String, bool)> = (0..6).map(|_| live.next_publish()).map(|p| (payload(&p), p.retain)).collect();
+    let expected = ["3.1.1 not retained", "3.1.1 elsewhere", "5 at QoS 0", "5 at QoS 1", "", "5 elsewhere"];
+    assert_eq!(got, expected.map(|p| (p.to_owned(), false)), "every message reached the live subscriber");
+
+    assert_eq!(
+        summary(&retained_for(&broker, "r0/#", QoS::AtLeastOnce).await),
+        vec![s("r0/held", "the retained one", QoS::AtLeastOnce)]
     );
 }
