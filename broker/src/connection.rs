@@ -172,6 +172,8 @@ struct Connection<T> {
     now: Instant,
     /// The same moment, in milliseconds since the Unix epoch.
     now_ms: u64,
+    /// Messages just written, for `message.delivered` (kept to reuse its allocation).
+    delivered: Vec<outbound::Delivered>,
 }
 
 impl<T: Transport> Connection<T> {
@@ -317,7 +319,9 @@ impl<T: Transport> Connection<T> {
                 encode_disconnect(&mut self.out, code, reason_string);
             }
         }
-        let will = if matches!(ended, Ended::Normal) { None } else { self.will.take() };
+        // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:
+        // its sessions end with it.
+        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take() };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
         node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);

@@ -40,6 +40,15 @@ impl Message {
         Ok(Some(left.as_secs().saturating_add(u64::from(left.subsec_nanos() > 0)).min(u64::from(u32::MAX)) as u32))
     }
 
+    /// The remaining Message Expiry Interval, reading the clock only for a message that
+    /// expires.
+    pub(crate) fn remaining_expiry_now(&self) -> Result<Option<u32>, ()> {
+        match self.expires_at {
+            None => Ok(None),
+            Some(_) => self.remaining_expiry(Instant::now()),
+        }
+    }
+
     /// When a message with Message Expiry Interval `seconds` (received `now`) expires.
     pub(crate) fn expiry_from(seconds: Option<u32>, now: Instant) -> Option<Instant> {
         seconds.map(|s| now + Duration::from_secs(u64::from(s)))

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
@@ -165,14 +165,14 @@ impl Node {
     }
 
     /// A hook event about `message`, as seen by `client`.
-    pub(crate) fn message_event(client: &ClientInfo, hook: Hook, message: &Message, now: Instant) -> RawEvent {
+    pub(crate) fn message_event(client: &ClientInfo, hook: Hook, message: &Message) -> RawEvent {
         let mut event = client.event(hook, message.timestamp_ms);
         event.topic = RawStr::new(&message.topic);
         event.payload = RawBytes::new(&message.payload);
         event.qos = message.qos;
         event.retain = message.retain as u8;
         event.properties = RawBytes::new(&message.forwarded);
-        event.message_expiry = message.remaining_expiry(now).ok().flatten().unwrap_or(0);
+        event.message_expiry = message.remaining_expiry_now().ok().flatten().unwrap_or(0);
         event
     }
 
@@ -197,7 +197,7 @@ impl Node {
     /// The broker never retains it (that is `emqx_retainer`'s job, through the hook).
     pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
         if self.hooks.wants(Hook::MessagePublish) {
-            let event = Node::message_event(client, Hook::MessagePublish, &message, Instant::now());
+            let event = Node::message_event(client, Hook::MessagePublish, &message);
             if self.hooks.dispatch(&event) == Verdict::Drop {
                 self.dropped(&client.client_id, &message, DropReason::Denied);
                 return Published::Dropped;

@@ -171,11 +171,17 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
         tracing::info!("mqtt listener on {}", listener.local_addr()?);
-        tokio::spawn(crate::listener::serve_tcp(listener, node));
+        tokio::spawn(crate::listener::serve_tcp(listener, node.clone()));
 
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&socket);
+        // MQTT 5 clients are told (DISCONNECT 0x8B); every connection gets a moment to close.
+        node.sessions.kick_all(crate::mqtt::reason::SERVER_SHUTTING_DOWN);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while node.stats.snapshot().connections > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         anyhow::Ok(())
     })?;
     manager.shutdown();

@@ -69,6 +69,14 @@ impl Sessions {
         clients
     }
 
+    /// Tells every connection to end with `reason` (e.g. the broker shutting down).
+    pub(crate) fn kick_all(&self, reason: u8) {
+        let sessions: Vec<Arc<Session>> = lock(&self.by_client_id).values().cloned().collect();
+        for session in sessions.iter().filter(|s| s.is_connected()) {
+            session.kick(reason);
+        }
+    }
+
     fn create(&self, node: &Node, client: &Arc<ClientInfo>, connection: u64, expiry: u32) -> Arc<Session> {
         let session =
             Arc::new(Session::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1, client.client_id.clone()));

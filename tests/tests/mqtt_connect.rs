@@ -828,3 +828,18 @@ fn an_auth_packet_without_an_authentication_method_is_a_protocol_error() {
         }
     }
 }
+
+/// A broker that stops tells its MQTT 5 clients why (DISCONNECT 0x8B, Server shutting down,
+/// MQTT 5 §3.14.2.1) before it closes their connections; MQTT 3.1.1 clients see the
+/// connection close.
+#[test]
+fn a_stopping_broker_tells_mqtt_5_clients_why() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut five, _) = Raw::<V5>::connect(broker.addr, &connect5("stopping-5", true, None));
+    let (mut four, _) = Raw::<V4>::connect(broker.addr, &connect4("stopping-4", true));
+    let stopping = std::thread::spawn(move || broker.stop());
+    five.expect_disconnect(v5::DisconnectReasonCode::ServerShuttingDown, "a stopping broker");
+    assert!(four.until_closed().is_empty(), "MQTT 3.1.1: closed, nothing sent");
+    stopping.join().expect("the broker stopped");
+}

@@ -195,6 +195,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         expiry_was_zero: expiry == 0,
         now,
         now_ms: crate::now_ms(),
+        delivered: Vec::new(),
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

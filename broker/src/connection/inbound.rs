@@ -200,7 +200,7 @@ impl<T: Transport> Connection<T> {
     fn fire_acked(&self, message: &Message, packet_id: u16) {
         let hooks = &self.node.hooks;
         if hooks.wants(Hook::MessageAcked) {
-            let mut event = Node::message_event(&self.client, Hook::MessageAcked, message, self.now);
+            let mut event = Node::message_event(&self.client, Hook::MessageAcked, message);
             event.packet_id = packet_id;
             hooks.dispatch(&event);
         }

@@ -46,6 +46,10 @@ impl OutgoingAliases {
     }
 }
 
+/// A message just written, its QoS, packet id and retain flag: `message.delivered` fires for
+/// it once the session's lock is released.
+pub(super) type Delivered = (Arc<Message>, u8, u16, bool);
+
 /// Why a delivery could not be encoded.
 struct TooLarge;
 
@@ -102,10 +106,9 @@ impl<T: Transport> Connection<T> {
         let window = self.window();
         let node = self.node.clone();
         let want_delivered = node.hooks.wants(Hook::MessageDelivered);
-        let mut delivered: Vec<(Arc<Message>, u8, u16, bool)> = Vec::new();
+        let mut delivered = std::mem::take(&mut self.delivered);
         let mut dropped: Vec<(Arc<Message>, DropReason)> = Vec::new();
         let mut sent = 0u64;
-        let now = Instant::now();
         {
             let mut state = self.session.lock();
             let state = &mut *state;
@@ -120,7 +123,7 @@ impl<T: Transport> Connection<T> {
                     break;
                 };
                 // MQTT-3.3.2-5: an expired message is not sent.
-                let Ok(expiry) = delivery.message.remaining_expiry(now) else {
+                let Ok(expiry) = delivery.message.remaining_expiry_now() else {
                     dropped.push((delivery.message, DropReason::Expired));
                     continue;
                 };
@@ -152,13 +155,14 @@ impl<T: Transport> Connection<T> {
         if sent > 0 {
             node.stats.messages_sent(sent);
         }
-        for (message, qos, packet_id, retain) in delivered {
-            let mut event = Node::message_event(&self.client, Hook::MessageDelivered, &message, now);
+        for (message, qos, packet_id, retain) in delivered.drain(..) {
+            let mut event = Node::message_event(&self.client, Hook::MessageDelivered, &message);
             event.qos = qos;
             event.packet_id = packet_id;
             event.retain = retain as u8;
             node.hooks.dispatch(&event);
         }
+        self.delivered = delivered;
         for (message, why) in dropped {
             node.dropped(&self.client.client_id, &message, why);
         }

@@ -1,6 +1,8 @@
-//! `emqx_telemetry`: counts clients and messages from broker hooks and reports anonymous
+//! `emqx_telemetry`: counts clients from broker hooks, reads the broker's message counters
+//! (as EMQX reads its `messages.received` / `messages.sent` metrics), and reports anonymous
 //! usage data, as EMQX 4.x does, by HTTPS POST to `telemetry.url` every
-//! `telemetry.report_interval`.
+//! `telemetry.report_interval`. Messages are not counted in hooks: that would cost every
+//! message a plugin call for numbers the broker keeps anyway.
 //!
 //! Off switches: `broker ctl telemetry disable` (kept in the data directory),
 //! `BROKER_TELEMETRY__ENABLE=false` (or `enable = false` in `[telemetry]`), `DO_NOT_TRACK=1`,
@@ -14,7 +16,7 @@ mod reporter;
 mod settings;
 mod state;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -32,8 +34,6 @@ use state::State;
 #[derive(Debug, Default)]
 struct Counters {
     clients: AtomicI64,
-    received: AtomicU64,
-    sent: AtomicU64,
 }
 
 /// What the report is built from.
@@ -59,6 +59,7 @@ impl Source for Shared {
             }
             Err(e) => self.host.warn(&format!("cannot list plugins for the report: {e}")),
         }
+        let stats = self.host.stats();
         let up_time = SystemTime::now().duration_since(self.host.started_at()).map(|d| d.as_secs()).unwrap_or(0);
         Report {
             license: License { edition: "community" },
@@ -66,8 +67,8 @@ impl Source for Shared {
             active_plugins,
             active_modules,
             num_clients: self.counters.clients.load(Ordering::Relaxed).max(0) as u64,
-            messages_received: self.counters.received.load(Ordering::Relaxed),
-            messages_sent: self.counters.sent.load(Ordering::Relaxed),
+            messages_received: stats.messages_received,
+            messages_sent: stats.messages_sent,
             emqx_version: self.host.broker_version().to_owned(),
             os_name: self.os.0.clone(),
             os_version: self.os.1.clone(),
@@ -168,11 +169,7 @@ impl Plugin for Telemetry {
         let stats = host.stats();
         let shared = Arc::new(Shared {
             host,
-            counters: Counters {
-                clients: AtomicI64::new(stats.connections as i64),
-                received: AtomicU64::new(stats.messages_received),
-                sent: AtomicU64::new(stats.messages_sent),
-            },
+            counters: Counters { clients: AtomicI64::new(stats.connections as i64) },
             uuid: state.uuid.clone(),
             os: report::os_name_and_version(),
         });
@@ -192,11 +189,6 @@ impl Plugin for Telemetry {
         match event.hook {
             Hook::ClientConnected => counters.clients.fetch_add(1, Ordering::Relaxed),
             Hook::ClientDisconnected => counters.clients.fetch_sub(1, Ordering::Relaxed),
-            // Messages from clients (EMQX's `messages.received`), not the broker's own.
-            Hook::MessagePublish if !event.client_id.is_empty() => {
-                counters.received.fetch_add(1, Ordering::Relaxed) as i64
-            }
-            Hook::MessageDelivered => counters.sent.fetch_add(1, Ordering::Relaxed) as i64,
             _ => 0,
         };
         HookResult::Continue
@@ -230,12 +222,7 @@ declare_plugin!(
         version: env!("CARGO_PKG_VERSION"),
         description: "Telemetry data",
         kind: PluginKind::Plugin,
-        hooks: HookMask::of(&[
-            Hook::ClientConnected,
-            Hook::ClientDisconnected,
-            Hook::MessagePublish,
-            Hook::MessageDelivered,
-        ]),
+        hooks: HookMask::of(&[Hook::ClientConnected, Hook::ClientDisconnected]),
         priority: 0,
         ctl_command: Some("telemetry"),
     }
