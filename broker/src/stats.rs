@@ -32,7 +32,7 @@ pub(crate) struct Snapshot {
     pub(crate) messages_received: u64,
     pub(crate) messages_sent: u64,
     pub(crate) messages_dropped: u64,
-    pub(crate) uptime_secs: u64,
+    pub(crate) uptime_ms: u64,
 }
 
 impl Stats {
@@ -88,7 +88,7 @@ impl Stats {
             messages_received: self.messages_received.load(Ordering::Relaxed),
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
             messages_dropped: self.messages_dropped.load(Ordering::Relaxed),
-            uptime_secs: self.started.elapsed().as_secs(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
         }
     }
 }

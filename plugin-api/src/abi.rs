@@ -317,6 +317,12 @@ pub struct RawStats {
     pub messages_sent: u64,
     /// Seconds since the broker started.
     pub uptime_secs: u64,
+    // Fields below were added after the first release of ABI version 1; the host fills them
+    // when `size` covers them.
+    /// The most clients connected at once since start (EMQX's `connections.max`).
+    pub connections_max: u64,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
 }
 
 /// Log level for [`HostApi::log`]: error.
@@ -390,6 +396,13 @@ pub struct HostApi {
         filter: RawStr,
         message: *const RawMessage,
     ) -> Status,
+    /// Writes every counter and gauge the broker keeps, as JSON:
+    /// `{"node": "emqx@127.0.0.1", "uptime_ms": 1234, "stats": {"connections.count": 1, ...},
+    /// "metrics": {"messages.received": 7, ...}, "hooks": [{"plugin": "emqx_retainer",
+    /// "hook": "message.publish", "calls": 7, "nanos": 5400}, ...]}`. Names are EMQX's
+    /// (`emqx_stats`, `emqx_metrics`); `hooks` counts calls and the time spent in each
+    /// plugin's `on_event` per hook since the plugin was loaded.
+    pub metrics: unsafe extern "C" fn(ctx: *const c_void, out: RawWriter) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is

@@ -43,6 +43,43 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Seconds since the broker started.
     pub uptime_secs: u64,
+    /// The most clients connected at once since start (EMQX's `connections.max`); 0 from a
+    /// host older than this field.
+    pub connections_max: u64,
+    /// Milliseconds since the broker started (`uptime_secs * 1000` from an older host).
+    pub uptime_ms: u64,
+}
+
+/// Every counter the broker keeps (from [`Host::metrics`]), named as EMQX names them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+pub struct Metrics {
+    /// The broker's node name (`emqx@127.0.0.1`).
+    pub node: String,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Gauges, as EMQX's `emqx_stats`: `connections.count`, `connections.max`,
+    /// `sessions.count`, `topics.count`, `subscriptions.count`, ... (`*.max`: the peak since
+    /// start).
+    pub stats: std::collections::BTreeMap<String, u64>,
+    /// Counters since start, as EMQX's `emqx_metrics`: `bytes.received`, `packets.sent`,
+    /// `messages.received`, `messages.dropped`, `delivery.dropped.queue_full`,
+    /// `client.connected`, `session.created`, ...
+    pub metrics: std::collections::BTreeMap<String, u64>,
+    /// Calls into each plugin's `on_event` and the time they took, per hook.
+    pub hooks: Vec<HookTiming>,
+}
+
+/// Calls of one plugin for one hook, and the time spent in them (from [`Host::metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+pub struct HookTiming {
+    /// Plugin name.
+    pub plugin: String,
+    /// Hook name (`message.publish`, ...).
+    pub hook: String,
+    /// Calls since the plugin was loaded.
+    pub calls: u64,
+    /// Nanoseconds spent in those calls, measured by the host around each call.
+    pub nanos: u64,
 }
 
 /// One plugin as the host knows it (from [`Host::plugins`]).
@@ -257,12 +294,33 @@ impl Host {
         // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
         // whose size field tells the host how much it may write.
         unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
+        // A host older than the appended fields leaves them at their defaults.
+        let extended = raw.uptime_ms != 0 || raw.connections_max != 0;
         Stats {
             connections: raw.connections,
             messages_received: raw.messages_received,
             messages_sent: raw.messages_sent,
             uptime_secs: raw.uptime_secs,
+            connections_max: raw.connections_max,
+            uptime_ms: if extended { raw.uptime_ms } else { raw.uptime_secs * 1000 },
         }
+    }
+
+    /// Every counter and gauge the broker keeps, with the time spent in each plugin's hooks
+    /// (see [`Metrics`]). For exporters (`emqx_prometheus`) and management plugins.
+    pub fn metrics(&self) -> Result<Metrics, HostError> {
+        let needed = std::mem::offset_of!(HostApi, metrics) + std::mem::size_of::<usize>();
+        if (self.api.size as usize) < needed {
+            return Err(HostError::Failed("this broker does not report metrics".to_owned()));
+        }
+        let mut json = String::new();
+        // SAFETY: the size check says the vtable has this function; ctx is valid for the
+        // plugin's life; the writer borrows `json` for the call.
+        let status = unsafe { (self.api.metrics)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status != abi::STATUS_OK {
+            return Err(HostError::Failed(json));
+        }
+        serde_json::from_str(&json).map_err(|e| HostError::BadAnswer(e.to_string()))
     }
 
     /// Every plugin the host knows, loaded or not.

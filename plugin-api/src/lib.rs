@@ -79,7 +79,7 @@ mod info;
 pub mod topic;
 
 pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};
-pub use host::{ClientInfo, Host, HostError, Level, PluginStatus, RetainedMessage, Stats};
+pub use host::{ClientInfo, HookTiming, Host, HostError, Level, Metrics, PluginStatus, RetainedMessage, Stats};
 pub use info::{Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind};
 
 /// The error a plugin's `init` returns: anything that implements `std::error::Error`.

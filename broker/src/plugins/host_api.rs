@@ -27,6 +27,33 @@ pub(crate) struct HostShared {
     pub(crate) manager: OnceLock<Weak<Manager>>,
 }
 
+impl HostShared {
+    /// Every counter and gauge, as [`HostApi::metrics`] reports them.
+    pub(crate) fn metrics_report(&self) -> plugin_api::Metrics {
+        let node = &self.node;
+        let s = node.stats_snapshot();
+        let stats = [
+            ("connections.count", s.connections),
+            ("connections.max", s.connections_max),
+            ("sessions.count", s.sessions),
+            ("topics.count", s.topics),
+            ("subscriptions.count", s.subscriptions),
+        ];
+        let metrics = [
+            ("messages.received", s.messages_received),
+            ("messages.sent", s.messages_sent),
+            ("messages.dropped", s.messages_dropped),
+        ];
+        plugin_api::Metrics {
+            node: self.node_name.clone(),
+            uptime_ms: s.uptime_ms,
+            stats: stats.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            metrics: metrics.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            hooks: Vec::new(),
+        }
+    }
+}
+
 /// One plugin's `ctx`: the shared part plus the plugin's name, for its log lines.
 #[derive(Debug)]
 pub(crate) struct PluginContext {
@@ -59,6 +86,7 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         deliver,
         list_clients,
         deliver_retained,
+        metrics,
     }
 }
 
@@ -116,14 +144,29 @@ fn plugin_message(
 unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
     // SAFETY: our ctx; out points to a RawStats whose size field says how much we may write.
     let (context, out) = unsafe { (context(ctx), &mut *out) };
-    if (out.size as usize) < std::mem::size_of::<RawStats>() {
+    let size = out.size as usize;
+    if size < std::mem::offset_of!(RawStats, connections_max) {
         return abi::STATUS_ERROR;
     }
     let s = context.shared.node.stats_snapshot();
     out.connections = s.connections;
     out.messages_received = s.messages_received;
     out.messages_sent = s.messages_sent;
-    out.uptime_secs = s.uptime_secs;
+    out.uptime_secs = s.uptime_ms / 1000;
+    // Fields appended later: written only when the plugin's RawStats has them.
+    if size >= std::mem::size_of::<RawStats>() {
+        out.connections_max = s.connections_max;
+        out.uptime_ms = s.uptime_ms;
+    }
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn metrics(ctx: *const c_void, out: RawWriter) -> Status {
+    // SAFETY: our ctx.
+    let context = unsafe { context(ctx) };
+    let json = serde_json::to_string(&context.shared.metrics_report()).unwrap_or_default();
+    // SAFETY: the writer is alive during this call.
+    unsafe { out.write_str(&json) };
     abi::STATUS_OK
 }
 

@@ -329,7 +329,7 @@ impl Manager {
             ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
-                let uptime = shared.node.stats.snapshot().uptime_secs;
+                let uptime = shared.node.stats.snapshot().uptime_ms / 1000;
                 Ok(format!(
                     "sysdescr  : MQTT broker with plugins\nversion   : {}\nuptime    : {uptime} seconds\nnode      : {}",
                     shared.broker_version, shared.node_name
