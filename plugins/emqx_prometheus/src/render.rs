@@ -81,7 +81,8 @@ pub fn render(metrics: &Metrics, process: &Process) -> Rendered {
         }
     }
     if let Some(bytes) = process.resident_bytes {
-        if out.family("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the broker's process in bytes.") {
+        if out.family("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the broker's process in bytes.")
+        {
             out.sample(&[], bytes);
         }
     }
