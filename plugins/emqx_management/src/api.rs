@@ -75,6 +75,7 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
         .route("/api/v4/telemetry/status", get(telemetry_status).put(set_telemetry_status))
         .route("/api/v4/telemetry/data", get(telemetry_data))
+        .route("/api/v4/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
@@ -214,4 +215,11 @@ fn telemetry_off(e: ApiError) -> ApiError {
     } else {
         e
     }
+}
+
+// --- GET /api/v4/metrics (EMQX 4.x): every counter of this node, from `Host::metrics` ---
+
+async fn metrics(State(api): State<Api>) -> ApiResult {
+    let m = api.host.metrics().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(json!([{"node": m.node, "metrics": m.metrics}]))
 }

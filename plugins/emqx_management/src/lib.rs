@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/api/v4/brokers` | node, version, uptime |
 //! | GET | `/api/v4/stats` | `connections.count`, `messages.received`, `messages.sent`, `uptime` |
+//! | GET | `/api/v4/metrics` | every counter (`messages.received`, `bytes.sent`, ...) per node |
 //! | GET | `/api/v4/clients` | connected clients |
 //! | GET | `/api/v4/plugins` | every known plugin: name, version, description, active, type |
 //! | PUT | `/api/v4/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...`, persisted the same way |
