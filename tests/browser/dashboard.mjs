@@ -1,12 +1,14 @@
 // Drives the dashboard in real headless Chromium (Debian's /usr/bin/chromium):
-// log in, open Plugins, click Stop on emqx_telemetry, wait until the row says inactive
-// (without reloading the page), try to stop the dashboard itself, and take a screenshot.
+// log in, watch the overview's traffic chart move while the test publishes, open Plugins,
+// click Stop on emqx_telemetry, wait until the row says inactive (without reloading the
+// page), try to stop the dashboard itself, and take a screenshot.
 //
-// usage: node dashboard.mjs <dashboard url> <username> <password> <screenshot.png>
-// Prints one JSON object with what it saw; exits non-zero on any failure.
+// usage: node dashboard.mjs <dashboard url> <username> <password> <screenshot.png> [overview.png]
+// Prints `READY` on a line when the chart has its first rate (the test then publishes),
+// then one JSON object with what it saw; exits non-zero on any failure.
 import { chromium } from "playwright-core";
 
-const [url, username, password, screenshot] = process.argv.slice(2);
+const [url, username, password, screenshot, overviewShot] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const browser = await chromium.launch({
   executablePath,
@@ -34,6 +36,21 @@ try {
   await page.waitForSelector("#app-view:not([hidden])");
   await page.waitForFunction(() => document.getElementById("stat-uptime").textContent !== "-");
   seen.clients = await page.textContent("#stat-clients");
+
+  // The traffic chart: a first rate, then figures that move once the test publishes.
+  const chartData = () => page.evaluate(() => ({
+    ...document.getElementById("traffic-chart").dataset,
+    textIn: document.getElementById("rate-in").textContent,
+    textOut: document.getElementById("rate-out").textContent,
+  }));
+  await page.waitForFunction(() => Number(document.getElementById("traffic-chart").dataset.samples) >= 1);
+  seen.chartBefore = await chartData();
+  console.log("READY");
+  await page.waitForFunction(() => Number(document.getElementById("traffic-chart").dataset.rateIn) > 0);
+  seen.chartIn = await chartData();
+  await page.waitForFunction(() => Number(document.getElementById("traffic-chart").dataset.rateOut) > 0);
+  seen.chartOut = await chartData();
+  if (overviewShot) { await page.screenshot({ path: overviewShot, fullPage: true }); }
 
   await page.click("#nav-plugins");
   const row = 'tr[data-plugin="emqx_telemetry"]';

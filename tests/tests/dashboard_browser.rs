@@ -1,13 +1,32 @@
 //! The dashboard in real headless Chromium (Debian's `chromium`, driven by playwright-core):
-//! log in, open Plugins, click Stop on `emqx_telemetry`, see it inactive without a page
-//! reload; `broker ctl plugins list` and `data/loaded_plugins` agree. A screenshot of the
-//! plugins page is written to `target/dashboard-plugins.png`.
+//! log in, see the overview's traffic chart move while real MQTT clients publish, open
+//! Plugins, click Stop on `emqx_telemetry`, see it inactive without a page reload;
+//! `broker ctl plugins list` and `data/loaded_plugins` agree. Screenshots of the overview
+//! and the plugins page are written to `target/dashboard-overview.png` and
+//! `target/dashboard-plugins.png`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use e2e::{free_port, Broker, DataDir};
+use e2e::{free_port, Broker, Client, DataDir};
+use rumqttc::QoS;
 use serde_json::Value;
+
+/// Messages published while the page watches its chart.
+const BURST: usize = 50;
+
+/// Publishes [`BURST`] QoS 1 messages to a subscriber (so both `messages.received` and
+/// `messages.sent` move), and waits until all arrived.
+async fn burst(broker: &Broker) {
+    let mut subscriber = Client::connect(broker, "chart-sub").await;
+    subscriber.subscribe("chart/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(broker, "chart-pub").await;
+    for i in 0..BURST {
+        publisher.publish_acked("chart/t", QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    subscriber.receive(BURST).await;
+}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
@@ -44,19 +63,46 @@ fn stop_telemetry_from_the_plugins_page() {
     );
     let dashboard = broker.logged_addr("dashboard listening on http://");
     let screenshot = e2e::bin_dir().join("../dashboard-plugins.png");
+    let overview = e2e::bin_dir().join("../dashboard-overview.png");
     let _ = std::fs::remove_file(&screenshot);
+    let _ = std::fs::remove_file(&overview);
 
-    let output = Command::new("node")
+    let mut script = Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
         .arg(format!("http://{dashboard}/"))
         .args(["admin", "public"])
         .arg(&screenshot)
+        .arg(&overview)
         .env("CHROMIUM", &chromium)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("node is needed for the browser test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The script says READY when the chart has its first rate; then the clients publish.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut stdout = String::new();
+    for line in BufReader::new(script.stdout.take().unwrap()).lines() {
+        let line = line.expect("the script's output");
+        if line == "READY" {
+            runtime.block_on(burst(&broker));
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let output = script.wait_with_output().expect("the script ends");
     assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    let last = stdout.lines().last().unwrap_or_default();
+    let seen: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+
+    // The chart's figures moved with the traffic.
+    let figure = |when: &str, key: &str| -> f64 {
+        seen[when][key].as_str().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{when}.{key} in {seen}"))
+    };
+    assert!(figure("chartIn", "rateIn") > 0.0 && figure("chartOut", "rateOut") > 0.0, "{seen}");
+    assert!(figure("chartOut", "received") >= figure("chartBefore", "received") + BURST as f64, "{seen}");
+    assert!(figure("chartOut", "sent") >= figure("chartBefore", "sent") + BURST as f64, "{seen}");
+    assert!(figure("chartIn", "textIn") > 0.0, "the rate is written beside the chart: {seen}");
 
     assert_eq!(seen["wrongPassword"], "Wrong username or password.");
     assert_eq!(seen["before"], "active");
@@ -73,5 +119,7 @@ fn stop_telemetry_from_the_plugins_page() {
     );
     assert!(dir.read("loaded_plugins").contains("{emqx_telemetry, false}."));
     let png = std::fs::read(&screenshot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    let png = std::fs::read(&overview).expect("overview screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
 }

@@ -178,3 +178,41 @@ async fn a_busy_port_fails_the_plugin_not_the_broker_and_unload_closes_it() {
     assert!(out.contains("emqx_prometheus"), "{out}");
     assert!(reqwest::get(&url).await.is_err(), "nothing listens after unload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_reports_the_same_counters_in_emqx_shape() {
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_prometheus, true}.\n");
+    let broker = Broker::start(
+        &dir,
+        &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_PROMETHEUS__BIND", "127.0.0.1:0")],
+    );
+    let api = broker.logged_addr("management API listening on http://");
+    let url = format!("http://{}/metrics", broker.logged_addr("prometheus exporter listening on http://"));
+    const N: usize = 5;
+    let mut client = Client::connect(&broker, "prom-api").await;
+    for i in 0..N {
+        client.publish_acked("prom/api", QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    client.disconnect().await;
+    let body = scrape_until(&url, "the messages", |b| sample(b, "emqx_messages_received") == Some(N as f64)).await;
+
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{api}/api/v4/metrics"))
+        .basic_auth("admin", Some("public"))
+        .send()
+        .await
+        .expect("API reachable")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["code"], 0, "{answer}");
+    let node = &answer["data"][0];
+    assert_eq!(node["node"], "emqx@127.0.0.1", "{answer}");
+    let metrics = node["metrics"].as_object().expect("metrics object");
+    assert_eq!(metrics["messages.received"], N as u64, "{answer}");
+    // Every counter the API lists is on /metrics under EMQX's exporter name.
+    for name in metrics.keys() {
+        let family = format!("# TYPE emqx_{} counter\n", name.replace('.', "_"));
+        assert!(body.contains(&family), "{name} missing from /metrics:\n{body}");
+    }
+}

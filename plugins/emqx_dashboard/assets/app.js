@@ -35,6 +35,73 @@ async function refreshStats() {
   $("node").textContent = stats.node;
 }
 
+// Live chart of messages in / out per second: the deltas of the broker's counters
+// (GET /api/v4/metrics) between samples one second apart, drawn on a plain <canvas>. The
+// latest rates are also on the canvas as data-rate-in / data-rate-out.
+const CHART_POINTS = 120;
+let chart = { last: null, points: [] };
+
+async function sampleTraffic() {
+  const node = (await api("GET", "/metrics")).data[0];
+  const now = performance.now();
+  const sample = { at: now, received: node.metrics["messages.received"] || 0, sent: node.metrics["messages.sent"] || 0 };
+  const last = chart.last;
+  chart.last = sample;
+  if (!last) { return; }
+  const secs = Math.max((now - last.at) / 1000, 0.001);
+  // A counter that went down means the broker restarted: count from zero.
+  const rate = (a, b) => (a >= b ? a - b : a) / secs;
+  const point = { in: rate(sample.received, last.received), out: rate(sample.sent, last.sent) };
+  chart.points.push(point);
+  if (chart.points.length > CHART_POINTS) { chart.points.shift(); }
+  const canvas = $("traffic-chart");
+  canvas.dataset.rateIn = point.in.toFixed(2);
+  canvas.dataset.rateOut = point.out.toFixed(2);
+  canvas.dataset.received = sample.received;
+  canvas.dataset.sent = sample.sent;
+  canvas.dataset.samples = chart.points.length;
+  $("rate-in").textContent = point.in.toFixed(1);
+  $("rate-out").textContent = point.out.toFixed(1);
+  drawChart(canvas);
+}
+
+function drawChart(canvas) {
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  if (!width || !height) { return; } // hidden (another page is shown): drawn on the next sample
+  const ratio = window.devicePixelRatio || 1;
+  if (canvas.width !== Math.round(width * ratio)) { canvas.width = Math.round(width * ratio); }
+  if (canvas.height !== Math.round(height * ratio)) { canvas.height = Math.round(height * ratio); }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const left = 48, top = 8, plotW = width - left - 8, plotH = height - top - 20;
+  const peak = Math.max(1, ...chart.points.map((p) => Math.max(p.in, p.out)));
+  const step = 10 ** Math.floor(Math.log10(peak));
+  const max = Math.ceil(peak / step) * step;
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#637381";
+  ctx.strokeStyle = "#eef1f4";
+  ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = top + plotH - (plotH * i) / 4;
+    ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + plotW, y); ctx.stroke();
+    ctx.fillText(String(+(max * i / 4).toPrecision(3)), 4, y + 4);
+  }
+  ctx.fillText("now", left + plotW - 22, height - 4);
+  for (const [key, color] of [["in", "#1f9d63"], ["out", "#3b7ddd"]]) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.setLineDash(key === "out" ? [6, 4] : []); // both stay visible when in = out
+    ctx.beginPath();
+    chart.points.forEach((p, i) => {
+      const x = left + plotW - ((chart.points.length - 1 - i) * plotW) / (CHART_POINTS - 1);
+      const y = top + plotH - (p[key] / max) * plotH;
+      if (i === 0) { ctx.moveTo(x, y); } else { ctx.lineTo(x, y); }
+    });
+    ctx.stroke();
+  }
+}
+
 function pluginRow(plugin) {
   const row = document.createElement("tr");
   row.dataset.plugin = plugin.name;
@@ -95,12 +162,15 @@ function startApp() {
   api("GET", "/brokers").then((b) => { $("version").textContent = b.data.version; }).catch(() => {});
   refreshStats().catch((e) => show(e.message));
   timers.push(setInterval(() => refreshStats().catch(() => {}), 2000));
+  sampleTraffic().catch((e) => show(e.message));
+  timers.push(setInterval(() => sampleTraffic().catch(() => {}), 1000));
   timers.push(setInterval(() => { if (!$("plugins").hidden) { refreshPlugins().catch(() => {}); } }, 5000));
 }
 
 function logout(message) {
   timers.forEach(clearInterval);
   timers = [];
+  chart = { last: null, points: [] };
   auth = null;
   sessionStorage.removeItem("auth");
   $("app-view").hidden = true;
