@@ -1,5 +1,6 @@
 //! `emqx_dashboard`: a web page on `127.0.0.1:18083` over the management API: an overview
-//! (clients, messages, uptime, refreshed live) and a Plugins page with a Stop / Start button
+//! (clients, messages, uptime, refreshed live; a chart of messages in/out per second from the
+//! deltas of `/api/v4/metrics`) and a Plugins page with a Stop / Start button
 //! for each plugin. Login uses the management API's credentials: the page's `/api/` calls are
 //! passed to `emqx_management` unchanged, so there is one user list and one place that checks
 //! it. The page and its script are embedded in the plugin (no CDN; works offline).
