@@ -82,6 +82,7 @@ function drawChart(canvas) {
   ctx.fillStyle = "#637381";
   ctx.strokeStyle = "#eef1f4";
   ctx.lineWidth = 1;
+  ctx.setLineDash([]);
   for (let i = 0; i <= 4; i++) {
     const y = top + plotH - (plotH * i) / 4;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + plotW, y); ctx.stroke();
