@@ -63,6 +63,7 @@ pub struct MqttSettings {
     pub mqueue_store_qos0: bool,
     /// How long an MQTT 3.1.1 session with clean session 0 outlives its connection
     /// (MQTT 5 clients say it themselves), e.g. `"2h"`.
+    #[serde(deserialize_with = "duration_text")]
     pub session_expiry_interval: String,
     /// Deliver at the subscription's QoS even when the message was published lower.
     pub upgrade_qos: bool,
@@ -166,6 +167,21 @@ impl MqttSettings {
     }
 }
 
+/// Reads a duration setting's text, also when it is a bare number (`BROKER_X=0` arrives as
+/// an integer).
+fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Seconds(u64),
+        Text(String),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::Seconds(seconds) => seconds.to_string(),
+        Text::Text(text) => text,
+    })
+}
+
 /// A duration setting: `"30s"`, `"2h"`, or a bare number of seconds.
 fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
@@ -203,11 +219,36 @@ pub struct BrokerSettings {
     /// with one heap a thread the broker's resident memory after waves of clients settles
     /// higher (see the README). The `MALLOC_ARENA_MAX` environment variable beats it.
     pub malloc_arena_max: u32,
+    /// How often the broker publishes `$SYS/brokers/<node>/version`, `sysdescr`, `stats/...`
+    /// and `metrics/...` (EMQX's `broker.sys_interval`); `0` turns them off.
+    #[serde(deserialize_with = "duration_text")]
+    pub sys_interval: String,
+    /// How often it publishes `$SYS/brokers/<node>/uptime` and `datetime` (EMQX's
+    /// `broker.sys_heartbeat`); `0` turns them off.
+    #[serde(deserialize_with = "duration_text")]
+    pub sys_heartbeat: String,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        BrokerSettings { shared_subscription_strategy: SharedStrategy::default(), malloc_arena_max: 1 }
+        BrokerSettings {
+            shared_subscription_strategy: SharedStrategy::default(),
+            malloc_arena_max: 1,
+            sys_interval: "1m".to_owned(),
+            sys_heartbeat: "30s".to_owned(),
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// `sys_interval`, `None` when off.
+    pub fn sys_interval(&self) -> Result<Option<Duration>, ConfigError> {
+        Ok(Some(duration("broker.sys_interval", &self.sys_interval)?).filter(|d| !d.is_zero()))
+    }
+
+    /// `sys_heartbeat`, `None` when off.
+    pub fn sys_heartbeat(&self) -> Result<Option<Duration>, ConfigError> {
+        Ok(Some(duration("broker.sys_heartbeat", &self.sys_heartbeat)?).filter(|d| !d.is_zero()))
     }
 }
 

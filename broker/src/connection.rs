@@ -32,8 +32,9 @@ use tokio::time::Sleep;
 pub(crate) use transport::Transport;
 
 use crate::client::ClientInfo;
+use crate::metrics::Metric;
 use crate::mqtt::disconnect::encode_disconnect;
-use crate::mqtt::frame::{parse_header, FrameError};
+use crate::mqtt::frame::{kind, parse_header, FrameError};
 use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
@@ -219,6 +220,7 @@ impl<T: Transport> Connection<T> {
                 break Ok(());
             }
             handled = true;
+            self.node.stats.metrics.packet_received(header.kind(), (header.first_byte >> 1) & 3);
             let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
             buf.advance(header.frame_len());
             if let Err(ended) = outcome {
@@ -277,6 +279,7 @@ impl<T: Transport> Connection<T> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.node.stats.metrics.add(Metric::BytesSent, n as u64);
             self.out.advance(n);
         }
         Poll::Ready(Ok(()))
@@ -290,7 +293,11 @@ impl<T: Transport> Connection<T> {
         if self.inbound.capacity() - self.inbound.len() < READ_CHUNK / 4 {
             self.inbound.reserve(READ_CHUNK);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.inbound)
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.inbound);
+        if let Poll::Ready(Ok(n)) = read {
+            self.node.stats.metrics.add(Metric::BytesReceived, n as u64);
+        }
+        read
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
@@ -317,6 +324,7 @@ impl<T: Transport> Connection<T> {
                     .then(|| reason::string_within(code, 4, self.client_max_packet_size))
                     .flatten();
                 encode_disconnect(&mut self.out, code, reason_string);
+                self.node.stats.metrics.packet_sent(kind::DISCONNECT, code);
             }
         }
         // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:

@@ -30,6 +30,8 @@ pub(crate) enum Verdict {
 #[derive(Debug, Default)]
 struct HookTable {
     by_hook: [Vec<Arc<PluginHandle>>; Hook::ALL.len()],
+    /// Every running plugin, in load order.
+    running: Vec<Arc<PluginHandle>>,
 }
 
 /// The dispatcher shared by every connection.
@@ -61,7 +63,7 @@ impl Hooks {
 
     /// Replaces the table with `running` (in load order), sorted by priority.
     pub(crate) fn install(&self, running: &[Arc<PluginHandle>]) {
-        let mut table = HookTable::default();
+        let mut table = HookTable { running: running.to_vec(), ..Default::default() };
         let mut wanted = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
@@ -74,6 +76,16 @@ impl Hooks {
         self.table.store(Arc::new(table));
         self.wanted.store(wanted, Ordering::Relaxed);
         self.invalidate_acl_answers();
+    }
+
+    /// Each running plugin's calls and time per hook: (plugin, hook, calls, nanoseconds).
+    pub(crate) fn timings(&self) -> Vec<(String, Hook, u64, u64)> {
+        let table = self.table.load();
+        let mut timings = Vec::new();
+        for plugin in &table.running {
+            timings.extend(plugin.hook_timings().map(|(hook, calls, nanos)| (plugin.name.clone(), hook, calls, nanos)));
+        }
+        timings
     }
 
     /// The generation of `client.check_acl` answers: connections drop their cached answers

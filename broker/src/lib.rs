@@ -15,6 +15,7 @@ pub mod ctl;
 pub(crate) mod hooks;
 pub(crate) mod listener;
 pub(crate) mod message;
+pub(crate) mod metrics;
 pub(crate) mod mqtt;
 pub(crate) mod node;
 pub(crate) mod plugins;
@@ -23,6 +24,7 @@ pub mod server;
 pub(crate) mod session;
 pub(crate) mod sessions;
 pub(crate) mod stats;
+pub(crate) mod sys;
 
 /// Locks `m`, going on past a poisoned lock (a panic elsewhere must not stop the broker).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

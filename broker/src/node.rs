@@ -14,6 +14,7 @@ use plugin_api::Hook;
 use crate::client::ClientInfo;
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
+use crate::metrics::Metric;
 use crate::router::{Filter, Publisher, Router, Subscriber, Target};
 use crate::session::{QueueLimits, Session, Subscription};
 use crate::sessions::Sessions;
@@ -157,11 +158,7 @@ impl Node {
 
     /// Every counter, the router's included.
     pub(crate) fn stats_snapshot(&self) -> crate::stats::Snapshot {
-        crate::stats::Snapshot {
-            subscriptions: self.router.subscription_count() as u64,
-            topics: self.router.filter_count() as u64,
-            ..self.stats.snapshot()
-        }
+        self.stats.snapshot(self.router.filter_count() as u64, self.router.subscription_count() as u64)
     }
 
     /// A hook event about `message`, as seen by `client`.
@@ -178,7 +175,19 @@ impl Node {
 
     /// Fires `message.dropped` for a message that did not reach `client_id`.
     pub(crate) fn dropped(&self, client_id: &str, message: &Message, reason: DropReason) {
-        self.stats.message_dropped();
+        let metrics = &self.stats.metrics;
+        match reason {
+            DropReason::NoSubscribers | DropReason::Denied => metrics.inc(Metric::MessagesDropped),
+            DropReason::QueueFull | DropReason::Expired | DropReason::TooLarge => metrics.inc(Metric::DeliveryDropped),
+        }
+        match reason {
+            DropReason::NoSubscribers => metrics.inc(Metric::MessagesDroppedNoSubscribers),
+            DropReason::Denied => {}
+            DropReason::QueueFull if message.qos == 0 => metrics.inc(Metric::DeliveryDroppedQos0Msg),
+            DropReason::QueueFull => metrics.inc(Metric::DeliveryDroppedQueueFull),
+            DropReason::Expired => metrics.inc(Metric::DeliveryDroppedExpired),
+            DropReason::TooLarge => metrics.inc(Metric::DeliveryDroppedTooLarge),
+        }
         if !self.hooks.wants(Hook::MessageDropped) {
             return;
         }
@@ -196,6 +205,7 @@ impl Node {
     /// Publishes `message` from `client`: `message.publish` may drop it, then it is routed.
     /// The broker never retains it (that is `emqx_retainer`'s job, through the hook).
     pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
+        self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants(Hook::MessagePublish) {
             let event = Node::message_event(client, Hook::MessagePublish, &message);
             if self.hooks.dispatch(&event) == Verdict::Drop {

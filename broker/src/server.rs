@@ -126,6 +126,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
     let zone = settings.mqtt.zone()?;
+    let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     spawn_driver_watch(runtime.handle().clone())?;
 
@@ -172,6 +173,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
         tracing::info!("mqtt listener on {}", listener.local_addr()?);
         tokio::spawn(crate::listener::serve_tcp(listener, node.clone()));
+        tokio::spawn(crate::sys::run(shared.clone(), sys_interval, sys_heartbeat));
 
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -179,7 +181,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         // MQTT 5 clients are told (DISCONNECT 0x8B); every connection gets a moment to close.
         node.sessions.kick_all(crate::mqtt::reason::SERVER_SHUTTING_DOWN);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        while node.stats.snapshot().connections > 0 && tokio::time::Instant::now() < deadline {
+        while node.stats.connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         anyhow::Ok(())

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::client::ClientInfo;
 use crate::lock;
 use crate::message::Message;
+use crate::metrics::Metric;
 use crate::node::Node;
 use crate::session::{Attachment, PendingWill, Session};
 
@@ -127,6 +128,7 @@ impl Sessions {
                         let session = self.create(node, client, connection, expiry);
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
                         node.end_session(&old);
+                        node.stats.metrics.inc(Metric::SessionDiscarded);
                         return Opened { session, present: false };
                     }
                     state.expiry_interval = expiry;
@@ -134,6 +136,7 @@ impl Sessions {
                     return Opened { session: old.clone(), present: true };
                 }
                 old.kick_takeover(clean_start);
+                node.stats.metrics.inc(if clean_start { Metric::SessionDiscarded } else { Metric::SessionTakeovered });
             }
             if tokio::time::timeout(TAKEOVER_WAIT, detached).await.is_err() {
                 // The old connection is stuck (a blocking hook, say): take the session from it.

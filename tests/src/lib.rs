@@ -99,10 +99,16 @@ pub fn stat_in(stats: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{stats}"))
 }
 
-/// The counter `name` (e.g. `sessions.count`) of the broker running in `dir`, read now with
-/// `broker ctl broker stats`.
+/// The gauges and counters of the broker running in `dir`, as `broker ctl broker stats` and
+/// `broker ctl broker metrics` print them (`name : value` lines), read now.
+pub fn counters(dir: &DataDir) -> String {
+    dir.ctl(&["broker", "stats"]).ok() + "\n" + &dir.ctl(&["broker", "metrics"]).ok()
+}
+
+/// The gauge or counter `name` (e.g. `sessions.count`, `messages.received`) of the broker
+/// running in `dir`, read now (see [`counters`]).
 pub fn stat(dir: &DataDir, name: &str) -> u64 {
-    stat_in(&dir.ctl(&["broker", "stats"]).ok(), name)
+    stat_in(&counters(dir), name)
 }
 
 /// Waits until the counter `name` of the broker running in `dir` is `value` (see [`stat`]).

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use e2e::{options, stat_in, Broker, Client, DataDir};
+use e2e::{counters, options, stat_in, Broker, Client, DataDir};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -115,10 +115,10 @@ async fn many_clients_while_plugins_churn() {
     assert_eq!(got.len(), total, "every QoS 1 message arrived exactly once");
 
     e2e::wait_until("all load clients gone", || {
-        let stats = dir.ctl(&["broker", "stats"]).ok();
+        let stats = counters(&dir);
         (stat_in(&stats, "connections.count") == 1).then_some(stats)
     });
-    let stats = dir.ctl(&["broker", "stats"]).ok();
+    let stats = counters(&dir);
     assert_eq!(stat_in(&stats, "messages.received"), total as u64);
     assert_eq!(stat_in(&stats, "messages.sent"), total as u64);
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();

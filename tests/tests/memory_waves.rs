@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use e2e::{stat_in, Broker, DataDir};
+use e2e::{counters, stat_in, Broker, DataDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -105,7 +105,7 @@ async fn waves_of_new_client_ids_and_filters_give_memory_back() {
             c.await.expect("a client failed");
         }
         let stats = e2e::wait_until("the wave's sessions ended", || {
-            let stats = dir.ctl(&["broker", "stats"]).ok();
+            let stats = counters(&dir);
             (stat_in(&stats, "connections.count") == 0 && stat_in(&stats, "sessions.count") == 0).then_some(stats)
         });
         assert_eq!(stat_in(&stats, "subscriptions.count"), 0, "no subscription outlives its session");
@@ -115,7 +115,7 @@ async fn waves_of_new_client_ids_and_filters_give_memory_back() {
         // At rest: the least of three readings, a ctl round trip apart (a reading can catch a
         // moment's allocation, e.g. the ctl command's own).
         let rest = (0..3).map(|_| {
-            dir.ctl(&["broker", "stats"]).ok();
+            counters(&dir);
             broker.rss_kib()
         });
         after.push(rest.min().expect("three readings"));

@@ -484,7 +484,7 @@ fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
     let (mut sub, _) = C5::connect_with(&broker, "mps-sub", Some(props));
     sub.subscribe("mps/#", QoS::AtLeastOnce);
     let mut publisher = C5::connect(&broker, "mps-pub");
-    let dropped_before = stat(&dir, "messages.dropped");
+    let dropped_before = stat(&dir, "delivery.dropped.too_large");
 
     let mut fits = sized_publish("mps/x", 128);
     fits.payload = Bytes::from(vec![b'f'; fits.payload.len()]);
@@ -500,7 +500,12 @@ fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
     assert_eq!(payload(&got[0]), "small");
     assert_eq!((got[1].size(), &got[1].payload), (128, &fits.payload), "exactly 128 bytes fit");
     assert_eq!(payload(&got[2]), "after", "the two over 128 bytes were dropped");
-    assert_eq!(stat(&dir, "messages.dropped"), dropped_before + 2, "messages.dropped counts them");
+    assert_eq!(
+        stat(&dir, "delivery.dropped.too_large"),
+        dropped_before + 2,
+        "EMQX's delivery.dropped.too_large counts them"
+    );
+    assert_eq!(stat(&dir, "delivery.dropped"), dropped_before + 2);
     let dropped = wait_until("two message.dropped (too_large)", || {
         let events: Vec<serde_json::Value> = recorded_events(&file)
             .into_iter()
@@ -694,7 +699,7 @@ fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
     }
     assert_eq!((held[0].size(), payload(&held[1])), (200, "small".to_owned()));
     sub.raw.drop_connection();
-    let dropped = stat(&dir, "messages.dropped");
+    let dropped = stat(&dir, "delivery.dropped.too_large");
 
     let smaller = v5::ConnectProperties { max_packet_size: Some(100), receive_maximum: Some(1), ..lasting() };
     let (mut sub, ack) = C5::connect_packet(&broker, &connect5("rsz-sub", false, Some(smaller)));
@@ -711,7 +716,7 @@ fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
     publisher.publish("rsz/x", QoS::AtLeastOnce, "after");
     let next = sub.next_publish();
     assert_eq!((payload(&next), next.dup), ("after".to_owned(), false), "the window is free: the big one is done");
-    assert_eq!(stat(&dir, "messages.dropped"), dropped + 1, "messages.dropped counts it");
+    assert_eq!(stat(&dir, "delivery.dropped.too_large"), dropped + 1, "delivery.dropped.too_large counts it");
     let events = wait_until("message.dropped (too_large) for rsz-sub", || {
         let events: Vec<serde_json::Value> = recorded_events(&file)
             .into_iter()

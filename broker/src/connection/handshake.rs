@@ -17,8 +17,9 @@ use super::{Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
 use crate::hooks::Verdict;
 use crate::message::Message;
+use crate::metrics::{Metric, Metrics};
 use crate::mqtt::connect::{encode_connack, ConnackProperties, Connect, ConnectError};
-use crate::mqtt::frame::{parse_header, FrameHeader};
+use crate::mqtt::frame::{kind, parse_header, FrameHeader};
 use crate::mqtt::packet::decode_first;
 use crate::mqtt::properties::PropertyWriter;
 use crate::mqtt::reason;
@@ -39,7 +40,12 @@ enum Early {
 }
 
 /// Reads until one whole frame is at the start of `buf`.
-async fn read_frame<T: Transport>(io: &mut T, buf: &mut BytesMut, max: usize) -> Result<FrameHeader, Early> {
+async fn read_frame<T: Transport>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    max: usize,
+    metrics: &Metrics,
+) -> Result<FrameHeader, Early> {
     loop {
         if let Some(header) = parse_header(buf, max)? {
             if buf.len() >= header.frame_len() {
@@ -49,24 +55,34 @@ async fn read_frame<T: Transport>(io: &mut T, buf: &mut BytesMut, max: usize) ->
         } else if buf.capacity() == buf.len() {
             buf.reserve(256);
         }
-        if io.read_buf(buf).await? == 0 {
+        let n = io.read_buf(buf).await?;
+        if n == 0 {
             return Err(Early::Closed);
         }
+        metrics.add(Metric::BytesReceived, n as u64);
     }
 }
 
 /// Answers a CONNECT with a refusal (`code`, an MQTT 5 reason code) and closes. The reason
 /// string goes when it fits in the client's Maximum Packet Size (if it said one).
-async fn refuse<T: Transport>(io: &mut T, version: Version, code: u8, max_packet_size: Option<u32>) {
+async fn refuse<T: Transport>(node: &Node, io: &mut T, version: Version, code: u8, max_packet_size: Option<u32>) {
     let mut out = Vec::new();
     let max = max_packet_size.map_or(usize::MAX, |m| m as usize);
     let properties = ConnackProperties { reason_string: reason::string_within(code, 6, max), ..Default::default() };
     encode_connack(&mut out, version, false, code, &properties);
+    connack_sent(&node.stats.metrics, code);
+    node.stats.metrics.add(Metric::BytesSent, out.len() as u64);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
         io.write_all(&out).await?;
         io.shutdown().await
     })
     .await;
+}
+
+/// Counts a CONNACK with `code` (an MQTT 5 reason code) and the `client.connack` it stands for.
+fn connack_sent(metrics: &Metrics, code: u8) {
+    metrics.packet_sent(kind::CONNACK, code);
+    metrics.inc(Metric::ClientConnack);
 }
 
 /// Whether a CONNECT body that could not be decoded comes from an MQTT 5 client, which is
@@ -85,9 +101,12 @@ pub(super) fn forwarded(properties: &crate::mqtt::properties::Properties<'_>) ->
 /// Runs the handshake; `None` when the connection ends before it is accepted.
 pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: SocketAddr) -> Option<Connection<T>> {
     let zone = &node.zone;
+    let metrics = &node.stats.metrics;
     let mut buf = BytesMut::new();
     let header =
-        match tokio::time::timeout(zone.connect_timeout, read_frame(&mut io, &mut buf, zone.max_packet_size)).await {
+        match tokio::time::timeout(zone.connect_timeout, read_frame(&mut io, &mut buf, zone.max_packet_size, metrics))
+            .await
+        {
             Ok(Ok(header)) => header,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "connection ended before CONNECT: {e}");
@@ -99,19 +118,20 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             }
         };
     let frame = buf.split_to(header.frame_len()).freeze();
+    metrics.packet_received(header.kind(), 0);
     let body = &frame[header.header_len..];
     let connect = match decode_first(&header, body) {
         Ok(connect) => connect,
         Err(ConnectError::UnsupportedVersion { name, level }) => {
             tracing::debug!(%peer, "unsupported protocol {name:?} level {level}; refused");
             // MQTT-3.1.2-2: CONNACK 0x01 (the level is unknown, so a 3.1.1 CONNACK).
-            refuse(&mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION, None).await;
+            refuse(node, &mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION, None).await;
             return None;
         }
         Err(ConnectError::Decode(e)) => {
             tracing::debug!(%peer, "bad CONNECT: {e}; closing");
             if looks_like_v5(body) {
-                refuse(&mut io, Version::V5, e.reason_code(), None).await;
+                refuse(node, &mut io, Version::V5, e.reason_code(), None).await;
             }
             return None;
         }
@@ -121,25 +141,26 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Ok(identified) => identified,
         Err(code) => {
             tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
-            refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
+            refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
     };
     let will = match will(node, &connect) {
         Ok(will) => will,
         Err(Some(code)) => {
-            refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
+            refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
         Err(None) => return None, // 3.1.1: a bad will topic closes the connection
     };
     let Some((keep_alive, server_keep_alive)) = keep_alive(zone, version, connect.keep_alive) else {
         tracing::debug!(%peer, "keep-alive {} over mqtt.max_keepalive; refused", connect.keep_alive);
-        refuse(&mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID, connect.properties.maximum_packet_size).await;
+        refuse(node, &mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID, connect.properties.maximum_packet_size)
+            .await;
         return None;
     };
     if let Err(code) = admit(node, &client, &connect) {
-        refuse(&mut io, version, code, connect.properties.maximum_packet_size).await;
+        refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
         return None;
     }
     // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).
@@ -166,6 +187,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     };
     let mut out = BytesMut::new();
     encode_connack(&mut out, version, opened.present, reason::SUCCESS, &properties);
+    connack_sent(metrics, reason::SUCCESS);
+    if opened.present {
+        metrics.inc(Metric::SessionResumed);
+    }
 
     let keep_alive = (keep_alive > 0).then(|| std::time::Duration::from_millis(u64::from(keep_alive) * 1500));
     let now = Instant::now();
@@ -306,6 +331,8 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
 fn admit(node: &Node, client: &ClientInfo, connect: &Connect<'_>) -> Result<(), u8> {
     let hooks = &node.hooks;
     let now = crate::now_ms();
+    node.stats.metrics.inc(Metric::ClientConnect);
+    node.stats.metrics.inc(Metric::ClientAuthenticate);
     if hooks.wants(Hook::ClientConnect) {
         hooks.dispatch(&client.event(Hook::ClientConnect, now));
     }
@@ -318,6 +345,7 @@ fn admit(node: &Node, client: &ClientInfo, connect: &Connect<'_>) -> Result<(), 
         }
     }
     if let (Some(will), true) = (&connect.will, hooks.wants(Hook::ClientCheckAcl)) {
+        node.stats.metrics.inc(Metric::ClientCheckAcl);
         let mut event = client.event(Hook::ClientCheckAcl, now);
         event.acl_action = abi::ACL_PUBLISH;
         event.topic = RawStr::new(will.topic);

@@ -10,6 +10,7 @@ use super::handshake::forwarded;
 use super::{Connection, Ended, Transport};
 use crate::hooks::{Hooks, Verdict};
 use crate::message::Message;
+use crate::metrics::Metric;
 use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
 use crate::mqtt::frame::{kind, FrameHeader};
 use crate::mqtt::packet::Packet;
@@ -56,6 +57,7 @@ impl<T: Transport> Connection<T> {
             }
             Packet::PingReq => {
                 encode_pingresp(&mut self.out);
+                self.node.stats.metrics.packet_sent(kind::PINGRESP, 0);
                 Ok(())
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
@@ -77,6 +79,7 @@ impl<T: Transport> Connection<T> {
         // Fixed header, packet id, reason code, property length.
         let reason_string = self.reason_string(code, 6);
         encode_ack(&mut self.out, self.version, packet_kind, packet_id, code, reason_string);
+        self.node.stats.metrics.packet_sent(packet_kind, code);
     }
 
     /// The topic a PUBLISH goes to, with MQTT 5 topic aliases applied (§3.3.2.3.4).
@@ -102,7 +105,6 @@ impl<T: Transport> Connection<T> {
 
     fn on_publish(&mut self, publish: Publish<'_>) -> Result<(), Ended> {
         let node = self.node.clone();
-        node.stats.message_received();
         let topic = self.topic_of(&publish)?;
         if !is_valid_topic(&topic) {
             return Err(Ended::protocol(reason::TOPIC_NAME_INVALID, "a topic name with wildcards (MQTT-3.3.2-2)"));
@@ -180,6 +182,7 @@ impl<T: Transport> Connection<T> {
             return false;
         }
         let ask = || {
+            self.node.stats.metrics.inc(Metric::ClientCheckAcl);
             let mut event = self.client.event(Hook::ClientCheckAcl, self.now_ms);
             event.acl_action = action;
             event.topic = RawStr::new(topic);
@@ -190,6 +193,7 @@ impl<T: Transport> Connection<T> {
         };
         let generation = hooks.acl_generation();
         if let Some(denied) = cache.get(generation, action, topic, self.now) {
+            self.node.stats.metrics.inc(Metric::ClientAclCacheHit);
             return denied;
         }
         let denied = ask();
@@ -198,6 +202,7 @@ impl<T: Transport> Connection<T> {
     }
 
     fn fire_acked(&self, message: &Message, packet_id: u16) {
+        self.node.stats.metrics.inc(Metric::MessagesAcked);
         let hooks = &self.node.hooks;
         if hooks.wants(Hook::MessageAcked) {
             let mut event = Node::message_event(&self.client, Hook::MessageAcked, message);
@@ -208,8 +213,9 @@ impl<T: Transport> Connection<T> {
 
     fn on_puback(&mut self, ack: Ack<'_>) {
         let settled = self.session.lock().inflight.puback(ack.packet_id);
-        if let Some(delivery) = settled {
-            self.fire_acked(&delivery.message, ack.packet_id);
+        match settled {
+            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
+            None => self.node.stats.metrics.inc(Metric::PacketsPubackMissed),
         }
     }
 
@@ -217,15 +223,19 @@ impl<T: Transport> Connection<T> {
         let outcome = self.session.lock().inflight.pubrec(ack.packet_id, ack.reason);
         match outcome {
             RecOutcome::Release => self.ack(kind::PUBREL, ack.packet_id, reason::SUCCESS),
-            RecOutcome::Unknown => self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND),
+            RecOutcome::Unknown => {
+                self.node.stats.metrics.inc(Metric::PacketsPubrecMissed);
+                self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)
+            }
             RecOutcome::Refused => {}
         }
     }
 
     fn on_pubcomp(&mut self, ack: Ack<'_>) {
         let settled = self.session.lock().inflight.pubcomp(ack.packet_id);
-        if let Some(delivery) = settled {
-            self.fire_acked(&delivery.message, ack.packet_id);
+        match settled {
+            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
+            None => self.node.stats.metrics.inc(Metric::PacketsPubcompMissed),
         }
     }
 
@@ -236,6 +246,9 @@ impl<T: Transport> Connection<T> {
             state.awaiting_rel.retain(|&id| id != ack.packet_id);
             state.awaiting_rel.len() != before
         };
+        if !known {
+            self.node.stats.metrics.inc(Metric::PacketsPubrelMissed);
+        }
         let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
         self.ack(kind::PUBCOMP, ack.packet_id, code);
     }
@@ -246,6 +259,7 @@ impl<T: Transport> Connection<T> {
         let id = subscribe.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::with_capacity(subscribe.filters.len());
+        node.stats.metrics.inc(Metric::ClientSubscribe);
         for &(filter, options) in &subscribe.filters {
             if node.hooks.wants(Hook::ClientSubscribe) {
                 let mut event = self.client.event(Hook::ClientSubscribe, self.now_ms);
@@ -285,6 +299,14 @@ impl<T: Transport> Connection<T> {
         let base_len = 5 + 1 + codes.len();
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, subscribe.packet_id, &codes, reason_string);
+        let metrics = &node.stats.metrics;
+        metrics.packet_sent(kind::SUBACK, 0);
+        if codes.iter().any(|&c| c >= 0x80) {
+            metrics.inc(Metric::PacketsSubscribeError);
+        }
+        if codes.contains(&reason::NOT_AUTHORIZED) {
+            metrics.inc(Metric::PacketsSubscribeAuthError);
+        }
         // After the SUBACK is queued: retained messages a plugin delivers now follow it.
         if node.hooks.wants(Hook::SessionSubscribed) {
             for (filter, options, is_new) in granted {
@@ -304,6 +326,7 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         let mut removed = Vec::new();
+        node.stats.metrics.inc(Metric::ClientUnsubscribe);
         for &filter in &unsubscribe.filters {
             if node.hooks.wants(Hook::ClientUnsubscribe) {
                 let mut event = self.client.event(Hook::ClientUnsubscribe, self.now_ms);
@@ -321,6 +344,7 @@ impl<T: Transport> Connection<T> {
             codes.push(code);
         }
         encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
+        node.stats.metrics.packet_sent(kind::UNSUBACK, 0);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
                 let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);

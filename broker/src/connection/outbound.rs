@@ -14,6 +14,7 @@ use plugin_api::Hook;
 
 use super::{Connection, Transport, OUT_HIGH_WATER};
 use crate::message::{Delivery, Message};
+use crate::metrics::Metric;
 use crate::mqtt::frame::kind;
 use crate::mqtt::publish::{encode_ack, OutgoingPublish};
 use crate::mqtt::Version;
@@ -108,7 +109,7 @@ impl<T: Transport> Connection<T> {
         let want_delivered = node.hooks.wants(Hook::MessageDelivered);
         let mut delivered = std::mem::take(&mut self.delivered);
         let mut dropped: Vec<(Arc<Message>, DropReason)> = Vec::new();
-        let mut sent = 0u64;
+        let mut sent = [0u64; 3];
         {
             let mut state = self.session.lock();
             let state = &mut *state;
@@ -143,7 +144,7 @@ impl<T: Transport> Connection<T> {
                     dropped.push((delivery.message, DropReason::TooLarge));
                     continue;
                 }
-                sent += 1;
+                sent[usize::from(delivery.qos.min(2))] += 1;
                 if want_delivered {
                     delivered.push((delivery.message.clone(), delivery.qos, packet_id, delivery.retain));
                 }
@@ -152,8 +153,11 @@ impl<T: Transport> Connection<T> {
                 }
             }
         }
-        if sent > 0 {
-            node.stats.messages_sent(sent);
+        for (qos, n) in (0u8..).zip(sent) {
+            if n > 0 {
+                node.stats.metrics.publishes_sent(qos, n);
+                node.stats.metrics.add(Metric::MessagesDelivered, n);
+            }
         }
         for (message, qos, packet_id, retain) in delivered.drain(..) {
             let mut event = Node::message_event(&self.client, Hook::MessageDelivered, &message);
@@ -193,12 +197,14 @@ impl<T: Transport> Connection<T> {
                             expiry,
                             true,
                         );
-                        if encoded.is_err() {
-                            too_large_ids.push(entry.packet_id);
+                        match encoded {
+                            Ok(_) => self.node.stats.metrics.publishes_sent(entry.delivery.qos, 1),
+                            Err(_) => too_large_ids.push(entry.packet_id),
                         }
                     }
                     Phase::Pubcomp => {
                         encode_ack(&mut self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
+                        self.node.stats.metrics.packet_sent(kind::PUBREL, 0);
                     }
                 }
             }

@@ -31,25 +31,24 @@ impl HostShared {
     /// Every counter and gauge, as [`HostApi::metrics`] reports them.
     pub(crate) fn metrics_report(&self) -> plugin_api::Metrics {
         let node = &self.node;
-        let s = node.stats_snapshot();
-        let stats = [
-            ("connections.count", s.connections),
-            ("connections.max", s.connections_max),
-            ("sessions.count", s.sessions),
-            ("topics.count", s.topics),
-            ("subscriptions.count", s.subscriptions),
-        ];
-        let metrics = [
-            ("messages.received", s.messages_received),
-            ("messages.sent", s.messages_sent),
-            ("messages.dropped", s.messages_dropped),
-        ];
+        let snapshot = node.stats_snapshot();
+        let hooks = node
+            .hooks
+            .timings()
+            .into_iter()
+            .map(|(plugin, hook, calls, nanos)| plugin_api::HookTiming {
+                plugin,
+                hook: hook.name().to_owned(),
+                calls,
+                nanos,
+            })
+            .collect();
         plugin_api::Metrics {
             node: self.node_name.clone(),
-            uptime_ms: s.uptime_ms,
-            stats: stats.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            metrics: metrics.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            hooks: Vec::new(),
+            uptime_ms: snapshot.uptime_ms,
+            stats: snapshot.named().into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
+            metrics: node.stats.metrics.all().map(|(name, value)| (name.to_owned(), value)).collect(),
+            hooks,
         }
     }
 }

@@ -18,7 +18,6 @@ use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
 use crate::hooks::Hooks;
 use crate::lock;
-use crate::stats::Snapshot;
 
 /// Why a plugin operation failed. Each message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -329,13 +328,17 @@ impl Manager {
             ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
-                let uptime = shared.node.stats.snapshot().uptime_ms / 1000;
+                let uptime = crate::sys::uptime(shared.node.stats.uptime_ms() / 1000);
                 Ok(format!(
-                    "sysdescr  : MQTT broker with plugins\nversion   : {}\nuptime    : {uptime} seconds\nnode      : {}",
-                    shared.broker_version, shared.node_name
+                    "sysdescr  : {}\nversion   : {}\nuptime    : {uptime}\ndatetime  : {}\nnode      : {}",
+                    crate::sys::SYSDESCR,
+                    shared.broker_version,
+                    crate::sys::datetime(),
+                    shared.node_name
                 ))
             }
-            ["broker", "stats"] => Ok(format_stats(&self.shared.node.stats_snapshot())),
+            ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
+            ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
             [command, rest @ ..] => {
                 let instance = lock(&self.state)
                     .running
@@ -361,18 +364,11 @@ impl Manager {
 }
 
 /// `broker ctl broker stats`: EMQX's names, one a line.
-fn format_stats(s: &Snapshot) -> String {
-    let rows = [
-        ("connections.count", s.connections),
-        ("connections.max", s.connections_max),
-        ("sessions.count", s.sessions),
-        ("subscriptions.count", s.subscriptions),
-        ("topics.count", s.topics),
-        ("messages.received", s.messages_received),
-        ("messages.sent", s.messages_sent),
-        ("messages.dropped", s.messages_dropped),
-    ];
-    rows.iter().map(|(name, value)| format!("{name:<24}: {value}")).collect::<Vec<_>>().join("\n")
+/// `name : value` lines sorted by name, as `emqx_ctl broker stats|metrics` prints them.
+fn format_named(rows: impl IntoIterator<Item = (&'static str, u64)>) -> String {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_unstable();
+    rows.iter().map(|(name, value)| format!("{name:<30}: {value}")).collect::<Vec<_>>().join("\n")
 }
 
 const PLUGINS_USAGE: &str = "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
