@@ -24,7 +24,10 @@ async fn every_bad_line_is_named_and_the_valid_ones_start() {
     }
     let list = dir.ctl(&["plugins", "list"]).ok();
     assert!(list.contains("Plugin(hook_recorder, description="), "{list}");
-    assert!(list.lines().any(|l| l == "Plugin(noop_module, description=Test module: does nothing, active=true)"), "{list}");
+    assert!(
+        list.lines().any(|l| l == "Plugin(noop_module, description=Test module: does nothing, active=true)"),
+        "{list}"
+    );
     assert_eq!(list.matches("active=true").count(), 2, "{list}");
     assert!(!list.contains("passwd"));
 

@@ -159,8 +159,18 @@ async fn auth_failures_and_bad_input_get_4xx_with_a_json_error() {
     let cases: [(Method, &str, StatusCode, &str); 12] = [
         (Method::GET, "/api/v4/nodes/emqx@10.0.0.9/plugins", StatusCode::NOT_FOUND, "unknown node \"emqx@10.0.0.9\""),
         (Method::PUT, "/api/v4/nodes/other@host/plugins/emqx_telemetry/unload", StatusCode::NOT_FOUND, "unknown node"),
-        (Method::PUT, "/api/v4/nodes/emqx@127.0.0.1/plugins/no_such_plugin/load", StatusCode::NOT_FOUND, "unknown plugin"),
-        (Method::PUT, "/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_telemetry/load", StatusCode::CONFLICT, "is already loaded"),
+        (
+            Method::PUT,
+            "/api/v4/nodes/emqx@127.0.0.1/plugins/no_such_plugin/load",
+            StatusCode::NOT_FOUND,
+            "unknown plugin",
+        ),
+        (
+            Method::PUT,
+            "/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_telemetry/load",
+            StatusCode::CONFLICT,
+            "is already loaded",
+        ),
         (Method::PUT, "/api/v4/plugins/no_such_plugin/load", StatusCode::NOT_FOUND, "unknown plugin no_such_plugin"),
         (Method::PUT, "/api/v4/plugins/..%2F..%2Fetc/load", StatusCode::BAD_REQUEST, "invalid plugin name"),
         (Method::PUT, "/api/v4/plugins/Bad-Name/load", StatusCode::BAD_REQUEST, "invalid plugin name"),

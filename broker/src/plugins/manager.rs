@@ -313,7 +313,9 @@ impl Manager {
     pub(crate) fn command(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["plugins", "list"] => Ok(self.list().iter().map(|s| format_status(s, false)).collect::<Vec<_>>().join("\n")),
+            ["plugins", "list"] => {
+                Ok(self.list().iter().map(|s| format_status(s, false)).collect::<Vec<_>>().join("\n"))
+            }
             ["plugins", "list", "--verbose" | "-v"] => {
                 Ok(self.list().iter().map(|s| format_status(s, true)).collect::<Vec<_>>().join("\n"))
             }

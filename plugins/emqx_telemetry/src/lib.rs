@@ -157,11 +157,7 @@ impl Plugin for Telemetry {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
         let state = state::load_or_create(host.data_dir())?;
-        let shared = Arc::new(Shared {
-            host,
-            uuid: state.uuid.clone(),
-            os: report::os_name_and_version(),
-        });
+        let shared = Arc::new(Shared { host, uuid: state.uuid.clone(), os: report::os_name_and_version() });
         let telemetry = Telemetry { shared, settings, control: Mutex::new(Control { state, reporter: None }) };
         {
             let mut control = telemetry.control();
