@@ -275,17 +275,18 @@ fn do_not_track_and_enable_false_send_nothing() {
 #[test]
 fn the_config_key_is_enabled_and_either_name_saying_false_wins() {
     let receiver = Receiver::start(Mode::Accept);
-    let cases: [(&str, Option<(&str, &str)>, bool); 4] = [
-        ("[telemetry]\nenabled = false\n", None, false),
-        ("[telemetry]\nenable = false\n", None, false),
-        ("[telemetry]\nenabled = true\n", Some(("BROKER_TELEMETRY__ENABLE", "false")), false),
-        ("[telemetry]\nenabled = true\n", None, true),
+    const ENABLE_FALSE: &[(&str, &str)] = &[("BROKER_TELEMETRY__ENABLE", "false")];
+    let cases = [
+        ("[telemetry]\nenabled = false\n", &[][..], false),
+        ("[telemetry]\nenable = false\n", &[], false),
+        ("[telemetry]\nenabled = true\n", ENABLE_FALSE, false),
+        ("[telemetry]\nenabled = true\n", &[], true),
     ];
     for (toml, extra, on) in cases {
         let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
         dir.write("broker.toml", toml);
         let mut env = telemetry_env(&receiver.url(), "100ms");
-        env.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let broker = start(&dir, &env);
         let status = if on { "Telemetry is enabled" } else { "Telemetry is disabled" };
         assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), status, "{toml} {extra:?}");
