@@ -113,10 +113,7 @@ fn stop_telemetry_from_the_plugins_page() {
     assert_eq!(seen["dashboardStatus"], "active");
 
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(
-        list.contains("Plugin(emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false)"),
-        "{list}"
-    );
+    assert!(list.lines().any(|l| l == "Plugin(emqx_telemetry, description=EMQ X Telemetry, active=false)"), "{list}");
     assert!(dir.read("loaded_plugins").contains("{emqx_telemetry, false}."));
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");

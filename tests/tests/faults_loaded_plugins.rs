@@ -23,11 +23,9 @@ async fn every_bad_line_is_named_and_the_valid_ones_start() {
         assert!(line.contains("ERROR") && line.contains("loaded_plugins"), "{line}");
     }
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(list.contains("Plugin(hook_recorder, version=0.1.0, kind=plugin"), "{list}");
+    assert!(list.contains("Plugin(hook_recorder, description="), "{list}");
     assert!(
-        list.contains(
-            "Plugin(noop_module, version=0.1.0, kind=module, description=Test module: does nothing, active=true)"
-        ),
+        list.lines().any(|l| l == "Plugin(noop_module, description=Test module: does nothing, active=true)"),
         "{list}"
     );
     assert_eq!(list.matches("active=true").count(), 2, "{list}");

@@ -78,40 +78,68 @@ async fn every_endpoint_answers_in_emqx_shape() {
     assert_eq!(body["data"][0]["ip_address"], "127.0.0.1");
     assert_eq!(body["meta"]["count"], 2);
 
+    // Plugins, per node as EMQX 4.3 lists them: exactly name, description, active, type.
     let (_, body) = api.get("/api/v4/plugins").await;
-    let plugins = body["data"].as_array().unwrap();
+    assert_eq!(body["code"], 0);
+    let nodes = body["data"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{body}");
+    assert_eq!(nodes[0]["node"], "emqx@127.0.0.1");
+    let plugins = nodes[0]["plugins"].as_array().unwrap();
     let by_name = |n: &str| plugins.iter().find(|p| p["name"] == n).unwrap().clone();
+    assert_eq!(
+        by_name("emqx_telemetry"),
+        json!({"name": "emqx_telemetry", "description": "EMQ X Telemetry", "active": true, "type": "feature"})
+    );
+    assert_eq!(by_name("emqx_management")["description"], "EMQ X Management");
     assert_eq!(by_name("emqx_management")["active"], true);
     assert_eq!(by_name("emqx_mod_presence")["active"], false);
-    assert_eq!(by_name("emqx_mod_presence")["type"], "module");
-    assert_eq!(by_name("emqx_telemetry")["description"], "Telemetry data");
+    assert_eq!(by_name("emqx_mod_presence")["type"], "feature");
+    assert_eq!(by_name("emqx_mod_presence")["description"], "EMQ X Presence Module");
+    let (status, body) = api.get("/api/v4/nodes/emqx@127.0.0.1/plugins").await;
+    assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
+    assert_eq!(&body["data"], &nodes[0]["plugins"], "the node's list is the same");
 
-    // Load / unload / reload, persisted like `broker ctl`.
+    // Load / unload / reload on the node, persisted like `broker ctl`; `{"code": 0}` as EMQX.
+    let (status, body) = api.put("/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_mod_presence/load").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})));
+    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, true}."));
+    assert!(dir
+        .ctl(&["plugins", "list"])
+        .ok()
+        .lines()
+        .any(|l| l == "Plugin(emqx_mod_presence, description=EMQ X Presence Module, active=true)"));
+    let (status, body) = api.put("/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_mod_presence/reload").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})));
+    let (status, body) = api.put("/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_mod_presence/unload").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})));
+    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, false}."));
+    // The path without the node still works, with the ctl message.
     let (status, body) = api.put("/api/v4/plugins/emqx_mod_presence/load").await;
     assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
-    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, true}."));
-    assert!(dir.ctl(&["plugins", "list"]).ok().contains(
-        "Plugin(emqx_mod_presence, version=0.1.0, kind=module, description=EMQX Presence Module, active=true)"
-    ));
-    let (status, _) = api.put("/api/v4/plugins/emqx_mod_presence/reload").await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["message"], "Plugin emqx_mod_presence loaded successfully.");
     let (status, _) = api.put("/api/v4/plugins/emqx_mod_presence/unload").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(dir.read("loaded_plugins").contains("{emqx_mod_presence, false}."));
 
-    // Telemetry status, enable/disable and data.
+    // Telemetry status, enable/disable and data, in EMQX's shapes.
     let (_, body) = api.get("/api/v4/telemetry/status").await;
-    assert_eq!(body["data"]["enable"], true);
+    assert_eq!(body, json!({"code": 0, "data": {"enabled": true}}));
+    let (status, body) = api
+        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enabled": false})))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})));
+    assert_eq!(api.get("/api/v4/telemetry/status").await.1, json!({"code": 0, "data": {"enabled": false}}));
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled");
+    // The older body `{"enable": ...}` is accepted too.
     let (status, _) = api
-        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": false})))
+        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": true})))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(api.get("/api/v4/telemetry/status").await.1["data"]["enable"], false);
-    assert!(dir.ctl(&["telemetry", "get", "status"]).ok().contains("disabled"));
-    api.call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enable": true}))).await;
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is enabled");
     let (_, body) = api.get("/api/v4/telemetry/data").await;
+    assert_eq!(body["code"], 0);
     assert_eq!(body["data"]["license"]["edition"], "community");
     assert_eq!(body["data"]["num_clients"], 2);
+    assert!(body["data"]["up_time"].as_u64().unwrap() > 0, "{body}");
 
     // With telemetry unloaded its endpoints say so.
     api.put("/api/v4/plugins/emqx_telemetry/unload").await;
@@ -128,7 +156,21 @@ async fn auth_failures_and_bad_input_get_4xx_with_a_json_error() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
         assert_eq!(body["code"], 401);
     }
-    let cases: [(Method, &str, StatusCode, &str); 8] = [
+    let cases: [(Method, &str, StatusCode, &str); 12] = [
+        (Method::GET, "/api/v4/nodes/emqx@10.0.0.9/plugins", StatusCode::NOT_FOUND, "unknown node \"emqx@10.0.0.9\""),
+        (Method::PUT, "/api/v4/nodes/other@host/plugins/emqx_telemetry/unload", StatusCode::NOT_FOUND, "unknown node"),
+        (
+            Method::PUT,
+            "/api/v4/nodes/emqx@127.0.0.1/plugins/no_such_plugin/load",
+            StatusCode::NOT_FOUND,
+            "unknown plugin",
+        ),
+        (
+            Method::PUT,
+            "/api/v4/nodes/emqx@127.0.0.1/plugins/emqx_telemetry/load",
+            StatusCode::CONFLICT,
+            "is already loaded",
+        ),
         (Method::PUT, "/api/v4/plugins/no_such_plugin/load", StatusCode::NOT_FOUND, "unknown plugin no_such_plugin"),
         (Method::PUT, "/api/v4/plugins/..%2F..%2Fetc/load", StatusCode::BAD_REQUEST, "invalid plugin name"),
         (Method::PUT, "/api/v4/plugins/Bad-Name/load", StatusCode::BAD_REQUEST, "invalid plugin name"),

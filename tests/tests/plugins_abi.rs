@@ -17,7 +17,9 @@ async fn wrong_abi_is_refused_and_the_broker_keeps_serving() {
     let stderr = dir.ctl(&["plugins", "load", "bad_abi"]).err();
     assert_eq!(stderr.trim(), format!("error: {MESSAGE}"));
     let list = dir.ctl(&["plugins", "list"]).ok();
-    assert!(list.contains(&format!("active=false, state=unavailable: {MESSAGE})")), "{list}");
+    assert!(list.lines().any(|l| l == "Plugin(bad_abi, description=, active=false)"), "{list}");
+    let list = dir.ctl(&["plugins", "list", "--verbose"]).ok();
+    assert!(list.contains(&format!("active=false, version=, kind=, state=unavailable: {MESSAGE})")), "{list}");
 
     let mut sub = Client::connect(&broker, "still-serving").await;
     sub.subscribe("alive", QoS::AtLeastOnce).await;

@@ -94,6 +94,7 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     let groups: Vec<usize> = uuid.split('-').map(str::len).collect();
     assert_eq!(groups, vec![8, 4, 4, 4, 12], "{uuid}");
     assert!(uuid.chars().all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()), "{uuid}");
+    assert!(uuid.split('-').nth(2).unwrap().starts_with('1'), "a time-based (v1) uuid, as EMQX's: {uuid}");
     assert!(dir.read("emqx_telemetry.json").contains(uuid), "uuid kept in the data directory");
 
     // No personal data.
@@ -109,10 +110,27 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     assert_eq!(stat_in(&stats, "messages.received"), N);
     assert_eq!(stat_in(&stats, "messages.sent"), N * M);
     assert_eq!(stat_in(&stats, "connections.count"), M + 1);
-    let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    assert_eq!(stat_in(&stats, "connections.max"), M + 1);
+    let text = dir.ctl(&["telemetry", "get", "data"]).ok();
+    assert!(text.starts_with("{\n  \"license\": {\n    \"edition\": \"community\"\n  },\n"), "pretty JSON: {text}");
+    let data: Value = serde_json::from_str(&text).unwrap();
     for key in ["messages_received", "messages_sent", "num_clients", "uuid", "active_plugins"] {
         assert_eq!(data[key], json[key], "{key}");
     }
+
+    // up_time is in milliseconds, as EMQX's: between the broker's uptime in whole seconds
+    // read before and after it.
+    let uptime_secs = |dir: &DataDir| {
+        let out = dir.ctl(&["broker"]).ok();
+        out.lines()
+            .find_map(|l| l.strip_prefix("uptime    : ")?.strip_suffix(" seconds")?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no uptime in {out}"))
+    };
+    let before = e2e::wait_until("the broker up for a second", || Some(uptime_secs(&dir)).filter(|&s| s >= 1));
+    let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    let after = uptime_secs(&dir);
+    let up_time = data["up_time"].as_u64().unwrap();
+    assert!(before * 1000 <= up_time && up_time < (after + 1) * 1000, "{before}s <= {up_time}ms <= {after}s");
 
     // up_time grows.
     let up_time = json["up_time"].as_u64().unwrap();
@@ -125,9 +143,23 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
         j["active_plugins"] == serde_json::json!(["emqx_telemetry"]) && j["active_modules"] == serde_json::json!([])
     });
 
-    // Clients leaving are counted too.
+    // num_clients is EMQX's `connections.max`, the peak: it stays when clients leave.
     publisher.disconnect().await;
-    receiver.wait_for("num_clients back to 3", |j| j["num_clients"] == M);
+    e2e::wait_for_stat(&dir, "connections.count", M);
+    let before = receiver.count();
+    e2e::wait_until("a report after the client left", || (receiver.count() > before).then_some(()));
+    assert_eq!(receiver.reports().last().unwrap().json["num_clients"], M + 1);
+}
+
+#[test]
+fn a_uuid_kept_by_an_older_version_is_kept() {
+    let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
+    let old = "D6138FCE-E455-41EA-A854-FD8F5F98125F";
+    dir.write("emqx_telemetry.json", &format!("{{\"uuid\": \"{old}\", \"enabled\": true}}"));
+    let _broker = Broker::start(&dir, &[]);
+    let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    assert_eq!(data["uuid"], old);
+    assert!(dir.read("emqx_telemetry.json").contains(old));
 }
 
 #[test]
@@ -177,8 +209,7 @@ fn a_plugin_not_enabled_in_loaded_plugins_never_starts() {
         let list = dir.ctl(&["plugins", "list"]).ok();
         assert!(
             !list.contains("emqx_telemetry")
-                || list
-                    .contains("emqx_telemetry, version=0.1.0, kind=plugin, description=Telemetry data, active=false"),
+                || list.lines().any(|l| l == "Plugin(emqx_telemetry, description=EMQ X Telemetry, active=false)"),
             "{list}"
         );
     }
@@ -192,15 +223,12 @@ fn ctl_disable_is_persisted_and_sends_nothing() {
     let env = telemetry_env(&receiver.url(), "100ms");
     let broker = start(&dir, &env);
     broker.wait_for_log("telemetry is on: every 100ms it sends anonymous usage data");
-    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry status: enabled");
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is enabled");
     receiver.wait_for("a first report", |_| true);
 
     assert_eq!(dir.ctl(&["telemetry", "disable"]).ok().trim(), "Disable telemetry successfully");
     receiver.assert_silent_for(Duration::from_secs(1));
-    assert_eq!(
-        dir.ctl(&["telemetry", "get", "status"]).ok().trim(),
-        "Telemetry status: disabled (disabled by `broker ctl telemetry disable`)"
-    );
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled");
 
     // Still off after a restart.
     broker.stop();
@@ -225,6 +253,7 @@ fn do_not_track_and_enable_false_send_nothing() {
     let receiver = Receiver::start(Mode::Accept);
     let cases = [
         ("DO_NOT_TRACK", "1", "disabled by DO_NOT_TRACK"),
+        ("BROKER_TELEMETRY__ENABLED", "false", "disabled by the config"),
         ("BROKER_TELEMETRY__ENABLE", "false", "disabled by the config"),
     ];
     for (key, value, reason) in cases {
@@ -234,14 +263,39 @@ fn do_not_track_and_enable_false_send_nothing() {
         let broker = start(&dir, &env);
         broker.wait_for_log(&format!("telemetry is off ({reason}"));
         receiver.assert_silent_for(Duration::from_secs(1));
-        let status = dir.ctl(&["telemetry", "get", "status"]).ok();
-        assert!(status.contains(reason), "{status}");
+        assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled");
         // `enable` cannot override the environment.
         let out = dir.ctl(&["telemetry", "enable"]).ok();
-        assert!(out.contains("but it stays off"), "{out}");
+        assert!(out.contains("but it stays off") && out.contains(reason), "{out}");
         receiver.assert_silent_for(Duration::from_millis(500));
     }
     assert_eq!(receiver.count(), 0);
+}
+
+#[test]
+fn the_config_key_is_enabled_and_either_name_saying_false_wins() {
+    let receiver = Receiver::start(Mode::Accept);
+    const ENABLE_FALSE: &[(&str, &str)] = &[("BROKER_TELEMETRY__ENABLE", "false")];
+    let cases = [
+        ("[telemetry]\nenabled = false\n", &[][..], false),
+        ("[telemetry]\nenable = false\n", &[], false),
+        ("[telemetry]\nenabled = true\n", ENABLE_FALSE, false),
+        ("[telemetry]\nenabled = true\n", &[], true),
+    ];
+    for (toml, extra, on) in cases {
+        let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
+        dir.write("broker.toml", toml);
+        let mut env = telemetry_env(&receiver.url(), "100ms");
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let broker = start(&dir, &env);
+        let status = if on { "Telemetry is enabled" } else { "Telemetry is disabled" };
+        assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), status, "{toml} {extra:?}");
+        if on {
+            broker.wait_for_log("telemetry is on");
+        } else {
+            broker.wait_for_log("telemetry is off (disabled by the config (telemetry.enabled = false");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,7 +312,12 @@ impl Manager {
     pub(crate) fn command(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["plugins", "list"] => Ok(self.list().iter().map(format_status).collect::<Vec<_>>().join("\n")),
+            ["plugins", "list"] => {
+                Ok(self.list().iter().map(|s| format_status(s, false)).collect::<Vec<_>>().join("\n"))
+            }
+            ["plugins", "list", "--verbose" | "-v"] => {
+                Ok(self.list().iter().map(|s| format_status(s, true)).collect::<Vec<_>>().join("\n"))
+            }
             ["plugins", "load", name] => {
                 self.load(name, true).map_err(|e| e.to_string())?;
                 Ok(format!("Plugin {name} loaded successfully."))
@@ -371,20 +376,20 @@ fn format_named(rows: impl IntoIterator<Item = (&'static str, u64)>) -> String {
     rows.iter().map(|(name, value)| format!("{name:<30}: {value}")).collect::<Vec<_>>().join("\n")
 }
 
-const PLUGINS_USAGE: &str = "usage: broker ctl plugins list | load NAME | unload NAME | reload NAME";
+const PLUGINS_USAGE: &str = "usage: broker ctl plugins list [--verbose] | load NAME | unload NAME | reload NAME";
 
 /// The hook handles of the running plugins, in load order.
 fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {
     running.iter().map(|i| i.handle.clone()).collect()
 }
 
-fn format_status(s: &PluginStatus) -> String {
-    let mut line = format!(
-        "Plugin({}, version={}, kind={}, description={}, active={}",
-        s.name, s.version, s.kind, s.description, s.active
-    );
-    if s.state != "running" && s.state != "stopped" {
-        line.push_str(&format!(", state={}", s.state));
+/// One line of `broker ctl plugins list`, EMQX's exactly: `Plugin(NAME, description=TEXT,
+/// active=BOOL)`; `verbose` adds `version`, `kind` and `state` (`running`, `stopped`,
+/// `failed: <why>`, `unavailable: <why>`) before the closing parenthesis.
+fn format_status(s: &PluginStatus, verbose: bool) -> String {
+    let mut line = format!("Plugin({}, description={}, active={}", s.name, s.description, s.active);
+    if verbose {
+        line.push_str(&format!(", version={}, kind={}, state={}", s.version, s.kind, s.state));
     }
     line.push(')');
     line

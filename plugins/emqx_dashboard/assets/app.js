@@ -106,9 +106,8 @@ function drawChart(canvas) {
 function pluginRow(plugin) {
   const row = document.createElement("tr");
   row.dataset.plugin = plugin.name;
-  const failed = plugin.state.startsWith("failed") || plugin.state.startsWith("unavailable");
-  const status = plugin.active ? "active" : failed ? "failed" : "inactive";
-  for (const text of [plugin.name, plugin.version, plugin.type, plugin.description]) {
+  const status = plugin.active ? "active" : "inactive";
+  for (const text of [plugin.name, plugin.type, plugin.description]) {
     const cell = document.createElement("td");
     cell.textContent = text;
     row.appendChild(cell);
@@ -116,7 +115,6 @@ function pluginRow(plugin) {
   const statusCell = document.createElement("td");
   statusCell.className = `status ${status}`;
   statusCell.textContent = status;
-  if (failed) { statusCell.title = plugin.state; }
   row.appendChild(statusCell);
   const actionCell = document.createElement("td");
   const button = document.createElement("button");
@@ -130,7 +128,8 @@ function pluginRow(plugin) {
 }
 
 async function refreshPlugins() {
-  const plugins = (await api("GET", "/plugins")).data;
+  // EMQX's shape: one entry a node, each with its plugins; this broker is one node.
+  const plugins = (await api("GET", "/plugins")).data.flatMap((node) => node.plugins);
   $("plugins-table").tBodies[0].replaceChildren(...plugins.map(pluginRow));
 }
 

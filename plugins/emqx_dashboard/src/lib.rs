@@ -60,7 +60,7 @@ declare_plugin!(
     PluginInfo {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        description: "EMQX Web Dashboard",
+        description: "EMQ X Dashboard",
         kind: PluginKind::Plugin,
         hooks: HookMask(0),
         priority: 0,

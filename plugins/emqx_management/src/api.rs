@@ -73,6 +73,8 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/plugins", get(plugins))
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
+        .route("/api/v4/nodes/{node}/plugins", get(node_plugins))
+        .route("/api/v4/nodes/{node}/plugins/{name}/{action}", put(node_plugin_action))
         .route("/api/v4/telemetry/status", get(telemetry_status).put(set_telemetry_status))
         .route("/api/v4/telemetry/data", get(telemetry_data))
         .route("/api/v4/metrics", get(metrics))
@@ -137,30 +139,75 @@ async fn clients(State(api): State<Api>) -> ApiResult {
     Ok(Json(json!({"code": 0, "data": clients, "meta": {"count": clients.len()}})))
 }
 
-async fn plugins(State(api): State<Api>) -> ApiResult {
+/// EMQX's plugin `type`, from the name as EMQX 4.3 types its own plugins.
+fn plugin_type(name: &str) -> &'static str {
+    if name.starts_with("emqx_auth_") {
+        "auth"
+    } else if name.starts_with("emqx_bridge_") {
+        "bridge"
+    } else if name.starts_with("emqx_backend_") {
+        "backend"
+    } else if matches!(name, "emqx_sn" | "emqx_coap" | "emqx_lwm2m" | "emqx_stomp" | "emqx_exproto") {
+        "protocol"
+    } else {
+        "feature"
+    }
+}
+
+/// This node's plugins as EMQX lists them: `name`, `description`, `active`, `type`.
+fn plugin_list(api: &Api) -> Result<Value, ApiError> {
     let plugins = api.host.plugins().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let data: Vec<Value> = plugins
-        .into_iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "version": p.version,
-                "description": p.description,
-                "active": p.active,
-                "type": p.kind.clone(),
-                "kind": p.kind,
-                "state": p.state,
-            })
-        })
-        .collect();
-    ok(Value::Array(data))
+    let list = plugins.into_iter().map(|p| {
+        let kind = plugin_type(&p.name);
+        json!({"name": p.name, "description": p.description, "active": p.active, "type": kind})
+    });
+    Ok(Value::Array(list.collect()))
+}
+
+/// `GET /api/v4/plugins`: per node, as EMQX (`[{"node": ..., "plugins": [...]}]`).
+async fn plugins(State(api): State<Api>) -> ApiResult {
+    let plugins = plugin_list(&api)?;
+    ok(json!([{"node": api.host.node_name(), "plugins": plugins}]))
+}
+
+/// Refuses a node name other than this broker's (there is no cluster).
+fn this_node(api: &Api, node: &str) -> Result<(), ApiError> {
+    if node == api.host.node_name() {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("unknown node {node:?}: this node is {:?}", api.host.node_name())))
+    }
+}
+
+/// `GET /api/v4/nodes/{node}/plugins`.
+async fn node_plugins(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    this_node(&api, &node)?;
+    ok(plugin_list(&api)?)
+}
+
+/// `PUT /api/v4/nodes/{node}/plugins/{name}/load|unload|reload`: `{"code": 0}`, as EMQX.
+async fn node_plugin_action(
+    State(api): State<Api>,
+    Path((node, name, action)): Path<(String, String, String)>,
+) -> ApiResult {
+    this_node(&api, &node)?;
+    run_plugin_action(api, name, action).await?;
+    Ok(Json(json!({"code": 0})))
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// `PUT /api/v4/plugins/{name}/load|unload|reload` (this API's older path): `{"code": 0,
+/// "message": ...}`.
 async fn plugin_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+    let message = run_plugin_action(api, name, action).await?;
+    Ok(Json(json!({"code": 0, "message": message})))
+}
+
+/// Checks and runs one plugin action; the ctl answer.
+async fn run_plugin_action(api: Api, name: String, action: String) -> Result<String, ApiError> {
     if !matches!(action.as_str(), "load" | "unload" | "reload") {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action {action:?}: use load, unload or reload")));
     }
@@ -173,18 +220,20 @@ async fn plugin_action(State(api): State<Api>, Path((name, action)): Path<(Strin
             format!("{name} cannot {action} itself through its own API; use `broker ctl plugins {action} {name}`"),
         ));
     }
-    let message = ctl(api.host, vec!["plugins".into(), action, name]).await?;
-    Ok(Json(json!({"code": 0, "message": message})))
+    ctl(api.host, vec!["plugins".into(), action, name]).await
 }
 
 async fn telemetry_status(State(api): State<Api>) -> ApiResult {
     let status = ctl(api.host, vec!["telemetry".into(), "get".into(), "status".into()]).await.map_err(telemetry_off)?;
-    ok(json!({"enable": status.trim() == "Telemetry status: enabled", "status": status.trim()}))
+    ok(json!({"enabled": status.trim() == "Telemetry is enabled"}))
 }
 
+/// The body of `PUT /api/v4/telemetry/status`: EMQX's `{"enabled": bool}` (`enable` is
+/// accepted too).
 #[derive(Deserialize)]
 struct EnableBody {
-    enable: bool,
+    #[serde(alias = "enable")]
+    enabled: bool,
 }
 
 async fn set_telemetry_status(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
@@ -195,11 +244,11 @@ async fn set_telemetry_status(State(api): State<Api>, headers: HeaderMap, body: 
     let parsed: Result<EnableBody, _> = serde_json::from_slice(&body);
     let body = match (is_json, parsed) {
         (true, Ok(body)) => body,
-        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "expected a JSON body {\"enable\": true|false}".into())),
+        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "expected a JSON body {\"enabled\": true|false}".into())),
     };
-    let verb = if body.enable { "enable" } else { "disable" };
-    let message = ctl(api.host, vec!["telemetry".into(), verb.into()]).await.map_err(telemetry_off)?;
-    Ok(Json(json!({"code": 0, "message": message})))
+    let verb = if body.enabled { "enable" } else { "disable" };
+    ctl(api.host, vec!["telemetry".into(), verb.into()]).await.map_err(telemetry_off)?;
+    Ok(Json(json!({"code": 0})))
 }
 
 async fn telemetry_data(State(api): State<Api>) -> ApiResult {

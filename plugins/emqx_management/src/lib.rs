@@ -6,9 +6,11 @@
 //! | GET | `/api/v4/stats` | `connections.count`, `messages.received`, `messages.sent`, `uptime` |
 //! | GET | `/api/v4/metrics` | every counter (`messages.received`, `bytes.sent`, ...) per node |
 //! | GET | `/api/v4/clients` | connected clients |
-//! | GET | `/api/v4/plugins` | every known plugin: name, version, description, active, type |
-//! | PUT | `/api/v4/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...`, persisted the same way |
-//! | GET, PUT | `/api/v4/telemetry/status` | `{"enable": bool}` |
+//! | GET | `/api/v4/plugins` | per node, as EMQX: `[{"node", "plugins": [{name, description, active, type}]}]` |
+//! | GET | `/api/v4/nodes/{node}/plugins` | this node's plugins: `[{name, description, active, type}]` |
+//! | PUT | `/api/v4/nodes/{node}/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...`, persisted the same way; `{"code": 0}` |
+//! | PUT | `/api/v4/plugins/{name}/load`, `unload`, `reload` | the same, without the node |
+//! | GET, PUT | `/api/v4/telemetry/status` | `{"enabled": bool}` |
 //! | GET | `/api/v4/telemetry/data` | the next telemetry report |
 //!
 //! HTTP basic auth; default `admin` / `public` (a warning is logged while that password is in
@@ -77,7 +79,7 @@ declare_plugin!(
     PluginInfo {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        description: "EMQX Management API and CLI",
+        description: "EMQ X Management",
         kind: PluginKind::Plugin,
         hooks: HookMask(0),
         priority: 0,

@@ -121,7 +121,7 @@ declare_plugin!(
     PluginInfo {
         name: "emqx_mod_acl_internal",
         version: env!("CARGO_PKG_VERSION"),
-        description: "EMQX Internal ACL Module",
+        description: "EMQ X Internal ACL Module",
         kind: PluginKind::Module,
         hooks: HookMask::of(&[Hook::ClientCheckAcl]),
         priority: 0,

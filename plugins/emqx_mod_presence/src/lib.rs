@@ -99,7 +99,7 @@ declare_plugin!(
     PluginInfo {
         name: "emqx_mod_presence",
         version: env!("CARGO_PKG_VERSION"),
-        description: "EMQX Presence Module",
+        description: "EMQ X Presence Module",
         kind: PluginKind::Module,
         hooks: HookMask::of(&[Hook::ClientConnected, Hook::ClientDisconnected]),
         priority: 0,

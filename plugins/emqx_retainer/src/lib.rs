@@ -243,7 +243,7 @@ declare_plugin!(
     PluginInfo {
         name: "emqx_retainer",
         version: env!("CARGO_PKG_VERSION"),
-        description: "EMQX Retainer",
+        description: "EMQ X Retainer",
         kind: PluginKind::Plugin,
         hooks: HookMask::of(&[Hook::MessagePublish, Hook::SessionSubscribed]),
         priority: 0,

@@ -1,14 +1,16 @@
-//! `emqx_telemetry`: counts clients from broker hooks, reads the broker's message counters
-//! (as EMQX reads its `messages.received` / `messages.sent` metrics), and reports anonymous
-//! usage data, as EMQX 4.x does, by HTTPS POST to `telemetry.url` every
-//! `telemetry.report_interval`. Messages are not counted in hooks: that would cost every
-//! message a plugin call for numbers the broker keeps anyway.
+//! `emqx_telemetry`: reads the broker's counters (as EMQX reads its `connections.max`,
+//! `messages.received` and `messages.sent` stats and metrics) and reports anonymous usage
+//! data, as EMQX 4.x does, by HTTPS POST to `telemetry.url` every
+//! `telemetry.report_interval`. It takes no hooks: counting in hooks would cost every client
+//! and message a plugin call for numbers the broker keeps anyway.
 //!
 //! Off switches: `broker ctl telemetry disable` (kept in the data directory),
-//! `BROKER_TELEMETRY__ENABLE=false` (or `enable = false` in `[telemetry]`), `DO_NOT_TRACK=1`,
-//! `broker ctl plugins unload emqx_telemetry`, or removing its line from `loaded_plugins`.
+//! `BROKER_TELEMETRY__ENABLED=false` (or `enabled = false` in `[telemetry]`; `enable` is
+//! accepted too), `DO_NOT_TRACK=1`, `broker ctl plugins unload emqx_telemetry`, or removing
+//! its line from `loaded_plugins`.
 //!
-//! Commands: `broker ctl telemetry enable | disable | get status | get data`.
+//! Commands, as EMQX's `emqx_ctl telemetry`: `broker ctl telemetry enable | disable |
+//! get status | get data`.
 #![forbid(unsafe_code)]
 
 mod report;
@@ -16,31 +18,19 @@ mod reporter;
 mod settings;
 mod state;
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
-use plugin_api::{
-    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
-};
+use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 
 use report::{License, Report};
 use reporter::{Reporter, Source};
 use settings::Settings;
 use state::State;
 
-/// Counts kept from hooks (seeded from the broker's stats at start, so a plugin loaded on a
-/// busy broker agrees with it).
-#[derive(Debug, Default)]
-struct Counters {
-    clients: AtomicI64,
-}
-
 /// What the report is built from.
 #[derive(Debug)]
 struct Shared {
     host: Host,
-    counters: Counters,
     uuid: String,
     os: (String, String),
 }
@@ -60,20 +50,19 @@ impl Source for Shared {
             Err(e) => self.host.warn(&format!("cannot list plugins for the report: {e}")),
         }
         let stats = self.host.stats();
-        let up_time = SystemTime::now().duration_since(self.host.started_at()).map(|d| d.as_secs()).unwrap_or(0);
         Report {
             license: License { edition: "community" },
             nodes_uuid: Vec::new(),
             active_plugins,
             active_modules,
-            num_clients: self.counters.clients.load(Ordering::Relaxed).max(0) as u64,
+            num_clients: stats.connections_max,
             messages_received: stats.messages_received,
             messages_sent: stats.messages_sent,
             emqx_version: self.host.broker_version().to_owned(),
             os_name: self.os.0.clone(),
             os_version: self.os.1.clone(),
             otp_version: env!("TELEMETRY_RUSTC_VERSION").to_owned(),
-            up_time,
+            up_time: stats.uptime_ms,
             uuid: self.uuid.clone(),
         }
     }
@@ -93,6 +82,8 @@ struct Control {
     reporter: Option<Reporter>,
 }
 
+/// The plugin: its settings, the reporter thread while telemetry is on, and what the
+/// report is built from.
 pub struct Telemetry {
     shared: Arc<Shared>,
     settings: Settings,
@@ -112,8 +103,8 @@ impl Telemetry {
 
     /// Why telemetry is off, or `None` when it is on.
     fn off_reason(&self, state: &State) -> Option<&'static str> {
-        if !self.settings.enable {
-            Some("disabled by the config (telemetry.enable = false / BROKER_TELEMETRY__ENABLE=false)")
+        if !self.settings.enabled() {
+            Some("disabled by the config (telemetry.enabled = false / BROKER_TELEMETRY__ENABLED=false)")
         } else if settings::do_not_track() {
             Some("disabled by DO_NOT_TRACK")
         } else if !state.enabled {
@@ -134,7 +125,7 @@ impl Telemetry {
                 "telemetry is on: every {} it sends anonymous usage data (broker version, OS, uptime, \
                  plugin names, client and message counts; no IPs, hostnames, client ids, usernames or \
                  topics) to {}; turn it off with `broker ctl telemetry disable`, \
-                 BROKER_TELEMETRY__ENABLE=false or DO_NOT_TRACK=1",
+                 BROKER_TELEMETRY__ENABLED=false or DO_NOT_TRACK=1",
                 humantime::format_duration(self.settings.report_interval),
                 self.settings.url
             ));
@@ -166,13 +157,7 @@ impl Plugin for Telemetry {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
         let state = state::load_or_create(host.data_dir())?;
-        let stats = host.stats();
-        let shared = Arc::new(Shared {
-            host,
-            counters: Counters { clients: AtomicI64::new(stats.connections as i64) },
-            uuid: state.uuid.clone(),
-            os: report::os_name_and_version(),
-        });
+        let shared = Arc::new(Shared { host, uuid: state.uuid.clone(), os: report::os_name_and_version() });
         let telemetry = Telemetry { shared, settings, control: Mutex::new(Control { state, reporter: None }) };
         {
             let mut control = telemetry.control();
@@ -184,26 +169,17 @@ impl Plugin for Telemetry {
         Ok(telemetry)
     }
 
-    fn on_event(&self, event: &Event<'_>) -> HookResult {
-        let counters = &self.shared.counters;
-        match event.hook {
-            Hook::ClientConnected => counters.clients.fetch_add(1, Ordering::Relaxed),
-            Hook::ClientDisconnected => counters.clients.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
-        };
-        HookResult::Continue
-    }
-
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
             ["enable"] => self.set_enabled(true),
             ["disable"] => self.set_enabled(false),
+            // EMQX's exact lines; why it is off is in the log and in `enable`'s answer.
             ["get", "status"] => Ok(match self.off_reason(&self.control().state) {
-                None => "Telemetry status: enabled".to_owned(),
-                Some(reason) => format!("Telemetry status: disabled ({reason})"),
+                None => "Telemetry is enabled".to_owned(),
+                Some(_) => "Telemetry is disabled".to_owned(),
             }),
-            ["get", "data"] => serde_json::to_string(&self.shared.report()).map_err(|e| e.to_string()),
+            ["get", "data"] => serde_json::to_string_pretty(&self.shared.report()).map_err(|e| e.to_string()),
             _ => Err("usage: broker ctl telemetry enable | disable | get status | get data".to_owned()),
         }
     }
@@ -220,9 +196,9 @@ declare_plugin!(
     PluginInfo {
         name: "emqx_telemetry",
         version: env!("CARGO_PKG_VERSION"),
-        description: "Telemetry data",
+        description: "EMQ X Telemetry",
         kind: PluginKind::Plugin,
-        hooks: HookMask::of(&[Hook::ClientConnected, Hook::ClientDisconnected]),
+        hooks: HookMask(0),
         priority: 0,
         ctl_command: Some("telemetry"),
     }

@@ -16,6 +16,7 @@ pub struct Report {
     pub nodes_uuid: Vec<String>,
     pub active_plugins: Vec<String>,
     pub active_modules: Vec<String>,
+    /// The most clients connected at once since start (EMQX's `connections.max`).
     pub num_clients: u64,
     pub messages_received: u64,
     pub messages_sent: u64,
@@ -25,7 +26,7 @@ pub struct Report {
     pub os_version: String,
     /// The Rust toolchain that built this plugin (EMQX sends its Erlang/OTP release here).
     pub otp_version: String,
-    /// Seconds since the broker started.
+    /// Milliseconds since the broker started (EMQX: `erlang:statistics(wall_clock)`).
     pub up_time: u64,
     pub uuid: String,
 }

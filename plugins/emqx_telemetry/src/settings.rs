@@ -10,8 +10,12 @@ pub const DEFAULT_URL: &str = "https://telemetry.emqx.io/api/telemetry";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// Master switch (`BROKER_TELEMETRY__ENABLE=false` turns telemetry off).
-    pub enable: bool,
+    /// Master switch, EMQX's `telemetry.enabled` (`BROKER_TELEMETRY__ENABLED=false` turns
+    /// telemetry off).
+    enabled: bool,
+    /// The older name of `enabled`, still accepted. Not a serde alias: the file may set one
+    /// name and the environment the other, and then either one saying `false` wins.
+    enable: bool,
     /// Where reports are POSTed.
     pub url: String,
     /// Time between reports: `10s`, `5m`, `7d`, or seconds as a number.
@@ -28,12 +32,20 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            enabled: true,
             enable: true,
             url: DEFAULT_URL.to_owned(),
             report_interval: Duration::from_secs(7 * 24 * 3600),
             first_report_delay: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl Settings {
+    /// Whether the config lets telemetry run: neither `enabled` nor `enable` is `false`.
+    pub fn enabled(&self) -> bool {
+        self.enabled && self.enable
     }
 }
 
@@ -85,7 +97,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.report_interval, Duration::from_secs(300));
         assert_eq!(s.first_report_delay, Duration::ZERO);
-        assert!(!s.enable);
+        assert!(!s.enabled());
         assert_eq!(s.url, DEFAULT_URL);
+        let s: Settings = serde_json::from_value(serde_json::json!({"enabled": false})).unwrap();
+        assert!(!s.enabled());
+        let s: Settings = serde_json::from_value(serde_json::json!({"enabled": true, "enable": false})).unwrap();
+        assert!(!s.enabled(), "either name saying false wins");
+        assert!(Settings::default().enabled());
     }
 }

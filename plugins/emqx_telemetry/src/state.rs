@@ -11,7 +11,9 @@ pub const FILE_NAME: &str = "emqx_telemetry.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    /// Uppercase 8-4-4-4-12 hex, as EMQX's.
+    /// Uppercase 8-4-4-4-12 hex, as EMQX's. Made once as a time-based (v1) uuid, as EMQX
+    /// makes it; a uuid kept by an older version (random, v4) is kept as it is, so a node
+    /// keeps its identity across an upgrade.
     pub uuid: String,
     /// False after `ctl telemetry disable`.
     pub enabled: bool,
@@ -21,8 +23,13 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
+/// A time-based (v1) uuid, uppercase, as EMQX's (`...-11EA-...`). The node id is random
+/// with the multicast bit set (RFC 4122, 4.5), never a MAC address.
 fn new_uuid() -> String {
-    uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase()
+    let mut node = *uuid::Uuid::new_v4().as_bytes();
+    node[0] |= 0x01;
+    let node: [u8; 6] = node[..6].try_into().expect("six bytes");
+    uuid::Uuid::now_v1(&node).hyphenated().to_string().to_uppercase()
 }
 
 /// Reads the state, creating (and saving) a new uuid the first time.
@@ -62,9 +69,20 @@ mod tests {
         assert_eq!(first.uuid.len(), 36);
         assert_eq!(first.uuid, first.uuid.to_uppercase());
         assert_eq!(first.uuid.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(uuid::Uuid::parse_str(&first.uuid).unwrap().get_version_num(), 1);
         save(&dir, &State { enabled: false, ..first.clone() }).unwrap();
         let again = load_or_create(&dir).unwrap();
         assert_eq!((again.uuid.as_str(), again.enabled), (first.uuid.as_str(), false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_kept_v4_uuid_stays() {
+        let dir = std::env::temp_dir().join(format!("telemetry-state-v4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = State { uuid: "D6138FCE-E455-41EA-A854-FD8F5F98125F".into(), enabled: true };
+        save(&dir, &old).unwrap();
+        assert_eq!(load_or_create(&dir).unwrap(), old);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
