@@ -201,3 +201,31 @@ async fn plugins_dir_setting_and_reload_of_a_replaced_library() {
     assert!(dir.ctl(&["plugins", "list"]).ok().contains("active=true"), "the running instance was kept");
     assert!(broker.logs().iter().all(|l| !l.contains("panicked")));
 }
+
+/// EMQX 4.x lists its modules apart (`emqx_ctl modules list`): one
+/// `Module(NAME, description=TEXT, active=BOOL)` line per module-kind plugin, plugins not
+/// among them; `modules unload|load NAME` works on modules only and says so as EMQX does.
+#[test]
+fn modules_are_listed_and_managed_as_emqx_modules() {
+    let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n{emqx_retainer, true}.\n");
+    let _broker = Broker::start(&dir, &[]);
+    assert_eq!(
+        dir.ctl(&["modules", "list"]).ok().trim_end(),
+        "Module(emqx_mod_presence, description=EMQ X Presence Module, active=true)"
+    );
+    assert_eq!(
+        dir.ctl(&["modules", "unload", "emqx_mod_presence"]).ok().trim_end(),
+        "Module emqx_mod_presence unloaded successfully."
+    );
+    assert!(dir.ctl(&["modules", "list"]).ok().contains("active=false"));
+    assert_eq!(
+        dir.ctl(&["modules", "load", "emqx_mod_presence"]).ok().trim_end(),
+        "Module emqx_mod_presence loaded successfully."
+    );
+    let err = dir.ctl(&["modules", "unload", "emqx_retainer"]).err();
+    assert!(err.contains("emqx_retainer is not a module"), "{err}");
+    assert!(dir
+        .ctl(&["plugins", "list"])
+        .ok()
+        .contains("Plugin(emqx_retainer, description=EMQ X Retainer, active=true)"));
+}

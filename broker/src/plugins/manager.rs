@@ -331,6 +331,27 @@ impl Manager {
                 Ok(format!("Plugin {name} reloaded successfully."))
             }
             ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
+            // EMQX 4.x lists its modules apart: `Module(NAME, description=TEXT, active=BOOL)`.
+            ["modules", "list"] => Ok(self
+                .list()
+                .iter()
+                .filter(|s| s.kind == "module")
+                .map(|s| format!("Module({}, description={}, active={})", s.name, s.description, s.active))
+                .collect::<Vec<_>>()
+                .join("\n")),
+            ["modules", action @ ("load" | "unload" | "reload"), name] => {
+                if !self.list().iter().any(|s| s.name == *name && s.kind == "module") {
+                    return Err(format!("{name} is not a module (see broker ctl modules list)"));
+                }
+                match *action {
+                    "load" => self.load(name, true),
+                    "unload" => self.unload(name, true),
+                    _ => self.reload(name),
+                }
+                .map_err(|e| e.to_string())?;
+                Ok(format!("Module {name} {action}ed successfully."))
+            }
+            ["modules", ..] => Err(MODULES_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
                 let uptime = crate::sys::uptime(shared.node.stats.uptime_ms() / 1000);
@@ -376,6 +397,7 @@ fn format_named(rows: impl IntoIterator<Item = (&'static str, u64)>) -> String {
     rows.iter().map(|(name, value)| format!("{name:<30}: {value}")).collect::<Vec<_>>().join("\n")
 }
 
+const MODULES_USAGE: &str = "usage: broker ctl modules list | load NAME | unload NAME | reload NAME";
 const PLUGINS_USAGE: &str = "usage: broker ctl plugins list [--verbose] | load NAME | unload NAME | reload NAME";
 
 /// The hook handles of the running plugins, in load order.
