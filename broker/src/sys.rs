@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use plugin_api::emqx;
 
 use crate::message::Message;
 use crate::plugins::host_api::HostShared;
-
-/// What `sysdescr` says.
-pub(crate) const SYSDESCR: &str = "MQTT broker with plugins";
 
 /// Publishes the `$SYS` topics until the runtime stops.
 pub(crate) async fn run(shared: Arc<HostShared>, interval: Option<Duration>, heartbeat: Option<Duration>) {
@@ -43,7 +41,7 @@ fn publish_info(shared: &HostShared) {
     let node = &shared.node_name;
     publish(shared, "$SYS/brokers".to_owned(), node.clone(), true);
     publish(shared, format!("$SYS/brokers/{node}/version"), shared.broker_version.clone(), true);
-    publish(shared, format!("$SYS/brokers/{node}/sysdescr"), SYSDESCR.to_owned(), true);
+    publish(shared, format!("$SYS/brokers/{node}/sysdescr"), emqx::SYSDESCR.to_owned(), true);
     let report = shared.metrics_report();
     for (name, value) in &report.stats {
         publish(shared, format!("$SYS/brokers/{node}/stats/{name}"), value.to_string(), false);
@@ -55,9 +53,9 @@ fn publish_info(shared: &HostShared) {
 
 fn publish_heartbeat(shared: &HostShared) {
     let node = &shared.node_name;
-    let uptime = uptime(shared.node.stats.uptime_ms() / 1000);
+    let uptime = emqx::uptime(shared.node.stats.uptime_ms() / 1000);
     publish(shared, format!("$SYS/brokers/{node}/uptime"), uptime, false);
-    publish(shared, format!("$SYS/brokers/{node}/datetime"), datetime(), false);
+    publish(shared, format!("$SYS/brokers/{node}/datetime"), emqx::datetime(), false);
 }
 
 fn publish(shared: &HostShared, topic: String, payload: String, retain: bool) {
@@ -72,56 +70,4 @@ fn publish(shared: &HostShared, topic: String, payload: String, retain: bool) {
         timestamp_ms: crate::now_ms(),
     };
     shared.node.publish_as_broker(message);
-}
-
-/// Uptime as EMQX words it: `42 seconds`, `3 minutes, 42 seconds`,
-/// `1 days, 0 hours, 3 minutes, 42 seconds`.
-pub(crate) fn uptime(seconds: u64) -> String {
-    let (days, hours, minutes, seconds) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
-    match (days, hours, minutes) {
-        (0, 0, 0) => format!("{seconds} seconds"),
-        (0, 0, _) => format!("{minutes} minutes, {seconds} seconds"),
-        (0, _, _) => format!("{hours} hours, {minutes} minutes, {seconds} seconds"),
-        _ => format!("{days} days, {hours} hours, {minutes} minutes, {seconds} seconds"),
-    }
-}
-
-/// Local date and time as EMQX writes it: `2026-11-27 01:02:03`.
-pub(crate) fn datetime() -> String {
-    let now = libc::time_t::try_from(crate::now_ms() / 1000).unwrap_or_default();
-    // SAFETY: localtime_r writes only into `tm`, which we own; `now` is a valid time_t.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&now, &mut tm);
-        tm
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uptime_is_worded_as_emqx_words_it() {
-        assert_eq!(uptime(7), "7 seconds");
-        assert_eq!(uptime(3 * 60 + 42), "3 minutes, 42 seconds");
-        assert_eq!(uptime(2 * 3600 + 42), "2 hours, 0 minutes, 42 seconds");
-        assert_eq!(uptime(86_400 + 3 * 60 + 42), "1 days, 0 hours, 3 minutes, 42 seconds");
-    }
-
-    #[test]
-    fn datetime_has_emqx_shape() {
-        let text = datetime();
-        let shape: String = text.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
-        assert_eq!(shape, "9999-99-99 99:99:99", "{text}");
-    }
 }

@@ -36,6 +36,8 @@ try {
   await page.waitForSelector("#app-view:not([hidden])");
   await page.waitForFunction(() => document.getElementById("stat-uptime").textContent !== "-");
   seen.clients = await page.textContent("#stat-clients");
+  seen.uptime = await page.textContent("#stat-uptime");
+  seen.node = await page.textContent("#node");
 
   // The traffic chart: a first rate, then figures that move once the test publishes.
   const chartData = () => page.evaluate(() => ({

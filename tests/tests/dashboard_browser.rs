@@ -105,6 +105,9 @@ fn stop_telemetry_from_the_plugins_page() {
     assert!(figure("chartIn", "textIn") > 0.0, "the rate is written beside the chart: {seen}");
 
     assert_eq!(seen["wrongPassword"], "Wrong username or password.");
+    // The overview reads EMQX's /brokers: the node, and uptime in EMQX's words.
+    assert_eq!(seen["node"], "emqx@127.0.0.1");
+    assert!(seen["uptime"].as_str().unwrap().ends_with(" seconds"), "{seen}");
     assert_eq!(seen["before"], "active");
     assert_eq!(seen["after"], "inactive");
     assert_eq!(seen["button"], "Start");

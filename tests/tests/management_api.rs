@@ -64,13 +64,33 @@ async fn every_endpoint_answers_in_emqx_shape() {
     let (status, body) = api.get("/api/v4/brokers").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["code"], 0);
+    // EMQX 4.x: a list of nodes; uptime in words, local datetime.
+    let node = &body["data"][0];
+    assert_eq!(node["node"], "emqx@127.0.0.1");
+    assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(node["node_status"], "Running");
+    assert_eq!(node["sysdescr"], "MQTT broker with plugins");
+    assert!(node["uptime"].as_str().unwrap().ends_with(" seconds"), "{node}");
+    assert_eq!(node["datetime"].as_str().unwrap().len(), "2026-11-27 01:02:03".len(), "{node}");
+    let (_, body) = api.get("/api/v4/brokers/emqx@127.0.0.1").await;
     assert_eq!(body["data"]["node"], "emqx@127.0.0.1");
-    assert_eq!(body["data"]["version"], env!("CARGO_PKG_VERSION"));
 
+    // Gauges per node under "stats"; ?aggregate=true as one object; counters under /metrics.
     let (_, body) = api.get("/api/v4/stats").await;
+    assert_eq!(body["data"][0]["node"], "emqx@127.0.0.1");
+    assert_eq!(body["data"][0]["stats"]["connections.count"], 2);
+    assert_eq!(body["data"][0]["stats"]["subscriptions.count"], 1);
+    let (_, body) = api.get("/api/v4/stats?aggregate=true").await;
     assert_eq!(body["data"]["connections.count"], 2);
-    assert_eq!(body["data"]["messages.received"], 1);
-    assert_eq!(body["data"]["messages.sent"], 1);
+    let (_, body) = api.get("/api/v4/nodes/emqx@127.0.0.1/stats").await;
+    assert_eq!(body["data"]["sessions.count"], 2);
+    let (_, body) = api.get("/api/v4/metrics").await;
+    assert_eq!(body["data"][0]["metrics"]["messages.received"], 1);
+    assert_eq!(body["data"][0]["metrics"]["messages.sent"], 1);
+    let (_, body) = api.get("/api/v4/nodes/emqx@127.0.0.1/metrics").await;
+    assert_eq!(body["data"]["packets.connect.received"], 2);
+    let (status, _) = api.get("/api/v4/nodes/other@host/stats").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (_, body) = api.get("/api/v4/clients").await;
     let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|c| c["clientid"].as_str().unwrap()).collect();

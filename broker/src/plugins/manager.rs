@@ -354,12 +354,12 @@ impl Manager {
             ["modules", ..] => Err(MODULES_USAGE.to_owned()),
             ["broker"] => {
                 let shared = &self.shared;
-                let uptime = crate::sys::uptime(shared.node.stats.uptime_ms() / 1000);
+                let uptime = plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000);
                 Ok(format!(
                     "sysdescr  : {}\nversion   : {}\nuptime    : {uptime}\ndatetime  : {}\nnode      : {}",
-                    crate::sys::SYSDESCR,
+                    plugin_api::emqx::SYSDESCR,
                     shared.broker_version,
-                    crate::sys::datetime(),
+                    plugin_api::emqx::datetime(),
                     shared.node_name
                 ))
             }

@@ -20,19 +20,16 @@ function show(message) {
   $("message").hidden = !message;
 }
 
-function formatUptime(secs) {
-  const d = Math.floor(secs / 86400), h = Math.floor(secs % 86400 / 3600);
-  const m = Math.floor(secs % 3600 / 60), s = secs % 60;
-  return (d ? `${d}d ` : "") + (d || h ? `${h}h ` : "") + `${m}m ${s}s`;
-}
-
+// The overview's figures, from EMQX's endpoints: gauges from /stats, counters from /metrics,
+// uptime (in EMQX's words) and node from /brokers.
 async function refreshStats() {
-  const stats = (await api("GET", "/stats")).data;
-  $("stat-clients").textContent = stats["connections.count"];
-  $("stat-received").textContent = stats["messages.received"];
-  $("stat-sent").textContent = stats["messages.sent"];
-  $("stat-uptime").textContent = formatUptime(stats.uptime);
-  $("node").textContent = stats.node;
+  const [stats, metrics, brokers] = await Promise.all([api("GET", "/stats"), api("GET", "/metrics"), api("GET", "/brokers")]);
+  const gauges = stats.data[0].stats, counters = metrics.data[0].metrics, broker = brokers.data[0];
+  $("stat-clients").textContent = gauges["connections.count"];
+  $("stat-received").textContent = counters["messages.received"];
+  $("stat-sent").textContent = counters["messages.sent"];
+  $("stat-uptime").textContent = broker.uptime;
+  $("node").textContent = broker.node;
 }
 
 // Live chart of messages in / out per second: the deltas of the broker's counters
@@ -159,7 +156,7 @@ function startApp() {
   $("login-view").hidden = true;
   $("app-view").hidden = false;
   route();
-  api("GET", "/brokers").then((b) => { $("version").textContent = b.data.version; }).catch(() => {});
+  api("GET", "/brokers").then((b) => { $("version").textContent = b.data[0].version; }).catch(() => {});
   refreshStats().catch((e) => show(e.message));
   timers.push(setInterval(() => refreshStats().catch(() => {}), 2000));
   sampleTraffic().catch((e) => show(e.message));

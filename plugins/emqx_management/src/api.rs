@@ -1,7 +1,7 @@
 //! The REST API, in EMQX 4.x's shape: every answer is JSON, `{"code": 0, "data": ...}` on
 //! success and `{"code": <http status>, "message": "..."}` on failure.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -69,7 +69,9 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
     let api = Api { host, credentials };
     Router::new()
         .route("/api/v4/brokers", get(brokers))
+        .route("/api/v4/brokers/{node}", get(node_broker))
         .route("/api/v4/stats", get(stats))
+        .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/plugins", get(plugins))
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
@@ -78,6 +80,7 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .route("/api/v4/telemetry/status", get(telemetry_status).put(set_telemetry_status))
         .route("/api/v4/telemetry/data", get(telemetry_data))
         .route("/api/v4/metrics", get(metrics))
+        .route("/api/v4/nodes/{node}/metrics", get(node_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
@@ -112,26 +115,52 @@ async fn method_not_allowed() -> ApiError {
     ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into())
 }
 
-async fn brokers(State(api): State<Api>) -> ApiResult {
-    let stats = api.host.stats();
-    ok(json!({
+/// This node as EMQX 4.x's `/api/v4/brokers` describes one (uptime in words, local datetime).
+fn broker_info(api: &Api) -> Value {
+    json!({
         "node": api.host.node_name(),
         "version": api.host.broker_version(),
-        "sysdescr": "MQTT broker (rumqttd with plugins)",
-        "uptime": stats.uptime_secs,
+        "sysdescr": plugin_api::emqx::SYSDESCR,
+        "uptime": plugin_api::emqx::uptime(api.host.stats().uptime_secs),
+        "datetime": plugin_api::emqx::datetime(),
         "node_status": "Running",
-    }))
+    })
 }
 
-async fn stats(State(api): State<Api>) -> ApiResult {
-    let s = api.host.stats();
-    ok(json!({
-        "node": api.host.node_name(),
-        "connections.count": s.connections,
-        "messages.received": s.messages_received,
-        "messages.sent": s.messages_sent,
-        "uptime": s.uptime_secs,
-    }))
+/// `GET /api/v4/brokers`: every node (this one), as EMQX.
+async fn brokers(State(api): State<Api>) -> ApiResult {
+    ok(json!([broker_info(&api)]))
+}
+
+/// `GET /api/v4/brokers/{node}`.
+async fn node_broker(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    this_node(&api, &node)?;
+    ok(broker_info(&api))
+}
+
+fn host_metrics(api: &Api) -> Result<plugin_api::Metrics, ApiError> {
+    api.host.metrics().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    aggregate: Option<bool>,
+}
+
+/// `GET /api/v4/stats`: the gauges per node, `[{"node", "stats": {...}}]`, as EMQX;
+/// `?aggregate=true` gives the gauges summed over nodes (here: this node's) as one object.
+async fn stats(State(api): State<Api>, Query(query): Query<StatsQuery>) -> ApiResult {
+    let m = host_metrics(&api)?;
+    if query.aggregate == Some(true) {
+        return ok(json!(m.stats));
+    }
+    ok(json!([{"node": m.node, "stats": m.stats}]))
+}
+
+/// `GET /api/v4/nodes/{node}/stats`.
+async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    this_node(&api, &node)?;
+    ok(json!(host_metrics(&api)?.stats))
 }
 
 async fn clients(State(api): State<Api>) -> ApiResult {
@@ -269,6 +298,12 @@ fn telemetry_off(e: ApiError) -> ApiError {
 // --- GET /api/v4/metrics (EMQX 4.x): every counter of this node, from `Host::metrics` ---
 
 async fn metrics(State(api): State<Api>) -> ApiResult {
-    let m = api.host.metrics().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let m = host_metrics(&api)?;
     ok(json!([{"node": m.node, "metrics": m.metrics}]))
+}
+
+/// `GET /api/v4/nodes/{node}/metrics`.
+async fn node_metrics(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    this_node(&api, &node)?;
+    ok(json!(host_metrics(&api)?.metrics))
 }

@@ -1,0 +1,61 @@
+//! EMQX's ways of writing broker facts, for plugins that show them as EMQX does (and used by
+//! the host for `$SYS` and `broker ctl broker`).
+
+/// What this broker says it is in `sysdescr` (`$SYS`, `broker ctl broker`, the management
+/// API); EMQX says `EMQ X Broker`.
+pub const SYSDESCR: &str = "MQTT broker with plugins";
+
+/// Uptime as EMQX 4.x words it (`emqx_sys:uptime/0`): `42 seconds`,
+/// `3 minutes, 42 seconds`, `2 hours, 0 minutes, 42 seconds`,
+/// `1 days, 0 hours, 3 minutes, 42 seconds`.
+pub fn uptime(seconds: u64) -> String {
+    let (days, hours, minutes, seconds) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds} seconds"),
+        (0, 0, _) => format!("{minutes} minutes, {seconds} seconds"),
+        (0, _, _) => format!("{hours} hours, {minutes} minutes, {seconds} seconds"),
+        _ => format!("{days} days, {hours} hours, {minutes} minutes, {seconds} seconds"),
+    }
+}
+
+/// The local date and time now as EMQX writes it (`emqx_sys:datetime/0`):
+/// `2026-11-27 01:02:03`.
+pub fn datetime() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = libc::time_t::try_from(now).unwrap_or_default();
+    // SAFETY: localtime_r writes only into `tm`, which we own; `now` is a valid time_t.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_is_worded_as_emqx_words_it() {
+        assert_eq!(uptime(7), "7 seconds");
+        assert_eq!(uptime(3 * 60 + 42), "3 minutes, 42 seconds");
+        assert_eq!(uptime(2 * 3600 + 42), "2 hours, 0 minutes, 42 seconds");
+        assert_eq!(uptime(86_400 + 3 * 60 + 42), "1 days, 0 hours, 3 minutes, 42 seconds");
+    }
+
+    #[test]
+    fn datetime_has_emqx_shape() {
+        let text = datetime();
+        let shape: String = text.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+        assert_eq!(shape, "9999-99-99 99:99:99", "{text}");
+    }
+}
