@@ -88,7 +88,8 @@ async fn emqx_acl_cache_names() {
         for _ in 0..3 {
             publisher.publish_acked("t/1", QoS::AtLeastOnce, "x").await;
         }
-        let asked = recorded_events(&file).iter().filter(|e| e["hook"] == "client.check_acl" && e["topic"] == "t/1").count();
+        let asked =
+            recorded_events(&file).iter().filter(|e| e["hook"] == "client.check_acl" && e["topic"] == "t/1").count();
         assert_eq!(asked, checks, "enable_acl_cache = {enable}: check_acl calls for 3 publishes");
         broker.stop();
     }
@@ -96,12 +97,8 @@ async fn emqx_acl_cache_names() {
     let dir = DataDir::with_plugins("");
     for (how, env) in [("file", vec![]), ("environment", vec![("BROKER_MQTT__ACL_CACHE_MAX_SIZE", "0")])] {
         dir.write("broker.toml", if how == "file" { "[mqtt]\nacl_cache_max_size = 0\n" } else { "" });
-        let out = std::process::Command::new(e2e::broker_exe())
-            .arg("--data-dir")
-            .arg(dir.path())
-            .envs(env)
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new(e2e::broker_exe()).arg("--data-dir").arg(dir.path()).envs(env).output().unwrap();
         assert!(!out.status.success(), "acl_cache_max_size = 0 from the {how} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -255,7 +255,9 @@ impl Plugin for Retainer {
                 Ok(topics.join("\n"))
             }
             ["clean"] => Ok(self.clean(|_| true)),
-            ["clean", filter] if topic::is_valid_filter(filter) => Ok(self.clean(|topic| topic::matches(filter, topic))),
+            ["clean", filter] if topic::is_valid_filter(filter) => {
+                Ok(self.clean(|topic| topic::matches(filter, topic)))
+            }
             ["clean", filter] => Err(format!("invalid topic filter {filter:?}")),
             _ => Err("usage: broker ctl retainer info | topics | clean [TOPIC_FILTER]".to_owned()),
         }
