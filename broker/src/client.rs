@@ -19,6 +19,9 @@ pub(crate) struct ClientInfo {
     /// `ip:port`; empty for the broker itself.
     pub(crate) peer: Box<str>,
     pub(crate) peer_addr: Option<SocketAddr>,
+    /// The local port of the listener the client connected to (EMQX's `sockport`); 0 for
+    /// the broker itself.
+    pub(crate) sockport: u16,
     pub(crate) version: Version,
     pub(crate) keep_alive: u16,
     pub(crate) clean_start: bool,
@@ -36,6 +39,7 @@ impl ClientInfo {
             username: "".into(),
             peer: "".into(),
             peer_addr: None,
+            sockport: 0,
             version: Version::V5,
             keep_alive: 0,
             clean_start: true,

@@ -50,9 +50,13 @@ pub struct MqttSettings {
     pub max_awaiting_rel: u16,
     /// Seconds a new connection has to send its CONNECT.
     pub connect_timeout: u64,
-    /// Cache each connection's ACL answers (EMQX's `enable_acl_cache`).
+    /// Cache each connection's ACL answers. EMQX's name `enable_acl_cache` is accepted too
+    /// (one of the two), and so are EMQX's `on` / `off`. Not serialized, so that the built-in
+    /// default does not count as a second name when the other one is set.
+    #[serde(alias = "enable_acl_cache", deserialize_with = "on_off", skip_serializing)]
     pub acl_cache: bool,
-    /// Most cached ACL answers a connection keeps (EMQX's `acl_cache_max_size`).
+    /// Most cached ACL answers a connection keeps (EMQX's `acl_cache_max_size`); at least 1,
+    /// as in EMQX (no cache is `acl_cache = false`).
     pub acl_cache_max_size: usize,
     /// How long an ACL answer is cached, e.g. `"1m"` (EMQX's `acl_cache_ttl`).
     pub acl_cache_ttl: String,
@@ -122,6 +126,12 @@ impl MqttSettings {
 
     /// The ACL cache's settings; `None` when it is off.
     pub(crate) fn acl_cache(&self) -> Result<Option<AclCacheSettings>, ConfigError> {
+        if self.acl_cache_max_size == 0 {
+            return Err(ConfigError::Setting(
+                "mqtt.acl_cache_max_size",
+                "0 (must be greater than 0; to cache nothing set mqtt.enable_acl_cache = false)".to_owned(),
+            ));
+        }
         if !self.acl_cache {
             return Ok(None);
         }
@@ -180,6 +190,24 @@ fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
         Text::Seconds(seconds) => seconds.to_string(),
         Text::Text(text) => text,
     })
+}
+
+/// A boolean setting that also takes EMQX's `on` / `off`.
+fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrText {
+        Bool(bool),
+        Text(String),
+    }
+    match BoolOrText::deserialize(d)? {
+        BoolOrText::Bool(b) => Ok(b),
+        BoolOrText::Text(t) => match t.trim() {
+            "on" | "true" => Ok(true),
+            "off" | "false" => Ok(false),
+            other => Err(serde::de::Error::custom(format!("{other:?} is not on, off, true or false"))),
+        },
+    }
 }
 
 /// A duration setting: `"30s"`, `"2h"`, or a bare number of seconds.

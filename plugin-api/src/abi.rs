@@ -251,7 +251,9 @@ pub struct RawEvent {
     pub clean_start: u8,
     /// Keep-alive in seconds, as the client asked.
     pub keepalive: u16,
-    /// MQTT packet identifier of a message (0 for QoS 0).
+    /// MQTT packet identifier of a message (0 for QoS 0). For `client.connected`, which has
+    /// no packet: the local port of the listener the client connected to (EMQX's
+    /// `sockport`; 0 when the host does not know it).
     pub packet_id: u16,
     /// CONNACK return / reason code (`client.connected`), or SUBACK code.
     pub return_code: u32,

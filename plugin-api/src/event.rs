@@ -89,7 +89,8 @@ pub struct Event<'a> {
     pub clean_start: bool,
     /// Keep-alive in seconds as the client asked.
     pub keepalive: u16,
-    /// Packet identifier of a message (0 for QoS 0).
+    /// Packet identifier of a message (0 for QoS 0). For `client.connected`, the listener's
+    /// port: read it with [`Event::sockport`].
     pub packet_id: u16,
     /// CONNACK return code (`client.connected`) or SUBACK code (`session.subscribed`).
     pub return_code: u32,
@@ -163,6 +164,12 @@ impl<'a> Event<'a> {
 }
 
 impl Event<'_> {
+    /// For `client.connected`: the local port of the listener the client connected to
+    /// (EMQX's `sockport`), when the host says.
+    pub fn sockport(&self) -> Option<u16> {
+        (self.hook == Hook::ClientConnected && self.packet_id != 0).then_some(self.packet_id)
+    }
+
     /// For `session.subscribed`: whether the subscriber wants the retained messages that
     /// match its filter now, as its Retain Handling option says. A shared subscription
     /// (`$share/...`, `$queue/...`) never gets retained messages.

@@ -1,7 +1,7 @@
 //! Settings come from defaults, then `data/broker.toml` (or `--config`), then `BROKER_*`
 //! environment variables, then flags.
 
-use e2e::{Broker, Client, DataDir};
+use e2e::{recorded_events, Broker, Client, DataDir};
 use rumqttc::QoS;
 
 const TOML: &str = r#"
@@ -70,4 +70,41 @@ fn a_broken_config_file_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("broker: invalid configuration:") && stderr.contains("listener.tcp"), "{stderr}");
+}
+
+/// EMQX's names for the ACL cache are accepted in `[mqtt]` (`enable_acl_cache`, with EMQX's
+/// `on` / `off`, `acl_cache_max_size`, `acl_cache_ttl`), and `acl_cache_max_size = 0` is
+/// refused at start with the key named, as EMQX refuses it (no cache is
+/// `enable_acl_cache = off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emqx_acl_cache_names() {
+    for (enable, checks) in [("on", 1), ("off", 3), ("false", 3)] {
+        let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+        let toml = format!("[mqtt]\nenable_acl_cache = \"{enable}\"\nacl_cache_max_size = 8\nacl_cache_ttl = \"5m\"\n");
+        dir.write("broker.toml", &toml.replace("\"false\"", "false"));
+        let file = dir.file("events.jsonl");
+        let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
+        let mut publisher = Client::connect(&broker, "pub").await;
+        for _ in 0..3 {
+            publisher.publish_acked("t/1", QoS::AtLeastOnce, "x").await;
+        }
+        let asked =
+            recorded_events(&file).iter().filter(|e| e["hook"] == "client.check_acl" && e["topic"] == "t/1").count();
+        assert_eq!(asked, checks, "enable_acl_cache = {enable}: check_acl calls for 3 publishes");
+        broker.stop();
+    }
+
+    let dir = DataDir::with_plugins("");
+    for (how, env) in [("file", vec![]), ("environment", vec![("BROKER_MQTT__ACL_CACHE_MAX_SIZE", "0")])] {
+        dir.write("broker.toml", if how == "file" { "[mqtt]\nacl_cache_max_size = 0\n" } else { "" });
+        let out =
+            std::process::Command::new(e2e::broker_exe()).arg("--data-dir").arg(dir.path()).envs(env).output().unwrap();
+        assert!(!out.status.success(), "acl_cache_max_size = 0 from the {how} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("invalid configuration: mqtt.acl_cache_max_size = 0")
+                && stderr.contains("enable_acl_cache = false"),
+            "{stderr}"
+        );
+    }
 }

@@ -41,12 +41,15 @@ async fn mosquitto_sub_sees_connected_and_disconnected_events() {
     assert_eq!(connected["clientid"], "device1");
     assert_eq!(connected["username"], "alice");
     assert_eq!(connected["ipaddress"], "127.0.0.1");
+    assert_eq!(connected["sockport"], broker.port(), "the listener's port, as EMQX's sockport");
+    assert_eq!(connected["proto_name"], "MQTT");
     assert_eq!(connected["proto_ver"], 4);
     assert_eq!(connected["keepalive"], 42);
     assert_eq!(connected["connack"], 0);
     assert_eq!(connected["clean_start"], true);
     assert_eq!(connected["expiry_interval"], 0);
     assert!(connected["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(connected["connected_at"].as_u64().unwrap() > 1_600_000_000_000);
     assert!(!payload.contains("secret"), "no password in events");
 
     let (topic, payload) = lines[1].split_once(' ').unwrap();
@@ -56,16 +59,109 @@ async fn mosquitto_sub_sees_connected_and_disconnected_events() {
     assert_eq!(disconnected["username"], "alice");
     assert_eq!(disconnected["reason"], "tcp_closed");
     assert!(disconnected["ts"].as_u64() >= connected["ts"].as_u64());
+    assert!(disconnected["disconnected_at"].as_u64() >= connected["connected_at"].as_u64());
+}
+
+/// The next presence event of `client_id` (`connected` or `disconnected`) the watcher gets,
+/// with the QoS it came at; events of other clients before it are skipped.
+async fn next_event(watcher: &mut Client, client_id: &str, what: &str) -> (Value, QoS) {
+    let suffix = format!("/clients/{client_id}/{what}");
+    loop {
+        let p = watcher.receive(1).await.remove(0);
+        if p.topic.ends_with(&suffix) {
+            return (serde_json::from_slice(&p.payload).unwrap(), p.qos);
+        }
+    }
+}
+
+/// EMQX 4.3's payloads field for field: every connected field (no username is
+/// `"undefined"`, as EMQX encodes its atom), every disconnected field with EMQX's reasons
+/// (`normal` for a DISCONNECT, `takeovered` when a client resumes the session elsewhere,
+/// `discarded` when it starts clean elsewhere), sent at EMQX's default QoS 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_match_emqx_4_3_with_its_reasons_at_qos_1() {
+    let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = Client::connect(&broker, "emqx-watcher").await;
+    watcher.subscribe("$SYS/brokers/+/clients/#", QoS::ExactlyOnce).await;
+
+    Client::connect(&broker, "anon").await.disconnect().await;
+    let (connected, qos) = next_event(&mut watcher, "anon", "connected").await;
+    assert_eq!(qos, QoS::AtLeastOnce, "EMQX's module.presence.qos = 1");
+    let mut keys: Vec<&str> = connected.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "clean_start",
+            "clientid",
+            "connack",
+            "connected_at",
+            "expiry_interval",
+            "ipaddress",
+            "keepalive",
+            "proto_name",
+            "proto_ver",
+            "sockport",
+            "ts",
+            "username"
+        ]
+    );
+    assert_eq!(connected["username"], "undefined");
+    assert_eq!(connected["sockport"], broker.port());
+    assert_eq!(connected["keepalive"], 30);
+    assert_eq!(connected["clean_start"], true);
+    assert_eq!(connected["connack"], 0);
+    let (disconnected, qos) = next_event(&mut watcher, "anon", "disconnected").await;
+    assert_eq!(qos, QoS::AtLeastOnce);
+    let mut keys: Vec<&str> = disconnected.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["clientid", "disconnected_at", "reason", "ts", "username"]);
+    assert_eq!(disconnected["reason"], "normal");
+    assert_eq!(disconnected["username"], "undefined");
+
+    // A second connection resuming the session: the first one is `takeovered`.
+    let first = Client::connect(&broker, "twin").await;
+    next_event(&mut watcher, "twin", "connected").await;
+    let mut resume = options(&broker, "twin");
+    resume.set_clean_session(false);
+    let second = Client::connect_with(resume).await;
+    // The new connection's event and the old one's may come in either order.
+    let (mut connected, mut disconnected) = (None, None);
+    while connected.is_none() || disconnected.is_none() {
+        let p = watcher.receive(1).await.remove(0);
+        let event: Value = serde_json::from_slice(&p.payload).unwrap();
+        if p.topic.ends_with("/clients/twin/connected") {
+            connected = Some(event);
+        } else if p.topic.ends_with("/clients/twin/disconnected") {
+            disconnected = Some(event);
+        }
+    }
+    assert_eq!(disconnected.unwrap()["reason"], "takeovered");
+    assert_eq!(connected.unwrap()["clean_start"], false);
+    second.disconnect().await;
+    assert_eq!(next_event(&mut watcher, "twin", "disconnected").await.0["reason"], "normal");
+    first.kill().await;
+
+    // A second connection starting clean: the first one's session is `discarded`.
+    let first = Client::connect(&broker, "dup").await;
+    next_event(&mut watcher, "dup", "connected").await;
+    let second = Client::connect(&broker, "dup").await;
+    // (its own connected event may come first; next_event skips it)
+    assert_eq!(next_event(&mut watcher, "dup", "disconnected").await.0["reason"], "discarded");
+    second.kill().await;
+    first.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_use_the_configured_qos_and_stop_when_unloaded() {
-    for qos in [0u8, 1] {
+    // `None`: the default, EMQX's 1.
+    for (setting, qos) in [(Some("0"), 0u8), (Some("1"), 1), (Some("2"), 2), (None, 1)] {
         let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
-        let q = qos.to_string();
-        let broker = Broker::start(&dir, &[("BROKER_PRESENCE__QOS", q.as_str())]);
+        let env: Vec<(&str, &str)> = setting.map(|q| ("BROKER_PRESENCE__QOS", q)).into_iter().collect();
+        let broker = Broker::start(&dir, &env);
         let mut watcher = Client::connect(&broker, "qos-watcher").await;
-        watcher.subscribe("$SYS/brokers/+/clients/+/connected", QoS::AtLeastOnce).await;
+        watcher.subscribe("$SYS/brokers/+/clients/+/connected", QoS::ExactlyOnce).await;
         Client::connect(&broker, "first").await.disconnect().await;
         let event = watcher.receive(1).await.remove(0);
         assert_eq!(event.topic, "$SYS/brokers/emqx@127.0.0.1/clients/first/connected");

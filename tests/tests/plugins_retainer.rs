@@ -1,11 +1,15 @@
 //! `emqx_retainer` end to end: store, replace, delete, wildcard delivery, QoS, limits,
-//! storage across restarts, and no retaining while it is unloaded; a retained QoS 0 message
-//! replaces the one before, a PUBLISH with RETAIN 0 (MQTT 3.1.1 and 5) leaves it alone.
+//! EMQX's storage types (`ram` by default, `disc`, `disc_only`) and expiry settings, MQTT 5
+//! Message Expiry, EMQX's `ctl retainer` output, and no retaining while it is unloaded; a
+//! retained QoS 0 message replaces the one before, a PUBLISH with RETAIN 0 (MQTT 3.1.1 and 5)
+//! leaves it alone.
 
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use e2e::raw::{payload, C5};
+use e2e::raw::{payload, topic, C5};
 use e2e::{mosquitto, wait_until, Broker, Client, DataDir};
+use rumqttc::v5::mqttbytes::v5 as mqtt5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Publish, QoS};
 
@@ -122,27 +126,88 @@ async fn limits_refuse_with_a_log_line() {
     assert!(broker.logs().iter().all(|l| !l.contains("panicked")));
 }
 
+/// `retainer.expiry_interval`: a duration, or a bare number of milliseconds as EMQX reads it
+/// (`1000` is one second, not 1000 seconds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_messages_are_not_delivered() {
-    let dir = DataDir::with_plugins(PLUGINS);
-    let broker = Broker::start(&dir, &[("BROKER_RETAINER__EXPIRY_INTERVAL", "1s")]);
-    publish_retained(&broker, "short/lived", QoS::AtLeastOnce, "x").await;
-    assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "short/lived", "it was stored");
-    let start = std::time::Instant::now();
-    while !retained_for(&broker, "short/#", QoS::AtLeastOnce).await.is_empty() {
-        assert!(start.elapsed() < e2e::DEADLINE, "the retained message never expired");
+    for interval in ["1s", "1000"] {
+        let dir = DataDir::with_plugins(PLUGINS);
+        let broker = Broker::start(&dir, &[("BROKER_RETAINER__EXPIRY_INTERVAL", interval)]);
+        publish_retained(&broker, "short/lived", QoS::AtLeastOnce, "x").await;
+        assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "short/lived", "it was stored");
+        let start = Instant::now();
+        while !retained_for(&broker, "short/#", QoS::AtLeastOnce).await.is_empty() {
+            assert!(start.elapsed() < e2e::DEADLINE, "expiry_interval = {interval}: the message never expired");
+        }
+        assert_eq!(dir.ctl(&["retainer", "info"]).ok().trim(), "retained/total: 0");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disc_storage_survives_restart_and_crash() {
+/// MQTT 5 Message Expiry of a retained message: once it has passed, a new subscriber does
+/// not get the message (MQTT-3.3.2-5); one still running is delivered with what is left of
+/// its interval (MQTT-3.3.2-6).
+#[test]
+fn message_expiry_of_retained_messages_is_honoured() {
     let dir = DataDir::with_plugins(PLUGINS);
     let broker = Broker::start(&dir, &[]);
+    let mut publisher = C5::connect(&broker, "mx-pub");
+    for (name, seconds) in [("mx/short", 1), ("mx/long", 600)] {
+        let props = mqtt5::PublishProperties { message_expiry_interval: Some(seconds), ..Default::default() };
+        let mut publish = mqtt5::Publish::new(name, Q5::AtLeastOnce, b"x".to_vec(), Some(props));
+        publish.retain = true;
+        publisher.publish_packet(publish);
+    }
+    let stored = Instant::now(); // the broker had both before this
+    wait_until("the 1 s expiry to pass", || (stored.elapsed() > Duration::from_millis(1100)).then_some(()));
+
+    let mut sub = C5::connect(&broker, "mx-sub");
+    sub.subscribe("mx-marker", Q5::AtLeastOnce);
+    sub.subscribe("mx/#", Q5::AtLeastOnce);
+    publisher.publish("mx-marker", Q5::AtLeastOnce, "end");
+    let got = sub.until("mx-marker");
+    assert_eq!(got.iter().map(topic).collect::<Vec<_>>(), ["mx/long"], "the expired one is not delivered");
+    let left = got[0].properties.as_ref().and_then(|p| p.message_expiry_interval).expect("an expiry");
+    assert!((590..600).contains(&left), "what is left of 600 s after a second or more: {left}");
+}
+
+/// `broker ctl retainer info | topics | clean [FILTER]` print what EMQX's `emqx_ctl retainer`
+/// prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_prints_emqx_text() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[]);
+    assert_eq!(dir.ctl(&["retainer", "info"]).ok().trim(), "retained/total: 0");
+    for t in ["a/1", "a/2", "b/1"] {
+        publish_retained(&broker, t, QoS::AtLeastOnce, "x").await;
+    }
+    assert_eq!(dir.ctl(&["retainer", "info"]).ok().trim(), "retained/total: 3");
+    assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "a/1\na/2\nb/1");
+    assert_eq!(dir.ctl(&["retainer", "clean", "a/#"]).ok().trim(), "Cleaned 2 retained messages");
+    assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "b/1");
+    assert!(dir.ctl(&["retainer", "clean", "a/#/b"]).err().contains("invalid topic filter"));
+    assert_eq!(dir.ctl(&["retainer", "clean"]).ok().trim(), "Cleaned 1 retained messages");
+    assert_eq!(dir.ctl(&["retainer", "info"]).ok().trim(), "retained/total: 0");
+    assert!(retained_for(&broker, "#", QoS::AtLeastOnce).await.is_empty());
+}
+
+/// `storage_type = "disc"` (and `"disc_only"`, which behaves as disc): kept in the data
+/// directory across a restart and a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disc_storage_survives_restart_and_crash() {
+    for storage in ["disc", "disc_only"] {
+        disc_storage(storage).await;
+    }
+}
+
+async fn disc_storage(storage: &str) {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let env = [("BROKER_RETAINER__STORAGE_TYPE", storage)];
+    let broker = Broker::start(&dir, &env);
     publish_retained(&broker, "keep/1", QoS::AtLeastOnce, "one").await;
     broker.stop();
 
-    let broker = Broker::start(&dir, &[]);
-    broker.wait_for_log("retainer started (Disc storage, 1 retained messages)");
+    let broker = Broker::start(&dir, &env);
+    broker.wait_for_log(&format!("retainer started (storage_type {storage}, 1 retained messages)"));
     assert_eq!(
         summary(&retained_for(&broker, "keep/#", QoS::AtLeastOnce).await),
         vec![s("keep/1", "one", QoS::AtLeastOnce)]
@@ -154,18 +219,20 @@ async fn disc_storage_survives_restart_and_crash() {
     });
     broker.kill();
 
-    let broker = Broker::start(&dir, &[]);
+    let broker = Broker::start(&dir, &env);
     assert_eq!(
         summary(&retained_for(&broker, "keep/#", QoS::AtLeastOnce).await),
         vec![s("keep/1", "one", QoS::AtLeastOnce), s("keep/2", "two", QoS::AtLeastOnce)]
     );
 }
 
+/// `ram` is the default, as in EMQX: nothing is written, a restart forgets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ram_storage_forgets_on_restart() {
+async fn ram_storage_is_the_default_and_forgets_on_restart() {
     let dir = DataDir::with_plugins(PLUGINS);
-    let env = [("BROKER_RETAINER__STORAGE_TYPE", "ram")];
+    let env: [(&str, &str); 0] = [];
     let broker = Broker::start(&dir, &env);
+    broker.wait_for_log("retainer started (storage_type ram, 0 retained messages)");
     publish_retained(&broker, "ram/1", QoS::AtLeastOnce, "x").await;
     assert_eq!(retained_for(&broker, "ram/#", QoS::AtLeastOnce).await.len(), 1);
     broker.stop();
@@ -177,7 +244,7 @@ async fn ram_storage_forgets_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloaded_the_broker_does_not_retain_and_reload_brings_messages_back() {
     let dir = DataDir::with_plugins(PLUGINS);
-    let broker = Broker::start(&dir, &[]);
+    let broker = Broker::start(&dir, &[("BROKER_RETAINER__STORAGE_TYPE", "disc")]);
     publish_retained(&broker, "kept/before", QoS::AtLeastOnce, "stored").await;
     dir.ctl(&["plugins", "unload", "emqx_retainer"]).ok();
 

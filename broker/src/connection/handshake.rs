@@ -137,7 +137,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
     };
     let version = connect.version;
-    let (client, assigned) = match identify(node, &connect, peer) {
+    let (client, assigned) = match identify(node, &connect, peer, io.local_port()) {
         Ok(identified) => identified,
         Err(code) => {
             tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
@@ -224,7 +224,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {
-        let event = client.event(Hook::ClientConnected, crate::now_ms());
+        let mut event = client.event(Hook::ClientConnected, crate::now_ms());
+        // `client.connected` has no packet: its packet id field carries the listener's port
+        // (see `RawEvent::packet_id`).
+        event.packet_id = client.sockport;
         node.hooks.dispatch(&event);
     }
     if opened.present {
@@ -250,7 +253,12 @@ fn keep_alive(zone: &crate::node::Zone, version: Version, asked: u16) -> Option<
 
 /// Who the client is; the MQTT 5 reason code of the refusal otherwise. The bool says the
 /// client id was assigned by the broker.
-fn identify(node: &Node, connect: &Connect<'_>, peer: SocketAddr) -> Result<(Arc<ClientInfo>, bool), u8> {
+fn identify(
+    node: &Node,
+    connect: &Connect<'_>,
+    peer: SocketAddr,
+    sockport: u16,
+) -> Result<(Arc<ClientInfo>, bool), u8> {
     let zone = &node.zone;
     let version = connect.version;
     if connect.properties.authentication_method.is_some() {
@@ -281,6 +289,7 @@ fn identify(node: &Node, connect: &Connect<'_>, peer: SocketAddr) -> Result<(Arc
         username: connect.username.unwrap_or_default().into(),
         peer: peer.to_string().into(),
         peer_addr: Some(peer),
+        sockport,
         version,
         keep_alive: connect.keep_alive,
         clean_start: connect.clean_start,

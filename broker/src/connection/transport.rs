@@ -14,10 +14,19 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// The local port the client connected to (EMQX's `sockport`); 0 when unknown.
+    fn local_port(&self) -> u16 {
+        0
+    }
 }
 
 impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn local_port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
     }
 }

@@ -1,9 +1,18 @@
 //! `emqx_mod_presence`: publishes a JSON event to
 //! `$SYS/brokers/<node>/clients/<clientid>/connected` when a client connects and
-//! `.../disconnected` when it goes, with the fields EMQX 4.x uses. Subscribe to
+//! `.../disconnected` when it goes, with EMQX 4.3's fields, names and types:
+//!
+//! - connected: `clientid`, `username`, `ipaddress`, `sockport`, `proto_name`, `proto_ver`,
+//!   `keepalive`, `clean_start`, `expiry_interval` (seconds), `connack`, `connected_at`, `ts`
+//!   (milliseconds since the epoch);
+//! - disconnected: `clientid`, `username`, `reason` (EMQX's: `normal`, `tcp_closed`,
+//!   `keepalive_timeout`, `takeovered`, `discarded`, ...), `disconnected_at`, `ts`.
+//!
+//! A client without a username is `"username": "undefined"`, as EMQX writes it. Subscribe to
 //! `$SYS/brokers/+/clients/#` to watch clients come and go.
 //!
-//! Config (`[presence]`): `qos` (0, 1 or 2; default 0), the QoS of the events.
+//! Config (`[presence]`): `qos` (0, 1 or 2; default 1, as EMQX's `module.presence.qos`), the
+//! QoS of the events.
 #![forbid(unsafe_code)]
 
 use plugin_api::{
@@ -12,10 +21,16 @@ use plugin_api::{
 use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {
     qos: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { qos: 1 }
+    }
 }
 
 pub struct Presence {
@@ -31,12 +46,12 @@ fn ip_of(peer: &str) -> &str {
     }
 }
 
-/// EMQX sends `null` for a client without a username.
-fn username(event: &Event<'_>) -> serde_json::Value {
+/// EMQX 4.x writes the atom `undefined` for a client without a username: `"undefined"`.
+fn username<'a>(event: &Event<'a>) -> &'a str {
     if event.username.is_empty() {
-        serde_json::Value::Null
+        "undefined"
     } else {
-        json!(event.username)
+        event.username
     }
 }
 
@@ -67,6 +82,7 @@ impl Plugin for Presence {
                     "clientid": event.client_id,
                     "username": username(event),
                     "ipaddress": ip_of(event.peer),
+                    "sockport": event.sockport().unwrap_or(0),
                     "proto_name": if event.proto_ver == 3 { "MQIsdp" } else { "MQTT" },
                     "proto_ver": event.proto_ver,
                     "keepalive": event.keepalive,

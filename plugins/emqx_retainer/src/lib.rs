@@ -6,9 +6,15 @@
 //! Interval is honoured. The broker itself never retains: with this plugin unloaded,
 //! nothing is retained; loaded again (`storage_type = "disc"`), its stored messages are back.
 //!
-//! Config (`[retainer]`): `storage_type = "disc" | "ram"`, `max_retained_messages` (0 =
-//! unlimited), `max_payload_size` (`1MB`), `expiry_interval` (0 = never). A message over a
-//! limit is not retained, with a warning; it is still delivered to current subscribers.
+//! Config (`[retainer]`, EMQX's names and defaults): `storage_type = "ram" | "disc" |
+//! "disc_only"` (default `ram`; `disc_only` behaves as `disc`), `max_retained_messages` (0 =
+//! unlimited), `max_payload_size` (`1MB`), `expiry_interval` (0 = never; a bare number is
+//! milliseconds, or `"1h"`). A message over a limit is not retained, with a warning; it is
+//! still delivered to current subscribers.
+//!
+//! `broker ctl retainer info | topics | clean [TOPIC_FILTER]` prints what EMQX's
+//! `emqx_ctl retainer` prints (`retained/total: N`, one topic a line,
+//! `Cleaned N retained messages`).
 #![forbid(unsafe_code)]
 
 mod settings;
@@ -137,6 +143,33 @@ impl Retainer {
         }
     }
 
+    /// The stored messages, without the expired ones (removed now, as EMQX's expiry timer
+    /// would have).
+    fn purge_expired(&self) -> MutexGuard<'_, Messages> {
+        let now = now_ms();
+        let mut messages = lock(&self.shared.messages);
+        let before = messages.len();
+        messages.retain(|_, message| !self.expired(message, now));
+        if messages.len() != before && self.writer.is_some() {
+            self.shared.mark_dirty();
+        }
+        messages
+    }
+
+    /// Removes the messages whose topic `remove` picks; says how many, as EMQX does.
+    fn clean(&self, remove: impl Fn(&str) -> bool) -> String {
+        let removed = {
+            let mut messages = self.purge_expired();
+            let before = messages.len();
+            messages.retain(|topic, _| !remove(topic));
+            before - messages.len()
+        };
+        if removed > 0 && self.writer.is_some() {
+            self.shared.mark_dirty();
+        }
+        format!("Cleaned {removed} retained messages")
+    }
+
     fn deliver(&self, event: &Event<'_>) {
         // Retain Handling, and no retained messages for shared subscriptions.
         if !event.wants_retained() {
@@ -175,7 +208,7 @@ impl Plugin for Retainer {
         let dir = host.data_dir().to_owned();
         let writer = match settings.storage_type {
             StorageType::Ram => None,
-            StorageType::Disc => {
+            StorageType::Disc | StorageType::DiscOnly => {
                 let path = store::path(&dir);
                 match std::fs::read(&path) {
                     Ok(bytes) => {
@@ -196,7 +229,10 @@ impl Plugin for Retainer {
             }
         };
         let count = lock(&shared.messages).len();
-        host.info(&format!("retainer started ({:?} storage, {count} retained messages)", settings.storage_type));
+        host.info(&format!(
+            "retainer started (storage_type {}, {count} retained messages)",
+            settings.storage_type.name()
+        ));
         Ok(Retainer { host, settings, shared, writer })
     }
 
@@ -212,20 +248,18 @@ impl Plugin for Retainer {
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["info"] => Ok(format!("retained messages: {}", lock(&self.shared.messages).len())),
+            ["info"] => Ok(format!("retained/total: {}", self.purge_expired().len())),
             ["topics"] => {
-                let mut topics: Vec<String> = lock(&self.shared.messages).keys().cloned().collect();
+                let mut topics: Vec<String> = self.purge_expired().keys().cloned().collect();
                 topics.sort();
                 Ok(topics.join("\n"))
             }
-            ["clean"] => {
-                lock(&self.shared.messages).clear();
-                if self.writer.is_some() {
-                    self.shared.mark_dirty();
-                }
-                Ok("Cleaned all retained messages".to_owned())
+            ["clean"] => Ok(self.clean(|_| true)),
+            ["clean", filter] if topic::is_valid_filter(filter) => {
+                Ok(self.clean(|topic| topic::matches(filter, topic)))
             }
-            _ => Err("usage: broker ctl retainer info | topics | clean".to_owned()),
+            ["clean", filter] => Err(format!("invalid topic filter {filter:?}")),
+            _ => Err("usage: broker ctl retainer info | topics | clean [TOPIC_FILTER]".to_owned()),
         }
     }
 

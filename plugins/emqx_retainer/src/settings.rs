@@ -4,13 +4,30 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Where retained messages are kept (EMQX's `retainer.storage_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StorageType {
-    /// In memory only: gone when the broker stops or the plugin is unloaded.
+    /// In memory only (the default, as in EMQX): gone when the broker stops or the plugin
+    /// is unloaded.
     Ram,
-    /// Kept in `<data_dir>/emqx_retainer.dat` across unloads and restarts.
+    /// In memory, and kept in `<data_dir>/emqx_retainer.dat` across unloads and restarts.
     Disc,
+    /// Accepted for EMQX configs; behaves as `disc` (served from memory, every change
+    /// written to the file). EMQX keeps such a table on disc only; the difference is memory
+    /// use, not what clients see.
+    DiscOnly,
+}
+
+impl StorageType {
+    /// EMQX's name of the storage type.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageType::Ram => "ram",
+            StorageType::Disc => "disc",
+            StorageType::DiscOnly => "disc_only",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,15 +39,16 @@ pub struct Settings {
     /// Largest retained payload, in bytes (`1MB`, `64KB` or a number).
     #[serde(deserialize_with = "size")]
     pub max_payload_size: usize,
-    /// How long a retained message lives; 0 = forever (`10s`, `1h`, `7d` or seconds).
-    #[serde(deserialize_with = "duration")]
+    /// How long a retained message lives; 0 = forever. A bare number is milliseconds (as
+    /// EMQX reads it); `10s`, `1h`, `7d` are durations.
+    #[serde(deserialize_with = "duration_ms")]
     pub expiry_interval: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            storage_type: StorageType::Disc,
+            storage_type: StorageType::Ram,
             max_retained_messages: 0,
             max_payload_size: 1024 * 1024,
             expiry_interval: Duration::ZERO,
@@ -71,12 +89,20 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Parses a duration: a bare number of milliseconds (EMQX's `{duration, ms}`), or `500ms`,
+/// `10s`, `1h`, `7d`.
+pub fn parse_duration_ms(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumberOrText::deserialize(d)? {
-        NumberOrText::Number(n) => Ok(Duration::from_secs(n)),
-        NumberOrText::Text(t) if t.trim() == "0" => Ok(Duration::ZERO),
-        NumberOrText::Text(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        NumberOrText::Number(n) => Ok(Duration::from_millis(n)),
+        NumberOrText::Text(t) => parse_duration_ms(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -91,5 +117,13 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn durations_are_milliseconds_when_bare() {
+        assert_eq!(parse_duration_ms("1500"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration_ms("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_ms("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration_ms("soon").is_err());
     }
 }
