@@ -75,6 +75,7 @@ impl ClientInfo {
             message_expiry: 0,
             sub_options: 0,
             sub_new: 0,
+            sockport: self.sockport,
         }
     }
 }

@@ -251,9 +251,7 @@ pub struct RawEvent {
     pub clean_start: u8,
     /// Keep-alive in seconds, as the client asked.
     pub keepalive: u16,
-    /// MQTT packet identifier of a message (0 for QoS 0). For `client.connected`, which has
-    /// no packet: the local port of the listener the client connected to (EMQX's
-    /// `sockport`; 0 when the host does not know it).
+    /// MQTT packet identifier of a message (0 for QoS 0).
     pub packet_id: u16,
     /// CONNACK return / reason code (`client.connected`), or SUBACK code.
     pub return_code: u32,
@@ -285,6 +283,9 @@ pub struct RawEvent {
     pub sub_options: u8,
     /// For `session.subscribed`: 1 if the subscription did not exist before this SUBSCRIBE.
     pub sub_new: u8,
+    /// For client hooks: the local port of the listener the client connected to (EMQX's
+    /// `sockport`); 0 for the broker itself or when the host does not know it.
+    pub sockport: u16,
 }
 
 /// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).

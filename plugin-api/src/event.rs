@@ -89,8 +89,7 @@ pub struct Event<'a> {
     pub clean_start: bool,
     /// Keep-alive in seconds as the client asked.
     pub keepalive: u16,
-    /// Packet identifier of a message (0 for QoS 0). For `client.connected`, the listener's
-    /// port: read it with [`Event::sockport`].
+    /// Packet identifier of a message (0 for QoS 0).
     pub packet_id: u16,
     /// CONNACK return code (`client.connected`) or SUBACK code (`session.subscribed`).
     pub return_code: u32,
@@ -113,6 +112,9 @@ pub struct Event<'a> {
     pub subscription: SubscriptionOptions,
     /// For `session.subscribed`: the subscription did not exist before.
     pub subscription_is_new: bool,
+    /// For client hooks: the local port of the listener the client connected to (EMQX's
+    /// `sockport`); `None` for the broker itself or from a host that does not say.
+    pub sockport: Option<u16>,
 }
 
 impl<'a> Event<'a> {
@@ -124,7 +126,9 @@ impl<'a> Event<'a> {
     pub unsafe fn from_raw(raw: &'a RawEvent) -> Option<Event<'a>> {
         let hook = Hook::from_raw(raw.hook)?;
         // Fields appended after the first release are read only when the host sent them.
-        let extended = raw.size as usize >= std::mem::size_of::<RawEvent>();
+        let has = |offset: usize, len: usize| raw.size as usize >= offset + len;
+        let extended = has(std::mem::offset_of!(RawEvent, sub_new), 1);
+        let has_sockport = has(std::mem::offset_of!(RawEvent, sockport), 2);
         // SAFETY: the caller promises every field points to memory valid for 'a.
         unsafe {
             Some(Event {
@@ -158,18 +162,13 @@ impl<'a> Event<'a> {
                     SubscriptionOptions { qos: raw.qos, ..Default::default() }
                 },
                 subscription_is_new: extended && raw.sub_new != 0,
+                sockport: Some(raw.sockport).filter(|&port| has_sockport && port != 0),
             })
         }
     }
 }
 
 impl Event<'_> {
-    /// For `client.connected`: the local port of the listener the client connected to
-    /// (EMQX's `sockport`), when the host says.
-    pub fn sockport(&self) -> Option<u16> {
-        (self.hook == Hook::ClientConnected && self.packet_id != 0).then_some(self.packet_id)
-    }
-
     /// For `session.subscribed`: whether the subscriber wants the retained messages that
     /// match its filter now, as its Retain Handling option says. A shared subscription
     /// (`$share/...`, `$queue/...`) never gets retained messages.
@@ -209,5 +208,60 @@ impl HookResult {
             HookResult::Deny => abi::HOOK_DENY,
             HookResult::Drop => abi::HOOK_DROP,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{RawBytes, RawStr};
+
+    fn raw(size: usize) -> RawEvent {
+        RawEvent {
+            size: size as u32,
+            hook: Hook::ClientConnected as u32,
+            client_id: RawStr::new("c1"),
+            username: RawStr::EMPTY,
+            password: RawBytes::EMPTY,
+            peer: RawStr::new("127.0.0.1:5000"),
+            topic: RawStr::EMPTY,
+            payload: RawBytes::EMPTY,
+            qos: 0,
+            retain: 0,
+            proto_ver: 5,
+            clean_start: 1,
+            keepalive: 60,
+            packet_id: 0,
+            return_code: 0,
+            expiry_interval: 0,
+            acl_action: 0,
+            reason: RawStr::EMPTY,
+            timestamp_ms: 1,
+            properties: RawBytes::EMPTY,
+            message_expiry: 0,
+            sub_options: 0,
+            sub_new: 1,
+            sockport: 1883,
+        }
+    }
+
+    #[test]
+    fn appended_fields_are_read_only_when_the_host_sent_them() {
+        let full = raw(std::mem::size_of::<RawEvent>());
+        // SAFETY: the strings are static.
+        let event = unsafe { Event::from_raw(&full) }.unwrap();
+        assert_eq!((event.sockport, event.subscription_is_new), (Some(1883), true));
+
+        // A host built before `sockport` was appended: its events end before the field.
+        let older = raw(std::mem::offset_of!(RawEvent, sockport));
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&older) }.unwrap();
+        assert_eq!((event.sockport, event.subscription_is_new), (None, true));
+
+        // A host of the first release: none of the appended fields.
+        let first = raw(std::mem::offset_of!(RawEvent, properties));
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&first) }.unwrap();
+        assert_eq!((event.sockport, event.subscription_is_new, event.properties), (None, false, &[][..]));
     }
 }

@@ -224,10 +224,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {
-        let mut event = client.event(Hook::ClientConnected, crate::now_ms());
-        // `client.connected` has no packet: its packet id field carries the listener's port
-        // (see `RawEvent::packet_id`).
-        event.packet_id = client.sockport;
+        let event = client.event(Hook::ClientConnected, crate::now_ms());
         node.hooks.dispatch(&event);
     }
     if opened.present {

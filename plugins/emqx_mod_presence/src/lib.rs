@@ -82,7 +82,7 @@ impl Plugin for Presence {
                     "clientid": event.client_id,
                     "username": username(event),
                     "ipaddress": ip_of(event.peer),
-                    "sockport": event.sockport().unwrap_or(0),
+                    "sockport": event.sockport.unwrap_or(0),
                     "proto_name": if event.proto_ver == 3 { "MQIsdp" } else { "MQTT" },
                     "proto_ver": event.proto_ver,
                     "keepalive": event.keepalive,
