@@ -43,6 +43,31 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The plugin's side of the version check (the host checks the plugin's too): the host must
+/// speak this crate's ABI version and give at least the first release's vtable. Fields added
+/// since are checked where they are used (an older host's `Host::metrics` is an error, not a
+/// crash).
+fn check_host(abi_version: u32, size: u32) -> Result<(), String> {
+    if abi_version != abi::ABI_VERSION {
+        return Err(format!(
+            "this plugin was built for plugin ABI version {}, the broker offers version {}: \
+             rebuild the plugin against the broker's plugin-api",
+            abi::ABI_VERSION,
+            abi_version
+        ));
+    }
+    let first_release = std::mem::offset_of!(HostApi, deliver_retained);
+    if (size as usize) < first_release {
+        return Err(format!(
+            "the broker's host vtable is {} bytes, shorter than ABI version {}'s first release \
+             ({first_release} bytes): the broker is not one this plugin can run in",
+            size,
+            abi::ABI_VERSION
+        ));
+    }
+    Ok(())
+}
+
 unsafe extern "C" fn init<P: Plugin>(
     host: *const HostApi,
     config_json: RawStr,
@@ -50,6 +75,10 @@ unsafe extern "C" fn init<P: Plugin>(
     error: RawWriter,
 ) -> Status {
     let started = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host passes a HostApi valid until stop; its first two fields are
+        // frozen, so reading them is sound whatever host built it.
+        let (abi_version, size) = unsafe { ((*host).abi_version, (*host).size) };
+        check_host(abi_version, size)?;
         // SAFETY: the host passes a HostApi valid until stop, and a config string valid
         // during this call.
         let (host, config) = unsafe { (Host::from_raw(host), config_json.as_str()) };
@@ -111,5 +140,22 @@ unsafe extern "C" fn stop<P: Plugin>(state: *mut c_void) -> Status {
     match catch_unwind(AssertUnwindSafe(move || plugin.stop())) {
         Ok(()) => abi::STATUS_OK,
         Err(_) => abi::STATUS_PANICKED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_refuses_a_host_of_another_abi_or_an_older_vtable() {
+        let size = std::mem::size_of::<HostApi>() as u32;
+        assert_eq!(check_host(abi::ABI_VERSION, size), Ok(()));
+        // An older host of the same version: the first release's vtable is enough.
+        assert_eq!(check_host(abi::ABI_VERSION, std::mem::offset_of!(HostApi, deliver_retained) as u32), Ok(()));
+        let other = check_host(abi::ABI_VERSION + 1, size).unwrap_err();
+        assert!(other.contains("built for plugin ABI version 1, the broker offers version 2"), "{other}");
+        let short = check_host(abi::ABI_VERSION, 16).unwrap_err();
+        assert!(short.contains("host vtable is 16 bytes"), "{short}");
     }
 }
