@@ -28,3 +28,25 @@ async fn wrong_abi_is_refused_and_the_broker_keeps_serving() {
     assert_eq!(&sub.receive(1).await[0].payload[..], b"yes");
     assert!(broker.is_running());
 }
+
+/// A plugin built against the first release of ABI version 1 (`old_abi`: its own copies of the
+/// event, vtable and stats structs, without every field appended since) is loaded and run by
+/// this host: it reads each `message.publish` event's topic where the first release put it,
+/// the host fills only the stats fields its older struct has, and it unloads and reloads by
+/// name like any plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_the_first_release_still_runs() {
+    let dir = DataDir::with_plugins("{old_abi, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+    let mut publisher = Client::connect(&broker, "old-pub").await;
+    for i in 0..5 {
+        publisher.publish_acked(&format!("old/{i}"), QoS::AtLeastOnce, "x").await;
+    }
+    let answer = dir.ctl(&["old_abi", "count"]).ok();
+    assert_eq!(answer.trim(), "publishes=5 last_topic=old/4 connections=1 received=5");
+
+    dir.ctl(&["plugins", "reload", "old_abi"]).ok();
+    publisher.publish_acked("old/after", QoS::AtLeastOnce, "x").await;
+    let answer = dir.ctl(&["old_abi", "count"]).ok();
+    assert_eq!(answer.trim(), "publishes=1 last_topic=old/after connections=1 received=6", "a fresh instance");
+}
