@@ -116,7 +116,7 @@ async fn answer(stream: UnixStream, manager: ManagerThread) {
         Ok(_) => match serde_json::from_str::<Vec<String>>(&line) {
             Ok(args) => match manager.run(move |manager| manager.command(&args)).await {
                 Some(Ok(output)) => Reply { ok: true, output },
-                Some(Err(output)) => Reply { ok: false, output },
+                Some(Err(error)) => Reply { ok: false, output: error.message },
                 None => Reply { ok: false, output: "command failed: the plugin manager stopped".to_owned() },
             },
             Err(e) => Reply { ok: false, output: format!("malformed request: {e}") },

@@ -33,6 +33,18 @@ pub const STATUS_OK: Status = 0;
 pub const STATUS_ERROR: Status = 1;
 /// The plugin panicked; the panic was caught on the plugin's side.
 pub const STATUS_PANICKED: Status = 2;
+// Statuses below were added after the first release of ABI version 1. A host returns them
+// only from `HostApi::ctl`; a caller that does not know them treats any status but
+// `STATUS_OK` as a failure, as before.
+/// What the call names does not exist (an unknown plugin, command or node).
+pub const STATUS_NOT_FOUND: Status = 3;
+/// The call conflicts with the present state (loading a loaded plugin, unloading one that
+/// is not loaded).
+pub const STATUS_CONFLICT: Status = 4;
+/// The call's arguments are wrong (a bad plugin name, a malformed command).
+pub const STATUS_INVALID_ARGUMENT: Status = 5;
+/// The host cannot do it now (it is shutting down).
+pub const STATUS_UNAVAILABLE: Status = 6;
 
 /// `on_event` answer: no opinion, go on with the next plugin (defer / keep).
 pub const HOOK_CONTINUE: u32 = 0;
@@ -341,6 +353,17 @@ pub const LOG_DEBUG: u32 = 4;
 ///
 /// Valid from `init` until `stop` returns; every function may be called from any thread.
 /// New fields are only appended; check `size` before using one added after version 1.
+///
+/// Re-entrancy: what a plugin may call, and from where.
+///
+/// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients` | `list_plugins`, `ctl` |
+/// |---|---|---|
+/// | `init`, `stop` | yes | no: the plugin manager is busy starting or stopping this plugin and would wait for itself |
+/// | `on_event` (a hook) | yes (return quickly) | no: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+/// | `ctl` (a command to the plugin) | yes | no: unloading or reloading this plugin waits for this call to return |
+/// | the plugin's own threads, between `init` and `stop` | yes | yes |
+///
+/// `stop` must join the plugin's threads before it returns: after that the vtable is gone.
 #[repr(C)]
 #[derive(Debug)]
 pub struct HostApi {

@@ -21,12 +21,26 @@ pub enum Level {
     Debug,
 }
 
-/// A host call failed.
+/// A host call failed. The variant says what kind of failure it was (match on it, not on the
+/// text); the text says why, for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostError {
     /// The host refused or could not do it; the text says why.
     #[error("{0}")]
     Failed(String),
+    /// What the call named does not exist (an unknown plugin or command).
+    #[error("{0}")]
+    NotFound(String),
+    /// The call conflicts with the present state (the plugin is already loaded, or not).
+    #[error("{0}")]
+    Conflict(String),
+    /// The call's arguments are wrong (an invalid plugin name, a wrong command).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The host cannot do it now (it is shutting down).
+    #[error("{0}")]
+    Unavailable(String),
     /// The host's answer could not be read.
     #[error("unreadable answer from the host: {0}")]
     BadAnswer(String),
@@ -357,6 +371,10 @@ impl Host {
         let status = unsafe { (self.api.ctl)(self.api.ctx, RawStr::new(&args), RawWriter::for_string(&mut out)) };
         match status {
             abi::STATUS_OK => Ok(out),
+            abi::STATUS_NOT_FOUND => Err(HostError::NotFound(out)),
+            abi::STATUS_CONFLICT => Err(HostError::Conflict(out)),
+            abi::STATUS_INVALID_ARGUMENT => Err(HostError::InvalidArgument(out)),
+            abi::STATUS_UNAVAILABLE => Err(HostError::Unavailable(out)),
             _ => Err(HostError::Failed(out)),
         }
     }

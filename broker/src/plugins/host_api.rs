@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
 
-use super::manager::Manager;
+use super::manager::{CommandError, Manager};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
 use crate::node::Node;
@@ -178,7 +178,7 @@ unsafe extern "C" fn list_plugins(ctx: *const c_void, out: RawWriter) -> Status 
     let context = unsafe { context(ctx) };
     let (status, text) = match manager(context) {
         Ok(manager) => (abi::STATUS_OK, serde_json::to_string(&manager.list()).unwrap_or_default()),
-        Err(e) => (abi::STATUS_ERROR, e),
+        Err(e) => (abi::STATUS_UNAVAILABLE, e),
     };
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&text) };
@@ -189,11 +189,11 @@ unsafe extern "C" fn ctl(ctx: *const c_void, args_json: RawStr, out: RawWriter) 
     // SAFETY: our ctx; args valid for the call.
     let (context, args) = unsafe { (context(ctx), args_json.as_str()) };
     let result = serde_json::from_str::<Vec<String>>(args)
-        .map_err(|e| format!("bad command: {e}"))
-        .and_then(|args| manager(context)?.command(&args));
+        .map_err(|e| CommandError { status: abi::STATUS_INVALID_ARGUMENT, message: format!("bad command: {e}") })
+        .and_then(|args| manager(context).map_err(CommandError::unavailable)?.command(&args));
     let (status, text) = match result {
         Ok(text) => (abi::STATUS_OK, text),
-        Err(text) => (abi::STATUS_ERROR, text),
+        Err(error) => (error.status, error.message),
     };
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&text) };

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use plugin_api::abi;
-use serde::Serialize;
+use plugin_api::abi::{self, Status};
 
 use super::handle::PluginHandle;
 use super::host_api::HostShared;
@@ -36,18 +35,51 @@ pub(crate) enum PluginError {
     Persist { path: PathBuf, source: std::io::Error },
 }
 
-/// One plugin as `list` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PluginStatus {
-    pub(crate) name: String,
-    pub(crate) version: String,
-    pub(crate) description: String,
-    pub(crate) kind: String,
-    pub(crate) active: bool,
-    /// `running`, `stopped`, `failed: <why>` (init failed or it panicked), or
-    /// `unavailable: <why>` (its library is missing or refused).
-    pub(crate) state: String,
+/// Why a `broker ctl` command failed: its kind, as the ABI status a plugin's `Host::ctl`
+/// gets (so a management plugin never reads the text to choose an HTTP status), and the text
+/// for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandError {
+    pub(crate) status: Status,
+    pub(crate) message: String,
 }
+
+impl CommandError {
+    fn new(status: Status, message: impl Into<String>) -> CommandError {
+        CommandError { status, message: message.into() }
+    }
+
+    pub(crate) fn failed(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_ERROR, message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_UNAVAILABLE, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_NOT_FOUND, message)
+    }
+
+    fn invalid(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_INVALID_ARGUMENT, message)
+    }
+}
+
+impl From<PluginError> for CommandError {
+    fn from(e: PluginError) -> CommandError {
+        let status = match &e {
+            PluginError::InvalidName(_) => abi::STATUS_INVALID_ARGUMENT,
+            PluginError::AlreadyLoaded(_) | PluginError::NotLoaded(_) => abi::STATUS_CONFLICT,
+            PluginError::Library(LibraryError::Missing { .. }) => abi::STATUS_NOT_FOUND,
+            PluginError::Library(_) | PluginError::Init { .. } | PluginError::Persist { .. } => abi::STATUS_ERROR,
+        };
+        CommandError::new(status, e.to_string())
+    }
+}
+
+/// One plugin as `list` reports it: the type plugins read through `Host::plugins`.
+pub(crate) use plugin_api::PluginStatus;
 
 #[derive(Debug, Default)]
 struct State {
@@ -309,7 +341,7 @@ impl Manager {
     }
 
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
-    pub(crate) fn command(&self, args: &[String]) -> Result<String, String> {
+    pub(crate) fn command(&self, args: &[String]) -> Result<String, CommandError> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
             ["plugins", "list"] => {
@@ -319,18 +351,18 @@ impl Manager {
                 Ok(self.list().iter().map(|s| format_status(s, true)).collect::<Vec<_>>().join("\n"))
             }
             ["plugins", "load", name] => {
-                self.load(name, true).map_err(|e| e.to_string())?;
+                self.load(name, true)?;
                 Ok(format!("Plugin {name} loaded successfully."))
             }
             ["plugins", "unload", name] => {
-                self.unload(name, true).map_err(|e| e.to_string())?;
+                self.unload(name, true)?;
                 Ok(format!("Plugin {name} unloaded successfully."))
             }
             ["plugins", "reload", name] => {
-                self.reload(name).map_err(|e| e.to_string())?;
+                self.reload(name)?;
                 Ok(format!("Plugin {name} reloaded successfully."))
             }
-            ["plugins", ..] => Err(PLUGINS_USAGE.to_owned()),
+            ["plugins", ..] => Err(CommandError::invalid(PLUGINS_USAGE)),
             // EMQX 4.x lists its modules apart: `Module(NAME, description=TEXT, active=BOOL)`.
             ["modules", "list"] => Ok(self
                 .list()
@@ -341,17 +373,18 @@ impl Manager {
                 .join("\n")),
             ["modules", action @ ("load" | "unload" | "reload"), name] => {
                 if !self.list().iter().any(|s| s.name == *name && s.kind == "module") {
-                    return Err(format!("{name} is not a module (see broker ctl modules list)"));
+                    return Err(CommandError::not_found(format!(
+                        "{name} is not a module (see broker ctl modules list)"
+                    )));
                 }
                 match *action {
                     "load" => self.load(name, true),
                     "unload" => self.unload(name, true),
                     _ => self.reload(name),
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
                 Ok(format!("Module {name} {action}ed successfully."))
             }
-            ["modules", ..] => Err(MODULES_USAGE.to_owned()),
+            ["modules", ..] => Err(CommandError::invalid(MODULES_USAGE)),
             ["broker"] => {
                 let shared = &self.shared;
                 let uptime = plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000);
@@ -374,17 +407,17 @@ impl Manager {
                 match instance {
                     Some(instance) => {
                         let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                        let result = instance.ctl(&rest);
+                        let result = instance.ctl(&rest).map_err(CommandError::failed);
                         // The command may have changed what the plugin answers (`acl reload`).
                         self.hooks.invalidate_acl_answers();
                         result
                     }
-                    None => Err(format!(
+                    None => Err(CommandError::not_found(format!(
                         "unknown command {command:?}: no running plugin answers it (try `broker ctl plugins list`)"
-                    )),
+                    ))),
                 }
             }
-            [] => Err(PLUGINS_USAGE.to_owned()),
+            [] => Err(CommandError::invalid(PLUGINS_USAGE)),
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use base64::Engine;
-use plugin_api::Host;
+use plugin_api::{Host, HostError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -42,24 +42,24 @@ fn ok(data: Value) -> ApiResult {
 }
 
 /// Maps a `broker ctl` error to an HTTP status.
-fn ctl_error(message: String) -> ApiError {
-    let status = if message.starts_with("invalid plugin name") {
-        StatusCode::BAD_REQUEST
-    } else if message.starts_with("unknown plugin") || message.starts_with("unknown command") {
-        StatusCode::NOT_FOUND
-    } else if message.ends_with("is already loaded") || message.ends_with("is not loaded") {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+/// The HTTP status for a failed host command, from the kind of failure the host reports
+/// (never from its text).
+fn ctl_error(error: HostError) -> ApiError {
+    let status = match &error {
+        HostError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        HostError::NotFound(_) => StatusCode::NOT_FOUND,
+        HostError::Conflict(_) => StatusCode::CONFLICT,
+        HostError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    ApiError(status, message)
+    ApiError(status, error.to_string())
 }
 
 /// Runs a ctl command off the async threads (plugin operations wait for hooks in flight).
 async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        host.ctl(&args).map_err(|e| ctl_error(e.to_string()))
+        host.ctl(&args).map_err(ctl_error)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
