@@ -15,6 +15,7 @@ use crate::client::ClientInfo;
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
+use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{Filter, Publisher, Router, Subscriber, Target};
 use crate::session::{QueueLimits, Session, Subscription};
 use crate::sessions::Sessions;
@@ -108,6 +109,15 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
         }
     }
+}
+
+/// Why a plugin's subscription for a client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PluginSubscribeError {
+    /// Not a valid topic filter, or a QoS over 2.
+    InvalidFilter,
+    /// No client with that id is connected.
+    NoSuchClient,
 }
 
 /// What became of a published message.
@@ -306,6 +316,32 @@ impl Node {
             state.subscriptions.insert(filter.into(), subscription);
         }
         self.router.subscribe(parsed, subscriber)
+    }
+
+    /// Subscribes connected client `client_id` to `filter` at `qos` on a plugin's behalf
+    /// (`Host::subscribe`, EMQX's `emqx_mod_subscription`), as if it had sent a SUBSCRIBE:
+    /// the QoS is capped by `mqtt.max_qos_allowed` and `session.subscribed` fires, so a
+    /// retainer delivers what is retained.
+    pub(crate) fn subscribe_for(&self, client_id: &str, filter: &str, qos: u8) -> Result<(), PluginSubscribeError> {
+        let parsed = Filter::parse(filter).map_err(|_| PluginSubscribeError::InvalidFilter)?;
+        if qos > 2 {
+            return Err(PluginSubscribeError::InvalidFilter);
+        }
+        let session = self.sessions.get(client_id).ok_or(PluginSubscribeError::NoSuchClient)?;
+        let client = session.lock().attachment.as_ref().map(|a| a.client.clone());
+        let client = client.ok_or(PluginSubscribeError::NoSuchClient)?;
+        let options = SubscriptionOptions { qos: qos.min(self.zone.max_qos), ..Default::default() };
+        let is_new = self.subscribe(&session, filter, &parsed, Subscription { options, id: None });
+        if self.hooks.wants(Hook::SessionSubscribed) {
+            let mut event = client.event(Hook::SessionSubscribed, crate::now_ms());
+            event.topic = RawStr::new(filter);
+            event.qos = options.qos;
+            event.return_code = u32::from(options.qos);
+            event.sub_options = options.to_byte();
+            event.sub_new = is_new as u8;
+            self.hooks.dispatch(&event);
+        }
+        Ok(())
     }
 
     /// Removes `session`'s subscription to `filter`; true if it existed.

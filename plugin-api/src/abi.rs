@@ -429,6 +429,12 @@ pub struct HostApi {
     /// (`emqx_stats`, `emqx_metrics`); `hooks` counts calls and the time spent in each
     /// plugin's `on_event` per hook since the plugin was loaded.
     pub metrics: unsafe extern "C" fn(ctx: *const c_void, out: RawWriter) -> Status,
+    /// Subscribes the connected client `client_id` to `filter` at `qos`, as if it had sent a
+    /// SUBSCRIBE (EMQX's `emqx_mod_subscription`): the QoS is capped by the broker's maximum
+    /// and `session.subscribed` fires (a retainer then delivers what is retained). Safe to
+    /// call from `client.connected`. [`STATUS_NOT_FOUND`] if no such client is connected,
+    /// [`STATUS_INVALID_ARGUMENT`] for an invalid filter or QoS.
+    pub subscribe: unsafe extern "C" fn(ctx: *const c_void, client_id: RawStr, filter: RawStr, qos: u8) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is

@@ -320,6 +320,27 @@ impl Host {
         }
     }
 
+    /// Subscribes connected client `client_id` to `filter` at `qos` on the plugin's behalf, as
+    /// if the client had sent a SUBSCRIBE (EMQX's `emqx_mod_subscription`): the QoS is capped
+    /// by the broker's maximum and `session.subscribed` fires. Safe to call from
+    /// `client.connected`. [`HostError::NotFound`] if the client is not connected,
+    /// [`HostError::InvalidArgument`] for an invalid filter.
+    pub fn subscribe(&self, client_id: &str, filter: &str, qos: QoS) -> Result<(), HostError> {
+        let needed = std::mem::offset_of!(HostApi, subscribe) + std::mem::size_of::<usize>();
+        if (self.api.size as usize) < needed {
+            return Err(HostError::Unavailable("this broker cannot subscribe clients for plugins".to_owned()));
+        }
+        // SAFETY: the size check says the vtable has this function; ctx is valid for the
+        // plugin's life; the strings outlive the call.
+        let status =
+            unsafe { (self.api.subscribe)(self.api.ctx, RawStr::new(client_id), RawStr::new(filter), qos as u8) };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            abi::STATUS_NOT_FOUND => Err(HostError::NotFound(format!("client {client_id} is not connected"))),
+            _ => Err(HostError::InvalidArgument(format!("cannot subscribe to {filter:?} at QoS {}", qos as u8))),
+        }
+    }
+
     /// Every counter and gauge the broker keeps, with the time spent in each plugin's hooks
     /// (see [`Metrics`]). For exporters (`emqx_prometheus`) and management plugins.
     pub fn metrics(&self) -> Result<Metrics, HostError> {

@@ -41,18 +41,26 @@ async fn unload_under_qos1_traffic_loses_nothing_and_stops_the_plugin() {
             (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), acked.load(Ordering::SeqCst))
         })
     };
-    for n in 0..TOTAL {
-        publisher.publish_acked("load/x", QoS::AtLeastOnce, format!("{n}")).await;
+    // Publish at least TOTAL, and on until the unload has returned and TOTAL / 4 more went
+    // after it: traffic before, during and after the unload, however fast either side is.
+    let mut total = 0;
+    let mut after_unload = 0;
+    while total < TOTAL || after_unload < TOTAL / 4 {
+        publisher.publish_acked("load/x", QoS::AtLeastOnce, format!("{total}")).await;
         acked.fetch_add(1, Ordering::SeqCst);
+        total += 1;
+        if unloader.is_finished() {
+            after_unload += 1;
+        }
     }
     let (ok, stdout, acked_at_unload) = unloader.join().unwrap();
     assert!(ok, "unload failed");
     assert_eq!(stdout.trim(), "Plugin hook_recorder unloaded successfully.");
-    assert!(acked_at_unload < TOTAL, "the unload happened while messages were flowing");
+    assert!(acked_at_unload < total, "the unload happened while messages were flowing");
 
     let got: BTreeSet<usize> =
-        sub.receive(TOTAL).await.iter().map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap()).collect();
-    assert_eq!(got, (0..TOTAL).collect(), "every QoS 1 message arrived");
+        sub.receive(total).await.iter().map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap()).collect();
+    assert_eq!(got, (0..total).collect(), "every QoS 1 message arrived");
 
     // The plugin saw messages before the unload and none after.
     let file = dir.file("events.jsonl");
@@ -61,13 +69,13 @@ async fn unload_under_qos1_traffic_loses_nothing_and_stops_the_plugin() {
         .filter(|e| e["hook"] == "message.publish")
         .map(|e| e["payload"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert!(!seen.is_empty() && seen.len() < TOTAL, "recorded {} of {TOTAL}", seen.len());
+    assert!(!seen.is_empty() && seen.len() < total, "recorded {} of {total}", seen.len());
     let last_seen = *seen.iter().max().unwrap();
     publisher.publish_acked("load/x", QoS::AtLeastOnce, "after").await;
     sub.receive(1).await;
     let events = recorded_events(&file);
     assert!(events.iter().all(|e| e["payload"] != "after"), "a stopped plugin got an event");
-    assert!(last_seen < TOTAL);
+    assert!(last_seen < total);
 
     assert_eq!(dir.read("loaded_plugins"), "% test plugins\n\n{hook_recorder, false}.\n");
     let list = dir.ctl(&["plugins", "list"]).ok();

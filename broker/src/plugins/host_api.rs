@@ -11,7 +11,7 @@ use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, Raw
 use super::manager::{CommandError, Manager};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
-use crate::node::Node;
+use crate::node::{Node, PluginSubscribeError};
 use crate::router::is_valid_topic;
 
 /// What every plugin's vtable shares: broker facts, counters, the way to publish, and (once
@@ -86,6 +86,7 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         list_clients,
         deliver_retained,
         metrics,
+        subscribe,
     }
 }
 
@@ -158,6 +159,16 @@ unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
         out.uptime_ms = s.uptime_ms;
     }
     abi::STATUS_OK
+}
+
+unsafe extern "C" fn subscribe(ctx: *const c_void, client_id: RawStr, filter: RawStr, qos: u8) -> Status {
+    // SAFETY: our ctx; the strings are valid for the call.
+    let (context, client_id, filter) = unsafe { (context(ctx), client_id.as_str(), filter.as_str()) };
+    match context.shared.node.subscribe_for(client_id, filter, qos) {
+        Ok(()) => abi::STATUS_OK,
+        Err(PluginSubscribeError::NoSuchClient) => abi::STATUS_NOT_FOUND,
+        Err(PluginSubscribeError::InvalidFilter) => abi::STATUS_INVALID_ARGUMENT,
+    }
 }
 
 unsafe extern "C" fn metrics(ctx: *const c_void, out: RawWriter) -> Status {
