@@ -151,7 +151,7 @@ pub struct RawWriter {
     /// Opaque state of the writer's owner.
     pub ctx: *mut c_void,
     /// Appends `text`.
-    pub write: unsafe extern "C" fn(ctx: *mut c_void, text: RawStr),
+    pub write: WriteFn,
 }
 
 impl RawWriter {
@@ -175,6 +175,26 @@ impl RawWriter {
         unsafe { (self.write)(self.ctx, RawStr::new(text)) }
     }
 }
+
+/// [`RawWriter::write`]: appends `text` (valid only during the call) to the writer `ctx`.
+pub type WriteFn = unsafe extern "C" fn(ctx: *mut c_void, text: RawStr);
+
+/// [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.
+pub type InitFn = unsafe extern "C" fn(
+    host: *const HostApi,
+    config_json: RawStr,
+    state_out: *mut *mut c_void,
+    error: RawWriter,
+) -> Status;
+
+/// [`PluginDescriptor::on_event`]: handles one event, returns a `HOOK_*` answer.
+pub type OnEventFn = unsafe extern "C" fn(state: *mut c_void, event: *const RawEvent) -> u32;
+
+/// [`PluginDescriptor::ctl`]: runs a `ctl` command (`args_json`, a JSON array of strings).
+pub type CtlFn = unsafe extern "C" fn(state: *mut c_void, args_json: RawStr, out: RawWriter) -> Status;
+
+/// [`PluginDescriptor::stop`]: stops the plugin and frees its state.
+pub type StopFn = unsafe extern "C" fn(state: *mut c_void) -> Status;
 
 /// What a plugin library exports under [`DESCRIPTOR_SYMBOL`], as a `static`.
 #[repr(C)]
@@ -201,18 +221,13 @@ pub struct PluginDescriptor {
     /// Starts the plugin. On success stores the plugin's state pointer in `*state_out`.
     /// On failure writes a message to `error` and returns [`STATUS_ERROR`] or
     /// [`STATUS_PANICKED`].
-    pub init: unsafe extern "C" fn(
-        host: *const HostApi,
-        config_json: RawStr,
-        state_out: *mut *mut c_void,
-        error: RawWriter,
-    ) -> Status,
+    pub init: InitFn,
     /// Handles one event; returns one of the `HOOK_*` answers.
-    pub on_event: unsafe extern "C" fn(state: *mut c_void, event: *const RawEvent) -> u32,
+    pub on_event: OnEventFn,
     /// Runs a `ctl` command; `args_json` is a JSON array of strings. Output goes to `out`.
-    pub ctl: unsafe extern "C" fn(state: *mut c_void, args_json: RawStr, out: RawWriter) -> Status,
+    pub ctl: CtlFn,
     /// Stops the plugin and frees `state`. Called once, after the last `on_event` returned.
-    pub stop: unsafe extern "C" fn(state: *mut c_void) -> Status,
+    pub stop: StopFn,
 }
 
 // SAFETY: the descriptor is an immutable static whose pointers point to 'static data and
