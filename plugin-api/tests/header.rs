@@ -26,10 +26,20 @@ fn c_header_is_up_to_date() {
         return;
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "{} is stale (the ABI changed or cbindgen.toml did); regenerate it with\n\n    \
-         UPDATE_HEADER=1 cargo test -p plugin-api --test header\n\nand check the diff in.",
-        path.display()
-    );
+    if checked_in != generated {
+        let first_difference = checked_in
+            .lines()
+            .chain(std::iter::repeat("<end of file>"))
+            .zip(generated.lines())
+            .enumerate()
+            .find(|(_, (old, new))| old != new)
+            .map(|(i, (old, new))| format!("line {}: checked in {old:?}, generated {new:?}", i + 1))
+            .unwrap_or_else(|| "the end of the file".to_owned());
+        panic!(
+            "{} is stale (the ABI changed or cbindgen.toml did; first difference at {first_difference}); \
+             regenerate it with\n\n    UPDATE_HEADER=1 cargo test -p plugin-api --test header\n\nand check the \
+             diff in.",
+            path.display()
+        );
+    }
 }
