@@ -42,6 +42,8 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, in discriminant order.
+    ///
+    /// cbindgen:ignore
     pub const ALL: [Hook; 13] = [
         Hook::ClientConnect,
         Hook::ClientConnected,
