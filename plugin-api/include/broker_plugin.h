@@ -173,6 +173,17 @@ typedef struct {
 //
 // Valid from `init` until `stop` returns; every function may be called from any thread.
 // New fields are only appended; check `size` before using one added after version 1.
+//
+// Re-entrancy: what a plugin may call, and from where.
+//
+// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients` | `list_plugins`, `ctl` |
+// |---|---|---|
+// | `init`, `stop` | yes | no: the plugin manager is busy starting or stopping this plugin and would wait for itself |
+// | `on_event` (a hook) | yes (return quickly) | no: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+// | `ctl` (a command to the plugin) | yes | no: unloading or reloading this plugin waits for this call to return |
+// | the plugin's own threads, between `init` and `stop` | yes | yes |
+//
+// `stop` must join the plugin's threads before it returns: after that the vtable is gone.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -229,6 +240,12 @@ typedef struct {
     // (`emqx_stats`, `emqx_metrics`); `hooks` counts calls and the time spent in each
     // plugin's `on_event` per hook since the plugin was loaded.
     Status (*metrics)(const void *ctx, RawWriter out);
+    // Subscribes the connected client `client_id` to `filter` at `qos`, as if it had sent a
+    // SUBSCRIBE (EMQX's `emqx_mod_subscription`): the QoS is capped by the broker's maximum
+    // and `session.subscribed` fires (a retainer then delivers what is retained). Safe to
+    // call from `client.connected`. [`STATUS_NOT_FOUND`] if no such client is connected,
+    // [`STATUS_INVALID_ARGUMENT`] for an invalid filter or QoS.
+    Status (*subscribe)(const void *ctx, RawStr client_id, RawStr filter, uint8_t qos);
 } HostApi;
 
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.
@@ -348,6 +365,19 @@ typedef struct {
 
 // The plugin panicked; the panic was caught on the plugin's side.
 #define STATUS_PANICKED 2
+
+// What the call names does not exist (an unknown plugin, command or node).
+#define STATUS_NOT_FOUND 3
+
+// The call conflicts with the present state (loading a loaded plugin, unloading one that
+// is not loaded).
+#define STATUS_CONFLICT 4
+
+// The call's arguments are wrong (a bad plugin name, a malformed command).
+#define STATUS_INVALID_ARGUMENT 5
+
+// The host cannot do it now (it is shutting down).
+#define STATUS_UNAVAILABLE 6
 
 // The descriptor every plugin library exports under this name (the host looks it up with
 // dlsym). Define it in one source file: `const PluginDescriptor broker_plugin_descriptor = {...};`
