@@ -64,7 +64,7 @@ declare_plugin!(
     PluginInfo {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        description: "Prometheus exporter: broker stats, metrics and per-plugin hook timings",
+        description: "Prometheus for EMQ X",
         kind: PluginKind::Plugin,
         hooks: HookMask(0),
         priority: 0,
