@@ -333,15 +333,28 @@ impl Node {
         let options = SubscriptionOptions { qos: qos.min(self.zone.max_qos), ..Default::default() };
         let is_new = self.subscribe(&session, filter, &parsed, Subscription { options, id: None });
         if self.hooks.wants(Hook::SessionSubscribed) {
-            let mut event = client.event(Hook::SessionSubscribed, crate::now_ms());
-            event.topic = RawStr::new(filter);
-            event.qos = options.qos;
-            event.return_code = u32::from(options.qos);
-            event.sub_options = options.to_byte();
-            event.sub_new = is_new as u8;
-            self.hooks.dispatch(&event);
+            self.subscribed(&client, filter, options, is_new, crate::now_ms());
         }
         Ok(())
+    }
+
+    /// Fires `session.subscribed` for `client`'s subscription to `filter` (check
+    /// `hooks.wants(Hook::SessionSubscribed)` first).
+    pub(crate) fn subscribed(
+        &self,
+        client: &ClientInfo,
+        filter: &str,
+        options: SubscriptionOptions,
+        is_new: bool,
+        now_ms: u64,
+    ) {
+        let mut event = client.event(Hook::SessionSubscribed, now_ms);
+        event.topic = RawStr::new(filter);
+        event.qos = options.qos;
+        event.return_code = u32::from(options.qos);
+        event.sub_options = options.to_byte();
+        event.sub_new = is_new as u8;
+        self.hooks.dispatch(&event);
     }
 
     /// Removes `session`'s subscription to `filter`; true if it existed.

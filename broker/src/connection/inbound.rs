@@ -310,13 +310,7 @@ impl<T: Transport> Connection<T> {
         // After the SUBACK is queued: retained messages a plugin delivers now follow it.
         if node.hooks.wants(Hook::SessionSubscribed) {
             for (filter, options, is_new) in granted {
-                let mut event = self.client.event(Hook::SessionSubscribed, self.now_ms);
-                event.topic = RawStr::new(filter);
-                event.qos = options.qos;
-                event.return_code = u32::from(options.qos);
-                event.sub_options = options.to_byte();
-                event.sub_new = is_new as u8;
-                node.hooks.dispatch(&event);
+                node.subscribed(&self.client, filter, options, is_new, self.now_ms);
             }
         }
         Ok(())
