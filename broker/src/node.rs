@@ -185,18 +185,21 @@ impl Node {
 
     /// Fires `message.dropped` for a message that did not reach `client_id`.
     pub(crate) fn dropped(&self, client_id: &str, message: &Message, reason: DropReason) {
-        let metrics = &self.stats.metrics;
-        match reason {
-            DropReason::NoSubscribers | DropReason::Denied => metrics.inc(Metric::MessagesDropped),
-            DropReason::QueueFull | DropReason::Expired | DropReason::TooLarge => metrics.inc(Metric::DeliveryDropped),
-        }
-        match reason {
-            DropReason::NoSubscribers => metrics.inc(Metric::MessagesDroppedNoSubscribers),
-            DropReason::Denied => {}
-            DropReason::QueueFull if message.qos == 0 => metrics.inc(Metric::DeliveryDroppedQos0Msg),
-            DropReason::QueueFull => metrics.inc(Metric::DeliveryDroppedQueueFull),
-            DropReason::Expired => metrics.inc(Metric::DeliveryDroppedExpired),
-            DropReason::TooLarge => metrics.inc(Metric::DeliveryDroppedTooLarge),
+        // EMQX's counters: dropped before routing (`messages.dropped`) or at a session
+        // (`delivery.dropped`), and by cause.
+        let (dropped, cause) = match reason {
+            DropReason::NoSubscribers => (Metric::MessagesDropped, Some(Metric::MessagesDroppedNoSubscribers)),
+            DropReason::Denied => (Metric::MessagesDropped, None),
+            DropReason::QueueFull if message.qos == 0 => {
+                (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedQos0Msg))
+            }
+            DropReason::QueueFull => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedQueueFull)),
+            DropReason::Expired => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedExpired)),
+            DropReason::TooLarge => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedTooLarge)),
+        };
+        self.stats.metrics.inc(dropped);
+        if let Some(cause) = cause {
+            self.stats.metrics.inc(cause);
         }
         if !self.hooks.wants(Hook::MessageDropped) {
             return;

@@ -304,19 +304,26 @@ impl Host {
 
     /// Current broker statistics.
     pub fn stats(&self) -> Stats {
-        let mut raw = RawStats { size: std::mem::size_of::<RawStats>() as u32, ..Default::default() };
+        // The appended fields start at a value no host writes: a host older than them leaves
+        // them so.
+        const UNSET: u64 = u64::MAX;
+        let mut raw = RawStats {
+            size: std::mem::size_of::<RawStats>() as u32,
+            connections_max: UNSET,
+            uptime_ms: UNSET,
+            ..Default::default()
+        };
         // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
         // whose size field tells the host how much it may write.
         unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
-        // A host older than the appended fields leaves them at their defaults.
-        let extended = raw.uptime_ms != 0 || raw.connections_max != 0;
+        let written = |value: u64| Some(value).filter(|&v| v != UNSET);
         Stats {
             connections: raw.connections,
             messages_received: raw.messages_received,
             messages_sent: raw.messages_sent,
             uptime_secs: raw.uptime_secs,
-            connections_max: raw.connections_max,
-            uptime_ms: if extended { raw.uptime_ms } else { raw.uptime_secs * 1000 },
+            connections_max: written(raw.connections_max).unwrap_or(0),
+            uptime_ms: written(raw.uptime_ms).unwrap_or(raw.uptime_secs * 1000),
         }
     }
 

@@ -340,39 +340,25 @@ impl Manager {
         PluginStatus { name: name.to_owned(), version, description, kind, active, state }
     }
 
+    /// `plugins list` ("Plugin": every plugin) or `modules list` ("Module": the module-kind
+    /// ones), a line each.
+    fn format_list(&self, label: &str, verbose: bool) -> String {
+        let list = self.list();
+        let shown = list.iter().filter(|s| label == "Plugin" || s.kind == "module");
+        shown.map(|s| format_status(label, s, verbose)).collect::<Vec<_>>().join("\n")
+    }
+
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
     pub(crate) fn command(&self, args: &[String]) -> Result<String, CommandError> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["plugins", "list"] => {
-                Ok(self.list().iter().map(|s| format_status(s, false)).collect::<Vec<_>>().join("\n"))
-            }
-            ["plugins", "list", "--verbose" | "-v"] => {
-                Ok(self.list().iter().map(|s| format_status(s, true)).collect::<Vec<_>>().join("\n"))
-            }
-            ["plugins", "load", name] => {
-                self.load(name, true)?;
-                Ok(format!("Plugin {name} loaded successfully."))
-            }
-            ["plugins", "unload", name] => {
-                self.unload(name, true)?;
-                Ok(format!("Plugin {name} unloaded successfully."))
-            }
-            ["plugins", "reload", name] => {
-                self.reload(name)?;
-                Ok(format!("Plugin {name} reloaded successfully."))
-            }
-            ["plugins", ..] => Err(CommandError::invalid(PLUGINS_USAGE)),
+            ["plugins", "list"] => Ok(self.format_list("Plugin", false)),
+            ["plugins", "list", "--verbose" | "-v"] => Ok(self.format_list("Plugin", true)),
             // EMQX 4.x lists its modules apart: `Module(NAME, description=TEXT, active=BOOL)`.
-            ["modules", "list"] => Ok(self
-                .list()
-                .iter()
-                .filter(|s| s.kind == "module")
-                .map(|s| format!("Module({}, description={}, active={})", s.name, s.description, s.active))
-                .collect::<Vec<_>>()
-                .join("\n")),
-            ["modules", action @ ("load" | "unload" | "reload"), name] => {
-                if !self.list().iter().any(|s| s.name == *name && s.kind == "module") {
+            ["modules", "list"] => Ok(self.format_list("Module", false)),
+            [group @ ("plugins" | "modules"), action @ ("load" | "unload" | "reload"), name] => {
+                let label = if *group == "modules" { "Module" } else { "Plugin" };
+                if label == "Module" && !self.list().iter().any(|s| s.name == *name && s.kind == "module") {
                     return Err(CommandError::not_found(format!(
                         "{name} is not a module (see broker ctl modules list)"
                     )));
@@ -382,8 +368,9 @@ impl Manager {
                     "unload" => self.unload(name, true),
                     _ => self.reload(name),
                 }?;
-                Ok(format!("Module {name} {action}ed successfully."))
+                Ok(format!("{label} {name} {action}ed successfully."))
             }
+            ["plugins", ..] => Err(CommandError::invalid(PLUGINS_USAGE)),
             ["modules", ..] => Err(CommandError::invalid(MODULES_USAGE)),
             ["broker"] => {
                 let shared = &self.shared;
@@ -438,11 +425,12 @@ fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {
     running.iter().map(|i| i.handle.clone()).collect()
 }
 
-/// One line of `broker ctl plugins list`, EMQX's exactly: `Plugin(NAME, description=TEXT,
-/// active=BOOL)`; `verbose` adds `version`, `kind` and `state` (`running`, `stopped`,
-/// `failed: <why>`, `unavailable: <why>`) before the closing parenthesis.
-fn format_status(s: &PluginStatus, verbose: bool) -> String {
-    let mut line = format!("Plugin({}, description={}, active={}", s.name, s.description, s.active);
+/// One line of `broker ctl plugins list` (`label` "Plugin") or `modules list` ("Module"),
+/// EMQX's exactly: `Plugin(NAME, description=TEXT, active=BOOL)`; `verbose` adds `version`,
+/// `kind` and `state` (`running`, `stopped`, `failed: <why>`, `unavailable: <why>`) before
+/// the closing parenthesis.
+fn format_status(label: &str, s: &PluginStatus, verbose: bool) -> String {
+    let mut line = format!("{label}({}, description={}, active={}", s.name, s.description, s.active);
     if verbose {
         line.push_str(&format!(", version={}, kind={}, state={}", s.version, s.kind, s.state));
     }
