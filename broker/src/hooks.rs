@@ -21,6 +21,8 @@ pub(crate) enum Verdict {
     Continue,
     /// A plugin allowed (auth / ACL).
     Allow,
+    /// A plugin allowed a client as a superuser (auth): no ACL checks for it.
+    Superuser,
     /// A plugin denied (auth / ACL).
     Deny,
     /// A plugin dropped the message.
@@ -113,6 +115,7 @@ impl Hooks {
                 Some(abi::HOOK_ALLOW) => return Verdict::Allow,
                 Some(abi::HOOK_DENY) => return Verdict::Deny,
                 Some(abi::HOOK_DROP) => return Verdict::Drop,
+                Some(abi::HOOK_SUPERUSER) => return Verdict::Superuser,
                 Some(abi::HOOK_PANICKED) => {
                     let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
                     plugin.fail(format!("panicked in {hook}"));

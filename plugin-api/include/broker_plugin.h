@@ -32,6 +32,11 @@
 // `on_event` answer for `message.publish`: drop the message (it is still acknowledged).
 #define HOOK_DROP 3
 
+// `on_event` answer for `client.authenticate`: allow, and the client is a superuser: the host
+// asks no `client.check_acl` for it (EMQX's `is_superuser`). A host older than this answer
+// logs it as unknown and goes on with the next plugin.
+#define HOOK_SUPERUSER 4
+
 // `on_event` answer when the plugin panicked; the host stops the plugin.
 #define HOOK_PANICKED 256
 

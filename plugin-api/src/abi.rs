@@ -56,6 +56,10 @@ pub const HOOK_ALLOW: u32 = 1;
 pub const HOOK_DENY: u32 = 2;
 /// `on_event` answer for `message.publish`: drop the message (it is still acknowledged).
 pub const HOOK_DROP: u32 = 3;
+/// `on_event` answer for `client.authenticate`: allow, and the client is a superuser: the host
+/// asks no `client.check_acl` for it (EMQX's `is_superuser`). A host older than this answer
+/// logs it as unknown and goes on with the next plugin.
+pub const HOOK_SUPERUSER: u32 = 4;
 /// `on_event` answer when the plugin panicked; the host stops the plugin.
 pub const HOOK_PANICKED: u32 = 0x100;
 

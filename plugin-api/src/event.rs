@@ -197,6 +197,10 @@ pub enum HookResult {
     /// For `message.publish`: drop the message. The publisher still gets its
     /// acknowledgement; subscribers get nothing.
     Drop,
+    /// For `client.authenticate`: allow, ask no further plugin, and make the client a
+    /// superuser, whose publishes and subscriptions are never checked against the ACL
+    /// (EMQX's `is_superuser`).
+    Superuser,
 }
 
 impl HookResult {
@@ -207,6 +211,7 @@ impl HookResult {
             HookResult::Allow => abi::HOOK_ALLOW,
             HookResult::Deny => abi::HOOK_DENY,
             HookResult::Drop => abi::HOOK_DROP,
+            HookResult::Superuser => abi::HOOK_SUPERUSER,
         }
     }
 }
