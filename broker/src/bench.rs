@@ -68,10 +68,15 @@ pub struct Dispatch {
 
 impl Dispatch {
     pub fn new(plugins_dir: &Path, plugin: &str, copies: usize) -> Dispatch {
+        Dispatch::with_config(plugins_dir, plugin, "", copies)
+    }
+
+    /// As [`Dispatch::new`], each copy started with `config_json` (its config section).
+    pub fn with_config(plugins_dir: &Path, plugin: &str, config_json: &str, copies: usize) -> Dispatch {
         let host = Host::new();
         let library = Arc::new(PluginLibrary::open(plugins_dir, plugin, false).expect("plugin library"));
         let instances = (0..copies as u64)
-            .map(|seq| Instance::start(library.clone(), host.shared.clone(), "", seq).expect("plugin starts"))
+            .map(|seq| Instance::start(library.clone(), host.shared.clone(), config_json, seq).expect("plugin starts"))
             .collect();
         let mut client = ClientInfo::broker();
         client.client_id = Arc::from("bench-client");
@@ -97,6 +102,16 @@ impl Dispatch {
     #[inline]
     pub fn dispatch(&self, event: &RawEvent) -> bool {
         self.host.hooks.wants(Hook::MessagePublish) && self.host.hooks.dispatch(event) == Verdict::Drop
+    }
+
+    /// What a connection does per PUBLISH when plugins may replace the topic (the broker's
+    /// `Node::publish`): the new topic, if one replaced it.
+    #[inline]
+    pub fn dispatch_rewriting(&self, event: &mut RawEvent) -> Option<String> {
+        if !self.host.hooks.wants(Hook::MessagePublish) {
+            return None;
+        }
+        self.host.hooks.dispatch_rewriting(event, crate::router::is_valid_replacement_topic).1
     }
 }
 

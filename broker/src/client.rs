@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use plugin_api::abi::{RawBytes, RawEvent, RawStr};
+use plugin_api::abi::{RawBytes, RawEvent, RawStr, RawWriter};
 use plugin_api::Hook;
 
 use crate::mqtt::Version;
@@ -76,6 +76,7 @@ impl ClientInfo {
             sub_options: 0,
             sub_new: 0,
             sockport: self.sockport,
+            rewrite: RawWriter::DISCARD,
         }
     }
 }

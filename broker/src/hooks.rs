@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{self, RawEvent};
+use plugin_api::abi::{self, RawEvent, RawStr, RawWriter};
 use plugin_api::Hook;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -110,22 +110,77 @@ impl Hooks {
             return Verdict::Continue;
         };
         for plugin in list {
-            match plugin.on_event(event) {
-                None | Some(abi::HOOK_CONTINUE) => {}
-                Some(abi::HOOK_ALLOW) => return Verdict::Allow,
-                Some(abi::HOOK_DENY) => return Verdict::Deny,
-                Some(abi::HOOK_DROP) => return Verdict::Drop,
-                Some(abi::HOOK_SUPERUSER) => return Verdict::Superuser,
-                Some(abi::HOOK_PANICKED) => {
-                    let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
-                    plugin.fail(format!("panicked in {hook}"));
-                    let _ = self.failed.send(plugin.clone());
-                }
-                Some(other) => {
-                    tracing::warn!(plugin = plugin.name, "unknown hook answer {other}, treated as continue");
-                }
+            if let Some(verdict) = self.verdict(plugin, event, plugin.on_event(event)) {
+                return verdict;
             }
         }
         Verdict::Continue
+    }
+
+    /// Runs a chain whose plugins may replace the topic (`message.publish`) or filter
+    /// (`client.subscribe`, `client.unsubscribe`) with [`abi::HOOK_REPLACE`], as EMQX's hook
+    /// fold does: the plugins after the one that replaced it see the new topic. Returns the
+    /// verdict and the final topic when one was replaced; `event.topic` then points into that
+    /// String, so the event must not be used after it is dropped. A replacement `valid`
+    /// refuses is ignored with a warning.
+    pub(crate) fn dispatch_rewriting(
+        &self,
+        event: &mut RawEvent,
+        valid: fn(&str) -> bool,
+    ) -> (Verdict, Option<String>) {
+        let table = self.table.load();
+        let Some(list) = table.by_hook.get(event.hook as usize) else {
+            return (Verdict::Continue, None);
+        };
+        let mut replaced: Option<String> = None;
+        let mut written = String::new();
+        for plugin in list {
+            event.rewrite = RawWriter::for_string(&mut written);
+            let answer = plugin.on_event(event);
+            event.rewrite = RawWriter::DISCARD;
+            if answer != Some(abi::HOOK_REPLACE) {
+                written.clear();
+                if let Some(verdict) = self.verdict(plugin, event, answer) {
+                    return (verdict, replaced);
+                }
+                continue;
+            }
+            let topic = std::mem::take(&mut written);
+            if !valid(&topic) {
+                let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+                tracing::warn!(plugin = plugin.name, topic, "{hook}: invalid replacement topic ignored");
+                continue;
+            }
+            // The String's heap buffer does not move with the String: the event may point at it.
+            event.topic = RawStr::new(&topic);
+            replaced = Some(topic);
+        }
+        (Verdict::Continue, replaced)
+    }
+
+    /// What a chain does with one plugin's answer: `Some` ends the chain with that verdict.
+    fn verdict(&self, plugin: &Arc<PluginHandle>, event: &RawEvent, answer: Option<u32>) -> Option<Verdict> {
+        match answer {
+            None | Some(abi::HOOK_CONTINUE) => None,
+            Some(abi::HOOK_ALLOW) => Some(Verdict::Allow),
+            Some(abi::HOOK_DENY) => Some(Verdict::Deny),
+            Some(abi::HOOK_DROP) => Some(Verdict::Drop),
+            Some(abi::HOOK_SUPERUSER) => Some(Verdict::Superuser),
+            Some(abi::HOOK_PANICKED) => {
+                let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+                plugin.fail(format!("panicked in {hook}"));
+                let _ = self.failed.send(plugin.clone());
+                None
+            }
+            Some(abi::HOOK_REPLACE) => {
+                let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+                tracing::warn!(plugin = plugin.name, "replace answered to {hook}, which has no topic to replace");
+                None
+            }
+            Some(other) => {
+                tracing::warn!(plugin = plugin.name, "unknown hook answer {other}, treated as continue");
+                None
+            }
+        }
     }
 }

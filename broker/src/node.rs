@@ -16,7 +16,7 @@ use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
-use crate::router::{Filter, Publisher, Router, Subscriber, Target};
+use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
 use crate::session::{QueueLimits, Session, Subscription};
 use crate::sessions::Sessions;
 use crate::stats::Stats;
@@ -215,13 +215,18 @@ impl Node {
         self.hooks.dispatch(&event);
     }
 
-    /// Publishes `message` from `client`: `message.publish` may drop it, then it is routed.
-    /// The broker never retains it (that is `emqx_retainer`'s job, through the hook).
-    pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
+    /// Publishes `message` from `client`: `message.publish` may drop it or replace its topic
+    /// (EMQX's `emqx_mod_rewrite`), then it is routed. The broker never retains it (that is
+    /// `emqx_retainer`'s job, through the hook).
+    pub(crate) fn publish(&self, mut message: Message, client: &ClientInfo) -> Published {
         self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants(Hook::MessagePublish) {
-            let event = Node::message_event(client, Hook::MessagePublish, &message);
-            if self.hooks.dispatch(&event) == Verdict::Drop {
+            let mut event = Node::message_event(client, Hook::MessagePublish, &message);
+            let (verdict, topic) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
+            if let Some(topic) = topic {
+                message.topic = topic.into_boxed_str();
+            }
+            if verdict == Verdict::Drop {
                 self.dropped(&client.client_id, &message, DropReason::Denied);
                 return Published::Dropped;
             }

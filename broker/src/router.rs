@@ -69,6 +69,19 @@ pub(crate) fn is_valid_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#'])
 }
 
+/// Whether a plugin's replacement topic (`HOOK_REPLACE` in `message.publish`) can be
+/// published to: a valid topic name that fits a PUBLISH (MQTT-1.5.4-1: at most 65535 bytes;
+/// MQTT-1.5.4-2: no null character).
+pub(crate) fn is_valid_replacement_topic(topic: &str) -> bool {
+    is_valid_topic(topic) && topic.len() <= u16::MAX as usize && !topic.contains('\0')
+}
+
+/// Whether a plugin's replacement filter (`HOOK_REPLACE` in `client.subscribe` /
+/// `client.unsubscribe`) can be subscribed to, as [`is_valid_replacement_topic`] asks of a topic.
+pub(crate) fn is_valid_replacement_filter(filter: &str) -> bool {
+    Filter::parse(filter).is_ok() && filter.len() <= u16::MAX as usize && !filter.contains('\0')
+}
+
 /// One session's subscription, as the trie keeps it.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {

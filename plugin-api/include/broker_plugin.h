@@ -37,6 +37,13 @@
 // logs it as unknown and goes on with the next plugin.
 #define HOOK_SUPERUSER 4
 
+// `on_event` answer for `message.publish`, `client.subscribe` and `client.unsubscribe`: the
+// plugin wrote a new topic (or filter) to [`RawEvent::rewrite`] before answering. The host
+// goes on with the next plugin, which sees the new topic, and then uses it (the message is
+// routed, the filter subscribed, under it). An empty or invalid replacement is logged and
+// ignored. An older host, whose events have no `rewrite`, logs the answer as unknown.
+#define HOOK_REPLACE 5
+
 // `on_event` answer when the plugin panicked; the host stops the plugin.
 #define HOOK_PANICKED 256
 
@@ -53,16 +60,16 @@
 #define KIND_MODULE 1
 
 // Log level for [`HostApi::log`]: error.
-#define LOG_ERROR 1
+#define BROKER_LOG_ERROR 1
 
 // Log level: warning.
-#define LOG_WARN 2
+#define BROKER_LOG_WARN 2
 
 // Log level: information.
-#define LOG_INFO 3
+#define BROKER_LOG_INFO 3
 
 // Log level: debug.
-#define LOG_DEBUG 4
+#define BROKER_LOG_DEBUG 4
 
 // A broker hook, named as in EMQX 4.x. The discriminant is the bit index in a [`HookMask`].
 enum Hook
@@ -319,6 +326,10 @@ typedef struct {
     // For client hooks: the local port of the listener the client connected to (EMQX's
     // `sockport`); 0 for the broker itself or when the host does not know it.
     uint16_t sockport;
+    // For `message.publish`, `client.subscribe` and `client.unsubscribe`: where a plugin
+    // writes the new topic (or filter) it answers [`HOOK_REPLACE`] with. On other hooks it
+    // discards what is written. Valid only during the `on_event` call.
+    RawWriter rewrite;
 } RawEvent;
 
 // [`PluginDescriptor::on_event`]: handles one event, returns a `HOOK_*` answer.

@@ -60,6 +60,12 @@ pub const HOOK_DROP: u32 = 3;
 /// asks no `client.check_acl` for it (EMQX's `is_superuser`). A host older than this answer
 /// logs it as unknown and goes on with the next plugin.
 pub const HOOK_SUPERUSER: u32 = 4;
+/// `on_event` answer for `message.publish`, `client.subscribe` and `client.unsubscribe`: the
+/// plugin wrote a new topic (or filter) to [`RawEvent::rewrite`] before answering. The host
+/// goes on with the next plugin, which sees the new topic, and then uses it (the message is
+/// routed, the filter subscribed, under it). An empty or invalid replacement is logged and
+/// ignored. An older host, whose events have no `rewrite`, logs the answer as unknown.
+pub const HOOK_REPLACE: u32 = 5;
 /// `on_event` answer when the plugin panicked; the host stops the plugin.
 pub const HOOK_PANICKED: u32 = 0x100;
 
@@ -173,6 +179,12 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
+    /// A writer that discards what it is given (events no plugin may rewrite).
+    pub const DISCARD: RawWriter = {
+        unsafe extern "C" fn discard(_ctx: *mut c_void, _text: RawStr) {}
+        RawWriter { ctx: std::ptr::null_mut(), write: discard }
+    };
+
     /// A writer that appends to `buf`. Valid while `buf` is.
     pub fn for_string(buf: &mut String) -> RawWriter {
         unsafe extern "C" fn append(ctx: *mut c_void, text: RawStr) {
@@ -319,6 +331,10 @@ pub struct RawEvent {
     /// For client hooks: the local port of the listener the client connected to (EMQX's
     /// `sockport`); 0 for the broker itself or when the host does not know it.
     pub sockport: u16,
+    /// For `message.publish`, `client.subscribe` and `client.unsubscribe`: where a plugin
+    /// writes the new topic (or filter) it answers [`HOOK_REPLACE`] with. On other hooks it
+    /// discards what is written. Valid only during the `on_event` call.
+    pub rewrite: RawWriter,
 }
 
 /// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).

@@ -1,6 +1,6 @@
 //! The safe view of one hook event, and the plugin's answer.
 
-use crate::abi::{self, RawEvent};
+use crate::abi::{self, RawEvent, RawWriter};
 use crate::info::Hook;
 
 /// MQTT quality of service.
@@ -115,6 +115,9 @@ pub struct Event<'a> {
     /// For client hooks: the local port of the listener the client connected to (EMQX's
     /// `sockport`); `None` for the broker itself or from a host that does not say.
     pub sockport: Option<u16>,
+    /// Where a replacement topic goes ([`Event::replace_topic`]); `None` from a host that
+    /// cannot rewrite.
+    rewrite: Option<RawWriter>,
 }
 
 impl<'a> Event<'a> {
@@ -129,6 +132,7 @@ impl<'a> Event<'a> {
         let has = |offset: usize, len: usize| raw.size as usize >= offset + len;
         let extended = has(std::mem::offset_of!(RawEvent, sub_new), 1);
         let has_sockport = has(std::mem::offset_of!(RawEvent, sockport), 2);
+        let has_rewrite = has(std::mem::offset_of!(RawEvent, rewrite), std::mem::size_of::<RawWriter>());
         // SAFETY: the caller promises every field points to memory valid for 'a.
         unsafe {
             Some(Event {
@@ -163,12 +167,34 @@ impl<'a> Event<'a> {
                 },
                 subscription_is_new: extended && raw.sub_new != 0,
                 sockport: Some(raw.sockport).filter(|&port| has_sockport && port != 0),
+                rewrite: has_rewrite.then_some(raw.rewrite),
             })
         }
     }
 }
 
 impl Event<'_> {
+    /// For `message.publish`, `client.subscribe` and `client.unsubscribe`: replaces the
+    /// message's topic (or the subscription's filter) with `topic`; return the answer from
+    /// `on_event`. Plugins after this one see the new topic, and the broker uses it (EMQX's
+    /// hook fold, as `emqx_mod_rewrite` uses it).
+    ///
+    /// Answers [`HookResult::Continue`], and changes nothing, on other hooks or on a host
+    /// too old to rewrite. The host ignores, with a warning, a replacement that is not a
+    /// valid topic name (publish) or filter (subscribe).
+    pub fn replace_topic(&self, topic: &str) -> HookResult {
+        let rewritable = matches!(self.hook, Hook::MessagePublish | Hook::ClientSubscribe | Hook::ClientUnsubscribe);
+        match self.rewrite {
+            Some(writer) if rewritable => {
+                // SAFETY: the writer belongs to the host's dispatch of this very event, which is
+                // still running (an `Event` lives only as long as its `on_event` call).
+                unsafe { writer.write_str(topic) };
+                HookResult::Replace
+            }
+            _ => HookResult::Continue,
+        }
+    }
+
     /// For `session.subscribed`: whether the subscriber wants the retained messages that
     /// match its filter now, as its Retain Handling option says. A shared subscription
     /// (`$share/...`, `$queue/...`) never gets retained messages.
@@ -201,6 +227,9 @@ pub enum HookResult {
     /// superuser, whose publishes and subscriptions are never checked against the ACL
     /// (EMQX's `is_superuser`).
     Superuser,
+    /// For `message.publish`, `client.subscribe` and `client.unsubscribe`: the topic was
+    /// replaced. Only [`Event::replace_topic`] makes it (it writes the new topic first).
+    Replace,
 }
 
 impl HookResult {
@@ -212,6 +241,7 @@ impl HookResult {
             HookResult::Deny => abi::HOOK_DENY,
             HookResult::Drop => abi::HOOK_DROP,
             HookResult::Superuser => abi::HOOK_SUPERUSER,
+            HookResult::Replace => abi::HOOK_REPLACE,
         }
     }
 }
@@ -247,7 +277,33 @@ mod tests {
             sub_options: 0,
             sub_new: 1,
             sockport: 1883,
+            rewrite: RawWriter::DISCARD,
         }
+    }
+
+    #[test]
+    fn replace_topic_writes_where_the_host_said_and_only_on_rewritable_hooks() {
+        let mut written = String::new();
+        let mut publish = raw(std::mem::size_of::<RawEvent>());
+        publish.hook = Hook::MessagePublish as u32;
+        publish.rewrite = RawWriter::for_string(&mut written);
+        // SAFETY: the strings are static and `written` outlives the event.
+        let event = unsafe { Event::from_raw(&publish) }.unwrap();
+        assert_eq!(event.replace_topic("z/y/1"), HookResult::Replace);
+        assert_eq!(written, "z/y/1");
+
+        let mut connected = publish;
+        connected.hook = Hook::ClientConnected as u32;
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&connected) }.unwrap();
+        assert_eq!(event.replace_topic("nope"), HookResult::Continue, "no topic to replace");
+
+        // A host built before `rewrite` was appended cannot take a replacement.
+        let older = RawEvent { size: std::mem::offset_of!(RawEvent, rewrite) as u32, ..publish };
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&older) }.unwrap();
+        assert_eq!(event.replace_topic("nope"), HookResult::Continue);
+        assert_eq!(written, "z/y/1", "nothing more written");
     }
 
     #[test]

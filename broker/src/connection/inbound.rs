@@ -18,7 +18,7 @@ use crate::mqtt::publish::{encode_ack, Ack, Publish};
 use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
-use crate::router::{is_valid_topic, Filter};
+use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
 use crate::session::{RecOutcome, Subscription};
 
 impl<T: Transport> Connection<T> {
@@ -261,13 +261,10 @@ impl<T: Transport> Connection<T> {
         let mut granted = Vec::with_capacity(subscribe.filters.len());
         node.stats.metrics.inc(Metric::ClientSubscribe);
         for &(filter, options) in &subscribe.filters {
-            if node.hooks.wants(Hook::ClientSubscribe) {
-                let mut event = self.client.event(Hook::ClientSubscribe, self.now_ms);
-                event.topic = RawStr::new(filter);
-                event.qos = options.qos;
-                event.sub_options = options.to_byte();
-                node.hooks.dispatch(&event);
-            }
+            // EMQX's order: `client.subscribe` may rewrite the filter (`emqx_mod_rewrite`);
+            // the ACL and the subscription then see the rewritten one.
+            let rewritten = self.client_subscribe_hook(Hook::ClientSubscribe, filter, options);
+            let filter = rewritten.as_deref().unwrap_or(filter);
             let code = match Filter::parse(filter) {
                 Err(_) => reason::TOPIC_FILTER_INVALID,
                 Ok(parsed) if parsed.group.is_some() && options.no_local => {
@@ -289,7 +286,7 @@ impl<T: Transport> Connection<T> {
                     } else {
                         let options = SubscriptionOptions { qos: options.qos.min(zone.max_qos), ..options };
                         let is_new = node.subscribe(&self.session, filter, &parsed, Subscription { options, id });
-                        granted.push((filter, options, is_new));
+                        granted.push((filter.to_owned(), options, is_new));
                         options.qos
                     }
                 }
@@ -310,7 +307,7 @@ impl<T: Transport> Connection<T> {
         // After the SUBACK is queued: retained messages a plugin delivers now follow it.
         if node.hooks.wants(Hook::SessionSubscribed) {
             for (filter, options, is_new) in granted {
-                node.subscribed(&self.client, filter, options, is_new, self.now_ms);
+                node.subscribed(&self.client, &filter, options, is_new, self.now_ms);
             }
         }
         Ok(())
@@ -322,15 +319,12 @@ impl<T: Transport> Connection<T> {
         let mut removed = Vec::new();
         node.stats.metrics.inc(Metric::ClientUnsubscribe);
         for &filter in &unsubscribe.filters {
-            if node.hooks.wants(Hook::ClientUnsubscribe) {
-                let mut event = self.client.event(Hook::ClientUnsubscribe, self.now_ms);
-                event.topic = RawStr::new(filter);
-                node.hooks.dispatch(&event);
-            }
+            let rewritten = self.client_subscribe_hook(Hook::ClientUnsubscribe, filter, SubscriptionOptions::default());
+            let filter = rewritten.as_deref().unwrap_or(filter);
             let code = match Filter::parse(filter) {
                 Err(_) => reason::TOPIC_FILTER_INVALID,
                 Ok(parsed) if node.unsubscribe(&self.session, filter, &parsed) => {
-                    removed.push(filter);
+                    removed.push(filter.to_owned());
                     reason::SUCCESS
                 }
                 Ok(_) => reason::NO_SUBSCRIPTION_EXISTED,
@@ -342,10 +336,24 @@ impl<T: Transport> Connection<T> {
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
                 let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);
-                event.topic = RawStr::new(filter);
+                event.topic = RawStr::new(&filter);
                 node.hooks.dispatch(&event);
             }
         }
+    }
+
+    /// Fires `client.subscribe` or `client.unsubscribe` for one filter; the filter a plugin
+    /// replaced it with, if one did.
+    fn client_subscribe_hook(&self, hook: Hook, filter: &str, options: SubscriptionOptions) -> Option<String> {
+        let hooks = &self.node.hooks;
+        if !hooks.wants(hook) {
+            return None;
+        }
+        let mut event = self.client.event(hook, self.now_ms);
+        event.topic = RawStr::new(filter);
+        event.qos = options.qos;
+        event.sub_options = options.to_byte();
+        hooks.dispatch_rewriting(&mut event, is_valid_replacement_filter).1
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect<'_>) -> Ended {
