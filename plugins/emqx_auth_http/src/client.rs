@@ -34,6 +34,8 @@ pub(crate) struct Failure(String);
 #[derive(Debug)]
 pub(crate) struct Client {
     agent: ureq::Agent,
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
 }
 
 impl Client {
@@ -49,14 +51,14 @@ impl Client {
             .max_idle_connections(settings.pool_size.max(1) * 3)
             .user_agent(concat!("emqx_auth_http/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client { agent: config.into() }
+        Client { agent: config.into(), timeout: settings.timeout, connect_timeout: settings.connect_timeout }
     }
 
     /// Sends `request` with `params` (placeholders already filled in) as EMQX 4.3's
     /// `emqx_auth_http_cli:request/7` does: GET puts them in the query string, POST in the
     /// body, form-encoded or as a JSON object of strings as `content-type` says.
     pub(crate) fn exchange(&self, request: &Request, params: &[(String, String)]) -> Result<Answer, Failure> {
-        let fail = |e: ureq::Error| Failure(e.to_string());
+        let fail = |e: ureq::Error| self.failure(e);
         let response = match request.method {
             Method::Get => {
                 let mut url = request.url.clone();
@@ -95,6 +97,20 @@ impl Client {
             200 if body.trim_ascii() == b"ignore" => Answer::Ignore,
             200 => Answer::Ok,
             other => Answer::Status(other),
+        })
+    }
+}
+
+impl Client {
+    /// Says which of EMQX's timeouts ran out, or what else went wrong.
+    fn failure(&self, error: ureq::Error) -> Failure {
+        let within = |d| humantime::format_duration(d);
+        Failure(match error {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => {
+                format!("could not connect within {} (connect_timeout)", within(self.connect_timeout))
+            }
+            ureq::Error::Timeout(_) => format!("no answer within {} (timeout)", within(self.timeout)),
+            other => other.to_string(),
         })
     }
 }

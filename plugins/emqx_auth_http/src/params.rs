@@ -142,7 +142,9 @@ fn render_var(var: Var, vars: &Vars<'_>) -> String {
         Var::ClientId => vars.client_id.to_owned(),
         Var::IpAddress => or_undefined(vars.ip),
         Var::Protocol => "mqtt".to_owned(),
-        Var::Password => vars.password.map_or_else(|| UNDEFINED.to_owned(), |p| String::from_utf8_lossy(p).into_owned()),
+        Var::Password => {
+            vars.password.map_or_else(|| UNDEFINED.to_owned(), |p| String::from_utf8_lossy(p).into_owned())
+        }
         Var::SockPort => vars.sockport.map_or_else(|| UNDEFINED.to_owned(), |p| p.to_string()),
         Var::Access => vars.access.map_or_else(|| UNDEFINED.to_owned(), |a| a.to_string()),
         Var::Topic => or_undefined(vars.topic),
@@ -170,9 +172,10 @@ mod tests {
 
     #[test]
     fn placeholders_are_replaced_whole_values_only() {
-        let params =
-            Params::parse("clientid=%c, username=%u,password=%P,ip=%a,proto=%r,port=%p,x=lit%u,access=%A,topic=%t,mp=%m,cn=%C")
-                .unwrap();
+        let params = Params::parse(
+            "clientid=%c, username=%u,password=%P,ip=%a,proto=%r,port=%p,x=lit%u,access=%A,topic=%t,mp=%m,cn=%C",
+        )
+        .unwrap();
         let vars = Vars {
             username: Some("alice"),
             client_id: "c1",
