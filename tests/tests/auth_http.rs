@@ -469,6 +469,61 @@ fn a_dead_service_denies_or_is_ignored_as_configured() {
     assert_eq!(failed(&broker, "acl_req"), 1, "the ACL failures logged once");
 }
 
+/// Shipped listed but not started, as EMQX ships it; `ctl plugins load` starts it (with its
+/// `[auth_http]` table) and `unload` stops it, while the broker serves.
+#[test]
+fn shipped_listed_not_started_and_loaded_by_ctl() {
+    let shipped = include_str!("../../data/loaded_plugins");
+    assert!(shipped.lines().any(|l| l == "{emqx_auth_http, false}."), "{shipped}");
+
+    let service = AuthService::start(usual);
+    let dir = DataDir::with_plugins("{emqx_auth_http, false}.\n");
+    dir.write("broker.toml", &config(&service, true, false, false, ""));
+    let broker = Broker::start(&dir, &[]);
+    let list = dir.ctl(&["plugins", "list"]).ok();
+    let line = "Plugin(emqx_auth_http, description=EMQ X Authentication/ACL with HTTP API, active=false)";
+    assert!(list.lines().any(|l| l == line), "{list}");
+    let (mut raw, ack) = connect4(&broker, "before", Some(("eve", "wrong")));
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "not started: nobody asks the service");
+    raw.disconnect();
+
+    dir.ctl(&["plugins", "load", "emqx_auth_http"]).ok();
+    assert_refused4(connect4(&broker, "loaded", Some(("eve", "wrong"))), "loaded: 401 refuses");
+    let (mut raw, ack) = connect4(&broker, "loaded-ok", Some(("alice", "good")));
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    raw.disconnect();
+
+    dir.ctl(&["plugins", "unload", "emqx_auth_http"]).ok();
+    let (mut raw, ack) = connect4(&broker, "after", Some(("eve", "wrong")));
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "unloaded: nobody asks the service");
+    raw.disconnect();
+    assert_eq!(service.requests("/mqtt/auth").len(), 2, "asked only while loaded");
+}
+
+/// A wrong `[auth_http]` table refuses the load with the key and the problem named; the
+/// broker keeps serving, without the plugin.
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = DataDir::with_plugins("{emqx_auth_http, false}.\n");
+    for (toml, expected) in [
+        (
+            "[auth_http.auth_req]\nurl = \"ftp://127.0.0.1/auth\"\n",
+            "auth_http.auth_req.url: the scheme must be http or https, not ftp",
+        ),
+        ("[auth_http.acl_req]\nparams = \"topic=%t,who\"\n", "auth_http.acl_req.params: \"who\" is not KEY=VALUE"),
+        ("[auth_http]\ntimeout = \"soon\"\n", "auth_http.timeout: invalid duration \"soon\""),
+        ("[auth_http.super_req]\nmethod = \"delete\"\n", "auth_http.super_req.method: unknown variant `delete`"),
+    ] {
+        dir.write("broker.toml", toml);
+        let broker = Broker::start(&dir, &[]);
+        let error = dir.ctl(&["plugins", "load", "emqx_auth_http"]).err();
+        assert!(error.contains(expected), "{toml}: {error}");
+        let (mut raw, ack) = connect4(&broker, "still-serving", None);
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{toml}");
+        raw.disconnect();
+    }
+}
+
 /// A slow service (it never answers): the client's CONNACK comes once `timeout` has passed,
 /// refusing it (`auth_req.deny_on_error`, EMQX's default). Meanwhile another client on the
 /// broker still publishes and receives: the waiting hook holds one of the broker's threads,

@@ -165,9 +165,13 @@ pub(crate) struct Settings {
 /// The table is wrong; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettingsError {
-    /// Not the right shape (unknown key, wrong type, bad duration or method).
-    #[error("invalid [auth_http] table: {0}")]
-    Shape(#[from] serde_json::Error),
+    /// Not the right shape (unknown key, wrong type, bad duration or method), at `path`.
+    #[error("{path}: {source}")]
+    Shape {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A URL that does not parse or is not http(s).
     #[error("auth_http.{kind}.url: {why}: {url:?}")]
     Url { kind: &'static str, url: String, why: String },
@@ -193,7 +197,13 @@ impl Settings {
             serde_json::Value::Null => serde_json::Value::Object(Default::default()),
             v => v.clone(),
         };
-        let raw: RawSettings = serde_json::from_value(value)?;
+        let raw: RawSettings = serde_path_to_error::deserialize(value).map_err(|e| SettingsError::Shape {
+            path: match e.path().to_string().as_str() {
+                "." => "auth_http".to_owned(),
+                path => format!("auth_http.{path}"),
+            },
+            source: e.into_inner(),
+        })?;
         if raw.timeout.is_zero() {
             return Err(SettingsError::Zero("timeout"));
         }
@@ -342,13 +352,13 @@ mod tests {
         let cases = [
             (json!({"auth_req": {"url": "ftp://x/y"}}), "auth_http.auth_req.url: the scheme must be http or https"),
             (json!({"acl_req": {"url": "not a url"}}), "auth_http.acl_req.url: relative URL without a base"),
-            (json!({"auth_req": {"method": "delete"}}), "unknown variant `delete`"),
+            (json!({"auth_req": {"method": "delete"}}), "auth_http.auth_req.method: unknown variant `delete`"),
             (json!({"auth_req": {"params": "clientid"}}), "auth_http.auth_req.params"),
             (json!({"auth_req": {"headers": {"content-type": "text/plain"}}}), "content-type \"text/plain\""),
             (json!({"auth_req": {"headers": {"x": "a\r\nb"}}}), "line break"),
-            (json!({"timeout": "soon"}), "invalid duration \"soon\""),
+            (json!({"timeout": "soon"}), "auth_http.timeout: invalid duration \"soon\""),
             (json!({"timeout": 0}), "auth_http.timeout must be more than 0"),
-            (json!({"tmieout": "5s"}), "unknown field `tmieout`"),
+            (json!({"tmieout": "5s"}), "auth_http.tmieout: unknown field `tmieout`"),
         ];
         for (value, expected) in cases {
             let error = Settings::from_json(&value).unwrap_err().to_string();
