@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -549,20 +548,17 @@ fn slow_service_with(slow_clients: usize) {
         _ => usual(seen),
     });
     let toml = config(&service, true, false, false, "timeout = \"3s\"\n");
-    let (_dir, broker) = broker_with(&toml, &[]);
+    let (dir, broker) = broker_with(&toml, &[]);
     let mut other = client5(&broker, "other", "olga", "good");
     other.subscribe("chat", QoS::AtLeastOnce);
 
-    let answered = Arc::new(AtomicBool::new(false));
     let waiting: Vec<_> = (0..slow_clients)
         .map(|i| {
-            let (answered, addr) = (answered.clone(), broker.addr);
+            let addr = broker.addr;
             std::thread::spawn(move || {
                 let mut connect = rumqttc::Connect::new(format!("slow-{i}"));
                 connect.set_login("slow", "good");
-                let (_raw, ack) = Raw::<V4>::connect(addr, &rumqttc::Packet::Connect(connect));
-                answered.store(true, Ordering::SeqCst);
-                ack
+                Raw::<V4>::connect(addr, &rumqttc::Packet::Connect(connect)).1
             })
         })
         .collect();
@@ -570,9 +566,15 @@ fn slow_service_with(slow_clients: usize) {
         let slow = service.requests("/mqtt/auth").iter().filter(|s| s.param("username") == "slow").count();
         (slow == slow_clients).then_some(())
     });
+    let started = std::time::Instant::now();
     other.publish("chat", QoS::AtLeastOnce, "still here");
     assert_eq!(e2e::raw::payload(&other.next_publish()), "still here");
-    assert!(!answered.load(Ordering::SeqCst), "the other client was served while the slow ones waited");
+    // A figure for the reader (`--nocapture`), not an assertion.
+    eprintln!("{slow_clients} slow CONNECT(s): the other client's round trip took {:?}", started.elapsed());
+    // The plugin counts a timed-out request before its hook returns: none counted yet means
+    // the other client was served while every slow request was still waiting.
+    let status = dir.ctl(&["auth_http", "status"]).ok();
+    assert!(status.contains("/mqtt/auth (deny on error) ok, 0 failed request(s)"), "served during the wait: {status}");
 
     for waiting in waiting {
         let ack = waiting.join().unwrap();
