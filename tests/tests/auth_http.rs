@@ -243,7 +243,8 @@ fn auth_req_decides_who_connects_and_gets_the_clients_values() {
     assert!(ack5.code != v5::ConnectReturnCode::Success, "403 refuses an MQTT 5 client: {ack5:?}");
     assert!(raw5.until_closed().is_empty(), "closed after the CONNACK (MQTT-3.1.4-2 (5))");
 
-    // 200 `ignore`: no opinion; with no other auth plugin the client gets in.
+    // 200 `ignore`: no opinion; with no other auth plugin the broker decides, and lets the
+    // client in (as EMQX's `allow_anonymous = true`, its default, does).
     let (mut raw, ack) = connect4(&broker, "c-ignore", Some(("carol", "ignore")));
     assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "ignore leaves it to the broker");
     raw.ping("an ignored client");
@@ -448,7 +449,8 @@ fn a_dead_service_denies_or_is_ignored_as_configured() {
     assert!(status.contains("(deny on error) failing, 3 failed request(s)"), "{status}");
     drop(broker);
 
-    // Switched: auth ignores (the client gets in), the ACL denies.
+    // Switched: auth has no opinion (the broker lets the client in, as EMQX's default
+    // `allow_anonymous = true` does), the ACL denies.
     let env =
         [("BROKER_AUTH_HTTP__AUTH_REQ__DENY_ON_ERROR", "false"), ("BROKER_AUTH_HTTP__ACL_REQ__DENY_ON_ERROR", "true")];
     let (dir, broker) = broker_with(&base, &env);
