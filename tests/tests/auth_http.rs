@@ -52,11 +52,21 @@ type Decide = dyn Fn(&Seen) -> Reply + Send + Sync;
 /// ends with the test process.
 struct AuthService {
     addr: SocketAddr,
+    scheme: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl AuthService {
     fn start(decide: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> AuthService {
+        AuthService::start_with(decide, None)
+    }
+
+    /// The service over TLS with `tls` (HTTPS) when given.
+    fn start_with(
+        decide: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> AuthService {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let decide: Arc<Decide> = Arc::new(decide);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the auth service");
@@ -104,14 +114,21 @@ impl AuthService {
                     }
                 };
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, Router::new().fallback(handler)).await.unwrap();
+                let app = Router::new().fallback(handler);
+                match tls {
+                    None => axum::serve(listener, app).await.unwrap(),
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                        axum::serve(TlsListener { tcp: listener, acceptor }, app).await.unwrap()
+                    }
+                }
             });
         });
-        AuthService { addr, seen }
+        AuthService { addr, scheme, seen }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// Every request to `path` so far, in the order they came.
@@ -123,6 +140,102 @@ impl AuthService {
     fn all(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// A TCP listener whose connections are TLS (failed handshakes are skipped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test clearly if it cannot.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (apt-get install openssl; .ci/run does it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes in `dir` a test CA (`ca.pem`), a server certificate for 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client certificate (`client.pem`, `client.key`), both signed by the CA.
+fn make_pki(dir: &std::path::Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test ca"]]
+            .concat(),
+    );
+    for (name, usage) in [("server", "serverAuth\nsubjectAltName=IP:127.0.0.1"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let (key, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+/// A TLS server config with `dir`'s server certificate that requires a client certificate
+/// signed by `dir`'s CA.
+fn server_tls(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+    let chain = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
 }
 
 /// The usual service: `/mqtt/auth` allows password `good` (200), has no opinion on `ignore`
@@ -523,6 +636,35 @@ fn a_bad_config_is_refused_with_the_key_named() {
         assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{toml}");
         raw.disconnect();
     }
+}
+
+/// An `https://` service with a private CA that asks for a client certificate: with EMQX's
+/// `ssl.cacertfile`, `ssl.certfile` and `ssl.keyfile` (paths relative to the data directory)
+/// the plugin trusts the service and shows its certificate; without them the service's
+/// certificate is not trusted, so no request reaches it and the client is refused
+/// (`deny_on_error`).
+#[test]
+fn https_with_a_private_ca_and_a_client_certificate() {
+    let dir = DataDir::with_plugins("{emqx_auth_http, true}.\n");
+    make_pki(dir.path());
+    let service = AuthService::start_with(usual, Some(server_tls(dir.path())));
+    let toml = config(&service, true, false, false, "")
+        + "[auth_http.ssl]\ncacertfile = \"ca.pem\"\ncertfile = \"client.pem\"\nkeyfile = \"client.key\"\n";
+    dir.write("broker.toml", &toml);
+    let broker = Broker::start(&dir, &[]);
+    let (mut raw, ack) = connect4(&broker, "tls-good", Some(("alice", "good")));
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "200 over https");
+    raw.disconnect();
+    assert_refused4(connect4(&broker, "tls-bad", Some(("alice", "wrong"))), "401 over https");
+    assert_eq!(service.requests("/mqtt/auth").len(), 2);
+    drop(broker);
+
+    dir.write("broker.toml", &config(&service, true, false, false, ""));
+    let broker = Broker::start(&dir, &[]);
+    assert_refused4(connect4(&broker, "tls-untrusted", Some(("alice", "good"))), "an untrusted service");
+    let line = broker.wait_for_log(&format!("auth_req {} failed", service.url("/mqtt/auth")));
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    assert_eq!(service.requests("/mqtt/auth").len(), 2, "nothing reached the service");
 }
 
 /// A slow service (it never answers): the client's CONNACK comes once `timeout` has passed,

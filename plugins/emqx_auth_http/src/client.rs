@@ -7,8 +7,10 @@
 //! are kept, up to `pool_size`, for the next request.
 
 use std::io::Read;
+use std::path::Path;
 
 use crate::settings::{Encoding, Method, Request, Settings};
+use crate::tls::{self, TlsError};
 
 /// The longest body read: enough to tell `ignore` from anything else and to drain a short
 /// answer so its connection can be reused.
@@ -39,9 +41,10 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// A client for these settings.
-    pub(crate) fn new(settings: &Settings) -> Client {
+    /// A client for these settings (relative TLS file paths are taken from `data_dir`).
+    pub(crate) fn new(settings: &Settings, data_dir: &Path) -> Result<Client, TlsError> {
         let config = ureq::Agent::config_builder()
+            .tls_config(tls::config(&settings.ssl, data_dir)?)
             .timeout_global(Some(settings.timeout))
             .timeout_connect(Some(settings.connect_timeout))
             .http_status_as_error(false)
@@ -51,7 +54,7 @@ impl Client {
             .max_idle_connections(settings.pool_size.max(1) * 3)
             .user_agent(concat!("emqx_auth_http/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client { agent: config.into(), timeout: settings.timeout, connect_timeout: settings.connect_timeout }
+        Ok(Client { agent: config.into(), timeout: settings.timeout, connect_timeout: settings.connect_timeout })
     }
 
     /// Sends `request` with `params` (placeholders already filled in) as EMQX 4.3's

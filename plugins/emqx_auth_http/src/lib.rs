@@ -28,6 +28,7 @@ mod client;
 mod health;
 mod params;
 mod settings;
+mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -255,7 +256,7 @@ impl Plugin for AuthHttp {
         let settings = Settings::from_json(config.json())?;
         let plugin = AuthHttp {
             host,
-            client: Client::new(&settings),
+            client: Client::new(&settings, host.data_dir())?,
             cache: Cache::new(settings.cache_max_size, settings.cache_ttl),
             settings,
             health: Default::default(),

@@ -1,10 +1,12 @@
 //! The `[auth_http]` table (env: `BROKER_AUTH_HTTP__<KEY>`, `BROKER_AUTH_HTTP__AUTH_REQ__URL`, ...),
 //! with EMQX 4.3's `emqx_auth_http.conf` names and defaults: `auth_req`, `super_req` and
 //! `acl_req`, each with `url`, `method`, `headers` and `params`; `timeout`,
-//! `connect_timeout`, `pool_size`. Added here: each request's `deny_on_error`, and the answer
-//! cache (`cache_max_size`, `cache_ttl`).
+//! `connect_timeout`, `pool_size`, `ssl.cacertfile` / `ssl.certfile` / `ssl.keyfile`. Added
+//! here: each request's `deny_on_error`, and the answer cache (`cache_max_size`,
+//! `cache_ttl`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -80,6 +82,20 @@ struct RawRequest {
     deny_on_error: Option<bool>,
 }
 
+/// EMQX 4.3's `auth.http.ssl.*`, for `https://` URLs: PEM files, relative to the data
+/// directory unless absolute. Without `cacertfile` the service's certificate is checked
+/// against the public web PKI roots (Mozilla's, built in).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Ssl {
+    /// The CA certificates the service's certificate must chain to.
+    pub(crate) cacertfile: Option<PathBuf>,
+    /// The client certificate (chain) shown to the service.
+    pub(crate) certfile: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub(crate) keyfile: Option<PathBuf>,
+}
+
 /// The table as written.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,6 +111,7 @@ struct RawSettings {
     cache_max_size: usize,
     #[serde(deserialize_with = "duration")]
     cache_ttl: Duration,
+    ssl: Ssl,
 }
 
 impl Default for RawSettings {
@@ -108,6 +125,7 @@ impl Default for RawSettings {
             pool_size: 32,
             cache_max_size: 1024,
             cache_ttl: Duration::from_secs(10),
+            ssl: Ssl::default(),
         }
     }
 }
@@ -160,6 +178,8 @@ pub(crate) struct Settings {
     pub(crate) cache_max_size: usize,
     /// How long an answer is kept; 0 turns the cache off.
     pub(crate) cache_ttl: Duration,
+    /// TLS files for `https://`.
+    pub(crate) ssl: Ssl,
 }
 
 /// The table is wrong; the message names the key.
@@ -219,6 +239,7 @@ impl Settings {
             pool_size: raw.pool_size,
             cache_max_size: raw.cache_max_size,
             cache_ttl: raw.cache_ttl,
+            ssl: raw.ssl,
         })
     }
 
