@@ -38,7 +38,8 @@ pub enum HostError {
     /// The call's arguments are wrong (an invalid plugin name, a wrong command).
     #[error("{0}")]
     InvalidArgument(String),
-    /// The host cannot do it now (it is shutting down).
+    /// The host cannot do it now: it is shutting down, the plugin was stopped, or the call was
+    /// made where it would wait for itself (see the re-entrancy table of [`crate::abi::HostApi`]).
     #[error("{0}")]
     Unavailable(String),
     /// The host's answer could not be read.
@@ -149,7 +150,13 @@ pub struct RetainedMessage<'a> {
     pub message_expiry: Option<u32>,
 }
 
-/// The plugin's handle to the host. Cheap to copy; valid until the plugin's `stop` returns.
+/// What a call made after the plugin's `stop` gets.
+fn stopped() -> HostError {
+    HostError::Unavailable("the plugin was stopped: the host serves no call made after its stop".to_owned())
+}
+
+/// The plugin's handle to the host. Cheap to copy. After the plugin's `stop` returned, every
+/// call (but logging) fails with [`HostError::Unavailable`].
 #[derive(Debug, Clone, Copy)]
 pub struct Host {
     api: &'static HostApi,
@@ -159,12 +166,10 @@ impl Host {
     /// Wraps the host's vtable.
     ///
     /// # Safety
-    /// `api` must point to a `HostApi` valid until the plugin's `stop` returns (the host
-    /// guarantees this for the pointer it passes to `init`). The plugin must not use the
-    /// `Host` after `stop`.
+    /// `api` must point to a `HostApi` that is never freed (the host guarantees this for the
+    /// pointer it passes to `init`).
     pub unsafe fn from_raw(api: *const HostApi) -> Host {
-        // SAFETY: valid for the plugin's life, as the caller promises; we treat that as
-        // 'static because the plugin cannot outlive it.
+        // SAFETY: never freed, as the caller promises.
         Host { api: unsafe { &*api } }
     }
 
@@ -237,6 +242,7 @@ impl Host {
         };
         match status {
             abi::STATUS_OK => Ok(()),
+            abi::STATUS_UNAVAILABLE => Err(stopped()),
             _ => Err(HostError::Failed(format!("could not publish to {topic}"))),
         }
     }
@@ -266,6 +272,7 @@ impl Host {
         };
         match status {
             abi::STATUS_OK => Ok(()),
+            abi::STATUS_UNAVAILABLE => Err(stopped()),
             _ => Err(HostError::Failed(format!("client {client_id} is not connected"))),
         }
     }
@@ -298,6 +305,7 @@ impl Host {
             unsafe { (self.api.deliver_retained)(self.api.ctx, RawStr::new(client_id), RawStr::new(filter), &raw) };
         match status {
             abi::STATUS_OK => Ok(()),
+            abi::STATUS_UNAVAILABLE => Err(stopped()),
             _ => Err(HostError::Failed(format!("client {client_id} has no subscription {filter}"))),
         }
     }
@@ -344,6 +352,7 @@ impl Host {
         match status {
             abi::STATUS_OK => Ok(()),
             abi::STATUS_NOT_FOUND => Err(HostError::NotFound(format!("client {client_id} is not connected"))),
+            abi::STATUS_UNAVAILABLE => Err(stopped()),
             _ => Err(HostError::InvalidArgument(format!("cannot subscribe to {filter:?} at QoS {}", qos as u8))),
         }
     }
@@ -359,6 +368,9 @@ impl Host {
         // SAFETY: the size check says the vtable has this function; ctx is valid for the
         // plugin's life; the writer borrows `json` for the call.
         let status = unsafe { (self.api.metrics)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status == abi::STATUS_UNAVAILABLE {
+            return Err(HostError::Unavailable(json));
+        }
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }
@@ -370,6 +382,9 @@ impl Host {
         let mut json = String::new();
         // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
         let status = unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status == abi::STATUS_UNAVAILABLE {
+            return Err(HostError::Unavailable(json));
+        }
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }
@@ -381,6 +396,9 @@ impl Host {
         let mut json = String::new();
         // SAFETY: ctx and list_clients are valid; the writer borrows `json` for the call.
         let status = unsafe { (self.api.list_clients)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        if status == abi::STATUS_UNAVAILABLE {
+            return Err(HostError::Unavailable(json));
+        }
         if status != abi::STATUS_OK {
             return Err(HostError::Failed(json));
         }

@@ -7,6 +7,7 @@
 //! for `inflight` to reach zero. Both use `SeqCst`, so after `deactivate` returns no call is
 //! running and none will start: `stop` may then free the plugin's state.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -32,6 +33,36 @@ struct HookTiming {
     calls: AtomicU64,
     timed_calls: AtomicU64,
     timed_ticks: AtomicU64,
+}
+
+thread_local! {
+    /// How many calls into plugins (`init`, `on_event`, `ctl`, `stop`) this thread is inside.
+    static IN_PLUGIN_CALL: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as inside a call into a plugin until dropped. The host refuses
+/// the calls that would wait for the plugin manager ([`in_plugin_call`]) on such a thread.
+pub(crate) struct PluginCall(());
+
+impl PluginCall {
+    #[inline]
+    pub(crate) fn enter() -> PluginCall {
+        IN_PLUGIN_CALL.with(|depth| depth.set(depth.get() + 1));
+        PluginCall(())
+    }
+}
+
+impl Drop for PluginCall {
+    #[inline]
+    fn drop(&mut self) {
+        IN_PLUGIN_CALL.with(|depth| depth.set(depth.get() - 1));
+    }
+}
+
+/// Whether this thread is inside a plugin's `init`, hook, command or `stop`: there, a call
+/// that loads, unloads or lists plugins would wait for the very call it is made from.
+pub(crate) fn in_plugin_call() -> bool {
+    IN_PLUGIN_CALL.with(|depth| depth.get() > 0)
 }
 
 /// A plugin's `on_event` entry point.
@@ -85,8 +116,12 @@ impl PluginHandle {
     /// flight. `None` when the plugin is stopping or stopped.
     pub(crate) fn with_state<T>(&self, f: impl FnOnce(*mut c_void) -> T) -> Option<T> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        let result =
-            if self.active.load(Ordering::SeqCst) { Some(f(self.state.load(Ordering::Acquire))) } else { None };
+        let result = if self.active.load(Ordering::SeqCst) {
+            let _call = PluginCall::enter();
+            Some(f(self.state.load(Ordering::Acquire)))
+        } else {
+            None
+        };
         self.inflight.fetch_sub(1, Ordering::SeqCst);
         result
     }

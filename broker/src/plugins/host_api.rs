@@ -2,12 +2,14 @@
 //! plugin lists, and ctl.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
 
+use super::handle::in_plugin_call;
 use super::manager::{CommandError, Manager};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
@@ -53,20 +55,57 @@ impl HostShared {
     }
 }
 
-/// One plugin's `ctx`: the shared part plus the plugin's name, for its log lines.
+/// One plugin's `ctx`: the shared part plus the plugin's name, for its log lines, and
+/// whether the plugin was stopped (then every call but `log` is refused).
 #[derive(Debug)]
 pub(crate) struct PluginContext {
     name: String,
     shared: Arc<HostShared>,
+    stopped: AtomicBool,
 }
 
 impl PluginContext {
     pub(crate) fn new(name: String, shared: Arc<HostShared>) -> PluginContext {
-        PluginContext { name, shared }
+        PluginContext { name, shared, stopped: AtomicBool::new(false) }
+    }
+
+    /// From now on the host refuses this plugin's calls (its `stop` returned, or `init` failed).
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 }
 
-/// Builds the vtable for one plugin. `context` must outlive the plugin's `stop`.
+/// What a call from a stopped plugin's left-over thread gets (with `STATUS_UNAVAILABLE`).
+const STOPPED: &str = "the plugin was stopped: the host serves no call made after its stop";
+
+/// What `ctl` and `list_plugins` from inside a call into a plugin get.
+const WOULD_DEADLOCK: &str = "not from init, stop, a hook or a command: loading, unloading and \
+listing plugins wait for those calls to end; call it from a thread of your own";
+
+/// Returns `STATUS_UNAVAILABLE` (writing why to `$out`, if given) when the plugin was stopped.
+macro_rules! refuse_if_stopped {
+    ($context:expr) => {
+        if $context.is_stopped() {
+            tracing::debug!(plugin = $context.name, "{STOPPED}");
+            return abi::STATUS_UNAVAILABLE;
+        }
+    };
+    ($context:expr, $out:expr) => {
+        if $context.is_stopped() {
+            tracing::debug!(plugin = $context.name, "{STOPPED}");
+            // SAFETY: the writer is alive during this call.
+            unsafe { $out.write_str(STOPPED) };
+            return abi::STATUS_UNAVAILABLE;
+        }
+    };
+}
+
+/// Builds the vtable for one plugin. `context` must outlive every call the plugin makes
+/// (the instance never frees it).
 pub(crate) fn vtable(context: &PluginContext) -> HostApi {
     let shared = &context.shared;
     HostApi {
@@ -112,6 +151,7 @@ unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: RawStr) {
 unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawBytes, qos: u8, retain: u8) -> Status {
     // SAFETY: our ctx; topic and payload are valid for the call and copied below.
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
+    refuse_if_stopped!(context);
     if !is_valid_topic(topic) || qos > 2 {
         tracing::warn!(plugin = context.name, "publish to {topic:?} at QoS {qos} refused: not a valid topic and QoS");
         return abi::STATUS_ERROR;
@@ -144,6 +184,7 @@ fn plugin_message(
 unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
     // SAFETY: our ctx; out points to a RawStats whose size field says how much we may write.
     let (context, out) = unsafe { (context(ctx), &mut *out) };
+    refuse_if_stopped!(context);
     let size = out.size as usize;
     if size < std::mem::offset_of!(RawStats, connections_max) {
         return abi::STATUS_ERROR;
@@ -164,6 +205,7 @@ unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
 unsafe extern "C" fn subscribe(ctx: *const c_void, client_id: RawStr, filter: RawStr, qos: u8) -> Status {
     // SAFETY: our ctx; the strings are valid for the call.
     let (context, client_id, filter) = unsafe { (context(ctx), client_id.as_str(), filter.as_str()) };
+    refuse_if_stopped!(context);
     match context.shared.node.subscribe_for(client_id, filter, qos) {
         Ok(()) => abi::STATUS_OK,
         Err(PluginSubscribeError::NoSuchClient) => abi::STATUS_NOT_FOUND,
@@ -174,6 +216,7 @@ unsafe extern "C" fn subscribe(ctx: *const c_void, client_id: RawStr, filter: Ra
 unsafe extern "C" fn metrics(ctx: *const c_void, out: RawWriter) -> Status {
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
+    refuse_if_stopped!(context, out);
     let json = serde_json::to_string(&context.shared.metrics_report()).unwrap_or_default();
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&json) };
@@ -187,6 +230,12 @@ fn manager(context: &PluginContext) -> Result<Arc<Manager>, String> {
 unsafe extern "C" fn list_plugins(ctx: *const c_void, out: RawWriter) -> Status {
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
+    refuse_if_stopped!(context, out);
+    if in_plugin_call() {
+        // SAFETY: the writer is alive during this call.
+        unsafe { out.write_str(WOULD_DEADLOCK) };
+        return abi::STATUS_UNAVAILABLE;
+    }
     let (status, text) = match manager(context) {
         Ok(manager) => (abi::STATUS_OK, serde_json::to_string(&manager.list()).unwrap_or_default()),
         Err(e) => (abi::STATUS_UNAVAILABLE, e),
@@ -199,6 +248,12 @@ unsafe extern "C" fn list_plugins(ctx: *const c_void, out: RawWriter) -> Status 
 unsafe extern "C" fn ctl(ctx: *const c_void, args_json: RawStr, out: RawWriter) -> Status {
     // SAFETY: our ctx; args valid for the call.
     let (context, args) = unsafe { (context(ctx), args_json.as_str()) };
+    refuse_if_stopped!(context, out);
+    if in_plugin_call() {
+        // SAFETY: the writer is alive during this call.
+        unsafe { out.write_str(WOULD_DEADLOCK) };
+        return abi::STATUS_UNAVAILABLE;
+    }
     let result = serde_json::from_str::<Vec<String>>(args)
         .map_err(|e| CommandError { status: abi::STATUS_INVALID_ARGUMENT, message: format!("bad command: {e}") })
         .and_then(|args| manager(context).map_err(CommandError::unavailable)?.command(&args));
@@ -222,6 +277,7 @@ unsafe extern "C" fn deliver(
     // SAFETY: our ctx; the strings are valid for the call and copied by the node.
     let (context, client_id, topic, payload) =
         unsafe { (context(ctx), client_id.as_str(), topic.as_str(), payload.as_slice()) };
+    refuse_if_stopped!(context);
     if !is_valid_topic(topic) || qos > 2 {
         return abi::STATUS_ERROR;
     }
@@ -243,6 +299,7 @@ unsafe extern "C" fn deliver_retained(
     // SAFETY: our ctx; the strings and the message are valid for the call (copied below).
     let (context, client_id, filter, message) =
         unsafe { (context(ctx), client_id.as_str(), filter.as_str(), &*message) };
+    refuse_if_stopped!(context);
     if (message.size as usize) < std::mem::size_of::<RawMessage>() {
         return abi::STATUS_ERROR;
     }
@@ -276,6 +333,7 @@ unsafe extern "C" fn deliver_retained(
 unsafe extern "C" fn list_clients(ctx: *const c_void, out: RawWriter) -> Status {
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
+    refuse_if_stopped!(context, out);
     let clients: Vec<plugin_api::ClientInfo> = context
         .shared
         .node
