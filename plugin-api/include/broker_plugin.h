@@ -188,14 +188,21 @@ typedef struct {
 //
 // Re-entrancy: what a plugin may call, and from where.
 //
-// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients` | `list_plugins`, `ctl` |
+// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe` | `list_plugins`, `ctl` |
 // |---|---|---|
-// | `init`, `stop` | yes | no: the plugin manager is busy starting or stopping this plugin and would wait for itself |
-// | `on_event` (a hook) | yes (return quickly) | no: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
-// | `ctl` (a command to the plugin) | yes | no: unloading or reloading this plugin waits for this call to return |
+// | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
+// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+// | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 // | the plugin's own threads, between `init` and `stop` | yes | yes |
+// | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
 //
-// `stop` must join the plugin's threads before it returns: after that the vtable is gone.
+// The host tells "inside `init`, a hook, a command or `stop`" by the calling thread, so a
+// plugin's own thread is never refused while the plugin runs. `stop` should join the
+// plugin's threads before it returns; one it leaves behind finds the vtable still there (the
+// host never frees it) but is served nothing.
+//
+// `client.authenticate` and `client.check_acl` may block (an HTTP request, a database
+// lookup) only as long as the plugin's own timeout: the client waits meanwhile.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
