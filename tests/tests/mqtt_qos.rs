@@ -643,6 +643,49 @@ fn packet_ids_in_flight_are_never_reused() {
     assert_ne!(held, 0);
 }
 
+/// A subscriber that never acknowledges cannot make the broker spin or grow: with the largest
+/// window (`mqtt.max_inflight = 65535`) it gets 65535 QoS 1 messages with 65535 distinct ids
+/// (MQTT-2.3.1-2: none reused while in flight), then nothing more (its PINGREQ is answered
+/// next, so it is still served); what arrives meanwhile waits in its bounded queue
+/// (`mqtt.max_mqueue_len = 100`, the oldest dropped and counted); one PUBACK lets exactly one
+/// queued message through, under the one free id.
+#[test]
+fn a_subscriber_that_never_acknowledges_is_held_to_its_window_and_queue() {
+    const WINDOW: usize = 65_535;
+    const EXTRA: usize = 300;
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_INFLIGHT", "65535"), ("BROKER_MQTT__MAX_MQUEUE_LEN", "100")]);
+    let (mut sub, _) = conn4(&broker, "never-acks", true);
+    sub4(&mut sub, 1, "held/#", QoS::AtLeastOnce);
+    let reader = std::thread::spawn(move || {
+        let mut ids = HashSet::new();
+        for n in 0..WINDOW {
+            let p = expect_publish4(&mut sub);
+            assert!(ids.insert(p.pkid), "message {n}: packet id {} is already in flight", p.pkid);
+        }
+        sub
+    });
+    let (mut publisher, _) = conn4(&broker, "never-acks-pub", true);
+    for batch in 0..(WINDOW + EXTRA).div_ceil(100) {
+        let range = batch * 100..((batch + 1) * 100).min(WINDOW + EXTRA);
+        for n in range.clone() {
+            publisher.send(&publish4("held/x", QoS::AtLeastOnce, (n % 100) as u16 + 1, &n.to_string(), false));
+        }
+        for _ in range {
+            assert!(matches!(publisher.recv(), P4::PubAck(_)));
+        }
+    }
+    let mut sub = reader.join().expect("subscriber");
+    wait_for_stat(&dir, "delivery.dropped.queue_full", (EXTRA - 100) as u64);
+    sub.ping("65535 in flight: nothing more is sent, the connection is served");
+    sub.send(&P4::PubAck(rumqttc::PubAck::new(1)));
+    let next = expect_publish4(&mut sub);
+    // A full queue of QoS 1 messages drops its oldest: the newest 100 are left.
+    assert_eq!(text(&next.payload), (WINDOW + EXTRA - 100).to_string(), "the oldest message left in the queue");
+    assert_eq!(next.pkid, 1, "the only free id");
+    sub.ping("one PUBACK let one message through");
+}
+
 /// MQTT-4.4.0-1, MQTT-3.3.1-1, MQTT-3.3.1-3, MQTT-4.6.0-1, MQTT-4.3.3-1 (no PUBLISH again once
 /// PUBREL is sent), MQTT-2.3.1-4 (3.1.1): after a reconnect of a persistent session the broker
 /// resends its unacknowledged QoS 1 and QoS 2 PUBLISHes with DUP 1 and their original ids, in

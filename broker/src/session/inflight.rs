@@ -24,15 +24,22 @@ pub(crate) struct Entry {
     pub(crate) delivery: Delivery,
 }
 
+/// From this many messages in flight on, ids in use are also kept in a bitmap, so that
+/// finding a free id stays O(1) where a scan of the window would make a client that never
+/// acknowledges (with a large `mqtt.max_inflight`) cost the broker quadratic time.
+const BITMAP_FROM: usize = 128;
+
 #[derive(Debug)]
 pub(crate) struct Inflight {
     entries: VecDeque<Entry>,
     next_id: u16,
+    /// Bit `id` set while `id` is in flight; only while the window holds many (8 KiB).
+    in_use: Option<Box<[u64; 1024]>>,
 }
 
 impl Default for Inflight {
     fn default() -> Self {
-        Inflight { entries: VecDeque::new(), next_id: 1 }
+        Inflight { entries: VecDeque::new(), next_id: 1, in_use: None }
     }
 }
 
@@ -52,12 +59,22 @@ impl Inflight {
         self.entries.len()
     }
 
-    /// A packet id not in flight.
+    fn is_in_use(&self, id: u16) -> bool {
+        match &self.in_use {
+            Some(bits) => bits[usize::from(id) / 64] & (1 << (id % 64)) != 0,
+            None => self.entries.iter().any(|e| e.packet_id == id),
+        }
+    }
+
+    /// A packet id not in flight. The caller keeps the window below 65535 (`max_inflight` is
+    /// a `u16` and a window of 65535 leaves none to find only when every id is taken, which
+    /// the window check prevents), so there always is one.
     pub(crate) fn next_packet_id(&mut self) -> u16 {
+        debug_assert!(self.entries.len() < usize::from(u16::MAX), "a free packet id exists");
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !self.entries.iter().any(|e| e.packet_id == id) {
+            if !self.is_in_use(id) {
                 return id;
             }
         }
@@ -66,6 +83,29 @@ impl Inflight {
     pub(crate) fn push(&mut self, packet_id: u16, delivery: Delivery) {
         let phase = if delivery.qos == 1 { Phase::Puback } else { Phase::Pubrec };
         self.entries.push_back(Entry { packet_id, phase, delivery });
+        match &mut self.in_use {
+            Some(bits) => bits[usize::from(packet_id) / 64] |= 1 << (packet_id % 64),
+            None if self.entries.len() >= BITMAP_FROM => {
+                let mut bits = Box::new([0u64; 1024]);
+                for id in self.entries.iter().map(|e| e.packet_id) {
+                    bits[usize::from(id) / 64] |= 1 << (id % 64);
+                }
+                self.in_use = Some(bits);
+            }
+            None => {}
+        }
+    }
+
+    /// Takes the entry at `index` out, keeping the bitmap in step.
+    fn take_at(&mut self, index: usize) -> Option<Entry> {
+        let entry = self.entries.remove(index)?;
+        if let Some(bits) = &mut self.in_use {
+            bits[usize::from(entry.packet_id) / 64] &= !(1 << (entry.packet_id % 64));
+            if self.entries.is_empty() {
+                self.in_use = None;
+            }
+        }
+        Some(entry)
     }
 
     fn position(&self, packet_id: u16, phase: Phase) -> Option<usize> {
@@ -75,7 +115,7 @@ impl Inflight {
     /// A PUBACK: the acknowledged delivery, if it was in flight.
     pub(crate) fn puback(&mut self, packet_id: u16) -> Option<Delivery> {
         let index = self.position(packet_id, Phase::Puback)?;
-        self.entries.remove(index).map(|e| e.delivery)
+        self.take_at(index).map(|e| e.delivery)
     }
 
     /// A PUBREC with `reason`.
@@ -87,7 +127,7 @@ impl Inflight {
             return RecOutcome::Unknown;
         };
         if reason >= 0x80 {
-            self.entries.remove(index);
+            self.take_at(index);
             return RecOutcome::Refused;
         }
         self.entries[index].phase = Phase::Pubcomp;
@@ -97,13 +137,13 @@ impl Inflight {
     /// A PUBCOMP: the completed delivery, if it was in flight.
     pub(crate) fn pubcomp(&mut self, packet_id: u16) -> Option<Delivery> {
         let index = self.position(packet_id, Phase::Pubcomp)?;
-        self.entries.remove(index).map(|e| e.delivery)
+        self.take_at(index).map(|e| e.delivery)
     }
 
     /// Takes the entry with `packet_id` out, whatever it waits for.
     pub(crate) fn remove(&mut self, packet_id: u16) -> Option<Entry> {
         let index = self.entries.iter().position(|e| e.packet_id == packet_id)?;
-        self.entries.remove(index)
+        self.take_at(index)
     }
 
     /// Every entry, oldest first (for resending after a reconnect).
@@ -113,6 +153,7 @@ impl Inflight {
 
     /// Empties it, returning what it held.
     pub(crate) fn take(&mut self) -> VecDeque<Entry> {
+        self.in_use = None;
         std::mem::take(&mut self.entries)
     }
 }
@@ -127,7 +168,7 @@ mod tests {
 
     #[test]
     fn ids_in_flight_are_never_reused() {
-        let mut inflight = Inflight { entries: VecDeque::new(), next_id: u16::MAX };
+        let mut inflight = Inflight { next_id: u16::MAX, ..Default::default() };
         let a = inflight.next_packet_id();
         inflight.push(a, delivery(1));
         let b = inflight.next_packet_id();
@@ -135,6 +176,31 @@ mod tests {
         inflight.push(b, delivery(1));
         inflight.next_id = u16::MAX;
         assert_eq!(inflight.next_packet_id(), 2, "skips the ids in flight");
+    }
+
+    #[test]
+    fn a_full_window_of_unacknowledged_ids_is_skipped_through_the_bitmap() {
+        let mut inflight = Inflight::default();
+        // 65534 in flight, never acknowledged: each id is found without scanning the window.
+        let ids: Vec<u16> = (0..u16::MAX - 1)
+            .map(|_| {
+                let id = inflight.next_packet_id();
+                inflight.push(id, delivery(1));
+                id
+            })
+            .collect();
+        assert!(inflight.in_use.is_some());
+        assert_eq!(ids[0], 1);
+        assert_eq!(*ids.last().unwrap(), u16::MAX - 1);
+        // The one id left is found; acknowledging one frees exactly that one.
+        assert_eq!(inflight.next_packet_id(), u16::MAX);
+        assert!(inflight.puback(7).is_some());
+        assert_eq!(inflight.next_packet_id(), 7);
+        // Emptied, the bitmap goes (an idle session keeps no 8 KiB).
+        for id in ids.into_iter().filter(|&id| id != 7) {
+            assert!(inflight.puback(id).is_some());
+        }
+        assert_eq!((inflight.len(), inflight.in_use.is_none()), (0, true));
     }
 
     #[test]
