@@ -17,8 +17,8 @@ use crate::config::TlsSettings;
 pub(crate) enum TlsError {
     #[error("listener.{listener}.{key} is not set")]
     Missing { listener: &'static str, key: &'static str },
-    #[error("listener.{listener}.{key}: cannot read {}: {source}", path.display())]
-    Read { listener: &'static str, key: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("listener.{listener}.{key}: cannot read {}: {error}", path.display())]
+    Read { listener: &'static str, key: &'static str, path: PathBuf, error: std::io::Error },
     #[error("listener.{listener}.{key}: {}: {what}", path.display())]
     Pem { listener: &'static str, key: &'static str, path: PathBuf, what: String },
     #[error("listener.{listener}.peer_cert_as_username = {value:?} (must be \"cn\" or \"dn\")")]
@@ -60,7 +60,7 @@ impl Tls {
         };
         let file = |key: &'static str, path: &Option<PathBuf>| -> Result<(PathBuf, Vec<u8>), TlsError> {
             let path = path.clone().ok_or(TlsError::Missing { listener, key })?;
-            let bytes = std::fs::read(&path).map_err(|source| TlsError::Read { listener, key, path: path.clone(), source })?;
+            let bytes = std::fs::read(&path).map_err(|error| TlsError::Read { listener, key, path: path.clone(), error })?;
             Ok((path, bytes))
         };
         let bad_pem = |key: &'static str, path: &Path, what: String| TlsError::Pem { listener, key, path: path.to_owned(), what };
