@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::ListenerSettings;
 use crate::connection::Tagged;
 use crate::node::Node;
-pub(crate) use tls::TlsError;
 use tls::Tls;
+pub(crate) use tls::TlsError;
 
 /// What a listener speaks on top of TCP.
 #[derive(Debug, Clone)]

@@ -32,7 +32,8 @@ impl Ca {
 
     /// A leaf certificate and its key, PEM: for `names` (SANs) and with `cn` as Common Name.
     fn leaf(&self, names: &[&str], cn: &str, expired: bool) -> (String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.distinguished_name.push(DnType::OrganizationName, "e2e");
         if expired {
@@ -294,6 +295,55 @@ async fn rumqttc_over_secure_websocket_talks_to_tcp_clients() {
     round_trip(&broker, options, "wss").await;
 }
 
+/// MQTT-6.0.0-2: packets need not align with WebSocket frames: a CONNECT split over two
+/// frames, then a SUBSCRIBE and a PUBLISH in one frame, are all understood. MQTT-6.0.0-1: a
+/// text frame closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_packets_need_not_align_with_websocket_frames() {
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    use async_tungstenite::tungstenite::Message;
+    use futures_util::StreamExt;
+
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0")]);
+    let ws = broker.logged_addr(" ws listener on ");
+    let mut request = format!("ws://{ws}/mqtt").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(ws).await.unwrap();
+    let (mut socket, response) = async_tungstenite::tokio::client_async(request, tcp).await.expect("upgrade");
+    // MQTT-6.0.0-4: the server selects "mqtt".
+    assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt");
+
+    let connect: &[u8] = &[0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 4, b'r', b'a', b'w', b'1'];
+    socket.send(Message::binary(connect[..7].to_vec())).await.unwrap();
+    socket.send(Message::binary(connect[7..].to_vec())).await.unwrap();
+    let mut both = vec![0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]; // SUBSCRIBE a/b QoS 0
+    both.extend_from_slice(&[0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i']); // PUBLISH a/b "hi"
+    socket.send(Message::binary(both)).await.unwrap();
+
+    // CONNACK, SUBACK and the PUBLISH back, in whatever frames the broker chose.
+    let mut received = Vec::new();
+    let expected: &[u8] = &[0x20, 2, 0, 0, 0x90, 3, 0, 1, 0, 0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i'];
+    while received.len() < expected.len() {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.expect("an answer") {
+            Some(Ok(Message::Binary(bytes))) => received.extend_from_slice(&bytes),
+            other => panic!("expected binary frames, got {other:?}"),
+        }
+    }
+    assert_eq!(received, expected);
+
+    socket.send(Message::text("not MQTT")).await.unwrap();
+    let closed = async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, closed).await.expect("a text frame closes the connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_websocket_path_gets_404() {
     let dir = DataDir::new();
@@ -411,26 +461,51 @@ fn a_bad_certificate_or_key_file_is_a_startup_error_naming_it() {
     let (cert, key) = (path(&pki.server_cert), path(&pki.server_key));
     let bind = ("BROKER_LISTENER__SSL__BIND", "127.0.0.1:0");
 
-    let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&missing)), ("BROKER_LISTENER__SSL__KEYFILE", key)]);
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&missing)), ("BROKER_LISTENER__SSL__KEYFILE", key)],
+    );
     assert!(err.contains("listener.ssl.certfile") && err.contains(path(&missing)), "{err}");
-    let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&garbage)), ("BROKER_LISTENER__SSL__KEYFILE", key)]);
-    assert!(err.contains("listener.ssl.certfile") && err.contains(path(&garbage)) && err.contains("no PEM certificate"), "{err}");
-    let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&garbage))]);
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&garbage)), ("BROKER_LISTENER__SSL__KEYFILE", key)],
+    );
+    assert!(
+        err.contains("listener.ssl.certfile") && err.contains(path(&garbage)) && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&garbage))],
+    );
     assert!(err.contains("listener.ssl.keyfile") && err.contains(path(&garbage)), "{err}");
     // A key that is not the certificate's.
-    let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&pki.client_key))]);
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&pki.client_key))],
+    );
     assert!(err.contains("listener.ssl.keyfile") && err.contains("does not go with certfile"), "{err}");
     let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__KEYFILE", key)]);
     assert!(err.contains("listener.ssl.certfile is not set"), "{err}");
     let wss = ("BROKER_LISTENER__WSS__BIND", "127.0.0.1:0");
     let err = startup_error(
         &dir,
-        &[wss, ("BROKER_LISTENER__WSS__CERTFILE", cert), ("BROKER_LISTENER__WSS__KEYFILE", key), ("BROKER_LISTENER__WSS__VERIFY_PEER", "true")],
+        &[
+            wss,
+            ("BROKER_LISTENER__WSS__CERTFILE", cert),
+            ("BROKER_LISTENER__WSS__KEYFILE", key),
+            ("BROKER_LISTENER__WSS__VERIFY_PEER", "true"),
+        ],
     );
     assert!(err.contains("listener.wss.cacertfile is not set"), "{err}");
     let err = startup_error(
         &dir,
-        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", key), ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME", "md5")],
+        &[
+            bind,
+            ("BROKER_LISTENER__SSL__CERTFILE", cert),
+            ("BROKER_LISTENER__SSL__KEYFILE", key),
+            ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME", "md5"),
+        ],
     );
     assert!(err.contains("listener.ssl.peer_cert_as_username = \"md5\""), "{err}");
 }

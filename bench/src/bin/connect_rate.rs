@@ -149,9 +149,8 @@ async fn measure(addr: SocketAddr, tls: Option<TlsConnector>, total: usize, conc
 
 fn main() {
     let args = Args::parse();
-    let exe = args.broker.clone().unwrap_or_else(|| {
-        std::env::current_exe().expect("own path").with_file_name("broker")
-    });
+    let exe =
+        args.broker.clone().unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("broker"));
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = certificates();
     let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));

@@ -60,10 +60,12 @@ impl Tls {
         };
         let file = |key: &'static str, path: &Option<PathBuf>| -> Result<(PathBuf, Vec<u8>), TlsError> {
             let path = path.clone().ok_or(TlsError::Missing { listener, key })?;
-            let bytes = std::fs::read(&path).map_err(|error| TlsError::Read { listener, key, path: path.clone(), error })?;
+            let bytes =
+                std::fs::read(&path).map_err(|error| TlsError::Read { listener, key, path: path.clone(), error })?;
             Ok((path, bytes))
         };
-        let bad_pem = |key: &'static str, path: &Path, what: String| TlsError::Pem { listener, key, path: path.to_owned(), what };
+        let bad_pem =
+            |key: &'static str, path: &Path, what: String| TlsError::Pem { listener, key, path: path.to_owned(), what };
 
         let (path, pem) = file("certfile", &settings.certfile)?;
         let chain = certificates(&pem).map_err(|what| bad_pem("certfile", &path, what))?;
