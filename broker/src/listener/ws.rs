@@ -21,6 +21,8 @@ pub(crate) type UpgradeError = async_tungstenite::tungstenite::Error;
 pub(crate) type WsTransport<S> = WsStream<TokioAdapter<S>>;
 
 /// Answers the client's HTTP upgrade request on `path` (404 elsewhere).
+// The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn upgrade<S>(stream: S, path: &str) -> Result<WsTransport<S>, UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -31,6 +33,7 @@ where
 }
 
 /// The upgrade's answer: 404 off `path`, else the response with the chosen subprotocol.
+#[allow(clippy::result_large_err)]
 fn answer(request: &Request, mut response: Response, path: &str) -> Result<Response, ErrorResponse> {
     if request.uri().path() != path {
         let mut refusal = ErrorResponse::new(Some(format!("no WebSocket endpoint at {}\n", request.uri().path())));
