@@ -40,7 +40,7 @@ impl Kind {
         }
     }
 
-    /// The setting that limits its connections.
+    /// The setting that limits its connections, for logs.
     fn limit_setting(&self) -> &'static str {
         match self {
             Kind::Tcp => "mqtt.max_connections",
@@ -92,7 +92,7 @@ impl Plan {
         self.bind
     }
 
-    /// `tcp`, `ssl`, `ws` or `wss`.
+    /// The setting that gave its address, for errors (`listener.ssl.bind`, ...).
     pub(crate) fn setting(&self) -> &'static str {
         match self.kind {
             Kind::Tcp => "listener.tcp",
