@@ -530,3 +530,38 @@ fn the_tls_listeners_read_their_settings_from_the_config_file() {
     assert!(http_upgrade(ws, "/ws").starts_with("HTTP/1.1 101"));
     assert!(!broker.logs().iter().any(|l| l.contains("wss listener on ")), "wss is off without a bind");
 }
+
+/// `peer_cert_as_username = "dn"`: the certificate's whole subject is the username; with
+/// `verify_peer` but no `fail_if_no_peer_cert`, a client without a certificate still gets
+/// in, with its own username.
+#[test]
+fn peer_cert_as_username_dn_gives_the_subject() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let events = dir.file("events.jsonl");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.extend([
+        ("BROKER_LISTENER__SSL__CACERTFILE".to_owned(), path(&pki.ca)),
+        ("BROKER_LISTENER__SSL__VERIFY_PEER".to_owned(), "true"),
+        ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME".to_owned(), "dn"),
+        ("BROKER_HOOK_RECORDER__FILE".to_owned(), path(&events)),
+    ]);
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+    let with_cert = ["--cert", path(&pki.client_cert), "--key", path(&pki.client_key), "-i", "dn-client"];
+    assert!(mosquitto_pub_tls(ssl.port(), &pki.ca, &with_cert, "t", "m").status.success());
+    let without = ["-i", "plain-client", "-u", "typed-name"];
+    assert!(mosquitto_pub_tls(ssl.port(), &pki.ca, &without, "t", "m").status.success());
+
+    let username = |client: &str| {
+        wait_until(&format!("client.connect of {client}"), || {
+            e2e::recorded_events(&events)
+                .into_iter()
+                .find(|e| e["hook"] == "client.connect" && e["client_id"] == client)
+                .map(|e| e["username"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    let dn = username("dn-client");
+    assert!(dn.contains(&format!("CN={CLIENT_CN}")) && dn.contains("O=e2e"), "{dn}");
+    assert_eq!(username("plain-client"), "typed-name");
+}
