@@ -11,6 +11,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod listeners;
+
+pub use listeners::{
+    ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
+};
+
 use crate::node::{AclCacheSettings, Zone};
 use crate::session::QueueLimits;
 
@@ -21,19 +27,6 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub plugins_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ListenerSettings {
-    /// Client-facing MQTT TCP listener.
-    pub tcp: SocketAddr,
-}
-
-impl Default for ListenerSettings {
-    fn default() -> Self {
-        ListenerSettings { tcp: "0.0.0.0:1883".parse().expect("valid address") }
-    }
 }
 
 /// `[mqtt]`: the MQTT behaviour of every connection, with EMQX's names (its zone settings).

@@ -29,7 +29,7 @@ use plugin_api::Hook;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
-pub(crate) use transport::Transport;
+pub(crate) use transport::{Tagged, Transport};
 
 use crate::client::ClientInfo;
 use crate::metrics::Metric;
@@ -282,7 +282,8 @@ impl<T: Transport> Connection<T> {
             self.node.stats.metrics.add(Metric::BytesSent, n as u64);
             self.out.advance(n);
         }
-        Poll::Ready(Ok(()))
+        // TLS and WebSocket streams may hold written bytes back until flushed.
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     /// Reads what the client sent; `Ok(0)` when it closed the connection.

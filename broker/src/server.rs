@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use tokio::net::TcpListener;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -126,6 +125,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
     let zone = settings.mqtt.zone()?;
+    let listeners = crate::listener::plan(&settings.listener, zone.max_connections)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     spawn_driver_watch(runtime.handle().clone())?;
@@ -168,11 +168,10 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             ctl::bind(&socket).with_context(|| format!("cannot bind ctl socket {}", socket.display()))?;
         tokio::spawn(ctl::serve(ctl_listener, manager_thread));
 
-        let listener = TcpListener::bind(settings.listener.tcp)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listener.tcp))?;
-        tracing::info!("mqtt listener on {}", listener.local_addr()?);
-        tokio::spawn(crate::listener::serve_tcp(listener, node.clone()));
+        for plan in listeners {
+            let (setting, bind) = (plan.setting(), plan.bind());
+            plan.start(node.clone()).await.with_context(|| format!("cannot listen on {bind} ({setting})"))?;
+        }
         tokio::spawn(crate::sys::run(shared.clone(), sys_interval, sys_heartbeat));
 
         shutdown_signal().await;

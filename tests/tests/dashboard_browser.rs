@@ -3,13 +3,15 @@
 //! Plugins, click Stop on `emqx_telemetry`, see it inactive without a page reload;
 //! `broker ctl plugins list` and `data/loaded_plugins` agree. Screenshots of the overview
 //! and the plugins page are written to `target/dashboard-overview.png` and
-//! `target/dashboard-plugins.png`.
+//! `target/dashboard-plugins.png`. The WebSocket page connects to the broker's ws listener,
+//! subscribes, publishes, and sees its own message; mosquitto_sub sees it too
+//! (`target/dashboard-websocket.png`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use e2e::{free_port, Broker, Client, DataDir};
+use e2e::{free_port, mosquitto, recorded_events, wait_until, Broker, Client, DataDir};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -121,5 +123,91 @@ fn stop_telemetry_from_the_plugins_page() {
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
     let png = std::fs::read(&overview).expect("overview screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+}
+
+#[test]
+fn the_websocket_page_talks_mqtt_to_the_ws_listener() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
+    ensure_playwright();
+
+    // hook_recorder tells when mosquitto_sub's subscription is in place.
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n{hook_recorder, true}.\n");
+    let events = dir.file("events.jsonl");
+    let api = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MANAGEMENT__LISTEN", api.as_str()),
+            ("BROKER_DASHBOARD__LISTEN", "127.0.0.1:0"),
+            ("BROKER_DASHBOARD__API", &format!("http://{api}")),
+            ("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"),
+            ("BROKER_HOOK_RECORDER__FILE", events.to_str().unwrap()),
+        ],
+    );
+    let dashboard = broker.logged_addr("dashboard listening on http://");
+    let ws = broker.logged_addr(" ws listener on ");
+    let screenshot = e2e::bin_dir().join("../dashboard-websocket.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let watcher = mosquitto("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-t", "browser/echo", "-i", "watcher"])
+        .args(["-C", "1", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("mosquitto_sub subscribed to browser/echo", || {
+        recorded_events(&events)
+            .iter()
+            .any(|e| e["hook"] == "session.subscribed" && e["client_id"] == "watcher")
+            .then_some(())
+    });
+
+    let mut script = Command::new("node")
+        .arg(browser_dir().join("websocket.mjs"))
+        .arg(format!("http://{dashboard}/"))
+        .args(["admin", "public", &ws.port().to_string()])
+        .arg(&screenshot)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is needed for the browser test");
+    // The script says READY when the page saw its own message; then a TCP client publishes.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut stdout = String::new();
+    for line in BufReader::new(script.stdout.take().unwrap()).lines() {
+        let line = line.expect("the script's output");
+        if line == "READY" {
+            runtime.block_on(async {
+                let mut client = Client::connect(&broker, "tcp-publisher").await;
+                client.publish_acked("browser/from-tcp", QoS::AtLeastOnce, "hello from tcp").await;
+                client.disconnect().await;
+            });
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let output = script.wait_with_output().expect("the script ends");
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+
+    // Prefilled as EMQX's page is: this host, port 8083, path /mqtt.
+    assert_eq!(seen["prefilled"]["host"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["prefilled"]["port"], "8083", "{seen}");
+    assert_eq!(seen["prefilled"]["path"], "/mqtt", "{seen}");
+    assert_eq!(seen["status"], "Connected", "{seen}");
+    let own = serde_json::json!({"topic": "browser/echo", "payload": "hello from the browser"});
+    assert_eq!(seen["own"], serde_json::json!([own]), "the page lists its own message");
+    let all = seen["all"].as_array().unwrap();
+    assert!(all.contains(&serde_json::json!({"topic": "browser/from-tcp", "payload": "hello from tcp"})), "{seen}");
+    assert_eq!(seen["after"], "Disconnected");
+
+    let heard = watcher.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&heard.stdout).trim(), "hello from the browser", "mosquitto_sub saw it");
+    let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
 }

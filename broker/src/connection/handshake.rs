@@ -137,7 +137,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
     };
     let version = connect.version;
-    let (client, assigned) = match identify(node, &connect, peer, io.local_port()) {
+    let (client, assigned) = match identify(node, &connect, peer, io.local_port(), io.cert_username()) {
         Ok(identified) => identified,
         Err(code) => {
             tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
@@ -255,6 +255,7 @@ fn identify(
     connect: &Connect<'_>,
     peer: SocketAddr,
     sockport: u16,
+    cert_username: Option<&str>,
 ) -> Result<(Arc<ClientInfo>, bool), u8> {
     let zone = &node.zone;
     let version = connect.version;
@@ -283,7 +284,7 @@ fn identify(
     };
     let client = ClientInfo {
         client_id,
-        username: connect.username.unwrap_or_default().into(),
+        username: cert_username.or(connect.username).unwrap_or_default().into(),
         peer: peer.to_string().into(),
         peer_addr: Some(peer),
         sockport,

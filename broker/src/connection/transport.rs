@@ -1,10 +1,13 @@
 //! What a connection runs over: a byte stream, and for TCP a way to wait for input without
-//! holding a read buffer (an idle connection then costs no buffer memory at all).
+//! holding a read buffer (an idle connection then costs no buffer memory at all). TLS and
+//! WebSocket streams come wrapped in [`Tagged`], which carries what the listener learnt
+//! before the MQTT connection began (its port, the client certificate's name).
 
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A client's byte stream.
@@ -19,6 +22,12 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn local_port(&self) -> u16 {
         0
     }
+
+    /// The username the client's TLS certificate gives (EMQX's `peer_cert_as_username`);
+    /// it replaces the CONNECT's.
+    fn cert_username(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -28,5 +37,49 @@ impl Transport for TcpStream {
 
     fn local_port(&self) -> u16 {
         self.local_addr().map_or(0, |a| a.port())
+    }
+}
+
+/// A stream layered on a TCP socket (TLS, WebSocket), with what its listener knows.
+#[derive(Debug)]
+pub(crate) struct Tagged<S> {
+    stream: S,
+    local_port: u16,
+    cert_username: Option<Box<str>>,
+}
+
+impl<S> Tagged<S> {
+    pub(crate) fn new(stream: S, local_port: u16, cert_username: Option<Box<str>>) -> Tagged<S> {
+        Tagged { stream, local_port, cert_username }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Tagged<S> {
+    fn local_port(&self) -> u16 {
+        self.local_port
+    }
+
+    fn cert_username(&self) -> Option<&str> {
+        self.cert_username.as_deref()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tagged<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tagged<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -143,12 +143,14 @@ async function toggle(plugin, button) {
   }
 }
 
+const PAGES = ["overview", "plugins", "websocket"];
+
 function route() {
-  const page = location.hash === "#plugins" ? "plugins" : "overview";
-  $("overview").hidden = page !== "overview";
-  $("plugins").hidden = page !== "plugins";
-  $("nav-overview").classList.toggle("current", page === "overview");
-  $("nav-plugins").classList.toggle("current", page === "plugins");
+  const page = PAGES.find((name) => location.hash === "#" + name) || "overview";
+  for (const name of PAGES) {
+    $(name).hidden = page !== name;
+    $("nav-" + name).classList.toggle("current", page === name);
+  }
   if (page === "plugins") { refreshPlugins().catch((e) => show(e.message)); }
 }
 

@@ -1,8 +1,10 @@
 //! `emqx_dashboard`: a web page on `127.0.0.1:18083` over the management API: an overview
 //! (clients, messages, uptime, refreshed live; a chart of messages in/out per second from the
 //! deltas of `/api/v4/metrics`) and a Plugins page with a Stop / Start button
-//! for each plugin. Login uses the management API's credentials: the page's `/api/` calls are
-//! passed to `emqx_management` unchanged, so there is one user list and one place that checks
+//! for each plugin, and EMQX's WebSocket page (an MQTT client over WebSocket in plain JS,
+//! `assets/websocket.js`, prefilled as EMQX's is: this host, port 8083, path `/mqtt`).
+//! Login uses the management API's credentials: the page's `/api/` calls are passed to
+//! `emqx_management` unchanged, so there is one user list and one place that checks
 //! it. The page and its script are embedded in the plugin (no CDN; works offline).
 //!
 //! Stopping the dashboard itself from its own page is refused with a clear message (it would

@@ -10,6 +10,7 @@ use serde_json::json;
 
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
+const WEBSOCKET: &str = include_str!("../assets/websocket.js");
 const STYLE: &str = include_str!("../assets/app.css");
 
 /// Largest request body passed to the API.
@@ -26,6 +27,10 @@ pub fn router(api: String) -> Result<Router, reqwest::Error> {
     Ok(Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route("/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }))
+        .route(
+            "/websocket.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], WEBSOCKET) }),
+        )
         .route("/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/api/{*rest}", any(pass_through))
         .with_state(Proxy { api, client }))

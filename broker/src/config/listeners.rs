@@ -1,0 +1,123 @@
+//! `[listener]`: where clients connect. `tcp` is the plain MQTT listener (always on);
+//! `[listener.ssl]`, `[listener.ws]` and `[listener.wss]` are EMQX's `listener.ssl`,
+//! `listener.ws` and `listener.wss`, each off until it is given a `bind` address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// EMQX 4.3's `max_connections` of its ssl, ws and wss listeners.
+pub const DEFAULT_LISTENER_MAX_CONNECTIONS: usize = 102_400;
+
+/// `[listener]`: every client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListenerSettings {
+    /// Client-facing MQTT TCP listener (its limit is `mqtt.max_connections`).
+    pub tcp: SocketAddr,
+    /// MQTT over TLS (EMQX's `listener.ssl`, port 8883).
+    pub ssl: SslListener,
+    /// MQTT over WebSocket (EMQX's `listener.ws`, port 8083).
+    pub ws: WsListener,
+    /// MQTT over WebSocket over TLS (EMQX's `listener.wss`, port 8084).
+    pub wss: WssListener,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            tcp: "0.0.0.0:1883".parse().expect("valid address"),
+            ssl: SslListener::default(),
+            ws: WsListener::default(),
+            wss: WssListener::default(),
+        }
+    }
+}
+
+/// The TLS settings of the ssl and wss listeners, with EMQX's names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certfile: Option<PathBuf>,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<PathBuf>,
+    /// The CA certificates a client certificate is checked against, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacertfile: Option<PathBuf>,
+    /// Ask each client for a certificate and check it against `cacertfile`.
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse a client that sends no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// `"cn"`: the client certificate's Common Name becomes the MQTT username; `"dn"`: its
+    /// whole subject (`CN=...,O=...`). Unset keeps the CONNECT's username.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cert_as_username: Option<String>,
+}
+
+/// `[listener.ssl]`: MQTT over TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SslListener {
+    /// Where to listen; none (the default) means no ssl listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    /// Most clients connected through this listener at once.
+    pub max_connections: usize,
+    #[serde(flatten)]
+    pub tls: TlsSettings,
+}
+
+impl Default for SslListener {
+    fn default() -> Self {
+        SslListener { bind: None, max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS, tls: TlsSettings::default() }
+    }
+}
+
+/// `[listener.ws]`: MQTT over WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WsListener {
+    /// Where to listen; none (the default) means no ws listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    /// The HTTP path of the WebSocket endpoint; any other path is answered 404.
+    pub path: String,
+    /// Most clients connected through this listener at once.
+    pub max_connections: usize,
+}
+
+impl Default for WsListener {
+    fn default() -> Self {
+        WsListener { bind: None, path: "/mqtt".to_owned(), max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS }
+    }
+}
+
+/// `[listener.wss]`: MQTT over WebSocket over TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WssListener {
+    /// Where to listen; none (the default) means no wss listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    /// The HTTP path of the WebSocket endpoint; any other path is answered 404.
+    pub path: String,
+    /// Most clients connected through this listener at once.
+    pub max_connections: usize,
+    #[serde(flatten)]
+    pub tls: TlsSettings,
+}
+
+impl Default for WssListener {
+    fn default() -> Self {
+        WssListener {
+            bind: None,
+            path: "/mqtt".to_owned(),
+            max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
+            tls: TlsSettings::default(),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! MQTT over WebSocket (the ws and wss listeners): the HTTP upgrade on the configured path,
+//! with the `Sec-WebSocket-Protocol` negotiation EMQX does, then binary frames as a byte
+//! stream (`ws_stream_tungstenite`): an MQTT packet may span frames, a frame may hold several.
+
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use ws_stream_tungstenite::WsStream;
+
+/// The subprotocols a client may ask for (EMQX's `mqtt`, `mqtt-v3`, `mqtt-v3.1.1`,
+/// `mqtt-v5`, and the `mqttvX` spellings of older clients). The broker answers with the
+/// first of the client's list that it knows; a client that offers none of them is still
+/// served (EMQX's `fail_if_no_subprotocol = false`).
+const SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1", "mqttv3.1.1", "mqttv5", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"];
+
+/// Why an upgrade failed.
+pub(crate) type UpgradeError = async_tungstenite::tungstenite::Error;
+
+/// A WebSocket connection carrying MQTT.
+pub(crate) type WsTransport<S> = WsStream<TokioAdapter<S>>;
+
+/// Answers the client's HTTP upgrade request on `path` (404 elsewhere).
+// The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn upgrade<S>(stream: S, path: &str) -> Result<WsTransport<S>, UpgradeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let check = |request: &Request, response: Response| answer(request, response, path);
+    let socket = async_tungstenite::tokio::accept_hdr_async(stream, check).await?;
+    Ok(WsStream::new(socket))
+}
+
+/// The upgrade's answer: 404 off `path`, else the response with the chosen subprotocol.
+#[allow(clippy::result_large_err)]
+fn answer(request: &Request, mut response: Response, path: &str) -> Result<Response, ErrorResponse> {
+    if request.uri().path() != path {
+        let mut refusal = ErrorResponse::new(Some(format!("no WebSocket endpoint at {}\n", request.uri().path())));
+        *refusal.status_mut() = StatusCode::NOT_FOUND;
+        return Err(refusal);
+    }
+    let offered = request.headers().get_all("sec-websocket-protocol");
+    let chosen = offered
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .find(|protocol| SUBPROTOCOLS.contains(protocol));
+    if let Some(protocol) = chosen {
+        response.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(static_name(protocol)));
+    }
+    Ok(response)
+}
+
+/// `protocol` as the `'static` entry of [`SUBPROTOCOLS`] it equals.
+fn static_name(protocol: &str) -> &'static str {
+    SUBPROTOCOLS.iter().find(|&&known| known == protocol).copied().unwrap_or("mqtt")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, protocols: Option<&str>) -> Request {
+        let mut builder = Request::builder().uri(path);
+        if let Some(protocols) = protocols {
+            builder = builder.header("Sec-WebSocket-Protocol", protocols);
+        }
+        builder.body(()).expect("request")
+    }
+
+    fn chosen(protocols: Option<&str>) -> Option<String> {
+        let response = answer(&request("/mqtt", protocols), Response::new(()), "/mqtt").expect("accepted");
+        response.headers().get("sec-websocket-protocol").map(|v| v.to_str().expect("ascii").to_owned())
+    }
+
+    #[test]
+    fn picks_the_first_known_subprotocol() {
+        assert_eq!(chosen(Some("mqtt")).as_deref(), Some("mqtt"));
+        assert_eq!(chosen(Some("wamp, mqttv3.1, mqtt")).as_deref(), Some("mqttv3.1"));
+        assert_eq!(chosen(Some("mqttv5")).as_deref(), Some("mqttv5"));
+        assert_eq!(chosen(Some("wamp")), None);
+        assert_eq!(chosen(None), None);
+    }
+
+    #[test]
+    fn another_path_is_not_found() {
+        let refused = answer(&request("/other", Some("mqtt")), Response::new(()), "/mqtt").expect_err("refused");
+        assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    }
+}

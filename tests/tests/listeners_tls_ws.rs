@@ -1,0 +1,567 @@
+//! The ssl, ws and wss listeners (EMQX's `listener.ssl`, `listener.ws`, `listener.wss`):
+//! real TLS clients (mosquitto_pub, rumqttc) with certificates made here by rcgen, MQTT over
+//! WebSocket with rumqttc, per-listener limits, and the startup errors of bad TLS files.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use e2e::{broker_exe, mosquitto, options, wait_until, Broker, Client, DataDir, DEADLINE};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rumqttc::{Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::Value;
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+        Ca { issuer }
+    }
+
+    /// A leaf certificate and its key, PEM: for `names` (SANs) and with `cn` as Common Name.
+    fn leaf(&self, names: &[&str], cn: &str, expired: bool) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, "e2e");
+        if expired {
+            params.not_before = date_time_ymd(2000, 1, 1);
+            params.not_after = date_time_ymd(2001, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The files of a test's PKI, in the data directory.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    expired_cert: PathBuf,
+    expired_key: PathBuf,
+    stranger_cert: PathBuf,
+    stranger_key: PathBuf,
+    /// A server certificate for 127.0.0.1 signed by another CA.
+    rogue_server_cert: PathBuf,
+    rogue_server_key: PathBuf,
+}
+
+const CLIENT_CN: &str = "sensor-42";
+
+impl Pki {
+    fn new(dir: &DataDir) -> Pki {
+        let ca = Ca::new("e2e CA");
+        let other = Ca::new("another CA");
+        let write = |name: &str, text: &str| {
+            dir.write(name, text);
+            dir.file(name)
+        };
+        let server_names = ["127.0.0.1", "localhost"];
+        let (server_cert, server_key) = ca.leaf(&server_names, "broker", false);
+        let (client_cert, client_key) = ca.leaf(&[], CLIENT_CN, false);
+        let (expired_cert, expired_key) = ca.leaf(&[], "expired-client", true);
+        let (stranger_cert, stranger_key) = other.leaf(&[], "stranger", false);
+        let (rogue_cert, rogue_key) = other.leaf(&server_names, "rogue broker", false);
+        Pki {
+            ca: write("ca.pem", &ca.issuer.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            expired_cert: write("expired.pem", &expired_cert),
+            expired_key: write("expired.key", &expired_key),
+            stranger_cert: write("stranger.pem", &stranger_cert),
+            stranger_key: write("stranger.key", &stranger_key),
+            rogue_server_cert: write("rogue.pem", &rogue_cert),
+            rogue_server_key: write("rogue.key", &rogue_key),
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `mosquitto_pub` to `port` over TLS with the CA `cafile` and `extra` arguments.
+fn mosquitto_pub_tls(port: u16, cafile: &Path, extra: &[&str], topic: &str, message: &str) -> Output {
+    mosquitto("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--cafile", path(cafile)])
+        .args(["-t", topic, "-m", message, "-q", "1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("mosquitto_pub runs")
+}
+
+fn ssl_env<'a>(pki: &'a Pki, prefix: &'a str) -> Vec<(String, &'a str)> {
+    vec![
+        (format!("{prefix}__BIND"), "127.0.0.1:0"),
+        (format!("{prefix}__CERTFILE"), path(&pki.server_cert)),
+        (format!("{prefix}__KEYFILE"), path(&pki.server_key)),
+    ]
+}
+
+fn start(dir: &DataDir, env: &[(String, &str)]) -> Broker {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    Broker::start(dir, &env)
+}
+
+/// Waits for a message on the TCP subscriber and returns its payload.
+async fn next_payload(client: &mut Client) -> String {
+    let publish = client.receive(1).await.remove(0);
+    String::from_utf8_lossy(&publish.payload).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_with_cafile_publishes_over_tls_to_a_tcp_subscriber() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    let broker = start(&dir, &ssl_env(&pki, "BROKER_LISTENER__SSL"));
+    let ssl = broker.logged_addr("ssl listener on ");
+    assert_ne!(ssl.port(), broker.port(), "its own port");
+
+    let mut subscriber = Client::connect(&broker, "tcp-sub").await;
+    subscriber.subscribe("tls/#", QoS::AtLeastOnce).await;
+    let out = mosquitto_pub_tls(ssl.port(), &pki.ca, &[], "tls/hello", "over tls");
+    assert!(out.status.success(), "mosquitto_pub over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(next_payload(&mut subscriber).await, "over tls");
+
+    // Plain MQTT on the TLS port is no TLS handshake: refused, and the broker goes on.
+    let out = mosquitto("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &ssl.port().to_string(), "-t", "tls/x", "-m", "plain", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plain MQTT on the ssl listener must fail");
+    broker.wait_for_log("TLS handshake failed");
+    let out = mosquitto_pub_tls(ssl.port(), &pki.ca, &[], "tls/hello", "still serving");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(next_payload(&mut subscriber).await, "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_peer_takes_only_client_certificates_of_the_ca_and_cn_becomes_the_username() {
+    let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.extend([
+        ("BROKER_LISTENER__SSL__CACERTFILE".to_owned(), path(&pki.ca)),
+        ("BROKER_LISTENER__SSL__VERIFY_PEER".to_owned(), "true"),
+        ("BROKER_LISTENER__SSL__FAIL_IF_NO_PEER_CERT".to_owned(), "true"),
+        ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME".to_owned(), "cn"),
+    ]);
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+    let mut subscriber = Client::connect(&broker, "tcp-sub").await;
+    subscriber.subscribe("secure/#", QoS::AtLeastOnce).await;
+    subscriber.subscribe("$SYS/brokers/+/clients/+/connected", QoS::AtLeastOnce).await;
+
+    // With the client certificate: accepted; its CN is the username (the CONNECT's is not).
+    let with_cert = ["--cert", path(&pki.client_cert), "--key", path(&pki.client_key)];
+    let mut args = with_cert.to_vec();
+    args.extend(["-i", "cert-client", "-u", "typed-name"]);
+    let out = mosquitto_pub_tls(ssl.port(), &pki.ca, &args, "secure/a", "with cert");
+    assert!(out.status.success(), "with a client certificate: {}", String::from_utf8_lossy(&out.stderr));
+    let mut connected = None;
+    let mut delivered = None;
+    while connected.is_none() || delivered.is_none() {
+        let publish = subscriber.receive(1).await.remove(0);
+        if publish.topic.ends_with("/cert-client/connected") {
+            connected = Some(serde_json::from_slice::<Value>(&publish.payload).expect("presence JSON"));
+        } else if publish.topic == "secure/a" {
+            delivered = Some(String::from_utf8_lossy(&publish.payload).into_owned());
+        }
+    }
+    let connected = connected.unwrap();
+    assert_eq!(connected["username"], CLIENT_CN, "peer_cert_as_username = cn");
+    assert_eq!(connected["sockport"], ssl.port(), "sockport is the ssl listener's");
+    assert_eq!(connected["proto_name"], "MQTT");
+    assert_eq!(delivered.as_deref(), Some("with cert"));
+
+    // Without a certificate (fail_if_no_peer_cert), with an expired one, or with one of
+    // another CA: the TLS handshake fails and nothing is published.
+    let refused: [(&str, Vec<&str>); 3] = [
+        ("no certificate", vec![]),
+        ("an expired certificate", vec!["--cert", path(&pki.expired_cert), "--key", path(&pki.expired_key)]),
+        ("another CA's certificate", vec!["--cert", path(&pki.stranger_cert), "--key", path(&pki.stranger_key)]),
+    ];
+    for (what, args) in &refused {
+        let out = mosquitto_pub_tls(ssl.port(), &pki.ca, args, "secure/b", what);
+        assert!(!out.status.success(), "{what} must be refused");
+    }
+    // The broker still serves, and none of the refused messages arrived before this one.
+    let out = mosquitto_pub_tls(ssl.port(), &pki.ca, &with_cert, "secure/c", "after refusals");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    loop {
+        let publish = subscriber.receive(1).await.remove(0);
+        assert_ne!(publish.topic, "secure/b", "a refused client published");
+        if publish.topic == "secure/c" {
+            break;
+        }
+    }
+    let failures = broker.logs().iter().filter(|l| l.contains("TLS handshake failed")).count();
+    assert!(failures >= refused.len(), "each refusal is logged ({failures})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refuses_a_server_certificate_of_another_ca() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    let env = vec![
+        ("BROKER_LISTENER__SSL__BIND".to_owned(), "127.0.0.1:0"),
+        ("BROKER_LISTENER__SSL__CERTFILE".to_owned(), path(&pki.rogue_server_cert)),
+        ("BROKER_LISTENER__SSL__KEYFILE".to_owned(), path(&pki.rogue_server_key)),
+    ];
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+    let out = mosquitto_pub_tls(ssl.port(), &pki.ca, &[], "t", "m");
+    assert!(!out.status.success(), "mosquitto_pub must refuse a server certificate its CA did not sign");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("certificate") || stderr.contains("tls") || stderr.contains("ssl"), "{stderr}");
+}
+
+/// Room for the large message of `round_trip`.
+const BIG: usize = 256 * 1024;
+
+fn ws_options(id: &str, url: String) -> MqttOptions {
+    let mut options = MqttOptions::new(id, url, 0);
+    options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(BIG, BIG);
+    options.set_transport(Transport::Ws);
+    options
+}
+
+/// A rumqttc client over WebSocket publishes to a TCP subscriber and receives from a TCP
+/// publisher: the same routing whatever the listener.
+async fn round_trip(broker: &Broker, over: MqttOptions, topic: &str) {
+    let mut tcp_options = options(broker, &format!("tcp-{topic}"));
+    tcp_options.set_max_packet_size(BIG, BIG);
+    let mut tcp = Client::connect_with(tcp_options).await;
+    tcp.subscribe(&format!("{topic}/from-ws"), QoS::AtLeastOnce).await;
+    let mut ws = Client::connect_with(over).await;
+    ws.subscribe(&format!("{topic}/from-tcp"), QoS::AtLeastOnce).await;
+
+    // Larger than one read and one frame's worth of small writes: a packet over frames.
+    let big = "x".repeat(BIG / 2);
+    ws.publish_acked(&format!("{topic}/from-ws"), QoS::AtLeastOnce, "hello from ws").await;
+    ws.publish_acked(&format!("{topic}/from-ws"), QoS::AtLeastOnce, big.clone()).await;
+    assert_eq!(next_payload(&mut tcp).await, "hello from ws");
+    assert_eq!(next_payload(&mut tcp).await, big);
+
+    tcp.publish_acked(&format!("{topic}/from-tcp"), QoS::AtLeastOnce, "hello from tcp").await;
+    assert_eq!(next_payload(&mut ws).await, "hello from tcp");
+    ws.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_over_websocket_talks_to_tcp_clients() {
+    let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
+    let broker = Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0")]);
+    let ws = broker.logged_addr(" ws listener on ");
+    let mut watcher = Client::connect(&broker, "watcher").await;
+    watcher.subscribe("$SYS/brokers/+/clients/ws-client/connected", QoS::AtLeastOnce).await;
+
+    round_trip(&broker, ws_options("ws-client", format!("ws://{ws}/mqtt")), "ws").await;
+    let presence: Value = serde_json::from_slice(&watcher.receive(1).await[0].payload).unwrap();
+    assert_eq!(presence["sockport"], ws.port(), "sockport is the ws listener's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_over_secure_websocket_talks_to_tcp_clients() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__WSS");
+    env.push(("BROKER_LISTENER__WSS__PATH".to_owned(), "/secure-mqtt"));
+    let broker = start(&dir, &env);
+    let wss = broker.logged_addr("wss listener on ");
+
+    let mut options = ws_options("wss-client", format!("wss://{wss}/secure-mqtt"));
+    let ca = std::fs::read(&pki.ca).unwrap();
+    options.set_transport(Transport::Wss(TlsConfiguration::Simple { ca, alpn: None, client_auth: None }));
+    round_trip(&broker, options, "wss").await;
+}
+
+/// MQTT-6.0.0-2: packets need not align with WebSocket frames: a CONNECT split over two
+/// frames, then a SUBSCRIBE and a PUBLISH in one frame, are all understood. MQTT-6.0.0-1: a
+/// text frame closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_packets_need_not_align_with_websocket_frames() {
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    use async_tungstenite::tungstenite::Message;
+    use futures_util::StreamExt;
+
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0")]);
+    let ws = broker.logged_addr(" ws listener on ");
+    let mut request = format!("ws://{ws}/mqtt").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(ws).await.unwrap();
+    let (mut socket, response) = async_tungstenite::tokio::client_async(request, tcp).await.expect("upgrade");
+    // MQTT-6.0.0-4: the server selects "mqtt".
+    assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt");
+
+    let connect: &[u8] = &[0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 4, b'r', b'a', b'w', b'1'];
+    socket.send(Message::binary(connect[..7].to_vec())).await.unwrap();
+    socket.send(Message::binary(connect[7..].to_vec())).await.unwrap();
+    let mut both = vec![0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]; // SUBSCRIBE a/b QoS 0
+    both.extend_from_slice(&[0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i']); // PUBLISH a/b "hi"
+    socket.send(Message::binary(both)).await.unwrap();
+
+    // CONNACK, SUBACK and the PUBLISH back, in whatever frames the broker chose.
+    let mut received = Vec::new();
+    let expected: &[u8] = &[0x20, 2, 0, 0, 0x90, 3, 0, 1, 0, 0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i'];
+    while received.len() < expected.len() {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.expect("an answer") {
+            Some(Ok(Message::Binary(bytes))) => received.extend_from_slice(&bytes),
+            other => panic!("expected binary frames, got {other:?}"),
+        }
+    }
+    assert_eq!(received, expected);
+
+    socket.send(Message::text("not MQTT")).await.unwrap();
+    let closed = async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, closed).await.expect("a text frame closes the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_websocket_path_gets_404() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0")]);
+    let ws = broker.logged_addr(" ws listener on ");
+
+    let response = http_upgrade(ws, "/not-mqtt");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    broker.wait_for_log("WebSocket upgrade refused");
+    // rumqttc to the wrong path fails; to the right one it connects (and names `mqtt`).
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(ws_options("lost", format!("ws://{ws}/other")), 10);
+    let error = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.expect("an answer");
+    assert!(error.is_err(), "connected on a wrong path: {error:?}");
+    let response = http_upgrade(ws, "/mqtt");
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    assert!(response.to_lowercase().contains("sec-websocket-protocol: mqtt"), "{response}");
+}
+
+/// Sends a WebSocket upgrade request for `path` offering `mqtt`; returns the response head.
+fn http_upgrade(addr: SocketAddr, path: &str) -> String {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_has_its_own_max_connections() {
+    let dir = DataDir::new();
+    let broker = Broker::start(
+        &dir,
+        &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"), ("BROKER_LISTENER__WS__MAX_CONNECTIONS", "1")],
+    );
+    let ws = broker.logged_addr(" ws listener on ");
+    let first = Client::connect_with(ws_options("ws-1", format!("ws://{ws}/mqtt"))).await;
+
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(ws_options("ws-2", format!("ws://{ws}/mqtt")), 10);
+    let second = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await.expect("an answer");
+    assert!(second.is_err(), "a second ws client past max_connections = 1 connected: {second:?}");
+    broker.wait_for_log("connection refused: listener.ws.max_connections (1) reached");
+
+    // The TCP listener has its own limit.
+    Client::connect(&broker, "tcp-1").await.disconnect().await;
+    // A slot comes free when the first client leaves.
+    first.disconnect().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !ws_connects(ws_options("ws-3", format!("ws://{ws}/mqtt"))).await {
+        assert!(tokio::time::Instant::now() < deadline, "the ws slot never came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a client with `options` gets a CONNACK.
+async fn ws_connects(options: MqttOptions) -> bool {
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let answer = tokio::time::timeout(DEADLINE, eventloop.poll()).await.expect("an answer");
+    matches!(answer, Ok(Event::Incoming(Packet::ConnAck(_))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_cannot_hold_a_tls_slot() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.push(("BROKER_LISTENER__SSL__MAX_CONNECTIONS".to_owned(), "1"));
+    env.push(("BROKER_MQTT__CONNECT_TIMEOUT".to_owned(), "1"));
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+
+    // A TCP client that never starts its TLS handshake is closed by the broker...
+    let mut silent = TcpStream::connect(ssl).unwrap();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0, "the broker closes a silent TLS client");
+    broker.wait_for_log("TLS handshake not done within mqtt.connect_timeout");
+    // ...and its slot is free again for a real one.
+    wait_until("a TLS client to be served", || {
+        mosquitto_pub_tls(ssl.port(), &pki.ca, &[], "t", "m").status.success().then_some(())
+    });
+}
+
+/// Runs the broker with `env` and expects it to refuse to start; returns its stderr.
+fn startup_error(dir: &DataDir, env: &[(&str, &str)]) -> String {
+    let out = Command::new(broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("broker runs");
+    assert!(!out.status.success(), "the broker started with bad TLS settings");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_certificate_or_key_file_is_a_startup_error_naming_it() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    dir.write("garbage.pem", "this is not PEM\n");
+    let garbage = dir.file("garbage.pem");
+    let missing = dir.file("missing.pem");
+    let (cert, key) = (path(&pki.server_cert), path(&pki.server_key));
+    let bind = ("BROKER_LISTENER__SSL__BIND", "127.0.0.1:0");
+
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&missing)), ("BROKER_LISTENER__SSL__KEYFILE", key)],
+    );
+    assert!(err.contains("listener.ssl.certfile") && err.contains(path(&missing)), "{err}");
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", path(&garbage)), ("BROKER_LISTENER__SSL__KEYFILE", key)],
+    );
+    assert!(
+        err.contains("listener.ssl.certfile") && err.contains(path(&garbage)) && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&garbage))],
+    );
+    assert!(err.contains("listener.ssl.keyfile") && err.contains(path(&garbage)), "{err}");
+    // A key that is not the certificate's.
+    let err = startup_error(
+        &dir,
+        &[bind, ("BROKER_LISTENER__SSL__CERTFILE", cert), ("BROKER_LISTENER__SSL__KEYFILE", path(&pki.client_key))],
+    );
+    assert!(err.contains("listener.ssl.keyfile") && err.contains("does not go with certfile"), "{err}");
+    let err = startup_error(&dir, &[bind, ("BROKER_LISTENER__SSL__KEYFILE", key)]);
+    assert!(err.contains("listener.ssl.certfile is not set"), "{err}");
+    let wss = ("BROKER_LISTENER__WSS__BIND", "127.0.0.1:0");
+    let err = startup_error(
+        &dir,
+        &[
+            wss,
+            ("BROKER_LISTENER__WSS__CERTFILE", cert),
+            ("BROKER_LISTENER__WSS__KEYFILE", key),
+            ("BROKER_LISTENER__WSS__VERIFY_PEER", "true"),
+        ],
+    );
+    assert!(err.contains("listener.wss.cacertfile is not set"), "{err}");
+    let err = startup_error(
+        &dir,
+        &[
+            bind,
+            ("BROKER_LISTENER__SSL__CERTFILE", cert),
+            ("BROKER_LISTENER__SSL__KEYFILE", key),
+            ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME", "md5"),
+        ],
+    );
+    assert!(err.contains("listener.ssl.peer_cert_as_username = \"md5\""), "{err}");
+}
+
+#[test]
+fn the_tls_listeners_read_their_settings_from_the_config_file() {
+    let dir = DataDir::new();
+    let pki = Pki::new(&dir);
+    dir.write(
+        "broker.toml",
+        &format!(
+            "[listener.ssl]\nbind = \"127.0.0.1:0\"\ncertfile = {:?}\nkeyfile = {:?}\n\n\
+             [listener.ws]\nbind = \"127.0.0.1:0\"\npath = \"/ws\"\n",
+            path(&pki.server_cert),
+            path(&pki.server_key)
+        ),
+    );
+    let broker = Broker::start(&dir, &[]);
+    let ssl = broker.logged_addr("ssl listener on ");
+    let ws = broker.logged_addr(" ws listener on ");
+    assert!(mosquitto_pub_tls(ssl.port(), &pki.ca, &[], "t", "m").status.success());
+    assert!(http_upgrade(ws, "/ws").starts_with("HTTP/1.1 101"));
+    assert!(!broker.logs().iter().any(|l| l.contains("wss listener on ")), "wss is off without a bind");
+}
+
+/// `peer_cert_as_username = "dn"`: the certificate's whole subject is the username; with
+/// `verify_peer` but no `fail_if_no_peer_cert`, a client without a certificate still gets
+/// in, with its own username.
+#[test]
+fn peer_cert_as_username_dn_gives_the_subject() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let events = dir.file("events.jsonl");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.extend([
+        ("BROKER_LISTENER__SSL__CACERTFILE".to_owned(), path(&pki.ca)),
+        ("BROKER_LISTENER__SSL__VERIFY_PEER".to_owned(), "true"),
+        ("BROKER_LISTENER__SSL__PEER_CERT_AS_USERNAME".to_owned(), "dn"),
+        ("BROKER_HOOK_RECORDER__FILE".to_owned(), path(&events)),
+    ]);
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+    let with_cert = ["--cert", path(&pki.client_cert), "--key", path(&pki.client_key), "-i", "dn-client"];
+    assert!(mosquitto_pub_tls(ssl.port(), &pki.ca, &with_cert, "t", "m").status.success());
+    let without = ["-i", "plain-client", "-u", "typed-name"];
+    assert!(mosquitto_pub_tls(ssl.port(), &pki.ca, &without, "t", "m").status.success());
+
+    let username = |client: &str| {
+        wait_until(&format!("client.connect of {client}"), || {
+            e2e::recorded_events(&events)
+                .into_iter()
+                .find(|e| e["hook"] == "client.connect" && e["client_id"] == client)
+                .map(|e| e["username"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    let dn = username("dn-client");
+    assert!(dn.contains(&format!("CN={CLIENT_CN}")) && dn.contains("O=e2e"), "{dn}");
+    assert_eq!(username("plain-client"), "typed-name");
+}
