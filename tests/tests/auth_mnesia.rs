@@ -393,3 +393,39 @@ async fn a_slow_authentication_plugin_holds_up_only_its_clients() {
         assert_eq!(sloth.join().unwrap(), ConnectReturnCode::Success);
     }
 }
+
+/// A wrong `allow_anonymous`, `[auth]` or `[auth_mnesia]` value is a clear error naming the
+/// key: the broker does not start with an authentication setting it cannot read, and a
+/// plugin whose settings are wrong does not start (the broker runs on).
+#[test]
+fn wrong_authentication_settings_are_named() {
+    let dir = DataDir::with_plugins("");
+    for (env, expected) in [
+        (("BROKER_ALLOW_ANONYMOUS", "lan"), "\"lan\" is not true, false or \"loopback\""),
+        (("BROKER_AUTH__FAILURE_DELAY", "soon"), "auth.failure_delay"),
+        (("BROKER_AUTH__BAN_TIME", "0"), "auth.ban_time = 0"),
+    ] {
+        let out = std::process::Command::new(e2e::broker_exe())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{env:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid configuration") && stderr.contains(expected), "{env:?}: {stderr}");
+    }
+
+    let dir = DataDir::with_plugins("{emqx_auth_mnesia, true}.\n");
+    let broker = Broker::start(&dir, &[("BROKER_AUTH_MNESIA__PASSWORD_HASH", "md4")]);
+    let line = broker.wait_for_log("emqx_auth_mnesia failed to start");
+    assert!(line.contains("unknown variant `md4`") && line.contains("sha256"), "{line}");
+    drop(broker);
+
+    dir.write("emqx_auth_mnesia.json", "{not json");
+    let broker = Broker::start(&dir, &[]);
+    let line = broker.wait_for_log("emqx_auth_mnesia failed to start");
+    assert!(line.contains("emqx_auth_mnesia.json is not a valid credentials file"), "{line}");
+    assert_eq!(connack4(&broker, "still-serving", None), ConnectReturnCode::Success);
+    assert_eq!(dir.read("emqx_auth_mnesia.json"), "{not json", "the broken file is left as it was");
+}
