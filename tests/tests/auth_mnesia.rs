@@ -94,6 +94,7 @@ async fn each_password_hash_checks_passwords_and_keeps_its_users() {
     };
     for hash in ["sha256", "pbkdf2", "bcrypt"] {
         let broker = Broker::start(&dir, &env(hash));
+        broker.wait_for_log(&format!("new passwords hashed with {hash}"));
         let user = format!("user-{hash}");
         assert_eq!(dir.ctl(&["users", "add", &user, PASSWORD]).ok().trim(), "ok");
         let stored: Value = serde_json::from_str(&dir.read("emqx_auth_mnesia.json")).unwrap();

@@ -26,6 +26,17 @@ pub enum Algorithm {
     Bcrypt,
 }
 
+impl Algorithm {
+    /// The name `password_hash` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Pbkdf2 => "pbkdf2",
+            Algorithm::Bcrypt => "bcrypt",
+        }
+    }
+}
+
 /// How to hash a new password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hasher {

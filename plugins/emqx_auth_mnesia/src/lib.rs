@@ -77,10 +77,10 @@ impl Plugin for AuthMnesia {
         let path = Store::path(host.data_dir());
         let credentials = Credentials::open(path, hasher)?;
         host.info(&format!(
-            "{} username and {} clientid logins; new passwords hashed with {:?}",
+            "{} username and {} clientid logins; new passwords hashed with {}",
             credentials.list(store::Kind::Username).len(),
             credentials.list(store::Kind::Clientid).len(),
-            settings.password_hash
+            settings.password_hash.name()
         ));
         Ok(AuthMnesia { host, credentials })
     }
