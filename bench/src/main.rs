@@ -2,8 +2,10 @@
 //!
 //! Scenarios: `fan-in` (N publishers → 1 subscriber), `fan-out` (1 publisher → N
 //! subscribers), `many` (N publishers → N subscribers, every subscriber gets every message),
-//! and `idle` (N connected clients that do nothing, held for `--hold` seconds, to measure the
-//! broker's memory from outside).
+//! `idle` (N connected clients that do nothing, held for `--hold` seconds, to measure the
+//! broker's memory from outside), and `connect` (N clients each connecting and disconnecting
+//! `--messages` times in a row, with `--username`/`--password` if given: connections a
+//! second, the cost of authentication).
 //!
 //! Each payload starts with the send time (nanoseconds since the run started, one clock for
 //! publishers and subscribers, all in this process); latency is receive time minus send time.
@@ -22,6 +24,7 @@ enum Scenario {
     FanOut,
     Many,
     Idle,
+    Connect,
 }
 
 #[derive(Parser, Debug)]
@@ -61,6 +64,12 @@ struct Args {
     /// Idle: seconds to hold the connections.
     #[arg(long, default_value_t = 5)]
     hold: u64,
+    /// Connect: the username of every CONNECT.
+    #[arg(long)]
+    username: Option<String>,
+    /// Connect: the password of every CONNECT.
+    #[arg(long)]
+    password: Option<String>,
 }
 
 fn options(args: &Args, id: String) -> MqttOptions {
@@ -124,7 +133,7 @@ async fn pubsub(args: Args) {
         Scenario::FanIn => (args.clients, 1, args.clients * args.messages),
         Scenario::FanOut => (1, args.clients, args.messages),
         Scenario::Many => (args.clients, args.clients, args.clients * args.messages),
-        Scenario::Idle => unreachable!(),
+        Scenario::Idle | Scenario::Connect => unreachable!(),
     };
     let expected = expected_each * subscribers;
     let start = Instant::now();
@@ -269,11 +278,81 @@ async fn idle(args: Args) {
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
 }
 
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60) with optional credentials.
+fn connect_packet(id: &str, username: Option<&str>, password: Option<&str>) -> Vec<u8> {
+    let string = |s: &str| [&(s.len() as u16).to_be_bytes()[..], s.as_bytes()].concat();
+    let flags = 0x02 | username.map_or(0, |_| 0x80) | password.map_or(0, |_| 0x40);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
+    body.extend(string(id));
+    body.extend(username.map(string).unwrap_or_default());
+    body.extend(password.map(string).unwrap_or_default());
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+/// `clients` tasks, each connecting (TCP, CONNECT, CONNACK, DISCONNECT) `messages` times in a
+/// row; prints connections a second.
+async fn connect_rate(args: Args) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let (host, port, n) = (args.host.clone(), args.port, args.messages);
+        let (username, password) = (args.username.clone(), args.password.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n {
+                let id = format!("conn-{}-{c}-{i}", std::process::id());
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
+                let _ = stream.set_nodelay(true);
+                stream
+                    .write_all(&connect_packet(&id, username.as_deref(), password.as_deref()))
+                    .await
+                    .expect("CONNECT");
+                let mut connack = [0u8; 4];
+                stream.read_exact(&mut connack).await.expect("CONNACK");
+                if connack[3] != 0 {
+                    eprintln!("bench: CONNACK return code {} (refused)", connack[3]);
+                    std::process::exit(2);
+                }
+                let _ = stream.write_all(&[0xe0, 0]).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("connect task");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = args.clients * args.messages;
+    let rate = total as f64 / elapsed;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"label": args.label, "scenario": "connect", "clients": args.clients,
+                "connections": total, "connects_per_sec": rate.round(), "seconds": elapsed})
+        );
+    } else {
+        println!(
+            "{} connect clients={}: {total} connections in {elapsed:.2} s, {rate:.0} connects/s",
+            args.label, args.clients
+        );
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     match args.scenario {
         Scenario::Idle => runtime.block_on(idle(args)),
+        Scenario::Connect => runtime.block_on(connect_rate(args)),
         _ => runtime.block_on(pubsub(args)),
     }
 }

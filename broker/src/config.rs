@@ -17,6 +17,7 @@ pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
 };
 
+use crate::auth::{AllowAnonymous, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
 use crate::session::QueueLimits;
 
@@ -273,6 +274,57 @@ impl BrokerSettings {
     }
 }
 
+/// `[auth]`: how refused authentications are slowed down. `window_time` and `ban_time` are
+/// EMQX 5's names for its flapping detection (EMQX 4.3's `flapping_detect_policy` =
+/// threshold, window, ban); here the threshold counts failed authentications from one IP
+/// address, so it is `max_failures` rather than EMQX's `max_count` of connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// How long the CONNACK of a refused authentication waits (`0` none), e.g. `"1s"`.
+    #[serde(deserialize_with = "duration_text")]
+    pub failure_delay: String,
+    /// Failed authentications from one IP address within `window_time` that ban it; 0 never
+    /// bans.
+    pub max_failures: u32,
+    /// The window `max_failures` is counted in.
+    #[serde(deserialize_with = "duration_text")]
+    pub window_time: String,
+    /// How long a banned address is refused (CONNACK 0x8A Banned, 3.1.1: 0x05) at once.
+    #[serde(deserialize_with = "duration_text")]
+    pub ban_time: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            failure_delay: "1s".to_owned(),
+            max_failures: 10,
+            window_time: "1m".to_owned(),
+            ban_time: "5m".to_owned(),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The settings, checked.
+    pub(crate) fn policy(&self) -> Result<FailurePolicy, ConfigError> {
+        let policy = FailurePolicy {
+            delay: duration("auth.failure_delay", &self.failure_delay)?,
+            max_failures: self.max_failures,
+            window: duration("auth.window_time", &self.window_time)?,
+            ban_time: duration("auth.ban_time", &self.ban_time)?,
+        };
+        if policy.max_failures > 0 && policy.ban_time.is_zero() {
+            return Err(ConfigError::Setting(
+                "auth.ban_time",
+                "0 (must be longer than 0 while auth.max_failures > 0; set max_failures = 0 to never ban)".to_owned(),
+            ));
+        }
+        Ok(policy)
+    }
+}
+
 /// Every broker setting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -285,6 +337,11 @@ pub struct Settings {
     pub plugins_dir: Option<PathBuf>,
     /// Log filter, `tracing` syntax (`RUST_LOG` beats it).
     pub log_level: String,
+    /// What happens to a client no authentication plugin accepted (every one said continue,
+    /// or none is loaded): `true` admits it, `false` refuses it (CONNACK 0x87 / 0x05), and
+    /// `"loopback"` (the default) admits it only from 127.0.0.0/8 or ::1.
+    pub allow_anonymous: AllowAnonymous,
+    pub auth: AuthSettings,
     pub listener: ListenerSettings,
     pub mqtt: MqttSettings,
     pub broker: BrokerSettings,
@@ -300,6 +357,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             plugins_dir: None,
             log_level: "info".to_owned(),
+            allow_anonymous: AllowAnonymous::default(),
+            auth: AuthSettings::default(),
             listener: ListenerSettings::default(),
             mqtt: MqttSettings::default(),
             broker: BrokerSettings::default(),
@@ -358,6 +417,7 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
         settings.listener.tcp = listen;
     }
     settings.mqtt.zone()?;
+    settings.auth.policy()?;
     Ok(settings)
 }
 

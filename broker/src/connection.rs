@@ -165,6 +165,9 @@ struct Connection<T> {
     aliases_in: HashMap<u16, Box<str>>,
     aliases_out: OutgoingAliases,
     acl_cache: Option<AclCache>,
+    /// Authenticated as a superuser: no `client.check_acl` for its publishes and
+    /// subscriptions (EMQX's `is_superuser`).
+    superuser: bool,
     will: Option<Will>,
     /// The CONNECT's Session Expiry Interval was 0: a DISCONNECT may not raise it.
     expiry_was_zero: bool,

@@ -6,6 +6,7 @@
 //! → `router` (the subscription trie) → each matching `session` → that session's
 //! `connection` writes it out.
 
+pub(crate) mod auth;
 #[doc(hidden)]
 pub mod bench;
 pub(crate) mod client;

@@ -139,6 +139,8 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) zone: Zone,
+    /// Anonymous clients and failed authentications.
+    pub(crate) auth: crate::auth::Auth,
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) router: Router,
@@ -152,6 +154,7 @@ impl Node {
     pub(crate) fn new(zone: Zone, hooks: Arc<Hooks>, stats: Arc<Stats>, router: Router) -> Node {
         Node {
             zone,
+            auth: crate::auth::Auth::default(),
             hooks,
             stats,
             router,
@@ -159,6 +162,13 @@ impl Node {
             broker: ClientInfo::broker(),
             next_connection: Default::default(),
         }
+    }
+
+    /// The node with this authentication policy (the default: anonymous clients from
+    /// loopback only, no slowing down).
+    pub(crate) fn with_auth(mut self, auth: crate::auth::Auth) -> Node {
+        self.auth = auth;
+        self
     }
 
     /// A connection id never used before.

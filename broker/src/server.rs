@@ -134,7 +134,8 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Arc::new(Hooks::new(failed_tx));
     let router = Router::new(settings.broker.shared_subscription_strategy);
-    let node = Arc::new(Node::new(zone, hooks.clone(), stats, router));
+    let auth = crate::auth::Auth::new(settings.allow_anonymous, settings.auth.policy()?);
+    let node = Arc::new(Node::new(zone, hooks.clone(), stats, router).with_auth(auth));
     let shared = Arc::new(HostShared {
         broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         node_name: settings.node_name.clone(),
@@ -170,7 +171,12 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
 
         for plan in listeners {
             let (setting, bind) = (plan.setting(), plan.bind());
-            plan.start(node.clone()).await.with_context(|| format!("cannot listen on {bind} ({setting})"))?;
+            let local = plan.start(node.clone()).await.with_context(|| format!("cannot listen on {bind} ({setting})"))?;
+            match settings.allow_anonymous.exposure(local) {
+                Some(told) if settings.allow_anonymous == crate::auth::AllowAnonymous::Yes => tracing::warn!("{told}"),
+                Some(told) => tracing::info!("{told}"),
+                None => {}
+            }
         }
         tokio::spawn(crate::sys::run(shared.clone(), sys_interval, sys_heartbeat));
 

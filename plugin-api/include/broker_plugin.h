@@ -83,7 +83,8 @@ enum Hook
     HOOK_CLIENT_CONNECTED = 1,
     // `client.disconnected`: the connection is gone; see [`crate::Event::reason`].
     HOOK_CLIENT_DISCONNECTED = 2,
-    // `client.authenticate`: answer Allow, Deny or Continue (no opinion).
+    // `client.authenticate`: answer Allow, Superuser, Deny or Continue (no opinion). Runs off
+    // the broker's network threads, so it may block (an HTTP request, a slow hash).
     HOOK_CLIENT_AUTHENTICATE = 3,
     // `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
     // ([`crate::Event::acl_action`]).
@@ -107,6 +108,12 @@ enum Hook
     // a subscriber's Maximum Packet Size ([`crate::Event::reason`]). `client_id` is the
     // subscriber's for the last three, the publisher's otherwise.
     HOOK_MESSAGE_DROPPED = 12,
+    // `client.connack`: the broker answers a CONNECT, accepting or refusing it;
+    // [`crate::Event::return_code`] is the CONNACK code as sent (the MQTT 3.1.1 return code,
+    // or the MQTT 5 reason code). Fires before `client.connected`, and for refusals after
+    // the client id was read (a refused client never gets `client.connected`). Added after
+    // the first release of ABI version 1: an older host never fires it.
+    HOOK_CLIENT_CONNACK = 13,
 };
 #if __STDC_VERSION__ >= 202311L
 typedef enum Hook Hook;
@@ -192,6 +199,7 @@ typedef struct {
 // |---|---|---|
 // | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 // | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 // | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 // | the plugin's own threads, between `init` and `stop` | yes | yes |
 // | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
@@ -201,8 +209,9 @@ typedef struct {
 // plugin's threads before it returns; one it leaves behind finds the vtable still there (the
 // host never frees it) but is served nothing.
 //
-// `client.authenticate` and `client.check_acl` may block (an HTTP request, a database
-// lookup) only as long as the plugin's own timeout: the client waits meanwhile.
+// `client.check_acl` runs on the network thread of the client's connection: a plugin that
+// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
+// which the per-connection ACL cache keeps rare.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -302,7 +311,8 @@ typedef struct {
     uint16_t keepalive;
     // MQTT packet identifier of a message (0 for QoS 0).
     uint16_t packet_id;
-    // CONNACK return / reason code (`client.connected`), or SUBACK code.
+    // CONNACK code as sent (`client.connack`: the MQTT 3.1.1 return code, or the MQTT 5
+    // reason code), or SUBACK code.
     uint32_t return_code;
     // Session expiry interval in seconds (MQTT 5), 0 otherwise.
     uint32_t expiry_interval;
@@ -366,7 +376,8 @@ typedef struct {
     int32_t priority;
     // Bit `1 << hook` set for every hook the plugin wants (see [`crate::Hook`]).
     uint64_t hooks;
-    // The `broker ctl` command the plugin answers (e.g. `telemetry`), or empty.
+    // The `broker ctl` command the plugin answers (e.g. `telemetry`), or several separated by
+    // spaces (then the plugin gets the command's word first in `args_json`), or empty.
     RawStr ctl_command;
     // Starts the plugin. On success stores the plugin's state pointer in `*state_out`.
     // On failure writes a message to `error` and returns [`STATUS_ERROR`] or

@@ -246,7 +246,8 @@ pub struct PluginDescriptor {
     pub priority: i32,
     /// Bit `1 << hook` set for every hook the plugin wants (see [`crate::Hook`]).
     pub hooks: u64,
-    /// The `broker ctl` command the plugin answers (e.g. `telemetry`), or empty.
+    /// The `broker ctl` command the plugin answers (e.g. `telemetry`), or several separated by
+    /// spaces (then the plugin gets the command's word first in `args_json`), or empty.
     pub ctl_command: RawStr,
     /// Starts the plugin. On success stores the plugin's state pointer in `*state_out`.
     /// On failure writes a message to `error` and returns [`STATUS_ERROR`] or
@@ -298,7 +299,8 @@ pub struct RawEvent {
     pub keepalive: u16,
     /// MQTT packet identifier of a message (0 for QoS 0).
     pub packet_id: u16,
-    /// CONNACK return / reason code (`client.connected`), or SUBACK code.
+    /// CONNACK code as sent (`client.connack`: the MQTT 3.1.1 return code, or the MQTT 5
+    /// reason code), or SUBACK code.
     pub return_code: u32,
     /// Session expiry interval in seconds (MQTT 5), 0 otherwise.
     pub expiry_interval: u32,
@@ -397,6 +399,7 @@ pub const LOG_DEBUG: u32 = 4;
 /// |---|---|---|
 /// | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 /// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+/// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 /// | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 /// | the plugin's own threads, between `init` and `stop` | yes | yes |
 /// | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
@@ -406,8 +409,9 @@ pub const LOG_DEBUG: u32 = 4;
 /// plugin's threads before it returns; one it leaves behind finds the vtable still there (the
 /// host never frees it) but is served nothing.
 ///
-/// `client.authenticate` and `client.check_acl` may block (an HTTP request, a database
-/// lookup) only as long as the plugin's own timeout: the client waits meanwhile.
+/// `client.check_acl` runs on the network thread of the client's connection: a plugin that
+/// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
+/// which the per-connection ACL cache keeps rare.
 #[repr(C)]
 #[derive(Debug)]
 pub struct HostApi {

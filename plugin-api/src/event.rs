@@ -91,7 +91,8 @@ pub struct Event<'a> {
     pub keepalive: u16,
     /// Packet identifier of a message (0 for QoS 0).
     pub packet_id: u16,
-    /// CONNACK return code (`client.connected`) or SUBACK code (`session.subscribed`).
+    /// CONNACK code as sent (`client.connack`: the MQTT 3.1.1 return code, or the MQTT 5
+    /// reason code; 0 is success), or SUBACK code (`session.subscribed`).
     pub return_code: u32,
     /// Session expiry interval (MQTT 5).
     pub expiry_interval: u32,

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::abi::{self, HostApi, PluginDescriptor, RawEvent, RawStr, RawWriter, Status};
 use crate::event::Event;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::info::{Config, PluginInfo};
 use crate::Plugin;
 
@@ -120,12 +120,12 @@ unsafe extern "C" fn ctl<P: Plugin>(state: *mut c_void, args_json: RawStr, out: 
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in on_event; args_json is valid during this call.
         let (plugin, args) = unsafe { (&*(state as *const P), args_json.as_str()) };
-        let args: Vec<String> = serde_json::from_str(args).map_err(|e| e.to_string())?;
-        plugin.ctl(&args)
+        let args: Vec<String> = serde_json::from_str(args).map_err(|e| HostError::InvalidArgument(e.to_string()))?;
+        plugin.ctl_typed(&args)
     }));
     let (status, text) = match result {
         Ok(Ok(text)) => (abi::STATUS_OK, text),
-        Ok(Err(text)) => (abi::STATUS_ERROR, text),
+        Ok(Err(e)) => (e.status(), e.to_string()),
         Err(panic) => (abi::STATUS_PANICKED, panic_message(&*panic)),
     };
     // SAFETY: the host's writer is alive during this call.

@@ -47,6 +47,20 @@ pub enum HostError {
     BadAnswer(String),
 }
 
+impl HostError {
+    /// The ABI status that carries this kind of failure (`STATUS_ERROR` for `Failed` and
+    /// `BadAnswer`).
+    pub fn status(&self) -> abi::Status {
+        match self {
+            HostError::NotFound(_) => abi::STATUS_NOT_FOUND,
+            HostError::Conflict(_) => abi::STATUS_CONFLICT,
+            HostError::InvalidArgument(_) => abi::STATUS_INVALID_ARGUMENT,
+            HostError::Unavailable(_) => abi::STATUS_UNAVAILABLE,
+            HostError::Failed(_) | HostError::BadAnswer(_) => abi::STATUS_ERROR,
+        }
+    }
+}
+
 /// Broker statistics at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {

@@ -14,7 +14,8 @@ pub enum Hook {
     ClientConnected = 1,
     /// `client.disconnected`: the connection is gone; see [`crate::Event::reason`].
     ClientDisconnected = 2,
-    /// `client.authenticate`: answer Allow, Deny or Continue (no opinion).
+    /// `client.authenticate`: answer Allow, Superuser, Deny or Continue (no opinion). Runs off
+    /// the broker's network threads, so it may block (an HTTP request, a slow hash).
     ClientAuthenticate = 3,
     /// `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
     /// ([`crate::Event::acl_action`]).
@@ -38,13 +39,19 @@ pub enum Hook {
     /// a subscriber's Maximum Packet Size ([`crate::Event::reason`]). `client_id` is the
     /// subscriber's for the last three, the publisher's otherwise.
     MessageDropped = 12,
+    /// `client.connack`: the broker answers a CONNECT, accepting or refusing it;
+    /// [`crate::Event::return_code`] is the CONNACK code as sent (the MQTT 3.1.1 return code,
+    /// or the MQTT 5 reason code). Fires before `client.connected`, and for refusals after
+    /// the client id was read (a refused client never gets `client.connected`). Added after
+    /// the first release of ABI version 1: an older host never fires it.
+    ClientConnack = 13,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
     ///
     /// cbindgen:ignore
-    pub const ALL: [Hook; 13] = [
+    pub const ALL: [Hook; 14] = [
         Hook::ClientConnect,
         Hook::ClientConnected,
         Hook::ClientDisconnected,
@@ -58,6 +65,7 @@ impl Hook {
         Hook::MessageDelivered,
         Hook::MessageAcked,
         Hook::MessageDropped,
+        Hook::ClientConnack,
     ];
 
     /// The EMQX name, e.g. `message.publish`.
@@ -76,6 +84,7 @@ impl Hook {
             Hook::MessageDelivered => "message.delivered",
             Hook::MessageAcked => "message.acked",
             Hook::MessageDropped => "message.dropped",
+            Hook::ClientConnack => "client.connack",
         }
     }
 
@@ -162,7 +171,9 @@ pub struct PluginInfo {
     pub hooks: HookMask,
     /// Higher runs first on a hook; equal priorities run in load order.
     pub priority: i32,
-    /// The `broker ctl` command this plugin answers (`broker ctl <command> ARGS...`).
+    /// The `broker ctl` command this plugin answers (`broker ctl <command> ARGS...`), or
+    /// several separated by spaces (`"users clientid"`, as `emqx_auth_mnesia`); a plugin
+    /// with several gets the command's own word first in its `ctl` arguments.
     pub ctl_command: Option<&'static str>,
 }
 

@@ -58,7 +58,9 @@
 //!
 //! - **Hooks are on the hot path.** `on_event` runs on the broker's network threads, inline
 //!   with the client's traffic. Return quickly: count, copy, or hand the work to your own
-//!   thread. Never block on I/O or sleep in a hook.
+//!   thread. Never block on I/O or sleep in a hook. The one exception is
+//!   `client.authenticate`: the host runs it on a blocking-pool thread, so an authentication
+//!   plugin may ask a remote service or hash a password there (only that client waits).
 //! - **Threads you start, you join.** If the plugin starts threads or an async runtime, `stop`
 //!   must stop and join them. After `stop` returns the host will never call the plugin again.
 //! - **Unload does not unmap.** The host keeps a plugin's library mapped after `stop` (a Rust
@@ -110,6 +112,16 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let _ = args;
         Err("this plugin has no commands".to_owned())
+    }
+
+    /// [`Plugin::ctl`] with a typed failure, for a plugin whose commands can fail in ways a
+    /// caller tells apart: the kind ([`HostError::NotFound`], [`HostError::Conflict`],
+    /// [`HostError::InvalidArgument`], [`HostError::Unavailable`]) reaches another plugin's
+    /// [`Host::ctl`] as that variant (a management API answers 404, 409, 400, 503 from it).
+    /// The host calls this one; the default runs [`Plugin::ctl`] and calls every failure
+    /// [`HostError::Failed`]. Implement one of the two.
+    fn ctl_typed(&self, args: &[String]) -> Result<String, HostError> {
+        self.ctl(args).map_err(HostError::Failed)
     }
 
     /// Stops the plugin: stop and join its threads, flush what it must. Called once; the host

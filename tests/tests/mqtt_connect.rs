@@ -619,10 +619,12 @@ fn mqtt_5_connack_properties_follow_the_settings() {
     assert_eq!(p.retain_available, Some(1));
 }
 
-/// Authentication refused by a plugin (`gatekeeper` denies user "mallory"):
-/// 3.1.1 gets CONNACK 0x05 (MQTT-3.2.2-4: no session present; MQTT-3.2.2-5: then closed),
-/// MQTT 5 gets CONNACK 0x87 (MQTT-3.1.4-2 (5): a failed authentication closes the connection;
-/// MQTT-3.2.2-6 and MQTT-3.2.2-7 (5)). MQTT-3.1.4-5 (3.1.1), MQTT-3.1.4-6 (5): a PUBLISH sent
+/// Authentication refused by a plugin (`gatekeeper` denies user "mallory"): the credentials
+/// are bad, so 3.1.1 gets CONNACK 0x04 "Connection Refused, bad user name or password"
+/// (§3.2.2.3 table 3.1; MQTT-3.2.2-4: no session present; MQTT-3.2.2-5: then closed), MQTT 5
+/// gets CONNACK 0x86 "Bad User Name or Password" (§3.2.2.2, MQTT-3.1.4-2 (5): a failed
+/// authentication closes the connection; MQTT-3.2.2-6 and MQTT-3.2.2-7 (5)); 0x87 / 0x05
+/// are for a client no plugin accepted (`allow_anonymous`, in `auth_mnesia.rs`). MQTT-3.1.4-5 (3.1.1), MQTT-3.1.4-6 (5): a PUBLISH sent
 /// right after the refused CONNECT is not processed. No `client.connected` fires for the
 /// refused clients, a refused CONNECT with a live client's id does not take that client over,
 /// and the broker logs the refusal.
@@ -651,14 +653,14 @@ async fn authentication_denied_by_a_plugin() {
         bytes.extend_from_slice(&leak);
         let got = exchange(&broker, &bytes, id);
         if level == 4 {
-            assert_eq!(got, [0x20, 2, 0, 5], "{id}: CONNACK 0x05, then closed");
+            assert_eq!(got, [0x20, 2, 0, 4], "{id}: CONNACK 0x04, then closed");
         } else {
             match decode5(&got) {
                 v5::Packet::ConnAck(ack) => {
-                    assert_eq!(ack.code, v5::ConnectReturnCode::NotAuthorized, "{id}");
+                    assert_eq!(ack.code, v5::ConnectReturnCode::BadUserNamePassword, "{id}");
                     assert!(!ack.session_present, "{id}");
                 }
-                other => panic!("{id}: expected CONNACK 0x87, got {other:?}"),
+                other => panic!("{id}: expected CONNACK 0x86, got {other:?}"),
             }
         }
     }
@@ -681,8 +683,9 @@ async fn authentication_denied_by_a_plugin() {
     assert!(events_of(&events, "client.connected", "mallory").is_empty(), "no client.connected for mallory");
     assert!(events_of(&events, "client.disconnected", "mallory").is_empty(), "never connected, never disconnected");
     assert!(events.iter().all(|e| e["hook"] != "client.disconnected" || e["client_id"] != "victim"));
-    let line = broker.wait_for_log("authentication denied");
-    assert!(broker.logs().iter().any(|l| l.contains("authentication denied") && l.contains("mallory-5")), "{line}");
+    let line = broker.wait_for_log("connection refused");
+    let refused = |l: &String| l.contains("connection refused") && l.contains("bad username or password");
+    assert!(broker.logs().iter().any(|l| refused(l) && l.contains("mallory-5")), "{line}");
     assert_eq!(stat(&dir, "sessions.count"), 2, "victim and alice only");
 }
 

@@ -1,6 +1,8 @@
 //! From a new connection to its CONNACK: read the CONNECT (within `mqtt.connect_timeout`),
-//! check it, fire `client.connect` and `client.authenticate`, open the session (taking over
-//! a live connection with the same client id), answer, and resend what was in flight.
+//! check it, fire `client.connect` and `client.authenticate` (on a blocking-pool thread: an
+//! authentication plugin may block), apply `allow_anonymous` and the failure limits, open the
+//! session (taking over a live connection with the same client id), fire `client.connack`,
+//! answer, and resend what was in flight.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,12 +67,23 @@ async fn read_frame<T: Transport>(
 
 /// Answers a CONNECT with a refusal (`code`, an MQTT 5 reason code) and closes. The reason
 /// string goes when it fits in the client's Maximum Packet Size (if it said one).
-async fn refuse<T: Transport>(node: &Node, io: &mut T, version: Version, code: u8, max_packet_size: Option<u32>) {
+/// `client.connack` fires when the client is known (its CONNECT was read and identified).
+async fn refuse<T: Transport>(
+    node: &Node,
+    io: &mut T,
+    client: Option<&ClientInfo>,
+    version: Version,
+    code: u8,
+    max_packet_size: Option<u32>,
+) {
     let mut out = Vec::new();
     let max = max_packet_size.map_or(usize::MAX, |m| m as usize);
     let properties = ConnackProperties { reason_string: reason::string_within(code, 6, max), ..Default::default() };
     encode_connack(&mut out, version, false, code, &properties);
     connack_sent(&node.stats.metrics, code);
+    if let Some(client) = client {
+        fire_connack(node, client, code);
+    }
     node.stats.metrics.add(Metric::BytesSent, out.len() as u64);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
         io.write_all(&out).await?;
@@ -83,6 +96,16 @@ async fn refuse<T: Transport>(node: &Node, io: &mut T, version: Version, code: u
 fn connack_sent(metrics: &Metrics, code: u8) {
     metrics.packet_sent(kind::CONNACK, code);
     metrics.inc(Metric::ClientConnack);
+}
+
+/// Fires `client.connack` with the code as the client gets it (the MQTT 3.1.1 return code, or
+/// the MQTT 5 reason code).
+fn fire_connack(node: &Node, client: &ClientInfo, code: u8) {
+    if node.hooks.wants(Hook::ClientConnack) {
+        let mut event = client.event(Hook::ClientConnack, crate::now_ms());
+        event.return_code = u32::from(if client.version.is_v5() { code } else { reason::connack_v3(code) });
+        node.hooks.dispatch(&event);
+    }
 }
 
 /// Whether a CONNECT body that could not be decoded comes from an MQTT 5 client, which is
@@ -125,13 +148,13 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Err(ConnectError::UnsupportedVersion { name, level }) => {
             tracing::debug!(%peer, "unsupported protocol {name:?} level {level}; refused");
             // MQTT-3.1.2-2: CONNACK 0x01 (the level is unknown, so a 3.1.1 CONNACK).
-            refuse(node, &mut io, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION, None).await;
+            refuse(node, &mut io, None, Version::V3_1_1, reason::UNSUPPORTED_PROTOCOL_VERSION, None).await;
             return None;
         }
         Err(ConnectError::Decode(e)) => {
             tracing::debug!(%peer, "bad CONNECT: {e}; closing");
             if looks_like_v5(body) {
-                refuse(node, &mut io, Version::V5, e.reason_code(), None).await;
+                refuse(node, &mut io, None, Version::V5, e.reason_code(), None).await;
             }
             return None;
         }
@@ -141,28 +164,45 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Ok(identified) => identified,
         Err(code) => {
             tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
-            refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
+            refuse(node, &mut io, None, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
     };
+    let max_packet_size = connect.properties.maximum_packet_size;
     let will = match will(node, &connect) {
         Ok(will) => will,
         Err(Some(code)) => {
-            refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
+            refuse(node, &mut io, Some(&client), version, code, max_packet_size).await;
             return None;
         }
         Err(None) => return None, // 3.1.1: a bad will topic closes the connection
     };
     let Some((keep_alive, server_keep_alive)) = keep_alive(zone, version, connect.keep_alive) else {
         tracing::debug!(%peer, "keep-alive {} over mqtt.max_keepalive; refused", connect.keep_alive);
-        refuse(node, &mut io, version, reason::CLIENT_IDENTIFIER_NOT_VALID, connect.properties.maximum_packet_size)
-            .await;
+        let code = reason::CLIENT_IDENTIFIER_NOT_VALID;
+        refuse(node, &mut io, Some(&client), version, code, max_packet_size).await;
         return None;
     };
-    if let Err(code) = admit(node, &client, &connect) {
-        refuse(node, &mut io, version, code, connect.properties.maximum_packet_size).await;
+    if let Some(left) = node.auth.failures.banned(peer.ip(), Instant::now()) {
+        refused(&client, "banned", &format!("too many failed authentications; {}s of the ban left", left.as_secs()));
+        refuse(node, &mut io, Some(&client), version, reason::BANNED, max_packet_size).await;
         return None;
     }
+    let superuser = match admit(node, &client, &connect).await {
+        Ok(superuser) => superuser,
+        Err(refusal) => {
+            refused(&client, refusal.why, "");
+            if refusal.authentication {
+                if node.auth.failures.failed(peer.ip(), Instant::now()) {
+                    tracing::warn!(%peer, "{} banned: too many failed authentications", peer.ip());
+                }
+                // Slows down guessing without holding a worker thread.
+                tokio::time::sleep(node.auth.failures.delay()).await;
+            }
+            refuse(node, &mut io, Some(&client), version, refusal.code, max_packet_size).await;
+            return None;
+        }
+    };
     // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).
 
     let id = node.next_connection_id();
@@ -188,6 +228,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     let mut out = BytesMut::new();
     encode_connack(&mut out, version, opened.present, reason::SUCCESS, &properties);
     connack_sent(metrics, reason::SUCCESS);
+    fire_connack(node, &client, reason::SUCCESS);
     if opened.present {
         metrics.inc(Metric::SessionResumed);
     }
@@ -216,6 +257,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             0
         }),
         acl_cache: zone.acl_cache.map(super::AclCache::new),
+        superuser,
         will,
         expiry_was_zero: expiry == 0,
         now,
@@ -333,9 +375,45 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
     }))
 }
 
-/// Runs `client.connect`, `client.authenticate` and the will's ACL check; the reason code of
-/// the refusal if the client may not connect.
-fn admit(node: &Node, client: &ClientInfo, connect: &Connect<'_>) -> Result<(), u8> {
+/// Why `admit` refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    /// The MQTT 5 reason code of the CONNACK.
+    code: u8,
+    /// For the log.
+    why: &'static str,
+    /// A failed authentication: delayed, and counted against the peer's address.
+    authentication: bool,
+}
+
+impl Refusal {
+    /// A plugin refused the credentials: 0x86 Bad User Name or Password (3.1.1: 0x04).
+    const DENIED: Refusal =
+        Refusal { code: reason::BAD_USER_NAME_OR_PASSWORD, why: "bad username or password", authentication: true };
+    /// No plugin accepted the client and `allow_anonymous` refuses it: 0x87 (3.1.1: 0x05).
+    const ANONYMOUS: Refusal = Refusal {
+        code: reason::NOT_AUTHORIZED,
+        why: "not authorized: anonymous clients are not allowed from this address (allow_anonymous)",
+        authentication: true,
+    };
+}
+
+/// Logs a refused CONNECT: who, from where, and why (never the password).
+fn refused(client: &ClientInfo, why: &str, detail: &str) {
+    tracing::info!(
+        client_id = &*client.client_id,
+        username = &*client.username,
+        peer = &*client.peer,
+        reason = why,
+        "connection refused{}{detail}",
+        if detail.is_empty() { "" } else { ": " }
+    );
+}
+
+/// Runs `client.connect`, `client.authenticate` (on a blocking-pool thread) and the will's
+/// ACL check, and applies `allow_anonymous` when no plugin vouched for the client. Ok says
+/// whether the client is a superuser (no `client.check_acl` for it).
+async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>) -> Result<bool, Refusal> {
     let hooks = &node.hooks;
     let now = crate::now_ms();
     node.stats.metrics.inc(Metric::ClientConnect);
@@ -343,23 +421,51 @@ fn admit(node: &Node, client: &ClientInfo, connect: &Connect<'_>) -> Result<(), 
     if hooks.wants(Hook::ClientConnect) {
         hooks.dispatch(&client.event(Hook::ClientConnect, now));
     }
-    if hooks.wants(Hook::ClientAuthenticate) {
-        let mut event = client.event(Hook::ClientAuthenticate, now);
-        event.password = RawBytes::new(connect.password.unwrap_or_default());
-        if hooks.dispatch(&event) == Verdict::Deny {
-            tracing::info!(client_id = &*client.client_id, peer = &*client.peer, "authentication denied");
-            return Err(reason::NOT_AUTHORIZED);
+    let verdict = if hooks.wants(Hook::ClientAuthenticate) {
+        authenticate(node, client, connect.password.unwrap_or_default(), now).await
+    } else {
+        Verdict::Continue
+    };
+    let superuser = match verdict {
+        Verdict::Superuser => true,
+        Verdict::Allow => false,
+        Verdict::Deny => return Err(Refusal::DENIED),
+        Verdict::Continue | Verdict::Drop => {
+            if !node.auth.allow_anonymous.admits(client.peer_addr.map(|a| a.ip())) {
+                return Err(Refusal::ANONYMOUS);
+            }
+            false
         }
-    }
-    if let (Some(will), true) = (&connect.will, hooks.wants(Hook::ClientCheckAcl)) {
+    };
+    if let (Some(will), false, true) = (&connect.will, superuser, hooks.wants(Hook::ClientCheckAcl)) {
         node.stats.metrics.inc(Metric::ClientCheckAcl);
         let mut event = client.event(Hook::ClientCheckAcl, now);
         event.acl_action = abi::ACL_PUBLISH;
         event.topic = RawStr::new(will.topic);
         if hooks.dispatch(&event) == Verdict::Deny {
             tracing::info!(client_id = &*client.client_id, topic = will.topic, "will denied by ACL");
-            return Err(reason::NOT_AUTHORIZED);
+            return Err(Refusal { code: reason::NOT_AUTHORIZED, why: "will denied by ACL", authentication: false });
         }
     }
-    Ok(())
+    Ok(superuser)
+}
+
+/// Runs the `client.authenticate` chain on the runtime's blocking pool: a plugin may block
+/// there (an HTTP request, a slow hash) without holding up a network worker, so only this
+/// client waits.
+async fn authenticate(node: &Arc<Node>, client: &Arc<ClientInfo>, password: &[u8], now: u64) -> Verdict {
+    let (node, client, password) = (node.clone(), client.clone(), password.to_vec());
+    let chain = tokio::task::spawn_blocking(move || {
+        let mut event = client.event(Hook::ClientAuthenticate, now);
+        event.password = RawBytes::new(&password);
+        node.hooks.dispatch(&event)
+    });
+    match chain.await {
+        Ok(verdict) => verdict,
+        // Only when the runtime shuts down under it: refuse rather than let the client in.
+        Err(e) => {
+            tracing::warn!("client.authenticate did not finish: {e}");
+            Verdict::Deny
+        }
+    }
 }

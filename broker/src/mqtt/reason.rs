@@ -13,6 +13,7 @@ pub(crate) const BAD_USER_NAME_OR_PASSWORD: u8 = 0x86;
 pub(crate) const NOT_AUTHORIZED: u8 = 0x87;
 pub(crate) const SERVER_UNAVAILABLE: u8 = 0x88;
 pub(crate) const SERVER_BUSY: u8 = 0x89;
+pub(crate) const BANNED: u8 = 0x8a;
 pub(crate) const BAD_AUTHENTICATION_METHOD: u8 = 0x8c;
 pub(crate) const KEEP_ALIVE_TIMEOUT: u8 = 0x8d;
 pub(crate) const SESSION_TAKEN_OVER: u8 = 0x8e;
@@ -49,7 +50,8 @@ pub(crate) fn connack_v3(code: u8) -> u8 {
         UNSUPPORTED_PROTOCOL_VERSION => v3::UNACCEPTABLE_PROTOCOL_VERSION,
         CLIENT_IDENTIFIER_NOT_VALID => v3::IDENTIFIER_REJECTED,
         BAD_USER_NAME_OR_PASSWORD => v3::BAD_USER_NAME_OR_PASSWORD,
-        NOT_AUTHORIZED | BAD_AUTHENTICATION_METHOD => v3::NOT_AUTHORIZED,
+        // MQTT 3.1.1 has no "banned": a banned client is not authorized (as EMQX answers it).
+        NOT_AUTHORIZED | BAD_AUTHENTICATION_METHOD | BANNED => v3::NOT_AUTHORIZED,
         _ => v3::SERVER_UNAVAILABLE,
     }
 }
@@ -88,6 +90,7 @@ pub(crate) fn describe(code: u8) -> &'static str {
         NOT_AUTHORIZED => "not authorized",
         SERVER_UNAVAILABLE => "server unavailable",
         SERVER_BUSY => "server busy",
+        BANNED => "banned",
         BAD_AUTHENTICATION_METHOD => "bad authentication method",
         KEEP_ALIVE_TIMEOUT => "keep alive timeout",
         SESSION_TAKEN_OVER => "session taken over",

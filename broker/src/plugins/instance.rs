@@ -81,8 +81,9 @@ impl Instance {
     }
 
     /// Runs the plugin's `ctl` command.
-    pub(crate) fn ctl(&self, args: &[String]) -> Result<String, String> {
-        let args = serde_json::to_string(args).map_err(|e| e.to_string())?;
+    /// Runs a `ctl` command; a failure keeps the plugin's status (`STATUS_NOT_FOUND`, ...).
+    pub(crate) fn ctl(&self, args: &[String]) -> Result<String, (abi::Status, String)> {
+        let args = serde_json::to_string(args).map_err(|e| (abi::STATUS_INVALID_ARGUMENT, e.to_string()))?;
         let ctl = self.library.descriptor().ctl;
         let mut out = String::new();
         let writer = RawWriter::for_string(&mut out);
@@ -91,14 +92,17 @@ impl Instance {
         let status = self
             .handle
             .with_state(|state| unsafe { ctl(state, RawStr::new(&args), writer) })
-            .ok_or_else(|| format!("plugin {} is stopping", self.name()))?;
+            .ok_or_else(|| (abi::STATUS_UNAVAILABLE, format!("plugin {} is stopping", self.name())))?;
         match status {
             abi::STATUS_OK => Ok(out),
             abi::STATUS_PANICKED => {
                 self.handle.fail(format!("ctl {out}"));
-                Err(format!("plugin {} {out}; it has been stopped", self.name()))
+                Err((abi::STATUS_ERROR, format!("plugin {} {out}; it has been stopped", self.name())))
             }
-            _ => Err(out),
+            abi::STATUS_NOT_FOUND | abi::STATUS_CONFLICT | abi::STATUS_INVALID_ARGUMENT | abi::STATUS_UNAVAILABLE => {
+                Err((status, out))
+            }
+            _ => Err((abi::STATUS_ERROR, out)),
         }
     }
 

@@ -49,10 +49,6 @@ impl CommandError {
         CommandError { status, message: message.into() }
     }
 
-    pub(crate) fn failed(message: impl Into<String>) -> CommandError {
-        CommandError::new(abi::STATUS_ERROR, message)
-    }
-
     pub(crate) fn unavailable(message: impl Into<String>) -> CommandError {
         CommandError::new(abi::STATUS_UNAVAILABLE, message)
     }
@@ -386,15 +382,20 @@ impl Manager {
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
             [command, rest @ ..] => {
-                let instance = lock(&self.state)
-                    .running
-                    .iter()
-                    .find(|p| p.library.meta.ctl_command.as_deref() == Some(command))
-                    .cloned();
+                // A plugin answers one command, or several (space-separated); one that answers
+                // several is told which, as its first word.
+                let instance = lock(&self.state).running.iter().find_map(|p| {
+                    let commands = p.library.meta.ctl_command.as_deref()?;
+                    let mut words = commands.split_whitespace();
+                    let several = words.clone().count() > 1;
+                    words.any(|c| c == *command).then(|| (p.clone(), several))
+                });
                 match instance {
-                    Some(instance) => {
-                        let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                        let result = instance.ctl(&rest).map_err(CommandError::failed);
+                    Some((instance, several)) => {
+                        let words = if several { &words[..] } else { rest };
+                        let rest: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+                        let result =
+                            instance.ctl(&rest).map_err(|(status, message)| CommandError::new(status, message));
                         // The command may have changed what the plugin answers (`acl reload`).
                         self.hooks.invalidate_acl_answers();
                         result

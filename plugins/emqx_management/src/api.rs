@@ -20,14 +20,14 @@ pub struct Credentials {
 }
 
 #[derive(Debug, Clone)]
-struct Api {
-    host: Host,
+pub(crate) struct Api {
+    pub(crate) host: Host,
     credentials: Credentials,
 }
 
 /// An API failure: status and message.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -35,9 +35,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+pub(crate) type ApiResult = Result<Json<Value>, ApiError>;
 
-fn ok(data: Value) -> ApiResult {
+pub(crate) fn ok(data: Value) -> ApiResult {
     Ok(Json(json!({"code": 0, "data": data})))
 }
 
@@ -56,7 +56,7 @@ fn ctl_error(error: HostError) -> ApiError {
 }
 
 /// Runs a ctl command off the async threads (plugin operations wait for hooks in flight).
-async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiError> {
+pub(crate) async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         host.ctl(&args).map_err(ctl_error)
@@ -81,6 +81,7 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .route("/api/v4/telemetry/data", get(telemetry_data))
         .route("/api/v4/metrics", get(metrics))
         .route("/api/v4/nodes/{node}/metrics", get(node_metrics))
+        .merge(crate::auth_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))

@@ -12,12 +12,15 @@
 //! | PUT | `/api/v4/plugins/{name}/load`, `unload`, `reload` | the same, without the node |
 //! | GET, PUT | `/api/v4/telemetry/status` | `{"enabled": bool}` |
 //! | GET | `/api/v4/telemetry/data` | the next telemetry report |
+//! | GET, POST | `/api/v4/auth_username`, `/api/v4/auth_clientid` | `emqx_auth_mnesia`'s logins: list, add |
+//! | GET, PUT, DELETE | `/api/v4/auth_username/{username}`, `/api/v4/auth_clientid/{clientid}` | one login |
 //!
 //! HTTP basic auth; default `admin` / `public` (a warning is logged while that password is in
 //! use). Config (`[management]`): `listen`, `username`, `password`.
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth_api;
 
 use std::net::SocketAddr;
 
