@@ -171,7 +171,8 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
 
         for plan in listeners {
             let (setting, bind) = (plan.setting(), plan.bind());
-            let local = plan.start(node.clone()).await.with_context(|| format!("cannot listen on {bind} ({setting})"))?;
+            let local =
+                plan.start(node.clone()).await.with_context(|| format!("cannot listen on {bind} ({setting})"))?;
             match settings.allow_anonymous.exposure(local) {
                 Some(told) if settings.allow_anonymous == crate::auth::AllowAnonymous::Yes => tracing::warn!("{told}"),
                 Some(told) => tracing::info!("{told}"),

@@ -4,10 +4,8 @@
 //! The service answers as the EMQX 4.3 plugin expects: 200 allows (200 with the body
 //! `ignore` has no opinion), 401/403 deny.
 //!
-//! Today the host refuses a denied CONNECT with "not authorized" (3.1.1: 0x05, MQTT 5: 0x87)
-//! whatever the service said; EMQX refuses a 401 with "bad username or password" (0x04 /
-//! 0x86). The tests assert a refusal with a failure code; the precise code comes with the
-//! host's auth change.
+//! A denied CONNECT gets "bad user name or password" (3.1.1: 0x04, MQTT 5: 0x86), as EMQX
+//! refuses a 401.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -299,7 +297,7 @@ fn client5(broker: &Broker, id: &str, user: &str, pass: &str) -> C5 {
 /// Asserts the CONNECT was refused with a failure code and the connection closed
 /// (MQTT-3.2.2-5 (3.1.1): a non-zero return code, then the connection is closed).
 fn assert_refused4((mut raw, ack): (Raw<V4>, rumqttc::ConnAck), what: &str) {
-    assert_ne!(ack.code, rumqttc::ConnectReturnCode::Success, "{what}: refused");
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::BadUserNamePassword, "{what}: refused with 0x04");
     assert!(raw.until_closed().is_empty(), "{what}: closed after the CONNACK");
 }
 
@@ -353,7 +351,7 @@ fn auth_req_decides_who_connects_and_gets_the_clients_values() {
 
     assert_refused4(connect4(&broker, "c-bad", Some(("alice", "wrong"))), "401");
     let (mut raw5, ack5) = connect5(&broker, "c-forbidden", "mallory", "forbidden");
-    assert!(ack5.code != v5::ConnectReturnCode::Success, "403 refuses an MQTT 5 client: {ack5:?}");
+    assert_eq!(ack5.code, v5::ConnectReturnCode::BadUserNamePassword, "403 refuses an MQTT 5 client with 0x86");
     assert!(raw5.until_closed().is_empty(), "closed after the CONNACK (MQTT-3.1.4-2 (5))");
 
     // 200 `ignore`: no opinion; with no other auth plugin the broker decides, and lets the
@@ -369,12 +367,12 @@ fn auth_req_decides_who_connects_and_gets_the_clients_values() {
 }
 
 /// `super_req` is asked after a successful `auth_req` only (EMQX 4.3's `check/3`), here by
-/// GET with its params in the query string. (Once the host honours superusers, a superuser's
-/// publishes and subscriptions skip the ACL; that assertion comes with the host change.)
+/// GET with its params in the query string. A superuser's subscriptions and publishes skip
+/// the ACL (EMQX): `acl_req` is never asked about them, and `denied/` is theirs.
 #[test]
 fn super_req_is_asked_after_a_successful_auth_only() {
     let service = AuthService::start(usual);
-    let toml = config(&service, true, true, false, "").replace(
+    let toml = config(&service, true, true, true, "").replace(
         "[auth_http.super_req]\n",
         "[auth_http.super_req]\nmethod = \"get\"\nparams = \"clientid=%c,username=%u,ip=%a\"\n",
     );
@@ -410,6 +408,18 @@ fn super_req_is_asked_after_a_successful_auth_only() {
     assert_eq!((admin.param("username"), admin.param("ip")), ("admin", "127.0.0.1"));
     let status = dir.ctl(&["auth_http", "status"]).ok();
     assert!(status.contains("answers: allow=1 superuser=1 deny=1 ignore=1"), "{status}");
+
+    // The superuser bypasses the ACL; bob, allowed but not a superuser, does not.
+    let mut admin = client5(&broker, "c-admin5", "admin", "good");
+    admin.subscribe("denied/#", QoS::AtLeastOnce);
+    admin.publish("denied/by-admin", QoS::AtLeastOnce, "mine");
+    let got = admin.next_publish();
+    assert_eq!(e2e::raw::topic(&got), "denied/by-admin");
+    let mut bob = client5(&broker, "c-bob5", "bob", "good");
+    let codes = bob.subscribe_with(vec![v5::Filter::new("denied/#", QoS::AtLeastOnce)], None);
+    assert_eq!(codes, vec![v5::SubscribeReasonCode::NotAuthorized]);
+    let acl: Vec<String> = service.requests("/mqtt/acl").iter().map(|s| s.param("clientid").to_owned()).collect();
+    assert_eq!(acl, vec!["c-bob5".to_owned()], "only bob's subscription was asked about");
 }
 
 /// `acl_req` decides publishes and subscribes, its params as a JSON object (`content-type`
@@ -677,11 +687,10 @@ fn a_slow_service_answers_after_the_timeout_and_others_keep_going() {
 }
 
 /// As above with as many slow CONNECTs at once as the broker has async workers (two on the
-/// project's 2-core machine). Today the host runs `client.authenticate` on those workers, so
-/// every worker waits for the service and the other client stalls until the timeout frees
-/// them; the host change that runs the hook on blocking threads makes this pass.
+/// project's 2-core machine): the host runs `client.authenticate` on its blocking pool, so
+/// the waiting hooks hold none of the workers and the other client goes on. (With the hook
+/// run on the workers, this failed: every worker waited for the service.)
 #[test]
-#[ignore = "passes once the host runs client.authenticate off its async workers"]
 fn slow_connects_on_every_worker_do_not_stall_other_clients() {
     slow_service_with(std::thread::available_parallelism().map_or(2, |n| n.get()));
 }
