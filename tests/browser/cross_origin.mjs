@@ -1,7 +1,9 @@
 // In real headless Chromium: (1) a page from another origin (served here, on another loopback
 // port) cannot read the management API's answers, with or without credentials; (2) the
 // dashboard's page works under its Content-Security-Policy, which stops its scripts from
-// calling another origin over HTTP but lets them open WebSockets (the MQTT page).
+// calling another origin over HTTP but lets them open WebSockets (the MQTT page); (3) after
+// wrong passwords the login form shows the API's lock-out (429, Retry-After). Run it with
+// unsuccessful_login_max_attempts = 2.
 //
 // usage: node cross_origin.mjs <dashboard url> <management API url> <username> <password>
 // Prints one JSON object with what it saw; exits non-zero on any failure.
@@ -86,6 +88,16 @@ try {
   seen.webSocket = await dashboard.evaluate(() => {
     try { new WebSocket("ws://127.0.0.1:9/mqtt", "mqtt").close(); return "allowed"; } catch (e) { return e.name; }
   });
+  // 3. Wrong passwords until the API locks this IP out: the login form says when to retry.
+  await dashboard.click("#logout");
+  await dashboard.fill("#password", "wrong-" + password);
+  seen.lockout = [];
+  for (let i = 0; i < 3; i++) {
+    await dashboard.evaluate(() => { document.getElementById("login-error").textContent = ""; });
+    await dashboard.click("#login");
+    await dashboard.waitForFunction(() => document.getElementById("login-error").textContent !== "");
+    seen.lockout.push(await dashboard.textContent("#login-error"));
+  }
   console.log(JSON.stringify(seen));
 } catch (e) {
   console.error(`browser test failed: ${e.message}\nseen so far: ${JSON.stringify(seen)}`);

@@ -137,6 +137,7 @@ fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
         &[
             ("BROKER_MANAGEMENT__LISTEN", api.as_str()),
             ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS", "2"),
             ("BROKER_DASHBOARD__LISTEN", "127.0.0.1:0"),
             ("BROKER_DASHBOARD__API", &format!("http://{api}")),
         ],
@@ -153,7 +154,8 @@ fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
         .expect("node is needed for the browser test");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+    let seen: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
 
     // The other origin's page can fetch its own origin, but not read the API: CORS stops it.
     assert_eq!(seen["ownOrigin"], 200, "{seen}");
@@ -178,4 +180,17 @@ fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
     assert_eq!(seen["webSocket"], "allowed", "{seen}");
     // The credentials are kept for this tab only: sessionStorage, no localStorage, no cookie.
     assert_eq!(seen["credentialsIn"], serde_json::json!({"sessionStorage": true, "localStorage": 0, "cookies": ""}));
+
+    // Two wrong passwords lock the dashboard's address out; the form says for how long.
+    assert_eq!(seen["lockout"][0], "Wrong username or password.", "{seen}");
+    assert_eq!(seen["lockout"][1], "Wrong username or password.", "{seen}");
+    let locked = seen["lockout"][2].as_str().unwrap();
+    assert!(locked.starts_with("Too many failed logins: try again in "), "{seen}");
+    let secs: u64 = locked
+        .trim_start_matches("Too many failed logins: try again in ")
+        .trim_end_matches(" seconds.")
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&secs), "{locked}");
+    broker.wait_for_log("management API: 2 failed logins from 127.0.0.1 within 5m; refusing it (HTTP 429) for 10m");
 }

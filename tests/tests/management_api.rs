@@ -248,7 +248,10 @@ async fn a_hashed_password_works_and_its_text_is_refused() {
         &dir,
         &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", hash.as_str())],
     );
-    let api = Api { base: format!("http://{}", broker.logged_addr("management API listening on http://")), http: reqwest::Client::new() };
+    let api = Api {
+        base: format!("http://{}", broker.logged_addr("management API listening on http://")),
+        http: reqwest::Client::new(),
+    };
     let (status, body) = api.call(Method::GET, "/api/v4/brokers", Some(("admin", "hunter2")), None).await;
     assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
     // Again (answered from the cache of verified logins), and the wrong ones are refused.
@@ -272,9 +275,17 @@ async fn a_hashed_password_works_and_its_text_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_hash_or_limit_fails_the_plugin_and_the_broker_keeps_serving() {
     let cases = [
-        ("BROKER_MANAGEMENT__PASSWORD", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ", "management.password: malformed Argon2 hash"),
+        (
+            "BROKER_MANAGEMENT__PASSWORD",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            "management.password: malformed Argon2 hash",
+        ),
         ("BROKER_MANAGEMENT__PASSWORD", "$2b$12$tooshort", "management.password: malformed bcrypt hash"),
-        ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS", "0", "management.unsuccessful_login_max_attempts must be at least 1"),
+        (
+            "BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS",
+            "0",
+            "management.unsuccessful_login_max_attempts must be at least 1",
+        ),
         ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_LOCK_DURATION", "soon", "invalid duration \"soon\""),
     ];
     for (key, value, message) in cases {

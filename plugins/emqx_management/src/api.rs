@@ -95,8 +95,9 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
     match api.auth.check(ip, request.headers()).await {
         Verdict::Allowed => next.run(request).await,
         Verdict::Denied => {
-            let mut response = ApiError(StatusCode::UNAUTHORIZED, "wrong or missing credentials (HTTP basic auth)".into())
-                .into_response();
+            let mut response =
+                ApiError(StatusCode::UNAUTHORIZED, "wrong or missing credentials (HTTP basic auth)".into())
+                    .into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"emqx\""));
             response
         }
