@@ -66,7 +66,6 @@ impl Auth {
             return Verdict::Denied;
         };
         if self.verify(username, password).await {
-            self.limiter.success(ip);
             return Verdict::Allowed;
         }
         if let Some(lock) = self.limiter.failure(ip, Instant::now()) {

@@ -1,7 +1,9 @@
 //! Failed logins per client IP (EMQX 5's `unsuccessful_login_*` settings): after
 //! `max_attempts` wrong credentials within `interval`, the IP is refused (HTTP 429,
 //! `Retry-After`) for `lock_duration`, right password or not, so a locked-out guesser learns
-//! nothing. A success clears the IP's count; a success is never delayed.
+//! nothing. A success is never delayed, and does not clear the count: behind a proxy (the
+//! dashboard) many users share one IP, and one user's good logins must not reset another's
+//! guesses.
 //!
 //! Memory is bounded: at most [`MAX_TRACKED`] IPs; when full, finished entries go first, then
 //! the one whose count started longest ago.
@@ -98,14 +100,6 @@ impl LoginLimiter {
         }
         None
     }
-
-    /// A good login from `ip`: its failures are forgotten.
-    pub(crate) fn success(&self, ip: IpAddr) {
-        let mut ips = self.ips();
-        if !ips.is_empty() {
-            ips.remove(&ip);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -142,17 +136,6 @@ mod tests {
         for n in 0..10 {
             assert_eq!(limiter.failure(ip(1), t0 + POLICY.interval * n), None);
         }
-    }
-
-    #[test]
-    fn a_success_clears_the_count() {
-        let limiter = LoginLimiter::new(POLICY);
-        let t0 = Instant::now();
-        limiter.failure(ip(1), t0);
-        limiter.failure(ip(1), t0);
-        limiter.success(ip(1));
-        assert_eq!(limiter.failure(ip(1), t0), None);
-        assert_eq!(limiter.failure(ip(1), t0), None);
     }
 
     #[test]
