@@ -21,6 +21,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `listen` at once (so a busy port fails the plugin's `init` with a clear message)
     /// and serves `app` on a thread named `name`. Problems later are logged through `host`.
+    /// Handlers can read the client's address as `axum::extract::ConnectInfo<SocketAddr>`.
     pub fn start(name: &str, host: Host, listen: SocketAddr, app: axum::Router) -> Result<HttpServer, BoxError> {
         let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         listener.set_nonblocking(true)?;
@@ -33,6 +34,7 @@ impl HttpServer {
                     Ok(listener) => listener,
                     Err(e) => return host.error(&format!("HTTP listener on {addr} failed: {e}")),
                 };
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = stopped.await;
                 });

@@ -211,3 +211,74 @@ fn the_websocket_page_talks_mqtt_to_the_ws_listener() {
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
 }
+
+#[test]
+fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
+    ensure_playwright();
+
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n");
+    let api = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MANAGEMENT__LISTEN", api.as_str()),
+            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS", "2"),
+            ("BROKER_DASHBOARD__LISTEN", "127.0.0.1:0"),
+            ("BROKER_DASHBOARD__API", &format!("http://{api}")),
+        ],
+    );
+    let dashboard = broker.logged_addr("dashboard listening on http://");
+    let output = Command::new("node")
+        .arg(browser_dir().join("cross_origin.mjs"))
+        .arg(format!("http://{dashboard}/"))
+        .arg(format!("http://{api}"))
+        .args(["admin", "s3cret"])
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is needed for the browser test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+
+    // The other origin's page can fetch its own origin, but not read the API: CORS stops it.
+    assert_eq!(seen["ownOrigin"], 200, "{seen}");
+    assert_eq!(seen["withCookies"], serde_json::json!({"error": "TypeError"}), "{seen}");
+    assert_eq!(seen["withHeader"], serde_json::json!({"error": "TypeError"}), "{seen}");
+    assert!(seen["corsBlocked"].as_u64().unwrap() >= 2, "{seen}");
+
+    // The dashboard's page: strict headers, no violation while it works, HTTP to another
+    // origin refused by the CSP, WebSockets allowed (the MQTT page).
+    let headers = &seen["headers"];
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; \
+         object-src 'none'"
+    );
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["access-control-allow-origin"], Value::Null);
+    assert_eq!(seen["violationsWhileWorking"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["fetchElsewhere"], "TypeError", "{seen}");
+    assert!(seen["violationsAfterFetch"][0].as_str().unwrap().starts_with("connect-src http://127.0.0.1:"), "{seen}");
+    assert_eq!(seen["webSocket"], "allowed", "{seen}");
+    // The credentials are kept for this tab only: sessionStorage, no localStorage, no cookie.
+    assert_eq!(seen["credentialsIn"], serde_json::json!({"sessionStorage": true, "localStorage": 0, "cookies": ""}));
+
+    // Two wrong passwords lock the dashboard's address out; the form says for how long.
+    assert_eq!(seen["lockout"][0], "Wrong username or password.", "{seen}");
+    assert_eq!(seen["lockout"][1], "Wrong username or password.", "{seen}");
+    let locked = seen["lockout"][2].as_str().unwrap();
+    assert!(locked.starts_with("Too many failed logins: try again in "), "{seen}");
+    let secs: u64 = locked
+        .trim_start_matches("Too many failed logins: try again in ")
+        .trim_end_matches(" seconds.")
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&secs), "{locked}");
+    broker.wait_for_log("management API: 2 failed logins from 127.0.0.1 within 5m; refusing it (HTTP 429) for 10m");
+}

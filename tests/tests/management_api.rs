@@ -1,6 +1,6 @@
 //! `emqx_management`'s REST API with a real HTTP client: every endpoint, auth and bad input.
 
-use e2e::{Broker, Client, DataDir};
+use e2e::{wait_until, Broker, Client, DataDir};
 use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::{json, Value};
@@ -222,4 +222,183 @@ fn the_default_password_is_warned_about() {
     let broker = Broker::start(&dir, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0")]);
     let line = broker.wait_for_log("the management API uses the default password");
     assert!(line.contains("WARN"), "{line}");
+}
+
+// --- hashed passwords, lock-out after failed logins, CORS ---
+
+/// An API client whose connections come from `source` (any 127.x.y.z is loopback on Linux).
+fn api_from(base: &str, source: [u8; 4]) -> Api {
+    let http = reqwest::Client::builder().local_address(std::net::IpAddr::from(source)).build().unwrap();
+    Api { base: base.to_owned(), http }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_password_works_and_its_text_is_refused() {
+    // The plugin's ctl command makes the hash (on a broker still on the default password).
+    let maker = DataDir::with_plugins("{emqx_management, true}.\n");
+    let _first = Broker::start(&maker, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0")]);
+    let hash = maker.ctl(&["management", "hash-password", "hunter2"]).ok().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    let public = maker.ctl(&["management", "hash-password", "public"]).ok().trim().to_owned();
+    let usage = maker.ctl(&["management", "hash-password"]).err();
+    assert!(usage.contains("usage: broker ctl management hash-password PASSWORD"), "{usage}");
+
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(
+        &dir,
+        &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", hash.as_str())],
+    );
+    let api = Api {
+        base: format!("http://{}", broker.logged_addr("management API listening on http://")),
+        http: reqwest::Client::new(),
+    };
+    let (status, body) = api.call(Method::GET, "/api/v4/brokers", Some(("admin", "hunter2")), None).await;
+    assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
+    // Again (answered from the cache of verified logins), and the wrong ones are refused.
+    let (status, _) = api.call(Method::GET, "/api/v4/stats", Some(("admin", "hunter2")), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for (user, password) in [("admin", hash.as_str()), ("admin", "hunter3"), ("root", "hunter2")] {
+        let (status, body) = api.call(Method::GET, "/api/v4/brokers", Some((user, password)), None).await;
+        assert_eq!((status, body["code"].clone()), (StatusCode::UNAUTHORIZED, json!(401)), "{user}:{password}");
+    }
+    assert!(!broker.logs().iter().any(|l| l.contains("default password")), "no warning with a set password");
+
+    // A hash of the default password is still the default password: warned about.
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(
+        &dir,
+        &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", public.as_str())],
+    );
+    broker.wait_for_log("the management API uses the default password");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_hash_or_limit_fails_the_plugin_and_the_broker_keeps_serving() {
+    let cases = [
+        (
+            "BROKER_MANAGEMENT__PASSWORD",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            "management.password: malformed Argon2 hash",
+        ),
+        ("BROKER_MANAGEMENT__PASSWORD", "$2b$12$tooshort", "management.password: malformed bcrypt hash"),
+        (
+            "BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS",
+            "0",
+            "management.unsuccessful_login_max_attempts must be at least 1",
+        ),
+        ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_LOCK_DURATION", "soon", "invalid duration \"soon\""),
+    ];
+    for (key, value, message) in cases {
+        let dir = DataDir::with_plugins(PLUGINS);
+        let broker = Broker::start(&dir, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), (key, value)]);
+        let line = broker.wait_for_log("plugin emqx_management failed to start: init failed: ");
+        assert!(line.contains(message), "{key}={value}: {line}");
+        let list = dir.ctl(&["plugins", "list", "--verbose"]).ok();
+        assert!(list.contains("Plugin(emqx_management, description=EMQ X Management, active=false"), "{list}");
+        // The broker keeps serving MQTT, and the other plugins run.
+        let mut sub = Client::connect(&broker, "still-sub").await;
+        sub.subscribe("alive", QoS::AtLeastOnce).await;
+        let mut publisher = Client::connect(&broker, "still-pub").await;
+        publisher.publish_acked("alive", QoS::AtLeastOnce, "yes").await;
+        assert_eq!(&sub.receive(1).await[0].payload[..], b"yes");
+        assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is enabled");
+    }
+}
+
+#[test]
+fn failed_logins_lock_the_ip_out_until_the_lock_ends() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"),
+            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS", "3"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_INTERVAL", "1m"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_LOCK_DURATION", "5s"),
+        ],
+    );
+    let base = format!("http://{}", broker.logged_addr("management API listening on http://"));
+    let here = api_from(&base, [127, 0, 0, 1]);
+    let elsewhere = api_from(&base, [127, 0, 0, 2]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let get = |api: &Api, password: &str| {
+        runtime.block_on(async {
+            let response = api
+                .http
+                .get(format!("{}/api/v4/brokers", api.base))
+                .basic_auth("admin", Some(password))
+                .send()
+                .await
+                .expect("API reachable");
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status();
+            (status, retry_after, response.json::<Value>().await.unwrap())
+        })
+    };
+
+    // Successes are never slowed, and do not clear the count (behind the dashboard many users
+    // share one IP): the third failure within the interval locks 127.0.0.1 out.
+    for (password, expected) in
+        [("x1", StatusCode::UNAUTHORIZED), ("s3cret", StatusCode::OK), ("x2", StatusCode::UNAUTHORIZED)]
+    {
+        assert_eq!(get(&here, password).0, expected, "{password}");
+    }
+    assert_eq!(get(&here, "s3cret").0, StatusCode::OK);
+    assert_eq!(get(&here, "x3").0, StatusCode::UNAUTHORIZED);
+    // Now 429 with Retry-After, even for the right password (a locked-out guesser learns
+    // nothing), and for requests without credentials.
+    let (status, retry_after, body) = get(&here, "s3cret");
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], 429);
+    assert!(body["message"].as_str().unwrap().starts_with("too many failed logins from 127.0.0.1"), "{body}");
+    let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
+    let (status, _) = runtime.block_on(here.call(Method::GET, "/api/v4/brokers", None, None));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(get(&here, "x6").0, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another IP is not locked out: right is right, wrong is a plain 401.
+    assert_eq!(get(&elsewhere, "s3cret").0, StatusCode::OK);
+    assert_eq!(get(&elsewhere, "x7").0, StatusCode::UNAUTHORIZED);
+
+    // The lock ends after lock_duration; then the right password works at once.
+    wait_until("the lock-out to end", || (get(&here, "s3cret").0 == StatusCode::OK).then_some(()));
+    assert_eq!(get(&here, "x8").0, StatusCode::UNAUTHORIZED, "a fresh count after the lock");
+    assert_eq!(get(&here, "x9").0, StatusCode::UNAUTHORIZED);
+
+    // One log line for the lock-out, not one a refused request.
+    let lockouts: Vec<String> =
+        broker.logs().into_iter().filter(|l| l.contains("failed logins from 127.0.0.1")).collect();
+    assert_eq!(lockouts.len(), 1, "{lockouts:?}");
+    assert!(lockouts[0].contains("WARN") && lockouts[0].contains("refusing it (HTTP 429) for 5s"), "{lockouts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cors_preflight_lets_another_origin_in() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let (_broker, api) = start(&dir);
+    let response = api
+        .http
+        .request(Method::OPTIONS, format!("{}/api/v4/brokers", api.base))
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.status().is_success(), "{}", response.status());
+    assert!(!response.headers().keys().any(|k| k.as_str().starts_with("access-control-")), "{:?}", response.headers());
+    // An authenticated call from another origin gets its answer, but no CORS header either,
+    // so a browser does not let that origin's script read it.
+    let response = api
+        .http
+        .get(format!("{}/api/v4/brokers", api.base))
+        .basic_auth("admin", Some("s3cret"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().keys().any(|k| k.as_str().starts_with("access-control-")), "{:?}", response.headers());
 }

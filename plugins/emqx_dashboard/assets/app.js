@@ -1,5 +1,8 @@
 // The dashboard page: log in with the management API's credentials, show live stats, and
-// start / stop plugins. Everything goes through this server's /api/, passed to the API.
+// start / stop plugins. Everything goes through this server's /api/, passed to the API:
+// relative URLs only, so the credentials never go to another origin (the server's
+// Content-Security-Policy enforces it too). The Authorization header is kept in memory and
+// in sessionStorage (this tab only, gone when it closes; never localStorage or a cookie).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,7 +10,7 @@ let auth = sessionStorage.getItem("auth");
 let timers = [];
 
 async function api(method, path) {
-  const response = await fetch("/api/v4" + path, { method, headers: { Authorization: auth } });
+  const response = await fetch("/api/v4" + path, { method, headers: { Authorization: auth }, credentials: "same-origin" });
   let body = {};
   try { body = await response.json(); } catch (_) { /* not JSON */ }
   if (response.status === 401) { logout("Your session ended: log in again."); }
@@ -181,13 +184,16 @@ function logout(message) {
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   auth = "Basic " + btoa(`${$("username").value}:${$("password").value}`);
-  const response = await fetch("/api/v4/brokers", { headers: { Authorization: auth } }).catch(() => null);
+  const response = await fetch("/api/v4/brokers", { headers: { Authorization: auth }, credentials: "same-origin" }).catch(() => null);
   if (response && response.ok) {
     sessionStorage.setItem("auth", auth);
     $("login-error").hidden = true;
     startApp();
   } else {
-    const why = response && response.status === 401 ? "Wrong username or password." : "The management API is not reachable.";
+    const why = !response ? "The management API is not reachable."
+      : response.status === 401 ? "Wrong username or password."
+      : response.status === 429 ? `Too many failed logins: try again in ${response.headers.get("Retry-After") || "a few"} seconds.`
+      : `The management API answered HTTP ${response.status}.`;
     logout(why);
   }
 });

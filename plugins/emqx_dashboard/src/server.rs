@@ -1,4 +1,8 @@
 //! The page, its assets, and the `/api/` pass-through to the management API.
+//!
+//! Every answer carries [`SECURITY_HEADERS`]: the page may load and call only its own origin
+//! (and open WebSocket connections, for the MQTT page), may not be framed, and sends no
+//! referrer. No CORS headers are sent, so another origin's page cannot read any answer.
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -12,6 +16,27 @@ const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/app.js");
 const WEBSOCKET: &str = include_str!("../assets/websocket.js");
 const STYLE: &str = include_str!("../assets/app.css");
+
+/// Sent with every answer. `connect-src` allows `ws:` / `wss:` for the WebSocket MQTT page
+/// (the broker's listener is on another port, so another origin), nothing else.
+pub(crate) const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; \
+         form-action 'self'; object-src 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("x-content-type-options", "nosniff"),
+];
+
+/// Adds [`SECURITY_HEADERS`] to an answer.
+async fn security_headers(mut response: Response) -> Response {
+    for (name, value) in SECURITY_HEADERS {
+        response.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
 
 /// Largest request body passed to the API.
 const MAX_BODY: usize = 64 * 1024;
@@ -33,6 +58,7 @@ pub fn router(api: String) -> Result<Router, reqwest::Error> {
         )
         .route("/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/api/{*rest}", any(pass_through))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(Proxy { api, client }))
 }
 
@@ -82,6 +108,7 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
     };
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
     let bytes = answer.bytes().await.unwrap_or_default();
     // No WWW-Authenticate: the page has its own login form, the browser's dialog must not
     // pop up.
@@ -89,5 +116,9 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type.unwrap_or(HeaderValue::from_static("application/json")));
+    // A lock-out after failed logins (429) says when to try again.
+    if let Some(retry_after) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, retry_after);
+    }
     response
 }

@@ -1,28 +1,25 @@
 //! The REST API, in EMQX 4.x's shape: every answer is JSON, `{"code": 0, "data": ...}` on
 //! success and `{"code": <http status>, "message": "..."}` on failure.
 
-use axum::extract::{Path, Query, Request, State};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use base64::Engine;
 use plugin_api::{Host, HostError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Who may call the API.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
+use crate::auth::{Auth, Verdict};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     pub(crate) host: Host,
-    credentials: Credentials,
+    auth: Arc<Auth>,
 }
 
 /// An API failure: status and message.
@@ -65,8 +62,8 @@ pub(crate) async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiErro
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-pub fn router(host: Host, credentials: Credentials) -> Router {
-    let api = Api { host, credentials };
+pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
+    let api = Api { host, auth };
     Router::new()
         .route("/api/v4/brokers", get(brokers))
         .route("/api/v4/brokers/{node}", get(node_broker))
@@ -88,24 +85,31 @@ pub fn router(host: Host, credentials: Credentials) -> Router {
         .with_state(api)
 }
 
+/// Lets a request with the right basic-auth credentials through; 401 otherwise, 429 with
+/// `Retry-After` while the client's IP is locked out. No CORS headers are ever sent, so a
+/// browser never lets another origin's page read an answer (a preflight gets 401).
 async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .is_some_and(|pair| {
-            pair.split_once(':').is_some_and(|(u, p)| u == api.credentials.username && p == api.credentials.password)
-        });
-    if authorized {
-        return next.run(request).await;
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
+    match api.auth.check(ip, request.headers()).await {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Denied => {
+            let mut response =
+                ApiError(StatusCode::UNAUTHORIZED, "wrong or missing credentials (HTTP basic auth)".into())
+                    .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"emqx\""));
+            response
+        }
+        Verdict::LockedOut(retry_after) => {
+            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+            let message = format!("too many failed logins from {ip}; try again in {secs} s");
+            let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+        }
     }
-    let mut response =
-        ApiError(StatusCode::UNAUTHORIZED, "wrong or missing credentials (HTTP basic auth)".into()).into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"emqx\""));
-    response
 }
 
 async fn not_found() -> ApiError {

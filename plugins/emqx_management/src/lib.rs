@@ -16,17 +16,25 @@
 //! | GET, PUT, DELETE | `/api/v4/auth_username/{username}`, `/api/v4/auth_clientid/{clientid}` | one login |
 //!
 //! HTTP basic auth; default `admin` / `public` (a warning is logged while that password is in
-//! use). Config (`[management]`): `listen`, `username`, `password`.
+//! use). Config (`[management]`): `listen`, `username`, `password` (plain, or an Argon2 /
+//! bcrypt hash: [`password`]; `broker ctl management hash-password PASSWORD` makes one), and
+//! EMQX 5's `unsuccessful_login_max_attempts` (5), `unsuccessful_login_interval` (5m),
+//! `unsuccessful_login_lock_duration` (10m) for the per-IP lock-out ([`login_limit`]).
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 mod auth_api;
+mod login_limit;
+mod password;
+mod verified;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 use plugin_http::HttpServer;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 const NAME: &str = "emqx_management";
 const DEFAULT_PASSWORD: &str = "public";
@@ -37,6 +45,11 @@ struct Settings {
     listen: SocketAddr,
     username: String,
     password: String,
+    unsuccessful_login_max_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    unsuccessful_login_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    unsuccessful_login_lock_duration: Duration,
 }
 
 impl Default for Settings {
@@ -45,7 +58,47 @@ impl Default for Settings {
             listen: "127.0.0.1:8081".parse().expect("valid address"),
             username: "admin".into(),
             password: DEFAULT_PASSWORD.into(),
+            unsuccessful_login_max_attempts: 5,
+            unsuccessful_login_interval: Duration::from_secs(5 * 60),
+            unsuccessful_login_lock_duration: Duration::from_secs(10 * 60),
         }
+    }
+}
+
+/// A duration as `10s`, `5m`, `1h`, or a number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(secs) => Ok(Duration::from_secs(secs)),
+        Raw::Text(text) => humantime::parse_duration(text.trim())
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (use e.g. 30s, 5m, 1h)"))),
+    }
+}
+
+impl Settings {
+    /// The lock-out policy, checked.
+    fn login_policy(&self) -> Result<login_limit::Policy, String> {
+        if self.unsuccessful_login_max_attempts == 0 {
+            return Err("management.unsuccessful_login_max_attempts must be at least 1".into());
+        }
+        for (key, value) in [
+            ("unsuccessful_login_interval", self.unsuccessful_login_interval),
+            ("unsuccessful_login_lock_duration", self.unsuccessful_login_lock_duration),
+        ] {
+            if value.is_zero() {
+                return Err(format!("management.{key} must be longer than 0s"));
+            }
+        }
+        Ok(login_limit::Policy {
+            max_attempts: self.unsuccessful_login_max_attempts,
+            interval: self.unsuccessful_login_interval,
+            lock_duration: self.unsuccessful_login_lock_duration,
+        })
     }
 }
 
@@ -58,17 +111,30 @@ pub struct Management {
 impl Plugin for Management {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        if settings.password == DEFAULT_PASSWORD {
+        let password = password::Password::parse(&settings.password)?;
+        let policy = settings.login_policy()?;
+        // A hash of the default password is the default password too.
+        if password.verify(DEFAULT_PASSWORD) {
             host.warn(&format!(
                 "the management API uses the default password for {:?}; set management.password \
                  (BROKER_MANAGEMENT__PASSWORD)",
                 settings.username
             ));
         }
-        let app = api::router(host, api::Credentials { username: settings.username, password: settings.password });
+        let auth = auth::Auth::new(host, &settings.username, password, policy);
+        let app = api::router(host, auth);
         let server = HttpServer::start(NAME, host, settings.listen, app)?;
         host.info(&format!("management API listening on http://{}/api/v4/", server.addr()));
         Ok(Management { host, server })
+    }
+
+    fn ctl(&self, args: &[String]) -> Result<String, String> {
+        match args {
+            [verb, password] if verb == "hash-password" => password::hash(password).map_err(|e| e.to_string()),
+            _ => Err("usage: broker ctl management hash-password PASSWORD   (prints an Argon2id hash for \
+                      management.password)"
+                .to_owned()),
+        }
     }
 
     fn stop(self) {
@@ -86,6 +152,6 @@ declare_plugin!(
         kind: PluginKind::Plugin,
         hooks: HookMask(0),
         priority: 0,
-        ctl_command: None,
+        ctl_command: Some("management"),
     }
 );
