@@ -395,10 +395,10 @@ pub const LOG_DEBUG: u32 = 4;
 ///
 /// Re-entrancy: what a plugin may call, and from where.
 ///
-/// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe` | `list_plugins`, `ctl` |
+/// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe`, `list_plugins` | `ctl` |
 /// |---|---|---|
 /// | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
-/// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading, unloading or listing waits for hook calls in flight, this one included; hand it to your own thread |
+/// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
 /// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 /// | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 /// | the plugin's own threads, between `init` and `stop` | yes | yes |

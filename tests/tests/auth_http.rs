@@ -565,7 +565,8 @@ fn a_dead_service_denies_or_is_ignored_as_configured() {
     };
     // The broker logs each refusal after the plugin answered it.
     wait_until("three refusals logged", || {
-        (broker.logs().iter().filter(|l| l.contains("authentication denied")).count() == 3).then_some(())
+        let refused = |l: &&String| l.contains("connection refused") && l.contains("client_id=\"dead-");
+        (broker.logs().iter().filter(refused).count() == 3).then_some(())
     });
     assert_eq!(failed(&broker, "auth_req"), 1, "one line for the burst of three");
     let status = dir.ctl(&["auth_http", "status"]).ok();

@@ -289,6 +289,9 @@ async fn rumqttc_over_secure_websocket_talks_to_tcp_clients() {
     let broker = start(&dir, &env);
     let wss = broker.logged_addr("wss listener on ");
 
+    // rumqttc builds its rustls config from the process-wide provider; this test binary links
+    // rustls with both aws-lc-rs and ring (through its dependencies), so one is chosen here.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut options = ws_options("wss-client", format!("wss://{wss}/secure-mqtt"));
     let ca = std::fs::read(&pki.ca).unwrap();
     options.set_transport(Transport::Wss(TlsConfiguration::Simple { ca, alpn: None, client_auth: None }));

@@ -82,9 +82,9 @@ impl PluginContext {
 /// What a call from a stopped plugin's left-over thread gets (with `STATUS_UNAVAILABLE`).
 const STOPPED: &str = "the plugin was stopped: the host serves no call made after its stop";
 
-/// What `ctl` and `list_plugins` from inside a call into a plugin get.
-const WOULD_DEADLOCK: &str = "not from init, stop, a hook or a command: loading, unloading and \
-listing plugins wait for those calls to end; call it from a thread of your own";
+/// What `ctl` from inside a call into a plugin gets.
+const WOULD_DEADLOCK: &str = "not from init, stop, a hook or a command: loading and unloading \
+plugins wait for those calls to end; call it from a thread of your own";
 
 /// Returns `STATUS_UNAVAILABLE` (writing why to `$out`, if given) when the plugin was stopped.
 macro_rules! refuse_if_stopped {
@@ -231,11 +231,8 @@ unsafe extern "C" fn list_plugins(ctx: *const c_void, out: RawWriter) -> Status 
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
     refuse_if_stopped!(context, out);
-    if in_plugin_call() {
-        // SAFETY: the writer is alive during this call.
-        unsafe { out.write_str(WOULD_DEADLOCK) };
-        return abi::STATUS_UNAVAILABLE;
-    }
+    // Safe from anywhere: listing takes the manager's state lock only briefly, never while a
+    // plugin is called into.
     let (status, text) = match manager(context) {
         Ok(manager) => (abi::STATUS_OK, serde_json::to_string(&manager.list()).unwrap_or_default()),
         Err(e) => (abi::STATUS_UNAVAILABLE, e),
