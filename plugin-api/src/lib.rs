@@ -73,6 +73,7 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 
 pub mod abi;
+pub mod duration;
 pub mod emqx;
 mod event;
 #[doc(hidden)]

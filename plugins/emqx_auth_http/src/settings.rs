@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::params::{Params, ParamsError};
 
@@ -103,13 +103,13 @@ struct RawSettings {
     auth_req: RawRequest,
     super_req: RawRequest,
     acl_req: RawRequest,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     connect_timeout: Duration,
     pool_size: usize,
     cache_max_size: usize,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     cache_ttl: Duration,
     ssl: Ssl,
 }
@@ -298,28 +298,6 @@ fn request(kind: Kind, raw: RawRequest) -> Result<Option<Request>, SettingsError
         params,
         deny_on_error: raw.deny_on_error.unwrap_or(kind.default_deny_on_error()),
     }))
-}
-
-/// Parses `5s`, `500ms`, `1m`, or a number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 5s, 500ms, 1m)"))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(secs) => Ok(Duration::from_secs(secs)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 use plugin_http::HttpServer;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 const NAME: &str = "emqx_management";
 const DEFAULT_PASSWORD: &str = "public";
@@ -46,9 +46,9 @@ struct Settings {
     username: String,
     password: String,
     unsuccessful_login_max_attempts: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     unsuccessful_login_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     unsuccessful_login_lock_duration: Duration,
 }
 
@@ -62,21 +62,6 @@ impl Default for Settings {
             unsuccessful_login_interval: Duration::from_secs(5 * 60),
             unsuccessful_login_lock_duration: Duration::from_secs(10 * 60),
         }
-    }
-}
-
-/// A duration as `10s`, `5m`, `1h`, or a number of seconds.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(secs) => Ok(Duration::from_secs(secs)),
-        Raw::Text(text) => humantime::parse_duration(text.trim())
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (use e.g. 30s, 5m, 1h)"))),
     }
 }
 

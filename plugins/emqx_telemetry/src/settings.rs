@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Where EMQX 4.x sends its reports.
 pub const DEFAULT_URL: &str = "https://telemetry.emqx.io/api/telemetry";
@@ -19,13 +19,13 @@ pub struct Settings {
     /// Where reports are POSTed.
     pub url: String,
     /// Time between reports: `10s`, `5m`, `7d`, or seconds as a number.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     pub report_interval: Duration,
     /// Time from start to the first report.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     pub first_report_delay: Duration,
     /// Longest a report may take before it counts as failed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     pub timeout: Duration,
 }
 
@@ -49,28 +49,6 @@ impl Settings {
     }
 }
 
-/// Parses `10s`, `5m`, `7d`, `1h 30m`, or a number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 10s, 5m, 7d)"))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(secs) => Ok(Duration::from_secs(secs)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
-
 /// Whether `DO_NOT_TRACK` (<https://consoledonottrack.com>) asks us not to report.
 pub fn do_not_track() -> bool {
     std::env::var("DO_NOT_TRACK").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
@@ -79,15 +57,6 @@ pub fn do_not_track() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
-        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn settings_from_json() {
