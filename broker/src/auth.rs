@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::BoolOrText;
+
 pub(crate) use failures::Failures;
 
 /// `allow_anonymous`: what happens to a client no authentication plugin vouched for.
@@ -78,12 +80,6 @@ impl Serialize for AllowAnonymous {
 
 impl<'de> Deserialize<'de> for AllowAnonymous {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum BoolOrText {
-            Bool(bool),
-            Text(String),
-        }
         match BoolOrText::deserialize(d)? {
             BoolOrText::Bool(true) => Ok(AllowAnonymous::Yes),
             BoolOrText::Bool(false) => Ok(AllowAnonymous::No),

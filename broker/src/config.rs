@@ -186,14 +186,17 @@ fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
     })
 }
 
+/// A setting written as a TOML boolean or as text (an environment variable is always text):
+/// what [`on_off`] and `allow_anonymous` read before they tell the values apart.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum BoolOrText {
+    Bool(bool),
+    Text(String),
+}
+
 /// A boolean setting that also takes EMQX's `on` / `off`.
 fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum BoolOrText {
-        Bool(bool),
-        Text(String),
-    }
     match BoolOrText::deserialize(d)? {
         BoolOrText::Bool(b) => Ok(b),
         BoolOrText::Text(t) => match t.trim() {
