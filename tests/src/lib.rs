@@ -472,3 +472,38 @@ pub fn mosquitto(program: &str) -> Command {
 pub fn recorded_events(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
+
+/// A client of `emqx_management`'s REST API at `base` (`http://127.0.0.1:PORT`).
+pub struct ManagementApi {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl ManagementApi {
+    /// A client of the API at `base`, over a default HTTP client.
+    pub fn new(base: String) -> ManagementApi {
+        ManagementApi { base, http: reqwest::Client::new() }
+    }
+
+    /// Calls `method path` with HTTP basic `auth` (none when `None`) and a JSON `body`;
+    /// the status and the JSON answer (which must be JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some((user, password)) = auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("API reachable");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body for {path}: {text:?}")))
+    }
+}

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
-use e2e::{mosquitto, options, recorded_events, wait_until, Broker, Client, DataDir};
+use e2e::{mosquitto, options, recorded_events, wait_until, Broker, Client, DataDir, ManagementApi};
 use reqwest::{Method, StatusCode};
 use rumqttc::{ConnectReturnCode, Event, Packet, QoS, SubscribeReasonCode};
 use serde_json::{json, Value};
@@ -244,23 +244,8 @@ async fn ctl_changes_take_effect_for_the_next_connect() {
     assert!(!dir.read("emqx_auth_mnesia.json").contains(PASSWORD));
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).basic_auth("admin", Some("s3cret"));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("API reachable");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body for {path}: {text:?}")))
-    }
-}
+/// The management API login the tests set.
+const ADMIN: Option<(&str, &str)> = Some(("admin", "s3cret"));
 
 /// EMQX 4.3's `/api/v4/auth_username` and `/api/v4/auth_clientid`: list, add, look up,
 /// update, delete, in EMQX's JSON (`{"code":0,"data":...}`), never a password; failures
@@ -277,45 +262,48 @@ async fn the_management_api_manages_logins() {
         ],
     );
     let addr = broker.logged_addr("management API listening on http://");
-    let api = Api { base: format!("http://{addr}"), http: reqwest::Client::new() };
+    let api = ManagementApi::new(format!("http://{addr}"));
 
     for (kind, field) in [("auth_username", "username"), ("auth_clientid", "clientid")] {
         let path = format!("/api/v4/{kind}");
-        let (status, body) = api.call(Method::POST, &path, Some(json!({field: "dev-1", "password": PASSWORD}))).await;
+        let (status, body) =
+            api.call(Method::POST, &path, ADMIN, Some(json!({field: "dev-1", "password": PASSWORD}))).await;
         assert_eq!((status, &body), (StatusCode::OK, &json!({"code": 0})), "{kind}");
-        let (status, body) = api.call(Method::POST, &path, Some(json!({field: "dev-1", "password": "x"}))).await;
+        let (status, body) = api.call(Method::POST, &path, ADMIN, Some(json!({field: "dev-1", "password": "x"}))).await;
         assert_eq!((status, body["code"].as_u64()), (StatusCode::CONFLICT, Some(409)), "{kind}: {body}");
-        let (status, body) = api.call(Method::POST, &path, Some(json!({field: "dev-2"}))).await;
+        let (status, body) = api.call(Method::POST, &path, ADMIN, Some(json!({field: "dev-2"}))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{kind}: {body}");
 
-        let (status, body) = api.call(Method::GET, &path, None).await;
+        let (status, body) = api.call(Method::GET, &path, ADMIN, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["code"], 0);
         assert_eq!(body["data"][0][field], "dev-1", "{body}");
         assert_eq!(body["meta"]["count"], 1, "{body}");
-        let (status, one) = api.call(Method::GET, &format!("{path}/dev-1"), None).await;
+        let (status, one) = api.call(Method::GET, &format!("{path}/dev-1"), ADMIN, None).await;
         assert_eq!((status, &one["data"][field]), (StatusCode::OK, &json!("dev-1")), "{one}");
         for answer in [&body, &one] {
             let text = answer.to_string();
             assert!(!text.contains("password") && !text.contains(PASSWORD), "{text}");
         }
-        let (status, _) = api.call(Method::GET, &format!("{path}/nobody"), None).await;
+        let (status, _) = api.call(Method::GET, &format!("{path}/nobody"), ADMIN, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     // The API's users log in; an update changes the password; a delete refuses them.
     assert_eq!(connack5(&broker, "c1", Some(("dev-1", PASSWORD))), v5::ConnectReturnCode::Success);
     assert_eq!(connack4(&broker, "dev-1", Some(("x", PASSWORD))), ConnectReturnCode::Success);
-    let (status, body) = api.call(Method::PUT, "/api/v4/auth_username/dev-1", Some(json!({"password": WRONG}))).await;
+    let (status, body) =
+        api.call(Method::PUT, "/api/v4/auth_username/dev-1", ADMIN, Some(json!({"password": WRONG}))).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})));
     assert_eq!(connack5(&broker, "c2", Some(("dev-1", PASSWORD))), v5::ConnectReturnCode::BadUserNamePassword);
     assert_eq!(connack5(&broker, "c3", Some(("dev-1", WRONG))), v5::ConnectReturnCode::Success);
-    let (status, _) = api.call(Method::PUT, "/api/v4/auth_username/nobody", Some(json!({"password": "x"}))).await;
+    let (status, _) =
+        api.call(Method::PUT, "/api/v4/auth_username/nobody", ADMIN, Some(json!({"password": "x"}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     for kind in ["auth_username", "auth_clientid"] {
-        let (status, body) = api.call(Method::DELETE, &format!("/api/v4/{kind}/dev-1"), None).await;
+        let (status, body) = api.call(Method::DELETE, &format!("/api/v4/{kind}/dev-1"), ADMIN, None).await;
         assert_eq!((status, body), (StatusCode::OK, json!({"code": 0})), "{kind}");
-        let (status, _) = api.call(Method::DELETE, &format!("/api/v4/{kind}/dev-1"), None).await;
+        let (status, _) = api.call(Method::DELETE, &format!("/api/v4/{kind}/dev-1"), ADMIN, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{kind}");
     }
     assert_eq!(connack5(&broker, "c4", Some(("dev-1", WRONG))), v5::ConnectReturnCode::NotAuthorized);

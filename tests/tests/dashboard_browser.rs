@@ -47,11 +47,46 @@ fn ensure_playwright() {
     assert!(status.success(), "npm ci failed in {}", browser_dir().display());
 }
 
-#[test]
-fn stop_telemetry_from_the_plugins_page() {
+/// Debian's Chromium (or `$CHROMIUM`), checked, with playwright-core installed: what every
+/// browser test needs first.
+fn chromium() -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
     ensure_playwright();
+    chromium
+}
+
+/// Runs `tests/browser/<script>` with `args` in Node against `chromium`, calling `on_ready`
+/// when the script prints `READY`; fails the test if the script fails, and returns the JSON
+/// of its last line (what it saw).
+fn run_script(script: &str, args: &[String], chromium: &str, mut on_ready: impl FnMut()) -> Value {
+    let mut child = Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .env("CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is needed for the browser test");
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.expect("the script's output");
+        if line == "READY" {
+            on_ready();
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let output = child.wait_with_output().expect("the script ends");
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn stop_telemetry_from_the_plugins_page() {
+    let chromium = chromium();
 
     let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n{emqx_telemetry, true}.\n");
     let api = format!("127.0.0.1:{}", free_port());
@@ -69,33 +104,16 @@ fn stop_telemetry_from_the_plugins_page() {
     let _ = std::fs::remove_file(&screenshot);
     let _ = std::fs::remove_file(&overview);
 
-    let mut script = Command::new("node")
-        .arg(browser_dir().join("dashboard.mjs"))
-        .arg(format!("http://{dashboard}/"))
-        .args(["admin", "public"])
-        .arg(&screenshot)
-        .arg(&overview)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node is needed for the browser test");
     // The script says READY when the chart has its first rate; then the clients publish.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut stdout = String::new();
-    for line in BufReader::new(script.stdout.take().unwrap()).lines() {
-        let line = line.expect("the script's output");
-        if line == "READY" {
-            runtime.block_on(burst(&broker));
-        }
-        stdout.push_str(&line);
-        stdout.push('\n');
-    }
-    let output = script.wait_with_output().expect("the script ends");
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let last = stdout.lines().last().unwrap_or_default();
-    let seen: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+    let args = [
+        format!("http://{dashboard}/"),
+        "admin".into(),
+        "public".into(),
+        screenshot.display().to_string(),
+        overview.display().to_string(),
+    ];
+    let seen = run_script("dashboard.mjs", &args, &chromium, || runtime.block_on(burst(&broker)));
 
     // The chart's figures moved with the traffic.
     let figure = |when: &str, key: &str| -> f64 {
@@ -128,9 +146,7 @@ fn stop_telemetry_from_the_plugins_page() {
 
 #[test]
 fn the_websocket_page_talks_mqtt_to_the_ws_listener() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
-    ensure_playwright();
+    let chromium = chromium();
 
     // hook_recorder tells when mosquitto_sub's subscription is in place.
     let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n{hook_recorder, true}.\n");
@@ -164,36 +180,22 @@ fn the_websocket_page_talks_mqtt_to_the_ws_listener() {
             .then_some(())
     });
 
-    let mut script = Command::new("node")
-        .arg(browser_dir().join("websocket.mjs"))
-        .arg(format!("http://{dashboard}/"))
-        .args(["admin", "public", &ws.port().to_string()])
-        .arg(&screenshot)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node is needed for the browser test");
     // The script says READY when the page saw its own message; then a TCP client publishes.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut stdout = String::new();
-    for line in BufReader::new(script.stdout.take().unwrap()).lines() {
-        let line = line.expect("the script's output");
-        if line == "READY" {
-            runtime.block_on(async {
-                let mut client = Client::connect(&broker, "tcp-publisher").await;
-                client.publish_acked("browser/from-tcp", QoS::AtLeastOnce, "hello from tcp").await;
-                client.disconnect().await;
-            });
-        }
-        stdout.push_str(&line);
-        stdout.push('\n');
-    }
-    let output = script.wait_with_output().expect("the script ends");
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+    let args = [
+        format!("http://{dashboard}/"),
+        "admin".into(),
+        "public".into(),
+        ws.port().to_string(),
+        screenshot.display().to_string(),
+    ];
+    let seen = run_script("websocket.mjs", &args, &chromium, || {
+        runtime.block_on(async {
+            let mut client = Client::connect(&broker, "tcp-publisher").await;
+            client.publish_acked("browser/from-tcp", QoS::AtLeastOnce, "hello from tcp").await;
+            client.disconnect().await;
+        })
+    });
 
     // Prefilled as EMQX's page is: this host, port 8083, path /mqtt.
     assert_eq!(seen["prefilled"]["host"], "127.0.0.1", "{seen}");
@@ -214,9 +216,7 @@ fn the_websocket_page_talks_mqtt_to_the_ws_listener() {
 
 #[test]
 fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (.ci/run does)");
-    ensure_playwright();
+    let chromium = chromium();
 
     let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n");
     let api = format!("127.0.0.1:{}", free_port());
@@ -231,19 +231,8 @@ fn another_origin_cannot_read_the_api_and_the_page_is_locked_down() {
         ],
     );
     let dashboard = broker.logged_addr("dashboard listening on http://");
-    let output = Command::new("node")
-        .arg(browser_dir().join("cross_origin.mjs"))
-        .arg(format!("http://{dashboard}/"))
-        .arg(format!("http://{api}"))
-        .args(["admin", "s3cret"])
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .output()
-        .expect("node is needed for the browser test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the script's JSON ({e}): {stdout}"));
+    let args = [format!("http://{dashboard}/"), format!("http://{api}"), "admin".into(), "s3cret".into()];
+    let seen = run_script("cross_origin.mjs", &args, &chromium, || {});
 
     // The other origin's page can fetch its own origin, but not read the API: CORS stops it.
     assert_eq!(seen["ownOrigin"], 200, "{seen}");

@@ -1,38 +1,19 @@
 //! `emqx_management`'s REST API with a real HTTP client: every endpoint, auth and bad input.
 
-use e2e::{wait_until, Broker, Client, DataDir};
+use e2e::{wait_until, Broker, Client, DataDir, ManagementApi as Api};
 use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
 const PLUGINS: &str = "{emqx_management, true}.\n{emqx_telemetry, true}.\n{emqx_mod_presence, false}.\n";
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+/// Calls as `admin` with the password [`start`] sets.
+trait AsAdmin {
+    async fn get(&self, path: &str) -> (StatusCode, Value);
+    async fn put(&self, path: &str) -> (StatusCode, Value);
 }
 
-impl Api {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        auth: Option<(&str, &str)>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some((user, password)) = auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("API reachable");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body for {path}: {text:?}")))
-    }
-
+impl AsAdmin for Api {
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(("admin", "s3cret")), None).await
     }
@@ -46,7 +27,7 @@ fn start(dir: &DataDir) -> (Broker, Api) {
     let broker =
         Broker::start(dir, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", "s3cret")]);
     let addr = broker.logged_addr("management API listening on http://");
-    (broker, Api { base: format!("http://{addr}"), http: reqwest::Client::new() })
+    (broker, Api::new(format!("http://{addr}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,10 +229,7 @@ async fn a_hashed_password_works_and_its_text_is_refused() {
         &dir,
         &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", hash.as_str())],
     );
-    let api = Api {
-        base: format!("http://{}", broker.logged_addr("management API listening on http://")),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(format!("http://{}", broker.logged_addr("management API listening on http://")));
     let (status, body) = api.call(Method::GET, "/api/v4/brokers", Some(("admin", "hunter2")), None).await;
     assert_eq!((status, body["code"].clone()), (StatusCode::OK, json!(0)));
     // Again (answered from the cache of verified logins), and the wrong ones are refused.
