@@ -1,12 +1,14 @@
 //! Durations in a plugin's config table, as EMQX writes them: `5s`, `500ms`, `10m`, `1h 30m`,
 //! `7d`, or a bare number of seconds (a TOML integer or a string of digits).
 //!
-//! ```ignore
+//! ```
 //! #[derive(serde::Deserialize)]
 //! struct Settings {
 //!     #[serde(deserialize_with = "plugin_api::duration::deserialize")]
 //!     timeout: std::time::Duration,
 //! }
+//! let settings: Settings = serde_json::from_str(r#"{"timeout": "1m 30s"}"#).unwrap();
+//! assert_eq!(settings.timeout, std::time::Duration::from_secs(90));
 //! ```
 
 use std::time::Duration;
