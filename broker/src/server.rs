@@ -110,6 +110,22 @@ fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The runtime that serves the network: one worker per core.
+///
+/// Tokio's LIFO slot is turned off. With it, a worker runs the task woken last first, so of
+/// two clients whose packets came in one poll of the sockets, the later one was served
+/// first: a PUBLISH routed before a SUBSCRIBE that reached the broker earlier
+/// (`tests/tests/mqtt_ordering.rs`). Without it, woken tasks run in the order they were
+/// woken, which is the order their data arrived. (The setting needs `--cfg tokio_unstable`,
+/// set in `.cargo/config.toml`; a build without it keeps the slot.)
+fn network_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
@@ -127,7 +143,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let zone = settings.mqtt.zone()?;
     let listeners = crate::listener::plan(&settings.listener, zone.max_connections)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = network_runtime()?;
     spawn_driver_watch(runtime.handle().clone())?;
 
     let stats = Arc::new(Stats::new(started.0));
