@@ -78,8 +78,12 @@ pub mod emqx;
 mod event;
 #[doc(hidden)]
 pub mod export;
+#[cfg(test)]
+mod guarded;
 mod host;
 mod info;
+#[cfg(test)]
+mod test_host;
 pub mod topic;
 
 pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};
