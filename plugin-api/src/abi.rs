@@ -293,10 +293,11 @@ unsafe impl Sync for PluginDescriptor {}
 
 /// One hook event. Every string and byte field is valid only during the `on_event` call.
 ///
-/// Fields that do not apply to a hook are empty / zero. A host older than this crate sends a
-/// shorter event (its `size` says so): a plugin copies it with [`RawEvent::read`], which reads
-/// only what `size` covers and gives every later field its default (empty, zero,
-/// [`RawWriter::DISCARD`]), and never makes a reference to the host's struct.
+/// Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
+/// shorter event, ending where its `size` says: read a field only when `size` covers it (C:
+/// `offsetof(RawEvent, f) + sizeof ev->f <= ev->size`) and never copy or reference more than
+/// `size` bytes; a field past `size` has its default (empty, zero, a writer that discards).
+/// In Rust, [`RawEvent::read`] copies an event so.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RawEvent {
@@ -373,7 +374,7 @@ pub struct RawEvent {
 /// It grows as [`RawEvent`] does: fields are only appended, and `size` says how many the
 /// plugin's struct has. `size`, `topic`, `payload` and `qos` are in every message; the host
 /// reads each later field only when `size` covers it and otherwise uses the default its
-/// documentation gives (a plugin built before the field existed keeps working). A host older
+/// documentation gives, so a plugin built before a field existed keeps working. A host older
 /// than a field ignores it. Set `size` to `size_of::<RawMessage>()` (C: `sizeof(RawMessage)`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -451,10 +452,12 @@ pub const LOG_DEBUG: u32 = 4;
 /// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
 /// which the per-connection ACL cache keeps rare.
 ///
-/// A plugin built against a newer `plugin-api` than the host's may get a shorter vtable: it
-/// reads a field only when `size` covers it (see the module's compatibility rules), and never
-/// makes a reference to the whole struct. [`crate::Host`] does this for Rust plugins; its
-/// methods answer `HostError::Unsupported` for a function the host's vtable does not have.
+/// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
+/// where its `size` says: read an entry only when `size` covers it (C:
+/// `offsetof(HostApi, metrics) + sizeof host->metrics <= host->size`) and never copy or
+/// reference more than `size` bytes; an entry past `size` is a function that host does not
+/// have. In Rust, [`crate::Host`] reads the vtable so, and its methods answer
+/// `HostError::Unsupported` for a missing function without calling anything.
 #[repr(C)]
 pub struct HostApi {
     /// `size_of::<HostApi>()` as the host built it.
@@ -740,9 +743,10 @@ pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Forma
     out.finish_non_exhaustive()
 }
 
+/// Prints only the fields `size` covers, naming the functions present. A `&HostApi` must be a
+/// whole one (a host's own vtable); a plugin reads the host's through [`crate::Host`], whose
+/// `Debug` prints it the same way without making a reference to it.
 impl std::fmt::Debug for HostApi {
-    /// Prints only the fields `size` covers (see [`debug_host_api`]'s caveat on references: a
-    /// `&HostApi` must be a whole one; read a host's through [`crate::Host`]).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // SAFETY: a reference is to a whole HostApi, readable for its size (which is at most
         // the whole struct for any vtable built by this crate).

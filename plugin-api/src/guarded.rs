@@ -13,6 +13,7 @@ use std::ptr::NonNull;
 pub(crate) struct Guarded {
     /// The copied bytes; `size` of them, then (natively) the guard page.
     ptr: NonNull<u8>,
+    #[cfg_attr(miri, allow(dead_code))]
     size: usize,
     /// What to free: natively the mapping (start, length); under Miri the allocation's layout.
     #[cfg(not(miri))]
@@ -77,6 +78,7 @@ impl Guarded {
     }
 
     /// How many bytes are readable at [`Guarded::as_ptr`].
+    #[cfg_attr(miri, allow(dead_code))]
     pub(crate) fn size(&self) -> usize {
         self.size
     }
