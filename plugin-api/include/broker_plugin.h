@@ -177,7 +177,7 @@ typedef struct {
 // It grows as [`RawEvent`] does: fields are only appended, and `size` says how many the
 // plugin's struct has. `size`, `topic`, `payload` and `qos` are in every message; the host
 // reads each later field only when `size` covers it and otherwise uses the default its
-// documentation gives (a plugin built before the field existed keeps working). A host older
+// documentation gives, so a plugin built before a field existed keeps working. A host older
 // than a field ignores it. Set `size` to `size_of::<RawMessage>()` (C: `sizeof(RawMessage)`).
 typedef struct {
     // `size_of::<RawMessage>()` as the plugin built it.
@@ -220,10 +220,12 @@ typedef struct {
 // asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
 // which the per-connection ACL cache keeps rare.
 //
-// A plugin built against a newer `plugin-api` than the host's may get a shorter vtable: it
-// reads a field only when `size` covers it (see the module's compatibility rules), and never
-// makes a reference to the whole struct. [`crate::Host`] does this for Rust plugins; its
-// methods answer `HostError::Unsupported` for a function the host's vtable does not have.
+// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
+// where its `size` says: read an entry only when `size` covers it (C:
+// `offsetof(HostApi, metrics) + sizeof host->metrics <= host->size`) and never copy or
+// reference more than `size` bytes; an entry past `size` is a function that host does not
+// have. In Rust, [`crate::Host`] reads the vtable so, and its methods answer
+// `HostError::Unsupported` for a missing function without calling anything.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -293,10 +295,11 @@ typedef Status (*InitFn)(const HostApi *host, RawStr config_json, void **state_o
 
 // One hook event. Every string and byte field is valid only during the `on_event` call.
 //
-// Fields that do not apply to a hook are empty / zero. A host older than this crate sends a
-// shorter event (its `size` says so): a plugin copies it with [`RawEvent::read`], which reads
-// only what `size` covers and gives every later field its default (empty, zero,
-// [`RawWriter::DISCARD`]), and never makes a reference to the host's struct.
+// Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
+// shorter event, ending where its `size` says: read a field only when `size` covers it (C:
+// `offsetof(RawEvent, f) + sizeof ev->f <= ev->size`) and never copy or reference more than
+// `size` bytes; a field past `size` has its default (empty, zero, a writer that discards).
+// In Rust, [`RawEvent::read`] copies an event so.
 typedef struct {
     // `size_of::<RawEvent>()` as the host built it.
     uint32_t size;

@@ -14,6 +14,10 @@
 //!   exists when `offset + len <= size` ([`covers`]). A reader never touches a byte past
 //!   `size`, not even to copy the struct or make a reference to it: the writer's struct may be
 //!   an older, shorter one, and nothing after its end is the reader's to read.
+//! - [`ABI_VERSION`] changes only when an existing field changes meaning or layout. The host
+//!   accepts exactly the versions in [`SUPPORTED_ABI_VERSIONS`].
+//! - Only C-layout data crosses: pointers with lengths, integers. Enum-like values travel as
+//!   integers and unknown values are tolerated by the reader.
 //!
 //! # How the ABI grows, in both directions
 //!
@@ -27,16 +31,13 @@
 //! `plugin-api` runs in an older broker of the same [`ABI_VERSION`], where the functions and
 //! fields that broker lacks answer "unsupported" or read as their defaults (unit tests in
 //! `host.rs` and `export.rs` hand the safe layer an older vtable and event placed right before a
-//! page that faults when read).
+//! page that faults when touched; they pass under Miri too).
 //!
 //! Per struct: [`HostApi`] (host to plugin, read by the plugin through [`crate::Host`]),
 //! [`RawEvent`] (host to plugin, copied with [`RawEvent::read`]), [`RawMessage`] (plugin to host,
 //! copied with [`RawMessage::read`]), [`RawStats`] (the plugin's, filled by the host with
-//! [`RawStats::fill`]) and [`PluginDescriptor`] (plugin to host).
-//! - [`ABI_VERSION`] changes only when an existing field changes meaning or layout. The host
-//!   accepts exactly the versions in [`SUPPORTED_ABI_VERSIONS`].
-//! - Only C-layout data crosses: pointers with lengths, integers. Enum-like values travel as
-//!   integers and unknown values are tolerated by the reader.
+//! [`RawStats::fill`]) and [`PluginDescriptor`] (plugin to host; the host reads a field appended
+//! after the first release only when the descriptor's `size` covers it).
 
 use std::ffi::c_void;
 
