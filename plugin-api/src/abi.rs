@@ -10,11 +10,34 @@
 //! - The first two fields of [`PluginDescriptor`] (`abi_version`, `size`) are frozen forever:
 //!   a host of any version can read them from a plugin of any version and refuse it.
 //! - Every struct carries its own `size`; new fields are only ever appended, and a reader
-//!   uses a field only when `size` says it is there.
+//!   uses a field only when `size` says it is there: a field at `offset` of `len` bytes
+//!   exists when `offset + len <= size` ([`covers`]). A reader never touches a byte past
+//!   `size`, not even to copy the struct or make a reference to it: the writer's struct may be
+//!   an older, shorter one, and nothing after its end is the reader's to read.
 //! - [`ABI_VERSION`] changes only when an existing field changes meaning or layout. The host
 //!   accepts exactly the versions in [`SUPPORTED_ABI_VERSIONS`].
 //! - Only C-layout data crosses: pointers with lengths, integers. Enum-like values travel as
 //!   integers and unknown values are tolerated by the reader.
+//!
+//! # How the ABI grows, in both directions
+//!
+//! | writer of the struct | reader | what happens |
+//! |---|---|---|
+//! | older (shorter) | newer | the reader treats every field past `size` as absent and uses the default the field's documentation gives; a function pointer past `size` is a function the other side does not have, and the safe layer answers [`STATUS_UNSUPPORTED`] / `HostError::Unsupported` instead of calling it |
+//! | newer (longer) | older | the reader knows nothing past its own struct and ignores the rest |
+//!
+//! So a plugin built against an older `plugin-api` runs in a newer broker (`tests/fixtures/old_abi`
+//! is one, written against the first release's structs), and a plugin built against a newer
+//! `plugin-api` runs in an older broker of the same [`ABI_VERSION`], where the functions and
+//! fields that broker lacks answer "unsupported" or read as their defaults (unit tests in
+//! `host.rs` and `export.rs` hand the safe layer an older vtable and event placed right before a
+//! page that faults when touched; they pass under Miri too).
+//!
+//! Per struct: [`HostApi`] (host to plugin, read by the plugin through [`crate::Host`]),
+//! [`RawEvent`] (host to plugin, copied with [`RawEvent::read`]), [`RawMessage`] (plugin to host,
+//! copied with [`RawMessage::read`]), [`RawStats`] (the plugin's, filled by the host with
+//! [`RawStats::fill`]) and [`PluginDescriptor`] (plugin to host; the host reads a field appended
+//! after the first release only when the descriptor's `size` covers it).
 
 use std::ffi::c_void;
 
@@ -47,6 +70,10 @@ pub const STATUS_CONFLICT: Status = 4;
 pub const STATUS_INVALID_ARGUMENT: Status = 5;
 /// The host cannot do it now (it is shutting down).
 pub const STATUS_UNAVAILABLE: Status = 6;
+/// The callee is older than the call: it does not have the function or command asked for (a
+/// host whose [`HostApi`] ends before the function; the safe layer answers it without calling
+/// anything). Unlike [`STATUS_UNAVAILABLE`], asking again will not help.
+pub const STATUS_UNSUPPORTED: Status = 7;
 
 /// `on_event` answer: no opinion, go on with the next plugin (defer / keep).
 pub const HOOK_CONTINUE: u32 = 0;
@@ -267,7 +294,11 @@ unsafe impl Sync for PluginDescriptor {}
 
 /// One hook event. Every string and byte field is valid only during the `on_event` call.
 ///
-/// Fields that do not apply to a hook are empty / zero.
+/// Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
+/// shorter event, ending where its `size` says: read a field only when `size` covers it (C:
+/// `offsetof(RawEvent, f) + sizeof ev->f <= ev->size`) and never copy or reference more than
+/// `size` bytes; a field past `size` has its default (empty, zero, a writer that discards).
+/// In Rust, [`RawEvent::read`] copies an event so.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RawEvent {
@@ -340,6 +371,12 @@ pub struct RawEvent {
 }
 
 /// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
+///
+/// It grows as [`RawEvent`] does: fields are only appended, and `size` says how many the
+/// plugin's struct has. `size`, `topic`, `payload` and `qos` are in every message; the host
+/// reads each later field only when `size` covers it and otherwise uses the default its
+/// documentation gives, so a plugin built before a field existed keeps working. A host older
+/// than a field ignores it. Set `size` to `size_of::<RawMessage>()` (C: `sizeof(RawMessage)`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RawMessage {
@@ -351,9 +388,12 @@ pub struct RawMessage {
     pub payload: RawBytes,
     /// QoS it was stored with.
     pub qos: u8,
+    // Fields below are optional: a host reads them only when `size` covers them. Append new
+    // ones here, each with its default.
     /// Forwarded MQTT 5 properties, as in [`RawEvent::properties`]; empty when none.
+    /// Default: empty.
     pub properties: RawBytes,
-    /// Remaining Message Expiry Interval in seconds; 0 when it never expires.
+    /// Remaining Message Expiry Interval in seconds; 0 when it never expires. Default: 0.
     pub message_expiry: u32,
 }
 
@@ -412,8 +452,14 @@ pub const LOG_DEBUG: u32 = 4;
 /// `client.check_acl` runs on the network thread of the client's connection: a plugin that
 /// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
 /// which the per-connection ACL cache keeps rare.
+///
+/// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
+/// where its `size` says: read an entry only when `size` covers it (C:
+/// `offsetof(HostApi, metrics) + sizeof host->metrics <= host->size`) and never copy or
+/// reference more than `size` bytes; an entry past `size` is a function that host does not
+/// have. In Rust, [`crate::Host`] reads the vtable so, and its methods answer
+/// `HostError::Unsupported` for a missing function without calling anything.
 #[repr(C)]
-#[derive(Debug)]
 pub struct HostApi {
     /// `size_of::<HostApi>()` as the host built it.
     pub size: u32,
@@ -490,3 +536,315 @@ pub struct HostApi {
 unsafe impl Send for HostApi {}
 // SAFETY: as above.
 unsafe impl Sync for HostApi {}
+
+/// Whether a struct whose `size` field reads `size` has the field of `len` bytes at `offset`:
+/// the test every reader of an ABI struct makes before it touches a field (the struct may come
+/// from an older, shorter build).
+pub const fn covers(size: u32, offset: usize, len: usize) -> bool {
+    // `size` is a u32, so `offset + len` cannot overflow for any field that could be covered.
+    offset.saturating_add(len) <= size as usize
+}
+
+/// Reads field `$field` of the `$ty` at `$ptr` (a `*const $ty`) when the struct's declared
+/// `$size` covers it: `Some(value)`, else `None`. Reads the field's bytes and nothing else; no
+/// reference to the whole struct is made. Expands to an `unsafe` call: see [`read_field_at`].
+macro_rules! read_field {
+    ($ptr:expr, $size:expr, $ty:ty, $field:ident) => {
+        $crate::abi::read_field_at::<$ty, _>($ptr, $size, ::std::mem::offset_of!($ty, $field), |s: &$ty| &s.$field)
+    };
+}
+pub(crate) use read_field;
+
+/// The field at `offset` of the struct at `base`, whose declared size is `size`, when the size
+/// covers it. `_field` only names the field's type (use [`read_field!`]).
+///
+/// # Safety
+/// `base` is aligned for `S` and its first `size` bytes are readable and laid out as `S`'s
+/// (an older or newer build of the same struct: fields are only appended).
+pub(crate) unsafe fn read_field_at<S, F: Copy>(
+    base: *const S,
+    size: u32,
+    offset: usize,
+    _field: fn(&S) -> &F,
+) -> Option<F> {
+    if !covers(size, offset, std::mem::size_of::<F>()) {
+        return None;
+    }
+    // SAFETY: the field lies within the first `size` bytes, which the caller promises are
+    // readable; it is aligned as in `S` because `base` is.
+    Some(unsafe { base.cast::<u8>().add(offset).cast::<F>().read() })
+}
+
+/// The `size` field of a struct that starts with it ([`HostApi`], [`RawEvent`], [`RawMessage`],
+/// [`RawStats`]).
+///
+/// # Safety
+/// `base` points to such a struct, of any build, readable for at least 4 bytes.
+unsafe fn declared_size<S>(base: *const S) -> u32 {
+    // SAFETY: `size` is the first field of every such struct, frozen in every build.
+    unsafe { base.cast::<u32>().read() }
+}
+
+impl RawEvent {
+    /// Copies the event at `event`, built by a host of any release, reading only the fields its
+    /// `size` covers. A field the host did not send gets its default: empty strings and bytes,
+    /// zero, [`RawWriter::DISCARD`] for `rewrite`, and a `hook` no [`crate::Hook`] has when even
+    /// that is missing. The copy keeps the host's `size`, so [`crate::Event::from_raw`] still
+    /// tells which fields were sent.
+    ///
+    /// # Safety
+    /// `event` points to a host's event, readable for the `size` bytes its first field declares.
+    /// Its strings are valid during the `on_event` call only; so are the copy's.
+    pub unsafe fn read(event: *const RawEvent) -> RawEvent {
+        // SAFETY: the caller promises a readable event.
+        let size = unsafe { declared_size(event) };
+        macro_rules! field {
+            ($name:ident, $default:expr) => {
+                // SAFETY: `event` is readable for `size` bytes; read_field reads no further.
+                unsafe { read_field!(event, size, RawEvent, $name) }.unwrap_or($default)
+            };
+        }
+        RawEvent {
+            size,
+            hook: field!(hook, u32::MAX),
+            client_id: field!(client_id, RawStr::EMPTY),
+            username: field!(username, RawStr::EMPTY),
+            password: field!(password, RawBytes::EMPTY),
+            peer: field!(peer, RawStr::EMPTY),
+            topic: field!(topic, RawStr::EMPTY),
+            payload: field!(payload, RawBytes::EMPTY),
+            qos: field!(qos, 0),
+            retain: field!(retain, 0),
+            proto_ver: field!(proto_ver, 0),
+            clean_start: field!(clean_start, 0),
+            keepalive: field!(keepalive, 0),
+            packet_id: field!(packet_id, 0),
+            return_code: field!(return_code, 0),
+            expiry_interval: field!(expiry_interval, 0),
+            acl_action: field!(acl_action, 0),
+            reason: field!(reason, RawStr::EMPTY),
+            timestamp_ms: field!(timestamp_ms, 0),
+            properties: field!(properties, RawBytes::EMPTY),
+            message_expiry: field!(message_expiry, 0),
+            sub_options: field!(sub_options, 0),
+            sub_new: field!(sub_new, 0),
+            sockport: field!(sockport, 0),
+            rewrite: field!(rewrite, RawWriter::DISCARD),
+        }
+    }
+}
+
+impl RawMessage {
+    /// Copies the message at `message`, built by a plugin of any release, reading only the
+    /// fields its `size` covers; the optional fields it lacks get their documented defaults.
+    /// `None` when it is too short to hold `topic`, `payload` and `qos`. The copy keeps the
+    /// plugin's `size`.
+    ///
+    /// # Safety
+    /// `message` points to a plugin's message, readable for the `size` bytes its first field
+    /// declares; its strings are valid for as long as the plugin promised (the call).
+    pub unsafe fn read(message: *const RawMessage) -> Option<RawMessage> {
+        // SAFETY: the caller promises a readable message.
+        let size = unsafe { declared_size(message) };
+        macro_rules! field {
+            ($name:ident) => {
+                // SAFETY: `message` is readable for `size` bytes; read_field reads no further.
+                unsafe { read_field!(message, size, RawMessage, $name) }
+            };
+        }
+        Some(RawMessage {
+            size,
+            topic: field!(topic)?,
+            payload: field!(payload)?,
+            qos: field!(qos)?,
+            properties: field!(properties).unwrap_or(RawBytes::EMPTY),
+            message_expiry: field!(message_expiry).unwrap_or(0),
+        })
+    }
+}
+
+impl RawStats {
+    /// Writes these stats into the caller's `out`, each field only when `out`'s `size` covers
+    /// it: a plugin built before a field was appended gets the fields its struct has, and no
+    /// byte after them is touched. `false`, writing nothing, when `out` is shorter than the
+    /// first release's struct (up to `uptime_secs`).
+    ///
+    /// # Safety
+    /// `out` points to a plugin's stats struct, writable for the `size` bytes its first field
+    /// declares.
+    pub unsafe fn fill(&self, out: *mut RawStats) -> bool {
+        // SAFETY: the caller promises `out` is readable for its declared size (at least 4).
+        let size = unsafe { declared_size(out) };
+        macro_rules! put {
+            ($name:ident) => {
+                let offset = std::mem::offset_of!(RawStats, $name);
+                if covers(size, offset, std::mem::size_of::<u64>()) {
+                    // SAFETY: the field lies within the `size` writable bytes, aligned as in
+                    // RawStats; no reference to the plugin's struct is made.
+                    unsafe { out.cast::<u8>().add(offset).cast::<u64>().write(self.$name) };
+                }
+            };
+        }
+        if !covers(size, std::mem::offset_of!(RawStats, uptime_secs), std::mem::size_of::<u64>()) {
+            return false;
+        }
+        put!(connections);
+        put!(messages_received);
+        put!(messages_sent);
+        put!(uptime_secs);
+        put!(connections_max);
+        put!(uptime_ms);
+        true
+    }
+}
+
+/// Prints the vtable at `api` as far as its `size` goes: the data fields it has and the names
+/// of the functions it has, never a byte past `size`.
+///
+/// # Safety
+/// `api` points to a host's vtable, readable for the `size` bytes its first field declares.
+pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    // SAFETY: the caller promises a readable vtable.
+    let size = unsafe { declared_size(api) };
+    macro_rules! field {
+        ($name:ident) => {
+            // SAFETY: `api` is readable for `size` bytes; read_field reads no further.
+            unsafe { read_field!(api, size, HostApi, $name) }
+        };
+    }
+    macro_rules! functions {
+        ($($name:ident),*) => {
+            [$((stringify!($name), field!($name).is_some())),*]
+        };
+    }
+    let functions =
+        functions!(log, publish, stats, list_plugins, ctl, deliver, list_clients, deliver_retained, metrics, subscribe);
+    let mut out = f.debug_struct("HostApi");
+    out.field("size", &size);
+    if let Some(v) = field!(abi_version) {
+        out.field("abi_version", &v);
+    }
+    if let Some(v) = field!(ctx) {
+        out.field("ctx", &v);
+    }
+    if let Some(v) = field!(broker_version) {
+        out.field("broker_version", &v);
+    }
+    if let Some(v) = field!(node_name) {
+        out.field("node_name", &v);
+    }
+    if let Some(v) = field!(data_dir) {
+        out.field("data_dir", &v);
+    }
+    if let Some(v) = field!(started_at_ms) {
+        out.field("started_at_ms", &v);
+    }
+    let present: Vec<&str> = functions.iter().filter(|(_, present)| *present).map(|(name, _)| *name).collect();
+    out.field("functions", &present);
+    out.finish_non_exhaustive()
+}
+
+/// Prints only the fields `size` covers, naming the functions present. A `&HostApi` must be a
+/// whole one (a host's own vtable); a plugin reads the host's through [`crate::Host`], whose
+/// `Debug` prints it the same way without making a reference to it.
+impl std::fmt::Debug for HostApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: a reference is to a whole HostApi, readable for its size (which is at most
+        // the whole struct for any vtable built by this crate).
+        unsafe { debug_host_api(self, f) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+    use crate::guarded::Guarded;
+
+    fn message(size: usize) -> RawMessage {
+        RawMessage {
+            size: size as u32,
+            topic: RawStr::from_static("r/1"),
+            payload: RawBytes { ptr: b"p".as_ptr(), len: 1 },
+            qos: 2,
+            properties: RawBytes { ptr: b"\x01\x01".as_ptr(), len: 2 },
+            message_expiry: 60,
+        }
+    }
+
+    /// The host reads a message from a plugin built when `RawMessage` ended after `qos` (or
+    /// after `properties`): the fields it has, the documented defaults for the rest, and no
+    /// byte past its size (guarded memory). One too short for `qos` is refused.
+    #[test]
+    fn a_shorter_message_from_an_older_plugin_reads_with_defaults() {
+        let read = |size: usize| {
+            let older = Guarded::prefix(&message(size), size);
+            // SAFETY: a message readable for its declared size; the strings are static.
+            unsafe { RawMessage::read(older.as_ptr()) }.map(|m| unsafe {
+                (m.topic.as_str(), m.payload.as_slice(), m.qos, m.properties.as_slice(), m.message_expiry)
+            })
+        };
+        let whole = read(size_of::<RawMessage>());
+        assert_eq!(whole, Some(("r/1", &b"p"[..], 2, &b"\x01\x01"[..], 60)));
+        let no_expiry = read(offset_of!(RawMessage, message_expiry));
+        assert_eq!(no_expiry, Some(("r/1", &b"p"[..], 2, &b"\x01\x01"[..], 0)));
+        let first = read(offset_of!(RawMessage, properties));
+        assert_eq!(first, Some(("r/1", &b"p"[..], 2, &[][..], 0)));
+        assert_eq!(read(offset_of!(RawMessage, payload) + size_of::<RawBytes>()), None, "no qos");
+        assert_eq!(read(8), None, "no topic");
+    }
+
+    /// The host fills a plugin's older, shorter `RawStats` only as far as its size goes (a write
+    /// past it would fault on the guard page), and refuses one shorter than the first release.
+    #[test]
+    fn stats_fill_only_what_the_plugins_struct_has() {
+        let stats = RawStats {
+            size: size_of::<RawStats>() as u32,
+            connections: 1,
+            messages_received: 2,
+            messages_sent: 3,
+            uptime_secs: 4,
+            connections_max: 5,
+            uptime_ms: 4000,
+        };
+        let first = offset_of!(RawStats, connections_max);
+        let older = Guarded::prefix(&RawStats { size: first as u32, ..Default::default() }, first);
+        // SAFETY: stats writable for their declared size.
+        assert!(unsafe { stats.fill(older.as_ptr()) });
+        let read = |offset: usize| {
+            // SAFETY: a field within the first release's fields, all written above.
+            unsafe { older.as_ptr::<u8>().add(offset).cast::<u64>().read() }
+        };
+        let filled = [offset_of!(RawStats, connections), offset_of!(RawStats, uptime_secs)].map(read);
+        assert_eq!(filled, [1, 4]);
+
+        let too_short = offset_of!(RawStats, uptime_secs);
+        let shorter = Guarded::prefix(&RawStats { size: too_short as u32, ..Default::default() }, too_short);
+        // SAFETY: as above.
+        assert!(!unsafe { stats.fill(shorter.as_ptr()) });
+
+        let mut whole = RawStats { size: size_of::<RawStats>() as u32, ..Default::default() };
+        // SAFETY: a whole RawStats.
+        assert!(unsafe { stats.fill(&mut whole) });
+        assert_eq!((whole.connections_max, whole.uptime_ms), (5, 4000));
+    }
+
+    /// An event that is nothing but its `size` and `hook` reads as that hook with every other
+    /// field at its default, and nothing past it is read.
+    #[test]
+    fn the_shortest_event_reads_as_defaults() {
+        #[repr(C, align(8))]
+        struct Head {
+            size: u32,
+            hook: u32,
+        }
+        let head = Guarded::prefix(&Head { size: 8, hook: crate::Hook::ClientConnected as u32 }, 8);
+        // SAFETY: an event readable for its declared 8 bytes.
+        let event = unsafe { RawEvent::read(head.as_ptr()) };
+        assert_eq!((event.size, event.hook, event.topic.len, event.timestamp_ms), (8, 1, 0, 0));
+        // SAFETY: the defaults point to static data.
+        let event = unsafe { crate::Event::from_raw(&event) }.unwrap();
+        assert_eq!((event.client_id, event.sockport, event.message_expiry), ("", None, None));
+    }
+}

@@ -124,6 +124,10 @@ pub struct Event<'a> {
 impl<'a> Event<'a> {
     /// Reads a raw event. Returns `None` for a hook this crate does not know.
     ///
+    /// `raw` must be a whole `RawEvent`: copy the host's with [`RawEvent::read`] first (an
+    /// older host's is shorter; a reference to it would reach past its end). Fields after
+    /// those its `size` covers read as absent.
+    ///
     /// # Safety
     /// Every pointer in `raw` must be valid for `'a`, as the host guarantees during
     /// `on_event`.

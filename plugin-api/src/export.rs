@@ -45,8 +45,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 
 /// The plugin's side of the version check (the host checks the plugin's too): the host must
 /// speak this crate's ABI version and give at least the first release's vtable. Fields added
-/// since are checked where they are used (an older host's `Host::metrics` is an error, not a
-/// crash).
+/// since are checked where they are used: [`Host`] answers `HostError::Unsupported` for a
+/// function an older host's vtable does not have, and reads nothing past its `size`.
 fn check_host(abi_version: u32, size: u32) -> Result<(), String> {
     if abi_version != abi::ABI_VERSION {
         return Err(format!(
@@ -75,13 +75,12 @@ unsafe extern "C" fn init<P: Plugin>(
     error: RawWriter,
 ) -> Status {
     let started = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the host passes a HostApi valid until stop; its first two fields are
-        // frozen, so reading them is sound whatever host built it.
-        let (abi_version, size) = unsafe { ((*host).abi_version, (*host).size) };
-        check_host(abi_version, size)?;
-        // SAFETY: the host passes a HostApi valid until stop, and a config string valid
-        // during this call.
+        // SAFETY: the host passes a HostApi valid until stop, readable for the size its first
+        // field declares (`from_raw` reads nothing else), and a config string valid during
+        // this call.
         let (host, config) = unsafe { (Host::from_raw(host), config_json.as_str()) };
+        let (abi_version, size) = host.vtable_version();
+        check_host(abi_version, size)?;
         let config = match config.trim() {
             "" => Config::default(),
             text => Config::new(serde_json::from_str(text)?),
@@ -105,10 +104,12 @@ unsafe extern "C" fn init<P: Plugin>(
 unsafe extern "C" fn on_event<P: Plugin>(state: *mut c_void, event: *const RawEvent) -> u32 {
     catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: state is the Box<P> made by init, alive until stop; the host only calls
-        // on_event between init and stop. The event is valid during this call.
-        let (plugin, raw) = unsafe { (&*(state as *const P), &*event) };
+        // on_event between init and stop. The event is valid during this call, for the size
+        // it declares (an older host's is shorter: it is copied field by field, never
+        // referenced whole).
+        let (plugin, raw) = unsafe { (&*(state as *const P), RawEvent::read(event)) };
         // SAFETY: the host guarantees the event's fields are valid during this call.
-        match unsafe { Event::from_raw(raw) } {
+        match unsafe { Event::from_raw(&raw) } {
             Some(event) => plugin.on_event(&event).to_raw(),
             None => abi::HOOK_CONTINUE,
         }
@@ -145,7 +146,127 @@ unsafe extern "C" fn stop<P: Plugin>(state: *mut c_void) -> Status {
 
 #[cfg(test)]
 mod tests {
+    use std::mem::offset_of;
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::abi::RawBytes;
+    use crate::guarded::Guarded;
+    use crate::test_host::{self, Calls};
+    use crate::{Hook, HookResult};
+
+    /// What [`Probe`] saw in its last event: topic, sockport, properties, its `replace_topic`
+    /// answer, and whether `Host::metrics` answered `Unsupported`.
+    type Seen = (String, Option<u16>, Vec<u8>, HookResult, bool);
+    static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
+
+    /// A plugin built against this crate, as the glue runs it.
+    struct Probe {
+        host: Host,
+    }
+
+    impl crate::Plugin for Probe {
+        fn init(host: Host, _config: Config) -> Result<Self, crate::BoxError> {
+            Ok(Probe { host })
+        }
+
+        fn on_event(&self, event: &Event<'_>) -> HookResult {
+            let unsupported = matches!(self.host.metrics(), Err(HostError::Unsupported(_)));
+            let seen = (
+                event.topic.to_owned(),
+                event.sockport,
+                event.properties.to_vec(),
+                event.replace_topic("x"),
+                unsupported,
+            );
+            *SEEN.lock().unwrap() = Some(seen);
+            HookResult::Continue
+        }
+    }
+
+    /// A publish event as this crate builds it, with `size` set to `size`.
+    fn publish_event(size: usize) -> RawEvent {
+        RawEvent {
+            size: size as u32,
+            hook: Hook::MessagePublish as u32,
+            client_id: RawStr::from_static("c1"),
+            username: RawStr::EMPTY,
+            password: RawBytes::EMPTY,
+            peer: RawStr::from_static("127.0.0.1:5000"),
+            topic: RawStr::from_static("old/1"),
+            payload: RawBytes::EMPTY,
+            qos: 1,
+            retain: 0,
+            proto_ver: 4,
+            clean_start: 1,
+            keepalive: 60,
+            packet_id: 7,
+            return_code: 0,
+            expiry_interval: 0,
+            acl_action: 0,
+            reason: RawStr::EMPTY,
+            timestamp_ms: 1,
+            properties: RawBytes { ptr: b"\x01\x01".as_ptr(), len: 2 },
+            message_expiry: 0,
+            sub_options: 0,
+            sub_new: 0,
+            sockport: 1883,
+            rewrite: RawWriter::DISCARD,
+        }
+    }
+
+    /// The glue `declare_plugin!` generates, run by a host of the first release: its vtable
+    /// and its events end where that release's did, right before memory that faults (or, under
+    /// Miri, where the allocation ends). The plugin starts, reads the event's first-release
+    /// fields, sees the appended ones as absent, gets `Unsupported` from `Host::metrics`, and
+    /// stops, without a byte past either struct being touched.
+    #[test]
+    fn the_glue_runs_a_plugin_in_a_first_release_host_without_reading_past_its_structs() {
+        let calls = Calls::default();
+        let vtable_size = offset_of!(HostApi, deliver_retained);
+        let vtable = Guarded::prefix(&test_host::vtable(&calls, vtable_size), vtable_size);
+        let mut state = std::ptr::null_mut();
+        let mut error = String::new();
+        // SAFETY: a vtable readable for its size and alive until stop; a writer alive for the call.
+        let status =
+            unsafe { init::<Probe>(vtable.as_ptr(), RawStr::EMPTY, &mut state, RawWriter::for_string(&mut error)) };
+        assert_eq!((status, error.as_str()), (abi::STATUS_OK, ""));
+
+        let event_size = offset_of!(RawEvent, properties);
+        let event = Guarded::prefix(&publish_event(event_size), event_size);
+        // SAFETY: the state init made; an event readable for its size during the call.
+        assert_eq!(unsafe { on_event::<Probe>(state, event.as_ptr()) }, abi::HOOK_CONTINUE);
+        let seen = SEEN.lock().unwrap().take().expect("the plugin saw the event");
+        assert_eq!(seen, ("old/1".to_owned(), None, vec![], HookResult::Continue, true));
+
+        // The same plugin with this crate's whole event sees the appended fields.
+        let whole = publish_event(std::mem::size_of::<RawEvent>());
+        // SAFETY: as above.
+        assert_eq!(unsafe { on_event::<Probe>(state, &whole) }, abi::HOOK_CONTINUE);
+        let seen = SEEN.lock().unwrap().take().expect("the plugin saw the event");
+        assert_eq!(seen, ("old/1".to_owned(), Some(1883), vec![1, 1], HookResult::Replace, true));
+
+        // SAFETY: init's state, stopped once.
+        assert_eq!(unsafe { stop::<Probe>(state) }, abi::STATUS_OK);
+        assert_eq!(calls.take(), Vec::<&str>::new(), "the vtable has no metrics: nothing was called");
+    }
+
+    /// A vtable shorter than the first release's is refused by the glue before the plugin's
+    /// `init` runs, reading nothing past it.
+    #[test]
+    fn the_glue_refuses_a_vtable_shorter_than_the_first_release_reading_nothing_past_it() {
+        let calls = Calls::default();
+        let size = offset_of!(HostApi, node_name);
+        let vtable = Guarded::prefix(&test_host::vtable(&calls, size), size);
+        let mut state = std::ptr::null_mut();
+        let mut error = String::new();
+        // SAFETY: as in the test above.
+        let status =
+            unsafe { init::<Probe>(vtable.as_ptr(), RawStr::EMPTY, &mut state, RawWriter::for_string(&mut error)) };
+        assert_eq!(status, abi::STATUS_ERROR);
+        assert!(error.contains(&format!("host vtable is {size} bytes")), "{error}");
+        assert!(state.is_null());
+    }
 
     #[test]
     fn a_plugin_refuses_a_host_of_another_abi_or_an_older_vtable() {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter};
+use crate::abi::{self, read_field, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter};
 use crate::event::QoS;
 
 /// Log level of a line a plugin writes through the host.
@@ -42,6 +42,11 @@ pub enum HostError {
     /// made where it would wait for itself (see the re-entrancy table of [`crate::abi::HostApi`]).
     #[error("{0}")]
     Unavailable(String),
+    /// The host is older than the call: its vtable ends before the function (a plugin built
+    /// against a newer `plugin-api` than the broker's), or it does not know the command. The
+    /// host was not called; asking again will not help.
+    #[error("{0}")]
+    Unsupported(String),
     /// The host's answer could not be read.
     #[error("unreadable answer from the host: {0}")]
     BadAnswer(String),
@@ -56,6 +61,7 @@ impl HostError {
             HostError::Conflict(_) => abi::STATUS_CONFLICT,
             HostError::InvalidArgument(_) => abi::STATUS_INVALID_ARGUMENT,
             HostError::Unavailable(_) => abi::STATUS_UNAVAILABLE,
+            HostError::Unsupported(_) => abi::STATUS_UNSUPPORTED,
             HostError::Failed(_) | HostError::BadAnswer(_) => abi::STATUS_ERROR,
         }
     }
@@ -169,45 +175,90 @@ fn stopped() -> HostError {
     HostError::Unavailable("the plugin was stopped: the host serves no call made after its stop".to_owned())
 }
 
+/// What a call to a function the host's vtable does not have gets.
+fn unsupported(what: &str) -> HostError {
+    HostError::Unsupported(format!(
+        "this broker is older than the plugin: its host vtable has no {what} (upgrade the broker)"
+    ))
+}
+
 /// The plugin's handle to the host. Cheap to copy. After the plugin's `stop` returned, every
 /// call (but logging) fails with [`HostError::Unavailable`].
-#[derive(Debug, Clone, Copy)]
+///
+/// The host may be older than this crate and give a shorter vtable: `Host` reads each entry
+/// through a raw pointer only when the vtable's `size` covers it, and a method whose function
+/// the host does not have answers [`HostError::Unsupported`] without calling anything (the
+/// getters answer empty, `log` logs nothing). Its `Debug` prints only what the vtable has.
+#[derive(Clone, Copy)]
 pub struct Host {
-    api: &'static HostApi,
+    /// The host's vtable, never dereferenced whole: it may be shorter than `HostApi`.
+    api: *const HostApi,
+    /// The vtable's `size`, as the host declared it.
+    size: u32,
+}
+
+// SAFETY: the host guarantees the vtable is never freed nor changed and that every function is
+// thread-safe (as `HostApi` is Send and Sync); `Host` only reads it.
+unsafe impl Send for Host {}
+// SAFETY: as above.
+unsafe impl Sync for Host {}
+
+/// Field `$field` of the host's vtable when its `size` covers it (`Option`).
+macro_rules! api {
+    ($host:expr, $field:ident) => {
+        // SAFETY: `from_raw`'s caller promised a vtable readable for its `size` bytes, never
+        // freed; read_field reads nothing past `size`.
+        unsafe { read_field!($host.api, $host.size, HostApi, $field) }
+    };
 }
 
 impl Host {
-    /// Wraps the host's vtable.
+    /// Wraps the host's vtable, which may be shorter than this crate's `HostApi` (an older
+    /// host): only its first field, `size`, is read here.
     ///
     /// # Safety
-    /// `api` must point to a `HostApi` that is never freed (the host guarantees this for the
-    /// pointer it passes to `init`).
+    /// `api` must point to a `HostApi` of any release, readable for the `size` bytes its first
+    /// field declares, never freed nor changed (the host guarantees this for the pointer it
+    /// passes to `init`).
     pub unsafe fn from_raw(api: *const HostApi) -> Host {
-        // SAFETY: never freed, as the caller promises.
-        Host { api: unsafe { &*api } }
+        // SAFETY: readable, as the caller promises; `size` is the frozen first field.
+        let size = unsafe { api.cast::<u32>().read() };
+        Host { api, size }
     }
 
-    /// The broker's version.
+    /// The broker's version (empty from a vtable without it).
     pub fn broker_version(&self) -> &str {
         // SAFETY: host strings are valid for the plugin's life.
-        unsafe { self.api.broker_version.as_str() }
+        api!(self, broker_version).map_or("", |s| unsafe { s.as_str() })
     }
 
-    /// The broker's node name, e.g. `emqx@127.0.0.1`.
+    /// The broker's node name, e.g. `emqx@127.0.0.1` (empty from a vtable without it).
     pub fn node_name(&self) -> &str {
         // SAFETY: host strings are valid for the plugin's life.
-        unsafe { self.api.node_name.as_str() }
+        api!(self, node_name).map_or("", |s| unsafe { s.as_str() })
     }
 
-    /// The broker's data directory, where a plugin keeps its files.
+    /// The broker's data directory, where a plugin keeps its files (empty from a vtable
+    /// without it).
     pub fn data_dir(&self) -> &Path {
         // SAFETY: host strings are valid for the plugin's life.
-        Path::new(unsafe { self.api.data_dir.as_str() })
+        Path::new(api!(self, data_dir).map_or("", |s| unsafe { s.as_str() }))
     }
 
-    /// When the broker started.
+    /// When the broker started (the epoch from a vtable without it).
     pub fn started_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.api.started_at_ms)
+        UNIX_EPOCH + Duration::from_millis(api!(self, started_at_ms).unwrap_or(0))
+    }
+
+    /// The vtable's ABI version (0 if even that is missing) and its declared size.
+    pub(crate) fn vtable_version(&self) -> (u32, u32) {
+        (api!(self, abi_version).unwrap_or(0), self.size)
+    }
+
+    /// The opaque host state every function takes back (null from a vtable without it, whose
+    /// functions are then missing too).
+    fn ctx(&self) -> *const std::ffi::c_void {
+        api!(self, ctx).unwrap_or(std::ptr::null())
     }
 
     /// Writes a log line under the plugin's name.
@@ -218,8 +269,10 @@ impl Host {
             Level::Info => abi::LOG_INFO,
             Level::Debug => abi::LOG_DEBUG,
         };
-        // SAFETY: ctx and log are valid for the plugin's life; message outlives the call.
-        unsafe { (self.api.log)(self.api.ctx, level, RawStr::new(message)) }
+        if let Some(log) = api!(self, log) {
+            // SAFETY: ctx and log are valid for the plugin's life; message outlives the call.
+            unsafe { log(self.ctx(), level, RawStr::new(message)) }
+        }
     }
 
     /// Logs at error level.
@@ -249,11 +302,11 @@ impl Host {
     /// `message.publish` and may. Do not publish from your own `message.publish` hook for
     /// every message: that would never end.
     pub fn publish(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Result<(), HostError> {
+        let publish = api!(self, publish).ok_or_else(|| unsupported("publish"))?;
         // SAFETY: ctx and publish are valid for the plugin's life; the borrowed topic and
         // payload outlive the call (the host copies what it keeps).
-        let status = unsafe {
-            (self.api.publish)(self.api.ctx, RawStr::new(topic), RawBytes::new(payload), qos as u8, retain as u8)
-        };
+        let status =
+            unsafe { publish(self.ctx(), RawStr::new(topic), RawBytes::new(payload), qos as u8, retain as u8) };
         match status {
             abi::STATUS_OK => Ok(()),
             abi::STATUS_UNAVAILABLE => Err(stopped()),
@@ -272,11 +325,12 @@ impl Host {
         qos: QoS,
         retain: bool,
     ) -> Result<(), HostError> {
+        let deliver = api!(self, deliver).ok_or_else(|| unsupported("deliver"))?;
         // SAFETY: ctx and deliver are valid for the plugin's life; the borrowed strings
         // outlive the call (the host copies what it keeps).
         let status = unsafe {
-            (self.api.deliver)(
-                self.api.ctx,
+            deliver(
+                self.ctx(),
                 RawStr::new(client_id),
                 RawStr::new(topic),
                 RawBytes::new(payload),
@@ -301,10 +355,7 @@ impl Host {
         filter: &str,
         message: &RetainedMessage<'_>,
     ) -> Result<(), HostError> {
-        let needed = std::mem::offset_of!(HostApi, deliver_retained) + std::mem::size_of::<usize>();
-        if (self.api.size as usize) < needed {
-            return Err(HostError::Failed("this broker cannot deliver retained messages".to_owned()));
-        }
+        let deliver_retained = api!(self, deliver_retained).ok_or_else(|| unsupported("deliver_retained"))?;
         let raw = RawMessage {
             size: std::mem::size_of::<RawMessage>() as u32,
             topic: RawStr::new(message.topic),
@@ -313,10 +364,9 @@ impl Host {
             properties: RawBytes::new(message.properties),
             message_expiry: message.message_expiry.unwrap_or(0),
         };
-        // SAFETY: the size check above says the host's vtable has this function; ctx is
-        // valid for the plugin's life; the borrowed strings and `raw` outlive the call.
-        let status =
-            unsafe { (self.api.deliver_retained)(self.api.ctx, RawStr::new(client_id), RawStr::new(filter), &raw) };
+        // SAFETY: the host's vtable has this function (its size covers it); ctx is valid for
+        // the plugin's life; the borrowed strings and `raw` outlive the call.
+        let status = unsafe { deliver_retained(self.ctx(), RawStr::new(client_id), RawStr::new(filter), &raw) };
         match status {
             abi::STATUS_OK => Ok(()),
             abi::STATUS_UNAVAILABLE => Err(stopped()),
@@ -324,7 +374,7 @@ impl Host {
         }
     }
 
-    /// Current broker statistics.
+    /// Current broker statistics (all zero from a vtable without `stats`).
     pub fn stats(&self) -> Stats {
         // The appended fields start at a value no host writes: a host older than them leaves
         // them so.
@@ -335,9 +385,12 @@ impl Host {
             uptime_ms: UNSET,
             ..Default::default()
         };
+        let Some(stats) = api!(self, stats) else {
+            return Stats::default();
+        };
         // SAFETY: ctx and stats are valid for the plugin's life; raw is a live RawStats
         // whose size field tells the host how much it may write.
-        unsafe { (self.api.stats)(self.api.ctx, &mut raw) };
+        unsafe { stats(self.ctx(), &mut raw) };
         let written = |value: u64| Some(value).filter(|&v| v != UNSET);
         Stats {
             connections: raw.connections,
@@ -355,14 +408,10 @@ impl Host {
     /// `client.connected`. [`HostError::NotFound`] if the client is not connected,
     /// [`HostError::InvalidArgument`] for an invalid filter.
     pub fn subscribe(&self, client_id: &str, filter: &str, qos: QoS) -> Result<(), HostError> {
-        let needed = std::mem::offset_of!(HostApi, subscribe) + std::mem::size_of::<usize>();
-        if (self.api.size as usize) < needed {
-            return Err(HostError::Unavailable("this broker cannot subscribe clients for plugins".to_owned()));
-        }
-        // SAFETY: the size check says the vtable has this function; ctx is valid for the
+        let subscribe = api!(self, subscribe).ok_or_else(|| unsupported("subscribe"))?;
+        // SAFETY: the vtable has this function (its size covers it); ctx is valid for the
         // plugin's life; the strings outlive the call.
-        let status =
-            unsafe { (self.api.subscribe)(self.api.ctx, RawStr::new(client_id), RawStr::new(filter), qos as u8) };
+        let status = unsafe { subscribe(self.ctx(), RawStr::new(client_id), RawStr::new(filter), qos as u8) };
         match status {
             abi::STATUS_OK => Ok(()),
             abi::STATUS_NOT_FOUND => Err(HostError::NotFound(format!("client {client_id} is not connected"))),
@@ -374,14 +423,11 @@ impl Host {
     /// Every counter and gauge the broker keeps, with the time spent in each plugin's hooks
     /// (see [`Metrics`]). For exporters (`emqx_prometheus`) and management plugins.
     pub fn metrics(&self) -> Result<Metrics, HostError> {
-        let needed = std::mem::offset_of!(HostApi, metrics) + std::mem::size_of::<usize>();
-        if (self.api.size as usize) < needed {
-            return Err(HostError::Failed("this broker does not report metrics".to_owned()));
-        }
+        let metrics = api!(self, metrics).ok_or_else(|| unsupported("metrics"))?;
         let mut json = String::new();
-        // SAFETY: the size check says the vtable has this function; ctx is valid for the
+        // SAFETY: the vtable has this function (its size covers it); ctx is valid for the
         // plugin's life; the writer borrows `json` for the call.
-        let status = unsafe { (self.api.metrics)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status = unsafe { metrics(self.ctx(), RawWriter::for_string(&mut json)) };
         if status == abi::STATUS_UNAVAILABLE {
             return Err(HostError::Unavailable(json));
         }
@@ -393,9 +439,10 @@ impl Host {
 
     /// Every plugin the host knows, loaded or not.
     pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
+        let list_plugins = api!(self, list_plugins).ok_or_else(|| unsupported("list_plugins"))?;
         let mut json = String::new();
         // SAFETY: ctx and list_plugins are valid; the writer borrows `json` for the call.
-        let status = unsafe { (self.api.list_plugins)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status = unsafe { list_plugins(self.ctx(), RawWriter::for_string(&mut json)) };
         if status == abi::STATUS_UNAVAILABLE {
             return Err(HostError::Unavailable(json));
         }
@@ -407,9 +454,10 @@ impl Host {
 
     /// The clients connected now.
     pub fn clients(&self) -> Result<Vec<ClientInfo>, HostError> {
+        let list_clients = api!(self, list_clients).ok_or_else(|| unsupported("list_clients"))?;
         let mut json = String::new();
         // SAFETY: ctx and list_clients are valid; the writer borrows `json` for the call.
-        let status = unsafe { (self.api.list_clients)(self.api.ctx, RawWriter::for_string(&mut json)) };
+        let status = unsafe { list_clients(self.ctx(), RawWriter::for_string(&mut json)) };
         if status == abi::STATUS_UNAVAILABLE {
             return Err(HostError::Unavailable(json));
         }
@@ -425,17 +473,142 @@ impl Host {
     /// Do not unload the calling plugin itself from one of its own hooks: the host waits for
     /// hook calls in flight before it stops a plugin.
     pub fn ctl(&self, args: &[&str]) -> Result<String, HostError> {
+        let ctl = api!(self, ctl).ok_or_else(|| unsupported("ctl"))?;
         let args = serde_json::to_string(args).map_err(|e| HostError::BadAnswer(e.to_string()))?;
         let mut out = String::new();
         // SAFETY: ctx and ctl are valid; args outlives the call; the writer borrows `out`.
-        let status = unsafe { (self.api.ctl)(self.api.ctx, RawStr::new(&args), RawWriter::for_string(&mut out)) };
+        let status = unsafe { ctl(self.ctx(), RawStr::new(&args), RawWriter::for_string(&mut out)) };
         match status {
             abi::STATUS_OK => Ok(out),
             abi::STATUS_NOT_FOUND => Err(HostError::NotFound(out)),
             abi::STATUS_CONFLICT => Err(HostError::Conflict(out)),
             abi::STATUS_INVALID_ARGUMENT => Err(HostError::InvalidArgument(out)),
             abi::STATUS_UNAVAILABLE => Err(HostError::Unavailable(out)),
+            abi::STATUS_UNSUPPORTED => Err(HostError::Unsupported(out)),
             _ => Err(HostError::Failed(out)),
         }
+    }
+}
+
+impl std::fmt::Debug for Host {
+    /// The host's vtable as far as its `size` goes: its strings, and the names of the functions
+    /// it has.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// The vtable, printed by `abi::debug_host_api`.
+        struct Api(*const HostApi);
+        impl std::fmt::Debug for Api {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // SAFETY: `from_raw`'s caller promised a vtable readable for its size.
+                unsafe { abi::debug_host_api(self.0, f) }
+            }
+        }
+        f.debug_struct("Host")
+            .field("broker_version", &self.broker_version())
+            .field("node_name", &self.node_name())
+            .field("data_dir", &self.data_dir())
+            .field("api", &Api(self.api))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+    use crate::abi::covers;
+    use crate::guarded::Guarded;
+    use crate::test_host::{self, Calls};
+
+    /// Calls every method of `host` once; returns, for each function that returns a `Result`,
+    /// its name and whether it answered `Unsupported` (the others must have answered `Ok`).
+    fn call_everything(host: &Host) -> Vec<(&'static str, bool)> {
+        let message =
+            RetainedMessage { topic: "t", payload: b"p", qos: QoS::AtLeastOnce, properties: &[], message_expiry: None };
+        host.info("hello");
+        let stats = host.stats();
+        let results: Vec<(&str, Result<(), HostError>)> = vec![
+            ("publish", host.publish("t", b"p", QoS::AtMostOnce, false)),
+            ("list_plugins", host.plugins().map(drop)),
+            ("ctl", host.ctl(&["x"]).map(drop)),
+            ("deliver", host.deliver("c", "t", b"p", QoS::AtMostOnce, false)),
+            ("list_clients", host.clients().map(drop)),
+            ("deliver_retained", host.deliver_retained("c", "f", &message)),
+            ("metrics", host.metrics().map(drop)),
+            ("subscribe", host.subscribe("c", "f", QoS::AtMostOnce)),
+        ];
+        let mut answers = vec![("stats", stats.connections != 3)];
+        for (name, result) in results {
+            match result {
+                Ok(()) => answers.push((name, false)),
+                Err(HostError::Unsupported(text)) => {
+                    assert!(text.contains(&format!("has no {name}")), "{text}");
+                    answers.push((name, true));
+                }
+                Err(other) => panic!("{name}: {other:?}"),
+            }
+        }
+        answers
+    }
+
+    /// A plugin built against this crate, run by an older host whose vtable ends earlier (or
+    /// even one that has only `size` and `abi_version`): each function the vtable has is
+    /// called, each it lacks answers `Unsupported` without being called, the getters read
+    /// only what is there, and `Debug` names only the functions there. The vtable is copied
+    /// into memory that ends at its `size` (a guard page natively, an exact allocation under
+    /// Miri), so a read past it would crash the test.
+    #[test]
+    fn a_newer_plugin_on_an_older_host_gets_unsupported_and_never_reads_past_the_vtable() {
+        let functions = [
+            ("log", offset_of!(HostApi, log)),
+            ("stats", offset_of!(HostApi, stats)),
+            ("publish", offset_of!(HostApi, publish)),
+            ("list_plugins", offset_of!(HostApi, list_plugins)),
+            ("ctl", offset_of!(HostApi, ctl)),
+            ("deliver", offset_of!(HostApi, deliver)),
+            ("list_clients", offset_of!(HostApi, list_clients)),
+            ("deliver_retained", offset_of!(HostApi, deliver_retained)),
+            ("metrics", offset_of!(HostApi, metrics)),
+            ("subscribe", offset_of!(HostApi, subscribe)),
+        ];
+        let sizes = [
+            offset_of!(HostApi, ctx),
+            offset_of!(HostApi, deliver_retained), // the first release
+            offset_of!(HostApi, metrics),
+            offset_of!(HostApi, subscribe),
+            size_of::<HostApi>(),
+        ];
+        let calls = Calls::default();
+        for size in sizes {
+            let older = Guarded::prefix(&test_host::vtable(&calls, size), size);
+            // SAFETY: a vtable readable for its declared size, alive for the test.
+            let host = unsafe { Host::from_raw(older.as_ptr()) };
+            let has = |name: &str| {
+                let offset = functions.iter().find(|(n, _)| *n == name).unwrap().1;
+                covers(size as u32, offset, size_of::<usize>())
+            };
+            for (name, unsupported) in call_everything(&host) {
+                assert_eq!(unsupported, !has(name), "{name} with a vtable of {size} bytes");
+            }
+            let mut expected: Vec<&str> = ["log", "stats", "publish", "list_plugins", "ctl", "deliver"].to_vec();
+            expected.extend(["list_clients", "deliver_retained", "metrics", "subscribe"]);
+            expected.retain(|name| has(name));
+            assert_eq!(calls.take(), expected, "the host functions called, with a vtable of {size} bytes");
+
+            let has_strings = covers(size as u32, offset_of!(HostApi, started_at_ms), 8);
+            let strings = (host.broker_version(), host.node_name(), host.data_dir().to_str().unwrap());
+            assert_eq!(strings, if has_strings { ("9.9.9", "emqx@test", "/data") } else { ("", "", "") });
+            let printed = format!("{host:?}");
+            for (name, _) in functions {
+                assert_eq!(printed.contains(&format!("\"{name}\"")), has(name), "{name} in {printed}");
+            }
+            assert!(printed.contains(&format!("size: {size}")), "{printed}");
+        }
+    }
+
+    #[test]
+    fn unsupported_travels_as_its_own_status() {
+        let error = HostError::Unsupported("no".to_owned());
+        assert_eq!(error.status(), abi::STATUS_UNSUPPORTED);
     }
 }

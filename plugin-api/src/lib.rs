@@ -70,6 +70,14 @@
 //!   maps a fresh copy of it.
 //! - **Panics are caught.** A panic in `init`, a hook, `ctl` or `stop` is caught on the
 //!   plugin's side of the boundary; the host then stops the plugin and marks it failed.
+//! - **Older and newer brokers.** A plugin runs in any broker of the same
+//!   [`abi::ABI_VERSION`], older or newer than the `plugin-api` it was built with: the ABI
+//!   only grows by appending fields, and each side reads only what the other's structs have
+//!   (see [`abi`]'s compatibility rules). In a broker older than the plugin, a [`Host`] method
+//!   whose function that broker lacks answers [`HostError::Unsupported`] (nothing is called),
+//!   and an [`Event`] field that broker does not send reads as absent (`None`, empty, `false`;
+//!   [`Event::replace_topic`] answers `Continue`). Handle `Unsupported` where you use a host
+//!   function added after the first release (`deliver_retained`, `metrics`, `subscribe`).
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 
 pub mod abi;
@@ -78,8 +86,12 @@ pub mod emqx;
 mod event;
 #[doc(hidden)]
 pub mod export;
+#[cfg(test)]
+mod guarded;
 mod host;
 mod info;
+#[cfg(test)]
+mod test_host;
 pub mod topic;
 
 pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};

@@ -50,3 +50,23 @@ async fn a_plugin_built_for_the_first_release_still_runs() {
     let answer = dir.ctl(&["old_abi", "count"]).ok();
     assert_eq!(answer.trim(), "publishes=1 last_topic=old/after connections=1 received=6", "a fresh instance");
 }
+
+/// `RawMessage` grows like the other structs: a plugin built when it ended at `qos` (the
+/// `old_abi` fixture's `retain` command hands `deliver_retained` such a short message, its
+/// `size` saying so) gets its retained message delivered, the missing optional fields taken as
+/// their defaults (no properties, no expiry), where the host used to refuse any message shorter
+/// than its own struct. The subscriber gets it with the retain flag, as MQTT-3.3.1-8 (3.1.1) wants
+/// for a retained message sent because of a new subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_from_a_plugin_with_an_older_shorter_raw_message_is_delivered() {
+    let dir = DataDir::with_plugins("{old_abi, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+    let mut sub = Client::connect(&broker, "short-message-sub").await;
+    sub.subscribe("old/#", QoS::AtLeastOnce).await;
+
+    let answer = dir.ctl(&["old_abi", "retain", "short-message-sub", "old/#"]).ok();
+    assert_eq!(answer.trim(), "delivered");
+    let got = sub.receive(1).await;
+    assert_eq!((got[0].topic.as_str(), &got[0].payload[..], got[0].retain), ("old/retained", &b"kept"[..], true));
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+}

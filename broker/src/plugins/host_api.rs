@@ -182,24 +182,26 @@ fn plugin_message(
 }
 
 unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
-    // SAFETY: our ctx; out points to a RawStats whose size field says how much we may write.
-    let (context, out) = unsafe { (context(ctx), &mut *out) };
+    // SAFETY: our ctx.
+    let context = unsafe { context(ctx) };
     refuse_if_stopped!(context);
-    let size = out.size as usize;
-    if size < std::mem::offset_of!(RawStats, connections_max) {
-        return abi::STATUS_ERROR;
-    }
     let s = context.shared.node.stats_snapshot();
-    out.connections = s.connections;
-    out.messages_received = s.messages_received;
-    out.messages_sent = s.messages_sent;
-    out.uptime_secs = s.uptime_ms / 1000;
-    // Fields appended later: written only when the plugin's RawStats has them.
-    if size >= std::mem::size_of::<RawStats>() {
-        out.connections_max = s.connections_max;
-        out.uptime_ms = s.uptime_ms;
+    let stats = RawStats {
+        size: std::mem::size_of::<RawStats>() as u32,
+        connections: s.connections,
+        messages_received: s.messages_received,
+        messages_sent: s.messages_sent,
+        uptime_secs: s.uptime_ms / 1000,
+        connections_max: s.connections_max,
+        uptime_ms: s.uptime_ms,
+    };
+    // SAFETY: out is the plugin's RawStats (maybe an older, shorter one), writable for the size
+    // its first field declares; `fill` writes only the fields that size covers.
+    if unsafe { stats.fill(out) } {
+        abi::STATUS_OK
+    } else {
+        abi::STATUS_ERROR
     }
-    abi::STATUS_OK
 }
 
 unsafe extern "C" fn subscribe(ctx: *const c_void, client_id: RawStr, filter: RawStr, qos: u8) -> Status {
@@ -293,13 +295,15 @@ unsafe extern "C" fn deliver_retained(
     filter: RawStr,
     message: *const RawMessage,
 ) -> Status {
-    // SAFETY: our ctx; the strings and the message are valid for the call (copied below).
-    let (context, client_id, filter, message) =
-        unsafe { (context(ctx), client_id.as_str(), filter.as_str(), &*message) };
+    // SAFETY: our ctx; the strings are valid for the call (copied below).
+    let (context, client_id, filter) = unsafe { (context(ctx), client_id.as_str(), filter.as_str()) };
     refuse_if_stopped!(context);
-    if (message.size as usize) < std::mem::size_of::<RawMessage>() {
+    // SAFETY: the plugin's message is readable for the size it declares during the call; a
+    // plugin built before an optional field was appended sends a shorter one, and `read`
+    // copies only what that size covers (defaults for the rest).
+    let Some(message) = (unsafe { RawMessage::read(message) }) else {
         return abi::STATUS_ERROR;
-    }
+    };
     // SAFETY: the plugin keeps the message's fields valid for the call.
     let (topic, payload, props) =
         unsafe { (message.topic.as_str(), message.payload.as_slice(), message.properties.as_slice()) };

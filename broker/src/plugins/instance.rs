@@ -99,9 +99,11 @@ impl Instance {
                 self.handle.fail(format!("ctl {out}"));
                 Err((abi::STATUS_ERROR, format!("plugin {} {out}; it has been stopped", self.name())))
             }
-            abi::STATUS_NOT_FOUND | abi::STATUS_CONFLICT | abi::STATUS_INVALID_ARGUMENT | abi::STATUS_UNAVAILABLE => {
-                Err((status, out))
-            }
+            abi::STATUS_NOT_FOUND
+            | abi::STATUS_CONFLICT
+            | abi::STATUS_INVALID_ARGUMENT
+            | abi::STATUS_UNAVAILABLE
+            | abi::STATUS_UNSUPPORTED => Err((status, out)),
             _ => Err((abi::STATUS_ERROR, out)),
         }
     }
