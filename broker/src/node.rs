@@ -265,7 +265,12 @@ impl Node {
 
     /// Hands `message` to every matching session; returns how many. Sessions whose queues it
     /// filled go to `full`, if the publisher can wait.
-    fn route(&self, message: Arc<Message>, publisher: Publisher<'_>, mut full: Option<&mut Vec<Arc<Session>>>) -> usize {
+    fn route(
+        &self,
+        message: Arc<Message>,
+        publisher: Publisher<'_>,
+        mut full: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
         self.router.route(&message.topic, publisher, &mut targets);
         let routed = targets.len();

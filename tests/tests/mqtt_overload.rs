@@ -232,8 +232,7 @@ fn qos0_messages_dropped_under_overload_are_counted() {
 fn clients_publishing_to_each_other_or_themselves_do_not_deadlock() {
     const EACH: usize = 200;
     let dir = DataDir::with_plugins("");
-    let broker =
-        Broker::start(&dir, &[("BROKER_MQTT__MAX_MQUEUE_LEN", "10"), ("BROKER_MQTT__MAX_INFLIGHT", "10")]);
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_MQUEUE_LEN", "10"), ("BROKER_MQTT__MAX_INFLIGHT", "10")]);
     let pairs = [("a", "b"), ("b", "a"), ("c", "c")];
     let stop = Arc::new(AtomicBool::new(false));
     let subscribed = Arc::new(Barrier::new(pairs.len()));
