@@ -183,6 +183,8 @@ struct Connection<T> {
     delivered: Vec<outbound::Delivered>,
     /// Set while overload protection holds the connection's PUBLISHes back.
     congestion: Option<Box<overload::Congestion>>,
+    /// The last wake pulled new messages instead of writing first (see `poll_wake`).
+    write_deferred: bool,
 }
 
 impl<T: Transport> Connection<T> {
@@ -267,6 +269,14 @@ impl<T: Transport> Connection<T> {
             }));
         }
         let pending = self.session.poll_pending(cx.waker());
+        // Writes are batched: when more was queued meanwhile, it is pulled first and written
+        // with what waits (one round at most: a stream of new messages never holds back what
+        // is already encoded).
+        if pending && !self.write_deferred && self.out.len() < OUT_HIGH_WATER {
+            self.write_deferred = true;
+            return Poll::Ready(Wake::Progress);
+        }
+        self.write_deferred = false;
         let was_full = self.out.len() >= OUT_HIGH_WATER;
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Poll::Ready(Wake::Ended(Ended::Io(e)));
