@@ -97,7 +97,8 @@ impl<T: Transport> Connection<T> {
         let result = self.handle_frames(&mut parked, true);
         if let Some(congestion) = self.congestion.as_mut() {
             congestion.forced = false;
-            congestion.parked = parked;
+            // Emptied, the buffer goes: it may have grown to the high-water mark.
+            congestion.parked = if parked.is_empty() { BytesMut::new() } else { parked };
             if congestion.full.is_empty() && congestion.parked.is_empty() {
                 self.congestion = None;
             }
