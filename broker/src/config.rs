@@ -19,7 +19,7 @@ pub use listeners::{
 
 use crate::auth::{AllowAnonymous, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
-use crate::session::QueueLimits;
+use crate::session::{Overflow, QueueLimits};
 
 /// Settings given on the command line; they beat the file and the environment.
 #[derive(Debug, Default, Clone)]
@@ -55,8 +55,13 @@ pub struct MqttSettings {
     /// How long an ACL answer is cached, e.g. `"1m"` (EMQX's `acl_cache_ttl`).
     pub acl_cache_ttl: String,
     /// Most messages waiting in one session (offline, or beyond its inflight window); 0 is
-    /// no limit. When full the oldest QoS 0 message goes first.
+    /// no limit. What a full queue does is `mqueue_overflow`; the oldest QoS 0 message always
+    /// goes first.
     pub max_mqueue_len: usize,
+    /// What a connected client's full queue does with one more QoS 1/2 message:
+    /// `backpressure` (queue it and slow its publishers down, HiveMQ's overload protection)
+    /// or `drop_oldest` (EMQX's). An offline client's full queue always drops the oldest.
+    pub mqueue_overflow: MqueueOverflow,
     /// Keep QoS 0 messages for offline clients too.
     pub mqueue_store_qos0: bool,
     /// How long an MQTT 3.1.1 session with clean session 0 outlives its connection
@@ -86,6 +91,17 @@ pub struct MqttSettings {
     pub max_clientid_len: usize,
 }
 
+/// `mqtt.mqueue_overflow`: what a connected client's full session queue does with one more
+/// QoS 1/2 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqueueOverflow {
+    /// Queue it and slow its publishers down until the queue drains (overload protection).
+    Backpressure,
+    /// Drop the oldest message in the queue (EMQX's behaviour).
+    DropOldest,
+}
+
 impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
@@ -98,6 +114,7 @@ impl Default for MqttSettings {
             acl_cache_max_size: 32,
             acl_cache_ttl: "1m".to_owned(),
             max_mqueue_len: 1000,
+            mqueue_overflow: MqueueOverflow::Backpressure,
             mqueue_store_qos0: true,
             session_expiry_interval: "2h".to_owned(),
             upgrade_qos: false,
@@ -156,7 +173,14 @@ impl MqttSettings {
             max_awaiting_rel: self.max_awaiting_rel,
             connect_timeout: self.connect_timeout(),
             acl_cache: self.acl_cache()?,
-            queue: QueueLimits { max_len: self.max_mqueue_len, store_qos0: self.mqueue_store_qos0 },
+            queue: QueueLimits {
+                max_len: self.max_mqueue_len,
+                store_qos0: self.mqueue_store_qos0,
+                overflow: match self.mqueue_overflow {
+                    MqueueOverflow::Backpressure => Overflow::Backpressure,
+                    MqueueOverflow::DropOldest => Overflow::DropOldest,
+                },
+            },
             session_expiry_v3: expiry.as_secs().min(u64::from(u32::MAX)) as u32,
             upgrade_qos: self.upgrade_qos,
             max_qos: self.max_qos_allowed,

@@ -6,12 +6,15 @@
 //!
 //! Reads and writes go through two buffers the task owns. Both are given back while the
 //! connection is idle, and the task stops reading from a client that does not read what it is
-//! sent (above 64 KiB waiting): a slow client slows itself down, not the broker.
+//! sent (above 64 KiB waiting): a slow client slows itself down, not the broker. A
+//! connection whose PUBLISH filled a subscriber's queue handles no further PUBLISH until that
+//! queue drains (`overload`): a slow subscriber slows its publishers down.
 
 mod acl_cache;
 mod handshake;
 mod inbound;
 mod outbound;
+mod overload;
 mod transport;
 
 use std::collections::HashMap;
@@ -178,6 +181,10 @@ struct Connection<T> {
     now_ms: u64,
     /// Messages just written, for `message.delivered` (kept to reuse its allocation).
     delivered: Vec<outbound::Delivered>,
+    /// Set while overload protection holds the connection's PUBLISHes back.
+    congestion: Option<Box<overload::Congestion>>,
+    /// The last wake pulled new messages instead of writing first (see `poll_wake`).
+    write_deferred: bool,
 }
 
 impl<T: Transport> Connection<T> {
@@ -189,23 +196,27 @@ impl<T: Transport> Connection<T> {
             self.pull_deliveries();
             match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
                 Wake::Progress => {}
-                Wake::Ended(ended) => return ended,
+                Wake::Ended(ended) => return self.end_parked(ended),
             }
         }
     }
 
-    /// Handles every complete packet in the read buffer.
+    /// Handles every complete packet in the read buffer (parked ones first).
     fn handle_input(&mut self) -> Result<(), Ended> {
+        self.handle_parked()?;
         if self.inbound.is_empty() {
             return Ok(());
         }
         let mut buf = std::mem::take(&mut self.inbound);
-        let result = self.handle_frames(&mut buf);
+        let result = self.handle_frames(&mut buf, false);
         self.inbound = buf;
         result
     }
 
-    fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), Ended> {
+    /// Handles the complete frames in `buf`, which holds frames parked before when `parked`
+    /// (see `overload`): those stop at a PUBLISH that must wait; frames just read are parked
+    /// instead while anything is.
+    fn handle_frames(&mut self, buf: &mut BytesMut, parked: bool) -> Result<(), Ended> {
         self.now = Instant::now();
         self.now_ms = crate::now_ms();
         let mut handled = false;
@@ -221,6 +232,17 @@ impl<T: Transport> Connection<T> {
             if buf.len() < header.frame_len() {
                 buf.reserve(header.frame_len() - buf.len());
                 break Ok(());
+            }
+            if !overload::overtakes(header.kind()) {
+                if parked && self.must_wait() {
+                    break Ok(());
+                }
+                if !parked && self.parking() {
+                    self.park(&buf[..header.frame_len()]);
+                    buf.advance(header.frame_len());
+                    handled = true;
+                    continue;
+                }
             }
             handled = true;
             self.node.stats.metrics.packet_received(header.kind(), (header.first_byte >> 1) & 3);
@@ -247,6 +269,14 @@ impl<T: Transport> Connection<T> {
             }));
         }
         let pending = self.session.poll_pending(cx.waker());
+        // Writes are batched: when more was queued meanwhile, it is pulled first and written
+        // with what waits (one round at most: a stream of new messages never holds back what
+        // is already encoded).
+        if pending && !self.write_deferred && self.out.len() < OUT_HIGH_WATER {
+            self.write_deferred = true;
+            return Poll::Ready(Wake::Progress);
+        }
+        self.write_deferred = false;
         let was_full = self.out.len() >= OUT_HIGH_WATER;
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Poll::Ready(Wake::Ended(Ended::Io(e)));
@@ -254,7 +284,10 @@ impl<T: Transport> Connection<T> {
         if pending || (was_full && self.out.len() < OUT_HIGH_WATER) {
             return Poll::Ready(Wake::Progress);
         }
-        if self.out.len() < OUT_HIGH_WATER {
+        if self.congestion.is_some() && self.poll_room(cx) {
+            return Poll::Ready(Wake::Progress);
+        }
+        if self.out.len() < OUT_HIGH_WATER && self.parked_len() < overload::PARK_HIGH_WATER {
             match self.poll_read(cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Wake::Ended(Ended::Closed)),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Wake::Progress),
@@ -305,10 +338,15 @@ impl<T: Transport> Connection<T> {
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
+        // While its input is not read (overload protection), the client is not timed out.
+        let not_read = self.parked_len() >= overload::PARK_HIGH_WATER;
         let (Some(keep_alive), Some(timer)) = (self.keep_alive, self.keep_alive_timer.as_mut()) else {
             return None;
         };
         while timer.as_mut().poll(cx).is_ready() {
+            if not_read {
+                self.last_packet = Instant::now();
+            }
             let deadline = self.last_packet + keep_alive;
             if Instant::now() >= deadline {
                 return Some(Ended::KeepAlive);

@@ -17,7 +17,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
-use crate::session::{QueueLimits, Session, Subscription};
+use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
 use crate::sessions::Sessions;
 use crate::stats::Stats;
 
@@ -69,7 +69,7 @@ impl Default for Zone {
             max_awaiting_rel: 100,
             connect_timeout: Duration::from_secs(15),
             acl_cache: None,
-            queue: QueueLimits { max_len: 1000, store_qos0: true },
+            queue: QueueLimits { max_len: 1000, store_qos0: true, overflow: Overflow::Backpressure },
             session_expiry_v3: 7200,
             upgrade_qos: false,
             max_qos: 2,
@@ -228,7 +228,20 @@ impl Node {
     /// Publishes `message` from `client`: `message.publish` may drop it or replace its topic
     /// (EMQX's `emqx_mod_rewrite`), then it is routed. The broker never retains it (that is
     /// `emqx_retainer`'s job, through the hook).
-    pub(crate) fn publish(&self, mut message: Message, client: &ClientInfo) -> Published {
+    pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
+        self.publish_from(message, client, None)
+    }
+
+    /// [`Node::publish`] from a client connection that overload protection may slow down:
+    /// the sessions whose queues the message filled are added to `full` (see
+    /// [`Session::enqueue`]); the connection waits for them before it handles its next
+    /// PUBLISH. With `None`, the publisher cannot wait.
+    pub(crate) fn publish_from(
+        &self,
+        mut message: Message,
+        client: &ClientInfo,
+        full: Option<&mut Vec<Arc<Session>>>,
+    ) -> Published {
         self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants(Hook::MessagePublish) {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
@@ -242,7 +255,7 @@ impl Node {
             }
         }
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
-        Published::Routed(self.route(Arc::new(message), publisher))
+        Published::Routed(self.route(Arc::new(message), publisher, full))
     }
 
     /// Publishes as the broker itself (plugins' messages, `$SYS`).
@@ -250,8 +263,14 @@ impl Node {
         self.publish(message, &self.broker)
     }
 
-    /// Hands `message` to every matching session; returns how many.
-    fn route(&self, message: Arc<Message>, publisher: Publisher<'_>) -> usize {
+    /// Hands `message` to every matching session; returns how many. Sessions whose queues it
+    /// filled go to `full`, if the publisher can wait.
+    fn route(
+        &self,
+        message: Arc<Message>,
+        publisher: Publisher<'_>,
+        mut full: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
         self.router.route(&message.topic, publisher, &mut targets);
         let routed = targets.len();
@@ -269,8 +288,16 @@ impl Node {
                 retain: message.retain && target.retain_as_published,
                 subscription_ids: target.ids.into_boxed_slice(),
             };
-            if let Some(lost) = target.session.enqueue(delivery, self.zone.queue) {
-                dropped.push((target.session.client_id.clone(), lost));
+            match target.session.enqueue(delivery, self.zone.queue, full.is_some()) {
+                Enqueued::Queued => {}
+                Enqueued::Full => {
+                    if let Some(full) = full.as_deref_mut() {
+                        if !full.iter().any(|s| Arc::ptr_eq(s, &target.session)) {
+                            full.push(target.session);
+                        }
+                    }
+                }
+                Enqueued::Dropped(lost) => dropped.push((target.session.client_id.clone(), lost)),
             }
         }
         TARGETS.with(|t| *t.borrow_mut() = targets);
@@ -284,7 +311,7 @@ impl Node {
     pub(crate) fn deliver(&self, client_id: &str, delivery: Delivery) -> bool {
         match self.sessions.get(client_id).filter(|s| s.is_connected()) {
             Some(session) => {
-                if let Some(lost) = session.enqueue(delivery, self.zone.queue) {
+                if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false) {
                     self.dropped(client_id, &lost.message, DropReason::QueueFull);
                 }
                 true
@@ -310,7 +337,7 @@ impl Node {
             retain: true,
             subscription_ids: subscription.id.into_iter().collect(),
         };
-        if let Some(lost) = session.enqueue(delivery, self.zone.queue) {
+        if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false) {
             self.dropped(client_id, &lost.message, DropReason::QueueFull);
         }
         true
@@ -395,6 +422,7 @@ impl Node {
                 return;
             }
             state.ended = true;
+            state.release_waiting(self.zone.queue);
             state.queue.take();
             state.inflight.take();
             state.awaiting_rel = Vec::new();

@@ -6,6 +6,19 @@
 //! Publishers' tasks [`Session::enqueue`] deliveries and wake the connection task serving the
 //! session; only that task takes them out and writes them. The state is behind one short-held
 //! mutex; no hook ever runs under it.
+//!
+//! Overload protection (`mqtt.mqueue_overflow = "backpressure"`, the default): while a client
+//! is connected, a QoS 1/2 message from a client connection is always queued (its PUBACK is
+//! honest), and when that makes the queue reach `mqtt.max_mqueue_len` the publishing
+//! connection is told to wait ([`Enqueued::Full`]): it registers with
+//! [`Session::wait_for_room`] and is woken once the queue has drained to three quarters of the
+//! limit, or the client went offline, or the session ended. Each waiting connection adds at
+//! most one message over the limit. Publishers that cannot wait (plugins, `$SYS`, wills,
+//! retained messages) may fill the queue up to twice the limit; beyond that their message is
+//! dropped (counted), never one already queued. QoS 0 messages never make a publisher wait:
+//! a full queue drops its oldest QoS 0 message, or the new one. An offline client never
+//! drains its queue, so it keeps the limit by dropping (EMQX's policy), as does
+//! `mqueue_overflow = "drop_oldest"` always.
 
 mod inflight;
 mod queue;
@@ -49,12 +62,49 @@ pub(crate) struct PendingWill {
     pub(crate) at: Instant,
 }
 
-/// How many messages a session may hold waiting (EMQX's `max_mqueue_len`, 0 = no limit), and
-/// whether QoS 0 messages wait for an offline client (`mqueue_store_qos0`).
+/// What a connected client's full queue does with one more QoS 1/2 message
+/// (`mqtt.mqueue_overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// Queue it and slow its publisher down (overload protection).
+    Backpressure,
+    /// Drop the oldest message (EMQX's policy).
+    DropOldest,
+}
+
+/// How many messages a session may hold waiting (EMQX's `max_mqueue_len`, 0 = no limit),
+/// whether QoS 0 messages wait for an offline client (`mqueue_store_qos0`), and what a full
+/// queue does (`mqueue_overflow`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
     pub(crate) max_len: usize,
     pub(crate) store_qos0: bool,
+    pub(crate) overflow: Overflow,
+}
+
+impl QueueLimits {
+    /// Below this many messages a full queue lets the publishers waiting for it go on: a
+    /// quarter of the queue drains between two waits, not one message.
+    fn resume_below(&self) -> usize {
+        self.max_len - self.max_len / 4
+    }
+
+    /// Most messages that publishers which cannot wait may fill a connected client's queue
+    /// with, under backpressure.
+    fn hard_len(&self) -> usize {
+        self.max_len.saturating_mul(2)
+    }
+}
+
+/// What became of a delivery handed to [`Session::enqueue`].
+#[derive(Debug)]
+pub(crate) enum Enqueued {
+    Queued,
+    /// Queued, and the queue is full: a publisher that can wait must, until
+    /// [`Session::wait_for_room`] says there is room.
+    Full,
+    /// This delivery, or another one to make room for it, was dropped.
+    Dropped(Delivery),
 }
 
 /// What the session's mutex guards.
@@ -76,6 +126,35 @@ pub(crate) struct State {
     pub(crate) generation: u64,
     /// The session is over: nothing is queued into it any more.
     pub(crate) ended: bool,
+    /// Publishing connections waiting for the queue to drain (connection id, its task).
+    waiting: Vec<(u64, Waker)>,
+}
+
+impl State {
+    /// Whether publishers must still wait for this queue.
+    fn is_full(&self, limits: QueueLimits) -> bool {
+        limits.overflow == Overflow::Backpressure
+            && limits.max_len > 0
+            && !self.ended
+            && self.attachment.is_some()
+            && self.queue.len() >= limits.resume_below()
+    }
+
+    /// Wakes the publishers waiting for this queue if they need wait no longer (the caller
+    /// took messages out, detached the client or ended the session).
+    pub(crate) fn release_waiting(&mut self, limits: QueueLimits) {
+        if !self.waiting.is_empty() && !self.is_full(limits) {
+            for (_, waker) in self.waiting.drain(..) {
+                waker.wake();
+            }
+            self.waiting = Vec::new();
+        }
+    }
+
+    /// Whether publishing connections wait for this queue.
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
 }
 
 /// One session.
@@ -140,22 +219,65 @@ impl Session {
         }
         state.attachment = None;
         self.connected.store(false, Ordering::Release);
+        // An offline client never drains its queue: nobody waits for it.
+        for (_, waker) in state.waiting.drain(..) {
+            waker.wake();
+        }
+        state.waiting = Vec::new();
         true
     }
 
-    /// Queues a delivery and wakes the connection. Returns what had to be dropped for it
-    /// (the oldest QoS 0 message when the queue is full, or the delivery itself when the
-    /// session is over or keeps no QoS 0 messages while offline).
-    pub(crate) fn enqueue(&self, delivery: Delivery, limits: QueueLimits) -> Option<Delivery> {
-        let dropped = {
+    /// Queues a delivery and wakes the connection. `can_wait` when the publisher is a client
+    /// connection that overload protection may slow down (see the module's doc).
+    pub(crate) fn enqueue(&self, delivery: Delivery, limits: QueueLimits, can_wait: bool) -> Enqueued {
+        let outcome = {
             let mut state = self.lock();
-            if state.ended || (delivery.qos == 0 && !limits.store_qos0 && state.attachment.is_none()) {
-                return Some(delivery);
+            let offline = state.attachment.is_none();
+            if state.ended || (delivery.qos == 0 && !limits.store_qos0 && offline) {
+                return Enqueued::Dropped(delivery);
             }
-            state.queue.push(delivery, limits.max_len)
+            let queue = &mut state.queue;
+            let max = limits.max_len;
+            let dropped = if max == 0 {
+                queue.push(delivery);
+                None
+            } else if offline || limits.overflow == Overflow::DropOldest {
+                queue.push_dropping(delivery, max)
+            } else if delivery.qos == 0 {
+                queue.push_keeping(delivery, max)
+            } else if can_wait {
+                queue.push(delivery);
+                if queue.len() >= max {
+                    drop(state);
+                    self.notify();
+                    return Enqueued::Full;
+                }
+                None
+            } else {
+                queue.push_keeping(delivery, limits.hard_len())
+            };
+            match dropped {
+                Some(lost) => Enqueued::Dropped(lost),
+                None => Enqueued::Queued,
+            }
         };
         self.notify();
-        dropped
+        outcome
+    }
+
+    /// For connection `connection`, told [`Enqueued::Full`] by this session: true while it
+    /// must still wait, and then `waker` is woken when it need wait no longer.
+    pub(crate) fn wait_for_room(&self, connection: u64, waker: &Waker, limits: QueueLimits) -> bool {
+        let mut state = self.lock();
+        if !state.is_full(limits) {
+            return false;
+        }
+        match state.waiting.iter_mut().find(|(id, _)| *id == connection) {
+            Some((_, registered)) if registered.will_wake(waker) => {}
+            Some((_, registered)) => *registered = waker.clone(),
+            None => state.waiting.push((connection, waker.clone())),
+        }
+        true
     }
 
     /// Wakes the connection task: there is something for it.

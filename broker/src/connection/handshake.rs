@@ -263,6 +263,8 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         now,
         now_ms: crate::now_ms(),
         delivered: Vec::new(),
+        congestion: None,
+        write_deferred: false,
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

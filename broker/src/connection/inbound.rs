@@ -163,7 +163,13 @@ impl<T: Transport> Connection<T> {
             }
             return Ok(());
         }
-        let outcome = node.publish(message, &self.client);
+        let mut full = Vec::new();
+        let outcome = node.publish_from(message, &self.client, self.can_wait().then_some(&mut full));
+        if !full.is_empty() {
+            // Overload protection: the message is queued (so acknowledged below), and the
+            // next PUBLISH waits until the queues it filled drain.
+            self.wait_for(full);
+        }
         if ack_kind != 0 {
             let code = match outcome {
                 Published::Routed(0) => reason::NO_MATCHING_SUBSCRIBERS,

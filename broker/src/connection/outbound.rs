@@ -152,6 +152,8 @@ impl<T: Transport> Connection<T> {
                     state.inflight.push(packet_id, delivery);
                 }
             }
+            // Overload protection: publishers waiting for this queue may go on.
+            state.release_waiting(node.zone.queue);
         }
         for (qos, n) in (0u8..).zip(sent) {
             if n > 0 {
