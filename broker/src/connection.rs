@@ -168,7 +168,8 @@ struct Connection<T> {
     /// Authenticated as a superuser: no `client.check_acl` for its publishes and
     /// subscriptions (EMQX's `is_superuser`).
     superuser: bool,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and every byte here is paid by every idle client.
+    will: Option<Box<Will>>,
     /// The CONNECT's Session Expiry Interval was 0: a DISCONNECT may not raise it.
     expiry_was_zero: bool,
     /// The clock for the frames being handled (read once a batch: a clock read a message
@@ -333,7 +334,7 @@ impl<T: Transport> Connection<T> {
         }
         // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:
         // its sessions end with it.
-        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take() };
+        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take().map(|w| *w) };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
         node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
@@ -356,5 +357,19 @@ impl<T: Transport> Connection<T> {
         .await;
         // Counted until its socket is done with: `connections.count` is what is open.
         node.stats.client_disconnected();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection lives inline in its task's future (see `listener::connection_task`):
+    /// each byte of it is paid by every idle client. About 400 bytes; what only some clients
+    /// need (a will, MQTT 5 state that grows) belongs behind a pointer or in an empty collection.
+    #[test]
+    fn a_tcp_connection_stays_small() {
+        let size = std::mem::size_of::<Connection<tokio::net::TcpStream>>();
+        assert!(size <= 512, "Connection<TcpStream> is {size} bytes (limit 512)");
     }
 }
