@@ -263,7 +263,6 @@ mod tests {
     #[test]
     fn a_tcp_connection_task_stays_small() {
         let size = future_size(tcp_task);
-        eprintln!("PROBE {size}");
         assert!(size <= 640, "a TCP connection's task future is {size} bytes (limit 640)");
     }
 }

@@ -14,6 +14,9 @@
 //!   target/release/idle_memory --clients 10000 --concurrency 1
 //!   target/release/idle_memory --clients 10000 --concurrency 200
 //!   target/release/idle_memory --no-plugins      # the broker alone
+//!   target/release/idle_memory --pid 1234 --port 1883 --label mosquitto   # a broker started fresh elsewhere
+//!
+//! The clients live in this process; only the broker's RSS is counted.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -44,6 +47,16 @@ struct Args {
     /// Where `loaded_plugins` and `acl.conf` are copied from.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data"))]
     data: PathBuf,
+    /// Measure a broker that is already running (started fresh by the caller: mosquitto,
+    /// rumqttd, ...) with this process id, listening on `--port`, instead of starting one.
+    #[arg(long, requires = "port")]
+    pid: Option<u32>,
+    /// With `--pid`: the port it listens on (loopback).
+    #[arg(long)]
+    port: Option<u16>,
+    /// A name for the broker in the JSON output.
+    #[arg(long, default_value = "broker")]
+    label: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -172,20 +185,28 @@ impl Checkpoints {
 fn main() {
     let args = Args::parse();
     raise_fd_limit(args.clients);
-    let exe =
-        args.broker.clone().unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("broker"));
     let dir = tempfile::tempdir().expect("temp dir");
-    if args.no_plugins {
-        std::fs::write(dir.path().join("loaded_plugins"), "").expect("loaded_plugins");
-    } else {
-        for file in ["loaded_plugins", "acl.conf"] {
-            std::fs::copy(args.data.join(file), dir.path().join(file))
-                .unwrap_or_else(|e| panic!("copy {}: {e}", args.data.join(file).display()));
+    let (broker, pid, port) = match (args.pid, args.port) {
+        (Some(pid), Some(port)) => (None, pid, port),
+        _ => {
+            let exe = args
+                .broker
+                .clone()
+                .unwrap_or_else(|| std::env::current_exe().expect("own path").with_file_name("broker"));
+            if args.no_plugins {
+                std::fs::write(dir.path().join("loaded_plugins"), "").expect("loaded_plugins");
+            } else {
+                for file in ["loaded_plugins", "acl.conf"] {
+                    std::fs::copy(args.data.join(file), dir.path().join(file))
+                        .unwrap_or_else(|e| panic!("copy {}: {e}", args.data.join(file).display()));
+                }
+            }
+            let port = free_port();
+            let broker = start_broker(&exe, dir.path(), port);
+            let pid = broker.0.id();
+            (Some(broker), pid, port)
         }
-    }
-    let port = free_port();
-    let broker = start_broker(&exe, dir.path(), port);
-    let pid = broker.0.id();
+    };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -203,20 +224,24 @@ fn main() {
     let connect_secs = started.elapsed().as_secs_f64();
     let after = settle(pid, Duration::from_secs(2), Duration::from_secs(60));
     let per_client = (after as f64 - before as f64) / args.clients as f64;
-    let plugins = if args.no_plugins { "no plugins" } else { "default plugins" };
+    let plugins = match (args.pid, args.no_plugins) {
+        (Some(_), _) => "as started by the caller",
+        (None, true) => "no plugins",
+        (None, false) => "default plugins",
+    };
     let seen = checkpoints.seen.lock().expect("checkpoints").clone();
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"scenario": "idle_memory", "plugins": plugins, "clients": args.clients,
+            serde_json::json!({"label": args.label, "scenario": "idle", "plugins": plugins, "clients": args.clients,
                 "concurrency": args.concurrency, "rss_before_kib": before, "rss_after_kib": after,
                 "kib_per_client": (per_client * 100.0).round() / 100.0, "connect_seconds": connect_secs,
                 "rss_on_the_way": seen})
         );
     } else {
         println!(
-            "broker ({plugins}), fresh: {} idle MQTT 3.1.1 clients, {} connecting at a time, in {connect_secs:.1} s",
-            args.clients, args.concurrency
+            "{} ({plugins}), fresh: {} idle MQTT 3.1.1 clients, {} connecting at a time, in {connect_secs:.1} s",
+            args.label, args.clients, args.concurrency
         );
         for (n, rss) in &seen {
             println!(
@@ -225,12 +250,14 @@ fn main() {
             );
         }
         println!("RSS {before} -> {after} KiB (settled): {per_client:.2} KiB a client");
-        println!(
-            "reproduce: cargo build --release --workspace && target/release/idle_memory --clients {} --concurrency {}{}",
-            args.clients,
-            args.concurrency,
-            if args.no_plugins { " --no-plugins" } else { "" }
-        );
+        if args.pid.is_none() {
+            println!(
+                "reproduce: cargo build --release --workspace && target/release/idle_memory --clients {} --concurrency {}{}",
+                args.clients,
+                args.concurrency,
+                if args.no_plugins { " --no-plugins" } else { "" }
+            );
+        }
     }
     drop(streams);
     drop(broker);
