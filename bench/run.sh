@@ -5,13 +5,13 @@
 # Markdown table with the ratios a/c and a/d.
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
-#   IDLE_CLIENTS=10000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS
+#   IDLE_CLIENTS=20000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS (default 10000)
 #   REPS=5 PAYLOAD=64 bench/run.sh     # runs of each scenario (median shown), payload bytes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
-IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 REPS=${REPS:-5}
 PAYLOAD=${PAYLOAD:-64}
 WORK=$(mktemp -d)
@@ -24,7 +24,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Waits (up to 5 s) until process $1 has used no CPU for 100 ms: a broker may still be busy
 # after a run (mosquitto spends up to half a second cleaning up), and that work must not fall
@@ -106,13 +105,10 @@ for target in a b c d; do
   rm -rf "${WORK:?}/$target"
   port=$(free_port)
   start_target "$target" "$port"
-  before=$(rss_kib "$TARGET_PID")
-  timeout 120 "$BIN/bench" --port "$port" --scenario idle --clients "$IDLE_CLIENTS" --hold 3 > "$WORK/idle.out" &
-  idle=$!
-  for _ in $(seq 1200); do grep -q connected "$WORK/idle.out" 2>/dev/null && break; sleep 0.05; done
-  during=$(rss_kib "$TARGET_PID")
-  wait "$idle" || true
-  echo "{\"label\":\"$target\",\"scenario\":\"idle\",\"clients\":$IDLE_CLIENTS,\"rss_before_kib\":$before,\"rss_idle_kib\":$during}" >>"$RESULTS"
+  # RSS before, the clients (another process), RSS once it stops moving: over the first
+  # IDLE_CLIENTS connections, no warm-up (bench/src/bin/idle_memory.rs).
+  timeout 300 "$BIN/idle_memory" --pid "$TARGET_PID" --port "$port" --clients "$IDLE_CLIENTS" --label "$target" --json >>"$RESULTS" \
+    || echo "{\"label\":\"$target\",\"scenario\":\"idle\",\"failed\":true}" >>"$RESULTS"
   kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true
 done
 
@@ -162,7 +158,6 @@ for r in rows:
 print()
 for k in "abcd":
     x = next((r for r in rows if r["label"] == k and r["scenario"] == "idle"), None)
-    if x:
-        per = (x["rss_idle_kib"] - x["rss_before_kib"]) / x["clients"]
-        print(f"- {names[k]}: {x['clients']} idle clients: RSS {x['rss_before_kib']} -> {x['rss_idle_kib']} KiB ({per:.1f} KiB a client)")
+    if x and not x.get("failed"):
+        print(f"- {names[k]}: first {x['clients']} idle clients of a fresh instance: RSS {x['rss_before_kib']} -> {x['rss_after_kib']} KiB ({x['kib_per_client']:.2f} KiB a client)")
 PY

@@ -132,14 +132,20 @@ enum Wake {
 }
 
 /// Serves one client connection until it ends.
-pub(crate) async fn serve<T: Transport>(node: Arc<Node>, io: T, peer: SocketAddr) {
-    // The handshake and the ending are boxed: their state would otherwise make every
-    // connection's task bigger for all of its life.
-    let Some(mut connection) = Box::pin(handshake::handshake(&node, io, peer)).await else {
-        return;
-    };
-    let ended = connection.run().await;
-    Box::pin(connection.finish(ended)).await;
+///
+/// The future lives as long as the connection, in its task: every byte of it is paid by
+/// every idle client. So the handshake and the ending are boxed (their state would otherwise
+/// make it bigger for all of its life), and it is built from the boxed handshake rather than
+/// written as an `async fn`, which would keep its arguments beside the handshake they go to.
+pub(crate) fn serve<T: Transport>(node: Arc<Node>, io: T, peer: SocketAddr) -> impl Future<Output = ()> {
+    let handshake = Box::pin(async move { handshake::handshake(&node, io, peer).await });
+    async move {
+        let Some(mut connection) = handshake.await else {
+            return;
+        };
+        let ended = connection.run().await;
+        Box::pin(connection.finish(ended)).await;
+    }
 }
 
 /// A connected client (after a successful CONNACK).
@@ -171,7 +177,8 @@ struct Connection<T> {
     /// Authenticated as a superuser: no `client.check_acl` for its publishes and
     /// subscriptions (EMQX's `is_superuser`).
     superuser: bool,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and every byte here is paid by every idle client.
+    will: Option<Box<Will>>,
     /// The CONNECT's Session Expiry Interval was 0: a DISCONNECT may not raise it.
     expiry_was_zero: bool,
     /// The clock for the frames being handled (read once a batch: a clock read a message
@@ -371,7 +378,7 @@ impl<T: Transport> Connection<T> {
         }
         // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:
         // its sessions end with it.
-        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take() };
+        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take().map(|w| *w) };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
         node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
@@ -394,5 +401,19 @@ impl<T: Transport> Connection<T> {
         .await;
         // Counted until its socket is done with: `connections.count` is what is open.
         node.stats.client_disconnected();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection lives inline in its task's future (see `listener::Counted`): each byte
+    /// of it is paid by every idle client. About 400 bytes; what only some clients need (a
+    /// will, state that grows) belongs behind a pointer or in a collection that starts empty.
+    #[test]
+    fn a_tcp_connection_stays_small() {
+        let size = std::mem::size_of::<Connection<tokio::net::TcpStream>>();
+        assert!(size <= 448, "Connection<TcpStream> is {size} bytes (limit 448)");
     }
 }

@@ -119,7 +119,8 @@ pub(crate) struct State {
     pub(crate) awaiting_rel: Vec<u16>,
     /// Seconds the session outlives its connection; `u32::MAX` is never ending.
     pub(crate) expiry_interval: u32,
-    pub(crate) pending_will: Option<PendingWill>,
+    /// Boxed: rare, and the state of every session makes room for it.
+    pub(crate) pending_will: Option<Box<PendingWill>>,
     /// When an offline session ends (`None` while connected, or never).
     pub(crate) expires_at: Option<Instant>,
     /// Changes every time a connection attaches; expiry timers compare it.

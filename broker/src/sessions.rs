@@ -180,7 +180,8 @@ impl Sessions {
                 // MQTT-3.1.2-8: a delayed will waits, unless the session ends first.
                 let persistent = was_attached && !state.ended && (expiry > 0 || taken_over);
                 if will.delay > 0 && persistent {
-                    state.pending_will = Some(PendingWill { message: will.message, client: client.clone(), at });
+                    state.pending_will =
+                        Some(Box::new(PendingWill { message: will.message, client: client.clone(), at }));
                 } else {
                     publish_now = Some(will.message);
                 }

@@ -258,7 +258,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }),
         acl_cache: zone.acl_cache.map(super::AclCache::new),
         superuser,
-        will,
+        will: will.map(Box::new),
         expiry_was_zero: expiry == 0,
         now,
         now_ms: crate::now_ms(),
