@@ -12,6 +12,7 @@ mod acl_cache;
 mod handshake;
 mod inbound;
 mod outbound;
+mod suspend;
 mod transport;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use crate::session::Session;
 use crate::sessions::Will;
 use acl_cache::AclCache;
 use outbound::OutgoingAliases;
+use suspend::{Next, Suspended};
 
 /// Bytes waiting for the client above which the connection stops reading from it and stops
 /// taking messages from its session.
@@ -183,8 +185,18 @@ struct Connection<T> {
 impl<T: Transport> Connection<T> {
     async fn run(&mut self) -> Ended {
         loop {
-            if let Err(ended) = self.handle_input() {
-                return ended;
+            match self.handle_input() {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    // A packet waits for a hook chain that may block: this client's input
+                    // waits with it (handled in order afterwards), other clients do not.
+                    // Boxed: its state costs the task nothing while no packet waits.
+                    if let Err(ended) = Box::pin(self.resume(waiting)).await {
+                        return ended;
+                    }
+                    continue;
+                }
+                Err(ended) => return ended,
             }
             self.pull_deliveries();
             match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
@@ -194,10 +206,11 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// Handles every complete packet in the read buffer.
-    fn handle_input(&mut self) -> Result<(), Ended> {
+    /// Handles every complete packet in the read buffer, up to one that waits for a hook
+    /// chain that may block (returned, for [`Connection::resume`]).
+    fn handle_input(&mut self) -> Result<Option<Box<Suspended>>, Ended> {
         if self.inbound.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut buf = std::mem::take(&mut self.inbound);
         let result = self.handle_frames(&mut buf);
@@ -205,14 +218,14 @@ impl<T: Transport> Connection<T> {
         result
     }
 
-    fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<(), Ended> {
+    fn handle_frames(&mut self, buf: &mut BytesMut) -> Result<Option<Box<Suspended>>, Ended> {
         self.now = Instant::now();
         self.now_ms = crate::now_ms();
         let mut handled = false;
         let result = loop {
             let header = match parse_header(buf, self.node.zone.max_packet_size) {
                 Ok(Some(header)) => header,
-                Ok(None) => break Ok(()),
+                Ok(None) => break Ok(None),
                 Err(FrameError::TooLarge { .. }) => break Err(Ended::TooLarge),
                 Err(FrameError::MalformedLength | FrameError::ReservedType) => {
                     break Err(Ended::protocol(reason::MALFORMED_PACKET, "malformed fixed header"))
@@ -220,14 +233,16 @@ impl<T: Transport> Connection<T> {
             };
             if buf.len() < header.frame_len() {
                 buf.reserve(header.frame_len() - buf.len());
-                break Ok(());
+                break Ok(None);
             }
             handled = true;
             self.node.stats.metrics.packet_received(header.kind(), (header.first_byte >> 1) & 3);
             let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
             buf.advance(header.frame_len());
-            if let Err(ended) = outcome {
-                break Err(ended);
+            match outcome {
+                Ok(Next::Done) => {}
+                Ok(Next::Wait(waiting)) => break Ok(Some(waiting)),
+                Err(ended) => break Err(ended),
             }
         };
         if handled {

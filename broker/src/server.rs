@@ -94,22 +94,6 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// Keeps network I/O going while a plugin hook blocks a runtime worker (against the rules).
-///
-/// Tokio's I/O driver is polled by whichever worker parks on it; when that worker is then
-/// held up by a blocking hook, the other (parked) workers are not told to take over, and
-/// every connection waits. A no-op task spawned from outside the runtime every few
-/// milliseconds wakes an idle worker, which then polls the driver. An idle broker pays one
-/// wake-up per interval.
-fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
-    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-    std::thread::Builder::new().name("driver-watch".into()).spawn(move || loop {
-        std::thread::sleep(INTERVAL);
-        drop(handle.spawn(async {}));
-    })?;
-    Ok(())
-}
-
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
@@ -128,7 +112,6 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let listeners = crate::listener::plan(&settings.listener, zone.max_connections)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    spawn_driver_watch(runtime.handle().clone())?;
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -199,7 +199,7 @@ typedef struct {
 // |---|---|---|
 // | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 // | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
-// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
+// | `on_event` for `client.authenticate`, or for a hook in [`PluginDescriptor::blocking_hooks`] | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 // | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 // | the plugin's own threads, between `init` and `stop` | yes | yes |
 // | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
@@ -209,9 +209,9 @@ typedef struct {
 // plugin's threads before it returns; one it leaves behind finds the vtable still there (the
 // host never frees it) but is served nothing.
 //
-// `client.check_acl` runs on the network thread of the client's connection: a plugin that
-// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
-// which the per-connection ACL cache keeps rare.
+// `client.check_acl` and `message.publish` run on the network thread of the client's
+// connection unless the plugin declares them in [`PluginDescriptor::blocking_hooks`]: then
+// they run off it, and may block as `client.authenticate` may.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -389,6 +389,22 @@ typedef struct {
     CtlFn ctl;
     // Stops the plugin and frees `state`. Called once, after the last `on_event` returned.
     StopFn stop;
+    // Bit `1 << hook` set for every hook in `hooks` whose `on_event` may block: wait on the
+    // network (an HTTP or database request), on a disk write or `fsync`, on a lock another
+    // thread holds for long, or compute for more than a fraction of a millisecond. The host
+    // then runs that hook's whole chain on a thread of its own, off the network threads, and
+    // the client it is about waits for the answer (its later packets are handled after it,
+    // in order) while every other client is served. A hook not declared here must return
+    // within microseconds: it runs inline on a network thread, and while it runs, every
+    // client served by that thread waits.
+    //
+    // The host honours it for `client.connect`, `client.authenticate` (which it runs off
+    // the network threads whether declared or not), `client.check_acl` and
+    // `message.publish` (for a client's PUBLISH; a message the broker or a plugin publishes
+    // runs the chain on the caller's thread). Declaring another hook is logged as a warning
+    // and the hook runs inline. Only what may block belongs here: a declared hook costs its
+    // clients a hand-over to another thread and back on every event it gets.
+    uint64_t blocking_hooks;
 } PluginDescriptor;
 
 // Success.
