@@ -832,3 +832,56 @@ fn clients_waiting_on_a_held_acl_service_hold_no_one_else() {
         }
     }
 }
+
+/// The counterpart, without a blocking plugin: `emqx_mod_acl_internal` does not declare
+/// `client.check_acl` blocking, so the broker asks it inline, and a client's packets sent back
+/// to back are answered in order with the ACL's verdicts: PUBACKs in the order of their
+/// PUBLISHes (MQTT-4.6.0-2), 0x87 for a denied PUBLISH (MQTT 5 §3.4.2.1) and a denied filter
+/// (§3.9.3), then the SUBACK granting the allowed one and the PINGRESP.
+#[test]
+fn a_plugin_not_declared_blocking_answers_inline_and_in_order() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", "{deny, all, pubsub, [\"denied/#\"]}.\n{allow, all}.\n");
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("2 rules loaded from");
+    let mut client = client5(&broker, "inline", "ivy", "x");
+    let publish = |topic: &str, pkid: u16| {
+        let mut publish = v5::Publish::new(topic, QoS::AtLeastOnce, b"p".to_vec(), None);
+        publish.pkid = pkid;
+        v5::Packet::Publish(publish)
+    };
+    let subscribe = |filter: &str, pkid: u16| {
+        let filters = vec![v5::Filter::new(filter, QoS::AtLeastOnce)];
+        v5::Packet::Subscribe(v5::Subscribe { pkid, filters, properties: None })
+    };
+    for packet in [
+        publish("denied/1", 1),
+        publish("allowed/1", 2),
+        subscribe("denied/#", 3),
+        subscribe("allowed/#", 4),
+        v5::Packet::PingReq(v5::PingReq),
+    ] {
+        client.raw.send(&packet);
+    }
+    match client.raw.recv() {
+        v5::Packet::PubAck(ack) => assert_eq!((ack.pkid, ack.reason), (1, v5::PubAckReason::NotAuthorized)),
+        other => panic!("expected PUBACK 1, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::PubAck(ack) => assert_eq!((ack.pkid, ack.reason), (2, v5::PubAckReason::NoMatchingSubscribers)),
+        other => panic!("expected PUBACK 2, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::SubAck(ack) => {
+            assert_eq!((ack.pkid, ack.return_codes), (3, vec![v5::SubscribeReasonCode::NotAuthorized]))
+        }
+        other => panic!("expected SUBACK 3, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::SubAck(ack) => {
+            assert_eq!((ack.pkid, ack.return_codes), (4, vec![v5::SubscribeReasonCode::Success(QoS::AtLeastOnce)]))
+        }
+        other => panic!("expected SUBACK 4, got {other:?}"),
+    }
+    assert!(matches!(client.raw.recv(), v5::Packet::PingResp(_)), "PINGRESP last");
+}
