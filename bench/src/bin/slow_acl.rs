@@ -212,9 +212,10 @@ fn report(phase: &str, mut latencies: Vec<Duration>) -> Duration {
 
 fn main() {
     let args = Args::parse();
-    let exe = args.broker.clone().unwrap_or_else(|| {
-        std::env::current_exe().expect("current exe").parent().expect("bin dir").join("broker")
-    });
+    let exe = args
+        .broker
+        .clone()
+        .unwrap_or_else(|| std::env::current_exe().expect("current exe").parent().expect("bin dir").join("broker"));
     let dir = tempfile::tempdir().expect("temp dir");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let asked = Arc::new(AtomicU64::new(0));
@@ -223,8 +224,7 @@ fn main() {
 
     let idle = runtime.block_on(exchange(addr, "idle", args.messages));
     let stop = Arc::new(AtomicBool::new(false));
-    let waiting: Vec<_> =
-        (0..args.waiting).map(|i| runtime.spawn(waiting_client(addr, i, stop.clone()))).collect();
+    let waiting: Vec<_> = (0..args.waiting).map(|i| runtime.spawn(waiting_client(addr, i, stop.clone()))).collect();
     // Every waiting client has its first question at the service before measuring.
     let before = asked.load(Ordering::Relaxed);
     runtime.block_on(async {

@@ -95,9 +95,7 @@ impl<T: Transport> Connection<T> {
                 self.node.stats.metrics.packet_sent(kind::PINGRESP, 0);
             }
             Packet::Disconnect(disconnect) => return Err(self.on_disconnect(disconnect)),
-            Packet::Connect => {
-                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "a second CONNECT (MQTT-3.1.0-2)"))
-            }
+            Packet::Connect => return Err(Ended::protocol(reason::PROTOCOL_ERROR, "a second CONNECT (MQTT-3.1.0-2)")),
             Packet::Auth(_) => {
                 return Err(Ended::protocol(reason::PROTOCOL_ERROR, "AUTH without an authentication method"))
             }
@@ -366,7 +364,10 @@ impl<T: Transport> Connection<T> {
         let code = match Filter::parse(&filter) {
             Err(_) => reason::TOPIC_FILTER_INVALID,
             Ok(parsed) if parsed.group.is_some() && options.no_local => {
-                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "No Local on a shared subscription (MQTT-3.8.3-4)"));
+                return Err(Ended::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "No Local on a shared subscription (MQTT-3.8.3-4)",
+                ));
             }
             Ok(parsed) if parsed.group.is_some() && !zone.shared_subscription => {
                 reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED

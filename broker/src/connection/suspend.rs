@@ -18,7 +18,7 @@
 use plugin_api::abi;
 use plugin_api::Hook;
 
-use super::inbound::{acl_chain, Acl, Accepted};
+use super::inbound::{acl_chain, Accepted, Acl};
 use super::{Connection, Ended, Transport};
 use crate::hooks::Route;
 use crate::mqtt::subscribe::SubscriptionOptions;
