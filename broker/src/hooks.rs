@@ -263,3 +263,52 @@ impl Hooks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn answer_continue(_state: *mut std::ffi::c_void, _event: *const RawEvent) -> u32 {
+        abi::HOOK_CONTINUE
+    }
+
+    fn plugin(name: &str, hooks: &[Hook], blocking: &[Hook], seq: u64) -> Arc<PluginHandle> {
+        let (hooks, blocking) = (HookMask::of(hooks), HookMask::of(blocking));
+        Arc::new(PluginHandle::new(name.to_owned(), hooks, blocking, 0, seq, answer_continue, std::ptr::null_mut()))
+    }
+
+    #[test]
+    fn a_chain_is_blocking_when_one_of_its_plugins_declared_the_hook_and_the_host_can_run_it_so() {
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let fast = plugin("fast", &[Hook::ClientCheckAcl, Hook::MessagePublish, Hook::ClientAuthenticate], &[], 1);
+        let slow = plugin(
+            "slow",
+            &[Hook::ClientCheckAcl, Hook::MessageDelivered],
+            // message.delivered cannot run off the network threads; message.publish is not wanted.
+            &[Hook::ClientCheckAcl, Hook::MessageDelivered, Hook::MessagePublish],
+            2,
+        );
+        hooks.install(&[fast.clone()]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline);
+        assert_eq!(hooks.route(Hook::ClientAuthenticate), Route::Blocking, "always off the network threads");
+        assert_eq!(hooks.route(Hook::ClientConnect), Route::Skip);
+
+        hooks.install(&[fast.clone(), slow]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Blocking, "the whole chain, fast plugin included");
+        assert_eq!(hooks.route(Hook::MessagePublish), Route::Inline, "declared, but not wanted");
+        assert_eq!(hooks.route(Hook::MessageDelivered), Route::Inline, "declared, but the host runs it inline");
+        assert!(hooks.wants(Hook::MessageDelivered));
+
+        hooks.install(&[fast]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline, "back inline once the slow plugin stops");
+    }
+
+    #[test]
+    fn run_blocking_answers_from_another_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let caller = std::thread::current().id();
+        let ran_on = runtime.block_on(hooks.run_blocking(Hook::ClientCheckAcl, std::thread::current));
+        assert_ne!(ran_on.expect("the chain ran").id(), caller, "on a blocking-pool thread");
+    }
+}
