@@ -288,7 +288,7 @@ mod tests {
             &[Hook::ClientCheckAcl, Hook::MessageDelivered, Hook::MessagePublish],
             2,
         );
-        hooks.install(&[fast.clone()]);
+        hooks.install(std::slice::from_ref(&fast));
         assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline);
         assert_eq!(hooks.route(Hook::ClientAuthenticate), Route::Blocking, "always off the network threads");
         assert_eq!(hooks.route(Hook::ClientConnect), Route::Skip);

@@ -87,7 +87,8 @@ enum Hook
     // the broker's network threads, so it may block (an HTTP request, a slow hash).
     HOOK_CLIENT_AUTHENTICATE = 3,
     // `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
-    // ([`crate::Event::acl_action`]).
+    // ([`crate::Event::acl_action`]). Runs on a network thread unless declared in
+    // [`crate::Plugin::BLOCKING_HOOKS`].
     HOOK_CLIENT_CHECK_ACL = 4,
     // `client.subscribe`: a SUBSCRIBE arrived; one event per topic filter.
     HOOK_CLIENT_SUBSCRIBE = 5,

@@ -105,6 +105,8 @@ pub struct HookMask(pub u64);
 
 impl HookMask {
     /// No hook.
+    ///
+    /// cbindgen:ignore
     pub const NONE: HookMask = HookMask(0);
 
     /// The set of the given hooks (usable in `const`).
