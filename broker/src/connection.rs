@@ -15,6 +15,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod overload;
+mod suspend;
 mod transport;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use crate::session::Session;
 use crate::sessions::Will;
 use acl_cache::AclCache;
 use outbound::OutgoingAliases;
+use suspend::{Next, Suspended};
 
 /// Bytes waiting for the client above which the connection stops reading from it and stops
 /// taking messages from its session.
@@ -197,22 +199,36 @@ struct Connection<T> {
 impl<T: Transport> Connection<T> {
     async fn run(&mut self) -> Ended {
         loop {
-            if let Err(ended) = self.handle_input() {
-                return ended;
+            match self.handle_input() {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    // A packet waits for a hook chain that may block: this client's input
+                    // waits with it (handled in order afterwards), other clients do not.
+                    // Boxed: its state costs the task nothing while no packet waits.
+                    if let Err(ended) = Box::pin(self.resume(waiting)).await {
+                        return ended;
+                    }
+                    continue;
+                }
+                Err(ended) => return ended,
             }
             self.pull_deliveries();
             match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
                 Wake::Progress => {}
-                Wake::Ended(ended) => return self.end_parked(ended),
+                // Boxed, as `resume`: only a connection with parked frames needs its state.
+                Wake::Ended(ended) => return Box::pin(self.end_parked(ended)).await,
             }
         }
     }
 
-    /// Handles every complete packet in the read buffer (parked ones first).
-    fn handle_input(&mut self) -> Result<(), Ended> {
-        self.handle_parked()?;
+    /// Handles every complete packet in the read buffer (parked ones first), up to one that
+    /// waits for a hook chain that may block (returned, for [`Connection::resume`]).
+    fn handle_input(&mut self) -> Result<Option<Box<Suspended>>, Ended> {
+        if let Some(waiting) = self.handle_parked()? {
+            return Ok(Some(waiting));
+        }
         if self.inbound.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut buf = std::mem::take(&mut self.inbound);
         let result = self.handle_frames(&mut buf, false);
@@ -222,15 +238,16 @@ impl<T: Transport> Connection<T> {
 
     /// Handles the complete frames in `buf`, which holds frames parked before when `parked`
     /// (see `overload`): those stop at a PUBLISH that must wait; frames just read are parked
-    /// instead while anything is.
-    fn handle_frames(&mut self, buf: &mut BytesMut, parked: bool) -> Result<(), Ended> {
+    /// instead while anything is. Stops after a packet that waits for a hook chain that may
+    /// block, and returns it.
+    fn handle_frames(&mut self, buf: &mut BytesMut, parked: bool) -> Result<Option<Box<Suspended>>, Ended> {
         self.now = Instant::now();
         self.now_ms = crate::now_ms();
         let mut handled = false;
         let result = loop {
             let header = match parse_header(buf, self.node.zone.max_packet_size) {
                 Ok(Some(header)) => header,
-                Ok(None) => break Ok(()),
+                Ok(None) => break Ok(None),
                 Err(FrameError::TooLarge { .. }) => break Err(Ended::TooLarge),
                 Err(FrameError::MalformedLength | FrameError::ReservedType) => {
                     break Err(Ended::protocol(reason::MALFORMED_PACKET, "malformed fixed header"))
@@ -238,11 +255,11 @@ impl<T: Transport> Connection<T> {
             };
             if buf.len() < header.frame_len() {
                 buf.reserve(header.frame_len() - buf.len());
-                break Ok(());
+                break Ok(None);
             }
             if !overload::overtakes(header.kind()) {
                 if parked && self.must_wait() {
-                    break Ok(());
+                    break Ok(None);
                 }
                 if !parked && self.parking() {
                     self.park(&buf[..header.frame_len()]);
@@ -255,8 +272,10 @@ impl<T: Transport> Connection<T> {
             self.node.stats.metrics.packet_received(header.kind(), (header.first_byte >> 1) & 3);
             let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
             buf.advance(header.frame_len());
-            if let Err(ended) = outcome {
-                break Err(ended);
+            match outcome {
+                Ok(Next::Done) => {}
+                Ok(Next::Wait(waiting)) => break Ok(Some(waiting)),
+                Err(ended) => break Err(ended),
             }
         };
         if handled {

@@ -3,14 +3,22 @@
 //! This is on the hot path of every message. The table is swapped whole (`ArcSwap`) when a
 //! plugin starts or stops, so a dispatch takes no lock and allocates nothing; a hook no
 //! plugin wants costs one relaxed atomic load ([`Hooks::wants`]).
+//!
+//! A chain with a plugin that declared the hook blocking ([`Hooks::route`] says
+//! [`Route::Blocking`], from the same load) is run with [`Hooks::run_blocking`] on the
+//! runtime's blocking pool, off the network threads. At most [`BLOCKING_CHAINS`] chains of
+//! one hook run there at once; the clients beyond wait in a fair queue (a semaphore) that
+//! holds no thread, so a thousand clients waiting on a slow ACL service hold 64 threads, not
+//! a thousand, and leave the rest of the pool (512 threads) to the other hooks and to tokio.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use plugin_api::abi::{self, RawEvent, RawStr, RawWriter};
-use plugin_api::Hook;
+use plugin_api::{Hook, HookMask};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Semaphore;
 
 use crate::plugins::handle::PluginHandle;
 
@@ -29,6 +37,28 @@ pub(crate) enum Verdict {
     Drop,
 }
 
+/// How a hook's chain runs, as [`Hooks::route`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// No plugin wants the hook.
+    Skip,
+    /// Inline, on the calling (network) thread.
+    Inline,
+    /// A plugin in the chain may block: run it with [`Hooks::run_blocking`].
+    Blocking,
+}
+
+/// The hooks whose chains the host runs off the network threads when a plugin declares them
+/// blocking. `client.authenticate` always runs there.
+pub(crate) const CAN_BLOCK: HookMask =
+    HookMask::of(&[Hook::ClientConnect, Hook::ClientAuthenticate, Hook::ClientCheckAcl, Hook::MessagePublish]);
+
+/// How many chains of one hook may run on the blocking pool at once.
+pub(crate) const BLOCKING_CHAINS: usize = 64;
+
+/// Where the per-hook bits of "a plugin in the chain may block" start in `Hooks::routes`.
+const BLOCKING_SHIFT: u32 = 32;
+
 #[derive(Debug, Default)]
 struct HookTable {
     by_hook: [Vec<Arc<PluginHandle>>; Hook::ALL.len()],
@@ -39,7 +69,10 @@ struct HookTable {
 /// The dispatcher shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Hooks {
-    wanted: AtomicU64,
+    /// Bit `hook`: a plugin wants it; bit `BLOCKING_SHIFT + hook`: its chain may block.
+    routes: AtomicU64,
+    /// Slots on the blocking pool, one semaphore per hook.
+    blocking_slots: [Arc<Semaphore>; Hook::ALL.len()],
     table: ArcSwap<HookTable>,
     /// Changes whenever cached ACL answers may be stale (see [`Hooks::acl_generation`]).
     acl_generation: AtomicU64,
@@ -50,7 +83,8 @@ pub(crate) struct Hooks {
 impl Hooks {
     pub(crate) fn new(failed: UnboundedSender<Arc<PluginHandle>>) -> Hooks {
         Hooks {
-            wanted: AtomicU64::new(0),
+            routes: AtomicU64::new(0),
+            blocking_slots: std::array::from_fn(|_| Arc::new(Semaphore::new(BLOCKING_CHAINS))),
             table: ArcSwap::from_pointee(HookTable::default()),
             acl_generation: AtomicU64::new(0),
             failed,
@@ -60,23 +94,68 @@ impl Hooks {
     /// Whether any running plugin wants `hook`. Check it before building an event.
     #[inline]
     pub(crate) fn wants(&self, hook: Hook) -> bool {
-        self.wanted.load(Ordering::Relaxed) & (1 << hook as u32) != 0
+        self.routes.load(Ordering::Relaxed) & (1 << hook as u32) != 0
+    }
+
+    /// How `hook`'s chain runs: not at all, inline, or off the network threads. One relaxed
+    /// atomic load, as [`Hooks::wants`].
+    #[inline]
+    pub(crate) fn route(&self, hook: Hook) -> Route {
+        let routes = self.routes.load(Ordering::Relaxed);
+        if routes & (1 << hook as u32) == 0 {
+            Route::Skip
+        } else if routes & (1 << (BLOCKING_SHIFT + hook as u32)) == 0 {
+            Route::Inline
+        } else {
+            Route::Blocking
+        }
+    }
+
+    /// Runs `chain` (a hook chain that may block, for `hook`) on the runtime's blocking pool
+    /// and waits for its answer without holding a network thread. Waiting for one of the
+    /// hook's [`BLOCKING_CHAINS`] slots holds no thread either. `None` only when the runtime
+    /// shuts down under it.
+    pub(crate) async fn run_blocking<R: Send + 'static>(
+        &self,
+        hook: Hook,
+        chain: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let slot = self.blocking_slots[hook as usize].clone().acquire_owned().await.ok()?;
+        let ran = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            chain()
+        });
+        match ran.await {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                tracing::warn!("{} did not finish: {e}", hook.name());
+                None
+            }
+        }
     }
 
     /// Replaces the table with `running` (in load order), sorted by priority.
     pub(crate) fn install(&self, running: &[Arc<PluginHandle>]) {
         let mut table = HookTable { running: running.to_vec(), ..Default::default() };
-        let mut wanted = 0u64;
+        let mut routes = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
             list.extend(running.iter().filter(|p| p.hooks.contains(hook)).cloned());
             list.sort_by_key(|p| (std::cmp::Reverse(p.priority), p.seq));
-            if !list.is_empty() {
-                wanted |= 1 << hook as u32;
+            if list.is_empty() {
+                continue;
+            }
+            routes |= 1 << hook as u32;
+            let blocking = hook == Hook::ClientAuthenticate
+                || (CAN_BLOCK.contains(hook) && list.iter().any(|p| p.blocking_hooks.contains(hook)));
+            if blocking {
+                routes |= 1 << (BLOCKING_SHIFT + hook as u32);
             }
         }
         self.table.store(Arc::new(table));
-        self.wanted.store(wanted, Ordering::Relaxed);
+        // A connection that read the old routes just before may still run a chain that now
+        // blocks inline, once: only while a plugin starts.
+        self.routes.store(routes, Ordering::Relaxed);
         self.invalidate_acl_answers();
     }
 
@@ -182,5 +261,54 @@ impl Hooks {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn answer_continue(_state: *mut std::ffi::c_void, _event: *const RawEvent) -> u32 {
+        abi::HOOK_CONTINUE
+    }
+
+    fn plugin(name: &str, hooks: &[Hook], blocking: &[Hook], seq: u64) -> Arc<PluginHandle> {
+        let (hooks, blocking) = (HookMask::of(hooks), HookMask::of(blocking));
+        Arc::new(PluginHandle::new(name.to_owned(), hooks, blocking, 0, seq, answer_continue, std::ptr::null_mut()))
+    }
+
+    #[test]
+    fn a_chain_is_blocking_when_one_of_its_plugins_declared_the_hook_and_the_host_can_run_it_so() {
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let fast = plugin("fast", &[Hook::ClientCheckAcl, Hook::MessagePublish, Hook::ClientAuthenticate], &[], 1);
+        let slow = plugin(
+            "slow",
+            &[Hook::ClientCheckAcl, Hook::MessageDelivered],
+            // message.delivered cannot run off the network threads; message.publish is not wanted.
+            &[Hook::ClientCheckAcl, Hook::MessageDelivered, Hook::MessagePublish],
+            2,
+        );
+        hooks.install(std::slice::from_ref(&fast));
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline);
+        assert_eq!(hooks.route(Hook::ClientAuthenticate), Route::Blocking, "always off the network threads");
+        assert_eq!(hooks.route(Hook::ClientConnect), Route::Skip);
+
+        hooks.install(&[fast.clone(), slow]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Blocking, "the whole chain, fast plugin included");
+        assert_eq!(hooks.route(Hook::MessagePublish), Route::Inline, "declared, but not wanted");
+        assert_eq!(hooks.route(Hook::MessageDelivered), Route::Inline, "declared, but the host runs it inline");
+        assert!(hooks.wants(Hook::MessageDelivered));
+
+        hooks.install(&[fast]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline, "back inline once the slow plugin stops");
+    }
+
+    #[test]
+    fn run_blocking_answers_from_another_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let caller = std::thread::current().id();
+        let ran_on = runtime.block_on(hooks.run_blocking(Hook::ClientCheckAcl, std::thread::current));
+        assert_ne!(ran_on.expect("the chain ran").id(), caller, "on a blocking-pool thread");
     }
 }

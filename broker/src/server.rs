@@ -109,28 +109,12 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// Keeps network I/O going while a plugin hook blocks a runtime worker (against the rules).
-///
-/// Tokio's I/O driver is polled by whichever worker parks on it; when that worker is then
-/// held up by a blocking hook, the other (parked) workers are not told to take over, and
-/// every connection waits. A no-op task spawned from outside the runtime every few
-/// milliseconds wakes an idle worker, which then polls the driver. An idle broker pays one
-/// wake-up per interval.
-fn spawn_driver_watch(handle: tokio::runtime::Handle) -> std::io::Result<()> {
-    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-    std::thread::Builder::new().name("driver-watch".into()).spawn(move || loop {
-        std::thread::sleep(INTERVAL);
-        drop(handle.spawn(async {}));
-    })?;
-    Ok(())
-}
-
 /// The runtime that serves the network: one worker per core.
 ///
 /// Tokio's LIFO slot is turned off. With it, a worker runs the task woken last first, so of
 /// two clients whose packets came in one poll of the sockets, the later one was served
 /// first: a PUBLISH routed before a SUBSCRIBE that reached the broker earlier
-/// (`tests/tests/mqtt_ordering.rs`). Without it, woken tasks run in the order they were
+/// (measured by `bench --bin arrival_order`). Without it, woken tasks run in the order they were
 /// woken, which is the order their data arrived. (The setting needs `--cfg tokio_unstable`,
 /// set in `.cargo/config.toml`; a build without it keeps the slot.)
 fn network_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -159,7 +143,6 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let listeners = crate::listener::plan(&settings.listener, zone.max_connections)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let runtime = network_runtime()?;
-    spawn_driver_watch(runtime.handle().clone())?;
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -87,7 +87,8 @@ enum Hook
     // the broker's network threads, so it may block (an HTTP request, a slow hash).
     HOOK_CLIENT_AUTHENTICATE = 3,
     // `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
-    // ([`crate::Event::acl_action`]).
+    // ([`crate::Event::acl_action`]). Runs on a network thread unless declared in
+    // [`crate::Plugin::BLOCKING_HOOKS`].
     HOOK_CLIENT_CHECK_ACL = 4,
     // `client.subscribe`: a SUBSCRIBE arrived; one event per topic filter.
     HOOK_CLIENT_SUBSCRIBE = 5,
@@ -173,12 +174,6 @@ typedef struct {
 } RawWriter;
 
 // A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
-//
-// It grows as [`RawEvent`] does: fields are only appended, and `size` says how many the
-// plugin's struct has. `size`, `topic`, `payload` and `qos` are in every message; the host
-// reads each later field only when `size` covers it and otherwise uses the default its
-// documentation gives, so a plugin built before a field existed keeps working. A host older
-// than a field ignores it. Set `size` to `size_of::<RawMessage>()` (C: `sizeof(RawMessage)`).
 typedef struct {
     // `size_of::<RawMessage>()` as the plugin built it.
     uint32_t size;
@@ -189,9 +184,8 @@ typedef struct {
     // QoS it was stored with.
     uint8_t qos;
     // Forwarded MQTT 5 properties, as in [`RawEvent::properties`]; empty when none.
-    // Default: empty.
     RawBytes properties;
-    // Remaining Message Expiry Interval in seconds; 0 when it never expires. Default: 0.
+    // Remaining Message Expiry Interval in seconds; 0 when it never expires.
     uint32_t message_expiry;
 } RawMessage;
 
@@ -206,7 +200,7 @@ typedef struct {
 // |---|---|---|
 // | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 // | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
-// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
+// | `on_event` for `client.authenticate`, or for a hook in [`PluginDescriptor::blocking_hooks`] | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 // | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 // | the plugin's own threads, between `init` and `stop` | yes | yes |
 // | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
@@ -216,16 +210,9 @@ typedef struct {
 // plugin's threads before it returns; one it leaves behind finds the vtable still there (the
 // host never frees it) but is served nothing.
 //
-// `client.check_acl` runs on the network thread of the client's connection: a plugin that
-// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
-// which the per-connection ACL cache keeps rare.
-//
-// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
-// where its `size` says: read an entry only when `size` covers it (C:
-// `offsetof(HostApi, metrics) + sizeof host->metrics <= host->size`) and never copy or
-// reference more than `size` bytes; an entry past `size` is a function that host does not
-// have. In Rust, [`crate::Host`] reads the vtable so, and its methods answer
-// `HostError::Unsupported` for a missing function without calling anything.
+// `client.check_acl` and `message.publish` run on the network thread of the client's
+// connection unless the plugin declares them in [`PluginDescriptor::blocking_hooks`]: then
+// they run off it, and may block as `client.authenticate` may.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -295,11 +282,7 @@ typedef Status (*InitFn)(const HostApi *host, RawStr config_json, void **state_o
 
 // One hook event. Every string and byte field is valid only during the `on_event` call.
 //
-// Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
-// shorter event, ending where its `size` says: read a field only when `size` covers it (C:
-// `offsetof(RawEvent, f) + sizeof ev->f <= ev->size`) and never copy or reference more than
-// `size` bytes; a field past `size` has its default (empty, zero, a writer that discards).
-// In Rust, [`RawEvent::read`] copies an event so.
+// Fields that do not apply to a hook are empty / zero.
 typedef struct {
     // `size_of::<RawEvent>()` as the host built it.
     uint32_t size;
@@ -407,6 +390,22 @@ typedef struct {
     CtlFn ctl;
     // Stops the plugin and frees `state`. Called once, after the last `on_event` returned.
     StopFn stop;
+    // Bit `1 << hook` set for every hook in `hooks` whose `on_event` may block: wait on the
+    // network (an HTTP or database request), on a disk write or `fsync`, on a lock another
+    // thread holds for long, or compute for more than a fraction of a millisecond. The host
+    // then runs that hook's whole chain on a thread of its own, off the network threads, and
+    // the client it is about waits for the answer (its later packets are handled after it,
+    // in order) while every other client is served. A hook not declared here must return
+    // within microseconds: it runs inline on a network thread, and while it runs, every
+    // client served by that thread waits.
+    //
+    // The host honours it for `client.connect`, `client.authenticate` (which it runs off
+    // the network threads whether declared or not), `client.check_acl` and
+    // `message.publish` (for a client's PUBLISH; a message the broker or a plugin publishes
+    // runs the chain on the caller's thread). Declaring another hook is logged as a warning
+    // and the hook runs inline. Only what may block belongs here: a declared hook costs its
+    // clients a hand-over to another thread and back on every event it gets.
+    uint64_t blocking_hooks;
 } PluginDescriptor;
 
 // Success.
@@ -430,11 +429,6 @@ typedef struct {
 
 // The host cannot do it now (it is shutting down).
 #define STATUS_UNAVAILABLE 6
-
-// The callee is older than the call: it does not have the function or command asked for (a
-// host whose [`HostApi`] ends before the function; the safe layer answers it without calling
-// anything). Unlike [`STATUS_UNAVAILABLE`], asking again will not help.
-#define STATUS_UNSUPPORTED 7
 
 // The descriptor every plugin library exports under this name (the host looks it up with
 // dlsym). Define it in one source file: `const PluginDescriptor broker_plugin_descriptor = {...};`

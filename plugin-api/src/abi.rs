@@ -286,6 +286,25 @@ pub struct PluginDescriptor {
     pub ctl: CtlFn,
     /// Stops the plugin and frees `state`. Called once, after the last `on_event` returned.
     pub stop: StopFn,
+    // Fields below were added after the first release of ABI version 1: a host reads them
+    // only when `size` covers them; an older host never does (it runs every hook as the first
+    // release did).
+    /// Bit `1 << hook` set for every hook in `hooks` whose `on_event` may block: wait on the
+    /// network (an HTTP or database request), on a disk write or `fsync`, on a lock another
+    /// thread holds for long, or compute for more than a fraction of a millisecond. The host
+    /// then runs that hook's whole chain on a thread of its own, off the network threads, and
+    /// the client it is about waits for the answer (its later packets are handled after it,
+    /// in order) while every other client is served. A hook not declared here must return
+    /// within microseconds: it runs inline on a network thread, and while it runs, every
+    /// client served by that thread waits.
+    ///
+    /// The host honours it for `client.connect`, `client.authenticate` (which it runs off
+    /// the network threads whether declared or not), `client.check_acl` and
+    /// `message.publish` (for a client's PUBLISH; a message the broker or a plugin publishes
+    /// runs the chain on the caller's thread). Declaring another hook is logged as a warning
+    /// and the hook runs inline. Only what may block belongs here: a declared hook costs its
+    /// clients a hand-over to another thread and back on every event it gets.
+    pub blocking_hooks: u64,
 }
 
 // SAFETY: the descriptor is an immutable static whose pointers point to 'static data and
@@ -439,7 +458,7 @@ pub const LOG_DEBUG: u32 = 4;
 /// |---|---|---|
 /// | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 /// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
-/// | `on_event` for `client.authenticate` | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
+/// | `on_event` for `client.authenticate`, or for a hook in [`PluginDescriptor::blocking_hooks`] | yes, and it may block (an HTTP request, a slow password hash): the host runs the chain on a blocking-pool thread, off the network threads, so only that client waits | refused, as for any hook |
 /// | `ctl` (a command to the plugin) | yes | refused with [`STATUS_UNAVAILABLE`]: unloading or reloading this plugin waits for this call to return |
 /// | the plugin's own threads, between `init` and `stop` | yes | yes |
 /// | a thread still running after `stop` returned (a bug) | refused with [`STATUS_UNAVAILABLE`] (`log` still logs) | refused with [`STATUS_UNAVAILABLE`] |
@@ -449,9 +468,9 @@ pub const LOG_DEBUG: u32 = 4;
 /// plugin's threads before it returns; one it leaves behind finds the vtable still there (the
 /// host never frees it) but is served nothing.
 ///
-/// `client.check_acl` runs on the network thread of the client's connection: a plugin that
-/// asks a service there (emqx_auth_http's `acl_req`) holds that thread up to its own timeout,
-/// which the per-connection ACL cache keeps rare.
+/// `client.check_acl` and `message.publish` run on the network thread of the client's
+/// connection unless the plugin declares them in [`PluginDescriptor::blocking_hooks`]: then
+/// they run off it, and may block as `client.authenticate` may.
 ///
 /// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
 /// where its `size` says: read an entry only when `size` covers it (C:

@@ -30,6 +30,7 @@ pub const fn descriptor<P: Plugin>(info: &PluginInfo) -> PluginDescriptor {
         on_event: on_event::<P>,
         ctl: ctl::<P>,
         stop: stop::<P>,
+        blocking_hooks: P::BLOCKING_HOOKS.0 & info.hooks.0,
     }
 }
 

@@ -18,7 +18,8 @@ pub enum Hook {
     /// the broker's network threads, so it may block (an HTTP request, a slow hash).
     ClientAuthenticate = 3,
     /// `client.check_acl`: answer Allow, Deny or Continue, for a publish or subscribe
-    /// ([`crate::Event::acl_action`]).
+    /// ([`crate::Event::acl_action`]). Runs on a network thread unless declared in
+    /// [`crate::Plugin::BLOCKING_HOOKS`].
     ClientCheckAcl = 4,
     /// `client.subscribe`: a SUBSCRIBE arrived; one event per topic filter.
     ClientSubscribe = 5,
@@ -103,6 +104,11 @@ impl Hook {
 pub struct HookMask(pub u64);
 
 impl HookMask {
+    /// No hook.
+    ///
+    /// cbindgen:ignore
+    pub const NONE: HookMask = HookMask(0);
+
     /// The set of the given hooks (usable in `const`).
     pub const fn of(hooks: &[Hook]) -> HookMask {
         let mut bits = 0u64;
@@ -167,7 +173,8 @@ pub struct PluginInfo {
     pub description: &'static str,
     /// Plugin or module.
     pub kind: PluginKind,
-    /// The hooks the plugin wants events for.
+    /// The hooks the plugin wants events for. Those that may block are declared apart, in
+    /// [`crate::Plugin::BLOCKING_HOOKS`].
     pub hooks: HookMask,
     /// Higher runs first on a hook; equal priorities run in load order.
     pub priority: i32,

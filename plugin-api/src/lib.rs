@@ -58,9 +58,11 @@
 //!
 //! - **Hooks are on the hot path.** `on_event` runs on the broker's network threads, inline
 //!   with the client's traffic. Return quickly: count, copy, or hand the work to your own
-//!   thread. Never block on I/O or sleep in a hook. The one exception is
-//!   `client.authenticate`: the host runs it on a blocking-pool thread, so an authentication
-//!   plugin may ask a remote service or hash a password there (only that client waits).
+//!   thread. Never block on I/O or sleep in a hook. The exceptions are the hooks a plugin
+//!   declares in [`Plugin::BLOCKING_HOOKS`] (`client.check_acl` asking an HTTP service, a
+//!   `message.publish` that writes to disk) and `client.authenticate`: the host runs those on
+//!   a blocking-pool thread, so the plugin may ask a remote service, hash a password or
+//!   `fsync` there (only the client the event is about waits).
 //! - **Threads you start, you join.** If the plugin starts threads or an async runtime, `stop`
 //!   must stop and join them. After `stop` returns the host will never call the plugin again.
 //! - **Unload does not unmap.** The host keeps a plugin's library mapped after `stop` (a Rust
@@ -111,6 +113,28 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     ///
     /// An error refuses the load; its message is shown to the operator.
     fn init(host: Host, config: Config) -> Result<Self, BoxError>;
+
+    /// The hooks (among [`PluginInfo::hooks`]) whose [`Plugin::on_event`] may block: wait on
+    /// the network (an HTTP or database request), on a disk write or `fsync`, or compute for
+    /// long. The host runs such a hook's chain off its network threads and makes only the
+    /// client it is about wait for the answer; every other hook must return within
+    /// microseconds. The default is none.
+    ///
+    /// The host honours it for `client.connect`, `client.authenticate` (always run off the
+    /// network threads anyway), `client.check_acl` and a client's `message.publish`; see
+    /// [`abi::PluginDescriptor::blocking_hooks`]. Declare only what may block: each event of a
+    /// declared hook costs its client a hand-over to another thread and back.
+    ///
+    /// ```
+    /// # use plugin_api::{Hook, HookMask, Host, Config, Plugin, BoxError};
+    /// # struct AclService;
+    /// impl Plugin for AclService {
+    ///     // Asks a remote service about every publish and subscribe.
+    ///     const BLOCKING_HOOKS: HookMask = HookMask::of(&[Hook::ClientCheckAcl]);
+    ///     # fn init(_: Host, _: Config) -> Result<Self, BoxError> { Ok(AclService) }
+    /// }
+    /// ```
+    const BLOCKING_HOOKS: HookMask = HookMask::NONE;
 
     /// Called for every hook in [`PluginInfo::hooks`]. The default answers
     /// [`HookResult::Continue`] (no opinion).

@@ -42,6 +42,8 @@ enum Reply {
     Status(u16, &'static str),
     /// Never: the request hangs until the client gives up.
     Hang,
+    /// This status and body once the test calls [`AuthService::release`].
+    Held(u16, &'static str),
 }
 
 type Decide = dyn Fn(&Seen) -> Reply + Send + Sync;
@@ -52,6 +54,8 @@ struct AuthService {
     addr: SocketAddr,
     scheme: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Opened by [`AuthService::release`]: the [`Reply::Held`] answers go.
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AuthService {
@@ -71,11 +75,13 @@ impl AuthService {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let store = seen.clone();
+        let gate = Arc::new(tokio::sync::watch::Sender::new(false));
+        let opened = gate.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let handler = move |request: Request| {
-                    let (store, decide) = (store.clone(), decide.clone());
+                    let (store, decide, mut opened) = (store.clone(), decide.clone(), opened.subscribe());
                     async move {
                         let (parts, body) = request.into_parts();
                         let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
@@ -108,6 +114,10 @@ impl AuthService {
                         match reply {
                             Reply::Status(status, body) => (StatusCode::from_u16(status).unwrap(), body),
                             Reply::Hang => std::future::pending().await,
+                            Reply::Held(status, body) => {
+                                let _ = opened.wait_for(|open| *open).await;
+                                (StatusCode::from_u16(status).unwrap(), body)
+                            }
                         }
                     }
                 };
@@ -122,7 +132,12 @@ impl AuthService {
                 }
             });
         });
-        AuthService { addr, scheme, seen }
+        AuthService { addr, scheme, seen, gate }
+    }
+
+    /// Sends the [`Reply::Held`] answers, and from now on answers them at once.
+    fn release(&self) {
+        self.gate.send_replace(true);
     }
 
     fn url(&self, path: &str) -> String {
@@ -736,4 +751,137 @@ fn slow_service_with(slow_clients: usize) {
     }
     let line = broker.wait_for_log(&format!("auth_req {} failed", service.url("/mqtt/auth")));
     assert!(line.contains("no answer within 3s (timeout)"), "{line}");
+}
+
+/// `acl_req` held by the service (it withholds its answers until the test releases them):
+/// `emqx_auth_http` declares `client.check_acl` blocking, so the broker asks it off its
+/// network threads and only the clients it is about wait. While 20 clients wait (10 PUBLISH,
+/// 10 SUBSCRIBE), an unrelated publisher and subscriber complete QoS 1 exchanges and
+/// `broker ctl plugins list` answers. Once released, each waiting client gets its verdict
+/// (PUBACK 0x00 or 0x87, SUBACK granted or 0x87: MQTT 5 §3.4.2.1, §3.9.3), and the packet it
+/// sent right after the held one is answered after it: PUBACKs in the order of their
+/// PUBLISHes (MQTT-4.6.0-2), the PINGRESP after the SUBACK.
+#[test]
+fn clients_waiting_on_a_held_acl_service_hold_no_one_else() {
+    const WAITING: usize = 20;
+    let service = AuthService::start(|seen| match (seen.path.as_str(), seen.param("topic")) {
+        ("/mqtt/acl", topic) if topic.starts_with("held/allowed/") => Reply::Held(200, ""),
+        ("/mqtt/acl", topic) if topic.starts_with("held/denied/") => Reply::Held(403, ""),
+        _ => usual(seen),
+    });
+    // No timeout gives up on the held requests while the test runs.
+    let toml = config(&service, false, false, true, "timeout = \"60s\"\n");
+    let (dir, broker) = broker_with(&toml, &[]);
+    let mut sub = client5(&broker, "pair-sub", "sue", "x");
+    sub.subscribe("chat", QoS::AtLeastOnce);
+    let mut publisher = client5(&broker, "pair-pub", "pat", "x");
+
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let mut client = client5(&broker, &format!("held-{i}"), &format!("user-{i}"), "x");
+            let verdict = if i % 2 == 0 { "allowed" } else { "denied" };
+            let topic = format!("held/{verdict}/{i}");
+            if i % 4 < 2 {
+                let mut held = v5::Publish::new(topic, QoS::AtLeastOnce, b"held".to_vec(), None);
+                held.pkid = 1;
+                let mut after = v5::Publish::new(format!("after/{i}"), QoS::AtLeastOnce, b"after".to_vec(), None);
+                after.pkid = 2;
+                client.raw.send(&v5::Packet::Publish(held));
+                client.raw.send(&v5::Packet::Publish(after));
+            } else {
+                let filters = vec![v5::Filter::new(topic, QoS::AtLeastOnce)];
+                client.raw.send(&v5::Packet::Subscribe(v5::Subscribe { pkid: 1, filters, properties: None }));
+                client.raw.send(&v5::Packet::PingReq(v5::PingReq));
+            }
+            std::thread::spawn(move || [client.raw.recv(), client.raw.recv()])
+        })
+        .collect();
+    wait_until("every held question at the service", || {
+        let held = service.all().iter().filter(|s| s.param("topic").starts_with("held/")).count();
+        (held == WAITING).then_some(())
+    });
+
+    for n in 0..5 {
+        publisher.publish("chat", QoS::AtLeastOnce, &format!("exchange {n}"));
+        assert_eq!(e2e::raw::payload(&sub.next_publish()), format!("exchange {n}"));
+    }
+    let plugins = dir.ctl(&["plugins", "list"]).ok();
+    assert!(plugins.contains("emqx_auth_http"), "{plugins}");
+    assert!(waiting.iter().all(|w| !w.is_finished()), "no verdict can have come before the release");
+
+    service.release();
+    for (i, waiting) in waiting.into_iter().enumerate() {
+        let answers = waiting.join().unwrap();
+        let allowed = i % 2 == 0;
+        match (i % 4 < 2, &answers) {
+            (true, [v5::Packet::PubAck(held), v5::Packet::PubAck(after)]) => {
+                let expected =
+                    if allowed { v5::PubAckReason::NoMatchingSubscribers } else { v5::PubAckReason::NotAuthorized };
+                assert_eq!((held.pkid, held.reason), (1, expected), "held-{i}");
+                assert_eq!((after.pkid, after.reason), (2, v5::PubAckReason::NoMatchingSubscribers), "held-{i}");
+            }
+            (false, [v5::Packet::SubAck(ack), v5::Packet::PingResp(_)]) => {
+                let expected = if allowed {
+                    v5::SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                } else {
+                    v5::SubscribeReasonCode::NotAuthorized
+                };
+                assert_eq!((ack.pkid, ack.return_codes.as_slice()), (1, &[expected][..]), "held-{i}");
+            }
+            _ => panic!("held-{i}: unexpected answers {answers:?}"),
+        }
+    }
+}
+
+/// The counterpart, without a blocking plugin: `emqx_mod_acl_internal` does not declare
+/// `client.check_acl` blocking, so the broker asks it inline, and a client's packets sent back
+/// to back are answered in order with the ACL's verdicts: PUBACKs in the order of their
+/// PUBLISHes (MQTT-4.6.0-2), 0x87 for a denied PUBLISH (MQTT 5 §3.4.2.1) and a denied filter
+/// (§3.9.3), then the SUBACK granting the allowed one and the PINGRESP.
+#[test]
+fn a_plugin_not_declared_blocking_answers_inline_and_in_order() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write("acl.conf", "{deny, all, pubsub, [\"denied/#\"]}.\n{allow, all}.\n");
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("2 rules loaded from");
+    let mut client = client5(&broker, "inline", "ivy", "x");
+    let publish = |topic: &str, pkid: u16| {
+        let mut publish = v5::Publish::new(topic, QoS::AtLeastOnce, b"p".to_vec(), None);
+        publish.pkid = pkid;
+        v5::Packet::Publish(publish)
+    };
+    let subscribe = |filter: &str, pkid: u16| {
+        let filters = vec![v5::Filter::new(filter, QoS::AtLeastOnce)];
+        v5::Packet::Subscribe(v5::Subscribe { pkid, filters, properties: None })
+    };
+    for packet in [
+        publish("denied/1", 1),
+        publish("allowed/1", 2),
+        subscribe("denied/#", 3),
+        subscribe("allowed/#", 4),
+        v5::Packet::PingReq(v5::PingReq),
+    ] {
+        client.raw.send(&packet);
+    }
+    match client.raw.recv() {
+        v5::Packet::PubAck(ack) => assert_eq!((ack.pkid, ack.reason), (1, v5::PubAckReason::NotAuthorized)),
+        other => panic!("expected PUBACK 1, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::PubAck(ack) => assert_eq!((ack.pkid, ack.reason), (2, v5::PubAckReason::NoMatchingSubscribers)),
+        other => panic!("expected PUBACK 2, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::SubAck(ack) => {
+            assert_eq!((ack.pkid, ack.return_codes), (3, vec![v5::SubscribeReasonCode::NotAuthorized]))
+        }
+        other => panic!("expected SUBACK 3, got {other:?}"),
+    }
+    match client.raw.recv() {
+        v5::Packet::SubAck(ack) => {
+            assert_eq!((ack.pkid, ack.return_codes), (4, vec![v5::SubscribeReasonCode::Success(QoS::AtLeastOnce)]))
+        }
+        other => panic!("expected SUBACK 4, got {other:?}"),
+    }
+    assert!(matches!(client.raw.recv(), v5::Packet::PingResp(_)), "PINGRESP last");
 }

@@ -1,6 +1,7 @@
 //! From a new connection to its CONNACK: read the CONNECT (within `mqtt.connect_timeout`),
 //! check it, fire `client.connect` and `client.authenticate` (on a blocking-pool thread: an
-//! authentication plugin may block), apply `allow_anonymous` and the failure limits, open the
+//! authentication plugin may block; `client.connect` and the will's ACL there too when a
+//! plugin declared them blocking), apply `allow_anonymous` and the failure limits, open the
 //! session (taking over a live connection with the same client id), fire `client.connack`,
 //! answer, and resend what was in flight.
 
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::outbound::OutgoingAliases;
 use super::{Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
-use crate::hooks::Verdict;
+use crate::hooks::{Route, Verdict};
 use crate::message::Message;
 use crate::metrics::{Metric, Metrics};
 use crate::mqtt::connect::{encode_connack, ConnackProperties, Connect, ConnectError};
@@ -420,8 +421,16 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
     let now = crate::now_ms();
     node.stats.metrics.inc(Metric::ClientConnect);
     node.stats.metrics.inc(Metric::ClientAuthenticate);
-    if hooks.wants(Hook::ClientConnect) {
-        hooks.dispatch(&client.event(Hook::ClientConnect, now));
+    match hooks.route(Hook::ClientConnect) {
+        Route::Skip => {}
+        Route::Inline => {
+            hooks.dispatch(&client.event(Hook::ClientConnect, now));
+        }
+        Route::Blocking => {
+            let (node, client) = (node.clone(), client.clone());
+            let chain = move || node.hooks.dispatch(&client.event(Hook::ClientConnect, now));
+            hooks.run_blocking(Hook::ClientConnect, chain).await;
+        }
     }
     let verdict = if hooks.wants(Hook::ClientAuthenticate) {
         authenticate(node, client, connect.password.unwrap_or_default(), now).await
@@ -439,12 +448,8 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
             false
         }
     };
-    if let (Some(will), false, true) = (&connect.will, superuser, hooks.wants(Hook::ClientCheckAcl)) {
-        node.stats.metrics.inc(Metric::ClientCheckAcl);
-        let mut event = client.event(Hook::ClientCheckAcl, now);
-        event.acl_action = abi::ACL_PUBLISH;
-        event.topic = RawStr::new(will.topic);
-        if hooks.dispatch(&event) == Verdict::Deny {
+    if let (Some(will), false) = (&connect.will, superuser) {
+        if will_denied(node, client, will.topic, now).await {
             tracing::info!(client_id = &*client.client_id, topic = will.topic, "will denied by ACL");
             return Err(Refusal { code: reason::NOT_AUTHORIZED, why: "will denied by ACL", authentication: false });
         }
@@ -452,22 +457,39 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
     Ok(superuser)
 }
 
-/// Runs the `client.authenticate` chain on the runtime's blocking pool: a plugin may block
-/// there (an HTTP request, a slow hash) without holding up a network worker, so only this
-/// client waits.
+/// Asks `client.check_acl` whether the will may be published to `topic`; off the network
+/// threads when a plugin in the chain may block.
+async fn will_denied(node: &Arc<Node>, client: &Arc<ClientInfo>, topic: &str, now: u64) -> bool {
+    let route = node.hooks.route(Hook::ClientCheckAcl);
+    if route == Route::Skip {
+        return false;
+    }
+    node.stats.metrics.inc(Metric::ClientCheckAcl);
+    let ask = move |node: &Node, client: &ClientInfo, topic: &str| {
+        let mut event = client.event(Hook::ClientCheckAcl, now);
+        event.acl_action = abi::ACL_PUBLISH;
+        event.topic = RawStr::new(topic);
+        node.hooks.dispatch(&event) == Verdict::Deny
+    };
+    if route == Route::Inline {
+        return ask(node, client, topic);
+    }
+    let (shared, client, topic) = (node.clone(), client.clone(), topic.to_owned());
+    let chain = move || ask(&shared, &client, &topic);
+    // Only when the runtime shuts down under it: refuse rather than let the will through.
+    node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
+}
+
+/// Runs the `client.authenticate` chain on the runtime's blocking pool (always: a plugin may
+/// block there, an HTTP request, a slow hash, without holding up a network worker), so only
+/// this client waits.
 async fn authenticate(node: &Arc<Node>, client: &Arc<ClientInfo>, password: &[u8], now: u64) -> Verdict {
-    let (node, client, password) = (node.clone(), client.clone(), password.to_vec());
-    let chain = tokio::task::spawn_blocking(move || {
+    let (shared, client, password) = (node.clone(), client.clone(), password.to_vec());
+    let chain = move || {
         let mut event = client.event(Hook::ClientAuthenticate, now);
         event.password = RawBytes::new(&password);
-        node.hooks.dispatch(&event)
-    });
-    match chain.await {
-        Ok(verdict) => verdict,
-        // Only when the runtime shuts down under it: refuse rather than let the client in.
-        Err(e) => {
-            tracing::warn!("client.authenticate did not finish: {e}");
-            Verdict::Deny
-        }
-    }
+        shared.hooks.dispatch(&event)
+    };
+    // Only when the runtime shuts down under it: refuse rather than let the client in.
+    node.hooks.run_blocking(Hook::ClientAuthenticate, chain).await.unwrap_or(Verdict::Deny)
 }

@@ -2,13 +2,17 @@
 //! the ACL, QoS 2 de-duplication and `message.publish`), acknowledgements of what it was
 //! sent, subscribe and unsubscribe (with the ACL and the session hooks), ping, disconnect.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use plugin_api::abi::{self, RawStr};
 use plugin_api::Hook;
 
 use super::handshake::forwarded;
+use super::suspend::{Next, Suspended};
 use super::{Connection, Ended, Transport};
-use crate::hooks::{Hooks, Verdict};
+use crate::client::ClientInfo;
+use crate::hooks::{Hooks, Route, Verdict};
 use crate::message::Message;
 use crate::metrics::Metric;
 use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
@@ -21,9 +25,55 @@ use crate::node::{DropReason, Node, Published};
 use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
 use crate::session::{RecOutcome, Subscription};
 
+/// What the ACL says about an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Acl {
+    Allowed,
+    Denied,
+    /// Not known yet: the `client.check_acl` chain may block, so it is asked off the network
+    /// thread.
+    Ask,
+}
+
+impl Acl {
+    fn from_denied(denied: bool) -> Acl {
+        if denied {
+            Acl::Denied
+        } else {
+            Acl::Allowed
+        }
+    }
+}
+
+/// A PUBLISH that passed its checks, before the ACL and routing.
+#[derive(Debug)]
+pub(super) struct Accepted {
+    pub(super) message: Message,
+    pub(super) ack: PublishAck,
+}
+
+/// How a PUBLISH is acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PublishAck {
+    /// PUBACK, PUBREC, or 0 (QoS 0: none).
+    kind: u8,
+    packet_id: u16,
+    qos: u8,
+}
+
+/// Runs the `client.check_acl` chain for `client` on the calling thread; true if denied.
+pub(super) fn acl_chain(node: &Node, client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> bool {
+    node.stats.metrics.inc(Metric::ClientCheckAcl);
+    let mut event = client.event(Hook::ClientCheckAcl, now_ms);
+    event.acl_action = action;
+    event.topic = RawStr::new(topic);
+    node.hooks.dispatch(&event) == Verdict::Deny
+}
+
 impl<T: Transport> Connection<T> {
-    /// Handles one packet from the client.
-    pub(super) fn handle_packet(&mut self, header: &FrameHeader, body: &[u8]) -> Result<(), Ended> {
+    /// Handles one packet from the client; a packet that waits for a hook chain that may
+    /// block is left to [`Connection::resume`].
+    pub(super) fn handle_packet(&mut self, header: &FrameHeader, body: &[u8]) -> Result<Next, Ended> {
         let packet = Packet::decode(header, body, self.version).map_err(|e| {
             let why = match e {
                 crate::mqtt::reader::DecodeError::Malformed(why) | crate::mqtt::reader::DecodeError::Protocol(why) => {
@@ -33,37 +83,24 @@ impl<T: Transport> Connection<T> {
             Ended::protocol(e.reason_code(), why)
         })?;
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish),
-            Packet::PubAck(ack) => {
-                self.on_puback(ack);
-                Ok(())
-            }
-            Packet::PubRec(ack) => {
-                self.on_pubrec(ack);
-                Ok(())
-            }
-            Packet::PubRel(ack) => {
-                self.on_pubrel(ack);
-                Ok(())
-            }
-            Packet::PubComp(ack) => {
-                self.on_pubcomp(ack);
-                Ok(())
-            }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
-            Packet::Unsubscribe(unsubscribe) => {
-                self.on_unsubscribe(unsubscribe);
-                Ok(())
-            }
+            Packet::Publish(publish) => return self.on_publish(publish),
+            Packet::PubAck(ack) => self.on_puback(ack),
+            Packet::PubRec(ack) => self.on_pubrec(ack),
+            Packet::PubRel(ack) => self.on_pubrel(ack),
+            Packet::PubComp(ack) => self.on_pubcomp(ack),
+            Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => {
                 encode_pingresp(&mut self.out);
                 self.node.stats.metrics.packet_sent(kind::PINGRESP, 0);
-                Ok(())
             }
-            Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
-            Packet::Connect => Err(Ended::protocol(reason::PROTOCOL_ERROR, "a second CONNECT (MQTT-3.1.0-2)")),
-            Packet::Auth(_) => Err(Ended::protocol(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Disconnect(disconnect) => return Err(self.on_disconnect(disconnect)),
+            Packet::Connect => return Err(Ended::protocol(reason::PROTOCOL_ERROR, "a second CONNECT (MQTT-3.1.0-2)")),
+            Packet::Auth(_) => {
+                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "AUTH without an authentication method"))
+            }
         }
+        Ok(Next::Done)
     }
 
     /// A reason string for an MQTT 5 acknowledgement with `code`, when it is a failure and
@@ -103,7 +140,25 @@ impl<T: Transport> Connection<T> {
         Ok(publish.topic.into())
     }
 
-    fn on_publish(&mut self, publish: Publish<'_>) -> Result<(), Ended> {
+    fn on_publish(&mut self, publish: Publish<'_>) -> Result<Next, Ended> {
+        let Some(accepted) = self.accept_publish(publish)? else {
+            return Ok(Next::Done);
+        };
+        let acl = self.acl_check(abi::ACL_PUBLISH, &accepted.message.topic);
+        match acl {
+            Acl::Denied => self.publish_denied(accepted),
+            Acl::Allowed if self.node.hooks.route(Hook::MessagePublish) != Route::Blocking => {
+                let outcome = self.publish_message(accepted.message);
+                self.publish_acked(accepted.ack, outcome);
+            }
+            _ => return Ok(Next::Wait(Box::new(Suspended::Publish { accepted, ask_acl: acl == Acl::Ask }))),
+        }
+        Ok(Next::Done)
+    }
+
+    /// Checks a PUBLISH and makes its message; `None` when it is a resent QoS 2 message,
+    /// acknowledged again and not routed twice.
+    fn accept_publish(&mut self, publish: Publish<'_>) -> Result<Option<Accepted>, Ended> {
         let node = self.node.clone();
         let topic = self.topic_of(&publish)?;
         if !is_valid_topic(&topic) {
@@ -130,7 +185,7 @@ impl<T: Transport> Connection<T> {
                 // (MQTT-4.3.3-10).
                 drop(state);
                 self.ack(kind::PUBREC, publish.packet_id, reason::SUCCESS);
-                return Ok(());
+                return Ok(None);
             }
             if state.awaiting_rel.len() >= usize::from(node.zone.max_awaiting_rel) {
                 return Err(Ended::protocol(
@@ -151,60 +206,84 @@ impl<T: Transport> Connection<T> {
             publisher: self.session.id,
             timestamp_ms: self.now_ms,
         };
-        if self.acl_denied(abi::ACL_PUBLISH, &message.topic) {
-            tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
-            node.dropped(&self.client.client_id, &message, DropReason::Denied);
-            if ack_kind != 0 {
-                // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged.
-                self.ack(ack_kind, publish.packet_id, if v5 { reason::NOT_AUTHORIZED } else { reason::SUCCESS });
-            }
-            if v5 && publish.qos == 2 {
-                self.session.lock().awaiting_rel.retain(|&id| id != publish.packet_id);
-            }
-            return Ok(());
+        let ack = PublishAck { kind: ack_kind, packet_id: publish.packet_id, qos: publish.qos };
+        Ok(Some(Accepted { message, ack }))
+    }
+
+    /// A PUBLISH the ACL denied: dropped, and acknowledged.
+    pub(super) fn publish_denied(&mut self, accepted: Accepted) {
+        let Accepted { message, ack } = accepted;
+        tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
+        self.node.dropped(&self.client.client_id, &message, DropReason::Denied);
+        let v5 = self.version.is_v5();
+        if ack.kind != 0 {
+            // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged.
+            self.ack(ack.kind, ack.packet_id, if v5 { reason::NOT_AUTHORIZED } else { reason::SUCCESS });
         }
+        if v5 && ack.qos == 2 {
+            self.session.lock().awaiting_rel.retain(|&id| id != ack.packet_id);
+        }
+    }
+
+    /// Publishes a client's message with overload protection: the message is queued even
+    /// into a full session queue (so it can be acknowledged), and the queues it filled make
+    /// the connection's next PUBLISH wait until they drain.
+    pub(super) fn publish_message(&mut self, message: Message) -> Published {
         let mut full = Vec::new();
+        let node = self.node.clone();
         let outcome = node.publish_from(message, &self.client, self.can_wait().then_some(&mut full));
         if !full.is_empty() {
-            // Overload protection: the message is queued (so acknowledged below), and the
-            // next PUBLISH waits until the queues it filled drain.
             self.wait_for(full);
         }
-        if ack_kind != 0 {
+        outcome
+    }
+
+    /// Acknowledges a PUBLISH that was published.
+    pub(super) fn publish_acked(&mut self, ack: PublishAck, outcome: Published) {
+        if ack.kind != 0 {
             let code = match outcome {
                 Published::Routed(0) => reason::NO_MATCHING_SUBSCRIBERS,
                 _ => reason::SUCCESS,
             };
-            self.ack(ack_kind, publish.packet_id, code);
+            self.ack(ack.kind, ack.packet_id, code);
         }
-        Ok(())
     }
 
-    /// Asks `client.check_acl` (or the connection's ACL cache) whether `action` on `topic` is
-    /// denied. A superuser is never asked about.
-    fn acl_denied(&mut self, action: u32, topic: &str) -> bool {
+    /// What `client.check_acl` (or the connection's ACL cache) says about `action` on `topic`.
+    /// A superuser is never asked about. A chain that may block is not run here:
+    /// [`Acl::Ask`] says it must be asked off the network thread
+    /// ([`Connection::acl_ask_blocking`]).
+    pub(super) fn acl_check(&mut self, action: u32, topic: &str) -> Acl {
         let hooks: &Hooks = &self.node.hooks;
-        if self.superuser || !hooks.wants(Hook::ClientCheckAcl) {
-            return false;
+        let route = hooks.route(Hook::ClientCheckAcl);
+        if self.superuser || route == Route::Skip {
+            return Acl::Allowed;
         }
-        let ask = || {
-            self.node.stats.metrics.inc(Metric::ClientCheckAcl);
-            let mut event = self.client.event(Hook::ClientCheckAcl, self.now_ms);
-            event.acl_action = action;
-            event.topic = RawStr::new(topic);
-            hooks.dispatch(&event) == Verdict::Deny
-        };
+        let ask = || Acl::from_denied(acl_chain(&self.node, &self.client, action, topic, self.now_ms));
         let Some(cache) = &mut self.acl_cache else {
-            return ask();
+            return if route == Route::Blocking { Acl::Ask } else { ask() };
         };
         let generation = hooks.acl_generation();
         if let Some(denied) = cache.get(generation, action, topic, self.now) {
             self.node.stats.metrics.inc(Metric::ClientAclCacheHit);
-            return denied;
+            return Acl::from_denied(denied);
         }
-        let denied = ask();
-        cache.put(generation, action, topic, denied, self.now);
-        denied
+        if route == Route::Blocking {
+            return Acl::Ask;
+        }
+        let answer = ask();
+        cache.put(generation, action, topic, answer == Acl::Denied, self.now);
+        answer
+    }
+
+    /// [`Connection::acl_check`], running even a chain that may block here: for a packet
+    /// that was not suspended because the chain became blocking while it was handled (a
+    /// plugin started at that moment).
+    fn acl_denied_here(&mut self, action: u32, topic: &str) -> bool {
+        match self.acl_check(action, topic) {
+            Acl::Ask => acl_chain(&self.node, &self.client, action, topic, self.now_ms),
+            acl => acl == Acl::Denied,
+        }
     }
 
     fn fire_acked(&self, message: &Message, packet_id: u16) {
@@ -259,49 +338,95 @@ impl<T: Transport> Connection<T> {
         self.ack(kind::PUBCOMP, ack.packet_id, code);
     }
 
-    fn on_subscribe(&mut self, subscribe: Subscribe<'_>) -> Result<(), Ended> {
-        let node = self.node.clone();
-        let zone = &node.zone;
-        let id = subscribe.properties.subscription_identifier;
+    fn on_subscribe(&mut self, subscribe: Subscribe<'_>) -> Result<Next, Ended> {
+        self.node.stats.metrics.inc(Metric::ClientSubscribe);
+        let (packet_id, id) = (subscribe.packet_id, subscribe.properties.subscription_identifier);
+        if !self.superuser && self.node.hooks.route(Hook::ClientCheckAcl) == Route::Blocking {
+            let filters = subscribe.filters.iter().map(|&(filter, options)| (filter.into(), options)).collect();
+            return Ok(Next::Wait(Box::new(Suspended::Subscribe { packet_id, id, filters })));
+        }
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::with_capacity(subscribe.filters.len());
-        node.stats.metrics.inc(Metric::ClientSubscribe);
         for &(filter, options) in &subscribe.filters {
-            // EMQX's order: `client.subscribe` may rewrite the filter (`emqx_mod_rewrite`);
-            // the ACL and the subscription then see the rewritten one.
-            let rewritten = self.client_subscribe_hook(Hook::ClientSubscribe, filter, options);
-            let filter = rewritten.as_deref().unwrap_or(filter);
-            let code = match Filter::parse(filter) {
-                Err(_) => reason::TOPIC_FILTER_INVALID,
-                Ok(parsed) if parsed.group.is_some() && options.no_local => {
-                    return Err(Ended::protocol(
-                        reason::PROTOCOL_ERROR,
-                        "No Local on a shared subscription (MQTT-3.8.3-4)",
-                    ));
-                }
-                Ok(parsed) if parsed.group.is_some() && !zone.shared_subscription => {
-                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                }
-                Ok(parsed) if parsed.has_wildcards() && !zone.wildcard_subscription => {
-                    reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-                }
-                Ok(parsed) => {
-                    if self.acl_denied(abi::ACL_SUBSCRIBE, filter) {
-                        tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
-                        reason::NOT_AUTHORIZED
-                    } else {
-                        let options = SubscriptionOptions { qos: options.qos.min(zone.max_qos), ..options };
-                        let is_new = node.subscribe(&self.session, filter, &parsed, Subscription { options, id });
-                        granted.push((filter.to_owned(), options, is_new));
-                        options.qos
-                    }
+            let code = match self.subscribe_filter(filter, options)? {
+                Err(code) => code,
+                Ok(filter) => {
+                    let denied = self.acl_denied_here(abi::ACL_SUBSCRIBE, &filter);
+                    self.grant(&filter, options, id, denied, &mut granted)
                 }
             };
             codes.push(code);
         }
+        self.send_suback(packet_id, &codes, granted);
+        Ok(Next::Done)
+    }
+
+    /// One filter of a SUBSCRIBE up to its ACL check: `client.subscribe`, which may rewrite
+    /// it (EMQX's order: the ACL and the subscription then see the rewritten filter, as with
+    /// `emqx_mod_rewrite`), then the checks of its form. `Ok(Err(code))` refuses it.
+    pub(super) fn subscribe_filter<'f>(
+        &self,
+        filter: &'f str,
+        options: SubscriptionOptions,
+    ) -> Result<Result<Cow<'f, str>, u8>, Ended> {
+        let zone = &self.node.zone;
+        let filter = match self.client_subscribe_hook(Hook::ClientSubscribe, filter, options) {
+            Some(rewritten) => Cow::Owned(rewritten),
+            None => Cow::Borrowed(filter),
+        };
+        let code = match Filter::parse(&filter) {
+            Err(_) => reason::TOPIC_FILTER_INVALID,
+            Ok(parsed) if parsed.group.is_some() && options.no_local => {
+                return Err(Ended::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "No Local on a shared subscription (MQTT-3.8.3-4)",
+                ));
+            }
+            Ok(parsed) if parsed.group.is_some() && !zone.shared_subscription => {
+                reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            }
+            Ok(parsed) if parsed.has_wildcards() && !zone.wildcard_subscription => {
+                reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+            }
+            Ok(_) => return Ok(Ok(filter)),
+        };
+        Ok(Err(code))
+    }
+
+    /// Subscribes to `filter` (its form checked by `subscribe_filter`) unless the ACL
+    /// `denied` it; the SUBACK code.
+    pub(super) fn grant(
+        &mut self,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        denied: bool,
+        granted: &mut Vec<(String, SubscriptionOptions, bool)>,
+    ) -> u8 {
+        if denied {
+            tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
+            return reason::NOT_AUTHORIZED;
+        }
+        let Ok(parsed) = Filter::parse(filter) else {
+            return reason::TOPIC_FILTER_INVALID;
+        };
+        let options = SubscriptionOptions { qos: options.qos.min(self.node.zone.max_qos), ..options };
+        let is_new = self.node.subscribe(&self.session, filter, &parsed, Subscription { options, id });
+        granted.push((filter.to_owned(), options, is_new));
+        options.qos
+    }
+
+    /// Sends the SUBACK with `codes`, then fires `session.subscribed` for what was `granted`.
+    pub(super) fn send_suback(
+        &mut self,
+        packet_id: u16,
+        codes: &[u8],
+        granted: Vec<(String, SubscriptionOptions, bool)>,
+    ) {
+        let node = self.node.clone();
         let base_len = 5 + 1 + codes.len();
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
-        encode_sub_ack(&mut self.out, self.version, kind::SUBACK, subscribe.packet_id, &codes, reason_string);
+        encode_sub_ack(&mut self.out, self.version, kind::SUBACK, packet_id, codes, reason_string);
         let metrics = &node.stats.metrics;
         metrics.packet_sent(kind::SUBACK, 0);
         if codes.iter().any(|&c| c >= 0x80) {
@@ -316,7 +441,6 @@ impl<T: Transport> Connection<T> {
                 node.subscribed(&self.client, &filter, options, is_new, self.now_ms);
             }
         }
-        Ok(())
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe<'_>) {

@@ -25,6 +25,7 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
+use super::suspend::Suspended;
 use super::{Connection, Ended, Transport};
 use crate::mqtt::frame::kind;
 use crate::session::Session;
@@ -86,12 +87,14 @@ impl<T: Transport> Connection<T> {
 
     /// Handles the parked frames once nothing is waited for; stops at a PUBLISH that must
     /// wait again.
-    pub(super) fn handle_parked(&mut self) -> Result<(), Ended> {
+    /// A parked packet that waits for a hook chain that may block is returned, as from
+    /// `handle_frames`.
+    pub(super) fn handle_parked(&mut self) -> Result<Option<Box<Suspended>>, Ended> {
         let Some(congestion) = self.congestion.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         if !congestion.full.is_empty() || congestion.parked.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut parked = std::mem::take(&mut congestion.parked);
         let result = self.handle_frames(&mut parked, true);
@@ -135,17 +138,25 @@ impl<T: Transport> Connection<T> {
 
     /// The connection ends with `ended`; a client that closed its socket while its frames
     /// were parked has them handled first, without waiting (its DISCONNECT among them).
-    pub(super) fn end_parked(&mut self, ended: Ended) -> Ended {
-        if !matches!(ended, Ended::Closed) || self.parked_len() == 0 {
+    pub(super) async fn end_parked(&mut self, ended: Ended) -> Ended {
+        if !matches!(ended, Ended::Closed) {
             return ended;
         }
-        if let Some(congestion) = self.congestion.as_mut() {
-            congestion.full.clear();
-            congestion.forced = true;
+        while self.parked_len() > 0 {
+            if let Some(congestion) = self.congestion.as_mut() {
+                congestion.full.clear();
+                congestion.forced = true;
+            }
+            match self.handle_parked() {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    if let Err(ended) = Box::pin(self.resume(waiting)).await {
+                        return ended;
+                    }
+                }
+                Err(ended) => return ended,
+            }
         }
-        match self.handle_parked() {
-            Ok(()) => ended,
-            Err(ended) => ended,
-        }
+        ended
     }
 }

@@ -73,6 +73,8 @@ pub(crate) type OnEvent = unsafe extern "C" fn(state: *mut c_void, event: *const
 pub(crate) struct PluginHandle {
     pub(crate) name: String,
     pub(crate) hooks: HookMask,
+    /// The hooks whose `on_event` may block: their chains run off the network threads.
+    pub(crate) blocking_hooks: HookMask,
     /// Higher runs first.
     pub(crate) priority: i32,
     /// Load order, to break priority ties.
@@ -89,6 +91,7 @@ impl PluginHandle {
     pub(crate) fn new(
         name: String,
         hooks: HookMask,
+        blocking_hooks: HookMask,
         priority: i32,
         seq: u64,
         on_event: OnEvent,
@@ -97,6 +100,7 @@ impl PluginHandle {
         PluginHandle {
             name,
             hooks,
+            blocking_hooks,
             priority,
             seq,
             on_event,

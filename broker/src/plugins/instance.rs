@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use plugin_api::abi::{self, HostApi, RawStr, RawWriter};
+use plugin_api::Hook;
 
 use super::handle::{PluginCall, PluginHandle};
 use super::host_api::{self, HostShared, PluginContext};
@@ -51,9 +52,23 @@ impl Instance {
         match status {
             abi::STATUS_OK => {
                 let meta = &library.meta;
+                let inline: Vec<&str> = Hook::ALL
+                    .into_iter()
+                    .filter(|&h| meta.blocking_hooks.contains(h) && !crate::hooks::CAN_BLOCK.contains(h))
+                    .map(Hook::name)
+                    .collect();
+                if !inline.is_empty() {
+                    tracing::warn!(
+                        plugin = meta.name,
+                        "declares {} blocking; the broker runs only client.connect, client.authenticate, \
+                         client.check_acl and message.publish off its network threads, so these run inline",
+                        inline.join(", ")
+                    );
+                }
                 let handle = PluginHandle::new(
                     meta.name.clone(),
                     meta.hooks,
+                    meta.blocking_hooks,
                     meta.priority,
                     seq,
                     library.descriptor().on_event,

@@ -29,7 +29,7 @@ pub(crate) enum LibraryError {
         accepted.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
     )]
     AbiMismatch { name: String, found: u32, accepted: &'static [u32] },
-    #[error("plugin {name}: descriptor of {found} bytes is smaller than the {needed} bytes of ABI version 1")]
+    #[error("plugin {name}: descriptor of {found} bytes is smaller than the {needed} bytes of ABI version 1's first release")]
     ShortDescriptor { name: String, found: u32, needed: u32 },
     #[error("plugin file {path} declares the name {declared:?}, not {name:?}")]
     NameMismatch { name: String, path: PathBuf, declared: String },
@@ -45,6 +45,8 @@ pub(crate) struct PluginMeta {
     pub(crate) description: String,
     pub(crate) kind: PluginKind,
     pub(crate) hooks: HookMask,
+    /// The hooks whose `on_event` may block (none from a plugin built before it was added).
+    pub(crate) blocking_hooks: HookMask,
     pub(crate) priority: i32,
     pub(crate) ctl_command: Option<String>,
 }
@@ -73,7 +75,8 @@ impl Fingerprint {
 #[derive(Debug)]
 pub(crate) struct PluginLibrary {
     pub(crate) meta: PluginMeta,
-    descriptor: &'static PluginDescriptor,
+    /// A copy of the plugin's descriptor; fields its `size` does not cover are zero.
+    descriptor: PluginDescriptor,
     fingerprint: Fingerprint,
 }
 
@@ -86,8 +89,8 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 
 impl PluginLibrary {
     /// The checked descriptor.
-    pub(crate) fn descriptor(&self) -> &'static PluginDescriptor {
-        self.descriptor
+    pub(crate) fn descriptor(&self) -> &PluginDescriptor {
+        &self.descriptor
     }
 
     /// Whether the file at `path` is still the one this library was mapped from.
@@ -146,13 +149,14 @@ impl PluginLibrary {
                 accepted: abi::SUPPORTED_ABI_VERSIONS,
             });
         }
-        let needed = std::mem::size_of::<PluginDescriptor>() as u32;
+        let needed = FIRST_RELEASE_SIZE as u32;
         if size < needed {
             return Err(LibraryError::ShortDescriptor { name: name.to_owned(), found: size, needed });
         }
-        // SAFETY: the version and size checks passed, so the static has the layout of
-        // PluginDescriptor; it lives as long as the (never unmapped) library.
-        let descriptor: &'static PluginDescriptor = unsafe { &*descriptor_ptr };
+        // SAFETY: the version and size checks passed, so the static has the first release's
+        // fields, and those appended since that `size` covers; it lives as long as the (never
+        // unmapped) library.
+        let descriptor = unsafe { read_descriptor(descriptor_ptr, size as usize) };
         // SAFETY: descriptor strings point to the plugin's static data.
         let text = |s: abi::RawStr| unsafe { s.as_str() }.to_owned();
         let declared = text(descriptor.name);
@@ -169,12 +173,50 @@ impl PluginLibrary {
                 description: text(descriptor.description),
                 kind,
                 hooks: HookMask(descriptor.hooks),
+                blocking_hooks: HookMask(descriptor.blocking_hooks & descriptor.hooks),
                 priority: descriptor.priority,
                 ctl_command,
             },
             descriptor,
             fingerprint,
         })
+    }
+}
+
+/// The size of a descriptor of ABI version 1's first release: up to `blocking_hooks`.
+const FIRST_RELEASE_SIZE: usize = std::mem::offset_of!(PluginDescriptor, blocking_hooks);
+
+/// Copies a plugin's descriptor field by field, never reading past its `size` (a plugin built
+/// before a field was appended has a shorter static): an absent field reads as zero.
+///
+/// # Safety
+/// `ptr` points to a descriptor of ABI version 1 that is at least [`FIRST_RELEASE_SIZE`] and
+/// `size` bytes long.
+unsafe fn read_descriptor(ptr: *const PluginDescriptor, size: usize) -> PluginDescriptor {
+    let has = |offset: usize, len: usize| size >= offset + len;
+    // SAFETY: every field read is within the first release's fields, or within `size`
+    // (checked); the caller promises both are readable.
+    unsafe {
+        PluginDescriptor {
+            abi_version: (&raw const (*ptr).abi_version).read(),
+            size: (&raw const (*ptr).size).read(),
+            name: (&raw const (*ptr).name).read(),
+            version: (&raw const (*ptr).version).read(),
+            description: (&raw const (*ptr).description).read(),
+            kind: (&raw const (*ptr).kind).read(),
+            priority: (&raw const (*ptr).priority).read(),
+            hooks: (&raw const (*ptr).hooks).read(),
+            ctl_command: (&raw const (*ptr).ctl_command).read(),
+            init: (&raw const (*ptr).init).read(),
+            on_event: (&raw const (*ptr).on_event).read(),
+            ctl: (&raw const (*ptr).ctl).read(),
+            stop: (&raw const (*ptr).stop).read(),
+            blocking_hooks: if has(std::mem::offset_of!(PluginDescriptor, blocking_hooks), 8) {
+                (&raw const (*ptr).blocking_hooks).read()
+            } else {
+                0
+            },
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //!   denied with `acl_req.deny_on_error = true`.
 //!
 //! Answers are cached for a short while (see `cache`), and a failing service is logged once a
-//! burst (see `health`). The requests block the hook that makes them for at most `timeout`.
+//! burst (see `health`). The requests block the hook that makes them for at most `timeout`;
+//! both hooks are declared blocking, so the broker runs them off its network threads.
 //!
 //! Config: the `[auth_http]` table (see `settings`). Commands: `broker ctl auth_http status`
 //! and `broker ctl auth_http cache clean`.
@@ -252,6 +253,10 @@ fn client_vars<'a>(event: &Event<'a>) -> Vars<'a> {
 }
 
 impl Plugin for AuthHttp {
+    /// Both ask the HTTP service and wait up to `timeout` for it: the broker runs them off its
+    /// network threads, and only the client asked about waits.
+    const BLOCKING_HOOKS: HookMask = HookMask::of(&[Hook::ClientAuthenticate, Hook::ClientCheckAcl]);
+
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings = Settings::from_json(config.json())?;
         let plugin = AuthHttp {

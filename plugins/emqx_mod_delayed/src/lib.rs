@@ -85,6 +85,11 @@ pub struct DelayedPublish {
 }
 
 impl Plugin for DelayedPublish {
+    /// A `$delayed/` publish rewrites and `fsync`s the store file before it is answered (so a
+    /// held message outlives a crash once acknowledged): the broker runs `message.publish`
+    /// off its network threads while this module is loaded.
+    const BLOCKING_HOOKS: HookMask = HookMask::of(&[Hook::MessagePublish]);
+
     fn init(host: Host, _config: Config) -> Result<Self, BoxError> {
         let store = Store::load(host.data_dir())?;
         host.info(&format!("{} delayed messages held", store.len()));

@@ -1,0 +1,112 @@
+//! Packets that wait for a hook chain that may block (a plugin declared the hook in its
+//! `blocking_hooks`: `client.check_acl` asking an HTTP service, `message.publish` writing to
+//! disk).
+//!
+//! Handling a packet is synchronous (`inbound`). When a packet needs such a chain, its
+//! handler stops before asking it and hands back what is left to do as a [`Suspended`]; the
+//! connection then runs [`Connection::resume`], which runs the chain on the blocking pool
+//! ([`crate::hooks::Hooks::run_blocking`]) and awaits it, so the network thread goes on
+//! serving every other client. This client's later packets stay unread in its buffer (and
+//! its socket) until the packet is finished, and are then handled in order. The connection
+//! does nothing else meanwhile (as an EMQX channel process blocked in a hook): its
+//! deliveries wait in its session queue.
+//!
+//! With no blocking plugin none of this runs: the handlers answer inline and allocate nothing
+//! more than before. The suspended state and the future that resumes it are boxed, so they
+//! cost a connection nothing while it does not wait.
+
+use plugin_api::abi;
+use plugin_api::Hook;
+
+use super::inbound::{acl_chain, Accepted, Acl};
+use super::{Connection, Ended, Transport};
+use crate::hooks::Route;
+use crate::mqtt::subscribe::SubscriptionOptions;
+
+/// What handling a packet left to do.
+pub(super) enum Next {
+    /// Nothing: the packet was handled.
+    Done,
+    /// The rest waits for a hook chain that may block: [`Connection::resume`] finishes it.
+    Wait(Box<Suspended>),
+}
+
+/// A packet whose handling waits for a hook chain that may block.
+#[derive(Debug)]
+pub(super) enum Suspended {
+    /// A PUBLISH that passed its checks: the ACL is still to be asked (`ask_acl`), then
+    /// `message.publish` runs and the message is routed and acknowledged.
+    Publish { accepted: Accepted, ask_acl: bool },
+    /// A whole SUBSCRIBE (it may name several filters, each asked about in turn).
+    Subscribe { packet_id: u16, id: Option<u32>, filters: Vec<(Box<str>, SubscriptionOptions)> },
+}
+
+impl<T: Transport> Connection<T> {
+    /// Finishes a suspended packet, awaiting the chains that may block off the network
+    /// threads.
+    pub(super) async fn resume(&mut self, suspended: Box<Suspended>) -> Result<(), Ended> {
+        match *suspended {
+            Suspended::Publish { accepted, ask_acl } => {
+                if ask_acl && self.acl_ask_blocking(abi::ACL_PUBLISH, &accepted.message.topic).await {
+                    self.publish_denied(accepted);
+                    return Ok(());
+                }
+                let ack = accepted.ack;
+                let outcome = if self.node.hooks.route(Hook::MessagePublish) == Route::Blocking {
+                    let (node, client, message) = (self.node.clone(), self.client.clone(), accepted.message);
+                    let can_wait = self.can_wait();
+                    let publish = move || {
+                        let mut full = Vec::new();
+                        let outcome = node.publish_from(message, &client, can_wait.then_some(&mut full));
+                        (outcome, full)
+                    };
+                    // `None` only when the runtime shuts down: the message is not acknowledged.
+                    let (outcome, full) =
+                        self.node.hooks.run_blocking(Hook::MessagePublish, publish).await.ok_or(Ended::Shutdown)?;
+                    if !full.is_empty() {
+                        self.wait_for(full);
+                    }
+                    outcome
+                } else {
+                    self.publish_message(accepted.message)
+                };
+                self.publish_acked(ack, outcome);
+            }
+            Suspended::Subscribe { packet_id, id, filters } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                let mut granted = Vec::with_capacity(filters.len());
+                for (filter, options) in &filters {
+                    let code = match self.subscribe_filter(filter, *options)? {
+                        Err(code) => code,
+                        Ok(filter) => {
+                            let denied = match self.acl_check(abi::ACL_SUBSCRIBE, &filter) {
+                                Acl::Ask => self.acl_ask_blocking(abi::ACL_SUBSCRIBE, &filter).await,
+                                acl => acl == Acl::Denied,
+                            };
+                            self.grant(&filter, *options, id, denied, &mut granted)
+                        }
+                    };
+                    codes.push(code);
+                }
+                self.send_suback(packet_id, &codes, granted);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the `client.check_acl` chain on the blocking pool whether `action` on `topic` is
+    /// denied, and caches the answer as [`Connection::acl_check`] does.
+    async fn acl_ask_blocking(&mut self, action: u32, topic: &str) -> bool {
+        let generation = self.node.hooks.acl_generation();
+        let (node, client, owned, now_ms) = (self.node.clone(), self.client.clone(), topic.to_owned(), self.now_ms);
+        let chain = move || acl_chain(&node, &client, action, &owned, now_ms);
+        // `None` only when the runtime shuts down under it: deny rather than let it through.
+        let denied = self.node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true);
+        if let Some(cache) = &mut self.acl_cache {
+            // An answer of an older generation (rules reloaded meanwhile) is dropped at the
+            // next look-up.
+            cache.put(generation, action, topic, denied, self.now);
+        }
+        denied
+    }
+}
