@@ -152,7 +152,7 @@ async fn connect(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: SocketAdd
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
         Kind::Ws { path } => {
-            let Some(stream) = ws_upgrade(socket, &path, peer, deadline).await else { return };
+            let Some(stream) = ws_upgrade(socket, &path, &node, peer, deadline).await else { return };
             crate::connection::serve(node, Tagged::new(stream, port, None), peer).await;
         }
         Kind::Wss { tls, path } => {
@@ -160,7 +160,7 @@ async fn connect(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: SocketAdd
             let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
             let left = deadline.saturating_sub(started.elapsed());
-            let Some(stream) = ws_upgrade(stream, &path, peer, left).await else { return };
+            let Some(stream) = ws_upgrade(stream, &path, &node, peer, left).await else { return };
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
     }
@@ -187,11 +187,17 @@ async fn tls_accept(
 }
 
 /// The WebSocket upgrade, within `deadline`; `None` (logged) when it fails.
-async fn ws_upgrade<S>(stream: S, path: &str, peer: SocketAddr, deadline: Duration) -> Option<ws::WsTransport<S>>
+async fn ws_upgrade<S>(
+    stream: S,
+    path: &str,
+    node: &Node,
+    peer: SocketAddr,
+    deadline: Duration,
+) -> Option<ws::WsTransport<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(deadline, ws::upgrade(stream, path)).await {
+    match tokio::time::timeout(deadline, ws::upgrade(stream, path, node.zone.max_packet_size)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::info!(%peer, "WebSocket upgrade refused: {e}");
