@@ -7,6 +7,12 @@
 //! Reads and writes go through two buffers the task owns. Both are given back while the
 //! connection is idle, and the task stops reading from a client that does not read what it is
 //! sent (above 64 KiB waiting): a slow client slows itself down, not the broker.
+//!
+//! A packet the client has begun must arrive whole within `mqtt.packet_timeout`, whatever its
+//! keep-alive: otherwise a client with keep-alive 0 could hold a read buffer of up to
+//! `max_packet_size` forever. The timer costs nothing on the fast path: it is armed only when
+//! the connection goes to sleep with part of a packet in its read buffer, and dropped when a
+//! packet completes.
 
 mod acl_cache;
 mod handshake;
@@ -66,6 +72,8 @@ pub(crate) enum Ended {
     Io(io::Error),
     /// Nothing from the client for 1.5 times its keep-alive (MQTT-3.1.2-24).
     KeepAlive,
+    /// A packet begun did not arrive whole within `mqtt.packet_timeout`.
+    PacketTimeout,
     /// A new connection with the same client id resumed the session.
     TakenOver,
     /// A new connection with the same client id and clean start discarded the session.
@@ -86,6 +94,7 @@ impl Ended {
             Ended::Closed => "tcp_closed",
             Ended::Io(_) => "sock_error",
             Ended::KeepAlive => "keepalive_timeout",
+            Ended::PacketTimeout => "packet_timeout",
             Ended::TakenOver => "takeovered",
             Ended::Discarded => "discarded",
             Ended::Protocol { .. } => "protocol_error",
@@ -97,7 +106,8 @@ impl Ended {
     /// The reason code of the DISCONNECT an MQTT 5 client is sent, if the broker ends it.
     fn disconnect_code(&self) -> Option<u8> {
         match self {
-            Ended::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            // The closest MQTT 5 reason: the client went quiet in the middle of a packet.
+            Ended::KeepAlive | Ended::PacketTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             Ended::TakenOver | Ended::Discarded => Some(reason::SESSION_TAKEN_OVER),
             Ended::Protocol { code, .. } => Some(*code),
             Ended::TooLarge => Some(reason::PACKET_TOO_LARGE),
@@ -156,6 +166,8 @@ struct Connection<T> {
     keep_alive: Option<Duration>,
     last_packet: Instant,
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
+    /// Runs while part of a packet waits in `inbound` (see [`Connection::poll_packet_timeout`]).
+    packet_timer: Option<Pin<Box<Sleep>>>,
     /// MQTT 5 limits the client announced.
     client_receive_maximum: u16,
     client_max_packet_size: usize,
@@ -232,6 +244,8 @@ impl<T: Transport> Connection<T> {
         };
         if handled {
             self.last_packet = self.now;
+            // The packet that was waiting arrived; the next one gets its own deadline.
+            self.packet_timer = None;
         }
         result
     }
@@ -261,6 +275,12 @@ impl<T: Transport> Connection<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Wake::Ended(Ended::Io(e))),
                 Poll::Pending => {}
             }
+            if self.poll_packet_timeout(cx) {
+                return Poll::Ready(Wake::Ended(Ended::PacketTimeout));
+            }
+        } else {
+            // Not reading (the broker holds the client back): no deadline runs against it.
+            self.packet_timer = None;
         }
         if let Some(ended) = self.poll_keep_alive(cx) {
             return Poll::Ready(Wake::Ended(ended));
@@ -302,6 +322,19 @@ impl<T: Transport> Connection<T> {
             self.node.stats.metrics.add(Metric::BytesReceived, n as u64);
         }
         read
+    }
+
+    /// Whether the packet waiting in part in `inbound` is overdue. Called when the connection is
+    /// about to sleep with nothing left to read: arms the timer the first time a partial
+    /// packet stays across a wake.
+    fn poll_packet_timeout(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.inbound.is_empty() {
+            self.packet_timer = None;
+            return false;
+        }
+        let timeout = self.node.zone.packet_timeout;
+        let timer = self.packet_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {

@@ -247,6 +247,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         keep_alive,
         last_packet: now,
         keep_alive_timer: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
+        packet_timer: None,
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         problem_information: connect.properties.request_problem_information != Some(0),
