@@ -15,6 +15,7 @@ mod listeners;
 
 pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONN_RATE,
 };
 
 use crate::auth::{AllowAnonymous, FailurePolicy};
@@ -36,8 +37,14 @@ pub struct Overrides {
 pub struct MqttSettings {
     /// Largest MQTT packet accepted, in bytes (EMQX's `max_packet_size`).
     pub max_packet_size: usize,
-    /// Most clients connected at once.
+    /// Most clients connected at once (to the plain TCP listener).
     pub max_connections: usize,
+    /// Connections the plain TCP listener accepts a second (EMQX's `max_conn_rate`); past
+    /// it the listener waits before accepting more. 0 for no limit.
+    pub max_conn_rate: u32,
+    /// Connections one IP address may hold open at once on the plain TCP listener; past it
+    /// a new one is closed at once. 0 for no limit.
+    pub max_conns_per_ip: usize,
     /// Most unacknowledged QoS 1/2 messages in flight to one client.
     pub max_inflight: u16,
     /// Most QoS 2 messages a client may have unreleased (announced as Receive Maximum).
@@ -96,6 +103,8 @@ impl Default for MqttSettings {
         MqttSettings {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
+            max_conn_rate: DEFAULT_MAX_CONN_RATE,
+            max_conns_per_ip: 0,
             max_inflight: 100,
             max_awaiting_rel: 100,
             connect_timeout: 15,
