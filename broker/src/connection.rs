@@ -375,7 +375,7 @@ impl<T: Transport> Connection<T> {
             event.reason = RawStr::new(ended.reason());
             node.hooks.dispatch(&event);
         }
-        tracing::debug!(client_id = &*self.client.client_id, "connection ended: {ended}");
+        tracing::debug!(client_id = ?crate::log_limit::clipped(&self.client.client_id), "connection ended: {ended}");
         // Write what is left, then read (and drop) until the client closes: closing with its
         // bytes unread would reset the connection, and the client could lose our last words.
         let (out, io) = (&self.out, &mut self.io);

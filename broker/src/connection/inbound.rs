@@ -9,6 +9,7 @@ use plugin_api::Hook;
 use super::handshake::forwarded;
 use super::{Connection, Ended, Transport};
 use crate::hooks::{Hooks, Verdict};
+use crate::log_limit::clipped;
 use crate::message::Message;
 use crate::metrics::Metric;
 use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
@@ -152,7 +153,8 @@ impl<T: Transport> Connection<T> {
             timestamp_ms: self.now_ms,
         };
         if self.acl_denied(abi::ACL_PUBLISH, &message.topic) {
-            tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
+            let (client_id, topic) = (clipped(&self.client.client_id), clipped(&message.topic));
+            tracing::debug!(?client_id, ?topic, "publish denied by ACL");
             node.dropped(&self.client.client_id, &message, DropReason::Denied);
             if ack_kind != 0 {
                 // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged.
@@ -281,7 +283,8 @@ impl<T: Transport> Connection<T> {
                 }
                 Ok(parsed) => {
                     if self.acl_denied(abi::ACL_SUBSCRIBE, filter) {
-                        tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
+                        let (client_id, filter) = (clipped(&self.client.client_id), clipped(filter));
+                        tracing::debug!(?client_id, ?filter, "subscribe denied by ACL");
                         reason::NOT_AUTHORIZED
                     } else {
                         let options = SubscriptionOptions { qos: options.qos.min(zone.max_qos), ..options };
