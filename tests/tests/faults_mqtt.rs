@@ -128,7 +128,11 @@ fn a_65000_byte_client_id_is_logged_clipped() {
             stream.write_all(&[0xe0, 0]).unwrap();
         }
         let line = broker.wait_for_log(marker);
-        assert!(line.contains(&format!("\"{}\"…(65000 bytes)", "c".repeat(256))), "{marker}: {}", &line[..line.len().min(600)]);
+        assert!(
+            line.contains(&format!("\"{}\"…(65000 bytes)", "c".repeat(256))),
+            "{marker}: {}",
+            &line[..line.len().min(600)]
+        );
         let longest = broker.logs().iter().map(String::len).max().unwrap_or(0);
         assert!(longest < 2048, "a log line of {longest} bytes (allow_anonymous = {anonymous})");
     }

@@ -48,8 +48,7 @@ async fn connect_from(broker: SocketAddr, from: [u8; 4], id: &str) -> Option<Tcp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_at_max_conns_per_ip_is_refused_while_others_connect() {
     let dir = DataDir::new();
-    let broker =
-        Broker::start(&dir, &[("BROKER_MQTT__MAX_CONNS_PER_IP", "2"), ("BROKER_MQTT__CONNECT_TIMEOUT", "60")]);
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_CONNS_PER_IP", "2"), ("BROKER_MQTT__CONNECT_TIMEOUT", "60")]);
     let first = connect_from(broker.addr, FIRST, "per-ip-1").await.expect("first from 127.0.0.1");
     let _second = connect_from(broker.addr, FIRST, "per-ip-2").await.expect("second from 127.0.0.1");
     assert!(connect_from(broker.addr, FIRST, "per-ip-3").await.is_none(), "a third from 127.0.0.1 is refused");

@@ -359,10 +359,8 @@ async fn a_websocket_frame_over_the_packet_size_limit_closes_the_connection_befo
     use futures_util::StreamExt;
 
     let dir = DataDir::new();
-    let broker = Broker::start(
-        &dir,
-        &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"), ("BROKER_MQTT__MAX_PACKET_SIZE", "1024")],
-    );
+    let broker =
+        Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"), ("BROKER_MQTT__MAX_PACKET_SIZE", "1024")]);
     let ws = broker.logged_addr(" ws listener on ");
     let connect: &[u8] = &[0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 4, b'r', b'a', b'w', b'1'];
     // The first answer to one frame holding the CONNECT and `pings` PINGREQs: `Some(bytes)`

@@ -38,17 +38,20 @@ impl ConnRate {
     }
 }
 
+/// Open connections by peer address.
+type OpenByAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// Open connections per peer address, for `max_conns_per_ip`.
 #[derive(Debug, Clone)]
 pub(super) struct PerAddress {
     max: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenByAddress,
 }
 
 /// A connection counted against its address until dropped.
 #[derive(Debug)]
 pub(super) struct AddressSlot {
-    counted: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
+    counted: Option<(OpenByAddress, IpAddr)>,
 }
 
 impl PerAddress {

@@ -9,8 +9,8 @@
 //! leaves the previous or the new contents, never a mix.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 const MAGIC_V1: &[u8] = b"broker-retainer v1\n";
@@ -36,7 +36,10 @@ pub type Messages = BTreeMap<String, Retained>;
 /// looking at every message: a filter without wildcards is one lookup; one with wildcards
 /// walks only the topics that start with its levels before the first wildcard (every topic
 /// for `#` or `+/...`). The caller still checks each with `topic::matches`.
-pub fn candidates<'a>(messages: &'a Messages, filter: &str) -> Box<dyn Iterator<Item = (&'a String, &'a Retained)> + 'a> {
+pub fn candidates<'a>(
+    messages: &'a Messages,
+    filter: &str,
+) -> Box<dyn Iterator<Item = (&'a String, &'a Retained)> + 'a> {
     let wildcard = filter.split('/').position(|level| level == "+" || level == "#");
     let Some(level) = wildcard else {
         return Box::new(messages.get_key_value(filter).into_iter());
@@ -148,11 +151,10 @@ mod tests {
 
     #[test]
     fn candidates_are_the_exact_topic_or_the_topics_under_the_literal_prefix() {
-        let retained = Retained { payload: b"p".to_vec(), qos: 0, stored_at_ms: 0, properties: vec![], expires_at_ms: 0 };
-        let messages: Messages = ["a", "a/b", "a/b/c", "a/bc", "b/x", "$SYS/x"]
-            .iter()
-            .map(|t| (t.to_string(), retained.clone()))
-            .collect();
+        let retained =
+            Retained { payload: b"p".to_vec(), qos: 0, stored_at_ms: 0, properties: vec![], expires_at_ms: 0 };
+        let messages: Messages =
+            ["a", "a/b", "a/b/c", "a/bc", "b/x", "$SYS/x"].iter().map(|t| (t.to_string(), retained.clone())).collect();
         let topics = |filter: &str| candidates(&messages, filter).map(|(t, _)| t.as_str()).collect::<Vec<_>>();
         assert_eq!(topics("a/b"), ["a/b"]);
         assert_eq!(topics("a/x"), Vec::<&str>::new());
