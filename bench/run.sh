@@ -43,9 +43,10 @@ start_target() { # name port -> sets TARGET_PID
       mkdir -p "$WORK/$name"
       if [ "$name" = a ]; then cp data/loaded_plugins data/acl.conf "$WORK/$name/"; else : > "$WORK/$name/loaded_plugins"; fi
       # Session queues as deep as mosquitto's below (max_queued_messages): a throughput run
-      # measures speed, not the drop policy of a full queue (EMQX's default is 1000).
+      # measures speed, not the drop policy of a full queue (EMQX's default is 1000); no
+      # max_conn_rate (default 1000/s), as the other brokers have none.
       DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-        BROKER_MQTT__MAX_MQUEUE_LEN=1000000 \
+        BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 \
         "$BIN/broker" --data-dir "$WORK/$name" --listen "127.0.0.1:$port" 2>"$WORK/$name.log" &
       ;;
     c) "$BIN/bare_rumqttd" --listen "127.0.0.1:$port" >/dev/null 2>&1 & ;;

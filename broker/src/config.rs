@@ -15,6 +15,7 @@ mod listeners;
 
 pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONN_RATE,
 };
 
 use crate::auth::{AllowAnonymous, FailurePolicy};
@@ -36,14 +37,25 @@ pub struct Overrides {
 pub struct MqttSettings {
     /// Largest MQTT packet accepted, in bytes (EMQX's `max_packet_size`).
     pub max_packet_size: usize,
-    /// Most clients connected at once.
+    /// Most clients connected at once (to the plain TCP listener).
     pub max_connections: usize,
+    /// Connections the plain TCP listener accepts a second (EMQX's `max_conn_rate`); past
+    /// it the listener waits before accepting more. 0 for no limit.
+    pub max_conn_rate: u32,
+    /// Connections one IP address may hold open at once on the plain TCP listener; past it
+    /// a new one is closed at once. 0 for no limit.
+    pub max_conns_per_ip: usize,
     /// Most unacknowledged QoS 1/2 messages in flight to one client.
     pub max_inflight: u16,
     /// Most QoS 2 messages a client may have unreleased (announced as Receive Maximum).
     pub max_awaiting_rel: u16,
     /// Seconds a new connection has to send its CONNECT.
     pub connect_timeout: u64,
+    /// How long a packet the client has begun to send may take to arrive whole, whatever
+    /// its keep-alive (EMQX has no such setting; its `idle_timeout` is our `connect_timeout`),
+    /// e.g. `"30s"`. Past it the connection closes (`packet_timeout`; MQTT 5: DISCONNECT 0x8D).
+    #[serde(deserialize_with = "duration_text")]
+    pub packet_timeout: String,
     /// Cache each connection's ACL answers. EMQX's name `enable_acl_cache` is accepted too
     /// (one of the two), and so are EMQX's `on` / `off`. Not serialized, so that the built-in
     /// default does not count as a second name when the other one is set.
@@ -107,9 +119,12 @@ impl Default for MqttSettings {
         MqttSettings {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
+            max_conn_rate: DEFAULT_MAX_CONN_RATE,
+            max_conns_per_ip: 0,
             max_inflight: 100,
             max_awaiting_rel: 100,
             connect_timeout: 15,
+            packet_timeout: "30s".to_owned(),
             acl_cache: true,
             acl_cache_max_size: 32,
             acl_cache_ttl: "1m".to_owned(),
@@ -166,12 +181,17 @@ impl MqttSettings {
             return Err(bad("mqtt.max_packet_size", &format!("{} (at least 64 bytes)", self.max_packet_size)));
         }
         let expiry = duration("mqtt.session_expiry_interval", &self.session_expiry_interval)?;
+        let packet_timeout = duration("mqtt.packet_timeout", &self.packet_timeout)?;
+        if packet_timeout.is_zero() {
+            return Err(bad("mqtt.packet_timeout", &"0 (must be longer than 0)"));
+        }
         Ok(Zone {
             max_packet_size: self.max_packet_size.min(268_435_460),
             max_connections: self.max_connections,
             max_inflight: self.max_inflight,
             max_awaiting_rel: self.max_awaiting_rel,
             connect_timeout: self.connect_timeout(),
+            packet_timeout,
             acl_cache: self.acl_cache()?,
             queue: QueueLimits {
                 max_len: self.max_mqueue_len,

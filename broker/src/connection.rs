@@ -9,6 +9,12 @@
 //! sent (above 64 KiB waiting): a slow client slows itself down, not the broker. A
 //! connection whose PUBLISH filled a subscriber's queue handles no further PUBLISH until that
 //! queue drains (`overload`): a slow subscriber slows its publishers down.
+//!
+//! A packet the client has begun must arrive whole within `mqtt.packet_timeout`, whatever its
+//! keep-alive: otherwise a client with keep-alive 0 could hold a read buffer of up to
+//! `max_packet_size` forever. The timer costs nothing on the fast path: it is armed only when
+//! the connection goes to sleep with part of a packet in its read buffer, and dropped when a
+//! packet completes.
 
 mod acl_cache;
 mod handshake;
@@ -71,6 +77,8 @@ pub(crate) enum Ended {
     Io(io::Error),
     /// Nothing from the client for 1.5 times its keep-alive (MQTT-3.1.2-24).
     KeepAlive,
+    /// A packet begun did not arrive whole within `mqtt.packet_timeout`.
+    PacketTimeout,
     /// A new connection with the same client id resumed the session.
     TakenOver,
     /// A new connection with the same client id and clean start discarded the session.
@@ -91,6 +99,7 @@ impl Ended {
             Ended::Closed => "tcp_closed",
             Ended::Io(_) => "sock_error",
             Ended::KeepAlive => "keepalive_timeout",
+            Ended::PacketTimeout => "packet_timeout",
             Ended::TakenOver => "takeovered",
             Ended::Discarded => "discarded",
             Ended::Protocol { .. } => "protocol_error",
@@ -102,7 +111,8 @@ impl Ended {
     /// The reason code of the DISCONNECT an MQTT 5 client is sent, if the broker ends it.
     fn disconnect_code(&self) -> Option<u8> {
         match self {
-            Ended::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            // The closest MQTT 5 reason: the client went quiet in the middle of a packet.
+            Ended::KeepAlive | Ended::PacketTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
             Ended::TakenOver | Ended::Discarded => Some(reason::SESSION_TAKEN_OVER),
             Ended::Protocol { code, .. } => Some(*code),
             Ended::TooLarge => Some(reason::PACKET_TOO_LARGE),
@@ -167,6 +177,8 @@ struct Connection<T> {
     keep_alive: Option<Duration>,
     last_packet: Instant,
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
+    /// Runs while part of a packet waits in `inbound` (see [`Connection::poll_packet_timeout`]).
+    packet_timer: Option<Pin<Box<Sleep>>>,
     /// MQTT 5 limits the client announced.
     client_receive_maximum: u16,
     client_max_packet_size: usize,
@@ -280,6 +292,8 @@ impl<T: Transport> Connection<T> {
         };
         if handled {
             self.last_packet = self.now;
+            // The packet that was waiting arrived; the next one gets its own deadline.
+            self.packet_timer = None;
         }
         result
     }
@@ -320,6 +334,12 @@ impl<T: Transport> Connection<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Wake::Ended(Ended::Io(e))),
                 Poll::Pending => {}
             }
+            if self.poll_packet_timeout(cx) {
+                return Poll::Ready(Wake::Ended(Ended::PacketTimeout));
+            }
+        } else {
+            // Not reading (the broker holds the client back): no deadline runs against it.
+            self.packet_timer = None;
         }
         if let Some(ended) = self.poll_keep_alive(cx) {
             return Poll::Ready(Wake::Ended(ended));
@@ -361,6 +381,19 @@ impl<T: Transport> Connection<T> {
             self.node.stats.metrics.add(Metric::BytesReceived, n as u64);
         }
         read
+    }
+
+    /// Whether the packet waiting in part in `inbound` is overdue. Called when the connection is
+    /// about to sleep with nothing left to read: arms the timer the first time a partial
+    /// packet stays across a wake.
+    fn poll_packet_timeout(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.inbound.is_empty() {
+            self.packet_timer = None;
+            return false;
+        }
+        let timeout = self.node.zone.packet_timeout;
+        let timer = self.packet_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
@@ -406,7 +439,7 @@ impl<T: Transport> Connection<T> {
             event.reason = RawStr::new(ended.reason());
             node.hooks.dispatch(&event);
         }
-        tracing::debug!(client_id = &*self.client.client_id, "connection ended: {ended}");
+        tracing::debug!(client_id = ?crate::log_limit::clipped(&self.client.client_id), "connection ended: {ended}");
         // Write what is left, then read (and drop) until the client closes: closing with its
         // bytes unread would reset the connection, and the client could lose our last words.
         let (out, io) = (&self.out, &mut self.io);

@@ -15,6 +15,7 @@ pub(crate) mod connection;
 pub mod ctl;
 pub(crate) mod hooks;
 pub(crate) mod listener;
+pub(crate) mod log_limit;
 pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod mqtt;

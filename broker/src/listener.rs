@@ -1,9 +1,13 @@
 //! Listeners: accept client connections and give each its own task (`connection::serve`).
 //! EMQX's four kinds: `tcp` (plain MQTT), `ssl` (MQTT over TLS), `ws` (MQTT over WebSocket)
 //! and `wss` (WebSocket over TLS). Each listener counts its own open connections; past its
-//! `max_connections` a new one is closed at once. The TLS and WebSocket handshakes must end
-//! within `mqtt.connect_timeout`, so a silent client cannot hold a slot.
+//! `max_connections` a new one is closed at once, and so is one from an address that has
+//! `max_conns_per_ip` open; past `max_conn_rate` connections a second the listener waits before
+//! it accepts the next (`limits`). No listener may take more connections than the open-file
+//! limit leaves descriptors for. The TLS and WebSocket handshakes must end within
+//! `mqtt.connect_timeout`, so a silent client cannot hold a slot.
 
+mod limits;
 mod tls;
 mod ws;
 
@@ -13,13 +17,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ListenerSettings;
 use crate::connection::Tagged;
+use crate::log_limit::{held_back, Throttle};
 use crate::node::Node;
+use limits::{AddressSlot, ConnRate, PerAddress};
 use tls::Tls;
 pub(crate) use tls::TlsError;
 
@@ -43,39 +49,80 @@ impl Kind {
         }
     }
 
-    /// The setting that limits its connections, for logs.
-    fn limit_setting(&self) -> &'static str {
+    /// The section of its settings, for logs: `mqtt` (for plain TCP) or `listener.<kind>`.
+    fn section(&self) -> &'static str {
         match self {
-            Kind::Tcp => "mqtt.max_connections",
-            Kind::Ssl(_) => "listener.ssl.max_connections",
-            Kind::Ws { .. } => "listener.ws.max_connections",
-            Kind::Wss { .. } => "listener.wss.max_connections",
+            Kind::Tcp => "mqtt",
+            Kind::Ssl(_) => "listener.ssl",
+            Kind::Ws { .. } => "listener.ws",
+            Kind::Wss { .. } => "listener.wss",
         }
     }
 }
 
-/// A listener to start: its address, protocol and limit, checked (TLS files read).
+/// How many connections a listener takes, how fast, and how many from one address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    /// Connections accepted a second; 0 for no limit.
+    pub(crate) max_conn_rate: u32,
+    /// Connections open at once from one address; 0 for no limit.
+    pub(crate) max_conns_per_ip: usize,
+}
+
+/// A listener to start: its address, protocol and limits, checked (TLS files read).
 #[derive(Debug)]
 pub(crate) struct Plan {
     bind: SocketAddr,
     kind: Kind,
-    max_connections: usize,
+    limits: Limits,
 }
 
-/// The listeners `settings` ask for, plain TCP first; an error names the bad setting or file.
-pub(crate) fn plan(settings: &ListenerSettings, tcp_max_connections: usize) -> Result<Vec<Plan>, TlsError> {
-    let mut plans = vec![Plan { bind: settings.tcp, kind: Kind::Tcp, max_connections: tcp_max_connections }];
+/// The listeners `settings` ask for, plain TCP first (its limits are `tcp`, from `[mqtt]`);
+/// an error names the bad setting or file. No listener's `max_connections` exceeds
+/// `descriptors`, the clients the open-file limit allows (lowered with a warning).
+pub(crate) fn plan(settings: &ListenerSettings, tcp: Limits, descriptors: usize) -> Result<Vec<Plan>, TlsError> {
+    let mut plans = vec![Plan { bind: settings.tcp, kind: Kind::Tcp, limits: tcp }];
     if let Some(bind) = settings.ssl.bind {
         let kind = Kind::Ssl(Tls::new("ssl", &settings.ssl.tls)?);
-        plans.push(Plan { bind, kind, max_connections: settings.ssl.max_connections });
+        let ssl = &settings.ssl;
+        let limits = Limits {
+            max_connections: ssl.max_connections,
+            max_conn_rate: ssl.max_conn_rate,
+            max_conns_per_ip: ssl.max_conns_per_ip,
+        };
+        plans.push(Plan { bind, kind, limits });
     }
     if let Some(bind) = settings.ws.bind {
         let kind = Kind::Ws { path: settings.ws.path.as_str().into() };
-        plans.push(Plan { bind, kind, max_connections: settings.ws.max_connections });
+        let ws = &settings.ws;
+        let limits = Limits {
+            max_connections: ws.max_connections,
+            max_conn_rate: ws.max_conn_rate,
+            max_conns_per_ip: ws.max_conns_per_ip,
+        };
+        plans.push(Plan { bind, kind, limits });
     }
     if let Some(bind) = settings.wss.bind {
         let kind = Kind::Wss { tls: Tls::new("wss", &settings.wss.tls)?, path: settings.wss.path.as_str().into() };
-        plans.push(Plan { bind, kind, max_connections: settings.wss.max_connections });
+        let wss = &settings.wss;
+        let limits = Limits {
+            max_connections: wss.max_connections,
+            max_conn_rate: wss.max_conn_rate,
+            max_conns_per_ip: wss.max_conns_per_ip,
+        };
+        plans.push(Plan { bind, kind, limits });
+    }
+    for plan in &mut plans {
+        if plan.limits.max_connections > descriptors {
+            tracing::warn!(
+                "{}.max_connections ({}) lowered to {descriptors}: the open-file limit leaves descriptors for no \
+                 more (one a client); raise it with `ulimit -n`",
+                plan.kind.section(),
+                plan.limits.max_connections
+            );
+            plan.limits.max_connections = descriptors;
+        }
     }
     Ok(plans)
 }
@@ -86,7 +133,7 @@ impl Plan {
         let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         tracing::info!("{} listener on {addr}", self.kind.name());
-        tokio::spawn(serve(listener, self.kind, self.max_connections, node));
+        tokio::spawn(serve(listener, self.kind, self.limits, node));
         Ok(addr)
     }
 
@@ -115,24 +162,50 @@ impl Drop for OpenConnection {
     }
 }
 
+/// How often a refusal for the same reason and address is logged.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
+
 /// Accepts connections forever.
-async fn serve(listener: TcpListener, kind: Kind, max: usize, node: Arc<Node>) {
+async fn serve(listener: TcpListener, kind: Kind, limits: Limits, node: Arc<Node>) {
     let open = Arc::new(AtomicUsize::new(0));
+    let max = limits.max_connections;
+    let mut rate = ConnRate::new(limits.max_conn_rate, Instant::now());
+    let per_address = PerAddress::new(limits.max_conns_per_ip);
+    let refusals = Throttle::new(REFUSAL_LOG_WINDOW);
+    let section = kind.section();
     loop {
+        if let Some(rate) = &mut rate {
+            while let Err(wait) = rate.take(Instant::now()) {
+                if let Some(n) = refusals.check(("max_conn_rate", None), Instant::now()) {
+                    let rate = limits.max_conn_rate;
+                    tracing::info!("{section}.max_conn_rate ({rate}/s) reached: accepting slower{}", held_back(n));
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
         match listener.accept().await {
             Ok((socket, peer)) => {
                 if open.fetch_add(1, Ordering::Relaxed) >= max {
                     open.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "connection refused: {} ({max}) reached", kind.limit_setting());
+                    if let Some(n) = refusals.check(("max_connections", Some(peer.ip())), Instant::now()) {
+                        tracing::warn!(%peer, "connection refused: {section}.max_connections ({max}) reached{}", held_back(n));
+                    }
                     continue;
                 }
                 let open = OpenConnection(open.clone());
+                let Some(slot) = per_address.admit(peer.ip()) else {
+                    if let Some(n) = refusals.check(("max_conns_per_ip", Some(peer.ip())), Instant::now()) {
+                        let per_ip = limits.max_conns_per_ip;
+                        tracing::warn!(%peer, "connection refused: {section}.max_conns_per_ip ({per_ip}) reached{}", held_back(n));
+                    }
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
                 match kind {
-                    Kind::Tcp => tokio::spawn(tcp_task(node.clone(), socket, peer, open)),
+                    Kind::Tcp => tokio::spawn(tcp_task(node.clone(), socket, peer, (open, slot))),
                     _ => tokio::spawn(Counted {
                         serving: Box::pin(connect_layered(node.clone(), kind.clone(), socket, peer)),
-                        open,
+                        counted: (open, slot),
                     }),
                 };
             }
@@ -157,7 +230,8 @@ pin_project_lite::pin_project! {
     struct Counted<F> {
         #[pin]
         serving: F,
-        open: OpenConnection,
+        /// Released when the connection ends: the listener's and its address's counts.
+        counted: (OpenConnection, AddressSlot),
     }
 }
 
@@ -174,9 +248,9 @@ fn tcp_task(
     node: Arc<Node>,
     socket: TcpStream,
     peer: SocketAddr,
-    open: OpenConnection,
+    counted: (OpenConnection, AddressSlot),
 ) -> Counted<impl Future<Output = ()>> {
-    Counted { serving: crate::connection::serve(node, socket, peer), open }
+    Counted { serving: crate::connection::serve(node, socket, peer), counted }
 }
 
 /// Runs the listener's handshakes (TLS, WebSocket), then the MQTT connection.
@@ -191,7 +265,7 @@ async fn connect_layered(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: S
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
         Kind::Ws { path } => {
-            let Some(stream) = ws_upgrade(socket, &path, peer, deadline).await else { return };
+            let Some(stream) = ws_upgrade(socket, &path, &node, peer, deadline).await else { return };
             crate::connection::serve(node, Tagged::new(stream, port, None), peer).await;
         }
         Kind::Wss { tls, path } => {
@@ -199,7 +273,7 @@ async fn connect_layered(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: S
             let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
             let left = deadline.saturating_sub(started.elapsed());
-            let Some(stream) = ws_upgrade(stream, &path, peer, left).await else { return };
+            let Some(stream) = ws_upgrade(stream, &path, &node, peer, left).await else { return };
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
     }
@@ -226,11 +300,17 @@ async fn tls_accept(
 }
 
 /// The WebSocket upgrade, within `deadline`; `None` (logged) when it fails.
-async fn ws_upgrade<S>(stream: S, path: &str, peer: SocketAddr, deadline: Duration) -> Option<ws::WsTransport<S>>
+async fn ws_upgrade<S>(
+    stream: S,
+    path: &str,
+    node: &Node,
+    peer: SocketAddr,
+    deadline: Duration,
+) -> Option<ws::WsTransport<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(deadline, ws::upgrade(stream, path)).await {
+    match tokio::time::timeout(deadline, ws::upgrade(stream, path, node.zone.max_packet_size)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::info!(%peer, "WebSocket upgrade refused: {e}");

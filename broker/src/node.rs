@@ -41,6 +41,8 @@ pub(crate) struct Zone {
     /// Most QoS 2 messages a client may have unreleased: the Receive Maximum announced.
     pub(crate) max_awaiting_rel: u16,
     pub(crate) connect_timeout: Duration,
+    /// How long a packet begun may take to arrive whole (`mqtt.packet_timeout`).
+    pub(crate) packet_timeout: Duration,
     pub(crate) acl_cache: Option<AclCacheSettings>,
     pub(crate) queue: QueueLimits,
     /// Session Expiry Interval of an MQTT 3.1.1 session with clean session 0.
@@ -68,6 +70,7 @@ impl Default for Zone {
             max_inflight: 100,
             max_awaiting_rel: 100,
             connect_timeout: Duration::from_secs(15),
+            packet_timeout: Duration::from_secs(30),
             acl_cache: None,
             queue: QueueLimits { max_len: 1000, store_qos0: true, overflow: Overflow::Backpressure },
             session_expiry_v3: 7200,

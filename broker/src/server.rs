@@ -84,13 +84,14 @@ fn limit_malloc_arenas(settings: &Settings) {
 }
 
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
-/// descriptor (its socket).
-fn raise_file_limit(max_connections: usize) {
+/// descriptor (its socket). Returns how many clients the limit leaves descriptors for (64
+/// are kept for the broker's own files, plugins and the ctl socket); no listener takes more.
+fn raise_file_limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return usize::MAX;
         }
         if limit.rlim_cur < limit.rlim_max {
             let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
@@ -99,14 +100,7 @@ fn raise_file_limit(max_connections: usize) {
             }
         }
     }
-    let clients = (limit.rlim_cur as usize).saturating_sub(64);
-    if clients < max_connections {
-        tracing::warn!(
-            "the open-file limit ({}) allows about {clients} clients (one descriptor each), fewer than \
-             mqtt.max_connections ({max_connections}); raise it with `ulimit -n`",
-            limit.rlim_cur
-        );
-    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).saturating_sub(64).max(1)
 }
 
 /// The runtime that serves the network: one worker per core.
@@ -131,7 +125,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let settings = config::load(overrides)?;
     limit_malloc_arenas(&settings);
     init_logging(&settings);
-    raise_file_limit(settings.mqtt.max_connections);
+    let descriptors = raise_file_limit();
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
@@ -140,7 +134,12 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
 
     let zone = settings.mqtt.zone()?;
-    let listeners = crate::listener::plan(&settings.listener, zone.max_connections)?;
+    let tcp_limits = crate::listener::Limits {
+        max_connections: zone.max_connections,
+        max_conn_rate: settings.mqtt.max_conn_rate,
+        max_conns_per_ip: settings.mqtt.max_conns_per_ip,
+    };
+    let listeners = crate::listener::plan(&settings.listener, tcp_limits, descriptors)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let runtime = network_runtime()?;
 

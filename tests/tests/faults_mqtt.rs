@@ -86,3 +86,54 @@ async fn bad_packets_close_only_their_connection() {
         (stat_in(&stats, "connections.count") == 2).then_some(())
     });
 }
+
+/// A CONNECT with a client id of `len` bytes (`c`s), MQTT 3.1.1, keep-alive 30.
+fn connect_with_long_id(len: usize) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    body.extend_from_slice(&(len as u16).to_be_bytes());
+    body.resize(body.len() + len, b'c');
+    let mut packet = vec![0x10];
+    let mut left = body.len();
+    loop {
+        let byte = (left % 128) as u8;
+        left /= 128;
+        packet.push(if left > 0 { byte | 0x80 } else { byte });
+        if left == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// A client-chosen field is logged cut to 256 bytes with its length (a 65,000-byte client id
+/// logged whole, several times a connect, let one client write megabytes of log a second):
+/// a refused CONNECT (`allow_anonymous = false`: the `connection refused` line) and an
+/// accepted one with `emqx_mod_presence` loaded, ended by DISCONNECT (the `connection ended`
+/// line, at debug level, which this test turns on) log the id as `ccc…"…(65000 bytes)`, and
+/// no line of the broker's log is longer than 2 KiB.
+#[test]
+fn a_65000_byte_client_id_is_logged_clipped() {
+    let connect = connect_with_long_id(65_000);
+    for (anonymous, code, marker) in [("false", 5, "connection refused"), ("true", 0, "connection ended")] {
+        let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
+        let broker = Broker::start(&dir, &[("BROKER_ALLOW_ANONYMOUS", anonymous), ("RUST_LOG", "debug")]);
+        let mut stream = TcpStream::connect(broker.addr).unwrap();
+        stream.set_read_timeout(Some(e2e::DEADLINE)).unwrap();
+        stream.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, code], "allow_anonymous = {anonymous}");
+        if code == 0 {
+            stream.write_all(&[0xe0, 0]).unwrap();
+        }
+        let line = broker.wait_for_log(marker);
+        assert!(
+            line.contains(&format!("\"{}\"…(65000 bytes)", "c".repeat(256))),
+            "{marker}: {}",
+            &line[..line.len().min(600)]
+        );
+        let longest = broker.logs().iter().map(String::len).max().unwrap_or(0);
+        assert!(longest < 2048, "a log line of {longest} bytes (allow_anonymous = {anonymous})");
+    }
+}

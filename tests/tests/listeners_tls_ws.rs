@@ -347,6 +347,48 @@ async fn mqtt_packets_need_not_align_with_websocket_frames() {
     tokio::time::timeout(DEADLINE, closed).await.expect("a text frame closes the connection");
 }
 
+/// A WebSocket frame larger than `mqtt.max_packet_size` (plus a little slack for small
+/// packets sharing the frame) closes the connection before the broker buffers it, also before
+/// CONNECT (MQTT-6.0.0-2 lets packets span frames; a frame is no excuse to hold more than a
+/// packet). Here a frame of a CONNECT and 4,000 PINGREQs (8,018 bytes, each packet valid) is
+/// refused with `max_packet_size = 1024`, while one of a CONNECT and 100 PINGREQs is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_frame_over_the_packet_size_limit_closes_the_connection_before_connect() {
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    use async_tungstenite::tungstenite::Message;
+    use futures_util::StreamExt;
+
+    let dir = DataDir::new();
+    let broker =
+        Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"), ("BROKER_MQTT__MAX_PACKET_SIZE", "1024")]);
+    let ws = broker.logged_addr(" ws listener on ");
+    let connect: &[u8] = &[0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 4, b'r', b'a', b'w', b'1'];
+    // The first answer to one frame holding the CONNECT and `pings` PINGREQs: `Some(bytes)`
+    // of the first binary frame, `None` when the connection closed instead.
+    let first_answer = |pings: usize| async move {
+        let mut request = format!("ws://{ws}/mqtt").into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(ws).await.unwrap();
+        let (mut socket, _) = async_tungstenite::tokio::client_async(request, tcp).await.expect("upgrade");
+        let mut frame = connect.to_vec();
+        for _ in 0..pings {
+            frame.extend_from_slice(&[0xc0, 0]);
+        }
+        // The broker may close while the frame is still being sent.
+        let _ = socket.send(Message::binary(frame)).await;
+        loop {
+            match tokio::time::timeout(DEADLINE, socket.next()).await.expect("an answer or the close") {
+                Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    let served = first_answer(100).await.expect("a frame within the limit is served");
+    assert_eq!(&served[..4], &[0x20, 2, 0, 0], "CONNACK first");
+    assert_eq!(first_answer(4000).await, None, "a frame over the limit must close the connection unanswered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_websocket_path_gets_404() {
     let dir = DataDir::new();

@@ -92,6 +92,32 @@ fn keep_alive_0_means_never() {
     zero5.ping("keep-alive 0, MQTT 5");
 }
 
+/// A packet begun must arrive whole within `mqtt.packet_timeout`, whatever the keep-alive:
+/// MQTT-3.1.2-24 / MQTT-3.1.2-22 bound only the silence between packets, and keep-alive 0
+/// turns even that off, so a client could otherwise hold half a packet (and the broker's
+/// buffer for it) forever. Keep-alive 0 clients that stopped in the middle of a PUBLISH are
+/// closed (MQTT 5 told with DISCONNECT 0x8D, the nearest reason); an idle keep-alive 0 client,
+/// connected before them, is not: it still answers PINGREQ afterwards.
+#[test]
+fn a_partial_packet_is_closed_after_packet_timeout_whatever_the_keep_alive() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__PACKET_TIMEOUT", "1")]);
+    let (mut idle, _) = Raw::<V4>::connect(broker.addr, &connect4_ka("pt-idle", 0, None));
+    let (mut partial4, _) = Raw::<V4>::connect(broker.addr, &connect4_ka("pt-partial4", 0, None));
+    let (mut partial5, _) = Raw::<V5>::connect(broker.addr, &connect5_ka("pt-partial5", 0, None));
+    // A QoS 0 PUBLISH to "t" with a 100-byte payload (remaining length 103; MQTT 5: 104 with
+    // its empty properties), cut after 50 bytes.
+    let mut half4 = vec![0x30, 103, 0, 1, b't'];
+    half4.extend_from_slice(&[b'x'; 45]);
+    let mut half5 = vec![0x30, 104, 0, 1, b't', 0];
+    half5.extend_from_slice(&[b'x'; 44]);
+    partial4.send_bytes(&half4);
+    partial5.send_bytes(&half5);
+    assert_eq!(partial4.until_closed(), vec![], "MQTT 3.1.1: closed with nothing sent");
+    partial5.expect_disconnect_without_expiry(v5::DisconnectReasonCode::KeepAliveTimeout, "MQTT 5");
+    idle.ping("an idle keep-alive 0 client stays connected");
+}
+
 /// MQTT-3.12.4-1 (3.1.1 and 5): every PINGREQ is answered with a PINGRESP (MQTT 3.1 too).
 #[test]
 fn pingreq_is_answered_with_pingresp() {

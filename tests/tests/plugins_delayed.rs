@@ -60,3 +60,37 @@ async fn held_messages_survive_a_restart_and_clean_drops_them() {
     assert_eq!((got[0].topic.as_str(), &got[0].payload[..]), ("r/kept", &b"kept"[..]), "published after the restart");
     assert_eq!(dir.ctl(&["delayed", "list"]).ok().trim(), "");
 }
+
+/// `[delayed] max_delayed_messages` (EMQX's name) bounds what the module holds: past it a
+/// `$delayed/` message is dropped (not held, not published), counted (`ctl delayed stats`) and
+/// logged, while the ones held stay; the held ones are in the module's file (written by its
+/// own thread) and fall due as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_delayed_messages_a_delayed_message_is_dropped_and_counted() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[("BROKER_DELAYED__MAX_DELAYED_MESSAGES", "2")]);
+    let mut sub = Client::connect(&broker, "bound-sub").await;
+    sub.subscribe("bound/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "bound-pub").await;
+    publisher.publish_acked("$delayed/3600/bound/held", QoS::AtLeastOnce, "held").await;
+    publisher.publish_acked("$delayed/1/bound/soon", QoS::AtLeastOnce, "soon").await;
+    publisher.publish_acked("$delayed/1/bound/over", QoS::AtLeastOnce, "over").await;
+
+    assert_eq!(
+        dir.ctl(&["delayed", "stats"]).ok().trim(),
+        "held=2 max_delayed_messages=2 dropped=1",
+        "the third is dropped"
+    );
+    broker.wait_for_log("delayed message to bound/over dropped: max_delayed_messages (2) reached");
+    e2e::wait_until("the held messages in the module's file", || {
+        let file = dir.read("emqx_mod_delayed.json");
+        (file.contains("bound/held") && file.contains("bound/soon")).then_some(())
+    });
+    // The one held falls due; the dropped one never comes (a marker published after it,
+    // undelayed, is the next message).
+    let got = sub.receive(1).await;
+    assert_eq!(got[0].topic, "bound/soon");
+    publisher.publish_acked("bound/marker", QoS::AtLeastOnce, "marker").await;
+    let got = sub.receive(1).await;
+    assert_eq!(got[0].topic, "bound/marker", "nothing for bound/over before the marker");
+}

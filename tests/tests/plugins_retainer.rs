@@ -105,6 +105,26 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 office/temp 19");
 }
 
+/// MQTT-3.3.1-6: a new subscription gets the retained message of every matching topic, and
+/// of no other, now that the retainer finds them through its index (an exact filter is one
+/// lookup; a wildcard filter walks only the topics under its levels before the wildcard):
+/// `a/b/#` gets `a/b` itself (its parent level) but not `a/bc`, which shares its prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_filter_gets_exactly_the_retained_messages_it_matches() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[]);
+    for topic in ["a", "a/b", "a/b/c", "a/bc", "ab", "b/a"] {
+        publish_retained(&broker, topic, QoS::AtMostOnce, topic).await;
+    }
+    let topics = |messages: Vec<Publish>| messages.into_iter().map(|p| p.topic).collect::<Vec<_>>();
+    assert_eq!(topics(retained_for(&broker, "a/b", QoS::AtMostOnce).await), ["a/b"]);
+    assert_eq!(topics(retained_for(&broker, "a/b/#", QoS::AtMostOnce).await), ["a/b", "a/b/c"]);
+    assert_eq!(topics(retained_for(&broker, "a/+", QoS::AtMostOnce).await), ["a/b", "a/bc"]);
+    assert_eq!(topics(retained_for(&broker, "+", QoS::AtMostOnce).await), ["a", "ab"]);
+    assert_eq!(topics(retained_for(&broker, "+/a", QoS::AtMostOnce).await), ["b/a"]);
+    assert_eq!(topics(retained_for(&broker, "a/#", QoS::AtMostOnce).await), ["a", "a/b", "a/b/c", "a/bc"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_refuse_with_a_log_line() {
     let dir = DataDir::with_plugins(PLUGINS);

@@ -74,6 +74,10 @@ fn start_broker(exe: &PathBuf, dir: &std::path::Path, cert: &str, key: &str) -> 
         .env("BROKER_LISTENER__SSL__BIND", "127.0.0.1:0")
         .env("BROKER_LISTENER__SSL__CERTFILE", cert)
         .env("BROKER_LISTENER__SSL__KEYFILE", key)
+        // What is measured is how fast connections can be served, not the listeners' default
+        // max_conn_rate (1000/s).
+        .env("BROKER_MQTT__MAX_CONN_RATE", "0")
+        .env("BROKER_LISTENER__SSL__MAX_CONN_RATE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::FailurePolicy;
 use crate::lock;
+use crate::log_limit::Throttle;
 
 /// Most peer addresses tracked at once (about 40 bytes each).
 pub(crate) const MAX_TRACKED: usize = 10_000;
@@ -30,15 +31,29 @@ impl Entry {
 }
 
 /// The failure table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Failures {
     policy: FailurePolicy,
     table: Mutex<HashMap<IpAddr, Entry>>,
+    /// One log line per banned address per ban time: a banned client may retry at will.
+    refusal_log: Throttle<IpAddr>,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures::new(FailurePolicy::default())
+    }
 }
 
 impl Failures {
     pub(crate) fn new(policy: FailurePolicy) -> Failures {
-        Failures { policy, table: Mutex::default() }
+        Failures { policy, table: Mutex::default(), refusal_log: Throttle::new(policy.ban_time) }
+    }
+
+    /// Whether the refusal of banned `ip` at `now` is to be logged: the first of a ban is,
+    /// the rest of that ban are counted, and the count goes with the next line logged.
+    pub(crate) fn log_refusal(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        self.refusal_log.check(ip, now)
     }
 
     /// How long a refused CONNACK waits.

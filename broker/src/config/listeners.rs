@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// EMQX 4.3's `max_connections` of its ssl, ws and wss listeners.
 pub const DEFAULT_LISTENER_MAX_CONNECTIONS: usize = 102_400;
 
+/// EMQX 4.3's `max_conn_rate` of its listeners: connections accepted a second.
+pub const DEFAULT_MAX_CONN_RATE: u32 = 1000;
+
 /// `[listener]`: every client-facing listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -67,13 +70,25 @@ pub struct SslListener {
     pub bind: Option<SocketAddr>,
     /// Most clients connected through this listener at once.
     pub max_connections: usize,
+    /// Connections accepted a second (EMQX's `max_conn_rate`); past it the listener waits
+    /// before accepting more. 0 for no limit.
+    pub max_conn_rate: u32,
+    /// Connections one IP address may hold open at once; past it a new one is closed at
+    /// once. 0 for no limit.
+    pub max_conns_per_ip: usize,
     #[serde(flatten)]
     pub tls: TlsSettings,
 }
 
 impl Default for SslListener {
     fn default() -> Self {
-        SslListener { bind: None, max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS, tls: TlsSettings::default() }
+        SslListener {
+            bind: None,
+            max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
+            max_conn_rate: DEFAULT_MAX_CONN_RATE,
+            max_conns_per_ip: 0,
+            tls: TlsSettings::default(),
+        }
     }
 }
 
@@ -88,11 +103,23 @@ pub struct WsListener {
     pub path: String,
     /// Most clients connected through this listener at once.
     pub max_connections: usize,
+    /// Connections accepted a second (EMQX's `max_conn_rate`); past it the listener waits
+    /// before accepting more. 0 for no limit.
+    pub max_conn_rate: u32,
+    /// Connections one IP address may hold open at once; past it a new one is closed at
+    /// once. 0 for no limit.
+    pub max_conns_per_ip: usize,
 }
 
 impl Default for WsListener {
     fn default() -> Self {
-        WsListener { bind: None, path: "/mqtt".to_owned(), max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS }
+        WsListener {
+            bind: None,
+            path: "/mqtt".to_owned(),
+            max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
+            max_conn_rate: DEFAULT_MAX_CONN_RATE,
+            max_conns_per_ip: 0,
+        }
     }
 }
 
@@ -107,6 +134,12 @@ pub struct WssListener {
     pub path: String,
     /// Most clients connected through this listener at once.
     pub max_connections: usize,
+    /// Connections accepted a second (EMQX's `max_conn_rate`); past it the listener waits
+    /// before accepting more. 0 for no limit.
+    pub max_conn_rate: u32,
+    /// Connections one IP address may hold open at once; past it a new one is closed at
+    /// once. 0 for no limit.
+    pub max_conns_per_ip: usize,
     #[serde(flatten)]
     pub tls: TlsSettings,
 }
@@ -117,6 +150,8 @@ impl Default for WssListener {
             bind: None,
             path: "/mqtt".to_owned(),
             max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
+            max_conn_rate: DEFAULT_MAX_CONN_RATE,
+            max_conns_per_ip: 0,
             tls: TlsSettings::default(),
         }
     }

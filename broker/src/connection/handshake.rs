@@ -19,6 +19,7 @@ use super::outbound::OutgoingAliases;
 use super::{Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
 use crate::hooks::{Route, Verdict};
+use crate::log_limit::clipped;
 use crate::message::Message;
 use crate::metrics::{Metric, Metrics};
 use crate::mqtt::connect::{encode_connack, ConnackProperties, Connect, ConnectError};
@@ -164,7 +165,8 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     let (client, assigned) = match identify(node, &connect, peer, io.local_port(), io.cert_username()) {
         Ok(identified) => identified,
         Err(code) => {
-            tracing::debug!(%peer, client_id = connect.client_id, "CONNECT refused: {}", reason::describe(code));
+            let client_id = clipped(connect.client_id);
+            tracing::debug!(%peer, ?client_id, "CONNECT refused: {}", reason::describe(code));
             refuse(node, &mut io, None, version, code, connect.properties.maximum_packet_size).await;
             return None;
         }
@@ -185,7 +187,14 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         return None;
     };
     if let Some(left) = node.auth.failures.banned(peer.ip(), Instant::now()) {
-        refused(&client, "banned", &format!("too many failed authentications; {}s of the ban left", left.as_secs()));
+        if let Some(held_back) = node.auth.failures.log_refusal(peer.ip(), Instant::now()) {
+            let detail = format!(
+                "too many failed authentications; {}s of the ban left{}",
+                left.as_secs(),
+                crate::log_limit::held_back(held_back)
+            );
+            refused(&client, "banned", &detail);
+        }
         refuse(node, &mut io, Some(&client), version, reason::BANNED, max_packet_size).await;
         return None;
     }
@@ -248,6 +257,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         keep_alive,
         last_packet: now,
         keep_alive_timer: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
+        packet_timer: None,
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         problem_information: connect.properties.request_problem_information != Some(0),
@@ -404,8 +414,8 @@ impl Refusal {
 /// Logs a refused CONNECT: who, from where, and why (never the password).
 fn refused(client: &ClientInfo, why: &str, detail: &str) {
     tracing::info!(
-        client_id = &*client.client_id,
-        username = &*client.username,
+        client_id = ?clipped(&client.client_id),
+        username = ?clipped(&client.username),
         peer = &*client.peer,
         reason = why,
         "connection refused{}{detail}",
@@ -450,7 +460,8 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
     };
     if let (Some(will), false) = (&connect.will, superuser) {
         if will_denied(node, client, will.topic, now).await {
-            tracing::info!(client_id = &*client.client_id, topic = will.topic, "will denied by ACL");
+            let (client_id, topic) = (clipped(&client.client_id), clipped(will.topic));
+            tracing::info!(?client_id, ?topic, "will denied by ACL");
             return Err(Refusal { code: reason::NOT_AUTHORIZED, why: "will denied by ACL", authentication: false });
         }
     }

@@ -13,6 +13,7 @@ use super::suspend::{Next, Suspended};
 use super::{Connection, Ended, Transport};
 use crate::client::ClientInfo;
 use crate::hooks::{Hooks, Route, Verdict};
+use crate::log_limit::clipped;
 use crate::message::Message;
 use crate::metrics::Metric;
 use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
@@ -213,7 +214,8 @@ impl<T: Transport> Connection<T> {
     /// A PUBLISH the ACL denied: dropped, and acknowledged.
     pub(super) fn publish_denied(&mut self, accepted: Accepted) {
         let Accepted { message, ack } = accepted;
-        tracing::debug!(client_id = &*self.client.client_id, topic = &*message.topic, "publish denied by ACL");
+        let (client_id, topic) = (clipped(&self.client.client_id), clipped(&message.topic));
+        tracing::debug!(?client_id, ?topic, "publish denied by ACL");
         self.node.dropped(&self.client.client_id, &message, DropReason::Denied);
         let v5 = self.version.is_v5();
         if ack.kind != 0 {
@@ -404,7 +406,8 @@ impl<T: Transport> Connection<T> {
         granted: &mut Vec<(String, SubscriptionOptions, bool)>,
     ) -> u8 {
         if denied {
-            tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
+            let (client_id, filter) = (clipped(&self.client.client_id), clipped(filter));
+            tracing::debug!(?client_id, ?filter, "subscribe denied by ACL");
             return reason::NOT_AUTHORIZED;
         }
         let Ok(parsed) = Filter::parse(filter) else {

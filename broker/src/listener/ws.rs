@@ -1,10 +1,16 @@
 //! MQTT over WebSocket (the ws and wss listeners): the HTTP upgrade on the configured path,
 //! with the `Sec-WebSocket-Protocol` negotiation EMQX does, then binary frames as a byte
 //! stream (`ws_stream_tungstenite`): an MQTT packet may span frames, a frame may hold several.
+//!
+//! No frame or message may be larger than `mqtt.max_packet_size` plus [`FRAME_SLACK`]:
+//! tungstenite checks a frame's length in its header and refuses it (closing the connection)
+//! before buffering its payload, so a client cannot make the broker hold more for it than one
+//! packet's worth, before its CONNECT or after.
 
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use ws_stream_tungstenite::WsStream;
 
@@ -14,21 +20,33 @@ use ws_stream_tungstenite::WsStream;
 /// served (EMQX's `fail_if_no_subprotocol = false`).
 const SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1", "mqttv3.1.1", "mqttv5", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"];
 
+/// What a WebSocket frame or message may hold beyond the largest MQTT packet: room for a few
+/// small packets (acknowledgements, PINGREQ) a client sends in the same frame.
+pub(crate) const FRAME_SLACK: usize = 4096;
+
+/// The WebSocket limits for MQTT packets of at most `max_packet_size` bytes.
+fn config(max_packet_size: usize) -> WebSocketConfig {
+    let limit = max_packet_size.saturating_add(FRAME_SLACK);
+    WebSocketConfig::default().max_frame_size(Some(limit)).max_message_size(Some(limit))
+}
+
 /// Why an upgrade failed.
 pub(crate) type UpgradeError = async_tungstenite::tungstenite::Error;
 
 /// A WebSocket connection carrying MQTT.
 pub(crate) type WsTransport<S> = WsStream<TokioAdapter<S>>;
 
-/// Answers the client's HTTP upgrade request on `path` (404 elsewhere).
+/// Answers the client's HTTP upgrade request on `path` (404 elsewhere); frames and messages
+/// are then limited to `max_packet_size` plus [`FRAME_SLACK`].
 // The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn upgrade<S>(stream: S, path: &str) -> Result<WsTransport<S>, UpgradeError>
+pub(crate) async fn upgrade<S>(stream: S, path: &str, max_packet_size: usize) -> Result<WsTransport<S>, UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let check = |request: &Request, response: Response| answer(request, response, path);
-    let socket = async_tungstenite::tokio::accept_hdr_async(stream, check).await?;
+    let config = Some(config(max_packet_size));
+    let socket = async_tungstenite::tokio::accept_hdr_async_with_config(stream, check, config).await?;
     Ok(WsStream::new(socket))
 }
 

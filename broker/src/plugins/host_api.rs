@@ -11,6 +11,7 @@ use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, Raw
 
 use super::handle::in_plugin_call;
 use super::manager::{CommandError, Manager};
+use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
 use crate::node::{Node, PluginSubscribeError};
@@ -140,6 +141,8 @@ unsafe extern "C" fn log(ctx: *const c_void, level: u32, message: RawStr) {
     // SAFETY: the plugin passes back our ctx; message is valid for the call.
     let (context, message) = unsafe { (context(ctx), message.as_str()) };
     let plugin = context.name.as_str();
+    // A plugin may quote what a client sent (a 65,000-byte client id in a topic).
+    let message = clipped_to(message, MAX_LOGGED_MESSAGE);
     match level {
         abi::LOG_ERROR => tracing::error!(target: "plugin", plugin, "{message}"),
         abi::LOG_WARN => tracing::warn!(target: "plugin", plugin, "{message}"),
@@ -153,6 +156,7 @@ unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawByte
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
     refuse_if_stopped!(context);
     if !is_valid_topic(topic) || qos > 2 {
+        let topic = clipped(topic);
         tracing::warn!(plugin = context.name, "publish to {topic:?} at QoS {qos} refused: not a valid topic and QoS");
         return abi::STATUS_ERROR;
     }
@@ -318,6 +322,7 @@ unsafe extern "C" fn deliver_retained(
             w.out.freeze()
         }
         Err(e) => {
+            let topic = clipped(topic);
             tracing::warn!(plugin = context.name, "properties of a retained message on {topic} ignored: {e}");
             Bytes::new()
         }

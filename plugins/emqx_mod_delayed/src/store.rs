@@ -22,6 +22,8 @@ pub struct Delayed {
 #[derive(Debug, Default)]
 pub struct Store {
     messages: Vec<Delayed>,
+    /// Changed since the file was last written.
+    pub dirty: bool,
     /// Set by `stop`: the publishing thread ends.
     pub stopping: bool,
 }
@@ -39,30 +41,35 @@ impl Store {
                 let mut messages: Vec<Delayed> =
                     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 messages.sort_by_key(|m| m.due_ms);
-                Ok(Store { messages, stopping: false })
+                Ok(Store { messages, dirty: false, stopping: false })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
 
-    /// Writes the file atomically (temporary file, fsync, rename).
-    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(&self.messages)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path(data_dir))
+    /// The file's contents; `dirty` is cleared (the caller writes them, see [`write`]).
+    pub fn snapshot(&mut self) -> std::io::Result<Vec<u8>> {
+        self.dirty = false;
+        Ok(serde_json::to_vec(&self.messages)?)
+    }
+
+    /// Writes the file now (see [`write`]).
+    #[cfg(test)]
+    pub fn save(&mut self, data_dir: &Path) -> std::io::Result<()> {
+        write(data_dir, &self.snapshot()?)
     }
 
     pub fn add(&mut self, message: Delayed) {
         let at = self.messages.partition_point(|m| m.due_ms <= message.due_ms);
         self.messages.insert(at, message);
+        self.dirty = true;
     }
 
     /// Removes and returns the messages due at `now_ms`, in order.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Delayed> {
         let due = self.messages.partition_point(|m| m.due_ms <= now_ms);
+        self.dirty |= due > 0;
         self.messages.drain(..due).collect()
     }
 
@@ -81,8 +88,18 @@ impl Store {
 
     /// Drops every held message; returns how many.
     pub fn clear(&mut self) -> usize {
+        self.dirty = true;
         std::mem::take(&mut self.messages).len()
     }
+}
+
+/// Replaces the file with `contents` atomically (temporary file, fsync, rename).
+pub fn write(data_dir: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path(data_dir))
 }
 
 #[cfg(test)]

@@ -177,8 +177,7 @@ impl Retainer {
         }
         let filter = event.topic;
         let now = now_ms();
-        let matching: Vec<(String, Retained)> = lock(&self.shared.messages)
-            .iter()
+        let matching: Vec<(String, Retained)> = store::candidates(&lock(&self.shared.messages), filter)
             .filter(|(topic, message)| topic::matches(filter, topic) && !self.expired(message, now))
             .map(|(topic, message)| (topic.clone(), message.clone()))
             .collect();

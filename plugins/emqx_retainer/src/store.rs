@@ -8,8 +8,9 @@
 //! replaced atomically (temporary file, fsync, rename, fsync of the directory), so a crash
 //! leaves the previous or the new contents, never a mix.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 const MAGIC_V1: &[u8] = b"broker-retainer v1\n";
@@ -27,7 +28,31 @@ pub struct Retained {
     pub expires_at_ms: u64,
 }
 
-pub type Messages = HashMap<String, Retained>;
+/// The retained messages by topic, in topic order: the topics under a prefix are together
+/// (see [`matching`]).
+pub type Messages = BTreeMap<String, Retained>;
+
+/// The messages whose topic `filter` may match, found through the index rather than by
+/// looking at every message: a filter without wildcards is one lookup; one with wildcards
+/// walks only the topics that start with its levels before the first wildcard (every topic
+/// for `#` or `+/...`). The caller still checks each with `topic::matches`.
+pub fn candidates<'a>(
+    messages: &'a Messages,
+    filter: &str,
+) -> Box<dyn Iterator<Item = (&'a String, &'a Retained)> + 'a> {
+    let wildcard = filter.split('/').position(|level| level == "+" || level == "#");
+    let Some(level) = wildcard else {
+        return Box::new(messages.get_key_value(filter).into_iter());
+    };
+    // The levels before the wildcard, without the separator: `a/b/#` also matches `a/b`.
+    let prefix = filter.split('/').take(level).collect::<Vec<_>>().join("/");
+    let start = Bound::Included(prefix.clone());
+    Box::new(
+        messages
+            .range::<String, _>((start, Bound::Unbounded))
+            .take_while(move |(topic, _)| topic.starts_with(prefix.as_str())),
+    )
+}
 
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
@@ -122,6 +147,21 @@ mod tests {
         assert_eq!(partial.len(), 1);
         assert!(problem.is_some());
         assert!(decode(b"garbage").1.is_some());
+    }
+
+    #[test]
+    fn candidates_are_the_exact_topic_or_the_topics_under_the_literal_prefix() {
+        let retained =
+            Retained { payload: b"p".to_vec(), qos: 0, stored_at_ms: 0, properties: vec![], expires_at_ms: 0 };
+        let messages: Messages =
+            ["a", "a/b", "a/b/c", "a/bc", "b/x", "$SYS/x"].iter().map(|t| (t.to_string(), retained.clone())).collect();
+        let topics = |filter: &str| candidates(&messages, filter).map(|(t, _)| t.as_str()).collect::<Vec<_>>();
+        assert_eq!(topics("a/b"), ["a/b"]);
+        assert_eq!(topics("a/x"), Vec::<&str>::new());
+        assert_eq!(topics("a/b/#"), ["a/b", "a/b/c", "a/bc"], "a/bc is left to topic::matches");
+        assert_eq!(topics("b/+"), ["b/x"]);
+        assert_eq!(topics("#").len(), messages.len());
+        assert_eq!(topics("+/x").len(), messages.len());
     }
 
     #[test]
