@@ -183,6 +183,10 @@ struct Connection<T> {
 impl<T: Transport> Connection<T> {
     async fn run(&mut self) -> Ended {
         loop {
+            // Nothing more for a session another connection took (it may have been stuck).
+            if let Some(ended) = self.kicked() {
+                return ended;
+            }
             if let Err(ended) = self.handle_input() {
                 return ended;
             }
@@ -236,15 +240,20 @@ impl<T: Transport> Connection<T> {
         result
     }
 
+    /// Why the connection must end now, if it was told to or no longer serves its session.
+    fn kicked(&self) -> Option<Ended> {
+        let (code, discard) = self.session.kicked(self.id)?;
+        Some(match code {
+            reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
+            reason::SESSION_TAKEN_OVER => Ended::TakenOver,
+            reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
+            code => Ended::protocol(code, "kicked"),
+        })
+    }
+
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if let Some(code) = self.session.kicked() {
-            let discard = code == reason::SESSION_TAKEN_OVER && self.session.kick_discards();
-            return Poll::Ready(Wake::Ended(match code {
-                reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
-                reason::SESSION_TAKEN_OVER => Ended::TakenOver,
-                reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
-                code => Ended::protocol(code, "kicked"),
-            }));
+        if let Some(ended) = self.kicked() {
+            return Poll::Ready(Wake::Ended(ended));
         }
         let pending = self.session.poll_pending(cx.waker());
         let was_full = self.out.len() >= OUT_HIGH_WATER;
