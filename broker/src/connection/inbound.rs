@@ -19,7 +19,7 @@ use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
 use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
-use crate::session::{RecOutcome, Subscription};
+use crate::session::{Acked, RecOutcome, Subscription};
 
 impl<T: Transport> Connection<T> {
     /// Handles one packet from the client.
@@ -34,22 +34,13 @@ impl<T: Transport> Connection<T> {
         })?;
         match packet {
             Packet::Publish(publish) => self.on_publish(publish),
-            Packet::PubAck(ack) => {
-                self.on_puback(ack);
-                Ok(())
-            }
-            Packet::PubRec(ack) => {
-                self.on_pubrec(ack);
-                Ok(())
-            }
+            Packet::PubAck(ack) => self.on_puback(ack),
+            Packet::PubRec(ack) => self.on_pubrec(ack),
             Packet::PubRel(ack) => {
                 self.on_pubrel(ack);
                 Ok(())
             }
-            Packet::PubComp(ack) => {
-                self.on_pubcomp(ack);
-                Ok(())
-            }
+            Packet::PubComp(ack) => self.on_pubcomp(ack),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => {
                 self.on_unsubscribe(unsubscribe);
@@ -211,15 +202,23 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    fn on_puback(&mut self, ack: Ack<'_>) {
-        let settled = self.session.lock().inflight.puback(ack.packet_id);
-        match settled {
-            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
-            None => self.node.stats.metrics.inc(Metric::PacketsPubackMissed),
+    /// A PUBACK or PUBCOMP: settles the delivery; an id not in flight is counted; an id in
+    /// flight waiting for another acknowledgement is a protocol error (as in mosquitto).
+    fn on_settled(&mut self, acked: Acked, packet_id: u16, missed: Metric, wrong: &'static str) -> Result<(), Ended> {
+        match acked {
+            Acked::Settled(delivery) => self.fire_acked(&delivery.message, packet_id),
+            Acked::Unknown => self.node.stats.metrics.inc(missed),
+            Acked::WrongType => return Err(Ended::protocol(reason::PROTOCOL_ERROR, wrong)),
         }
+        Ok(())
     }
 
-    fn on_pubrec(&mut self, ack: Ack<'_>) {
+    fn on_puback(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
+        let acked = self.session.lock().inflight.puback(ack.packet_id);
+        self.on_settled(acked, ack.packet_id, Metric::PacketsPubackMissed, "PUBACK for a QoS 2 message")
+    }
+
+    fn on_pubrec(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
         let outcome = self.session.lock().inflight.pubrec(ack.packet_id, ack.reason);
         match outcome {
             RecOutcome::Release => self.ack(kind::PUBREL, ack.packet_id, reason::SUCCESS),
@@ -228,15 +227,17 @@ impl<T: Transport> Connection<T> {
                 self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)
             }
             RecOutcome::Refused => {}
+            RecOutcome::WrongType => {
+                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "PUBREC for a QoS 1 message"));
+            }
         }
+        Ok(())
     }
 
-    fn on_pubcomp(&mut self, ack: Ack<'_>) {
-        let settled = self.session.lock().inflight.pubcomp(ack.packet_id);
-        match settled {
-            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
-            None => self.node.stats.metrics.inc(Metric::PacketsPubcompMissed),
-        }
+    fn on_pubcomp(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
+        let acked = self.session.lock().inflight.pubcomp(ack.packet_id);
+        let wrong = "PUBCOMP for a message not released (QoS 1, or QoS 2 before PUBREC)";
+        self.on_settled(acked, ack.packet_id, Metric::PacketsPubcompMissed, wrong)
     }
 
     fn on_pubrel(&mut self, ack: Ack<'_>) {
