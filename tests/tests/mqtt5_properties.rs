@@ -727,3 +727,23 @@ fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((&events[0]["reason"], &events[0]["topic"]), (&"too_large".into(), &"rsz/x".into()));
 }
+
+/// §2.2.2.2 (5): a property identifier that is not valid for the packet's type makes it a
+/// Malformed Packet: DISCONNECT 0x81, then close (MQTT 5 §4.13). A Session Expiry Interval
+/// (0x11) in a PUBLISH, or in a SUBSCRIBE.
+#[test]
+fn a_property_not_valid_for_the_packet_type_is_a_malformed_packet() {
+    let (_dir, broker) = start_broker("", &[]);
+    let session_expiry = [5, 0x11, 0, 0, 0, 1]; // property length, then the property
+    let mut publish = vec![0x30, 10, 0, 1, b't'];
+    publish.extend_from_slice(&session_expiry);
+    publish.push(b'x');
+    let mut subscribe = vec![0x82, 12, 0, 1];
+    subscribe.extend_from_slice(&session_expiry);
+    subscribe.extend_from_slice(&[0, 1, b't', 0]);
+    for (name, bytes) in [("PUBLISH", publish), ("SUBSCRIBE", subscribe)] {
+        let mut c = C5::connect(&broker, &format!("bad-prop-{name}"));
+        c.raw.send_bytes(&bytes);
+        c.raw.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket, name);
+    }
+}

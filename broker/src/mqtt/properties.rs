@@ -157,7 +157,7 @@ impl<'a> Properties<'a> {
             let property = u8::try_from(property).map_err(|_| DecodeError::Malformed("unknown property"))?;
             if !allowed.contains(property) {
                 return Err(if known(property) {
-                    DecodeError::Protocol("a property not allowed in this packet")
+                    DecodeError::Malformed("a property not valid for this packet type (§2.2.2.2)")
                 } else {
                     DecodeError::Malformed("unknown property")
                 });
