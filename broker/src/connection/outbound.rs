@@ -82,7 +82,8 @@ fn encode_delivery(
         subscription_ids: &delivery.subscription_ids,
         forwarded: &message.forwarded,
     };
-    if publish.frame_len(version) > max_packet_size {
+    // A topic over 65,535 bytes (made by the broker or a plugin) cannot be written at all.
+    if publish.frame_len(version) > max_packet_size || message.topic.len() > usize::from(u16::MAX) {
         return Err(TooLarge);
     }
     if let Some((alias, false)) = alias {
