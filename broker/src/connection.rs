@@ -14,7 +14,6 @@ mod inbound;
 mod outbound;
 mod transport;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -162,7 +161,7 @@ struct Connection<T> {
     /// MQTT 5: the client wants reason strings (Request Problem Information).
     problem_information: bool,
     /// Topic aliases the client set (MQTT 5).
-    aliases_in: HashMap<u16, Box<str>>,
+    aliases_in: inbound::IncomingAliases,
     aliases_out: OutgoingAliases,
     acl_cache: Option<AclCache>,
     /// Authenticated as a superuser: no `client.check_acl` for its publishes and

@@ -4,7 +4,6 @@
 //! session (taking over a live connection with the same client id), fire `client.connack`,
 //! answer, and resend what was in flight.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -281,7 +280,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         problem_information: connect.properties.request_problem_information != Some(0),
-        aliases_in: HashMap::new(),
+        aliases_in: Default::default(),
         aliases_out: OutgoingAliases::new(if version.is_v5() {
             connect.properties.topic_alias_maximum.unwrap_or(0)
         } else {

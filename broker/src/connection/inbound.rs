@@ -21,6 +21,41 @@ use crate::node::{DropReason, Node, Published};
 use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
 use crate::session::{Acked, RecOutcome, Subscription};
 
+/// The most bytes the topics a client set aliases for may hold, each counted with
+/// `ALIAS_IN_OVERHEAD`; over it the connection ends with 0x97 (Quota exceeded). The Topic Alias
+/// Maximum (`mqtt.max_topic_alias`) bounds how many; this bounds their memory.
+const ALIASES_IN_BYTES_MAX: usize = 64 * 1024;
+
+/// What one alias costs beyond its topic's bytes (the map's entry and the allocation).
+const ALIAS_IN_OVERHEAD: usize = 32;
+
+/// The topic aliases a client set (MQTT 5 §3.3.2.3.4), and the bytes they hold.
+#[derive(Debug, Default)]
+pub(super) struct IncomingAliases {
+    by_alias: std::collections::HashMap<u16, Box<str>>,
+    bytes: usize,
+}
+
+impl IncomingAliases {
+    fn get(&self, alias: u16) -> Option<&Box<str>> {
+        self.by_alias.get(&alias)
+    }
+
+    /// Binds `alias` to `topic`; false (and nothing changed) when that would hold more than
+    /// `ALIASES_IN_BYTES_MAX`.
+    fn set(&mut self, alias: u16, topic: &str) -> bool {
+        let cost = |topic: &str| topic.len() + ALIAS_IN_OVERHEAD;
+        let freed = self.by_alias.get(&alias).map_or(0, |old| cost(old));
+        let bytes = self.bytes - freed + cost(topic);
+        if bytes > ALIASES_IN_BYTES_MAX {
+            return false;
+        }
+        self.bytes = bytes;
+        self.by_alias.insert(alias, topic.into());
+        true
+    }
+}
+
 impl<T: Transport> Connection<T> {
     /// Handles one packet from the client.
     pub(super) fn handle_packet(&mut self, header: &FrameHeader, body: &[u8]) -> Result<(), Ended> {
@@ -85,12 +120,14 @@ impl<T: Transport> Connection<T> {
             return Err(Ended::protocol(reason::TOPIC_ALIAS_INVALID, "topic alias out of range (MQTT-3.3.2-9)"));
         }
         if publish.topic.is_empty() {
-            return match self.aliases_in.get(&alias) {
+            return match self.aliases_in.get(alias) {
                 Some(topic) => Ok(topic.clone()),
                 None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
             };
         }
-        self.aliases_in.insert(alias, publish.topic.into());
+        if !self.aliases_in.set(alias, publish.topic) {
+            return Err(Ended::protocol(reason::QUOTA_EXCEEDED, "topic aliases over 64 KiB"));
+        }
         Ok(publish.topic.into())
     }
 
