@@ -230,6 +230,12 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
 
     let expiry = client.expiry_interval;
     let properties = ConnackProperties {
+        // MQTT 5 §3.2.2.3.2: the client is told when its Session Expiry Interval was lowered.
+        session_expiry_interval: connect
+            .properties
+            .session_expiry_interval
+            .filter(|&asked| version.is_v5() && asked != expiry)
+            .map(|_| expiry),
         receive_maximum: Some(zone.max_awaiting_rel).filter(|&m| m < u16::MAX),
         maximum_qos: Some(zone.max_qos).filter(|&q| q < 2),
         retain_available: Some(zone.retain_available),
@@ -348,7 +354,7 @@ fn identify(
         connect.client_id.into()
     };
     let expiry_interval = if version.is_v5() {
-        connect.properties.session_expiry_interval.unwrap_or(0)
+        connect.properties.session_expiry_interval.unwrap_or(0).min(zone.max_session_expiry)
     } else if connect.clean_start {
         0
     } else {

@@ -317,6 +317,7 @@ impl<T: Transport> Connection<T> {
                 Ok(parsed) if parsed.has_wildcards() && !zone.wildcard_subscription => {
                     reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
                 }
+                Ok(_) if self.over_subscription_quota(filter) => reason::QUOTA_EXCEEDED,
                 Ok(parsed) => {
                     if self.acl_denied(abi::ACL_SUBSCRIBE, filter) {
                         tracing::debug!(client_id = &*self.client.client_id, filter, "subscribe denied by ACL");
@@ -349,6 +350,17 @@ impl<T: Transport> Connection<T> {
             }
         }
         Ok(())
+    }
+
+    /// Whether subscribing to `filter` would take the session over `mqtt.max_subscriptions`
+    /// (a filter it has already is replaced, not added).
+    fn over_subscription_quota(&self, filter: &str) -> bool {
+        let max = self.node.zone.max_subscriptions;
+        if max == 0 {
+            return false;
+        }
+        let state = self.session.lock();
+        state.subscriptions.len() >= max && !state.subscriptions.contains_key(filter)
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe<'_>) {
@@ -402,7 +414,7 @@ impl<T: Transport> Connection<T> {
                     "Session Expiry raised from 0 at DISCONNECT (§3.14.2.2.2)",
                 );
             }
-            self.session.lock().expiry_interval = expiry;
+            self.session.lock().expiry_interval = expiry.min(self.node.zone.max_session_expiry);
         }
         if disconnect.reason == reason::SUCCESS {
             Ended::Normal // MQTT-3.14.4-3: the will is discarded
