@@ -120,8 +120,11 @@ async fn payloads_match_emqx_4_3_with_its_reasons_at_qos_1() {
     assert_eq!(disconnected["reason"], "normal");
     assert_eq!(disconnected["username"], "undefined");
 
-    // A second connection resuming the session: the first one is `takeovered`.
-    let first = Client::connect(&broker, "twin").await;
+    // A second connection resuming the session: the first one is `takeovered`. (The first one
+    // has a persistent session: a clean one would not be resumed, MQTT-3.1.2-6.)
+    let mut persistent = options(&broker, "twin");
+    persistent.set_clean_session(false);
+    let first = Client::connect_with(persistent).await;
     next_event(&mut watcher, "twin", "connected").await;
     let mut resume = options(&broker, "twin");
     resume.set_clean_session(false);
