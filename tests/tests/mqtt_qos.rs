@@ -431,7 +431,8 @@ fn an_acknowledgement_of_the_wrong_type_is_a_protocol_error() {
     let dir = DataDir::with_plugins("");
     let broker = Broker::start(&dir, &[]);
     let (mut publisher, _) = conn5(&broker, "wrong-pub", true, None);
-    let cases: [(&str, Q5, fn(u16) -> v5::Packet); 4] = [
+    type Wrong = fn(u16) -> v5::Packet;
+    let cases: [(&str, Q5, Wrong); 4] = [
         ("pubcomp-for-qos1", Q5::AtLeastOnce, pubcomp5),
         ("pubrec-for-qos1", Q5::AtLeastOnce, |id| pubrec5(id, v5::PubRecReason::Success)),
         ("puback-for-qos2", Q5::ExactlyOnce, puback5),

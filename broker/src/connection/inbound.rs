@@ -37,8 +37,8 @@ pub(super) struct IncomingAliases {
 }
 
 impl IncomingAliases {
-    fn get(&self, alias: u16) -> Option<&Box<str>> {
-        self.by_alias.get(&alias)
+    fn get(&self, alias: u16) -> Option<&str> {
+        self.by_alias.get(&alias).map(|topic| &**topic)
     }
 
     /// Binds `alias` to `topic`; false (and nothing changed) when that would hold more than
@@ -121,7 +121,7 @@ impl<T: Transport> Connection<T> {
         }
         if publish.topic.is_empty() {
             return match self.aliases_in.get(alias) {
-                Some(topic) => Ok(topic.clone()),
+                Some(topic) => Ok(topic.into()),
                 None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
             };
         }

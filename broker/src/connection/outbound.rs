@@ -66,8 +66,8 @@ impl OutgoingAliases {
         self.least_recent().map(|(_, slot)| (slot.alias, false))
     }
 
-    fn least_recent(&self) -> Option<(&Box<str>, &AliasSlot)> {
-        self.by_topic.iter().min_by_key(|(_, slot)| slot.used)
+    fn least_recent(&self) -> Option<(&str, &AliasSlot)> {
+        self.by_topic.iter().min_by_key(|(_, slot)| slot.used).map(|(topic, slot)| (&**topic, slot))
     }
 
     /// Records that `topic` was sent with `alias`, as `lookup` gave it.
@@ -80,7 +80,7 @@ impl OutgoingAliases {
             return;
         }
         if self.by_topic.len() >= usize::from(self.max) {
-            let victim = self.least_recent().map(|(topic, _)| topic.clone());
+            let victim: Option<Box<str>> = self.least_recent().map(|(topic, _)| topic.into());
             if let Some(victim) = victim {
                 self.by_topic.remove(&victim);
             }
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn aliases_stay_within_the_maximum_and_the_least_recently_used_is_rebound() {
         let mut aliases = OutgoingAliases::new(2);
-        let mut send = |aliases: &mut OutgoingAliases, topic: &str| {
+        let send = |aliases: &mut OutgoingAliases, topic: &str| {
             let (alias, known) = aliases.lookup(topic).expect("an alias");
             aliases.used(topic, alias, known);
             (alias, known)
