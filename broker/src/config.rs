@@ -80,6 +80,14 @@ pub struct MqttSettings {
     /// (MQTT 5 clients say it themselves), e.g. `"2h"`.
     #[serde(deserialize_with = "duration_text")]
     pub session_expiry_interval: String,
+    /// Longest Session Expiry Interval an MQTT 5 client may ask for (EMQX 5's cap,
+    /// `session_expiry_interval`), e.g. `"2h"`: a longer one is lowered, and the CONNACK tells
+    /// the client the value used.
+    #[serde(deserialize_with = "duration_text")]
+    pub max_session_expiry: String,
+    /// Most subscriptions one session may hold (EMQX's `max_subscriptions`); 0 is no limit.
+    /// A SUBSCRIBE for a new filter over it gets 0x97 Quota exceeded (MQTT 3.1.1: 0x80).
+    pub max_subscriptions: usize,
     /// Deliver at the subscription's QoS even when the message was published lower.
     pub upgrade_qos: bool,
     /// Highest QoS accepted (MQTT 5 Maximum QoS).
@@ -132,6 +140,8 @@ impl Default for MqttSettings {
             mqueue_overflow: MqueueOverflow::Backpressure,
             mqueue_store_qos0: true,
             session_expiry_interval: "2h".to_owned(),
+            max_session_expiry: "2h".to_owned(),
+            max_subscriptions: 0,
             upgrade_qos: false,
             max_qos_allowed: 2,
             retain_available: true,
@@ -185,6 +195,7 @@ impl MqttSettings {
         if packet_timeout.is_zero() {
             return Err(bad("mqtt.packet_timeout", &"0 (must be longer than 0)"));
         }
+        let max_expiry = duration("mqtt.max_session_expiry", &self.max_session_expiry)?;
         Ok(Zone {
             max_packet_size: self.max_packet_size.min(268_435_460),
             max_connections: self.max_connections,
@@ -202,6 +213,8 @@ impl MqttSettings {
                 },
             },
             session_expiry_v3: expiry.as_secs().min(u64::from(u32::MAX)) as u32,
+            max_session_expiry: max_expiry.as_secs().min(u64::from(u32::MAX)) as u32,
+            max_subscriptions: self.max_subscriptions,
             upgrade_qos: self.upgrade_qos,
             max_qos: self.max_qos_allowed,
             retain_available: self.retain_available,

@@ -24,7 +24,6 @@ mod overload;
 mod suspend;
 mod transport;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -185,7 +184,7 @@ struct Connection<T> {
     /// MQTT 5: the client wants reason strings (Request Problem Information).
     problem_information: bool,
     /// Topic aliases the client set (MQTT 5).
-    aliases_in: HashMap<u16, Box<str>>,
+    aliases_in: inbound::IncomingAliases,
     aliases_out: OutgoingAliases,
     acl_cache: Option<AclCache>,
     /// Authenticated as a superuser: no `client.check_acl` for its publishes and
@@ -211,6 +210,10 @@ struct Connection<T> {
 impl<T: Transport> Connection<T> {
     async fn run(&mut self) -> Ended {
         loop {
+            // Nothing more for a session another connection took (it may have been stuck).
+            if let Some(ended) = self.kicked() {
+                return ended;
+            }
             match self.handle_input() {
                 Ok(None) => {}
                 Ok(Some(waiting)) => {
@@ -298,15 +301,20 @@ impl<T: Transport> Connection<T> {
         result
     }
 
+    /// Why the connection must end now, if it was told to or no longer serves its session.
+    fn kicked(&self) -> Option<Ended> {
+        let (code, discard) = self.session.kicked(self.id)?;
+        Some(match code {
+            reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
+            reason::SESSION_TAKEN_OVER => Ended::TakenOver,
+            reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
+            code => Ended::protocol(code, "kicked"),
+        })
+    }
+
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if let Some(code) = self.session.kicked() {
-            let discard = code == reason::SESSION_TAKEN_OVER && self.session.kick_discards();
-            return Poll::Ready(Wake::Ended(match code {
-                reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
-                reason::SESSION_TAKEN_OVER => Ended::TakenOver,
-                reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
-                code => Ended::protocol(code, "kicked"),
-            }));
+        if let Some(ended) = self.kicked() {
+            return Poll::Ready(Wake::Ended(ended));
         }
         let pending = self.session.poll_pending(cx.waker());
         // Writes are batched: when more was queued meanwhile, it is pulled first and written

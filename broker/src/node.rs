@@ -47,6 +47,10 @@ pub(crate) struct Zone {
     pub(crate) queue: QueueLimits,
     /// Session Expiry Interval of an MQTT 3.1.1 session with clean session 0.
     pub(crate) session_expiry_v3: u32,
+    /// Longest Session Expiry Interval an MQTT 5 client gets (`mqtt.max_session_expiry`).
+    pub(crate) max_session_expiry: u32,
+    /// Most subscriptions in one session; 0 for no limit.
+    pub(crate) max_subscriptions: usize,
     /// Deliver at the subscription's QoS even when the message's is lower (EMQX).
     pub(crate) upgrade_qos: bool,
     pub(crate) max_qos: u8,
@@ -74,6 +78,8 @@ impl Default for Zone {
             acl_cache: None,
             queue: QueueLimits { max_len: 1000, store_qos0: true, overflow: Overflow::Backpressure },
             session_expiry_v3: 7200,
+            max_session_expiry: 7200,
+            max_subscriptions: 0,
             upgrade_qos: false,
             max_qos: 2,
             retain_available: true,

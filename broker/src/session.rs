@@ -24,7 +24,7 @@ mod inflight;
 mod queue;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -32,7 +32,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
-pub(crate) use inflight::{Inflight, Phase, RecOutcome};
+pub(crate) use inflight::{Acked, Inflight, Phase, RecOutcome};
 pub(crate) use queue::MessageQueue;
 
 use crate::client::ClientInfo;
@@ -164,12 +164,18 @@ pub(crate) struct Session {
     /// Unique for the broker's life (never reused, unlike client ids).
     pub(crate) id: u64,
     pub(crate) client_id: Arc<str>,
-    connected: AtomicBool,
+    /// The id of the connection serving the session; 0 when none. A connection that finds
+    /// another id here (it was detached without knowing, e.g. while stuck) ends at once.
+    owner: AtomicU64,
     /// Something was queued since the connection last looked.
     pending: AtomicBool,
-    /// A reason code (MQTT 5) when the connection must end, e.g. taken over; 0 otherwise.
-    kick: AtomicU8,
-    /// The takeover that kicked the connection discards the session (clean start).
+    /// The connection told to end (its id; 0 for none), with `kick_reason`. A kick names its
+    /// connection so that a newer connection attaching never clears it, nor is hit by it.
+    kick_target: AtomicU64,
+    /// A reason code (MQTT 5) for `kick_target` to end with, e.g. taken over.
+    kick_reason: AtomicU8,
+    /// The takeover that kicked the connection discards the session (clean start, or the
+    /// session was not persistent).
     kick_discards: AtomicBool,
     waker: AtomicWaker,
     /// Notified when a connection detaches.
@@ -182,9 +188,10 @@ impl Session {
         Session {
             id,
             client_id,
-            connected: AtomicBool::new(false),
+            owner: AtomicU64::new(0),
             pending: AtomicBool::new(false),
-            kick: AtomicU8::new(0),
+            kick_target: AtomicU64::new(0),
+            kick_reason: AtomicU8::new(0),
             kick_discards: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             detached: Notify::new(),
@@ -198,17 +205,16 @@ impl Session {
 
     /// Whether a connection serves the session now.
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.owner.load(Ordering::Acquire) != 0
     }
 
     /// Attaches connection `attachment` (the caller holds the state).
     pub(crate) fn attach(&self, state: &mut State, attachment: Attachment) {
-        state.attachment = Some(attachment);
         state.generation += 1;
         state.pending_will = None;
         state.expires_at = None;
-        self.kick.store(0, Ordering::Release);
-        self.connected.store(true, Ordering::Release);
+        self.owner.store(attachment.connection, Ordering::Release);
+        state.attachment = Some(attachment);
         self.pending.store(true, Ordering::Release);
     }
 
@@ -225,6 +231,7 @@ impl Session {
             waker.wake();
         }
         state.waiting = Vec::new();
+        self.owner.store(0, Ordering::Release);
         true
     }
 
@@ -293,26 +300,29 @@ impl Session {
         self.pending.swap(false, Ordering::AcqRel)
     }
 
-    /// Tells the connection serving the session to end, with an MQTT 5 reason code.
-    pub(crate) fn kick(&self, reason: u8) {
-        self.kick.store(reason, Ordering::Release);
+    /// Tells connection `connection` to end, with an MQTT 5 reason code.
+    pub(crate) fn kick(&self, connection: u64, reason: u8) {
+        self.kick_reason.store(reason, Ordering::Release);
+        self.kick_target.store(connection, Ordering::Release);
         self.notify();
     }
 
-    /// Tells the connection serving the session that a new connection takes it over; with
-    /// `discard` the newcomer starts clean.
-    pub(crate) fn kick_takeover(&self, discard: bool) {
+    /// Tells connection `connection` that a new connection takes the session over; with
+    /// `discard` the newcomer gets a new session.
+    pub(crate) fn kick_takeover(&self, connection: u64, discard: bool) {
         self.kick_discards.store(discard, Ordering::Release);
-        self.kick(crate::mqtt::reason::SESSION_TAKEN_OVER);
+        self.kick(connection, crate::mqtt::reason::SESSION_TAKEN_OVER);
     }
 
-    /// Whether the takeover that kicked the connection discards the session.
-    pub(crate) fn kick_discards(&self) -> bool {
-        self.kick_discards.load(Ordering::Acquire)
-    }
-
-    /// The reason code the connection was told to end with, if any.
-    pub(crate) fn kicked(&self) -> Option<u8> {
-        Some(self.kick.load(Ordering::Acquire)).filter(|&r| r != 0)
+    /// Whether connection `connection` must end, and why: it was told to (an MQTT 5 reason
+    /// code; with takeovers, whether the session is discarded), or it no longer serves the
+    /// session (another connection took it without waiting for it: a takeover).
+    pub(crate) fn kicked(&self, connection: u64) -> Option<(u8, bool)> {
+        let takeover = (crate::mqtt::reason::SESSION_TAKEN_OVER, self.kick_discards.load(Ordering::Acquire));
+        if self.kick_target.load(Ordering::Acquire) == connection {
+            let reason = self.kick_reason.load(Ordering::Acquire);
+            return Some(if reason == crate::mqtt::reason::SESSION_TAKEN_OVER { takeover } else { (reason, false) });
+        }
+        (self.owner.load(Ordering::Acquire) != connection).then_some(takeover)
     }
 }

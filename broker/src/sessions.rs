@@ -4,7 +4,9 @@
 //!
 //! Takeover (MQTT-3.1.4-3): the live connection is told to end (DISCONNECT 0x8E in MQTT 5)
 //! and the newcomer waits for it to detach before it resumes or discards the session, so a
-//! session is never served by two connections.
+//! session is never served by two connections. Connections of one client id open one at a
+//! time; a kick names the connection it ends, and a connection that finds the session served
+//! by another (taken from it while it was stuck) ends too.
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +44,36 @@ pub(crate) struct Opened {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     by_client_id: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// One lock per client id being opened now, so that its connections open one at a time.
+    opening: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     next_id: AtomicU64,
+}
+
+/// A place in line to open a session for one client id; forgotten when the last one leaves.
+struct Turn<'a> {
+    sessions: &'a Sessions,
+    client_id: Arc<str>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn new(sessions: &'a Sessions, client_id: &Arc<str>) -> Turn<'a> {
+        let lock = lock(&sessions.opening).entry(client_id.clone()).or_default().clone();
+        Turn { sessions, client_id: client_id.clone(), lock }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut opening = lock(&self.sessions.opening);
+        // Clones are made under this lock: 2 is the map's and ours, so no one else waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            opening.remove(&self.client_id);
+            if opening.capacity() > 64 && opening.len() < opening.capacity() / 4 {
+                opening.shrink_to_fit();
+            }
+        }
+    }
 }
 
 impl Sessions {
@@ -73,8 +104,11 @@ impl Sessions {
     /// Tells every connection to end with `reason` (e.g. the broker shutting down).
     pub(crate) fn kick_all(&self, reason: u8) {
         let sessions: Vec<Arc<Session>> = lock(&self.by_client_id).values().cloned().collect();
-        for session in sessions.iter().filter(|s| s.is_connected()) {
-            session.kick(reason);
+        for session in sessions {
+            let serving = session.lock().attachment.as_ref().map(|a| a.connection);
+            if let Some(connection) = serving {
+                session.kick(connection, reason);
+            }
         }
     }
 
@@ -90,9 +124,10 @@ impl Sessions {
         session
     }
 
-    /// The session for a new connection of `client`: a new one (clean start, or none
-    /// existed), or the existing one resumed. A connection still serving the client id is
-    /// told to end first.
+    /// The session for a new connection of `client`: a new one (clean start, none existed, or
+    /// the existing one was not persistent), or the existing one resumed. A connection still
+    /// serving the client id is told to end first. Connections of one client id open one at a
+    /// time, in the order they got here.
     pub(crate) async fn open(
         &self,
         node: &Node,
@@ -101,15 +136,13 @@ impl Sessions {
         clean_start: bool,
         expiry: u32,
     ) -> Opened {
+        let turn = Turn::new(self, &client.client_id);
+        let _turn = turn.lock.lock().await;
         loop {
             let existing = self.get(&client.client_id);
             let Some(old) = existing else {
-                let mut sessions = lock(&self.by_client_id);
-                if sessions.contains_key(&client.client_id) {
-                    continue; // another connection of this client id got in first
-                }
                 let session = self.create(node, client, connection, expiry);
-                sessions.insert(client.client_id.clone(), session.clone());
+                lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
                 return Opened { session, present: false };
             };
             let detached = old.detached.notified();
@@ -122,8 +155,12 @@ impl Sessions {
                     self.remove(&old);
                     continue;
                 }
-                if state.attachment.is_none() {
-                    if clean_start {
+                // A session whose connection asked for no expiry (MQTT 5 Session Expiry 0,
+                // MQTT 3.1.1 Clean Session 1) lasts only as long as that connection
+                // (MQTT-3.1.2-6): a newcomer never resumes it (MQTT-3.2.2-3: Session Present 0).
+                let discard = clean_start || state.expiry_interval == 0;
+                match state.attachment.as_ref().map(|a| a.connection) {
+                    None if discard => {
                         drop(state);
                         let session = self.create(node, client, connection, expiry);
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
@@ -131,15 +168,24 @@ impl Sessions {
                         node.stats.metrics.inc(Metric::SessionDiscarded);
                         return Opened { session, present: false };
                     }
-                    state.expiry_interval = expiry;
-                    old.attach(&mut state, Attachment { connection, client: client.clone() });
-                    return Opened { session: old.clone(), present: true };
+                    None => {
+                        state.expiry_interval = expiry;
+                        old.attach(&mut state, Attachment { connection, client: client.clone() });
+                        return Opened { session: old.clone(), present: true };
+                    }
+                    Some(serving) => {
+                        old.kick_takeover(serving, discard);
+                        node.stats.metrics.inc(if discard {
+                            Metric::SessionDiscarded
+                        } else {
+                            Metric::SessionTakeovered
+                        });
+                    }
                 }
-                old.kick_takeover(clean_start);
-                node.stats.metrics.inc(if clean_start { Metric::SessionDiscarded } else { Metric::SessionTakeovered });
             }
             if tokio::time::timeout(TAKEOVER_WAIT, detached).await.is_err() {
                 // The old connection is stuck (a blocking hook, say): take the session from it.
+                // It ends as soon as it runs again: it no longer owns the session.
                 tracing::warn!(
                     client_id = &*client.client_id,
                     "the connection being taken over did not let go in time"

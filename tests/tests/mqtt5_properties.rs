@@ -64,6 +64,33 @@ fn sized_publish(topic: &str, size: usize) -> v5::Publish {
 
 const MAX_ALIAS: (&str, &str) = ("BROKER_MQTT__MAX_TOPIC_ALIAS", "4");
 
+/// The topics a client binds to aliases are bounded in bytes, not only in number: with the
+/// default Topic Alias Maximum (65,535), a client binding 1,000-byte topics to new aliases is
+/// disconnected with 0x97 (Quota exceeded) once they would hold more than 64 KiB; rebinding
+/// one alias again and again costs nothing more.
+#[test]
+fn incoming_topic_aliases_are_bounded_in_bytes() {
+    let (_dir, broker) = start_broker("", &[]);
+    let mut c = C5::connect(&broker, "tab-rebind");
+    for n in 0..200 {
+        let t = format!("tab/{n:0>996}");
+        c.publish_packet(v5::Publish::new(t, QoS::AtMostOnce, b"x".to_vec(), Some(with_alias(1))));
+    }
+    c.raw.ping("rebinding one alias stays within the quota");
+
+    let mut c = C5::connect(&broker, "tab-many");
+    for a in 1..=62u16 {
+        let t = format!("tab/{a:0>996}");
+        c.publish_packet(v5::Publish::new(t, QoS::AtMostOnce, b"x".to_vec(), Some(with_alias(a))));
+    }
+    c.raw.ping("62 aliases of 1 KB fit in 64 KiB");
+    for a in 63..=70u16 {
+        let t = format!("tab/{a:0>996}");
+        c.raw.send(&P5::Publish(v5::Publish::new(t, QoS::AtMostOnce, b"x".to_vec(), Some(with_alias(a)))));
+    }
+    c.raw.expect_disconnect(v5::DisconnectReasonCode::QuotaExceeded, "aliases over 64 KiB");
+}
+
 /// MQTT-3.3.2-12 (5): the broker announces its Topic Alias Maximum and accepts every alias
 /// from 1 to it: a PUBLISH with a topic and an alias sets the mapping, one with an empty
 /// topic and the alias uses it, a new topic for the alias replaces it. Subscribers get the
@@ -220,13 +247,57 @@ fn topic_aliases_to_the_client_stay_within_its_maximum() {
     }
     let resolved: Vec<&str> = seen.iter().map(|(t, _, _)| t.as_str()).collect();
     assert_eq!(resolved, sent, "every delivery resolves to the topic published");
-    for t in ["to/a", "to/b"] {
-        let of: Vec<&(String, bool, Option<u16>)> = seen.iter().filter(|(r, _, _)| r == t).collect();
-        let first_alias = of[0].2.unwrap_or_else(|| panic!("{t} got an alias: {seen:?}"));
-        assert!(of[0].1, "{t}: the first delivery names the topic: {seen:?}");
-        for later in &of[1..] {
-            assert_eq!((later.1, later.2), (false, Some(first_alias)), "{t}: later, only the alias: {seen:?}");
+    // Short topics always get an alias: past the maximum, the least recently used is rebound.
+    assert!(seen.iter().all(|(_, _, a)| a.is_some()), "{seen:?}");
+    assert_eq!((seen[0].1, seen[0].2), (true, Some(1)), "to/a binds alias 1: {seen:?}");
+    assert_eq!((seen[1].1, seen[1].2), (false, Some(1)), "then to/a is sent as alias 1 only: {seen:?}");
+    assert_eq!((seen[3].1, seen[3].2), (true, Some(1)), "to/c rebinds to/a's alias, least recently used: {seen:?}");
+}
+
+/// MQTT-3.3.2-17, MQTT-3.1.2-26 (5): the broker's aliases stay within 1 and the client's Topic
+/// Alias Maximum however many topics it sends: 66,000 topics to a client allowing 65,535 (an
+/// outside check saw alias 0, then aliases re-bound without the topic, resolving to the wrong
+/// topic). Every delivery resolves to the topic published. The broker uses at most 128 aliases
+/// per connection, and none for topics over 128 bytes (their memory is bounded).
+#[test]
+fn outgoing_topic_aliases_never_wrap_and_resolve_to_the_topic_published() {
+    let (_dir, broker) = start_broker("", &[]);
+    let props = v5::ConnectProperties { topic_alias_max: Some(u16::MAX), ..v5::ConnectProperties::new() };
+    let (mut sub, _) = C5::connect_with(&broker, "taw-sub", Some(props));
+    sub.subscribe("taw/#", QoS::AtMostOnce);
+    let mut publisher = C5::connect(&broker, "taw-pub");
+    let mut mapping: std::collections::HashMap<u16, String> = Default::default();
+    let mut resolve = |p: &v5::Publish| match alias(p) {
+        Some(a) => {
+            assert!((1..=128).contains(&a), "alias {a} out of 1..=128");
+            if p.topic.is_empty() {
+                mapping.get(&a).cloned().unwrap_or_else(|| panic!("alias {a} was never set"))
+            } else {
+                mapping.insert(a, topic(p));
+                topic(p)
+            }
         }
+        None => topic(p),
+    };
+    // Batches small enough for the subscriber's queue: nothing is dropped (QoS 0).
+    let (topics, batch) = (66_000usize, 500usize);
+    for start in (0..topics).step_by(batch) {
+        let end = (start + batch).min(topics);
+        for n in start..end {
+            // Every tenth topic again, later: known aliases are used as well as new ones.
+            let t = if n % 10 == 0 && n > 0 { format!("taw/{}", n - 5) } else { format!("taw/{n}") };
+            publisher.publish(&t, QoS::AtMostOnce, &t);
+        }
+        for _ in start..end {
+            let p = sub.next_publish();
+            assert_eq!(resolve(&p), payload(&p), "the delivery resolves to the topic published");
+        }
+    }
+    let long = format!("taw/{}", "l".repeat(200));
+    for _ in 0..2 {
+        publisher.publish(&long, QoS::AtMostOnce, "long");
+        let p = sub.next_publish();
+        assert_eq!((topic(&p), alias(&p)), (long.clone(), None), "no alias for a topic over 128 bytes");
     }
 }
 
@@ -726,4 +797,24 @@ fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
     });
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((&events[0]["reason"], &events[0]["topic"]), (&"too_large".into(), &"rsz/x".into()));
+}
+
+/// §2.2.2.2 (5): a property identifier that is not valid for the packet's type makes it a
+/// Malformed Packet: DISCONNECT 0x81, then close (MQTT 5 §4.13). A Session Expiry Interval
+/// (0x11) in a PUBLISH, or in a SUBSCRIBE.
+#[test]
+fn a_property_not_valid_for_the_packet_type_is_a_malformed_packet() {
+    let (_dir, broker) = start_broker("", &[]);
+    let session_expiry = [5, 0x11, 0, 0, 0, 1]; // property length, then the property
+    let mut publish = vec![0x30, 10, 0, 1, b't'];
+    publish.extend_from_slice(&session_expiry);
+    publish.push(b'x');
+    let mut subscribe = vec![0x82, 12, 0, 1];
+    subscribe.extend_from_slice(&session_expiry);
+    subscribe.extend_from_slice(&[0, 1, b't', 0]);
+    for (name, bytes) in [("PUBLISH", publish), ("SUBSCRIBE", subscribe)] {
+        let mut c = C5::connect(&broker, &format!("bad-prop-{name}"));
+        c.raw.send_bytes(&bytes);
+        c.raw.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket, name);
+    }
 }

@@ -232,6 +232,77 @@ fn a_new_session_is_acknowledged_with_session_present_0() {
     }
 }
 
+/// MQTT 3.1 has no Session Present: the first byte of its CONNACK's variable header is
+/// reserved, so a 3.1 client resuming its session (Clean Session 0, the session kept) still
+/// gets `20 02 00 00`, where a 3.1.1 client gets Session Present 1 (MQTT-3.2.2-2).
+#[test]
+fn an_mqtt_3_1_connack_has_no_session_present_bit() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    for (name, level, resumed) in [("MQIsdp", 3, [0x20, 2, 0, 0]), ("MQTT", 4, [0x20, 2, 1, 0])] {
+        let id = format!("sp-{level}");
+        for connack in [[0x20, 2, 0, 0], resumed] {
+            let mut stream = open(&broker);
+            stream.write_all(&connect_bytes(name, level, 0x00, &mqtt_string(&id))).unwrap();
+            assert_eq!(read_packet(&mut stream), connack, "CONNACK to level {level}");
+            stream.write_all(&[0xe0, 0]).unwrap(); // DISCONNECT
+            assert_eq!(read_until_closed(&mut stream, "DISCONNECT"), Vec::<u8>::new());
+        }
+    }
+}
+
+/// MQTT-3.1.2-24 and MQTT-3.1.2-25 (5): the broker sends no packet over the client's Maximum
+/// Packet Size, the CONNACK included. A CONNACK that does not fit leaves out first what the
+/// client assumes anyway (availability flags that are 1); if it still does not fit, the
+/// connection is closed without a CONNACK and no session is opened. A refusing CONNACK leaves
+/// out its Reason String, and is not sent when even then it does not fit.
+#[test]
+fn a_connack_over_the_clients_maximum_packet_size_is_not_sent() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let connect = |id: &str, max: u32, method: Option<&str>| {
+        let props = v5::ConnectProperties {
+            max_packet_size: Some(max),
+            authentication_method: method.map(str::to_owned),
+            ..v5::ConnectProperties::new()
+        };
+        let mut out = BytesMut::new();
+        connect5(id, true, Some(props)).write(&mut out, None).unwrap();
+        out.to_vec()
+    };
+    let full = {
+        let mut stream = open(&broker);
+        stream.write_all(&connect("mps-full", 1000, None)).unwrap();
+        read_packet(&mut stream).len()
+    };
+    assert!(full > 20, "the full CONNACK is {full} bytes");
+
+    let mut stream = open(&broker);
+    stream.write_all(&connect("mps-20", 20, None)).unwrap();
+    let connack = read_packet(&mut stream);
+    assert!(connack.len() <= 20, "{} bytes for Maximum Packet Size 20: {connack:02x?}", connack.len());
+    match decode5(&connack) {
+        v5::Packet::ConnAck(ack) => {
+            assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+            let p = ack.properties.expect("properties");
+            assert_eq!(p.max_packet_size, Some(1024 * 1024), "what the client must know stays");
+            assert_eq!(p.retain_available, None, "Retain Available 1 is left out");
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+
+    let created = stat(&dir, "session.created");
+    let got = exchange(&broker, &connect("mps-8", 8, None), "Maximum Packet Size 8");
+    assert_eq!(got, Vec::<u8>::new(), "no CONNACK fits in 8 bytes: closed without one");
+    assert_eq!(stat(&dir, "session.created"), created, "no session was opened for it");
+
+    // A refusal (an Authentication Method): 5 bytes without its Reason String, so none at 4.
+    let got = exchange(&broker, &connect("mps-r5", 5, Some("SCRAM-SHA-1")), "refused, 5");
+    assert_eq!(got, [0x20, 3, 0, 0x8c, 0], "the refusal without a Reason String");
+    let got = exchange(&broker, &connect("mps-r4", 4, Some("SCRAM-SHA-1")), "refused, 4");
+    assert_eq!(got, Vec::<u8>::new(), "no refusal fits in 4 bytes");
+}
+
 /// MQTT-3.1.2-2 (3.1.1): a protocol level the broker does not support is answered with CONNACK
 /// 0x01 (unacceptable protocol level), then the connection is closed;
 /// MQTT-3.2.2-4 and MQTT-3.2.2-5 (3.1.1): that refusal says no session is present and is

@@ -421,6 +421,51 @@ fn pubrel_for_an_unknown_id_gets_pubcomp() {
     quiet(&mut c5, "the connection goes on");
 }
 
+/// An acknowledgement of the wrong type for a packet id in flight (MQTT-4.3.2 / MQTT-4.3.3: a
+/// QoS 1 message is acknowledged by PUBACK, a QoS 2 message by PUBREC then PUBCOMP) is a
+/// protocol error (MQTT 5 §4.13: DISCONNECT 0x82, then close; MQTT-4.8.0-1 (3.1.1): close), as
+/// mosquitto has it: PUBCOMP or PUBREC for a QoS 1 message, PUBACK for a QoS 2 message, PUBCOMP
+/// before PUBREC. Acknowledgements of ids not in flight are still ignored.
+#[test]
+fn an_acknowledgement_of_the_wrong_type_is_a_protocol_error() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut publisher, _) = conn5(&broker, "wrong-pub", true, None);
+    type Wrong = fn(u16) -> v5::Packet;
+    let cases: [(&str, Q5, Wrong); 4] = [
+        ("pubcomp-for-qos1", Q5::AtLeastOnce, pubcomp5),
+        ("pubrec-for-qos1", Q5::AtLeastOnce, |id| pubrec5(id, v5::PubRecReason::Success)),
+        ("puback-for-qos2", Q5::ExactlyOnce, puback5),
+        ("pubcomp-before-pubrec", Q5::ExactlyOnce, pubcomp5),
+    ];
+    for (i, (name, qos, wrong)) in cases.into_iter().enumerate() {
+        let (mut sub, _) = conn5(&broker, name, true, None);
+        sub5(&mut sub, 1, name, qos);
+        // Unknown ids change nothing.
+        sub.send(&puback5(999));
+        sub.send(&pubcomp5(998));
+        quiet(&mut sub, &format!("{name}: acknowledgements of unknown ids are ignored"));
+        let pkid = u16::try_from(i).unwrap() + 1;
+        if qos == Q5::AtLeastOnce {
+            publisher.send(&publish5(name, qos, pkid, "m", false));
+            assert!(matches!(publisher.recv(), v5::Packet::PubAck(a) if a.pkid == pkid));
+        } else {
+            publish_flow5(&mut publisher, publish5(name, qos, pkid, "m", false));
+        }
+        let p = expect_publish5(&mut sub);
+        sub.send(&wrong(p.pkid));
+        sub.expect_disconnect(v5::DisconnectReasonCode::ProtocolError, name);
+    }
+
+    // MQTT 3.1.1: PUBACK for a QoS 2 message closes the connection.
+    let (mut sub, _) = conn4(&broker, "wrong-sub4", true);
+    sub4(&mut sub, 1, "wrong/4", QoS::ExactlyOnce);
+    publish_flow5(&mut publisher, publish5("wrong/4", Q5::ExactlyOnce, 9, "m", false));
+    let p = expect_publish4(&mut sub);
+    sub.send(&P4::PubAck(rumqttc::PubAck::new(p.pkid)));
+    assert_eq!(sub.until_closed(), vec![], "3.1.1: closed, nothing sent");
+}
+
 /// MQTT-3.8.4-6 (3.1.1), MQTT-3.8.4-8 and MQTT-3.8.4-7 (5): a message is delivered at the lower
 /// of its published QoS and the QoS granted to the subscription, for every pair.
 #[test]

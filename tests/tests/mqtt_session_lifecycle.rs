@@ -466,6 +466,50 @@ async fn a_takeover_with_clean_start_1_discards_the_session() {
     }
 }
 
+/// MQTT-3.1.2-6 (3.1.1): a Clean Session 1 session lasts as long as its connection; MQTT 5
+/// §3.1.2.11.2: Session Expiry 0 ends it with the connection. So a newcomer with Clean Session
+/// / Clean Start 0 that takes over such a live connection finds no session: Session Present 0
+/// (MQTT-3.2.2-3 (3.1.1), MQTT-3.2.2-2 (5)), and the old subscription sends it nothing. The old
+/// connection is ended as in any takeover; `client.disconnected` says `discarded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_of_a_clean_session_does_not_resume_it() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let (broker, file) = recording_broker(&dir, &[]);
+    let mut publisher = Client::connect(&broker, "tc-pub").await;
+
+    // MQTT 3.1.1: A with Clean Session 1, B with Clean Session 0.
+    let (mut old, _) = Raw::<V4>::connect(broker.addr, &connect4("tc4", true));
+    subscribe4(&mut old, "tc/4/+", QoS::AtLeastOnce);
+    let (mut new, ack) = Raw::<V4>::connect(broker.addr, &connect4("tc4", false));
+    assert!(!ack.session_present, "3.1.1: the clean session ended with its connection (MQTT-3.2.2-3)");
+    assert_eq!(old.until_closed(), vec![], "3.1.1: the old connection is closed, nothing sent");
+    subscribe4(&mut new, "tc/4/end", QoS::AtLeastOnce);
+    publisher.publish_acked("tc/4/m", QoS::AtLeastOnce, "not for B").await;
+    publisher.publish_acked("tc/4/end", QoS::AtLeastOnce, "end").await;
+    assert_eq!(until_marker4(&mut new, "tc/4/end"), vec![], "3.1.1: A's subscription is not B's");
+    new.disconnect();
+    let (mut again, ack) = Raw::<V4>::connect(broker.addr, &connect4("tc4", false));
+    assert!(ack.session_present, "3.1.1: B's own session (Clean Session 0) is kept");
+    again.disconnect();
+
+    // MQTT 5: A with Session Expiry 0 (clean start or not), B with Clean Start 0.
+    for (a_clean, id) in [(true, "tc5a"), (false, "tc5b")] {
+        let (mut old, _) = Raw::<V5>::connect(broker.addr, &connect5_with(id, a_clean, Some(0), None));
+        subscribe5(&mut old, &format!("tc/{id}/+"));
+        let (mut new, ack) = Raw::<V5>::connect(broker.addr, &connect5_with(id, false, Some(60), None));
+        assert!(!ack.session_present, "5 ({id}): A's session had expiry 0: no session present");
+        old.expect_disconnect_without_expiry(v5::DisconnectReasonCode::SessionTakenOver, "the old MQTT 5 connection");
+        subscribe5(&mut new, &format!("tc/{id}/end"));
+        publisher.publish_acked(&format!("tc/{id}/m"), QoS::AtLeastOnce, "not for B").await;
+        publisher.publish_acked(&format!("tc/{id}/end"), QoS::AtLeastOnce, "end").await;
+        assert_eq!(until_marker5(&mut new, &format!("tc/{id}/end")), vec![], "5 ({id}): A's subscription is gone");
+    }
+
+    for id in ["tc4", "tc5a", "tc5b"] {
+        assert_eq!(wait_disconnected(&file, id, 1)[0]["reason"], "discarded", "{id}");
+    }
+}
+
 /// The offline queue holds at most `mqtt.max_mqueue_len` (3) messages. When full, the oldest
 /// QoS 0 message goes first; with no QoS 0 queued, a new QoS 0 message is the one dropped, and
 /// a new QoS 1 message pushes out the oldest. Each drop fires `message.dropped` (reason

@@ -120,8 +120,11 @@ async fn payloads_match_emqx_4_3_with_its_reasons_at_qos_1() {
     assert_eq!(disconnected["reason"], "normal");
     assert_eq!(disconnected["username"], "undefined");
 
-    // A second connection resuming the session: the first one is `takeovered`.
-    let first = Client::connect(&broker, "twin").await;
+    // A second connection resuming the session: the first one is `takeovered`. (The first one
+    // has a persistent session: a clean one would not be resumed, MQTT-3.1.2-6.)
+    let mut persistent = options(&broker, "twin");
+    persistent.set_clean_session(false);
+    let first = Client::connect_with(persistent).await;
     next_event(&mut watcher, "twin", "connected").await;
     let mut resume = options(&broker, "twin");
     resume.set_clean_session(false);
@@ -208,4 +211,37 @@ async fn sys_subscriptions_mix_with_normal_ones() {
     Client::connect(&broker, "noise").await.disconnect().await;
     other.publish_acked("plain/y", QoS::AtLeastOnce, "p").await;
     assert_eq!(hash.receive(1).await[0].topic, "plain/y");
+}
+
+/// MQTT-1.5.4-1: a topic is at most 65,535 bytes. A client id of 65,500 bytes (within
+/// `mqtt.max_clientid_len`) would make presence topics longer than that: no event is published
+/// for it (logged instead), never a PUBLISH with a truncated topic length; a `$SYS` watcher
+/// stays connected, decodes everything it gets, and sees the next client's events.
+#[test]
+fn a_client_id_too_long_for_a_topic_makes_no_malformed_presence_event() {
+    use e2e::raw::{connect4, Raw, V4};
+    let dir = DataDir::with_plugins("{emqx_mod_presence, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+    let (mut watcher, _) = Raw::<V4>::connect(broker.addr, &connect4("long-watcher", true));
+    let mut subscribe = rumqttc::Subscribe::new("$SYS/brokers/+/clients/#", QoS::AtMostOnce);
+    subscribe.pkid = 1;
+    watcher.send(&rumqttc::Packet::Subscribe(subscribe));
+    assert!(matches!(watcher.recv(), rumqttc::Packet::SubAck(_)));
+
+    let long_id = "L".repeat(65_500);
+    let (mut long, _) = Raw::<V4>::connect(broker.addr, &connect4(&long_id, true));
+    long.disconnect();
+    broker.wait_for_log("no disconnected event for client");
+    let (mut short, _) = Raw::<V4>::connect(broker.addr, &connect4("short", true));
+    // The raw client panics on a packet it cannot decode; the first event is the short one's.
+    match watcher.recv() {
+        rumqttc::Packet::Publish(p) => assert!(p.topic.ends_with("/clients/short/connected"), "{}", p.topic.len()),
+        other => panic!("expected the presence event, got {other:?}"),
+    }
+    short.disconnect();
+    match watcher.recv() {
+        rumqttc::Packet::Publish(p) => assert!(p.topic.ends_with("/clients/short/disconnected"), "{}", p.topic),
+        other => panic!("expected the presence event, got {other:?}"),
+    }
+    watcher.ping("the watcher is still connected");
 }

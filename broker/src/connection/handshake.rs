@@ -5,7 +5,6 @@
 //! session (taking over a live connection with the same client id), fire `client.connack`,
 //! answer, and resend what was in flight.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,6 +81,9 @@ async fn refuse<T: Transport>(
     let max = max_packet_size.map_or(usize::MAX, |m| m as usize);
     let properties = ConnackProperties { reason_string: reason::string_within(code, 6, max), ..Default::default() };
     encode_connack(&mut out, version, false, code, &properties);
+    if out.len() > max {
+        out.clear(); // MQTT-3.1.2-24: not even the CONNACK without a reason string fits
+    }
     connack_sent(&node.stats.metrics, code);
     if let Some(client) = client {
         fire_connack(node, client, code);
@@ -92,6 +94,27 @@ async fn refuse<T: Transport>(
         io.shutdown().await
     })
     .await;
+}
+
+/// `properties`, or fewer of them, so that the CONNACK fits in the client's Maximum Packet
+/// Size; `None` if even the fewest do not.
+fn fit_connack<'a>(
+    version: Version,
+    properties: ConnackProperties<'a>,
+    max_packet_size: Option<u32>,
+) -> Option<ConnackProperties<'a>> {
+    let Some(max) = max_packet_size.map(|m| m as usize) else {
+        return Some(properties);
+    };
+    let len = |properties: &ConnackProperties<'_>| {
+        let mut out = Vec::new();
+        encode_connack(&mut out, version, false, reason::SUCCESS, properties);
+        out.len()
+    };
+    if len(&properties) <= max {
+        return Some(properties);
+    }
+    Some(properties.without_defaults()).filter(|fewer| len(fewer) <= max)
 }
 
 /// Counts a CONNACK with `code` (an MQTT 5 reason code) and the `client.connack` it stands for.
@@ -215,14 +238,14 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     };
     // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).
 
-    let id = node.next_connection_id();
     let expiry = client.expiry_interval;
-    let opened = node.sessions.open(node, &client, id, connect.clean_start, expiry).await;
-    let mut will = will;
-    if let Some(will) = &mut will {
-        will.message.publisher = opened.session.id;
-    }
     let properties = ConnackProperties {
+        // MQTT 5 §3.2.2.3.2: the client is told when its Session Expiry Interval was lowered.
+        session_expiry_interval: connect
+            .properties
+            .session_expiry_interval
+            .filter(|&asked| version.is_v5() && asked != expiry)
+            .map(|_| expiry),
         receive_maximum: Some(zone.max_awaiting_rel).filter(|&m| m < u16::MAX),
         maximum_qos: Some(zone.max_qos).filter(|&q| q < 2),
         retain_available: Some(zone.retain_available),
@@ -235,6 +258,19 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         server_keep_alive,
         ..Default::default()
     };
+    // MQTT-3.1.2-24, -25: a CONNACK the client cannot take is not sent (nor the session
+    // opened); what the client assumes when left out goes first.
+    let Some(properties) = fit_connack(version, properties, max_packet_size) else {
+        refused(&client, "CONNACK over the client's Maximum Packet Size", "closed without CONNACK");
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, io.shutdown()).await;
+        return None;
+    };
+    let id = node.next_connection_id();
+    let opened = node.sessions.open(node, &client, id, connect.clean_start, expiry).await;
+    let mut will = will;
+    if let Some(will) = &mut will {
+        will.message.publisher = opened.session.id;
+    }
     let mut out = BytesMut::new();
     encode_connack(&mut out, version, opened.present, reason::SUCCESS, &properties);
     connack_sent(metrics, reason::SUCCESS);
@@ -261,7 +297,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         problem_information: connect.properties.request_problem_information != Some(0),
-        aliases_in: HashMap::new(),
+        aliases_in: Default::default(),
         aliases_out: OutgoingAliases::new(if version.is_v5() {
             connect.properties.topic_alias_maximum.unwrap_or(0)
         } else {
@@ -331,7 +367,7 @@ fn identify(
         connect.client_id.into()
     };
     let expiry_interval = if version.is_v5() {
-        connect.properties.session_expiry_interval.unwrap_or(0)
+        connect.properties.session_expiry_interval.unwrap_or(0).min(zone.max_session_expiry)
     } else if connect.clean_start {
         0
     } else {

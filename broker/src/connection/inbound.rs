@@ -24,7 +24,42 @@ use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
 use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
-use crate::session::{RecOutcome, Subscription};
+use crate::session::{Acked, RecOutcome, Subscription};
+
+/// The most bytes the topics a client set aliases for may hold, each counted with
+/// `ALIAS_IN_OVERHEAD`; over it the connection ends with 0x97 (Quota exceeded). The Topic Alias
+/// Maximum (`mqtt.max_topic_alias`) bounds how many; this bounds their memory.
+const ALIASES_IN_BYTES_MAX: usize = 64 * 1024;
+
+/// What one alias costs beyond its topic's bytes (the map's entry and the allocation).
+const ALIAS_IN_OVERHEAD: usize = 32;
+
+/// The topic aliases a client set (MQTT 5 §3.3.2.3.4), and the bytes they hold.
+#[derive(Debug, Default)]
+pub(super) struct IncomingAliases {
+    by_alias: std::collections::HashMap<u16, Box<str>>,
+    bytes: usize,
+}
+
+impl IncomingAliases {
+    fn get(&self, alias: u16) -> Option<&str> {
+        self.by_alias.get(&alias).map(|topic| &**topic)
+    }
+
+    /// Binds `alias` to `topic`; false (and nothing changed) when that would hold more than
+    /// `ALIASES_IN_BYTES_MAX`.
+    fn set(&mut self, alias: u16, topic: &str) -> bool {
+        let cost = |topic: &str| topic.len() + ALIAS_IN_OVERHEAD;
+        let freed = self.by_alias.get(&alias).map_or(0, |old| cost(old));
+        let bytes = self.bytes - freed + cost(topic);
+        if bytes > ALIASES_IN_BYTES_MAX {
+            return false;
+        }
+        self.bytes = bytes;
+        self.by_alias.insert(alias, topic.into());
+        true
+    }
+}
 
 /// What the ACL says about an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +120,10 @@ impl<T: Transport> Connection<T> {
         })?;
         match packet {
             Packet::Publish(publish) => return self.on_publish(publish),
-            Packet::PubAck(ack) => self.on_puback(ack),
-            Packet::PubRec(ack) => self.on_pubrec(ack),
+            Packet::PubAck(ack) => self.on_puback(ack)?,
+            Packet::PubRec(ack) => self.on_pubrec(ack)?,
             Packet::PubRel(ack) => self.on_pubrel(ack),
-            Packet::PubComp(ack) => self.on_pubcomp(ack),
+            Packet::PubComp(ack) => self.on_pubcomp(ack)?,
             Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => {
@@ -132,12 +167,14 @@ impl<T: Transport> Connection<T> {
             return Err(Ended::protocol(reason::TOPIC_ALIAS_INVALID, "topic alias out of range (MQTT-3.3.2-9)"));
         }
         if publish.topic.is_empty() {
-            return match self.aliases_in.get(&alias) {
-                Some(topic) => Ok(topic.clone()),
+            return match self.aliases_in.get(alias) {
+                Some(topic) => Ok(topic.into()),
                 None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
             };
         }
-        self.aliases_in.insert(alias, publish.topic.into());
+        if !self.aliases_in.set(alias, publish.topic) {
+            return Err(Ended::protocol(reason::QUOTA_EXCEEDED, "topic aliases over 64 KiB"));
+        }
         Ok(publish.topic.into())
     }
 
@@ -298,15 +335,23 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    fn on_puback(&mut self, ack: Ack<'_>) {
-        let settled = self.session.lock().inflight.puback(ack.packet_id);
-        match settled {
-            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
-            None => self.node.stats.metrics.inc(Metric::PacketsPubackMissed),
+    /// A PUBACK or PUBCOMP: settles the delivery; an id not in flight is counted; an id in
+    /// flight waiting for another acknowledgement is a protocol error (as in mosquitto).
+    fn on_settled(&mut self, acked: Acked, packet_id: u16, missed: Metric, wrong: &'static str) -> Result<(), Ended> {
+        match acked {
+            Acked::Settled(delivery) => self.fire_acked(&delivery.message, packet_id),
+            Acked::Unknown => self.node.stats.metrics.inc(missed),
+            Acked::WrongType => return Err(Ended::protocol(reason::PROTOCOL_ERROR, wrong)),
         }
+        Ok(())
     }
 
-    fn on_pubrec(&mut self, ack: Ack<'_>) {
+    fn on_puback(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
+        let acked = self.session.lock().inflight.puback(ack.packet_id);
+        self.on_settled(acked, ack.packet_id, Metric::PacketsPubackMissed, "PUBACK for a QoS 2 message")
+    }
+
+    fn on_pubrec(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
         let outcome = self.session.lock().inflight.pubrec(ack.packet_id, ack.reason);
         match outcome {
             RecOutcome::Release => self.ack(kind::PUBREL, ack.packet_id, reason::SUCCESS),
@@ -315,15 +360,17 @@ impl<T: Transport> Connection<T> {
                 self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)
             }
             RecOutcome::Refused => {}
+            RecOutcome::WrongType => {
+                return Err(Ended::protocol(reason::PROTOCOL_ERROR, "PUBREC for a QoS 1 message"));
+            }
         }
+        Ok(())
     }
 
-    fn on_pubcomp(&mut self, ack: Ack<'_>) {
-        let settled = self.session.lock().inflight.pubcomp(ack.packet_id);
-        match settled {
-            Some(delivery) => self.fire_acked(&delivery.message, ack.packet_id),
-            None => self.node.stats.metrics.inc(Metric::PacketsPubcompMissed),
-        }
+    fn on_pubcomp(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
+        let acked = self.session.lock().inflight.pubcomp(ack.packet_id);
+        let wrong = "PUBCOMP for a message not released (QoS 1, or QoS 2 before PUBREC)";
+        self.on_settled(acked, ack.packet_id, Metric::PacketsPubcompMissed, wrong)
     }
 
     fn on_pubrel(&mut self, ack: Ack<'_>) {
@@ -390,6 +437,7 @@ impl<T: Transport> Connection<T> {
             Ok(parsed) if parsed.has_wildcards() && !zone.wildcard_subscription => {
                 reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
             }
+            Ok(_) if self.over_subscription_quota(&filter) => reason::QUOTA_EXCEEDED,
             Ok(_) => return Ok(Ok(filter)),
         };
         Ok(Err(code))
@@ -446,6 +494,17 @@ impl<T: Transport> Connection<T> {
         }
     }
 
+    /// Whether subscribing to `filter` would take the session over `mqtt.max_subscriptions`
+    /// (a filter it has already is replaced, not added).
+    fn over_subscription_quota(&self, filter: &str) -> bool {
+        let max = self.node.zone.max_subscriptions;
+        if max == 0 {
+            return false;
+        }
+        let state = self.session.lock();
+        state.subscriptions.len() >= max && !state.subscriptions.contains_key(filter)
+    }
+
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe<'_>) {
         let node = self.node.clone();
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
@@ -497,7 +556,7 @@ impl<T: Transport> Connection<T> {
                     "Session Expiry raised from 0 at DISCONNECT (§3.14.2.2.2)",
                 );
             }
-            self.session.lock().expiry_interval = expiry;
+            self.session.lock().expiry_interval = expiry.min(self.node.zone.max_session_expiry);
         }
         if disconnect.reason == reason::SUCCESS {
             Ended::Normal // MQTT-3.14.4-3: the will is discarded

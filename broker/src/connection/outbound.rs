@@ -21,29 +21,71 @@ use crate::mqtt::Version;
 use crate::node::{DropReason, Node};
 use crate::session::Phase;
 
-/// The topic aliases the broker set for this connection (MQTT 5 §3.3.2.3.4): a topic gets
-/// the next alias while the client's Topic Alias Maximum allows, and keeps it.
+/// Topics longer than this get no alias: holding them would cost more than the alias saves.
+const ALIAS_TOPIC_MAX: usize = 128;
+
+/// The most aliases the broker sets for one connection, whatever the client's Topic Alias
+/// Maximum: with `ALIAS_TOPIC_MAX`, a connection's aliases hold at most 16 KiB of topics.
+const ALIASES_MAX: u16 = 128;
+
+/// The topic aliases the broker set for this connection (MQTT 5 §3.3.2.3.4). A topic gets the
+/// next alias while the client's Topic Alias Maximum (and `ALIASES_MAX`) allows; then the
+/// least recently used alias is bound to it (the PUBLISH carries both, so the client rebinds
+/// it). Aliases are always 1 to the maximum, never 0, and one alias means one topic.
 #[derive(Debug)]
 pub(super) struct OutgoingAliases {
     max: u16,
-    by_topic: HashMap<Box<str>, u16>,
+    by_topic: HashMap<Box<str>, AliasSlot>,
+    /// Counts uses; a slot's `used` is the count at its last use.
+    clock: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AliasSlot {
+    alias: u16,
+    used: u64,
 }
 
 impl OutgoingAliases {
     pub(super) fn new(max: u16) -> OutgoingAliases {
-        OutgoingAliases { max, by_topic: HashMap::new() }
+        OutgoingAliases { max: max.min(ALIASES_MAX), by_topic: HashMap::new(), clock: 0 }
     }
 
     /// The alias for `topic`: `(alias, known)`, `known` when the client has it already.
     fn lookup(&self, topic: &str) -> Option<(u16, bool)> {
-        if self.max == 0 {
+        if self.max == 0 || topic.len() > ALIAS_TOPIC_MAX {
             return None;
         }
-        if let Some(&alias) = self.by_topic.get(topic) {
-            return Some((alias, true));
+        if let Some(slot) = self.by_topic.get(topic) {
+            return Some((slot.alias, true));
         }
-        let next = self.by_topic.len() as u16 + 1;
-        (next <= self.max).then_some((next, false))
+        if self.by_topic.len() < usize::from(self.max) {
+            // The aliases in use are exactly 1..=len until the maximum is reached.
+            return Some((self.by_topic.len() as u16 + 1, false));
+        }
+        self.least_recent().map(|(_, slot)| (slot.alias, false))
+    }
+
+    fn least_recent(&self) -> Option<(&str, &AliasSlot)> {
+        self.by_topic.iter().min_by_key(|(_, slot)| slot.used).map(|(topic, slot)| (&**topic, slot))
+    }
+
+    /// Records that `topic` was sent with `alias`, as `lookup` gave it.
+    fn used(&mut self, topic: &str, alias: u16, known: bool) {
+        self.clock += 1;
+        if known {
+            if let Some(slot) = self.by_topic.get_mut(topic) {
+                slot.used = self.clock;
+            }
+            return;
+        }
+        if self.by_topic.len() >= usize::from(self.max) {
+            let victim: Option<Box<str>> = self.least_recent().map(|(topic, _)| topic.into());
+            if let Some(victim) = victim {
+                self.by_topic.remove(&victim);
+            }
+        }
+        self.by_topic.insert(topic.into(), AliasSlot { alias, used: self.clock });
     }
 }
 
@@ -82,11 +124,12 @@ fn encode_delivery(
         subscription_ids: &delivery.subscription_ids,
         forwarded: &message.forwarded,
     };
-    if publish.frame_len(version) > max_packet_size {
+    // A topic over 65,535 bytes (made by the broker or a plugin) cannot be written at all.
+    if publish.frame_len(version) > max_packet_size || message.topic.len() > usize::from(u16::MAX) {
         return Err(TooLarge);
     }
-    if let Some((alias, false)) = alias {
-        aliases.by_topic.insert(message.topic.clone(), alias);
+    if let Some((alias, known)) = alias {
+        aliases.used(&message.topic, alias, known);
     }
     publish.encode(out, version);
     Ok(())
@@ -217,5 +260,30 @@ impl<T: Transport> Connection<T> {
         for message in too_large {
             node.dropped(&self.client.client_id, &message, DropReason::TooLarge);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_stay_within_the_maximum_and_the_least_recently_used_is_rebound() {
+        let mut aliases = OutgoingAliases::new(2);
+        let send = |aliases: &mut OutgoingAliases, topic: &str| {
+            let (alias, known) = aliases.lookup(topic).expect("an alias");
+            aliases.used(topic, alias, known);
+            (alias, known)
+        };
+        assert_eq!(send(&mut aliases, "a"), (1, false));
+        assert_eq!(send(&mut aliases, "b"), (2, false));
+        assert_eq!(send(&mut aliases, "a"), (1, true));
+        assert_eq!(send(&mut aliases, "c"), (2, false), "b was the least recently used");
+        assert_eq!(send(&mut aliases, "a"), (1, true));
+        assert_eq!(send(&mut aliases, "b"), (2, false), "c was");
+        assert_eq!(aliases.by_topic.len(), 2);
+        assert_eq!(aliases.lookup(&"t".repeat(ALIAS_TOPIC_MAX + 1)), None, "long topics get none");
+        assert_eq!(OutgoingAliases::new(u16::MAX).max, ALIASES_MAX);
+        assert_eq!(OutgoingAliases::new(0).lookup("a"), None);
     }
 }

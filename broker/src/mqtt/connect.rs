@@ -121,6 +121,21 @@ pub(crate) struct ConnackProperties<'a> {
 }
 
 impl ConnackProperties<'_> {
+    /// The same, less what says what a client assumes anyway when it is left out (availability
+    /// flags that are 1) and the Reason String: for a client whose Maximum Packet Size the
+    /// full CONNACK would not fit (MQTT-3.1.2-24).
+    pub(crate) fn without_defaults(self) -> Self {
+        let not_default = |flag: Option<bool>| flag.filter(|&available| !available);
+        ConnackProperties {
+            retain_available: not_default(self.retain_available),
+            wildcard_subscription_available: not_default(self.wildcard_subscription_available),
+            subscription_identifiers_available: not_default(self.subscription_identifiers_available),
+            shared_subscription_available: not_default(self.shared_subscription_available),
+            reason_string: None,
+            ..self
+        }
+    }
+
     fn write(&self, w: &mut PropertyWriter<impl BufMut>) {
         if let Some(v) = self.session_expiry_interval {
             w.u32(id::SESSION_EXPIRY_INTERVAL, v);
@@ -163,7 +178,7 @@ impl ConnackProperties<'_> {
 
 /// Appends a CONNACK. `code` is an MQTT 5 reason code; for 3.1 and 3.1.1 it is mapped to the
 /// nearest return code and the properties are left out. A refusal never says a session is
-/// present (MQTT-3.2.2-4, MQTT-3.2.2-6).
+/// present (MQTT-3.2.2-4, MQTT-3.2.2-6), nor does a CONNACK to an MQTT 3.1 client.
 pub(crate) fn encode_connack(
     out: &mut impl BufMut,
     version: Version,
@@ -171,7 +186,8 @@ pub(crate) fn encode_connack(
     code: u8,
     properties: &ConnackProperties<'_>,
 ) {
-    let session_present = session_present && code == reason::SUCCESS;
+    // MQTT 3.1 has no Session Present: the byte is reserved (0).
+    let session_present = session_present && code == reason::SUCCESS && version != Version::V3_1;
     if !version.is_v5() {
         put_header(out, kind::CONNACK << 4, 2);
         out.put_u8(session_present as u8);

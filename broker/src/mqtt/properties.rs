@@ -156,8 +156,11 @@ impl<'a> Properties<'a> {
             let property = block.varint()?;
             let property = u8::try_from(property).map_err(|_| DecodeError::Malformed("unknown property"))?;
             if !allowed.contains(property) {
-                return Err(if known(property) {
-                    DecodeError::Protocol("a property not allowed in this packet")
+                return Err(if allowed == Allowed::PUBLISH && property == id::SUBSCRIPTION_IDENTIFIER {
+                    // Valid in a PUBLISH, but only from the server (MQTT-3.3.4-6).
+                    DecodeError::Protocol("a subscription identifier from a client (MQTT-3.3.4-6)")
+                } else if known(property) {
+                    DecodeError::Malformed("a property not valid for this packet type (§2.2.2.2)")
                 } else {
                     DecodeError::Malformed("unknown property")
                 });

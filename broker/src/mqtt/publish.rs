@@ -92,6 +92,8 @@ impl OutgoingPublish<'_> {
     pub(crate) fn encode(&self, out: &mut impl BufMut, version: Version) {
         let properties_len = self.properties_len();
         let first = kind::PUBLISH << 4 | (self.dup as u8) << 3 | self.qos << 1 | self.retain as u8;
+        // The caller drops a message whose topic does not fit (never a truncated length).
+        debug_assert!(self.topic.len() <= usize::from(u16::MAX), "a topic over 65,535 bytes");
         put_header(out, first, self.body_len(version, properties_len));
         out.put_u16(self.topic.len() as u16);
         out.put_slice(self.topic.as_bytes());

@@ -15,7 +15,8 @@ use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
 use crate::node::{Node, PluginSubscribeError};
-use crate::router::is_valid_topic;
+// A topic a plugin hands over must fit a PUBLISH: at most 65,535 bytes, no NUL (MQTT-1.5.4).
+use crate::router::is_valid_replacement_topic as is_publishable_topic;
 
 /// What every plugin's vtable shares: broker facts, counters, the way to publish, and (once
 /// the manager exists) the manager for plugin lists and commands.
@@ -155,9 +156,12 @@ unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawByte
     // SAFETY: our ctx; topic and payload are valid for the call and copied below.
     let (context, topic, payload) = unsafe { (context(ctx), topic.as_str(), payload.as_slice()) };
     refuse_if_stopped!(context);
-    if !is_valid_topic(topic) || qos > 2 {
+    if !is_publishable_topic(topic) || qos > 2 {
         let topic = clipped(topic);
-        tracing::warn!(plugin = context.name, "publish to {topic:?} at QoS {qos} refused: not a valid topic and QoS");
+        tracing::warn!(
+            plugin = context.name,
+            "publish to {topic:?} at QoS {qos} refused: not a valid topic (at most 65,535 bytes) and QoS"
+        );
         return abi::STATUS_ERROR;
     }
     context.shared.node.publish_as_broker(plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None));
@@ -281,7 +285,7 @@ unsafe extern "C" fn deliver(
     let (context, client_id, topic, payload) =
         unsafe { (context(ctx), client_id.as_str(), topic.as_str(), payload.as_slice()) };
     refuse_if_stopped!(context);
-    if !is_valid_topic(topic) || qos > 2 {
+    if !is_publishable_topic(topic) || qos > 2 {
         return abi::STATUS_ERROR;
     }
     let message = plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None);
@@ -311,7 +315,7 @@ unsafe extern "C" fn deliver_retained(
     // SAFETY: the plugin keeps the message's fields valid for the call.
     let (topic, payload, props) =
         unsafe { (message.topic.as_str(), message.payload.as_slice(), message.properties.as_slice()) };
-    if !is_valid_topic(topic) || message.qos > 2 {
+    if !is_publishable_topic(topic) || message.qos > 2 {
         return abi::STATUS_ERROR;
     }
     // Only the properties that travel with a message are passed on, re-encoded.

@@ -43,6 +43,18 @@ impl Default for Inflight {
     }
 }
 
+/// What a PUBACK or a PUBCOMP settles.
+#[derive(Debug)]
+pub(crate) enum Acked {
+    /// The delivery it completes.
+    Settled(Delivery),
+    /// No message in flight has that id.
+    Unknown,
+    /// The message with that id waits for another acknowledgement (a PUBACK for QoS 2, a
+    /// PUBCOMP for QoS 1 or before PUBREC): a protocol error, as mosquitto has it.
+    WrongType,
+}
+
 /// What a PUBREC settles.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RecOutcome {
@@ -52,6 +64,8 @@ pub(crate) enum RecOutcome {
     Refused,
     /// No message in flight has that id.
     Unknown,
+    /// The message with that id is QoS 1 (a protocol error).
+    WrongType,
 }
 
 impl Inflight {
@@ -113,9 +127,11 @@ impl Inflight {
     }
 
     /// A PUBACK: the acknowledged delivery, if it was in flight.
-    pub(crate) fn puback(&mut self, packet_id: u16) -> Option<Delivery> {
-        let index = self.position(packet_id, Phase::Puback)?;
-        self.take_at(index).map(|e| e.delivery)
+    pub(crate) fn puback(&mut self, packet_id: u16) -> Acked {
+        match self.position(packet_id, Phase::Puback) {
+            Some(index) => self.settle(index),
+            None => self.missed(packet_id),
+        }
     }
 
     /// A PUBREC with `reason`.
@@ -124,7 +140,10 @@ impl Inflight {
             return RecOutcome::Release; // a PUBREC again (after a reconnect): PUBREL again
         }
         let Some(index) = self.position(packet_id, Phase::Pubrec) else {
-            return RecOutcome::Unknown;
+            return match self.missed(packet_id) {
+                Acked::WrongType => RecOutcome::WrongType,
+                _ => RecOutcome::Unknown,
+            };
         };
         if reason >= 0x80 {
             self.take_at(index);
@@ -135,9 +154,25 @@ impl Inflight {
     }
 
     /// A PUBCOMP: the completed delivery, if it was in flight.
-    pub(crate) fn pubcomp(&mut self, packet_id: u16) -> Option<Delivery> {
-        let index = self.position(packet_id, Phase::Pubcomp)?;
-        self.take_at(index).map(|e| e.delivery)
+    pub(crate) fn pubcomp(&mut self, packet_id: u16) -> Acked {
+        match self.position(packet_id, Phase::Pubcomp) {
+            Some(index) => self.settle(index),
+            None => self.missed(packet_id),
+        }
+    }
+
+    fn settle(&mut self, index: usize) -> Acked {
+        self.take_at(index).map_or(Acked::Unknown, |e| Acked::Settled(e.delivery))
+    }
+
+    /// An acknowledgement for `packet_id` that settles nothing: for an id not in flight, or
+    /// of the wrong type for the message with that id.
+    fn missed(&self, packet_id: u16) -> Acked {
+        if self.entries.iter().any(|e| e.packet_id == packet_id) {
+            Acked::WrongType
+        } else {
+            Acked::Unknown
+        }
     }
 
     /// Takes the entry with `packet_id` out, whatever it waits for.
@@ -194,11 +229,11 @@ mod tests {
         assert_eq!(*ids.last().unwrap(), u16::MAX - 1);
         // The one id left is found; acknowledging one frees exactly that one.
         assert_eq!(inflight.next_packet_id(), u16::MAX);
-        assert!(inflight.puback(7).is_some());
+        assert!(matches!(inflight.puback(7), Acked::Settled(_)));
         assert_eq!(inflight.next_packet_id(), 7);
         // Emptied, the bitmap goes (an idle session keeps no 8 KiB).
         for id in ids.into_iter().filter(|&id| id != 7) {
-            assert!(inflight.puback(id).is_some());
+            assert!(matches!(inflight.puback(id), Acked::Settled(_)));
         }
         assert_eq!((inflight.len(), inflight.in_use.is_none()), (0, true));
     }
@@ -208,17 +243,29 @@ mod tests {
         let mut inflight = Inflight::default();
         let id = inflight.next_packet_id();
         inflight.push(id, delivery(2));
-        assert!(inflight.puback(id).is_none(), "a PUBACK does not settle QoS 2");
-        assert!(inflight.pubcomp(id).is_none(), "nor a PUBCOMP before PUBREC");
+        assert!(matches!(inflight.puback(id), Acked::WrongType), "a PUBACK does not settle QoS 2");
+        assert!(matches!(inflight.pubcomp(id), Acked::WrongType), "nor a PUBCOMP before PUBREC");
         assert_eq!(inflight.pubrec(id, 0), RecOutcome::Release);
         assert_eq!(inflight.iter().next().unwrap().phase, Phase::Pubcomp);
         assert_eq!(inflight.pubrec(id, 0), RecOutcome::Release, "a repeated PUBREC gets PUBREL again");
-        assert!(inflight.pubcomp(id).is_some());
+        assert!(matches!(inflight.pubcomp(id), Acked::Settled(_)));
         assert_eq!(inflight.len(), 0);
         assert_eq!(inflight.pubrec(99, 0), RecOutcome::Unknown);
+        assert!(matches!(inflight.pubcomp(99), Acked::Unknown));
         let id = inflight.next_packet_id();
         inflight.push(id, delivery(2));
         assert_eq!(inflight.pubrec(id, 0x87), RecOutcome::Refused);
         assert_eq!(inflight.len(), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_the_wrong_type_is_told_apart_from_an_unknown_id() {
+        let mut inflight = Inflight::default();
+        let id = inflight.next_packet_id();
+        inflight.push(id, delivery(1));
+        assert_eq!(inflight.pubrec(id, 0), RecOutcome::WrongType, "PUBREC for QoS 1");
+        assert!(matches!(inflight.pubcomp(id), Acked::WrongType), "PUBCOMP for QoS 1");
+        assert!(matches!(inflight.puback(id + 1), Acked::Unknown));
+        assert!(matches!(inflight.puback(id), Acked::Settled(_)));
     }
 }

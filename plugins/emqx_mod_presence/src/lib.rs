@@ -33,6 +33,9 @@ impl Default for Settings {
     }
 }
 
+/// The longest topic a PUBLISH can carry (MQTT-1.5.4-1).
+const MAX_TOPIC_LEN: usize = u16::MAX as usize;
+
 pub struct Presence {
     host: Host,
     qos: QoS,
@@ -58,6 +61,15 @@ fn username<'a>(event: &Event<'a>) -> &'a str {
 impl Presence {
     fn publish(&self, client_id: &str, what: &str, payload: serde_json::Value) {
         let topic = format!("$SYS/brokers/{}/clients/{client_id}/{what}", self.host.node_name());
+        if topic.len() > MAX_TOPIC_LEN {
+            // A client id near the 65,535-byte limit: no topic can hold it (MQTT-1.5.4-1).
+            let start: String = client_id.chars().take(32).collect();
+            self.host.warn(&format!(
+                "no {what} event for client {start:?}...: its topic would be {} bytes, over {MAX_TOPIC_LEN}",
+                topic.len()
+            ));
+            return;
+        }
         if let Err(e) = self.host.publish(&topic, payload.to_string().as_bytes(), self.qos, false) {
             self.host.warn(&format!("cannot publish {topic}: {e}"));
         }

@@ -1,0 +1,83 @@
+//! Limits on what a client can make the broker hold: `mqtt.max_session_expiry` (EMQX 5's cap
+//! on the MQTT 5 Session Expiry Interval) and `mqtt.max_subscriptions` (EMQX's, per session).
+
+use e2e::raw::{connect4, connect5, v5, Raw, C5, V4, V5};
+use e2e::{stat, wait_for_stat, Broker, DataDir};
+use rumqttc::v5::mqttbytes::QoS;
+
+fn expiry(seconds: u32) -> Option<v5::ConnectProperties> {
+    Some(v5::ConnectProperties { session_expiry_interval: Some(seconds), ..v5::ConnectProperties::new() })
+}
+
+/// MQTT 5 §3.2.2.3.2: a Session Expiry Interval over `mqtt.max_session_expiry` (here 2 s) is
+/// lowered to it, and the CONNACK carries the value used; one within it is kept and the CONNACK
+/// says nothing. The lowered session really ends after 2 s, though the client asked for
+/// 0xFFFFFFFF (never). A DISCONNECT raising it is capped too.
+#[test]
+fn session_expiry_over_max_session_expiry_is_lowered_and_announced() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_SESSION_EXPIRY", "2s")]);
+    let base = stat(&dir, "sessions.count");
+    let (mut within, ack) = Raw::<V5>::connect(broker.addr, &connect5("mse-within", true, expiry(1)));
+    assert_eq!(ack.properties.and_then(|p| p.session_expiry_interval), None, "1 s is kept: nothing said");
+
+    let (mut over, ack) = Raw::<V5>::connect(broker.addr, &connect5("mse-over", true, expiry(u32::MAX)));
+    assert_eq!(ack.properties.and_then(|p| p.session_expiry_interval), Some(2), "the CONNACK tells the value used");
+    over.disconnect(v5::DisconnectReasonCode::NormalDisconnection);
+    // The session with "never" expires like any 2 s one (within the test's deadline).
+    wait_for_stat(&dir, "sessions.count", base + 1);
+
+    // A DISCONNECT that raises it is capped as well.
+    let (mut raised, _) = Raw::<V5>::connect(broker.addr, &connect5("mse-raised", true, expiry(1)));
+    raised.send(&v5::Packet::Disconnect(v5::Disconnect {
+        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+        properties: Some(v5::DisconnectProperties {
+            session_expiry_interval: Some(u32::MAX),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    }));
+    assert!(raised.until_closed().is_empty());
+    within.disconnect(v5::DisconnectReasonCode::NormalDisconnection);
+    wait_for_stat(&dir, "sessions.count", base);
+}
+
+/// `mqtt.max_subscriptions` (here 2): a SUBSCRIBE for a third filter gets 0x97 Quota exceeded
+/// (MQTT-3.9.3-1: one reason code per filter; MQTT 3.1.1: 0x80 Failure), while the filters
+/// the session has already may be subscribed to again, and one freed by UNSUBSCRIBE may be
+/// taken by another. The refused filter routes nothing to the client.
+#[test]
+fn subscriptions_over_max_subscriptions_get_quota_exceeded() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_SUBSCRIPTIONS", "2")]);
+    let mut c = C5::connect(&broker, "ms5");
+    let filters = |names: &[&str]| names.iter().map(|f| v5::Filter::new(*f, QoS::AtLeastOnce)).collect();
+    let ok = v5::SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let quota = v5::SubscribeReasonCode::QuotaExceeded;
+    assert_eq!(c.subscribe_with(filters(&["ms/a", "ms/b", "ms/c"]), None), vec![ok, ok, quota]);
+    assert_eq!(c.subscribe_with(filters(&["ms/a", "ms/d"]), None), vec![ok, quota], "ms/a again is no new one");
+    c.unsubscribe(&["ms/b"]);
+    assert_eq!(c.subscribe_with(filters(&["ms/d"]), None), vec![ok], "ms/b's place is free");
+    let mut publisher = C5::connect(&broker, "ms-pub");
+    publisher.publish("ms/c", QoS::AtLeastOnce, "refused filter");
+    publisher.publish("ms/d", QoS::AtLeastOnce, "granted filter");
+    assert_eq!(e2e::raw::payload(&c.next_publish()), "granted filter");
+
+    let (mut c4, _) = Raw::<V4>::connect(broker.addr, &connect4("ms4", true));
+    let subscribe = rumqttc::Subscribe::new_many(
+        ["ms/a", "ms/b", "ms/c"].map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), rumqttc::QoS::AtMostOnce)),
+    );
+    c4.send(&rumqttc::Packet::Subscribe(rumqttc::Subscribe { pkid: 1, ..subscribe }));
+    match c4.recv() {
+        rumqttc::Packet::SubAck(ack) => assert_eq!(
+            ack.return_codes,
+            [
+                rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
+                rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
+                rumqttc::SubscribeReasonCode::Failure
+            ]
+        ),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
