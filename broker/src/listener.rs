@@ -230,7 +230,7 @@ pin_project_lite::pin_project! {
     struct Counted<F> {
         #[pin]
         serving: F,
-        /// Released when the connection ends: the listener's and its address's counts.
+        // Released when the connection ends: the listener's and its address's counts.
         counted: (OpenConnection, AddressSlot),
     }
 }
@@ -330,7 +330,7 @@ mod tests {
     /// The size of the future `f` returns (without calling it).
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(Arc<Node>, TcpStream, SocketAddr, OpenConnection) -> Fut,
+        F: FnOnce(Arc<Node>, TcpStream, SocketAddr, (OpenConnection, AddressSlot)) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

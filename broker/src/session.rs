@@ -225,7 +225,6 @@ impl Session {
             return false;
         }
         state.attachment = None;
-        self.connected.store(false, Ordering::Release);
         // An offline client never drains its queue: nobody waits for it.
         for (_, waker) in state.waiting.drain(..) {
             waker.wake();
