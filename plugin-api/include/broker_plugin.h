@@ -174,6 +174,12 @@ typedef struct {
 } RawWriter;
 
 // A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
+//
+// It grows as [`RawEvent`] does: fields are only appended, and `size` says how many the
+// plugin's struct has. `size`, `topic`, `payload` and `qos` are in every message; the host
+// reads each later field only when `size` covers it and otherwise uses the default its
+// documentation gives, so a plugin built before a field existed keeps working. A host older
+// than a field ignores it. Set `size` to `size_of::<RawMessage>()` (C: `sizeof(RawMessage)`).
 typedef struct {
     // `size_of::<RawMessage>()` as the plugin built it.
     uint32_t size;
@@ -184,8 +190,9 @@ typedef struct {
     // QoS it was stored with.
     uint8_t qos;
     // Forwarded MQTT 5 properties, as in [`RawEvent::properties`]; empty when none.
+    // Default: empty.
     RawBytes properties;
-    // Remaining Message Expiry Interval in seconds; 0 when it never expires.
+    // Remaining Message Expiry Interval in seconds; 0 when it never expires. Default: 0.
     uint32_t message_expiry;
 } RawMessage;
 
@@ -213,6 +220,13 @@ typedef struct {
 // `client.check_acl` and `message.publish` run on the network thread of the client's
 // connection unless the plugin declares them in [`PluginDescriptor::blocking_hooks`]: then
 // they run off it, and may block as `client.authenticate` may.
+//
+// A plugin built against a newer `plugin-api` than the host's gets a shorter vtable, ending
+// where its `size` says: read an entry only when `size` covers it (C:
+// `offsetof(HostApi, metrics) + sizeof host->metrics <= host->size`) and never copy or
+// reference more than `size` bytes; an entry past `size` is a function that host does not
+// have. In Rust, [`crate::Host`] reads the vtable so, and its methods answer
+// `HostError::Unsupported` for a missing function without calling anything.
 typedef struct {
     // `size_of::<HostApi>()` as the host built it.
     uint32_t size;
@@ -282,7 +296,11 @@ typedef Status (*InitFn)(const HostApi *host, RawStr config_json, void **state_o
 
 // One hook event. Every string and byte field is valid only during the `on_event` call.
 //
-// Fields that do not apply to a hook are empty / zero.
+// Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
+// shorter event, ending where its `size` says: read a field only when `size` covers it (C:
+// `offsetof(RawEvent, f) + sizeof ev->f <= ev->size`) and never copy or reference more than
+// `size` bytes; a field past `size` has its default (empty, zero, a writer that discards).
+// In Rust, [`RawEvent::read`] copies an event so.
 typedef struct {
     // `size_of::<RawEvent>()` as the host built it.
     uint32_t size;
@@ -429,6 +447,11 @@ typedef struct {
 
 // The host cannot do it now (it is shutting down).
 #define STATUS_UNAVAILABLE 6
+
+// The callee is older than the call: it does not have the function or command asked for (a
+// host whose [`HostApi`] ends before the function; the safe layer answers it without calling
+// anything). Unlike [`STATUS_UNAVAILABLE`], asking again will not help.
+#define STATUS_UNSUPPORTED 7
 
 // The descriptor every plugin library exports under this name (the host looks it up with
 // dlsym). Define it in one source file: `const PluginDescriptor broker_plugin_descriptor = {...};`
