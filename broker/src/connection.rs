@@ -183,9 +183,12 @@ struct Connection<T> {
     client_max_packet_size: usize,
     /// MQTT 5: the client wants reason strings (Request Problem Information).
     problem_information: bool,
-    /// Topic aliases the client set (MQTT 5).
-    aliases_in: inbound::IncomingAliases,
-    aliases_out: OutgoingAliases,
+    /// Topic aliases the client set (MQTT 5), from the first one it sets: boxed and made on
+    /// demand, as most clients never set one (an idle connection holds no table).
+    aliases_in: Option<Box<inbound::IncomingAliases>>,
+    /// Topic aliases the broker sets for the client, when it takes any (MQTT 5 Topic Alias
+    /// Maximum above 0).
+    aliases_out: Option<Box<OutgoingAliases>>,
     acl_cache: Option<AclCache>,
     /// Authenticated as a superuser: no `client.check_acl` for its publishes and
     /// subscriptions (EMQX's `is_superuser`).

@@ -31,8 +31,10 @@ fn a_library_whose_name_does_not_match_its_file_is_refused() {
     assert!(!broker.logs().iter().any(|l| l.contains("plugin started")));
 }
 
-/// A hook that blocks for seconds holds up its own client, not the others: a message sent
-/// by another client after the slow one arrives before it.
+/// A hook declared blocking that blocks for seconds holds up its own client, not the others:
+/// a message sent by another client after the slow one arrives before it. (A plugin that
+/// blocks in a hook it did not declare holds a network thread: that is against the ABI's
+/// rules, and the broker no longer works around it with a watch thread.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_hook_does_not_stall_unrelated_clients() {
     let dir = DataDir::with_plugins("{panicky, true}.\n");

@@ -297,12 +297,11 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         client_receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         problem_information: connect.properties.request_problem_information != Some(0),
-        aliases_in: Default::default(),
-        aliases_out: OutgoingAliases::new(if version.is_v5() {
-            connect.properties.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        }),
+        aliases_in: None,
+        // Only for a client that takes topic aliases: the others keep no alias table.
+        aliases_out: Some(if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 })
+            .filter(|&max| max > 0)
+            .map(|max| Box::new(OutgoingAliases::new(max))),
         acl_cache: zone.acl_cache.map(super::AclCache::new),
         superuser,
         will: will.map(Box::new),

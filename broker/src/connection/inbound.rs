@@ -167,12 +167,12 @@ impl<T: Transport> Connection<T> {
             return Err(Ended::protocol(reason::TOPIC_ALIAS_INVALID, "topic alias out of range (MQTT-3.3.2-9)"));
         }
         if publish.topic.is_empty() {
-            return match self.aliases_in.get(alias) {
+            return match self.aliases_in.as_deref().and_then(|a| a.get(alias)) {
                 Some(topic) => Ok(topic.into()),
                 None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
             };
         }
-        if !self.aliases_in.set(alias, publish.topic) {
+        if !self.aliases_in.get_or_insert_with(Box::default).set(alias, publish.topic) {
             return Err(Ended::protocol(reason::QUOTA_EXCEEDED, "topic aliases over 64 KiB"));
         }
         Ok(publish.topic.into())

@@ -101,7 +101,7 @@ struct TooLarge;
 #[allow(clippy::too_many_arguments)]
 fn encode_delivery(
     out: &mut BytesMut,
-    aliases: &mut OutgoingAliases,
+    aliases: Option<&mut OutgoingAliases>,
     version: Version,
     max_packet_size: usize,
     delivery: &Delivery,
@@ -111,7 +111,7 @@ fn encode_delivery(
 ) -> Result<(), TooLarge> {
     let message = &delivery.message;
     let v5 = version.is_v5();
-    let alias = if v5 { aliases.lookup(&message.topic) } else { None };
+    let alias = if v5 { aliases.as_deref().and_then(|a| a.lookup(&message.topic)) } else { None };
     let publish = OutgoingPublish {
         dup,
         qos: delivery.qos,
@@ -128,7 +128,7 @@ fn encode_delivery(
     if publish.frame_len(version) > max_packet_size || message.topic.len() > usize::from(u16::MAX) {
         return Err(TooLarge);
     }
-    if let Some((alias, known)) = alias {
+    if let (Some((alias, known)), Some(aliases)) = (alias, aliases) {
         aliases.used(&message.topic, alias, known);
     }
     publish.encode(out, version);
@@ -174,7 +174,7 @@ impl<T: Transport> Connection<T> {
                 let packet_id = if delivery.qos > 0 { state.inflight.next_packet_id() } else { 0 };
                 let encoded = encode_delivery(
                     &mut self.out,
-                    &mut self.aliases_out,
+                    self.aliases_out.as_deref_mut(),
                     self.version,
                     self.client_max_packet_size,
                     &delivery,
@@ -234,7 +234,7 @@ impl<T: Transport> Connection<T> {
                         let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
                         let encoded = encode_delivery(
                             &mut self.out,
-                            &mut self.aliases_out,
+                            self.aliases_out.as_deref_mut(),
                             self.version,
                             self.client_max_packet_size,
                             &entry.delivery,
