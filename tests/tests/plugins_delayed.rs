@@ -27,6 +27,8 @@ async fn a_delayed_message_is_published_after_its_delay() {
     let got = sub.receive(2).await;
     let order: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(order, ["d/now", "d/later"], "the delayed one comes after one sent after it");
+    // A lower bound, which load can only widen: the module waits until the millisecond in
+    // which the message falls due has wholly passed, and `sent` was read before it was sent.
     assert!(sent.elapsed().as_millis() >= 1000, "held for its second: {:?}", sent.elapsed());
     assert_eq!(got[1].qos, QoS::AtLeastOnce);
     assert_eq!(dir.ctl(&["delayed", "list"]).ok().trim(), "", "nothing held any more");

@@ -100,7 +100,7 @@ impl Shared {
             }
             let wait = store
                 .next_due()
-                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
+                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms()) + 1));
             store = self.changed.wait_timeout(store, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
     }

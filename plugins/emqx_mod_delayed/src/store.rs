@@ -66,9 +66,11 @@ impl Store {
         self.dirty = true;
     }
 
-    /// Removes and returns the messages due at `now_ms`, in order.
+    /// Removes and returns, in order, the messages whose due millisecond has wholly passed at
+    /// `now_ms`. Both times are truncated to the millisecond, so waiting for the next one is what
+    /// makes sure a message is never published before its full delay.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Delayed> {
-        let due = self.messages.partition_point(|m| m.due_ms <= now_ms);
+        let due = self.messages.partition_point(|m| m.due_ms < now_ms);
         self.dirty |= due > 0;
         self.messages.drain(..due).collect()
     }
@@ -122,7 +124,8 @@ mod tests {
         store.save(&dir).unwrap();
         let mut loaded = Store::load(&dir).unwrap();
         let topics = |v: Vec<Delayed>| v.into_iter().map(|m| m.topic).collect::<Vec<_>>();
-        assert_eq!(topics(loaded.take_due(20)), ["a", "a2", "b"]);
+        assert_eq!(topics(loaded.take_due(20)), ["a", "a2"], "b's millisecond has not passed yet");
+        assert_eq!(topics(loaded.take_due(21)), ["b"]);
         assert_eq!(loaded.next_due(), Some(30));
         std::fs::remove_dir_all(&dir).unwrap();
     }
