@@ -1,0 +1,249 @@
+//! The one thread that writes: it takes every batch queued since its last commit, applies them
+//! as one transaction, makes that durable with one fsync (group commit), then answers each
+//! caller and feeds the watchers.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::watch::Watchers;
+use crate::{Backend, Batch, Op, StoreError, StoreStats, SyncMode};
+
+/// At most this many operations go into one transaction; the rest wait for the next.
+const MAX_GROUP_OPS: usize = 16 * 1024;
+
+type Verdict = Result<(), StoreError>;
+
+enum Reply {
+    Blocking(SyncSender<Verdict>),
+    Async(oneshot::Sender<Verdict>),
+}
+
+impl Reply {
+    fn send(self, verdict: Verdict) {
+        // A caller that went away no longer needs its answer.
+        match self {
+            Reply::Blocking(sender) => drop(sender.send(verdict)),
+            Reply::Async(sender) => drop(sender.send(verdict)),
+        }
+    }
+}
+
+enum Request {
+    Commit(Batch, Reply),
+    Close(SyncSender<Verdict>),
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    operations: AtomicU64,
+    fsyncs: AtomicU64,
+    last_fsync_micros: AtomicU64,
+    failures: AtomicU64,
+}
+
+pub(crate) struct Committer {
+    requests: Mutex<Option<Sender<Request>>>,
+    counters: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Committer {
+    pub(crate) fn start(backend: Arc<dyn Backend>, watchers: Arc<Watchers>, sync: SyncMode) -> Result<Committer, StoreError> {
+        let (requests, queue) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let worker = Worker { backend, watchers, sync, counters: counters.clone(), unsynced_since: None };
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || worker.run(queue))
+            .map_err(StoreError::Io)?;
+        Ok(Committer { requests: Mutex::new(Some(requests)), counters, thread: Mutex::new(Some(thread)) })
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)
+    }
+
+    pub(crate) fn commit_blocking(&self, batch: Batch) -> Verdict {
+        let (reply, verdict) = mpsc::sync_channel(1);
+        self.send(Request::Commit(batch, Reply::Blocking(reply)))?;
+        verdict.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    pub(crate) fn commit_queued(&self, batch: Batch) -> Result<oneshot::Receiver<Verdict>, StoreError> {
+        let (reply, verdict) = oneshot::channel();
+        self.send(Request::Commit(batch, Reply::Async(reply)))?;
+        Ok(verdict)
+    }
+
+    pub(crate) fn close(&self) -> Verdict {
+        let (reply, verdict) = mpsc::sync_channel(1);
+        let sent = self.send(Request::Close(reply));
+        // No more requests: the thread ends once it has answered the close.
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if sent.is_err() {
+            return Ok(()); // already closed
+        }
+        let result = verdict.recv().unwrap_or(Err(StoreError::Closed));
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+        result
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            backend: String::new(),
+            commits: c.commits.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            operations: c.operations.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            last_fsync_micros: c.last_fsync_micros.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Worker {
+    backend: Arc<dyn Backend>,
+    watchers: Arc<Watchers>,
+    sync: SyncMode,
+    counters: Arc<Counters>,
+    /// In `SyncMode::Interval`: when the oldest commit not yet fsync'd was made.
+    unsynced_since: Option<Instant>,
+}
+
+impl Worker {
+    fn run(mut self, queue: Receiver<Request>) {
+        loop {
+            let first = match self.next_deadline() {
+                None => match queue.recv() {
+                    Ok(request) => request,
+                    Err(_) => return self.finish(),
+                },
+                Some(deadline) => match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync_now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                },
+            };
+            let mut group = Vec::new();
+            let mut ops = 0;
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Commit(batch, reply) => {
+                        ops += batch.len();
+                        group.push((batch, reply));
+                    }
+                    Request::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
+                }
+                if ops < MAX_GROUP_OPS {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if let Some(reply) = close {
+                let _ = reply.send(self.backend.sync());
+                return;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.sync, self.unsynced_since) {
+            (SyncMode::Interval(every), Some(since)) => Some(since + every),
+            _ => None,
+        }
+    }
+
+    fn sync_now(&mut self) {
+        let started = Instant::now();
+        match self.backend.sync() {
+            Ok(()) => self.count_fsync(started),
+            Err(e) => tracing::error!("store: periodic sync failed: {e}"),
+        }
+        self.unsynced_since = None;
+    }
+
+    fn finish(&mut self) {
+        if let Err(e) = self.backend.sync() {
+            tracing::error!("store: final sync failed: {e}");
+        }
+    }
+
+    fn count_fsync(&self, started: Instant) {
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.last_fsync_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies the group as one transaction. If that fails, applies each batch alone so that
+    /// one batch's failure (a full disk, say) is not every caller's.
+    fn commit_group(&mut self, group: Vec<(Batch, Reply)>) {
+        let mut ops: Vec<Op> = Vec::new();
+        let mut parts: Vec<(Range<usize>, Reply)> = Vec::with_capacity(group.len());
+        for (batch, reply) in group {
+            let start = ops.len();
+            ops.extend(batch.into_ops());
+            parts.push((start..ops.len(), reply));
+        }
+        let batches = parts.len() as u64;
+        match self.apply(&ops, batches) {
+            Ok(()) => {
+                self.watchers.notify(&ops);
+                for (_, reply) in parts {
+                    reply.send(Ok(()));
+                }
+            }
+            Err(e) if parts.len() == 1 => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                parts.into_iter().for_each(|(_, reply)| reply.send(Err(e.copy())));
+            }
+            Err(_) => {
+                for (range, reply) in parts {
+                    let verdict = self.apply(&ops[range.clone()], 1);
+                    match &verdict {
+                        Ok(()) => self.watchers.notify(&ops[range]),
+                        Err(_) => {
+                            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    reply.send(verdict);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, ops: &[Op], batches: u64) -> Verdict {
+        let durable = self.sync == SyncMode::Group;
+        let started = Instant::now();
+        self.backend.apply(ops, durable)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.batches.fetch_add(batches, Ordering::Relaxed);
+        self.counters.operations.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        if durable {
+            self.count_fsync(started);
+        } else if self.unsynced_since.is_none() {
+            self.unsynced_since = Some(started);
+        }
+        Ok(())
+    }
+}

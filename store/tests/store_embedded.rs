@@ -1,0 +1,162 @@
+//! The store over its embedded backend, in a temporary directory: what is committed is read
+//! back, survives a reopen, is grouped into few fsyncs, reaches watchers, and a damaged or newer
+//! file is refused with its name.
+
+use std::path::Path;
+use std::time::Duration;
+
+use store::{Batch, Embedded, Store, StoreError, SyncMode};
+
+fn open(dir: &Path) -> Store {
+    Store::new(Embedded::open(dir).expect("opens"), SyncMode::Group).expect("starts")
+}
+
+#[test]
+fn puts_deletes_and_prefix_scans_read_back_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put("core/sessions", b"c1/sub/a", b"1").unwrap();
+    store.put("core/sessions", b"c1/sub/b", b"2").unwrap();
+    store.put("core/sessions", b"c2/sub/a", b"3").unwrap();
+    store.delete("core/sessions", b"c1/sub/b").unwrap();
+    assert_eq!(store.get("core/sessions", b"c1/sub/a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("core/sessions", b"c1/sub/b").unwrap(), None);
+    assert_eq!(store.get("no/such/bucket", b"x").unwrap(), None);
+    let c1: Vec<_> = store.scan_prefix("core/sessions", b"c1/").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(c1, [b"c1/sub/a".to_vec()]);
+    assert_eq!(store.scan_prefix("core/sessions", b"").unwrap().len(), 2);
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.get("core/sessions", b"c2/sub/a").unwrap(), Some(b"3".to_vec()));
+    let buckets = store.buckets().unwrap();
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    assert_eq!((buckets[0].name.as_str(), buckets[0].keys), ("core/sessions", 2));
+}
+
+#[test]
+fn a_batch_lands_whole_across_buckets_and_an_emptied_bucket_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut batch = Batch::new();
+    batch.put("a", b"k", b"v").unwrap().put("b", b"k", b"v").unwrap().delete("a", b"k").unwrap();
+    store.commit(batch).unwrap();
+    assert_eq!(store.get("a", b"k").unwrap(), None, "a later delete in the batch wins");
+    assert_eq!(store.get("b", b"k").unwrap(), Some(b"v".to_vec()));
+    let names: Vec<_> = store.buckets().unwrap().into_iter().map(|b| b.name).collect();
+    assert_eq!(names, ["b"]);
+}
+
+#[test]
+fn invalid_bucket_names_are_refused() {
+    let store = Store::in_memory();
+    for name in ["", "_meta", "has space", &"x".repeat(129)] {
+        assert!(matches!(store.put(name, b"k", b"v"), Err(StoreError::InvalidBucket(_))), "{name:?}");
+    }
+}
+
+#[test]
+fn concurrent_commits_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    store.put("group", format!("{t}/{i:03}").as_bytes(), &[0; 256]).unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let stats = store.stats();
+    assert_eq!(stats.batches, 400);
+    assert_eq!(stats.operations, 400);
+    assert_eq!(stats.fsyncs, stats.commits, "in group mode every commit is durable");
+    assert!(stats.fsyncs <= stats.batches, "{stats:?}");
+    assert_eq!(store.scan_prefix("group", b"").unwrap().len(), 400);
+}
+
+#[tokio::test]
+async fn async_commits_keep_their_order_and_watchers_see_them() {
+    let store = Store::in_memory();
+    let watch = store.watch("w", b"x/").unwrap();
+    let first = store.commit_async({
+        let mut b = Batch::new();
+        b.put("w", b"x/1", b"one").unwrap();
+        b
+    });
+    let second = store.commit_async({
+        let mut b = Batch::new();
+        b.put("w", b"y/1", b"not watched").unwrap().delete("w", b"x/1").unwrap();
+        b
+    });
+    first.await.unwrap();
+    second.await.unwrap();
+    let a = watch.next_timeout(Duration::from_secs(10)).unwrap();
+    let b = watch.next_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((a.key.as_slice(), a.value.as_deref()), (&b"x/1"[..], Some(&b"one"[..])));
+    assert_eq!((b.key.as_slice(), b.value), (&b"x/1"[..], None));
+    assert!(watch.try_next().is_none(), "y/1 is outside the prefix");
+}
+
+#[test]
+fn interval_mode_syncs_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(Embedded::open(dir.path()).unwrap(), SyncMode::Interval(Duration::from_millis(20))).unwrap();
+    store.put("i", b"k", b"v").unwrap();
+    assert_eq!(store.stats().fsyncs, 0, "a commit is not fsync'd at once");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.stats().fsyncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "no periodic fsync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Embedded::open(dir.path()).unwrap();
+    let err = Embedded::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+}
+
+fn fill(dir: &Path) {
+    let store = open(dir);
+    for i in 0..2000u32 {
+        store.put("fill", &i.to_be_bytes(), &[7; 512]).unwrap();
+    }
+    store.close().unwrap();
+}
+
+fn file(dir: &Path) -> std::path::PathBuf {
+    dir.join(store::embedded_file_name())
+}
+
+#[test]
+fn a_truncated_store_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(file(dir.path())).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let err = Embedded::open(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
+}
+
+#[test]
+fn a_store_with_overwritten_bytes_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let mut bytes = std::fs::read(file(dir.path())).unwrap();
+    // Garbage over the file's header and its first pages.
+    bytes[..8192].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31 % 251) as u8);
+    std::fs::write(file(dir.path()), &bytes).unwrap();
+    let err = Embedded::open(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
+}
