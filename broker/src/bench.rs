@@ -47,6 +47,7 @@ impl Host {
             data_dir: data_dir.path().to_string_lossy().into_owned(),
             started_at: SystemTime::now(),
             node,
+            store: store::Store::in_memory(),
             manager: OnceLock::new(),
         });
         Host { _runtime: runtime, shared, hooks, data_dir }

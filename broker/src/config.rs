@@ -334,6 +334,69 @@ impl BrokerSettings {
     }
 }
 
+/// `[persistence]`: the store (`data/store` by default) and how sessions use it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersistenceSettings {
+    /// Whether persistent sessions (3.1.1 CleanSession 0, MQTT 5 Session Expiry > 0) are kept in
+    /// the store. The store itself is always there: plugins keep their state in it.
+    pub enabled: bool,
+    /// When a write is on disk: `"group"` (before its caller is answered: one fsync for the
+    /// writes that arrived together; a crash loses nothing acknowledged), `"interval"` (fsync
+    /// every `sync_interval`: a crash may lose that much) or `"none"` (only at shutdown).
+    pub sync: SyncSetting,
+    /// The fsync period of `sync = "interval"`.
+    #[serde(deserialize_with = "duration_text")]
+    pub sync_interval: String,
+    /// Where the store lives; default `<data_dir>/store`.
+    pub dir: Option<PathBuf>,
+}
+
+/// `persistence.sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncSetting {
+    /// Group commit: durable before the caller is answered.
+    #[default]
+    Group,
+    /// fsync every `sync_interval`.
+    Interval,
+    /// fsync only at shutdown.
+    None,
+}
+
+impl Default for PersistenceSettings {
+    fn default() -> Self {
+        PersistenceSettings { enabled: true, sync: SyncSetting::Group, sync_interval: "1s".to_owned(), dir: None }
+    }
+}
+
+impl PersistenceSettings {
+    /// How the store syncs, checked.
+    pub fn sync_mode(&self) -> Result<store::SyncMode, ConfigError> {
+        Ok(match self.sync {
+            SyncSetting::Group => store::SyncMode::Group,
+            SyncSetting::None => store::SyncMode::None,
+            SyncSetting::Interval => {
+                let every = duration("persistence.sync_interval", &self.sync_interval)?;
+                if every.is_zero() {
+                    return Err(ConfigError::Setting(
+                        "persistence.sync_interval",
+                        "0 (must be longer than 0 with sync = \"interval\"; use sync = \"group\" to sync every write)"
+                            .to_owned(),
+                    ));
+                }
+                store::SyncMode::Interval(every)
+            }
+        })
+    }
+
+    /// The store's directory: `dir`, or `<data_dir>/store`.
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("store"))
+    }
+}
+
 /// `[auth]`: how refused authentications are slowed down. `window_time` and `ban_time` are
 /// EMQX 5's names for its flapping detection (EMQX 4.3's `flapping_detect_policy` =
 /// threshold, window, ban); here the threshold counts failed authentications from one IP
@@ -405,6 +468,7 @@ pub struct Settings {
     pub listener: ListenerSettings,
     pub mqtt: MqttSettings,
     pub broker: BrokerSettings,
+    pub persistence: PersistenceSettings,
     /// Every other table: plugin configs, by section name.
     #[serde(flatten)]
     pub plugins: serde_json::Map<String, serde_json::Value>,
@@ -422,6 +486,7 @@ impl Default for Settings {
             listener: ListenerSettings::default(),
             mqtt: MqttSettings::default(),
             broker: BrokerSettings::default(),
+            persistence: PersistenceSettings::default(),
             plugins: Default::default(),
         }
     }
@@ -478,6 +543,7 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     }
     settings.mqtt.zone()?;
     settings.auth.policy()?;
+    settings.persistence.sync_mode()?;
     Ok(settings)
 }
 

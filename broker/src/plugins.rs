@@ -1,8 +1,10 @@
 //! The plugin side of the host: finding and mapping libraries, running instances, the
-//! `loaded_plugins` file, the host vtable, and the manager tying them together.
+//! `loaded_plugins` file, the host vtable (and its store functions), and the manager tying
+//! them together.
 
 pub(crate) mod handle;
 pub(crate) mod host_api;
+pub(crate) mod host_store;
 pub(crate) mod instance;
 pub(crate) mod library;
 pub(crate) mod loaded_plugins;

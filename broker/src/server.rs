@@ -132,6 +132,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     let plugins_dir = config::plugins_dir(&settings).context("cannot find the plugins directory")?;
+    let store = open_store(&settings, &data_dir)?;
 
     let zone = settings.mqtt.zone()?;
     let tcp_limits = crate::listener::Limits {
@@ -155,6 +156,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         data_dir: data_dir.to_string_lossy().into_owned(),
         started_at: started.1,
         node: node.clone(),
+        store: store.clone(),
         manager: OnceLock::new(),
     });
     let manager = Arc::new(Manager::new(
@@ -207,7 +209,17 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     })?;
     manager.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    store.close().context("cannot write the store's last changes")?;
     Ok(())
+}
+
+/// Opens the store, or says why the broker cannot start: a damaged, newer or busy store is
+/// never replaced by an empty one.
+fn open_store(settings: &config::Settings, data_dir: &std::path::Path) -> anyhow::Result<store::Store> {
+    let dir = settings.persistence.dir(data_dir);
+    let backend = store::Embedded::open(&dir).with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    tracing::info!(store = %backend.path().display(), sync = ?settings.persistence.sync, "store opened");
+    Ok(store::Store::new(backend, settings.persistence.sync_mode()?)?)
 }
 
 async fn shutdown_signal() {

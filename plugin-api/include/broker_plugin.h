@@ -71,6 +71,16 @@
 // Log level: debug.
 #define BROKER_LOG_DEBUG 4
 
+// The kind byte of a put in the store's byte layouts. Lengths are `uint32_t` little-endian.
+// An operation (`store_commit`'s `ops`, one after another) is a kind byte, the key's length
+// and the key, and for a put the value's length and the value. An entry (`store_scan`'s
+// output, one after another) is the key's length and the key, the value's length and the
+// value. A change (`store_watch_next`'s output) is one operation.
+#define STORE_OP_PUT 1
+
+// The kind byte of a delete in the store's byte layouts (see [`STORE_OP_PUT`]).
+#define STORE_OP_DELETE 2
+
 // A broker hook, named as in EMQX 4.x. The discriminant is the bit index in a [`HookMask`].
 enum Hook
 #if __STDC_VERSION__ >= 202311L
@@ -196,6 +206,15 @@ typedef struct {
     uint32_t message_expiry;
 } RawMessage;
 
+// A sink for bytes the callee hands back (values read from the store): like [`RawWriter`], for
+// data that need not be UTF-8.
+typedef struct {
+    // Opaque state of the writer's owner.
+    void *ctx;
+    // Appends `bytes` (valid only during the call).
+    void (*write)(void *ctx, RawBytes bytes);
+} RawBytesWriter;
+
 // What the host gives a plugin at `init`: data about the broker and functions to call back.
 //
 // Valid from `init` until `stop` returns; every function may be called from any thread.
@@ -289,6 +308,35 @@ typedef struct {
     // call from `client.connected`. [`STATUS_NOT_FOUND`] if no such client is connected,
     // [`STATUS_INVALID_ARGUMENT`] for an invalid filter or QoS.
     Status (*subscribe)(const void *ctx, RawStr client_id, RawStr filter, uint8_t qos);
+    // Reads `key` of `bucket`: writes its value to `out`, or returns [`STATUS_NOT_FOUND`].
+    Status (*store_get)(const void *ctx,
+                        RawStr bucket,
+                        RawBytes key,
+                        RawBytesWriter out,
+                        RawWriter error);
+    // Writes every entry of `bucket` whose key starts with `prefix` (all for an empty prefix),
+    // in key order, as `store::wire` entries.
+    Status (*store_scan)(const void *ctx,
+                         RawStr bucket,
+                         RawBytes prefix,
+                         RawBytesWriter out,
+                         RawWriter error);
+    // Applies `ops` (`store::wire` operations: puts and deletes) to `bucket`, all or nothing,
+    // and returns once they are durable.
+    Status (*store_commit)(const void *ctx, RawStr bucket, RawBytes ops, RawWriter error);
+    // Starts a change feed of `bucket` under `prefix`: every put and delete committed from
+    // now on, by anyone; writes its id to `*id_out`. A stopped plugin's feeds end.
+    Status (*store_watch)(const void *ctx,
+                          RawStr bucket,
+                          RawBytes prefix,
+                          uint64_t *id_out,
+                          RawWriter error);
+    // Waits up to `timeout_ms` for the next change of feed `id` and writes it to `out` as a
+    // `store::wire` change; [`STATUS_TIMEOUT`] if none came, [`STATUS_NOT_FOUND`] for an
+    // unknown id. Blocks: call it from a thread of your own.
+    Status (*store_watch_next)(const void *ctx, uint64_t id, uint32_t timeout_ms, RawBytesWriter out);
+    // Ends feed `id`.
+    Status (*store_unwatch)(const void *ctx, uint64_t id);
 } HostApi;
 
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.
@@ -452,6 +500,13 @@ typedef struct {
 // host whose [`HostApi`] ends before the function; the safe layer answers it without calling
 // anything). Unlike [`STATUS_UNAVAILABLE`], asking again will not help.
 #define STATUS_UNSUPPORTED 7
+
+// The store is full (a full disk, or its quota): nothing of the write was kept. From the
+// `store_*` functions only.
+#define STATUS_FULL 8
+
+// Nothing came in the time given (`store_watch_next`).
+#define STATUS_TIMEOUT 9
 
 // The descriptor every plugin library exports under this name (the host looks it up with
 // dlsym). Define it in one source file: `const PluginDescriptor broker_plugin_descriptor = {...};`

@@ -59,7 +59,7 @@ pub const STATUS_ERROR: Status = 1;
 /// The plugin panicked; the panic was caught on the plugin's side.
 pub const STATUS_PANICKED: Status = 2;
 // Statuses below were added after the first release of ABI version 1. A host returns them
-// only from `HostApi::ctl`; a caller that does not know them treats any status but
+// only from `HostApi::ctl` and the functions added after it; a caller that does not know them treats any status but
 // `STATUS_OK` as a failure, as before.
 /// What the call names does not exist (an unknown plugin, command or node).
 pub const STATUS_NOT_FOUND: Status = 3;
@@ -74,6 +74,11 @@ pub const STATUS_UNAVAILABLE: Status = 6;
 /// host whose [`HostApi`] ends before the function; the safe layer answers it without calling
 /// anything). Unlike [`STATUS_UNAVAILABLE`], asking again will not help.
 pub const STATUS_UNSUPPORTED: Status = 7;
+/// The store is full (a full disk, or its quota): nothing of the write was kept. From the
+/// `store_*` functions only.
+pub const STATUS_FULL: Status = 8;
+/// Nothing came in the time given (`store_watch_next`).
+pub const STATUS_TIMEOUT: Status = 9;
 
 /// `on_event` answer: no opinion, go on with the next plugin (defer / keep).
 pub const HOOK_CONTINUE: u32 = 0;
@@ -235,6 +240,39 @@ impl RawWriter {
 
 /// [`RawWriter::write`]: appends `text` (valid only during the call) to the writer `ctx`.
 pub type WriteFn = unsafe extern "C" fn(ctx: *mut c_void, text: RawStr);
+
+/// A sink for bytes the callee hands back (values read from the store): like [`RawWriter`], for
+/// data that need not be UTF-8.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawBytesWriter {
+    /// Opaque state of the writer's owner.
+    pub ctx: *mut c_void,
+    /// Appends `bytes` (valid only during the call).
+    pub write: unsafe extern "C" fn(ctx: *mut c_void, bytes: RawBytes),
+}
+
+impl RawBytesWriter {
+    /// A writer that appends to `buf`. Valid while `buf` is.
+    pub fn for_vec(buf: &mut Vec<u8>) -> RawBytesWriter {
+        unsafe extern "C" fn append(ctx: *mut c_void, bytes: RawBytes) {
+            // SAFETY: ctx is the &mut Vec given to for_vec, alive during the call that received
+            // this writer; bytes are valid for this call.
+            let (buf, bytes) = unsafe { (&mut *(ctx as *mut Vec<u8>), bytes.as_slice()) };
+            buf.extend_from_slice(bytes);
+        }
+        RawBytesWriter { ctx: buf as *mut Vec<u8> as *mut c_void, write: append }
+    }
+
+    /// Appends `bytes` through the writer.
+    ///
+    /// # Safety
+    /// The writer's owner must still be alive (it is, during the call that received it).
+    pub unsafe fn write_bytes(&self, bytes: &[u8]) {
+        // SAFETY: the caller promises ctx is alive; bytes outlive the call.
+        unsafe { (self.write)(self.ctx, RawBytes::new(bytes)) }
+    }
+}
 
 /// [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.
 pub type InitFn = unsafe extern "C" fn(
@@ -548,6 +586,50 @@ pub struct HostApi {
     /// call from `client.connected`. [`STATUS_NOT_FOUND`] if no such client is connected,
     /// [`STATUS_INVALID_ARGUMENT`] for an invalid filter or QoS.
     pub subscribe: unsafe extern "C" fn(ctx: *const c_void, client_id: RawStr, filter: RawStr, qos: u8) -> Status,
+    // The store (see `plugin_api::store` for the safe layer and the byte layouts). A bucket
+    // name is 1 to 128 characters of `[A-Za-z0-9_./-]`, not starting with `_`; it is the
+    // plugin's own unless it starts with `shared/` (every plugin sees the same `shared/...`
+    // bucket). Writes return once durable as the broker's `[persistence] sync` says; they may
+    // block for an fsync, so make them from a blocking hook or a thread of your own. Errors go
+    // to `error`; `STATUS_FULL` when the store is full, `STATUS_INVALID_ARGUMENT` for a bad
+    // bucket name or a malformed batch.
+    /// Reads `key` of `bucket`: writes its value to `out`, or returns [`STATUS_NOT_FOUND`].
+    pub store_get: unsafe extern "C" fn(
+        ctx: *const c_void,
+        bucket: RawStr,
+        key: RawBytes,
+        out: RawBytesWriter,
+        error: RawWriter,
+    ) -> Status,
+    /// Writes every entry of `bucket` whose key starts with `prefix` (all for an empty prefix),
+    /// in key order, as `store::wire` entries.
+    pub store_scan: unsafe extern "C" fn(
+        ctx: *const c_void,
+        bucket: RawStr,
+        prefix: RawBytes,
+        out: RawBytesWriter,
+        error: RawWriter,
+    ) -> Status,
+    /// Applies `ops` (`store::wire` operations: puts and deletes) to `bucket`, all or nothing,
+    /// and returns once they are durable.
+    pub store_commit:
+        unsafe extern "C" fn(ctx: *const c_void, bucket: RawStr, ops: RawBytes, error: RawWriter) -> Status,
+    /// Starts a change feed of `bucket` under `prefix`: every put and delete committed from
+    /// now on, by anyone; writes its id to `*id_out`. A stopped plugin's feeds end.
+    pub store_watch: unsafe extern "C" fn(
+        ctx: *const c_void,
+        bucket: RawStr,
+        prefix: RawBytes,
+        id_out: *mut u64,
+        error: RawWriter,
+    ) -> Status,
+    /// Waits up to `timeout_ms` for the next change of feed `id` and writes it to `out` as a
+    /// `store::wire` change; [`STATUS_TIMEOUT`] if none came, [`STATUS_NOT_FOUND`] for an
+    /// unknown id. Blocks: call it from a thread of your own.
+    pub store_watch_next:
+        unsafe extern "C" fn(ctx: *const c_void, id: u64, timeout_ms: u32, out: RawBytesWriter) -> Status,
+    /// Ends feed `id`.
+    pub store_unwatch: unsafe extern "C" fn(ctx: *const c_void, id: u64) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is
@@ -736,8 +818,24 @@ pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Forma
             [$((stringify!($name), field!($name).is_some())),*]
         };
     }
-    let functions =
-        functions!(log, publish, stats, list_plugins, ctl, deliver, list_clients, deliver_retained, metrics, subscribe);
+    let functions = functions!(
+        log,
+        publish,
+        stats,
+        list_plugins,
+        ctl,
+        deliver,
+        list_clients,
+        deliver_retained,
+        metrics,
+        subscribe,
+        store_get,
+        store_scan,
+        store_commit,
+        store_watch,
+        store_watch_next,
+        store_unwatch
+    );
     let mut out = f.debug_struct("HostApi");
     out.field("size", &size);
     if let Some(v) = field!(abi_version) {

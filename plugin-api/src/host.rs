@@ -171,12 +171,12 @@ pub struct RetainedMessage<'a> {
 }
 
 /// What a call made after the plugin's `stop` gets.
-fn stopped() -> HostError {
+pub(crate) fn stopped() -> HostError {
     HostError::Unavailable("the plugin was stopped: the host serves no call made after its stop".to_owned())
 }
 
 /// What a call to a function the host's vtable does not have gets.
-fn unsupported(what: &str) -> HostError {
+pub(crate) fn unsupported(what: &str) -> HostError {
     HostError::Unsupported(format!(
         "this broker is older than the plugin: its host vtable has no {what} (upgrade the broker)"
     ))
@@ -192,9 +192,9 @@ fn unsupported(what: &str) -> HostError {
 #[derive(Clone, Copy)]
 pub struct Host {
     /// The host's vtable, never dereferenced whole: it may be shorter than `HostApi`.
-    api: *const HostApi,
+    pub(crate) api: *const HostApi,
     /// The vtable's `size`, as the host declared it.
-    size: u32,
+    pub(crate) size: u32,
 }
 
 // SAFETY: the host guarantees the vtable is never freed nor changed and that every function is
@@ -211,6 +211,7 @@ macro_rules! api {
         unsafe { read_field!($host.api, $host.size, HostApi, $field) }
     };
 }
+pub(crate) use api;
 
 impl Host {
     /// Wraps the host's vtable, which may be shorter than this crate's `HostApi` (an older
@@ -257,7 +258,7 @@ impl Host {
 
     /// The opaque host state every function takes back (null from a vtable without it, whose
     /// functions are then missing too).
-    fn ctx(&self) -> *const std::ffi::c_void {
+    pub(crate) fn ctx(&self) -> *const std::ffi::c_void {
         api!(self, ctx).unwrap_or(std::ptr::null())
     }
 
@@ -536,6 +537,10 @@ mod tests {
             ("deliver_retained", host.deliver_retained("c", "f", &message)),
             ("metrics", host.metrics().map(drop)),
             ("subscribe", host.subscribe("c", "f", QoS::AtMostOnce)),
+            ("store_get", host.store("b").get(b"k").map(drop)),
+            ("store_scan", host.store("b").scan_prefix(b"").map(drop)),
+            ("store_commit", host.store("b").put(b"k", b"v")),
+            ("store_watch", host.store("b").watch(b"").and_then(|w| w.next_timeout(Duration::ZERO)).map(drop)),
         ];
         let mut answers = vec![("stats", stats.connections != 3)];
         for (name, result) in results {
@@ -570,12 +575,19 @@ mod tests {
             ("deliver_retained", offset_of!(HostApi, deliver_retained)),
             ("metrics", offset_of!(HostApi, metrics)),
             ("subscribe", offset_of!(HostApi, subscribe)),
+            ("store_get", offset_of!(HostApi, store_get)),
+            ("store_scan", offset_of!(HostApi, store_scan)),
+            ("store_commit", offset_of!(HostApi, store_commit)),
+            ("store_watch", offset_of!(HostApi, store_watch)),
+            ("store_watch_next", offset_of!(HostApi, store_watch_next)),
+            ("store_unwatch", offset_of!(HostApi, store_unwatch)),
         ];
         let sizes = [
             offset_of!(HostApi, ctx),
             offset_of!(HostApi, deliver_retained), // the first release
             offset_of!(HostApi, metrics),
             offset_of!(HostApi, subscribe),
+            offset_of!(HostApi, store_get), // before the store
             size_of::<HostApi>(),
         ];
         let calls = Calls::default();
@@ -592,6 +604,8 @@ mod tests {
             }
             let mut expected: Vec<&str> = ["log", "stats", "publish", "list_plugins", "ctl", "deliver"].to_vec();
             expected.extend(["list_clients", "deliver_retained", "metrics", "subscribe"]);
+            expected.extend(["store_get", "store_scan", "store_commit", "store_watch", "store_watch_next"]);
+            expected.push("store_unwatch");
             expected.retain(|name| has(name));
             assert_eq!(calls.take(), expected, "the host functions called, with a vtable of {size} bytes");
 

@@ -79,7 +79,8 @@
 //!   whose function that broker lacks answers [`HostError::Unsupported`] (nothing is called),
 //!   and an [`Event`] field that broker does not send reads as absent (`None`, empty, `false`;
 //!   [`Event::replace_topic`] answers `Continue`). Handle `Unsupported` where you use a host
-//!   function added after the first release (`deliver_retained`, `metrics`, `subscribe`).
+//!   function added after the first release (`deliver_retained`, `metrics`, `subscribe`, the
+//!   [`store`]).
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 
 pub mod abi;
@@ -92,6 +93,7 @@ pub mod export;
 mod guarded;
 mod host;
 mod info;
+pub mod store;
 #[cfg(test)]
 mod test_host;
 pub mod topic;

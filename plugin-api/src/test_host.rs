@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use crate::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
+use crate::abi::{self, HostApi, RawBytes, RawBytesWriter, RawMessage, RawStats, RawStr, RawWriter, Status};
 
 /// The names of the host functions called, in order. The vtable's `ctx` points to it.
 #[derive(Debug, Default)]
@@ -111,6 +111,63 @@ unsafe extern "C" fn subscribe(ctx: *const c_void, _client_id: RawStr, _filter: 
     abi::STATUS_OK
 }
 
+unsafe extern "C" fn store_get(
+    ctx: *const c_void,
+    _bucket: RawStr,
+    _key: RawBytes,
+    _out: RawBytesWriter,
+    _error: RawWriter,
+) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_get") };
+    abi::STATUS_NOT_FOUND
+}
+
+unsafe extern "C" fn store_scan(
+    ctx: *const c_void,
+    _bucket: RawStr,
+    _prefix: RawBytes,
+    _out: RawBytesWriter,
+    _error: RawWriter,
+) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_scan") };
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn store_commit(ctx: *const c_void, _bucket: RawStr, _ops: RawBytes, _error: RawWriter) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_commit") };
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn store_watch(
+    ctx: *const c_void,
+    _bucket: RawStr,
+    _prefix: RawBytes,
+    id_out: *mut u64,
+    _error: RawWriter,
+) -> Status {
+    // SAFETY: our ctx; `id_out` is the caller's.
+    unsafe {
+        record(ctx, "store_watch");
+        id_out.write(1);
+    }
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn store_watch_next(ctx: *const c_void, _id: u64, _timeout_ms: u32, _out: RawBytesWriter) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_watch_next") };
+    abi::STATUS_TIMEOUT
+}
+
+unsafe extern "C" fn store_unwatch(ctx: *const c_void, _id: u64) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_unwatch") };
+    abi::STATUS_OK
+}
+
 /// This crate's whole vtable, with `size` set to `size` (cut the copy to it with `Guarded`).
 pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
     HostApi {
@@ -131,5 +188,11 @@ pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
         deliver_retained,
         metrics,
         subscribe,
+        store_get,
+        store_scan,
+        store_commit,
+        store_watch,
+        store_watch_next,
+        store_unwatch,
     }
 }

@@ -3,7 +3,7 @@
 use crate::StoreError;
 
 /// The longest bucket name.
-pub const MAX_BUCKET_NAME: usize = 128;
+pub const MAX_BUCKET_NAME: usize = 255;
 
 /// One put (`value: Some`) or delete (`value: None`).
 #[derive(Debug, Clone, PartialEq, Eq)]

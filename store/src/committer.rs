@@ -56,7 +56,11 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(backend: Arc<dyn Backend>, watchers: Arc<Watchers>, sync: SyncMode) -> Result<Committer, StoreError> {
+    pub(crate) fn start(
+        backend: Arc<dyn Backend>,
+        watchers: Arc<Watchers>,
+        sync: SyncMode,
+    ) -> Result<Committer, StoreError> {
         let (requests, queue) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let worker = Worker { backend, watchers, sync, counters: counters.clone(), unsynced_since: None };

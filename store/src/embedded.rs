@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 
 use crate::{Backend, BucketStats, Op, StoreError};
 
@@ -61,11 +63,7 @@ impl Embedded {
             let found = meta.get(FORMAT_KEY).map_err(|e| self.err(e.into()))?.map(|v| v.value());
             match found {
                 Some(found) if found > FORMAT_VERSION => {
-                    return Err(StoreError::NewerVersion {
-                        path: self.path.clone(),
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
+                    return Err(StoreError::NewerVersion { path: self.path.clone(), found, supported: FORMAT_VERSION });
                 }
                 Some(_) => {}
                 None => {
@@ -171,10 +169,8 @@ impl Backend for Embedded {
         }
         for bucket in emptied {
             // A bucket emptied by this transaction goes (it may have been refilled later in it).
-            let still_empty = txn
-                .open_table(table(bucket))
-                .and_then(|t| Ok(t.is_empty()?))
-                .map_err(|e| self.err(e.into()))?;
+            let still_empty =
+                txn.open_table(table(bucket)).and_then(|t| Ok(t.is_empty()?)).map_err(|e| self.err(e.into()))?;
             if still_empty {
                 txn.delete_table(table(bucket)).map_err(|e| self.err(e.into()))?;
             }

@@ -42,8 +42,9 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("store error: {0}")]
     Backend(String),
-    /// A bucket name that is empty, too long or has characters outside `[A-Za-z0-9_./-]`.
-    #[error("invalid bucket name {0:?}: 1 to 128 characters of A-Z a-z 0-9 _ . / -, not starting with _")]
+    /// A bucket name that is empty, too long, starts with `_` or has characters outside
+    /// `[A-Za-z0-9_./-]`.
+    #[error("invalid bucket name {0:?}: 1 to 128 characters (255 for the broker's own) of A-Z a-z 0-9 _ . / -, not starting with _")]
     InvalidBucket(String),
     /// The store was closed (the broker is stopping).
     #[error("the store is closed")]

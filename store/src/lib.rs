@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backend::{Backend, BucketStats};
-pub use batch::{Batch, Op};
+pub use batch::{check_bucket, Batch, Op, MAX_BUCKET_NAME};
 pub use embedded::Embedded;
 
 /// The file name of the embedded store inside its directory.

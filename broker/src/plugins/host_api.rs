@@ -10,6 +10,7 @@ use bytes::Bytes;
 use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
 
 use super::handle::in_plugin_call;
+use super::host_store::{self, StoreWatches};
 use super::manager::{CommandError, Manager};
 use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
 use crate::message::{Delivery, Message};
@@ -28,6 +29,8 @@ pub(crate) struct HostShared {
     pub(crate) started_at: SystemTime,
     /// Publishing, delivering, stats and clients are the node's.
     pub(crate) node: Arc<Node>,
+    /// The store plugins reach through `store_*`.
+    pub(crate) store: store::Store,
     pub(crate) manager: OnceLock<Weak<Manager>>,
 }
 
@@ -64,20 +67,34 @@ pub(crate) struct PluginContext {
     name: String,
     shared: Arc<HostShared>,
     stopped: AtomicBool,
+    /// The plugin's store change feeds.
+    watches: StoreWatches,
 }
 
 impl PluginContext {
     pub(crate) fn new(name: String, shared: Arc<HostShared>) -> PluginContext {
-        PluginContext { name, shared, stopped: AtomicBool::new(false) }
+        PluginContext { name, shared, stopped: AtomicBool::new(false), watches: StoreWatches::default() }
     }
 
-    /// From now on the host refuses this plugin's calls (its `stop` returned, or `init` failed).
+    /// From now on the host refuses this plugin's calls (its `stop` returned, or `init` failed),
+    /// and its store feeds end.
     pub(crate) fn mark_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.watches.clear();
     }
 
-    fn is_stopped(&self) -> bool {
+    pub(super) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The plugin's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store, and this plugin's feeds of it.
+    pub(super) fn store(&self) -> (&store::Store, &StoreWatches) {
+        (&self.shared.store, &self.watches)
     }
 }
 
@@ -128,12 +145,18 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         deliver_retained,
         metrics,
         subscribe,
+        store_get: host_store::get,
+        store_scan: host_store::scan,
+        store_commit: host_store::commit,
+        store_watch: host_store::watch,
+        store_watch_next: host_store::watch_next,
+        store_unwatch: host_store::unwatch,
     }
 }
 
 /// # Safety
 /// `ctx` is the pointer `vtable` stored, whose context outlives the plugin.
-unsafe fn context<'a>(ctx: *const c_void) -> &'a PluginContext {
+pub(super) unsafe fn context<'a>(ctx: *const c_void) -> &'a PluginContext {
     // SAFETY: as the caller promises.
     unsafe { &*(ctx as *const PluginContext) }
 }

@@ -381,6 +381,8 @@ impl Manager {
             }
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
+            ["store", "stats"] => format_store_stats(&self.shared.store),
+            ["store", ..] => Err(CommandError::invalid("Usage: broker ctl store stats")),
             [command, rest @ ..] => {
                 // A plugin answers one command, or several (space-separated); one that answers
                 // several is told which, as its first word.
@@ -408,6 +410,24 @@ impl Manager {
             [] => Err(CommandError::invalid(PLUGINS_USAGE)),
         }
     }
+}
+
+/// `broker ctl store stats`: what the store did since the broker started, then each bucket.
+fn format_store_stats(store: &store::Store) -> Result<String, CommandError> {
+    let stats = store.stats();
+    let buckets = store.buckets().map_err(|e| CommandError::new(plugin_api::abi::STATUS_ERROR, e.to_string()))?;
+    let mut lines = vec![
+        format!("{:<30}: {}", "backend", stats.backend),
+        format!("{:<30}: {}", "commits", stats.commits),
+        format!("{:<30}: {}", "batches", stats.batches),
+        format!("{:<30}: {}", "operations", stats.operations),
+        format!("{:<30}: {}", "fsyncs", stats.fsyncs),
+        format!("{:<30}: {}", "last_fsync_us", stats.last_fsync_micros),
+        format!("{:<30}: {}", "failures", stats.failures),
+        format!("{:<30}: {}", "buckets", buckets.len()),
+    ];
+    lines.extend(buckets.iter().map(|b| format!("bucket {} keys={} bytes={}", b.name, b.keys, b.bytes)));
+    Ok(lines.join("\n"))
 }
 
 /// `broker ctl broker stats`: EMQX's names, one a line.
