@@ -20,6 +20,7 @@ pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod mqtt;
 pub(crate) mod node;
+pub(crate) mod persist;
 pub(crate) mod plugins;
 pub(crate) mod router;
 pub mod server;

@@ -149,6 +149,19 @@ fn a_truncated_store_is_refused_with_its_name() {
 }
 
 #[test]
+fn a_store_with_random_bytes_in_its_middle_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let mut bytes = std::fs::read(file(dir.path())).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 131 % 253) as u8 ^ *b ^ 0x5a);
+    std::fs::write(file(dir.path()), &bytes).unwrap();
+    let err = Embedded::open(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
+}
+
+#[test]
 fn a_store_with_overwritten_bytes_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path());

@@ -22,7 +22,7 @@ pub(crate) struct SubscriptionOptions {
 }
 
 impl SubscriptionOptions {
-    fn decode(byte: u8, version: Version) -> Result<SubscriptionOptions> {
+    pub(crate) fn decode(byte: u8, version: Version) -> Result<SubscriptionOptions> {
         if !version.is_v5() && byte & 0xfc != 0 {
             return Err(DecodeError::Malformed("reserved subscription option bits set (MQTT-3.8.3-4)"));
         }

@@ -1,0 +1,314 @@
+//! Persistent sessions in the store: what is written for them, under which keys, and how they
+//! are read back at start.
+//!
+//! One bucket, `core/sessions`, holds for each persistent session (3.1.1 CleanSession 0, MQTT 5
+//! Session Expiry > 0; clean sessions never reach the disk):
+//! - `s` + client id: its [`SessionRecord`] (expiry, subscriptions, when it went offline);
+//! - `q` + client id + sequence number: each QoS 1/2 message queued for it or in flight
+//!   ([`EntryRecord`], with its packet id and phase once sent), in the order it was queued;
+//! - `r` + client id + packet id: each QoS 2 packet id it published and has not released, so
+//!   that a PUBLISH resent after a restart is not routed twice.
+//!
+//! A client id is written with its length first, so one client's keys never prefix another's.
+//! `n` + `alive_at` is the time the node last said it was running: sessions that were online
+//! when the broker died went offline then.
+//!
+//! Values are postcard-encoded, each starting with a format version.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use store::{Batch, Store, StoreError};
+
+use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::mqtt::Version;
+use crate::session::Subscription;
+
+/// The bucket of persistent sessions.
+pub(crate) const BUCKET: &str = "core/sessions";
+
+/// The format of the records below.
+const RECORD_VERSION: u8 = 1;
+
+/// What is kept of one session, beside its messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub(crate) version: u8,
+    /// Session Expiry Interval in seconds; `u32::MAX` never ends.
+    pub(crate) expiry_interval: u32,
+    /// When its client went offline (ms since the Unix epoch); `None` while online.
+    pub(crate) offline_since_ms: Option<u64>,
+    /// Filter, subscription options byte (MQTT 5 layout), subscription identifier.
+    pub(crate) subscriptions: Vec<(String, u8, Option<u32>)>,
+}
+
+impl SessionRecord {
+    pub(crate) fn new(expiry_interval: u32) -> SessionRecord {
+        SessionRecord { version: RECORD_VERSION, expiry_interval, offline_since_ms: None, subscriptions: Vec::new() }
+    }
+
+    /// The subscriptions as the session keeps them; an unreadable one is skipped.
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&str, Subscription)> {
+        self.subscriptions.iter().filter_map(|(filter, options, id)| {
+            let options = SubscriptionOptions::decode(*options, Version::V5).ok()?;
+            Some((filter.as_str(), Subscription { options, id: *id }))
+        })
+    }
+
+    /// Sets the subscriptions from the session's.
+    pub(crate) fn set_subscriptions<'a>(&mut self, subscriptions: impl Iterator<Item = (&'a str, &'a Subscription)>) {
+        self.subscriptions = subscriptions.map(|(f, s)| (f.to_owned(), s.options.to_byte(), s.id)).collect();
+        self.subscriptions.sort();
+    }
+}
+
+/// One QoS 1/2 message queued for a session or in flight to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EntryRecord {
+    pub(crate) version: u8,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    /// The QoS it goes out with.
+    pub(crate) qos: u8,
+    /// The retain flag it goes out with.
+    pub(crate) retain: bool,
+    /// MQTT 5 properties forwarded unchanged, encoded.
+    pub(crate) forwarded: Vec<u8>,
+    /// When it expires (ms since the Unix epoch), if it does.
+    pub(crate) expires_at_ms: Option<u64>,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) subscription_ids: Vec<u32>,
+    /// The packet id it was sent with; 0 while it waits to be sent.
+    pub(crate) packet_id: u16,
+    /// QoS 2 only: its PUBREC came, so PUBREL (not the message) is what is resent.
+    pub(crate) released: bool,
+}
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error("unreadable {what} of client {client_id:?}: {why}")]
+    Unreadable { what: &'static str, client_id: String, why: String },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding to a Vec fails only for types serde cannot describe, which these are not.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str, client_id: &str) -> Result<T, RecordError> {
+    postcard::from_bytes(bytes).map_err(|e| RecordError::Unreadable {
+        what,
+        client_id: client_id.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// The keys of one client id.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// Length (u16, big-endian) and the client id.
+    id: Vec<u8>,
+}
+
+impl Keys {
+    pub(crate) fn new(client_id: &str) -> Keys {
+        let mut id = Vec::with_capacity(2 + client_id.len());
+        id.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        id.extend_from_slice(client_id.as_bytes());
+        Keys { id }
+    }
+
+    fn with(&self, kind: u8, tail: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(1 + self.id.len() + tail.len());
+        key.push(kind);
+        key.extend_from_slice(&self.id);
+        key.extend_from_slice(tail);
+        key
+    }
+
+    pub(crate) fn session(&self) -> Vec<u8> {
+        self.with(b's', &[])
+    }
+
+    pub(crate) fn entry(&self, seq: u64) -> Vec<u8> {
+        self.with(b'q', &seq.to_be_bytes())
+    }
+
+    pub(crate) fn awaiting_rel(&self, packet_id: u16) -> Vec<u8> {
+        self.with(b'r', &packet_id.to_be_bytes())
+    }
+
+    /// Adds to `batch` the deletes of every key of this client id.
+    pub(crate) fn delete_all(&self, store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+        batch.delete(BUCKET, &self.session())?;
+        for kind in [b'q', b'r'] {
+            for (key, _) in store.scan_prefix(BUCKET, &self.with(kind, &[]))? {
+                batch.delete(BUCKET, &key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Puts `record` for `keys` into `batch`.
+pub(crate) fn put_session(batch: &mut Batch, keys: &Keys, record: &SessionRecord) -> Result<(), StoreError> {
+    batch.put(BUCKET, &keys.session(), &encode(record)).map(drop)
+}
+
+/// Puts `entry` at `seq` for `keys` into `batch`.
+pub(crate) fn put_entry(batch: &mut Batch, keys: &Keys, seq: u64, entry: &EntryRecord) -> Result<(), StoreError> {
+    batch.put(BUCKET, &keys.entry(seq), &encode(entry)).map(drop)
+}
+
+const ALIVE_KEY: &[u8] = b"nalive_at";
+
+/// Records that the node runs at `now_ms` (written every few seconds, not synced on its own).
+pub(crate) fn put_alive(batch: &mut Batch, now_ms: u64) -> Result<(), StoreError> {
+    batch.put(BUCKET, ALIVE_KEY, &now_ms.to_be_bytes()).map(drop)
+}
+
+/// One session read back at start.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) client_id: String,
+    pub(crate) record: SessionRecord,
+    /// By sequence number, in order.
+    pub(crate) entries: Vec<(u64, EntryRecord)>,
+    pub(crate) awaiting_rel: Vec<u16>,
+}
+
+impl Restored {
+    /// When it ends: its expiry counted from when it went offline (or when the node was last
+    /// known to run, for a session online when the broker died); `None` for never.
+    pub(crate) fn expires_at_ms(&self, alive_at_ms: u64) -> Option<u64> {
+        if self.record.expiry_interval == u32::MAX {
+            return None;
+        }
+        let offline = self.record.offline_since_ms.unwrap_or(alive_at_ms);
+        Some(offline.saturating_add(u64::from(self.record.expiry_interval) * 1000))
+    }
+
+    /// [`Restored::expires_at_ms`] as an instant of this process's clock.
+    pub(crate) fn expires_at(&self, alive_at_ms: u64, now_ms: u64) -> Option<Instant> {
+        self.expires_at_ms(alive_at_ms).map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)))
+    }
+}
+
+/// Every session in the store, and when the node last said it ran. Keys that belong to no
+/// session record (left by a session that ended while its deletes were in flight) are returned
+/// in `orphans`, to delete.
+pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>), RecordError> {
+    let mut sessions: Vec<Restored> = Vec::new();
+    let mut orphans = Vec::new();
+    let mut by_id = std::collections::HashMap::new();
+    for (key, value) in store.scan_prefix(BUCKET, b"s")? {
+        let Some((_, client_id, _)) = split_key(&key) else {
+            orphans.push(key);
+            continue;
+        };
+        let record: SessionRecord = decode(&value, "session record", client_id)?;
+        by_id.insert(client_id.to_owned(), sessions.len());
+        sessions.push(Restored { client_id: client_id.to_owned(), record, entries: Vec::new(), awaiting_rel: Vec::new() });
+    }
+    for kind in [b'q', b'r'] {
+        for (key, value) in store.scan_prefix(BUCKET, &[kind])? {
+            let Some((index, client_id, tail)) =
+                split_key(&key).and_then(|(_, id, tail)| Some((*by_id.get(id)?, id, tail)))
+            else {
+                orphans.push(key);
+                continue;
+            };
+            let session = &mut sessions[index];
+            match (kind, tail.try_into().map(u64::from_be_bytes), tail.try_into().map(u16::from_be_bytes)) {
+                (b'q', Ok(seq), _) => session.entries.push((seq, decode(&value, "queued message", client_id)?)),
+                (b'r', _, Ok(id)) => session.awaiting_rel.push(id),
+                _ => orphans.push(key),
+            }
+        }
+    }
+    let alive_at = store.get(BUCKET, ALIVE_KEY)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+    Ok((sessions, alive_at, orphans))
+}
+
+/// A key's kind, client id and what follows it.
+fn split_key(key: &[u8]) -> Option<(u8, &str, &[u8])> {
+    let (&kind, rest) = key.split_first()?;
+    let (len, rest) = rest.split_at_checked(2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let (id, tail) = rest.split_at_checked(len)?;
+    Some((kind, std::str::from_utf8(id).ok()?, tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(topic: &str) -> EntryRecord {
+        EntryRecord {
+            version: RECORD_VERSION,
+            topic: topic.to_owned(),
+            payload: b"p".to_vec(),
+            qos: 1,
+            retain: false,
+            forwarded: Vec::new(),
+            expires_at_ms: None,
+            timestamp_ms: 1,
+            subscription_ids: vec![3],
+            packet_id: 0,
+            released: false,
+        }
+    }
+
+    #[test]
+    fn sessions_and_their_messages_read_back_in_order_and_orphans_are_found() {
+        let store = Store::in_memory();
+        let mut batch = Batch::new();
+        // "a" is a prefix of "ab": the length before the id keeps their keys apart.
+        for id in ["a", "ab"] {
+            let keys = Keys::new(id);
+            let mut record = SessionRecord::new(60);
+            let sub = Subscription { options: SubscriptionOptions { qos: 1, ..Default::default() }, id: Some(7) };
+            record.set_subscriptions([("t/#", &sub)].into_iter());
+            put_session(&mut batch, &keys, &record).unwrap();
+            for seq in [2u64, 1, 300] {
+                put_entry(&mut batch, &keys, seq, &entry(&format!("{id}/{seq}"))).unwrap();
+            }
+            batch.put(BUCKET, &keys.awaiting_rel(9), b"").unwrap();
+        }
+        put_entry(&mut batch, &Keys::new("gone"), 1, &entry("x")).unwrap();
+        put_alive(&mut batch, 1234).unwrap();
+        store.commit(batch).unwrap();
+
+        let (sessions, alive_at, orphans) = restore(&store).unwrap();
+        assert_eq!(alive_at, 1234);
+        assert_eq!(orphans, [Keys::new("gone").entry(1)]);
+        let ids: Vec<_> = sessions.iter().map(|s| s.client_id.as_str()).collect();
+        assert_eq!(ids, ["a", "ab"]);
+        let a = &sessions[0];
+        let topics: Vec<_> = a.entries.iter().map(|(_, e)| e.topic.as_str()).collect();
+        assert_eq!(topics, ["a/1", "a/2", "a/300"]);
+        assert_eq!(a.awaiting_rel, [9]);
+        let subs: Vec<_> = a.record.subscriptions().map(|(f, s)| (f.to_owned(), s.options.qos, s.id)).collect();
+        assert_eq!(subs, [("t/#".to_owned(), 1, Some(7))]);
+
+        let mut batch = Batch::new();
+        Keys::new("a").delete_all(&store, &mut batch).unwrap();
+        store.commit(batch).unwrap();
+        let (sessions, _, _) = restore(&store).unwrap();
+        assert_eq!(sessions.len(), 1, "only ab is left");
+    }
+
+    #[test]
+    fn expiry_counts_from_going_offline_or_from_the_last_sign_of_life() {
+        let mut restored =
+            Restored { client_id: "c".into(), record: SessionRecord::new(10), entries: vec![], awaiting_rel: vec![] };
+        assert_eq!(restored.expires_at_ms(5_000), Some(15_000), "online when the broker died");
+        restored.record.offline_since_ms = Some(1_000);
+        assert_eq!(restored.expires_at_ms(5_000), Some(11_000));
+        restored.record.expiry_interval = u32::MAX;
+        assert_eq!(restored.expires_at_ms(5_000), None);
+    }
+}
