@@ -1,0 +1,154 @@
+//! Persistent sessions in the store: what a publisher was told is safe (PUBACK, PUBREC then
+//! PUBCOMP) reaches an offline persistent subscriber after the broker is killed (`kill -9`)
+//! and started again, QoS 2 exactly once; sessions come back with Session Present 1
+//! (MQTT-3.2.2-2); clean sessions never touch the store; a damaged store is refused.
+
+use std::collections::{HashMap, HashSet};
+
+use e2e::raw::{connect4, Raw, V4};
+use e2e::{Broker, DataDir};
+use rumqttc::{Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, Subscribe};
+
+const MESSAGES: u16 = 300;
+
+/// An offline persistent subscriber to `p/#` at `qos`, as 3.1.1 CleanSession 0 makes it.
+fn persistent_subscriber(broker: &Broker, id: &str, qos: QoS) {
+    let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
+    assert!(!ack.session_present);
+    sub.send(&Packet::Subscribe(Subscribe::new("p/#", qos)));
+    assert!(matches!(sub.recv(), Packet::SubAck(_)));
+    sub.disconnect();
+}
+
+/// Sends `MESSAGES` messages on `p/<i>` at `qos` with packet ids 1.., kills the broker once
+/// `kill_after` were acknowledged (PUBACK; PUBCOMP for QoS 2) and returns the payloads that
+/// were.
+fn publish_until_killed(broker: Broker, qos: QoS, kill_after: usize) -> HashSet<String> {
+    let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-pub", true));
+    for i in 1..=MESSAGES {
+        let mut publish = Publish::new(format!("p/{i}"), qos, format!("m{i}"));
+        publish.pkid = i;
+        publisher.send(&Packet::Publish(publish));
+    }
+    let mut acked = HashSet::new();
+    while acked.len() < kill_after {
+        match publisher.recv() {
+            Packet::PubAck(PubAck { pkid }) | Packet::PubComp(PubComp { pkid }) => {
+                acked.insert(format!("m{pkid}"));
+            }
+            Packet::PubRec(PubRec { pkid }) => publisher.send(&Packet::PubRel(PubRel::new(pkid))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    broker.kill();
+    acked
+}
+
+/// Connects `id` again (CleanSession 0), expects Session Present 1, and receives until the
+/// marker `p/end` that another client publishes after it connected: every message queued
+/// before the marker has come by then. Returns each payload with how often it came.
+fn resume_and_drain(broker: &Broker, id: &str) -> HashMap<String, usize> {
+    let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
+    assert!(ack.session_present, "the session survived the restart (MQTT-3.2.2-2)");
+    {
+        let (mut marker, _) = Raw::<V4>::connect(broker.addr, &connect4("p-marker", true));
+        let mut publish = Publish::new("p/end", QoS::AtLeastOnce, "end");
+        publish.pkid = 1;
+        marker.send(&Packet::Publish(publish));
+        assert!(matches!(marker.recv(), Packet::PubAck(_)));
+        marker.disconnect();
+    }
+    let mut got: HashMap<String, usize> = HashMap::new();
+    loop {
+        match sub.recv() {
+            Packet::Publish(p) => {
+                let payload = String::from_utf8(p.payload.to_vec()).unwrap();
+                match p.qos {
+                    QoS::AtLeastOnce => sub.send(&Packet::PubAck(PubAck::new(p.pkid))),
+                    QoS::ExactlyOnce => sub.send(&Packet::PubRec(PubRec::new(p.pkid))),
+                    QoS::AtMostOnce => {}
+                }
+                if payload == "end" {
+                    return got;
+                }
+                *got.entry(payload).or_default() += 1;
+            }
+            Packet::PubRel(rel) => sub.send(&Packet::PubComp(PubComp::new(rel.pkid))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn acknowledged_qos1_messages_to_an_offline_persistent_session_survive_kill_9() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    persistent_subscriber(&broker, "p-sub1", QoS::AtLeastOnce);
+    let acked = publish_until_killed(broker, QoS::AtLeastOnce, usize::from(MESSAGES) / 2);
+
+    let broker = Broker::start(&dir, &[]);
+    let got = resume_and_drain(&broker, "p-sub1");
+    let lost: Vec<_> = acked.iter().filter(|m| !got.contains_key(*m)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged messages lost: {lost:?}", lost.len(), acked.len());
+}
+
+#[test]
+fn acknowledged_qos2_messages_survive_kill_9_exactly_once() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    persistent_subscriber(&broker, "p-sub2", QoS::ExactlyOnce);
+    let acked = publish_until_killed(broker, QoS::ExactlyOnce, usize::from(MESSAGES) / 2);
+
+    let broker = Broker::start(&dir, &[]);
+    let got = resume_and_drain(&broker, "p-sub2");
+    let lost: Vec<_> = acked.iter().filter(|m| !got.contains_key(*m)).collect();
+    assert!(lost.is_empty(), "{} of {} completed messages lost: {lost:?}", lost.len(), acked.len());
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "QoS 2 delivered more than once: {twice:?}");
+}
+
+#[test]
+fn a_persistent_session_and_its_subscription_survive_a_restart_and_clean_ones_never_reach_the_store() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    persistent_subscriber(&broker, "p-kept", QoS::AtLeastOnce);
+    // A clean session's subscription and messages stay in memory.
+    let (mut clean, _) = Raw::<V4>::connect(broker.addr, &connect4("p-clean", true));
+    clean.send(&Packet::Subscribe(Subscribe::new("c/#", QoS::AtLeastOnce)));
+    assert!(matches!(clean.recv(), Packet::SubAck(_)));
+    let stats = dir.ctl(&["store", "stats"]).ok();
+    let sessions_line = stats.lines().find(|l| l.starts_with("bucket core/sessions ")).unwrap_or_default().to_owned();
+    assert!(sessions_line.contains("keys=1 "), "one session record, p-kept's: {stats}");
+    clean.disconnect();
+    broker.stop();
+
+    let broker = Broker::start(&dir, &[]);
+    let got = resume_and_drain(&broker, "p-kept");
+    assert!(got.is_empty(), "nothing was published to it: {got:?}");
+    let (_, ack) = Raw::<V4>::connect(broker.addr, &connect4("p-clean", false));
+    assert!(!ack.session_present, "the clean session was not kept");
+}
+
+#[test]
+fn a_damaged_store_is_refused_naming_its_file() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    persistent_subscriber(&broker, "p-damaged", QoS::AtLeastOnce);
+    broker.stop();
+    let file = dir.path().join("store").join("broker.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..].iter_mut().for_each(|b| *b = !*b);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let output = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the broker must not start on a damaged store");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&file.display().to_string()) && stderr.contains("corrupt"), "{stderr}");
+}
