@@ -48,7 +48,7 @@ use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
 use crate::session::Session;
-use crate::sessions::Will;
+use crate::session::registry::Will;
 use acl_cache::AclCache;
 use outbound::OutgoingAliases;
 use suspend::{Next, Suspended};

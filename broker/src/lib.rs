@@ -24,7 +24,6 @@ pub(crate) mod plugins;
 pub(crate) mod router;
 pub mod server;
 pub(crate) mod session;
-pub(crate) mod sessions;
 pub(crate) mod stats;
 pub(crate) mod sys;
 

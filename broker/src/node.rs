@@ -18,7 +18,7 @@ use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
 use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
-use crate::sessions::Sessions;
+use crate::session::registry::Sessions;
 use crate::stats::Stats;
 
 /// How the cache behaves (from `[mqtt]`): EMQX's per-connection ACL cache.

@@ -22,6 +22,7 @@
 
 mod inflight;
 mod queue;
+pub(crate) mod registry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};

@@ -29,7 +29,7 @@ use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
 use crate::router::is_valid_topic;
-use crate::sessions::Will;
+use crate::session::registry::Will;
 
 /// Why the handshake stopped before a CONNACK was due.
 #[derive(Debug, thiserror::Error)]
