@@ -266,7 +266,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         return None;
     };
     let id = node.next_connection_id();
-    let opened = node.sessions.open(node, &client, id, connect.clean_start, expiry).await;
+    let opened = node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await;
     let mut will = will;
     if let Some(will) = &mut will {
         will.message.publisher = opened.session.id;
