@@ -18,7 +18,7 @@ pub use listeners::{
     DEFAULT_MAX_CONN_RATE,
 };
 
-use crate::auth::{AllowAnonymous, FailurePolicy};
+use crate::auth::{AllowAnonymous, BoolOrText, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
 use crate::session::{Overflow, QueueLimits};
 
@@ -241,15 +241,6 @@ fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
         Text::Seconds(seconds) => seconds.to_string(),
         Text::Text(text) => text,
     })
-}
-
-/// A setting written as a TOML boolean or as text (an environment variable is always text):
-/// what [`on_off`] and `allow_anonymous` read before they tell the values apart.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum BoolOrText {
-    Bool(bool),
-    Text(String),
 }
 
 /// A boolean setting that also takes EMQX's `on` / `off`.
