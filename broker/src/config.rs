@@ -17,6 +17,8 @@ pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
     DEFAULT_MAX_CONN_RATE,
 };
+/// `broker.shared_subscription_strategy`: the router's choice of share group member.
+pub use crate::router::Strategy as SharedStrategy;
 
 use crate::auth::{AllowAnonymous, BoolOrText, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
@@ -261,23 +263,6 @@ fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
         return Ok(Duration::from_secs(seconds));
     }
     humantime::parse_duration(value).map_err(|e| ConfigError::Setting(key, format!("{value:?}: {e}")))
-}
-
-/// How a share group picks the member that gets a message (EMQX's
-/// `broker.shared_subscription_strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SharedStrategy {
-    /// Any member, at random (EMQX's default).
-    #[default]
-    Random,
-    /// Each member in turn.
-    RoundRobin,
-    /// The same member for as long as it stays subscribed and connected.
-    Sticky,
-    /// A member chosen by the publisher's client id: one publisher's messages stay in order
-    /// at one member.
-    Hash,
 }
 
 /// `[broker]`: node-wide behaviour (EMQX's `broker.*`).
