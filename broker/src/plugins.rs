@@ -1,7 +1,6 @@
 //! The plugin side of the host: finding and mapping libraries, running instances, the
 //! `loaded_plugins` file, the host vtable, and the manager tying them together.
 
-pub(crate) mod handle;
 pub(crate) mod host_api;
 pub(crate) mod instance;
 pub(crate) mod library;

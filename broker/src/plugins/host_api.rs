@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
 
-use super::handle::in_plugin_call;
 use super::manager::{CommandError, Manager};
+use crate::hooks::handle::in_plugin_call;
 use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};

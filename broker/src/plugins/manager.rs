@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use plugin_api::abi::{self, Status};
 
-use super::handle::PluginHandle;
 use super::host_api::HostShared;
 use super::instance::Instance;
 use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
+use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
 
