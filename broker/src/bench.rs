@@ -141,7 +141,7 @@ impl Lifecycle {
             host.shared.clone(),
             host.hooks.clone(),
         ));
-        let _ = host.shared.manager.set(Arc::downgrade(&manager));
+        let _ = host.shared.manager.set(Arc::<Manager>::downgrade(&manager));
         Lifecycle { host, manager }
     }
 
