@@ -6,6 +6,9 @@
 //! → `router` (the subscription trie) → each matching `session` → that session's
 //! `connection` writes it out.
 
+// What `src/main.rs` and `benches/` use is `pub`; everything else is `pub(crate)`.
+#![warn(unreachable_pub)]
+
 pub(crate) mod auth;
 #[doc(hidden)]
 pub mod bench;
