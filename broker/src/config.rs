@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 
 mod listeners;
 
+/// `broker.shared_subscription_strategy`: the router's choice of share group member.
+pub use crate::router::Strategy as SharedStrategy;
 pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
     DEFAULT_MAX_CONN_RATE,
 };
-/// `broker.shared_subscription_strategy`: the router's choice of share group member.
-pub use crate::router::Strategy as SharedStrategy;
 
 use crate::auth::{AllowAnonymous, BoolOrText, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};

@@ -17,8 +17,8 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
-use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
 use crate::session::registry::{Owner, Sessions};
+use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
 
 /// How the cache behaves (from `[mqtt]`): EMQX's per-connection ACL cache.
