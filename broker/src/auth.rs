@@ -19,8 +19,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::BoolOrText;
-
 pub(crate) use failures::Failures;
 
 /// `allow_anonymous`: what happens to a client no authentication plugin vouched for.
@@ -76,6 +74,16 @@ impl Serialize for AllowAnonymous {
             AllowAnonymous::Loopback => s.serialize_str("loopback"),
         }
     }
+}
+
+/// A setting written as a TOML boolean or as text (an environment variable is always text):
+/// what `allow_anonymous` and the configuration's on/off settings read before they tell the
+/// values apart.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum BoolOrText {
+    Bool(bool),
+    Text(String),
 }
 
 impl<'de> Deserialize<'de> for AllowAnonymous {

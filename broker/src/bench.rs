@@ -21,7 +21,7 @@ use crate::session::Session;
 use crate::stats::Stats;
 
 /// A node with no listener: what plugins are started against.
-pub struct Host {
+pub(crate) struct Host {
     _runtime: tokio::runtime::Runtime,
     shared: Arc<HostShared>,
     hooks: Arc<Hooks>,
@@ -29,7 +29,7 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new() -> Host {
+    pub(crate) fn new() -> Host {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let (failed, _) = tokio::sync::mpsc::unbounded_channel();
@@ -142,7 +142,7 @@ impl Lifecycle {
             host.shared.clone(),
             host.hooks.clone(),
         ));
-        let _ = host.shared.manager.set(Arc::downgrade(&manager));
+        let _ = host.shared.manager.set(Arc::<Manager>::downgrade(&manager));
         Lifecycle { host, manager }
     }
 

@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 
 mod listeners;
 
+/// `broker.shared_subscription_strategy`: the router's choice of share group member.
+pub use crate::router::Strategy as SharedStrategy;
 pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
     DEFAULT_MAX_CONN_RATE,
 };
 
-use crate::auth::{AllowAnonymous, FailurePolicy};
+use crate::auth::{AllowAnonymous, BoolOrText, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
 use crate::session::{Overflow, QueueLimits};
 
@@ -243,15 +245,6 @@ fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
     })
 }
 
-/// A setting written as a TOML boolean or as text (an environment variable is always text):
-/// what [`on_off`] and `allow_anonymous` read before they tell the values apart.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum BoolOrText {
-    Bool(bool),
-    Text(String),
-}
-
 /// A boolean setting that also takes EMQX's `on` / `off`.
 fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     match BoolOrText::deserialize(d)? {
@@ -270,23 +263,6 @@ fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
         return Ok(Duration::from_secs(seconds));
     }
     humantime::parse_duration(value).map_err(|e| ConfigError::Setting(key, format!("{value:?}: {e}")))
-}
-
-/// How a share group picks the member that gets a message (EMQX's
-/// `broker.shared_subscription_strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SharedStrategy {
-    /// Any member, at random (EMQX's default).
-    #[default]
-    Random,
-    /// Each member in turn.
-    RoundRobin,
-    /// The same member for as long as it stays subscribed and connected.
-    Sticky,
-    /// A member chosen by the publisher's client id: one publisher's messages stay in order
-    /// at one member.
-    Hash,
 }
 
 /// `[broker]`: node-wide behaviour (EMQX's `broker.*`).

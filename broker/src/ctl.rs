@@ -17,9 +17,9 @@ use crate::plugins::manager::Manager;
 const MAX_REQUEST: u64 = 64 * 1024;
 
 /// The socket's file name inside the data directory.
-pub const SOCKET_NAME: &str = "broker.sock";
+pub(crate) const SOCKET_NAME: &str = "broker.sock";
 
-pub fn socket_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
@@ -42,7 +42,7 @@ pub enum CtlError {
 
 /// Binds the ctl socket (the caller holds the data directory lock, so a leftover socket
 /// file belongs to a dead broker and is removed).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!("removed stale ctl socket {}", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -10,6 +10,11 @@
 //! one hook run there at once; the clients beyond wait in a fair queue (a semaphore) that
 //! holds no thread, so a thousand clients waiting on a slow ACL service hold 64 threads, not
 //! a thousand, and leave the rest of the pool (512 threads) to the other hooks and to tokio.
+//!
+//! A running plugin is, to dispatch, its [`handle::PluginHandle`] (`handle`): what the plugin
+//! manager (`plugins`, which depends on this module) makes when it starts one.
+
+pub(crate) mod handle;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use plugin_api::{Hook, HookMask};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 
-use crate::plugins::handle::PluginHandle;
+use handle::PluginHandle;
 
 /// The answer of a hook chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

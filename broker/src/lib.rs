@@ -1,10 +1,21 @@
 //! The `broker` host as a library: the binary (`src/main.rs`) is its command line, and the
 //! benchmarks in `benches/` drive the same parts.
 //!
-//! The path of one PUBLISH: `listener` accepts the client → `connection` (its task: reads
-//! the packet, decoded by `mqtt`, fires the hooks through `hooks`) → `node::Node::publish`
-//! → `router` (the subscription trie) → each matching `session` → that session's
-//! `connection` writes it out.
+//! The path of one PUBLISH: `listener` accepts the client → `connection` (its task: opened
+//! the client's session in `session::registry` at CONNECT; reads the packet, decoded by
+//! `mqtt`, fires the hooks through `hooks`) → `node::Node::publish` → `router` (the
+//! subscription trie) → each matching `session` (one client's queue and messages in flight)
+//! → that session's `connection` writes it out.
+//!
+//! Modules depend one way, with no cycle: `config` reads settings into the types their
+//! modules own (`node::Zone`, `auth::FailurePolicy`, `router::Strategy`,
+//! `session::QueueLimits`); the node owns the session registry, which reaches it only
+//! through `session::registry::Owner`; `plugins` depend on `hooks` (whose `hooks::handle` is
+//! a running plugin as dispatch sees it), and the host vtable (`plugins::host_api`) reaches
+//! the plugin manager only through its `PluginControl`.
+
+// What `src/main.rs` and `benches/` use is `pub`; everything else is `pub(crate)`.
+#![warn(unreachable_pub)]
 
 pub(crate) mod auth;
 #[doc(hidden)]
@@ -25,7 +36,6 @@ pub(crate) mod plugins;
 pub(crate) mod router;
 pub mod server;
 pub(crate) mod session;
-pub(crate) mod sessions;
 pub(crate) mod stats;
 pub(crate) mod sys;
 

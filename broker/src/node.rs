@@ -17,8 +17,8 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
+use crate::session::registry::{Owner, Sessions};
 use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
-use crate::sessions::Sessions;
 use crate::stats::Stats;
 
 /// How the cache behaves (from `[mqtt]`): EMQX's per-connection ACL cache.
@@ -447,5 +447,24 @@ impl Node {
         if let Some(will) = will {
             self.publish(will.message, &will.client);
         }
+    }
+}
+
+/// The node as its session registry sees it.
+impl Owner for Node {
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn end_session(&self, session: &Arc<Session>) {
+        Node::end_session(self, session);
+    }
+
+    fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&crate::session::State) -> bool) {
+        Node::end_session_if(self, session, still);
+    }
+
+    fn publish(&self, message: Message, client: &ClientInfo) {
+        Node::publish(self, message, client);
     }
 }

@@ -2,7 +2,6 @@
 //! `loaded_plugins` file, the host vtable (and its store functions), and the manager tying
 //! them together.
 
-pub(crate) mod handle;
 pub(crate) mod host_api;
 pub(crate) mod host_store;
 pub(crate) mod instance;

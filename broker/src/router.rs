@@ -12,7 +12,7 @@ mod trie;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-pub(crate) use shared::Strategy;
+pub use shared::Strategy;
 
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::session::Session;

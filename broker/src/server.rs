@@ -165,7 +165,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         shared.clone(),
         hooks.clone(),
     ));
-    let _ = shared.manager.set(Arc::downgrade(&manager));
+    let _ = shared.manager.set(Arc::<Manager>::downgrade(&manager));
     tracing::info!(plugins_dir = %plugins_dir.display(), data_dir = %data_dir.display(), "starting plugins");
     manager.boot();
 

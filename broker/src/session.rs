@@ -1,7 +1,8 @@
 //! A session: what the broker keeps for one client id across its connections (MQTT §4.1).
 //! Its subscriptions, the messages waiting for it (`queue`), those sent and not yet
 //! acknowledged (`inflight`), the QoS 2 packet ids it published and has not released, and,
-//! between connections, its delayed will.
+//! between connections, its delayed will. Every session by client id, and when one is
+//! opened, taken over or expires, is the node's registry (`registry`).
 //!
 //! Publishers' tasks [`Session::enqueue`] deliveries and wake the connection task serving the
 //! session; only that task takes them out and writes them. The state is behind one short-held
@@ -22,6 +23,7 @@
 
 mod inflight;
 mod queue;
+pub(crate) mod registry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};

@@ -29,7 +29,7 @@ use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
 use crate::router::is_valid_topic;
-use crate::sessions::Will;
+use crate::session::registry::Will;
 
 /// Why the handshake stopped before a CONNACK was due.
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +266,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         return None;
     };
     let id = node.next_connection_id();
-    let opened = node.sessions.open(node, &client, id, connect.clean_start, expiry).await;
+    let opened = node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await;
     let mut will = will;
     if let Some(will) = &mut will {
         will.message.publisher = opened.session.id;

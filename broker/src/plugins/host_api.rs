@@ -1,5 +1,8 @@
 //! The host side of the vtable a plugin receives: log, publish, deliver, stats, client and
 //! plugin lists, and ctl.
+//!
+//! Plugin lists and ctl commands are the plugin manager's, which this module reaches only
+//! through [`PluginControl`] (the manager starts the instances whose vtables these are).
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,16 +11,52 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use plugin_api::abi::{self, HostApi, RawBytes, RawMessage, RawStats, RawStr, RawWriter, Status};
+use plugin_api::PluginStatus;
 
-use super::handle::in_plugin_call;
 use super::host_store::{self, StoreWatches};
-use super::manager::{CommandError, Manager};
+use crate::hooks::handle::in_plugin_call;
 use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
 use crate::message::{Delivery, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
 use crate::node::{Node, PluginSubscribeError};
 // A topic a plugin hands over must fit a PUBLISH: at most 65,535 bytes, no NUL (MQTT-1.5.4).
 use crate::router::is_valid_replacement_topic as is_publishable_topic;
+
+/// Why a `broker ctl` command failed: its kind, as the ABI status a plugin's `Host::ctl`
+/// gets (so a management plugin never reads the text to choose an HTTP status), and the text
+/// for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandError {
+    pub(crate) status: Status,
+    pub(crate) message: String,
+}
+
+impl CommandError {
+    pub(crate) fn new(status: Status, message: impl Into<String>) -> CommandError {
+        CommandError { status, message: message.into() }
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_UNAVAILABLE, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_NOT_FOUND, message)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> CommandError {
+        CommandError::new(abi::STATUS_INVALID_ARGUMENT, message)
+    }
+}
+
+/// What a plugin's `Host::plugins` and `Host::ctl` reach: the plugin manager, which sits above
+/// this module (it starts the instances these vtables serve) and implements it.
+pub(crate) trait PluginControl: std::fmt::Debug + Send + Sync {
+    /// Every known plugin (`plugins list`).
+    fn list(&self) -> Vec<PluginStatus>;
+    /// Runs a `broker ctl` command (the words after `ctl`).
+    fn command(&self, args: &[String]) -> Result<String, CommandError>;
+}
 
 /// What every plugin's vtable shares: broker facts, counters, the way to publish, and (once
 /// the manager exists) the manager for plugin lists and commands.
@@ -31,7 +70,7 @@ pub(crate) struct HostShared {
     pub(crate) node: Arc<Node>,
     /// The store plugins reach through `store_*`.
     pub(crate) store: store::Store,
-    pub(crate) manager: OnceLock<Weak<Manager>>,
+    pub(crate) manager: OnceLock<Weak<dyn PluginControl>>,
 }
 
 impl HostShared {
@@ -256,7 +295,7 @@ unsafe extern "C" fn metrics(ctx: *const c_void, out: RawWriter) -> Status {
     abi::STATUS_OK
 }
 
-fn manager(context: &PluginContext) -> Result<Arc<Manager>, String> {
+fn manager(context: &PluginContext) -> Result<Arc<dyn PluginControl>, String> {
     context.shared.manager.get().and_then(Weak::upgrade).ok_or_else(|| "the broker is shutting down".to_owned())
 }
 

@@ -1,4 +1,4 @@
-//! One running plugin: its library, its hook handle (`handle`), and the host vtable and
+//! One running plugin: its library, its hook handle (`hooks::handle`), and the host vtable and
 //! context it holds pointers into.
 //!
 //! The vtable and context are never freed: a plugin that leaves a thread running past its
@@ -11,9 +11,9 @@ use std::sync::Arc;
 use plugin_api::abi::{self, HostApi, RawStr, RawWriter};
 use plugin_api::Hook;
 
-use super::handle::{PluginCall, PluginHandle};
 use super::host_api::{self, HostShared, PluginContext};
 use super::library::PluginLibrary;
+use crate::hooks::handle::{PluginCall, PluginHandle};
 
 /// A started plugin.
 #[derive(Debug)]

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use plugin_api::abi::{self, Status};
+use plugin_api::abi;
 
-use super::handle::PluginHandle;
-use super::host_api::HostShared;
+use super::host_api::{CommandError, HostShared, PluginControl};
 use super::instance::Instance;
 use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
+use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
 
@@ -33,33 +33,6 @@ pub(crate) enum PluginError {
     Init { name: String, why: String },
     #[error("cannot update {path}: {source}")]
     Persist { path: PathBuf, source: std::io::Error },
-}
-
-/// Why a `broker ctl` command failed: its kind, as the ABI status a plugin's `Host::ctl`
-/// gets (so a management plugin never reads the text to choose an HTTP status), and the text
-/// for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CommandError {
-    pub(crate) status: Status,
-    pub(crate) message: String,
-}
-
-impl CommandError {
-    fn new(status: Status, message: impl Into<String>) -> CommandError {
-        CommandError { status, message: message.into() }
-    }
-
-    pub(crate) fn unavailable(message: impl Into<String>) -> CommandError {
-        CommandError::new(abi::STATUS_UNAVAILABLE, message)
-    }
-
-    fn not_found(message: impl Into<String>) -> CommandError {
-        CommandError::new(abi::STATUS_NOT_FOUND, message)
-    }
-
-    fn invalid(message: impl Into<String>) -> CommandError {
-        CommandError::new(abi::STATUS_INVALID_ARGUMENT, message)
-    }
 }
 
 impl From<PluginError> for CommandError {
@@ -457,4 +430,15 @@ fn format_status(label: &str, s: &PluginStatus, verbose: bool) -> String {
     }
     line.push(')');
     line
+}
+
+/// The manager as the plugins' vtables reach it (`Host::plugins`, `Host::ctl`).
+impl PluginControl for Manager {
+    fn list(&self) -> Vec<PluginStatus> {
+        Manager::list(self)
+    }
+
+    fn command(&self, args: &[String]) -> Result<String, CommandError> {
+        Manager::command(self, args)
+    }
 }

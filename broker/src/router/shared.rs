@@ -6,9 +6,26 @@
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 use super::Subscriber;
 
-pub(crate) use crate::config::SharedStrategy as Strategy;
+/// How a share group picks the member that gets a message (EMQX's
+/// `broker.shared_subscription_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Any member, at random (EMQX's default).
+    #[default]
+    Random,
+    /// Each member in turn.
+    RoundRobin,
+    /// The same member for as long as it stays subscribed and connected.
+    Sticky,
+    /// A member chosen by the publisher's client id: one publisher's messages stay in order
+    /// at one member.
+    Hash,
+}
 
 /// What a pick may depend on.
 #[derive(Debug)]

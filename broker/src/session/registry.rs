@@ -7,6 +7,9 @@
 //! session is never served by two connections. Connections of one client id open one at a
 //! time; a kick names the connection it ends, and a connection that finds the session served
 //! by another (taken from it while it was stuck) ends too.
+//!
+//! The node owns the registry; the registry reaches the node only through [`Owner`] (its
+//! counters, ending a session, publishing a will), which the node implements.
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +20,26 @@ use crate::client::ClientInfo;
 use crate::lock;
 use crate::message::Message;
 use crate::metrics::Metric;
-use crate::node::Node;
-use crate::session::{Attachment, PendingWill, Session};
+use crate::session::{Attachment, PendingWill, Session, State};
+use crate::stats::Stats;
 
 /// How long a newcomer waits for the connection it takes over to let go of the session.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// What the registry needs of the node that owns it: its counters, ending a session (which
+/// takes its subscriptions out of the router) and publishing a will. The node implements
+/// it, so the registry never names the node.
+pub(crate) trait Owner: Send + Sync + 'static {
+    /// The node's counters.
+    fn stats(&self) -> &Stats;
+    /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
+    /// waiting is published now.
+    fn end_session(&self, session: &Arc<Session>);
+    /// Ends `session` if `still` holds for its state (checked under its lock).
+    fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&State) -> bool);
+    /// Publishes `message` (a will) from `client`.
+    fn publish(&self, message: Message, client: &ClientInfo);
+}
 
 /// A will as the connection hands it over when it ends.
 #[derive(Debug)]
@@ -112,7 +130,7 @@ impl Sessions {
         }
     }
 
-    fn create(&self, node: &Node, client: &Arc<ClientInfo>, connection: u64, expiry: u32) -> Arc<Session> {
+    fn create(&self, node: &impl Owner, client: &Arc<ClientInfo>, connection: u64, expiry: u32) -> Arc<Session> {
         let session =
             Arc::new(Session::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1, client.client_id.clone()));
         {
@@ -120,7 +138,7 @@ impl Sessions {
             state.expiry_interval = expiry;
             session.attach(&mut state, Attachment { connection, client: client.clone() });
         }
-        node.stats.session_created();
+        node.stats().session_created();
         session
     }
 
@@ -130,7 +148,7 @@ impl Sessions {
     /// time, in the order they got here.
     pub(crate) async fn open(
         &self,
-        node: &Node,
+        node: &impl Owner,
         client: &Arc<ClientInfo>,
         connection: u64,
         clean_start: bool,
@@ -165,7 +183,7 @@ impl Sessions {
                         let session = self.create(node, client, connection, expiry);
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
                         node.end_session(&old);
-                        node.stats.metrics.inc(Metric::SessionDiscarded);
+                        node.stats().metrics.inc(Metric::SessionDiscarded);
                         return Opened { session, present: false };
                     }
                     None => {
@@ -175,7 +193,7 @@ impl Sessions {
                     }
                     Some(serving) => {
                         old.kick_takeover(serving, discard);
-                        node.stats.metrics.inc(if discard {
+                        node.stats().metrics.inc(if discard {
                             Metric::SessionDiscarded
                         } else {
                             Metric::SessionTakeovered
@@ -203,7 +221,7 @@ impl Sessions {
     /// then decides what becomes of the session.
     pub(crate) fn close(
         &self,
-        node: &Arc<Node>,
+        node: &Arc<impl Owner>,
         session: &Arc<Session>,
         connection: u64,
         client: &Arc<ClientInfo>,
@@ -255,7 +273,7 @@ impl Sessions {
 }
 
 /// Waits out an offline session's delayed will and expiry, unless a connection resumes it.
-async fn expire(node: Arc<Node>, session: Arc<Session>, generation: u64) {
+async fn expire(node: Arc<impl Owner>, session: Arc<Session>, generation: u64) {
     loop {
         let next = {
             let state = session.lock();
