@@ -17,6 +17,7 @@
 //! packet completes.
 
 mod acl_cache;
+mod durable;
 mod handshake;
 mod inbound;
 mod outbound;
@@ -208,6 +209,8 @@ struct Connection<T> {
     congestion: Option<Box<overload::Congestion>>,
     /// The last wake pulled new messages instead of writing first (see `poll_wake`).
     write_deferred: bool,
+    /// Acknowledgements waiting for the store (`durable`); boxed, made on demand.
+    held: Option<Box<durable::Held>>,
 }
 
 impl<T: Transport> Connection<T> {
@@ -318,6 +321,11 @@ impl<T: Transport> Connection<T> {
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         if let Some(ended) = self.kicked() {
             return Poll::Ready(Wake::Ended(ended));
+        }
+        match self.poll_held(cx) {
+            Poll::Ready(Err(ended)) => return Poll::Ready(Wake::Ended(ended)),
+            Poll::Ready(Ok(())) => return Poll::Ready(Wake::Progress),
+            Poll::Pending => {}
         }
         let pending = self.session.poll_pending(cx.waker());
         // Writes are batched: when more was queued meanwhile, it is pulled first and written

@@ -65,6 +65,8 @@ pub(crate) struct Delivery {
     pub(crate) retain: bool,
     /// MQTT 5 Subscription Identifiers of the subscriptions it matched.
     pub(crate) subscription_ids: Box<[u32]>,
+    /// Its place in a persistent session's store (see `persist`); 0 when it is not kept there.
+    pub(crate) seq: u64,
 }
 
 #[cfg(test)]
@@ -81,7 +83,7 @@ impl Delivery {
             publisher: 0,
             timestamp_ms: 0,
         };
-        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Box::new([]) }
+        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Box::new([]), seq: 0 }
     }
 }
 

@@ -18,8 +18,10 @@ use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
 use crate::session::registry::{Owner, Sessions};
-use crate::session::{Enqueued, Overflow, QueueLimits, Session, Subscription};
+use crate::persist::{self, Keys, SessionRecord};
+use crate::session::{Durable, Enqueued, Overflow, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
+use store::{Batch, Store};
 
 /// How the cache behaves (from `[mqtt]`): EMQX's per-connection ACL cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,9 @@ pub(crate) enum Published {
     Routed(usize),
 }
 
+/// How often the node writes that it runs (see [`Node::keep_alive_mark`]).
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
+
 thread_local! {
     /// Reused between routings on one thread (taken out while in use: routing can nest when a
     /// hook publishes).
@@ -154,6 +159,8 @@ pub(crate) struct Node {
     pub(crate) stats: Arc<Stats>,
     pub(crate) router: Router,
     pub(crate) sessions: Sessions,
+    /// Where persistent sessions are kept (`[persistence] enabled`); `None`: in memory only.
+    pub(crate) persistence: Option<Store>,
     /// The broker as a publisher (for plugins' messages).
     broker: ClientInfo,
     next_connection: std::sync::atomic::AtomicU64,
@@ -168,6 +175,7 @@ impl Node {
             stats,
             router,
             sessions: Sessions::default(),
+            persistence: None,
             broker: ClientInfo::broker(),
             next_connection: Default::default(),
         }
@@ -178,6 +186,144 @@ impl Node {
     pub(crate) fn with_auth(mut self, auth: crate::auth::Auth) -> Node {
         self.auth = auth;
         self
+    }
+
+    /// The node keeping persistent sessions in `store`.
+    pub(crate) fn with_persistence(mut self, store: Store) -> Node {
+        self.persistence = Some(store);
+        self
+    }
+
+    /// Commits `batch` without waiting for it (what nobody acknowledges: a plugin's message, a
+    /// delivered message's removal). A failure is logged by the store and counted there.
+    pub(crate) fn commit_in_background(&self, batch: Batch) {
+        if let (Some(store), false) = (&self.persistence, batch.is_empty()) {
+            drop(store.commit_async(batch));
+        }
+    }
+
+    /// The session's record as it is now (expiry, subscriptions; online).
+    fn session_record(state: &crate::session::State) -> SessionRecord {
+        let mut record = SessionRecord::new(state.expiry_interval);
+        record.set_subscriptions(state.subscriptions.iter().map(|(f, s)| (&**f, s.options, s.id)));
+        record.offline_since_ms = state.attachment.is_none().then(crate::now_ms);
+        record
+    }
+
+    /// After a connection opened `session`: a persistent one (Session Expiry above 0) is kept
+    /// in the store from now on, with its record written; one that stopped being persistent
+    /// is taken out of it.
+    pub(crate) fn persist_opened(&self, session: &Session) {
+        let Some(store) = &self.persistence else { return };
+        let mut batch = Batch::new();
+        {
+            let mut state = session.lock();
+            if state.ended {
+                return;
+            }
+            if state.expiry_interval == 0 {
+                if let Some(durable) = state.durable.take() {
+                    let _ = durable.keys.delete_all(store, &mut batch);
+                }
+            } else {
+                let keys = state
+                    .durable
+                    .get_or_insert_with(|| Box::new(Durable { keys: Keys::new(&session.client_id), next_seq: 0 }))
+                    .keys
+                    .clone();
+                let _ = persist::put_session(&mut batch, &keys, &Node::session_record(&state));
+            }
+        }
+        self.commit_in_background(batch);
+    }
+
+    /// The batch that writes `session`'s record as it is now (after a SUBSCRIBE or
+    /// UNSUBSCRIBE), if it is persistent: the acknowledgement waits for it.
+    pub(crate) fn session_record_batch(&self, session: &Session) -> Option<Batch> {
+        self.persistence.as_ref()?;
+        let state = session.lock();
+        let durable = state.durable.as_deref()?;
+        let mut batch = Batch::new();
+        persist::put_session(&mut batch, &durable.keys, &Node::session_record(&state)).ok()?;
+        Some(batch)
+    }
+
+    /// Reads the persistent sessions back from the store at start: each comes back offline,
+    /// with its subscriptions in the router, its messages queued (a QoS 2 message whose PUBREC
+    /// came back in flight, for PUBREL) and its QoS 2 packet ids awaiting release, and ends
+    /// when its expiry, counted from when it went offline, runs out. Returns how many.
+    pub(crate) fn restore_sessions(node: &Arc<Node>) -> Result<usize, persist::RecordError> {
+        let Some(store) = &node.persistence else { return Ok(0) };
+        let (restored, alive_at, orphans) = persist::restore(store)?;
+        let now_ms = crate::now_ms();
+        let mut batch = Batch::new();
+        for key in orphans {
+            batch.delete(persist::BUCKET, &key)?;
+        }
+        let mut count = 0;
+        for restored in restored {
+            let keys = Keys::new(&restored.client_id);
+            if restored.expires_at_ms(alive_at).is_some_and(|at| at <= now_ms) {
+                keys.delete_all(store, &mut batch)?;
+                continue;
+            }
+            if restored.record.offline_since_ms.is_none() {
+                // Online when the broker stopped: offline since it was last known to run.
+                let mut record = restored.record.clone();
+                record.offline_since_ms = Some(alive_at.min(now_ms));
+                persist::put_session(&mut batch, &keys, &record)?;
+            }
+            let session = Arc::new(node.sessions.new_session(restored.client_id.as_str().into()));
+            let subscriptions: Vec<(String, Subscription)> = restored
+                .record
+                .subscriptions()
+                .map(|(filter, options, id)| (filter.to_owned(), Subscription { options, id }))
+                .collect();
+            {
+                let mut state = session.lock();
+                state.expiry_interval = restored.record.expiry_interval;
+                state.expires_at = restored.expires_at(alive_at, now_ms);
+                let next_seq = restored.entries.last().map_or(0, |(seq, _)| *seq);
+                state.durable = Some(Box::new(Durable { keys, next_seq }));
+                for (filter, subscription) in &subscriptions {
+                    state.subscriptions.insert(filter.as_str().into(), *subscription);
+                }
+                state.awaiting_rel = restored.awaiting_rel;
+                for (seq, entry) in restored.entries {
+                    let delivery = entry.into_delivery(seq, now_ms);
+                    if delivery.qos == 2 && restored.released.contains(&seq) {
+                        state.inflight.push_released(persist::packet_id_of(seq), delivery);
+                    } else {
+                        state.queue.push(delivery);
+                    }
+                }
+            }
+            for (filter, subscription) in &subscriptions {
+                if let Ok(parsed) = Filter::parse(filter) {
+                    let subscriber =
+                        Subscriber { session: session.clone(), options: subscription.options, id: subscription.id };
+                    node.router.subscribe(&parsed, subscriber);
+                }
+            }
+            node.stats.session_created();
+            node.sessions.restore(node, session);
+            count += 1;
+        }
+        store.commit(batch)?;
+        Ok(count)
+    }
+
+    /// Writes, every few seconds, that the node runs: a session online when the broker dies
+    /// counts its expiry from then.
+    pub(crate) async fn keep_alive_mark(node: Arc<Node>) {
+        let mut every = tokio::time::interval(ALIVE_EVERY);
+        loop {
+            every.tick().await;
+            let mut batch = Batch::new();
+            if persist::put_alive(&mut batch, crate::now_ms()).is_ok() {
+                node.commit_in_background(batch);
+            }
+        }
     }
 
     /// A connection id never used before.
@@ -238,18 +384,22 @@ impl Node {
     /// (EMQX's `emqx_mod_rewrite`), then it is routed. The broker never retains it (that is
     /// `emqx_retainer`'s job, through the hook).
     pub(crate) fn publish(&self, message: Message, client: &ClientInfo) -> Published {
-        self.publish_from(message, client, None)
+        self.publish_from(message, client, None, None)
     }
 
     /// [`Node::publish`] from a client connection that overload protection may slow down:
     /// the sessions whose queues the message filled are added to `full` (see
     /// [`Session::enqueue`]); the connection waits for them before it handles its next
     /// PUBLISH. With `None`, the publisher cannot wait.
+    ///
+    /// The message's copies for persistent sessions are written to `durable`, for the caller to
+    /// commit before it acknowledges; without one, they are committed in the background.
     pub(crate) fn publish_from(
         &self,
         mut message: Message,
         client: &ClientInfo,
         full: Option<&mut Vec<Arc<Session>>>,
+        durable: Option<&mut Batch>,
     ) -> Published {
         self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants(Hook::MessagePublish) {
@@ -264,7 +414,16 @@ impl Node {
             }
         }
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
-        Published::Routed(self.route(Arc::new(message), publisher, full))
+        let message = Arc::new(message);
+        match durable {
+            Some(batch) => Published::Routed(self.route(message, publisher, full, batch)),
+            None => {
+                let mut batch = Batch::new();
+                let routed = self.route(message, publisher, full, &mut batch);
+                self.commit_in_background(batch);
+                Published::Routed(routed)
+            }
+        }
     }
 
     /// Publishes as the broker itself (plugins' messages, `$SYS`).
@@ -279,6 +438,7 @@ impl Node {
         message: Arc<Message>,
         publisher: Publisher<'_>,
         mut full: Option<&mut Vec<Arc<Session>>>,
+        durable: &mut Batch,
     ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
         self.router.route(&message.topic, publisher, &mut targets);
@@ -296,8 +456,9 @@ impl Node {
                 // for a Retain As Published subscription.
                 retain: message.retain && target.retain_as_published,
                 subscription_ids: target.ids.into_boxed_slice(),
+                seq: 0,
             };
-            match target.session.enqueue(delivery, self.zone.queue, full.is_some()) {
+            match target.session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
                 Enqueued::Queued => {}
                 Enqueued::Full => {
                     if let Some(full) = full.as_deref_mut() {
@@ -320,7 +481,7 @@ impl Node {
     pub(crate) fn deliver(&self, client_id: &str, delivery: Delivery) -> bool {
         match self.sessions.get(client_id).filter(|s| s.is_connected()) {
             Some(session) => {
-                if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false) {
+                if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
                     self.dropped(client_id, &lost.message, DropReason::QueueFull);
                 }
                 true
@@ -345,8 +506,9 @@ impl Node {
             qos,
             retain: true,
             subscription_ids: subscription.id.into_iter().collect(),
+            seq: 0,
         };
-        if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false) {
+        if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
             self.dropped(client_id, &lost.message, DropReason::QueueFull);
         }
         true
@@ -431,6 +593,11 @@ impl Node {
                 return;
             }
             state.ended = true;
+            if let (Some(store), Some(durable)) = (&self.persistence, state.durable.take()) {
+                let mut batch = Batch::new();
+                let _ = durable.keys.delete_all(store, &mut batch);
+                self.commit_in_background(batch);
+            }
             state.release_waiting(self.zone.queue);
             state.queue.take();
             state.inflight.take();
@@ -466,5 +633,13 @@ impl Owner for Node {
 
     fn publish(&self, message: Message, client: &ClientInfo) {
         Node::publish(self, message, client);
+    }
+
+    fn went_offline(&self, session: &Arc<Session>) {
+        if self.persistence.is_some() {
+            if let Some(batch) = self.session_record_batch(session) {
+                self.commit_in_background(batch);
+            }
+        }
     }
 }

@@ -6,8 +6,14 @@
 //! - `s` + client id: its [`SessionRecord`] (expiry, subscriptions, when it went offline);
 //! - `q` + client id + sequence number: each QoS 1/2 message queued for it or in flight
 //!   ([`EntryRecord`], with its packet id and phase once sent), in the order it was queued;
+//! - `l` + client id + sequence number: a QoS 2 message whose PUBREC came (so PUBREL, not the
+//!   message, is what is resent);
 //! - `r` + client id + packet id: each QoS 2 packet id it published and has not released, so
 //!   that a PUBLISH resent after a restart is not routed twice.
+//!
+//! A message of a persistent session goes out with a packet id made from its sequence number
+//! ([`packet_id_of`]), so a QoS 2 message resent after a restart has the id the client saw
+//! before, and the client's own de-duplication holds: no write is needed before a send.
 //!
 //! A client id is written with its length first, so one client's keys never prefix another's.
 //! `n` + `alive_at` is the time the node last said it was running: sessions that were online
@@ -15,14 +21,16 @@
 //!
 //! Values are postcard-encoded, each starting with a format version.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use store::{Batch, Store, StoreError};
 
+use crate::message::{Delivery, Message};
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::mqtt::Version;
-use crate::session::Subscription;
 
 /// The bucket of persistent sessions.
 pub(crate) const BUCKET: &str = "core/sessions";
@@ -47,17 +55,20 @@ impl SessionRecord {
         SessionRecord { version: RECORD_VERSION, expiry_interval, offline_since_ms: None, subscriptions: Vec::new() }
     }
 
-    /// The subscriptions as the session keeps them; an unreadable one is skipped.
-    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&str, Subscription)> {
+    /// The subscriptions: filter, options, identifier; an unreadable one is skipped.
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&str, SubscriptionOptions, Option<u32>)> {
         self.subscriptions.iter().filter_map(|(filter, options, id)| {
             let options = SubscriptionOptions::decode(*options, Version::V5).ok()?;
-            Some((filter.as_str(), Subscription { options, id: *id }))
+            Some((filter.as_str(), options, *id))
         })
     }
 
-    /// Sets the subscriptions from the session's.
-    pub(crate) fn set_subscriptions<'a>(&mut self, subscriptions: impl Iterator<Item = (&'a str, &'a Subscription)>) {
-        self.subscriptions = subscriptions.map(|(f, s)| (f.to_owned(), s.options.to_byte(), s.id)).collect();
+    /// Sets the subscriptions (filter, options, identifier).
+    pub(crate) fn set_subscriptions<'a>(
+        &mut self,
+        subscriptions: impl Iterator<Item = (&'a str, SubscriptionOptions, Option<u32>)>,
+    ) {
+        self.subscriptions = subscriptions.map(|(f, options, id)| (f.to_owned(), options.to_byte(), id)).collect();
         self.subscriptions.sort();
     }
 }
@@ -78,10 +89,57 @@ pub(crate) struct EntryRecord {
     pub(crate) expires_at_ms: Option<u64>,
     pub(crate) timestamp_ms: u64,
     pub(crate) subscription_ids: Vec<u32>,
-    /// The packet id it was sent with; 0 while it waits to be sent.
-    pub(crate) packet_id: u16,
-    /// QoS 2 only: its PUBREC came, so PUBREL (not the message) is what is resent.
-    pub(crate) released: bool,
+}
+
+impl EntryRecord {
+    /// What is kept of `delivery`.
+    pub(crate) fn of(delivery: &Delivery) -> EntryRecord {
+        let message = &delivery.message;
+        let expires_at_ms = message.expires_at.map(|at| {
+            let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+            crate::now_ms().saturating_add(left)
+        });
+        EntryRecord {
+            version: RECORD_VERSION,
+            topic: message.topic.to_string(),
+            payload: message.payload.to_vec(),
+            qos: delivery.qos,
+            retain: delivery.retain,
+            forwarded: message.forwarded.to_vec(),
+            expires_at_ms,
+            timestamp_ms: message.timestamp_ms,
+            subscription_ids: delivery.subscription_ids.to_vec(),
+        }
+    }
+
+    /// The delivery back, at `seq`.
+    pub(crate) fn into_delivery(self, seq: u64, now_ms: u64) -> Delivery {
+        let expires_at =
+            self.expires_at_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)));
+        let message = Message {
+            topic: self.topic.into_boxed_str(),
+            payload: Bytes::from(self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            forwarded: Bytes::from(self.forwarded),
+            expires_at,
+            publisher: 0,
+            timestamp_ms: self.timestamp_ms,
+        };
+        Delivery {
+            message: Arc::new(message),
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.into_boxed_slice(),
+            seq,
+        }
+    }
+}
+
+/// The packet id a persistent session's message `seq` goes out with: the same before and after
+/// a restart.
+pub(crate) fn packet_id_of(seq: u64) -> u16 {
+    (seq % u64::from(u16::MAX)) as u16 + 1
 }
 
 /// Why a stored value could not be read.
@@ -137,6 +195,10 @@ impl Keys {
         self.with(b'q', &seq.to_be_bytes())
     }
 
+    pub(crate) fn released(&self, seq: u64) -> Vec<u8> {
+        self.with(b'l', &seq.to_be_bytes())
+    }
+
     pub(crate) fn awaiting_rel(&self, packet_id: u16) -> Vec<u8> {
         self.with(b'r', &packet_id.to_be_bytes())
     }
@@ -144,7 +206,7 @@ impl Keys {
     /// Adds to `batch` the deletes of every key of this client id.
     pub(crate) fn delete_all(&self, store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
         batch.delete(BUCKET, &self.session())?;
-        for kind in [b'q', b'r'] {
+        for kind in [b'q', b'l', b'r'] {
             for (key, _) in store.scan_prefix(BUCKET, &self.with(kind, &[]))? {
                 batch.delete(BUCKET, &key)?;
             }
@@ -177,6 +239,8 @@ pub(crate) struct Restored {
     pub(crate) record: SessionRecord,
     /// By sequence number, in order.
     pub(crate) entries: Vec<(u64, EntryRecord)>,
+    /// Sequence numbers of the QoS 2 messages whose PUBREC came.
+    pub(crate) released: Vec<u64>,
     pub(crate) awaiting_rel: Vec<u16>,
 }
 
@@ -211,9 +275,15 @@ pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>
         };
         let record: SessionRecord = decode(&value, "session record", client_id)?;
         by_id.insert(client_id.to_owned(), sessions.len());
-        sessions.push(Restored { client_id: client_id.to_owned(), record, entries: Vec::new(), awaiting_rel: Vec::new() });
+        sessions.push(Restored {
+            client_id: client_id.to_owned(),
+            record,
+            entries: Vec::new(),
+            released: Vec::new(),
+            awaiting_rel: Vec::new(),
+        });
     }
-    for kind in [b'q', b'r'] {
+    for kind in [b'q', b'l', b'r'] {
         for (key, value) in store.scan_prefix(BUCKET, &[kind])? {
             let Some((index, client_id, tail)) =
                 split_key(&key).and_then(|(_, id, tail)| Some((*by_id.get(id)?, id, tail)))
@@ -224,6 +294,7 @@ pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>
             let session = &mut sessions[index];
             match (kind, tail.try_into().map(u64::from_be_bytes), tail.try_into().map(u16::from_be_bytes)) {
                 (b'q', Ok(seq), _) => session.entries.push((seq, decode(&value, "queued message", client_id)?)),
+                (b'l', Ok(seq), _) => session.released.push(seq),
                 (b'r', _, Ok(id)) => session.awaiting_rel.push(id),
                 _ => orphans.push(key),
             }
@@ -247,19 +318,9 @@ mod tests {
     use super::*;
 
     fn entry(topic: &str) -> EntryRecord {
-        EntryRecord {
-            version: RECORD_VERSION,
-            topic: topic.to_owned(),
-            payload: b"p".to_vec(),
-            qos: 1,
-            retain: false,
-            forwarded: Vec::new(),
-            expires_at_ms: None,
-            timestamp_ms: 1,
-            subscription_ids: vec![3],
-            packet_id: 0,
-            released: false,
-        }
+        let mut delivery = Delivery::for_test(1, b"p");
+        delivery.subscription_ids = Box::new([3]);
+        EntryRecord { topic: topic.to_owned(), ..EntryRecord::of(&delivery) }
     }
 
     #[test]
@@ -270,8 +331,8 @@ mod tests {
         for id in ["a", "ab"] {
             let keys = Keys::new(id);
             let mut record = SessionRecord::new(60);
-            let sub = Subscription { options: SubscriptionOptions { qos: 1, ..Default::default() }, id: Some(7) };
-            record.set_subscriptions([("t/#", &sub)].into_iter());
+            let options = SubscriptionOptions { qos: 1, ..Default::default() };
+            record.set_subscriptions([("t/#", options, Some(7))].into_iter());
             put_session(&mut batch, &keys, &record).unwrap();
             for seq in [2u64, 1, 300] {
                 put_entry(&mut batch, &keys, seq, &entry(&format!("{id}/{seq}"))).unwrap();
@@ -291,7 +352,7 @@ mod tests {
         let topics: Vec<_> = a.entries.iter().map(|(_, e)| e.topic.as_str()).collect();
         assert_eq!(topics, ["a/1", "a/2", "a/300"]);
         assert_eq!(a.awaiting_rel, [9]);
-        let subs: Vec<_> = a.record.subscriptions().map(|(f, s)| (f.to_owned(), s.options.qos, s.id)).collect();
+        let subs: Vec<_> = a.record.subscriptions().map(|(f, o, id)| (f.to_owned(), o.qos, id)).collect();
         assert_eq!(subs, [("t/#".to_owned(), 1, Some(7))]);
 
         let mut batch = Batch::new();
@@ -303,8 +364,13 @@ mod tests {
 
     #[test]
     fn expiry_counts_from_going_offline_or_from_the_last_sign_of_life() {
-        let mut restored =
-            Restored { client_id: "c".into(), record: SessionRecord::new(10), entries: vec![], awaiting_rel: vec![] };
+        let mut restored = Restored {
+            client_id: "c".into(),
+            record: SessionRecord::new(10),
+            entries: vec![],
+            released: vec![],
+            awaiting_rel: vec![],
+        };
         assert_eq!(restored.expires_at_ms(5_000), Some(15_000), "online when the broker died");
         restored.record.offline_since_ms = Some(1_000);
         assert_eq!(restored.expires_at_ms(5_000), Some(11_000));

@@ -149,7 +149,11 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let hooks = Arc::new(Hooks::new(failed_tx));
     let router = Router::new(settings.broker.shared_subscription_strategy);
     let auth = crate::auth::Auth::new(settings.allow_anonymous, settings.auth.policy()?);
-    let node = Arc::new(Node::new(zone, hooks.clone(), stats, router).with_auth(auth));
+    let mut node = Node::new(zone, hooks.clone(), stats, router).with_auth(auth);
+    if settings.persistence.enabled {
+        node = node.with_persistence(store.clone());
+    }
+    let node = Arc::new(node);
     let shared = Arc::new(HostShared {
         broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         node_name: settings.node_name.clone(),
@@ -170,6 +174,11 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     manager.boot();
 
     runtime.block_on(async {
+        if node.persistence.is_some() {
+            let restored = Node::restore_sessions(&node).context("cannot read the persistent sessions back")?;
+            tracing::info!("{restored} persistent sessions restored");
+            tokio::spawn(Node::keep_alive_mark(node.clone()));
+        }
         let manager_thread = ctl::ManagerThread::start(manager.clone())?;
         {
             let manager_thread = manager_thread.clone();

@@ -40,6 +40,7 @@ pub(crate) use queue::MessageQueue;
 use crate::client::ClientInfo;
 use crate::message::{Delivery, Message};
 use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::persist::{self, EntryRecord, Keys};
 
 /// One subscription as the session remembers it (the router has the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +110,14 @@ pub(crate) enum Enqueued {
     Dropped(Delivery),
 }
 
+/// What a persistent session keeps to write itself to the store (see `persist`).
+#[derive(Debug)]
+pub(crate) struct Durable {
+    pub(crate) keys: Keys,
+    /// The sequence number of the next QoS 1/2 message queued.
+    pub(crate) next_seq: u64,
+}
+
 /// What the session's mutex guards.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -129,6 +138,9 @@ pub(crate) struct State {
     pub(crate) generation: u64,
     /// The session is over: nothing is queued into it any more.
     pub(crate) ended: bool,
+    /// Set while the session is persistent and persistence is on: its QoS 1/2 messages,
+    /// subscriptions and QoS 2 state are written to the store. Boxed: clean sessions have none.
+    pub(crate) durable: Option<Box<Durable>>,
     /// Publishing connections waiting for the queue to drain (connection id, its task).
     waiting: Vec<(u64, Waker)>,
 }
@@ -158,6 +170,12 @@ impl State {
     pub(crate) fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()
     }
+}
+
+/// Writes `delivery` (just queued at its `seq`) to `batch`. A store that refuses the batch is
+/// seen when it is committed.
+fn persist_enqueued(durable: &Durable, delivery: &Delivery, batch: &mut store::Batch) {
+    let _ = persist::put_entry(batch, &durable.keys, delivery.seq, &EntryRecord::of(delivery));
 }
 
 /// One session.
@@ -237,13 +255,28 @@ impl Session {
     }
 
     /// Queues a delivery and wakes the connection. `can_wait` when the publisher is a client
-    /// connection that overload protection may slow down (see the module's doc).
-    pub(crate) fn enqueue(&self, delivery: Delivery, limits: QueueLimits, can_wait: bool) -> Enqueued {
+    /// connection that overload protection may slow down (see the module's doc). A persistent
+    /// session's QoS 1/2 message gets a sequence number and, with `batch`, is written to the
+    /// store in it (and one it dropped for it is deleted in it).
+    pub(crate) fn enqueue(
+        &self,
+        mut delivery: Delivery,
+        limits: QueueLimits,
+        can_wait: bool,
+        mut batch: Option<&mut store::Batch>,
+    ) -> Enqueued {
         let outcome = {
             let mut state = self.lock();
             let offline = state.attachment.is_none();
             if state.ended || (delivery.qos == 0 && !limits.store_qos0 && offline) {
                 return Enqueued::Dropped(delivery);
+            }
+            if let Some(durable) = state.durable.as_deref_mut().filter(|_| delivery.qos > 0) {
+                durable.next_seq += 1;
+                delivery.seq = durable.next_seq;
+                if let Some(batch) = batch.as_deref_mut() {
+                    persist_enqueued(durable, &delivery, batch);
+                }
             }
             let queue = &mut state.queue;
             let max = limits.max_len;
@@ -265,6 +298,11 @@ impl Session {
             } else {
                 queue.push_keeping(delivery, limits.hard_len())
             };
+            if let (Some(lost), Some(durable), Some(batch)) = (&dropped, &state.durable, batch) {
+                if lost.seq != 0 {
+                    let _ = batch.delete(persist::BUCKET, &durable.keys.entry(lost.seq));
+                }
+            }
             match dropped {
                 Some(lost) => Enqueued::Dropped(lost),
                 None => Enqueued::Queued,

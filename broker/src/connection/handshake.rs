@@ -267,6 +267,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     };
     let id = node.next_connection_id();
     let opened = node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await;
+    node.persist_opened(&opened.session);
     let mut will = will;
     if let Some(will) = &mut will {
         will.message.publisher = opened.session.id;
@@ -311,6 +312,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         delivered: Vec::new(),
         congestion: None,
         write_deferred: false,
+        held: None,
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use store::Batch;
 use plugin_api::abi::{self, RawStr};
 use plugin_api::Hook;
 
@@ -23,6 +24,7 @@ use crate::mqtt::publish::{encode_ack, Ack, Publish};
 use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
+use crate::persist;
 use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
 use crate::session::{Acked, RecOutcome, Subscription};
 
@@ -148,11 +150,32 @@ impl<T: Transport> Connection<T> {
         reason::string_within(code, base_len, self.client_max_packet_size)
     }
 
+    /// Sends an acknowledgement, behind those waiting for the store (`durable`).
     fn ack(&mut self, packet_kind: u8, packet_id: u16, code: u8) {
+        self.ack_after(packet_kind, packet_id, code, None, None);
+    }
+
+    /// Sends an acknowledgement once `batch` is committed (and behind those waiting already).
+    fn ack_after(&mut self, packet_kind: u8, packet_id: u16, code: u8, batch: Option<Batch>, refusal: Option<(u8, u16)>) {
+        let start = self.out.len();
         // Fixed header, packet id, reason code, property length.
         let reason_string = self.reason_string(code, 6);
         encode_ack(&mut self.out, self.version, packet_kind, packet_id, code, reason_string);
         self.node.stats.metrics.packet_sent(packet_kind, code);
+        self.hold_from(start, batch, refusal);
+    }
+
+    /// The batch a PUBLISH starts with: for a persistent session's QoS 2 message, its packet
+    /// id awaiting release, written with the message's copies so that a PUBLISH resent after a
+    /// restart is recognised.
+    pub(super) fn publish_batch(&self, ack: &PublishAck) -> Batch {
+        let mut batch = Batch::new();
+        if ack.qos == 2 && self.node.persistence.is_some() {
+            if let Some(durable) = self.session.lock().durable.as_deref() {
+                let _ = batch.put(persist::BUCKET, &durable.keys.awaiting_rel(ack.packet_id), b"");
+            }
+        }
+        batch
     }
 
     /// The topic a PUBLISH goes to, with MQTT 5 topic aliases applied (§3.3.2.3.4).
@@ -186,8 +209,9 @@ impl<T: Transport> Connection<T> {
         match acl {
             Acl::Denied => self.publish_denied(accepted),
             Acl::Allowed if self.node.hooks.route(Hook::MessagePublish) != Route::Blocking => {
-                let outcome = self.publish_message(accepted.message);
-                self.publish_acked(accepted.ack, outcome);
+                let mut batch = self.publish_batch(&accepted.ack);
+                let outcome = self.publish_message(accepted.message, &mut batch);
+                self.publish_acked(accepted.ack, outcome, batch);
             }
             _ => return Ok(Next::Wait(Box::new(Suspended::Publish { accepted, ask_acl: acl == Acl::Ask }))),
         }
@@ -267,25 +291,43 @@ impl<T: Transport> Connection<T> {
     /// Publishes a client's message with overload protection: the message is queued even
     /// into a full session queue (so it can be acknowledged), and the queues it filled make
     /// the connection's next PUBLISH wait until they drain.
-    pub(super) fn publish_message(&mut self, message: Message) -> Published {
+    pub(super) fn publish_message(&mut self, message: Message, durable: &mut Batch) -> Published {
         let mut full = Vec::new();
         let node = self.node.clone();
-        let outcome = node.publish_from(message, &self.client, self.can_wait().then_some(&mut full));
+        let outcome = node.publish_from(message, &self.client, self.can_wait().then_some(&mut full), Some(durable));
         if !full.is_empty() {
             self.wait_for(full);
         }
         outcome
     }
 
-    /// Acknowledges a PUBLISH that was published.
-    pub(super) fn publish_acked(&mut self, ack: PublishAck, outcome: Published) {
+    /// Acknowledges a PUBLISH that was published, once `durable` (its copies for persistent
+    /// sessions) is committed.
+    pub(super) fn publish_acked(&mut self, ack: PublishAck, outcome: Published, durable: Batch) {
         if ack.kind != 0 {
             let code = match outcome {
                 Published::Routed(0) => reason::NO_MATCHING_SUBSCRIBERS,
                 _ => reason::SUCCESS,
             };
-            self.ack(ack.kind, ack.packet_id, code);
+            self.ack_after(ack.kind, ack.packet_id, code, Some(durable), Some((ack.kind, ack.packet_id)));
+        } else {
+            self.node.commit_in_background(durable);
         }
+    }
+
+    /// Takes a settled message of a persistent session out of the store (in the background:
+    /// should the delete be lost, the message is sent again, which QoS 1 allows and QoS 2's
+    /// packet id de-duplicates).
+    fn forget_delivered(&self, seq: u64) {
+        if seq == 0 || self.node.persistence.is_none() {
+            return;
+        }
+        let mut batch = Batch::new();
+        if let Some(durable) = self.session.lock().durable.as_deref() {
+            let _ = batch.delete(persist::BUCKET, &durable.keys.entry(seq));
+            let _ = batch.delete(persist::BUCKET, &durable.keys.released(seq));
+        }
+        self.node.commit_in_background(batch);
     }
 
     /// What `client.check_acl` (or the connection's ACL cache) says about `action` on `topic`.
@@ -339,7 +381,10 @@ impl<T: Transport> Connection<T> {
     /// flight waiting for another acknowledgement is a protocol error (as in mosquitto).
     fn on_settled(&mut self, acked: Acked, packet_id: u16, missed: Metric, wrong: &'static str) -> Result<(), Ended> {
         match acked {
-            Acked::Settled(delivery) => self.fire_acked(&delivery.message, packet_id),
+            Acked::Settled(delivery) => {
+                self.forget_delivered(delivery.seq);
+                self.fire_acked(&delivery.message, packet_id)
+            }
             Acked::Unknown => self.node.stats.metrics.inc(missed),
             Acked::WrongType => return Err(Ended::protocol(reason::PROTOCOL_ERROR, wrong)),
         }
@@ -352,9 +397,29 @@ impl<T: Transport> Connection<T> {
     }
 
     fn on_pubrec(&mut self, ack: Ack<'_>) -> Result<(), Ended> {
-        let outcome = self.session.lock().inflight.pubrec(ack.packet_id, ack.reason);
+        let (outcome, released) = {
+            let mut state = self.session.lock();
+            let seq = state.inflight.seq_of(ack.packet_id);
+            let outcome = state.inflight.pubrec(ack.packet_id, ack.reason);
+            // A persistent session's message whose PUBREC came: PUBREL, not the message, is
+            // what is resent from now on, even after a restart; the PUBREL waits for that.
+            let released = match (&outcome, seq, state.durable.as_deref()) {
+                (RecOutcome::Release, Some(seq), Some(durable)) if seq != 0 => {
+                    let mut batch = Batch::new();
+                    let _ = batch.put(persist::BUCKET, &durable.keys.released(seq), b"");
+                    Some(batch)
+                }
+                (RecOutcome::Refused, Some(seq), _) => {
+                    drop(state);
+                    self.forget_delivered(seq);
+                    None
+                }
+                _ => None,
+            };
+            (outcome, released)
+        };
         match outcome {
-            RecOutcome::Release => self.ack(kind::PUBREL, ack.packet_id, reason::SUCCESS),
+            RecOutcome::Release => self.ack_after(kind::PUBREL, ack.packet_id, reason::SUCCESS, released, None),
             RecOutcome::Unknown => {
                 self.node.stats.metrics.inc(Metric::PacketsPubrecMissed);
                 self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)
@@ -374,17 +439,23 @@ impl<T: Transport> Connection<T> {
     }
 
     fn on_pubrel(&mut self, ack: Ack<'_>) {
+        let mut batch = Batch::new();
         let known = {
             let mut state = self.session.lock();
             let before = state.awaiting_rel.len();
             state.awaiting_rel.retain(|&id| id != ack.packet_id);
+            if let Some(durable) = state.durable.as_deref().filter(|_| self.node.persistence.is_some()) {
+                // The PUBCOMP frees the packet id for the client: it waits until a restart
+                // cannot bring the id back.
+                let _ = batch.delete(persist::BUCKET, &durable.keys.awaiting_rel(ack.packet_id));
+            }
             state.awaiting_rel.len() != before
         };
         if !known {
             self.node.stats.metrics.inc(Metric::PacketsPubrelMissed);
         }
         let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
-        self.ack(kind::PUBCOMP, ack.packet_id, code);
+        self.ack_after(kind::PUBCOMP, ack.packet_id, code, Some(batch), None);
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe<'_>) -> Result<Next, Ended> {
@@ -477,7 +548,11 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         let base_len = 5 + 1 + codes.len();
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
+        let start = self.out.len();
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, packet_id, codes, reason_string);
+        // A persistent session's subscriptions are on disk before the SUBACK says they exist.
+        let record = if granted.is_empty() { None } else { node.session_record_batch(&self.session) };
+        self.hold_from(start, record, None);
         let metrics = &node.stats.metrics;
         metrics.packet_sent(kind::SUBACK, 0);
         if codes.iter().any(|&c| c >= 0x80) {
@@ -523,8 +598,11 @@ impl<T: Transport> Connection<T> {
             };
             codes.push(code);
         }
+        let start = self.out.len();
         encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
         node.stats.metrics.packet_sent(kind::UNSUBACK, 0);
+        let record = if removed.is_empty() { None } else { node.session_record_batch(&self.session) };
+        self.hold_from(start, record, None);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
                 let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);

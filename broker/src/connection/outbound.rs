@@ -19,6 +19,7 @@ use crate::mqtt::frame::kind;
 use crate::mqtt::publish::{encode_ack, OutgoingPublish};
 use crate::mqtt::Version;
 use crate::node::{DropReason, Node};
+use crate::persist;
 use crate::session::Phase;
 
 /// Topics longer than this get no alias: holding them would cost more than the alias saves.
@@ -163,6 +164,12 @@ impl<T: Transport> Connection<T> {
                 if front.qos > 0 && state.inflight.len() >= window {
                     break;
                 }
+                // A persistent session's message goes out with the packet id of its sequence
+                // number (the same after a restart): it waits while an older message holds it.
+                let durable_id = (front.qos > 0 && front.seq != 0).then(|| persist::packet_id_of(front.seq));
+                if durable_id.is_some_and(|id| state.inflight.is_in_use(id)) {
+                    break;
+                }
                 let Some(delivery) = state.queue.pop_front() else {
                     break;
                 };
@@ -171,7 +178,11 @@ impl<T: Transport> Connection<T> {
                     dropped.push((delivery.message, DropReason::Expired));
                     continue;
                 };
-                let packet_id = if delivery.qos > 0 { state.inflight.next_packet_id() } else { 0 };
+                let packet_id = match (delivery.qos, durable_id) {
+                    (0, _) => 0,
+                    (_, Some(id)) => id,
+                    (_, None) => state.inflight.next_packet_id(),
+                };
                 let encoded = encode_delivery(
                     &mut self.out,
                     self.aliases_out.as_deref_mut(),

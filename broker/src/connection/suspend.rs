@@ -52,25 +52,27 @@ impl<T: Transport> Connection<T> {
                     return Ok(());
                 }
                 let ack = accepted.ack;
+                let mut batch = self.publish_batch(&ack);
                 let outcome = if self.node.hooks.route(Hook::MessagePublish) == Route::Blocking {
                     let (node, client, message) = (self.node.clone(), self.client.clone(), accepted.message);
                     let can_wait = self.can_wait();
                     let publish = move || {
                         let mut full = Vec::new();
-                        let outcome = node.publish_from(message, &client, can_wait.then_some(&mut full));
-                        (outcome, full)
+                        let outcome = node.publish_from(message, &client, can_wait.then_some(&mut full), Some(&mut batch));
+                        (outcome, full, batch)
                     };
                     // `None` only when the runtime shuts down: the message is not acknowledged.
-                    let (outcome, full) =
+                    let (outcome, full, routed) =
                         self.node.hooks.run_blocking(Hook::MessagePublish, publish).await.ok_or(Ended::Shutdown)?;
+                    batch = routed;
                     if !full.is_empty() {
                         self.wait_for(full);
                     }
                     outcome
                 } else {
-                    self.publish_message(accepted.message)
+                    self.publish_message(accepted.message, &mut batch)
                 };
-                self.publish_acked(ack, outcome);
+                self.publish_acked(ack, outcome, batch);
             }
             Suspended::Subscribe { packet_id, id, filters } => {
                 let mut codes = Vec::with_capacity(filters.len());

@@ -351,7 +351,8 @@ unsafe extern "C" fn deliver(
         return abi::STATUS_ERROR;
     }
     let message = plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None);
-    let delivery = Delivery { message: Arc::new(message), qos, retain: retain != 0, subscription_ids: Box::new([]) };
+    let delivery =
+        Delivery { message: Arc::new(message), qos, retain: retain != 0, subscription_ids: Box::new([]), seq: 0 };
     if context.shared.node.deliver(client_id, delivery) {
         abi::STATUS_OK
     } else {

@@ -73,7 +73,8 @@ impl Inflight {
         self.entries.len()
     }
 
-    fn is_in_use(&self, id: u16) -> bool {
+    /// Whether `id` is in flight.
+    pub(crate) fn is_in_use(&self, id: u16) -> bool {
         match &self.in_use {
             Some(bits) => bits[usize::from(id) / 64] & (1 << (id % 64)) != 0,
             None => self.entries.iter().any(|e| e.packet_id == id),
@@ -91,6 +92,20 @@ impl Inflight {
             if !self.is_in_use(id) {
                 return id;
             }
+        }
+    }
+
+    /// The sequence number (a persistent session's, else 0) of the message in flight as
+    /// `packet_id`.
+    pub(crate) fn seq_of(&self, packet_id: u16) -> Option<u64> {
+        self.entries.iter().find(|e| e.packet_id == packet_id).map(|e| e.delivery.seq)
+    }
+
+    /// Puts back a QoS 2 message whose PUBREC came before a restart: PUBREL is what is resent.
+    pub(crate) fn push_released(&mut self, packet_id: u16, delivery: Delivery) {
+        self.push(packet_id, delivery);
+        if let Some(entry) = self.entries.back_mut() {
+            entry.phase = Phase::Pubcomp;
         }
     }
 

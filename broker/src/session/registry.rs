@@ -39,6 +39,8 @@ pub(crate) trait Owner: Send + Sync + 'static {
     fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&State) -> bool);
     /// Publishes `message` (a will) from `client`.
     fn publish(&self, message: Message, client: &ClientInfo);
+    /// `session` outlives its connection, which just ended: a persistent one records when.
+    fn went_offline(&self, session: &Arc<Session>);
 }
 
 /// A will as the connection hands it over when it ends.
@@ -267,8 +269,23 @@ impl Sessions {
         if end {
             node.end_session(session);
         } else if let Some(generation) = schedule {
+            node.went_offline(session);
             tokio::spawn(expire(node.clone(), session.clone(), generation));
         }
+    }
+
+    /// A new, empty session for `client_id`, not yet in the registry (for one read back from
+    /// the store: [`Sessions::restore`]).
+    pub(crate) fn new_session(&self, client_id: Arc<str>) -> Session {
+        Session::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1, client_id)
+    }
+
+    /// Adds `session`, offline, read back from the store at start; it ends when its
+    /// `expires_at` comes unless a client resumes it first.
+    pub(crate) fn restore(&self, node: &Arc<impl Owner>, session: Arc<Session>) {
+        let generation = session.lock().generation;
+        lock(&self.by_client_id).insert(session.client_id.clone(), session.clone());
+        tokio::spawn(expire(node.clone(), session, generation));
     }
 }
 
