@@ -16,8 +16,8 @@
 //! before, and the client's own de-duplication holds: no write is needed before a send.
 //!
 //! A client id is written with its length first, so one client's keys never prefix another's.
-//! `n` + `alive_at` is the time the node last said it was running: sessions that were online
-//! when the broker died went offline then.
+//! In `core/node`, `alive_at` is the time the node last said it was running: sessions that were
+//! online when the broker died went offline then.
 //!
 //! Values are postcard-encoded, each starting with a format version.
 
@@ -114,8 +114,7 @@ impl EntryRecord {
 
     /// The delivery back, at `seq`.
     pub(crate) fn into_delivery(self, seq: u64, now_ms: u64) -> Delivery {
-        let expires_at =
-            self.expires_at_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)));
+        let expires_at = self.expires_at_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)));
         let message = Message {
             topic: self.topic.into_boxed_str(),
             payload: Bytes::from(self.payload),
@@ -225,11 +224,13 @@ pub(crate) fn put_entry(batch: &mut Batch, keys: &Keys, seq: u64, entry: &EntryR
     batch.put(BUCKET, &keys.entry(seq), &encode(entry)).map(drop)
 }
 
-const ALIVE_KEY: &[u8] = b"nalive_at";
+/// The bucket of what the node keeps about itself.
+const NODE_BUCKET: &str = "core/node";
+const ALIVE_KEY: &[u8] = b"alive_at";
 
 /// Records that the node runs at `now_ms` (written every few seconds, not synced on its own).
 pub(crate) fn put_alive(batch: &mut Batch, now_ms: u64) -> Result<(), StoreError> {
-    batch.put(BUCKET, ALIVE_KEY, &now_ms.to_be_bytes()).map(drop)
+    batch.put(NODE_BUCKET, ALIVE_KEY, &now_ms.to_be_bytes()).map(drop)
 }
 
 /// One session read back at start.
@@ -300,7 +301,7 @@ pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>
             }
         }
     }
-    let alive_at = store.get(BUCKET, ALIVE_KEY)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
+    let alive_at = store.get(NODE_BUCKET, ALIVE_KEY)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
     Ok((sessions, alive_at, orphans))
 }
 

@@ -11,30 +11,49 @@ use rumqttc::{Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, Subscribe};
 
 const MESSAGES: u16 = 300;
 
+/// A SUBSCRIBE with packet id 1 (rumqttc's leaves it 0, which is refused).
+fn subscribe(filter: &str, qos: QoS) -> Subscribe {
+    let mut subscribe = Subscribe::new(filter, qos);
+    subscribe.pkid = 1;
+    subscribe
+}
+
 /// An offline persistent subscriber to `p/#` at `qos`, as 3.1.1 CleanSession 0 makes it.
 fn persistent_subscriber(broker: &Broker, id: &str, qos: QoS) {
     let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
     assert!(!ack.session_present);
-    sub.send(&Packet::Subscribe(Subscribe::new("p/#", qos)));
+    sub.send(&Packet::Subscribe(subscribe("p/#", qos)));
     assert!(matches!(sub.recv(), Packet::SubAck(_)));
     sub.disconnect();
 }
 
-/// Sends `MESSAGES` messages on `p/<i>` at `qos` with packet ids 1.., kills the broker once
-/// `kill_after` were acknowledged (PUBACK; PUBCOMP for QoS 2) and returns the payloads that
-/// were.
+/// Messages a publisher has in flight (below the broker's 100 QoS 2 messages awaiting
+/// release).
+const WINDOW: u16 = 50;
+
+/// Sends `MESSAGES` messages on `p/<i>` at `qos` with packet ids 1.., `WINDOW` at a time, kills
+/// the broker once `kill_after` were acknowledged (PUBACK; PUBCOMP for QoS 2) and returns the
+/// payloads that were.
 fn publish_until_killed(broker: Broker, qos: QoS, kill_after: usize) -> HashSet<String> {
     let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-pub", true));
-    for i in 1..=MESSAGES {
+    let send = |publisher: &mut Raw<V4>, i: u16| {
         let mut publish = Publish::new(format!("p/{i}"), qos, format!("m{i}"));
         publish.pkid = i;
         publisher.send(&Packet::Publish(publish));
+    };
+    for i in 1..=WINDOW {
+        send(&mut publisher, i);
     }
+    let mut next = WINDOW + 1;
     let mut acked = HashSet::new();
     while acked.len() < kill_after {
         match publisher.recv() {
             Packet::PubAck(PubAck { pkid }) | Packet::PubComp(PubComp { pkid }) => {
                 acked.insert(format!("m{pkid}"));
+                if next <= MESSAGES {
+                    send(&mut publisher, next);
+                    next += 1;
+                }
             }
             Packet::PubRec(PubRec { pkid }) => publisher.send(&Packet::PubRel(PubRel::new(pkid))),
             other => panic!("unexpected {other:?}"),
@@ -114,7 +133,7 @@ fn a_persistent_session_and_its_subscription_survive_a_restart_and_clean_ones_ne
     persistent_subscriber(&broker, "p-kept", QoS::AtLeastOnce);
     // A clean session's subscription and messages stay in memory.
     let (mut clean, _) = Raw::<V4>::connect(broker.addr, &connect4("p-clean", true));
-    clean.send(&Packet::Subscribe(Subscribe::new("c/#", QoS::AtLeastOnce)));
+    clean.send(&Packet::Subscribe(subscribe("c/#", QoS::AtLeastOnce)));
     assert!(matches!(clean.recv(), Packet::SubAck(_)));
     let stats = dir.ctl(&["store", "stats"]).ok();
     let sessions_line = stats.lines().find(|l| l.starts_with("bucket core/sessions ")).unwrap_or_default().to_owned();

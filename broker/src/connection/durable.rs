@@ -90,7 +90,10 @@ impl<T: Transport> Connection<T> {
                         "a message for persistent sessions was refused: {e}"
                     );
                     if !self.version.is_v5() {
-                        return Poll::Ready(Err(Ended::protocol(reason::QUOTA_EXCEEDED, "the store refused a message")));
+                        return Poll::Ready(Err(Ended::protocol(
+                            reason::QUOTA_EXCEEDED,
+                            "the store refused a message",
+                        )));
                     }
                     encode_ack(&mut self.out, self.version, kind, packet_id, reason::QUOTA_EXCEEDED, None);
                     self.node.stats.metrics.packet_sent(kind, reason::QUOTA_EXCEEDED);

@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use store::Batch;
 use plugin_api::abi::{self, RawStr};
 use plugin_api::Hook;
+use store::Batch;
 
 use super::handshake::forwarded;
 use super::suspend::{Next, Suspended};
@@ -156,7 +156,14 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Sends an acknowledgement once `batch` is committed (and behind those waiting already).
-    fn ack_after(&mut self, packet_kind: u8, packet_id: u16, code: u8, batch: Option<Batch>, refusal: Option<(u8, u16)>) {
+    fn ack_after(
+        &mut self,
+        packet_kind: u8,
+        packet_id: u16,
+        code: u8,
+        batch: Option<Batch>,
+        refusal: Option<(u8, u16)>,
+    ) {
         let start = self.out.len();
         // Fixed header, packet id, reason code, property length.
         let reason_string = self.reason_string(code, 6);

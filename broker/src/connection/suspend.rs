@@ -58,7 +58,8 @@ impl<T: Transport> Connection<T> {
                     let can_wait = self.can_wait();
                     let publish = move || {
                         let mut full = Vec::new();
-                        let outcome = node.publish_from(message, &client, can_wait.then_some(&mut full), Some(&mut batch));
+                        let outcome =
+                            node.publish_from(message, &client, can_wait.then_some(&mut full), Some(&mut batch));
                         (outcome, full, batch)
                     };
                     // `None` only when the runtime shuts down: the message is not acknowledged.
