@@ -254,7 +254,7 @@ impl Node {
     /// when its expiry, counted from when it went offline, runs out. Returns how many.
     pub(crate) fn restore_sessions(node: &Arc<Node>) -> Result<usize, persist::RecordError> {
         let Some(store) = &node.persistence else { return Ok(0) };
-        let (restored, alive_at, orphans) = persist::restore(store)?;
+        let persist::Stored { sessions: restored, alive_at_ms: alive_at, orphans } = persist::restore(store)?;
         let now_ms = crate::now_ms();
         let mut batch = Batch::new();
         for key in orphans {

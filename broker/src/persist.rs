@@ -262,10 +262,19 @@ impl Restored {
     }
 }
 
-/// Every session in the store, and when the node last said it ran. Keys that belong to no
-/// session record (left by a session that ended while its deletes were in flight) are returned
-/// in `orphans`, to delete.
-pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>), RecordError> {
+/// What the store holds of the sessions.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) sessions: Vec<Restored>,
+    /// When the node last said it ran (ms since the Unix epoch; 0 if never).
+    pub(crate) alive_at_ms: u64,
+    /// Keys that belong to no session record (left by a session that ended while its deletes
+    /// were in flight), to delete.
+    pub(crate) orphans: Vec<Vec<u8>>,
+}
+
+/// Every session in the store.
+pub(crate) fn restore(store: &Store) -> Result<Stored, RecordError> {
     let mut sessions: Vec<Restored> = Vec::new();
     let mut orphans = Vec::new();
     let mut by_id = std::collections::HashMap::new();
@@ -302,7 +311,7 @@ pub(crate) fn restore(store: &Store) -> Result<(Vec<Restored>, u64, Vec<Vec<u8>>
         }
     }
     let alive_at = store.get(NODE_BUCKET, ALIVE_KEY)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-    Ok((sessions, alive_at, orphans))
+    Ok(Stored { sessions, alive_at_ms: alive_at, orphans })
 }
 
 /// A key's kind, client id and what follows it.
@@ -344,8 +353,8 @@ mod tests {
         put_alive(&mut batch, 1234).unwrap();
         store.commit(batch).unwrap();
 
-        let (sessions, alive_at, orphans) = restore(&store).unwrap();
-        assert_eq!(alive_at, 1234);
+        let Stored { sessions, alive_at_ms, orphans } = restore(&store).unwrap();
+        assert_eq!(alive_at_ms, 1234);
         assert_eq!(orphans, [Keys::new("gone").entry(1)]);
         let ids: Vec<_> = sessions.iter().map(|s| s.client_id.as_str()).collect();
         assert_eq!(ids, ["a", "ab"]);
@@ -359,7 +368,7 @@ mod tests {
         let mut batch = Batch::new();
         Keys::new("a").delete_all(&store, &mut batch).unwrap();
         store.commit(batch).unwrap();
-        let (sessions, _, _) = restore(&store).unwrap();
+        let sessions = restore(&store).unwrap().sessions;
         assert_eq!(sessions.len(), 1, "only ab is left");
     }
 

@@ -17,6 +17,9 @@ use crate::abi::{self, RawBytes, RawBytesWriter, RawStr, RawWriter};
 use crate::abi::{read_field, HostApi};
 use crate::host::{api, stopped, unsupported, Host, HostError};
 
+/// Keys with their values, in key order (what a prefix scan gives).
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One bucket of the store (from [`Host::store`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -116,7 +119,7 @@ impl Bucket {
 
     /// Every key starting with `prefix` (every key for an empty one), with its value, in key
     /// order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HostError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, HostError> {
         let scan = api!(self.host, store_scan).ok_or_else(|| unsupported("store_scan"))?;
         let (mut entries, mut error) = (Vec::new(), String::new());
         // SAFETY: as in `get`.
@@ -311,7 +314,7 @@ pub mod wire {
     }
 
     /// Reads entries back.
-    pub fn decode_entries(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+    pub fn decode_entries(bytes: &[u8]) -> Result<super::Entries, &'static str> {
         let mut reader = Reader(bytes);
         let mut entries = Vec::new();
         while !reader.0.is_empty() {

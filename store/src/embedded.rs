@@ -12,7 +12,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
 };
 
-use crate::{Backend, BucketStats, Op, StoreError};
+use crate::{Backend, BucketStats, Entries, Op, StoreError};
 
 /// The store format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -134,7 +134,7 @@ impl Backend for Embedded {
         self.read_table(bucket, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())), None)
     }
 
-    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
         self.read_table(
             bucket,
             |t| {
