@@ -70,6 +70,10 @@ struct Args {
     /// Connect: the password of every CONNECT.
     #[arg(long)]
     password: Option<String>,
+    /// Subscribers keep persistent sessions (MQTT 3.1.1 CleanSession 0): a broker that keeps
+    /// them on disk writes each message before it acknowledges it.
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn options(args: &Args, id: String) -> MqttOptions {
@@ -152,7 +156,9 @@ async fn pubsub(args: Args) {
         let (received, done, last_receive) = (received.clone(), done.clone(), last_receive.clone());
         let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each)));
         all_latencies.push(mine.clone());
-        let (client, task) = connect(options(&args, format!("bench-sub-{run}-{s}")), move |event| {
+        let mut subscriber_options = options(&args, format!("bench-sub-{run}-{s}"));
+        subscriber_options.set_clean_session(!args.persistent);
+        let (client, task) = connect(subscriber_options, move |event| {
             match event {
                 Event::Incoming(Packet::SubAck(_)) => {
                     if let Some(tx) = suback_tx.take() {
