@@ -326,6 +326,19 @@ impl Node {
         }
     }
 
+    /// Ends the session of `client_id` (`broker ctl sessions kick`, EMQX's kick): its connection,
+    /// if any, is closed (MQTT 5: DISCONNECT 0x98 Administrative action) and the session, with
+    /// its store keys, is discarded. False if there is none.
+    pub(crate) fn kick_session(&self, client_id: &str) -> bool {
+        let Some(session) = self.sessions.get(client_id) else { return false };
+        let connection = session.lock().attachment.as_ref().map(|a| a.connection);
+        self.end_session(&session);
+        if let Some(connection) = connection {
+            session.kick(connection, crate::mqtt::reason::ADMINISTRATIVE_ACTION);
+        }
+        true
+    }
+
     /// A connection id never used before.
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1

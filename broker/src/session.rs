@@ -22,6 +22,7 @@
 //! `mqueue_overflow = "drop_oldest"` always.
 
 mod inflight;
+pub(crate) mod listing;
 mod queue;
 pub(crate) mod registry;
 
@@ -184,6 +185,8 @@ pub(crate) struct Session {
     /// Unique for the broker's life (never reused, unlike client ids).
     pub(crate) id: u64,
     pub(crate) client_id: Arc<str>,
+    /// When it was made (or read back from the store), in milliseconds since the Unix epoch.
+    pub(crate) created_at_ms: u64,
     /// The id of the connection serving the session; 0 when none. A connection that finds
     /// another id here (it was detached without knowing, e.g. while stuck) ends at once.
     owner: AtomicU64,
@@ -208,6 +211,7 @@ impl Session {
         Session {
             id,
             client_id,
+            created_at_ms: crate::now_ms(),
             owner: AtomicU64::new(0),
             pending: AtomicBool::new(false),
             kick_target: AtomicU64::new(0),

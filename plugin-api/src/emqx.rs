@@ -21,8 +21,14 @@ pub fn uptime(seconds: u64) -> String {
 /// The local date and time now as EMQX writes it (`emqx_sys:datetime/0`):
 /// `2026-11-27 01:02:03`.
 pub fn datetime() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let now = libc::time_t::try_from(now).unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    datetime_at(now as u64)
+}
+
+/// The local date and time at `ms` (milliseconds since the Unix epoch) as EMQX writes it:
+/// `2026-11-27 01:02:03`.
+pub fn datetime_at(ms: u64) -> String {
+    let now = libc::time_t::try_from(ms / 1000).unwrap_or_default();
     // SAFETY: localtime_r writes only into `tm`, which we own; `now` is a valid time_t.
     let tm = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();

@@ -380,3 +380,38 @@ async fn no_cors_preflight_lets_another_origin_in() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(!response.headers().keys().any(|k| k.as_str().starts_with("access-control-")), "{:?}", response.headers());
 }
+
+/// `/api/v4/sessions`: every session, online or not, with EMQX's session fields; one by client
+/// id; DELETE kicks the client and discards its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_listed_shown_and_kicked() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let (broker, api) = start(&dir);
+    let mut options = e2e::options(&broker, "s-kept");
+    options.set_clean_session(false);
+    let mut kept = Client::connect_with(options).await;
+    kept.subscribe("s/#", QoS::AtLeastOnce).await;
+    kept.kill().await;
+    let _online = Client::connect(&broker, "s-online").await;
+
+    let (status, body) = api.get("/api/v4/sessions").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kept = wait_until("s-kept offline", || {
+        let list = dir.ctl(&["sessions", "list"]).ok();
+        list.lines().any(|l| l.starts_with("Session(clientid=s-kept,") && l.contains("connected=false")).then_some(list)
+    });
+    assert!(kept.contains("Session(clientid=s-online, clean_start=true,"), "{kept}");
+    assert_eq!(body["meta"]["count"], 2, "{body}");
+    let (status, body) = api.get("/api/v4/sessions/s-kept").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let one = &body["data"][0];
+    assert_eq!((one["clientid"].as_str(), one["clean_start"].as_bool()), (Some("s-kept"), Some(false)), "{body}");
+    assert_eq!((one["subscriptions_count"].as_u64(), one["persistent"].as_bool()), (Some(1), Some(true)), "{body}");
+    assert_eq!(one["node"], "emqx@127.0.0.1");
+
+    let (status, _) = api.call(Method::DELETE, "/api/v4/sessions/s-kept", Some(("admin", "s3cret")), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api.get("/api/v4/sessions/s-kept").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(dir.ctl(&["sessions", "kick", "s-kept"]).err().trim(), "error: no session of client id \"s-kept\"");
+}

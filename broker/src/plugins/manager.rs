@@ -17,6 +17,7 @@ use super::loaded_plugins::{is_valid_name, LoadedPlugins};
 use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
+use crate::session::listing::{Limits, SessionInfo};
 
 /// Why a plugin operation failed. Each message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,17 @@ pub(crate) fn config_section(name: &str) -> &str {
 }
 
 impl Manager {
+    /// The node's session limits, shown with each session.
+    fn session_limits(&self) -> Limits {
+        let zone = &self.shared.node.zone;
+        Limits {
+            max_subscriptions: zone.max_subscriptions,
+            max_inflight: zone.max_inflight,
+            max_mqueue: zone.queue.max_len,
+            max_awaiting_rel: zone.max_awaiting_rel,
+        }
+    }
+
     pub(crate) fn new(
         paths: ManagerPaths,
         configs: serde_json::Map<String, serde_json::Value>,
@@ -355,6 +367,42 @@ impl Manager {
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
             ["store", "stats"] => format_store_stats(&self.shared.store),
+            ["sessions", "list"] => Ok(self
+                .shared
+                .node
+                .sessions
+                .all()
+                .iter()
+                .map(|s| SessionInfo::of(s).line())
+                .collect::<Vec<_>>()
+                .join("\n")),
+            ["sessions", "list", "--json"] => {
+                let all = self.shared.node.sessions.all();
+                let list: Vec<_> = all
+                    .iter()
+                    .map(|s| SessionInfo::of(s).json(&self.shared.node_name, self.session_limits()))
+                    .collect();
+                Ok(serde_json::Value::Array(list).to_string())
+            }
+            ["sessions", "show", client_id] | ["sessions", "show", client_id, "--json"] => {
+                let session = self.shared.node.sessions.get(client_id);
+                let session =
+                    session.ok_or_else(|| CommandError::not_found(format!("no session of client id {client_id:?}")))?;
+                let info = SessionInfo::of(&session);
+                Ok(if words.len() == 4 {
+                    info.json(&self.shared.node_name, self.session_limits()).to_string()
+                } else {
+                    info.line()
+                })
+            }
+            ["sessions", "kick", client_id] => {
+                if self.shared.node.kick_session(client_id) {
+                    Ok("ok".to_owned())
+                } else {
+                    Err(CommandError::not_found(format!("no session of client id {client_id:?}")))
+                }
+            }
+            ["sessions", ..] => Err(CommandError::invalid(SESSIONS_USAGE)),
             ["store", ..] => Err(CommandError::invalid("Usage: broker ctl store stats")),
             [command, rest @ ..] => {
                 // A plugin answers one command, or several (space-separated); one that answers
@@ -384,6 +432,9 @@ impl Manager {
         }
     }
 }
+
+/// What `broker ctl sessions` takes.
+const SESSIONS_USAGE: &str = "Usage: broker ctl sessions list [--json] | show CLIENTID [--json] | kick CLIENTID";
 
 /// `broker ctl store stats`: what the store did since the broker started, then each bucket.
 fn format_store_stats(store: &store::Store) -> Result<String, CommandError> {

@@ -112,6 +112,13 @@ impl Sessions {
         }
     }
 
+    /// Every session, ordered by client id.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        let mut sessions: Vec<Arc<Session>> = lock(&self.by_client_id).values().cloned().collect();
+        sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        sessions
+    }
+
     /// The clients connected now, ordered by client id.
     pub(crate) fn connected(&self) -> Vec<Arc<ClientInfo>> {
         let sessions: Vec<Arc<Session>> = lock(&self.by_client_id).values().cloned().collect();

@@ -70,6 +70,8 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
         .route("/api/v4/stats", get(stats))
         .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
+        .route("/api/v4/sessions", get(sessions))
+        .route("/api/v4/sessions/{clientid}", get(session).delete(kick_session))
         .route("/api/v4/plugins", get(plugins))
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
         .route("/api/v4/nodes/{node}/plugins", get(node_plugins))
@@ -171,6 +173,30 @@ async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResu
 async fn clients(State(api): State<Api>) -> ApiResult {
     let clients = api.host.clients().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({"code": 0, "data": clients, "meta": {"count": clients.len()}})))
+}
+
+/// `GET /api/v4/sessions`: every session, online or not (EMQX's session fields; `persistent`
+/// says it is kept in the store).
+async fn sessions(State(api): State<Api>) -> ApiResult {
+    let text = ctl(api.host, vec!["sessions".into(), "list".into(), "--json".into()]).await?;
+    let list: Value =
+        serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let count = list.as_array().map_or(0, Vec::len);
+    Ok(Json(json!({"code": 0, "data": list, "meta": {"count": count}})))
+}
+
+/// `GET /api/v4/sessions/{clientid}`: one session; 404 if there is none.
+async fn session(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
+    let text = ctl(api.host, vec!["sessions".into(), "show".into(), client_id, "--json".into()]).await?;
+    let one: Value =
+        serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(json!([one]))
+}
+
+/// `DELETE /api/v4/sessions/{clientid}`: kicks the client and discards its session.
+async fn kick_session(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
+    ctl(api.host, vec!["sessions".into(), "kick".into(), client_id]).await?;
+    Ok(Json(json!({"code": 0})))
 }
 
 /// EMQX's plugin `type`, from the name as EMQX 4.3 types its own plugins.
