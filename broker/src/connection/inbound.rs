@@ -325,7 +325,7 @@ impl<T: Transport> Connection<T> {
     /// Takes a settled message of a persistent session out of the store (in the background:
     /// should the delete be lost, the message is sent again, which QoS 1 allows and QoS 2's
     /// packet id de-duplicates).
-    fn forget_delivered(&self, seq: u64) {
+    pub(super) fn forget_delivered(&self, seq: u64) {
         if seq == 0 || self.node.persistence.is_none() {
             return;
         }

@@ -153,6 +153,8 @@ impl<T: Transport> Connection<T> {
         let want_delivered = node.hooks.wants(Hook::MessageDelivered);
         let mut delivered = std::mem::take(&mut self.delivered);
         let mut dropped: Vec<(Arc<Message>, DropReason)> = Vec::new();
+        // Sequence numbers of the persistent session's messages dropped here.
+        let mut forgotten: Vec<u64> = Vec::new();
         let mut sent = [0u64; 3];
         {
             let mut state = self.session.lock();
@@ -175,6 +177,7 @@ impl<T: Transport> Connection<T> {
                 };
                 // MQTT-3.3.2-5: an expired message is not sent.
                 let Ok(expiry) = delivery.message.remaining_expiry_now() else {
+                    forgotten.push(delivery.seq);
                     dropped.push((delivery.message, DropReason::Expired));
                     continue;
                 };
@@ -195,6 +198,7 @@ impl<T: Transport> Connection<T> {
                 );
                 if encoded.is_err() {
                     // MQTT-3.1.2-25: never more than the client's Maximum Packet Size.
+                    forgotten.push(delivery.seq);
                     dropped.push((delivery.message, DropReason::TooLarge));
                     continue;
                 }
@@ -223,6 +227,9 @@ impl<T: Transport> Connection<T> {
             node.hooks.dispatch(&event);
         }
         self.delivered = delivered;
+        for seq in forgotten {
+            self.forget_delivered(seq);
+        }
         for (message, why) in dropped {
             node.dropped(&self.client.client_id, &message, why);
         }
@@ -235,7 +242,7 @@ impl<T: Transport> Connection<T> {
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut too_large_ids = Vec::new();
-        let too_large: Vec<Arc<Message>>;
+        let too_large: Vec<(Arc<Message>, u64)>;
         {
             let mut state = self.session.lock();
             for entry in state.inflight.iter() {
@@ -264,11 +271,15 @@ impl<T: Transport> Connection<T> {
                     }
                 }
             }
-            too_large =
-                too_large_ids.iter().filter_map(|&id| state.inflight.remove(id)).map(|e| e.delivery.message).collect();
+            too_large = too_large_ids
+                .iter()
+                .filter_map(|&id| state.inflight.remove(id))
+                .map(|e| (e.delivery.message, e.delivery.seq))
+                .collect();
         }
         let node = self.node.clone();
-        for message in too_large {
+        for (message, seq) in too_large {
+            self.forget_delivered(seq);
             node.dropped(&self.client.client_id, &message, DropReason::TooLarge);
         }
     }
