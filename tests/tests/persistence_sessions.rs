@@ -171,3 +171,32 @@ fn a_damaged_store_is_refused_naming_its_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&file.display().to_string()) && stderr.contains("corrupt"), "{stderr}");
 }
+
+/// MQTT 5: a session with a Session Expiry above 0 is persistent: a clean stop and start keep it
+/// with what was queued for it (Session Present 1, MQTT-3.2.2-2); with `persistence.enabled =
+/// false` it lives in memory only and is gone after the restart (Session Present 0).
+#[test]
+fn an_mqtt5_session_with_expiry_keeps_its_queue_across_a_restart_unless_persistence_is_off() {
+    use e2e::raw::{connect5, payload, v5, C5};
+    for enabled in [true, false] {
+        let dir = DataDir::new();
+        let env = [("BROKER_PERSISTENCE__ENABLED", if enabled { "true" } else { "false" })];
+        let broker = Broker::start(&dir, &env);
+        let expiry =
+            || Some(v5::ConnectProperties { session_expiry_interval: Some(300), ..v5::ConnectProperties::new() });
+        let (mut sub, _) = C5::connect_packet(&broker, &connect5("p5-sub", true, expiry()));
+        sub.subscribe("p5/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+        sub.disconnect();
+        let mut publisher = C5::connect(&broker, "p5-pub");
+        publisher.publish("p5/queued", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "while away");
+        publisher.disconnect();
+        broker.stop();
+
+        let broker = Broker::start(&dir, &env);
+        let (mut sub, ack) = C5::connect_packet(&broker, &connect5("p5-sub", false, expiry()));
+        assert_eq!(ack.session_present, enabled, "persistence.enabled = {enabled}");
+        if enabled {
+            assert_eq!(payload(&sub.next_publish()), "while away");
+        }
+    }
+}
