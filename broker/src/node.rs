@@ -214,7 +214,9 @@ impl Node {
     /// in the store from now on, with its record written; one that stopped being persistent
     /// is taken out of it.
     pub(crate) fn persist_opened(&self, session: &Session) {
-        let Some(store) = &self.persistence else { return };
+        if self.persistence.is_none() {
+            return;
+        }
         let mut batch = Batch::new();
         {
             let mut state = session.lock();
@@ -223,7 +225,7 @@ impl Node {
             }
             if state.expiry_interval == 0 {
                 if let Some(durable) = state.durable.take() {
-                    let _ = durable.keys.delete_all(store, &mut batch);
+                    let _ = durable.keys.delete_all(&mut batch);
                 }
             } else {
                 let keys = state
@@ -264,7 +266,7 @@ impl Node {
         for restored in restored {
             let keys = Keys::new(&restored.client_id);
             if restored.expires_at_ms(alive_at).is_some_and(|at| at <= now_ms) {
-                keys.delete_all(store, &mut batch)?;
+                keys.delete_all(&mut batch)?;
                 continue;
             }
             if restored.record.offline_since_ms.is_none() {
@@ -606,9 +608,9 @@ impl Node {
                 return;
             }
             state.ended = true;
-            if let (Some(store), Some(durable)) = (&self.persistence, state.durable.take()) {
+            if let (true, Some(durable)) = (self.persistence.is_some(), state.durable.take()) {
                 let mut batch = Batch::new();
-                let _ = durable.keys.delete_all(store, &mut batch);
+                let _ = durable.keys.delete_all(&mut batch);
                 self.commit_in_background(batch);
             }
             state.release_waiting(self.zone.queue);

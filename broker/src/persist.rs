@@ -202,13 +202,12 @@ impl Keys {
         self.with(b'r', &packet_id.to_be_bytes())
     }
 
-    /// Adds to `batch` the deletes of every key of this client id.
-    pub(crate) fn delete_all(&self, store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+    /// Adds to `batch` the deletes of every key of this client id, those of messages still
+    /// being written included (the store expands the prefixes when it commits the batch).
+    pub(crate) fn delete_all(&self, batch: &mut Batch) -> Result<(), StoreError> {
         batch.delete(BUCKET, &self.session())?;
         for kind in [b'q', b'l', b'r'] {
-            for (key, _) in store.scan_prefix(BUCKET, &self.with(kind, &[]))? {
-                batch.delete(BUCKET, &key)?;
-            }
+            batch.delete_prefix(BUCKET, &self.with(kind, &[]))?;
         }
         Ok(())
     }
@@ -366,7 +365,7 @@ mod tests {
         assert_eq!(subs, [("t/#".to_owned(), 1, Some(7))]);
 
         let mut batch = Batch::new();
-        Keys::new("a").delete_all(&store, &mut batch).unwrap();
+        Keys::new("a").delete_all(&mut batch).unwrap();
         store.commit(batch).unwrap();
         let sessions = restore(&store).unwrap().sessions;
         assert_eq!(sessions.len(), 1, "only ab is left");

@@ -20,7 +20,15 @@ pub struct Op {
 /// operations on the same key win.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
-    ops: Vec<Op>,
+    items: Vec<Item>,
+}
+
+/// One entry of a batch: an operation, or a delete of every key under a prefix (made into
+/// deletes of each key by the committer, when the keys written before it are known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Item {
+    Op(Op),
+    DeletePrefix { bucket: String, prefix: Vec<u8> },
 }
 
 impl Batch {
@@ -32,34 +40,37 @@ impl Batch {
     /// Adds a put of `value` under `key` in `bucket`.
     pub fn put(&mut self, bucket: &str, key: &[u8], value: &[u8]) -> Result<&mut Batch, StoreError> {
         check_bucket(bucket)?;
-        self.ops.push(Op { bucket: bucket.to_owned(), key: key.to_vec(), value: Some(value.to_vec()) });
+        self.items.push(Item::Op(Op { bucket: bucket.to_owned(), key: key.to_vec(), value: Some(value.to_vec()) }));
         Ok(self)
     }
 
     /// Adds a delete of `key` in `bucket`.
     pub fn delete(&mut self, bucket: &str, key: &[u8]) -> Result<&mut Batch, StoreError> {
         check_bucket(bucket)?;
-        self.ops.push(Op { bucket: bucket.to_owned(), key: key.to_vec(), value: None });
+        self.items.push(Item::Op(Op { bucket: bucket.to_owned(), key: key.to_vec(), value: None }));
+        Ok(self)
+    }
+
+    /// Adds a delete of every key in `bucket` that starts with `prefix`: those committed before
+    /// this batch, and those put earlier in it or in batches committed with it.
+    pub fn delete_prefix(&mut self, bucket: &str, prefix: &[u8]) -> Result<&mut Batch, StoreError> {
+        check_bucket(bucket)?;
+        self.items.push(Item::DeletePrefix { bucket: bucket.to_owned(), prefix: prefix.to_vec() });
         Ok(self)
     }
 
     /// Whether the batch holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.items.is_empty()
     }
 
-    /// How many operations it holds.
+    /// How many operations it holds (a prefix delete counts as one).
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.items.len()
     }
 
-    /// Its operations, in the order they were added.
-    pub fn ops(&self) -> &[Op] {
-        &self.ops
-    }
-
-    pub(crate) fn into_ops(self) -> Vec<Op> {
-        self.ops
+    pub(crate) fn into_items(self) -> Vec<Item> {
+        self.items
     }
 }
 

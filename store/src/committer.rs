@@ -2,6 +2,7 @@
 //! as one transaction, makes that durable with one fsync (group commit), then answers each
 //! caller and feeds the watchers.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::batch::Item;
 use crate::watch::Watchers;
 use crate::{Backend, Batch, Op, StoreError, StoreStats, SyncMode};
 
@@ -206,8 +208,16 @@ impl Worker {
         let mut parts: Vec<(Range<usize>, Reply)> = Vec::with_capacity(group.len());
         for (batch, reply) in group {
             let start = ops.len();
-            ops.extend(batch.into_ops());
+            if let Err(e) = self.expand(batch.into_items(), &mut ops) {
+                ops.truncate(start);
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                reply.send(Err(e));
+                continue;
+            }
             parts.push((start..ops.len(), reply));
+        }
+        if parts.is_empty() {
+            return;
         }
         let batches = parts.len() as u64;
         match self.apply(&ops, batches) {
@@ -234,6 +244,28 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Appends `items` to `ops`, a prefix delete made into a delete of each key it covers:
+    /// those in the store (everything before this group is applied: this is the only writer)
+    /// and those put earlier in `ops`.
+    fn expand(&self, items: Vec<Item>, ops: &mut Vec<Op>) -> Verdict {
+        for item in items {
+            match item {
+                Item::Op(op) => ops.push(op),
+                Item::DeletePrefix { bucket, prefix } => {
+                    let mut keys: BTreeSet<Vec<u8>> =
+                        self.backend.scan_prefix(&bucket, &prefix)?.into_iter().map(|(key, _)| key).collect();
+                    keys.extend(
+                        ops.iter()
+                            .filter(|op| op.bucket == bucket && op.value.is_some() && op.key.starts_with(&prefix))
+                            .map(|op| op.key.clone()),
+                    );
+                    ops.extend(keys.into_iter().map(|key| Op { bucket: bucket.clone(), key, value: None }));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, ops: &[Op], batches: u64) -> Verdict {

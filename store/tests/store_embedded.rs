@@ -173,3 +173,16 @@ fn a_store_with_overwritten_bytes_is_refused_with_its_name() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
 }
+
+#[test]
+fn a_prefix_delete_takes_what_was_committed_and_what_was_put_before_it_in_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put("p", b"a/1", b"old").unwrap();
+    store.put("p", b"b/1", b"other").unwrap();
+    let mut batch = Batch::new();
+    batch.put("p", b"a/2", b"new").unwrap().delete_prefix("p", b"a/").unwrap().put("p", b"a/3", b"after").unwrap();
+    store.commit(batch).unwrap();
+    let keys: Vec<_> = store.scan_prefix("p", b"").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, [b"a/3".to_vec(), b"b/1".to_vec()]);
+}
