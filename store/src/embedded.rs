@@ -40,12 +40,19 @@ fn table(bucket: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 }
 
 impl Embedded {
-    /// Opens (or creates) the store in `dir` (`dir/broker.redb`). Refuses a corrupt or
-    /// truncated file, one from a newer format, and one another process holds open.
+    /// Opens (or creates) the store in `dir` (`dir/broker.redb`, mode 0600 on Unix). Refuses a
+    /// corrupt or truncated file, one from a newer format, and one another process holds open.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         std::fs::create_dir_all(dir).map_err(StoreError::from)?;
         let path = dir.join(FILE_NAME);
         let db = Database::builder().create(&path).map_err(|e| Embedded::error(&path, e.into()))?;
+        // Readable by the broker's user only, like the ctl socket: plugins keep password hashes
+        // in it (emqx_auth_mnesia's logins).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(StoreError::from)?;
+        }
         let store = Embedded { db, path };
         store.check_format()?;
         Ok(store)
