@@ -118,7 +118,9 @@ async fn a_held_message_survives_kill_9_and_falls_due_once() {
     sub.subscribe("k9/#", QoS::AtLeastOnce).await;
     let got = sub.receive(1).await;
     assert_eq!((got[0].topic.as_str(), &got[0].payload[..]), ("k9/first", &b"first"[..]));
-    e2e::wait_until("k9/first no longer held", || (dir.ctl(&["delayed", "list"]).ok().lines().count() == 1).then_some(()));
+    e2e::wait_until("k9/first no longer held", || {
+        (dir.ctl(&["delayed", "list"]).ok().lines().count() == 1).then_some(())
+    });
 
     // Published and deleted: a crash now does not bring it back.
     let broker = broker.kill9_and_restart(&dir, &[]);
@@ -134,7 +136,8 @@ async fn a_held_message_survives_kill_9_and_falls_due_once() {
 /// are held; a damaged file is left in place with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_delayed_file_is_imported_once() {
-    let dir = DataDir::with_plugins("{emqx_mod_delayed, true}.\n{emqx_retainer, true}.\n");
+    // The retainer first: it runs when the module publishes what fell due, at its start.
+    let dir = DataDir::with_plugins("{emqx_retainer, true}.\n{emqx_mod_delayed, true}.\n");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     // As the old version wrote it; `old/due` (retained, so a subscriber gets it whenever it
     // subscribes) fell due while the broker was down.

@@ -262,7 +262,10 @@ async fn disc_storage(storage: &str) {
     sub.subscribe("keep/3", Q5::AtLeastOnce);
     let got = sub.next_publish();
     let props = got.properties.as_ref().expect("the properties kept");
-    assert_eq!((props.content_type.as_deref(), &props.user_properties[..]), (Some("text/plain"), &[("k".into(), "v".into())][..]));
+    assert_eq!(
+        (props.content_type.as_deref(), &props.user_properties[..]),
+        (Some("text/plain"), &[("k".into(), "v".into())][..])
+    );
     let left = props.message_expiry_interval.expect("the expiry kept");
     assert!((500..=600).contains(&left), "what is left of 600 s: {left}");
 

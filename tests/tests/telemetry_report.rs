@@ -163,7 +163,10 @@ fn a_uuid_kept_by_an_older_version_is_kept() {
     dir.write("emqx_telemetry.json", &format!("{{\"uuid\": \"{old}\", \"enabled\": false}}"));
     let broker = Broker::start(&dir, &[]);
     let line = broker.wait_for_log("imported the telemetry uuid");
-    assert!(line.contains(old) && line.contains("emqx_telemetry.json (renamed emqx_telemetry.json.imported)"), "{line}");
+    assert!(
+        line.contains(old) && line.contains("emqx_telemetry.json (renamed emqx_telemetry.json.imported)"),
+        "{line}"
+    );
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
     assert_eq!(data["uuid"], old);
     assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled", "the switch imported");

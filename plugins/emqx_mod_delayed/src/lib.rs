@@ -89,6 +89,10 @@ impl Shared {
             }
             let due = held.due(now_ms());
             if !due.is_empty() {
+                // Out of the list before they are published; out of the store after.
+                for (key, _) in &due {
+                    held.remove(key);
+                }
                 drop(held);
                 let mut published = StoreBatch::new();
                 for (key, message) in &due {
@@ -106,9 +110,6 @@ impl Shared {
                     ));
                 }
                 held = lock(&self.held);
-                for (key, _) in &due {
-                    held.remove(key);
-                }
                 continue;
             }
             let wait = held

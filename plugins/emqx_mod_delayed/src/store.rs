@@ -90,7 +90,8 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<(Key, Delayed), EntryError> {
     let rest = &value[VALUE_HEADER..];
     let topic = rest.get(..topic_len).ok_or_else(malformed)?;
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| malformed())?;
-    let message = Delayed { due_ms, topic, payload: rest[topic_len..].to_vec(), qos: header[1], retain: header[2] != 0 };
+    let message =
+        Delayed { due_ms, topic, payload: rest[topic_len..].to_vec(), qos: header[1], retain: header[2] != 0 };
     Ok((self::key(due_ms, seq), message))
 }
 
@@ -122,7 +123,7 @@ impl Held {
     }
 
     /// The messages, with their keys, whose due millisecond has wholly passed at `now_ms`, in
-    /// order; they stay held until [`Held::remove`]. Both times are truncated to the
+    /// order (still held: [`Held::remove`] them). Both times are truncated to the
     /// millisecond, so waiting for the next one is what makes sure a message is never published
     /// before its full delay.
     pub fn due(&self, now_ms: u64) -> Vec<(Key, Delayed)> {
@@ -195,7 +196,10 @@ mod tests {
     #[test]
     fn old_files_read() {
         let old = br#"[{"due_ms":5,"topic":"t","payload":[104,105],"qos":1,"retain":true}]"#;
-        assert_eq!(parse_file(old).unwrap(), [Delayed { due_ms: 5, topic: "t".into(), payload: b"hi".to_vec(), qos: 1, retain: true }]);
+        assert_eq!(
+            parse_file(old).unwrap(),
+            [Delayed { due_ms: 5, topic: "t".into(), payload: b"hi".to_vec(), qos: 1, retain: true }]
+        );
         assert!(parse_file(b"[{").is_err());
     }
 }

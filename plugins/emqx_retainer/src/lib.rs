@@ -126,7 +126,8 @@ impl Retainer {
             let max = self.settings.max_retained_messages;
             if new && max > 0 && index.messages.len() + index.reserved >= max {
                 drop(index);
-                self.host.warn(&format!("retained message on {topic} not stored: max_retained_messages ({max}) reached"));
+                self.host
+                    .warn(&format!("retained message on {topic} not stored: max_retained_messages ({max}) reached"));
                 return;
             }
             index.reserved += usize::from(new);
