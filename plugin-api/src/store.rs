@@ -64,6 +64,9 @@ impl StoreBatch {
     }
 }
 
+/// One key with its value, as [`Bucket::scan_prefix`] returns them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// One change seen by a [`StoreWatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreChange {
@@ -118,7 +121,7 @@ impl Bucket {
 
     /// Every key starting with `prefix` (every key for an empty one), with its value, in key
     /// order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HostError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, HostError> {
         let scan = api!(self.host, store_scan).ok_or_else(|| unsupported("store_scan"))?;
         let (mut entries, mut error) = (Vec::new(), String::new());
         // SAFETY: as in `get`.
@@ -352,7 +355,7 @@ pub mod wire {
     }
 
     /// Reads entries back.
-    pub fn decode_entries(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+    pub fn decode_entries(bytes: &[u8]) -> Result<Vec<super::Entry>, &'static str> {
         let mut reader = Reader(bytes);
         let mut entries = Vec::new();
         while !reader.0.is_empty() {

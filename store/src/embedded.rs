@@ -134,7 +134,7 @@ impl Backend for Embedded {
         self.read_table(bucket, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())), None)
     }
 
-    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError> {
         self.read_table(
             bucket,
             |t| {

@@ -1,7 +1,7 @@
 //! The change feed: committed puts and deletes, sent to every watcher whose bucket and key
 //! prefix they match, in commit order.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,10 +28,8 @@ pub struct Watch {
 impl Watch {
     /// The next change, waiting up to `timeout`; `None` if none came in time.
     pub fn next_timeout(&self, timeout: Duration) -> Option<Change> {
-        match self.changes.recv_timeout(timeout) {
-            Ok(change) => Some(change),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        // A timeout and a closed store both end in `None`.
+        self.changes.recv_timeout(timeout).ok()
     }
 
     /// The next change if one is waiting.

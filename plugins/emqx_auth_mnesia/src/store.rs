@@ -105,7 +105,7 @@ impl Logins {
     }
 
     /// Every login with its store key and value.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, serde_json::Error> {
+    pub fn entries(&self) -> Result<Vec<plugin_api::store::Entry>, serde_json::Error> {
         let mut entries = Vec::new();
         for kind in [Kind::Username, Kind::Clientid] {
             for (name, record) in self.of(kind) {
