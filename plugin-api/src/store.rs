@@ -4,9 +4,11 @@
 //! A bucket is the plugin's own (the host keeps it apart from every other plugin's bucket of
 //! the same name) unless its name starts with `shared/`. Writes are atomic per
 //! [`StoreBatch`] and return once they are durable as the broker's `[persistence] sync`
-//! setting says: they may wait for an fsync, so make them from a blocking hook
-//! ([`crate::PluginInfo`]'s blocking hooks) or a thread of your own, never from a hook that runs
-//! on the broker's network threads. A [`StoreWatch`] sees every change under a prefix,
+//! setting says: they may wait for an fsync. A write from a hook that runs on one of the
+//! broker's network threads is allowed: the host moves the wait off that thread (tokio's
+//! `block_in_place`), so only the client the hook is about waits for the disk while every other
+//! client is served. A plugin that must not make its client wait writes from its own thread.
+//! [`import_file`] moves a file a plugin kept before the store existed into its bucket. A [`StoreWatch`] sees every change under a prefix,
 //! whoever made it (another plugin on a `shared/` bucket, or, in a cluster, another node).
 //!
 //! The byte layouts that cross the ABI are in [`wire`].
@@ -16,9 +18,6 @@ use std::time::Duration;
 use crate::abi::{self, RawBytes, RawBytesWriter, RawStr, RawWriter};
 use crate::abi::{read_field, HostApi};
 use crate::host::{api, stopped, unsupported, Host, HostError};
-
-/// Keys with their values, in key order (what a prefix scan gives).
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One bucket of the store (from [`Host::store`]). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -64,6 +63,9 @@ impl StoreBatch {
         self.count == 0
     }
 }
+
+/// One key with its value, as [`Bucket::scan_prefix`] returns them.
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// One change seen by a [`StoreWatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +121,7 @@ impl Bucket {
 
     /// Every key starting with `prefix` (every key for an empty one), with its value, in key
     /// order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, HostError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, HostError> {
         let scan = api!(self.host, store_scan).ok_or_else(|| unsupported("store_scan"))?;
         let (mut entries, mut error) = (Vec::new(), String::new());
         // SAFETY: as in `get`.
@@ -224,6 +226,45 @@ impl Drop for StoreWatch {
     }
 }
 
+/// Imports a file a plugin kept in the data directory before the store existed.
+///
+/// When `path` exists, `import` gets its bytes: it decodes them, writes what they hold to the
+/// plugin's bucket, and says what it imported (`"3 retained messages"`). The file is then
+/// renamed `<name>.imported` and the import logged at info (`imported 3 retained messages
+/// from /data/emqx_retainer.dat (renamed emqx_retainer.dat.imported)`). When the file cannot
+/// be read, or `import` fails (a damaged file, or a store that refused the writes), a warning
+/// names the file, which is left in place to be imported at the next start. Returns whether
+/// the file was imported; no file is `false`, with nothing logged.
+pub fn import_file(host: &Host, path: &std::path::Path, import: impl FnOnce(&[u8]) -> Result<String, String>) -> bool {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            host.warn(&format!("cannot read {} to import it: {e}; left in place", path.display()));
+            return false;
+        }
+    };
+    let what = match import(&bytes) {
+        Ok(what) => what,
+        Err(why) => {
+            host.warn(&format!("{} not imported: {why}; left in place", path.display()));
+            return false;
+        }
+    };
+    let mut renamed = path.as_os_str().to_owned();
+    renamed.push(".imported");
+    let renamed = std::path::PathBuf::from(renamed);
+    let name = renamed.file_name().map_or_else(|| renamed.display().to_string(), |n| n.to_string_lossy().into_owned());
+    match std::fs::rename(path, &renamed) {
+        Ok(()) => host.info(&format!("imported {what} from {} (renamed {name})", path.display())),
+        Err(e) => host.warn(&format!(
+            "imported {what} from {}, but cannot rename it to {name}: {e}; it will be imported again at the next start",
+            path.display()
+        )),
+    }
+    true
+}
+
 /// How a full store's error text begins.
 const FULL_PREFIX: &str = "the store is full";
 
@@ -314,7 +355,7 @@ pub mod wire {
     }
 
     /// Reads entries back.
-    pub fn decode_entries(bytes: &[u8]) -> Result<super::Entries, &'static str> {
+    pub fn decode_entries(bytes: &[u8]) -> Result<Vec<super::Entry>, &'static str> {
         let mut reader = Reader(bytes);
         let mut entries = Vec::new();
         while !reader.0.is_empty() {

@@ -1,6 +1,6 @@
 //! What a backend provides: reads, and one atomic apply per group of batches.
 
-use crate::{Entries, Op, StoreError};
+use crate::{Op, StoreError};
 
 /// One bucket's size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// The keys of `bucket` starting with `prefix`, with their values, in key order.
-    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Entries, StoreError>;
+    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError>;
 
     /// Applies `ops` in order as one transaction: all or nothing. When `durable`, they are on
     /// stable storage when this returns (one fsync); otherwise they are visible to reads and

@@ -12,7 +12,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
 };
 
-use crate::{Backend, BucketStats, Entries, Op, StoreError};
+use crate::{Backend, BucketStats, Op, StoreError};
 
 /// The store format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -41,8 +41,8 @@ fn table(bucket: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 }
 
 impl Embedded {
-    /// Opens (or creates) the store in `dir` (`dir/broker.redb`). Refuses a corrupt or
-    /// truncated file, one from a newer format, and one another process holds open.
+    /// Opens (or creates) the store in `dir` (`dir/broker.redb`, mode 0600 on Unix). Refuses a
+    /// corrupt or truncated file, one from a newer format, and one another process holds open.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         std::fs::create_dir_all(dir).map_err(StoreError::from)?;
         let path = dir.join(FILE_NAME);
@@ -53,6 +53,13 @@ impl Embedded {
             .set_check_integrity_on_open(true)
             .create(&path)
             .map_err(|e| Embedded::error(&path, e.into()))?;
+        // Readable by the broker's user only, like the ctl socket: plugins keep password hashes
+        // in it (emqx_auth_mnesia's logins).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(StoreError::from)?;
+        }
         let store = Embedded { db, path };
         store.check_format()?;
         Ok(store)
@@ -134,7 +141,7 @@ impl Backend for Embedded {
         self.read_table(bucket, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())), None)
     }
 
-    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError> {
         self.read_table(
             bucket,
             |t| {

@@ -40,8 +40,8 @@ pub use watch::{Change, Watch};
 use committer::Committer;
 use watch::Watchers;
 
-/// Keys with their values, in key order (what a prefix scan gives).
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// One key with its value, as [`Store::scan_prefix`] returns them.
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// When a committed batch is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ impl Store {
 
     /// Every key in `bucket` that starts with `prefix` (all of them for an empty prefix), with its
     /// value, in key order.
-    pub fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+    pub fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError> {
         batch::check_bucket(bucket)?;
         self.shared.backend.scan_prefix(bucket, prefix)
     }

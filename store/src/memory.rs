@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use crate::{Backend, BucketStats, Entries, Op, StoreError};
+use crate::{Backend, BucketStats, Op, StoreError};
 
 type Buckets = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -24,7 +24,7 @@ impl Backend for Memory {
         Ok(self.read().get(bucket).and_then(|b| b.get(key)).cloned())
     }
 
-    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+    fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError> {
         let buckets = self.read();
         let Some(b) = buckets.get(bucket) else { return Ok(Vec::new()) };
         Ok(b.range(prefix.to_vec()..)

@@ -28,6 +28,7 @@ pub struct Watch {
 impl Watch {
     /// The next change, waiting up to `timeout`; `None` if none came in time.
     pub fn next_timeout(&self, timeout: Duration) -> Option<Change> {
+        // A timeout and a closed store both end in `None`.
         self.changes.recv_timeout(timeout).ok()
     }
 

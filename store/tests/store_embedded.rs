@@ -35,6 +35,17 @@ fn puts_deletes_and_prefix_scans_read_back_and_survive_a_reopen() {
     assert_eq!((buckets[0].name.as_str(), buckets[0].keys), ("core/sessions", 2));
 }
 
+/// Plugins keep password hashes in the store: only the broker's user may read it.
+#[cfg(unix)]
+#[test]
+fn the_store_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let mode = std::fs::metadata(file(dir.path())).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
 #[test]
 fn a_batch_lands_whole_across_buckets_and_an_emptied_bucket_goes() {
     let dir = tempfile::tempdir().unwrap();

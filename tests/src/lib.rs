@@ -155,6 +155,18 @@ impl DataDir {
         std::fs::read_to_string(self.file(name)).unwrap_or_default()
     }
 
+    /// The bytes of the broker's store file (`store/broker.redb`), read now (empty if there is
+    /// none). The store keeps values as they are written, so a test can look for what a plugin
+    /// stored, or make sure something (a password) never was.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.file("store").join("broker.redb")).unwrap_or_default()
+    }
+
+    /// Whether the store file holds `needle` (see [`DataDir::store_bytes`]).
+    pub fn store_contains(&self, needle: &[u8]) -> bool {
+        !needle.is_empty() && self.store_bytes().windows(needle.len()).any(|w| w == needle)
+    }
+
     /// Runs `broker ctl ARGS` against this data directory.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let output = Command::new(broker_exe())
@@ -307,6 +319,15 @@ impl Broker {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `kill -9`s the broker (SIGKILL: no shutdown, nothing flushed or closed) and starts a new
+    /// one on the same data directory with `env`, as a supervisor restarts a crashed broker.
+    pub fn kill9_and_restart(self, data_dir: &DataDir, env: &[(&str, &str)]) -> Broker {
+        assert_eq!(self.data_dir.as_path(), data_dir.path(), "restarted on the same data directory");
+        // `Child::kill` is SIGKILL on Unix.
+        self.kill();
+        Broker::start(data_dir, env)
     }
 
     /// The address a log line `... <prefix><addr>...` names, waiting for the line.

@@ -10,7 +10,7 @@ use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
 use e2e::{mosquitto, options, recorded_events, wait_until, Broker, Client, DataDir, ManagementApi};
 use reqwest::{Method, StatusCode};
 use rumqttc::{ConnectReturnCode, Event, Packet, QoS, SubscribeReasonCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const PASSWORD: &str = "correct-horse-42";
 const WRONG: &str = "wrong-battery-17";
@@ -97,8 +97,9 @@ async fn each_password_hash_checks_passwords_and_keeps_its_users() {
         broker.wait_for_log(&format!("new passwords hashed with {hash}"));
         let user = format!("user-{hash}");
         assert_eq!(dir.ctl(&["users", "add", &user, PASSWORD]).ok().trim(), "ok");
-        let stored: Value = serde_json::from_str(&dir.read("emqx_auth_mnesia.json")).unwrap();
-        assert_eq!(stored["username"][&user]["password"]["algorithm"], hash, "{stored}");
+        // Kept in the broker's store: the login's key, its hash's algorithm.
+        assert!(dir.store_contains(format!("username/{user}").as_bytes()), "{user} in the store");
+        assert!(dir.store_contains(format!("\"algorithm\":\"{hash}\"").as_bytes()), "a {hash} hash in the store");
         no_password_in_logs(&broker);
         broker.stop();
     }
@@ -125,8 +126,8 @@ async fn each_password_hash_checks_passwords_and_keeps_its_users() {
         }
     }
 
-    let file = dir.read("emqx_auth_mnesia.json");
-    assert!(!file.contains(PASSWORD), "plaintext password stored: {file}");
+    assert!(!dir.store_contains(PASSWORD.as_bytes()), "plaintext password stored");
+    assert!(!dir.file("emqx_auth_mnesia.json").exists(), "no file of its own any more");
     let line = broker.wait_for_log("bad username or password");
     for field in ["client_id=\"raw5\"", "username=\"user-bcrypt\"", "peer=\"127.0.0.1:"] {
         assert!(broker.logs().iter().any(|l| l.contains("connection refused") && l.contains(field)), "{field}: {line}");
@@ -241,7 +242,61 @@ async fn ctl_changes_take_effect_for_the_next_connect() {
     assert_eq!(connack4(&broker, "sensor-1", Some(("any", WRONG))), ConnectReturnCode::BadUserNamePassword);
     dir.ctl(&["clientid", "del", "sensor-1"]).ok();
     assert_eq!(connack4(&broker, "sensor-1", Some(("any", PASSWORD))), ConnectReturnCode::NotAuthorized);
-    assert!(!dir.read("emqx_auth_mnesia.json").contains(PASSWORD));
+    assert!(!dir.store_contains(PASSWORD.as_bytes()));
+}
+
+/// A login added with `ctl` is in the store once `ctl` says `ok`: it survives `kill -9` of the
+/// broker right after, as a change does, and a reload of the plugin rebuilds the logins it
+/// checks from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_survive_kill_9_and_a_reload_rebuilds_them_from_the_store() {
+    let env = [("BROKER_ALLOW_ANONYMOUS", "false"), ("BROKER_AUTH__FAILURE_DELAY", "0")];
+    let (dir, broker) = start("{emqx_auth_mnesia, true}.\n", &env);
+    assert_eq!(dir.ctl(&["users", "add", "dave", PASSWORD]).ok().trim(), "ok");
+    assert_eq!(dir.ctl(&["clientid", "add", "meter-7", PASSWORD, "is_superuser"]).ok().trim(), "ok");
+    let broker = broker.kill9_and_restart(&dir, &env);
+    broker.wait_for_log("1 username and 1 clientid logins");
+    assert_eq!(connack5(&broker, "dave-1", Some(("dave", PASSWORD))), v5::ConnectReturnCode::Success);
+    assert_eq!(connack4(&broker, "meter-7", Some(("any", PASSWORD))), ConnectReturnCode::Success);
+
+    assert_eq!(dir.ctl(&["users", "update", "dave", WRONG]).ok().trim(), "ok");
+    assert_eq!(dir.ctl(&["clientid", "del", "meter-7"]).ok().trim(), "ok");
+    let broker = broker.kill9_and_restart(&dir, &env);
+    assert_eq!(connack5(&broker, "dave-2", Some(("dave", PASSWORD))), v5::ConnectReturnCode::BadUserNamePassword);
+    assert_eq!(connack5(&broker, "dave-3", Some(("dave", WRONG))), v5::ConnectReturnCode::Success);
+    assert_eq!(connack4(&broker, "meter-7", Some(("any", PASSWORD))), ConnectReturnCode::NotAuthorized);
+
+    dir.ctl(&["plugins", "reload", "emqx_auth_mnesia"]).ok();
+    assert_eq!(dir.ctl(&["users", "list"]).ok().trim(), "dave", "rebuilt from the store");
+    assert_eq!(connack5(&broker, "dave-4", Some(("dave", WRONG))), v5::ConnectReturnCode::Success);
+}
+
+/// A `data/emqx_auth_mnesia.json` written by an older version is imported into the store at the
+/// first start and renamed `emqx_auth_mnesia.json.imported`: its logins get in, with the
+/// hashes they were made with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_credentials_file_is_imported_once() {
+    let env = [("BROKER_ALLOW_ANONYMOUS", "false"), ("BROKER_AUTH__FAILURE_DELAY", "0")];
+    let dir = DataDir::with_plugins("{emqx_auth_mnesia, true}.\n");
+    // sha256 of the salt's bytes then PASSWORD, as the old version wrote it.
+    let old = json!({
+        "username": {"erin": {"password": {"algorithm": "sha256", "salt": "00112233445566778899aabbccddeeff",
+            "hash": "c0ba502a1c6a614c96d2c24bff7770092aeda03d878c68e99c6b1ad9384e82f7"},
+            "is_superuser": false, "created_at": 1764213000000u64}},
+        "clientid": {}
+    });
+    dir.write("emqx_auth_mnesia.json", &old.to_string());
+    let broker = Broker::start(&dir, &env);
+    let line = broker.wait_for_log("imported 1 username and 0 clientid logins from");
+    assert!(line.contains("emqx_auth_mnesia.json (renamed emqx_auth_mnesia.json.imported)"), "{line}");
+    assert!(!dir.file("emqx_auth_mnesia.json").exists());
+    assert_eq!(dir.read("emqx_auth_mnesia.json.imported"), old.to_string());
+    assert_eq!(connack5(&broker, "erin-1", Some(("erin", PASSWORD))), v5::ConnectReturnCode::Success);
+    assert_eq!(connack5(&broker, "erin-2", Some(("erin", WRONG))), v5::ConnectReturnCode::BadUserNamePassword);
+    let broker = broker.kill9_and_restart(&dir, &env);
+    broker.wait_for_log("1 username and 0 clientid logins");
+    assert!(!broker.logs().iter().any(|l| l.contains("imported")), "imported once");
+    assert_eq!(connack5(&broker, "erin-3", Some(("erin", PASSWORD))), v5::ConnectReturnCode::Success);
 }
 
 /// The management API login the tests set.
@@ -411,10 +466,13 @@ fn wrong_authentication_settings_are_named() {
     assert!(line.contains("unknown variant `md4`") && line.contains("sha256"), "{line}");
     drop(broker);
 
+    // A damaged old file is not imported: a warning names it, it is left as it was, and the
+    // plugin starts with what the store holds.
     dir.write("emqx_auth_mnesia.json", "{not json");
     let broker = Broker::start(&dir, &[]);
-    let line = broker.wait_for_log("emqx_auth_mnesia failed to start");
-    assert!(line.contains("emqx_auth_mnesia.json is not a valid credentials file"), "{line}");
+    let line = broker.wait_for_log("emqx_auth_mnesia.json not imported");
+    assert!(line.contains("WARN") && line.contains("not a valid credentials file"), "{line}");
+    broker.wait_for_log("0 username and 0 clientid logins");
     assert_eq!(connack4(&broker, "still-serving", None), ConnectReturnCode::Success);
     assert_eq!(dir.read("emqx_auth_mnesia.json"), "{not json", "the broken file is left as it was");
 }

@@ -1,7 +1,7 @@
 //! `emqx_mod_delayed` end to end: `$delayed/<seconds>/<topic>` is held and published to
 //! `<topic>` later (a message published after it, undelayed, arrives first); `ctl delayed
-//! list|clean`; held messages survive a reload of the module and a broker restart, and fall
-//! due after it.
+//! list|clean`; held messages survive a reload of the module, a broker restart and `kill -9`
+//! right after their PUBACK, and fall due after it; a file of an older version is imported.
 
 use std::time::Instant;
 
@@ -65,8 +65,8 @@ async fn held_messages_survive_a_restart_and_clean_drops_them() {
 
 /// `[delayed] max_delayed_messages` (EMQX's name) bounds what the module holds: past it a
 /// `$delayed/` message is dropped (not held, not published), counted (`ctl delayed stats`) and
-/// logged, while the ones held stay; the held ones are in the module's file (written by its
-/// own thread) and fall due as usual.
+/// logged, while the ones held stay; the held ones are in the broker's store (written before
+/// the PUBACK) and fall due as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_delayed_messages_a_delayed_message_is_dropped_and_counted() {
     let dir = DataDir::with_plugins(PLUGINS);
@@ -84,10 +84,9 @@ async fn past_max_delayed_messages_a_delayed_message_is_dropped_and_counted() {
         "the third is dropped"
     );
     broker.wait_for_log("delayed message to bound/over dropped: max_delayed_messages (2) reached");
-    e2e::wait_until("the held messages in the module's file", || {
-        let file = dir.read("emqx_mod_delayed.json");
-        (file.contains("bound/held") && file.contains("bound/soon")).then_some(())
-    });
+    // In the store once acknowledged; the dropped one never was.
+    assert!(dir.store_contains(b"bound/held") && dir.store_contains(b"bound/soon"));
+    assert!(!dir.store_contains(b"bound/over"));
     // The one held falls due; the dropped one never comes (a marker published after it,
     // undelayed, is the next message).
     let got = sub.receive(1).await;
@@ -95,4 +94,80 @@ async fn past_max_delayed_messages_a_delayed_message_is_dropped_and_counted() {
     publisher.publish_acked("bound/marker", QoS::AtLeastOnce, "marker").await;
     let got = sub.receive(1).await;
     assert_eq!(got[0].topic, "bound/marker", "nothing for bound/over before the marker");
+}
+
+/// A `$delayed/` message is in the broker's store before its PUBACK: `kill -9` right after it
+/// loses nothing, and it is published when it falls due after the restart, once; its key is
+/// deleted once it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_survives_kill_9_and_falls_due_once() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(&dir, &[]);
+    let mut publisher = Client::connect(&broker, "k9-pub").await;
+    publisher.publish_acked("$delayed/2/k9/first", QoS::AtLeastOnce, "first").await;
+    publisher.publish_acked("$delayed/3600/k9/later", QoS::ExactlyOnce, "later").await;
+    let broker = broker.kill9_and_restart(&dir, &[]);
+    broker.wait_for_log("2 delayed messages held");
+    let list = dir.ctl(&["delayed", "list"]).ok();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("topic=k9/first qos=1 retain=false due_in="), "{list}");
+    assert!(lines[1].starts_with("topic=k9/later qos=2 retain=false due_in="), "due time order: {list}");
+
+    let mut sub = Client::connect(&broker, "k9-sub").await;
+    sub.subscribe("k9/#", QoS::AtLeastOnce).await;
+    let got = sub.receive(1).await;
+    assert_eq!((got[0].topic.as_str(), &got[0].payload[..]), ("k9/first", &b"first"[..]));
+    e2e::wait_until("k9/first no longer held", || {
+        (dir.ctl(&["delayed", "list"]).ok().lines().count() == 1).then_some(())
+    });
+
+    // Published and deleted: a crash now does not bring it back.
+    let broker = broker.kill9_and_restart(&dir, &[]);
+    broker.wait_for_log("1 delayed messages held");
+    assert!(dir.ctl(&["delayed", "list"]).ok().starts_with("topic=k9/later"));
+    assert_eq!(dir.ctl(&["delayed", "clean"]).ok().trim(), "Cleaned 1 delayed messages");
+    let _broker = broker.kill9_and_restart(&dir, &[]);
+    assert_eq!(dir.ctl(&["delayed", "list"]).ok().trim(), "", "clean is durable too");
+}
+
+/// A `data/emqx_mod_delayed.json` an older version wrote is imported at the first start and
+/// renamed `emqx_mod_delayed.json.imported`: a message already due is published, the others
+/// are held; a damaged file is left in place with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_delayed_file_is_imported_once() {
+    // The retainer first: it runs when the module publishes what fell due, at its start.
+    let dir = DataDir::with_plugins("{emqx_retainer, true}.\n{emqx_mod_delayed, true}.\n");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // As the old version wrote it; `old/due` (retained, so a subscriber gets it whenever it
+    // subscribes) fell due while the broker was down.
+    let old = serde_json::json!([
+        {"due_ms": now - 1000, "topic": "old/due", "payload": b"due".to_vec(), "qos": 1, "retain": true},
+        {"due_ms": now + 3_600_000, "topic": "old/held", "payload": b"held".to_vec(), "qos": 0, "retain": false},
+    ]);
+    dir.write("emqx_mod_delayed.json", &old.to_string());
+    let broker = Broker::start(&dir, &[]);
+    let line = broker.wait_for_log("imported 2 delayed messages from");
+    assert!(line.contains("emqx_mod_delayed.json (renamed emqx_mod_delayed.json.imported)"), "{line}");
+    assert!(!dir.file("emqx_mod_delayed.json").exists());
+    assert!(dir.file("emqx_mod_delayed.json.imported").exists());
+    let mut sub = Client::connect(&broker, "old-sub").await;
+    sub.subscribe("old/#", QoS::AtLeastOnce).await;
+    let got = sub.receive(1).await;
+    assert_eq!((got[0].topic.as_str(), &got[0].payload[..]), ("old/due", &b"due"[..]));
+    e2e::wait_until("only old/held held", || {
+        let list = dir.ctl(&["delayed", "list"]).ok();
+        (list.lines().count() == 1 && list.starts_with("topic=old/held qos=0")).then_some(())
+    });
+    let broker = broker.kill9_and_restart(&dir, &[]);
+    broker.wait_for_log("1 delayed messages held");
+    assert!(!broker.logs().iter().any(|l| l.contains("imported")), "imported once");
+    drop(broker);
+
+    dir.write("emqx_mod_delayed.json", "[{\"due_ms\": 1,");
+    let broker = Broker::start(&dir, &[]);
+    let line = broker.wait_for_log("emqx_mod_delayed.json not imported");
+    assert!(line.contains("WARN") && line.contains("left in place"), "{line}");
+    broker.wait_for_log("1 delayed messages held");
+    assert_eq!(dir.read("emqx_mod_delayed.json"), "[{\"due_ms\": 1,");
 }

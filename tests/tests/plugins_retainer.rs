@@ -1,5 +1,6 @@
 //! `emqx_retainer` end to end: store, replace, delete, wildcard delivery, QoS, limits,
-//! EMQX's storage types (`ram` by default, `disc`, `disc_only`) and expiry settings, MQTT 5
+//! EMQX's storage types (`ram` by default, `disc`, `disc_only`: in the broker's store, across
+//! `kill -9`; an old `emqx_retainer.dat` imported) and expiry settings, MQTT 5
 //! Message Expiry, EMQX's `ctl retainer` output, and no retaining while it is unloaded; a
 //! retained QoS 0 message replaces the one before, a PUBLISH with RETAIN 0 (MQTT 3.1.1 and 5)
 //! leaves it alone.
@@ -212,6 +213,9 @@ async fn ctl_prints_emqx_text() {
 
 /// `storage_type = "disc"` (and `"disc_only"`, which behaves as disc): kept in the data
 /// directory across a restart and a crash.
+/// `disc` and `disc_only` keep retained messages in the broker's store: across a clean restart,
+/// and across `kill -9` right after the PUBACK (the message is durable before it is
+/// acknowledged), with their QoS and an MQTT 5 message's properties and expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disc_storage_survives_restart_and_crash() {
     for storage in ["disc", "disc_only"] {
@@ -232,18 +236,94 @@ async fn disc_storage(storage: &str) {
         summary(&retained_for(&broker, "keep/#", QoS::AtLeastOnce).await),
         vec![s("keep/1", "one", QoS::AtLeastOnce)]
     );
-    publish_retained(&broker, "keep/2", QoS::AtLeastOnce, "two").await;
-    // Once the store is on disc, a crash loses nothing.
-    wait_until("keep/2 written to disc", || {
-        std::fs::read(dir.file("emqx_retainer.dat")).ok().filter(|b| b.windows(6).any(|w| w == b"keep/2"))
-    });
-    broker.kill();
+    publish_retained(&broker, "keep/2", QoS::ExactlyOnce, "two").await;
+    // MQTT 5, with properties and an expiry: acknowledged, then the broker is killed at once.
+    let mut v5 = C5::connect(&broker, "keep-v5");
+    let props = mqtt5::PublishProperties {
+        message_expiry_interval: Some(600),
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    let mut publish = mqtt5::Publish::new("keep/3", Q5::AtLeastOnce, b"three".to_vec(), Some(props));
+    publish.retain = true;
+    v5.publish_packet(publish);
+    let broker = broker.kill9_and_restart(&dir, &env);
 
-    let broker = Broker::start(&dir, &env);
     assert_eq!(
-        summary(&retained_for(&broker, "keep/#", QoS::AtLeastOnce).await),
-        vec![s("keep/1", "one", QoS::AtLeastOnce), s("keep/2", "two", QoS::AtLeastOnce)]
+        summary(&retained_for(&broker, "keep/#", QoS::ExactlyOnce).await),
+        vec![
+            s("keep/1", "one", QoS::AtLeastOnce),
+            s("keep/2", "two", QoS::ExactlyOnce),
+            s("keep/3", "three", QoS::AtLeastOnce)
+        ]
     );
+    let mut sub = C5::connect(&broker, "keep-v5-sub");
+    sub.subscribe("keep/3", Q5::AtLeastOnce);
+    let got = sub.next_publish();
+    let props = got.properties.as_ref().expect("the properties kept");
+    assert_eq!(
+        (props.content_type.as_deref(), &props.user_properties[..]),
+        (Some("text/plain"), &[("k".into(), "v".into())][..])
+    );
+    let left = props.message_expiry_interval.expect("the expiry kept");
+    assert!((500..=600).contains(&left), "what is left of 600 s: {left}");
+
+    // An empty payload deletes, durably too.
+    publish_retained(&broker, "keep/1", QoS::AtLeastOnce, "").await;
+    let broker = broker.kill9_and_restart(&dir, &env);
+    broker.wait_for_log(&format!("retainer started (storage_type {storage}, 2 retained messages)"));
+    assert_eq!(dir.ctl(&["retainer", "topics"]).ok().trim(), "keep/2\nkeep/3");
+}
+
+/// An `emqx_retainer.dat` written by an older version is imported into the store at the first
+/// start with `disc` and renamed `emqx_retainer.dat.imported`; a damaged one is left in place
+/// with a warning naming it, and the broker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_retainer_file_is_imported_once() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let env = [("BROKER_RETAINER__STORAGE_TYPE", "disc")];
+    std::fs::write(dir.file("emqx_retainer.dat"), old_file(&[("old/a", 1, b"A"), ("old/b", 0, b"B")])).unwrap();
+    let broker = Broker::start(&dir, &env);
+    let line = broker.wait_for_log("imported 2 retained messages from");
+    assert!(line.contains("emqx_retainer.dat (renamed emqx_retainer.dat.imported)"), "{line}");
+    assert!(!dir.file("emqx_retainer.dat").exists());
+    assert!(dir.file("emqx_retainer.dat.imported").exists());
+    assert_eq!(
+        summary(&retained_for(&broker, "old/#", QoS::AtLeastOnce).await),
+        vec![s("old/a", "A", QoS::AtLeastOnce), s("old/b", "B", QoS::AtMostOnce)]
+    );
+    // Served from the store from now on.
+    let broker = broker.kill9_and_restart(&dir, &env);
+    broker.wait_for_log("retainer started (storage_type disc, 2 retained messages)");
+    assert!(!broker.logs().iter().any(|l| l.contains("imported")), "imported once");
+    drop(broker);
+
+    let damaged = old_file(&[("bad/a", 1, b"A")]);
+    std::fs::write(dir.file("emqx_retainer.dat"), &damaged[..damaged.len() - 2]).unwrap();
+    let broker = Broker::start(&dir, &env);
+    let line = broker.wait_for_log("emqx_retainer.dat not imported");
+    assert!(line.contains("WARN") && line.contains("truncated") && line.contains("left in place"), "{line}");
+    broker.wait_for_log("retainer started (storage_type disc, 2 retained messages)");
+    assert_eq!(std::fs::read(dir.file("emqx_retainer.dat")).unwrap(), &damaged[..damaged.len() - 2]);
+}
+
+/// The file format of older versions (`broker-retainer v2`): topic, QoS, stored at, payload,
+/// properties, expiry.
+fn old_file(messages: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    let mut out = b"broker-retainer v2\n".to_vec();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for (topic, qos, payload) in messages {
+        out.extend_from_slice(&(topic.len() as u32).to_be_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.push(*qos);
+        out.extend_from_slice(&now.to_be_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&0u64.to_be_bytes());
+    }
+    out
 }
 
 /// `ram` is the default, as in EMQX: nothing is written, a restart forgets.
@@ -259,6 +339,7 @@ async fn ram_storage_is_the_default_and_forgets_on_restart() {
     let broker = Broker::start(&dir, &env);
     assert!(retained_for(&broker, "ram/#", QoS::AtLeastOnce).await.is_empty());
     assert!(!dir.file("emqx_retainer.dat").exists());
+    assert!(!dir.store_contains(b"ram/1"), "ram never writes the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,8 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     assert_eq!(groups, vec![8, 4, 4, 4, 12], "{uuid}");
     assert!(uuid.chars().all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()), "{uuid}");
     assert!(uuid.split('-').nth(2).unwrap().starts_with('1'), "a time-based (v1) uuid, as EMQX's: {uuid}");
-    assert!(dir.read("emqx_telemetry.json").contains(uuid), "uuid kept in the data directory");
+    assert!(dir.store_contains(uuid.as_bytes()), "uuid kept in the broker's store");
+    assert!(!dir.file("emqx_telemetry.json").exists(), "no file of its own any more");
 
     // No personal data.
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -151,17 +152,44 @@ async fn report_has_emqx_shape_exact_counts_and_live_plugin_lists() {
     assert_eq!(receiver.reports().last().unwrap().json["num_clients"], M + 1);
 }
 
+/// A uuid an older version kept in `data/emqx_telemetry.json` (a random v4 one) is imported
+/// into the store at the first start, with its switch, and the file renamed
+/// `emqx_telemetry.json.imported`; the node keeps its identity, after a crash too. A damaged
+/// file is left in place with a warning, and a new uuid is made.
 #[test]
 fn a_uuid_kept_by_an_older_version_is_kept() {
     let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
     let old = "D6138FCE-E455-41EA-A854-FD8F5F98125F";
-    dir.write("emqx_telemetry.json", &format!("{{\"uuid\": \"{old}\", \"enabled\": true}}"));
-    let _broker = Broker::start(&dir, &[]);
+    dir.write("emqx_telemetry.json", &format!("{{\"uuid\": \"{old}\", \"enabled\": false}}"));
+    let broker = Broker::start(&dir, &[]);
+    let line = broker.wait_for_log("imported the telemetry uuid");
+    assert!(
+        line.contains(old) && line.contains("emqx_telemetry.json (renamed emqx_telemetry.json.imported)"),
+        "{line}"
+    );
     let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
     assert_eq!(data["uuid"], old);
-    assert!(dir.read("emqx_telemetry.json").contains(old));
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled", "the switch imported");
+    assert!(!dir.file("emqx_telemetry.json").exists());
+    assert!(dir.read("emqx_telemetry.json.imported").contains(old));
+    let broker = broker.kill9_and_restart(&dir, &[]);
+    let data: Value = serde_json::from_str(&dir.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    assert_eq!(data["uuid"], old, "served from the store");
+    assert!(!broker.logs().iter().any(|l| l.contains("imported")), "imported once");
+    drop(broker);
+
+    let damaged = DataDir::with_plugins("{emqx_telemetry, true}.\n");
+    damaged.write("emqx_telemetry.json", "{\"uuid\": ");
+    let broker = Broker::start(&damaged, &[]);
+    let line = broker.wait_for_log("emqx_telemetry.json not imported");
+    assert!(line.contains("WARN") && line.contains("left in place"), "{line}");
+    let data: Value = serde_json::from_str(&damaged.ctl(&["telemetry", "get", "data"]).ok()).unwrap();
+    assert_ne!(data["uuid"], old);
+    assert_eq!(damaged.read("emqx_telemetry.json"), "{\"uuid\": ");
 }
 
+/// The uuid is made once and kept in the broker's store: the same after a restart and after
+/// `kill -9`; so is `ctl telemetry disable`.
 #[test]
 fn uuid_is_stable_across_restarts() {
     let dir = DataDir::with_plugins("{emqx_telemetry, true}.\n");
@@ -174,9 +202,12 @@ fn uuid_is_stable_across_restarts() {
     broker.stop();
     let broker = Broker::start(&dir, &[]);
     assert_eq!(uuid(&dir), first);
-    broker.kill();
-    let _broker = Broker::start(&dir, &[]);
+    let broker = broker.kill9_and_restart(&dir, &[]);
     assert_eq!(uuid(&dir), first, "same after a crash");
+    assert_eq!(dir.ctl(&["telemetry", "disable"]).ok().trim(), "Disable telemetry successfully");
+    let _broker = broker.kill9_and_restart(&dir, &[]);
+    assert_eq!(dir.ctl(&["telemetry", "get", "status"]).ok().trim(), "Telemetry is disabled", "kept across a crash");
+    assert_eq!(uuid(&dir), first);
 }
 
 #[test]

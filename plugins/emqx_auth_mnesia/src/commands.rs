@@ -67,8 +67,8 @@ pub fn run(credentials: &Credentials, words: &[String]) -> Result<String, HostEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::{Algorithm, Hasher};
-    use crate::store::Store;
+    use crate::credentials::tests::{hasher, MemoryPersist};
+    use crate::hash::Algorithm;
 
     fn words(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
@@ -76,9 +76,8 @@ mod tests {
 
     #[test]
     fn emqx_outputs_and_typed_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let hasher = Hasher { algorithm: Algorithm::Sha256, pbkdf2_iterations: 1000, bcrypt_cost: 4 };
-        let c = Credentials::open(Store::path(dir.path()), hasher).unwrap();
+        let persist = std::sync::Arc::new(MemoryPersist::default());
+        let c = Credentials::new(persist.logins(), hasher(Algorithm::Sha256), Box::new(persist));
         assert_eq!(run(&c, &words("users add alice pw")).unwrap(), "ok");
         assert_eq!(run(&c, &words("users add root pw is_superuser")).unwrap(), "ok");
         let list = run(&c, &words("users list")).unwrap();

@@ -1,16 +1,37 @@
-//! The logins in memory, their file, and the check of a CONNECT against them.
+//! The logins in memory (a cache of the store's), their writes, and the check of a CONNECT
+//! against them.
 //!
 //! A check reads under a shared lock and hashes outside it; a change is hashed first, then
-//! written to the file and swapped in under the lock, one change at a time. What the file
-//! does not hold, memory does not either: a change whose write fails is not applied.
+//! written to the store ([`Persist`]) and swapped in under the lock, one change at a time.
+//! What the store does not hold, memory does not either: a change whose write fails is not
+//! applied. Changes committed elsewhere (another node of a cluster writing the same bucket)
+//! come in through [`Credentials::apply`].
 
-use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
 use plugin_api::HostError;
 
 use crate::hash::{Hasher, PasswordHash};
-use crate::store::{Kind, Record, Store, StoreError};
+use crate::store::{EntryError, Kind, Logins, Record};
+
+/// Where a change of one login is written before it is applied: the store's bucket.
+pub trait Persist: Send + Sync {
+    /// Writes the login `name` of `kind` (`None`: deletes it); returns once it is durable.
+    fn write(&self, kind: Kind, name: &str, record: Option<&Record>) -> Result<(), HostError>;
+}
+
+impl Persist for plugin_api::store::Bucket {
+    fn write(&self, kind: Kind, name: &str, record: Option<&Record>) -> Result<(), HostError> {
+        let key = crate::store::key(kind, name);
+        match record {
+            Some(record) => {
+                let value = serde_json::to_vec(record).map_err(|e| HostError::Failed(e.to_string()))?;
+                self.put(&key, &value)
+            }
+            None => self.delete(&key),
+        }
+    }
+}
 
 /// What the logins say about a CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,20 +45,28 @@ pub enum Answer {
 }
 
 /// The logins.
-#[derive(Debug)]
 pub struct Credentials {
-    path: PathBuf,
+    persist: Box<dyn Persist>,
     hasher: Hasher,
-    store: RwLock<Store>,
+    store: RwLock<Logins>,
     /// One change at a time, from its read to its write.
     writing: Mutex<()>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("hasher", &self.hasher).finish_non_exhaustive()
+    }
 }
 
 /// What a login's listing shows (never its password).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
+    /// The user name or client id.
     pub name: String,
+    /// Whether it skips ACL checks.
     pub is_superuser: bool,
+    /// Milliseconds since the Unix epoch.
     pub created_at: u64,
 }
 
@@ -46,13 +75,19 @@ fn now_ms() -> u64 {
 }
 
 impl Credentials {
-    /// Reads the logins from `path`.
-    pub fn open(path: PathBuf, hasher: Hasher) -> Result<Credentials, StoreError> {
-        let store = Store::load(&path)?;
-        Ok(Credentials { path, hasher, store: RwLock::new(store), writing: Mutex::new(()) })
+    /// The logins `logins` (read from the store), whose changes go to `persist`.
+    pub fn new(logins: Logins, hasher: Hasher, persist: Box<dyn Persist>) -> Credentials {
+        Credentials { persist, hasher, store: RwLock::new(logins), writing: Mutex::new(()) }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+    /// Applies a change committed to the store (seen by its watch): a put of `value` under
+    /// `key`, or its delete. A change this plugin made itself comes back this way too, and
+    /// changes nothing more.
+    pub fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), EntryError> {
+        self.store.write().unwrap_or_else(|e| e.into_inner()).apply(key, value)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Logins> {
         self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -76,13 +111,27 @@ impl Credentials {
         Answer::WrongPassword
     }
 
-    /// Applies `change` to a copy of the logins, writes it, then makes it current.
-    fn change<T>(&self, change: impl FnOnce(&mut Store) -> Result<T, HostError>) -> Result<T, HostError> {
+    /// Applies `change` to a copy of the login `name` of `kind`, writes it to the store, then
+    /// makes it current.
+    fn change<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        change: impl FnOnce(&mut Logins) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = self.read().clone();
+        let mut next = Logins::default();
+        if let Some(record) = self.read().of(kind).get(name) {
+            next.of_mut(kind).insert(name.to_owned(), record.clone());
+        }
         let result = change(&mut next)?;
-        next.save(&self.path).map_err(|e| HostError::Failed(e.to_string()))?;
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = next;
+        let record = next.of_mut(kind).remove(name);
+        self.persist.write(kind, name, record.as_ref())?;
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        match record {
+            Some(record) => store.of_mut(kind).insert(name.to_owned(), record),
+            None => store.of_mut(kind).remove(name),
+        };
         Ok(result)
     }
 
@@ -102,7 +151,7 @@ impl Credentials {
             return Err(HostError::Conflict(format!("{} {name:?} already exists", kind.field())));
         }
         let record = Record { password: self.hash(password)?, is_superuser, created_at: now_ms() };
-        self.change(|store| match store.of_mut(kind).entry(name.to_owned()) {
+        self.change(kind, name, |store| match store.of_mut(kind).entry(name.to_owned()) {
             std::collections::btree_map::Entry::Occupied(_) => {
                 Err(HostError::Conflict(format!("{} {name:?} already exists", kind.field())))
             }
@@ -117,7 +166,7 @@ impl Credentials {
     /// flag when given; `NotFound` if there is no such login.
     pub fn update(&self, kind: Kind, name: &str, password: &str, is_superuser: Option<bool>) -> Result<(), HostError> {
         let password = self.hash(password)?;
-        self.change(|store| {
+        self.change(kind, name, |store| {
             let record = store.of_mut(kind).get_mut(name).ok_or_else(|| not_found(kind, name))?;
             record.password = password;
             if let Some(is_superuser) = is_superuser {
@@ -129,7 +178,7 @@ impl Credentials {
 
     /// Removes a login; `NotFound` if there is no such login.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<(), HostError> {
-        self.change(|store| store.of_mut(kind).remove(name).map(drop).ok_or_else(|| not_found(kind, name)))
+        self.change(kind, name, |store| store.of_mut(kind).remove(name).map(drop).ok_or_else(|| not_found(kind, name)))
     }
 
     /// One login, if it exists.
@@ -155,19 +204,55 @@ fn not_found(kind: Kind, name: &str) -> HostError {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::hash::Algorithm;
+    use std::sync::Arc;
 
-    fn credentials(dir: &tempfile::TempDir, algorithm: Algorithm) -> Credentials {
-        let hasher = Hasher { algorithm, pbkdf2_iterations: 1000, bcrypt_cost: 4 };
-        Credentials::open(Store::path(dir.path()), hasher).unwrap()
+    /// A store in memory, in the bucket's layout (key, JSON value), that can be told to fail.
+    #[derive(Default)]
+    pub struct MemoryPersist {
+        pub entries: Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>,
+        pub fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Persist for Arc<MemoryPersist> {
+        fn write(&self, kind: Kind, name: &str, record: Option<&Record>) -> Result<(), HostError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(HostError::Failed("the store is full".into()));
+            }
+            let mut entries = self.entries.lock().unwrap();
+            match record {
+                Some(record) => entries.insert(crate::store::key(kind, name), serde_json::to_vec(record).unwrap()),
+                None => entries.remove(&crate::store::key(kind, name)),
+            };
+            Ok(())
+        }
+    }
+
+    impl MemoryPersist {
+        /// The logins its entries hold, as a scan at start reads them.
+        pub fn logins(&self) -> Logins {
+            let mut logins = Logins::default();
+            for (key, value) in self.entries.lock().unwrap().iter() {
+                logins.apply(key, Some(value)).unwrap();
+            }
+            logins
+        }
+    }
+
+    pub fn hasher(algorithm: Algorithm) -> Hasher {
+        Hasher { algorithm, pbkdf2_iterations: 1000, bcrypt_cost: 4 }
+    }
+
+    fn credentials(persist: &Arc<MemoryPersist>, algorithm: Algorithm) -> Credentials {
+        Credentials::new(persist.logins(), hasher(algorithm), Box::new(persist.clone()))
     }
 
     #[test]
     fn unknown_logins_are_no_opinion_and_wrong_passwords_are_wrong() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = credentials(&dir, Algorithm::Sha256);
+        let persist = Arc::new(MemoryPersist::default());
+        let c = credentials(&persist, Algorithm::Sha256);
         assert_eq!(c.check("c1", "alice", b"pw"), Answer::Unknown);
         c.add(Kind::Username, "alice", "pw", false).unwrap();
         assert_eq!(c.check("c1", "alice", b"pw"), Answer::Allow { is_superuser: false });
@@ -179,9 +264,9 @@ mod tests {
 
     #[test]
     fn changes_survive_a_reopen_and_a_changed_algorithm() {
-        let dir = tempfile::tempdir().unwrap();
-        credentials(&dir, Algorithm::Bcrypt).add(Kind::Username, "old", "pw1", false).unwrap();
-        let c = credentials(&dir, Algorithm::Pbkdf2);
+        let persist = Arc::new(MemoryPersist::default());
+        credentials(&persist, Algorithm::Bcrypt).add(Kind::Username, "old", "pw1", false).unwrap();
+        let c = credentials(&persist, Algorithm::Pbkdf2);
         assert_eq!(c.check("x", "old", b"pw1"), Answer::Allow { is_superuser: false }, "bcrypt record still works");
         c.update(Kind::Username, "old", "pw2", Some(true)).unwrap();
         assert_eq!(c.check("x", "old", b"pw2"), Answer::Allow { is_superuser: true });
@@ -190,6 +275,36 @@ mod tests {
         assert!(matches!(c.add(Kind::Username, "new", "", false), Err(HostError::InvalidArgument(_))));
         c.delete(Kind::Username, "old").unwrap();
         assert!(matches!(c.delete(Kind::Username, "old"), Err(HostError::NotFound(_))));
-        assert_eq!(credentials(&dir, Algorithm::Sha256).check("x", "old", b"pw2"), Answer::Unknown);
+        assert_eq!(credentials(&persist, Algorithm::Sha256).check("x", "old", b"pw2"), Answer::Unknown);
+    }
+
+    #[test]
+    fn a_change_the_store_refuses_is_not_applied() {
+        let persist = Arc::new(MemoryPersist::default());
+        let c = credentials(&persist, Algorithm::Sha256);
+        c.add(Kind::Username, "alice", "pw", false).unwrap();
+        persist.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(c.add(Kind::Username, "bob", "pw", false), Err(HostError::Failed(_))));
+        assert!(matches!(c.delete(Kind::Username, "alice"), Err(HostError::Failed(_))));
+        assert_eq!(c.check("x", "bob", b"pw"), Answer::Unknown);
+        assert_eq!(c.check("x", "alice", b"pw"), Answer::Allow { is_superuser: false });
+    }
+
+    /// The watch path: a change committed elsewhere (another node, or a store edited while the
+    /// plugin ran) reaches the logins a CONNECT is checked against.
+    #[test]
+    fn changes_committed_elsewhere_reach_logins() {
+        let elsewhere = Arc::new(MemoryPersist::default());
+        credentials(&elsewhere, Algorithm::Sha256).add(Kind::Username, "carol", "pw", true).unwrap();
+        let carol = elsewhere.entries.lock().unwrap().get(&b"username/carol"[..]).cloned().unwrap();
+
+        let c = credentials(&Arc::new(MemoryPersist::default()), Algorithm::Sha256);
+        assert_eq!(c.check("x", "carol", b"pw"), Answer::Unknown);
+        c.apply(b"username/carol", Some(&carol)).unwrap();
+        assert_eq!(c.check("x", "carol", b"pw"), Answer::Allow { is_superuser: true });
+        assert_eq!(c.list(Kind::Username).len(), 1);
+        c.apply(b"username/carol", None).unwrap();
+        assert_eq!(c.check("x", "carol", b"pw"), Answer::Unknown);
+        assert!(c.apply(b"nonsense", None).is_err());
     }
 }

@@ -1,18 +1,20 @@
-//! The credentials, by kind (`username` or `clientid`, EMQX's `{username, U}` and
-//! `{clientid, C}` logins), kept in `data/emqx_auth_mnesia.json`. Every change rewrites the
-//! file atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
-//! the old file or the new one, never half of one.
+//! The logins, by kind (`username` or `clientid`, EMQX's `{username, U}` and `{clientid, C}`
+//! logins), and how the broker's store keeps them: one key per login in the plugin's bucket
+//! [`BUCKET`], `username/<name>` or `clientid/<name>` ([`key`]), whose value is the login's
+//! [`Record`] as JSON (its salted hash, never a password). The file older versions kept
+//! (`data/emqx_auth_mnesia.json`, [`FILE`]) is read only to import it ([`Logins::parse_file`]).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::PasswordHash;
 
-/// The file's name in the data directory.
+/// The old file's name in the data directory.
 pub const FILE: &str = "emqx_auth_mnesia.json";
+/// The plugin's bucket in the store.
+pub const BUCKET: &str = "logins";
 
 /// Which kind of login a record is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// `username` or `clientid`, as EMQX's JSON names the field.
+    /// `username` or `clientid`, as EMQX's JSON names the field (and the store's key prefix).
     pub fn field(self) -> &'static str {
         match self {
             Kind::Username => "username",
@@ -36,65 +38,96 @@ impl Kind {
 /// One login's credentials. The password is only ever kept as its salted hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The salted hash, with its algorithm.
     pub password: PasswordHash,
+    /// Whether the login skips ACL checks.
     #[serde(default)]
     pub is_superuser: bool,
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
 }
 
-/// Every login, as the file holds them.
+/// Every login (the old file's shape too).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Store {
+pub struct Logins {
+    /// By user name.
     #[serde(default)]
     pub username: BTreeMap<String, Record>,
+    /// By client id.
     #[serde(default)]
     pub clientid: BTreeMap<String, Record>,
 }
 
-/// The file could not be read or written.
+/// A key or value of the bucket that is not a login.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid credentials file: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+pub enum EntryError {
+    /// The key is not `username/<name>` or `clientid/<name>`.
+    #[error("key {0:?} is not username/<name> or clientid/<name>")]
+    Key(String),
+    /// The value is not a login's JSON.
+    #[error("the value of {key:?} is not a login: {source}")]
+    Value {
+        /// The key.
+        key: String,
+        /// Why.
+        source: serde_json::Error,
+    },
 }
 
-impl Store {
-    /// The file's path in `data_dir`.
+/// The store's key of a login.
+pub fn key(kind: Kind, name: &str) -> Vec<u8> {
+    format!("{}/{name}", kind.field()).into_bytes()
+}
+
+/// The kind and name a store key is for.
+pub fn parse_key(key: &[u8]) -> Result<(Kind, String), EntryError> {
+    let text = String::from_utf8_lossy(key);
+    let (kind, name) = match text.split_once('/') {
+        Some(("username", name)) => (Kind::Username, name),
+        Some(("clientid", name)) => (Kind::Clientid, name),
+        _ => return Err(EntryError::Key(text.into_owned())),
+    };
+    if name.is_empty() {
+        return Err(EntryError::Key(text.into_owned()));
+    }
+    Ok((kind, name.to_owned()))
+}
+
+impl Logins {
+    /// The old file's path in `data_dir`.
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(FILE)
     }
 
-    /// Reads the file; no file is no logins.
-    pub fn load(path: &Path) -> Result<Store, StoreError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::default()),
-            Err(source) => return Err(StoreError::Read { path: path.to_owned(), source }),
-        };
-        serde_json::from_str(&text).map_err(|source| StoreError::Parse { path: path.to_owned(), source })
+    /// Reads the old file's bytes.
+    pub fn parse_file(bytes: &[u8]) -> Result<Logins, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
-    /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
-    /// directory. Readable by the broker's user only (mode 0600), like the ctl socket.
-    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let failed = |source| StoreError::Write { path: path.to_owned(), source };
-        let tmp = path.with_extension("json.tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(failed)?;
-        let text = serde_json::to_vec_pretty(self).map_err(|e| failed(e.into()))?;
-        file.write_all(&text).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-        std::fs::rename(&tmp, path).map_err(failed)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    /// Every login with its store key and value.
+    pub fn entries(&self) -> Result<Vec<plugin_api::store::Entry>, serde_json::Error> {
+        let mut entries = Vec::new();
+        for kind in [Kind::Username, Kind::Clientid] {
+            for (name, record) in self.of(kind) {
+                entries.push((key(kind, name), serde_json::to_vec(record)?));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Applies one change of the store (a put, or a delete when `value` is `None`): how the
+    /// logins follow changes committed elsewhere, and how they are built from a scan.
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), EntryError> {
+        let (kind, name) = parse_key(key)?;
+        match value {
+            Some(value) => {
+                let record = serde_json::from_slice(value)
+                    .map_err(|source| EntryError::Value { key: String::from_utf8_lossy(key).into_owned(), source })?;
+                self.of_mut(kind).insert(name, record);
+            }
+            None => {
+                self.of_mut(kind).remove(&name);
+            }
         }
         Ok(())
     }
@@ -128,28 +161,41 @@ mod tests {
     use super::*;
     use crate::hash::{Algorithm, Hasher};
 
-    #[test]
-    fn a_saved_store_loads_back_and_holds_no_plaintext() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = Store::path(dir.path());
-        assert_eq!(Store::load(&path).unwrap(), Store::default(), "no file, no logins");
+    fn record(password: &[u8], is_superuser: bool) -> Record {
         let hasher = Hasher { algorithm: Algorithm::Sha256, pbkdf2_iterations: 1000, bcrypt_cost: 4 };
-        let mut store = Store::default();
-        let record = Record { password: hasher.hash(b"hunter2").unwrap(), is_superuser: true, created_at: 1 };
-        store.of_mut(Kind::Username).insert("alice".to_owned(), record);
-        store.save(&path).unwrap();
-        assert_eq!(Store::load(&path).unwrap(), store);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(!path.with_extension("json.tmp").exists(), "the temporary file was renamed");
+        Record { password: hasher.hash(password).unwrap(), is_superuser, created_at: 1 }
     }
 
     #[test]
-    fn a_broken_file_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = Store::path(dir.path());
-        std::fs::write(&path, "{not json").unwrap();
-        let e = Store::load(&path).unwrap_err().to_string();
-        assert!(e.contains("emqx_auth_mnesia.json") && e.contains("not a valid credentials file"), "{e}");
+    fn changes_from_the_store_are_applied_in_order() {
+        let mut logins = Logins::default();
+        let alice = serde_json::to_vec(&record(b"hunter2", true)).unwrap();
+        assert!(!String::from_utf8_lossy(&alice).contains("hunter2"), "no plaintext in the value");
+        logins.apply(b"username/alice", Some(&alice)).unwrap();
+        logins.apply(b"clientid/a/b", Some(&alice)).unwrap();
+        assert!(logins.username["alice"].is_superuser);
+        assert!(logins.clientid.contains_key("a/b"), "a name may hold a slash");
+        logins.apply(b"username/alice", None).unwrap();
+        logins.apply(b"username/nobody", None).unwrap();
+        assert!(logins.username.is_empty());
+        assert!(matches!(logins.apply(b"group/x", Some(&alice)), Err(EntryError::Key(_))));
+        assert!(matches!(logins.apply(b"username/", None), Err(EntryError::Key(_))));
+        assert!(matches!(logins.apply(b"username/bob", Some(b"{")), Err(EntryError::Value { .. })));
+        assert!(!logins.username.contains_key("bob"), "a bad value changes nothing");
+    }
+
+    #[test]
+    fn entries_rebuild_the_same_logins_and_old_files_read() {
+        let mut logins = Logins::default();
+        logins.of_mut(Kind::Username).insert("alice".into(), record(b"pw", false));
+        logins.of_mut(Kind::Clientid).insert("sensor-1".into(), record(b"k", true));
+        let mut rebuilt = Logins::default();
+        for (key, value) in logins.entries().unwrap() {
+            rebuilt.apply(&key, Some(&value)).unwrap();
+        }
+        assert_eq!(rebuilt, logins);
+        let file = serde_json::to_vec_pretty(&logins).unwrap();
+        assert_eq!(Logins::parse_file(&file).unwrap(), logins);
+        assert!(Logins::parse_file(b"{not json").is_err());
     }
 }

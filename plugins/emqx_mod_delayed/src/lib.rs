@@ -3,11 +3,16 @@
 //! 4294967, EMQX's limit), with its QoS, payload and retain flag. A topic that does not parse
 //! (`$delayed/soon/x`) is left alone, as EMQX leaves it.
 //!
-//! Held messages are kept in `data/emqx_mod_delayed.json`, so they survive an unload, a
-//! reload and a broker restart; one that fell due while the module was not running is
-//! published as soon as it runs again. The file is rewritten atomically by the module's own
-//! thread, not by the publishing client's: a burst of `$delayed/` publishes costs one write,
-//! not one each, and the last changes are written when the module stops.
+//! Held messages are kept in the broker's store, one key per message in the module's bucket
+//! `delayed` (the key is the due time then a sequence number, big-endian, so keys sort by due
+//! time): the key is written before the `message.publish` hook returns, so a `$delayed/`
+//! message whose PUBLISH was acknowledged survives an unload, a reload, a restart and a
+//! `kill -9`; concurrent publishes share one group commit. The module's own thread publishes a
+//! message when it falls due, then deletes its key (a crash between the two publishes it again
+//! after the restart: at least once). One that fell due while the module was not running is
+//! published as soon as it runs again. At the first start a `data/emqx_mod_delayed.json` left
+//! by an older version is imported and renamed `emqx_mod_delayed.json.imported` (a damaged one
+//! is left in place, with a warning).
 //!
 //! Config (`[delayed]`): `max_delayed_messages` (EMQX's name), the most messages held at
 //! once; 0 (the default, as in EMQX) for no limit. A `$delayed/` message over it is dropped,
@@ -16,6 +21,7 @@
 //! `broker ctl delayed list` prints one line per held message (`topic`, `qos`, `retain`,
 //! seconds left); `broker ctl delayed clean` drops them all; `broker ctl delayed stats` prints
 //! how many are held, the limit, and how many were dropped over it.
+#![forbid(unsafe_code)]
 
 mod store;
 
@@ -26,10 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use plugin_api::store::{Bucket, StoreBatch};
 use plugin_api::{
     declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind, QoS,
 };
-use store::{Delayed, Store};
+use store::{Delayed, Held};
 
 /// EMQX's longest delay, in seconds.
 const MAX_DELAY_SECS: u64 = 4_294_967;
@@ -60,8 +67,11 @@ fn parse(topic: &str) -> Option<(u64, &str)> {
 /// What the module and its publishing thread share.
 struct Shared {
     host: Host,
-    store: Mutex<Store>,
+    bucket: Bucket,
+    held: Mutex<Held>,
     changed: Condvar,
+    /// The sequence number of the next key.
+    next_seq: AtomicU64,
     /// Messages dropped over `max_delayed_messages`, ever, and when that was last logged
     /// (with the count then).
     dropped: AtomicU64,
@@ -69,41 +79,117 @@ struct Shared {
 }
 
 impl Shared {
-    /// Publishes what is due and writes the file when the store changed, then waits until the
-    /// next is due or the store changes. Writes the last changes when stopping.
+    /// Publishes what is due and deletes it from the store, then waits until the next is due or
+    /// a message is added.
     fn run(&self) {
-        let mut store = lock(&self.store);
+        let mut held = lock(&self.held);
         loop {
-            if store.dirty {
-                let snapshot = store.snapshot();
-                drop(store);
-                if let Err(e) = snapshot.and_then(|bytes| store::write(self.host.data_dir(), &bytes)) {
-                    self.host.warn(&format!("cannot save delayed messages: {e}"));
-                }
-                store = lock(&self.store);
-                continue;
-            }
-            if store.stopping {
+            if held.stopping {
                 return;
             }
-            let due = store.take_due(now_ms());
+            let due = held.due(now_ms());
             if !due.is_empty() {
-                drop(store);
-                for message in due {
+                // Out of the list before they are published; out of the store after.
+                for (key, _) in &due {
+                    held.remove(key);
+                }
+                drop(held);
+                let mut published = StoreBatch::new();
+                for (key, message) in &due {
                     let qos = QoS::from_u8(message.qos);
                     if let Err(e) = self.host.publish(&message.topic, &message.payload, qos, message.retain) {
                         self.host.warn(&format!("delayed publish to {} failed: {e}", message.topic));
                     }
+                    published.delete(key);
                 }
-                store = lock(&self.store);
+                if let Err(e) = self.bucket.commit(&published) {
+                    self.host.warn(&format!(
+                        "{} published delayed messages not deleted from the store: {e}; they are published again \
+                         after a restart",
+                        due.len()
+                    ));
+                }
+                held = lock(&self.held);
                 continue;
             }
-            let wait = store
+            let wait = held
                 .next_due()
                 .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms()) + 1));
-            store = self.changed.wait_timeout(store, wait).unwrap_or_else(|e| e.into_inner()).0;
+            held = self.changed.wait_timeout(held, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
+
+    /// Holds `message`: writes it to the store (returning once it is durable), then adds it for
+    /// the publishing thread. Dropped, counted and logged past `max` (0: no limit).
+    fn hold(&self, message: Delayed, max: usize) {
+        {
+            let mut held = lock(&self.held);
+            if max > 0 && held.len() + held.pending >= max {
+                drop(held);
+                self.dropped_over(max, &message.topic);
+                return;
+            }
+            held.pending += 1;
+        }
+        let key = store::key(message.due_ms, self.next_seq.fetch_add(1, Ordering::Relaxed));
+        let written = self.bucket.put(&key, &store::encode_value(&message));
+        let mut held = lock(&self.held);
+        held.pending -= 1;
+        match written {
+            Ok(()) => {
+                held.add(key, message);
+                self.changed.notify_one();
+            }
+            Err(e) => {
+                drop(held);
+                let topic: String = message.topic.chars().take(256).collect();
+                self.host.warn(&format!("delayed message to {topic} not held: the store refused it: {e}"));
+            }
+        }
+    }
+
+    /// Drops every held message, from the store first; returns how many.
+    fn clean(&self) -> Result<usize, String> {
+        let keys: Vec<store::Key> = lock(&self.held).iter().map(|(key, _)| *key).collect();
+        let mut batch = StoreBatch::new();
+        for key in &keys {
+            batch.delete(key);
+        }
+        self.bucket.commit(&batch).map_err(|e| format!("cannot delete the delayed messages from the store: {e}"))?;
+        let mut held = lock(&self.held);
+        Ok(keys.iter().filter(|key| held.remove(key).is_some()).count())
+    }
+}
+
+/// The messages `bucket` holds; an entry this version cannot read is left there, with a warning.
+fn load(host: &Host, bucket: &Bucket) -> Result<Held, plugin_api::HostError> {
+    let mut held = Held::default();
+    for (key, value) in bucket.scan_prefix(b"")? {
+        match store::decode(&key, &value) {
+            Ok((key, message)) => held.add(key, message),
+            Err(e) => host.warn(&format!("a delayed message in the store not loaded: {e}")),
+        }
+    }
+    Ok(held)
+}
+
+/// Imports the old file's messages into `bucket` and `held`, numbering them from `next_seq`.
+fn import(bucket: &Bucket, held: &mut Held, next_seq: &mut u64, bytes: &[u8]) -> Result<String, String> {
+    let messages = store::parse_file(bytes).map_err(|e| format!("not a delayed messages file: {e}"))?;
+    let mut batch = StoreBatch::new();
+    let mut keyed = Vec::with_capacity(messages.len());
+    for message in messages {
+        let key = store::key(message.due_ms, *next_seq);
+        *next_seq += 1;
+        batch.put(&key, &store::encode_value(&message));
+        keyed.push((key, message));
+    }
+    bucket.commit(&batch).map_err(|e| format!("the store refused them: {e}"))?;
+    let count = keyed.len();
+    for (key, message) in keyed {
+        held.add(key, message);
+    }
+    Ok(format!("{count} delayed messages"))
 }
 
 impl Shared {
@@ -140,12 +226,19 @@ pub struct DelayedPublish {
 impl Plugin for DelayedPublish {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let store = Store::load(host.data_dir())?;
-        host.info(&format!("{} delayed messages held", store.len()));
+        let bucket = host.store(store::BUCKET);
+        let mut held = load(&host, &bucket)?;
+        let mut next_seq = held.max_seq().map_or(0, |seq| seq + 1);
+        plugin_api::store::import_file(&host, &store::path(host.data_dir()), |bytes| {
+            import(&bucket, &mut held, &mut next_seq, bytes)
+        });
+        host.info(&format!("{} delayed messages held", held.len()));
         let shared = Arc::new(Shared {
             host,
-            store: Mutex::new(store),
+            bucket,
+            held: Mutex::new(held),
             changed: Condvar::new(),
+            next_seq: AtomicU64::new(next_seq),
             dropped: AtomicU64::new(0),
             drop_logged: Mutex::new(None),
         });
@@ -160,13 +253,6 @@ impl Plugin for DelayedPublish {
         let Some((seconds, topic)) = parse(event.topic) else {
             return HookResult::Continue;
         };
-        let max = self.settings.max_delayed_messages;
-        let mut store = lock(&self.shared.store);
-        if max > 0 && store.len() >= max {
-            drop(store);
-            self.shared.dropped_over(max, topic);
-            return HookResult::Drop;
-        }
         let message = Delayed {
             due_ms: event.timestamp_ms + seconds * 1000,
             topic: topic.to_owned(),
@@ -174,21 +260,18 @@ impl Plugin for DelayedPublish {
             qos: event.qos as u8,
             retain: event.retain,
         };
-        store.add(message);
-        // The module's thread writes the file.
-        self.shared.changed.notify_one();
+        self.shared.hold(message, self.settings.max_delayed_messages);
         // Held, not routed now (EMQX stops the original the same way).
         HookResult::Drop
     }
 
     fn ctl(&self, args: &[String]) -> Result<String, String> {
-        let mut store = lock(&self.shared.store);
         match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["list"] => {
                 let now = now_ms();
-                Ok(store
+                Ok(lock(&self.shared.held)
                     .iter()
-                    .map(|m| {
+                    .map(|(_, m)| {
                         format!(
                             "topic={} qos={} retain={} due_in={}s",
                             m.topic,
@@ -200,14 +283,10 @@ impl Plugin for DelayedPublish {
                     .collect::<Vec<_>>()
                     .join("\n"))
             }
-            ["clean"] => {
-                let n = store.clear();
-                self.shared.changed.notify_one();
-                Ok(format!("Cleaned {n} delayed messages"))
-            }
+            ["clean"] => Ok(format!("Cleaned {} delayed messages", self.shared.clean()?)),
             ["stats"] => Ok(format!(
                 "held={} max_delayed_messages={} dropped={}",
-                store.len(),
+                lock(&self.shared.held).len(),
                 self.settings.max_delayed_messages,
                 self.shared.dropped.load(Ordering::Relaxed)
             )),
@@ -216,7 +295,7 @@ impl Plugin for DelayedPublish {
     }
 
     fn stop(mut self) {
-        lock(&self.shared.store).stopping = true;
+        lock(&self.shared.held).stopping = true;
         self.shared.changed.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

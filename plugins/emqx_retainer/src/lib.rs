@@ -6,6 +6,15 @@
 //! Interval is honoured. The broker itself never retains: with this plugin unloaded,
 //! nothing is retained; loaded again (`storage_type = "disc"`), its stored messages are back.
 //!
+//! With `storage_type = "disc"` (or `disc_only`) every retained message is one key (its topic)
+//! in the plugin's bucket `retained` of the broker's store, written before the
+//! `message.publish` hook returns, so a retained message whose PUBLISH was acknowledged
+//! survives `kill -9`; an empty payload deletes the key. The index in memory (topic-ordered) is
+//! what subscriptions read; it is loaded from the store at start. At the first start with
+//! `disc`, a `data/emqx_retainer.dat` left by an older version is imported and renamed
+//! `emqx_retainer.dat.imported` (a damaged one is left in place, with a warning). With `ram`
+//! (the default) nothing touches the store.
+//!
 //! Config (`[retainer]`, EMQX's names and defaults): `storage_type = "ram" | "disc" |
 //! "disc_only"` (default `ram`; `disc_only` behaves as `disc`), `max_retained_messages` (0 =
 //! unlimited), `max_payload_size` (`1MB`), `expiry_interval` (0 = never; a bare number is
@@ -20,18 +29,23 @@
 mod settings;
 mod store;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use plugin_api::store::{Bucket, StoreBatch};
 use plugin_api::{
     declare_plugin, topic, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
     QoS, RetainedMessage,
 };
 use settings::{Settings, StorageType};
 use store::{Messages, Retained};
+
+/// How many locks the writes of different topics spread over (see [`Retainer::stripes`]).
+const STRIPES: usize = 64;
+/// The most operations one import batch holds.
+const IMPORT_BATCH: usize = 1000;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -41,59 +55,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Shared between the hooks and the disc writer.
+/// The index: the messages by topic, and the new topics being written to the store (counted
+/// against `max_retained_messages` until they are in).
 #[derive(Debug, Default)]
-struct Shared {
-    messages: Mutex<Messages>,
-    dirty: Mutex<bool>,
-    changed: Condvar,
-    stopping: AtomicBool,
+struct Index {
+    messages: Messages,
+    reserved: usize,
 }
 
-impl Shared {
-    fn mark_dirty(&self) {
-        *lock(&self.dirty) = true;
-        self.changed.notify_one();
-    }
-}
-
-/// The thread that writes the store to disc after changes (coalescing bursts).
-#[derive(Debug)]
-struct DiscWriter {
-    thread: JoinHandle<()>,
-}
-
-impl DiscWriter {
-    fn start(shared: Arc<Shared>, host: Host, dir: PathBuf) -> std::io::Result<DiscWriter> {
-        let thread = std::thread::Builder::new().name("emqx_retainer".to_owned()).spawn(move || loop {
-            let stopping = {
-                let mut dirty = lock(&shared.dirty);
-                while !*dirty && !shared.stopping.load(Ordering::SeqCst) {
-                    dirty = shared.changed.wait(dirty).unwrap_or_else(|e| e.into_inner());
-                }
-                let was_dirty = std::mem::take(&mut *dirty);
-                if !was_dirty {
-                    return; // stopping, nothing left to write
-                }
-                shared.stopping.load(Ordering::SeqCst)
-            };
-            let snapshot = lock(&shared.messages).clone();
-            if let Err(e) = store::save(&dir, &snapshot) {
-                host.error(&format!("cannot save retained messages to {}: {e}", store::path(&dir).display()));
-            }
-            if stopping && !*lock(&shared.dirty) {
-                return;
-            }
-        })?;
-        Ok(DiscWriter { thread })
-    }
-}
-
+/// The plugin: the index (the read path) and, with `disc` / `disc_only`, its bucket.
 pub struct Retainer {
     host: Host,
     settings: Settings,
-    shared: Arc<Shared>,
-    writer: Option<DiscWriter>,
+    index: Mutex<Index>,
+    /// The store's bucket; `None` with `ram`, which never touches the store.
+    bucket: Option<Bucket>,
+    /// Orders the writes of one topic: a topic's lock is held from its store write to its index
+    /// update, so the store and the index see one topic's changes in the same order, while
+    /// writes of other topics go to the store at the same time (one group commit).
+    stripes: Vec<Mutex<()>>,
+}
+
+fn stripe_of(topic: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    topic.hash(&mut hasher);
+    (hasher.finish() % STRIPES as u64) as usize
 }
 
 impl Retainer {
@@ -103,71 +89,123 @@ impl Retainer {
             || (message.expires_at_ms > 0 && now >= message.expires_at_ms)
     }
 
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    /// Stores (or, for an empty payload, deletes) the retained message `event` carries. With
+    /// `disc`, the store has it before this returns, so a message whose PUBLISH was
+    /// acknowledged survives a crash; a write the store refuses leaves the index as it was.
     fn store(&self, event: &Event<'_>) {
         let topic = event.topic;
-        let changed = {
-            let mut messages = lock(&self.shared.messages);
-            if event.payload.is_empty() {
-                messages.remove(topic).is_some()
-            } else if event.payload.len() > self.settings.max_payload_size {
-                self.host.warn(&format!(
-                    "retained message on {topic} not stored: {} bytes is over max_payload_size ({} bytes)",
-                    event.payload.len(),
-                    self.settings.max_payload_size
-                ));
-                false
-            } else if self.settings.max_retained_messages > 0
-                && !messages.contains_key(topic)
-                && messages.len() >= self.settings.max_retained_messages
-            {
-                self.host.warn(&format!(
-                    "retained message on {topic} not stored: max_retained_messages ({}) reached",
-                    self.settings.max_retained_messages
-                ));
-                false
-            } else {
-                let now = now_ms();
-                let message = Retained {
-                    payload: event.payload.to_vec(),
-                    qos: event.qos as u8,
-                    stored_at_ms: now,
-                    properties: event.properties.to_vec(),
-                    expires_at_ms: event.message_expiry.map_or(0, |s| now + u64::from(s) * 1000),
-                };
-                messages.insert(topic.to_owned(), message);
-                true
+        let _topic_order = lock(&self.stripes[stripe_of(topic)]);
+        if event.payload.is_empty() {
+            if !self.index().messages.contains_key(topic) {
+                return;
             }
-        };
-        if changed && self.writer.is_some() {
-            self.shared.mark_dirty();
+            if let Some(bucket) = &self.bucket {
+                if let Err(e) = bucket.delete(topic.as_bytes()) {
+                    self.host.warn(&format!("retained message on {topic} not deleted: {e}"));
+                    return;
+                }
+            }
+            self.index().messages.remove(topic);
+            return;
         }
-    }
-
-    /// The stored messages, without the expired ones (removed now, as EMQX's expiry timer
-    /// would have).
-    fn purge_expired(&self) -> MutexGuard<'_, Messages> {
+        if event.payload.len() > self.settings.max_payload_size {
+            self.host.warn(&format!(
+                "retained message on {topic} not stored: {} bytes is over max_payload_size ({} bytes)",
+                event.payload.len(),
+                self.settings.max_payload_size
+            ));
+            return;
+        }
+        let reserved = {
+            let mut index = self.index();
+            let new = !index.messages.contains_key(topic);
+            let max = self.settings.max_retained_messages;
+            if new && max > 0 && index.messages.len() + index.reserved >= max {
+                drop(index);
+                self.host
+                    .warn(&format!("retained message on {topic} not stored: max_retained_messages ({max}) reached"));
+                return;
+            }
+            index.reserved += usize::from(new);
+            new
+        };
         let now = now_ms();
-        let mut messages = lock(&self.shared.messages);
-        let before = messages.len();
-        messages.retain(|_, message| !self.expired(message, now));
-        if messages.len() != before && self.writer.is_some() {
-            self.shared.mark_dirty();
+        let message = Retained {
+            payload: event.payload.to_vec(),
+            qos: event.qos as u8,
+            stored_at_ms: now,
+            properties: event.properties.to_vec(),
+            expires_at_ms: event.message_expiry.map_or(0, |s| now + u64::from(s) * 1000),
+        };
+        let written = match &self.bucket {
+            Some(bucket) => bucket.put(topic.as_bytes(), &store::encode_value(&message)),
+            None => Ok(()),
+        };
+        let mut index = self.index();
+        index.reserved -= usize::from(reserved);
+        match written {
+            Ok(()) => {
+                index.messages.insert(topic.to_owned(), message);
+            }
+            Err(e) => {
+                drop(index);
+                self.host.warn(&format!("retained message on {topic} not stored: {e}"));
+            }
         }
-        messages
     }
 
-    /// Removes the messages whose topic `remove` picks; says how many, as EMQX does.
-    fn clean(&self, remove: impl Fn(&str) -> bool) -> String {
-        let removed = {
-            let mut messages = self.purge_expired();
-            let before = messages.len();
-            messages.retain(|topic, _| !remove(topic));
-            before - messages.len()
+    /// Removes the messages `remove` picks (and the expired ones, as EMQX's expiry timer would
+    /// have), from the store first; returns how many unexpired ones `remove` picked.
+    fn remove_where(&self, remove: impl Fn(&str) -> bool) -> Result<usize, String> {
+        let now = now_ms();
+        let picked = |index: &Index| -> Vec<String> {
+            index
+                .messages
+                .iter()
+                .filter(|(topic, message)| remove(topic) || self.expired(message, now))
+                .map(|(topic, _)| topic.clone())
+                .collect()
         };
-        if removed > 0 && self.writer.is_some() {
-            self.shared.mark_dirty();
+        let topics = picked(&self.index());
+        if topics.is_empty() {
+            return Ok(0);
         }
-        format!("Cleaned {removed} retained messages")
+        // The topics' write locks, in one order (a writer holds one at a time): no write of these
+        // topics lands between the store's delete and the index's.
+        let mut stripes: Vec<usize> = topics.iter().map(|t| stripe_of(t)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _held: Vec<_> = stripes.iter().map(|&i| lock(&self.stripes[i])).collect();
+        // Picked again: a topic may have changed before its lock was taken.
+        let topics: Vec<String> =
+            picked(&self.index()).into_iter().filter(|t| stripes.binary_search(&stripe_of(t)).is_ok()).collect();
+        if let Some(bucket) = &self.bucket {
+            let mut batch = StoreBatch::new();
+            for topic in &topics {
+                batch.delete(topic.as_bytes());
+            }
+            bucket.commit(&batch).map_err(|e| format!("cannot delete retained messages from the store: {e}"))?;
+        }
+        let mut index = self.index();
+        let mut removed = 0;
+        for topic in &topics {
+            if let Some(message) = index.messages.remove(topic) {
+                removed += usize::from(remove(topic) && !self.expired(&message, now));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The stored topics, without the expired ones (removed now).
+    fn topics(&self) -> Vec<String> {
+        if let Err(e) = self.remove_where(|_| false) {
+            self.host.warn(&e);
+        }
+        self.index().messages.keys().cloned().collect()
     }
 
     fn deliver(&self, event: &Event<'_>) {
@@ -177,7 +215,7 @@ impl Retainer {
         }
         let filter = event.topic;
         let now = now_ms();
-        let matching: Vec<(String, Retained)> = store::candidates(&lock(&self.shared.messages), filter)
+        let matching: Vec<(String, Retained)> = store::candidates(&self.index().messages, filter)
             .filter(|(topic, message)| topic::matches(filter, topic) && !self.expired(message, now))
             .map(|(topic, message)| (topic.clone(), message.clone()))
             .collect();
@@ -200,39 +238,64 @@ impl Retainer {
     }
 }
 
+/// Imports the old file's messages into `bucket`; says how many.
+fn import(bucket: &Bucket, bytes: &[u8]) -> Result<String, String> {
+    let (messages, problem) = store::decode(bytes);
+    if let Some(problem) = problem {
+        return Err(format!("damaged: {problem}"));
+    }
+    let entries: Vec<_> = messages.iter().collect();
+    for chunk in entries.chunks(IMPORT_BATCH) {
+        let mut batch = StoreBatch::new();
+        for (topic, message) in chunk {
+            batch.put(topic.as_bytes(), &store::encode_value(message));
+        }
+        bucket.commit(&batch).map_err(|e| format!("the store refused them: {e}"))?;
+    }
+    Ok(format!("{} retained messages", messages.len()))
+}
+
+/// The messages in `bucket`; a value this version cannot read is left there, with a warning.
+fn load(host: &Host, bucket: &Bucket) -> Result<Messages, String> {
+    let entries = bucket.scan_prefix(b"").map_err(|e| format!("cannot read retained messages from the store: {e}"))?;
+    let mut messages = Messages::new();
+    for (key, value) in entries {
+        let topic = String::from_utf8_lossy(&key).into_owned();
+        match store::decode_value(&value) {
+            Ok(message) => {
+                messages.insert(topic, message);
+            }
+            Err(e) => host.warn(&format!("retained message on {topic} in the store not loaded: {e}")),
+        }
+    }
+    Ok(messages)
+}
+
 impl Plugin for Retainer {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let shared = Arc::new(Shared::default());
-        let dir = host.data_dir().to_owned();
-        let writer = match settings.storage_type {
-            StorageType::Ram => None,
+        let (bucket, messages) = match settings.storage_type {
+            StorageType::Ram => (None, Messages::new()),
             StorageType::Disc | StorageType::DiscOnly => {
-                let path = store::path(&dir);
-                match std::fs::read(&path) {
-                    Ok(bytes) => {
-                        let (messages, problem) = store::decode(&bytes);
-                        if let Some(problem) = problem {
-                            host.error(&format!(
-                                "{}: {problem}; kept the {} messages read",
-                                path.display(),
-                                messages.len()
-                            ));
-                        }
-                        *lock(&shared.messages) = messages;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
-                }
-                Some(DiscWriter::start(shared.clone(), host, dir)?)
+                let bucket = host.store(store::BUCKET);
+                plugin_api::store::import_file(&host, &store::path(host.data_dir()), |bytes| import(&bucket, bytes));
+                let messages = load(&host, &bucket)?;
+                (Some(bucket), messages)
             }
         };
-        let count = lock(&shared.messages).len();
+        let retainer = Retainer {
+            host,
+            settings,
+            index: Mutex::new(Index { messages, reserved: 0 }),
+            bucket,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        let count = retainer.topics().len();
         host.info(&format!(
             "retainer started (storage_type {}, {count} retained messages)",
-            settings.storage_type.name()
+            retainer.settings.storage_type.name()
         ));
-        Ok(Retainer { host, settings, shared, writer })
+        Ok(retainer)
     }
 
     fn on_event(&self, event: &Event<'_>) -> HookResult {
@@ -246,29 +309,21 @@ impl Plugin for Retainer {
 
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cleaned = |n: usize| format!("Cleaned {n} retained messages");
         match words.as_slice() {
-            ["info"] => Ok(format!("retained/total: {}", self.purge_expired().len())),
-            ["topics"] => {
-                let mut topics: Vec<String> = self.purge_expired().keys().cloned().collect();
-                topics.sort();
-                Ok(topics.join("\n"))
-            }
-            ["clean"] => Ok(self.clean(|_| true)),
+            ["info"] => Ok(format!("retained/total: {}", self.topics().len())),
+            // In topic order (the index's).
+            ["topics"] => Ok(self.topics().join("\n")),
+            ["clean"] => self.remove_where(|_| true).map(cleaned),
             ["clean", filter] if topic::is_valid_filter(filter) => {
-                Ok(self.clean(|topic| topic::matches(filter, topic)))
+                self.remove_where(|topic| topic::matches(filter, topic)).map(cleaned)
             }
             ["clean", filter] => Err(format!("invalid topic filter {filter:?}")),
             _ => Err("usage: broker ctl retainer info | topics | clean [TOPIC_FILTER]".to_owned()),
         }
     }
 
-    fn stop(self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_one();
-        if let Some(writer) = self.writer {
-            let _ = writer.thread.join();
-        }
-    }
+    fn stop(self) {}
 }
 
 declare_plugin!(

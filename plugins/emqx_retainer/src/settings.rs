@@ -11,10 +11,11 @@ pub enum StorageType {
     /// In memory only (the default, as in EMQX): gone when the broker stops or the plugin
     /// is unloaded.
     Ram,
-    /// In memory, and kept in `<data_dir>/emqx_retainer.dat` across unloads and restarts.
+    /// In memory, and kept in the host's store (written before the PUBLISH is acknowledged)
+    /// across unloads, restarts and crashes.
     Disc,
     /// Accepted for EMQX configs; behaves as `disc` (served from memory, every change
-    /// written to the file). EMQX keeps such a table on disc only; the difference is memory
+    /// written to the store). EMQX keeps such a table on disc only; the difference is memory
     /// use, not what clients see.
     DiscOnly,
 }

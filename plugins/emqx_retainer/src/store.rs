@@ -1,26 +1,52 @@
-//! The retained messages, and their file.
+//! The retained messages: the in-memory index (the read path), their encoding in the host's
+//! store, and the reader of the file older versions kept.
 //!
-//! File format (`emqx_retainer.dat`): the line `broker-retainer v2\n`, then one record per
-//! message: topic length (u32 BE), topic, QoS (u8), stored-at milliseconds since the epoch
-//! (u64 BE), payload length (u32 BE), payload, then (v2) the MQTT 5 properties' length (u32
-//! BE) and bytes, and when the MQTT 5 Message Expiry runs out (u64 BE milliseconds since the
-//! epoch, 0 for never). Version 1 files (without the last two) are still read. The file is
-//! replaced atomically (temporary file, fsync, rename, fsync of the directory), so a crash
-//! leaves the previous or the new contents, never a mix.
+//! In the store (bucket [`BUCKET`]), a message is one key, its topic, whose value is
+//! [`encode_value`]'s: a version byte (`1`), the QoS (u8), the stored-at and the expiry time
+//! (u64 BE milliseconds since the epoch, 0 for never), the MQTT 5 properties' length (u32 BE)
+//! and bytes, then the payload (the rest).
+//!
+//! The old file (`emqx_retainer.dat`, read only to import it): the line
+//! `broker-retainer v2\n`, then one record per message: topic length (u32 BE), topic, QoS
+//! (u8), stored-at milliseconds since the epoch (u64 BE), payload length (u32 BE), payload,
+//! then (v2) the MQTT 5 properties' length (u32 BE) and bytes, and when the MQTT 5 Message
+//! Expiry runs out (u64 BE milliseconds since the epoch, 0 for never). Version 1 files
+//! (without the last two) are read too.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 const MAGIC_V1: &[u8] = b"broker-retainer v1\n";
 const MAGIC: &[u8] = b"broker-retainer v2\n";
+/// The old file's name in the data directory.
 pub const FILE_NAME: &str = "emqx_retainer.dat";
+/// The plugin's bucket in the host's store.
+pub const BUCKET: &str = "retained";
+/// The version byte [`encode_value`] writes.
+const VALUE_V1: u8 = 1;
+/// The fixed part of a value: version, QoS, two times, the properties' length.
+const VALUE_HEADER: usize = 1 + 1 + 8 + 8 + 4;
 
+/// A value in the store that is not a retained message this version reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Shorter than its fixed part or its properties say.
+    #[error("truncated value ({0} bytes)")]
+    Truncated(usize),
+    /// Written by a newer version.
+    #[error("unknown value version {0}")]
+    Version(u8),
+}
+
+/// One retained message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retained {
+    /// Its payload (never empty: an empty one deletes).
     pub payload: Vec<u8>,
+    /// The QoS it was published with.
     pub qos: u8,
+    /// When it was stored, in milliseconds since the epoch.
     pub stored_at_ms: u64,
     /// The forwarded MQTT 5 properties it was published with, encoded by the broker.
     pub properties: Vec<u8>,
@@ -54,11 +80,47 @@ pub fn candidates<'a>(
     )
 }
 
+/// The old file's path in `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-pub fn encode(messages: &Messages) -> Vec<u8> {
+/// A message as the store keeps it (see the module's documentation).
+pub fn encode_value(m: &Retained) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VALUE_HEADER + m.properties.len() + m.payload.len());
+    out.push(VALUE_V1);
+    out.push(m.qos);
+    out.extend_from_slice(&m.stored_at_ms.to_be_bytes());
+    out.extend_from_slice(&m.expires_at_ms.to_be_bytes());
+    out.extend_from_slice(&(m.properties.len() as u32).to_be_bytes());
+    out.extend_from_slice(&m.properties);
+    out.extend_from_slice(&m.payload);
+    out
+}
+
+/// Reads back what [`encode_value`] wrote.
+pub fn decode_value(bytes: &[u8]) -> Result<Retained, ValueError> {
+    let truncated = || ValueError::Truncated(bytes.len());
+    let header = bytes.get(..VALUE_HEADER).ok_or_else(truncated)?;
+    if header[0] != VALUE_V1 {
+        return Err(ValueError::Version(header[0]));
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(std::array::from_fn(|i| header[at + i]));
+    let properties_len = u32::from_be_bytes(std::array::from_fn(|i| header[18 + i])) as usize;
+    let rest = &bytes[VALUE_HEADER..];
+    let properties = rest.get(..properties_len).ok_or_else(truncated)?;
+    Ok(Retained {
+        qos: header[1],
+        stored_at_ms: u64_at(2),
+        expires_at_ms: u64_at(10),
+        properties: properties.to_vec(),
+        payload: rest[properties_len..].to_vec(),
+    })
+}
+
+/// The old file's bytes for `messages` (tests write old files with it).
+#[cfg(test)]
+pub fn encode_file(messages: &Messages) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     for (topic, m) in messages {
         out.extend_from_slice(&(topic.len() as u32).to_be_bytes());
@@ -74,7 +136,7 @@ pub fn encode(messages: &Messages) -> Vec<u8> {
     out
 }
 
-/// Decodes a file's bytes. Returns what could be read and, if the file is damaged, why.
+/// Decodes the old file's bytes. Returns what could be read and, if the file is damaged, why.
 pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
     let mut messages = Messages::new();
     let (mut rest, v2) = match (bytes.strip_prefix(MAGIC), bytes.strip_prefix(MAGIC_V1)) {
@@ -114,23 +176,12 @@ pub fn decode(bytes: &[u8]) -> (Messages, Option<String>) {
     (messages, None)
 }
 
-/// Replaces the file atomically with `messages`.
-pub fn save(data_dir: &Path, messages: &Messages) -> std::io::Result<()> {
-    let path = path(data_dir);
-    let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&encode(messages))?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_truncation() {
+    fn old_files_read_back_and_truncation_is_reported() {
         let mut messages = Messages::new();
         let retained = |payload: &[u8], qos, stored_at_ms, properties: &[u8], expires_at_ms| Retained {
             payload: payload.to_vec(),
@@ -141,8 +192,14 @@ mod tests {
         };
         messages.insert("a/b".into(), retained(b"\x00\xffbinary", 1, 7, &[0x03, 0, 1, b'x'], 99));
         messages.insert("c".into(), retained(b"", 0, 9, b"", 0));
-        let bytes = encode(&messages);
+        let bytes = encode_file(&messages);
         assert_eq!(decode(&bytes), (messages.clone(), None));
+        for m in messages.values() {
+            assert_eq!(decode_value(&encode_value(m)).as_ref(), Ok(m), "the store's encoding reads back");
+        }
+        let value = encode_value(&messages["a/b"]);
+        assert_eq!(decode_value(&value[..VALUE_HEADER + 1]), Err(ValueError::Truncated(VALUE_HEADER + 1)));
+        assert_eq!(decode_value(&[2; 30]), Err(ValueError::Version(2)));
         let (partial, problem) = decode(&bytes[..bytes.len() - 3]);
         assert_eq!(partial.len(), 1);
         assert!(problem.is_some());

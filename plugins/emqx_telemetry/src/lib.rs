@@ -4,7 +4,12 @@
 //! `telemetry.report_interval`. It takes no hooks: counting in hooks would cost every client
 //! and message a plugin call for numbers the broker keeps anyway.
 //!
-//! Off switches: `broker ctl telemetry disable` (kept in the data directory),
+//! The node's uuid (made once, time-based, uppercase as EMQX's) and the `ctl` switch are kept in
+//! the broker's store (the plugin's bucket `state`, key `telemetry`), so they survive restarts
+//! and crashes; at the first start a `data/emqx_telemetry.json` left by an older version is
+//! imported (its uuid kept) and renamed `emqx_telemetry.json.imported`.
+//!
+//! Off switches: `broker ctl telemetry disable` (kept in the store),
 //! `BROKER_TELEMETRY__ENABLED=false` (or `enabled = false` in `[telemetry]`; `enable` is
 //! accepted too), `DO_NOT_TRACK=1`, `broker ctl plugins unload emqx_telemetry`, or removing
 //! its line from `loaded_plugins`.
@@ -20,6 +25,7 @@ mod state;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use plugin_api::store::Bucket;
 use plugin_api::{declare_plugin, BoxError, Config, HookMask, Host, Plugin, PluginInfo, PluginKind};
 
 use report::{License, Report};
@@ -86,6 +92,8 @@ struct Control {
 /// report is built from.
 pub struct Telemetry {
     shared: Arc<Shared>,
+    /// Where the state is kept.
+    bucket: Bucket,
     settings: Settings,
     control: Mutex<Control>,
 }
@@ -139,9 +147,10 @@ impl Telemetry {
 
     fn set_enabled(&self, enabled: bool) -> Result<String, String> {
         let mut control = self.control();
+        if let Err(e) = state::save(&self.bucket, &State { enabled, ..control.state.clone() }) {
+            return Err(format!("cannot save the telemetry switch: {e}"));
+        }
         control.state.enabled = enabled;
-        state::save(self.shared.host.data_dir(), &control.state)
-            .map_err(|e| format!("cannot save {}: {e}", state::path(self.shared.host.data_dir()).display()))?;
         self.apply(&mut control)?;
         let verb = if enabled { "Enable" } else { "Disable" };
         Ok(match self.off_reason(&control.state) {
@@ -156,9 +165,10 @@ impl Telemetry {
 impl Plugin for Telemetry {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let state = state::load_or_create(host.data_dir())?;
+        let bucket = host.store(state::BUCKET);
+        let state = state::load_or_create(&host, &bucket)?;
         let shared = Arc::new(Shared { host, uuid: state.uuid.clone(), os: report::os_name_and_version() });
-        let telemetry = Telemetry { shared, settings, control: Mutex::new(Control { state, reporter: None }) };
+        let telemetry = Telemetry { shared, bucket, settings, control: Mutex::new(Control { state, reporter: None }) };
         {
             let mut control = telemetry.control();
             if let Some(reason) = telemetry.off_reason(&control.state) {

@@ -1,14 +1,22 @@
-//! What telemetry keeps in the data directory: the node's uuid (made once) and whether an
-//! operator disabled telemetry with `broker ctl telemetry disable`.
+//! What telemetry keeps: the node's uuid (made once) and whether an operator disabled
+//! telemetry with `broker ctl telemetry disable`, as the key [`KEY`] (JSON) of the plugin's
+//! bucket [`BUCKET`] in the broker's store. Older versions kept it in
+//! `data/emqx_telemetry.json` ([`FILE_NAME`]); that file is imported at the first start.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use plugin_api::store::Bucket;
+use plugin_api::{Host, HostError};
 use serde::{Deserialize, Serialize};
 
-/// File name inside the data directory.
+/// The old file's name inside the data directory.
 pub const FILE_NAME: &str = "emqx_telemetry.json";
+/// The plugin's bucket in the store.
+pub const BUCKET: &str = "state";
+/// The key of the state in [`BUCKET`].
+pub const KEY: &[u8] = b"telemetry";
 
+/// The uuid and the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Uppercase 8-4-4-4-12 hex, as EMQX's. Made once as a time-based (v1) uuid, as EMQX
@@ -19,6 +27,18 @@ pub struct State {
     pub enabled: bool,
 }
 
+/// The state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store refused a read or a write.
+    #[error("telemetry state in the store: {0}")]
+    Store(#[from] HostError),
+    /// The stored value is not a state.
+    #[error("telemetry state in the store is not valid JSON: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// The old file's path in `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
@@ -26,35 +46,38 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// A time-based (v1) uuid, uppercase, as EMQX's (`...-11EA-...`). The node id is random
 /// with the multicast bit set (RFC 4122, 4.5), never a MAC address.
 fn new_uuid() -> String {
-    let mut node = *uuid::Uuid::new_v4().as_bytes();
+    let random = *uuid::Uuid::new_v4().as_bytes();
+    let mut node: [u8; 6] = std::array::from_fn(|i| random[i]);
     node[0] |= 0x01;
-    let node: [u8; 6] = node[..6].try_into().expect("six bytes");
     uuid::Uuid::now_v1(&node).hyphenated().to_string().to_uppercase()
 }
 
-/// Reads the state, creating (and saving) a new uuid the first time.
-pub fn load_or_create(data_dir: &Path) -> std::io::Result<State> {
-    let path = path(data_dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+/// Reads an old file's bytes.
+pub fn parse_file(bytes: &[u8]) -> Result<State, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Reads the state from `bucket`, after importing an old file from the data directory; the
+/// first time, makes a new uuid and saves it.
+pub fn load_or_create(host: &Host, bucket: &Bucket) -> Result<State, StateError> {
+    plugin_api::store::import_file(host, &path(host.data_dir()), |bytes| {
+        let state = parse_file(bytes).map_err(|e| format!("not a telemetry state: {e}"))?;
+        save(bucket, &state).map_err(|e| e.to_string())?;
+        Ok(format!("the telemetry uuid {} (enabled: {})", state.uuid, state.enabled))
+    });
+    match bucket.get(KEY)? {
+        Some(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        None => {
             let state = State { uuid: new_uuid(), enabled: true };
-            save(data_dir, &state)?;
+            save(bucket, &state)?;
             Ok(state)
         }
-        Err(e) => Err(e),
     }
 }
 
-/// Writes the state atomically (temporary file, fsync, rename).
-pub fn save(data_dir: &Path, state: &State) -> std::io::Result<()> {
-    let path = path(data_dir);
-    let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)
+/// Writes the state; returns once it is durable.
+pub fn save(bucket: &Bucket, state: &State) -> Result<(), StateError> {
+    Ok(bucket.put(KEY, &serde_json::to_vec(state)?)?)
 }
 
 #[cfg(test)]
@@ -62,27 +85,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uuid_is_made_once_and_kept() {
-        let dir = std::env::temp_dir().join(format!("telemetry-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let first = load_or_create(&dir).unwrap();
-        assert_eq!(first.uuid.len(), 36);
-        assert_eq!(first.uuid, first.uuid.to_uppercase());
-        assert_eq!(first.uuid.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
-        assert_eq!(uuid::Uuid::parse_str(&first.uuid).unwrap().get_version_num(), 1);
-        save(&dir, &State { enabled: false, ..first.clone() }).unwrap();
-        let again = load_or_create(&dir).unwrap();
-        assert_eq!((again.uuid.as_str(), again.enabled), (first.uuid.as_str(), false));
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_new_uuid_is_an_uppercase_v1() {
+        let uuid = new_uuid();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(uuid, uuid.to_uppercase());
+        assert_eq!(uuid.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(uuid::Uuid::parse_str(&uuid).unwrap().get_version_num(), 1);
+        assert_ne!(new_uuid(), uuid);
     }
 
     #[test]
-    fn a_kept_v4_uuid_stays() {
-        let dir = std::env::temp_dir().join(format!("telemetry-state-v4-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let old = State { uuid: "D6138FCE-E455-41EA-A854-FD8F5F98125F".into(), enabled: true };
-        save(&dir, &old).unwrap();
-        assert_eq!(load_or_create(&dir).unwrap(), old);
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn an_old_file_reads_with_its_v4_uuid() {
+        let old = State { uuid: "D6138FCE-E455-41EA-A854-FD8F5F98125F".into(), enabled: false };
+        let bytes = serde_json::to_vec_pretty(&old).unwrap();
+        assert_eq!(parse_file(&bytes).unwrap(), old);
+        assert!(parse_file(b"{not json").is_err());
     }
 }
