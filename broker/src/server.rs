@@ -86,6 +86,15 @@ fn limit_malloc_arenas(settings: &Settings) {
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
 /// descriptor (its socket). Returns how many clients the limit leaves descriptors for (64
 /// are kept for the broker's own files, plugins and the ctl socket); no listener takes more.
+/// Ignores SIGXFSZ: a write past the file size limit (`ulimit -f`) then fails with EFBIG, which
+/// the store reports as full, instead of killing the broker.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn raise_file_limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
@@ -124,6 +133,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
     let settings = config::load(overrides)?;
     limit_malloc_arenas(&settings);
+    ignore_file_size_signal();
     init_logging(&settings);
     let descriptors = raise_file_limit();
 

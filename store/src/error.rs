@@ -79,7 +79,12 @@ impl StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> StoreError {
-        if e.raw_os_error() == Some(libc_enospc()) || e.kind() == std::io::ErrorKind::StorageFull {
+        // ENOSPC, a quota, or past the process's file size limit (RLIMIT_FSIZE: EFBIG).
+        let full = matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded | std::io::ErrorKind::FileTooLarge
+        );
+        if full || e.raw_os_error() == Some(libc_enospc()) {
             StoreError::Full(e.to_string())
         } else {
             StoreError::Io(e)

@@ -228,6 +228,33 @@ impl Broker {
     }
 
     pub fn start_with_args(data_dir: &DataDir, env: &[(&str, &str)], args: &[&str]) -> Broker {
+        Self::start_command(data_dir, env, args, |_| {})
+    }
+
+    /// Starts the broker with every file it writes limited to `bytes` (RLIMIT_FSIZE): a write
+    /// past it fails as on a full disk.
+    pub fn start_with_file_size_limit(data_dir: &DataDir, env: &[(&str, &str)], bytes: u64) -> Broker {
+        Self::start_command(data_dir, env, &[], |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_command(
+        data_dir: &DataDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Broker {
         let mut command = Command::new(broker_exe());
         command
             .arg("--data-dir")
@@ -246,6 +273,7 @@ impl Broker {
         for (k, v) in env {
             command.env(k, v);
         }
+        configure(&mut command);
         let mut child = command.spawn().expect("spawn broker");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");

@@ -200,3 +200,42 @@ fn an_mqtt5_session_with_expiry_keeps_its_queue_across_a_restart_unless_persiste
         }
     }
 }
+
+/// A store that cannot write (a full disk, here the broker's file size limit) refuses what it
+/// cannot keep: an MQTT 5 QoS 1 message for a persistent session gets PUBACK 0x97 Quota
+/// exceeded, logged; QoS 0 and clean sessions go on as before.
+#[test]
+fn a_full_store_refuses_messages_for_persistent_sessions_and_the_rest_goes_on() {
+    use e2e::raw::{connect5, v5, C5};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    let dir = DataDir::new();
+    let broker = Broker::start_with_file_size_limit(&dir, &[], 4 << 20);
+    let expiry = Some(v5::ConnectProperties { session_expiry_interval: Some(300), ..v5::ConnectProperties::new() });
+    let (mut away, _) = C5::connect_packet(&broker, &connect5("full-away", true, expiry));
+    away.subscribe("full/#", QoS5::AtLeastOnce);
+    away.disconnect();
+    let mut clean = C5::connect(&broker, "full-clean");
+    clean.subscribe("clean/#", QoS5::AtLeastOnce);
+
+    let mut publisher = C5::connect(&broker, "full-pub");
+    let big = "x".repeat(64 * 1024);
+    let mut refused = None;
+    for i in 0..200 {
+        let publish = v5::Publish::new(format!("full/{i}"), QoS5::AtLeastOnce, big.clone(), None);
+        match publisher.publish_packet(publish) {
+            Some(v5::Packet::PubAck(ack)) if ack.reason == v5::PubAckReason::QuotaExceeded => {
+                refused = Some(i);
+                break;
+            }
+            Some(v5::Packet::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::Success, "{ack:?}"),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert!(refused.is_some(), "4 MiB of the store filled by 200 messages of 64 KiB without a refusal");
+    broker.wait_for_log("a message for persistent sessions was refused");
+
+    publisher.publish("clean/1", QoS5::AtLeastOnce, "still served");
+    assert_eq!(e2e::raw::payload(&clean.next_publish()), "still served");
+    publisher.publish("clean/2", QoS5::AtMostOnce, "qos 0 too");
+    assert_eq!(e2e::raw::payload(&clean.next_publish()), "qos 0 too");
+}
