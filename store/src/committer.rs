@@ -119,6 +119,16 @@ impl Committer {
     }
 }
 
+impl Drop for Committer {
+    /// The last handle to the store going: what is queued is committed and the thread ends,
+    /// so the backend (and its file) is released when the drop returns.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!("store: closing failed: {e}");
+        }
+    }
+}
+
 struct Worker {
     backend: Arc<dyn Backend>,
     watchers: Arc<Watchers>,

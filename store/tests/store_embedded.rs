@@ -197,3 +197,22 @@ fn a_prefix_delete_takes_what_was_committed_and_what_was_put_before_it_in_the_gr
     let keys: Vec<_> = store.scan_prefix("p", b"").unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, [b"a/3".to_vec(), b"b/1".to_vec()]);
 }
+
+#[test]
+fn a_store_from_a_newer_format_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        // What a newer broker would leave: its format version in the store's own table.
+        let db = redb::Database::create(file(dir.path())).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, u32>::new("_meta")).unwrap();
+            meta.insert("format", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Embedded::open(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::NewerVersion { found: 99, supported: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
+}
