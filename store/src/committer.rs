@@ -2,7 +2,7 @@
 //! as one transaction, makes that durable with one fsync (group commit), then answers each
 //! caller and feeds the watchers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -117,6 +117,24 @@ impl Committer {
             failures: c.failures.load(Ordering::Relaxed),
         }
     }
+}
+
+/// `ops` with only the last operation on each key, in their order: what a transaction applying
+/// them all leaves. A message put and deleted (delivered and acknowledged) between two commits
+/// then costs the backend one delete of a key it never wrote, instead of a write and a delete.
+fn coalesce(ops: &[Op]) -> std::borrow::Cow<'_, [Op]> {
+    if ops.len() < 2 {
+        return std::borrow::Cow::Borrowed(ops);
+    }
+    let mut last: HashMap<(&str, &[u8]), usize> = HashMap::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        last.insert((op.bucket.as_str(), op.key.as_slice()), i);
+    }
+    if last.len() == ops.len() {
+        return std::borrow::Cow::Borrowed(ops);
+    }
+    let kept = ops.iter().enumerate().filter(|(i, op)| last[&(op.bucket.as_str(), op.key.as_slice())] == *i);
+    std::borrow::Cow::Owned(kept.map(|(_, op)| op.clone()).collect())
 }
 
 impl Drop for Committer {
@@ -281,7 +299,7 @@ impl Worker {
     fn apply(&mut self, ops: &[Op], batches: u64) -> Verdict {
         let durable = self.sync == SyncMode::Group;
         let started = Instant::now();
-        self.backend.apply(ops, durable)?;
+        self.backend.apply(&coalesce(ops), durable)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters.batches.fetch_add(batches, Ordering::Relaxed);
         self.counters.operations.fetch_add(ops.len() as u64, Ordering::Relaxed);
@@ -291,5 +309,22 @@ impl Worker {
             self.unsynced_since = Some(started);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(key: &str, value: Option<&str>) -> Op {
+        Op { bucket: "b".into(), key: key.as_bytes().to_vec(), value: value.map(|v| v.as_bytes().to_vec()) }
+    }
+
+    #[test]
+    fn only_the_last_operation_on_a_key_is_applied() {
+        let ops = [op("a", Some("1")), op("b", Some("1")), op("a", None), op("c", Some("1")), op("b", Some("2"))];
+        assert_eq!(&*coalesce(&ops), [op("a", None), op("c", Some("1")), op("b", Some("2"))]);
+        let distinct = [op("a", Some("1")), op("b", None)];
+        assert!(matches!(coalesce(&distinct), std::borrow::Cow::Borrowed(_)));
     }
 }
