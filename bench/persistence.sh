@@ -3,6 +3,8 @@
 # (CleanSession 0), on loopback, REPS runs each (interleaved), medians:
 #   - the broker with its defaults ([persistence] enabled, sync = "group": every message is on
 #     disk, fsync'd, before its PUBACK);
+#   - the broker with sync = "none" (every message written, never fsync'd while running: what
+#     the writing costs without the disk's fsync time);
 #   - the broker with persistence.enabled = false (sessions in memory only);
 #   - mosquitto with `persistence true` (it writes its database every autosave_interval, 1800 s
 #     by default, and at shutdown: a crash loses what came since);
@@ -22,19 +24,20 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
-A=$(free_port); B=$(free_port); D=$(free_port)
-for d in a b; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
+A=$(free_port); B=$(free_port); D=$(free_port); E=$(free_port)
+for d in a b e; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
 export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
 "$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
 BROKER_PERSISTENCE__ENABLED=false "$BIN/broker" --data-dir "$WORK/b" --listen "127.0.0.1:$B" 2>"$WORK/b.log" & PIDS+=($!)
+BROKER_PERSISTENCE__SYNC=none "$BIN/broker" --data-dir "$WORK/e" --listen "127.0.0.1:$E" 2>"$WORK/e.log" & PIDS+=($!)
 mkdir -p "$WORK/mosquitto"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 0\npersistence true\npersistence_location %s/\n' \
   "$D" "$WORK/mosquitto" > "$WORK/mosquitto.conf"
 mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 & PIDS+=($!)
-for p in "$A" "$B" "$D"; do wait_port "$p"; done
+for p in "$A" "$B" "$D" "$E"; do wait_port "$p"; done
 fsyncs() { "$BIN/broker" --data-dir "$WORK/a" ctl store stats | awk '/^fsyncs/ {print $3}'; }
 for _ in $(seq "$REPS"); do
-  for t in "a:$A" "b:$B" "d:$D"; do
+  for t in "a:$A" "e:$E" "b:$B" "d:$D"; do
     label=${t%%:*}
     before=$(fsyncs); started=$(date +%s.%N)
     "$BIN/bench" --port "${t#*:}" --scenario fan-in --qos 1 --clients 10 --messages 5000 --persistent \
@@ -48,7 +51,8 @@ done >"$WORK/results.json"
 python3 - "$WORK/results.json" <<'PY'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-names = {"a": "broker, sync = group", "b": "broker, persistence off", "d": "mosquitto, persistence true"}
+names = {"a": "broker, sync = group", "e": "broker, sync = none", "b": "broker, persistence off",
+         "d": "mosquitto, persistence true"}
 runs = {k: [r for r in rows if r.get("label") == k] for k in names}
 med = {k: (st.median(r["msgs_per_sec"] for r in v), st.median(r["p50_us"] for r in v),
            st.median(r["p99_us"] for r in v), min(r["received"] for r in v), v[0]["messages"]) for k, v in runs.items()}
