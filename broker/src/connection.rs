@@ -233,7 +233,10 @@ impl<T: Transport> Connection<T> {
                 }
                 Err(ended) => return ended,
             }
+            // What this round wrote to the store is committed once, for all of it.
+            self.flush_held();
             self.pull_deliveries();
+            self.flush_held();
             match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
                 Wake::Progress => {}
                 // Boxed, as `resume`: only a connection with parked frames needs its state.
@@ -437,6 +440,8 @@ impl<T: Transport> Connection<T> {
     /// Ends the connection: tells an MQTT 5 client why, hands the will and the session over,
     /// writes what is left and closes.
     async fn finish(mut self, ended: Ended) {
+        // Writes made and not yet committed (a delivered message's removal) still go.
+        self.flush_held();
         if self.version.is_v5() {
             if let Some(code) = ended.disconnect_code() {
                 let reason_string = self

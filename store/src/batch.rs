@@ -59,6 +59,11 @@ impl Batch {
         Ok(self)
     }
 
+    /// Adds every operation of `other`, after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.items.extend(other.items);
+    }
+
     /// Whether the batch holds no operation.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()

@@ -24,25 +24,40 @@ use crate::mqtt::reason;
 
 type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
-/// Acknowledgements waiting, oldest first.
+/// Acknowledgements waiting, oldest first, and the writes they wait for.
+///
+/// The writes made while the connection handles what it read (one PUBLISH or many) go into
+/// one batch, committed when it is done ([`Connection::flush_held`]): one commit request, and
+/// one wake-up, for every acknowledgement of that round.
 #[derive(Default)]
 pub(super) struct Held {
     waiting: VecDeque<HeldAck>,
+    /// Writes made since the last flush.
+    pending: Batch,
+    /// Where in `waiting` the first acknowledgement waiting for `pending` is: it carries the
+    /// commit, and those after it wait behind it.
+    first_for_pending: Option<usize>,
+    /// The round `pending` belongs to.
+    round: u64,
+    /// The last round whose commit failed.
+    failed_round: Option<u64>,
 }
 
 struct HeldAck {
-    /// The commit it waits for; `None`: it only waits for those before it.
+    /// The commit of its round, on the round's first acknowledgement.
     commit: Option<Commit>,
+    /// The round whose writes it waits for; `None`: it only waits for those before it.
+    round: Option<u64>,
     /// The acknowledgement, encoded.
     bytes: BytesMut,
-    /// The PUBACK or PUBREC (kind, packet id) to send instead when the store refuses the
-    /// commit (MQTT 5: 0x97 Quota exceeded); `None` sends `bytes` all the same.
+    /// The PUBACK or PUBREC (kind, packet id) to send instead when the store refuses its
+    /// round's commit (MQTT 5: 0x97 Quota exceeded); `None` sends `bytes` all the same.
     refusal: Option<(u8, u16)>,
 }
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Held").field("waiting", &self.waiting.len()).finish()
+        f.debug_struct("Held").field("waiting", &self.waiting.len()).field("round", &self.round).finish()
     }
 }
 
@@ -52,43 +67,78 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Holds what was encoded into the write buffer from `start` (one acknowledgement) until
-    /// `batch` is committed, and behind every acknowledgement already held. With nothing to
-    /// commit and nothing held, it goes out at once.
+    /// `batch` is committed with this round's other writes, and behind every acknowledgement
+    /// already held. With nothing to write and nothing held, it goes out at once.
     pub(super) fn hold_from(&mut self, start: usize, batch: Option<Batch>, refusal: Option<(u8, u16)>) {
-        let commit: Option<Commit> = match (batch.filter(|b| !b.is_empty()), &self.node.persistence) {
-            (Some(batch), Some(store)) => Some(Box::pin(store.commit_async(batch))),
-            _ => None,
-        };
-        if commit.is_none() && !self.holding() {
+        let batch = batch.filter(|b| !b.is_empty() && self.node.persistence.is_some());
+        if batch.is_none() && !self.holding() {
             return;
         }
         let bytes = self.out.split_off(start);
-        self.held.get_or_insert_with(Box::default).waiting.push_back(HeldAck { commit, bytes, refusal });
+        let held = self.held.get_or_insert_with(Box::default);
+        let round = batch.map(|batch| {
+            held.pending.append(batch);
+            held.first_for_pending.get_or_insert(held.waiting.len());
+            held.round
+        });
+        held.waiting.push_back(HeldAck { commit: None, round, bytes, refusal });
     }
 
-    /// Moves the acknowledgements whose commits are done to the write buffer, in order:
-    /// `Ready(Ok(()))` when it moved any. A refused commit turns its PUBACK or PUBREC into a
-    /// refusal (MQTT 5) or ends the connection (3.1.1, which has no way to say it).
+    /// Adds `batch` to this round's writes, with no acknowledgement waiting for it (a delivered
+    /// message's removal).
+    pub(super) fn write_later(&mut self, batch: Batch) {
+        if batch.is_empty() || self.node.persistence.is_none() {
+            return;
+        }
+        self.held.get_or_insert_with(Box::default).pending.append(batch);
+    }
+
+    /// Commits this round's writes: the acknowledgements waiting for them go once it is done.
+    pub(super) fn flush_held(&mut self) {
+        let (Some(held), Some(store)) = (self.held.as_deref_mut(), &self.node.persistence) else { return };
+        if !held.pending.is_empty() {
+            let commit = store.commit_async(std::mem::take(&mut held.pending));
+            match held.first_for_pending.take() {
+                Some(first) => held.waiting[first].commit = Some(Box::pin(commit)),
+                // Nobody waits: it is committed all the same.
+                None => drop(commit),
+            }
+            held.round += 1;
+        }
+        if held.waiting.is_empty() {
+            self.held = None;
+        }
+    }
+
+    /// Moves the acknowledgements whose writes are done to the write buffer, in order:
+    /// `Ready(Ok(()))` when it moved any. A refused commit turns its round's PUBACKs and
+    /// PUBRECs into refusals (MQTT 5) or ends the connection (3.1.1, which has no way to say
+    /// it).
     pub(super) fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
         let Some(held) = self.held.as_deref_mut() else { return Poll::Pending };
         let mut moved = false;
         while let Some(front) = held.waiting.front_mut() {
-            let verdict = match front.commit.as_mut() {
-                Some(commit) => match commit.as_mut().poll(cx) {
+            if front.round == Some(held.round) {
+                break; // its round is not committed yet
+            }
+            if let Some(commit) = front.commit.as_mut() {
+                match commit.as_mut().poll(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(verdict) => verdict,
-                },
-                None => Ok(()),
-            };
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        tracing::warn!(
+                            client_id = ?crate::log_limit::clipped(&self.client.client_id),
+                            "a message for persistent sessions was refused: {e}"
+                        );
+                        held.failed_round = front.round;
+                    }
+                }
+            }
             let Some(front) = held.waiting.pop_front() else { break };
             moved = true;
-            match (verdict, front.refusal) {
-                (Ok(()), _) | (Err(_), None) => self.out.extend_from_slice(&front.bytes),
-                (Err(e), Some((kind, packet_id))) => {
-                    tracing::warn!(
-                        client_id = ?crate::log_limit::clipped(&self.client.client_id),
-                        "a message for persistent sessions was refused: {e}"
-                    );
+            let refused = front.round.is_some() && front.round == held.failed_round;
+            match (refused, front.refusal) {
+                (true, Some((kind, packet_id))) => {
                     if !self.version.is_v5() {
                         return Poll::Ready(Err(Ended::protocol(
                             reason::QUOTA_EXCEEDED,
@@ -98,9 +148,10 @@ impl<T: Transport> Connection<T> {
                     encode_ack(&mut self.out, self.version, kind, packet_id, reason::QUOTA_EXCEEDED, None);
                     self.node.stats.metrics.packet_sent(kind, reason::QUOTA_EXCEEDED);
                 }
+                _ => self.out.extend_from_slice(&front.bytes),
             }
         }
-        if held.waiting.is_empty() {
+        if held.waiting.is_empty() && held.pending.is_empty() {
             self.held = None;
         }
         if moved {

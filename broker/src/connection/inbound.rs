@@ -318,14 +318,14 @@ impl<T: Transport> Connection<T> {
             };
             self.ack_after(ack.kind, ack.packet_id, code, Some(durable), Some((ack.kind, ack.packet_id)));
         } else {
-            self.node.commit_in_background(durable);
+            self.write_later(durable);
         }
     }
 
     /// Takes a settled message of a persistent session out of the store (in the background:
     /// should the delete be lost, the message is sent again, which QoS 1 allows and QoS 2's
     /// packet id de-duplicates).
-    pub(super) fn forget_delivered(&self, seq: u64) {
+    pub(super) fn forget_delivered(&mut self, seq: u64) {
         if seq == 0 || self.node.persistence.is_none() {
             return;
         }
@@ -334,7 +334,7 @@ impl<T: Transport> Connection<T> {
             let _ = batch.delete(persist::BUCKET, &durable.keys.entry(seq));
             let _ = batch.delete(persist::BUCKET, &durable.keys.released(seq));
         }
-        self.node.commit_in_background(batch);
+        self.write_later(batch);
     }
 
     /// What `client.check_acl` (or the connection's ACL cache) says about `action` on `topic`.
