@@ -276,20 +276,12 @@ impl Node {
                 persist::put_session(&mut batch, &keys, &record)?;
             }
             let session = Arc::new(node.sessions.new_session(restored.client_id.as_str().into()));
-            let subscriptions: Vec<(String, Subscription)> = restored
-                .record
-                .subscriptions()
-                .map(|(filter, options, id)| (filter.to_owned(), Subscription { options, id }))
-                .collect();
             {
                 let mut state = session.lock();
                 state.expiry_interval = restored.record.expiry_interval;
                 state.expires_at = restored.expires_at(alive_at, now_ms);
                 let next_seq = restored.entries.last().map_or(0, |(seq, _)| *seq);
                 state.durable = Some(Box::new(Durable { keys, next_seq }));
-                for (filter, subscription) in &subscriptions {
-                    state.subscriptions.insert(filter.as_str().into(), *subscription);
-                }
                 state.awaiting_rel = restored.awaiting_rel;
                 for (seq, entry) in restored.entries {
                     let delivery = entry.into_delivery(seq, now_ms);
@@ -300,11 +292,10 @@ impl Node {
                     }
                 }
             }
-            for (filter, subscription) in &subscriptions {
+            // Routed to only once its stored messages are queued: they come first.
+            for (filter, options, id) in restored.record.subscriptions() {
                 if let Ok(parsed) = Filter::parse(filter) {
-                    let subscriber =
-                        Subscriber { session: session.clone(), options: subscription.options, id: subscription.id };
-                    node.router.subscribe(&parsed, subscriber);
+                    node.subscribe(&session, filter, &parsed, Subscription { options, id });
                 }
             }
             node.stats.session_created();
@@ -651,10 +642,8 @@ impl Owner for Node {
     }
 
     fn went_offline(&self, session: &Arc<Session>) {
-        if self.persistence.is_some() {
-            if let Some(batch) = self.session_record_batch(session) {
-                self.commit_in_background(batch);
-            }
+        if let Some(batch) = self.session_record_batch(session) {
+            self.commit_in_background(batch);
         }
     }
 }

@@ -138,7 +138,7 @@ impl PluginContext {
 }
 
 /// What a call from a stopped plugin's left-over thread gets (with `STATUS_UNAVAILABLE`).
-const STOPPED: &str = "the plugin was stopped: the host serves no call made after its stop";
+pub(super) const STOPPED: &str = "the plugin was stopped: the host serves no call made after its stop";
 
 /// What `ctl` from inside a call into a plugin gets.
 const WOULD_DEADLOCK: &str = "not from init, stop, a hook or a command: loading and unloading \
@@ -148,19 +148,20 @@ plugins wait for those calls to end; call it from a thread of your own";
 macro_rules! refuse_if_stopped {
     ($context:expr) => {
         if $context.is_stopped() {
-            tracing::debug!(plugin = $context.name, "{STOPPED}");
-            return abi::STATUS_UNAVAILABLE;
+            tracing::debug!(plugin = $context.name(), "{}", $crate::plugins::host_api::STOPPED);
+            return plugin_api::abi::STATUS_UNAVAILABLE;
         }
     };
     ($context:expr, $out:expr) => {
         if $context.is_stopped() {
-            tracing::debug!(plugin = $context.name, "{STOPPED}");
+            tracing::debug!(plugin = $context.name(), "{}", $crate::plugins::host_api::STOPPED);
             // SAFETY: the writer is alive during this call.
-            unsafe { $out.write_str(STOPPED) };
-            return abi::STATUS_UNAVAILABLE;
+            unsafe { $out.write_str($crate::plugins::host_api::STOPPED) };
+            return plugin_api::abi::STATUS_UNAVAILABLE;
         }
     };
 }
+pub(super) use refuse_if_stopped;
 
 /// Builds the vtable for one plugin. `context` must outlive every call the plugin makes
 /// (the instance never frees it).

@@ -15,7 +15,7 @@ use plugin_api::abi::{self, RawBytes, RawBytesWriter, RawStr, RawWriter, Status}
 use plugin_api::store::wire;
 use store::{Batch, StoreError, Watch};
 
-use super::host_api::{context, PluginContext};
+use super::host_api::{context, refuse_if_stopped, PluginContext};
 
 /// The longest bucket name a plugin may give.
 const MAX_PLUGIN_BUCKET: usize = 128;
@@ -73,17 +73,6 @@ fn off_the_network<T>(wait: impl FnOnce() -> T) -> T {
         }
         _ => wait(),
     }
-}
-
-/// Refuses a stopped plugin's call, writing why.
-macro_rules! refuse_if_stopped {
-    ($context:expr, $error:expr) => {
-        if $context.is_stopped() {
-            // SAFETY: the writer is alive during this call.
-            unsafe { $error.write_str("the plugin was stopped: the host serves no call made after its stop") };
-            return abi::STATUS_UNAVAILABLE;
-        }
-    };
 }
 
 pub(super) unsafe extern "C" fn get(
@@ -197,9 +186,7 @@ pub(super) unsafe extern "C" fn watch_next(
 ) -> Status {
     // SAFETY: the plugin passes back our ctx.
     let context = unsafe { context(ctx) };
-    if context.is_stopped() {
-        return abi::STATUS_UNAVAILABLE;
-    }
+    refuse_if_stopped!(context);
     let (_, watches) = context.store();
     let Some(feed) = crate::lock(&watches.feeds).get(&id).cloned() else { return abi::STATUS_NOT_FOUND };
     let change = off_the_network(|| crate::lock(&feed).next_timeout(Duration::from_millis(timeout_ms.into())));
