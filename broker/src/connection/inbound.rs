@@ -324,15 +324,18 @@ impl<T: Transport> Connection<T> {
 
     /// Takes a settled message of a persistent session out of the store (in the background:
     /// should the delete be lost, the message is sent again, which QoS 1 allows and QoS 2's
-    /// packet id de-duplicates).
-    pub(super) fn forget_delivered(&mut self, seq: u64) {
+    /// packet id de-duplicates); with `released`, its PUBREC mark too (a QoS 2 message settled
+    /// by PUBCOMP: no other has one).
+    pub(super) fn forget_delivered(&mut self, seq: u64, released: bool) {
         if seq == 0 || self.node.persistence.is_none() {
             return;
         }
         let mut batch = Batch::new();
         if let Some(durable) = self.session.lock().durable.as_deref() {
             let _ = batch.delete(persist::BUCKET, &durable.keys.entry(seq));
-            let _ = batch.delete(persist::BUCKET, &durable.keys.released(seq));
+            if released {
+                let _ = batch.delete(persist::BUCKET, &durable.keys.released(seq));
+            }
         }
         self.write_later(batch);
     }
@@ -389,7 +392,7 @@ impl<T: Transport> Connection<T> {
     fn on_settled(&mut self, acked: Acked, packet_id: u16, missed: Metric, wrong: &'static str) -> Result<(), Ended> {
         match acked {
             Acked::Settled(delivery) => {
-                self.forget_delivered(delivery.seq);
+                self.forget_delivered(delivery.seq, delivery.qos == 2);
                 self.fire_acked(&delivery.message, packet_id)
             }
             Acked::Unknown => self.node.stats.metrics.inc(missed),
@@ -418,7 +421,7 @@ impl<T: Transport> Connection<T> {
                 }
                 (RecOutcome::Refused, Some(seq), _) => {
                     drop(state);
-                    self.forget_delivered(seq);
+                    self.forget_delivered(seq, false);
                     None
                 }
                 _ => None,

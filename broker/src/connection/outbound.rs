@@ -228,7 +228,7 @@ impl<T: Transport> Connection<T> {
         }
         self.delivered = delivered;
         for seq in forgotten {
-            self.forget_delivered(seq);
+            self.forget_delivered(seq, false);
         }
         for (message, why) in dropped {
             node.dropped(&self.client.client_id, &message, why);
@@ -279,7 +279,7 @@ impl<T: Transport> Connection<T> {
         }
         let node = self.node.clone();
         for (message, seq) in too_large {
-            self.forget_delivered(seq);
+            self.forget_delivered(seq, false);
             node.dropped(&self.client.client_id, &message, DropReason::TooLarge);
         }
     }
