@@ -91,24 +91,58 @@ pub(crate) struct EntryRecord {
     pub(crate) subscription_ids: Vec<u32>,
 }
 
-impl EntryRecord {
+/// An [`EntryRecord`] borrowed from the message it describes: written to the store as that
+/// record is (the same fields, in the same order, encode to the same bytes), without copying
+/// the topic, payload and properties into a record first.
+#[derive(Debug, Serialize)]
+pub(crate) struct EntryView<'a> {
+    version: u8,
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: u8,
+    retain: bool,
+    forwarded: &'a [u8],
+    expires_at_ms: Option<u64>,
+    timestamp_ms: u64,
+    subscription_ids: &'a [u32],
+}
+
+impl<'a> EntryView<'a> {
     /// What is kept of `delivery`.
-    pub(crate) fn of(delivery: &Delivery) -> EntryRecord {
+    pub(crate) fn of(delivery: &'a Delivery) -> EntryView<'a> {
         let message = &delivery.message;
         let expires_at_ms = message.expires_at.map(|at| {
             let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
             crate::now_ms().saturating_add(left)
         });
-        EntryRecord {
+        EntryView {
             version: RECORD_VERSION,
-            topic: message.topic.to_string(),
-            payload: message.payload.to_vec(),
+            topic: &message.topic,
+            payload: &message.payload,
             qos: delivery.qos,
             retain: delivery.retain,
-            forwarded: message.forwarded.to_vec(),
+            forwarded: &message.forwarded,
             expires_at_ms,
             timestamp_ms: message.timestamp_ms,
-            subscription_ids: delivery.subscription_ids.to_vec(),
+            subscription_ids: &delivery.subscription_ids,
+        }
+    }
+}
+
+impl EntryRecord {
+    /// The record as [`put_entry`] takes it.
+    #[cfg(test)]
+    pub(crate) fn view(&self) -> EntryView<'_> {
+        EntryView {
+            version: self.version,
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            forwarded: &self.forwarded,
+            expires_at_ms: self.expires_at_ms,
+            timestamp_ms: self.timestamp_ms,
+            subscription_ids: &self.subscription_ids,
         }
     }
 
@@ -219,8 +253,11 @@ pub(crate) fn put_session(batch: &mut Batch, keys: &Keys, record: &SessionRecord
 }
 
 /// Puts `entry` at `seq` for `keys` into `batch`.
-pub(crate) fn put_entry(batch: &mut Batch, keys: &Keys, seq: u64, entry: &EntryRecord) -> Result<(), StoreError> {
-    batch.put(BUCKET, &keys.entry(seq), &encode(entry)).map(drop)
+pub(crate) fn put_entry(batch: &mut Batch, keys: &Keys, seq: u64, entry: &EntryView<'_>) -> Result<(), StoreError> {
+    // Encoded straight into the batch.
+    batch
+        .put_with(BUCKET, &keys.entry(seq), |w| postcard::to_io(entry, w).map(drop).map_err(std::io::Error::other))
+        .map(drop)
 }
 
 /// The bucket of what the node keeps about itself.
@@ -329,7 +366,35 @@ mod tests {
     fn entry(topic: &str) -> EntryRecord {
         let mut delivery = Delivery::for_test(1, b"p");
         delivery.subscription_ids = Box::new([3]);
-        EntryRecord { topic: topic.to_owned(), ..EntryRecord::of(&delivery) }
+        let view = EntryView::of(&delivery);
+        EntryRecord {
+            version: view.version,
+            topic: topic.to_owned(),
+            payload: view.payload.to_vec(),
+            qos: view.qos,
+            retain: view.retain,
+            forwarded: view.forwarded.to_vec(),
+            expires_at_ms: view.expires_at_ms,
+            timestamp_ms: view.timestamp_ms,
+            subscription_ids: view.subscription_ids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_view_is_written_as_its_record_and_reads_back_as_one() {
+        let mut delivery = Delivery::for_test(2, b"payload");
+        delivery.subscription_ids = Box::new([3, 70_000]);
+        delivery.retain = true;
+        let view = EntryView::of(&delivery);
+        let mut batch = Batch::new();
+        put_entry(&mut batch, &Keys::new("c"), 9, &view).unwrap();
+        let store = Store::in_memory();
+        store.commit(batch).unwrap();
+        let stored = store.get(BUCKET, &Keys::new("c").entry(9)).unwrap().unwrap();
+        let record: EntryRecord = decode(&stored, "entry", "c").unwrap();
+        assert_eq!(encode(&record), stored);
+        assert_eq!((record.qos, record.retain, &record.payload[..]), (2, true, &b"payload"[..]));
+        assert_eq!((&*record.topic, &record.subscription_ids[..]), (&*delivery.message.topic, &[3, 70_000][..]));
     }
 
     #[test]
@@ -344,11 +409,11 @@ mod tests {
             record.set_subscriptions([("t/#", options, Some(7))].into_iter());
             put_session(&mut batch, &keys, &record).unwrap();
             for seq in [2u64, 1, 300] {
-                put_entry(&mut batch, &keys, seq, &entry(&format!("{id}/{seq}"))).unwrap();
+                put_entry(&mut batch, &keys, seq, &entry(&format!("{id}/{seq}")).view()).unwrap();
             }
             batch.put(BUCKET, &keys.awaiting_rel(9), b"").unwrap();
         }
-        put_entry(&mut batch, &Keys::new("gone"), 1, &entry("x")).unwrap();
+        put_entry(&mut batch, &Keys::new("gone"), 1, &entry("x").view()).unwrap();
         put_alive(&mut batch, 1234).unwrap();
         store.commit(batch).unwrap();
 

@@ -41,7 +41,7 @@ pub(crate) use queue::MessageQueue;
 use crate::client::ClientInfo;
 use crate::message::{Delivery, Message};
 use crate::mqtt::subscribe::SubscriptionOptions;
-use crate::persist::{self, EntryRecord, Keys};
+use crate::persist::{self, EntryView, Keys};
 
 /// One subscription as the session remembers it (the router has the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ impl State {
 /// Writes `delivery` (just queued at its `seq`) to `batch`. A store that refuses the batch is
 /// seen when it is committed.
 fn persist_enqueued(durable: &Durable, delivery: &Delivery, batch: &mut store::Batch) {
-    let _ = persist::put_entry(batch, &durable.keys, delivery.seq, &EntryRecord::of(delivery));
+    let _ = persist::put_entry(batch, &durable.keys, delivery.seq, &EntryView::of(delivery));
 }
 
 /// One session.

@@ -25,7 +25,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Applies `ops` in order as one transaction: all or nothing. When `durable`, they are on
     /// stable storage when this returns (one fsync); otherwise they are visible to reads and
     /// made durable by a later durable apply or [`Backend::sync`].
-    fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError>;
+    fn apply(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError>;
 
     /// Makes every apply so far durable.
     fn sync(&self) -> Result<(), StoreError>;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::batch::Item;
+use crate::batch::Entry;
 use crate::watch::Watchers;
 use crate::{Backend, Batch, Op, StoreError, StoreStats, SyncMode};
 
@@ -124,19 +124,19 @@ impl Committer {
 /// `ops` with only the last operation on each key, in their order: what a transaction applying
 /// them all leaves. A message put and deleted (delivered and acknowledged) between two commits
 /// then costs the backend one delete of a key it never wrote, instead of a write and a delete.
-fn coalesce(ops: &[Op]) -> std::borrow::Cow<'_, [Op]> {
+fn coalesce<'a, 'b>(ops: &'b [Op<'a>]) -> std::borrow::Cow<'b, [Op<'a>]> {
     if ops.len() < 2 {
         return std::borrow::Cow::Borrowed(ops);
     }
     let mut last: HashMap<(&str, &[u8]), usize> = HashMap::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        last.insert((op.bucket.as_str(), op.key.as_slice()), i);
+        last.insert((op.bucket, op.key), i);
     }
     if last.len() == ops.len() {
         return std::borrow::Cow::Borrowed(ops);
     }
-    let kept = ops.iter().enumerate().filter(|(i, op)| last[&(op.bucket.as_str(), op.key.as_slice())] == *i);
-    std::borrow::Cow::Owned(kept.map(|(_, op)| op.clone()).collect())
+    let kept = ops.iter().enumerate().filter(|(i, op)| last[&(op.bucket, op.key)] == *i);
+    std::borrow::Cow::Owned(kept.map(|(_, op)| *op).collect())
 }
 
 impl Drop for Committer {
@@ -234,35 +234,45 @@ impl Worker {
     /// Applies the group as one transaction. If that fails, applies each batch alone so that
     /// one batch's failure (a full disk, say) is not every caller's.
     fn commit_group(&mut self, group: Vec<(Batch, Reply)>) {
-        let mut ops: Vec<Op> = Vec::new();
-        let mut parts: Vec<(Range<usize>, Reply)> = Vec::with_capacity(group.len());
+        // The keys in the store under each prefix delete, read before anything of the group is
+        // applied (this is the only writer); a batch whose reads fail fails alone.
+        let mut batches = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
         for (batch, reply) in group {
-            let start = ops.len();
-            if let Err(e) = self.expand(batch.into_items(), &mut ops) {
-                ops.truncate(start);
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                reply.send(Err(e));
-                continue;
+            match self.stored_under_prefixes(&batch) {
+                Ok(stored) => {
+                    batches.push((batch, stored));
+                    replies.push(reply);
+                }
+                Err(e) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    reply.send(Err(e));
+                }
             }
-            parts.push((start..ops.len(), reply));
         }
-        if parts.is_empty() {
+        if batches.is_empty() {
             return;
         }
-        let batches = parts.len() as u64;
-        match self.apply(&ops, batches) {
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        let mut ranges: Vec<Range<usize>> = Vec::with_capacity(batches.len());
+        for (batch, stored) in &batches {
+            let start = ops.len();
+            expand(batch, stored, &mut ops);
+            ranges.push(start..ops.len());
+        }
+        match self.apply(&ops, ranges.len() as u64) {
             Ok(()) => {
                 self.watchers.notify(&ops);
-                for (_, reply) in parts {
+                for reply in replies {
                     reply.send(Ok(()));
                 }
             }
-            Err(e) if parts.len() == 1 => {
+            Err(e) if replies.len() == 1 => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                parts.into_iter().for_each(|(_, reply)| reply.send(Err(e.copy())));
+                replies.into_iter().for_each(|reply| reply.send(Err(e.copy())));
             }
             Err(_) => {
-                for (range, reply) in parts {
+                for (range, reply) in ranges.into_iter().zip(replies) {
                     let verdict = self.apply(&ops[range.clone()], 1);
                     match &verdict {
                         Ok(()) => self.watchers.notify(&ops[range]),
@@ -276,29 +286,19 @@ impl Worker {
         }
     }
 
-    /// Appends `items` to `ops`, a prefix delete made into a delete of each key it covers:
-    /// those in the store (everything before this group is applied: this is the only writer)
-    /// and those put earlier in `ops`.
-    fn expand(&self, items: Vec<Item>, ops: &mut Vec<Op>) -> Verdict {
-        for item in items {
-            match item {
-                Item::Op(op) => ops.push(op),
-                Item::DeletePrefix { bucket, prefix } => {
-                    let mut keys: BTreeSet<Vec<u8>> =
-                        self.backend.scan_prefix(&bucket, &prefix)?.into_iter().map(|(key, _)| key).collect();
-                    keys.extend(
-                        ops.iter()
-                            .filter(|op| op.bucket == bucket && op.value.is_some() && op.key.starts_with(&prefix))
-                            .map(|op| op.key.clone()),
-                    );
-                    ops.extend(keys.into_iter().map(|key| Op { bucket: bucket.clone(), key, value: None }));
-                }
-            }
-        }
-        Ok(())
+    /// The keys in the store under each prefix delete of `batch`, in its order.
+    fn stored_under_prefixes(&self, batch: &Batch) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
+        batch
+            .entries()
+            .filter_map(|entry| match entry {
+                Entry::DeletePrefix { bucket, prefix } => Some(self.backend.scan_prefix(bucket, prefix)),
+                Entry::Op(_) => None,
+            })
+            .map(|found| Ok(found?.into_iter().map(|(key, _)| key).collect()))
+            .collect()
     }
 
-    fn apply(&mut self, ops: &[Op], batches: u64) -> Verdict {
+    fn apply(&mut self, ops: &[Op<'_>], batches: u64) -> Verdict {
         let durable = self.sync == SyncMode::Group;
         let started = Instant::now();
         self.backend.apply(&coalesce(ops), durable)?;
@@ -314,12 +314,33 @@ impl Worker {
     }
 }
 
+/// Appends the operations of `batch` to `ops`, each prefix delete made into a delete of each
+/// key it covers: those in the store (`stored`, one list per prefix delete) and those put
+/// earlier in `ops`.
+fn expand<'a>(batch: &'a Batch, stored: &'a [Vec<Vec<u8>>], ops: &mut Vec<Op<'a>>) {
+    let mut stored = stored.iter();
+    for entry in batch.entries() {
+        match entry {
+            Entry::Op(op) => ops.push(op),
+            Entry::DeletePrefix { bucket, prefix } => {
+                let mut keys: BTreeSet<&[u8]> = stored.next().into_iter().flatten().map(Vec::as_slice).collect();
+                keys.extend(
+                    ops.iter()
+                        .filter(|op| op.bucket == bucket && op.value.is_some() && op.key.starts_with(prefix))
+                        .map(|op| op.key),
+                );
+                ops.extend(keys.into_iter().map(|key| Op { bucket, key, value: None }));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn op(key: &str, value: Option<&str>) -> Op {
-        Op { bucket: "b".into(), key: key.as_bytes().to_vec(), value: value.map(|v| v.as_bytes().to_vec()) }
+    fn op<'a>(key: &'a str, value: Option<&'a str>) -> Op<'a> {
+        Op { bucket: "b", key: key.as_bytes(), value: value.map(str::as_bytes) }
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Backend for Embedded {
         )
     }
 
-    fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+    fn apply(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e.into()))?;
         let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -167,13 +167,13 @@ impl Backend for Embedded {
         // Consecutive operations on one bucket share an open table.
         let mut start = 0;
         while start < ops.len() {
-            let bucket = ops[start].bucket.as_str();
+            let bucket = ops[start].bucket;
             let end = start + ops[start..].iter().take_while(|op| op.bucket == bucket).count();
             let mut t = txn.open_table(table(bucket)).map_err(|e| self.err(e.into()))?;
             for op in &ops[start..end] {
-                match &op.value {
-                    Some(value) => drop(t.insert(op.key.as_slice(), value.as_slice()).map_err(|e| self.err(e.into()))?),
-                    None => drop(t.remove(op.key.as_slice()).map_err(|e| self.err(e.into()))?),
+                match op.value {
+                    Some(value) => drop(t.insert(op.key, value).map_err(|e| self.err(e.into()))?),
+                    None => drop(t.remove(op.key).map_err(|e| self.err(e.into()))?),
                 }
             }
             if t.is_empty().map_err(|e| self.err(e.into()))? {

@@ -33,18 +33,18 @@ impl Backend for Memory {
             .collect())
     }
 
-    fn apply(&self, ops: &[Op], _durable: bool) -> Result<(), StoreError> {
+    fn apply(&self, ops: &[Op<'_>], _durable: bool) -> Result<(), StoreError> {
         let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         for op in ops {
-            match &op.value {
+            match op.value {
                 Some(value) => {
-                    buckets.entry(op.bucket.clone()).or_default().insert(op.key.clone(), value.clone());
+                    buckets.entry(op.bucket.to_owned()).or_default().insert(op.key.to_vec(), value.to_vec());
                 }
                 None => {
-                    if let Some(b) = buckets.get_mut(&op.bucket) {
-                        b.remove(&op.key);
+                    if let Some(b) = buckets.get_mut(op.bucket) {
+                        b.remove(op.key);
                         if b.is_empty() {
-                            buckets.remove(&op.bucket);
+                            buckets.remove(op.bucket);
                         }
                     }
                 }

@@ -59,14 +59,15 @@ impl Watchers {
     }
 
     /// Sends each of `ops` to the watchers it matches; forgets watchers that were dropped.
-    pub(crate) fn notify(&self, ops: &[Op]) {
+    pub(crate) fn notify(&self, ops: &[Op<'_>]) {
         let mut watchers = self.lock();
         if watchers.is_empty() {
             return;
         }
         watchers.retain(|w| {
             ops.iter().filter(|op| op.bucket == w.bucket && op.key.starts_with(&w.prefix)).all(|op| {
-                let change = Change { bucket: op.bucket.clone(), key: op.key.clone(), value: op.value.clone() };
+                let change =
+                    Change { bucket: op.bucket.to_owned(), key: op.key.to_vec(), value: op.value.map(<[u8]>::to_vec) };
                 w.sender.send(change).is_ok()
             })
         });

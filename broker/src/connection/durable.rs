@@ -34,6 +34,8 @@ pub(super) struct Held {
     waiting: VecDeque<HeldAck>,
     /// Writes made since the last flush.
     pending: Batch,
+    /// An empty batch whose buffers a connection's next writes reuse (see `write_batch`).
+    spare: Batch,
     /// Where in `waiting` the first acknowledgement waiting for `pending` is: it carries the
     /// commit, and those after it wait behind it.
     first_for_pending: Option<usize>,
@@ -76,8 +78,9 @@ impl<T: Transport> Connection<T> {
         }
         let bytes = self.out.split_off(start);
         let held = self.held.get_or_insert_with(Box::default);
-        let round = batch.map(|batch| {
-            held.pending.append(batch);
+        let round = batch.map(|mut batch| {
+            held.pending.append(&mut batch);
+            held.spare = batch;
             held.first_for_pending.get_or_insert(held.waiting.len());
             held.round
         });
@@ -86,11 +89,19 @@ impl<T: Transport> Connection<T> {
 
     /// Adds `batch` to this round's writes, with no acknowledgement waiting for it (a delivered
     /// message's removal).
-    pub(super) fn write_later(&mut self, batch: Batch) {
+    pub(super) fn write_later(&mut self, mut batch: Batch) {
         if batch.is_empty() || self.node.persistence.is_none() {
             return;
         }
-        self.held.get_or_insert_with(Box::default).pending.append(batch);
+        let held = self.held.get_or_insert_with(Box::default);
+        held.pending.append(&mut batch);
+        held.spare = batch;
+    }
+
+    /// An empty batch for the writes of one packet, reusing the buffers of the last one
+    /// (appended to this round's writes) when the connection holds any.
+    pub(super) fn write_batch(&mut self) -> Batch {
+        self.held.as_deref_mut().map(|held| std::mem::take(&mut held.spare)).unwrap_or_default()
     }
 
     /// Commits this round's writes: the acknowledgements waiting for them go once it is done.

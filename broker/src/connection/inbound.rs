@@ -175,8 +175,8 @@ impl<T: Transport> Connection<T> {
     /// The batch a PUBLISH starts with: for a persistent session's QoS 2 message, its packet
     /// id awaiting release, written with the message's copies so that a PUBLISH resent after a
     /// restart is recognised.
-    pub(super) fn publish_batch(&self, ack: &PublishAck) -> Batch {
-        let mut batch = Batch::new();
+    pub(super) fn publish_batch(&mut self, ack: &PublishAck) -> Batch {
+        let mut batch = self.write_batch();
         if ack.qos == 2 && self.node.persistence.is_some() {
             if let Some(durable) = self.session.lock().durable.as_deref() {
                 let _ = batch.put(persist::BUCKET, &durable.keys.awaiting_rel(ack.packet_id), b"");
@@ -330,7 +330,7 @@ impl<T: Transport> Connection<T> {
         if seq == 0 || self.node.persistence.is_none() {
             return;
         }
-        let mut batch = Batch::new();
+        let mut batch = self.write_batch();
         if let Some(durable) = self.session.lock().durable.as_deref() {
             let _ = batch.delete(persist::BUCKET, &durable.keys.entry(seq));
             if released {
