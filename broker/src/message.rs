@@ -67,6 +67,9 @@ pub(crate) struct Delivery {
     pub(crate) subscription_ids: Box<[u32]>,
     /// Its place in a persistent session's store (see `persist`); 0 when it is not kept there.
     pub(crate) seq: u64,
+    /// It may have been sent before (read back from the store after a restart: whether it went
+    /// out before the broker stopped is not known), so it goes with DUP set (MQTT-3.3.1-1).
+    pub(crate) maybe_sent: bool,
 }
 
 #[cfg(test)]
@@ -83,7 +86,14 @@ impl Delivery {
             publisher: 0,
             timestamp_ms: 0,
         };
-        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: Box::new([]), seq: 0 }
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: Box::new([]),
+            seq: 0,
+            maybe_sent: false,
+        }
     }
 }
 

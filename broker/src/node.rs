@@ -463,6 +463,7 @@ impl Node {
                 retain: message.retain && target.retain_as_published,
                 subscription_ids: target.ids.into_boxed_slice(),
                 seq: 0,
+                maybe_sent: false,
             };
             match target.session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
                 Enqueued::Queued => {}
@@ -513,6 +514,7 @@ impl Node {
             retain: true,
             subscription_ids: subscription.id.into_iter().collect(),
             seq: 0,
+            maybe_sent: false,
         };
         if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
             self.dropped(client_id, &lost.message, DropReason::QueueFull);

@@ -13,7 +13,9 @@
 //!
 //! A message of a persistent session goes out with a packet id made from its sequence number
 //! ([`packet_id_of`]), so a QoS 2 message resent after a restart has the id the client saw
-//! before, and the client's own de-duplication holds: no write is needed before a send.
+//! before, and the client's own de-duplication holds: no write is needed before a send. Whether
+//! a message went out before the broker stopped is not written either, so every message read
+//! back goes out with DUP set, as a possible re-delivery (MQTT-3.3.1-1).
 //!
 //! A client id is written with its length first, so one client's keys never prefix another's.
 //! In `core/node`, `alive_at` is the time the node last said it was running: sessions that were
@@ -165,6 +167,7 @@ impl EntryRecord {
             retain: self.retain,
             subscription_ids: self.subscription_ids.into_boxed_slice(),
             seq,
+            maybe_sent: true,
         }
     }
 }

@@ -65,7 +65,8 @@ fn publish_until_killed(broker: Broker, qos: QoS, kill_after: usize) -> HashSet<
 
 /// Connects `id` again (CleanSession 0), expects Session Present 1, and receives until the
 /// marker `p/end` that another client publishes after it connected: every message queued
-/// before the marker has come by then. Returns each payload with how often it came.
+/// before the marker has come by then. Returns each payload with how often it came; every
+/// message read back from the store comes with DUP set.
 fn resume_and_drain(broker: &Broker, id: &str) -> HashMap<String, usize> {
     let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
     assert!(ack.session_present, "the session survived the restart (MQTT-3.2.2-2)");
@@ -88,8 +89,12 @@ fn resume_and_drain(broker: &Broker, id: &str) -> HashMap<String, usize> {
                     QoS::AtMostOnce => {}
                 }
                 if payload == "end" {
+                    assert!(!p.dup, "the marker, published after the restart, is a first delivery: DUP 0");
                     return got;
                 }
+                // MQTT-3.3.1-1: read back from the store, it may have been sent before the
+                // broker died (that is not recorded), so it goes as a possible re-delivery.
+                assert!(p.dup, "{payload}, read back after the restart, came with DUP 0");
                 *got.entry(payload).or_default() += 1;
             }
             Packet::PubRel(rel) => sub.send(&Packet::PubComp(PubComp::new(rel.pkid))),

@@ -194,7 +194,7 @@ impl<T: Transport> Connection<T> {
                     &delivery,
                     packet_id,
                     expiry,
-                    false,
+                    delivery.maybe_sent,
                 );
                 if encoded.is_err() {
                     // MQTT-3.1.2-25: never more than the client's Maximum Packet Size.

@@ -352,8 +352,14 @@ unsafe extern "C" fn deliver(
         return abi::STATUS_ERROR;
     }
     let message = plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None);
-    let delivery =
-        Delivery { message: Arc::new(message), qos, retain: retain != 0, subscription_ids: Box::new([]), seq: 0 };
+    let delivery = Delivery {
+        message: Arc::new(message),
+        qos,
+        retain: retain != 0,
+        subscription_ids: Box::new([]),
+        seq: 0,
+        maybe_sent: false,
+    };
     if context.shared.node.deliver(client_id, delivery) {
         abi::STATUS_OK
     } else {
