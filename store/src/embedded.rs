@@ -7,6 +7,9 @@
 //! rather than misread. Why redb and not fjall or SQLite: `bench/store-backends/README.md`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
@@ -24,10 +27,36 @@ const FORMAT_KEY: &str = "format";
 /// The file inside the store's directory.
 pub const FILE_NAME: &str = "broker.redb";
 
+/// A read lock on the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Made only over `Some` (see `Embedded::db`).
+        self.0.as_ref().expect("an open database")
+    }
+}
+
+/// How long a store whose write failed waits before it opens its file again to retry.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
 /// Buckets in one redb file.
+///
+/// After a write fails on an I/O error (a full disk), redb refuses every later transaction
+/// until the file is opened again. The store does that itself, at the first write at least
+/// [`REOPEN_AFTER`] after the failure (refusing writes as full meanwhile), so that it writes
+/// again once there is room, without a restart. Opening runs redb's recovery, from the last
+/// durable commit: nothing committed is lost.
 pub struct Embedded {
-    db: Database,
+    /// `None` only while a reopen failed (reads and writes fail until one succeeds).
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// A write failed on an I/O error: the file must be opened again before the next one.
+    broken: AtomicBool,
+    /// When the last write failed or reopen was tried, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -46,13 +75,7 @@ impl Embedded {
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         std::fs::create_dir_all(dir).map_err(StoreError::from)?;
         let path = dir.join(FILE_NAME);
-        // Every page's checksum is verified at open (80 ms for a 70 MB file, measured by
-        // bench/store-backends): without it redb trusts a cleanly closed file, and a damaged
-        // one opened, then panicked or returned wrong values on reads.
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| Embedded::error(&path, e.into()))?;
+        let db = Embedded::open_file(&path)?;
         // Readable by the broker's user only, like the ctl socket: plugins keep password hashes
         // in it (emqx_auth_mnesia's logins).
         #[cfg(unix)]
@@ -60,9 +83,72 @@ impl Embedded {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(StoreError::from)?;
         }
-        let store = Embedded { db, path };
+        let store = Embedded {
+            db: RwLock::new(Some(db)),
+            path,
+            broken: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
+        };
         store.check_format()?;
         Ok(store)
+    }
+
+    fn open_file(path: &Path) -> Result<Database, StoreError> {
+        // Every page's checksum is verified at open (80 ms for a 70 MB file, measured by
+        // bench/store-backends): without it redb trusts a cleanly closed file, and a damaged
+        // one opened, then panicked or returned wrong values on reads.
+        Database::builder().set_check_integrity_on_open(true).create(path).map_err(|e| Embedded::error(path, e.into()))
+    }
+
+    /// The open database, or why there is none.
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_some() {
+            return Ok(DbGuard(guard));
+        }
+        // Released before `last_failure` is locked: a reopen locks them the other way round.
+        drop(guard);
+        let why = self.last_failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, why)| why.clone());
+        Err(StoreError::Full(why.unwrap_or_else(|| "the store file is not open".to_owned())))
+    }
+
+    /// Before a write: opens the file again if a write failed (see [`Embedded`]); until
+    /// [`REOPEN_AFTER`] has passed since the failure, refuses with it.
+    fn ready_to_write(&self) -> Result<(), StoreError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, why)) = last.as_ref() {
+            if at.elapsed() < REOPEN_AFTER {
+                return Err(StoreError::Full(why.clone()));
+            }
+        }
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle goes first: redb lets one handle at a time hold the file.
+        drop(db.take());
+        match Embedded::open_file(&self.path) {
+            Ok(reopened) => {
+                *db = Some(reopened);
+                *last = None;
+                self.broken.store(false, Ordering::Release);
+                tracing::info!(path = %self.path.display(), "store: file opened again after a failed write; writing again");
+                Ok(())
+            }
+            Err(e) => {
+                *last = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// After a write: remembers an I/O failure, so that the next write opens the file again.
+    fn note_write(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if let Err(e @ (StoreError::Full(_) | StoreError::Io(_))) = &result {
+            *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_string()));
+            self.broken.store(true, Ordering::Release);
+        }
+        result
     }
 
     /// The file the store lives in.
@@ -71,7 +157,7 @@ impl Embedded {
     }
 
     fn check_format(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e.into()))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.err(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e.into()))?;
             let found = meta.get(FORMAT_KEY).map_err(|e| self.err(e.into()))?.map(|v| v.value());
@@ -83,6 +169,40 @@ impl Embedded {
                 None => {
                     meta.insert(FORMAT_KEY, FORMAT_VERSION).map_err(|e| self.err(e.into()))?;
                 }
+            }
+        }
+        txn.commit().map_err(|e| self.err(e.into()))
+    }
+
+    /// Applies `ops` as one transaction (see [`Backend::apply`]).
+    fn write(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
+        let mut txn = self.db()?.begin_write().map_err(|e| self.err(e.into()))?;
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut emptied = Vec::new();
+        // Consecutive operations on one bucket share an open table.
+        let mut start = 0;
+        while start < ops.len() {
+            let bucket = ops[start].bucket;
+            let end = start + ops[start..].iter().take_while(|op| op.bucket == bucket).count();
+            let mut t = txn.open_table(table(bucket)).map_err(|e| self.err(e.into()))?;
+            for op in &ops[start..end] {
+                match op.value {
+                    Some(value) => drop(t.insert(op.key, value).map_err(|e| self.err(e.into()))?),
+                    None => drop(t.remove(op.key).map_err(|e| self.err(e.into()))?),
+                }
+            }
+            if t.is_empty().map_err(|e| self.err(e.into()))? {
+                emptied.push(bucket);
+            }
+            start = end;
+        }
+        for bucket in emptied {
+            // A bucket emptied by this transaction goes (it may have been refilled later in it).
+            let still_empty =
+                txn.open_table(table(bucket)).and_then(|t| Ok(t.is_empty()?)).map_err(|e| self.err(e.into()))?;
+            if still_empty {
+                txn.delete_table(table(bucket)).map_err(|e| self.err(e.into()))?;
             }
         }
         txn.commit().map_err(|e| self.err(e.into()))
@@ -103,6 +223,8 @@ impl Embedded {
                 StoreError::InUse { path: path.to_owned() }
             }
             redb::Error::Io(e) => classify_io(path, e),
+            // Every transaction after a failed write, until the file is opened again.
+            redb::Error::PreviousIo => StoreError::Io(std::io::Error::other("an earlier write to the store failed")),
             other => StoreError::Backend(other.to_string()),
         }
     }
@@ -113,7 +235,7 @@ impl Embedded {
         read: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, redb::Error>,
         absent: T,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e.into()))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e.into()))?;
         match txn.open_table(table(bucket)) {
             Ok(t) => read(&t).map_err(|e| self.err(e)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(absent),
@@ -160,45 +282,22 @@ impl Backend for Embedded {
     }
 
     fn apply(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e.into()))?;
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        txn.set_durability(durability).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut emptied = Vec::new();
-        // Consecutive operations on one bucket share an open table.
-        let mut start = 0;
-        while start < ops.len() {
-            let bucket = ops[start].bucket;
-            let end = start + ops[start..].iter().take_while(|op| op.bucket == bucket).count();
-            let mut t = txn.open_table(table(bucket)).map_err(|e| self.err(e.into()))?;
-            for op in &ops[start..end] {
-                match op.value {
-                    Some(value) => drop(t.insert(op.key, value).map_err(|e| self.err(e.into()))?),
-                    None => drop(t.remove(op.key).map_err(|e| self.err(e.into()))?),
-                }
-            }
-            if t.is_empty().map_err(|e| self.err(e.into()))? {
-                emptied.push(bucket);
-            }
-            start = end;
-        }
-        for bucket in emptied {
-            // A bucket emptied by this transaction goes (it may have been refilled later in it).
-            let still_empty =
-                txn.open_table(table(bucket)).and_then(|t| Ok(t.is_empty()?)).map_err(|e| self.err(e.into()))?;
-            if still_empty {
-                txn.delete_table(table(bucket)).map_err(|e| self.err(e.into()))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e.into()))
+        self.ready_to_write()?;
+        let result = self.write(ops, durable);
+        self.note_write(result)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e.into()))?;
-        txn.commit().map_err(|e| self.err(e.into()))
+        self.ready_to_write()?;
+        let result = (|| {
+            let txn = self.db()?.begin_write().map_err(|e| self.err(e.into()))?;
+            txn.commit().map_err(|e| self.err(e.into()))
+        })();
+        self.note_write(result)
     }
 
     fn buckets(&self) -> Result<Vec<BucketStats>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e.into()))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.err(e.into()))?;
         let mut stats = Vec::new();
         for handle in txn.list_tables().map_err(|e| self.err(e.into()))? {
             let name = handle.name().to_owned();

@@ -232,14 +232,15 @@ impl Broker {
     }
 
     /// Starts the broker with every file it writes limited to `bytes` (RLIMIT_FSIZE): a write
-    /// past it fails as on a full disk.
+    /// past it fails as on a full disk, until [`Broker::lift_file_size_limit`].
     pub fn start_with_file_size_limit(data_dir: &DataDir, env: &[(&str, &str)], bytes: u64) -> Broker {
         Self::start_command(data_dir, env, &[], |command| {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
             unsafe {
                 command.pre_exec(move || {
-                    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    // Only the soft limit: the same user may lift it later (prlimit).
+                    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
                     if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -295,6 +296,16 @@ impl Broker {
             broker.logs().iter().find_map(|l| l.split("mqtt listener on ").nth(1).and_then(|a| a.trim().parse().ok()))
         });
         broker
+    }
+
+    /// Lifts the file size limit of [`Broker::start_with_file_size_limit`], as freeing space on
+    /// a full disk would.
+    pub fn lift_file_size_limit(&self) {
+        let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit on our child's pid with a valid new limit and no old-limit pointer.
+        let done =
+            unsafe { libc::prlimit(self.pid() as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
     }
 
     pub fn pid(&self) -> u32 {
