@@ -182,12 +182,26 @@ impl Batch {
 
     /// Its operations, in order.
     pub(crate) fn entries(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
-        self.items.iter().map(|item| match *item {
-            Item::Op { bucket, key, value } => {
-                Entry::Op(Op { bucket: self.text(bucket), key: self.bytes(key), value: value.map(|v| self.bytes(v)) })
-            }
-            Item::DeletePrefix { bucket, prefix } => {
-                Entry::DeletePrefix { bucket: self.text(bucket), prefix: self.bytes(prefix) }
+        // Consecutive operations share their bucket's span: its text is read once for them.
+        let mut last: Option<(Span, &str)> = None;
+        self.items.iter().map(move |item| {
+            let mut bucket_text = |span: Span| match last {
+                Some((seen, text)) if seen == span => text,
+                _ => {
+                    let text = self.text(span);
+                    last = Some((span, text));
+                    text
+                }
+            };
+            match *item {
+                Item::Op { bucket, key, value } => Entry::Op(Op {
+                    bucket: bucket_text(bucket),
+                    key: self.bytes(key),
+                    value: value.map(|v| self.bytes(v)),
+                }),
+                Item::DeletePrefix { bucket, prefix } => {
+                    Entry::DeletePrefix { bucket: bucket_text(bucket), prefix: self.bytes(prefix) }
+                }
             }
         })
     }
