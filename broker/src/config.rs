@@ -310,6 +310,42 @@ impl BrokerSettings {
     }
 }
 
+/// `[cluster]`: the other nodes this one serves clients with, over NATS. Without `nats`, the
+/// node is alone (and needs no NATS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222` (several: separated by commas).
+    pub nats: Option<String>,
+    /// The first token of every subject the cluster uses (clusters sharing one NATS account
+    /// need different ones).
+    pub subject_prefix: String,
+    /// How long the node tries to reach NATS at start before it gives up (and exits).
+    #[serde(deserialize_with = "duration_text")]
+    pub connect_timeout: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings { nats: None, subject_prefix: "mqtt".to_owned(), connect_timeout: "5s".to_owned() }
+    }
+}
+
+impl ClusterSettings {
+    /// What the cluster starts with, if this node is one of a cluster.
+    pub(crate) fn config(&self, node_name: &str) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+        let Some(nats) = self.nats.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::cluster::ClusterConfig {
+            nats: nats.to_owned(),
+            subject_prefix: self.subject_prefix.clone(),
+            node_name: node_name.to_owned(),
+            connect_timeout: duration("cluster.connect_timeout", &self.connect_timeout)?,
+        }))
+    }
+}
+
 /// `[persistence]`: the store (`data/store` by default) and how sessions use it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -445,6 +481,7 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub broker: BrokerSettings,
     pub persistence: PersistenceSettings,
+    pub cluster: ClusterSettings,
     /// Every other table: plugin configs, by section name.
     #[serde(flatten)]
     pub plugins: serde_json::Map<String, serde_json::Value>,
@@ -463,6 +500,7 @@ impl Default for Settings {
             mqtt: MqttSettings::default(),
             broker: BrokerSettings::default(),
             persistence: PersistenceSettings::default(),
+            cluster: ClusterSettings::default(),
             plugins: Default::default(),
         }
     }

@@ -21,6 +21,7 @@ pub(crate) mod auth;
 #[doc(hidden)]
 pub mod bench;
 pub(crate) mod client;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod connection;
 pub mod ctl;

@@ -12,6 +12,7 @@ use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
 use crate::client::ClientInfo;
+use crate::cluster::{Cluster, LocalNode};
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
@@ -161,6 +162,8 @@ pub(crate) struct Node {
     pub(crate) sessions: Sessions,
     /// Where persistent sessions are kept (`[persistence] enabled`); `None`: in memory only.
     pub(crate) persistence: Option<Store>,
+    /// The other nodes (`[cluster] nats`); `None`: this node is alone.
+    pub(crate) cluster: Option<Arc<Cluster>>,
     /// The broker as a publisher (for plugins' messages).
     broker: ClientInfo,
     next_connection: std::sync::atomic::AtomicU64,
@@ -176,6 +179,7 @@ impl Node {
             router,
             sessions: Sessions::default(),
             persistence: None,
+            cluster: None,
             broker: ClientInfo::broker(),
             next_connection: Default::default(),
         }
@@ -191,6 +195,12 @@ impl Node {
     /// The node keeping persistent sessions in `store`.
     pub(crate) fn with_persistence(mut self, store: Store) -> Node {
         self.persistence = Some(store);
+        self
+    }
+
+    /// The node as one of a cluster.
+    pub(crate) fn with_cluster(mut self, cluster: Arc<Cluster>) -> Node {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -419,6 +429,9 @@ impl Node {
                 return Published::Dropped;
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.forward(&message);
+        }
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
         let message = Arc::new(message);
         match durable {
@@ -539,7 +552,11 @@ impl Node {
             }
             state.subscriptions.insert(filter.into(), subscription);
         }
-        self.router.subscribe(parsed, subscriber)
+        let is_new = self.router.subscribe(parsed, subscriber);
+        if let (true, Some(cluster)) = (is_new, &self.cluster) {
+            cluster.subscribed(parsed.path);
+        }
+        is_new
     }
 
     /// Subscribes connected client `client_id` to `filter` at `qos` on a plugin's behalf
@@ -584,7 +601,17 @@ impl Node {
     /// Removes `session`'s subscription to `filter`; true if it existed.
     pub(crate) fn unsubscribe(&self, session: &Session, filter: &str, parsed: &Filter<'_>) -> bool {
         let existed = session.lock().subscriptions.remove(filter).is_some();
-        self.router.unsubscribe(parsed, session.id) || existed
+        self.unroute(parsed, session.id) || existed
+    }
+
+    /// Takes session `session_id`'s subscription to `parsed` out of the router (and, with the
+    /// last one on this node, the cluster's interest); true if it was there.
+    fn unroute(&self, parsed: &Filter<'_>, session_id: u64) -> bool {
+        let removed = self.router.unsubscribe(parsed, session_id);
+        if let (true, Some(cluster)) = (removed, &self.cluster) {
+            cluster.unsubscribed(parsed.path);
+        }
+        removed
     }
 
     /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
@@ -614,7 +641,7 @@ impl Node {
         };
         for filter in subscriptions.keys() {
             if let Ok(parsed) = Filter::parse(filter) {
-                self.router.unsubscribe(&parsed, session.id);
+                self.unroute(&parsed, session.id);
             }
         }
         self.sessions.remove(session);
@@ -622,6 +649,18 @@ impl Node {
         if let Some(will) = will {
             self.publish(will.message, &will.client);
         }
+    }
+}
+
+/// The node as the cluster sees it.
+impl LocalNode for Node {
+    /// To this node's sessions only (never forwarded again), with no `message.publish` (its
+    /// node ran that).
+    fn route_from_cluster(&self, message: Message) {
+        let publisher = Publisher { session: 0, client_id: "" };
+        let mut batch = Batch::new();
+        self.route(Arc::new(message), publisher, None, &mut batch);
+        self.commit_in_background(batch);
     }
 }
 

@@ -163,6 +163,9 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     if settings.persistence.enabled {
         node = node.with_persistence(store.clone());
     }
+    if let Some(config) = settings.cluster.config(&settings.node_name)? {
+        node = node.with_cluster(runtime.block_on(crate::cluster::Cluster::connect(config))?);
+    }
     let node = Arc::new(node);
     let shared = Arc::new(HostShared {
         broker_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -184,6 +187,10 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     manager.boot();
 
     runtime.block_on(async {
+        if let Some(cluster) = &node.cluster {
+            let weak = Arc::downgrade(&node);
+            cluster.start(weak);
+        }
         if node.persistence.is_some() {
             let restored = Node::restore_sessions(&node).context("cannot read the persistent sessions back")?;
             tracing::info!("{restored} persistent sessions restored");

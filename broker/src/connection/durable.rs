@@ -87,6 +87,13 @@ impl<T: Transport> Connection<T> {
         held.waiting.push_back(HeldAck { commit: None, round, bytes, refusal });
     }
 
+    /// Holds every acknowledgement from now on until `ready` resolves (a SUBACK waiting for
+    /// the cluster's interest to be in place).
+    pub(super) fn hold_until(&mut self, ready: Commit) {
+        let held = self.held.get_or_insert_with(Box::default);
+        held.waiting.push_back(HeldAck { commit: Some(ready), round: None, bytes: BytesMut::new(), refusal: None });
+    }
+
     /// Adds `batch` to this round's writes, with no acknowledgement waiting for it (a delivered
     /// message's removal).
     pub(super) fn write_later(&mut self, mut batch: Batch) {

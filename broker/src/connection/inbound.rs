@@ -558,6 +558,14 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         let base_len = 5 + 1 + codes.len();
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
+        // In a cluster, the SUBACK waits until the other nodes would send what this one now
+        // wants (NATS has the interest).
+        if let Some(ready) = node.cluster.as_ref().filter(|_| !granted.is_empty()).and_then(|c| c.interest_in_place()) {
+            self.hold_until(Box::pin(async move {
+                ready.await;
+                Ok(())
+            }));
+        }
         let start = self.out.len();
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, packet_id, codes, reason_string);
         // A persistent session's subscriptions are on disk before the SUBACK says they exist.

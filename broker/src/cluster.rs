@@ -1,0 +1,426 @@
+//! A cluster of broker nodes on NATS (`[cluster] nats = "nats://..."`): a client on any node
+//! reaches subscribers on every node. Absent `[cluster]`, none of this runs.
+//!
+//! - **Routes are NATS interest.** A node subscribes to the subjects of each distinct filter
+//!   its sessions hold (`subject`), when the first session subscribes to it, and drops them
+//!   with the last. A SUBACK goes only once the NATS server has that interest (a round trip
+//!   after the SUB), so a message published on another node right after it is not missed.
+//! - **Forwarding.** A message published on this node (after `message.publish`) is also
+//!   published on its subject, in an envelope (`Envelope`: QoS, retain, properties, expiry,
+//!   who published). NATS sends it to the nodes that have interest; each routes it to its own
+//!   sessions only (never forwarding it again), with its own subscriptions deciding, so
+//!   MQTT's rules are applied where the subscribers are. The connection asks NATS not to
+//!   echo a node's messages back to it.
+//! - **Once per node.** Overlapping filters (`a/+`, `a/#`) are two NATS subscriptions, and NATS
+//!   sends a message once to each: every message carries its node's id and a sequence number,
+//!   and a node routes the first copy only.
+//!
+//! What this does not do yet (issue "Scale out on NATS"): forwarding is NATS core's, at most
+//! once between nodes (QoS 1/2 through JetStream is next); a shared subscription's group picks
+//! one member per node, not one in the cluster; sessions, retained messages and the store are
+//! per node.
+
+mod dedup;
+mod subject;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::message::Message;
+
+/// What the cluster needs of its node (reached through this, so that the node's module does not
+/// depend on this one both ways).
+pub(crate) trait LocalNode: Send + Sync + 'static {
+    /// Routes a message another node forwarded to this node's sessions.
+    fn route_from_cluster(&self, message: Message);
+}
+
+/// Subjects longer than this are not forwarded (the NATS server's control line is 4 KiB by
+/// default, and a subject travels in it).
+const MAX_SUBJECT: usize = 3 * 1024;
+
+/// Messages waiting to be handed to the NATS client; past this, a message is not forwarded
+/// (counted and logged).
+const OUTBOUND_QUEUE: usize = 64 * 1024;
+
+/// Messages from other nodes waiting to be routed here.
+const INBOUND_QUEUE: usize = 64 * 1024;
+
+/// What a node starts its cluster with.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterConfig {
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222`.
+    pub(crate) nats: String,
+    /// The first subject token of every message (one NATS account can hold several clusters).
+    pub(crate) subject_prefix: String,
+    /// This node's name (`node_name`), for the NATS connection's name and logs.
+    pub(crate) node_name: String,
+    /// How long connecting at start may take.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    #[error("cannot reach NATS at {url}: {why} (start nats-server, or remove [cluster] nats to run one node alone)")]
+    Unreachable { url: String, why: String },
+    #[error("invalid [cluster] subject_prefix {0:?}: use letters, digits, '_' and '-' in '.'-separated tokens")]
+    InvalidPrefix(String),
+}
+
+/// A message as it travels between nodes (postcard, after a version byte of its own).
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<'a> {
+    version: u8,
+    /// The node that published it (random per start) and its number there.
+    origin: u64,
+    seq: u64,
+    qos: u8,
+    retain: bool,
+    /// Milliseconds it has left to live (MQTT 5 Message Expiry), if it expires.
+    expires_in_ms: Option<u64>,
+    timestamp_ms: u64,
+    #[serde(serialize_with = "as_bytes", borrow)]
+    forwarded: &'a [u8],
+    #[serde(serialize_with = "as_bytes", borrow)]
+    payload: &'a [u8],
+}
+
+const ENVELOPE_VERSION: u8 = 1;
+
+fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
+/// A change of this node's interest, for the task that keeps NATS in step.
+enum Change {
+    Add(Box<str>),
+    Remove(Box<str>),
+}
+
+/// This node's side of the cluster.
+pub(crate) struct Cluster {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    origin: u64,
+    next_seq: AtomicU64,
+    /// Local subscriptions by filter (share groups left out): the node's interest.
+    interest: Mutex<HashMap<Box<str>, usize>>,
+    changes: mpsc::UnboundedSender<Change>,
+    changes_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    /// Interest changes asked for, and those the NATS server has confirmed (counts).
+    requested: AtomicU64,
+    confirmed: watch::Receiver<u64>,
+    confirmed_tx: watch::Sender<u64>,
+    outbound: mpsc::Sender<(String, Bytes)>,
+    outbound_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    node: OnceLock<Weak<dyn LocalNode>>,
+    /// Messages not forwarded (queue full, subject too long), and when that was last logged.
+    not_forwarded: AtomicU64,
+    last_warned: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("nats", &self.config.nats).field("origin", &self.origin).finish()
+    }
+}
+
+impl Cluster {
+    /// Connects to NATS; fails if it cannot within `connect_timeout`.
+    pub(crate) async fn connect(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        let prefix_ok = !config.subject_prefix.is_empty()
+            && config.subject_prefix.split('.').all(|t| !t.is_empty() && t.bytes().all(subject::is_plain));
+        if !prefix_ok {
+            return Err(ClusterError::InvalidPrefix(config.subject_prefix.clone()));
+        }
+        let unreachable = |why: String| ClusterError::Unreachable { url: config.nats.clone(), why };
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("broker {}", config.node_name))
+            .no_echo()
+            .connection_timeout(config.connect_timeout)
+            .event_callback(|event| async move { log_event(event) });
+        let connecting = options.connect(config.nats.as_str());
+        let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable(format!("no connection within {:?}", config.connect_timeout))),
+        };
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (confirmed_tx, confirmed) = watch::channel(0);
+        tracing::info!(nats = %config.nats, prefix = %config.subject_prefix, "cluster: connected to NATS");
+        Ok(Arc::new(Cluster {
+            config,
+            client,
+            origin: rand_u64(),
+            next_seq: AtomicU64::new(1),
+            interest: Mutex::new(HashMap::new()),
+            changes,
+            changes_rx: Mutex::new(Some(changes_rx)),
+            requested: AtomicU64::new(0),
+            confirmed,
+            confirmed_tx,
+            outbound,
+            outbound_rx: Mutex::new(Some(outbound_rx)),
+            node: OnceLock::new(),
+            not_forwarded: AtomicU64::new(0),
+            last_warned: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the tasks that keep NATS in step with `node` and route what other nodes send
+    /// (on the current runtime).
+    pub(crate) fn start(self: &Arc<Cluster>, node: Weak<dyn LocalNode>) {
+        let _ = self.node.set(node);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        if let Some(changes) = crate::lock(&self.changes_rx).take() {
+            tokio::spawn(self.clone().keep_interest(changes, inbound));
+        }
+        if let Some(outbound) = crate::lock(&self.outbound_rx).take() {
+            tokio::spawn(self.clone().publish_forwarded(outbound));
+        }
+        tokio::spawn(self.clone().route_inbound(inbound_rx));
+    }
+
+    /// A session subscribed to `filter` (its path, without `$share/group/`) on this node.
+    pub(crate) fn subscribed(&self, filter: &str) {
+        let mut interest = crate::lock(&self.interest);
+        let count = interest.entry(filter.into()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.requested.fetch_add(1, Ordering::AcqRel);
+            let _ = self.changes.send(Change::Add(filter.into()));
+        }
+    }
+
+    /// A session's subscription to `filter` went.
+    pub(crate) fn unsubscribed(&self, filter: &str) {
+        let mut interest = crate::lock(&self.interest);
+        let Some(count) = interest.get_mut(filter) else { return };
+        *count -= 1;
+        if *count == 0 {
+            interest.remove(filter);
+            let _ = self.changes.send(Change::Remove(filter.into()));
+        }
+    }
+
+    /// Resolves once the NATS server has every interest asked for so far (at once if it has):
+    /// what a SUBACK waits for.
+    pub(crate) fn interest_in_place(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let wanted = self.requested.load(Ordering::Acquire);
+        if *self.confirmed.borrow() >= wanted {
+            return None;
+        }
+        let mut confirmed = self.confirmed.clone();
+        Some(async move {
+            // An error means the cluster task ended (shutting down): nothing to wait for.
+            let _ = confirmed.wait_for(|&done| done >= wanted).await;
+        })
+    }
+
+    /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
+    pub(crate) fn forward(&self, message: &Message) {
+        let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
+        if subject.len() > MAX_SUBJECT {
+            self.not_forwarded("its topic is too long for a NATS subject");
+            return;
+        }
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            origin: self.origin,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            qos: message.qos,
+            retain: message.retain,
+            expires_in_ms: message
+                .expires_at
+                .map(|at| at.saturating_duration_since(Instant::now()).as_millis().try_into().unwrap_or(u64::MAX)),
+            timestamp_ms: message.timestamp_ms,
+            forwarded: &message.forwarded,
+            payload: &message.payload,
+        };
+        let Ok(bytes) = postcard::to_allocvec(&envelope) else { return };
+        if self.outbound.try_send((subject, Bytes::from(bytes))).is_err() {
+            self.not_forwarded("the queue to NATS is full");
+        }
+    }
+
+    fn not_forwarded(&self, why: &str) {
+        let count = self.not_forwarded.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = crate::lock(&self.last_warned);
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!("cluster: a message was not forwarded to other nodes: {why} ({count} so far)");
+        }
+    }
+
+    /// Keeps NATS subscriptions in step with the node's interest; after each round of changes,
+    /// a round trip to the server confirms them.
+    async fn keep_interest(
+        self: Arc<Cluster>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        inbound: mpsc::Sender<Bytes>,
+    ) {
+        let mut readers: HashMap<Box<str>, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+        let mut asked = 0u64;
+        while let Some(first) = changes.recv().await {
+            let mut next = Some(first);
+            while let Some(change) = next.take() {
+                match change {
+                    Change::Add(filter) => {
+                        asked += 1;
+                        let mut tasks = Vec::new();
+                        for subject in subject::filter_to_subjects(&self.config.subject_prefix, &filter) {
+                            match self.client.subscribe(subject.clone()).await {
+                                Ok(subscriber) => tasks.push(tokio::spawn(read_into(subscriber, inbound.clone()))),
+                                Err(e) => tracing::error!(%subject, "cluster: cannot subscribe: {e}"),
+                            }
+                        }
+                        // A filter removed and added again before this ran: the old readers go.
+                        if let Some(old) = readers.insert(filter, tasks) {
+                            old.iter().for_each(tokio::task::JoinHandle::abort);
+                        }
+                    }
+                    Change::Remove(filter) => {
+                        let still_wanted = crate::lock(&self.interest).contains_key(&filter);
+                        if !still_wanted {
+                            // Dropping a subscriber unsubscribes it.
+                            readers.remove(&filter).into_iter().flatten().for_each(|task| task.abort());
+                        }
+                    }
+                }
+                next = changes.try_recv().ok();
+            }
+            self.round_trip().await;
+            let _ = self.confirmed_tx.send(asked);
+        }
+    }
+
+    /// Waits until the NATS server has handled everything this node sent it so far. The
+    /// client's `flush` only writes its buffer; a request to a subject nobody serves comes back
+    /// (as "no responders") only after the server handled what came before it on this
+    /// connection.
+    async fn round_trip(&self) {
+        let subject = format!("{}.rtt", self.config.subject_prefix);
+        match self.client.request(subject, Bytes::new()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
+            Err(e) => tracing::warn!("cluster: NATS did not confirm this node's subscriptions: {e}"),
+        }
+    }
+
+    /// Hands forwarded messages to the NATS client, in order.
+    async fn publish_forwarded(self: Arc<Cluster>, mut outbound: mpsc::Receiver<(String, Bytes)>) {
+        while let Some((subject, bytes)) = outbound.recv().await {
+            if let Err(e) = self.client.publish(subject, bytes).await {
+                self.not_forwarded(&format!("NATS refused it: {e}"));
+            }
+        }
+    }
+
+    /// Routes what other nodes forwarded to this node's sessions, each message once.
+    async fn route_inbound(self: Arc<Cluster>, mut inbound: mpsc::Receiver<Bytes>) {
+        let mut seen = dedup::Seen::default();
+        while let Some(message) = inbound.recv().await {
+            let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
+            self.route_one(&*node, &mut seen, message);
+        }
+    }
+
+    fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, raw: Bytes) {
+        // The subject rides in front of the envelope (see `read_into`).
+        let Some((subject, body)) = split_subject(&raw) else { return };
+        let Some(topic) = subject::subject_to_topic(&self.config.subject_prefix, subject) else { return };
+        let envelope = match postcard::from_bytes::<Envelope<'_>>(body) {
+            Ok(envelope) if envelope.version == ENVELOPE_VERSION => envelope,
+            Ok(envelope) => {
+                tracing::debug!(version = envelope.version, "cluster: a message of an unknown envelope version");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("cluster: an unreadable message from NATS: {e}");
+                return;
+            }
+        };
+        if !seen.first_time(envelope.origin, envelope.seq) {
+            return;
+        }
+        let message = Message {
+            topic: topic.into_boxed_str(),
+            payload: raw.slice_ref(envelope.payload),
+            qos: envelope.qos.min(2),
+            retain: envelope.retain,
+            forwarded: raw.slice_ref(envelope.forwarded),
+            expires_at: envelope.expires_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            publisher: 0,
+            timestamp_ms: envelope.timestamp_ms,
+        };
+        node.route_from_cluster(message);
+    }
+}
+
+/// Reads one NATS subscription into `inbound`, each message as its subject's length (2 bytes),
+/// the subject, then the envelope.
+async fn read_into(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender<Bytes>) {
+    while let Some(message) = subscriber.next().await {
+        let subject = message.subject.as_bytes();
+        let Ok(len) = u16::try_from(subject.len()) else { continue };
+        let mut raw = Vec::with_capacity(2 + subject.len() + message.payload.len());
+        raw.extend_from_slice(&len.to_be_bytes());
+        raw.extend_from_slice(subject);
+        raw.extend_from_slice(&message.payload);
+        if inbound.send(Bytes::from(raw)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn split_subject(raw: &[u8]) -> Option<(&str, &[u8])> {
+    let len = usize::from(u16::from_be_bytes(raw.get(..2)?.try_into().ok()?));
+    let subject = std::str::from_utf8(raw.get(2..2 + len)?).ok()?;
+    Some((subject, &raw[2 + len..]))
+}
+
+fn log_event(event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => tracing::info!("cluster: connected to NATS"),
+        async_nats::Event::Disconnected => tracing::warn!("cluster: lost NATS; serving local clients, reconnecting"),
+        other => tracing::debug!("cluster: NATS {other}"),
+    }
+}
+
+/// A random number (this node's id in the cluster for one run).
+fn rand_u64() -> u64 {
+    fastrand::u64(..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_reads_back_borrowing_its_payload() {
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            origin: 7,
+            seq: 9,
+            qos: 1,
+            retain: true,
+            expires_in_ms: Some(5),
+            timestamp_ms: 11,
+            forwarded: b"\x01\x02",
+            payload: b"hello",
+        };
+        let bytes = postcard::to_allocvec(&envelope).unwrap();
+        let back: Envelope<'_> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((back.origin, back.seq, back.qos, back.retain), (7, 9, 1, true));
+        assert_eq!((back.payload, back.forwarded, back.expires_in_ms), (&b"hello"[..], &b"\x01\x02"[..], Some(5)));
+    }
+}

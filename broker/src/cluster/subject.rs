@@ -1,0 +1,254 @@
+//! MQTT topics and filters as NATS subjects, reversibly.
+//!
+//! A NATS subject is tokens separated by `.`; a token may not be empty nor hold `.`, `*`, `>`
+//! or white space, and `*` (one token) and `>` (one or more, last) are its wildcards. An MQTT
+//! topic is levels separated by `/`, any of which may be empty or hold any character but
+//! `+` and `#`. So each level is written as a token of its own:
+//!
+//! - bytes `A-Z a-z 0-9 _ -` stay as they are; every other byte (`.`, `*`, `>`, space, `$`,
+//!   `%`, UTF-8 beyond ASCII...) is written `%XX` (upper-case hex);
+//! - an empty level (`a//b`, a leading or trailing `/`) is the token `%`, which no escaped level
+//!   can be (an escape is always `%` and two hex digits).
+//!
+//! Subjects live under a root (`[cluster] subject_prefix`, `mqtt` by default) and a class
+//! token: `t` for ordinary topics and `s` for those starting with `$`. MQTT says `#` and a
+//! leading `+` never match a `$` topic (MQTT-4.7.2-1); with the two classes a NATS wildcard
+//! never does either, so a node receives no `$SYS` traffic it did not ask for.
+//!
+//! A filter becomes one or two subject filters: `+` is `*`, and `#` is `>` plus the parent
+//! level itself (MQTT's `a/#` matches `a`; NATS's `a.>` does not).
+
+use std::fmt::Write as _;
+
+/// Ordinary topics' class token.
+const ORDINARY: &str = "t";
+/// `$` topics' class token.
+const DOLLAR: &str = "s";
+/// The token of an empty level.
+const EMPTY_LEVEL: &str = "%";
+
+/// Whether `byte` stands for itself in a token.
+pub(super) fn is_plain(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-'
+}
+
+/// Appends `level` as a token.
+fn push_level(out: &mut String, level: &str) {
+    if level.is_empty() {
+        out.push_str(EMPTY_LEVEL);
+        return;
+    }
+    for &byte in level.as_bytes() {
+        if is_plain(byte) {
+            out.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+}
+
+fn class(first_level: &str) -> &'static str {
+    if first_level.starts_with('$') {
+        DOLLAR
+    } else {
+        ORDINARY
+    }
+}
+
+/// The subject a message on `topic` (a valid topic: no wildcards) is published on.
+pub(crate) fn topic_to_subject(prefix: &str, topic: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 3 + topic.len() + topic.len() / 2);
+    out.push_str(prefix);
+    out.push('.');
+    out.push_str(class(topic));
+    for level in topic.split('/') {
+        out.push('.');
+        push_level(&mut out, level);
+    }
+    out
+}
+
+/// The subject filters that together receive every message `filter` (a valid filter, without
+/// `$share/group/`) matches: one, or two for a filter ending in `#` that has levels before it.
+pub(crate) fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
+    let mut out = String::with_capacity(prefix.len() + 3 + filter.len() + filter.len() / 2);
+    out.push_str(prefix);
+    out.push('.');
+    out.push_str(class(filter));
+    let mut parent = None;
+    for level in filter.split('/') {
+        match level {
+            "#" => {
+                parent = Some(out.clone());
+                out.push_str(".>");
+            }
+            "+" => out.push_str(".*"),
+            level => {
+                out.push('.');
+                push_level(&mut out, level);
+            }
+        }
+    }
+    match parent {
+        // `#` alone: the class itself is no topic.
+        Some(parent) if filter != "#" => vec![out, parent],
+        _ => vec![out],
+    }
+}
+
+/// The topic `subject` stands for, if it is one of ours under `prefix`.
+pub(crate) fn subject_to_topic(prefix: &str, subject: &str) -> Option<String> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (class, levels) = rest.split_once('.')?;
+    if class != ORDINARY && class != DOLLAR {
+        return None;
+    }
+    let mut topic = Vec::with_capacity(levels.len());
+    for (i, token) in levels.split('.').enumerate() {
+        if i > 0 {
+            topic.push(b'/');
+        }
+        if token == EMPTY_LEVEL {
+            continue;
+        }
+        let bytes = token.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            if bytes[at] == b'%' {
+                let hex = token.get(at + 1..at + 3)?;
+                topic.push(u8::from_str_radix(hex, 16).ok()?);
+                at += 3;
+            } else {
+                topic.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    let topic = String::from_utf8(topic).ok()?;
+    // The class must be the one the topic would have been given.
+    (class == self::class(&topic)).then_some(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "mqtt";
+
+    /// Whether NATS subject filter `filter` matches `subject` (NATS's rules).
+    fn nats_matches(filter: &str, subject: &str) -> bool {
+        let (f, s): (Vec<_>, Vec<_>) = (filter.split('.').collect(), subject.split('.').collect());
+        for (i, token) in f.iter().enumerate() {
+            match *token {
+                ">" => return s.len() > i,
+                "*" if i < s.len() => {}
+                t if s.get(i) == Some(&t) => {}
+                _ => return false,
+            }
+        }
+        f.len() == s.len()
+    }
+
+    /// Whether MQTT `filter` matches `topic` (MQTT §4.7).
+    fn mqtt_matches(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let (f, t): (Vec<_>, Vec<_>) = (filter.split('/').collect(), topic.split('/').collect());
+        for (i, level) in f.iter().enumerate() {
+            match *level {
+                "#" => return true,
+                "+" if i < t.len() => {}
+                l if t.get(i) == Some(&l) => {}
+                _ => return false,
+            }
+        }
+        f.len() == t.len()
+    }
+
+    fn is_valid_subject(subject: &str) -> bool {
+        subject.split('.').all(|t| !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '*' || c == '>'))
+    }
+
+    const TOPICS: &[&str] = &[
+        "a",
+        "a/b",
+        "a/b/c",
+        "/",
+        "/a",
+        "a/",
+        "a//b",
+        "//",
+        "a.b/c",
+        "a*/>b",
+        "sp ace/tab\there",
+        "%/%41/100%",
+        "$SYS/brokers/n1/uptime",
+        "$share",
+        "a$/b",
+        "ünïcödé/日本",
+        "-_-/_",
+    ];
+
+    #[test]
+    fn every_topic_makes_a_valid_subject_that_reads_back() {
+        for topic in TOPICS {
+            let subject = topic_to_subject(P, topic);
+            assert!(is_valid_subject(&subject), "{topic:?} -> {subject:?}");
+            assert_eq!(subject_to_topic(P, &subject).as_deref(), Some(*topic), "{subject}");
+        }
+        assert_eq!(topic_to_subject(P, "a.b/ /$x"), "mqtt.t.a%2Eb.%20.%24x");
+        assert_eq!(topic_to_subject(P, "/a/"), "mqtt.t.%.a.%");
+        assert_eq!(topic_to_subject(P, "$SYS/x"), "mqtt.s.%24SYS.x");
+    }
+
+    #[test]
+    fn subject_filters_match_exactly_what_the_mqtt_filter_does() {
+        let filters = [
+            "#",
+            "+",
+            "a/#",
+            "a/+",
+            "+/+",
+            "+/#",
+            "a/+/c",
+            "/#",
+            "+/",
+            "a//b",
+            "a.b/#",
+            "$SYS/#",
+            "$SYS/+/n1/#",
+            "+/b",
+            "%/+",
+            "a/b/c/#",
+            "//",
+        ];
+        for filter in filters {
+            let subjects = filter_to_subjects(P, filter);
+            for subject in &subjects {
+                // Wildcards are whole tokens, `>` only last.
+                let plain: Vec<_> = subject.split('.').filter(|t| *t != "*").collect();
+                let plain = plain.strip_suffix(&[">"]).unwrap_or(&plain).join(".");
+                assert!(is_valid_subject(&plain), "{filter:?} -> {subject:?}");
+            }
+            for topic in TOPICS {
+                let subject = topic_to_subject(P, topic);
+                let by_nats = subjects.iter().filter(|f| nats_matches(f, &subject)).count();
+                assert!(by_nats <= 1, "{filter} -> {subjects:?}: {topic:?} matched by {by_nats}");
+                assert_eq!(by_nats == 1, mqtt_matches(filter, topic), "{filter} -> {subjects:?} on {topic:?}");
+            }
+        }
+        assert_eq!(filter_to_subjects(P, "a/#"), ["mqtt.t.a.>", "mqtt.t.a"]);
+        assert_eq!(filter_to_subjects(P, "#"), ["mqtt.t.>"]);
+        assert_eq!(filter_to_subjects(P, "+/x"), ["mqtt.t.*.x"]);
+    }
+
+    #[test]
+    fn foreign_or_damaged_subjects_are_no_topic() {
+        for subject in ["other.t.a", "mqtt", "mqtt.t", "mqtt.x.a", "mqtt.t.%4", "mqtt.t.%ZZ", "mqtt.t.%FF", "mqtt.s.a"]
+        {
+            assert_eq!(subject_to_topic(P, subject), None, "{subject}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! A real `nats-server` (Debian's, with JetStream) on a loopback port chosen by the server, for
+//! the cluster tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::wait_until;
+
+/// A running `nats-server`; killed when dropped.
+pub struct Nats {
+    child: Child,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+    /// Its monitoring port on 127.0.0.1 (`/connz`, `/subsz`).
+    pub monitor_port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+    _store: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts `nats-server -js` on free loopback ports and waits until it takes clients.
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("a JetStream directory");
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd"])
+            .arg(store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[nats] {line}");
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let port_after = |needle: &str| {
+            let logs = logs.clone();
+            let needle = needle.to_owned();
+            wait_until(&needle.clone(), move || {
+                let logs = logs.lock().unwrap();
+                logs.iter().find_map(|l| l.split(&needle).nth(1)?.trim().rsplit(':').next()?.parse().ok())
+            })
+        };
+        let monitor_port = port_after("Starting http monitor on ");
+        let port = port_after("Listening for client connections on ");
+        wait_until("nats-server ready", || {
+            logs.lock().unwrap().iter().any(|l| l.contains("Server is ready")).then_some(())
+        });
+        Nats { child, port, monitor_port, logs, _store: store }
+    }
+
+    /// Its URL, for `BROKER_CLUSTER__NATS`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The subjects of the subscriptions the server holds now, from its `/subsz` monitoring
+    /// page (a subject twice if two subscriptions hold it).
+    pub fn subscribed_subjects(&self) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("nats monitoring");
+        let request = "GET /subsz?subs=1&limit=100000 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        stream.write_all(request.as_bytes()).expect("request /subsz");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read /subsz");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let page: serde_json::Value = serde_json::from_str(body).expect("/subsz is JSON");
+        let list = page["subscriptions_list"].as_array().cloned().unwrap_or_default();
+        list.iter().filter_map(|s| s["subject"].as_str().map(str::to_owned)).collect()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,191 @@
+//! A cluster of broker nodes on a real `nats-server` (issue "Scale out on NATS"): a message
+//! published on one node reaches matching subscribers on the others, once each, with MQTT's
+//! matching rules (wildcards, `$` topics, `#` matching its parent level) across the topic to
+//! subject mapping; a SUBACK means the other nodes already send what it asked for; a node
+//! that cannot reach NATS at start says so and exits.
+
+use e2e::nats::Nats;
+use e2e::raw::{payload, topic, C5};
+use e2e::{Broker, DataDir};
+use rumqttc::v5::mqttbytes::QoS;
+
+/// One node of a cluster on `nats`, named `name`.
+fn node(nats: &Nats, name: &str) -> (DataDir, Broker) {
+    let dir = DataDir::new();
+    let url = nats.url();
+    let broker = Broker::start(&dir, &[("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", name)]);
+    (dir, broker)
+}
+
+/// Receives until every one of `expected` came (in any order), failing on anything else.
+fn all_of(client: &mut C5, expected: &[&str]) {
+    let mut missing: Vec<&str> = expected.to_vec();
+    while !missing.is_empty() {
+        let p = client.next_publish();
+        let t = topic(&p);
+        let at =
+            missing.iter().position(|m| *m == t).unwrap_or_else(|| panic!("unexpected {t:?}; waiting for {missing:?}"));
+        assert_eq!(payload(&p), t);
+        missing.remove(at);
+    }
+}
+
+/// Receives until the PUBLISH on `marker`, returning (topic, payload) of those before it. Across
+/// nodes, order is kept per topic (MQTT's ordered topics, §4.6) and between topics that the
+/// same NATS subscription carries; the marker must share one with what it follows.
+fn until_marker(client: &mut C5, marker: &str) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let p = client.next_publish();
+        if topic(&p) == marker {
+            return got;
+        }
+        got.push((topic(&p), payload(&p)));
+    }
+}
+
+#[test]
+fn a_message_published_on_one_node_reaches_subscribers_on_the_others_once_each() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@n1");
+    let (_d2, n2) = node(&nats, "emqx@n2");
+    let (_d3, n3) = node(&nats, "emqx@n3");
+    // No waiting after the SUBACKs: they come once NATS has the interest.
+    let mut on2 = C5::connect(&n2, "c-on2");
+    on2.subscribe("c/+", QoS::AtLeastOnce);
+    let mut on3 = C5::connect(&n3, "c-on3");
+    on3.subscribe("c/#", QoS::ExactlyOnce);
+
+    let mut publisher = C5::connect(&n1, "c-pub");
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
+        publisher.publish(&format!("c/{i}"), qos, &format!("m{i}"));
+    }
+    publisher.publish("c/end", QoS::AtLeastOnce, "");
+    let expected: Vec<(String, String)> = (0..3).map(|i| (format!("c/{i}"), format!("m{i}"))).collect();
+    // Once each, in order: a node that forwarded again, or routed two copies, would repeat one.
+    assert_eq!(until_marker(&mut on2, "c/end"), expected, "node 2");
+    assert_eq!(until_marker(&mut on3, "c/end"), expected, "node 3");
+}
+
+/// A SUBACK comes only once NATS has the node's interest: a message published on another node
+/// right after it is never missed (100 rounds, each on a new filter, the publisher already
+/// connected).
+#[test]
+fn a_suback_means_the_other_nodes_already_send_what_it_asked_for() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@s1");
+    let (_d2, n2) = node(&nats, "emqx@s2");
+    let mut publisher = C5::connect(&n1, "s-pub");
+    let mut subscriber = C5::connect(&n2, "s-sub");
+    for round in 0..100 {
+        let filter = format!("s/{round}");
+        subscriber.subscribe(&filter, QoS::AtLeastOnce);
+        publisher.publish(&filter, QoS::AtLeastOnce, "right after the SUBACK");
+        assert_eq!(topic(&subscriber.next_publish()), filter, "round {round}: its message was missed");
+    }
+}
+
+/// Two sessions on one node whose filters overlap make two NATS subscriptions of that node
+/// match; each session still gets each message once, and the node's own subscriber on the
+/// publishing node gets it once too (NATS does not echo it back).
+#[test]
+fn overlapping_filters_on_a_node_deliver_each_message_once() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@o1");
+    let (_d2, n2) = node(&nats, "emqx@o2");
+    let mut plus = C5::connect(&n2, "o-plus");
+    plus.subscribe("o/+", QoS::AtLeastOnce);
+    plus.subscribe("o/#", QoS::AtLeastOnce);
+    let mut hash = C5::connect(&n2, "o-hash");
+    hash.subscribe("o/#", QoS::AtLeastOnce);
+    hash.subscribe("o/x", QoS::AtLeastOnce);
+    let mut local = C5::connect(&n1, "o-local");
+    local.subscribe("o/#", QoS::AtLeastOnce);
+
+    let mut publisher = C5::connect(&n1, "o-pub");
+    for i in 0..50 {
+        publisher.publish("o/x", QoS::AtLeastOnce, &i.to_string());
+    }
+    publisher.publish("o/end", QoS::AtLeastOnce, "");
+    let expected: Vec<(String, String)> = (0..50).map(|i| ("o/x".to_owned(), i.to_string())).collect();
+    for (name, client) in [("o-plus", &mut plus), ("o-hash", &mut hash), ("o-local", &mut local)] {
+        assert_eq!(until_marker(client, "o/end"), expected, "{name}");
+    }
+}
+
+/// Topics NATS subjects cannot hold as they are (`.`, `*`, `>`, spaces, empty levels, a
+/// leading `/`) cross nodes unchanged; `#` and `+` at the first level do not match `$`
+/// topics (MQTT-4.7.2-1) while `$x/#` does; `a/#` matches `a` (MQTT-4.7.1-2).
+#[test]
+fn topics_and_filters_keep_their_mqtt_meaning_across_nodes() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@t1");
+    let (_d2, n2) = node(&nats, "emqx@t2");
+    let mut all = C5::connect(&n2, "t-all");
+    all.subscribe("#", QoS::AtLeastOnce);
+    let mut dollar = C5::connect(&n2, "t-dollar");
+    dollar.subscribe("$x/#", QoS::AtLeastOnce);
+    let mut parent = C5::connect(&n2, "t-parent");
+    parent.subscribe("p/#", QoS::AtLeastOnce);
+    parent.subscribe("+/+/q", QoS::AtLeastOnce);
+
+    let topics = ["a.b/c", "a*/>b", "sp ace/x", "a//b", "/lead", "trail/", "%41/ü", "p", "p/q", "x/y/q", "$x/y", "$x"];
+    let mut publisher = C5::connect(&n1, "t-pub");
+    for t in topics {
+        publisher.publish(t, QoS::AtLeastOnce, t);
+    }
+    publisher.publish("mark", QoS::AtLeastOnce, "mark");
+
+    // `#` gets every topic but the `$` ones, unchanged. Its NATS subscription carries them in
+    // order, the marker last, so a `$` topic that crossed would have come before the marker.
+    let mut plain: Vec<&str> = topics.into_iter().filter(|t| !t.starts_with('$')).collect();
+    plain.push("mark");
+    all_of(&mut all, &plain);
+    all_of(&mut dollar, &["$x/y", "$x"]);
+    all_of(&mut parent, &["p", "p/q", "x/y/q"]);
+}
+
+/// A node takes interest in NATS with the first subscriber to a filter and drops it with the
+/// last: a subject nobody subscribes to costs the server nothing.
+#[test]
+fn a_nodes_interest_follows_its_subscribers() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@i1");
+    let ours = || {
+        let mut subjects: Vec<String> =
+            nats.subscribed_subjects().into_iter().filter(|s| s.starts_with("mqtt.")).collect();
+        subjects.sort();
+        subjects
+    };
+    let mut a = C5::connect(&n1, "i-a");
+    let mut b = C5::connect(&n1, "i-b");
+    a.subscribe("i/#", QoS::AtMostOnce);
+    b.subscribe("i/#", QoS::AtMostOnce);
+    // `i/#` is two subjects (`i.>` and `i` itself), taken once for both sessions, in place when
+    // the SUBACKs came.
+    assert_eq!(ours(), ["mqtt.t.i", "mqtt.t.i.>"]);
+    a.unsubscribe(&["i/#"]);
+    assert_eq!(ours(), ["mqtt.t.i", "mqtt.t.i.>"], "b still wants it");
+    b.disconnect();
+    e2e::wait_until("the interest dropped with the last subscriber", || ours().is_empty().then_some(()));
+}
+
+/// A node that cannot reach NATS at start names the server and exits, instead of running
+/// alone unnoticed.
+#[test]
+fn a_node_that_cannot_reach_nats_at_start_says_so_and_exits() {
+    let dir = DataDir::new();
+    let dead = format!("nats://127.0.0.1:{}", e2e::free_port());
+    let output = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BROKER_CLUSTER__NATS", &dead)
+        .env("BROKER_CLUSTER__CONNECT_TIMEOUT", "1s")
+        .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the broker must not start without its cluster");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot reach NATS at {dead}")), "{stderr}");
+}
