@@ -34,6 +34,10 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Where the subscribers connect, if not to `--port` (another node of a cluster: every
+    /// message then crosses between nodes).
+    #[arg(long)]
+    subscriber_port: Option<u16>,
     #[arg(long, value_enum, default_value = "fan-in")]
     scenario: Scenario,
     /// 0 or 1.
@@ -77,7 +81,11 @@ struct Args {
 }
 
 fn options(args: &Args, id: String) -> MqttOptions {
-    let mut o = MqttOptions::new(id, args.host.clone(), args.port);
+    options_at(args, id, args.port)
+}
+
+fn options_at(args: &Args, id: String, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, args.host.clone(), port);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
     o.set_inflight(100);
@@ -156,7 +164,8 @@ async fn pubsub(args: Args) {
         let (received, done, last_receive) = (received.clone(), done.clone(), last_receive.clone());
         let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each)));
         all_latencies.push(mine.clone());
-        let mut subscriber_options = options(&args, format!("bench-sub-{run}-{s}"));
+        let port = args.subscriber_port.unwrap_or(args.port);
+        let mut subscriber_options = options_at(&args, format!("bench-sub-{run}-{s}"), port);
         subscriber_options.set_clean_session(!args.persistent);
         let (client, task) = connect(subscriber_options, move |event| {
             match event {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The cluster's cost, on loopback: a nats-server and three brokers side by side (one alone,
+# two clustered on the NATS server), QoS 0 and 1 fan-in (10 publishers x 5000 messages of
+# 64 bytes, as fast as they can, unlimited queues as in bench/run.sh), REPS runs each
+# (interleaved), medians:
+#   - single: the broker alone, no [cluster];
+#   - cluster, local: publishers and subscriber on the same clustered node (every message is
+#     also forwarded to NATS: what the cluster costs a node's own traffic);
+#   - cluster, cross-node: publishers on one node, the subscriber on the other (every message
+#     crosses NATS).
+# Each line says how many of the 50,000 messages arrived (the fewest in a run): forwarding is
+# NATS core's for now, so a node whose queue to NATS is full drops what does not fit (counted
+# and logged as "not forwarded").
+#
+#   bench/cluster.sh              # needs: apt-get install nats-server; python3
+#   REPS=9 bench/cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace >&2
+BIN=target/release
+REPS=${REPS:-5}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
+N=$(free_port); A=$(free_port); B=$(free_port); C=$(free_port)
+nats-server -a 127.0.0.1 -p "$N" >/dev/null 2>&1 & PIDS+=($!)
+wait_port "$N"
+for d in a b c; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
+export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  BROKER_MQTT__MAX_MQUEUE_LEN=1000000
+"$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
+for n in b c; do
+  port=$B; [ "$n" = c ] && port=$C
+  BROKER_CLUSTER__NATS="nats://127.0.0.1:$N" BROKER_NODE_NAME="emqx@$n" \
+    "$BIN/broker" --data-dir "$WORK/$n" --listen "127.0.0.1:$port" 2>"$WORK/$n.log" & PIDS+=($!)
+done
+for p in "$A" "$B" "$C"; do wait_port "$p"; done
+for _ in $(seq "$REPS"); do
+  for q in 1 0; do
+    "$BIN/bench" --port "$A" --scenario fan-in --qos "$q" --timeout 10 --label single --json || true
+    "$BIN/bench" --port "$B" --scenario fan-in --qos "$q" --timeout 10 --label local --json || true
+    "$BIN/bench" --port "$B" --subscriber-port "$C" --scenario fan-in --qos "$q" --timeout 10 --label cross --json || true
+  done
+done >"$WORK/results.json"
+python3 - "$WORK/results.json" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+names = {"single": "single node", "local": "cluster, local", "cross": "cluster, cross-node"}
+print("| fan-in 10x5000 | " + " | ".join(names.values()) + " | local / single | cross / single |")
+print("|---|---|---|---|---|---|")
+for qos in (1, 0):
+    med = {}
+    for k in names:
+        runs = [r for r in rows if r["label"] == k and r["qos"] == qos]
+        med[k] = (st.median(r["msgs_per_sec"] for r in runs), st.median(r["p50_us"] for r in runs),
+                  st.median(r["p99_us"] for r in runs), min(r["received"] for r in runs), runs[0]["messages"])
+    cell = lambda m: f"{m[0]:.0f} ({m[1]} / {m[2]}){'' if m[3] == m[4] else f', {m[3]} of {m[4]} arrived'}"
+    print(f"| QoS {qos} | " + " | ".join(cell(med[k]) for k in names)
+          + f" | {med['local'][0] / med['single'][0]:.2f} | {med['cross'][0] / med['single'][0]:.2f} |")
+PY
+grep -h "not forwarded" "$WORK"/*.log | tail -2 || true
