@@ -42,6 +42,9 @@ pub(crate) trait LocalNode: Send + Sync + 'static {
     fn route_from_cluster(&self, message: Message);
 }
 
+/// How often a node says it runs; a node not heard from for three of these is stopped.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Subjects longer than this are not forwarded (the NATS server's control line is 4 KiB by
 /// default, and a subject travels in it).
 const MAX_SUBJECT: usize = 3 * 1024;
@@ -125,6 +128,42 @@ pub(crate) struct Cluster {
     /// Messages not forwarded (queue full, subject too long), and when that was last logged.
     not_forwarded: AtomicU64,
     last_warned: Mutex<Option<Instant>>,
+    /// The other nodes heard from, by name, and when last.
+    peers: Mutex<HashMap<String, Instant>>,
+}
+
+/// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
+fn atom(name: &str) -> String {
+    let bare = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+impl Membership {
+    /// As EMQX 4's `emqx_ctl cluster status` prints it:
+    /// `#{running_nodes => ['emqx@10.0.0.1'],stopped_nodes => []}`.
+    pub(crate) fn erlang(&self) -> String {
+        let list = |names: &[String]| names.iter().map(|n| atom(n)).collect::<Vec<_>>().join(",");
+        format!("#{{running_nodes => [{}],stopped_nodes => [{}]}}", list(&self.running), list(&self.stopped))
+    }
+
+    /// As EMQX 5's `cluster status --json`.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "running_nodes": self.running, "stopped_nodes": self.stopped })
+    }
+}
+
+/// Which nodes of the cluster run (EMQX's `cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Membership {
+    /// This node and those heard from within three heartbeats, by name.
+    pub(crate) running: Vec<String>,
+    /// Nodes heard from before, silent since.
+    pub(crate) stopped: Vec<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -173,6 +212,7 @@ impl Cluster {
             node: OnceLock::new(),
             not_forwarded: AtomicU64::new(0),
             last_warned: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -188,6 +228,54 @@ impl Cluster {
             tokio::spawn(self.clone().publish_forwarded(outbound));
         }
         tokio::spawn(self.clone().route_inbound(inbound_rx));
+        tokio::spawn(self.clone().heartbeat());
+    }
+
+    /// Says every [`HEARTBEAT`] that this node runs, and hears the others say so.
+    async fn heartbeat(self: Arc<Cluster>) {
+        let prefix = &self.config.subject_prefix;
+        let mut heard = match self.client.subscribe(subject::every_node(prefix)).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                tracing::error!("cluster: cannot hear the other nodes: {e}");
+                return;
+            }
+        };
+        let mine = subject::node_subject(prefix, &self.config.node_name);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let name = Bytes::from(self.config.node_name.clone().into_bytes());
+                    // Not reaching NATS now is logged by the connection's events.
+                    let _ = self.client.publish(mine.clone(), name).await;
+                }
+                message = heard.next() => {
+                    let Some(message) = message else { return };
+                    if let Ok(name) = std::str::from_utf8(&message.payload) {
+                        if name != self.config.node_name {
+                            crate::lock(&self.peers).insert(name.to_owned(), Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which nodes run and which stopped, as far as this node heard.
+    pub(crate) fn membership(&self) -> Membership {
+        let mut running = vec![self.config.node_name.clone()];
+        let mut stopped = Vec::new();
+        for (name, at) in crate::lock(&self.peers).iter() {
+            if at.elapsed() <= 3 * HEARTBEAT {
+                running.push(name.clone());
+            } else {
+                stopped.push(name.clone());
+            }
+        }
+        running.sort();
+        stopped.sort();
+        Membership { running, stopped }
     }
 
     /// A session subscribed to `filter` (its path, without `$share/group/`) on this node.
@@ -404,6 +492,13 @@ fn rand_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_prints_as_emqx_does() {
+        let m = Membership { running: vec!["emqx@n1".into(), "emqx@127.0.0.1".into()], stopped: vec![] };
+        assert_eq!(m.erlang(), "#{running_nodes => [emqx@n1,'emqx@127.0.0.1'],stopped_nodes => []}");
+        assert_eq!(m.json(), serde_json::json!({"running_nodes": ["emqx@n1", "emqx@127.0.0.1"], "stopped_nodes": []}));
+    }
 
     #[test]
     fn an_envelope_reads_back_borrowing_its_payload() {

@@ -153,7 +153,7 @@ fn a_nodes_interest_follows_its_subscribers() {
     let (_d1, n1) = node(&nats, "emqx@i1");
     let ours = || {
         let mut subjects: Vec<String> =
-            nats.subscribed_subjects().into_iter().filter(|s| s.starts_with("mqtt.")).collect();
+            nats.subscribed_subjects().into_iter().filter(|s| s.starts_with("mqtt.t.")).collect();
         subjects.sort();
         subjects
     };
@@ -168,6 +168,33 @@ fn a_nodes_interest_follows_its_subscribers() {
     assert_eq!(ours(), ["mqtt.t.i", "mqtt.t.i.>"], "b still wants it");
     b.disconnect();
     e2e::wait_until("the interest dropped with the last subscriber", || ours().is_empty().then_some(()));
+}
+
+/// `broker ctl cluster status` lists the running nodes as EMQX 4 does, and a node killed with
+/// `kill -9` under the stopped ones within a few heartbeats.
+#[test]
+fn cluster_status_lists_running_and_stopped_nodes() {
+    let nats = Nats::start();
+    let (d1, _n1) = node(&nats, "emqx@m1");
+    let (_d2, _n2) = node(&nats, "emqx@m2");
+    let (_d3, n3) = node(&nats, "emqx@m3");
+    let status = || d1.ctl(&["cluster", "status"]).ok().trim().to_owned();
+    e2e::wait_until("all three running", || {
+        (status() == "Cluster status: #{running_nodes => [emqx@m1,emqx@m2,emqx@m3],stopped_nodes => []}").then_some(())
+    });
+    n3.kill();
+    e2e::wait_until("m3 stopped", || {
+        (status() == "Cluster status: #{running_nodes => [emqx@m1,emqx@m2],stopped_nodes => [emqx@m3]}").then_some(())
+    });
+    let json: serde_json::Value = serde_json::from_str(d1.ctl(&["cluster", "status", "--json"]).ok().trim()).unwrap();
+    assert_eq!(json, serde_json::json!({"running_nodes": ["emqx@m1", "emqx@m2"], "stopped_nodes": ["emqx@m3"]}));
+    // A node alone lists itself.
+    let alone = DataDir::new();
+    let _broker = Broker::start(&alone, &[("BROKER_NODE_NAME", "emqx@alone")]);
+    assert_eq!(
+        alone.ctl(&["cluster", "status"]).ok().trim(),
+        "Cluster status: #{running_nodes => [emqx@alone],stopped_nodes => []}"
+    );
 }
 
 /// A node that cannot reach NATS at start names the server and exits, instead of running

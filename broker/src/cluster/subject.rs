@@ -24,6 +24,8 @@ use std::fmt::Write as _;
 const ORDINARY: &str = "t";
 /// `$` topics' class token.
 const DOLLAR: &str = "s";
+/// Nodes' heartbeats' class token.
+const NODES: &str = "node";
 /// The token of an empty level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -54,6 +56,18 @@ fn class(first_level: &str) -> &'static str {
     } else {
         ORDINARY
     }
+}
+
+/// The subject node `name` says it runs on (every [`super::HEARTBEAT`]).
+pub(crate) fn node_subject(prefix: &str, name: &str) -> String {
+    let mut out = format!("{prefix}.{NODES}.");
+    push_level(&mut out, name);
+    out
+}
+
+/// The subject filter of every node's heartbeat.
+pub(crate) fn every_node(prefix: &str) -> String {
+    format!("{prefix}.{NODES}.*")
 }
 
 /// The subject a message on `topic` (a valid topic: no wildcards) is published on.

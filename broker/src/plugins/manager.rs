@@ -14,6 +14,7 @@ use super::host_api::{CommandError, HostShared, PluginControl};
 use super::instance::Instance;
 use super::library::{library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
+use crate::cluster::Membership;
 use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
@@ -329,6 +330,14 @@ impl Manager {
         shown.map(|s| format_status(label, s, verbose)).collect::<Vec<_>>().join("\n")
     }
 
+    /// Which nodes run: this one alone outside a cluster.
+    fn membership(&self) -> Membership {
+        match &self.shared.node.cluster {
+            Some(cluster) => cluster.membership(),
+            None => Membership { running: vec![self.shared.node_name.clone()], stopped: Vec::new() },
+        }
+    }
+
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
     pub(crate) fn command(&self, args: &[String]) -> Result<String, CommandError> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -367,6 +376,9 @@ impl Manager {
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
             ["store", "stats"] => format_store_stats(&self.shared.store),
+            ["cluster", "status"] => Ok(format!("Cluster status: {}", self.membership().erlang())),
+            ["cluster", "status", "--json"] => Ok(self.membership().json().to_string()),
+            ["cluster", ..] => Err(CommandError::invalid("Usage: broker ctl cluster status [--json]")),
             ["sessions", "list"] => Ok(self
                 .shared
                 .node
