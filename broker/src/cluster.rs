@@ -34,12 +34,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::message::Message;
+use crate::router::{Filter, Reach};
 
 /// What the cluster needs of its node (reached through this, so that the node's module does not
 /// depend on this one both ways).
 pub(crate) trait LocalNode: Send + Sync + 'static {
-    /// Routes a message another node forwarded to this node's sessions.
-    fn route_from_cluster(&self, message: Message);
+    /// Routes a message another node forwarded (from client `publisher`) to this node's
+    /// sessions that `reach` says.
+    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>);
 }
 
 /// How often a node says it runs; a node not heard from for three of these is stopped.
@@ -90,6 +92,8 @@ struct Envelope<'a> {
     /// Milliseconds it has left to live (MQTT 5 Message Expiry), if it expires.
     expires_in_ms: Option<u64>,
     timestamp_ms: u64,
+    /// The client id of its publisher (the share strategy `hash` picks by it).
+    publisher: &'a str,
     #[serde(serialize_with = "as_bytes", borrow)]
     forwarded: &'a [u8],
     #[serde(serialize_with = "as_bytes", borrow)]
@@ -102,20 +106,41 @@ fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok,
     serializer.serialize_bytes(bytes)
 }
 
+/// What a node subscribes to NATS for: a filter, or a share group's filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Interest {
+    group: Option<Box<str>>,
+    path: Box<str>,
+}
+
+impl Interest {
+    fn of(filter: &Filter<'_>) -> Interest {
+        Interest { group: filter.group.map(Into::into), path: filter.path.into() }
+    }
+}
+
 /// A change of this node's interest, for the task that keeps NATS in step.
 enum Change {
-    Add(Box<str>),
-    Remove(Box<str>),
+    Add(Interest),
+    Remove(Interest),
 }
+
+/// Where a message read from NATS came from: a plain subscription (`None`), or a share
+/// group's queue subscription.
+type Via = Option<Arc<Interest>>;
 
 /// This node's side of the cluster.
 pub(crate) struct Cluster {
     config: ClusterConfig,
     client: async_nats::Client,
+    /// A second connection, for share groups' queue subscriptions: NATS picks one member of a
+    /// queue group in the whole cluster, this node's own included, so these must receive what
+    /// this node publishes (the first connection asks NATS not to echo it).
+    queues: async_nats::Client,
     origin: u64,
     next_seq: AtomicU64,
     /// Local subscriptions by filter (share groups left out): the node's interest.
-    interest: Mutex<HashMap<Box<str>, usize>>,
+    interest: Mutex<HashMap<Interest, usize>>,
     changes: mpsc::UnboundedSender<Change>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     /// Interest changes asked for, and those the NATS server has confirmed (counts).
@@ -181,17 +206,24 @@ impl Cluster {
             return Err(ClusterError::InvalidPrefix(config.subject_prefix.clone()));
         }
         let unreachable = |why: String| ClusterError::Unreachable { url: config.nats.clone(), why };
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("broker {}", config.node_name))
-            .no_echo()
-            .connection_timeout(config.connect_timeout)
-            .event_callback(|event| async move { log_event(event) });
-        let connecting = options.connect(config.nats.as_str());
-        let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => return Err(unreachable(format!("no connection within {:?}", config.connect_timeout))),
+        let connect = |echo: bool| {
+            let mut options = async_nats::ConnectOptions::new()
+                .name(format!("broker {}{}", config.node_name, if echo { " (share groups)" } else { "" }))
+                .connection_timeout(config.connect_timeout);
+            if !echo {
+                options = options.no_echo().event_callback(|event| async move { log_event(event) });
+            }
+            let connecting = options.connect(config.nats.clone());
+            async {
+                match tokio::time::timeout(config.connect_timeout, connecting).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => Err(unreachable(e.to_string())),
+                    Err(_) => Err(unreachable(format!("no connection within {:?}", config.connect_timeout))),
+                }
+            }
         };
+        let client = connect(false).await?;
+        let queues = connect(true).await?;
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (confirmed_tx, confirmed) = watch::channel(0);
@@ -199,6 +231,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             config,
             client,
+            queues,
             origin: rand_u64(),
             next_seq: AtomicU64::new(1),
             interest: Mutex::new(HashMap::new()),
@@ -278,25 +311,27 @@ impl Cluster {
         Membership { running, stopped }
     }
 
-    /// A session subscribed to `filter` (its path, without `$share/group/`) on this node.
-    pub(crate) fn subscribed(&self, filter: &str) {
+    /// A session subscribed to `filter` on this node.
+    pub(crate) fn subscribed(&self, filter: &Filter<'_>) {
+        let key = Interest::of(filter);
         let mut interest = crate::lock(&self.interest);
-        let count = interest.entry(filter.into()).or_insert(0);
+        let count = interest.entry(key.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
             self.requested.fetch_add(1, Ordering::AcqRel);
-            let _ = self.changes.send(Change::Add(filter.into()));
+            let _ = self.changes.send(Change::Add(key));
         }
     }
 
     /// A session's subscription to `filter` went.
-    pub(crate) fn unsubscribed(&self, filter: &str) {
+    pub(crate) fn unsubscribed(&self, filter: &Filter<'_>) {
+        let key = Interest::of(filter);
         let mut interest = crate::lock(&self.interest);
-        let Some(count) = interest.get_mut(filter) else { return };
+        let Some(count) = interest.get_mut(&key) else { return };
         *count -= 1;
         if *count == 0 {
-            interest.remove(filter);
-            let _ = self.changes.send(Change::Remove(filter.into()));
+            interest.remove(&key);
+            let _ = self.changes.send(Change::Remove(key));
         }
     }
 
@@ -315,7 +350,7 @@ impl Cluster {
     }
 
     /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
-    pub(crate) fn forward(&self, message: &Message) {
+    pub(crate) fn forward(&self, message: &Message, publisher: &str) {
         let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
         if subject.len() > MAX_SUBJECT {
             self.not_forwarded("its topic is too long for a NATS subject");
@@ -331,6 +366,7 @@ impl Cluster {
                 .expires_at
                 .map(|at| at.saturating_duration_since(Instant::now()).as_millis().try_into().unwrap_or(u64::MAX)),
             timestamp_ms: message.timestamp_ms,
+            publisher,
             forwarded: &message.forwarded,
             payload: &message.payload,
         };
@@ -354,9 +390,9 @@ impl Cluster {
     async fn keep_interest(
         self: Arc<Cluster>,
         mut changes: mpsc::UnboundedReceiver<Change>,
-        inbound: mpsc::Sender<Bytes>,
+        inbound: mpsc::Sender<(Bytes, Via)>,
     ) {
-        let mut readers: HashMap<Box<str>, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+        let mut readers: HashMap<Interest, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
         let mut asked = 0u64;
         while let Some(first) = changes.recv().await {
             let mut next = Some(first);
@@ -365,9 +401,19 @@ impl Cluster {
                     Change::Add(filter) => {
                         asked += 1;
                         let mut tasks = Vec::new();
-                        for subject in subject::filter_to_subjects(&self.config.subject_prefix, &filter) {
-                            match self.client.subscribe(subject.clone()).await {
-                                Ok(subscriber) => tasks.push(tokio::spawn(read_into(subscriber, inbound.clone()))),
+                        let via: Via = filter.group.is_some().then(|| Arc::new(filter.clone()));
+                        for subject in subject::filter_to_subjects(&self.config.subject_prefix, &filter.path) {
+                            let subscribed = match &filter.group {
+                                None => self.client.subscribe(subject.clone()).await,
+                                Some(group) => {
+                                    let queue = subject::queue_group(&self.config.subject_prefix, group, &filter.path);
+                                    self.queues.queue_subscribe(subject.clone(), queue).await
+                                }
+                            };
+                            match subscribed {
+                                Ok(subscriber) => {
+                                    tasks.push(tokio::spawn(read_into(subscriber, inbound.clone(), via.clone())))
+                                }
                                 Err(e) => tracing::error!(%subject, "cluster: cannot subscribe: {e}"),
                             }
                         }
@@ -397,10 +443,12 @@ impl Cluster {
     /// connection.
     async fn round_trip(&self) {
         let subject = format!("{}.rtt", self.config.subject_prefix);
-        match self.client.request(subject, Bytes::new()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
-            Err(e) => tracing::warn!("cluster: NATS did not confirm this node's subscriptions: {e}"),
+        for client in [&self.client, &self.queues] {
+            match client.request(subject.clone(), Bytes::new()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
+                Err(e) => tracing::warn!("cluster: NATS did not confirm this node's subscriptions: {e}"),
+            }
         }
     }
 
@@ -414,15 +462,15 @@ impl Cluster {
     }
 
     /// Routes what other nodes forwarded to this node's sessions, each message once.
-    async fn route_inbound(self: Arc<Cluster>, mut inbound: mpsc::Receiver<Bytes>) {
+    async fn route_inbound(self: Arc<Cluster>, mut inbound: mpsc::Receiver<(Bytes, Via)>) {
         let mut seen = dedup::Seen::default();
-        while let Some(message) = inbound.recv().await {
+        while let Some((message, via)) = inbound.recv().await {
             let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
-            self.route_one(&*node, &mut seen, message);
+            self.route_one(&*node, &mut seen, message, via.as_deref());
         }
     }
 
-    fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, raw: Bytes) {
+    fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, raw: Bytes, via: Option<&Interest>) {
         // The subject rides in front of the envelope (see `read_into`).
         let Some((subject, body)) = split_subject(&raw) else { return };
         let Some(topic) = subject::subject_to_topic(&self.config.subject_prefix, subject) else { return };
@@ -437,7 +485,9 @@ impl Cluster {
                 return;
             }
         };
-        if !seen.first_time(envelope.origin, envelope.seq) {
+        // A share group's copy comes once (NATS gives it to one member of the queue group);
+        // plain subscriptions may overlap.
+        if via.is_none() && !seen.first_time(envelope.origin, envelope.seq) {
             return;
         }
         let message = Message {
@@ -450,13 +500,17 @@ impl Cluster {
             publisher: 0,
             timestamp_ms: envelope.timestamp_ms,
         };
-        node.route_from_cluster(message);
+        let reach = match via {
+            None => Reach::Plain,
+            Some(Interest { group, path }) => Reach::Group { path, group: group.as_deref().unwrap_or_default() },
+        };
+        node.route_from_cluster(message, envelope.publisher, reach);
     }
 }
 
 /// Reads one NATS subscription into `inbound`, each message as its subject's length (2 bytes),
 /// the subject, then the envelope.
-async fn read_into(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender<Bytes>) {
+async fn read_into(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender<(Bytes, Via)>, via: Via) {
     while let Some(message) = subscriber.next().await {
         let subject = message.subject.as_bytes();
         let Ok(len) = u16::try_from(subject.len()) else { continue };
@@ -464,7 +518,7 @@ async fn read_into(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender
         raw.extend_from_slice(&len.to_be_bytes());
         raw.extend_from_slice(subject);
         raw.extend_from_slice(&message.payload);
-        if inbound.send(Bytes::from(raw)).await.is_err() {
+        if inbound.send((Bytes::from(raw), via.clone())).await.is_err() {
             return;
         }
     }
@@ -510,6 +564,7 @@ mod tests {
             retain: true,
             expires_in_ms: Some(5),
             timestamp_ms: 11,
+            publisher: "p",
             forwarded: b"\x01\x02",
             payload: b"hello",
         };

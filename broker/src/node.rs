@@ -18,7 +18,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
-use crate::router::{is_valid_replacement_topic, Filter, Publisher, Router, Subscriber, Target};
+use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, Subscriber, Target};
 use crate::session::registry::{Owner, Sessions};
 use crate::session::{Durable, Enqueued, Overflow, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
@@ -429,20 +429,26 @@ impl Node {
                 return Published::Dropped;
             }
         }
-        if let Some(cluster) = &self.cluster {
-            cluster.forward(&message);
-        }
+        let reach = match &self.cluster {
+            Some(cluster) => {
+                cluster.forward(&message, &client.client_id);
+                Reach::Plain
+            }
+            None => Reach::All,
+        };
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
         let message = Arc::new(message);
-        match durable {
-            Some(batch) => Published::Routed(self.route(message, publisher, full, batch)),
+        let routed = match durable {
+            Some(batch) => self.route(message, publisher, reach, full, batch),
             None => {
                 let mut batch = Batch::new();
-                let routed = self.route(message, publisher, full, &mut batch);
+                let routed = self.route(message, publisher, reach, full, &mut batch);
                 self.commit_in_background(batch);
-                Published::Routed(routed)
+                routed
             }
-        }
+        };
+        // In a cluster, other nodes may have subscribers: none here is no news.
+        Published::Routed(if self.cluster.is_some() { routed.max(1) } else { routed })
     }
 
     /// Publishes as the broker itself (plugins' messages, `$SYS`).
@@ -456,13 +462,18 @@ impl Node {
         &self,
         message: Arc<Message>,
         publisher: Publisher<'_>,
+        reach: Reach<'_>,
         mut full: Option<&mut Vec<Arc<Session>>>,
         durable: &mut Batch,
     ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        self.router.route(&message.topic, publisher, &mut targets);
+        match reach {
+            Reach::All => self.router.route(&message.topic, publisher, &mut targets),
+            Reach::Plain => self.router.route_plain(&message.topic, publisher, &mut targets),
+            Reach::Group { path, group } => self.router.route_to_group(path, group, publisher, &mut targets),
+        }
         let routed = targets.len();
-        if routed == 0 {
+        if routed == 0 && self.cluster.is_none() {
             self.dropped(publisher.client_id, &message, DropReason::NoSubscribers);
         }
         let mut dropped = Vec::new();
@@ -554,7 +565,7 @@ impl Node {
         }
         let is_new = self.router.subscribe(parsed, subscriber);
         if let (true, Some(cluster)) = (is_new, &self.cluster) {
-            cluster.subscribed(parsed.path);
+            cluster.subscribed(parsed);
         }
         is_new
     }
@@ -609,7 +620,7 @@ impl Node {
     fn unroute(&self, parsed: &Filter<'_>, session_id: u64) -> bool {
         let removed = self.router.unsubscribe(parsed, session_id);
         if let (true, Some(cluster)) = (removed, &self.cluster) {
-            cluster.unsubscribed(parsed.path);
+            cluster.unsubscribed(parsed);
         }
         removed
     }
@@ -656,10 +667,10 @@ impl Node {
 impl LocalNode for Node {
     /// To this node's sessions only (never forwarded again), with no `message.publish` (its
     /// node ran that).
-    fn route_from_cluster(&self, message: Message) {
-        let publisher = Publisher { session: 0, client_id: "" };
+    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>) {
+        let publisher = Publisher { session: 0, client_id: publisher };
         let mut batch = Batch::new();
-        self.route(Arc::new(message), publisher, None, &mut batch);
+        self.route(Arc::new(message), publisher, reach, None, &mut batch);
         self.commit_in_background(batch);
     }
 }

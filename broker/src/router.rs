@@ -113,6 +113,17 @@ pub(crate) struct Publisher<'a> {
     pub(crate) client_id: &'a str,
 }
 
+/// Which of this node's subscriptions a message goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reach<'a> {
+    /// Every matching subscription (a node alone).
+    All,
+    /// Plain subscriptions only: in a cluster, share groups get their messages through NATS.
+    Plain,
+    /// The share group `group` at filter `path` (a message a NATS queue group gave this node).
+    Group { path: &'a str, group: &'a str },
+}
+
 /// Every subscription of every session.
 #[derive(Debug)]
 pub(crate) struct Router {
@@ -148,6 +159,33 @@ impl Router {
     /// its plain subscriptions (the highest QoS and every identifier of those that match,
     /// MQTT-3.3.4-2, MQTT-3.3.4-3), and one a share group.
     pub(crate) fn route(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
+        self.route_scoped(topic, publisher, out, true);
+    }
+
+    /// [`Router::route`] to plain subscriptions only (in a cluster, share groups are served
+    /// through NATS queue groups: see [`Router::route_to_group`]).
+    pub(crate) fn route_plain(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
+        self.route_scoped(topic, publisher, out, false);
+    }
+
+    /// The member of share group `group` at filter `path` that gets a message (which matches
+    /// `path`), picked by the strategy, appended to `out`.
+    pub(crate) fn route_to_group(&self, path: &str, group: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
+        let trie = crate::read(&self.trie);
+        let Some(level) = trie.at(path) else { return };
+        let Some(group) = level.groups.iter().find(|g| &*g.name == group) else { return };
+        if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
+            out.push(Target {
+                session: sub.session.clone(),
+                qos: sub.options.qos,
+                retain_as_published: sub.options.retain_as_published,
+                ids: sub.id.into_iter().collect(),
+                shared: true,
+            });
+        }
+    }
+
+    fn route_scoped(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>, groups: bool) {
         let first = out.len();
         {
             let trie = crate::read(&self.trie);
@@ -164,7 +202,7 @@ impl Router {
                         shared: false,
                     });
                 }
-                for group in &level.groups {
+                for group in level.groups.iter().filter(|_| groups) {
                     if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
                         out.push(Target {
                             session: sub.session.clone(),

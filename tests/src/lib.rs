@@ -456,6 +456,19 @@ impl Client {
         }
     }
 
+    /// A PUBLISH that has already arrived, if any (no waiting).
+    pub fn try_receive(&mut self) -> Option<Publish> {
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(event) => event,
+                None => self.events.try_recv().ok()?,
+            };
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                return Some(p);
+            }
+        }
+    }
+
     /// Receives `n` PUBLISH packets (waiting up to the deadline).
     pub async fn receive(&mut self, n: usize) -> Vec<Publish> {
         let mut received = Vec::with_capacity(n);

@@ -170,6 +170,63 @@ fn a_nodes_interest_follows_its_subscribers() {
     e2e::wait_until("the interest dropped with the last subscriber", || ours().is_empty().then_some(()));
 }
 
+/// A shared subscription spans the cluster (NATS queue groups): with one member of
+/// `$share/g/s/#` on each of three nodes, each message goes to exactly one member in the
+/// cluster, the publishing node's own included, spread within 20 % of a third each, while a
+/// plain subscriber gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_gives_each_message_to_one_member_in_the_cluster() {
+    const N: usize = 3000;
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@g1");
+    let (_d2, n2) = node(&nats, "emqx@g2");
+    let (_d3, n3) = node(&nats, "emqx@g3");
+    let mut members = Vec::new();
+    for (i, broker) in [&n1, &n2, &n3].into_iter().enumerate() {
+        let mut member = e2e::Client::connect(broker, &format!("g-member{i}")).await;
+        member.subscribe("$share/g/s/#", rumqttc::QoS::AtLeastOnce).await;
+        members.push(member);
+    }
+    let mut plain = e2e::Client::connect(&n2, "g-plain").await;
+    plain.subscribe("s/#", rumqttc::QoS::AtLeastOnce).await;
+    let publisher = e2e::Client::connect(&n1, "g-pub").await;
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .client
+                .publish(format!("s/{}", i % 7), rumqttc::QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = [0usize; 3];
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    while seen.len() < N {
+        let mut any = false;
+        for (i, member) in members.iter_mut().enumerate() {
+            while let Some(p) = member.try_receive() {
+                any = true;
+                counts[i] += 1;
+                let payload = e2e::text(&p.payload);
+                assert!(seen.insert(payload.clone()), "message {payload} went to two members");
+            }
+        }
+        if !any {
+            assert!(std::time::Instant::now() < deadline, "{} of {N} messages reached a member", seen.len());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    let _publisher = sending.await.unwrap();
+    for (i, count) in counts.iter().enumerate() {
+        let share = *count as f64 / (N as f64 / 3.0);
+        assert!((0.8..=1.2).contains(&share), "member {i} got {count} of {N}: {counts:?}");
+    }
+    assert_eq!(plain.receive(N).await.len(), N, "the plain subscriber gets every message");
+}
+
 /// `broker ctl cluster status` lists the running nodes as EMQX 4 does, and a node killed with
 /// `kill -9` under the stopped ones within a few heartbeats.
 #[test]

@@ -65,6 +65,16 @@ pub(crate) fn node_subject(prefix: &str, name: &str) -> String {
     out
 }
 
+/// The NATS queue group of MQTT share group `group` at filter `path`: one per pair, as MQTT 5
+/// names a shared subscription by its share name and filter (§4.8.2).
+pub(crate) fn queue_group(prefix: &str, group: &str, path: &str) -> String {
+    let mut out = format!("{prefix}.");
+    push_level(&mut out, group);
+    out.push('.');
+    push_level(&mut out, path);
+    out
+}
+
 /// The subject filter of every node's heartbeat.
 pub(crate) fn every_node(prefix: &str) -> String {
     format!("{prefix}.{NODES}.*")

@@ -85,6 +85,11 @@ impl Level {
         removed
     }
 
+    /// The level of `path` (a filter), if it has one.
+    pub(super) fn at(&self, path: &str) -> Option<&Level> {
+        path.split('/').try_fold(self, |level, name| level.children.get(name))
+    }
+
     /// Calls `found` with every level whose filter matches `topic`. A topic starting with `$`
     /// is never matched by a filter starting with a wildcard (MQTT-4.7.2-1).
     pub(super) fn matches(&self, topic: &str, found: &mut impl FnMut(&Level)) {
