@@ -69,6 +69,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) node_name: String,
     /// How long connecting at start may take.
     pub(crate) connect_timeout: Duration,
+    /// Start without NATS if it cannot be reached (and join once it can), instead of exiting.
+    pub(crate) start_alone: bool,
 }
 
 /// Why the cluster could not start.
@@ -210,6 +212,9 @@ impl Cluster {
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("broker {}{}", config.node_name, if echo { " (share groups)" } else { "" }))
                 .connection_timeout(config.connect_timeout);
+            if config.start_alone {
+                options = options.retry_on_initial_connect();
+            }
             if !echo {
                 options = options.no_echo().event_callback(|event| async move { log_event(event) });
             }
@@ -337,7 +342,12 @@ impl Cluster {
 
     /// Resolves once the NATS server has every interest asked for so far (at once if it has):
     /// what a SUBACK waits for.
+    /// While NATS is away nothing waits: the subscription is made when it is back, and the
+    /// node serves its own clients meanwhile.
     pub(crate) fn interest_in_place(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
         let wanted = self.requested.load(Ordering::Acquire);
         if *self.confirmed.borrow() >= wanted {
             return None;
@@ -444,6 +454,9 @@ impl Cluster {
     async fn round_trip(&self) {
         let subject = format!("{}.rtt", self.config.subject_prefix);
         for client in [&self.client, &self.queues] {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                continue; // it subscribes again when it is back
+            }
             match client.request(subject.clone(), Bytes::new()).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}

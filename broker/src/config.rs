@@ -323,11 +323,19 @@ pub struct ClusterSettings {
     /// How long the node tries to reach NATS at start before it gives up (and exits).
     #[serde(deserialize_with = "duration_text")]
     pub connect_timeout: String,
+    /// `true`: a node that cannot reach NATS at start serves its own clients and joins the
+    /// cluster once NATS answers, instead of exiting.
+    pub start_alone: bool,
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        ClusterSettings { nats: None, subject_prefix: "mqtt".to_owned(), connect_timeout: "5s".to_owned() }
+        ClusterSettings {
+            nats: None,
+            subject_prefix: "mqtt".to_owned(),
+            connect_timeout: "5s".to_owned(),
+            start_alone: false,
+        }
     }
 }
 
@@ -342,6 +350,7 @@ impl ClusterSettings {
             subject_prefix: self.subject_prefix.clone(),
             node_name: node_name.to_owned(),
             connect_timeout: duration("cluster.connect_timeout", &self.connect_timeout)?,
+            start_alone: self.start_alone,
         }))
     }
 }

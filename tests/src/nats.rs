@@ -21,26 +21,13 @@ pub struct Nats {
 impl Nats {
     /// Starts `nats-server -js` on free loopback ports and waits until it takes clients.
     pub fn start() -> Nats {
+        Nats::start_on("-1")
+    }
+
+    /// Starts `nats-server -js` with client port `port` (`-1`: a free one).
+    pub fn start_on(port: &str) -> Nats {
         let store = tempfile::tempdir().expect("a JetStream directory");
-        let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd"])
-            .arg(store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server (apt-get install nats-server)");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("[nats] {line}");
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (child, logs) = spawn(port, "-1", store.path());
         let port_after = |needle: &str| {
             let logs = logs.clone();
             let needle = needle.to_owned();
@@ -51,10 +38,29 @@ impl Nats {
         };
         let monitor_port = port_after("Starting http monitor on ");
         let port = port_after("Listening for client connections on ");
+        let nats = Nats { child, port, monitor_port, logs, _store: store };
+        nats.wait_ready();
+        nats
+    }
+
+    /// Kills the server (`kill -9`): the nodes lose it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and JetStream directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, logs) = spawn(&self.port.to_string(), &self.monitor_port.to_string(), self._store.path());
+        (self.child, self.logs) = (child, logs);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         wait_until("nats-server ready", || {
-            logs.lock().unwrap().iter().any(|l| l.contains("Server is ready")).then_some(())
+            self.logs.lock().unwrap().iter().any(|l| l.contains("Server is ready")).then_some(())
         });
-        Nats { child, port, monitor_port, logs, _store: store }
     }
 
     /// Its URL, for `BROKER_CLUSTER__NATS`.
@@ -81,6 +87,31 @@ impl Nats {
         let list = page["subscriptions_list"].as_array().cloned().unwrap_or_default();
         list.iter().filter_map(|s| s["subject"].as_str().map(str::to_owned)).collect()
     }
+}
+
+/// Runs `nats-server` on 127.0.0.1 with JetStream in `store` (`-1`: a port of its choosing),
+/// its log lines collected.
+fn spawn(port: &str, monitor_port: &str, store: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server (apt-get install nats-server)");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[nats] {line}");
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    (child, logs)
 }
 
 impl Drop for Nats {

@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::QoS;
@@ -229,13 +230,27 @@ impl<W: Wire> Raw<W> {
     /// The next packet, or `None` when the broker closed the connection. Panics when nothing
     /// comes within the deadline.
     pub fn next_packet(&mut self) -> Option<W::Packet> {
+        self.read_packet().unwrap_or_else(|()| panic!("nothing from the broker within {DEADLINE:?}"))
+    }
+
+    /// The next packet if one comes within `wait`: `Ok(None)` when the broker closed the
+    /// connection, `Err(())` when nothing came.
+    pub fn next_packet_within(&mut self, wait: Duration) -> Result<Option<W::Packet>, ()> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let packet = self.read_packet();
+        self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        packet
+    }
+
+    /// The next packet; `Err(())` when the read timed out (the buffer keeps what came).
+    fn read_packet(&mut self) -> Result<Option<W::Packet>, ()> {
         loop {
             if !self.buf.is_empty() {
                 let mut attempt = self.buf.clone();
                 match W::read(&mut attempt) {
                     Ok(packet) => {
                         self.buf = attempt;
-                        return Some(packet);
+                        return Ok(Some(packet));
                     }
                     Err(e) if e.contains("InsufficientBytes") => {}
                     Err(e) => panic!("undecodable packet from the broker: {e}"),
@@ -243,12 +258,12 @@ impl<W: Wire> Raw<W> {
             }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    panic!("nothing from the broker within {DEADLINE:?}")
+                    return Err(())
                 }
-                Err(_) => return None, // reset
+                Err(_) => return Ok(None), // reset
             }
         }
     }
@@ -505,7 +520,27 @@ impl C5 {
     /// (answered with PUBCOMP) fails the test.
     pub fn next_publish(&mut self) -> v5::Publish {
         loop {
-            match self.raw.recv() {
+            let packet = self.raw.recv();
+            if let Some(p) = self.answer(packet) {
+                return p;
+            }
+        }
+    }
+
+    /// The next PUBLISH if one comes within `wait` (handled as by `next_publish`).
+    pub fn next_publish_within(&mut self, wait: Duration) -> Option<v5::Publish> {
+        loop {
+            let packet = self.raw.next_packet_within(wait).ok()?.expect("the broker closed the connection");
+            if let Some(p) = self.answer(packet) {
+                return Some(p);
+            }
+        }
+    }
+
+    /// Answers `packet` as its kind requires; a PUBLISH is returned.
+    fn answer(&mut self, packet: v5::Packet) -> Option<v5::Publish> {
+        {
+            match packet {
                 v5::Packet::Publish(p) => {
                     match p.qos {
                         QoS::AtMostOnce => {}
@@ -520,13 +555,16 @@ impl C5 {
                             properties: None,
                         })),
                     }
-                    return p;
+                    Some(p)
                 }
-                v5::Packet::PubRel(rel) => self.raw.send(&v5::Packet::PubComp(v5::PubComp {
-                    pkid: rel.pkid,
-                    reason: v5::PubCompReason::Success,
-                    properties: None,
-                })),
+                v5::Packet::PubRel(rel) => {
+                    self.raw.send(&v5::Packet::PubComp(v5::PubComp {
+                        pkid: rel.pkid,
+                        reason: v5::PubCompReason::Success,
+                        properties: None,
+                    }));
+                    None
+                }
                 other => panic!("expected PUBLISH, got {other:?}"),
             }
         }

@@ -227,6 +227,51 @@ async fn a_shared_subscription_gives_each_message_to_one_member_in_the_cluster()
     assert_eq!(plain.receive(N).await.len(), N, "the plain subscriber gets every message");
 }
 
+/// NATS going away mid-stream: each node goes on serving its own clients (publishes,
+/// subscriptions and their SUBACKs), says so once, and once NATS is back (same address) the
+/// nodes subscribe again by themselves and messages cross again.
+#[test]
+fn nodes_serve_their_own_clients_while_nats_is_away_and_join_again_when_it_is_back() {
+    let mut nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@r1");
+    let (_d2, n2) = node(&nats, "emqx@r2");
+    let mut remote = C5::connect(&n2, "r-remote");
+    remote.subscribe("r/#", QoS::AtLeastOnce);
+    let mut local = C5::connect(&n1, "r-local");
+    local.subscribe("r/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n1, "r-pub");
+    publisher.publish("r/before", QoS::AtLeastOnce, "before");
+    assert_eq!(topic(&remote.next_publish()), "r/before");
+    assert_eq!(topic(&local.next_publish()), "r/before");
+
+    nats.kill();
+    n1.wait_for_log("cluster: lost NATS");
+    publisher.publish("r/while", QoS::AtLeastOnce, "while NATS is away");
+    assert_eq!(topic(&local.next_publish()), "r/while", "local traffic goes on");
+    local.subscribe("w/#", QoS::AtLeastOnce); // answered, not held for NATS
+    publisher.publish("w/1", QoS::AtLeastOnce, "");
+    assert_eq!(topic(&local.next_publish()), "w/1");
+
+    nats.restart();
+    // Messages cross again once both nodes have reconnected and subscribed again.
+    let mut round = 0;
+    loop {
+        round += 1;
+        let t = format!("r/after/{round}");
+        publisher.publish(&t, QoS::AtLeastOnce, "after");
+        assert_eq!(topic(&local.next_publish()), t);
+        let crossed = remote.next_publish_within(std::time::Duration::from_millis(200)).map(|p| topic(&p));
+        match crossed {
+            Some(got) if got.starts_with("r/after/") => break,
+            // What was published while NATS was away may follow once it is back (the NATS
+            // client holds it while it reconnects): late, but not lost.
+            Some(got) if got == "r/while" => {}
+            Some(other) => panic!("unexpected {other}"),
+            None => assert!(round < 100, "no message crossed within 100 rounds after NATS came back"),
+        }
+    }
+}
+
 /// `broker ctl cluster status` lists the running nodes as EMQX 4 does, and a node killed with
 /// `kill -9` under the stopped ones within a few heartbeats.
 #[test]
@@ -252,6 +297,43 @@ fn cluster_status_lists_running_and_stopped_nodes() {
         alone.ctl(&["cluster", "status"]).ok().trim(),
         "Cluster status: #{running_nodes => [emqx@alone],stopped_nodes => []}"
     );
+}
+
+/// With `[cluster] start_alone = true`, a node that cannot reach NATS at start serves its own
+/// clients, and joins the cluster once NATS answers.
+#[test]
+fn a_node_may_start_alone_and_join_once_nats_answers() {
+    let port = e2e::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let env = |name| {
+        [
+            ("BROKER_CLUSTER__NATS", url.clone()),
+            ("BROKER_NODE_NAME", name),
+            ("BROKER_CLUSTER__START_ALONE", "true".to_owned()),
+        ]
+    };
+    let d1 = DataDir::new();
+    let env1 = env("emqx@late1".to_owned());
+    let n1 = Broker::start(&d1, &env1.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let mut local = C5::connect(&n1, "late-local");
+    local.subscribe("l/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n1, "late-pub");
+    publisher.publish("l/alone", QoS::AtLeastOnce, "");
+    assert_eq!(topic(&local.next_publish()), "l/alone");
+
+    let nats = Nats::start_on(&port.to_string());
+    let (_d2, n2) = node(&nats, "emqx@late2");
+    let mut remote = C5::connect(&n2, "late-remote");
+    remote.subscribe("l/#", QoS::AtLeastOnce);
+    for round in 0.. {
+        let t = format!("l/joined/{round}");
+        publisher.publish(&t, QoS::AtLeastOnce, "");
+        assert_eq!(topic(&local.next_publish()), t);
+        if remote.next_publish_within(std::time::Duration::from_millis(200)).is_some() {
+            break;
+        }
+        assert!(round < 100, "node 1 did not join within 100 rounds");
+    }
 }
 
 /// A node that cannot reach NATS at start names the server and exits, instead of running
