@@ -196,6 +196,10 @@ pub struct Raw<W: Wire> {
     _wire: std::marker::PhantomData<W>,
 }
 
+/// Nothing came from the broker in the time given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
 impl<W: Wire> Raw<W> {
     /// Opens a TCP connection (nothing sent yet).
     pub fn open(addr: SocketAddr) -> Raw<W> {
@@ -230,20 +234,20 @@ impl<W: Wire> Raw<W> {
     /// The next packet, or `None` when the broker closed the connection. Panics when nothing
     /// comes within the deadline.
     pub fn next_packet(&mut self) -> Option<W::Packet> {
-        self.read_packet().unwrap_or_else(|()| panic!("nothing from the broker within {DEADLINE:?}"))
+        self.read_packet().unwrap_or_else(|TimedOut| panic!("nothing from the broker within {DEADLINE:?}"))
     }
 
     /// The next packet if one comes within `wait`: `Ok(None)` when the broker closed the
-    /// connection, `Err(())` when nothing came.
-    pub fn next_packet_within(&mut self, wait: Duration) -> Result<Option<W::Packet>, ()> {
+    /// connection, `Err(TimedOut)` when nothing came.
+    pub fn next_packet_within(&mut self, wait: Duration) -> Result<Option<W::Packet>, TimedOut> {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let packet = self.read_packet();
         self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
         packet
     }
 
-    /// The next packet; `Err(())` when the read timed out (the buffer keeps what came).
-    fn read_packet(&mut self) -> Result<Option<W::Packet>, ()> {
+    /// The next packet; `Err(TimedOut)` when the read timed out (the buffer keeps what came).
+    fn read_packet(&mut self) -> Result<Option<W::Packet>, TimedOut> {
         loop {
             if !self.buf.is_empty() {
                 let mut attempt = self.buf.clone();
@@ -261,7 +265,7 @@ impl<W: Wire> Raw<W> {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(())
+                    return Err(TimedOut)
                 }
                 Err(_) => return Ok(None), // reset
             }
