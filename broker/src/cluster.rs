@@ -21,6 +21,7 @@
 //! per node.
 
 mod dedup;
+mod inbox;
 mod subject;
 
 use std::collections::HashMap;
@@ -54,9 +55,6 @@ const MAX_SUBJECT: usize = 3 * 1024;
 /// Messages waiting to be handed to the NATS client; past this, a message is not forwarded
 /// (counted and logged).
 const OUTBOUND_QUEUE: usize = 64 * 1024;
-
-/// Messages from other nodes waiting to be routed here.
-const INBOUND_QUEUE: usize = 64 * 1024;
 
 /// What a node starts its cluster with.
 #[derive(Debug, Clone)]
@@ -127,9 +125,7 @@ enum Change {
     Remove(Interest),
 }
 
-/// Where a message read from NATS came from: a plain subscription (`None`), or a share
-/// group's queue subscription.
-type Via = Option<Arc<Interest>>;
+use inbox::{Arrived, Via};
 
 /// This node's side of the cluster.
 pub(crate) struct Cluster {
@@ -260,14 +256,20 @@ impl Cluster {
     /// (on the current runtime).
     pub(crate) fn start(self: &Arc<Cluster>, node: Weak<dyn LocalNode>) {
         let _ = self.node.set(node);
-        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (reading, reading_rx) = mpsc::unbounded_channel();
         if let Some(changes) = crate::lock(&self.changes_rx).take() {
-            tokio::spawn(self.clone().keep_interest(changes, inbound));
+            tokio::spawn(self.clone().keep_interest(changes, reading));
         }
         if let Some(outbound) = crate::lock(&self.outbound_rx).take() {
             tokio::spawn(self.clone().publish_forwarded(outbound));
         }
-        tokio::spawn(self.clone().route_inbound(inbound_rx));
+        let cluster = self.clone();
+        let mut seen = dedup::Seen::default();
+        inbox::Inbox::default().spawn(reading_rx, move |arrived| {
+            if let Some(node) = cluster.node.get().and_then(Weak::upgrade) {
+                cluster.route_one(&*node, &mut seen, arrived);
+            }
+        });
         tokio::spawn(self.clone().heartbeat());
     }
 
@@ -404,9 +406,10 @@ impl Cluster {
     async fn keep_interest(
         self: Arc<Cluster>,
         mut changes: mpsc::UnboundedReceiver<Change>,
-        inbound: mpsc::Sender<(Bytes, Via)>,
+        reading: mpsc::UnboundedSender<inbox::Command>,
     ) {
-        let mut readers: HashMap<Interest, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+        let mut readers: HashMap<Interest, Vec<u64>> = HashMap::new();
+        let mut next_id = 0u64;
         let mut asked = 0u64;
         while let Some(first) = changes.recv().await {
             let mut next = Some(first);
@@ -414,7 +417,7 @@ impl Cluster {
                 match change {
                     Change::Add(filter) => {
                         asked += 1;
-                        let mut tasks = Vec::new();
+                        let mut ids = Vec::new();
                         let via: Via = filter.group.is_some().then(|| Arc::new(filter.clone()));
                         for subject in subject::filter_to_subjects(&self.config.subject_prefix, &filter.path) {
                             let subscribed = match &filter.group {
@@ -426,21 +429,26 @@ impl Cluster {
                             };
                             match subscribed {
                                 Ok(subscriber) => {
-                                    tasks.push(tokio::spawn(read_into(subscriber, inbound.clone(), via.clone())))
+                                    next_id += 1;
+                                    ids.push(next_id);
+                                    let via = via.clone();
+                                    let _ = reading.send(inbox::Command::Attach { id: next_id, via, subscriber });
                                 }
                                 Err(e) => tracing::error!(%subject, "cluster: cannot subscribe: {e}"),
                             }
                         }
                         // A filter removed and added again before this ran: the old readers go.
-                        if let Some(old) = readers.insert(filter, tasks) {
-                            old.iter().for_each(tokio::task::JoinHandle::abort);
+                        for old in readers.insert(filter, ids).into_iter().flatten() {
+                            let _ = reading.send(inbox::Command::Detach(old));
                         }
                     }
                     Change::Remove(filter) => {
                         let still_wanted = crate::lock(&self.interest).contains_key(&filter);
                         if !still_wanted {
                             // Dropping a subscriber unsubscribes it.
-                            readers.remove(&filter).into_iter().flatten().for_each(|task| task.abort());
+                            for old in readers.remove(&filter).into_iter().flatten() {
+                                let _ = reading.send(inbox::Command::Detach(old));
+                            }
                         }
                     }
                 }
@@ -478,20 +486,13 @@ impl Cluster {
         }
     }
 
-    /// Routes what other nodes forwarded to this node's sessions, each message once.
-    async fn route_inbound(self: Arc<Cluster>, mut inbound: mpsc::Receiver<(Bytes, Via)>) {
-        let mut seen = dedup::Seen::default();
-        while let Some((message, via)) = inbound.recv().await {
-            let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
-            self.route_one(&*node, &mut seen, message, via.as_deref());
-        }
-    }
-
-    fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, raw: Bytes, via: Option<&Interest>) {
-        // The subject rides in front of the envelope (see `read_into`).
-        let Some((subject, body)) = split_subject(&raw) else { return };
-        let Some(topic) = subject::subject_to_topic(&self.config.subject_prefix, subject) else { return };
-        let envelope = match postcard::from_bytes::<Envelope<'_>>(body) {
+    /// Routes what another node forwarded to this node's sessions, each message once.
+    fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, arrived: Arrived) {
+        let Arrived { via, message: nats, .. } = arrived;
+        let via = via.as_deref();
+        let Some(topic) = subject::subject_to_topic(&self.config.subject_prefix, &nats.subject) else { return };
+        let raw = nats.payload;
+        let envelope = match postcard::from_bytes::<Envelope<'_>>(&raw) {
             Ok(envelope) if envelope.version == ENVELOPE_VERSION => envelope,
             Ok(envelope) => {
                 tracing::debug!(version = envelope.version, "cluster: a message of an unknown envelope version");
@@ -523,28 +524,6 @@ impl Cluster {
         };
         node.route_from_cluster(message, envelope.publisher, reach);
     }
-}
-
-/// Reads one NATS subscription into `inbound`, each message as its subject's length (2 bytes),
-/// the subject, then the envelope.
-async fn read_into(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender<(Bytes, Via)>, via: Via) {
-    while let Some(message) = subscriber.next().await {
-        let subject = message.subject.as_bytes();
-        let Ok(len) = u16::try_from(subject.len()) else { continue };
-        let mut raw = Vec::with_capacity(2 + subject.len() + message.payload.len());
-        raw.extend_from_slice(&len.to_be_bytes());
-        raw.extend_from_slice(subject);
-        raw.extend_from_slice(&message.payload);
-        if inbound.send((Bytes::from(raw), via.clone())).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn split_subject(raw: &[u8]) -> Option<(&str, &[u8])> {
-    let len = usize::from(u16::from_be_bytes(raw.get(..2)?.try_into().ok()?));
-    let subject = std::str::from_utf8(raw.get(2..2 + len)?).ok()?;
-    Some((subject, &raw[2 + len..]))
 }
 
 fn log_event(event: async_nats::Event) {

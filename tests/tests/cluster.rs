@@ -85,6 +85,46 @@ fn a_suback_means_the_other_nodes_already_send_what_it_asked_for() {
     }
 }
 
+/// A node reads what other nodes send in the order they published it, even when it comes
+/// through different NATS subscriptions: a session with `#` on a node where another session
+/// holds `q/a` (so `q/a` messages come through two subscriptions, `q/b` through one), and a
+/// session with two filters, get 600 interleaved messages in publish order.
+#[test]
+fn messages_from_one_node_keep_their_order_across_the_subscriptions_that_carry_them() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@q1");
+    let (_d2, n2) = node(&nats, "emqx@q2");
+    let mut all = C5::connect(&n2, "q-all");
+    all.subscribe("#", QoS::AtLeastOnce);
+    let mut one = C5::connect(&n2, "q-one");
+    one.subscribe("q/a", QoS::AtLeastOnce);
+    let mut two = C5::connect(&n2, "q-two");
+    two.subscribe("q/a", QoS::AtLeastOnce);
+    two.subscribe("q/b", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n1, "q-pub");
+    let sent: Vec<(String, String)> =
+        (0..600).map(|i| (if i % 3 == 0 { "q/a" } else { "q/b" }.to_owned(), i.to_string())).collect();
+    for (t, p) in &sent {
+        publisher.publish(t, QoS::AtMostOnce, p);
+    }
+    for (name, client) in [("q-all", &mut all), ("q-two", &mut two)] {
+        let got: Vec<(String, String)> = sent
+            .iter()
+            .map(|_| {
+                let p = client.next_publish();
+                (topic(&p), payload(&p))
+            })
+            .collect();
+        if let Some(at) = got.iter().zip(&sent).position(|(g, s)| g != s) {
+            panic!(
+                "{name}: message {at} out of publish order: got {:?} where {:?} was sent",
+                &got[at..at + 5.min(got.len() - at)],
+                &sent[at]
+            );
+        }
+    }
+}
+
 /// Two sessions on one node whose filters overlap make two NATS subscriptions of that node
 /// match; each session still gets each message once, and the node's own subscriber on the
 /// publishing node gets it once too (NATS does not echo it back).
