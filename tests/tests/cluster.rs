@@ -312,6 +312,30 @@ fn nodes_serve_their_own_clients_while_nats_is_away_and_join_again_when_it_is_ba
     }
 }
 
+/// Every node's `$SYS` topics carry its own name and reach subscribers on every node (EMQX's
+/// `$SYS/brokers/<node>/...`): a subscriber to `$SYS/brokers/+/uptime` on one node hears
+/// both nodes.
+#[test]
+fn sys_topics_of_every_node_reach_every_node() {
+    let nats = Nats::start();
+    let heartbeat = [("BROKER_BROKER__SYS_HEARTBEAT", "1s")];
+    let start = |name: &str| {
+        let dir = DataDir::new();
+        let url = nats.url();
+        let env = [("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", name), heartbeat[0]];
+        (Broker::start(&dir, &env), dir)
+    };
+    let (n1, _d1) = start("emqx@y1");
+    let (_n2, _d2) = start("emqx@y2");
+    let mut watcher = C5::connect(&n1, "y-watcher");
+    watcher.subscribe("$SYS/brokers/+/uptime", QoS::AtMostOnce);
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < 2 {
+        heard.insert(topic(&watcher.next_publish()));
+    }
+    assert_eq!(heard.into_iter().collect::<Vec<_>>(), ["$SYS/brokers/emqx@y1/uptime", "$SYS/brokers/emqx@y2/uptime"]);
+}
+
 /// `broker ctl cluster status` lists the running nodes as EMQX 4 does, and a node killed with
 /// `kill -9` under the stopped ones within a few heartbeats.
 #[test]
