@@ -7,9 +7,13 @@
 //! window is taken as new (a duplicate is better than a loss: QoS 0 and 1 allow it).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Numbers remembered per origin node.
 const WINDOW: u64 = 1 << 16;
+/// An origin not heard from for this long is forgotten (a node gets a new id each start, so
+/// the ids of past runs would otherwise pile up, 8 KiB each).
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 const WORDS: usize = (WINDOW / 64) as usize;
 
 /// The numbers seen from each origin node.
@@ -23,13 +27,25 @@ struct Window {
     /// The lowest number the window covers (a multiple of 64).
     base: u64,
     bits: Box<[u64; WORDS]>,
+    last_heard: Instant,
 }
 
 impl Seen {
     /// Whether message `seq` of node `origin` comes for the first time (and remembers it).
     pub(super) fn first_time(&mut self, origin: u64, seq: u64) -> bool {
-        let window =
-            self.origins.entry(origin).or_insert_with(|| Window { base: seq & !63, bits: Box::new([0; WORDS]) });
+        self.first_time_at(origin, seq, Instant::now())
+    }
+
+    fn first_time_at(&mut self, origin: u64, seq: u64, now: Instant) -> bool {
+        if !self.origins.contains_key(&origin) {
+            self.origins.retain(|_, w| now.duration_since(w.last_heard) < FORGET_AFTER);
+        }
+        let window = self.origins.entry(origin).or_insert_with(|| Window {
+            base: seq & !63,
+            bits: Box::new([0; WORDS]),
+            last_heard: now,
+        });
+        window.last_heard = now;
         window.first_time(seq)
     }
 }
@@ -72,6 +88,18 @@ mod tests {
         assert!(seen.first_time(1, 12));
         assert!(seen.first_time(1, 11), "late, not seen");
         assert!(!seen.first_time(1, 11));
+    }
+
+    #[test]
+    fn origins_not_heard_from_for_a_while_are_forgotten() {
+        let mut seen = Seen::default();
+        let start = Instant::now();
+        assert!(seen.first_time_at(1, 5, start));
+        assert!(seen.first_time_at(2, 5, start + FORGET_AFTER / 2));
+        // A new origin after FORGET_AFTER: origin 1 goes, origin 2 (heard since) stays.
+        assert!(seen.first_time_at(3, 5, start + FORGET_AFTER + Duration::from_secs(1)));
+        assert_eq!(seen.origins.len(), 2);
+        assert!(!seen.first_time_at(2, 5, start + FORGET_AFTER + Duration::from_secs(2)));
     }
 
     #[test]
