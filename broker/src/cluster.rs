@@ -43,6 +43,21 @@ pub(crate) trait LocalNode: Send + Sync + 'static {
     /// Routes a message another node forwarded (from client `publisher`) to this node's
     /// sessions that `reach` says.
     fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>);
+
+    /// What this node's heartbeat tells the others about it (see [`NodeInfo`]).
+    fn info(&self) -> NodeInfo;
+}
+
+/// What a node says of itself once a second (its heartbeat), and what `/api/v4/nodes` lists
+/// for it (EMQX's names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeInfo {
+    pub(crate) node: String,
+    pub(crate) version: String,
+    pub(crate) sysdescr: String,
+    /// Seconds since it started.
+    pub(crate) uptime_secs: u64,
+    pub(crate) connections: u64,
 }
 
 /// How often a node says it runs; a node not heard from for three of these is stopped.
@@ -151,8 +166,8 @@ pub(crate) struct Cluster {
     /// Messages not forwarded (queue full, subject too long), and when that was last logged.
     not_forwarded: AtomicU64,
     last_warned: Mutex<Option<Instant>>,
-    /// The other nodes heard from, by name, and when last.
-    peers: Mutex<HashMap<String, Instant>>,
+    /// The other nodes heard from, by name: when last, and what they said.
+    peers: Mutex<HashMap<String, (Instant, NodeInfo)>>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -288,27 +303,38 @@ impl Cluster {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let name = Bytes::from(self.config.node_name.clone().into_bytes());
+                    let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
+                    let Ok(info) = serde_json::to_vec(&node.info()) else { continue };
                     // Not reaching NATS now is logged by the connection's events.
-                    let _ = self.client.publish(mine.clone(), name).await;
+                    let _ = self.client.publish(mine.clone(), Bytes::from(info)).await;
                 }
                 message = heard.next() => {
                     let Some(message) = message else { return };
-                    if let Ok(name) = std::str::from_utf8(&message.payload) {
-                        if name != self.config.node_name {
-                            crate::lock(&self.peers).insert(name.to_owned(), Instant::now());
+                    match serde_json::from_slice::<NodeInfo>(&message.payload) {
+                        Ok(info) if info.node != self.config.node_name => {
+                            crate::lock(&self.peers).insert(info.node.clone(), (Instant::now(), info));
                         }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("cluster: an unreadable heartbeat: {e}"),
                     }
                 }
             }
         }
     }
 
+    /// The other nodes heard from: what each said last, and whether it still runs.
+    pub(crate) fn peers(&self) -> Vec<(NodeInfo, bool)> {
+        let mut peers: Vec<_> =
+            crate::lock(&self.peers).values().map(|(at, info)| (info.clone(), at.elapsed() <= 3 * HEARTBEAT)).collect();
+        peers.sort_by(|a, b| a.0.node.cmp(&b.0.node));
+        peers
+    }
+
     /// Which nodes run and which stopped, as far as this node heard.
     pub(crate) fn membership(&self) -> Membership {
         let mut running = vec![self.config.node_name.clone()];
         let mut stopped = Vec::new();
-        for (name, at) in crate::lock(&self.peers).iter() {
+        for (name, (at, _)) in crate::lock(&self.peers).iter() {
             if at.elapsed() <= 3 * HEARTBEAT {
                 running.push(name.clone());
             } else {

@@ -12,7 +12,7 @@ use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
 use crate::client::ClientInfo;
-use crate::cluster::{Cluster, LocalNode};
+use crate::cluster::{Cluster, LocalNode, NodeInfo};
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
@@ -164,6 +164,8 @@ pub(crate) struct Node {
     pub(crate) persistence: Option<Store>,
     /// The other nodes (`[cluster] nats`); `None`: this node is alone.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Its name (`node_name`, EMQX's `emqx@127.0.0.1`).
+    pub(crate) name: String,
     /// The broker as a publisher (for plugins' messages).
     broker: ClientInfo,
     next_connection: std::sync::atomic::AtomicU64,
@@ -180,9 +182,16 @@ impl Node {
             sessions: Sessions::default(),
             persistence: None,
             cluster: None,
+            name: "emqx@127.0.0.1".to_owned(),
             broker: ClientInfo::broker(),
             next_connection: Default::default(),
         }
+    }
+
+    /// The node named `name`.
+    pub(crate) fn with_name(mut self, name: &str) -> Node {
+        self.name = name.to_owned();
+        self
     }
 
     /// The node with this authentication policy (the default: anonymous clients from
@@ -196,6 +205,17 @@ impl Node {
     pub(crate) fn with_persistence(mut self, store: Store) -> Node {
         self.persistence = Some(store);
         self
+    }
+
+    /// What `/api/v4/nodes` (and the cluster's heartbeat) says of this node.
+    pub(crate) fn info(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            sysdescr: plugin_api::emqx::SYSDESCR.to_owned(),
+            uptime_secs: self.stats.uptime_ms() / 1000,
+            connections: self.stats.connections(),
+        }
     }
 
     /// The node as one of a cluster.
@@ -672,6 +692,10 @@ impl LocalNode for Node {
         let mut batch = Batch::new();
         self.route(Arc::new(message), publisher, reach, None, &mut batch);
         self.commit_in_background(batch);
+    }
+
+    fn info(&self) -> NodeInfo {
+        self.info()
     }
 }
 

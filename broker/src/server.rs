@@ -159,7 +159,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let hooks = Arc::new(Hooks::new(failed_tx));
     let router = Router::new(settings.broker.shared_subscription_strategy);
     let auth = crate::auth::Auth::new(settings.allow_anonymous, settings.auth.policy()?);
-    let mut node = Node::new(zone, hooks.clone(), stats, router).with_auth(auth);
+    let mut node = Node::new(zone, hooks.clone(), stats, router).with_auth(auth).with_name(&settings.node_name);
     if settings.persistence.enabled {
         node = node.with_persistence(store.clone());
     }

@@ -400,6 +400,47 @@ fn a_node_may_start_alone_and_join_once_nats_answers() {
     }
 }
 
+/// `GET /api/v4/nodes` on one node lists every node of the cluster in EMQX's shape, this one
+/// first, each with what its heartbeat says (a node alone lists itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_lists_every_node() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let d1 = DataDir::with_plugins("{emqx_management, true}.\n");
+    let n1 = Broker::start(
+        &d1,
+        &[
+            ("BROKER_CLUSTER__NATS", url.as_str()),
+            ("BROKER_NODE_NAME", "emqx@a1"),
+            ("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"),
+            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+        ],
+    );
+    let (_d2, n2) = node(&nats, "emqx@a2");
+    let _client = e2e::Client::connect(&n2, "a-client").await;
+    let api = e2e::ManagementApi::new(format!("http://{}", n1.logged_addr("management API listening on http://")));
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    let nodes = loop {
+        let (status, body) = api.call(reqwest::Method::GET, "/api/v4/nodes", Some(("admin", "s3cret")), None).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        assert_eq!(body["code"], 0, "{body}");
+        let nodes = body["data"].as_array().cloned().unwrap_or_default();
+        // Node 2's heartbeat counts its client once it has one.
+        if nodes.len() == 2 && nodes[1]["connections"] == 1 {
+            break nodes;
+        }
+        assert!(std::time::Instant::now() < deadline, "not both nodes: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((nodes[0]["node"].as_str(), nodes[0]["node_status"].as_str()), (Some("emqx@a1"), Some("Running")));
+    assert_eq!((nodes[1]["node"].as_str(), nodes[1]["node_status"].as_str()), (Some("emqx@a2"), Some("Running")));
+    for node in &nodes {
+        for field in ["version", "sysdescr", "uptime"] {
+            assert!(node[field].is_string(), "{field} in {node}");
+        }
+    }
+}
+
 /// A node that cannot reach NATS at start names the server and exits, instead of running
 /// alone unnoticed.
 #[test]

@@ -55,6 +55,14 @@ async fn every_endpoint_answers_in_emqx_shape() {
     assert_eq!(node["datetime"].as_str().unwrap().len(), "2026-11-27 01:02:03".len(), "{node}");
     let (_, body) = api.get("/api/v4/brokers/emqx@127.0.0.1").await;
     assert_eq!(body["data"]["node"], "emqx@127.0.0.1");
+    // A node alone lists itself under /nodes, with its connections (api-sub, api-pub).
+    let (status, body) = api.get("/api/v4/nodes").await;
+    assert_eq!(status, StatusCode::OK);
+    let nodes = body["data"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{body}");
+    assert_eq!((&nodes[0]["node"], &nodes[0]["node_status"]), (&json!("emqx@127.0.0.1"), &json!("Running")));
+    assert_eq!(nodes[0]["connections"], 2, "{body}");
+    assert_eq!(nodes[0]["version"], env!("CARGO_PKG_VERSION"));
 
     // Gauges per node under "stats"; ?aggregate=true as one object; counters under /metrics.
     let (_, body) = api.get("/api/v4/stats").await;

@@ -338,6 +338,26 @@ impl Manager {
         }
     }
 
+    /// Every node this one knows of, as EMQX's `/api/v4/nodes` lists them: this one first.
+    fn nodes(&self) -> Vec<serde_json::Value> {
+        let node = &self.shared.node;
+        let json = |info: &crate::cluster::NodeInfo, running: bool| {
+            serde_json::json!({
+                "node": info.node,
+                "node_status": if running { "Running" } else { "Stopped" },
+                "version": info.version,
+                "sysdescr": info.sysdescr,
+                "uptime": plugin_api::emqx::uptime(info.uptime_secs),
+                "connections": info.connections,
+            })
+        };
+        let mut nodes = vec![json(&node.info(), true)];
+        if let Some(cluster) = &node.cluster {
+            nodes.extend(cluster.peers().iter().map(|(info, running)| json(info, *running)));
+        }
+        nodes
+    }
+
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
     pub(crate) fn command(&self, args: &[String]) -> Result<String, CommandError> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -378,7 +398,10 @@ impl Manager {
             ["store", "stats"] => format_store_stats(&self.shared.store),
             ["cluster", "status"] => Ok(format!("Cluster status: {}", self.membership().erlang())),
             ["cluster", "status", "--json"] => Ok(self.membership().json().to_string()),
-            ["cluster", ..] => Err(CommandError::invalid("Usage: broker ctl cluster status [--json]")),
+            ["cluster", "nodes", "--json"] => Ok(serde_json::Value::Array(self.nodes()).to_string()),
+            ["cluster", ..] => {
+                Err(CommandError::invalid("Usage: broker ctl cluster status [--json] | cluster nodes --json"))
+            }
             ["sessions", "list"] => Ok(self
                 .shared
                 .node

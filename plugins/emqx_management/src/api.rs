@@ -68,6 +68,7 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
         .route("/api/v4/brokers", get(brokers))
         .route("/api/v4/brokers/{node}", get(node_broker))
         .route("/api/v4/stats", get(stats))
+        .route("/api/v4/nodes", get(nodes))
         .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/sessions", get(sessions))
@@ -132,6 +133,16 @@ fn broker_info(api: &Api) -> Value {
         "datetime": plugin_api::emqx::datetime(),
         "node_status": "Running",
     })
+}
+
+/// `GET /api/v4/nodes`: every node of the cluster this one knows of (this one first; a node
+/// alone lists itself), with EMQX's `node`, `node_status`, `version`, `sysdescr`, `uptime`
+/// and `connections`.
+async fn nodes(State(api): State<Api>) -> ApiResult {
+    let listed = ctl(api.host, vec!["cluster".into(), "nodes".into(), "--json".into()]).await?;
+    let nodes: Value =
+        serde_json::from_str(&listed).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ok(nodes)
 }
 
 /// `GET /api/v4/brokers`: every node (this one), as EMQX.
