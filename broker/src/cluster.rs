@@ -11,14 +11,17 @@
 //!   sessions only (never forwarding it again), with its own subscriptions deciding, so
 //!   MQTT's rules are applied where the subscribers are. The connection asks NATS not to
 //!   echo a node's messages back to it.
-//! - **Once per node.** Overlapping filters (`a/+`, `a/#`) are two NATS subscriptions, and NATS
-//!   sends a message once to each: every message carries its node's id and a sequence number,
-//!   and a node routes the first copy only.
+//! - **Once per node, in order.** Overlapping filters (`a/+`, `a/#`) are two NATS
+//!   subscriptions, and NATS sends a message once to each: every message carries its node's
+//!   id and a sequence number, and a node routes the first copy only (`dedup`), in its node's
+//!   order across the subscriptions it came through (`inbox`).
+//! - **Share groups** are NATS queue groups (on a second connection, which sees this node's own
+//!   messages): one member in the cluster gets each message.
+//! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //!
 //! What this does not do yet (issue "Scale out on NATS"): forwarding is NATS core's, at most
-//! once between nodes (QoS 1/2 through JetStream is next); a shared subscription's group picks
-//! one member per node, not one in the cluster; sessions, retained messages and the store are
-//! per node.
+//! once between nodes (QoS 1/2 through JetStream is next); sessions, retained messages and the
+//! store are per node.
 
 mod dedup;
 mod inbox;
