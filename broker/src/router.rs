@@ -105,6 +105,19 @@ pub(crate) struct Target {
     shared: bool,
 }
 
+impl Target {
+    /// Where `sub`'s subscription sends a message (`shared`: as a share group's member).
+    fn of(sub: &Subscriber, shared: bool) -> Target {
+        Target {
+            session: sub.session.clone(),
+            qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            ids: sub.id.into_iter().collect(),
+            shared,
+        }
+    }
+}
+
 /// Who published, for the subscription options and share strategies that depend on it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Publisher<'a> {
@@ -175,13 +188,7 @@ impl Router {
         let Some(level) = trie.at(path) else { return };
         let Some(group) = level.groups.iter().find(|g| &*g.name == group) else { return };
         if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
-            out.push(Target {
-                session: sub.session.clone(),
-                qos: sub.options.qos,
-                retain_as_published: sub.options.retain_as_published,
-                ids: sub.id.into_iter().collect(),
-                shared: true,
-            });
+            out.push(Target::of(sub, true));
         }
     }
 
@@ -194,23 +201,11 @@ impl Router {
                     if sub.options.no_local && sub.session.id == publisher.session {
                         continue; // MQTT-3.8.3-3
                     }
-                    out.push(Target {
-                        session: sub.session.clone(),
-                        qos: sub.options.qos,
-                        retain_as_published: sub.options.retain_as_published,
-                        ids: sub.id.into_iter().collect(),
-                        shared: false,
-                    });
+                    out.push(Target::of(sub, false));
                 }
                 for group in level.groups.iter().filter(|_| groups) {
                     if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
-                        out.push(Target {
-                            session: sub.session.clone(),
-                            qos: sub.options.qos,
-                            retain_as_published: sub.options.retain_as_published,
-                            ids: sub.id.into_iter().collect(),
-                            shared: true,
-                        });
+                        out.push(Target::of(sub, true));
                     }
                 }
             });
