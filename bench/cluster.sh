@@ -16,6 +16,8 @@
 #   REPS=9 bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian puts nats-server in /usr/sbin, off an ordinary user's PATH.
+export PATH="$PATH:/usr/sbin"
 cargo build --release --workspace >&2
 BIN=target/release
 REPS=${REPS:-5}

@@ -89,10 +89,21 @@ impl Nats {
     }
 }
 
+/// `nats-server`: from `PATH`, or where Debian's package puts it (`/usr/sbin`, which is not on
+/// an ordinary user's `PATH`).
+fn program() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| std::path::PathBuf::from("/usr/sbin/nats-server"))
+}
+
 /// Runs `nats-server` on 127.0.0.1 with JetStream in `store` (`-1`: a port of its choosing),
 /// its log lines collected.
 fn spawn(port: &str, monitor_port: &str, store: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new("nats-server")
+    let mut child = Command::new(program())
         .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
         .arg(store)
         .stdin(Stdio::null())
