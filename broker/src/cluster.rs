@@ -37,8 +37,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::log_limit::Throttle;
 use crate::message::Message;
 use crate::router::{Filter, Reach};
+use inbox::{Arrived, Via};
 
 /// What the cluster needs of its node (reached through this, so that the node's module does not
 /// depend on this one both ways).
@@ -112,17 +114,13 @@ struct Envelope<'a> {
     timestamp_ms: u64,
     /// The client id of its publisher (the share strategy `hash` picks by it).
     publisher: &'a str,
-    #[serde(serialize_with = "as_bytes", borrow)]
+    #[serde(serialize_with = "crate::bytes_whole", borrow)]
     forwarded: &'a [u8],
-    #[serde(serialize_with = "as_bytes", borrow)]
+    #[serde(serialize_with = "crate::bytes_whole", borrow)]
     payload: &'a [u8],
 }
 
 const ENVELOPE_VERSION: u8 = 1;
-
-fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bytes(bytes)
-}
 
 /// What a node subscribes to NATS for: a filter, or a share group's filter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -143,8 +141,6 @@ enum Change {
     Remove(Interest),
 }
 
-use inbox::{Arrived, Via};
-
 /// This node's side of the cluster.
 pub(crate) struct Cluster {
     config: ClusterConfig,
@@ -155,20 +151,19 @@ pub(crate) struct Cluster {
     queues: async_nats::Client,
     origin: u64,
     next_seq: AtomicU64,
-    /// Local subscriptions by filter (share groups left out): the node's interest.
+    /// Local subscriptions by filter, and by share group and filter: the node's interest.
     interest: Mutex<HashMap<Interest, usize>>,
     changes: mpsc::UnboundedSender<Change>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     /// Interest changes asked for, and those the NATS server has confirmed (counts).
     requested: AtomicU64,
-    confirmed: watch::Receiver<u64>,
-    confirmed_tx: watch::Sender<u64>,
+    confirmed: watch::Sender<u64>,
     outbound: mpsc::Sender<(String, Bytes)>,
     outbound_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
     node: OnceLock<Weak<dyn LocalNode>>,
-    /// Messages not forwarded (queue full, subject too long), and when that was last logged.
+    /// Messages not forwarded (queue full, subject too long), logged once a window.
     not_forwarded: AtomicU64,
-    last_warned: Mutex<Option<Instant>>,
+    not_forwarded_log: Throttle<()>,
     /// The other nodes heard from, by name: when last, and what they said.
     peers: Mutex<HashMap<String, (Instant, NodeInfo)>>,
 }
@@ -247,7 +242,6 @@ impl Cluster {
         let queues = connect(true).await?;
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let (confirmed_tx, confirmed) = watch::channel(0);
         tracing::info!(nats = %config.nats, prefix = %config.subject_prefix, "cluster: connected to NATS");
         Ok(Arc::new(Cluster {
             config,
@@ -259,13 +253,12 @@ impl Cluster {
             changes,
             changes_rx: Mutex::new(Some(changes_rx)),
             requested: AtomicU64::new(0),
-            confirmed,
-            confirmed_tx,
+            confirmed: watch::Sender::new(0),
             outbound,
             outbound_rx: Mutex::new(Some(outbound_rx)),
             node: OnceLock::new(),
             not_forwarded: AtomicU64::new(0),
-            last_warned: Mutex::new(None),
+            not_forwarded_log: Throttle::new(Duration::from_secs(10)),
             peers: Mutex::new(HashMap::new()),
         }))
     }
@@ -337,15 +330,10 @@ impl Cluster {
     pub(crate) fn membership(&self) -> Membership {
         let mut running = vec![self.config.node_name.clone()];
         let mut stopped = Vec::new();
-        for (name, (at, _)) in crate::lock(&self.peers).iter() {
-            if at.elapsed() <= 3 * HEARTBEAT {
-                running.push(name.clone());
-            } else {
-                stopped.push(name.clone());
-            }
+        for (info, runs) in self.peers() {
+            if runs { &mut running } else { &mut stopped }.push(info.node);
         }
         running.sort();
-        stopped.sort();
         Membership { running, stopped }
     }
 
@@ -385,7 +373,7 @@ impl Cluster {
         if *self.confirmed.borrow() >= wanted {
             return None;
         }
-        let mut confirmed = self.confirmed.clone();
+        let mut confirmed = self.confirmed.subscribe();
         Some(async move {
             // An error means the cluster task ended (shutting down): nothing to wait for.
             let _ = confirmed.wait_for(|&done| done >= wanted).await;
@@ -423,9 +411,7 @@ impl Cluster {
 
     fn not_forwarded(&self, why: &str) {
         let count = self.not_forwarded.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = crate::lock(&self.last_warned);
-        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if self.not_forwarded_log.check((), Instant::now()).is_some() {
             tracing::warn!("cluster: a message was not forwarded to other nodes: {why} ({count} so far)");
         }
     }
@@ -484,7 +470,7 @@ impl Cluster {
                 next = changes.try_recv().ok();
             }
             self.round_trip().await;
-            let _ = self.confirmed_tx.send(asked);
+            self.confirmed.send_replace(asked);
         }
     }
 

@@ -55,6 +55,13 @@ pub(crate) fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Serializes a borrowed byte slice as bytes (`#[serde(serialize_with = "crate::bytes_whole")]`):
+/// postcard writes a sequence of `u8` (as `Vec<u8>` is, and is read back) and a byte string
+/// the same way, its length then its bytes, but a sequence one call per byte.
+pub(crate) fn bytes_whole<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

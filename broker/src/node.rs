@@ -137,8 +137,11 @@ pub(crate) enum PluginSubscribeError {
 pub(crate) enum Published {
     /// A plugin dropped it.
     Dropped,
-    /// Routed to this many sessions.
+    /// Routed to this many sessions (this node is alone).
     Routed(usize),
+    /// Routed to this many sessions of this node, and handed to the cluster, whose other
+    /// nodes may have more.
+    Forwarded(usize),
 }
 
 /// How often the node writes that it runs (see [`Node::keep_alive_mark`]).
@@ -467,8 +470,11 @@ impl Node {
                 routed
             }
         };
-        // In a cluster, other nodes may have subscribers: none here is no news.
-        Published::Routed(if self.cluster.is_some() { routed.max(1) } else { routed })
+        if self.cluster.is_some() {
+            Published::Forwarded(routed)
+        } else {
+            Published::Routed(routed)
+        }
     }
 
     /// Publishes as the broker itself (plugins' messages, `$SYS`).

@@ -100,21 +100,15 @@ pub(crate) struct EntryRecord {
 pub(crate) struct EntryView<'a> {
     version: u8,
     topic: &'a str,
-    #[serde(serialize_with = "as_bytes")]
+    #[serde(serialize_with = "crate::bytes_whole")]
     payload: &'a [u8],
     qos: u8,
     retain: bool,
-    #[serde(serialize_with = "as_bytes")]
+    #[serde(serialize_with = "crate::bytes_whole")]
     forwarded: &'a [u8],
     expires_at_ms: Option<u64>,
     timestamp_ms: u64,
     subscription_ids: &'a [u32],
-}
-
-/// Writes `bytes` whole: postcard writes a sequence of `u8` (as `Vec<u8>` is, read back) and a
-/// byte string the same way, its length then its bytes, but a sequence one call per byte.
-fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bytes(bytes)
 }
 
 impl<'a> EntryView<'a> {

@@ -142,8 +142,11 @@ impl Embedded {
         }
     }
 
-    /// After a write: remembers an I/O failure, so that the next write opens the file again.
-    fn note_write(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+    /// Runs `write`: after a failed write, once the file is open again (see [`Embedded`]);
+    /// an I/O failure of its own is remembered, so that the next write opens the file again.
+    fn guarded_write(&self, write: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.ready_to_write()?;
+        let result = write();
         if let Err(e @ (StoreError::Full(_) | StoreError::Io(_))) = &result {
             *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_string()));
             self.broken.store(true, Ordering::Release);
@@ -282,18 +285,14 @@ impl Backend for Embedded {
     }
 
     fn apply(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
-        self.ready_to_write()?;
-        let result = self.write(ops, durable);
-        self.note_write(result)
+        self.guarded_write(|| self.write(ops, durable))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.ready_to_write()?;
-        let result = (|| {
+        self.guarded_write(|| {
             let txn = self.db()?.begin_write().map_err(|e| self.err(e.into()))?;
             txn.commit().map_err(|e| self.err(e.into()))
-        })();
-        self.note_write(result)
+        })
     }
 
     fn buckets(&self) -> Result<Vec<BucketStats>, StoreError> {

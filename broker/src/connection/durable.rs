@@ -57,6 +57,14 @@ struct HeldAck {
     refusal: Option<(u8, u16)>,
 }
 
+impl Held {
+    /// Moves `batch`'s writes into this round's, keeping its buffers as the spare.
+    fn add_writes(&mut self, mut batch: Batch) {
+        self.pending.append(&mut batch);
+        self.spare = batch;
+    }
+}
+
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Held").field("waiting", &self.waiting.len()).field("round", &self.round).finish()
@@ -78,9 +86,8 @@ impl<T: Transport> Connection<T> {
         }
         let bytes = self.out.split_off(start);
         let held = self.held.get_or_insert_with(Box::default);
-        let round = batch.map(|mut batch| {
-            held.pending.append(&mut batch);
-            held.spare = batch;
+        let round = batch.map(|batch| {
+            held.add_writes(batch);
             held.first_for_pending.get_or_insert(held.waiting.len());
             held.round
         });
@@ -96,13 +103,11 @@ impl<T: Transport> Connection<T> {
 
     /// Adds `batch` to this round's writes, with no acknowledgement waiting for it (a delivered
     /// message's removal).
-    pub(super) fn write_later(&mut self, mut batch: Batch) {
+    pub(super) fn write_later(&mut self, batch: Batch) {
         if batch.is_empty() || self.node.persistence.is_none() {
             return;
         }
-        let held = self.held.get_or_insert_with(Box::default);
-        held.pending.append(&mut batch);
-        held.spare = batch;
+        self.held.get_or_insert_with(Box::default).add_writes(batch);
     }
 
     /// An empty batch for the writes of one packet, reusing the buffers of the last one
