@@ -18,6 +18,21 @@ pub mod receiver;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+/// The lines `child` writes to its (piped) stderr, collected as they come by a thread of their
+/// own, and echoed to the test's output with `[label]` in front.
+pub fn collect_stderr(child: &mut Child, label: &'static str) -> Arc<Mutex<Vec<String>>> {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let collected = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{label}] {line}");
+            collected.lock().unwrap().push(line);
+        }
+    });
+    logs
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -277,17 +292,7 @@ impl Broker {
         }
         configure(&mut command);
         let mut child = command.spawn().expect("spawn broker");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("[broker] {line}");
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
+        let logs = collect_stderr(&mut child, "broker");
         let mut broker =
             Broker { child, addr: "0.0.0.0:0".parse().unwrap(), logs, data_dir: data_dir.path().to_owned() };
         broker.addr = wait_until("the broker's mqtt listener", || {

@@ -1,11 +1,10 @@
 //! A real `nats-server` (Debian's, with JetStream) on a loopback port chosen by the server, for
 //! the cluster tests.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::wait_until;
+use crate::{collect_stderr, wait_until};
 
 /// A running `nats-server`; killed when dropped.
 pub struct Nats {
@@ -111,17 +110,7 @@ fn spawn(port: &str, monitor_port: &str, store: &std::path::Path) -> (Child, Arc
         .stderr(Stdio::piped())
         .spawn()
         .expect("nats-server (apt-get install nats-server)");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    {
-        let logs = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[nats] {line}");
-                logs.lock().unwrap().push(line);
-            }
-        });
-    }
+    let logs = collect_stderr(&mut child, "nats");
     (child, logs)
 }
 

@@ -543,34 +543,32 @@ impl C5 {
 
     /// Answers `packet` as its kind requires; a PUBLISH is returned.
     fn answer(&mut self, packet: v5::Packet) -> Option<v5::Publish> {
-        {
-            match packet {
-                v5::Packet::Publish(p) => {
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => self.raw.send(&v5::Packet::PubAck(v5::PubAck {
-                            pkid: p.pkid,
-                            reason: v5::PubAckReason::Success,
-                            properties: None,
-                        })),
-                        QoS::ExactlyOnce => self.raw.send(&v5::Packet::PubRec(v5::PubRec {
-                            pkid: p.pkid,
-                            reason: v5::PubRecReason::Success,
-                            properties: None,
-                        })),
-                    }
-                    Some(p)
-                }
-                v5::Packet::PubRel(rel) => {
-                    self.raw.send(&v5::Packet::PubComp(v5::PubComp {
-                        pkid: rel.pkid,
-                        reason: v5::PubCompReason::Success,
+        match packet {
+            v5::Packet::Publish(p) => {
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => self.raw.send(&v5::Packet::PubAck(v5::PubAck {
+                        pkid: p.pkid,
+                        reason: v5::PubAckReason::Success,
                         properties: None,
-                    }));
-                    None
+                    })),
+                    QoS::ExactlyOnce => self.raw.send(&v5::Packet::PubRec(v5::PubRec {
+                        pkid: p.pkid,
+                        reason: v5::PubRecReason::Success,
+                        properties: None,
+                    })),
                 }
-                other => panic!("expected PUBLISH, got {other:?}"),
+                Some(p)
             }
+            v5::Packet::PubRel(rel) => {
+                self.raw.send(&v5::Packet::PubComp(v5::PubComp {
+                    pkid: rel.pkid,
+                    reason: v5::PubCompReason::Success,
+                    properties: None,
+                }));
+                None
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
 

@@ -11,9 +11,15 @@ use rumqttc::v5::mqttbytes::QoS;
 
 /// One node of a cluster on `nats`, named `name`.
 fn node(nats: &Nats, name: &str) -> (DataDir, Broker) {
-    let dir = DataDir::new();
+    node_with(DataDir::new(), nats, name, &[])
+}
+
+/// One node of a cluster on `nats`, named `name`, in `dir`, with settings `extra` too.
+fn node_with(dir: DataDir, nats: &Nats, name: &str, extra: &[(&str, &str)]) -> (DataDir, Broker) {
     let url = nats.url();
-    let broker = Broker::start(&dir, &[("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", name)]);
+    let mut env = vec![("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", name)];
+    env.extend_from_slice(extra);
+    let broker = Broker::start(&dir, &env);
     (dir, broker)
 }
 
@@ -319,14 +325,8 @@ fn nodes_serve_their_own_clients_while_nats_is_away_and_join_again_when_it_is_ba
 fn sys_topics_of_every_node_reach_every_node() {
     let nats = Nats::start();
     let heartbeat = [("BROKER_BROKER__SYS_HEARTBEAT", "1s")];
-    let start = |name: &str| {
-        let dir = DataDir::new();
-        let url = nats.url();
-        let env = [("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", name), heartbeat[0]];
-        (Broker::start(&dir, &env), dir)
-    };
-    let (n1, _d1) = start("emqx@y1");
-    let (_n2, _d2) = start("emqx@y2");
+    let (_d1, n1) = node_with(DataDir::new(), &nats, "emqx@y1", &heartbeat);
+    let (_d2, _n2) = node_with(DataDir::new(), &nats, "emqx@y2", &heartbeat);
     let mut watcher = C5::connect(&n1, "y-watcher");
     watcher.subscribe("$SYS/brokers/+/uptime", QoS::AtMostOnce);
     let mut heard = std::collections::BTreeSet::new();
@@ -405,17 +405,8 @@ fn a_node_may_start_alone_and_join_once_nats_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_management_api_lists_every_node() {
     let nats = Nats::start();
-    let url = nats.url();
-    let d1 = DataDir::with_plugins("{emqx_management, true}.\n");
-    let n1 = Broker::start(
-        &d1,
-        &[
-            ("BROKER_CLUSTER__NATS", url.as_str()),
-            ("BROKER_NODE_NAME", "emqx@a1"),
-            ("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"),
-            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
-        ],
-    );
+    let management = [("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", "s3cret")];
+    let (_d1, n1) = node_with(DataDir::with_plugins("{emqx_management, true}.\n"), &nats, "emqx@a1", &management);
     let (_d2, n2) = node(&nats, "emqx@a2");
     let _client = e2e::Client::connect(&n2, "a-client").await;
     let api = e2e::ManagementApi::new(format!("http://{}", n1.logged_addr("management API listening on http://")));
