@@ -405,11 +405,12 @@ impl<T: Transport> Connection<T> {
         read
     }
 
-    /// Whether the packet waiting in part in `inbound` is overdue. Called when the connection is
+    /// Whether the packet waiting in part in `inbound` (or in the transport: a WebSocket frame
+    /// begun) is overdue. Called when the connection is
     /// about to sleep with nothing left to read: arms the timer the first time a partial
     /// packet stays across a wake.
     fn poll_packet_timeout(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.inbound.is_empty() {
+        if self.inbound.is_empty() && !self.io.holds_partial_input() {
             self.packet_timer = None;
             return false;
         }

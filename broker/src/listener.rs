@@ -28,6 +28,7 @@ use crate::node::Node;
 use limits::{AddressSlot, ConnRate, PerAddress};
 use tls::Tls;
 pub(crate) use tls::TlsError;
+pub(crate) use ws::PartialInput;
 
 /// What a listener speaks on top of TCP.
 #[derive(Debug, Clone)]
@@ -265,16 +266,16 @@ async fn connect_layered(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: S
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
         Kind::Ws { path } => {
-            let Some(stream) = ws_upgrade(socket, &path, &node, peer, deadline).await else { return };
-            crate::connection::serve(node, Tagged::new(stream, port, None), peer).await;
+            let Some((stream, partial)) = ws_upgrade(socket, &path, &node, peer, deadline).await else { return };
+            crate::connection::serve(node, Tagged::new(stream, port, None).watched(partial), peer).await;
         }
         Kind::Wss { tls, path } => {
             let started = tokio::time::Instant::now();
             let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
             let left = deadline.saturating_sub(started.elapsed());
-            let Some(stream) = ws_upgrade(stream, &path, &node, peer, left).await else { return };
-            crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
+            let Some((stream, partial)) = ws_upgrade(stream, &path, &node, peer, left).await else { return };
+            crate::connection::serve(node, Tagged::new(stream, port, username).watched(partial), peer).await;
         }
     }
 }
@@ -306,7 +307,7 @@ async fn ws_upgrade<S>(
     node: &Node,
     peer: SocketAddr,
     deadline: Duration,
-) -> Option<ws::WsTransport<S>>
+) -> Option<(ws::WsTransport<S>, ws::PartialInput)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {

@@ -411,19 +411,22 @@ async fn a_wrong_websocket_path_gets_404() {
 fn http_upgrade(addr: SocketAddr, path: &str) -> String {
     let mut socket = TcpStream::connect(addr).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
-    )
-    .unwrap();
+    socket.write_all(upgrade_request(addr, path).as_bytes()).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).unwrap_or(0) == 1 {
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A WebSocket upgrade request for `path`, offering `mqtt`.
+fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,4 +612,121 @@ fn peer_cert_as_username_dn_gives_the_subject() {
     let dn = username("dn-client");
     assert!(dn.contains(&format!("CN={CLIENT_CN}")) && dn.contains("O=e2e"), "{dn}");
     assert_eq!(username("plain-client"), "typed-name");
+}
+
+/// A packet begun must arrive whole within `mqtt.packet_timeout` over WebSocket too, whatever
+/// the keep-alive (MQTT-3.1.2-24 bounds only the silence between packets, and keep-alive 0
+/// turns even that off). tungstenite holds an unfinished frame or fragmented message where the
+/// MQTT reader cannot see it, so this is checked below MQTT: keep-alive 0 clients that stopped
+/// in the middle of a frame, or between the frames of a message, are closed. An idle
+/// keep-alive 0 client, connected before them and sending a WebSocket ping (a control frame,
+/// not a message), is not: it still answers PINGREQ afterwards.
+#[test]
+fn a_websocket_frame_or_message_left_unfinished_is_closed_after_packet_timeout() {
+    let dir = DataDir::new();
+    let broker =
+        Broker::start(&dir, &[("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"), ("BROKER_MQTT__PACKET_TIMEOUT", "1")]);
+    let ws = broker.logged_addr(" ws listener on ");
+    let mut idle = RawWs::connect(ws, "ws-idle");
+    idle.send_frame(true, 9, b"still here");
+    assert_eq!(idle.read_frame(), Some((10, b"still here".to_vec())), "a pong for the ping");
+
+    let mut mid_frame = RawWs::connect(ws, "ws-mid-frame");
+    let mut begun = RawWs::header(true, 2, 1000);
+    begun.extend_from_slice(&[0x30; 100]);
+    mid_frame.socket.write_all(&begun).unwrap();
+    let mut mid_message = RawWs::connect(ws, "ws-mid-message");
+    mid_message.send_frame(false, 2, &[0xc0, 0]); // a PINGREQ, in a message that never ends
+
+    assert_eq!(mid_frame.until_closed(), Vec::<u8>::new(), "mid-frame: closed, no PINGRESP, no MQTT answer");
+    assert_eq!(mid_message.until_closed(), Vec::<u8>::new(), "mid-message: closed, the PINGREQ never seen");
+    idle.send_frame(true, 2, &[0xc0, 0]);
+    assert_eq!(idle.read_frame(), Some((2, vec![0xd0, 0])), "the idle client is still served");
+}
+
+/// A WebSocket client written by hand, to send what a well-behaved client library will not.
+struct RawWs {
+    socket: TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades, then sends an MQTT 3.1.1 CONNECT with keep-alive 0 and reads its CONNACK.
+    fn connect(addr: SocketAddr, client_id: &str) -> RawWs {
+        let mut socket = TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        socket.write_all(upgrade_request(addr, "/mqtt").as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).expect("the upgrade response");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        let mut raw = RawWs { socket };
+        let mut connect = vec![0x10, 12 + client_id.len() as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0];
+        connect.push(client_id.len() as u8);
+        connect.extend_from_slice(client_id.as_bytes());
+        raw.send_frame(true, 2, &connect);
+        assert_eq!(raw.read_frame(), Some((2, vec![0x20, 2, 0, 0])), "CONNACK for {client_id}");
+        raw
+    }
+
+    /// A client frame's header: FIN, `opcode`, masked with the key 0 (so the payload goes as
+    /// it is), announcing `len` bytes.
+    fn header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut header = vec![u8::from(fin) << 7 | opcode];
+        if len < 126 {
+            header.push(0x80 | len as u8);
+        } else {
+            header.push(0x80 | 126);
+            header.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        header.extend_from_slice(&[0; 4]);
+        header
+    }
+
+    fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut frame = RawWs::header(fin, opcode, payload.len());
+        frame.extend_from_slice(payload);
+        self.socket.write_all(&frame).unwrap();
+    }
+
+    /// The next frame from the broker (unmasked, short): its opcode and payload; `None` when
+    /// the connection closed.
+    fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.socket.read_exact(&mut head).ok()?;
+        let mut len = usize::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut extended = [0u8; 2];
+            self.socket.read_exact(&mut extended).ok()?;
+            len = usize::from(u16::from_be_bytes(extended));
+        }
+        let mut payload = vec![0; len];
+        self.socket.read_exact(&mut payload).ok()?;
+        Some((head[0] & 0x0f, payload))
+    }
+
+    /// The MQTT bytes the broker sends until it closes the connection (its WebSocket close
+    /// frame is not counted); panics if it is still open after [`DEADLINE`].
+    fn until_closed(&mut self) -> Vec<u8> {
+        let mut mqtt = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            match self.socket.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    panic!("still open after {DEADLINE:?}")
+                }
+                Err(_) => return mqtt,
+            }
+            let mut payload = vec![0; usize::from(head[1] & 0x7f)];
+            if self.socket.read_exact(&mut payload).is_err() {
+                return mqtt;
+            }
+            if head[0] & 0x0f == 2 {
+                mqtt.extend(payload);
+            }
+        }
+    }
 }

@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::listener::PartialInput;
+
 /// A client's byte stream.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would make progress. A transport that cannot tell says ready, and
@@ -27,6 +29,13 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// it replaces the CONNECT's.
     fn cert_username(&self) -> Option<&str> {
         None
+    }
+
+    /// Whether the transport holds input it cannot hand on yet (a WebSocket frame begun and
+    /// not finished): the connection's `mqtt.packet_timeout` runs against it as against a
+    /// packet begun.
+    fn holds_partial_input(&self) -> bool {
+        false
     }
 }
 
@@ -46,11 +55,17 @@ pub(crate) struct Tagged<S> {
     stream: S,
     local_port: u16,
     cert_username: Option<Box<str>>,
+    partial: Option<PartialInput>,
 }
 
 impl<S> Tagged<S> {
     pub(crate) fn new(stream: S, local_port: u16, cert_username: Option<Box<str>>) -> Tagged<S> {
-        Tagged { stream, local_port, cert_username }
+        Tagged { stream, local_port, cert_username, partial: None }
+    }
+
+    /// With what tells whether the stream is in the middle of a WebSocket frame or message.
+    pub(crate) fn watched(self, partial: PartialInput) -> Tagged<S> {
+        Tagged { partial: Some(partial), ..self }
     }
 }
 
@@ -61,6 +76,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Tagged<S>
 
     fn cert_username(&self) -> Option<&str> {
         self.cert_username.as_deref()
+    }
+
+    fn holds_partial_input(&self) -> bool {
+        self.partial.as_ref().is_some_and(PartialInput::pending)
     }
 }
 

@@ -14,6 +14,10 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use ws_stream_tungstenite::WsStream;
 
+mod partial;
+pub(crate) use partial::PartialInput;
+use partial::Watched;
+
 /// The subprotocols a client may ask for (EMQX's `mqtt`, `mqtt-v3`, `mqtt-v3.1.1`,
 /// `mqtt-v5`, and the `mqttvX` spellings of older clients). The broker answers with the
 /// first of the client's list that it knows; a client that offers none of them is still
@@ -34,20 +38,26 @@ fn config(max_packet_size: usize) -> WebSocketConfig {
 pub(crate) type UpgradeError = async_tungstenite::tungstenite::Error;
 
 /// A WebSocket connection carrying MQTT.
-pub(crate) type WsTransport<S> = WsStream<TokioAdapter<S>>;
+pub(crate) type WsTransport<S> = WsStream<TokioAdapter<Watched<S>>>;
 
 /// Answers the client's HTTP upgrade request on `path` (404 elsewhere); frames and messages
-/// are then limited to `max_packet_size` plus [`FRAME_SLACK`].
+/// are then limited to `max_packet_size` plus [`FRAME_SLACK`]. Also gives what tells whether
+/// the client is in the middle of a frame or message (see [`PartialInput`]).
 // The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn upgrade<S>(stream: S, path: &str, max_packet_size: usize) -> Result<WsTransport<S>, UpgradeError>
+pub(crate) async fn upgrade<S>(
+    stream: S,
+    path: &str,
+    max_packet_size: usize,
+) -> Result<(WsTransport<S>, PartialInput), UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let check = |request: &Request, response: Response| answer(request, response, path);
     let config = Some(config(max_packet_size));
+    let (stream, partial) = Watched::new(stream);
     let socket = async_tungstenite::tokio::accept_hdr_async_with_config(stream, check, config).await?;
-    Ok(WsStream::new(socket))
+    Ok((WsStream::new(socket), partial))
 }
 
 /// The upgrade's answer: 404 off `path`, else the response with the chosen subprotocol.
