@@ -22,7 +22,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The keys of `bucket` starting with `prefix`, with their values, in key order.
     fn scan_prefix(&self, bucket: &str, prefix: &[u8]) -> Result<Vec<crate::Entry>, StoreError>;
 
-    /// Applies `ops` in order as one transaction: all or nothing. When `durable`, they are on
+    /// Applies `ops` as one transaction: all or nothing. They hold at most one operation per
+    /// key (the committer keeps only the last of each), so a backend may apply them in any
+    /// order (deletes grouped into ranges, say). When `durable`, they are on
     /// stable storage when this returns (one fsync); otherwise they are visible to reads and
     /// made durable by a later durable apply or [`Backend::sync`].
     fn apply(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError>;

@@ -189,10 +189,12 @@ impl Embedded {
             let bucket = ops[start].bucket;
             let end = start + ops[start..].iter().take_while(|op| op.bucket == bucket).count();
             let mut t = txn.open_table(table(bucket)).map_err(|e| self.err(e.into()))?;
+            let mut deletes: Vec<&[u8]> =
+                ops[start..end].iter().filter(|op| op.value.is_none()).map(|op| op.key).collect();
+            delete_in_runs(&mut t, &mut deletes).map_err(|e| self.err(e))?;
             for op in &ops[start..end] {
-                match op.value {
-                    Some(value) => drop(t.insert(op.key, value).map_err(|e| self.err(e.into()))?),
-                    None => drop(t.remove(op.key).map_err(|e| self.err(e.into()))?),
+                if let Some(value) = op.value {
+                    drop(t.insert(op.key, value).map_err(|e| self.err(e.into()))?);
                 }
             }
             if t.is_empty().map_err(|e| self.err(e.into()))? {
@@ -245,6 +247,39 @@ impl Embedded {
             Err(e) => Err(self.err(e.into())),
         }
     }
+}
+
+type SessionTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// Deletes `keys` (each at most once) from `t`. Keys that are neighbours in the table (no other
+/// key between them: a session's messages acknowledged since the last commit) go as one range,
+/// which costs redb far less than a removal each: a walk finds the runs, then each run of two
+/// or more is deleted with `retain_in`, the rest one by one.
+fn delete_in_runs(t: &mut SessionTable<'_>, keys: &mut [&[u8]]) -> Result<(), redb::Error> {
+    keys.sort_unstable();
+    let mut runs = Vec::new();
+    let mut first = 0;
+    while first < keys.len() {
+        let mut end = first;
+        for found in t.range(keys[first]..)? {
+            if end == keys.len() || found?.0.value() != keys[end] {
+                break;
+            }
+            end += 1;
+        }
+        // A key not in the table is a run of one (its removal finds nothing).
+        let end = end.max(first + 1);
+        runs.push(first..end);
+        first = end;
+    }
+    for run in runs {
+        if run.len() == 1 {
+            t.remove(keys[run.start])?;
+        } else {
+            t.retain_in(keys[run.start]..=keys[run.end - 1], |_, _| false)?;
+        }
+    }
+    Ok(())
 }
 
 /// An I/O error that means a damaged file (redb reads past the end of a truncated one, or finds

@@ -216,3 +216,32 @@ fn a_store_from_a_newer_format_is_refused_with_its_name() {
     assert!(matches!(err, StoreError::NewerVersion { found: 99, supported: 1, .. }), "{err:?}");
     assert!(err.to_string().contains(&file(dir.path()).display().to_string()), "{err}");
 }
+
+/// Deletes of keys that are neighbours in the table are applied as ranges (`delete_in_runs`):
+/// exactly the deleted keys go, also when the keys between runs, a key put in the same batch,
+/// a key never written and a key deleted twice (put, then deleted, in one batch) are mixed in.
+#[test]
+fn deletes_in_runs_take_exactly_the_deleted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = |n: u8| [b'e', 1, b'c', 0, 0, 0, 0, 0, 0, 0, n];
+    let mut batch = Batch::new();
+    for n in 1..=20 {
+        batch.put("core/sessions", &key(n), &[n]).unwrap();
+    }
+    store.commit(batch).unwrap();
+    let deleted = [2, 3, 4, 7, 9, 10, 11, 15, 20, 30];
+    let mut batch = Batch::new();
+    batch.put("core/sessions", &key(21), &[21]).unwrap();
+    batch.put("core/sessions", &key(22), &[22]).unwrap();
+    // Out of order, as acknowledgements may come.
+    for n in deleted.iter().rev() {
+        batch.delete("core/sessions", &key(*n)).unwrap();
+    }
+    batch.delete("core/sessions", &key(22)).unwrap();
+    store.commit(batch).unwrap();
+    let left: Vec<u8> =
+        store.scan_prefix("core/sessions", b"e").unwrap().into_iter().map(|(k, _)| k[k.len() - 1]).collect();
+    let expected: Vec<u8> = (1..=21).filter(|n| !deleted.contains(n)).collect();
+    assert_eq!(left, expected);
+}
