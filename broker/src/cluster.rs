@@ -361,12 +361,17 @@ impl Cluster {
         }
     }
 
+    /// Whether the NATS connection is up now.
+    pub(crate) fn reachable(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Resolves once the NATS server has every interest asked for so far (at once if it has):
     /// what a SUBACK waits for.
     /// While NATS is away nothing waits: the subscription is made when it is back, and the
     /// node serves its own clients meanwhile.
     pub(crate) fn interest_in_place(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+        if !self.reachable() {
             return None;
         }
         let wanted = self.requested.load(Ordering::Acquire);

@@ -451,3 +451,43 @@ fn a_node_that_cannot_reach_nats_at_start_says_so_and_exits() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("cannot reach NATS at {dead}")), "{stderr}");
 }
+
+/// While its NATS is away, a node cannot tell whether another node holds a client id's
+/// session, so it refuses to open a new persistent one: CONNACK 0x88 Server unavailable
+/// (MQTT 3.1.1: 3), as EMQX answers when it cannot register a session. Clean sessions and a
+/// persistent session the node already holds are served meanwhile; once NATS is back, new
+/// persistent sessions are accepted again.
+#[test]
+fn new_persistent_sessions_are_refused_while_nats_is_away() {
+    use e2e::raw::{connect4, connect5, Raw, V4, V5};
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, ConnectReturnCode};
+
+    let expiry = || {
+        let mut properties = ConnectProperties::new();
+        properties.session_expiry_interval = Some(300);
+        Some(properties)
+    };
+    let mut nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@o1");
+    let v4_code = |id: &str, clean: bool| Raw::<V4>::connect(n1.addr, &connect4(id, clean)).1.code;
+    let (held, _) = C5::connect_packet(&n1, &connect5("o-held", true, expiry()));
+    held.disconnect();
+
+    nats.kill();
+    n1.wait_for_log("cluster: lost NATS");
+    let (_, ack) = Raw::<V5>::connect(n1.addr, &connect5("o-new5", true, expiry()));
+    assert_eq!(ack.code, ConnectReturnCode::ServerUnavailable, "MQTT 5, Session Expiry 300");
+    assert_eq!(v4_code("o-new4", false), rumqttc::ConnectReturnCode::ServiceUnavailable, "3.1.1, CleanSession 0");
+    n1.wait_for_log("a new persistent session while the cluster's NATS is unreachable");
+    assert_eq!(v4_code("o-clean4", true), rumqttc::ConnectReturnCode::Success, "3.1.1, CleanSession 1");
+    C5::connect(&n1, "o-clean5").disconnect();
+    let (_, ack) = C5::connect_packet(&n1, &connect5("o-held", false, expiry()));
+    assert!(ack.session_present, "the session this node holds resumes");
+
+    nats.restart();
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    while v4_code("o-new4", false) != rumqttc::ConnectReturnCode::Success {
+        assert!(std::time::Instant::now() < deadline, "new persistent sessions still refused after NATS came back");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -236,6 +236,11 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             return None;
         }
     };
+    if let Some(why) = cannot_own(node, &client) {
+        refused(&client, why, "");
+        refuse(node, &mut io, Some(&client), version, reason::SERVER_UNAVAILABLE, max_packet_size).await;
+        return None;
+    }
     // Every check passed: from here on the client id is taken (MQTT-3.1.4-2, -3).
 
     let expiry = client.expiry_interval;
@@ -423,6 +428,17 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
         delay: will.properties.will_delay_interval.unwrap_or(0),
         expiry: will.properties.message_expiry_interval,
     }))
+}
+
+/// Why a node of a cluster that cannot reach NATS refuses `client`, if it does: it would
+/// open a new persistent session, and without NATS the node cannot tell that no other node
+/// holds one for the same client id. A session this node already holds resumes, and clean
+/// sessions (which end with their connection) are served. The client gets 0x88 Server
+/// unavailable (3.1.1: 3), as EMQX answers when it cannot register a session.
+fn cannot_own(node: &Node, client: &ClientInfo) -> Option<&'static str> {
+    let cluster = node.cluster.as_ref()?;
+    let refuse = client.expiry_interval > 0 && !cluster.reachable() && node.sessions.get(&client.client_id).is_none();
+    refuse.then_some("a new persistent session while the cluster's NATS is unreachable")
 }
 
 /// Why `admit` refused a client.
