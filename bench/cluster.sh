@@ -5,12 +5,14 @@
 # (interleaved), medians:
 #   - single: the broker alone, no [cluster];
 #   - cluster, local: publishers and subscriber on the same clustered node (every message is
-#     also forwarded to NATS: what the cluster costs a node's own traffic);
+#     also forwarded to NATS, and a QoS 1 message is acknowledged once the node's JetStream
+#     stream stored it: what the cluster costs a node's own traffic);
 #   - cluster, cross-node: publishers on one node, the subscriber on the other (every message
 #     crosses NATS).
-# Each line says how many of the 50,000 messages arrived (the fewest in a run): forwarding is
-# NATS core's for now, so a node whose queue to NATS is full drops what does not fit (counted
-# and logged as "not forwarded").
+# Each line says how many of the 50,000 messages arrived (the fewest in a run): QoS 0
+# forwarding is NATS core's, so a node whose queue to NATS is full drops what does not fit
+# (counted and logged as "not forwarded"); QoS 1 is refused rather than dropped.
+# The NATS server runs with JetStream (-js), in the run's temporary directory.
 #
 #   bench/cluster.sh              # needs: apt-get install nats-server; python3
 #   REPS=9 bench/cluster.sh
@@ -28,7 +30,7 @@ trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 N=$(free_port); A=$(free_port); B=$(free_port); C=$(free_port)
-nats-server -a 127.0.0.1 -p "$N" >/dev/null 2>&1 & PIDS+=($!)
+nats-server -a 127.0.0.1 -p "$N" -js -sd "$WORK/nats" >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$N"
 for d in a b c; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
 export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \

@@ -19,23 +19,39 @@
 //!   messages): one member in the cluster gets each message.
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //!
-//! What this does not do yet (issue "Scale out on NATS"): forwarding is NATS core's, at most
-//! once between nodes (QoS 1/2 through JetStream is next); sessions, retained messages and the
-//! store are per node.
+//! - **QoS 1 and 2 are stored before they are acknowledged.** Such a message is published
+//!   under `<prefix>.q.<node>` (`subject::durable_root`), which this node's JetStream stream
+//!   captures (`[cluster] retention`, `replicas`); the other nodes get it as any NATS
+//!   subscriber does, and the publisher's PUBACK / PUBREC waits until the stream has it
+//!   ([`Stored`]): once a publisher holds one, the message is in NATS, whatever becomes of
+//!   this node. While NATS is away, nothing waits (the node serves its own clients).
+//! - **One answer from JetStream for a run of messages.** Only the last QoS 1/2 message of a
+//!   run (those queued together, at most [`ACK_EVERY`]) asks the stream for an answer; the
+//!   others are plain NATS messages that the stream captures. The stream is this node's
+//!   alone, so its sequence numbers count this node's messages: an answer with sequence
+//!   `last + n` shows that the `n` messages since the last answer were all stored (see
+//!   `await_stored`). A gap fails the whole run, and its publishers are told so.
+//!
+//! What this does not do yet (issue "Scale out on NATS"): nothing reads the stream back (a
+//! session taken over by another node does not replay it); sessions, retained messages and
+//! the store are per node.
 
 mod dedup;
 mod inbox;
 mod subject;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::log_limit::Throttle;
 use crate::message::Message;
@@ -76,6 +92,27 @@ const MAX_SUBJECT: usize = 3 * 1024;
 /// (counted and logged).
 const OUTBOUND_QUEUE: usize = 64 * 1024;
 
+/// How long a QoS 1/2 message's publisher waits for JetStream to say it stored the message.
+const STORED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many QoS 1/2 messages share one answer from JetStream.
+const ACK_EVERY: usize = 256;
+
+/// How far the forwarding task looks ahead in its queue for more QoS 1/2 messages.
+const LOOKAHEAD: usize = 1024;
+
+/// Resolves when JetStream has stored a forwarded QoS 1/2 message; `Err` says why it did not.
+/// What the publisher's PUBACK / PUBREC waits for.
+pub(crate) type Stored = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A message on its way to NATS.
+struct Outgoing {
+    subject: String,
+    bytes: Bytes,
+    /// For a QoS 1/2 message: told when JetStream stored it (it goes through JetStream).
+    stored: Option<oneshot::Sender<Result<(), String>>>,
+}
+
 /// What a node starts its cluster with.
 #[derive(Debug, Clone)]
 pub(crate) struct ClusterConfig {
@@ -89,6 +126,12 @@ pub(crate) struct ClusterConfig {
     pub(crate) connect_timeout: Duration,
     /// Start without NATS if it cannot be reached (and join once it can), instead of exiting.
     pub(crate) start_alone: bool,
+    /// How long the JetStream stream keeps QoS 1/2 messages.
+    pub(crate) retention: Duration,
+    /// How many bytes of them it keeps at most (the oldest go first).
+    pub(crate) retention_bytes: i64,
+    /// On how many NATS servers the stream keeps each message (a NATS cluster's).
+    pub(crate) replicas: usize,
 }
 
 /// Why the cluster could not start.
@@ -98,6 +141,10 @@ pub(crate) enum ClusterError {
     Unreachable { url: String, why: String },
     #[error("invalid [cluster] subject_prefix {0:?}: use letters, digits, '_' and '-' in '.'-separated tokens")]
     InvalidPrefix(String),
+    #[error(
+        "NATS at {url} cannot keep QoS 1/2 messages (JetStream stream {stream}): {why} (start nats-server with -js)"
+    )]
+    NoJetStream { url: String, stream: String, why: String },
 }
 
 /// A message as it travels between nodes (postcard, after a version byte of its own).
@@ -149,6 +196,12 @@ pub(crate) struct Cluster {
     /// queue group in the whole cluster, this node's own included, so these must receive what
     /// this node publishes (the first connection asks NATS not to echo it).
     queues: async_nats::Client,
+    /// Publishes QoS 1/2 messages into the stream, on `client`.
+    jetstream: async_nats::jetstream::Context,
+    /// `<prefix>.q.<node>`: the root of the subjects of this node's QoS 1/2 messages.
+    durable_root: String,
+    /// `<prefix>.q.*`: the root under which filters receive every node's QoS 1/2 messages.
+    every_durable_root: String,
     origin: u64,
     next_seq: AtomicU64,
     /// Local subscriptions by filter, and by share group and filter: the node's interest.
@@ -158,8 +211,8 @@ pub(crate) struct Cluster {
     /// Interest changes asked for, and those the NATS server has confirmed (counts).
     requested: AtomicU64,
     confirmed: watch::Sender<u64>,
-    outbound: mpsc::Sender<(String, Bytes)>,
-    outbound_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    outbound: mpsc::Sender<Outgoing>,
+    outbound_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     node: OnceLock<Weak<dyn LocalNode>>,
     /// Messages not forwarded (queue full, subject too long), logged once a window.
     not_forwarded: AtomicU64,
@@ -240,13 +293,18 @@ impl Cluster {
         };
         let client = connect(false).await?;
         let queues = connect(true).await?;
+        let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(STORED_TIMEOUT).build(client.clone());
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        tracing::info!(nats = %config.nats, prefix = %config.subject_prefix, "cluster: connected to NATS");
-        Ok(Arc::new(Cluster {
+        let durable_root = subject::durable_root(&config.subject_prefix, &config.node_name);
+        let every_durable_root = subject::every_durable_root(&config.subject_prefix);
+        let cluster = Cluster {
             config,
             client,
             queues,
+            jetstream,
+            durable_root,
+            every_durable_root,
             origin: rand_u64(),
             next_seq: AtomicU64::new(1),
             interest: Mutex::new(HashMap::new()),
@@ -260,7 +318,40 @@ impl Cluster {
             not_forwarded: AtomicU64::new(0),
             not_forwarded_log: Throttle::new(Duration::from_secs(10)),
             peers: Mutex::new(HashMap::new()),
-        }))
+        };
+        // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
+        // gets its stream when it comes (see `publish_forwarded`).
+        if cluster.reachable() {
+            cluster.ensure_stream().await.map_err(|why| ClusterError::NoJetStream {
+                url: cluster.config.nats.clone(),
+                stream: subject::stream(&cluster.config.subject_prefix, &cluster.config.node_name).0,
+                why,
+            })?;
+        }
+        tracing::info!(
+            nats = %cluster.config.nats,
+            prefix = %cluster.config.subject_prefix,
+            "cluster: connected to NATS"
+        );
+        Ok(Arc::new(cluster))
+    }
+
+    /// Makes this node's stream of QoS 1/2 messages, or updates its settings; gives the
+    /// sequence number of the last message in it.
+    async fn ensure_stream(&self) -> Result<u64, String> {
+        let (name, subjects) = subject::stream(&self.config.subject_prefix, &self.config.node_name);
+        let config = async_nats::jetstream::stream::Config {
+            name,
+            subjects: vec![subjects],
+            max_age: self.config.retention,
+            max_bytes: self.config.retention_bytes,
+            discard: async_nats::jetstream::stream::DiscardPolicy::Old,
+            num_replicas: self.config.replicas,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let info = self.jetstream.create_or_update_stream(config).await.map_err(|e| e.to_string())?;
+        Ok(info.state.last_sequence)
     }
 
     /// Starts the tasks that keep NATS in step with `node` and route what other nodes send
@@ -386,11 +477,15 @@ impl Cluster {
     }
 
     /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
-    pub(crate) fn forward(&self, message: &Message, publisher: &str) {
-        let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
+    /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
+    /// it is stored.
+    pub(crate) fn forward(&self, message: &Message, publisher: &str) -> Option<Stored> {
+        let through_jetstream = message.qos > 0 && self.reachable();
+        let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
+        let subject = subject::topic_to_subject(root, &message.topic);
         if subject.len() > MAX_SUBJECT {
             self.not_forwarded("its topic is too long for a NATS subject");
-            return;
+            return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
         }
         let envelope = Envelope {
             version: ENVELOPE_VERSION,
@@ -408,10 +503,21 @@ impl Cluster {
         };
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload.len() + message.forwarded.len() + publisher.len() + 64);
-        let Ok(bytes) = postcard::to_extend(&envelope, room) else { return };
-        if self.outbound.try_send((subject, Bytes::from(bytes))).is_err() {
+        let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
+        let (stored, told) = match through_jetstream {
+            true => {
+                let (sender, receiver) = oneshot::channel();
+                (Some(sender), Some(receiver))
+            }
+            false => (None, None),
+        };
+        if self.outbound.try_send(Outgoing { subject, bytes: Bytes::from(bytes), stored }).is_err() {
             self.not_forwarded("the queue to NATS is full");
+            return through_jetstream.then(|| refused("the queue to NATS is full"));
         }
+        told.map(|told| -> Stored {
+            Box::pin(async move { told.await.unwrap_or_else(|_| Err("the cluster stopped".to_owned())) })
+        })
     }
 
     fn not_forwarded(&self, why: &str) {
@@ -439,7 +545,10 @@ impl Cluster {
                         asked += 1;
                         let mut ids = Vec::new();
                         let via: Via = filter.group.is_some().then(|| Arc::new(filter.clone()));
-                        for subject in subject::filter_to_subjects(&self.config.subject_prefix, &filter.path) {
+                        let roots = [&self.config.subject_prefix, &self.every_durable_root];
+                        let subjects =
+                            roots.into_iter().flat_map(|root| subject::filter_to_subjects(root, &filter.path));
+                        for subject in subjects {
                             let subscribed = match &filter.group {
                                 None => self.client.subscribe(subject.clone()).await,
                                 Some(group) => {
@@ -497,11 +606,66 @@ impl Cluster {
         }
     }
 
-    /// Hands forwarded messages to the NATS client, in order.
-    async fn publish_forwarded(self: Arc<Cluster>, mut outbound: mpsc::Receiver<(String, Bytes)>) {
-        while let Some((subject, bytes)) = outbound.recv().await {
-            if let Err(e) = self.client.publish(subject, bytes).await {
-                self.not_forwarded(&format!("NATS refused it: {e}"));
+    /// Hands forwarded messages to the NATS client, in order. Of each run of QoS 1/2 messages
+    /// (see the module's notes) the last asks JetStream for an answer, which a task of its
+    /// own awaits (`await_stored`), so that publishing goes on meanwhile (and the JetStream
+    /// client's limit of answers awaited, which it releases as they come, is never waited for
+    /// by the task that would release it).
+    async fn publish_forwarded(self: Arc<Cluster>, mut outbound: mpsc::Receiver<Outgoing>) {
+        let (runs, answers) = mpsc::unbounded_channel();
+        let stream_lost = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn(await_stored(answers, stream_lost.clone()));
+        let mut ahead = std::collections::VecDeque::new();
+        let mut durable_ahead = 0;
+        let mut run = Vec::new();
+        // Where the stream's numbering stands, when it was just made or found again.
+        let mut restart_at = None;
+        loop {
+            if ahead.is_empty() {
+                let Some(next) = outbound.recv().await else { return };
+                durable_ahead += usize::from(next.stored.is_some());
+                ahead.push_back(next);
+            }
+            while ahead.len() < LOOKAHEAD {
+                let Ok(next) = outbound.try_recv() else { break };
+                durable_ahead += usize::from(next.stored.is_some());
+                ahead.push_back(next);
+            }
+            let Some(Outgoing { subject, bytes, stored }) = ahead.pop_front() else { continue };
+            let Some(told) = stored else {
+                if let Err(e) = self.client.publish(subject, bytes).await {
+                    self.not_forwarded(&format!("NATS refused it: {e}"));
+                }
+                continue;
+            };
+            durable_ahead -= 1;
+            if stream_lost.swap(false, Ordering::AcqRel) {
+                match self.ensure_stream().await {
+                    Ok(last) => restart_at = Some(last),
+                    Err(why) => {
+                        stream_lost.store(true, Ordering::Release);
+                        let why = format!("the JetStream stream cannot be made: {why}");
+                        run.drain(..).chain([told]).for_each(|t: oneshot::Sender<_>| drop(t.send(Err(why.clone()))));
+                        continue;
+                    }
+                }
+            }
+            run.push(told);
+            if durable_ahead > 0 && run.len() < ACK_EVERY {
+                // Captured by the stream; the run's last message will vouch for it.
+                if let Err(e) = self.client.publish(subject, bytes).await {
+                    let why = format!("NATS refused it: {e}");
+                    run.drain(..).for_each(|t| drop(t.send(Err(why.clone()))));
+                }
+                continue;
+            }
+            let run = std::mem::take(&mut run);
+            match self.jetstream.publish(subject, bytes).await {
+                Ok(answer) => drop(runs.send(Run { answer, told: run, restart_at: restart_at.take() })),
+                Err(e) => {
+                    let why = format!("JetStream refused it: {e}");
+                    run.into_iter().for_each(|t| drop(t.send(Err(why.clone()))));
+                }
             }
         }
     }
@@ -552,6 +716,72 @@ fn log_event(event: async_nats::Event) {
         async_nats::Event::Disconnected => tracing::warn!("cluster: lost NATS; serving local clients, reconnecting"),
         other => tracing::debug!("cluster: NATS {other}"),
     }
+}
+
+/// A run of QoS 1/2 messages sent to JetStream, and the answer to its last one.
+struct Run {
+    answer: async_nats::jetstream::context::PublishAckFuture,
+    /// The run's publishers, oldest first.
+    told: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Where the stream's numbering stood before this run, when the stream was just made or
+    /// found again.
+    restart_at: Option<u64>,
+}
+
+/// Awaits the stream's answers to runs of QoS 1/2 messages, many at once, and tells each
+/// run's publishers, in order, whether the stream has their messages: it does when the
+/// answer's sequence number is the last one's plus the run's length (this node's stream
+/// numbers only this node's messages, in the order they were sent). Anything else (an error,
+/// a gap, a stream made anew) fails the run; the numbering then starts again from its answer.
+async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<std::sync::atomic::AtomicBool>) {
+    type Answered = (Vec<oneshot::Sender<Result<(), String>>>, Option<u64>, Result<u64, String>);
+    let mut awaiting: futures_util::stream::FuturesOrdered<Pin<Box<dyn Future<Output = Answered> + Send>>> =
+        futures_util::stream::FuturesOrdered::new();
+    let mut last: Option<u64> = None;
+    let mut open = true;
+    while open || !awaiting.is_empty() {
+        tokio::select! {
+            Some((told, restart_at, answer)) = awaiting.next(), if !awaiting.is_empty() => {
+                if restart_at.is_some() {
+                    last = restart_at;
+                }
+                let answered = answer.as_ref().ok().copied();
+                let verdict = match answer {
+                    Ok(seq) if last.is_some_and(|last| seq == last + told.len() as u64) => Ok(()),
+                    Ok(seq) => Err(format!(
+                        "the stream's numbering has a gap (answer {seq} after {last:?} for {} messages): \
+                         is another node named like this one?",
+                        told.len()
+                    )),
+                    Err(why) => {
+                        // "No responders": no stream captures the subject (NATS lost it).
+                        stream_lost.store(true, Ordering::Release);
+                        Err(why)
+                    }
+                };
+                last = answered;
+                for t in told {
+                    let _ = t.send(verdict.clone());
+                }
+            }
+            run = runs.recv(), if open => match run {
+                Some(Run { answer, told, restart_at }) => awaiting.push_back(Box::pin(async move {
+                    let answer = answer.await.map(|ack| ack.sequence).map_err(|e| {
+                        let lost = e.kind() == PublishErrorKind::StreamNotFound;
+                        format!("JetStream did not store it: {e}{}", if lost { " (the stream is made again)" } else { "" })
+                    });
+                    (told, restart_at, answer)
+                }) as Pin<Box<dyn Future<Output = Answered> + Send>>),
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// A QoS 1/2 message that will not be stored, and why.
+fn refused(why: &str) -> Stored {
+    let why = why.to_owned();
+    Box::pin(async move { Err(why) })
 }
 
 /// A random number (this node's id in the cluster for one run).

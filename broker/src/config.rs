@@ -326,6 +326,14 @@ pub struct ClusterSettings {
     /// `true`: a node that cannot reach NATS at start serves its own clients and joins the
     /// cluster once NATS answers, instead of exiting.
     pub start_alone: bool,
+    /// How long the JetStream stream keeps QoS 1/2 messages (they are stored there before
+    /// their PUBACK / PUBREC), e.g. `"1h"`.
+    #[serde(deserialize_with = "duration_text")]
+    pub retention: String,
+    /// At most this many bytes in a node's stream; past it the oldest messages go.
+    pub retention_bytes: u64,
+    /// On how many servers of a NATS cluster the stream keeps each message (1 to 5).
+    pub replicas: usize,
 }
 
 impl Default for ClusterSettings {
@@ -335,6 +343,9 @@ impl Default for ClusterSettings {
             subject_prefix: "mqtt".to_owned(),
             connect_timeout: "5s".to_owned(),
             start_alone: false,
+            retention: "1h".to_owned(),
+            retention_bytes: 1 << 30,
+            replicas: 1,
         }
     }
 }
@@ -351,6 +362,23 @@ impl ClusterSettings {
             node_name: node_name.to_owned(),
             connect_timeout: duration("cluster.connect_timeout", &self.connect_timeout)?,
             start_alone: self.start_alone,
+            retention: match duration("cluster.retention", &self.retention)? {
+                d if d.is_zero() => {
+                    return Err(ConfigError::Setting("cluster.retention", "0 (must be longer than 0)".to_owned()))
+                }
+                d => d,
+            },
+            retention_bytes: match i64::try_from(self.retention_bytes) {
+                Ok(bytes) if bytes > 0 => bytes,
+                _ => {
+                    let why = format!("{} (must be 1 to 2^63-1)", self.retention_bytes);
+                    return Err(ConfigError::Setting("cluster.retention_bytes", why));
+                }
+            },
+            replicas: match self.replicas {
+                1..=5 => self.replicas,
+                n => return Err(ConfigError::Setting("cluster.replicas", format!("{n} (NATS keeps 1 to 5 copies)"))),
+            },
         }))
     }
 }

@@ -12,7 +12,7 @@ use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
 use crate::client::ClientInfo;
-use crate::cluster::{Cluster, LocalNode, NodeInfo};
+use crate::cluster::{Cluster, LocalNode, NodeInfo, Stored};
 use crate::hooks::{Hooks, Verdict};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
@@ -133,15 +133,27 @@ pub(crate) enum PluginSubscribeError {
 }
 
 /// What became of a published message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Published {
     /// A plugin dropped it.
     Dropped,
     /// Routed to this many sessions (this node is alone).
     Routed(usize),
     /// Routed to this many sessions of this node, and handed to the cluster, whose other
-    /// nodes may have more.
-    Forwarded(usize),
+    /// nodes may have more. A QoS 1/2 message's `stored` says when NATS has it (its
+    /// acknowledgement waits for that).
+    Forwarded { routed: usize, stored: Option<Stored> },
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Published::Dropped => write!(f, "Dropped"),
+            Published::Routed(n) => write!(f, "Routed({n})"),
+            Published::Forwarded { routed, stored } => {
+                write!(f, "Forwarded {{ routed: {routed}, stored: {} }}", stored.is_some())
+            }
+        }
+    }
 }
 
 /// How often the node writes that it runs (see [`Node::keep_alive_mark`]).
@@ -452,12 +464,9 @@ impl Node {
                 return Published::Dropped;
             }
         }
-        let reach = match &self.cluster {
-            Some(cluster) => {
-                cluster.forward(&message, &client.client_id);
-                Reach::Plain
-            }
-            None => Reach::All,
+        let (reach, stored) = match &self.cluster {
+            Some(cluster) => (Reach::Plain, cluster.forward(&message, &client.client_id)),
+            None => (Reach::All, None),
         };
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
         let message = Arc::new(message);
@@ -471,7 +480,7 @@ impl Node {
             }
         };
         if self.cluster.is_some() {
-            Published::Forwarded(routed)
+            Published::Forwarded { routed, stored }
         } else {
             Published::Routed(routed)
         }

@@ -25,8 +25,17 @@ impl Nats {
 
     /// Starts `nats-server -js` with client port `port` (`-1`: a free one).
     pub fn start_on(port: &str) -> Nats {
+        Nats::launch(port, true)
+    }
+
+    /// Starts `nats-server` without JetStream, on free loopback ports.
+    pub fn start_without_jetstream() -> Nats {
+        Nats::launch("-1", false)
+    }
+
+    fn launch(port: &str, jetstream: bool) -> Nats {
         let store = tempfile::tempdir().expect("a JetStream directory");
-        let (child, logs) = spawn(port, "-1", store.path());
+        let (child, logs) = spawn(port, "-1", jetstream.then(|| store.path()));
         let port_after = |needle: &str| {
             let logs = logs.clone();
             let needle = needle.to_owned();
@@ -51,7 +60,7 @@ impl Nats {
     /// Starts the server again on the same ports and JetStream directory.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, logs) = spawn(&self.port.to_string(), &self.monitor_port.to_string(), self._store.path());
+        let (child, logs) = spawn(&self.port.to_string(), &self.monitor_port.to_string(), Some(self._store.path()));
         (self.child, self.logs) = (child, logs);
         self.wait_ready();
     }
@@ -75,16 +84,33 @@ impl Nats {
     /// The subjects of the subscriptions the server holds now, from its `/subsz` monitoring
     /// page (a subject twice if two subscriptions hold it).
     pub fn subscribed_subjects(&self) -> Vec<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("nats monitoring");
-        let request = "GET /subsz?subs=1&limit=100000 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-        stream.write_all(request.as_bytes()).expect("request /subsz");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read /subsz");
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-        let page: serde_json::Value = serde_json::from_str(body).expect("/subsz is JSON");
+        let page = self.monitoring("/subsz?subs=1&limit=100000");
         let list = page["subscriptions_list"].as_array().cloned().unwrap_or_default();
         list.iter().filter_map(|s| s["subject"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// How many messages the JetStream stream whose name starts with `name` holds now
+    /// (`/jsz`); `None` when there is no such stream.
+    pub fn stream_messages(&self, name: &str) -> Option<u64> {
+        let page = self.monitoring("/jsz?streams=true");
+        let accounts = page["account_details"].as_array().cloned().unwrap_or_default();
+        let streams = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+        let mut found = streams.into_iter().filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)));
+        let stream = found.next()?;
+        assert!(found.next().is_none(), "more than one stream named {name}...");
+        stream["state"]["messages"].as_u64()
+    }
+
+    /// A page of the server's HTTP monitoring, as JSON.
+    fn monitoring(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("nats monitoring");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("request to nats monitoring");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("nats monitoring answer");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
     }
 }
 
@@ -99,12 +125,15 @@ fn program() -> std::path::PathBuf {
     on_path.unwrap_or_else(|| std::path::PathBuf::from("/usr/sbin/nats-server"))
 }
 
-/// Runs `nats-server` on 127.0.0.1 with JetStream in `store` (`-1`: a port of its choosing),
-/// its log lines collected.
-fn spawn(port: &str, monitor_port: &str, store: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(program())
-        .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
-        .arg(store)
+/// Runs `nats-server` on 127.0.0.1 (`-1`: a port of its choosing), with JetStream in `store`
+/// if given, its log lines collected.
+fn spawn(port: &str, monitor_port: &str, store: Option<&std::path::Path>) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut command = Command::new(program());
+    command.args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port]);
+    if let Some(store) = store {
+        command.args(["-js", "-sd"]).arg(store);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -491,3 +491,117 @@ fn new_persistent_sessions_are_refused_while_nats_is_away() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A QoS 1 or 2 message's acknowledgement means NATS stored it (JetStream, in the stream of
+/// the node it was published on, `mqtt_messages_<node>_<hash>`), whatever becomes of the
+/// node: the stream holds each QoS 1 message when its PUBACK arrives and each QoS 2 message
+/// when its PUBCOMP does. QoS 0 messages, published before them, are not stored; the other
+/// node's stream holds nothing.
+#[test]
+fn qos_1_and_2_messages_are_stored_in_nats_before_they_are_acknowledged() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@j1");
+    let (_d2, n2) = node(&nats, "emqx@j2");
+    let mut subscriber = C5::connect(&n2, "j-sub");
+    subscriber.subscribe("j/#", QoS::ExactlyOnce);
+    let mut publisher = C5::connect(&n1, "j-pub");
+    let stream = "mqtt_messages_emqx_j1_";
+    assert_eq!(nats.stream_messages(stream), Some(0), "the stream is made at start");
+    for n in 0..7 {
+        publisher.publish(&format!("j/0/{n}"), QoS::AtMostOnce, "");
+    }
+    for n in 1..=10 {
+        publisher.publish(&format!("j/1/{n}"), QoS::AtLeastOnce, "");
+        assert_eq!(nats.stream_messages(stream), Some(n), "after the PUBACK of QoS 1 message {n}");
+    }
+    for n in 1..=5 {
+        publisher.publish(&format!("j/2/{n}"), QoS::ExactlyOnce, "");
+        assert_eq!(nats.stream_messages(stream), Some(10 + n), "after the PUBCOMP of QoS 2 message {n}");
+    }
+    // And they reach the other node's subscriber, each once, in order.
+    let expected: Vec<String> = (0..7)
+        .map(|n| format!("j/0/{n}"))
+        .chain((1..=10).map(|n| format!("j/1/{n}")))
+        .chain((1..=5).map(|n| format!("j/2/{n}")))
+        .collect();
+    let got: Vec<String> = (0..expected.len()).map(|_| topic(&subscriber.next_publish())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(nats.stream_messages("mqtt_messages_emqx_j2_"), Some(0));
+}
+
+/// A NATS server without JetStream cannot keep QoS 1/2 messages: the node says so, naming
+/// the server and the stream, and exits.
+#[test]
+fn a_node_on_nats_without_jetstream_says_so_and_exits() {
+    let nats = Nats::start_without_jetstream();
+    let dir = DataDir::new();
+    let output = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BROKER_CLUSTER__NATS", nats.url())
+        .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the broker must not start without JetStream");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("NATS at {} cannot keep QoS 1/2 messages (JetStream stream mqtt_messages_", nats.url());
+    assert!(stderr.contains(&expected) && stderr.contains("start nats-server with -js"), "{stderr}");
+}
+
+/// JetStream answers for a run of QoS 1 messages at once (the run's last message asks; the
+/// answer's sequence number vouches for those before it). Under a burst from several
+/// publishers at once, every PUBACK still means the message is stored: when all 2,000 are
+/// acknowledged the stream holds exactly 2,000, and the subscriber on the other node got each
+/// publisher's messages once, in order.
+#[test]
+fn a_burst_of_qos_1_messages_is_stored_whole_before_its_acknowledgements() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@b1");
+    let (_d2, n2) = node(&nats, "emqx@b2");
+    let mut subscriber = C5::connect(&n2, "b-sub");
+    subscriber.subscribe("b/#", QoS::AtLeastOnce);
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let mut publisher = C5::connect(&n1, &format!("b-pub{p}"));
+            std::thread::spawn(move || {
+                for n in 0..500 {
+                    publisher.publish(&format!("b/{p}"), QoS::AtLeastOnce, &n.to_string());
+                }
+            })
+        })
+        .collect();
+    publishers.into_iter().for_each(|p| p.join().expect("a publisher got every PUBACK"));
+    assert_eq!(nats.stream_messages("mqtt_messages_emqx_b1_"), Some(2000));
+    let mut next = [0u32; 4];
+    for _ in 0..2000 {
+        let p = subscriber.next_publish();
+        let from: usize = topic(&p)["b/".len()..].parse().unwrap();
+        assert_eq!(payload(&p), next[from].to_string(), "publisher {from}'s messages in order");
+        next[from] += 1;
+    }
+}
+
+/// Two nodes given the same name would share one stream, and the numbering that vouches for
+/// stored messages would not add up: rather than acknowledge what it cannot vouch for, the
+/// node answers MQTT 5 publishers 0x80 Unspecified error and logs why.
+#[test]
+fn two_nodes_with_one_name_cannot_vouch_for_their_messages_and_say_so() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let nats = Nats::start();
+    let (_d1, first) = node(&nats, "emqx@twin");
+    let (_d2, second) = node(&nats, "emqx@twin");
+    let mut a = C5::connect(&first, "twin-a");
+    let mut b = C5::connect(&second, "twin-b");
+    let mut reasons = Vec::new();
+    for n in 0..4 {
+        let publisher = if n % 2 == 0 { &mut a } else { &mut b };
+        match publisher.publish_retain("twin/t", QoS::AtLeastOnce, false, "") {
+            Some(Packet::PubAck(ack)) => reasons.push(ack.reason),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert!(reasons.contains(&PubAckReason::UnspecifiedError), "{reasons:?}");
+    let log = "is another node named like this one?";
+    e2e::wait_until(log, || (first.logs().iter().chain(second.logs().iter()).any(|l| l.contains(log))).then_some(()));
+}

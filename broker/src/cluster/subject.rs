@@ -17,6 +17,11 @@
 //!
 //! A filter becomes one or two subject filters: `+` is `*`, and `#` is `>` plus the parent
 //! level itself (MQTT's `a/#` matches `a`; NATS's `a.>` does not).
+//!
+//! QoS 1 and 2 messages travel under a root of their publishing node's,
+//! `<prefix>.q.<node>` ([`durable_root`]), which that node's JetStream stream captures (QoS 0
+//! stays out of it); a node subscribes under `<prefix>` and under `<prefix>.q.*` (every
+//! node's).
 
 use std::fmt::Write as _;
 
@@ -56,6 +61,34 @@ fn class(first_level: &str) -> &'static str {
     } else {
         ORDINARY
     }
+}
+
+/// The token after the prefix of the subjects QoS 1 and 2 messages travel on.
+const DURABLE: &str = "q";
+
+/// The root of the subjects of the QoS 1 and 2 messages node `node` publishes
+/// (`<prefix>.q.<node>`): topics map under it as under `prefix`.
+pub(crate) fn durable_root(prefix: &str, node: &str) -> String {
+    let mut out = format!("{prefix}.{DURABLE}.");
+    push_level(&mut out, node);
+    out
+}
+
+/// The root under which filters receive every node's QoS 1 and 2 messages (`<prefix>.q.*`).
+pub(crate) fn every_durable_root(prefix: &str) -> String {
+    format!("{prefix}.{DURABLE}.*")
+}
+
+/// The JetStream stream that keeps the QoS 1 and 2 messages node `node` publishes: its name
+/// and the subjects it captures. A name holds only `A-Za-z0-9_-` (NATS also makes a directory
+/// of it): the node's name with other characters as `_`, and a hash of the exact name, so
+/// that two nodes never share a stream.
+pub(crate) fn stream(prefix: &str, node: &str) -> (String, String) {
+    let plain: String = node.chars().map(|c| if c.is_ascii() && is_plain(c as u8) { c } else { '_' }).collect();
+    // FNV-1a: stable across builds and platforms (the name outlives the process).
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let name = format!("{}_messages_{plain}_{:08x}", prefix.replace('.', "_"), hash as u32);
+    (name, format!("{}.>", durable_root(prefix, node)))
 }
 
 /// The subject node `name` says it runs on (every [`super::HEARTBEAT`]).
@@ -124,6 +157,15 @@ pub(crate) fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
 /// The topic `subject` stands for, if it is one of ours under `prefix`.
 pub(crate) fn subject_to_topic(prefix: &str, subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    match rest.strip_prefix(DURABLE).and_then(|r| r.strip_prefix('.')) {
+        // `<prefix>.q.<node>.<class>...`
+        Some(durable) => class_and_levels_to_topic(durable.split_once('.')?.1),
+        None => class_and_levels_to_topic(rest),
+    }
+}
+
+/// The topic of `<class>.<levels>`.
+fn class_and_levels_to_topic(rest: &str) -> Option<String> {
     let (class, levels) = rest.split_once('.')?;
     if class != ORDINARY && class != DOLLAR {
         return None;
@@ -273,6 +315,39 @@ mod tests {
         for subject in ["other.t.a", "mqtt", "mqtt.t", "mqtt.x.a", "mqtt.t.%4", "mqtt.t.%ZZ", "mqtt.t.%FF", "mqtt.s.a"]
         {
             assert_eq!(subject_to_topic(P, subject), None, "{subject}");
+        }
+    }
+
+    /// QoS 1/2 subjects live under a root per node: its stream captures them and nothing
+    /// else, every node's filters (under `<prefix>.q.*`) receive them, a filter under one
+    /// family never matches a subject under the other, and every subject reads back.
+    #[test]
+    fn the_durable_roots_are_apart_from_the_plain_one() {
+        let durable = durable_root(P, "emqx@n.1");
+        assert_eq!(durable, "mqtt.q.emqx%40n%2E1");
+        let (stream_name, captured) = stream(P, "emqx@n.1");
+        assert!(stream_name.starts_with("mqtt_messages_emqx_n_1_"), "{stream_name}");
+        assert_eq!(captured, "mqtt.q.emqx%40n%2E1.>");
+        assert_ne!(stream(P, "emqx@n1").0, stream(P, "emqx_n1").0, "names that read alike get streams apart");
+        assert!(stream("a.b", "n").0.starts_with("a_b_messages_n_"));
+        let every = every_durable_root(P);
+        for topic in ["a", "q", "q/t/x", "$SYS/x", "", "/"] {
+            let plain = topic_to_subject(P, topic);
+            let stored = topic_to_subject(&durable, topic);
+            assert!(!nats_matches(&captured, &plain), "{plain}");
+            assert!(nats_matches(&captured, &stored), "{stored}");
+            assert!(!nats_matches(&stream(P, "other").1, &stored), "{stored}");
+            assert_eq!(subject_to_topic(P, &plain).as_deref(), Some(topic));
+            assert_eq!(subject_to_topic(P, &stored).as_deref(), Some(topic));
+            for filter in ["#", "+", "q/#", "+/t/#", "$SYS/#", "a", "q/t/x"] {
+                let matches = mqtt_matches(filter, topic);
+                let under = |root: &str, subject: &str| {
+                    filter_to_subjects(root, filter).iter().any(|f| nats_matches(f, subject))
+                };
+                assert!(!under(P, &stored), "{filter} under {P} matched {stored}");
+                assert!(!under(&every, &plain), "{filter} under {every} matched {plain}");
+                assert_eq!(under(&every, &stored), matches, "{filter} under {every} and {stored}");
+            }
         }
     }
 }

@@ -5,6 +5,10 @@
 //! commit: one fsync for everything that arrived meanwhile), while the connection goes on
 //! reading and delivering.
 //!
+//! In a cluster, a QoS 1/2 message's PUBACK or PUBREC also waits until NATS stored the message
+//! ([`crate::cluster::Stored`]); if it was not, MQTT 5 is told 0x80 Unspecified error and a
+//! 3.1.1 client (which cannot be told) is disconnected, so that it sends the message again.
+//!
 //! Acknowledgements leave in the order they were made (MQTT-4.6.0-2..4): once one waits,
 //! every later one waits behind it, even one that needs no write. A connection of a clean
 //! session never has any of this (nothing of it is written); the queue is boxed and made on
@@ -19,6 +23,7 @@ use bytes::BytesMut;
 use store::{Batch, StoreError};
 
 use super::{Connection, Ended, Transport};
+use crate::cluster::Stored;
 use crate::mqtt::publish::encode_ack;
 use crate::mqtt::reason;
 
@@ -55,6 +60,10 @@ struct HeldAck {
     /// The PUBACK or PUBREC (kind, packet id) to send instead when the store refuses its
     /// round's commit (MQTT 5: 0x97 Quota exceeded); `None` sends `bytes` all the same.
     refusal: Option<(u8, u16)>,
+    /// In a cluster: the message's storing in NATS, which it waits for too.
+    stored: Option<Stored>,
+    /// NATS did not store the message: `refusal` is sent instead (MQTT 5: 0x80).
+    not_stored: bool,
 }
 
 impl Held {
@@ -79,9 +88,16 @@ impl<T: Transport> Connection<T> {
     /// Holds what was encoded into the write buffer from `start` (one acknowledgement) until
     /// `batch` is committed with this round's other writes, and behind every acknowledgement
     /// already held. With nothing to write and nothing held, it goes out at once.
-    pub(super) fn hold_from(&mut self, start: usize, batch: Option<Batch>, refusal: Option<(u8, u16)>) {
+    /// With `stored`, it also waits for NATS to store its message.
+    pub(super) fn hold_from(
+        &mut self,
+        start: usize,
+        batch: Option<Batch>,
+        refusal: Option<(u8, u16)>,
+        stored: Option<Stored>,
+    ) {
         let batch = batch.filter(|b| !b.is_empty() && self.node.persistence.is_some());
-        if batch.is_none() && !self.holding() {
+        if batch.is_none() && stored.is_none() && !self.holding() {
             return;
         }
         let bytes = self.out.split_off(start);
@@ -91,14 +107,22 @@ impl<T: Transport> Connection<T> {
             held.first_for_pending.get_or_insert(held.waiting.len());
             held.round
         });
-        held.waiting.push_back(HeldAck { commit: None, round, bytes, refusal });
+        held.waiting.push_back(HeldAck { commit: None, round, bytes, refusal, stored, not_stored: false });
     }
 
     /// Holds every acknowledgement from now on until `ready` resolves (a SUBACK waiting for
     /// the cluster's interest to be in place).
     pub(super) fn hold_until(&mut self, ready: Commit) {
         let held = self.held.get_or_insert_with(Box::default);
-        held.waiting.push_back(HeldAck { commit: Some(ready), round: None, bytes: BytesMut::new(), refusal: None });
+        let bytes = BytesMut::new();
+        held.waiting.push_back(HeldAck {
+            commit: Some(ready),
+            round: None,
+            bytes,
+            refusal: None,
+            stored: None,
+            not_stored: false,
+        });
     }
 
     /// Adds `batch` to this round's writes, with no acknowledgement waiting for it (a delivered
@@ -156,20 +180,39 @@ impl<T: Transport> Connection<T> {
                         held.failed_round = front.round;
                     }
                 }
+                // Done: never polled again.
+                front.commit = None;
+            }
+            if let Some(stored) = front.stored.as_mut() {
+                match stored.as_mut().poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(why)) => {
+                        tracing::warn!(
+                            client_id = ?crate::log_limit::clipped(&self.client.client_id),
+                            "cluster: a QoS 1/2 message was not stored in NATS: {why}"
+                        );
+                        front.not_stored = true;
+                    }
+                }
+                front.stored = None;
             }
             let Some(front) = held.waiting.pop_front() else { break };
             moved = true;
             let refused = front.round.is_some() && front.round == held.failed_round;
-            match (refused, front.refusal) {
+            let code = if front.not_stored { reason::UNSPECIFIED_ERROR } else { reason::QUOTA_EXCEEDED };
+            match (refused || front.not_stored, front.refusal) {
                 (true, Some((kind, packet_id))) => {
                     if !self.version.is_v5() {
-                        return Poll::Ready(Err(Ended::protocol(
-                            reason::QUOTA_EXCEEDED,
-                            "the store refused a message",
-                        )));
+                        let why = if front.not_stored {
+                            "NATS did not store a message"
+                        } else {
+                            "the store refused a message"
+                        };
+                        return Poll::Ready(Err(Ended::protocol(code, why)));
                     }
-                    encode_ack(&mut self.out, self.version, kind, packet_id, reason::QUOTA_EXCEEDED, None);
-                    self.node.stats.metrics.packet_sent(kind, reason::QUOTA_EXCEEDED);
+                    encode_ack(&mut self.out, self.version, kind, packet_id, code, None);
+                    self.node.stats.metrics.packet_sent(kind, code);
                 }
                 _ => self.out.extend_from_slice(&front.bytes),
             }

@@ -165,11 +165,15 @@ impl<T: Transport> Connection<T> {
         refusal: Option<(u8, u16)>,
     ) {
         let start = self.out.len();
+        self.encode_ack(packet_kind, packet_id, code);
+        self.hold_from(start, batch, refusal, None);
+    }
+
+    fn encode_ack(&mut self, packet_kind: u8, packet_id: u16, code: u8) {
         // Fixed header, packet id, reason code, property length.
         let reason_string = self.reason_string(code, 6);
         encode_ack(&mut self.out, self.version, packet_kind, packet_id, code, reason_string);
         self.node.stats.metrics.packet_sent(packet_kind, code);
-        self.hold_from(start, batch, refusal);
     }
 
     /// The batch a PUBLISH starts with: for a persistent session's QoS 2 message, its packet
@@ -310,13 +314,17 @@ impl<T: Transport> Connection<T> {
 
     /// Acknowledges a PUBLISH that was published, once `durable` (its copies for persistent
     /// sessions) is committed.
+    /// In a cluster, a QoS 1/2 message's acknowledgement also waits until NATS stored it.
     pub(super) fn publish_acked(&mut self, ack: PublishAck, outcome: Published, durable: Batch) {
         if ack.kind != 0 {
-            let code = match outcome {
-                Published::Routed(0) => reason::NO_MATCHING_SUBSCRIBERS,
-                _ => reason::SUCCESS,
+            let (code, stored) = match outcome {
+                Published::Routed(0) => (reason::NO_MATCHING_SUBSCRIBERS, None),
+                Published::Forwarded { stored, .. } => (reason::SUCCESS, stored),
+                _ => (reason::SUCCESS, None),
             };
-            self.ack_after(ack.kind, ack.packet_id, code, Some(durable), Some((ack.kind, ack.packet_id)));
+            let start = self.out.len();
+            self.encode_ack(ack.kind, ack.packet_id, code);
+            self.hold_from(start, Some(durable), Some((ack.kind, ack.packet_id)), stored);
         } else {
             self.write_later(durable);
         }
@@ -570,7 +578,7 @@ impl<T: Transport> Connection<T> {
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, packet_id, codes, reason_string);
         // A persistent session's subscriptions are on disk before the SUBACK says they exist.
         let record = if granted.is_empty() { None } else { node.session_record_batch(&self.session) };
-        self.hold_from(start, record, None);
+        self.hold_from(start, record, None, None);
         let metrics = &node.stats.metrics;
         metrics.packet_sent(kind::SUBACK, 0);
         if codes.iter().any(|&c| c >= 0x80) {
@@ -620,7 +628,7 @@ impl<T: Transport> Connection<T> {
         encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
         node.stats.metrics.packet_sent(kind::UNSUBACK, 0);
         let record = if removed.is_empty() { None } else { node.session_record_batch(&self.session) };
-        self.hold_from(start, record, None);
+        self.hold_from(start, record, None, None);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
                 let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);
