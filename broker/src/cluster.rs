@@ -18,6 +18,9 @@
 //! - **Share groups** are NATS queue groups (on a second connection, which sees this node's own
 //!   messages): one member in the cluster gets each message.
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
+//! - **Commands on another node** (`broker ctl cluster call NODE ...`, and the management
+//!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
+//!   by running the command as its own `broker ctl` would ([`Commands`]).
 //!
 //! - **QoS 1 and 2 are stored before they are acknowledged.** Such a message is published
 //!   under `<prefix>.q.<node>` (`subject::durable_root`), which this node's JetStream stream
@@ -68,6 +71,29 @@ pub(crate) trait LocalNode: Send + Sync + 'static {
     /// What this node's heartbeat tells the others about it (see [`NodeInfo`]).
     fn info(&self) -> NodeInfo;
 }
+
+/// A command's outcome: its output, or a status (`plugin_api::abi::STATUS_*`) and the error's
+/// text.
+pub(crate) type CommandResult = Result<String, (plugin_api::abi::Status, String)>;
+
+/// How a node runs a `broker ctl` command another node asked it to (its plugin manager's,
+/// reached through this, so that this module does not depend on the manager's).
+pub(crate) trait Commands: Send + Sync + 'static {
+    /// Runs `args` (the words after `broker ctl`): the output, or a status
+    /// (`plugin_api::abi::STATUS_*`) and the error's text.
+    fn run(&self, args: Vec<String>) -> Pin<Box<dyn Future<Output = CommandResult> + Send>>;
+}
+
+/// A command's answer between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommandReply {
+    /// `plugin_api::abi::STATUS_OK`, or why it failed.
+    status: plugin_api::abi::Status,
+    output: String,
+}
+
+/// How long a command on another node may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a node says of itself once a second (its heartbeat), and what `/api/v4/nodes` lists
 /// for it (EMQX's names).
@@ -219,6 +245,8 @@ pub(crate) struct Cluster {
     not_forwarded_log: Throttle<()>,
     /// The other nodes heard from, by name: when last, and what they said.
     peers: Mutex<HashMap<String, (Instant, NodeInfo)>>,
+    /// The runtime the cluster's tasks run on (for [`Cluster::call_blocking`]).
+    runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -318,6 +346,7 @@ impl Cluster {
             not_forwarded: AtomicU64::new(0),
             not_forwarded_log: Throttle::new(Duration::from_secs(10)),
             peers: Mutex::new(HashMap::new()),
+            runtime: OnceLock::new(),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -358,6 +387,7 @@ impl Cluster {
     /// (on the current runtime).
     pub(crate) fn start(self: &Arc<Cluster>, node: Weak<dyn LocalNode>) {
         let _ = self.node.set(node);
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let (reading, reading_rx) = mpsc::unbounded_channel();
         if let Some(changes) = crate::lock(&self.changes_rx).take() {
             tokio::spawn(self.clone().keep_interest(changes, reading));
@@ -373,6 +403,81 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
+    }
+
+    /// Answers the commands other nodes send this one with `commands` (on the current runtime).
+    pub(crate) fn serve_commands(self: &Arc<Cluster>, commands: Arc<dyn Commands>) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let subject = subject::command_subject(&cluster.config.subject_prefix, &cluster.config.node_name);
+            let mut requests = match cluster.client.subscribe(subject).await {
+                Ok(requests) => requests,
+                Err(e) => return tracing::error!("cluster: cannot answer other nodes' commands: {e}"),
+            };
+            while let Some(request) = requests.next().await {
+                let Some(reply_to) = request.reply else { continue };
+                let (commands, client) = (commands.clone(), cluster.client.clone());
+                tokio::spawn(async move {
+                    let reply = match serde_json::from_slice::<Vec<String>>(&request.payload) {
+                        // A command may not call on yet another node (nor back): no loops.
+                        Ok(args) if args.starts_with(&["cluster".to_owned(), "call".to_owned()]) => CommandReply {
+                            status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
+                            output: "`cluster call` cannot be called on another node".to_owned(),
+                        },
+                        Ok(args) => match commands.run(args).await {
+                            Ok(output) => CommandReply { status: plugin_api::abi::STATUS_OK, output },
+                            Err((status, output)) => CommandReply { status, output },
+                        },
+                        Err(e) => CommandReply {
+                            status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
+                            output: format!("malformed command: {e}"),
+                        },
+                    };
+                    let body = serde_json::to_vec(&reply).unwrap_or_default();
+                    let _ = client.publish(reply_to, Bytes::from(body)).await;
+                });
+            }
+        });
+    }
+
+    /// Runs `args` (the words after `broker ctl`) on node `node`: its output, or a status
+    /// (`plugin_api::abi::STATUS_*`) and the error's text.
+    pub(crate) async fn call(&self, node: &str, args: &[String]) -> CommandResult {
+        let subject = subject::command_subject(&self.config.subject_prefix, node);
+        let body = Bytes::from(serde_json::to_vec(args).unwrap_or_default());
+        let request = self.client.request(subject, body);
+        let answer = match tokio::time::timeout(COMMAND_TIMEOUT, request).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                return Err((plugin_api::abi::STATUS_NOT_FOUND, format!("no running node {node:?} in the cluster")));
+            }
+            Ok(Err(e)) => {
+                return Err((plugin_api::abi::STATUS_UNAVAILABLE, format!("node {node:?} did not answer: {e}")))
+            }
+            Err(_) => {
+                let why = format!("node {node:?} did not answer within {COMMAND_TIMEOUT:?}");
+                return Err((plugin_api::abi::STATUS_TIMEOUT, why));
+            }
+        };
+        match serde_json::from_slice::<CommandReply>(&answer.payload) {
+            Ok(CommandReply { status: plugin_api::abi::STATUS_OK, output }) => Ok(output),
+            Ok(CommandReply { status, output }) => Err((status, output)),
+            Err(e) => Err((plugin_api::abi::STATUS_ERROR, format!("node {node:?} answered unreadably: {e}"))),
+        }
+    }
+
+    /// [`Cluster::call`], from a thread that may block (the plugin manager's, a plugin's).
+    pub(crate) fn call_blocking(self: &Arc<Cluster>, node: &str, args: &[String]) -> CommandResult {
+        let Some(runtime) = self.runtime.get() else {
+            return Err((plugin_api::abi::STATUS_UNAVAILABLE, "the cluster has not started".to_owned()));
+        };
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        let (node, args) = (node.to_owned(), args.to_vec());
+        let cluster = self.clone();
+        runtime.spawn(async move {
+            let _ = done.send(cluster.call(&node, &args).await);
+        });
+        answer.recv().unwrap_or_else(|_| Err((plugin_api::abi::STATUS_UNAVAILABLE, "the cluster stopped".to_owned())))
     }
 
     /// Says every [`HEARTBEAT`] that this node runs, and hears the others say so.

@@ -90,6 +90,21 @@ impl ManagerThread {
     }
 }
 
+impl crate::cluster::Commands for ManagerThread {
+    fn run(
+        &self,
+        args: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::cluster::CommandResult> + Send>> {
+        let manager = self.clone();
+        Box::pin(async move {
+            match manager.run(move |manager| manager.command(&args)).await {
+                Some(result) => result.map_err(|e| (e.status, e.message)),
+                None => Err((plugin_api::abi::STATUS_UNAVAILABLE, "the plugin manager stopped".to_owned())),
+            }
+        })
+    }
+}
+
 /// Answers ctl requests forever.
 pub(crate) async fn serve(listener: UnixListener, manager: ManagerThread) {
     loop {

@@ -197,6 +197,9 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
             tokio::spawn(Node::keep_alive_mark(node.clone()));
         }
         let manager_thread = ctl::ManagerThread::start(manager.clone())?;
+        if let Some(cluster) = &node.cluster {
+            cluster.serve_commands(Arc::new(manager_thread.clone()));
+        }
         {
             let manager_thread = manager_thread.clone();
             tokio::spawn(async move {

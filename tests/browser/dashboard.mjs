@@ -38,6 +38,10 @@ try {
   seen.clients = await page.textContent("#stat-clients");
   seen.uptime = await page.textContent("#stat-uptime");
   seen.node = await page.textContent("#node");
+  await page.waitForSelector("#nodes-table tbody tr");
+  seen.nodes = await page.$$eval("#nodes-table tbody tr", (rows) => rows.map((row) => ({
+    node: row.dataset.node, cells: [...row.cells].map((cell) => cell.textContent),
+  })));
 
   // The traffic chart: a first rate, then figures that move once the test publishes.
   const chartData = () => page.evaluate(() => ({

@@ -605,3 +605,88 @@ fn two_nodes_with_one_name_cannot_vouch_for_their_messages_and_say_so() {
     let log = "is another node named like this one?";
     e2e::wait_until(log, || (first.logs().iter().chain(second.logs().iter()).any(|l| l.contains(log))).then_some(()));
 }
+
+/// Every per-node path of the management API answers for any node of the cluster, as EMQX's
+/// does: node 1's API reads node 2's broker info, stats, metrics and plugins, and stops one of
+/// node 2's plugins (through `broker ctl cluster call`, a NATS request node 2 answers);
+/// `/api/v4/brokers`, `/stats`, `/metrics` and `/plugins` list both nodes, and `/stats?aggregate=true`
+/// sums them. A node that is not in the cluster is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_answers_for_every_node() {
+    let nats = Nats::start();
+    let management = [("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"), ("BROKER_MANAGEMENT__PASSWORD", "s3cret")];
+    let plugins = "{emqx_management, true}.\n{emqx_mod_presence, true}.\n";
+    let (_d1, n1) = node_with(DataDir::with_plugins(plugins), &nats, "emqx@m1", &management);
+    let (d2, n2) = node_with(DataDir::with_plugins(plugins), &nats, "emqx@m2", &management);
+    let _clients = [e2e::Client::connect(&n2, "m-1").await, e2e::Client::connect(&n2, "m-2").await];
+    let api = e2e::ManagementApi::new(format!("http://{}", n1.logged_addr("management API listening on http://")));
+    let get = |path: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api.call(reqwest::Method::GET, path, Some(("admin", "s3cret")), None).await;
+            (status, body)
+        }
+    };
+    // Node 2 is heard from once its heartbeat came.
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    while get("/api/v4/brokers").await.1["data"].as_array().map_or(0, Vec::len) < 2 {
+        assert!(std::time::Instant::now() < deadline, "node 2 never listed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let (status, body) = get("/api/v4/brokers/emqx@m2").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["data"]["node"].as_str(), body["data"]["node_status"].as_str()),
+        (Some("emqx@m2"), Some("Running"))
+    );
+    assert!(body["data"]["uptime"].as_str().is_some_and(|u| u.ends_with("seconds")), "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m2").await;
+    assert_eq!(body["data"]["node"], "emqx@m2", "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m2/stats").await;
+    assert_eq!(body["data"]["connections.count"], 2, "node 2's own gauges: {body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m1/stats").await;
+    assert_eq!(body["data"]["connections.count"], 0, "{body}");
+    let (_, body) = get("/api/v4/stats?aggregate=true").await;
+    assert_eq!(body["data"]["connections.count"], 2, "summed over the nodes: {body}");
+    let (_, body) = get("/api/v4/stats").await;
+    let nodes: Vec<_> = body["data"].as_array().unwrap().iter().map(|n| n["node"].clone()).collect();
+    assert_eq!(nodes, ["emqx@m1", "emqx@m2"], "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m2/metrics").await;
+    assert!(body["data"]["client.connected"].as_u64() >= Some(2), "{body}");
+    let (_, body) = get("/api/v4/metrics").await;
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+    let (_, body) = get("/api/v4/plugins").await;
+    assert_eq!(body["data"][1]["node"], "emqx@m2", "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m2/plugins").await;
+    let presence = body["data"].as_array().unwrap().iter().find(|p| p["name"] == "emqx_mod_presence").cloned();
+    assert_eq!(presence.map(|p| p["active"].clone()), Some(true.into()), "{body}");
+
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/v4/nodes/emqx@m2/plugins/emqx_mod_presence/unload",
+            Some(("admin", "s3cret")),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["code"].clone()), (reqwest::StatusCode::OK, 0.into()), "{body}");
+    let list = d2.ctl(&["plugins", "list"]).ok();
+    assert!(list.contains("Plugin(emqx_mod_presence, description=") && list.contains("active=false"), "{list}");
+
+    let (status, body) = get("/api/v4/nodes/emqx@nowhere/stats").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{body}");
+}
+
+/// `broker ctl cluster call NODE COMMAND...` runs a command on another node of the cluster.
+#[test]
+fn ctl_runs_a_command_on_another_node() {
+    let nats = Nats::start();
+    let (d1, _n1) = node(&nats, "emqx@c1");
+    let (_d2, _n2) = node(&nats, "emqx@c2");
+    let answer = d1.ctl(&["cluster", "call", "emqx@c2", "broker"]).ok();
+    assert!(answer.contains("node      : emqx@c2"), "{answer}");
+    let failed = d1.ctl(&["cluster", "call", "emqx@nowhere", "broker"]);
+    assert!(!failed.success, "{failed:?}");
+    assert!(failed.stderr.contains("no running node \"emqx@nowhere\""), "{failed:?}");
+}

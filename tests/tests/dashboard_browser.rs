@@ -128,6 +128,11 @@ fn stop_telemetry_from_the_plugins_page() {
     // The overview reads EMQX's /brokers: the node, and uptime in EMQX's words.
     assert_eq!(seen["node"], "emqx@127.0.0.1");
     assert!(seen["uptime"].as_str().unwrap().ends_with(" seconds"), "{seen}");
+    // And lists the nodes from /nodes (one node alone: this one, running).
+    let nodes = seen["nodes"].as_array().unwrap_or_else(|| panic!("no node list: {seen}"));
+    assert_eq!(nodes.len(), 1, "{seen}");
+    assert_eq!(nodes[0]["node"], "emqx@127.0.0.1");
+    assert_eq!(nodes[0]["cells"][1], "Running", "{seen}");
     assert_eq!(seen["before"], "active");
     assert_eq!(seen["after"], "inactive");
     assert_eq!(seen["button"], "Start");

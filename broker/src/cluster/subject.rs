@@ -31,6 +31,8 @@ const ORDINARY: &str = "t";
 const DOLLAR: &str = "s";
 /// Nodes' heartbeats' class token.
 const NODES: &str = "node";
+/// The class token of the subjects nodes answer commands on.
+const COMMANDS: &str = "ctl";
 /// The token of an empty level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -94,6 +96,13 @@ pub(crate) fn stream(prefix: &str, node: &str) -> (String, String) {
 /// The subject node `name` says it runs on (every [`super::HEARTBEAT`]).
 pub(crate) fn node_subject(prefix: &str, name: &str) -> String {
     let mut out = format!("{prefix}.{NODES}.");
+    push_level(&mut out, name);
+    out
+}
+
+/// The subject node `name` answers `broker ctl` commands on (`cluster call`).
+pub(crate) fn command_subject(prefix: &str, name: &str) -> String {
+    let mut out = format!("{prefix}.{COMMANDS}.");
     push_level(&mut out, name);
     out
 }

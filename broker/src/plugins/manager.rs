@@ -364,6 +364,7 @@ impl Manager {
         match words.as_slice() {
             ["plugins", "list"] => Ok(self.format_list("Plugin", false)),
             ["plugins", "list", "--verbose" | "-v"] => Ok(self.format_list("Plugin", true)),
+            ["plugins", "list", "--json"] => Ok(serde_json::to_string(&self.list()).unwrap_or_default()),
             // EMQX 4.x lists its modules apart: `Module(NAME, description=TEXT, active=BOOL)`.
             ["modules", "list"] => Ok(self.format_list("Module", false)),
             [group @ ("plugins" | "modules"), action @ ("load" | "unload" | "reload"), name] => {
@@ -393,15 +394,48 @@ impl Manager {
                     shared.node_name
                 ))
             }
+            ["broker", "--json"] => {
+                let shared = &self.shared;
+                Ok(serde_json::json!({
+                    "node": shared.node_name,
+                    "version": shared.broker_version,
+                    "sysdescr": plugin_api::emqx::SYSDESCR,
+                    "uptime": plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000),
+                    "datetime": plugin_api::emqx::datetime(),
+                    "node_status": "Running",
+                })
+                .to_string())
+            }
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
+            // The gauges and counters as `Host::metrics` gives them (the management API's
+            // per-node paths read another node's through `cluster call`).
+            ["broker", "stats" | "metrics", "--json"] => {
+                let report = self.shared.metrics_report();
+                let named = if words[1] == "stats" { report.stats } else { report.metrics };
+                Ok(serde_json::to_string(&named).unwrap_or_default())
+            }
+
             ["store", "stats"] => format_store_stats(&self.shared.store),
             ["cluster", "status"] => Ok(format!("Cluster status: {}", self.membership().erlang())),
             ["cluster", "status", "--json"] => Ok(self.membership().json().to_string()),
             ["cluster", "nodes", "--json"] => Ok(serde_json::Value::Array(self.nodes()).to_string()),
-            ["cluster", ..] => {
-                Err(CommandError::invalid("Usage: broker ctl cluster status [--json] | cluster nodes --json"))
+            ["cluster", "call", node, command @ ..] if !command.is_empty() => {
+                let command: Vec<String> = command.iter().map(|w| w.to_string()).collect();
+                if *node == self.shared.node_name {
+                    return self.command(&command);
+                }
+                let Some(cluster) = &self.shared.node.cluster else {
+                    return Err(CommandError::not_found(format!(
+                        "unknown node {node:?}: this node ({}) is alone",
+                        self.shared.node_name
+                    )));
+                };
+                cluster.call_blocking(node, &command).map_err(|(status, message)| CommandError::new(status, message))
             }
+            ["cluster", ..] => Err(CommandError::invalid(
+                "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster call NODE COMMAND...",
+            )),
             ["sessions", "list"] => Ok(self
                 .shared
                 .node
@@ -498,7 +532,8 @@ fn format_named(rows: impl IntoIterator<Item = (&'static str, u64)>) -> String {
 }
 
 const MODULES_USAGE: &str = "usage: broker ctl modules list | load NAME | unload NAME | reload NAME";
-const PLUGINS_USAGE: &str = "usage: broker ctl plugins list [--verbose] | load NAME | unload NAME | reload NAME";
+const PLUGINS_USAGE: &str =
+    "usage: broker ctl plugins list [--verbose | --json] | load NAME | unload NAME | reload NAME";
 
 /// The hook handles of the running plugins, in load order.
 fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {

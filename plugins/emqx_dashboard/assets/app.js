@@ -23,16 +23,34 @@ function show(message) {
   $("message").hidden = !message;
 }
 
-// The overview's figures, from EMQX's endpoints: gauges from /stats, counters from /metrics,
-// uptime (in EMQX's words) and node from /brokers.
+// The overview's figures, from EMQX's endpoints (each lists this node first): gauges from
+// /stats, counters from /metrics, uptime (in EMQX's words) and node from /brokers, and every
+// node of the cluster from /nodes.
 async function refreshStats() {
-  const [stats, metrics, brokers] = await Promise.all([api("GET", "/stats"), api("GET", "/metrics"), api("GET", "/brokers")]);
+  const [stats, metrics, brokers, nodes] = await Promise.all(
+    [api("GET", "/stats"), api("GET", "/metrics"), api("GET", "/brokers"), api("GET", "/nodes")]);
   const gauges = stats.data[0].stats, counters = metrics.data[0].metrics, broker = brokers.data[0];
   $("stat-clients").textContent = gauges["connections.count"];
   $("stat-received").textContent = counters["messages.received"];
   $("stat-sent").textContent = counters["messages.sent"];
   $("stat-uptime").textContent = broker.uptime;
   $("node").textContent = broker.node;
+  $("nodes-table").tBodies[0].replaceChildren(...nodes.data.map(nodeRow));
+}
+
+// One node of /nodes as a table row (text only: names come from the network).
+function nodeRow(node) {
+  const row = document.createElement("tr");
+  row.dataset.node = node.node;
+  const status = node.node_status === "Running" ? "active" : "inactive";
+  for (const [text, className] of [[node.node, ""], [node.node_status, `status ${status}`], [node.version, ""],
+    [node.uptime, ""], [String(node.connections), ""]]) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    if (className) { cell.className = className; }
+    row.appendChild(cell);
+  }
+  return row;
 }
 
 // Live chart of messages in / out per second: the deltas of the broker's counters
@@ -128,8 +146,9 @@ function pluginRow(plugin) {
 }
 
 async function refreshPlugins() {
-  // EMQX's shape: one entry a node, each with its plugins; this broker is one node.
-  const plugins = (await api("GET", "/plugins")).data.flatMap((node) => node.plugins);
+  // EMQX's shape: one entry a node, each with its plugins, this node first: the page starts
+  // and stops this node's.
+  const plugins = (await api("GET", "/plugins")).data[0].plugins;
   $("plugins-table").tBodies[0].replaceChildren(...plugins.map(pluginRow));
 }
 

@@ -69,6 +69,7 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
         .route("/api/v4/brokers/{node}", get(node_broker))
         .route("/api/v4/stats", get(stats))
         .route("/api/v4/nodes", get(nodes))
+        .route("/api/v4/nodes/{node}", get(node))
         .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/sessions", get(sessions))
@@ -145,15 +146,63 @@ async fn nodes(State(api): State<Api>) -> ApiResult {
     ok(nodes)
 }
 
-/// `GET /api/v4/brokers`: every node (this one), as EMQX.
-async fn brokers(State(api): State<Api>) -> ApiResult {
-    ok(json!([broker_info(&api)]))
+/// `GET /api/v4/nodes/{node}`: one node as `/api/v4/nodes` lists it.
+async fn node(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    let nodes = cluster_nodes(&api).await?;
+    let found = nodes.into_iter().find(|n| n["node"] == node.as_str());
+    ok(found.ok_or_else(|| unknown_node(&api, &node))?)
 }
 
-/// `GET /api/v4/brokers/{node}`.
+/// `GET /api/v4/brokers`: every running node, as EMQX (each answers for itself).
+async fn brokers(State(api): State<Api>) -> ApiResult {
+    let mut list = vec![broker_info(&api)];
+    for node in running_peers(&api).await? {
+        list.push(json_from(on_node(&api, &node, &["broker", "--json"]).await?)?);
+    }
+    ok(Value::Array(list))
+}
+
+/// `GET /api/v4/brokers/{node}`: any node of the cluster.
 async fn node_broker(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    this_node(&api, &node)?;
-    ok(broker_info(&api))
+    if node == api.host.node_name() {
+        return ok(broker_info(&api));
+    }
+    ok(json_from(on_node(&api, &node, &["broker", "--json"]).await?)?)
+}
+
+/// Every node `/api/v4/nodes` lists (EMQX 4's shape), this one first.
+async fn cluster_nodes(api: &Api) -> Result<Vec<Value>, ApiError> {
+    let listed = ctl(api.host, vec!["cluster".into(), "nodes".into(), "--json".into()]).await?;
+    match json_from(listed)? {
+        Value::Array(nodes) => Ok(nodes),
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("not a list of nodes: {other}"))),
+    }
+}
+
+/// The other nodes of the cluster that run now (none when this node is alone).
+async fn running_peers(api: &Api) -> Result<Vec<String>, ApiError> {
+    let nodes = cluster_nodes(api).await?;
+    let me = api.host.node_name();
+    let running = nodes.into_iter().filter(|n| n["node_status"] == "Running" && n["node"] != me);
+    Ok(running.filter_map(|n| n["node"].as_str().map(str::to_owned)).collect())
+}
+
+/// Runs a `broker ctl` command on `node`: this one, or another of the cluster (`cluster call`).
+async fn on_node(api: &Api, node: &str, command: &[&str]) -> Result<String, ApiError> {
+    let mut args: Vec<String> = Vec::with_capacity(command.len() + 3);
+    if node != api.host.node_name() {
+        args.extend(["cluster".to_owned(), "call".to_owned(), node.to_owned()]);
+    }
+    args.extend(command.iter().map(|w| w.to_string()));
+    ctl(api.host, args).await
+}
+
+fn json_from(text: String) -> Result<Value, ApiError> {
+    serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn unknown_node(api: &Api, node: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("unknown node {node:?}: this node is {:?}", api.host.node_name()))
 }
 
 fn host_metrics(api: &Api) -> Result<plugin_api::Metrics, ApiError> {
@@ -165,20 +214,41 @@ struct StatsQuery {
     aggregate: Option<bool>,
 }
 
-/// `GET /api/v4/stats`: the gauges per node, `[{"node", "stats": {...}}]`, as EMQX;
-/// `?aggregate=true` gives the gauges summed over nodes (here: this node's) as one object.
+/// `GET /api/v4/stats`: the gauges per running node, `[{"node", "stats": {...}}]`, as EMQX;
+/// `?aggregate=true` gives the gauges summed over the nodes as one object.
 async fn stats(State(api): State<Api>, Query(query): Query<StatsQuery>) -> ApiResult {
-    let m = host_metrics(&api)?;
+    let per_node = every_node(&api, "stats").await?;
     if query.aggregate == Some(true) {
-        return ok(json!(m.stats));
+        let mut sum = serde_json::Map::new();
+        for (_, stats) in &per_node {
+            for (name, value) in stats.as_object().into_iter().flatten() {
+                let total = sum.get(name).and_then(Value::as_u64).unwrap_or(0) + value.as_u64().unwrap_or(0);
+                sum.insert(name.clone(), json!(total));
+            }
+        }
+        return ok(Value::Object(sum));
     }
-    ok(json!([{"node": m.node, "stats": m.stats}]))
+    ok(Value::Array(per_node.into_iter().map(|(node, stats)| json!({"node": node, "stats": stats})).collect()))
 }
 
-/// `GET /api/v4/nodes/{node}/stats`.
+/// `broker stats` or `broker metrics` (`what`) of every running node, this one first.
+async fn every_node(api: &Api, what: &str) -> Result<Vec<(String, Value)>, ApiError> {
+    let m = host_metrics(api)?;
+    let mine = if what == "stats" { json!(m.stats) } else { json!(m.metrics) };
+    let mut per_node = vec![(m.node, mine)];
+    for node in running_peers(api).await? {
+        let answer = json_from(on_node(api, &node, &["broker", what, "--json"]).await?)?;
+        per_node.push((node, answer));
+    }
+    Ok(per_node)
+}
+
+/// `GET /api/v4/nodes/{node}/stats`: any node of the cluster.
 async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    this_node(&api, &node)?;
-    ok(json!(host_metrics(&api)?.stats))
+    if node == api.host.node_name() {
+        return ok(json!(host_metrics(&api)?.stats));
+    }
+    ok(json_from(on_node(&api, &node, &["broker", "stats", "--json"]).await?)?)
 }
 
 async fn clients(State(api): State<Api>) -> ApiResult {
@@ -228,32 +298,41 @@ fn plugin_type(name: &str) -> &'static str {
 /// This node's plugins as EMQX lists them: `name`, `description`, `active`, `type`.
 fn plugin_list(api: &Api) -> Result<Value, ApiError> {
     let plugins = api.host.plugins().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(plugin_json(plugins))
+}
+
+/// Plugins as EMQX lists them.
+fn plugin_json(plugins: Vec<plugin_api::PluginStatus>) -> Value {
     let list = plugins.into_iter().map(|p| {
         let kind = plugin_type(&p.name);
         json!({"name": p.name, "description": p.description, "active": p.active, "type": kind})
     });
-    Ok(Value::Array(list.collect()))
+    Value::Array(list.collect())
 }
 
-/// `GET /api/v4/plugins`: per node, as EMQX (`[{"node": ..., "plugins": [...]}]`).
+/// `GET /api/v4/plugins`: per running node, as EMQX (`[{"node": ..., "plugins": [...]}]`).
 async fn plugins(State(api): State<Api>) -> ApiResult {
-    let plugins = plugin_list(&api)?;
-    ok(json!([{"node": api.host.node_name(), "plugins": plugins}]))
-}
-
-/// Refuses a node name other than this broker's (there is no cluster).
-fn this_node(api: &Api, node: &str) -> Result<(), ApiError> {
-    if node == api.host.node_name() {
-        Ok(())
-    } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("unknown node {node:?}: this node is {:?}", api.host.node_name())))
+    let mut list = vec![json!({"node": api.host.node_name(), "plugins": plugin_list(&api)?})];
+    for node in running_peers(&api).await? {
+        list.push(json!({"node": node, "plugins": remote_plugin_list(&api, &node).await?}));
     }
+    ok(Value::Array(list))
 }
 
-/// `GET /api/v4/nodes/{node}/plugins`.
+/// Another node's plugins, as [`plugin_list`] gives this one's.
+async fn remote_plugin_list(api: &Api, node: &str) -> Result<Value, ApiError> {
+    let plugins: Vec<plugin_api::PluginStatus> =
+        serde_json::from_str(&on_node(api, node, &["plugins", "list", "--json"]).await?)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(plugin_json(plugins))
+}
+
+/// `GET /api/v4/nodes/{node}/plugins`: any node of the cluster.
 async fn node_plugins(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    this_node(&api, &node)?;
-    ok(plugin_list(&api)?)
+    if node == api.host.node_name() {
+        return ok(plugin_list(&api)?);
+    }
+    ok(remote_plugin_list(&api, &node).await?)
 }
 
 /// `PUT /api/v4/nodes/{node}/plugins/{name}/load|unload|reload`: `{"code": 0}`, as EMQX.
@@ -261,8 +340,7 @@ async fn node_plugin_action(
     State(api): State<Api>,
     Path((node, name, action)): Path<(String, String, String)>,
 ) -> ApiResult {
-    this_node(&api, &node)?;
-    run_plugin_action(api, name, action).await?;
+    run_plugin_action(api, &node, name, action).await?;
     Ok(Json(json!({"code": 0})))
 }
 
@@ -273,25 +351,27 @@ fn valid_name(name: &str) -> bool {
 /// `PUT /api/v4/plugins/{name}/load|unload|reload` (this API's older path): `{"code": 0,
 /// "message": ...}`.
 async fn plugin_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
-    let message = run_plugin_action(api, name, action).await?;
+    let node = api.host.node_name().to_owned();
+    let message = run_plugin_action(api, &node, name, action).await?;
     Ok(Json(json!({"code": 0, "message": message})))
 }
 
-/// Checks and runs one plugin action; the ctl answer.
-async fn run_plugin_action(api: Api, name: String, action: String) -> Result<String, ApiError> {
+/// Checks and runs one plugin action on `node` (this one or another of the cluster); the ctl
+/// answer.
+async fn run_plugin_action(api: Api, node: &str, name: String, action: String) -> Result<String, ApiError> {
     if !matches!(action.as_str(), "load" | "unload" | "reload") {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action {action:?}: use load, unload or reload")));
     }
     if !valid_name(&name) {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("invalid plugin name {name:?}: a name is [a-z0-9_]+")));
     }
-    if name == crate::NAME && action != "load" {
+    if name == crate::NAME && action != "load" && node == api.host.node_name() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("{name} cannot {action} itself through its own API; use `broker ctl plugins {action} {name}`"),
         ));
     }
-    ctl(api.host, vec!["plugins".into(), action, name]).await
+    on_node(&api, node, &["plugins", &action, &name]).await
 }
 
 async fn telemetry_status(State(api): State<Api>) -> ApiResult {
@@ -340,12 +420,14 @@ fn telemetry_off(e: ApiError) -> ApiError {
 // --- GET /api/v4/metrics (EMQX 4.x): every counter of this node, from `Host::metrics` ---
 
 async fn metrics(State(api): State<Api>) -> ApiResult {
-    let m = host_metrics(&api)?;
-    ok(json!([{"node": m.node, "metrics": m.metrics}]))
+    let per_node = every_node(&api, "metrics").await?;
+    ok(Value::Array(per_node.into_iter().map(|(node, metrics)| json!({"node": node, "metrics": metrics})).collect()))
 }
 
-/// `GET /api/v4/nodes/{node}/metrics`.
+/// `GET /api/v4/nodes/{node}/metrics`: any node of the cluster.
 async fn node_metrics(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    this_node(&api, &node)?;
-    ok(json!(host_metrics(&api)?.metrics))
+    if node == api.host.node_name() {
+        return ok(json!(host_metrics(&api)?.metrics));
+    }
+    ok(json_from(on_node(&api, &node, &["broker", "metrics", "--json"]).await?)?)
 }

@@ -2,13 +2,17 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/api/v4/brokers` | node, version, uptime |
-//! | GET | `/api/v4/stats` | `connections.count`, `messages.received`, `messages.sent`, `uptime` |
-//! | GET | `/api/v4/metrics` | every counter (`messages.received`, `bytes.sent`, ...) per node |
+//! | GET | `/api/v4/brokers`, `/api/v4/brokers/{node}` | node, version, uptime (every running node, or one) |
+//! | GET | `/api/v4/nodes`, `/api/v4/nodes/{node}` | the cluster's nodes as EMQX 4 lists them |
+//! | GET | `/api/v4/stats`, `/api/v4/nodes/{node}/stats` | the gauges per node (`?aggregate=true`: summed) |
+//! | GET | `/api/v4/metrics`, `/api/v4/nodes/{node}/metrics` | every counter (`messages.received`, `bytes.sent`, ...) per node |
 //! | GET | `/api/v4/clients` | connected clients |
 //! | GET | `/api/v4/plugins` | per node, as EMQX: `[{"node", "plugins": [{name, description, active, type}]}]` |
-//! | GET | `/api/v4/nodes/{node}/plugins` | this node's plugins: `[{name, description, active, type}]` |
-//! | PUT | `/api/v4/nodes/{node}/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...`, persisted the same way; `{"code": 0}` |
+//! | GET | `/api/v4/nodes/{node}/plugins` | a node's plugins: `[{name, description, active, type}]` |
+//! | PUT | `/api/v4/nodes/{node}/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...` on that node, persisted the same way; `{"code": 0}` |
+//!
+//! In a cluster, a path about another node is answered by that node: the API runs the
+//! command there with `broker ctl cluster call NODE ...` (a NATS request between the nodes).
 //! | PUT | `/api/v4/plugins/{name}/load`, `unload`, `reload` | the same, without the node |
 //! | GET, PUT | `/api/v4/telemetry/status` | `{"enabled": bool}` |
 //! | GET | `/api/v4/telemetry/data` | the next telemetry report |
