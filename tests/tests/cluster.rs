@@ -690,3 +690,30 @@ fn ctl_runs_a_command_on_another_node() {
     assert!(!failed.success, "{failed:?}");
     assert!(failed.stderr.contains("no running node \"emqx@nowhere\""), "{failed:?}");
 }
+
+/// In a cluster each node reports telemetry for itself, as EMQX 4 does: its own uuid, and the
+/// other running nodes' uuids in `nodes_uuid` (asked with `cluster call`).
+#[test]
+fn each_node_reports_telemetry_with_the_other_nodes_uuids() {
+    use e2e::receiver::{Mode, Receiver};
+    let receiver = Receiver::start(Mode::Accept);
+    let nats = Nats::start();
+    let url = receiver.url();
+    let telemetry = [
+        ("BROKER_TELEMETRY__URL", url.as_str()),
+        ("BROKER_TELEMETRY__REPORT_INTERVAL", "200ms"),
+        ("BROKER_TELEMETRY__FIRST_REPORT_DELAY", "0s"),
+    ];
+    let with_telemetry = || DataDir::with_plugins("{emqx_telemetry, true}.\n");
+    let (d1, _n1) = node_with(with_telemetry(), &nats, "emqx@t1", &telemetry);
+    let (d2, _n2) = node_with(with_telemetry(), &nats, "emqx@t2", &telemetry);
+    let (uuid1, uuid2) = (d1.ctl(&["telemetry", "get", "uuid"]).ok(), d2.ctl(&["telemetry", "get", "uuid"]).ok());
+    let (uuid1, uuid2) = (uuid1.trim().to_owned(), uuid2.trim().to_owned());
+    assert_ne!(uuid1, uuid2, "each node has its own uuid");
+    for (mine, other) in [(&uuid1, &uuid2), (&uuid2, &uuid1)] {
+        let report = receiver.wait_for("a report listing the other node", |r| {
+            r["uuid"] == mine.as_str() && r["nodes_uuid"] == serde_json::json!([other])
+        });
+        assert_eq!(report.json["nodes_uuid"].as_array().map(Vec::len), Some(1), "{}", report.raw);
+    }
+}

@@ -15,7 +15,13 @@
 //! its line from `loaded_plugins`.
 //!
 //! Commands, as EMQX's `emqx_ctl telemetry`: `broker ctl telemetry enable | disable |
-//! get status | get data`.
+//! get status | get data`, and `get uuid` (this node's uuid: what the other nodes of a cluster
+//! ask for).
+//!
+//! In a cluster each node reports for itself, as EMQX 4 does: its own uuid and counts, and in
+//! `nodes_uuid` the uuids of the other running nodes (asked with `broker ctl cluster call NODE
+//! telemetry get uuid`; a node that does not answer is left out, as EMQX leaves out a failed
+//! rpc).
 #![forbid(unsafe_code)]
 
 mod report;
@@ -39,6 +45,33 @@ struct Shared {
     host: Host,
     uuid: String,
     os: (String, String),
+    /// The other nodes' uuids as last asked: what `get data` shows (a command may not run
+    /// other commands, so it cannot ask).
+    nodes_uuid: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// The uuids of the other running nodes of the cluster (none when this node is alone).
+    fn nodes_uuid(&self) -> Vec<String> {
+        let asked = (|| -> Result<Vec<String>, plugin_api::HostError> {
+            let nodes: serde_json::Value =
+                serde_json::from_str(&self.host.ctl(&["cluster", "nodes", "--json"])?).unwrap_or_default();
+            let me = self.host.node_name();
+            let others = nodes.as_array().into_iter().flatten().filter(|n| n["node_status"] == "Running");
+            let names = others.filter_map(|n| n["node"].as_str()).filter(|n| *n != me);
+            let uuids =
+                names.filter_map(|node| self.host.ctl(&["cluster", "call", node, "telemetry", "get", "uuid"]).ok());
+            Ok(uuids.map(|u| u.trim().to_owned()).collect())
+        })();
+        let mut known = self.nodes_uuid.lock().unwrap_or_else(|e| e.into_inner());
+        match asked {
+            Ok(uuids) => {
+                *known = uuids.clone();
+                uuids
+            }
+            Err(_) => known.clone(),
+        }
+    }
 }
 
 impl Source for Shared {
@@ -58,7 +91,7 @@ impl Source for Shared {
         let stats = self.host.stats();
         Report {
             license: License { edition: "community" },
-            nodes_uuid: Vec::new(),
+            nodes_uuid: self.nodes_uuid(),
             active_plugins,
             active_modules,
             num_clients: stats.connections_max,
@@ -167,7 +200,12 @@ impl Plugin for Telemetry {
         let settings: Settings = config.parse()?;
         let bucket = host.store(state::BUCKET);
         let state = state::load_or_create(&host, &bucket)?;
-        let shared = Arc::new(Shared { host, uuid: state.uuid.clone(), os: report::os_name_and_version() });
+        let shared = Arc::new(Shared {
+            host,
+            uuid: state.uuid.clone(),
+            os: report::os_name_and_version(),
+            nodes_uuid: Mutex::new(Vec::new()),
+        });
         let telemetry = Telemetry { shared, bucket, settings, control: Mutex::new(Control { state, reporter: None }) };
         {
             let mut control = telemetry.control();
@@ -190,7 +228,8 @@ impl Plugin for Telemetry {
                 Some(_) => "Telemetry is disabled".to_owned(),
             }),
             ["get", "data"] => serde_json::to_string_pretty(&self.shared.report()).map_err(|e| e.to_string()),
-            _ => Err("usage: broker ctl telemetry enable | disable | get status | get data".to_owned()),
+            ["get", "uuid"] => Ok(self.shared.uuid.clone()),
+            _ => Err("usage: broker ctl telemetry enable | disable | get status | get data | get uuid".to_owned()),
         }
     }
 
