@@ -35,9 +35,13 @@
 //!   `last + n` shows that the `n` messages since the last answer were all stored (see
 //!   `await_stored`). A gap fails the whole run, and its publishers are told so.
 //!
-//! What this does not do yet (issue "Scale out on NATS"): nothing reads the stream back (a
-//! session taken over by another node does not replay it); sessions, retained messages and
-//! the store are per node.
+//! - **Catching up after losing NATS.** When its connection comes back, a node reads the
+//!   other nodes' streams from shortly before it was lost (`catch_up`) and routes what it
+//!   missed: every QoS 1/2 message published meanwhile reaches its subscribers, late. What it
+//!   had routed already is recognised (`dedup`) and not routed twice.
+//!
+//! What this does not do yet (issue "Scale out on NATS"): a session taken over by another
+//! node does not replay the streams; sessions, retained messages and the store are per node.
 
 mod dedup;
 mod inbox;
@@ -126,6 +130,13 @@ const ACK_EVERY: usize = 256;
 
 /// How far the forwarding task looks ahead in its queue for more QoS 1/2 messages.
 const LOOKAHEAD: usize = 1024;
+
+/// How long before it lost NATS a node reads the streams from when it is back (the messages
+/// that may have been on their way; those it had routed are recognised).
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(2);
+
+/// How many messages read back are handed to the inbox at a time.
+const CATCH_UP_BATCH: usize = 1024;
 
 /// Resolves when JetStream has stored a forwarded QoS 1/2 message; `Err` says why it did not.
 /// What the publisher's PUBACK / PUBREC waits for.
@@ -247,6 +258,8 @@ pub(crate) struct Cluster {
     peers: Mutex<HashMap<String, (Instant, NodeInfo)>>,
     /// The runtime the cluster's tasks run on (for [`Cluster::call_blocking`]).
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// The main connection's events (lost, back), for the task that catches up.
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<async_nats::Event>>>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -298,7 +311,7 @@ impl Cluster {
             return Err(ClusterError::InvalidPrefix(config.subject_prefix.clone()));
         }
         let unreachable = |why: String| ClusterError::Unreachable { url: config.nats.clone(), why };
-        let connect = |echo: bool| {
+        let connect = |echo: bool, on_event: Box<dyn Fn(async_nats::Event) + Send + Sync>| {
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("broker {}{}", config.node_name, if echo { " (share groups)" } else { "" }))
                 .connection_timeout(config.connect_timeout)
@@ -308,7 +321,11 @@ impl Cluster {
                 options = options.retry_on_initial_connect();
             }
             if !echo {
-                options = options.no_echo().event_callback(|event| async move { log_event(event) });
+                let on_event = Arc::new(on_event);
+                options = options.no_echo().event_callback(move |event| {
+                    let on_event = on_event.clone();
+                    async move { on_event(event) }
+                });
             }
             let connecting = options.connect(config.nats.clone());
             async {
@@ -318,6 +335,17 @@ impl Cluster {
                     Err(_) => Err(unreachable(format!("no connection within {:?}", config.connect_timeout))),
                 }
             }
+        };
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let connect = |echo: bool| {
+            let events = events.clone();
+            connect(
+                echo,
+                Box::new(move |event: async_nats::Event| {
+                    log_event(&event);
+                    let _ = events.send(event);
+                }),
+            )
         };
         let client = connect(false).await?;
         let queues = connect(true).await?;
@@ -347,6 +375,7 @@ impl Cluster {
             not_forwarded_log: Throttle::new(Duration::from_secs(10)),
             peers: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
+            events_rx: Mutex::new(Some(events_rx)),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -390,10 +419,13 @@ impl Cluster {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
         let (reading, reading_rx) = mpsc::unbounded_channel();
         if let Some(changes) = crate::lock(&self.changes_rx).take() {
-            tokio::spawn(self.clone().keep_interest(changes, reading));
+            tokio::spawn(self.clone().keep_interest(changes, reading.clone()));
         }
         if let Some(outbound) = crate::lock(&self.outbound_rx).take() {
             tokio::spawn(self.clone().publish_forwarded(outbound));
+        }
+        if let Some(events) = crate::lock(&self.events_rx).take() {
+            tokio::spawn(self.clone().catch_up_after_losses(events, reading.clone()));
         }
         let cluster = self.clone();
         let mut seen = dedup::Seen::default();
@@ -403,6 +435,88 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
+    }
+
+    /// Each time the main connection comes back after it was lost, reads what the other nodes
+    /// stored meanwhile (see [`Cluster::catch_up`]).
+    async fn catch_up_after_losses(
+        self: Arc<Cluster>,
+        mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+        reading: mpsc::UnboundedSender<inbox::Command>,
+    ) {
+        let mut lost_at_ms = None;
+        while let Some(event) = events.recv().await {
+            match event {
+                async_nats::Event::Disconnected => {
+                    lost_at_ms.get_or_insert(crate::now_ms());
+                }
+                async_nats::Event::Connected => {
+                    let Some(lost) = lost_at_ms.take() else { continue };
+                    let since = lost.saturating_sub(CATCH_UP_MARGIN.as_millis() as u64);
+                    // The connection subscribes again as it comes back: once the server has
+                    // handled that, what is published from now on arrives live.
+                    self.round_trip().await;
+                    match self.catch_up(since, &reading).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("cluster: NATS is back; {n} QoS 1/2 messages read back to catch up"),
+                        Err(e) => tracing::warn!("cluster: NATS is back, but catching up failed: {e}"),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands the inbox every QoS 1/2 message the other nodes' streams hold from `since_ms`
+    /// (ms since the Unix epoch) up to now; it routes those not routed yet. Returns how many
+    /// were read.
+    async fn catch_up(&self, since_ms: u64, reading: &mpsc::UnboundedSender<inbox::Command>) -> Result<usize, String> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let (mine, _) = subject::stream(&self.config.subject_prefix, &self.config.node_name);
+        let prefix = subject::stream_name_prefix(&self.config.subject_prefix);
+        let names: Vec<String> = self.jetstream.stream_names().filter_map(|n| async { n.ok() }).collect().await;
+        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+            .map_err(|e| e.to_string())?;
+        let mut read = 0;
+        for name in names.into_iter().filter(|n| n.starts_with(&prefix) && *n != mine) {
+            let mut stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+            if last == 0 {
+                continue;
+            }
+            let config =
+                OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
+            let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+            // What it holds from `since` on, as the consumer was made.
+            let pending = consumer.cached_info().num_pending;
+            if pending == 0 {
+                continue;
+            }
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut batch = Vec::new();
+            let mut taken = 0;
+            while taken < pending {
+                let next = tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await;
+                let message = match next {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
+                    Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
+                };
+                taken += 1;
+                let seq = message.info().map(|info| info.stream_sequence).unwrap_or(last);
+                batch.push(message.split().0);
+                if batch.len() >= CATCH_UP_BATCH {
+                    read += batch.len();
+                    let _ = reading.send(inbox::Command::Replay(std::mem::take(&mut batch)));
+                }
+                if seq >= last {
+                    break;
+                }
+            }
+            read += batch.len();
+            let _ = reading.send(inbox::Command::Replay(batch));
+        }
+        Ok(read)
     }
 
     /// Answers the commands other nodes send this one with `commands` (on the current runtime).
@@ -815,7 +929,7 @@ impl Cluster {
     }
 }
 
-fn log_event(event: async_nats::Event) {
+fn log_event(event: &async_nats::Event) {
     match event {
         async_nats::Event::Connected => tracing::info!("cluster: connected to NATS"),
         async_nats::Event::Disconnected => tracing::warn!("cluster: lost NATS; serving local clients, reconnecting"),

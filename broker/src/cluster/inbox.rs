@@ -30,6 +30,9 @@ pub(super) enum Command {
     Attach { id: u64, via: Via, subscriber: async_nats::Subscriber },
     /// Stops reading subscription `id` (dropping it unsubscribes it).
     Detach(u64),
+    /// Messages read back from the other nodes' streams after NATS was lost (oldest first):
+    /// handed on at once, as plain subscriptions' (routing recognises those seen before).
+    Replay(Vec<async_nats::Message>),
 }
 
 /// One message from another node.
@@ -79,6 +82,9 @@ impl Inbox {
             let first = tokio::select! {
                 command = commands.recv() => {
                     match command {
+                        Some(Command::Replay(messages)) => {
+                            messages.into_iter().for_each(|m| deliver(Arrived::new(None, m)));
+                        }
                         Some(command) => self.apply(command),
                         None => return,
                     }
@@ -116,6 +122,7 @@ impl Inbox {
         match command {
             Command::Attach { id, via, subscriber } => self.reading.push(Reading { id, via, subscriber }),
             Command::Detach(id) => self.reading.retain(|r| r.id != id),
+            Command::Replay(_) => {}
         }
     }
 

@@ -85,11 +85,16 @@ pub(crate) fn every_durable_root(prefix: &str) -> String {
 /// and the subjects it captures. A name holds only `A-Za-z0-9_-` (NATS also makes a directory
 /// of it): the node's name with other characters as `_`, and a hash of the exact name, so
 /// that two nodes never share a stream.
+/// What the name of every node's stream starts with (see [`stream`]).
+pub(crate) fn stream_name_prefix(prefix: &str) -> String {
+    format!("{}_messages_", prefix.replace('.', "_"))
+}
+
 pub(crate) fn stream(prefix: &str, node: &str) -> (String, String) {
     let plain: String = node.chars().map(|c| if c.is_ascii() && is_plain(c as u8) { c } else { '_' }).collect();
     // FNV-1a: stable across builds and platforms (the name outlives the process).
     let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let name = format!("{}_messages_{plain}_{:08x}", prefix.replace('.', "_"), hash as u32);
+    let name = format!("{}{plain}_{:08x}", stream_name_prefix(prefix), hash as u32);
     (name, format!("{}.>", durable_root(prefix, node)))
 }
 
