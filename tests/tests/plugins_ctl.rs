@@ -131,7 +131,7 @@ fn ctl_errors_are_one_clear_line_with_a_failure_status() {
         (&["plugins", "load", "hook_recorder"], "error: plugin hook_recorder is already loaded"),
         (&["plugins", "unload", "emqx_retainer"], "error: plugin emqx_retainer is not loaded"),
         (&["plugins", "load", "../../etc/passwd"], "error: invalid plugin name \"../../etc/passwd\""),
-        (&["plugins", "frobnicate"], "error: usage: broker ctl plugins list [--verbose] | load NAME"),
+        (&["plugins", "frobnicate"], "error: usage: broker ctl plugins list [--verbose | --json] | load NAME"),
         (&["nonsense"], "error: unknown command \"nonsense\""),
     ];
     for (args, expected) in cases {
