@@ -118,9 +118,22 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// default, and a subject travels in it).
 const MAX_SUBJECT: usize = 3 * 1024;
 
-/// Messages waiting to be handed to the NATS client; past this, a message is not forwarded
-/// (counted and logged).
-const OUTBOUND_QUEUE: usize = 64 * 1024;
+/// The queue to NATS (`[cluster] forward_queue` messages): past that, a message is not
+/// forwarded (counted and logged). Client publishers are held back from half of it (see
+/// [`Cluster::backlogged`]) until it is down to an eighth, so only publishers that cannot wait
+/// (plugins, `$SYS`) ever fill it.
+#[derive(Debug, Clone, Copy)]
+struct QueueLimits {
+    capacity: usize,
+    high: usize,
+    low: usize,
+}
+
+impl QueueLimits {
+    fn of(capacity: usize) -> QueueLimits {
+        QueueLimits { capacity, high: capacity / 2, low: capacity / 8 }
+    }
+}
 
 /// How long a QoS 1/2 message's publisher waits for JetStream to say it stored the message.
 const STORED_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,6 +176,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) connect_timeout: Duration,
     /// Start without NATS if it cannot be reached (and join once it can), instead of exiting.
     pub(crate) start_alone: bool,
+    /// How many messages may wait to be handed to NATS (see `QueueLimits`).
+    pub(crate) forward_queue: usize,
     /// How long the JetStream stream keeps QoS 1/2 messages.
     pub(crate) retention: Duration,
     /// How many bytes of them it keeps at most (the oldest go first).
@@ -249,7 +264,12 @@ pub(crate) struct Cluster {
     requested: AtomicU64,
     confirmed: watch::Sender<u64>,
     outbound: mpsc::Sender<Outgoing>,
+    queue: QueueLimits,
     outbound_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Some publisher waits for the queue to NATS to drain ([`Cluster::room`]).
+    publishers_wait: std::sync::atomic::AtomicBool,
+    /// Bumped when the queue drained below its low mark while publishers waited.
+    drained: watch::Sender<u64>,
     node: OnceLock<Weak<dyn LocalNode>>,
     /// Messages not forwarded (queue full, subject too long), logged once a window.
     not_forwarded: AtomicU64,
@@ -351,7 +371,8 @@ impl Cluster {
         let queues = connect(true).await?;
         let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(STORED_TIMEOUT).build(client.clone());
         let (changes, changes_rx) = mpsc::unbounded_channel();
-        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let queue = QueueLimits::of(config.forward_queue);
+        let (outbound, outbound_rx) = mpsc::channel(queue.capacity);
         let durable_root = subject::durable_root(&config.subject_prefix, &config.node_name);
         let every_durable_root = subject::every_durable_root(&config.subject_prefix);
         let cluster = Cluster {
@@ -369,7 +390,10 @@ impl Cluster {
             requested: AtomicU64::new(0),
             confirmed: watch::Sender::new(0),
             outbound,
+            queue,
             outbound_rx: Mutex::new(Some(outbound_rx)),
+            publishers_wait: std::sync::atomic::AtomicBool::new(false),
+            drained: watch::Sender::new(0),
             node: OnceLock::new(),
             not_forwarded: AtomicU64::new(0),
             not_forwarded_log: Throttle::new(Duration::from_secs(10)),
@@ -739,6 +763,34 @@ impl Cluster {
         })
     }
 
+    /// Messages queued for NATS now.
+    fn queued(&self) -> usize {
+        self.queue.capacity - self.outbound.capacity()
+    }
+
+    /// Whether the queue to NATS is long enough that a client publisher should wait
+    /// ([`Cluster::room`]) before its next PUBLISH: overload protection, so that QoS 0
+    /// messages are not dropped for a queue that a burst filled faster than NATS takes it.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.queued() >= self.queue.high
+    }
+
+    /// Resolves once the queue to NATS is down to its low mark.
+    pub(crate) fn room(self: &Arc<Cluster>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let cluster = self.clone();
+        let mut drained = self.drained.subscribe();
+        Box::pin(async move {
+            loop {
+                // Said before looking, so that the forwarding task, which looks at it after
+                // taking from the queue, cannot miss this publisher.
+                cluster.publishers_wait.store(true, Ordering::SeqCst);
+                if cluster.queued() <= cluster.queue.low || drained.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     fn not_forwarded(&self, why: &str) {
         let count = self.not_forwarded.fetch_add(1, Ordering::Relaxed) + 1;
         if self.not_forwarded_log.check((), Instant::now()).is_some() {
@@ -849,6 +901,9 @@ impl Cluster {
                 let Ok(next) = outbound.try_recv() else { break };
                 durable_ahead += usize::from(next.stored.is_some());
                 ahead.push_back(next);
+            }
+            if outbound.len() <= self.queue.low && self.publishers_wait.swap(false, Ordering::SeqCst) {
+                self.drained.send_modify(|n| *n += 1);
             }
             let Some(Outgoing { subject, bytes, stored }) = ahead.pop_front() else { continue };
             let Some(told) = stored else {

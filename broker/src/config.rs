@@ -326,6 +326,9 @@ pub struct ClusterSettings {
     /// `true`: a node that cannot reach NATS at start serves its own clients and joins the
     /// cluster once NATS answers, instead of exiting.
     pub start_alone: bool,
+    /// How many messages may wait to be handed to NATS; client publishers wait from half of
+    /// it (overload protection), and past it a message is not forwarded.
+    pub forward_queue: usize,
     /// How long the JetStream stream keeps QoS 1/2 messages (they are stored there before
     /// their PUBACK / PUBREC), e.g. `"1h"`.
     #[serde(deserialize_with = "duration_text")]
@@ -343,6 +346,7 @@ impl Default for ClusterSettings {
             subject_prefix: "mqtt".to_owned(),
             connect_timeout: "5s".to_owned(),
             start_alone: false,
+            forward_queue: 128 * 1024,
             retention: "1h".to_owned(),
             retention_bytes: 1 << 30,
             replicas: 1,
@@ -362,6 +366,10 @@ impl ClusterSettings {
             node_name: node_name.to_owned(),
             connect_timeout: duration("cluster.connect_timeout", &self.connect_timeout)?,
             start_alone: self.start_alone,
+            forward_queue: match self.forward_queue {
+                n if n >= 16 => n,
+                n => return Err(ConfigError::Setting("cluster.forward_queue", format!("{n} (at least 16)"))),
+            },
             retention: match duration("cluster.retention", &self.retention)? {
                 d if d.is_zero() => {
                     return Err(ConfigError::Setting("cluster.retention", "0 (must be longer than 0)".to_owned()))

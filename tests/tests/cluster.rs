@@ -751,3 +751,39 @@ fn a_node_that_lost_nats_catches_up_on_what_was_stored_meanwhile() {
     publisher.publish("u/end", QoS::AtLeastOnce, "after");
     assert_eq!(topic(&subscriber.next_publish()), "u/end", "u/0 was not routed again");
 }
+
+/// A burst of QoS 0 faster than NATS takes it slows its publishers down (overload
+/// protection, as for a full session queue) instead of dropping messages between nodes:
+/// with the queue to NATS at 256 messages, 10 publishers × 5,000 QoS 0 messages, all sent
+/// without pause, all reach the subscriber on the other node, each publisher's in order.
+#[test]
+fn a_qos_0_burst_faster_than_nats_slows_its_publishers_and_loses_nothing() {
+    let nats = Nats::start();
+    let unlimited = [("BROKER_MQTT__MAX_MQUEUE_LEN", "0"), ("BROKER_CLUSTER__FORWARD_QUEUE", "256")];
+    let (_d1, n1) = node_with(DataDir::new(), &nats, "emqx@q1", &unlimited);
+    let (_d2, n2) = node_with(DataDir::new(), &nats, "emqx@q2", &unlimited);
+    let mut subscriber = C5::connect(&n2, "q-sub");
+    subscriber.subscribe("q/#", QoS::AtMostOnce);
+    const PUBLISHERS: usize = 10;
+    const EACH: usize = 5000;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let mut publisher = C5::connect(&n1, &format!("q-pub{p}"));
+            std::thread::spawn(move || {
+                for n in 0..EACH {
+                    publisher.publish(&format!("q/{p}"), QoS::AtMostOnce, &n.to_string());
+                }
+                publisher
+            })
+        })
+        .collect();
+    let mut next = [0usize; PUBLISHERS];
+    for _ in 0..PUBLISHERS * EACH {
+        let p = subscriber.next_publish();
+        let from: usize = topic(&p)["q/".len()..].parse().unwrap();
+        assert_eq!(payload(&p), next[from].to_string(), "publisher {from}'s messages, in order, none lost");
+        next[from] += 1;
+    }
+    publishers.into_iter().for_each(|p| drop(p.join().expect("a publisher")));
+    assert!(n1.logs().iter().all(|l| !l.contains("not forwarded")), "nothing was dropped");
+}

@@ -306,7 +306,7 @@ impl<T: Transport> Connection<T> {
         let mut full = Vec::new();
         let node = self.node.clone();
         let outcome = node.publish_from(message, &self.client, self.can_wait().then_some(&mut full), Some(durable));
-        if !full.is_empty() {
+        if self.can_wait() {
             self.wait_for(full);
         }
         outcome

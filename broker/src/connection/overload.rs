@@ -12,6 +12,10 @@
 //! publishing to each other, keep acknowledging while they wait (no deadlock). SUBSCRIBE,
 //! UNSUBSCRIBE and DISCONNECT keep their place behind the parked PUBLISHes.
 //!
+//! In a cluster, a connection also waits while the node's queue to NATS is long
+//! (`Cluster::backlogged`) until it has drained (`Cluster::room`): a burst faster than NATS
+//! takes it slows its publishers down rather than losing QoS 0 messages between nodes.
+//!
 //! Parked input is bounded ([`PARK_HIGH_WATER`]): above it the socket is not read, so TCP
 //! pushes back on the client, and its keep-alive is not held against it meanwhile. If the
 //! client's acknowledgements are stuck behind that much parked input while other publishers
@@ -34,7 +38,7 @@ use crate::session::Session;
 pub(super) const PARK_HIGH_WATER: usize = 64 * 1024;
 
 /// A connection slowed down by overload protection (boxed: most connections never are).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Congestion {
     /// The sessions whose full queues the connection waits for.
     full: Vec<Arc<Session>>,
@@ -42,6 +46,32 @@ pub(super) struct Congestion {
     parked: BytesMut,
     /// The parked PUBLISHes are handled without waiting (a possible cycle is broken).
     forced: bool,
+    /// In a cluster: resolves when the node's queue to NATS has drained.
+    cluster_room: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Congestion")
+            .field("full", &self.full.len())
+            .field("parked", &self.parked.len())
+            .field("forced", &self.forced)
+            .field("cluster_room", &self.cluster_room.is_some())
+            .finish()
+    }
+}
+
+impl Congestion {
+    /// Whether anything is still waited for.
+    fn waiting(&self) -> bool {
+        !self.full.is_empty() || self.cluster_room.is_some()
+    }
+
+    /// Stops waiting for anything.
+    fn stop_waiting(&mut self) {
+        self.full.clear();
+        self.cluster_room = None;
+    }
 }
 
 /// Whether a packet of kind `packet_kind` is handled ahead of parked PUBLISHes.
@@ -52,7 +82,7 @@ pub(super) fn overtakes(packet_kind: u8) -> bool {
 impl<T: Transport> Connection<T> {
     /// Whether the next PUBLISH must wait (a queue it filled has not drained yet).
     pub(super) fn must_wait(&self) -> bool {
-        self.congestion.as_ref().is_some_and(|c| !c.full.is_empty())
+        self.congestion.as_ref().is_some_and(|c| c.waiting())
     }
 
     /// Whether frames read now are parked (they would overtake parked ones otherwise).
@@ -75,13 +105,21 @@ impl<T: Transport> Connection<T> {
         self.congestion.get_or_insert_with(Box::default).parked.extend_from_slice(frame);
     }
 
-    /// Waits for `full` (the sessions a PUBLISH just filled) before the next PUBLISH.
+    /// Waits for `full` (the sessions a PUBLISH just filled) before the next PUBLISH, and in
+    /// a cluster for the node's queue to NATS if it is long.
     pub(super) fn wait_for(&mut self, full: Vec<Arc<Session>>) {
+        let backlogged = self.node.cluster.as_ref().filter(|c| c.backlogged()).map(|c| c.room());
+        if full.is_empty() && backlogged.is_none() {
+            return;
+        }
         let congestion = self.congestion.get_or_insert_with(Box::default);
         for session in full {
             if !congestion.full.iter().any(|s| Arc::ptr_eq(s, &session)) {
                 congestion.full.push(session);
             }
+        }
+        if congestion.cluster_room.is_none() {
+            congestion.cluster_room = backlogged;
         }
     }
 
@@ -93,7 +131,7 @@ impl<T: Transport> Connection<T> {
         let Some(congestion) = self.congestion.as_mut() else {
             return Ok(None);
         };
-        if !congestion.full.is_empty() || congestion.parked.is_empty() {
+        if congestion.waiting() || congestion.parked.is_empty() {
             return Ok(None);
         }
         let mut parked = std::mem::take(&mut congestion.parked);
@@ -102,7 +140,7 @@ impl<T: Transport> Connection<T> {
             congestion.forced = false;
             // Emptied, the buffer goes: it may have grown to the high-water mark.
             congestion.parked = if parked.is_empty() { BytesMut::new() } else { parked };
-            if congestion.full.is_empty() && congestion.parked.is_empty() {
+            if !congestion.waiting() && congestion.parked.is_empty() {
                 self.congestion = None;
             }
         }
@@ -117,7 +155,10 @@ impl<T: Transport> Connection<T> {
             return false;
         };
         congestion.full.retain(|session| session.wait_for_room(id, cx.waker(), limits));
-        if congestion.full.is_empty() {
+        if congestion.cluster_room.as_mut().is_some_and(|room| room.as_mut().poll(cx).is_ready()) {
+            congestion.cluster_room = None;
+        }
+        if !congestion.waiting() {
             if congestion.parked.is_empty() {
                 self.congestion = None;
                 return false;
@@ -129,7 +170,7 @@ impl<T: Transport> Connection<T> {
                 client_id = &*self.client.client_id,
                 "waiting for full queues while others wait for this client's: publishing without waiting"
             );
-            congestion.full.clear();
+            congestion.stop_waiting();
             congestion.forced = true;
             return true;
         }
@@ -144,7 +185,7 @@ impl<T: Transport> Connection<T> {
         }
         while self.parked_len() > 0 {
             if let Some(congestion) = self.congestion.as_mut() {
-                congestion.full.clear();
+                congestion.stop_waiting();
                 congestion.forced = true;
             }
             match self.handle_parked() {

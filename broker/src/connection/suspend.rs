@@ -66,7 +66,7 @@ impl<T: Transport> Connection<T> {
                     let (outcome, full, routed) =
                         self.node.hooks.run_blocking(Hook::MessagePublish, publish).await.ok_or(Ended::Shutdown)?;
                     batch = routed;
-                    if !full.is_empty() {
+                    if can_wait {
                         self.wait_for(full);
                     }
                     outcome
