@@ -9,9 +9,9 @@
 #     stream stored it: what the cluster costs a node's own traffic);
 #   - cluster, cross-node: publishers on one node, the subscriber on the other (every message
 #     crosses NATS).
-# Each line says how many of the 50,000 messages arrived (the fewest in a run): QoS 0
-# forwarding is NATS core's, so a node whose queue to NATS is full drops what does not fit
-# (counted and logged as "not forwarded"); QoS 1 is refused rather than dropped.
+# Each line says how many of the 50,000 messages arrived (the fewest in a run) if some did
+# not: a node holds its publishers back while its queue to NATS is long, so none should be
+# lost (a message past the queue is counted and logged as "not forwarded").
 # The NATS server runs with JetStream (-js), in the run's temporary directory.
 #
 #   bench/cluster.sh              # needs: apt-get install nats-server; python3
