@@ -27,7 +27,10 @@ use crate::cluster::Stored;
 use crate::mqtt::publish::encode_ack;
 use crate::mqtt::reason;
 
-type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+/// Something an acknowledgement waits for, which may fail with `E`.
+type Awaited<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
+
+type Commit = Awaited<StoreError>;
 
 /// Acknowledgements waiting, oldest first, and the writes they wait for.
 ///
@@ -168,34 +171,21 @@ impl<T: Transport> Connection<T> {
             if front.round == Some(held.round) {
                 break; // its round is not committed yet
             }
-            if let Some(commit) = front.commit.as_mut() {
-                match commit.as_mut().poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        tracing::warn!(
-                            client_id = ?crate::log_limit::clipped(&self.client.client_id),
-                            "a message for persistent sessions was refused: {e}"
-                        );
-                        held.failed_round = front.round;
-                    }
-                }
-                // Done: never polled again.
-                front.commit = None;
+            let Poll::Ready(refused) = poll_taken(&mut front.commit, cx) else { break };
+            if let Some(e) = refused {
+                tracing::warn!(
+                    client_id = ?crate::log_limit::clipped(&self.client.client_id),
+                    "a message for persistent sessions was refused: {e}"
+                );
+                held.failed_round = front.round;
             }
-            if let Some(stored) = front.stored.as_mut() {
-                match stored.as_mut().poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(why)) => {
-                        tracing::warn!(
-                            client_id = ?crate::log_limit::clipped(&self.client.client_id),
-                            "cluster: a QoS 1/2 message was not stored in NATS: {why}"
-                        );
-                        front.not_stored = true;
-                    }
-                }
-                front.stored = None;
+            let Poll::Ready(not_stored) = poll_taken(&mut front.stored, cx) else { break };
+            if let Some(why) = not_stored {
+                tracing::warn!(
+                    client_id = ?crate::log_limit::clipped(&self.client.client_id),
+                    "cluster: a QoS 1/2 message was not stored in NATS: {why}"
+                );
+                front.not_stored = true;
             }
             let Some(front) = held.waiting.pop_front() else { break };
             moved = true;
@@ -226,4 +216,13 @@ impl<T: Transport> Connection<T> {
             Poll::Pending
         }
     }
+}
+
+/// Polls the future in `slot`, if there is one: `Pending` while it runs; once it is done, empties
+/// the slot (it is never polled again) and gives its error, if any.
+fn poll_taken<E>(slot: &mut Option<Awaited<E>>, cx: &mut Context<'_>) -> Poll<Option<E>> {
+    let Some(future) = slot.as_mut() else { return Poll::Ready(None) };
+    let result = std::task::ready!(future.as_mut().poll(cx));
+    *slot = None;
+    Poll::Ready(result.err())
 }
