@@ -678,6 +678,20 @@ async fn the_management_api_answers_for_every_node() {
     let list = d2.ctl(&["plugins", "list"]).ok();
     assert!(list.contains("Plugin(emqx_mod_presence, description=") && list.contains("active=false"), "{list}");
 
+    // Clients and sessions of the whole cluster, or of one node, each with its node.
+    let (_, body) = get("/api/v4/clients").await;
+    assert_eq!(body["meta"]["count"], 2, "{body}");
+    assert!(body["data"].as_array().unwrap().iter().all(|c| c["node"] == "emqx@m2"), "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m2/clients").await;
+    assert_eq!(body["meta"]["count"], 2, "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m1/clients").await;
+    assert_eq!(body["meta"]["count"], 0, "{body}");
+    let (_, body) = get("/api/v4/sessions").await;
+    let ids: Vec<_> = body["data"].as_array().unwrap().iter().map(|s| s["clientid"].clone()).collect();
+    assert!(ids.contains(&"m-1".into()) && ids.contains(&"m-2".into()), "{body}");
+    let (_, body) = get("/api/v4/nodes/emqx@m1/sessions").await;
+    assert_eq!(body["meta"]["count"], 0, "{body}");
+
     let (status, body) = get("/api/v4/nodes/emqx@nowhere/stats").await;
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{body}");
 }

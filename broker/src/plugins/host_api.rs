@@ -74,6 +74,22 @@ pub(crate) struct HostShared {
 }
 
 impl HostShared {
+    /// The connected clients, as [`HostApi::list_clients`] reports them.
+    pub(crate) fn client_list(&self) -> Vec<plugin_api::ClientInfo> {
+        let connected = self.node.sessions.connected();
+        let clients = connected.iter().map(|c| plugin_api::ClientInfo {
+            clientid: c.client_id.to_string(),
+            username: c.username.to_string(),
+            ip_address: c.peer_addr.map(|p| p.ip().to_string()).unwrap_or_default(),
+            port: c.peer_addr.map(|p| p.port()).unwrap_or(0),
+            proto_ver: c.version.level(),
+            keepalive: c.keep_alive,
+            clean_start: c.clean_start,
+            connected_at: c.connected_at_ms,
+        });
+        clients.collect()
+    }
+
     /// Every counter and gauge, as [`HostApi::metrics`] reports them.
     pub(crate) fn metrics_report(&self) -> plugin_api::Metrics {
         let node = &self.node;
@@ -414,23 +430,7 @@ unsafe extern "C" fn list_clients(ctx: *const c_void, out: RawWriter) -> Status 
     // SAFETY: our ctx.
     let context = unsafe { context(ctx) };
     refuse_if_stopped!(context, out);
-    let clients: Vec<plugin_api::ClientInfo> = context
-        .shared
-        .node
-        .sessions
-        .connected()
-        .iter()
-        .map(|c| plugin_api::ClientInfo {
-            clientid: c.client_id.to_string(),
-            username: c.username.to_string(),
-            ip_address: c.peer_addr.map(|p| p.ip().to_string()).unwrap_or_default(),
-            port: c.peer_addr.map(|p| p.port()).unwrap_or(0),
-            proto_ver: c.version.level(),
-            keepalive: c.keep_alive,
-            clean_start: c.clean_start,
-            connected_at: c.connected_at_ms,
-        })
-        .collect();
+    let clients = context.shared.client_list();
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&serde_json::to_string(&clients).unwrap_or_default()) };
     abi::STATUS_OK

@@ -436,6 +436,9 @@ impl Manager {
             ["cluster", ..] => Err(CommandError::invalid(
                 "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster call NODE COMMAND...",
             )),
+            // The connected clients as `Host::clients` gives them (the management API lists
+            // another node's through `cluster call`).
+            ["clients", "list", "--json"] => Ok(serde_json::to_string(&self.shared.client_list()).unwrap_or_default()),
             ["sessions", "list"] => Ok(self
                 .shared
                 .node

@@ -72,7 +72,9 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
         .route("/api/v4/nodes/{node}", get(node))
         .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
+        .route("/api/v4/nodes/{node}/clients", get(node_clients))
         .route("/api/v4/sessions", get(sessions))
+        .route("/api/v4/nodes/{node}/sessions", get(node_sessions))
         .route("/api/v4/sessions/{clientid}", get(session).delete(kick_session))
         .route("/api/v4/plugins", get(plugins))
         .route("/api/v4/plugins/{name}/{action}", put(plugin_action))
@@ -251,18 +253,49 @@ async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResu
     ok(json_from(on_node(&api, &node, &["broker", "stats", "--json"]).await?)?)
 }
 
+/// `GET /api/v4/clients`: the clients connected to every running node of the cluster.
 async fn clients(State(api): State<Api>) -> ApiResult {
-    let clients = api.host.clients().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(json!({"code": 0, "data": clients, "meta": {"count": clients.len()}})))
+    listed(&api, None, &["clients", "list", "--json"]).await
 }
 
-/// `GET /api/v4/sessions`: every session, online or not (EMQX's session fields; `persistent`
-/// says it is kept in the store).
+/// `GET /api/v4/nodes/{node}/clients`: the clients connected to one node.
+async fn node_clients(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    listed(&api, Some(&node), &["clients", "list", "--json"]).await
+}
+
+/// `GET /api/v4/sessions`: every session of every running node, online or not (EMQX's
+/// session fields, each with its `node`; `persistent` says it is kept in the store).
 async fn sessions(State(api): State<Api>) -> ApiResult {
-    let text = ctl(api.host, vec!["sessions".into(), "list".into(), "--json".into()]).await?;
-    let list: Value =
-        serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let count = list.as_array().map_or(0, Vec::len);
+    listed(&api, None, &["sessions", "list", "--json"]).await
+}
+
+/// `GET /api/v4/nodes/{node}/sessions`: one node's sessions.
+async fn node_sessions(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
+    listed(&api, Some(&node), &["sessions", "list", "--json"]).await
+}
+
+/// The JSON lists `command` gives on `node`, or on every running node (this one first),
+/// as EMQX's paged lists: `{"code": 0, "data": [...], "meta": {"count": N}}`.
+async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> ApiResult {
+    let me = api.host.node_name().to_owned();
+    let nodes = match node {
+        Some(node) => vec![node.to_owned()],
+        None => std::iter::once(me).chain(running_peers(api).await?).collect(),
+    };
+    let mut list = Vec::new();
+    for node in nodes {
+        match json_from(on_node(api, &node, command).await?)? {
+            // Each item says its node, as EMQX's do.
+            Value::Array(items) => list.extend(items.into_iter().map(|mut item| {
+                if let Value::Object(fields) = &mut item {
+                    fields.entry("node").or_insert_with(|| json!(node));
+                }
+                item
+            })),
+            other => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("not a list: {other}"))),
+        }
+    }
+    let count = list.len();
     Ok(Json(json!({"code": 0, "data": list, "meta": {"count": count}})))
 }
 

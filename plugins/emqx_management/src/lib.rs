@@ -6,7 +6,8 @@
 //! | GET | `/api/v4/nodes`, `/api/v4/nodes/{node}` | the cluster's nodes as EMQX 4 lists them |
 //! | GET | `/api/v4/stats`, `/api/v4/nodes/{node}/stats` | the gauges per node (`?aggregate=true`: summed) |
 //! | GET | `/api/v4/metrics`, `/api/v4/nodes/{node}/metrics` | every counter (`messages.received`, `bytes.sent`, ...) per node |
-//! | GET | `/api/v4/clients` | connected clients |
+//! | GET | `/api/v4/clients`, `/api/v4/nodes/{node}/clients` | connected clients of every running node, or one's (each with its `node`) |
+//! | GET | `/api/v4/sessions`, `/api/v4/nodes/{node}/sessions` | sessions of every running node, or one's |
 //! | GET | `/api/v4/plugins` | per node, as EMQX: `[{"node", "plugins": [{name, description, active, type}]}]` |
 //! | GET | `/api/v4/nodes/{node}/plugins` | a node's plugins: `[{name, description, active, type}]` |
 //! | PUT | `/api/v4/nodes/{node}/plugins/{name}/load`, `unload`, `reload` | as `broker ctl plugins ...` on that node, persisted the same way; `{"code": 0}` |
