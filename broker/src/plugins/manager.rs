@@ -358,6 +358,20 @@ impl Manager {
         nodes
     }
 
+    /// This node as EMQX 4.x's `/api/v4/brokers` describes one (uptime in words, local
+    /// datetime).
+    fn broker_info(&self) -> serde_json::Value {
+        let shared = &self.shared;
+        serde_json::json!({
+            "node": shared.node_name,
+            "version": shared.broker_version,
+            "sysdescr": plugin_api::emqx::SYSDESCR,
+            "uptime": plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000),
+            "datetime": plugin_api::emqx::datetime(),
+            "node_status": "Running",
+        })
+    }
+
     /// Runs a `broker ctl` command (the words after `ctl`). `Ok` is printed, `Err` is an error.
     pub(crate) fn command(&self, args: &[String]) -> Result<String, CommandError> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -383,29 +397,13 @@ impl Manager {
             }
             ["plugins", ..] => Err(CommandError::invalid(PLUGINS_USAGE)),
             ["modules", ..] => Err(CommandError::invalid(MODULES_USAGE)),
+            // EMQX's `emqx_ctl broker` lines; `--json`: `/api/v4/brokers`' object.
             ["broker"] => {
-                let shared = &self.shared;
-                let uptime = plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000);
-                Ok(format!(
-                    "sysdescr  : {}\nversion   : {}\nuptime    : {uptime}\ndatetime  : {}\nnode      : {}",
-                    plugin_api::emqx::SYSDESCR,
-                    shared.broker_version,
-                    plugin_api::emqx::datetime(),
-                    shared.node_name
-                ))
+                let info = self.broker_info();
+                let line = |name: &str| format!("{name:<10}: {}", info[name].as_str().unwrap_or_default());
+                Ok(["sysdescr", "version", "uptime", "datetime", "node"].map(line).join("\n"))
             }
-            ["broker", "--json"] => {
-                let shared = &self.shared;
-                Ok(serde_json::json!({
-                    "node": shared.node_name,
-                    "version": shared.broker_version,
-                    "sysdescr": plugin_api::emqx::SYSDESCR,
-                    "uptime": plugin_api::emqx::uptime(shared.node.stats.uptime_ms() / 1000),
-                    "datetime": plugin_api::emqx::datetime(),
-                    "node_status": "Running",
-                })
-                .to_string())
-            }
+            ["broker", "--json"] => Ok(self.broker_info().to_string()),
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
             ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
             // The gauges and counters as `Host::metrics` gives them (the management API's

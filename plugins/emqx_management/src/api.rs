@@ -126,26 +126,11 @@ async fn method_not_allowed() -> ApiError {
     ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into())
 }
 
-/// This node as EMQX 4.x's `/api/v4/brokers` describes one (uptime in words, local datetime).
-fn broker_info(api: &Api) -> Value {
-    json!({
-        "node": api.host.node_name(),
-        "version": api.host.broker_version(),
-        "sysdescr": plugin_api::emqx::SYSDESCR,
-        "uptime": plugin_api::emqx::uptime(api.host.stats().uptime_secs),
-        "datetime": plugin_api::emqx::datetime(),
-        "node_status": "Running",
-    })
-}
-
 /// `GET /api/v4/nodes`: every node of the cluster this one knows of (this one first; a node
 /// alone lists itself), with EMQX's `node`, `node_status`, `version`, `sysdescr`, `uptime`
 /// and `connections`.
 async fn nodes(State(api): State<Api>) -> ApiResult {
-    let listed = ctl(api.host, vec!["cluster".into(), "nodes".into(), "--json".into()]).await?;
-    let nodes: Value =
-        serde_json::from_str(&listed).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    ok(nodes)
+    ok(Value::Array(cluster_nodes(&api).await?))
 }
 
 /// `GET /api/v4/nodes/{node}`: one node as `/api/v4/nodes` lists it.
@@ -155,37 +140,30 @@ async fn node(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
     ok(found.ok_or_else(|| unknown_node(&api, &node))?)
 }
 
-/// `GET /api/v4/brokers`: every running node, as EMQX (each answers for itself).
+/// `GET /api/v4/brokers`: every running node as EMQX 4.x describes one (uptime in words,
+/// local datetime), each answering for itself.
 async fn brokers(State(api): State<Api>) -> ApiResult {
-    let mut list = vec![broker_info(&api)];
-    for node in running_peers(&api).await? {
-        list.push(json_from(on_node(&api, &node, &["broker", "--json"]).await?)?);
+    let mut list = Vec::new();
+    for node in running_nodes(&api).await? {
+        list.push(parse(&on_node(&api, &node, &["broker", "--json"]).await?)?);
     }
     ok(Value::Array(list))
 }
 
 /// `GET /api/v4/brokers/{node}`: any node of the cluster.
 async fn node_broker(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    if node == api.host.node_name() {
-        return ok(broker_info(&api));
-    }
-    ok(json_from(on_node(&api, &node, &["broker", "--json"]).await?)?)
+    ok(parse(&on_node(&api, &node, &["broker", "--json"]).await?)?)
 }
 
 /// Every node `/api/v4/nodes` lists (EMQX 4's shape), this one first.
 async fn cluster_nodes(api: &Api) -> Result<Vec<Value>, ApiError> {
-    let listed = ctl(api.host, vec!["cluster".into(), "nodes".into(), "--json".into()]).await?;
-    match json_from(listed)? {
-        Value::Array(nodes) => Ok(nodes),
-        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("not a list of nodes: {other}"))),
-    }
+    parse(&ctl(api.host, vec!["cluster".into(), "nodes".into(), "--json".into()]).await?)
 }
 
-/// The other nodes of the cluster that run now (none when this node is alone).
-async fn running_peers(api: &Api) -> Result<Vec<String>, ApiError> {
+/// The nodes of the cluster that run now, this one first (alone: this one).
+async fn running_nodes(api: &Api) -> Result<Vec<String>, ApiError> {
     let nodes = cluster_nodes(api).await?;
-    let me = api.host.node_name();
-    let running = nodes.into_iter().filter(|n| n["node_status"] == "Running" && n["node"] != me);
+    let running = nodes.into_iter().filter(|n| n["node_status"] == "Running");
     Ok(running.filter_map(|n| n["node"].as_str().map(str::to_owned)).collect())
 }
 
@@ -199,16 +177,13 @@ async fn on_node(api: &Api, node: &str, command: &[&str]) -> Result<String, ApiE
     ctl(api.host, args).await
 }
 
-fn json_from(text: String) -> Result<Value, ApiError> {
-    serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+/// A host command's JSON answer, read as `T` (a mismatch is the host's fault: 500).
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn unknown_node(api: &Api, node: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("unknown node {node:?}: this node is {:?}", api.host.node_name()))
-}
-
-fn host_metrics(api: &Api) -> Result<plugin_api::Metrics, ApiError> {
-    api.host.metrics().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -235,11 +210,9 @@ async fn stats(State(api): State<Api>, Query(query): Query<StatsQuery>) -> ApiRe
 
 /// `broker stats` or `broker metrics` (`what`) of every running node, this one first.
 async fn every_node(api: &Api, what: &str) -> Result<Vec<(String, Value)>, ApiError> {
-    let m = host_metrics(api)?;
-    let mine = if what == "stats" { json!(m.stats) } else { json!(m.metrics) };
-    let mut per_node = vec![(m.node, mine)];
-    for node in running_peers(api).await? {
-        let answer = json_from(on_node(api, &node, &["broker", what, "--json"]).await?)?;
+    let mut per_node = Vec::new();
+    for node in running_nodes(api).await? {
+        let answer = parse(&on_node(api, &node, &["broker", what, "--json"]).await?)?;
         per_node.push((node, answer));
     }
     Ok(per_node)
@@ -247,10 +220,7 @@ async fn every_node(api: &Api, what: &str) -> Result<Vec<(String, Value)>, ApiEr
 
 /// `GET /api/v4/nodes/{node}/stats`: any node of the cluster.
 async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    if node == api.host.node_name() {
-        return ok(json!(host_metrics(&api)?.stats));
-    }
-    ok(json_from(on_node(&api, &node, &["broker", "stats", "--json"]).await?)?)
+    ok(parse(&on_node(&api, &node, &["broker", "stats", "--json"]).await?)?)
 }
 
 /// `GET /api/v4/clients`: the clients connected to every running node of the cluster.
@@ -277,23 +247,20 @@ async fn node_sessions(State(api): State<Api>, Path(node): Path<String>) -> ApiR
 /// The JSON lists `command` gives on `node`, or on every running node (this one first),
 /// as EMQX's paged lists: `{"code": 0, "data": [...], "meta": {"count": N}}`.
 async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> ApiResult {
-    let me = api.host.node_name().to_owned();
     let nodes = match node {
         Some(node) => vec![node.to_owned()],
-        None => std::iter::once(me).chain(running_peers(api).await?).collect(),
+        None => running_nodes(api).await?,
     };
     let mut list = Vec::new();
     for node in nodes {
-        match json_from(on_node(api, &node, command).await?)? {
-            // Each item says its node, as EMQX's do.
-            Value::Array(items) => list.extend(items.into_iter().map(|mut item| {
-                if let Value::Object(fields) = &mut item {
-                    fields.entry("node").or_insert_with(|| json!(node));
-                }
-                item
-            })),
-            other => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("not a list: {other}"))),
-        }
+        let items: Vec<Value> = parse(&on_node(api, &node, command).await?)?;
+        // Each item says its node, as EMQX's do.
+        list.extend(items.into_iter().map(|mut item| {
+            if let Value::Object(fields) = &mut item {
+                fields.entry("node").or_insert_with(|| json!(node));
+            }
+            item
+        }));
     }
     let count = list.len();
     Ok(Json(json!({"code": 0, "data": list, "meta": {"count": count}})))
@@ -302,8 +269,7 @@ async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> ApiResult {
 /// `GET /api/v4/sessions/{clientid}`: one session; 404 if there is none.
 async fn session(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
     let text = ctl(api.host, vec!["sessions".into(), "show".into(), client_id, "--json".into()]).await?;
-    let one: Value =
-        serde_json::from_str(&text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let one: Value = parse(&text)?;
     ok(json!([one]))
 }
 
@@ -328,44 +294,28 @@ fn plugin_type(name: &str) -> &'static str {
     }
 }
 
-/// This node's plugins as EMQX lists them: `name`, `description`, `active`, `type`.
-fn plugin_list(api: &Api) -> Result<Value, ApiError> {
-    let plugins = api.host.plugins().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(plugin_json(plugins))
-}
-
-/// Plugins as EMQX lists them.
-fn plugin_json(plugins: Vec<plugin_api::PluginStatus>) -> Value {
+/// A node's plugins as EMQX lists them: `name`, `description`, `active`, `type`.
+async fn plugin_list(api: &Api, node: &str) -> Result<Value, ApiError> {
+    let plugins: Vec<plugin_api::PluginStatus> = parse(&on_node(api, node, &["plugins", "list", "--json"]).await?)?;
     let list = plugins.into_iter().map(|p| {
         let kind = plugin_type(&p.name);
         json!({"name": p.name, "description": p.description, "active": p.active, "type": kind})
     });
-    Value::Array(list.collect())
+    Ok(Value::Array(list.collect()))
 }
 
 /// `GET /api/v4/plugins`: per running node, as EMQX (`[{"node": ..., "plugins": [...]}]`).
 async fn plugins(State(api): State<Api>) -> ApiResult {
-    let mut list = vec![json!({"node": api.host.node_name(), "plugins": plugin_list(&api)?})];
-    for node in running_peers(&api).await? {
-        list.push(json!({"node": node, "plugins": remote_plugin_list(&api, &node).await?}));
+    let mut list = Vec::new();
+    for node in running_nodes(&api).await? {
+        list.push(json!({"node": node, "plugins": plugin_list(&api, &node).await?}));
     }
     ok(Value::Array(list))
 }
 
-/// Another node's plugins, as [`plugin_list`] gives this one's.
-async fn remote_plugin_list(api: &Api, node: &str) -> Result<Value, ApiError> {
-    let plugins: Vec<plugin_api::PluginStatus> =
-        serde_json::from_str(&on_node(api, node, &["plugins", "list", "--json"]).await?)
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(plugin_json(plugins))
-}
-
 /// `GET /api/v4/nodes/{node}/plugins`: any node of the cluster.
 async fn node_plugins(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    if node == api.host.node_name() {
-        return ok(plugin_list(&api)?);
-    }
-    ok(remote_plugin_list(&api, &node).await?)
+    ok(plugin_list(&api, &node).await?)
 }
 
 /// `PUT /api/v4/nodes/{node}/plugins/{name}/load|unload|reload`: `{"code": 0}`, as EMQX.
@@ -437,9 +387,7 @@ async fn set_telemetry_status(State(api): State<Api>, headers: HeaderMap, body: 
 
 async fn telemetry_data(State(api): State<Api>) -> ApiResult {
     let data = ctl(api.host, vec!["telemetry".into(), "get".into(), "data".into()]).await.map_err(telemetry_off)?;
-    let data: Value =
-        serde_json::from_str(&data).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    ok(data)
+    ok(parse(&data)?)
 }
 
 fn telemetry_off(e: ApiError) -> ApiError {
@@ -459,8 +407,5 @@ async fn metrics(State(api): State<Api>) -> ApiResult {
 
 /// `GET /api/v4/nodes/{node}/metrics`: any node of the cluster.
 async fn node_metrics(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    if node == api.host.node_name() {
-        return ok(json!(host_metrics(&api)?.metrics));
-    }
-    ok(json_from(on_node(&api, &node, &["broker", "metrics", "--json"]).await?)?)
+    ok(parse(&on_node(&api, &node, &["broker", "metrics", "--json"]).await?)?)
 }

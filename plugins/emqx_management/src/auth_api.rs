@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{ctl, ok, Api, ApiError, ApiResult};
+use crate::api::{ctl, ok, parse, Api, ApiError, ApiResult};
 
 /// Which logins a path is about: its `ctl` command and its JSON field.
 #[derive(Debug, Clone, Copy)]
@@ -83,12 +83,8 @@ fn superuser(body: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn parse(text: &str) -> Result<Value, ApiError> {
-    serde_json::from_str(text).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
 async fn list(State(api): State<Api>, Query(page): Query<Page>, kind: Kind) -> ApiResult {
-    let all = parse(&ctl(api.host, vec![kind.command.into(), "list".into(), "--json".into()]).await?)?;
+    let all: Value = parse(&ctl(api.host, vec![kind.command.into(), "list".into(), "--json".into()]).await?)?;
     let all = all.as_array().cloned().unwrap_or_default();
     let (page, limit) = (page.page.unwrap_or(1).max(1), page.limit.unwrap_or(10).max(1));
     let data: Vec<Value> = all.iter().skip((page - 1).saturating_mul(limit)).take(limit).cloned().collect();
@@ -111,7 +107,7 @@ async fn add(
 }
 
 async fn lookup(State(api): State<Api>, Path(name): Path<String>, kind: Kind) -> ApiResult {
-    ok(parse(&ctl(api.host, vec![kind.command.into(), "show".into(), name]).await?)?)
+    ok(parse::<Value>(&ctl(api.host, vec![kind.command.into(), "show".into(), name]).await?)?)
 }
 
 async fn update(
