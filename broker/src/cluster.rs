@@ -278,6 +278,9 @@ pub(crate) struct Cluster {
     peers: Mutex<HashMap<String, (Instant, NodeInfo)>>,
     /// The runtime the cluster's tasks run on (for [`Cluster::call_blocking`]).
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// Where this node's stream's numbering stood when it was made at start (`None`: NATS was
+    /// not there yet; the forwarding task makes it).
+    stream_at_start: Option<u64>,
     /// The main connection's events (lost, back), for the task that catches up.
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<async_nats::Event>>>,
 }
@@ -331,7 +334,9 @@ impl Cluster {
             return Err(ClusterError::InvalidPrefix(config.subject_prefix.clone()));
         }
         let unreachable = |why: String| ClusterError::Unreachable { url: config.nats.clone(), why };
-        let connect = |echo: bool, on_event: Box<dyn Fn(async_nats::Event) + Send + Sync>| {
+        // The main connection's events (lost, back) are logged and go to the catch-up task.
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let connect = |echo: bool| {
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("broker {}{}", config.node_name, if echo { " (share groups)" } else { "" }))
                 .connection_timeout(config.connect_timeout)
@@ -341,10 +346,11 @@ impl Cluster {
                 options = options.retry_on_initial_connect();
             }
             if !echo {
-                let on_event = Arc::new(on_event);
+                let events = events.clone();
                 options = options.no_echo().event_callback(move |event| {
-                    let on_event = on_event.clone();
-                    async move { on_event(event) }
+                    log_event(&event);
+                    let _ = events.send(event);
+                    async {}
                 });
             }
             let connecting = options.connect(config.nats.clone());
@@ -356,17 +362,6 @@ impl Cluster {
                 }
             }
         };
-        let (events, events_rx) = mpsc::unbounded_channel();
-        let connect = |echo: bool| {
-            let events = events.clone();
-            connect(
-                echo,
-                Box::new(move |event: async_nats::Event| {
-                    log_event(&event);
-                    let _ = events.send(event);
-                }),
-            )
-        };
         let client = connect(false).await?;
         let queues = connect(true).await?;
         let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(STORED_TIMEOUT).build(client.clone());
@@ -375,7 +370,7 @@ impl Cluster {
         let (outbound, outbound_rx) = mpsc::channel(queue.capacity);
         let durable_root = subject::durable_root(&config.subject_prefix, &config.node_name);
         let every_durable_root = subject::every_durable_root(&config.subject_prefix);
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             config,
             client,
             queues,
@@ -399,16 +394,18 @@ impl Cluster {
             not_forwarded_log: Throttle::new(Duration::from_secs(10)),
             peers: Mutex::new(HashMap::new()),
             runtime: OnceLock::new(),
+            stream_at_start: None,
             events_rx: Mutex::new(Some(events_rx)),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
         if cluster.reachable() {
-            cluster.ensure_stream().await.map_err(|why| ClusterError::NoJetStream {
+            let last = cluster.ensure_stream().await.map_err(|why| ClusterError::NoJetStream {
                 url: cluster.config.nats.clone(),
                 stream: subject::stream(&cluster.config.subject_prefix, &cluster.config.node_name).0,
                 why,
             })?;
+            cluster.stream_at_start = Some(last);
         }
         tracing::info!(
             nats = %cluster.config.nats,
@@ -503,11 +500,7 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         let mut read = 0;
         for name in names.into_iter().filter(|n| n.starts_with(&prefix) && *n != mine) {
-            let mut stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
-            if last == 0 {
-                continue;
-            }
+            let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
             let config =
                 OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
@@ -518,23 +511,17 @@ impl Cluster {
             }
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             let mut batch = Vec::new();
-            let mut taken = 0;
-            while taken < pending {
+            for _ in 0..pending {
                 let next = tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await;
                 let message = match next {
                     Ok(Some(Ok(message))) => message,
                     Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
                     Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
                 };
-                taken += 1;
-                let seq = message.info().map(|info| info.stream_sequence).unwrap_or(last);
                 batch.push(message.split().0);
                 if batch.len() >= CATCH_UP_BATCH {
                     read += batch.len();
                     let _ = reading.send(inbox::Command::Replay(std::mem::take(&mut batch)));
-                }
-                if seq >= last {
-                    break;
                 }
             }
             read += batch.len();
@@ -747,13 +734,7 @@ impl Cluster {
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload.len() + message.forwarded.len() + publisher.len() + 64);
         let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
-        let (stored, told) = match through_jetstream {
-            true => {
-                let (sender, receiver) = oneshot::channel();
-                (Some(sender), Some(receiver))
-            }
-            false => (None, None),
-        };
+        let (stored, told) = through_jetstream.then(oneshot::channel).unzip();
         if self.outbound.try_send(Outgoing { subject, bytes: Bytes::from(bytes), stored }).is_err() {
             self.not_forwarded("the queue to NATS is full");
             return through_jetstream.then(|| refused("the queue to NATS is full"));
@@ -884,13 +865,13 @@ impl Cluster {
     /// by the task that would release it).
     async fn publish_forwarded(self: Arc<Cluster>, mut outbound: mpsc::Receiver<Outgoing>) {
         let (runs, answers) = mpsc::unbounded_channel();
-        let stream_lost = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // Where the stream's numbering stands, when it was just made or found again.
+        let mut restart_at = self.stream_at_start;
+        let stream_lost = Arc::new(std::sync::atomic::AtomicBool::new(restart_at.is_none()));
         tokio::spawn(await_stored(answers, stream_lost.clone()));
         let mut ahead = std::collections::VecDeque::new();
         let mut durable_ahead = 0;
         let mut run = Vec::new();
-        // Where the stream's numbering stands, when it was just made or found again.
-        let mut restart_at = None;
         loop {
             if ahead.is_empty() {
                 let Some(next) = outbound.recv().await else { return };
@@ -918,8 +899,8 @@ impl Cluster {
                     Ok(last) => restart_at = Some(last),
                     Err(why) => {
                         stream_lost.store(true, Ordering::Release);
-                        let why = format!("the JetStream stream cannot be made: {why}");
-                        run.drain(..).chain([told]).for_each(|t: oneshot::Sender<_>| drop(t.send(Err(why.clone()))));
+                        run.push(told);
+                        fail(run.drain(..), &format!("the JetStream stream cannot be made: {why}"));
                         continue;
                     }
                 }
@@ -928,18 +909,14 @@ impl Cluster {
             if durable_ahead > 0 && run.len() < ACK_EVERY {
                 // Captured by the stream; the run's last message will vouch for it.
                 if let Err(e) = self.client.publish(subject, bytes).await {
-                    let why = format!("NATS refused it: {e}");
-                    run.drain(..).for_each(|t| drop(t.send(Err(why.clone()))));
+                    fail(run.drain(..), &format!("NATS refused it: {e}"));
                 }
                 continue;
             }
             let run = std::mem::take(&mut run);
             match self.jetstream.publish(subject, bytes).await {
                 Ok(answer) => drop(runs.send(Run { answer, told: run, restart_at: restart_at.take() })),
-                Err(e) => {
-                    let why = format!("JetStream refused it: {e}");
-                    run.into_iter().for_each(|t| drop(t.send(Err(why.clone()))));
-                }
+                Err(e) => fail(run, &format!("JetStream refused it: {e}")),
             }
         }
     }
@@ -1028,7 +1005,8 @@ async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<s
                         told.len()
                     )),
                     Err(why) => {
-                        // "No responders": no stream captures the subject (NATS lost it).
+                        // The stream may be gone (NATS lost it): the next run makes or finds
+                        // it first, and its numbering starts over there.
                         stream_lost.store(true, Ordering::Release);
                         Err(why)
                     }
@@ -1049,6 +1027,13 @@ async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<s
                 None => open = false,
             },
         }
+    }
+}
+
+/// Tells the publishers of `run` that their messages were not stored, and why.
+fn fail(run: impl IntoIterator<Item = oneshot::Sender<Result<(), String>>>, why: &str) {
+    for told in run {
+        let _ = told.send(Err(why.to_owned()));
     }
 }
 
