@@ -249,13 +249,14 @@ impl Embedded {
     }
 }
 
-type SessionTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+/// One bucket's table, open in a write transaction.
+type BucketTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 
 /// Deletes `keys` (each at most once) from `t`. Keys that are neighbours in the table (no other
 /// key between them: a session's messages acknowledged since the last commit) go as one range,
 /// which costs redb far less than a removal each: a walk finds the runs, then each run of two
 /// or more is deleted with `retain_in`, the rest one by one.
-fn delete_in_runs(t: &mut SessionTable<'_>, keys: &mut [&[u8]]) -> Result<(), redb::Error> {
+fn delete_in_runs(t: &mut BucketTable<'_>, keys: &mut [&[u8]]) -> Result<(), redb::Error> {
     keys.sort_unstable();
     let mut runs = Vec::new();
     let mut first = 0;
