@@ -16,7 +16,10 @@
 //!   id and a sequence number, and a node routes the first copy only (`dedup`), in its node's
 //!   order across the subscriptions it came through (`inbox`).
 //! - **Share groups** are NATS queue groups (on a second connection, which sees this node's own
-//!   messages): one member in the cluster gets each message.
+//!   messages): one member in the cluster gets each message. A message that its member will
+//!   not deliver (its session ended; its full queue dropped it) goes to another member
+//!   (`Node::redispatch`), on another node when none is left on this one: offered as a NATS
+//!   request that the receiving node answers once a member took it, again until one does.
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //! - **Commands on another node** (`broker ctl cluster call NODE ...`, and the management
 //!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
@@ -70,7 +73,8 @@ use inbox::{Arrived, Via};
 pub(crate) trait LocalNode: Send + Sync + 'static {
     /// Routes a message another node forwarded (from client `publisher`) to this node's
     /// sessions that `reach` says.
-    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>);
+    /// Returns to how many sessions it went.
+    fn route_from_cluster(&self, message: Arc<Message>, publisher: &str, reach: Reach<'_>) -> usize;
 
     /// What this node's heartbeat tells the others about it (see [`NodeInfo`]).
     fn info(&self) -> NodeInfo;
@@ -221,6 +225,22 @@ struct Envelope<'a> {
 
 const ENVELOPE_VERSION: u8 = 1;
 
+/// The header of a message redispatched to a share group ([`Cluster::redispatch`]): the
+/// group's NATS queue group. Only that group routes it.
+const SHARE_GROUP_HEADER: &str = "Mqtt-Share-Group";
+
+/// A share group's message to offer to the other nodes, and its group.
+type Redispatched = (Arc<Message>, Arc<crate::router::ShareGroup>);
+
+/// How a node answers a redispatched message: a member of the group took it, or none here.
+const TAKEN: &[u8] = b"taken";
+const NOT_TAKEN: &[u8] = b"none";
+
+/// How often a redispatched message is offered before it is given up, and how long an offer
+/// waits for its answer.
+const REDISPATCH_TRIES: u32 = 10;
+const REDISPATCH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What a node subscribes to NATS for: a filter, or a share group's filter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Interest {
@@ -283,6 +303,9 @@ pub(crate) struct Cluster {
     stream_at_start: Option<u64>,
     /// The main connection's events (lost, back), for the task that catches up.
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<async_nats::Event>>>,
+    /// Share groups' messages to offer to the other nodes ([`Cluster::redispatch`]).
+    redispatches: mpsc::UnboundedSender<Redispatched>,
+    redispatches_rx: Mutex<Option<mpsc::UnboundedReceiver<Redispatched>>>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -366,6 +389,7 @@ impl Cluster {
         let queues = connect(true).await?;
         let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(STORED_TIMEOUT).build(client.clone());
         let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (redispatches, redispatches_rx) = mpsc::unbounded_channel();
         let queue = QueueLimits::of(config.forward_queue);
         let (outbound, outbound_rx) = mpsc::channel(queue.capacity);
         let durable_root = subject::durable_root(&config.subject_prefix, &config.node_name);
@@ -396,6 +420,8 @@ impl Cluster {
             runtime: OnceLock::new(),
             stream_at_start: None,
             events_rx: Mutex::new(Some(events_rx)),
+            redispatches,
+            redispatches_rx: Mutex::new(Some(redispatches_rx)),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -447,6 +473,9 @@ impl Cluster {
         }
         if let Some(events) = crate::lock(&self.events_rx).take() {
             tokio::spawn(self.clone().catch_up_after_losses(events, reading.clone()));
+        }
+        if let Some(redispatches) = crate::lock(&self.redispatches_rx).take() {
+            tokio::spawn(self.clone().offer_redispatched(redispatches));
         }
         let cluster = self.clone();
         let mut seen = dedup::Seen::default();
@@ -744,6 +773,72 @@ impl Cluster {
         })
     }
 
+    /// Sends `message`, which a member of share group `share` on this node will not deliver
+    /// (see `Node::redispatch`), to a member on another node: on the topic's subject as when
+    /// it was forwarded, with a [`SHARE_GROUP_HEADER`] that has every node route it to that
+    /// group only (NATS gives one member of each queue group a copy; plain subscriptions and
+    /// other groups ignore it). Not through JetStream: the stream holds the message already.
+    ///
+    /// It is a NATS request, which the node that got it answers once it routed it: a node
+    /// whose last member just left may still be in the queue group (NATS had not heard yet),
+    /// and may even have dropped the subscription it came through, so an offer not taken is
+    /// made again ([`REDISPATCH_TRIES`]). One task offers them, in order.
+    pub(crate) fn redispatch(&self, message: Arc<Message>, share: Arc<crate::router::ShareGroup>) {
+        if self.redispatches.send((message, share)).is_err() {
+            tracing::warn!("cluster: a share group's message could not be redispatched: the cluster stopped");
+        }
+    }
+
+    /// The task that offers redispatched messages to the other nodes, one at a time.
+    async fn offer_redispatched(
+        self: Arc<Cluster>,
+        mut redispatches: mpsc::UnboundedReceiver<Redispatched>,
+    ) {
+        while let Some((message, share)) = redispatches.recv().await {
+            let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
+            let envelope = Envelope {
+                version: ENVELOPE_VERSION,
+                origin: self.origin,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                qos: message.qos,
+                retain: message.retain,
+                expires_in_ms: message
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(Instant::now()).as_millis().try_into().unwrap_or(u64::MAX)),
+                timestamp_ms: message.timestamp_ms,
+                publisher: "",
+                forwarded: &message.forwarded,
+                payload: &message.payload,
+            };
+            let Ok(bytes) = postcard::to_stdvec(&envelope) else { continue };
+            let bytes = Bytes::from(bytes);
+            let mut headers = async_nats::HeaderMap::new();
+            let queue = subject::queue_group(&self.config.subject_prefix, &share.name, &share.path);
+            headers.insert(SHARE_GROUP_HEADER, queue.as_str());
+            let mut why = String::new();
+            let taken = 'offers: {
+                for attempt in 1..=REDISPATCH_TRIES {
+                    let offer = self.client.request_with_headers(subject.clone(), headers.clone(), bytes.clone());
+                    why = match tokio::time::timeout(REDISPATCH_TIMEOUT, offer).await {
+                        Ok(Ok(answer)) if answer.payload == TAKEN => break 'offers true,
+                        Ok(Ok(_)) => "the node that got it had no member left".to_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no answer".to_owned(),
+                    };
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                false
+            };
+            if !taken {
+                tracing::warn!(
+                    topic = %crate::log_limit::clipped(&message.topic),
+                    group = %crate::log_limit::clipped(&share.name),
+                    "cluster: a share group's message was dropped: no other member took it ({why})"
+                );
+            }
+        }
+    }
+
     /// Messages queued for NATS now.
     fn queued(&self) -> usize {
         self.queue.capacity - self.outbound.capacity()
@@ -938,6 +1033,19 @@ impl Cluster {
                 return;
             }
         };
+        // A message redispatched to a share group is for that group only; its sender waits for
+        // the answer.
+        let headers = nats.headers.as_ref();
+        let redispatched = headers.and_then(|h| h.get(SHARE_GROUP_HEADER)).is_some();
+        if let Some(target) = headers.and_then(|h| h.get(SHARE_GROUP_HEADER)) {
+            let ours = via.and_then(|v| {
+                v.group.as_deref().map(|g| subject::queue_group(&self.config.subject_prefix, g, &v.path))
+            });
+            if ours.as_deref() != Some(target.as_str()) {
+                return;
+            }
+        }
+        let reply = nats.reply.clone().filter(|_| redispatched);
         // A share group's copy comes once (NATS gives it to one member of the queue group);
         // plain subscriptions may overlap.
         if via.is_none() && !seen.first_time(envelope.origin, envelope.seq) {
@@ -953,11 +1061,25 @@ impl Cluster {
             publisher: 0,
             timestamp_ms: envelope.timestamp_ms,
         };
-        let reach = match via {
-            None => Reach::Plain,
-            Some(Interest { group, path }) => Reach::Group { path, group: group.as_deref().unwrap_or_default() },
+        let message = Arc::new(message);
+        let Some(Interest { group: Some(group), path }) = via else {
+            node.route_from_cluster(message, envelope.publisher, Reach::Plain);
+            return;
         };
-        node.route_from_cluster(message, envelope.publisher, reach);
+        let routed = node.route_from_cluster(message.clone(), envelope.publisher, Reach::Group { path, group });
+        if let Some(reply) = reply {
+            // From the connection that got it: the other one's echo is off, and the sender may
+            // be this node.
+            let queues = self.queues.clone();
+            tokio::spawn(async move {
+                let answer = if routed > 0 { TAKEN } else { NOT_TAKEN };
+                let _ = queues.publish(reply, Bytes::from_static(answer)).await;
+            });
+        } else if routed == 0 {
+            // The group's last member here left while NATS still counted this node in the
+            // queue group: a member on another node gets it.
+            self.redispatch(message, Arc::new(crate::router::ShareGroup { name: group.clone(), path: path.clone() }));
+        }
     }
 }
 

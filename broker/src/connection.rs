@@ -458,11 +458,14 @@ impl<T: Transport> Connection<T> {
         let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take().map(|w| *w) };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
-        node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
+        let session_ended = node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
         if node.hooks.wants(Hook::ClientDisconnected) {
             let mut event = self.client.event(Hook::ClientDisconnected, crate::now_ms());
             event.reason = RawStr::new(ended.reason());
             node.hooks.dispatch(&event);
+        }
+        if session_ended {
+            node.session_terminated(&self.client, &self.client.client_id, ended.reason());
         }
         tracing::debug!(client_id = ?crate::log_limit::clipped(&self.client.client_id), "connection ended: {ended}");
         // Write what is left, then read (and drop) until the client closes: closing with its

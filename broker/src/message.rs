@@ -70,6 +70,9 @@ pub(crate) struct Delivery {
     /// It may have been sent before (read back from the store after a restart: whether it went
     /// out before the broker stopped is not known), so it goes with DUP set (MQTT-3.3.1-1).
     pub(crate) maybe_sent: bool,
+    /// The share group it went to as a member's message: redispatched to another member if
+    /// the session ends before the client acknowledged it, or if the client refuses it.
+    pub(crate) share: Option<Arc<crate::router::ShareGroup>>,
 }
 
 #[cfg(test)]
@@ -93,6 +96,7 @@ impl Delivery {
             subscription_ids: Box::new([]),
             seq: 0,
             maybe_sent: false,
+            share: None,
         }
     }
 }

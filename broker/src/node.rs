@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
@@ -14,13 +14,14 @@ use plugin_api::Hook;
 use crate::client::ClientInfo;
 use crate::cluster::{Cluster, LocalNode, NodeInfo, Stored};
 use crate::hooks::{Hooks, Verdict};
+use crate::log_limit::clipped;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, Subscriber, Target};
-use crate::session::registry::{Owner, Sessions};
-use crate::session::{Durable, Enqueued, Overflow, QueueLimits, Session, Subscription};
+use crate::session::registry::{Owner, Sessions, Termination};
+use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
 use store::{Batch, Store};
 
@@ -370,7 +371,7 @@ impl Node {
     pub(crate) fn kick_session(&self, client_id: &str) -> bool {
         let Some(session) = self.sessions.get(client_id) else { return false };
         let connection = session.lock().attachment.as_ref().map(|a| a.connection);
-        self.end_session(&session);
+        self.end_session(&session, Termination::Kicked);
         if let Some(connection) = connection {
             session.kick(connection, crate::mqtt::reason::ADMINISTRATIVE_ACTION);
         }
@@ -505,13 +506,13 @@ impl Node {
         match reach {
             Reach::All => self.router.route(&message.topic, publisher, &mut targets),
             Reach::Plain => self.router.route_plain(&message.topic, publisher, &mut targets),
-            Reach::Group { path, group } => self.router.route_to_group(path, group, publisher, &mut targets),
+            Reach::Group { path, group } => self.router.route_to_group(path, group, publisher, 0, &mut targets),
         }
         let routed = targets.len();
         if routed == 0 && self.cluster.is_none() {
             self.dropped(publisher.client_id, &message, DropReason::NoSubscribers);
         }
-        let mut dropped = Vec::new();
+        let (mut dropped, mut refused) = (Vec::new(), Vec::new());
         for target in targets.drain(..) {
             let qos = if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) };
             let delivery = Delivery {
@@ -523,6 +524,7 @@ impl Node {
                 subscription_ids: target.ids.into_boxed_slice(),
                 seq: 0,
                 maybe_sent: false,
+                share: target.share,
             };
             match target.session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
                 Enqueued::Queued => {}
@@ -533,6 +535,11 @@ impl Node {
                         }
                     }
                 }
+                // A share group's member whose full queue refused a message (EMQX 5's nack): it
+                // goes to another member.
+                Enqueued::Dropped(lost) if lost.share.is_some() && lost.qos > 0 => {
+                    refused.push((target.session, lost));
+                }
                 Enqueued::Dropped(lost) => dropped.push((target.session.client_id.clone(), lost)),
             }
         }
@@ -540,7 +547,60 @@ impl Node {
         for (client_id, lost) in dropped {
             self.dropped(&client_id, &lost.message, DropReason::QueueFull);
         }
+        for (member, lost) in refused {
+            self.redispatch(&member, [lost]);
+        }
         routed
+    }
+
+    /// Gives share-group messages that member session `from` will not deliver (its session
+    /// ended before the client acknowledged them, or the client refused one) to another
+    /// member of their group, as EMQX 5 does: on this node if the group has another member
+    /// here, else (in a cluster) to a member on another node. QoS 0 deliveries, messages that
+    /// did not come through a group and expired ones are not. With no other member on a node
+    /// alone, the message is dropped (counted, `message.dropped` with `no_subscribers`).
+    pub(crate) fn redispatch(&self, from: &Session, deliveries: impl IntoIterator<Item = Delivery>) {
+        let now = Instant::now();
+        let mut batch = Batch::new();
+        let mut targets = Vec::new();
+        for delivery in deliveries {
+            let Some(share) = delivery.share.filter(|_| delivery.qos > 0) else { continue };
+            let message = delivery.message;
+            if message.expires_at.is_some_and(|at| at <= now) {
+                continue;
+            }
+            let publisher = Publisher { session: message.publisher, client_id: "" };
+            self.router.route_to_group(&share.path, &share.name, publisher, from.id, &mut targets);
+            let Some(target) = targets.pop() else {
+                match &self.cluster {
+                    Some(cluster) => cluster.redispatch(message, share),
+                    None => self.dropped(&from.client_id, &message, DropReason::NoSubscribers),
+                }
+                continue;
+            };
+            tracing::debug!(
+                topic = %clipped(&message.topic),
+                group = %clipped(&share.name),
+                from = %clipped(&from.client_id),
+                to = %clipped(&target.session.client_id),
+                "redispatched a share group's message"
+            );
+            let redelivery = Delivery {
+                qos: if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) },
+                retain: message.retain && target.retain_as_published,
+                subscription_ids: target.ids.into_boxed_slice(),
+                seq: 0,
+                maybe_sent: false,
+                share: target.share,
+                message,
+            };
+            if let Enqueued::Dropped(lost) =
+                target.session.enqueue(redelivery, self.zone.queue, false, Some(&mut batch))
+            {
+                self.dropped(&target.session.client_id, &lost.message, DropReason::QueueFull);
+            }
+        }
+        self.commit_in_background(batch);
     }
 
     /// Delivers to one connected client only (`Host::deliver`); false if it is not connected.
@@ -574,6 +634,7 @@ impl Node {
             subscription_ids: subscription.id.into_iter().collect(),
             seq: 0,
             maybe_sent: false,
+            share: None,
         };
         if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
             self.dropped(client_id, &lost.message, DropReason::QueueFull);
@@ -662,38 +723,70 @@ impl Node {
 
     /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
     /// waiting for its delay is published now (MQTT-3.1.2-8: the session ended first).
-    pub(crate) fn end_session(&self, session: &Arc<Session>) {
-        self.end_session_if(session, |_| true);
+    /// `session.terminated` fires here when `why` has a reason ([`Termination::reason`]).
+    /// False if it had ended already.
+    pub(crate) fn end_session(&self, session: &Arc<Session>, why: Termination) -> bool {
+        self.end_session_if(session, why, |_| true)
     }
 
-    /// Ends `session` if `still` holds for its state (checked under its lock).
-    pub(crate) fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&crate::session::State) -> bool) {
-        let (subscriptions, will) = {
+    /// Ends `session` if `still` holds for its state (checked under its lock); true if it did.
+    pub(crate) fn end_session_if(
+        &self,
+        session: &Arc<Session>,
+        why: Termination,
+        still: impl FnOnce(&crate::session::State) -> bool,
+    ) -> bool {
+        let mut unfinished = Vec::new();
+        let (subscriptions, will, serving) = {
             let mut state = session.lock();
             if state.ended || !still(&state) {
-                return;
+                return false;
             }
             state.ended = true;
+            let serving = state.attachment.as_ref().map(|a| a.client.clone());
             if let (true, Some(durable)) = (self.persistence.is_some(), state.durable.take()) {
                 let mut batch = Batch::new();
                 let _ = durable.keys.delete_all(&mut batch);
                 self.commit_in_background(batch);
             }
             state.release_waiting(self.zone.queue);
-            state.queue.take();
-            state.inflight.take();
+            // What a share group gave it goes to another member (MQTT 5 §4.8.2: SHOULD), but a
+            // QoS 2 message already sent, which no other member may get (MQTT-4.8.2-5).
+            let queued = state.queue.take().into_iter();
+            let unreceived = state.inflight.take().into_iter().filter(|e| e.phase == Phase::Puback).map(|e| e.delivery);
+            unfinished.extend(unreceived.chain(queued).filter(|d| d.share.is_some()));
             state.awaiting_rel = Vec::new();
-            (std::mem::take(&mut state.subscriptions), state.pending_will.take())
+            (std::mem::take(&mut state.subscriptions), state.pending_will.take(), serving)
         };
         for filter in subscriptions.keys() {
             if let Ok(parsed) = Filter::parse(filter) {
                 self.unroute(&parsed, session.id);
             }
         }
+        if !unfinished.is_empty() {
+            self.redispatch(session, unfinished);
+        }
         self.sessions.remove(session);
         self.stats.session_ended();
         if let Some(will) = will {
             self.publish(will.message, &will.client);
+        }
+        if let Some(reason) = why.reason() {
+            // The client as the connection serving the session knew it; an offline session
+            // has only its client id.
+            self.session_terminated(serving.as_deref().unwrap_or(&self.broker), &session.client_id, reason);
+        }
+        true
+    }
+
+    /// Fires `session.terminated` for the session of `client_id`, ended for `reason`, with
+    /// `client`'s details (the broker's own, empty, for a session that was offline).
+    pub(crate) fn session_terminated(&self, client: &ClientInfo, client_id: &str, reason: &str) {
+        if self.hooks.wants(Hook::SessionTerminated) {
+            let mut event = client.event(Hook::SessionTerminated, crate::now_ms());
+            event.client_id = RawStr::new(client_id);
+            event.reason = RawStr::new(reason);
+            self.hooks.dispatch(&event);
         }
     }
 }
@@ -702,11 +795,12 @@ impl Node {
 impl LocalNode for Node {
     /// To this node's sessions only (never forwarded again), with no `message.publish` (its
     /// node ran that).
-    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>) {
+    fn route_from_cluster(&self, message: Arc<Message>, publisher: &str, reach: Reach<'_>) -> usize {
         let publisher = Publisher { session: 0, client_id: publisher };
         let mut batch = Batch::new();
-        self.route(Arc::new(message), publisher, reach, None, &mut batch);
+        let routed = self.route(message, publisher, reach, None, &mut batch);
         self.commit_in_background(batch);
+        routed
     }
 
     fn info(&self) -> NodeInfo {
@@ -720,12 +814,17 @@ impl Owner for Node {
         &self.stats
     }
 
-    fn end_session(&self, session: &Arc<Session>) {
-        Node::end_session(self, session);
+    fn end_session(&self, session: &Arc<Session>, why: Termination) -> bool {
+        Node::end_session(self, session, why)
     }
 
-    fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&crate::session::State) -> bool) {
-        Node::end_session_if(self, session, still);
+    fn end_session_if(
+        &self,
+        session: &Arc<Session>,
+        why: Termination,
+        still: impl FnOnce(&crate::session::State) -> bool,
+    ) -> bool {
+        Node::end_session_if(self, session, why, still)
     }
 
     fn publish(&self, message: Message, client: &ClientInfo) {

@@ -170,6 +170,7 @@ impl EntryRecord {
             subscription_ids: self.subscription_ids.into_boxed_slice(),
             seq,
             maybe_sent: true,
+            share: None,
         }
     }
 }

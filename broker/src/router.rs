@@ -12,6 +12,7 @@ mod trie;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+pub(crate) use shared::ShareGroup;
 pub use shared::Strategy;
 
 use crate::mqtt::subscribe::SubscriptionOptions;
@@ -101,20 +102,25 @@ pub(crate) struct Target {
     pub(crate) retain_as_published: bool,
     /// Identifiers of the matching subscriptions.
     pub(crate) ids: Vec<u32>,
-    /// From a shared subscription (never merged with the session's plain subscriptions).
-    shared: bool,
+    /// The share group it was picked from; `None` for plain subscriptions (a share group's
+    /// target is never merged with the session's plain subscriptions).
+    pub(crate) share: Option<Arc<ShareGroup>>,
 }
 
 impl Target {
-    /// Where `sub`'s subscription sends a message (`shared`: as a share group's member).
-    fn of(sub: &Subscriber, shared: bool) -> Target {
+    /// Where `sub`'s subscription sends a message (`share`: as that group's member).
+    fn of(sub: &Subscriber, share: Option<&Arc<ShareGroup>>) -> Target {
         Target {
             session: sub.session.clone(),
             qos: sub.options.qos,
             retain_as_published: sub.options.retain_as_published,
             ids: sub.id.into_iter().collect(),
-            shared,
+            share: share.cloned(),
         }
+    }
+
+    fn shared(&self) -> bool {
+        self.share.is_some()
     }
 }
 
@@ -182,13 +188,21 @@ impl Router {
     }
 
     /// The member of share group `group` at filter `path` that gets a message (which matches
-    /// `path`), picked by the strategy, appended to `out`.
-    pub(crate) fn route_to_group(&self, path: &str, group: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
+    /// `path`), picked by the strategy, appended to `out`. Session `exclude` is not picked (a
+    /// message redispatched from it); 0 excludes none.
+    pub(crate) fn route_to_group(
+        &self,
+        path: &str,
+        group: &str,
+        publisher: Publisher<'_>,
+        exclude: u64,
+        out: &mut Vec<Target>,
+    ) {
         let trie = crate::read(&self.trie);
         let Some(level) = trie.at(path) else { return };
         let Some(group) = level.groups.iter().find(|g| &*g.name == group) else { return };
-        if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
-            out.push(Target::of(sub, true));
+        if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id, exclude }) {
+            out.push(Target::of(sub, Some(&group.origin)));
         }
     }
 
@@ -201,11 +215,11 @@ impl Router {
                     if sub.options.no_local && sub.session.id == publisher.session {
                         continue; // MQTT-3.8.3-3
                     }
-                    out.push(Target::of(sub, false));
+                    out.push(Target::of(sub, None));
                 }
                 for group in level.groups.iter().filter(|_| groups) {
-                    if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id }) {
-                        out.push(Target::of(sub, true));
+                    if let Some(sub) = group.pick(self.strategy, &Pick { publisher: publisher.client_id, exclude: 0 }) {
+                        out.push(Target::of(sub, Some(&group.origin)));
                     }
                 }
             });
@@ -230,12 +244,12 @@ fn merge_overlapping(targets: &mut Vec<Target>, first: usize) {
     if targets.len() - first < 2 {
         return;
     }
-    targets[first..].sort_unstable_by_key(|t| (t.shared, t.session.id));
+    targets[first..].sort_unstable_by_key(|t| (t.shared(), t.session.id));
     let mut kept = first;
     for next in first + 1..targets.len() {
         let (head, tail) = targets.split_at_mut(next);
         let (last, target) = (&mut head[kept], &mut tail[0]);
-        if !last.shared && !target.shared && last.session.id == target.session.id {
+        if !last.shared() && !target.shared() && last.session.id == target.session.id {
             last.qos = last.qos.max(target.qos);
             last.retain_as_published |= target.retain_as_published;
             last.ids.append(&mut target.ids);

@@ -125,6 +125,16 @@ enum Hook
     // the client id was read (a refused client never gets `client.connected`). Added after
     // the first release of ABI version 1: an older host never fires it.
     HOOK_CLIENT_CONNACK = 13,
+    // `session.terminated`: a session ended: its connection went and it was not to outlive
+    // it (fired after that connection's `client.disconnected`), its Session Expiry Interval
+    // ran out while its client was offline, or it was kicked (`broker ctl sessions kick`);
+    // [`crate::Event::reason`] is the `client.disconnected` reason of the connection that
+    // ended it (`normal`, `tcp_closed`, `keepalive_timeout`, ...), `expired` or `kicked`. Not
+    // fired for a session that a new connection of its client id replaces without resuming
+    // it (EMQX's `session.discarded`). `username` and `peer` are empty when no connection
+    // served the session as it ended (`expired`, or `kicked` while offline). Added after the
+    // first release of ABI version 1: an older host never fires it.
+    HOOK_SESSION_TERMINATED = 14,
 };
 #if __STDC_VERSION__ >= 202311L
 typedef enum Hook Hook;

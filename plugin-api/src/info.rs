@@ -46,13 +46,23 @@ pub enum Hook {
     /// the client id was read (a refused client never gets `client.connected`). Added after
     /// the first release of ABI version 1: an older host never fires it.
     ClientConnack = 13,
+    /// `session.terminated`: a session ended: its connection went and it was not to outlive
+    /// it (fired after that connection's `client.disconnected`), its Session Expiry Interval
+    /// ran out while its client was offline, or it was kicked (`broker ctl sessions kick`);
+    /// [`crate::Event::reason`] is the `client.disconnected` reason of the connection that
+    /// ended it (`normal`, `tcp_closed`, `keepalive_timeout`, ...), `expired` or `kicked`. Not
+    /// fired for a session that a new connection of its client id replaces without resuming
+    /// it (EMQX's `session.discarded`). `username` and `peer` are empty when no connection
+    /// served the session as it ended (`expired`, or `kicked` while offline). Added after the
+    /// first release of ABI version 1: an older host never fires it.
+    SessionTerminated = 14,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
     ///
     /// cbindgen:ignore
-    pub const ALL: [Hook; 14] = [
+    pub const ALL: [Hook; 15] = [
         Hook::ClientConnect,
         Hook::ClientConnected,
         Hook::ClientDisconnected,
@@ -67,6 +77,7 @@ impl Hook {
         Hook::MessageAcked,
         Hook::MessageDropped,
         Hook::ClientConnack,
+        Hook::SessionTerminated,
     ];
 
     /// The EMQX name, e.g. `message.publish`.
@@ -86,6 +97,7 @@ impl Hook {
             Hook::MessageAcked => "message.acked",
             Hook::MessageDropped => "message.dropped",
             Hook::ClientConnack => "client.connack",
+            Hook::SessionTerminated => "session.terminated",
         }
     }
 

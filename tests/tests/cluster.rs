@@ -277,6 +277,40 @@ async fn a_shared_subscription_gives_each_message_to_one_member_in_the_cluster()
     assert_eq!(plain.receive(N).await.len(), N, "the plain subscriber gets every message");
 }
 
+/// A share group's messages are redispatched across nodes (EMQX 5): when the session of the
+/// member that held them ends (a clean session whose connection broke) and the group has no
+/// other member on its node, the QoS 1 messages it had not acknowledged go to a member on
+/// another node, each once.
+#[test]
+fn a_share_groups_messages_go_to_a_member_on_another_node_when_their_members_session_ends() {
+    let nats = Nats::start();
+    let (d1, n1) = node(&nats, "emqx@r1");
+    let (_d2, n2) = node(&nats, "emqx@r2");
+    let share = "$share/g/r/x";
+    let mut first = C5::connect(&n1, "r-first");
+    first.subscribe(share, QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n2, "r-pub");
+    for n in 0..3 {
+        publisher.publish("r/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    for n in 0..3 {
+        match first.raw.recv() {
+            e2e::raw::v5::Packet::Publish(p) => assert_eq!(payload(&p), n.to_string(), "held, unacknowledged"),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let mut second = C5::connect(&n2, "r-second");
+    second.subscribe(share, QoS::AtLeastOnce);
+
+    let sessions = e2e::stat(&d1, "sessions.count");
+    first.raw.drop_connection();
+    e2e::wait_for_stat(&d1, "sessions.count", sessions - 1);
+    let got: Vec<String> = (0..3).map(|_| payload(&second.next_publish())).collect();
+    assert_eq!(got, ["0", "1", "2"], "redispatched to the member on the other node, in order");
+    publisher.publish("r/x", QoS::AtLeastOnce, "next");
+    assert_eq!(payload(&second.next_publish()), "next", "nothing twice");
+}
+
 /// NATS going away mid-stream: each node goes on serving its own clients (publishes,
 /// subscriptions and their SUBACKs), says so once, and once NATS is back (same address) the
 /// nodes subscribe again by themselves and messages cross again.

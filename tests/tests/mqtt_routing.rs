@@ -915,6 +915,81 @@ fn a_shared_message_a_member_refuses_is_not_sent_to_another() {
     }
 }
 
+/// MQTT 5 §4.8.2 (the Server SHOULD send it to another member), as EMQX 5 redispatches: when
+/// a member's session ends (a clean session whose connection broke), the QoS 1 messages it had
+/// in flight and those still queued for it (QoS 2 among them: never sent) go to another
+/// member of the group, in order. The other member joined after they were given out.
+#[test]
+fn a_share_groups_messages_go_to_another_member_when_their_members_session_ends() {
+    let (dir, broker) = start_broker("", &[("BROKER_MQTT__MAX_INFLIGHT", "2")]);
+    let share = "$share/g/sh7/x";
+    let mut first = C5::connect(&broker, "sh7-first");
+    first.subscribe(share, QoS::ExactlyOnce);
+    let mut publisher = C5::connect(&broker, "sh7-pub");
+    for (n, qos) in [QoS::AtLeastOnce, QoS::AtLeastOnce, QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher.publish("sh7/x", qos, &n.to_string());
+    }
+    // Two in flight (the window), unacknowledged; three queued.
+    assert_eq!((payload(&held(&mut first)), payload(&held(&mut first))), ("0".into(), "1".into()));
+    let mut second = C5::connect(&broker, "sh7-second");
+    second.subscribe(share, QoS::ExactlyOnce);
+    second.subscribe("sh7/end", QoS::AtLeastOnce);
+
+    let sessions = stat(&dir, "sessions.count");
+    first.raw.drop_connection();
+    wait_for_stat(&dir, "sessions.count", sessions - 1);
+    publisher.publish("sh7/end", QoS::AtLeastOnce, "end");
+    let got = second.until("sh7/end");
+    assert_eq!(numbers(&got), vec![0, 1, 2, 3, 4], "every message the ended member had not acknowledged");
+    assert_eq!(got[3].qos, QoS::ExactlyOnce, "at the QoS the new member was granted");
+    assert!(got.iter().all(|p| !p.dup), "a first delivery to the new member");
+}
+
+/// EMQX 5's redispatch when a member cannot take a message: a member whose queue is full
+/// (here `mqueue_overflow = "drop_oldest"`) passes what it drops to another member of the
+/// group rather than losing it; here a persistent member, offline, which gets it when it comes
+/// back. The busy member holds one message in flight and three queued: of five, one is
+/// dropped from its queue, and each of the five reaches exactly one member.
+#[test]
+fn a_share_groups_message_a_full_member_queue_drops_goes_to_another_member() {
+    let env = [
+        ("BROKER_MQTT__MAX_INFLIGHT", "1"),
+        ("BROKER_MQTT__MAX_MQUEUE_LEN", "3"),
+        ("BROKER_MQTT__MQUEUE_OVERFLOW", "drop_oldest"),
+    ];
+    let (dir, broker) = start_broker("", &env);
+    let share = "$share/g/sh8/x";
+    let (mut spare, _) = C5::connect_packet(&broker, &connect5("sh8-spare", true, expiry(60)));
+    spare.subscribe(share, QoS::AtLeastOnce);
+    spare.subscribe("sh8/end", QoS::AtLeastOnce);
+    spare.raw.drop_connection();
+    wait_for_stat(&dir, "connections.count", 0);
+
+    let mut busy = C5::connect(&broker, "sh8-busy");
+    busy.subscribe(share, QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "sh8-pub");
+    for n in 0..5 {
+        publisher.publish("sh8/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    publisher.publish("sh8/end", QoS::AtLeastOnce, "end");
+
+    let (mut spare, ack) = C5::connect_packet(&broker, &connect5("sh8-spare", false, expiry(60)));
+    assert!(ack.session_present);
+    let spares = numbers(&spare.until("sh8/end"));
+    assert_eq!(spares.len(), 1, "the one message the busy member's queue dropped: {spares:?}");
+
+    let first = held(&mut busy);
+    busy.raw.send(&P5::PubAck(v5::PubAck { pkid: first.pkid, reason: v5::PubAckReason::Success, properties: None }));
+    let mut busys = vec![first];
+    busys.extend((0..3).map(|_| busy.next_publish()));
+    busy.raw.ping("nothing more for the busy member");
+    each_once(&[numbers(&busys), spares], 5);
+    assert_eq!(stat(&dir, "delivery.dropped"), 0, "nothing lost");
+}
+
 /// MQTT-3.8.3-4, MQTT-4.13.1-1 (5): No Local on a shared subscription is a protocol error:
 /// DISCONNECT 0x82, then the connection closes.
 #[test]

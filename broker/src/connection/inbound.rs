@@ -442,6 +442,7 @@ impl<T: Transport> Connection<T> {
                 self.node.stats.metrics.inc(Metric::PacketsPubrecMissed);
                 self.ack(kind::PUBREL, ack.packet_id, reason::PACKET_IDENTIFIER_NOT_FOUND)
             }
+            // MQTT-4.8.2-6: a share group's message refused by its member is not sent to another.
             RecOutcome::Refused => {}
             RecOutcome::WrongType => {
                 return Err(Ended::protocol(reason::PROTOCOL_ERROR, "PUBREC for a QoS 1 message"));

@@ -375,6 +375,7 @@ unsafe extern "C" fn deliver(
         subscription_ids: Box::new([]),
         seq: 0,
         maybe_sent: false,
+        share: None,
     };
     if context.shared.node.deliver(client_id, delivery) {
         abi::STATUS_OK

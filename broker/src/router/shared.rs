@@ -5,6 +5,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,12 +32,26 @@ pub enum Strategy {
 #[derive(Debug)]
 pub(super) struct Pick<'a> {
     pub(super) publisher: &'a str,
+    /// A session that may not be picked (the member a message is redispatched from); 0: none.
+    pub(super) exclude: u64,
+}
+
+/// Which share group a delivery went to, so that it can be redispatched to another member
+/// if its session ends before the client acknowledged it, or if the client refuses it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ShareGroup {
+    /// The group's name (`$queue/` is the group `$queue`).
+    pub(crate) name: Box<str>,
+    /// The filter, without `$share/<group>/`.
+    pub(crate) path: Box<str>,
 }
 
 /// One share group at one filter.
 #[derive(Debug)]
 pub(super) struct Group {
     pub(super) name: Box<str>,
+    /// The same, with the filter, shared by every delivery this group gets.
+    pub(super) origin: Arc<ShareGroup>,
     pub(super) members: Vec<Subscriber>,
     next: AtomicUsize,
     /// The sticky member's session id (0: none yet).
@@ -44,21 +59,28 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn new(name: &str) -> Group {
-        Group { name: name.into(), members: Vec::new(), next: AtomicUsize::new(0), sticky: AtomicU64::new(0) }
+    pub(super) fn new(name: &str, path: &str) -> Group {
+        Group {
+            name: name.into(),
+            origin: Arc::new(ShareGroup { name: name.into(), path: path.into() }),
+            members: Vec::new(),
+            next: AtomicUsize::new(0),
+            sticky: AtomicU64::new(0),
+        }
     }
 
     /// The member that gets the next message.
     pub(super) fn pick(&self, strategy: Strategy, pick: &Pick<'_>) -> Option<&Subscriber> {
-        let connected = self.members.iter().filter(|m| m.session.is_connected()).count();
+        let eligible = |m: &&Subscriber| m.session.id != pick.exclude;
+        let connected = self.members.iter().filter(eligible).filter(|m| m.session.is_connected()).count();
         let candidates = |i: usize| -> Option<&Subscriber> {
             if connected == 0 {
-                self.members.get(i)
+                self.members.iter().filter(eligible).nth(i)
             } else {
-                self.members.iter().filter(|m| m.session.is_connected()).nth(i)
+                self.members.iter().filter(eligible).filter(|m| m.session.is_connected()).nth(i)
             }
         };
-        let count = if connected == 0 { self.members.len() } else { connected };
+        let count = if connected == 0 { self.members.iter().filter(eligible).count() } else { connected };
         if count == 0 {
             return None;
         }
@@ -73,8 +95,11 @@ impl Group {
             }
             Strategy::Sticky => {
                 let sticky = self.sticky.load(Ordering::Relaxed);
-                if let Some(member) =
-                    self.members.iter().find(|m| m.session.id == sticky && (connected == 0 || m.session.is_connected()))
+                if let Some(member) = self
+                    .members
+                    .iter()
+                    .filter(eligible)
+                    .find(|m| m.session.id == sticky && (connected == 0 || m.session.is_connected()))
                 {
                     return Some(member);
                 }

@@ -34,7 +34,7 @@ impl Level {
                 let index = match level.groups.iter().position(|g| &*g.name == name) {
                     Some(index) => index,
                     None => {
-                        level.groups.push(Group::new(name));
+                        level.groups.push(Group::new(name, filter.path));
                         level.groups.len() - 1
                     }
                 };

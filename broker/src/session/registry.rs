@@ -33,14 +33,44 @@ pub(crate) trait Owner: Send + Sync + 'static {
     /// The node's counters.
     fn stats(&self) -> &Stats;
     /// Ends `session`: its subscriptions, queue and messages in flight go, and a will still
-    /// waiting is published now.
-    fn end_session(&self, session: &Arc<Session>);
-    /// Ends `session` if `still` holds for its state (checked under its lock).
-    fn end_session_if(&self, session: &Arc<Session>, still: impl FnOnce(&State) -> bool);
+    /// waiting is published now; `session.terminated` tells `why`. False if it had ended already.
+    fn end_session(&self, session: &Arc<Session>, why: Termination) -> bool;
+    /// Ends `session` if `still` holds for its state (checked under its lock); true if it did.
+    fn end_session_if(&self, session: &Arc<Session>, why: Termination, still: impl FnOnce(&State) -> bool) -> bool;
     /// Publishes `message` (a will) from `client`.
     fn publish(&self, message: Message, client: &ClientInfo);
     /// `session` outlives its connection, which just ended: a persistent one records when.
     fn went_offline(&self, session: &Arc<Session>);
+}
+
+/// Why a session ends ([`Owner::end_session`]), as `session.terminated` tells it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Termination {
+    /// Its connection ended and the session was not to outlive it. The connection fires
+    /// `session.terminated` itself, with its `client.disconnected` reason, after
+    /// `client.disconnected` (EMQX's order): see [`Sessions::close`].
+    Closed,
+    /// Its Session Expiry Interval ran out while its client was offline.
+    Expired,
+    /// An operator ended it (`broker ctl sessions kick`).
+    Kicked,
+    /// A new connection of its client id replaced it without resuming it (clean start, or a
+    /// session not to outlive its connection): EMQX's `session.discarded`, so no
+    /// `session.terminated`.
+    Discarded,
+}
+
+impl Termination {
+    /// The `reason` of the `session.terminated` that ending the session fires, or `None` when
+    /// it fires none (or, for [`Termination::Closed`], its connection fires it).
+    pub(crate) fn reason(&self) -> Option<&'static str> {
+        match self {
+            Termination::Closed => None,
+            Termination::Expired => Some("expired"),
+            Termination::Kicked => Some("kicked"),
+            Termination::Discarded => None,
+        }
+    }
 }
 
 /// A will as the connection hands it over when it ends.
@@ -191,7 +221,7 @@ impl Sessions {
                         drop(state);
                         let session = self.create(node, client, connection, expiry);
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
-                        node.end_session(&old);
+                        node.end_session(&old, Termination::Discarded);
                         node.stats().metrics.inc(Metric::SessionDiscarded);
                         return Opened { session, present: false };
                     }
@@ -227,7 +257,8 @@ impl Sessions {
 
     /// Called when connection `connection` of `session` ends. `will` is the will to publish
     /// (none after a normal DISCONNECT); `taken_over` when a newer connection ends it, which
-    /// then decides what becomes of the session.
+    /// then decides what becomes of the session. True if the session ended with the
+    /// connection: the caller then fires `session.terminated`, after `client.disconnected`.
     pub(crate) fn close(
         &self,
         node: &Arc<impl Owner>,
@@ -236,7 +267,7 @@ impl Sessions {
         client: &Arc<ClientInfo>,
         will: Option<Will>,
         taken_over: bool,
-    ) {
+    ) -> bool {
         let mut publish_now = None;
         let mut end = false;
         let mut schedule = None;
@@ -274,11 +305,13 @@ impl Sessions {
             node.publish(message, client);
         }
         if end {
-            node.end_session(session);
-        } else if let Some(generation) = schedule {
+            return node.end_session(session, Termination::Closed);
+        }
+        if let Some(generation) = schedule {
             node.went_offline(session);
             tokio::spawn(expire(node.clone(), session.clone(), generation));
         }
+        false
     }
 
     /// A new, empty session for `client_id`, not yet in the registry (for one read back from
@@ -320,7 +353,9 @@ async fn expire(node: Arc<impl Owner>, session: Arc<Session>, generation: u64) {
             if state.expires_at.is_some_and(|at| at <= now) {
                 // Ends it (a will still waiting goes now), unless a connection resumed it since.
                 drop(state);
-                node.end_session_if(&session, |state| state.generation == generation && state.attachment.is_none());
+                node.end_session_if(&session, Termination::Expired, |state| {
+                    state.generation == generation && state.attachment.is_none()
+                });
                 return;
             }
             if state.pending_will.as_ref().is_some_and(|w| w.at <= now) {
