@@ -790,10 +790,7 @@ impl Cluster {
     }
 
     /// The task that offers redispatched messages to the other nodes, one at a time.
-    async fn offer_redispatched(
-        self: Arc<Cluster>,
-        mut redispatches: mpsc::UnboundedReceiver<Redispatched>,
-    ) {
+    async fn offer_redispatched(self: Arc<Cluster>, mut redispatches: mpsc::UnboundedReceiver<Redispatched>) {
         while let Some((message, share)) = redispatches.recv().await {
             let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
             let envelope = Envelope {

@@ -82,6 +82,9 @@
 #define STORE_OP_DELETE 2
 
 // A broker hook, named as in EMQX 4.x. The discriminant is the bit index in a [`HookMask`].
+//
+// Non-exhaustive: hooks are appended to the ABI as the broker grows (an older host never
+// fires the newer ones), so a plugin's `match` on a hook needs a `_` arm.
 enum Hook
 #if __STDC_VERSION__ >= 202311L
   : uint32_t
@@ -135,6 +138,24 @@ enum Hook
     // served the session as it ended (`expired`, or `kicked` while offline). Added after the
     // first release of ABI version 1: an older host never fires it.
     HOOK_SESSION_TERMINATED = 14,
+    // `session.created`: a connection got a new session (a clean start, or none was kept for
+    // its client id); fired before its `client.connected`. Added after the first release of
+    // ABI version 1: an older host never fires it.
+    HOOK_SESSION_CREATED = 15,
+    // `session.resumed`: a connection resumed the session kept for its client id (CONNACK
+    // Session Present 1); fired before its `client.connected`. Added after the first release
+    // of ABI version 1: an older host never fires it.
+    HOOK_SESSION_RESUMED = 16,
+    // `session.discarded`: a connection with a clean start (or one whose previous session was
+    // not to outlive its connection) replaced the session kept for its client id, which ended
+    // without `session.terminated`; fired before the new session's `session.created`. Added
+    // after the first release of ABI version 1: an older host never fires it.
+    HOOK_SESSION_DISCARDED = 17,
+    // `session.takenover`: a connection resumed a session that another connection of its
+    // client id was still serving (that one got DISCONNECT 0x8E); fired before the
+    // `session.resumed`. Added after the first release of ABI version 1: an older host never
+    // fires it.
+    HOOK_SESSION_TAKENOVER = 18,
 };
 #if __STDC_VERSION__ >= 202311L
 typedef enum Hook Hook;

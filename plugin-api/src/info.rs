@@ -5,8 +5,12 @@ use serde::de::DeserializeOwned;
 use crate::abi;
 
 /// A broker hook, named as in EMQX 4.x. The discriminant is the bit index in a [`HookMask`].
+///
+/// Non-exhaustive: hooks are appended to the ABI as the broker grows (an older host never
+/// fires the newer ones), so a plugin's `match` on a hook needs a `_` arm.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Hook {
     /// `client.connect`: a CONNECT arrived, before authentication.
     ClientConnect = 0,
@@ -56,13 +60,31 @@ pub enum Hook {
     /// served the session as it ended (`expired`, or `kicked` while offline). Added after the
     /// first release of ABI version 1: an older host never fires it.
     SessionTerminated = 14,
+    /// `session.created`: a connection got a new session (a clean start, or none was kept for
+    /// its client id); fired before its `client.connected`. Added after the first release of
+    /// ABI version 1: an older host never fires it.
+    SessionCreated = 15,
+    /// `session.resumed`: a connection resumed the session kept for its client id (CONNACK
+    /// Session Present 1); fired before its `client.connected`. Added after the first release
+    /// of ABI version 1: an older host never fires it.
+    SessionResumed = 16,
+    /// `session.discarded`: a connection with a clean start (or one whose previous session was
+    /// not to outlive its connection) replaced the session kept for its client id, which ended
+    /// without `session.terminated`; fired before the new session's `session.created`. Added
+    /// after the first release of ABI version 1: an older host never fires it.
+    SessionDiscarded = 17,
+    /// `session.takenover`: a connection resumed a session that another connection of its
+    /// client id was still serving (that one got DISCONNECT 0x8E); fired before the
+    /// `session.resumed`. Added after the first release of ABI version 1: an older host never
+    /// fires it.
+    SessionTakenover = 18,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
     ///
     /// cbindgen:ignore
-    pub const ALL: [Hook; 15] = [
+    pub const ALL: [Hook; 19] = [
         Hook::ClientConnect,
         Hook::ClientConnected,
         Hook::ClientDisconnected,
@@ -78,6 +100,10 @@ impl Hook {
         Hook::MessageDropped,
         Hook::ClientConnack,
         Hook::SessionTerminated,
+        Hook::SessionCreated,
+        Hook::SessionResumed,
+        Hook::SessionDiscarded,
+        Hook::SessionTakenover,
     ];
 
     /// The EMQX name, e.g. `message.publish`.
@@ -98,6 +124,10 @@ impl Hook {
             Hook::MessageDropped => "message.dropped",
             Hook::ClientConnack => "client.connack",
             Hook::SessionTerminated => "session.terminated",
+            Hook::SessionCreated => "session.created",
+            Hook::SessionResumed => "session.resumed",
+            Hook::SessionDiscarded => "session.discarded",
+            Hook::SessionTakenover => "session.takenover",
         }
     }
 

@@ -58,3 +58,54 @@ async fn hooks_fire_with_client_id_and_topic() {
     // No personal data leaks into other clients' events.
     assert!(find(&events, "message.publish", "alice").is_empty());
 }
+
+/// EMQX's session hooks, in EMQX's order, for one client id over four connections (MQTT 3.1.1):
+/// a new persistent session (`session.created`), a second connection that takes it from the
+/// live first (`session.takenover`, `session.resumed`), a third with a clean session that
+/// replaces it (`session.discarded`, `session.created`), and its DISCONNECT, which ends that
+/// clean session (`session.terminated`, reason `normal`, after `client.disconnected`).
+#[test]
+fn session_hooks_fire_as_sessions_are_created_resumed_taken_over_discarded_and_ended() {
+    use e2e::raw::{connect4, Raw, V4};
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let file = dir.file("events.jsonl");
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
+
+    let (_first, ack) = Raw::<V4>::connect(broker.addr, &connect4("dora", false));
+    assert!(!ack.session_present);
+    let (_second, ack) = Raw::<V4>::connect(broker.addr, &connect4("dora", false));
+    assert!(ack.session_present);
+    let (mut third, ack) = Raw::<V4>::connect(broker.addr, &connect4("dora", true));
+    assert!(!ack.session_present);
+    third.disconnect();
+
+    let session_hooks = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["client_id"] == "dora")
+            .filter_map(|e| e["hook"].as_str())
+            .filter(|h| h.starts_with("session.") || *h == "client.disconnected")
+            .map(str::to_owned)
+            .collect()
+    };
+    let seen = wait_until("session.terminated for dora", || {
+        let events = recorded_events(&file);
+        let hooks = session_hooks(&events);
+        hooks.iter().any(|h| h == "session.terminated").then_some((hooks, events))
+    });
+    let (hooks, events) = seen;
+    let expected = [
+        "session.created",
+        "client.disconnected", // the first connection, taken over
+        "session.takenover",
+        "session.resumed",
+        "client.disconnected", // the second, whose session the third discards
+        "session.discarded",
+        "session.created",
+        "client.disconnected",
+        "session.terminated",
+    ];
+    assert_eq!(hooks, expected);
+    let terminated = find(&events, "session.terminated", "dora");
+    assert_eq!(terminated[0]["reason"], "normal");
+}

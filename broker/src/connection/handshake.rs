@@ -284,6 +284,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     if opened.present {
         metrics.inc(Metric::SessionResumed);
     }
+    fire_session_events(node, &client, &opened);
 
     let keep_alive = (keep_alive > 0).then(|| std::time::Duration::from_millis(u64::from(keep_alive) * 1500));
     let now = Instant::now();
@@ -428,6 +429,23 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
         delay: will.properties.will_delay_interval.unwrap_or(0),
         expiry: will.properties.message_expiry_interval,
     }))
+}
+
+/// Fires what became of sessions as `client`'s opened one (EMQX's order): `session.discarded`
+/// or `session.takenover` for the one it replaced, then `session.created` or
+/// `session.resumed`.
+fn fire_session_events(node: &Node, client: &ClientInfo, opened: &crate::session::registry::Opened) {
+    let replaced = if opened.discarded {
+        Some(Hook::SessionDiscarded)
+    } else {
+        opened.taken_over.then_some(Hook::SessionTakenover)
+    };
+    let now = if opened.present { Hook::SessionResumed } else { Hook::SessionCreated };
+    for hook in replaced.into_iter().chain([now]) {
+        if node.hooks.wants(hook) {
+            node.hooks.dispatch(&client.event(hook, crate::now_ms()));
+        }
+    }
 }
 
 /// Why a node of a cluster that cannot reach NATS refuses `client`, if it does: it would

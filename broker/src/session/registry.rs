@@ -89,6 +89,10 @@ pub(crate) struct Opened {
     pub(crate) session: Arc<Session>,
     /// An existing session was resumed (CONNACK's Session Present).
     pub(crate) present: bool,
+    /// An existing session was ended for this one (`session.discarded`).
+    pub(crate) discarded: bool,
+    /// The session resumed was taken from a live connection (`session.takenover`).
+    pub(crate) taken_over: bool,
 }
 
 #[derive(Debug, Default)]
@@ -195,12 +199,13 @@ impl Sessions {
     ) -> Opened {
         let turn = Turn::new(self, &client.client_id);
         let _turn = turn.lock.lock().await;
+        let mut taken_over = false;
         loop {
             let existing = self.get(&client.client_id);
             let Some(old) = existing else {
                 let session = self.create(node, client, connection, expiry);
                 lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
-                return Opened { session, present: false };
+                return Opened { session, present: false, discarded: false, taken_over: false };
             };
             let detached = old.detached.notified();
             tokio::pin!(detached);
@@ -223,15 +228,16 @@ impl Sessions {
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
                         node.end_session(&old, Termination::Discarded);
                         node.stats().metrics.inc(Metric::SessionDiscarded);
-                        return Opened { session, present: false };
+                        return Opened { session, present: false, discarded: true, taken_over: false };
                     }
                     None => {
                         state.expiry_interval = expiry;
                         old.attach(&mut state, Attachment { connection, client: client.clone() });
-                        return Opened { session: old.clone(), present: true };
+                        return Opened { session: old.clone(), present: true, discarded: false, taken_over };
                     }
                     Some(serving) => {
                         old.kick_takeover(serving, discard);
+                        taken_over = !discard;
                         node.stats().metrics.inc(if discard {
                             Metric::SessionDiscarded
                         } else {
