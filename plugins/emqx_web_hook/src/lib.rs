@@ -1,0 +1,108 @@
+//! `emqx_web_hook`: EMQX 4.2's web hook. Each broker event a rule selects is POSTed to one
+//! HTTP service as a JSON object with EMQX's `action` and fields (see `body`):
+//! `client.connected`, `client.disconnected`, `client.subscribe`, `client.unsubscribe`,
+//! `session.subscribed`, `session.unsubscribed`, `session.terminated`, `message.publish`,
+//! `message.delivered`, `message.acked` and `message.dropped` by default, `client.connect`
+//! and `client.connack` when a rule names them. A rule may select on a topic filter.
+//!
+//! The hooks never wait on the service: each builds the body and puts it in a bounded queue
+//! (see `sender`), which the plugin's own thread empties, `pool_size` requests at a time, one
+//! client's events in the order they happened. A slow or dead service fills the queue; past
+//! `queue_size` events are dropped, counted and logged once a burst, and MQTT traffic goes on
+//! as before.
+//!
+//! Config: the `[web_hook]` table (see `settings`). Command: `broker ctl web_hook status`.
+#![forbid(unsafe_code)]
+
+mod body;
+mod sender;
+mod settings;
+
+use std::sync::atomic::Ordering;
+
+use plugin_api::{declare_plugin, BoxError, Config, Event, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind};
+
+use sender::Sender;
+use settings::{Settings, EVENTS};
+
+/// The plugin: its settings and the sending side.
+#[derive(Debug)]
+pub struct WebHook {
+    host: Host,
+    settings: Settings,
+    /// This node's name, EMQX's `node` field.
+    node: String,
+    sender: Sender,
+}
+
+impl WebHook {
+    fn status(&self) -> String {
+        let c = self.sender.counters();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        [
+            format!("url         : {}", self.settings.url),
+            format!("state       : {}", if self.sender.is_failing() { "failing" } else { "ok" }),
+            format!("queue_len   : {}", self.sender.queue_len()),
+            format!("queue_size  : {}", self.sender.queue_size()),
+            format!("in_flight   : {}", n(&c.in_flight)),
+            format!("sent        : {}", n(&c.sent)),
+            format!("failed      : {}", n(&c.failed)),
+            format!("dropped     : {}", n(&c.dropped)),
+            format!("encoding    : {}", self.settings.encoding.name()),
+            format!("rules       : {}", self.settings.rules.describe()),
+        ]
+        .join("\n")
+    }
+}
+
+impl Plugin for WebHook {
+    fn init(host: Host, config: Config) -> Result<Self, BoxError> {
+        let settings = Settings::from_json(config.json())?;
+        let sender = Sender::start(host, &settings)?;
+        host.info(&format!(
+            "posting events to {} (queue {}, pool {}, timeout {}): {}",
+            settings.url,
+            settings.queue_size,
+            settings.pool_size,
+            humantime::format_duration(settings.request_timeout),
+            settings.rules.describe()
+        ));
+        Ok(WebHook { host, node: host.node_name().to_owned(), settings, sender })
+    }
+
+    /// Only builds the body and queues it: never waits.
+    fn on_event(&self, event: &Event<'_>) -> HookResult {
+        if self.settings.rules.wants(event.hook, event.topic) {
+            if let Some(body) = body::body(event, &self.node, self.settings.encoding) {
+                self.sender.enqueue(event.client_id, body);
+            }
+        }
+        HookResult::Continue
+    }
+
+    fn ctl(&self, args: &[String]) -> Result<String, String> {
+        match args {
+            [status] if status == "status" => Ok(self.status()),
+            _ => Err("usage: broker ctl web_hook status".to_owned()),
+        }
+    }
+
+    fn stop(self) {
+        let abandoned = self.sender.stop();
+        let note = if abandoned > 0 { format!("; {abandoned} event(s) not sent were dropped") } else { String::new() };
+        self.host.info(&format!("stopped{note}"));
+    }
+}
+
+declare_plugin!(
+    WebHook,
+    PluginInfo {
+        name: "emqx_web_hook",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "EMQ X WebHook Plugin",
+        kind: PluginKind::Plugin,
+        hooks: HookMask::of(&EVENTS),
+        priority: 0,
+        ctl_command: Some("web_hook"),
+    }
+);

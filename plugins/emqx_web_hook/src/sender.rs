@@ -1,0 +1,313 @@
+//! The queue and the thread that empties it. Hooks only [`Sender::enqueue`] a body, which
+//! never waits: past `queue_size` events waiting, the event is dropped and counted, and the
+//! first drop of a burst is logged (the end of the burst too, once the queue has drained to
+//! half). The thread runs a single-threaded tokio runtime with `pool_size` lanes; each lane
+//! POSTs its events one after the other with reqwest (a pool of keep-alive connections),
+//! each within `request_timeout`. An event goes to the lane of its client id (as EMQX's
+//! `ehttpc` pool picks a worker by client id), so one client's events arrive in the order
+//! they happened. A failed request (no answer, or a status other than 2xx) is counted and not
+//! retried, and a run of failures is logged once at each end. A dead or hanging service
+//! therefore costs the queue, never the broker's MQTT traffic.
+//!
+//! `stop` abandons what is still queued or in flight (counted as dropped, logged) and joins
+//! the thread.
+
+use std::error::Error as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use plugin_api::Host;
+use reqwest::header::HeaderMap;
+use tokio::sync::{mpsc, watch};
+
+use crate::settings::Settings;
+
+/// What the sender counted since the plugin started (`broker ctl web_hook status`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Requests answered with a 2xx status.
+    pub(crate) sent: AtomicU64,
+    /// Requests that got no answer in time, or another status.
+    pub(crate) failed: AtomicU64,
+    /// Events dropped because the queue was full (or abandoned at stop).
+    pub(crate) dropped: AtomicU64,
+    /// Requests in flight now.
+    pub(crate) in_flight: AtomicU64,
+}
+
+/// What the hooks and the thread share.
+#[derive(Debug)]
+struct Shared {
+    host: Host,
+    counters: Counters,
+    /// Events waiting in the lanes now (the queue's length).
+    queued: AtomicUsize,
+    /// The most that may wait.
+    queue_size: usize,
+    /// Events are being dropped: the queue was full and has not drained to half since.
+    overflowing: AtomicBool,
+    /// Dropped in the current burst.
+    dropped_in_burst: AtomicU64,
+    /// The last request failed.
+    failing: AtomicBool,
+    /// Failed in the current run of failures.
+    failed_in_run: AtomicU64,
+}
+
+/// The sending side: the lanes' inputs, the counters, and the thread.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    lanes: Vec<mpsc::UnboundedSender<Vec<u8>>>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    thread: JoinHandle<()>,
+}
+
+/// The HTTP client could not be made (a TLS file that cannot be used, most often).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// A TLS file cannot be read or used; the message names the key and the file.
+    #[error("web_hook.ssl.{key}: {why}")]
+    Tls { key: &'static str, why: String },
+    /// reqwest refused the client's settings.
+    #[error("cannot make the HTTP client: {0}")]
+    Client(String),
+    /// The thread or its runtime could not start.
+    #[error("cannot start the sending thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+impl Sender {
+    /// Builds the HTTP client and starts the thread.
+    pub(crate) fn start(host: Host, settings: &Settings) -> Result<Sender, StartError> {
+        let client = client(settings, host.data_dir())?;
+        let (lanes, outputs): (Vec<_>, Vec<_>) = (0..settings.pool_size).map(|_| mpsc::unbounded_channel()).unzip();
+        let (shutdown, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            host,
+            counters: Counters::default(),
+            queued: AtomicUsize::new(0),
+            queue_size: settings.queue_size,
+            overflowing: AtomicBool::new(false),
+            dropped_in_burst: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            failed_in_run: AtomicU64::new(0),
+        });
+        let worker =
+            Worker { client, url: settings.url.clone(), headers: settings.headers.clone(), shared: shared.clone() };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new()
+            .name("emqx_web_hook".to_owned())
+            .spawn(move || runtime.block_on(worker.run(outputs, stopped)))?;
+        Ok(Sender { lanes, shared, shutdown, thread })
+    }
+
+    /// Queues `body`, an event about client `client_id`, to be sent, without waiting: when
+    /// the queue is full it is dropped and counted (the first of a burst logged).
+    pub(crate) fn enqueue(&self, client_id: &str, body: Vec<u8>) {
+        let shared = &self.shared;
+        if shared.queued.fetch_add(1, Ordering::AcqRel) < shared.queue_size {
+            let lane = &self.lanes[lane_of(client_id, self.lanes.len())];
+            if lane.send(body).is_ok() {
+                return;
+            }
+        }
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.dropped_in_burst.fetch_add(1, Ordering::Relaxed);
+        if !shared.overflowing.swap(true, Ordering::AcqRel) {
+            shared.host.warn(&format!(
+                "the queue is full ({} events wait to be sent): events are dropped until it drains \
+                 (counted, not logged: broker ctl web_hook status)",
+                shared.queue_size
+            ));
+        }
+    }
+
+    /// Events waiting in the queue now.
+    pub(crate) fn queue_len(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire).min(self.shared.queue_size)
+    }
+
+    /// The most events the queue holds.
+    pub(crate) fn queue_size(&self) -> usize {
+        self.shared.queue_size
+    }
+
+    /// What was counted.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Whether the last request failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Stops the thread, abandoning the events still queued and the requests in flight, and
+    /// joins it. Returns how many were abandoned.
+    pub(crate) fn stop(self) -> u64 {
+        let _ = self.shutdown.send(true);
+        let _ = self.thread.join();
+        let shared = &self.shared;
+        let abandoned =
+            shared.queued.swap(0, Ordering::AcqRel) as u64 + shared.counters.in_flight.swap(0, Ordering::AcqRel);
+        shared.counters.dropped.fetch_add(abandoned, Ordering::Relaxed);
+        abandoned
+    }
+}
+
+/// The lane of `client_id` among `lanes` (FNV-1a: stable and cheap).
+fn lane_of(client_id: &str, lanes: usize) -> usize {
+    let hash =
+        client_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % lanes as u64) as usize
+}
+
+/// The thread's side.
+struct Worker {
+    client: reqwest::Client,
+    url: url::Url,
+    headers: HeaderMap,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Runs one task a lane until told to stop. Returning drops the runtime, and with it the
+    /// events still queued and the requests in flight: they are abandoned.
+    async fn run(self, lanes: Vec<mpsc::UnboundedReceiver<Vec<u8>>>, mut stopped: watch::Receiver<bool>) {
+        let worker = Arc::new(self);
+        for lane in lanes {
+            tokio::spawn(worker.clone().lane(lane));
+        }
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }
+
+    /// Sends a lane's events, one after the other.
+    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Vec<u8>>) {
+        while let Some(body) = events.recv().await {
+            let waiting = self.shared.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+            self.note_drained(waiting);
+            self.shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+            self.send(body).await;
+            self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends a burst of drops once the queue, `waiting` long, has drained to half.
+    fn note_drained(&self, waiting: usize) {
+        let shared = &self.shared;
+        if waiting <= shared.queue_size / 2
+            && shared.overflowing.load(Ordering::Acquire)
+            && shared.overflowing.swap(false, Ordering::AcqRel)
+        {
+            let dropped = shared.dropped_in_burst.swap(0, Ordering::AcqRel);
+            shared.host.info(&format!("the queue drained: {dropped} event(s) were dropped while it was full"));
+        }
+    }
+
+    /// POSTs one body and counts what came of it.
+    async fn send(&self, body: Vec<u8>) {
+        let request = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
+        let failure = match request.send().await {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("HTTP {}", response.status())),
+            Err(e) => Some(error_chain(&e)),
+        };
+        let shared = &self.shared;
+        match failure {
+            None => {
+                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                if shared.failing.load(Ordering::Acquire) && shared.failing.swap(false, Ordering::AcqRel) {
+                    let failures = shared.failed_in_run.swap(0, Ordering::AcqRel);
+                    shared.host.info(&format!("{} answers again, after {failures} failed request(s)", self.url));
+                }
+            }
+            Some(why) => {
+                shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                shared.failed_in_run.fetch_add(1, Ordering::Relaxed);
+                if !shared.failing.swap(true, Ordering::AcqRel) {
+                    shared.host.warn(&format!(
+                        "POST {} failed: {why}; the event is not sent again (further failures are counted, \
+                         not logged: broker ctl web_hook status)",
+                        self.url
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, and the TLS
+/// files (relative to `data_dir`).
+fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, StartError> {
+    let ssl = &settings.ssl;
+    let file = |key: &'static str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StartError> {
+        match path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            None => Ok(None),
+            Some(path) => {
+                let path = data_dir.join(path);
+                std::fs::read(&path)
+                    .map(Some)
+                    .map_err(|e| StartError::Tls { key, why: format!("cannot read {}: {e}", path.display()) })
+            }
+        }
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.request_timeout)
+        .connect_timeout(settings.connect_timeout)
+        .pool_max_idle_per_host(settings.pool_size)
+        .tls_danger_accept_invalid_certs(!ssl.verify);
+    if let Some(pem) = file("cacertfile", &ssl.cacertfile)? {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| StartError::Tls { key: "cacertfile", why: error_chain(&e) })?;
+        if certs.is_empty() {
+            return Err(StartError::Tls { key: "cacertfile", why: "has no CERTIFICATE".to_owned() });
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    match (file("certfile", &ssl.certfile)?, file("keyfile", &ssl.keyfile)?) {
+        (None, None) => {}
+        (Some(mut pem), Some(key)) => {
+            pem.push(b'\n');
+            pem.extend_from_slice(&key);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| StartError::Tls { key: "certfile", why: error_chain(&e) })?;
+            builder = builder.identity(identity);
+        }
+        _ => {
+            return Err(StartError::Tls {
+                key: "certfile",
+                why: "web_hook.ssl.certfile and web_hook.ssl.keyfile go together: set both or neither".to_owned(),
+            })
+        }
+    }
+    builder.build().map_err(|e| StartError::Client(error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_always_gets_the_same_lane() {
+        assert_eq!(lane_of("alice", 32), lane_of("alice", 32));
+        assert_eq!(lane_of("", 1), 0);
+        let used: std::collections::HashSet<usize> = (0..200).map(|i| lane_of(&format!("c{i}"), 8)).collect();
+        assert_eq!(used.len(), 8, "clients spread over every lane");
+    }
+}

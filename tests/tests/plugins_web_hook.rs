@@ -1,0 +1,606 @@
+//! `emqx_web_hook` end to end: the real broker and plugin POST events to a real HTTP service
+//! on 127.0.0.1 (axum, in this process), driven by real MQTT clients.
+//!
+//! The bodies are EMQX 4.2's (`action`, `clientid`, `from_client_id`, ...). One client's
+//! events arrive in the order they happened (each client's events go through one lane), so a
+//! test waits for a client's last event and then looks at all of that client's. A dead or
+//! hanging service never holds up MQTT traffic: its events fail, or fill the queue and are
+//! dropped, and `broker ctl web_hook status` counts them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
+use e2e::{free_port, options, stat_in, wait_until, Broker, Client, DataDir};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+/// One request the service got.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// How the service answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// 200 at once.
+    Ok,
+    /// Never: the request hangs until the broker gives up.
+    Hang,
+}
+
+/// The web hook service: records every request and answers as `reply` says. Its thread ends
+/// with the test process.
+struct HookService {
+    addr: SocketAddr,
+    scheme: &'static str,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HookService {
+    fn start(reply: Reply) -> HookService {
+        HookService::start_with(reply, None)
+    }
+
+    /// The service over TLS with `tls` (HTTPS) when given.
+    fn start_with(reply: Reply, tls: Option<Arc<rustls::ServerConfig>>) -> HookService {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hook service");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = seen.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let handler = move |request: Request| {
+                    let store = store.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                        let body = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"unparsed": true}));
+                        store.lock().unwrap().push(Seen {
+                            path: parts.uri.path().to_owned(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        if let Reply::Hang = reply {
+                            std::future::pending::<()>().await;
+                        }
+                        StatusCode::OK
+                    }
+                };
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = Router::new().fallback(handler);
+                match tls {
+                    None => axum::serve(listener, app).await.unwrap(),
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                        axum::serve(TlsListener { tcp: listener, acceptor }, app).await.unwrap()
+                    }
+                }
+            });
+        });
+        HookService { addr, scheme, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("{}://{}/webhook", self.scheme, self.addr)
+    }
+
+    /// Every request so far.
+    fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Every body so far.
+    fn bodies(&self) -> Vec<Value> {
+        self.all().into_iter().map(|s| s.body).collect()
+    }
+
+    /// Waits until a body has `action` and `key` = `value`; returns every body then.
+    fn wait_for(&self, action: &str, key: &str, value: &str) -> Vec<Value> {
+        wait_until(&format!("a {action} event with {key} {value}"), || {
+            let bodies = self.bodies();
+            bodies.iter().any(|b| b["action"] == action && b[key] == value).then_some(bodies)
+        })
+    }
+}
+
+/// A TCP listener whose connections are TLS (failed handshakes are skipped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A test CA, and PEM certificates it signed: the service's for 127.0.0.1 and a client's.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "web hook test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, cn: &str| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().unwrap();
+            (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        };
+        Pki {
+            server: leaf(vec!["127.0.0.1".to_owned()], "hook service"),
+            client: leaf(Vec::new(), "broker"),
+            ca: ca.pem(),
+        }
+    }
+
+    /// A TLS server config with the service's certificate that requires a client
+    /// certificate signed by the CA.
+    fn server_tls(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(self.server.0.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.server.1.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// The bodies with `action` whose `key` is `value`.
+fn find<'a>(bodies: &'a [Value], action: &str, key: &str, value: &str) -> Vec<&'a Value> {
+    bodies.iter().filter(|b| b["action"] == action && b[key] == value).collect()
+}
+
+/// The one body with `action` whose `key` is `value`.
+fn one<'a>(bodies: &'a [Value], action: &str, key: &str, value: &str) -> &'a Value {
+    let found = find(bodies, action, key, value);
+    assert_eq!(found.len(), 1, "one {action} with {key} {value}: {bodies:#?}");
+    found[0]
+}
+
+/// The `actions` of `bodies` about client `clientid` (as `clientid` or `from_client_id`), in
+/// the order they arrived.
+fn actions_of(bodies: &[Value], clientid: &str) -> Vec<String> {
+    bodies
+        .iter()
+        .filter(|b| b["clientid"] == clientid || b["from_client_id"] == clientid)
+        .map(|b| b["action"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A broker running only `emqx_web_hook`, with `toml` as its `broker.toml`.
+fn broker_with(toml: &str, env: &[(&str, &str)]) -> (DataDir, Broker) {
+    let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
+    dir.write("broker.toml", toml);
+    let broker = Broker::start(&dir, env);
+    broker.wait_for_log("posting events to");
+    (dir, broker)
+}
+
+/// `broker ctl web_hook status`.
+fn status(dir: &DataDir) -> String {
+    dir.ctl(&["web_hook", "status"]).ok()
+}
+
+/// The counter `name` of `broker ctl web_hook status`.
+fn counter(dir: &DataDir, name: &str) -> u64 {
+    stat_in(&status(dir), name)
+}
+
+fn assert_timestamp(body: &Value, key: &str) {
+    assert!(body[key].as_u64().is_some_and(|ms| ms > 0), "{key} in milliseconds: {body}");
+}
+
+/// Every event of a connect, subscribe, publish, deliver, ack, unsubscribe, disconnect
+/// sequence arrives with EMQX's `action` and fields, with the configured headers; with no
+/// rules set, every event but `client.connect` and `client.connack` is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_posted_with_emqx_bodies() {
+    let service = HookService::start(Reply::Ok);
+    let (dir, broker) = broker_with(
+        &format!("[web_hook]\nurl = \"{}\"\n", service.url()),
+        &[("BROKER_WEB_HOOK__HEADERS__X_TOKEN", "s3cret")],
+    );
+
+    let mut login = options(&broker, "alice");
+    login.set_credentials("alice_user", "pw");
+    let mut alice = Client::connect_with(login).await;
+    alice.subscribe("t/#", QoS::AtLeastOnce).await;
+    let mut bob = Client::connect(&broker, "bob").await;
+    bob.publish_acked("t/1", QoS::AtLeastOnce, "hello").await;
+    let got = alice.receive(1).await;
+    assert_eq!(got[0].payload, "hello");
+    bob.publish_acked("nobody/here", QoS::AtMostOnce, "lost").await;
+    alice.client.unsubscribe("t/#").await.unwrap();
+    alice.wait_for("UNSUBACK", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_)))).await;
+    bob.disconnect().await;
+    alice.kill().await;
+
+    service.wait_for("session_terminated", "clientid", "bob");
+    let bodies = service.wait_for("session_terminated", "clientid", "alice");
+
+    // Each client's events, in the order they happened (EMQX's order: client.disconnected
+    // before session.terminated).
+    assert_eq!(
+        actions_of(&bodies, "alice"),
+        [
+            "client_connected",
+            "client_subscribe",
+            "session_subscribed",
+            "message_delivered",
+            "message_acked",
+            "client_unsubscribe",
+            "session_unsubscribed",
+            "client_disconnected",
+            "session_terminated"
+        ]
+    );
+    assert_eq!(
+        actions_of(&bodies, "bob"),
+        [
+            "client_connected",
+            "message_publish",
+            "message_publish",
+            "message_dropped",
+            "client_disconnected",
+            "session_terminated"
+        ]
+    );
+
+    let connected = one(&bodies, "client_connected", "clientid", "alice");
+    assert_eq!(connected["node"], "emqx@127.0.0.1");
+    assert_eq!(connected["username"], "alice_user");
+    assert_eq!(connected["ipaddress"], "127.0.0.1");
+    assert_eq!(connected["keepalive"], 30);
+    assert_eq!(connected["proto_ver"], 4);
+    assert_timestamp(connected, "connected_at");
+    assert_eq!(one(&bodies, "client_connected", "clientid", "bob")["username"], Value::Null, "no username: null");
+
+    let subscribe = one(&bodies, "client_subscribe", "clientid", "alice");
+    assert_eq!(subscribe["username"], "alice_user");
+    assert_eq!(subscribe["topic"], "t/#");
+    assert_eq!(subscribe["opts"], json!({"qos": 1, "nl": 0, "rap": 0, "rh": 0}));
+    let subscribed = one(&bodies, "session_subscribed", "clientid", "alice");
+    assert_eq!(subscribed["topic"], "t/#");
+    assert_eq!(subscribed["opts"], json!({"qos": 1, "nl": 0, "rap": 0, "rh": 0, "is_new": true}));
+
+    let published = one(&bodies, "message_publish", "topic", "t/1");
+    assert_eq!(published["from_client_id"], "bob");
+    assert_eq!(published["from_username"], Value::Null);
+    assert_eq!((published["qos"].as_u64(), published["retain"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(published["payload"], "hello");
+    assert_timestamp(published, "ts");
+    assert!(published.get("clientid").is_none(), "message_publish has no clientid: {published}");
+
+    for action in ["message_delivered", "message_acked"] {
+        let body = one(&bodies, action, "clientid", "alice");
+        assert_eq!(body["username"], "alice_user", "{action}");
+        assert_eq!(body["topic"], "t/1", "{action}");
+        assert_eq!(body["payload"], "hello", "{action}");
+        assert_eq!((body["qos"].as_u64(), body["retain"].as_bool()), (Some(1), Some(false)), "{action}");
+        assert_eq!(body["ts"], published["ts"], "{action}: the message's publish time");
+        // The broker's delivery events do not say who published.
+        assert_eq!((&body["from_client_id"], &body["from_username"]), (&Value::Null, &Value::Null), "{action}");
+    }
+
+    let dropped = one(&bodies, "message_dropped", "clientid", "bob");
+    assert_eq!(dropped["topic"], "nobody/here");
+    assert_eq!(dropped["reason"], "no_subscribers");
+    assert_eq!(dropped["payload"], "lost");
+    assert_eq!(dropped["qos"], 0);
+
+    let unsubscribe = one(&bodies, "client_unsubscribe", "clientid", "alice");
+    assert_eq!((&unsubscribe["topic"], &unsubscribe["opts"]), (&json!("t/#"), &json!({})));
+    let unsubscribed = one(&bodies, "session_unsubscribed", "clientid", "alice");
+    assert_eq!(unsubscribed["topic"], "t/#");
+    assert!(unsubscribed.get("opts").is_none(), "{unsubscribed}");
+
+    for (client, reason) in [("alice", "tcp_closed"), ("bob", "normal")] {
+        let disconnected = one(&bodies, "client_disconnected", "clientid", client);
+        assert_eq!(disconnected["reason"], reason, "{client}");
+        assert_timestamp(disconnected, "disconnected_at");
+        let terminated = one(&bodies, "session_terminated", "clientid", client);
+        assert_eq!(terminated["reason"], reason, "{client}: the connection's reason");
+    }
+    assert_eq!(one(&bodies, "session_terminated", "clientid", "alice")["username"], "alice_user");
+
+    assert!(
+        bodies.iter().all(|b| b["action"] != "client_connect" && b["action"] != "client_connack"),
+        "not sent by default"
+    );
+    for seen in service.all() {
+        assert_eq!(seen.path, "/webhook");
+        assert_eq!(seen.headers.get("content-type").unwrap(), "application/json");
+        assert_eq!(seen.headers.get("x-token").unwrap(), "s3cret", "the configured header");
+    }
+
+    // The service records a request before its answer reaches the plugin.
+    let requests = service.all().len() as u64;
+    let status = wait_until("every answer counted", || {
+        let status = status(&dir);
+        (stat_in(&status, "sent") == requests).then_some(status)
+    });
+    assert!(status.contains(&format!("url         : {}", service.url())), "{status}");
+    assert_eq!((stat_in(&status, "failed"), stat_in(&status, "dropped")), (0, 0), "{status}");
+}
+
+/// `session.terminated` says why a session ended: `kicked` (an offline persistent session
+/// ended by `broker ctl sessions kick`), `expired` (its Session Expiry Interval ran out), or
+/// its connection's reason; a session that a clean-start connection discards fires none
+/// (EMQX's `session.discarded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_terminated_says_why_the_session_ended() {
+    let service = HookService::start(Reply::Ok);
+    let (dir, broker) = broker_with(
+        &format!("[web_hook]\nurl = \"{}\"\nrules = [{{ event = \"session.terminated\" }}, {{ event = \"client.connected\" }}]\n", service.url()),
+        &[],
+    );
+
+    // Kicked while offline.
+    let (mut carol, _) = Raw::<V4>::connect(broker.addr, &connect4("carol", false));
+    carol.disconnect();
+    service.wait_for("client_connected", "clientid", "carol");
+    dir.ctl(&["sessions", "kick", "carol"]).ok();
+    let bodies = service.wait_for("session_terminated", "clientid", "carol");
+    let kicked = one(&bodies, "session_terminated", "clientid", "carol");
+    assert_eq!(kicked["reason"], "kicked");
+    assert_eq!(kicked["node"], "emqx@127.0.0.1");
+
+    // Expired: an MQTT 5 session that outlives its connection by 1 s.
+    let mut properties = v5::ConnectProperties::new();
+    properties.session_expiry_interval = Some(1);
+    let (mut dave, _) = Raw::<V5>::connect(broker.addr, &connect5("dave", false, Some(properties)));
+    dave.disconnect(v5::DisconnectReasonCode::NormalDisconnection);
+    let bodies = service.wait_for("session_terminated", "clientid", "dave");
+    assert_eq!(one(&bodies, "session_terminated", "clientid", "dave")["reason"], "expired");
+
+    // Discarded by a clean-start connection: no session.terminated for the old session; the
+    // new one's ends with its connection.
+    let (mut erin, _) = Raw::<V4>::connect(broker.addr, &connect4("erin", false));
+    erin.disconnect();
+    let (mut erin, _) = Raw::<V4>::connect(broker.addr, &connect4("erin", true));
+    erin.disconnect();
+    let bodies = service.wait_for("session_terminated", "clientid", "erin");
+    assert_eq!(actions_of(&bodies, "erin"), ["client_connected", "client_connected", "session_terminated"]);
+    assert_eq!(one(&bodies, "session_terminated", "clientid", "erin")["reason"], "normal");
+}
+
+/// Rules select events, and topics for message events (several rules for one event: any
+/// matches); `client.connect` and `client.connack` are sent when a rule names them;
+/// `encoding_of_payload_field = "base64"` encodes payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_select_events_and_topics_and_payloads_can_be_base64() {
+    let service = HookService::start(Reply::Ok);
+    let (dir, broker) = broker_with(
+        &format!(
+            "[web_hook]\nurl = \"{}\"\nencoding_of_payload_field = \"base64\"\n\
+             rules = [\n\
+               {{ event = \"message.publish\", topic = \"a/#\" }},\n\
+               {{ event = \"message.publish\", topic = \"c/+\" }},\n\
+               {{ event = \"message.delivered\", topic = \"a/+\" }},\n\
+               {{ event = \"client.connect\" }},\n\
+               {{ event = \"client.connack\" }},\n\
+             ]\n",
+            service.url()
+        ),
+        &[],
+    );
+
+    let mut sub = Client::connect(&broker, "sub").await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "pub").await;
+    for (topic, payload) in [("a/1", "hi"), ("b/1", "no"), ("a/2/x", "deep"), ("c/3", "see"), ("a/end", "end")] {
+        publisher.publish_acked(topic, QoS::AtLeastOnce, payload).await;
+    }
+    sub.receive(5).await;
+
+    // Each client's events arrive in the order they happened: once its last one is there,
+    // every one it had is.
+    service.wait_for("message_publish", "topic", "a/end");
+    let bodies = service.wait_for("message_delivered", "topic", "a/end");
+    let of = |client: &str| -> Vec<(String, String)> {
+        bodies
+            .iter()
+            .filter(|b| b["clientid"] == client || b["from_client_id"] == client)
+            .map(|b| (b["action"].as_str().unwrap().to_owned(), b["topic"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    };
+    let pair = |action: &str, topic: &str| (action.to_owned(), topic.to_owned());
+    assert_eq!(
+        of("pub"),
+        [
+            pair("client_connect", ""),
+            pair("client_connack", ""),
+            pair("message_publish", "a/1"),
+            pair("message_publish", "a/2/x"),
+            pair("message_publish", "c/3"),
+            pair("message_publish", "a/end"),
+        ],
+        "b/1 matches no rule"
+    );
+    assert_eq!(
+        of("sub"),
+        [
+            pair("client_connect", ""),
+            pair("client_connack", ""),
+            pair("message_delivered", "a/1"),
+            pair("message_delivered", "a/end"),
+        ],
+        "only deliveries on a/+"
+    );
+    assert_eq!(bodies.len(), 10, "nothing else: {bodies:#?}");
+    let payloads: Vec<&str> = find(&bodies, "message_publish", "from_client_id", "pub")
+        .iter()
+        .map(|b| b["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["aGk=", "ZGVlcA==", "c2Vl", "ZW5k"], "base64 of hi, deep, see, end");
+    assert_eq!(one(&bodies, "message_delivered", "topic", "a/1")["payload"], "aGk=");
+
+    let connect = one(&bodies, "client_connect", "clientid", "pub");
+    assert_eq!(
+        (&connect["proto_ver"], &connect["keepalive"], &connect["ipaddress"]),
+        (&json!(4), &json!(30), &json!("127.0.0.1"))
+    );
+    let connack = one(&bodies, "client_connack", "clientid", "pub");
+    assert_eq!(connack["conn_ack"], "success");
+    assert_eq!(connack["username"], Value::Null);
+
+    let status = status(&dir);
+    assert!(status.contains("encoding    : base64"), "{status}");
+    assert!(
+        status.contains(
+            "rules       : client.connect, client.connack, message.publish (a/# c/+), message.delivered (a/+)"
+        ),
+        "{status}"
+    );
+}
+
+/// A service that refuses connections: every event fails (counted, logged once), and MQTT
+/// traffic goes on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_service_does_not_hold_up_mqtt_traffic() {
+    let url = format!("http://127.0.0.1:{}/webhook", free_port());
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"{url}\"\n"), &[]);
+
+    let mut sub = Client::connect(&broker, "dead-sub").await;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "dead-pub").await;
+    for i in 0..30 {
+        publisher.publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    let got = sub.receive(30).await;
+    let payloads: Vec<String> = got.iter().map(|p| e2e::text(&p.payload)).collect();
+    assert_eq!(payloads, (0..30).map(|i| format!("m{i}")).collect::<Vec<_>>());
+
+    // 2 connected, 1 subscribe, 1 subscribed, 30 each of publish, delivered and acked.
+    wait_until("every event failed", || (counter(&dir, "failed") >= 94).then_some(()));
+    let status = status(&dir);
+    assert_eq!((stat_in(&status, "sent"), stat_in(&status, "dropped")), (0, 0), "{status}");
+    assert!(status.contains("state       : failing"), "{status}");
+    let failures: Vec<String> =
+        broker.logs().into_iter().filter(|l| l.contains(&format!("POST {url} failed"))).collect();
+    assert_eq!(failures.len(), 1, "one line for the whole run of failures: {failures:#?}");
+}
+
+/// A service that never answers: `pool_size` requests hang, the queue fills, and past
+/// `queue_size` events are dropped (counted, logged once) while MQTT traffic goes on. An
+/// unload does not wait for the service: what was not sent is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
+    let service = HookService::start(Reply::Hang);
+    let (dir, broker) = broker_with(
+        &format!("[web_hook]\nurl = \"{}\"\nqueue_size = 5\npool_size = 2\nrequest_timeout = \"1h\"\n", service.url()),
+        &[],
+    );
+
+    let mut sub = Client::connect(&broker, "hang-sub").await;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "hang-pub").await;
+    for i in 0..30 {
+        publisher.publish_acked(&format!("load/{i}"), QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    assert_eq!(sub.receive(30).await.len(), 30, "every message delivered");
+
+    let status = wait_until("the queue full and events dropped", || {
+        let status = status(&dir);
+        (stat_in(&status, "dropped") > 0 && stat_in(&status, "queue_len") == 5).then_some(status)
+    });
+    let in_flight = stat_in(&status, "in_flight");
+    assert!((1..=2).contains(&in_flight), "at most pool_size requests at once: {status}");
+    assert_eq!((stat_in(&status, "sent"), stat_in(&status, "failed")), (0, 0), "{status}");
+    assert!(service.all().len() <= 2, "only the requests in flight reached the service");
+    let full: Vec<String> = broker.logs().into_iter().filter(|l| l.contains("the queue is full")).collect();
+    assert_eq!(full.len(), 1, "one line for the burst: {full:#?}");
+
+    // Still no wait on the service: traffic flows, and an unload stops the plugin at once.
+    publisher.publish_acked("load/after", QoS::AtLeastOnce, "after").await;
+    assert_eq!(sub.receive(1).await[0].payload, "after");
+    dir.ctl(&["plugins", "unload", "emqx_web_hook"]).ok();
+    broker.wait_for_log("event(s) not sent were dropped");
+    publisher.publish_acked("load/unloaded", QoS::AtLeastOnce, "unloaded").await;
+    assert_eq!(sub.receive(1).await[0].payload, "unloaded");
+}
+
+/// An `https://` service that wants a client certificate: with `ssl.cacertfile` (its private
+/// CA), `ssl.certfile` and `ssl.keyfile` (files in the data directory) events arrive; without
+/// the client certificate the service refuses the handshake and every event fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_service_with_a_private_ca_and_a_client_certificate() {
+    let pki = Pki::new();
+    let service = HookService::start_with(Reply::Ok, Some(pki.server_tls()));
+    let rules = "rules = [{ event = \"client.connected\" }]";
+    let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
+    for (name, pem) in [("ca.pem", &pki.ca), ("client.pem", &pki.client.0), ("client.key", &pki.client.1)] {
+        dir.write(name, pem);
+    }
+
+    dir.write(
+        "broker.toml",
+        &format!(
+            "[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n\
+             certfile = \"client.pem\"\nkeyfile = \"client.key\"\n",
+            service.url()
+        ),
+    );
+    let broker = Broker::start(&dir, &[]);
+    Client::connect(&broker, "tls-1").await.disconnect().await;
+    let bodies = service.wait_for("client_connected", "clientid", "tls-1");
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    wait_until("the answer counted", || (counter(&dir, "sent") == 1).then_some(()));
+    broker.stop();
+
+    // No client certificate: the service refuses the handshake.
+    dir.write(
+        "broker.toml",
+        &format!("[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n", service.url()),
+    );
+    let broker = Broker::start(&dir, &[]);
+    Client::connect(&broker, "tls-2").await.disconnect().await;
+    wait_until("the request failed", || (counter(&dir, "failed") == 1).then_some(()));
+    assert_eq!(counter(&dir, "sent"), 0);
+    assert_eq!(service.all().len(), 1, "nothing more reached the service");
+    broker.wait_for_log("failed");
+}
