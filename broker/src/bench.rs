@@ -112,7 +112,7 @@ impl Dispatch {
         if !self.host.hooks.wants(Hook::MessagePublish) {
             return None;
         }
-        self.host.hooks.dispatch_rewriting(event, crate::router::is_valid_replacement_topic).1
+        self.host.hooks.dispatch_rewriting(event, crate::router::is_valid_replacement_topic).1.topic
     }
 }
 

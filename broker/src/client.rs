@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use plugin_api::abi::{RawBytes, RawEvent, RawStr, RawWriter};
+use plugin_api::abi::{RawBytes, RawBytesWriter, RawEvent, RawStr, RawWriter};
 use plugin_api::Hook;
 
 use crate::mqtt::Version;
@@ -77,6 +77,8 @@ impl ClientInfo {
             sub_new: 0,
             sockport: self.sockport,
             rewrite: RawWriter::DISCARD,
+            rewrite_payload: RawBytesWriter::DISCARD,
+            rewrite_qos: RawBytesWriter::DISCARD,
         }
     }
 }

@@ -20,12 +20,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{self, RawEvent, RawStr, RawWriter};
+use plugin_api::abi::{self, RawBytes, RawBytesWriter, RawEvent, RawStr, RawWriter};
 use plugin_api::{Hook, HookMask};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 
 use handle::PluginHandle;
+
+/// What the plugins of a rewriting chain replaced ([`Hooks::dispatch_rewriting`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rewritten {
+    /// The topic (or filter), valid.
+    pub(crate) topic: Option<String>,
+    /// `message.publish`: the payload.
+    pub(crate) payload: Option<Vec<u8>>,
+    /// `message.publish`: the QoS, 0 to 2.
+    pub(crate) qos: Option<u8>,
+}
 
 /// The answer of a hook chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,45 +212,67 @@ impl Hooks {
         Verdict::Continue
     }
 
-    /// Runs a chain whose plugins may replace the topic (`message.publish`) or filter
-    /// (`client.subscribe`, `client.unsubscribe`) with [`abi::HOOK_REPLACE`], as EMQX's hook
-    /// fold does: the plugins after the one that replaced it see the new topic. Returns the
-    /// verdict and the final topic when one was replaced; `event.topic` then points into that
-    /// String, so the event must not be used after it is dropped. A replacement `valid`
-    /// refuses is ignored with a warning.
-    pub(crate) fn dispatch_rewriting(
-        &self,
-        event: &mut RawEvent,
-        valid: fn(&str) -> bool,
-    ) -> (Verdict, Option<String>) {
+    /// Runs a chain whose plugins may replace the topic (or filter) with
+    /// [`abi::HOOK_REPLACE`], and on `message.publish` also the payload and the QoS (see
+    /// [`Rewritten`]); `valid` says which replacement topics (or filters) may be used. Each
+    /// plugin after one that replaced sees the new values (EMQX's hook fold). Any other answer
+    /// than Continue or Replace ends the chain with its verdict. `event.topic` and
+    /// `event.payload` may then point into the returned [`Rewritten`]: the event must not be
+    /// used once it is dropped. A replacement topic `valid` refuses, or a QoS above 2, is
+    /// ignored with a warning.
+    pub(crate) fn dispatch_rewriting(&self, event: &mut RawEvent, valid: fn(&str) -> bool) -> (Verdict, Rewritten) {
         let table = self.table.load();
+        let mut rewritten = Rewritten::default();
         let Some(list) = table.by_hook.get(event.hook as usize) else {
-            return (Verdict::Continue, None);
+            return (Verdict::Continue, rewritten);
         };
-        let mut replaced: Option<String> = None;
+        let messages = event.hook == Hook::MessagePublish as u32;
         let mut written = String::new();
+        let (mut payload, mut qos): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
         for plugin in list {
             event.rewrite = RawWriter::for_string(&mut written);
+            if messages {
+                event.rewrite_payload = RawBytesWriter::for_option(&mut payload);
+                event.rewrite_qos = RawBytesWriter::for_option(&mut qos);
+            }
             let answer = plugin.on_event(event);
             event.rewrite = RawWriter::DISCARD;
+            event.rewrite_payload = RawBytesWriter::DISCARD;
+            event.rewrite_qos = RawBytesWriter::DISCARD;
+            let (topic, new_payload, new_qos) = (std::mem::take(&mut written), payload.take(), qos.take());
             if answer != Some(abi::HOOK_REPLACE) {
-                written.clear();
                 if let Some(verdict) = self.verdict(plugin, event, answer) {
-                    return (verdict, replaced);
+                    return (verdict, rewritten);
                 }
                 continue;
             }
-            let topic = std::mem::take(&mut written);
-            if !valid(&topic) {
-                let hook = Hook::from_raw(event.hook).map_or("a hook", Hook::name);
-                tracing::warn!(plugin = plugin.name, topic, "{hook}: invalid replacement topic ignored");
-                continue;
+            let hook = || Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+            if !topic.is_empty() {
+                if valid(&topic) {
+                    // The String's heap buffer does not move with the String: the event may
+                    // point at it.
+                    event.topic = RawStr::new(&topic);
+                    rewritten.topic = Some(topic);
+                } else {
+                    tracing::warn!(plugin = plugin.name, topic, "{}: invalid replacement topic ignored", hook());
+                }
             }
-            // The String's heap buffer does not move with the String: the event may point at it.
-            event.topic = RawStr::new(&topic);
-            replaced = Some(topic);
+            if let Some(new_payload) = new_payload {
+                event.payload = RawBytes::new(&new_payload);
+                rewritten.payload = Some(new_payload);
+            }
+            match new_qos.as_deref() {
+                None => {}
+                Some(&[new_qos]) if new_qos <= 2 => {
+                    event.qos = new_qos;
+                    rewritten.qos = Some(new_qos);
+                }
+                Some(other) => {
+                    tracing::warn!(plugin = plugin.name, "{}: invalid replacement QoS {other:?} ignored", hook())
+                }
+            }
         }
-        (Verdict::Continue, replaced)
+        (Verdict::Continue, rewritten)
     }
 
     /// What a chain does with one plugin's answer: `Some` ends the chain with that verdict.

@@ -456,9 +456,15 @@ impl Node {
         self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants(Hook::MessagePublish) {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
-            let (verdict, topic) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
-            if let Some(topic) = topic {
+            let (verdict, rewritten) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
+            if let Some(topic) = rewritten.topic {
                 message.topic = topic.into_boxed_str();
+            }
+            if let Some(payload) = rewritten.payload {
+                message.payload = payload.into();
+            }
+            if let Some(qos) = rewritten.qos {
+                message.qos = qos.min(self.zone.max_qos);
             }
             if verdict == Verdict::Drop {
                 self.dropped(&client.client_id, &message, DropReason::Denied);

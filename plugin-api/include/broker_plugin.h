@@ -445,6 +445,14 @@ typedef struct {
     // writes the new topic (or filter) it answers [`HOOK_REPLACE`] with. On other hooks it
     // discards what is written. Valid only during the `on_event` call.
     RawWriter rewrite;
+    // For `message.publish`: where a plugin writes the message's new payload (all of it, in
+    // one or more writes; a write of no bytes makes it empty) when it answers
+    // [`HOOK_REPLACE`]. Not written: the payload stays. Discards on other hooks.
+    RawBytesWriter rewrite_payload;
+    // For `message.publish`: where a plugin writes the message's new QoS, one byte (0, 1 or
+    // 2), when it answers [`HOOK_REPLACE`]. Not written: the QoS stays. Discards on other
+    // hooks.
+    RawBytesWriter rewrite_qos;
 } RawEvent;
 
 // [`PluginDescriptor::on_event`]: handles one event, returns a `HOOK_*` answer.

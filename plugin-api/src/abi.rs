@@ -253,6 +253,24 @@ pub struct RawBytesWriter {
 }
 
 impl RawBytesWriter {
+    /// A writer that discards what it is given (events no plugin may rewrite).
+    pub const DISCARD: RawBytesWriter = {
+        unsafe extern "C" fn discard(_ctx: *mut c_void, _bytes: RawBytes) {}
+        RawBytesWriter { ctx: std::ptr::null_mut(), write: discard }
+    };
+
+    /// A writer that appends to `buf`, which becomes `Some` at the first write (even of no
+    /// bytes), so that "written empty" and "not written" differ. Valid while `buf` is.
+    pub fn for_option(buf: &mut Option<Vec<u8>>) -> RawBytesWriter {
+        unsafe extern "C" fn append(ctx: *mut c_void, bytes: RawBytes) {
+            // SAFETY: ctx is the &mut Option given to for_option, alive during the call that
+            // received this writer; bytes are valid for this call.
+            let (buf, bytes) = unsafe { (&mut *(ctx as *mut Option<Vec<u8>>), bytes.as_slice()) };
+            buf.get_or_insert_with(Vec::new).extend_from_slice(bytes);
+        }
+        RawBytesWriter { ctx: buf as *mut Option<Vec<u8>> as *mut c_void, write: append }
+    }
+
     /// A writer that appends to `buf`. Valid while `buf` is.
     pub fn for_vec(buf: &mut Vec<u8>) -> RawBytesWriter {
         unsafe extern "C" fn append(ctx: *mut c_void, bytes: RawBytes) {
@@ -425,6 +443,14 @@ pub struct RawEvent {
     /// writes the new topic (or filter) it answers [`HOOK_REPLACE`] with. On other hooks it
     /// discards what is written. Valid only during the `on_event` call.
     pub rewrite: RawWriter,
+    /// For `message.publish`: where a plugin writes the message's new payload (all of it, in
+    /// one or more writes; a write of no bytes makes it empty) when it answers
+    /// [`HOOK_REPLACE`]. Not written: the payload stays. Discards on other hooks.
+    pub rewrite_payload: RawBytesWriter,
+    /// For `message.publish`: where a plugin writes the message's new QoS, one byte (0, 1 or
+    /// 2), when it answers [`HOOK_REPLACE`]. Not written: the QoS stays. Discards on other
+    /// hooks.
+    pub rewrite_qos: RawBytesWriter,
 }
 
 /// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
@@ -689,7 +715,8 @@ unsafe fn declared_size<S>(base: *const S) -> u32 {
 impl RawEvent {
     /// Copies the event at `event`, built by a host of any release, reading only the fields its
     /// `size` covers. A field the host did not send gets its default: empty strings and bytes,
-    /// zero, [`RawWriter::DISCARD`] for `rewrite`, and a `hook` no [`crate::Hook`] has when even
+    /// zero, [`RawWriter::DISCARD`] for `rewrite` (and [`RawBytesWriter::DISCARD`] for the
+    /// other writers), and a `hook` no [`crate::Hook`] has when even
     /// that is missing. The copy keeps the host's `size`, so [`crate::Event::from_raw`] still
     /// tells which fields were sent.
     ///
@@ -731,6 +758,8 @@ impl RawEvent {
             sub_new: field!(sub_new, 0),
             sockport: field!(sockport, 0),
             rewrite: field!(rewrite, RawWriter::DISCARD),
+            rewrite_payload: field!(rewrite_payload, RawBytesWriter::DISCARD),
+            rewrite_qos: field!(rewrite_qos, RawBytesWriter::DISCARD),
         }
     }
 }

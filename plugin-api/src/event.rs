@@ -1,6 +1,6 @@
 //! The safe view of one hook event, and the plugin's answer.
 
-use crate::abi::{self, RawEvent, RawWriter};
+use crate::abi::{self, RawBytesWriter, RawEvent, RawWriter};
 use crate::info::Hook;
 
 /// MQTT quality of service.
@@ -119,6 +119,12 @@ pub struct Event<'a> {
     /// Where a replacement topic goes ([`Event::replace_topic`]); `None` from a host that
     /// cannot rewrite.
     rewrite: Option<RawWriter>,
+    /// Where a replacement payload goes ([`Event::replace_payload`]); `None` from a host that
+    /// cannot take one.
+    rewrite_payload: Option<RawBytesWriter>,
+    /// Where a replacement QoS goes ([`Event::replace_qos`]); `None` from a host that cannot
+    /// take one.
+    rewrite_qos: Option<RawBytesWriter>,
 }
 
 impl<'a> Event<'a> {
@@ -138,6 +144,9 @@ impl<'a> Event<'a> {
         let extended = has(std::mem::offset_of!(RawEvent, sub_new), 1);
         let has_sockport = has(std::mem::offset_of!(RawEvent, sockport), 2);
         let has_rewrite = has(std::mem::offset_of!(RawEvent, rewrite), std::mem::size_of::<RawWriter>());
+        let writer_size = std::mem::size_of::<RawBytesWriter>();
+        let has_payload_rewrite = has(std::mem::offset_of!(RawEvent, rewrite_payload), writer_size);
+        let has_qos_rewrite = has(std::mem::offset_of!(RawEvent, rewrite_qos), writer_size);
         // SAFETY: the caller promises every field points to memory valid for 'a.
         unsafe {
             Some(Event {
@@ -173,6 +182,8 @@ impl<'a> Event<'a> {
                 subscription_is_new: extended && raw.sub_new != 0,
                 sockport: Some(raw.sockport).filter(|&port| has_sockport && port != 0),
                 rewrite: has_rewrite.then_some(raw.rewrite),
+                rewrite_payload: has_payload_rewrite.then_some(raw.rewrite_payload),
+                rewrite_qos: has_qos_rewrite.then_some(raw.rewrite_qos),
             })
         }
     }
@@ -194,6 +205,39 @@ impl Event<'_> {
                 // SAFETY: the writer belongs to the host's dispatch of this very event, which is
                 // still running (an `Event` lives only as long as its `on_event` call).
                 unsafe { writer.write_str(topic) };
+                HookResult::Replace
+            }
+            _ => HookResult::Continue,
+        }
+    }
+
+    /// For `message.publish`: replaces the message's payload with `payload`; return the
+    /// answer from `on_event` (with [`Event::replace_topic`] and [`Event::replace_qos`], any
+    /// of them). Plugins after this one see the new payload, and the broker routes it (and
+    /// `emqx_retainer` keeps it). EMQX's `OnMessagePublish` returning a changed message.
+    ///
+    /// Answers [`HookResult::Continue`], and changes nothing, on other hooks or on a host too
+    /// old to take a payload.
+    pub fn replace_payload(&self, payload: &[u8]) -> HookResult {
+        match self.rewrite_payload {
+            Some(writer) if self.hook == Hook::MessagePublish => {
+                // SAFETY: as in `replace_topic`: the host's dispatch of this event still runs.
+                unsafe { writer.write_bytes(payload) };
+                HookResult::Replace
+            }
+            _ => HookResult::Continue,
+        }
+    }
+
+    /// For `message.publish`: replaces the message's QoS (the QoS it is routed with;
+    /// subscribers still get at most their subscription's); return the answer from
+    /// `on_event`. Answers [`HookResult::Continue`], and changes nothing, on other hooks or
+    /// on a host too old to take a QoS.
+    pub fn replace_qos(&self, qos: QoS) -> HookResult {
+        match self.rewrite_qos {
+            Some(writer) if self.hook == Hook::MessagePublish => {
+                // SAFETY: as in `replace_topic`: the host's dispatch of this event still runs.
+                unsafe { writer.write_bytes(&[qos as u8]) };
                 HookResult::Replace
             }
             _ => HookResult::Continue,
@@ -283,6 +327,8 @@ mod tests {
             sub_new: 1,
             sockport: 1883,
             rewrite: RawWriter::DISCARD,
+            rewrite_payload: RawBytesWriter::DISCARD,
+            rewrite_qos: RawBytesWriter::DISCARD,
         }
     }
 
@@ -309,6 +355,35 @@ mod tests {
         let event = unsafe { Event::from_raw(&older) }.unwrap();
         assert_eq!(event.replace_topic("nope"), HookResult::Continue);
         assert_eq!(written, "z/y/1", "nothing more written");
+    }
+
+    #[test]
+    fn replace_payload_and_qos_write_where_the_host_said_on_message_publish_only() {
+        let (mut payload, mut qos) = (None, None);
+        let mut publish = raw(std::mem::size_of::<RawEvent>());
+        publish.hook = Hook::MessagePublish as u32;
+        publish.rewrite_payload = RawBytesWriter::for_option(&mut payload);
+        publish.rewrite_qos = RawBytesWriter::for_option(&mut qos);
+        // SAFETY: the strings are static; `payload` and `qos` outlive the event.
+        let event = unsafe { Event::from_raw(&publish) }.unwrap();
+        assert_eq!(event.replace_payload(b""), HookResult::Replace);
+        assert_eq!(payload.as_deref(), Some(&b""[..]), "written empty, not absent");
+        assert_eq!(event.replace_qos(QoS::ExactlyOnce), HookResult::Replace);
+        assert_eq!(qos.as_deref(), Some(&[2u8][..]));
+
+        let mut delivered = publish;
+        delivered.hook = Hook::MessageDelivered as u32;
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&delivered) }.unwrap();
+        assert_eq!(event.replace_payload(b"nope"), HookResult::Continue, "only message.publish");
+
+        // A host built before the payload and QoS writers were appended cannot take them.
+        let older = RawEvent { size: std::mem::offset_of!(RawEvent, rewrite_payload) as u32, ..publish };
+        // SAFETY: as above.
+        let event = unsafe { Event::from_raw(&older) }.unwrap();
+        assert_eq!(event.replace_payload(b"nope"), HookResult::Continue);
+        assert_eq!(event.replace_qos(QoS::AtMostOnce), HookResult::Continue);
+        assert_eq!((payload.as_deref(), qos.as_deref()), (Some(&b""[..]), Some(&[2u8][..])), "nothing more written");
     }
 
     #[test]

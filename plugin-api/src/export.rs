@@ -151,7 +151,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::abi::RawBytes;
+    use crate::abi::{RawBytes, RawBytesWriter};
     use crate::guarded::Guarded;
     use crate::test_host::{self, Calls};
     use crate::{Hook, HookResult};
@@ -213,6 +213,8 @@ mod tests {
             sub_new: 0,
             sockport: 1883,
             rewrite: RawWriter::DISCARD,
+            rewrite_payload: RawBytesWriter::DISCARD,
+            rewrite_qos: RawBytesWriter::DISCARD,
         }
     }
 

@@ -650,7 +650,7 @@ impl<T: Transport> Connection<T> {
         event.topic = RawStr::new(filter);
         event.qos = options.qos;
         event.sub_options = options.to_byte();
-        hooks.dispatch_rewriting(&mut event, is_valid_replacement_filter).1
+        hooks.dispatch_rewriting(&mut event, is_valid_replacement_filter).1.topic
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect<'_>) -> Ended {

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use plugin_api::{
     declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, HostError, Plugin, PluginInfo,
-    PluginKind,
+    PluginKind, QoS,
 };
 use tokio::sync::mpsc;
 
@@ -89,10 +89,6 @@ struct Losses {
     dropped: AtomicU64,
     /// Set while dropping: the first drop of a burst logs, the next send that fits logs again.
     dropping: AtomicBool,
-    /// Payload or QoS changes a server asked for in `message.publish` that the broker's plugin
-    /// ABI cannot make.
-    unapplied: AtomicU64,
-    unapplied_logged: AtomicBool,
 }
 
 /// The plugin.
@@ -179,7 +175,8 @@ impl Exhook {
         }
     }
 
-    /// `message.publish`: the servers may change the topic or stop the message.
+    /// `message.publish`: the servers may change the topic, the payload or the QoS, or stop
+    /// the message.
     fn decide_publish(&self, event: &Event<'_>) -> HookResult {
         let point = Point::MessagePublish;
         if event.topic.starts_with("$SYS/") || !self.concerned(point, Some(event.topic)) {
@@ -195,20 +192,25 @@ impl Exhook {
             decide::Publish::Drop => return HookResult::Drop,
             decide::Publish::Keep(message) => message,
         };
-        if message.payload != event.payload || message.qos != event.qos as u32 {
-            self.losses.unapplied.fetch_add(1, Ordering::Relaxed);
-            if !self.losses.unapplied_logged.swap(true, Ordering::Relaxed) {
-                self.host.warn(
-                    "exhook: a server changed a message's payload or QoS in message.publish; this broker's plugin \
-                     ABI lets a hook change the topic or drop the message only, so the change is not applied \
-                     (counted in `broker ctl exhook status`; logged once)",
-                );
-            }
-        }
+        // EMQX applies the message the fold returns: topic, payload and QoS (a QoS above 2
+        // and an empty topic are ignored, as EMQX's `merge_message`).
+        let mut answer = HookResult::Continue;
         if !message.topic.is_empty() && message.topic != event.topic {
-            return event.replace_topic(&message.topic);
+            answer = event.replace_topic(&message.topic);
         }
-        HookResult::Continue
+        if message.payload != event.payload {
+            answer = event.replace_payload(&message.payload);
+        }
+        let qos = match message.qos {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        };
+        if let Some(qos) = qos.filter(|&q| q != event.qos) {
+            answer = event.replace_qos(qos);
+        }
+        answer
     }
 
     fn server(&self, name: &str) -> Result<&Arc<Server>, HostError> {
@@ -261,11 +263,10 @@ impl Exhook {
             lines.push("no servers configured ([exhook] servers)".to_owned());
         }
         lines.push(format!(
-            "notifications: {} queued of {}, {} dropped; payload/QoS changes not applied: {}",
+            "notifications: {} queued of {}, {} dropped",
             self.queue_size - self.queue.capacity(),
             self.queue_size,
             self.losses.dropped.load(Ordering::Relaxed),
-            self.losses.unapplied.load(Ordering::Relaxed)
         ));
         lines.join("\n")
     }
