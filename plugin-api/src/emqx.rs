@@ -46,6 +46,51 @@ pub fn datetime_at(ms: u64) -> String {
     )
 }
 
+/// EMQX's name for a CONNACK code (`return_code` of a `client.connack` event), as the web
+/// hook and exhook send it (`emqx_reason_codes:name/1` of the MQTT 5 reason code, as
+/// EMQX's `client.connack` hook gets it): `success`, `not_authorized`, ... An MQTT 3.1.1
+/// return code is named as the MQTT 5 code it stands for.
+pub fn connack_name(proto_ver: u8, code: u32) -> &'static str {
+    let code = if proto_ver >= 5 {
+        code
+    } else {
+        match code {
+            0 => 0x00,
+            1 => 0x84,
+            2 => 0x85,
+            3 => 0x88,
+            4 => 0x86,
+            5 => 0x87,
+            _ => 0x80,
+        }
+    };
+    match code {
+        0x00 => "success",
+        0x81 => "malformed_packet",
+        0x82 => "protocol_error",
+        0x83 => "implementation_specific_error",
+        0x84 => "unsupported_protocol_version",
+        0x85 => "client_identifier_not_valid",
+        0x86 => "bad_username_or_password",
+        0x87 => "not_authorized",
+        0x88 => "server_unavailable",
+        0x89 => "server_busy",
+        0x8A => "banned",
+        0x8C => "bad_authentication_method",
+        0x90 => "topic_name_invalid",
+        0x95 => "packet_too_large",
+        0x97 => "quota_exceeded",
+        0x99 => "payload_format_invalid",
+        0x9A => "retain_not_supported",
+        0x9B => "qos_not_supported",
+        0x9C => "use_another_server",
+        0x9D => "server_moved",
+        0x9F => "connection_rate_exceeded",
+        0x80 => "unspecified_error",
+        _ => "unknown_error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +108,15 @@ mod tests {
         let text = datetime();
         let shape: String = text.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
         assert_eq!(shape, "9999-99-99 99:99:99", "{text}");
+    }
+
+    #[test]
+    fn connack_codes_are_named_as_emqx_names_them() {
+        assert_eq!(connack_name(4, 0), "success");
+        assert_eq!(connack_name(4, 5), "not_authorized");
+        assert_eq!(connack_name(4, 4), "bad_username_or_password");
+        assert_eq!(connack_name(5, 0x8A), "banned");
+        assert_eq!(connack_name(5, 0x86), "bad_username_or_password");
+        assert_eq!(connack_name(5, 0x42), "unknown_error");
     }
 }

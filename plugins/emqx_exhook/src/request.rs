@@ -160,7 +160,7 @@ impl Context {
             }
             Point::ClientConnack => Rpc::ClientConnack(v2::ClientConnackRequest {
                 conninfo: Some(self.conninfo(e)),
-                result_code: connack_name(e.return_code, e.proto_ver).to_owned(),
+                result_code: plugin_api::emqx::connack_name(e.proto_ver, e.return_code).to_owned(),
                 props: vec![],
                 meta,
             }),
@@ -243,49 +243,6 @@ fn peer(peer: &str) -> (String, u32) {
     }
 }
 
-/// The name EMQX gives a CONNACK code in `client.connack` (`emqx_reason_codes:name/1` of the
-/// MQTT 5 code its channel works with; a 3.1.1 code is named as its MQTT 5 counterpart).
-pub(crate) fn connack_name(code: u32, proto_ver: u8) -> &'static str {
-    let code = if proto_ver >= 5 {
-        code
-    } else {
-        match code {
-            0 => 0x00,
-            1 => 0x84,
-            2 => 0x85,
-            3 => 0x88,
-            4 => 0x86,
-            5 => 0x87,
-            _ => 0x80,
-        }
-    };
-    match code {
-        0x00 => "success",
-        0x80 => "unspecified_error",
-        0x81 => "malformed_packet",
-        0x82 => "protocol_error",
-        0x83 => "implementation_specific_error",
-        0x84 => "unsupported_protocol_version",
-        0x85 => "client_identifier_not_valid",
-        0x86 => "bad_username_or_password",
-        0x87 => "not_authorized",
-        0x88 => "server_unavailable",
-        0x89 => "server_busy",
-        0x8A => "banned",
-        0x8C => "bad_authentication_method",
-        0x90 => "topic_name_invalid",
-        0x95 => "packet_too_large",
-        0x97 => "quota_exceeded",
-        0x99 => "payload_format_invalid",
-        0x9A => "retain_not_supported",
-        0x9B => "qos_not_supported",
-        0x9C => "use_another_server",
-        0x9D => "server_moved",
-        0x9F => "connection_rate_exceeded",
-        _ => "unknown_error",
-    }
-}
-
 /// A message's id: 32 uppercase hex digits (EMQX's GUIDs are 128 bits written so), from its
 /// timestamp (first 16 digits) and an FNV-1a hash of its topic and payload.
 pub(crate) fn message_id(timestamp_ms: u64, topic: &str, payload: &[u8]) -> String {
@@ -329,15 +286,6 @@ mod tests {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000+00:00");
         assert_eq!(rfc3339(951_782_400 + 3661, 5), "2000-02-29T01:01:01.000000005+00:00");
         assert_eq!(rfc3339(1_798_761_599, 999_999_999), "2026-12-31T23:59:59.999999999+00:00");
-    }
-
-    #[test]
-    fn connack_codes_are_named_as_emqx_names_them() {
-        assert_eq!(connack_name(0, 4), "success");
-        assert_eq!(connack_name(5, 4), "not_authorized");
-        assert_eq!(connack_name(4, 3), "bad_username_or_password");
-        assert_eq!(connack_name(0x87, 5), "not_authorized");
-        assert_eq!(connack_name(0x8A, 5), "banned");
     }
 
     #[test]
