@@ -49,6 +49,7 @@ impl Host {
             node,
             store: store::Store::in_memory(),
             manager: OnceLock::new(),
+            plugin_metrics: Default::default(),
         });
         Host { _runtime: runtime, shared, hooks, data_dir }
     }

@@ -175,6 +175,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         node: node.clone(),
         store: store.clone(),
         manager: OnceLock::new(),
+        plugin_metrics: Default::default(),
     });
     let manager = Arc::new(Manager::new(
         ManagerPaths { plugins_dir: plugins_dir.clone(), loaded_plugins: data_dir.join("loaded_plugins") },

@@ -368,6 +368,12 @@ typedef struct {
     Status (*store_watch_next)(const void *ctx, uint64_t id, uint32_t timeout_ms, RawBytesWriter out);
     // Ends feed `id`.
     Status (*store_unwatch)(const void *ctx, uint64_t id);
+    // Adds `delta` to the plugin counter `name` (made at 0 on first use), which
+    // [`HostApi::metrics`] reports with the broker's own metrics (and `emqx_prometheus`
+    // exports). Name it `<plugin>.<what>` (`web_hook.dropped`); a counter is the node's, kept
+    // across unloads, until the broker stops. A name of the broker's own metrics, or an empty
+    // one, is refused with [`STATUS_INVALID_ARGUMENT`].
+    Status (*metric_add)(const void *ctx, RawStr name, uint64_t delta);
 } HostApi;
 
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.

@@ -656,6 +656,12 @@ pub struct HostApi {
         unsafe extern "C" fn(ctx: *const c_void, id: u64, timeout_ms: u32, out: RawBytesWriter) -> Status,
     /// Ends feed `id`.
     pub store_unwatch: unsafe extern "C" fn(ctx: *const c_void, id: u64) -> Status,
+    /// Adds `delta` to the plugin counter `name` (made at 0 on first use), which
+    /// [`HostApi::metrics`] reports with the broker's own metrics (and `emqx_prometheus`
+    /// exports). Name it `<plugin>.<what>` (`web_hook.dropped`); a counter is the node's, kept
+    /// across unloads, until the broker stops. A name of the broker's own metrics, or an empty
+    /// one, is refused with [`STATUS_INVALID_ARGUMENT`].
+    pub metric_add: unsafe extern "C" fn(ctx: *const c_void, name: RawStr, delta: u64) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is
@@ -863,7 +869,8 @@ pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Forma
         store_commit,
         store_watch,
         store_watch_next,
-        store_unwatch
+        store_unwatch,
+        metric_add
     );
     let mut out = f.debug_struct("HostApi");
     out.field("size", &size);

@@ -438,6 +438,20 @@ impl Host {
         serde_json::from_str(&json).map_err(|e| HostError::BadAnswer(e.to_string()))
     }
 
+    /// Adds `delta` to this plugin's counter `name` (`<plugin>.<what>`, e.g.
+    /// `web_hook.dropped`), reported with the broker's metrics ([`Host::metrics`], `broker
+    /// metrics`, `emqx_prometheus`). Cheap enough for every event. A host too old for plugin
+    /// counters answers [`HostError::Unsupported`]; ignoring that is fine.
+    pub fn metric_add(&self, name: &str, delta: u64) -> Result<(), HostError> {
+        let metric_add = api!(self, metric_add).ok_or_else(|| unsupported("metric_add"))?;
+        // SAFETY: ctx is valid for the plugin's life; `name` outlives the call.
+        match unsafe { metric_add(self.ctx(), RawStr::new(name), delta) } {
+            abi::STATUS_OK => Ok(()),
+            abi::STATUS_INVALID_ARGUMENT => Err(HostError::InvalidArgument(format!("metric name {name:?}"))),
+            status => Err(HostError::Failed(format!("metric_add failed with status {status}"))),
+        }
+    }
+
     /// Every plugin the host knows, loaded or not.
     pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
         let list_plugins = api!(self, list_plugins).ok_or_else(|| unsupported("list_plugins"))?;

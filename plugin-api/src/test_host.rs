@@ -168,6 +168,12 @@ unsafe extern "C" fn store_unwatch(ctx: *const c_void, _id: u64) -> Status {
     abi::STATUS_OK
 }
 
+unsafe extern "C" fn metric_add(ctx: *const c_void, _name: RawStr, _delta: u64) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "metric_add") };
+    abi::STATUS_OK
+}
+
 /// This crate's whole vtable, with `size` set to `size` (cut the copy to it with `Guarded`).
 pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
     HostApi {
@@ -194,5 +200,6 @@ pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
         store_watch,
         store_watch_next,
         store_unwatch,
+        metric_add,
     }
 }

@@ -4,9 +4,10 @@
 //! Plugin lists and ctl commands are the plugin manager's, which this module reaches only
 //! through [`PluginControl`] (the manager starts the instances whose vtables these are).
 
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -71,6 +72,8 @@ pub(crate) struct HostShared {
     /// The store plugins reach through `store_*`.
     pub(crate) store: store::Store,
     pub(crate) manager: OnceLock<Weak<dyn PluginControl>>,
+    /// Plugins' own counters ([`HostApi::metric_add`]), by name.
+    pub(crate) plugin_metrics: Mutex<BTreeMap<String, u64>>,
 }
 
 impl HostShared {
@@ -109,7 +112,13 @@ impl HostShared {
             node: self.node_name.clone(),
             uptime_ms: snapshot.uptime_ms,
             stats: snapshot.named().into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
-            metrics: node.stats.metrics.all().map(|(name, value)| (name.to_owned(), value)).collect(),
+            metrics: node
+                .stats
+                .metrics
+                .all()
+                .map(|(name, value)| (name.to_owned(), value))
+                .chain(crate::lock(&self.plugin_metrics).iter().map(|(name, value)| (name.clone(), *value)))
+                .collect(),
             hooks,
         }
     }
@@ -207,6 +216,7 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         store_watch: host_store::watch,
         store_watch_next: host_store::watch_next,
         store_unwatch: host_store::unwatch,
+        metric_add,
     }
 }
 
@@ -309,6 +319,28 @@ unsafe extern "C" fn metrics(ctx: *const c_void, out: RawWriter) -> Status {
     let json = serde_json::to_string(&context.shared.metrics_report()).unwrap_or_default();
     // SAFETY: the writer is alive during this call.
     unsafe { out.write_str(&json) };
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn metric_add(ctx: *const c_void, name: RawStr, delta: u64) -> Status {
+    // SAFETY: our ctx.
+    let context = unsafe { context(ctx) };
+    if context.stopped.load(Ordering::Acquire) {
+        return abi::STATUS_UNAVAILABLE;
+    }
+    // SAFETY: the plugin promises `name` is valid during the call.
+    let name = unsafe { name.as_str() };
+    let core = context.shared.node.stats.metrics.all().any(|(core, _)| core == name);
+    if name.is_empty() || name.len() > 200 || core {
+        return abi::STATUS_INVALID_ARGUMENT;
+    }
+    let mut counters = crate::lock(&context.shared.plugin_metrics);
+    match counters.get_mut(name) {
+        Some(value) => *value = value.wrapping_add(delta),
+        None => {
+            counters.insert(name.to_owned(), delta);
+        }
+    }
     abi::STATUS_OK
 }
 

@@ -405,7 +405,8 @@ impl Manager {
             }
             ["broker", "--json"] => Ok(self.broker_info().to_string()),
             ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
-            ["broker", "metrics"] => Ok(format_named(self.shared.node.stats.metrics.all())),
+            // The broker's counters and the plugins' own (`Host::metric_add`).
+            ["broker", "metrics"] => Ok(format_named(self.shared.metrics_report().metrics)),
             // The gauges and counters as `Host::metrics` gives them (the management API's
             // per-node paths read another node's through `cluster call`).
             ["broker", "stats" | "metrics", "--json"] => {
@@ -526,10 +527,10 @@ fn format_store_stats(store: &store::Store) -> Result<String, CommandError> {
 
 /// `broker ctl broker stats`: EMQX's names, one a line.
 /// `name : value` lines sorted by name, as `emqx_ctl broker stats|metrics` prints them.
-fn format_named(rows: impl IntoIterator<Item = (&'static str, u64)>) -> String {
+fn format_named<S: AsRef<str> + Ord>(rows: impl IntoIterator<Item = (S, u64)>) -> String {
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_unstable();
-    rows.iter().map(|(name, value)| format!("{name:<30}: {value}")).collect::<Vec<_>>().join("\n")
+    rows.iter().map(|(name, value)| format!("{:<30}: {value}", name.as_ref())).collect::<Vec<_>>().join("\n")
 }
 
 const MODULES_USAGE: &str = "usage: broker ctl modules list | load NAME | unload NAME | reload NAME";

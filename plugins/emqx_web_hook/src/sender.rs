@@ -56,6 +56,16 @@ struct Shared {
     failed_in_run: AtomicU64,
 }
 
+impl Shared {
+    /// Adds `n` to `counter`, and to the broker's metric `metric` (`broker metrics`,
+    /// `emqx_prometheus`: `emqx_web_hook_dropped`, ...).
+    fn count(&self, counter: &AtomicU64, metric: &str, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+        // A broker too old for plugin counters has them in `ctl web_hook status` only.
+        let _ = self.host.metric_add(metric, n);
+    }
+}
+
 /// The sending side: the lanes' inputs, the counters, and the thread.
 #[derive(Debug)]
 pub(crate) struct Sender {
@@ -115,7 +125,7 @@ impl Sender {
             }
         }
         shared.queued.fetch_sub(1, Ordering::AcqRel);
-        shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.count(&shared.counters.dropped, "web_hook.dropped", 1);
         shared.dropped_in_burst.fetch_add(1, Ordering::Relaxed);
         if !shared.overflowing.swap(true, Ordering::AcqRel) {
             shared.host.warn(&format!(
@@ -154,7 +164,7 @@ impl Sender {
         let shared = &self.shared;
         let abandoned =
             shared.queued.swap(0, Ordering::AcqRel) as u64 + shared.counters.in_flight.swap(0, Ordering::AcqRel);
-        shared.counters.dropped.fetch_add(abandoned, Ordering::Relaxed);
+        shared.count(&shared.counters.dropped, "web_hook.dropped", abandoned);
         abandoned
     }
 }
@@ -219,14 +229,14 @@ impl Worker {
         let shared = &self.shared;
         match failure {
             None => {
-                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                shared.count(&shared.counters.sent, "web_hook.sent", 1);
                 if shared.failing.load(Ordering::Acquire) && shared.failing.swap(false, Ordering::AcqRel) {
                     let failures = shared.failed_in_run.swap(0, Ordering::AcqRel);
                     shared.host.info(&format!("{} answers again, after {failures} failed request(s)", self.url));
                 }
             }
             Some(why) => {
-                shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                shared.count(&shared.counters.failed, "web_hook.failed", 1);
                 shared.failed_in_run.fetch_add(1, Ordering::Relaxed);
                 if !shared.failing.swap(true, Ordering::AcqRel) {
                     shared.host.warn(&format!(
