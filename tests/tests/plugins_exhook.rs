@@ -748,6 +748,39 @@ fn ctl_exhook_lists_disables_and_enables_servers() {
     assert!(dir.ctl(&["exhook", "frobnicate"]).err().contains("Usage: broker ctl exhook"));
 }
 
+/// The management API's `/api/v4/exhooks` (EMQX 5's `/exhooks` shape): each server with its
+/// settings, `status` and the hooks it asked for; `PUT .../disable` and `.../enable` as the
+/// ctl commands (OnProviderUnloaded, then loaded again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_lists_disables_and_enables_servers() {
+    let provider = Provider::start(Proto::V2, &[("client.connected", &[])]);
+    let dir = DataDir::with_plugins("{emqx_exhook, true}.\n{emqx_management, true}.\n");
+    let servers = server("default", &provider.url(), Proto::V2);
+    dir.write("broker.toml", &format!("[exhook]\nservers = [{servers}]\n"));
+    let broker = Broker::start(&dir, &[("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0")]);
+    let api = e2e::ManagementApi::new(format!("http://{}", broker.logged_addr("management API listening on http://")));
+    let auth = Some(("admin", "public"));
+
+    let (status, body) = api.call(reqwest::Method::GET, "/api/v4/exhooks", auth, None).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = &body["data"][0];
+    assert_eq!((listed["name"].clone(), listed["status"].clone()), (json!("default"), json!("connected")), "{body}");
+    assert_eq!((listed["url"].clone(), listed["proto"].clone()), (json!(provider.url()), json!("v2")));
+    assert_eq!(listed["hooks"], json!(["client.connected"]));
+    assert_eq!(listed["failed_action"], "deny");
+
+    let (status, body) = api.call(reqwest::Method::PUT, "/api/v4/exhooks/default/disable", auth, None).await;
+    assert_eq!((status.as_u16(), body["code"].clone()), (200, json!(0)), "{body}");
+    provider.wait_for("OnProviderUnloaded", |_| true);
+    let (_, body) = api.call(reqwest::Method::GET, "/api/v4/exhooks", auth, None).await;
+    assert_eq!(body["data"][0]["status"], "disabled");
+    let (status, _) = api.call(reqwest::Method::PUT, "/api/v4/exhooks/default/enable", auth, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(provider.seen("OnProviderLoaded").len(), 2, "loaded again");
+    let (status, _) = api.call(reqwest::Method::PUT, "/api/v4/exhooks/nope/enable", auth, None).await;
+    assert_eq!(status, 404, "an unknown server");
+}
+
 /// Shipped listed but not started, as EMQX ships it; `ctl plugins load` starts it with its
 /// `[exhook]` table (the servers are loaded before `load` answers) and `unload` sends
 /// OnProviderUnloaded.

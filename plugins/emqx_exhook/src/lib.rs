@@ -227,6 +227,30 @@ impl Exhook {
         }
     }
 
+    /// A server as EMQX 5's `GET /exhooks` shows it (`/api/v4/exhooks` here): its settings,
+    /// `status` (`connected`, `disconnected` or `disabled`) and the hooks it asked for.
+    fn json(server: &Server) -> serde_json::Value {
+        let settings = &server.settings;
+        let (status, spec) = match &*server.state() {
+            State::Up(spec) => ("connected", Some(spec.clone())),
+            State::Down { known, .. } => ("disconnected", known.clone()),
+            State::Disabled => ("disabled", None),
+        };
+        let hooks: Vec<&str> = spec.iter().flat_map(|spec| spec.points().map(|p| p.name(settings.proto))).collect();
+        serde_json::json!({
+            "name": settings.name,
+            "url": settings.url,
+            "proto": settings.proto.name(),
+            "enable": !matches!(&*server.state(), State::Disabled),
+            "status": status,
+            "hooks": hooks,
+            "request_timeout": humantime::format_duration(settings.request_timeout).to_string(),
+            "failed_action": settings.failed_action.name(),
+            "auto_reconnect": settings.auto_reconnect.map_or("false".to_owned(), |d| humantime::format_duration(d).to_string()),
+            "pool_size": settings.pool_size,
+        })
+    }
+
     /// `exhook status`: what each server is doing, and the queue.
     fn status(&self) -> String {
         let mut lines: Vec<String> = self
@@ -290,7 +314,7 @@ impl Exhook {
     }
 }
 
-const USAGE: &str = "Usage: broker ctl exhook list | enable NAME | disable NAME | stats | status\n\
+const USAGE: &str = "Usage: broker ctl exhook list [--json] | enable NAME | disable NAME | stats | status\n\
                      (EMQX 4.3's `exhook server list|enable NAME|disable NAME|stats` too)";
 
 /// The runtime's main task: sends notifications until told to stop, then lets the queue
@@ -422,6 +446,9 @@ impl Plugin for Exhook {
         };
         match words {
             ["list"] => Ok(self.servers.iter().map(|s| Exhook::list_line(s)).collect::<Vec<_>>().join("\n")),
+            ["list", "--json"] => {
+                Ok(serde_json::Value::from_iter(self.servers.iter().map(|s| Exhook::json(s))).to_string())
+            }
             ["enable", name] => {
                 let server = self.server(name)?.clone();
                 match self.runtime.run(async move { server.enable().await }) {

@@ -82,6 +82,8 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
         .route("/api/v4/nodes/{node}/plugins/{name}/{action}", put(node_plugin_action))
         .route("/api/v4/telemetry/status", get(telemetry_status).put(set_telemetry_status))
         .route("/api/v4/telemetry/data", get(telemetry_data))
+        .route("/api/v4/exhooks", get(exhooks))
+        .route("/api/v4/exhooks/{name}/{action}", put(exhook_action))
         .route("/api/v4/metrics", get(metrics))
         .route("/api/v4/nodes/{node}/metrics", get(node_metrics))
         .merge(crate::auth_api::routes())
@@ -396,6 +398,31 @@ fn telemetry_off(e: ApiError) -> ApiError {
     } else {
         e
     }
+}
+
+// --- /api/v4/exhooks: `emqx_exhook`'s servers (EMQX 5's `/exhooks` shape) ---
+
+fn exhook_off(e: ApiError) -> ApiError {
+    if e.0 == StatusCode::NOT_FOUND {
+        ApiError(StatusCode::NOT_FOUND, "emqx_exhook is not running".into())
+    } else {
+        e
+    }
+}
+
+/// `GET /api/v4/exhooks`: each server's settings, status and the hooks it asked for.
+async fn exhooks(State(api): State<Api>) -> ApiResult {
+    let list = ctl(api.host, vec!["exhook".into(), "list".into(), "--json".into()]).await.map_err(exhook_off)?;
+    ok(parse::<Value>(&list)?)
+}
+
+/// `PUT /api/v4/exhooks/{name}/enable|disable`: `{"code": 0, "message": "ok"}`.
+async fn exhook_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+    if !matches!(action.as_str(), "enable" | "disable") {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action {action:?}: use enable or disable")));
+    }
+    let message = ctl(api.host, vec!["exhook".into(), action, name]).await?;
+    Ok(Json(json!({"code": 0, "message": message})))
 }
 
 // --- GET /api/v4/metrics (EMQX 4.x): every counter of this node, from `Host::metrics` ---
