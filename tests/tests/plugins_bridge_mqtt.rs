@@ -11,13 +11,22 @@
 //! retried, the queue surviving an unload / load and a `kill -9` of the local broker,
 //! `ctl bridges ...`, TLS with a client certificate configured from the environment (EMQX's
 //! comma-separated `forwards` and numbered `subscription`), and the shipped listing.
+//!
+//! And against a real mosquitto (Debian's 2.0, `apt-get install mosquitto`) as the remote
+//! broker, started by the test on loopback: messages both ways (MQTT 3.1.1 and 5, with real
+//! clients on each side, `mosquitto_pub` among them), and mosquitto stopped and started again
+//! on the same port while a stream of QoS 1 messages flows out, every message the local
+//! publisher got a PUBACK for reaching a subscriber on mosquitto.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use e2e::{broker_exe, free_port, wait_until, Broker, Client, DataDir};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rumqttc::{Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 
 /// The remote broker: plain (its own `loaded_plugins`), listening on `127.0.0.1:<port>`.
 struct Remote {
@@ -589,4 +598,356 @@ async fn over_tls_with_a_client_certificate_set_from_the_environment() {
     assert_eq!(got, [("t/secure".to_owned(), "over tls".to_owned()), ("u/also".to_owned(), "too".to_owned())]);
     watcher.publish_acked("back/1", QoS::AtLeastOnce, "in over tls").await;
     assert_eq!(topic_payload(&publisher.receive(1).await[0]), ("back/1".to_owned(), "in over tls".to_owned()));
+}
+
+/// Debian's mosquitto broker (`/usr/sbin/mosquitto`, off an ordinary user's `PATH`).
+fn mosquitto_exe() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/mosquitto");
+    if sbin.exists() {
+        return sbin;
+    }
+    let found = Command::new("sh").args(["-c", "command -v mosquitto"]).output();
+    match found {
+        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        _ => panic!("the mosquitto broker is not installed (apt-get install mosquitto)"),
+    }
+}
+
+/// A real mosquitto listening on `127.0.0.1:<port>`, its configuration and its persistence
+/// file (`persistence true`: it writes its sessions, subscriptions and queued messages there
+/// when it stops, and reads them back when it starts) in `dir`. Killed when dropped.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mosquitto {
+    fn start(dir: &DataDir, port: u16) -> Mosquitto {
+        // Started as root, mosquitto drops to the user `mosquitto`, who may not write in the
+        // test's directory; `user root` keeps it (as any other user it is ignored).
+        // SAFETY: geteuid(2) has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
+        dir.write(
+            "mosquitto.conf",
+            &format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\n{user}",
+                dir.path().display()
+            ),
+        );
+        let mut child = Command::new(mosquitto_exe())
+            .arg("-c")
+            .arg(dir.file("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mosquitto");
+        let logs = e2e::collect_stderr(&mut child, "mosquitto");
+        let mut mosquitto = Mosquitto { child, port, logs };
+        wait_until("mosquitto running", || {
+            if let Ok(Some(status)) = mosquitto.child.try_wait() {
+                panic!("mosquitto exited with {status}; log:\n{}", mosquitto.logs.lock().unwrap().join("\n"));
+            }
+            let logs = mosquitto.logs.lock().unwrap();
+            logs.iter().any(|l| l.contains("mosquitto version") && l.ends_with(" running")).then_some(())
+        });
+        mosquitto
+    }
+
+    /// A client of mosquitto.
+    fn options(&self, id: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(id, "127.0.0.1", self.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options
+    }
+
+    /// `mosquitto_pub -q 1` to it (exits once the PUBACK came).
+    fn publish(&self, topic: &str, payload: &str) {
+        let out = e2e::mosquitto("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-i", "mosquitto-pub"])
+            .args(["-t", topic, "-m", payload])
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stops it with SIGTERM (it writes its persistence file) and waits for it to exit.
+    fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_until("mosquitto to stop", || self.child.try_wait().ok().flatten().map(|_| ()));
+        let logs = self.logs.lock().unwrap();
+        assert!(
+            logs.iter().any(|l| l.contains("Saving in-memory database"))
+                && !logs.iter().any(|l| l.contains("Error saving")),
+            "mosquitto saved its sessions:\n{}",
+            logs.join("\n")
+        );
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`e2e::DEADLINE`] saying `what`:
+/// [`wait_until`] for a test whose other tasks must go on running on the runtime meanwhile.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + e2e::DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bridge to a real mosquitto both ways: local messages on `forwards` reach a subscriber on
+/// mosquitto under the mountpoint, at their QoS, the retain flag kept (mosquitto's own
+/// retained store has it); messages `mosquitto_pub` sends on the `subscription` filter reach a
+/// local subscriber, and nothing else crosses either way.
+async fn both_ways_with_mosquitto(proto_ver: &str) {
+    let port = free_port();
+    let remote_dir = DataDir::new();
+    let remote = Mosquitto::start(&remote_dir, port);
+    let (dir, local) = local(
+        port,
+        &format!(
+            "proto_ver = \"{proto_ver}\"\nforwards = [\"out/#\"]\nmountpoint = \"bridge/${{node}}/\"\n\
+             subscription = [{{ topic = \"in/#\", qos = 1 }}]"
+        ),
+    );
+    wait_running(&dir);
+
+    // Out: a local publisher, a subscriber on mosquitto.
+    let mut watcher = Client::connect_with(remote.options("watcher")).await;
+    watcher.subscribe("#", QoS::ExactlyOnce).await;
+    let mut publisher = Client::connect(&local, "publisher").await;
+    publisher.publish_acked("out/0", QoS::AtMostOnce, "zero").await;
+    publisher.publish_acked("in/local", QoS::AtLeastOnce, "not forwarded").await;
+    publisher.publish_acked("out/1/deep", QoS::AtLeastOnce, "one").await;
+    publisher.publish_acked("out/2", QoS::ExactlyOnce, "two").await;
+    publish_retained(&mut publisher, "out/kept", "kept").await;
+    let got = watcher.receive(4).await;
+    let mut seen: Vec<_> = got.iter().map(|p| (topic_payload(p), p.qos)).collect();
+    // mosquitto passes a QoS 2 message on when its PUBREL comes, so the QoS 1 message the
+    // bridge sent after it may arrive first (MQTT orders messages of one QoS).
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = |t: &str, p: &str, q| ((format!("bridge/emqx@local/{t}"), p.to_owned()), q);
+    assert_eq!(
+        seen,
+        [
+            expected("out/0", "zero", QoS::AtMostOnce),
+            expected("out/1/deep", "one", QoS::AtLeastOnce),
+            expected("out/2", "two", QoS::ExactlyOnce),
+            expected("out/kept", "kept", QoS::AtLeastOnce),
+        ],
+        "at their QoS, under the mountpoint, and nothing else"
+    );
+    let mut late = Client::connect_with(remote.options("late")).await;
+    late.subscribe("bridge/emqx@local/out/kept", QoS::AtLeastOnce).await;
+    let retained = late.receive(1).await.remove(0);
+    assert!(retained.retain, "mosquitto kept it as a retained message");
+    assert_eq!(topic_payload(&retained).1, "kept");
+
+    // In: mosquitto_pub on mosquitto, a subscriber here.
+    let mut listener = Client::connect(&local, "listener").await;
+    listener.subscribe("#", QoS::AtLeastOnce).await;
+    remote.publish("in/cmd", "hello");
+    remote.publish("elsewhere/x", "not subscribed");
+    remote.publish("in/end", "end");
+    let got: Vec<_> = listener.receive(2).await.iter().map(|p| (topic_payload(p), p.qos)).collect();
+    assert_eq!(
+        got,
+        [
+            (("in/cmd".to_owned(), "hello".to_owned()), QoS::AtLeastOnce),
+            (("in/end".to_owned(), "end".to_owned()), QoS::AtLeastOnce)
+        ],
+        "what mosquitto_pub sent on in/#, and nothing else"
+    );
+    wait_count(&dir, "received", 2);
+    wait_count(&dir, "forwarded", 4);
+    // Nothing went round: after the four forwarded messages the watcher on mosquitto saw
+    // mosquitto_pub's three and no copy of them sent back by the bridge.
+    let more: Vec<String> = watcher.receive(3).await.iter().map(|p| p.topic.clone()).collect();
+    assert_eq!(more, ["in/cmd", "elsewhere/x", "in/end"], "on mosquitto: mosquitto_pub's three");
+    assert!(watcher.try_receive().is_none() && listener.try_receive().is_none(), "nothing else");
+    let s = status(&dir);
+    assert_eq!((count(&s, "queued"), count(&s, "dropped"), count(&s, "echoes")), (0, 0, 0), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_with_a_real_mosquitto_over_mqtt_3_1_1() {
+    both_ways_with_mosquitto("mqttv4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_with_a_real_mosquitto_over_mqtt_5() {
+    both_ways_with_mosquitto("mqttv5").await;
+}
+
+/// A subscriber on mosquitto that stays, as `mosquitto_sub -c` does: a persistent session
+/// (CleanSession 0), reconnecting whenever the connection drops (every 50 ms while mosquitto
+/// is away). Records the number in each message's payload, in the order they arrive.
+struct Keeper {
+    arrivals: Arc<Mutex<Vec<usize>>>,
+    subscribed: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    fn start(mut options: MqttOptions, filter: &str) -> Keeper {
+        options.set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(options, 10);
+        client.try_subscribe(filter, QoS::AtLeastOnce).expect("queue the SUBSCRIBE");
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (got, suback, connected) = (arrivals.clone(), subscribed.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        got.lock().unwrap().push(topic_payload(&p).1.parse().expect("a number"));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => suback.store(true, Ordering::SeqCst),
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    // Not a wait for a condition: the pace of reconnection attempts.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Keeper { arrivals, subscribed, connections, task }
+    }
+
+    fn arrivals(&self) -> Vec<usize> {
+        self.arrivals.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes message i (payload `i`) on `s/i` at QoS 1 for each i of `numbers`, each once the
+/// previous one's PUBACK came.
+async fn publish_numbered(publisher: &mut Client, numbers: std::ops::Range<usize>) {
+    for i in numbers {
+        publisher.publish_acked(&format!("s/{i}"), QoS::AtLeastOnce, i.to_string()).await;
+    }
+}
+
+/// mosquitto stopped and started again on the same port in the middle of the bridge's stream
+/// of QoS 1 messages to it: every message the local publisher got a PUBACK for (before the
+/// stop, while mosquitto is away, after it is back) reaches the subscriber on mosquitto, at
+/// least once, and the first arrivals are in order. The bridge connects with
+/// `clean_start = false`, so mosquitto (with `persistence true`) keeps its session, and its
+/// subscription, over the restart; what the bridge had handed over without a PUBACK when
+/// mosquitto went away is sent again, and the rest waits in the bridge's queue.
+///
+/// The local broker acknowledges a publisher far faster than the bridge's queue (on disk)
+/// drains to a remote broker, so the first batch is published whole and mosquitto is stopped
+/// once 200 of it have arrived, with the rest queued or in flight in the bridge.
+///
+/// mosquitto is stopped with SIGTERM: it then writes what it holds (the subscriber's session
+/// and the messages queued for it) to its persistence file. After a SIGKILL mosquitto forgets
+/// messages it had already acknowledged to the bridge, which no bridge can make up for.
+///
+/// `in_order`: whether the first arrivals are checked to be in order (see the MQTT 5 test).
+async fn mosquitto_restarted_mid_stream(proto_ver: &str, in_order: bool) {
+    const BEFORE: usize = 2000;
+    const WHILE_DOWN: usize = 500;
+    const AFTER: usize = 500;
+    let port = free_port();
+    let remote_dir = DataDir::new();
+    let remote = Mosquitto::start(&remote_dir, port);
+    let keeper = Keeper::start(remote.options("keeper"), "s/#");
+    eventually("the keeper subscribed", || keeper.subscribed.load(Ordering::SeqCst).then_some(())).await;
+    let (dir, local) = local(
+        port,
+        &format!(
+            "proto_ver = \"{proto_ver}\"\nclean_start = false\nforwards = [\"s/#\"]\n\
+             subscription = [{{ topic = \"in/#\", qos = 1 }}]"
+        ),
+    );
+    wait_running(&dir);
+
+    // Message i on s/i, each published once the previous one's PUBACK came.
+    let mut publisher = Client::connect(&local, "streamer").await;
+    publish_numbered(&mut publisher, 0..BEFORE).await;
+    eventually("200 messages across", || (keeper.arrivals().len() >= 200).then_some(())).await;
+    remote.stop();
+    let s = status(&dir);
+    let arrived = keeper.arrivals().into_iter().max().map_or(0, |i| i + 1);
+    assert!(arrived < BEFORE && count(&s, "queued") > 0, "stopped in the middle: {arrived} arrived; {s}");
+
+    // Published while mosquitto is away: they wait in the bridge's queue.
+    publish_numbered(&mut publisher, BEFORE..BEFORE + WHILE_DOWN).await;
+    let remote = Mosquitto::start(&remote_dir, port);
+    eventually("the bridge running again", || {
+        (dir.ctl(&["bridges", "list"]).ok().trim() == "name: aws     status: Running").then_some(())
+    })
+    .await;
+    publish_numbered(&mut publisher, BEFORE + WHILE_DOWN..BEFORE + WHILE_DOWN + AFTER).await;
+    let n = BEFORE + WHILE_DOWN + AFTER;
+
+    let arrivals = eventually("every acknowledged message on mosquitto", || {
+        let arrivals = keeper.arrivals();
+        let seen: std::collections::HashSet<usize> = arrivals.iter().copied().collect();
+        (seen.len() == n).then_some(arrivals)
+    })
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<usize> = arrivals.iter().copied().filter(|i| seen.insert(*i)).collect();
+    let out_of_order: Vec<(usize, usize)> =
+        first.iter().copied().enumerate().filter(|(k, i)| k != i).take(20).collect();
+    if in_order {
+        assert!(out_of_order.is_empty(), "first arrivals in order; (place, message): {out_of_order:?}");
+    } else if !out_of_order.is_empty() {
+        eprintln!("first arrivals out of order; (place, message): {out_of_order:?}");
+    }
+    assert!(keeper.connections.load(Ordering::SeqCst) >= 2, "the keeper reconnected");
+    eprintln!("{n} messages, {arrived} across before the stop, {} arrived twice", arrivals.len() - n);
+    eventually("the bridge's queue empty", || {
+        let s = status(&dir);
+        (count(&s, "queued") == 0 && count(&s, "inflight") == 0).then_some(())
+    })
+    .await;
+
+    // In still works: mosquitto kept the bridge's subscription.
+    let mut listener = Client::connect(&local, "listener").await;
+    listener.subscribe("in/#", QoS::AtLeastOnce).await;
+    remote.publish("in/after", "restart");
+    assert_eq!(topic_payload(&listener.receive(1).await[0]), ("in/after".to_owned(), "restart".to_owned()));
+    assert_eq!(count(&status(&dir), "dropped"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mosquitto_restarted_mid_stream_over_mqtt_3_1_1() {
+    mosquitto_restarted_mid_stream("mqttv4", true).await;
+}
+
+/// Over MQTT 5 every message arrives, but not always first in order: when the session is
+/// resumed, rumqttc 0.25's MQTT 5 client (`v5::MqttState::clean`) sends the unacknowledged
+/// messages again in the order of their packet ids, not in the order they were first sent, so
+/// once the ids have wrapped (every `max_inflight` messages) newer messages go out before older
+/// ones (its MQTT 3.1.1 client starts after the last acknowledged id, and keeps the order).
+/// MQTT 5 asks for the original order (4.6.0-1). Known gap: check the order here once the bridge
+/// or rumqttc puts them back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mosquitto_restarted_mid_stream_over_mqtt_5() {
+    mosquitto_restarted_mid_stream("mqttv5", false).await;
 }

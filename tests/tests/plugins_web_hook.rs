@@ -5,9 +5,11 @@
 //! events arrive in the order they happened (each client's events go through one lane), so a
 //! test waits for a client's last event and then looks at all of that client's. A dead or
 //! hanging service never holds up MQTT traffic: its events fail, or fill the queue and are
-//! dropped, and `broker ctl web_hook status` counts them.
+//! dropped, and `broker ctl web_hook status` counts them (10,000 messages flowing through a
+//! broker whose service has stopped answering: every one delivered).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -37,12 +39,13 @@ enum Reply {
     Hang,
 }
 
-/// The web hook service: records every request and answers as `reply` says. Its thread ends
-/// with the test process.
+/// The web hook service: records every request and answers as `reply` says (until
+/// [`HookService::hang`]). Its thread ends with the test process.
 struct HookService {
     addr: SocketAddr,
     scheme: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
+    hanging: Arc<AtomicBool>,
 }
 
 impl HookService {
@@ -54,15 +57,17 @@ impl HookService {
     fn start_with(reply: Reply, tls: Option<Arc<rustls::ServerConfig>>) -> HookService {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let hanging = Arc::new(AtomicBool::new(matches!(reply, Reply::Hang)));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hook service");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let store = seen.clone();
+        let hang = hanging.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let handler = move |request: Request| {
-                    let store = store.clone();
+                    let (store, hang) = (store.clone(), hang.clone());
                     async move {
                         let (parts, body) = request.into_parts();
                         let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
@@ -72,7 +77,7 @@ impl HookService {
                             headers: parts.headers,
                             body,
                         });
-                        if let Reply::Hang = reply {
+                        if hang.load(Ordering::SeqCst) {
                             std::future::pending::<()>().await;
                         }
                         StatusCode::OK
@@ -89,7 +94,12 @@ impl HookService {
                 }
             });
         });
-        HookService { addr, scheme, seen }
+        HookService { addr, scheme, seen, hanging }
+    }
+
+    /// From now on, answers nothing: every request hangs until the broker gives up.
+    fn hang(&self) {
+        self.hanging.store(true, Ordering::SeqCst);
     }
 
     fn url(&self) -> String {
@@ -554,6 +564,11 @@ async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
     assert!(service.all().len() <= 2, "only the requests in flight reached the service");
     let full: Vec<String> = broker.logs().into_iter().filter(|l| l.contains("the queue is full")).collect();
     assert_eq!(full.len(), 1, "one line for the burst: {full:#?}");
+    // The broker's metrics (and so `emqx_prometheus`) count them too.
+    let dropped = stat_in(&status, "dropped");
+    wait_until("web_hook.dropped in the broker's metrics", || {
+        (e2e::stat(&dir, "web_hook.dropped") >= dropped).then_some(())
+    });
 
     // Still no wait on the service: traffic flows, and an unload stops the plugin at once.
     publisher.publish_acked("load/after", QoS::AtLeastOnce, "after").await;
@@ -562,6 +577,89 @@ async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
     broker.wait_for_log("event(s) not sent were dropped");
     publisher.publish_acked("load/unloaded", QoS::AtLeastOnce, "unloaded").await;
     assert_eq!(sub.receive(1).await[0].payload, "unloaded");
+}
+
+/// The test: a service that answers, and whose bodies are checked, then stops
+/// answering (its requests hang) while 10,000 QoS 1 messages flow from a publisher to a
+/// subscriber, with the plugin's default settings (every event, `queue_size` 10,000,
+/// `pool_size` 32, `request_timeout` 5s). Every message is delivered and acknowledged; each
+/// gives three events (`message.publish`, `message.delivered`, `message.acked`), 30,000 in all,
+/// of which what the queue cannot hold is dropped and counted: every event is either answered,
+/// failed, dropped, queued or in flight. Latency is not asserted here (no wall-clock checks):
+/// `bench/plugins.sh` measures it with the service hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_flow_while_the_service_hangs() {
+    const N: usize = 10_000;
+    let service = HookService::start(Reply::Ok);
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"{}\"\n", service.url()), &[]);
+
+    // While it answers: EMQX's bodies, in each client's order.
+    let mut sub = Client::connect(&broker, "flow-sub").await;
+    sub.subscribe("flow/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "flow-pub").await;
+    publisher.publish_acked("flow/check", QoS::AtLeastOnce, "answered").await;
+    assert_eq!(sub.receive(1).await[0].payload, "answered");
+    service.wait_for("message_publish", "from_client_id", "flow-pub");
+    let bodies = service.wait_for("message_acked", "clientid", "flow-sub");
+    assert_eq!(
+        actions_of(&bodies, "flow-sub"),
+        ["client_connected", "client_subscribe", "session_subscribed", "message_delivered", "message_acked"]
+    );
+    assert_eq!(actions_of(&bodies, "flow-pub"), ["client_connected", "message_publish"]);
+    let published = one(&bodies, "message_publish", "from_client_id", "flow-pub");
+    assert_eq!(
+        (&published["node"], &published["topic"], &published["payload"]),
+        (&json!("emqx@127.0.0.1"), &json!("flow/check"), &json!("answered"))
+    );
+    assert_eq!((published["qos"].as_u64(), published["retain"].as_bool()), (Some(1), Some(false)));
+    assert_timestamp(published, "ts");
+    for action in ["message_delivered", "message_acked"] {
+        let body = one(&bodies, action, "clientid", "flow-sub");
+        assert_eq!(
+            (&body["topic"], &body["payload"], &body["ts"]),
+            (&json!("flow/check"), &json!("answered"), &published["ts"]),
+            "{action}"
+        );
+    }
+    let answered = wait_until("every request answered", || {
+        let status = status(&dir);
+        let sent = stat_in(&status, "sent");
+        (sent == service.all().len() as u64 && stat_in(&status, "queue_len") == 0 && stat_in(&status, "in_flight") == 0)
+            .then_some(sent)
+    });
+    assert_eq!(answered, 7, "the seven events above");
+
+    // Now it hangs, and 10,000 messages go through, the publisher keeping up to 100
+    // unacknowledged (rumqttc's window).
+    service.hang();
+    for i in 0..N {
+        publisher.client.publish(format!("flow/{i}"), QoS::AtLeastOnce, false, i.to_string()).await.expect("publish");
+    }
+    for _ in 0..N {
+        publisher.wait_for("PUBACK", |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))).await;
+    }
+    let payloads: Vec<String> = sub.receive(N).await.iter().map(|p| e2e::text(&p.payload)).collect();
+    assert!(payloads.iter().enumerate().all(|(i, p)| *p == i.to_string()), "every message, in order");
+    assert!(sub.try_receive().is_none());
+
+    let events = 3 * N as u64;
+    let status = wait_until("every event answered, failed, dropped, queued or in flight", || {
+        let status = status(&dir);
+        let accounted: u64 =
+            ["sent", "failed", "dropped", "queue_len", "in_flight"].iter().map(|k| stat_in(&status, k)).sum();
+        (accounted == answered + events).then_some(status)
+    });
+    let (dropped, failed, in_flight) =
+        (stat_in(&status, "dropped"), stat_in(&status, "failed"), stat_in(&status, "in_flight"));
+    assert_eq!(stat_in(&status, "sent"), answered, "nothing answered since: {status}");
+    // The queue holds 10,000; the rest, less what went out (and hung, or failed after 5 s), was dropped.
+    assert!(dropped >= events - 10_000 - in_flight - failed && dropped > 0, "{status}");
+    assert!(status.contains("state       : ok") || status.contains("state       : failing"), "{status}");
+    let reached = service.all().len() as u64 - answered;
+    assert_eq!(reached, in_flight + failed, "only the requests sent reached the service: {status}");
+    let full: Vec<String> = broker.logs().into_iter().filter(|l| l.contains("the queue is full")).collect();
+    assert_eq!(full.len(), 1, "one line for the burst: {full:#?}");
+    eprintln!("{events} events: {dropped} dropped, {failed} failed, {in_flight} in flight");
 }
 
 /// An `https://` service that wants a client certificate: with `ssl.cacertfile` (its private

@@ -330,17 +330,18 @@ unsafe extern "C" fn metric_add(ctx: *const c_void, name: RawStr, delta: u64) ->
     }
     // SAFETY: the plugin promises `name` is valid during the call.
     let name = unsafe { name.as_str() };
+    if let Some(value) = crate::lock(&context.shared.plugin_metrics).get_mut(name) {
+        *value = value.wrapping_add(delta);
+        return abi::STATUS_OK;
+    }
+    // A new counter: its name is checked once.
     let core = context.shared.node.stats.metrics.all().any(|(core, _)| core == name);
     if name.is_empty() || name.len() > 200 || core {
         return abi::STATUS_INVALID_ARGUMENT;
     }
     let mut counters = crate::lock(&context.shared.plugin_metrics);
-    match counters.get_mut(name) {
-        Some(value) => *value = value.wrapping_add(delta),
-        None => {
-            counters.insert(name.to_owned(), delta);
-        }
-    }
+    let value = counters.entry(name.to_owned()).or_insert(0);
+    *value = value.wrapping_add(delta);
     abi::STATUS_OK
 }
 

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# What the plugins that reach outside cost, on loopback: four brokers side by side,
+#   a: the broker with no plugins;
+#   b: emqx_exhook, calling a local HookProvider server (target/release/exhook_server: tonic,
+#      emqx.exhook.v2) that asks for message.publish on every topic and answers CONTINUE with
+#      the message unchanged, so every PUBLISH waits for one gRPC call;
+#   c: emqx_web_hook with its default rules (every event: message.publish, .delivered and
+#      .acked for each message, client and session events) posting to a local receiver that
+#      answers 200 at once (target/release/hook_receiver);
+#   d: emqx_web_hook, the same, the receiver hanging (reads each request, never answers);
+# all with their other settings at the defaults (web hook: queue_size 10000, pool_size 32,
+# request_timeout 5s; exhook: pool_size 8, request_timeout 5s) and session queues as deep as
+# bench/run.sh's. Fan-in 10→1 (10 publishers, one subscriber, 64-byte payloads) at QoS 1 and
+# QoS 0 as fast as the publishers can (throughput; latency is then queueing), then QoS 1 at a
+# steady 5000 and 20000 msgs/s (latency: the broker's own). REPS runs of each, a b c d in
+# turn, each broker (and its server) left to go idle before the next run; medians.
+#
+# Around each run it reads `broker ctl web_hook status` (c, d) and `broker ctl exhook stats`
+# (b), and prints what the web hook sent, failed and dropped, and the exhook calls, per run.
+#
+#   bench/plugins.sh             # needs: python3
+#   REPS=9 bench/plugins.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace >&2
+BIN=target/release
+REPS=${REPS:-5}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Waits (up to 5 s) until each process given has used no CPU for 100 ms: the web hook's
+# thread and its receiver go on sending what was queued after a run ends.
+settle() {
+  local before after
+  for _ in $(seq 50); do
+    before=$(for p in "$@"; do cpu_ticks "$p"; done); sleep 0.1; after=$(for p in "$@"; do cpu_ticks "$p"; done)
+    [ "$before" = "$after" ] && return 0
+  done
+}
+
+E=$(free_port); R=$(free_port); H=$(free_port)
+"$BIN/exhook_server" --listen "127.0.0.1:$E" >"$WORK/exhook_server.log" 2>&1 & PIDS+=($!); EXHOOK_PID=$!
+"$BIN/hook_receiver" --listen "127.0.0.1:$R" >"$WORK/receiver.log" 2>&1 & PIDS+=($!); RECEIVER_PID=$!
+"$BIN/hook_receiver" --listen "127.0.0.1:$H" --hang >"$WORK/hanging.log" 2>&1 & PIDS+=($!); HANGING_PID=$!
+for p in "$E" "$R" "$H"; do wait_port "$p"; done
+
+export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0
+declare -A PORT PID HELPER
+for t in a b c d; do
+  mkdir -p "$WORK/$t"
+  PORT[$t]=$(free_port)
+  env=()
+  case $t in
+    a) : > "$WORK/$t/loaded_plugins"; HELPER[$t]="" ;;
+    b) echo '{emqx_exhook, true}.' > "$WORK/$t/loaded_plugins"; HELPER[$t]=$EXHOOK_PID
+       env=(BROKER_EXHOOK__SERVERS="[{ name = \"bench\", url = \"http://127.0.0.1:$E\" }]") ;;
+    c) echo '{emqx_web_hook, true}.' > "$WORK/$t/loaded_plugins"; HELPER[$t]=$RECEIVER_PID
+       env=(BROKER_WEB_HOOK__URL="http://127.0.0.1:$R/hook") ;;
+    d) echo '{emqx_web_hook, true}.' > "$WORK/$t/loaded_plugins"; HELPER[$t]=$HANGING_PID
+       env=(BROKER_WEB_HOOK__URL="http://127.0.0.1:$H/hook") ;;
+  esac
+  env "${env[@]}" "$BIN/broker" --data-dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" 2>"$WORK/$t.log" &
+  PIDS+=($!); PID[$t]=$!
+  wait_port "${PORT[$t]}"
+done
+"$BIN/broker" --data-dir "$WORK/b" ctl exhook list | grep -q "active=true" || { echo "exhook server not loaded" >&2; exit 1; }
+
+# The plugin's counters, as JSON: the web hook's sent / failed / dropped, the exhook calls.
+counters() {
+  case $1 in
+    b) "$BIN/broker" --data-dir "$WORK/b" ctl exhook stats | awk -F: '/message.publish/ {gsub(/ /, "", $2); print "{\"calls\": " $2 "}"}' ;;
+    c|d) "$BIN/broker" --data-dir "$WORK/$1" ctl web_hook status | awk -F: '
+           $1 ~ /^(sent|failed|dropped) *$/ {gsub(/ /, "", $1); gsub(/ /, "", $2); v[$1] = $2}
+           END {print "{\"sent\": " v["sent"] ", \"failed\": " v["failed"] ", \"dropped\": " v["dropped"] "}"}' ;;
+    *) echo "{}" ;;
+  esac
+}
+
+# scenario qos messages-per-publisher rate (0: as fast as possible)
+SCENARIOS=(
+  "fan-in 1 5000 0"
+  "fan-in 0 5000 0"
+  "fan-in 1 2000 5000"
+  "fan-in 1 2000 20000"
+)
+RESULTS="$WORK/results.jsonl"
+for rep in $(seq "$REPS"); do
+  for s in "${SCENARIOS[@]}"; do
+    read -r scenario qos messages rate <<<"$s"
+    for t in a b c d; do
+      before=$(counters "$t")
+      out=$("$BIN/bench" --port "${PORT[$t]}" --scenario "$scenario" --qos "$qos" --clients 10 --messages "$messages" \
+        --rate "$rate" --timeout 60 --label "$t" --json) \
+        || out="{\"label\":\"$t\",\"scenario\":\"fanin\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}"
+      # shellcheck disable=SC2086
+      settle "${PID[$t]}" ${HELPER[$t]}
+      after=$(counters "$t")
+      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["before"]=json.loads(sys.argv[2]); r["after"]=json.loads(sys.argv[3]); print(json.dumps(r))' \
+        "$out" "$before" "$after" >>"$RESULTS"
+    done
+  done
+  echo "run $rep of $REPS done" >&2
+done
+
+python3 - "$RESULTS" "$REPS" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+names = {"a": "a: no plugins", "b": "b: emqx_exhook, message.publish", "c": "c: emqx_web_hook, receiver 200",
+         "d": "d: emqx_web_hook, receiver hanging"}
+def runs(t, qos, rate):
+    return [r for r in rows if r["label"] == t and r["qos"] == qos and r["rate"] == rate]
+def med(rs, f):
+    ok = [r[f] for r in rs if not r.get("failed")]
+    return st.median(ok) if ok else None
+print(f"Fan-in 10→1, 64-byte payloads; median of {sys.argv[2]} runs: msgs/s (p50 / p99 latency in µs)\n")
+print("| scenario | " + " | ".join(names.values()) + " | b msgs/s vs 20,000 | c/a msgs/s | d/a msgs/s | d/a p99 |")
+print("|---" * 9 + "|")
+for qos, rate, n in [(1, 0, 5000), (0, 0, 5000), (1, 5000, 2000), (1, 20000, 2000)]:
+    cells, m = [], {}
+    for t in names:
+        rs = runs(t, qos, rate)
+        m[t] = {f: med(rs, f) for f in ("msgs_per_sec", "p50_us", "p99_us")}
+        lost = sum(r["messages"] - r["received"] for r in rs if not r.get("failed"))
+        failed = sum(1 for r in rs if r.get("failed"))
+        if m[t]["msgs_per_sec"] is None:
+            cells.append("failed")
+            continue
+        note = (f", {lost} lost" if lost else "") + (f", {failed} runs failed" if failed else "")
+        cells.append(f"{m[t]['msgs_per_sec']:.0f} ({m[t]['p50_us']:.0f} / {m[t]['p99_us']:.0f}){note}")
+    ratio = lambda x, y, f: "-" if not m[x][f] or not m[y][f] else f"{m[x][f] / m[y][f]:.2f}"
+    b = m["b"]["msgs_per_sec"]
+    pace = f" at {rate}/s" if rate else ""
+    print(f"| QoS {qos}{pace}, 10×{n} | " + " | ".join(cells) +
+          f" | {'-' if b is None else f'{b / 20000:.2f}×'} | {ratio('c','a','msgs_per_sec')} | {ratio('d','a','msgs_per_sec')} | {ratio('d','a','p99_us')} |")
+print("\nPer run (medians): what the plugins did")
+print("\n| scenario | b: exhook calls | c: web hook sent / failed / dropped | d: web hook sent / failed / dropped |")
+print("|---|---|---|---|")
+for qos, rate, n in [(1, 0, 5000), (0, 0, 5000), (1, 5000, 2000), (1, 20000, 2000)]:
+    def delta(t, k):
+        return st.median(r["after"].get(k, 0) - r["before"].get(k, 0) for r in runs(t, qos, rate))
+    pace = f" at {rate}/s" if rate else ""
+    c = " / ".join(f"{delta('c', k):.0f}" for k in ("sent", "failed", "dropped"))
+    d = " / ".join(f"{delta('d', k):.0f}" for k in ("sent", "failed", "dropped"))
+    print(f"| QoS {qos}{pace}, 10×{n} | {delta('b', 'calls'):.0f} | {c} | {d} |")
+PY
