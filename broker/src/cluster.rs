@@ -735,18 +735,9 @@ impl Cluster {
         })
     }
 
-    /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
-    /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
-    /// it is stored.
-    pub(crate) fn forward(&self, message: &Message, publisher: &str) -> Option<Stored> {
-        let through_jetstream = message.qos > 0 && self.reachable();
-        let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
-        let subject = subject::topic_to_subject(root, &message.topic);
-        if subject.len() > MAX_SUBJECT {
-            self.not_forwarded("its topic is too long for a NATS subject");
-            return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
-        }
-        let envelope = Envelope {
+    /// `message`'s envelope, numbered next among this node's messages.
+    fn envelope<'a>(&self, message: &'a Message, publisher: &'a str) -> Envelope<'a> {
+        Envelope {
             version: ENVELOPE_VERSION,
             origin: self.origin,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
@@ -759,7 +750,21 @@ impl Cluster {
             publisher,
             forwarded: &message.forwarded,
             payload: &message.payload,
-        };
+        }
+    }
+
+    /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
+    /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
+    /// it is stored.
+    pub(crate) fn forward(&self, message: &Message, publisher: &str) -> Option<Stored> {
+        let through_jetstream = message.qos > 0 && self.reachable();
+        let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
+        let subject = subject::topic_to_subject(root, &message.topic);
+        if subject.len() > MAX_SUBJECT {
+            self.not_forwarded("its topic is too long for a NATS subject");
+            return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
+        }
+        let envelope = self.envelope(message, publisher);
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload.len() + message.forwarded.len() + publisher.len() + 64);
         let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
@@ -793,20 +798,8 @@ impl Cluster {
     async fn offer_redispatched(self: Arc<Cluster>, mut redispatches: mpsc::UnboundedReceiver<Redispatched>) {
         while let Some((message, share)) = redispatches.recv().await {
             let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
-            let envelope = Envelope {
-                version: ENVELOPE_VERSION,
-                origin: self.origin,
-                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-                qos: message.qos,
-                retain: message.retain,
-                expires_in_ms: message
-                    .expires_at
-                    .map(|at| at.saturating_duration_since(Instant::now()).as_millis().try_into().unwrap_or(u64::MAX)),
-                timestamp_ms: message.timestamp_ms,
-                publisher: "",
-                forwarded: &message.forwarded,
-                payload: &message.payload,
-            };
+            // Who published is not known any more (the share strategy `hash` picks by it).
+            let envelope = self.envelope(&message, "");
             let Ok(bytes) = postcard::to_stdvec(&envelope) else { continue };
             let bytes = Bytes::from(bytes);
             let mut headers = async_nats::HeaderMap::new();
