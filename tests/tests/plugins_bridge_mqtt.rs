@@ -940,13 +940,14 @@ async fn a_real_mosquitto_restarted_mid_stream_over_mqtt_3_1_1() {
     mosquitto_restarted_mid_stream("mqttv4", true).await;
 }
 
-/// Over MQTT 5 every message arrives, but not always first in order: when the session is
-/// resumed, rumqttc 0.25's MQTT 5 client (`v5::MqttState::clean`) sends the unacknowledged
-/// messages again in the order of their packet ids, not in the order they were first sent, so
-/// once the ids have wrapped (every `max_inflight` messages) newer messages go out before older
-/// ones (its MQTT 3.1.1 client starts after the last acknowledged id, and keeps the order).
-/// MQTT 5 asks for the original order (4.6.0-1). Known gap: check the order here once the bridge
-/// or rumqttc puts them back in order.
+/// Over MQTT 5 every message arrives; the order of first arrivals is printed, not asserted.
+/// rumqttc 0.25's MQTT 5 client (`v5::MqttState::clean`) gives back the unacknowledged
+/// messages in the order of their packet ids, not the order they were first sent, so once the
+/// ids had wrapped newer messages went out before older ones (whole runs out of order, 2 runs
+/// in 3); the bridge now puts them back in send order before it resends (`link.rs`,
+/// `drive_v5`). One message ahead of about 16 older ones was still seen in 3 runs of 10, cause
+/// not found yet (rumqttc's hold of a publish whose packet id is still in flight, or the order
+/// in which mosquitto restores what it had): a known gap (README, "MQTT bridge").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_mosquitto_restarted_mid_stream_over_mqtt_5() {
     mosquitto_restarted_mid_stream("mqttv5", false).await;

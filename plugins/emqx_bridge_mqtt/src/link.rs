@@ -14,6 +14,7 @@
 //! Messages from the remote broker are acknowledged by the bridge (manual acks), once they are
 //! published into the local broker.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -353,6 +354,9 @@ async fn drive_v5(
             _ => return None,
         })
     };
+    // When each packet id in flight was sent, to resend in that order (see below).
+    let mut sent_at: HashMap<u16, u64> = HashMap::new();
+    let mut sends = 0u64;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
@@ -360,6 +364,11 @@ async fn drive_v5(
                     if !ack.session_present {
                         eventloop.state.collision = None;
                     }
+                }
+                // (QoS 0 goes out with id 0, and is never resent.)
+                if let Event::Outgoing(Outgoing::Publish(pkid @ 1..)) = &event {
+                    sends += 1;
+                    sent_at.insert(*pkid, sends);
                 }
                 let closed = matches!(event, Event::Outgoing(Outgoing::Disconnect));
                 if let Some(event) = convert(event) {
@@ -386,6 +395,14 @@ async fn drive_v5(
                 resume.notified().await;
                 // What the bridge asked for before it saw the failure is the old connection's.
                 eventloop.clean();
+                // rumqttc's MQTT 5 state gives back the messages in flight by packet id, not in
+                // the order they were sent: once ids wrap, newer ones would go first (MQTT-4.6.0-1
+                // wants the order kept). PUBRELs first, then what was sent, in that order, then
+                // what never was, as queued (a stable sort).
+                eventloop.pending.make_contiguous().sort_by_key(|request| match request {
+                    rumqttc::v5::Request::Publish(p) => sent_at.get(&p.pkid).copied().unwrap_or(u64::MAX),
+                    _ => 0,
+                });
             }
         }
     }
