@@ -70,10 +70,15 @@ impl Plugin for WebHook {
         Ok(WebHook { host, node: host.node_name().to_owned(), settings, sender })
     }
 
-    /// Only builds the body and queues it: never waits.
+    /// Only builds the body and queues it: never waits. With the queue full, not even that:
+    /// the event is counted as dropped (`$SYS/` messages, never sent, are not counted).
     fn on_event(&self, event: &Event<'_>) -> HookResult {
         if self.settings.rules.wants(event.hook, event.topic) {
-            if let Some(body) = body::body(event, &self.node, self.settings.encoding) {
+            if self.sender.is_full() {
+                if !event.topic.starts_with("$SYS/") {
+                    self.sender.drop_event();
+                }
+            } else if let Some(body) = body::body(event, &self.node, self.settings.encoding) {
                 self.sender.enqueue(event.client_id, body);
             }
         }

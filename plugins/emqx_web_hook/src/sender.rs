@@ -125,6 +125,18 @@ impl Sender {
             }
         }
         shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.drop_event();
+    }
+
+    /// Whether the queue is full now: an event would be dropped (so its body need not be
+    /// built).
+    pub(crate) fn is_full(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) >= self.shared.queue_size
+    }
+
+    /// Counts an event dropped because the queue is full (the first of a burst logged).
+    pub(crate) fn drop_event(&self) {
+        let shared = &self.shared;
         shared.count(&shared.counters.dropped, "web_hook.dropped", 1);
         shared.dropped_in_burst.fetch_add(1, Ordering::Relaxed);
         if !shared.overflowing.swap(true, Ordering::AcqRel) {
