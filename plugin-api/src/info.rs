@@ -237,6 +237,35 @@ pub struct Config {
 #[error("invalid plugin config: {0}")]
 pub struct ConfigError(#[from] serde_json::Error);
 
+/// A config table that does not fit its type, with where: the key's path under the table's
+/// name (`web_hook.rules[0].event`), as an operator writes it in the broker's config.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct TableError {
+    /// `<table>.<key path>`, or the table's name for a problem with the table as a whole.
+    pub path: String,
+    /// What is wrong there.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Reads the config table `[name]` (`table`, as [`Config::json`] gives it) into `T`; a
+/// missing table (`null`) reads as `{}`, so `#[serde(default)]` fields get their defaults. An
+/// error names the key it is about ([`TableError`]).
+pub fn parse_table<T: DeserializeOwned>(table: &serde_json::Value, name: &str) -> Result<T, TableError> {
+    let value = match table {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        v => v.clone(),
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| TableError {
+        path: match e.path().to_string().as_str() {
+            "." => name.to_owned(),
+            path => format!("{name}.{path}"),
+        },
+        source: e.into_inner(),
+    })
+}
+
 impl Config {
     /// Wraps a JSON value (the host passes an object; `null` means no table).
     pub fn new(value: serde_json::Value) -> Config {
@@ -256,5 +285,33 @@ impl Config {
             v => v.clone(),
         };
         Ok(serde_json::from_value(value)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        #[serde(default)]
+        rules: Vec<Rule>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Rule {
+        #[allow(dead_code)]
+        event: String,
+    }
+
+    #[test]
+    fn a_table_error_names_the_key_under_the_tables_name() {
+        let error = parse_table::<Table>(&serde_json::json!({"rules": [{"event": 1}]}), "web_hook").unwrap_err();
+        assert_eq!(error.path, "web_hook.rules[0].event");
+        let error = parse_table::<Table>(&serde_json::json!({"nope": 1}), "web_hook").unwrap_err();
+        assert_eq!(error.path, "web_hook.nope");
+        assert!(error.to_string().starts_with("web_hook.nope: unknown field `nope`"), "{error}");
+        assert!(parse_table::<Table>(&serde_json::Value::Null, "web_hook").unwrap().rules.is_empty());
     }
 }

@@ -100,7 +100,7 @@ pub mod topic;
 
 pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};
 pub use host::{ClientInfo, HookTiming, Host, HostError, Level, Metrics, PluginStatus, RetainedMessage, Stats};
-pub use info::{Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind};
+pub use info::{parse_table, Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind, TableError};
 
 /// The error a plugin's `init` returns: anything that implements `std::error::Error`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -185,13 +185,9 @@ pub(crate) struct Settings {
 /// The table is wrong; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettingsError {
-    /// Not the right shape (unknown key, wrong type, bad duration or method), at `path`.
-    #[error("{path}: {source}")]
-    Shape {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// Not the right shape (unknown key, wrong type, bad duration or method), at the key it names.
+    #[error(transparent)]
+    Shape(#[from] plugin_api::TableError),
     /// A URL that does not parse or is not http(s).
     #[error("auth_http.{kind}.url: {why}: {url:?}")]
     Url { kind: &'static str, url: String, why: String },
@@ -213,17 +209,7 @@ pub(crate) enum SettingsError {
 impl Settings {
     /// Reads and checks the plugin's config table (`null` or `{}` gives EMQX's defaults).
     pub(crate) fn from_json(value: &serde_json::Value) -> Result<Settings, SettingsError> {
-        let value = match value {
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-            v => v.clone(),
-        };
-        let raw: RawSettings = serde_path_to_error::deserialize(value).map_err(|e| SettingsError::Shape {
-            path: match e.path().to_string().as_str() {
-                "." => "auth_http".to_owned(),
-                path => format!("auth_http.{path}"),
-            },
-            source: e.into_inner(),
-        })?;
+        let raw: RawSettings = plugin_api::parse_table(value, "auth_http")?;
         if raw.timeout.is_zero() {
             return Err(SettingsError::Zero("timeout"));
         }

@@ -184,13 +184,9 @@ pub(crate) struct Settings {
 /// The table is wrong; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettingsError {
-    /// Not the right shape (unknown key, wrong type, bad duration), at `path`.
-    #[error("{path}: {source}")]
-    Shape {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// Not the right shape (unknown key, wrong type, bad duration), at the key it names.
+    #[error(transparent)]
+    Shape(#[from] plugin_api::TableError),
     /// A server's setting that does not make sense.
     #[error("exhook.servers.{index}: {why}")]
     Server { index: usize, why: String },
@@ -208,17 +204,7 @@ pub(crate) const MAX_SERVERS: usize = 64;
 impl Settings {
     /// Reads and checks the plugin's config table (`null` or `{}`: no servers).
     pub(crate) fn from_json(value: &serde_json::Value) -> Result<Settings, SettingsError> {
-        let value = match value {
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-            v => v.clone(),
-        };
-        let raw: RawSettings = serde_path_to_error::deserialize(value).map_err(|e| SettingsError::Shape {
-            path: match e.path().to_string().as_str() {
-                "." => "exhook".to_owned(),
-                path => format!("exhook.{path}"),
-            },
-            source: e.into_inner(),
-        })?;
+        let raw: RawSettings = plugin_api::parse_table(value, "exhook")?;
         if raw.request_timeout.is_zero() {
             return Err(SettingsError::Zero("request_timeout"));
         }

@@ -231,13 +231,9 @@ pub(crate) struct Settings {
 /// The table is wrong; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettingsError {
-    /// Not the right shape (unknown key, wrong type, bad duration or encoding), at `path`.
-    #[error("{path}: {source}")]
-    Shape {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// Not the right shape (unknown key, wrong type, bad duration or encoding), at the key it names.
+    #[error(transparent)]
+    Shape(#[from] plugin_api::TableError),
     /// A URL that does not parse or is not http(s).
     #[error("web_hook.url: {why}: {url:?}")]
     Url { url: String, why: String },
@@ -255,17 +251,7 @@ pub(crate) enum SettingsError {
 impl Settings {
     /// Reads and checks the plugin's config table (`null` or `{}` gives the defaults).
     pub(crate) fn from_json(value: &serde_json::Value) -> Result<Settings, SettingsError> {
-        let value = match value {
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-            v => v.clone(),
-        };
-        let raw: RawSettings = serde_path_to_error::deserialize(value).map_err(|e| SettingsError::Shape {
-            path: match e.path().to_string().as_str() {
-                "." => "web_hook".to_owned(),
-                path => format!("web_hook.{path}"),
-            },
-            source: e.into_inner(),
-        })?;
+        let raw: RawSettings = plugin_api::parse_table(value, "web_hook")?;
         for (name, value) in [
             ("pool_size", raw.pool_size as u128),
             ("queue_size", raw.queue_size as u128),
