@@ -1025,9 +1025,9 @@ impl Cluster {
         };
         // A message redispatched to a share group is for that group only; its sender waits for
         // the answer.
-        let headers = nats.headers.as_ref();
-        let redispatched = headers.and_then(|h| h.get(SHARE_GROUP_HEADER)).is_some();
-        if let Some(target) = headers.and_then(|h| h.get(SHARE_GROUP_HEADER)) {
+        let target = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER));
+        let redispatched = target.is_some();
+        if let Some(target) = target {
             let ours = via.and_then(|v| {
                 v.group.as_deref().map(|g| subject::queue_group(&self.config.subject_prefix, g, &v.path))
             });

@@ -520,33 +520,20 @@ impl Node {
         }
         let (mut dropped, mut refused) = (Vec::new(), Vec::new());
         for target in targets.drain(..) {
-            let qos = if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) };
-            let delivery = Delivery {
-                message: message.clone(),
-                qos,
-                // MQTT-3.3.1-9 / MQTT-3.3.1-12: a forwarded message keeps its retain flag only
-                // for a Retain As Published subscription.
-                retain: message.retain && target.retain_as_published,
-                subscription_ids: target.ids.into_boxed_slice(),
-                seq: 0,
-                maybe_sent: false,
-                share: target.share,
-            };
-            match target.session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
+            let (session, delivery) = self.delivery(message.clone(), target);
+            match session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
                 Enqueued::Queued => {}
                 Enqueued::Full => {
                     if let Some(full) = full.as_deref_mut() {
-                        if !full.iter().any(|s| Arc::ptr_eq(s, &target.session)) {
-                            full.push(target.session);
+                        if !full.iter().any(|s| Arc::ptr_eq(s, &session)) {
+                            full.push(session);
                         }
                     }
                 }
                 // A share group's member whose full queue refused a message (EMQX 5's nack): it
                 // goes to another member.
-                Enqueued::Dropped(lost) if lost.share.is_some() && lost.qos > 0 => {
-                    refused.push((target.session, lost));
-                }
-                Enqueued::Dropped(lost) => dropped.push((target.session.client_id.clone(), lost)),
+                Enqueued::Dropped(lost) if lost.share.is_some() && lost.qos > 0 => refused.push((session, lost)),
+                Enqueued::Dropped(lost) => dropped.push((session.client_id.clone(), lost)),
             }
         }
         TARGETS.with(|t| *t.borrow_mut() = targets);
@@ -557,6 +544,23 @@ impl Node {
             self.redispatch(&member, [lost]);
         }
         routed
+    }
+
+    /// What `target`'s matching subscriptions make of `message`: its session, and the
+    /// delivery to queue there.
+    fn delivery(&self, message: Arc<Message>, target: Target) -> (Arc<Session>, Delivery) {
+        let delivery = Delivery {
+            qos: if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) },
+            // MQTT-3.3.1-9 / MQTT-3.3.1-12: a forwarded message keeps its retain flag only
+            // for a Retain As Published subscription.
+            retain: message.retain && target.retain_as_published,
+            subscription_ids: target.ids.into_boxed_slice(),
+            seq: 0,
+            maybe_sent: false,
+            share: target.share,
+            message,
+        };
+        (target.session, delivery)
     }
 
     /// Gives share-group messages that member session `from` will not deliver (its session
@@ -591,19 +595,9 @@ impl Node {
                 to = %clipped(&target.session.client_id),
                 "redispatched a share group's message"
             );
-            let redelivery = Delivery {
-                qos: if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) },
-                retain: message.retain && target.retain_as_published,
-                subscription_ids: target.ids.into_boxed_slice(),
-                seq: 0,
-                maybe_sent: false,
-                share: target.share,
-                message,
-            };
-            if let Enqueued::Dropped(lost) =
-                target.session.enqueue(redelivery, self.zone.queue, false, Some(&mut batch))
-            {
-                self.dropped(&target.session.client_id, &lost.message, DropReason::QueueFull);
+            let (session, redelivery) = self.delivery(message, target);
+            if let Enqueued::Dropped(lost) = session.enqueue(redelivery, self.zone.queue, false, Some(&mut batch)) {
+                self.dropped(&session.client_id, &lost.message, DropReason::QueueFull);
             }
         }
         self.commit_in_background(batch);
