@@ -245,13 +245,18 @@ impl Broker {
     }
 
     pub fn start_with_args(data_dir: &DataDir, env: &[(&str, &str)], args: &[&str]) -> Broker {
-        Self::start_command(data_dir, env, args, |_| {})
+        Self::start_command(data_dir, env, "127.0.0.1:0", args, |_| {})
+    }
+
+    /// [`Broker::start`] with the MQTT listener on `listen` (a port a test restarts it on).
+    pub fn start_on(data_dir: &DataDir, env: &[(&str, &str)], listen: SocketAddr) -> Broker {
+        Self::start_command(data_dir, env, &listen.to_string(), &[], |_| {})
     }
 
     /// Starts the broker with every file it writes limited to `bytes` (RLIMIT_FSIZE): a write
     /// past it fails as on a full disk, until [`Broker::lift_file_size_limit`].
     pub fn start_with_file_size_limit(data_dir: &DataDir, env: &[(&str, &str)], bytes: u64) -> Broker {
-        Self::start_command(data_dir, env, &[], |command| {
+        Self::start_command(data_dir, env, "127.0.0.1:0", &[], |command| {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
             unsafe {
@@ -270,6 +275,7 @@ impl Broker {
     fn start_command(
         data_dir: &DataDir,
         env: &[(&str, &str)],
+        listen: &str,
         args: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Broker {
@@ -277,7 +283,7 @@ impl Broker {
         command
             .arg("--data-dir")
             .arg(data_dir.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "info")
             // No test reaches the internet: telemetry goes to a closed local port unless a

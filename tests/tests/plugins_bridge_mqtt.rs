@@ -24,45 +24,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{broker_exe, free_port, wait_until, Broker, Client, DataDir};
+use e2e::{free_port, wait_until, Broker, Client, DataDir};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 
 /// The remote broker: plain (its own `loaded_plugins`), listening on `127.0.0.1:<port>`.
 struct Remote {
-    child: Child,
+    broker: Broker,
     port: u16,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Remote {
     fn start(dir: &DataDir, port: u16, env: &[(&str, &str)]) -> Remote {
-        let mut command = Command::new(broker_exe());
-        command
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info")
-            .env("BROKER_NODE_NAME", "emqx@remote")
-            .env("BROKER_TELEMETRY__URL", "http://127.0.0.1:9/api/telemetry")
-            .env_remove("BROKER_PLUGINS_DIR")
-            .env_remove("DO_NOT_TRACK")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn the remote broker");
-        let logs = e2e::collect_stderr(&mut child, "remote");
-        let mut remote = Remote { child, port, logs };
-        wait_until("the remote broker's mqtt listener", || {
-            if let Ok(Some(status)) = remote.child.try_wait() {
-                panic!("the remote broker exited with {status}; log:\n{}", remote.logs.lock().unwrap().join("\n"));
-            }
-            remote.logs.lock().unwrap().iter().any(|l| l.contains("mqtt listener on")).then_some(())
-        });
-        remote
+        let mut all = vec![("BROKER_NODE_NAME", "emqx@remote")];
+        all.extend_from_slice(env);
+        let broker = Broker::start_on(dir, &all, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        Remote { broker, port }
     }
 
     /// A client of the remote broker.
@@ -73,17 +50,8 @@ impl Remote {
     }
 
     /// Stops it with SIGTERM and waits for it to exit.
-    fn stop(mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        wait_until("the remote broker to stop", || self.child.try_wait().ok().flatten().map(|_| ()));
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.broker.stop();
     }
 }
 
