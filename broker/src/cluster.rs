@@ -48,7 +48,10 @@
 
 mod dedup;
 mod inbox;
+mod ownership;
 mod subject;
+
+pub(crate) use ownership::{Claim, HandedOver};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -78,6 +81,23 @@ pub(crate) trait LocalNode: Send + Sync + 'static {
 
     /// What this node's heartbeat tells the others about it (see [`NodeInfo`]).
     fn info(&self) -> NodeInfo;
+
+    /// Gives `client_id`'s session up to node `to` (see `ownership`), whose connection asked
+    /// with `clean_start`: passes the ownership on, ends the connection serving it, and says
+    /// what became of the session. It stays routed to until [`LocalNode::release_moved`].
+    fn hand_over(
+        self: Arc<Self>,
+        client_id: String,
+        clean_start: bool,
+        to: String,
+    ) -> Pin<Box<dyn Future<Output = HandedOver> + Send>>;
+
+    /// Ends `client_id`'s session, given up before, and returns what was queued for it since
+    /// (encoded); `None` if it is not here.
+    fn release_moved(&self, client_id: &str) -> Option<Vec<u8>>;
+
+    /// Whether this node has a session for `client_id`, or a connection of it opening one.
+    fn holds(&self, client_id: &str) -> bool;
 }
 
 /// A command's outcome: its output, or a status (`plugin_api::abi::STATUS_*`) and the error's
@@ -306,6 +326,8 @@ pub(crate) struct Cluster {
     /// Share groups' messages to offer to the other nodes ([`Cluster::redispatch`]).
     redispatches: mpsc::UnboundedSender<Redispatched>,
     redispatches_rx: Mutex<Option<mpsc::UnboundedReceiver<Redispatched>>>,
+    /// The bucket of session owners (`ownership`), once used.
+    owners: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -422,6 +444,7 @@ impl Cluster {
             events_rx: Mutex::new(Some(events_rx)),
             redispatches,
             redispatches_rx: Mutex::new(Some(redispatches_rx)),
+            owners: tokio::sync::OnceCell::new(),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -485,6 +508,7 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
+        self.serve_sessions();
     }
 
     /// Each time the main connection comes back after it was lost, reads what the other nodes
@@ -735,12 +759,17 @@ impl Cluster {
         })
     }
 
-    /// `message`'s envelope, numbered next among this node's messages.
-    fn envelope<'a>(&self, message: &'a Message, publisher: &'a str) -> Envelope<'a> {
+    /// The next number among this node's messages: its identity in the cluster.
+    fn next_origin(&self) -> crate::message::Origin {
+        crate::message::Origin { node: self.origin, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// `message`'s envelope, numbered `origin`.
+    fn envelope<'a>(&self, message: &'a Message, publisher: &'a str, origin: crate::message::Origin) -> Envelope<'a> {
         Envelope {
             version: ENVELOPE_VERSION,
-            origin: self.origin,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            origin: origin.node,
+            seq: origin.seq,
             qos: message.qos,
             retain: message.retain,
             expires_in_ms: message
@@ -753,10 +782,13 @@ impl Cluster {
         }
     }
 
-    /// Forwards `message`, just published on this node by `publisher`, to the other nodes.
+    /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
+    /// numbering it (its [`Message::origin`]).
     /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
     /// it is stored.
-    pub(crate) fn forward(&self, message: &Message, publisher: &str) -> Option<Stored> {
+    pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Option<Stored> {
+        let origin = self.next_origin();
+        message.origin = Some(origin);
         let through_jetstream = message.qos > 0 && self.reachable();
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
         let subject = subject::topic_to_subject(root, &message.topic);
@@ -764,7 +796,7 @@ impl Cluster {
             self.not_forwarded("its topic is too long for a NATS subject");
             return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
         }
-        let envelope = self.envelope(message, publisher);
+        let envelope = self.envelope(message, publisher, origin);
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload.len() + message.forwarded.len() + publisher.len() + 64);
         let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
@@ -799,7 +831,8 @@ impl Cluster {
         while let Some((message, share)) = redispatches.recv().await {
             let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
             // Who published is not known any more (the share strategy `hash` picks by it).
-            let envelope = self.envelope(&message, "");
+            let origin = message.origin.unwrap_or_else(|| self.next_origin());
+            let envelope = self.envelope(&message, "", origin);
             let Ok(bytes) = postcard::to_stdvec(&envelope) else { continue };
             let bytes = Bytes::from(bytes);
             let mut headers = async_nats::HeaderMap::new();
@@ -1050,6 +1083,7 @@ impl Cluster {
             expires_at: envelope.expires_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
             publisher: 0,
             timestamp_ms: envelope.timestamp_ms,
+            origin: Some(crate::message::Origin { node: envelope.origin, seq: envelope.seq }),
         };
         let message = Arc::new(message);
         let Some(Interest { group: Some(group), path }) = via else {

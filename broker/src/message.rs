@@ -27,6 +27,18 @@ pub(crate) struct Message {
     pub(crate) publisher: u64,
     /// When it was published, in milliseconds since the Unix epoch.
     pub(crate) timestamp_ms: u64,
+    /// In a cluster: which node numbered it and its number there, the same on every node it
+    /// reaches (`None` on a node alone, and for a message read back from the store). A
+    /// session moving between nodes recognises by it a message that reached it twice.
+    pub(crate) origin: Option<Origin>,
+}
+
+/// A message's identity across a cluster: the node that published it (random per start) and
+/// its number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Origin {
+    pub(crate) node: u64,
+    pub(crate) seq: u64,
 }
 
 impl Message {
@@ -88,6 +100,7 @@ impl Delivery {
             expires_at: None,
             publisher: 0,
             timestamp_ms: 0,
+            origin: None,
         };
         Delivery {
             message: Arc::new(message),
@@ -115,6 +128,7 @@ mod tests {
             expires_at,
             publisher: 0,
             timestamp_ms: 0,
+            origin: None,
         }
     }
 

@@ -5,6 +5,8 @@
 //! No lock is held while a hook runs: a plugin may publish or deliver from any hook.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use plugin_api::abi::{RawBytes, RawEvent, RawStr};
 use plugin_api::Hook;
 
 use crate::client::ClientInfo;
-use crate::cluster::{Cluster, LocalNode, NodeInfo, Stored};
+use crate::cluster::{Claim, Cluster, HandedOver, LocalNode, NodeInfo, Stored};
 use crate::hooks::{Hooks, Verdict};
 use crate::log_limit::clipped;
 use crate::message::{Delivery, Message};
@@ -20,7 +22,8 @@ use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, Subscriber, Target};
-use crate::session::registry::{Owner, Sessions, Termination};
+use crate::session::moved::MovedSession;
+use crate::session::registry::{Claimed, HandOver, Owner, Sessions, Termination};
 use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
 use store::{Batch, Store};
@@ -285,6 +288,104 @@ impl Node {
         self.commit_in_background(batch);
     }
 
+    /// Puts a session another node gave up (`moved`) into `session`, new and attached, not yet
+    /// in the registry: its messages (those in flight with their packet ids), its QoS 2 packet
+    /// ids awaiting release, and its subscriptions, routed here (and through the cluster to
+    /// this node). A persistent one is written to the store, its messages numbered on from
+    /// the numbers they had.
+    pub(crate) fn adopt(&self, session: &Arc<Session>, moved: MovedSession) {
+        let subscriptions = moved.subscriptions();
+        {
+            let mut guard = session.lock();
+            let state = &mut *guard;
+            let next_seq = moved.install(state);
+            if self.persistence.is_some() && state.expiry_interval > 0 {
+                let mut durable = Durable { keys: Keys::new(&session.client_id), next_seq };
+                let mut batch = Batch::new();
+                let inflight = state.inflight.take();
+                durable.next_seq = durable.next_seq.max(inflight.iter().map(|e| e.delivery.seq).max().unwrap_or(0));
+                let mut queued = state.queue.take();
+                durable.next_seq = durable.next_seq.max(queued.iter().map(|d| d.seq).max().unwrap_or(0));
+                for mut entry in inflight {
+                    Node::persist_moved(&mut durable, &mut entry.delivery, &mut batch);
+                    if entry.phase == Phase::Pubcomp {
+                        let _ = batch.put(persist::BUCKET, &durable.keys.released(entry.delivery.seq), b"");
+                        state.inflight.push_released(entry.packet_id, entry.delivery);
+                    } else {
+                        state.inflight.push(entry.packet_id, entry.delivery);
+                    }
+                }
+                for delivery in queued.iter_mut() {
+                    Node::persist_moved(&mut durable, delivery, &mut batch);
+                }
+                for delivery in queued {
+                    state.queue.push(delivery);
+                }
+                for &packet_id in &state.awaiting_rel {
+                    let _ = batch.put(persist::BUCKET, &durable.keys.awaiting_rel(packet_id), b"");
+                }
+                state.durable = Some(Box::new(durable));
+                self.commit_in_background(batch);
+            }
+        }
+        for (filter, subscription) in subscriptions {
+            if let Ok(parsed) = Filter::parse(&filter) {
+                self.subscribe(session, &filter, &parsed, subscription);
+            }
+        }
+    }
+
+    /// Numbers a delivery that came from another node for a persistent session here, unless it
+    /// has a number, and writes it to `batch`.
+    fn persist_moved(durable: &mut Durable, delivery: &mut Delivery, batch: &mut Batch) {
+        if delivery.seq == 0 {
+            durable.next_seq += 1;
+            delivery.seq = durable.next_seq;
+        }
+        let _ = persist::put_entry(batch, &durable.keys, delivery.seq, &persist::EntryView::of(delivery));
+    }
+
+    /// After `session` moved here from node `from` (see `Sessions::hand_over`): once this
+    /// node's subscriptions for it are in place in NATS, asks `from` for what was queued for it
+    /// there meanwhile and to stop routing to it. That goes ahead of what came here since;
+    /// what came to both is put in once.
+    pub(crate) async fn finish_move(&self, session: &Arc<Session>, from: &str) {
+        let Some(cluster) = &self.cluster else { return };
+        if let Some(in_place) = cluster.interest_in_place() {
+            in_place.await;
+        }
+        let tail = match cluster.release(from, &session.client_id).await {
+            Ok(Some(tail)) => tail,
+            Ok(None) => return,
+            Err(why) => {
+                let client_id = clipped(&session.client_id);
+                tracing::warn!(
+                    ?client_id,
+                    from,
+                    "cluster: what was queued on the session's old node meanwhile is lost: {why}"
+                );
+                return;
+            }
+        };
+        let mut batch = Batch::new();
+        {
+            let mut guard = session.lock();
+            let state = &mut *guard;
+            let durable = &mut state.durable;
+            let merged = crate::session::moved::merge_tail(&mut state.queue, &tail, |delivery| {
+                if let Some(durable) = durable.as_deref_mut() {
+                    delivery.seq = 0;
+                    Node::persist_moved(durable, delivery, &mut batch);
+                }
+            });
+            if let Err(e) = merged {
+                tracing::warn!(from, "cluster: what was queued on the session's old node meanwhile is unreadable: {e}");
+            }
+        }
+        self.commit_in_background(batch);
+        session.notify();
+    }
+
     /// The batch that writes `session`'s record as it is now (after a SUBSCRIBE or
     /// UNSUBSCRIBE), if it is persistent: the acknowledgement waits for it.
     pub(crate) fn session_record_batch(&self, session: &Session) -> Option<Batch> {
@@ -350,6 +451,44 @@ impl Node {
         }
         store.commit(batch)?;
         Ok(count)
+    }
+
+    /// In a cluster, after the persistent sessions were read back at start: each is kept if
+    /// this node owns its client id (or nobody did), and dropped if another node took it while
+    /// this one was down (its client got a new session there). While NATS is away they are
+    /// kept, and checked once it answers.
+    pub(crate) async fn own_restored(node: Arc<Node>) {
+        let Some(cluster) = node.cluster.clone() else { return };
+        let mut pending = node.sessions.all();
+        while !pending.is_empty() {
+            if !cluster.reachable() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let mut retry = Vec::new();
+            for session in pending {
+                match cluster.owns_restored(&session.client_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let client_id = clipped(&session.client_id);
+                        let dropped = node.end_session_if(&session, Termination::Discarded, |state| {
+                            state.attachment.is_none() && state.generation == 0
+                        });
+                        if dropped {
+                            tracing::info!(?client_id, "cluster: another node took this session's client id while this one was down: the copy here is dropped");
+                        }
+                    }
+                    Err(why) => {
+                        tracing::debug!("cluster: cannot check a restored session's owner yet: {why}");
+                        retry.push(session);
+                    }
+                }
+            }
+            pending = retry;
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 
     /// Writes, every few seconds, that the node runs: a session online when the broker dies
@@ -472,7 +611,7 @@ impl Node {
             }
         }
         let (reach, stored) = match &self.cluster {
-            Some(cluster) => (Reach::Plain, cluster.forward(&message, &client.client_id)),
+            Some(cluster) => (Reach::Plain, cluster.forward(&mut message, &client.client_id)),
             None => (Reach::All, None),
         };
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
@@ -734,12 +873,12 @@ impl Node {
         &self,
         session: &Arc<Session>,
         why: Termination,
-        still: impl FnOnce(&crate::session::State) -> bool,
+        still: impl FnOnce(&mut crate::session::State) -> bool,
     ) -> bool {
         let mut unfinished = Vec::new();
         let (subscriptions, will, serving) = {
             let mut state = session.lock();
-            if state.ended || !still(&state) {
+            if state.ended || !still(&mut state) {
                 return false;
             }
             state.ended = true;
@@ -767,6 +906,9 @@ impl Node {
             self.redispatch(session, unfinished);
         }
         self.sessions.remove(session);
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| !self.sessions.holds(&session.client_id)) {
+            cluster.disown(&session.client_id);
+        }
         self.stats.session_ended();
         if let Some(will) = will {
             self.publish(will.message, &will.client);
@@ -806,6 +948,45 @@ impl LocalNode for Node {
     fn info(&self) -> NodeInfo {
         self.info()
     }
+
+    fn hand_over(
+        self: Arc<Self>,
+        client_id: String,
+        clean_start: bool,
+        to: String,
+    ) -> Pin<Box<dyn Future<Output = HandedOver> + Send>> {
+        Box::pin(async move {
+            let Some(cluster) = self.cluster.clone() else { return HandedOver::NotOwner };
+            let pass = async {
+                cluster.pass_ownership(&client_id, &to).await.unwrap_or_else(|why| {
+                    tracing::warn!(client_id, to, "cluster: cannot pass a session's ownership on: {why}");
+                    false
+                })
+            };
+            match self.sessions.hand_over(&self, &client_id, clean_start, pass).await {
+                HandOver::NotOwner => HandedOver::NotOwner,
+                HandOver::Nothing => HandedOver::Nothing,
+                HandOver::Discarded => HandedOver::Discarded,
+                HandOver::Moved(moved) => {
+                    tracing::info!(
+                        client_id,
+                        to,
+                        messages = moved.messages(),
+                        "cluster: session moved to another node"
+                    );
+                    HandedOver::Moved(moved.encode())
+                }
+            }
+        })
+    }
+
+    fn release_moved(&self, client_id: &str) -> Option<Vec<u8>> {
+        self.sessions.release_moved(self, client_id)
+    }
+
+    fn holds(&self, client_id: &str) -> bool {
+        self.sessions.holds(client_id)
+    }
 }
 
 /// The node as its session registry sees it.
@@ -822,9 +1003,36 @@ impl Owner for Node {
         &self,
         session: &Arc<Session>,
         why: Termination,
-        still: impl FnOnce(&crate::session::State) -> bool,
+        still: impl FnOnce(&mut crate::session::State) -> bool,
     ) -> bool {
         Node::end_session_if(self, session, why, still)
+    }
+
+    fn claim(&self, client: &ClientInfo, clean_start: bool) -> impl Future<Output = Result<Claimed, String>> + Send {
+        let (cluster, client_id) = (self.cluster.clone(), client.client_id.clone());
+        async move {
+            let Some(cluster) = cluster else { return Ok(Claimed::Here) };
+            Ok(match cluster.claim(&client_id, clean_start).await? {
+                Claim::Here => Claimed::Here,
+                Claim::Discarded => Claimed::Discarded,
+                Claim::Moved { session, from } => match MovedSession::decode(&session) {
+                    Ok(session) => Claimed::Moved { session, from },
+                    Err(e) => {
+                        // The ownership passed: the session starts anew here.
+                        tracing::warn!(
+                            client_id = &*client_id,
+                            from,
+                            "cluster: a moved session could not be read: {e}"
+                        );
+                        Claimed::Here
+                    }
+                },
+            })
+        }
+    }
+
+    fn adopt(&self, session: &Arc<Session>, moved: MovedSession) {
+        Node::adopt(self, session, moved);
     }
 
     fn publish(&self, message: Message, client: &ClientInfo) {

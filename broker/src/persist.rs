@@ -162,6 +162,7 @@ impl EntryRecord {
             expires_at,
             publisher: 0,
             timestamp_ms: self.timestamp_ms,
+            origin: None,
         };
         Delivery {
             message: Arc::new(message),

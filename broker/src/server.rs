@@ -195,6 +195,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         if node.persistence.is_some() {
             let restored = Node::restore_sessions(&node).context("cannot read the persistent sessions back")?;
             tracing::info!("{restored} persistent sessions restored");
+            tokio::spawn(Node::own_restored(node.clone()));
             tokio::spawn(Node::keep_alive_mark(node.clone()));
         }
         let manager_thread = ctl::ManagerThread::start(manager.clone())?;

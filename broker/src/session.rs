@@ -23,6 +23,7 @@
 
 mod inflight;
 pub(crate) mod listing;
+pub(crate) mod moved;
 mod queue;
 pub(crate) mod registry;
 

@@ -68,6 +68,7 @@ fn publish(shared: &HostShared, topic: String, payload: String, retain: bool) {
         expires_at: None,
         publisher: 0,
         timestamp_ms: crate::now_ms(),
+        origin: None,
     };
     shared.node.publish_as_broker(message);
 }

@@ -5,7 +5,7 @@
 //! that cannot reach NATS at start says so and exits.
 
 use e2e::nats::Nats;
-use e2e::raw::{payload, topic, C5};
+use e2e::raw::{payload, topic, Raw, C5, V5};
 use e2e::{Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -834,4 +834,166 @@ fn a_qos_0_burst_faster_than_nats_slows_its_publishers_and_loses_nothing() {
     }
     publishers.into_iter().for_each(|p| drop(p.join().expect("a publisher")));
     assert!(n1.logs().iter().all(|l| !l.contains("not forwarded")), "nothing was dropped");
+}
+
+/// MQTT 5 CONNECT properties with Session Expiry `seconds`.
+fn expiry(seconds: u32) -> Option<rumqttc::v5::mqttbytes::v5::ConnectProperties> {
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(seconds);
+    Some(props)
+}
+
+/// Whether node `dir`'s `broker ctl sessions list` lists `client_id`.
+fn lists_session(dir: &DataDir, client_id: &str) -> bool {
+    dir.ctl(&["sessions", "list"]).ok().contains(&format!("clientid={client_id},"))
+}
+
+/// A persistent session moves to the node its client reconnects to (issue "Scale out on
+/// NATS": sessions across nodes): Session Present 1, every message queued for it on the old
+/// node while it was offline, in order (QoS 1 and 2), its subscriptions now served from the
+/// new node, and the old node no longer holding it.
+#[test]
+fn a_persistent_session_moves_with_its_messages_to_the_node_its_client_reconnects_to() {
+    let nats = Nats::start();
+    let (d1, n1) = node(&nats, "emqx@m1");
+    let (d2, n2) = node(&nats, "emqx@m2");
+    let (mut sub, _) = C5::connect_with(&n1, "mover", expiry(300));
+    sub.subscribe("move/1/#", QoS::AtLeastOnce);
+    sub.subscribe("move/2/#", QoS::ExactlyOnce);
+    sub.disconnect();
+    let mut publisher = C5::connect(&n1, "move-pub");
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let t = format!("move/{}/{i}", 1 + i % 2);
+        publisher.publish(&t, if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce }, &t);
+        sent.push((t.clone(), t));
+    }
+    // The PUBACKs / PUBCOMPs came: all 30 wait in the session on node 1.
+    let (mut sub, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("mover", false, expiry(300)));
+    assert!(ack.session_present, "the session moved: Session Present 1 ({ack:?})");
+    let got: Vec<(String, String)> = (0..30)
+        .map(|_| {
+            let p = sub.next_publish();
+            (topic(&p), payload(&p))
+        })
+        .collect();
+    assert_eq!(got, sent, "every message queued on node 1, once, in order");
+    assert!(!lists_session(&d1, "mover"), "node 1 gave the session up");
+    assert!(lists_session(&d2, "mover"), "node 2 holds it");
+    // Its subscriptions are node 2's now: a message published on node 1 comes once.
+    publisher.publish("move/1/after", QoS::AtLeastOnce, "after");
+    publisher.publish("move/1/end", QoS::AtLeastOnce, "");
+    let after: Vec<String> = sub.until("move/1/end").iter().map(topic).collect();
+    assert_eq!(after, ["move/1/after"]);
+}
+
+/// A live connection is taken over by a connection of its client id on another node: the old
+/// one gets DISCONNECT 0x8E Session taken over (MQTT-3.1.4-3), the new one the session
+/// (Session Present 1) with a message still in flight to the old one (QoS 1, resent with DUP),
+/// and a will of the old connection with a delay is not sent (its client is back in time,
+/// MQTT-3.1.3-9). A clean start on a third node discards it (Session Present 0, MQTT-3.2.2-2)
+/// and takes the old connection with it.
+#[test]
+fn a_live_session_is_taken_over_from_another_node() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@t1");
+    let (_d2, n2) = node(&nats, "emqx@t2");
+    let (_d3, n3) = node(&nats, "emqx@t3");
+    let mut watcher = C5::connect(&n3, "t-watcher");
+    watcher.subscribe("will/#", QoS::AtLeastOnce);
+    let will_props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
+        delay_interval: Some(30),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    let will = rumqttc::v5::mqttbytes::v5::LastWill::new("will/t", "gone", QoS::AtLeastOnce, false, Some(will_props));
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 60,
+        client_id: "taken".to_owned(),
+        clean_start: true,
+        properties: expiry(300),
+    };
+    let (mut old, _) = C5::connect_packet(&n1, &rumqttc::v5::mqttbytes::v5::Packet::Connect(connect, Some(will), None));
+    old.subscribe("take/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n2, "take-pub");
+    publisher.publish("take/1", QoS::AtLeastOnce, "in flight");
+    // Received and not acknowledged: in flight when the session moves.
+    let first = old.raw.recv();
+    assert!(matches!(first, rumqttc::v5::mqttbytes::v5::Packet::Publish(_)), "{first:?}");
+
+    let (mut new, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("taken", false, expiry(300)));
+    assert!(ack.session_present, "{ack:?}");
+    old.expect_disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    let resent = new.next_publish();
+    assert_eq!((topic(&resent), payload(&resent), resent.dup), ("take/1".to_owned(), "in flight".to_owned(), true));
+    publisher.publish("take/2", QoS::AtLeastOnce, "after");
+    assert_eq!(topic(&new.next_publish()), "take/2");
+
+    let (mut fresh, ack) = C5::connect_with(&n3, "taken", expiry(300));
+    assert!(!ack.session_present, "a clean start discards the session: {ack:?}");
+    new.expect_disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    publisher.publish("take/3", QoS::AtLeastOnce, "not subscribed any more");
+    fresh.subscribe("marker", QoS::AtLeastOnce);
+    publisher.publish("marker", QoS::AtLeastOnce, "");
+    assert_eq!(topic(&fresh.next_publish()), "marker", "the discarded session's subscription is gone");
+    // The will waited for its delay and its client came back in time: never sent.
+    publisher.publish("will/marker", QoS::AtLeastOnce, "");
+    assert_eq!(topic(&watcher.next_publish()), "will/marker");
+}
+
+/// Connections of one client id racing on two nodes never leave two owners: after each round
+/// of two CONNECTs sent at the same moment to two nodes, exactly one connection stays, and
+/// exactly one node holds the session.
+#[test]
+fn racing_connects_on_two_nodes_leave_one_owner() {
+    let nats = Nats::start();
+    let (d1, n1) = node(&nats, "emqx@r1");
+    let (d2, n2) = node(&nats, "emqx@r2");
+    for round in 0..20 {
+        let id = format!("racer-{round}");
+        let clean = round % 2 == 0;
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| Raw::<V5>::connect(n1.addr, &e2e::raw::connect5(&id, clean, expiry(300))));
+            let b = s.spawn(|| Raw::<V5>::connect(n2.addr, &e2e::raw::connect5(&id, clean, expiry(300))));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let mut open: Vec<Raw<V5>> = [a, b]
+            .into_iter()
+            .filter(|(_, ack)| ack.code == rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success)
+            .map(|(r, _)| r)
+            .collect();
+        // Both accepted: the one taken over is told 0x8E and closed (polled until one is).
+        if open.len() == 2 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let lost = loop {
+                assert!(std::time::Instant::now() < deadline, "round {round}: both connections stayed");
+                let closed = open.iter_mut().position(|raw| {
+                    match raw.next_packet_within(std::time::Duration::from_millis(20)) {
+                        Ok(Some(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d))) => {
+                            assert_eq!(
+                                d.reason_code,
+                                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver
+                            );
+                            true
+                        }
+                        Ok(None) => true,
+                        Ok(Some(other)) => panic!("round {round}: unexpected {other:?}"),
+                        Err(_) => false,
+                    }
+                });
+                if let Some(lost) = closed {
+                    break lost;
+                }
+            };
+            open.remove(lost);
+        }
+        assert_eq!(open.len(), 1, "round {round}: one connection stays");
+        open[0].ping(&id);
+        let holders = [&d1, &d2].iter().filter(|d| lists_session(d, &id)).count();
+        assert_eq!(holders, 1, "round {round}: one node holds the session");
+    }
 }

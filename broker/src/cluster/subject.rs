@@ -33,6 +33,8 @@ const DOLLAR: &str = "s";
 const NODES: &str = "node";
 /// The class token of the subjects nodes answer commands on.
 const COMMANDS: &str = "ctl";
+/// The class token of the subjects nodes are asked to give up sessions on.
+const SESSIONS: &str = "session";
 /// The token of an empty level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -108,6 +110,13 @@ pub(crate) fn node_subject(prefix: &str, name: &str) -> String {
 /// The subject node `name` answers `broker ctl` commands on (`cluster call`).
 pub(crate) fn command_subject(prefix: &str, name: &str) -> String {
     let mut out = format!("{prefix}.{COMMANDS}.");
+    push_level(&mut out, name);
+    out
+}
+
+/// The subject on which node `name` is asked to give up sessions (`ownership`).
+pub(crate) fn session_subject(prefix: &str, name: &str) -> String {
+    let mut out = format!("{prefix}.{SESSIONS}.");
     push_level(&mut out, name);
     out
 }

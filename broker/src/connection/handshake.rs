@@ -271,7 +271,20 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         return None;
     };
     let id = node.next_connection_id();
-    let opened = node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await;
+    let opened = match node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await {
+        Ok(opened) => opened,
+        Err(why) => {
+            // In a cluster: the session's owner could not be settled (NATS failing, or the node
+            // holding the session did not give it up). EMQX answers so when it cannot register
+            // a session.
+            refused(&client, "the session's owner in the cluster could not be settled", &why);
+            refuse(node, &mut io, Some(&client), version, reason::SERVER_UNAVAILABLE, max_packet_size).await;
+            return None;
+        }
+    };
+    if let Some(from) = &opened.moved_from {
+        node.finish_move(&opened.session, from).await;
+    }
     node.persist_opened(&opened.session);
     let mut will = will;
     if let Some(will) = &mut will {
@@ -423,6 +436,7 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
         expires_at: None,
         publisher: 0,
         timestamp_ms: 0,
+        origin: None,
     };
     Ok(Some(Will {
         message,

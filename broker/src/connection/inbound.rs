@@ -278,6 +278,7 @@ impl<T: Transport> Connection<T> {
             expires_at: Message::expiry_from(publish.properties.message_expiry_interval, self.now),
             publisher: self.session.id,
             timestamp_ms: self.now_ms,
+            origin: None,
         };
         let ack = PublishAck { kind: ack_kind, packet_id: publish.packet_id, qos: publish.qos };
         Ok(Some(Accepted { message, ack }))

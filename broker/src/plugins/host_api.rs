@@ -275,6 +275,7 @@ fn plugin_message(
         expires_at: Message::expiry_from(expiry, std::time::Instant::now()),
         publisher: 0,
         timestamp_ms: crate::now_ms(),
+        origin: None,
     }
 }
 

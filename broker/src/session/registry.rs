@@ -12,6 +12,7 @@
 //! counters, ending a session, publishing a will), which the node implements.
 
 use foldhash::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::client::ClientInfo;
 use crate::lock;
 use crate::message::Message;
 use crate::metrics::Metric;
+use crate::session::moved::MovedSession;
 use crate::session::{Attachment, PendingWill, Session, State};
 use crate::stats::Stats;
 
@@ -36,12 +38,49 @@ pub(crate) trait Owner: Send + Sync + 'static {
     /// waiting is published now; `session.terminated` tells `why`. False if it had ended already.
     fn end_session(&self, session: &Arc<Session>, why: Termination) -> bool;
     /// Ends `session` if `still` holds for its state (checked under its lock); true if it did.
-    fn end_session_if(&self, session: &Arc<Session>, why: Termination, still: impl FnOnce(&State) -> bool) -> bool;
+    fn end_session_if(&self, session: &Arc<Session>, why: Termination, still: impl FnOnce(&mut State) -> bool) -> bool;
     /// Publishes `message` (a will) from `client`.
     fn publish(&self, message: Message, client: &ClientInfo);
     /// `session` outlives its connection, which just ended: a persistent one records when.
     fn went_offline(&self, session: &Arc<Session>);
+    /// In a cluster, makes this node the owner of `client`'s session before a connection of
+    /// `clean_start` opens it here (see `crate::cluster`); a node alone owns every session.
+    /// Err says why it could not.
+    fn claim(&self, client: &ClientInfo, clean_start: bool) -> impl Future<Output = Result<Claimed, String>> + Send;
+    /// Puts what another node gave up (`moved`) into `session`, new and attached: its messages,
+    /// and its subscriptions into the router.
+    fn adopt(&self, session: &Arc<Session>, moved: MovedSession);
 }
+
+/// What became of a client id's session elsewhere in the cluster ([`Owner::claim`]).
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// This node's own sessions decide (a node alone, or the session is here or nowhere).
+    Here,
+    /// The node that had it ended it (the newcomer's clean start, or it was not to outlive its
+    /// connection).
+    Discarded,
+    /// The node that had it, `from`, gave it up to this one.
+    Moved { session: MovedSession, from: String },
+}
+
+/// What a node answers when asked to give a session up ([`Sessions::hand_over`]).
+#[derive(Debug)]
+pub(crate) enum HandOver {
+    /// This node does not own the client id.
+    NotOwner,
+    /// No session here (ownership passed).
+    Nothing,
+    /// The session was ended (ownership passed).
+    Discarded,
+    /// The session's messages, taken out (ownership passed); it stays routed to until
+    /// [`Sessions::release_moved`].
+    Moved(MovedSession),
+}
+
+/// How long a session given up to another node stays routed to, waiting for that node to ask
+/// for what was queued meanwhile, before it is ended.
+const MOVE_WAIT: Duration = Duration::from_secs(15);
 
 /// Why a session ends ([`Owner::end_session`]), as `session.terminated` tells it.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +128,9 @@ pub(crate) struct Opened {
     pub(crate) session: Arc<Session>,
     /// An existing session was resumed (CONNACK's Session Present).
     pub(crate) present: bool,
+    /// In a cluster: the node the session came from, which still routes to it until asked
+    /// for what was queued meanwhile ([`crate::node::Node::finish_move`]).
+    pub(crate) moved_from: Option<String>,
     /// An existing session was ended for this one (`session.discarded`).
     pub(crate) discarded: bool,
     /// The session resumed was taken from a live connection (`session.takenover`).
@@ -133,6 +175,11 @@ impl Drop for Turn<'_> {
 impl Sessions {
     pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         lock(&self.by_client_id).get(client_id).cloned()
+    }
+
+    /// Whether there is a session for `client_id`, or a connection of it opening one.
+    pub(crate) fn holds(&self, client_id: &str) -> bool {
+        lock(&self.by_client_id).contains_key(client_id) || lock(&self.opening).contains_key(client_id)
     }
 
     /// Forgets `session`, unless another session has its client id by now.
@@ -196,16 +243,29 @@ impl Sessions {
         connection: u64,
         clean_start: bool,
         expiry: u32,
-    ) -> Opened {
+    ) -> Result<Opened, String> {
         let turn = Turn::new(self, &client.client_id);
         let _turn = turn.lock.lock().await;
+        let discarded_elsewhere = match node.claim(client, clean_start).await? {
+            Claimed::Here => false,
+            Claimed::Discarded => true,
+            Claimed::Moved { session: moved, from } => {
+                return Ok(self.adopt(node, client, connection, expiry, moved, from));
+            }
+        };
         let mut taken_over = false;
         loop {
             let existing = self.get(&client.client_id);
             let Some(old) = existing else {
                 let session = self.create(node, client, connection, expiry);
                 lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
-                return Opened { session, present: false, discarded: false, taken_over: false };
+                return Ok(Opened {
+                    session,
+                    present: false,
+                    discarded: discarded_elsewhere,
+                    taken_over: false,
+                    moved_from: None,
+                });
             };
             let detached = old.detached.notified();
             tokio::pin!(detached);
@@ -228,12 +288,24 @@ impl Sessions {
                         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
                         node.end_session(&old, Termination::Discarded);
                         node.stats().metrics.inc(Metric::SessionDiscarded);
-                        return Opened { session, present: false, discarded: true, taken_over: false };
+                        return Ok(Opened {
+                            session,
+                            present: false,
+                            discarded: true,
+                            taken_over: false,
+                            moved_from: None,
+                        });
                     }
                     None => {
                         state.expiry_interval = expiry;
                         old.attach(&mut state, Attachment { connection, client: client.clone() });
-                        return Opened { session: old.clone(), present: true, discarded: false, taken_over };
+                        return Ok(Opened {
+                            session: old.clone(),
+                            present: true,
+                            discarded: false,
+                            taken_over,
+                            moved_from: None,
+                        });
                     }
                     Some(serving) => {
                         old.kick_takeover(serving, discard);
@@ -259,6 +331,111 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// Opens, for connection `connection` of `client`, the session another node (`from`) gave
+    /// up (`moved`). A session this node still has for the client id is older than that one
+    /// (its node was not the owner): it goes, and its connection with it.
+    fn adopt(
+        &self,
+        node: &impl Owner,
+        client: &Arc<ClientInfo>,
+        connection: u64,
+        expiry: u32,
+        moved: MovedSession,
+        from: String,
+    ) -> Opened {
+        if let Some(stale) = self.get(&client.client_id) {
+            let serving = stale.lock().attachment.as_ref().map(|a| a.connection);
+            node.end_session(&stale, Termination::Discarded);
+            if let Some(serving) = serving {
+                stale.kick_takeover(serving, true);
+            }
+        }
+        let session = self.create(node, client, connection, expiry);
+        node.adopt(&session, moved);
+        lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
+        node.stats().metrics.inc(Metric::SessionTakeovered);
+        Opened { session, present: true, discarded: false, taken_over: true, moved_from: Some(from) }
+    }
+
+    /// Gives `client_id`'s session up to another node, whose connection asked with
+    /// `clean_start`, in turn with this node's own connections of that client id: once `pass`
+    /// made the other node the owner (false: this node was not), the connection serving the
+    /// session is told to end (taken over) and let go; then the session is ended (the
+    /// newcomer's clean start, or a session not to outlive its connection), or its messages
+    /// are taken out for the other node. It stays routed to until
+    /// [`Sessions::release_moved`], or for [`MOVE_WAIT`].
+    pub(crate) async fn hand_over(
+        &self,
+        node: &Arc<impl Owner>,
+        client_id: &str,
+        clean_start: bool,
+        pass: impl Future<Output = bool>,
+    ) -> HandOver {
+        let client_id: Arc<str> = client_id.into();
+        let turn = Turn::new(self, &client_id);
+        let _turn = turn.lock.lock().await;
+        if !pass.await {
+            return HandOver::NotOwner;
+        }
+        let Some(session) = self.get(&client_id) else { return HandOver::Nothing };
+        let detached = session.detached.notified();
+        tokio::pin!(detached);
+        detached.as_mut().enable();
+        let (serving, discard) = {
+            let state = session.lock();
+            if state.ended {
+                return HandOver::Nothing;
+            }
+            (state.attachment.as_ref().map(|a| a.connection), clean_start || state.expiry_interval == 0)
+        };
+        if let Some(serving) = serving {
+            session.kick_takeover(serving, discard);
+            node.stats().metrics.inc(if discard { Metric::SessionDiscarded } else { Metric::SessionTakeovered });
+            if tokio::time::timeout(TAKEOVER_WAIT, detached).await.is_err() {
+                tracing::warn!(client_id = &*client_id, "the connection being taken over did not let go in time");
+                let mut state = session.lock();
+                session.detach(&mut state, serving);
+            }
+        }
+        if discard {
+            node.end_session(&session, Termination::Discarded);
+            return HandOver::Discarded;
+        }
+        let (moved, generation) = {
+            let mut state = session.lock();
+            if state.ended || state.attachment.is_some() {
+                return HandOver::Nothing;
+            }
+            // Its client is back elsewhere before a delayed will was due: no will (MQTT-3.1.3-9).
+            state.pending_will = None;
+            state.expires_at = None;
+            (MovedSession::take(&mut state), state.generation)
+        };
+        let (node, abandoned) = (node.clone(), session.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(MOVE_WAIT).await;
+            node.end_session_if(&abandoned, Termination::Discarded, |state| {
+                state.generation == generation && state.attachment.is_none()
+            });
+        });
+        HandOver::Moved(moved)
+    }
+
+    /// Ends `client_id`'s session, given up to another node by [`Sessions::hand_over`], and
+    /// returns what was queued for it since (encoded); `None` if it is not here.
+    pub(crate) fn release_moved(&self, node: &impl Owner, client_id: &str) -> Option<Vec<u8>> {
+        let session = self.get(client_id)?;
+        let mut tail = None;
+        node.end_session_if(&session, Termination::Discarded, |state| {
+            if state.attachment.is_some() {
+                return false;
+            }
+            tail = Some(crate::session::moved::take_tail(state));
+            true
+        });
+        tail
     }
 
     /// Called when connection `connection` of `session` ends. `will` is the will to publish

@@ -1,0 +1,256 @@
+//! A session as it moves from one node of a cluster to another, when its client reconnects
+//! to another node: what the node that held it sends (its subscriptions, the messages queued
+//! for it and those in flight with their packet ids and phases, its QoS 2 packet ids awaiting
+//! release), and, once the new node routes to it, what was queued meanwhile (the tail).
+//!
+//! The move is in two steps so that nothing is lost in between: the old node takes the
+//! session's messages out but keeps routing to it ([`MovedSession::take`]), the new node
+//! installs it and subscribes, and only then the old node stops routing and sends what came
+//! meanwhile ([`take_tail`]). A message that reached both nodes in that moment is put in
+//! once, recognised by its cluster identity ([`crate::message::Origin`]) in [`merge_tail`].
+//!
+//! Packet ids are kept, so a QoS 2 message sent before the move and sent again after it has
+//! the id the client saw (its de-duplication holds: exactly once), and a PUBREL is resent for
+//! one whose PUBREC came.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{MessageQueue, Phase, State, Subscription};
+use crate::message::{Delivery, Message, Origin};
+use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::mqtt::Version;
+
+/// The format of what is sent; a node refuses a version it does not know.
+const FORMAT: u8 = 1;
+
+/// One delivery as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MovedDelivery {
+    topic: String,
+    #[serde(with = "serde_bytes_vec")]
+    payload: Vec<u8>,
+    /// The QoS and retain flag it was published with, and those it goes out with.
+    published_qos: u8,
+    published_retain: bool,
+    qos: u8,
+    retain: bool,
+    #[serde(with = "serde_bytes_vec")]
+    forwarded: Vec<u8>,
+    expires_in_ms: Option<u64>,
+    timestamp_ms: u64,
+    origin: Option<(u64, u64)>,
+    subscription_ids: Vec<u32>,
+    seq: u64,
+    maybe_sent: bool,
+}
+
+/// Bytes as one postcard byte string, not a sequence of numbers.
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        <&[u8]>::deserialize(deserializer).map(<[u8]>::to_vec)
+    }
+}
+
+impl MovedDelivery {
+    fn of(delivery: &Delivery, now: Instant) -> MovedDelivery {
+        let message = &delivery.message;
+        MovedDelivery {
+            topic: message.topic.to_string(),
+            payload: message.payload.to_vec(),
+            published_qos: message.qos,
+            published_retain: message.retain,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            forwarded: message.forwarded.to_vec(),
+            expires_in_ms: message.expires_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
+            timestamp_ms: message.timestamp_ms,
+            origin: message.origin.map(|o| (o.node, o.seq)),
+            subscription_ids: delivery.subscription_ids.to_vec(),
+            seq: delivery.seq,
+            maybe_sent: delivery.maybe_sent,
+        }
+    }
+
+    fn into_delivery(self, now: Instant) -> Delivery {
+        let message = Message {
+            topic: self.topic.into_boxed_str(),
+            payload: Bytes::from(self.payload),
+            qos: self.published_qos,
+            retain: self.published_retain,
+            forwarded: Bytes::from(self.forwarded),
+            expires_at: self.expires_in_ms.map(|ms| now + Duration::from_millis(ms)),
+            publisher: 0,
+            timestamp_ms: self.timestamp_ms,
+            origin: self.origin.map(|(node, seq)| Origin { node, seq }),
+        };
+        Delivery {
+            message: Arc::new(message),
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.into_boxed_slice(),
+            seq: self.seq,
+            maybe_sent: self.maybe_sent,
+            share: None,
+        }
+    }
+}
+
+/// A message in flight as it travels: its packet id, and whether its PUBREC came (PUBREL is
+/// then what is resent).
+#[derive(Debug, Serialize, Deserialize)]
+struct MovedInflight {
+    packet_id: u16,
+    released: bool,
+    delivery: MovedDelivery,
+}
+
+/// What a node sends of a session it gives up.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MovedSession {
+    format: u8,
+    expiry_interval: u32,
+    /// Filter, subscription options byte (MQTT 5 layout), subscription identifier.
+    subscriptions: Vec<(String, u8, Option<u32>)>,
+    inflight: Vec<MovedInflight>,
+    queue: Vec<MovedDelivery>,
+    awaiting_rel: Vec<u16>,
+    /// A persistent session's next sequence number (0 if it was kept in memory only).
+    next_seq: u64,
+}
+
+/// Why what another node sent cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MovedError {
+    #[error("unreadable: {0}")]
+    Unreadable(#[from] postcard::Error),
+    #[error("format {0} is newer than this node's ({FORMAT})")]
+    Format(u8),
+}
+
+impl MovedSession {
+    /// Takes `state`'s messages (queued and in flight) out, with a copy of the rest. The
+    /// session stays subscribed: what is routed to it from now on waits for [`take_tail`].
+    pub(crate) fn take(state: &mut State) -> MovedSession {
+        let now = Instant::now();
+        let inflight = state
+            .inflight
+            .take()
+            .into_iter()
+            .map(|e| MovedInflight {
+                packet_id: e.packet_id,
+                released: e.phase == Phase::Pubcomp,
+                delivery: MovedDelivery::of(&e.delivery, now),
+            })
+            .collect();
+        let queue = state.queue.take().iter().map(|d| MovedDelivery::of(d, now)).collect();
+        let mut subscriptions: Vec<(String, u8, Option<u32>)> =
+            state.subscriptions.iter().map(|(f, s)| (f.to_string(), s.options.to_byte(), s.id)).collect();
+        subscriptions.sort();
+        MovedSession {
+            format: FORMAT,
+            expiry_interval: state.expiry_interval,
+            subscriptions,
+            inflight,
+            queue,
+            awaiting_rel: state.awaiting_rel.clone(),
+            next_seq: state.durable.as_ref().map_or(0, |d| d.next_seq),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<MovedSession, MovedError> {
+        let moved: MovedSession = postcard::from_bytes(bytes)?;
+        if moved.format > FORMAT {
+            return Err(MovedError::Format(moved.format));
+        }
+        Ok(moved)
+    }
+
+    /// Its subscriptions: filter and how.
+    pub(crate) fn subscriptions(&self) -> Vec<(String, Subscription)> {
+        self.subscriptions
+            .iter()
+            .filter_map(|(filter, options, id)| {
+                let options = SubscriptionOptions::decode(*options, Version::V5).ok()?;
+                Some((filter.clone(), Subscription { options, id: *id }))
+            })
+            .collect()
+    }
+
+    /// How many messages it brings (queued and in flight).
+    pub(crate) fn messages(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    /// Puts its messages into `state` (a new session's, not yet subscribed): those in flight
+    /// with their packet ids, then the queue; and its QoS 2 packet ids awaiting release.
+    /// Returns the persistent session's next sequence number it had.
+    pub(crate) fn install(self, state: &mut State) -> u64 {
+        let now = Instant::now();
+        for entry in self.inflight {
+            let delivery = entry.delivery.into_delivery(now);
+            if entry.released {
+                state.inflight.push_released(entry.packet_id, delivery);
+            } else {
+                state.inflight.push(entry.packet_id, delivery);
+            }
+        }
+        for delivery in self.queue {
+            state.queue.push(delivery.into_delivery(now));
+        }
+        state.awaiting_rel = self.awaiting_rel;
+        self.next_seq
+    }
+}
+
+/// What was queued for a session being moved since [`MovedSession::take`], taken out.
+pub(crate) fn take_tail(state: &mut State) -> Vec<u8> {
+    let now = Instant::now();
+    let tail: Vec<MovedDelivery> = state.queue.take().iter().map(|d| MovedDelivery::of(d, now)).collect();
+    postcard::to_stdvec(&(FORMAT, tail)).unwrap_or_default()
+}
+
+/// Puts `tail` (from [`take_tail`]) into `queue` ahead of what the new node queued itself since
+/// it subscribed, leaving out what reached both nodes; `added` sees each one put in. Returns
+/// how many.
+pub(crate) fn merge_tail(
+    queue: &mut MessageQueue,
+    tail: &[u8],
+    mut added: impl FnMut(&mut Delivery),
+) -> Result<usize, MovedError> {
+    let (format, tail): (u8, Vec<MovedDelivery>) = postcard::from_bytes(tail)?;
+    if format > FORMAT {
+        return Err(MovedError::Format(format));
+    }
+    let now = Instant::now();
+    let direct = queue.take();
+    let seen: HashSet<Origin> = direct.iter().filter_map(|d| d.message.origin).collect();
+    let mut count = 0;
+    for delivery in tail {
+        let mut delivery = delivery.into_delivery(now);
+        if delivery.message.origin.is_some_and(|o| seen.contains(&o)) {
+            continue;
+        }
+        added(&mut delivery);
+        queue.push(delivery);
+        count += 1;
+    }
+    for delivery in direct {
+        queue.push(delivery);
+    }
+    Ok(count)
+}
