@@ -328,6 +328,11 @@ pub(crate) struct Cluster {
     redispatches_rx: Mutex<Option<mpsc::UnboundedReceiver<Redispatched>>>,
     /// The bucket of session owners (`ownership`), once used.
     owners: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// The bucket of persistent sessions' records (`ownership`), once used, and what to write
+    /// to it.
+    records: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    record_writes: mpsc::UnboundedSender<ownership::RecordWrite>,
+    record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -412,6 +417,7 @@ impl Cluster {
         let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(STORED_TIMEOUT).build(client.clone());
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (redispatches, redispatches_rx) = mpsc::unbounded_channel();
+        let (record_writes, record_writes_rx) = mpsc::unbounded_channel();
         let queue = QueueLimits::of(config.forward_queue);
         let (outbound, outbound_rx) = mpsc::channel(queue.capacity);
         let durable_root = subject::durable_root(&config.subject_prefix, &config.node_name);
@@ -445,6 +451,9 @@ impl Cluster {
             redispatches,
             redispatches_rx: Mutex::new(Some(redispatches_rx)),
             owners: tokio::sync::OnceCell::new(),
+            records: tokio::sync::OnceCell::new(),
+            record_writes,
+            record_writes_rx: Mutex::new(Some(record_writes_rx)),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -509,6 +518,9 @@ impl Cluster {
         });
         tokio::spawn(self.clone().heartbeat());
         self.serve_sessions();
+        if let Some(writes) = crate::lock(&self.record_writes_rx).take() {
+            tokio::spawn(self.clone().write_records(writes));
+        }
     }
 
     /// Each time the main connection comes back after it was lost, reads what the other nodes
@@ -698,6 +710,13 @@ impl Cluster {
             crate::lock(&self.peers).values().map(|(at, info)| (info.clone(), at.elapsed() <= 3 * HEARTBEAT)).collect();
         peers.sort_by(|a, b| a.0.node.cmp(&b.0.node));
         peers
+    }
+
+    /// When node `name` was last heard from (ms since the Unix epoch), if ever since this node
+    /// started.
+    pub(crate) fn last_heard(&self, name: &str) -> Option<u64> {
+        let at = crate::lock(&self.peers).get(name).map(|(at, _)| *at)?;
+        Some(crate::now_ms().saturating_sub(at.elapsed().as_millis() as u64))
     }
 
     /// Which nodes run and which stopped, as far as this node heard.
@@ -1043,19 +1062,8 @@ impl Cluster {
     fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, arrived: Arrived) {
         let Arrived { via, message: nats, .. } = arrived;
         let via = via.as_deref();
-        let Some(topic) = subject::subject_to_topic(&self.config.subject_prefix, &nats.subject) else { return };
-        let raw = nats.payload;
-        let envelope = match postcard::from_bytes::<Envelope<'_>>(&raw) {
-            Ok(envelope) if envelope.version == ENVELOPE_VERSION => envelope,
-            Ok(envelope) => {
-                tracing::debug!(version = envelope.version, "cluster: a message of an unknown envelope version");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!("cluster: an unreadable message from NATS: {e}");
-                return;
-            }
-        };
+        let raw = nats.payload.clone();
+        let Some((message, envelope)) = self.open_envelope(&nats.subject, &raw) else { return };
         // A message redispatched to a share group is for that group only; its sender waits for
         // the answer.
         let target = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER));
@@ -1074,17 +1082,6 @@ impl Cluster {
         if via.is_none() && !seen.first_time(envelope.origin, envelope.seq) {
             return;
         }
-        let message = Message {
-            topic: topic.into_boxed_str(),
-            payload: raw.slice_ref(envelope.payload),
-            qos: envelope.qos.min(2),
-            retain: envelope.retain,
-            forwarded: raw.slice_ref(envelope.forwarded),
-            expires_at: envelope.expires_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
-            publisher: 0,
-            timestamp_ms: envelope.timestamp_ms,
-            origin: Some(crate::message::Origin { node: envelope.origin, seq: envelope.seq }),
-        };
         let message = Arc::new(message);
         let Some(Interest { group: Some(group), path }) = via else {
             node.route_from_cluster(message, envelope.publisher, Reach::Plain);
@@ -1104,6 +1101,79 @@ impl Cluster {
             // queue group: a member on another node gets it.
             self.redispatch(message, Arc::new(crate::router::ShareGroup { name: group.clone(), path: path.clone() }));
         }
+    }
+}
+
+impl Cluster {
+    /// The message a NATS message on `subject` carries (`raw`, an [`Envelope`]), and its
+    /// envelope; `None` if it is not one.
+    fn open_envelope<'a>(&self, subject: &str, raw: &'a Bytes) -> Option<(Message, Envelope<'a>)> {
+        let topic = subject::subject_to_topic(&self.config.subject_prefix, subject)?;
+        let envelope = match postcard::from_bytes::<Envelope<'_>>(raw) {
+            Ok(envelope) if envelope.version == ENVELOPE_VERSION => envelope,
+            Ok(envelope) => {
+                tracing::debug!(version = envelope.version, "cluster: a message of an unknown envelope version");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!("cluster: an unreadable message from NATS: {e}");
+                return None;
+            }
+        };
+        let message = Message {
+            topic: topic.into_boxed_str(),
+            payload: raw.slice_ref(envelope.payload),
+            qos: envelope.qos.min(2),
+            retain: envelope.retain,
+            forwarded: raw.slice_ref(envelope.forwarded),
+            expires_at: envelope.expires_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            publisher: 0,
+            timestamp_ms: envelope.timestamp_ms,
+            origin: Some(crate::message::Origin { node: envelope.origin, seq: envelope.seq }),
+        };
+        Some((message, envelope))
+    }
+
+    /// Every QoS 1/2 message the nodes' streams hold from `since_ms` on whose topic `wanted`
+    /// accepts, with its publisher's client id, stream by stream in each stream's order (for a
+    /// session revived from a node that died: see `ownership`).
+    pub(crate) async fn replay(
+        &self,
+        since_ms: u64,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(Message, String)>, String> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let prefix = subject::stream_name_prefix(&self.config.subject_prefix);
+        let names: Vec<String> = self.jetstream.stream_names().filter_map(|n| async { n.ok() }).collect().await;
+        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+            .map_err(|e| e.to_string())?;
+        let mut found = Vec::new();
+        for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
+            let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let config =
+                OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
+            let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+            let pending = consumer.cached_info().num_pending;
+            if pending == 0 {
+                continue;
+            }
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            for _ in 0..pending {
+                let next = tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await;
+                let nats = match next {
+                    Ok(Some(Ok(message))) => message.split().0,
+                    Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
+                    Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
+                };
+                if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
+                    if wanted(&message.topic) {
+                        let publisher = envelope.publisher.to_owned();
+                        found.push((message, publisher));
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -263,6 +263,7 @@ impl Node {
     /// in the store from now on, with its record written; one that stopped being persistent
     /// is taken out of it.
     pub(crate) fn persist_opened(&self, session: &Session) {
+        let _ = self.share_record(session, true);
         if self.persistence.is_none() {
             return;
         }
@@ -384,6 +385,95 @@ impl Node {
         }
         self.commit_in_background(batch);
         session.notify();
+    }
+
+    /// After `session` was revived from its record (its node died, see `cluster::ownership`):
+    /// once this node's subscriptions for it are in place in NATS, reads back from the
+    /// cluster's streams what was published for it from `since_ms` on and puts it ahead of what
+    /// came since; what came both ways is put in once.
+    pub(crate) async fn replay_into(&self, session: &Arc<Session>, since_ms: u64) {
+        let Some(cluster) = &self.cluster else { return };
+        if let Some(in_place) = cluster.interest_in_place() {
+            in_place.await;
+        }
+        let subscriptions: Vec<(Box<str>, Subscription)> = {
+            let state = session.lock();
+            state
+                .subscriptions
+                .iter()
+                .filter(|(f, _)| !f.starts_with("$share/"))
+                .map(|(f, s)| (f.clone(), *s))
+                .collect()
+        };
+        let wanted = |topic: &str| subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
+        let found = match cluster.replay(since_ms, wanted).await {
+            Ok(found) => found,
+            Err(why) => {
+                let client_id = clipped(&session.client_id);
+                tracing::warn!(?client_id, "cluster: a revived session's messages could not be read back: {why}");
+                return;
+            }
+        };
+        let mut deliveries = Vec::with_capacity(found.len());
+        for (message, publisher) in found {
+            let message = Arc::new(message);
+            let mut delivery: Option<Delivery> = None;
+            for (filter, subscription) in &subscriptions {
+                let options = subscription.options;
+                let own = options.no_local && publisher == *session.client_id;
+                if own || !plugin_api::topic::matches(filter, &message.topic) {
+                    continue;
+                }
+                let qos = message.qos.min(options.qos);
+                let d = delivery.get_or_insert_with(|| Delivery {
+                    message: message.clone(),
+                    qos: 0,
+                    retain: message.retain && options.retain_as_published,
+                    subscription_ids: Box::new([]),
+                    seq: 0,
+                    maybe_sent: true,
+                    share: None,
+                });
+                d.qos = d.qos.max(qos);
+                if let Some(id) = subscription.id {
+                    d.subscription_ids = d.subscription_ids.iter().copied().chain([id]).collect();
+                }
+            }
+            deliveries.extend(delivery.filter(|d| d.qos > 0));
+        }
+        let mut batch = Batch::new();
+        let read = deliveries.len();
+        {
+            let mut guard = session.lock();
+            let state = &mut *guard;
+            let durable = &mut state.durable;
+            crate::session::moved::merge(&mut state.queue, deliveries, |delivery| {
+                if let Some(durable) = durable.as_deref_mut() {
+                    Node::persist_moved(durable, delivery, &mut batch);
+                }
+            });
+        }
+        self.commit_in_background(batch);
+        tracing::info!(client_id = ?clipped(&session.client_id), read, "cluster: a revived session's messages read back");
+        session.notify();
+    }
+
+    /// In a cluster, shares `session`'s record (subscriptions, expiry, since when offline) if it
+    /// is persistent, so that another node can revive it should this one die; forgets it if it
+    /// is not.
+    /// The future resolves once the record is shared (a SUBACK waits for it). Only a
+    /// connection that opens a session (`opening`) forgets a record: the session's client id
+    /// may have had a persistent one before.
+    pub(crate) fn share_record(&self, session: &Session, opening: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let cluster = self.cluster.as_ref()?;
+        let record = {
+            let state = session.lock();
+            if state.ended || (state.expiry_interval == 0 && !opening) {
+                return None;
+            }
+            (state.expiry_interval > 0).then(|| Node::session_record(&state).encode())
+        };
+        Some(cluster.share_record(&session.client_id, record))
     }
 
     /// The batch that writes `session`'s record as it is now (after a SUBSCRIBE or
@@ -1015,6 +1105,17 @@ impl Owner for Node {
             Ok(match cluster.claim(&client_id, clean_start).await? {
                 Claim::Here => Claimed::Here,
                 Claim::Discarded => Claimed::Discarded,
+                Claim::Revived { record, since_ms, from } => match SessionRecord::decode(&record, &client_id) {
+                    Ok(record) => Claimed::Revived { record, since_ms },
+                    Err(e) => {
+                        tracing::warn!(
+                            client_id = &*client_id,
+                            from,
+                            "cluster: a session's record could not be read: {e}"
+                        );
+                        Claimed::Here
+                    }
+                },
                 Claim::Moved { session, from } => match MovedSession::decode(&session) {
                     Ok(session) => Claimed::Moved { session, from },
                     Err(e) => {
@@ -1031,8 +1132,17 @@ impl Owner for Node {
         }
     }
 
-    fn adopt(&self, session: &Arc<Session>, moved: MovedSession) {
-        Node::adopt(self, session, moved);
+    fn adopt(&self, session: &Arc<Session>, moved: Result<MovedSession, SessionRecord>) {
+        match moved {
+            Ok(moved) => Node::adopt(self, session, moved),
+            Err(record) => {
+                for (filter, options, id) in record.subscriptions() {
+                    if let Ok(parsed) = Filter::parse(filter) {
+                        self.subscribe(session, filter, &parsed, Subscription { options, id });
+                    }
+                }
+            }
+        }
     }
 
     fn publish(&self, message: Message, client: &ClientInfo) {
@@ -1040,6 +1150,7 @@ impl Owner for Node {
     }
 
     fn went_offline(&self, session: &Arc<Session>) {
+        let _ = self.share_record(session, false);
         if let Some(batch) = self.session_record_batch(session) {
             self.commit_in_background(batch);
         }

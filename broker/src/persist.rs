@@ -57,6 +57,21 @@ impl SessionRecord {
         SessionRecord { version: RECORD_VERSION, expiry_interval, offline_since_ms: None, subscriptions: Vec::new() }
     }
 
+    /// The record as bytes (as in the store).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// A record read back from [`SessionRecord::encode`]'s bytes.
+    pub(crate) fn decode(bytes: &[u8], client_id: &str) -> Result<SessionRecord, RecordError> {
+        decode(bytes, "session record", client_id)
+    }
+
+    /// When the session of a record (encoded) went offline, if it was offline.
+    pub(crate) fn decode_offline_since(bytes: &[u8]) -> Option<u64> {
+        postcard::from_bytes::<SessionRecord>(bytes).ok()?.offline_since_ms
+    }
+
     /// The subscriptions: filter, options, identifier; an unreadable one is skipped.
     pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&str, SubscriptionOptions, Option<u32>)> {
         self.subscriptions.iter().filter_map(|(filter, options, id)| {

@@ -997,3 +997,58 @@ fn racing_connects_on_two_nodes_leave_one_owner() {
         assert_eq!(holders, 1, "round {round}: one node holds the session");
     }
 }
+
+/// `kill -9` of the node a persistent subscriber is on, in the middle of a QoS 1 stream from
+/// another node, loses none of the messages whose publisher got a PUBACK (issue "Scale out on
+/// NATS", repeated 20 times): the client reconnects to another node, which revives the session
+/// from its record in NATS (Session Present 1) and reads back from the streams what was
+/// published for it. QoS 1 is at least once: some may come twice.
+#[test]
+fn killing_the_subscribers_node_loses_no_acknowledged_qos_1_message() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let (_d1, n1) = node(&nats, "emqx@k1");
+    let d2 = DataDir::new();
+    let env2 = [("BROKER_CLUSTER__NATS", url.as_str()), ("BROKER_NODE_NAME", "emqx@k2")];
+    let mut n2 = Broker::start(&d2, &env2);
+    for round in 0..20 {
+        let id = format!("survivor-{round}");
+        let filter = format!("k/{round}/#");
+        let (mut sub, _) = C5::connect_with(&n2, &id, expiry(300));
+        sub.subscribe(&filter, QoS::AtLeastOnce);
+        let publishing = std::thread::spawn({
+            let mut publisher = C5::connect(&n1, &format!("k-pub-{round}"));
+            move || {
+                let mut acknowledged = Vec::new();
+                for i in 0..300 {
+                    let payload = i.to_string();
+                    // Returns once the PUBACK came.
+                    publisher.publish(&format!("k/{round}/{}", i % 3), QoS::AtLeastOnce, &payload);
+                    acknowledged.push(payload);
+                    // A steady stream, so that the node dies in the middle of it.
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+                acknowledged
+            }
+        });
+        let mut got = std::collections::HashSet::new();
+        for _ in 0..(round * 7 % 100 + 20) {
+            got.insert(payload(&sub.next_publish()));
+        }
+        n2.kill();
+        let (mut sub, ack) = C5::connect_packet(&n1, &e2e::raw::connect5(&id, false, expiry(300)));
+        assert!(ack.session_present, "round {round}: the session was revived ({ack:?})");
+        let acknowledged = publishing.join().expect("publisher");
+        let missing = |got: &std::collections::HashSet<String>| {
+            acknowledged.iter().filter(|a| !got.contains(*a)).cloned().collect::<Vec<_>>()
+        };
+        while !missing(&got).is_empty() {
+            let Some(p) = sub.next_publish_within(std::time::Duration::from_secs(10)) else {
+                panic!("round {round}: acknowledged and never delivered: {:?}", missing(&got));
+            };
+            got.insert(payload(&p));
+        }
+        sub.disconnect();
+        n2 = Broker::start(&d2, &env2);
+    }
+}

@@ -41,12 +41,22 @@ const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often a claim reads the key again after losing a race for it.
 const CLAIM_TRIES: usize = 10;
 
+/// How far back, before the last time a node that died was heard from, the streams are read
+/// for a session revived from it: what it had queued for a client that was online. (For a
+/// client that was offline, from when it went offline.)
+const REVIVE_MARGIN: Duration = Duration::from_secs(30);
+
 /// Client ids up to this long are their key (hex); longer ones are hashed.
 const KEY_PLAIN_MAX: usize = 96;
 
 /// The bucket of owners for subject prefix `prefix`.
 pub(super) fn bucket(prefix: &str) -> String {
     format!("{}_sessions", prefix.replace('.', "_"))
+}
+
+/// The bucket of persistent sessions' records for subject prefix `prefix`.
+pub(super) fn records_bucket(prefix: &str) -> String {
+    format!("{}_session_records", prefix.replace('.', "_"))
 }
 
 /// The key of `client_id`: its bytes in hex (a KV key allows few characters), or `h` and
@@ -110,6 +120,10 @@ pub(crate) enum Claim {
     Discarded,
     /// The owner gave the session up: install it, then [`Cluster::release`] from `from`.
     Moved { session: Vec<u8>, from: String },
+    /// The owner is not running: its persistent session is made anew here from its record
+    /// (`crate::persist::SessionRecord`, encoded), and what was published for it is read
+    /// back from the streams from `since_ms` on ([`Cluster::replay`]).
+    Revived { record: Vec<u8>, since_ms: u64, from: String },
 }
 
 /// The value of a key: the owning node's name.
@@ -118,32 +132,42 @@ fn owner_of(entry: &kv::Entry) -> Option<&str> {
 }
 
 impl Cluster {
-    /// The bucket of owners, made (or found) on first use. Its stream is made here, as a KV
-    /// bucket's stream is (`KV_<bucket>`, one value a key, rollups allowed): the NATS client's
-    /// own `create_key_value` asks the server for account details that nats-server 2.9
-    /// answers in a shape the client cannot read.
+    /// The bucket of owners, made (or found) on first use.
     async fn owners(&self) -> Result<&kv::Store, String> {
+        let name = bucket(&self.config.subject_prefix);
         self.owners
-            .get_or_try_init(|| async {
-                use async_nats::jetstream::stream;
-                let bucket = bucket(&self.config.subject_prefix);
-                let config = stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("which broker node owns each MQTT client id's session".to_owned()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: self.config.replicas,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
-                };
-                self.jetstream.create_or_update_stream(config).await.map_err(|e| format!("making {bucket}: {e}"))?;
-                self.jetstream.get_key_value(&bucket).await.map_err(|e| format!("opening {bucket}: {e}"))
-            })
+            .get_or_try_init(|| self.open_bucket(name, "which broker node owns each MQTT client id's session"))
             .await
+    }
+
+    /// The bucket of persistent sessions' records (subscriptions, expiry, since when offline),
+    /// from which a node revives the session of a node that died.
+    async fn records(&self) -> Result<&kv::Store, String> {
+        let name = records_bucket(&self.config.subject_prefix);
+        self.records.get_or_try_init(|| self.open_bucket(name, "MQTT persistent sessions' subscriptions")).await
+    }
+
+    /// Makes (or finds) KV bucket `name`. Its stream is made here, as a KV bucket's stream is
+    /// (`KV_<bucket>`, one value a key, rollups allowed): the NATS client's own
+    /// `create_key_value` asks the server for account details that nats-server 2.9 answers in
+    /// a shape the client cannot read.
+    async fn open_bucket(&self, name: String, description: &str) -> Result<kv::Store, String> {
+        use async_nats::jetstream::stream;
+        let config = stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        self.jetstream.create_or_update_stream(config).await.map_err(|e| format!("making {name}: {e}"))?;
+        self.jetstream.get_key_value(&name).await.map_err(|e| format!("opening {name}: {e}"))
     }
 
     /// Makes this node the owner of `client_id`'s session before a connection opens it here
@@ -181,14 +205,7 @@ impl Cluster {
                 Err(Unanswered::NoOne) => {
                     // Not running: its key is taken from the revision read, unless it changed.
                     match owners.update(&key, Bytes::copy_from_slice(me.as_bytes()), revision).await {
-                        Ok(_) => {
-                            tracing::info!(
-                                client_id,
-                                node = owner,
-                                "cluster: took over a client id from a node that is not running (its session stays there)"
-                            );
-                            return Ok(Claim::Here);
-                        }
+                        Ok(_) => return self.revive(client_id, clean_start, owner).await,
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                         Err(e) => return Err(format!("claiming {key}: {e}")),
                     }
@@ -227,6 +244,55 @@ impl Cluster {
             }
         }
         Err(format!("the owner of {key} kept changing"))
+    }
+
+    /// After this node took `client_id` from node `dead`, which is not running: the session's
+    /// record, if it was persistent and the newcomer does not start clean.
+    async fn revive(&self, client_id: &str, clean_start: bool, dead: String) -> Result<Claim, String> {
+        let records = self.records().await?;
+        let key = key(client_id);
+        let record = if clean_start { None } else { records.get(key.clone()).await.map_err(|e| e.to_string())? };
+        let Some(record) = record else {
+            tracing::info!(client_id, node = dead, "cluster: took over a client id from a node that is not running");
+            return Ok(Claim::Here);
+        };
+        let heard = self.last_heard(&dead).unwrap_or_else(crate::now_ms);
+        let offline = crate::persist::SessionRecord::decode_offline_since(&record);
+        let since_ms = offline.unwrap_or(heard).min(heard).saturating_sub(REVIVE_MARGIN.as_millis() as u64);
+        tracing::info!(client_id, node = dead, "cluster: reviving a session of a node that is not running");
+        Ok(Claim::Revived { record: record.to_vec(), since_ms, from: dead })
+    }
+
+    /// Shares (`Some`) or forgets (`None`) persistent session `client_id`'s record, in the
+    /// order the node gives them (one task writes them). The answer comes once it is written
+    /// (or could not be: NATS away).
+    pub(crate) fn share_record(&self, client_id: &str, record: Option<Vec<u8>>) -> tokio::sync::oneshot::Receiver<()> {
+        let (written, told) = tokio::sync::oneshot::channel();
+        let _ = self.record_writes.send((client_id.to_owned(), record, written));
+        told
+    }
+
+    /// The task that writes the records [`Cluster::share_record`] gives, one after the other.
+    pub(super) async fn write_records(
+        self: Arc<Cluster>,
+        mut writes: tokio::sync::mpsc::UnboundedReceiver<RecordWrite>,
+    ) {
+        while let Some((client_id, record, written)) = writes.recv().await {
+            // While NATS is away nothing waits for it (as for a node alone).
+            if !self.reachable() {
+                continue;
+            }
+            let Ok(records) = self.records().await else { continue };
+            let key = key(&client_id);
+            let outcome = match record {
+                Some(record) => records.put(&key, Bytes::from(record)).await.map(drop).map_err(|e| e.to_string()),
+                None => records.delete(&key).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = &outcome {
+                tracing::debug!(client_id, "cluster: a session's record was not shared: {e}");
+            }
+            let _ = written.send(());
+        }
     }
 
     /// Passes the ownership of `client_id` from this node to node `to`: false if this node
@@ -278,8 +344,9 @@ impl Cluster {
                 return;
             }
             if owner_of(&entry) == Some(cluster.config.node_name.as_str()) {
-                if let Err(e) = owners.delete_expect_revision(&key, Some(entry.revision)).await {
-                    tracing::debug!(client_id, "cluster: a session's owner key stays: {e}");
+                match owners.delete_expect_revision(&key, Some(entry.revision)).await {
+                    Ok(()) => drop(cluster.share_record(&client_id, None)),
+                    Err(e) => tracing::debug!(client_id, "cluster: a session's owner key stays: {e}"),
                 }
             }
         });
@@ -331,6 +398,10 @@ impl Cluster {
         });
     }
 }
+
+/// A session's record to share (`Some`) or forget (`None`), by client id, and who waits for
+/// it to be written.
+pub(super) type RecordWrite = (String, Option<Vec<u8>>, tokio::sync::oneshot::Sender<()>);
 
 /// Why a request to another node got no answer.
 enum Unanswered {

@@ -29,7 +29,7 @@ use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
 use crate::router::is_valid_topic;
-use crate::session::registry::Will;
+use crate::session::registry::{Elsewhere, Will};
 
 /// Why the handshake stopped before a CONNACK was due.
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +282,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             return None;
         }
     };
-    if let Some(from) = &opened.moved_from {
-        node.finish_move(&opened.session, from).await;
+    match &opened.elsewhere {
+        Some(Elsewhere::Moved(from)) => node.finish_move(&opened.session, from).await,
+        Some(Elsewhere::Revived(since_ms)) => node.replay_into(&opened.session, *since_ms).await,
+        None => {}
     }
     node.persist_opened(&opened.session);
     let mut will = will;

@@ -570,11 +570,21 @@ impl<T: Transport> Connection<T> {
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
         // In a cluster, the SUBACK waits until the other nodes would send what this one now
         // wants (NATS has the interest).
-        if let Some(ready) = node.cluster.as_ref().filter(|_| !granted.is_empty()).and_then(|c| c.interest_in_place()) {
-            self.hold_until(Box::pin(async move {
-                ready.await;
-                Ok(())
-            }));
+        // And a persistent session's record is shared, for another node to revive it from
+        // should this one die.
+        if let Some(cluster) = node.cluster.as_ref().filter(|_| !granted.is_empty()) {
+            let (ready, shared) = (cluster.interest_in_place(), node.share_record(&self.session, false));
+            if ready.is_some() || shared.is_some() {
+                self.hold_until(Box::pin(async move {
+                    if let Some(ready) = ready {
+                        ready.await;
+                    }
+                    if let Some(shared) = shared {
+                        let _ = shared.await;
+                    }
+                    Ok(())
+                }));
+            }
         }
         let start = self.out.len();
         encode_sub_ack(&mut self.out, self.version, kind::SUBACK, packet_id, codes, reason_string);
@@ -630,6 +640,9 @@ impl<T: Transport> Connection<T> {
         encode_sub_ack(&mut self.out, self.version, kind::UNSUBACK, unsubscribe.packet_id, &codes, None);
         node.stats.metrics.packet_sent(kind::UNSUBACK, 0);
         let record = if removed.is_empty() { None } else { node.session_record_batch(&self.session) };
+        if !removed.is_empty() {
+            let _ = node.share_record(&self.session, false);
+        }
         self.hold_from(start, record, None, None);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {

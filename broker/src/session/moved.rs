@@ -225,23 +225,31 @@ pub(crate) fn take_tail(state: &mut State) -> Vec<u8> {
 }
 
 /// Puts `tail` (from [`take_tail`]) into `queue` ahead of what the new node queued itself since
-/// it subscribed, leaving out what reached both nodes; `added` sees each one put in. Returns
-/// how many.
+/// it subscribed, leaving out what reached both nodes ([`merge`]). Returns how many it put in.
 pub(crate) fn merge_tail(
     queue: &mut MessageQueue,
     tail: &[u8],
-    mut added: impl FnMut(&mut Delivery),
+    added: impl FnMut(&mut Delivery),
 ) -> Result<usize, MovedError> {
     let (format, tail): (u8, Vec<MovedDelivery>) = postcard::from_bytes(tail)?;
     if format > FORMAT {
         return Err(MovedError::Format(format));
     }
     let now = Instant::now();
-    let direct = queue.take();
-    let seen: HashSet<Origin> = direct.iter().filter_map(|d| d.message.origin).collect();
+    Ok(merge(queue, tail.into_iter().map(|d| d.into_delivery(now)), added))
+}
+
+/// Puts `older` into `queue` ahead of what it holds, leaving out what it holds already (by
+/// [`Origin`]); `added` sees each one put in. Returns how many.
+pub(crate) fn merge(
+    queue: &mut MessageQueue,
+    older: impl IntoIterator<Item = Delivery>,
+    mut added: impl FnMut(&mut Delivery),
+) -> usize {
+    let newer = queue.take();
+    let seen: HashSet<Origin> = newer.iter().filter_map(|d| d.message.origin).collect();
     let mut count = 0;
-    for delivery in tail {
-        let mut delivery = delivery.into_delivery(now);
+    for mut delivery in older {
         if delivery.message.origin.is_some_and(|o| seen.contains(&o)) {
             continue;
         }
@@ -249,8 +257,8 @@ pub(crate) fn merge_tail(
         queue.push(delivery);
         count += 1;
     }
-    for delivery in direct {
+    for delivery in newer {
         queue.push(delivery);
     }
-    Ok(count)
+    count
 }

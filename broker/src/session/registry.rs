@@ -21,6 +21,7 @@ use crate::client::ClientInfo;
 use crate::lock;
 use crate::message::Message;
 use crate::metrics::Metric;
+use crate::persist::SessionRecord;
 use crate::session::moved::MovedSession;
 use crate::session::{Attachment, PendingWill, Session, State};
 use crate::stats::Stats;
@@ -47,9 +48,10 @@ pub(crate) trait Owner: Send + Sync + 'static {
     /// `clean_start` opens it here (see `crate::cluster`); a node alone owns every session.
     /// Err says why it could not.
     fn claim(&self, client: &ClientInfo, clean_start: bool) -> impl Future<Output = Result<Claimed, String>> + Send;
-    /// Puts what another node gave up (`moved`) into `session`, new and attached: its messages,
-    /// and its subscriptions into the router.
-    fn adopt(&self, session: &Arc<Session>, moved: MovedSession);
+    /// Puts what another node gave up (`Ok`) into `session`, new and attached: its messages,
+    /// and its subscriptions into the router; or (`Err`) the subscriptions of a record of a
+    /// session whose node died.
+    fn adopt(&self, session: &Arc<Session>, moved: Result<MovedSession, SessionRecord>);
 }
 
 /// What became of a client id's session elsewhere in the cluster ([`Owner::claim`]).
@@ -62,6 +64,20 @@ pub(crate) enum Claimed {
     Discarded,
     /// The node that had it, `from`, gave it up to this one.
     Moved { session: MovedSession, from: String },
+    /// The node that had it is not running: the session is made anew from its record, and
+    /// what was published for it from `since_ms` on is read back from the cluster.
+    Revived { record: SessionRecord, since_ms: u64 },
+}
+
+/// Where a session opened from another node's came from ([`Opened::elsewhere`]), for what is
+/// left to do once it is in the registry.
+#[derive(Debug)]
+pub(crate) enum Elsewhere {
+    /// Given up by node `0`, which still routes to it until asked for what came meanwhile.
+    Moved(String),
+    /// Revived from its record: what was published for it from this time (ms since the Unix
+    /// epoch) on is to be read back.
+    Revived(u64),
 }
 
 /// What a node answers when asked to give a session up ([`Sessions::hand_over`]).
@@ -128,9 +144,8 @@ pub(crate) struct Opened {
     pub(crate) session: Arc<Session>,
     /// An existing session was resumed (CONNACK's Session Present).
     pub(crate) present: bool,
-    /// In a cluster: the node the session came from, which still routes to it until asked
-    /// for what was queued meanwhile ([`crate::node::Node::finish_move`]).
-    pub(crate) moved_from: Option<String>,
+    /// In a cluster: the session came from another node's ([`Elsewhere`]).
+    pub(crate) elsewhere: Option<Elsewhere>,
     /// An existing session was ended for this one (`session.discarded`).
     pub(crate) discarded: bool,
     /// The session resumed was taken from a live connection (`session.takenover`).
@@ -250,7 +265,10 @@ impl Sessions {
             Claimed::Here => false,
             Claimed::Discarded => true,
             Claimed::Moved { session: moved, from } => {
-                return Ok(self.adopt(node, client, connection, expiry, moved, from));
+                return Ok(self.adopt(node, client, connection, expiry, Ok(moved), Elsewhere::Moved(from)));
+            }
+            Claimed::Revived { record, since_ms } => {
+                return Ok(self.adopt(node, client, connection, expiry, Err(record), Elsewhere::Revived(since_ms)));
             }
         };
         let mut taken_over = false;
@@ -264,7 +282,7 @@ impl Sessions {
                     present: false,
                     discarded: discarded_elsewhere,
                     taken_over: false,
-                    moved_from: None,
+                    elsewhere: None,
                 });
             };
             let detached = old.detached.notified();
@@ -293,7 +311,7 @@ impl Sessions {
                             present: false,
                             discarded: true,
                             taken_over: false,
-                            moved_from: None,
+                            elsewhere: None,
                         });
                     }
                     None => {
@@ -304,7 +322,7 @@ impl Sessions {
                             present: true,
                             discarded: false,
                             taken_over,
-                            moved_from: None,
+                            elsewhere: None,
                         });
                     }
                     Some(serving) => {
@@ -333,17 +351,18 @@ impl Sessions {
         }
     }
 
-    /// Opens, for connection `connection` of `client`, the session another node (`from`) gave
-    /// up (`moved`). A session this node still has for the client id is older than that one
-    /// (its node was not the owner): it goes, and its connection with it.
+    /// Opens, for connection `connection` of `client`, the session another node gave up
+    /// (`Ok`), or one revived from its record (`Err`). A session this node still has for the
+    /// client id is older than that one (its node was not the owner): it goes, and its
+    /// connection with it.
     fn adopt(
         &self,
         node: &impl Owner,
         client: &Arc<ClientInfo>,
         connection: u64,
         expiry: u32,
-        moved: MovedSession,
-        from: String,
+        moved: Result<MovedSession, SessionRecord>,
+        elsewhere: Elsewhere,
     ) -> Opened {
         if let Some(stale) = self.get(&client.client_id) {
             let serving = stale.lock().attachment.as_ref().map(|a| a.connection);
@@ -356,7 +375,7 @@ impl Sessions {
         node.adopt(&session, moved);
         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
         node.stats().metrics.inc(Metric::SessionTakeovered);
-        Opened { session, present: true, discarded: false, taken_over: true, moved_from: Some(from) }
+        Opened { session, present: true, discarded: false, taken_over: true, elsewhere: Some(elsewhere) }
     }
 
     /// Gives `client_id`'s session up to another node, whose connection asked with
