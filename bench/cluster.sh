@@ -8,7 +8,10 @@
 #     also forwarded to NATS, and a QoS 1 message is acknowledged once the node's JetStream
 #     stream stored it: what the cluster costs a node's own traffic);
 #   - cluster, cross-node: publishers on one node, the subscriber on the other (every message
-#     crosses NATS).
+#     crosses NATS);
+# then the same at a steady 20,000 QoS 1 messages a second (latency: the brokers' own), and
+# the time a persistent session takes to move from one node to the other when its client
+# reconnects there (bench --bin takeover; TAKEOVERS rounds, default 200).
 # Each line says how many of the 50,000 messages arrived (the fewest in a run) if some did
 # not: a node holds its publishers back while its queue to NATS is long, so none should be
 # lost (a message past the queue is counted and logged as "not forwarded").
@@ -48,6 +51,12 @@ for _ in $(seq "$REPS"); do
     "$BIN/bench" --port "$B" --scenario fan-in --qos "$q" --timeout 10 --label local --json || true
     "$BIN/bench" --port "$B" --subscriber-port "$C" --scenario fan-in --qos "$q" --timeout 10 --label cross --json || true
   done
+  # A steady 20,000 QoS 1 messages a second (10 x 2000): the latency is the brokers' own.
+  for t in "single:$A:$A" "local:$B:$B" "cross:$B:$C"; do
+    IFS=: read -r label pub sub <<<"$t"
+    "$BIN/bench" --port "$pub" --subscriber-port "$sub" --scenario fan-in --qos 1 --messages 2000 --rate 20000 \
+      --timeout 10 --label "$label" --json || true
+  done
 done >"$WORK/results.json"
 python3 - "$WORK/results.json" <<'PY'
 import json, statistics as st, sys
@@ -55,14 +64,16 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 names = {"single": "single node", "local": "cluster, local", "cross": "cluster, cross-node"}
 print("| fan-in 10x5000 | " + " | ".join(names.values()) + " | local / single | cross / single |")
 print("|---|---|---|---|---|---|")
-for qos in (1, 0):
+for qos, rate in ((1, 0), (0, 0), (1, 20000)):
     med = {}
     for k in names:
-        runs = [r for r in rows if r["label"] == k and r["qos"] == qos]
+        runs = [r for r in rows if r["label"] == k and r["qos"] == qos and r["rate"] == rate]
         med[k] = (st.median(r["msgs_per_sec"] for r in runs), st.median(r["p50_us"] for r in runs),
                   st.median(r["p99_us"] for r in runs), min(r["received"] for r in runs), runs[0]["messages"])
     cell = lambda m: f"{m[0]:.0f} ({m[1]} / {m[2]}){'' if m[3] == m[4] else f', {m[3]} of {m[4]} arrived'}"
-    print(f"| QoS {qos} | " + " | ".join(cell(med[k]) for k in names)
+    print(f"| QoS {qos}{f' at {rate}/s' if rate else ''} | " + " | ".join(cell(med[k]) for k in names)
           + f" | {med['local'][0] / med['single'][0]:.2f} | {med['cross'][0] / med['single'][0]:.2f} |")
 PY
 grep -h "not forwarded" "$WORK"/*.log | tail -2 || true
+# Takeover time across nodes, the old node alive (bench/src/bin/takeover.rs).
+"$BIN/takeover" --from "127.0.0.1:$B" --to "127.0.0.1:$C" --rounds "${TAKEOVERS:-200}"

@@ -43,8 +43,15 @@
 //!   missed: every QoS 1/2 message published meanwhile reaches its subscribers, late. What it
 //!   had routed already is recognised (`dedup`) and not routed twice.
 //!
-//! What this does not do yet (issue "Scale out on NATS"): a session taken over by another
-//! node does not replay the streams; sessions, retained messages and the store are per node.
+//! - **Sessions across nodes** (`ownership`): one node owns each client id's session at a
+//!   time, recorded in a JetStream KV bucket and changed by compare-and-set. A CONNECT on
+//!   another node has the owner give the session up (its connection ends with 0x8E) and
+//!   moves it (`crate::session::moved`); a node that is not running has its key taken, and a
+//!   persistent session of it is revived from its record in a second bucket, with what was
+//!   published for it read back from the streams ([`Cluster::replay`]).
+//!
+//! What this does not do yet (issue "Scale out on NATS"): retained messages and the store are
+//! per node.
 
 mod dedup;
 mod inbox;
