@@ -1099,10 +1099,16 @@ impl Owner for Node {
     }
 
     fn claim(&self, client: &ClientInfo, clean_start: bool) -> impl Future<Output = Result<Claimed, String>> + Send {
-        let (cluster, client_id) = (self.cluster.clone(), client.client_id.clone());
+        // Boxed, and only in a cluster: the claim's NATS round trips would otherwise make every
+        // connection's task larger (see `Sessions::open`).
+        let claiming = self.cluster.clone().map(|cluster| {
+            let client_id = client.client_id.clone();
+            Box::pin(async move { (cluster.claim(&client_id, clean_start).await, client_id) })
+        });
         async move {
-            let Some(cluster) = cluster else { return Ok(Claimed::Here) };
-            Ok(match cluster.claim(&client_id, clean_start).await? {
+            let Some(claiming) = claiming else { return Ok(Claimed::Here) };
+            let (claim, client_id) = claiming.await;
+            Ok(match claim? {
                 Claim::Here => Claimed::Here,
                 Claim::Discarded => Claimed::Discarded,
                 Claim::Revived { record, since_ms, from } => match SessionRecord::decode(&record, &client_id) {

@@ -282,9 +282,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             return None;
         }
     };
+    // Boxed: their NATS round trips would otherwise make every connection's task larger.
     match &opened.elsewhere {
-        Some(Elsewhere::Moved(from)) => node.finish_move(&opened.session, from).await,
-        Some(Elsewhere::Revived(since_ms)) => node.replay_into(&opened.session, *since_ms).await,
+        Some(Elsewhere::Moved(from)) => Box::pin(node.finish_move(&opened.session, from)).await,
+        Some(Elsewhere::Revived(since_ms)) => Box::pin(node.replay_into(&opened.session, *since_ms)).await,
         None => {}
     }
     node.persist_opened(&opened.session);
