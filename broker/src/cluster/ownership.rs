@@ -352,15 +352,31 @@ impl Cluster {
         });
     }
 
-    /// Sends `request` to node `node` and waits for its answer.
+    /// Sends `request` to node `node` and waits for its answer. A node killed a moment ago
+    /// may still have its subscription in the NATS server (which has not noticed yet): the
+    /// request then goes unanswered, and once the node has not been heard from for as long as
+    /// makes it stopped ([`super::HEARTBEAT`]), it counts as not running.
     async fn ask(&self, node: &str, request: &Request) -> Result<Bytes, Unanswered> {
         let subject = subject::session_subject(&self.config.subject_prefix, node);
         let body = Bytes::from(postcard::to_stdvec(request).unwrap_or_default());
-        match tokio::time::timeout(HAND_OVER_TIMEOUT, self.client.request(subject, body)).await {
-            Ok(Ok(answer)) => Ok(answer.payload),
-            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Err(Unanswered::NoOne),
-            Ok(Err(e)) => Err(Unanswered::Failed(e.to_string())),
-            Err(_) => Err(Unanswered::Failed(format!("no answer within {HAND_OVER_TIMEOUT:?}"))),
+        let answer = tokio::time::timeout(HAND_OVER_TIMEOUT, self.client.request(subject, body));
+        let stopped = async {
+            loop {
+                tokio::time::sleep(super::HEARTBEAT / 4).await;
+                let silent_since = self.last_heard(node).map(|at| crate::now_ms().saturating_sub(at));
+                if silent_since.is_some_and(|ms| ms > (3 * super::HEARTBEAT).as_millis() as u64) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            answer = answer => match answer {
+                Ok(Ok(answer)) => Ok(answer.payload),
+                Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Err(Unanswered::NoOne),
+                Ok(Err(e)) => Err(Unanswered::Failed(e.to_string())),
+                Err(_) => Err(Unanswered::Failed(format!("no answer within {HAND_OVER_TIMEOUT:?}"))),
+            },
+            () = stopped => Err(Unanswered::NoOne),
         }
     }
 
