@@ -262,8 +262,8 @@ impl Node {
     /// After a connection opened `session`: a persistent one (Session Expiry above 0) is kept
     /// in the store from now on, with its record written; one that stopped being persistent
     /// is taken out of it.
-    pub(crate) fn persist_opened(&self, session: &Session) {
-        let _ = self.share_record(session, true);
+    pub(crate) fn persist_opened(&self, session: &Session, discarded: bool) {
+        let _ = self.share_record(session, discarded);
         if self.persistence.is_none() {
             return;
         }
@@ -461,14 +461,14 @@ impl Node {
     /// In a cluster, shares `session`'s record (subscriptions, expiry, since when offline) if it
     /// is persistent, so that another node can revive it should this one die; forgets it if it
     /// is not.
-    /// The future resolves once the record is shared (a SUBACK waits for it). Only a
-    /// connection that opens a session (`opening`) forgets a record: the session's client id
-    /// may have had a persistent one before.
-    pub(crate) fn share_record(&self, session: &Session, opening: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// The future resolves once the record is shared (a SUBACK waits for it). A session that
+    /// is not persistent forgets the record only when `forget`: it replaced one that may have
+    /// had a record (a session ending forgets its own, see `Cluster::disown`).
+    pub(crate) fn share_record(&self, session: &Session, forget: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let cluster = self.cluster.as_ref()?;
         let record = {
             let state = session.lock();
-            if state.ended || (state.expiry_interval == 0 && !opening) {
+            if state.ended || (state.expiry_interval == 0 && !forget) {
                 return None;
             }
             (state.expiry_interval > 0).then(|| Node::session_record(&state).encode())
@@ -966,11 +966,12 @@ impl Node {
         still: impl FnOnce(&mut crate::session::State) -> bool,
     ) -> bool {
         let mut unfinished = Vec::new();
-        let (subscriptions, will, serving) = {
+        let (subscriptions, will, serving, persistent) = {
             let mut state = session.lock();
             if state.ended || !still(&mut state) {
                 return false;
             }
+            let persistent = state.expiry_interval > 0;
             state.ended = true;
             let serving = state.attachment.as_ref().map(|a| a.client.clone());
             if let (true, Some(durable)) = (self.persistence.is_some(), state.durable.take()) {
@@ -985,7 +986,7 @@ impl Node {
             let unreceived = state.inflight.take().into_iter().filter(|e| e.phase == Phase::Puback).map(|e| e.delivery);
             unfinished.extend(unreceived.chain(queued).filter(|d| d.share.is_some()));
             state.awaiting_rel = Vec::new();
-            (std::mem::take(&mut state.subscriptions), state.pending_will.take(), serving)
+            (std::mem::take(&mut state.subscriptions), state.pending_will.take(), serving, persistent)
         };
         for filter in subscriptions.keys() {
             if let Ok(parsed) = Filter::parse(filter) {
@@ -997,7 +998,7 @@ impl Node {
         }
         self.sessions.remove(session);
         if let Some(cluster) = self.cluster.as_ref().filter(|_| !self.sessions.holds(&session.client_id)) {
-            cluster.disown(&session.client_id);
+            cluster.disown(&session.client_id, persistent);
         }
         self.stats.session_ended();
         if let Some(will) = will {
@@ -1056,7 +1057,11 @@ impl LocalNode for Node {
             match self.sessions.hand_over(&self, &client_id, clean_start, pass).await {
                 HandOver::NotOwner => HandedOver::NotOwner,
                 HandOver::Nothing => HandedOver::Nothing,
-                HandOver::Discarded => HandedOver::Discarded,
+                HandOver::Discarded => {
+                    // Its record goes before the new owner may write its own.
+                    let _ = cluster.share_record(&client_id, None).await;
+                    HandedOver::Discarded
+                }
                 HandOver::Moved(moved) => {
                     tracing::info!(
                         client_id,

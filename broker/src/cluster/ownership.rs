@@ -180,15 +180,21 @@ impl Cluster {
         let owners = self.owners().await?;
         let key = key(client_id);
         let me = self.config.node_name.as_str();
+        // Most client ids are owned by nobody: taking the key is then one round trip.
+        let mut try_create = true;
         for _ in 0..CLAIM_TRIES {
+            if std::mem::take(&mut try_create) {
+                match owners.create(&key, Bytes::copy_from_slice(me.as_bytes())).await {
+                    Ok(_) => return Ok(Claim::Here),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("claiming {key}: {e}")),
+                }
+            }
             let entry = owners.entry(key.clone()).await.map_err(|e| format!("reading {key}: {e}"))?;
             let Some((owner, revision)) = entry.as_ref().and_then(|e| Some((owner_of(e)?.to_owned(), e.revision)))
             else {
-                match owners.create(&key, Bytes::copy_from_slice(me.as_bytes())).await {
-                    Ok(_) => return Ok(Claim::Here),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(format!("claiming {key}: {e}")),
-                }
+                try_create = true;
+                continue;
             };
             if owner == me {
                 // Written again, so that a give-up of the key still under way for an ended
@@ -326,8 +332,9 @@ impl Cluster {
         postcard::from_bytes::<Released>(&answer).map(|r| r.0).map_err(|e| format!("unreadable answer: {e}"))
     }
 
-    /// Gives up `client_id`'s key, if this node still owns it: its session ended here.
-    pub(crate) fn disown(self: &Arc<Cluster>, client_id: &str) {
+    /// Gives up `client_id`'s key, if this node still owns it: its session ended here (with
+    /// its record, if it was `persistent`).
+    pub(crate) fn disown(self: &Arc<Cluster>, client_id: &str, persistent: bool) {
         if !self.reachable() {
             return;
         }
@@ -345,7 +352,8 @@ impl Cluster {
             }
             if owner_of(&entry) == Some(cluster.config.node_name.as_str()) {
                 match owners.delete_expect_revision(&key, Some(entry.revision)).await {
-                    Ok(()) => drop(cluster.share_record(&client_id, None)),
+                    Ok(()) if persistent => drop(cluster.share_record(&client_id, None)),
+                    Ok(()) => {}
                     Err(e) => tracing::debug!(client_id, "cluster: a session's owner key stays: {e}"),
                 }
             }

@@ -288,7 +288,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         Some(Elsewhere::Revived(since_ms)) => Box::pin(node.replay_into(&opened.session, *since_ms)).await,
         None => {}
     }
-    node.persist_opened(&opened.session);
+    node.persist_opened(&opened.session, opened.discarded);
     let mut will = will;
     if let Some(will) = &mut will {
         will.message.publisher = opened.session.id;
