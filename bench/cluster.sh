@@ -11,7 +11,8 @@
 #     crosses NATS);
 # then the same at a steady 20,000 QoS 1 messages a second (latency: the brokers' own), and
 # the time a persistent session takes to move from one node to the other when its client
-# reconnects there (bench --bin takeover; TAKEOVERS rounds, default 200).
+# reconnects there (bench --bin takeover; TAKEOVERS rounds, default 200), and connections a
+# second on the lone node and on a clustered one.
 # Each line says how many of the 50,000 messages arrived (the fewest in a run) if some did
 # not: a node holds its publishers back while its queue to NATS is long, so none should be
 # lost (a message past the queue is counted and logged as "not forwarded").
@@ -37,7 +38,7 @@ nats-server -a 127.0.0.1 -p "$N" -js -sd "$WORK/nats" >/dev/null 2>&1 & PIDS+=($
 wait_port "$N"
 for d in a b c; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
 export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  BROKER_MQTT__MAX_MQUEUE_LEN=1000000
+  BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0
 "$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
 for n in b c; do
   port=$B; [ "$n" = c ] && port=$C
@@ -77,3 +78,8 @@ PY
 grep -h "not forwarded" "$WORK"/*.log | tail -2 || true
 # Takeover time across nodes, the old node alive (bench/src/bin/takeover.rs).
 "$BIN/takeover" --from "127.0.0.1:$B" --to "127.0.0.1:$C" --rounds "${TAKEOVERS:-200}"
+# Connections a second (16 clients, each CONNECT / CONNACK / DISCONNECT 200 times in a row):
+# a clustered node claims each client id in NATS.
+for t in "single:$A" "cluster:$B"; do
+  "$BIN/bench" --port "${t#*:}" --scenario connect --clients 16 --messages 200 --label "${t%%:*}" 2>&1 | tail -1
+done
