@@ -23,7 +23,7 @@ use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
 use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, Subscriber, Target};
 use crate::session::moved::MovedSession;
-use crate::session::registry::{Claimed, HandOver, Owner, Sessions, Termination};
+use crate::session::registry::{Adopted, Claimed, HandOver, Owner, Sessions, Termination};
 use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
 use store::{Batch, Store};
@@ -1143,10 +1143,10 @@ impl Owner for Node {
         }
     }
 
-    fn adopt(&self, session: &Arc<Session>, moved: Result<MovedSession, SessionRecord>) {
-        match moved {
-            Ok(moved) => Node::adopt(self, session, moved),
-            Err(record) => {
+    fn adopt(&self, session: &Arc<Session>, adopted: Adopted) {
+        match adopted {
+            Adopted::Moved(moved) => Node::adopt(self, session, moved),
+            Adopted::Revived(record) => {
                 for (filter, options, id) in record.subscriptions() {
                     if let Ok(parsed) = Filter::parse(filter) {
                         self.subscribe(session, filter, &parsed, Subscription { options, id });

@@ -262,3 +262,50 @@ pub(crate) fn merge(
     }
     count
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(qos: u8, payload: &str, origin: Option<u64>) -> Delivery {
+        let mut delivery = Delivery::for_test(qos, payload.as_bytes());
+        Arc::get_mut(&mut delivery.message).expect("one owner").origin = origin.map(|seq| Origin { node: 7, seq });
+        delivery
+    }
+
+    fn payloads(queue: &mut MessageQueue) -> Vec<String> {
+        queue.take().iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect()
+    }
+
+    #[test]
+    fn a_session_moves_with_its_messages_packet_ids_and_phases() {
+        let mut old = State::default();
+        old.inflight.push(5, delivery(1, "sent q1", None));
+        old.inflight.push_released(9, delivery(2, "pubrec came", None));
+        for p in ["a", "b", "c"] {
+            old.queue.push(delivery(2, p, Some(1)));
+        }
+        old.awaiting_rel = vec![3, 4];
+        let moved = MovedSession::decode(&MovedSession::take(&mut old).encode()).expect("reads back");
+        assert_eq!((old.queue.len(), old.inflight.len()), (0, 0), "taken out of the old session");
+        assert_eq!(moved.messages(), 5);
+        let mut new = State::default();
+        moved.install(&mut new);
+        let inflight: Vec<(u16, Phase)> = new.inflight.iter().map(|e| (e.packet_id, e.phase)).collect();
+        assert_eq!(inflight, [(5, Phase::Puback), (9, Phase::Pubcomp)]);
+        assert_eq!(payloads(&mut new.queue), ["a", "b", "c"]);
+        assert_eq!(new.awaiting_rel, [3, 4]);
+    }
+
+    #[test]
+    fn what_reached_both_nodes_is_merged_once_and_older_messages_go_first() {
+        let mut queue = MessageQueue::default();
+        queue.push(delivery(1, "x", Some(1)));
+        queue.push(delivery(1, "y", Some(2)));
+        let older = [delivery(1, "a", Some(0)), delivery(1, "x again", Some(1)), delivery(1, "no origin", None)];
+        let mut seen = 0;
+        assert_eq!(merge(&mut queue, older, |_| seen += 1), 2);
+        assert_eq!(seen, 2);
+        assert_eq!(payloads(&mut queue), ["a", "no origin", "x", "y"]);
+    }
+}

@@ -48,10 +48,18 @@ pub(crate) trait Owner: Send + Sync + 'static {
     /// `clean_start` opens it here (see `crate::cluster`); a node alone owns every session.
     /// Err says why it could not.
     fn claim(&self, client: &ClientInfo, clean_start: bool) -> impl Future<Output = Result<Claimed, String>> + Send;
-    /// Puts what another node gave up (`Ok`) into `session`, new and attached: its messages,
-    /// and its subscriptions into the router; or (`Err`) the subscriptions of a record of a
-    /// session whose node died.
-    fn adopt(&self, session: &Arc<Session>, moved: Result<MovedSession, SessionRecord>);
+    /// Puts into `session`, new and attached, a session from another node: its messages and
+    /// subscriptions (given up), or its subscriptions (revived from its record).
+    fn adopt(&self, session: &Arc<Session>, adopted: Adopted);
+}
+
+/// A session that comes from another node's ([`Owner::adopt`]).
+#[derive(Debug)]
+pub(crate) enum Adopted {
+    /// Given up by the node that had it.
+    Moved(MovedSession),
+    /// The record of a session whose node is not running.
+    Revived(SessionRecord),
 }
 
 /// What became of a client id's session elsewhere in the cluster ([`Owner::claim`]).
@@ -265,10 +273,17 @@ impl Sessions {
             Claimed::Here => false,
             Claimed::Discarded => true,
             Claimed::Moved { session: moved, from } => {
-                return Ok(self.adopt(node, client, connection, expiry, Ok(moved), Elsewhere::Moved(from)));
+                return Ok(self.adopt(node, client, connection, expiry, Adopted::Moved(moved), Elsewhere::Moved(from)));
             }
             Claimed::Revived { record, since_ms } => {
-                return Ok(self.adopt(node, client, connection, expiry, Err(record), Elsewhere::Revived(since_ms)));
+                return Ok(self.adopt(
+                    node,
+                    client,
+                    connection,
+                    expiry,
+                    Adopted::Revived(record),
+                    Elsewhere::Revived(since_ms),
+                ));
             }
         };
         let mut taken_over = false;
@@ -351,17 +366,16 @@ impl Sessions {
         }
     }
 
-    /// Opens, for connection `connection` of `client`, the session another node gave up
-    /// (`Ok`), or one revived from its record (`Err`). A session this node still has for the
-    /// client id is older than that one (its node was not the owner): it goes, and its
-    /// connection with it.
+    /// Opens, for connection `connection` of `client`, a session from another node (`adopted`).
+    /// A session this node still has for the client id is older than that one (this node was
+    /// not its owner): it goes, and its connection with it.
     fn adopt(
         &self,
         node: &impl Owner,
         client: &Arc<ClientInfo>,
         connection: u64,
         expiry: u32,
-        moved: Result<MovedSession, SessionRecord>,
+        adopted: Adopted,
         elsewhere: Elsewhere,
     ) -> Opened {
         if let Some(stale) = self.get(&client.client_id) {
@@ -372,7 +386,7 @@ impl Sessions {
             }
         }
         let session = self.create(node, client, connection, expiry);
-        node.adopt(&session, moved);
+        node.adopt(&session, adopted);
         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
         node.stats().metrics.inc(Metric::SessionTakeovered);
         Opened { session, present: true, discarded: false, taken_over: true, elsewhere: Some(elsewhere) }
