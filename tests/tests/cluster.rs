@@ -1052,3 +1052,30 @@ fn killing_the_subscribers_node_loses_no_acknowledged_qos_1_message() {
         n2 = Broker::start(&d2, &env2);
     }
 }
+
+/// A will without a delay is sent when its connection is taken over from another node
+/// (MQTT-3.1.4-3: the existing client's will is published), once.
+#[test]
+fn a_will_without_delay_is_sent_when_its_connection_is_taken_over_from_another_node() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@w1");
+    let (_d2, n2) = node(&nats, "emqx@w2");
+    let mut watcher = C5::connect(&n2, "w-watcher");
+    watcher.subscribe("will/#", QoS::AtLeastOnce);
+    let will = rumqttc::v5::mqttbytes::v5::LastWill::new("will/w", "gone", QoS::AtLeastOnce, false, None);
+    let connect = rumqttc::v5::mqttbytes::v5::Connect {
+        keep_alive: 60,
+        client_id: "willer".to_owned(),
+        clean_start: true,
+        properties: expiry(300),
+    };
+    let (old, _) = C5::connect_packet(&n1, &rumqttc::v5::mqttbytes::v5::Packet::Connect(connect, Some(will), None));
+    let (_new, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("willer", false, expiry(300)));
+    assert!(ack.session_present, "{ack:?}");
+    old.expect_disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    let p = watcher.next_publish();
+    assert_eq!((topic(&p), payload(&p)), ("will/w".to_owned(), "gone".to_owned()));
+    let mut publisher = C5::connect(&n1, "w-pub");
+    publisher.publish("will/marker", QoS::AtLeastOnce, "");
+    assert_eq!(topic(&watcher.next_publish()), "will/marker", "the will came once");
+}
