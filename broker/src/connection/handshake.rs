@@ -195,8 +195,9 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
     };
     let max_packet_size = connect.properties.maximum_packet_size;
+    // Boxed at once: it lives across every await below, in a state allocated per connection.
     let will = match will(node, &connect) {
-        Ok(will) => will,
+        Ok(will) => will.map(Box::new),
         Err(Some(code)) => {
             refuse(node, &mut io, Some(&client), version, code, max_packet_size).await;
             return None;
@@ -270,8 +271,13 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, io.shutdown()).await;
         return None;
     };
+    // Boxed: it stays alive across the awaits below (opening the session, which in a cluster
+    // may ask other nodes), and the handshake's state is allocated for every connection.
+    let properties = Box::new(properties);
     let id = node.next_connection_id();
-    let opened = match node.sessions.open(&**node, &client, id, connect.clean_start, expiry).await {
+    // Boxed: what opening a session waits for (its turn, a cluster's claim) would otherwise
+    // be part of every connection's task for as long as the connection lives.
+    let opened = match Box::pin(node.sessions.open(&**node, &client, id, connect.clean_start, expiry)).await {
         Ok(opened) => opened,
         Err(why) => {
             // In a cluster: the session's owner could not be settled (NATS failing, or the node
@@ -283,7 +289,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
     };
     // Boxed: their NATS round trips would otherwise make every connection's task larger.
-    match &opened.elsewhere {
+    match opened.elsewhere.as_deref() {
         Some(Elsewhere::Moved(from)) => Box::pin(node.finish_move(&opened.session, from)).await,
         Some(Elsewhere::Revived(since_ms)) => Box::pin(node.replay_into(&opened.session, *since_ms)).await,
         None => {}
@@ -327,7 +333,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             .map(|max| Box::new(OutgoingAliases::new(max))),
         acl_cache: zone.acl_cache.map(super::AclCache::new),
         superuser,
-        will: will.map(Box::new),
+        will,
         expiry_was_zero: expiry == 0,
         now,
         now_ms: crate::now_ms(),

@@ -152,8 +152,9 @@ pub(crate) struct Opened {
     pub(crate) session: Arc<Session>,
     /// An existing session was resumed (CONNACK's Session Present).
     pub(crate) present: bool,
-    /// In a cluster: the session came from another node's ([`Elsewhere`]).
-    pub(crate) elsewhere: Option<Elsewhere>,
+    /// In a cluster: the session came from another node's ([`Elsewhere`]). Boxed: every
+    /// connection's task holds an `Opened` while it finishes its handshake.
+    pub(crate) elsewhere: Option<Box<Elsewhere>>,
     /// An existing session was ended for this one (`session.discarded`).
     pub(crate) discarded: bool,
     /// The session resumed was taken from a live connection (`session.takenover`).
@@ -389,7 +390,7 @@ impl Sessions {
         node.adopt(&session, adopted);
         lock(&self.by_client_id).insert(client.client_id.clone(), session.clone());
         node.stats().metrics.inc(Metric::SessionTakeovered);
-        Opened { session, present: true, discarded: false, taken_over: true, elsewhere: Some(elsewhere) }
+        Opened { session, present: true, discarded: false, taken_over: true, elsewhere: Some(Box::new(elsewhere)) }
     }
 
     /// Gives `client_id`'s session up to another node, whose connection asked with
