@@ -80,36 +80,41 @@ struct Shared {
     queue_size: usize,
     /// Events are being dropped: the queue was full and has not drained to half since.
     overflowing: AtomicBool,
-    /// Dropped in the current burst.
-    dropped_in_burst: AtomicU64,
+    /// [`Counters::dropped`] when the current burst of drops began.
+    burst_start: AtomicU64,
     /// The last request failed.
     failing: AtomicBool,
     /// Failed in the current run of failures.
     failed_in_run: AtomicU64,
-    /// Counted but not yet added to the broker's metrics, by [`Count`].
-    unreported: [AtomicU64; 3],
+    /// Each [`Count`] as last added to the broker's metrics.
+    reported: [AtomicU64; 3],
 }
 
 impl Shared {
-    /// Adds `n` to `count`, now, and to its broker metric at the next [`Shared::report`].
-    fn count(&self, count: Count, n: u64) {
-        let counter = match count {
+    fn counter(&self, count: Count) -> &AtomicU64 {
+        match count {
             Count::Sent => &self.counters.sent,
             Count::Failed => &self.counters.failed,
             Count::Dropped => &self.counters.dropped,
-        };
-        counter.fetch_add(n, Ordering::Relaxed);
-        self.unreported[count as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `n` to `count` (its broker metric follows at the next [`Shared::report`]), and
+    /// returns what it was.
+    fn count(&self, count: Count, n: u64) -> u64 {
+        self.counter(count).fetch_add(n, Ordering::Relaxed)
     }
 
     /// Adds what was counted since the last report to the broker's metrics (`broker
-    /// metrics`, `emqx_prometheus`: `emqx_web_hook_dropped`, ...).
+    /// metrics`, `emqx_prometheus`: `emqx_web_hook_dropped`, ...). Called from one thread at
+    /// a time (the sending thread, then `stop` once it has ended).
     fn report(&self) {
         for count in Count::ALL {
-            let n = self.unreported[count as usize].swap(0, Ordering::Relaxed);
-            if n > 0 {
+            let now = self.counter(count).load(Ordering::Relaxed);
+            let before = self.reported[count as usize].swap(now, Ordering::Relaxed);
+            if now > before {
                 // A broker too old for plugin counters has them in `ctl web_hook status` only.
-                let _ = self.host.metric_add(count.metric(), n);
+                let _ = self.host.metric_add(count.metric(), now - before);
             }
         }
     }
@@ -150,10 +155,10 @@ impl Sender {
             queued: AtomicUsize::new(0),
             queue_size: settings.queue_size,
             overflowing: AtomicBool::new(false),
-            dropped_in_burst: AtomicU64::new(0),
+            burst_start: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             failed_in_run: AtomicU64::new(0),
-            unreported: Default::default(),
+            reported: Default::default(),
         });
         let worker = Worker {
             client,
@@ -197,12 +202,14 @@ impl Sender {
         self.shared.queued.load(Ordering::Acquire) >= self.shared.queue_size
     }
 
-    /// Counts an event dropped because the queue is full (the first of a burst logged).
+    /// Counts an event dropped because the queue is full (the first of a burst logged). In a
+    /// burst, one atomic add and one load: the network threads do not write the same cache
+    /// line twice an event.
     pub(crate) fn drop_event(&self) {
         let shared = &self.shared;
-        shared.count(Count::Dropped, 1);
-        shared.dropped_in_burst.fetch_add(1, Ordering::Relaxed);
-        if !shared.overflowing.swap(true, Ordering::AcqRel) {
+        let before = shared.count(Count::Dropped, 1);
+        if !shared.overflowing.load(Ordering::Relaxed) && !shared.overflowing.swap(true, Ordering::AcqRel) {
+            shared.burst_start.store(before, Ordering::Relaxed);
             shared.host.warn(&format!(
                 "the queue is full ({} events wait to be sent): events are dropped until it drains \
                  (counted, not logged: broker ctl web_hook status)",
@@ -305,7 +312,11 @@ impl Worker {
             && shared.overflowing.load(Ordering::Acquire)
             && shared.overflowing.swap(false, Ordering::AcqRel)
         {
-            let dropped = shared.dropped_in_burst.swap(0, Ordering::AcqRel);
+            let dropped = shared
+                .counters
+                .dropped
+                .load(Ordering::Relaxed)
+                .saturating_sub(shared.burst_start.load(Ordering::Relaxed));
             shared.host.info(&format!("the queue drained: {dropped} event(s) were dropped while it was full"));
         }
     }
@@ -354,8 +365,8 @@ fn error_chain(e: &reqwest::Error) -> String {
     text
 }
 
-/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, and the TLS
-/// files (relative to `data_dir`).
+/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, the TLS
+/// files (relative to `data_dir`), and no proxy (`HTTP_PROXY` and the like are not used).
 fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, StartError> {
     let ssl = &settings.ssl;
     let file = |key: &'static str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StartError> {
@@ -369,7 +380,10 @@ fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, Start
             }
         }
     };
+    // No proxy: the service is reached directly, as EMQX's ehttpc does (and reqwest does
+    // not look the URL up against the proxy settings for every request).
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .timeout(settings.request_timeout)
         .connect_timeout(settings.connect_timeout)
         .pool_max_idle_per_host(settings.pool_size)
