@@ -8,7 +8,7 @@
 //! The hooks never wait on the service: each copies the event's fields (see `capture`) into
 //! a bounded queue (see `sender`), which the plugin's own thread empties, building each body
 //! and sending `pool_size` requests at a time, one client's events in the order they
-//! happened. That thread runs at a low scheduling priority (`sender_nice`, see `priority`):
+//! happened. That thread runs at a low scheduling priority (`sender_priority`, see `priority`):
 //! under a burst, MQTT traffic gets the CPU first. A slow or dead service fills the queue; past
 //! `queue_size` events are dropped, counted and logged once a burst, and MQTT traffic goes on
 //! as before.
@@ -52,7 +52,7 @@ impl WebHook {
             format!("failed      : {}", n(&c.failed)),
             format!("dropped     : {}", n(&c.dropped)),
             format!("encoding    : {}", self.settings.encoding.name()),
-            format!("sender_nice : {}", self.settings.sender_nice),
+            format!("sender_prio : {}", self.settings.sender_priority.name()),
             format!("rules       : {}", self.settings.rules.describe()),
         ]
         .join("\n")
@@ -64,12 +64,12 @@ impl Plugin for WebHook {
         let settings = Settings::from_json(config.json())?;
         let sender = Sender::start(host, &settings)?;
         host.info(&format!(
-            "posting events to {} (queue {}, pool {}, timeout {}, sender_nice {}): {}",
+            "posting events to {} (queue {}, pool {}, timeout {}, sender_priority {}): {}",
             settings.url,
             settings.queue_size,
             settings.pool_size,
             humantime::format_duration(settings.request_timeout),
-            settings.sender_nice,
+            settings.sender_priority.name(),
             settings.rules.describe()
         ));
         Ok(WebHook { host, settings, sender })

@@ -1,7 +1,7 @@
 //! The queue and the thread that empties it. Hooks only [`Sender::enqueue`] an event's
 //! fields ([`Captured`]), which never waits: past `queue_size` events waiting, the event is
 //! dropped and counted, and the first drop of a burst is logged (the end of the burst too,
-//! once the queue has drained to half). The thread runs at the nice value `sender_nice` (see
+//! once the queue has drained to half). The thread runs at `sender_priority` (see
 //! `priority`) a single-threaded tokio runtime with `pool_size` lanes; each lane builds its
 //! events' bodies and POSTs them one after the other with reqwest (a pool of keep-alive
 //! connections), each within `request_timeout`. An event goes to the lane of its client id (as EMQX's
@@ -168,10 +168,10 @@ impl Sender {
             encoding: settings.encoding,
             shared: shared.clone(),
         };
-        let nice = settings.sender_nice;
+        let priority = settings.sender_priority;
         let lower = move || {
-            if let Err(e) = crate::priority::lower_this_thread(nice) {
-                host.warn(&format!("cannot lower the sending thread's priority to nice {nice}: {e}"));
+            if let Err(e) = crate::priority::lower_this_thread(priority) {
+                host.warn(&format!("cannot move the sending thread to priority {}: {e}", priority.name()));
             }
         };
         // The runtime's helper threads (name lookups) are background work too.
