@@ -196,6 +196,7 @@ impl Exhook {
         };
         let message = match outcome {
             decide::Publish::Drop => return HookResult::Drop,
+            decide::Publish::Unchanged => return HookResult::Continue,
             decide::Publish::Keep(message) => message,
         };
         // EMQX applies the message the fold returns: topic, payload and QoS (a QoS above 2
