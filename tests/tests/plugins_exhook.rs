@@ -606,6 +606,35 @@ fn message_publish_rewrites_topic_payload_and_qos_and_allow_publish_false_drops(
     assert_eq!(asked, [json!("drop/1"), json!("rewrite/a")], "plain/1 is outside the server's filters");
 }
 
+/// Two servers fold `message.publish` in the order configured (EMQX's `call_fold`): the
+/// second is asked about the message as the first answered it, and its `IGNORE` keeps the
+/// first's answer; a message only the second is asked about, and ignores, goes on as it was.
+#[test]
+fn message_publish_folds_over_two_servers_in_order() {
+    let first = Provider::start(Proto::V2, &[("message.publish", &["rewrite/#"])]);
+    let second = Provider::start(Proto::V2, &[("message.publish", &["#"])]);
+    let servers = [server("first", &first.url(), Proto::V2), server("second", &second.url(), Proto::V2)];
+    let (_dir, broker) = broker_with(&servers, "", &[]);
+
+    let mut watcher = client5(&broker, "fold-watcher", "w");
+    watcher.subscribe("#", QoS::AtLeastOnce);
+    let mut publisher = client5(&broker, "fold-publisher", "p");
+    publisher.publish("rewrite/a", QoS::AtLeastOnce, "hello");
+    publisher.publish("plain/1", QoS::AtLeastOnce, "as is");
+
+    let moved = watcher.next_publish();
+    assert_eq!((e2e::raw::topic(&moved), e2e::raw::payload(&moved)), ("rewritten/a".to_owned(), "HELLO".to_owned()));
+    assert_eq!(moved.qos, QoS::AtMostOnce, "the first server's answer, kept through the second's IGNORE");
+    let plain = watcher.next_publish();
+    assert_eq!((e2e::raw::topic(&plain), e2e::raw::payload(&plain)), ("plain/1".to_owned(), "as is".to_owned()));
+
+    let topics = |p: &Provider| -> Vec<Value> {
+        p.seen("OnMessagePublish").iter().map(|r| r["message"]["topic"].clone()).collect()
+    };
+    assert_eq!(topics(&first), [json!("rewrite/a")]);
+    assert_eq!(topics(&second), [json!("rewritten/a"), json!("plain/1")], "asked with the first's answer");
+}
+
 /// A v1 server (EMQX 4.3's `emqx.exhook.v1`): `client.check_acl` by that name, BrokerInfo
 /// with the uptime in words and the local date, the share group apart from the topic in
 /// `session.subscribed`, no `peerport`; its `message.publish` answers move messages too.

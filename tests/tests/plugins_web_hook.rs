@@ -240,6 +240,14 @@ fn counter(dir: &DataDir, name: &str) -> u64 {
     stat_in(&status(dir), name)
 }
 
+/// The broker's metric `name` (`web_hook.sent`, ...), 0 before the plugin first reports it
+/// (it adds its counts to the broker's metrics a few times a second).
+fn metric(dir: &DataDir, name: &str) -> u64 {
+    let counters = e2e::counters(dir);
+    let line = counters.lines().find(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == name));
+    line.map_or(0, |l| stat_in(l, name))
+}
+
 fn assert_timestamp(body: &Value, key: &str) {
     assert!(body[key].as_u64().is_some_and(|ms| ms > 0), "{key} in milliseconds: {body}");
 }
@@ -537,12 +545,18 @@ async fn a_dead_service_does_not_hold_up_mqtt_traffic() {
 
 /// A service that never answers: `pool_size` requests hang, the queue fills, and past
 /// `queue_size` events are dropped (counted, logged once) while MQTT traffic goes on. An
-/// unload does not wait for the service: what was not sent is dropped.
+/// unload does not wait for the service: what was not sent is dropped. The sending thread
+/// runs at the broker's priority (`sender_priority = "normal"`): the test counts what it
+/// took from the queue as soon as the queue is full, which a thread at `idle` priority on a
+/// busy machine may not have done yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
     let service = HookService::start(Reply::Hang);
     let (dir, broker) = broker_with(
-        &format!("[web_hook]\nurl = \"{}\"\nqueue_size = 5\npool_size = 2\nrequest_timeout = \"1h\"\n", service.url()),
+        &format!(
+            "[web_hook]\nurl = \"{}\"\nqueue_size = 5\npool_size = 2\nrequest_timeout = \"1h\"\nsender_priority = \"normal\"\n",
+            service.url()
+        ),
         &[],
     );
 
@@ -567,7 +581,7 @@ async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
     // The broker's metrics (and so `emqx_prometheus`) count them too.
     let dropped = stat_in(&status, "dropped");
     wait_until("web_hook.dropped in the broker's metrics", || {
-        (e2e::stat(&dir, "web_hook.dropped") >= dropped).then_some(())
+        (metric(&dir, "web_hook.dropped") >= dropped).then_some(())
     });
 
     // Still no wait on the service: traffic flows, and an unload stops the plugin at once.
@@ -660,6 +674,62 @@ async fn ten_thousand_messages_flow_while_the_service_hangs() {
     let full: Vec<String> = broker.logs().into_iter().filter(|l| l.contains("the queue is full")).collect();
     assert_eq!(full.len(), 1, "one line for the burst: {full:#?}");
     eprintln!("{events} events: {dropped} dropped, {failed} failed, {in_flight} in flight");
+}
+
+/// The scheduling of the broker's thread named `name` (`/proc/PID/task/*/stat`), if it has
+/// one: its nice value and its policy (0: `SCHED_OTHER`, 5: `SCHED_IDLE`).
+#[cfg(target_os = "linux")]
+fn scheduling_of_thread(broker: &Broker, name: &str) -> Option<(i64, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", broker.pid())).ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields 19 and 41: the 17th and 39th after the command's closing parenthesis.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+        Some((fields.get(16)?.parse().ok()?, fields.get(38)?.parse().ok()?))
+    })
+}
+
+/// Web hook delivery is background work: the sending thread runs at `sender_priority`
+/// (`idle` by default: `SCHED_IDLE`; `low`: nice 19; the broker's own threads stay at
+/// theirs), and events flow at that priority: every one is sent when the CPU has room.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sending_thread_runs_at_a_low_priority() {
+    const SCHED_IDLE: i64 = 5;
+    let service = HookService::start(Reply::Ok);
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"{}\"\n", service.url()), &[]);
+    let broker_scheduling = scheduling_of_thread(&broker, "broker").expect("the main thread");
+    assert_eq!(scheduling_of_thread(&broker, "emqx_web_hook").map(|(_, policy)| policy), Some(SCHED_IDLE));
+    assert!(status(&dir).contains("sender_prio : idle"), "{}", status(&dir));
+    assert_eq!(
+        scheduling_of_thread(&broker, "tokio-rt-worker"),
+        Some(broker_scheduling),
+        "network threads keep theirs"
+    );
+
+    let mut sub = Client::connect(&broker, "idle-sub").await;
+    sub.subscribe("idle/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "idle-pub").await;
+    for i in 0..100 {
+        publisher.publish_acked(&format!("idle/{i}"), QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    assert_eq!(sub.receive(100).await.len(), 100);
+    // 2 connected, 1 subscribe, 1 subscribed, and 100 each of publish, delivered and acked.
+    wait_until("every event sent", || (counter(&dir, "sent") == 304).then_some(()));
+    assert_eq!(counter(&dir, "dropped"), 0);
+    wait_until("web_hook.sent in the broker's metrics", || (metric(&dir, "web_hook.sent") == 304).then_some(()));
+
+    // `low`: nice 19; `normal`: the broker's.
+    for (priority, expected) in [("low", (19, broker_scheduling.1)), ("normal", broker_scheduling)] {
+        let service = HookService::start(Reply::Ok);
+        let toml = format!("[web_hook]\nurl = \"{}\"\nsender_priority = \"{priority}\"\n", service.url());
+        let (_dir, broker) = broker_with(&toml, &[]);
+        assert_eq!(scheduling_of_thread(&broker, "emqx_web_hook"), Some(expected), "{priority}");
+    }
 }
 
 /// An `https://` service that wants a client certificate: with `ssl.cacertfile` (its private

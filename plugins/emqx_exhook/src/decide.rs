@@ -93,6 +93,8 @@ pub(crate) enum Publish {
     Drop,
     /// Go on with it, as the last server that gave a message left it.
     Keep(v2::Message),
+    /// Go on with it as it was: no server gave a message.
+    Unchanged,
 }
 
 /// `message.publish`: each server that wants the message's topic (as the servers before it
@@ -101,21 +103,30 @@ pub(crate) async fn fold_message(
     servers: Arc<[Arc<Server>]>,
     context: Arc<Context>,
     key: String,
-    mut message: v2::Message,
+    message: v2::Message,
 ) -> Publish {
     let point = Point::MessagePublish;
-    for server in servers.iter() {
-        if server.denies_while_down(point, Some(&message.topic)) {
+    // `None` once the message went, as the hook got it, to the last server: it is not copied
+    // for that call (most often the only one), as `Unchanged` says all there is to say.
+    let mut message = Some(message);
+    let mut changed = false;
+    for (i, server) in servers.iter().enumerate() {
+        let Some(current) = &message else { break };
+        if server.denies_while_down(point, Some(&current.topic)) {
             return Publish::Drop;
         }
-        if !server.wants(point, Some(&message.topic)) {
+        if !server.wants(point, Some(&current.topic)) {
             continue;
         }
-        match server.call(point, &key, context.publish(message.clone())).await {
+        let last = i + 1 == servers.len();
+        let sent = if last && !changed { message.take() } else { message.clone() };
+        let sent = sent.unwrap_or_default();
+        match server.call(point, &key, context.publish(sent)).await {
             Ok(reply) => match read(&reply, server, point) {
                 None => {}
                 Some((stop, Some(Value::Message(answered)))) => {
-                    message = answered;
+                    message = Some(answered);
+                    changed = true;
                     if stop {
                         break;
                     }
@@ -126,8 +137,9 @@ pub(crate) async fn fold_message(
             Err(_) => {}
         }
     }
-    if message.headers.get("allow_publish").map(String::as_str) == Some("false") {
-        return Publish::Drop;
+    match message {
+        Some(m) if m.headers.get("allow_publish").map(String::as_str) == Some("false") => Publish::Drop,
+        Some(m) if changed => Publish::Keep(m),
+        _ => Publish::Unchanged,
     }
-    Publish::Keep(message)
 }

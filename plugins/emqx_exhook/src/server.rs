@@ -165,7 +165,9 @@ impl Server {
     pub(crate) async fn call(&self, point: Point, key: &str, rpc: Rpc) -> Result<Answer, CallError> {
         self.calls[point as usize].fetch_add(1, Ordering::Relaxed);
         let timeout = self.settings.request_timeout;
-        let call = proto::call(self.channel(key), self.settings.proto, rpc, timeout);
+        // Boxed: the call's state (one arm per rpc and version) is large, and the futures
+        // that wait for it are moved (spawned) whole.
+        let call = Box::pin(proto::call(self.channel(key), self.settings.proto, rpc, timeout));
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout(timeout)),

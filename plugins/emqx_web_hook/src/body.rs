@@ -10,9 +10,10 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use plugin_api::{Event, Hook};
+use plugin_api::Hook;
 use serde::Serialize;
 
+use crate::capture::Captured;
 use crate::settings::PayloadEncoding;
 
 /// `client.connect`, `client.connack`, `client.connected`.
@@ -131,6 +132,17 @@ pub(crate) const fn action(hook: Hook) -> &'static str {
     }
 }
 
+/// Whether the web hook has a body for `event`: a hook it sends, and not a message on a
+/// `$SYS/` topic (EMQX skips those). Checked in the hook, before anything is copied.
+pub(crate) fn sendable(event: &plugin_api::Event<'_>) -> bool {
+    match event.hook {
+        Hook::MessagePublish | Hook::MessageDelivered | Hook::MessageAcked | Hook::MessageDropped => {
+            !event.topic.starts_with("$SYS/")
+        }
+        hook => crate::settings::EVENTS.contains(&hook),
+    }
+}
+
 /// The JSON body for `event` from node `node`, or `None` for an event the web hook does not
 /// send: a hook it has no body for, or a message on a `$SYS/` topic (EMQX skips those).
 ///
@@ -138,20 +150,20 @@ pub(crate) const fn action(hook: Hook) -> &'static str {
 /// `message.delivered` and `message.acked` are `null` (the broker's delivery events do not
 /// say who published). `message.dropped`'s `clientid` is the subscriber's for the reasons
 /// `queue_full`, `expired` and `too_large`, the publisher's for `no_subscribers` and `denied`.
-pub(crate) fn body(event: &Event<'_>, node: &str, encoding: PayloadEncoding) -> Option<Vec<u8>> {
+pub(crate) fn body(event: &Captured, node: &str, encoding: PayloadEncoding) -> Option<Vec<u8>> {
     let action = action(event.hook);
-    let username = Some(event.username).filter(|u| !u.is_empty());
+    let username = Some(event.username()).filter(|u| !u.is_empty());
     let payload = || match encoding {
-        PayloadEncoding::Plain => String::from_utf8_lossy(event.payload),
-        PayloadEncoding::Base64 => Cow::Owned(base64::engine::general_purpose::STANDARD.encode(event.payload)),
+        PayloadEncoding::Plain => String::from_utf8_lossy(&event.payload),
+        PayloadEncoding::Base64 => Cow::Owned(base64::engine::general_purpose::STANDARD.encode(&event.payload)),
     };
     let json = match event.hook {
         Hook::ClientConnect | Hook::ClientConnack | Hook::ClientConnected => serde_json::to_vec(&ClientBody {
             action,
             node,
-            clientid: event.client_id,
+            clientid: event.client_id(),
             username,
-            ipaddress: ip_address(event.peer),
+            ipaddress: ip_address(event.peer()),
             keepalive: event.keepalive,
             proto_ver: event.proto_ver,
             connected_at: (event.hook == Hook::ClientConnected).then_some(event.timestamp_ms),
@@ -161,9 +173,9 @@ pub(crate) fn body(event: &Event<'_>, node: &str, encoding: PayloadEncoding) -> 
         Hook::ClientDisconnected | Hook::SessionTerminated => serde_json::to_vec(&EndBody {
             action,
             node,
-            clientid: event.client_id,
+            clientid: event.client_id(),
             username,
-            reason: event.reason,
+            reason: event.reason(),
             disconnected_at: (event.hook == Hook::ClientDisconnected).then_some(event.timestamp_ms),
         }),
         Hook::ClientSubscribe | Hook::ClientUnsubscribe | Hook::SessionSubscribed | Hook::SessionUnsubscribed => {
@@ -182,45 +194,45 @@ pub(crate) fn body(event: &Event<'_>, node: &str, encoding: PayloadEncoding) -> 
             serde_json::to_vec(&SubscriptionBody {
                 action,
                 node,
-                clientid: event.client_id,
+                clientid: event.client_id(),
                 username,
-                topic: event.topic,
+                topic: event.topic(),
                 opts,
             })
         }
         Hook::MessagePublish | Hook::MessageDelivered | Hook::MessageAcked => {
-            if event.topic.starts_with("$SYS/") {
+            if event.topic().starts_with("$SYS/") {
                 return None;
             }
             let publish = event.hook == Hook::MessagePublish;
             serde_json::to_vec(&MessageBody {
                 action,
                 node,
-                clientid: (!publish).then_some(event.client_id),
+                clientid: (!publish).then_some(event.client_id()),
                 username: (!publish).then_some(username),
-                from_client_id: publish.then_some(event.client_id),
+                from_client_id: publish.then_some(event.client_id()),
                 from_username: if publish { username } else { None },
-                topic: event.topic,
-                qos: event.qos as u8,
+                topic: event.topic(),
+                qos: event.qos,
                 retain: event.retain,
                 payload: payload(),
                 ts: event.timestamp_ms,
             })
         }
         Hook::MessageDropped => {
-            if event.topic.starts_with("$SYS/") {
+            if event.topic().starts_with("$SYS/") {
                 return None;
             }
             serde_json::to_vec(&DroppedBody {
                 action,
                 node,
-                clientid: event.client_id,
-                topic: event.topic,
-                qos: event.qos as u8,
+                clientid: event.client_id(),
+                topic: event.topic(),
+                qos: event.qos,
                 retain: event.retain,
                 payload: payload(),
                 ts: event.timestamp_ms,
-                reason: event.reason,
+                reason: event.reason(),
             })
         }
         // Not among EMQX 4.2's web hook events.

@@ -5,16 +5,20 @@
 //! `message.delivered`, `message.acked` and `message.dropped` by default, `client.connect`
 //! and `client.connack` when a rule names them. A rule may select on a topic filter.
 //!
-//! The hooks never wait on the service: each builds the body and puts it in a bounded queue
-//! (see `sender`), which the plugin's own thread empties, `pool_size` requests at a time, one
-//! client's events in the order they happened. A slow or dead service fills the queue; past
+//! The hooks never wait on the service: each copies the event's fields (see `capture`) into
+//! a bounded queue (see `sender`), which the plugin's own thread empties, building each body
+//! and sending `pool_size` requests at a time, one client's events in the order they
+//! happened. That thread runs at a low scheduling priority (`sender_priority`, see `priority`):
+//! under a burst, MQTT traffic gets the CPU first. A slow or dead service fills the queue; past
 //! `queue_size` events are dropped, counted and logged once a burst, and MQTT traffic goes on
 //! as before.
 //!
 //! Config: the `[web_hook]` table (see `settings`). Command: `broker ctl web_hook status`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod body;
+mod capture;
+mod priority;
 mod sender;
 mod settings;
 
@@ -22,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use plugin_api::{declare_plugin, BoxError, Config, Event, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind};
 
+use capture::Captured;
 use sender::Sender;
 use settings::{Settings, EVENTS};
 
@@ -30,8 +35,6 @@ use settings::{Settings, EVENTS};
 pub struct WebHook {
     host: Host,
     settings: Settings,
-    /// This node's name, EMQX's `node` field.
-    node: String,
     sender: Sender,
 }
 
@@ -49,6 +52,7 @@ impl WebHook {
             format!("failed      : {}", n(&c.failed)),
             format!("dropped     : {}", n(&c.dropped)),
             format!("encoding    : {}", self.settings.encoding.name()),
+            format!("sender_prio : {}", self.settings.sender_priority.name()),
             format!("rules       : {}", self.settings.rules.describe()),
         ]
         .join("\n")
@@ -60,26 +64,26 @@ impl Plugin for WebHook {
         let settings = Settings::from_json(config.json())?;
         let sender = Sender::start(host, &settings)?;
         host.info(&format!(
-            "posting events to {} (queue {}, pool {}, timeout {}): {}",
+            "posting events to {} (queue {}, pool {}, timeout {}, sender_priority {}): {}",
             settings.url,
             settings.queue_size,
             settings.pool_size,
             humantime::format_duration(settings.request_timeout),
+            settings.sender_priority.name(),
             settings.rules.describe()
         ));
-        Ok(WebHook { host, node: host.node_name().to_owned(), settings, sender })
+        Ok(WebHook { host, settings, sender })
     }
 
-    /// Only builds the body and queues it: never waits. With the queue full, not even that:
-    /// the event is counted as dropped (`$SYS/` messages, never sent, are not counted).
+    /// Only copies the event's fields and queues them (the sending thread builds the body):
+    /// never waits. With the queue full, not even that: the event is counted as dropped
+    /// (`$SYS/` messages, never sent, are not counted).
     fn on_event(&self, event: &Event<'_>) -> HookResult {
-        if self.settings.rules.wants(event.hook, event.topic) {
+        if self.settings.rules.wants(event.hook, event.topic) && body::sendable(event) {
             if self.sender.is_full() {
-                if !event.topic.starts_with("$SYS/") {
-                    self.sender.drop_event();
-                }
-            } else if let Some(body) = body::body(event, &self.node, self.settings.encoding) {
-                self.sender.enqueue(event.client_id, body);
+                self.sender.drop_event();
+            } else {
+                self.sender.enqueue(event.client_id, Captured::of(event));
             }
         }
         HookResult::Continue

@@ -1,28 +1,60 @@
-//! The queue and the thread that empties it. Hooks only [`Sender::enqueue`] a body, which
-//! never waits: past `queue_size` events waiting, the event is dropped and counted, and the
-//! first drop of a burst is logged (the end of the burst too, once the queue has drained to
-//! half). The thread runs a single-threaded tokio runtime with `pool_size` lanes; each lane
-//! POSTs its events one after the other with reqwest (a pool of keep-alive connections),
-//! each within `request_timeout`. An event goes to the lane of its client id (as EMQX's
+//! The queue and the thread that empties it. Hooks only [`Sender::enqueue`] an event's
+//! fields ([`Captured`]), which never waits: past `queue_size` events waiting, the event is
+//! dropped and counted, and the first drop of a burst is logged (the end of the burst too,
+//! once the queue has drained to half). The thread runs at `sender_priority` (see
+//! `priority`) a single-threaded tokio runtime with `pool_size` lanes; each lane builds its
+//! events' bodies and POSTs them one after the other with reqwest (a pool of keep-alive
+//! connections), each within `request_timeout`. An event goes to the lane of its client id (as EMQX's
 //! `ehttpc` pool picks a worker by client id), so one client's events arrive in the order
 //! they happened. A failed request (no answer, or a status other than 2xx) is counted and not
 //! retried, and a run of failures is logged once at each end. A dead or hanging service
 //! therefore costs the queue, never the broker's MQTT traffic.
 //!
+//! The counts are the plugin's own (`ctl web_hook status`, exact at once) and the broker's
+//! metrics `web_hook.sent`, `web_hook.failed` and `web_hook.dropped`, which the thread adds
+//! up and reports every [`REPORT_EVERY`] (one `Host::metric_add` a counter, not one an
+//! event: a burst of drops costs the network threads an atomic add each).
+//!
 //! `stop` abandons what is still queued or in flight (counted as dropped, logged) and joins
-//! the thread.
+//! the thread, then reports what is left to the metrics.
 
 use std::error::Error as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use plugin_api::Host;
 use reqwest::header::HeaderMap;
 use tokio::sync::{mpsc, watch};
 
-use crate::settings::Settings;
+use crate::body;
+use crate::capture::Captured;
+use crate::settings::{PayloadEncoding, Settings};
+
+/// How often the counts go to the broker's metrics.
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// What is counted, each also a broker metric.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    Sent,
+    Failed,
+    Dropped,
+}
+
+impl Count {
+    const ALL: [Count; 3] = [Count::Sent, Count::Failed, Count::Dropped];
+
+    const fn metric(self) -> &'static str {
+        match self {
+            Count::Sent => "web_hook.sent",
+            Count::Failed => "web_hook.failed",
+            Count::Dropped => "web_hook.dropped",
+        }
+    }
+}
 
 /// What the sender counted since the plugin started (`broker ctl web_hook status`).
 #[derive(Debug, Default)]
@@ -48,28 +80,50 @@ struct Shared {
     queue_size: usize,
     /// Events are being dropped: the queue was full and has not drained to half since.
     overflowing: AtomicBool,
-    /// Dropped in the current burst.
-    dropped_in_burst: AtomicU64,
+    /// [`Counters::dropped`] when the current burst of drops began.
+    burst_start: AtomicU64,
     /// The last request failed.
     failing: AtomicBool,
     /// Failed in the current run of failures.
     failed_in_run: AtomicU64,
+    /// Each [`Count`] as last added to the broker's metrics.
+    reported: [AtomicU64; 3],
 }
 
 impl Shared {
-    /// Adds `n` to `counter`, and to the broker's metric `metric` (`broker metrics`,
-    /// `emqx_prometheus`: `emqx_web_hook_dropped`, ...).
-    fn count(&self, counter: &AtomicU64, metric: &str, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-        // A broker too old for plugin counters has them in `ctl web_hook status` only.
-        let _ = self.host.metric_add(metric, n);
+    fn counter(&self, count: Count) -> &AtomicU64 {
+        match count {
+            Count::Sent => &self.counters.sent,
+            Count::Failed => &self.counters.failed,
+            Count::Dropped => &self.counters.dropped,
+        }
+    }
+
+    /// Adds `n` to `count` (its broker metric follows at the next [`Shared::report`]), and
+    /// returns what it was.
+    fn count(&self, count: Count, n: u64) -> u64 {
+        self.counter(count).fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Adds what was counted since the last report to the broker's metrics (`broker
+    /// metrics`, `emqx_prometheus`: `emqx_web_hook_dropped`, ...). Called from one thread at
+    /// a time (the sending thread, then `stop` once it has ended).
+    fn report(&self) {
+        for count in Count::ALL {
+            let now = self.counter(count).load(Ordering::Relaxed);
+            let before = self.reported[count as usize].swap(now, Ordering::Relaxed);
+            if now > before {
+                // A broker too old for plugin counters has them in `ctl web_hook status` only.
+                let _ = self.host.metric_add(count.metric(), now - before);
+            }
+        }
     }
 }
 
 /// The sending side: the lanes' inputs, the counters, and the thread.
 #[derive(Debug)]
 pub(crate) struct Sender {
-    lanes: Vec<mpsc::UnboundedSender<Vec<u8>>>,
+    lanes: Vec<mpsc::UnboundedSender<Captured>>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     thread: JoinHandle<()>,
@@ -101,26 +155,41 @@ impl Sender {
             queued: AtomicUsize::new(0),
             queue_size: settings.queue_size,
             overflowing: AtomicBool::new(false),
-            dropped_in_burst: AtomicU64::new(0),
+            burst_start: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             failed_in_run: AtomicU64::new(0),
+            reported: Default::default(),
         });
-        let worker =
-            Worker { client, url: settings.url.clone(), headers: settings.headers.clone(), shared: shared.clone() };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new()
-            .name("emqx_web_hook".to_owned())
-            .spawn(move || runtime.block_on(worker.run(outputs, stopped)))?;
+        let worker = Worker {
+            client,
+            url: settings.url.clone(),
+            headers: settings.headers.clone(),
+            node: host.node_name().to_owned(),
+            encoding: settings.encoding,
+            shared: shared.clone(),
+        };
+        let priority = settings.sender_priority;
+        let lower = move || {
+            if let Err(e) = crate::priority::lower_this_thread(priority) {
+                host.warn(&format!("cannot move the sending thread to priority {}: {e}", priority.name()));
+            }
+        };
+        // The runtime's helper threads (name lookups) are background work too.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_start(lower).build()?;
+        let thread = std::thread::Builder::new().name("emqx_web_hook".to_owned()).spawn(move || {
+            lower();
+            runtime.block_on(worker.run(outputs, stopped));
+        })?;
         Ok(Sender { lanes, shared, shutdown, thread })
     }
 
-    /// Queues `body`, an event about client `client_id`, to be sent, without waiting: when
-    /// the queue is full it is dropped and counted (the first of a burst logged).
-    pub(crate) fn enqueue(&self, client_id: &str, body: Vec<u8>) {
+    /// Queues `event`, about client `client_id`, to be sent, without waiting: when the queue
+    /// is full it is dropped and counted (the first of a burst logged).
+    pub(crate) fn enqueue(&self, client_id: &str, event: Captured) {
         let shared = &self.shared;
         if shared.queued.fetch_add(1, Ordering::AcqRel) < shared.queue_size {
             let lane = &self.lanes[lane_of(client_id, self.lanes.len())];
-            if lane.send(body).is_ok() {
+            if lane.send(event).is_ok() {
                 return;
             }
         }
@@ -128,18 +197,19 @@ impl Sender {
         self.drop_event();
     }
 
-    /// Whether the queue is full now: an event would be dropped (so its body need not be
-    /// built).
+    /// Whether the queue is full now: an event would be dropped (so it need not be copied).
     pub(crate) fn is_full(&self) -> bool {
         self.shared.queued.load(Ordering::Acquire) >= self.shared.queue_size
     }
 
-    /// Counts an event dropped because the queue is full (the first of a burst logged).
+    /// Counts an event dropped because the queue is full (the first of a burst logged). In a
+    /// burst, one atomic add and one load: the network threads do not write the same cache
+    /// line twice an event.
     pub(crate) fn drop_event(&self) {
         let shared = &self.shared;
-        shared.count(&shared.counters.dropped, "web_hook.dropped", 1);
-        shared.dropped_in_burst.fetch_add(1, Ordering::Relaxed);
-        if !shared.overflowing.swap(true, Ordering::AcqRel) {
+        let before = shared.count(Count::Dropped, 1);
+        if !shared.overflowing.load(Ordering::Relaxed) && !shared.overflowing.swap(true, Ordering::AcqRel) {
+            shared.burst_start.store(before, Ordering::Relaxed);
             shared.host.warn(&format!(
                 "the queue is full ({} events wait to be sent): events are dropped until it drains \
                  (counted, not logged: broker ctl web_hook status)",
@@ -176,7 +246,8 @@ impl Sender {
         let shared = &self.shared;
         let abandoned =
             shared.queued.swap(0, Ordering::AcqRel) as u64 + shared.counters.in_flight.swap(0, Ordering::AcqRel);
-        shared.count(&shared.counters.dropped, "web_hook.dropped", abandoned);
+        shared.count(Count::Dropped, abandoned);
+        shared.report();
         abandoned
     }
 }
@@ -193,25 +264,41 @@ struct Worker {
     client: reqwest::Client,
     url: url::Url,
     headers: HeaderMap,
+    /// This node's name, EMQX's `node` field.
+    node: String,
+    /// How message payloads are written.
+    encoding: PayloadEncoding,
     shared: Arc<Shared>,
 }
 
 impl Worker {
-    /// Runs one task a lane until told to stop. Returning drops the runtime, and with it the
-    /// events still queued and the requests in flight: they are abandoned.
-    async fn run(self, lanes: Vec<mpsc::UnboundedReceiver<Vec<u8>>>, mut stopped: watch::Receiver<bool>) {
+    /// Runs one task a lane, and reports the counts every [`REPORT_EVERY`], until told to
+    /// stop. Returning drops the runtime, and with it the events still queued and the
+    /// requests in flight: they are abandoned.
+    async fn run(self, lanes: Vec<mpsc::UnboundedReceiver<Captured>>, mut stopped: watch::Receiver<bool>) {
         let worker = Arc::new(self);
         for lane in lanes {
             tokio::spawn(worker.clone().lane(lane));
         }
-        let _ = stopped.wait_for(|stop| *stop).await;
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return,
+                _ = report.tick() => worker.shared.report(),
+            }
+        }
     }
 
-    /// Sends a lane's events, one after the other.
-    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Vec<u8>>) {
-        while let Some(body) = events.recv().await {
+    /// Builds and sends a lane's events, one after the other.
+    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>) {
+        while let Some(event) = events.recv().await {
             let waiting = self.shared.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
             self.note_drained(waiting);
+            let Some(body) = body::body(&event, &self.node, self.encoding) else {
+                continue;
+            };
+            drop(event);
             self.shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
             self.send(body).await;
             self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -225,7 +312,11 @@ impl Worker {
             && shared.overflowing.load(Ordering::Acquire)
             && shared.overflowing.swap(false, Ordering::AcqRel)
         {
-            let dropped = shared.dropped_in_burst.swap(0, Ordering::AcqRel);
+            let dropped = shared
+                .counters
+                .dropped
+                .load(Ordering::Relaxed)
+                .saturating_sub(shared.burst_start.load(Ordering::Relaxed));
             shared.host.info(&format!("the queue drained: {dropped} event(s) were dropped while it was full"));
         }
     }
@@ -241,14 +332,14 @@ impl Worker {
         let shared = &self.shared;
         match failure {
             None => {
-                shared.count(&shared.counters.sent, "web_hook.sent", 1);
+                shared.count(Count::Sent, 1);
                 if shared.failing.load(Ordering::Acquire) && shared.failing.swap(false, Ordering::AcqRel) {
                     let failures = shared.failed_in_run.swap(0, Ordering::AcqRel);
                     shared.host.info(&format!("{} answers again, after {failures} failed request(s)", self.url));
                 }
             }
             Some(why) => {
-                shared.count(&shared.counters.failed, "web_hook.failed", 1);
+                shared.count(Count::Failed, 1);
                 shared.failed_in_run.fetch_add(1, Ordering::Relaxed);
                 if !shared.failing.swap(true, Ordering::AcqRel) {
                     shared.host.warn(&format!(
@@ -274,8 +365,8 @@ fn error_chain(e: &reqwest::Error) -> String {
     text
 }
 
-/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, and the TLS
-/// files (relative to `data_dir`).
+/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, the TLS
+/// files (relative to `data_dir`), and no proxy (`HTTP_PROXY` and the like are not used).
 fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, StartError> {
     let ssl = &settings.ssl;
     let file = |key: &'static str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StartError> {
@@ -289,7 +380,10 @@ fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, Start
             }
         }
     };
+    // No proxy: the service is reached directly, as EMQX's ehttpc does (and reqwest does
+    // not look the URL up against the proxy settings for every request).
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .timeout(settings.request_timeout)
         .connect_timeout(settings.connect_timeout)
         .pool_max_idle_per_host(settings.pool_size)

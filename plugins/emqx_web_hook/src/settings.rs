@@ -5,7 +5,8 @@
 //! rules, as one array: `rules = [{ event = "message.publish", topic = "a/#" }]` for EMQX's
 //! `web.hook.rule.message.publish.1 = {"action": "on_message_publish", "topic": "a/#"}`.
 //! Added here: `queue_size` (events waiting to be sent; past it they are dropped),
-//! `request_timeout` and `connect_timeout`.
+//! `request_timeout`, `connect_timeout` and `sender_priority` (how the sending thread is
+//! scheduled: `idle`, `low` or `normal`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use plugin_api::Hook;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
+
+use crate::priority::Priority;
 
 /// The events the plugin can send, in the order the README lists them. The default rules
 /// (no `rules` set) are every one of them except `client.connect` and `client.connack`.
@@ -116,6 +119,7 @@ struct RawSettings {
     request_timeout: Duration,
     #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     connect_timeout: Duration,
+    sender_priority: Priority,
     ssl: Ssl,
 }
 
@@ -130,6 +134,7 @@ impl Default for RawSettings {
             queue_size: 10_000,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            sender_priority: Priority::Idle,
             ssl: Ssl::default(),
         }
     }
@@ -224,6 +229,9 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     /// The longest connecting may take.
     pub(crate) connect_timeout: Duration,
+    /// How the sending thread is scheduled: `idle` (the default) lets MQTT traffic have the
+    /// CPU first (see `priority`).
+    pub(crate) sender_priority: Priority,
     /// TLS files for `https://`.
     pub(crate) ssl: Ssl,
 }
@@ -274,6 +282,7 @@ impl Settings {
             queue_size: raw.queue_size,
             request_timeout: raw.request_timeout,
             connect_timeout: raw.connect_timeout,
+            sender_priority: raw.sender_priority,
             ssl: raw.ssl,
         })
     }
@@ -353,6 +362,7 @@ mod tests {
         assert_eq!((s.pool_size, s.queue_size), (32, 10_000));
         assert_eq!((s.request_timeout, s.connect_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
         assert!(s.ssl.verify);
+        assert_eq!(s.sender_priority, Priority::Idle);
         for hook in EVENTS {
             let expected = !matches!(hook, Hook::ClientConnect | Hook::ClientConnack);
             assert_eq!(s.rules.wants(hook, "any/topic"), expected, "{}", hook.name());
@@ -421,6 +431,7 @@ mod tests {
             (json!({"headers": {"bad header": "x"}}), "web_hook.headers: \"bad header\""),
             (json!({"headers": {"x": "a\r\nb"}}), "the value of x"),
             (json!({"queue_size": 0}), "web_hook.queue_size must be more than 0"),
+            (json!({"sender_priority": "high"}), "web_hook.sender_priority: unknown variant `high`"),
             (json!({"request_timeout": "soon"}), "web_hook.request_timeout: invalid duration"),
             (json!({"tmieout": "5s"}), "web_hook.tmieout: unknown field `tmieout`"),
         ];
