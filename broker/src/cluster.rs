@@ -564,14 +564,39 @@ impl Cluster {
     /// (ms since the Unix epoch) up to now; it routes those not routed yet. Returns how many
     /// were read.
     async fn catch_up(&self, since_ms: u64, reading: &mpsc::UnboundedSender<inbox::Command>) -> Result<usize, String> {
-        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let (mine, _) = subject::stream(&self.config.subject_prefix, &self.config.node_name);
+        let (mut read, mut batch) = (0, Vec::new());
+        self.read_streams(
+            since_ms,
+            |name| name != mine,
+            |message| {
+                batch.push(message);
+                if batch.len() >= CATCH_UP_BATCH {
+                    read += batch.len();
+                    let _ = reading.send(inbox::Command::Replay(std::mem::take(&mut batch)));
+                }
+            },
+        )
+        .await?;
+        read += batch.len();
+        let _ = reading.send(inbox::Command::Replay(batch));
+        Ok(read)
+    }
+
+    /// Hands `each` every message that the nodes' streams `which` accepts (by name) hold from
+    /// `since_ms` (ms since the Unix epoch) up to now, stream by stream, each in its order.
+    async fn read_streams(
+        &self,
+        since_ms: u64,
+        which: impl Fn(&str) -> bool,
+        mut each: impl FnMut(async_nats::Message),
+    ) -> Result<(), String> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let prefix = subject::stream_name_prefix(&self.config.subject_prefix);
         let names: Vec<String> = self.jetstream.stream_names().filter_map(|n| async { n.ok() }).collect().await;
         let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
             .map_err(|e| e.to_string())?;
-        let mut read = 0;
-        for name in names.into_iter().filter(|n| n.starts_with(&prefix) && *n != mine) {
+        for name in names.into_iter().filter(|n| n.starts_with(&prefix) && which(n)) {
             let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
             let config =
                 OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
@@ -582,24 +607,15 @@ impl Cluster {
                 continue;
             }
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            let mut batch = Vec::new();
             for _ in 0..pending {
-                let next = tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await;
-                let message = match next {
-                    Ok(Some(Ok(message))) => message,
+                match tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await {
+                    Ok(Some(Ok(message))) => each(message.split().0),
                     Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
                     Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
-                };
-                batch.push(message.split().0);
-                if batch.len() >= CATCH_UP_BATCH {
-                    read += batch.len();
-                    let _ = reading.send(inbox::Command::Replay(std::mem::take(&mut batch)));
                 }
             }
-            read += batch.len();
-            let _ = reading.send(inbox::Command::Replay(batch));
         }
-        Ok(read)
+        Ok(())
     }
 
     /// Answers the commands other nodes send this one with `commands` (on the current runtime).
@@ -1149,37 +1165,20 @@ impl Cluster {
         since_ms: u64,
         wanted: impl Fn(&str) -> bool,
     ) -> Result<Vec<(Message, String)>, String> {
-        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-        let prefix = subject::stream_name_prefix(&self.config.subject_prefix);
-        let names: Vec<String> = self.jetstream.stream_names().filter_map(|n| async { n.ok() }).collect().await;
-        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
-            .map_err(|e| e.to_string())?;
         let mut found = Vec::new();
-        for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
-            let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let config =
-                OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
-            let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
-            let pending = consumer.cached_info().num_pending;
-            if pending == 0 {
-                continue;
-            }
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            for _ in 0..pending {
-                let next = tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await;
-                let nats = match next {
-                    Ok(Some(Ok(message))) => message.split().0,
-                    Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
-                    Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
-                };
+        self.read_streams(
+            since_ms,
+            |_| true,
+            |nats| {
                 if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
                     if wanted(&message.topic) {
                         let publisher = envelope.publisher.to_owned();
                         found.push((message, publisher));
                     }
                 }
-            }
-        }
+            },
+        )
+        .await?;
         Ok(found)
     }
 }

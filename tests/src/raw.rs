@@ -309,6 +309,20 @@ pub fn connect5(client_id: &str, clean_start: bool, properties: Option<v5::Conne
     v5::Packet::Connect(connect, None, None)
 }
 
+/// An MQTT 5 will on `topic` with a Will Delay Interval of `delay` seconds, if any.
+pub fn will5(topic: &str, payload: &str, qos: QoS, retain: bool, delay: Option<u32>) -> v5::LastWill {
+    let properties = v5::LastWillProperties {
+        delay_interval: delay,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    v5::LastWill::new(topic, payload, qos, retain, Some(properties))
+}
+
 /// An MQTT 3.1.1 CONNECT for `client_id` with keep-alive 60.
 pub fn connect4(client_id: &str, clean_session: bool) -> rumqttc::Packet {
     let mut connect = rumqttc::Connect::new(client_id);

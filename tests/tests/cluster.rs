@@ -901,16 +901,7 @@ fn a_live_session_is_taken_over_from_another_node() {
     let (_d3, n3) = node(&nats, "emqx@t3");
     let mut watcher = C5::connect(&n3, "t-watcher");
     watcher.subscribe("will/#", QoS::AtLeastOnce);
-    let will_props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
-        delay_interval: Some(30),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-    };
-    let will = rumqttc::v5::mqttbytes::v5::LastWill::new("will/t", "gone", QoS::AtLeastOnce, false, Some(will_props));
+    let will = e2e::raw::will5("will/t", "gone", QoS::AtLeastOnce, false, Some(30));
     let connect = rumqttc::v5::mqttbytes::v5::Connect {
         keep_alive: 60,
         client_id: "taken".to_owned(),

@@ -10,7 +10,7 @@
 //! "No will was sent" is shown by order: a marker published after the moment the will would
 //! have been published is the next message the watcher gets.
 
-use e2e::raw::{topic, v5, Raw, C5, V4, V5};
+use e2e::raw::{topic, v5, will5, Raw, C5, V4, V5};
 use e2e::{recorded_events, stat, text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
@@ -36,20 +36,6 @@ fn conn4_will(broker: &Broker, id: &str, keep_alive: u16, will: Option<rumqttc::
     let (raw, ack) = Raw::<V4>::connect(broker.addr, &connect4_will(id, keep_alive, will));
     assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{id}: CONNACK");
     raw
-}
-
-/// An MQTT 5 will with properties.
-fn will5(topic: &str, payload: &str, qos: Q5, retain: bool, delay: Option<u32>) -> v5::LastWill {
-    let properties = v5::LastWillProperties {
-        delay_interval: delay,
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-    };
-    v5::LastWill::new(topic, payload, qos, retain, Some(properties))
 }
 
 fn connect5_will(

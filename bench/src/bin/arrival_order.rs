@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use bench::raw::{connect, packet, string, subscribe};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -28,34 +29,6 @@ struct Args {
     /// Microseconds between writing the SUBSCRIBE and writing the PUBLISH.
     #[arg(long, default_value_t = 0)]
     gap_us: u64,
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// A packet: fixed header byte `first`, then `body` (under 128 bytes in this program).
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128);
-    let mut out = vec![first, body.len() as u8];
-    out.extend_from_slice(body);
-    out
-}
-
-fn connect(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(&mut body, "MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 60]); // 3.1.1, clean session, keep-alive 60 s
-    string(&mut body, client_id);
-    packet(0x10, &body)
-}
-
-fn subscribe(topic: &str) -> Vec<u8> {
-    let mut body = vec![0, 1];
-    string(&mut body, topic);
-    body.push(0);
-    packet(0x82, &body)
 }
 
 fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
@@ -88,7 +61,7 @@ fn client(addr: SocketAddr, client_id: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect to the broker");
     stream.set_nodelay(true).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(&connect(client_id)).unwrap();
+    stream.write_all(&connect(client_id, true)).unwrap();
     let (first, body) = read_packet(&mut stream);
     assert_eq!((first, body.get(1)), (0x20, Some(&0)), "CONNACK accepted");
     stream
@@ -102,7 +75,7 @@ fn main() {
         let topic = format!("arrival_order/{tag}/{round}");
         let mut b = client(args.addr, &format!("order-b-{tag}-{round}"));
         let mut a = client(args.addr, &format!("order-a-{tag}-{round}"));
-        b.write_all(&subscribe(&topic)).unwrap();
+        b.write_all(&subscribe(&topic, 0)).unwrap();
         if args.gap_us > 0 {
             std::thread::sleep(Duration::from_micros(args.gap_us));
         }

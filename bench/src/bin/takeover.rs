@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use bench::raw::{connect, subscribe};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -26,41 +27,12 @@ struct Args {
     rounds: usize,
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// A packet: fixed header byte `first`, then `body` (under 128 bytes in this program).
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128);
-    let mut out = vec![first, body.len() as u8];
-    out.extend_from_slice(body);
-    out
-}
-
-/// CONNECT, MQTT 3.1.1, Clean Session 0, keep-alive 60 s.
-fn connect(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(&mut body, "MQTT");
-    body.extend_from_slice(&[4, 0x00, 0, 60]);
-    string(&mut body, client_id);
-    packet(0x10, &body)
-}
-
-fn subscribe(topic: &str) -> Vec<u8> {
-    let mut body = vec![0, 1];
-    string(&mut body, topic);
-    body.push(1);
-    packet(0x82, &body)
-}
-
 /// Connects `client_id` to `addr`; returns the stream and the CONNACK's Session Present.
 fn open(addr: SocketAddr, client_id: &str) -> (TcpStream, bool) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    stream.write_all(&connect(client_id)).expect("write CONNECT");
+    stream.write_all(&connect(client_id, false)).expect("write CONNECT");
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).expect("CONNACK");
     assert_eq!((connack[0], connack[3]), (0x20, 0), "{client_id}: CONNACK {connack:?}");
@@ -74,7 +46,7 @@ fn main() {
     for round in 0..args.rounds {
         let client_id = format!("takeover-{run}-{round}");
         let (mut first, _) = open(args.from, &client_id);
-        first.write_all(&subscribe(&format!("takeover/{run}/{round}"))).expect("SUBSCRIBE");
+        first.write_all(&subscribe(&format!("takeover/{run}/{round}"), 1)).expect("SUBSCRIBE");
         let mut suback = [0u8; 5];
         first.read_exact(&mut suback).expect("SUBACK");
         let started = Instant::now();
