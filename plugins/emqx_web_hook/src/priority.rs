@@ -2,11 +2,12 @@
 //! traffic comes first. The sending thread (and its runtime's helper threads) lower their own
 //! priority as `sender_priority` says:
 //!
-//! - `idle` (the default): Linux's `SCHED_IDLE`, the thread runs only when a core would
-//!   otherwise have nothing to do, and gives way at once to any other thread that wakes up;
-//! - `low`: nice 19, the lowest priority of the normal policy (the thread still gets a small
-//!   share of a busy core, about 1.5 % against one thread at nice 0, and keeps a core it got
-//!   while others sleep);
+//! - `low` (the default): nice 19, the lowest priority of the normal policy (the thread still
+//!   gets a small share of a busy core, about 1.5 % against one thread at nice 0, and keeps a
+//!   core it got while others sleep);
+//! - `idle`: Linux's `SCHED_IDLE`, the thread runs only when a core would otherwise have
+//!   nothing to do, and gives way at once to any other thread that wakes up (on a machine
+//!   kept busy by other work it gets no CPU at all: why it is not the default);
 //! - `normal`: as the broker's other threads.
 //!
 //! So when the broker's network threads want every core (a burst), they get it, and the

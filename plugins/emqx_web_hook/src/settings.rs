@@ -134,7 +134,7 @@ impl Default for RawSettings {
             queue_size: 10_000,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
-            sender_priority: Priority::Idle,
+            sender_priority: Priority::Low,
             ssl: Ssl::default(),
         }
     }
@@ -229,7 +229,7 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     /// The longest connecting may take.
     pub(crate) connect_timeout: Duration,
-    /// How the sending thread is scheduled: `idle` (the default) lets MQTT traffic have the
+    /// How the sending thread is scheduled: `low` (the default) lets MQTT traffic have the
     /// CPU first (see `priority`).
     pub(crate) sender_priority: Priority,
     /// TLS files for `https://`.
@@ -362,7 +362,7 @@ mod tests {
         assert_eq!((s.pool_size, s.queue_size), (32, 10_000));
         assert_eq!((s.request_timeout, s.connect_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
         assert!(s.ssl.verify);
-        assert_eq!(s.sender_priority, Priority::Idle);
+        assert_eq!(s.sender_priority, Priority::Low);
         for hook in EVENTS {
             let expected = !matches!(hook, Hook::ClientConnect | Hook::ClientConnack);
             assert_eq!(s.rules.wants(hook, "any/topic"), expected, "{}", hook.name());
