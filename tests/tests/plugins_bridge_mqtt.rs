@@ -853,11 +853,17 @@ async fn mosquitto_restarted_mid_stream(proto_ver: &str, in_order: bool) {
     );
     wait_running(&dir);
 
-    // Message i on s/i, each published once the previous one's PUBACK came.
+    // Message i on s/i, each published once the previous one's PUBACK came; mosquitto is
+    // stopped while they still flow (after 200 arrived), not after the last was published
+    // (the bridge may have forwarded them all by then).
     let mut publisher = Client::connect(&local, "streamer").await;
-    publish_numbered(&mut publisher, 0..BEFORE).await;
+    let streaming = tokio::spawn(async move {
+        publish_numbered(&mut publisher, 0..BEFORE).await;
+        publisher
+    });
     eventually("200 messages across", || (keeper.arrivals().len() >= 200).then_some(())).await;
     remote.stop();
+    let mut publisher = streaming.await.expect("the publisher");
     let s = status(&dir);
     let arrived = keeper.arrivals().into_iter().max().map_or(0, |i| i + 1);
     assert!(arrived < BEFORE && count(&s, "queued") > 0, "stopped in the middle: {arrived} arrived; {s}");
