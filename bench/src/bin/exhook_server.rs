@@ -73,11 +73,7 @@ impl HookProvider for Provider {
 
 fn main() {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads);
-    }
-    let runtime = builder.enable_all().build().expect("runtime");
+    let runtime = bench::runtime(args.threads);
     let publishes = Arc::new(AtomicU64::new(0));
     let provider = Provider { topics: args.topic.clone(), publishes: publishes.clone() };
     runtime.block_on(async move {

@@ -33,11 +33,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads);
-    }
-    let runtime = builder.enable_all().build().expect("runtime");
+    let runtime = bench::runtime(args.threads);
     let requests = Arc::new(AtomicU64::new(0));
     let counted = requests.clone();
     let hang = args.hang;
