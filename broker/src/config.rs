@@ -277,6 +277,11 @@ pub struct BrokerSettings {
     /// with one heap a thread the broker's resident memory after waves of clients settles
     /// higher (see the README). The `MALLOC_ARENA_MAX` environment variable beats it.
     pub malloc_arena_max: u32,
+    /// How often the broker checks whether glibc's heaps should give free memory back to the
+    /// system (they do once the bytes in use fell well below their peak: clients left);
+    /// `0` never, leaving it to glibc, which returns only the top of its heap.
+    #[serde(deserialize_with = "duration_text")]
+    pub malloc_trim_interval: String,
     /// How often the broker publishes `$SYS/brokers/<node>/version`, `sysdescr`, `stats/...`
     /// and `metrics/...` (EMQX's `broker.sys_interval`); `0` turns them off.
     #[serde(deserialize_with = "duration_text")]
@@ -292,6 +297,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             shared_subscription_strategy: SharedStrategy::default(),
             malloc_arena_max: 1,
+            malloc_trim_interval: "1s".to_owned(),
             sys_interval: "1m".to_owned(),
             sys_heartbeat: "30s".to_owned(),
         }
@@ -299,6 +305,11 @@ impl Default for BrokerSettings {
 }
 
 impl BrokerSettings {
+    /// `malloc_trim_interval`, `None` when off.
+    pub fn malloc_trim_interval(&self) -> Result<Option<Duration>, ConfigError> {
+        Ok(Some(duration("broker.malloc_trim_interval", &self.malloc_trim_interval)?).filter(|d| !d.is_zero()))
+    }
+
     /// `sys_interval`, `None` when off.
     pub fn sys_interval(&self) -> Result<Option<Duration>, ConfigError> {
         Ok(Some(duration("broker.sys_interval", &self.sys_interval)?).filter(|d| !d.is_zero()))

@@ -28,6 +28,7 @@ pub mod ctl;
 pub(crate) mod hooks;
 pub(crate) mod listener;
 pub(crate) mod log_limit;
+pub(crate) mod malloc;
 pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod mqtt;

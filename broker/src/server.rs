@@ -54,35 +54,6 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// Limits glibc's heaps to `broker.malloc_arena_max` (before any thread starts), unless the
-/// operator set `MALLOC_ARENA_MAX`; and turns glibc's fastbins off, unless the operator tunes
-/// malloc with `GLIBC_TUNABLES`.
-///
-/// Fastbins keep freed small chunks whole, without merging them with their free neighbours.
-/// Every connection frees small short-lived allocations (its handshake's) between the long-
-/// lived ones it keeps, so those chunks pile up as holes too small to reuse: a fresh broker
-/// with 10,000 idle clients had 0.5 KiB of free heap resident per client beside the 1.6 KiB
-/// in use (2.1 KiB a client; 1.7 without fastbins, `bench/src/bin/idle_memory.rs`). The
-/// per-thread cache in front of them (tcache) still serves the hot path's small allocations.
-fn limit_malloc_arenas(settings: &Settings) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("GLIBC_TUNABLES").is_none() {
-        // SAFETY: mallopt with a valid parameter, called before the broker starts its threads.
-        unsafe {
-            libc::mallopt(libc::M_MXFAST, 0);
-        }
-    }
-    let arenas = settings.broker.malloc_arena_max;
-    if arenas == 0 || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt with a valid parameter, called before the broker starts its threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas.min(i32::MAX as u32) as i32);
-    }
-}
-
 /// Raises the open-file limit to its hard maximum: each client costs the broker one
 /// descriptor (its socket). Returns how many clients the limit leaves descriptors for (64
 /// are kept for the broker's own files, plugins and the ctl socket); no listener takes more.
@@ -132,7 +103,7 @@ fn network_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let started = (Instant::now(), SystemTime::now());
     let settings = config::load(overrides)?;
-    limit_malloc_arenas(&settings);
+    crate::malloc::tune(&settings.broker);
     ignore_file_size_signal();
     init_logging(&settings);
     let descriptors = raise_file_limit();
@@ -152,7 +123,11 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     };
     let listeners = crate::listener::plan(&settings.listener, tcp_limits, descriptors)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
+    let trim_every = settings.broker.malloc_trim_interval()?;
     let runtime = network_runtime()?;
+    if let Some(every) = trim_every {
+        crate::malloc::start_trimmer(every).context("cannot start the malloc-trim thread")?;
+    }
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();

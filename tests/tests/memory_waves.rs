@@ -1,8 +1,8 @@
 //! Memory comes back: 20 waves of 500 clients, each with a client id never used before,
 //! subscribing to a filter of its own, publishing to it and leaving. After every wave the
-//! broker holds no session, subscription or filter of it, and its resident memory stays
-//! within 10 % of what it was after the first wave (nothing per client id, filter or topic
-//! outlives its session). Prints the figures.
+//! broker holds no session, subscription or filter of it, and its resident memory comes back
+//! to within 10 % of what it was after the first wave (nothing per client id, filter or topic
+//! outlives its session, and freed heap goes back to the system). Prints the figures.
 
 use std::sync::Arc;
 
@@ -112,23 +112,40 @@ async fn waves_of_new_client_ids_and_filters_give_memory_back() {
         assert_eq!(stat_in(&stats, "topics.count"), 0, "no filter outlives its subscriptions");
         assert_eq!(stat_in(&stats, "messages.received"), ((wave + 1) * CLIENTS) as u64);
         assert_eq!(stat_in(&stats, "messages.sent"), ((wave + 1) * CLIENTS) as u64);
-        // At rest: the least of three readings, a ctl round trip apart (a reading can catch a
-        // moment's allocation, e.g. the ctl command's own).
-        let rest = (0..3).map(|_| {
-            counters(&dir);
-            broker.rss_kib()
-        });
-        after.push(rest.min().expect("three readings"));
+        after.push(at_rest(&broker, &dir, after.first().copied()));
     }
     println!("memory_waves: broker RSS with each of {WAVES} waves of {CLIENTS} clients connected (KiB): {during:?}");
     println!("memory_waves: broker RSS at rest after each wave (KiB): {after:?}");
-    // A reading can still catch a passing moment (the allocator's heap top not yet trimmed
-    // shows as +0.5 MiB now and then, gone by the next wave): the last waves' least reading
-    // stands for the memory after 20 waves.
-    let first = after[0];
-    let last = *after[WAVES - 3..].iter().min().expect("three waves");
+    let bound = after[0] * 11 / 10;
     assert!(
-        last * 10 <= first * 11,
-        "after {WAVES} waves RSS is {last} KiB, more than 10 % above the {first} KiB after the first ({after:?})"
+        after.iter().all(|&rss| rss <= bound),
+        "after a wave the RSS stayed more than 10 % above the {} KiB after the first ({after:?})",
+        after[0]
     );
+}
+
+/// The broker's resident memory once a wave has left. After the first wave: the least of three
+/// readings, a ctl round trip apart (a reading can catch a moment's allocation, e.g. the ctl
+/// command's own). After the others: readings until one is within 10 % of `first` or the
+/// deadline passes, the least of them (the broker's trimmer gives freed heap back to the
+/// system within about a second of the fall; glibc alone returns only the top of its heap, and
+/// one long-lived allocation placed high kept up to 1.5 MiB resident below it).
+fn at_rest(broker: &Broker, dir: &DataDir, first: Option<u64>) -> u64 {
+    let reading = || {
+        counters(dir);
+        broker.rss_kib()
+    };
+    let Some(first) = first else {
+        return (0..3).map(|_| reading()).min().expect("three readings");
+    };
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    let mut least = u64::MAX;
+    while std::time::Instant::now() < deadline {
+        least = least.min(reading());
+        if least * 10 <= first * 11 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    least
 }
