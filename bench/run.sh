@@ -7,6 +7,7 @@
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
 #   IDLE_CLIENTS=20000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS (default 10000)
 #   REPS=5 PAYLOAD=64 bench/run.sh     # runs of each scenario (median shown), payload bytes
+#   ONLY="fan-in 0 10 20000 0" IDLE_CLIENTS=0 bench/run.sh   # one scenario (as below), no memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
@@ -77,6 +78,7 @@ SCENARIOS=(
   "fan-in 0 10 10000 100000"
   "fan-in 1 10 10000 100000"
 )
+if [ -n "${ONLY:-}" ]; then SCENARIOS=("$ONLY"); fi
 RESULTS="$WORK/results.jsonl"
 # All four run side by side (idle ones cost nothing) and each scenario is run REPS times,
 # a b c d in turn, so that a slow moment of the machine falls on all of them alike; the
@@ -103,6 +105,7 @@ PIDS=()
 
 # Memory, on a fresh instance of each: idle clients only.
 for target in a b c d; do
+  [ "$IDLE_CLIENTS" = 0 ] && break
   rm -rf "${WORK:?}/$target"
   port=$(free_port)
   start_target "$target" "$port"

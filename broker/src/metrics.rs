@@ -112,6 +112,18 @@ const SHARDS: usize = 16;
 #[repr(align(128))]
 struct Shard([AtomicU64; COUNT]);
 
+impl Shard {
+    #[inline]
+    fn add(&self, metric: Metric, n: u64) {
+        self.0[metric as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn inc(&self, metric: Metric) {
+        self.add(metric, 1);
+    }
+}
+
 /// The counters.
 pub(crate) struct Metrics {
     shards: Box<[Shard]>,
@@ -156,7 +168,13 @@ impl Metrics {
     /// Adds `n`.
     #[inline]
     pub(crate) fn add(&self, metric: Metric, n: u64) {
-        self.shards[shard_index()].0[metric as usize].fetch_add(n, Ordering::Relaxed);
+        self.shard().add(metric, n);
+    }
+
+    /// This thread's shard (one thread-local read, for all the counters a packet moves).
+    #[inline]
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
     }
 
     /// The counter's value now.
@@ -171,12 +189,13 @@ impl Metrics {
 
     /// A packet read from a client (EMQX's `inc_recv`); PUBLISH also counts a message.
     pub(crate) fn packet_received(&self, packet_kind: u8, qos: u8) {
-        self.inc(Metric::PacketsReceived);
+        let shard = self.shard();
+        shard.inc(Metric::PacketsReceived);
         let metric = match packet_kind {
             kind::CONNECT => Metric::PacketsConnectReceived,
             kind::PUBLISH => {
-                self.inc(Metric::MessagesReceived);
-                self.inc(qos_metric(qos, false));
+                shard.inc(Metric::MessagesReceived);
+                shard.inc(qos_metric(qos, false));
                 Metric::PacketsPublishReceived
             }
             kind::PUBACK => Metric::PacketsPubackReceived,
@@ -190,30 +209,31 @@ impl Metrics {
             kind::AUTH => Metric::PacketsAuthReceived,
             _ => return,
         };
-        self.inc(metric);
+        shard.inc(metric);
     }
 
     /// A packet other than PUBLISH written to a client (EMQX's `inc_sent`). `code` is the
     /// reason code of an acknowledgement (0 when it has none).
     pub(crate) fn packet_sent(&self, packet_kind: u8, code: u8) {
-        self.inc(Metric::PacketsSent);
+        let shard = self.shard();
+        shard.inc(Metric::PacketsSent);
         let metric = match packet_kind {
             kind::CONNACK => {
                 if code != 0 {
-                    self.inc(Metric::PacketsConnackError);
+                    shard.inc(Metric::PacketsConnackError);
                 }
                 // 3.1.1: 4 bad user name or password, 5 not authorised; MQTT 5: 0x86, 0x87.
                 if matches!(code, 0x04 | 0x05 | 0x86 | 0x87) {
-                    self.inc(Metric::PacketsConnackAuthError);
+                    shard.inc(Metric::PacketsConnackAuthError);
                 }
                 Metric::PacketsConnackSent
             }
             kind::PUBACK | kind::PUBREC => {
                 if code >= 0x80 {
-                    self.inc(Metric::PacketsPublishError);
+                    shard.inc(Metric::PacketsPublishError);
                 }
                 if code == 0x87 {
-                    self.inc(Metric::PacketsPublishAuthError);
+                    shard.inc(Metric::PacketsPublishAuthError);
                 }
                 if packet_kind == kind::PUBACK {
                     Metric::PacketsPubackSent
@@ -230,15 +250,16 @@ impl Metrics {
             kind::AUTH => Metric::PacketsAuthSent,
             _ => return,
         };
-        self.inc(metric);
+        shard.inc(metric);
     }
 
     /// `n` PUBLISH packets written to a client at `qos`.
     pub(crate) fn publishes_sent(&self, qos: u8, n: u64) {
-        self.add(Metric::PacketsSent, n);
-        self.add(Metric::PacketsPublishSent, n);
-        self.add(Metric::MessagesSent, n);
-        self.add(qos_metric(qos, true), n);
+        let shard = self.shard();
+        shard.add(Metric::PacketsSent, n);
+        shard.add(Metric::PacketsPublishSent, n);
+        shard.add(Metric::MessagesSent, n);
+        shard.add(qos_metric(qos, true), n);
     }
 }
 

@@ -150,6 +150,21 @@ impl RawStr {
         let bytes = unsafe { raw_slice(self.ptr, self.len) };
         std::str::from_utf8(bytes).unwrap_or("")
     }
+
+    /// Reads back a string the host made: the host builds every string of an event from a
+    /// Rust `&str`, so a plugin need not check it again (each check was a call into
+    /// `from_utf8` for each of an event's strings, on every message a plugin sees).
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be readable, unchanged for `'a` and valid UTF-8.
+    pub unsafe fn as_str_unchecked<'a>(&self) -> &'a str {
+        // SAFETY: the caller promises the bytes are valid for 'a and UTF-8.
+        unsafe {
+            let bytes = raw_slice(self.ptr, self.len);
+            debug_assert!(std::str::from_utf8(bytes).is_ok(), "a host string that is not UTF-8");
+            std::str::from_utf8_unchecked(bytes)
+        }
+    }
 }
 
 /// Borrowed bytes: pointer and length.
@@ -732,6 +747,12 @@ impl RawEvent {
     pub unsafe fn read(event: *const RawEvent) -> RawEvent {
         // SAFETY: the caller promises a readable event.
         let size = unsafe { declared_size(event) };
+        if size as usize >= std::mem::size_of::<RawEvent>() {
+            // A host as new as this crate, or newer: every field is there, one copy (this runs
+            // for every event a plugin receives).
+            // SAFETY: the caller promises `size` readable bytes, laid out as ours up to our size.
+            return unsafe { std::ptr::read(event) };
+        }
         macro_rules! field {
             ($name:ident, $default:expr) => {
                 // SAFETY: `event` is readable for `size` bytes; read_field reads no further.

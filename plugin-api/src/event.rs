@@ -135,8 +135,9 @@ impl<'a> Event<'a> {
     /// those its `size` covers read as absent.
     ///
     /// # Safety
-    /// Every pointer in `raw` must be valid for `'a`, as the host guarantees during
-    /// `on_event`.
+    /// Every pointer in `raw` must be valid for `'a`, and every string valid UTF-8, as the
+    /// host guarantees during `on_event` (it makes them from Rust strings; strings are not
+    /// checked again here).
     pub unsafe fn from_raw(raw: &'a RawEvent) -> Option<Event<'a>> {
         let hook = Hook::from_raw(raw.hook)?;
         // Fields appended after the first release are read only when the host sent them.
@@ -151,11 +152,11 @@ impl<'a> Event<'a> {
         unsafe {
             Some(Event {
                 hook,
-                client_id: raw.client_id.as_str(),
-                username: raw.username.as_str(),
+                client_id: raw.client_id.as_str_unchecked(),
+                username: raw.username.as_str_unchecked(),
                 password: raw.password.as_slice(),
-                peer: raw.peer.as_str(),
-                topic: raw.topic.as_str(),
+                peer: raw.peer.as_str_unchecked(),
+                topic: raw.topic.as_str_unchecked(),
                 payload: raw.payload.as_slice(),
                 qos: QoS::from_u8(raw.qos),
                 retain: raw.retain != 0,
@@ -170,7 +171,7 @@ impl<'a> Event<'a> {
                     abi::ACL_SUBSCRIBE => Some(AclAction::Subscribe),
                     _ => None,
                 },
-                reason: raw.reason.as_str(),
+                reason: raw.reason.as_str_unchecked(),
                 timestamp_ms: raw.timestamp_ms,
                 properties: if extended { raw.properties.as_slice() } else { &[] },
                 message_expiry: Some(raw.message_expiry).filter(|&s| extended && s > 0),
