@@ -56,6 +56,7 @@
 mod dedup;
 mod inbox;
 mod ownership;
+mod shared_state;
 mod subject;
 
 pub(crate) use ownership::{Claim, HandedOver};
@@ -340,6 +341,8 @@ pub(crate) struct Cluster {
     records: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     record_writes: mpsc::UnboundedSender<ownership::RecordWrite>,
     record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
+    /// Plugin state shared with the other nodes (`shared_state`), once the store is given.
+    shared_state: OnceLock<shared_state::SharedState>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -459,6 +462,7 @@ impl Cluster {
             redispatches_rx: Mutex::new(Some(redispatches_rx)),
             owners: tokio::sync::OnceCell::new(),
             records: tokio::sync::OnceCell::new(),
+            shared_state: OnceLock::new(),
             record_writes,
             record_writes_rx: Mutex::new(Some(record_writes_rx)),
         };

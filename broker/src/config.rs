@@ -348,6 +348,11 @@ pub struct ClusterSettings {
     pub retention_bytes: u64,
     /// On how many servers of a NATS cluster the stream keeps each message (1 to 5).
     pub replicas: usize,
+    /// The plugins whose stored state every node shares (a JetStream KV bucket keeps it): a
+    /// retained message or a login added on one node is there on all. Every `shared/...`
+    /// bucket is shared too. `emqx_mod_delayed` is not among them by default: each node would
+    /// publish every delayed message.
+    pub shared_state: Vec<String>,
 }
 
 impl Default for ClusterSettings {
@@ -361,6 +366,7 @@ impl Default for ClusterSettings {
             retention: "1h".to_owned(),
             retention_bytes: 1 << 30,
             replicas: 1,
+            shared_state: vec!["emqx_retainer".to_owned(), "emqx_auth_mnesia".to_owned()],
         }
     }
 }

@@ -166,6 +166,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         if let Some(cluster) = &node.cluster {
             let weak = Arc::downgrade(&node);
             cluster.start(weak);
+            cluster.share_state(store.clone(), &settings.cluster.shared_state);
         }
         if node.persistence.is_some() {
             let restored = Node::restore_sessions(&node).context("cannot read the persistent sessions back")?;

@@ -1070,3 +1070,74 @@ fn a_will_without_delay_is_sent_when_its_connection_is_taken_over_from_another_n
     publisher.publish("will/marker", QoS::AtLeastOnce, "");
     assert_eq!(topic(&watcher.next_publish()), "will/marker", "the will came once");
 }
+
+/// The plugins' state is the cluster's (`[cluster] shared_state`, a JetStream KV bucket): a
+/// retained message whose PUBACK came from node 1 is delivered by node 2 to a subscription
+/// made right after, every time; a retained message cleared on node 2 is gone on node 1; a
+/// node started later gets them all.
+#[test]
+fn retained_messages_are_the_clusters_right_after_their_puback() {
+    let nats = Nats::start();
+    let disc = [("BROKER_RETAINER__STORAGE_TYPE", "disc")];
+    let retainer = || DataDir::with_plugins("{emqx_retainer, true}.\n");
+    let (_d1, n1) = node_with(retainer(), &nats, "emqx@n1", &disc);
+    let (_d2, n2) = node_with(retainer(), &nats, "emqx@n2", &disc);
+    let mut publisher = C5::connect(&n1, "r-pub");
+    for i in 0..20 {
+        let t = format!("r/{i}");
+        match publisher.publish_retain(&t, QoS::AtLeastOnce, true, &t) {
+            Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) => {}
+            other => panic!("PUBACK expected, got {other:?}"),
+        }
+        let mut subscriber = C5::connect(&n2, &format!("r-sub-{i}"));
+        subscriber.subscribe(&t, QoS::AtLeastOnce);
+        let p = subscriber.next_publish();
+        assert_eq!((topic(&p), payload(&p), p.retain), (t.clone(), t.clone(), true), "round {i}");
+    }
+    // Cleared on node 2 (an empty retained payload): gone on node 1.
+    let mut on2 = C5::connect(&n2, "r-clear");
+    on2.publish_retain("r/0", QoS::AtLeastOnce, true, "");
+    let mut on1 = C5::connect(&n1, "r-check");
+    on1.subscribe("r/0", QoS::AtLeastOnce);
+    on1.subscribe("r/1", QoS::AtLeastOnce);
+    let p = on1.next_publish();
+    assert_eq!(topic(&p), "r/1", "r/0 was cleared on node 2");
+    // A node that starts now has every retained message.
+    let (_d3, n3) = node_with(retainer(), &nats, "emqx@n3", &disc);
+    let mut on3 = C5::connect(&n3, "r-late");
+    on3.subscribe("r/#", QoS::AtLeastOnce);
+    let expected: Vec<String> = (1..20).map(|i| format!("r/{i}")).collect();
+    all_of(&mut on3, &expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(on3.next_publish_within(std::time::Duration::from_millis(300)).is_none(), "r/0 stays cleared");
+}
+
+/// A login added with `broker ctl users add` on one node lets its client in on every node;
+/// deleted on another node, it is refused everywhere (`emqx_auth_mnesia`'s bucket is shared).
+#[test]
+fn logins_added_on_one_node_are_accepted_by_every_node() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Login, Packet};
+    let nats = Nats::start();
+    let env = [("BROKER_ALLOW_ANONYMOUS", "false"), ("BROKER_AUTH__FAILURE_DELAY", "0")];
+    let auth = || DataDir::with_plugins("{emqx_auth_mnesia, true}.\n");
+    let (d1, n1) = node_with(auth(), &nats, "emqx@n1", &env);
+    let (d2, n2) = node_with(auth(), &nats, "emqx@n2", &env);
+    let connack = |broker: &Broker, id: &str| {
+        let packet = match e2e::raw::connect5(id, true, None) {
+            Packet::Connect(connect, will, _) => {
+                Packet::Connect(connect, will, Some(Login { username: "erin".into(), password: "s3cret-pass".into() }))
+            }
+            other => other,
+        };
+        Raw::<V5>::connect(broker.addr, &packet).1.code
+    };
+    assert_eq!(connack(&n2, "erin-0"), ConnectReturnCode::NotAuthorized);
+    assert_eq!(d1.ctl(&["users", "add", "erin", "s3cret-pass"]).ok().trim(), "ok");
+    e2e::wait_until("node 2 accepts the login added on node 1", || {
+        (connack(&n2, "erin-1") == ConnectReturnCode::Success).then_some(())
+    });
+    assert_eq!(connack(&n1, "erin-2"), ConnectReturnCode::Success);
+    assert_eq!(d2.ctl(&["users", "del", "erin"]).ok().trim(), "ok");
+    e2e::wait_until("node 1 refuses the login deleted on node 2", || {
+        (connack(&n1, "erin-3") == ConnectReturnCode::NotAuthorized).then_some(())
+    });
+}

@@ -151,7 +151,7 @@ impl Cluster {
     /// (`KV_<bucket>`, one value a key, rollups allowed): the NATS client's own
     /// `create_key_value` asks the server for account details that nats-server 2.9 answers in
     /// a shape the client cannot read.
-    async fn open_bucket(&self, name: String, description: &str) -> Result<kv::Store, String> {
+    pub(super) async fn open_bucket(&self, name: String, description: &str) -> Result<kv::Store, String> {
         use async_nats::jetstream::stream;
         let config = stream::Config {
             name: format!("KV_{name}"),

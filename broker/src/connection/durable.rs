@@ -30,7 +30,7 @@ use crate::mqtt::reason;
 /// Something an acknowledgement waits for, which may fail with `E`.
 type Awaited<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
 
-type Commit = Awaited<StoreError>;
+pub(super) type Commit = Awaited<StoreError>;
 
 /// Acknowledgements waiting, oldest first, and the writes they wait for.
 ///

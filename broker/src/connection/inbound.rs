@@ -9,6 +9,7 @@ use plugin_api::abi::{self, RawStr};
 use plugin_api::Hook;
 use store::Batch;
 
+use super::durable::Commit;
 use super::handshake::forwarded;
 use super::suspend::{Next, Suspended};
 use super::{Connection, Ended, Transport};
@@ -481,7 +482,11 @@ impl<T: Transport> Connection<T> {
     fn on_subscribe(&mut self, subscribe: Subscribe<'_>) -> Result<Next, Ended> {
         self.node.stats.metrics.inc(Metric::ClientSubscribe);
         let (packet_id, id) = (subscribe.packet_id, subscribe.properties.subscription_identifier);
-        if !self.superuser && self.node.hooks.route(Hook::ClientCheckAcl) == Route::Blocking {
+        // In a cluster sharing plugin state, `session.subscribed` (the retainer) waits until
+        // this node has what the other nodes stored (`Connection::resume`).
+        let catch_up = self.node.cluster.as_ref().is_some_and(|c| c.shares_state())
+            && self.node.hooks.wants(Hook::SessionSubscribed);
+        if catch_up || (!self.superuser && self.node.hooks.route(Hook::ClientCheckAcl) == Route::Blocking) {
             let filters = subscribe.filters.iter().map(|&(filter, options)| (filter.into(), options)).collect();
             return Ok(Next::Wait(Box::new(Suspended::Subscribe { packet_id, id, filters })));
         }
@@ -497,7 +502,7 @@ impl<T: Transport> Connection<T> {
             };
             codes.push(code);
         }
-        self.send_suback(packet_id, &codes, granted);
+        self.send_suback(packet_id, &codes, granted, false);
         Ok(Next::Done)
     }
 
@@ -558,32 +563,41 @@ impl<T: Transport> Connection<T> {
         options.qos
     }
 
+    /// In a cluster, what a SUBACK waits for: until the other nodes would send what this one
+    /// now wants (NATS has the interest), and a persistent session's record is shared, for
+    /// another node to revive it from should this one die. `None` when nothing is to wait for.
+    pub(super) fn in_cluster(&self, granted: &[(String, SubscriptionOptions, bool)]) -> Option<Commit> {
+        let cluster = self.node.cluster.as_ref().filter(|_| !granted.is_empty())?;
+        let (ready, shared) = (cluster.interest_in_place(), self.node.share_record(&self.session, false));
+        if ready.is_none() && shared.is_none() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            if let Some(ready) = ready {
+                ready.await;
+            }
+            if let Some(shared) = shared {
+                let _ = shared.await;
+            }
+            Ok(())
+        }))
+    }
+
     /// Sends the SUBACK with `codes`, then fires `session.subscribed` for what was `granted`.
+    /// `cluster_waited`: [`Self::in_cluster`] was awaited already.
     pub(super) fn send_suback(
         &mut self,
         packet_id: u16,
         codes: &[u8],
         granted: Vec<(String, SubscriptionOptions, bool)>,
+        cluster_waited: bool,
     ) {
         let node = self.node.clone();
         let base_len = 5 + 1 + codes.len();
         let reason_string = codes.iter().find(|&&c| c >= 0x80).and_then(|&c| self.reason_string(c, base_len));
-        // In a cluster, the SUBACK waits until the other nodes would send what this one now
-        // wants (NATS has the interest).
-        // And a persistent session's record is shared, for another node to revive it from
-        // should this one die.
-        if let Some(cluster) = node.cluster.as_ref().filter(|_| !granted.is_empty()) {
-            let (ready, shared) = (cluster.interest_in_place(), node.share_record(&self.session, false));
-            if ready.is_some() || shared.is_some() {
-                self.hold_until(Box::pin(async move {
-                    if let Some(ready) = ready {
-                        ready.await;
-                    }
-                    if let Some(shared) = shared {
-                        let _ = shared.await;
-                    }
-                    Ok(())
-                }));
+        if !cluster_waited {
+            if let Some(in_cluster) = self.in_cluster(&granted) {
+                self.hold_until(in_cluster);
             }
         }
         let start = self.out.len();

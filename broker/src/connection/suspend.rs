@@ -76,6 +76,9 @@ impl<T: Transport> Connection<T> {
                 self.publish_acked(ack, outcome, batch);
             }
             Suspended::Subscribe { packet_id, id, filters } => {
+                if let Some(caught_up) = self.node.cluster.as_ref().and_then(|c| c.shared_state_caught_up()) {
+                    caught_up.await;
+                }
                 let mut codes = Vec::with_capacity(filters.len());
                 let mut granted = Vec::with_capacity(filters.len());
                 for (filter, options) in &filters {
@@ -91,7 +94,13 @@ impl<T: Transport> Connection<T> {
                     };
                     codes.push(code);
                 }
-                self.send_suback(packet_id, &codes, granted);
+                // In a cluster the SUBACK's waits are over before it is queued, so that the
+                // retained messages `session.subscribed` delivers follow it.
+                let in_cluster = self.in_cluster(&granted);
+                if let Some(in_cluster) = in_cluster {
+                    let _ = in_cluster.await;
+                }
+                self.send_suback(packet_id, &codes, granted, true);
             }
         }
         Ok(())

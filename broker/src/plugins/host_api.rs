@@ -160,6 +160,11 @@ impl PluginContext {
     pub(super) fn store(&self) -> (&store::Store, &StoreWatches) {
         (&self.shared.store, &self.watches)
     }
+
+    /// The cluster this node is part of, if any.
+    pub(super) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.shared.node.cluster.as_ref()
+    }
 }
 
 /// What a call from a stopped plugin's left-over thread gets (with `STATUS_UNAVAILABLE`).

@@ -139,15 +139,26 @@ pub(super) unsafe extern "C" fn commit(ctx: *const c_void, bucket: RawStr, ops: 
     };
     let batch = bucket_of(context.name(), bucket).and_then(|bucket| {
         let mut batch = Batch::new();
-        for (key, value) in ops {
+        for (key, value) in &ops {
             match value {
                 Some(value) => batch.put(&bucket, key, value)?,
                 None => batch.delete(&bucket, key)?,
             };
         }
-        Ok(batch)
+        Ok((bucket, batch))
     });
-    match batch.and_then(|batch| off_the_network(|| store.commit(batch))) {
+    // In a cluster, a shared bucket's changes go to the other nodes first.
+    let cluster = context
+        .cluster()
+        .filter(|cluster| batch.as_ref().is_ok_and(|(bucket, _)| cluster.shared_bucket(bucket).is_some()));
+    let committed = batch.and_then(|(bucket, batch)| match cluster {
+        Some(cluster) => {
+            let ops = ops.into_iter().map(|(key, value)| (bucket.clone(), key.to_vec(), value.map(<[u8]>::to_vec)));
+            off_the_network(|| cluster.commit_shared(ops.collect(), batch))
+        }
+        None => off_the_network(|| store.commit(batch)),
+    });
+    match committed {
         Ok(()) => abi::STATUS_OK,
         // SAFETY: the writer is alive during this call.
         Err(e) => unsafe { fail(context, &e, error) },

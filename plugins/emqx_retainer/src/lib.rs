@@ -15,6 +15,10 @@
 //! `emqx_retainer.dat.imported` (a damaged one is left in place, with a warning). With `ram`
 //! (the default) nothing touches the store.
 //!
+//! The index follows the bucket's change feed too: what another broker node of a cluster stored
+//! (the cluster shares this plugin's bucket) is in the index within 200 ms, and before any
+//! retained message is delivered to a new subscription.
+//!
 //! Config (`[retainer]`, EMQX's names and defaults): `storage_type = "ram" | "disc" |
 //! "disc_only"` (default `ram`; `disc_only` behaves as `disc`), `max_retained_messages` (0 =
 //! unlimited), `max_payload_size` (`1MB`), `expiry_interval` (0 = never; a bare number is
@@ -31,10 +35,12 @@ mod store;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use plugin_api::store::{Bucket, StoreBatch};
+use plugin_api::store::{Bucket, StoreBatch, StoreWatch};
 use plugin_api::{
     declare_plugin, topic, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind,
     QoS, RetainedMessage,
@@ -46,6 +52,8 @@ use store::{Messages, Retained};
 const STRIPES: usize = 64;
 /// The most operations one import batch holds.
 const IMPORT_BATCH: usize = 1000;
+/// How often the index takes in the store's changes when no subscription asks it to.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -67,7 +75,11 @@ struct Index {
 pub struct Retainer {
     host: Host,
     settings: Settings,
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
+    /// The bucket's change feed (`disc`), with the thread that applies it every
+    /// [`FOLLOW_EVERY`] and its stop flag.
+    feed: Option<Arc<Mutex<StoreWatch>>>,
+    follower: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     /// The store's bucket; `None` with `ram`, which never touches the store.
     bucket: Option<Bucket>,
     /// Orders the writes of one topic: a topic's lock is held from its store write to its index
@@ -213,6 +225,9 @@ impl Retainer {
         if !event.wants_retained() {
             return;
         }
+        if let Some(feed) = &self.feed {
+            take_in_changes(&self.host, &self.index, feed);
+        }
         let filter = event.topic;
         let now = now_ms();
         let matching: Vec<(String, Retained)> = store::candidates(&self.index().messages, filter)
@@ -233,6 +248,33 @@ impl Retainer {
             // the granted QoS, with the subscription's identifier.
             if let Err(e) = self.host.deliver_retained(event.client_id, filter, &retained) {
                 self.host.debug(&format!("retained {topic} not delivered: {e}"));
+            }
+        }
+    }
+}
+
+/// Applies to `index` the changes `feed` holds: those made on other nodes (and this plugin's
+/// own, already in the index: applying them again changes nothing).
+fn take_in_changes(host: &Host, index: &Mutex<Index>, feed: &Mutex<StoreWatch>) {
+    let feed = lock(feed);
+    loop {
+        match feed.next_timeout(Duration::ZERO) {
+            Ok(Some(change)) => {
+                let topic = String::from_utf8_lossy(&change.key).into_owned();
+                match change.value.as_deref().map(store::decode_value) {
+                    Some(Ok(message)) => {
+                        lock(index).messages.insert(topic, message);
+                    }
+                    Some(Err(e)) => host.warn(&format!("retained message on {topic} in the store not loaded: {e}")),
+                    None => {
+                        lock(index).messages.remove(&topic);
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                host.debug(&format!("the retained messages' change feed: {e}"));
+                return;
             }
         }
     }
@@ -274,19 +316,42 @@ fn load(host: &Host, bucket: &Bucket) -> Result<Messages, String> {
 impl Plugin for Retainer {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let (bucket, messages) = match settings.storage_type {
-            StorageType::Ram => (None, Messages::new()),
+        let (bucket, feed, messages) = match settings.storage_type {
+            StorageType::Ram => (None, None, Messages::new()),
             StorageType::Disc | StorageType::DiscOnly => {
                 let bucket = host.store(store::BUCKET);
                 plugin_api::store::import_file(&host, &store::path(host.data_dir()), |bytes| import(&bucket, bytes));
+                // Watching before reading: nothing committed between the two is missed.
+                let feed = bucket.watch(b"").map(|w| Arc::new(Mutex::new(w)));
+                if let Err(e) = &feed {
+                    host.warn(&format!("no change feed ({e}): changes made on other nodes are not seen"));
+                }
                 let messages = load(&host, &bucket)?;
-                (Some(bucket), messages)
+                (Some(bucket), feed.ok(), messages)
             }
+        };
+        let index = Arc::new(Mutex::new(Index { messages, reserved: 0 }));
+        let follower = match &feed {
+            Some(feed) => {
+                let (host, index, feed, stopping) =
+                    (host, index.clone(), feed.clone(), Arc::new(AtomicBool::new(false)));
+                let stop = stopping.clone();
+                let thread = std::thread::Builder::new().name("emqx_retainer".into()).spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(FOLLOW_EVERY);
+                        take_in_changes(&host, &index, &feed);
+                    }
+                })?;
+                Some((thread, stopping))
+            }
+            None => None,
         };
         let retainer = Retainer {
             host,
             settings,
-            index: Mutex::new(Index { messages, reserved: 0 }),
+            index,
+            feed,
+            follower,
             bucket,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         };
@@ -323,7 +388,12 @@ impl Plugin for Retainer {
         }
     }
 
-    fn stop(self) {}
+    fn stop(mut self) {
+        if let Some((thread, stopping)) = self.follower.take() {
+            stopping.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+    }
 }
 
 declare_plugin!(

@@ -1,0 +1,342 @@
+//! Plugin state shared by every node: the store buckets of the plugins named in
+//! `[cluster] shared_state` (by default `emqx_retainer` and `emqx_auth_mnesia`) and every
+//! `shared/...` bucket are the same on every node, so a retained message published on one
+//! node is served by another, and a login added on one node is accepted by all.
+//!
+//! - **One order for every node**: a JetStream KV bucket (`<prefix>_state`, one value a
+//!   key) holds the latest value of every shared key. A plugin's commit on a shared bucket is
+//!   written there first (the plugin's call returns once NATS holds it), then to the local
+//!   store; every node follows the bucket's stream and applies what the others wrote to its
+//!   own store, where the plugins' watches see it. A node that starts (or comes back) reads
+//!   the bucket from its start, so it receives everything it missed.
+//! - **No echo**: a node remembers the stream number of each of its writes not yet seen back;
+//!   a change of that key numbered before it is older than what this node already has, and
+//!   is not applied (the local store never steps back to an older value).
+//! - **Reads after writes**: a SUBSCRIBE that fires `session.subscribed` first waits until
+//!   this node has applied everything the stream held when it asked ([`Cluster::shared_state_caught_up`]),
+//!   so a retained message whose PUBLISH was acknowledged on another node is delivered.
+//! - **NATS away**: a commit is made locally only, logged; the other nodes do not see it.
+//!
+//! Keys in the bucket are `<store bucket>.<key>`, both in URL-safe base64 (any bytes, any store
+//! bucket name, fit NATS's key alphabet); values are a version byte, an operation byte (put or
+//! delete) and the value. A delete is a value of its own (a tombstone), so that it is ordered
+//! with the puts of its key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64;
+use base64::Engine;
+use futures_util::StreamExt;
+use store::{Batch, StoreError};
+use tokio::sync::watch;
+
+use super::Cluster;
+use crate::log_limit::Throttle;
+
+const VERSION: u8 = 1;
+const PUT: u8 = 0;
+const DELETE: u8 = 1;
+
+/// How long a shared commit waits for NATS before it is made locally only.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a SUBSCRIBE waits for this node to catch up with the shared state.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many changes from other nodes go to the local store in one commit at most.
+const APPLY_BATCH: usize = 512;
+
+/// One change of a shared key: its store bucket, its key, its new value (`None`: deleted).
+pub(crate) type SharedOp = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// This node's side of the shared state.
+pub(crate) struct SharedState {
+    store: store::Store,
+    /// Store buckets shared: `plugin/<name>/` for each plugin named, and `shared/`.
+    prefixes: Vec<String>,
+    kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// This node's writes not yet seen back, by bucket key: their stream numbers.
+    own: Mutex<Own>,
+    /// The last stream number applied here (or skipped as older than this node's own).
+    applied: watch::Sender<u64>,
+    local_only: Throttle<()>,
+}
+
+#[derive(Default)]
+struct Own {
+    latest: HashMap<String, u64>,
+}
+
+impl SharedState {
+    pub(crate) fn new(store: store::Store, plugins: &[String]) -> SharedState {
+        let mut prefixes: Vec<String> = plugins.iter().map(|p| format!("plugin/{p}/")).collect();
+        prefixes.push("shared/".to_owned());
+        SharedState {
+            store,
+            prefixes,
+            kv: tokio::sync::OnceCell::new(),
+            own: Mutex::new(Own::default()),
+            applied: watch::Sender::new(0),
+            local_only: Throttle::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Whether `bucket` (a store bucket name) is shared with the other nodes.
+    pub(crate) fn shares(&self, bucket: &str) -> bool {
+        self.prefixes.iter().any(|p| bucket.starts_with(p.as_str()))
+    }
+}
+
+/// The bucket's key for `key` of store bucket `bucket`: both in URL-safe base64 (an empty key
+/// is `_`, which no base64 text is).
+fn kv_key(bucket: &str, key: &[u8]) -> String {
+    let key = if key.is_empty() { "_".to_owned() } else { BASE64.encode(key) };
+    format!("{}.{key}", BASE64.encode(bucket))
+}
+
+/// The store bucket and key of a bucket key.
+fn parse_kv_key(kv_key: &str) -> Option<(String, Vec<u8>)> {
+    let (bucket, key) = kv_key.split_once('.')?;
+    let key = if key == "_" { Vec::new() } else { BASE64.decode(key).ok()? };
+    Some((String::from_utf8(BASE64.decode(bucket).ok()?).ok()?, key))
+}
+
+fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + value.map_or(0, <[u8]>::len));
+    out.push(VERSION);
+    match value {
+        Some(value) => {
+            out.push(PUT);
+            out.extend_from_slice(value);
+        }
+        None => out.push(DELETE),
+    }
+    out
+}
+
+/// The value a bucket value carries (`Some(None)`: deleted); `None` if it cannot be read.
+fn decode_value(bytes: &[u8]) -> Option<Option<&[u8]>> {
+    match bytes {
+        [VERSION, PUT, value @ ..] => Some(Some(value)),
+        [VERSION, DELETE] => Some(None),
+        _ => None,
+    }
+}
+
+impl Cluster {
+    /// Shares the state of the plugins named `plugins` (and every `shared/` bucket) in `store`
+    /// with the other nodes, and starts following theirs.
+    pub(crate) fn share_state(self: &Arc<Cluster>, store: store::Store, plugins: &[String]) {
+        if self.shared_state.set(SharedState::new(store, plugins)).is_ok() {
+            tokio::spawn(self.clone().follow_shared_state());
+        }
+    }
+
+    /// Whether this node shares plugin state with the others.
+    pub(crate) fn shares_state(&self) -> bool {
+        self.shared_state.get().is_some()
+    }
+
+    /// The shared state, if `bucket` is part of it.
+    pub(crate) fn shared_bucket(&self, bucket: &str) -> Option<&SharedState> {
+        self.shared_state.get().filter(|state| state.shares(bucket))
+    }
+
+    async fn state_bucket(&self) -> Result<&async_nats::jetstream::kv::Store, String> {
+        let state = self.shared_state.get().ok_or("no shared state")?;
+        let name = format!("{}_state", self.config.subject_prefix.replace('.', "_"));
+        state.kv.get_or_try_init(|| self.open_bucket(name, "plugins' state shared by every broker node")).await
+    }
+
+    /// Commits `batch`, whose changes are `ops` on shared buckets: into the shared bucket
+    /// first, then into the local store. Blocks (call it off the network threads). While NATS
+    /// is away (or does not answer within 2 s) the batch is committed locally only, logged.
+    pub(crate) fn commit_shared(self: &Arc<Cluster>, ops: Vec<SharedOp>, batch: Batch) -> Result<(), StoreError> {
+        let state = self.shared_state.get().expect("commit_shared on a shared bucket");
+        let written = match (self.reachable(), self.runtime.get()) {
+            (true, Some(runtime)) => {
+                let (done, answer) = std::sync::mpsc::sync_channel(1);
+                let cluster = self.clone();
+                runtime.spawn(async move {
+                    let written = tokio::time::timeout(WRITE_TIMEOUT, cluster.write_shared(&ops)).await;
+                    let _ = done.send(written.unwrap_or_else(|_| Err(format!("no answer within {WRITE_TIMEOUT:?}"))));
+                });
+                answer.recv().unwrap_or_else(|_| Err("the cluster stopped".to_owned()))
+            }
+            _ => Err("NATS is not reachable".to_owned()),
+        };
+        let mut own = crate::lock(&state.own);
+        match written {
+            Ok(numbers) => {
+                // Already followed past them: the follower applied these writes (and any
+                // later ones of the same keys) to the local store.
+                if numbers.iter().all(|(_, n)| *n <= *state.applied.borrow()) {
+                    return Ok(());
+                }
+                for (key, n) in numbers {
+                    own.latest.insert(key, n);
+                }
+            }
+            Err(why) => {
+                if state.local_only.check((), Instant::now()).is_some() {
+                    tracing::warn!(
+                        "cluster: plugin state changed on this node only (the other nodes do not see it): {why}"
+                    );
+                }
+            }
+        }
+        state.store.commit(batch)
+    }
+
+    /// Puts `ops` into the shared bucket; their bucket keys and stream numbers.
+    async fn write_shared(&self, ops: &[SharedOp]) -> Result<Vec<(String, u64)>, String> {
+        let kv = self.state_bucket().await?;
+        let mut numbers = Vec::with_capacity(ops.len());
+        for (bucket, key, value) in ops {
+            let key = kv_key(bucket, key);
+            let n = kv.put(&key, encode_value(value.as_deref()).into()).await.map_err(|e| e.to_string())?;
+            numbers.push((key, n));
+        }
+        Ok(numbers)
+    }
+
+    /// Resolves once this node has applied every shared change NATS held when it was called
+    /// (at once when nothing is shared or NATS is away; after 2 s at most).
+    pub(crate) fn shared_state_caught_up(
+        self: &Arc<Cluster>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let state = self.shared_state.get()?;
+        if !self.reachable() {
+            return None;
+        }
+        let (cluster, mut applied) = (self.clone(), state.applied.subscribe());
+        Some(async move {
+            let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+                let Ok(kv) = cluster.state_bucket().await else { return };
+                let Ok(stream) = cluster.jetstream.get_stream(&kv.stream_name).await else { return };
+                let last = stream.cached_info().state.last_sequence;
+                let _ = applied.wait_for(|&n| n >= last).await;
+            })
+            .await;
+        })
+    }
+
+    /// Follows the shared bucket's stream from its start, handing each change to the thread
+    /// that applies them; starts again after the last one applied when NATS was lost.
+    async fn follow_shared_state(self: Arc<Cluster>) {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let (changes, arrived) = std::sync::mpsc::channel();
+        let cluster = self.clone();
+        let applier = std::thread::Builder::new()
+            .name("cluster-state".to_owned())
+            .spawn(move || apply_shared_changes(&cluster, arrived));
+        if let Err(e) = applier {
+            tracing::error!("cluster: cannot start the thread that applies shared plugin state: {e}");
+            return;
+        }
+        let mut next = 1;
+        loop {
+            let followed = async {
+                let kv = self.state_bucket().await?;
+                let config = OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: next },
+                    ..Default::default()
+                };
+                let consumer = kv.stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+                let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+                while let Some(message) = messages.next().await {
+                    let message = message.map_err(|e| e.to_string())?;
+                    let n = message.info().map_err(|e| e.to_string())?.stream_sequence;
+                    let key = message.subject.as_str().splitn(3, '.').nth(2).unwrap_or("").to_owned();
+                    if changes.send((n, key, message.payload.clone())).is_err() {
+                        return Ok(());
+                    }
+                    next = n + 1;
+                }
+                Ok::<(), String>(())
+            };
+            if let Err(why) = followed.await {
+                tracing::debug!("cluster: following the shared plugin state: {why}; again in 1 s");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Applies the other nodes' changes to the local store, a batch at a time, in stream order.
+fn apply_shared_changes(cluster: &Cluster, arrived: std::sync::mpsc::Receiver<(u64, String, bytes::Bytes)>) {
+    let Some(state) = cluster.shared_state.get() else { return };
+    while let Ok(first) = arrived.recv() {
+        let mut changes = vec![first];
+        changes.extend(arrived.try_iter().take(APPLY_BATCH - 1));
+        let last = changes.last().map_or(0, |(n, _, _)| *n);
+        let mut own = crate::lock(&state.own);
+        let mut batch = Batch::new();
+        for (n, key, value) in &changes {
+            match own.latest.get(key) {
+                // This node wrote the key later: what it has is newer.
+                Some(&mine) if *n < mine => continue,
+                // Its own write, seen back.
+                Some(&mine) if *n == mine => {
+                    own.latest.remove(key);
+                    continue;
+                }
+                Some(_) => {
+                    own.latest.remove(key);
+                }
+                None => {}
+            }
+            let (Some((bucket, store_key)), Some(value)) = (parse_kv_key(key), decode_value(value)) else {
+                tracing::warn!("cluster: a shared plugin state entry this node cannot read ({key}): skipped");
+                continue;
+            };
+            let added = match value {
+                Some(value) => batch.put(&bucket, &store_key, value).map(|_| ()),
+                None => batch.delete(&bucket, &store_key).map(|_| ()),
+            };
+            if let Err(e) = added {
+                tracing::warn!("cluster: a shared plugin state entry not applied ({bucket}): {e}");
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = state.store.commit(batch) {
+                tracing::error!("cluster: shared plugin state not applied to the local store: {e}");
+            }
+        }
+        state.applied.send_replace(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_any_bytes_make_valid_bucket_keys_and_come_back() {
+        for (bucket, key) in
+            [("plugin/emqx_retainer/retained", &b"a/b c.d*>"[..]), ("shared/x", b""), ("p", b"\xff\x00")]
+        {
+            let k = kv_key(bucket, key);
+            assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{k}");
+            assert_eq!(parse_kv_key(&k), Some((bucket.to_owned(), key.to_vec())));
+        }
+        assert_eq!(parse_kv_key("!!.AA"), None);
+    }
+
+    #[test]
+    fn values_say_put_or_delete() {
+        assert_eq!(decode_value(&encode_value(Some(b"v"))), Some(Some(&b"v"[..])));
+        assert_eq!(decode_value(&encode_value(Some(b""))), Some(Some(&b""[..])));
+        assert_eq!(decode_value(&encode_value(None)), Some(None));
+        assert_eq!(decode_value(b"\x09\x00"), None);
+    }
+
+    #[test]
+    fn only_the_named_plugins_and_shared_buckets_are_shared() {
+        let state = SharedState::new(store::Store::in_memory(), &["emqx_retainer".to_owned()]);
+        assert!(state.shares("plugin/emqx_retainer/retained"));
+        assert!(state.shares("shared/logins"));
+        assert!(!state.shares("plugin/emqx_telemetry/uuid"));
+        assert!(!state.shares("sessions"));
+    }
+}
