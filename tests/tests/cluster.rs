@@ -1141,3 +1141,36 @@ fn logins_added_on_one_node_are_accepted_by_every_node() {
         (connack(&n1, "erin-3") == ConnectReturnCode::NotAuthorized).then_some(())
     });
 }
+
+/// A retained message stored on a node while NATS was away reaches the other nodes once it is
+/// back (the changed keys are sent then, with their value).
+#[test]
+fn plugin_state_changed_while_nats_is_away_reaches_the_other_nodes_when_it_is_back() {
+    let mut nats = Nats::start();
+    let disc = [("BROKER_RETAINER__STORAGE_TYPE", "disc")];
+    let retainer = || DataDir::with_plugins("{emqx_retainer, true}.\n");
+    let (_d1, n1) = node_with(retainer(), &nats, "emqx@a1", &disc);
+    let (_d2, n2) = node_with(retainer(), &nats, "emqx@a2", &disc);
+    let mut publisher = C5::connect(&n1, "away-pub");
+    publisher.publish_retain("away/before", QoS::AtLeastOnce, true, "before");
+
+    nats.kill();
+    n1.wait_for_log("cluster: lost NATS");
+    match publisher.publish_retain("away/while", QoS::AtLeastOnce, true, "while") {
+        Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) => {}
+        other => panic!("PUBACK expected while NATS is away, got {other:?}"),
+    }
+    n1.wait_for_log("plugin state changed on this node only");
+
+    nats.restart();
+    n1.wait_for_log("1 plugin state changes made while NATS was away sent");
+    let mut round = 0;
+    e2e::wait_until("node 2 serves what node 1 retained while NATS was away", || {
+        round += 1;
+        let mut subscriber = C5::connect(&n2, &format!("away-sub-{round}"));
+        subscriber.subscribe("away/while", QoS::AtLeastOnce);
+        let p = subscriber.next_publish_within(std::time::Duration::from_millis(200))?;
+        assert_eq!(payload(&p), "while");
+        Some(())
+    });
+}

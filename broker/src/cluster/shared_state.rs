@@ -15,7 +15,8 @@
 //! - **Reads after writes**: a SUBSCRIBE that fires `session.subscribed` first waits until
 //!   this node has applied everything the stream held when it asked ([`Cluster::shared_state_caught_up`]),
 //!   so a retained message whose PUBLISH was acknowledged on another node is delivered.
-//! - **NATS away**: a commit is made locally only, logged; the other nodes do not see it.
+//! - **NATS away**: a commit is made locally only, logged, and the keys it changed are sent
+//!   (with their value then) once NATS answers; the last value to reach NATS wins.
 //!
 //! Keys in the bucket are `<store bucket>.<key>`, both in URL-safe base64 (any bytes, any store
 //! bucket name, fit NATS's key alphabet); values are a version byte, an operation byte (put or
@@ -60,6 +61,8 @@ pub(crate) struct SharedState {
     /// The last stream number applied here (or skipped as older than this node's own).
     applied: watch::Sender<u64>,
     local_only: Throttle<()>,
+    /// Keys changed here while NATS was away: sent (their value now) once it is back.
+    unsent: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
 }
 
 #[derive(Default)]
@@ -78,6 +81,7 @@ impl SharedState {
             own: Mutex::new(Own::default()),
             applied: watch::Sender::new(0),
             local_only: Throttle::new(Duration::from_secs(60)),
+            unsent: Mutex::default(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Cluster {
     pub(crate) fn share_state(self: &Arc<Cluster>, store: store::Store, plugins: &[String]) {
         if self.shared_state.set(SharedState::new(store, plugins)).is_ok() {
             tokio::spawn(self.clone().follow_shared_state());
+            tokio::spawn(self.clone().send_unsent());
         }
     }
 
@@ -153,6 +158,7 @@ impl Cluster {
     /// is away (or does not answer within 2 s) the batch is committed locally only, logged.
     pub(crate) fn commit_shared(self: &Arc<Cluster>, ops: Vec<SharedOp>, batch: Batch) -> Result<(), StoreError> {
         let state = self.shared_state.get().expect("commit_shared on a shared bucket");
+        let keys: Vec<(String, Vec<u8>)> = ops.iter().map(|(bucket, key, _)| (bucket.clone(), key.clone())).collect();
         let written = match (self.reachable(), self.runtime.get()) {
             (true, Some(runtime)) => {
                 let (done, answer) = std::sync::mpsc::sync_channel(1);
@@ -180,12 +186,44 @@ impl Cluster {
             Err(why) => {
                 if state.local_only.check((), Instant::now()).is_some() {
                     tracing::warn!(
-                        "cluster: plugin state changed on this node only (the other nodes do not see it): {why}"
+                        "cluster: plugin state changed on this node only, sent to the others once NATS answers: {why}"
                     );
                 }
+                crate::lock(&state.unsent).extend(keys);
             }
         }
         state.store.commit(batch)
+    }
+
+    /// Sends, once NATS is reachable, the keys changed here while it was not: their value in
+    /// the local store now. Their own numbers are not kept, so their echo is applied: should a
+    /// change another node made meanwhile reach the local store first, the echo puts this
+    /// node's value back, and every node ends with the bucket's last value.
+    async fn send_unsent(self: Arc<Cluster>) {
+        let Some(state) = self.shared_state.get() else { return };
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !self.reachable() {
+                continue;
+            }
+            let keys: Vec<_> = crate::lock(&state.unsent).drain().collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let mut ops = Vec::with_capacity(keys.len());
+            for (bucket, key) in keys {
+                match state.store.get(&bucket, &key) {
+                    Ok(value) => ops.push((bucket, key, value)),
+                    Err(e) => tracing::warn!("cluster: a plugin state change not sent to the other nodes: {e}"),
+                }
+            }
+            match tokio::time::timeout(WRITE_TIMEOUT, self.write_shared(&ops)).await {
+                Ok(Ok(_)) => {
+                    tracing::info!("cluster: {} plugin state changes made while NATS was away sent", ops.len())
+                }
+                _ => crate::lock(&state.unsent).extend(ops.into_iter().map(|(bucket, key, _)| (bucket, key))),
+            }
+        }
     }
 
     /// Puts `ops` into the shared bucket; their bucket keys and stream numbers.
