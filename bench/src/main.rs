@@ -25,6 +25,7 @@ enum Scenario {
     Many,
     Idle,
     Connect,
+    Subscribe,
 }
 
 #[derive(Parser, Debug)]
@@ -145,7 +146,7 @@ async fn pubsub(args: Args) {
         Scenario::FanIn => (args.clients, 1, args.clients * args.messages),
         Scenario::FanOut => (1, args.clients, args.messages),
         Scenario::Many => (args.clients, args.clients, args.clients * args.messages),
-        Scenario::Idle | Scenario::Connect => unreachable!(),
+        Scenario::Idle | Scenario::Connect | Scenario::Subscribe => unreachable!(),
     };
     let expected = expected_each * subscribers;
     let start = Instant::now();
@@ -362,12 +363,63 @@ async fn connect_rate(args: Args) {
     }
 }
 
+/// `clients` connections, each subscribing to `messages` filters of its own one after another
+/// (each SUBSCRIBE waits for its SUBACK); prints subscribes a second and the SUBACK's p50 / p99
+/// latency (in a cluster a SUBACK waits for NATS: the interest, and the shared plugin state).
+async fn subscribe_rate(args: Args) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let (host, port, n) = (args.host.clone(), args.port, args.messages);
+        tasks.push(tokio::spawn(async move {
+            let id = format!("sub-{}-{c}", std::process::id());
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
+            let _ = stream.set_nodelay(true);
+            stream.write_all(&bench::raw::connect(&id, true)).await.expect("CONNECT");
+            let mut connack = [0u8; 4];
+            stream.read_exact(&mut connack).await.expect("CONNACK");
+            let mut latencies = Vec::with_capacity(n);
+            for i in 0..n {
+                let sent = Instant::now();
+                stream.write_all(&bench::raw::subscribe(&format!("s/{c}/{i}"), 1)).await.expect("SUBSCRIBE");
+                let mut suback = [0u8; 5];
+                stream.read_exact(&mut suback).await.expect("SUBACK");
+                latencies.push(sent.elapsed().as_micros() as u64);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("subscribe task"));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    let rate = latencies.len() as f64 / elapsed;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"label": args.label, "scenario": "subscribe", "clients": args.clients,
+                "subscribes": latencies.len(), "subscribes_per_sec": rate.round(), "p50_us": p50, "p99_us": p99})
+        );
+    } else {
+        println!(
+            "{} subscribe clients={}: {} SUBACKs in {elapsed:.2} s, {rate:.0} subscribes/s, p50 {p50} us, p99 {p99} us",
+            args.label,
+            args.clients,
+            latencies.len()
+        );
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     match args.scenario {
         Scenario::Idle => runtime.block_on(idle(args)),
         Scenario::Connect => runtime.block_on(connect_rate(args)),
+        Scenario::Subscribe => runtime.block_on(subscribe_rate(args)),
         _ => runtime.block_on(pubsub(args)),
     }
 }

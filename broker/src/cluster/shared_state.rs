@@ -31,7 +31,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64;
 use base64::Engine;
 use futures_util::StreamExt;
 use store::{Batch, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Cluster;
 use crate::log_limit::Throttle;
@@ -63,6 +63,10 @@ pub(crate) struct SharedState {
     local_only: Throttle<()>,
     /// Keys changed here while NATS was away: sent (their value now) once it is back.
     unsent: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    /// Waits for this node to catch up ([`Cluster::shared_state_caught_up`]), and the task's
+    /// end of them until it starts.
+    catch_ups: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    catch_ups_rx: Mutex<Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>>,
 }
 
 #[derive(Default)]
@@ -74,6 +78,7 @@ impl SharedState {
     pub(crate) fn new(store: store::Store, plugins: &[String]) -> SharedState {
         let mut prefixes: Vec<String> = plugins.iter().map(|p| format!("plugin/{p}/")).collect();
         prefixes.push("shared/".to_owned());
+        let (catch_ups, catch_ups_rx) = mpsc::unbounded_channel();
         SharedState {
             store,
             prefixes,
@@ -82,6 +87,8 @@ impl SharedState {
             applied: watch::Sender::new(0),
             local_only: Throttle::new(Duration::from_secs(60)),
             unsent: Mutex::default(),
+            catch_ups,
+            catch_ups_rx: Mutex::new(Some(catch_ups_rx)),
         }
     }
 
@@ -134,6 +141,9 @@ impl Cluster {
         if self.shared_state.set(SharedState::new(store, plugins)).is_ok() {
             tokio::spawn(self.clone().follow_shared_state());
             tokio::spawn(self.clone().send_unsent());
+            if let Some(waits) = self.shared_state.get().and_then(|s| crate::lock(&s.catch_ups_rx).take()) {
+                tokio::spawn(self.clone().serve_catch_ups(waits));
+            }
         }
     }
 
@@ -247,16 +257,36 @@ impl Cluster {
         if !self.reachable() {
             return None;
         }
-        let (cluster, mut applied) = (self.clone(), state.applied.subscribe());
+        let (done, caught_up) = tokio::sync::oneshot::channel();
+        state.catch_ups.send(done).ok()?;
         Some(async move {
+            let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, caught_up).await;
+        })
+    }
+
+    /// Answers the waits of [`Cluster::shared_state_caught_up`] in rounds: all those that
+    /// arrived before a round share its one question to NATS (where the stream stands), and
+    /// are released once this node has applied that far; those arriving meanwhile wait for the
+    /// next round, whose question is asked after they came.
+    async fn serve_catch_ups(self: Arc<Cluster>, mut waits: mpsc::UnboundedReceiver<oneshot::Sender<()>>) {
+        let Some(state) = self.shared_state.get() else { return };
+        while let Some(first) = waits.recv().await {
+            let mut round = vec![first];
+            while let Ok(next) = waits.try_recv() {
+                round.push(next);
+            }
+            let mut applied = state.applied.subscribe();
             let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
-                let Ok(kv) = cluster.state_bucket().await else { return };
-                let Ok(stream) = cluster.jetstream.get_stream(&kv.stream_name).await else { return };
+                let Ok(kv) = self.state_bucket().await else { return };
+                let Ok(stream) = self.jetstream.get_stream(&kv.stream_name).await else { return };
                 let last = stream.cached_info().state.last_sequence;
                 let _ = applied.wait_for(|&n| n >= last).await;
             })
             .await;
-        })
+            for waiting in round {
+                let _ = waiting.send(());
+            }
+        }
     }
 
     /// Follows the shared bucket's stream from its start, handing each change to the thread
