@@ -624,34 +624,52 @@ impl Cluster {
 
     /// Answers the commands other nodes send this one with `commands` (on the current runtime).
     pub(crate) fn serve_commands(self: &Arc<Cluster>, commands: Arc<dyn Commands>) {
-        let cluster = self.clone();
+        let subject = subject::command_subject(&self.config.subject_prefix, &self.config.node_name);
+        self.answer_requests(subject, "answer other nodes' commands", move |request| {
+            let commands = commands.clone();
+            async move {
+                let reply = match serde_json::from_slice::<Vec<String>>(&request) {
+                    // A command may not call on yet another node (nor back): no loops.
+                    Ok(args) if args.starts_with(&["cluster".to_owned(), "call".to_owned()]) => CommandReply {
+                        status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
+                        output: "`cluster call` cannot be called on another node".to_owned(),
+                    },
+                    Ok(args) => match commands.run(args).await {
+                        Ok(output) => CommandReply { status: plugin_api::abi::STATUS_OK, output },
+                        Err((status, output)) => CommandReply { status, output },
+                    },
+                    Err(e) => CommandReply {
+                        status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
+                        output: format!("malformed command: {e}"),
+                    },
+                };
+                Some(serde_json::to_vec(&reply).unwrap_or_default())
+            }
+        });
+    }
+
+    /// Subscribes to `subject` (on the current runtime) and answers each request on it with
+    /// what `answer` makes of its payload, each in a task of its own; `None` leaves a request
+    /// unanswered. `what` says, in the error logged if NATS refuses the subscription, what the
+    /// node then cannot do.
+    fn answer_requests<F, A>(self: &Arc<Cluster>, subject: String, what: &'static str, answer: F)
+    where
+        F: Fn(Bytes) -> A + Send + 'static,
+        A: Future<Output = Option<Vec<u8>>> + Send + 'static,
+    {
+        let client = self.client.clone();
         tokio::spawn(async move {
-            let subject = subject::command_subject(&cluster.config.subject_prefix, &cluster.config.node_name);
-            let mut requests = match cluster.client.subscribe(subject).await {
+            let mut requests = match client.subscribe(subject).await {
                 Ok(requests) => requests,
-                Err(e) => return tracing::error!("cluster: cannot answer other nodes' commands: {e}"),
+                Err(e) => return tracing::error!("cluster: cannot {what}: {e}"),
             };
             while let Some(request) = requests.next().await {
                 let Some(reply_to) = request.reply else { continue };
-                let (commands, client) = (commands.clone(), cluster.client.clone());
+                let (client, answered) = (client.clone(), answer(request.payload));
                 tokio::spawn(async move {
-                    let reply = match serde_json::from_slice::<Vec<String>>(&request.payload) {
-                        // A command may not call on yet another node (nor back): no loops.
-                        Ok(args) if args.starts_with(&["cluster".to_owned(), "call".to_owned()]) => CommandReply {
-                            status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
-                            output: "`cluster call` cannot be called on another node".to_owned(),
-                        },
-                        Ok(args) => match commands.run(args).await {
-                            Ok(output) => CommandReply { status: plugin_api::abi::STATUS_OK, output },
-                            Err((status, output)) => CommandReply { status, output },
-                        },
-                        Err(e) => CommandReply {
-                            status: plugin_api::abi::STATUS_INVALID_ARGUMENT,
-                            output: format!("malformed command: {e}"),
-                        },
-                    };
-                    let body = serde_json::to_vec(&reply).unwrap_or_default();
-                    let _ = client.publish(reply_to, Bytes::from(body)).await;
+                    if let Some(body) = answered.await {
+                        let _ = client.publish(reply_to, Bytes::from(body)).await;
+                    }
                 });
             }
         });
@@ -685,16 +703,25 @@ impl Cluster {
 
     /// [`Cluster::call`], from a thread that may block (the plugin manager's, a plugin's).
     pub(crate) fn call_blocking(self: &Arc<Cluster>, node: &str, args: &[String]) -> CommandResult {
-        let Some(runtime) = self.runtime.get() else {
-            return Err((plugin_api::abi::STATUS_UNAVAILABLE, "the cluster has not started".to_owned()));
-        };
-        let (done, answer) = std::sync::mpsc::sync_channel(1);
         let (node, args) = (node.to_owned(), args.to_vec());
-        let cluster = self.clone();
+        self.block_on(|cluster| async move { cluster.call(&node, &args).await })
+            .unwrap_or_else(|why| Err((plugin_api::abi::STATUS_UNAVAILABLE, why.to_owned())))
+    }
+
+    /// Runs `work` on the cluster's runtime and blocks this thread until it is done (from any
+    /// thread but the runtime's own workers); why not, if the cluster has not started or stopped.
+    fn block_on<T, F>(self: &Arc<Cluster>, work: impl FnOnce(Arc<Cluster>) -> F) -> Result<T, &'static str>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let runtime = self.runtime.get().ok_or("the cluster has not started")?;
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        let work = work(self.clone());
         runtime.spawn(async move {
-            let _ = done.send(cluster.call(&node, &args).await);
+            let _ = done.send(work.await);
         });
-        answer.recv().unwrap_or_else(|_| Err((plugin_api::abi::STATUS_UNAVAILABLE, "the cluster stopped".to_owned())))
+        answer.recv().map_err(|_| "the cluster stopped")
     }
 
     /// Says every [`HEARTBEAT`] that this node runs, and hears the others say so.

@@ -1116,29 +1116,16 @@ impl Owner for Node {
             Ok(match claim? {
                 Claim::Here => Claimed::Here,
                 Claim::Discarded => Claimed::Discarded,
-                Claim::Revived { record, since_ms, from } => match SessionRecord::decode(&record, &client_id) {
-                    Ok(record) => Claimed::Revived { record, since_ms },
-                    Err(e) => {
-                        tracing::warn!(
-                            client_id = &*client_id,
-                            from,
-                            "cluster: a session's record could not be read: {e}"
-                        );
-                        Claimed::Here
-                    }
-                },
-                Claim::Moved { session, from } => match MovedSession::decode(&session) {
-                    Ok(session) => Claimed::Moved { session, from },
-                    Err(e) => {
-                        // The ownership passed: the session starts anew here.
-                        tracing::warn!(
-                            client_id = &*client_id,
-                            from,
-                            "cluster: a moved session could not be read: {e}"
-                        );
-                        Claimed::Here
-                    }
-                },
+                Claim::Revived { record, since_ms, from } => {
+                    let read = SessionRecord::decode(&record, &client_id);
+                    readable(read, &client_id, &from, "a session's record")
+                        .map_or(Claimed::Here, |record| Claimed::Revived { record, since_ms })
+                }
+                Claim::Moved { session, from } => {
+                    let read = MovedSession::decode(&session);
+                    readable(read, &client_id, &from, "a moved session")
+                        .map_or(Claimed::Here, |session| Claimed::Moved { session, from })
+                }
             })
         }
     }
@@ -1166,4 +1153,10 @@ impl Owner for Node {
             self.commit_in_background(batch);
         }
     }
+}
+
+/// What node `from` sent of `client_id`'s session (`what`), read; `None`, logged, if it could
+/// not be: the ownership passed all the same, so the session starts anew here.
+fn readable<T, E: std::fmt::Display>(read: Result<T, E>, client_id: &str, from: &str, what: &str) -> Option<T> {
+    read.map_err(|e| tracing::warn!(client_id, from, "cluster: {what} could not be read: {e}")).ok()
 }

@@ -49,16 +49,6 @@ const REVIVE_MARGIN: Duration = Duration::from_secs(30);
 /// Client ids up to this long are their key (hex); longer ones are hashed.
 const KEY_PLAIN_MAX: usize = 96;
 
-/// The bucket of owners for subject prefix `prefix`.
-pub(super) fn bucket(prefix: &str) -> String {
-    format!("{}_sessions", prefix.replace('.', "_"))
-}
-
-/// The bucket of persistent sessions' records for subject prefix `prefix`.
-pub(super) fn records_bucket(prefix: &str) -> String {
-    format!("{}_session_records", prefix.replace('.', "_"))
-}
-
 /// The key of `client_id`: its bytes in hex (a KV key allows few characters), or `h` and
 /// the SHA-256 of a long one.
 pub(super) fn key(client_id: &str) -> String {
@@ -134,7 +124,7 @@ fn owner_of(entry: &kv::Entry) -> Option<&str> {
 impl Cluster {
     /// The bucket of owners, made (or found) on first use.
     async fn owners(&self) -> Result<&kv::Store, String> {
-        let name = bucket(&self.config.subject_prefix);
+        let name = subject::kv_bucket(&self.config.subject_prefix, "sessions");
         self.owners
             .get_or_try_init(|| self.open_bucket(name, "which broker node owns each MQTT client id's session"))
             .await
@@ -143,7 +133,7 @@ impl Cluster {
     /// The bucket of persistent sessions' records (subscriptions, expiry, since when offline),
     /// from which a node revives the session of a node that died.
     async fn records(&self) -> Result<&kv::Store, String> {
-        let name = records_bucket(&self.config.subject_prefix);
+        let name = subject::kv_bucket(&self.config.subject_prefix, "session_records");
         self.records.get_or_try_init(|| self.open_bucket(name, "MQTT persistent sessions' subscriptions")).await
     }
 
@@ -390,34 +380,26 @@ impl Cluster {
 
     /// Answers other nodes' requests for this node's sessions (on the current runtime).
     pub(super) fn serve_sessions(self: &Arc<Cluster>) {
+        let subject = subject::session_subject(&self.config.subject_prefix, &self.config.node_name);
         let cluster = self.clone();
-        tokio::spawn(async move {
-            let subject = subject::session_subject(&cluster.config.subject_prefix, &cluster.config.node_name);
-            let mut requests = match cluster.client.subscribe(subject).await {
-                Ok(requests) => requests,
-                Err(e) => return tracing::error!("cluster: cannot give sessions up to other nodes: {e}"),
-            };
-            use futures_util::StreamExt;
-            while let Some(message) = requests.next().await {
-                let Some(reply_to) = message.reply else { continue };
-                let Some(node) = cluster.node.get().and_then(std::sync::Weak::upgrade) else { continue };
-                let client = cluster.client.clone();
-                tokio::spawn(async move {
-                    let answer = match postcard::from_bytes::<Request>(&message.payload) {
-                        Ok(Request::Take { client_id, clean_start, to }) => {
-                            let handed = node.hand_over(client_id, clean_start, to).await;
-                            postcard::to_stdvec(&handed)
-                        }
-                        Ok(Request::Release { client_id }) => {
-                            postcard::to_stdvec(&Released(node.release_moved(&client_id)))
-                        }
-                        Err(e) => {
-                            tracing::debug!("cluster: an unreadable session request: {e}");
-                            return;
-                        }
-                    };
-                    let _ = client.publish(reply_to, Bytes::from(answer.unwrap_or_default())).await;
-                });
+        self.answer_requests(subject, "give sessions up to other nodes", move |request| {
+            let node = cluster.node.get().and_then(std::sync::Weak::upgrade);
+            async move {
+                let node = node?;
+                let answer = match postcard::from_bytes::<Request>(&request) {
+                    Ok(Request::Take { client_id, clean_start, to }) => {
+                        let handed = node.hand_over(client_id, clean_start, to).await;
+                        postcard::to_stdvec(&handed)
+                    }
+                    Ok(Request::Release { client_id }) => {
+                        postcard::to_stdvec(&Released(node.release_moved(&client_id)))
+                    }
+                    Err(e) => {
+                        tracing::debug!("cluster: an unreadable session request: {e}");
+                        return None;
+                    }
+                };
+                Some(answer.unwrap_or_default())
             }
         });
     }
@@ -448,6 +430,6 @@ mod tests {
         for k in [key("a b*>/#+$"), key(&long)] {
             assert!(k.bytes().all(|b| b.is_ascii_alphanumeric()), "{k}");
         }
-        assert_eq!(bucket("mqtt.c1"), "mqtt_c1_sessions");
+        assert_eq!(subject::kv_bucket("mqtt.c1", "sessions"), "mqtt_c1_sessions");
     }
 }

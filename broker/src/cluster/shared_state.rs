@@ -159,7 +159,7 @@ impl Cluster {
 
     async fn state_bucket(&self) -> Result<&async_nats::jetstream::kv::Store, String> {
         let state = self.shared_state.get().ok_or("no shared state")?;
-        let name = format!("{}_state", self.config.subject_prefix.replace('.', "_"));
+        let name = super::subject::kv_bucket(&self.config.subject_prefix, "state");
         state.kv.get_or_try_init(|| self.open_bucket(name, "plugins' state shared by every broker node")).await
     }
 
@@ -169,17 +169,14 @@ impl Cluster {
     pub(crate) fn commit_shared(self: &Arc<Cluster>, ops: Vec<SharedOp>, batch: Batch) -> Result<(), StoreError> {
         let state = self.shared_state.get().expect("commit_shared on a shared bucket");
         let keys: Vec<(String, Vec<u8>)> = ops.iter().map(|(bucket, key, _)| (bucket.clone(), key.clone())).collect();
-        let written = match (self.reachable(), self.runtime.get()) {
-            (true, Some(runtime)) => {
-                let (done, answer) = std::sync::mpsc::sync_channel(1);
-                let cluster = self.clone();
-                runtime.spawn(async move {
-                    let written = tokio::time::timeout(WRITE_TIMEOUT, cluster.write_shared(&ops)).await;
-                    let _ = done.send(written.unwrap_or_else(|_| Err(format!("no answer within {WRITE_TIMEOUT:?}"))));
-                });
-                answer.recv().unwrap_or_else(|_| Err("the cluster stopped".to_owned()))
-            }
-            _ => Err("NATS is not reachable".to_owned()),
+        let written = if self.reachable() {
+            self.block_on(|cluster| async move {
+                let written = tokio::time::timeout(WRITE_TIMEOUT, cluster.write_shared(&ops)).await;
+                written.unwrap_or_else(|_| Err(format!("no answer within {WRITE_TIMEOUT:?}")))
+            })
+            .unwrap_or_else(|why| Err(why.to_owned()))
+        } else {
+            Err("NATS is not reachable".to_owned())
         };
         let mut own = crate::lock(&state.own);
         match written {

@@ -83,15 +83,21 @@ pub(crate) fn every_durable_root(prefix: &str) -> String {
     format!("{prefix}.{DURABLE}.*")
 }
 
-/// The JetStream stream that keeps the QoS 1 and 2 messages node `node` publishes: its name
-/// and the subjects it captures. A name holds only `A-Za-z0-9_-` (NATS also makes a directory
-/// of it): the node's name with other characters as `_`, and a hash of the exact name, so
-/// that two nodes never share a stream.
+/// The name of the cluster's JetStream KV bucket `what` (`sessions`, `state`, ...) for subject
+/// prefix `prefix`: a bucket name holds no `.`.
+pub(crate) fn kv_bucket(prefix: &str, what: &str) -> String {
+    format!("{}_{what}", prefix.replace('.', "_"))
+}
+
 /// What the name of every node's stream starts with (see [`stream`]).
 pub(crate) fn stream_name_prefix(prefix: &str) -> String {
     format!("{}_messages_", prefix.replace('.', "_"))
 }
 
+/// The JetStream stream that keeps the QoS 1 and 2 messages node `node` publishes: its name
+/// and the subjects it captures. A name holds only `A-Za-z0-9_-` (NATS also makes a directory
+/// of it): the node's name with other characters as `_`, and a hash of the exact name, so
+/// that two nodes never share a stream.
 pub(crate) fn stream(prefix: &str, node: &str) -> (String, String) {
     let plain: String = node.chars().map(|c| if c.is_ascii() && is_plain(c as u8) { c } else { '_' }).collect();
     // FNV-1a: stable across builds and platforms (the name outlives the process).

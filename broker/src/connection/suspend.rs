@@ -96,8 +96,7 @@ impl<T: Transport> Connection<T> {
                 }
                 // In a cluster the SUBACK's waits are over before it is queued, so that the
                 // retained messages `session.subscribed` delivers follow it.
-                let in_cluster = self.in_cluster(&granted);
-                if let Some(in_cluster) = in_cluster {
+                if let Some(in_cluster) = self.in_cluster(&granted) {
                     let _ = in_cluster.await;
                 }
                 self.send_suback(packet_id, &codes, granted, true);
