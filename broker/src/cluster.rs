@@ -75,7 +75,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::log_limit::Throttle;
-use crate::message::Message;
+use crate::message::{Head, Message};
 use crate::router::{Filter, Reach};
 use inbox::{Arrived, Via};
 
@@ -85,7 +85,7 @@ pub(crate) trait LocalNode: Send + Sync + 'static {
     /// Routes a message another node forwarded (from client `publisher`) to this node's
     /// sessions that `reach` says.
     /// Returns to how many sessions it went.
-    fn route_from_cluster(&self, message: Arc<Message>, publisher: &str, reach: Reach<'_>) -> usize;
+    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>) -> usize;
 
     /// What this node's heartbeat tells the others about it (see [`NodeInfo`]).
     fn info(&self) -> NodeInfo;
@@ -258,7 +258,7 @@ const ENVELOPE_VERSION: u8 = 1;
 const SHARE_GROUP_HEADER: &str = "Mqtt-Share-Group";
 
 /// A share group's message to offer to the other nodes, and its group.
-type Redispatched = (Arc<Message>, Arc<crate::router::ShareGroup>);
+type Redispatched = (Message, Arc<crate::router::ShareGroup>);
 
 /// How a node answers a redispatched message: a member of the group took it, or none here.
 const TAKEN: &[u8] = b"taken";
@@ -850,8 +850,8 @@ impl Cluster {
                 .map(|at| at.saturating_duration_since(Instant::now()).as_millis().try_into().unwrap_or(u64::MAX)),
             timestamp_ms: message.timestamp_ms,
             publisher,
-            forwarded: &message.forwarded,
-            payload: &message.payload,
+            forwarded: message.forwarded(),
+            payload: message.payload(),
         }
     }
 
@@ -861,17 +861,17 @@ impl Cluster {
     /// it is stored.
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Option<Stored> {
         let origin = self.next_origin();
-        message.origin = Some(origin);
+        message.edit(|head| head.origin = Some(origin));
         let through_jetstream = message.qos > 0 && self.reachable();
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
-        let subject = subject::topic_to_subject(root, &message.topic);
+        let subject = subject::topic_to_subject(root, message.topic());
         if subject.len() > MAX_SUBJECT {
             self.not_forwarded("its topic is too long for a NATS subject");
             return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
         }
         let envelope = self.envelope(message, publisher, origin);
         // One allocation: the payload and properties, and room for the rest.
-        let room = Vec::with_capacity(message.payload.len() + message.forwarded.len() + publisher.len() + 64);
+        let room = Vec::with_capacity(message.payload().len() + message.forwarded().len() + publisher.len() + 64);
         let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
         let (stored, told) = through_jetstream.then(oneshot::channel).unzip();
         if self.outbound.try_send(Outgoing { subject, bytes: Bytes::from(bytes), stored }).is_err() {
@@ -893,7 +893,7 @@ impl Cluster {
     /// whose last member just left may still be in the queue group (NATS had not heard yet),
     /// and may even have dropped the subscription it came through, so an offer not taken is
     /// made again ([`REDISPATCH_TRIES`]). One task offers them, in order.
-    pub(crate) fn redispatch(&self, message: Arc<Message>, share: Arc<crate::router::ShareGroup>) {
+    pub(crate) fn redispatch(&self, message: Message, share: Arc<crate::router::ShareGroup>) {
         if self.redispatches.send((message, share)).is_err() {
             tracing::warn!("cluster: a share group's message could not be redispatched: the cluster stopped");
         }
@@ -902,7 +902,7 @@ impl Cluster {
     /// The task that offers redispatched messages to the other nodes, one at a time.
     async fn offer_redispatched(self: Arc<Cluster>, mut redispatches: mpsc::UnboundedReceiver<Redispatched>) {
         while let Some((message, share)) = redispatches.recv().await {
-            let subject = subject::topic_to_subject(&self.config.subject_prefix, &message.topic);
+            let subject = subject::topic_to_subject(&self.config.subject_prefix, message.topic());
             // Who published is not known any more (the share strategy `hash` picks by it).
             let origin = message.origin.unwrap_or_else(|| self.next_origin());
             let envelope = self.envelope(&message, "", origin);
@@ -927,7 +927,7 @@ impl Cluster {
             };
             if !taken {
                 tracing::warn!(
-                    topic = %crate::log_limit::clipped(&message.topic),
+                    topic = %crate::log_limit::clipped(message.topic()),
                     group = %crate::log_limit::clipped(&share.name),
                     "cluster: a share group's message was dropped: no other member took it ({why})"
                 );
@@ -1136,7 +1136,6 @@ impl Cluster {
         if via.is_none() && !seen.first_time(envelope.origin, envelope.seq) {
             return;
         }
-        let message = Arc::new(message);
         let Some(Interest { group: Some(group), path }) = via else {
             node.route_from_cluster(message, envelope.publisher, Reach::Plain);
             return;
@@ -1174,17 +1173,15 @@ impl Cluster {
                 return None;
             }
         };
-        let message = Message {
-            topic: topic.into_boxed_str(),
-            payload: raw.slice_ref(envelope.payload),
+        let head = Head {
             qos: envelope.qos.min(2),
             retain: envelope.retain,
-            forwarded: raw.slice_ref(envelope.forwarded),
             expires_at: envelope.expires_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
             publisher: 0,
             timestamp_ms: envelope.timestamp_ms,
             origin: Some(crate::message::Origin { node: envelope.origin, seq: envelope.seq }),
         };
+        let message = Message::new(head, &topic, envelope.payload, envelope.forwarded);
         Some((message, envelope))
     }
 
@@ -1202,7 +1199,7 @@ impl Cluster {
             |_| true,
             |nats| {
                 if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
-                    if wanted(&message.topic) {
+                    if wanted(message.topic()) {
                         let publisher = envelope.publisher.to_owned();
                         found.push((message, publisher));
                     }

@@ -416,12 +416,11 @@ impl Node {
         };
         let mut deliveries = Vec::with_capacity(found.len());
         for (message, publisher) in found {
-            let message = Arc::new(message);
             let mut delivery: Option<Delivery> = None;
             for (filter, subscription) in &subscriptions {
                 let options = subscription.options;
                 let own = options.no_local && publisher == *session.client_id;
-                if own || !plugin_api::topic::matches(filter, &message.topic) {
+                if own || !plugin_api::topic::matches(filter, message.topic()) {
                     continue;
                 }
                 let qos = message.qos.min(options.qos);
@@ -620,11 +619,11 @@ impl Node {
     /// A hook event about `message`, as seen by `client`.
     pub(crate) fn message_event(client: &ClientInfo, hook: Hook, message: &Message) -> RawEvent {
         let mut event = client.event(hook, message.timestamp_ms);
-        event.topic = RawStr::new(&message.topic);
-        event.payload = RawBytes::new(&message.payload);
+        event.topic = RawStr::new(message.topic());
+        event.payload = RawBytes::new(message.payload());
         event.qos = message.qos;
         event.retain = message.retain as u8;
-        event.properties = RawBytes::new(&message.forwarded);
+        event.properties = RawBytes::new(message.forwarded());
         event.message_expiry = message.remaining_expiry_now().ok().flatten().unwrap_or(0);
         event
     }
@@ -652,11 +651,11 @@ impl Node {
         }
         let mut event = self.broker.event(Hook::MessageDropped, crate::now_ms());
         event.client_id = RawStr::new(client_id);
-        event.topic = RawStr::new(&message.topic);
-        event.payload = RawBytes::new(&message.payload);
+        event.topic = RawStr::new(message.topic());
+        event.payload = RawBytes::new(message.payload());
         event.qos = message.qos;
         event.retain = message.retain as u8;
-        event.properties = RawBytes::new(&message.forwarded);
+        event.properties = RawBytes::new(message.forwarded());
         event.reason = RawStr::new(reason.name());
         self.hooks.dispatch(&event);
     }
@@ -687,13 +686,14 @@ impl Node {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
             let (verdict, rewritten) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
             if let Some(topic) = rewritten.topic {
-                message.topic = topic.into_boxed_str();
+                message = message.with_topic(&topic);
             }
             if let Some(payload) = rewritten.payload {
-                message.payload = payload.into();
+                message = message.with_payload(&payload);
             }
             if let Some(qos) = rewritten.qos {
-                message.qos = qos.min(self.zone.max_qos);
+                let max_qos = self.zone.max_qos;
+                message.edit(|head| head.qos = qos.min(max_qos));
             }
             if verdict == Verdict::Drop {
                 self.dropped(&client.client_id, &message, DropReason::Denied);
@@ -705,7 +705,6 @@ impl Node {
             None => (Reach::All, None),
         };
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
-        let message = Arc::new(message);
         let routed = match durable {
             Some(batch) => self.route(message, publisher, reach, full, batch),
             None => {
@@ -731,7 +730,7 @@ impl Node {
     /// filled go to `full`, if the publisher can wait.
     fn route(
         &self,
-        message: Arc<Message>,
+        message: Message,
         publisher: Publisher<'_>,
         reach: Reach<'_>,
         mut full: Option<&mut Vec<Arc<Session>>>,
@@ -739,8 +738,8 @@ impl Node {
     ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
         match reach {
-            Reach::All => self.router.route(&message.topic, publisher, &mut targets),
-            Reach::Plain => self.router.route_plain(&message.topic, publisher, &mut targets),
+            Reach::All => self.router.route(message.topic(), publisher, &mut targets),
+            Reach::Plain => self.router.route_plain(message.topic(), publisher, &mut targets),
             Reach::Group { path, group } => self.router.route_to_group(path, group, publisher, 0, &mut targets),
         }
         let routed = targets.len();
@@ -777,7 +776,7 @@ impl Node {
 
     /// What `target`'s matching subscriptions make of `message`: its session, and the
     /// delivery to queue there.
-    fn delivery(&self, message: Arc<Message>, target: Target) -> (Arc<Session>, Delivery) {
+    fn delivery(&self, message: Message, target: Target) -> (Arc<Session>, Delivery) {
         let delivery = Delivery {
             qos: if self.zone.upgrade_qos { target.qos } else { message.qos.min(target.qos) },
             // MQTT-3.3.1-9 / MQTT-3.3.1-12: a forwarded message keeps its retain flag only
@@ -818,7 +817,7 @@ impl Node {
                 continue;
             };
             tracing::debug!(
-                topic = %clipped(&message.topic),
+                topic = %clipped(message.topic()),
                 group = %clipped(&share.name),
                 from = %clipped(&from.client_id),
                 to = %clipped(&target.session.client_id),
@@ -857,7 +856,7 @@ impl Node {
         let qos =
             if self.zone.upgrade_qos { subscription.options.qos } else { message.qos.min(subscription.options.qos) };
         let delivery = Delivery {
-            message: Arc::new(message),
+            message,
             qos,
             retain: true,
             subscription_ids: subscription.id.into_iter().collect(),
@@ -1028,7 +1027,7 @@ impl Node {
 impl LocalNode for Node {
     /// To this node's sessions only (never forwarded again), with no `message.publish` (its
     /// node ran that).
-    fn route_from_cluster(&self, message: Arc<Message>, publisher: &str, reach: Reach<'_>) -> usize {
+    fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>) -> usize {
         let publisher = Publisher { session: 0, client_id: publisher };
         let mut batch = Batch::new();
         let routed = self.route(message, publisher, reach, None, &mut batch);

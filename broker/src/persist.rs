@@ -23,14 +23,12 @@
 //!
 //! Values are postcard-encoded, each starting with a format version.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use store::{Batch, Store, StoreError};
 
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Head, Message};
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::mqtt::Version;
 
@@ -136,11 +134,11 @@ impl<'a> EntryView<'a> {
         });
         EntryView {
             version: RECORD_VERSION,
-            topic: &message.topic,
-            payload: &message.payload,
+            topic: message.topic(),
+            payload: message.payload(),
             qos: delivery.qos,
             retain: delivery.retain,
-            forwarded: &message.forwarded,
+            forwarded: message.forwarded(),
             expires_at_ms,
             timestamp_ms: message.timestamp_ms,
             subscription_ids: &delivery.subscription_ids,
@@ -168,19 +166,16 @@ impl EntryRecord {
     /// The delivery back, at `seq`.
     pub(crate) fn into_delivery(self, seq: u64, now_ms: u64) -> Delivery {
         let expires_at = self.expires_at_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)));
-        let message = Message {
-            topic: self.topic.into_boxed_str(),
-            payload: Bytes::from(self.payload),
+        let head = Head {
             qos: self.qos,
             retain: self.retain,
-            forwarded: Bytes::from(self.forwarded),
             expires_at,
             publisher: 0,
             timestamp_ms: self.timestamp_ms,
             origin: None,
         };
         Delivery {
-            message: Arc::new(message),
+            message: Message::new(head, &self.topic, &self.payload, &self.forwarded),
             qos: self.qos,
             retain: self.retain,
             subscription_ids: self.subscription_ids.into_boxed_slice(),
@@ -416,7 +411,7 @@ mod tests {
         let record: EntryRecord = decode(&stored, "entry", "c").unwrap();
         assert_eq!(encode(&record), stored);
         assert_eq!((record.qos, record.retain, &record.payload[..]), (2, true, &b"payload"[..]));
-        assert_eq!((&*record.topic, &record.subscription_ids[..]), (&*delivery.message.topic, &[3, 70_000][..]));
+        assert_eq!((&*record.topic, &record.subscription_ids[..]), (delivery.message.topic(), &[3, 70_000][..]));
     }
 
     #[test]

@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use plugin_api::emqx;
 
-use crate::message::Message;
+use crate::message::{Head, Message};
 use crate::plugins::host_api::HostShared;
 
 /// Publishes the `$SYS` topics until the runtime stops.
@@ -59,16 +58,7 @@ fn publish_heartbeat(shared: &HostShared) {
 }
 
 fn publish(shared: &HostShared, topic: String, payload: String, retain: bool) {
-    let message = Message {
-        topic: topic.into(),
-        payload: Bytes::from(payload),
-        qos: 0,
-        retain,
-        forwarded: Bytes::new(),
-        expires_at: None,
-        publisher: 0,
-        timestamp_ms: crate::now_ms(),
-        origin: None,
-    };
+    let head = Head { qos: 0, retain, expires_at: None, publisher: 0, timestamp_ms: crate::now_ms(), origin: None };
+    let message = Message::new(head, &topic, payload.as_bytes(), &[]);
     shared.node.publish_as_broker(message);
 }

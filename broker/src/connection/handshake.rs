@@ -19,7 +19,7 @@ use super::{Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
 use crate::hooks::{Route, Verdict};
 use crate::log_limit::clipped;
-use crate::message::Message;
+use crate::message::{Head, Message};
 use crate::metrics::{Metric, Metrics};
 use crate::mqtt::connect::{encode_connack, ConnackProperties, Connect, ConnectError};
 use crate::mqtt::frame::{kind, parse_header, FrameHeader};
@@ -297,7 +297,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     node.persist_opened(&opened.session, opened.discarded);
     let mut will = will;
     if let Some(will) = &mut will {
-        will.message.publisher = opened.session.id;
+        will.message.edit(|head| head.publisher = opened.session.id);
     }
     let mut out = BytesMut::new();
     encode_connack(&mut out, version, opened.present, reason::SUCCESS, &properties);
@@ -436,17 +436,10 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
     if will.retain && !node.zone.retain_available {
         return Err(Some(reason::RETAIN_NOT_SUPPORTED)); // MQTT-3.2.2-13
     }
-    let message = Message {
-        topic: will.topic.into(),
-        payload: Bytes::copy_from_slice(will.payload),
-        qos: will.qos,
-        retain: will.retain,
-        forwarded: if v5 { forwarded(&will.properties) } else { Bytes::new() },
-        expires_at: None,
-        publisher: 0,
-        timestamp_ms: 0,
-        origin: None,
-    };
+    let head =
+        Head { qos: will.qos, retain: will.retain, expires_at: None, publisher: 0, timestamp_ms: 0, origin: None };
+    let forwarded = if v5 { forwarded(&will.properties) } else { Bytes::new() };
+    let message = Message::new(head, will.topic, will.payload, &forwarded);
     Ok(Some(Will {
         message,
         delay: will.properties.will_delay_interval.unwrap_or(0),

@@ -16,7 +16,7 @@ use super::{Connection, Ended, Transport};
 use crate::client::ClientInfo;
 use crate::hooks::{Hooks, Route, Verdict};
 use crate::log_limit::clipped;
-use crate::message::Message;
+use crate::message::{Head, Message};
 use crate::metrics::Metric;
 use crate::mqtt::disconnect::{encode_pingresp, Disconnect};
 use crate::mqtt::frame::{kind, FrameHeader};
@@ -190,34 +190,35 @@ impl<T: Transport> Connection<T> {
         batch
     }
 
-    /// The topic a PUBLISH goes to, with MQTT 5 topic aliases applied (§3.3.2.3.4).
-    fn topic_of(&mut self, publish: &Publish<'_>) -> Result<Box<str>, Ended> {
+    /// Applies a PUBLISH's MQTT 5 topic alias (§3.3.2.3.4): checks it, and records the
+    /// alias a PUBLISH with a topic sets. [`topic_of`] then reads the topic.
+    fn apply_alias(&mut self, publish: &Publish<'_>) -> Result<(), Ended> {
         let Some(alias) = publish.properties.topic_alias else {
             if publish.topic.is_empty() {
                 return Err(Ended::protocol(reason::PROTOCOL_ERROR, "an empty topic without a topic alias"));
             }
-            return Ok(publish.topic.into());
+            return Ok(());
         };
         if alias == 0 || alias > self.node.zone.max_topic_alias {
             return Err(Ended::protocol(reason::TOPIC_ALIAS_INVALID, "topic alias out of range (MQTT-3.3.2-9)"));
         }
         if publish.topic.is_empty() {
             return match self.aliases_in.as_deref().and_then(|a| a.get(alias)) {
-                Some(topic) => Ok(topic.into()),
+                Some(_) => Ok(()),
                 None => Err(Ended::protocol(reason::PROTOCOL_ERROR, "an unknown topic alias")),
             };
         }
         if !self.aliases_in.get_or_insert_with(Box::default).set(alias, publish.topic) {
             return Err(Ended::protocol(reason::QUOTA_EXCEEDED, "topic aliases over 64 KiB"));
         }
-        Ok(publish.topic.into())
+        Ok(())
     }
 
     fn on_publish(&mut self, publish: Publish<'_>) -> Result<Next, Ended> {
         let Some(accepted) = self.accept_publish(publish)? else {
             return Ok(Next::Done);
         };
-        let acl = self.acl_check(abi::ACL_PUBLISH, &accepted.message.topic);
+        let acl = self.acl_check(abi::ACL_PUBLISH, accepted.message.topic());
         match acl {
             Acl::Denied => self.publish_denied(accepted),
             Acl::Allowed if self.node.hooks.route(Hook::MessagePublish) != Route::Blocking => {
@@ -234,8 +235,9 @@ impl<T: Transport> Connection<T> {
     /// acknowledged again and not routed twice.
     fn accept_publish(&mut self, publish: Publish<'_>) -> Result<Option<Accepted>, Ended> {
         let node = self.node.clone();
-        let topic = self.topic_of(&publish)?;
-        if !is_valid_topic(&topic) {
+        self.apply_alias(&publish)?;
+        let topic = topic_of(&publish, self.aliases_in.as_deref());
+        if !is_valid_topic(topic) {
             return Err(Ended::protocol(reason::TOPIC_NAME_INVALID, "a topic name with wildcards (MQTT-3.3.2-2)"));
         }
         if publish.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {
@@ -270,17 +272,16 @@ impl<T: Transport> Connection<T> {
             state.awaiting_rel.push(publish.packet_id);
         }
         let v5 = self.version.is_v5();
-        let message = Message {
-            topic,
-            payload: Bytes::copy_from_slice(publish.payload),
+        let head = Head {
             qos: publish.qos,
             retain: publish.retain,
-            forwarded: if v5 { forwarded(&publish.properties) } else { Bytes::new() },
             expires_at: Message::expiry_from(publish.properties.message_expiry_interval, self.now),
             publisher: self.session.id,
             timestamp_ms: self.now_ms,
             origin: None,
         };
+        let forwarded = if v5 { forwarded(&publish.properties) } else { Bytes::new() };
+        let message = Message::new(head, topic, publish.payload, &forwarded);
         let ack = PublishAck { kind: ack_kind, packet_id: publish.packet_id, qos: publish.qos };
         Ok(Some(Accepted { message, ack }))
     }
@@ -288,7 +289,7 @@ impl<T: Transport> Connection<T> {
     /// A PUBLISH the ACL denied: dropped, and acknowledged.
     pub(super) fn publish_denied(&mut self, accepted: Accepted) {
         let Accepted { message, ack } = accepted;
-        let (client_id, topic) = (clipped(&self.client.client_id), clipped(&message.topic));
+        let (client_id, topic) = (clipped(&self.client.client_id), clipped(message.topic()));
         tracing::debug!(?client_id, ?topic, "publish denied by ACL");
         self.node.dropped(&self.client.client_id, &message, DropReason::Denied);
         let v5 = self.version.is_v5();
@@ -696,5 +697,14 @@ impl<T: Transport> Connection<T> {
         } else {
             Ended::NormalWithWill
         }
+    }
+}
+
+/// The topic a PUBLISH goes to: its own, or the one its topic alias stands for (checked by
+/// `apply_alias`).
+fn topic_of<'a>(publish: &'a Publish<'_>, aliases: Option<&'a IncomingAliases>) -> &'a str {
+    match publish.properties.topic_alias {
+        Some(alias) if publish.topic.is_empty() => aliases.and_then(|a| a.get(alias)).unwrap_or_default(),
+        _ => publish.topic,
     }
 }

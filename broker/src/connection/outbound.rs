@@ -6,7 +6,6 @@
 //! Size are dropped (`message.dropped`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -92,7 +91,7 @@ impl OutgoingAliases {
 
 /// A message just written, its QoS, packet id and retain flag: `message.delivered` fires for
 /// it once the session's lock is released.
-pub(super) type Delivered = (Arc<Message>, u8, u16, bool);
+pub(super) type Delivered = (Message, u8, u16, bool);
 
 /// Why a delivery could not be encoded.
 struct TooLarge;
@@ -112,25 +111,25 @@ fn encode_delivery(
 ) -> Result<(), TooLarge> {
     let message = &delivery.message;
     let v5 = version.is_v5();
-    let alias = if v5 { aliases.as_deref().and_then(|a| a.lookup(&message.topic)) } else { None };
+    let alias = if v5 { aliases.as_deref().and_then(|a| a.lookup(message.topic())) } else { None };
     let publish = OutgoingPublish {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
-        topic: if matches!(alias, Some((_, true))) { "" } else { &message.topic },
+        topic: if matches!(alias, Some((_, true))) { "" } else { message.topic() },
         packet_id,
-        payload: &message.payload,
+        payload: message.payload(),
         message_expiry: expiry,
         topic_alias: alias.map(|(a, _)| a),
         subscription_ids: &delivery.subscription_ids,
-        forwarded: &message.forwarded,
+        forwarded: message.forwarded(),
     };
     // A topic over 65,535 bytes (made by the broker or a plugin) cannot be written at all.
-    if publish.frame_len(version) > max_packet_size || message.topic.len() > usize::from(u16::MAX) {
+    if publish.frame_len(version) > max_packet_size || message.topic().len() > usize::from(u16::MAX) {
         return Err(TooLarge);
     }
     if let (Some((alias, known)), Some(aliases)) = (alias, aliases) {
-        aliases.used(&message.topic, alias, known);
+        aliases.used(message.topic(), alias, known);
     }
     publish.encode(out, version);
     Ok(())
@@ -152,7 +151,7 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         let want_delivered = node.hooks.wants(Hook::MessageDelivered);
         let mut delivered = std::mem::take(&mut self.delivered);
-        let mut dropped: Vec<(Arc<Message>, DropReason)> = Vec::new();
+        let mut dropped: Vec<(Message, DropReason)> = Vec::new();
         // Sequence numbers of the persistent session's messages dropped here.
         let mut forgotten: Vec<u64> = Vec::new();
         let mut sent = [0u64; 3];
@@ -242,7 +241,7 @@ impl<T: Transport> Connection<T> {
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut too_large_ids = Vec::new();
-        let too_large: Vec<(Arc<Message>, u64)>;
+        let too_large: Vec<(Message, u64)>;
         {
             let mut state = self.session.lock();
             for entry in state.inflight.iter() {

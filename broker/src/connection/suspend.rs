@@ -47,7 +47,7 @@ impl<T: Transport> Connection<T> {
     pub(super) async fn resume(&mut self, suspended: Box<Suspended>) -> Result<(), Ended> {
         match *suspended {
             Suspended::Publish { accepted, ask_acl } => {
-                if ask_acl && self.acl_ask_blocking(abi::ACL_PUBLISH, &accepted.message.topic).await {
+                if ask_acl && self.acl_ask_blocking(abi::ACL_PUBLISH, accepted.message.topic()).await {
                     self.publish_denied(accepted);
                     return Ok(());
                 }

@@ -17,7 +17,7 @@ use plugin_api::PluginStatus;
 use super::host_store::{self, StoreWatches};
 use crate::hooks::handle::in_plugin_call;
 use crate::log_limit::{clipped, clipped_to, MAX_LOGGED_MESSAGE};
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Head, Message};
 use crate::mqtt::properties::{self, Allowed, PropertyWriter};
 use crate::node::{Node, PluginSubscribeError};
 // A topic a plugin hands over must fit a PUBLISH: at most 65,535 bytes, no NUL (MQTT-1.5.4).
@@ -258,7 +258,7 @@ unsafe extern "C" fn publish(ctx: *const c_void, topic: RawStr, payload: RawByte
         );
         return abi::STATUS_ERROR;
     }
-    context.shared.node.publish_as_broker(plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None));
+    context.shared.node.publish_as_broker(plugin_message(topic, payload, qos, retain != 0, &[], None));
     abi::STATUS_OK
 }
 
@@ -268,20 +268,18 @@ fn plugin_message(
     payload: &[u8],
     qos: u8,
     retain: bool,
-    forwarded: Bytes,
+    forwarded: &[u8],
     expiry: Option<u32>,
 ) -> Message {
-    Message {
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(payload),
+    let head = Head {
         qos,
         retain,
-        forwarded,
         expires_at: Message::expiry_from(expiry, std::time::Instant::now()),
         publisher: 0,
         timestamp_ms: crate::now_ms(),
         origin: None,
-    }
+    };
+    Message::new(head, topic, payload, forwarded)
 }
 
 unsafe extern "C" fn stats(ctx: *const c_void, out: *mut RawStats) -> Status {
@@ -406,9 +404,9 @@ unsafe extern "C" fn deliver(
     if !is_publishable_topic(topic) || qos > 2 {
         return abi::STATUS_ERROR;
     }
-    let message = plugin_message(topic, payload, qos, retain != 0, Bytes::new(), None);
+    let message = plugin_message(topic, payload, qos, retain != 0, &[], None);
     let delivery = Delivery {
-        message: Arc::new(message),
+        message,
         qos,
         retain: retain != 0,
         subscription_ids: Box::new([]),
@@ -458,7 +456,7 @@ unsafe extern "C" fn deliver_retained(
         }
     };
     let expiry = Some(message.message_expiry).filter(|&s| s > 0);
-    let message = plugin_message(topic, payload, message.qos, true, forwarded, expiry);
+    let message = plugin_message(topic, payload, message.qos, true, &forwarded, expiry);
     if context.shared.node.deliver_retained(client_id, filter, message) {
         abi::STATUS_OK
     } else {

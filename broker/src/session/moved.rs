@@ -14,14 +14,12 @@
 //! one whose PUBREC came.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{MessageQueue, Phase, State, Subscription};
-use crate::message::{Delivery, Message, Origin};
+use crate::message::{Delivery, Head, Message, Origin};
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::mqtt::Version;
 
@@ -66,13 +64,13 @@ impl MovedDelivery {
     fn of(delivery: &Delivery, now: Instant) -> MovedDelivery {
         let message = &delivery.message;
         MovedDelivery {
-            topic: message.topic.to_string(),
-            payload: message.payload.to_vec(),
+            topic: message.topic().to_owned(),
+            payload: message.payload().to_vec(),
             published_qos: message.qos,
             published_retain: message.retain,
             qos: delivery.qos,
             retain: delivery.retain,
-            forwarded: message.forwarded.to_vec(),
+            forwarded: message.forwarded().to_vec(),
             expires_in_ms: message.expires_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
             timestamp_ms: message.timestamp_ms,
             origin: message.origin.map(|o| (o.node, o.seq)),
@@ -83,19 +81,16 @@ impl MovedDelivery {
     }
 
     fn into_delivery(self, now: Instant) -> Delivery {
-        let message = Message {
-            topic: self.topic.into_boxed_str(),
-            payload: Bytes::from(self.payload),
+        let head = Head {
             qos: self.published_qos,
             retain: self.published_retain,
-            forwarded: Bytes::from(self.forwarded),
             expires_at: self.expires_in_ms.map(|ms| now + Duration::from_millis(ms)),
             publisher: 0,
             timestamp_ms: self.timestamp_ms,
             origin: self.origin.map(|(node, seq)| Origin { node, seq }),
         };
         Delivery {
-            message: Arc::new(message),
+            message: Message::new(head, &self.topic, &self.payload, &self.forwarded),
             qos: self.qos,
             retain: self.retain,
             subscription_ids: self.subscription_ids.into_boxed_slice(),
@@ -269,12 +264,12 @@ mod tests {
 
     fn delivery(qos: u8, payload: &str, origin: Option<u64>) -> Delivery {
         let mut delivery = Delivery::for_test(qos, payload.as_bytes());
-        Arc::get_mut(&mut delivery.message).expect("one owner").origin = origin.map(|seq| Origin { node: 7, seq });
+        delivery.message.edit(|head| head.origin = origin.map(|seq| Origin { node: 7, seq }));
         delivery
     }
 
     fn payloads(queue: &mut MessageQueue) -> Vec<String> {
-        queue.take().iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect()
+        queue.take().iter().map(|d| String::from_utf8_lossy(d.message.payload()).into_owned()).collect()
     }
 
     #[test]

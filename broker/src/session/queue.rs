@@ -89,11 +89,11 @@ mod tests {
     }
 
     fn contents(q: &MessageQueue) -> Vec<(u8, u8)> {
-        q.items.iter().map(|d| (d.qos, d.message.payload[0])).collect()
+        q.items.iter().map(|d| (d.qos, d.message.payload()[0])).collect()
     }
 
     fn payload(d: Option<Delivery>) -> Option<u8> {
-        d.map(|d| d.message.payload[0])
+        d.map(|d| d.message.payload()[0])
     }
 
     #[test]

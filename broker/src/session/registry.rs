@@ -495,9 +495,11 @@ impl Sessions {
             if let Some(mut will) = will {
                 // The will is published now, or at `at`: its expiry counts from then.
                 let at = Instant::now() + Duration::from_secs(u64::from(will.delay.min(expiry.max(1))));
-                will.message.timestamp_ms = crate::now_ms();
-                will.message.expires_at =
-                    Message::expiry_from(will.expiry, if will.delay > 0 { at } else { Instant::now() });
+                let expires_at = Message::expiry_from(will.expiry, if will.delay > 0 { at } else { Instant::now() });
+                will.message.edit(|head| {
+                    head.timestamp_ms = crate::now_ms();
+                    head.expires_at = expires_at;
+                });
                 // MQTT-3.1.2-8: a delayed will waits, unless the session ends first.
                 let persistent = was_attached && !state.ended && (expiry > 0 || taken_over);
                 if will.delay > 0 && persistent {
