@@ -367,6 +367,9 @@ impl<T: Transport> Connection<T> {
             return Poll::Ready(Wake::Ended(ended));
         }
         // Idle: hold no buffers.
+        if self.held.as_deref().is_some_and(durable::Held::is_idle) {
+            self.held = None;
+        }
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = BytesMut::new();
         }

@@ -214,6 +214,28 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str, client_id
     })
 }
 
+/// The longest key made without an allocation (a client id of up to 53 bytes): two are made
+/// for every message a persistent session gets (its put, then its delete).
+const KEY_INLINE: usize = 64;
+
+/// A key of [`Keys`]: on the stack when it is short, as most are.
+#[derive(Debug, Clone)]
+pub(crate) enum Key {
+    Inline { bytes: [u8; KEY_INLINE], len: u8 },
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Inline { bytes, len } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
 /// The keys of one client id.
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -229,27 +251,31 @@ impl Keys {
         Keys { id }
     }
 
-    fn with(&self, kind: u8, tail: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(1 + self.id.len() + tail.len());
-        key.push(kind);
-        key.extend_from_slice(&self.id);
-        key.extend_from_slice(tail);
-        key
+    fn with(&self, kind: u8, tail: &[u8]) -> Key {
+        let len = 1 + self.id.len() + tail.len();
+        if len > KEY_INLINE {
+            return Key::Heap([&[kind][..], &self.id, tail].concat());
+        }
+        let mut bytes = [0; KEY_INLINE];
+        bytes[0] = kind;
+        bytes[1..1 + self.id.len()].copy_from_slice(&self.id);
+        bytes[1 + self.id.len()..len].copy_from_slice(tail);
+        Key::Inline { bytes, len: len as u8 }
     }
 
-    pub(crate) fn session(&self) -> Vec<u8> {
+    pub(crate) fn session(&self) -> Key {
         self.with(b's', &[])
     }
 
-    pub(crate) fn entry(&self, seq: u64) -> Vec<u8> {
+    pub(crate) fn entry(&self, seq: u64) -> Key {
         self.with(b'q', &seq.to_be_bytes())
     }
 
-    pub(crate) fn released(&self, seq: u64) -> Vec<u8> {
+    pub(crate) fn released(&self, seq: u64) -> Key {
         self.with(b'l', &seq.to_be_bytes())
     }
 
-    pub(crate) fn awaiting_rel(&self, packet_id: u16) -> Vec<u8> {
+    pub(crate) fn awaiting_rel(&self, packet_id: u16) -> Key {
         self.with(b'r', &packet_id.to_be_bytes())
     }
 
@@ -436,7 +462,7 @@ mod tests {
 
         let Stored { sessions, alive_at_ms, orphans } = restore(&store).unwrap();
         assert_eq!(alive_at_ms, 1234);
-        assert_eq!(orphans, [Keys::new("gone").entry(1)]);
+        assert_eq!(orphans, [Keys::new("gone").entry(1).to_vec()]);
         let ids: Vec<_> = sessions.iter().map(|s| s.client_id.as_str()).collect();
         assert_eq!(ids, ["a", "ab"]);
         let a = &sessions[0];

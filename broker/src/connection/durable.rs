@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
 use store::{Batch, StoreError};
 
 use super::{Connection, Ended, Transport};
@@ -40,6 +39,11 @@ pub(super) type Commit = Awaited<StoreError>;
 #[derive(Default)]
 pub(super) struct Held {
     waiting: VecDeque<HeldAck>,
+    /// The encoded acknowledgements of `waiting`, one after the other in its order (one
+    /// buffer for all of them, not one each).
+    bytes: Vec<u8>,
+    /// How much of the front of `bytes` was already sent.
+    sent: usize,
     /// Writes made since the last flush.
     pending: Batch,
     /// An empty batch whose buffers a connection's next writes reuse (see `write_batch`).
@@ -58,8 +62,8 @@ struct HeldAck {
     commit: Option<Commit>,
     /// The round whose writes it waits for; `None`: it only waits for those before it.
     round: Option<u64>,
-    /// The acknowledgement, encoded.
-    bytes: BytesMut,
+    /// The length of the acknowledgement, encoded in [`Held::bytes`].
+    len: usize,
     /// The PUBACK or PUBREC (kind, packet id) to send instead when the store refuses its
     /// round's commit (MQTT 5: 0x97 Quota exceeded); `None` sends `bytes` all the same.
     refusal: Option<(u8, u16)>,
@@ -74,6 +78,25 @@ impl Held {
     fn add_writes(&mut self, mut batch: Batch) {
         self.pending.append(&mut batch);
         self.spare = batch;
+    }
+
+    /// Nothing waits and nothing is to be written: the connection may drop it when it goes
+    /// idle (it is kept while busy, buffers and all, for the next round).
+    pub(super) fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.pending.is_empty()
+    }
+
+    /// The encoded bytes of the front acknowledgement, `len` long, taken off `bytes`.
+    fn take_front(&mut self, len: usize) -> &[u8] {
+        let start = self.sent;
+        self.sent += len;
+        let front = &self.bytes[start..self.sent];
+        if self.waiting.is_empty() {
+            // All sent: the next acknowledgement starts the buffer again (the slice above
+            // stays valid until then).
+            self.sent = 0;
+        }
+        front
     }
 }
 
@@ -103,25 +126,32 @@ impl<T: Transport> Connection<T> {
         if batch.is_none() && stored.is_none() && !self.holding() {
             return;
         }
-        let bytes = self.out.split_off(start);
         let held = self.held.get_or_insert_with(Box::default);
+        if held.waiting.is_empty() {
+            held.bytes.clear();
+        }
+        held.bytes.extend_from_slice(&self.out[start..]);
+        let len = self.out.len() - start;
+        self.out.truncate(start);
         let round = batch.map(|batch| {
             held.add_writes(batch);
             held.first_for_pending.get_or_insert(held.waiting.len());
             held.round
         });
-        held.waiting.push_back(HeldAck { commit: None, round, bytes, refusal, stored, not_stored: false });
+        held.waiting.push_back(HeldAck { commit: None, round, len, refusal, stored, not_stored: false });
     }
 
     /// Holds every acknowledgement from now on until `ready` resolves (a SUBACK waiting for
     /// the cluster's interest to be in place).
     pub(super) fn hold_until(&mut self, ready: Commit) {
         let held = self.held.get_or_insert_with(Box::default);
-        let bytes = BytesMut::new();
+        if held.waiting.is_empty() {
+            held.bytes.clear();
+        }
         held.waiting.push_back(HeldAck {
             commit: Some(ready),
             round: None,
-            bytes,
+            len: 0,
             refusal: None,
             stored: None,
             not_stored: false,
@@ -154,9 +184,6 @@ impl<T: Transport> Connection<T> {
                 None => drop(commit),
             }
             held.round += 1;
-        }
-        if held.waiting.is_empty() {
-            self.held = None;
         }
     }
 
@@ -191,6 +218,8 @@ impl<T: Transport> Connection<T> {
             moved = true;
             let refused = front.round.is_some() && front.round == held.failed_round;
             let code = if front.not_stored { reason::UNSPECIFIED_ERROR } else { reason::QUOTA_EXCEEDED };
+            // Its bytes leave the buffer whether they are sent or replaced by a refusal.
+            let bytes = held.take_front(front.len);
             match (refused || front.not_stored, front.refusal) {
                 (true, Some((kind, packet_id))) => {
                     if !self.version.is_v5() {
@@ -204,11 +233,8 @@ impl<T: Transport> Connection<T> {
                     encode_ack(&mut self.out, self.version, kind, packet_id, code, None);
                     self.node.stats.metrics.packet_sent(kind, code);
                 }
-                _ => self.out.extend_from_slice(&front.bytes),
+                _ => self.out.extend_from_slice(bytes),
             }
-        }
-        if held.waiting.is_empty() && held.pending.is_empty() {
-            self.held = None;
         }
         if moved {
             Poll::Ready(Ok(()))
