@@ -69,6 +69,10 @@ pub(crate) enum Route {
 pub(crate) const CAN_BLOCK: HookMask =
     HookMask::of(&[Hook::ClientConnect, Hook::ClientAuthenticate, Hook::ClientCheckAcl, Hook::MessagePublish]);
 
+/// The hooks for which the host calls a plugin only with retained messages when it asks
+/// (`PluginDescriptor::retained_only_hooks`).
+pub(crate) const RETAINED_ONLY: HookMask = HookMask::of(&[Hook::MessagePublish]);
+
 /// How many chains of one hook may run on the blocking pool at once.
 pub(crate) const BLOCKING_CHAINS: usize = 64;
 
@@ -87,6 +91,9 @@ struct HookTable {
 pub(crate) struct Hooks {
     /// Bit `hook`: a plugin wants it; bit `BLOCKING_SHIFT + hook`: its chain may block.
     routes: AtomicU64,
+    /// Bit `hook`: every plugin on it wants only retained messages (no event is made for the
+    /// others).
+    retained_only: AtomicU64,
     /// Slots on the blocking pool, one semaphore per hook.
     blocking_slots: [Arc<Semaphore>; Hook::ALL.len()],
     table: ArcSwap<HookTable>,
@@ -100,6 +107,7 @@ impl Hooks {
     pub(crate) fn new(failed: UnboundedSender<Arc<PluginHandle>>) -> Hooks {
         Hooks {
             routes: AtomicU64::new(0),
+            retained_only: AtomicU64::new(0),
             blocking_slots: std::array::from_fn(|_| Arc::new(Semaphore::new(BLOCKING_CHAINS))),
             table: ArcSwap::from_pointee(HookTable::default()),
             acl_generation: AtomicU64::new(0),
@@ -111,6 +119,13 @@ impl Hooks {
     #[inline]
     pub(crate) fn wants(&self, hook: Hook) -> bool {
         self.routes.load(Ordering::Relaxed) & (1 << hook as u32) != 0
+    }
+
+    /// Whether any running plugin wants `hook` for a message whose retain flag is `retain`
+    /// (plugins may want only retained ones). Check it before building a message's event.
+    #[inline]
+    pub(crate) fn wants_message(&self, hook: Hook, retain: bool) -> bool {
+        self.wants(hook) && (retain || self.retained_only.load(Ordering::Relaxed) & (1 << hook as u32) == 0)
     }
 
     /// How `hook`'s chain runs: not at all, inline, or off the network threads. One relaxed
@@ -154,6 +169,7 @@ impl Hooks {
     pub(crate) fn install(&self, running: &[Arc<PluginHandle>]) {
         let mut table = HookTable { running: running.to_vec(), ..Default::default() };
         let mut routes = 0u64;
+        let mut retained_only = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
             list.extend(running.iter().filter(|p| p.hooks.contains(hook)).cloned());
@@ -162,6 +178,9 @@ impl Hooks {
                 continue;
             }
             routes |= 1 << hook as u32;
+            if list.iter().all(|p| p.retained_only_hooks.contains(hook)) {
+                retained_only |= 1 << hook as u32;
+            }
             let blocking = hook == Hook::ClientAuthenticate
                 || (CAN_BLOCK.contains(hook) && list.iter().any(|p| p.blocking_hooks.contains(hook)));
             if blocking {
@@ -169,6 +188,7 @@ impl Hooks {
             }
         }
         self.table.store(Arc::new(table));
+        self.retained_only.store(retained_only, Ordering::Relaxed);
         // A connection that read the old routes just before may still run a chain that now
         // blocks inline, once: only while a plugin starts.
         self.routes.store(routes, Ordering::Relaxed);
@@ -204,7 +224,7 @@ impl Hooks {
         let Some(list) = table.by_hook.get(event.hook as usize) else {
             return Verdict::Continue;
         };
-        for plugin in list {
+        for plugin in list.iter().filter(|p| p.takes(event)) {
             if let Some(verdict) = self.verdict(plugin, event, plugin.on_event(event)) {
                 return verdict;
             }
@@ -230,6 +250,9 @@ impl Hooks {
         let mut written = String::new();
         let (mut payload, mut qos): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
         for plugin in list {
+            if !plugin.takes(event) {
+                continue;
+            }
             event.rewrite = RawWriter::for_string(&mut written);
             if messages {
                 event.rewrite_payload = RawBytesWriter::for_option(&mut payload);
@@ -339,6 +362,44 @@ mod tests {
 
         hooks.install(&[fast]);
         assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Inline, "back inline once the slow plugin stops");
+    }
+
+    unsafe extern "C" fn count_call(state: *mut std::ffi::c_void, _event: *const RawEvent) -> u32 {
+        // SAFETY: the test's state is a live AtomicUsize.
+        unsafe { &*(state as *const std::sync::atomic::AtomicUsize) }.fetch_add(1, Ordering::Relaxed);
+        abi::HOOK_CONTINUE
+    }
+
+    #[test]
+    fn a_plugin_that_wants_only_retained_messages_gets_only_those() {
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let calls = Box::leak(Box::new(std::sync::atomic::AtomicUsize::new(0)));
+        let state = calls as *mut std::sync::atomic::AtomicUsize as *mut std::ffi::c_void;
+        let publish = HookMask::of(&[Hook::MessagePublish]);
+        let retainer = Arc::new(
+            PluginHandle::new("retainer".to_owned(), publish, HookMask::NONE, 0, 1, count_call, state)
+                .with_retained_only(publish),
+        );
+        hooks.install(std::slice::from_ref(&retainer));
+        assert!(hooks.wants_message(Hook::MessagePublish, true));
+        assert!(!hooks.wants_message(Hook::MessagePublish, false), "no event for a message nobody takes");
+
+        let broker = crate::client::ClientInfo::broker();
+        let mut event = broker.event(Hook::MessagePublish, 0);
+        hooks.dispatch_rewriting(&mut event, |_| true);
+        assert_eq!(calls.load(Ordering::Relaxed), 0, "not retained: not called");
+        event.retain = 1;
+        hooks.dispatch_rewriting(&mut event, |_| true);
+        hooks.dispatch(&event);
+        assert_eq!(calls.load(Ordering::Relaxed), 2, "retained: called");
+
+        // With a plugin that wants every message on the hook, events are made again, and the
+        // retainer still gets only retained ones.
+        hooks.install(&[retainer, plugin("all", &[Hook::MessagePublish], &[], 2)]);
+        assert!(hooks.wants_message(Hook::MessagePublish, false));
+        event.retain = 0;
+        hooks.dispatch_rewriting(&mut event, |_| true);
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 
     #[test]

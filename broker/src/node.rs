@@ -682,7 +682,7 @@ impl Node {
         durable: Option<&mut Batch>,
     ) -> Published {
         self.stats.metrics.inc(Metric::MessagesPublish);
-        if self.hooks.wants(Hook::MessagePublish) {
+        if self.hooks.wants_message(Hook::MessagePublish, message.retain) {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
             let (verdict, rewritten) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
             if let Some(topic) = rewritten.topic {

@@ -376,6 +376,15 @@ pub struct PluginDescriptor {
     /// and the hook runs inline. Only what may block belongs here: a declared hook costs its
     /// clients a hand-over to another thread and back on every event it gets.
     pub blocking_hooks: u64,
+    /// Bit `1 << hook` set for every hook in `hooks` for which the plugin wants only messages
+    /// published with the retain flag (a retainer). The host does not call the plugin for the
+    /// others, and when every plugin on the hook declared it, makes no event for them at all:
+    /// a publish that is not retained then costs nothing in this hook.
+    ///
+    /// The host honours it for `message.publish`. Declaring another hook is logged as a
+    /// warning and the plugin gets every message of that hook. A host older than this field
+    /// calls the plugin for every message, so the plugin must still check the flag.
+    pub retained_only_hooks: u64,
 }
 
 // SAFETY: the descriptor is an immutable static whose pointers point to 'static data and

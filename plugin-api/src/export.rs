@@ -31,6 +31,7 @@ pub const fn descriptor<P: Plugin>(info: &PluginInfo) -> PluginDescriptor {
         ctl: ctl::<P>,
         stop: stop::<P>,
         blocking_hooks: P::BLOCKING_HOOKS.0 & info.hooks.0,
+        retained_only_hooks: P::RETAINED_ONLY_HOOKS.0 & info.hooks.0,
     }
 }
 

@@ -138,6 +138,29 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// ```
     const BLOCKING_HOOKS: HookMask = HookMask::NONE;
 
+    /// Hooks in [`PluginInfo::hooks`] for which the plugin wants only messages published with
+    /// the retain flag; the host then skips it for the others. The host honours it for
+    /// `message.publish`; see [`abi::PluginDescriptor::retained_only_hooks`]. An older host
+    /// ignores it, so [`Plugin::on_event`] must still look at [`Event::retain`]. The default is
+    /// none.
+    ///
+    /// ```
+    /// # use plugin_api::{Event, Hook, HookMask, HookResult, Host, Config, Plugin, BoxError};
+    /// # struct Retainer;
+    /// impl Plugin for Retainer {
+    ///     // Stores retained messages; the others are none of its business.
+    ///     const RETAINED_ONLY_HOOKS: HookMask = HookMask::of(&[Hook::MessagePublish]);
+    ///     # fn init(_: Host, _: Config) -> Result<Self, BoxError> { Ok(Retainer) }
+    ///     fn on_event(&self, event: &Event<'_>) -> HookResult {
+    ///         if event.retain {
+    ///             // store it
+    ///         }
+    ///         HookResult::Continue
+    ///     }
+    /// }
+    /// ```
+    const RETAINED_ONLY_HOOKS: HookMask = HookMask::NONE;
+
     /// Called for every hook in [`PluginInfo::hooks`]. The default answers
     /// [`HookResult::Continue`] (no opinion).
     fn on_event(&self, event: &Event<'_>) -> HookResult {

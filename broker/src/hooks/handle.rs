@@ -75,6 +75,8 @@ pub(crate) struct PluginHandle {
     pub(crate) hooks: HookMask,
     /// The hooks whose `on_event` may block: their chains run off the network threads.
     pub(crate) blocking_hooks: HookMask,
+    /// The hooks for which it gets only messages published with the retain flag.
+    pub(crate) retained_only_hooks: HookMask,
     /// Higher runs first.
     pub(crate) priority: i32,
     /// Load order, to break priority ties.
@@ -101,6 +103,7 @@ impl PluginHandle {
             name,
             hooks,
             blocking_hooks,
+            retained_only_hooks: HookMask::NONE,
             priority,
             seq,
             on_event,
@@ -110,6 +113,18 @@ impl PluginHandle {
             failure: Mutex::new(None),
             timings: Default::default(),
         }
+    }
+
+    /// The same plugin, called for `hooks` only with messages published with the retain flag.
+    pub(crate) fn with_retained_only(mut self, hooks: HookMask) -> PluginHandle {
+        self.retained_only_hooks = hooks;
+        self
+    }
+
+    /// Whether it is to be called for `event` (not when it wants only retained messages of
+    /// the event's hook and this one is not).
+    pub(crate) fn takes(&self, event: &RawEvent) -> bool {
+        event.retain != 0 || 1u64.checked_shl(event.hook).is_none_or(|bit| self.retained_only_hooks.0 & bit == 0)
     }
 
     pub(crate) fn is_active(&self) -> bool {

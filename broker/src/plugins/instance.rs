@@ -65,6 +65,18 @@ impl Instance {
                         inline.join(", ")
                     );
                 }
+                let ignored: Vec<&str> = Hook::ALL
+                    .into_iter()
+                    .filter(|&h| meta.retained_only_hooks.contains(h) && !crate::hooks::RETAINED_ONLY.contains(h))
+                    .map(Hook::name)
+                    .collect();
+                if !ignored.is_empty() {
+                    tracing::warn!(
+                        plugin = meta.name,
+                        "declares {} for retained messages only; the broker filters only message.publish so,                          so these get every message",
+                        ignored.join(", ")
+                    );
+                }
                 let handle = PluginHandle::new(
                     meta.name.clone(),
                     meta.hooks,
@@ -73,7 +85,8 @@ impl Instance {
                     seq,
                     library.descriptor().on_event,
                     state,
-                );
+                )
+                .with_retained_only(plugin_api::HookMask(meta.retained_only_hooks.0 & crate::hooks::RETAINED_ONLY.0));
                 Ok(Instance { handle: Arc::new(handle), library, context })
             }
             failed => {

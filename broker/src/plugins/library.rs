@@ -47,6 +47,9 @@ pub(crate) struct PluginMeta {
     pub(crate) hooks: HookMask,
     /// The hooks whose `on_event` may block (none from a plugin built before it was added).
     pub(crate) blocking_hooks: HookMask,
+    /// The hooks for which it wants only retained messages (none from a plugin built before
+    /// it was added).
+    pub(crate) retained_only_hooks: HookMask,
     pub(crate) priority: i32,
     pub(crate) ctl_command: Option<String>,
 }
@@ -174,6 +177,7 @@ impl PluginLibrary {
                 kind,
                 hooks: HookMask(descriptor.hooks),
                 blocking_hooks: HookMask(descriptor.blocking_hooks & descriptor.hooks),
+                retained_only_hooks: HookMask(descriptor.retained_only_hooks & descriptor.hooks),
                 priority: descriptor.priority,
                 ctl_command,
             },
@@ -213,6 +217,11 @@ unsafe fn read_descriptor(ptr: *const PluginDescriptor, size: usize) -> PluginDe
             stop: (&raw const (*ptr).stop).read(),
             blocking_hooks: if has(std::mem::offset_of!(PluginDescriptor, blocking_hooks), 8) {
                 (&raw const (*ptr).blocking_hooks).read()
+            } else {
+                0
+            },
+            retained_only_hooks: if has(std::mem::offset_of!(PluginDescriptor, retained_only_hooks), 8) {
+                (&raw const (*ptr).retained_only_hooks).read()
             } else {
                 0
             },

@@ -314,6 +314,10 @@ fn load(host: &Host, bucket: &Bucket) -> Result<Messages, String> {
 }
 
 impl Plugin for Retainer {
+    /// A message that is not retained is none of its business: the broker need not make an
+    /// event of it (`on_event` still checks the flag, for an older broker).
+    const RETAINED_ONLY_HOOKS: HookMask = HookMask::of(&[Hook::MessagePublish]);
+
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
         let (bucket, feed, messages) = match settings.storage_type {
