@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use e2e::{Broker, Client, DataDir, DEADLINE};
-use rumqttc::QoS;
+use rumqttc::{Event, Packet, QoS};
 
 const PLUGINS: &str = "{emqx_prometheus, true}.\n{emqx_retainer, true}.\n";
 
@@ -141,8 +141,12 @@ async fn hook_timings_of_a_loaded_plugin() {
     const N: usize = 10;
     let mut client = Client::connect(&broker, "prom-hooks").await;
     for i in 0..N {
-        client.publish_acked("prom/hooks", QoS::AtLeastOnce, format!("m{i}")).await;
+        // Retained: emqx_retainer wants only those (Plugin::RETAINED_ONLY_HOOKS).
+        client.client.publish(format!("prom/hooks/{i}"), QoS::AtLeastOnce, true, format!("m{i}")).await.unwrap();
+        client.wait_for("PUBACK", |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
     }
+    // Not retained: not given to emqx_retainer, so not counted.
+    client.publish_acked("prom/hooks/plain", QoS::AtLeastOnce, "plain").await;
     // emqx_retainer wants message.publish: the broker times each call into it.
     let series = "{plugin=\"emqx_retainer\",hook=\"message.publish\"}";
     let body = scrape_until(
@@ -151,6 +155,8 @@ async fn hook_timings_of_a_loaded_plugin() {
         |b| sample(b, &format!("emqx_plugin_hook_calls_total{series}")).is_some_and(|v| v >= N as f64),
     )
     .await;
+    let calls = sample(&body, &format!("emqx_plugin_hook_calls_total{series}"));
+    assert_eq!(calls, Some(N as f64), "the retained messages, not the plain one");
     let seconds = sample(&body, &format!("emqx_plugin_hook_seconds_total{series}")).expect("hook seconds");
     assert!(seconds > 0.0 && seconds < 60.0, "{seconds}");
     assert!(body.contains("# TYPE emqx_plugin_hook_calls_total counter\n"));
