@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use plugin_api::abi::{self, HostApi, RawStr, RawWriter};
-use plugin_api::Hook;
+use plugin_api::{Hook, HookMask};
 
 use super::host_api::{self, HostShared, PluginContext};
 use super::library::PluginLibrary;
@@ -52,31 +52,20 @@ impl Instance {
         match status {
             abi::STATUS_OK => {
                 let meta = &library.meta;
-                let inline: Vec<&str> = Hook::ALL
-                    .into_iter()
-                    .filter(|&h| meta.blocking_hooks.contains(h) && !crate::hooks::CAN_BLOCK.contains(h))
-                    .map(Hook::name)
-                    .collect();
-                if !inline.is_empty() {
-                    tracing::warn!(
-                        plugin = meta.name,
-                        "declares {} blocking; the broker runs only client.connect, client.authenticate, \
-                         client.check_acl and message.publish off its network threads, so these run inline",
-                        inline.join(", ")
-                    );
-                }
-                let ignored: Vec<&str> = Hook::ALL
-                    .into_iter()
-                    .filter(|&h| meta.retained_only_hooks.contains(h) && !crate::hooks::RETAINED_ONLY.contains(h))
-                    .map(Hook::name)
-                    .collect();
-                if !ignored.is_empty() {
-                    tracing::warn!(
-                        plugin = meta.name,
-                        "declares {} for retained messages only; the broker filters only message.publish so,                          so these get every message",
-                        ignored.join(", ")
-                    );
-                }
+                warn_unhonoured(
+                    &meta.name,
+                    meta.blocking_hooks,
+                    crate::hooks::CAN_BLOCK,
+                    "blocking; the broker runs only client.connect, client.authenticate, client.check_acl and \
+                     message.publish off its network threads, so these run inline",
+                );
+                warn_unhonoured(
+                    &meta.name,
+                    meta.retained_only_hooks,
+                    crate::hooks::RETAINED_ONLY,
+                    "for retained messages only; the broker filters only message.publish so, so these get every \
+                     message",
+                );
                 let handle = PluginHandle::new(
                     meta.name.clone(),
                     meta.hooks,
@@ -86,7 +75,7 @@ impl Instance {
                     library.descriptor().on_event,
                     state,
                 )
-                .with_retained_only(plugin_api::HookMask(meta.retained_only_hooks.0 & crate::hooks::RETAINED_ONLY.0));
+                .with_retained_only(HookMask(meta.retained_only_hooks.0 & crate::hooks::RETAINED_ONLY.0));
                 Ok(Instance { handle: Arc::new(handle), library, context })
             }
             failed => {
@@ -150,5 +139,15 @@ impl Instance {
         };
         self.context.mark_stopped();
         status
+    }
+}
+
+/// Warns that `plugin` declared hooks in `declared` that the broker does not honour (those
+/// outside `honoured`), naming them before `what`.
+fn warn_unhonoured(plugin: &str, declared: HookMask, honoured: HookMask, what: &str) {
+    let ignored: Vec<&str> =
+        Hook::ALL.into_iter().filter(|&h| declared.contains(h) && !honoured.contains(h)).map(Hook::name).collect();
+    if !ignored.is_empty() {
+        tracing::warn!(plugin, "declares {} {what}", ignored.join(", "));
     }
 }
