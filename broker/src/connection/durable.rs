@@ -86,6 +86,21 @@ impl Held {
         self.waiting.is_empty() && self.pending.is_empty()
     }
 
+    /// Adds the encoded bytes of the acknowledgement about to be pushed onto `waiting`, and
+    /// says how long they are. What was sent is dropped from the buffer once it is at least
+    /// half of it (a connection that always has an acknowledgement waiting never empties it).
+    fn push_bytes(&mut self, ack: &[u8]) -> usize {
+        if self.waiting.is_empty() {
+            self.bytes.clear();
+            self.sent = 0;
+        } else if self.sent > 0 && self.sent * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.bytes.extend_from_slice(ack);
+        ack.len()
+    }
+
     /// The encoded bytes of the front acknowledgement, `len` long, taken off `bytes`.
     fn take_front(&mut self, len: usize) -> &[u8] {
         let start = self.sent;
@@ -127,11 +142,7 @@ impl<T: Transport> Connection<T> {
             return;
         }
         let held = self.held.get_or_insert_with(Box::default);
-        if held.waiting.is_empty() {
-            held.bytes.clear();
-        }
-        held.bytes.extend_from_slice(&self.out[start..]);
-        let len = self.out.len() - start;
+        let len = held.push_bytes(&self.out[start..]);
         self.out.truncate(start);
         let round = batch.map(|batch| {
             held.add_writes(batch);
@@ -145,13 +156,11 @@ impl<T: Transport> Connection<T> {
     /// the cluster's interest to be in place).
     pub(super) fn hold_until(&mut self, ready: Commit) {
         let held = self.held.get_or_insert_with(Box::default);
-        if held.waiting.is_empty() {
-            held.bytes.clear();
-        }
+        let len = held.push_bytes(&[]);
         held.waiting.push_back(HeldAck {
             commit: Some(ready),
             round: None,
-            len: 0,
+            len,
             refusal: None,
             stored: None,
             not_stored: false,
@@ -251,4 +260,33 @@ fn poll_taken<E>(slot: &mut Option<Awaited<E>>, cx: &mut Context<'_>) -> Poll<Op
     let result = std::task::ready!(future.as_mut().poll(cx));
     *slot = None;
     Poll::Ready(result.err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(len: usize) -> HeldAck {
+        HeldAck { commit: None, round: None, len, refusal: None, stored: None, not_stored: false }
+    }
+
+    #[test]
+    fn held_acknowledgements_leave_in_order_and_their_buffer_stays_small_while_one_always_waits() {
+        let mut held = Held::default();
+        let mut next = 0u8;
+        // Two waiting at any time: the queue never empties.
+        for _ in 0..2 {
+            let len = held.push_bytes(&[next; 4]);
+            held.waiting.push_back(ack(len));
+            next += 1;
+        }
+        for expected in 0u8..200 {
+            let len = held.push_bytes(&[next; 4]);
+            held.waiting.push_back(ack(len));
+            next = next.wrapping_add(1);
+            let front = held.waiting.pop_front().unwrap();
+            assert_eq!(held.take_front(front.len), &[expected; 4], "in the order they were held");
+            assert!(held.bytes.len() <= 4 * 6, "{} bytes kept for 2 waiting", held.bytes.len());
+        }
+    }
 }
