@@ -1116,8 +1116,7 @@ impl Cluster {
     fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, arrived: Arrived) {
         let Arrived { via, message: nats, .. } = arrived;
         let via = via.as_deref();
-        let raw = nats.payload.clone();
-        let Some((message, envelope)) = self.open_envelope(&nats.subject, &raw) else { return };
+        let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) else { return };
         // A message redispatched to a share group is for that group only; its sender waits for
         // the answer.
         let target = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER));
@@ -1160,7 +1159,7 @@ impl Cluster {
 impl Cluster {
     /// The message a NATS message on `subject` carries (`raw`, an [`Envelope`]), and its
     /// envelope; `None` if it is not one.
-    fn open_envelope<'a>(&self, subject: &str, raw: &'a Bytes) -> Option<(Message, Envelope<'a>)> {
+    fn open_envelope<'a>(&self, subject: &str, raw: &'a [u8]) -> Option<(Message, Envelope<'a>)> {
         let topic = subject::subject_to_topic(&self.config.subject_prefix, subject)?;
         let envelope = match postcard::from_bytes::<Envelope<'_>>(raw) {
             Ok(envelope) if envelope.version == ENVELOPE_VERSION => envelope,

@@ -618,12 +618,7 @@ impl Node {
 
     /// A hook event about `message`, as seen by `client`.
     pub(crate) fn message_event(client: &ClientInfo, hook: Hook, message: &Message) -> RawEvent {
-        let mut event = client.event(hook, message.timestamp_ms);
-        event.topic = RawStr::new(message.topic());
-        event.payload = RawBytes::new(message.payload());
-        event.qos = message.qos;
-        event.retain = message.retain as u8;
-        event.properties = RawBytes::new(message.forwarded());
+        let mut event = about_message(client.event(hook, message.timestamp_ms), message);
         event.message_expiry = message.remaining_expiry_now().ok().flatten().unwrap_or(0);
         event
     }
@@ -649,13 +644,8 @@ impl Node {
         if !self.hooks.wants(Hook::MessageDropped) {
             return;
         }
-        let mut event = self.broker.event(Hook::MessageDropped, crate::now_ms());
+        let mut event = about_message(self.broker.event(Hook::MessageDropped, crate::now_ms()), message);
         event.client_id = RawStr::new(client_id);
-        event.topic = RawStr::new(message.topic());
-        event.payload = RawBytes::new(message.payload());
-        event.qos = message.qos;
-        event.retain = message.retain as u8;
-        event.properties = RawBytes::new(message.forwarded());
         event.reason = RawStr::new(reason.name());
         self.hooks.dispatch(&event);
     }
@@ -1152,6 +1142,16 @@ impl Owner for Node {
             self.commit_in_background(batch);
         }
     }
+}
+
+/// `event` with `message`'s topic, payload, QoS, retain flag and forwarded properties.
+fn about_message(mut event: RawEvent, message: &Message) -> RawEvent {
+    event.topic = RawStr::new(message.topic());
+    event.payload = RawBytes::new(message.payload());
+    event.qos = message.qos;
+    event.retain = message.retain as u8;
+    event.properties = RawBytes::new(message.forwarded());
+    event
 }
 
 /// What node `from` sent of `client_id`'s session (`what`), read; `None`, logged, if it could

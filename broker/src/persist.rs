@@ -219,22 +219,7 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str, client_id
 const KEY_INLINE: usize = 64;
 
 /// A key of [`Keys`]: on the stack when it is short, as most are.
-#[derive(Debug, Clone)]
-pub(crate) enum Key {
-    Inline { bytes: [u8; KEY_INLINE], len: u8 },
-    Heap(Vec<u8>),
-}
-
-impl std::ops::Deref for Key {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Key::Inline { bytes, len } => &bytes[..usize::from(*len)],
-            Key::Heap(bytes) => bytes,
-        }
-    }
-}
+pub(crate) type Key = smallvec::SmallVec<[u8; KEY_INLINE]>;
 
 /// The keys of one client id.
 #[derive(Debug, Clone)]
@@ -252,15 +237,11 @@ impl Keys {
     }
 
     fn with(&self, kind: u8, tail: &[u8]) -> Key {
-        let len = 1 + self.id.len() + tail.len();
-        if len > KEY_INLINE {
-            return Key::Heap([&[kind][..], &self.id, tail].concat());
-        }
-        let mut bytes = [0; KEY_INLINE];
-        bytes[0] = kind;
-        bytes[1..1 + self.id.len()].copy_from_slice(&self.id);
-        bytes[1 + self.id.len()..len].copy_from_slice(tail);
-        Key::Inline { bytes, len: len as u8 }
+        let mut key = Key::with_capacity(1 + self.id.len() + tail.len());
+        key.push(kind);
+        key.extend_from_slice(&self.id);
+        key.extend_from_slice(tail);
+        key
     }
 
     pub(crate) fn session(&self) -> Key {

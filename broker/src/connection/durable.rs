@@ -102,16 +102,11 @@ impl Held {
     }
 
     /// The encoded bytes of the front acknowledgement, `len` long, taken off `bytes`.
+    /// (`push_bytes` starts the buffer again once nothing waits.)
     fn take_front(&mut self, len: usize) -> &[u8] {
         let start = self.sent;
         self.sent += len;
-        let front = &self.bytes[start..self.sent];
-        if self.waiting.is_empty() {
-            // All sent: the next acknowledgement starts the buffer again (the slice above
-            // stays valid until then).
-            self.sent = 0;
-        }
-        front
+        &self.bytes[start..self.sent]
     }
 }
 

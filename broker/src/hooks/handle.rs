@@ -124,7 +124,7 @@ impl PluginHandle {
     /// Whether it is to be called for `event` (not when it wants only retained messages of
     /// the event's hook and this one is not).
     pub(crate) fn takes(&self, event: &RawEvent) -> bool {
-        event.retain != 0 || 1u64.checked_shl(event.hook).is_none_or(|bit| self.retained_only_hooks.0 & bit == 0)
+        event.retain != 0 || Hook::from_raw(event.hook).is_none_or(|hook| !self.retained_only_hooks.contains(hook))
     }
 
     pub(crate) fn is_active(&self) -> bool {
