@@ -79,6 +79,8 @@ impl ClientInfo {
             rewrite: RawWriter::DISCARD,
             rewrite_payload: RawBytesWriter::DISCARD,
             rewrite_qos: RawBytesWriter::DISCARD,
+            ticket: std::ptr::null_mut(),
+            answer: None,
         }
     }
 }

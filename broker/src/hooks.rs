@@ -11,6 +11,11 @@
 //! holds no thread, so a thousand clients waiting on a slow ACL service hold 64 threads, not
 //! a thousand, and leave the rest of the pool (512 threads) to the other hooks and to tokio.
 //!
+//! A chain with a plugin that answers the hook later (`later_hooks`) and none that blocks is
+//! [`Route::Later`]: it runs on the client's own task with [`Hooks::dispatch_later`], which
+//! hands such a plugin a ticket (`RawEvent::ticket` and `answer`) and awaits its answer, so
+//! nothing but that client waits and no thread is handed the event.
+//!
 //! A running plugin is, to dispatch, its [`handle::PluginHandle`] (`handle`): what the plugin
 //! manager (`plugins`, which depends on this module) makes when it starts one.
 
@@ -20,9 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{self, RawBytes, RawBytesWriter, RawEvent, RawStr, RawWriter};
+use std::ffi::c_void;
+
+use plugin_api::abi::{self, RawAnswer, RawBytes, RawBytesWriter, RawEvent, RawStr, RawWriter};
 use plugin_api::{Hook, HookMask};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 
 use handle::PluginHandle;
@@ -36,6 +44,119 @@ pub(crate) struct Rewritten {
     pub(crate) payload: Option<Vec<u8>>,
     /// `message.publish`: the QoS, 0 to 2.
     pub(crate) qos: Option<u8>,
+}
+
+impl Rewritten {
+    /// `event` showing what was replaced (it then points into `self`, whose heap buffers do
+    /// not move).
+    fn applied_to(&self, mut event: RawEvent) -> RawEvent {
+        if let Some(topic) = &self.topic {
+            event.topic = RawStr::new(topic);
+        }
+        if let Some(payload) = &self.payload {
+            event.payload = RawBytes::new(payload);
+        }
+        if let Some(qos) = self.qos {
+            event.qos = qos;
+        }
+        event
+    }
+}
+
+/// One plugin's answer to an event, with the replacements it wrote (a topic, a payload, a
+/// QoS byte).
+#[derive(Debug, Default)]
+struct Answer {
+    /// `None`: the plugin was not active.
+    result: Option<u32>,
+    topic: String,
+    payload: Option<Vec<u8>>,
+    qos: Option<Vec<u8>>,
+}
+
+impl Answer {
+    /// This answer (what the plugin wrote to the event's writers) with its later answer's
+    /// result, and its replacements where it gives them.
+    fn overridden_by(mut self, later: LaterAnswer) -> Answer {
+        self.result = Some(later.result);
+        if let Some(topic) = later.topic {
+            self.topic = topic;
+        }
+        if let Some(payload) = later.payload {
+            self.payload = Some(payload);
+        }
+        if let Some(qos) = later.qos {
+            self.qos = Some(vec![qos]);
+        }
+        self
+    }
+}
+
+/// A later answer, copied out of the plugin's [`abi::RawAnswer`].
+#[derive(Debug)]
+struct LaterAnswer {
+    result: u32,
+    topic: Option<String>,
+    payload: Option<Vec<u8>>,
+    qos: Option<u8>,
+}
+
+/// What the host hands a plugin as `RawEvent::ticket`: where its later answer goes.
+struct Ticket(oneshot::Sender<LaterAnswer>);
+
+impl Ticket {
+    /// A new ticket (owned by whoever holds the pointer) and where its answer arrives.
+    fn offer() -> (*mut c_void, oneshot::Receiver<LaterAnswer>) {
+        let (sender, receiver) = oneshot::channel();
+        (Box::into_raw(Box::new(Ticket(sender))).cast(), receiver)
+    }
+}
+
+/// `RawEvent::answer`: takes a plugin's later answer to the event that carried `ticket`.
+unsafe extern "C" fn answer_later(ticket: *mut c_void, answer: *const RawAnswer) {
+    // SAFETY: the ticket was made by `Ticket::offer` for one event, and the ABI has the plugin
+    // answer it once: this is its only release.
+    let ticket = unsafe { Box::from_raw(ticket.cast::<Ticket>()) };
+    // SAFETY: the plugin's answer is readable for its declared size during this call.
+    let later = match unsafe { RawAnswer::read(answer) } {
+        Some(answer) => LaterAnswer {
+            result: answer.result,
+            // SAFETY: the answer's strings are valid during this call.
+            // (Not UTF-8: empty, so unchanged.)
+            topic: Some(unsafe { answer.topic.as_str() }.to_owned()).filter(|t| !t.is_empty()),
+            // SAFETY: as above.
+            payload: (answer.replace_payload != 0).then(|| unsafe { answer.payload.as_slice() }.to_vec()),
+            qos: (answer.qos != abi::ANSWER_QOS_UNCHANGED).then_some(answer.qos),
+        },
+        None => LaterAnswer { result: abi::HOOK_CONTINUE, topic: None, payload: None, qos: None },
+    };
+    // The client may be gone (its connection ended while it waited).
+    let _ = ticket.0.send(later);
+}
+
+/// Where [`Hooks::run_chain`] stopped.
+enum Step {
+    /// The chain ended with this verdict.
+    Done(Verdict),
+    /// `plugin` will answer later; the chain goes on at the `next`th plugin.
+    Waiting { next: usize, plugin: Arc<PluginHandle>, answer: Pending },
+}
+
+/// An answer to come.
+struct Pending {
+    /// What the plugin wrote to the event's writers before it returned.
+    written: Answer,
+    receiver: oneshot::Receiver<LaterAnswer>,
+}
+
+impl Pending {
+    async fn wait(self) -> Answer {
+        match self.receiver.await {
+            Ok(later) => self.written.overridden_by(later),
+            // Never: the ticket is dropped only once its answer was sent.
+            Err(_) => Answer { result: Some(abi::HOOK_CONTINUE), ..Answer::default() },
+        }
+    }
 }
 
 /// The answer of a hook chain.
@@ -62,6 +183,17 @@ pub(crate) enum Route {
     Inline,
     /// A plugin in the chain may block: run it with [`Hooks::run_blocking`].
     Blocking,
+    /// A plugin in the chain may answer later (none may block): run it on the calling
+    /// task with [`Hooks::dispatch_later`], which awaits such answers.
+    Later,
+}
+
+impl Route {
+    /// Whether the client waits for the chain off the network thread's direct path (its
+    /// packet is suspended, `connection::suspend`).
+    pub(crate) fn waits(self) -> bool {
+        matches!(self, Route::Blocking | Route::Later)
+    }
 }
 
 /// The hooks whose chains the host runs off the network threads when a plugin declares them
@@ -69,15 +201,23 @@ pub(crate) enum Route {
 pub(crate) const CAN_BLOCK: HookMask =
     HookMask::of(&[Hook::ClientConnect, Hook::ClientAuthenticate, Hook::ClientCheckAcl, Hook::MessagePublish]);
 
+/// The hooks a plugin may answer later (`PluginDescriptor::later_hooks`): those whose chains
+/// a client connection awaits.
+pub(crate) const CAN_ANSWER_LATER: HookMask = CAN_BLOCK;
+
 /// The hooks for which the host calls a plugin only with retained messages when it asks
 /// (`PluginDescriptor::retained_only_hooks`).
 pub(crate) const RETAINED_ONLY: HookMask = HookMask::of(&[Hook::MessagePublish]);
 
+/// The hooks whose plugins may answer [`abi::HOOK_REPLACE`].
+const REWRITING: HookMask = HookMask::of(&[Hook::MessagePublish, Hook::ClientSubscribe, Hook::ClientUnsubscribe]);
+
 /// How many chains of one hook may run on the blocking pool at once.
 pub(crate) const BLOCKING_CHAINS: usize = 64;
 
-/// Where the per-hook bits of "a plugin in the chain may block" start in `Hooks::routes`.
-const BLOCKING_SHIFT: u32 = 32;
+/// Where the per-hook bits of "the client waits for the chain" ([`Route::waits`]) start in
+/// `Hooks::routes`.
+const WAITS_SHIFT: u32 = 32;
 
 #[derive(Debug, Default)]
 struct HookTable {
@@ -89,8 +229,12 @@ struct HookTable {
 /// The dispatcher shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Hooks {
-    /// Bit `hook`: a plugin wants it; bit `BLOCKING_SHIFT + hook`: its chain may block.
+    /// Bit `hook`: a plugin wants it; bit `WAITS_SHIFT + hook`: its chain may block or
+    /// answer later.
     routes: AtomicU64,
+    /// Bit `hook`: its chain may answer later and none of it blocks ([`Route::Later`]); read
+    /// only for a chain the client waits for.
+    later: AtomicU64,
     /// Bit `hook`: every plugin on it wants only retained messages (no event is made for the
     /// others).
     retained_only: AtomicU64,
@@ -107,6 +251,7 @@ impl Hooks {
     pub(crate) fn new(failed: UnboundedSender<Arc<PluginHandle>>) -> Hooks {
         Hooks {
             routes: AtomicU64::new(0),
+            later: AtomicU64::new(0),
             retained_only: AtomicU64::new(0),
             blocking_slots: std::array::from_fn(|_| Arc::new(Semaphore::new(BLOCKING_CHAINS))),
             table: ArcSwap::from_pointee(HookTable::default()),
@@ -128,15 +273,18 @@ impl Hooks {
         self.wants(hook) && (retain || self.retained_only.load(Ordering::Relaxed) & (1 << hook as u32) == 0)
     }
 
-    /// How `hook`'s chain runs: not at all, inline, or off the network threads. One relaxed
-    /// atomic load, as [`Hooks::wants`].
+    /// How `hook`'s chain runs: not at all, inline, off the network threads, or inline with
+    /// answers awaited. One relaxed atomic load, as [`Hooks::wants`], for a chain that does
+    /// not wait.
     #[inline]
     pub(crate) fn route(&self, hook: Hook) -> Route {
         let routes = self.routes.load(Ordering::Relaxed);
         if routes & (1 << hook as u32) == 0 {
             Route::Skip
-        } else if routes & (1 << (BLOCKING_SHIFT + hook as u32)) == 0 {
+        } else if routes & (1 << (WAITS_SHIFT + hook as u32)) == 0 {
             Route::Inline
+        } else if self.later.load(Ordering::Relaxed) & (1 << hook as u32) != 0 {
+            Route::Later
         } else {
             Route::Blocking
         }
@@ -169,6 +317,7 @@ impl Hooks {
     pub(crate) fn install(&self, running: &[Arc<PluginHandle>]) {
         let mut table = HookTable { running: running.to_vec(), ..Default::default() };
         let mut routes = 0u64;
+        let mut later = 0u64;
         let mut retained_only = 0u64;
         for hook in Hook::ALL {
             let list = &mut table.by_hook[hook as usize];
@@ -181,14 +330,24 @@ impl Hooks {
             if list.iter().all(|p| p.retained_only_hooks.contains(hook)) {
                 retained_only |= 1 << hook as u32;
             }
-            let blocking = hook == Hook::ClientAuthenticate
-                || (CAN_BLOCK.contains(hook) && list.iter().any(|p| p.blocking_hooks.contains(hook)));
-            if blocking {
-                routes |= 1 << (BLOCKING_SHIFT + hook as u32);
+            // A plugin that answers later does not block (its `blocking_hooks` are for older
+            // hosts); any other on `client.authenticate` is taken to block, declared or not.
+            let answers_later = |p: &Arc<PluginHandle>| p.later_hooks.contains(hook);
+            let blocks = |p: &Arc<PluginHandle>| {
+                !answers_later(p)
+                    && (hook == Hook::ClientAuthenticate
+                        || (CAN_BLOCK.contains(hook) && p.blocking_hooks.contains(hook)))
+            };
+            if list.iter().any(blocks) {
+                routes |= 1 << (WAITS_SHIFT + hook as u32);
+            } else if list.iter().any(answers_later) {
+                routes |= 1 << (WAITS_SHIFT + hook as u32);
+                later |= 1 << hook as u32;
             }
         }
         self.table.store(Arc::new(table));
         self.retained_only.store(retained_only, Ordering::Relaxed);
+        self.later.store(later, Ordering::Relaxed);
         // A connection that read the old routes just before may still run a chain that now
         // blocks inline, once: only while a plugin starts.
         self.routes.store(routes, Ordering::Relaxed);
@@ -243,59 +402,149 @@ impl Hooks {
     pub(crate) fn dispatch_rewriting(&self, event: &mut RawEvent, valid: fn(&str) -> bool) -> (Verdict, Rewritten) {
         let table = self.table.load();
         let mut rewritten = Rewritten::default();
+        match self.run_chain(&table, 0, event, valid, &mut rewritten, false) {
+            Step::Done(verdict) => (verdict, rewritten),
+            // Not offered a later answer, no plugin can wait: only for the type's sake.
+            Step::Waiting { .. } => (Verdict::Continue, rewritten),
+        }
+    }
+
+    /// [`Hooks::dispatch_rewriting`] for a chain of [`Route::Later`] (or any other), on the
+    /// calling task: a plugin that declared the hook in its `later_hooks` is offered a later
+    /// answer, and the chain goes on once it comes, holding no thread meanwhile. An answer
+    /// given before the plugin returned costs no wait. `event_for` makes the event afresh
+    /// after each wait (an event is not kept across one); what earlier plugins replaced is
+    /// applied to it.
+    pub(crate) async fn dispatch_later(
+        &self,
+        event_for: impl Fn() -> RawEvent,
+        valid: fn(&str) -> bool,
+    ) -> (Verdict, Rewritten) {
+        let table = self.table.load_full();
+        let mut rewritten = Rewritten::default();
+        let mut start = 0;
+        loop {
+            let step = {
+                let mut event = rewritten.applied_to(event_for());
+                self.run_chain(&table, start, &mut event, valid, &mut rewritten, true)
+            };
+            let (next, plugin, answer) = match step {
+                Step::Done(verdict) => return (verdict, rewritten),
+                Step::Waiting { next, plugin, answer } => (next, plugin, answer),
+            };
+            let answer = answer.wait().await;
+            let ended = {
+                let mut event = rewritten.applied_to(event_for());
+                self.take_answer(&plugin, &mut event, answer, valid, &mut rewritten)
+            };
+            if let Some(verdict) = ended {
+                return (verdict, rewritten);
+            }
+            start = next;
+        }
+    }
+
+    /// Runs the plugins of `event.hook`'s chain from the `start`th of those that take it, until
+    /// one ends the chain or (with `offer_later`) one will answer later.
+    fn run_chain(
+        &self,
+        table: &HookTable,
+        start: usize,
+        event: &mut RawEvent,
+        valid: fn(&str) -> bool,
+        rewritten: &mut Rewritten,
+        offer_later: bool,
+    ) -> Step {
         let Some(list) = table.by_hook.get(event.hook as usize) else {
-            return (Verdict::Continue, rewritten);
+            return Step::Done(Verdict::Continue);
         };
         let messages = event.hook == Hook::MessagePublish as u32;
-        let mut written = String::new();
-        let (mut payload, mut qos): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
-        for plugin in list {
+        let hook = Hook::from_raw(event.hook);
+        for (index, plugin) in list.iter().enumerate().skip(start) {
             if !plugin.takes(event) {
                 continue;
             }
-            event.rewrite = RawWriter::for_string(&mut written);
+            let mut answer = Answer::default();
+            let (mut payload, mut qos): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+            event.rewrite = RawWriter::for_string(&mut answer.topic);
             if messages {
                 event.rewrite_payload = RawBytesWriter::for_option(&mut payload);
                 event.rewrite_qos = RawBytesWriter::for_option(&mut qos);
             }
-            let answer = plugin.on_event(event);
+            let later = (offer_later && hook.is_some_and(|h| plugin.later_hooks.contains(h))).then(Ticket::offer);
+            if let Some((ticket, _)) = &later {
+                event.ticket = *ticket;
+                event.answer = Some(answer_later);
+            }
+            let result = plugin.on_event(event);
             event.rewrite = RawWriter::DISCARD;
             event.rewrite_payload = RawBytesWriter::DISCARD;
             event.rewrite_qos = RawBytesWriter::DISCARD;
-            let (topic, new_payload, new_qos) = (std::mem::take(&mut written), payload.take(), qos.take());
-            if answer != Some(abi::HOOK_REPLACE) {
-                if let Some(verdict) = self.verdict(plugin, event, answer) {
-                    return (verdict, rewritten);
+            event.ticket = std::ptr::null_mut();
+            event.answer = None;
+            answer.payload = payload;
+            answer.qos = qos;
+            match (result, later) {
+                (Some(abi::HOOK_LATER), Some((_, mut receiver))) => match receiver.try_recv() {
+                    // Answered before it returned: on with the chain at once.
+                    Ok(later) => answer = answer.overridden_by(later),
+                    Err(_) => {
+                        let answer = Pending { written: answer, receiver };
+                        return Step::Waiting { next: index + 1, plugin: plugin.clone(), answer };
+                    }
+                },
+                (result, later) => {
+                    if let Some((ticket, _)) = later {
+                        // SAFETY: not answered later, so the ticket is still the host's.
+                        drop(unsafe { Box::from_raw(ticket.cast::<Ticket>()) });
+                    }
+                    answer.result = result;
                 }
-                continue;
             }
-            let hook = || Hook::from_raw(event.hook).map_or("a hook", Hook::name);
-            if !topic.is_empty() {
-                if valid(&topic) {
-                    // The String's heap buffer does not move with the String: the event may
-                    // point at it.
-                    event.topic = RawStr::new(&topic);
-                    rewritten.topic = Some(topic);
-                } else {
-                    tracing::warn!(plugin = plugin.name, topic, "{}: invalid replacement topic ignored", hook());
-                }
-            }
-            if let Some(new_payload) = new_payload {
-                event.payload = RawBytes::new(&new_payload);
-                rewritten.payload = Some(new_payload);
-            }
-            match new_qos.as_deref() {
-                None => {}
-                Some(&[new_qos]) if new_qos <= 2 => {
-                    event.qos = new_qos;
-                    rewritten.qos = Some(new_qos);
-                }
-                Some(other) => {
-                    tracing::warn!(plugin = plugin.name, "{}: invalid replacement QoS {other:?} ignored", hook())
-                }
+            if let Some(verdict) = self.take_answer(plugin, event, answer, valid, rewritten) {
+                return Step::Done(verdict);
             }
         }
-        (Verdict::Continue, rewritten)
+        Step::Done(Verdict::Continue)
+    }
+
+    /// Applies one plugin's answer: `Some` ends the chain with that verdict; a replacement is
+    /// kept in `rewritten` and shown to the plugins after it through `event`.
+    fn take_answer(
+        &self,
+        plugin: &Arc<PluginHandle>,
+        event: &mut RawEvent,
+        answer: Answer,
+        valid: fn(&str) -> bool,
+        rewritten: &mut Rewritten,
+    ) -> Option<Verdict> {
+        if answer.result != Some(abi::HOOK_REPLACE)
+            || !Hook::from_raw(event.hook).is_some_and(|h| REWRITING.contains(h))
+        {
+            return self.verdict(plugin, event, answer.result);
+        }
+        let hook = || Hook::from_raw(event.hook).map_or("a hook", Hook::name);
+        let Answer { topic, payload, qos, .. } = answer;
+        if !topic.is_empty() {
+            if valid(&topic) {
+                rewritten.topic = Some(topic);
+            } else {
+                tracing::warn!(plugin = plugin.name, topic, "{}: invalid replacement topic ignored", hook());
+            }
+        }
+        if let Some(payload) = payload {
+            rewritten.payload = Some(payload);
+        }
+        match qos.as_deref() {
+            None => {}
+            Some(&[qos]) if qos <= 2 => rewritten.qos = Some(qos),
+            Some(other) => {
+                tracing::warn!(plugin = plugin.name, "{}: invalid replacement QoS {other:?} ignored", hook())
+            }
+        }
+        // The heap buffers of `rewritten` do not move with it: the event may point at them.
+        *event = rewritten.applied_to(*event);
+        None
     }
 
     /// What a chain does with one plugin's answer: `Some` ends the chain with that verdict.
@@ -409,5 +658,122 @@ mod tests {
         let caller = std::thread::current().id();
         let ran_on = runtime.block_on(hooks.run_blocking(Hook::ClientCheckAcl, std::thread::current));
         assert_ne!(ran_on.expect("the chain ran").id(), caller, "on a blocking-pool thread");
+    }
+
+    /// A plugin that answers later: it hands the ticket to a thread, which replaces the topic
+    /// with `later/<topic>` (and the QoS with 0); offered no ticket, it answers Continue.
+    unsafe extern "C" fn answer_on_a_thread(_state: *mut std::ffi::c_void, event: *const RawEvent) -> u32 {
+        // SAFETY: the host's event, valid for this call.
+        let event = unsafe { &*event };
+        let Some(answer) = event.answer else {
+            return abi::HOOK_CONTINUE;
+        };
+        // SAFETY: as above.
+        let topic = format!("later/{}", unsafe { event.topic.as_str() });
+        let ticket = event.ticket as usize;
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let reply = abi::RawAnswer {
+                size: std::mem::size_of::<abi::RawAnswer>() as u32,
+                result: abi::HOOK_REPLACE,
+                topic: RawStr::new(&topic),
+                payload: RawBytes::EMPTY,
+                replace_payload: 0,
+                qos: 0,
+            };
+            // SAFETY: the ticket of the event above, answered once.
+            unsafe { answer(ticket as *mut std::ffi::c_void, &reply) };
+        });
+        abi::HOOK_LATER
+    }
+
+    /// A plugin that answers later, but before it returns: Deny.
+    unsafe extern "C" fn answer_before_returning(_state: *mut std::ffi::c_void, event: *const RawEvent) -> u32 {
+        // SAFETY: the host's event, valid for this call.
+        let event = unsafe { &*event };
+        let Some(answer) = event.answer else {
+            return abi::HOOK_DENY;
+        };
+        let reply = abi::RawAnswer {
+            size: std::mem::size_of::<abi::RawAnswer>() as u32,
+            result: abi::HOOK_DENY,
+            topic: RawStr::EMPTY,
+            payload: RawBytes::EMPTY,
+            replace_payload: 0,
+            qos: abi::ANSWER_QOS_UNCHANGED,
+        };
+        // SAFETY: the event's ticket, answered once.
+        unsafe { answer(event.ticket, &reply) };
+        abi::HOOK_LATER
+    }
+
+    /// Records the topic each call sees (the state is a leaked `Mutex<Vec<String>>`).
+    unsafe extern "C" fn record_topic(state: *mut std::ffi::c_void, event: *const RawEvent) -> u32 {
+        // SAFETY: the test's state and the host's event, both live for the call.
+        let (seen, event) = unsafe { (&*(state as *const std::sync::Mutex<Vec<String>>), &*event) };
+        // SAFETY: as above.
+        seen.lock().unwrap().push(unsafe { event.topic.as_str() }.to_owned());
+        abi::HOOK_CONTINUE
+    }
+
+    fn later_plugin(name: &str, hook: Hook, on_event: handle::OnEvent, seq: u64) -> Arc<PluginHandle> {
+        let hooks = HookMask::of(&[hook]);
+        Arc::new(
+            PluginHandle::new(name.to_owned(), hooks, hooks, 1, seq, on_event, std::ptr::null_mut()).with_later(hooks),
+        )
+    }
+
+    #[test]
+    fn a_later_answer_is_awaited_and_the_chain_goes_on_with_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let seen: &'static std::sync::Mutex<Vec<String>> = Box::leak(Box::default());
+        let state = seen as *const std::sync::Mutex<Vec<String>> as *mut std::ffi::c_void;
+        let publish = HookMask::of(&[Hook::MessagePublish]);
+        let recorder =
+            Arc::new(PluginHandle::new("recorder".to_owned(), publish, HookMask::NONE, 0, 2, record_topic, state));
+        hooks.install(&[later_plugin("later", Hook::MessagePublish, answer_on_a_thread, 1), recorder]);
+        assert_eq!(hooks.route(Hook::MessagePublish), Route::Later, "declared blocking too: later wins");
+
+        let broker = crate::client::ClientInfo::broker();
+        let event_for = || {
+            let mut event = broker.event(Hook::MessagePublish, 0);
+            event.topic = RawStr::new("t/1");
+            event.qos = 1;
+            event
+        };
+        let (verdict, rewritten) = runtime.block_on(hooks.dispatch_later(event_for, |_| true));
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(rewritten, Rewritten { topic: Some("later/t/1".to_owned()), payload: None, qos: Some(0) });
+        assert_eq!(*seen.lock().unwrap(), ["later/t/1"], "the plugin after it saw the later answer's topic");
+
+        // Where the host cannot wait it offers no ticket: the plugin answers at once.
+        let mut event = event_for();
+        assert_eq!(hooks.dispatch_rewriting(&mut event, |_| true), (Verdict::Continue, Rewritten::default()));
+    }
+
+    #[test]
+    fn a_later_answer_given_before_returning_needs_no_wait() {
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        hooks.install(&[later_plugin("acl", Hook::ClientCheckAcl, answer_before_returning, 1)]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Later);
+        let broker = crate::client::ClientInfo::broker();
+        let ask = hooks.dispatch_later(|| broker.event(Hook::ClientCheckAcl, 0), |_| false);
+        let mut ask = std::pin::pin!(ask);
+        let waker = std::task::Waker::noop();
+        let answered = std::future::Future::poll(ask.as_mut(), &mut std::task::Context::from_waker(waker));
+        assert!(matches!(answered, std::task::Poll::Ready((Verdict::Deny, _))), "ready at the first poll");
+    }
+
+    #[test]
+    fn a_plugin_that_blocks_keeps_the_chain_off_the_network_threads_whatever_the_others_answer_later() {
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0);
+        let later = later_plugin("later", Hook::ClientCheckAcl, answer_before_returning, 1);
+        hooks.install(&[later.clone(), plugin("slow", &[Hook::ClientCheckAcl], &[Hook::ClientCheckAcl], 2)]);
+        assert_eq!(hooks.route(Hook::ClientCheckAcl), Route::Blocking);
+        hooks.install(&[later.clone(), plugin("auth", &[Hook::ClientAuthenticate], &[], 2)]);
+        assert_eq!(hooks.route(Hook::ClientAuthenticate), Route::Blocking, "an undeclared authenticator may block");
+        hooks.install(&[later_plugin("auth", Hook::ClientAuthenticate, answer_before_returning, 1)]);
+        assert_eq!(hooks.route(Hook::ClientAuthenticate), Route::Later, "one that answers later does not");
     }
 }

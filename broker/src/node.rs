@@ -15,7 +15,7 @@ use plugin_api::Hook;
 
 use crate::client::ClientInfo;
 use crate::cluster::{Claim, Cluster, HandedOver, LocalNode, NodeInfo, Stored};
-use crate::hooks::{Hooks, Verdict};
+use crate::hooks::{Hooks, Rewritten, Verdict};
 use crate::log_limit::clipped;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
@@ -675,21 +675,62 @@ impl Node {
         if self.hooks.wants_message(Hook::MessagePublish, message.retain) {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
             let (verdict, rewritten) = self.hooks.dispatch_rewriting(&mut event, is_valid_replacement_topic);
-            if let Some(topic) = rewritten.topic {
-                message = message.with_topic(&topic);
-            }
-            if let Some(payload) = rewritten.payload {
-                message = message.with_payload(&payload);
-            }
-            if let Some(qos) = rewritten.qos {
-                let max_qos = self.zone.max_qos;
-                message.edit(|head| head.qos = qos.min(max_qos));
-            }
-            if verdict == Verdict::Drop {
-                self.dropped(&client.client_id, &message, DropReason::Denied);
-                return Published::Dropped;
+            match self.published_as(message, client, verdict, rewritten) {
+                Some(kept) => message = kept,
+                None => return Published::Dropped,
             }
         }
+        self.route_published(message, client, full, durable)
+    }
+
+    /// The `message.publish` part of [`Node::publish_from`] for a chain of
+    /// [`crate::hooks::Route::Later`]: run on the calling task, plugins' later answers
+    /// awaited. The message as the plugins left it, or `None` if one dropped it; then
+    /// [`Node::route_published`] routes it.
+    pub(crate) async fn publish_hooks_later(&self, message: Message, client: &ClientInfo) -> Option<Message> {
+        self.stats.metrics.inc(Metric::MessagesPublish);
+        if !self.hooks.wants_message(Hook::MessagePublish, message.retain) {
+            return Some(message);
+        }
+        let event_for = || Node::message_event(client, Hook::MessagePublish, &message);
+        let (verdict, rewritten) = self.hooks.dispatch_later(event_for, is_valid_replacement_topic).await;
+        self.published_as(message, client, verdict, rewritten)
+    }
+
+    /// `message` as `message.publish`'s chain left it, or `None` (counted, `message.dropped`
+    /// fired) if it dropped it.
+    fn published_as(
+        &self,
+        mut message: Message,
+        client: &ClientInfo,
+        verdict: Verdict,
+        rewritten: Rewritten,
+    ) -> Option<Message> {
+        if let Some(topic) = rewritten.topic {
+            message = message.with_topic(&topic);
+        }
+        if let Some(payload) = rewritten.payload {
+            message = message.with_payload(&payload);
+        }
+        if let Some(qos) = rewritten.qos {
+            let max_qos = self.zone.max_qos;
+            message.edit(|head| head.qos = qos.min(max_qos));
+        }
+        if verdict == Verdict::Drop {
+            self.dropped(&client.client_id, &message, DropReason::Denied);
+            return None;
+        }
+        Some(message)
+    }
+
+    /// Routes a message `message.publish` has passed (the rest of [`Node::publish_from`]).
+    pub(crate) fn route_published(
+        &self,
+        mut message: Message,
+        client: &ClientInfo,
+        full: Option<&mut Vec<Arc<Session>>>,
+        durable: Option<&mut Batch>,
+    ) -> Published {
         let (reach, stored) = match &self.cluster {
             Some(cluster) => (Reach::Plain, cluster.forward(&mut message, &client.client_id)),
             None => (Reach::All, None),

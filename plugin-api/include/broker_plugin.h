@@ -47,6 +47,15 @@
 // `on_event` answer when the plugin panicked; the host stops the plugin.
 #define HOOK_PANICKED 256
 
+// The plugin will answer later, through the event's [`RawEvent::answer`] (only when the
+// host offered it: the hook is in the plugin's [`PluginDescriptor::later_hooks`] and
+// [`RawEvent::answer`] is set). The plugin then calls `answer` exactly once, from any
+// thread, now or later; with any other return value it must not call it.
+#define HOOK_LATER 6
+
+// [`RawAnswer::qos`] when the answer does not change the message's QoS.
+#define ANSWER_QOS_UNCHANGED 255
+
 // `client.check_acl` action: publish.
 #define ACL_PUBLISH 1
 
@@ -379,6 +388,27 @@ typedef struct {
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.
 typedef Status (*InitFn)(const HostApi *host, RawStr config_json, void **state_out, RawWriter error);
 
+// A plugin's later answer to a hook event (see [`HOOK_LATER`]), handed to
+// [`RawEvent::answer`]. It grows as [`RawMessage`] does: set `size` to
+// `size_of::<RawAnswer>()` (C: `sizeof(RawAnswer)`); the host reads a field only when `size`
+// covers it.
+typedef struct {
+    // `size_of::<RawAnswer>()` as the plugin built it.
+    uint32_t size;
+    // The answer, one of the `HOOK_*` values but [`HOOK_LATER`] and [`HOOK_PANICKED`]
+    // (which the safe layer sends for a plugin that panicked holding the ticket).
+    uint32_t result;
+    // With [`HOOK_REPLACE`]: the new topic (or filter); empty leaves it as it is.
+    RawStr topic;
+    // With [`HOOK_REPLACE`] and `replace_payload` 1 (`message.publish`): the new payload.
+    RawBytes payload;
+    // 1 when `payload` replaces the message's payload.
+    uint8_t replace_payload;
+    // With [`HOOK_REPLACE`] (`message.publish`): the new QoS, 0 to 2, or
+    // [`ANSWER_QOS_UNCHANGED`].
+    uint8_t qos;
+} RawAnswer;
+
 // One hook event. Every string and byte field is valid only during the `on_event` call.
 //
 // Fields that do not apply to a hook are empty / zero. A host older than the plugin sends a
@@ -459,6 +489,14 @@ typedef struct {
     // 2), when it answers [`HOOK_REPLACE`]. Not written: the QoS stays. Discards on other
     // hooks.
     RawBytesWriter rewrite_qos;
+    // The ticket to hand back to [`RawEvent::answer`]; null when `answer` is.
+    void *ticket;
+    // Set when the plugin may answer this event later (the hook is in its
+    // [`PluginDescriptor::later_hooks`] and the host can wait): return [`HOOK_LATER`] and
+    // call it once with `ticket` and the answer, from any thread. Null: answer now. A
+    // rewrite the plugin wrote to the writers above before returning counts as well (the
+    // answer's own replacements win).
+    void (*answer)(void *ticket, const RawAnswer *answer);
 } RawEvent;
 
 // [`PluginDescriptor::on_event`]: handles one event, returns a `HOOK_*` answer.
@@ -526,6 +564,22 @@ typedef struct {
     // warning and the plugin gets every message of that hook. A host older than this field
     // calls the plugin for every message, so the plugin must still check the flag.
     uint64_t retained_only_hooks;
+    // Bit `1 << hook` set for every hook in `hooks` that the plugin may answer later: it
+    // hands the work to a thread of its own (a request to a server) and returns
+    // [`HOOK_LATER`] at once, then calls [`RawEvent::answer`] when it knows. The host runs
+    // such a chain on the network thread, and the client it is about waits for the answer
+    // without holding any thread (its later packets are handled after it, in order). This is
+    // cheaper than [`PluginDescriptor::blocking_hooks`], which hands each event to another
+    // host thread that then waits.
+    //
+    // The host offers it (sets [`RawEvent::answer`]) for `client.connect`,
+    // `client.authenticate`, `client.check_acl` and `message.publish` when the chain runs
+    // for a client connection; elsewhere (a message the broker or a plugin publishes, a
+    // host older than this field) `answer` is null and the plugin must answer at once.
+    // Declare the hook in `blocking_hooks` too if answering at once may block: a host that
+    // honours this field ignores `blocking_hooks` for it, an older one runs it off its
+    // network threads.
+    uint64_t later_hooks;
 } PluginDescriptor;
 
 // Success.

@@ -100,6 +100,13 @@ pub const HOOK_SUPERUSER: u32 = 4;
 pub const HOOK_REPLACE: u32 = 5;
 /// `on_event` answer when the plugin panicked; the host stops the plugin.
 pub const HOOK_PANICKED: u32 = 0x100;
+/// The plugin will answer later, through the event's [`RawEvent::answer`] (only when the
+/// host offered it: the hook is in the plugin's [`PluginDescriptor::later_hooks`] and
+/// [`RawEvent::answer`] is set). The plugin then calls `answer` exactly once, from any
+/// thread, now or later; with any other return value it must not call it.
+pub const HOOK_LATER: u32 = 6;
+/// [`RawAnswer::qos`] when the answer does not change the message's QoS.
+pub const ANSWER_QOS_UNCHANGED: u8 = 0xFF;
 
 /// `client.check_acl` action: publish.
 pub const ACL_PUBLISH: u32 = 1;
@@ -318,6 +325,33 @@ pub type InitFn = unsafe extern "C" fn(
 /// [`PluginDescriptor::on_event`]: handles one event, returns a `HOOK_*` answer.
 pub type OnEventFn = unsafe extern "C" fn(state: *mut c_void, event: *const RawEvent) -> u32;
 
+/// [`RawEvent::answer`]: gives the host a plugin's later answer to the event that carried
+/// `ticket`. Called once per ticket, from any thread; `answer` is read during the call only.
+pub type AnswerFn = unsafe extern "C" fn(ticket: *mut c_void, answer: *const RawAnswer);
+
+/// A plugin's later answer to a hook event (see [`HOOK_LATER`]), handed to
+/// [`RawEvent::answer`]. It grows as [`RawMessage`] does: set `size` to
+/// `size_of::<RawAnswer>()` (C: `sizeof(RawAnswer)`); the host reads a field only when `size`
+/// covers it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawAnswer {
+    /// `size_of::<RawAnswer>()` as the plugin built it.
+    pub size: u32,
+    /// The answer, one of the `HOOK_*` values but [`HOOK_LATER`] and [`HOOK_PANICKED`]
+    /// (which the safe layer sends for a plugin that panicked holding the ticket).
+    pub result: u32,
+    /// With [`HOOK_REPLACE`]: the new topic (or filter); empty leaves it as it is.
+    pub topic: RawStr,
+    /// With [`HOOK_REPLACE`] and `replace_payload` 1 (`message.publish`): the new payload.
+    pub payload: RawBytes,
+    /// 1 when `payload` replaces the message's payload.
+    pub replace_payload: u8,
+    /// With [`HOOK_REPLACE`] (`message.publish`): the new QoS, 0 to 2, or
+    /// [`ANSWER_QOS_UNCHANGED`].
+    pub qos: u8,
+}
+
 /// [`PluginDescriptor::ctl`]: runs a `ctl` command (`args_json`, a JSON array of strings).
 pub type CtlFn = unsafe extern "C" fn(state: *mut c_void, args_json: RawStr, out: RawWriter) -> Status;
 
@@ -385,6 +419,22 @@ pub struct PluginDescriptor {
     /// warning and the plugin gets every message of that hook. A host older than this field
     /// calls the plugin for every message, so the plugin must still check the flag.
     pub retained_only_hooks: u64,
+    /// Bit `1 << hook` set for every hook in `hooks` that the plugin may answer later: it
+    /// hands the work to a thread of its own (a request to a server) and returns
+    /// [`HOOK_LATER`] at once, then calls [`RawEvent::answer`] when it knows. The host runs
+    /// such a chain on the network thread, and the client it is about waits for the answer
+    /// without holding any thread (its later packets are handled after it, in order). This is
+    /// cheaper than [`PluginDescriptor::blocking_hooks`], which hands each event to another
+    /// host thread that then waits.
+    ///
+    /// The host offers it (sets [`RawEvent::answer`]) for `client.connect`,
+    /// `client.authenticate`, `client.check_acl` and `message.publish` when the chain runs
+    /// for a client connection; elsewhere (a message the broker or a plugin publishes, a
+    /// host older than this field) `answer` is null and the plugin must answer at once.
+    /// Declare the hook in `blocking_hooks` too if answering at once may block: a host that
+    /// honours this field ignores `blocking_hooks` for it, an older one runs it off its
+    /// network threads.
+    pub later_hooks: u64,
 }
 
 // SAFETY: the descriptor is an immutable static whose pointers point to 'static data and
@@ -475,6 +525,14 @@ pub struct RawEvent {
     /// 2), when it answers [`HOOK_REPLACE`]. Not written: the QoS stays. Discards on other
     /// hooks.
     pub rewrite_qos: RawBytesWriter,
+    /// The ticket to hand back to [`RawEvent::answer`]; null when `answer` is.
+    pub ticket: *mut c_void,
+    /// Set when the plugin may answer this event later (the hook is in its
+    /// [`PluginDescriptor::later_hooks`] and the host can wait): return [`HOOK_LATER`] and
+    /// call it once with `ticket` and the answer, from any thread. Null: answer now. A
+    /// rewrite the plugin wrote to the writers above before returning counts as well (the
+    /// answer's own replacements win).
+    pub answer: Option<unsafe extern "C" fn(ticket: *mut c_void, answer: *const RawAnswer)>,
 }
 
 /// A message a plugin hands to the host (see [`HostApi::deliver_retained`]).
@@ -796,6 +854,8 @@ impl RawEvent {
             rewrite: field!(rewrite, RawWriter::DISCARD),
             rewrite_payload: field!(rewrite_payload, RawBytesWriter::DISCARD),
             rewrite_qos: field!(rewrite_qos, RawBytesWriter::DISCARD),
+            ticket: field!(ticket, std::ptr::null_mut()),
+            answer: field!(answer, None),
         }
     }
 }
@@ -825,6 +885,34 @@ impl RawMessage {
             qos: field!(qos)?,
             properties: field!(properties).unwrap_or(RawBytes::EMPTY),
             message_expiry: field!(message_expiry).unwrap_or(0),
+        })
+    }
+}
+
+impl RawAnswer {
+    /// Copies the answer at `answer`, built by a plugin of any release, reading only the
+    /// fields its `size` covers: `None` when it lacks `result`; a missing replacement reads
+    /// as none (an empty topic, no payload, [`ANSWER_QOS_UNCHANGED`]).
+    ///
+    /// # Safety
+    /// `answer` points to a plugin's answer, readable for the `size` bytes its first field
+    /// declares; its strings are valid during the [`AnswerFn`] call.
+    pub unsafe fn read(answer: *const RawAnswer) -> Option<RawAnswer> {
+        // SAFETY: the caller promises a readable answer.
+        let size = unsafe { declared_size(answer) };
+        macro_rules! field {
+            ($name:ident) => {
+                // SAFETY: `answer` is readable for `size` bytes; read_field reads no further.
+                unsafe { read_field!(answer, size, RawAnswer, $name) }
+            };
+        }
+        Some(RawAnswer {
+            size,
+            result: field!(result)?,
+            topic: field!(topic).unwrap_or(RawStr::EMPTY),
+            payload: field!(payload).unwrap_or(RawBytes::EMPTY),
+            replace_payload: field!(replace_payload).unwrap_or(0),
+            qos: field!(qos).unwrap_or(ANSWER_QOS_UNCHANGED),
         })
     }
 }

@@ -330,6 +330,8 @@ mod tests {
             rewrite: RawWriter::DISCARD,
             rewrite_payload: RawBytesWriter::DISCARD,
             rewrite_qos: RawBytesWriter::DISCARD,
+            ticket: std::ptr::null_mut(),
+            answer: None,
         }
     }
 

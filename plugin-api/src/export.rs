@@ -9,6 +9,7 @@ use crate::abi::{self, HostApi, PluginDescriptor, RawEvent, RawStr, RawWriter, S
 use crate::event::Event;
 use crate::host::{Host, HostError};
 use crate::info::{Config, PluginInfo};
+use crate::later::Later;
 use crate::Plugin;
 
 /// Builds the descriptor for plugin type `P` (used in a `static` by the macro).
@@ -32,6 +33,7 @@ pub const fn descriptor<P: Plugin>(info: &PluginInfo) -> PluginDescriptor {
         stop: stop::<P>,
         blocking_hooks: P::BLOCKING_HOOKS.0 & info.hooks.0,
         retained_only_hooks: P::RETAINED_ONLY_HOOKS.0 & info.hooks.0,
+        later_hooks: P::LATER_HOOKS.0 & info.hooks.0,
     }
 }
 
@@ -104,6 +106,10 @@ unsafe extern "C" fn init<P: Plugin>(
 }
 
 unsafe extern "C" fn on_event<P: Plugin>(state: *mut c_void, event: *const RawEvent) -> u32 {
+    // Set once a `Later` was made: the host then gets its answer through the ticket (the
+    // `Later` answers `HOOK_PANICKED` itself if the plugin panics holding it), so the call
+    // must return `HOOK_LATER` whatever happens.
+    let mut later_made = false;
     catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: state is the Box<P> made by init, alive until stop; the host only calls
         // on_event between init and stop. The event is valid during this call, for the size
@@ -111,12 +117,21 @@ unsafe extern "C" fn on_event<P: Plugin>(state: *mut c_void, event: *const RawEv
         // referenced whole).
         let (plugin, raw) = unsafe { (&*(state as *const P), RawEvent::read(event)) };
         // SAFETY: the host guarantees the event's fields are valid during this call.
-        match unsafe { Event::from_raw(&raw) } {
-            Some(event) => plugin.on_event(&event).to_raw(),
-            None => abi::HOOK_CONTINUE,
+        let Some(event) = (unsafe { Event::from_raw(&raw) }) else {
+            return abi::HOOK_CONTINUE;
+        };
+        // The host offers a later answer only for a hook the plugin declared in LATER_HOOKS.
+        let later = raw.answer.filter(|_| P::LATER_HOOKS.contains(event.hook));
+        match later.and_then(|answer| Later::new(raw.ticket, answer, event.hook)) {
+            Some(later) => {
+                later_made = true;
+                plugin.on_event_later(&event, later);
+                abi::HOOK_LATER
+            }
+            None => plugin.on_event(&event).to_raw(),
         }
     }))
-    .unwrap_or(abi::HOOK_PANICKED)
+    .unwrap_or(if later_made { abi::HOOK_LATER } else { abi::HOOK_PANICKED })
 }
 
 unsafe extern "C" fn ctl<P: Plugin>(state: *mut c_void, args_json: RawStr, out: RawWriter) -> Status {
@@ -216,7 +231,82 @@ mod tests {
             rewrite: RawWriter::DISCARD,
             rewrite_payload: RawBytesWriter::DISCARD,
             rewrite_qos: RawBytesWriter::DISCARD,
+            ticket: std::ptr::null_mut(),
+            answer: None,
         }
+    }
+
+    /// A plugin that answers `message.publish` later: it replaces the topic with `later/...`
+    /// from another thread, or panics on topic `panic`; at once it answers Drop.
+    struct Deferring;
+
+    impl crate::Plugin for Deferring {
+        const LATER_HOOKS: crate::HookMask = crate::HookMask::of(&[Hook::MessagePublish]);
+
+        fn init(_host: Host, _config: Config) -> Result<Self, crate::BoxError> {
+            Ok(Deferring)
+        }
+
+        fn on_event(&self, _event: &Event<'_>) -> HookResult {
+            HookResult::Drop
+        }
+
+        fn on_event_later(&self, event: &Event<'_>, later: Later) {
+            assert_ne!(event.topic, "panic", "the plugin panics holding its Later");
+            let topic = format!("later/{}", event.topic);
+            std::thread::spawn(move || later.replace(crate::Replacement { topic: Some(&topic), ..Default::default() }));
+        }
+    }
+
+    /// What the host's answer function got: the ticket's number, the result and the topic.
+    static ANSWERS: Mutex<Vec<(usize, u32, String)>> = Mutex::new(Vec::new());
+
+    unsafe extern "C" fn record_answer(ticket: *mut c_void, answer: *const abi::RawAnswer) {
+        // SAFETY: the glue's answer, valid during the call.
+        let answer = unsafe { abi::RawAnswer::read(answer) }.expect("a whole answer");
+        // SAFETY: as above.
+        let topic = unsafe { answer.topic.as_str() }.to_owned();
+        ANSWERS.lock().unwrap().push((ticket as usize, answer.result, topic));
+    }
+
+    #[test]
+    fn the_glue_hands_a_plugin_its_later_answer_and_answers_for_it_when_it_panics() {
+        let calls = Calls::default();
+        let size = std::mem::size_of::<HostApi>();
+        let vtable = test_host::vtable(&calls, size);
+        let mut state = std::ptr::null_mut();
+        let mut error = String::new();
+        // SAFETY: a whole vtable alive until stop; a writer alive for the call.
+        let status =
+            unsafe { init::<Deferring>(&vtable, RawStr::EMPTY, &mut state, RawWriter::for_string(&mut error)) };
+        assert_eq!((status, error.as_str()), (abi::STATUS_OK, ""));
+
+        let mut event = publish_event(std::mem::size_of::<RawEvent>());
+        // Offered no ticket (a host that cannot wait): `on_event` answers at once.
+        // SAFETY: the state init made; an event valid during the call.
+        assert_eq!(unsafe { on_event::<Deferring>(state, &event) }, abi::HOOK_DROP);
+
+        event.ticket = std::ptr::without_provenance_mut(1);
+        event.answer = Some(record_answer);
+        // SAFETY: as above.
+        assert_eq!(unsafe { on_event::<Deferring>(state, &event) }, abi::HOOK_LATER);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ANSWERS.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no later answer");
+            std::thread::yield_now();
+        }
+        assert_eq!(ANSWERS.lock().unwrap().pop(), Some((1, abi::HOOK_REPLACE, "later/old/1".to_owned())));
+
+        // A panic with the `Later` in hand: the host still gets one answer, saying so, and
+        // the call says Later (the ticket is answered, not the host's to free).
+        event.ticket = std::ptr::without_provenance_mut(2);
+        event.topic = RawStr::from_static("panic");
+        // SAFETY: as above.
+        assert_eq!(unsafe { on_event::<Deferring>(state, &event) }, abi::HOOK_LATER);
+        assert_eq!(std::mem::take(&mut *ANSWERS.lock().unwrap()), [(2, abi::HOOK_PANICKED, String::new())]);
+
+        // SAFETY: init's state, stopped once.
+        assert_eq!(unsafe { stop::<Deferring>(state) }, abi::STATUS_OK);
     }
 
     /// The glue `declare_plugin!` generates, run by a host of the first release: its vtable

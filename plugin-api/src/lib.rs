@@ -62,7 +62,10 @@
 //!   declares in [`Plugin::BLOCKING_HOOKS`] (`client.check_acl` asking an HTTP service, a
 //!   `message.publish` that writes to disk) and `client.authenticate`: the host runs those on
 //!   a blocking-pool thread, so the plugin may ask a remote service, hash a password or
-//!   `fsync` there (only the client the event is about waits).
+//!   `fsync` there (only the client the event is about waits). Cheaper for a plugin that
+//!   asks a server from threads of its own: declare the hook in [`Plugin::LATER_HOOKS`],
+//!   return at once from [`Plugin::on_event_later`] and answer its [`Later`] when the server
+//!   has; the client waits, no thread does.
 //! - **Threads you start, you join.** If the plugin starts threads or an async runtime, `stop`
 //!   must stop and join them. After `stop` returns the host will never call the plugin again.
 //! - **Unload does not unmap.** The host keeps a plugin's library mapped after `stop` (a Rust
@@ -93,6 +96,7 @@ pub mod export;
 mod guarded;
 mod host;
 mod info;
+mod later;
 pub mod store;
 #[cfg(test)]
 mod test_host;
@@ -101,6 +105,7 @@ pub mod topic;
 pub use event::{AclAction, Event, HookResult, QoS, SubscriptionOptions};
 pub use host::{ClientInfo, HookTiming, Host, HostError, Level, Metrics, PluginStatus, RetainedMessage, Stats};
 pub use info::{parse_table, Config, ConfigError, Hook, HookMask, PluginInfo, PluginKind, TableError};
+pub use later::{Later, Replacement};
 
 /// The error a plugin's `init` returns: anything that implements `std::error::Error`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -160,6 +165,39 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// }
     /// ```
     const RETAINED_ONLY_HOOKS: HookMask = HookMask::NONE;
+
+    /// Hooks in [`PluginInfo::hooks`] the plugin may answer later: for these the host calls
+    /// [`Plugin::on_event_later`] with a [`Later`] when it can wait for the answer, and the
+    /// client the event is about waits without holding any thread, while the plugin asks a
+    /// server from a thread of its own. The host honours it for `client.connect`,
+    /// `client.authenticate`, `client.check_acl` and a client's `message.publish` (see
+    /// [`abi::PluginDescriptor::later_hooks`]); elsewhere, and on a host older than this, it
+    /// calls [`Plugin::on_event`], which must then answer at once. Declare the hooks in
+    /// [`Plugin::BLOCKING_HOOKS`] too if answering at once may block (an older host then runs
+    /// them off its network threads; a newer one ignores that for them). The default is none.
+    ///
+    /// ```
+    /// # use plugin_api::{Event, Hook, HookMask, HookResult, Host, Config, Later, Plugin, BoxError};
+    /// # struct RemoteAcl { requests: std::sync::mpsc::Sender<(String, Later)> }
+    /// impl Plugin for RemoteAcl {
+    ///     const LATER_HOOKS: HookMask = HookMask::of(&[Hook::ClientCheckAcl]);
+    ///     # fn init(_: Host, _: Config) -> Result<Self, BoxError> { unimplemented!() }
+    ///     fn on_event_later(&self, event: &Event<'_>, later: Later) {
+    ///         // A thread of the plugin's asks the service and calls `later.answer(...)`.
+    ///         let _ = self.requests.send((event.topic.to_owned(), later));
+    ///     }
+    /// }
+    /// ```
+    const LATER_HOOKS: HookMask = HookMask::NONE;
+
+    /// Called instead of [`Plugin::on_event`] for a hook in [`Plugin::LATER_HOOKS`] when the
+    /// host can wait: answer `later` once, now or from any thread later (dropping it answers
+    /// [`HookResult::Continue`]). The event's fields are borrowed for this call only: copy
+    /// what the answer needs. The default answers what [`Plugin::on_event`] answers, at once
+    /// (its [`Event::replace_topic`] and other replacements included).
+    fn on_event_later(&self, event: &Event<'_>, later: Later) {
+        later.answer(self.on_event(event));
+    }
 
     /// Called for every hook in [`PluginInfo::hooks`]. The default answers
     /// [`HookResult::Continue`] (no opinion).

@@ -528,6 +528,9 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
             let chain = move || node.hooks.dispatch(&client.event(Hook::ClientConnect, now));
             hooks.run_blocking(Hook::ClientConnect, chain).await;
         }
+        Route::Later => {
+            hooks.dispatch_later(|| client.event(Hook::ClientConnect, now), |_| false).await;
+        }
     }
     let verdict = if hooks.wants(Hook::ClientAuthenticate) {
         authenticate(node, client, connect.password.unwrap_or_default(), now).await
@@ -572,22 +575,36 @@ async fn will_denied(node: &Arc<Node>, client: &Arc<ClientInfo>, topic: &str, no
     if route == Route::Inline {
         return ask(node, client, topic);
     }
+    if route == Route::Later {
+        let event_for = || {
+            let mut event = client.event(Hook::ClientCheckAcl, now);
+            event.acl_action = abi::ACL_PUBLISH;
+            event.topic = RawStr::new(topic);
+            event
+        };
+        return node.hooks.dispatch_later(event_for, |_| false).await.0 == Verdict::Deny;
+    }
     let (shared, client, topic) = (node.clone(), client.clone(), topic.to_owned());
     let chain = move || ask(&shared, &client, &topic);
     // Only when the runtime shuts down under it: refuse rather than let the will through.
     node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
 }
 
-/// Runs the `client.authenticate` chain on the runtime's blocking pool (always: a plugin may
-/// block there, an HTTP request, a slow hash, without holding up a network worker), so only
-/// this client waits.
+/// Runs the `client.authenticate` chain on the runtime's blocking pool (a plugin may block
+/// there, an HTTP request, a slow hash, without holding up a network worker), so only this
+/// client waits; or, when every plugin on it answers at once or later, on this task.
 async fn authenticate(node: &Arc<Node>, client: &Arc<ClientInfo>, password: &[u8], now: u64) -> Verdict {
-    let (shared, client, password) = (node.clone(), client.clone(), password.to_vec());
-    let chain = move || {
+    let event_for = move |client: &ClientInfo, password: &[u8]| {
         let mut event = client.event(Hook::ClientAuthenticate, now);
-        event.password = RawBytes::new(&password);
-        shared.hooks.dispatch(&event)
+        event.password = RawBytes::new(password);
+        event
     };
+    if node.hooks.route(Hook::ClientAuthenticate) == Route::Later {
+        // Every plugin on the chain answers at once or later: none holds this thread.
+        return node.hooks.dispatch_later(|| event_for(client, password), |_| false).await.0;
+    }
+    let (shared, client, password) = (node.clone(), client.clone(), password.to_vec());
+    let chain = move || shared.hooks.dispatch(&event_for(&client, &password));
     // Only when the runtime shuts down under it: refuse rather than let the client in.
     node.hooks.run_blocking(Hook::ClientAuthenticate, chain).await.unwrap_or(Verdict::Deny)
 }

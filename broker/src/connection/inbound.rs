@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use plugin_api::abi::{self, RawStr};
+use plugin_api::abi::{self, RawEvent, RawStr};
 use plugin_api::Hook;
 use store::Batch;
 
@@ -103,10 +103,15 @@ pub(super) struct PublishAck {
 /// Runs the `client.check_acl` chain for `client` on the calling thread; true if denied.
 pub(super) fn acl_chain(node: &Node, client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> bool {
     node.stats.metrics.inc(Metric::ClientCheckAcl);
+    node.hooks.dispatch(&acl_event(client, action, topic, now_ms)) == Verdict::Deny
+}
+
+/// The `client.check_acl` event asking about `action` on `topic`.
+pub(super) fn acl_event(client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> RawEvent {
     let mut event = client.event(Hook::ClientCheckAcl, now_ms);
     event.acl_action = action;
     event.topic = RawStr::new(topic);
-    node.hooks.dispatch(&event) == Verdict::Deny
+    event
 }
 
 impl<T: Transport> Connection<T> {
@@ -221,7 +226,7 @@ impl<T: Transport> Connection<T> {
         let acl = self.acl_check(abi::ACL_PUBLISH, accepted.message.topic());
         match acl {
             Acl::Denied => self.publish_denied(accepted),
-            Acl::Allowed if self.node.hooks.route(Hook::MessagePublish) != Route::Blocking => {
+            Acl::Allowed if !self.node.hooks.route(Hook::MessagePublish).waits() => {
                 let mut batch = self.publish_batch(&accepted.ack);
                 let outcome = self.publish_message(accepted.message, &mut batch);
                 self.publish_acked(accepted.ack, outcome, batch);
@@ -363,14 +368,14 @@ impl<T: Transport> Connection<T> {
         }
         let ask = || Acl::from_denied(acl_chain(&self.node, &self.client, action, topic, self.now_ms));
         let Some(cache) = &mut self.acl_cache else {
-            return if route == Route::Blocking { Acl::Ask } else { ask() };
+            return if route.waits() { Acl::Ask } else { ask() };
         };
         let generation = hooks.acl_generation();
         if let Some(denied) = cache.get(generation, action, topic, self.now) {
             self.node.stats.metrics.inc(Metric::ClientAclCacheHit);
             return Acl::from_denied(denied);
         }
-        if route == Route::Blocking {
+        if route.waits() {
             return Acl::Ask;
         }
         let answer = ask();
@@ -487,7 +492,7 @@ impl<T: Transport> Connection<T> {
         // this node has what the other nodes stored (`Connection::resume`).
         let catch_up = self.node.cluster.as_ref().is_some_and(|c| c.shares_state())
             && self.node.hooks.wants(Hook::SessionSubscribed);
-        if catch_up || (!self.superuser && self.node.hooks.route(Hook::ClientCheckAcl) == Route::Blocking) {
+        if catch_up || (!self.superuser && self.node.hooks.route(Hook::ClientCheckAcl).waits()) {
             let filters = subscribe.filters.iter().map(|&(filter, options)| (filter.into(), options)).collect();
             return Ok(Next::Wait(Box::new(Suspended::Subscribe { packet_id, id, filters })));
         }

@@ -5,8 +5,10 @@
 //! Handling a packet is synchronous (`inbound`). When a packet needs such a chain, its
 //! handler stops before asking it and hands back what is left to do as a [`Suspended`]; the
 //! connection then runs [`Connection::resume`], which runs the chain on the blocking pool
-//! ([`crate::hooks::Hooks::run_blocking`]) and awaits it, so the network thread goes on
-//! serving every other client. This client's later packets stay unread in its buffer (and
+//! ([`crate::hooks::Hooks::run_blocking`]) and awaits it, or, for a chain whose plugins
+//! answer later ([`Route::Later`]), runs it on this task and awaits their answers
+//! ([`crate::hooks::Hooks::dispatch_later`]); either way the network thread goes on serving
+//! every other client. This client's later packets stay unread in its buffer (and
 //! its socket) until the packet is finished, and are then handled in order. The connection
 //! does nothing else meanwhile (as an EMQX channel process blocked in a hook): its
 //! deliveries wait in its session queue.
@@ -18,10 +20,12 @@
 use plugin_api::abi;
 use plugin_api::Hook;
 
-use super::inbound::{acl_chain, Accepted, Acl};
+use super::inbound::{acl_chain, acl_event, Accepted, Acl};
 use super::{Connection, Ended, Transport};
-use crate::hooks::Route;
+use crate::hooks::{Route, Verdict};
+use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::node::Published;
 
 /// What handling a packet left to do.
 pub(super) enum Next {
@@ -53,7 +57,22 @@ impl<T: Transport> Connection<T> {
                 }
                 let ack = accepted.ack;
                 let mut batch = self.publish_batch(&ack);
-                let outcome = if self.node.hooks.route(Hook::MessagePublish) == Route::Blocking {
+                let route = self.node.hooks.route(Hook::MessagePublish);
+                let outcome = if route == Route::Later {
+                    let (node, client) = (self.node.clone(), self.client.clone());
+                    match node.publish_hooks_later(accepted.message, &client).await {
+                        Some(message) => {
+                            let (can_wait, mut full) = (self.can_wait(), Vec::new());
+                            let routed =
+                                node.route_published(message, &client, can_wait.then_some(&mut full), Some(&mut batch));
+                            if can_wait {
+                                self.wait_for(full);
+                            }
+                            routed
+                        }
+                        None => Published::Dropped,
+                    }
+                } else if route == Route::Blocking {
                     let (node, client, message) = (self.node.clone(), self.client.clone(), accepted.message);
                     let can_wait = self.can_wait();
                     let publish = move || {
@@ -109,10 +128,17 @@ impl<T: Transport> Connection<T> {
     /// denied, and caches the answer as [`Connection::acl_check`] does.
     async fn acl_ask_blocking(&mut self, action: u32, topic: &str) -> bool {
         let generation = self.node.hooks.acl_generation();
-        let (node, client, owned, now_ms) = (self.node.clone(), self.client.clone(), topic.to_owned(), self.now_ms);
-        let chain = move || acl_chain(&node, &client, action, &owned, now_ms);
-        // `None` only when the runtime shuts down under it: deny rather than let it through.
-        let denied = self.node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true);
+        let denied = if self.node.hooks.route(Hook::ClientCheckAcl) == Route::Later {
+            self.node.stats.metrics.inc(Metric::ClientCheckAcl);
+            let (client, now_ms) = (&self.client, self.now_ms);
+            let event_for = || acl_event(client, action, topic, now_ms);
+            self.node.hooks.dispatch_later(event_for, |_| false).await.0 == Verdict::Deny
+        } else {
+            let (node, client, owned, now_ms) = (self.node.clone(), self.client.clone(), topic.to_owned(), self.now_ms);
+            let chain = move || acl_chain(&node, &client, action, &owned, now_ms);
+            // `None` only when the runtime shuts down under it: deny rather than let it through.
+            self.node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
+        };
         if let Some(cache) = &mut self.acl_cache {
             // An answer of an older generation (rules reloaded meanwhile) is dropped at the
             // next look-up.

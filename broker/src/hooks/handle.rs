@@ -77,6 +77,9 @@ pub(crate) struct PluginHandle {
     pub(crate) blocking_hooks: HookMask,
     /// The hooks for which it gets only messages published with the retain flag.
     pub(crate) retained_only_hooks: HookMask,
+    /// The hooks it may answer later ([`plugin_api::abi::HOOK_LATER`]), among those the host
+    /// offers it for.
+    pub(crate) later_hooks: HookMask,
     /// Higher runs first.
     pub(crate) priority: i32,
     /// Load order, to break priority ties.
@@ -104,6 +107,7 @@ impl PluginHandle {
             hooks,
             blocking_hooks,
             retained_only_hooks: HookMask::NONE,
+            later_hooks: HookMask::NONE,
             priority,
             seq,
             on_event,
@@ -118,6 +122,12 @@ impl PluginHandle {
     /// The same plugin, called for `hooks` only with messages published with the retain flag.
     pub(crate) fn with_retained_only(mut self, hooks: HookMask) -> PluginHandle {
         self.retained_only_hooks = hooks;
+        self
+    }
+
+    /// The same plugin, offered a later answer for `hooks`.
+    pub(crate) fn with_later(mut self, hooks: HookMask) -> PluginHandle {
+        self.later_hooks = hooks;
         self
     }
 

@@ -66,6 +66,13 @@ impl Instance {
                     "for retained messages only; the broker filters only message.publish so, so these get every \
                      message",
                 );
+                warn_unhonoured(
+                    &meta.name,
+                    meta.later_hooks,
+                    crate::hooks::CAN_ANSWER_LATER,
+                    "as answered later; the broker waits only for client.connect, client.authenticate, \
+                     client.check_acl and message.publish, so these are answered at once",
+                );
                 let handle = PluginHandle::new(
                     meta.name.clone(),
                     meta.hooks,
@@ -75,7 +82,8 @@ impl Instance {
                     library.descriptor().on_event,
                     state,
                 )
-                .with_retained_only(HookMask(meta.retained_only_hooks.0 & crate::hooks::RETAINED_ONLY.0));
+                .with_retained_only(HookMask(meta.retained_only_hooks.0 & crate::hooks::RETAINED_ONLY.0))
+                .with_later(HookMask(meta.later_hooks.0 & crate::hooks::CAN_ANSWER_LATER.0));
                 Ok(Instance { handle: Arc::new(handle), library, context })
             }
             failed => {

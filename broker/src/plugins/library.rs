@@ -50,6 +50,8 @@ pub(crate) struct PluginMeta {
     /// The hooks for which it wants only retained messages (none from a plugin built before
     /// it was added).
     pub(crate) retained_only_hooks: HookMask,
+    /// The hooks it may answer later (none from a plugin built before it was added).
+    pub(crate) later_hooks: HookMask,
     pub(crate) priority: i32,
     pub(crate) ctl_command: Option<String>,
 }
@@ -178,6 +180,7 @@ impl PluginLibrary {
                 hooks: HookMask(descriptor.hooks),
                 blocking_hooks: HookMask(descriptor.blocking_hooks & descriptor.hooks),
                 retained_only_hooks: HookMask(descriptor.retained_only_hooks & descriptor.hooks),
+                later_hooks: HookMask(descriptor.later_hooks & descriptor.hooks),
                 priority: descriptor.priority,
                 ctl_command,
             },
@@ -222,6 +225,11 @@ unsafe fn read_descriptor(ptr: *const PluginDescriptor, size: usize) -> PluginDe
             },
             retained_only_hooks: if has(std::mem::offset_of!(PluginDescriptor, retained_only_hooks), 8) {
                 (&raw const (*ptr).retained_only_hooks).read()
+            } else {
+                0
+            },
+            later_hooks: if has(std::mem::offset_of!(PluginDescriptor, later_hooks), 8) {
+                (&raw const (*ptr).later_hooks).read()
             } else {
                 0
             },

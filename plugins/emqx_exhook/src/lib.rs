@@ -8,8 +8,9 @@
 //!   those are called. `stop` (unload) sends `OnProviderUnloaded`.
 //! - **Hooks that decide** (`client.authenticate`, `client.check_acl` as v2's
 //!   `client.authorize` / v1's `client.check_acl`, `message.publish`) are asked of each
-//!   server in turn and waited for; the plugin declares them blocking, so the broker runs
-//!   them off its network threads. `ValuedResponse`: `CONTINUE` takes the value and asks the
+//!   server in turn. The plugin answers them later (`LATER_HOOKS`): the calls run on its
+//!   runtime, and the client waits for the answer while no thread does; where the broker
+//!   cannot wait (a message it publishes itself) the call is waited for there. `ValuedResponse`: `CONTINUE` takes the value and asks the
 //!   next server, `STOP_AND_RETURN` takes it and asks no more, `IGNORE` has no value (see
 //!   `decide`).
 //! - **Notifications** (every other hook) are copied into a bounded queue and sent from the
@@ -31,14 +32,16 @@ mod proto;
 mod request;
 mod server;
 mod settings;
+mod unary;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use plugin_api::{
-    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, HostError, Plugin, PluginInfo,
-    PluginKind, QoS,
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, HostError, Later, Plugin, PluginInfo,
+    PluginKind, QoS, Replacement,
 };
 use tokio::sync::mpsc;
 
@@ -47,6 +50,9 @@ use proto::Rpc;
 use request::Context;
 use server::{Server, State};
 use settings::Settings;
+
+/// The hooks whose answer a server decides.
+const DECIDING: HookMask = HookMask::of(&[Hook::ClientAuthenticate, Hook::ClientCheckAcl, Hook::MessagePublish]);
 
 /// How long `stop` lets queued notifications go out before it unloads the servers.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -85,6 +91,39 @@ impl Runtime {
             let _ = tx.send(task.await);
         });
         rx.recv().ok()
+    }
+}
+
+/// What the servers changed in a published message (EMQX applies the message the fold
+/// returns: topic, payload and QoS; a QoS above 2 and an empty topic are ignored, as EMQX's
+/// `merge_message`).
+#[derive(Debug, Default)]
+struct Change {
+    topic: Option<String>,
+    payload: Option<Vec<u8>>,
+    qos: Option<QoS>,
+}
+
+impl Change {
+    /// What `outcome` changes in the message published to `topic` with `payload` at `qos`;
+    /// `None` when it drops it.
+    fn of(outcome: decide::Publish, topic: &str, payload: &[u8], qos: QoS) -> Option<Change> {
+        let message = match outcome {
+            decide::Publish::Drop => return None,
+            decide::Publish::Unchanged => return Some(Change::default()),
+            decide::Publish::Keep(message) => message,
+        };
+        let new_qos = match message.qos {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        };
+        Some(Change {
+            topic: (!message.topic.is_empty() && message.topic != topic).then_some(message.topic),
+            payload: (message.payload != payload).then_some(message.payload),
+            qos: new_qos.filter(|&q| q != qos),
+        })
     }
 }
 
@@ -159,10 +198,11 @@ impl Exhook {
         self.servers.iter().any(|s| s.wants(point, topic) || s.denies_while_down(point, topic))
     }
 
-    /// `client.authenticate` and `client.check_acl`: the servers' bool, as EMQX folds it.
-    fn decide_bool(&self, point: Point, event: &Event<'_>) -> HookResult {
+    /// `client.authenticate` and `client.check_acl`: the servers' bool, as EMQX folds it:
+    /// the call to make, or `None` when no server is concerned (the answer is Continue).
+    fn bool_call(&self, point: Point, event: &Event<'_>) -> Option<impl Future<Output = HookResult> + Send + 'static> {
         if !self.concerned(point, None) {
-            return HookResult::Continue;
+            return None;
         }
         // The answer so far, as EMQX 5 sends it: no plugin before this one said no (the
         // broker's chain would have ended), so `true`.
@@ -170,54 +210,54 @@ impl Exhook {
             Point::ClientAuthenticate => self.context.authenticate(event, true),
             _ => self.context.authorize(event, true),
         };
-        let servers = self.servers.clone();
-        let key = event.client_id.to_owned();
-        match self.runtime.run(decide::fold_bool(servers, point, key, rpc)) {
-            Some(Some(true)) => HookResult::Allow,
-            Some(Some(false)) => HookResult::Deny,
-            Some(None) => HookResult::Continue,
-            // The runtime stopped under the call: only while the plugin stops.
-            None => HookResult::Continue,
-        }
+        let call = decide::fold_bool(self.servers.clone(), point, event.client_id.to_owned(), rpc);
+        Some(async move {
+            match call.await {
+                Some(true) => HookResult::Allow,
+                Some(false) => HookResult::Deny,
+                None => HookResult::Continue,
+            }
+        })
     }
 
     /// `message.publish`: the servers may change the topic, the payload or the QoS, or stop
-    /// the message.
-    fn decide_publish(&self, event: &Event<'_>) -> HookResult {
+    /// the message. The call to make, or `None` when no server is concerned.
+    fn publish_call(&self, event: &Event<'_>) -> Option<impl Future<Output = Option<Change>> + Send + 'static> {
         let point = Point::MessagePublish;
         if event.topic.starts_with("$SYS/") || !self.concerned(point, Some(event.topic)) {
-            return HookResult::Continue;
+            return None;
         }
         let message = self.context.message(event, true);
-        let servers = self.servers.clone();
+        let published = (message.topic.clone(), message.payload.clone(), event.qos);
         let (context, key) = (self.context.clone(), event.client_id.to_owned());
-        let Some(outcome) = self.runtime.run(decide::fold_message(servers, context, key, message)) else {
+        let call = decide::fold_message(self.servers.clone(), context, key, message);
+        Some(async move { Change::of(call.await, &published.0, &published.1, published.2) })
+    }
+
+    /// [`Exhook::publish_call`], waited for on the calling thread (a hook the broker runs
+    /// off its network threads, or a message the broker itself publishes).
+    fn decide_publish(&self, event: &Event<'_>) -> HookResult {
+        let Some(call) = self.publish_call(event) else {
             return HookResult::Continue;
         };
-        let message = match outcome {
-            decide::Publish::Drop => return HookResult::Drop,
-            decide::Publish::Unchanged => return HookResult::Continue,
-            decide::Publish::Keep(message) => message,
-        };
-        // EMQX applies the message the fold returns: topic, payload and QoS (a QoS above 2
-        // and an empty topic are ignored, as EMQX's `merge_message`).
-        let mut answer = HookResult::Continue;
-        if !message.topic.is_empty() && message.topic != event.topic {
-            answer = event.replace_topic(&message.topic);
+        // `None`: the runtime stopped under the call (only while the plugin stops).
+        match self.runtime.run(call) {
+            None => HookResult::Continue,
+            Some(None) => HookResult::Drop,
+            Some(Some(change)) => {
+                let mut answer = HookResult::Continue;
+                if let Some(topic) = &change.topic {
+                    answer = event.replace_topic(topic);
+                }
+                if let Some(payload) = &change.payload {
+                    answer = event.replace_payload(payload);
+                }
+                if let Some(qos) = change.qos {
+                    answer = event.replace_qos(qos);
+                }
+                answer
+            }
         }
-        if message.payload != event.payload {
-            answer = event.replace_payload(&message.payload);
-        }
-        let qos = match message.qos {
-            0 => Some(QoS::AtMostOnce),
-            1 => Some(QoS::AtLeastOnce),
-            2 => Some(QoS::ExactlyOnce),
-            _ => None,
-        };
-        if let Some(qos) = qos.filter(|&q| q != event.qos) {
-            answer = event.replace_qos(qos);
-        }
-        answer
     }
 
     fn server(&self, name: &str) -> Result<&Arc<Server>, HostError> {
@@ -373,9 +413,13 @@ async fn send(servers: &Arc<[Arc<Server>]>, notice: Notice) {
 }
 
 impl Plugin for Exhook {
-    /// The hooks whose answer matters wait for a server: off the network threads.
-    const BLOCKING_HOOKS: HookMask =
-        HookMask::of(&[Hook::ClientAuthenticate, Hook::ClientCheckAcl, Hook::MessagePublish]);
+    /// The hooks whose answer matters wait for a server. The broker offers a later answer
+    /// for them from a client's connection: the call is made on the plugin's runtime and
+    /// answered from there, no thread waits. Where it does not (a message the broker
+    /// publishes, an older broker), they are answered at once, waiting for the call: on a
+    /// broker older than `LATER_HOOKS`, off its network threads.
+    const BLOCKING_HOOKS: HookMask = DECIDING;
+    const LATER_HOOKS: HookMask = DECIDING;
 
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings = Settings::from_json(config.json())?;
@@ -440,12 +484,45 @@ impl Plugin for Exhook {
             return HookResult::Continue;
         };
         match point {
-            Point::ClientAuthenticate | Point::ClientAuthorize => self.decide_bool(point, event),
+            Point::ClientAuthenticate | Point::ClientAuthorize => match self.bool_call(point, event) {
+                // `None`: the runtime stopped under the call (only while the plugin stops).
+                Some(call) => self.runtime.run(call).unwrap_or(HookResult::Continue),
+                None => HookResult::Continue,
+            },
             Point::MessagePublish => self.decide_publish(event),
             _ => {
                 self.notify(point, event);
                 HookResult::Continue
             }
+        }
+    }
+
+    fn on_event_later(&self, event: &Event<'_>, later: Later) {
+        let point = self.points.get(event.hook as usize).copied().flatten();
+        match point {
+            Some(point @ (Point::ClientAuthenticate | Point::ClientAuthorize)) => match self.bool_call(point, event) {
+                Some(call) => {
+                    // A task dropped unfinished (the runtime stopping) answers Continue.
+                    self.runtime.handle.spawn(async move { later.answer(call.await) });
+                }
+                None => later.answer(HookResult::Continue),
+            },
+            Some(Point::MessagePublish) => match self.publish_call(event) {
+                Some(call) => {
+                    self.runtime.handle.spawn(async move {
+                        match call.await {
+                            None => later.answer(HookResult::Drop),
+                            Some(change) => later.replace(Replacement {
+                                topic: change.topic.as_deref(),
+                                payload: change.payload.as_deref(),
+                                qos: change.qos,
+                            }),
+                        }
+                    });
+                }
+                None => later.answer(HookResult::Continue),
+            },
+            _ => later.answer(self.on_event(event)),
         }
     }
 

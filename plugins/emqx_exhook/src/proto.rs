@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use crate::unary::Unary;
 use tonic::{Code, Status};
 
 use crate::settings::Proto;
@@ -296,7 +296,7 @@ macro_rules! dispatch {
 }
 
 /// Makes `rpc` to a server of `proto` over `channel`; the caller bounds the time.
-pub(crate) async fn call(channel: Channel, proto: Proto, rpc: Rpc, timeout: Duration) -> Result<Answer, CallError> {
+pub(crate) async fn call(channel: Unary, proto: Proto, rpc: Rpc, timeout: Duration) -> Result<Answer, CallError> {
     let rpc = match rpc {
         // EMQX 5 sends a shared subscription's real topic.
         Rpc::ClientAuthorize(mut r) if proto == Proto::V2 => {
@@ -340,7 +340,7 @@ pub(crate) struct Broker {
 
 /// OnProviderLoaded: the hooks the server asks for, as `(name, topic filters)`.
 pub(crate) async fn load(
-    channel: Channel,
+    channel: Unary,
     proto: Proto,
     broker: Broker,
     timeout: Duration,

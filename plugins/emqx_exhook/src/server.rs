@@ -26,6 +26,8 @@ use plugin_api::Host;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::unary::Unary;
+
 use crate::point::{HookSpec, Point};
 use crate::proto::{self, Answer, CallError, Rpc};
 use crate::request::Context;
@@ -155,9 +157,9 @@ impl Server {
     }
 
     /// The connection for calls about `key` (a client id): always the same one.
-    fn channel(&self, key: &str) -> Channel {
+    fn channel(&self, key: &str) -> Unary {
         let hash = key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        self.channels[(hash % self.channels.len() as u64) as usize].clone()
+        Unary(self.channels[(hash % self.channels.len() as u64) as usize].clone())
     }
 
     /// Calls `rpc` for `point` if the server is up, within `request_timeout`. A call that
