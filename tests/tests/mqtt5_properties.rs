@@ -799,6 +799,54 @@ fn messages_resent_after_a_reconnect_respect_a_smaller_maximum_packet_size() {
     assert_eq!((&events[0]["reason"], &events[0]["topic"]), (&"too_large".into(), &"rsz/x".into()));
 }
 
+/// MQTT-4.4.0-1 with MQTT-3.3.4-9 (5): a subscriber leaves three QoS 1 messages
+/// unacknowledged and comes back with a Receive Maximum of 1. The broker sends the first
+/// again (DUP 1, same packet id) and nothing more until it is acknowledged (the PINGRESP to a
+/// PINGREQ sent right after it comes before any other PUBLISH), then the second, then the
+/// third, each after the one before was acknowledged; then new messages.
+#[test]
+fn messages_resent_after_a_reconnect_respect_a_smaller_receive_maximum() {
+    let (_dir, broker) = start_broker("", &[]);
+    let first = v5::ConnectProperties { receive_maximum: Some(3), ..lasting() };
+    let (mut sub, _) = C5::connect_packet(&broker, &connect5("rrm-sub", true, Some(first)));
+    sub.subscribe("rrm/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&broker, "rrm-pub");
+    for n in 1..=3 {
+        publisher.publish("rrm/x", QoS::AtLeastOnce, &format!("m{n}"));
+    }
+    let held: Vec<v5::Publish> = (0..3)
+        .map(|_| match sub.raw.recv() {
+            P5::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    sub.raw.drop_connection();
+
+    let smaller = v5::ConnectProperties { receive_maximum: Some(1), ..lasting() };
+    let (mut sub, ack) = C5::connect_packet(&broker, &connect5("rrm-sub", false, Some(smaller)));
+    assert!(ack.session_present);
+    for (n, sent) in held.iter().enumerate() {
+        match sub.raw.recv() {
+            P5::Publish(p) => assert_eq!(
+                (payload(&p), p.dup, p.pkid),
+                (payload(sent), true, sent.pkid),
+                "message {} sent again, in order",
+                n + 1
+            ),
+            other => panic!("expected message {} again, got {other:?}", n + 1),
+        }
+        sub.raw.send(&P5::PingReq(v5::PingReq));
+        match sub.raw.recv() {
+            P5::PingResp(_) => {}
+            other => panic!("a Receive Maximum of 1 holds one message in flight, got {other:?}"),
+        }
+        sub.raw.send(&P5::PubAck(v5::PubAck::new(sent.pkid, None)));
+    }
+    publisher.publish("rrm/x", QoS::AtLeastOnce, "after");
+    let next = sub.next_publish();
+    assert_eq!((payload(&next), next.dup), ("after".to_owned(), false));
+}
+
 /// §2.2.2.2 (5): a property identifier that is not valid for the packet's type makes it a
 /// Malformed Packet: DISCONNECT 0x81, then close (MQTT 5 §4.13). A Session Expiry Interval
 /// (0x11) in a PUBLISH, or in a SUBSCRIBE.

@@ -19,7 +19,7 @@ use crate::mqtt::publish::{encode_ack, OutgoingPublish};
 use crate::mqtt::Version;
 use crate::node::{DropReason, Node};
 use crate::persist;
-use crate::session::Phase;
+use crate::session::{InflightEntry, Phase};
 
 /// Topics longer than this get no alias: holding them would cost more than the alias saves.
 const ALIAS_TOPIC_MAX: usize = 128;
@@ -158,6 +158,22 @@ impl<T: Transport> Connection<T> {
         {
             let mut state = self.session.lock();
             let state = &mut *state;
+            // What a resumed session could not send again within the window goes first.
+            let now = Instant::now();
+            let mut too_large = Vec::new();
+            while self.out.len() < OUT_HIGH_WATER {
+                let Some(entry) = state.inflight.next_unsent(window) else {
+                    break;
+                };
+                let (out, aliases) = (&mut self.out, self.aliases_out.as_deref_mut());
+                if encode_again(out, aliases, self.version, self.client_max_packet_size, entry, now, &node).is_err() {
+                    too_large.push(entry.packet_id);
+                }
+            }
+            for entry in too_large.into_iter().filter_map(|id| state.inflight.remove(id)) {
+                forgotten.push(entry.delivery.seq);
+                dropped.push((entry.delivery.message, DropReason::TooLarge));
+            }
             while self.out.len() < OUT_HIGH_WATER {
                 let Some(front) = state.queue.front() else {
                     break;
@@ -234,40 +250,30 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// After a session is resumed: resends every unacknowledged PUBLISH (DUP set) and PUBREL,
-    /// in the order first sent (MQTT-4.4.0-1).
-    /// A message now over the client's Maximum Packet Size (it may have lowered it) is dropped
-    /// instead (MQTT-3.1.2-25).
+    /// After a session is resumed: resends the unacknowledged PUBLISHes (DUP set) and PUBRELs,
+    /// in the order first sent (MQTT-4.4.0-1), as many as the window (the client's Receive
+    /// Maximum) holds; the rest follow as it frees ([`Connection::pull_deliveries`],
+    /// MQTT-3.3.4-9). A message now over the client's Maximum Packet Size (it may have lowered
+    /// it) is dropped instead (MQTT-3.1.2-25).
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
+        let window = self.window();
         let mut too_large_ids = Vec::new();
         let too_large: Vec<(Message, u64)>;
         {
             let mut state = self.session.lock();
-            for entry in state.inflight.iter() {
-                match entry.phase {
-                    Phase::Puback | Phase::Pubrec => {
-                        // Onward delivery had begun: an expired message still goes (§3.3.2.3.3).
-                        let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
-                        let encoded = encode_delivery(
-                            &mut self.out,
-                            self.aliases_out.as_deref_mut(),
-                            self.version,
-                            self.client_max_packet_size,
-                            &entry.delivery,
-                            entry.packet_id,
-                            expiry,
-                            true,
-                        );
-                        match encoded {
-                            Ok(_) => self.node.stats.metrics.publishes_sent(entry.delivery.qos, 1),
-                            Err(_) => too_large_ids.push(entry.packet_id),
-                        }
-                    }
-                    Phase::Pubcomp => {
-                        encode_ack(&mut self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
-                        self.node.stats.metrics.packet_sent(kind::PUBREL, 0);
-                    }
+            for entry in state.inflight.resend(window) {
+                let encoded = encode_again(
+                    &mut self.out,
+                    self.aliases_out.as_deref_mut(),
+                    self.version,
+                    self.client_max_packet_size,
+                    entry,
+                    now,
+                    &self.node,
+                );
+                if encoded.is_err() {
+                    too_large_ids.push(entry.packet_id);
                 }
             }
             too_large = too_large_ids
@@ -282,6 +288,32 @@ impl<T: Transport> Connection<T> {
             node.dropped(&self.client.client_id, &message, DropReason::TooLarge);
         }
     }
+}
+
+/// Encodes a message in flight again after a reconnect: its PUBLISH with DUP set (unless it
+/// is over `max_packet_size`), or its PUBREL, counted in the metrics.
+fn encode_again(
+    out: &mut BytesMut,
+    aliases: Option<&mut OutgoingAliases>,
+    version: Version,
+    max_packet_size: usize,
+    entry: &InflightEntry,
+    now: Instant,
+    node: &Node,
+) -> Result<(), TooLarge> {
+    match entry.phase {
+        Phase::Puback | Phase::Pubrec => {
+            // Onward delivery had begun: an expired message still goes (§3.3.2.3.3).
+            let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
+            encode_delivery(out, aliases, version, max_packet_size, &entry.delivery, entry.packet_id, expiry, true)?;
+            node.stats.metrics.publishes_sent(entry.delivery.qos, 1);
+        }
+        Phase::Pubcomp => {
+            encode_ack(out, version, kind::PUBREL, entry.packet_id, 0, None);
+            node.stats.metrics.packet_sent(kind::PUBREL, 0);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

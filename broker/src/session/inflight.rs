@@ -22,6 +22,9 @@ pub(crate) struct Entry {
     pub(crate) packet_id: u16,
     pub(crate) phase: Phase,
     pub(crate) delivery: Delivery,
+    /// Not sent again since the session was resumed: the client's Receive Maximum had no room
+    /// for it (it is sent again, in order, as the window frees).
+    pub(crate) unsent: bool,
 }
 
 /// From this many messages in flight on, ids in use are also kept in a bitmap, so that
@@ -32,6 +35,8 @@ const BITMAP_FROM: usize = 128;
 #[derive(Debug)]
 pub(crate) struct Inflight {
     entries: VecDeque<Entry>,
+    /// How many entries are `unsent`.
+    unsent: usize,
     next_id: u16,
     /// Bit `id` set while `id` is in flight; only while the window holds many (8 KiB).
     in_use: Option<Box<[u64; 1024]>>,
@@ -39,7 +44,7 @@ pub(crate) struct Inflight {
 
 impl Default for Inflight {
     fn default() -> Self {
-        Inflight { entries: VecDeque::new(), next_id: 1, in_use: None }
+        Inflight { entries: VecDeque::new(), unsent: 0, next_id: 1, in_use: None }
     }
 }
 
@@ -111,7 +116,7 @@ impl Inflight {
 
     pub(crate) fn push(&mut self, packet_id: u16, delivery: Delivery) {
         let phase = if delivery.qos == 1 { Phase::Puback } else { Phase::Pubrec };
-        self.entries.push_back(Entry { packet_id, phase, delivery });
+        self.entries.push_back(Entry { packet_id, phase, delivery, unsent: false });
         match &mut self.in_use {
             Some(bits) => bits[usize::from(packet_id) / 64] |= 1 << (packet_id % 64),
             None if self.entries.len() >= BITMAP_FROM => {
@@ -128,6 +133,7 @@ impl Inflight {
     /// Takes the entry at `index` out, keeping the bitmap in step.
     fn take_at(&mut self, index: usize) -> Option<Entry> {
         let entry = self.entries.remove(index)?;
+        self.unsent -= usize::from(entry.unsent);
         if let Some(bits) = &mut self.in_use {
             bits[usize::from(entry.packet_id) / 64] &= !(1 << (entry.packet_id % 64));
             if self.entries.is_empty() {
@@ -196,13 +202,38 @@ impl Inflight {
         self.take_at(index)
     }
 
-    /// Every entry, oldest first (for resending after a reconnect).
+    /// Every entry, oldest first.
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
 
+    /// Every entry, oldest first, to be sent again after a reconnect (MQTT-4.4.0-1): the first
+    /// `window` are returned and the rest marked unsent, for [`Inflight::next_unsent`] (the
+    /// client's Receive Maximum counts them all, MQTT-3.3.4-9).
+    pub(crate) fn resend(&mut self, window: usize) -> impl Iterator<Item = &Entry> {
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            entry.unsent = index >= window;
+        }
+        self.unsent = self.entries.len().saturating_sub(window);
+        self.entries.iter().take(window)
+    }
+
+    /// The oldest entry still to be sent again, now marked sent, if the window has room for
+    /// it (fewer than `window` entries sent).
+    pub(crate) fn next_unsent(&mut self, window: usize) -> Option<&Entry> {
+        if self.unsent == 0 || self.entries.len() - self.unsent >= window {
+            return None;
+        }
+        let entry = self.entries.iter_mut().find(|e| e.unsent)?;
+        entry.unsent = false;
+        self.unsent -= 1;
+        Some(entry)
+    }
+
     /// Empties it, returning what it held.
     pub(crate) fn take(&mut self) -> VecDeque<Entry> {
+        self.unsent = 0;
         self.in_use = None;
         std::mem::take(&mut self.entries)
     }
@@ -261,7 +292,7 @@ mod tests {
         assert!(matches!(inflight.puback(id), Acked::WrongType), "a PUBACK does not settle QoS 2");
         assert!(matches!(inflight.pubcomp(id), Acked::WrongType), "nor a PUBCOMP before PUBREC");
         assert_eq!(inflight.pubrec(id, 0), RecOutcome::Release);
-        assert_eq!(inflight.iter().next().unwrap().phase, Phase::Pubcomp);
+        assert_eq!(inflight.entries.front().unwrap().phase, Phase::Pubcomp);
         assert_eq!(inflight.pubrec(id, 0), RecOutcome::Release, "a repeated PUBREC gets PUBREL again");
         assert!(matches!(inflight.pubcomp(id), Acked::Settled(_)));
         assert_eq!(inflight.len(), 0);
@@ -282,5 +313,28 @@ mod tests {
         assert!(matches!(inflight.pubcomp(id), Acked::WrongType), "PUBCOMP for QoS 1");
         assert!(matches!(inflight.puback(id + 1), Acked::Unknown));
         assert!(matches!(inflight.puback(id), Acked::Settled(_)));
+    }
+
+    #[test]
+    fn after_a_reconnect_only_a_window_is_sent_again_and_the_rest_as_it_frees() {
+        let mut inflight = Inflight::default();
+        let ids: Vec<u16> = (0..3)
+            .map(|_| {
+                let id = inflight.next_packet_id();
+                inflight.push(id, delivery(1));
+                id
+            })
+            .collect();
+        let again: Vec<u16> = inflight.resend(1).map(|e| e.packet_id).collect();
+        assert_eq!(again, [ids[0]], "a Receive Maximum of 1");
+        assert!(inflight.next_unsent(1).is_none(), "the window is full");
+        assert!(matches!(inflight.puback(ids[0]), Acked::Settled(_)));
+        assert_eq!(inflight.next_unsent(1).map(|e| e.packet_id), Some(ids[1]), "in the order first sent");
+        assert!(inflight.next_unsent(1).is_none());
+        // An acknowledgement of one not sent again yet (the client had it) settles it too.
+        assert!(matches!(inflight.puback(ids[2]), Acked::Settled(_)));
+        assert!(matches!(inflight.puback(ids[1]), Acked::Settled(_)));
+        assert!(inflight.next_unsent(1).is_none());
+        assert_eq!((inflight.len(), inflight.unsent), (0, 0));
     }
 }
