@@ -429,8 +429,9 @@ pub struct PluginDescriptor {
     ///
     /// The host offers it (sets [`RawEvent::answer`]) for `client.connect`,
     /// `client.authenticate`, `client.check_acl` and `message.publish` when the chain runs
-    /// for a client connection; elsewhere (a message the broker or a plugin publishes, a
-    /// host older than this field) `answer` is null and the plugin must answer at once.
+    /// for a client connection and no plugin on it blocks; elsewhere (a message the broker or
+    /// a plugin publishes, a chain run on the blocking pool for another plugin's sake, a host
+    /// older than this field) `answer` is null and the plugin must answer at once.
     /// Declare the hook in `blocking_hooks` too if answering at once may block: a host that
     /// honours this field ignores `blocking_hooks` for it, an older one runs it off its
     /// network threads.
