@@ -159,20 +159,22 @@ impl<T: Transport> Connection<T> {
             let mut state = self.session.lock();
             let state = &mut *state;
             // What a resumed session could not send again within the window goes first.
-            let now = Instant::now();
-            let mut too_large = Vec::new();
-            while self.out.len() < OUT_HIGH_WATER {
-                let Some(entry) = state.inflight.next_unsent(window) else {
-                    break;
-                };
-                let (out, aliases) = (&mut self.out, self.aliases_out.as_deref_mut());
-                if encode_again(out, aliases, self.version, self.client_max_packet_size, entry, now, &node).is_err() {
-                    too_large.push(entry.packet_id);
+            if state.inflight.has_unsent() {
+                let (now, mut too_large) = (Instant::now(), Vec::new());
+                while self.out.len() < OUT_HIGH_WATER {
+                    let Some(entry) = state.inflight.next_unsent(window) else {
+                        break;
+                    };
+                    let (out, aliases) = (&mut self.out, self.aliases_out.as_deref_mut());
+                    let version = self.version;
+                    if encode_again(out, aliases, version, self.client_max_packet_size, entry, now, &node).is_err() {
+                        too_large.push(entry.packet_id);
+                    }
                 }
-            }
-            for entry in too_large.into_iter().filter_map(|id| state.inflight.remove(id)) {
-                forgotten.push(entry.delivery.seq);
-                dropped.push((entry.delivery.message, DropReason::TooLarge));
+                for entry in too_large.into_iter().filter_map(|id| state.inflight.remove(id)) {
+                    forgotten.push(entry.delivery.seq);
+                    dropped.push((entry.delivery.message, DropReason::TooLarge));
+                }
             }
             while self.out.len() < OUT_HIGH_WATER {
                 let Some(front) = state.queue.front() else {

@@ -219,6 +219,12 @@ impl Inflight {
         self.entries.iter().take(window)
     }
 
+    /// Whether some entry is still to be sent again after a reconnect.
+    #[inline]
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.unsent != 0
+    }
+
     /// The oldest entry still to be sent again, now marked sent, if the window has room for
     /// it (fewer than `window` entries sent).
     pub(crate) fn next_unsent(&mut self, window: usize) -> Option<&Entry> {
