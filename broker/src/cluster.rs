@@ -146,8 +146,9 @@ pub(crate) struct NodeInfo {
 /// How often a node says it runs; a node not heard from for three of these is stopped.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Subjects longer than this are not forwarded (the NATS server's control line is 4 KiB by
-/// default, and a subject travels in it).
+/// Subjects longer than this are not forwarded, and no interest is taken in them (the NATS
+/// server's control line is 4 KiB by default, and a subject travels in it: a longer line
+/// closes the connection).
 const MAX_SUBJECT: usize = 3 * 1024;
 
 /// The queue to NATS (`[cluster] forward_queue` messages): past that, a message is not
@@ -992,12 +993,20 @@ impl Cluster {
                         let subjects =
                             roots.into_iter().flat_map(|root| subject::filter_to_subjects(root, &filter.path));
                         for subject in subjects {
-                            let subscribed = match &filter.group {
+                            // No message on a topic that long is forwarded (`forward`), and a
+                            // SUB line over the server's limit would cost the node its NATS
+                            // connection.
+                            let queue = filter
+                                .group
+                                .as_ref()
+                                .map(|group| subject::queue_group(&self.config.subject_prefix, group, &filter.path));
+                            if subject.len() + queue.as_ref().map_or(0, String::len) > MAX_SUBJECT {
+                                tracing::debug!("cluster: no interest taken in a filter too long for a NATS subject");
+                                continue;
+                            }
+                            let subscribed = match queue {
                                 None => self.client.subscribe(subject.clone()).await,
-                                Some(group) => {
-                                    let queue = subject::queue_group(&self.config.subject_prefix, group, &filter.path);
-                                    self.queues.queue_subscribe(subject.clone(), queue).await
-                                }
+                                Some(queue) => self.queues.queue_subscribe(subject.clone(), queue).await,
                             };
                             match subscribed {
                                 Ok(subscriber) => {

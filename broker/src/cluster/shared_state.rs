@@ -37,6 +37,8 @@ use super::Cluster;
 use crate::log_limit::Throttle;
 
 const VERSION: u8 = 1;
+/// The version of a value that carries its store key (that of a hashed bucket key).
+const VERSION_KEYED: u8 = 2;
 const PUT: u8 = 0;
 const DELETE: u8 = 1;
 
@@ -98,38 +100,74 @@ impl SharedState {
     }
 }
 
+/// The longest bucket key written as it is; a longer one is hashed (NATS refuses a
+/// protocol line over 4 KiB, and a retained message's topic may be 64 KiB).
+const KV_KEY_MAX: usize = 1024;
+
 /// The bucket's key for `key` of store bucket `bucket`: both in URL-safe base64 (an empty key
-/// is `_`, which no base64 text is).
-fn kv_key(bucket: &str, key: &[u8]) -> String {
-    let key = if key.is_empty() { "_".to_owned() } else { BASE64.encode(key) };
-    format!("{}.{key}", BASE64.encode(bucket))
+/// is `_`, which no base64 text is), or, when that is over [`KV_KEY_MAX`], the bucket and `=`
+/// and the SHA-256 of the key in hex (no base64 text starts with `=`); then the value carries
+/// the key ([`encode_value`]). `true` when hashed.
+fn kv_key(bucket: &str, key: &[u8]) -> (String, bool) {
+    let bucket = BASE64.encode(bucket);
+    let plain = if key.is_empty() { "_".to_owned() } else { BASE64.encode(key) };
+    if bucket.len() + 1 + plain.len() <= KV_KEY_MAX {
+        return (format!("{bucket}.{plain}"), false);
+    }
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(key).iter().map(|b| format!("{b:02x}")).collect();
+    (format!("{bucket}.={digest}"), true)
 }
 
-/// The store bucket and key of a bucket key.
-fn parse_kv_key(kv_key: &str) -> Option<(String, Vec<u8>)> {
+/// The store bucket and key of a bucket key; the key is `None` for a hashed one (it is in the
+/// value).
+fn parse_kv_key(kv_key: &str) -> Option<(String, Option<Vec<u8>>)> {
     let (bucket, key) = kv_key.split_once('.')?;
-    let key = if key == "_" { Vec::new() } else { BASE64.decode(key).ok()? };
+    let key = match key {
+        "_" => Some(Vec::new()),
+        hashed if hashed.starts_with('=') => None,
+        key => Some(BASE64.decode(key).ok()?),
+    };
     Some((String::from_utf8(BASE64.decode(bucket).ok()?).ok()?, key))
 }
 
-fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + value.map_or(0, <[u8]>::len));
-    out.push(VERSION);
-    match value {
-        Some(value) => {
-            out.push(PUT);
-            out.extend_from_slice(value);
-        }
-        None => out.push(DELETE),
+/// A bucket value: a version byte, an operation byte (put or delete), then (version 2, for a
+/// hashed bucket key) the store key's length (4 bytes, big-endian) and the key, then the
+/// value of a put.
+fn encode_value(hashed_key: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u8> {
+    let key_len = hashed_key.map_or(0, |k| 4 + k.len());
+    let mut out = Vec::with_capacity(2 + key_len + value.map_or(0, <[u8]>::len));
+    out.push(if hashed_key.is_some() { VERSION_KEYED } else { VERSION });
+    out.push(if value.is_some() { PUT } else { DELETE });
+    if let Some(key) = hashed_key {
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
+    }
+    if let Some(value) = value {
+        out.extend_from_slice(value);
     }
     out
 }
 
-/// The value a bucket value carries (`Some(None)`: deleted); `None` if it cannot be read.
-fn decode_value(bytes: &[u8]) -> Option<Option<&[u8]>> {
+/// A bucket value read: the store key it carries (version 2) and the value (`None`:
+/// deleted); `None` if it cannot be read.
+type Decoded<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn decode_value(bytes: &[u8]) -> Option<Decoded<'_>> {
+    fn op(op: u8, rest: &[u8]) -> Option<Option<&[u8]>> {
+        match (op, rest) {
+            (PUT, value) => Some(Some(value)),
+            (DELETE, []) => Some(None),
+            _ => None,
+        }
+    }
     match bytes {
-        [VERSION, PUT, value @ ..] => Some(Some(value)),
-        [VERSION, DELETE] => Some(None),
+        [VERSION, o, rest @ ..] => Some((None, op(*o, rest)?)),
+        [VERSION_KEYED, o, a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            let (key, rest) = (rest.get(..len)?, rest.get(len..)?);
+            Some((Some(key), op(*o, rest)?))
+        }
         _ => None,
     }
 }
@@ -238,9 +276,10 @@ impl Cluster {
         let kv = self.state_bucket().await?;
         let mut numbers = Vec::with_capacity(ops.len());
         for (bucket, key, value) in ops {
-            let key = kv_key(bucket, key);
-            let n = kv.put(&key, encode_value(value.as_deref()).into()).await.map_err(|e| e.to_string())?;
-            numbers.push((key, n));
+            let (kv_key, hashed) = kv_key(bucket, key);
+            let value = encode_value(hashed.then_some(&key[..]), value.as_deref());
+            let n = kv.put(&kv_key, value.into()).await.map_err(|e| e.to_string())?;
+            numbers.push((kv_key, n));
         }
         Ok(numbers)
     }
@@ -351,7 +390,11 @@ fn apply_shared_changes(cluster: &Cluster, arrived: std::sync::mpsc::Receiver<(u
                 }
                 None => {}
             }
-            let (Some((bucket, store_key)), Some(value)) = (parse_kv_key(key), decode_value(value)) else {
+            let read = parse_kv_key(key).zip(decode_value(value));
+            let Some(((bucket, store_key), value)) = read.and_then(|((bucket, plain), (carried, value))| {
+                let store_key = plain.or_else(|| carried.map(<[u8]>::to_vec))?;
+                Some(((bucket, store_key), value))
+            }) else {
                 tracing::warn!("cluster: a shared plugin state entry this node cannot read ({key}): skipped");
                 continue;
             };
@@ -381,18 +424,31 @@ mod tests {
         for (bucket, key) in
             [("plugin/emqx_retainer/retained", &b"a/b c.d*>"[..]), ("shared/x", b""), ("p", b"\xff\x00")]
         {
-            let k = kv_key(bucket, key);
+            let (k, hashed) = kv_key(bucket, key);
+            assert!(!hashed);
             assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{k}");
-            assert_eq!(parse_kv_key(&k), Some((bucket.to_owned(), key.to_vec())));
+            assert_eq!(parse_kv_key(&k), Some((bucket.to_owned(), Some(key.to_vec()))));
         }
         assert_eq!(parse_kv_key("!!.AA"), None);
+        // A long key (a 64 KiB topic) is hashed; the value carries it.
+        let long = "t/".repeat(32_000);
+        let (k, hashed) = kv_key("plugin/emqx_retainer/retained", long.as_bytes());
+        assert!(hashed && k.len() < KV_KEY_MAX, "{}", k.len());
+        assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-=".contains(&b)), "{k}");
+        assert_eq!(parse_kv_key(&k), Some(("plugin/emqx_retainer/retained".to_owned(), None)));
+        assert_ne!(k, kv_key("plugin/emqx_retainer/retained", format!("{long}x").as_bytes()).0);
+        let value = encode_value(Some(long.as_bytes()), Some(b"v"));
+        assert_eq!(decode_value(&value), Some((Some(long.as_bytes()), Some(&b"v"[..]))));
+        let deleted = encode_value(Some(long.as_bytes()), None);
+        assert_eq!(decode_value(&deleted), Some((Some(long.as_bytes()), None)));
+        assert_eq!(decode_value(&deleted[..deleted.len() - 1]), None, "a key cut short");
     }
 
     #[test]
     fn values_say_put_or_delete() {
-        assert_eq!(decode_value(&encode_value(Some(b"v"))), Some(Some(&b"v"[..])));
-        assert_eq!(decode_value(&encode_value(Some(b""))), Some(Some(&b""[..])));
-        assert_eq!(decode_value(&encode_value(None)), Some(None));
+        assert_eq!(decode_value(&encode_value(None, Some(b"v"))), Some((None, Some(&b"v"[..]))));
+        assert_eq!(decode_value(&encode_value(None, Some(b""))), Some((None, Some(&b""[..]))));
+        assert_eq!(decode_value(&encode_value(None, None)), Some((None, None)));
         assert_eq!(decode_value(b"\x09\x00"), None);
     }
 
