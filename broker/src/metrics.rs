@@ -102,6 +102,8 @@ metrics! {
     SessionDiscarded => "session.discarded",
     SessionTerminated => "session.terminated",
     ClientAclCacheHit => "client.acl.cache_hit",
+    // Not EMQX's (its overload protection counts other things, under the same prefix).
+    OverloadProtectionPublisherHeld => "overload_protection.publisher_held",
 }
 
 const COUNT: usize = Metric::ALL.len();

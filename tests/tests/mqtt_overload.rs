@@ -120,8 +120,11 @@ fn every_acknowledged_qos1_message_reaches_a_slow_subscriber() {
             })
         })
         .collect();
-    // The window and the queue are full: the publishers are being held back.
+    // The window and the queue are full: the publishers are being held back, and counted.
     wait_until("1,100 messages acknowledged", || (acked.load(Ordering::Relaxed) >= 1100).then_some(()));
+    wait_until("a publisher counted as held back", || {
+        (stat(&dir, "overload_protection.publisher_held") > 0).then_some(())
+    });
     let mut next = [0usize; PUBLISHERS];
     for _ in 0..PUBLISHERS * EACH {
         match sub.recv() {
@@ -183,6 +186,7 @@ fn drop_oldest_drops_the_oldest_and_counts_them() {
     sub.ping("nothing more");
     sub.ping("nothing more");
     assert_eq!(stat(&dir, "delivery.dropped"), (TOTAL - 110) as u64);
+    assert_eq!(stat(&dir, "overload_protection.publisher_held"), 0, "nobody waits with drop_oldest");
 }
 
 /// QoS 0 messages may be dropped under overload, and are counted: a subscriber at QoS 0 that

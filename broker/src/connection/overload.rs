@@ -31,6 +31,7 @@ use bytes::BytesMut;
 
 use super::suspend::Suspended;
 use super::{Connection, Ended, Transport};
+use crate::metrics::Metric;
 use crate::mqtt::frame::kind;
 use crate::session::Session;
 
@@ -112,6 +113,7 @@ impl<T: Transport> Connection<T> {
         if full.is_empty() && backlogged.is_none() {
             return;
         }
+        self.node.stats.metrics.inc(Metric::OverloadProtectionPublisherHeld);
         let congestion = self.congestion.get_or_insert_with(Box::default);
         for session in full {
             if !congestion.full.iter().any(|s| Arc::ptr_eq(s, &session)) {
