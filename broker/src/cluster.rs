@@ -860,6 +860,18 @@ impl Cluster {
     /// numbering it (its [`Message::origin`]).
     /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
     /// it is stored.
+    /// The refusal a QoS 1/2 `message` gets before anything is done with it (no
+    /// `message.publish`, so no plugin retains it; no routing) when it cannot be forwarded as
+    /// its acknowledgement promises: its topic is too long for a NATS subject. `None`
+    /// otherwise, and for QoS 0 (delivered on this node only, see [`Cluster::forward`]).
+    pub(crate) fn refusal(&self, message: &Message) -> Option<Stored> {
+        if message.qos == 0 || !self.reachable() || subject_fits(&self.durable_root, message.topic()) {
+            return None;
+        }
+        self.not_forwarded(TOO_LONG);
+        Some(refused(TOO_LONG))
+    }
+
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Option<Stored> {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));
@@ -867,8 +879,8 @@ impl Cluster {
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
         let subject = subject::topic_to_subject(root, message.topic());
         if subject.len() > MAX_SUBJECT {
-            self.not_forwarded("its topic is too long for a NATS subject");
-            return through_jetstream.then(|| refused("its topic is too long for a NATS subject"));
+            self.not_forwarded(TOO_LONG);
+            return through_jetstream.then(|| refused(TOO_LONG));
         }
         let envelope = self.envelope(message, publisher, origin);
         // One allocation: the payload and properties, and room for the rest.
@@ -1296,6 +1308,16 @@ fn fail(run: impl IntoIterator<Item = oneshot::Sender<Result<(), String>>>, why:
 }
 
 /// A QoS 1/2 message that will not be stored, and why.
+/// Why a message on a topic too long for NATS is not forwarded.
+const TOO_LONG: &str = "its topic is too long for a NATS subject";
+
+/// Whether `topic`'s subject under `root` is within [`MAX_SUBJECT`]. The subject is built
+/// only for a topic long enough for it to matter: a byte takes at most three characters in
+/// a subject (`%XX`), a level separator two (`.%` for an empty level).
+fn subject_fits(root: &str, topic: &str) -> bool {
+    root.len() + 4 + topic.len() * 3 <= MAX_SUBJECT || subject::topic_to_subject(root, topic).len() <= MAX_SUBJECT
+}
+
 fn refused(why: &str) -> Stored {
     let why = why.to_owned();
     Box::pin(async move { Err(why) })

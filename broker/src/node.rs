@@ -671,6 +671,9 @@ impl Node {
         full: Option<&mut Vec<Arc<Session>>>,
         durable: Option<&mut Batch>,
     ) -> Published {
+        if let Some(refused) = self.refused_by_cluster(&message) {
+            return refused;
+        }
         self.stats.metrics.inc(Metric::MessagesPublish);
         if self.hooks.wants_message(Hook::MessagePublish, message.retain) {
             let mut event = Node::message_event(client, Hook::MessagePublish, &message);
@@ -685,16 +688,30 @@ impl Node {
 
     /// The `message.publish` part of [`Node::publish_from`] for a chain of
     /// [`crate::hooks::Route::Later`]: run on the calling task, plugins' later answers
-    /// awaited. The message as the plugins left it, or `None` if one dropped it; then
-    /// [`Node::route_published`] routes it.
-    pub(crate) async fn publish_hooks_later(&self, message: Message, client: &ClientInfo) -> Option<Message> {
+    /// awaited. The message as the plugins left it, then for [`Node::route_published`] to
+    /// route; or what became of it (a plugin dropped it, the cluster refused it).
+    pub(crate) async fn publish_hooks_later(
+        &self,
+        message: Message,
+        client: &ClientInfo,
+    ) -> Result<Message, Published> {
+        if let Some(refused) = self.refused_by_cluster(&message) {
+            return Err(refused);
+        }
         self.stats.metrics.inc(Metric::MessagesPublish);
         if !self.hooks.wants_message(Hook::MessagePublish, message.retain) {
-            return Some(message);
+            return Ok(message);
         }
         let event_for = || Node::message_event(client, Hook::MessagePublish, &message);
         let (verdict, rewritten) = self.hooks.dispatch_later(event_for, is_valid_replacement_topic).await;
-        self.published_as(message, client, verdict, rewritten)
+        self.published_as(message, client, verdict, rewritten).ok_or(Published::Dropped)
+    }
+
+    /// A QoS 1/2 message the cluster cannot take, refused before `message.publish` runs (see
+    /// [`Cluster::refusal`]).
+    fn refused_by_cluster(&self, message: &Message) -> Option<Published> {
+        let stored = self.cluster.as_ref()?.refusal(message)?;
+        Some(Published::Forwarded { routed: 0, stored: Some(stored) })
     }
 
     /// `message` as `message.publish`'s chain left it, or `None` (counted, `message.dropped`

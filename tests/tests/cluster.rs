@@ -1095,16 +1095,26 @@ fn retained_messages_are_the_clusters_right_after_their_puback() {
         assert_eq!((topic(&p), payload(&p), p.retain), (t.clone(), t.clone(), true), "round {i}");
     }
     // A topic too long to be a NATS KV key as it is (5,000 bytes; NATS refuses a protocol
-    // line over 4 KiB): shared all the same.
+    // line over 4 KiB): its retained message (QoS 0: not forwarded, delivered on its own node)
+    // is shared all the same. At QoS 1 such a message is refused (NATS cannot store it)
+    // before anything is done with it: not retained either.
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
     let long = format!("long/{}", "x".repeat(5000));
-    match publisher.publish_retain(&long, QoS::AtLeastOnce, true, "long") {
-        Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) => {}
+    let refused = format!("{long}/qos1");
+    match publisher.publish_retain(&refused, QoS::AtLeastOnce, true, "refused") {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.reason, PubAckReason::UnspecifiedError),
         other => panic!("PUBACK expected, got {other:?}"),
     }
+    assert_eq!(publisher.publish_retain(&long, QoS::AtMostOnce, true, "long"), None);
     let mut subscriber = C5::connect(&n2, "r-sub-long");
     subscriber.subscribe(&long, QoS::AtLeastOnce);
     let p = subscriber.next_publish();
     assert_eq!((topic(&p), payload(&p), p.retain), (long.clone(), "long".to_owned(), true), "a long topic");
+    let mut on1 = C5::connect(&n1, "r-sub-refused");
+    on1.subscribe(&refused, QoS::AtLeastOnce);
+    publisher.publish_retain(&refused, QoS::AtMostOnce, false, "marker");
+    let p = on1.next_publish();
+    assert_eq!((payload(&p), p.retain), ("marker".to_owned(), false), "the refused message was not retained");
     // Cleared on node 2 (an empty retained payload): gone on node 1.
     let mut on2 = C5::connect(&n2, "r-clear");
     on2.publish_retain("r/0", QoS::AtLeastOnce, true, "");

@@ -25,7 +25,6 @@ use super::{Connection, Ended, Transport};
 use crate::hooks::{Route, Verdict};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
-use crate::node::Published;
 
 /// What handling a packet left to do.
 pub(super) enum Next {
@@ -61,7 +60,7 @@ impl<T: Transport> Connection<T> {
                 let outcome = if route == Route::Later {
                     let (node, client) = (self.node.clone(), self.client.clone());
                     match node.publish_hooks_later(accepted.message, &client).await {
-                        Some(message) => {
+                        Ok(message) => {
                             let (can_wait, mut full) = (self.can_wait(), Vec::new());
                             let routed =
                                 node.route_published(message, &client, can_wait.then_some(&mut full), Some(&mut batch));
@@ -70,7 +69,7 @@ impl<T: Transport> Connection<T> {
                             }
                             routed
                         }
-                        None => Published::Dropped,
+                        Err(outcome) => outcome,
                     }
                 } else if route == Route::Blocking {
                     let (node, client, message) = (self.node.clone(), self.client.clone(), accepted.message);
