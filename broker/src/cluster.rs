@@ -856,10 +856,6 @@ impl Cluster {
         }
     }
 
-    /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
-    /// numbering it (its [`Message::origin`]).
-    /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
-    /// it is stored.
     /// The refusal a QoS 1/2 `message` gets before anything is done with it (no
     /// `message.publish`, so no plugin retains it; no routing) when it cannot be forwarded as
     /// its acknowledgement promises: its topic is too long for a NATS subject. `None`
@@ -872,6 +868,10 @@ impl Cluster {
         Some(refused(TOO_LONG))
     }
 
+    /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
+    /// numbering it (its [`Message::origin`]).
+    /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
+    /// it is stored.
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Option<Stored> {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));
@@ -1307,17 +1307,18 @@ fn fail(run: impl IntoIterator<Item = oneshot::Sender<Result<(), String>>>, why:
     }
 }
 
-/// A QoS 1/2 message that will not be stored, and why.
 /// Why a message on a topic too long for NATS is not forwarded.
 const TOO_LONG: &str = "its topic is too long for a NATS subject";
 
 /// Whether `topic`'s subject under `root` is within [`MAX_SUBJECT`]. The subject is built
-/// only for a topic long enough for it to matter: a byte takes at most three characters in
-/// a subject (`%XX`), a level separator two (`.%` for an empty level).
+/// only for a topic long enough for it to matter: past the root, the class token and its
+/// dot, a byte takes at most three characters in a subject (`%XX`; a separator and an empty
+/// level after it, `.%`, two).
 fn subject_fits(root: &str, topic: &str) -> bool {
     root.len() + 4 + topic.len() * 3 <= MAX_SUBJECT || subject::topic_to_subject(root, topic).len() <= MAX_SUBJECT
 }
 
+/// A QoS 1/2 message that will not be stored, and why.
 fn refused(why: &str) -> Stored {
     let why = why.to_owned();
     Box::pin(async move { Err(why) })

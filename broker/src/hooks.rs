@@ -464,12 +464,12 @@ impl Hooks {
             if !plugin.takes(event) {
                 continue;
             }
+            // The plugin's replacements are written straight into its answer.
             let mut answer = Answer::default();
-            let (mut payload, mut qos): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
             event.rewrite = RawWriter::for_string(&mut answer.topic);
             if messages {
-                event.rewrite_payload = RawBytesWriter::for_option(&mut payload);
-                event.rewrite_qos = RawBytesWriter::for_option(&mut qos);
+                event.rewrite_payload = RawBytesWriter::for_option(&mut answer.payload);
+                event.rewrite_qos = RawBytesWriter::for_option(&mut answer.qos);
             }
             let later = (offer_later && hook.is_some_and(|h| plugin.later_hooks.contains(h))).then(Ticket::offer);
             if let Some((ticket, _)) = &later {
@@ -482,8 +482,6 @@ impl Hooks {
             event.rewrite_qos = RawBytesWriter::DISCARD;
             event.ticket = std::ptr::null_mut();
             event.answer = None;
-            answer.payload = payload;
-            answer.qos = qos;
             match (result, later) {
                 (Some(abi::HOOK_LATER), Some((_, mut receiver))) => match receiver.try_recv() {
                     // Answered before it returned: on with the chain at once.

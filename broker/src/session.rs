@@ -36,7 +36,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
-pub(crate) use inflight::{Acked, Entry as InflightEntry, Inflight, Phase, RecOutcome};
+pub(crate) use inflight::{Acked, Inflight, Phase, RecOutcome};
 pub(crate) use queue::MessageQueue;
 
 use crate::client::ClientInfo;

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use plugin_api::abi::{self, RawBytes, RawStr};
+use plugin_api::abi::{self, RawBytes};
 use plugin_api::Hook;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::inbound::acl_denied;
 use super::outbound::OutgoingAliases;
 use super::{Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
@@ -549,45 +550,14 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
         }
     };
     if let (Some(will), false) = (&connect.will, superuser) {
-        if will_denied(node, client, will.topic, now).await {
+        // `client.check_acl` asked whether the will may be published to its topic.
+        if acl_denied(node, client, abi::ACL_PUBLISH, will.topic, now).await {
             let (client_id, topic) = (clipped(&client.client_id), clipped(will.topic));
             tracing::info!(?client_id, ?topic, "will denied by ACL");
             return Err(Refusal { code: reason::NOT_AUTHORIZED, why: "will denied by ACL", authentication: false });
         }
     }
     Ok(superuser)
-}
-
-/// Asks `client.check_acl` whether the will may be published to `topic`; off the network
-/// threads when a plugin in the chain may block.
-async fn will_denied(node: &Arc<Node>, client: &Arc<ClientInfo>, topic: &str, now: u64) -> bool {
-    let route = node.hooks.route(Hook::ClientCheckAcl);
-    if route == Route::Skip {
-        return false;
-    }
-    node.stats.metrics.inc(Metric::ClientCheckAcl);
-    let ask = move |node: &Node, client: &ClientInfo, topic: &str| {
-        let mut event = client.event(Hook::ClientCheckAcl, now);
-        event.acl_action = abi::ACL_PUBLISH;
-        event.topic = RawStr::new(topic);
-        node.hooks.dispatch(&event) == Verdict::Deny
-    };
-    if route == Route::Inline {
-        return ask(node, client, topic);
-    }
-    if route == Route::Later {
-        let event_for = || {
-            let mut event = client.event(Hook::ClientCheckAcl, now);
-            event.acl_action = abi::ACL_PUBLISH;
-            event.topic = RawStr::new(topic);
-            event
-        };
-        return node.hooks.dispatch_later(event_for, |_| false).await.0 == Verdict::Deny;
-    }
-    let (shared, client, topic) = (node.clone(), client.clone(), topic.to_owned());
-    let chain = move || ask(&shared, &client, &topic);
-    // Only when the runtime shuts down under it: refuse rather than let the will through.
-    node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
 }
 
 /// Runs the `client.authenticate` chain on the runtime's blocking pool (a plugin may block

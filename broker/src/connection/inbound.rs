@@ -3,6 +3,7 @@
 //! sent, subscribe and unsubscribe (with the ACL and the session hooks), ping, disconnect.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use plugin_api::abi::{self, RawEvent, RawStr};
@@ -107,11 +108,37 @@ pub(super) fn acl_chain(node: &Node, client: &ClientInfo, action: u32, topic: &s
 }
 
 /// The `client.check_acl` event asking about `action` on `topic`.
-pub(super) fn acl_event(client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> RawEvent {
+fn acl_event(client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> RawEvent {
     let mut event = client.event(Hook::ClientCheckAcl, now_ms);
     event.acl_action = action;
     event.topic = RawStr::new(topic);
     event
+}
+
+/// Runs the `client.check_acl` chain for `client` as its route says: here, on the blocking
+/// pool, or on this task awaiting the answers of plugins that answer later; true if denied.
+/// A runtime shutting down under a blocking chain denies rather than let it through.
+pub(super) async fn acl_denied(
+    node: &Arc<Node>,
+    client: &Arc<ClientInfo>,
+    action: u32,
+    topic: &str,
+    now_ms: u64,
+) -> bool {
+    match node.hooks.route(Hook::ClientCheckAcl) {
+        Route::Skip => false,
+        Route::Inline => acl_chain(node, client, action, topic, now_ms),
+        Route::Later => {
+            node.stats.metrics.inc(Metric::ClientCheckAcl);
+            let event_for = || acl_event(client, action, topic, now_ms);
+            node.hooks.dispatch_later(event_for, |_| false).await.0 == Verdict::Deny
+        }
+        Route::Blocking => {
+            let (shared, client, topic) = (node.clone(), client.clone(), topic.to_owned());
+            let chain = move || acl_chain(&shared, &client, action, &topic, now_ms);
+            node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
+        }
+    }
 }
 
 impl<T: Transport> Connection<T> {

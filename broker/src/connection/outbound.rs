@@ -19,7 +19,7 @@ use crate::mqtt::publish::{encode_ack, OutgoingPublish};
 use crate::mqtt::Version;
 use crate::node::{DropReason, Node};
 use crate::persist;
-use crate::session::{InflightEntry, Phase};
+use crate::session::{Inflight, Phase};
 
 /// Topics longer than this get no alias: holding them would cost more than the alias saves.
 const ALIAS_TOPIC_MAX: usize = 128;
@@ -160,20 +160,15 @@ impl<T: Transport> Connection<T> {
             let state = &mut *state;
             // What a resumed session could not send again within the window goes first.
             if state.inflight.has_unsent() {
-                let (now, mut too_large) = (Instant::now(), Vec::new());
-                while self.out.len() < OUT_HIGH_WATER {
-                    let Some(entry) = state.inflight.next_unsent(window) else {
-                        break;
-                    };
-                    let (out, aliases) = (&mut self.out, self.aliases_out.as_deref_mut());
-                    let version = self.version;
-                    if encode_again(out, aliases, version, self.client_max_packet_size, entry, now, &node).is_err() {
-                        too_large.push(entry.packet_id);
-                    }
-                }
-                for entry in too_large.into_iter().filter_map(|id| state.inflight.remove(id)) {
-                    forgotten.push(entry.delivery.seq);
-                    dropped.push((entry.delivery.message, DropReason::TooLarge));
+                let wire = Wire {
+                    out: &mut self.out,
+                    aliases: self.aliases_out.as_deref_mut(),
+                    version: self.version,
+                    max_packet_size: self.client_max_packet_size,
+                };
+                for (message, seq) in wire.send_unsent(&mut state.inflight, window, &node) {
+                    forgotten.push(seq);
+                    dropped.push((message, DropReason::TooLarge));
                 }
             }
             while self.out.len() < OUT_HIGH_WATER {
@@ -258,32 +253,18 @@ impl<T: Transport> Connection<T> {
     /// MQTT-3.3.4-9). A message now over the client's Maximum Packet Size (it may have lowered
     /// it) is dropped instead (MQTT-3.1.2-25).
     pub(super) fn resend_inflight(&mut self) {
-        let now = Instant::now();
         let window = self.window();
-        let mut too_large_ids = Vec::new();
-        let too_large: Vec<(Message, u64)>;
-        {
+        let too_large = {
             let mut state = self.session.lock();
-            for entry in state.inflight.resend(window) {
-                let encoded = encode_again(
-                    &mut self.out,
-                    self.aliases_out.as_deref_mut(),
-                    self.version,
-                    self.client_max_packet_size,
-                    entry,
-                    now,
-                    &self.node,
-                );
-                if encoded.is_err() {
-                    too_large_ids.push(entry.packet_id);
-                }
-            }
-            too_large = too_large_ids
-                .iter()
-                .filter_map(|&id| state.inflight.remove(id))
-                .map(|e| (e.delivery.message, e.delivery.seq))
-                .collect();
-        }
+            state.inflight.mark_unsent();
+            let wire = Wire {
+                out: &mut self.out,
+                aliases: self.aliases_out.as_deref_mut(),
+                version: self.version,
+                max_packet_size: self.client_max_packet_size,
+            };
+            wire.send_unsent(&mut state.inflight, window, &self.node)
+        };
         let node = self.node.clone();
         for (message, seq) in too_large {
             self.forget_delivered(seq, false);
@@ -292,30 +273,58 @@ impl<T: Transport> Connection<T> {
     }
 }
 
-/// Encodes a message in flight again after a reconnect: its PUBLISH with DUP set (unless it
-/// is over `max_packet_size`), or its PUBREL, counted in the metrics.
-fn encode_again(
-    out: &mut BytesMut,
-    aliases: Option<&mut OutgoingAliases>,
+/// Where a connection encodes what it sends, and how: its write buffer, its topic aliases,
+/// its protocol version and the client's Maximum Packet Size.
+struct Wire<'a> {
+    out: &'a mut BytesMut,
+    aliases: Option<&'a mut OutgoingAliases>,
     version: Version,
     max_packet_size: usize,
-    entry: &InflightEntry,
-    now: Instant,
-    node: &Node,
-) -> Result<(), TooLarge> {
-    match entry.phase {
-        Phase::Puback | Phase::Pubrec => {
-            // Onward delivery had begun: an expired message still goes (§3.3.2.3.3).
-            let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
-            encode_delivery(out, aliases, version, max_packet_size, &entry.delivery, entry.packet_id, expiry, true)?;
-            node.stats.metrics.publishes_sent(entry.delivery.qos, 1);
+}
+
+impl Wire<'_> {
+    /// Sends again, oldest first, what a resumed session holds in flight and has not sent on
+    /// this connection ([`Inflight::next_unsent`]): a PUBLISH with DUP set, or a PUBREL, as
+    /// far as `window` and the write buffer allow. A message now over the client's Maximum
+    /// Packet Size is taken out instead and returned, with its sequence number.
+    fn send_unsent(mut self, inflight: &mut Inflight, window: usize, node: &Node) -> Vec<(Message, u64)> {
+        let now = Instant::now();
+        let mut too_large = Vec::new();
+        while self.out.len() < OUT_HIGH_WATER {
+            let Some(entry) = inflight.next_unsent(window) else {
+                break;
+            };
+            match entry.phase {
+                Phase::Puback | Phase::Pubrec => {
+                    // Onward delivery had begun: an expired message still goes (§3.3.2.3.3).
+                    let expiry = entry.delivery.message.remaining_expiry(now).unwrap_or(Some(1));
+                    let encoded = encode_delivery(
+                        self.out,
+                        self.aliases.as_deref_mut(),
+                        self.version,
+                        self.max_packet_size,
+                        &entry.delivery,
+                        entry.packet_id,
+                        expiry,
+                        true,
+                    );
+                    match encoded {
+                        Ok(()) => node.stats.metrics.publishes_sent(entry.delivery.qos, 1),
+                        Err(TooLarge) => too_large.push(entry.packet_id),
+                    }
+                }
+                Phase::Pubcomp => {
+                    encode_ack(self.out, self.version, kind::PUBREL, entry.packet_id, 0, None);
+                    node.stats.metrics.packet_sent(kind::PUBREL, 0);
+                }
+            }
         }
-        Phase::Pubcomp => {
-            encode_ack(out, version, kind::PUBREL, entry.packet_id, 0, None);
-            node.stats.metrics.packet_sent(kind::PUBREL, 0);
-        }
+        too_large
+            .into_iter()
+            .filter_map(|id| inflight.remove(id))
+            .map(|e| (e.delivery.message, e.delivery.seq))
+            .collect()
     }
-    Ok(())
 }
 
 #[cfg(test)]

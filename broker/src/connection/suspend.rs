@@ -20,10 +20,9 @@
 use plugin_api::abi;
 use plugin_api::Hook;
 
-use super::inbound::{acl_chain, acl_event, Accepted, Acl};
+use super::inbound::{acl_denied, Accepted, Acl};
 use super::{Connection, Ended, Transport};
-use crate::hooks::{Route, Verdict};
-use crate::metrics::Metric;
+use crate::hooks::Route;
 use crate::mqtt::subscribe::SubscriptionOptions;
 
 /// What handling a packet left to do.
@@ -123,21 +122,11 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
-    /// Asks the `client.check_acl` chain on the blocking pool whether `action` on `topic` is
-    /// denied, and caches the answer as [`Connection::acl_check`] does.
+    /// Asks the `client.check_acl` chain, which may block or answer later, whether `action`
+    /// on `topic` is denied, and caches the answer as [`Connection::acl_check`] does.
     async fn acl_ask_blocking(&mut self, action: u32, topic: &str) -> bool {
         let generation = self.node.hooks.acl_generation();
-        let denied = if self.node.hooks.route(Hook::ClientCheckAcl) == Route::Later {
-            self.node.stats.metrics.inc(Metric::ClientCheckAcl);
-            let (client, now_ms) = (&self.client, self.now_ms);
-            let event_for = || acl_event(client, action, topic, now_ms);
-            self.node.hooks.dispatch_later(event_for, |_| false).await.0 == Verdict::Deny
-        } else {
-            let (node, client, owned, now_ms) = (self.node.clone(), self.client.clone(), topic.to_owned(), self.now_ms);
-            let chain = move || acl_chain(&node, &client, action, &owned, now_ms);
-            // `None` only when the runtime shuts down under it: deny rather than let it through.
-            self.node.hooks.run_blocking(Hook::ClientCheckAcl, chain).await.unwrap_or(true)
-        };
+        let denied = acl_denied(&self.node, &self.client, action, topic, self.now_ms).await;
         if let Some(cache) = &mut self.acl_cache {
             // An answer of an older generation (rules reloaded meanwhile) is dropped at the
             // next look-up.

@@ -208,15 +208,14 @@ impl Inflight {
         self.entries.iter()
     }
 
-    /// Every entry, oldest first, to be sent again after a reconnect (MQTT-4.4.0-1): the first
-    /// `window` are returned and the rest marked unsent, for [`Inflight::next_unsent`] (the
-    /// client's Receive Maximum counts them all, MQTT-3.3.4-9).
-    pub(crate) fn resend(&mut self, window: usize) -> impl Iterator<Item = &Entry> {
-        for (index, entry) in self.entries.iter_mut().enumerate() {
-            entry.unsent = index >= window;
+    /// Marks every entry to be sent again after a reconnect (MQTT-4.4.0-1), for
+    /// [`Inflight::next_unsent`] to give out as the window allows (the client's Receive
+    /// Maximum counts them all, MQTT-3.3.4-9).
+    pub(crate) fn mark_unsent(&mut self) {
+        for entry in &mut self.entries {
+            entry.unsent = true;
         }
-        self.unsent = self.entries.len().saturating_sub(window);
-        self.entries.iter().take(window)
+        self.unsent = self.entries.len();
     }
 
     /// Whether some entry is still to be sent again after a reconnect.
@@ -331,8 +330,8 @@ mod tests {
                 id
             })
             .collect();
-        let again: Vec<u16> = inflight.resend(1).map(|e| e.packet_id).collect();
-        assert_eq!(again, [ids[0]], "a Receive Maximum of 1");
+        inflight.mark_unsent();
+        assert_eq!(inflight.next_unsent(1).map(|e| e.packet_id), Some(ids[0]), "a Receive Maximum of 1");
         assert!(inflight.next_unsent(1).is_none(), "the window is full");
         assert!(matches!(inflight.puback(ids[0]), Acked::Settled(_)));
         assert_eq!(inflight.next_unsent(1).map(|e| e.packet_id), Some(ids[1]), "in the order first sent");
