@@ -350,8 +350,8 @@ pub struct ClusterSettings {
     pub replicas: usize,
     /// The plugins whose stored state every node shares (a JetStream KV bucket keeps it): a
     /// retained message or a login added on one node is there on all. Every `shared/...`
-    /// bucket is shared too. `emqx_mod_delayed` is not among them by default: each node would
-    /// publish every delayed message.
+    /// bucket is shared too. By default `emqx_retainer`, `emqx_auth_mnesia` and
+    /// `emqx_mod_delayed` (whose nodes claim each due message through NATS, so one publishes it).
     pub shared_state: Vec<String>,
 }
 
@@ -366,7 +366,11 @@ impl Default for ClusterSettings {
             retention: "1h".to_owned(),
             retention_bytes: 1 << 30,
             replicas: 1,
-            shared_state: vec!["emqx_retainer".to_owned(), "emqx_auth_mnesia".to_owned()],
+            shared_state: vec![
+                "emqx_retainer".to_owned(),
+                "emqx_auth_mnesia".to_owned(),
+                "emqx_mod_delayed".to_owned(),
+            ],
         }
     }
 }

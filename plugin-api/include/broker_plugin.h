@@ -383,6 +383,18 @@ typedef struct {
     // across unloads, until the broker stops. A name of the broker's own metrics, or an empty
     // one, is refused with [`STATUS_INVALID_ARGUMENT`].
     Status (*metric_add)(const void *ctx, RawStr name, uint64_t delta);
+    // Compare and set on one key of `bucket`: if `key` holds `*expected` (is absent when
+    // `expected` is null), sets it to `*new` (deletes it when `new` is null) and returns
+    // [`STATUS_OK`]; otherwise changes nothing and returns [`STATUS_CONFLICT`]. Of several
+    // callers racing from the same value, one wins, in a cluster too: on a bucket the nodes
+    // share, NATS decides, and while it is not reachable the answer is
+    // [`STATUS_UNAVAILABLE`] (ask again later). Durable as `store_commit`; may block.
+    Status (*store_swap)(const void *ctx,
+                         RawStr bucket,
+                         RawBytes key,
+                         const RawBytes *expected,
+                         const RawBytes *new,
+                         RawWriter error);
 } HostApi;
 
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.

@@ -745,6 +745,20 @@ pub struct HostApi {
     /// across unloads, until the broker stops. A name of the broker's own metrics, or an empty
     /// one, is refused with [`STATUS_INVALID_ARGUMENT`].
     pub metric_add: unsafe extern "C" fn(ctx: *const c_void, name: RawStr, delta: u64) -> Status,
+    /// Compare and set on one key of `bucket`: if `key` holds `*expected` (is absent when
+    /// `expected` is null), sets it to `*new` (deletes it when `new` is null) and returns
+    /// [`STATUS_OK`]; otherwise changes nothing and returns [`STATUS_CONFLICT`]. Of several
+    /// callers racing from the same value, one wins, in a cluster too: on a bucket the nodes
+    /// share, NATS decides, and while it is not reachable the answer is
+    /// [`STATUS_UNAVAILABLE`] (ask again later). Durable as `store_commit`; may block.
+    pub store_swap: unsafe extern "C" fn(
+        ctx: *const c_void,
+        bucket: RawStr,
+        key: RawBytes,
+        expected: *const RawBytes,
+        new: *const RawBytes,
+        error: RawWriter,
+    ) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is
@@ -989,7 +1003,8 @@ pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Forma
         store_watch,
         store_watch_next,
         store_unwatch,
-        metric_add
+        metric_add,
+        store_swap
     );
     let mut out = f.debug_struct("HostApi");
     out.field("size", &size);

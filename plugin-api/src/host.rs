@@ -555,6 +555,9 @@ mod tests {
             ("store_scan", host.store("b").scan_prefix(b"").map(drop)),
             ("store_commit", host.store("b").put(b"k", b"v")),
             ("store_watch", host.store("b").watch(b"").and_then(|w| w.next_timeout(Duration::ZERO)).map(drop)),
+            ("metric_add", host.metric_add("p.count", 1)),
+            // The test host answers CONFLICT: not swapped.
+            ("store_swap", host.store("b").swap(b"k", None, Some(b"v")).map(|swapped| assert!(!swapped))),
         ];
         let mut answers = vec![("stats", stats.connections != 3)];
         for (name, result) in results {
@@ -595,13 +598,16 @@ mod tests {
             ("store_watch", offset_of!(HostApi, store_watch)),
             ("store_watch_next", offset_of!(HostApi, store_watch_next)),
             ("store_unwatch", offset_of!(HostApi, store_unwatch)),
+            ("metric_add", offset_of!(HostApi, metric_add)),
+            ("store_swap", offset_of!(HostApi, store_swap)),
         ];
         let sizes = [
             offset_of!(HostApi, ctx),
             offset_of!(HostApi, deliver_retained), // the first release
             offset_of!(HostApi, metrics),
             offset_of!(HostApi, subscribe),
-            offset_of!(HostApi, store_get), // before the store
+            offset_of!(HostApi, store_get),  // before the store
+            offset_of!(HostApi, store_swap), // before the swap
             size_of::<HostApi>(),
         ];
         let calls = Calls::default();
@@ -619,7 +625,7 @@ mod tests {
             let mut expected: Vec<&str> = ["log", "stats", "publish", "list_plugins", "ctl", "deliver"].to_vec();
             expected.extend(["list_clients", "deliver_retained", "metrics", "subscribe"]);
             expected.extend(["store_get", "store_scan", "store_commit", "store_watch", "store_watch_next"]);
-            expected.push("store_unwatch");
+            expected.extend(["store_unwatch", "metric_add", "store_swap"]);
             expected.retain(|name| has(name));
             assert_eq!(calls.take(), expected, "the host functions called, with a vtable of {size} bytes");
 

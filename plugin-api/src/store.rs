@@ -173,6 +173,36 @@ impl Bucket {
         }
     }
 
+    /// Compare and set: if `key` holds `expected` (`None`: is absent), sets it to `new`
+    /// (`None`: deletes it) and returns `Ok(true)`; otherwise changes nothing and returns
+    /// `Ok(false)`. Of several callers racing from the same value exactly one gets `true`,
+    /// also on different nodes of a cluster when the bucket is shared: NATS decides there, and
+    /// while it is not reachable the answer is [`HostError::Unavailable`] (ask again later).
+    /// Use it to claim a piece of work only one node may do (`emqx_mod_delayed` claims each
+    /// message it publishes). Returns once the change is durable, as [`Bucket::commit`].
+    pub fn swap(&self, key: &[u8], expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, HostError> {
+        let swap = api!(self.host, store_swap).ok_or_else(|| unsupported("store_swap"))?;
+        let mut error = String::new();
+        let (expected, new) = (expected.map(RawBytes::new), new.map(RawBytes::new));
+        let pointer = |bytes: &Option<RawBytes>| bytes.as_ref().map_or(std::ptr::null(), |b| b as *const RawBytes);
+        // SAFETY: as in `get`; `expected` and `new` (and what they point to) outlive the call.
+        let status = unsafe {
+            swap(
+                self.host.ctx(),
+                RawStr::new(&self.name),
+                RawBytes::new(key),
+                pointer(&expected),
+                pointer(&new),
+                RawWriter::for_string(&mut error),
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(true),
+            abi::STATUS_CONFLICT => Ok(false),
+            status => Err(store_error(status, error)),
+        }
+    }
+
     /// A feed of every put and delete under `prefix` committed from now on.
     pub fn watch(&self, prefix: &[u8]) -> Result<StoreWatch, HostError> {
         let watch = api!(self.host, store_watch).ok_or_else(|| unsupported("store_watch"))?;

@@ -174,6 +174,19 @@ unsafe extern "C" fn metric_add(ctx: *const c_void, _name: RawStr, _delta: u64) 
     abi::STATUS_OK
 }
 
+unsafe extern "C" fn store_swap(
+    ctx: *const c_void,
+    _bucket: RawStr,
+    _key: RawBytes,
+    _expected: *const RawBytes,
+    _new: *const RawBytes,
+    _error: RawWriter,
+) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "store_swap") };
+    abi::STATUS_CONFLICT
+}
+
 /// This crate's whole vtable, with `size` set to `size` (cut the copy to it with `Guarded`).
 pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
     HostApi {
@@ -201,5 +214,6 @@ pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
         store_watch_next,
         store_unwatch,
         metric_add,
+        store_swap,
     }
 }

@@ -40,6 +40,8 @@ impl Reply {
 
 enum Request {
     Commit(Batch, Reply),
+    /// A one-operation batch applied only if its key holds the expected value (`None`: absent).
+    Swap(Batch, Option<Vec<u8>>, SyncSender<Result<bool, StoreError>>),
     Close(SyncSender<Verdict>),
 }
 
@@ -83,6 +85,12 @@ impl Committer {
     pub(crate) fn commit_blocking(&self, batch: Batch) -> Verdict {
         let (reply, verdict) = mpsc::sync_channel(1);
         self.send(Request::Commit(batch, Reply::Blocking(reply)))?;
+        verdict.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    pub(crate) fn swap_blocking(&self, change: Batch, expected: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        let (reply, verdict) = mpsc::sync_channel(1);
+        self.send(Request::Swap(change, expected, reply))?;
         verdict.recv().unwrap_or(Err(StoreError::Closed))
     }
 
@@ -177,7 +185,7 @@ impl Worker {
             };
             let mut group = Vec::new();
             let mut ops = 0;
-            let mut close = None;
+            let mut last = None;
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
@@ -185,8 +193,9 @@ impl Worker {
                         ops += batch.len();
                         group.push((batch, reply));
                     }
-                    Request::Close(reply) => {
-                        close = Some(reply);
+                    // Ends the group: decided after what came before it.
+                    other => {
+                        last = Some(other);
                         break;
                     }
                 }
@@ -197,9 +206,15 @@ impl Worker {
             if !group.is_empty() {
                 self.commit_group(group);
             }
-            if let Some(reply) = close {
-                let _ = reply.send(self.backend.sync());
-                return;
+            match last {
+                Some(Request::Close(reply)) => {
+                    let _ = reply.send(self.backend.sync());
+                    return;
+                }
+                Some(Request::Swap(change, expected, reply)) => {
+                    let _ = reply.send(self.swap(&change, expected.as_deref()));
+                }
+                Some(Request::Commit(..)) | None => {}
             }
         }
     }
@@ -282,6 +297,32 @@ impl Worker {
                     }
                     reply.send(verdict);
                 }
+            }
+        }
+    }
+
+    /// Applies `change` (one put or delete) if its key holds `expected`; whether it did.
+    fn swap(&mut self, change: &Batch, expected: Option<&[u8]>) -> Result<bool, StoreError> {
+        let ops: Vec<Op<'_>> = change
+            .entries()
+            .filter_map(|entry| match entry {
+                Entry::Op(op) => Some(op),
+                Entry::DeletePrefix { .. } => None,
+            })
+            .collect();
+        let [op] = ops[..] else { return Err(StoreError::Backend("a swap changes one key".to_owned())) };
+        if self.backend.get(op.bucket, op.key)?.as_deref() != expected {
+            return Ok(false);
+        }
+        let applied = self.apply(&ops, 1);
+        match applied {
+            Ok(()) => {
+                self.watchers.notify(&ops);
+                Ok(true)
+            }
+            Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
             }
         }
     }

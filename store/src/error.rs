@@ -49,6 +49,10 @@ pub enum StoreError {
     /// The store was closed (the broker is stopping).
     #[error("the store is closed")]
     Closed,
+    /// The store cannot decide now, but may later: a replicated backend that cannot reach the
+    /// others (a shared bucket's compare-and-set while NATS is away).
+    #[error("the store cannot answer now: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -73,6 +77,7 @@ impl StoreError {
             StoreError::Backend(why) => StoreError::Backend(why.clone()),
             StoreError::InvalidBucket(name) => StoreError::InvalidBucket(name.clone()),
             StoreError::Closed => StoreError::Closed,
+            StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
         }
     }
 }

@@ -8,6 +8,9 @@
 //!   that arrived meanwhile in one transaction and makes them durable with one fsync. A caller
 //!   of [`Store::commit`] (or the future of [`Store::commit_async`]) returns once its batch is
 //!   as durable as [`SyncMode`] promises.
+//! - **Compare and set**: [`Store::swap`] changes one key only if it still holds the value
+//!   the caller saw, in order with every commit around it (so two writers racing for one key
+//!   cannot both win).
 //! - **Change feed**: [`Store::watch`] sees every committed put and delete under a bucket and
 //!   key prefix, in commit order, whoever made it.
 //! - **Backends** implement [`Backend`]: [`Embedded`] (redb, one file in the data directory) is
@@ -156,6 +159,26 @@ impl Store {
                 Some(Ok(receiver)) => receiver.await.unwrap_or(Err(StoreError::Closed)),
             }
         }
+    }
+
+    /// Compare and set: if `key` of `bucket` holds `expected` (`None`: is absent), sets it to
+    /// `new` (`None`: deletes it) and returns `true`; otherwise changes nothing and returns
+    /// `false`. Decided by the one thread that writes, after every batch queued before it and
+    /// before any queued after it; a change is as durable as the sync mode says when this
+    /// returns, and watchers see it. Blocks the calling thread.
+    pub fn swap(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut change = Batch::new();
+        match new {
+            Some(value) => change.put(bucket, key, value)?,
+            None => change.delete(bucket, key)?,
+        };
+        self.shared.committer.swap_blocking(change, expected.map(<[u8]>::to_vec))
     }
 
     /// A feed of every put and delete committed from now on under `bucket` whose key starts with

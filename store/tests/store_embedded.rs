@@ -245,3 +245,41 @@ fn deletes_in_runs_take_exactly_the_deleted_keys() {
     let expected: Vec<u8> = (1..=21).filter(|n| !deleted.contains(n)).collect();
     assert_eq!(left, expected);
 }
+
+/// `swap` is a compare-and-set: it changes a key only if it holds what the caller saw, and of
+/// many threads racing to claim one key, exactly one wins.
+#[test]
+fn swap_changes_a_key_only_from_the_value_expected_and_one_racer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let watch = store.watch("b", b"").unwrap();
+    assert!(store.swap("b", b"k", None, Some(b"1")).unwrap(), "absent, as expected: created");
+    assert!(!store.swap("b", b"k", None, Some(b"2")).unwrap(), "no longer absent");
+    assert!(!store.swap("b", b"k", Some(b"0"), Some(b"2")).unwrap(), "not 0");
+    assert_eq!(store.get("b", b"k").unwrap(), Some(b"1".to_vec()));
+    assert!(store.swap("b", b"k", Some(b"1"), Some(b"2")).unwrap());
+    assert!(store.swap("b", b"k", Some(b"2"), None).unwrap(), "a swap may delete");
+    assert_eq!(store.get("b", b"k").unwrap(), None);
+    let seen: Vec<_> = std::iter::from_fn(|| watch.try_next()).map(|c| c.value).collect();
+    assert_eq!(seen, [Some(b"1".to_vec()), Some(b"2".to_vec()), None], "watchers see what a swap changed, only that");
+
+    for round in 0..20u8 {
+        store.put("b", b"claim", b"free").unwrap();
+        let winners: usize = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let store = &store;
+                    s.spawn(move || {
+                        // A plain commit of another key between the racers changes nothing.
+                        store.put("b", &[b'o', i], &[round]).unwrap();
+                        usize::from(store.swap("b", b"claim", Some(b"free"), Some(&[i])).unwrap())
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1, "round {round}");
+    }
+    store.close().unwrap();
+    assert!(matches!(store.swap("b", b"k", None, Some(b"1")), Err(StoreError::Closed)));
+}

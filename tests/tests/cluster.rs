@@ -1201,3 +1201,80 @@ fn plugin_state_changed_while_nats_is_away_reaches_the_other_nodes_when_it_is_ba
         Some(())
     });
 }
+
+/// `emqx_mod_delayed` across nodes (its bucket is shared by default): a `$delayed/` message
+/// held on node 1 is listed by every node, and when it falls due exactly one node publishes it
+/// (each node claims it through NATS; one claim wins): a subscriber on each of three nodes gets
+/// each message once. `ctl delayed clean` on one node drops what every node holds.
+#[test]
+fn a_delayed_message_is_published_once_by_one_node_of_the_cluster() {
+    let nats = Nats::start();
+    let delayed = || DataDir::with_plugins("{emqx_mod_delayed, true}.\n");
+    let (d1, n1) = node_with(delayed(), &nats, "emqx@dl1", &[]);
+    let (d2, n2) = node_with(delayed(), &nats, "emqx@dl2", &[]);
+    let (d3, n3) = node_with(delayed(), &nats, "emqx@dl3", &[]);
+    let mut subscribers: Vec<C5> = [&n1, &n2, &n3]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut sub = C5::connect(node, &format!("dl-sub-{i}"));
+            sub.subscribe("dl/#", QoS::AtLeastOnce);
+            sub
+        })
+        .collect();
+    let mut publisher = C5::connect(&n1, "dl-pub");
+    // Fall due together, so that every node races for each.
+    let expected: Vec<String> = (0..20).map(|i| format!("dl/{i}")).collect();
+    for t in &expected {
+        match publisher.publish_retain(&format!("$delayed/2/{t}"), QoS::AtLeastOnce, false, t) {
+            Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) => {}
+            other => panic!("PUBACK expected, got {other:?}"),
+        }
+    }
+    publisher.publish_retain("$delayed/3600/dl/cleaned", QoS::AtLeastOnce, false, "x");
+    for dir in [&d2, &d3] {
+        e2e::wait_until("the other nodes hold node 1's delayed messages", || {
+            (dir.ctl(&["delayed", "list"]).ok().lines().count() == 21).then_some(())
+        });
+    }
+    for sub in &mut subscribers {
+        all_of(sub, &expected.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for dir in [&d1, &d2, &d3] {
+        e2e::wait_until("every node saw the 20 published", || {
+            (dir.ctl(&["delayed", "list"]).ok().lines().count() == 1).then_some(())
+        });
+    }
+    assert_eq!(d3.ctl(&["delayed", "clean"]).ok().trim(), "Cleaned 1 delayed messages");
+    for dir in [&d1, &d2, &d3] {
+        e2e::wait_until("every node published or dropped everything", || {
+            dir.ctl(&["delayed", "list"]).ok().trim().is_empty().then_some(())
+        });
+    }
+    // Nothing twice: a marker published now comes right after the 20.
+    publisher.publish_retain("dl/marker", QoS::AtLeastOnce, false, "dl/marker");
+    for sub in &mut subscribers {
+        assert_eq!(until_marker(sub, "dl/marker"), Vec::<(String, String)>::new(), "each delayed message once");
+    }
+}
+
+/// A node killed with `kill -9` right after the PUBACK of a `$delayed/` message leaves it to
+/// the others: it was in NATS before the PUBACK, and another node publishes it when it falls
+/// due.
+#[test]
+fn a_delayed_message_held_by_a_killed_node_is_published_by_another() {
+    let nats = Nats::start();
+    let delayed = || DataDir::with_plugins("{emqx_mod_delayed, true}.\n");
+    let (_d1, n1) = node_with(delayed(), &nats, "emqx@dk1", &[]);
+    let (_d2, n2) = node_with(delayed(), &nats, "emqx@dk2", &[]);
+    let mut sub = C5::connect(&n2, "dk-sub");
+    sub.subscribe("dk/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n1, "dk-pub");
+    match publisher.publish_retain("$delayed/1/dk/orphan", QoS::AtLeastOnce, false, "dk/orphan") {
+        Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) => {}
+        other => panic!("PUBACK expected, got {other:?}"),
+    }
+    n1.kill();
+    all_of(&mut sub, &["dk/orphan"]);
+    assert!(sub.next_publish_within(std::time::Duration::from_millis(500)).is_none(), "once");
+}

@@ -1,7 +1,8 @@
 //! Plugin state shared by every node: the store buckets of the plugins named in
-//! `[cluster] shared_state` (by default `emqx_retainer` and `emqx_auth_mnesia`) and every
-//! `shared/...` bucket are the same on every node, so a retained message published on one
-//! node is served by another, and a login added on one node is accepted by all.
+//! `[cluster] shared_state` (by default `emqx_retainer`, `emqx_auth_mnesia` and
+//! `emqx_mod_delayed`) and every `shared/...` bucket are the same on every node, so a retained
+//! message published on one node is served by another, and a login added on one node is
+//! accepted by all.
 //!
 //! - **One order for every node**: a JetStream KV bucket (`<prefix>_state`, one value a
 //!   key) holds the latest value of every shared key. A plugin's commit on a shared bucket is
@@ -15,6 +16,8 @@
 //! - **Reads after writes**: a SUBSCRIBE that fires `session.subscribed` first waits until
 //!   this node has applied everything the stream held when it asked ([`Cluster::shared_state_caught_up`]),
 //!   so a retained message whose PUBLISH was acknowledged on another node is delivered.
+//! - **Compare and set** ([`Cluster::swap_shared`]): the bucket entry's revision is the
+//!   condition of the write, so of nodes racing for one key exactly one wins; it needs NATS.
 //! - **NATS away**: a commit is made locally only, logged, and the keys it changed are sent
 //!   (with their value then) once NATS answers; the last value to reach NATS wins.
 //!
@@ -238,6 +241,85 @@ impl Cluster {
             }
         }
         state.store.commit(batch)
+    }
+
+    /// Compare and set on one shared key ([`store::Store::swap`] for a cluster): the shared
+    /// bucket decides (its entry's revision is the condition of the write), so of nodes racing
+    /// from one value exactly one wins; the winner's change then goes to its local store, the
+    /// others' through the follower as any change. Blocks (call it off the network threads).
+    /// While NATS is away, or when it does not answer within 2 s, nothing is changed and the
+    /// answer is [`StoreError::Unavailable`]: a node alone cannot tell what the others did.
+    pub(crate) fn swap_shared(
+        self: &Arc<Cluster>,
+        bucket: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let state = self.shared_state.get().expect("swap_shared on a shared bucket");
+        if !self.reachable() {
+            return Err(StoreError::Unavailable("NATS is not reachable to decide a shared key's change".to_owned()));
+        }
+        let mut batch = Batch::new();
+        match new {
+            Some(value) => batch.put(bucket, key, value)?,
+            None => batch.delete(bucket, key)?,
+        };
+        let (owned_bucket, owned_key) = (bucket.to_owned(), key.to_vec());
+        let (expected, new) = (expected.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec));
+        let swapped = self
+            .block_on(|cluster| async move {
+                let swapped = cluster.swap_in_bucket(&owned_bucket, &owned_key, expected.as_deref(), new.as_deref());
+                let swapped = tokio::time::timeout(WRITE_TIMEOUT, swapped).await;
+                swapped.unwrap_or_else(|_| Err(format!("NATS gave no answer within {WRITE_TIMEOUT:?}")))
+            })
+            .unwrap_or_else(|why| Err(why.to_owned()));
+        let mut own = crate::lock(&state.own);
+        match swapped {
+            Ok(None) => Ok(false),
+            Ok(Some((kv_key, n))) => {
+                if n > *state.applied.borrow() {
+                    own.latest.insert(kv_key, n);
+                    state.store.commit(batch)?;
+                }
+                Ok(true)
+            }
+            Err(why) => Err(StoreError::Unavailable(why)),
+        }
+    }
+
+    /// Writes `new` under the bucket key of `key` if its value there is `expected`: the bucket
+    /// key and its stream number, or `None` if the value was another.
+    async fn swap_in_bucket(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Option<(String, u64)>, String> {
+        let kv = self.state_bucket().await?;
+        let (kv_key, hashed) = kv_key(bucket, key);
+        let entry = kv.entry(kv_key.as_str()).await.map_err(|e| e.to_string())?;
+        let revision = entry.as_ref().map_or(0, |entry| entry.revision);
+        let current = match &entry {
+            None => None,
+            Some(entry) => match decode_value(&entry.value) {
+                Some((_, value)) => value,
+                None => return Err(format!("a shared plugin state entry this node cannot read ({kv_key})")),
+            },
+        };
+        if current != expected {
+            return Ok(None);
+        }
+        let value = encode_value(hashed.then_some(key), new);
+        match kv.update(kv_key.as_str(), value.into(), revision).await {
+            Ok(n) => Ok(Some((kv_key, n))),
+            // Written by another node since it was read (NATS checked the revision)?
+            Err(e) => match kv.entry(kv_key.as_str()).await {
+                Ok(now) if now.as_ref().map_or(0, |entry| entry.revision) != revision => Ok(None),
+                _ => Err(e.to_string()),
+            },
+        }
     }
 
     /// Sends, once NATS is reachable, the keys changed here while it was not: their value in

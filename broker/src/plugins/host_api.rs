@@ -222,6 +222,7 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         store_watch_next: host_store::watch_next,
         store_unwatch: host_store::unwatch,
         metric_add,
+        store_swap: host_store::swap,
     }
 }
 

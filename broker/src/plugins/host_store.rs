@@ -54,7 +54,7 @@ unsafe fn fail(context: &PluginContext, e: &StoreError, error: RawWriter) -> Sta
     let status = match e {
         StoreError::Full(_) => abi::STATUS_FULL,
         StoreError::InvalidBucket(_) => abi::STATUS_INVALID_ARGUMENT,
-        StoreError::Closed => abi::STATUS_UNAVAILABLE,
+        StoreError::Closed | StoreError::Unavailable(_) => abi::STATUS_UNAVAILABLE,
         _ => abi::STATUS_ERROR,
     };
     if status == abi::STATUS_ERROR || status == abi::STATUS_FULL {
@@ -160,6 +160,37 @@ pub(super) unsafe extern "C" fn commit(ctx: *const c_void, bucket: RawStr, ops: 
     });
     match committed {
         Ok(()) => abi::STATUS_OK,
+        // SAFETY: the writer is alive during this call.
+        Err(e) => unsafe { fail(context, &e, error) },
+    }
+}
+
+pub(super) unsafe extern "C" fn swap(
+    ctx: *const c_void,
+    bucket: RawStr,
+    key: RawBytes,
+    expected: *const RawBytes,
+    new: *const RawBytes,
+    error: RawWriter,
+) -> Status {
+    // SAFETY: as in `get`; `expected` and `new` are null or point to the caller's RawBytes,
+    // valid for the call.
+    let (context, bucket, key, expected, new) = unsafe {
+        let bytes = |raw: *const RawBytes| raw.as_ref().map(|raw| raw.as_slice());
+        (context(ctx), bucket.as_str(), key.as_slice(), bytes(expected), bytes(new))
+    };
+    refuse_if_stopped!(context, error);
+    let (store, _) = context.store();
+    let swapped = bucket_of(context.name(), bucket).and_then(|bucket| {
+        match context.cluster().filter(|cluster| cluster.shared_bucket(&bucket).is_some()) {
+            // In a cluster, a shared bucket's swap is decided by NATS.
+            Some(cluster) => off_the_network(|| cluster.swap_shared(&bucket, key, expected, new)),
+            None => off_the_network(|| store.swap(&bucket, key, expected, new)),
+        }
+    });
+    match swapped {
+        Ok(true) => abi::STATUS_OK,
+        Ok(false) => abi::STATUS_CONFLICT,
         // SAFETY: the writer is alive during this call.
         Err(e) => unsafe { fail(context, &e, error) },
     }

@@ -5,18 +5,30 @@
 //!
 //! Held messages are kept in the broker's store, one key per message in the module's bucket
 //! `delayed` (the key is the due time then a sequence number, big-endian, so keys sort by due
-//! time): the key is written before the `message.publish` hook returns, so a `$delayed/`
-//! message whose PUBLISH was acknowledged survives an unload, a reload, a restart and a
-//! `kill -9`; concurrent publishes share one group commit. The module's own thread publishes a
-//! message when it falls due, then deletes its key (a crash between the two publishes it again
-//! after the restart: at least once). One that fell due while the module was not running is
-//! published as soon as it runs again. At the first start a `data/emqx_mod_delayed.json` left
-//! by an older version is imported and renamed `emqx_mod_delayed.json.imported` (a damaged one
-//! is left in place, with a warning).
+//! time; the sequence starts at a random number each start, so nodes sharing the bucket never
+//! write one key): the key is written before the `message.publish` hook returns, so a
+//! `$delayed/` message whose PUBLISH was acknowledged survives an unload, a reload, a restart
+//! and a `kill -9`; concurrent publishes share one group commit. One that fell due while the
+//! module was not running is published as soon as it runs again. At the first start a
+//! `data/emqx_mod_delayed.json` left by an older version is imported and renamed
+//! `emqx_mod_delayed.json.imported` (a damaged one is left in place, with a warning).
+//!
+//! **Published once, by one node.** When a message falls due, the module's thread first
+//! *claims* it: a compare-and-set of its key ([`plugin_api::store::Bucket::swap`]) from the
+//! value it holds to the same value marked with this run's id and the time. Only the run whose
+//! claim succeeds publishes it, then deletes its key. In a cluster, with the bucket shared
+//! (`[cluster] shared_state`, which names this module by default), every node holds every
+//! node's messages (a second thread follows the bucket's changes) and NATS decides each claim,
+//! so each message is published by exactly one node, and a node that dies with messages held
+//! leaves them to the others. A claim older than 30 s (its claimer died between its claim and
+//! its delete) may be claimed again: at least once, as a crash between the publish and the
+//! delete on one node. While NATS is away no claim can be decided: messages falling due wait
+//! until it is back (logged once a minute).
 //!
 //! Config (`[delayed]`): `max_delayed_messages` (EMQX's name), the most messages held at
-//! once; 0 (the default, as in EMQX) for no limit. A `$delayed/` message over it is dropped,
-//! counted and logged (one line a minute, with the count).
+//! once (in a cluster, by all nodes together); 0 (the default, as in EMQX) for no limit. A
+//! `$delayed/` message over it is dropped, counted and logged (one line a minute, with the
+//! count).
 //!
 //! `broker ctl delayed list` prints one line per held message (`topic`, `qos`, `retain`,
 //! seconds left); `broker ctl delayed clean` drops them all; `broker ctl delayed stats` prints
@@ -32,17 +44,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use plugin_api::store::{Bucket, StoreBatch};
+use plugin_api::store::{Bucket, StoreBatch, StoreWatch};
 use plugin_api::{
-    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, Plugin, PluginInfo, PluginKind, QoS,
+    declare_plugin, BoxError, Config, Event, Hook, HookMask, HookResult, Host, HostError, Plugin, PluginInfo,
+    PluginKind, QoS,
 };
-use store::{Delayed, Held};
+use store::{Claim, Delayed, Entry, Held};
 
 /// EMQX's longest delay, in seconds.
 const MAX_DELAY_SECS: u64 = 4_294_967;
 
-/// How often a message dropped over `max_delayed_messages` is logged (with the count since).
+/// How often a message dropped over `max_delayed_messages` is logged (with the count since),
+/// and a claim the store could not decide.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a message whose claim the store could not decide waits before it is tried again.
+const RETRY_MS: u64 = 1_000;
+/// How long the thread that follows the bucket waits for a change before it looks at `stopping`.
+const WATCH_POLL: Duration = Duration::from_millis(200);
 
 /// The `[delayed]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -72,6 +90,10 @@ struct Shared {
     changed: Condvar,
     /// The sequence number of the next key.
     next_seq: AtomicU64,
+    /// This run's id, in its claims.
+    run_id: u64,
+    /// When a claim the store could not decide was last logged.
+    unclaimed_logged: Mutex<Option<Instant>>,
     /// Messages dropped over `max_delayed_messages`, ever, and when that was last logged
     /// (with the count then).
     dropped: AtomicU64,
@@ -79,43 +101,132 @@ struct Shared {
 }
 
 impl Shared {
-    /// Publishes what is due and deletes it from the store, then waits until the next is due or
-    /// a message is added.
+    /// Publishes what is due (each message it can claim) and deletes it from the store, then
+    /// waits until the next is due or the held messages change.
     fn run(&self) {
         let mut held = lock(&self.held);
         loop {
             if held.stopping {
                 return;
             }
-            let due = held.due(now_ms());
+            let now = now_ms();
+            let due = held.due(now);
             if !due.is_empty() {
-                // Out of the list before they are published; out of the store after.
-                for (key, _) in &due {
-                    held.remove(key);
-                }
                 drop(held);
                 let mut published = StoreBatch::new();
-                for (key, message) in &due {
-                    let qos = QoS::from_u8(message.qos);
-                    if let Err(e) = self.host.publish(&message.topic, &message.payload, qos, message.retain) {
-                        self.host.warn(&format!("delayed publish to {} failed: {e}", message.topic));
+                for (key, entry) in &due {
+                    if self.claim(key, entry, now) {
+                        let message = &entry.message;
+                        let qos = QoS::from_u8(message.qos);
+                        if let Err(e) = self.host.publish(&message.topic, &message.payload, qos, message.retain) {
+                            self.host.warn(&format!("delayed publish to {} failed: {e}", message.topic));
+                        }
+                        published.delete(key);
                     }
-                    published.delete(key);
                 }
                 if let Err(e) = self.bucket.commit(&published) {
                     self.host.warn(&format!(
                         "{} published delayed messages not deleted from the store: {e}; they are published again \
-                         after a restart",
-                        due.len()
+                         once their claim times out",
+                        published.len()
                     ));
                 }
                 held = lock(&self.held);
                 continue;
             }
             let wait = held
-                .next_due()
-                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms()) + 1));
+                .next_ready(now)
+                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
             held = self.changed.wait_timeout(held, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Claims the message under `key` (as `entry` says it is stored) for this run: whether it
+    /// is this run's to publish. It is then out of the held list. If another node (or run)
+    /// claimed or published it first, the list takes what the store holds now; if the store
+    /// cannot decide (NATS away), it is tried again later.
+    fn claim(&self, key: &store::Key, entry: &Entry, now: u64) -> bool {
+        let mine = store::encode_value(&entry.message, Some(Claim { by: self.run_id, at_ms: now }));
+        match self.bucket.swap(key, Some(&entry.stored_value()), Some(&mine)) {
+            Ok(true) => {
+                lock(&self.held).remove(key);
+                true
+            }
+            Ok(false) => {
+                let now_stored = self.bucket.get(key);
+                let mut held = lock(&self.held);
+                match now_stored.map(|value| value.map(|value| store::decode(key, &value))) {
+                    Ok(Some(Ok((_, message, claim)))) => held.add(*key, Entry::new(message, claim)),
+                    Ok(None) => drop(held.remove(key)),
+                    Ok(Some(Err(e))) => {
+                        held.remove(key);
+                        drop(held);
+                        self.host.warn(&format!("a delayed message in the store not loaded: {e}"));
+                    }
+                    Err(e) => {
+                        if let Some(entry) = held.get_mut(key) {
+                            entry.retry_at_ms = now + RETRY_MS;
+                        }
+                        drop(held);
+                        self.claim_undecided(&e);
+                    }
+                }
+                false
+            }
+            // A host older than the swap: alone, as before it.
+            Err(HostError::Unsupported(_)) => {
+                lock(&self.held).remove(key);
+                true
+            }
+            Err(e) => {
+                if let Some(entry) = lock(&self.held).get_mut(key) {
+                    entry.retry_at_ms = now + RETRY_MS;
+                }
+                self.claim_undecided(&e);
+                false
+            }
+        }
+    }
+
+    /// Logs (at most once a minute) that a due message could not be claimed.
+    fn claim_undecided(&self, e: &HostError) {
+        let mut logged = lock(&self.unclaimed_logged);
+        if logged.is_some_and(|at| at.elapsed() < DROP_LOG_INTERVAL) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        self.host.warn(&format!("delayed messages due but not published yet, tried again each second: {e}"));
+    }
+
+    /// Follows the bucket: messages held, claimed and published by other nodes (and this
+    /// node's own changes, again) keep the held list what the store holds.
+    fn follow(&self, changes: &StoreWatch) {
+        loop {
+            if lock(&self.held).stopping {
+                return;
+            }
+            let change = match changes.next_timeout(WATCH_POLL) {
+                Ok(Some(change)) => change,
+                Ok(None) => continue,
+                Err(e) => {
+                    if !lock(&self.held).stopping {
+                        self.host.warn(&format!("no longer following the delayed messages of other nodes: {e}"));
+                    }
+                    return;
+                }
+            };
+            let Ok(key) = store::Key::try_from(&change.key[..]) else { continue };
+            let mut held = lock(&self.held);
+            match change.value.map(|value| store::decode(&key, &value)) {
+                None => drop(held.remove(&key)),
+                Some(Ok((_, message, claim))) => held.add(key, Entry::new(message, claim)),
+                Some(Err(e)) => {
+                    drop(held);
+                    self.host.warn(&format!("a delayed message in the store not loaded: {e}"));
+                    continue;
+                }
+            }
+            self.changed.notify_one();
         }
     }
 
@@ -132,12 +243,12 @@ impl Shared {
             held.pending += 1;
         }
         let key = store::key(message.due_ms, self.next_seq.fetch_add(1, Ordering::Relaxed));
-        let written = self.bucket.put(&key, &store::encode_value(&message));
+        let written = self.bucket.put(&key, &store::encode_value(&message, None));
         let mut held = lock(&self.held);
         held.pending -= 1;
         match written {
             Ok(()) => {
-                held.add(key, message);
+                held.add(key, Entry::new(message, None));
                 self.changed.notify_one();
             }
             Err(e) => {
@@ -148,7 +259,8 @@ impl Shared {
         }
     }
 
-    /// Drops every held message, from the store first; returns how many.
+    /// Drops every held message (in a cluster, every node's), from the store first; returns how
+    /// many were held.
     fn clean(&self) -> Result<usize, String> {
         let keys: Vec<store::Key> = lock(&self.held).iter().map(|(key, _)| *key).collect();
         let mut batch = StoreBatch::new();
@@ -156,8 +268,10 @@ impl Shared {
             batch.delete(key);
         }
         self.bucket.commit(&batch).map_err(|e| format!("cannot delete the delayed messages from the store: {e}"))?;
+        // The follower may have taken them out already (it sees the deletes too).
         let mut held = lock(&self.held);
-        Ok(keys.iter().filter(|key| held.remove(key).is_some()).count())
+        keys.iter().for_each(|key| drop(held.remove(key)));
+        Ok(keys.len())
     }
 }
 
@@ -166,7 +280,7 @@ fn load(host: &Host, bucket: &Bucket) -> Result<Held, plugin_api::HostError> {
     let mut held = Held::default();
     for (key, value) in bucket.scan_prefix(b"")? {
         match store::decode(&key, &value) {
-            Ok((key, message)) => held.add(key, message),
+            Ok((key, message, claim)) => held.add(key, Entry::new(message, claim)),
             Err(e) => host.warn(&format!("a delayed message in the store not loaded: {e}")),
         }
     }
@@ -181,13 +295,13 @@ fn import(bucket: &Bucket, held: &mut Held, next_seq: &mut u64, bytes: &[u8]) ->
     for message in messages {
         let key = store::key(message.due_ms, *next_seq);
         *next_seq += 1;
-        batch.put(&key, &store::encode_value(&message));
+        batch.put(&key, &store::encode_value(&message, None));
         keyed.push((key, message));
     }
     bucket.commit(&batch).map_err(|e| format!("the store refused them: {e}"))?;
     let count = keyed.len();
     for (key, message) in keyed {
-        held.add(key, message);
+        held.add(key, Entry::new(message, None));
     }
     Ok(format!("{count} delayed messages"))
 }
@@ -216,19 +330,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A number that differs from one start to the next (and from one node to another): the
+/// first sequence number's high half and the run's id.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 /// The running module.
 pub struct DelayedPublish {
     settings: Settings,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Plugin for DelayedPublish {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
         let bucket = host.store(store::BUCKET);
+        // Followed from before it is read, so that no change falls between the two.
+        let changes = bucket.watch(b"")?;
         let mut held = load(&host, &bucket)?;
-        let mut next_seq = held.max_seq().map_or(0, |seq| seq + 1);
+        // Keys of this run start at a random high half: unique across nodes and restarts.
+        let mut next_seq = random_u64() & !0xFFFF_FFFF;
         plugin_api::store::import_file(&host, &store::path(host.data_dir()), |bytes| {
             import(&bucket, &mut held, &mut next_seq, bytes)
         });
@@ -239,14 +366,29 @@ impl Plugin for DelayedPublish {
             held: Mutex::new(held),
             changed: Condvar::new(),
             next_seq: AtomicU64::new(next_seq),
+            run_id: random_u64(),
+            unclaimed_logged: Mutex::new(None),
             dropped: AtomicU64::new(0),
             drop_logged: Mutex::new(None),
         });
-        let thread = std::thread::Builder::new().name("emqx_mod_delayed".into()).spawn({
+        let publisher = std::thread::Builder::new().name("emqx_mod_delayed".into()).spawn({
             let shared = shared.clone();
             move || shared.run()
         })?;
-        Ok(DelayedPublish { settings, shared, thread: Some(thread) })
+        let follower = std::thread::Builder::new().name("emqx_mod_delayed-follow".into()).spawn({
+            let shared = shared.clone();
+            move || shared.follow(&changes)
+        });
+        let follower = match follower {
+            Ok(follower) => follower,
+            Err(e) => {
+                lock(&shared.held).stopping = true;
+                shared.changed.notify_one();
+                let _ = publisher.join();
+                return Err(e.into());
+            }
+        };
+        Ok(DelayedPublish { settings, shared, threads: vec![publisher, follower] })
     }
 
     fn on_event(&self, event: &Event<'_>) -> HookResult {
@@ -297,7 +439,7 @@ impl Plugin for DelayedPublish {
     fn stop(mut self) {
         lock(&self.shared.held).stopping = true;
         self.shared.changed.notify_one();
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }

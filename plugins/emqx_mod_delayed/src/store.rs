@@ -4,7 +4,9 @@
 //! A key is the due time (u64 BE milliseconds since the epoch) then a sequence number (u64 BE),
 //! so keys sort by due time, ties in arrival order ([`key`]). A value is a version byte (`1`),
 //! the QoS (u8), the retain flag (u8), the topic's length (u32 BE) and the topic, then the
-//! payload (the rest) ([`encode_value`]). The file older versions rewrote whole
+//! payload (the rest) ([`encode_value`]). A message being published is **claimed**: its value
+//! is then `2`, the claimer's id (u64 BE), when it claimed it (u64 BE milliseconds), then the
+//! unclaimed value whole. The file older versions rewrote whole
 //! (`data/emqx_mod_delayed.json`, a JSON array) is read only to import it ([`parse_file`]).
 
 use std::collections::BTreeMap;
@@ -16,8 +18,16 @@ use serde::Deserialize;
 pub const FILE_NAME: &str = "emqx_mod_delayed.json";
 /// The plugin's bucket in the store.
 pub const BUCKET: &str = "delayed";
-/// The version byte [`encode_value`] writes.
+/// The version byte [`encode_value`] writes for a message not claimed.
 const VALUE_V1: u8 = 1;
+/// The version byte of a claimed message's value.
+const VALUE_CLAIMED: u8 = 2;
+/// The claim's part of a claimed value: version, claimer, time.
+const CLAIM_HEADER: usize = 1 + 8 + 8;
+/// How long a claim holds: a message claimed longer ago than this (its claimer died between
+/// its claim and its delete, or cannot reach the store) may be claimed again, and published
+/// again (at least once).
+pub const CLAIM_TIMEOUT_MS: u64 = 30_000;
 /// The fixed part of a value: version, QoS, retain, the topic's length.
 const VALUE_HEADER: usize = 1 + 1 + 1 + 4;
 
@@ -37,6 +47,17 @@ pub struct Delayed {
     pub qos: u8,
     /// Its retain flag.
     pub retain: bool,
+}
+
+/// Who is publishing a message, since when: one run of the module (a random id each start)
+/// made the value its claim before publishing, so that no other node (or run) publishes it
+/// too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The claiming run's id.
+    pub by: u64,
+    /// When it claimed it, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// A key or value in the bucket that is not a held message this version reads.
@@ -68,9 +89,15 @@ pub fn parse_key(bytes: &[u8]) -> Result<(u64, u64), EntryError> {
     Ok((half(0), half(8)))
 }
 
-/// A message's value in the store (its due time is in its key).
-pub fn encode_value(m: &Delayed) -> Vec<u8> {
-    let mut out = Vec::with_capacity(VALUE_HEADER + m.topic.len() + m.payload.len());
+/// A message's value in the store (its due time is in its key), claimed or not.
+pub fn encode_value(m: &Delayed, claim: Option<Claim>) -> Vec<u8> {
+    let claim_len = if claim.is_some() { CLAIM_HEADER } else { 0 };
+    let mut out = Vec::with_capacity(claim_len + VALUE_HEADER + m.topic.len() + m.payload.len());
+    if let Some(claim) = claim {
+        out.push(VALUE_CLAIMED);
+        out.extend_from_slice(&claim.by.to_be_bytes());
+        out.extend_from_slice(&claim.at_ms.to_be_bytes());
+    }
     out.extend_from_slice(&[VALUE_V1, m.qos, u8::from(m.retain)]);
     out.extend_from_slice(&(m.topic.len() as u32).to_be_bytes());
     out.extend_from_slice(m.topic.as_bytes());
@@ -78,10 +105,18 @@ pub fn encode_value(m: &Delayed) -> Vec<u8> {
     out
 }
 
-/// Reads back a message from its key and [`encode_value`]'s value.
-pub fn decode(key: &[u8], value: &[u8]) -> Result<(Key, Delayed), EntryError> {
+/// Reads back a message, and its claim if any, from its key and [`encode_value`]'s value.
+pub fn decode(key: &[u8], value: &[u8]) -> Result<(Key, Delayed, Option<Claim>), EntryError> {
     let (due_ms, seq) = parse_key(key)?;
     let malformed = || EntryError::Value(value.len());
+    let (claim, value) = match value.first() {
+        Some(&VALUE_CLAIMED) => {
+            let header = value.get(..CLAIM_HEADER).ok_or_else(malformed)?;
+            let half = |at: usize| u64::from_be_bytes(std::array::from_fn(|i| header[at + i]));
+            (Some(Claim { by: half(1), at_ms: half(9) }), &value[CLAIM_HEADER..])
+        }
+        _ => (None, value),
+    };
     let header = value.get(..VALUE_HEADER).ok_or_else(malformed)?;
     if header[0] != VALUE_V1 {
         return Err(EntryError::Version(header[0]));
@@ -92,7 +127,7 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<(Key, Delayed), EntryError> {
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| malformed())?;
     let message =
         Delayed { due_ms, topic, payload: rest[topic_len..].to_vec(), qos: header[1], retain: header[2] != 0 };
-    Ok((self::key(due_ms, seq), message))
+    Ok((self::key(due_ms, seq), message, claim))
 }
 
 /// The old file's path in `data_dir`.
@@ -105,54 +140,93 @@ pub fn parse_file(bytes: &[u8]) -> Result<Vec<Delayed>, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 
-/// The held messages by key, so in the order they fall due (ties in arrival order).
+/// One held message, as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The message.
+    pub message: Delayed,
+    /// Who is publishing it, if anyone is.
+    pub claim: Option<Claim>,
+    /// Not tried again before this (milliseconds since the epoch; 0: no wait): set when a
+    /// claim could not be made (the store unavailable).
+    pub retry_at_ms: u64,
+}
+
+impl Entry {
+    /// An entry for `message` as read from the store.
+    pub fn new(message: Delayed, claim: Option<Claim>) -> Entry {
+        Entry { message, claim, retry_at_ms: 0 }
+    }
+
+    /// When it may be claimed: once its due millisecond has wholly passed (so it is never
+    /// published before its full delay), once its retry time has come, and once any claim on
+    /// it has timed out.
+    pub fn ready_at_ms(&self) -> u64 {
+        let claimed_until = self.claim.map_or(0, |c| c.at_ms.saturating_add(CLAIM_TIMEOUT_MS));
+        (self.message.due_ms + 1).max(self.retry_at_ms).max(claimed_until)
+    }
+
+    /// Its value in the store, as this node last saw it.
+    pub fn stored_value(&self) -> Vec<u8> {
+        encode_value(&self.message, self.claim)
+    }
+}
+
+/// The held messages by key, so in the order they fall due (ties in arrival order): in a
+/// cluster, every node's.
 #[derive(Debug, Default)]
 pub struct Held {
-    messages: BTreeMap<Key, Delayed>,
+    messages: BTreeMap<Key, Entry>,
     /// Messages accepted and being written to the store: counted against
     /// `max_delayed_messages`, not yet held.
     pub pending: usize,
-    /// Set by `stop`: the publishing thread ends.
+    /// Set by `stop`: the module's threads end.
     pub stopping: bool,
 }
 
 impl Held {
-    /// Adds a message under its key.
-    pub fn add(&mut self, key: Key, message: Delayed) {
-        self.messages.insert(key, message);
+    /// Adds (or replaces) the entry under `key`.
+    pub fn add(&mut self, key: Key, entry: Entry) {
+        self.messages.insert(key, entry);
     }
 
-    /// The messages, with their keys, whose due millisecond has wholly passed at `now_ms`, in
-    /// order (still held: [`Held::remove`] them). Both times are truncated to the
-    /// millisecond, so waiting for the next one is what makes sure a message is never published
-    /// before its full delay.
-    pub fn due(&self, now_ms: u64) -> Vec<(Key, Delayed)> {
-        self.messages.range(..key(now_ms, 0)).map(|(k, m)| (*k, m.clone())).collect()
+    /// The entries, with their keys, that may be claimed at `now_ms`, in the order they fell
+    /// due (still held: [`Held::remove`] those published).
+    pub fn due(&self, now_ms: u64) -> Vec<(Key, Entry)> {
+        self.messages
+            .range(..key(now_ms, 0))
+            .filter(|(_, e)| e.ready_at_ms() <= now_ms)
+            .map(|(k, e)| (*k, e.clone()))
+            .collect()
+    }
+
+    /// The entry under `key`, if held.
+    pub fn get_mut(&mut self, key: &Key) -> Option<&mut Entry> {
+        self.messages.get_mut(key)
     }
 
     /// Removes the message under `key` (if still held).
-    pub fn remove(&mut self, key: &Key) -> Option<Delayed> {
+    pub fn remove(&mut self, key: &Key) -> Option<Entry> {
         self.messages.remove(key)
     }
 
-    /// When the next message falls due.
-    pub fn next_due(&self) -> Option<u64> {
-        self.messages.values().next().map(|m| m.due_ms)
+    /// When the next message may be claimed, as seen at `now_ms`: the earliest
+    /// [`Entry::ready_at_ms`] of those already due (waiting on a claim or a retry) and of the
+    /// first not yet due.
+    pub fn next_ready(&self, now_ms: u64) -> Option<u64> {
+        let waiting = self.messages.range(..key(now_ms, 0)).map(|(_, e)| e.ready_at_ms());
+        let next = self.messages.range(key(now_ms, 0)..).next().map(|(_, e)| e.ready_at_ms());
+        waiting.chain(next).min()
     }
 
     /// The messages with their keys, in the order they fall due.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Delayed)> {
-        self.messages.iter()
+        self.messages.iter().map(|(k, e)| (k, &e.message))
     }
 
     /// How many are held.
     pub fn len(&self) -> usize {
         self.messages.len()
-    }
-
-    /// The highest sequence number held, if any.
-    pub fn max_seq(&self) -> Option<u64> {
-        self.messages.keys().filter_map(|k| parse_key(k).ok()).map(|(_, seq)| seq).max()
     }
 }
 
@@ -167,29 +241,48 @@ mod tests {
     #[test]
     fn keys_sort_by_due_time_then_arrival_and_messages_fall_due_in_order() {
         let mut held = Held::default();
-        held.add(key(30, 0), message(30, "c"));
-        held.add(key(10, 1), message(10, "a"));
-        held.add(key(20, 2), message(20, "b"));
-        held.add(key(10, 3), message(10, "a2"));
+        for (due, seq, topic) in [(30, 0, "c"), (10, 1, "a"), (20, 2, "b"), (10, 3, "a2")] {
+            held.add(key(due, seq), Entry::new(message(due, topic), None));
+        }
         assert!(key(10, u64::MAX) < key(11, 0));
-        let topics = |v: Vec<(Key, Delayed)>| v.into_iter().map(|(_, m)| m.topic).collect::<Vec<_>>();
+        let topics = |v: Vec<(Key, Entry)>| v.into_iter().map(|(_, e)| e.message.topic).collect::<Vec<_>>();
         assert_eq!(topics(held.due(20)), ["a", "a2"], "b's millisecond has not passed yet");
         for (k, _) in held.due(20) {
             held.remove(&k);
         }
         assert_eq!(topics(held.due(21)), ["b"]);
-        assert_eq!(held.next_due(), Some(20));
-        assert_eq!(held.max_seq(), Some(2));
+        assert_eq!(held.next_ready(20), Some(21));
     }
 
     #[test]
-    fn values_read_back_and_bad_ones_are_errors() {
+    fn a_claimed_message_waits_for_its_claim_to_time_out_and_a_retry_for_its_time() {
+        let mut held = Held::default();
+        let claim = Claim { by: 7, at_ms: 1_000 };
+        held.add(key(10, 0), Entry::new(message(10, "claimed"), Some(claim)));
+        held.add(key(20, 1), Entry::new(message(20, "free"), None));
+        let topics = |v: Vec<(Key, Entry)>| v.into_iter().map(|(_, e)| e.message.topic).collect::<Vec<_>>();
+        assert_eq!(topics(held.due(2_000)), ["free"], "claimed by a run that may still publish it");
+        held.get_mut(&key(20, 1)).unwrap().retry_at_ms = 2_500;
+        assert_eq!(held.due(2_000), []);
+        assert_eq!(held.next_ready(2_000), Some(2_500));
+        held.remove(&key(20, 1));
+        assert_eq!(held.next_ready(2_000), Some(1_000 + CLAIM_TIMEOUT_MS));
+        assert_eq!(topics(held.due(1_000 + CLAIM_TIMEOUT_MS)), ["claimed"], "its claimer is gone: claimed again");
+    }
+
+    #[test]
+    fn values_read_back_claimed_or_not_and_bad_ones_are_errors() {
         let m = Delayed { due_ms: 77, topic: "a/b".into(), payload: vec![0, 255, 1], qos: 2, retain: true };
-        let value = encode_value(&m);
-        assert_eq!(decode(&key(77, 5), &value), Ok((key(77, 5), m)));
+        let value = encode_value(&m, None);
+        assert_eq!(decode(&key(77, 5), &value), Ok((key(77, 5), m.clone(), None)));
+        let claim = Claim { by: u64::MAX - 1, at_ms: 123 };
+        let claimed = encode_value(&m, Some(claim));
+        assert_eq!(decode(&key(77, 5), &claimed), Ok((key(77, 5), m, Some(claim))));
+        assert_eq!(&claimed[CLAIM_HEADER..], value, "a claim wraps the value whole");
         assert_eq!(decode(&[1, 2], &value), Err(EntryError::Key(2)));
         assert_eq!(decode(&key(1, 1), &value[..5]), Err(EntryError::Value(5)));
         assert_eq!(decode(&key(1, 1), &value[..8]), Err(EntryError::Value(8)), "topic cut short");
+        assert_eq!(decode(&key(1, 1), &claimed[..10]), Err(EntryError::Value(10)), "claim cut short");
         assert_eq!(decode(&key(1, 1), &[9; 10]), Err(EntryError::Version(9)));
     }
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# emqx_mod_delayed's pace: N messages (default 2000) published to `$delayed/2/dl/x` with
+# mosquitto_pub -l (QoS 1), all due within the same second or so, and a mosquitto_sub on
+# `dl/#` that prints when each arrived (%U). Prints the time from the first delayed message
+# delivered to the last, REPS times (default 3):
+#   - single: one broker (each message is claimed, a compare-and-set in the store, then
+#     published; then its key is deleted);
+#   - cluster: two brokers on a nats-server -js, the publisher on the first, the subscriber on
+#     the second; both nodes race to claim each message through NATS, one publishes it.
+# The spread includes how long mosquitto_pub took to send them (their due times spread as
+# much): compare rows of one run.
+#
+#   bench/delayed.sh              # needs: mosquitto-clients, nats-server; python3
+#   N=5000 REPS=5 bench/delayed.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin"
+cargo build --release --workspace >&2
+BIN=target/release
+N=${N:-2000}
+REPS=${REPS:-3}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
+export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
+
+# One broker in a fresh data directory with emqx_mod_delayed, on port $1; extra env after.
+start_broker() {
+  local port=$1 dir
+  shift
+  dir=$(mktemp -d -p "$WORK")
+  echo "{emqx_mod_delayed, true}." >"$dir/loaded_plugins"
+  env "$@" "$BIN/broker" --data-dir "$dir" --listen "127.0.0.1:$port" >"$dir/log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$port"
+}
+
+# Publishes N delayed messages on port $1, receives them on port $2; prints the spread in ms.
+spread() {
+  local out="$WORK/got" deadline=$((SECONDS + 120))
+  : >"$out"
+  stdbuf -oL mosquitto_sub -p "$2" -t 'dl/#' -q 1 -F '%t %U' >"$out" &
+  local sub=$!
+  # Subscribed once a marker published after it comes back.
+  until grep -q '^dl/ready ' "$out"; do mosquitto_pub -p "$2" -t dl/ready -q 1 -m ready; sleep 0.05; done
+  seq 1 "$N" | mosquitto_pub -p "$1" -t '$delayed/2/dl/x' -q 1 -l
+  until [ "$(grep -c '^dl/x ' "$out")" -ge "$N" ] || [ $SECONDS -gt $deadline ]; do sleep 0.1; done
+  kill "$sub"; wait "$sub" 2>/dev/null || true
+  python3 -c "
+l = [float(x.split()[1]) for x in open('$out') if x.startswith('dl/x ')]
+print(f'{len(l)} of $N delivered, first to last {(l[-1] - l[0]) * 1000:.0f} ms')"
+}
+
+S=$(free_port)
+start_broker "$S"
+NATS=$(free_port); C1=$(free_port); C2=$(free_port)
+nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$NATS"
+start_broker "$C1" BROKER_NODE_NAME=emqx@d1 BROKER_CLUSTER__NATS="nats://127.0.0.1:$NATS"
+start_broker "$C2" BROKER_NODE_NAME=emqx@d2 BROKER_CLUSTER__NATS="nats://127.0.0.1:$NATS"
+for rep in $(seq "$REPS"); do
+  echo "run $rep, $N delayed messages due together"
+  echo -n "  single:  "; spread "$S" "$S"
+  echo -n "  cluster: "; spread "$C1" "$C2"
+done
