@@ -290,6 +290,12 @@ pub struct BrokerSettings {
     /// `broker.sys_heartbeat`); `0` turns them off.
     #[serde(deserialize_with = "duration_text")]
     pub sys_heartbeat: String,
+    /// How long a client waits for a plugin that said it would answer a hook later (a
+    /// `Later`, `HOOK_LATER`) before the host stops waiting: the chain then ends as a refusal
+    /// (`client.connect`, `client.authenticate`, `client.check_acl` deny; `message.publish`
+    /// drops the message), logged and counted (`hooks.answer_timeout`). `0` waits for ever.
+    #[serde(deserialize_with = "duration_text")]
+    pub hook_answer_timeout: String,
 }
 
 impl Default for BrokerSettings {
@@ -300,6 +306,7 @@ impl Default for BrokerSettings {
             malloc_trim_interval: "1s".to_owned(),
             sys_interval: "1m".to_owned(),
             sys_heartbeat: "30s".to_owned(),
+            hook_answer_timeout: "60s".to_owned(),
         }
     }
 }
@@ -313,6 +320,11 @@ impl BrokerSettings {
     /// `sys_interval`, `None` when off.
     pub fn sys_interval(&self) -> Result<Option<Duration>, ConfigError> {
         Ok(Some(duration("broker.sys_interval", &self.sys_interval)?).filter(|d| !d.is_zero()))
+    }
+
+    /// `hook_answer_timeout`, `None` for no deadline.
+    pub fn hook_answer_timeout(&self) -> Result<Option<Duration>, ConfigError> {
+        Ok(Some(duration("broker.hook_answer_timeout", &self.hook_answer_timeout)?).filter(|d| !d.is_zero()))
     }
 
     /// `sys_heartbeat`, `None` when off.

@@ -23,6 +23,7 @@ pub(crate) mod handle;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use std::ffi::c_void;
@@ -33,7 +34,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 
+use crate::log_limit::Throttle;
 use handle::PluginHandle;
+
+/// How long a client waits for a plugin's later answer unless `broker.hook_answer_timeout`
+/// says otherwise.
+pub(crate) const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the plugins of a rewriting chain replaced ([`Hooks::dispatch_rewriting`]).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -150,12 +156,28 @@ struct Pending {
 }
 
 impl Pending {
-    async fn wait(self) -> Answer {
-        match self.receiver.await {
+    /// The plugin's answer, or `None` when `deadline` passed first. The ticket stays the
+    /// plugin's either way (it frees it when it answers), so a late answer is safe, and lost.
+    async fn wait(self, deadline: Option<Duration>) -> Option<Answer> {
+        let answered = match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, self.receiver).await.ok()?,
+            None => self.receiver.await,
+        };
+        Some(match answered {
             Ok(later) => self.written.overridden_by(later),
             // Never: the ticket is dropped only once its answer was sent.
             Err(_) => Answer { result: Some(abi::HOOK_CONTINUE), ..Answer::default() },
-        }
+        })
+    }
+}
+
+/// A chain's verdict when a plugin did not answer in time: a refusal, as EMQX's exhook
+/// `failed_action = deny` (its default): the client is not admitted, the action not allowed,
+/// the message not published.
+fn refusal(hook: Option<Hook>) -> Verdict {
+    match hook {
+        Some(Hook::MessagePublish) => Verdict::Drop,
+        _ => Verdict::Deny,
     }
 }
 
@@ -245,6 +267,13 @@ pub(crate) struct Hooks {
     acl_generation: AtomicU64,
     /// Where a plugin that panicked is reported, to be stopped off the hot path.
     failed: UnboundedSender<Arc<PluginHandle>>,
+    /// How long a client waits for a later answer (`broker.hook_answer_timeout`); `None`:
+    /// for ever.
+    answer_timeout: Option<Duration>,
+    /// Later answers that did not come in time (`hooks.answer_timeout`).
+    answers_timed_out: AtomicU64,
+    /// One warning a minute per plugin whose answers time out.
+    timeouts_logged: Throttle<String>,
 }
 
 impl Hooks {
@@ -257,7 +286,21 @@ impl Hooks {
             table: ArcSwap::from_pointee(HookTable::default()),
             acl_generation: AtomicU64::new(0),
             failed,
+            answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
+            answers_timed_out: AtomicU64::new(0),
+            timeouts_logged: Throttle::new(Duration::from_secs(60)),
         }
+    }
+
+    /// Sets how long a client waits for a plugin's later answer; `None` for ever.
+    pub(crate) fn with_answer_timeout(mut self, timeout: Option<Duration>) -> Hooks {
+        self.answer_timeout = timeout;
+        self
+    }
+
+    /// How many later answers did not come in time since the start.
+    pub(crate) fn answers_timed_out(&self) -> u64 {
+        self.answers_timed_out.load(Ordering::Relaxed)
     }
 
     /// Whether any running plugin wants `hook`. Check it before building an event.
@@ -432,7 +475,11 @@ impl Hooks {
                 Step::Done(verdict) => return (verdict, rewritten),
                 Step::Waiting { next, plugin, answer } => (next, plugin, answer),
             };
-            let answer = answer.wait().await;
+            let Some(answer) = answer.wait(self.answer_timeout).await else {
+                let hook = Hook::from_raw(event_for().hook);
+                self.answer_timed_out(&plugin, hook);
+                return (refusal(hook), rewritten);
+            };
             let ended = {
                 let mut event = rewritten.applied_to(event_for());
                 self.take_answer(&plugin, &mut event, answer, valid, &mut rewritten)
@@ -441,6 +488,20 @@ impl Hooks {
                 return (verdict, rewritten);
             }
             start = next;
+        }
+    }
+
+    /// Counts and logs (once a minute per plugin) a later answer that did not come in time.
+    fn answer_timed_out(&self, plugin: &PluginHandle, hook: Option<Hook>) {
+        self.answers_timed_out.fetch_add(1, Ordering::Relaxed);
+        if let Some(held_back) = self.timeouts_logged.check(plugin.name.clone(), std::time::Instant::now()) {
+            let hook = hook.map_or("a hook", Hook::name);
+            let timeout = self.answer_timeout.unwrap_or_default();
+            tracing::warn!(
+                plugin = plugin.name,
+                "{hook}: no answer within broker.hook_answer_timeout ({timeout:?}); refused ({held_back} more since the \
+                 last such line)"
+            );
         }
     }
 
@@ -761,6 +822,53 @@ mod tests {
         let waker = std::task::Waker::noop();
         let answered = std::future::Future::poll(ask.as_mut(), &mut std::task::Context::from_waker(waker));
         assert!(matches!(answered, std::task::Poll::Ready((Verdict::Deny, _))), "ready at the first poll");
+    }
+
+    /// A plugin that takes the ticket and does not answer (its state: a leaked
+    /// `Mutex<Vec<(ticket, answer fn)>>` where it keeps them).
+    unsafe extern "C" fn never_answer(state: *mut std::ffi::c_void, event: *const RawEvent) -> u32 {
+        // SAFETY: the test's state and the host's event, both live for the call.
+        let (kept, event) = unsafe { (&*(state as *const KeptTickets), &*event) };
+        let Some(answer) = event.answer else { return abi::HOOK_CONTINUE };
+        kept.lock().unwrap().push((event.ticket as usize, answer));
+        abi::HOOK_LATER
+    }
+
+    type KeptTickets = std::sync::Mutex<Vec<(usize, unsafe extern "C" fn(*mut std::ffi::c_void, *const RawAnswer))>>;
+
+    /// `broker.hook_answer_timeout`: a client is not held for ever by a plugin that never
+    /// answers; the chain ends as a refusal, counted; the plugin's answer, when it comes at
+    /// last, is safe (the ticket was still its own) and changes nothing.
+    #[test]
+    fn a_later_answer_that_does_not_come_in_time_refuses() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let hooks = Hooks::new(tokio::sync::mpsc::unbounded_channel().0)
+            .with_answer_timeout(Some(std::time::Duration::from_millis(20)));
+        let kept: &'static KeptTickets = Box::leak(Box::default());
+        let state = kept as *const KeptTickets as *mut std::ffi::c_void;
+        let both = HookMask::of(&[Hook::ClientCheckAcl, Hook::MessagePublish]);
+        let silent = Arc::new(
+            PluginHandle::new("silent".to_owned(), both, HookMask::NONE, 1, 1, never_answer, state).with_later(both),
+        );
+        hooks.install(&[silent]);
+        let broker = crate::client::ClientInfo::broker();
+        let (acl, _) = runtime.block_on(hooks.dispatch_later(|| broker.event(Hook::ClientCheckAcl, 0), |_| false));
+        assert_eq!(acl, Verdict::Deny);
+        let (publish, _) = runtime.block_on(hooks.dispatch_later(|| broker.event(Hook::MessagePublish, 0), |_| true));
+        assert_eq!(publish, Verdict::Drop, "a message no plugin vouched for in time is not published");
+        assert_eq!(hooks.answers_timed_out(), 2);
+        let reply = abi::RawAnswer {
+            size: std::mem::size_of::<abi::RawAnswer>() as u32,
+            result: abi::HOOK_ALLOW,
+            topic: RawStr::EMPTY,
+            payload: RawBytes::EMPTY,
+            replace_payload: 0,
+            qos: abi::ANSWER_QOS_UNCHANGED,
+        };
+        for (ticket, answer) in kept.lock().unwrap().drain(..) {
+            // SAFETY: each ticket answered once, by its holder, late.
+            unsafe { answer(ticket as *mut std::ffi::c_void, &reply) };
+        }
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let hooks = Arc::new(Hooks::new(failed_tx));
+    let hooks = Arc::new(Hooks::new(failed_tx).with_answer_timeout(settings.broker.hook_answer_timeout()?));
     let router = Router::new(settings.broker.shared_subscription_strategy);
     let auth = crate::auth::Auth::new(settings.allow_anonymous, settings.auth.policy()?);
     let mut node = Node::new(zone, hooks.clone(), stats, router).with_auth(auth).with_name(&settings.node_name);

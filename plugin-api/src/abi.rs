@@ -103,7 +103,10 @@ pub const HOOK_PANICKED: u32 = 0x100;
 /// The plugin will answer later, through the event's [`RawEvent::answer`] (only when the
 /// host offered it: the hook is in the plugin's [`PluginDescriptor::later_hooks`] and
 /// [`RawEvent::answer`] is set). The plugin then calls `answer` exactly once, from any
-/// thread, now or later; with any other return value it must not call it.
+/// thread, now or later; with any other return value it must not call it. The host waits
+/// for the answer at most its `broker.hook_answer_timeout` (default 60 s): past it the chain
+/// ends as a refusal (deny; `message.publish`: the message is dropped), and the answer, when
+/// it comes, is taken and ignored (the ticket stays valid until `answer` is called).
 pub const HOOK_LATER: u32 = 6;
 /// [`RawAnswer::qos`] when the answer does not change the message's QoS.
 pub const ANSWER_QOS_UNCHANGED: u8 = 0xFF;

@@ -14,7 +14,9 @@ use crate::info::Hook;
 /// answers [`HookResult::Continue`] (no opinion), and dropping it while the thread panics
 /// reports the panic to the host (which stops the plugin), so a client never waits for an
 /// answer that cannot come. Until it is answered, the client the event is about waits (its
-/// later packets wait behind it); nothing else does.
+/// later packets wait behind it); nothing else does. The host waits at most its
+/// `broker.hook_answer_timeout` (default 60 s): then the chain refuses (deny; a message is
+/// dropped), and a later answer is ignored.
 #[derive(Debug)]
 pub struct Later {
     ticket: NonNull<c_void>,

@@ -1,7 +1,8 @@
 //! The plugin written in C (`tests/fixtures/c_counter/c_counter.c`, built against
 //! `plugin-api/include/broker_plugin.h`) in the real broker: loaded from `loaded_plugins`,
 //! counting publishes, answering `ctl`, denying a topic in `client.check_acl`, and unloaded,
-//! loaded and reloaded by name like any plugin.
+//! loaded and reloaded by name like any plugin; a later answer it never gives is given up on
+//! after `broker.hook_answer_timeout`.
 
 use e2e::{wait_until, Client, DataDir};
 use rumqttc::QoS;
@@ -93,4 +94,27 @@ async fn c_plugin_counts_denies_answers_ctl_and_reloads_by_name() {
     wait_for_count(&dir, 3);
 
     assert_eq!(dir.read("loaded_plugins"), "{c_counter, true}.\n");
+}
+
+/// A plugin that takes a later answer's ticket and never answers (a bug `c_counter` has on
+/// purpose for `c/silent`) holds its client only until `broker.hook_answer_timeout`: the
+/// publish is then refused (not delivered; the publisher's next messages go through), logged
+/// and counted in `hooks.answer_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_answer_never_given_is_given_up_on_after_the_timeout() {
+    let (dir, broker) = e2e::start_broker("{c_counter, true}.\n", &[("BROKER_BROKER__HOOK_ANSWER_TIMEOUT", "300ms")]);
+    let mut sub = Client::connect(&broker, "silent-sub").await;
+    sub.subscribe("c/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&broker, "silent-pub").await;
+    assert_eq!(first_after_silent_topic(&mut publisher, &mut sub).await, "c/marker");
+    broker.wait_for_log("client.check_acl: no answer within broker.hook_answer_timeout (300ms); refused");
+    let metrics = dir.ctl(&["broker", "metrics"]).ok();
+    assert!(metrics.lines().any(|l| l.split_whitespace().eq(["hooks.answer_timeout", ":", "1"])), "{metrics}");
+}
+
+/// Publishes to `c/silent`, then a marker; the topic of the first message `sub` gets.
+async fn first_after_silent_topic(publisher: &mut Client, sub: &mut Client) -> String {
+    publisher.publish_acked("c/silent", QoS::AtLeastOnce, "never answered").await;
+    publisher.publish_acked("c/marker", QoS::AtLeastOnce, "marker").await;
+    sub.receive(1).await.remove(0).topic
 }

@@ -117,6 +117,7 @@ impl HostShared {
                 .metrics
                 .all()
                 .map(|(name, value)| (name.to_owned(), value))
+                .chain(std::iter::once(("hooks.answer_timeout".to_owned(), node.hooks.answers_timed_out())))
                 .chain(crate::lock(&self.plugin_metrics).iter().map(|(name, value)| (name.clone(), *value)))
                 .collect(),
             hooks,
