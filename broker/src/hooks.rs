@@ -746,6 +746,18 @@ mod tests {
         abi::HOOK_LATER
     }
 
+    /// A later answer that changes nothing of the message: only `result`.
+    fn verdict_only(result: u32) -> abi::RawAnswer {
+        abi::RawAnswer {
+            size: std::mem::size_of::<abi::RawAnswer>() as u32,
+            result,
+            topic: RawStr::EMPTY,
+            payload: RawBytes::EMPTY,
+            replace_payload: 0,
+            qos: abi::ANSWER_QOS_UNCHANGED,
+        }
+    }
+
     /// A plugin that answers later, but before it returns: Deny.
     unsafe extern "C" fn answer_before_returning(_state: *mut std::ffi::c_void, event: *const RawEvent) -> u32 {
         // SAFETY: the host's event, valid for this call.
@@ -753,14 +765,7 @@ mod tests {
         let Some(answer) = event.answer else {
             return abi::HOOK_DENY;
         };
-        let reply = abi::RawAnswer {
-            size: std::mem::size_of::<abi::RawAnswer>() as u32,
-            result: abi::HOOK_DENY,
-            topic: RawStr::EMPTY,
-            payload: RawBytes::EMPTY,
-            replace_payload: 0,
-            qos: abi::ANSWER_QOS_UNCHANGED,
-        };
+        let reply = verdict_only(abi::HOOK_DENY);
         // SAFETY: the event's ticket, answered once.
         unsafe { answer(event.ticket, &reply) };
         abi::HOOK_LATER
@@ -857,14 +862,7 @@ mod tests {
         let (publish, _) = runtime.block_on(hooks.dispatch_later(|| broker.event(Hook::MessagePublish, 0), |_| true));
         assert_eq!(publish, Verdict::Drop, "a message no plugin vouched for in time is not published");
         assert_eq!(hooks.answers_timed_out(), 2);
-        let reply = abi::RawAnswer {
-            size: std::mem::size_of::<abi::RawAnswer>() as u32,
-            result: abi::HOOK_ALLOW,
-            topic: RawStr::EMPTY,
-            payload: RawBytes::EMPTY,
-            replace_payload: 0,
-            qos: abi::ANSWER_QOS_UNCHANGED,
-        };
+        let reply = verdict_only(abi::HOOK_ALLOW);
         for (ticket, answer) in kept.lock().unwrap().drain(..) {
             // SAFETY: each ticket answered once, by its holder, late.
             unsafe { answer(ticket as *mut std::ffi::c_void, &reply) };

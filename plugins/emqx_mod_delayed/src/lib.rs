@@ -59,6 +59,9 @@ const MAX_DELAY_SECS: u64 = 4_294_967;
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a message whose claim the store could not decide waits before it is tried again.
 const RETRY_MS: u64 = 1_000;
+/// How long a message whose claim lost waits before it is looked at again (unless the
+/// change that won reaches this node first).
+const CONFLICT_RETRY_MS: u64 = 100;
 /// How long the thread that follows the bucket waits for a change before it looks at `stopping`.
 const WATCH_POLL: Duration = Duration::from_millis(200);
 
@@ -156,7 +159,11 @@ impl Shared {
                 let now_stored = self.bucket.get(key);
                 let mut held = lock(&self.held);
                 match now_stored.map(|value| value.map(|value| store::decode(key, &value))) {
-                    Ok(Some(Ok((_, message, claim)))) => held.add(*key, Entry::new(message, claim)),
+                    // Tried again a little later, if not changed meanwhile: in a cluster the
+                    // local store may not have the change that won yet (the follower brings it).
+                    Ok(Some(Ok((_, message, claim)))) => {
+                        held.add(*key, Entry { message, claim, retry_at_ms: now + CONFLICT_RETRY_MS })
+                    }
                     Ok(None) => drop(held.remove(key)),
                     Ok(Some(Err(e))) => {
                         held.remove(key);
