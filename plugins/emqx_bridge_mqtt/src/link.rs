@@ -365,11 +365,7 @@ async fn drive_v5(
                         eventloop.state.collision = None;
                     }
                 }
-                // (QoS 0 goes out with id 0, and is never resent.)
-                if let Event::Outgoing(Outgoing::Publish(pkid @ 1..)) = &event {
-                    sends += 1;
-                    sent_at.insert(*pkid, sends);
-                }
+                note_sent(&event, &mut sent_at, &mut sends);
                 let closed = matches!(event, Event::Outgoing(Outgoing::Disconnect));
                 if let Some(event) = convert(event) {
                     if tx.send(event).is_err() {
@@ -382,6 +378,9 @@ async fn drive_v5(
             }
             Err(error) => {
                 for event in eventloop.state.events.drain(..).collect::<Vec<_>>() {
+                    // Sent before the failure, but not yet told: without this its id kept the
+                    // time of its previous use, and its message was resent ahead of older ones.
+                    note_sent(&event, &mut sent_at, &mut sends);
                     if let Some(event) = convert(event) {
                         let _ = tx.send(event);
                     }
@@ -405,5 +404,15 @@ async fn drive_v5(
                 });
             }
         }
+    }
+}
+
+/// Numbers each PUBLISH sent, by packet id (`sent_at`), so that what is in flight when the
+/// connection fails is resent in the order it was sent. QoS 0 goes out with id 0, and is never
+/// resent.
+fn note_sent(event: &rumqttc::v5::Event, sent_at: &mut HashMap<u16, u64>, sends: &mut u64) {
+    if let rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid @ 1..)) = event {
+        *sends += 1;
+        sent_at.insert(*pkid, *sends);
     }
 }
