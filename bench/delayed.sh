@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # emqx_mod_delayed's pace: N messages (default 2000) published to `$delayed/2/dl/x` with
 # mosquitto_pub -l (QoS 1), all due within the same second or so, and a mosquitto_sub on
-# `dl/#` that prints when each arrived (%U). Prints the time from the first delayed message
-# delivered to the last, REPS times (default 3):
+# `dl/#` that prints when each arrived (%U). Prints, REPS times (default 3), how long the
+# publishing took (each $delayed/ message is stored before its PUBACK: in a cluster, in NATS),
+# the time from the first delivered to the last (at least the publishing's spread), and how
+# long after it fell due the last one arrived (its due time is at most the end of the
+# publishing plus 2 s, so this is at least how late it was):
 #   - single: one broker (each message is claimed, a compare-and-set in the store, then
 #     published; then its key is deleted);
 #   - cluster: two brokers on a nats-server -js, the publisher on the first, the subscriber on
 #     the second; both nodes race to claim each message through NATS, one publishes it.
-# The spread includes how long mosquitto_pub took to send them (their due times spread as
-# much): compare rows of one run.
 #
 #   bench/delayed.sh              # needs: mosquitto-clients, nats-server; python3
 #   N=5000 REPS=5 bench/delayed.sh
@@ -46,12 +47,17 @@ spread() {
   local sub=$!
   # Subscribed once a marker published after it comes back.
   until grep -q '^dl/ready ' "$out"; do mosquitto_pub -p "$2" -t dl/ready -q 1 -m ready; sleep 0.05; done
+  local started ended
+  started=$(date +%s.%N)
   seq 1 "$N" | mosquitto_pub -p "$1" -t '$delayed/2/dl/x' -q 1 -l
+  ended=$(date +%s.%N)
   until [ "$(grep -c '^dl/x ' "$out")" -ge "$N" ] || [ $SECONDS -gt $deadline ]; do sleep 0.1; done
   kill "$sub"; wait "$sub" 2>/dev/null || true
   python3 -c "
 l = [float(x.split()[1]) for x in open('$out') if x.startswith('dl/x ')]
-print(f'{len(l)} of $N delivered, first to last {(l[-1] - l[0]) * 1000:.0f} ms')"
+late = (l[-1] - ($ended + 2)) * 1000
+print(f'{len(l)} of $N delivered; published in {($ended - $started) * 1000:.0f} ms, delivered first to last in '
+      f'{(l[-1] - l[0]) * 1000:.0f} ms, the last {late:.0f} ms after it fell due')"
 }
 
 S=$(free_port)

@@ -38,6 +38,10 @@ impl Reply {
     }
 }
 
+/// A compare-and-set: a one-operation batch, the value its key must hold (`None`: absent), and
+/// where the verdict goes.
+type Swap = (Batch, Option<Vec<u8>>, SyncSender<Result<bool, StoreError>>);
+
 enum Request {
     Commit(Batch, Reply),
     /// A one-operation batch applied only if its key holds the expected value (`None`: absent).
@@ -168,19 +172,24 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, queue: Receiver<Request>) {
+        // A request taken from the queue after a run of swaps: the next round starts with it.
+        let mut carried = None;
         loop {
-            let first = match self.next_deadline() {
-                None => match queue.recv() {
-                    Ok(request) => request,
-                    Err(_) => return self.finish(),
-                },
-                Some(deadline) => match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(request) => request,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync_now();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return self.finish(),
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match self.next_deadline() {
+                    None => match queue.recv() {
+                        Ok(request) => request,
+                        Err(_) => return self.finish(),
+                    },
+                    Some(deadline) => match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.sync_now();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                    },
                 },
             };
             let mut group = Vec::new();
@@ -212,7 +221,20 @@ impl Worker {
                     return;
                 }
                 Some(Request::Swap(change, expected, reply)) => {
-                    let _ = reply.send(self.swap(&change, expected.as_deref()));
+                    // The swaps queued right behind it are decided with it, in order, and
+                    // made durable together (one fsync for claimers racing, say).
+                    let mut swaps = vec![(change, expected, reply)];
+                    while swaps.len() < MAX_GROUP_OPS {
+                        match queue.try_recv() {
+                            Ok(Request::Swap(change, expected, reply)) => swaps.push((change, expected, reply)),
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.swap_group(swaps);
                 }
                 Some(Request::Commit(..)) | None => {}
             }
@@ -301,29 +323,48 @@ impl Worker {
         }
     }
 
-    /// Applies `change` (one put or delete) if its key holds `expected`; whether it did.
-    fn swap(&mut self, change: &Batch, expected: Option<&[u8]>) -> Result<bool, StoreError> {
-        let ops: Vec<Op<'_>> = change
-            .entries()
-            .filter_map(|entry| match entry {
-                Entry::Op(op) => Some(op),
-                Entry::DeletePrefix { .. } => None,
-            })
-            .collect();
-        let [op] = ops[..] else { return Err(StoreError::Backend("a swap changes one key".to_owned())) };
-        if self.backend.get(op.bucket, op.key)?.as_deref() != expected {
-            return Ok(false);
+    /// Decides `swaps` in order, each against what the store holds and what the swaps before
+    /// it in the group changed; applies the winners' changes as one transaction, then tells
+    /// each caller whether it won (or the error, for all winners, if the apply failed).
+    fn swap_group(&mut self, swaps: Vec<Swap>) {
+        let mut decided: HashMap<(&str, &[u8]), Option<&[u8]>> = HashMap::with_capacity(swaps.len());
+        let mut ops: Vec<Op<'_>> = Vec::with_capacity(swaps.len());
+        let mut verdicts: Vec<Result<bool, StoreError>> = Vec::with_capacity(swaps.len());
+        for (change, expected, _) in &swaps {
+            let mut entries = change.entries();
+            let (Some(Entry::Op(op)), None) = (entries.next(), entries.next()) else {
+                verdicts.push(Err(StoreError::Backend("a swap changes one key".to_owned())));
+                continue;
+            };
+            let holds = match decided.get(&(op.bucket, op.key)) {
+                Some(value) => *value == expected.as_deref(),
+                None => match self.backend.get(op.bucket, op.key) {
+                    Ok(value) => value.as_deref() == expected.as_deref(),
+                    Err(e) => {
+                        verdicts.push(Err(e));
+                        continue;
+                    }
+                },
+            };
+            if holds {
+                decided.insert((op.bucket, op.key), op.value);
+                ops.push(op);
+            }
+            verdicts.push(Ok(holds));
         }
-        let applied = self.apply(&ops, 1);
-        match applied {
-            Ok(()) => {
-                self.watchers.notify(&ops);
-                Ok(true)
-            }
-            Err(e) => {
+        let applied = if ops.is_empty() { Ok(()) } else { self.apply(&ops, ops.len() as u64) };
+        match &applied {
+            Ok(()) => self.watchers.notify(&ops),
+            Err(_) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(e)
             }
+        }
+        for ((_, _, reply), verdict) in swaps.iter().zip(verdicts) {
+            let verdict = match (verdict, &applied) {
+                (Ok(true), Err(e)) => Err(e.copy()),
+                (verdict, _) => verdict,
+            };
+            let _ = reply.send(verdict);
         }
     }
 

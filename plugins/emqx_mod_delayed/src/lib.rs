@@ -62,6 +62,12 @@ const RETRY_MS: u64 = 1_000;
 /// How long a message whose claim lost waits before it is looked at again (unless the
 /// change that won reaches this node first).
 const CONFLICT_RETRY_MS: u64 = 100;
+/// At most this many due messages are claimed, then published, in one round (a backlog goes
+/// out round after round, not claimed whole before the first is published).
+const ROUND: usize = 1024;
+/// At most this many claims are made at once (each on a thread of its own, for one round of
+/// due messages).
+const CLAIMERS: usize = 16;
 /// How long the thread that follows the bucket waits for a change before it looks at `stopping`.
 const WATCH_POLL: Duration = Duration::from_millis(200);
 
@@ -113,19 +119,18 @@ impl Shared {
                 return;
             }
             let now = now_ms();
-            let due = held.due(now);
+            let due = held.due(now, ROUND);
             if !due.is_empty() {
                 drop(held);
                 let mut published = StoreBatch::new();
-                for (key, entry) in &due {
-                    if self.claim(key, entry, now) {
-                        let message = &entry.message;
-                        let qos = QoS::from_u8(message.qos);
-                        if let Err(e) = self.host.publish(&message.topic, &message.payload, qos, message.retain) {
-                            self.host.warn(&format!("delayed publish to {} failed: {e}", message.topic));
-                        }
-                        published.delete(key);
+                let claimed = self.claim_all(&due, now);
+                for ((key, entry), _) in due.iter().zip(claimed).filter(|(_, won)| *won) {
+                    let message = &entry.message;
+                    let qos = QoS::from_u8(message.qos);
+                    if let Err(e) = self.host.publish(&message.topic, &message.payload, qos, message.retain) {
+                        self.host.warn(&format!("delayed publish to {} failed: {e}", message.topic));
                     }
+                    published.delete(key);
                 }
                 if let Err(e) = self.bucket.commit(&published) {
                     self.host.warn(&format!(
@@ -142,6 +147,33 @@ impl Shared {
                 .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
             held = self.changed.wait_timeout(held, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+
+    /// Claims each of `due` (see [`Shared::claim`]), up to [`CLAIMERS`] at a time: in a
+    /// cluster each claim is a round trip to NATS, and on one node claims made together share
+    /// an fsync. Whether each was won, in `due`'s order (the winners are then published in it).
+    fn claim_all(&self, due: &[(store::Key, Entry)], now: u64) -> Vec<bool> {
+        let claim_part = |part: &[(store::Key, Entry)]| -> Vec<bool> {
+            part.iter().map(|(key, entry)| self.claim(key, entry, now)).collect()
+        };
+        if due.len() < 2 {
+            return claim_part(due);
+        }
+        let part_len = due.len().div_ceil(CLAIMERS);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = due
+                .chunks(part_len)
+                .map(|part| (part, std::thread::Builder::new().spawn_scoped(scope, move || claim_part(part))))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|(part, claimer)| match claimer {
+                    Ok(claimer) => claimer.join().unwrap_or_else(|_| vec![false; part.len()]),
+                    // No thread to be had: this one claims them.
+                    Err(_) => claim_part(part),
+                })
+                .collect()
+        })
     }
 
     /// Claims the message under `key` (as `entry` says it is stored) for this run: whether it

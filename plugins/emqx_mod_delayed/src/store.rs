@@ -191,11 +191,12 @@ impl Held {
     }
 
     /// The entries, with their keys, that may be claimed at `now_ms`, in the order they fell
-    /// due (still held: [`Held::remove`] those published).
-    pub fn due(&self, now_ms: u64) -> Vec<(Key, Entry)> {
+    /// due, at most `limit` (still held: [`Held::remove`] those published).
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<(Key, Entry)> {
         self.messages
             .range(..key(now_ms, 0))
             .filter(|(_, e)| e.ready_at_ms() <= now_ms)
+            .take(limit)
             .map(|(k, e)| (*k, e.clone()))
             .collect()
     }
@@ -246,11 +247,12 @@ mod tests {
         }
         assert!(key(10, u64::MAX) < key(11, 0));
         let topics = |v: Vec<(Key, Entry)>| v.into_iter().map(|(_, e)| e.message.topic).collect::<Vec<_>>();
-        assert_eq!(topics(held.due(20)), ["a", "a2"], "b's millisecond has not passed yet");
-        for (k, _) in held.due(20) {
+        assert_eq!(topics(held.due(20, usize::MAX)), ["a", "a2"], "b's millisecond has not passed yet");
+        assert_eq!(topics(held.due(20, 1)), ["a"], "at most the limit, the first due first");
+        for (k, _) in held.due(20, usize::MAX) {
             held.remove(&k);
         }
-        assert_eq!(topics(held.due(21)), ["b"]);
+        assert_eq!(topics(held.due(21, usize::MAX)), ["b"]);
         assert_eq!(held.next_ready(20), Some(21));
     }
 
@@ -261,13 +263,17 @@ mod tests {
         held.add(key(10, 0), Entry::new(message(10, "claimed"), Some(claim)));
         held.add(key(20, 1), Entry::new(message(20, "free"), None));
         let topics = |v: Vec<(Key, Entry)>| v.into_iter().map(|(_, e)| e.message.topic).collect::<Vec<_>>();
-        assert_eq!(topics(held.due(2_000)), ["free"], "claimed by a run that may still publish it");
+        assert_eq!(topics(held.due(2_000, usize::MAX)), ["free"], "claimed by a run that may still publish it");
         held.get_mut(&key(20, 1)).unwrap().retry_at_ms = 2_500;
-        assert_eq!(held.due(2_000), []);
+        assert_eq!(held.due(2_000, usize::MAX), []);
         assert_eq!(held.next_ready(2_000), Some(2_500));
         held.remove(&key(20, 1));
         assert_eq!(held.next_ready(2_000), Some(1_000 + CLAIM_TIMEOUT_MS));
-        assert_eq!(topics(held.due(1_000 + CLAIM_TIMEOUT_MS)), ["claimed"], "its claimer is gone: claimed again");
+        assert_eq!(
+            topics(held.due(1_000 + CLAIM_TIMEOUT_MS, usize::MAX)),
+            ["claimed"],
+            "its claimer is gone: claimed again"
+        );
     }
 
     #[test]
