@@ -10,7 +10,7 @@
 //!   as durable as [`SyncMode`] promises.
 //! - **Compare and set**: [`Store::swap`] changes one key only if it still holds the value
 //!   the caller saw, in order with every commit around it (so two writers racing for one key
-//!   cannot both win).
+//!   cannot both win); swaps queued together are decided in order and made durable together.
 //! - **Change feed**: [`Store::watch`] sees every committed put and delete under a bucket and
 //!   key prefix, in commit order, whoever made it.
 //! - **Backends** implement [`Backend`]: [`Embedded`] (redb, one file in the data directory) is

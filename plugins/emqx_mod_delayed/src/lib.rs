@@ -13,10 +13,11 @@
 //! `data/emqx_mod_delayed.json` left by an older version is imported and renamed
 //! `emqx_mod_delayed.json.imported` (a damaged one is left in place, with a warning).
 //!
-//! **Published once, by one node.** When a message falls due, the module's thread first
-//! *claims* it: a compare-and-set of its key ([`plugin_api::store::Bucket::swap`]) from the
-//! value it holds to the same value marked with this run's id and the time. Only the run whose
-//! claim succeeds publishes it, then deletes its key. In a cluster, with the bucket shared
+//! **Published once, by one node.** When a message falls due, the module first *claims* it: a
+//! compare-and-set of its key ([`plugin_api::store::Bucket::swap`]) from the value it holds to
+//! the same value marked with this run's id and the time (up to 16 claims at once, for at most
+//! 1024 due messages a round). Only the run whose claim succeeds publishes it (the winners of
+//! a round in the order they fell due), then deletes its key. In a cluster, with the bucket shared
 //! (`[cluster] shared_state`, which names this module by default), every node holds every
 //! node's messages (a second thread follows the bucket's changes) and NATS decides each claim,
 //! so each message is published by exactly one node, and a node that dies with messages held
