@@ -461,12 +461,14 @@ impl<T: Transport> Connection<T> {
         let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take().map(|w| *w) };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
-        let session_ended = node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
+        // Before the session is handed over: a connection that takes it over (or discards it)
+        // runs its session hooks after this one's `client.disconnected`, as EMQX orders them.
         if node.hooks.wants(Hook::ClientDisconnected) {
             let mut event = self.client.event(Hook::ClientDisconnected, crate::now_ms());
             event.reason = RawStr::new(ended.reason());
             node.hooks.dispatch(&event);
         }
+        let session_ended = node.sessions.close(&node, &self.session, self.id, &self.client, will, taken_over);
         if session_ended {
             node.session_terminated(&self.client, &self.client.client_id, ended.reason());
         }
