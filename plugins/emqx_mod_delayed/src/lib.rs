@@ -192,6 +192,9 @@ impl Shared {
                 let now_stored = self.bucket.get(key);
                 let mut held = lock(&self.held);
                 match now_stored.map(|value| value.map(|value| store::decode(key, &value))) {
+                    // This run's own claim (a stale copy of the message was held): it is being
+                    // or was published.
+                    Ok(Some(Ok((_, _, Some(claim))))) if claim.by == self.run_id => drop(held.remove(key)),
                     // Tried again a little later, if not changed meanwhile: in a cluster the
                     // local store may not have the change that won yet (the follower brings it).
                     Ok(Some(Ok((_, message, claim)))) => {
@@ -259,6 +262,9 @@ impl Shared {
             let mut held = lock(&self.held);
             match change.value.map(|value| store::decode(&key, &value)) {
                 None => drop(held.remove(&key)),
+                // This run's own claim, seen again: the message left the list when it was
+                // claimed, and is being published.
+                Some(Ok((_, _, Some(claim)))) if claim.by == self.run_id => continue,
                 Some(Ok((_, message, claim))) => held.add(key, Entry::new(message, claim)),
                 Some(Err(e)) => {
                     drop(held);
