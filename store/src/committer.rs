@@ -44,8 +44,7 @@ type Swap = (Batch, Option<Vec<u8>>, SyncSender<Result<bool, StoreError>>);
 
 enum Request {
     Commit(Batch, Reply),
-    /// A one-operation batch applied only if its key holds the expected value (`None`: absent).
-    Swap(Batch, Option<Vec<u8>>, SyncSender<Result<bool, StoreError>>),
+    Swap(Swap),
     Close(SyncSender<Verdict>),
 }
 
@@ -94,7 +93,7 @@ impl Committer {
 
     pub(crate) fn swap_blocking(&self, change: Batch, expected: Option<Vec<u8>>) -> Result<bool, StoreError> {
         let (reply, verdict) = mpsc::sync_channel(1);
-        self.send(Request::Swap(change, expected, reply))?;
+        self.send(Request::Swap((change, expected, reply)))?;
         verdict.recv().unwrap_or(Err(StoreError::Closed))
     }
 
@@ -220,13 +219,13 @@ impl Worker {
                     let _ = reply.send(self.backend.sync());
                     return;
                 }
-                Some(Request::Swap(change, expected, reply)) => {
+                Some(Request::Swap(swap)) => {
                     // The swaps queued right behind it are decided with it, in order, and
                     // made durable together (one fsync for claimers racing, say).
-                    let mut swaps = vec![(change, expected, reply)];
+                    let mut swaps = vec![swap];
                     while swaps.len() < MAX_GROUP_OPS {
                         match queue.try_recv() {
-                            Ok(Request::Swap(change, expected, reply)) => swaps.push((change, expected, reply)),
+                            Ok(Request::Swap(swap)) => swaps.push(swap),
                             Ok(other) => {
                                 carried = Some(other);
                                 break;

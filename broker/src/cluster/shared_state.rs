@@ -97,6 +97,18 @@ impl SharedState {
         }
     }
 
+    /// Commits `batch`, this node's writes the shared bucket numbered `numbers`, to the local
+    /// store, and remembers the numbers until the follower sees them come back; unless it
+    /// already followed past them all (it applied these writes, and any later ones of the same
+    /// keys). Called with `own` locked, so the follower cannot apply the keys meanwhile.
+    fn commit_written(&self, own: &mut Own, numbers: Vec<(String, u64)>, batch: Batch) -> Result<(), StoreError> {
+        if numbers.iter().all(|(_, n)| *n <= *self.applied.borrow()) {
+            return Ok(());
+        }
+        own.latest.extend(numbers);
+        self.store.commit(batch)
+    }
+
     /// Whether `bucket` (a store bucket name) is shared with the other nodes.
     pub(crate) fn shares(&self, bucket: &str) -> bool {
         self.prefixes.iter().any(|p| bucket.starts_with(p.as_str()))
@@ -211,26 +223,13 @@ impl Cluster {
         let state = self.shared_state.get().expect("commit_shared on a shared bucket");
         let keys: Vec<(String, Vec<u8>)> = ops.iter().map(|(bucket, key, _)| (bucket.clone(), key.clone())).collect();
         let written = if self.reachable() {
-            self.block_on(|cluster| async move {
-                let written = tokio::time::timeout(WRITE_TIMEOUT, cluster.write_shared(&ops)).await;
-                written.unwrap_or_else(|_| Err(format!("no answer within {WRITE_TIMEOUT:?}")))
-            })
-            .unwrap_or_else(|why| Err(why.to_owned()))
+            self.ask_bucket(|cluster| async move { cluster.write_shared(&ops).await })
         } else {
             Err("NATS is not reachable".to_owned())
         };
         let mut own = crate::lock(&state.own);
         match written {
-            Ok(numbers) => {
-                // Already followed past them: the follower applied these writes (and any
-                // later ones of the same keys) to the local store.
-                if numbers.iter().all(|(_, n)| *n <= *state.applied.borrow()) {
-                    return Ok(());
-                }
-                for (key, n) in numbers {
-                    own.latest.insert(key, n);
-                }
-            }
+            Ok(numbers) => state.commit_written(&mut own, numbers, batch),
             Err(why) => {
                 if state.local_only.check((), Instant::now()).is_some() {
                     tracing::warn!(
@@ -238,9 +237,9 @@ impl Cluster {
                     );
                 }
                 crate::lock(&state.unsent).extend(keys);
+                state.store.commit(batch)
             }
         }
-        state.store.commit(batch)
     }
 
     /// Compare and set on one shared key ([`store::Store::swap`] for a cluster): the shared
@@ -267,25 +266,29 @@ impl Cluster {
         };
         let (owned_bucket, owned_key) = (bucket.to_owned(), key.to_vec());
         let (expected, new) = (expected.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec));
-        let swapped = self
-            .block_on(|cluster| async move {
-                let swapped = cluster.swap_in_bucket(&owned_bucket, &owned_key, expected.as_deref(), new.as_deref());
-                let swapped = tokio::time::timeout(WRITE_TIMEOUT, swapped).await;
-                swapped.unwrap_or_else(|_| Err(format!("NATS gave no answer within {WRITE_TIMEOUT:?}")))
-            })
-            .unwrap_or_else(|why| Err(why.to_owned()));
+        let swapped = self.ask_bucket(|cluster| async move {
+            cluster.swap_in_bucket(&owned_bucket, &owned_key, expected.as_deref(), new.as_deref()).await
+        });
         let mut own = crate::lock(&state.own);
         match swapped {
             Ok(None) => Ok(false),
-            Ok(Some((kv_key, n))) => {
-                if n > *state.applied.borrow() {
-                    own.latest.insert(kv_key, n);
-                    state.store.commit(batch)?;
-                }
-                Ok(true)
-            }
+            Ok(Some(written)) => state.commit_written(&mut own, vec![written], batch).map(|()| true),
             Err(why) => Err(StoreError::Unavailable(why)),
         }
+    }
+
+    /// Runs `work` (a write to the shared bucket) on the cluster's runtime and waits for it,
+    /// at most [`WRITE_TIMEOUT`]. Blocks.
+    fn ask_bucket<T, F>(self: &Arc<Cluster>, work: impl FnOnce(Arc<Cluster>) -> F + Send + 'static) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    {
+        self.block_on(|cluster| async move {
+            let answered = tokio::time::timeout(WRITE_TIMEOUT, work(cluster)).await;
+            answered.unwrap_or_else(|_| Err(format!("no answer within {WRITE_TIMEOUT:?}")))
+        })
+        .unwrap_or_else(|why| Err(why.to_owned()))
     }
 
     /// Writes `new` under the bucket key of `key` if its value there is `expected`: the bucket

@@ -207,11 +207,8 @@ impl Shared {
                         self.host.warn(&format!("a delayed message in the store not loaded: {e}"));
                     }
                     Err(e) => {
-                        if let Some(entry) = held.get_mut(key) {
-                            entry.retry_at_ms = now + RETRY_MS;
-                        }
                         drop(held);
-                        self.claim_undecided(&e);
+                        self.claim_undecided(key, now, &e);
                     }
                 }
                 false
@@ -222,17 +219,18 @@ impl Shared {
                 true
             }
             Err(e) => {
-                if let Some(entry) = lock(&self.held).get_mut(key) {
-                    entry.retry_at_ms = now + RETRY_MS;
-                }
-                self.claim_undecided(&e);
+                self.claim_undecided(key, now, &e);
                 false
             }
         }
     }
 
-    /// Logs (at most once a minute) that a due message could not be claimed.
-    fn claim_undecided(&self, e: &HostError) {
+    /// The claim of the message under `key` could not be decided (`e`): it is tried again in
+    /// [`RETRY_MS`], and that is logged (at most once a minute).
+    fn claim_undecided(&self, key: &store::Key, now: u64, e: &HostError) {
+        if let Some(entry) = lock(&self.held).get_mut(key) {
+            entry.retry_at_ms = now + RETRY_MS;
+        }
         let mut logged = lock(&self.unclaimed_logged);
         if logged.is_some_and(|at| at.elapsed() < DROP_LOG_INTERVAL) {
             return;
