@@ -27,12 +27,9 @@ export PATH="$PATH:/usr/sbin"
 cargo build --release --workspace >&2
 BIN=target/release
 REPS=${REPS:-5}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 N=$(free_port); A=$(free_port); B=$(free_port); C=$(free_port)
 nats-server -a 127.0.0.1 -p "$N" -js -sd "$WORK/nats" >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$N"

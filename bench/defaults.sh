@@ -16,12 +16,9 @@ cargo build --release --workspace >&2
 BIN=target/release
 REPS=${REPS:-5}
 TIMEOUT=${TIMEOUT:-10}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 A=$(free_port); C=$(free_port); D=$(free_port)
 mkdir -p "$WORK/a" && cp data/loaded_plugins data/acl.conf "$WORK/a/"
 DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \

@@ -20,12 +20,9 @@ cargo build --release --workspace >&2
 BIN=target/release
 N=${N:-2000}
 REPS=${REPS:-3}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
 
 # One broker in a fresh data directory with emqx_mod_delayed, on port $1; extra env after.

@@ -18,12 +18,9 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
 REPS=${REPS:-3}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 A=$(free_port); B=$(free_port); D=$(free_port); E=$(free_port)
 for d in a b e; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
 export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn

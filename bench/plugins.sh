@@ -27,12 +27,9 @@ cargo build --release --workspace >&2
 BIN=target/release
 REPS=${REPS:-5}
 TARGETS=${TARGETS:-a b c d}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Waits (up to 5 s) until each process given has used no CPU for 100 ms: the web hook's
 # thread and its receiver go on sending what was queued after a run ends.

@@ -1,4 +1,5 @@
-# Sourced by the bench scripts: a free loopback port, and waiting until something listens on one.
+# Sourced by the bench scripts: a free loopback port, waiting until something listens on one,
+# and the run's workspace.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
   for _ in $(seq 400); do
@@ -6,4 +7,12 @@ wait_port() {
     sleep 0.05
   done
   echo "nothing listens on port $1" >&2; return 1
+}
+
+# The run's workspace: WORK, a temporary directory removed at exit, and PIDS, the processes the
+# script starts (append each one's pid), killed at exit.
+bench_workspace() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 }

@@ -15,16 +15,13 @@ BIN=target/release
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 REPS=${REPS:-5}
 PAYLOAD=${PAYLOAD:-64}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 # Each idle client costs a broker one descriptor.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_workspace
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Waits (up to 5 s) until process $1 has used no CPU for 100 ms: a broker may still be busy
 # after a run (mosquitto spends up to half a second cleaning up), and that work must not fall
