@@ -989,6 +989,36 @@ fn racing_connects_on_two_nodes_leave_one_owner() {
     }
 }
 
+/// Sessions that ended leave nothing in NATS: the owner key of each client id, and the record
+/// of each persistent session, is removed whole (a KV delete would leave a marker behind, one
+/// for every client id the cluster ever saw). A client id given up is taken again at once,
+/// on another node too.
+#[test]
+fn sessions_that_ended_leave_nothing_behind_in_nats() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@g1");
+    let (_d2, n2) = node(&nats, "emqx@g2");
+    let (owners, records) = ("KV_mqtt_sessions", "KV_mqtt_session_records");
+    let clean: Vec<C5> = (0..20).map(|i| C5::connect(&n1, &format!("gone-{i}"))).collect();
+    let persistent: Vec<C5> = (0..5).map(|i| C5::connect_with(&n1, &format!("kept-{i}"), expiry(1)).0).collect();
+    e2e::wait_until("an owner key for each client id", || (nats.stream_messages(owners) == Some(25)).then_some(()));
+    e2e::wait_until("a record for each persistent session", || {
+        (nats.stream_messages(records) == Some(5)).then_some(())
+    });
+    for client in clean.into_iter().chain(persistent) {
+        client.disconnect();
+    }
+    // The clean sessions end with their connections, the persistent ones a second later.
+    e2e::wait_until("no owner key left", || (nats.stream_messages(owners) == Some(0)).then_some(()));
+    e2e::wait_until("no record left", || (nats.stream_messages(records) == Some(0)).then_some(()));
+    // The client ids are free: another node takes them, with no session to hand over.
+    for id in ["gone-0", "kept-0"] {
+        let (_again, ack) = C5::connect_packet(&n2, &e2e::raw::connect5(id, false, expiry(300)));
+        assert!(!ack.session_present, "{id}: a new session ({ack:?})");
+    }
+    e2e::wait_until("the two keys taken again", || (nats.stream_messages(owners) == Some(2)).then_some(()));
+}
+
 /// `kill -9` of the node a persistent subscriber is on, in the middle of a QoS 1 stream from
 /// another node, loses none of the messages whose publisher got a PUBACK (issue "Scale out on
 /// NATS", repeated 20 times): the client reconnects to another node, which revives the session

@@ -22,7 +22,8 @@
 //! old node stop routing to it.
 //!
 //! A session that ends on its owner (its connection closed and it was not to outlive it, it
-//! expired, it was kicked) gives its key up ([`Cluster::disown`]).
+//! expired, it was kicked) gives its key up ([`Cluster::disown`]): the key is removed whole,
+//! leaving no delete marker behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,7 +283,7 @@ impl Cluster {
             let key = key(&client_id);
             let outcome = match record {
                 Some(record) => records.put(&key, Bytes::from(record)).await.map(drop).map_err(|e| e.to_string()),
-                None => records.delete(&key).await.map_err(|e| e.to_string()),
+                None => remove_at(records, &key, None).await.map(drop),
             };
             if let Err(e) = &outcome {
                 tracing::debug!(client_id, "cluster: a session's record was not shared: {e}");
@@ -341,9 +342,12 @@ impl Cluster {
                 return;
             }
             if owner_of(&entry) == Some(cluster.config.node_name.as_str()) {
-                match owners.delete_expect_revision(&key, Some(entry.revision)).await {
-                    Ok(()) if persistent => drop(cluster.share_record(&client_id, None)),
-                    Ok(()) => {}
+                match remove_at(owners, &key, Some(entry.revision)).await {
+                    Ok(true) if persistent => drop(cluster.share_record(&client_id, None)),
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(client_id, "cluster: a session's owner key changed meanwhile; it stays")
+                    }
                     Err(e) => tracing::debug!(client_id, "cluster: a session's owner key stays: {e}"),
                 }
             }
@@ -403,6 +407,25 @@ impl Cluster {
             }
         });
     }
+}
+
+/// Removes `key` from `bucket` if its value is still the one written at `revision` (`None`:
+/// whatever it is), leaving nothing of it: its messages in the bucket's stream up to that
+/// revision are purged. True if there was something to remove.
+///
+/// A KV delete would leave a delete marker, one for every client id ever seen, kept forever
+/// (a bucket keeps each key's last message). The purge is as conditional as a delete at an
+/// expected revision: a value written after `revision` (another node took the key meanwhile)
+/// is after the purge's bound and stays. Nothing watches these buckets, so no watcher misses
+/// a delete.
+async fn remove_at(bucket: &kv::Store, key: &str, revision: Option<u64>) -> Result<bool, String> {
+    let subject = format!("{}{key}", bucket.prefix);
+    let purge = bucket.stream.purge().filter(subject);
+    let purged = match revision {
+        Some(revision) => purge.sequence(revision + 1).await,
+        None => purge.await,
+    };
+    purged.map(|p| p.purged > 0).map_err(|e| format!("removing {key}: {e}"))
 }
 
 /// A session's record to share (`Some`) or forget (`None`), by client id, and who waits for
