@@ -21,7 +21,10 @@
 //! In `core/node`, `alive_at` is the time the node last said it was running: sessions that were
 //! online when the broker died went offline then.
 //!
-//! Values are postcard-encoded, each starting with a format version.
+//! Values are postcard-encoded, each starting with a format version. A queued message that a
+//! share group gave the session is followed by the group ([`ShareTrailer`]), so that a session
+//! read back after a restart still hands it to another member if it ends before its client
+//! took it; a broker that knows no trailer reads the record before it and ignores the rest.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,7 @@ use store::{Batch, Store, StoreError};
 use crate::message::{Delivery, Head, Message};
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::mqtt::Version;
+use crate::router::ShareGroup;
 
 /// The bucket of persistent sessions.
 pub(crate) const BUCKET: &str = "core/sessions";
@@ -104,6 +108,24 @@ pub(crate) struct EntryRecord {
     pub(crate) expires_at_ms: Option<u64>,
     pub(crate) timestamp_ms: u64,
     pub(crate) subscription_ids: Vec<u32>,
+    /// The share group that gave it (written after the record, as [`ShareTrailer`]).
+    #[serde(skip)]
+    pub(crate) share: Option<ShareTrailer>,
+}
+
+/// The share group of a queued message, written after its record: the group's name and its
+/// filter without `$share/<group>/` (what [`ShareGroup`] holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShareTrailer(pub(crate) String, pub(crate) String);
+
+impl ShareTrailer {
+    pub(crate) fn of(share: &ShareGroup) -> ShareTrailer {
+        ShareTrailer(share.name.to_string(), share.path.to_string())
+    }
+
+    pub(crate) fn into_group(self) -> std::sync::Arc<ShareGroup> {
+        std::sync::Arc::new(ShareGroup { name: self.0.into(), path: self.1.into() })
+    }
 }
 
 /// An [`EntryRecord`] borrowed from the message it describes: written to the store as that
@@ -122,6 +144,8 @@ pub(crate) struct EntryView<'a> {
     expires_at_ms: Option<u64>,
     timestamp_ms: u64,
     subscription_ids: &'a [u32],
+    #[serde(skip)]
+    share: Option<&'a ShareGroup>,
 }
 
 impl<'a> EntryView<'a> {
@@ -142,6 +166,7 @@ impl<'a> EntryView<'a> {
             expires_at_ms,
             timestamp_ms: message.timestamp_ms,
             subscription_ids: &delivery.subscription_ids,
+            share: delivery.share.as_deref(),
         }
     }
 }
@@ -160,7 +185,22 @@ impl EntryRecord {
             expires_at_ms: self.expires_at_ms,
             timestamp_ms: self.timestamp_ms,
             subscription_ids: &self.subscription_ids,
+            share: None,
         }
+    }
+
+    /// A record read back from the store: the record, then its share group if one follows.
+    pub(crate) fn decode(bytes: &[u8], client_id: &str) -> Result<EntryRecord, RecordError> {
+        let unreadable = |e: postcard::Error| RecordError::Unreadable {
+            what: "queued message",
+            client_id: client_id.to_owned(),
+            why: e.to_string(),
+        };
+        let (mut record, rest) = postcard::take_from_bytes::<EntryRecord>(bytes).map_err(unreadable)?;
+        if !rest.is_empty() {
+            record.share = Some(postcard::from_bytes(rest).map_err(unreadable)?);
+        }
+        Ok(record)
     }
 
     /// The delivery back, at `seq`.
@@ -181,7 +221,7 @@ impl EntryRecord {
             subscription_ids: self.subscription_ids.into_boxed_slice(),
             seq,
             maybe_sent: true,
-            share: None,
+            share: self.share.map(ShareTrailer::into_group),
         }
     }
 }
@@ -280,7 +320,14 @@ pub(crate) fn put_session(batch: &mut Batch, keys: &Keys, record: &SessionRecord
 pub(crate) fn put_entry(batch: &mut Batch, keys: &Keys, seq: u64, entry: &EntryView<'_>) -> Result<(), StoreError> {
     // Encoded straight into the batch.
     batch
-        .put_with(BUCKET, &keys.entry(seq), |w| postcard::to_io(entry, w).map(drop).map_err(std::io::Error::other))
+        .put_with(BUCKET, &keys.entry(seq), |w| {
+            postcard::to_io(entry, &mut *w).map_err(std::io::Error::other)?;
+            if let Some(share) = entry.share {
+                let trailer = ShareTrailer::of(share);
+                postcard::to_io(&trailer, w).map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        })
         .map(drop)
 }
 
@@ -363,7 +410,7 @@ pub(crate) fn restore(store: &Store) -> Result<Stored, RecordError> {
             };
             let session = &mut sessions[index];
             match (kind, tail.try_into().map(u64::from_be_bytes), tail.try_into().map(u16::from_be_bytes)) {
-                (b'q', Ok(seq), _) => session.entries.push((seq, decode(&value, "queued message", client_id)?)),
+                (b'q', Ok(seq), _) => session.entries.push((seq, EntryRecord::decode(&value, client_id)?)),
                 (b'l', Ok(seq), _) => session.released.push(seq),
                 (b'r', _, Ok(id)) => session.awaiting_rel.push(id),
                 _ => orphans.push(key),
@@ -401,6 +448,7 @@ mod tests {
             expires_at_ms: view.expires_at_ms,
             timestamp_ms: view.timestamp_ms,
             subscription_ids: view.subscription_ids.to_vec(),
+            share: None,
         }
     }
 
@@ -419,6 +467,25 @@ mod tests {
         assert_eq!(encode(&record), stored);
         assert_eq!((record.qos, record.retain, &record.payload[..]), (2, true, &b"payload"[..]));
         assert_eq!((&*record.topic, &record.subscription_ids[..]), (delivery.message.topic(), &[3, 70_000][..]));
+        assert_eq!(EntryRecord::decode(&stored, "c").unwrap(), record, "no share group: no trailer");
+    }
+
+    #[test]
+    fn a_share_groups_message_reads_back_with_its_group_and_older_readers_ignore_it() {
+        let mut delivery = Delivery::for_test(1, b"p");
+        delivery.share = Some(std::sync::Arc::new(ShareGroup { name: "g".into(), path: "a/+".into() }));
+        let mut batch = Batch::new();
+        put_entry(&mut batch, &Keys::new("c"), 1, &EntryView::of(&delivery)).unwrap();
+        let store = Store::in_memory();
+        store.commit(batch).unwrap();
+        let stored = store.get(BUCKET, &Keys::new("c").entry(1)).unwrap().unwrap();
+        let record = EntryRecord::decode(&stored, "c").unwrap();
+        assert_eq!(record.share, Some(ShareTrailer("g".into(), "a/+".into())));
+        let back = record.clone().into_delivery(1, crate::now_ms());
+        assert_eq!(back.share.as_deref(), delivery.share.as_deref());
+        // A reader of the record alone (a broker from before the trailer) reads the same record.
+        let older: EntryRecord = decode(&stored, "entry", "c").unwrap();
+        assert_eq!(EntryRecord { share: record.share.clone(), ..older }, record);
     }
 
     #[test]

@@ -311,6 +311,49 @@ fn a_share_groups_messages_go_to_a_member_on_another_node_when_their_members_ses
     assert_eq!(payload(&second.next_publish()), "next", "nothing twice");
 }
 
+/// A share group's messages keep their group when their member's persistent session moves to
+/// another node: when the session then ends there (MQTT 5 DISCONNECT with Session Expiry 0),
+/// the one in flight and those still queued go to another member, in order.
+#[test]
+fn a_share_groups_messages_keep_their_group_when_their_members_session_moves() {
+    use e2e::raw::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@v1");
+    let (_d2, n2) = node(&nats, "emqx@v2");
+    let share = "$share/g/v/x";
+    let (mut member, _) = C5::connect_with(&n1, "v-member", expiry(300));
+    member.subscribe(share, QoS::AtLeastOnce);
+    member.disconnect();
+    let mut publisher = C5::connect(&n1, "v-pub");
+    for n in 0..5 {
+        publisher.publish("v/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    let mut other = C5::connect(&n2, "v-other");
+    other.subscribe(share, QoS::AtLeastOnce);
+    // The member resumes on node 2 taking one message at a time: one in flight, four queued.
+    let mut props = expiry(300).unwrap();
+    props.receive_maximum = Some(1);
+    let (mut member, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("v-member", false, Some(props)));
+    assert!(ack.session_present, "the session moved ({ack:?})");
+    match member.raw.recv() {
+        Packet::Publish(p) => assert_eq!(payload(&p), "0", "held, unacknowledged"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    let properties = DisconnectProperties {
+        session_expiry_interval: Some(0),
+        reason_string: None,
+        user_properties: Vec::new(),
+        server_reference: None,
+    };
+    let disconnect =
+        Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection, properties: Some(properties) };
+    member.raw.send(&Packet::Disconnect(disconnect));
+    let got: Vec<String> = (0..5).map(|_| payload(&other.next_publish())).collect();
+    assert_eq!(got, ["0", "1", "2", "3", "4"], "the ended member's messages, to the other member, in order");
+    publisher.publish("v/x", QoS::AtLeastOnce, "next");
+    assert_eq!(payload(&other.next_publish()), "next", "nothing twice");
+}
+
 /// NATS going away mid-stream: each node goes on serving its own clients (publishes,
 /// subscriptions and their SUBACKs), says so once, and once NATS is back (same address) the
 /// nodes subscribe again by themselves and messages cross again.

@@ -283,3 +283,38 @@ fn a_full_store_refuses_messages_for_persistent_sessions_and_the_rest_goes_on() 
     got.retain(|topic| acked.contains(topic));
     assert_eq!(got, acked, "every message acknowledged with Success, in order");
 }
+
+/// A share group's messages queued for an offline persistent member are kept with their group
+/// across a restart: when that member's session ends (here its client comes back with Clean
+/// Start, discarding it), they go to another member of the group (MQTT 5 §4.8.2, as EMQX 5),
+/// in order, instead of being lost with the session.
+#[test]
+fn a_share_groups_messages_read_back_after_a_restart_still_go_to_another_member() {
+    use e2e::raw::{connect5, payload, v5, C5};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    let expiry = || Some(v5::ConnectProperties { session_expiry_interval: Some(300), ..v5::ConnectProperties::new() });
+    let (mut away, _) = C5::connect_packet(&broker, &connect5("sg-away", true, expiry()));
+    away.subscribe("$share/g/sg/x", QoS5::AtLeastOnce);
+    away.disconnect();
+    let mut publisher = C5::connect(&broker, "sg-pub");
+    for n in 0..5 {
+        publisher.publish("sg/x", QoS5::AtLeastOnce, &n.to_string());
+    }
+    publisher.disconnect();
+    broker.stop();
+
+    let broker = Broker::start(&dir, &[]);
+    let mut other = C5::connect(&broker, "sg-other");
+    other.subscribe("$share/g/sg/x", QoS5::AtLeastOnce);
+    other.subscribe("sg/end", QoS5::AtLeastOnce);
+    // The member comes back with Clean Start: its session, with the five messages, ends.
+    let (back, ack) = C5::connect_packet(&broker, &connect5("sg-away", true, None));
+    assert!(!ack.session_present);
+    back.disconnect();
+    let mut publisher = C5::connect(&broker, "sg-pub");
+    publisher.publish("sg/end", QoS5::AtLeastOnce, "end");
+    let got: Vec<String> = other.until("sg/end").iter().map(payload).collect();
+    assert_eq!(got, ["0", "1", "2", "3", "4"], "the ended member's messages, to the other member");
+}

@@ -12,6 +12,11 @@
 //! Packet ids are kept, so a QoS 2 message sent before the move and sent again after it has
 //! the id the client saw (its de-duplication holds: exactly once), and a PUBREL is resent for
 //! one whose PUBREC came.
+//!
+//! The share groups of the messages a share group gave the session follow what is sent, one
+//! for each message in order ([`Shares`]), so that the new node hands them to another member
+//! if the session ends before its client took them. A node that knows no such trailer reads
+//! what comes before it and ignores the rest: the format stays 1.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use super::{MessageQueue, Phase, State, Subscription};
 use crate::message::{Delivery, Head, Message, Origin};
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::mqtt::Version;
+use crate::persist::ShareTrailer;
 
 /// The format of what is sent; a node refuses a version it does not know.
 const FORMAT: u8 = 1;
@@ -45,6 +51,43 @@ pub(crate) struct MovedDelivery {
     subscription_ids: Vec<u32>,
     seq: u64,
     maybe_sent: bool,
+    /// The share group that gave it (sent after the rest, in [`Shares`]).
+    #[serde(skip)]
+    share: Option<ShareTrailer>,
+}
+
+/// The share groups of a list of [`MovedDelivery`], in its order; sent after it only if one
+/// of them has a group.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Shares(Vec<Option<ShareTrailer>>);
+
+impl Shares {
+    fn of<'a>(deliveries: impl Iterator<Item = &'a MovedDelivery>) -> Shares {
+        Shares(deliveries.map(|d| d.share.clone()).collect())
+    }
+
+    /// `bytes` with the shares after them, if there is one.
+    fn append_to(&self, mut bytes: Vec<u8>) -> Vec<u8> {
+        if self.0.iter().any(Option::is_some) {
+            bytes.extend(postcard::to_stdvec(self).unwrap_or_default());
+        }
+        bytes
+    }
+
+    /// The shares after what was read (`rest`): none if nothing follows.
+    fn read(rest: &[u8]) -> Result<Shares, postcard::Error> {
+        if rest.is_empty() {
+            return Ok(Shares::default());
+        }
+        postcard::from_bytes(rest)
+    }
+
+    /// Gives each delivery its share group, in order.
+    fn give<'a>(self, deliveries: impl Iterator<Item = &'a mut MovedDelivery>) {
+        for (delivery, share) in deliveries.zip(self.0) {
+            delivery.share = share;
+        }
+    }
 }
 
 /// Bytes as one postcard byte string, not a sequence of numbers.
@@ -77,6 +120,7 @@ impl MovedDelivery {
             subscription_ids: delivery.subscription_ids.to_vec(),
             seq: delivery.seq,
             maybe_sent: delivery.maybe_sent,
+            share: delivery.share.as_deref().map(ShareTrailer::of),
         }
     }
 
@@ -96,7 +140,7 @@ impl MovedDelivery {
             subscription_ids: self.subscription_ids.into_boxed_slice(),
             seq: self.seq,
             maybe_sent: self.maybe_sent,
-            share: None,
+            share: self.share.map(ShareTrailer::into_group),
         }
     }
 }
@@ -164,14 +208,16 @@ impl MovedSession {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
+        let shares = Shares::of(self.inflight.iter().map(|e| &e.delivery).chain(&self.queue));
+        shares.append_to(postcard::to_stdvec(self).unwrap_or_default())
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<MovedSession, MovedError> {
-        let moved: MovedSession = postcard::from_bytes(bytes)?;
+        let (mut moved, rest): (MovedSession, _) = postcard::take_from_bytes(bytes)?;
         if moved.format > FORMAT {
             return Err(MovedError::Format(moved.format));
         }
+        Shares::read(rest)?.give(moved.inflight.iter_mut().map(|e| &mut e.delivery).chain(&mut moved.queue));
         Ok(moved)
     }
 
@@ -216,7 +262,7 @@ impl MovedSession {
 pub(crate) fn take_tail(state: &mut State) -> Vec<u8> {
     let now = Instant::now();
     let tail: Vec<MovedDelivery> = state.queue.take().iter().map(|d| MovedDelivery::of(d, now)).collect();
-    postcard::to_stdvec(&(FORMAT, tail)).unwrap_or_default()
+    Shares::of(tail.iter()).append_to(postcard::to_stdvec(&(FORMAT, &tail)).unwrap_or_default())
 }
 
 /// Puts `tail` (from [`take_tail`]) into `queue` ahead of what the new node queued itself since
@@ -226,10 +272,11 @@ pub(crate) fn merge_tail(
     tail: &[u8],
     added: impl FnMut(&mut Delivery),
 ) -> Result<usize, MovedError> {
-    let (format, tail): (u8, Vec<MovedDelivery>) = postcard::from_bytes(tail)?;
+    let ((format, mut tail), rest): ((u8, Vec<MovedDelivery>), _) = postcard::take_from_bytes(tail)?;
     if format > FORMAT {
         return Err(MovedError::Format(format));
     }
+    Shares::read(rest)?.give(tail.iter_mut());
     let now = Instant::now();
     Ok(merge(queue, tail.into_iter().map(|d| d.into_delivery(now)), added))
 }
@@ -290,6 +337,40 @@ mod tests {
         assert_eq!(inflight, [(5, Phase::Puback), (9, Phase::Pubcomp)]);
         assert_eq!(payloads(&mut new.queue), ["a", "b", "c"]);
         assert_eq!(new.awaiting_rel, [3, 4]);
+    }
+
+    #[test]
+    fn share_groups_move_with_their_messages_and_older_nodes_read_the_rest() {
+        let group =
+            |name: &str| Some(std::sync::Arc::new(crate::router::ShareGroup { name: name.into(), path: "t".into() }));
+        let with_group = |payload: &str, name: &str| {
+            let mut d = delivery(1, payload, None);
+            d.share = group(name);
+            d
+        };
+        let mut old = State::default();
+        old.inflight.push(5, with_group("in flight", "g1"));
+        old.queue.push(delivery(1, "plain", None));
+        old.queue.push(with_group("queued", "g2"));
+        let bytes = MovedSession::take(&mut old).encode();
+        let mut new = State::default();
+        MovedSession::decode(&bytes).expect("reads back").install(&mut new);
+        let groups = |state: &mut State| -> Vec<Option<String>> {
+            let inflight = state.inflight.iter().map(|e| e.delivery.share.as_ref().map(|g| g.name.to_string()));
+            let queued: Vec<_> =
+                state.queue.take().iter().map(|d| d.share.as_ref().map(|g| g.name.to_string())).collect();
+            inflight.collect::<Vec<_>>().into_iter().chain(queued).collect()
+        };
+        assert_eq!(groups(&mut new), [Some("g1".into()), None, Some("g2".into())]);
+        // A node of before the shares reads what comes before them, as format 1.
+        let older: MovedSession = postcard::from_bytes(&bytes).expect("the session before its shares");
+        assert_eq!((older.format, older.messages()), (FORMAT, 3));
+
+        let mut old = State::default();
+        old.queue.push(with_group("tail", "g3"));
+        let mut queue = MessageQueue::default();
+        assert_eq!(merge_tail(&mut queue, &take_tail(&mut old), |_| {}).unwrap(), 1);
+        assert_eq!(queue.take()[0].share, group("g3"));
     }
 
     #[test]
