@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod nats;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod receiver;

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e::pki::Pki;
 use e2e::{free_port, wait_until, Broker, Client, DataDir};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 
 /// The remote broker: plain (its own `loaded_plugins`), listening on `127.0.0.1:<port>`.
@@ -495,21 +495,9 @@ fn shipped_listed_not_started_and_asks_for_an_address() {
 
 /// A certificate authority and the PEM files of a server and a client certificate it signed.
 fn pki(dir: &DataDir) -> [String; 5] {
-    let mut params = CertificateParams::new(Vec::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "bridge test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: &[&str], cn: &str| {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(&["127.0.0.1"], "remote");
-    let (client_cert, client_key) = leaf(&[], "bridge");
+    let Pki { ca, server: (server_cert, server_key), client: (client_cert, client_key) } = Pki::new("bridge test CA");
     let files = [
-        ("ca.pem", ca.pem()),
+        ("ca.pem", ca),
         ("server.pem", server_cert),
         ("server.key", server_key),
         ("client.pem", client_cert),

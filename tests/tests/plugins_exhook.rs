@@ -230,6 +230,20 @@ impl Provider {
     }
 
     fn start_at(addr: SocketAddr, proto: Proto, hooks: &[(&str, &[&str])]) -> Provider {
+        Provider::serve(addr, proto, hooks, None)
+    }
+
+    /// A server of `proto` over TLS (`tls`), on a free loopback port.
+    fn start_tls(proto: Proto, hooks: &[(&str, &[&str])], tls: Arc<rustls::ServerConfig>) -> Provider {
+        Provider::serve("127.0.0.1:0".parse().unwrap(), proto, hooks, Some(tls))
+    }
+
+    fn serve(
+        addr: SocketAddr,
+        proto: Proto,
+        hooks: &[(&str, &[&str])],
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Provider {
         let listener = std::net::TcpListener::bind(addr).expect("bind the HookProvider server");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -242,7 +256,6 @@ impl Provider {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 let mut builder = tonic::transport::Server::builder();
                 let router = match proto {
                     Proto::V2 => {
@@ -252,8 +265,12 @@ impl Provider {
                         builder.add_service(pb::v1::hook_provider_server::HookProviderServer::new(V1Service(state)))
                     }
                 };
+                let serving: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), _>>>> = match tls {
+                    None => Box::pin(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))),
+                    Some(tls) => Box::pin(router.serve_with_incoming(tls_incoming(listener, tls))),
+                };
                 tokio::select! {
-                    served = router.serve_with_incoming(incoming) => served.expect("serve"),
+                    served = serving => served.expect("serve"),
                     _ = stopped => {}
                 }
             });
@@ -300,6 +317,65 @@ impl Provider {
 impl Drop for Provider {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The TLS connections accepted on `listener` (handshakes that fail are left out).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl futures_util::Stream<Item = Result<TlsIo, std::io::Error>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    futures_util::stream::unfold((listener, acceptor), |(listener, acceptor)| async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => return Some((Err(e), (listener, acceptor))),
+            };
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                return Some((Ok(TlsIo(tls)), (listener, acceptor)));
+            }
+        }
+    })
+}
+
+/// A TLS connection as tonic's server takes one.
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -604,6 +680,49 @@ fn message_publish_rewrites_topic_payload_and_qos_and_allow_publish_false_drops(
 
     let asked: Vec<Value> = provider.seen("OnMessagePublish").iter().map(|r| r["message"]["topic"].clone()).collect();
     assert_eq!(asked, [json!("drop/1"), json!("rewrite/a")], "plain/1 is outside the server's filters");
+}
+
+/// An `https://` server with EMQX's `ssl` settings: the server's certificate checked against
+/// `cacertfile`, the broker's client certificate (`certfile`, `keyfile`) shown to a server
+/// that requires one, HTTP/2 agreed by ALPN; calls then go as over `http://`. A server whose
+/// certificate the CA did not sign is not loaded, and `ctl exhook status` says why.
+#[test]
+fn an_https_server_is_reached_over_tls_with_a_client_certificate() {
+    let pki = e2e::pki::Pki::new("exhook test CA");
+    let provider = Provider::start_tls(Proto::V2, &[("message.publish", &["rewrite/#"])], pki.server_tls(&[b"h2"]));
+    let url = format!("https://{}", provider.addr);
+    let ssl = "ssl = { cacertfile = \"ca.pem\", certfile = \"client.pem\", keyfile = \"client.key\" }";
+    let servers = [format!("{{ name = \"tls\", url = \"{url}\", {ssl} }}")];
+    let dir = DataDir::with_plugins("{emqx_exhook, true}.\n");
+    dir.write("ca.pem", &pki.ca);
+    dir.write("client.pem", &pki.client.0);
+    dir.write("client.key", &pki.client.1);
+    dir.write("broker.toml", &format!("[exhook]\nservers = [{}]\n", servers.join(", ")));
+    let broker = Broker::start(&dir, &[]);
+    wait_until("loaded over TLS", || dir.ctl(&["exhook", "list"]).ok().contains("active=true").then_some(()));
+
+    let mut watcher = client5(&broker, "watcher", "w");
+    watcher.subscribe("#", QoS::AtLeastOnce);
+    let mut publisher = client5(&broker, "publisher", "p");
+    publisher.publish("rewrite/tls", QoS::AtLeastOnce, "secret");
+    let got = watcher.next_publish();
+    assert_eq!((e2e::raw::topic(&got), e2e::raw::payload(&got)), ("rewritten/tls".to_owned(), "SECRET".to_owned()));
+    assert_eq!(provider.seen("OnMessagePublish").len(), 1);
+
+    // Another CA: the server's certificate is refused.
+    let other = e2e::pki::Pki::new("another CA");
+    let dir = DataDir::with_plugins("{emqx_exhook, true}.\n");
+    dir.write("ca.pem", &other.ca);
+    dir.write("client.pem", &other.client.0);
+    dir.write("client.key", &other.client.1);
+    dir.write("broker.toml", &format!("[exhook]\nservers = [{}]\n", servers.join(", ")));
+    let _broker = Broker::start(&dir, &[]);
+    let status = wait_until("the server down, and why", || {
+        let status = dir.ctl(&["exhook", "status"]).ok();
+        status.contains("TLS").then_some(status)
+    });
+    assert!(status.contains("down") && status.contains("certificate"), "{status}");
+    assert_eq!(provider.seen("OnProviderLoaded").len(), 1, "only the first broker loaded it");
 }
 
 /// Two servers fold `message.publish` in the order configured (EMQX's `call_fold`): the

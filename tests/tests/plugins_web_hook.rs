@@ -16,9 +16,9 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
+use e2e::pki::Pki;
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
 use e2e::{free_port, options, stat_in, wait_until, Broker, Client, DataDir};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
@@ -146,56 +146,6 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
-    }
-}
-
-/// A test CA, and PEM certificates it signed: the service's for 127.0.0.1 and a client's.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "web hook test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, cn: &str| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let key = KeyPair::generate().unwrap();
-            (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
-        };
-        Pki {
-            server: leaf(vec!["127.0.0.1".to_owned()], "hook service"),
-            client: leaf(Vec::new(), "broker"),
-            ca: ca.pem(),
-        }
-    }
-
-    /// A TLS server config with the service's certificate that requires a client
-    /// certificate signed by the CA.
-    fn server_tls(&self) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
-        let chain = vec![CertificateDer::from_pem_slice(self.server.0.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(self.server.1.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        Arc::new(config)
     }
 }
 
@@ -755,8 +705,8 @@ async fn the_sending_thread_runs_at_a_low_priority() {
 /// request timeout (seen beside two busy loops), which is what `low` is for, not this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_service_with_a_private_ca_and_a_client_certificate() {
-    let pki = Pki::new();
-    let service = HookService::start_with(Reply::Ok, Some(pki.server_tls()));
+    let pki = Pki::new("web hook test CA");
+    let service = HookService::start_with(Reply::Ok, Some(pki.server_tls(&[])));
     let rules = "sender_priority = \"normal\"\nrules = [{ event = \"client.connected\" }]";
     let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
     for (name, pem) in [("ca.pem", &pki.ca), ("client.pem", &pki.client.0), ("client.key", &pki.client.1)] {

@@ -32,7 +32,7 @@ mod proto;
 mod request;
 mod server;
 mod settings;
-mod unary;
+mod transport;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use crate::unary::Unary;
 use tonic::{Code, Status};
+
+use crate::transport::Call;
 
 use crate::settings::Proto;
 
@@ -258,6 +259,14 @@ impl CallError {
     }
 }
 
+/// Where a call goes: one connection of a server's pool, and the server's origin (the
+/// requests' URIs are made from it).
+#[derive(Debug, Clone)]
+pub(crate) struct Channel {
+    pub(crate) call: Call,
+    pub(crate) origin: http::Uri,
+}
+
 /// `request` with a `grpc-timeout` header, so the server knows when the broker stops waiting.
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -271,12 +280,12 @@ macro_rules! dispatch {
         match ($rpc, $proto) {
             $(
                 (Rpc::$variant(r), Proto::V2) => {
-                    let mut client = v2::hook_provider_client::HookProviderClient::new($channel);
+                    let mut client = v2::hook_provider_client::HookProviderClient::with_origin($channel.call, $channel.origin);
                     let answer = client.$v2(request(r, $timeout)).await.map_err(|s| CallError::of(s, $timeout))?;
                     dispatch!(@answer $answer, answer.into_inner(), v2)
                 }
                 (Rpc::$variant(r), Proto::V1) => {
-                    let mut client = v1::hook_provider_client::HookProviderClient::new($channel);
+                    let mut client = v1::hook_provider_client::HookProviderClient::with_origin($channel.call, $channel.origin);
                     let answer = client.$v1(request(r.to_v1(), $timeout)).await.map_err(|s| CallError::of(s, $timeout))?;
                     dispatch!(@answer $answer, answer.into_inner(), v1)
                 }
@@ -296,7 +305,7 @@ macro_rules! dispatch {
 }
 
 /// Makes `rpc` to a server of `proto` over `channel`; the caller bounds the time.
-pub(crate) async fn call(channel: Unary, proto: Proto, rpc: Rpc, timeout: Duration) -> Result<Answer, CallError> {
+pub(crate) async fn call(channel: Channel, proto: Proto, rpc: Rpc, timeout: Duration) -> Result<Answer, CallError> {
     let rpc = match rpc {
         // EMQX 5 sends a shared subscription's real topic.
         Rpc::ClientAuthorize(mut r) if proto == Proto::V2 => {
@@ -340,7 +349,7 @@ pub(crate) struct Broker {
 
 /// OnProviderLoaded: the hooks the server asks for, as `(name, topic filters)`.
 pub(crate) async fn load(
-    channel: Unary,
+    channel: Channel,
     proto: Proto,
     broker: Broker,
     timeout: Duration,
@@ -354,7 +363,7 @@ pub(crate) async fn load(
                 datetime: crate::request::rfc3339_now(),
             };
             let loaded = v2::ProviderLoadedRequest { broker: Some(info), meta: Some(broker.meta) };
-            let mut client = v2::hook_provider_client::HookProviderClient::new(channel);
+            let mut client = v2::hook_provider_client::HookProviderClient::with_origin(channel.call, channel.origin);
             let answer =
                 client.on_provider_loaded(request(loaded, timeout)).await.map_err(|s| CallError::of(s, timeout))?;
             answer.into_inner().hooks.into_iter().map(|h| (h.name, h.topics)).collect()
@@ -367,7 +376,7 @@ pub(crate) async fn load(
                 datetime: plugin_api::emqx::datetime(),
             };
             let loaded = v1::ProviderLoadedRequest { broker: Some(info), meta: Some(broker.meta.to_v1()) };
-            let mut client = v1::hook_provider_client::HookProviderClient::new(channel);
+            let mut client = v1::hook_provider_client::HookProviderClient::with_origin(channel.call, channel.origin);
             let answer =
                 client.on_provider_loaded(request(loaded, timeout)).await.map_err(|s| CallError::of(s, timeout))?;
             answer.into_inner().hooks.into_iter().map(|h| (h.name, h.topics)).collect()

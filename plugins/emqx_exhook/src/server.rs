@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use plugin_api::Host;
 use tokio::sync::{Mutex, Notify, Semaphore};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::unary::Unary;
+use crate::transport::{Call, Connection, Endpoint};
 
 use crate::point::{HookSpec, Point};
 use crate::proto::{self, Answer, CallError, Rpc};
@@ -61,7 +60,9 @@ pub(crate) struct Server {
     host: Host,
     context: Arc<Context>,
     /// `pool_size` HTTP/2 connections; a client's calls go over the same one, in order.
-    channels: Vec<Channel>,
+    connections: Vec<Arc<Connection>>,
+    /// The URI tonic's clients make requests from.
+    origin: http::Uri,
     state: ArcSwap<State>,
     /// Wakes [`Server::supervise`]: the server went down, or was enabled or disabled.
     wake: Notify,
@@ -88,18 +89,17 @@ impl Server {
     /// run inside the plugin's runtime (the connections start tasks on it).
     pub(crate) fn new(settings: ServerSettings, host: Host, context: Arc<Context>) -> Result<Server, ServerError> {
         let error = |why: String| ServerError { name: settings.name.clone(), why };
-        let mut endpoint = Endpoint::from_shared(settings.url.clone())
-            .map_err(|e| error(format!("url {}: {e}", settings.url)))?
-            .connect_timeout(settings.request_timeout)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(60)))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(settings.request_timeout.max(Duration::from_secs(5)));
-        if settings.url.starts_with("https://") {
-            let tls = tls_config(&settings, host.data_dir()).map_err(error)?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| error(format!("ssl: {e}")))?;
-        }
-        let channels = (0..settings.pool_size).map(|_| endpoint.connect_lazy()).collect();
+        let tls = match settings.url.starts_with("https://") {
+            true => Some(tls_config(&settings, host.data_dir()).map_err(error)?),
+            false => None,
+        };
+        let sni = settings.ssl.server_name_indication.as_deref().filter(|n| !n.is_empty());
+        let keep_alive_timeout = settings.request_timeout.max(Duration::from_secs(5));
+        let endpoint =
+            Endpoint::new(&settings.url, tls, sni, settings.request_timeout, keep_alive_timeout).map_err(error)?;
+        let origin = endpoint.origin();
+        let endpoint = Arc::new(endpoint);
+        let connections = (0..settings.pool_size).map(|_| Arc::new(Connection::new(endpoint.clone()))).collect();
         let state = if settings.enable {
             State::Down { known: None, why: "not loaded yet".to_owned(), retry_at: Some(Instant::now()) }
         } else {
@@ -109,7 +109,8 @@ impl Server {
             settings,
             host,
             context,
-            channels,
+            connections,
+            origin,
             state: ArcSwap::from_pointee(state),
             wake: Notify::new(),
             transition: Mutex::new(()),
@@ -157,9 +158,10 @@ impl Server {
     }
 
     /// The connection for calls about `key` (a client id): always the same one.
-    fn channel(&self, key: &str) -> Unary {
+    fn channel(&self, key: &str) -> proto::Channel {
         let hash = key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        Unary(self.channels[(hash % self.channels.len() as u64) as usize].clone())
+        let connection = &self.connections[(hash % self.connections.len() as u64) as usize];
+        proto::Channel { call: Call(connection.clone()), origin: self.origin.clone() }
     }
 
     /// Calls `rpc` for `point` if the server is up, within `request_timeout`. A call that
@@ -348,15 +350,15 @@ impl Server {
     }
 }
 
-/// TLS for an `https://` server from its `ssl` files (relative to `data_dir`).
-fn tls_config(settings: &ServerSettings, data_dir: &std::path::Path) -> Result<ClientTlsConfig, String> {
+/// TLS for an `https://` server from its `ssl` files (relative to `data_dir`); with
+/// `ssl.enable = false` the files are ignored.
+fn tls_config(
+    settings: &ServerSettings,
+    data_dir: &std::path::Path,
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
     let ssl = &settings.ssl;
-    let mut tls = ClientTlsConfig::new();
-    if let Some(name) = ssl.server_name_indication.as_deref().filter(|n| !n.is_empty()) {
-        tls = tls.domain_name(name);
-    }
     if ssl.enable == Some(false) {
-        return Ok(tls.with_webpki_roots());
+        return crate::transport::tls_config(None, None);
     }
     let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, String> {
         match path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
@@ -367,14 +369,11 @@ fn tls_config(settings: &ServerSettings, data_dir: &std::path::Path) -> Result<C
             }
         }
     };
-    tls = match read("cacertfile", &ssl.cacertfile)? {
-        Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-        None => tls.with_webpki_roots(),
-    };
-    match (read("certfile", &ssl.certfile)?, read("keyfile", &ssl.keyfile)?) {
-        (None, None) => {}
-        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(cert, key)),
+    let cacert = read("cacertfile", &ssl.cacertfile)?;
+    let identity = match (read("certfile", &ssl.certfile)?, read("keyfile", &ssl.keyfile)?) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
         _ => return Err("ssl.certfile and ssl.keyfile go together: set both or neither".to_owned()),
-    }
-    Ok(tls)
+    };
+    crate::transport::tls_config(cacert, identity)
 }
