@@ -89,9 +89,10 @@ impl Server {
     /// run inside the plugin's runtime (the connections start tasks on it).
     pub(crate) fn new(settings: ServerSettings, host: Host, context: Arc<Context>) -> Result<Server, ServerError> {
         let error = |why: String| ServerError { name: settings.name.clone(), why };
-        let tls = match settings.url.starts_with("https://") {
-            true => Some(tls_config(&settings, host.data_dir()).map_err(error)?),
-            false => None,
+        let tls = if settings.url.starts_with("https://") {
+            Some(tls_config(&settings, host.data_dir()).map_err(error)?)
+        } else {
+            None
         };
         let sni = settings.ssl.server_name_indication.as_deref().filter(|n| !n.is_empty());
         let keep_alive_timeout = settings.request_timeout.max(Duration::from_secs(5));
