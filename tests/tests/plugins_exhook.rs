@@ -707,7 +707,13 @@ fn an_https_server_is_reached_over_tls_with_a_client_certificate() {
     publisher.publish("rewrite/tls", QoS::AtLeastOnce, "secret");
     let got = watcher.next_publish();
     assert_eq!((e2e::raw::topic(&got), e2e::raw::payload(&got)), ("rewritten/tls".to_owned(), "SECRET".to_owned()));
-    assert_eq!(provider.seen("OnMessagePublish").len(), 1);
+    // A message larger than HTTP/2's default windows, both ways.
+    let big = "x".repeat(600 * 1024);
+    publisher.publish("rewrite/big", QoS::AtLeastOnce, &big);
+    let got = watcher.next_publish();
+    assert_eq!(e2e::raw::topic(&got), "rewritten/big");
+    assert!(e2e::raw::payload(&got) == big.to_uppercase(), "the payload rewritten whole");
+    assert_eq!(provider.seen("OnMessagePublish").len(), 2);
 
     // Another CA: the server's certificate is refused.
     let other = e2e::pki::Pki::new("another CA");

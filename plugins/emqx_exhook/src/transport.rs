@@ -30,7 +30,12 @@ use tokio_rustls::TlsConnector;
 use tonic::body::Body;
 
 /// How often an open connection pings its server.
-pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The receive windows of a stream and of a connection: what a server may send before the
+/// plugin has read it (hyper's defaults, which tonic's channel used).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Why a call could not go over its connection.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +125,10 @@ impl Endpoint {
     {
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
+            // hyper's windows (h2's own are 64 KiB): a large message is not held to a
+            // window update every 64 KiB.
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<T, Bytes>(io)
             .await
             .map_err(|e| format!("HTTP/2: {e}"))?;
