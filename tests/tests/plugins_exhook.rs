@@ -692,13 +692,18 @@ fn an_https_server_is_reached_over_tls_with_a_client_certificate() {
     let provider = Provider::start_tls(Proto::V2, &[("message.publish", &["rewrite/#"])], pki.server_tls(&[b"h2"]));
     let url = format!("https://{}", provider.addr);
     let ssl = "ssl = { cacertfile = \"ca.pem\", certfile = \"client.pem\", keyfile = \"client.key\" }";
-    let servers = [format!("{{ name = \"tls\", url = \"{url}\", {ssl} }}")];
-    let dir = DataDir::with_plugins("{emqx_exhook, true}.\n");
-    dir.write("ca.pem", &pki.ca);
-    dir.write("client.pem", &pki.client.0);
-    dir.write("client.key", &pki.client.1);
-    dir.write("broker.toml", &format!("[exhook]\nservers = [{}]\n", servers.join(", ")));
-    let broker = Broker::start(&dir, &[]);
+    let server = format!("{{ name = \"tls\", url = \"{url}\", {ssl} }}");
+    // A broker with `server` and the files of `pki` (the CA, the broker's certificate).
+    let broker_trusting = |pki: &e2e::pki::Pki| {
+        let dir = DataDir::with_plugins("{emqx_exhook, true}.\n");
+        dir.write("ca.pem", &pki.ca);
+        dir.write("client.pem", &pki.client.0);
+        dir.write("client.key", &pki.client.1);
+        dir.write("broker.toml", &format!("[exhook]\nservers = [{server}]\n"));
+        let broker = Broker::start(&dir, &[]);
+        (dir, broker)
+    };
+    let (dir, broker) = broker_trusting(&pki);
     wait_until("loaded over TLS", || dir.ctl(&["exhook", "list"]).ok().contains("active=true").then_some(()));
 
     let mut watcher = client5(&broker, "watcher", "w");
@@ -716,13 +721,7 @@ fn an_https_server_is_reached_over_tls_with_a_client_certificate() {
     assert_eq!(provider.seen("OnMessagePublish").len(), 2);
 
     // Another CA: the server's certificate is refused.
-    let other = e2e::pki::Pki::new("another CA");
-    let dir = DataDir::with_plugins("{emqx_exhook, true}.\n");
-    dir.write("ca.pem", &other.ca);
-    dir.write("client.pem", &other.client.0);
-    dir.write("client.key", &other.client.1);
-    dir.write("broker.toml", &format!("[exhook]\nservers = [{}]\n", servers.join(", ")));
-    let _broker = Broker::start(&dir, &[]);
+    let (dir, _broker) = broker_trusting(&e2e::pki::Pki::new("another CA"));
     let status = wait_until("the server down, and why", || {
         let status = dir.ctl(&["exhook", "status"]).ok();
         status.contains("TLS").then_some(status)
