@@ -76,6 +76,7 @@ impl Endpoint {
             _ => return Err(format!("url {url}: http:// or https:// only")),
         };
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // An IPv6 address is written in brackets in a URL and an address, without in a TLS name.
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         let tls = match (https, tls) {
             (false, _) => None,
@@ -92,7 +93,8 @@ impl Endpoint {
             .path_and_query("/")
             .build()
             .map_err(|e| format!("url {url}: {e}"))?;
-        Ok(Endpoint { origin, authority: format!("{host}:{port}"), tls, connect_timeout, keep_alive_timeout })
+        let authority = format!("{}:{port}", authority.host());
+        Ok(Endpoint { origin, authority, tls, connect_timeout, keep_alive_timeout })
     }
 
     /// The origin tonic's clients are made with.
@@ -344,4 +346,30 @@ pub(crate) fn tls_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(url: &str, tls: bool) -> Result<Endpoint, String> {
+        let tls = tls.then(|| tls_config(None, None).expect("TLS with the public roots"));
+        Endpoint::new(url, tls, None, Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn urls_give_the_address_the_origin_and_the_tls_name() {
+        let e = endpoint("http://127.0.0.1:9000", false).unwrap();
+        assert_eq!((e.authority.as_str(), e.origin.to_string().as_str()), ("127.0.0.1:9000", "http://127.0.0.1:9000/"));
+        assert!(e.tls.is_none());
+        assert_eq!(endpoint("http://hooks.local/", false).unwrap().authority, "hooks.local:80");
+        let e = endpoint("https://[::1]:9443", true).unwrap();
+        assert_eq!(e.authority, "[::1]:9443", "IPv6 in brackets, to connect to");
+        assert_eq!(e.tls.as_ref().map(|(_, name)| name.to_str().into_owned()), Some("::1".to_owned()));
+        assert_eq!(endpoint("https://hooks.example", true).unwrap().authority, "hooks.example:443");
+        for bad in ["ftp://h:1", "127.0.0.1:9000", "http://"] {
+            assert!(endpoint(bad, false).is_err(), "{bad}");
+        }
+        assert!(endpoint("https://h:1", false).is_err(), "https:// needs its TLS settings");
+    }
 }
