@@ -75,6 +75,10 @@ struct Args {
     /// Connect: the password of every CONNECT.
     #[arg(long)]
     password: Option<String>,
+    /// Connect: each client connects with one client id every time (a device that reconnects),
+    /// instead of a new id for each connection.
+    #[arg(long)]
+    same_ids: bool,
     /// Subscribers keep persistent sessions (MQTT 3.1.1 CleanSession 0): a broker that keeps
     /// them on disk writes each message before it acknowledges it.
     #[arg(long)]
@@ -317,16 +321,22 @@ fn connect_packet(id: &str, username: Option<&str>, password: Option<&str>) -> V
 }
 
 /// `clients` tasks, each connecting (TCP, CONNECT, CONNACK, DISCONNECT) `messages` times in a
-/// row; prints connections a second.
+/// row, with a new client id each time or (`--same-ids`) its own one every time; prints
+/// connections a second.
 async fn connect_rate(args: Args) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let (host, port, n) = (args.host.clone(), args.port, args.messages);
         let (username, password) = (args.username.clone(), args.password.clone());
+        let same_ids = args.same_ids;
         tasks.push(tokio::spawn(async move {
             for i in 0..n {
-                let id = format!("conn-{}-{c}-{i}", std::process::id());
+                let id = if same_ids {
+                    format!("conn-{}-{c}", std::process::id())
+                } else {
+                    format!("conn-{}-{c}-{i}", std::process::id())
+                };
                 let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
                 let _ = stream.set_nodelay(true);
                 stream
