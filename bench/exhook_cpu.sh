@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
 RUNS=${RUNS:-3}
+# shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
 
@@ -28,12 +29,11 @@ DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=12
 wait_port "$P"
 "$BIN/broker" --data-dir "$WORK" ctl exhook list | grep -q "active=true" || { echo "exhook server not loaded" >&2; exit 1; }
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 for run in $(seq "$RUNS"); do
-  b0=$(ticks $BROKER); s0=$(ticks $SERVER)
+  b0=$(cpu_ticks $BROKER); s0=$(cpu_ticks $SERVER)
   out=$("$BIN/bench" --port "$P" --scenario fan-in --qos 1 --clients 10 --messages 5000 --timeout 60 --json)
-  b1=$(ticks $BROKER); s1=$(ticks $SERVER)
+  b1=$(cpu_ticks $BROKER); s1=$(cpu_ticks $SERVER)
   python3 -c '
 import json, sys
 r = json.loads(sys.argv[1]); hz = int(sys.argv[2]); n = r["messages"]

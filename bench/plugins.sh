@@ -30,7 +30,6 @@ TARGETS=${TARGETS:-a b c d}
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Waits (up to 5 s) until each process given has used no CPU for 100 ms: the web hook's
 # thread and its receiver go on sending what was queued after a run ends.
 settle() {

@@ -1,5 +1,5 @@
 # Sourced by the bench scripts: a free loopback port, waiting until something listens on one,
-# and the run's workspace.
+# the CPU a process has used, and the run's workspace.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
   for _ in $(seq 400); do
@@ -8,6 +8,9 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2; return 1
 }
+
+# The CPU time process $1 has used so far (user + system), in clock ticks (`getconf CLK_TCK`).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # The run's workspace: WORK, a temporary directory removed at exit, and PIDS, the processes the
 # script starts (append each one's pid), killed at exit.

@@ -22,7 +22,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Waits (up to 5 s) until process $1 has used no CPU for 100 ms: a broker may still be busy
 # after a run (mosquitto spends up to half a second cleaning up), and that work must not fall
 # on the next run of another broker.
