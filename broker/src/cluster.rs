@@ -20,6 +20,8 @@
 //!   not deliver (its session ended; its full queue dropped it) goes to another member
 //!   (`Node::redispatch`), on another node when none is left on this one: offered as a NATS
 //!   request that the receiving node answers once a member took it, again until one does.
+//!   With the strategies `sticky` and `hash` the publishing node picks the member's node
+//!   instead, so that every node picks alike (`shares`).
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //! - **Commands on another node** (`broker ctl cluster call NODE ...`, and the management
 //!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
@@ -57,6 +59,7 @@ mod dedup;
 mod inbox;
 mod ownership;
 mod shared_state;
+mod shares;
 mod subject;
 
 pub(crate) use ownership::{Claim, HandedOver};
@@ -191,6 +194,9 @@ pub(crate) type Stored = Pin<Box<dyn Future<Output = Result<(), String>> + Send>
 /// A message on its way to NATS.
 struct Outgoing {
     subject: String,
+    /// Headers (`HANDLED_HEADER`, `SHARE_GROUP_HEADER`), and where the answer goes, if any.
+    headers: Option<async_nats::HeaderMap>,
+    reply: Option<String>,
     bytes: Bytes,
     /// For a QoS 1/2 message: told when JetStream stored it (it goes through JetStream).
     stored: Option<oneshot::Sender<Result<(), String>>>,
@@ -217,6 +223,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) retention_bytes: i64,
     /// On how many NATS servers the stream keeps each message (a NATS cluster's).
     pub(crate) replicas: usize,
+    /// How share groups pick their members (`broker.shared_subscription_strategy`): with
+    /// `sticky` and `hash` the publishing node picks the node (`shares`).
+    pub(crate) share_strategy: crate::router::Strategy,
 }
 
 /// Why the cluster could not start.
@@ -257,6 +266,11 @@ const ENVELOPE_VERSION: u8 = 1;
 /// The header of a message redispatched to a share group ([`Cluster::redispatch`]): the
 /// group's NATS queue group. Only that group routes it.
 const SHARE_GROUP_HEADER: &str = "Mqtt-Share-Group";
+
+/// The header of a message on its topic's subject that names (space-separated) the NATS
+/// queue groups its publishing node served by sending it to the node it picked (`shares`):
+/// those queue groups let it pass.
+const HANDLED_HEADER: &str = "Mqtt-Share-Handled";
 
 /// A share group's message to offer to the other nodes, and its group.
 type Redispatched = (Message, Arc<crate::router::ShareGroup>);
@@ -344,6 +358,31 @@ pub(crate) struct Cluster {
     record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
     /// Plugin state shared with the other nodes (`shared_state`), once the store is given.
     shared_state: OnceLock<shared_state::SharedState>,
+    /// With `sticky` and `hash` (`shares`): the share groups this node has members of and
+    /// since when, those the other nodes said they have, the view made of both, the messages
+    /// sent to another node for a group and not answered yet, and a wake-up for the heartbeat
+    /// (sent at once when this node's groups change). `held` is by NATS queue group.
+    held: Mutex<HashMap<String, (Interest, u64)>>,
+    peer_shares: Mutex<HashMap<String, Vec<shares::Held>>>,
+    share_view: arc_swap::ArcSwap<shares::View>,
+    share_pending: shares::Pending,
+    beat_now: tokio::sync::Notify,
+}
+
+/// A heartbeat: the node's [`NodeInfo`], and its share groups (with `sticky` and `hash`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Beat {
+    #[serde(flatten)]
+    info: NodeInfo,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shares: Vec<shares::Held>,
+}
+
+/// What forwarding a message gave: when it is stored (QoS 1/2, see [`Cluster::forward`]), and
+/// the share groups of this node it is for (`shares`: this node was picked for them).
+pub(crate) struct Forwarded {
+    pub(crate) stored: Option<Stored>,
+    pub(crate) here: Vec<Arc<crate::router::ShareGroup>>,
 }
 
 /// An Erlang atom as EMQX prints it (`~p`): bare if it may be, else in single quotes.
@@ -466,6 +505,11 @@ impl Cluster {
             shared_state: OnceLock::new(),
             record_writes,
             record_writes_rx: Mutex::new(Some(record_writes_rx)),
+            held: Mutex::new(HashMap::new()),
+            peer_shares: Mutex::new(HashMap::new()),
+            share_view: arc_swap::ArcSwap::from_pointee(shares::View::default()),
+            share_pending: shares::Pending::default(),
+            beat_now: tokio::sync::Notify::new(),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -529,6 +573,10 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
+        if self.picks_shares() {
+            tokio::spawn(self.clone().serve_picked_shares());
+            tokio::spawn(self.clone().await_share_answers());
+        }
         self.serve_sessions();
         if let Some(writes) = crate::lock(&self.record_writes_rx).take() {
             tokio::spawn(self.clone().write_records(writes));
@@ -725,7 +773,8 @@ impl Cluster {
         answer.recv().map_err(|_| "the cluster stopped")
     }
 
-    /// Says every [`HEARTBEAT`] that this node runs, and hears the others say so.
+    /// Says every [`HEARTBEAT`] that this node runs (and at once when its share groups
+    /// changed, see `shares`), and hears the others say so.
     async fn heartbeat(self: Arc<Cluster>) {
         let prefix = &self.config.subject_prefix;
         let mut heard = match self.client.subscribe(subject::every_node(prefix)).await {
@@ -738,24 +787,51 @@ impl Cluster {
         let mine = subject::node_subject(prefix, &self.config.node_name);
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
-            tokio::select! {
+            let beat = tokio::select! {
                 _ = tick.tick() => {
-                    let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
-                    let Ok(info) = serde_json::to_vec(&node.info()) else { continue };
-                    // Not reaching NATS now is logged by the connection's events.
-                    let _ = self.client.publish(mine.clone(), Bytes::from(info)).await;
+                    // Nodes silent for long enough drop out of the view.
+                    self.rebuild_share_view();
+                    true
                 }
+                () = self.beat_now.notified() => true,
                 message = heard.next() => {
                     let Some(message) = message else { return };
-                    match serde_json::from_slice::<NodeInfo>(&message.payload) {
-                        Ok(info) if info.node != self.config.node_name => {
-                            crate::lock(&self.peers).insert(info.node.clone(), (Instant::now(), info));
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!("cluster: an unreadable heartbeat: {e}"),
-                    }
+                    self.heard(&message.payload);
+                    false
                 }
+            };
+            if beat {
+                let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
+                let beat = Beat { info: node.info(), shares: self.held_shares() };
+                let Ok(beat) = serde_json::to_vec(&beat) else { continue };
+                // Not reaching NATS now is logged by the connection's events.
+                let _ = self.client.publish(mine.clone(), Bytes::from(beat)).await;
             }
+        }
+    }
+
+    /// Another node's heartbeat (or this node's own, ignored).
+    fn heard(&self, payload: &[u8]) {
+        let beat = match serde_json::from_slice::<Beat>(payload) {
+            Ok(beat) if beat.info.node != self.config.node_name => beat,
+            Ok(_) => return,
+            Err(e) => return tracing::debug!("cluster: an unreadable heartbeat: {e}"),
+        };
+        let name = beat.info.node.clone();
+        let was_running = crate::lock(&self.peers)
+            .insert(name.clone(), (Instant::now(), beat.info))
+            .is_some_and(|(at, _)| at.elapsed() <= 3 * HEARTBEAT);
+        if !self.picks_shares() {
+            return;
+        }
+        let changed = {
+            let mut peer_shares = crate::lock(&self.peer_shares);
+            let changed = peer_shares.get(&name).map_or(!beat.shares.is_empty(), |old| *old != beat.shares);
+            peer_shares.insert(name, beat.shares);
+            changed
+        };
+        if changed || !was_running {
+            self.rebuild_share_view();
         }
     }
 
@@ -793,7 +869,12 @@ impl Cluster {
         *count += 1;
         if *count == 1 {
             self.requested.fetch_add(1, Ordering::AcqRel);
+            let held = self.holds_shares(&key, true);
             let _ = self.changes.send(Change::Add(key));
+            drop(interest);
+            if held {
+                self.share_groups_changed();
+            }
         }
     }
 
@@ -805,8 +886,93 @@ impl Cluster {
         *count -= 1;
         if *count == 0 {
             interest.remove(&key);
+            let held = self.holds_shares(&key, false);
             let _ = self.changes.send(Change::Remove(key));
+            drop(interest);
+            if held {
+                self.share_groups_changed();
+            }
         }
+    }
+
+    /// Whether share groups are picked by the publishing node (`shares`).
+    fn picks_shares(&self) -> bool {
+        matches!(self.config.share_strategy, crate::router::Strategy::Sticky | crate::router::Strategy::Hash)
+    }
+
+    /// Notes that this node now has (`true`) or no longer has members of `key`, if it is a
+    /// share group whose node the publishing node picks: true if so. Called with `interest`
+    /// held, so that the changes of one key are noted in their order.
+    fn holds_shares(&self, key: &Interest, now: bool) -> bool {
+        let Some(group) = key.group.as_deref().filter(|_| self.picks_shares()) else { return false };
+        let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
+        let mut held = crate::lock(&self.held);
+        if now {
+            held.insert(queue, (key.clone(), crate::now_ms()));
+        } else {
+            held.remove(&queue);
+        }
+        true
+    }
+
+    /// This node's share groups changed: the view, and the other nodes at once.
+    fn share_groups_changed(&self) {
+        self.rebuild_share_view();
+        self.beat_now.notify_one();
+    }
+
+    /// This node's share groups, as its heartbeat says (none unless `shares` picks).
+    fn held_shares(&self) -> Vec<shares::Held> {
+        let held = crate::lock(&self.held);
+        let mut list: Vec<shares::Held> = held
+            .values()
+            .map(|(key, since_ms)| shares::Held {
+                group: key.group.as_deref().unwrap_or_default().to_owned(),
+                path: key.path.to_string(),
+                since_ms: *since_ms,
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.group, &a.path).cmp(&(&b.group, &b.path)));
+        list
+    }
+
+    /// Makes the share groups' view again from this node's groups and those of the running
+    /// nodes. The other nodes' groups stay locked meanwhile, so that views are stored in the
+    /// order they were made.
+    fn rebuild_share_view(&self) {
+        if !self.picks_shares() {
+            return;
+        }
+        let peer_shares = crate::lock(&self.peer_shares);
+        let mine = self.held_shares();
+        let running: Vec<String> =
+            self.peers().into_iter().filter(|(_, runs)| *runs).map(|(info, _)| info.node).collect();
+        let others =
+            running.iter().filter_map(|node| peer_shares.get(node).map(|held| (node.as_str(), held.as_slice())));
+        let held = std::iter::once((self.config.node_name.as_str(), mine.as_slice())).chain(others);
+        let prefix = &self.config.subject_prefix;
+        let view = shares::View::build(held, |group, path| subject::queue_group(prefix, group, path));
+        self.share_view.store(Arc::new(view));
+    }
+
+    /// The share groups of the cluster whose node the publishing node picks, as `broker ctl
+    /// cluster shares` prints them: one line a group, its nodes in the order `sticky` takes them.
+    pub(crate) fn share_groups(&self) -> String {
+        if !self.picks_shares() {
+            return format!(
+                "Share groups are spread by NATS queue groups (shared_subscription_strategy = {}): no node picks.",
+                self.config.share_strategy.name()
+            );
+        }
+        let view = self.share_view.load();
+        view.groups()
+            .iter()
+            .map(|g| {
+                let nodes: Vec<&str> = g.nodes.iter().map(|(_, node)| node.as_str()).collect();
+                format!("$share/{}/{} : {}", g.share.name, g.share.path, nodes.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Whether the NATS connection is up now.
@@ -871,29 +1037,138 @@ impl Cluster {
     /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
     /// numbering it (its [`Message::origin`]).
     /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
-    /// it is stored.
-    pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Option<Stored> {
+    /// it is stored. With `sticky` and `hash`, it also goes to the node picked for each share
+    /// group it is for (`shares`); the groups this node was picked for are handed back.
+    pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Forwarded {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));
         let through_jetstream = message.qos > 0 && self.reachable();
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
         let subject = subject::topic_to_subject(root, message.topic());
+        let refusal = |why: &str| Forwarded { stored: through_jetstream.then(|| refused(why)), here: Vec::new() };
         if subject.len() > MAX_SUBJECT {
             self.not_forwarded(TOO_LONG);
-            return through_jetstream.then(|| refused(TOO_LONG));
+            return refusal(TOO_LONG);
         }
         let envelope = self.envelope(message, publisher, origin);
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload().len() + message.forwarded().len() + publisher.len() + 64);
-        let Ok(bytes) = postcard::to_extend(&envelope, room) else { return None };
+        let Ok(bytes) = postcard::to_extend(&envelope, room) else {
+            return Forwarded { stored: None, here: Vec::new() };
+        };
+        let bytes = Bytes::from(bytes);
+        let view = self.share_view.load();
+        let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !self.reachable() {
+            Vec::new()
+        } else {
+            view.pick(message.topic(), publisher, self.config.share_strategy).collect()
+        };
+        let headers = (!picked.is_empty()).then(|| {
+            let handled: Vec<&str> = picked.iter().map(|(spread, _)| spread.queue.as_str()).collect();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(HANDLED_HEADER, handled.join(" ").as_str());
+            headers
+        });
         let (stored, told) = through_jetstream.then(oneshot::channel).unzip();
-        if self.outbound.try_send(Outgoing { subject, bytes: Bytes::from(bytes), stored }).is_err() {
+        let outgoing = Outgoing { subject, headers, reply: None, bytes: bytes.clone(), stored };
+        if self.outbound.try_send(outgoing).is_err() {
             self.not_forwarded("the queue to NATS is full");
-            return through_jetstream.then(|| refused("the queue to NATS is full"));
+            return refusal("the queue to NATS is full");
         }
-        told.map(|told| -> Stored {
+        let mut here = Vec::new();
+        for (spread, node) in picked {
+            if node == self.config.node_name {
+                here.push(spread.share.clone());
+            } else {
+                self.send_picked(message, &bytes, spread, node);
+            }
+        }
+        let stored = told.map(|told| -> Stored {
             Box::pin(async move { told.await.unwrap_or_else(|_| Err("the cluster stopped".to_owned())) })
-        })
+        });
+        Forwarded { stored, here }
+    }
+
+    /// Sends `message` (its envelope `bytes`) to `node`, picked for share group `spread`,
+    /// which answers once a member took it ([`Cluster::await_share_answers`]).
+    fn send_picked(&self, message: &Message, bytes: &Bytes, spread: &shares::Spread, node: &str) {
+        let prefix = &self.config.subject_prefix;
+        let subject = subject::topic_to_subject(&subject::share_root(prefix, node), message.topic());
+        if subject.len() > MAX_SUBJECT {
+            self.redispatch(message.clone(), spread.share.clone());
+            return;
+        }
+        let id = self.share_pending.add(message.clone(), spread.share.clone());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SHARE_GROUP_HEADER, spread.queue.as_str());
+        let reply = Some(subject::share_ack(prefix, &self.config.node_name, Some(id)));
+        let outgoing = Outgoing { subject, headers: Some(headers), reply, bytes: bytes.clone(), stored: None };
+        if self.outbound.try_send(outgoing).is_err() {
+            self.not_forwarded("the queue to NATS is full");
+            if let Some((message, share)) = self.share_pending.answered(id) {
+                self.redispatch(message, share);
+            }
+        }
+    }
+
+    /// Takes the share groups' messages other nodes picked this node for (`shares`): routes
+    /// each to its group's members here and answers whether one took it.
+    async fn serve_picked_shares(self: Arc<Cluster>) {
+        let prefix = &self.config.subject_prefix;
+        let subject = format!("{}.>", subject::share_root(prefix, &self.config.node_name));
+        let mut picked = match self.client.subscribe(subject).await {
+            Ok(picked) => picked,
+            Err(e) => return tracing::error!("cluster: cannot take share groups' messages from other nodes: {e}"),
+        };
+        while let Some(nats) = picked.next().await {
+            let taken = self.take_picked(&nats);
+            if let Some(reply) = nats.reply {
+                let _ = self.client.publish(reply, Bytes::from_static(if taken { TAKEN } else { NOT_TAKEN })).await;
+            }
+        }
+    }
+
+    /// Routes a share group's message another node picked this node for: true if a member
+    /// took it.
+    fn take_picked(&self, nats: &async_nats::Message) -> bool {
+        let Some(node) = self.node.get().and_then(Weak::upgrade) else { return false };
+        let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) else { return false };
+        let Some(queue) = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER)) else { return false };
+        let Some(key) = crate::lock(&self.held).get(queue.as_str()).map(|(key, _)| key.clone()) else { return false };
+        let Some(group) = key.group.as_deref() else { return false };
+        node.route_from_cluster(message, envelope.publisher, Reach::Group { path: &key.path, group }) > 0
+    }
+
+    /// Hears the answers of the nodes sent share groups' messages (`send_picked`): a message
+    /// that no member took there, whose node is gone (NATS says no one listens), or that is
+    /// not answered within [`shares::ANSWER_TIMEOUT`], is redispatched to its group.
+    async fn await_share_answers(self: Arc<Cluster>) {
+        let subject = subject::share_ack(&self.config.subject_prefix, &self.config.node_name, None);
+        let mut answers = match self.client.subscribe(subject).await {
+            Ok(answers) => answers,
+            Err(e) => return tracing::error!("cluster: cannot hear whether share groups' messages were taken: {e}"),
+        };
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                answer = answers.next() => {
+                    let Some(answer) = answer else { return };
+                    let Some(id) = answer.subject.rsplit('.').next().and_then(|id| id.parse().ok()) else { continue };
+                    let taken = answer.status.is_none() && answer.payload.as_ref() == TAKEN;
+                    if let Some((message, share)) = self.share_pending.answered(id) {
+                        if !taken {
+                            self.redispatch(message, share);
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    for (message, share) in self.share_pending.expired(shares::ANSWER_TIMEOUT) {
+                        tracing::debug!(group = %crate::log_limit::clipped(&share.name), "cluster: a share group's message was not answered in time; redispatched");
+                        self.redispatch(message, share);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends `message`, which a member of share group `share` on this node will not deliver
@@ -1098,9 +1373,9 @@ impl Cluster {
             if outbound.len() <= self.queue.low && self.publishers_wait.swap(false, Ordering::SeqCst) {
                 self.drained.send_modify(|n| *n += 1);
             }
-            let Some(Outgoing { subject, bytes, stored }) = ahead.pop_front() else { continue };
+            let Some(Outgoing { subject, headers, reply, bytes, stored }) = ahead.pop_front() else { continue };
             let Some(told) = stored else {
-                if let Err(e) = self.client.publish(subject, bytes).await {
+                if let Err(e) = self.send(subject, headers, reply, bytes).await {
                     self.not_forwarded(&format!("NATS refused it: {e}"));
                 }
                 continue;
@@ -1120,15 +1395,36 @@ impl Cluster {
             run.push(told);
             if durable_ahead > 0 && run.len() < ACK_EVERY {
                 // Captured by the stream; the run's last message will vouch for it.
-                if let Err(e) = self.client.publish(subject, bytes).await {
+                if let Err(e) = self.send(subject, headers, None, bytes).await {
                     fail(run.drain(..), &format!("NATS refused it: {e}"));
                 }
                 continue;
             }
             let run = std::mem::take(&mut run);
-            match self.jetstream.publish(subject, bytes).await {
+            let published = match headers {
+                None => self.jetstream.publish(subject, bytes).await,
+                Some(headers) => self.jetstream.publish_with_headers(subject, headers, bytes).await,
+            };
+            match published {
                 Ok(answer) => drop(runs.send(Run { answer, told: run, restart_at: restart_at.take() })),
                 Err(e) => fail(run, &format!("JetStream refused it: {e}")),
+            }
+        }
+    }
+
+    /// Publishes on the main connection, with `headers` and a `reply` subject if given.
+    async fn send(
+        &self,
+        subject: String,
+        headers: Option<async_nats::HeaderMap>,
+        reply: Option<String>,
+        bytes: Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        match (headers, reply) {
+            (None, None) => self.client.publish(subject, bytes).await,
+            (Some(headers), None) => self.client.publish_with_headers(subject, headers, bytes).await,
+            (headers, Some(reply)) => {
+                self.client.publish_with_reply_and_headers(subject, reply, headers.unwrap_or_default(), bytes).await
             }
         }
     }
@@ -1147,6 +1443,15 @@ impl Cluster {
                 v.group.as_deref().map(|g| subject::queue_group(&self.config.subject_prefix, g, &v.path))
             });
             if ours.as_deref() != Some(target.as_str()) {
+                return;
+            }
+        }
+        // A group its publishing node sent the message to the node it picked for it (`shares`).
+        if let (Some(handled), Some(Interest { group: Some(group), path })) =
+            (nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)), via)
+        {
+            let ours = subject::queue_group(&self.config.subject_prefix, group, path);
+            if handled.as_str().split(' ').any(|queue| queue == ours) {
                 return;
             }
         }

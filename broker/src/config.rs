@@ -388,8 +388,13 @@ impl Default for ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// What the cluster starts with, if this node is one of a cluster.
-    pub(crate) fn config(&self, node_name: &str) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    /// What the cluster starts with, if this node is one of a cluster (`share_strategy`:
+    /// `broker.shared_subscription_strategy`).
+    pub(crate) fn config(
+        &self,
+        node_name: &str,
+        share_strategy: SharedStrategy,
+    ) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
         let Some(nats) = self.nats.as_deref().map(str::trim).filter(|n| !n.is_empty()) else {
             return Ok(None);
         };
@@ -420,6 +425,7 @@ impl ClusterSettings {
                 1..=5 => self.replicas,
                 n => return Err(ConfigError::Setting("cluster.replicas", format!("{n} (NATS keeps 1 to 5 copies)"))),
             },
+            share_strategy,
         }))
     }
 }

@@ -748,20 +748,37 @@ impl Node {
         full: Option<&mut Vec<Arc<Session>>>,
         durable: Option<&mut Batch>,
     ) -> Published {
-        let (reach, stored) = match &self.cluster {
-            Some(cluster) => (Reach::Plain, cluster.forward(&mut message, &client.client_id)),
-            None => (Reach::All, None),
+        // In a cluster, share groups get their messages through NATS, but for those whose
+        // node this one picks (`sticky`, `hash`) and picked itself for.
+        let (reach, stored, here) = match &self.cluster {
+            Some(cluster) => {
+                let forwarded = cluster.forward(&mut message, &client.client_id);
+                (Reach::Plain, forwarded.stored, forwarded.here)
+            }
+            None => (Reach::All, None, Vec::new()),
         };
         let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
-        let routed = match durable {
-            Some(batch) => self.route(message, publisher, reach, full, batch),
-            None => {
-                let mut batch = Batch::new();
-                let routed = self.route(message, publisher, reach, full, &mut batch);
-                self.commit_in_background(batch);
-                routed
-            }
+        let mut own_batch = None;
+        let batch = match durable {
+            Some(batch) => batch,
+            None => own_batch.insert(Batch::new()),
         };
+        let mut full = full;
+        let mut routed = 0;
+        for share in &here {
+            let reach = Reach::Group { path: &share.path, group: &share.name };
+            let to_group = self.route(message.clone(), publisher, reach, full.as_deref_mut(), batch);
+            if to_group == 0 {
+                if let Some(cluster) = &self.cluster {
+                    cluster.redispatch(message.clone(), share.clone());
+                }
+            }
+            routed += to_group;
+        }
+        routed += self.route(message, publisher, reach, full, batch);
+        if let Some(batch) = own_batch {
+            self.commit_in_background(batch);
+        }
         if self.cluster.is_some() {
             Published::Forwarded { routed, stored }
         } else {

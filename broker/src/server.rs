@@ -138,7 +138,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     if settings.persistence.enabled {
         node = node.with_persistence(store.clone());
     }
-    if let Some(config) = settings.cluster.config(&settings.node_name)? {
+    if let Some(config) = settings.cluster.config(&settings.node_name, settings.broker.shared_subscription_strategy)? {
         node = node.with_cluster(runtime.block_on(crate::cluster::Cluster::connect(config))?);
     }
     let node = Arc::new(node);

@@ -35,6 +35,11 @@ const NODES: &str = "node";
 const COMMANDS: &str = "ctl";
 /// The class token of the subjects nodes are asked to give up sessions on.
 const SESSIONS: &str = "session";
+/// The class token of the subjects a share group's message is sent to its member's node on
+/// (`<prefix>.share.<node>.<class>.<levels>`).
+const SHARE: &str = "share";
+/// The class token of the subjects those nodes answer on.
+const SHARE_ACKS: &str = "sack";
 /// The token of an empty level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -94,14 +99,20 @@ pub(crate) fn stream_name_prefix(prefix: &str) -> String {
     format!("{}_messages_", prefix.replace('.', "_"))
 }
 
+/// FNV-1a of `bytes`: a hash that is the same in every build and on every platform (for what
+/// outlives a process, or must come out alike on every node).
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 /// The JetStream stream that keeps the QoS 1 and 2 messages node `node` publishes: its name
 /// and the subjects it captures. A name holds only `A-Za-z0-9_-` (NATS also makes a directory
 /// of it): the node's name with other characters as `_`, and a hash of the exact name, so
 /// that two nodes never share a stream.
 pub(crate) fn stream(prefix: &str, node: &str) -> (String, String) {
     let plain: String = node.chars().map(|c| if c.is_ascii() && is_plain(c as u8) { c } else { '_' }).collect();
-    // FNV-1a: stable across builds and platforms (the name outlives the process).
-    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    // Stable across builds and platforms: the name outlives the process.
+    let hash = stable_hash(node.as_bytes());
     let name = format!("{}{plain}_{:08x}", stream_name_prefix(prefix), hash as u32);
     (name, format!("{}.>", durable_root(prefix, node)))
 }
@@ -134,6 +145,28 @@ pub(crate) fn queue_group(prefix: &str, group: &str, path: &str) -> String {
     push_level(&mut out, group);
     out.push('.');
     push_level(&mut out, path);
+    out
+}
+
+/// The root of the subjects on which node `node` is sent the messages its share groups' members
+/// were picked for (`<prefix>.share.<node>`; topics map under it as under the prefix).
+pub(crate) fn share_root(prefix: &str, node: &str) -> String {
+    let mut out = format!("{prefix}.{SHARE}.");
+    push_level(&mut out, node);
+    out
+}
+
+/// The subject node `node` is answered on for the share group message numbered `id` it sent
+/// another node, and (`id` `None`) the filter of all of them.
+pub(crate) fn share_ack(prefix: &str, node: &str, id: Option<u64>) -> String {
+    let mut out = format!("{prefix}.{SHARE_ACKS}.");
+    push_level(&mut out, node);
+    match id {
+        Some(id) => {
+            let _ = write!(out, ".{id}");
+        }
+        None => out.push_str(".*"),
+    }
     out
 }
 
@@ -186,9 +219,10 @@ pub(crate) fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
 /// The topic `subject` stands for, if it is one of ours under `prefix`.
 pub(crate) fn subject_to_topic(prefix: &str, subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-    match rest.strip_prefix(DURABLE).and_then(|r| r.strip_prefix('.')) {
-        // `<prefix>.q.<node>.<class>...`
-        Some(durable) => class_and_levels_to_topic(durable.split_once('.')?.1),
+    let under_node = |root: &str| rest.strip_prefix(root).and_then(|r| r.strip_prefix('.'));
+    match under_node(DURABLE).or_else(|| under_node(SHARE)) {
+        // `<prefix>.q.<node>.<class>...`, `<prefix>.share.<node>.<class>...`
+        Some(of_node) => class_and_levels_to_topic(of_node.split_once('.')?.1),
         None => class_and_levels_to_topic(rest),
     }
 }
@@ -378,5 +412,29 @@ mod tests {
                 assert_eq!(under(&every, &stored), matches, "{filter} under {every} and {stored}");
             }
         }
+    }
+
+    /// A share group's message sent to one node reads back to its topic, is received by no
+    /// filter's subjects (plain or durable) nor by another node's, and its answers are apart.
+    #[test]
+    fn share_subjects_are_per_node_and_apart_from_every_filter() {
+        let root = share_root(P, "emqx@n.1");
+        assert_eq!(root, "mqtt.share.emqx%40n%2E1");
+        let mine = format!("{root}.>");
+        for topic in ["a", "share/x", "$SYS/x", "", "/"] {
+            let subject = topic_to_subject(&root, topic);
+            assert!(is_valid_subject(&subject), "{subject}");
+            assert_eq!(subject_to_topic(P, &subject).as_deref(), Some(topic));
+            assert!(nats_matches(&mine, &subject));
+            assert!(!nats_matches(&format!("{}.>", share_root(P, "other")), &subject));
+            for filter in ["#", "+", "share/#", "+/#", "$SYS/#", "a"] {
+                for under in [P.to_owned(), every_durable_root(P)] {
+                    assert!(!filter_to_subjects(&under, filter).iter().any(|f| nats_matches(f, &subject)), "{filter}");
+                }
+            }
+        }
+        assert_eq!(share_ack(P, "emqx@n1", Some(42)), "mqtt.sack.emqx%40n1.42");
+        assert!(nats_matches(&share_ack(P, "emqx@n1", None), &share_ack(P, "emqx@n1", Some(42))));
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a");
     }
 }

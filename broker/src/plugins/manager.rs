@@ -419,6 +419,10 @@ impl Manager {
             ["cluster", "status"] => Ok(format!("Cluster status: {}", self.membership().erlang())),
             ["cluster", "status", "--json"] => Ok(self.membership().json().to_string()),
             ["cluster", "nodes", "--json"] => Ok(serde_json::Value::Array(self.nodes()).to_string()),
+            ["cluster", "shares"] => Ok(match &self.shared.node.cluster {
+                Some(cluster) => cluster.share_groups(),
+                None => format!("This node ({}) is alone: its share groups pick among its own members.", self.shared.node_name),
+            }),
             ["cluster", "call", node, command @ ..] if !command.is_empty() => {
                 let command: Vec<String> = command.iter().map(|w| w.to_string()).collect();
                 if *node == self.shared.node_name {
@@ -433,7 +437,8 @@ impl Manager {
                 cluster.call_blocking(node, &command).map_err(|(status, message)| CommandError::new(status, message))
             }
             ["cluster", ..] => Err(CommandError::invalid(
-                "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster call NODE COMMAND...",
+                "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster shares | cluster call NODE \
+                 COMMAND...",
             )),
             // The connected clients as `Host::clients` gives them (the management API lists
             // another node's through `cluster call`).

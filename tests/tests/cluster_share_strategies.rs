@@ -1,0 +1,178 @@
+//! Share group strategies that must pick alike on every node of a cluster (issue "Scale out on
+//! NATS"): with `broker.shared_subscription_strategy = "sticky"` one member in the whole
+//! cluster gets every message while it stays, whichever node the messages were published on;
+//! with `"hash"` each publisher's messages go to one member, in the order they were published.
+//! The publishing node picks the member's node from what the nodes' heartbeats say they hold
+//! (`broker ctl cluster shares` prints it); a node killed with `kill -9` loses none of the
+//! messages sent its way.
+
+use std::time::{Duration, Instant};
+
+use e2e::nats::Nats;
+use e2e::raw::{payload, C5};
+use e2e::{Broker, DataDir};
+use rumqttc::v5::mqttbytes::QoS;
+
+/// Three nodes on `nats` named `emqx@<prefix>1..3`, their share groups picking by `strategy`.
+fn three_nodes(nats: &Nats, prefix: &str, strategy: &str) -> Vec<(DataDir, Broker)> {
+    (1..=3)
+        .map(|i| {
+            let dir = DataDir::new();
+            let name = format!("emqx@{prefix}{i}");
+            let env = [
+                ("BROKER_CLUSTER__NATS", nats.url()),
+                ("BROKER_NODE_NAME", name),
+                ("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", strategy.to_owned()),
+            ];
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let broker = Broker::start(&dir, &env);
+            (dir, broker)
+        })
+        .collect()
+}
+
+/// Waits until every node of `nodes` says that `share` has members on `count` nodes.
+fn wait_for_share_view(nodes: &[&DataDir], share: &str, count: usize) {
+    e2e::wait_until(&format!("every node sees {share} on {count} nodes"), || {
+        nodes
+            .iter()
+            .all(|dir| {
+                let out = dir.ctl(&["cluster", "shares"]).ok();
+                out.lines().any(|line| {
+                    line.strip_prefix(share)
+                        .and_then(|rest| rest.strip_prefix(" : "))
+                        .is_some_and(|nodes| nodes.split(' ').count() == count)
+                })
+            })
+            .then_some(())
+    });
+}
+
+/// Receives from `members` until `n` messages came in all, each once; the payloads each member
+/// got, in order.
+fn receive_all(members: &mut [C5], n: usize) -> Vec<Vec<String>> {
+    let mut got = vec![Vec::new(); members.len()];
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + e2e::DEADLINE;
+    while seen.len() < n {
+        assert!(Instant::now() < deadline, "{} of {n} messages reached a member: {got:?}", seen.len());
+        for (i, member) in members.iter_mut().enumerate() {
+            while let Some(p) = member.next_publish_within(Duration::from_millis(5)) {
+                let p = payload(&p);
+                assert!(seen.insert(p.clone()), "{p} came twice: {got:?}");
+                got[i].push(p);
+            }
+        }
+    }
+    got
+}
+
+/// `sticky` across nodes: the member that subscribed first gets every message, from
+/// publishers on each of three nodes, in each publisher's order; once it goes, the member
+/// that subscribed next gets every message.
+#[test]
+fn a_sticky_share_group_gives_every_message_to_one_member_in_the_cluster() {
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats, "k", "sticky");
+    let dirs: Vec<&DataDir> = nodes.iter().map(|(dir, _)| dir).collect();
+    let share = "$share/g/k/#";
+    let mut members: Vec<C5> = Vec::new();
+    for (i, (_, broker)) in nodes.iter().enumerate() {
+        let mut member = C5::connect(broker, &format!("k-member{i}"));
+        member.subscribe(share, QoS::AtLeastOnce);
+        members.push(member);
+    }
+    wait_for_share_view(&dirs, share, 3);
+    assert_eq!(dirs[2].ctl(&["cluster", "shares"]).ok().trim(), format!("{share} : emqx@k1 emqx@k2 emqx@k3"));
+    let mut publishers: Vec<C5> =
+        nodes.iter().enumerate().map(|(i, (_, broker))| C5::connect(broker, &format!("k-pub{i}"))).collect();
+    let publish = |publishers: &mut [C5], range: std::ops::Range<usize>| {
+        for n in range {
+            publishers[n % 3].publish(&format!("k/{}", n % 5), QoS::AtLeastOnce, &n.to_string());
+        }
+    };
+    publish(&mut publishers, 0..30);
+    let got = receive_all(&mut members, 30);
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [30, 0, 0], "the first member (node 1) gets all");
+    in_each_publishers_order(&got[0]);
+
+    members.remove(0).disconnect();
+    wait_for_share_view(&dirs, share, 2);
+    publish(&mut publishers, 30..60);
+    let got = receive_all(&mut members, 30);
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [30, 0], "then the member that subscribed next (node 2)");
+    in_each_publishers_order(&got[0]);
+}
+
+/// Asserts that of `got` (message `n` published by publisher `n % 3`), each publisher's came in
+/// the order it published them (MQTT orders one publisher's messages, not several's).
+fn in_each_publishers_order(got: &[String]) {
+    for p in 0..3 {
+        let theirs: Vec<u32> = got.iter().map(|g| g.parse().unwrap()).filter(|n| n % 3 == p).collect();
+        assert!(theirs.windows(2).all(|w| w[0] < w[1]), "publisher {p}'s in order: {got:?}");
+    }
+}
+
+/// `hash` across nodes: each of six publishers on three nodes has all its messages go to one
+/// member, in order, the same whichever node the message went through; the publishers are
+/// spread over the members.
+#[test]
+fn a_hash_share_group_keeps_each_publishers_messages_at_one_member_in_order() {
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats, "h", "hash");
+    let dirs: Vec<&DataDir> = nodes.iter().map(|(dir, _)| dir).collect();
+    let share = "$share/g/h/x";
+    let mut members: Vec<C5> = Vec::new();
+    for (i, (_, broker)) in nodes.iter().enumerate() {
+        let mut member = C5::connect(broker, &format!("h-member{i}"));
+        member.subscribe(share, QoS::AtLeastOnce);
+        members.push(member);
+    }
+    wait_for_share_view(&dirs, share, 3);
+    let mut publishers: Vec<C5> = (0..6).map(|p| C5::connect(&nodes[p % 3].1, &format!("h-publisher-{p}"))).collect();
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        for (p, publisher) in publishers.iter_mut().enumerate() {
+            publisher.publish("h/x", QoS::AtLeastOnce, &format!("{p}/{round}"));
+        }
+    }
+    let got = receive_all(&mut members, 6 * ROUNDS);
+    let mut used = std::collections::HashSet::new();
+    for p in 0..6 {
+        let at: Vec<usize> = (0..3).filter(|&m| got[m].iter().any(|g| g.starts_with(&format!("{p}/")))).collect();
+        assert_eq!(at.len(), 1, "publisher {p}'s messages at one member: {got:?}");
+        let theirs: Vec<&String> = got[at[0]].iter().filter(|g| g.starts_with(&format!("{p}/"))).collect();
+        let expected: Vec<String> = (0..ROUNDS).map(|r| format!("{p}/{r}")).collect();
+        assert_eq!(theirs, expected.iter().collect::<Vec<_>>(), "publisher {p}'s messages in order");
+        used.insert(at[0]);
+    }
+    assert!(used.len() >= 2, "six publishers spread over more than one member: {got:?}");
+}
+
+/// The node picked for a `sticky` group killed with `kill -9`: the QoS 1 messages published
+/// right after on another node, sent its way before the others heard it stopped, reach the
+/// member left, each once.
+#[test]
+fn messages_sent_to_a_killed_nodes_share_group_reach_another_member() {
+    let nats = Nats::start();
+    let mut nodes = three_nodes(&nats, "d", "sticky");
+    let share = "$share/g/d/x";
+    let mut first = C5::connect(&nodes[0].1, "d-first");
+    first.subscribe(share, QoS::AtLeastOnce);
+    let mut second = C5::connect(&nodes[1].1, "d-second");
+    second.subscribe(share, QoS::AtLeastOnce);
+    wait_for_share_view(&[&nodes[1].0, &nodes[2].0], share, 2);
+    let mut publisher = C5::connect(&nodes[2].1, "d-pub");
+    publisher.publish("d/x", QoS::AtLeastOnce, "before");
+    assert_eq!(payload(&first.next_publish()), "before", "node 1's member is the sticky one");
+
+    let (_dir, killed) = nodes.remove(0);
+    killed.kill();
+    for n in 0..10 {
+        publisher.publish("d/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    let mut got = receive_all(std::slice::from_mut(&mut second), 10).remove(0);
+    got.sort_by_key(|g| g.parse::<u32>().unwrap());
+    assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+    drop(first);
+}
