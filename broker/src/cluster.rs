@@ -52,8 +52,11 @@
 //!   persistent session of it is revived from its record in a second bucket, with what was
 //!   published for it read back from the streams ([`Cluster::replay`]).
 //!
-//! What this does not do yet (issue "Scale out on NATS"): retained messages and the store are
-//! per node.
+//! - **Plugin state** named in `[cluster] shared_state` is the cluster's (`shared_state`).
+//!
+//! What this does not do yet (issue "Scale out on NATS"): `round_robin` takes turns within a
+//! node only; a session revived after its node died does not get back what a share group had
+//! given it.
 
 mod dedup;
 mod inbox;
