@@ -382,7 +382,8 @@ struct Beat {
 }
 
 /// What forwarding a message gave: when it is stored (QoS 1/2, see [`Cluster::forward`]), and
-/// the share groups of this node it is for (`shares`: this node was picked for them).
+/// the share groups this node serves it to itself: those `shares` picked this node for, and
+/// while NATS is away every group of its own the message is for.
 pub(crate) struct Forwarded {
     pub(crate) stored: Option<Stored>,
     pub(crate) here: Vec<Arc<crate::router::ShareGroup>>,
@@ -1060,36 +1061,58 @@ impl Cluster {
             return Forwarded { stored: None, here: Vec::new() };
         };
         let bytes = Bytes::from(bytes);
+        let reachable = self.reachable();
         let view = self.share_view.load();
-        let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !self.reachable() {
+        let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !reachable {
             Vec::new()
         } else {
             view.pick(message.topic(), publisher, self.config.share_strategy).collect()
         };
-        let headers = (!picked.is_empty()).then(|| {
-            let handled: Vec<&str> = picked.iter().map(|(spread, _)| spread.queue.as_str()).collect();
+        // While NATS is away nothing reaches a share group through it: this node's own groups
+        // are served here, and named in the copy the NATS client holds for when it is back,
+        // so that their queue groups let it pass then.
+        let here = if reachable { Vec::new() } else { self.own_groups_matching(message.topic()) };
+        let handled: Vec<&str> = picked
+            .iter()
+            .map(|(spread, _)| spread.queue.as_str())
+            .chain(here.iter().map(|(_, queue)| queue.as_str()))
+            .collect();
+        let headers = (!handled.is_empty()).then(|| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(HANDLED_HEADER, handled.join(" ").as_str());
             headers
         });
         let (stored, told) = through_jetstream.then(oneshot::channel).unzip();
         let outgoing = Outgoing { subject, headers, reply: None, bytes: bytes.clone(), stored };
+        let mut here: Vec<_> = here.into_iter().map(|(share, _)| share).collect();
+        let (mine, others): (Vec<_>, Vec<_>) = picked.into_iter().partition(|(_, node)| *node == self.config.node_name);
+        here.extend(mine.into_iter().map(|(spread, _)| spread.share.clone()));
         if self.outbound.try_send(outgoing).is_err() {
             self.not_forwarded("the queue to NATS is full");
-            return refusal("the queue to NATS is full");
+            // This node's own subscribers get it all the same, its share groups' members too.
+            return Forwarded { here, ..refusal("the queue to NATS is full") };
         }
-        let mut here = Vec::new();
-        for (spread, node) in picked {
-            if node == self.config.node_name {
-                here.push(spread.share.clone());
-            } else {
-                self.send_picked(message, &bytes, spread, node);
-            }
+        for (spread, node) in others {
+            self.send_picked(message, &bytes, spread, node);
         }
         let stored = told.map(|told| -> Stored {
             Box::pin(async move { told.await.unwrap_or_else(|_| Err("the cluster stopped".to_owned())) })
         });
         Forwarded { stored, here }
+    }
+
+    /// This node's share groups whose filter matches `topic`, and their queue groups.
+    fn own_groups_matching(&self, topic: &str) -> Vec<(Arc<crate::router::ShareGroup>, String)> {
+        let interest = crate::lock(&self.interest);
+        interest
+            .keys()
+            .filter(|key| key.group.is_some() && plugin_api::topic::matches(&key.path, topic))
+            .filter_map(|key| {
+                let group = key.group.as_deref()?;
+                let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
+                Some((Arc::new(crate::router::ShareGroup { name: group.into(), path: key.path.clone() }), queue))
+            })
+            .collect()
     }
 
     /// Sends `message` (its envelope `bytes`) to `node`, picked for share group `spread`,

@@ -748,8 +748,8 @@ impl Node {
         full: Option<&mut Vec<Arc<Session>>>,
         durable: Option<&mut Batch>,
     ) -> Published {
-        // In a cluster, share groups get their messages through NATS, but for those whose
-        // node this one picks (`sticky`, `hash`) and picked itself for.
+        // In a cluster, share groups get their messages through NATS, but for those this node
+        // serves itself (see `Forwarded::here`).
         let (reach, stored, here) = match &self.cluster {
             Some(cluster) => {
                 let forwarded = cluster.forward(&mut message, &client.client_id);

@@ -1,5 +1,6 @@
-//! Share group strategies that must pick alike on every node of a cluster (issue "Scale out on
-//! NATS"): with `broker.shared_subscription_strategy = "sticky"` one member in the whole
+//! Share groups in a cluster (issue "Scale out on NATS"), beyond the spread and the
+//! redispatching `cluster.rs` tests: while NATS is away a node serves its own members, once;
+//! and the strategies that must pick alike on every node: with `broker.shared_subscription_strategy = "sticky"` one member in the whole
 //! cluster gets every message while it stays, whichever node the messages were published on;
 //! with `"hash"` each publisher's messages go to one member, in the order they were published.
 //! The publishing node picks the member's node from what the nodes' heartbeats say they hold
@@ -29,6 +30,52 @@ fn three_nodes(nats: &Nats, prefix: &str, strategy: &str) -> Vec<(DataDir, Broke
             (dir, broker)
         })
         .collect()
+}
+
+/// While NATS is away a share group's members are served by their own node (nothing reaches
+/// them through NATS meanwhile), in order; when NATS is back, the copies the NATS client held
+/// meanwhile are not served to the group a second time (by a member on another node).
+#[test]
+fn a_share_group_is_served_by_its_own_node_while_nats_is_away_and_once_only() {
+    let mut nats = Nats::start();
+    let nodes = three_nodes(&nats, "a", "random");
+    let (n1, n2) = (&nodes[0].1, &nodes[1].1);
+    let mut members = [C5::connect(n1, "a-member1"), C5::connect(n2, "a-member2")];
+    for member in &mut members {
+        member.subscribe("$share/g/a/x", QoS::AtLeastOnce);
+    }
+    let mut plain = C5::connect(n2, "a-plain");
+    plain.subscribe("a/mark", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(n1, "a-pub");
+
+    nats.kill();
+    n1.wait_for_log("cluster: lost NATS");
+    for n in 0..5 {
+        publisher.publish("a/x", QoS::AtLeastOnce, &format!("away {n}"));
+    }
+    let got: Vec<String> = (0..5).map(|_| payload(&members[0].next_publish())).collect();
+    assert_eq!(got, ["away 0", "away 1", "away 2", "away 3", "away 4"], "served on its node, in order");
+
+    nats.restart();
+    e2e::wait_until("both nodes' queue subscriptions back in NATS", || {
+        (nats.subscribed_subjects().iter().filter(|s| *s == "mqtt.q.*.t.a.x").count() == 2).then_some(())
+    });
+    // Node 1 publishes through NATS again once a message crosses to node 2; what the NATS
+    // client held went before it.
+    for round in 0.. {
+        assert!(round < 100, "no message crossed within 100 rounds after NATS came back");
+        publisher.publish("a/mark", QoS::AtLeastOnce, "mark");
+        if plain.next_publish_within(Duration::from_millis(200)).is_some() {
+            break;
+        }
+    }
+    // Anything held and served again would come to a member before these.
+    for n in 0..20 {
+        publisher.publish("a/x", QoS::AtLeastOnce, &format!("after {n}"));
+    }
+    let got = receive_all(&mut members, 20);
+    let again: Vec<&String> = got.iter().flatten().filter(|p| p.starts_with("away")).collect();
+    assert!(again.is_empty(), "served to the group twice: {again:?}");
 }
 
 /// Waits until every node of `nodes` says that `share` has members on `count` nodes.
