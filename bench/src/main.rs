@@ -83,6 +83,10 @@ struct Args {
     /// them on disk writes each message before it acknowledges it.
     #[arg(long)]
     persistent: bool,
+    /// The subscribers are the members of share group GROUP (`$share/GROUP/...`): each message
+    /// reaches one of them, and the run waits for every message once.
+    #[arg(long)]
+    share: Option<String>,
 }
 
 fn options(args: &Args, id: String) -> MqttOptions {
@@ -152,11 +156,18 @@ async fn pubsub(args: Args) {
         Scenario::Many => (args.clients, args.clients, args.clients * args.messages),
         Scenario::Idle | Scenario::Connect | Scenario::Subscribe => unreachable!(),
     };
-    let expected = expected_each * subscribers;
+    // In a share group each message reaches one member; a member may get any number of them.
+    let (expected, expected_each) = match args.share {
+        Some(_) => (expected_each, usize::MAX),
+        None => (expected_each * subscribers, expected_each),
+    };
     let start = Instant::now();
     let received = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
-    let filter = format!("bench/{run}/#");
+    let filter = match &args.share {
+        Some(group) => format!("$share/{group}/bench/{run}/#"),
+        None => format!("bench/{run}/#"),
+    };
 
     let mut subscriber_tasks = Vec::new();
     let mut subscriber_clients = Vec::new();
@@ -167,7 +178,7 @@ async fn pubsub(args: Args) {
         let (suback_tx, suback_rx) = tokio::sync::oneshot::channel::<()>();
         let mut suback_tx = Some(suback_tx);
         let (received, done, last_receive) = (received.clone(), done.clone(), last_receive.clone());
-        let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each)));
+        let mine = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected_each.min(expected))));
         all_latencies.push(mine.clone());
         let port = args.subscriber_port.unwrap_or(args.port);
         let mut subscriber_options = options_at(&args, format!("bench-sub-{run}-{s}"), port);

@@ -15,13 +15,15 @@
 //!   subscriptions, and NATS sends a message once to each: every message carries its node's
 //!   id and a sequence number, and a node routes the first copy only (`dedup`), in its node's
 //!   order across the subscriptions it came through (`inbox`).
-//! - **Share groups** are NATS queue groups (on a second connection, which sees this node's own
-//!   messages): one member in the cluster gets each message. A message that its member will
-//!   not deliver (its session ended; its full queue dropped it) goes to another member
-//!   (`Node::redispatch`), on another node when none is left on this one: offered as a NATS
-//!   request that the receiving node answers once a member took it, again until one does.
-//!   With the strategies `sticky` and `hash` the publishing node picks the member's node
-//!   instead, so that every node picks alike (`shares`).
+//! - **Share groups**: one member in the cluster gets each message. The publishing node picks
+//!   the member's node by the strategy, from what every node's heartbeat says it has members
+//!   of, and sends the message there, which answers once a member took it (`shares`). Each
+//!   group is also a NATS queue group (on a second connection, which sees this node's own
+//!   messages), which serves a group the publishing node has not heard of yet. A message that
+//!   its member will not deliver (its session ended; its full queue dropped it) goes to
+//!   another member (`Node::redispatch`), on another node when none is left on this one:
+//!   offered as a NATS request to the queue group, which the receiving node answers once a
+//!   member took it, again until one does.
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //! - **Commands on another node** (`broker ctl cluster call NODE ...`, and the management
 //!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
@@ -226,8 +228,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) retention_bytes: i64,
     /// On how many NATS servers the stream keeps each message (a NATS cluster's).
     pub(crate) replicas: usize,
-    /// How share groups pick their members (`broker.shared_subscription_strategy`): with
-    /// `sticky` and `hash` the publishing node picks the node (`shares`).
+    /// How share groups pick their members (`broker.shared_subscription_strategy`): the
+    /// publishing node picks the node by it (`shares`).
     pub(crate) share_strategy: crate::router::Strategy,
 }
 
@@ -361,18 +363,19 @@ pub(crate) struct Cluster {
     record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
     /// Plugin state shared with the other nodes (`shared_state`), once the store is given.
     shared_state: OnceLock<shared_state::SharedState>,
-    /// With `sticky` and `hash` (`shares`): the share groups this node has members of and
+    /// The share groups this node has members of (`shares`) and
     /// since when, those the other nodes said they have, the view made of both, the messages
     /// sent to another node for a group and not answered yet, and a wake-up for the heartbeat
-    /// (sent at once when this node's groups change). `held` is by NATS queue group.
-    held: Mutex<HashMap<String, (Interest, u64)>>,
+    /// (sent at once when this node's groups change). `held` is by NATS queue group: the group,
+    /// since when, how many members.
+    held: Mutex<HashMap<String, (Interest, u64, u32)>>,
     peer_shares: Mutex<HashMap<String, Vec<shares::Held>>>,
     share_view: arc_swap::ArcSwap<shares::View>,
     share_pending: shares::Pending,
     beat_now: tokio::sync::Notify,
 }
 
-/// A heartbeat: the node's [`NodeInfo`], and its share groups (with `sticky` and `hash`).
+/// A heartbeat: the node's [`NodeInfo`], and its share groups.
 #[derive(Debug, Serialize, Deserialize)]
 struct Beat {
     #[serde(flatten)]
@@ -577,10 +580,8 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
-        if self.picks_shares() {
-            tokio::spawn(self.clone().serve_picked_shares());
-            tokio::spawn(self.clone().await_share_answers());
-        }
+        tokio::spawn(self.clone().serve_picked_shares());
+        tokio::spawn(self.clone().await_share_answers());
         self.serve_sessions();
         if let Some(writes) = crate::lock(&self.record_writes_rx).take() {
             tokio::spawn(self.clone().write_records(writes));
@@ -797,7 +798,10 @@ impl Cluster {
                     self.rebuild_share_view();
                     true
                 }
-                () = self.beat_now.notified() => true,
+                () = self.beat_now.notified() => {
+                    self.rebuild_share_view();
+                    true
+                }
                 message = heard.next() => {
                     let Some(message) = message else { return };
                     self.heard(&message.payload);
@@ -825,9 +829,6 @@ impl Cluster {
         let was_running = crate::lock(&self.peers)
             .insert(name.clone(), (Instant::now(), beat.info))
             .is_some_and(|(at, _)| at.elapsed() <= 3 * HEARTBEAT);
-        if !self.picks_shares() {
-            return;
-        }
         let changed = {
             let mut peer_shares = crate::lock(&self.peer_shares);
             let changed = peer_shares.get(&name).map_or(!beat.shares.is_empty(), |old| *old != beat.shares);
@@ -873,12 +874,10 @@ impl Cluster {
         *count += 1;
         if *count == 1 {
             self.requested.fetch_add(1, Ordering::AcqRel);
-            let held = self.holds_shares(&key, true);
-            let _ = self.changes.send(Change::Add(key));
-            drop(interest);
-            if held {
-                self.share_groups_changed();
-            }
+            let _ = self.changes.send(Change::Add(key.clone()));
+        }
+        if self.holds_shares(&key, *count) {
+            self.beat_now.notify_one();
         }
     }
 
@@ -888,52 +887,43 @@ impl Cluster {
         let mut interest = crate::lock(&self.interest);
         let Some(count) = interest.get_mut(&key) else { return };
         *count -= 1;
-        if *count == 0 {
+        let members = *count;
+        if members == 0 {
             interest.remove(&key);
-            let held = self.holds_shares(&key, false);
-            let _ = self.changes.send(Change::Remove(key));
-            drop(interest);
-            if held {
-                self.share_groups_changed();
-            }
+            let _ = self.changes.send(Change::Remove(key.clone()));
+        }
+        if self.holds_shares(&key, members) {
+            self.beat_now.notify_one();
         }
     }
 
-    /// Whether share groups are picked by the publishing node (`shares`).
-    fn picks_shares(&self) -> bool {
-        matches!(self.config.share_strategy, crate::router::Strategy::Sticky | crate::router::Strategy::Hash)
-    }
-
-    /// Notes that this node now has (`true`) or no longer has members of `key`, if it is a
-    /// share group whose node the publishing node picks: true if so. Called with `interest`
-    /// held, so that the changes of one key are noted in their order.
-    fn holds_shares(&self, key: &Interest, now: bool) -> bool {
-        let Some(group) = key.group.as_deref().filter(|_| self.picks_shares()) else { return false };
+    /// Notes that this node now has `members` members of `key` (0: none left), if it is a
+    /// share group (`shares`): true if so (the heartbeat then tells the other nodes at once,
+    /// and makes the view again). Called with `interest` held, so that the changes of one key
+    /// are noted in their order.
+    fn holds_shares(&self, key: &Interest, members: usize) -> bool {
+        let Some(group) = key.group.as_deref() else { return false };
         let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
         let mut held = crate::lock(&self.held);
-        if now {
-            held.insert(queue, (key.clone(), crate::now_ms()));
-        } else {
+        let members = u32::try_from(members).unwrap_or(u32::MAX);
+        if members == 0 {
             held.remove(&queue);
+        } else {
+            held.entry(queue).or_insert_with(|| (key.clone(), crate::now_ms(), 0)).2 = members;
         }
         true
     }
 
-    /// This node's share groups changed: the view, and the other nodes at once.
-    fn share_groups_changed(&self) {
-        self.rebuild_share_view();
-        self.beat_now.notify_one();
-    }
-
-    /// This node's share groups, as its heartbeat says (none unless `shares` picks).
+    /// This node's share groups, as its heartbeat says.
     fn held_shares(&self) -> Vec<shares::Held> {
         let held = crate::lock(&self.held);
         let mut list: Vec<shares::Held> = held
             .values()
-            .map(|(key, since_ms)| shares::Held {
+            .map(|(key, since_ms, members)| shares::Held {
                 group: key.group.as_deref().unwrap_or_default().to_owned(),
                 path: key.path.to_string(),
                 since_ms: *since_ms,
+                members: *members,
             })
             .collect();
         list.sort_by(|a, b| (&a.group, &a.path).cmp(&(&b.group, &b.path)));
@@ -944,9 +934,6 @@ impl Cluster {
     /// nodes. The other nodes' groups stay locked meanwhile, so that views are stored in the
     /// order they were made.
     fn rebuild_share_view(&self) {
-        if !self.picks_shares() {
-            return;
-        }
         let peer_shares = crate::lock(&self.peer_shares);
         let mine = self.held_shares();
         let running: Vec<String> =
@@ -955,25 +942,24 @@ impl Cluster {
             running.iter().filter_map(|node| peer_shares.get(node).map(|held| (node.as_str(), held.as_slice())));
         let held = std::iter::once((self.config.node_name.as_str(), mine.as_slice())).chain(others);
         let prefix = &self.config.subject_prefix;
-        let view = shares::View::build(held, |group, path| subject::queue_group(prefix, group, path));
+        let previous = self.share_view.load();
+        let view = shares::View::build(held, &previous, |group, path| subject::queue_group(prefix, group, path));
         self.share_view.store(Arc::new(view));
     }
 
-    /// The share groups of the cluster whose node the publishing node picks, as `broker ctl
-    /// cluster shares` prints them: one line a group, its nodes in the order `sticky` takes them.
+    /// The share groups of the cluster, as `broker ctl cluster shares` prints them: one line a
+    /// group, its nodes (and their members) in the order `sticky` takes them.
     pub(crate) fn share_groups(&self) -> String {
-        if !self.picks_shares() {
-            return format!(
-                "Share groups are spread by NATS queue groups (shared_subscription_strategy = {}): no node picks.",
-                self.config.share_strategy.name()
-            );
-        }
         let view = self.share_view.load();
         view.groups()
             .iter()
             .map(|g| {
-                let nodes: Vec<&str> = g.nodes.iter().map(|(_, node)| node.as_str()).collect();
-                format!("$share/{}/{} : {}", g.share.name, g.share.path, nodes.join(" "))
+                let nodes: Vec<String> = g
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} ({} member{})", n.node, n.members, if n.members == 1 { "" } else { "s" }))
+                    .collect();
+                format!("$share/{}/{} : {}", g.share.name, g.share.path, nodes.join(", "))
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -1041,12 +1027,13 @@ impl Cluster {
     /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
     /// numbering it (its [`Message::origin`]).
     /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
-    /// it is stored. With `sticky` and `hash`, it also goes to the node picked for each share
-    /// group it is for (`shares`); the groups this node was picked for are handed back.
+    /// it is stored. It also goes to the node picked for each share group it is for
+    /// (`shares`); the groups this node was picked for are handed back.
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Forwarded {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));
-        let through_jetstream = message.qos > 0 && self.reachable();
+        let reachable = self.reachable();
+        let through_jetstream = message.qos > 0 && reachable;
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
         let subject = subject::topic_to_subject(root, message.topic());
         let refusal = |why: &str| Forwarded { stored: through_jetstream.then(|| refused(why)), here: Vec::new() };
@@ -1061,7 +1048,6 @@ impl Cluster {
             return Forwarded { stored: None, here: Vec::new() };
         };
         let bytes = Bytes::from(bytes);
-        let reachable = self.reachable();
         let view = self.share_view.load();
         let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !reachable {
             Vec::new()
@@ -1160,7 +1146,7 @@ impl Cluster {
         let Some(node) = self.node.get().and_then(Weak::upgrade) else { return false };
         let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) else { return false };
         let Some(queue) = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER)) else { return false };
-        let Some(key) = crate::lock(&self.held).get(queue.as_str()).map(|(key, _)| key.clone()) else { return false };
+        let Some(key) = crate::lock(&self.held).get(queue.as_str()).map(|(key, ..)| key.clone()) else { return false };
         let Some(group) = key.group.as_deref() else { return false };
         node.route_from_cluster(message, envelope.publisher, Reach::Group { path: &key.path, group }) > 0
     }

@@ -1,11 +1,12 @@
 //! Share groups in a cluster (issue "Scale out on NATS"), beyond the spread and the
-//! redispatching `cluster.rs` tests: while NATS is away a node serves its own members, once;
-//! and the strategies that must pick alike on every node: with `broker.shared_subscription_strategy = "sticky"` one member in the whole
-//! cluster gets every message while it stays, whichever node the messages were published on;
-//! with `"hash"` each publisher's messages go to one member, in the order they were published.
-//! The publishing node picks the member's node from what the nodes' heartbeats say they hold
-//! (`broker ctl cluster shares` prints it); a node killed with `kill -9` loses none of the
-//! messages sent its way.
+//! redispatching that `cluster.rs` tests. The publishing node picks the member's node by
+//! `broker.shared_subscription_strategy`, from what the nodes' heartbeats say they hold
+//! (`broker ctl cluster shares` prints it), so every strategy holds cluster-wide:
+//! `round_robin` takes every member in the cluster in turn, `sticky` gives one member every
+//! message while it stays (whichever node the messages were published on), and `hash` keeps
+//! each publisher's messages at one member, in the order they were published. A node killed
+//! with `kill -9` loses none of the messages sent its way; while NATS is away a node serves
+//! its own members, once.
 
 use std::time::{Duration, Instant};
 
@@ -88,7 +89,7 @@ fn wait_for_share_view(nodes: &[&DataDir], share: &str, count: usize) {
                 out.lines().any(|line| {
                     line.strip_prefix(share)
                         .and_then(|rest| rest.strip_prefix(" : "))
-                        .is_some_and(|nodes| nodes.split(' ').count() == count)
+                        .is_some_and(|nodes| nodes.split(", ").count() == count)
                 })
             })
             .then_some(())
@@ -130,7 +131,8 @@ fn a_sticky_share_group_gives_every_message_to_one_member_in_the_cluster() {
         members.push(member);
     }
     wait_for_share_view(&dirs, share, 3);
-    assert_eq!(dirs[2].ctl(&["cluster", "shares"]).ok().trim(), format!("{share} : emqx@k1 emqx@k2 emqx@k3"));
+    let each = "emqx@k1 (1 member), emqx@k2 (1 member), emqx@k3 (1 member)";
+    assert_eq!(dirs[2].ctl(&["cluster", "shares"]).ok().trim(), format!("{share} : {each}"));
     let mut publishers: Vec<C5> =
         nodes.iter().enumerate().map(|(i, (_, broker))| C5::connect(broker, &format!("k-pub{i}"))).collect();
     let publish = |publishers: &mut [C5], range: std::ops::Range<usize>| {
@@ -157,6 +159,35 @@ fn in_each_publishers_order(got: &[String]) {
     for p in 0..3 {
         let theirs: Vec<u32> = got.iter().map(|g| g.parse().unwrap()).filter(|n| n % 3 == p).collect();
         assert!(theirs.windows(2).all(|w| w[0] < w[1]), "publisher {p}'s in order: {got:?}");
+    }
+}
+
+/// `round_robin` across nodes: with two members on node 1 and one on each of the others,
+/// 40 messages from one publisher go to each member in turn, 10 each.
+#[test]
+fn a_round_robin_share_group_takes_every_member_in_the_cluster_in_turn() {
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats, "r", "round_robin");
+    let share = "$share/g/r/x";
+    let mut members: Vec<C5> = Vec::new();
+    for (i, node) in [0, 0, 1, 2].into_iter().enumerate() {
+        let mut member = C5::connect(&nodes[node].1, &format!("r-member{i}"));
+        member.subscribe(share, QoS::AtLeastOnce);
+        members.push(member);
+    }
+    let expected = format!("{share} : emqx@r1 (2 members), emqx@r2 (1 member), emqx@r3 (1 member)");
+    e2e::wait_until("node 2 sees every member", || {
+        (nodes[1].0.ctl(&["cluster", "shares"]).ok().trim() == expected).then_some(())
+    });
+    let mut publisher = C5::connect(&nodes[1].1, "r-pub");
+    for n in 0..40 {
+        publisher.publish("r/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    let got = receive_all(&mut members, 40);
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 10, 10], "{got:?}");
+    for (i, theirs) in got.iter().enumerate() {
+        let numbers: Vec<u32> = theirs.iter().map(|g| g.parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] - w[0] == 4), "member {i} every fourth message: {numbers:?}");
     }
 }
 
@@ -196,30 +227,34 @@ fn a_hash_share_group_keeps_each_publishers_messages_at_one_member_in_order() {
     assert!(used.len() >= 2, "six publishers spread over more than one member: {got:?}");
 }
 
-/// The node picked for a `sticky` group killed with `kill -9`: the QoS 1 messages published
-/// right after on another node, sent its way before the others heard it stopped, reach the
-/// member left, each once.
+/// A node with a share group's member killed with `kill -9`: the QoS 1 messages published
+/// right after on another node, some sent its way before the others heard it stopped, reach
+/// the member left, each once; with `random` (the default) as with `sticky`.
 #[test]
 fn messages_sent_to_a_killed_nodes_share_group_reach_another_member() {
-    let nats = Nats::start();
-    let mut nodes = three_nodes(&nats, "d", "sticky");
-    let share = "$share/g/d/x";
-    let mut first = C5::connect(&nodes[0].1, "d-first");
-    first.subscribe(share, QoS::AtLeastOnce);
-    let mut second = C5::connect(&nodes[1].1, "d-second");
-    second.subscribe(share, QoS::AtLeastOnce);
-    wait_for_share_view(&[&nodes[1].0, &nodes[2].0], share, 2);
-    let mut publisher = C5::connect(&nodes[2].1, "d-pub");
-    publisher.publish("d/x", QoS::AtLeastOnce, "before");
-    assert_eq!(payload(&first.next_publish()), "before", "node 1's member is the sticky one");
+    for strategy in ["random", "sticky"] {
+        let nats = Nats::start();
+        let mut nodes = three_nodes(&nats, "d", strategy);
+        let share = "$share/g/d/x";
+        let mut first = C5::connect(&nodes[0].1, "d-first");
+        first.subscribe(share, QoS::AtLeastOnce);
+        let mut second = C5::connect(&nodes[1].1, "d-second");
+        second.subscribe(share, QoS::AtLeastOnce);
+        wait_for_share_view(&[&nodes[1].0, &nodes[2].0], share, 2);
+        let mut publisher = C5::connect(&nodes[2].1, "d-pub");
+        if strategy == "sticky" {
+            publisher.publish("d/x", QoS::AtLeastOnce, "before");
+            assert_eq!(payload(&first.next_publish()), "before", "node 1's member is the sticky one");
+        }
 
-    let (_dir, killed) = nodes.remove(0);
-    killed.kill();
-    for n in 0..10 {
-        publisher.publish("d/x", QoS::AtLeastOnce, &n.to_string());
+        let (_dir, killed) = nodes.remove(0);
+        killed.kill();
+        for n in 0..20 {
+            publisher.publish("d/x", QoS::AtLeastOnce, &n.to_string());
+        }
+        let mut got = receive_all(std::slice::from_mut(&mut second), 20).remove(0);
+        got.sort_by_key(|g| g.parse::<u32>().unwrap());
+        assert_eq!(got, (0..20).map(|n| n.to_string()).collect::<Vec<_>>(), "{strategy}");
+        drop(first);
     }
-    let mut got = receive_all(std::slice::from_mut(&mut second), 10).remove(0);
-    got.sort_by_key(|g| g.parse::<u32>().unwrap());
-    assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
-    drop(first);
 }

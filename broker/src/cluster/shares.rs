@@ -1,19 +1,21 @@
-//! Share groups whose strategy is `sticky` or `hash`, across nodes.
+//! Share groups across nodes: the publishing node picks the node whose member gets a message.
 //!
-//! A share group's NATS queue group gives each message to a node at random: EMQX's `random`,
-//! and with each node taking its own members in turn, close to `round_robin`. But `sticky`
-//! (one member gets every message while it stays) and `hash` (one publisher's messages go to
-//! one member, in order) need the same pick on every node, and a message that went through a
-//! node picked at random could overtake the one before it. So with these two strategies the
-//! publishing node picks:
+//! A NATS queue group alone would give each message to a node at random, and lose it with a
+//! node that dies as it arrives. The strategies need more: `round_robin` (each member in
+//! turn), `sticky` (one member gets every message while it stays) and `hash` (one publisher's
+//! messages go to one member, in order) need the same pick on every node, and a message that
+//! went through a node picked at random could overtake the one before it. So the publishing
+//! node picks:
 //!
-//! - Every node says in its heartbeat which share groups it has members of, and since when
-//!   ([`Held`]); every node keeps what the running nodes said ([`View`]).
+//! - Every node says in its heartbeat which share groups it has members of, how many, and
+//!   since when ([`Held`]); every node keeps what the running nodes said ([`View`]).
 //! - For a message it publishes, a node picks one node for each share group whose filter
-//!   matches ([`View::pick`]): for `sticky` the node that has held members of the group the
-//!   longest, for `hash` one by the publisher's client id (a hash that comes out the same on
-//!   every node). That node's own strategy then picks the member (`router::shared`), so one
-//!   member gets them.
+//!   matches ([`View::pick`]): for `random` one at random, for `round_robin` each node in
+//!   turn, both weighted by their members; for `sticky` the node that has held members of the
+//!   group the longest; for `hash` one by the publisher's client id (a hash that comes out the
+//!   same on every node). That node's own strategy then picks the member (`router::shared`),
+//!   so with one publisher `round_robin` takes every member in turn, and `sticky` and `hash`
+//!   keep to one member.
 //! - The message goes to that node on a subject of its own (`subject::share_root`), one NATS
 //!   connection after the other in publishing order, and that node answers once a member took
 //!   it. A node that answers that none did, does not answer (it died: NATS says no one
@@ -21,15 +23,16 @@
 //!   the group's queue group ([`Pending`]).
 //! - The copy on the topic's subject names the groups served so (`HANDLED_HEADER`), and
 //!   their queue groups let it pass. A group the publishing node has not heard of yet (a node's
-//!   first member subscribed a moment ago) is served by its queue group as before: nothing is
-//!   missed while the nodes' views settle.
+//!   first member subscribed a moment ago) is served by its queue group: nothing is missed
+//!   while the nodes' views settle.
 //!
-//! The cost: heartbeats carry the node's share groups (only with these two strategies), a
-//! message matching such a group is sent once more (and answered), and every publish on a
-//! node that knows of such groups tests its topic against each group's filter.
+//! The cost: heartbeats carry the node's share groups, a message for a share group crosses
+//! NATS once more (and is answered), and every publish tests its topic against the filter of
+//! each share group in the cluster (a list: fine for tens of groups, not for tens of
+//! thousands).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,21 @@ pub(crate) struct Held {
     pub(crate) path: String,
     /// Since when the node has had members of it (ms since the Unix epoch, its own clock).
     pub(crate) since_ms: u64,
+    /// How many.
+    #[serde(default = "one")]
+    pub(crate) members: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A node with members of a share group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Holder {
+    pub(crate) since_ms: u64,
+    pub(crate) node: String,
+    pub(crate) members: u32,
 }
 
 /// One share group as the running nodes hold it.
@@ -60,7 +78,25 @@ pub(crate) struct Spread {
     /// Its NATS queue group.
     pub(crate) queue: String,
     /// The nodes with members, by since when (then by name): the same order on every node.
-    pub(crate) nodes: Vec<(u64, String)>,
+    pub(crate) nodes: Vec<Holder>,
+    /// `round_robin`'s next turn (kept when the view is made again).
+    turn: AtomicUsize,
+}
+
+impl Spread {
+    /// The index of the node whose members' share of all members `n` falls in (modulo all).
+    fn by_members(&self, n: usize) -> usize {
+        let total: usize = self.nodes.iter().map(|h| h.members as usize).sum();
+        let mut at = n % total.max(1);
+        self.nodes
+            .iter()
+            .position(|h| {
+                let ours = at < h.members as usize;
+                at = at.saturating_sub(h.members as usize);
+                ours
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// The share groups of every running node, this one's included.
@@ -71,21 +107,34 @@ pub(crate) struct View {
 
 impl View {
     /// The view of `held`: each node's name and the groups it has members of. `queue` names a
-    /// group's NATS queue group.
+    /// group's NATS queue group; `previous` is the view this one replaces (where each group's
+    /// turns stand).
     pub(crate) fn build<'a>(
         held: impl IntoIterator<Item = (&'a str, &'a [Held])>,
+        previous: &View,
         queue: impl Fn(&str, &str) -> String,
     ) -> View {
         let mut by_queue: HashMap<String, Spread> = HashMap::new();
         for (node, groups) in held {
             for held in groups {
                 let queue = queue(&held.group, &held.path);
-                let spread = by_queue.entry(queue.clone()).or_insert_with(|| Spread {
-                    share: Arc::new(ShareGroup { name: held.group.as_str().into(), path: held.path.as_str().into() }),
-                    queue,
-                    nodes: Vec::new(),
+                let spread = by_queue.entry(queue.clone()).or_insert_with(|| {
+                    let turn = previous.get(&queue).map_or(0, |p| p.turn.load(Ordering::Relaxed));
+                    Spread {
+                        share: Arc::new(ShareGroup {
+                            name: held.group.as_str().into(),
+                            path: held.path.as_str().into(),
+                        }),
+                        queue,
+                        nodes: Vec::new(),
+                        turn: AtomicUsize::new(turn),
+                    }
                 });
-                spread.nodes.push((held.since_ms, node.to_owned()));
+                spread.nodes.push(Holder {
+                    since_ms: held.since_ms,
+                    node: node.to_owned(),
+                    members: held.members.max(1),
+                });
             }
         }
         let mut groups: Vec<Spread> = by_queue.into_values().collect();
@@ -94,6 +143,11 @@ impl View {
         }
         groups.sort_by(|a, b| a.queue.cmp(&b.queue));
         View { groups }
+    }
+
+    /// The group of NATS queue group `queue`.
+    fn get(&self, queue: &str) -> Option<&Spread> {
+        self.groups.binary_search_by(|g| g.queue.as_str().cmp(queue)).ok().map(|i| &self.groups[i])
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -106,7 +160,7 @@ impl View {
     }
 
     /// For a message on `topic` from client `publisher`: each share group whose filter
-    /// matches it, and the node that serves it there by `strategy` (`sticky` or `hash`).
+    /// matches it, and the node that serves it there by `strategy`.
     pub(crate) fn pick<'a>(
         &'a self,
         topic: &'a str,
@@ -116,9 +170,12 @@ impl View {
         self.groups.iter().filter(move |g| plugin_api::topic::matches(&g.share.path, topic)).filter_map(move |g| {
             let index = match strategy {
                 Strategy::Hash => (super::subject::stable_hash(publisher.as_bytes()) % g.nodes.len() as u64) as usize,
-                _ => 0,
+                // As many turns (or chances) to each node as it has members.
+                Strategy::RoundRobin => g.by_members(g.turn.fetch_add(1, Ordering::Relaxed)),
+                Strategy::Random => g.by_members(fastrand::usize(..)),
+                Strategy::Sticky => 0,
             };
-            g.nodes.get(index).map(|(_, node)| (g, node.as_str()))
+            g.nodes.get(index).map(|holder| (g, holder.node.as_str()))
         })
     }
 }
@@ -160,11 +217,30 @@ mod tests {
     use super::*;
 
     fn held(group: &str, path: &str, since_ms: u64) -> Held {
-        Held { group: group.to_owned(), path: path.to_owned(), since_ms }
+        Held { group: group.to_owned(), path: path.to_owned(), since_ms, members: 1 }
     }
 
     fn view(nodes: &[(&str, Vec<Held>)]) -> View {
-        View::build(nodes.iter().map(|(n, h)| (*n, h.as_slice())), |g, p| format!("{g}|{p}"))
+        View::build(nodes.iter().map(|(n, h)| (*n, h.as_slice())), &View::default(), |g, p| format!("{g}|{p}"))
+    }
+
+    #[test]
+    fn round_robin_gives_each_node_as_many_turns_as_it_has_members_and_keeps_its_turn() {
+        let mut two = held("g", "#", 1);
+        two.members = 2;
+        let nodes = vec![("n1", vec![two]), ("n2", vec![held("g", "#", 2)]), ("n3", vec![held("g", "#", 3)])];
+        let v = view(&nodes);
+        let turns: Vec<&str> = (0..8).map(|_| v.pick("x", "p", Strategy::RoundRobin).next().unwrap().1).collect();
+        assert_eq!(turns, ["n1", "n1", "n2", "n3", "n1", "n1", "n2", "n3"]);
+        v.pick("x", "p", Strategy::RoundRobin).for_each(drop);
+        let again = View::build(nodes.iter().map(|(n, h)| (*n, h.as_slice())), &v, |g, p| format!("{g}|{p}"));
+        assert_eq!(again.pick("x", "p", Strategy::RoundRobin).next().unwrap().1, "n1", "the turn goes on: n1's second");
+        assert_eq!(again.pick("x", "p", Strategy::RoundRobin).next().unwrap().1, "n2");
+        let mut counts = HashMap::new();
+        for _ in 0..4000 {
+            *counts.entry(v.pick("x", "p", Strategy::Random).next().unwrap().1).or_insert(0) += 1;
+        }
+        assert!((1800..2200).contains(&counts["n1"]), "random, by members: {counts:?}");
     }
 
     #[test]

@@ -28,18 +28,6 @@ pub enum Strategy {
     Hash,
 }
 
-impl Strategy {
-    /// Its name in the configuration.
-    pub(crate) const fn name(self) -> &'static str {
-        match self {
-            Strategy::Random => "random",
-            Strategy::RoundRobin => "round_robin",
-            Strategy::Sticky => "sticky",
-            Strategy::Hash => "hash",
-        }
-    }
-}
-
 /// What a pick may depend on.
 #[derive(Debug)]
 pub(super) struct Pick<'a> {
