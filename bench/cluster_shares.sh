@@ -9,7 +9,8 @@
 #
 #   bench/cluster_shares.sh                            # needs: apt-get install nats-server; python3
 #   STRATEGY=round_robin REPS=9 bench/cluster_shares.sh
-#   BROKER=/tmp/old/broker bench/cluster_shares.sh     # another build of the broker, for A/B runs
+#   BROKER=/tmp/old/broker PLUGINS_DIR=target/release bench/cluster_shares.sh   # another build of
+#                                                      # the broker (with this build's plugins), for A/B runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -30,7 +31,7 @@ for n in b c; do
   mkdir -p "$WORK/$n" && cp data/loaded_plugins data/acl.conf "$WORK/$n/"
   port=$B; [ "$n" = c ] && port=$C
   BROKER_CLUSTER__NATS="nats://127.0.0.1:$N" BROKER_NODE_NAME="emqx@$n" \
-    "$BROKER" --data-dir "$WORK/$n" --listen "127.0.0.1:$port" 2>"$WORK/$n.log" & PIDS+=($!)
+    "$BROKER" --data-dir "$WORK/$n" ${PLUGINS_DIR:+--plugins-dir "$PLUGINS_DIR"} --listen "127.0.0.1:$port" 2>"$WORK/$n.log" & PIDS+=($!)
 done
 for p in "$B" "$C"; do wait_port "$p"; done
 for _ in $(seq "$REPS"); do

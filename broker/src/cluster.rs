@@ -15,11 +15,12 @@
 //!   subscriptions, and NATS sends a message once to each: every message carries its node's
 //!   id and a sequence number, and a node routes the first copy only (`dedup`), in its node's
 //!   order across the subscriptions it came through (`inbox`).
-//! - **Share groups**: one member in the cluster gets each message. The publishing node picks
-//!   the member's node by the strategy, from what every node's heartbeat says it has members
-//!   of, and sends the message there, which answers once a member took it (`shares`). Each
-//!   group is also a NATS queue group (on a second connection, which sees this node's own
-//!   messages), which serves a group the publishing node has not heard of yet. A message that
+//! - **Share groups** are NATS queue groups (on a second connection, which sees this node's own
+//!   messages): one member in the cluster gets each message. With `random` NATS picks the
+//!   node; with the other strategies the publishing node picks it, from what every node's
+//!   heartbeat says it has members of, and sends the message there, which answers once a
+//!   member took it (`shares`); the queue group then serves only a group the publishing node
+//!   has not heard of yet. A message that
 //!   its member will not deliver (its session ended; its full queue dropped it) goes to
 //!   another member (`Node::redispatch`), on another node when none is left on this one:
 //!   offered as a NATS request to the queue group, which the receiving node answers once a
@@ -228,8 +229,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) retention_bytes: i64,
     /// On how many NATS servers the stream keeps each message (a NATS cluster's).
     pub(crate) replicas: usize,
-    /// How share groups pick their members (`broker.shared_subscription_strategy`): the
-    /// publishing node picks the node by it (`shares`).
+    /// How share groups pick their members (`broker.shared_subscription_strategy`): but for
+    /// `random`, the publishing node picks the node by it (`shares`).
     pub(crate) share_strategy: crate::router::Strategy,
 }
 
@@ -363,7 +364,7 @@ pub(crate) struct Cluster {
     record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
     /// Plugin state shared with the other nodes (`shared_state`), once the store is given.
     shared_state: OnceLock<shared_state::SharedState>,
-    /// The share groups this node has members of (`shares`) and
+    /// Unless the strategy is `random` (`shares`): the share groups this node has members of and
     /// since when, those the other nodes said they have, the view made of both, the messages
     /// sent to another node for a group and not answered yet, and a wake-up for the heartbeat
     /// (sent at once when this node's groups change). `held` is by NATS queue group: the group,
@@ -375,7 +376,7 @@ pub(crate) struct Cluster {
     beat_now: tokio::sync::Notify,
 }
 
-/// A heartbeat: the node's [`NodeInfo`], and its share groups.
+/// A heartbeat: the node's [`NodeInfo`], and its share groups (unless the strategy is `random`).
 #[derive(Debug, Serialize, Deserialize)]
 struct Beat {
     #[serde(flatten)]
@@ -897,12 +898,18 @@ impl Cluster {
         }
     }
 
+    /// Whether the publishing node picks the node of a share group's member (`shares`): with
+    /// every strategy but `random`, which the NATS queue groups are by themselves.
+    fn picks_shares(&self) -> bool {
+        self.config.share_strategy != crate::router::Strategy::Random
+    }
+
     /// Notes that this node now has `members` members of `key` (0: none left), if it is a
-    /// share group (`shares`): true if so (the heartbeat then tells the other nodes at once,
+    /// share group whose node the publishing node picks: true if so (the heartbeat then tells the other nodes at once,
     /// and makes the view again). Called with `interest` held, so that the changes of one key
     /// are noted in their order.
     fn holds_shares(&self, key: &Interest, members: usize) -> bool {
-        let Some(group) = key.group.as_deref() else { return false };
+        let Some(group) = key.group.as_deref().filter(|_| self.picks_shares()) else { return false };
         let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
         let mut held = crate::lock(&self.held);
         let members = u32::try_from(members).unwrap_or(u32::MAX);
@@ -950,6 +957,11 @@ impl Cluster {
     /// The share groups of the cluster, as `broker ctl cluster shares` prints them: one line a
     /// group, its nodes (and their members) in the order `sticky` takes them.
     pub(crate) fn share_groups(&self) -> String {
+        if !self.picks_shares() {
+            return "Share groups are spread by NATS queue groups (shared_subscription_strategy = random): each \
+                    message to a node at random, then to a member there at random."
+                .to_owned();
+        }
         let view = self.share_view.load();
         view.groups()
             .iter()
@@ -1027,8 +1039,8 @@ impl Cluster {
     /// Forwards `message`, just published on this node by `publisher`, to the other nodes,
     /// numbering it (its [`Message::origin`]).
     /// A QoS 1/2 message goes through JetStream while NATS is reachable: the future says when
-    /// it is stored. It also goes to the node picked for each share group it is for
-    /// (`shares`); the groups this node was picked for are handed back.
+    /// it is stored. Unless the strategy is `random`, it also goes to the node picked for each
+    /// share group it is for (`shares`); the groups this node was picked for are handed back.
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Forwarded {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));

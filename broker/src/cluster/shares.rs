@@ -1,21 +1,21 @@
-//! Share groups across nodes: the publishing node picks the node whose member gets a message.
+//! Share groups across nodes, when the strategy is not `random`: the publishing node picks the
+//! node whose member gets a message.
 //!
-//! A NATS queue group alone would give each message to a node at random, and lose it with a
-//! node that dies as it arrives. The strategies need more: `round_robin` (each member in
-//! turn), `sticky` (one member gets every message while it stays) and `hash` (one publisher's
-//! messages go to one member, in order) need the same pick on every node, and a message that
-//! went through a node picked at random could overtake the one before it. So the publishing
-//! node picks:
+//! A share group's NATS queue group gives each message to a node at random: EMQX's `random`,
+//! which the queue groups do by themselves. The other strategies need the same pick on every
+//! node: `round_robin` (each member in turn), `sticky` (one member gets every message while it
+//! stays) and `hash` (one publisher's messages go to one member, in order); and a message that
+//! went through a node picked at random could overtake the one before it. So with these the
+//! publishing node picks:
 //!
 //! - Every node says in its heartbeat which share groups it has members of, how many, and
 //!   since when ([`Held`]); every node keeps what the running nodes said ([`View`]).
 //! - For a message it publishes, a node picks one node for each share group whose filter
-//!   matches ([`View::pick`]): for `random` one at random, for `round_robin` each node in
-//!   turn, both weighted by their members; for `sticky` the node that has held members of the
-//!   group the longest; for `hash` one by the publisher's client id (a hash that comes out the
-//!   same on every node). That node's own strategy then picks the member (`router::shared`),
-//!   so with one publisher `round_robin` takes every member in turn, and `sticky` and `hash`
-//!   keep to one member.
+//!   matches ([`View::pick`]): for `round_robin` each node in turn, as many turns as it has
+//!   members; for `sticky` the node that has held members of the group the longest; for `hash`
+//!   one by the publisher's client id (a hash that comes out the same on every node). That
+//!   node's own strategy then picks the member (`router::shared`), so with one publisher
+//!   `round_robin` takes every member in turn, and `sticky` and `hash` keep to one member.
 //! - The message goes to that node on a subject of its own (`subject::share_root`), one NATS
 //!   connection after the other in publishing order, and that node answers once a member took
 //!   it. A node that answers that none did, does not answer (it died: NATS says no one
@@ -26,10 +26,12 @@
 //!   first member subscribed a moment ago) is served by its queue group: nothing is missed
 //!   while the nodes' views settle.
 //!
-//! The cost: heartbeats carry the node's share groups, a message for a share group crosses
-//! NATS once more (and is answered), and every publish tests its topic against the filter of
-//! each share group in the cluster (a list: fine for tens of groups, not for tens of
-//! thousands).
+//! The cost (why `random` is left to the queue groups): a message for a share group with
+//! members on another node crosses NATS three times instead of once (the copy on the topic's
+//! subject, which the queue group still receives and lets pass; the one sent to the node
+//! picked; its answer); heartbeats carry the node's share groups; every publish tests its
+//! topic against the filter of each such group in the cluster (a list: fine for tens of
+//! groups, not for tens of thousands).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
