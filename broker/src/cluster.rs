@@ -1144,10 +1144,25 @@ impl Cluster {
             Ok(picked) => picked,
             Err(e) => return tracing::error!("cluster: cannot take share groups' messages from other nodes: {e}"),
         };
-        while let Some(nats) = picked.next().await {
-            let taken = self.take_picked(&nats);
-            if let Some(reply) = nats.reply {
-                let _ = self.client.publish(reply, Bytes::from_static(if taken { TAKEN } else { NOT_TAKEN })).await;
+        while let Some(first) = picked.next().await {
+            // What has arrived is taken, then answered: one answer a sending node for them all.
+            let mut answers: HashMap<String, shares::Answers> = HashMap::new();
+            let (mut next, mut taken) = (Some(first), 0);
+            while let Some(nats) = next.take() {
+                let took = self.take_picked(&nats);
+                let to = nats.reply.as_deref().and_then(|reply| reply.rsplit_once('.'));
+                if let Some((to, Ok(id))) = to.map(|(to, id)| (to, id.parse::<u64>())) {
+                    let answer = answers.entry(to.to_owned()).or_default();
+                    if took { &mut answer.taken } else { &mut answer.not_taken }.push(id);
+                }
+                taken += 1;
+                if taken < shares::ANSWER_BATCH {
+                    next = futures_util::FutureExt::now_or_never(picked.next()).flatten();
+                }
+            }
+            for (to, answer) in answers {
+                let Ok(body) = postcard::to_stdvec(&answer) else { continue };
+                let _ = self.client.publish(format!("{to}.{}", shares::ANSWERS_TOKEN), Bytes::from(body)).await;
             }
         }
     }
@@ -1177,10 +1192,27 @@ impl Cluster {
             tokio::select! {
                 answer = answers.next() => {
                     let Some(answer) = answer else { return };
-                    let Some(id) = answer.subject.rsplit('.').next().and_then(|id| id.parse().ok()) else { continue };
-                    let taken = answer.status.is_none() && answer.payload.as_ref() == TAKEN;
-                    if let Some((message, share)) = self.share_pending.answered(id) {
-                        if !taken {
+                    let (not_taken, taken) = match answer.subject.rsplit('.').next() {
+                        // A node's answers to several.
+                        Some(shares::ANSWERS_TOKEN) => match postcard::from_bytes::<shares::Answers>(&answer.payload) {
+                            Ok(answers) => (answers.not_taken, answers.taken),
+                            Err(e) => {
+                                tracing::debug!("cluster: unreadable answers about share groups' messages: {e}");
+                                continue;
+                            }
+                        },
+                        // NATS's for one: no one listens there (the node is gone).
+                        Some(id) => match id.parse() {
+                            Ok(id) => (vec![id], Vec::new()),
+                            Err(_) => continue,
+                        },
+                        None => continue,
+                    };
+                    for id in taken {
+                        self.share_pending.answered(id);
+                    }
+                    for id in not_taken {
+                        if let Some((message, share)) = self.share_pending.answered(id) {
                             self.redispatch(message, share);
                         }
                     }

@@ -18,7 +18,7 @@
 //!   `round_robin` takes every member in turn, and `sticky` and `hash` keep to one member.
 //! - The message goes to that node on a subject of its own (`subject::share_root`), one NATS
 //!   connection after the other in publishing order, and that node answers once a member took
-//!   it. A node that answers that none did, does not answer (it died: NATS says no one
+//!   it (once for all it took in one go, [`Answers`]). A node that answers that none did, does not answer (it died: NATS says no one
 //!   listens), or does not answer in time ([`ANSWER_TIMEOUT`]) has the message redispatched to
 //!   the group's queue group ([`Pending`]).
 //! - The copy on the topic's subject names the groups served so (`HANDLED_HEADER`), and
@@ -46,6 +46,23 @@ use crate::router::{ShareGroup, Strategy};
 /// How long a node that was sent a share group's message may take to say a member took it,
 /// before the message is redispatched to the group's queue group.
 pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many share groups' messages from other nodes are taken before they are
+/// answered (one answer a sending node).
+pub(super) const ANSWER_BATCH: usize = 256;
+
+/// The last token of the subject a node's answers to several messages go to
+/// (`subject::share_ack`'s, in place of one message's number).
+pub(super) const ANSWERS_TOKEN: &str = "all";
+
+/// A node's answers to share groups' messages another node sent it, by their numbers.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Answers {
+    /// A member took these.
+    pub(crate) taken: Vec<u64>,
+    /// No member here did (the last left): to redispatch.
+    pub(crate) not_taken: Vec<u64>,
+}
 
 /// A share group a node has members of, as its heartbeat says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
