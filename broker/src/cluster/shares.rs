@@ -27,9 +27,9 @@
 //!   while the nodes' views settle.
 //!
 //! The cost (why `random` is left to the queue groups): a message for a share group with
-//! members on another node crosses NATS three times instead of once (the copy on the topic's
+//! members on another node crosses NATS twice instead of once (the copy on the topic's
 //! subject, which the queue group still receives and lets pass; the one sent to the node
-//! picked; its answer); heartbeats carry the node's share groups; every publish tests its
+//! picked), and is answered; heartbeats carry the node's share groups; every publish tests its
 //! topic against the filter of each such group in the cluster (a list: fine for tens of
 //! groups, not for tens of thousands).
 
