@@ -274,8 +274,10 @@ const ENVELOPE_VERSION: u8 = 1;
 const SHARE_GROUP_HEADER: &str = "Mqtt-Share-Group";
 
 /// The header of a message on its topic's subject that names (space-separated) the NATS
-/// queue groups its publishing node served by sending it to the node it picked (`shares`):
-/// those queue groups let it pass.
+/// queue groups its publishing node served by sending it to the node it picked (`shares`),
+/// each as `<queue group>=<node>` (the node as a subject token): those queue groups let it
+/// pass, and a session revived from a node that died reads back, from the stream, the
+/// messages its share groups were sent there for.
 const HANDLED_HEADER: &str = "Mqtt-Share-Handled";
 
 /// A share group's message to offer to the other nodes, and its group.
@@ -1070,12 +1072,14 @@ impl Cluster {
         // are served here, and named in the copy the NATS client holds for when it is back,
         // so that their queue groups let it pass then.
         let here = if reachable { Vec::new() } else { self.own_groups_matching(message.topic()) };
-        let handled: Vec<&str> = picked
-            .iter()
-            .map(|(spread, _)| spread.queue.as_str())
-            .chain(here.iter().map(|(_, queue)| queue.as_str()))
-            .collect();
-        let headers = (!handled.is_empty()).then(|| {
+        let headers = (!picked.is_empty() || !here.is_empty()).then(|| {
+            let me = self.config.node_name.as_str();
+            let handled: Vec<String> = picked
+                .iter()
+                .map(|(spread, node)| (spread.queue.as_str(), *node))
+                .chain(here.iter().map(|(_, queue)| (queue.as_str(), me)))
+                .map(|(queue, node)| format!("{queue}={}", subject::token(node)))
+                .collect();
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(HANDLED_HEADER, handled.join(" ").as_str());
             headers
@@ -1507,7 +1511,7 @@ impl Cluster {
             (nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)), via)
         {
             let ours = subject::queue_group(&self.config.subject_prefix, group, path);
-            if handled.as_str().split(' ').any(|queue| queue == ours) {
+            if handled_groups(handled.as_str()).any(|(queue, _)| queue == ours) {
                 return;
             }
         }
@@ -1566,29 +1570,50 @@ impl Cluster {
         Some((message, envelope))
     }
 
-    /// Every QoS 1/2 message the nodes' streams hold from `since_ms` on whose topic `wanted`
-    /// accepts, with its publisher's client id, stream by stream in each stream's order (for a
-    /// session revived from a node that died: see `ownership`).
-    pub(crate) async fn replay(
+    /// Every QoS 1/2 message the nodes' streams hold from `since_ms` on that `wanted` accepts
+    /// (`Some`), with its publisher's client id and what `wanted` said, stream by stream in each stream's order (for a session
+    /// revived from a node that died: see `ownership`). `wanted` is given each message's topic
+    /// and the share groups its publishing node sent it to a node for ([`Handled`]).
+    pub(crate) async fn replay<T>(
         &self,
         since_ms: u64,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Result<Vec<(Message, String)>, String> {
+        wanted: impl Fn(&str, &Handled<'_>) -> Option<T>,
+    ) -> Result<Vec<(Message, String, T)>, String> {
         let mut found = Vec::new();
         self.read_streams(
             since_ms,
             |_| true,
             |nats| {
                 if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
-                    if wanted(message.topic()) {
+                    let header = nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str());
+                    let handled = Handled { header: header.unwrap_or_default(), prefix: &self.config.subject_prefix };
+                    if let Some(why) = wanted(message.topic(), &handled) {
                         let publisher = envelope.publisher.to_owned();
-                        found.push((message, publisher));
+                        found.push((message, publisher, why));
                     }
                 }
             },
         )
         .await?;
         Ok(found)
+    }
+}
+
+/// The share groups a message's publishing node sent it to a node for, and which (`shares`).
+#[derive(Debug)]
+pub(crate) struct Handled<'a> {
+    header: &'a str,
+    prefix: &'a str,
+}
+
+impl Handled<'_> {
+    /// Whether share group `group` at filter `path` was sent it to node `node`.
+    pub(crate) fn sent_to(&self, group: &str, path: &str, node: &str) -> bool {
+        if self.header.is_empty() {
+            return false;
+        }
+        let (queue, node) = (subject::queue_group(self.prefix, group, path), subject::token(node));
+        handled_groups(self.header).any(|(q, n)| q == queue && n == node)
     }
 }
 
@@ -1659,6 +1684,11 @@ async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<s
             },
         }
     }
+}
+
+/// The queue groups and nodes a [`HANDLED_HEADER`] names.
+fn handled_groups(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(' ').filter_map(|item| item.split_once('='))
 }
 
 /// Tells the publishers of `run` that their messages were not stored, and why.

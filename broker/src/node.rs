@@ -21,7 +21,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
-use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, Subscriber, Target};
+use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, ShareGroup, Subscriber, Target};
 use crate::session::moved::MovedSession;
 use crate::session::registry::{Adopted, Claimed, HandOver, Owner, Sessions, Termination};
 use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
@@ -387,25 +387,44 @@ impl Node {
         session.notify();
     }
 
-    /// After `session` was revived from its record (its node died, see `cluster::ownership`):
-    /// once this node's subscriptions for it are in place in NATS, reads back from the
-    /// cluster's streams what was published for it from `since_ms` on and puts it ahead of what
-    /// came since; what came both ways is put in once.
-    pub(crate) async fn replay_into(&self, session: &Arc<Session>, since_ms: u64) {
+    /// After `session` was revived from its record (its node, `from`, died, see
+    /// `cluster::ownership`): once this node's subscriptions for it are in place in NATS, reads
+    /// back from the cluster's streams what was published for it from `since_ms` on, and puts
+    /// it ahead of what came since; what came both ways is put in once. For its share groups,
+    /// that is the messages their publishing nodes sent to `from` for them (`cluster::shares`:
+    /// with `random` they do not say): with QoS 1 at least once, so if `from` had several
+    /// members of a group, each revived member gets them all.
+    pub(crate) async fn replay_into(&self, session: &Arc<Session>, since_ms: u64, from: &str) {
         let Some(cluster) = &self.cluster else { return };
         if let Some(in_place) = cluster.interest_in_place() {
             in_place.await;
         }
-        let subscriptions: Vec<(Box<str>, Subscription)> = {
+        let (subscriptions, groups) = {
             let state = session.lock();
-            state
-                .subscriptions
-                .iter()
-                .filter(|(f, _)| !f.starts_with("$share/"))
-                .map(|(f, s)| (f.clone(), *s))
-                .collect()
+            let all = state.subscriptions.iter();
+            let plain: Vec<(Box<str>, Subscription)> =
+                all.clone().filter(|(f, _)| !f.starts_with("$share/")).map(|(f, s)| (f.clone(), *s)).collect();
+            let groups: Vec<(Arc<ShareGroup>, Subscription)> = all
+                .filter_map(|(f, s)| match Filter::parse(f) {
+                    Ok(Filter { group: Some(name), path }) => {
+                        Some((Arc::new(ShareGroup { name: name.into(), path: path.into() }), *s))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (plain, groups)
         };
-        let wanted = |topic: &str| subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
+        // Which of its share groups each message is for.
+        let wanted = |topic: &str, handled: &crate::cluster::Handled<'_>| {
+            let shares: Vec<usize> = (0..groups.len())
+                .filter(|&i| {
+                    let group = &groups[i].0;
+                    plugin_api::topic::matches(&group.path, topic) && handled.sent_to(&group.name, &group.path, from)
+                })
+                .collect();
+            let plain = subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
+            (plain || !shares.is_empty()).then_some(shares)
+        };
         let found = match cluster.replay(since_ms, wanted).await {
             Ok(found) => found,
             Err(why) => {
@@ -415,7 +434,7 @@ impl Node {
             }
         };
         let mut deliveries = Vec::with_capacity(found.len());
-        for (message, publisher) in found {
+        for (message, publisher, shares) in found {
             let mut delivery: Option<Delivery> = None;
             for (filter, subscription) in &subscriptions {
                 let options = subscription.options;
@@ -439,6 +458,21 @@ impl Node {
                 }
             }
             deliveries.extend(delivery.filter(|d| d.qos > 0));
+            // A share group's delivery is one of its own (as the router gives it).
+            for i in shares {
+                let (group, subscription) = &groups[i];
+                let options = subscription.options;
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(options.qos),
+                    retain: message.retain && options.retain_as_published,
+                    subscription_ids: subscription.id.into_iter().collect(),
+                    seq: 0,
+                    maybe_sent: true,
+                    share: Some(group.clone()),
+                };
+                deliveries.extend(Some(delivery).filter(|d| d.qos > 0));
+            }
         }
         let mut batch = Batch::new();
         let read = deliveries.len();
@@ -1183,7 +1217,7 @@ impl Owner for Node {
                 Claim::Revived { record, since_ms, from } => {
                     let read = SessionRecord::decode(&record, &client_id);
                     readable(read, &client_id, &from, "a session's record")
-                        .map_or(Claimed::Here, |record| Claimed::Revived { record, since_ms })
+                        .map_or(Claimed::Here, |record| Claimed::Revived { record, since_ms, from })
                 }
                 Claim::Moved { session, from } => {
                     let read = MovedSession::decode(&session);

@@ -79,6 +79,44 @@ fn a_share_group_is_served_by_its_own_node_while_nats_is_away_and_once_only() {
     assert!(again.is_empty(), "served to the group twice: {again:?}");
 }
 
+/// A persistent session's MQTT 5 Session Expiry Interval property.
+fn expiry(seconds: u32) -> Option<rumqttc::v5::mqttbytes::v5::ConnectProperties> {
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(seconds);
+    Some(props)
+}
+
+/// A `sticky` group's member with a persistent session, offline, its node killed with
+/// `kill -9` while it holds 10 QoS 1 messages the group was sent there for: when the member
+/// comes back on another node its session is revived from its record (Session Present 1) and
+/// the 10 are read back from the streams (with `random` the streams do not say where a share
+/// group's message went, and they are lost to the group).
+#[test]
+fn a_revived_members_share_group_messages_are_read_back() {
+    let nats = Nats::start();
+    let mut nodes = three_nodes(&nats, "v", "sticky");
+    let share = "$share/g/v/x";
+    let (mut member, _) = C5::connect_with(&nodes[0].1, "v-member", expiry(300));
+    member.subscribe(share, QoS::AtLeastOnce);
+    member.disconnect();
+    wait_for_share_view(&[&nodes[2].0], share, 1);
+    let mut publisher = C5::connect(&nodes[2].1, "v-pub");
+    for n in 0..10 {
+        publisher.publish("v/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    e2e::wait_until("node 1 holds the 10 for its offline member", || {
+        nodes[0].0.ctl(&["sessions", "show", "v-member"]).ok().contains("mqueue_len=10").then_some(())
+    });
+
+    let (_dir, killed) = nodes.remove(0);
+    killed.kill();
+    let (mut member, ack) = C5::connect_packet(&nodes[0].1, &e2e::raw::connect5("v-member", false, expiry(300)));
+    assert!(ack.session_present, "revived ({ack:?})");
+    let mut got = receive_all(std::slice::from_mut(&mut member), 10).remove(0);
+    got.sort_by_key(|g| g.parse::<u32>().unwrap());
+    assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+}
+
 /// Waits until every node of `nodes` says that `share` has members on `count` nodes.
 fn wait_for_share_view(nodes: &[&DataDir], share: &str, count: usize) {
     e2e::wait_until(&format!("every node sees {share} on {count} nodes"), || {

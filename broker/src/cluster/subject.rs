@@ -64,6 +64,13 @@ fn push_level(out: &mut String, level: &str) {
     }
 }
 
+/// `name` as one token (a node's name in a header, see `HANDLED_HEADER`).
+pub(crate) fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    push_level(&mut out, name);
+    out
+}
+
 fn class(first_level: &str) -> &'static str {
     if first_level.starts_with('$') {
         DOLLAR

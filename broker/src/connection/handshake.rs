@@ -292,7 +292,9 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
     // Boxed: their NATS round trips would otherwise make every connection's task larger.
     match opened.elsewhere.as_deref() {
         Some(Elsewhere::Moved(from)) => Box::pin(node.finish_move(&opened.session, from)).await,
-        Some(Elsewhere::Revived(since_ms)) => Box::pin(node.replay_into(&opened.session, *since_ms)).await,
+        Some(Elsewhere::Revived { since_ms, from }) => {
+            Box::pin(node.replay_into(&opened.session, *since_ms, from)).await
+        }
         None => {}
     }
     node.persist_opened(&opened.session, opened.discarded);

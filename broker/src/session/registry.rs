@@ -72,9 +72,9 @@ pub(crate) enum Claimed {
     Discarded,
     /// The node that had it, `from`, gave it up to this one.
     Moved { session: MovedSession, from: String },
-    /// The node that had it is not running: the session is made anew from its record, and
-    /// what was published for it from `since_ms` on is read back from the cluster.
-    Revived { record: SessionRecord, since_ms: u64 },
+    /// The node that had it, `from`, is not running: the session is made anew from its record,
+    /// and what was published for it from `since_ms` on is read back from the cluster.
+    Revived { record: SessionRecord, since_ms: u64, from: String },
 }
 
 /// Where a session opened from another node's came from ([`Opened::elsewhere`]), for what is
@@ -83,9 +83,9 @@ pub(crate) enum Claimed {
 pub(crate) enum Elsewhere {
     /// Given up by node `0`, which still routes to it until asked for what came meanwhile.
     Moved(String),
-    /// Revived from its record: what was published for it from this time (ms since the Unix
-    /// epoch) on is to be read back.
-    Revived(u64),
+    /// Revived from its record, its node (`from`) gone: what was published for it from
+    /// `since_ms` (ms since the Unix epoch) on is to be read back.
+    Revived { since_ms: u64, from: String },
 }
 
 /// What a node answers when asked to give a session up ([`Sessions::hand_over`]).
@@ -276,14 +276,14 @@ impl Sessions {
             Claimed::Moved { session: moved, from } => {
                 return Ok(self.adopt(node, client, connection, expiry, Adopted::Moved(moved), Elsewhere::Moved(from)));
             }
-            Claimed::Revived { record, since_ms } => {
+            Claimed::Revived { record, since_ms, from } => {
                 return Ok(self.adopt(
                     node,
                     client,
                     connection,
                     expiry,
                     Adopted::Revived(record),
-                    Elsewhere::Revived(since_ms),
+                    Elsewhere::Revived { since_ms, from },
                 ));
             }
         };
