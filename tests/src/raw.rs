@@ -302,6 +302,12 @@ impl<W: Wire> Raw<W> {
     }
 }
 
+/// The CONNECT properties of an MQTT 5 session that outlives its connection by `seconds`
+/// (Session Expiry Interval).
+pub fn expiry(seconds: u32) -> Option<v5::ConnectProperties> {
+    Some(v5::ConnectProperties { session_expiry_interval: Some(seconds), ..v5::ConnectProperties::new() })
+}
+
 /// An MQTT 5 CONNECT for `client_id` with keep-alive 60 and the given clean start and
 /// properties.
 pub fn connect5(client_id: &str, clean_start: bool, properties: Option<v5::ConnectProperties>) -> v5::Packet {

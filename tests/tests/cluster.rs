@@ -5,7 +5,7 @@
 //! that cannot reach NATS at start says so and exits.
 
 use e2e::nats::Nats;
-use e2e::raw::{payload, topic, Raw, C5, V5};
+use e2e::raw::{expiry, payload, topic, Raw, C5, V5};
 use e2e::{Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -877,13 +877,6 @@ fn a_qos_0_burst_faster_than_nats_slows_its_publishers_and_loses_nothing() {
     }
     publishers.into_iter().for_each(|p| drop(p.join().expect("a publisher")));
     assert!(n1.logs().iter().all(|l| !l.contains("not forwarded")), "nothing was dropped");
-}
-
-/// MQTT 5 CONNECT properties with Session Expiry `seconds`.
-fn expiry(seconds: u32) -> Option<rumqttc::v5::mqttbytes::v5::ConnectProperties> {
-    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
-    props.session_expiry_interval = Some(seconds);
-    Some(props)
 }
 
 /// Whether node `dir`'s `broker ctl sessions list` lists `client_id`.

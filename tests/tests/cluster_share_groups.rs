@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::nats::Nats;
-use e2e::raw::{payload, C5};
+use e2e::raw::{expiry, payload, C5};
 use e2e::{Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -77,13 +77,6 @@ fn a_share_group_is_served_by_its_own_node_while_nats_is_away_and_once_only() {
     let got = receive_all(&mut members, 20);
     let again: Vec<&String> = got.iter().flatten().filter(|p| p.starts_with("away")).collect();
     assert!(again.is_empty(), "served to the group twice: {again:?}");
-}
-
-/// A persistent session's MQTT 5 Session Expiry Interval property.
-fn expiry(seconds: u32) -> Option<rumqttc::v5::mqttbytes::v5::ConnectProperties> {
-    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
-    props.session_expiry_interval = Some(seconds);
-    Some(props)
 }
 
 /// A `sticky` group's member with a persistent session, offline, its node killed with

@@ -1,13 +1,9 @@
 //! Limits on what a client can make the broker hold: `mqtt.max_session_expiry` (EMQX 5's cap
 //! on the MQTT 5 Session Expiry Interval) and `mqtt.max_subscriptions` (EMQX's, per session).
 
-use e2e::raw::{connect4, connect5, v5, Raw, C5, V4, V5};
+use e2e::raw::{connect4, connect5, expiry, v5, Raw, C5, V4, V5};
 use e2e::{stat, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
-
-fn expiry(seconds: u32) -> Option<v5::ConnectProperties> {
-    Some(v5::ConnectProperties { session_expiry_interval: Some(seconds), ..v5::ConnectProperties::new() })
-}
 
 /// MQTT 5 §3.2.2.3.2: a Session Expiry Interval over `mqtt.max_session_expiry` (here 2 s) is
 /// lowered to it, and the CONNACK carries the value used; one within it is kept and the CONNACK

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::Stdio;
 
-use e2e::raw::{connect4, connect5, payload, topic, v5, Raw, C5, V4};
+use e2e::raw::{connect4, connect5, expiry, payload, topic, v5, Raw, C5, V4};
 use e2e::{mosquitto, recorded_events, start_broker, stat, text, wait_for_stat, wait_until, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::QoS as QoS4;
@@ -514,11 +514,6 @@ fn unsubscribe_bytes(flags: u8, v5: bool, filter: &str) -> Vec<u8> {
     let mut out = vec![0xa0 | flags, body.len() as u8];
     out.extend_from_slice(&body);
     out
-}
-
-/// CONNECT properties of a session that outlives its connection by `seconds`.
-fn expiry(seconds: u32) -> Option<v5::ConnectProperties> {
-    Some(v5::ConnectProperties { session_expiry_interval: Some(seconds), ..v5::ConnectProperties::new() })
 }
 
 /// MQTT-3.10.1-1 (3.1.1 and 5), MQTT-2.2.2-2 (3.1.1): the fixed-header flags of UNSUBSCRIBE
