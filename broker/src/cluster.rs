@@ -1724,6 +1724,22 @@ fn rand_u64() -> u64 {
 mod tests {
     use super::*;
 
+    /// The header a message's publishing node names the share groups it served in: each group
+    /// with the node it was sent to, which a revived session's replay reads back.
+    #[test]
+    fn the_handled_header_names_each_group_and_its_node() {
+        let (g1, g2) = (subject::queue_group("mqtt", "g", "a/#"), subject::queue_group("mqtt", "h", "a/b"));
+        let header = format!("{g1}={} {g2}={}", subject::token("emqx@n 1"), subject::token("emqx@n2"));
+        let parsed: Vec<(&str, &str)> = handled_groups(&header).collect();
+        assert_eq!(parsed, [(g1.as_str(), "emqx%40n%201"), (g2.as_str(), "emqx%40n2")]);
+        let handled = Handled { header: &header, prefix: "mqtt" };
+        assert!(handled.sent_to("g", "a/#", "emqx@n 1"));
+        assert!(!handled.sent_to("g", "a/#", "emqx@n2"), "another node");
+        assert!(!handled.sent_to("g", "a/+", "emqx@n 1"), "another filter");
+        assert!(handled.sent_to("h", "a/b", "emqx@n2"));
+        assert!(!Handled { header: "", prefix: "mqtt" }.sent_to("g", "a/#", "emqx@n 1"));
+    }
+
     #[test]
     fn membership_prints_as_emqx_does() {
         let m = Membership { running: vec!["emqx@n1".into(), "emqx@127.0.0.1".into()], stopped: vec![] };
