@@ -1187,15 +1187,22 @@ impl Cluster {
     /// not answered within [`shares::ANSWER_TIMEOUT`], is redispatched to its group.
     async fn await_share_answers(self: Arc<Cluster>) {
         let subject = subject::share_ack(&self.config.subject_prefix, &self.config.node_name, None);
+        // Without answers, every message sent is redispatched once its time is up.
         let mut answers = match self.client.subscribe(subject).await {
-            Ok(answers) => answers,
-            Err(e) => return tracing::error!("cluster: cannot hear whether share groups' messages were taken: {e}"),
+            Ok(answers) => Some(answers),
+            Err(e) => {
+                tracing::error!("cluster: cannot hear whether share groups' messages were taken: {e}");
+                None
+            }
         };
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                answer = answers.next() => {
-                    let Some(answer) = answer else { return };
+                answer = async { answers.as_mut()?.next().await }, if answers.is_some() => {
+                    let Some(answer) = answer else {
+                        answers = None;
+                        continue;
+                    };
                     let (not_taken, taken) = match answer.subject.rsplit('.').next() {
                         // A node's answers to several.
                         Some(shares::ANSWERS_TOKEN) => match postcard::from_bytes::<shares::Answers>(&answer.payload) {
