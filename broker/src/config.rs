@@ -111,6 +111,10 @@ pub struct MqttSettings {
     pub max_keepalive: u16,
     /// Longest client id accepted.
     pub max_clientid_len: usize,
+    /// The Response Information an MQTT 5 client that asks for it (Request Response
+    /// Information 1) gets in its CONNACK: the start of the topics it may use to be answered
+    /// on (EMQX 5's `mqtt.response_information`); empty for none.
+    pub response_information: String,
 }
 
 /// `mqtt.mqueue_overflow`: what a connected client's full session queue does with one more
@@ -153,6 +157,7 @@ impl Default for MqttSettings {
             server_keepalive: 0,
             max_keepalive: 0,
             max_clientid_len: 65535,
+            response_information: String::new(),
         }
     }
 }
@@ -226,6 +231,14 @@ impl MqttSettings {
             server_keep_alive: (self.server_keepalive > 0).then_some(self.server_keepalive),
             max_keep_alive: (self.max_keepalive > 0).then_some(self.max_keepalive),
             max_client_id_len: self.max_clientid_len,
+            response_information: match self.response_information.as_str() {
+                "" => None,
+                text if text.len() > usize::from(u16::MAX) => {
+                    let why = format!("{} bytes (a UTF-8 string of at most 65,535)", text.len());
+                    return Err(ConfigError::Setting("mqtt.response_information", why));
+                }
+                text => Some(text.into()),
+            },
         })
     }
 }

@@ -71,6 +71,8 @@ pub(crate) struct Zone {
     /// Longest keep-alive a client may ask for, if limited.
     pub(crate) max_keep_alive: Option<u16>,
     pub(crate) max_client_id_len: usize,
+    /// Response Information for MQTT 5 clients that ask for it (`mqtt.response_information`).
+    pub(crate) response_information: Option<Box<str>>,
 }
 
 impl Default for Zone {
@@ -96,6 +98,7 @@ impl Default for Zone {
             server_keep_alive: None,
             max_keep_alive: None,
             max_client_id_len: 65535,
+            response_information: None,
         }
     }
 }

@@ -108,3 +108,20 @@ async fn emqx_acl_cache_names() {
         );
     }
 }
+
+/// `mqtt.response_information` is a UTF-8 string of an MQTT 5 property: one over 65,535 bytes
+/// is refused at start, with the setting named.
+#[test]
+fn a_response_information_too_long_for_a_connack_is_refused_at_start() {
+    let dir = DataDir::new();
+    let long = "r".repeat(65_536);
+    let out = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("BROKER_MQTT__RESPONSE_INFORMATION", &long)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid configuration: mqtt.response_information = 65536 bytes"), "{stderr}");
+}

@@ -8,7 +8,8 @@
 //! over the client's are dropped, `message.dropped` with `too_large`, also when resent after a
 //! reconnect; Reason Strings left out where they would not fit; packets over the broker's
 //! `mqtt.max_packet_size` get DISCONNECT 0x95), and what the broker refuses: a Topic Alias when
-//! it allows none, RETAIN 1 when retain is not available, a Response Topic with wildcards.
+//! it allows none, RETAIN 1 when retain is not available, a Response Topic with wildcards; and
+//! Response Information in the CONNACK only to a client that asks for it.
 //!
 //! Raw connections (`e2e::raw::C5`, rumqttc's codec) so that every property is seen as the
 //! broker sent it.
@@ -865,4 +866,24 @@ fn a_property_not_valid_for_the_packet_type_is_a_malformed_packet() {
         c.raw.send_bytes(&bytes);
         c.raw.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket, name);
     }
+}
+
+/// MQTT-3.1.2-28, MQTT 5 §3.2.2.3.15: with `mqtt.response_information` set (EMQX 5's name), a
+/// client that asks for it (Request Response Information 1) gets it in its CONNACK; one that
+/// asks not to (0), or does not ask, gets none; with the setting empty (the default) nobody does.
+#[test]
+fn response_information_goes_only_to_a_client_that_asks_for_it() {
+    let response_information = |broker: &Broker, id: &str, request: Option<u8>| {
+        let props = v5::ConnectProperties { request_response_info: request, ..v5::ConnectProperties::new() };
+        let (c, ack) = C5::connect_with(broker, id, Some(props));
+        assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+        c.disconnect();
+        ack.properties.and_then(|p| p.response_information)
+    };
+    let (_dir, broker) = start_broker("", &[("BROKER_MQTT__RESPONSE_INFORMATION", "replies/")]);
+    assert_eq!(response_information(&broker, "ri-asks", Some(1)).as_deref(), Some("replies/"));
+    assert_eq!(response_information(&broker, "ri-declines", Some(0)), None, "MQTT-3.1.2-28");
+    assert_eq!(response_information(&broker, "ri-silent", None), None);
+    let (_dir, plain) = start_broker("", &[]);
+    assert_eq!(response_information(&plain, "ri-asks", Some(1)), None, "none set");
 }

@@ -263,6 +263,11 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         subscription_identifiers_available: Some(true),
         shared_subscription_available: Some(zone.shared_subscription),
         server_keep_alive,
+        // MQTT-3.1.2-28: only to a client that asked (Request Response Information 1).
+        response_information: zone
+            .response_information
+            .as_deref()
+            .filter(|_| version.is_v5() && connect.properties.request_response_information == Some(1)),
         ..Default::default()
     };
     // MQTT-3.1.2-24, -25: a CONNACK the client cannot take is not sent (nor the session

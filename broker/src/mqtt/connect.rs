@@ -118,12 +118,14 @@ pub(crate) struct ConnackProperties<'a> {
     pub(crate) subscription_identifiers_available: Option<bool>,
     pub(crate) shared_subscription_available: Option<bool>,
     pub(crate) server_keep_alive: Option<u16>,
+    pub(crate) response_information: Option<&'a str>,
 }
 
 impl ConnackProperties<'_> {
     /// The same, less what says what a client assumes anyway when it is left out (availability
-    /// flags that are 1) and the Reason String: for a client whose Maximum Packet Size the
-    /// full CONNACK would not fit (MQTT-3.1.2-24).
+    /// flags that are 1), the Reason String and the Response Information (a client must do
+    /// without them: MQTT 5 §3.2.2.3.15): for a client whose Maximum Packet Size the full
+    /// CONNACK would not fit (MQTT-3.1.2-24).
     pub(crate) fn without_defaults(self) -> Self {
         let not_default = |flag: Option<bool>| flag.filter(|&available| !available);
         ConnackProperties {
@@ -132,6 +134,7 @@ impl ConnackProperties<'_> {
             subscription_identifiers_available: not_default(self.subscription_identifiers_available),
             shared_subscription_available: not_default(self.shared_subscription_available),
             reason_string: None,
+            response_information: None,
             ..self
         }
     }
@@ -172,6 +175,9 @@ impl ConnackProperties<'_> {
         }
         if let Some(v) = self.server_keep_alive {
             w.u16(id::SERVER_KEEP_ALIVE, v);
+        }
+        if let Some(v) = self.response_information {
+            w.string(id::RESPONSE_INFORMATION, v);
         }
     }
 }
@@ -233,6 +239,26 @@ mod tests {
         let will = c.will.unwrap();
         assert_eq!((will.topic, will.payload, will.qos, will.retain), ("t", &b"w!"[..], 1, true));
         assert_eq!(will.properties.will_delay_interval, Some(7));
+    }
+
+    /// What a client may do without goes first when a CONNACK would not fit its Maximum Packet
+    /// Size: availability flags that say what it assumes, the Reason String, the Response
+    /// Information; what it must know stays.
+    #[test]
+    fn a_connack_without_defaults_keeps_what_the_client_must_know() {
+        let full = ConnackProperties {
+            retain_available: Some(true),
+            wildcard_subscription_available: Some(false),
+            reason_string: Some("why"),
+            response_information: Some("replies/"),
+            assigned_client_identifier: Some("c1"),
+            server_keep_alive: Some(30),
+            ..Default::default()
+        };
+        let slim = full.without_defaults();
+        assert_eq!((slim.retain_available, slim.wildcard_subscription_available), (None, Some(false)));
+        assert_eq!((slim.reason_string, slim.response_information), (None, None));
+        assert_eq!((slim.assigned_client_identifier, slim.server_keep_alive), (Some("c1"), Some(30)));
     }
 
     #[test]

@@ -265,6 +265,7 @@ proptest! {
         topic_alias_maximum in proptest::option::of(1u16..),
         server_keep_alive in proptest::option::of(any::<u16>()),
         assigned in proptest::option::of("[a-z0-9-]{1,20}"),
+        response_information in proptest::option::of("[a-z0-9/]{0,20}"),
         codes in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 2, 0x80, 0x87, 0x8f, 0x9e, 0xa2]), 1..6),
         pkid in 1u16..,
     ) {
@@ -277,6 +278,7 @@ proptest! {
             wildcard_subscription_available: Some(true),
             shared_subscription_available: Some(false),
             maximum_packet_size: Some(1024),
+            response_information: response_information.as_deref(),
             ..Default::default()
         };
         let mut bytes = BytesMut::new();
@@ -287,6 +289,7 @@ proptest! {
         let p = ack.properties.unwrap();
         prop_assert_eq!((p.receive_max, p.topic_alias_max, p.server_keep_alive), (receive_maximum, topic_alias_maximum, server_keep_alive));
         prop_assert_eq!(p.assigned_client_identifier, assigned);
+        prop_assert_eq!(p.response_information, response_information);
         prop_assert_eq!((p.retain_available, p.wildcard_subscription_available, p.shared_subscription_available, p.max_packet_size), (Some(1), Some(1), Some(0), Some(1024)));
 
         let mut bytes = BytesMut::new();

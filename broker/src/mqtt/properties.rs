@@ -22,6 +22,7 @@ pub(crate) mod id {
     pub(crate) const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
     pub(crate) const WILL_DELAY_INTERVAL: u8 = 0x18;
     pub(crate) const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub(crate) const RESPONSE_INFORMATION: u8 = 0x1a;
     pub(crate) const SERVER_REFERENCE: u8 = 0x1c;
     pub(crate) const REASON_STRING: u8 = 0x1f;
     pub(crate) const RECEIVE_MAXIMUM: u8 = 0x21;
