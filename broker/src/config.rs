@@ -655,6 +655,7 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     settings.mqtt.zone()?;
     settings.auth.policy()?;
     settings.persistence.sync_mode()?;
+    settings.listener.proxy_protocol_timeout()?;
     Ok(settings)
 }
 

@@ -5,9 +5,12 @@
 //! `max_conns_per_ip` open; past `max_conn_rate` connections a second the listener waits before
 //! it accepts the next (`limits`). No listener may take more connections than the open-file
 //! limit leaves descriptors for. The TLS and WebSocket handshakes must end within
-//! `mqtt.connect_timeout`, so a silent client cannot hold a slot.
+//! `mqtt.connect_timeout`, so a silent client cannot hold a slot. A tcp or ssl listener behind
+//! a load balancer may take the client's address from the PROXY protocol header the balancer
+//! opens each connection with (`proxy`).
 
 mod limits;
+mod proxy;
 mod tls;
 mod ws;
 
@@ -77,13 +80,23 @@ pub(crate) struct Plan {
     bind: SocketAddr,
     kind: Kind,
     limits: Limits,
+    /// With the PROXY protocol: how long the header may take (`proxy`).
+    proxy_protocol: Option<Duration>,
 }
 
 /// The listeners `settings` ask for, plain TCP first (its limits are `tcp`, from `[mqtt]`);
 /// an error names the bad setting or file. No listener's `max_connections` exceeds
-/// `descriptors`, the clients the open-file limit allows (lowered with a warning).
-pub(crate) fn plan(settings: &ListenerSettings, tcp: Limits, descriptors: usize) -> Result<Vec<Plan>, TlsError> {
-    let mut plans = vec![Plan { bind: settings.tcp, kind: Kind::Tcp, limits: tcp }];
+/// `descriptors`, the clients the open-file limit allows (lowered with a warning). Those with
+/// the PROXY protocol wait for its header at most `proxy_timeout`.
+pub(crate) fn plan(
+    settings: &ListenerSettings,
+    tcp: Limits,
+    descriptors: usize,
+    proxy_timeout: Duration,
+) -> Result<Vec<Plan>, TlsError> {
+    let proxy = |on: bool| on.then_some(proxy_timeout);
+    let mut plans =
+        vec![Plan { bind: settings.tcp, kind: Kind::Tcp, limits: tcp, proxy_protocol: proxy(settings.proxy_protocol) }];
     if let Some(bind) = settings.ssl.bind {
         let kind = Kind::Ssl(Tls::new("ssl", &settings.ssl.tls)?);
         let ssl = &settings.ssl;
@@ -92,7 +105,7 @@ pub(crate) fn plan(settings: &ListenerSettings, tcp: Limits, descriptors: usize)
             max_conn_rate: ssl.max_conn_rate,
             max_conns_per_ip: ssl.max_conns_per_ip,
         };
-        plans.push(Plan { bind, kind, limits });
+        plans.push(Plan { bind, kind, limits, proxy_protocol: proxy(ssl.proxy_protocol) });
     }
     if let Some(bind) = settings.ws.bind {
         let kind = Kind::Ws { path: settings.ws.path.as_str().into() };
@@ -102,7 +115,7 @@ pub(crate) fn plan(settings: &ListenerSettings, tcp: Limits, descriptors: usize)
             max_conn_rate: ws.max_conn_rate,
             max_conns_per_ip: ws.max_conns_per_ip,
         };
-        plans.push(Plan { bind, kind, limits });
+        plans.push(Plan { bind, kind, limits, proxy_protocol: None });
     }
     if let Some(bind) = settings.wss.bind {
         let kind = Kind::Wss { tls: Tls::new("wss", &settings.wss.tls)?, path: settings.wss.path.as_str().into() };
@@ -112,7 +125,7 @@ pub(crate) fn plan(settings: &ListenerSettings, tcp: Limits, descriptors: usize)
             max_conn_rate: wss.max_conn_rate,
             max_conns_per_ip: wss.max_conns_per_ip,
         };
-        plans.push(Plan { bind, kind, limits });
+        plans.push(Plan { bind, kind, limits, proxy_protocol: None });
     }
     for plan in &mut plans {
         if plan.limits.max_connections > descriptors {
@@ -134,7 +147,11 @@ impl Plan {
         let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         tracing::info!("{} listener on {addr}", self.kind.name());
-        tokio::spawn(serve(listener, self.kind, self.limits, node));
+        if self.proxy_protocol.is_some() {
+            let name = self.kind.name();
+            tracing::info!("{name} listener: each connection opens with a PROXY protocol header (a load balancer's)");
+        }
+        tokio::spawn(serve(listener, self.kind, self.limits, self.proxy_protocol, node));
         Ok(addr)
     }
 
@@ -166,13 +183,13 @@ impl Drop for OpenConnection {
 /// How often a refusal for the same reason and address is logged.
 const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
 
-/// Accepts connections forever.
-async fn serve(listener: TcpListener, kind: Kind, limits: Limits, node: Arc<Node>) {
+/// Accepts connections forever (`proxy_protocol`: with its header, and how long it may take).
+async fn serve(listener: TcpListener, kind: Kind, limits: Limits, proxy_protocol: Option<Duration>, node: Arc<Node>) {
     let open = Arc::new(AtomicUsize::new(0));
     let max = limits.max_connections;
     let mut rate = ConnRate::new(limits.max_conn_rate, Instant::now());
     let per_address = PerAddress::new(limits.max_conns_per_ip);
-    let refusals = Throttle::new(REFUSAL_LOG_WINDOW);
+    let refusals = Arc::new(Throttle::new(REFUSAL_LOG_WINDOW));
     let section = kind.section();
     loop {
         if let Some(rate) = &mut rate {
@@ -194,6 +211,14 @@ async fn serve(listener: TcpListener, kind: Kind, limits: Limits, node: Arc<Node
                     continue;
                 }
                 let open = OpenConnection(open.clone());
+                if let Some(timeout) = proxy_protocol {
+                    // The client's address, for `max_conns_per_ip` too, is in the header.
+                    let _ = socket.set_nodelay(true);
+                    let behind = Behind { node: node.clone(), kind: kind.clone(), per_address: per_address.clone() };
+                    let serving = Box::pin(behind.serve(socket, peer, timeout, refusals.clone(), limits));
+                    tokio::spawn(Counted { serving, counted: (open, AddressSlot::uncounted()) });
+                    continue;
+                }
                 let Some(slot) = per_address.admit(peer.ip()) else {
                     if let Some(n) = refusals.check(("max_conns_per_ip", Some(peer.ip())), Instant::now()) {
                         let per_ip = limits.max_conns_per_ip;
@@ -241,6 +266,50 @@ impl<F: Future> Future for Counted<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         self.project().serving.poll(cx)
+    }
+}
+
+/// What a connection through a load balancer (the PROXY protocol) is served with.
+struct Behind {
+    node: Arc<Node>,
+    kind: Kind,
+    per_address: PerAddress,
+}
+
+impl Behind {
+    /// Reads the PROXY protocol header within `timeout`, counts the connection against the
+    /// client's address it gives (`balancer`'s for the balancer's own), then serves it as
+    /// its listener does.
+    async fn serve(
+        self,
+        mut socket: TcpStream,
+        balancer: SocketAddr,
+        timeout: Duration,
+        refusals: Arc<Throttle<(&'static str, Option<std::net::IpAddr>)>>,
+        limits: Limits,
+    ) {
+        let section = self.kind.section();
+        let peer = match proxy::read_header(&mut socket, timeout).await {
+            Ok(client) => client.unwrap_or(balancer),
+            Err(e) => {
+                if let Some(n) = refusals.check(("proxy_protocol", Some(balancer.ip())), Instant::now()) {
+                    let name = self.kind.name();
+                    tracing::warn!(%balancer, "connection closed: {e} (the {name} listener takes the PROXY protocol){}", held_back(n));
+                }
+                return;
+            }
+        };
+        let Some(_slot) = self.per_address.admit(peer.ip()) else {
+            if let Some(n) = refusals.check(("max_conns_per_ip", Some(peer.ip())), Instant::now()) {
+                let per_ip = limits.max_conns_per_ip;
+                tracing::warn!(%peer, "connection refused: {section}.max_conns_per_ip ({per_ip}) reached{}", held_back(n));
+            }
+            return;
+        };
+        match self.kind {
+            Kind::Tcp => crate::connection::serve(self.node, socket, peer).await,
+            kind => connect_layered(self.node, kind, socket, peer).await,
+        }
     }
 }
 

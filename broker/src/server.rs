@@ -121,7 +121,8 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         max_conn_rate: settings.mqtt.max_conn_rate,
         max_conns_per_ip: settings.mqtt.max_conns_per_ip,
     };
-    let listeners = crate::listener::plan(&settings.listener, tcp_limits, descriptors)?;
+    let proxy_timeout = settings.listener.proxy_protocol_timeout()?;
+    let listeners = crate::listener::plan(&settings.listener, tcp_limits, descriptors, proxy_timeout)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let trim_every = settings.broker.malloc_trim_interval()?;
     let runtime = network_runtime()?;

@@ -730,3 +730,44 @@ impl RawWs {
         }
     }
 }
+
+/// `listener.ssl.proxy_protocol`: behind a TCP load balancer, the PROXY protocol header comes
+/// first, then the TLS handshake: the client (a rustls client over the same socket, after a v1
+/// header from 203.0.113.5:6000) is served, and listed with the header's address.
+#[test]
+fn an_ssl_listener_behind_a_balancer_takes_the_clients_address_from_the_proxy_header() {
+    let dir = DataDir::with_plugins("");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.push(("BROKER_LISTENER__SSL__PROXY_PROTOCOL".to_owned(), "true"));
+    env.push(("BROKER_ALLOW_ANONYMOUS".to_owned(), "true"));
+    let broker = start(&dir, &env);
+    let ssl = broker.logged_addr("ssl listener on ");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut socket = TcpStream::connect(ssl).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket.write_all(b"PROXY TCP4 203.0.113.5 127.0.0.1 6000 8883\r\n").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    // CONNECT (3.1.1, clean session, keep-alive 60, client id "pp-tls"), then its CONNACK.
+    tls.write_all(&[0x10, 18, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 6, b'p', b'p', b'-', b't', b'l', b's'])
+        .unwrap();
+    let mut connack = [0; 4];
+    tls.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
+    let clients: Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
+    let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == "pp-tls").expect("listed");
+    assert_eq!((client["ip_address"].as_str(), client["port"].as_u64()), (Some("203.0.113.5"), Some(6000)));
+}

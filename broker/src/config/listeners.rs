@@ -25,6 +25,13 @@ pub struct ListenerSettings {
     pub ws: WsListener,
     /// MQTT over WebSocket over TLS (EMQX's `listener.wss`, port 8084).
     pub wss: WssListener,
+    /// The tcp listener is behind a load balancer that opens each connection with a PROXY
+    /// protocol header (v1 or v2; HAProxy's `send-proxy`): the client's address is taken from
+    /// it, and a connection without one is closed (EMQX's `proxy_protocol`).
+    pub proxy_protocol: bool,
+    /// How long a PROXY protocol header may take to arrive (EMQX's `proxy_protocol_timeout`).
+    #[serde(deserialize_with = "super::duration_text")]
+    pub proxy_protocol_timeout: String,
 }
 
 impl Default for ListenerSettings {
@@ -34,6 +41,19 @@ impl Default for ListenerSettings {
             ssl: SslListener::default(),
             ws: WsListener::default(),
             wss: WssListener::default(),
+            proxy_protocol: false,
+            proxy_protocol_timeout: "3s".to_owned(),
+        }
+    }
+}
+
+impl ListenerSettings {
+    /// `proxy_protocol_timeout`, read (more than 0).
+    pub(crate) fn proxy_protocol_timeout(&self) -> Result<std::time::Duration, super::ConfigError> {
+        let key = "listener.proxy_protocol_timeout";
+        match super::duration(key, &self.proxy_protocol_timeout)? {
+            d if d.is_zero() => Err(super::ConfigError::Setting(key, "0 (must be longer than 0)".to_owned())),
+            d => Ok(d),
         }
     }
 }
@@ -76,6 +96,8 @@ pub struct SslListener {
     /// Connections one IP address may hold open at once; past it a new one is closed at
     /// once. 0 for no limit.
     pub max_conns_per_ip: usize,
+    /// Behind a load balancer that sends a PROXY protocol header (see `listener.proxy_protocol`).
+    pub proxy_protocol: bool,
     #[serde(flatten)]
     pub tls: TlsSettings,
 }
@@ -87,6 +109,7 @@ impl Default for SslListener {
             max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
             max_conn_rate: DEFAULT_MAX_CONN_RATE,
             max_conns_per_ip: 0,
+            proxy_protocol: false,
             tls: TlsSettings::default(),
         }
     }
@@ -140,6 +163,8 @@ pub struct WssListener {
     /// Connections one IP address may hold open at once; past it a new one is closed at
     /// once. 0 for no limit.
     pub max_conns_per_ip: usize,
+    /// Behind a load balancer that sends a PROXY protocol header (see `listener.proxy_protocol`).
+    pub proxy_protocol: bool,
     #[serde(flatten)]
     pub tls: TlsSettings,
 }
@@ -152,6 +177,7 @@ impl Default for WssListener {
             max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
             max_conn_rate: DEFAULT_MAX_CONN_RATE,
             max_conns_per_ip: 0,
+            proxy_protocol: false,
             tls: TlsSettings::default(),
         }
     }

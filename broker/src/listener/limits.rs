@@ -77,6 +77,13 @@ impl PerAddress {
     }
 }
 
+impl AddressSlot {
+    /// A slot that counts nothing (the address is not known yet: see `proxy`).
+    pub(super) fn uncounted() -> AddressSlot {
+        AddressSlot { counted: None }
+    }
+}
+
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         if let Some((open, ip)) = self.counted.take() {
