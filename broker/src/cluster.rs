@@ -20,11 +20,10 @@
 //!   node; with the other strategies the publishing node picks it, from what every node's
 //!   heartbeat says it has members of, and sends the message there, which answers once a
 //!   member took it (`shares`); the queue group then serves only a group the publishing node
-//!   has not heard of yet. A message that
-//!   its member will not deliver (its session ended; its full queue dropped it) goes to
-//!   another member (`Node::redispatch`), on another node when none is left on this one:
-//!   offered as a NATS request to the queue group, which the receiving node answers once a
-//!   member took it, again until one does.
+//!   has not heard of yet. A message that its member will not deliver (its session ended;
+//!   its full queue dropped it) goes to another member (`Node::redispatch`), on another node
+//!   when none is left on this one: offered as a NATS request to the queue group, which the
+//!   receiving node answers once a member took it, again until one does.
 //! - **Who runs**: a heartbeat a second ([`HEARTBEAT`]) with the node's [`NodeInfo`].
 //! - **Commands on another node** (`broker ctl cluster call NODE ...`, and the management
 //!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
@@ -57,9 +56,9 @@
 //!
 //! - **Plugin state** named in `[cluster] shared_state` is the cluster's (`shared_state`).
 //!
-//! What this does not do yet (issue "Scale out on NATS"): `round_robin` takes turns within a
-//! node only; a session revived after its node died does not get back what a share group had
-//! given it.
+//! What this does not do yet (issue "Scale out on NATS"): with `random`, a session revived
+//! after its node died does not get back what a share group had given it there, and a message
+//! NATS hands to a node as it is killed is lost to its group.
 
 mod dedup;
 mod inbox;
@@ -303,6 +302,15 @@ impl Interest {
     fn of(filter: &Filter<'_>) -> Interest {
         Interest { group: filter.group.map(Into::into), path: filter.path.into() }
     }
+}
+
+/// A share group's queue subscription: the group and its filter, and its NATS queue group
+/// (named once, for the headers each message it brings is checked against).
+#[derive(Debug)]
+struct QueueSubscription {
+    group: Box<str>,
+    path: Box<str>,
+    queue: String,
 }
 
 /// A change of this node's interest, for the task that keeps NATS in step.
@@ -583,8 +591,10 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
-        tokio::spawn(self.clone().serve_picked_shares());
-        tokio::spawn(self.clone().await_share_answers());
+        if self.picks_shares() {
+            tokio::spawn(self.clone().serve_picked_shares());
+            tokio::spawn(self.clone().await_share_answers());
+        }
         self.serve_sessions();
         if let Some(writes) = crate::lock(&self.record_writes_rx).take() {
             tokio::spawn(self.clone().write_records(writes));
@@ -907,9 +917,9 @@ impl Cluster {
     }
 
     /// Notes that this node now has `members` members of `key` (0: none left), if it is a
-    /// share group whose node the publishing node picks: true if so (the heartbeat then tells the other nodes at once,
-    /// and makes the view again). Called with `interest` held, so that the changes of one key
-    /// are noted in their order.
+    /// share group whose node the publishing node picks: true if so (the heartbeat then tells
+    /// the other nodes at once, and makes the view again). Called with `interest` held, so that
+    /// the changes of one key are noted in their order.
     fn holds_shares(&self, key: &Interest, members: usize) -> bool {
         let Some(group) = key.group.as_deref().filter(|_| self.picks_shares()) else { return false };
         let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
@@ -943,6 +953,9 @@ impl Cluster {
     /// nodes. The other nodes' groups stay locked meanwhile, so that views are stored in the
     /// order they were made.
     fn rebuild_share_view(&self) {
+        if !self.picks_shares() {
+            return; // no node says it holds any: the view stays empty
+        }
         let peer_shares = crate::lock(&self.peer_shares);
         let mine = self.held_shares();
         let running: Vec<String> =
@@ -1342,7 +1355,10 @@ impl Cluster {
                     Change::Add(filter) => {
                         asked += 1;
                         let mut ids = Vec::new();
-                        let via: Via = filter.group.is_some().then(|| Arc::new(filter.clone()));
+                        let via: Via = filter.group.as_ref().map(|group| {
+                            let queue = subject::queue_group(&self.config.subject_prefix, group, &filter.path);
+                            Arc::new(QueueSubscription { group: group.clone(), path: filter.path.clone(), queue })
+                        });
                         let roots = [&self.config.subject_prefix, &self.every_durable_root];
                         let subjects =
                             roots.into_iter().flat_map(|root| subject::filter_to_subjects(root, &filter.path));
@@ -1350,17 +1366,13 @@ impl Cluster {
                             // No message on a topic that long is forwarded (`forward`), and a
                             // SUB line over the server's limit would cost the node its NATS
                             // connection.
-                            let queue = filter
-                                .group
-                                .as_ref()
-                                .map(|group| subject::queue_group(&self.config.subject_prefix, group, &filter.path));
-                            if subject.len() + queue.as_ref().map_or(0, String::len) > MAX_SUBJECT {
+                            if subject.len() + via.as_ref().map_or(0, |v| v.queue.len()) > MAX_SUBJECT {
                                 tracing::debug!("cluster: no interest taken in a filter too long for a NATS subject");
                                 continue;
                             }
-                            let subscribed = match queue {
+                            let subscribed = match &via {
                                 None => self.client.subscribe(subject.clone()).await,
-                                Some(queue) => self.queues.queue_subscribe(subject.clone(), queue).await,
+                                Some(via) => self.queues.queue_subscribe(subject.clone(), via.queue.clone()).await,
                             };
                             match subscribed {
                                 Ok(subscriber) => {
@@ -1500,35 +1512,28 @@ impl Cluster {
     fn route_one(&self, node: &dyn LocalNode, seen: &mut dedup::Seen, arrived: Arrived) {
         let Arrived { via, message: nats, .. } = arrived;
         let via = via.as_deref();
-        let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) else { return };
+        let header = |name| nats.headers.as_ref().and_then(|h| h.get(name));
         // A message redispatched to a share group is for that group only; its sender waits for
         // the answer.
-        let target = nats.headers.as_ref().and_then(|h| h.get(SHARE_GROUP_HEADER));
+        let target = header(SHARE_GROUP_HEADER);
         let redispatched = target.is_some();
-        if let Some(target) = target {
-            let ours = via.and_then(|v| {
-                v.group.as_deref().map(|g| subject::queue_group(&self.config.subject_prefix, g, &v.path))
-            });
-            if ours.as_deref() != Some(target.as_str()) {
-                return;
-            }
+        if target.is_some_and(|target| via.map(|v| v.queue.as_str()) != Some(target.as_str())) {
+            return;
         }
         // A group its publishing node sent the message to the node it picked for it (`shares`).
-        if let (Some(handled), Some(Interest { group: Some(group), path })) =
-            (nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)), via)
-        {
-            let ours = subject::queue_group(&self.config.subject_prefix, group, path);
-            if handled_groups(handled.as_str()).any(|(queue, _)| queue == ours) {
+        if let (Some(handled), Some(via)) = (header(HANDLED_HEADER), via) {
+            if handled_groups(handled.as_str()).any(|(queue, _)| queue == via.queue) {
                 return;
             }
         }
+        let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) else { return };
         let reply = nats.reply.clone().filter(|_| redispatched);
         // A share group's copy comes once (NATS gives it to one member of the queue group);
         // plain subscriptions may overlap.
         if via.is_none() && !seen.first_time(envelope.origin, envelope.seq) {
             return;
         }
-        let Some(Interest { group: Some(group), path }) = via else {
+        let Some(QueueSubscription { group, path, .. }) = via else {
             node.route_from_cluster(message, envelope.publisher, Reach::Plain);
             return;
         };
@@ -1578,9 +1583,10 @@ impl Cluster {
     }
 
     /// Every QoS 1/2 message the nodes' streams hold from `since_ms` on that `wanted` accepts
-    /// (`Some`), with its publisher's client id and what `wanted` said, stream by stream in each stream's order (for a session
-    /// revived from a node that died: see `ownership`). `wanted` is given each message's topic
-    /// and the share groups its publishing node sent it to a node for ([`Handled`]).
+    /// (`Some`), with its publisher's client id and what `wanted` said, stream by stream in
+    /// each stream's order (for a session revived from a node that died: see `ownership`).
+    /// `wanted` is given each message's topic and the share groups its publishing node sent it
+    /// to a node for ([`Handled`]).
     pub(crate) async fn replay<T>(
         &self,
         since_ms: u64,
@@ -1593,7 +1599,7 @@ impl Cluster {
             |nats| {
                 if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
                     let header = nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str());
-                    let handled = Handled { header: header.unwrap_or_default(), prefix: &self.config.subject_prefix };
+                    let handled = Handled { header: header.unwrap_or_default() };
                     if let Some(why) = wanted(message.topic(), &handled) {
                         let publisher = envelope.publisher.to_owned();
                         found.push((message, publisher, why));
@@ -1610,17 +1616,34 @@ impl Cluster {
 #[derive(Debug)]
 pub(crate) struct Handled<'a> {
     header: &'a str,
-    prefix: &'a str,
 }
 
 impl Handled<'_> {
-    /// Whether share group `group` at filter `path` was sent it to node `node`.
-    pub(crate) fn sent_to(&self, group: &str, path: &str, node: &str) -> bool {
-        if self.header.is_empty() {
-            return false;
-        }
-        let (queue, node) = (subject::queue_group(self.prefix, group, path), subject::token(node));
-        handled_groups(self.header).any(|(q, n)| q == queue && n == node)
+    /// Whether the message was sent to `sent`'s node for its share group.
+    pub(crate) fn names(&self, sent: &SentTo) -> bool {
+        handled_groups(self.header).any(|(queue, node)| queue == sent.queue && node == sent.node)
+    }
+}
+
+/// A share group and a node, as a [`HANDLED_HEADER`] names them (made once, then tested
+/// against every message read back: [`Handled::names`]).
+#[derive(Debug)]
+pub(crate) struct SentTo {
+    queue: String,
+    node: String,
+}
+
+impl SentTo {
+    fn new(prefix: &str, group: &str, path: &str, node: &str) -> SentTo {
+        SentTo { queue: subject::queue_group(prefix, group, path), node: subject::token(node) }
+    }
+}
+
+impl Cluster {
+    /// Share group `group` at filter `path` sent to node `node`, as a message's header would
+    /// say it.
+    pub(crate) fn sent_to(&self, group: &str, path: &str, node: &str) -> SentTo {
+        SentTo::new(&self.config.subject_prefix, group, path, node)
     }
 }
 
@@ -1739,12 +1762,13 @@ mod tests {
         let header = format!("{g1}={} {g2}={}", subject::token("emqx@n 1"), subject::token("emqx@n2"));
         let parsed: Vec<(&str, &str)> = handled_groups(&header).collect();
         assert_eq!(parsed, [(g1.as_str(), "emqx%40n%201"), (g2.as_str(), "emqx%40n2")]);
-        let handled = Handled { header: &header, prefix: "mqtt" };
-        assert!(handled.sent_to("g", "a/#", "emqx@n 1"));
-        assert!(!handled.sent_to("g", "a/#", "emqx@n2"), "another node");
-        assert!(!handled.sent_to("g", "a/+", "emqx@n 1"), "another filter");
-        assert!(handled.sent_to("h", "a/b", "emqx@n2"));
-        assert!(!Handled { header: "", prefix: "mqtt" }.sent_to("g", "a/#", "emqx@n 1"));
+        let handled = Handled { header: &header };
+        let sent = |group, path, node| SentTo::new("mqtt", group, path, node);
+        assert!(handled.names(&sent("g", "a/#", "emqx@n 1")));
+        assert!(!handled.names(&sent("g", "a/#", "emqx@n2")), "another node");
+        assert!(!handled.names(&sent("g", "a/+", "emqx@n 1")), "another filter");
+        assert!(handled.names(&sent("h", "a/b", "emqx@n2")));
+        assert!(!Handled { header: "" }.names(&sent("g", "a/#", "emqx@n 1")));
     }
 
     #[test]

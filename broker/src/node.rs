@@ -402,27 +402,25 @@ impl Node {
         if let Some(in_place) = cluster.interest_in_place() {
             in_place.await;
         }
-        let (subscriptions, groups) = {
-            let state = session.lock();
-            let all = state.subscriptions.iter();
-            let plain: Vec<(Box<str>, Subscription)> =
-                all.clone().filter(|(f, _)| !f.starts_with("$share/")).map(|(f, s)| (f.clone(), *s)).collect();
-            let groups: Vec<(Arc<ShareGroup>, Subscription)> = all
-                .filter_map(|(f, s)| match Filter::parse(f) {
-                    Ok(Filter { group: Some(name), path }) => {
-                        Some((Arc::new(ShareGroup { name: name.into(), path: path.into() }), *s))
-                    }
-                    _ => None,
-                })
-                .collect();
-            (plain, groups)
-        };
+        // Its plain subscriptions, and its share groups (each with how a message's header
+        // names it sent to `from`).
+        let mut subscriptions: Vec<(Box<str>, Subscription)> = Vec::new();
+        let mut groups: Vec<(Arc<ShareGroup>, Subscription, crate::cluster::SentTo)> = Vec::new();
+        for (filter, subscription) in session.lock().subscriptions.iter() {
+            match Filter::parse(filter) {
+                Ok(Filter { group: Some(name), path }) => {
+                    let sent = cluster.sent_to(name, path, from);
+                    groups.push((Arc::new(ShareGroup { name: name.into(), path: path.into() }), *subscription, sent));
+                }
+                _ => subscriptions.push((filter.clone(), *subscription)),
+            }
+        }
         // Which of its share groups each message is for.
         let wanted = |topic: &str, handled: &crate::cluster::Handled<'_>| {
             let shares: Vec<usize> = (0..groups.len())
                 .filter(|&i| {
-                    let group = &groups[i].0;
-                    plugin_api::topic::matches(&group.path, topic) && handled.sent_to(&group.name, &group.path, from)
+                    let (group, _, sent) = &groups[i];
+                    plugin_api::topic::matches(&group.path, topic) && handled.names(sent)
                 })
                 .collect();
             let plain = subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
@@ -463,7 +461,7 @@ impl Node {
             deliveries.extend(delivery.filter(|d| d.qos > 0));
             // A share group's delivery is one of its own (as the router gives it).
             for i in shares {
-                let (group, subscription) = &groups[i];
+                let (group, subscription, _) = &groups[i];
                 let options = subscription.options;
                 let delivery = Delivery {
                     message: message.clone(),

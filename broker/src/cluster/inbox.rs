@@ -18,11 +18,11 @@ use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::Interest;
+use super::QueueSubscription;
 
 /// Where a message read from NATS came from: a plain subscription (`None`), or a share
 /// group's queue subscription.
-pub(super) type Via = Option<Arc<Interest>>;
+pub(super) type Via = Option<Arc<QueueSubscription>>;
 
 /// A change of the subscriptions the inbox reads.
 pub(super) enum Command {
