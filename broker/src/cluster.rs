@@ -66,6 +66,7 @@ mod ownership;
 mod shared_state;
 mod shares;
 mod subject;
+mod summary;
 
 pub(crate) use ownership::{Claim, HandedOver};
 
@@ -384,6 +385,23 @@ pub(crate) struct Cluster {
     share_view: arc_swap::ArcSwap<shares::View>,
     share_pending: shares::Pending,
     beat_now: tokio::sync::Notify,
+    /// This node's interest in summary, and the others' (`summary`): its filters by first
+    /// level; widenings asked for and those acknowledged (counts); a wake-up for the task that
+    /// puts it (and whether it must put it even if unchanged); the bucket; the revision of its
+    /// last put, how far its watch of the bucket has read (0: not reading), and a wake-up to
+    /// read it again from the start; the others' summaries by node with their revisions, and
+    /// the view merged of them.
+    levels: Mutex<summary::Levels>,
+    summary_wanted: AtomicU64,
+    summary_done: watch::Sender<u64>,
+    summary_changed: tokio::sync::Notify,
+    summary_force: std::sync::atomic::AtomicBool,
+    summaries_bucket: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    own_revision: AtomicU64,
+    watched: watch::Sender<u64>,
+    resync: tokio::sync::Notify,
+    summaries: Mutex<HashMap<String, (summary::Summary, u64)>>,
+    others: arc_swap::ArcSwap<summary::Others>,
 }
 
 /// A heartbeat: the node's [`NodeInfo`], and its share groups (unless the strategy is `random`).
@@ -528,6 +546,17 @@ impl Cluster {
             share_view: arc_swap::ArcSwap::from_pointee(shares::View::default()),
             share_pending: shares::Pending::default(),
             beat_now: tokio::sync::Notify::new(),
+            levels: Mutex::new(summary::Levels::default()),
+            summary_wanted: AtomicU64::new(0),
+            summary_done: watch::Sender::new(0),
+            summary_changed: tokio::sync::Notify::new(),
+            summary_force: std::sync::atomic::AtomicBool::new(false),
+            summaries_bucket: tokio::sync::OnceCell::new(),
+            own_revision: AtomicU64::new(0),
+            watched: watch::Sender::new(0),
+            resync: tokio::sync::Notify::new(),
+            summaries: Mutex::new(HashMap::new()),
+            others: arc_swap::ArcSwap::from_pointee(summary::Others::default()),
         };
         // A NATS without JetStream is refused at start; one not reached yet (`start_alone`)
         // gets its stream when it comes (see `publish_forwarded`).
@@ -591,6 +620,7 @@ impl Cluster {
             }
         });
         tokio::spawn(self.clone().heartbeat());
+        self.start_summaries();
         if self.picks_shares() {
             tokio::spawn(self.clone().serve_picked_shares());
             tokio::spawn(self.clone().await_share_answers());
@@ -613,9 +643,11 @@ impl Cluster {
             match event {
                 async_nats::Event::Disconnected => {
                     lost_at_ms.get_or_insert(crate::now_ms());
+                    self.summaries_lost();
                 }
                 async_nats::Event::Connected => {
                     let Some(lost) = lost_at_ms.take() else { continue };
+                    self.summaries_back();
                     let since = lost.saturating_sub(CATCH_UP_MARGIN.as_millis() as u64);
                     // The connection subscribes again as it comes back: once the server has
                     // handled that, what is published from now on arrives live.
@@ -807,8 +839,9 @@ impl Cluster {
         loop {
             let beat = tokio::select! {
                 _ = tick.tick() => {
-                    // Nodes silent for long enough drop out of the view.
+                    // Nodes silent for long enough drop out of the views.
                     self.rebuild_share_view();
+                    self.rebuild_others();
                     true
                 }
                 () = self.beat_now.notified() => {
@@ -888,6 +921,7 @@ impl Cluster {
         if *count == 1 {
             self.requested.fetch_add(1, Ordering::AcqRel);
             let _ = self.changes.send(Change::Add(key.clone()));
+            self.level_added(&key.path);
         }
         if self.holds_shares(&key, *count) {
             self.beat_now.notify_one();
@@ -904,6 +938,7 @@ impl Cluster {
         if members == 0 {
             interest.remove(&key);
             let _ = self.changes.send(Change::Remove(key.clone()));
+            self.level_removed(&key.path);
         }
         if self.holds_shares(&key, members) {
             self.beat_now.notify_one();
@@ -1001,18 +1036,31 @@ impl Cluster {
     /// what a SUBACK waits for.
     /// While NATS is away nothing waits: the subscription is made when it is back, and the
     /// node serves its own clients meanwhile.
+    /// It also waits until the other nodes have this node's interest summary in their view,
+    /// if it widened (`summary`): they send every message it may want to NATS.
     pub(crate) fn interest_in_place(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         if !self.reachable() {
             return None;
         }
         let wanted = self.requested.load(Ordering::Acquire);
-        if *self.confirmed.borrow() >= wanted {
+        let subscribed = (*self.confirmed.borrow() < wanted).then(|| {
+            let mut confirmed = self.confirmed.subscribe();
+            async move {
+                // An error means the cluster task ended (shutting down): nothing to wait for.
+                let _ = confirmed.wait_for(|&done| done >= wanted).await;
+            }
+        });
+        let summarised = self.summary_in_place();
+        if subscribed.is_none() && summarised.is_none() {
             return None;
         }
-        let mut confirmed = self.confirmed.subscribe();
         Some(async move {
-            // An error means the cluster task ended (shutting down): nothing to wait for.
-            let _ = confirmed.wait_for(|&done| done >= wanted).await;
+            if let Some(subscribed) = subscribed {
+                subscribed.await;
+            }
+            if let Some(summarised) = summarised {
+                summarised.await;
+            }
         })
     }
 
@@ -1057,8 +1105,29 @@ impl Cluster {
     /// it is stored. Unless the strategy is `random`, it also goes to the node picked for each
     /// share group it is for (`shares`); the groups this node was picked for are handed back.
     pub(crate) fn forward(&self, message: &mut Message, publisher: &str) -> Forwarded {
+        self.number(message);
+        self.send_out(message, publisher, false)
+    }
+
+    /// Numbers `message`, just published on this node (its [`Message::origin`]): for one that
+    /// stays here, no other node wanting it ([`Cluster::others_may_want`]).
+    pub(crate) fn number(&self, message: &mut Message) {
         let origin = self.next_origin();
         message.edit(|head| head.origin = Some(origin));
+    }
+
+    /// Stores `message`, numbered and routed on this node only (no other node wants it), in
+    /// this node's stream: a persistent session here that it went to is revived from the
+    /// streams on another node if this one dies. This node's share groups already served it
+    /// (they are named in its header, so that their queue groups let it pass). The future says
+    /// when it is stored; `None` while NATS is away.
+    pub(crate) fn store(&self, message: &Message, publisher: &str) -> Option<Stored> {
+        self.send_out(message, publisher, true).stored
+    }
+
+    /// Sends numbered `message` to NATS ([`Cluster::forward`]); `kept_here`: only to be stored
+    /// ([`Cluster::store`]).
+    fn send_out(&self, message: &Message, publisher: &str, kept_here: bool) -> Forwarded {
         let reachable = self.reachable();
         let through_jetstream = message.qos > 0 && reachable;
         let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
@@ -1068,6 +1137,7 @@ impl Cluster {
             self.not_forwarded(TOO_LONG);
             return refusal(TOO_LONG);
         }
+        let origin = message.origin.unwrap_or_else(|| self.next_origin());
         let envelope = self.envelope(message, publisher, origin);
         // One allocation: the payload and properties, and room for the rest.
         let room = Vec::with_capacity(message.payload().len() + message.forwarded().len() + publisher.len() + 64);
@@ -1076,15 +1146,15 @@ impl Cluster {
         };
         let bytes = Bytes::from(bytes);
         let view = self.share_view.load();
-        let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !reachable {
+        let picked: Vec<(&shares::Spread, &str)> = if view.is_empty() || !reachable || kept_here {
             Vec::new()
         } else {
             view.pick(message.topic(), publisher, self.config.share_strategy).collect()
         };
         // While NATS is away nothing reaches a share group through it: this node's own groups
         // are served here, and named in the copy the NATS client holds for when it is back,
-        // so that their queue groups let it pass then.
-        let here = if reachable { Vec::new() } else { self.own_groups_matching(message.topic()) };
+        // so that their queue groups let it pass then. So for a message kept here.
+        let here = if reachable && !kept_here { Vec::new() } else { self.own_groups_matching(message.topic()) };
         let headers = (!picked.is_empty() || !here.is_empty()).then(|| {
             let me = self.config.node_name.as_str();
             let handled: Vec<String> = picked

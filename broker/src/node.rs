@@ -783,6 +783,26 @@ impl Node {
         full: Option<&mut Vec<Arc<Session>>>,
         durable: Option<&mut Batch>,
     ) -> Published {
+        let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
+        let mut own_batch = None;
+        let batch = match durable {
+            Some(batch) => batch,
+            None => own_batch.insert(Batch::new()),
+        };
+        // In a cluster, a message no other node may want stays here (`cluster::summary`):
+        // routed as on a node alone, and sent to NATS only to be stored if a persistent
+        // session here gets it.
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| !c.others_may_want(message.topic())) {
+            cluster.number(&mut message);
+            let mut persistent = false;
+            let watch = (message.qos > 0).then_some(&mut persistent);
+            let routed = self.route(message.clone(), publisher, Reach::All, full, batch, watch);
+            let stored = if persistent { cluster.store(&message, &client.client_id) } else { None };
+            if let Some(batch) = own_batch {
+                self.commit_in_background(batch);
+            }
+            return Published::Forwarded { routed, stored };
+        }
         // In a cluster, share groups get their messages through NATS, but for those this node
         // serves itself (see `Forwarded::here`).
         let (reach, stored, here) = match &self.cluster {
@@ -792,17 +812,11 @@ impl Node {
             }
             None => (Reach::All, None, Vec::new()),
         };
-        let publisher = Publisher { session: message.publisher, client_id: &client.client_id };
-        let mut own_batch = None;
-        let batch = match durable {
-            Some(batch) => batch,
-            None => own_batch.insert(Batch::new()),
-        };
         let mut full = full;
         let mut routed = 0;
         for share in &here {
             let reach = Reach::Group { path: &share.path, group: &share.name };
-            let to_group = self.route(message.clone(), publisher, reach, full.as_deref_mut(), batch);
+            let to_group = self.route(message.clone(), publisher, reach, full.as_deref_mut(), batch, None);
             if to_group == 0 {
                 if let Some(cluster) = &self.cluster {
                     cluster.redispatch(message.clone(), share.clone());
@@ -810,7 +824,7 @@ impl Node {
             }
             routed += to_group;
         }
-        routed += self.route(message, publisher, reach, full, batch);
+        routed += self.route(message, publisher, reach, full, batch, None);
         if let Some(batch) = own_batch {
             self.commit_in_background(batch);
         }
@@ -827,7 +841,8 @@ impl Node {
     }
 
     /// Hands `message` to every matching session; returns how many. Sessions whose queues it
-    /// filled go to `full`, if the publisher can wait.
+    /// filled go to `full`, if the publisher can wait. `persistent`, if given, is set when a
+    /// persistent session gets it at QoS 1 or 2.
     fn route(
         &self,
         message: Message,
@@ -835,6 +850,7 @@ impl Node {
         reach: Reach<'_>,
         mut full: Option<&mut Vec<Arc<Session>>>,
         durable: &mut Batch,
+        mut persistent: Option<&mut bool>,
     ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
         match reach {
@@ -849,6 +865,9 @@ impl Node {
         let (mut dropped, mut refused) = (Vec::new(), Vec::new());
         for target in targets.drain(..) {
             let (session, delivery) = self.delivery(message.clone(), target);
+            if let Some(persistent) = persistent.as_deref_mut().filter(|p| !**p && delivery.qos > 0) {
+                *persistent = session.lock().expiry_interval > 0;
+            }
             match session.enqueue(delivery, self.zone.queue, full.is_some(), Some(&mut *durable)) {
                 Enqueued::Queued => {}
                 Enqueued::Full => {
@@ -1130,7 +1149,7 @@ impl LocalNode for Node {
     fn route_from_cluster(&self, message: Message, publisher: &str, reach: Reach<'_>) -> usize {
         let publisher = Publisher { session: 0, client_id: publisher };
         let mut batch = Batch::new();
-        let routed = self.route(message, publisher, reach, None, &mut batch);
+        let routed = self.route(message, publisher, reach, None, &mut batch, None);
         self.commit_in_background(batch);
         routed
     }

@@ -665,13 +665,22 @@ fn a_burst_of_qos_1_messages_is_stored_whole_before_its_acknowledgements() {
 
 /// Two nodes given the same name would share one stream, and the numbering that vouches for
 /// stored messages would not add up: rather than acknowledge what it cannot vouch for, the
-/// node answers MQTT 5 publishers 0x80 Unspecified error and logs why.
+/// node answers MQTT 5 publishers 0x80 Unspecified error and logs why. (Each node has a
+/// persistent subscriber of its own, so that its messages go to its stream: with none, no
+/// other node wanting them, they would stay on the node.)
 #[test]
 fn two_nodes_with_one_name_cannot_vouch_for_their_messages_and_say_so() {
     use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
     let nats = Nats::start();
     let (_d1, first) = node(&nats, "emqx@twin");
     let (_d2, second) = node(&nats, "emqx@twin");
+    let mut subscribers = Vec::new();
+    for (n, node) in [&first, &second].into_iter().enumerate() {
+        let (mut subscriber, _) =
+            C5::connect_packet(node, &e2e::raw::connect5(&format!("twin-s{n}"), true, e2e::raw::expiry(300)));
+        subscriber.subscribe("twin/t", QoS::AtLeastOnce);
+        subscribers.push(subscriber);
+    }
     let mut a = C5::connect(&first, "twin-a");
     let mut b = C5::connect(&second, "twin-b");
     let mut reasons = Vec::new();
@@ -1343,4 +1352,127 @@ fn a_delayed_message_held_by_a_killed_node_is_published_by_another() {
     n1.kill();
     all_of(&mut sub, &["dk/orphan"]);
     assert!(sub.next_publish_within(std::time::Duration::from_millis(500)).is_none(), "once");
+}
+
+/// The name of node `name`'s stream (its start: `Nats::stream_messages` takes that).
+fn stream_of(name: &str) -> String {
+    let plain: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("mqtt_messages_{plain}_")
+}
+
+/// Waits until node `broker` (named `name`) keeps a message that no other node wants on
+/// itself: until it has read every node's interest summary, it sends every message to NATS.
+/// Probes with QoS 1 messages on `topic`, which `local` (a clean session on that node) must
+/// be subscribed to; returns how many messages the node's stream holds then.
+fn until_kept_here(nats: &Nats, broker: &Broker, name: &str, local: &mut C5, topic_: &str) -> u64 {
+    let stream = stream_of(name);
+    let mut publisher = C5::connect(broker, &format!("{name}-probe"));
+    let held = e2e::wait_until("a message kept on its node", || {
+        let before = nats.stream_messages(&stream).expect("the node's stream");
+        publisher.publish(topic_, QoS::AtLeastOnce, "probe");
+        assert_eq!(topic(&local.next_publish()), topic_);
+        (nats.stream_messages(&stream) == Some(before)).then_some(before)
+    });
+    publisher.disconnect();
+    held
+}
+
+/// A message that no other node's subscriptions could want (by their first topic level,
+/// `cluster/summary.rs`) stays on its node: delivered there, and neither sent to NATS nor
+/// stored in the node's stream. One that a persistent session of the node gets is stored
+/// before its PUBACK (another node revives that session from the streams if this one dies);
+/// and once another node subscribes to its first level, it goes there again from that
+/// node's SUBACK on.
+#[test]
+fn a_message_no_other_node_wants_stays_on_its_node() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@l1");
+    let (_d2, n2) = node(&nats, "emqx@l2");
+    let stream = stream_of("emqx@l1");
+    let mut local = C5::connect(&n1, "l-local");
+    local.subscribe("l/#", QoS::AtLeastOnce);
+    let held = until_kept_here(&nats, &n1, "emqx@l1", &mut local, "l/probe");
+    let mut publisher = C5::connect(&n1, "l-pub");
+    for n in 0..20 {
+        publisher.publish(&format!("l/{n}"), QoS::AtLeastOnce, &n.to_string());
+        publisher.publish(&format!("l/{n}"), QoS::AtMostOnce, &n.to_string());
+    }
+    for n in 0..40 {
+        assert_eq!(payload(&local.next_publish()), (n / 2).to_string());
+    }
+    assert_eq!(nats.stream_messages(&stream), Some(held), "a message kept on its node is not stored");
+    let (mut persistent, _) = C5::connect_packet(&n1, &e2e::raw::connect5("l-held", true, expiry(300)));
+    persistent.subscribe("l/held", QoS::AtLeastOnce);
+    for n in 1..=5 {
+        publisher.publish("l/held", QoS::AtLeastOnce, "");
+        assert_eq!(nats.stream_messages(&stream), Some(held + n), "after the PUBACK of message {n}");
+    }
+    let mut remote = C5::connect(&n2, "l-remote");
+    remote.subscribe("l/remote", QoS::AtLeastOnce);
+    publisher.publish("l/remote", QoS::AtLeastOnce, "right after the SUBACK");
+    assert_eq!(topic(&remote.next_publish()), "l/remote");
+}
+
+/// A SUBACK for a filter of a first topic level no session of its node had before waits
+/// until every other node knows (each acknowledges the node's wider interest summary): a
+/// message published on any node right after it reaches the subscriber, for forty new first
+/// levels in a row, then a wildcard one (`+/...`, every level but `$` ones).
+#[test]
+fn a_suback_for_a_new_first_level_means_every_node_sends_it_there() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@w1");
+    let (_d2, n2) = node(&nats, "emqx@w2");
+    let (_d3, n3) = node(&nats, "emqx@w3");
+    for (broker, name) in [(&n1, "emqx@w1"), (&n3, "emqx@w3")] {
+        let mut local = C5::connect(broker, &format!("{name}-local"));
+        local.subscribe("probe/#", QoS::AtLeastOnce);
+        until_kept_here(&nats, broker, name, &mut local, "probe/w");
+        local.disconnect();
+    }
+    let mut publishers = [C5::connect(&n1, "w-pub1"), C5::connect(&n3, "w-pub3")];
+    let mut subscriber = C5::connect(&n2, "w-sub");
+    let rounds = (0..40)
+        .map(|round| (format!("w{round}/t"), format!("w{round}/t")))
+        .chain([("+/late".to_owned(), "zz/late".to_owned())]);
+    for (filter, topic_) in rounds {
+        subscriber.subscribe(&filter, QoS::AtLeastOnce);
+        for publisher in &mut publishers {
+            publisher.publish(&topic_, QoS::AtLeastOnce, "right after the SUBACK");
+        }
+        for from in ["w1", "w3"] {
+            assert_eq!(topic(&subscriber.next_publish()), topic_, "{filter}: the message from {from} was missed");
+        }
+    }
+}
+
+/// A persistent session's QoS 1 messages published on its own node (which no other node
+/// wants) are stored before their PUBACKs all the same: when that node is killed, the client
+/// reconnecting to another node gets every one it was acknowledged (some perhaps twice).
+#[test]
+fn a_persistent_sessions_messages_from_its_own_node_survive_that_node() {
+    let nats = Nats::start();
+    let (_d1, mut n1) = node(&nats, "emqx@v1");
+    let (_d2, n2) = node(&nats, "emqx@v2");
+    let mut local = C5::connect(&n1, "v-local");
+    local.subscribe("v/probe", QoS::AtLeastOnce);
+    until_kept_here(&nats, &n1, "emqx@v1", &mut local, "v/probe");
+    let (mut subscriber, _) = C5::connect_packet(&n1, &e2e::raw::connect5("v-sub", true, expiry(300)));
+    subscriber.subscribe("v/t/#", QoS::AtLeastOnce);
+    let mut publisher = C5::connect(&n1, "v-pub");
+    let acknowledged: Vec<String> = (0..50)
+        .map(|n| {
+            publisher.publish(&format!("v/t/{}", n % 3), QoS::AtLeastOnce, &n.to_string());
+            n.to_string()
+        })
+        .collect();
+    let mut got: std::collections::HashSet<String> = (0..10).map(|_| payload(&subscriber.next_publish())).collect();
+    n1.kill();
+    let (mut subscriber, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("v-sub", false, expiry(300)));
+    assert!(ack.session_present, "the session was revived ({ack:?})");
+    while let Some(missing) = acknowledged.iter().find(|a| !got.contains(*a)) {
+        let Some(p) = subscriber.next_publish_within(std::time::Duration::from_secs(10)) else {
+            panic!("acknowledged and never delivered: {missing} and maybe more");
+        };
+        got.insert(payload(&p));
+    }
 }

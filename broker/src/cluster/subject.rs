@@ -40,6 +40,8 @@ const SESSIONS: &str = "session";
 const SHARE: &str = "share";
 /// The class token of the subjects those nodes answer on.
 const SHARE_ACKS: &str = "sack";
+/// The class token of the subjects nodes acknowledge another's interest summary on.
+const SUMMARY_ACKS: &str = "iack";
 /// The token of an empty level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -174,6 +176,14 @@ pub(crate) fn share_ack(prefix: &str, node: &str, id: Option<u64>) -> String {
         }
         None => out.push_str(".*"),
     }
+    out
+}
+
+/// The subject on which node `node` hears that the others have its interest summary in their
+/// view (`summary`).
+pub(crate) fn summary_ack(prefix: &str, node: &str) -> String {
+    let mut out = format!("{prefix}.{SUMMARY_ACKS}.");
+    push_level(&mut out, node);
     out
 }
 
