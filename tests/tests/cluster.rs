@@ -1451,7 +1451,7 @@ fn a_suback_for_a_new_first_level_means_every_node_sends_it_there() {
 #[test]
 fn a_persistent_sessions_messages_from_its_own_node_survive_that_node() {
     let nats = Nats::start();
-    let (_d1, mut n1) = node(&nats, "emqx@v1");
+    let (_d1, n1) = node(&nats, "emqx@v1");
     let (_d2, n2) = node(&nats, "emqx@v2");
     let mut local = C5::connect(&n1, "v-local");
     local.subscribe("v/probe", QoS::AtLeastOnce);
