@@ -4,9 +4,11 @@
 # 64 bytes, as fast as they can, unlimited queues as in bench/run.sh), REPS runs each
 # (interleaved), medians:
 #   - single: the broker alone, no [cluster];
-#   - cluster, local: publishers and subscriber on the same clustered node (every message is
-#     also forwarded to NATS, and a QoS 1 message is acknowledged once the node's JetStream
-#     stream stored it: what the cluster costs a node's own traffic);
+#   - cluster, local: publishers and subscriber (a clean session) on the same clustered node,
+#     the other node having no subscriber: what the cluster costs a node's own traffic (such
+#     messages stay on the node, broker/src/cluster/summary.rs; before that, each was also
+#     forwarded to NATS and each QoS 1 message stored in the node's JetStream stream before
+#     its PUBACK);
 #   - cluster, cross-node: publishers on one node, the subscriber on the other (every message
 #     crosses NATS);
 # then the same at a steady 20,000 QoS 1 messages a second (latency: the brokers' own), and

@@ -42,6 +42,12 @@
 //!   `last + n` shows that the `n` messages since the last answer were all stored (see
 //!   `await_stored`). A gap fails the whole run, and its publishers are told so.
 //!
+//! - **A message no other node wants stays here** (`summary`): each node's interest in
+//!   summary (its filters' first topic levels) is in a KV bucket that every node follows; a
+//!   message whose first level no other node's summary holds is routed here only, and goes
+//!   to the stream only if a persistent session here gets it. A SUBACK that widens this
+//!   node's summary waits until the other nodes have it in their view.
+//!
 //! - **Catching up after losing NATS.** When its connection comes back, a node reads the
 //!   other nodes' streams from shortly before it was lost (`catch_up`) and routes what it
 //!   missed: every QoS 1/2 message published meanwhile reaches its subscribers, late. What it
