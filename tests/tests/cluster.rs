@@ -1382,11 +1382,11 @@ fn until_kept_here(nats: &Nats, broker: &Broker, name: &str, local: &mut C5, top
 /// stored in the node's stream. One that a persistent session of the node gets is stored
 /// before its PUBACK (another node revives that session from the streams if this one dies);
 /// and once another node subscribes to its first level, it goes there again from that
-/// node's SUBACK on.
+/// node's SUBACK on (`broker ctl cluster interest` shows both nodes' summaries).
 #[test]
 fn a_message_no_other_node_wants_stays_on_its_node() {
     let nats = Nats::start();
-    let (_d1, n1) = node(&nats, "emqx@l1");
+    let (d1, n1) = node(&nats, "emqx@l1");
     let (_d2, n2) = node(&nats, "emqx@l2");
     let stream = stream_of("emqx@l1");
     let mut local = C5::connect(&n1, "l-local");
@@ -1411,6 +1411,10 @@ fn a_message_no_other_node_wants_stays_on_its_node() {
     remote.subscribe("l/remote", QoS::AtLeastOnce);
     publisher.publish("l/remote", QoS::AtLeastOnce, "right after the SUBACK");
     assert_eq!(topic(&remote.next_publish()), "l/remote");
+    assert_eq!(
+        d1.ctl(&["cluster", "interest"]).ok().trim(),
+        "emqx@l1 (this node, a message none of the others want stays here) : l\nemqx@l2 : l"
+    );
 }
 
 /// A SUBACK for a filter of a first topic level no session of its node had before waits

@@ -232,6 +232,45 @@ impl Cluster {
         })
     }
 
+    /// The nodes' summaries, as `broker ctl cluster interest` prints them: this node's, then
+    /// one line for each other node whose summary it read (stopped nodes' while they count).
+    pub(crate) fn interest_summaries(&self) -> String {
+        let levels = |summary: &Summary| {
+            if summary.all {
+                return format!("every topic (more than {MAX_LEVELS} first levels)");
+            }
+            if summary.levels.is_empty() {
+                return "nothing".to_owned();
+            }
+            let named: Vec<String> = summary
+                .levels
+                .iter()
+                .map(|l| match l.as_str() {
+                    WILD => "+ (every topic but $ ones)".to_owned(),
+                    "" => "'' (an empty first level)".to_owned(),
+                    level => crate::log_limit::clipped(level).to_string(),
+                })
+                .collect();
+            named.join(", ")
+        };
+        let me = &self.config.node_name;
+        let own = crate::lock(&self.levels).summary(me, crate::now_ms());
+        let kept = if self.others.load().settled {
+            "a message none of the others want stays here"
+        } else {
+            "not settled (NATS away, or the others' summaries not read yet): every message goes to NATS"
+        };
+        let mut lines = vec![format!("{me} (this node, {kept}) : {}", levels(&own))];
+        let summaries = crate::lock(&self.summaries);
+        let mut others: Vec<&Summary> = summaries.values().map(|(s, _)| s).collect();
+        others.sort_by(|a, b| a.node.cmp(&b.node));
+        let now = crate::now_ms();
+        for summary in others.into_iter().filter(|s| in_force(s.updated_ms, now, self.config.retention)) {
+            lines.push(format!("{} : {}", summary.node, levels(summary)));
+        }
+        lines.join("\n")
+    }
+
     /// NATS was lost: what the others put meanwhile is not known, so the view is not settled
     /// until the bucket is read again ([`Cluster::summaries_back`]).
     pub(super) fn summaries_lost(&self) {

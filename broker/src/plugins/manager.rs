@@ -423,6 +423,10 @@ impl Manager {
                 Some(cluster) => cluster.share_groups(),
                 None => format!("This node ({}) is alone: its share groups pick among its own members.", self.shared.node_name),
             }),
+            ["cluster", "interest"] => Ok(match &self.shared.node.cluster {
+                Some(cluster) => cluster.interest_summaries(),
+                None => format!("This node ({}) is alone: every message stays on it.", self.shared.node_name),
+            }),
             ["cluster", "call", node, command @ ..] if !command.is_empty() => {
                 let command: Vec<String> = command.iter().map(|w| w.to_string()).collect();
                 if *node == self.shared.node_name {
@@ -437,8 +441,8 @@ impl Manager {
                 cluster.call_blocking(node, &command).map_err(|(status, message)| CommandError::new(status, message))
             }
             ["cluster", ..] => Err(CommandError::invalid(
-                "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster shares | cluster call NODE \
-                 COMMAND...",
+                "Usage: broker ctl cluster status [--json] | cluster nodes --json | cluster shares | cluster interest | \
+                 cluster call NODE COMMAND...",
             )),
             // The connected clients as `Host::clients` gives them (the management API lists
             // another node's through `cluster call`).
