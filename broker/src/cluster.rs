@@ -238,6 +238,10 @@ pub(crate) struct ClusterConfig {
     /// How share groups pick their members (`broker.shared_subscription_strategy`): but for
     /// `random`, the publishing node picks the node by it (`shares`).
     pub(crate) share_strategy: crate::router::Strategy,
+    /// How far back, before the last time a node that died was heard from (or before the
+    /// oldest message pending for a session, as its record says), the streams are read for a
+    /// session revived from it.
+    pub(crate) revive_margin: Duration,
 }
 
 /// Why the cluster could not start.
@@ -1031,6 +1035,11 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// `[cluster] revive_margin`.
+    pub(crate) fn revive_margin(&self) -> Duration {
+        self.config.revive_margin
     }
 
     /// Whether the NATS connection is up now.

@@ -373,6 +373,12 @@ pub struct ClusterSettings {
     pub retention_bytes: u64,
     /// On how many servers of a NATS cluster the stream keeps each message (1 to 5).
     pub replicas: usize,
+    /// How far back a session revived from a node that died has the streams read for it:
+    /// before the last time that node was heard from, or before the oldest message still
+    /// pending for the session (which its node writes down once it is older than half this),
+    /// whichever is earlier. Allows for clocks that differ between nodes, e.g. `"30s"`.
+    #[serde(deserialize_with = "duration_text")]
+    pub revive_margin: String,
     /// The plugins whose stored state every node shares (a JetStream KV bucket keeps it): a
     /// retained message or a login added on one node is there on all. Every `shared/...`
     /// bucket is shared too. By default `emqx_retainer`, `emqx_auth_mnesia` and
@@ -391,6 +397,7 @@ impl Default for ClusterSettings {
             retention: "1h".to_owned(),
             retention_bytes: 1 << 30,
             replicas: 1,
+            revive_margin: "30s".to_owned(),
             shared_state: vec![
                 "emqx_retainer".to_owned(),
                 "emqx_auth_mnesia".to_owned(),
@@ -439,6 +446,12 @@ impl ClusterSettings {
                 n => return Err(ConfigError::Setting("cluster.replicas", format!("{n} (NATS keeps 1 to 5 copies)"))),
             },
             share_strategy,
+            revive_margin: match duration("cluster.revive_margin", &self.revive_margin)? {
+                d if d < Duration::from_secs(1) => {
+                    return Err(ConfigError::Setting("cluster.revive_margin", format!("{d:?} (at least 1s)")))
+                }
+                d => d,
+            },
         }))
     }
 }

@@ -505,9 +505,57 @@ impl Node {
             if state.ended || (state.expiry_interval == 0 && !forget) {
                 return None;
             }
-            (state.expiry_interval > 0).then(|| Node::session_record(&state).encode())
+            (state.expiry_interval > 0).then(|| Node::session_record(&state).encode_shared(Node::pending_since(&state)))
         };
         Some(cluster.share_record(&session.client_id, record))
+    }
+
+    /// When the oldest QoS 1/2 message still queued or in flight for a session was published
+    /// (ms since the Unix epoch), if one is.
+    fn pending_since(state: &crate::session::State) -> Option<u64> {
+        let queued = state.queue.iter().find(|d| d.qos > 0).map(|d| d.message.timestamp_ms);
+        let in_flight = state.inflight.iter().filter(|e| e.delivery.qos > 0).map(|e| e.delivery.message.timestamp_ms);
+        queued.into_iter().chain(in_flight).filter(|&ms| ms > 0).min()
+    }
+
+    /// Keeps the records the cluster shares of this node's persistent sessions telling since
+    /// when each has had messages pending, once that is longer ago than half of `[cluster]
+    /// revive_margin`: a session revived on another node after this one died has the streams
+    /// read from before its oldest message, not only from before this node was last heard, so
+    /// that a client far behind loses none of what it was owed. A record is written again
+    /// when the backlog has moved on by the margin, and once more when it is gone; checked
+    /// every third of the margin.
+    pub(crate) async fn share_backlogs(node: Arc<Node>, margin: Duration) {
+        let margin_ms = margin.as_millis() as u64;
+        let mut recorded: std::collections::HashMap<Arc<str>, u64> = std::collections::HashMap::new();
+        let mut every = tokio::time::interval(margin / 3);
+        loop {
+            every.tick().await;
+            let now = crate::now_ms();
+            let mut still = std::collections::HashMap::with_capacity(recorded.len());
+            for session in node.sessions.all() {
+                let old = {
+                    let state = session.lock();
+                    if state.ended || state.expiry_interval == 0 {
+                        continue;
+                    }
+                    Node::pending_since(&state).filter(|&since| now.saturating_sub(since) > margin_ms / 2)
+                };
+                let before = recorded.get(&session.client_id).copied();
+                let write = match (old, before) {
+                    (Some(_), None) | (None, Some(_)) => true,
+                    (Some(since), Some(written)) => since > written + margin_ms,
+                    (None, None) => false,
+                };
+                if write {
+                    let _ = node.share_record(&session, false);
+                }
+                if let Some(since) = if write { old } else { before } {
+                    still.insert(session.client_id.clone(), since);
+                }
+            }
+            recorded = still;
+        }
     }
 
     /// The batch that writes `session`'s record as it is now (after a SUBSCRIBE or

@@ -69,9 +69,22 @@ impl SessionRecord {
         decode(bytes, "session record", client_id)
     }
 
-    /// When the session of a record (encoded) went offline, if it was offline.
-    pub(crate) fn decode_offline_since(bytes: &[u8]) -> Option<u64> {
-        postcard::from_bytes::<SessionRecord>(bytes).ok()?.offline_since_ms
+    /// The record as the cluster shares it (`cluster::ownership`): with, as a trailer that
+    /// readers of the record alone ignore, when the oldest QoS 1/2 message still queued or in
+    /// flight for the session was published (ms since the Unix epoch), if one is.
+    pub(crate) fn encode_shared(&self, pending_since_ms: Option<u64>) -> Vec<u8> {
+        let bytes = self.encode();
+        match pending_since_ms {
+            Some(ms) => postcard::to_extend(&ms, bytes).unwrap_or_else(|_| self.encode()),
+            None => bytes,
+        }
+    }
+
+    /// From a shared record (encoded, [`SessionRecord::encode_shared`]): when its session went
+    /// offline, if it was offline, and since when it had messages pending, if it had.
+    pub(crate) fn decode_revival(bytes: &[u8]) -> (Option<u64>, Option<u64>) {
+        let Ok((record, rest)) = postcard::take_from_bytes::<SessionRecord>(bytes) else { return (None, None) };
+        (record.offline_since_ms, postcard::from_bytes::<u64>(rest).ok())
     }
 
     /// The subscriptions: filter, options, identifier; an unreadable one is skipped.
@@ -450,6 +463,18 @@ mod tests {
             subscription_ids: view.subscription_ids.to_vec(),
             share: None,
         }
+    }
+
+    #[test]
+    fn a_shared_record_carries_since_when_messages_are_pending_and_reads_as_a_record() {
+        let mut record = SessionRecord::new(300);
+        record.offline_since_ms = Some(7);
+        let shared = record.encode_shared(Some(5));
+        assert_eq!(SessionRecord::decode_revival(&shared), (Some(7), Some(5)));
+        assert_eq!(SessionRecord::decode(&shared, "c").unwrap(), record, "readers of the record alone ignore the rest");
+        assert_eq!(record.encode_shared(None), record.encode());
+        assert_eq!(SessionRecord::decode_revival(&record.encode()), (Some(7), None), "a record without it");
+        assert_eq!(SessionRecord::decode_revival(b"\xff"), (None, None));
     }
 
     #[test]

@@ -167,6 +167,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         if let Some(cluster) = &node.cluster {
             let weak = Arc::downgrade(&node);
             cluster.start(weak);
+            tokio::spawn(Node::share_backlogs(node.clone(), cluster.revive_margin()));
             cluster.share_state(store.clone(), &settings.cluster.shared_state);
         }
         if node.persistence.is_some() {

@@ -92,13 +92,24 @@ impl Nats {
     /// How many messages the JetStream stream whose name starts with `name` holds now
     /// (`/jsz`); `None` when there is no such stream.
     pub fn stream_messages(&self, name: &str) -> Option<u64> {
+        self.stream_state(name)?["messages"].as_u64()
+    }
+
+    /// The sequence number of the last message the JetStream stream whose name starts with
+    /// `name` took (`/jsz`; a KV bucket's stream is `KV_<bucket>`): it grows with every write.
+    pub fn stream_last_seq(&self, name: &str) -> Option<u64> {
+        self.stream_state(name)?["last_seq"].as_u64()
+    }
+
+    /// The `state` of the JetStream stream whose name starts with `name`, from `/jsz`.
+    fn stream_state(&self, name: &str) -> Option<serde_json::Value> {
         let page = self.monitoring("/jsz?streams=true");
         let accounts = page["account_details"].as_array().cloned().unwrap_or_default();
         let streams = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
         let mut found = streams.into_iter().filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)));
         let stream = found.next()?;
         assert!(found.next().is_none(), "more than one stream named {name}...");
-        stream["state"]["messages"].as_u64()
+        Some(stream["state"].clone())
     }
 
     /// A page of the server's HTTP monitoring, as JSON.

@@ -1480,3 +1480,46 @@ fn a_persistent_sessions_messages_from_its_own_node_survive_that_node() {
         got.insert(payload(&p));
     }
 }
+
+/// A session revived after its node died gets every message it was owed, also those pending
+/// for it since long before (more than `[cluster] revive_margin`, here 2 s) its node was last
+/// heard: its node writes down in the session's shared record since when messages have been
+/// pending for it (`Node::share_backlogs`), and the streams are read from before that. The
+/// client took ten messages and acknowledged none; four seconds later its node is killed, and
+/// the client, reconnecting to the other node, gets all ten again. (Before, the streams were
+/// read from 2 s before the node was last heard, and the ten were lost: checked.)
+#[test]
+fn a_revived_session_gets_what_was_pending_for_it_longer_than_the_margin() {
+    let nats = Nats::start();
+    let margin = [("BROKER_CLUSTER__REVIVE_MARGIN", "2s")];
+    let (_d1, n1) = node_with(DataDir::new(), &nats, "emqx@r1", &margin);
+    let (_d2, n2) = node_with(DataDir::new(), &nats, "emqx@r2", &margin);
+    let (mut behind, _) = C5::connect_packet(&n2, &e2e::raw::connect5("r-behind", true, expiry(300)));
+    behind.subscribe("r/#", QoS::AtLeastOnce);
+    let records = "KV_mqtt_session_records";
+    let written = nats.stream_last_seq(records).expect("the records' bucket");
+    let mut publisher = C5::connect(&n1, "r-pub");
+    let published = std::time::Instant::now();
+    for n in 0..10 {
+        publisher.publish(&format!("r/{n}"), QoS::AtLeastOnce, &n.to_string());
+    }
+    // The client reads nothing: the ten stay in flight to it.
+    e2e::wait_until("the record saying since when messages are pending", || {
+        (nats.stream_last_seq(records) > Some(written)).then_some(())
+    });
+    // Older than the margin and a heartbeat by the time the node is killed.
+    e2e::wait_until("four seconds since the ten were published", || {
+        (published.elapsed() >= std::time::Duration::from_secs(4)).then_some(())
+    });
+    n2.kill();
+    drop(behind);
+    let (mut revived, ack) = C5::connect_packet(&n1, &e2e::raw::connect5("r-behind", false, expiry(300)));
+    assert!(ack.session_present, "the session was revived ({ack:?})");
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 10 {
+        let Some(p) = revived.next_publish_within(std::time::Duration::from_secs(10)) else {
+            panic!("only {got:?} of the ten came");
+        };
+        got.insert(payload(&p));
+    }
+}

@@ -42,11 +42,6 @@ const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often a claim reads the key again after losing a race for it.
 const CLAIM_TRIES: usize = 10;
 
-/// How far back, before the last time a node that died was heard from, the streams are read
-/// for a session revived from it: what it had queued for a client that was online. (For a
-/// client that was offline, from when it went offline.)
-const REVIVE_MARGIN: Duration = Duration::from_secs(30);
-
 /// Client ids up to this long are their key (hex); longer ones are hashed.
 const KEY_PLAIN_MAX: usize = 96;
 
@@ -253,9 +248,13 @@ impl Cluster {
             tracing::info!(client_id, node = dead, "cluster: took over a client id from a node that is not running");
             return Ok(Claim::Here);
         };
+        // From `revive_margin` before the earliest of: when the dead node was last heard,
+        // when the client went offline, and when its oldest message still pending was
+        // published (as its node last wrote the record, see `Node::share_backlogs`).
         let heard = self.last_heard(&dead).unwrap_or_else(crate::now_ms);
-        let offline = crate::persist::SessionRecord::decode_offline_since(&record);
-        let since_ms = offline.unwrap_or(heard).min(heard).saturating_sub(REVIVE_MARGIN.as_millis() as u64);
+        let (offline, pending) = crate::persist::SessionRecord::decode_revival(&record);
+        let earliest = [offline, pending].into_iter().flatten().fold(heard, u64::min);
+        let since_ms = earliest.saturating_sub(self.config.revive_margin.as_millis() as u64);
         tracing::info!(client_id, node = dead, "cluster: reviving a session of a node that is not running");
         Ok(Claim::Revived { record: record.to_vec(), since_ms, from: dead })
     }

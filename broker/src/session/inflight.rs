@@ -203,7 +203,6 @@ impl Inflight {
     }
 
     /// Every entry, oldest first.
-    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }

@@ -60,6 +60,11 @@ impl MessageQueue {
         Some(d)
     }
 
+    /// The queued deliveries, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+
     pub(crate) fn front(&self) -> Option<&Delivery> {
         self.items.front()
     }
