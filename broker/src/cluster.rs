@@ -29,18 +29,20 @@
 //!   API's per-node paths): a NATS request to `<prefix>.ctl.<node>`, which that node answers
 //!   by running the command as its own `broker ctl` would ([`Commands`]).
 //!
-//! - **QoS 1 and 2 are stored before they are acknowledged.** Such a message is published
-//!   under `<prefix>.q.<node>` (`subject::durable_root`), which this node's JetStream stream
-//!   captures (`[cluster] retention`, `replicas`); the other nodes get it as any NATS
-//!   subscriber does, and the publisher's PUBACK / PUBREC waits until the stream has it
-//!   ([`Stored`]): once a publisher holds one, the message is in NATS, whatever becomes of
-//!   this node. While NATS is away, nothing waits (the node serves its own clients).
-//! - **One answer from JetStream for a run of messages.** Only the last QoS 1/2 message of a
-//!   run (those queued together, at most [`ACK_EVERY`]) asks the stream for an answer; the
-//!   others are plain NATS messages that the stream captures. The stream is this node's
-//!   alone, so its sequence numbers count this node's messages: an answer with sequence
-//!   `last + n` shows that the `n` messages since the last answer were all stored (see
-//!   `await_stored`). A gap fails the whole run, and its publishers are told so.
+//! - **QoS 1 and 2 are stored before they are acknowledged.** Such a message reaches the
+//!   other nodes on its subject as a QoS 0 one does, and is also stored in this node's
+//!   JetStream stream (`[cluster] retention`, `replicas`), which captures
+//!   `<prefix>.q.<node>` (`subject::durable_root`); the publisher's PUBACK / PUBREC waits until
+//!   the stream has it ([`Stored`]): once a publisher holds one, the message is in NATS,
+//!   whatever becomes of this node. While NATS is away, nothing waits (the node serves its own
+//!   clients).
+//! - **One batch, one answer from JetStream, for a run of messages** (`batch`). The QoS 1/2
+//!   messages queued together (at most [`ACK_EVERY`]) are stored as one stream message on
+//!   this node's batch subject, which no node subscribes to: JetStream writes each stream
+//!   message to its file store, the costliest part of forwarding for the NATS server. The
+//!   stream is this node's alone, so its sequence numbers count this node's batches: an
+//!   answer with sequence `last + 1` vouches for the run (see `await_stored`). A gap fails the
+//!   run, and its publishers are told so. Readers of the streams take batches apart.
 //!
 //! - **A message no other node wants stays here** (`summary`): each node's interest in
 //!   summary (its filters' first topic levels) is in a KV bucket that every node follows; a
@@ -66,6 +68,7 @@
 //! after its node died does not get back what a share group had given it there, and a message
 //! NATS hands to a node as it is killed is lost to its group.
 
+mod batch;
 mod dedup;
 mod inbox;
 mod ownership;
@@ -189,6 +192,10 @@ const STORED_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many QoS 1/2 messages share one answer from JetStream.
 const ACK_EVERY: usize = 256;
 
+/// The most bytes a batch of QoS 1/2 messages holds when the server has not said how large a
+/// message it takes (`batch`; three quarters of NATS's default 1 MiB).
+const DEFAULT_MAX_BATCH: usize = 768 * 1024;
+
 /// How far the forwarding task looks ahead in its queue for more QoS 1/2 messages.
 const LOOKAHEAD: usize = 1024;
 
@@ -210,8 +217,10 @@ struct Outgoing {
     headers: Option<async_nats::HeaderMap>,
     reply: Option<String>,
     bytes: Bytes,
-    /// For a QoS 1/2 message: told when JetStream stored it (it goes through JetStream).
+    /// For a QoS 1/2 message: told when JetStream stored it (in a batch, `batch`).
     stored: Option<oneshot::Sender<Result<(), String>>>,
+    /// Sent on its subject too (not for a message kept on this node, which is only stored).
+    core: bool,
 }
 
 /// What a node starts its cluster with.
@@ -722,7 +731,15 @@ impl Cluster {
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             for _ in 0..pending {
                 match tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await {
-                    Ok(Some(Ok(message))) => each(message.split().0),
+                    Ok(Some(Ok(message))) => {
+                        let message = message.split().0;
+                        if subject::is_batch(&self.config.subject_prefix, &message.subject) {
+                            batch::unpack(&message).into_iter().for_each(&mut each);
+                        } else {
+                            // Stored one by one (before batches).
+                            each(message);
+                        }
+                    }
                     Ok(Some(Err(e))) => return Err(format!("reading {name}: {e}")),
                     Ok(None) | Err(_) => return Err(format!("reading {name}: no message within {COMMAND_TIMEOUT:?}")),
                 }
@@ -1145,8 +1162,7 @@ impl Cluster {
     fn send_out(&self, message: &Message, publisher: &str, kept_here: bool) -> Forwarded {
         let reachable = self.reachable();
         let through_jetstream = message.qos > 0 && reachable;
-        let root = if through_jetstream { &self.durable_root } else { &self.config.subject_prefix };
-        let subject = subject::topic_to_subject(root, message.topic());
+        let subject = subject::topic_to_subject(&self.config.subject_prefix, message.topic());
         let refusal = |why: &str| Forwarded { stored: through_jetstream.then(|| refused(why)), here: Vec::new() };
         if subject.len() > MAX_SUBJECT {
             self.not_forwarded(TOO_LONG);
@@ -1183,7 +1199,7 @@ impl Cluster {
             headers
         });
         let (stored, told) = through_jetstream.then(oneshot::channel).unzip();
-        let outgoing = Outgoing { subject, headers, reply: None, bytes: bytes.clone(), stored };
+        let outgoing = Outgoing { subject, headers, reply: None, bytes: bytes.clone(), stored, core: !kept_here };
         let mut here: Vec<_> = here.into_iter().map(|(share, _)| share).collect();
         let (mine, others): (Vec<_>, Vec<_>) = picked.into_iter().partition(|(_, node)| *node == self.config.node_name);
         here.extend(mine.into_iter().map(|(spread, _)| spread.share.clone()));
@@ -1228,7 +1244,8 @@ impl Cluster {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(SHARE_GROUP_HEADER, spread.queue.as_str());
         let reply = Some(subject::share_ack(prefix, &self.config.node_name, Some(id)));
-        let outgoing = Outgoing { subject, headers: Some(headers), reply, bytes: bytes.clone(), stored: None };
+        let outgoing =
+            Outgoing { subject, headers: Some(headers), reply, bytes: bytes.clone(), stored: None, core: true };
         if self.outbound.try_send(outgoing).is_err() {
             self.not_forwarded("the queue to NATS is full");
             if let Some((message, share)) = self.share_pending.answered(id) {
@@ -1520,9 +1537,14 @@ impl Cluster {
         let mut restart_at = self.stream_at_start;
         let stream_lost = Arc::new(std::sync::atomic::AtomicBool::new(restart_at.is_none()));
         tokio::spawn(await_stored(answers, stream_lost.clone()));
+        let batch_subject = subject::batch_subject(&self.config.subject_prefix, &self.config.node_name);
         let mut ahead = std::collections::VecDeque::new();
         let mut durable_ahead = 0;
+        // The run being made: its batch, who waits for it, and why it failed, if it did.
+        let mut batch = batch::Batch::default();
         let mut run = Vec::new();
+        let mut failed: Option<String> = None;
+        let mut max_batch = DEFAULT_MAX_BATCH;
         loop {
             if ahead.is_empty() {
                 let Some(next) = outbound.recv().await else { return };
@@ -1537,7 +1559,7 @@ impl Cluster {
             if outbound.len() <= self.queue.low && self.publishers_wait.swap(false, Ordering::SeqCst) {
                 self.drained.send_modify(|n| *n += 1);
             }
-            let Some(Outgoing { subject, headers, reply, bytes, stored }) = ahead.pop_front() else { continue };
+            let Some(Outgoing { subject, headers, reply, bytes, stored, core }) = ahead.pop_front() else { continue };
             let Some(told) = stored else {
                 if let Err(e) = self.send(subject, headers, reply, bytes).await {
                     self.not_forwarded(&format!("NATS refused it: {e}"));
@@ -1551,28 +1573,57 @@ impl Cluster {
                     Err(why) => {
                         stream_lost.store(true, Ordering::Release);
                         run.push(told);
+                        batch.take();
                         fail(run.drain(..), &format!("the JetStream stream cannot be made: {why}"));
                         continue;
                     }
                 }
             }
+            // A batch stays within what the server takes in one message (as it said when the
+            // batch started): one that a message would take past it is stored first.
+            if batch.messages() == 0 {
+                max_batch = match self.client.server_info().max_payload {
+                    0 => DEFAULT_MAX_BATCH,
+                    max => max * 3 / 4,
+                };
+            }
+            if batch.messages() > 0 && batch.len_with(&subject, bytes.len()) > max_batch {
+                let told = std::mem::take(&mut run);
+                self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+            }
+            let handled = headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str().to_owned());
+            batch.push(&subject, handled.as_deref(), &bytes);
             run.push(told);
-            if durable_ahead > 0 && run.len() < ACK_EVERY {
-                // Captured by the stream; the run's last message will vouch for it.
+            if core {
                 if let Err(e) = self.send(subject, headers, None, bytes).await {
-                    fail(run.drain(..), &format!("NATS refused it: {e}"));
+                    failed.get_or_insert_with(|| format!("NATS refused it: {e}"));
                 }
-                continue;
             }
-            let run = std::mem::take(&mut run);
-            let published = match headers {
-                None => self.jetstream.publish(subject, bytes).await,
-                Some(headers) => self.jetstream.publish_with_headers(subject, headers, bytes).await,
-            };
-            match published {
-                Ok(answer) => drop(runs.send(Run { answer, told: run, restart_at: restart_at.take() })),
-                Err(e) => fail(run, &format!("JetStream refused it: {e}")),
+            if durable_ahead > 0 && run.len() < ACK_EVERY {
+                continue; // the run goes on: stored with the messages queued behind it
             }
+            let told = std::mem::take(&mut run);
+            self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+        }
+    }
+
+    /// Stores a run's batch in this node's stream (or fails the run, `failed`): its waiting
+    /// publishers are told once the stream's answer is in (`await_stored`).
+    async fn store_batch(
+        &self,
+        subject: &str,
+        batch: Bytes,
+        told: Vec<oneshot::Sender<Result<(), String>>>,
+        failed: Option<String>,
+        restart_at: Option<u64>,
+        runs: &mpsc::UnboundedSender<Run>,
+    ) {
+        if let Some(why) = failed {
+            return fail(told, &why);
+        }
+        match self.jetstream.publish(subject.to_owned(), batch).await {
+            Ok(answer) => drop(runs.send(Run { answer, told, restart_at })),
+            Err(e) => fail(told, &format!("JetStream refused it: {e}")),
         }
     }
 
@@ -1769,10 +1820,11 @@ async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<s
                 }
                 let answered = answer.as_ref().ok().copied();
                 let verdict = match answer {
-                    Ok(seq) if last.is_some_and(|last| seq == last + told.len() as u64) => Ok(()),
+                    // One stream message, a batch, for the run.
+                    Ok(seq) if last.is_some_and(|last| seq == last + 1) => Ok(()),
                     Ok(seq) => Err(format!(
-                        "the stream's numbering has a gap (answer {seq} after {last:?} for {} messages): \
-                         is another node named like this one?",
+                        "the stream's numbering has a gap (answer {seq} after {last:?} for a batch of {} \
+                         messages): is another node named like this one?",
                         told.len()
                     )),
                     Err(why) => {

@@ -92,6 +92,22 @@ pub(crate) fn durable_root(prefix: &str, node: &str) -> String {
     out
 }
 
+/// The last token of the subject a node stores its QoS 1 and 2 messages on, in batches
+/// (`<prefix>.q.<node>.b`: no topic maps to it, so no filter receives it).
+const BATCH: &str = "b";
+
+/// The subject node `node` stores batches of its QoS 1 and 2 messages on, in its stream.
+pub(crate) fn batch_subject(prefix: &str, node: &str) -> String {
+    format!("{}.{BATCH}", durable_root(prefix, node))
+}
+
+/// Whether `subject` is a node's batch subject ([`batch_subject`]).
+pub(crate) fn is_batch(prefix: &str, subject: &str) -> bool {
+    let under = subject.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).and_then(|r| r.strip_prefix(DURABLE));
+    let node_and_last = under.and_then(|r| r.strip_prefix('.')).and_then(|r| r.split_once('.'));
+    node_and_last.is_some_and(|(node, last)| !node.is_empty() && last == BATCH)
+}
+
 /// The root under which filters receive every node's QoS 1 and 2 messages (`<prefix>.q.*`).
 pub(crate) fn every_durable_root(prefix: &str) -> String {
     format!("{prefix}.{DURABLE}.*")
@@ -451,6 +467,14 @@ mod tests {
             }
         }
         assert_eq!(share_ack(P, "emqx@n1", Some(42)), "mqtt.sack.emqx%40n1.42");
+        assert_eq!(summary_ack(P, "emqx@n1"), "mqtt.iack.emqx%40n1");
+        let batch = batch_subject(P, "emqx@n.1");
+        assert_eq!(batch, "mqtt.q.emqx%40n%2E1.b");
+        assert!(is_batch(P, &batch));
+        assert!(nats_matches(&stream(P, "emqx@n.1").1, &batch), "its node's stream takes it");
+        assert_eq!(subject_to_topic(P, &batch), None, "no topic maps to it");
+        assert!(!is_batch(P, "mqtt.q.emqx%40n1.t.b"));
+        assert!(!is_batch(P, "mqtt.t.b"));
         assert!(nats_matches(&share_ack(P, "emqx@n1", None), &share_ack(P, "emqx@n1", Some(42))));
         assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a");
     }
