@@ -1574,6 +1574,7 @@ impl Cluster {
                         stream_lost.store(true, Ordering::Release);
                         run.push(told);
                         batch.take();
+                        failed = None;
                         fail(run.drain(..), &format!("the JetStream stream cannot be made: {why}"));
                         continue;
                     }
