@@ -1292,6 +1292,57 @@ fn plugin_state_changed_while_nats_is_away_reaches_the_other_nodes_when_it_is_ba
     });
 }
 
+/// Plugin state changed on a node cut off from NATS and, meanwhile, on another node: the later
+/// change wins on every node once the first is back, whichever reaches NATS first. Node 1 is
+/// cut off (a proxy the test cuts); `c/first` is retained on node 1 and then on node 2 (node
+/// 2's is later), `c/second` on node 2 and then on node 1 (node 1's is later). Once node 1 is
+/// back both nodes serve node 2's `c/first` and node 1's `c/second`. (Before, node 1 sent the
+/// value its store had when it looked, which node 2's older change could have overwritten
+/// by then: `c/second` came out as node 2's, checked.)
+#[test]
+fn plugin_state_changed_on_both_sides_of_a_cut_keeps_the_later_change() {
+    let nats = Nats::start();
+    let proxy = e2e::proxy::Cuttable::start(([127, 0, 0, 1], nats.port).into());
+    let disc = [("BROKER_RETAINER__STORAGE_TYPE", "disc")];
+    let retainer = || DataDir::with_plugins("{emqx_retainer, true}.\n");
+    let (_d1, n1) = node_at(retainer(), &format!("nats://{}", proxy.addr), "emqx@cut1", &disc);
+    let (_d2, n2) = node_with(retainer(), &nats, "emqx@cut2", &disc);
+    let mut on1 = C5::connect(&n1, "cut-pub1");
+    let mut on2 = C5::connect(&n2, "cut-pub2");
+    // Each change a few milliseconds after the one before, by the clock they are compared by.
+    let mut last = std::time::SystemTime::now();
+    let mut then = |publisher: &mut C5, topic_: &str, value: &str| {
+        e2e::wait_until("the clock to move on", || {
+            (last.elapsed().ok()? >= std::time::Duration::from_millis(5)).then_some(())
+        });
+        assert!(matches!(
+            publisher.publish_retain(topic_, QoS::AtLeastOnce, true, value),
+            Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))
+        ));
+        last = std::time::SystemTime::now();
+    };
+    proxy.cut();
+    n1.wait_for_log("cluster: lost NATS");
+    then(&mut on1, "c/first", "node 1, earlier");
+    then(&mut on2, "c/first", "node 2, later");
+    then(&mut on2, "c/second", "node 2, earlier");
+    then(&mut on1, "c/second", "node 1, later");
+    proxy.restore();
+    n1.wait_for_log("1 plugin state changes made while NATS was away sent; 1 changed later on another node kept");
+    for (broker, name) in [(&n1, "n1"), (&n2, "n2")] {
+        for (topic_, expected) in [("c/first", "node 2, later"), ("c/second", "node 1, later")] {
+            let mut round = 0;
+            e2e::wait_until(&format!("{name} serving {expected:?} on {topic_}"), || {
+                round += 1;
+                let mut subscriber = C5::connect(broker, &format!("cut-sub-{name}-{round}"));
+                subscriber.subscribe(topic_, QoS::AtLeastOnce);
+                let p = subscriber.next_publish_within(std::time::Duration::from_millis(200))?;
+                (payload(&p) == expected).then_some(())
+            });
+        }
+    }
+}
+
 /// `emqx_mod_delayed` across nodes (its bucket is shared by default): a `$delayed/` message
 /// held on node 1 is listed by every node, and when it falls due exactly one node publishes it
 /// (each node claims it through NATS; one claim wins): a subscriber on each of three nodes gets

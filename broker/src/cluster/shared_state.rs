@@ -19,7 +19,11 @@
 //! - **Compare and set** ([`Cluster::swap_shared`]): the bucket entry's revision is the
 //!   condition of the write, so of nodes racing for one key exactly one wins; it needs NATS.
 //! - **NATS away**: a commit is made locally only, logged, and the keys it changed are sent
-//!   (with their value then) once NATS answers; the last value to reach NATS wins.
+//!   (with the value this node gave them) once NATS answers, unless another node changed the
+//!   key later meanwhile: the later change wins, by the time each was made (this node's clock
+//!   for its own, the NATS server's for the bucket's), whichever reached NATS first. The send
+//!   is conditional on the revision read, so a change made between the look and the send is
+//!   looked at again.
 //!
 //! Keys in the bucket are `<store bucket>.<key>`, both in URL-safe base64 (any bytes, any store
 //! bucket name, fit NATS's key alphabet); values are a version byte, an operation byte (put or
@@ -66,12 +70,21 @@ pub(crate) struct SharedState {
     /// The last stream number applied here (or skipped as older than this node's own).
     applied: watch::Sender<u64>,
     local_only: Throttle<()>,
-    /// Keys changed here while NATS was away: sent (their value now) once it is back.
-    unsent: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    /// Keys changed here while NATS was away, with when and the value given: sent once it is
+    /// back, unless changed later elsewhere.
+    unsent: Mutex<HashMap<(String, Vec<u8>), Unsent>>,
     /// Waits for this node to catch up ([`Cluster::shared_state_caught_up`]), and the task's
     /// end of them until it starts.
     catch_ups: mpsc::UnboundedSender<oneshot::Sender<()>>,
     catch_ups_rx: Mutex<Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>>,
+}
+
+/// A change made here while NATS was away: when (ms since the Unix epoch) and the value
+/// (`None`: deleted).
+#[derive(Debug, Clone)]
+struct Unsent {
+    at_ms: u64,
+    value: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -222,7 +235,9 @@ impl Cluster {
     pub(crate) fn commit_shared(self: &Arc<Cluster>, ops: Vec<SharedOp>, batch: Batch) -> Result<(), StoreError> {
         let state = self.shared_state.get().expect("commit_shared on a shared bucket");
         let keys: Vec<(String, Vec<u8>)> = ops.iter().map(|(bucket, key, _)| (bucket.clone(), key.clone())).collect();
+        let ops = Arc::new(ops);
         let written = if self.reachable() {
+            let ops = ops.clone();
             self.ask_bucket(|cluster| async move { cluster.write_shared(&ops).await })
         } else {
             Err("NATS is not reachable".to_owned())
@@ -236,7 +251,12 @@ impl Cluster {
                         "cluster: plugin state changed on this node only, sent to the others once NATS answers: {why}"
                     );
                 }
-                crate::lock(&state.unsent).extend(keys);
+                let at_ms = crate::now_ms();
+                let mut unsent = crate::lock(&state.unsent);
+                for (key, (_, _, value)) in keys.into_iter().zip(ops.iter()) {
+                    unsent.insert(key, Unsent { at_ms, value: value.clone() });
+                }
+                drop(unsent);
                 state.store.commit(batch)
             }
         }
@@ -325,10 +345,12 @@ impl Cluster {
         }
     }
 
-    /// Sends, once NATS is reachable, the keys changed here while it was not: their value in
-    /// the local store now. Their own numbers are not kept, so their echo is applied: should a
-    /// change another node made meanwhile reach the local store first, the echo puts this
-    /// node's value back, and every node ends with the bucket's last value.
+    /// Sends, once NATS is reachable, the changes made here while it was not: each with the
+    /// value this node gave it, unless the bucket's entry for its key was written later (by the
+    /// NATS server's clock) than the change was made here (this node's), which then stands
+    /// (and reaches the local store through the follower). Sent on the condition of the
+    /// revision looked at; their echo is applied here, putting this node's value back over
+    /// an older change of another node's that the follower may have applied meanwhile.
     async fn send_unsent(self: Arc<Cluster>) {
         let Some(state) = self.shared_state.get() else { return };
         loop {
@@ -336,22 +358,60 @@ impl Cluster {
             if !self.reachable() {
                 continue;
             }
-            let keys: Vec<_> = crate::lock(&state.unsent).drain().collect();
-            if keys.is_empty() {
+            let changes: Vec<_> = crate::lock(&state.unsent).drain().collect();
+            if changes.is_empty() {
                 continue;
             }
-            let mut ops = Vec::with_capacity(keys.len());
-            for (bucket, key) in keys {
-                match state.store.get(&bucket, &key) {
-                    Ok(value) => ops.push((bucket, key, value)),
-                    Err(e) => tracing::warn!("cluster: a plugin state change not sent to the other nodes: {e}"),
+            let (mut sent, mut later) = (0, 0);
+            let mut again = Vec::new();
+            for ((bucket, key), change) in changes {
+                let outcome = tokio::time::timeout(WRITE_TIMEOUT, self.send_if_latest(&bucket, &key, &change)).await;
+                match outcome {
+                    Ok(Ok(true)) => sent += 1,
+                    Ok(Ok(false)) => later += 1,
+                    _ => again.push(((bucket, key), change)),
                 }
             }
-            match tokio::time::timeout(WRITE_TIMEOUT, self.write_shared(&ops)).await {
-                Ok(Ok(_)) => {
-                    tracing::info!("cluster: {} plugin state changes made while NATS was away sent", ops.len())
+            if sent + later > 0 {
+                tracing::info!(
+                    "cluster: {sent} plugin state changes made while NATS was away sent; {later} changed later on \
+                     another node kept as that node left them"
+                );
+            }
+            let mut unsent = crate::lock(&state.unsent);
+            for (key, change) in again {
+                // A change made here since is newer: it stays.
+                unsent.entry(key).or_insert(change);
+            }
+        }
+    }
+
+    /// Writes `change` of `key` in store bucket `bucket` to the shared bucket unless its entry
+    /// there was written after the change was made: true if written, false if the entry is
+    /// later. Conditional on the entry's revision; read again when it moved meanwhile.
+    async fn send_if_latest(&self, bucket: &str, key: &[u8], change: &Unsent) -> Result<bool, String> {
+        let kv = self.state_bucket().await?;
+        let (kv_key, hashed) = kv_key(bucket, key);
+        let value = encode_value(hashed.then_some(key), change.value.as_deref());
+        loop {
+            let entry = kv.entry(kv_key.as_str()).await.map_err(|e| e.to_string())?;
+            let written = match &entry {
+                Some(entry) => {
+                    let entry_ms = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    if entry_ms > change.at_ms {
+                        return Ok(false);
+                    }
+                    kv.update(&kv_key, value.clone().into(), entry.revision).await.map(drop).map_err(|e| e.to_string())
                 }
-                _ => crate::lock(&state.unsent).extend(ops.into_iter().map(|(bucket, key, _)| (bucket, key))),
+                None => kv.create(&kv_key, value.clone().into()).await.map(drop).map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(true),
+                // Written by another node since it was read: looked at again.
+                Err(_)
+                    if kv.entry(kv_key.as_str()).await.ok().flatten().map(|e| e.revision)
+                        != entry.as_ref().map(|e| e.revision) => {}
+                Err(e) => return Err(e),
             }
         }
     }
