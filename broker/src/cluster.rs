@@ -65,8 +65,9 @@
 //! - **Plugin state** named in `[cluster] shared_state` is the cluster's (`shared_state`).
 //!
 //! What this does not do yet (issue "Scale out on NATS"): with `random`, a session revived
-//! after its node died does not get back what a share group had given it there, and a message
-//! NATS hands to a node as it is killed is lost to its group.
+//! after its node died does not get back what a share group had given it there (the group
+//! gets it when that node comes back with its store), and a message NATS hands to a node as
+//! it is killed is lost to its group.
 
 mod batch;
 mod dedup;

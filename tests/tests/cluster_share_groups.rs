@@ -110,6 +110,42 @@ fn a_revived_members_share_group_messages_are_read_back() {
     assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
 }
 
+/// With `random` the streams do not say which node a share group's message went to, so a
+/// member revived on another node does not get back what its dead node held for it; but when
+/// that node comes back (the same data directory), the session it reads back from its store,
+/// whose client id the other node took, ends there, and what it held of the group's messages
+/// goes to another member, as when any member's session ends: the revived member gets all 10.
+#[test]
+fn a_random_share_groups_messages_held_by_a_dead_node_are_redispatched_when_it_is_back() {
+    let nats = Nats::start();
+    let mut nodes = three_nodes(&nats, "w", "random");
+    let share = "$share/g/w/x";
+    let (mut member, _) = C5::connect_with(&nodes[0].1, "w-member", expiry(300));
+    member.subscribe(share, QoS::AtLeastOnce);
+    member.disconnect();
+    let mut publisher = C5::connect(&nodes[2].1, "w-pub");
+    for n in 0..10 {
+        publisher.publish("w/x", QoS::AtLeastOnce, &n.to_string());
+    }
+    e2e::wait_until("node 1 holds the 10 for its offline member", || {
+        nodes[0].0.ctl(&["sessions", "show", "w-member"]).ok().contains("mqueue_len=10").then_some(())
+    });
+    let (dir, killed) = nodes.remove(0);
+    killed.kill();
+    let (mut member, ack) = C5::connect_packet(&nodes[0].1, &e2e::raw::connect5("w-member", false, expiry(300)));
+    assert!(ack.session_present, "revived ({ack:?})");
+    let env = [
+        ("BROKER_CLUSTER__NATS", nats.url()),
+        ("BROKER_NODE_NAME", "emqx@w1".to_owned()),
+        ("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", "random".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _back = Broker::start(&dir, &env);
+    let mut got = receive_all(std::slice::from_mut(&mut member), 10).remove(0);
+    got.sort_by_key(|g| g.parse::<u32>().unwrap());
+    assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+}
+
 /// Waits until every node of `nodes` says that `share` has members on `count` nodes.
 fn wait_for_share_view(nodes: &[&DataDir], share: &str, count: usize) {
     e2e::wait_until(&format!("every node sees {share} on {count} nodes"), || {
