@@ -181,16 +181,17 @@ pub(super) struct Ack {
 impl Cluster {
     /// The bucket of the nodes' summaries.
     async fn summaries_bucket(&self) -> Result<&kv::Store, String> {
-        let name = subject::kv_bucket(&self.config.subject_prefix, "interest");
-        self.summaries_bucket
-            .get_or_try_init(|| {
-                self.open_bucket(name, "the first topic levels each broker node's subscriptions could want")
-            })
-            .await
+        self.summaries_bucket.get_or_try_init(|| self.make_summaries_bucket()).await
     }
 
-    /// Starts the tasks that put this node's summary, follow the others' and hear their
-    /// acknowledgements (on the current runtime).
+    /// Makes (or finds) the bucket of the nodes' summaries.
+    async fn make_summaries_bucket(&self) -> Result<kv::Store, String> {
+        let name = subject::kv_bucket(&self.config.subject_prefix, "interest");
+        self.open_bucket(name, "the first topic levels each broker node's subscriptions could want").await
+    }
+
+    /// Starts the tasks that put this node's summary, follow the others', and answer the
+    /// others asking whether this node has read theirs (on the current runtime).
     pub(super) fn start_summaries(self: &Arc<Cluster>) {
         tokio::spawn(self.clone().put_summaries());
         tokio::spawn(self.clone().follow_summaries());
@@ -321,6 +322,11 @@ impl Cluster {
                         // Not reaching NATS now is logged by the connection's events.
                         if self.reachable() && failures.check((), Instant::now()).is_some() {
                             tracing::warn!("cluster: cannot put this node's interest summary in NATS: {e}");
+                        }
+                        if self.reachable() {
+                            // The bucket may be gone (a NATS server that lost its JetStream
+                            // store): made again, under the same name, for the next try.
+                            let _ = self.make_summaries_bucket().await;
                         }
                         self.summary_force.store(true, Ordering::Release);
                         retry = true;
