@@ -20,17 +20,44 @@ fn three_nodes(nats: &Nats, prefix: &str, strategy: &str) -> Vec<(DataDir, Broke
     (1..=3)
         .map(|i| {
             let dir = DataDir::new();
-            let name = format!("emqx@{prefix}{i}");
-            let env = [
-                ("BROKER_CLUSTER__NATS", nats.url()),
-                ("BROKER_NODE_NAME", name),
-                ("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", strategy.to_owned()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let broker = Broker::start(&dir, &env);
+            let broker = start_node(&dir, nats, &format!("emqx@{prefix}{i}"), strategy);
             (dir, broker)
         })
         .collect()
+}
+
+/// Node `name` on `nats` in `dir`, its share groups picking by `strategy`.
+fn start_node(dir: &DataDir, nats: &Nats, name: &str, strategy: &str) -> Broker {
+    let env = [
+        ("BROKER_CLUSTER__NATS", nats.url()),
+        ("BROKER_NODE_NAME", name.to_owned()),
+        ("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", strategy.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Broker::start(dir, &env)
+}
+
+/// Has member `id` of `share` (a persistent session on the first of `nodes`, offline) held
+/// ten QoS 1 messages on `topic` published on the third: `settle` runs between the member's
+/// subscription and the publishing.
+fn ten_held_for_an_offline_member(
+    nodes: &[(DataDir, Broker)],
+    id: &str,
+    share: &str,
+    topic: &str,
+    settle: impl FnOnce(),
+) {
+    let (mut member, _) = C5::connect_with(&nodes[0].1, id, expiry(300));
+    member.subscribe(share, QoS::AtLeastOnce);
+    member.disconnect();
+    settle();
+    let mut publisher = C5::connect(&nodes[2].1, &format!("{id}-pub"));
+    for n in 0..10 {
+        publisher.publish(topic, QoS::AtLeastOnce, &n.to_string());
+    }
+    e2e::wait_until("node 1 holds the 10 for its offline member", || {
+        nodes[0].0.ctl(&["sessions", "show", id]).ok().contains("mqueue_len=10").then_some(())
+    });
 }
 
 /// While NATS is away a share group's members are served by their own node (nothing reaches
@@ -89,17 +116,7 @@ fn a_revived_members_share_group_messages_are_read_back() {
     let nats = Nats::start();
     let mut nodes = three_nodes(&nats, "v", "sticky");
     let share = "$share/g/v/x";
-    let (mut member, _) = C5::connect_with(&nodes[0].1, "v-member", expiry(300));
-    member.subscribe(share, QoS::AtLeastOnce);
-    member.disconnect();
-    wait_for_share_view(&[&nodes[2].0], share, 1);
-    let mut publisher = C5::connect(&nodes[2].1, "v-pub");
-    for n in 0..10 {
-        publisher.publish("v/x", QoS::AtLeastOnce, &n.to_string());
-    }
-    e2e::wait_until("node 1 holds the 10 for its offline member", || {
-        nodes[0].0.ctl(&["sessions", "show", "v-member"]).ok().contains("mqueue_len=10").then_some(())
-    });
+    ten_held_for_an_offline_member(&nodes, "v-member", share, "v/x", || wait_for_share_view(&[&nodes[2].0], share, 1));
 
     let (_dir, killed) = nodes.remove(0);
     killed.kill();
@@ -119,28 +136,12 @@ fn a_revived_members_share_group_messages_are_read_back() {
 fn a_random_share_groups_messages_held_by_a_dead_node_are_redispatched_when_it_is_back() {
     let nats = Nats::start();
     let mut nodes = three_nodes(&nats, "w", "random");
-    let share = "$share/g/w/x";
-    let (mut member, _) = C5::connect_with(&nodes[0].1, "w-member", expiry(300));
-    member.subscribe(share, QoS::AtLeastOnce);
-    member.disconnect();
-    let mut publisher = C5::connect(&nodes[2].1, "w-pub");
-    for n in 0..10 {
-        publisher.publish("w/x", QoS::AtLeastOnce, &n.to_string());
-    }
-    e2e::wait_until("node 1 holds the 10 for its offline member", || {
-        nodes[0].0.ctl(&["sessions", "show", "w-member"]).ok().contains("mqueue_len=10").then_some(())
-    });
+    ten_held_for_an_offline_member(&nodes, "w-member", "$share/g/w/x", "w/x", || {});
     let (dir, killed) = nodes.remove(0);
     killed.kill();
     let (mut member, ack) = C5::connect_packet(&nodes[0].1, &e2e::raw::connect5("w-member", false, expiry(300)));
     assert!(ack.session_present, "revived ({ack:?})");
-    let env = [
-        ("BROKER_CLUSTER__NATS", nats.url()),
-        ("BROKER_NODE_NAME", "emqx@w1".to_owned()),
-        ("BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY", "random".to_owned()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _back = Broker::start(&dir, &env);
+    let _back = start_node(&dir, &nats, "emqx@w1", "random");
     let mut got = receive_all(std::slice::from_mut(&mut member), 10).remove(0);
     got.sort_by_key(|g| g.parse::<u32>().unwrap());
     assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
