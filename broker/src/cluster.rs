@@ -912,6 +912,11 @@ impl Cluster {
         if changed || !was_running {
             self.rebuild_share_view();
         }
+        if !was_running {
+            // A node heard (again) may want what this one keeps to itself until its summary
+            // is read (`summary`).
+            self.rebuild_others();
+        }
     }
 
     /// The other nodes heard from: what each said last, and whether it still runs.

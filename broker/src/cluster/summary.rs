@@ -20,6 +20,9 @@
 //!   its summary was put after another's, its watch reads the other's before it settles; if
 //!   before, the other's watch read it before the other waited for acknowledgements, and the
 //!   other waits for this node's.
+//! - **A running node without a summary may want anything**: one heard (its heartbeat) whose
+//!   summary is not in the bucket, such as a node of an earlier version during a rolling
+//!   upgrade, has every message sent to NATS.
 //! - **Stopped nodes' summaries count** until they are older than `[cluster] retention` (and
 //!   two refreshes): a persistent session of a node that died is revived on another node
 //!   from the streams, which must hold what was published for it; and a node cut off from
@@ -286,15 +289,21 @@ impl Cluster {
         self.resync.notify_one();
     }
 
-    /// Merges the other nodes' summaries in force into the view publishing looks up.
+    /// Merges the other nodes' summaries in force into the view publishing looks up. A node
+    /// that runs (its heartbeat heard) with no summary in the bucket (one of a version before
+    /// summaries, or one that has not put its first yet) may want anything.
     pub(super) fn rebuild_others(&self) {
         let summaries = crate::lock(&self.summaries);
         let own = self.own_revision.load(Ordering::Acquire);
+        let unknown = crate::lock(&self.peers)
+            .iter()
+            .any(|(node, (at, _))| at.elapsed() <= 3 * super::HEARTBEAT && !summaries.contains_key(node));
         let settled = own > 0 && *self.watched.borrow() >= own && self.reachable();
         let now = crate::now_ms();
         let retention = self.config.retention;
         let in_force = summaries.values().map(|(s, _)| s).filter(|s| in_force(s.updated_ms, now, retention));
-        self.others.store(Arc::new(Others::merge(settled, in_force)));
+        let everything = unknown.then(|| Summary { all: true, ..Summary::default() });
+        self.others.store(Arc::new(Others::merge(settled, in_force.chain(everything.as_ref()))));
     }
 
     /// The task that puts this node's summary in the bucket when it changes, and again every
