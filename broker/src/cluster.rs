@@ -300,6 +300,10 @@ const SHARE_GROUP_HEADER: &str = "Mqtt-Share-Group";
 /// messages its share groups were sent there for.
 const HANDLED_HEADER: &str = "Mqtt-Share-Handled";
 
+/// Where each node's stream was read to (by stream name, its last sequence number read):
+/// where a next read of it starts after.
+pub(crate) type ReadTo = HashMap<String, u64>;
+
 /// A share group's message to offer to the other nodes, and its group.
 type Redispatched = (Message, Arc<crate::router::ShareGroup>);
 
@@ -691,6 +695,7 @@ impl Cluster {
         let (mut read, mut batch) = (0, Vec::new());
         self.read_streams(
             since_ms,
+            None,
             |name| name != mine,
             |message| {
                 batch.push(message);
@@ -707,32 +712,46 @@ impl Cluster {
     }
 
     /// Hands `each` every message that the nodes' streams `which` accepts (by name) hold from
-    /// `since_ms` (ms since the Unix epoch) up to now, stream by stream, each in its order.
+    /// `since_ms` (ms since the Unix epoch) up to now, stream by stream, each in its order;
+    /// for a stream that `after` names, only what it took after the sequence number given.
+    /// Returns where each stream was read to (for a next read `after` it).
     async fn read_streams(
         &self,
         since_ms: u64,
+        after: Option<&ReadTo>,
         which: impl Fn(&str) -> bool,
         mut each: impl FnMut(async_nats::Message),
-    ) -> Result<(), String> {
+    ) -> Result<ReadTo, String> {
         use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let prefix = subject::stream_name_prefix(&self.config.subject_prefix);
         let names: Vec<String> = self.jetstream.stream_names().filter_map(|n| async { n.ok() }).collect().await;
         let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
             .map_err(|e| e.to_string())?;
+        let mut read_to = ReadTo::new();
         for name in names.into_iter().filter(|n| n.starts_with(&prefix) && which(n)) {
-            let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let config =
-                OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
+            let mut stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let deliver_policy = match after.and_then(|after| after.get(&name)) {
+                Some(&seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+                None => DeliverPolicy::ByStartTime { start_time },
+            };
+            // Where it stood before the consumer was made: read to there at least.
+            let last = stream.info().await.map(|info| info.state.last_sequence).unwrap_or(0);
+            let at = read_to.entry(name.clone()).or_insert(after.and_then(|a| a.get(&name)).copied().unwrap_or(0));
+            let config = OrderedConfig { deliver_policy, ..Default::default() };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
-            // What it holds from `since` on, as the consumer was made.
+            // What it holds from there on, as the consumer was made.
             let pending = consumer.cached_info().num_pending;
             if pending == 0 {
+                *at = (*at).max(last);
                 continue;
             }
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             for _ in 0..pending {
                 match tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await {
                     Ok(Some(Ok(message))) => {
+                        if let Ok(info) = message.info() {
+                            *at = (*at).max(info.stream_sequence);
+                        }
                         let message = message.split().0;
                         if subject::is_batch(&self.config.subject_prefix, &message.subject) {
                             batch::unpack(&message).into_iter().for_each(&mut each);
@@ -746,7 +765,7 @@ impl Cluster {
                 }
             }
         }
-        Ok(())
+        Ok(read_to)
     }
 
     /// Answers the commands other nodes send this one with `commands` (on the current runtime).
@@ -1223,6 +1242,28 @@ impl Cluster {
         Forwarded { stored, here }
     }
 
+    /// Resolves once every QoS 1/2 message this node queued for NATS before the call is stored
+    /// in its stream (or failed): a barrier through the forwarding queue, answered with the
+    /// batch of what was queued ahead of it (an empty batch if nothing was). At once while
+    /// NATS is away; at most [`STORED_TIMEOUT`].
+    pub(crate) async fn flushed(&self) {
+        if !self.reachable() {
+            return;
+        }
+        let (told, stored) = oneshot::channel();
+        let barrier = Outgoing {
+            subject: String::new(),
+            headers: None,
+            reply: None,
+            bytes: Bytes::new(),
+            stored: Some(told),
+            core: false,
+        };
+        if self.outbound.send(barrier).await.is_ok() {
+            let _ = tokio::time::timeout(STORED_TIMEOUT, stored).await;
+        }
+    }
+
     /// This node's share groups whose filter matches `topic`, and their queue groups.
     fn own_groups_matching(&self, topic: &str) -> Vec<(Arc<crate::router::ShareGroup>, String)> {
         let interest = crate::lock(&self.interest);
@@ -1566,6 +1607,7 @@ impl Cluster {
                 self.drained.send_modify(|n| *n += 1);
             }
             let Some(Outgoing { subject, headers, reply, bytes, stored, core }) = ahead.pop_front() else { continue };
+            let barrier = subject.is_empty();
             let Some(told) = stored else {
                 if let Err(e) = self.send(subject, headers, reply, bytes).await {
                     self.not_forwarded(&format!("NATS refused it: {e}"));
@@ -1598,9 +1640,15 @@ impl Cluster {
                 let told = std::mem::take(&mut run);
                 self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
             }
+            run.push(told);
+            if barrier {
+                // Answered with the batch of what was queued before it (`Cluster::flushed`).
+                let told = std::mem::take(&mut run);
+                self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+                continue;
+            }
             let handled = headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str().to_owned());
             batch.push(&subject, handled.as_deref(), &bytes);
-            run.push(told);
             if core {
                 if let Err(e) = self.send(subject, headers, None, bytes).await {
                     failed.get_or_insert_with(|| format!("NATS refused it: {e}"));
@@ -1730,28 +1778,45 @@ impl Cluster {
     /// each stream's order (for a session revived from a node that died: see `ownership`).
     /// `wanted` is given each message's topic and the share groups its publishing node sent it
     /// to a node for ([`Handled`]).
+    /// Read again `after` where a first read stopped, it gives only messages published up to
+    /// `until_ms` (this node's clock; the publishing node's stamp): what was published before
+    /// then and stored only after the first read (see `Node::replay_into`). Also returns where
+    /// each stream was read to.
     pub(crate) async fn replay<T>(
         &self,
         since_ms: u64,
+        after: Option<(&ReadTo, u64)>,
         wanted: impl Fn(&str, &Handled<'_>) -> Option<T>,
-    ) -> Result<Vec<(Message, String, T)>, String> {
+    ) -> Result<(Vec<(Message, String, T)>, ReadTo), String> {
         let mut found = Vec::new();
-        self.read_streams(
-            since_ms,
-            |_| true,
-            |nats| {
-                if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
-                    let header = nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str());
-                    let handled = Handled { header: header.unwrap_or_default() };
-                    if let Some(why) = wanted(message.topic(), &handled) {
-                        let publisher = envelope.publisher.to_owned();
-                        found.push((message, publisher, why));
+        let until_ms = after.map(|(_, until)| until);
+        let read_to = self
+            .read_streams(
+                since_ms,
+                after.map(|(read_to, _)| read_to),
+                |_| true,
+                |nats| {
+                    if let Some((message, envelope)) = self.open_envelope(&nats.subject, &nats.payload) {
+                        if until_ms.is_some_and(|until| message.timestamp_ms > until) {
+                            return;
+                        }
+                        let header = nats.headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str());
+                        let handled = Handled { header: header.unwrap_or_default() };
+                        if let Some(why) = wanted(message.topic(), &handled) {
+                            let publisher = envelope.publisher.to_owned();
+                            found.push((message, publisher, why));
+                        }
                     }
-                }
-            },
-        )
-        .await?;
-        Ok(found)
+                },
+            )
+            .await?;
+        Ok((found, read_to))
+    }
+
+    /// How long a QoS 1/2 message's publisher waits for it to be stored: one queued for NATS
+    /// is stored within this, or its publisher is told it was not.
+    pub(crate) fn store_deadline(&self) -> Duration {
+        STORED_TIMEOUT
     }
 }
 

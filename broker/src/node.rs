@@ -397,47 +397,61 @@ impl Node {
     /// that is the messages their publishing nodes sent to `from` for them (`cluster::shares`:
     /// with `random` they do not say): with QoS 1 at least once, so if `from` had several
     /// members of a group, each revived member gets them all.
-    pub(crate) async fn replay_into(&self, session: &Arc<Session>, since_ms: u64, from: &str) {
+    ///
+    /// What this node routed before the subscriptions were here is in its stream before that
+    /// is read (`Cluster::flushed`). What another node published before they were in place
+    /// may be stored only after the read: the streams are read once more, after the time such
+    /// a message takes at most to be stored, for what was published before and stored after.
+    pub(crate) async fn replay_into(self: &Arc<Self>, session: &Arc<Session>, since_ms: u64, from: &str) {
         let Some(cluster) = &self.cluster else { return };
         if let Some(in_place) = cluster.interest_in_place() {
             in_place.await;
         }
-        // Its plain subscriptions, and its share groups (each with how a message's header
-        // names it sent to `from`).
-        let mut subscriptions: Vec<(Box<str>, Subscription)> = Vec::new();
-        let mut groups: Vec<(Arc<ShareGroup>, Subscription, crate::cluster::SentTo)> = Vec::new();
-        for (filter, subscription) in session.lock().subscriptions.iter() {
-            match Filter::parse(filter) {
-                Ok(Filter { group: Some(name), path }) => {
-                    let sent = cluster.sent_to(name, path, from);
-                    groups.push((Arc::new(ShareGroup { name: name.into(), path: path.into() }), *subscription, sent));
-                }
-                _ => subscriptions.push((filter.clone(), *subscription)),
+        let in_place_ms = crate::now_ms();
+        cluster.flushed().await;
+        let wanted = ReadBack::of(session, cluster, from);
+        let read_to = match cluster.replay(since_ms, None, |topic, handled| wanted.wants(topic, handled)).await {
+            Ok((found, read_to)) => {
+                let read = self.put_read_back(session, &wanted, found);
+                tracing::info!(client_id = ?clipped(&session.client_id), read, "cluster: a revived session's messages read back");
+                read_to
             }
-        }
-        // Which of its share groups each message is for.
-        let wanted = |topic: &str, handled: &crate::cluster::Handled<'_>| {
-            let shares: Vec<usize> = (0..groups.len())
-                .filter(|&i| {
-                    let (group, _, sent) = &groups[i];
-                    plugin_api::topic::matches(&group.path, topic) && handled.names(sent)
-                })
-                .collect();
-            let plain = subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
-            (plain || !shares.is_empty()).then_some(shares)
-        };
-        let found = match cluster.replay(since_ms, wanted).await {
-            Ok(found) => found,
             Err(why) => {
                 let client_id = clipped(&session.client_id);
                 tracing::warn!(?client_id, "cluster: a revived session's messages could not be read back: {why}");
                 return;
             }
         };
+        let (node, session, cluster) = (self.clone(), session.clone(), cluster.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(cluster.store_deadline() + Duration::from_secs(1)).await;
+            let again =
+                cluster.replay(since_ms, Some((&read_to, in_place_ms)), |topic, handled| wanted.wants(topic, handled));
+            match again.await {
+                Ok((found, _)) if !found.is_empty() && !session.lock().ended => {
+                    let read = node.put_read_back(&session, &wanted, found);
+                    tracing::info!(client_id = ?clipped(&session.client_id), read, "cluster: a revived session's messages stored late read back");
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    let client_id = clipped(&session.client_id);
+                    tracing::warn!(
+                        ?client_id,
+                        "cluster: a revived session's messages stored late could not be read back: {why}"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Puts messages read back for `session` (`found`, with their publishers and the share
+    /// groups each is for) ahead of what its queue holds, leaving out what it holds already;
+    /// returns how many.
+    fn put_read_back(&self, session: &Session, wanted: &ReadBack, found: Vec<(Message, String, Vec<usize>)>) -> usize {
         let mut deliveries = Vec::with_capacity(found.len());
         for (message, publisher, shares) in found {
             let mut delivery: Option<Delivery> = None;
-            for (filter, subscription) in &subscriptions {
+            for (filter, subscription) in &wanted.subscriptions {
                 let options = subscription.options;
                 let own = options.no_local && publisher == *session.client_id;
                 if own || !plugin_api::topic::matches(filter, message.topic()) {
@@ -461,7 +475,7 @@ impl Node {
             deliveries.extend(delivery.filter(|d| d.qos > 0));
             // A share group's delivery is one of its own (as the router gives it).
             for i in shares {
-                let (group, subscription, _) = &groups[i];
+                let (group, subscription, _) = &wanted.groups[i];
                 let options = subscription.options;
                 let delivery = Delivery {
                     message: message.clone(),
@@ -488,8 +502,8 @@ impl Node {
             });
         }
         self.commit_in_background(batch);
-        tracing::info!(client_id = ?clipped(&session.client_id), read, "cluster: a revived session's messages read back");
         session.notify();
+        read
     }
 
     /// In a cluster, shares `session`'s record (subscriptions, expiry, since when offline) if it
@@ -1187,6 +1201,43 @@ impl Node {
             event.reason = RawStr::new(reason);
             self.hooks.dispatch(&event);
         }
+    }
+}
+
+/// What a revived session's messages are read back for: its plain subscriptions, and its
+/// share groups (each with how a message's header names it sent to the dead node).
+struct ReadBack {
+    subscriptions: Vec<(Box<str>, Subscription)>,
+    groups: Vec<(Arc<ShareGroup>, Subscription, crate::cluster::SentTo)>,
+}
+
+impl ReadBack {
+    /// `session`'s, its dead node being `from`.
+    fn of(session: &Session, cluster: &Cluster, from: &str) -> ReadBack {
+        let mut wanted = ReadBack { subscriptions: Vec::new(), groups: Vec::new() };
+        for (filter, subscription) in session.lock().subscriptions.iter() {
+            match Filter::parse(filter) {
+                Ok(Filter { group: Some(name), path }) => {
+                    let sent = cluster.sent_to(name, path, from);
+                    let group = Arc::new(ShareGroup { name: name.into(), path: path.into() });
+                    wanted.groups.push((group, *subscription, sent));
+                }
+                _ => wanted.subscriptions.push((filter.clone(), *subscription)),
+            }
+        }
+        wanted
+    }
+
+    /// Whether a message on `topic` is wanted (`Some`), and for which share groups (by index).
+    fn wants(&self, topic: &str, handled: &crate::cluster::Handled<'_>) -> Option<Vec<usize>> {
+        let shares: Vec<usize> = (0..self.groups.len())
+            .filter(|&i| {
+                let (group, _, sent) = &self.groups[i];
+                plugin_api::topic::matches(&group.path, topic) && handled.names(sent)
+            })
+            .collect();
+        let plain = self.subscriptions.iter().any(|(f, _)| plugin_api::topic::matches(f, topic));
+        (plain || !shares.is_empty()).then_some(shares)
     }
 }
 
