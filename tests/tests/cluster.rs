@@ -1589,3 +1589,46 @@ fn a_revived_session_gets_what_was_pending_for_it_longer_than_the_margin() {
         got.insert(payload(&p));
     }
 }
+
+/// A node that runs (its heartbeat is heard) but has put no interest summary, as a node of a
+/// version before summaries during a rolling upgrade, may want anything: while it beats, the
+/// other node sends every message to NATS (its QoS 1 messages are stored), and once it has
+/// been silent for three heartbeats, a message no node wants stays on its node again. The
+/// silent node's heartbeats come from the test, in NATS's text protocol.
+#[test]
+fn a_running_node_without_a_summary_is_taken_to_want_everything() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@o1");
+    let stream = stream_of("emqx@o1");
+    let mut local = C5::connect(&n1, "o-local");
+    local.subscribe("o/#", QoS::AtLeastOnce);
+    until_kept_here(&nats, &n1, "emqx@o1", &mut local, "o/probe");
+    let beating = std::sync::Arc::new(AtomicBool::new(true));
+    let beats = std::thread::spawn({
+        let (beating, port) = (beating.clone(), nats.port);
+        move || {
+            let mut nats = std::net::TcpStream::connect(("127.0.0.1", port)).expect("nats");
+            nats.write_all(b"CONNECT {\"verbose\":false}\r\n").unwrap();
+            let beat =
+                r#"{"node":"emqx@old","version":"0","sysdescr":"an older node","uptime_secs":1,"connections":0}"#;
+            while beating.load(Ordering::Relaxed) {
+                let line = format!("PUB mqtt.node.emqx%40old {}\r\n{beat}\r\n", beat.len());
+                nats.write_all(line.as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    });
+    let mut publisher = C5::connect(&n1, "o-pub");
+    let stored = |nats: &Nats| nats.stream_messages(&stream).expect("the node's stream");
+    e2e::wait_until("a message stored while the older node runs", || {
+        let before = stored(&nats);
+        publisher.publish("o/x", QoS::AtLeastOnce, "");
+        assert_eq!(topic(&local.next_publish()), "o/x");
+        (stored(&nats) > before).then_some(())
+    });
+    beating.store(false, Ordering::Relaxed);
+    beats.join().unwrap();
+    until_kept_here(&nats, &n1, "emqx@o1", &mut local, "o/probe");
+}
