@@ -399,11 +399,11 @@ pub(crate) struct Cluster {
     record_writes_rx: Mutex<Option<mpsc::UnboundedReceiver<ownership::RecordWrite>>>,
     /// Plugin state shared with the other nodes (`shared_state`), once the store is given.
     shared_state: OnceLock<shared_state::SharedState>,
-    /// Unless the strategy is `random` (`shares`): the share groups this node has members of and
-    /// since when, those the other nodes said they have, the view made of both, the messages
-    /// sent to another node for a group and not answered yet, and a wake-up for the heartbeat
-    /// (sent at once when this node's groups change). `held` is by NATS queue group: the group,
-    /// since when, how many members.
+    /// The share groups this node has members of and since when (by NATS queue group: the
+    /// group, since when, how many members); and unless the strategy is `random` (`shares`),
+    /// those the other nodes said they have, the view made of both, the messages sent to
+    /// another node for a group and not answered yet, and a wake-up for the heartbeat (sent at
+    /// once when this node's groups change).
     held: Mutex<HashMap<String, (Interest, u64, u32)>>,
     peer_shares: Mutex<HashMap<String, Vec<shares::Held>>>,
     share_view: arc_swap::ArcSwap<shares::View>,
@@ -729,14 +729,16 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         let mut read_to = ReadTo::new();
         for name in names.into_iter().filter(|n| n.starts_with(&prefix) && which(n)) {
-            let mut stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
-            let deliver_policy = match after.and_then(|after| after.get(&name)) {
-                Some(&seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+            let stream = self.jetstream.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let read_before = after.and_then(|after| after.get(&name)).copied();
+            let deliver_policy = match read_before {
+                Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
                 None => DeliverPolicy::ByStartTime { start_time },
             };
-            // Where it stood before the consumer was made: read to there at least.
-            let last = stream.info().await.map(|info| info.state.last_sequence).unwrap_or(0);
-            let at = read_to.entry(name.clone()).or_insert(after.and_then(|a| a.get(&name)).copied().unwrap_or(0));
+            // Where it stood before the consumer was made (as `get_stream` found it): read to
+            // there at least.
+            let last = stream.cached_info().state.last_sequence;
+            let at = read_to.entry(name.clone()).or_insert(read_before.unwrap_or(0));
             let config = OrderedConfig { deliver_policy, ..Default::default() };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
             // What it holds from there on, as the consumer was made.
@@ -903,7 +905,8 @@ impl Cluster {
             };
             if beat {
                 let Some(node) = self.node.get().and_then(Weak::upgrade) else { return };
-                let beat = Beat { info: node.info(), shares: self.held_shares() };
+                let shares = if self.picks_shares() { self.held_shares() } else { Vec::new() };
+                let beat = Beat { info: node.info(), shares };
                 let Ok(beat) = serde_json::to_vec(&beat) else { continue };
                 // Not reaching NATS now is logged by the connection's events.
                 let _ = self.client.publish(mine.clone(), Bytes::from(beat)).await;
@@ -1004,11 +1007,11 @@ impl Cluster {
     }
 
     /// Notes that this node now has `members` members of `key` (0: none left), if it is a
-    /// share group whose node the publishing node picks: true if so (the heartbeat then tells
-    /// the other nodes at once, and makes the view again). Called with `interest` held, so that
+    /// share group: true if the publishing node picks its node (the heartbeat then tells the
+    /// other nodes at once, and makes the view again). Called with `interest` held, so that
     /// the changes of one key are noted in their order.
     fn holds_shares(&self, key: &Interest, members: usize) -> bool {
-        let Some(group) = key.group.as_deref().filter(|_| self.picks_shares()) else { return false };
+        let Some(group) = key.group.as_deref() else { return false };
         let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
         let mut held = crate::lock(&self.held);
         let members = u32::try_from(members).unwrap_or(u32::MAX);
@@ -1017,7 +1020,7 @@ impl Cluster {
         } else {
             held.entry(queue).or_insert_with(|| (key.clone(), crate::now_ms(), 0)).2 = members;
         }
-        true
+        self.picks_shares()
     }
 
     /// This node's share groups, as its heartbeat says.
@@ -1175,9 +1178,9 @@ impl Cluster {
 
     /// Stores `message`, numbered and routed on this node only (no other node wants it), in
     /// this node's stream: a persistent session here that it went to is revived from the
-    /// streams on another node if this one dies. This node's share groups already served it
-    /// (they are named in its header, so that their queue groups let it pass). The future says
-    /// when it is stored; `None` while NATS is away.
+    /// streams on another node if this one dies. This node's share groups already served it:
+    /// they are named in its stored copy's header, so that a member revived from this node
+    /// gets it (`Handled`). The future says when it is stored; `None` while NATS is away.
     pub(crate) fn store(&self, message: &Message, publisher: &str) -> Option<Stored> {
         self.send_out(message, publisher, true).stored
     }
@@ -1266,14 +1269,15 @@ impl Cluster {
 
     /// This node's share groups whose filter matches `topic`, and their queue groups.
     fn own_groups_matching(&self, topic: &str) -> Vec<(Arc<crate::router::ShareGroup>, String)> {
-        let interest = crate::lock(&self.interest);
-        interest
-            .keys()
-            .filter(|key| key.group.is_some() && plugin_api::topic::matches(&key.path, topic))
-            .filter_map(|key| {
+        let held = crate::lock(&self.held);
+        held.iter()
+            .filter(|(_, (key, ..))| plugin_api::topic::matches(&key.path, topic))
+            .filter_map(|(queue, (key, ..))| {
                 let group = key.group.as_deref()?;
-                let queue = subject::queue_group(&self.config.subject_prefix, group, &key.path);
-                Some((Arc::new(crate::router::ShareGroup { name: group.into(), path: key.path.clone() }), queue))
+                Some((
+                    Arc::new(crate::router::ShareGroup { name: group.into(), path: key.path.clone() }),
+                    queue.clone(),
+                ))
             })
             .collect()
     }
