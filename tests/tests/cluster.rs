@@ -54,6 +54,21 @@ fn until_marker(client: &mut C5, marker: &str) -> Vec<(String, String)> {
     }
 }
 
+/// Receives on `client` until every payload of `expected` has come (`got` holds those that
+/// came before; others may come too, and more than once), failing with `what` and the
+/// missing ones if nothing comes for 10 s.
+fn until_every_payload(client: &mut C5, got: &mut std::collections::HashSet<String>, expected: &[String], what: &str) {
+    let missing = |got: &std::collections::HashSet<String>| {
+        expected.iter().filter(|e| !got.contains(*e)).cloned().collect::<Vec<_>>()
+    };
+    while !missing(got).is_empty() {
+        let Some(p) = client.next_publish_within(std::time::Duration::from_secs(10)) else {
+            panic!("{what}: never delivered: {:?}", missing(got));
+        };
+        got.insert(payload(&p));
+    }
+}
+
 #[test]
 fn a_message_published_on_one_node_reaches_subscribers_on_the_others_once_each() {
     let nats = Nats::start();
@@ -1120,15 +1135,7 @@ fn killing_the_subscribers_node_loses_no_acknowledged_qos_1_message() {
         let (mut sub, ack) = C5::connect_packet(&n1, &e2e::raw::connect5(&id, false, expiry(300)));
         assert!(ack.session_present, "round {round}: the session was revived ({ack:?})");
         let acknowledged = publishing.join().expect("publisher");
-        let missing = |got: &std::collections::HashSet<String>| {
-            acknowledged.iter().filter(|a| !got.contains(*a)).cloned().collect::<Vec<_>>()
-        };
-        while !missing(&got).is_empty() {
-            let Some(p) = sub.next_publish_within(std::time::Duration::from_secs(10)) else {
-                panic!("round {round}: acknowledged and never delivered: {:?}", missing(&got));
-            };
-            got.insert(payload(&p));
-        }
+        until_every_payload(&mut sub, &mut got, &acknowledged, &format!("round {round}: acknowledged"));
         sub.disconnect();
         n2 = Broker::start(&d2, &env2);
     }
@@ -1539,12 +1546,7 @@ fn a_persistent_sessions_messages_from_its_own_node_survive_that_node() {
     n1.kill();
     let (mut subscriber, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("v-sub", false, expiry(300)));
     assert!(ack.session_present, "the session was revived ({ack:?})");
-    while let Some(missing) = acknowledged.iter().find(|a| !got.contains(*a)) {
-        let Some(p) = subscriber.next_publish_within(std::time::Duration::from_secs(10)) else {
-            panic!("acknowledged and never delivered: {missing} and maybe more");
-        };
-        got.insert(payload(&p));
-    }
+    until_every_payload(&mut subscriber, &mut got, &acknowledged, "acknowledged");
 }
 
 /// A session revived after its node died gets every message it was owed, also those pending
@@ -1581,13 +1583,8 @@ fn a_revived_session_gets_what_was_pending_for_it_longer_than_the_margin() {
     drop(behind);
     let (mut revived, ack) = C5::connect_packet(&n1, &e2e::raw::connect5("r-behind", false, expiry(300)));
     assert!(ack.session_present, "the session was revived ({ack:?})");
-    let mut got = std::collections::BTreeSet::new();
-    while got.len() < 10 {
-        let Some(p) = revived.next_publish_within(std::time::Duration::from_secs(10)) else {
-            panic!("only {got:?} of the ten came");
-        };
-        got.insert(payload(&p));
-    }
+    let ten: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    until_every_payload(&mut revived, &mut Default::default(), &ten, "the ten pending");
 }
 
 /// A node that runs (its heartbeat is heard) but has put no interest summary, as a node of a

@@ -147,6 +147,22 @@ fn a_random_share_groups_messages_held_by_a_dead_node_are_redispatched_when_it_i
     assert_eq!(got, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
 }
 
+/// One member of `share` on each of `nodes` (`<prefix>-member<i>`), once every node says so.
+fn a_member_on_each(nodes: &[(DataDir, Broker)], prefix: &str, share: &str) -> Vec<C5> {
+    let members = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (_, broker))| {
+            let mut member = C5::connect(broker, &format!("{prefix}-member{i}"));
+            member.subscribe(share, QoS::AtLeastOnce);
+            member
+        })
+        .collect();
+    let dirs: Vec<&DataDir> = nodes.iter().map(|(dir, _)| dir).collect();
+    wait_for_share_view(&dirs, share, nodes.len());
+    members
+}
+
 /// Waits until every node of `nodes` says that `share` has members on `count` nodes.
 fn wait_for_share_view(nodes: &[&DataDir], share: &str, count: usize) {
     e2e::wait_until(&format!("every node sees {share} on {count} nodes"), || {
@@ -192,13 +208,7 @@ fn a_sticky_share_group_gives_every_message_to_one_member_in_the_cluster() {
     let nodes = three_nodes(&nats, "k", "sticky");
     let dirs: Vec<&DataDir> = nodes.iter().map(|(dir, _)| dir).collect();
     let share = "$share/g/k/#";
-    let mut members: Vec<C5> = Vec::new();
-    for (i, (_, broker)) in nodes.iter().enumerate() {
-        let mut member = C5::connect(broker, &format!("k-member{i}"));
-        member.subscribe(share, QoS::AtLeastOnce);
-        members.push(member);
-    }
-    wait_for_share_view(&dirs, share, 3);
+    let mut members = a_member_on_each(&nodes, "k", share);
     let each = "emqx@k1 (1 member), emqx@k2 (1 member), emqx@k3 (1 member)";
     assert_eq!(dirs[2].ctl(&["cluster", "shares"]).ok().trim(), format!("{share} : {each}"));
     let mut publishers: Vec<C5> =
@@ -266,15 +276,8 @@ fn a_round_robin_share_group_takes_every_member_in_the_cluster_in_turn() {
 fn a_hash_share_group_keeps_each_publishers_messages_at_one_member_in_order() {
     let nats = Nats::start();
     let nodes = three_nodes(&nats, "h", "hash");
-    let dirs: Vec<&DataDir> = nodes.iter().map(|(dir, _)| dir).collect();
     let share = "$share/g/h/x";
-    let mut members: Vec<C5> = Vec::new();
-    for (i, (_, broker)) in nodes.iter().enumerate() {
-        let mut member = C5::connect(broker, &format!("h-member{i}"));
-        member.subscribe(share, QoS::AtLeastOnce);
-        members.push(member);
-    }
-    wait_for_share_view(&dirs, share, 3);
+    let mut members = a_member_on_each(&nodes, "h", share);
     let mut publishers: Vec<C5> = (0..6).map(|p| C5::connect(&nodes[p % 3].1, &format!("h-publisher-{p}"))).collect();
     const ROUNDS: usize = 20;
     for round in 0..ROUNDS {
