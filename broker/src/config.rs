@@ -309,6 +309,11 @@ pub struct BrokerSettings {
     /// drops the message), logged and counted (`hooks.answer_timeout`). `0` waits for ever.
     #[serde(deserialize_with = "duration_text")]
     pub hook_answer_timeout: String,
+    /// How many PUBLISHes of one client may wait at once for a `message.publish` chain whose
+    /// plugins answer later (`emqx_exhook`): the broker asks the chain for the PUBLISHes
+    /// behind the first one already read, then routes and acknowledges them in order. `1`
+    /// asks for one at a time, as an EMQX channel does.
+    pub hook_pipeline: u32,
 }
 
 impl Default for BrokerSettings {
@@ -320,6 +325,7 @@ impl Default for BrokerSettings {
             sys_interval: "1m".to_owned(),
             sys_heartbeat: "30s".to_owned(),
             hook_answer_timeout: "60s".to_owned(),
+            hook_pipeline: 8,
         }
     }
 }
@@ -338,6 +344,14 @@ impl BrokerSettings {
     /// `hook_answer_timeout`, `None` for no deadline.
     pub fn hook_answer_timeout(&self) -> Result<Option<Duration>, ConfigError> {
         Ok(Some(duration("broker.hook_answer_timeout", &self.hook_answer_timeout)?).filter(|d| !d.is_zero()))
+    }
+
+    /// `hook_pipeline`: at least 1.
+    pub fn hook_pipeline(&self) -> Result<usize, ConfigError> {
+        match self.hook_pipeline {
+            0 => Err(ConfigError::Setting("broker.hook_pipeline", "0: at least 1 (one PUBLISH at a time)".to_owned())),
+            n => Ok(n as usize),
+        }
     }
 
     /// `sys_heartbeat`, `None` when off.

@@ -209,6 +209,9 @@ struct Connection<T> {
     congestion: Option<Box<overload::Congestion>>,
     /// The last wake pulled new messages instead of writing first (see `poll_wake`).
     write_deferred: bool,
+    /// Set while PUBLISHes wait for `message.publish` answered later, pipelined (`suspend`):
+    /// only QoS 0 and 1 PUBLISHes are handled, each handed back to wait behind the others.
+    pipelining: bool,
     /// Acknowledgements waiting for the store (`durable`); boxed, made on demand.
     held: Option<Box<durable::Held>>,
 }
@@ -226,7 +229,12 @@ impl<T: Transport> Connection<T> {
                     // A packet waits for a hook chain that may block: this client's input
                     // waits with it (handled in order afterwards), other clients do not.
                     // Boxed: its state costs the task nothing while no packet waits.
-                    if let Err(ended) = Box::pin(self.resume(waiting)).await {
+                    let resumed = if self.pipelines(&waiting) {
+                        Box::pin(self.resume_publishes(waiting)).await
+                    } else {
+                        Box::pin(self.resume(waiting)).await
+                    };
+                    if let Err(ended) = resumed {
                         return ended;
                     }
                     continue;
@@ -279,6 +287,10 @@ impl<T: Transport> Connection<T> {
             };
             if buf.len() < header.frame_len() {
                 buf.reserve(header.frame_len() - buf.len());
+                break Ok(None);
+            }
+            if self.pipelining && !(header.kind() == kind::PUBLISH && (header.first_byte >> 1) & 3 < 2) {
+                // Waits for the pipelined PUBLISHes ahead of it (see `suspend`).
                 break Ok(None);
             }
             if !overload::overtakes(header.kind()) {

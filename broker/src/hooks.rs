@@ -41,6 +41,10 @@ use handle::PluginHandle;
 /// says otherwise.
 pub(crate) const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How many PUBLISHes of one client may wait for a later `message.publish` answer at once
+/// unless `broker.hook_pipeline` says otherwise.
+pub(crate) const DEFAULT_PUBLISH_PIPELINE: usize = 8;
+
 /// What the plugins of a rewriting chain replaced ([`Hooks::dispatch_rewriting`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Rewritten {
@@ -272,6 +276,9 @@ pub(crate) struct Hooks {
     answer_timeout: Option<Duration>,
     /// Later answers that did not come in time (`hooks.answer_timeout`).
     answers_timed_out: AtomicU64,
+    /// How many PUBLISHes of one client may wait for a later `message.publish` answer at once
+    /// (`broker.hook_pipeline`).
+    publish_pipeline: usize,
     /// One warning a minute per plugin whose answers time out.
     timeouts_logged: Throttle<String>,
 }
@@ -288,8 +295,21 @@ impl Hooks {
             failed,
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
             answers_timed_out: AtomicU64::new(0),
+            publish_pipeline: DEFAULT_PUBLISH_PIPELINE,
             timeouts_logged: Throttle::new(Duration::from_secs(60)),
         }
+    }
+
+    /// Sets how many PUBLISHes of one client may wait for a later `message.publish` answer at
+    /// once (at least 1).
+    pub(crate) fn with_publish_pipeline(mut self, depth: usize) -> Hooks {
+        self.publish_pipeline = depth.max(1);
+        self
+    }
+
+    /// How many PUBLISHes of one client may wait for a later `message.publish` answer at once.
+    pub(crate) fn publish_pipeline(&self) -> usize {
+        self.publish_pipeline
     }
 
     /// Sets how long a client waits for a plugin's later answer; `None` for ever.

@@ -132,7 +132,11 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::new(started.0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let hooks = Arc::new(Hooks::new(failed_tx).with_answer_timeout(settings.broker.hook_answer_timeout()?));
+    let hooks = Arc::new(
+        Hooks::new(failed_tx)
+            .with_answer_timeout(settings.broker.hook_answer_timeout()?)
+            .with_publish_pipeline(settings.broker.hook_pipeline()?),
+    );
     let router = Router::new(settings.broker.shared_subscription_strategy);
     let auth = crate::auth::Auth::new(settings.allow_anonymous, settings.auth.policy()?);
     let mut node = Node::new(zone, hooks.clone(), stats, router).with_auth(auth).with_name(&settings.node_name);

@@ -9,10 +9,13 @@
 //! `client.authorize` / `client.check_acl`: a topic under `secret/` STOP_AND_RETURN false,
 //! any other IGNORE; `message.publish`: `rewrite/<x>` CONTINUE with the topic
 //! `rewritten/<x>`, the payload in capitals and QoS 0, `drop/<x>` STOP_AND_RETURN with the header
-//! `allow_publish = "false"` (v2), any other IGNORE. Every request is recorded as JSON.
+//! `allow_publish = "false"` (v2), any other IGNORE; `slow/<ms>/<x>` is answered after `ms`
+//! milliseconds, as `<x>` would be. Every request is recorded as JSON, and the most
+//! `message.publish` calls open at once are counted.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +65,26 @@ fn acl_answer(topic: &str) -> (i32, Option<bool>) {
 struct Shared {
     hooks: Vec<(String, Vec<String>)>,
     seen: Mutex<Vec<(String, Value)>>,
+    /// `message.publish` calls being answered, and the most there were at once.
+    publishes_open: AtomicUsize,
+    most_publishes_open: AtomicUsize,
+}
+
+/// Counts a `message.publish` call open while it lives.
+struct Open<'a>(&'a Shared);
+
+impl<'a> Open<'a> {
+    fn new(shared: &'a Shared) -> Open<'a> {
+        let open = shared.publishes_open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_publishes_open.fetch_max(open, Ordering::SeqCst);
+        Open(shared)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.publishes_open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -120,7 +143,13 @@ macro_rules! provider {
                 r: Request<pb::$pb::MessagePublishRequest>,
             ) -> Result<Response<pb::$pb::ValuedResponse>, Status> {
                 self.0.record("OnMessagePublish", r.get_ref());
+                let _open = Open::new(&self.0);
                 let mut message = r.into_inner().message.unwrap_or_default();
+                if let Some((ms, rest)) = message.topic.strip_prefix("slow/").and_then(|t| t.split_once('/')) {
+                    let ms = ms.parse().expect("slow/<ms>/...");
+                    message.topic = rest.to_owned();
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 let drop: fn(&mut pb::$pb::Message) = $drop;
                 let r#type = if let Some(rest) = message.topic.strip_prefix("rewrite/") {
                     message.topic = format!("rewritten/{rest}");
@@ -249,7 +278,7 @@ impl Provider {
         let addr = listener.local_addr().unwrap();
         let hooks =
             hooks.iter().map(|(name, topics)| (name.to_string(), topics.iter().map(|t| t.to_string()).collect()));
-        let shared = Arc::new(Shared { hooks: hooks.collect(), seen: Mutex::default() });
+        let shared = Arc::new(Shared { hooks: hooks.collect(), ..Shared::default() });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = shared.clone();
         let thread = std::thread::spawn(move || {
@@ -680,6 +709,80 @@ fn message_publish_rewrites_topic_payload_and_qos_and_allow_publish_false_drops(
 
     let asked: Vec<Value> = provider.seen("OnMessagePublish").iter().map(|r| r["message"]["topic"].clone()).collect();
     assert_eq!(asked, [json!("drop/1"), json!("rewrite/a")], "plain/1 is outside the server's filters");
+}
+
+/// One client's PUBLISHes sent in one write, each answered by a slow `message.publish` server
+/// (the first slowest, so the answers come back in reverse). With `broker.hook_pipeline`
+/// (default 8) the server is asked about several at once, and with `hook_pipeline = 1` one at
+/// a time, as EMQX asks; either way the server is asked in the order they came, a subscriber
+/// gets them in that order (MQTT-4.6.0-6, ordered topics), their PUBACKs come in that order
+/// (MQTT-4.6.0-2), a dropped one is still acknowledged in its place, and a SUBSCRIBE sent
+/// after them takes effect only once they are routed (the publisher gets none of them).
+#[test]
+fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
+    for (pipeline, env) in [(8, None), (1, Some("1"))] {
+        let provider = Provider::start(Proto::V2, &[("message.publish", &["slow/#"])]);
+        let env: Vec<(&str, &str)> = env.map(|v| ("BROKER_BROKER__HOOK_PIPELINE", v)).into_iter().collect();
+        let (_dir, broker) = broker_with(&[server("default", &provider.url(), Proto::V2)], "", &env);
+        let mut watcher = client5(&broker, "watcher", "w");
+        watcher.subscribe("slow/#", QoS::AtLeastOnce);
+        let mut publisher = client5(&broker, "publisher", "p");
+
+        // (topic, QoS): packet ids 1.. for the QoS 1 ones; the 4th is dropped by the server.
+        let sent = [
+            ("slow/300/a", QoS::AtLeastOnce),
+            ("slow/250/b", QoS::AtLeastOnce),
+            ("slow/200/c", QoS::AtMostOnce),
+            ("slow/150/drop/d", QoS::AtLeastOnce),
+            ("slow/100/e", QoS::AtLeastOnce),
+            ("slow/50/f", QoS::AtLeastOnce),
+        ];
+        let mut bytes = bytes::BytesMut::new();
+        let mut acked = Vec::new();
+        for (topic, qos) in sent {
+            let mut publish = v5::Publish::new(topic, qos, topic.as_bytes().to_vec(), None);
+            if qos == QoS::AtLeastOnce {
+                publish.pkid = publisher.next_pkid();
+                acked.push(publish.pkid);
+            }
+            v5::Packet::Publish(publish).write(&mut bytes, None).unwrap();
+        }
+        let filter = v5::Filter::new("slow/#", QoS::AtLeastOnce);
+        let subscribe = v5::Subscribe { pkid: 100, filters: vec![filter], properties: None };
+        v5::Packet::Subscribe(subscribe).write(&mut bytes, None).unwrap();
+        publisher.raw.send_bytes(&bytes);
+
+        let mut answers = Vec::new();
+        loop {
+            match publisher.raw.recv() {
+                v5::Packet::PubAck(ack) => answers.push(ack.pkid),
+                v5::Packet::SubAck(ack) => {
+                    assert_eq!(ack.pkid, 100);
+                    break;
+                }
+                other => panic!("pipeline {pipeline}: expected PUBACK or SUBACK, got {other:?}"),
+            }
+        }
+        assert_eq!(answers, acked, "pipeline {pipeline}: every PUBACK, in order, before the SUBACK");
+
+        let delivered: Vec<String> = (0..4).map(|_| e2e::raw::topic(&watcher.next_publish())).collect();
+        assert_eq!(delivered, ["slow/300/a", "slow/250/b", "slow/200/c", "slow/100/e", "slow/50/f"][..4]);
+        assert_eq!(e2e::raw::topic(&watcher.next_publish()), "slow/50/f", "pipeline {pipeline}");
+        let asked: Vec<Value> =
+            provider.seen("OnMessagePublish").iter().map(|r| r["message"]["topic"].clone()).collect();
+        let in_order: Vec<Value> = sent.iter().map(|(t, _)| json!(t)).collect();
+        assert_eq!(asked, in_order, "pipeline {pipeline}: the server is asked in the order they came");
+        let most_open = provider.shared.most_publishes_open.load(Ordering::SeqCst);
+        if pipeline == 1 {
+            assert_eq!(most_open, 1, "hook_pipeline = 1: one call at a time");
+        } else {
+            assert!((2..=pipeline).contains(&most_open), "pipeline {pipeline}: {most_open} calls at once");
+        }
+
+        // The subscription came after the six: the publisher got none of them, only this.
+        publisher.publish("slow/0/after", QoS::AtLeastOnce, "after");
+        assert_eq!(e2e::raw::topic(&publisher.next_publish()), "slow/0/after", "pipeline {pipeline}");
+    }
 }
 
 /// An `https://` server with EMQX's `ssl` settings: the server's certificate checked against

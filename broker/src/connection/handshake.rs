@@ -348,6 +348,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         delivered: Vec::new(),
         congestion: None,
         write_deferred: false,
+        pipelining: false,
         held: None,
     };
     node.stats.client_connected();

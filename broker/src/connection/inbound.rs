@@ -101,6 +101,13 @@ pub(super) struct PublishAck {
     qos: u8,
 }
 
+impl PublishAck {
+    /// The PUBLISH's QoS.
+    pub(super) fn qos(&self) -> u8 {
+        self.qos
+    }
+}
+
 /// Runs the `client.check_acl` chain for `client` on the calling thread; true if denied.
 pub(super) fn acl_chain(node: &Node, client: &ClientInfo, action: u32, topic: &str, now_ms: u64) -> bool {
     node.stats.metrics.inc(Metric::ClientCheckAcl);
@@ -251,6 +258,10 @@ impl<T: Transport> Connection<T> {
             return Ok(Next::Done);
         };
         let acl = self.acl_check(abi::ACL_PUBLISH, accepted.message.topic());
+        if self.pipelining {
+            // PUBLISHes ahead of it wait for their chains: it is finished after them, in order.
+            return Ok(Next::Wait(Box::new(Suspended::Publish { accepted, acl })));
+        }
         match acl {
             Acl::Denied => self.publish_denied(accepted),
             Acl::Allowed if !self.node.hooks.route(Hook::MessagePublish).waits() => {
@@ -258,7 +269,7 @@ impl<T: Transport> Connection<T> {
                 let outcome = self.publish_message(accepted.message, &mut batch);
                 self.publish_acked(accepted.ack, outcome, batch);
             }
-            _ => return Ok(Next::Wait(Box::new(Suspended::Publish { accepted, ask_acl: acl == Acl::Ask }))),
+            _ => return Ok(Next::Wait(Box::new(Suspended::Publish { accepted, acl }))),
         }
         Ok(Next::Done)
     }

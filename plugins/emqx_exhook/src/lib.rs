@@ -92,6 +92,24 @@ impl Runtime {
         });
         rx.recv().ok()
     }
+
+    /// Starts `task` on the calling thread (a hook's), then hands it to the runtime: a call's
+    /// first step, up to its request being queued on its HTTP/2 connection, is taken here, so
+    /// the calls a client's hooks make go out in the order its hooks ran (the broker may
+    /// ask about several of one client's PUBLISHes at once: `broker.hook_pipeline`).
+    fn start(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut task = Box::pin(task);
+        {
+            // The call's timers and connections belong to the plugin's runtime.
+            let _entered = self.handle.enter();
+            // The runtime's poll, next, registers the waker that counts.
+            let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+            if task.as_mut().poll(&mut first).is_ready() {
+                return;
+            }
+        }
+        self.handle.spawn(task);
+    }
 }
 
 /// What the servers changed in a published message (EMQX applies the message the fold
@@ -503,13 +521,13 @@ impl Plugin for Exhook {
             Some(point @ (Point::ClientAuthenticate | Point::ClientAuthorize)) => match self.bool_call(point, event) {
                 Some(call) => {
                     // A task dropped unfinished (the runtime stopping) answers Continue.
-                    self.runtime.handle.spawn(async move { later.answer(call.await) });
+                    self.runtime.start(async move { later.answer(call.await) });
                 }
                 None => later.answer(HookResult::Continue),
             },
             Some(Point::MessagePublish) => match self.publish_call(event) {
                 Some(call) => {
-                    self.runtime.handle.spawn(async move {
+                    self.runtime.start(async move {
                         match call.await {
                             None => later.answer(HookResult::Drop),
                             Some(change) => later.replace(Replacement {

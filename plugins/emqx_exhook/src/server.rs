@@ -258,6 +258,14 @@ impl Server {
                     self.settings.proto.name(),
                     if names.is_empty() { "none".to_owned() } else { names.join(", ") }
                 ));
+                // The pool's connections are opened now, not by the first calls over them:
+                // calls that wait for a connection being opened can go out in any order.
+                let mut opening = tokio::task::JoinSet::new();
+                for connection in &self.connections {
+                    let connection = connection.clone();
+                    opening.spawn(async move { connection.open_now().await });
+                }
+                let _ = tokio::time::timeout(timeout, opening.join_all()).await;
                 self.state.store(Arc::new(State::Up(Arc::new(spec))));
                 Ok(())
             }

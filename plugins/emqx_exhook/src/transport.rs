@@ -206,6 +206,11 @@ impl Connection {
         Ok(live)
     }
 
+    /// Opens the connection if it is not open (a failure is left to the next call).
+    pub(crate) async fn open_now(&self) {
+        let _ = self.open().await;
+    }
+
     /// `live` broke: the next call opens a new connection (unless one replaced it already).
     fn broke(&self, live: &Live) {
         live.closed.store(true, Ordering::Release);
