@@ -716,23 +716,26 @@ fn message_publish_rewrites_topic_payload_and_qos_and_allow_publish_false_drops(
 /// (default 8) the server is asked about several at once, and with `hook_pipeline = 1` one at
 /// a time, as EMQX asks; either way the server is asked in the order they came, a subscriber
 /// gets them in that order (MQTT-4.6.0-6, ordered topics), their PUBACKs come in that order
-/// (MQTT-4.6.0-2), a dropped one is still acknowledged in its place, and a SUBSCRIBE sent
+/// (MQTT-4.6.0-2), one the server drops is still acknowledged in its place and one the ACL
+/// (asked of the server too) denies gets 0x87 in its place, and a SUBSCRIBE sent
 /// after them takes effect only once they are routed (the publisher gets none of them).
 #[test]
 fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
     for (pipeline, env) in [(8, None), (1, Some("1"))] {
-        let provider = Provider::start(Proto::V2, &[("message.publish", &["slow/#"])]);
+        let provider = Provider::start(Proto::V2, &[("message.publish", &["slow/#"]), ("client.authorize", &[])]);
         let env: Vec<(&str, &str)> = env.map(|v| ("BROKER_BROKER__HOOK_PIPELINE", v)).into_iter().collect();
         let (_dir, broker) = broker_with(&[server("default", &provider.url(), Proto::V2)], "", &env);
         let mut watcher = client5(&broker, "watcher", "w");
         watcher.subscribe("slow/#", QoS::AtLeastOnce);
         let mut publisher = client5(&broker, "publisher", "p");
 
-        // (topic, QoS): packet ids 1.. for the QoS 1 ones; the 4th is dropped by the server.
+        // (topic, QoS): packet ids 1.. for the QoS 1 ones; the ACL denies `secret/x`, the
+        // server drops `drop/d`.
         let sent = [
             ("slow/300/a", QoS::AtLeastOnce),
             ("slow/250/b", QoS::AtLeastOnce),
             ("slow/200/c", QoS::AtMostOnce),
+            ("secret/x", QoS::AtLeastOnce),
             ("slow/150/drop/d", QoS::AtLeastOnce),
             ("slow/100/e", QoS::AtLeastOnce),
             ("slow/50/f", QoS::AtLeastOnce),
@@ -755,7 +758,11 @@ fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
         let mut answers = Vec::new();
         loop {
             match publisher.raw.recv() {
-                v5::Packet::PubAck(ack) => answers.push(ack.pkid),
+                v5::Packet::PubAck(ack) => {
+                    let denied = ack.reason == v5::PubAckReason::NotAuthorized;
+                    assert_eq!(denied, ack.pkid == 3, "pipeline {pipeline}: only secret/x is denied: {ack:?}");
+                    answers.push(ack.pkid);
+                }
                 v5::Packet::SubAck(ack) => {
                     assert_eq!(ack.pkid, 100);
                     break;
@@ -770,7 +777,7 @@ fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
         assert_eq!(e2e::raw::topic(&watcher.next_publish()), "slow/50/f", "pipeline {pipeline}");
         let asked: Vec<Value> =
             provider.seen("OnMessagePublish").iter().map(|r| r["message"]["topic"].clone()).collect();
-        let in_order: Vec<Value> = sent.iter().map(|(t, _)| json!(t)).collect();
+        let in_order: Vec<Value> = sent.iter().filter(|(t, _)| *t != "secret/x").map(|(t, _)| json!(t)).collect();
         assert_eq!(asked, in_order, "pipeline {pipeline}: the server is asked in the order they came");
         let most_open = provider.shared.most_publishes_open.load(Ordering::SeqCst);
         if pipeline == 1 {
@@ -779,7 +786,7 @@ fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
             assert!((2..=pipeline).contains(&most_open), "pipeline {pipeline}: {most_open} calls at once");
         }
 
-        // The subscription came after the six: the publisher got none of them, only this.
+        // The subscription came after the seven: the publisher got none of them, only this.
         publisher.publish("slow/0/after", QoS::AtLeastOnce, "after");
         assert_eq!(e2e::raw::topic(&publisher.next_publish()), "slow/0/after", "pipeline {pipeline}");
     }

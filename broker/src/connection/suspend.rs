@@ -31,16 +31,21 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Instant;
 
 use plugin_api::abi;
 use plugin_api::Hook;
 
+use super::acl_cache::AclCache;
 use super::inbound::{acl_denied, Accepted, Acl, PublishAck};
 use super::{Connection, Ended, Transport};
+use crate::client::ClientInfo;
 use crate::hooks::Route;
 use crate::message::Message;
 use crate::mqtt::subscribe::SubscriptionOptions;
+use crate::node::Node;
 use crate::node::Published;
 
 /// What handling a packet left to do.
@@ -144,32 +149,54 @@ impl<T: Transport> Connection<T> {
     pub(super) async fn resume_publishes(&mut self, first: Box<Suspended>) -> Result<(), Ended> {
         let depth = self.node.hooks.publish_pipeline();
         let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(depth);
-        waiting.push_back(self.start_publish(first).await);
+        waiting.push_back(self.start_publish(first));
         let mut error = None;
         self.pipelining = true;
-        while let Some(head) = waiting.pop_front() {
-            // Ask about the PUBLISHes read behind it, unless one that is not asked yet waits.
-            while error.is_none() && waiting.len() + 1 < depth && !matches!(waiting.back(), Some(Waiting::Unasked(_))) {
+        loop {
+            // Take the PUBLISHes read behind, unless one that is not pipelined waits.
+            while error.is_none() && waiting.len() < depth && !matches!(waiting.back(), Some(Waiting::Unasked(_))) {
                 match self.next_publish() {
                     Ok(Some(next)) => {
-                        let next = self.start_publish(next).await;
+                        let next = self.start_publish(next);
                         waiting.push_back(next);
                     }
                     Ok(None) => break,
                     Err(ended) => error = Some(ended),
                 }
             }
-            match head {
-                Waiting::Asked { ack, acl_generation, answer } => {
-                    let answered = answer.await;
-                    self.publish_answered(ack, acl_generation, answered);
-                }
-                Waiting::Unasked(suspended) => {
+            match waiting.pop_front() {
+                None => break,
+                Some(Waiting::Unasked(suspended)) => {
                     self.pipelining = false;
                     let resumed = Box::pin(self.resume(suspended)).await;
                     self.pipelining = true;
                     if let Err(ended) = resumed {
                         error.get_or_insert(ended);
+                    }
+                }
+                Some(head) => {
+                    waiting.push_front(head);
+                    let (node, client) = (self.node.clone(), self.client.clone());
+                    let (cache, now) = (&mut self.acl_cache, self.now);
+                    std::future::poll_fn(|cx| {
+                        let mut in_order = true;
+                        for entry in waiting.iter_mut() {
+                            let Waiting::Asked { ack: _, progress } = entry else { break };
+                            in_order &= progress.move_on(cx, in_order, &node, &client, cache, now);
+                        }
+                        match waiting.front() {
+                            Some(Waiting::Asked { progress: Progress::Answered(_), .. }) => Poll::Ready(()),
+                            _ => Poll::Pending,
+                        }
+                    })
+                    .await;
+                    let Some(Waiting::Asked { ack, progress: Progress::Answered(answered) }) = waiting.pop_front()
+                    else {
+                        unreachable!("the first was answered")
+                    };
+                    match answered {
+                        Err(message) => self.publish_denied(Accepted { message, ack }),
+                        Ok(hooked) => self.publish_hooked(ack, hooked),
                     }
                 }
             }
@@ -198,64 +225,27 @@ impl<T: Transport> Connection<T> {
         result
     }
 
-    /// Asks about a pipelined PUBLISH now (the ACL if it is to be asked, then
-    /// `message.publish`'s chain), so that the plugins are asked in the order the PUBLISHes
-    /// came; one that cannot be pipelined is left for [`Connection::resume`].
-    async fn start_publish(&mut self, suspended: Box<Suspended>) -> Waiting {
+    /// A pipelined PUBLISH, its ACL question started if it is to be asked; one that cannot be
+    /// pipelined is left for [`Connection::resume`].
+    fn start_publish(&mut self, suspended: Box<Suspended>) -> Waiting {
         if !self.pipelines(&suspended) {
             return Waiting::Unasked(suspended);
         }
         let Suspended::Publish { accepted: Accepted { message, ack }, acl } = *suspended else {
             unreachable!("only PUBLISHes are pipelined")
         };
-        let acl_generation = (acl == Acl::Ask).then(|| self.node.hooks.acl_generation());
-        let (node, client, now_ms) = (self.node.clone(), self.client.clone(), self.now_ms);
-        let mut answer: Answering = Box::pin(async move {
-            let denied = match acl {
-                Acl::Allowed => false,
-                Acl::Denied => true,
-                Acl::Ask => acl_denied(&node, &client, abi::ACL_PUBLISH, message.topic(), now_ms).await,
-            };
-            if denied {
-                return Answered::Denied(message);
+        let progress = match acl {
+            Acl::Allowed => Progress::Allowed(message),
+            Acl::Denied => Progress::Answered(Err(message)),
+            Acl::Ask => {
+                let generation = self.node.hooks.acl_generation();
+                let (node, client, now_ms) = (self.node.clone(), self.client.clone(), self.now_ms);
+                let topic = Box::<str>::from(message.topic());
+                let check = Box::pin(async move { acl_denied(&node, &client, abi::ACL_PUBLISH, &topic, now_ms).await });
+                Progress::Checking { message, generation, check }
             }
-            let topic = acl_generation.map(|_| Box::<str>::from(message.topic()));
-            Answered::Hooked { allowed_topic: topic, hooked: node.publish_hooks_later(message, &client).await }
-        });
-        // Polled once here: that asks the plugins (an answer already given is kept).
-        let mut answered = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(done) = answer.as_mut().poll(cx) {
-                answered = Some(done);
-            }
-            Poll::Ready(())
-        })
-        .await;
-        if let Some(done) = answered {
-            answer = Box::pin(std::future::ready(done));
-        }
-        Waiting::Asked { ack, acl_generation, answer }
-    }
-
-    /// Finishes a pipelined PUBLISH once it was answered: the ACL's answer cached (when it
-    /// was asked), then the message dropped as denied, or routed and acknowledged.
-    fn publish_answered(&mut self, ack: PublishAck, acl_generation: Option<u64>, answered: Answered) {
-        match answered {
-            Answered::Denied(message) => {
-                if let (Some(generation), Some(cache)) = (acl_generation, &mut self.acl_cache) {
-                    cache.put(generation, abi::ACL_PUBLISH, message.topic(), true, self.now);
-                }
-                self.publish_denied(Accepted { message, ack });
-            }
-            Answered::Hooked { allowed_topic, hooked } => {
-                if let (Some(generation), Some(topic), Some(cache)) =
-                    (acl_generation, allowed_topic, &mut self.acl_cache)
-                {
-                    cache.put(generation, abi::ACL_PUBLISH, &topic, false, self.now);
-                }
-                self.publish_hooked(ack, hooked);
-            }
-        }
+        };
+        Waiting::Asked { ack, progress }
     }
 
     /// Routes and acknowledges a PUBLISH once `message.publish`'s chain answered.
@@ -290,22 +280,65 @@ impl<T: Transport> Connection<T> {
     }
 }
 
-/// How a pipelined PUBLISH was answered.
-enum Answered {
-    /// The ACL denied it.
-    Denied(Message),
-    /// `message.publish`'s chain answered (`allowed_topic`: the ACL was asked, and allowed it).
-    Hooked { allowed_topic: Option<Box<str>>, hooked: Result<Message, Published> },
-}
-
-/// A pipelined PUBLISH's answer to come.
-type Answering = Pin<Box<dyn Future<Output = Answered> + Send>>;
-
 /// A PUBLISH of a pipeline ([`Connection::resume_publishes`]).
 enum Waiting {
-    /// It was asked about (`acl_generation`: the ACL too, at that generation of its cache).
-    Asked { ack: PublishAck, acl_generation: Option<u64>, answer: Answering },
-    /// Not pipelined (a QoS 2 PUBLISH, or the chain no longer answers later): finished by
-    /// [`Connection::resume`] when its turn comes.
+    /// Pipelined: where asking about it is.
+    Asked { ack: PublishAck, progress: Progress },
+    /// Not pipelined (the chain no longer answers later): finished by [`Connection::resume`]
+    /// when its turn comes.
     Unasked(Box<Suspended>),
+}
+
+/// Where asking about a pipelined PUBLISH is: its ACL question (the answers may come in any
+/// order), then `message.publish`'s chain, asked in the order the PUBLISHes came.
+enum Progress {
+    /// The ACL is being asked (its answer is cached at `generation`).
+    Checking {
+        message: Message,
+        generation: u64,
+        check: Pin<Box<dyn Future<Output = bool> + Send>>,
+    },
+    /// Allowed; `message.publish` is asked once it was asked about every PUBLISH ahead.
+    Allowed(Message),
+    Hooking(Pin<Box<dyn Future<Output = Result<Message, Published>> + Send>>),
+    /// Answered: the message denied by the ACL (`Err`), or what the chain made of it.
+    Answered(Result<Result<Message, Published>, Message>),
+}
+
+impl Progress {
+    /// Moves it on as far as it goes now; `in_order`: `message.publish` was asked about every
+    /// PUBLISH ahead. Returns whether it was asked about this one (or need not be).
+    fn move_on(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        in_order: bool,
+        node: &Arc<Node>,
+        client: &Arc<ClientInfo>,
+        cache: &mut Option<AclCache>,
+        now: Instant,
+    ) -> bool {
+        if let Progress::Checking { message, generation, check } = self {
+            let Poll::Ready(denied) = check.as_mut().poll(cx) else { return false };
+            if let Some(cache) = cache {
+                // An answer of an older generation (rules reloaded meanwhile) is dropped at
+                // the next look-up.
+                cache.put(*generation, abi::ACL_PUBLISH, message.topic(), denied, now);
+            }
+            let message = message.clone();
+            *self = if denied { Progress::Answered(Err(message)) } else { Progress::Allowed(message) };
+        }
+        if let Progress::Allowed(message) = self {
+            if !in_order {
+                return false;
+            }
+            let (node, client, message) = (node.clone(), client.clone(), message.clone());
+            *self = Progress::Hooking(Box::pin(async move { node.publish_hooks_later(message, &client).await }));
+        }
+        if let Progress::Hooking(hooking) = self {
+            if let Poll::Ready(hooked) = hooking.as_mut().poll(cx) {
+                *self = Progress::Answered(Ok(hooked));
+            }
+        }
+        true
+    }
 }
