@@ -21,6 +21,8 @@
 #   bench/plugins.sh             # needs: python3
 #   REPS=9 bench/plugins.sh
 #   TARGETS="a c" BROKER_WEB_HOOK__SENDER_PRIORITY=low bench/plugins.sh   # only a and c, a web hook setting
+#   PLUGINS_DIR=/tmp/old TARGETS="a c" bench/plugins.sh   # the brokers load the plugins built
+#                                                         # in that directory (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
@@ -62,7 +64,8 @@ for t in $TARGETS; do
     d) echo '{emqx_web_hook, true}.' > "$WORK/$t/loaded_plugins"; HELPER[$t]=$HANGING_PID
        env=(BROKER_WEB_HOOK__URL="http://127.0.0.1:$H/hook") ;;
   esac
-  env "${env[@]}" "$BIN/broker" --data-dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" 2>"$WORK/$t.log" &
+  env "${env[@]}" "$BIN/broker" --data-dir "$WORK/$t" ${PLUGINS_DIR:+--plugins-dir "$PLUGINS_DIR"} \
+    --listen "127.0.0.1:${PORT[$t]}" 2>"$WORK/$t.log" &
   PIDS+=($!); PID[$t]=$!
   wait_port "${PORT[$t]}"
 done
