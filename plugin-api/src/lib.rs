@@ -176,6 +176,12 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// [`Plugin::BLOCKING_HOOKS`] too if answering at once may block (an older host then runs
     /// them off its network threads; a newer one ignores that for them). The default is none.
     ///
+    /// For `message.publish` the host may offer several of one client's PUBLISHes before the
+    /// first is answered (up to its `broker.hook_pipeline`, 8 by default): they are offered in
+    /// the order the client sent them, and the answers are applied in that order whatever
+    /// order they are given in. A plugin that must see them one at a time needs
+    /// `hook_pipeline = 1` in the broker's configuration.
+    ///
     /// ```
     /// # use plugin_api::{Event, Hook, HookMask, HookResult, Host, Config, Later, Plugin, BoxError};
     /// # struct RemoteAcl { requests: std::sync::mpsc::Sender<(String, Later)> }
