@@ -164,9 +164,10 @@ impl<T: Transport> Connection<T> {
                     Err(ended) => error = Some(ended),
                 }
             }
-            match waiting.pop_front() {
+            match waiting.front() {
                 None => break,
-                Some(Waiting::Unasked(suspended)) => {
+                Some(Waiting::Unasked(_)) => {
+                    let Some(Waiting::Unasked(suspended)) = waiting.pop_front() else { unreachable!() };
                     self.pipelining = false;
                     let resumed = Box::pin(self.resume(suspended)).await;
                     self.pipelining = true;
@@ -174,8 +175,7 @@ impl<T: Transport> Connection<T> {
                         error.get_or_insert(ended);
                     }
                 }
-                Some(head) => {
-                    waiting.push_front(head);
+                Some(Waiting::Asked { .. }) => {
                     let (node, client) = (self.node.clone(), self.client.clone());
                     let (cache, now) = (&mut self.acl_cache, self.now);
                     std::future::poll_fn(|cx| {
@@ -195,8 +195,8 @@ impl<T: Transport> Connection<T> {
                         unreachable!("the first was answered")
                     };
                     match answered {
-                        Err(message) => self.publish_denied(Accepted { message, ack }),
-                        Ok(hooked) => self.publish_hooked(ack, hooked),
+                        Answered::Denied(message) => self.publish_denied(Accepted { message, ack }),
+                        Answered::Hooked(hooked) => self.publish_hooked(ack, hooked),
                     }
                 }
             }
@@ -236,7 +236,7 @@ impl<T: Transport> Connection<T> {
         };
         let progress = match acl {
             Acl::Allowed => Progress::Allowed(message),
-            Acl::Denied => Progress::Answered(Err(message)),
+            Acl::Denied => Progress::Answered(Answered::Denied(message)),
             Acl::Ask => {
                 let generation = self.node.hooks.acl_generation();
                 let (node, client, now_ms) = (self.node.clone(), self.client.clone(), self.now_ms);
@@ -301,8 +301,15 @@ enum Progress {
     /// Allowed; `message.publish` is asked once it was asked about every PUBLISH ahead.
     Allowed(Message),
     Hooking(Pin<Box<dyn Future<Output = Result<Message, Published>> + Send>>),
-    /// Answered: the message denied by the ACL (`Err`), or what the chain made of it.
-    Answered(Result<Result<Message, Published>, Message>),
+    Answered(Answered),
+}
+
+/// How a pipelined PUBLISH was answered.
+enum Answered {
+    /// The ACL denied it.
+    Denied(Message),
+    /// What `message.publish`'s chain made of it.
+    Hooked(Result<Message, Published>),
 }
 
 impl Progress {
@@ -325,7 +332,7 @@ impl Progress {
                 cache.put(*generation, abi::ACL_PUBLISH, message.topic(), denied, now);
             }
             let message = message.clone();
-            *self = if denied { Progress::Answered(Err(message)) } else { Progress::Allowed(message) };
+            *self = if denied { Progress::Answered(Answered::Denied(message)) } else { Progress::Allowed(message) };
         }
         if let Progress::Allowed(message) = self {
             if !in_order {
@@ -336,7 +343,7 @@ impl Progress {
         }
         if let Progress::Hooking(hooking) = self {
             if let Poll::Ready(hooked) = hooking.as_mut().poll(cx) {
-                *self = Progress::Answered(Ok(hooked));
+                *self = Progress::Answered(Answered::Hooked(hooked));
             }
         }
         true
