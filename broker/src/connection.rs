@@ -289,7 +289,7 @@ impl<T: Transport> Connection<T> {
                 buf.reserve(header.frame_len() - buf.len());
                 break Ok(None);
             }
-            if self.pipelining && !(header.kind() == kind::PUBLISH && (header.first_byte >> 1) & 3 < 2) {
+            if self.pipelining && !(header.kind() == kind::PUBLISH && header.qos() < 2) {
                 // Waits for the pipelined PUBLISHes ahead of it (see `suspend`).
                 break Ok(None);
             }
@@ -305,7 +305,7 @@ impl<T: Transport> Connection<T> {
                 }
             }
             handled = true;
-            self.node.stats.metrics.packet_received(header.kind(), (header.first_byte >> 1) & 3);
+            self.node.stats.metrics.packet_received(header.kind(), header.qos());
             let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
             buf.advance(header.frame_len());
             match outcome {

@@ -54,6 +54,12 @@ impl FrameHeader {
         self.first_byte & 0x0f
     }
 
+    /// The QoS bits of the flags (a PUBLISH's QoS; 0 for the other packets but PUBREL,
+    /// SUBSCRIBE and UNSUBSCRIBE, whose reserved flags hold 1 there).
+    pub(crate) fn qos(&self) -> u8 {
+        (self.first_byte >> 1) & 3
+    }
+
     pub(crate) fn frame_len(&self) -> usize {
         self.header_len + self.body_len
     }
