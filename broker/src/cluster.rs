@@ -219,7 +219,7 @@ struct Outgoing {
     reply: Option<String>,
     bytes: Bytes,
     /// For a QoS 1/2 message: told when JetStream stored it (in a batch, `batch`).
-    stored: Option<oneshot::Sender<Result<(), String>>>,
+    stored: Option<Told>,
     /// Sent on its subject too (not for a message kept on this node, which is only stored).
     core: bool,
 }
@@ -1577,9 +1577,9 @@ impl Cluster {
         }
     }
 
-    /// Hands forwarded messages to the NATS client, in order. Of each run of QoS 1/2 messages
-    /// (see the module's notes) the last asks JetStream for an answer, which a task of its
-    /// own awaits (`await_stored`), so that publishing goes on meanwhile (and the JetStream
+    /// Hands forwarded messages to the NATS client, in order. Each run of QoS 1/2 messages
+    /// (see the module's notes) is stored as one batch, whose answer from JetStream a task of
+    /// its own awaits (`await_stored`), so that publishing goes on meanwhile (and the JetStream
     /// client's limit of answers awaited, which it releases as they come, is never waited for
     /// by the task that would release it).
     async fn publish_forwarded(self: Arc<Cluster>, mut outbound: mpsc::Receiver<Outgoing>) {
@@ -1591,10 +1591,7 @@ impl Cluster {
         let batch_subject = subject::batch_subject(&self.config.subject_prefix, &self.config.node_name);
         let mut ahead = std::collections::VecDeque::new();
         let mut durable_ahead = 0;
-        // The run being made: its batch, who waits for it, and why it failed, if it did.
-        let mut batch = batch::Batch::default();
-        let mut run = Vec::new();
-        let mut failed: Option<String> = None;
+        let mut run = RunMade::default();
         let mut max_batch = DEFAULT_MAX_BATCH;
         loop {
             if ahead.is_empty() {
@@ -1624,59 +1621,55 @@ impl Cluster {
                     Ok(last) => restart_at = Some(last),
                     Err(why) => {
                         stream_lost.store(true, Ordering::Release);
-                        run.push(told);
-                        batch.take();
-                        failed = None;
-                        fail(run.drain(..), &format!("the JetStream stream cannot be made: {why}"));
+                        let (_, mut waiting, _) = run.take();
+                        waiting.push(told);
+                        fail(waiting, &format!("the JetStream stream cannot be made: {why}"));
                         continue;
                     }
                 }
             }
             // A batch stays within what the server takes in one message (as it said when the
             // batch started): one that a message would take past it is stored first.
-            if batch.messages() == 0 {
+            if run.batch.messages() == 0 {
                 max_batch = match self.client.server_info().max_payload {
                     0 => DEFAULT_MAX_BATCH,
                     max => max * 3 / 4,
                 };
             }
-            if batch.messages() > 0 && batch.len_with(&subject, bytes.len()) > max_batch {
-                let told = std::mem::take(&mut run);
-                self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+            if run.batch.messages() > 0 && run.batch.len_with(&subject, bytes.len()) > max_batch {
+                self.store_batch(&batch_subject, &mut run, restart_at.take(), &runs).await;
             }
-            run.push(told);
+            run.told.push(told);
             if barrier {
                 // Answered with the batch of what was queued before it (`Cluster::flushed`).
-                let told = std::mem::take(&mut run);
-                self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+                self.store_batch(&batch_subject, &mut run, restart_at.take(), &runs).await;
                 continue;
             }
             let handled = headers.as_ref().and_then(|h| h.get(HANDLED_HEADER)).map(|h| h.as_str().to_owned());
-            batch.push(&subject, handled.as_deref(), &bytes);
+            run.batch.push(&subject, handled.as_deref(), &bytes);
             if core {
                 if let Err(e) = self.send(subject, headers, None, bytes).await {
-                    failed.get_or_insert_with(|| format!("NATS refused it: {e}"));
+                    run.failed.get_or_insert_with(|| format!("NATS refused it: {e}"));
                 }
             }
-            if durable_ahead > 0 && run.len() < ACK_EVERY {
+            if durable_ahead > 0 && run.told.len() < ACK_EVERY {
                 continue; // the run goes on: stored with the messages queued behind it
             }
-            let told = std::mem::take(&mut run);
-            self.store_batch(&batch_subject, batch.take(), told, failed.take(), restart_at.take(), &runs).await;
+            self.store_batch(&batch_subject, &mut run, restart_at.take(), &runs).await;
         }
     }
 
-    /// Stores a run's batch in this node's stream (or fails the run, `failed`): its waiting
-    /// publishers are told once the stream's answer is in (`await_stored`).
+    /// Stores the batch of `run` in this node's stream (or fails the run, if it failed), and
+    /// starts the next run empty: its waiting publishers are told once the stream's answer is
+    /// in (`await_stored`).
     async fn store_batch(
         &self,
         subject: &str,
-        batch: Bytes,
-        told: Vec<oneshot::Sender<Result<(), String>>>,
-        failed: Option<String>,
+        run: &mut RunMade,
         restart_at: Option<u64>,
         runs: &mpsc::UnboundedSender<Run>,
     ) {
+        let (batch, told, failed) = run.take();
         if let Some(why) = failed {
             return fail(told, &why);
         }
@@ -1867,11 +1860,31 @@ fn log_event(event: &async_nats::Event) {
     }
 }
 
-/// A run of QoS 1/2 messages sent to JetStream, and the answer to its last one.
+/// Tells a QoS 1/2 message's publisher whether the message is stored (or why not).
+type Told = oneshot::Sender<Result<(), String>>;
+
+/// The run of QoS 1/2 messages the forwarding task is making (`Cluster::publish_forwarded`):
+/// its batch, who waits for it to be stored, and why it failed, if it did.
+#[derive(Default)]
+struct RunMade {
+    batch: batch::Batch,
+    told: Vec<Told>,
+    failed: Option<String>,
+}
+
+impl RunMade {
+    /// Its batch (as the stream message's payload), who waits, and why it failed; it starts
+    /// again empty.
+    fn take(&mut self) -> (Bytes, Vec<Told>, Option<String>) {
+        (self.batch.take(), std::mem::take(&mut self.told), self.failed.take())
+    }
+}
+
+/// A run of QoS 1/2 messages stored in JetStream as one batch, and the stream's answer.
 struct Run {
     answer: async_nats::jetstream::context::PublishAckFuture,
     /// The run's publishers, oldest first.
-    told: Vec<oneshot::Sender<Result<(), String>>>,
+    told: Vec<Told>,
     /// Where the stream's numbering stood before this run, when the stream was just made or
     /// found again.
     restart_at: Option<u64>,
@@ -1883,7 +1896,7 @@ struct Run {
 /// numbers only this node's messages, in the order they were sent). Anything else (an error,
 /// a gap, a stream made anew) fails the run; the numbering then starts again from its answer.
 async fn await_stored(mut runs: mpsc::UnboundedReceiver<Run>, stream_lost: Arc<std::sync::atomic::AtomicBool>) {
-    type Answered = (Vec<oneshot::Sender<Result<(), String>>>, Option<u64>, Result<u64, String>);
+    type Answered = (Vec<Told>, Option<u64>, Result<u64, String>);
     let mut awaiting: futures_util::stream::FuturesOrdered<Pin<Box<dyn Future<Output = Answered> + Send>>> =
         futures_util::stream::FuturesOrdered::new();
     let mut last: Option<u64> = None;
@@ -1935,7 +1948,7 @@ fn handled_groups(header: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// Tells the publishers of `run` that their messages were not stored, and why.
-fn fail(run: impl IntoIterator<Item = oneshot::Sender<Result<(), String>>>, why: &str) {
+fn fail(run: impl IntoIterator<Item = Told>, why: &str) {
     for told in run {
         let _ = told.send(Err(why.to_owned()));
     }
