@@ -12,14 +12,18 @@
 # request_timeout 5s; exhook: pool_size 8, request_timeout 5s) and session queues as deep as
 # bench/run.sh's. Fan-in 10→1 (10 publishers, one subscriber, 64-byte payloads) at QoS 1 and
 # QoS 0 as fast as the publishers can (throughput; latency is then queueing), then QoS 1 at a
-# steady 5000 and 20000 msgs/s (latency: the broker's own). REPS runs of each, a b c d in
-# turn, each broker (and its server) left to go idle before the next run; medians.
+# steady 5000 and 20000 msgs/s (latency: the broker's own). REPS runs of each (default 9), a b
+# c d in turn, each broker (and its server) left to go idle before the next run; medians, and
+# every as-fast-as-possible run with the broker's CPU per message. Bursts on this 2-core machine
+# run at one of two speeds (README, "A burst's two speeds"), so a median is read against the
+# runs it comes from.
 #
 # Around each run it reads `broker ctl web_hook status` (c, d) and `broker ctl exhook stats`
 # (b), and prints what the web hook sent, failed and dropped, and the exhook calls, per run.
 #
 #   bench/plugins.sh             # needs: python3
-#   REPS=9 bench/plugins.sh
+#   REPS=15 bench/plugins.sh
+#   MESSAGES=50000 TARGETS="a c" bench/plugins.sh   # bursts of 10 x 50,000: a sustained rate
 #   TARGETS="a c" BROKER_WEB_HOOK__SENDER_PRIORITY=low bench/plugins.sh   # only a and c, a web hook setting
 #   PLUGINS_DIR=/tmp/old TARGETS="a c" bench/plugins.sh   # the brokers load the plugins built
 #                                                         # in that directory (A/B runs)
@@ -27,7 +31,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace >&2
 BIN=target/release
-REPS=${REPS:-5}
+REPS=${REPS:-9}
+# Messages a publisher sends in the as-fast-as-possible runs (10 publishers).
+MESSAGES=${MESSAGES:-5000}
 TARGETS=${TARGETS:-a b c d}
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
@@ -86,8 +92,8 @@ counters() {
 
 # scenario qos messages-per-publisher rate (0: as fast as possible)
 SCENARIOS=(
-  "fan-in 1 5000 0"
-  "fan-in 0 5000 0"
+  "fan-in 1 $MESSAGES 0"
+  "fan-in 0 $MESSAGES 0"
   "fan-in 1 2000 5000"
   "fan-in 1 2000 20000"
 )
@@ -96,23 +102,25 @@ for rep in $(seq "$REPS"); do
   for s in "${SCENARIOS[@]}"; do
     read -r scenario qos messages rate <<<"$s"
     for t in $TARGETS; do
-      before=$(counters "$t")
+      before=$(counters "$t"); cpu0=$(cpu_ns "${PID[$t]}")
       out=$("$BIN/bench" --port "${PORT[$t]}" --scenario "$scenario" --qos "$qos" --clients 10 --messages "$messages" \
         --rate "$rate" --timeout 60 --label "$t" --json) \
         || out="{\"label\":\"$t\",\"scenario\":\"fanin\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}"
+      cpu1=$(cpu_ns "${PID[$t]}")
       # shellcheck disable=SC2086
       settle "${PID[$t]}" ${HELPER[$t]}
       after=$(counters "$t")
-      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["before"]=json.loads(sys.argv[2]); r["after"]=json.loads(sys.argv[3]); print(json.dumps(r))' \
-        "$out" "$before" "$after" >>"$RESULTS"
+      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["before"]=json.loads(sys.argv[2]); r["after"]=json.loads(sys.argv[3]); r["broker_cpu_ns"]=int(sys.argv[4]); print(json.dumps(r))' \
+        "$out" "$before" "$after" "$((cpu1 - cpu0))" >>"$RESULTS"
     done
   done
   echo "run $rep of $REPS done" >&2
 done
 
-python3 - "$RESULTS" "$REPS" <<'PY'
+python3 - "$RESULTS" "$REPS" "$MESSAGES" <<'PY'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+burst = int(sys.argv[3])
 names = {"a": "a: no plugins", "b": "b: emqx_exhook, message.publish", "c": "c: emqx_web_hook, receiver 200",
          "d": "d: emqx_web_hook, receiver hanging"}
 def runs(t, qos, rate):
@@ -123,7 +131,7 @@ def med(rs, f):
 print(f"Fan-in 10→1, 64-byte payloads; median of {sys.argv[2]} runs: msgs/s (p50 / p99 latency in µs)\n")
 print("| scenario | " + " | ".join(names.values()) + " | b msgs/s vs 20,000 | c/a msgs/s | d/a msgs/s | d/a p99 |")
 print("|---" * 9 + "|")
-for qos, rate, n in [(1, 0, 5000), (0, 0, 5000), (1, 5000, 2000), (1, 20000, 2000)]:
+for qos, rate, n in [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2000)]:
     cells, m = [], {}
     for t in names:
         rs = runs(t, qos, rate)
@@ -143,11 +151,21 @@ for qos, rate, n in [(1, 0, 5000), (0, 0, 5000), (1, 5000, 2000), (1, 20000, 200
 print("\nPer run (medians): what the plugins did")
 print("\n| scenario | b: exhook calls | c: web hook sent / failed / dropped | d: web hook sent / failed / dropped |")
 print("|---|---|---|---|")
-for qos, rate, n in [(1, 0, 5000), (0, 0, 5000), (1, 5000, 2000), (1, 20000, 2000)]:
+for qos, rate, n in [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2000)]:
     def delta(t, k):
         return st.median([r["after"].get(k, 0) - r["before"].get(k, 0) for r in runs(t, qos, rate)] or [0])
     pace = f" at {rate}/s" if rate else ""
     c = " / ".join(f"{delta('c', k):.0f}" for k in ("sent", "failed", "dropped"))
     d = " / ".join(f"{delta('d', k):.0f}" for k in ("sent", "failed", "dropped"))
     print(f"| QoS {qos}{pace}, 10×{n} | {delta('b', 'calls'):.0f} | {c} | {d} |")
+print("\nEvery run as fast as possible, slowest first: msgs/s (the broker's CPU, µs per message;")
+print("it is busy, not idle, in the slow runs: see the README's \"A burst's two speeds\")\n")
+print("| scenario | " + " | ".join(names.values()) + " |")
+print("|---" * 5 + "|")
+for qos, n in [(1, burst), (0, burst)]:
+    cells = []
+    for t in names:
+        rs = sorted((r for r in runs(t, qos, 0) if not r.get("failed")), key=lambda r: r["msgs_per_sec"])
+        cells.append(", ".join(f"{r['msgs_per_sec']:.0f} ({r['broker_cpu_ns'] / 1000 / max(r['received'], 1):.1f})" for r in rs) or "-")
+    print(f"| QoS {qos}, 10×{n} | " + " | ".join(cells) + " |")
 PY

@@ -12,6 +12,10 @@ wait_port() {
 # The CPU time process $1 has used so far (user + system), in clock ticks (`getconf CLK_TCK`).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# The CPU time process $1's threads have run so far, in nanoseconds (the scheduler's count,
+# /proc/PID/task/*/schedstat: finer than clock ticks; a thread that ended is not counted).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {printf "%.0f\n", ns}'; }
+
 # The run's workspace: WORK, a temporary directory removed at exit, and PIDS, the processes the
 # script starts (append each one's pid), killed at exit.
 bench_workspace() {

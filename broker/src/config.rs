@@ -314,6 +314,11 @@ pub struct BrokerSettings {
     /// behind the first one already read, then routes and acknowledges them in order. `1`
     /// asks for one at a time, as an EMQX channel does.
     pub hook_pipeline: u32,
+    /// How many threads serve the network (tokio's workers: every connection's task, the
+    /// routing, the hooks that answer at once); `0`, the default, one a core the broker may
+    /// run on. Fewer leaves cores to other work on the same machine (a load generator, a web
+    /// hook's service): see the README's "A burst's two speeds".
+    pub network_threads: u32,
 }
 
 impl Default for BrokerSettings {
@@ -326,6 +331,7 @@ impl Default for BrokerSettings {
             sys_heartbeat: "30s".to_owned(),
             hook_answer_timeout: "60s".to_owned(),
             hook_pipeline: 8,
+            network_threads: 0,
         }
     }
 }
@@ -352,6 +358,11 @@ impl BrokerSettings {
             0 => Err(ConfigError::Setting("broker.hook_pipeline", "0: at least 1 (one PUBLISH at a time)".to_owned())),
             n => Ok(n as usize),
         }
+    }
+
+    /// `network_threads`, `None` for one a core.
+    pub fn network_threads(&self) -> Option<usize> {
+        (self.network_threads > 0).then_some(self.network_threads as usize)
     }
 
     /// `sys_heartbeat`, `None` when off.

@@ -83,7 +83,8 @@ fn raise_file_limit() -> usize {
     usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).saturating_sub(64).max(1)
 }
 
-/// The runtime that serves the network: one worker per core.
+/// The runtime that serves the network: `threads` workers, or one per core the process may
+/// run on (tokio's default, which follows the CPU affinity mask).
 ///
 /// Tokio's LIFO slot is turned off. With it, a worker runs the task woken last first, so of
 /// two clients whose packets came in one poll of the sockets, the later one was served
@@ -91,9 +92,12 @@ fn raise_file_limit() -> usize {
 /// (measured by `bench --bin arrival_order`). Without it, woken tasks run in the order they were
 /// woken, which is the order their data arrived. (The setting needs `--cfg tokio_unstable`,
 /// set in `.cargo/config.toml`; a build without it keeps the slot.)
-fn network_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn network_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()
@@ -125,7 +129,8 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let listeners = crate::listener::plan(&settings.listener, tcp_limits, descriptors, proxy_timeout)?;
     let (sys_interval, sys_heartbeat) = (settings.broker.sys_interval()?, settings.broker.sys_heartbeat()?);
     let trim_every = settings.broker.malloc_trim_interval()?;
-    let runtime = network_runtime()?;
+    let runtime = network_runtime(settings.broker.network_threads())?;
+    tracing::info!("{} network threads", runtime.metrics().num_workers());
     if let Some(every) = trim_every {
         crate::malloc::start_trimmer(every).context("cannot start the malloc-trim thread")?;
     }

@@ -125,3 +125,33 @@ fn a_response_information_too_long_for_a_connack_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid configuration: mqtt.response_information = 65536 bytes"), "{stderr}");
 }
+
+/// `broker.network_threads` sets how many threads serve the network (0, the default: one a
+/// core the broker may run on); the broker says how many at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_threads_sets_how_many_threads_serve_the_network() {
+    let workers = |broker: &Broker| {
+        std::fs::read_dir(format!("/proc/{}/task", broker.pid()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "tokio-rt-worker")
+            .count()
+    };
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (setting, expected) in [(None, cores), (Some("1"), 1), (Some("3"), 3)] {
+        let dir = DataDir::with_plugins("");
+        let env: Vec<_> = setting.map(|n| ("BROKER_BROKER__NETWORK_THREADS", n)).into_iter().collect();
+        let broker = Broker::start(&dir, &env);
+        broker.wait_for_log(&format!("{expected} network threads"));
+        // No plugin runs a blocking hook chain, so every thread of that name is a worker.
+        assert_eq!(workers(&broker), expected, "network_threads = {setting:?}");
+        let mut sub = Client::connect(&broker, "sub").await;
+        sub.subscribe("t/#", QoS::AtLeastOnce).await;
+        let mut publisher = Client::connect(&broker, "pub").await;
+        for i in 0..20 {
+            publisher.publish_acked(&format!("t/{i}"), QoS::AtLeastOnce, "x").await;
+        }
+        assert_eq!(sub.receive(20).await.len(), 20, "network_threads = {setting:?}");
+        broker.stop();
+    }
+}
