@@ -36,6 +36,14 @@ use bridge::{Bridge, Command, Shared, Status};
 use queue::{Message, Queue};
 use settings::Settings;
 
+/// The plugin's own allocator (mimalloc: a heap per thread). The broker keeps glibc to one
+/// heap (`broker.malloc_arena_max = 1`, for its memory per connection), and this plugin's
+/// thread encodes and writes every forwarded message (rumqttc): with glibc's allocator it would
+/// take that heap's lock against the network threads, message by message. Everything the
+/// plugin allocates it also frees: nothing crosses the ABI by ownership.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `ctl bridges start` waits for the first connection attempt's outcome (rumqttc gives
 /// up connecting after 5 s).
 const START_WAIT: Duration = Duration::from_secs(10);
