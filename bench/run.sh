@@ -155,6 +155,21 @@ for r in rows:
     shape = {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
     print(f"| {shape} QoS {key[1]}{pace} | " + " | ".join(cells) +
           f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
+print("\nEvery run as fast as possible, slowest first (msgs/s): a median is read against them (on a")
+print("small machine shared with the load generator, bursts run at one of two speeds; README,")
+print("\"A burst's two speeds\")\n")
+print("| scenario | " + " | ".join(names[k] for k in "abcd") + " |")
+print("|---" * 5 + "|")
+for key in seen:
+    if key[2]:
+        continue
+    cells = []
+    for k in "abcd":
+        runs = sorted(r["msgs_per_sec"] for r in rows if r["label"] == k and not r.get("failed") and
+                      (r["scenario"], r.get("qos"), r.get("rate", 0), r.get("clients")) == key)
+        cells.append(", ".join(f"{v:.0f}" for v in runs) or "-")
+    shape = {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
+    print(f"| {shape} QoS {key[1]} | " + " | ".join(cells) + " |")
 print()
 for k in "abcd":
     x = next((r for r in rows if r["label"] == k and r["scenario"] == "idle"), None)
