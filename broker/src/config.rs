@@ -316,8 +316,9 @@ pub struct BrokerSettings {
     pub hook_pipeline: u32,
     /// How many threads serve the network (tokio's workers: every connection's task, the
     /// routing, the hooks that answer at once); `0`, the default, one a core the broker may
-    /// run on. Fewer leaves cores to other work on the same machine (a load generator, a web
-    /// hook's service): see the README's "A burst's two speeds".
+    /// run on (tokio's default: `TOKIO_WORKER_THREADS` in the environment beats it). Fewer
+    /// leaves cores to other work on the same machine (a load generator, a web hook's
+    /// service): see the README's "A burst's two speeds".
     pub network_threads: u32,
 }
 

@@ -137,7 +137,11 @@ async fn network_threads_sets_how_many_threads_serve_the_network() {
             .filter(|name| name.trim() == "tokio-rt-worker")
             .count()
     };
-    let cores = std::thread::available_parallelism().unwrap().get();
+    // Tokio's default, which the broker keeps: TOKIO_WORKER_THREADS, else the cores it may use.
+    let cores = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().unwrap().get());
     for (setting, expected) in [(None, cores), (Some("1"), 1), (Some("3"), 3)] {
         let dir = DataDir::with_plugins("");
         let env: Vec<_> = setting.map(|n| ("BROKER_BROKER__NETWORK_THREADS", n)).into_iter().collect();
