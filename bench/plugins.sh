@@ -121,6 +121,8 @@ python3 - "$RESULTS" "$REPS" "$MESSAGES" <<'PY'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 burst = int(sys.argv[3])
+# The table's rows: (qos, rate: 0 as fast as possible, messages a publisher).
+ROWS = [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2000)]
 names = {"a": "a: no plugins", "b": "b: emqx_exhook, message.publish", "c": "c: emqx_web_hook, receiver 200",
          "d": "d: emqx_web_hook, receiver hanging"}
 def runs(t, qos, rate):
@@ -131,7 +133,7 @@ def med(rs, f):
 print(f"Fan-in 10→1, 64-byte payloads; median of {sys.argv[2]} runs: msgs/s (p50 / p99 latency in µs)\n")
 print("| scenario | " + " | ".join(names.values()) + " | b msgs/s vs 20,000 | c/a msgs/s | d/a msgs/s | d/a p99 |")
 print("|---" * 9 + "|")
-for qos, rate, n in [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2000)]:
+for qos, rate, n in ROWS:
     cells, m = [], {}
     for t in names:
         rs = runs(t, qos, rate)
@@ -151,7 +153,7 @@ for qos, rate, n in [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2
 print("\nPer run (medians): what the plugins did")
 print("\n| scenario | b: exhook calls | c: web hook sent / failed / dropped | d: web hook sent / failed / dropped |")
 print("|---|---|---|---|")
-for qos, rate, n in [(1, 0, burst), (0, 0, burst), (1, 5000, 2000), (1, 20000, 2000)]:
+for qos, rate, n in ROWS:
     def delta(t, k):
         return st.median([r["after"].get(k, 0) - r["before"].get(k, 0) for r in runs(t, qos, rate)] or [0])
     pace = f" at {rate}/s" if rate else ""
@@ -162,7 +164,7 @@ print("\nEvery run as fast as possible, slowest first: msgs/s (the broker's CPU,
 print("it is busy, not idle, in the slow runs: see the README's \"A burst's two speeds\")\n")
 print("| scenario | " + " | ".join(names.values()) + " |")
 print("|---" * 5 + "|")
-for qos, n in [(1, burst), (0, burst)]:
+for qos, _, n in (row for row in ROWS if row[1] == 0):
     cells = []
     for t in names:
         rs = sorted((r for r in runs(t, qos, 0) if not r.get("failed")), key=lambda r: r["msgs_per_sec"])

@@ -116,10 +116,12 @@ python3 - "$RESULTS" "$PAYLOAD" "$REPS" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
-def get(label, scenario, qos, rate, clients):
-    """The median run of `label` (medians of msgs/s, p50 and p99 taken one by one)."""
-    runs = [r for r in rows if r["label"] == label and r["scenario"] == scenario and r.get("qos") == qos
-            and r.get("rate", 0) == rate and r.get("clients") == clients]
+def key_of(r):
+    """The scenario a run belongs to: (scenario, qos, rate, clients)."""
+    return (r["scenario"], r.get("qos"), r.get("rate", 0), r.get("clients"))
+def get(label, key):
+    """The median run of `label` in scenario `key` (medians of msgs/s, p50 and p99 taken one by one)."""
+    runs = [r for r in rows if r["label"] == label and key_of(r) == key]
     ok = [r for r in runs if not r.get("failed")]
     if not ok:
         return {"failed": True} if runs else None
@@ -127,18 +129,21 @@ def get(label, scenario, qos, rate, clients):
     med["lost"] = sum(r["messages"] - r["received"] for r in ok)
     med["failed_runs"] = len(runs) - len(ok)
     return med
+def shape(key):
+    """How the table names a scenario's shape: fan-in 10→1, fan-out 1→10, many 5→5."""
+    return {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
 print(f"payload {sys.argv[2]} B; median of {sys.argv[3]} runs: msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
 print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c msgs/s | a/c p99 | a/d msgs/s |")
 print("|---" * 8 + "|")
 seen = []
 for r in rows:
-    key = (r["scenario"], r.get("qos"), r.get("rate", 0), r.get("clients"))
+    key = key_of(r)
     if r["scenario"] == "idle" or key in seen:
         continue
     seen.append(key)
     cells, res = [], {}
     for k in "abcd":
-        x = get(k, *key)
+        x = get(k, key)
         res[k] = x
         if not x or x.get("failed"):
             cells.append("failed")
@@ -152,8 +157,7 @@ for r in rows:
             return "-"
         return f"{a[f] / b[f]:.2f}"
     pace = f" at {key[2]}/s" if key[2] else ""
-    shape = {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
-    print(f"| {shape} QoS {key[1]}{pace} | " + " | ".join(cells) +
+    print(f"| {shape(key)} QoS {key[1]}{pace} | " + " | ".join(cells) +
           f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
 print("\nEvery run as fast as possible, slowest first (msgs/s): a median is read against them (on a")
 print("small machine shared with the load generator, bursts run at one of two speeds; README,")
@@ -165,11 +169,9 @@ for key in seen:
         continue
     cells = []
     for k in "abcd":
-        runs = sorted(r["msgs_per_sec"] for r in rows if r["label"] == k and not r.get("failed") and
-                      (r["scenario"], r.get("qos"), r.get("rate", 0), r.get("clients")) == key)
+        runs = sorted(r["msgs_per_sec"] for r in rows if r["label"] == k and not r.get("failed") and key_of(r) == key)
         cells.append(", ".join(f"{v:.0f}" for v in runs) or "-")
-    shape = {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
-    print(f"| {shape} QoS {key[1]} | " + " | ".join(cells) + " |")
+    print(f"| {shape(key)} QoS {key[1]} | " + " | ".join(cells) + " |")
 print()
 for k in "abcd":
     x = next((r for r in rows if r["label"] == k and r["scenario"] == "idle"), None)

@@ -716,9 +716,10 @@ fn message_publish_rewrites_topic_payload_and_qos_and_allow_publish_false_drops(
 /// (default 8) the server is asked about several at once, and with `hook_pipeline = 1` one at
 /// a time, as EMQX asks; either way the server is asked in the order they came, a subscriber
 /// gets them in that order (MQTT-4.6.0-6, ordered topics), their PUBACKs come in that order
-/// (what MQTT-4.6.0-2 asks of a client as receiver), one the server drops is still acknowledged in its place and one the ACL
-/// (asked of the server too) denies gets 0x87 in its place, and an UNSUBSCRIBE sent after
-/// them takes effect only once they are routed (the publisher, subscribed, gets every one).
+/// (what MQTT-4.6.0-2 asks of a client as receiver), one the server drops is still
+/// acknowledged in its place and one the ACL (asked of the server too) denies gets 0x87 in its
+/// place, and an UNSUBSCRIBE sent after them takes effect only once they are routed (the
+/// publisher, subscribed, gets every one).
 #[test]
 fn publishes_waiting_for_a_slow_server_are_pipelined_and_finished_in_order() {
     for (pipeline, env) in [(8, None), (1, Some("1"))] {
