@@ -113,7 +113,7 @@ for target in a b c d; do
 done
 
 python3 - "$RESULTS" "$PAYLOAD" "$REPS" <<'PY'
-import json, statistics, sys
+import json, random, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
 def key_of(r):
@@ -129,6 +129,19 @@ def get(label, key):
     med["lost"] = sum(r["messages"] - r["received"] for r in ok)
     med["failed_runs"] = len(runs) - len(ok)
     return med
+def values(label, key, field):
+    """`field` of every run of `label` in scenario `key` that did not fail."""
+    return [r[field] for r in rows if r["label"] == label and not r.get("failed") and key_of(r) == key]
+def interval(k1, k2, key, field, draws=2000):
+    """A 95 % bootstrap interval of median(k1) / median(k2): each broker's runs drawn again
+    with replacement, `draws` times (fixed seed: the same results print the same interval)."""
+    xs, ys = values(k1, key, field), values(k2, key, field)
+    if len(xs) < 2 or len(ys) < 2:
+        return "-"
+    rng = random.Random(1)
+    ratios = sorted(statistics.median(rng.choices(xs, k=len(xs))) / statistics.median(rng.choices(ys, k=len(ys)))
+                    for _ in range(draws))
+    return f"{ratios[int(0.025 * draws)]:.2f} to {ratios[int(0.975 * draws) - 1]:.2f}"
 def shape(key):
     """How the table names a scenario's shape: fan-in 10→1, fan-out 1→10, many 5→5."""
     return {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
@@ -159,6 +172,15 @@ for r in rows:
     pace = f" at {key[2]}/s" if key[2] else ""
     print(f"| {shape(key)} QoS {key[1]}{pace} | " + " | ".join(cells) +
           f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
+print("\nHow far a ratio of medians can be trusted: its 95 % bootstrap interval (each broker's runs")
+print("drawn again with replacement, 2000 times), for the rows that publish as fast as they can\n")
+print("| scenario | a/c msgs/s | a/c p99 | a/d msgs/s |")
+print("|---" * 4 + "|")
+for key in seen:
+    if key[2]:
+        continue
+    print(f"| {shape(key)} QoS {key[1]} | {interval('a', 'c', key, 'msgs_per_sec')} | "
+          f"{interval('a', 'c', key, 'p99_us')} | {interval('a', 'd', key, 'msgs_per_sec')} |")
 print("\nEvery run as fast as possible, slowest first (msgs/s): a median is read against them (on a")
 print("small machine shared with the load generator, bursts run at one of two speeds; README,")
 print("\"A burst's two speeds\")\n")
@@ -169,7 +191,7 @@ for key in seen:
         continue
     cells = []
     for k in "abcd":
-        runs = sorted(r["msgs_per_sec"] for r in rows if r["label"] == k and not r.get("failed") and key_of(r) == key)
+        runs = sorted(values(k, key, "msgs_per_sec"))
         cells.append(", ".join(f"{v:.0f}" for v in runs) or "-")
     print(f"| {shape(key)} QoS {key[1]} | " + " | ".join(cells) + " |")
 print()
