@@ -2,9 +2,11 @@
 # Measures, in one go and on loopback, the broker with its default plugins (a), the broker
 # with no plugins (b), bare rumqttd with the same settings (c) and Debian's mosquitto (d):
 # fan-in, fan-out and many-to-many at QoS 0 and 1, then memory with idle clients. Prints a
-# Markdown table with the ratios a/c and a/d.
+# Markdown table with the ratios a/c and a/d, each ratio's 95 % bootstrap interval (how far a
+# ratio of medians can be trusted when runs vary), and every run.
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
+#   REPS=25 IDLE_CLIENTS=10000 bench/run.sh   # the README's table (about 20 minutes)
 #   IDLE_CLIENTS=20000 bench/run.sh   # needs `ulimit -n` above IDLE_CLIENTS (default 10000)
 #   REPS=5 PAYLOAD=64 bench/run.sh     # runs of each scenario (median shown), payload bytes
 #   ONLY="fan-in 0 10 20000 0" IDLE_CLIENTS=0 bench/run.sh   # one scenario (as below), no memory
