@@ -13,8 +13,9 @@
 # bench/run.sh's. Fan-in 10→1 (10 publishers, one subscriber, 64-byte payloads) at QoS 1 and
 # QoS 0 as fast as the publishers can (throughput; latency is then queueing), then QoS 1 at a
 # steady 5000 and 20000 msgs/s (latency: the broker's own). REPS runs of each (default 9), a b
-# c d in turn, each broker (and its server) left to go idle before the next run; medians, and
-# every as-fast-as-possible run with the broker's CPU per message. Bursts on this 2-core machine
+# c d in turn, each broker (and its server) left to go idle before the next run; medians, each
+# ratio's 95 % bootstrap interval, and every as-fast-as-possible run with the broker's CPU per
+# message. Bursts on this 2-core machine
 # run at one of two speeds (README, "A burst's two speeds"), so a median is read against the
 # runs it comes from.
 #
@@ -119,6 +120,8 @@ done
 
 python3 - "$RESULTS" "$REPS" "$MESSAGES" <<'PY'
 import json, statistics as st, sys
+sys.path.insert(0, "bench")
+from stats import format_interval, ratio_interval
 rows = [json.loads(l) for l in open(sys.argv[1])]
 burst = int(sys.argv[3])
 # The table's rows: (qos, rate: 0 as fast as possible, messages a publisher).
@@ -150,6 +153,17 @@ for qos, rate, n in ROWS:
     pace = f" at {rate}/s" if rate else ""
     print(f"| QoS {qos}{pace}, 10×{n} | " + " | ".join(cells) +
           f" | {'-' if b is None else f'{b / 20000:.2f}×'} | {ratio('c','a','msgs_per_sec')} | {ratio('d','a','msgs_per_sec')} | {ratio('d','a','p99_us')} |")
+def values(t, qos, rate, f):
+    return [r[f] for r in runs(t, qos, rate) if not r.get("failed")]
+print("\nHow far each ratio of medians can be trusted: its 95 % bootstrap interval (each side's runs")
+print("drawn again with replacement, 2000 times)\n")
+print("| scenario | b msgs/s vs 20,000 | c/a msgs/s | d/a msgs/s | d/a p99 |")
+print("|---" * 5 + "|")
+for qos, rate, n in ROWS:
+    iv = lambda x, y, f: format_interval(ratio_interval(values(x, qos, rate, f), values(y, qos, rate, f)))
+    goal = format_interval(ratio_interval(values("b", qos, rate, "msgs_per_sec"), [20000, 20000]))
+    pace = f" at {rate}/s" if rate else ""
+    print(f"| QoS {qos}{pace}, 10×{n} | {goal} | {iv('c', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'p99_us')} |")
 print("\nPer run (medians): what the plugins did")
 print("\n| scenario | b: exhook calls | c: web hook sent / failed / dropped | d: web hook sent / failed / dropped |")
 print("|---|---|---|---|")

@@ -115,7 +115,9 @@ for target in a b c d; do
 done
 
 python3 - "$RESULTS" "$PAYLOAD" "$REPS" <<'PY'
-import json, random, statistics, sys
+import json, statistics, sys
+sys.path.insert(0, "bench")
+from stats import format_interval, ratio_interval
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
 def key_of(r):
@@ -134,16 +136,9 @@ def get(label, key):
 def values(label, key, field):
     """`field` of every run of `label` in scenario `key` that did not fail."""
     return [r[field] for r in rows if r["label"] == label and not r.get("failed") and key_of(r) == key]
-def interval(k1, k2, key, field, draws=2000):
-    """A 95 % bootstrap interval of median(k1) / median(k2): each broker's runs drawn again
-    with replacement, `draws` times (fixed seed: the same results print the same interval)."""
-    xs, ys = values(k1, key, field), values(k2, key, field)
-    if len(xs) < 2 or len(ys) < 2:
-        return "-"
-    rng = random.Random(1)
-    ratios = sorted(statistics.median(rng.choices(xs, k=len(xs))) / statistics.median(rng.choices(ys, k=len(ys)))
-                    for _ in range(draws))
-    return f"{ratios[int(0.025 * draws)]:.2f} to {ratios[int(0.975 * draws) - 1]:.2f}"
+def interval(k1, k2, key, field):
+    """The 95 % bootstrap interval of median(k1) / median(k2) of `field` in scenario `key`."""
+    return format_interval(ratio_interval(values(k1, key, field), values(k2, key, field)))
 def shape(key):
     """How the table names a scenario's shape: fan-in 10→1, fan-out 1→10, many 5→5."""
     return {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
