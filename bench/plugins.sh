@@ -15,9 +15,10 @@
 # steady 5000 and 20000 msgs/s (latency: the broker's own). REPS runs of each (default 9), a b
 # c d in turn, each broker (and its server) left to go idle before the next run; medians, each
 # ratio's 95 % bootstrap interval, and every as-fast-as-possible run with the broker's CPU per
-# message. Bursts on this 2-core machine
-# run at one of two speeds (README, "A burst's two speeds"), so a median is read against the
-# runs it comes from.
+# message. Bursts on this 2-core machine run at one of two speeds (README, "A burst's two
+# speeds"), so a median is read against the runs it comes from, and the share of slow bursts
+# changes from one quarter of an hour to the next: an interval is no wider than one run's
+# spread.
 #
 # Around each run it reads `broker ctl web_hook status` (c, d) and `broker ctl exhook stats`
 # (b), and prints what the web hook sent, failed and dropped, and the exhook calls, per run.
