@@ -3,7 +3,7 @@
 # with no plugins (b), bare rumqttd with the same settings (c) and Debian's mosquitto (d):
 # fan-in, fan-out and many-to-many at QoS 0 and 1, then memory with idle clients. Prints a
 # Markdown table with the ratios a/c and a/d, each ratio's 95 % bootstrap interval (how far a
-# ratio of medians can be trusted when runs vary), and every run.
+# ratio of medians can be trusted when runs vary), each broker's CPU a message, and every run.
 #
 #   bench/run.sh                 # needs: apt-get install mosquitto; python3
 #   REPS=25 IDLE_CLIENTS=10000 bench/run.sh   # the README's table (about 20 minutes)
@@ -91,9 +91,13 @@ for s in "${SCENARIOS[@]}"; do
   read -r scenario qos clients messages rate <<<"$s"
   for rep in $(seq "$REPS"); do
     for target in a b c d; do
-      "$BIN/bench" --port "${PORT[$target]}" --scenario "$scenario" --qos "$qos" --clients "$clients" \
-        --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json >>"$RESULTS" \
-        || echo "{\"label\":\"$target\",\"scenario\":\"${scenario//-/}\",\"qos\":$qos,\"rate\":$rate,\"clients\":$clients,\"failed\":true}" >>"$RESULTS"
+      cpu0=$(cpu_ns "${PID[$target]}")
+      out=$("$BIN/bench" --port "${PORT[$target]}" --scenario "$scenario" --qos "$qos" --clients "$clients" \
+        --messages "$messages" --rate "$rate" --payload "$PAYLOAD" --label "$target" --json) \
+        || out="{\"label\":\"$target\",\"scenario\":\"${scenario//-/}\",\"qos\":$qos,\"rate\":$rate,\"clients\":$clients,\"failed\":true}"
+      cpu1=$(cpu_ns "${PID[$target]}")
+      # The broker's CPU over the run (all its threads), added to the run's JSON object.
+      echo "${out%\}},\"broker_cpu_ns\":$((cpu1 - cpu0))}" >>"$RESULTS"
       settle "${PID[$target]}"
     done
   done
@@ -178,6 +182,21 @@ for key in seen:
         continue
     print(f"| {shape(key)} QoS {key[1]} | {interval('a', 'c', key, 'msgs_per_sec')} | "
           f"{interval('a', 'c', key, 'p99_us')} | {interval('a', 'd', key, 'msgs_per_sec')} |")
+def cpu_per_message(label, key):
+    """The broker's CPU a delivered message, in µs, of every run of `label` in scenario `key`."""
+    return [r["broker_cpu_ns"] / 1000 / r["received"] for r in rows
+            if r["label"] == label and not r.get("failed") and key_of(r) == key and r.get("received")]
+print("\nThe broker's CPU a delivered message (µs, all its threads, median of the runs; measured in")
+print("the same runs): how much of the machine each broker needs for the same traffic\n")
+print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c | a/c, 95 % interval |")
+print("|---" * 7 + "|")
+for key in seen:
+    cpu = {k: cpu_per_message(k, key) for k in "abcd"}
+    cells = [f"{statistics.median(cpu[k]):.2f}" if cpu[k] else "-" for k in "abcd"]
+    ratio = f"{statistics.median(cpu['a']) / statistics.median(cpu['c']):.2f}" if cpu["a"] and cpu["c"] else "-"
+    pace = f" at {key[2]}/s" if key[2] else ""
+    print(f"| {shape(key)} QoS {key[1]}{pace} | " + " | ".join(cells) +
+          f" | {ratio} | {format_interval(ratio_interval(cpu['a'], cpu['c']))} |")
 print("\nEvery run as fast as possible, slowest first (msgs/s): a median is read against them (on a")
 print("small machine shared with the load generator, bursts run at one of two speeds; README,")
 print("\"A burst's two speeds\")\n")
