@@ -122,7 +122,7 @@ done
 python3 - "$RESULTS" "$REPS" "$MESSAGES" <<'PY'
 import json, statistics as st, sys
 sys.path.insert(0, "bench")
-from stats import format_interval, ratio_interval
+from stats import cpu_us_per_message, format_interval, ratio_interval
 rows = [json.loads(l) for l in open(sys.argv[1])]
 burst = int(sys.argv[3])
 # The table's rows: (qos, rate: 0 as fast as possible, messages a publisher).
@@ -131,6 +131,11 @@ names = {"a": "a: no plugins", "b": "b: emqx_exhook, message.publish", "c": "c: 
          "d": "d: emqx_web_hook, receiver hanging"}
 def runs(t, qos, rate):
     return [r for r in rows if r["label"] == t and r["qos"] == qos and r["rate"] == rate]
+def ok_runs(t, qos, rate):
+    return [r for r in runs(t, qos, rate) if not r.get("failed")]
+def row_name(qos, rate, n):
+    """How the tables name a row: QoS 1 at 5000/s, 10×2000."""
+    return f"QoS {qos}" + (f" at {rate}/s" if rate else "") + f", 10×{n}"
 def med(rs, f):
     ok = [r[f] for r in rs if not r.get("failed")]
     return st.median(ok) if ok else None
@@ -151,11 +156,10 @@ for qos, rate, n in ROWS:
         cells.append(f"{m[t]['msgs_per_sec']:.0f} ({m[t]['p50_us']:.0f} / {m[t]['p99_us']:.0f}){note}")
     ratio = lambda x, y, f: "-" if not m[x][f] or not m[y][f] else f"{m[x][f] / m[y][f]:.2f}"
     b = m["b"]["msgs_per_sec"]
-    pace = f" at {rate}/s" if rate else ""
-    print(f"| QoS {qos}{pace}, 10×{n} | " + " | ".join(cells) +
+    print(f"| {row_name(qos, rate, n)} | " + " | ".join(cells) +
           f" | {'-' if b is None else f'{b / 20000:.2f}×'} | {ratio('c','a','msgs_per_sec')} | {ratio('d','a','msgs_per_sec')} | {ratio('d','a','p99_us')} |")
 def values(t, qos, rate, f):
-    return [r[f] for r in runs(t, qos, rate) if not r.get("failed")]
+    return [r[f] for r in ok_runs(t, qos, rate)]
 print("\nHow far each ratio of medians can be trusted: its 95 % bootstrap interval (each side's runs")
 print("drawn again with replacement, 2000 times)\n")
 print("| scenario | b msgs/s vs 20,000 | c/a msgs/s | d/a msgs/s | d/a p99 |")
@@ -163,18 +167,16 @@ print("|---" * 5 + "|")
 for qos, rate, n in ROWS:
     iv = lambda x, y, f: format_interval(ratio_interval(values(x, qos, rate, f), values(y, qos, rate, f)))
     goal = format_interval(ratio_interval(values("b", qos, rate, "msgs_per_sec"), [20000, 20000]))
-    pace = f" at {rate}/s" if rate else ""
-    print(f"| QoS {qos}{pace}, 10×{n} | {goal} | {iv('c', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'p99_us')} |")
+    print(f"| {row_name(qos, rate, n)} | {goal} | {iv('c', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'msgs_per_sec')} | {iv('d', 'a', 'p99_us')} |")
 print("\nPer run (medians): what the plugins did")
 print("\n| scenario | b: exhook calls | c: web hook sent / failed / dropped | d: web hook sent / failed / dropped |")
 print("|---|---|---|---|")
 for qos, rate, n in ROWS:
     def delta(t, k):
         return st.median([r["after"].get(k, 0) - r["before"].get(k, 0) for r in runs(t, qos, rate)] or [0])
-    pace = f" at {rate}/s" if rate else ""
     c = " / ".join(f"{delta('c', k):.0f}" for k in ("sent", "failed", "dropped"))
     d = " / ".join(f"{delta('d', k):.0f}" for k in ("sent", "failed", "dropped"))
-    print(f"| QoS {qos}{pace}, 10×{n} | {delta('b', 'calls'):.0f} | {c} | {d} |")
+    print(f"| {row_name(qos, rate, n)} | {delta('b', 'calls'):.0f} | {c} | {d} |")
 print("\nEvery run as fast as possible, slowest first: msgs/s (the broker's CPU, µs per message;")
 print("it is busy, not idle, in the slow runs: see the README's \"A burst's two speeds\")\n")
 print("| scenario | " + " | ".join(names.values()) + " |")
@@ -182,7 +184,7 @@ print("|---" * 5 + "|")
 for qos, _, n in (row for row in ROWS if row[1] == 0):
     cells = []
     for t in names:
-        rs = sorted((r for r in runs(t, qos, 0) if not r.get("failed")), key=lambda r: r["msgs_per_sec"])
-        cells.append(", ".join(f"{r['msgs_per_sec']:.0f} ({r['broker_cpu_ns'] / 1000 / max(r['received'], 1):.1f})" for r in rs) or "-")
-    print(f"| QoS {qos}, 10×{n} | " + " | ".join(cells) + " |")
+        rs = sorted(ok_runs(t, qos, 0), key=lambda r: r["msgs_per_sec"])
+        cells.append(", ".join(f"{r['msgs_per_sec']:.0f} ({cpu_us_per_message(r):.1f})" for r in rs) or "-")
+    print(f"| {row_name(qos, 0, n)} | " + " | ".join(cells) + " |")
 PY

@@ -121,16 +121,21 @@ done
 python3 - "$RESULTS" "$PAYLOAD" "$REPS" <<'PY'
 import json, statistics, sys
 sys.path.insert(0, "bench")
-from stats import format_interval, ratio_interval
+from stats import cpu_us_per_message, format_interval, ratio_interval
 rows = [json.loads(l) for l in open(sys.argv[1])]
 names = {"a": "broker + default plugins", "b": "broker, no plugins", "c": "bare rumqttd", "d": "mosquitto"}
 def key_of(r):
     """The scenario a run belongs to: (scenario, qos, rate, clients)."""
     return (r["scenario"], r.get("qos"), r.get("rate", 0), r.get("clients"))
+def runs_of(label, key):
+    """Every run of `label` in scenario `key`."""
+    return [r for r in rows if r["label"] == label and key_of(r) == key]
+def ok_runs(label, key):
+    """The runs of `label` in scenario `key` that did not fail."""
+    return [r for r in runs_of(label, key) if not r.get("failed")]
 def get(label, key):
     """The median run of `label` in scenario `key` (medians of msgs/s, p50 and p99 taken one by one)."""
-    runs = [r for r in rows if r["label"] == label and key_of(r) == key]
-    ok = [r for r in runs if not r.get("failed")]
+    runs, ok = runs_of(label, key), ok_runs(label, key)
     if not ok:
         return {"failed": True} if runs else None
     med = {f: statistics.median(r[f] for r in ok) for f in ("msgs_per_sec", "p50_us", "p99_us")}
@@ -139,13 +144,16 @@ def get(label, key):
     return med
 def values(label, key, field):
     """`field` of every run of `label` in scenario `key` that did not fail."""
-    return [r[field] for r in rows if r["label"] == label and not r.get("failed") and key_of(r) == key]
+    return [r[field] for r in ok_runs(label, key)]
 def interval(k1, k2, key, field):
     """The 95 % bootstrap interval of median(k1) / median(k2) of `field` in scenario `key`."""
     return format_interval(ratio_interval(values(k1, key, field), values(k2, key, field)))
 def shape(key):
     """How the table names a scenario's shape: fan-in 10→1, fan-out 1→10, many 5→5."""
     return {"fanin": f"fan-in {key[3]}→1", "fanout": f"fan-out 1→{key[3]}", "many": f"many {key[3]}→{key[3]}"}.get(key[0], key[0])
+def row_name(key):
+    """How the tables name scenario `key`: fan-in 10→1 QoS 1, and its rate if it has one."""
+    return f"{shape(key)} QoS {key[1]}" + (f" at {key[2]}/s" if key[2] else "")
 print(f"payload {sys.argv[2]} B; median of {sys.argv[3]} runs: msgs/s (p50 / p99 latency in µs); loopback, one machine\n")
 print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c msgs/s | a/c p99 | a/d msgs/s |")
 print("|---" * 8 + "|")
@@ -170,8 +178,7 @@ for r in rows:
         if not a or not b or a.get("failed") or b.get("failed") or not b[f]:
             return "-"
         return f"{a[f] / b[f]:.2f}"
-    pace = f" at {key[2]}/s" if key[2] else ""
-    print(f"| {shape(key)} QoS {key[1]}{pace} | " + " | ".join(cells) +
+    print(f"| {row_name(key)} | " + " | ".join(cells) +
           f" | {ratio('a','c','msgs_per_sec')} | {ratio('a','c','p99_us')} | {ratio('a','d','msgs_per_sec')} |")
 print("\nHow far a ratio of medians can be trusted: its 95 % bootstrap interval (each broker's runs")
 print("drawn again with replacement, 2000 times), for the rows that publish as fast as they can\n")
@@ -180,12 +187,11 @@ print("|---" * 4 + "|")
 for key in seen:
     if key[2]:
         continue
-    print(f"| {shape(key)} QoS {key[1]} | {interval('a', 'c', key, 'msgs_per_sec')} | "
+    print(f"| {row_name(key)} | {interval('a', 'c', key, 'msgs_per_sec')} | "
           f"{interval('a', 'c', key, 'p99_us')} | {interval('a', 'd', key, 'msgs_per_sec')} |")
 def cpu_per_message(label, key):
     """The broker's CPU a delivered message, in µs, of every run of `label` in scenario `key`."""
-    return [r["broker_cpu_ns"] / 1000 / r["received"] for r in rows
-            if r["label"] == label and not r.get("failed") and key_of(r) == key and r.get("received")]
+    return [cpu_us_per_message(r) for r in ok_runs(label, key) if r.get("received")]
 print("\nThe broker's CPU a delivered message (µs, all its threads, median of the runs; measured in")
 print("the same runs): how much of the machine each broker needs for the same traffic\n")
 print("| scenario | " + " | ".join(names[k] for k in "abcd") + " | a/c | a/c, 95 % interval |")
@@ -194,8 +200,7 @@ for key in seen:
     cpu = {k: cpu_per_message(k, key) for k in "abcd"}
     cells = [f"{statistics.median(cpu[k]):.2f}" if cpu[k] else "-" for k in "abcd"]
     ratio = f"{statistics.median(cpu['a']) / statistics.median(cpu['c']):.2f}" if cpu["a"] and cpu["c"] else "-"
-    pace = f" at {key[2]}/s" if key[2] else ""
-    print(f"| {shape(key)} QoS {key[1]}{pace} | " + " | ".join(cells) +
+    print(f"| {row_name(key)} | " + " | ".join(cells) +
           f" | {ratio} | {format_interval(ratio_interval(cpu['a'], cpu['c']))} |")
 print("\nEvery run as fast as possible, slowest first (msgs/s): a median is read against them (on a")
 print("small machine shared with the load generator, bursts run at one of two speeds; README,")
@@ -209,7 +214,7 @@ for key in seen:
     for k in "abcd":
         runs = sorted(values(k, key, "msgs_per_sec"))
         cells.append(", ".join(f"{v:.0f}" for v in runs) or "-")
-    print(f"| {shape(key)} QoS {key[1]} | " + " | ".join(cells) + " |")
+    print(f"| {row_name(key)} | " + " | ".join(cells) + " |")
 print()
 for k in "abcd":
     x = next((r for r in rows if r["label"] == k and r["scenario"] == "idle"), None)
