@@ -22,6 +22,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod overload;
+mod refill;
 mod suspend;
 mod transport;
 
@@ -214,6 +215,9 @@ struct Connection<T> {
     pipelining: bool,
     /// Acknowledgements waiting for the store (`durable`); boxed, made on demand.
     held: Option<Box<durable::Held>>,
+    /// Holds a QoS 1/2 subscriber's window refill back until a quarter of it is free
+    /// (`refill`).
+    refill: refill::RefillHold,
 }
 
 impl<T: Transport> Connection<T> {
@@ -377,6 +381,9 @@ impl<T: Transport> Connection<T> {
         }
         if let Some(ended) = self.poll_keep_alive(cx) {
             return Poll::Ready(Wake::Ended(ended));
+        }
+        if self.refill.poll_expired(cx) {
+            return Poll::Ready(Wake::Progress);
         }
         // Idle: hold no buffers.
         if self.held.as_deref().is_some_and(durable::Held::is_idle) {

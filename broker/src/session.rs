@@ -94,6 +94,13 @@ impl QueueLimits {
         self.max_len - self.max_len / 4
     }
 
+    /// Whether a queue of `len` messages is three quarters full or more (never, without a
+    /// limit): messages may wait in it no longer than they must, or it would fill while the
+    /// client has room for them (a connection then refills its window at once, `refill`).
+    pub(crate) fn filling(&self, len: usize) -> bool {
+        self.max_len > 0 && len >= self.resume_below()
+    }
+
     /// Most messages that publishers which cannot wait may fill a connected client's queue
     /// with, under backpressure.
     fn hard_len(&self) -> usize {

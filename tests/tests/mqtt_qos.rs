@@ -643,6 +643,47 @@ fn client_receive_maximum_limits_the_broker() {
     quiet(&mut sub, "m2 and m4 in flight; no PUBREL for the refused m3");
 }
 
+/// MQTT-3.3.4-9 with the window refilled in batches: while less than a quarter of the window is
+/// free and more waits, the broker holds the refill back, at most 1 ms. A subscriber with a
+/// Receive Maximum of 8 that keeps 7 of its 8 messages unacknowledged and acknowledges one at
+/// a time still gets the next message for each PUBACK (the hold runs out), in order, under a
+/// free id, and never more than 8 unacknowledged; acknowledging 7 at once lets 7 through.
+#[test]
+fn a_subscriber_acknowledging_one_at_a_time_still_gets_the_next_message() {
+    const WINDOW: usize = 8;
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let (mut sub, _) = conn5(&broker, "trickle-sub", true, props5(None, Some(WINDOW as u16)));
+    sub5(&mut sub, 1, "trickle/#", Q5::AtLeastOnce);
+    let (mut publisher, _) = conn4(&broker, "trickle-pub", true);
+    for n in 0..40 {
+        publish_flow4(&mut publisher, "trickle/x", QoS::AtLeastOnce, n as u16 + 1, &format!("m{n}"));
+    }
+    let mut in_flight: Vec<v5::Publish> = (0..WINDOW).map(|_| expect_publish5(&mut sub)).collect();
+    quiet(&mut sub, "Receive Maximum 8 reached");
+    let mut next = WINDOW;
+    // One PUBACK at a time: one free slot of 8, 32 waiting: held, then sent within 1 ms.
+    for _ in 0..16 {
+        let oldest = in_flight.remove(0);
+        sub.send(&puback5(oldest.pkid));
+        let p = expect_publish5(&mut sub);
+        assert_eq!(text(&p.payload), format!("m{next}"), "in order");
+        assert!(in_flight.iter().all(|f| f.pkid != p.pkid), "packet id {} is still in flight", p.pkid);
+        in_flight.push(p);
+        next += 1;
+        quiet(&mut sub, "one PUBACK, one message: the window is full again");
+    }
+    // Seven at once: 7 of 8 free, all sent.
+    for acked in in_flight.drain(..7) {
+        sub.send(&puback5(acked.pkid));
+    }
+    for _ in 0..7 {
+        assert_eq!(text(&expect_publish5(&mut sub).payload), format!("m{next}"), "in order");
+        next += 1;
+    }
+    quiet(&mut sub, "seven PUBACKs, seven messages: the window is full again");
+}
+
 /// MQTT-2.3.1-4 applying MQTT-2.3.1-2/-3 to the server (3.1.1): over more than 65535 QoS 1
 /// deliveries, so that the 16-bit ids wrap, the broker never uses an id that is still in flight:
 /// the first message stays unacknowledged throughout, every other one is acknowledged at once.

@@ -350,6 +350,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         write_deferred: false,
         pipelining: false,
         held: None,
+        refill: Default::default(),
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

@@ -3,7 +3,8 @@
 //! packet id if QoS 1 or 2, encoded (with the remaining Message Expiry, the Subscription
 //! Identifiers and a topic alias for MQTT 5 clients that accept them), and
 //! `message.delivered` fires. Messages that expired or are over the client's Maximum Packet
-//! Size are dropped (`message.dropped`).
+//! Size are dropped (`message.dropped`). While more waits than a sliver of free window holds,
+//! the window is refilled in batches, a quarter of it at least or after 1 ms (`refill`).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -171,11 +172,22 @@ impl<T: Transport> Connection<T> {
                     dropped.push((message, DropReason::TooLarge));
                 }
             }
+            // While little of the window is free and more waits, fill it later in one go.
+            let free = window.saturating_sub(state.inflight.len());
+            // Never with a QoS 0 message at the front (it goes at once), nor once the queue is
+            // filling: the hold must not make it drop messages or hold its publishers back.
+            let waiting = match state.queue.front() {
+                Some(front) if front.qos > 0 && !node.zone.queue.filling(state.queue.len()) && !state.has_waiting() => {
+                    state.queue.len()
+                }
+                _ => 0,
+            };
+            let held = self.refill.holds(window, free, waiting);
             while self.out.len() < OUT_HIGH_WATER {
                 let Some(front) = state.queue.front() else {
                     break;
                 };
-                if front.qos > 0 && state.inflight.len() >= window {
+                if front.qos > 0 && (held || state.inflight.len() >= window) {
                     break;
                 }
                 // A persistent session's message goes out with the packet id of its sequence
