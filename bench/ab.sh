@@ -24,13 +24,6 @@ read -r scenario qos clients messages <<<"${SCENARIO:-fan-in 1 10 10000}"
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-settle() { # waits (up to 5 s) until process $1 has used no CPU for 100 ms
-  local before after
-  for _ in $(seq 50); do
-    before=$(cpu_ticks "$1"); sleep 0.1; after=$(cpu_ticks "$1")
-    [ "$before" = "$after" ] && return 0
-  done
-}
 declare -A PORT PID
 for label in A B; do
   binary=$1; shift

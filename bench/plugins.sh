@@ -40,15 +40,6 @@ TARGETS=${TARGETS:-a b c d}
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-# Waits (up to 5 s) until each process given has used no CPU for 100 ms: the web hook's
-# thread and its receiver go on sending what was queued after a run ends.
-settle() {
-  local before after
-  for _ in $(seq 50); do
-    before=$(for p in "$@"; do cpu_ticks "$p"; done); sleep 0.1; after=$(for p in "$@"; do cpu_ticks "$p"; done)
-    [ "$before" = "$after" ] && return 0
-  done
-}
 
 E=$(free_port); R=$(free_port); H=$(free_port)
 "$BIN/exhook_server" --listen "127.0.0.1:$E" >"$WORK/exhook_server.log" 2>&1 & PIDS+=($!); EXHOOK_PID=$!

@@ -24,16 +24,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-# Waits (up to 5 s) until process $1 has used no CPU for 100 ms: a broker may still be busy
-# after a run (mosquitto spends up to half a second cleaning up), and that work must not fall
-# on the next run of another broker.
-settle() {
-  local before after
-  for _ in $(seq 50); do
-    before=$(cpu_ticks "$1"); sleep 0.1; after=$(cpu_ticks "$1")
-    [ "$before" = "$after" ] && return 0
-  done
-}
 
 start_target() { # name port -> sets TARGET_PID
   local name=$1 port=$2
