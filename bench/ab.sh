@@ -49,7 +49,7 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$WORK/runs.jsonl" "$scenario $qos $clients $messages" "$REPS" <<'PY'
+python3 - "$WORK/runs.jsonl" "$scenario $qos $clients $messages" "$REPS" "$PAYLOAD" <<'PY'
 import json, statistics, sys
 sys.path.insert(0, "bench")
 from stats import cpu_us_per_message, format_interval, ratio_interval
@@ -62,7 +62,7 @@ measures = [
 ]
 def values(label, measure):
     return [measure(r) for r in runs if r["label"] == label and not r.get("failed")]
-print(f"`{sys.argv[2]}`, payload 64 B, {sys.argv[3]} runs of each build, alternated; medians\n")
+print(f"`{sys.argv[2]}`, payload {sys.argv[4]} B, {sys.argv[3]} runs of each build, alternated; medians\n")
 print("| | A | B | B/A | B/A, 95 % interval |")
 print("|---|---|---|---|---|")
 for name, measure, fmt in measures:

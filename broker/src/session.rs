@@ -95,8 +95,9 @@ impl QueueLimits {
     }
 
     /// Whether a queue of `len` messages is three quarters full or more (never, without a
-    /// limit): messages may wait in it no longer than they must, or it would fill while the
-    /// client has room for them (a connection then refills its window at once, `refill`).
+    /// limit): publishers held back by it wait until it is not (`State::is_full`), and a
+    /// connection then refills its client's window at once, so that messages held back while
+    /// the client has room do not fill the queue (`connection::refill`).
     pub(crate) fn filling(&self, len: usize) -> bool {
         self.max_len > 0 && len >= self.resume_below()
     }
@@ -158,10 +159,9 @@ impl State {
     /// Whether publishers must still wait for this queue.
     fn is_full(&self, limits: QueueLimits) -> bool {
         limits.overflow == Overflow::Backpressure
-            && limits.max_len > 0
             && !self.ended
             && self.attachment.is_some()
-            && self.queue.len() >= limits.resume_below()
+            && limits.filling(self.queue.len())
     }
 
     /// Wakes the publishers waiting for this queue if they need wait no longer (the caller

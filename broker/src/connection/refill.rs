@@ -13,9 +13,9 @@
 //! goes at once), when nothing is in flight, with a window under 4 (a quarter of it is less
 //! than one slot), nor once the session's queue is three quarters full (`mqtt.max_mqueue_len`)
 //! or publishers wait for it: messages held while the window has room must not fill the
-//! queue, which would drop them or slow their publishers down (overload protection). A client that acknowledges only after it has the next message still
-//! gets it within [`MAX_HOLD`]. The timer is armed only while a hold lasts: an idle
-//! connection holds none.
+//! queue, which would drop them or slow their publishers down (overload protection). A
+//! client that acknowledges only after it has the next message still gets it within
+//! [`MAX_HOLD`]. The timer is armed only while a hold lasts: an idle connection holds none.
 
 use std::future::Future;
 use std::pin::Pin;
