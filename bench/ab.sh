@@ -24,14 +24,13 @@ read -r scenario qos clients messages <<<"${SCENARIO:-fan-in 1 10 10000}"
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
+bench_broker_env deep
 declare -A PORT PID
 for label in A B; do
   binary=$1; shift
   mkdir -p "$WORK/$label"; : > "$WORK/$label/loaded_plugins"
   PORT[$label]=$(free_port)
-  DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-    BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 \
-    "$binary" --data-dir "$WORK/$label" --listen "127.0.0.1:${PORT[$label]}" 2>"$WORK/$label.log" &
+  "$binary" --data-dir "$WORK/$label" --listen "127.0.0.1:${PORT[$label]}" 2>"$WORK/$label.log" &
   PID[$label]=$!
   PIDS+=("$!")
   wait_port "${PORT[$label]}"

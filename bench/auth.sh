@@ -25,6 +25,7 @@ trap cleanup EXIT
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
+bench_broker_env default
 
 run_case() { # label plugins hash connects -> prints "label|median|connections"
   local label=$1 plugins=$2 hash=$3 connects=$4 dir port
@@ -33,7 +34,7 @@ run_case() { # label plugins hash connects -> prints "label|median|connections"
   printf '[gatekeeper]\ndeny_users = ["nobody"]\n' > "$dir/broker.toml"
   port=$(free_port)
   # No max_conn_rate (default 1000/s): the figure is how fast the broker can authenticate.
-  DO_NOT_TRACK=1 RUST_LOG=warn BROKER_AUTH_MNESIA__PASSWORD_HASH="$hash" BROKER_ALLOW_ANONYMOUS=loopback \
+  BROKER_AUTH_MNESIA__PASSWORD_HASH="$hash" BROKER_ALLOW_ANONYMOUS=loopback \
     BROKER_MQTT__MAX_CONN_RATE=0 \
     "$BIN/broker" --data-dir "$dir" --listen "127.0.0.1:$port" 2>"$dir/log" &
   PID=$!

@@ -24,9 +24,8 @@ bench_workspace
 N=$(free_port); B=$(free_port); C=$(free_port)
 nats-server -a 127.0.0.1 -p "$N" -js -sd "$WORK/nats" >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$N"
-export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 \
-  BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY="${STRATEGY:-random}"
+bench_broker_env deep
+export BROKER_BROKER__SHARED_SUBSCRIPTION_STRATEGY="${STRATEGY:-random}"
 for n in b c; do
   mkdir -p "$WORK/$n" && cp data/loaded_plugins data/acl.conf "$WORK/$n/"
   port=$B; [ "$n" = c ] && port=$C

@@ -21,8 +21,8 @@ source bench/ports.sh
 bench_workspace
 A=$(free_port); C=$(free_port); D=$(free_port)
 mkdir -p "$WORK/a" && cp data/loaded_plugins data/acl.conf "$WORK/a/"
-DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  "$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
+bench_broker_env default   # not `deep`: every queue setting at its default
+"$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
 "$BIN/bare_rumqttd" --listen "127.0.0.1:$C" >/dev/null 2>&1 & PIDS+=($!)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 0\n' "$D" > "$WORK/mosquitto.conf"
 mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 & PIDS+=($!)

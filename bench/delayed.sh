@@ -23,7 +23,7 @@ REPS=${REPS:-3}
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
-export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
+bench_broker_env default
 
 # One broker in a fresh data directory with emqx_mod_delayed, on port $1; extra env after.
 start_broker() {
@@ -46,6 +46,7 @@ spread() {
   until grep -q '^dl/ready ' "$out"; do mosquitto_pub -p "$2" -t dl/ready -q 1 -m ready; sleep 0.05; done
   local started ended
   started=$(date +%s.%N)
+  # shellcheck disable=SC2016 # the topic is `$delayed/...`, not a variable
   seq 1 "$N" | mosquitto_pub -p "$1" -t '$delayed/2/dl/x' -q 1 -l
   ended=$(date +%s.%N)
   until [ "$(grep -c '^dl/x ' "$out")" -ge "$N" ] || [ $SECONDS -gt $deadline ]; do sleep 0.1; done

@@ -21,9 +21,8 @@ E=$(free_port); P=$(free_port)
 "$BIN/exhook_server" --listen "127.0.0.1:$E" >"$WORK/exhook_server.log" 2>&1 & PIDS+=($!); SERVER=$!
 wait_port "$E"
 echo '{emqx_exhook, true}.' > "$WORK/loaded_plugins"
-DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 \
-  BROKER_EXHOOK__SERVERS="[{ name = \"bench\", url = \"http://127.0.0.1:$E\" }]" \
+bench_broker_env deep
+BROKER_EXHOOK__SERVERS="[{ name = \"bench\", url = \"http://127.0.0.1:$E\" }]" \
   "$BIN/broker" --data-dir "$WORK" ${PLUGINS_DIR:+--plugins-dir "$PLUGINS_DIR"} --listen "127.0.0.1:$P" \
   2>"$WORK/broker.log" & PIDS+=($!); BROKER=$!
 wait_port "$P"

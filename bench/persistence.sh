@@ -23,7 +23,7 @@ source bench/ports.sh
 bench_workspace
 A=$(free_port); B=$(free_port); D=$(free_port); E=$(free_port)
 for d in a b e; do mkdir -p "$WORK/$d" && cp data/loaded_plugins data/acl.conf "$WORK/$d/"; done
-export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
+bench_broker_env default
 "$BIN/broker" --data-dir "$WORK/a" --listen "127.0.0.1:$A" 2>"$WORK/a.log" & PIDS+=($!)
 BROKER_PERSISTENCE__ENABLED=false "$BIN/broker" --data-dir "$WORK/b" --listen "127.0.0.1:$B" 2>"$WORK/b.log" & PIDS+=($!)
 BROKER_PERSISTENCE__SYNC=none "$BIN/broker" --data-dir "$WORK/e" --listen "127.0.0.1:$E" 2>"$WORK/e.log" & PIDS+=($!)

@@ -47,8 +47,7 @@ E=$(free_port); R=$(free_port); H=$(free_port)
 "$BIN/hook_receiver" --listen "127.0.0.1:$H" --hang >"$WORK/hanging.log" 2>&1 & PIDS+=($!); HANGING_PID=$!
 for p in "$E" "$R" "$H"; do wait_port "$p"; done
 
-export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0
+bench_broker_env deep
 declare -A PORT PID HELPER
 for t in $TARGETS; do
   mkdir -p "$WORK/$t"

@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # Sourced by the bench scripts: a free loopback port, waiting until something listens on one,
-# the CPU a process has used, waiting for processes to go idle, and the run's workspace.
+# the CPU a process has used, waiting for processes to go idle, the run's workspace, and the
+# environment the brokers run with.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
   for _ in $(seq 400); do
@@ -23,7 +25,7 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {pr
 settle() {
   local before after
   for _ in $(seq 50); do
-    before=$(for p in "$@"; do cpu_ticks "$p"; done); sleep 0.1; after=$(for p in "$@"; do cpu_ticks "$p"; done)
+    before=$(for pid in "$@"; do cpu_ticks "$pid"; done); sleep 0.1; after=$(for pid in "$@"; do cpu_ticks "$pid"; done)
     [ "$before" = "$after" ] && return 0
   done
 }
@@ -33,5 +35,27 @@ settle() {
 bench_workspace() {
   WORK=$(mktemp -d)
   PIDS=()
-  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+  trap bench_cleanup EXIT
 }
+bench_cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+
+# Exports the environment of every broker a benchmark starts: no telemetry report, the
+# management API and the dashboard on ports of their own choosing (brokers run side by side),
+# warnings only in the log (`bench_broker_env default`). With `deep`, also session queues as
+# deep as mosquitto's unlimited ones (`max_queued_messages`; EMQX's default is 1000), so that a
+# throughput run measures speed and not what a full queue does, and no `max_conn_rate`
+# (default 1000/s), as the brokers compared have none. The other programs a script starts
+# ignore these variables.
+bench_broker_env() {
+  export DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn
+  case $1 in
+    default) ;;
+    deep) export BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 ;;
+    *) echo "bench_broker_env: default or deep, not '$1'" >&2; return 2 ;;
+  esac
+}
+

@@ -24,6 +24,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 bench_workspace
+bench_broker_env deep
 
 start_target() { # name port -> sets TARGET_PID
   local name=$1 port=$2
@@ -31,12 +32,8 @@ start_target() { # name port -> sets TARGET_PID
     a|b)
       mkdir -p "$WORK/$name"
       if [ "$name" = a ]; then cp data/loaded_plugins data/acl.conf "$WORK/$name/"; else : > "$WORK/$name/loaded_plugins"; fi
-      # Session queues as deep as mosquitto's below (max_queued_messages): a throughput run
-      # measures speed, not the drop policy of a full queue (EMQX's default is 1000); no
-      # max_conn_rate (default 1000/s), as the other brokers have none.
-      DO_NOT_TRACK=1 BROKER_MANAGEMENT__LISTEN=127.0.0.1:0 BROKER_DASHBOARD__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-        BROKER_MQTT__MAX_MQUEUE_LEN=1000000 BROKER_MQTT__MAX_CONN_RATE=0 \
-        "$BIN/broker" --data-dir "$WORK/$name" --listen "127.0.0.1:$port" 2>"$WORK/$name.log" &
+      # Session queues as deep as mosquitto's below, no max_conn_rate (bench_broker_env).
+      "$BIN/broker" --data-dir "$WORK/$name" --listen "127.0.0.1:$port" 2>"$WORK/$name.log" &
       ;;
     c) "$BIN/bare_rumqttd" --listen "127.0.0.1:$port" >/dev/null 2>&1 & ;;
     d)
@@ -79,7 +76,7 @@ for target in a b c d; do
 done
 for s in "${SCENARIOS[@]}"; do
   read -r scenario qos clients messages rate <<<"$s"
-  for rep in $(seq "$REPS"); do
+  for _ in $(seq "$REPS"); do
     for target in a b c d; do
       cpu0=$(cpu_ns "${PID[$target]}")
       out=$("$BIN/bench" --port "${PORT[$target]}" --scenario "$scenario" --qos "$qos" --clients "$clients" \

@@ -55,7 +55,7 @@ use settings::Settings;
 /// heap (`broker.malloc_arena_max = 1`, for its memory per connection), and this plugin's
 /// runtime threads make every gRPC call (tonic, h2): with glibc's allocator they would take
 /// that heap's lock against the network threads. Measured: with it, each exhook call cost the
-/// broker about 9 % less CPU (README, "Plugins that reach outside: what they cost").
+/// broker about 9 % less CPU (docs/benchmarks.md, "Plugins that reach outside: earlier runs").
 /// Everything the plugin allocates it also frees: nothing crosses the ABI by ownership.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,7 +78,8 @@ struct Notice {
 
 /// The runtime's worker threads. Two, not one: the connections' HTTP/2 work and the calls
 /// spread over both, so one thread is no longer the bottleneck of `message.publish` calls
-/// (more calls a second for the same CPU a call; README, Benchmarks).
+/// (more calls a second for the same CPU a call; docs/benchmarks.md, "Plugins that reach
+/// outside: earlier runs").
 const WORKERS: usize = 2;
 
 /// The plugin's own threads: a tokio runtime with [`WORKERS`] worker threads that makes

@@ -10,8 +10,8 @@
 //! that makes it, its one message in the same write as its headers, and that task reads the
 //! answer: no other task is handed the call or woken for it. tonic's own `Channel` hands
 //! each request to its buffer's task, and hyper spawns a task for each response; two
-//! hand-offs a call, which cost the broker a third of its CPU a call in the comparison the
-//! README gives ("Plugins that reach outside: what they cost").
+//! hand-offs a call, which cost the broker a third of its CPU a call in the comparison that
+//! docs/benchmarks.md gives ("Plugins that reach outside: earlier runs").
 
 use std::future::Future;
 use std::pin::Pin;
