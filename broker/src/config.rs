@@ -58,6 +58,13 @@ pub struct MqttSettings {
     /// e.g. `"30s"`. Past it the connection closes (`packet_timeout`; MQTT 5: DISCONNECT 0x8D).
     #[serde(deserialize_with = "duration_text")]
     pub packet_timeout: String,
+    /// How long a QoS 1/2 message to an MQTT 3.1 or 3.1.1 client waits for its
+    /// acknowledgement before it is sent again (DUP set; a PUBREL again) while the client
+    /// stays connected, as EMQX's `retry_interval`, e.g. `"30s"`; `"0s"` never. MQTT 5
+    /// forbids it (a message is sent again only when a session is resumed), so MQTT 5
+    /// clients are never sent one again on a timer.
+    #[serde(deserialize_with = "duration_text")]
+    pub retry_interval: String,
     /// Cache each connection's ACL answers. EMQX's name `enable_acl_cache` is accepted too
     /// (one of the two), and so are EMQX's `on` / `off`. Not serialized, so that the built-in
     /// default does not count as a second name when the other one is set.
@@ -139,6 +146,7 @@ impl Default for MqttSettings {
             max_awaiting_rel: 100,
             connect_timeout: 15,
             packet_timeout: "30s".to_owned(),
+            retry_interval: "30s".to_owned(),
             acl_cache: true,
             acl_cache_max_size: 32,
             acl_cache_ttl: "1m".to_owned(),
@@ -203,6 +211,7 @@ impl MqttSettings {
             return Err(bad("mqtt.packet_timeout", &"0 (must be longer than 0)"));
         }
         let max_expiry = duration("mqtt.max_session_expiry", &self.max_session_expiry)?;
+        let retry_interval = duration("mqtt.retry_interval", &self.retry_interval)?;
         Ok(Zone {
             max_packet_size: self.max_packet_size.min(268_435_460),
             max_connections: self.max_connections,
@@ -210,6 +219,7 @@ impl MqttSettings {
             max_awaiting_rel: self.max_awaiting_rel,
             connect_timeout: self.connect_timeout(),
             packet_timeout,
+            retry_interval: (!retry_interval.is_zero()).then_some(retry_interval),
             acl_cache: self.acl_cache()?,
             queue: QueueLimits {
                 max_len: self.max_mqueue_len,

@@ -23,6 +23,7 @@ mod inbound;
 mod outbound;
 mod overload;
 mod refill;
+mod retry;
 mod suspend;
 mod transport;
 
@@ -218,6 +219,8 @@ struct Connection<T> {
     /// Holds a QoS 1/2 subscriber's window refill back until a quarter of it is free
     /// (`refill`).
     refill: refill::RefillHold,
+    /// Sends unacknowledged messages again to an MQTT 3.1.1 client (`retry`).
+    retry: retry::RetryTimer,
 }
 
 impl<T: Transport> Connection<T> {
@@ -383,6 +386,11 @@ impl<T: Transport> Connection<T> {
             return Poll::Ready(Wake::Ended(ended));
         }
         if self.refill.poll_expired(cx) {
+            return Poll::Ready(Wake::Progress);
+        }
+        if self.retry.poll_due(cx) {
+            // Sent by the next `pull_deliveries`, which starts the next round.
+            self.session.lock().inflight.mark_overdue();
             return Poll::Ready(Wake::Progress);
         }
         // Idle: hold no buffers.

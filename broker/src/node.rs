@@ -50,6 +50,10 @@ pub(crate) struct Zone {
     pub(crate) connect_timeout: Duration,
     /// How long a packet begun may take to arrive whole (`mqtt.packet_timeout`).
     pub(crate) packet_timeout: Duration,
+    /// How long a QoS 1/2 message to an MQTT 3.1.1 client waits for its acknowledgement
+    /// before it is sent again while the client stays connected (`mqtt.retry_interval`);
+    /// `None` never.
+    pub(crate) retry_interval: Option<Duration>,
     pub(crate) acl_cache: Option<AclCacheSettings>,
     pub(crate) queue: QueueLimits,
     /// Session Expiry Interval of an MQTT 3.1.1 session with clean session 0.
@@ -84,6 +88,7 @@ impl Default for Zone {
             max_awaiting_rel: 100,
             connect_timeout: Duration::from_secs(15),
             packet_timeout: Duration::from_secs(30),
+            retry_interval: Some(Duration::from_secs(30)),
             acl_cache: None,
             queue: QueueLimits { max_len: 1000, store_qos0: true, overflow: Overflow::Backpressure },
             session_expiry_v3: 7200,

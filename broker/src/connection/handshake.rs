@@ -351,6 +351,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         pipelining: false,
         held: None,
         refill: Default::default(),
+        retry: Default::default(),
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {

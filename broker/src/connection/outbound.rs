@@ -7,7 +7,7 @@
 //! the window is refilled in batches, a quarter of it at least or after 1 ms (`refill`).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use plugin_api::Hook;
@@ -137,6 +137,12 @@ fn encode_delivery(
 }
 
 impl<T: Transport> Connection<T> {
+    /// How long a message in flight waits before it is sent again while the client stays
+    /// connected: `mqtt.retry_interval` for MQTT 3.1 and 3.1.1, never for MQTT 5 (`retry`).
+    fn retry_interval(&self) -> Option<Duration> {
+        self.node.zone.retry_interval.filter(|_| !self.version.is_v5())
+    }
+
     /// The most QoS 1/2 messages in flight to this client.
     fn window(&self) -> usize {
         usize::from(self.node.zone.max_inflight.min(self.client_receive_maximum)).max(1)
@@ -156,7 +162,7 @@ impl<T: Transport> Connection<T> {
         // Sequence numbers of the persistent session's messages dropped here.
         let mut forgotten: Vec<u64> = Vec::new();
         let mut sent = [0u64; 3];
-        {
+        let in_flight = {
             let mut state = self.session.lock();
             let state = &mut *state;
             // What a resumed session could not send again within the window goes first.
@@ -236,7 +242,9 @@ impl<T: Transport> Connection<T> {
             }
             // Overload protection: publishers waiting for this queue may go on.
             state.release_waiting(node.zone.queue);
-        }
+            !state.inflight.is_empty()
+        };
+        self.retry.watch(self.retry_interval(), in_flight);
         for (qos, n) in (0u8..).zip(sent) {
             if n > 0 {
                 node.stats.metrics.publishes_sent(qos, n);
@@ -266,7 +274,7 @@ impl<T: Transport> Connection<T> {
     /// it) is dropped instead (MQTT-3.1.2-25).
     pub(super) fn resend_inflight(&mut self) {
         let window = self.window();
-        let too_large = {
+        let (too_large, in_flight) = {
             let mut state = self.session.lock();
             state.inflight.mark_unsent();
             let wire = Wire {
@@ -275,8 +283,10 @@ impl<T: Transport> Connection<T> {
                 version: self.version,
                 max_packet_size: self.client_max_packet_size,
             };
-            wire.send_unsent(&mut state.inflight, window, &self.node)
+            let too_large = wire.send_unsent(&mut state.inflight, window, &self.node);
+            (too_large, !state.inflight.is_empty())
         };
+        self.retry.watch(self.retry_interval(), in_flight);
         let node = self.node.clone();
         for (message, seq) in too_large {
             self.forget_delivered(seq, false);

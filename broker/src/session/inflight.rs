@@ -1,6 +1,7 @@
 //! QoS 1 and 2 messages sent to the client and not yet acknowledged, in the order they were
-//! sent (resent in that order on reconnect, MQTT-4.4.0-1), and their packet ids, which are
-//! never reused while in flight (MQTT-2.3.1-2).
+//! sent (resent in that order on reconnect, MQTT-4.4.0-1, and to an MQTT 3.1.1 client after
+//! `mqtt.retry_interval`), and their packet ids, which are never reused while in flight
+//! (MQTT-2.3.1-2).
 
 use std::collections::VecDeque;
 
@@ -22,9 +23,12 @@ pub(crate) struct Entry {
     pub(crate) packet_id: u16,
     pub(crate) phase: Phase,
     pub(crate) delivery: Delivery,
-    /// Not sent again since the session was resumed: the client's Receive Maximum had no room
-    /// for it (it is sent again, in order, as the window frees).
+    /// To be sent again (the session was resumed, or it is overdue) and not sent yet: the
+    /// client's Receive Maximum had no room for it (it is sent again, in order, as the window
+    /// frees).
     pub(crate) unsent: bool,
+    /// In flight already at the last [`Inflight::mark_overdue`] round, and not sent since.
+    overdue_next: bool,
 }
 
 /// From this many messages in flight on, ids in use are also kept in a bitmap, so that
@@ -78,6 +82,10 @@ impl Inflight {
         self.entries.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Whether `id` is in flight.
     pub(crate) fn is_in_use(&self, id: u16) -> bool {
         match &self.in_use {
@@ -116,7 +124,7 @@ impl Inflight {
 
     pub(crate) fn push(&mut self, packet_id: u16, delivery: Delivery) {
         let phase = if delivery.qos == 1 { Phase::Puback } else { Phase::Pubrec };
-        self.entries.push_back(Entry { packet_id, phase, delivery, unsent: false });
+        self.entries.push_back(Entry { packet_id, phase, delivery, unsent: false, overdue_next: false });
         match &mut self.in_use {
             Some(bits) => bits[usize::from(packet_id) / 64] |= 1 << (packet_id % 64),
             None if self.entries.len() >= BITMAP_FROM => {
@@ -170,7 +178,9 @@ impl Inflight {
             self.take_at(index);
             return RecOutcome::Refused;
         }
-        self.entries[index].phase = Phase::Pubcomp;
+        let entry = &mut self.entries[index];
+        entry.phase = Phase::Pubcomp;
+        entry.overdue_next = false; // its PUBREL is sent now
         RecOutcome::Release
     }
 
@@ -217,7 +227,24 @@ impl Inflight {
         self.unsent = self.entries.len();
     }
 
-    /// Whether some entry is still to be sent again after a reconnect.
+    /// One round of sending again while the client stays connected (MQTT 3.1.1 only, every
+    /// `mqtt.retry_interval`, as EMQX does): marks to be sent again each entry that was in
+    /// flight at the round before and has not been sent since, so a message goes again one
+    /// to two intervals after it was sent, never sooner. Returns how many it marked.
+    pub(crate) fn mark_overdue(&mut self) -> usize {
+        let mut marked = 0;
+        for entry in self.entries.iter_mut().filter(|e| !e.unsent) {
+            if std::mem::replace(&mut entry.overdue_next, true) {
+                entry.unsent = true;
+                entry.overdue_next = false;
+                marked += 1;
+            }
+        }
+        self.unsent += marked;
+        marked
+    }
+
+    /// Whether some entry is still to be sent again (after a reconnect, or overdue).
     #[inline]
     pub(crate) fn has_unsent(&self) -> bool {
         self.unsent != 0
@@ -231,6 +258,7 @@ impl Inflight {
         }
         let entry = self.entries.iter_mut().find(|e| e.unsent)?;
         entry.unsent = false;
+        entry.overdue_next = false;
         self.unsent -= 1;
         Some(entry)
     }
@@ -339,6 +367,32 @@ mod tests {
         assert!(matches!(inflight.puback(ids[2]), Acked::Settled(_)));
         assert!(matches!(inflight.puback(ids[1]), Acked::Settled(_)));
         assert!(inflight.next_unsent(1).is_none());
+        assert_eq!((inflight.len(), inflight.unsent), (0, 0));
+    }
+
+    #[test]
+    fn a_message_is_overdue_only_after_a_whole_round_and_goes_again_once_a_round() {
+        let mut inflight = Inflight::default();
+        let old = inflight.next_packet_id();
+        inflight.push(old, delivery(1));
+        assert_eq!(inflight.mark_overdue(), 0, "sent since the last round: not yet");
+        let new = inflight.next_packet_id();
+        inflight.push(new, delivery(2));
+        assert_eq!(inflight.mark_overdue(), 1, "in flight a whole round");
+        assert_eq!(inflight.next_unsent(10).map(|e| e.packet_id), Some(old));
+        assert!(inflight.next_unsent(10).is_none(), "the newer one waits its own round");
+        // The next round: the newer one is due; the one just sent again is not.
+        assert_eq!(inflight.mark_overdue(), 1);
+        assert_eq!(inflight.next_unsent(10).map(|e| e.packet_id), Some(new));
+        // Its PUBREC: the PUBREL is sent now, and is due only after a whole round of its own.
+        assert_eq!(inflight.pubrec(new, 0), RecOutcome::Release);
+        assert_eq!(inflight.mark_overdue(), 1, "only the QoS 1 message");
+        assert_eq!(inflight.next_unsent(10).map(|e| (e.packet_id, e.phase)), Some((old, Phase::Puback)));
+        assert_eq!(inflight.mark_overdue(), 1);
+        assert_eq!(inflight.next_unsent(10).map(|e| (e.packet_id, e.phase)), Some((new, Phase::Pubcomp)));
+        assert!(matches!(inflight.puback(old), Acked::Settled(_)));
+        assert!(matches!(inflight.pubcomp(new), Acked::Settled(_)));
+        assert_eq!(inflight.mark_overdue(), 0);
         assert_eq!((inflight.len(), inflight.unsent), (0, 0));
     }
 }
