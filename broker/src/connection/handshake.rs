@@ -570,7 +570,7 @@ async fn admit(node: &Arc<Node>, client: &Arc<ClientInfo>, connect: &Connect<'_>
     Ok(superuser)
 }
 
-/// Runs the `client.authenticate` chain on the runtime's blocking pool (a plugin may block
+/// Runs the `client.authenticate` chain on the blocking pool (a plugin may block
 /// there, an HTTP request, a slow hash, without holding up a network worker), so only this
 /// client waits; or, when every plugin on it answers at once or later, on this task.
 async fn authenticate(node: &Arc<Node>, client: &Arc<ClientInfo>, password: &[u8], now: u64) -> Verdict {
