@@ -66,6 +66,20 @@ const READ_CHUNK: usize = 4096;
 /// How long the last words to a client (a DISCONNECT, acknowledgements) may take to write.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Polls a timer armed only while it is needed (boxed: most connections have none running):
+/// true once it has run out, and it is then dropped; false while it runs or when none is
+/// armed. The task is woken when it runs out.
+fn ran_out(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    let Some(running) = timer.as_mut() else {
+        return false;
+    };
+    if running.as_mut().poll(cx).is_pending() {
+        return false;
+    }
+    *timer = None;
+    true
+}
+
 /// Why a connection ended. The names are EMQX's disconnect reasons.
 #[derive(Debug)]
 pub(crate) enum Ended {

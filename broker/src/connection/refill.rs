@@ -17,7 +17,6 @@
 //! client that acknowledges only after it has the next message still gets it within
 //! [`MAX_HOLD`]. The timer is armed only while a hold lasts: an idle connection holds none.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
 use std::time::Duration;
@@ -55,13 +54,9 @@ impl RefillHold {
     /// Whether the hold just ran out (the connection then refills its window); registers
     /// the task to be woken when it does.
     pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timer) = self.timer.as_mut() else {
-            return false;
-        };
-        if timer.as_mut().poll(cx).is_pending() {
+        if !super::ran_out(&mut self.timer, cx) {
             return false;
         }
-        self.timer = None;
         self.expired = true;
         true
     }

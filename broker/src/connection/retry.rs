@@ -18,7 +18,6 @@
 //!
 //! [`Inflight::mark_overdue`]: crate::session::inflight::Inflight::mark_overdue
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
 use std::time::Duration;
@@ -46,14 +45,7 @@ impl RetryTimer {
     /// [`RetryTimer::watch`] starts the next round); registers the task to be woken when it
     /// does.
     pub(super) fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timer) = self.timer.as_mut() else {
-            return false;
-        };
-        if timer.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        self.timer = None;
-        true
+        super::ran_out(&mut self.timer, cx)
     }
 }
 
