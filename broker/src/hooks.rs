@@ -361,11 +361,12 @@ impl Hooks {
     ///
     /// The pool is the `blocking` crate's (threads started as needed, ended when idle), not
     /// tokio's `spawn_blocking`: every CONNECT goes through here (`client.authenticate`),
-    /// and with tokio's pool, whose tasks are allocated 128-byte aligned, a fresh broker
-    /// taking clients at the default `max_conn_rate` (1000 a second) kept 0.1 to 0.2 KiB
-    /// more heap resident per idle client (2.00 to 2.05 KiB a client against 1.89 to 1.91;
-    /// `target/release/idle_memory --clients 10000`): the same bytes in use, with free holes
-    /// between them (glibc's `malloc_stats`).
+    /// and with tokio's pool a fresh broker taking clients at the default `max_conn_rate`
+    /// (1000 a second) kept 0.1 to 0.2 KiB more heap resident per idle client (2.00 to 2.05
+    /// KiB a client against 1.89 to 1.91; `target/release/idle_memory --clients 10000`): the
+    /// same bytes in use, with free holes between them (glibc's `malloc_stats`). Which part
+    /// of tokio's hand-over leaves the holes (its tasks are allocated 128-byte aligned, with
+    /// `posix_memalign`; its threads run at other moments) was not pinned down.
     pub(crate) async fn run_blocking<R: Send + 'static>(
         &self,
         hook: Hook,
