@@ -58,4 +58,3 @@ bench_broker_env() {
     *) echo "bench_broker_env: default or deep, not '$1'" >&2; return 2 ;;
   esac
 }
-

@@ -234,10 +234,12 @@ impl Inflight {
     pub(crate) fn mark_overdue(&mut self) -> usize {
         let mut marked = 0;
         for entry in self.entries.iter_mut().filter(|e| !e.unsent) {
-            if std::mem::replace(&mut entry.overdue_next, true) {
+            if entry.overdue_next {
                 entry.unsent = true;
                 entry.overdue_next = false;
                 marked += 1;
+            } else {
+                entry.overdue_next = true;
             }
         }
         self.unsent += marked;
