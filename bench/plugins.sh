@@ -21,7 +21,8 @@
 # spread.
 #
 # Around each run it reads `broker ctl web_hook status` (c, d) and `broker ctl exhook stats`
-# (b), and prints what the web hook sent, failed and dropped, and the exhook calls, per run.
+# (b), and prints what the web hook sent, failed and dropped, and the exhook calls, per run;
+# and what one event the web hook sent cost its sending thread and the receiver in CPU.
 #
 #   bench/plugins.sh             # needs: python3
 #   REPS=15 bench/plugins.sh
@@ -82,6 +83,17 @@ counters() {
   esac
 }
 
+# The CPU the threads named $2 of process $1 have used, in nanoseconds (0 if it has none).
+thread_ns() {
+  local task ns=0
+  for task in /proc/"$1"/task/*; do
+    if [ "$(cat "$task/comm" 2>/dev/null)" = "$2" ]; then ns=$((ns + $(awk '{print $1}' "$task/schedstat"))); fi
+  done
+  echo "$ns"
+}
+# The CPU target $1's helper process (its server or receiver) has used, in nanoseconds.
+helper_ns() { if [ -n "${HELPER[$1]}" ]; then cpu_ns "${HELPER[$1]}"; else echo 0; fi; }
+
 # scenario qos messages-per-publisher rate (0: as fast as possible)
 SCENARIOS=(
   "fan-in 1 $MESSAGES 0"
@@ -95,6 +107,7 @@ for rep in $(seq "$REPS"); do
     read -r scenario qos messages rate <<<"$s"
     for t in $TARGETS; do
       before=$(counters "$t"); cpu0=$(cpu_ns "${PID[$t]}")
+      sender0=$(thread_ns "${PID[$t]}" emqx_web_hook); helper0=$(helper_ns "$t")
       out=$("$BIN/bench" --port "${PORT[$t]}" --scenario "$scenario" --qos "$qos" --clients 10 --messages "$messages" \
         --rate "$rate" --timeout 60 --label "$t" --json) \
         || out="{\"label\":\"$t\",\"scenario\":\"fanin\",\"qos\":$qos,\"rate\":$rate,\"failed\":true}"
@@ -102,8 +115,9 @@ for rep in $(seq "$REPS"); do
       # shellcheck disable=SC2086
       settle "${PID[$t]}" ${HELPER[$t]}
       after=$(counters "$t")
-      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["before"]=json.loads(sys.argv[2]); r["after"]=json.loads(sys.argv[3]); r["broker_cpu_ns"]=int(sys.argv[4]); print(json.dumps(r))' \
-        "$out" "$before" "$after" "$((cpu1 - cpu0))" >>"$RESULTS"
+      sender1=$(thread_ns "${PID[$t]}" emqx_web_hook); helper1=$(helper_ns "$t")
+      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["before"]=json.loads(sys.argv[2]); r["after"]=json.loads(sys.argv[3]); r["broker_cpu_ns"]=int(sys.argv[4]); r["sender_cpu_ns"]=int(sys.argv[5]); r["helper_cpu_ns"]=int(sys.argv[6]); print(json.dumps(r))' \
+        "$out" "$before" "$after" "$((cpu1 - cpu0))" "$((sender1 - sender0))" "$((helper1 - helper0))" >>"$RESULTS"
     done
   done
   echo "run $rep of $REPS done" >&2
@@ -167,6 +181,16 @@ for qos, rate, n in ROWS:
     c = " / ".join(f"{delta('c', k):.0f}" for k in ("sent", "failed", "dropped"))
     d = " / ".join(f"{delta('d', k):.0f}" for k in ("sent", "failed", "dropped"))
     print(f"| {row_name(qos, rate, n)} | {delta('b', 'calls'):.0f} | {c} | {d} |")
+print("\nWhat one web hook event sent cost (c): the plugin's sending thread's CPU and the receiver's,")
+print("from the start of a run until both were idle again, over the events sent then; medians, µs\n")
+print("| scenario | sending thread | receiver |")
+print("|---|---|---|")
+for qos, rate, n in ROWS:
+    def per_event(key):
+        costs = [r[key] / 1000 / sent for r in runs("c", qos, rate)
+                 if (sent := r["after"].get("sent", 0) - r["before"].get("sent", 0)) > 0]
+        return f"{st.median(costs):.1f}" if costs else "-"
+    print(f"| {row_name(qos, rate, n)} | {per_event('sender_cpu_ns')} | {per_event('helper_cpu_ns')} |")
 print("\nEvery run as fast as possible, slowest first: msgs/s (the broker's CPU, µs per message;")
 print("it is busy, not idle, in the slow runs: see the README's \"A burst's two speeds\")\n")
 print("| scenario | " + " | ".join(names.values()) + " |")

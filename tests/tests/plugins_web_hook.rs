@@ -527,6 +527,8 @@ async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
         (stat_in(&status, "dropped") > 0 && in_flight >= 1 && held >= 5).then_some(status)
     });
     let in_flight = stat_in(&status, "in_flight");
+    // A new connection carries one request until an answer shows it persists (RFC 9112
+    // §9.3.2), so with no answers, one request a lane.
     assert!((1..=2).contains(&in_flight), "at most pool_size requests at once: {status}");
     assert!(stat_in(&status, "queue_len") <= 5, "{status}");
     assert_eq!((stat_in(&status, "sent"), stat_in(&status, "failed")), (0, 0), "{status}");
@@ -546,6 +548,110 @@ async fn a_hanging_service_fills_the_queue_and_events_are_dropped() {
     broker.wait_for_log("event(s) not sent were dropped");
     publisher.publish_acked("load/unloaded", QoS::AtLeastOnce, "unloaded").await;
     assert_eq!(sub.receive(1).await[0].payload, "unloaded");
+}
+
+/// A service that reads pipelined requests (an HTTP/1.1 parser of its own, on a thread, one
+/// connection at a time): it answers the first request of a connection at once, and after
+/// that only when five requests are waiting, so a client that waited for each answer would
+/// get no further. Of each five it answers three, the third with `connection: close`, and
+/// closes the connection: the two after it were read but not acted on. Each body it acted on
+/// is recorded; `unread` counts those it dropped.
+struct PipelineService {
+    addr: SocketAddr,
+    acted_on: Arc<Mutex<Vec<Value>>>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    unread: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PipelineService {
+    /// Waiting requests answered at once when one of them has `payload` `last`.
+    fn start(last: &'static str) -> PipelineService {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acted_on = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let unread = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (store, count, dropped) = (acted_on.clone(), connections.clone(), unread.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut waiting: Vec<Value> = Vec::new();
+                let mut first = true;
+                // One request: its head, then content-length bytes of body.
+                let mut read_request = || -> Option<Value> {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).ok()? == 0 {
+                            return None;
+                        }
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).ok()?;
+                    Some(serde_json::from_slice(&body).unwrap())
+                };
+                const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                while let Some(body) = read_request() {
+                    if first {
+                        first = false;
+                        store.lock().unwrap().push(body);
+                        stream.write_all(OK.as_bytes()).unwrap();
+                        continue;
+                    }
+                    waiting.push(body);
+                    if waiting.iter().any(|b| b["payload"] == last) {
+                        let n = waiting.len();
+                        store.lock().unwrap().append(&mut waiting);
+                        stream.write_all(OK.repeat(n).as_bytes()).unwrap();
+                    } else if waiting.len() == 5 {
+                        store.lock().unwrap().extend(waiting.drain(..3));
+                        let close = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+                        stream.write_all(format!("{OK}{OK}{close}").as_bytes()).unwrap();
+                        dropped.fetch_add(waiting.len() as u64, Ordering::SeqCst);
+                        break;
+                    }
+                }
+            }
+        });
+        PipelineService { addr, acted_on, connections, unread }
+    }
+}
+
+/// Pipelining (`enable_pipelining`, on by default as in EMQX 4.3): one lane writes requests
+/// without waiting for each answer (the service answers only once five wait), and when the
+/// service answers with `connection: close` the requests it had not acted on are written
+/// again on a new connection: every event is acted on once, in order, and none is counted as
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_pipelined_and_those_a_closing_service_did_not_read_are_sent_again() {
+    const N: usize = 40;
+    let service = PipelineService::start("m39");
+    let rules = "pool_size = 1\nsender_priority = \"normal\"\nrules = [{ event = \"message.publish\" }]";
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"http://{}/hook\"\n{rules}\n", service.addr), &[]);
+    let mut publisher = Client::connect(&broker, "pipe-pub").await;
+    for i in 0..N {
+        publisher.publish_acked(&format!("pipe/{i}"), QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    wait_until("every event answered", || (counter(&dir, "sent") == N as u64).then_some(()));
+    let payloads: Vec<String> =
+        service.acted_on.lock().unwrap().iter().map(|b| b["payload"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(payloads, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once, in order");
+    let status = status(&dir);
+    assert_eq!((stat_in(&status, "failed"), stat_in(&status, "dropped")), (0, 0), "{status}");
+    assert!(service.connections.load(Ordering::SeqCst) > 1, "the service closed connections");
+    assert!(service.unread.load(Ordering::SeqCst) > 0, "requests were written again");
 }
 
 /// The issue's test: a service that answers, and whose bodies are checked, then stops
@@ -624,8 +730,10 @@ async fn ten_thousand_messages_flow_while_the_service_hangs() {
     // The queue holds 10,000; the rest, less what went out (and hung, or failed after 5 s), was dropped.
     assert!(dropped >= events - 10_000 - in_flight - failed && dropped > 0, "{status}");
     assert!(status.contains("state       : ok") || status.contains("state       : failing"), "{status}");
+    // Requests are pipelined, and the hanging service reads one a connection: it may have
+    // read fewer than were written, never more.
     let reached = service.all().len() as u64 - answered;
-    assert_eq!(reached, in_flight + failed, "only the requests sent reached the service: {status}");
+    assert!(reached > 0 && reached <= in_flight + failed, "only the requests sent reached the service: {status}");
     let full: Vec<String> = broker.logs().into_iter().filter(|l| l.contains("the queue is full")).collect();
     assert_eq!(full.len(), 1, "one line for the burst: {full:#?}");
     eprintln!("{events} events: {dropped} dropped, {failed} failed, {in_flight} in flight");
@@ -699,44 +807,87 @@ async fn the_sending_thread_runs_at_a_low_priority() {
 
 /// An `https://` service that wants a client certificate: with `ssl.cacertfile` (its private
 /// CA), `ssl.certfile` and `ssl.keyfile` (files in the data directory) events arrive; without
-/// the client certificate the service refuses the handshake and every event fails. The sender
-/// runs at the broker's priority here (`sender_priority = "normal"`): at the default, on a
-/// machine whose cores other work keeps busy, its TLS handshake can take longer than the
-/// request timeout (seen beside two busy loops), which is what `low` is for, not this test.
+/// the client certificate the service refuses the handshake and every event fails. Both ways
+/// of sending, pipelined (the default) and one request at a time (`enable_pipelining =
+/// false`, through reqwest), use the same TLS settings. The sender runs at the broker's
+/// priority here (`sender_priority = "normal"`): at the default, on a machine whose cores
+/// other work keeps busy, its TLS handshake can take longer than the request timeout (seen
+/// beside two busy loops), which is what `low` is for, not this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_service_with_a_private_ca_and_a_client_certificate() {
     let pki = Pki::new("web hook test CA");
     let service = HookService::start_with(Reply::Ok, Some(pki.server_tls(&[])));
-    let rules = "sender_priority = \"normal\"\nrules = [{ event = \"client.connected\" }]";
-    let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
-    for (name, pem) in [("ca.pem", &pki.ca), ("client.pem", &pki.client.0), ("client.key", &pki.client.1)] {
-        dir.write(name, pem);
+    for (round, pipelining) in [true, false].into_iter().enumerate() {
+        let rules = format!(
+            "sender_priority = \"normal\"\nenable_pipelining = {pipelining}\nrules = [{{ event = \"client.connected\" }}]"
+        );
+        let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
+        for (name, pem) in [("ca.pem", &pki.ca), ("client.pem", &pki.client.0), ("client.key", &pki.client.1)] {
+            dir.write(name, pem);
+        }
+
+        dir.write(
+            "broker.toml",
+            &format!(
+                "[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n\
+                 certfile = \"client.pem\"\nkeyfile = \"client.key\"\n",
+                service.url()
+            ),
+        );
+        let broker = Broker::start(&dir, &[]);
+        let id = format!("tls-{pipelining}");
+        Client::connect(&broker, &id).await.disconnect().await;
+        let bodies = service.wait_for("client_connected", "clientid", &id);
+        assert_eq!(bodies.len(), round + 1, "{bodies:#?}");
+        wait_until("the answer counted", || (counter(&dir, "sent") == 1).then_some(()));
+        broker.stop();
+
+        // No client certificate: the service refuses the handshake.
+        dir.write(
+            "broker.toml",
+            &format!("[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n", service.url()),
+        );
+        let broker = Broker::start(&dir, &[]);
+        Client::connect(&broker, &format!("refused-{pipelining}")).await.disconnect().await;
+        wait_until("the request failed", || (counter(&dir, "failed") == 1).then_some(()));
+        assert_eq!(counter(&dir, "sent"), 0);
+        assert_eq!(service.all().len(), round + 1, "nothing more reached the service");
+        broker.wait_for_log("failed");
     }
+}
 
-    dir.write(
-        "broker.toml",
-        &format!(
-            "[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n\
-             certfile = \"client.pem\"\nkeyfile = \"client.key\"\n",
-            service.url()
-        ),
-    );
-    let broker = Broker::start(&dir, &[]);
-    Client::connect(&broker, "tls-1").await.disconnect().await;
-    let bodies = service.wait_for("client_connected", "clientid", "tls-1");
-    assert_eq!(bodies.len(), 1, "{bodies:#?}");
-    wait_until("the answer counted", || (counter(&dir, "sent") == 1).then_some(()));
-    broker.stop();
-
-    // No client certificate: the service refuses the handshake.
-    dir.write(
-        "broker.toml",
-        &format!("[web_hook]\nurl = \"{}\"\n{rules}\n[web_hook.ssl]\ncacertfile = \"ca.pem\"\n", service.url()),
-    );
-    let broker = Broker::start(&dir, &[]);
-    Client::connect(&broker, "tls-2").await.disconnect().await;
-    wait_until("the request failed", || (counter(&dir, "failed") == 1).then_some(()));
-    assert_eq!(counter(&dir, "sent"), 0);
-    assert_eq!(service.all().len(), 1, "nothing more reached the service");
-    broker.wait_for_log("failed");
+/// `ssl.verify`: a service whose certificate chains to no CA the broker knows (no
+/// `cacertfile`: the system's roots) is refused by default, and accepted with `verify =
+/// false` (EMQX's default), pipelined or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_certificate_is_refused_unless_verify_is_false() {
+    let pki = Pki::new("web hook unknown CA");
+    let service = HookService::start_with(Reply::Ok, Some(pki.server_tls(&[])));
+    for (verify, pipelining) in [(true, true), (false, true), (false, false)] {
+        let dir = DataDir::with_plugins("{emqx_web_hook, true}.\n");
+        for (name, pem) in [("client.pem", &pki.client.0), ("client.key", &pki.client.1)] {
+            dir.write(name, pem);
+        }
+        dir.write(
+            "broker.toml",
+            &format!(
+                "[web_hook]\nurl = \"{}\"\nsender_priority = \"normal\"\nenable_pipelining = {pipelining}\n\
+                 rules = [{{ event = \"client.connected\" }}]\n\
+                 [web_hook.ssl]\ncertfile = \"client.pem\"\nkeyfile = \"client.key\"\nverify = {verify}\n",
+                service.url()
+            ),
+        );
+        let broker = Broker::start(&dir, &[]);
+        let id = format!("verify-{verify}-{pipelining}");
+        Client::connect(&broker, &id).await.disconnect().await;
+        if verify {
+            wait_until("the request failed", || (counter(&dir, "failed") == 1).then_some(()));
+            assert!(service.bodies().iter().all(|b| b["clientid"] != id.as_str()), "nothing reached the service");
+            broker.wait_for_log("certificate");
+        } else {
+            service.wait_for("client_connected", "clientid", &id);
+            wait_until("the answer counted", || (counter(&dir, "sent") == 1).then_some(()));
+        }
+        broker.stop();
+    }
 }

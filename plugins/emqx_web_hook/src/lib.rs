@@ -7,8 +7,9 @@
 //!
 //! The hooks never wait on the service: each copies the event's fields (see `capture`) into
 //! a bounded queue (see `sender`), which the plugin's own thread empties, building each body
-//! and sending `pool_size` requests at a time, one client's events in the order they
-//! happened. That thread runs at a low scheduling priority (`sender_priority`, see `priority`):
+//! and sending them over `pool_size` connections, each carrying many requests at once
+//! (HTTP/1.1 pipelining, EMQX 4.3's `enable_pipelining`; see `pipeline`), one client's events
+//! in the order they happened. That thread runs at a low scheduling priority (`sender_priority`, see `priority`):
 //! under a burst, MQTT traffic gets the CPU first. A slow or dead service fills the queue; past
 //! `queue_size` events are dropped, counted and logged once a burst, and MQTT traffic goes on
 //! as before.
@@ -18,9 +19,11 @@
 
 mod body;
 mod capture;
+mod pipeline;
 mod priority;
 mod sender;
 mod settings;
+mod tls;
 
 use std::sync::atomic::Ordering;
 
@@ -32,7 +35,7 @@ use settings::{Settings, EVENTS};
 
 /// The plugin's own allocator (mimalloc: a heap per thread). The broker keeps glibc to one
 /// heap (`broker.malloc_arena_max = 1`, for its memory per connection), and this plugin's
-/// sending thread makes every HTTP request (reqwest): with glibc's allocator it would take
+/// sending thread makes every HTTP request: with glibc's allocator it would take
 /// that heap's lock against the network threads. Measured: without it, more QoS 0 bursts ran
 /// at a fraction of the broker's speed with the web hook on (README, "Plugins that reach
 /// outside: what they cost"). Everything the plugin allocates it also frees: nothing crosses
@@ -61,6 +64,7 @@ impl WebHook {
             format!("sent        : {}", n(&c.sent)),
             format!("failed      : {}", n(&c.failed)),
             format!("dropped     : {}", n(&c.dropped)),
+            format!("pipelining  : {}", if self.settings.enable_pipelining { "on" } else { "off" }),
             format!("encoding    : {}", self.settings.encoding.name()),
             format!("sender_prio : {}", self.settings.sender_priority.name()),
             format!("rules       : {}", self.settings.rules.describe()),
@@ -74,10 +78,11 @@ impl Plugin for WebHook {
         let settings = Settings::from_json(config.json())?;
         let sender = Sender::start(host, &settings)?;
         host.info(&format!(
-            "posting events to {} (queue {}, pool {}, timeout {}, sender_priority {}): {}",
+            "posting events to {} (queue {}, pool {}{}, timeout {}, sender_priority {}): {}",
             settings.url,
             settings.queue_size,
             settings.pool_size,
+            if settings.enable_pipelining { " pipelined" } else { "" },
             humantime::format_duration(settings.request_timeout),
             settings.sender_priority.name(),
             settings.rules.describe()

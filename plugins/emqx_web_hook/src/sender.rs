@@ -3,11 +3,13 @@
 //! dropped and counted, and the first drop of a burst is logged (the end of the burst too,
 //! once the queue has drained to half). The thread runs at `sender_priority` (see
 //! `priority`) a single-threaded tokio runtime with `pool_size` lanes; each lane builds its
-//! events' bodies and POSTs them one after the other with reqwest (a pool of keep-alive
-//! connections), each within `request_timeout`. An event goes to the lane of its client id (as EMQX's
-//! `ehttpc` pool picks a worker by client id), so one client's events arrive in the order
-//! they happened. A failed request (no answer, or a status other than 2xx) is counted and not
-//! retried, and a run of failures is logged once at each end. A dead or hanging service
+//! events' bodies and POSTs them in order, each within `request_timeout`: pipelined on a
+//! keep-alive connection of its own (`enable_pipelining`, the default; see `pipeline`), or
+//! one after the other with reqwest (a pool of keep-alive connections). An event goes to the
+//! lane of its client id (as EMQX's `ehttpc` pool picks a worker by client id), so one
+//! client's events arrive in the order they happened. A failed request (no answer, or a
+//! status other than 2xx) is counted and not retried, and a run of failures is logged once at
+//! each end. A dead or hanging service
 //! therefore costs the queue, never the broker's MQTT traffic.
 //!
 //! The counts are the plugin's own (`ctl web_hook status`, exact at once) and the broker's
@@ -18,8 +20,8 @@
 //! `stop` abandons what is still queued or in flight (counted as dropped, logged) and joins
 //! the thread, then reports what is left to the metrics.
 
+use std::collections::VecDeque;
 use std::error::Error as _;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,9 +30,11 @@ use std::time::Duration;
 use plugin_api::Host;
 use reqwest::header::HeaderMap;
 use tokio::sync::{mpsc, watch};
+use tokio::time::sleep_until;
 
 use crate::body;
 use crate::capture::Captured;
+use crate::pipeline::{Answers, Connection, End, Target};
 use crate::settings::{PayloadEncoding, Settings};
 
 /// How often the counts go to the broker's metrics.
@@ -146,7 +150,12 @@ pub(crate) enum StartError {
 impl Sender {
     /// Builds the HTTP client and starts the thread.
     pub(crate) fn start(host: Host, settings: &Settings) -> Result<Sender, StartError> {
-        let client = client(settings, host.data_dir())?;
+        let tls = crate::tls::client_config(&settings.ssl, host.data_dir())?;
+        let way = if settings.enable_pipelining {
+            Way::Pipelined(Arc::new(Target::new(&settings.url, &settings.headers, &tls).map_err(StartError::Client)?))
+        } else {
+            Way::OneAtATime(client(settings, tls)?)
+        };
         let (lanes, outputs): (Vec<_>, Vec<_>) = (0..settings.pool_size).map(|_| mpsc::unbounded_channel()).unzip();
         let (shutdown, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -161,11 +170,13 @@ impl Sender {
             reported: Default::default(),
         });
         let worker = Worker {
-            client,
+            way,
             url: settings.url.clone(),
             headers: settings.headers.clone(),
             node: host.node_name().to_owned(),
             encoding: settings.encoding,
+            request_timeout: settings.request_timeout,
+            connect_timeout: settings.connect_timeout,
             shared: shared.clone(),
         };
         let priority = settings.sender_priority;
@@ -259,15 +270,26 @@ fn lane_of(client_id: &str, lanes: usize) -> usize {
     (hash % lanes as u64) as usize
 }
 
+/// How the lanes send their requests.
+enum Way {
+    /// Each lane pipelined on a connection of its own (`enable_pipelining`, see `pipeline`).
+    Pipelined(Arc<Target>),
+    /// Each lane one request at a time, through reqwest and its pool of connections.
+    OneAtATime(reqwest::Client),
+}
+
 /// The thread's side.
 struct Worker {
-    client: reqwest::Client,
+    way: Way,
     url: url::Url,
     headers: HeaderMap,
     /// This node's name, EMQX's `node` field.
     node: String,
     /// How message payloads are written.
     encoding: PayloadEncoding,
+    /// The longest one request may take, and connecting.
+    request_timeout: Duration,
+    connect_timeout: Duration,
     shared: Arc<Shared>,
 }
 
@@ -278,7 +300,10 @@ impl Worker {
     async fn run(self, lanes: Vec<mpsc::UnboundedReceiver<Captured>>, mut stopped: watch::Receiver<bool>) {
         let worker = Arc::new(self);
         for lane in lanes {
-            tokio::spawn(worker.clone().lane(lane));
+            match &worker.way {
+                Way::Pipelined(target) => tokio::spawn(worker.clone().pipelined_lane(lane, target.clone())),
+                Way::OneAtATime(client) => tokio::spawn(worker.clone().lane(lane, client.clone())),
+            };
         }
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,18 +315,92 @@ impl Worker {
         }
     }
 
-    /// Builds and sends a lane's events, one after the other.
-    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>) {
+    /// Builds and sends a lane's events with `client`, one after the other.
+    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>, client: reqwest::Client) {
         while let Some(event) = events.recv().await {
-            let waiting = self.shared.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-            self.note_drained(waiting);
-            let Some(body) = body::body(&event, &self.node, self.encoding) else {
+            let Some(body) = self.take(event) else { continue };
+            self.send(&client, body).await;
+            self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes `event` off the queue and builds its body, counted in flight from now on; `None`
+    /// if it has none to send.
+    fn take(&self, event: Captured) -> Option<Vec<u8>> {
+        let waiting = self.shared.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        self.note_drained(waiting);
+        let body = body::body(&event, &self.node, self.encoding)?;
+        self.shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(body)
+    }
+
+    /// Sends a lane's events over one connection, pipelined (see `pipeline`).
+    async fn pipelined_lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>, target: Arc<Target>) {
+        // Bodies taken off the queue and not yet written: events, and requests that the
+        // service closed a connection without reading.
+        let mut waiting: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut connection: Option<Connection> = None;
+        loop {
+            let Some(c) = connection.as_mut() else {
+                // No connection: wait for an event, then open one.
+                if waiting.is_empty() {
+                    let Some(event) = events.recv().await else { return };
+                    waiting.extend(self.take(event));
+                } else {
+                    match target.connect(self.connect_timeout).await {
+                        Ok(c) => connection = Some(c),
+                        Err(why) => waiting.drain(..).for_each(|_| self.finish(Some(why.clone()))),
+                    }
+                }
                 continue;
             };
-            drop(event);
-            self.shared.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-            self.send(body).await;
-            self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+            // What waits goes into the pipeline as far as there is room, with the events
+            // queued meanwhile.
+            let room = c.room();
+            while waiting.len() < room {
+                match events.try_recv() {
+                    Ok(event) => waiting.extend(self.take(event)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            for body in waiting.drain(..room.min(waiting.len())) {
+                c.push(&target, body);
+            }
+            let deadline = c.deadline(self.request_timeout);
+            let end = tokio::select! {
+                biased;
+                read = Connection::read(&mut c.reader, &mut c.input) => {
+                    let answers = match read {
+                        Ok(n) => c.answers(n == 0),
+                        Err(e) => Answers { end: Some(End::Failed(format!("cannot read the answer: {e}"))), ..Answers::default() },
+                    };
+                    answers.outcomes.into_iter().for_each(|outcome| self.finish(outcome));
+                    answers.end
+                }
+                wrote = Connection::write(&mut c.writer, &c.out[c.written..]), if c.has_output() => match wrote {
+                    Ok(n) => {
+                        c.wrote(n);
+                        None
+                    }
+                    Err(e) => Some(End::Failed(format!("cannot write the request: {e}"))),
+                },
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    Some(End::Failed(format!("no answer within {:?}", self.request_timeout)))
+                }
+                event = events.recv(), if c.room() > waiting.len() => {
+                    let Some(event) = event else { return };
+                    waiting.extend(self.take(event));
+                    None
+                }
+            };
+            let Some(end) = end else { continue };
+            let Some(c) = connection.take() else { continue };
+            match end {
+                // Written again first, in order.
+                End::Unread => c.unanswered.into_iter().rev().for_each(|u| waiting.push_front(u.body)),
+                End::Failed(why) => c.unanswered.into_iter().for_each(|_| self.finish(Some(why.clone()))),
+            }
         }
     }
 
@@ -321,14 +420,20 @@ impl Worker {
         }
     }
 
-    /// POSTs one body and counts what came of it.
-    async fn send(&self, body: Vec<u8>) {
-        let request = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
+    /// POSTs one body with `client` and counts what came of it.
+    async fn send(&self, client: &reqwest::Client, body: Vec<u8>) {
+        let request = client.post(self.url.clone()).headers(self.headers.clone()).body(body);
         let failure = match request.send().await {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("HTTP {}", response.status())),
             Err(e) => Some(error_chain(&e)),
         };
+        self.record(failure);
+    }
+
+    /// Counts what came of one request: `None` if it was answered with a 2xx status, else
+    /// why not. The first failure of a run is logged, and the first success after one.
+    fn record(&self, failure: Option<String>) {
         let shared = &self.shared;
         match failure {
             None => {
@@ -351,6 +456,17 @@ impl Worker {
             }
         }
     }
+
+    /// A request is over (answered or failed): one fewer in flight, and its outcome counted.
+    fn finish(&self, failure: Option<String>) {
+        self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.record(failure);
+    }
+}
+
+/// An instant no timer reaches (a day from now).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
 /// An error and its causes, on one line.
@@ -365,54 +481,19 @@ fn error_chain(e: &reqwest::Error) -> String {
     text
 }
 
-/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, the TLS
-/// files (relative to `data_dir`), and no proxy (`HTTP_PROXY` and the like are not used).
-fn client(settings: &Settings, data_dir: &Path) -> Result<reqwest::Client, StartError> {
-    let ssl = &settings.ssl;
-    let file = |key: &'static str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StartError> {
-        match path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
-            None => Ok(None),
-            Some(path) => {
-                let path = data_dir.join(path);
-                std::fs::read(&path)
-                    .map(Some)
-                    .map_err(|e| StartError::Tls { key, why: format!("cannot read {}: {e}", path.display()) })
-            }
-        }
-    };
+/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, `tls` for
+/// `https://`, and no proxy (`HTTP_PROXY` and the like are not used).
+fn client(settings: &Settings, tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
     // No proxy: the service is reached directly, as EMQX's ehttpc does (and reqwest does
     // not look the URL up against the proxy settings for every request).
-    let mut builder = reqwest::Client::builder()
+    reqwest::Client::builder()
         .no_proxy()
         .timeout(settings.request_timeout)
         .connect_timeout(settings.connect_timeout)
         .pool_max_idle_per_host(settings.pool_size)
-        .tls_danger_accept_invalid_certs(!ssl.verify);
-    if let Some(pem) = file("cacertfile", &ssl.cacertfile)? {
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| StartError::Tls { key: "cacertfile", why: error_chain(&e) })?;
-        if certs.is_empty() {
-            return Err(StartError::Tls { key: "cacertfile", why: "has no CERTIFICATE".to_owned() });
-        }
-        builder = builder.tls_certs_only(certs);
-    }
-    match (file("certfile", &ssl.certfile)?, file("keyfile", &ssl.keyfile)?) {
-        (None, None) => {}
-        (Some(mut pem), Some(key)) => {
-            pem.push(b'\n');
-            pem.extend_from_slice(&key);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| StartError::Tls { key: "certfile", why: error_chain(&e) })?;
-            builder = builder.identity(identity);
-        }
-        _ => {
-            return Err(StartError::Tls {
-                key: "certfile",
-                why: "web_hook.ssl.certfile and web_hook.ssl.keyfile go together: set both or neither".to_owned(),
-            })
-        }
-    }
-    builder.build().map_err(|e| StartError::Client(error_chain(&e)))
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| StartError::Client(error_chain(&e)))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The `[web_hook]` table (env: `BROKER_WEB_HOOK__URL`, `BROKER_WEB_HOOK__QUEUE_SIZE`, ...),
 //! with EMQX 4.2/4.3's `web.hook.*` names where EMQX has one: `url` (4.2's `api.url` as
 //! `api_url` too), `headers`, `encoding_of_payload_field` (4.2's `encode_payload` too),
-//! `pool_size`, `ssl.cacertfile` / `ssl.certfile` / `ssl.keyfile` / `ssl.verify`, and the
+//! `pool_size`, `enable_pipelining` (4.3), `ssl.cacertfile` / `ssl.certfile` / `ssl.keyfile` / `ssl.verify`, and the
 //! rules, as one array: `rules = [{ event = "message.publish", topic = "a/#" }]` for EMQX's
 //! `web.hook.rule.message.publish.1 = {"action": "on_message_publish", "topic": "a/#"}`.
 //! Added here: `queue_size` (events waiting to be sent; past it they are dropped),
@@ -114,6 +114,7 @@ struct RawSettings {
     encoding_of_payload_field: PayloadEncoding,
     rules: Option<Vec<RawRule>>,
     pool_size: usize,
+    enable_pipelining: bool,
     queue_size: usize,
     #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     request_timeout: Duration,
@@ -131,6 +132,7 @@ impl Default for RawSettings {
             encoding_of_payload_field: PayloadEncoding::Plain,
             rules: None,
             pool_size: 32,
+            enable_pipelining: true,
             queue_size: 10_000,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -223,6 +225,9 @@ pub(crate) struct Settings {
     pub(crate) rules: Rules,
     /// Requests in flight at once, and idle connections kept (EMQX's `pool_size`).
     pub(crate) pool_size: usize,
+    /// Over `http://`, each connection carries up to `pipeline::DEPTH` requests at once
+    /// (EMQX 4.3's `enable_pipelining`, on by default as there).
+    pub(crate) enable_pipelining: bool,
     /// Events waiting to be sent; past it they are dropped.
     pub(crate) queue_size: usize,
     /// The longest one request may take, connecting included.
@@ -279,6 +284,7 @@ impl Settings {
                 Some(rules) => rules_from(rules)?,
             },
             pool_size: raw.pool_size,
+            enable_pipelining: raw.enable_pipelining,
             queue_size: raw.queue_size,
             request_timeout: raw.request_timeout,
             connect_timeout: raw.connect_timeout,
