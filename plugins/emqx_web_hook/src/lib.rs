@@ -64,7 +64,7 @@ impl WebHook {
             format!("sent        : {}", n(&c.sent)),
             format!("failed      : {}", n(&c.failed)),
             format!("dropped     : {}", n(&c.dropped)),
-            format!("pipelining  : {}", if self.settings.enable_pipelining { "on" } else { "off" }),
+            format!("pipelining  : {}", self.settings.pipeline_depth.map_or("off".to_owned(), |d| d.to_string())),
             format!("encoding    : {}", self.settings.encoding.name()),
             format!("sender_prio : {}", self.settings.sender_priority.name()),
             format!("rules       : {}", self.settings.rules.describe()),
@@ -82,7 +82,7 @@ impl Plugin for WebHook {
             settings.url,
             settings.queue_size,
             settings.pool_size,
-            if settings.enable_pipelining { " pipelined" } else { "" },
+            settings.pipeline_depth.map_or(String::new(), |d| format!(" pipelined {d} deep")),
             humantime::format_duration(settings.request_timeout),
             settings.sender_priority.name(),
             settings.rules.describe()

@@ -1,6 +1,6 @@
 //! HTTP/1.1 pipelining (EMQX 4.3's `web.hook.enable_pipelining`, on by default there and
 //! here). A lane keeps one connection to the service and writes its requests one after
-//! another without waiting for each answer, up to [`DEPTH`] unanswered; the service answers
+//! another without waiting for each answer, up to `depth` unanswered; the service answers
 //! them in the order it read them (RFC 9112 §9.3.2). In a burst, many requests leave in one
 //! write and many answers arrive in one read, so the sending thread and the service make a few
 //! system calls for a run of events instead of two or more for each.
@@ -29,9 +29,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// The most requests one connection has written and not yet had answered.
-pub(crate) const DEPTH: usize = 100;
-
 /// The most header lines an answer may have.
 const MAX_HEADERS: usize = 64;
 
@@ -47,15 +44,23 @@ pub(crate) struct Target {
     port: u16,
     /// For `https://`: the TLS settings and the name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The most requests one connection has written and not yet had answered.
+    depth: usize,
     /// The request line and the headers, up to and including `content-length: `.
     head: Vec<u8>,
 }
 
 impl Target {
     /// The target of `url` (`http://` or `https://`, with a host) with `headers` sent on
-    /// every request, over TLS with `tls` for `https://`. A user and password in the URL are
-    /// sent as basic authentication, as reqwest does.
-    pub(crate) fn new(url: &url::Url, headers: &HeaderMap, tls: &rustls::ClientConfig) -> Result<Target, String> {
+    /// every request, over TLS with `tls` for `https://`, up to `depth` requests at once on a
+    /// connection. A user and password in the URL are sent as basic authentication, as
+    /// reqwest does.
+    pub(crate) fn new(
+        url: &url::Url,
+        headers: &HeaderMap,
+        tls: &rustls::ClientConfig,
+        depth: usize,
+    ) -> Result<Target, String> {
         let no_host = || format!("{url} has no host");
         let host = match url.host().ok_or_else(no_host)? {
             url::Host::Domain(name) => name.to_owned(),
@@ -89,7 +94,7 @@ impl Target {
             head.extend_from_slice(format!("authorization: Basic {credentials}\r\n").as_bytes());
         }
         head.extend_from_slice(b"content-length: ");
-        Ok(Target { host, port, tls, head })
+        Ok(Target { host, port, tls, depth, head })
     }
 
     /// Appends the request that POSTs `body` to `out`.
@@ -106,6 +111,7 @@ impl Target {
             Ok(Err(e)) => return Err(format!("cannot connect to {}:{}: {e}", self.host, self.port)),
             Ok(Ok(stream)) => stream,
         };
+        let depth = self.depth;
         let (reader, writer) = tokio::io::split(stream);
         Ok(Connection {
             reader,
@@ -114,6 +120,7 @@ impl Target {
             written: 0,
             input: Vec::new(),
             unanswered: VecDeque::new(),
+            depth,
             persists: false,
         })
     }
@@ -162,6 +169,8 @@ pub(crate) struct Connection {
     pub(crate) input: Vec<u8>,
     /// Requests written or being written, oldest first.
     pub(crate) unanswered: VecDeque<Unanswered>,
+    /// The most requests unanswered at once.
+    depth: usize,
     /// An answer has shown that the connection persists: requests may be pipelined.
     persists: bool,
 }
@@ -189,7 +198,7 @@ pub(crate) enum End {
 impl Connection {
     /// How many more requests may be written now.
     pub(crate) fn room(&self) -> usize {
-        let depth = if self.persists { DEPTH } else { 1 };
+        let depth = if self.persists { self.depth } else { 1 };
         depth.saturating_sub(self.unanswered.len())
     }
 
@@ -424,16 +433,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());
         let tls = crate::tls::client_config(&Default::default(), std::path::Path::new(".")).unwrap();
-        let target = Target::new(&url, &headers, &tls).unwrap();
+        let target = Target::new(&url, &headers, &tls, 100).unwrap();
         assert_eq!((target.host.as_str(), target.port), ("example.com", 8080));
         let mut out = Vec::new();
         target.write_request(&mut out, b"{}");
         let expected = "POST /hook?a=1 HTTP/1.1\r\nhost: example.com:8080\r\ncontent-type: application/json\r\n\
                         authorization: Basic dXNlcjpwQHNz\r\ncontent-length: 2\r\n\r\n{}";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
-        let secure = Target::new(&url::Url::parse("https://example.com/").unwrap(), &headers, &tls).unwrap();
+        let secure = Target::new(&url::Url::parse("https://example.com/").unwrap(), &headers, &tls, 100).unwrap();
         assert_eq!((secure.port, secure.tls.is_some()), (443, true));
-        let v6 = Target::new(&url::Url::parse("http://[::1]/").unwrap(), &headers, &tls).unwrap();
+        let v6 = Target::new(&url::Url::parse("http://[::1]/").unwrap(), &headers, &tls, 100).unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 80));
     }
 }

@@ -151,10 +151,11 @@ impl Sender {
     /// Builds the HTTP client and starts the thread.
     pub(crate) fn start(host: Host, settings: &Settings) -> Result<Sender, StartError> {
         let tls = crate::tls::client_config(&settings.ssl, host.data_dir())?;
-        let way = if settings.enable_pipelining {
-            Way::Pipelined(Arc::new(Target::new(&settings.url, &settings.headers, &tls).map_err(StartError::Client)?))
-        } else {
-            Way::OneAtATime(client(settings, tls)?)
+        let way = match settings.pipeline_depth {
+            Some(depth) => Way::Pipelined(Arc::new(
+                Target::new(&settings.url, &settings.headers, &tls, depth).map_err(StartError::Client)?,
+            )),
+            None => Way::OneAtATime(client(settings, tls)?),
         };
         let (lanes, outputs): (Vec<_>, Vec<_>) = (0..settings.pool_size).map(|_| mpsc::unbounded_channel()).unzip();
         let (shutdown, stopped) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! The `[web_hook]` table (env: `BROKER_WEB_HOOK__URL`, `BROKER_WEB_HOOK__QUEUE_SIZE`, ...),
 //! with EMQX 4.2/4.3's `web.hook.*` names where EMQX has one: `url` (4.2's `api.url` as
 //! `api_url` too), `headers`, `encoding_of_payload_field` (4.2's `encode_payload` too),
-//! `pool_size`, `enable_pipelining` (4.3), `ssl.cacertfile` / `ssl.certfile` / `ssl.keyfile` / `ssl.verify`, and the
+//! `pool_size`, `enable_pipelining` (4.3's `true` / `false`, or 5's number of requests a
+//! connection carries at once), `ssl.cacertfile` / `ssl.certfile` / `ssl.keyfile` / `ssl.verify`, and the
 //! rules, as one array: `rules = [{ event = "message.publish", topic = "a/#" }]` for EMQX's
 //! `web.hook.rule.message.publish.1 = {"action": "on_message_publish", "topic": "a/#"}`.
 //! Added here: `queue_size` (events waiting to be sent; past it they are dropped),
@@ -103,6 +104,19 @@ impl Default for Ssl {
     }
 }
 
+/// How many requests a connection carries at once with `enable_pipelining = true` (EMQX 5's
+/// default for its number).
+pub(crate) const DEFAULT_PIPELINE_DEPTH: usize = 100;
+
+/// `enable_pipelining` as EMQX 4.3 writes it (`true` / `false`) or as EMQX 5 does (how many
+/// requests a connection carries at once).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged, expecting = "true, false, or how many requests a connection carries at once (1 or more)")]
+enum Pipelining {
+    Switch(bool),
+    Depth(usize),
+}
+
 /// The table as written.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,7 +128,7 @@ struct RawSettings {
     encoding_of_payload_field: PayloadEncoding,
     rules: Option<Vec<RawRule>>,
     pool_size: usize,
-    enable_pipelining: bool,
+    enable_pipelining: Pipelining,
     queue_size: usize,
     #[serde(deserialize_with = "plugin_api::duration::deserialize")]
     request_timeout: Duration,
@@ -132,7 +146,7 @@ impl Default for RawSettings {
             encoding_of_payload_field: PayloadEncoding::Plain,
             rules: None,
             pool_size: 32,
-            enable_pipelining: true,
+            enable_pipelining: Pipelining::Switch(true),
             queue_size: 10_000,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -225,9 +239,10 @@ pub(crate) struct Settings {
     pub(crate) rules: Rules,
     /// Requests in flight at once, and idle connections kept (EMQX's `pool_size`).
     pub(crate) pool_size: usize,
-    /// Over `http://`, each connection carries up to `pipeline::DEPTH` requests at once
-    /// (EMQX 4.3's `enable_pipelining`, on by default as there).
-    pub(crate) enable_pipelining: bool,
+    /// How many requests one connection carries at once (`enable_pipelining`: `true` is
+    /// [`DEFAULT_PIPELINE_DEPTH`], a number that many); `None` (`false`): one at a time a
+    /// lane, through reqwest.
+    pub(crate) pipeline_depth: Option<usize>,
     /// Events waiting to be sent; past it they are dropped.
     pub(crate) queue_size: usize,
     /// The longest one request may take, connecting included.
@@ -284,7 +299,12 @@ impl Settings {
                 Some(rules) => rules_from(rules)?,
             },
             pool_size: raw.pool_size,
-            enable_pipelining: raw.enable_pipelining,
+            pipeline_depth: match raw.enable_pipelining {
+                Pipelining::Switch(false) => None,
+                Pipelining::Switch(true) => Some(DEFAULT_PIPELINE_DEPTH),
+                Pipelining::Depth(0) => return Err(SettingsError::Zero("enable_pipelining")),
+                Pipelining::Depth(depth) => Some(depth),
+            },
             queue_size: raw.queue_size,
             request_timeout: raw.request_timeout,
             connect_timeout: raw.connect_timeout,
@@ -369,6 +389,7 @@ mod tests {
         assert_eq!((s.request_timeout, s.connect_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
         assert!(s.ssl.verify);
         assert_eq!(s.sender_priority, Priority::Low);
+        assert_eq!(s.pipeline_depth, Some(100));
         for hook in EVENTS {
             let expected = !matches!(hook, Hook::ClientConnect | Hook::ClientConnack);
             assert_eq!(s.rules.wants(hook, "any/topic"), expected, "{}", hook.name());
@@ -416,6 +437,11 @@ mod tests {
         assert_eq!(s.ssl.cacertfile, Some(PathBuf::from("ca.pem")));
         assert!(!s.ssl.verify);
         assert_eq!(s.request_timeout, Duration::from_millis(250));
+        // EMQX 4.3 writes a switch, EMQX 5 how many requests a connection carries.
+        for (value, depth) in [(json!(false), None), (json!(true), Some(100)), (json!(16), Some(16))] {
+            let s = Settings::from_json(&json!({ "enable_pipelining": value })).unwrap();
+            assert_eq!(s.pipeline_depth, depth, "{value}");
+        }
     }
 
     #[test]
@@ -437,6 +463,8 @@ mod tests {
             (json!({"headers": {"bad header": "x"}}), "web_hook.headers: \"bad header\""),
             (json!({"headers": {"x": "a\r\nb"}}), "the value of x"),
             (json!({"queue_size": 0}), "web_hook.queue_size must be more than 0"),
+            (json!({"enable_pipelining": 0}), "web_hook.enable_pipelining must be more than 0"),
+            (json!({"enable_pipelining": "on"}), "web_hook.enable_pipelining: true, false, or how many"),
             (json!({"sender_priority": "high"}), "web_hook.sender_priority: unknown variant `high`"),
             (json!({"request_timeout": "soon"}), "web_hook.request_timeout: invalid duration"),
             (json!({"tmieout": "5s"}), "web_hook.tmieout: unknown field `tmieout`"),
