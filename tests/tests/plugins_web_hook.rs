@@ -654,6 +654,27 @@ async fn requests_are_pipelined_and_those_a_closing_service_did_not_read_are_sen
     assert!(service.unread.load(Ordering::SeqCst) > 0, "requests were written again");
 }
 
+/// `enable_pipelining = 3` (EMQX 5's form): a connection carries at most three unanswered
+/// requests. The service answers the first request, then waits for five (never reached), so
+/// of ten events one is sent, three are in flight and the other six stay in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_for_enable_pipelining_is_how_many_requests_a_connection_carries() {
+    let service = PipelineService::start("never sent");
+    let rules =
+        "pool_size = 1\nenable_pipelining = 3\nsender_priority = \"normal\"\nrules = [{ event = \"message.publish\" }]";
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"http://{}/hook\"\n{rules}\n", service.addr), &[]);
+    let mut publisher = Client::connect(&broker, "depth-pub").await;
+    for i in 0..10 {
+        publisher.publish_acked(&format!("depth/{i}"), QoS::AtLeastOnce, format!("m{i}")).await;
+    }
+    wait_until("one sent, three in flight, six queued", || {
+        let status = status(&dir);
+        let counts: Vec<u64> = ["sent", "in_flight", "queue_len"].iter().map(|k| stat_in(&status, k)).collect();
+        (counts == [1, 3, 6]).then_some(())
+    });
+    assert!(status(&dir).contains("pipelining  : 3"), "{}", status(&dir));
+}
+
 /// The test: a service that answers, and whose bodies are checked, then stops
 /// answering (its requests hang) while 10,000 QoS 1 messages flow from a publisher to a
 /// subscriber, with the plugin's default settings (every event, `queue_size` 10,000,
