@@ -122,6 +122,7 @@ impl Target {
             unanswered: VecDeque::new(),
             depth,
             persists: false,
+            broken: None,
         })
     }
 }
@@ -173,6 +174,9 @@ pub(crate) struct Connection {
     depth: usize,
     /// An answer has shown that the connection persists: requests may be pipelined.
     persists: bool,
+    /// Writing failed, for this reason: nothing more is written, and what the service
+    /// answered before is still read (it may say `connection: close`).
+    broken: Option<String>,
 }
 
 /// What one read of answers came to.
@@ -198,6 +202,9 @@ pub(crate) enum End {
 impl Connection {
     /// How many more requests may be written now.
     pub(crate) fn room(&self) -> usize {
+        if self.broken.is_some() {
+            return 0;
+        }
         let depth = if self.persists { self.depth } else { 1 };
         depth.saturating_sub(self.unanswered.len())
     }
@@ -208,9 +215,16 @@ impl Connection {
         self.unanswered.push_back(Unanswered { since: Instant::now(), body });
     }
 
-    /// Whether requests wait to be written.
+    /// Whether requests wait to be written (and can be).
     pub(crate) fn has_output(&self) -> bool {
-        self.written < self.out.len()
+        self.broken.is_none() && self.written < self.out.len()
+    }
+
+    /// Notes that writing failed for `why`. The connection is not over yet: answers the
+    /// service sent before it closed may still be read, and one of them may say that the
+    /// requests after it were not read (so they are written again, not failed).
+    pub(crate) fn write_failed(&mut self, why: String) {
+        self.broken = Some(why);
     }
 
     /// Notes that `n` more bytes of the requests were written.
@@ -236,7 +250,8 @@ impl Connection {
             match parse(&self.input[at..], eof) {
                 Ok(Parsed::Incomplete) if eof && self.unanswered.is_empty() => answers.end = Some(End::Unread),
                 Ok(Parsed::Incomplete) if eof => {
-                    answers.end = Some(End::Failed("the service closed the connection".to_owned()));
+                    let why = self.broken.clone().unwrap_or_else(|| "the service closed the connection".to_owned());
+                    answers.end = Some(End::Failed(why));
                 }
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Interim(n)) => at += n,

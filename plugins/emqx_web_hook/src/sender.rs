@@ -384,7 +384,10 @@ impl Worker {
                         c.wrote(n);
                         None
                     }
-                    Err(e) => Some(End::Failed(format!("cannot write the request: {e}"))),
+                    Err(e) => {
+                        c.write_failed(format!("cannot write the request: {e}"));
+                        None
+                    }
                 },
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     Some(End::Failed(format!("no answer within {:?}", self.request_timeout)))
