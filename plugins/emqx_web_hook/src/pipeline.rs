@@ -13,7 +13,10 @@
 //!   (RFC 9112 §9.6), so they are written again, in order, on a new connection;
 //! - a connection that fails or closes otherwise fails its unanswered requests, and so does
 //!   an oldest unanswered request older than `request_timeout`: counted as failed, not sent
-//!   again (the service may have acted on them), as when requests go one at a time.
+//!   again (the service may have acted on them), as when requests go one at a time;
+//! - a write that fails (a service that closed without reading what followed its
+//!   `connection: close` answer makes the next write fail) ends the writing, not the
+//!   connection: the answers the service sent before are still read.
 //!
 //! Over `https://`, each connection is TLS with the settings of `tls`.
 
@@ -125,9 +128,8 @@ impl Target {
             broken: None,
         })
     }
-}
 
-impl Target {
+    /// A new connection: TCP, and TLS over it for `https://`.
     async fn open(&self) -> std::io::Result<Box<dyn Stream>> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         // Requests are written whole, many at a time: nothing gains from Nagle's delay.
