@@ -251,6 +251,47 @@ fn an_mqtt_3_1_connack_has_no_session_present_bit() {
     }
 }
 
+/// MQTT 3.1 has a client send PUBREL, SUBSCRIBE and UNSUBSCRIBE again with DUP set (they are
+/// QoS 1 packets in that version; MQTT 3.1.1 fixes their flags at 0b0010, MQTT-3.6.1-1): an
+/// MQTT 3.1 client that does so, here after reconnecting with its QoS 2 exchange unfinished,
+/// is answered as if DUP were clear (mosquitto's `03-publish-c2b-disconnect-qos2` test).
+#[test]
+fn an_mqtt_3_1_client_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let connect = connect_bytes("MQIsdp", 3, 0x00, &mqtt_string("v31-dup"));
+    let mut stream = open(&broker);
+    stream.write_all(&connect).unwrap();
+    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0]);
+    let mut publish = mqtt_string("v31/dup");
+    publish.extend_from_slice(&[0, 1, b'x']);
+    stream.write_all(&frame(0x34, &publish)).unwrap(); // QoS 2, packet id 1
+    assert_eq!(read_packet(&mut stream), [0x50, 2, 0, 1], "PUBREC");
+    drop(stream); // the PUBREL not sent yet
+
+    let mut stream = open(&broker);
+    stream.write_all(&connect).unwrap();
+    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0], "no Session Present in 3.1");
+    stream.write_all(&[0x6a, 2, 0, 1]).unwrap(); // PUBREL, DUP set
+    assert_eq!(read_packet(&mut stream), [0x70, 2, 0, 1], "PUBCOMP");
+    let mut subscribe = vec![0, 2];
+    subscribe.extend_from_slice(&mqtt_string("v31/dup"));
+    subscribe.push(1);
+    stream.write_all(&frame(0x8a, &subscribe)).unwrap(); // SUBSCRIBE, DUP set
+    assert_eq!(read_packet(&mut stream), [0x90, 3, 0, 2, 1], "SUBACK");
+    let mut unsubscribe = vec![0, 3];
+    unsubscribe.extend_from_slice(&mqtt_string("v31/dup"));
+    stream.write_all(&frame(0xaa, &unsubscribe)).unwrap(); // UNSUBSCRIBE, DUP set
+    assert_eq!(read_packet(&mut stream), [0xb0, 2, 0, 3], "UNSUBACK");
+
+    // The same PUBREL from an MQTT 3.1.1 client is malformed: closed.
+    let mut stream = open(&broker);
+    stream.write_all(&connect_bytes("MQTT", 4, 0x02, &mqtt_string("v311-dup"))).unwrap();
+    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0]);
+    stream.write_all(&[0x6a, 2, 0, 1]).unwrap();
+    assert_eq!(read_until_closed(&mut stream, "a PUBREL with DUP from 3.1.1"), Vec::<u8>::new());
+}
+
 /// MQTT-3.1.2-24 and MQTT-3.1.2-25 (5): the broker sends no packet over the client's Maximum
 /// Packet Size, the CONNACK included. A CONNACK that does not fit leaves out first what the
 /// client assumes anyway (availability flags that are 1); if it still does not fit, the

@@ -134,12 +134,6 @@ fn fire_connack(node: &Node, client: &ClientInfo, code: u8) {
     }
 }
 
-/// Whether a CONNECT body that could not be decoded comes from an MQTT 5 client, which is
-/// then told why in a CONNACK before the connection closes (MQTT 5 §4.13.1).
-fn looks_like_v5(body: &[u8]) -> bool {
-    body.get(..7) == Some(&[0, 4, b'M', b'Q', b'T', b'T', 5][..])
-}
-
 /// The forwarded properties of a will or a message, encoded once for every subscriber.
 pub(super) fn forwarded(properties: &crate::mqtt::properties::Properties<'_>) -> Bytes {
     let mut w = PropertyWriter { out: BytesMut::new() };
@@ -178,10 +172,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
             return None;
         }
         Err(ConnectError::Decode(e)) => {
+            // Closed without a CONNACK, whatever the version: MQTT 3.1.1 requires it, MQTT 5
+            // allows it (§4.13.1: a CONNACK with the reason code MAY come first), and
+            // mosquitto does so for both.
             tracing::debug!(%peer, "bad CONNECT: {e}; closing");
-            if looks_like_v5(body) {
-                refuse(node, &mut io, None, Version::V5, e.reason_code(), None).await;
-            }
             return None;
         }
     };

@@ -65,10 +65,13 @@ impl FrameHeader {
     }
 
     /// Checks the flag bits: PUBLISH carries DUP, QoS and RETAIN; SUBSCRIBE, UNSUBSCRIBE and
-    /// PUBREL must have 0b0010, every other packet 0 (MQTT-2.2.2-1, MQTT-2.2.2-2).
-    pub(crate) fn check_flags(&self) -> Result<(), DecodeError> {
+    /// PUBREL must have 0b0010, every other packet 0 (MQTT-2.2.2-1, MQTT-2.2.2-2). An MQTT 3.1
+    /// client (`v3_1`) may also set DUP on those three, as its version has them sent again
+    /// with DUP set (MQTT 3.1 §2.1: they are QoS 1 packets there).
+    pub(crate) fn check_flags(&self, v3_1: bool) -> Result<(), DecodeError> {
         let expected = match self.kind() {
             kind::PUBLISH => return Ok(()),
+            kind::SUBSCRIBE | kind::UNSUBSCRIBE | kind::PUBREL if v3_1 && self.flags() == 0b1010 => return Ok(()),
             kind::SUBSCRIBE | kind::UNSUBSCRIBE | kind::PUBREL => 0b0010,
             _ => 0,
         };
@@ -171,11 +174,17 @@ mod tests {
     #[test]
     fn fixed_header_flags() {
         let header = |first_byte| FrameHeader { first_byte, header_len: 2, body_len: 0 };
-        assert!(header(0x82).check_flags().is_ok());
-        assert!(header(0x80).check_flags().is_err(), "SUBSCRIBE without 0b0010 (MQTT-3.8.1-1)");
-        assert!(header(0x62).check_flags().is_ok());
-        assert!(header(0x60).check_flags().is_err(), "PUBREL without 0b0010 (MQTT-3.6.1-1)");
-        assert!(header(0xc1).check_flags().is_err());
-        assert!(header(0x3f).check_flags().is_ok(), "PUBLISH flags are its own (QoS checked there)");
+        assert!(header(0x82).check_flags(false).is_ok());
+        assert!(header(0x80).check_flags(false).is_err(), "SUBSCRIBE without 0b0010 (MQTT-3.8.1-1)");
+        assert!(header(0x62).check_flags(false).is_ok());
+        assert!(header(0x60).check_flags(false).is_err(), "PUBREL without 0b0010 (MQTT-3.6.1-1)");
+        assert!(header(0xc1).check_flags(false).is_err());
+        assert!(header(0x3f).check_flags(false).is_ok(), "PUBLISH flags are its own (QoS checked there)");
+        // DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE sent again: MQTT 3.1 only.
+        for first in [0x6a, 0x8a, 0xaa] {
+            assert!(header(first).check_flags(true).is_ok(), "{first:#x} from an MQTT 3.1 client");
+            assert!(header(first).check_flags(false).is_err(), "{first:#x} from an MQTT 3.1.1 or 5 client");
+        }
+        assert!(header(0xe8).check_flags(true).is_err(), "DUP on other packets stays malformed");
     }
 }

@@ -30,7 +30,7 @@ pub(crate) enum Packet<'a> {
 impl<'a> Packet<'a> {
     /// Decodes the frame `header` delimits, whose body is `body`.
     pub(crate) fn decode(header: &FrameHeader, body: &'a [u8], version: Version) -> Result<Packet<'a>> {
-        header.check_flags()?;
+        header.check_flags(version == Version::V3_1)?;
         Ok(match header.kind() {
             kind::CONNECT => Packet::Connect,
             kind::PUBLISH => Packet::Publish(Publish::decode(header.flags(), body, version)?),
@@ -64,7 +64,7 @@ pub(crate) fn decode_first<'a>(header: &FrameHeader, body: &'a [u8]) -> std::res
     if header.kind() != kind::CONNECT {
         return Err(DecodeError::Protocol("the first packet is not CONNECT (MQTT-3.1.0-1)").into());
     }
-    header.check_flags()?;
+    header.check_flags(false)?;
     Connect::decode(body)
 }
 

@@ -146,7 +146,9 @@ impl<'a> Ack<'a> {
 }
 
 /// Appends a PUBACK, PUBREC, PUBREL or PUBCOMP (`packet_kind`). MQTT 5 gets the reason code
-/// and reason string, both left out when it is a plain success (§3.4.2.1).
+/// and reason string, both left out when it is a plain success (§3.4.2.1), and the property
+/// length left out when there is no reason string (§3.4.2.2.1: a Remaining Length under 4
+/// means no properties), the shortest form, as mosquitto writes it.
 pub(crate) fn encode_ack(
     out: &mut impl BufMut,
     version: Version,
@@ -162,14 +164,18 @@ pub(crate) fn encode_ack(
         out.put_u16(packet_id);
         return;
     }
-    let props_len = reason_string.map_or(0, |s| 3 + s.len());
+    let Some(reason_string) = reason_string else {
+        put_header(out, first, 3);
+        out.put_u16(packet_id);
+        out.put_u8(reason);
+        return;
+    };
+    let props_len = 3 + reason_string.len();
     put_header(out, first, 3 + varint_len(props_len) + props_len);
     out.put_u16(packet_id);
     out.put_u8(reason);
     put_varint(out, props_len);
-    if let Some(s) = reason_string {
-        PropertyWriter { out }.string(id::REASON_STRING, s);
-    }
+    PropertyWriter { out }.string(id::REASON_STRING, reason_string);
 }
 
 #[cfg(test)]
