@@ -32,15 +32,11 @@ impl<'a> Disconnect<'a> {
     }
 }
 
-/// Appends an MQTT 5 DISCONNECT with `reason` and an optional reason string; without one,
-/// the property length is left out (§3.14.2.2.1: a Remaining Length of 1 means no
-/// properties), the shortest form, as mosquitto writes it.
+/// Appends an MQTT 5 DISCONNECT with `reason` and an optional reason string. The Property
+/// Length is always written, 0 when there is no reason string: MQTT 5 allows leaving it out
+/// (§3.14.2.2.1, as mosquitto does), but rumqttc 0.25, a common Rust client, cannot read a
+/// DISCONNECT without it and would see a decoding error instead of the reason.
 pub(crate) fn encode_disconnect(out: &mut impl BufMut, reason: u8, reason_string: Option<&str>) {
-    if reason_string.is_none() {
-        put_header(out, kind::DISCONNECT << 4, 1);
-        out.put_u8(reason);
-        return;
-    }
     let props_len = reason_string.map_or(0, |s| 3 + s.len());
     put_header(out, kind::DISCONNECT << 4, 1 + super::frame::varint_len(props_len) + props_len);
     out.put_u8(reason);
