@@ -53,7 +53,7 @@ impl<'a> Filter<'a> {
         } else {
             (None, filter)
         };
-        if !plugin_api::topic::is_valid_filter(path) {
+        if !plugin_api::topic::is_valid_filter(path) || !within_level_limit(path) {
             return Err(FilterError::Invalid);
         }
         Ok(Filter { group, path })
@@ -64,10 +64,23 @@ impl<'a> Filter<'a> {
     }
 }
 
+/// The most levels a topic name or filter may have (mosquitto's limit; EMQX's default
+/// `max_topic_levels` is 128). The router and the subscription trie walk a topic level by
+/// level, recursively: a 65,535-byte topic of slashes has 65,536 levels, and routing one to
+/// a filter as deep overflowed a network thread's stack and aborted the broker. Nothing
+/// deeper than this reaches them: such a PUBLISH or will is refused as an invalid topic name,
+/// such a filter as an invalid topic filter.
+pub(crate) const MAX_TOPIC_LEVELS: usize = 200;
+
+/// Whether `topic` (a name or filter) has at most [`MAX_TOPIC_LEVELS`] levels.
+fn within_level_limit(topic: &str) -> bool {
+    topic.bytes().filter(|&b| b == b'/').count() < MAX_TOPIC_LEVELS
+}
+
 /// Whether `topic` is a valid topic name to publish to: not empty, no wildcards
-/// (MQTT-3.3.2-2, MQTT-4.7.3-1).
+/// (MQTT-3.3.2-2, MQTT-4.7.3-1), at most [`MAX_TOPIC_LEVELS`] levels.
 pub(crate) fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#'])
+    !topic.is_empty() && !topic.contains(['+', '#']) && within_level_limit(topic)
 }
 
 /// Whether a plugin's replacement topic (`HOOK_REPLACE` in `message.publish`) can be
@@ -277,5 +290,10 @@ mod tests {
         assert_eq!(Filter::parse("a+"), Err(FilterError::Invalid));
         assert_eq!(Filter::parse(""), Err(FilterError::Invalid));
         assert!(is_valid_topic("a/b") && !is_valid_topic("a/+") && !is_valid_topic(""));
+        let deepest = vec!["l"; MAX_TOPIC_LEVELS].join("/");
+        let deeper = format!("{deepest}/l");
+        assert!(is_valid_topic(&deepest) && !is_valid_topic(&deeper) && !is_valid_topic(&"/".repeat(65_535)));
+        assert!(Filter::parse(&deepest).is_ok() && Filter::parse(&format!("$share/g/{deepest}")).is_ok());
+        assert_eq!(Filter::parse(&deeper), Err(FilterError::Invalid));
     }
 }

@@ -137,3 +137,79 @@ fn a_65000_byte_client_id_is_logged_clipped() {
         assert!(longest < 2048, "a log line of {longest} bytes (allow_anonymous = {anonymous})");
     }
 }
+
+/// A packet: fixed header byte `first`, remaining length, `body`.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// `s` as an MQTT string (length first).
+fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Reads one packet whole (raw bytes).
+fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = vec![0u8; 2];
+    stream.read_exact(&mut out).expect("a packet from the broker");
+    assert!(out[1] < 0x80, "a short packet expected: {out:02x?}");
+    let mut body = vec![0u8; usize::from(out[1])];
+    stream.read_exact(&mut body).unwrap();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Topics and filters of more than 200 levels (mosquitto's limit) are refused before they
+/// reach the router, which walks levels recursively: a filter and a topic of 65,536 levels
+/// (65,535 slashes) used to overflow a network thread's stack and abort the whole broker.
+/// The filter gets SUBACK 0x80, the PUBLISH closes its connection (MQTT-3.3.2-2's treatment
+/// of an invalid topic name), and the broker serves on. A topic of 200 levels still flows.
+#[test]
+fn topics_of_more_than_200_levels_are_refused_and_the_broker_serves_on() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let deepest = vec!["l"; 200].join("/");
+    let mut sub = connected(&broker, b'd');
+    for (id, filter, granted) in
+        [(1u8, "/".repeat(65_535), 0x80), (2, format!("{deepest}/l"), 0x80), (3, deepest.clone(), 0)]
+    {
+        let mut body = vec![0, id];
+        body.extend_from_slice(&mqtt_string(&filter));
+        body.push(0);
+        sub.write_all(&packet(0x82, &body)).unwrap();
+        assert_eq!(read_packet(&mut sub), [0x90, 3, 0, id, granted], "SUBACK {id}");
+    }
+
+    // 200 levels: delivered.
+    let mut publisher = connected(&broker, b'p');
+    let mut body = mqtt_string(&deepest);
+    body.push(b'x');
+    publisher.write_all(&packet(0x30, &body)).unwrap();
+    let delivered = {
+        let mut head = [0u8; 1];
+        sub.read_exact(&mut head).unwrap();
+        head[0]
+    };
+    assert_eq!(delivered, 0x30, "the message of 200 levels");
+
+    // 65,536 levels: the publisher is closed, the broker goes on.
+    let mut deep = connected(&broker, b'q');
+    let mut body = mqtt_string(&"/".repeat(65_535));
+    body.push(b'x');
+    deep.write_all(&packet(0x30, &body)).unwrap();
+    assert_closed(deep, "a PUBLISH to a topic of 65,536 levels");
+    let _alive = connected(&broker, b'a');
+}

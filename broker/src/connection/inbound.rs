@@ -281,7 +281,10 @@ impl<T: Transport> Connection<T> {
         self.apply_alias(&publish)?;
         let topic = topic_of(&publish, self.aliases_in.as_deref());
         if !is_valid_topic(topic) {
-            return Err(Ended::protocol(reason::TOPIC_NAME_INVALID, "a topic name with wildcards (MQTT-3.3.2-2)"));
+            return Err(Ended::protocol(
+                reason::TOPIC_NAME_INVALID,
+                "a topic name with wildcards (MQTT-3.3.2-2) or too many levels",
+            ));
         }
         if publish.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {
             return Err(Ended::protocol(reason::PROTOCOL_ERROR, "a Response Topic with wildcards (MQTT-3.3.2-14)"));
