@@ -172,16 +172,17 @@ fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-/// Topics and filters of more than 200 levels (mosquitto's limit) are refused before they
-/// reach the router, which walks levels recursively: a filter and a topic of 65,536 levels
-/// (65,535 slashes) used to overflow a network thread's stack and abort the whole broker.
-/// The filter gets SUBACK 0x80, the PUBLISH closes its connection (MQTT-3.3.2-2's treatment
-/// of an invalid topic name), and the broker serves on. A topic of 200 levels still flows.
+/// Topics and filters of more than 201 levels (200 separators, mosquitto's limit) are
+/// refused before they reach the router, which walks levels recursively: a filter and a
+/// topic of 65,536 levels (65,535 slashes) used to overflow a network thread's stack and
+/// abort the whole broker. The filter gets SUBACK 0x80, the PUBLISH closes its connection
+/// (the treatment of an invalid topic name), and the broker serves on. A topic of 201 levels
+/// still flows.
 #[test]
-fn topics_of_more_than_200_levels_are_refused_and_the_broker_serves_on() {
+fn topics_deeper_than_201_levels_are_refused_and_the_broker_serves_on() {
     let dir = DataDir::with_plugins("");
     let broker = Broker::start(&dir, &[]);
-    let deepest = vec!["l"; 200].join("/");
+    let deepest = vec!["l"; 201].join("/");
     let mut sub = connected(&broker, b'd');
     for (id, filter, granted) in
         [(1u8, "/".repeat(65_535), 0x80), (2, format!("{deepest}/l"), 0x80), (3, deepest.clone(), 0)]
@@ -193,7 +194,7 @@ fn topics_of_more_than_200_levels_are_refused_and_the_broker_serves_on() {
         assert_eq!(read_packet(&mut sub), [0x90, 3, 0, id, granted], "SUBACK {id}");
     }
 
-    // 200 levels: delivered.
+    // 201 levels: delivered.
     let mut publisher = connected(&broker, b'p');
     let mut body = mqtt_string(&deepest);
     body.push(b'x');
@@ -203,7 +204,7 @@ fn topics_of_more_than_200_levels_are_refused_and_the_broker_serves_on() {
         sub.read_exact(&mut head).unwrap();
         head[0]
     };
-    assert_eq!(delivered, 0x30, "the message of 200 levels");
+    assert_eq!(delivered, 0x30, "the message of 201 levels");
 
     // 65,536 levels: the publisher is closed, the broker goes on.
     let mut deep = connected(&broker, b'q');
