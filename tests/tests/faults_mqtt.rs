@@ -92,18 +92,7 @@ fn connect_with_long_id(len: usize) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
     body.extend_from_slice(&(len as u16).to_be_bytes());
     body.resize(body.len() + len, b'c');
-    let mut packet = vec![0x10];
-    let mut left = body.len();
-    loop {
-        let byte = (left % 128) as u8;
-        left /= 128;
-        packet.push(if left > 0 { byte | 0x80 } else { byte });
-        if left == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
-    packet
+    packet(0x10, &body)
 }
 
 /// A client-chosen field is logged cut to 256 bytes with its length (a 65,000-byte client id
