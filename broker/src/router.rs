@@ -65,11 +65,12 @@ impl<'a> Filter<'a> {
 }
 
 /// The most levels a topic name or filter may have: 201, that is 200 `/` separators
-/// (mosquitto's limit, which counts separators; EMQX's default `max_topic_levels` is 128). The router and the subscription trie walk a topic level by
-/// level, recursively: a 65,535-byte topic of slashes has 65,536 levels, and routing one to
-/// a filter as deep overflowed a network thread's stack and aborted the broker. Nothing
-/// deeper than this reaches them: such a PUBLISH or will is refused as an invalid topic name,
-/// such a filter as an invalid topic filter.
+/// (mosquitto's limit, which counts separators; EMQX's default `max_topic_levels` is 128).
+/// The router and the subscription trie walk a topic level by level, recursively: a
+/// 65,535-byte topic of slashes has 65,536 levels, and routing one to a filter as deep
+/// overflowed a network thread's stack and aborted the broker. Nothing deeper than this
+/// reaches them: such a PUBLISH or will is refused as an invalid topic name, such a filter
+/// as an invalid topic filter.
 pub(crate) const MAX_TOPIC_LEVELS: usize = 201;
 
 /// Whether `topic` (a name or filter) has at most [`MAX_TOPIC_LEVELS`] levels.

@@ -16,6 +16,7 @@ pub mod pki;
 pub mod proxy;
 pub mod raw;
 pub mod receiver;
+pub mod wire;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use e2e::wire::{frame, mqtt_string, read_frame};
 use e2e::{counters, stat_in, Broker, Client, DataDir};
 use rumqttc::QoS;
 
@@ -92,7 +93,7 @@ fn connect_with_long_id(len: usize) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
     body.extend_from_slice(&(len as u16).to_be_bytes());
     body.resize(body.len() + len, b'c');
-    packet(0x10, &body)
+    frame(0x10, &body)
 }
 
 /// A client-chosen field is logged cut to 256 bytes with its length (a 65,000-byte client id
@@ -127,40 +128,6 @@ fn a_65000_byte_client_id_is_logged_clipped() {
     }
 }
 
-/// A packet: fixed header byte `first`, remaining length, `body`.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// `s` as an MQTT string (length first).
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-/// Reads one packet whole (raw bytes).
-fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = vec![0u8; 2];
-    stream.read_exact(&mut out).expect("a packet from the broker");
-    assert!(out[1] < 0x80, "a short packet expected: {out:02x?}");
-    let mut body = vec![0u8; usize::from(out[1])];
-    stream.read_exact(&mut body).unwrap();
-    out.extend_from_slice(&body);
-    out
-}
-
 /// Topics and filters of more than 201 levels (200 separators, mosquitto's limit) are
 /// refused before they reach the router, which walks levels recursively: a filter and a
 /// topic of 65,536 levels (65,535 slashes) used to overflow a network thread's stack and
@@ -179,15 +146,15 @@ fn topics_deeper_than_201_levels_are_refused_and_the_broker_serves_on() {
         let mut body = vec![0, id];
         body.extend_from_slice(&mqtt_string(&filter));
         body.push(0);
-        sub.write_all(&packet(0x82, &body)).unwrap();
-        assert_eq!(read_packet(&mut sub), [0x90, 3, 0, id, granted], "SUBACK {id}");
+        sub.write_all(&frame(0x82, &body)).unwrap();
+        assert_eq!(read_frame(&mut sub), [0x90, 3, 0, id, granted], "SUBACK {id}");
     }
 
     // 201 levels: delivered.
     let mut publisher = connected(&broker, b'p');
     let mut body = mqtt_string(&deepest);
     body.push(b'x');
-    publisher.write_all(&packet(0x30, &body)).unwrap();
+    publisher.write_all(&frame(0x30, &body)).unwrap();
     let delivered = {
         let mut head = [0u8; 1];
         sub.read_exact(&mut head).unwrap();
@@ -199,7 +166,7 @@ fn topics_deeper_than_201_levels_are_refused_and_the_broker_serves_on() {
     let mut deep = connected(&broker, b'q');
     let mut body = mqtt_string(&"/".repeat(65_535));
     body.push(b'x');
-    deep.write_all(&packet(0x30, &body)).unwrap();
+    deep.write_all(&frame(0x30, &body)).unwrap();
     assert_closed(deep, "a PUBLISH to a topic of 65,536 levels");
     let _alive = connected(&broker, b'a');
 }

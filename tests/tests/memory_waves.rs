@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use e2e::wire::{frame, mqtt_string};
 use e2e::{counters, stat_in, Broker, DataDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,20 +15,6 @@ use tokio::sync::Barrier;
 const WAVES: usize = 20;
 const CLIENTS: usize = 500;
 
-/// An MQTT 3.1.1 packet: `first_byte`, then `body` with its length (under 128 bytes).
-fn packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128);
-    let mut p = vec![first_byte, body.len() as u8];
-    p.extend_from_slice(body);
-    p
-}
-
-fn string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
 /// One client: CONNECT (clean session), SUBSCRIBE to its own filter at QoS 1, PUBLISH one
 /// QoS 1 message to it, wait for the message and both acknowledgements, DISCONNECT.
 async fn client(addr: std::net::SocketAddr, id: String, all_connected: Arc<Barrier>, measured: Arc<Barrier>) {
@@ -35,16 +22,16 @@ async fn client(addr: std::net::SocketAddr, id: String, all_connected: Arc<Barri
     let filter = format!("waves/{id}/#");
     let topic = format!("waves/{id}/t");
     let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    connect.extend(string(&id));
+    connect.extend(mqtt_string(&id));
     let mut subscribe = vec![0, 1];
-    subscribe.extend(string(&filter));
+    subscribe.extend(mqtt_string(&filter));
     subscribe.push(1);
-    let mut publish = string(&topic);
+    let mut publish = mqtt_string(&topic);
     publish.extend_from_slice(&[0, 2]);
     publish.extend_from_slice(b"payload");
-    let mut out = packet(0x10, &connect);
-    out.extend(packet(0x82, &subscribe));
-    out.extend(packet(0x32, &publish));
+    let mut out = frame(0x10, &connect);
+    out.extend(frame(0x82, &subscribe));
+    out.extend(frame(0x32, &publish));
     stream.write_all(&out).await.expect("send");
     // CONNACK (4) + SUBACK (5) + PUBACK (4) + the message back (2 + topic + id + payload).
     let expected = 4 + 5 + 4 + (2 + 2 + topic.len() + 2 + 7);
@@ -60,12 +47,12 @@ async fn client(addr: std::net::SocketAddr, id: String, all_connected: Arc<Barri
     }
     let message = packets.iter().find(|(first, _)| first >> 4 == 3).expect("the message came back").1;
     let packet_id = u16::from_be_bytes([message[2 + topic.len()], message[3 + topic.len()]]);
-    stream.write_all(&packet(0x40, &packet_id.to_be_bytes())).await.expect("send PUBACK");
+    stream.write_all(&frame(0x40, &packet_id.to_be_bytes())).await.expect("send PUBACK");
     // Connected and subscribed until the broker's memory has been read.
     all_connected.wait().await;
     measured.wait().await;
     let mut end = Vec::new();
-    end.extend(packet(0xe0, &[]));
+    end.extend(frame(0xe0, &[]));
     stream.write_all(&end).await.expect("send DISCONNECT");
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(e2e::DEADLINE, stream.read_to_end(&mut rest)).await;

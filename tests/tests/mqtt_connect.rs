@@ -10,37 +10,13 @@ use std::net::TcpStream;
 
 use bytes::BytesMut;
 use e2e::raw::{connect4, connect5, v5, Raw, V4, V5};
+use e2e::wire::{frame, mqtt_string, read_frame};
 use e2e::{options, recorded_events, stat, wait_for_stat, wait_until, Broker, Client, DataDir};
 use rumqttc::{ConnectReturnCode, Event, Packet, QoS};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
 // Raw bytes: CONNECTs a client library would never send.
-
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-/// A packet: fixed header byte, remaining length, body.
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
 
 /// A CONNECT with protocol `name` and `level`, connect `flags`, keep-alive 60, and `payload`
 /// (client id first) as given. MQTT 5 CONNECTs get an empty property block.
@@ -97,28 +73,6 @@ fn decode5(bytes: &[u8]) -> v5::Packet {
     let packet = v5::Packet::read(&mut buf, None).unwrap_or_else(|e| panic!("cannot decode {bytes:02x?}: {e:?}"));
     assert!(buf.is_empty(), "more than one packet in {bytes:02x?}");
     packet
-}
-
-/// Reads exactly one whole packet (raw bytes).
-fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
-    let mut header = [0u8; 1];
-    stream.read_exact(&mut header).expect("a packet from the broker");
-    let mut out = header.to_vec();
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        stream.read_exact(&mut b).unwrap();
-        out.push(b[0]);
-        len |= usize::from(b[0] & 0x7f) << shift;
-        shift += 7;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    out.extend_from_slice(&body);
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -219,12 +173,12 @@ fn a_new_session_is_acknowledged_with_session_present_0() {
     for (flags, id) in [(0x02, "new-clean"), (0x00, "new-persistent")] {
         let mut stream = open(&broker);
         stream.write_all(&connect_bytes("MQTT", 4, flags, &mqtt_string(id))).unwrap();
-        assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0], "3.1.1 CONNACK for {id}");
+        assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0], "3.1.1 CONNACK for {id}");
     }
     for (flags, id) in [(0x02, "new-clean-5"), (0x00, "new-persistent-5")] {
         let mut stream = open(&broker);
         stream.write_all(&connect_bytes("MQTT", 5, flags, &mqtt_string(id))).unwrap();
-        let connack = read_packet(&mut stream);
+        let connack = read_frame(&mut stream);
         assert_eq!(connack[0], 0x20, "CONNACK for {id}: {connack:02x?}");
         assert_eq!(connack[2], 0x00, "acknowledge flags for {id}: no Session Present, reserved bits 0");
         assert_eq!(connack[3], 0x00, "reason code for {id}");
@@ -244,7 +198,7 @@ fn an_mqtt_3_1_connack_has_no_session_present_bit() {
         for connack in [[0x20, 2, 0, 0], resumed] {
             let mut stream = open(&broker);
             stream.write_all(&connect_bytes(name, level, 0x00, &mqtt_string(&id))).unwrap();
-            assert_eq!(read_packet(&mut stream), connack, "CONNACK to level {level}");
+            assert_eq!(read_frame(&mut stream), connack, "CONNACK to level {level}");
             stream.write_all(&[0xe0, 0]).unwrap(); // DISCONNECT
             assert_eq!(read_until_closed(&mut stream, "DISCONNECT"), Vec::<u8>::new());
         }
@@ -262,32 +216,32 @@ fn an_mqtt_3_1_client_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
     let connect = connect_bytes("MQIsdp", 3, 0x00, &mqtt_string("v31-dup"));
     let mut stream = open(&broker);
     stream.write_all(&connect).unwrap();
-    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0]);
+    assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0]);
     let mut publish = mqtt_string("v31/dup");
     publish.extend_from_slice(&[0, 1, b'x']);
     stream.write_all(&frame(0x34, &publish)).unwrap(); // QoS 2, packet id 1
-    assert_eq!(read_packet(&mut stream), [0x50, 2, 0, 1], "PUBREC");
+    assert_eq!(read_frame(&mut stream), [0x50, 2, 0, 1], "PUBREC");
     drop(stream); // the PUBREL not sent yet
 
     let mut stream = open(&broker);
     stream.write_all(&connect).unwrap();
-    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0], "no Session Present in 3.1");
+    assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0], "no Session Present in 3.1");
     stream.write_all(&[0x6a, 2, 0, 1]).unwrap(); // PUBREL, DUP set
-    assert_eq!(read_packet(&mut stream), [0x70, 2, 0, 1], "PUBCOMP");
+    assert_eq!(read_frame(&mut stream), [0x70, 2, 0, 1], "PUBCOMP");
     let mut subscribe = vec![0, 2];
     subscribe.extend_from_slice(&mqtt_string("v31/dup"));
     subscribe.push(1);
     stream.write_all(&frame(0x8a, &subscribe)).unwrap(); // SUBSCRIBE, DUP set
-    assert_eq!(read_packet(&mut stream), [0x90, 3, 0, 2, 1], "SUBACK");
+    assert_eq!(read_frame(&mut stream), [0x90, 3, 0, 2, 1], "SUBACK");
     let mut unsubscribe = vec![0, 3];
     unsubscribe.extend_from_slice(&mqtt_string("v31/dup"));
     stream.write_all(&frame(0xaa, &unsubscribe)).unwrap(); // UNSUBSCRIBE, DUP set
-    assert_eq!(read_packet(&mut stream), [0xb0, 2, 0, 3], "UNSUBACK");
+    assert_eq!(read_frame(&mut stream), [0xb0, 2, 0, 3], "UNSUBACK");
 
     // The same PUBREL from an MQTT 3.1.1 client is malformed: closed.
     let mut stream = open(&broker);
     stream.write_all(&connect_bytes("MQTT", 4, 0x02, &mqtt_string("v311-dup"))).unwrap();
-    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0]);
+    assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0]);
     stream.write_all(&[0x6a, 2, 0, 1]).unwrap();
     assert_eq!(read_until_closed(&mut stream, "a PUBREL with DUP from 3.1.1"), Vec::<u8>::new());
 }
@@ -310,23 +264,23 @@ fn mqtt5_acknowledgements_without_properties_are_in_their_shortest_form() {
     let connect = frame(0x10, &body);
     let mut old = open(&broker);
     old.write_all(&connect).unwrap();
-    let connack = read_packet(&mut old);
+    let connack = read_frame(&mut old);
     assert_eq!((connack[0], connack[3]), (0x20, 0), "{connack:02x?}");
     // QoS 1 (packet id 7), no properties, to a topic nobody subscribes to.
     let mut publish = mqtt_string("short/nobody");
     publish.extend_from_slice(&[0, 7, 0, b'x']);
     old.write_all(&frame(0x32, &publish)).unwrap();
-    assert_eq!(read_packet(&mut old), [0x40, 3, 0, 7, 0x10], "PUBACK 0x10, no Property Length");
+    assert_eq!(read_frame(&mut old), [0x40, 3, 0, 7, 0x10], "PUBACK 0x10, no Property Length");
     // Subscribed (packet id 8, no properties), then a QoS 1 message it gets itself.
     let mut subscribe = vec![0, 8, 0];
     subscribe.extend_from_slice(&mqtt_string("short/me"));
     subscribe.push(1);
     old.write_all(&frame(0x82, &subscribe)).unwrap();
-    assert_eq!(read_packet(&mut old), [0x90, 4, 0, 8, 0, 1], "SUBACK");
+    assert_eq!(read_frame(&mut old), [0x90, 4, 0, 8, 0, 1], "SUBACK");
     let mut publish = mqtt_string("short/me");
     publish.extend_from_slice(&[0, 9, 0, b'y']);
     old.write_all(&frame(0x32, &publish)).unwrap();
-    let mut got = [read_packet(&mut old), read_packet(&mut old)];
+    let mut got = [read_frame(&mut old), read_frame(&mut old)];
     got.sort();
     let message = [0x32, 14, 0, 8, b's', b'h', b'o', b'r', b't', b'/', b'm', b'e', 0, 1, 0, b'y'];
     assert_eq!(got[0], message, "the message, packet id 1");
@@ -335,8 +289,8 @@ fn mqtt5_acknowledgements_without_properties_are_in_their_shortest_form() {
     // Taken over: DISCONNECT 0x8E, the reason code alone.
     let mut new = open(&broker);
     new.write_all(&connect).unwrap();
-    assert_eq!(read_packet(&mut new)[0], 0x20);
-    assert_eq!(read_packet(&mut old), [0xe0, 2, 0x8e, 0], "DISCONNECT 0x8E, Property Length 0");
+    assert_eq!(read_frame(&mut new)[0], 0x20);
+    assert_eq!(read_frame(&mut old), [0xe0, 2, 0x8e, 0], "DISCONNECT 0x8E, Property Length 0");
 }
 
 /// MQTT-3.1.2-24 and MQTT-3.1.2-25 (5): the broker sends no packet over the client's Maximum
@@ -361,13 +315,13 @@ fn a_connack_over_the_clients_maximum_packet_size_is_not_sent() {
     let full = {
         let mut stream = open(&broker);
         stream.write_all(&connect("mps-full", 1000, None)).unwrap();
-        read_packet(&mut stream).len()
+        read_frame(&mut stream).len()
     };
     assert!(full > 20, "the full CONNACK is {full} bytes");
 
     let mut stream = open(&broker);
     stream.write_all(&connect("mps-20", 20, None)).unwrap();
-    let connack = read_packet(&mut stream);
+    let connack = read_frame(&mut stream);
     assert!(connack.len() <= 20, "{} bytes for Maximum Packet Size 20: {connack:02x?}", connack.len());
     match decode5(&connack) {
         v5::Packet::ConnAck(ack) => {
@@ -531,7 +485,7 @@ fn inconsistent_will_and_credential_flags_close_the_connection() {
     // The same CONNECT with consistent flags is accepted: the refusals were about the flags.
     let mut stream = open(&broker);
     stream.write_all(&connect_bytes("MQTT", 4, 0x0e, &with_will)).unwrap();
-    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0]);
+    assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0]);
 }
 
 /// MQTT-3.1.3-8 (3.1.1): a zero-length client id with CleanSession 0 gets CONNACK 0x02 and the
@@ -923,13 +877,13 @@ fn missing_will_user_name_or_password_fields_close_the_connection() {
     let credentials = [mqtt_string("complete"), mqtt_string("user"), mqtt_string("pw")].concat();
     let mut stream = open(&broker);
     stream.write_all(&connect_bytes("MQTT", 4, 0xc2, &credentials)).unwrap();
-    assert_eq!(read_packet(&mut stream), [0x20, 2, 0, 0], "3.1.1 with user name and password");
+    assert_eq!(read_frame(&mut stream), [0x20, 2, 0, 0], "3.1.1 with user name and password");
     let will = [mqtt_string("complete5"), vec![0], mqtt_string("w/t"), mqtt_string("bye")].concat();
     let password_only = [mqtt_string("complete5-pw"), mqtt_string("pw")].concat();
     for (what, flags, payload) in [("will", 0x06, will), ("password only", 0x42, password_only)] {
         let mut stream = open(&broker);
         stream.write_all(&connect_bytes("MQTT", 5, flags, &payload)).unwrap();
-        match decode5(&read_packet(&mut stream)) {
+        match decode5(&read_frame(&mut stream)) {
             v5::Packet::ConnAck(ack) => assert_eq!(ack.code, v5::ConnectReturnCode::Success, "5, {what}"),
             other => panic!("5, {what}: expected CONNACK, got {other:?}"),
         }

@@ -114,7 +114,6 @@ impl Target {
             Ok(Err(e)) => return Err(format!("cannot connect to {}:{}: {e}", self.host, self.port)),
             Ok(Ok(stream)) => stream,
         };
-        let depth = self.depth;
         let (reader, writer) = tokio::io::split(stream);
         Ok(Connection {
             reader,
@@ -123,7 +122,7 @@ impl Target {
             written: 0,
             input: Vec::new(),
             unanswered: VecDeque::new(),
-            depth,
+            depth: self.depth,
             persists: false,
             broken: None,
         })

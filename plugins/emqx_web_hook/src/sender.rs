@@ -320,8 +320,8 @@ impl Worker {
     async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>, client: reqwest::Client) {
         while let Some(event) = events.recv().await {
             let Some(body) = self.take(event) else { continue };
-            self.send(&client, body).await;
-            self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let failure = self.send(&client, body).await;
+            self.finish(failure);
         }
     }
 
@@ -424,21 +424,23 @@ impl Worker {
         }
     }
 
-    /// POSTs one body with `client` and counts what came of it.
-    async fn send(&self, client: &reqwest::Client, body: Vec<u8>) {
+    /// POSTs one body with `client`: `None` if it was answered with a 2xx status, else why
+    /// not.
+    async fn send(&self, client: &reqwest::Client, body: Vec<u8>) -> Option<String> {
         let request = client.post(self.url.clone()).headers(self.headers.clone()).body(body);
-        let failure = match request.send().await {
+        match request.send().await {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("HTTP {}", response.status())),
             Err(e) => Some(error_chain(&e)),
-        };
-        self.record(failure);
+        }
     }
 
-    /// Counts what came of one request: `None` if it was answered with a 2xx status, else
-    /// why not. The first failure of a run is logged, and the first success after one.
-    fn record(&self, failure: Option<String>) {
+    /// A request is over: one fewer in flight, and what came of it counted (`None`: answered
+    /// with a 2xx status; else why not). The first failure of a run is logged, and the first
+    /// success after one.
+    fn finish(&self, failure: Option<String>) {
         let shared = &self.shared;
+        shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
         match failure {
             None => {
                 shared.count(Count::Sent, 1);
@@ -459,12 +461,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// A request is over (answered or failed): one fewer in flight, and its outcome counted.
-    fn finish(&self, failure: Option<String>) {
-        self.shared.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.record(failure);
     }
 }
 
