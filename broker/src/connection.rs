@@ -95,7 +95,7 @@ pub(crate) enum Ended {
     KeepAlive,
     /// A packet begun did not arrive whole within `mqtt.packet_timeout`.
     PacketTimeout,
-    /// A new connection with the same client id resumed the session.
+    /// A new connection with the same client id resumed the session: no will.
     TakenOver,
     /// A new connection with the same client id and clean start discarded the session.
     Discarded,
@@ -498,8 +498,14 @@ impl<T: Transport> Connection<T> {
             }
         }
         // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:
-        // its sessions end with it.
-        let will = if matches!(ended, Ended::Normal | Ended::Shutdown) { None } else { self.will.take().map(|w| *w) };
+        // its sessions end with it. Nor when a new connection resumes the session: the client
+        // is back before its will was due (MQTT-3.1.3-9 (5) with any delay; MQTT 3.1.1's
+        // §3.1.2.5 does not list a takeover), as mosquitto and EMQX do. A takeover that
+        // discards the session publishes it.
+        let will = match ended {
+            Ended::Normal | Ended::Shutdown | Ended::TakenOver => None,
+            _ => self.will.take().map(|w| *w),
+        };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);
         let node = self.node.clone();
         // Before the session is handed over: a connection that takes it over (or discards it)

@@ -84,6 +84,7 @@ metrics! {
     MessagesDelivered => "messages.delivered",
     MessagesAcked => "messages.acked",
     DeliveryDropped => "delivery.dropped",
+    DeliveryDroppedNoLocal => "delivery.dropped.no_local",
     DeliveryDroppedTooLarge => "delivery.dropped.too_large",
     DeliveryDroppedQos0Msg => "delivery.dropped.qos0_msg",
     DeliveryDroppedQueueFull => "delivery.dropped.queue_full",

@@ -21,7 +21,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
-use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Router, ShareGroup, Subscriber, Target};
+use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Routed, Router, ShareGroup, Subscriber, Target};
 use crate::session::moved::MovedSession;
 use crate::session::registry::{Adopted, Claimed, HandOver, Owner, Sessions, Termination};
 use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
@@ -121,6 +121,8 @@ pub(crate) enum DropReason {
     Expired,
     /// Over the subscriber's Maximum Packet Size (MQTT 5).
     TooLarge,
+    /// The publisher's own subscription with No Local (MQTT-3.8.3-3).
+    NoLocal,
 }
 
 impl DropReason {
@@ -131,6 +133,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::Expired => "expired",
             DropReason::TooLarge => "too_large",
+            DropReason::NoLocal => "no_local",
         }
     }
 }
@@ -288,7 +291,7 @@ impl Node {
             } else {
                 let keys = state
                     .durable
-                    .get_or_insert_with(|| Box::new(Durable { keys: Keys::new(&session.client_id), next_seq: 0 }))
+                    .get_or_insert_with(|| Box::new(Durable { keys: Keys::new(&session.client_id), next_seq: Durable::START }))
                     .keys
                     .clone();
                 let _ = persist::put_session(&mut batch, &keys, &Node::session_record(&state));
@@ -309,7 +312,7 @@ impl Node {
             let state = &mut *guard;
             let next_seq = moved.install(state);
             if self.persistence.is_some() && state.expiry_interval > 0 {
-                let mut durable = Durable { keys: Keys::new(&session.client_id), next_seq };
+                let mut durable = Durable { keys: Keys::new(&session.client_id), next_seq: next_seq.max(Durable::START) };
                 let mut batch = Batch::new();
                 let inflight = state.inflight.take();
                 durable.next_seq = durable.next_seq.max(inflight.iter().map(|e| e.delivery.seq).max().unwrap_or(0));
@@ -618,7 +621,7 @@ impl Node {
                 let mut state = session.lock();
                 state.expiry_interval = restored.record.expiry_interval;
                 state.expires_at = restored.expires_at(alive_at, now_ms);
-                let next_seq = restored.entries.last().map_or(0, |(seq, _)| *seq);
+                let next_seq = restored.entries.last().map_or(Durable::START, |(seq, _)| *seq);
                 state.durable = Some(Box::new(Durable { keys, next_seq }));
                 state.awaiting_rel = restored.awaiting_rel;
                 for (seq, entry) in restored.entries {
@@ -738,6 +741,7 @@ impl Node {
             DropReason::QueueFull => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedQueueFull)),
             DropReason::Expired => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedExpired)),
             DropReason::TooLarge => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedTooLarge)),
+            DropReason::NoLocal => (Metric::DeliveryDropped, Some(Metric::DeliveryDroppedNoLocal)),
         };
         self.stats.metrics.inc(dropped);
         if let Some(cause) = cause {
@@ -920,13 +924,20 @@ impl Node {
         mut persistent: Option<&mut bool>,
     ) -> usize {
         let mut targets = TARGETS.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        match reach {
+        let found = match reach {
             Reach::All => self.router.route(message.topic(), publisher, &mut targets),
             Reach::Plain => self.router.route_plain(message.topic(), publisher, &mut targets),
-            Reach::Group { path, group } => self.router.route_to_group(path, group, publisher, 0, &mut targets),
-        }
-        let routed = targets.len();
-        if routed == 0 && self.cluster.is_none() {
+            Reach::Group { path, group } => {
+                self.router.route_to_group(path, group, publisher, 0, &mut targets);
+                Routed::default()
+            }
+        };
+        // The publisher's own No Local subscription counts as a match (PUBACK 0x00, as EMQX
+        // and mosquitto answer), its copy as dropped.
+        let routed = targets.len() + usize::from(found.own_no_local);
+        if found.own_no_local {
+            self.dropped(publisher.client_id, &message, DropReason::NoLocal);
+        } else if routed == 0 && self.cluster.is_none() {
             self.dropped(publisher.client_id, &message, DropReason::NoSubscribers);
         }
         let (mut dropped, mut refused) = (Vec::new(), Vec::new());

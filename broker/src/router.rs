@@ -146,6 +146,15 @@ pub(crate) struct Publisher<'a> {
     pub(crate) client_id: &'a str,
 }
 
+/// What routing a message found besides its targets.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Routed {
+    /// A subscription of the publisher's own session with No Local matched, and the session
+    /// gets no copy: the message matched a subscription (EMQX and mosquitto acknowledge it as
+    /// such) and the copy is dropped (`delivery.dropped.no_local`).
+    pub(crate) own_no_local: bool,
+}
+
 /// Which of this node's subscriptions a message goes to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Reach<'a> {
@@ -191,14 +200,14 @@ impl Router {
     /// The sessions a message on `topic` goes to, appended to `out`: one target a session for
     /// its plain subscriptions (the highest QoS and every identifier of those that match,
     /// MQTT-3.3.4-2, MQTT-3.3.4-3), and one a share group.
-    pub(crate) fn route(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
-        self.route_scoped(topic, publisher, out, true);
+    pub(crate) fn route(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) -> Routed {
+        self.route_scoped(topic, publisher, out, true)
     }
 
     /// [`Router::route`] to plain subscriptions only (in a cluster, share groups are served
     /// through NATS queue groups: see [`Router::route_to_group`]).
-    pub(crate) fn route_plain(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) {
-        self.route_scoped(topic, publisher, out, false);
+    pub(crate) fn route_plain(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>) -> Routed {
+        self.route_scoped(topic, publisher, out, false)
     }
 
     /// The member of share group `group` at filter `path` that gets a message (which matches
@@ -220,13 +229,15 @@ impl Router {
         }
     }
 
-    fn route_scoped(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>, groups: bool) {
+    fn route_scoped(&self, topic: &str, publisher: Publisher<'_>, out: &mut Vec<Target>, groups: bool) -> Routed {
         let first = out.len();
+        let mut own = false;
         {
             let trie = crate::read(&self.trie);
             trie.matches(topic, &mut |level| {
                 for sub in &level.subscribers {
                     if sub.options.no_local && sub.session.id == publisher.session {
+                        own = true;
                         continue; // MQTT-3.8.3-3
                     }
                     out.push(Target::of(sub, None));
@@ -239,6 +250,9 @@ impl Router {
             });
         }
         merge_overlapping(out, first);
+        // A message its own publisher also subscribed to gets no copy from that subscription
+        // when it says No Local; it did match it.
+        Routed { own_no_local: own && !out[first..].iter().any(|t| t.session.id == publisher.session) }
     }
 
     /// Subscriptions held now.

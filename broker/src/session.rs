@@ -124,8 +124,15 @@ pub(crate) enum Enqueued {
 #[derive(Debug)]
 pub(crate) struct Durable {
     pub(crate) keys: Keys,
-    /// The sequence number of the next QoS 1/2 message queued.
+    /// The sequence number of the last QoS 1/2 message queued; the next is one more.
     pub(crate) next_seq: u64,
+}
+
+impl Durable {
+    /// `next_seq` of a session with no message yet: its first is numbered `u16::MAX`, which
+    /// goes out as packet id 1 ([`crate::persist::packet_id_of`]), the id clients see first
+    /// from mosquitto and EMQX too.
+    pub(crate) const START: u64 = u16::MAX as u64 - 1;
 }
 
 /// What the session's mutex guards.

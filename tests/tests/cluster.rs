@@ -1141,10 +1141,11 @@ fn killing_the_subscribers_node_loses_no_acknowledged_qos_1_message() {
     }
 }
 
-/// A will without a delay is sent when its connection is taken over from another node
-/// (MQTT-3.1.4-3: the existing client's will is published), once.
+/// A will without a delay is sent when its connection is taken over from another node by a
+/// connection with Clean Start 1 (MQTT-3.1.4-3: the existing client's will is published; the
+/// session is not resumed, so nothing holds it back), once.
 #[test]
-fn a_will_without_delay_is_sent_when_its_connection_is_taken_over_from_another_node() {
+fn a_will_without_delay_is_sent_once_when_another_node_discards_its_session() {
     let nats = Nats::start();
     let (_d1, n1) = node(&nats, "emqx@w1");
     let (_d2, n2) = node(&nats, "emqx@w2");
@@ -1158,8 +1159,8 @@ fn a_will_without_delay_is_sent_when_its_connection_is_taken_over_from_another_n
         properties: expiry(300),
     };
     let (old, _) = C5::connect_packet(&n1, &rumqttc::v5::mqttbytes::v5::Packet::Connect(connect, Some(will), None));
-    let (_new, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("willer", false, expiry(300)));
-    assert!(ack.session_present, "{ack:?}");
+    let (_new, ack) = C5::connect_packet(&n2, &e2e::raw::connect5("willer", true, expiry(300)));
+    assert!(!ack.session_present, "{ack:?}");
     old.expect_disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
     let p = watcher.next_publish();
     assert_eq!((topic(&p), payload(&p)), ("will/w".to_owned(), "gone".to_owned()));

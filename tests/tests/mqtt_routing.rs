@@ -1075,6 +1075,31 @@ fn no_local_keeps_a_clients_own_messages_from_it() {
     assert_eq!(got, ["mine", "theirs"], "No Local applies to the publishing client only");
 }
 
+/// A message whose only matching subscription is its publisher's own with No Local matched a
+/// subscription: PUBACK 0x00, as EMQX and mosquitto answer, not 0x10 No matching subscribers;
+/// the copy not sent is counted as EMQX 4.3 counts it (`delivery.dropped.no_local`), not as a
+/// message without subscribers. Without that subscription the PUBACK says 0x10.
+#[test]
+fn a_message_only_its_publishers_no_local_subscription_matched_is_acknowledged_as_matched() {
+    let (dir, broker) = start_broker("", &[]);
+    let mut own = C5::connect(&broker, "nlm-own");
+    let nl = filter("nlm/x", QoS::AtLeastOnce, true, false, v5::RetainForwardRule::OnEverySubscribe);
+    assert_eq!(own.subscribe_with(vec![nl], None), vec![v5::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    match own.publish_retain("nlm/x", QoS::AtLeastOnce, false, "mine") {
+        Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::Success, "{ack:?}"),
+        other => panic!("PUBACK expected, got {other:?}"),
+    }
+    match own.publish_retain("nlm/nobody", QoS::AtLeastOnce, false, "nobody") {
+        Some(P5::PubAck(ack)) => assert_eq!(ack.reason, v5::PubAckReason::NoMatchingSubscribers, "{ack:?}"),
+        other => panic!("PUBACK expected, got {other:?}"),
+    }
+    wait_for_stat(&dir, "delivery.dropped.no_local", 1);
+    assert_eq!(stat(&dir, "messages.dropped.no_subscribers"), 1, "nlm/nobody's only");
+    // Nothing came back to the publisher: the next packet is the answer to its PINGREQ.
+    own.raw.send(&P5::PingReq(v5::PingReq));
+    assert!(matches!(own.raw.recv(), P5::PingResp(_)), "its own message was not sent back");
+}
+
 /// MQTT-3.3.1-12, MQTT-3.3.1-13 (5): a live message keeps its RETAIN flag only for a Retain
 /// As Published subscription; MQTT-3.3.1-9 (3.1.1): an MQTT 3.1.1 subscriber always gets a
 /// forwarded message with RETAIN 0.

@@ -159,7 +159,9 @@ fn will_is_published_on_abnormal_close_only_v311() {
     assert!(rude.until_closed().is_empty(), "a second CONNECT closes the connection");
     assert_message(&next4(&mut watcher), "w4/protocol", "rude");
 
-    // A new connection with the same client id closes the old one, as a network failure would.
+    // A new connection with the same client id closes the old one, as a network failure would;
+    // the old session (clean) ends with it, so its will goes (none when the session is resumed:
+    // `mqtt_session_lifecycle.rs`).
     let mut old = conn4_will(&broker, "w4-twice", 60, will4("w4/taken-over", "replaced", QoS::AtLeastOnce, false));
     let _new = conn4_will(&broker, "w4-twice", 60, None);
     assert!(old.until_closed().is_empty(), "the old connection is closed");

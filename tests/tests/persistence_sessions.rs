@@ -153,6 +153,36 @@ fn a_persistent_session_and_its_subscription_survive_a_restart_and_clean_ones_ne
     assert!(!ack.session_present, "the clean session was not kept");
 }
 
+/// A persistent session's messages go out with packet ids made from their sequence numbers,
+/// the same after a restart; the first is 1, as from mosquitto and EMQX: for a message queued
+/// while the session was offline, and again after a restart that read the session back with
+/// nothing queued.
+#[test]
+fn a_persistent_sessions_first_message_has_packet_id_1() {
+    let first_packet_id = |broker: &Broker, round: &str| {
+        let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-first-pub", true));
+        let mut publish = Publish::new("p/first", QoS::AtLeastOnce, round);
+        publish.pkid = 1;
+        publisher.send(&Packet::Publish(publish));
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)), "{round}");
+        publisher.disconnect();
+        let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4("p-first", false));
+        assert!(ack.session_present, "{round}");
+        let Packet::Publish(p) = sub.recv() else { panic!("{round}: a PUBLISH expected") };
+        assert_eq!(p.payload.as_ref(), round.as_bytes());
+        sub.send(&Packet::PubAck(PubAck::new(p.pkid)));
+        sub.disconnect();
+        p.pkid
+    };
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    persistent_subscriber(&broker, "p-first", QoS::AtLeastOnce);
+    assert_eq!(first_packet_id(&broker, "queued while offline"), 1);
+    broker.stop();
+    let broker = Broker::start(&dir, &[]);
+    assert_eq!(first_packet_id(&broker, "after a restart"), 1);
+}
+
 #[test]
 fn a_damaged_store_is_refused_naming_its_file() {
     let dir = DataDir::new();
