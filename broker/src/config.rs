@@ -22,6 +22,7 @@ pub use listeners::{
 
 use crate::auth::{AllowAnonymous, BoolOrText, FailurePolicy};
 use crate::node::{AclCacheSettings, Zone};
+use crate::router::MAX_TOPIC_LEVELS;
 use crate::session::{Overflow, QueueLimits};
 
 /// Settings given on the command line; they beat the file and the environment.
@@ -109,6 +110,9 @@ pub struct MqttSettings {
     pub shared_subscription: bool,
     /// Topic aliases an MQTT 5 client may use (Topic Alias Maximum announced); 0 for none.
     pub max_topic_alias: u16,
+    /// Most levels a topic name or filter from a client may have (EMQX's
+    /// `max_topic_levels`); 0 for the broker's own limit, 201.
+    pub max_topic_levels: usize,
     /// Keep-alive imposed on every MQTT 5 client (Server Keep Alive, EMQX's
     /// `server_keepalive`), in seconds; 0 leaves the client's.
     pub server_keepalive: u16,
@@ -162,6 +166,7 @@ impl Default for MqttSettings {
             wildcard_subscription: true,
             shared_subscription: true,
             max_topic_alias: 65535,
+            max_topic_levels: 0,
             server_keepalive: 0,
             max_keepalive: 0,
             max_clientid_len: 65535,
@@ -205,6 +210,10 @@ impl MqttSettings {
         if self.max_packet_size < 64 {
             return Err(bad("mqtt.max_packet_size", &format!("{} (at least 64 bytes)", self.max_packet_size)));
         }
+        if self.max_topic_levels > MAX_TOPIC_LEVELS {
+            let why = format!("{} (at most {MAX_TOPIC_LEVELS}; 0 for that)", self.max_topic_levels);
+            return Err(bad("mqtt.max_topic_levels", &why));
+        }
         let expiry = duration("mqtt.session_expiry_interval", &self.session_expiry_interval)?;
         let packet_timeout = duration("mqtt.packet_timeout", &self.packet_timeout)?;
         if packet_timeout.is_zero() {
@@ -238,6 +247,10 @@ impl MqttSettings {
             wildcard_subscription: self.wildcard_subscription,
             shared_subscription: self.shared_subscription,
             max_topic_alias: self.max_topic_alias,
+            max_topic_levels: match self.max_topic_levels {
+                0 => MAX_TOPIC_LEVELS,
+                levels => levels,
+            },
             server_keep_alive: (self.server_keepalive > 0).then_some(self.server_keepalive),
             max_keep_alive: (self.max_keepalive > 0).then_some(self.max_keepalive),
             max_client_id_len: self.max_clientid_len,

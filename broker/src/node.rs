@@ -21,7 +21,9 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metric;
 use crate::mqtt::subscribe::SubscriptionOptions;
 use crate::persist::{self, Keys, SessionRecord};
-use crate::router::{is_valid_replacement_topic, Filter, Publisher, Reach, Routed, Router, ShareGroup, Subscriber, Target};
+use crate::router::{
+    is_valid_replacement_topic, Filter, Publisher, Reach, Routed, Router, ShareGroup, Subscriber, Target,
+};
 use crate::session::moved::MovedSession;
 use crate::session::registry::{Adopted, Claimed, HandOver, Owner, Sessions, Termination};
 use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
@@ -70,6 +72,8 @@ pub(crate) struct Zone {
     pub(crate) shared_subscription: bool,
     /// Topic aliases a client may use (MQTT 5 Topic Alias Maximum announced).
     pub(crate) max_topic_alias: u16,
+    /// Most levels of a client's topic name or filter, at most [`crate::router::MAX_TOPIC_LEVELS`].
+    pub(crate) max_topic_levels: usize,
     /// Keep-alive the broker imposes on MQTT 5 clients (Server Keep Alive), if any.
     pub(crate) server_keep_alive: Option<u16>,
     /// Longest keep-alive a client may ask for, if limited.
@@ -100,6 +104,7 @@ impl Default for Zone {
             wildcard_subscription: true,
             shared_subscription: true,
             max_topic_alias: 65535,
+            max_topic_levels: crate::router::MAX_TOPIC_LEVELS,
             server_keep_alive: None,
             max_keep_alive: None,
             max_client_id_len: 65535,
@@ -291,7 +296,9 @@ impl Node {
             } else {
                 let keys = state
                     .durable
-                    .get_or_insert_with(|| Box::new(Durable { keys: Keys::new(&session.client_id), next_seq: Durable::START }))
+                    .get_or_insert_with(|| {
+                        Box::new(Durable { keys: Keys::new(&session.client_id), next_seq: Durable::START })
+                    })
                     .keys
                     .clone();
                 let _ = persist::put_session(&mut batch, &keys, &Node::session_record(&state));
@@ -312,7 +319,8 @@ impl Node {
             let state = &mut *guard;
             let next_seq = moved.install(state);
             if self.persistence.is_some() && state.expiry_interval > 0 {
-                let mut durable = Durable { keys: Keys::new(&session.client_id), next_seq: next_seq.max(Durable::START) };
+                let mut durable =
+                    Durable { keys: Keys::new(&session.client_id), next_seq: next_seq.max(Durable::START) };
                 let mut batch = Batch::new();
                 let inflight = state.inflight.take();
                 durable.next_seq = durable.next_seq.max(inflight.iter().map(|e| e.delivery.seq).max().unwrap_or(0));

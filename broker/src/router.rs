@@ -70,12 +70,17 @@ impl<'a> Filter<'a> {
 /// 65,535-byte topic of slashes has 65,536 levels, and routing one to a filter as deep
 /// overflowed a network thread's stack and aborted the broker. Nothing deeper than this
 /// reaches them: such a PUBLISH or will is refused as an invalid topic name, such a filter
-/// as an invalid topic filter.
+/// as an invalid topic filter. `mqtt.max_topic_levels` may set a lower limit for clients.
 pub(crate) const MAX_TOPIC_LEVELS: usize = 201;
+
+/// How many levels `topic` (a name or filter) has: one more than its separators.
+pub(crate) fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
 
 /// Whether `topic` (a name or filter) has at most [`MAX_TOPIC_LEVELS`] levels.
 fn within_level_limit(topic: &str) -> bool {
-    topic.bytes().filter(|&b| b == b'/').count() < MAX_TOPIC_LEVELS
+    levels(topic) <= MAX_TOPIC_LEVELS
 }
 
 /// Whether `topic` is a valid topic name to publish to: not empty, no wildcards

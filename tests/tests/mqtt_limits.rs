@@ -1,5 +1,6 @@
 //! Limits on what a client can make the broker hold: `mqtt.max_session_expiry` (EMQX 5's cap
-//! on the MQTT 5 Session Expiry Interval) and `mqtt.max_subscriptions` (EMQX's, per session).
+//! on the MQTT 5 Session Expiry Interval), `mqtt.max_subscriptions` (EMQX's, per session) and
+//! `mqtt.max_topic_levels` (EMQX's, how deep a topic or filter may be).
 
 use e2e::raw::{connect4, connect5, expiry, v5, Raw, C5, V4, V5};
 use e2e::{stat, wait_for_stat, Broker, DataDir};
@@ -76,4 +77,63 @@ fn subscriptions_over_max_subscriptions_get_quota_exceeded() {
         ),
         other => panic!("expected SUBACK, got {other:?}"),
     }
+}
+
+/// `mqtt.max_topic_levels` (EMQX's name), here 3: a filter of 4 levels gets SUBACK 0x8F Topic
+/// Filter invalid (MQTT 3.1.1: 0x80) while one of 3 is granted, a share group's name not
+/// counted; a PUBLISH to 4 levels is refused as Topic Name invalid (DISCONNECT 0x90, as EMQX
+/// does), and a will on 4 levels gets CONNACK 0x90 (MQTT 3.1.1: the connection closed). More
+/// than the broker's own limit (201) is refused at start, naming the setting.
+#[test]
+fn topics_and_filters_deeper_than_max_topic_levels_are_refused() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__MAX_TOPIC_LEVELS", "3")]);
+    let mut c = C5::connect(&broker, "mtl5");
+    let filters = |names: &[&str]| names.iter().map(|f| v5::Filter::new(*f, QoS::AtLeastOnce)).collect();
+    let ok = v5::SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let invalid = v5::SubscribeReasonCode::TopicFilterInvalid;
+    assert_eq!(
+        c.subscribe_with(filters(&["a/b/c", "a/b/c/d", "a/+/#", "a/+/+/#", "$share/g/a/b/c"]), None),
+        vec![ok, invalid, ok, invalid, ok]
+    );
+    let mut publisher = C5::connect(&broker, "mtl-pub");
+    publisher.publish("a/b/c", QoS::AtLeastOnce, "three levels");
+    assert_eq!(e2e::raw::payload(&c.next_publish()), "three levels");
+    publisher.raw.send(&v5::Packet::Publish(v5::Publish::new("a/b/c/d", QoS::AtMostOnce, "four", None)));
+    publisher.raw.expect_disconnect(v5::DisconnectReasonCode::TopicNameInvalid, "a PUBLISH to four levels");
+
+    let (mut c4, _) = Raw::<V4>::connect(broker.addr, &connect4("mtl4", true));
+    let subscribe = rumqttc::Subscribe::new_many(
+        ["x/y/z", "w/x/y/z"].map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), rumqttc::QoS::AtMostOnce)),
+    );
+    c4.send(&rumqttc::Packet::Subscribe(rumqttc::Subscribe { pkid: 1, ..subscribe }));
+    match c4.recv() {
+        rumqttc::Packet::SubAck(ack) => assert_eq!(
+            ack.return_codes,
+            [rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce), rumqttc::SubscribeReasonCode::Failure]
+        ),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+
+    let will = e2e::raw::will5("w/x/y/z", "gone", QoS::AtMostOnce, false, None);
+    let connect =
+        v5::Connect { keep_alive: 60, client_id: "mtl-will5".to_owned(), clean_start: true, properties: None };
+    let (_, ack) = Raw::<V5>::connect(broker.addr, &v5::Packet::Connect(connect, Some(will), None));
+    assert_eq!(ack.code, v5::ConnectReturnCode::TopicNameInvalid, "a will on four levels");
+    let mut connect = rumqttc::Connect::new("mtl-will4");
+    connect.last_will = Some(rumqttc::LastWill::new("w/x/y/z", "gone", rumqttc::QoS::AtMostOnce, false));
+    let mut will4 = Raw::<V4>::open(broker.addr);
+    will4.send(&rumqttc::Packet::Connect(connect));
+    assert_eq!(will4.until_closed(), vec![], "3.1.1: a will on four levels closes the connection");
+    broker.stop();
+
+    let out = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("BROKER_MQTT__MAX_TOPIC_LEVELS", "202")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "max_topic_levels = 202 was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid configuration: mqtt.max_topic_levels = 202 (at most 201"), "{stderr}");
 }

@@ -27,7 +27,7 @@ use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
 use crate::persist;
-use crate::router::{is_valid_replacement_filter, is_valid_topic, Filter};
+use crate::router::{is_valid_replacement_filter, is_valid_topic, levels, Filter};
 use crate::session::{Acked, RecOutcome, Subscription};
 
 /// The most bytes the topics a client set aliases for may hold, each counted with
@@ -280,10 +280,10 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         self.apply_alias(&publish)?;
         let topic = topic_of(&publish, self.aliases_in.as_deref());
-        if !is_valid_topic(topic) {
+        if !is_valid_topic(topic) || levels(topic) > node.zone.max_topic_levels {
             return Err(Ended::protocol(
                 reason::TOPIC_NAME_INVALID,
-                "a topic name with wildcards (MQTT-3.3.2-2) or too many levels",
+                "a topic name with wildcards (MQTT-3.3.2-2) or more levels than mqtt.max_topic_levels",
             ));
         }
         if publish.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {
@@ -568,6 +568,7 @@ impl<T: Transport> Connection<T> {
         };
         let code = match Filter::parse(&filter) {
             Err(_) => reason::TOPIC_FILTER_INVALID,
+            Ok(parsed) if levels(parsed.path) > zone.max_topic_levels => reason::TOPIC_FILTER_INVALID,
             Ok(parsed) if parsed.group.is_some() && options.no_local => {
                 return Err(Ended::protocol(
                     reason::PROTOCOL_ERROR,
