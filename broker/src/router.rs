@@ -86,7 +86,13 @@ fn within_level_limit(topic: &str) -> bool {
 /// Whether `topic` is a valid topic name to publish to: not empty, no wildcards
 /// (MQTT-3.3.2-2, MQTT-4.7.3-1), at most [`MAX_TOPIC_LEVELS`] levels.
 pub(crate) fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#']) && within_level_limit(topic)
+    is_valid_topic_within(topic, MAX_TOPIC_LEVELS)
+}
+
+/// [`is_valid_topic`], with at most `max_levels` levels (a client's: `mqtt.max_topic_levels`,
+/// itself at most [`MAX_TOPIC_LEVELS`]).
+pub(crate) fn is_valid_topic_within(topic: &str, max_levels: usize) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#']) && levels(topic) <= max_levels.min(MAX_TOPIC_LEVELS)
 }
 
 /// Whether a plugin's replacement topic (`HOOK_REPLACE` in `message.publish`) can be

@@ -29,7 +29,7 @@ use crate::mqtt::properties::PropertyWriter;
 use crate::mqtt::reason;
 use crate::mqtt::Version;
 use crate::node::Node;
-use crate::router::{is_valid_topic, levels};
+use crate::router::{is_valid_topic, is_valid_topic_within};
 use crate::session::registry::{Elsewhere, Will};
 
 /// Why the handshake stopped before a CONNACK was due.
@@ -429,7 +429,7 @@ fn will(node: &Node, connect: &Connect<'_>) -> Result<Option<Will>, Option<u8>> 
         return Ok(None);
     };
     let v5 = connect.version.is_v5();
-    if !is_valid_topic(will.topic) || levels(will.topic) > node.zone.max_topic_levels {
+    if !is_valid_topic_within(will.topic, node.zone.max_topic_levels) {
         return Err(v5.then_some(reason::TOPIC_NAME_INVALID));
     }
     if will.properties.response_topic.is_some_and(|t| !is_valid_topic(t)) {

@@ -27,7 +27,7 @@ use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
 use crate::persist;
-use crate::router::{is_valid_replacement_filter, is_valid_topic, levels, Filter};
+use crate::router::{is_valid_replacement_filter, is_valid_topic, is_valid_topic_within, levels, Filter};
 use crate::session::{Acked, RecOutcome, Subscription};
 
 /// The most bytes the topics a client set aliases for may hold, each counted with
@@ -280,7 +280,7 @@ impl<T: Transport> Connection<T> {
         let node = self.node.clone();
         self.apply_alias(&publish)?;
         let topic = topic_of(&publish, self.aliases_in.as_deref());
-        if !is_valid_topic(topic) || levels(topic) > node.zone.max_topic_levels {
+        if !is_valid_topic_within(topic, node.zone.max_topic_levels) {
             return Err(Ended::protocol(
                 reason::TOPIC_NAME_INVALID,
                 "a topic name with wildcards (MQTT-3.3.2-2) or more levels than mqtt.max_topic_levels",
