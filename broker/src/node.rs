@@ -267,27 +267,38 @@ impl Node {
         }
     }
 
-    /// The session's record as it is now (expiry, subscriptions; online).
+    /// The session's record as it is now (expiry, subscriptions; online, or offline since now
+    /// with its messages numbered up to now as those that may have been sent).
     fn session_record(state: &crate::session::State) -> SessionRecord {
         let mut record = SessionRecord::new(state.expiry_interval);
         record.set_subscriptions(state.subscriptions.iter().map(|(f, s)| (&**f, s.options, s.id)));
-        record.offline_since_ms = state.attachment.is_none().then(crate::now_ms);
+        if state.attachment.is_none() {
+            record.offline_since_ms = Some(crate::now_ms());
+            record.sent_through = state.durable.as_ref().map(|d| d.next_seq);
+        }
         record
     }
 
     /// After a connection opened `session`: a persistent one (Session Expiry above 0) is kept
     /// in the store from now on, with its record written; one that stopped being persistent
     /// is taken out of it.
-    pub(crate) fn persist_opened(&self, session: &Session, discarded: bool) {
+    ///
+    /// Returns the write to wait for before the client is sent anything when the session
+    /// holds messages queued while it was offline: the store says those were never sent
+    /// (`SessionRecord::sent_through`) until it knows the session is online, and a crash in
+    /// between would have them sent again as first deliveries, DUP 0.
+    pub(crate) fn persist_opened(
+        &self,
+        session: &Session,
+        discarded: bool,
+    ) -> Option<impl Future<Output = Result<(), store::StoreError>> + Send + 'static> {
         let _ = self.share_record(session, discarded);
-        if self.persistence.is_none() {
-            return;
-        }
+        let store = self.persistence.as_ref()?;
         let mut batch = Batch::new();
-        {
+        let never_sent = {
             let mut state = session.lock();
             if state.ended {
-                return;
+                return None;
             }
             if state.expiry_interval == 0 {
                 if let Some(durable) = state.durable.take() {
@@ -303,8 +314,13 @@ impl Node {
                     .clone();
                 let _ = persist::put_session(&mut batch, &keys, &Node::session_record(&state));
             }
+            state.durable.is_some() && state.queue.iter().any(|d| d.seq != 0 && !d.maybe_sent)
+        };
+        if never_sent {
+            return Some(store.commit_async(batch));
         }
         self.commit_in_background(batch);
+        None
     }
 
     /// Puts a session another node gave up (`moved`) into `session`, new and attached, not yet
@@ -618,10 +634,23 @@ impl Node {
                 keys.delete_all(&mut batch)?;
                 continue;
             }
+            // Numbered on from its last message, read back or sent before it went offline.
+            let next_seq = restored
+                .entries
+                .last()
+                .map(|(seq, _)| *seq)
+                .max(restored.record.sent_through)
+                .unwrap_or(Durable::START);
+            // Messages numbered above `sent_through` were queued while the session was offline:
+            // they go out as first deliveries (DUP 0). Without it (online when the broker
+            // stopped, or a record from before it was kept) any may have been sent: DUP 1.
+            let sent_through = restored.record.sent_through;
             if restored.record.offline_since_ms.is_none() {
-                // Online when the broker stopped: offline since it was last known to run.
+                // Online when the broker stopped: offline since it was last known to run, and
+                // what it has now may all have been sent.
                 let mut record = restored.record.clone();
                 record.offline_since_ms = Some(alive_at.min(now_ms));
+                record.sent_through = Some(next_seq);
                 persist::put_session(&mut batch, &keys, &record)?;
             }
             let session = Arc::new(node.sessions.new_session(restored.client_id.as_str().into()));
@@ -629,11 +658,11 @@ impl Node {
                 let mut state = session.lock();
                 state.expiry_interval = restored.record.expiry_interval;
                 state.expires_at = restored.expires_at(alive_at, now_ms);
-                let next_seq = restored.entries.last().map_or(Durable::START, |(seq, _)| *seq);
                 state.durable = Some(Box::new(Durable { keys, next_seq }));
                 state.awaiting_rel = restored.awaiting_rel;
                 for (seq, entry) in restored.entries {
-                    let delivery = entry.into_delivery(seq, now_ms);
+                    let mut delivery = entry.into_delivery(seq, now_ms);
+                    delivery.maybe_sent = sent_through.is_none_or(|through| seq <= through);
                     if delivery.qos == 2 && restored.released.contains(&seq) {
                         state.inflight.push_released(persist::packet_id_of(seq), delivery);
                     } else {

@@ -14,8 +14,11 @@
 //! A message of a persistent session goes out with a packet id made from its sequence number
 //! ([`packet_id_of`]), so a QoS 2 message resent after a restart has the id the client saw
 //! before, and the client's own de-duplication holds: no write is needed before a send. Whether
-//! a message went out before the broker stopped is not written either, so every message read
-//! back goes out with DUP set, as a possible re-delivery (MQTT-3.3.1-1).
+//! a message went out is not written either; but a session's record, written when it goes
+//! offline, says up to which number its messages may have been sent
+//! ([`SessionRecord::sent_through`]): read back, those go out with DUP set, as possible
+//! re-deliveries (MQTT-3.3.1-1), and those queued later as first deliveries. A session that
+//! comes back online is written as such before such a message is sent.
 //!
 //! A client id is written with its length first, so one client's keys never prefix another's.
 //! In `core/node`, `alive_at` is the time the node last said it was running: sessions that were
@@ -52,11 +55,23 @@ pub(crate) struct SessionRecord {
     pub(crate) offline_since_ms: Option<u64>,
     /// Filter, subscription options byte (MQTT 5 layout), subscription identifier.
     pub(crate) subscriptions: Vec<(String, u8, Option<u32>)>,
+    /// While the session is offline: the sequence number of its last message that may have
+    /// gone to its client; those numbered above it were queued while it was offline and never
+    /// sent. Stored after the fields above ([`put_session`]), a trailer that readers of the
+    /// record alone (an older broker, the cluster's shared record) do without.
+    #[serde(skip)]
+    pub(crate) sent_through: Option<u64>,
 }
 
 impl SessionRecord {
     pub(crate) fn new(expiry_interval: u32) -> SessionRecord {
-        SessionRecord { version: RECORD_VERSION, expiry_interval, offline_since_ms: None, subscriptions: Vec::new() }
+        SessionRecord {
+            version: RECORD_VERSION,
+            expiry_interval,
+            offline_since_ms: None,
+            subscriptions: Vec::new(),
+            sent_through: None,
+        }
     }
 
     /// The record as bytes (as in the store).
@@ -67,6 +82,25 @@ impl SessionRecord {
     /// A record read back from [`SessionRecord::encode`]'s bytes.
     pub(crate) fn decode(bytes: &[u8], client_id: &str) -> Result<SessionRecord, RecordError> {
         decode(bytes, "session record", client_id)
+    }
+
+    /// The record as the store keeps it: with `sent_through` after it, if set.
+    pub(crate) fn encode_stored(&self) -> Vec<u8> {
+        let bytes = self.encode();
+        match self.sent_through {
+            Some(seq) => postcard::to_extend(&seq, bytes).unwrap_or_else(|_| self.encode()),
+            None => bytes,
+        }
+    }
+
+    /// A record read back from the store ([`put_session`]), with `sent_through` if it was
+    /// offline and the trailer is there (a record written before the trailer existed has none).
+    pub(crate) fn decode_stored(bytes: &[u8], client_id: &str) -> Result<SessionRecord, RecordError> {
+        let (mut record, rest) = postcard::take_from_bytes::<SessionRecord>(bytes).map_err(|e| {
+            RecordError::Unreadable { what: "session record", client_id: client_id.to_owned(), why: e.to_string() }
+        })?;
+        record.sent_through = record.offline_since_ms.and(postcard::from_bytes::<u64>(rest).ok());
+        Ok(record)
     }
 
     /// The record as the cluster shares it (`cluster::ownership`): with, as a trailer that
@@ -326,7 +360,7 @@ impl Keys {
 
 /// Puts `record` for `keys` into `batch`.
 pub(crate) fn put_session(batch: &mut Batch, keys: &Keys, record: &SessionRecord) -> Result<(), StoreError> {
-    batch.put(BUCKET, &keys.session(), &encode(record)).map(drop)
+    batch.put(BUCKET, &keys.session(), &record.encode_stored()).map(drop)
 }
 
 /// Puts `entry` at `seq` for `keys` into `batch`.
@@ -403,7 +437,7 @@ pub(crate) fn restore(store: &Store) -> Result<Stored, RecordError> {
             orphans.push(key);
             continue;
         };
-        let record: SessionRecord = decode(&value, "session record", client_id)?;
+        let record = SessionRecord::decode_stored(&value, client_id)?;
         by_id.insert(client_id.to_owned(), sessions.len());
         sessions.push(Restored {
             client_id: client_id.to_owned(),
@@ -463,6 +497,24 @@ mod tests {
             subscription_ids: view.subscription_ids.to_vec(),
             share: None,
         }
+    }
+
+    #[test]
+    fn a_stored_record_of_an_offline_session_says_up_to_where_its_messages_may_have_been_sent() {
+        let stored = SessionRecord::encode_stored;
+        let mut record = SessionRecord::new(300);
+        record.offline_since_ms = Some(7);
+        record.sent_through = Some(65_540);
+        let bytes = stored(&record);
+        assert_eq!(SessionRecord::decode_stored(&bytes, "c").unwrap(), record);
+        assert_eq!(SessionRecord::decode(&bytes, "c").unwrap().sent_through, None, "a reader of the record alone");
+        record.sent_through = None;
+        assert_eq!(stored(&record), record.encode(), "without it, the record alone, as before");
+        assert_eq!(SessionRecord::decode_stored(&record.encode(), "c").unwrap().sent_through, None);
+        // Online: whatever follows is not read as one.
+        record.offline_since_ms = None;
+        let online = postcard::to_extend(&5u64, record.encode()).unwrap();
+        assert_eq!(SessionRecord::decode_stored(&online, "c").unwrap().sent_through, None);
     }
 
     #[test]

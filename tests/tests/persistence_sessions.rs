@@ -65,8 +65,9 @@ fn publish_until_killed(broker: Broker, qos: QoS, kill_after: usize) -> HashSet<
 
 /// Connects `id` again (CleanSession 0), expects Session Present 1, and receives until the
 /// marker `p/end` that another client publishes after it connected: every message queued
-/// before the marker has come by then. Returns each payload with how often it came; every
-/// message read back from the store comes with DUP set.
+/// before the marker has come by then. Returns each payload with how often it came. Every
+/// message was queued while the session was offline (it went offline before they were
+/// published), so each read back from the store comes as a first delivery, DUP 0.
 fn resume_and_drain(broker: &Broker, id: &str) -> HashMap<String, usize> {
     let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
     assert!(ack.session_present, "the session survived the restart (MQTT-3.2.2-2)");
@@ -92,9 +93,9 @@ fn resume_and_drain(broker: &Broker, id: &str) -> HashMap<String, usize> {
                     assert!(!p.dup, "the marker, published after the restart, is a first delivery: DUP 0");
                     return got;
                 }
-                // MQTT-3.3.1-1: read back from the store, it may have been sent before the
-                // broker died (that is not recorded), so it goes as a possible re-delivery.
-                assert!(p.dup, "{payload}, read back after the restart, came with DUP 0");
+                // MQTT-3.3.1-1 sets DUP only on a re-delivery: the store knows these were
+                // queued after the session went offline, never sent.
+                assert!(!p.dup, "{payload}, queued while its session was offline, came with DUP 1");
                 *got.entry(payload).or_default() += 1;
             }
             Packet::PubRel(rel) => sub.send(&Packet::PubComp(PubComp::new(rel.pkid))),
@@ -153,34 +154,56 @@ fn a_persistent_session_and_its_subscription_survive_a_restart_and_clean_ones_ne
     assert!(!ack.session_present, "the clean session was not kept");
 }
 
-/// A persistent session's messages go out with packet ids made from their sequence numbers,
-/// the same after a restart; the first is 1, as from mosquitto and EMQX: for a message queued
-/// while the session was offline, and again after a restart that read the session back with
-/// nothing queued.
+/// A persistent session's messages go out with packet ids made from their numbers in the
+/// store: the first is 1 (as from mosquitto and EMQX), and they go on after a restart rather
+/// than start again (as mosquitto's do). After a restart, a message sent before it comes again
+/// as a re-delivery, DUP 1 with its id, and one queued while the session was offline as a
+/// first delivery, DUP 0 (MQTT-3.3.1-1).
 #[test]
-fn a_persistent_sessions_first_message_has_packet_id_1() {
-    let first_packet_id = |broker: &Broker, round: &str| {
-        let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-first-pub", true));
-        let mut publish = Publish::new("p/first", QoS::AtLeastOnce, round);
+fn a_persistent_sessions_packet_ids_and_dup_flags_hold_across_restarts() {
+    let publish = |broker: &Broker, payload: &str| {
+        let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-ids-pub", true));
+        let mut publish = Publish::new("p/ids", QoS::AtLeastOnce, payload);
         publish.pkid = 1;
         publisher.send(&Packet::Publish(publish));
-        assert!(matches!(publisher.recv(), Packet::PubAck(_)), "{round}");
+        assert!(matches!(publisher.recv(), Packet::PubAck(_)), "{payload}");
         publisher.disconnect();
-        let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4("p-first", false));
-        assert!(ack.session_present, "{round}");
-        let Packet::Publish(p) = sub.recv() else { panic!("{round}: a PUBLISH expected") };
-        assert_eq!(p.payload.as_ref(), round.as_bytes());
-        sub.send(&Packet::PubAck(PubAck::new(p.pkid)));
-        sub.disconnect();
-        p.pkid
+    };
+    let resume = |broker: &Broker| {
+        let (sub, ack) = Raw::<V4>::connect(broker.addr, &connect4("p-ids", false));
+        assert!(ack.session_present);
+        sub
+    };
+    let next = |sub: &mut Raw<V4>| match sub.recv() {
+        Packet::Publish(p) => (String::from_utf8(p.payload.to_vec()).unwrap(), p.pkid, p.dup),
+        other => panic!("a PUBLISH expected, got {other:?}"),
     };
     let dir = DataDir::new();
     let broker = Broker::start(&dir, &[]);
-    persistent_subscriber(&broker, "p-first", QoS::AtLeastOnce);
-    assert_eq!(first_packet_id(&broker, "queued while offline"), 1);
+    persistent_subscriber(&broker, "p-ids", QoS::AtLeastOnce);
+    publish(&broker, "first");
+    let mut sub = resume(&broker);
+    assert_eq!(next(&mut sub), ("first".to_owned(), 1, false));
+    sub.send(&Packet::PubAck(PubAck::new(1)));
+    publish(&broker, "unacknowledged");
+    assert_eq!(next(&mut sub), ("unacknowledged".to_owned(), 2, false));
+    sub.disconnect();
+    publish(&broker, "queued offline");
     broker.stop();
+
     let broker = Broker::start(&dir, &[]);
-    assert_eq!(first_packet_id(&broker, "after a restart"), 1);
+    let mut sub = resume(&broker);
+    assert_eq!(next(&mut sub), ("unacknowledged".to_owned(), 2, true), "sent before the restart: a re-delivery");
+    assert_eq!(next(&mut sub), ("queued offline".to_owned(), 3, false), "never sent: a first delivery");
+    sub.send(&Packet::PubAck(PubAck::new(2)));
+    sub.send(&Packet::PubAck(PubAck::new(3)));
+    sub.disconnect();
+    broker.stop();
+
+    let broker = Broker::start(&dir, &[]);
+    publish(&broker, "after two restarts");
+    let mut sub = resume(&broker);
+    assert_eq!(next(&mut sub), ("after two restarts".to_owned(), 4, false), "the ids go on");
 }
 
 #[test]

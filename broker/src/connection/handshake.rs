@@ -296,7 +296,10 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         }
         None => {}
     }
-    node.persist_opened(&opened.session, opened.discarded);
+    if let Some(online) = node.persist_opened(&opened.session, opened.discarded) {
+        // A failed write is the store's to log and count; the client is served all the same.
+        let _ = Box::pin(online).await;
+    }
     let mut will = will;
     if let Some(will) = &mut will {
         will.message.edit(|head| head.publisher = opened.session.id);
