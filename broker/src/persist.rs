@@ -84,22 +84,33 @@ impl SessionRecord {
         decode(bytes, "session record", client_id)
     }
 
-    /// The record as the store keeps it: with `sent_through` after it, if set.
-    pub(crate) fn encode_stored(&self) -> Vec<u8> {
+    /// The record's bytes followed by `trailer`, if any: a number that readers of the record
+    /// alone ignore (the store's `sent_through`, the cluster's `pending_since_ms`).
+    fn encode_with_trailer(&self, trailer: Option<u64>) -> Vec<u8> {
         let bytes = self.encode();
-        match self.sent_through {
-            Some(seq) => postcard::to_extend(&seq, bytes).unwrap_or_else(|_| self.encode()),
+        match trailer {
+            Some(n) => postcard::to_extend(&n, bytes).unwrap_or_else(|_| self.encode()),
             None => bytes,
         }
+    }
+
+    /// A record and the trailer after it, if one is there ([`SessionRecord::encode_with_trailer`]).
+    fn decode_with_trailer(bytes: &[u8]) -> Result<(SessionRecord, Option<u64>), postcard::Error> {
+        let (record, rest) = postcard::take_from_bytes::<SessionRecord>(bytes)?;
+        Ok((record, postcard::from_bytes::<u64>(rest).ok()))
+    }
+
+    /// The record as the store keeps it: with `sent_through` after it, if set.
+    pub(crate) fn encode_stored(&self) -> Vec<u8> {
+        self.encode_with_trailer(self.sent_through)
     }
 
     /// A record read back from the store ([`put_session`]), with `sent_through` if it was
     /// offline and the trailer is there (a record written before the trailer existed has none).
     pub(crate) fn decode_stored(bytes: &[u8], client_id: &str) -> Result<SessionRecord, RecordError> {
-        let (mut record, rest) = postcard::take_from_bytes::<SessionRecord>(bytes).map_err(|e| {
-            RecordError::Unreadable { what: "session record", client_id: client_id.to_owned(), why: e.to_string() }
-        })?;
-        record.sent_through = record.offline_since_ms.and(postcard::from_bytes::<u64>(rest).ok());
+        let (mut record, trailer) =
+            SessionRecord::decode_with_trailer(bytes).map_err(unreadable("session record", client_id))?;
+        record.sent_through = record.offline_since_ms.and(trailer);
         Ok(record)
     }
 
@@ -107,18 +118,16 @@ impl SessionRecord {
     /// readers of the record alone ignore, when the oldest QoS 1/2 message still queued or in
     /// flight for the session was published (ms since the Unix epoch), if one is.
     pub(crate) fn encode_shared(&self, pending_since_ms: Option<u64>) -> Vec<u8> {
-        let bytes = self.encode();
-        match pending_since_ms {
-            Some(ms) => postcard::to_extend(&ms, bytes).unwrap_or_else(|_| self.encode()),
-            None => bytes,
-        }
+        self.encode_with_trailer(pending_since_ms)
     }
 
     /// From a shared record (encoded, [`SessionRecord::encode_shared`]): when its session went
     /// offline, if it was offline, and since when it had messages pending, if it had.
     pub(crate) fn decode_revival(bytes: &[u8]) -> (Option<u64>, Option<u64>) {
-        let Ok((record, rest)) = postcard::take_from_bytes::<SessionRecord>(bytes) else { return (None, None) };
-        (record.offline_since_ms, postcard::from_bytes::<u64>(rest).ok())
+        match SessionRecord::decode_with_trailer(bytes) {
+            Ok((record, pending_since_ms)) => (record.offline_since_ms, pending_since_ms),
+            Err(_) => (None, None),
+        }
     }
 
     /// The subscriptions: filter, options, identifier; an unreadable one is skipped.
@@ -238,11 +247,7 @@ impl EntryRecord {
 
     /// A record read back from the store: the record, then its share group if one follows.
     pub(crate) fn decode(bytes: &[u8], client_id: &str) -> Result<EntryRecord, RecordError> {
-        let unreadable = |e: postcard::Error| RecordError::Unreadable {
-            what: "queued message",
-            client_id: client_id.to_owned(),
-            why: e.to_string(),
-        };
+        let unreadable = unreadable("queued message", client_id);
         let (mut record, rest) = postcard::take_from_bytes::<EntryRecord>(bytes).map_err(unreadable)?;
         if !rest.is_empty() {
             record.share = Some(postcard::from_bytes(rest).map_err(unreadable)?);
@@ -294,11 +299,12 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str, client_id: &str) -> Result<T, RecordError> {
-    postcard::from_bytes(bytes).map_err(|e| RecordError::Unreadable {
-        what,
-        client_id: client_id.to_owned(),
-        why: e.to_string(),
-    })
+    postcard::from_bytes(bytes).map_err(unreadable(what, client_id))
+}
+
+/// The error for `client_id`'s `what` that postcard could not read.
+fn unreadable<'a>(what: &'static str, client_id: &'a str) -> impl Fn(postcard::Error) -> RecordError + Copy + 'a {
+    move |e| RecordError::Unreadable { what, client_id: client_id.to_owned(), why: e.to_string() }
 }
 
 /// The longest key made without an allocation (a client id of up to 53 bytes): two are made

@@ -40,8 +40,15 @@ pub(crate) enum FilterError {
 
 impl<'a> Filter<'a> {
     /// Parses a filter from SUBSCRIBE or UNSUBSCRIBE: `+` and `#` only as whole levels, `#`
-    /// last (MQTT-4.7.1-1, MQTT-4.7.1-2); a share name without wildcards (MQTT-4.8.2-1).
+    /// last (MQTT-4.7.1-1, MQTT-4.7.1-2); a share name without wildcards (MQTT-4.8.2-1); at
+    /// most [`MAX_TOPIC_LEVELS`] levels.
     pub(crate) fn parse(filter: &'a str) -> Result<Filter<'a>, FilterError> {
+        Filter::parse_within(filter, MAX_TOPIC_LEVELS)
+    }
+
+    /// [`Filter::parse`], with at most `max_levels` levels (a client's: `mqtt.max_topic_levels`,
+    /// itself at most [`MAX_TOPIC_LEVELS`]); a share name is not counted.
+    pub(crate) fn parse_within(filter: &'a str, max_levels: usize) -> Result<Filter<'a>, FilterError> {
         let (group, path) = if let Some(rest) = filter.strip_prefix("$share/") {
             let (group, path) = rest.split_once('/').ok_or(FilterError::InvalidShare)?;
             if group.is_empty() || group.contains(['+', '#']) {
@@ -53,7 +60,7 @@ impl<'a> Filter<'a> {
         } else {
             (None, filter)
         };
-        if !plugin_api::topic::is_valid_filter(path) || !within_level_limit(path) {
+        if !plugin_api::topic::is_valid_filter(path) || levels(path) > max_levels.min(MAX_TOPIC_LEVELS) {
             return Err(FilterError::Invalid);
         }
         Ok(Filter { group, path })
@@ -74,13 +81,8 @@ impl<'a> Filter<'a> {
 pub(crate) const MAX_TOPIC_LEVELS: usize = 201;
 
 /// How many levels `topic` (a name or filter) has: one more than its separators.
-pub(crate) fn levels(topic: &str) -> usize {
+fn levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
-}
-
-/// Whether `topic` (a name or filter) has at most [`MAX_TOPIC_LEVELS`] levels.
-fn within_level_limit(topic: &str) -> bool {
-    levels(topic) <= MAX_TOPIC_LEVELS
 }
 
 /// Whether `topic` is a valid topic name to publish to: not empty, no wildcards

@@ -27,7 +27,7 @@ use crate::mqtt::reason;
 use crate::mqtt::subscribe::{encode_sub_ack, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::node::{DropReason, Node, Published};
 use crate::persist;
-use crate::router::{is_valid_replacement_filter, is_valid_topic, is_valid_topic_within, levels, Filter};
+use crate::router::{is_valid_replacement_filter, is_valid_topic, is_valid_topic_within, Filter};
 use crate::session::{Acked, RecOutcome, Subscription};
 
 /// The most bytes the topics a client set aliases for may hold, each counted with
@@ -566,9 +566,8 @@ impl<T: Transport> Connection<T> {
             Some(rewritten) => Cow::Owned(rewritten),
             None => Cow::Borrowed(filter),
         };
-        let code = match Filter::parse(&filter) {
+        let code = match Filter::parse_within(&filter, zone.max_topic_levels) {
             Err(_) => reason::TOPIC_FILTER_INVALID,
-            Ok(parsed) if levels(parsed.path) > zone.max_topic_levels => reason::TOPIC_FILTER_INVALID,
             Ok(parsed) if parsed.group.is_some() && options.no_local => {
                 return Err(Ended::protocol(
                     reason::PROTOCOL_ERROR,
