@@ -675,6 +675,81 @@ async fn a_number_for_enable_pipelining_is_how_many_requests_a_connection_carrie
     assert!(status(&dir).contains("pipelining  : 3"), "{}", status(&dir));
 }
 
+/// A service that says it keeps an idle connection one second (`keep-alive: timeout=1`, as
+/// Node.js says 5) and answers every request at once, but never closes a connection itself:
+/// it counts the connections made and those the client closed.
+struct KeepAliveService {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    closed_by_client: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl KeepAliveService {
+    fn start() -> KeepAliveService {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed_by_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (made, closed) = (connections.clone(), closed_by_client.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                made.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
+                std::thread::spawn(move || {
+                    let mut input = Vec::new();
+                    let mut buffer = [0; 4096];
+                    loop {
+                        match stream.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => input.extend_from_slice(&buffer[..n]),
+                        }
+                        // Each whole request (head, then content-length bytes) is answered.
+                        while let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&input[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if input.len() < end + 4 + length {
+                                break;
+                            }
+                            input.drain(..end + 4 + length);
+                            let ok = "HTTP/1.1 200 OK\r\nkeep-alive: timeout=1\r\ncontent-length: 0\r\n\r\n";
+                            stream.write_all(ok.as_bytes()).unwrap();
+                        }
+                    }
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        KeepAliveService { addr, connections, closed_by_client }
+    }
+}
+
+/// A service that says how long it keeps an idle connection (`keep-alive: timeout=N`) has it
+/// closed by the plugin first, before that time runs out: an event written at the moment the
+/// service closes the connection would be lost. The next event goes out on a new connection,
+/// and none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_before_the_service_would_close_it() {
+    let service = KeepAliveService::start();
+    let rules = "pool_size = 1\nsender_priority = \"normal\"\nrules = [{ event = \"message.publish\" }]";
+    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"http://{}/hook\"\n{rules}\n", service.addr), &[]);
+    let mut publisher = Client::connect(&broker, "idle-pub").await;
+    publisher.publish_acked("idle/0", QoS::AtLeastOnce, "m0").await;
+    wait_until("the first event answered", || (counter(&dir, "sent") == 1).then_some(()));
+    // The service never closes it: only the plugin can, once it has been idle half a second.
+    wait_until("the idle connection closed by the plugin", || {
+        (service.closed_by_client.load(Ordering::SeqCst) == 1).then_some(())
+    });
+    publisher.publish_acked("idle/1", QoS::AtLeastOnce, "m1").await;
+    wait_until("the second event answered", || (counter(&dir, "sent") == 2).then_some(()));
+    assert_eq!(service.connections.load(Ordering::SeqCst), 2, "a new connection for the second event");
+    assert_eq!(counter(&dir, "failed"), 0, "{}", status(&dir));
+}
+
 /// The test: a service that answers, and whose bodies are checked, then stops
 /// answering (its requests hang) while 10,000 QoS 1 messages flow from a publisher to a
 /// subscriber, with the plugin's default settings (every event, `queue_size` 10,000,

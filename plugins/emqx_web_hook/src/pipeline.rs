@@ -16,7 +16,12 @@
 //!   again (the service may have acted on them), as when requests go one at a time;
 //! - a write that fails (a service that closed without reading what followed its
 //!   `connection: close` answer makes the next write fail) ends the writing, not the
-//!   connection: the answers the service sent before are still read.
+//!   connection: the answers the service sent before are still read;
+//! - a service that says how long it keeps an idle connection (`keep-alive: timeout=N`, as
+//!   Node.js does, 5 s by default) has it closed by this side first, once it has been idle
+//!   [`idle_limit`] of that: a request written at the moment the service closes the
+//!   connection would be lost (it fails, and a POST is not written again when it may have
+//!   been read), and a request on a connection this side closed first is never in doubt.
 //!
 //! Over `https://`, each connection is TLS with the settings of `tls`.
 
@@ -125,6 +130,8 @@ impl Target {
             depth: self.depth,
             persists: false,
             broken: None,
+            idle_limit: None,
+            answered_at: Instant::now(),
         })
     }
 
@@ -178,6 +185,13 @@ pub(crate) struct Connection {
     /// Writing failed, for this reason: nothing more is written, and what the service
     /// answered before is still read (it may say `connection: close`).
     broken: Option<String>,
+    /// How long the connection may stay idle before this side closes it (from the service's
+    /// last `keep-alive: timeout=N`, see [`idle_limit`]); `None`: as long as the service
+    /// keeps it.
+    idle_limit: Option<Duration>,
+    /// When the last answer arrived (or the connection was made): the service's idle timer
+    /// runs from about then.
+    answered_at: Instant,
 }
 
 /// What one read of answers came to.
@@ -242,6 +256,14 @@ impl Connection {
         self.unanswered.front().map(|u| tokio::time::Instant::from_std(u.since + timeout))
     }
 
+    /// When this side closes the connection, if it stays idle until then: only for a
+    /// service that said how long it keeps an idle one, and only while no request waits
+    /// to be written or answered.
+    pub(crate) fn idle_deadline(&self) -> Option<tokio::time::Instant> {
+        let idle = self.unanswered.is_empty() && self.out.is_empty();
+        self.idle_limit.filter(|_| idle).map(|limit| tokio::time::Instant::from_std(self.answered_at + limit))
+    }
+
     /// Parses the answers in what was read (`eof`: the service has closed its side), and
     /// matches them with the requests, oldest first.
     pub(crate) fn answers(&mut self, eof: bool) -> Answers {
@@ -256,11 +278,15 @@ impl Connection {
                 }
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Interim(n)) => at += n,
-                Ok(Parsed::Answer { length, status, close }) => {
+                Ok(Parsed::Answer { length, status, close, keep_alive }) => {
                     at += length;
                     if self.unanswered.pop_front().is_none() {
                         answers.end = Some(End::Failed("the service answered a request that was not sent".to_owned()));
                         break;
+                    }
+                    self.answered_at = Instant::now();
+                    if let Some(kept) = keep_alive {
+                        self.idle_limit = Some(idle_limit(kept));
                     }
                     answers.outcomes.push((!(200..300).contains(&status)).then(|| format!("HTTP {status}")));
                     if close {
@@ -298,8 +324,27 @@ enum Parsed {
     Incomplete,
     /// A 1xx answer of `n` bytes, not the final one.
     Interim(usize),
-    /// A final answer of `length` bytes; `close`: the connection ends after it.
-    Answer { length: usize, status: u16, close: bool },
+    /// A final answer of `length` bytes; `close`: the connection ends after it;
+    /// `keep_alive`: how long the service keeps the connection idle, if it says
+    /// (`keep-alive: timeout=N`).
+    Answer { length: usize, status: u16, close: bool, keep_alive: Option<Duration> },
+}
+
+/// How long a connection may stay idle on this side when the service keeps an idle one
+/// `kept`: a second less, or half of it when that is under two seconds. The margin covers
+/// the time an answer takes to arrive and a request to reach the service, and timers
+/// that fire late.
+pub(crate) fn idle_limit(kept: Duration) -> Duration {
+    kept.saturating_sub(Duration::from_secs(1).min(kept / 2))
+}
+
+/// The `timeout` of a `keep-alive` header's value (`timeout=5, max=1000`), in seconds.
+fn keep_alive_timeout(value: &str) -> Option<Duration> {
+    let (_, seconds) = value
+        .split(',')
+        .filter_map(|parameter| parameter.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("timeout"))?;
+    seconds.trim().trim_matches('"').parse().ok().map(Duration::from_secs)
 }
 
 /// Parses the answer at the start of `input`; `eof`: no more bytes will come.
@@ -320,6 +365,7 @@ fn parse(input: &[u8], eof: bool) -> Result<Parsed, String> {
     let mut content_length = None;
     let mut chunked = false;
     let mut close = response.version == Some(0);
+    let mut keep_alive = None;
     for header in response.headers.iter() {
         let value = std::str::from_utf8(header.value).map_err(|_| format!("{} is not text", header.name))?;
         if header.name.eq_ignore_ascii_case("content-length") {
@@ -330,6 +376,8 @@ fn parse(input: &[u8], eof: bool) -> Result<Parsed, String> {
             content_length = Some(length);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if header.name.eq_ignore_ascii_case("keep-alive") {
+            keep_alive = keep_alive_timeout(value).or(keep_alive);
         } else if header.name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(str::trim) {
                 if option.eq_ignore_ascii_case("close") {
@@ -352,12 +400,16 @@ fn parse(input: &[u8], eof: bool) -> Result<Parsed, String> {
         length
     } else {
         // The body runs to the end of the connection.
-        return Ok(if eof { Parsed::Answer { length: input.len(), status, close: true } } else { Parsed::Incomplete });
+        return Ok(if eof {
+            Parsed::Answer { length: input.len(), status, close: true, keep_alive }
+        } else {
+            Parsed::Incomplete
+        });
     };
     if body.len() < body_length {
         return Ok(Parsed::Incomplete);
     }
-    Ok(Parsed::Answer { length: head + body_length, status, close })
+    Ok(Parsed::Answer { length: head + body_length, status, close, keep_alive })
 }
 
 /// The length of the chunked body at the start of `body`, trailers included; `None` if it has
@@ -403,11 +455,11 @@ mod tests {
     #[test]
     fn answers_are_framed_by_their_length() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 500 Oops\r\n";
-        assert_eq!(answer(ok), Ok(Parsed::Answer { length: 40, status: 200, close: false }));
+        assert_eq!(answer(ok), Ok(Parsed::Answer { length: 40, status: 200, close: false, keep_alive: None }));
         assert_eq!(answer(&ok[..39]), Ok(Parsed::Incomplete));
         assert_eq!(
             answer("HTTP/1.1 204 No Content\r\n\r\n"),
-            Ok(Parsed::Answer { length: 27, status: 204, close: false })
+            Ok(Parsed::Answer { length: 27, status: 204, close: false, keep_alive: None })
         );
     }
 
@@ -415,7 +467,7 @@ mod tests {
     fn chunked_answers_and_their_trailers() {
         let text = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\nnext";
         let length = text.len() - 4;
-        assert_eq!(answer(text), Ok(Parsed::Answer { length, status: 200, close: false }));
+        assert_eq!(answer(text), Ok(Parsed::Answer { length, status: 200, close: false, keep_alive: None }));
         for cut in [48, 52, 55, length - 1] {
             assert_eq!(answer(&text[..cut]), Ok(Parsed::Incomplete), "cut at {cut}");
         }
@@ -425,15 +477,37 @@ mod tests {
     #[test]
     fn what_ends_a_connection() {
         let close = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(answer(close), Ok(Parsed::Answer { length: close.len(), status: 200, close: true }));
+        assert_eq!(
+            answer(close),
+            Ok(Parsed::Answer { length: close.len(), status: 200, close: true, keep_alive: None })
+        );
         let old = "HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(answer(old), Ok(Parsed::Answer { length: old.len(), status: 200, close: true }));
+        assert_eq!(answer(old), Ok(Parsed::Answer { length: old.len(), status: 200, close: true, keep_alive: None }));
         let kept = "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(answer(kept), Ok(Parsed::Answer { length: kept.len(), status: 200, close: false }));
+        assert_eq!(
+            answer(kept),
+            Ok(Parsed::Answer { length: kept.len(), status: 200, close: false, keep_alive: None })
+        );
         // No length: the body runs to the end of the connection.
         let open = "HTTP/1.1 200 OK\r\n\r\nbody";
         assert_eq!(answer(open), Ok(Parsed::Incomplete));
-        assert_eq!(parse(open.as_bytes(), true), Ok(Parsed::Answer { length: open.len(), status: 200, close: true }));
+        assert_eq!(
+            parse(open.as_bytes(), true),
+            Ok(Parsed::Answer { length: open.len(), status: 200, close: true, keep_alive: None })
+        );
+    }
+
+    #[test]
+    fn a_keep_alive_timeout_is_read_and_a_connection_is_closed_before_it() {
+        let hinted = "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=1000\r\ncontent-length: 0\r\n\r\n";
+        let keep_alive = Some(Duration::from_secs(5));
+        assert_eq!(answer(hinted), Ok(Parsed::Answer { length: hinted.len(), status: 200, close: false, keep_alive }));
+        assert_eq!(keep_alive_timeout("max=3, TIMEOUT = \"2\""), Some(Duration::from_secs(2)));
+        assert_eq!(keep_alive_timeout("max=3"), None);
+        assert_eq!(keep_alive_timeout("timeout=soon"), None);
+        assert_eq!(idle_limit(Duration::from_secs(5)), Duration::from_secs(4));
+        assert_eq!(idle_limit(Duration::from_secs(1)), Duration::from_millis(500));
+        assert_eq!(idle_limit(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

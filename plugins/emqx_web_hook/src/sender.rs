@@ -369,6 +369,7 @@ impl Worker {
                 c.push(&target, body);
             }
             let deadline = c.deadline(self.request_timeout);
+            let idle_deadline = c.idle_deadline();
             let end = tokio::select! {
                 biased;
                 read = Connection::read(&mut c.reader, &mut c.input) => {
@@ -392,6 +393,8 @@ impl Worker {
                 () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     Some(End::Failed(format!("no answer within {:?}", self.request_timeout)))
                 }
+                // Closed before the service would close it (nothing is unanswered).
+                () = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => Some(End::Unread),
                 event = events.recv(), if c.room() > waiting.len() => {
                     let Some(event) = event else { return };
                     waiting.extend(self.take(event));
