@@ -15,6 +15,7 @@ mod listeners;
 
 /// `broker.shared_subscription_strategy`: the router's choice of share group member.
 pub use crate::router::Strategy as SharedStrategy;
+pub(crate) use listeners::Forwarded;
 pub use listeners::{
     ListenerSettings, SslListener, TlsSettings, WsListener, WssListener, DEFAULT_LISTENER_MAX_CONNECTIONS,
     DEFAULT_MAX_CONN_RATE,
@@ -36,7 +37,7 @@ pub struct Overrides {
 
 /// `[mqtt]`: the MQTT behaviour of every connection, with EMQX's names (its zone settings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
     /// Largest MQTT packet accepted, in bytes (EMQX's `max_packet_size`).
     pub max_packet_size: usize,
@@ -303,7 +304,7 @@ fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
 
 /// `[broker]`: node-wide behaviour (EMQX's `broker.*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
     /// How a share group picks the member that gets a message: `random`, `round_robin`,
     /// `sticky` or `hash` (of the publisher's client id).
@@ -398,7 +399,7 @@ impl BrokerSettings {
 /// `[cluster]`: the other nodes this one serves clients with, over NATS. Without `nats`, the
 /// node is alone (and needs no NATS).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// The NATS server, e.g. `nats://127.0.0.1:4222` (several: separated by commas).
     pub nats: Option<String>,
@@ -507,7 +508,7 @@ impl ClusterSettings {
 
 /// `[persistence]`: the store (`data/store` by default) and how sessions use it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PersistenceSettings {
     /// Whether persistent sessions (3.1.1 CleanSession 0, MQTT 5 Session Expiry > 0) are kept in
     /// the store. The store itself is always there: plugins keep their state in it.
@@ -573,7 +574,7 @@ impl PersistenceSettings {
 /// threshold, window, ban); here the threshold counts failed authentications from one IP
 /// address, so it is `max_failures` rather than EMQX's `max_count` of connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// How long the CONNACK of a refused authentication waits (`0` none), e.g. `"1s"`.
     #[serde(deserialize_with = "duration_text")]
@@ -674,6 +675,112 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
     #[error("invalid configuration: {0} = {1}")]
     Setting(&'static str, String),
+    /// Settings the broker does not have (a misspelt name, most often): each is refused
+    /// rather than ignored, as EMQX and mosquitto refuse them.
+    #[error("invalid configuration: {}", unknown_list(.0))]
+    Unknown(Vec<UnknownSetting>),
+}
+
+/// A setting the broker does not have, where it was given, and the known one it is closest
+/// to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownSetting {
+    /// The setting as `section.key` (`mqtt.max_inflihgt`).
+    pub key: String,
+    /// Where it was given: the file, or the environment variable.
+    pub given_in: String,
+    /// The known setting of that section it is likely a misspelling of.
+    pub suggestion: Option<String>,
+}
+
+impl std::fmt::Display for UnknownSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown setting {} in {}", self.key, self.given_in)?;
+        match &self.suggestion {
+            Some(known) => write!(f, " (did you mean {known}?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn unknown_list(unknown: &[UnknownSetting]) -> String {
+    unknown.iter().map(UnknownSetting::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl UnknownSetting {
+    /// `path` (the section's keys, then the unknown one), given where `metadata` says, with
+    /// the closest of `known` (the names the section has) as a suggestion.
+    fn new(path: &[String], metadata: Option<&figment::Metadata>, known: &[&str]) -> UnknownSetting {
+        let key = path.join(".");
+        let given_in = match metadata {
+            Some(figment::Metadata { source: Some(figment::Source::File(file)), .. }) => file.display().to_string(),
+            Some(m) if m.name.contains("environment") => {
+                format!("the environment (BROKER_{})", path.join("__").to_uppercase())
+            }
+            Some(m) => m.name.to_string(),
+            None => "the configuration".to_owned(),
+        };
+        let name = path.last().map_or("", String::as_str);
+        let closest = known
+            .iter()
+            .map(|candidate| (strsim::damerau_levenshtein(name, candidate), candidate))
+            .filter(|(distance, _)| *distance <= 2.max(name.len() / 3))
+            .min();
+        let section = &path[..path.len().saturating_sub(1)];
+        let suggestion =
+            closest.map(|(_, known)| section.iter().map(String::as_str).chain([*known]).collect::<Vec<_>>().join("."));
+        UnknownSetting { key, given_in, suggestion }
+    }
+}
+
+/// Why `figment` could not extract the settings: every setting it found that the broker
+/// does not have, or else its error.
+fn extract_error(error: figment::Error) -> ConfigError {
+    let unknown: Vec<UnknownSetting> = error
+        .clone()
+        .into_iter()
+        .filter_map(|e| match &e.kind {
+            figment::error::Kind::UnknownField(_, known) => {
+                Some(UnknownSetting::new(&e.path, e.metadata.as_ref(), known))
+            }
+            _ => None,
+        })
+        .collect();
+    if unknown.is_empty() {
+        ConfigError::Invalid(Box::new(error))
+    } else {
+        ConfigError::Unknown(unknown)
+    }
+}
+
+/// The keys of `[listener.ssl]` and `[listener.wss]` that they do not have (serde cannot
+/// refuse them: those tables flatten their TLS settings in).
+fn unknown_in_listeners(figment: &Figment) -> Vec<UnknownSetting> {
+    let tables = [("ssl", SslListener::keys()), ("wss", WssListener::keys())];
+    let mut unknown = Vec::new();
+    for (name, known) in tables {
+        let given =
+            figment.find_value(&format!("listener.{name}")).ok().and_then(|v| v.into_dict()).unwrap_or_default();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        for key in given.into_keys().filter(|key| !known.contains(&key.as_str())) {
+            let path = ["listener".to_owned(), name.to_owned(), key];
+            unknown.push(UnknownSetting::new(&path, figment.find_metadata(&path.join(".")), &known));
+        }
+    }
+    unknown
+}
+
+/// The top-level settings given that the broker does not have: values, not tables (every
+/// table the broker does not know is a plugin's).
+fn unknown_top_level(settings: &Settings, figment: &Figment) -> Vec<UnknownSetting> {
+    let known = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let known: Vec<&str> = known.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    settings
+        .plugins
+        .iter()
+        .filter(|(_, value)| !value.is_object())
+        .map(|(key, _)| UnknownSetting::new(std::slice::from_ref(key), figment.find_metadata(key), &known))
+        .collect()
 }
 
 fn environment() -> Env {
@@ -704,7 +811,12 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
         figment = figment.merge(Toml::file(file));
     }
     figment = figment.merge(environment());
-    let mut settings: Settings = figment.extract().map_err(Box::new)?;
+    let mut settings: Settings = figment.extract().map_err(extract_error)?;
+    let mut unknown = unknown_top_level(&settings, &figment);
+    unknown.extend(unknown_in_listeners(&figment));
+    if !unknown.is_empty() {
+        return Err(ConfigError::Unknown(unknown));
+    }
     if let Some(dir) = &overrides.data_dir {
         settings.data_dir = dir.clone();
     }
@@ -718,6 +830,8 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     settings.auth.policy()?;
     settings.persistence.sync_mode()?;
     settings.listener.proxy_protocol_timeout()?;
+    settings.listener.ws.forwarded()?;
+    settings.listener.wss.forwarded()?;
     Ok(settings)
 }
 

@@ -5,9 +5,11 @@
 //! `max_conns_per_ip` open; past `max_conn_rate` connections a second the listener waits before
 //! it accepts the next (`limits`). No listener may take more connections than the open-file
 //! limit leaves descriptors for. The TLS and WebSocket handshakes must end within
-//! `mqtt.connect_timeout`, so a silent client cannot hold a slot. A tcp or ssl listener behind
-//! a load balancer may take the client's address from the PROXY protocol header the balancer
-//! opens each connection with (`proxy`).
+//! `mqtt.connect_timeout`, so a silent client cannot hold a slot. A listener behind a load
+//! balancer may take the client's address from the PROXY protocol header the balancer opens
+//! each connection with (`proxy`); a ws or wss listener behind an HTTP proxy, from a header
+//! of the HTTP upgrade (`X-Forwarded-For`, see `ws`). Either way the address is known only
+//! after the connection has begun, and `max_conns_per_ip` counts it then.
 
 mod limits;
 mod proxy;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::ListenerSettings;
+use crate::config::{Forwarded, ListenerSettings};
 use crate::connection::Tagged;
 use crate::log_limit::{held_back, Throttle};
 use crate::node::Node;
@@ -38,8 +40,8 @@ pub(crate) use ws::PartialInput;
 enum Kind {
     Tcp,
     Ssl(Tls),
-    Ws { path: Arc<str> },
-    Wss { tls: Tls, path: Arc<str> },
+    Ws { path: Arc<str>, forwarded: Option<Arc<Forwarded>> },
+    Wss { tls: Tls, path: Arc<str>, forwarded: Option<Arc<Forwarded>> },
 }
 
 impl Kind {
@@ -50,6 +52,14 @@ impl Kind {
             Kind::Ssl(_) => "ssl",
             Kind::Ws { .. } => "ws",
             Kind::Wss { .. } => "wss",
+        }
+    }
+
+    /// The headers of the HTTP upgrade that carry the client's address, if it has them.
+    fn forwarded(&self) -> Option<&Forwarded> {
+        match self {
+            Kind::Ws { forwarded, .. } | Kind::Wss { forwarded, .. } => forwarded.as_deref(),
+            _ => None,
         }
     }
 
@@ -108,24 +118,27 @@ pub(crate) fn plan(
         plans.push(Plan { bind, kind, limits, proxy_protocol: proxy(ssl.proxy_protocol) });
     }
     if let Some(bind) = settings.ws.bind {
-        let kind = Kind::Ws { path: settings.ws.path.as_str().into() };
         let ws = &settings.ws;
+        // Checked by `config::load`.
+        let forwarded = ws.forwarded().ok().flatten().map(Arc::new);
+        let kind = Kind::Ws { path: ws.path.as_str().into(), forwarded };
         let limits = Limits {
             max_connections: ws.max_connections,
             max_conn_rate: ws.max_conn_rate,
             max_conns_per_ip: ws.max_conns_per_ip,
         };
-        plans.push(Plan { bind, kind, limits, proxy_protocol: None });
+        plans.push(Plan { bind, kind, limits, proxy_protocol: proxy(ws.proxy_protocol) });
     }
     if let Some(bind) = settings.wss.bind {
-        let kind = Kind::Wss { tls: Tls::new("wss", &settings.wss.tls)?, path: settings.wss.path.as_str().into() };
         let wss = &settings.wss;
+        let forwarded = wss.forwarded().ok().flatten().map(Arc::new);
+        let kind = Kind::Wss { tls: Tls::new("wss", &wss.tls)?, path: wss.path.as_str().into(), forwarded };
         let limits = Limits {
             max_connections: wss.max_connections,
             max_conn_rate: wss.max_conn_rate,
             max_conns_per_ip: wss.max_conns_per_ip,
         };
-        plans.push(Plan { bind, kind, limits, proxy_protocol: None });
+        plans.push(Plan { bind, kind, limits, proxy_protocol: proxy(wss.proxy_protocol) });
     }
     for plan in &mut plans {
         if plan.limits.max_connections > descriptors {
@@ -147,9 +160,15 @@ impl Plan {
         let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         tracing::info!("{} listener on {addr}", self.kind.name());
+        let name = self.kind.name();
         if self.proxy_protocol.is_some() {
-            let name = self.kind.name();
             tracing::info!("{name} listener: each connection opens with a PROXY protocol header (a load balancer's)");
+        }
+        if let Some(forwarded) = self.kind.forwarded() {
+            let header = &forwarded.address;
+            tracing::info!(
+                "{name} listener: the client's address is the last one in the {header} header of its upgrade"
+            );
         }
         tokio::spawn(serve(listener, self.kind, self.limits, self.proxy_protocol, node));
         Ok(addr)
@@ -211,11 +230,13 @@ async fn serve(listener: TcpListener, kind: Kind, limits: Limits, proxy_protocol
                     continue;
                 }
                 let open = OpenConnection(open.clone());
-                if let Some(timeout) = proxy_protocol {
-                    // The client's address, for `max_conns_per_ip` too, is in the header.
+                if proxy_protocol.is_some() || kind.forwarded().is_some() {
+                    // The client's address, for `max_conns_per_ip` too, is in a header.
                     let _ = socket.set_nodelay(true);
-                    let behind = Behind { node: node.clone(), kind: kind.clone(), per_address: per_address.clone() };
-                    let serving = Box::pin(behind.serve(socket, peer, timeout, refusals.clone(), limits));
+                    let admission =
+                        LateAdmission { per_address: per_address.clone(), refusals: refusals.clone(), limits, section };
+                    let behind = Behind { node: node.clone(), kind: kind.clone(), admission };
+                    let serving = Box::pin(behind.serve(socket, peer, proxy_protocol));
                     tokio::spawn(Counted { serving, counted: (open, AddressSlot::uncounted()) });
                     continue;
                 }
@@ -230,7 +251,7 @@ async fn serve(listener: TcpListener, kind: Kind, limits: Limits, proxy_protocol
                 match kind {
                     Kind::Tcp => tokio::spawn(tcp_task(node.clone(), socket, peer, (open, slot))),
                     _ => tokio::spawn(Counted {
-                        serving: Box::pin(connect_layered(node.clone(), kind.clone(), socket, peer)),
+                        serving: Box::pin(connect_layered(node.clone(), kind.clone(), socket, peer, None)),
                         counted: (open, slot),
                     }),
                 };
@@ -269,46 +290,66 @@ impl<F: Future> Future for Counted<F> {
     }
 }
 
-/// What a connection through a load balancer (the PROXY protocol) is served with.
+/// Counts a connection against its client's address once that is known: after the PROXY
+/// protocol header, or after the HTTP upgrade that names it.
+#[derive(Clone)]
+struct LateAdmission {
+    per_address: PerAddress,
+    refusals: Arc<Throttle<(&'static str, Option<std::net::IpAddr>)>>,
+    limits: Limits,
+    section: &'static str,
+}
+
+impl LateAdmission {
+    /// The connection's count against `peer`'s address, `None` (logged) when that address
+    /// has `max_conns_per_ip` open already.
+    fn admit(&self, peer: SocketAddr) -> Option<AddressSlot> {
+        let slot = self.per_address.admit(peer.ip());
+        if slot.is_none() {
+            if let Some(n) = self.refusals.check(("max_conns_per_ip", Some(peer.ip())), Instant::now()) {
+                let (section, per_ip) = (self.section, self.limits.max_conns_per_ip);
+                tracing::warn!(%peer, "connection refused: {section}.max_conns_per_ip ({per_ip}) reached{}", held_back(n));
+            }
+        }
+        slot
+    }
+}
+
+/// What a connection whose client's address comes in a header (a load balancer's PROXY
+/// protocol, an HTTP proxy's `X-Forwarded-For`) is served with.
 struct Behind {
     node: Arc<Node>,
     kind: Kind,
-    per_address: PerAddress,
+    admission: LateAdmission,
 }
 
 impl Behind {
-    /// Reads the PROXY protocol header within `timeout`, counts the connection against the
-    /// client's address it gives (`balancer`'s for the balancer's own), then serves it as
-    /// its listener does.
-    async fn serve(
-        self,
-        mut socket: TcpStream,
-        balancer: SocketAddr,
-        timeout: Duration,
-        refusals: Arc<Throttle<(&'static str, Option<std::net::IpAddr>)>>,
-        limits: Limits,
-    ) {
-        let section = self.kind.section();
-        let peer = match proxy::read_header(&mut socket, timeout).await {
-            Ok(client) => client.unwrap_or(balancer),
-            Err(e) => {
-                if let Some(n) = refusals.check(("proxy_protocol", Some(balancer.ip())), Instant::now()) {
-                    let name = self.kind.name();
-                    tracing::warn!(%balancer, "connection closed: {e} (the {name} listener takes the PROXY protocol){}", held_back(n));
+    /// Reads the PROXY protocol header within `proxy_protocol` when the listener takes it,
+    /// counts the connection against the client's address it gives (`balancer`'s for the
+    /// balancer's own), then serves it as its listener does. A WebSocket listener that takes
+    /// the address from the upgrade's headers counts it after the upgrade.
+    async fn serve(self, mut socket: TcpStream, balancer: SocketAddr, proxy_protocol: Option<Duration>) {
+        let refusals = &self.admission.refusals;
+        let peer = match proxy_protocol {
+            None => balancer,
+            Some(timeout) => match proxy::read_header(&mut socket, timeout).await {
+                Ok(client) => client.unwrap_or(balancer),
+                Err(e) => {
+                    if let Some(n) = refusals.check(("proxy_protocol", Some(balancer.ip())), Instant::now()) {
+                        let name = self.kind.name();
+                        tracing::warn!(%balancer, "connection closed: {e} (the {name} listener takes the PROXY protocol){}", held_back(n));
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
-        let Some(_slot) = self.per_address.admit(peer.ip()) else {
-            if let Some(n) = refusals.check(("max_conns_per_ip", Some(peer.ip())), Instant::now()) {
-                let per_ip = limits.max_conns_per_ip;
-                tracing::warn!(%peer, "connection refused: {section}.max_conns_per_ip ({per_ip}) reached{}", held_back(n));
-            }
-            return;
-        };
+        if self.kind.forwarded().is_some() {
+            return connect_layered(self.node, self.kind, socket, peer, Some(self.admission)).await;
+        }
+        let Some(_slot) = self.admission.admit(peer) else { return };
         match self.kind {
             Kind::Tcp => crate::connection::serve(self.node, socket, peer).await,
-            kind => connect_layered(self.node, kind, socket, peer).await,
+            kind => connect_layered(self.node, kind, socket, peer, None).await,
         }
     }
 }
@@ -323,10 +364,22 @@ fn tcp_task(
     Counted { serving: crate::connection::serve(node, socket, peer), counted }
 }
 
-/// Runs the listener's handshakes (TLS, WebSocket), then the MQTT connection.
-async fn connect_layered(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: SocketAddr) {
+/// Runs the listener's handshakes (TLS, WebSocket), then the MQTT connection. With
+/// `admission`, the connection is counted against its client's address after the
+/// WebSocket upgrade, which may name it (see [`Forwarded`]).
+async fn connect_layered(
+    node: Arc<Node>,
+    kind: Kind,
+    socket: TcpStream,
+    peer: SocketAddr,
+    admission: Option<LateAdmission>,
+) {
     let port = socket.local_addr().map_or(0, |a| a.port());
     let deadline = node.zone.connect_timeout;
+    let admit = |peer: SocketAddr| match &admission {
+        Some(admission) => admission.admit(peer).map(Some),
+        None => Some(None),
+    };
     match kind {
         Kind::Tcp => crate::connection::serve(node, socket, peer).await,
         Kind::Ssl(tls) => {
@@ -334,16 +387,22 @@ async fn connect_layered(node: Arc<Node>, kind: Kind, socket: TcpStream, peer: S
             let username = tls.cert_username(stream.get_ref().1);
             crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
         }
-        Kind::Ws { path } => {
-            let Some((stream, partial)) = ws_upgrade(socket, &path, &node, peer, deadline).await else { return };
+        Kind::Ws { path, forwarded } => {
+            let upgraded = ws_upgrade(socket, &path, forwarded.as_deref(), &node, peer, deadline).await;
+            let Some((stream, partial, client)) = upgraded else { return };
+            let peer = client.unwrap_or(peer);
+            let Some(_slot) = admit(peer) else { return };
             crate::connection::serve(node, Tagged::new(stream, port, None).watched(partial), peer).await;
         }
-        Kind::Wss { tls, path } => {
+        Kind::Wss { tls, path, forwarded } => {
             let started = tokio::time::Instant::now();
             let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
             let left = deadline.saturating_sub(started.elapsed());
-            let Some((stream, partial)) = ws_upgrade(stream, &path, &node, peer, left).await else { return };
+            let upgraded = ws_upgrade(stream, &path, forwarded.as_deref(), &node, peer, left).await;
+            let Some((stream, partial, client)) = upgraded else { return };
+            let peer = client.unwrap_or(peer);
+            let Some(_slot) = admit(peer) else { return };
             crate::connection::serve(node, Tagged::new(stream, port, username).watched(partial), peer).await;
         }
     }
@@ -369,18 +428,21 @@ async fn tls_accept(
     }
 }
 
-/// The WebSocket upgrade, within `deadline`; `None` (logged) when it fails.
+/// The WebSocket upgrade, within `deadline`, and the client's address if `forwarded`'s
+/// header named one; `None` (logged) when it fails.
 async fn ws_upgrade<S>(
     stream: S,
     path: &str,
+    forwarded: Option<&Forwarded>,
     node: &Node,
     peer: SocketAddr,
     deadline: Duration,
-) -> Option<(ws::WsTransport<S>, ws::PartialInput)>
+) -> Option<(ws::WsTransport<S>, ws::PartialInput, Option<SocketAddr>)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(deadline, ws::upgrade(stream, path, node.zone.max_packet_size)).await {
+    let upgrade = ws::upgrade(stream, path, forwarded, peer, node.zone.max_packet_size);
+    match tokio::time::timeout(deadline, upgrade).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::info!(%peer, "WebSocket upgrade refused: {e}");

@@ -159,3 +159,64 @@ async fn network_threads_sets_how_many_threads_serve_the_network() {
         broker.stop();
     }
 }
+
+/// The broker's stderr when it refuses to start with `toml` as its config file and `env`.
+fn refused(toml: &str, env: &[(&str, &str)]) -> String {
+    let dir = DataDir::with_plugins("");
+    dir.write("broker.toml", toml);
+    let out = std::process::Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {toml:?} and {env:?}");
+    let file = dir.file("broker.toml");
+    String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "broker.toml")
+}
+
+/// A setting the broker does not have (a misspelt name, most often) is refused at start with
+/// the setting, where it was given and the name it is likely a misspelling of, as EMQX and
+/// mosquitto refuse one, instead of being ignored while the broker runs with the default:
+/// in a section, in the environment, among the TLS settings of `[listener.ssl]` (which serde
+/// cannot check by itself) and at the top level. A table the broker does not know is a
+/// plugin's and is not refused (the other tests give plugins tables).
+#[test]
+fn a_setting_the_broker_does_not_have_is_refused_with_its_name() {
+    assert_eq!(
+        refused("[mqtt]\nmax_inflihgt = 5\n", &[]).trim(),
+        "broker: invalid configuration: unknown setting mqtt.max_inflihgt in broker.toml (did you mean mqtt.max_inflight?)"
+    );
+    assert_eq!(
+        refused("", &[("BROKER_MQTT__MAX_INFLIHGT", "5")]).trim(),
+        "broker: invalid configuration: unknown setting mqtt.max_inflihgt in the environment \
+         (BROKER_MQTT__MAX_INFLIHGT) (did you mean mqtt.max_inflight?)"
+    );
+    assert_eq!(
+        refused("[listener.ssl]\ncertfil = \"cert.pem\"\n", &[]).trim(),
+        "broker: invalid configuration: unknown setting listener.ssl.certfil in broker.toml \
+         (did you mean listener.ssl.certfile?)"
+    );
+    assert_eq!(
+        refused("node_nmae = \"a@b\"\n[broker]\n", &[]).trim(),
+        "broker: invalid configuration: unknown setting node_nmae in broker.toml (did you mean node_name?)"
+    );
+    assert_eq!(
+        refused("[persistence]\nsomething_else = 1\n", &[]).trim(),
+        "broker: invalid configuration: unknown setting persistence.something_else in broker.toml"
+    );
+}
+
+/// The configuration block of the README is a configuration the broker starts with: every
+/// setting it shows is one the broker has, in the section it has it in.
+#[test]
+fn the_readme_configuration_block_is_accepted() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("\n## Configuration").expect("a Configuration section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = DataDir::with_plugins("");
+    dir.write("broker.toml", block);
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("mqtt listener on");
+}

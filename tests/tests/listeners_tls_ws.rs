@@ -422,10 +422,15 @@ fn http_upgrade(addr: SocketAddr, path: &str) -> String {
 
 /// A WebSocket upgrade request for `path`, offering `mqtt`.
 fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    upgrade_request_with(addr, path, "")
+}
+
+/// A WebSocket upgrade request for `path`, offering `mqtt`, with `headers` (whole lines) too.
+fn upgrade_request_with(addr: SocketAddr, path: &str, headers: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+         Sec-WebSocket-Protocol: mqtt\r\n{headers}\r\n"
     )
 }
 
@@ -632,7 +637,7 @@ fn a_websocket_frame_or_message_left_unfinished_is_closed_after_packet_timeout()
     assert_eq!(idle.read_frame(), Some((10, b"still here".to_vec())), "a pong for the ping");
 
     let mut mid_frame = RawWs::connect(ws, "ws-mid-frame");
-    let mut begun = RawWs::header(true, 2, 1000);
+    let mut begun = frame_header(true, 2, 1000);
     begun.extend_from_slice(&[0x30; 100]);
     mid_frame.socket.write_all(&begun).unwrap();
     let mut mid_message = RawWs::connect(ws, "ws-mid-message");
@@ -644,21 +649,54 @@ fn a_websocket_frame_or_message_left_unfinished_is_closed_after_packet_timeout()
     assert_eq!(idle.read_frame(), Some((2, vec![0xd0, 0])), "the idle client is still served");
 }
 
-/// A WebSocket client written by hand, to send what a well-behaved client library will not.
-struct RawWs {
-    socket: TcpStream,
+/// A client frame's header: FIN, `opcode`, masked with the key 0 (so the payload goes as
+/// it is), announcing `len` bytes.
+fn frame_header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+    let mut header = vec![u8::from(fin) << 7 | opcode];
+    if len < 126 {
+        header.push(0x80 | len as u8);
+    } else {
+        header.push(0x80 | 126);
+        header.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    header.extend_from_slice(&[0; 4]);
+    header
+}
+
+/// A WebSocket client written by hand, to send what a well-behaved client library will not,
+/// over TCP or anything else that reads and writes (TLS).
+struct RawWs<S: Read + Write = TcpStream> {
+    socket: S,
 }
 
 impl RawWs {
     /// Upgrades, then sends an MQTT 3.1.1 CONNECT with keep-alive 0 and reads its CONNACK.
     fn connect(addr: SocketAddr, client_id: &str) -> RawWs {
+        let (raw, connack) = RawWs::open(addr, b"", "", client_id).expect("the upgrade and a CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK for {client_id}");
+        raw
+    }
+
+    /// Connects, sends `preamble` (a PROXY protocol header), then upgrades with `headers` and
+    /// connects as [`RawWs::over`] does.
+    fn open(addr: SocketAddr, preamble: &[u8], headers: &str, client_id: &str) -> Option<(RawWs, Vec<u8>)> {
         let mut socket = TcpStream::connect(addr).unwrap();
         socket.set_read_timeout(Some(DEADLINE)).unwrap();
-        socket.write_all(upgrade_request(addr, "/mqtt").as_bytes()).unwrap();
+        socket.write_all(preamble).unwrap();
+        RawWs::over(socket, addr, headers, client_id)
+    }
+}
+
+impl<S: Read + Write> RawWs<S> {
+    /// Upgrades over `socket` (to `addr`, with `headers`, whole lines, in the request), then
+    /// sends an MQTT 3.1.1 CONNECT with keep-alive 0: the client and the CONNACK, or `None`
+    /// if the broker closed the connection before either.
+    fn over(mut socket: S, addr: SocketAddr, headers: &str, client_id: &str) -> Option<(RawWs<S>, Vec<u8>)> {
+        socket.write_all(upgrade_request_with(addr, "/mqtt", headers).as_bytes()).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            socket.read_exact(&mut byte).expect("the upgrade response");
+            socket.read_exact(&mut byte).ok()?;
             head.push(byte[0]);
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
@@ -667,26 +705,13 @@ impl RawWs {
         connect.push(client_id.len() as u8);
         connect.extend_from_slice(client_id.as_bytes());
         raw.send_frame(true, 2, &connect);
-        assert_eq!(raw.read_frame(), Some((2, vec![0x20, 2, 0, 0])), "CONNACK for {client_id}");
-        raw
-    }
-
-    /// A client frame's header: FIN, `opcode`, masked with the key 0 (so the payload goes as
-    /// it is), announcing `len` bytes.
-    fn header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
-        let mut header = vec![u8::from(fin) << 7 | opcode];
-        if len < 126 {
-            header.push(0x80 | len as u8);
-        } else {
-            header.push(0x80 | 126);
-            header.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        header.extend_from_slice(&[0; 4]);
-        header
+        let (opcode, connack) = raw.read_frame()?;
+        assert_eq!(opcode, 2, "a binary frame");
+        Some((raw, connack))
     }
 
     fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mut frame = RawWs::header(fin, opcode, payload.len());
+        let mut frame = frame_header(fin, opcode, payload.len());
         frame.extend_from_slice(payload);
         self.socket.write_all(&frame).unwrap();
     }
@@ -770,4 +795,106 @@ fn an_ssl_listener_behind_a_balancer_takes_the_clients_address_from_the_proxy_he
     let clients: Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
     let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == "pp-tls").expect("listed");
     assert_eq!((client["ip_address"].as_str(), client["port"].as_u64()), (Some("203.0.113.5"), Some(6000)));
+}
+
+/// The address and port `broker ctl clients list --json` gives the connected client `client_id`.
+fn listed_address(dir: &DataDir, client_id: &str) -> (String, u64) {
+    let clients: Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
+    let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == client_id).expect("listed");
+    (client["ip_address"].as_str().unwrap().to_owned(), client["port"].as_u64().unwrap())
+}
+
+/// `listener.ws.proxy_address_header` (EMQX's; here `X-Forwarded-For`) and
+/// `proxy_port_header`: behind an HTTP proxy, the client's address is the last one the header
+/// lists (the one the proxy added: those before it may be the client's own words), with
+/// several header lines the last line's; its port from the port header, else the
+/// connection's. Without the header, the connection's own address. That address is the
+/// client's everywhere: in the listing, for `allow_anonymous = "loopback"` (a client from
+/// elsewhere refused, CONNACK 5), and for `max_conns_per_ip`.
+#[test]
+fn behind_an_http_proxy_the_clients_address_comes_from_x_forwarded_for() {
+    let dir = DataDir::with_plugins("");
+    let env = [
+        ("BROKER_LISTENER__WS__BIND", "127.0.0.1:0"),
+        ("BROKER_LISTENER__WS__PROXY_ADDRESS_HEADER", "X-Forwarded-For"),
+        ("BROKER_LISTENER__WS__PROXY_PORT_HEADER", "X-Forwarded-Port"),
+        ("BROKER_LISTENER__WS__MAX_CONNS_PER_IP", "1"),
+    ];
+    let broker = Broker::start(&dir, &env);
+    broker.wait_for_log("ws listener: the client's address is the last one in the x-forwarded-for header");
+    let ws = broker.logged_addr(" ws listener on ");
+
+    let forwarded = "X-Forwarded-For: 127.0.0.9, 127.0.0.7\r\nX-Forwarded-Port: 51234\r\n";
+    let (_first, connack) = RawWs::open(ws, b"", forwarded, "fwd-1").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted: the proxy says the client is on this machine");
+    assert_eq!(listed_address(&dir, "fwd-1"), ("127.0.0.7".to_owned(), 51234));
+
+    let two_lines = "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: ::1\r\n";
+    let (_second, connack) = RawWs::open(ws, b"", two_lines, "fwd-2").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(listed_address(&dir, "fwd-2").0, "::1", "the last line's address");
+
+    let (_plain, connack) = RawWs::open(ws, b"", "", "fwd-3").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(listed_address(&dir, "fwd-3").0, "127.0.0.1", "no header: the connection's address");
+
+    let remote = "X-Forwarded-For: 127.0.0.1, 203.0.113.50\r\n";
+    let (_remote, connack) = RawWs::open(ws, b"", remote, "fwd-4").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 5], "a client from elsewhere, without a login (the first entry is its own word)");
+
+    let again = "X-Forwarded-For: 127.0.0.7\r\n";
+    assert!(RawWs::open(ws, b"", again, "fwd-5").is_none(), "max_conns_per_ip = 1: 127.0.0.7 has a connection");
+    broker.wait_for_log("connection refused: listener.ws.max_conns_per_ip (1) reached");
+}
+
+/// `listener.ws.proxy_protocol` and `listener.wss.proxy_protocol`: behind a TCP load balancer,
+/// the PROXY protocol header comes first (then, for wss, the TLS handshake), then the HTTP
+/// upgrade; the client is listed with the header's address. A ws connection without the
+/// header is closed.
+#[test]
+fn ws_and_wss_listeners_behind_a_balancer_take_the_proxy_protocol() {
+    let dir = DataDir::with_plugins("");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__WSS");
+    env.push(("BROKER_LISTENER__WSS__BIND".to_owned(), "127.0.0.1:0"));
+    env.push(("BROKER_LISTENER__WSS__PROXY_PROTOCOL".to_owned(), "true"));
+    env.push(("BROKER_LISTENER__WS__BIND".to_owned(), "127.0.0.1:0"));
+    env.push(("BROKER_LISTENER__WS__PROXY_PROTOCOL".to_owned(), "true"));
+    env.push(("BROKER_ALLOW_ANONYMOUS".to_owned(), "true"));
+    let broker = start(&dir, &env);
+    broker.wait_for_log("ws listener: each connection opens with a PROXY protocol header");
+    let ws = broker.logged_addr(" ws listener on ");
+    let wss = broker.logged_addr("wss listener on ");
+
+    let header = b"PROXY TCP4 203.0.113.8 127.0.0.1 7000 8083\r\n";
+    let (_ws, connack) = RawWs::open(ws, header, "", "pp-ws").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(listed_address(&dir, "pp-ws"), ("203.0.113.8".to_owned(), 7000));
+    let mut plain = TcpStream::connect(ws).unwrap();
+    plain.set_read_timeout(Some(DEADLINE)).unwrap();
+    plain.write_all(upgrade_request(ws, "/mqtt").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "no header: closed, not upgraded: {}", String::from_utf8_lossy(&answer));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut socket = TcpStream::connect(wss).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 7001 8084\r\n").unwrap();
+    let tls =
+        rustls::StreamOwned::new(rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap(), socket);
+    let (_wss, connack) = RawWs::over(tls, wss, "", "pp-wss").expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(listed_address(&dir, "pp-wss"), ("203.0.113.9".to_owned(), 7001));
 }

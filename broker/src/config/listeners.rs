@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_CONN_RATE: u32 = 1000;
 
 /// `[listener]`: every client-facing listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ListenerSettings {
     /// Client-facing MQTT TCP listener (its limit is `mqtt.max_connections`).
     pub tcp: SocketAddr,
@@ -102,6 +102,38 @@ pub struct SslListener {
     pub tls: TlsSettings,
 }
 
+impl TlsSettings {
+    /// Every field set: a literal without `..`, so that a field added must be added here
+    /// (and is then a key `[listener.ssl]` and `[listener.wss]` may have).
+    fn every_field() -> TlsSettings {
+        TlsSettings {
+            certfile: Some(PathBuf::new()),
+            keyfile: Some(PathBuf::new()),
+            cacertfile: Some(PathBuf::new()),
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            peer_cert_as_username: Some(String::new()),
+        }
+    }
+}
+
+impl SslListener {
+    /// Every key `[listener.ssl]` may have: serde cannot refuse the others (the TLS settings
+    /// are flattened in), so `config::load` does. A literal without `..`, so that a field
+    /// added must be added here.
+    pub(crate) fn keys() -> Vec<String> {
+        let d = SslListener::default();
+        keys_of(&SslListener {
+            bind: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            max_connections: d.max_connections,
+            max_conn_rate: d.max_conn_rate,
+            max_conns_per_ip: d.max_conns_per_ip,
+            proxy_protocol: d.proxy_protocol,
+            tls: TlsSettings::every_field(),
+        })
+    }
+}
+
 impl Default for SslListener {
     fn default() -> Self {
         SslListener {
@@ -117,7 +149,7 @@ impl Default for SslListener {
 
 /// `[listener.ws]`: MQTT over WebSocket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct WsListener {
     /// Where to listen; none (the default) means no ws listener.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +164,16 @@ pub struct WsListener {
     /// Connections one IP address may hold open at once; past it a new one is closed at
     /// once. 0 for no limit.
     pub max_conns_per_ip: usize,
+    /// Behind a load balancer that sends a PROXY protocol header (see `listener.proxy_protocol`),
+    /// before the HTTP upgrade.
+    pub proxy_protocol: bool,
+    /// The header of the HTTP upgrade that carries the client's address when an HTTP proxy
+    /// (nginx, HAProxy, a cloud load balancer) is in front (EMQX's `proxy_address_header`,
+    /// usually `X-Forwarded-For`); empty (the default) for none. See [`Forwarded`].
+    pub proxy_address_header: String,
+    /// The header that carries the client's port (EMQX's `proxy_port_header`, e.g.
+    /// `X-Forwarded-Port`); empty (the default) for none.
+    pub proxy_port_header: String,
 }
 
 impl Default for WsListener {
@@ -142,7 +184,17 @@ impl Default for WsListener {
             max_connections: DEFAULT_LISTENER_MAX_CONNECTIONS,
             max_conn_rate: DEFAULT_MAX_CONN_RATE,
             max_conns_per_ip: 0,
+            proxy_protocol: false,
+            proxy_address_header: String::new(),
+            proxy_port_header: String::new(),
         }
+    }
+}
+
+impl WsListener {
+    /// The headers that carry the client's address, if set.
+    pub(crate) fn forwarded(&self) -> Result<Option<Forwarded>, super::ConfigError> {
+        Forwarded::new("listener.ws", &self.proxy_address_header, &self.proxy_port_header)
     }
 }
 
@@ -163,8 +215,13 @@ pub struct WssListener {
     /// Connections one IP address may hold open at once; past it a new one is closed at
     /// once. 0 for no limit.
     pub max_conns_per_ip: usize,
-    /// Behind a load balancer that sends a PROXY protocol header (see `listener.proxy_protocol`).
+    /// Behind a load balancer that sends a PROXY protocol header (see `listener.proxy_protocol`),
+    /// before the TLS handshake.
     pub proxy_protocol: bool,
+    /// As `listener.ws.proxy_address_header`.
+    pub proxy_address_header: String,
+    /// As `listener.ws.proxy_port_header`.
+    pub proxy_port_header: String,
     #[serde(flatten)]
     pub tls: TlsSettings,
 }
@@ -178,7 +235,78 @@ impl Default for WssListener {
             max_conn_rate: DEFAULT_MAX_CONN_RATE,
             max_conns_per_ip: 0,
             proxy_protocol: false,
+            proxy_address_header: String::new(),
+            proxy_port_header: String::new(),
             tls: TlsSettings::default(),
         }
     }
+}
+
+impl WssListener {
+    /// The headers that carry the client's address, if set.
+    pub(crate) fn forwarded(&self) -> Result<Option<Forwarded>, super::ConfigError> {
+        Forwarded::new("listener.wss", &self.proxy_address_header, &self.proxy_port_header)
+    }
+
+    /// Every key `[listener.wss]` may have (see [`SslListener::keys`]).
+    pub(crate) fn keys() -> Vec<String> {
+        let d = WssListener::default();
+        keys_of(&WssListener {
+            bind: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            path: d.path,
+            max_connections: d.max_connections,
+            max_conn_rate: d.max_conn_rate,
+            max_conns_per_ip: d.max_conns_per_ip,
+            proxy_protocol: d.proxy_protocol,
+            proxy_address_header: d.proxy_address_header,
+            proxy_port_header: d.proxy_port_header,
+            tls: TlsSettings::every_field(),
+        })
+    }
+}
+
+/// The names of the HTTP headers that carry a WebSocket client's address when an HTTP
+/// proxy is in front of the listener. The address is the last one the header lists (with
+/// several header lines, the last line's): the one the proxy in front of the broker added.
+/// EMQX takes the first, which the client itself may have written.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarded {
+    /// `X-Forwarded-For`, or another name.
+    pub(crate) address: http::HeaderName,
+    /// `X-Forwarded-Port`, or another name, if set.
+    pub(crate) port: Option<http::HeaderName>,
+}
+
+impl Forwarded {
+    /// The headers `address` and `port` name (`section`'s settings), `None` without
+    /// `address`.
+    fn new(section: &'static str, address: &str, port: &str) -> Result<Option<Forwarded>, super::ConfigError> {
+        let name = |key: &'static str, value: &str| {
+            http::HeaderName::from_bytes(value.trim().as_bytes())
+                .map_err(|_| super::ConfigError::Setting(key, format!("{value:?} (not an HTTP header name)")))
+        };
+        let (address_key, port_key) = match section {
+            "listener.ws" => ("listener.ws.proxy_address_header", "listener.ws.proxy_port_header"),
+            _ => ("listener.wss.proxy_address_header", "listener.wss.proxy_port_header"),
+        };
+        if address.trim().is_empty() {
+            if !port.trim().is_empty() {
+                return Err(super::ConfigError::Setting(
+                    port_key,
+                    format!("{port:?} (only with {address_key}: the port goes with the address)"),
+                ));
+            }
+            return Ok(None);
+        }
+        let port = if port.trim().is_empty() { None } else { Some(name(port_key, port)?) };
+        Ok(Some(Forwarded { address: name(address_key, address)?, port }))
+    }
+}
+
+/// The keys of the serialized `full` (a value with every field set): the keys its table may
+/// have. serde cannot refuse unknown keys of a struct that flattens another in (the ssl and
+/// wss listeners flatten their TLS settings), so those tables are checked against these.
+fn keys_of(full: &impl Serialize) -> Vec<String> {
+    let value = serde_json::to_value(full).unwrap_or_default();
+    value.as_object().map(|table| table.keys().cloned().collect()).unwrap_or_default()
 }

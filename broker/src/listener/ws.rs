@@ -2,6 +2,10 @@
 //! with the `Sec-WebSocket-Protocol` negotiation EMQX does, then binary frames as a byte
 //! stream (`ws_stream_tungstenite`): an MQTT packet may span frames, a frame may hold several.
 //!
+//! Behind an HTTP proxy (`proxy_address_header`, see [`Forwarded`]) the client's address is
+//! the last one in the upgrade's `X-Forwarded-For` (or the header named), with its port from
+//! `X-Forwarded-Port` when that is set; without the header, the connection's own.
+//!
 //! No frame or message may be larger than `mqtt.max_packet_size` plus [`FRAME_SLACK`]:
 //! tungstenite checks a frame's length in its header and refuses it (closing the connection)
 //! before buffering its payload, so a client cannot make the broker hold more for it than one
@@ -11,8 +15,12 @@ use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use std::net::{IpAddr, SocketAddr};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use ws_stream_tungstenite::WsStream;
+
+use crate::config::Forwarded;
 
 mod partial;
 pub(crate) use partial::PartialInput;
@@ -42,22 +50,48 @@ pub(crate) type WsTransport<S> = WsStream<TokioAdapter<Watched<S>>>;
 
 /// Answers the client's HTTP upgrade request on `path` (404 elsewhere); frames and messages
 /// are then limited to `max_packet_size` plus [`FRAME_SLACK`]. Also gives what tells whether
-/// the client is in the middle of a frame or message (see [`PartialInput`]).
+/// the client is in the middle of a frame or message (see [`PartialInput`]), and the client's
+/// address if `forwarded`'s header gave one (`peer` is the connection's own: its port is
+/// kept when no port is given).
 // The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
 #[allow(clippy::result_large_err)]
 pub(crate) async fn upgrade<S>(
     stream: S,
     path: &str,
+    forwarded: Option<&Forwarded>,
+    peer: SocketAddr,
     max_packet_size: usize,
-) -> Result<(WsTransport<S>, PartialInput), UpgradeError>
+) -> Result<(WsTransport<S>, PartialInput, Option<SocketAddr>), UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let check = |request: &Request, response: Response| answer(request, response, path);
+    let mut client = None;
+    let check = |request: &Request, response: Response| {
+        client = forwarded.and_then(|forwarded| forwarded_client(request, forwarded, peer));
+        answer(request, response, path)
+    };
     let config = Some(config(max_packet_size));
     let (stream, partial) = Watched::new(stream);
     let socket = async_tungstenite::tokio::accept_hdr_async_with_config(stream, check, config).await?;
-    Ok((WsStream::new(socket), partial))
+    Ok((WsStream::new(socket), partial, client))
+}
+
+/// The client's address as `forwarded`'s headers of `request` give it: the last address of
+/// the address header (the one the proxy in front added; those before it came from further
+/// away, or from the client itself), as an IP address or `ip:port`, and the last port of the
+/// port header, else that address's port, else `peer`'s. `None` without a usable address.
+fn forwarded_client(request: &Request, forwarded: &Forwarded, peer: SocketAddr) -> Option<SocketAddr> {
+    let last = |name| {
+        let line = request.headers().get_all(name).iter().next_back()?.to_str().ok()?;
+        line.rsplit(',').next().map(str::trim).filter(|value| !value.is_empty())
+    };
+    let given = last(&forwarded.address)?;
+    let address = match given.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, peer.port()),
+        Err(_) => given.parse::<SocketAddr>().ok()?,
+    };
+    let port = forwarded.port.as_ref().and_then(last).and_then(|port| port.parse::<u16>().ok());
+    Some(SocketAddr::new(address.ip(), port.unwrap_or(address.port())))
 }
 
 /// The upgrade's answer: 404 off `path`, else the response with the chosen subprotocol.
@@ -110,6 +144,33 @@ mod tests {
         assert_eq!(chosen(Some("mqttv5")).as_deref(), Some("mqttv5"));
         assert_eq!(chosen(Some("wamp")), None);
         assert_eq!(chosen(None), None);
+    }
+
+    #[test]
+    fn the_forwarded_address_is_the_last_one_given() {
+        let forwarded =
+            Forwarded { address: "x-forwarded-for".parse().unwrap(), port: Some("x-forwarded-port".parse().unwrap()) };
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let client = |headers: &[(&str, &str)]| {
+            let mut builder = Request::builder().uri("/mqtt");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            forwarded_client(&builder.body(()).unwrap(), &forwarded, peer).map(|a| a.to_string())
+        };
+        assert_eq!(client(&[("X-Forwarded-For", "1.1.1.1, 203.0.113.4")]).as_deref(), Some("203.0.113.4:4000"));
+        assert_eq!(client(&[("X-Forwarded-For", "203.0.113.4:555")]).as_deref(), Some("203.0.113.4:555"));
+        assert_eq!(
+            client(&[("X-Forwarded-For", "[2001:db8::1]:555"), ("X-Forwarded-Port", "9")]).as_deref(),
+            Some("[2001:db8::1]:9")
+        );
+        assert_eq!(
+            client(&[("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "2001:db8::2")]).as_deref(),
+            Some("[2001:db8::2]:4000")
+        );
+        assert_eq!(client(&[("X-Forwarded-For", "unknown")]), None, "not an address: the connection's own is kept");
+        assert_eq!(client(&[("X-Forwarded-For", "1.1.1.1, ")]), None);
+        assert_eq!(client(&[]), None);
     }
 
     #[test]
