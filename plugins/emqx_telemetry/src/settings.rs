@@ -8,7 +8,7 @@ use serde::Deserialize;
 pub const DEFAULT_URL: &str = "https://telemetry.emqx.io/api/telemetry";
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Master switch, EMQX's `telemetry.enabled` (`BROKER_TELEMETRY__ENABLED=false` turns
     /// telemetry off).
@@ -73,5 +73,12 @@ mod tests {
         let s: Settings = serde_json::from_value(serde_json::json!({"enabled": true, "enable": false})).unwrap();
         assert!(!s.enabled(), "either name saying false wins");
         assert!(Settings::default().enabled());
+    }
+
+    /// A misspelt `enabled = false` must not leave telemetry on: the plugin refuses to start.
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let error = serde_json::from_value::<Settings>(serde_json::json!({"enabeld": false})).unwrap_err();
+        assert!(error.to_string().contains("unknown field `enabeld`"), "{error}");
     }
 }
