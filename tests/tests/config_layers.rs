@@ -220,3 +220,14 @@ fn the_readme_configuration_block_is_accepted() {
     let broker = Broker::start(&dir, &[]);
     broker.wait_for_log("mqtt listener on");
 }
+
+/// A table no plugin in the plugins directory reads (a misspelt table name) is not an error
+/// (a plugin may be added later) but is named at start, with the likely one.
+#[test]
+fn a_table_no_plugin_reads_is_named_at_start() {
+    let dir = DataDir::with_plugins("");
+    dir.write("broker.toml", "[telemtry]\nenabled = false\n");
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("config table [telemtry] is read by no plugin in");
+    broker.wait_for_log("it is ignored; did you mean [telemetry]?");
+}

@@ -90,6 +90,19 @@ pub(crate) fn library_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("lib{name}.so"))
 }
 
+/// The names of the plugin libraries in `dir` (`libNAME.so`: whether each is a plugin is
+/// known only once it is opened); none if it cannot be read.
+pub(crate) fn library_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(|entry| {
+            let file = entry.ok()?.file_name();
+            let name = file.to_str()?.strip_prefix("lib")?.strip_suffix(".so")?;
+            super::loaded_plugins::is_valid_name(name).then(|| name.to_owned())
+        })
+        .collect()
+}
+
 static COPIES: AtomicU64 = AtomicU64::new(0);
 
 impl PluginLibrary {

@@ -12,7 +12,7 @@ use plugin_api::abi;
 
 use super::host_api::{CommandError, HostShared, PluginControl};
 use super::instance::Instance;
-use super::library::{library_path, LibraryError, PluginLibrary};
+use super::library::{library_names, library_path, LibraryError, PluginLibrary};
 use super::loaded_plugins::{is_valid_name, LoadedPlugins};
 use crate::cluster::Membership;
 use crate::hooks::handle::PluginHandle;
@@ -78,6 +78,23 @@ pub(crate) struct Manager {
     state: Mutex<State>,
 }
 
+/// The config tables of `tables` that none of `plugins` reads (a misspelt name, most
+/// often: `[telemtry]`), each with the section it is likely a misspelling of.
+fn unread_tables<'a>(tables: impl Iterator<Item = &'a str>, plugins: &[String]) -> Vec<(String, Option<String>)> {
+    let sections: Vec<&str> = plugins.iter().flat_map(|name| [name.as_str(), config_section(name)]).collect();
+    tables
+        .filter(|table| !sections.contains(table))
+        .map(|table| {
+            let closest = sections
+                .iter()
+                .map(|section| (strsim::damerau_levenshtein(table, section), *section))
+                .filter(|(distance, _)| *distance <= 2.max(table.len() / 3))
+                .min();
+            (table.to_owned(), closest.map(|(_, section)| section.to_owned()))
+        })
+        .collect()
+}
+
 /// The config section of a plugin: its name without `emqx_` and `mod_` (`emqx_telemetry` reads
 /// `[telemetry]`, `emqx_mod_presence` reads `[presence]`), or its full name if that section
 /// exists.
@@ -109,6 +126,15 @@ impl Manager {
 
     /// Starts every plugin `loaded_plugins` enables. Problems are logged; the rest start.
     pub(crate) fn boot(&self) {
+        let plugins = library_names(&self.paths.plugins_dir);
+        for (table, likely) in unread_tables(self.configs.keys().map(String::as_str), &plugins) {
+            let hint = likely.map_or(String::new(), |name| format!("; did you mean [{name}]?"));
+            tracing::warn!(
+                "config table [{table}] is read by no plugin in {} (plugin NAME reads [NAME], or [NAME] without \
+                 emqx_ and mod_); it is ignored{hint}",
+                self.paths.plugins_dir.display()
+            );
+        }
         let path = &self.paths.loaded_plugins;
         let file = match LoadedPlugins::read(path) {
             Ok((file, errors)) => {
@@ -572,5 +598,20 @@ impl PluginControl for Manager {
 
     fn command(&self, args: &[String]) -> Result<String, CommandError> {
         Manager::command(self, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_no_plugin_reads_is_named_with_the_likely_one() {
+        let plugins = ["emqx_telemetry".to_owned(), "emqx_mod_presence".to_owned(), "hook_recorder".to_owned()];
+        let tables = ["telemetry", "presence", "emqx_mod_presence", "hook_recorder", "telemtry", "nothing_like_it"];
+        assert_eq!(
+            unread_tables(tables.into_iter(), &plugins),
+            [("telemtry".to_owned(), Some("telemetry".to_owned())), ("nothing_like_it".to_owned(), None)]
+        );
     }
 }
