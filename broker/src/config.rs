@@ -645,6 +645,10 @@ pub struct Settings {
     /// Every other table: plugin configs, by section name.
     #[serde(flatten)]
     pub plugins: serde_json::Map<String, serde_json::Value>,
+    /// `BROKER_*` environment variables that name no setting and were ignored (logged once
+    /// the log is set up).
+    #[serde(skip)]
+    pub ignored_variables: Vec<String>,
 }
 
 impl Default for Settings {
@@ -662,6 +666,7 @@ impl Default for Settings {
             persistence: PersistenceSettings::default(),
             cluster: ClusterSettings::default(),
             plugins: Default::default(),
+            ignored_variables: Vec::new(),
         }
     }
 }
@@ -691,6 +696,8 @@ pub struct UnknownSetting {
     pub given_in: String,
     /// The known setting of that section it is likely a misspelling of.
     pub suggestion: Option<String>,
+    /// The environment variable that gave it, if one did.
+    pub variable: Option<String>,
 }
 
 impl std::fmt::Display for UnknownSetting {
@@ -712,13 +719,16 @@ impl UnknownSetting {
     /// the closest of `known` (the names the section has) as a suggestion.
     fn new(path: &[String], metadata: Option<&figment::Metadata>, known: &[&str]) -> UnknownSetting {
         let key = path.join(".");
-        let given_in = match metadata {
-            Some(figment::Metadata { source: Some(figment::Source::File(file)), .. }) => file.display().to_string(),
-            Some(m) if m.name.contains("environment") => {
-                format!("the environment (BROKER_{})", path.join("__").to_uppercase())
+        let variable = metadata
+            .filter(|m| m.name.contains("environment"))
+            .map(|_| format!("BROKER_{}", path.join("__").to_uppercase()));
+        let given_in = match (metadata, &variable) {
+            (_, Some(variable)) => format!("the environment ({variable})"),
+            (Some(figment::Metadata { source: Some(figment::Source::File(file)), .. }), _) => {
+                file.display().to_string()
             }
-            Some(m) => m.name.to_string(),
-            None => "the configuration".to_owned(),
+            (Some(m), _) => m.name.to_string(),
+            (None, _) => "the configuration".to_owned(),
         };
         let name = path.last().map_or("", String::as_str);
         let closest = known
@@ -729,7 +739,7 @@ impl UnknownSetting {
         let section = &path[..path.len().saturating_sub(1)];
         let suggestion =
             closest.map(|(_, known)| section.iter().map(String::as_str).chain([*known]).collect::<Vec<_>>().join("."));
-        UnknownSetting { key, given_in, suggestion }
+        UnknownSetting { key, given_in, suggestion, variable }
     }
 }
 
@@ -812,7 +822,12 @@ pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     }
     figment = figment.merge(environment());
     let mut settings: Settings = figment.extract().map_err(extract_error)?;
-    let mut unknown = unknown_top_level(&settings, &figment);
+    // A top-level value from the environment is not refused: Kubernetes gives every
+    // container `BROKER_PORT`, `BROKER_SERVICE_HOST`, ... when a Service is named `broker`.
+    let (from_environment, mut unknown): (Vec<_>, Vec<_>) =
+        unknown_top_level(&settings, &figment).into_iter().partition(|u| u.variable.is_some());
+    settings.ignored_variables = from_environment.into_iter().filter_map(|u| u.variable).collect();
+    settings.plugins.retain(|_, value| value.is_object());
     unknown.extend(unknown_in_listeners(&figment));
     if !unknown.is_empty() {
         return Err(ConfigError::Unknown(unknown));

@@ -110,6 +110,13 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     crate::malloc::tune(&settings.broker);
     ignore_file_size_signal();
     init_logging(&settings);
+    if !settings.ignored_variables.is_empty() {
+        tracing::warn!(
+            "{} in the environment name no setting and are ignored (a setting of a section is \
+             BROKER_SECTION__KEY; Kubernetes sets BROKER_PORT and the like for a Service named broker)",
+            settings.ignored_variables.join(", ")
+        );
+    }
     let descriptors = raise_file_limit();
 
     std::fs::create_dir_all(&settings.data_dir)

@@ -231,3 +231,14 @@ fn a_table_no_plugin_reads_is_named_at_start() {
     broker.wait_for_log("config table [telemtry] is read by no plugin in");
     broker.wait_for_log("it is ignored; did you mean [telemetry]?");
 }
+
+/// A `BROKER_*` variable that names no setting at the top level is not refused, only logged:
+/// Kubernetes gives every container `BROKER_PORT=tcp://...` and the like when a Service is
+/// named `broker`. (One that names a section's setting, `BROKER_MQTT__...`, is refused.)
+#[test]
+fn kubernetes_service_variables_are_ignored_and_named() {
+    let dir = DataDir::with_plugins("");
+    let env = [("BROKER_PORT", "tcp://10.96.0.12:1883"), ("BROKER_SERVICE_HOST", "10.96.0.12")];
+    let broker = Broker::start(&dir, &env);
+    broker.wait_for_log("BROKER_PORT, BROKER_SERVICE_HOST in the environment name no setting and are ignored");
+}

@@ -756,6 +756,32 @@ impl<S: Read + Write> RawWs<S> {
     }
 }
 
+/// A TLS client (trusting `pki`'s CA) connected to `addr` as a load balancer would connect
+/// it: `header` (a PROXY protocol header) first, then the TLS handshake (done on first use).
+fn tls_behind_balancer(
+    pki: &Pki,
+    addr: SocketAddr,
+    header: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket.write_all(header).unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(connection, socket)
+}
+
 /// `listener.ssl.proxy_protocol`: behind a TCP load balancer, the PROXY protocol header comes
 /// first, then the TLS handshake: the client (a rustls client over the same socket, after a v1
 /// header from 203.0.113.5:6000) is served, and listed with the header's address.
@@ -769,23 +795,7 @@ fn an_ssl_listener_behind_a_balancer_takes_the_clients_address_from_the_proxy_he
     let broker = start(&dir, &env);
     let ssl = broker.logged_addr("ssl listener on ");
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(&pki.ca).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut socket = TcpStream::connect(ssl).unwrap();
-    socket.set_read_timeout(Some(DEADLINE)).unwrap();
-    socket.write_all(b"PROXY TCP4 203.0.113.5 127.0.0.1 6000 8883\r\n").unwrap();
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let mut tls = tls_behind_balancer(&pki, ssl, b"PROXY TCP4 203.0.113.5 127.0.0.1 6000 8883\r\n");
     // CONNECT (3.1.1, clean session, keep-alive 60, client id "pp-tls"), then its CONNACK.
     tls.write_all(&[0x10, 18, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 6, b'p', b'p', b'-', b't', b'l', b's'])
         .unwrap();
@@ -877,23 +887,7 @@ fn ws_and_wss_listeners_behind_a_balancer_take_the_proxy_protocol() {
     let _ = plain.read_to_end(&mut answer);
     assert!(answer.is_empty(), "no header: closed, not upgraded: {}", String::from_utf8_lossy(&answer));
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(&pki.ca).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut socket = TcpStream::connect(wss).unwrap();
-    socket.set_read_timeout(Some(DEADLINE)).unwrap();
-    socket.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 7001 8084\r\n").unwrap();
-    let tls =
-        rustls::StreamOwned::new(rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap(), socket);
+    let tls = tls_behind_balancer(&pki, wss, b"PROXY TCP4 203.0.113.9 127.0.0.1 7001 8084\r\n");
     let (_wss, connack) = RawWs::over(tls, wss, "", "pp-wss").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
     assert_eq!(listed_address(&dir, "pp-wss"), ("203.0.113.9".to_owned(), 7001));
