@@ -197,6 +197,14 @@ impl DataDir {
             .expect("run broker ctl");
         CtlOutput::from(output)
     }
+
+    /// The address and port `broker ctl clients list --json` gives the connected client
+    /// `client_id`.
+    pub fn listed_address(&self, client_id: &str) -> (String, u64) {
+        let clients: serde_json::Value = serde_json::from_str(&self.ctl(&["clients", "list", "--json"]).ok()).unwrap();
+        let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == client_id).expect("listed");
+        (client["ip_address"].as_str().unwrap().to_owned(), client["port"].as_u64().unwrap())
+    }
 }
 
 /// What `broker ctl` printed.

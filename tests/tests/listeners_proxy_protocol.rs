@@ -44,13 +44,6 @@ fn connect_behind(broker: &Broker, header: &[u8], client_id: &str) -> Option<(u8
     }
 }
 
-/// The address `broker ctl clients list --json` gives the connected client `client_id`.
-fn listed_address(dir: &DataDir, client_id: &str) -> (String, u64) {
-    let clients: serde_json::Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
-    let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == client_id).expect("listed");
-    (client["ip_address"].as_str().unwrap().to_owned(), client["port"].as_u64().unwrap())
-}
-
 const ACCEPTED: u8 = 0;
 
 /// v1 and v2 headers give the client's address (IPv4 and IPv6); a balancer's own connection
@@ -64,17 +57,17 @@ fn the_clients_address_comes_from_the_header() {
 
     let (code, _v4) = connect_behind(&broker, &v1("203.0.113.7", 51234), "pp-v1").expect("CONNACK");
     assert_eq!(code, ACCEPTED);
-    assert_eq!(listed_address(&dir, "pp-v1"), ("203.0.113.7".to_owned(), 51234));
+    assert_eq!(dir.listed_address("pp-v1"), ("203.0.113.7".to_owned(), 51234));
 
     let ip = "2001:db8::42".parse::<std::net::Ipv6Addr>().unwrap().octets();
     let (code, _v6) = connect_behind(&broker, &v2(Some((ip, 4000))), "pp-v2").expect("CONNACK");
     assert_eq!(code, ACCEPTED);
-    assert_eq!(listed_address(&dir, "pp-v2"), ("2001:db8::42".to_owned(), 4000));
+    assert_eq!(dir.listed_address("pp-v2"), ("2001:db8::42".to_owned(), 4000));
 
     for (header, id) in [(v2(None), "pp-local"), (b"PROXY UNKNOWN\r\n".to_vec(), "pp-unknown")] {
         let (code, _c) = connect_behind(&broker, &header, id).expect("CONNACK");
         assert_eq!(code, ACCEPTED);
-        assert_eq!(listed_address(&dir, id).0, "127.0.0.1", "{id}: the balancer's own address");
+        assert_eq!(dir.listed_address(id).0, "127.0.0.1", "{id}: the balancer's own address");
     }
 }
 

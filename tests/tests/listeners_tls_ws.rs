@@ -802,16 +802,7 @@ fn an_ssl_listener_behind_a_balancer_takes_the_clients_address_from_the_proxy_he
     let mut connack = [0; 4];
     tls.read_exact(&mut connack).unwrap();
     assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
-    let clients: Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
-    let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == "pp-tls").expect("listed");
-    assert_eq!((client["ip_address"].as_str(), client["port"].as_u64()), (Some("203.0.113.5"), Some(6000)));
-}
-
-/// The address and port `broker ctl clients list --json` gives the connected client `client_id`.
-fn listed_address(dir: &DataDir, client_id: &str) -> (String, u64) {
-    let clients: Value = serde_json::from_str(&dir.ctl(&["clients", "list", "--json"]).ok()).unwrap();
-    let client = clients.as_array().unwrap().iter().find(|c| c["clientid"] == client_id).expect("listed");
-    (client["ip_address"].as_str().unwrap().to_owned(), client["port"].as_u64().unwrap())
+    assert_eq!(dir.listed_address("pp-tls"), ("203.0.113.5".to_owned(), 6000));
 }
 
 /// `listener.ws.proxy_address_header` (EMQX's; here `X-Forwarded-For`) and
@@ -837,16 +828,16 @@ fn behind_an_http_proxy_the_clients_address_comes_from_x_forwarded_for() {
     let forwarded = "X-Forwarded-For: 127.0.0.9, 127.0.0.7\r\nX-Forwarded-Port: 51234\r\n";
     let (_first, connack) = RawWs::open(ws, b"", forwarded, "fwd-1").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0], "accepted: the proxy says the client is on this machine");
-    assert_eq!(listed_address(&dir, "fwd-1"), ("127.0.0.7".to_owned(), 51234));
+    assert_eq!(dir.listed_address("fwd-1"), ("127.0.0.7".to_owned(), 51234));
 
     let two_lines = "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: ::1\r\n";
     let (_second, connack) = RawWs::open(ws, b"", two_lines, "fwd-2").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
-    assert_eq!(listed_address(&dir, "fwd-2").0, "::1", "the last line's address");
+    assert_eq!(dir.listed_address("fwd-2").0, "::1", "the last line's address");
 
     let (_plain, connack) = RawWs::open(ws, b"", "", "fwd-3").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
-    assert_eq!(listed_address(&dir, "fwd-3").0, "127.0.0.1", "no header: the connection's address");
+    assert_eq!(dir.listed_address("fwd-3").0, "127.0.0.1", "no header: the connection's address");
 
     let remote = "X-Forwarded-For: 127.0.0.1, 203.0.113.50\r\n";
     let (_remote, connack) = RawWs::open(ws, b"", remote, "fwd-4").expect("CONNACK");
@@ -879,7 +870,7 @@ fn ws_and_wss_listeners_behind_a_balancer_take_the_proxy_protocol() {
     let header = b"PROXY TCP4 203.0.113.8 127.0.0.1 7000 8083\r\n";
     let (_ws, connack) = RawWs::open(ws, header, "", "pp-ws").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
-    assert_eq!(listed_address(&dir, "pp-ws"), ("203.0.113.8".to_owned(), 7000));
+    assert_eq!(dir.listed_address("pp-ws"), ("203.0.113.8".to_owned(), 7000));
     let mut plain = TcpStream::connect(ws).unwrap();
     plain.set_read_timeout(Some(DEADLINE)).unwrap();
     plain.write_all(upgrade_request(ws, "/mqtt").as_bytes()).unwrap();
@@ -890,5 +881,5 @@ fn ws_and_wss_listeners_behind_a_balancer_take_the_proxy_protocol() {
     let tls = tls_behind_balancer(&pki, wss, b"PROXY TCP4 203.0.113.9 127.0.0.1 7001 8084\r\n");
     let (_wss, connack) = RawWs::over(tls, wss, "", "pp-wss").expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
-    assert_eq!(listed_address(&dir, "pp-wss"), ("203.0.113.9".to_owned(), 7001));
+    assert_eq!(dir.listed_address("pp-wss"), ("203.0.113.9".to_owned(), 7001));
 }
