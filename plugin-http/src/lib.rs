@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dashboard_client;
+
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 

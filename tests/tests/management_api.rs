@@ -423,3 +423,53 @@ async fn sessions_are_listed_shown_and_kicked() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(dir.ctl(&["sessions", "kick", "s-kept"]).err().trim(), "error: no session of client id \"s-kept\"");
 }
+
+/// Behind the dashboard, each browser is counted by its own address: the dashboard passes
+/// every request on from its own, and names the browser's with a token only plugins can read
+/// (`plugin_http::dashboard_client`). One browser's wrong passwords lock that browser out,
+/// not every dashboard user; a client that names another address without the token is still
+/// counted by its own.
+#[test]
+fn through_the_dashboard_each_browser_is_counted_by_its_own_address() {
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_dashboard, true}.\n");
+    let api_port = e2e::free_port();
+    let api_listen = format!("127.0.0.1:{api_port}");
+    let api_url = format!("http://{api_listen}");
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MANAGEMENT__LISTEN", api_listen.as_str()),
+            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+            ("BROKER_MANAGEMENT__UNSUCCESSFUL_LOGIN_MAX_ATTEMPTS", "2"),
+            ("BROKER_DASHBOARD__LISTEN", "127.0.0.1:0"),
+            ("BROKER_DASHBOARD__API", api_url.as_str()),
+        ],
+    );
+    let dashboard = format!("http://{}", broker.logged_addr("dashboard listening on http://"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let get = |base: &str, source: [u8; 4], password: &str, forged: Option<&str>| {
+        let api = api_from(base, source);
+        runtime.block_on(async {
+            let mut request = api.http.get(format!("{base}/api/v4/brokers")).basic_auth("admin", Some(password));
+            if let Some(address) = forged {
+                request = request.header("x-dashboard-client", address).header("x-dashboard-token", "guessed");
+            }
+            request.send().await.expect("reachable").status()
+        })
+    };
+
+    let (first, second) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    assert_eq!(get(&dashboard, first, "x1", None), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&dashboard, first, "x2", None), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&dashboard, first, "s3cret", None), StatusCode::TOO_MANY_REQUESTS, "the first browser locked out");
+    assert_eq!(get(&dashboard, second, "s3cret", None), StatusCode::OK, "another browser is not");
+
+    let forger = [127, 0, 0, 4];
+    assert_eq!(get(&api_url, forger, "x3", Some("127.0.0.50")), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&api_url, forger, "x4", Some("127.0.0.51")), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&api_url, forger, "s3cret", Some("127.0.0.52")),
+        StatusCode::TOO_MANY_REQUESTS,
+        "without the token, the addresses it names are not believed"
+    );
+}

@@ -45,7 +45,7 @@ pub struct Dashboard {
 impl Plugin for Dashboard {
     fn init(host: Host, config: Config) -> Result<Self, BoxError> {
         let settings: Settings = config.parse()?;
-        let app = server::router(settings.api.trim_end_matches('/').to_owned())?;
+        let app = server::router(settings.api.trim_end_matches('/').to_owned(), host)?;
         let server = HttpServer::start(NAME, host, settings.listen, app)?;
         host.info(&format!("dashboard listening on http://{}/ (API at {})", server.addr(), settings.api));
         Ok(Dashboard { host, server })

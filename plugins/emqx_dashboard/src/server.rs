@@ -4,12 +4,16 @@
 //! (and open WebSocket connections, for the MQTT page), may not be framed, and sends no
 //! referrer. No CORS headers are sent, so another origin's page cannot read any answer.
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use plugin_api::Host;
+use plugin_http::dashboard_client;
 use serde_json::json;
 
 const INDEX: &str = include_str!("../assets/index.html");
@@ -45,9 +49,10 @@ const MAX_BODY: usize = 64 * 1024;
 struct Proxy {
     api: String,
     client: reqwest::Client,
+    host: Host,
 }
 
-pub fn router(api: String) -> Result<Router, reqwest::Error> {
+pub fn router(api: String, host: Host) -> Result<Router, reqwest::Error> {
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
     Ok(Router::new()
         .route("/", get(|| async { Html(INDEX) }))
@@ -59,7 +64,7 @@ pub fn router(api: String) -> Result<Router, reqwest::Error> {
         .route("/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/api/{*rest}", any(pass_through))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Proxy { api, client }))
+        .with_state(Proxy { api, client, host }))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -72,7 +77,14 @@ fn stops_the_dashboard(method: &Method, path: &str) -> bool {
         && matches!(path, "/api/v4/plugins/emqx_dashboard/unload" | "/api/v4/plugins/emqx_dashboard/reload")
 }
 
-async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response {
+/// Passes a request on to the management API, naming the browser's address with the
+/// dashboard's token (`plugin_http::dashboard_client`): the API's lock-out after failed
+/// logins then counts each browser, not the dashboard.
+async fn pass_through(
+    State(proxy): State<Proxy>,
+    ConnectInfo(browser): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if stops_the_dashboard(&method, &path) {
@@ -92,6 +104,12 @@ async fn pass_through(State(proxy): State<Proxy>, request: Request) -> Response 
         if let Some(value) = request.headers().get(&name) {
             outgoing = outgoing.header(name, value.clone());
         }
+    }
+    let host = proxy.host;
+    if let Ok(Ok(Some(token))) = tokio::task::spawn_blocking(move || dashboard_client::token(host)).await {
+        outgoing = outgoing
+            .header(dashboard_client::TOKEN_HEADER, token)
+            .header(dashboard_client::CLIENT_HEADER, browser.ip().to_string());
     }
     let body: Bytes = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
         Ok(body) => body,

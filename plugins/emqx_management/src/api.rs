@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use plugin_api::{Host, HostError};
+use plugin_http::dashboard_client;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -96,11 +97,14 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
 /// Lets a request with the right basic-auth credentials through; 401 otherwise, 429 with
 /// `Retry-After` while the client's IP is locked out. No CORS headers are ever sent, so a
 /// browser never lets another origin's page read an answer (a preflight gets 401).
+/// A request the dashboard passed on counts by the browser's address it names (see
+/// `plugin_http::dashboard_client`), not the dashboard's.
 async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let ip = request
+    let connection = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
+    let ip = dashboard_client(api.host, request.headers()).await.unwrap_or(connection);
     match api.auth.check(ip, request.headers()).await {
         Verdict::Allowed => next.run(request).await,
         Verdict::Denied => {
@@ -118,6 +122,15 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
             response
         }
     }
+}
+
+/// The browser's address a request names when it comes from the dashboard: with the
+/// dashboard's token (`plugin_http::dashboard_client`); `None` otherwise.
+async fn dashboard_client(host: Host, headers: &HeaderMap) -> Option<IpAddr> {
+    let client: IpAddr = headers.get(dashboard_client::CLIENT_HEADER)?.to_str().ok()?.parse().ok()?;
+    let given = headers.get(dashboard_client::TOKEN_HEADER)?.as_bytes().to_vec();
+    let token = tokio::task::spawn_blocking(move || dashboard_client::token(host)).await.ok()?.ok()??;
+    dashboard_client::is_token(&given, &token).then_some(client)
 }
 
 async fn not_found() -> ApiError {

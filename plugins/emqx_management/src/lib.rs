@@ -111,6 +111,12 @@ impl Plugin for Management {
                 settings.username
             ));
         }
+        if let Err(e) = plugin_http::dashboard_client::ensure_token(host) {
+            host.warn(&format!(
+                "cannot keep the dashboard's token in the store ({e}): logins through the dashboard count by \
+                 the dashboard's address"
+            ));
+        }
         let auth = auth::Auth::new(host, &settings.username, password, policy);
         let app = api::router(host, auth);
         let server = HttpServer::start(NAME, host, settings.listen, app)?;
