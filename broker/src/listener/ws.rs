@@ -85,13 +85,25 @@ fn forwarded_client(request: &Request, forwarded: &Forwarded, peer: SocketAddr) 
         let line = request.headers().get_all(name).iter().next_back()?.to_str().ok()?;
         line.rsplit(',').next().map(str::trim).filter(|value| !value.is_empty())
     };
-    let given = last(&forwarded.address)?;
+    let mut given = last(&forwarded.address)?;
+    if forwarded.address == http::header::FORWARDED {
+        given = rfc7239_for(given)?;
+    }
     let address = match given.parse::<IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, peer.port()),
         Err(_) => given.parse::<SocketAddr>().ok()?,
     };
     let port = forwarded.port.as_ref().and_then(last).and_then(|port| port.parse::<u16>().ok());
     Some(SocketAddr::new(address.ip(), port.unwrap_or(address.port())))
+}
+
+/// The `for` of one element of RFC 7239's `Forwarded` (`for=192.0.2.60;proto=http`,
+/// `for="[2001:db8::17]:4711"`), unquoted; `None` without one.
+fn rfc7239_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("for").then(|| value.trim().trim_matches('"'))
+    })
 }
 
 /// The upgrade's answer: 404 off `path`, else the response with the chosen subprotocol.
@@ -171,6 +183,19 @@ mod tests {
         assert_eq!(client(&[("X-Forwarded-For", "unknown")]), None, "not an address: the connection's own is kept");
         assert_eq!(client(&[("X-Forwarded-For", "1.1.1.1, ")]), None);
         assert_eq!(client(&[]), None);
+
+        let rfc7239 = Forwarded { address: http::header::FORWARDED, port: None };
+        let client = |value: &str| {
+            let request = Request::builder().uri("/mqtt").header("Forwarded", value).body(()).unwrap();
+            forwarded_client(&request, &rfc7239, peer).map(|a| a.to_string())
+        };
+        assert_eq!(client("for=192.0.2.60;proto=http;by=203.0.113.43").as_deref(), Some("192.0.2.60:4000"));
+        assert_eq!(
+            client("for=1.1.1.1, for=\"[2001:db8:cafe::17]:4711\"").as_deref(),
+            Some("[2001:db8:cafe::17]:4711")
+        );
+        assert_eq!(client("for=_hidden"), None, "an obfuscated node: the connection's own address");
+        assert_eq!(client("proto=https"), None);
     }
 
     #[test]
