@@ -194,7 +194,10 @@ impl Default for WsListener {
 impl WsListener {
     /// The headers that carry the client's address, if set.
     pub(crate) fn forwarded(&self) -> Result<Option<Forwarded>, super::ConfigError> {
-        Forwarded::new("listener.ws", &self.proxy_address_header, &self.proxy_port_header)
+        Forwarded::new(
+            ("listener.ws.proxy_address_header", &self.proxy_address_header),
+            ("listener.ws.proxy_port_header", &self.proxy_port_header),
+        )
     }
 }
 
@@ -245,7 +248,10 @@ impl Default for WssListener {
 impl WssListener {
     /// The headers that carry the client's address, if set.
     pub(crate) fn forwarded(&self) -> Result<Option<Forwarded>, super::ConfigError> {
-        Forwarded::new("listener.wss", &self.proxy_address_header, &self.proxy_port_header)
+        Forwarded::new(
+            ("listener.wss.proxy_address_header", &self.proxy_address_header),
+            ("listener.wss.proxy_port_header", &self.proxy_port_header),
+        )
     }
 
     /// Every key `[listener.wss]` may have (see [`SslListener::keys`]).
@@ -278,16 +284,15 @@ pub(crate) struct Forwarded {
 }
 
 impl Forwarded {
-    /// The headers `address` and `port` name (`section`'s settings), `None` without
-    /// `address`.
-    fn new(section: &'static str, address: &str, port: &str) -> Result<Option<Forwarded>, super::ConfigError> {
+    /// The headers `address` and `port` name (the settings `address_key` and `port_key`),
+    /// `None` without `address`.
+    fn new(
+        (address_key, address): (&'static str, &str),
+        (port_key, port): (&'static str, &str),
+    ) -> Result<Option<Forwarded>, super::ConfigError> {
         let name = |key: &'static str, value: &str| {
             http::HeaderName::from_bytes(value.trim().as_bytes())
                 .map_err(|_| super::ConfigError::Setting(key, format!("{value:?} (not an HTTP header name)")))
-        };
-        let (address_key, port_key) = match section {
-            "listener.ws" => ("listener.ws.proxy_address_header", "listener.ws.proxy_port_header"),
-            _ => ("listener.wss.proxy_address_header", "listener.wss.proxy_port_header"),
         };
         if address.trim().is_empty() {
             if !port.trim().is_empty() {
