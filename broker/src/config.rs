@@ -731,16 +731,23 @@ impl UnknownSetting {
             (None, _) => "the configuration".to_owned(),
         };
         let name = path.last().map_or("", String::as_str);
-        let closest = known
-            .iter()
-            .map(|candidate| (strsim::damerau_levenshtein(name, candidate), candidate))
-            .filter(|(distance, _)| *distance <= 2.max(name.len() / 3))
-            .min();
         let section = &path[..path.len().saturating_sub(1)];
-        let suggestion =
-            closest.map(|(_, known)| section.iter().map(String::as_str).chain([*known]).collect::<Vec<_>>().join("."));
+        let suggestion = likely_meant(name, known.iter().copied())
+            .map(|known| section.iter().map(String::as_str).chain([known]).collect::<Vec<_>>().join("."));
         UnknownSetting { key, given_in, suggestion, variable }
     }
+}
+
+/// The one of `known` that `name` is likely a misspelling of: the nearest by edit distance
+/// (transpositions count as one edit), if it is at most 2 edits away, or a third of `name`'s
+/// length for a longer name.
+pub(crate) fn likely_meant<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|candidate| (strsim::damerau_levenshtein(name, candidate), candidate))
+        .filter(|(distance, _)| *distance <= 2.max(name.len() / 3))
+        .min()
+        .map(|(_, candidate)| candidate)
 }
 
 /// Why `figment` could not extract the settings: every setting it found that the broker

@@ -85,12 +85,7 @@ fn unread_tables<'a>(tables: impl Iterator<Item = &'a str>, plugins: &[String]) 
     tables
         .filter(|table| !sections.contains(table))
         .map(|table| {
-            let closest = sections
-                .iter()
-                .map(|section| (strsim::damerau_levenshtein(table, section), *section))
-                .filter(|(distance, _)| *distance <= 2.max(table.len() / 3))
-                .min();
-            (table.to_owned(), closest.map(|(_, section)| section.to_owned()))
+            (table.to_owned(), crate::config::likely_meant(table, sections.iter().copied()).map(str::to_owned))
         })
         .collect()
 }
