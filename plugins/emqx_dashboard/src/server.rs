@@ -5,6 +5,7 @@
 //! referrer. No CORS headers are sent, so another origin's page cannot read any answer.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -50,6 +51,9 @@ struct Proxy {
     api: String,
     client: reqwest::Client,
     host: Host,
+    /// The management API's token (`plugin_http::dashboard_client`) once the store has one:
+    /// it is made once and never changed, so it is read until found, then kept.
+    token: Arc<OnceLock<String>>,
 }
 
 pub fn router(api: String, host: Host) -> Result<Router, reqwest::Error> {
@@ -64,7 +68,7 @@ pub fn router(api: String, host: Host) -> Result<Router, reqwest::Error> {
         .route("/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/api/{*rest}", any(pass_through))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Proxy { api, client, host }))
+        .with_state(Proxy { api, client, host, token: Arc::default() }))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -75,6 +79,17 @@ fn error(status: StatusCode, message: String) -> Response {
 fn stops_the_dashboard(method: &Method, path: &str) -> bool {
     method == Method::PUT
         && matches!(path, "/api/v4/plugins/emqx_dashboard/unload" | "/api/v4/plugins/emqx_dashboard/reload")
+}
+
+/// The management API's token, read from the store until it is there (off the async
+/// thread: the store may block).
+async fn token(proxy: &Proxy) -> Option<String> {
+    if let Some(token) = proxy.token.get() {
+        return Some(token.clone());
+    }
+    let host = proxy.host;
+    let token = tokio::task::spawn_blocking(move || dashboard_client::token(host)).await.ok()?.ok()??;
+    Some(proxy.token.get_or_init(|| token).clone())
 }
 
 /// Passes a request on to the management API, naming the browser's address with the
@@ -105,8 +120,7 @@ async fn pass_through(
             outgoing = outgoing.header(name, value.clone());
         }
     }
-    let host = proxy.host;
-    if let Ok(Ok(Some(token))) = tokio::task::spawn_blocking(move || dashboard_client::token(host)).await {
+    if let Some(token) = token(&proxy).await {
         outgoing = outgoing
             .header(dashboard_client::TOKEN_HEADER, token)
             .header(dashboard_client::CLIENT_HEADER, browser.ip().to_string());

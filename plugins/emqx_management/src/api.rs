@@ -21,6 +21,9 @@ use crate::auth::{Auth, Verdict};
 pub(crate) struct Api {
     pub(crate) host: Host,
     auth: Arc<Auth>,
+    /// The dashboard's token (`plugin_http::dashboard_client`), if the store kept one: made
+    /// once and never changed, so read once at start.
+    dashboard_token: Option<Arc<str>>,
 }
 
 /// An API failure: status and message.
@@ -63,8 +66,8 @@ pub(crate) async fn ctl(host: Host, args: Vec<String>) -> Result<String, ApiErro
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-pub(crate) fn router(host: Host, auth: Arc<Auth>) -> Router {
-    let api = Api { host, auth };
+pub(crate) fn router(host: Host, auth: Arc<Auth>, dashboard_token: Option<Arc<str>>) -> Router {
+    let api = Api { host, auth, dashboard_token };
     Router::new()
         .route("/api/v4/brokers", get(brokers))
         .route("/api/v4/brokers/{node}", get(node_broker))
@@ -104,7 +107,7 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
-    let ip = dashboard_client(api.host, request.headers()).await.unwrap_or(connection);
+    let ip = dashboard_client(api.dashboard_token.as_deref(), request.headers()).unwrap_or(connection);
     match api.auth.check(ip, request.headers()).await {
         Verdict::Allowed => next.run(request).await,
         Verdict::Denied => {
@@ -126,11 +129,10 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
 
 /// The browser's address a request names when it comes from the dashboard: with the
 /// dashboard's token (`plugin_http::dashboard_client`); `None` otherwise.
-async fn dashboard_client(host: Host, headers: &HeaderMap) -> Option<IpAddr> {
+fn dashboard_client(token: Option<&str>, headers: &HeaderMap) -> Option<IpAddr> {
     let client: IpAddr = headers.get(dashboard_client::CLIENT_HEADER)?.to_str().ok()?.parse().ok()?;
-    let given = headers.get(dashboard_client::TOKEN_HEADER)?.as_bytes().to_vec();
-    let token = tokio::task::spawn_blocking(move || dashboard_client::token(host)).await.ok()?.ok()??;
-    dashboard_client::is_token(&given, &token).then_some(client)
+    let given = headers.get(dashboard_client::TOKEN_HEADER)?.as_bytes();
+    dashboard_client::is_token(given, token?).then_some(client)
 }
 
 async fn not_found() -> ApiError {

@@ -111,14 +111,18 @@ impl Plugin for Management {
                 settings.username
             ));
         }
-        if let Err(e) = plugin_http::dashboard_client::ensure_token(host) {
-            host.warn(&format!(
-                "cannot keep the dashboard's token in the store ({e}): logins through the dashboard count by \
-                 the dashboard's address"
-            ));
-        }
+        let dashboard_token = match plugin_http::dashboard_client::ensure_token(host) {
+            Ok(token) => Some(token.into()),
+            Err(e) => {
+                host.warn(&format!(
+                    "cannot keep the dashboard's token in the store ({e}): logins through the dashboard count by \
+                     the dashboard's address"
+                ));
+                None
+            }
+        };
         let auth = auth::Auth::new(host, &settings.username, password, policy);
-        let app = api::router(host, auth);
+        let app = api::router(host, auth, dashboard_token);
         let server = HttpServer::start(NAME, host, settings.listen, app)?;
         host.info(&format!("management API listening on http://{}/api/v4/", server.addr()));
         Ok(Management { host, server })
