@@ -731,23 +731,30 @@ impl KeepAliveService {
 /// A service that says how long it keeps an idle connection (`keep-alive: timeout=N`) has it
 /// closed by the plugin first, before that time runs out: an event written at the moment the
 /// service closes the connection would be lost. The next event goes out on a new connection,
-/// and none fails.
+/// and none fails. Pipelined (the default) and one request at a time (`enable_pipelining =
+/// false`) alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_before_the_service_would_close_it() {
-    let service = KeepAliveService::start();
-    let rules = "pool_size = 1\nsender_priority = \"normal\"\nrules = [{ event = \"message.publish\" }]";
-    let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"http://{}/hook\"\n{rules}\n", service.addr), &[]);
-    let mut publisher = Client::connect(&broker, "idle-pub").await;
-    publisher.publish_acked("idle/0", QoS::AtLeastOnce, "m0").await;
-    wait_until("the first event answered", || (counter(&dir, "sent") == 1).then_some(()));
-    // The service never closes it: only the plugin can, once it has been idle half a second.
-    wait_until("the idle connection closed by the plugin", || {
-        (service.closed_by_client.load(Ordering::SeqCst) == 1).then_some(())
-    });
-    publisher.publish_acked("idle/1", QoS::AtLeastOnce, "m1").await;
-    wait_until("the second event answered", || (counter(&dir, "sent") == 2).then_some(()));
-    assert_eq!(service.connections.load(Ordering::SeqCst), 2, "a new connection for the second event");
-    assert_eq!(counter(&dir, "failed"), 0, "{}", status(&dir));
+    for pipelining in [true, false] {
+        let service = KeepAliveService::start();
+        let rules = format!(
+            "pool_size = 1\nenable_pipelining = {pipelining}\nsender_priority = \"normal\"\n\
+             rules = [{{ event = \"message.publish\" }}]"
+        );
+        let (dir, broker) = broker_with(&format!("[web_hook]\nurl = \"http://{}/hook\"\n{rules}\n", service.addr), &[]);
+        let mut publisher = Client::connect(&broker, "idle-pub").await;
+        publisher.publish_acked("idle/0", QoS::AtLeastOnce, "m0").await;
+        wait_until("the first event answered", || (counter(&dir, "sent") == 1).then_some(()));
+        // The service never closes it: only the plugin can, once it has been idle half a second.
+        wait_until("the idle connection closed by the plugin", || {
+            (service.closed_by_client.load(Ordering::SeqCst) == 1).then_some(())
+        });
+        publisher.publish_acked("idle/1", QoS::AtLeastOnce, "m1").await;
+        wait_until("the second event answered", || (counter(&dir, "sent") == 2).then_some(()));
+        assert_eq!(service.connections.load(Ordering::SeqCst), 2, "a new connection for the second event");
+        assert_eq!(counter(&dir, "failed"), 0, "{}", status(&dir));
+        broker.stop();
+    }
 }
 
 /// The issue's test: a service that answers, and whose bodies are checked, then stops
@@ -905,7 +912,7 @@ async fn the_sending_thread_runs_at_a_low_priority() {
 /// CA), `ssl.certfile` and `ssl.keyfile` (files in the data directory) events arrive; without
 /// the client certificate the service refuses the handshake and every event fails. Both ways
 /// of sending, pipelined (the default) and one request at a time (`enable_pipelining =
-/// false`, through reqwest), use the same TLS settings. The sender runs at the broker's
+/// false`), use the same TLS settings. The sender runs at the broker's
 /// priority here (`sender_priority = "normal"`): at the default, on a machine whose cores
 /// other work keeps busy, its TLS handshake can take longer than the request timeout (seen
 /// beside two busy loops), which is what `low` is for, not this test.

@@ -31,7 +31,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -62,7 +62,7 @@ impl Target {
     /// The target of `url` (`http://` or `https://`, with a host) with `headers` sent on
     /// every request, over TLS with `tls` for `https://`, up to `depth` requests at once on a
     /// connection. A user and password in the URL are sent as basic authentication, as
-    /// reqwest does.
+    /// HTTP clients do.
     pub(crate) fn new(
         url: &url::Url,
         headers: &HeaderMap,

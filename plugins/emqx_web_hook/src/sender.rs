@@ -3,9 +3,9 @@
 //! dropped and counted, and the first drop of a burst is logged (the end of the burst too,
 //! once the queue has drained to half). The thread runs at `sender_priority` (see
 //! `priority`) a single-threaded tokio runtime with `pool_size` lanes; each lane builds its
-//! events' bodies and POSTs them in order, each within `request_timeout`: pipelined on a
-//! keep-alive connection of its own (`enable_pipelining`, the default; see `pipeline`), or
-//! one after the other with reqwest (a pool of keep-alive connections). An event goes to the
+//! events' bodies and POSTs them in order, each within `request_timeout`, on a keep-alive
+//! connection of its own: pipelined (`enable_pipelining`, the default; see `pipeline`), or
+//! one after the other (`enable_pipelining = false`, a pipeline one deep). An event goes to the
 //! lane of its client id (as EMQX's `ehttpc` pool picks a worker by client id), so one
 //! client's events arrive in the order they happened. A failed request (no answer, or a
 //! status other than 2xx) is counted and not retried, and a run of failures is logged once at
@@ -21,14 +21,12 @@
 //! the thread, then reports what is left to the metrics.
 
 use std::collections::VecDeque;
-use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use plugin_api::Host;
-use reqwest::header::HeaderMap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
@@ -139,7 +137,7 @@ pub(crate) enum StartError {
     /// A TLS file cannot be read or used; the message names the key and the file.
     #[error("web_hook.ssl.{key}: {why}")]
     Tls { key: &'static str, why: String },
-    /// reqwest refused the client's settings.
+    /// The URL or the headers cannot be used for a request.
     #[error("cannot make the HTTP client: {0}")]
     Client(String),
     /// The thread or its runtime could not start.
@@ -151,12 +149,10 @@ impl Sender {
     /// Builds the HTTP client and starts the thread.
     pub(crate) fn start(host: Host, settings: &Settings) -> Result<Sender, StartError> {
         let tls = crate::tls::client_config(&settings.ssl, host.data_dir())?;
-        let way = match settings.pipeline_depth {
-            Some(depth) => Way::Pipelined(Arc::new(
-                Target::new(&settings.url, &settings.headers, &tls, depth).map_err(StartError::Client)?,
-            )),
-            None => Way::OneAtATime(client(settings, tls)?),
-        };
+        // `enable_pipelining = false` is one request at a time on each lane's connection: a
+        // pipeline one deep.
+        let depth = settings.pipeline_depth.unwrap_or(1);
+        let target = Arc::new(Target::new(&settings.url, &settings.headers, &tls, depth).map_err(StartError::Client)?);
         let (lanes, outputs): (Vec<_>, Vec<_>) = (0..settings.pool_size).map(|_| mpsc::unbounded_channel()).unzip();
         let (shutdown, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -171,9 +167,8 @@ impl Sender {
             reported: Default::default(),
         });
         let worker = Worker {
-            way,
+            target,
             url: settings.url.clone(),
-            headers: settings.headers.clone(),
             node: host.node_name().to_owned(),
             encoding: settings.encoding,
             request_timeout: settings.request_timeout,
@@ -271,19 +266,11 @@ fn lane_of(client_id: &str, lanes: usize) -> usize {
     (hash % lanes as u64) as usize
 }
 
-/// How the lanes send their requests.
-enum Way {
-    /// Each lane pipelined on a connection of its own (`enable_pipelining`, see `pipeline`).
-    Pipelined(Arc<Target>),
-    /// Each lane one request at a time, through reqwest and its pool of connections.
-    OneAtATime(reqwest::Client),
-}
-
 /// The thread's side.
 struct Worker {
-    way: Way,
+    /// The service, and how its connections are made.
+    target: Arc<Target>,
     url: url::Url,
-    headers: HeaderMap,
     /// This node's name, EMQX's `node` field.
     node: String,
     /// How message payloads are written.
@@ -301,10 +288,7 @@ impl Worker {
     async fn run(self, lanes: Vec<mpsc::UnboundedReceiver<Captured>>, mut stopped: watch::Receiver<bool>) {
         let worker = Arc::new(self);
         for lane in lanes {
-            match &worker.way {
-                Way::Pipelined(target) => tokio::spawn(worker.clone().pipelined_lane(lane, target.clone())),
-                Way::OneAtATime(client) => tokio::spawn(worker.clone().lane(lane, client.clone())),
-            };
+            tokio::spawn(worker.clone().lane(lane));
         }
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,15 +297,6 @@ impl Worker {
                 _ = stopped.wait_for(|stop| *stop) => return,
                 _ = report.tick() => worker.shared.report(),
             }
-        }
-    }
-
-    /// Builds and sends a lane's events with `client`, one after the other.
-    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>, client: reqwest::Client) {
-        while let Some(event) = events.recv().await {
-            let Some(body) = self.take(event) else { continue };
-            let failure = self.send(&client, body).await;
-            self.finish(failure);
         }
     }
 
@@ -336,7 +311,8 @@ impl Worker {
     }
 
     /// Sends a lane's events over one connection, pipelined (see `pipeline`).
-    async fn pipelined_lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>, target: Arc<Target>) {
+    async fn lane(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Captured>) {
+        let target = &self.target;
         // Bodies taken off the queue and not yet written: events, and requests that the
         // service closed a connection without reading.
         let mut waiting: VecDeque<Vec<u8>> = VecDeque::new();
@@ -366,7 +342,7 @@ impl Worker {
                 }
             }
             for body in waiting.drain(..room.min(waiting.len())) {
-                c.push(&target, body);
+                c.push(target, body);
             }
             let deadline = c.deadline(self.request_timeout);
             let idle_deadline = c.idle_deadline();
@@ -427,17 +403,6 @@ impl Worker {
         }
     }
 
-    /// POSTs one body with `client`: `None` if it was answered with a 2xx status, else why
-    /// not.
-    async fn send(&self, client: &reqwest::Client, body: Vec<u8>) -> Option<String> {
-        let request = client.post(self.url.clone()).headers(self.headers.clone()).body(body);
-        match request.send().await {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("HTTP {}", response.status())),
-            Err(e) => Some(error_chain(&e)),
-        }
-    }
-
     /// A request is over: one fewer in flight, and what came of it counted (`None`: answered
     /// with a 2xx status; else why not). The first failure of a run is logged, and the first
     /// success after one.
@@ -470,44 +435,4 @@ impl Worker {
 /// An instant no timer reaches (a day from now).
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The HTTP client: a pool of up to `pool_size` idle connections, the timeouts, `tls` for
-/// `https://`, and no proxy (`HTTP_PROXY` and the like are not used).
-fn client(settings: &Settings, tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
-    // No proxy: the service is reached directly, as EMQX's ehttpc does (and reqwest does
-    // not look the URL up against the proxy settings for every request).
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(settings.request_timeout)
-        .connect_timeout(settings.connect_timeout)
-        .pool_max_idle_per_host(settings.pool_size)
-        .use_preconfigured_tls(tls)
-        .build()
-        .map_err(|e| StartError::Client(error_chain(&e)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_client_always_gets_the_same_lane() {
-        assert_eq!(lane_of("alice", 32), lane_of("alice", 32));
-        assert_eq!(lane_of("", 1), 0);
-        let used: std::collections::HashSet<usize> = (0..200).map(|i| lane_of(&format!("c{i}"), 8)).collect();
-        assert_eq!(used.len(), 8, "clients spread over every lane");
-    }
 }

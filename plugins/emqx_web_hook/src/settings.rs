@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use plugin_api::Hook;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
 
 use crate::priority::Priority;
@@ -240,8 +240,8 @@ pub(crate) struct Settings {
     /// Requests in flight at once, and idle connections kept (EMQX's `pool_size`).
     pub(crate) pool_size: usize,
     /// How many requests one connection carries at once (`enable_pipelining`: `true` is
-    /// [`DEFAULT_PIPELINE_DEPTH`], a number that many); `None` (`false`): one at a time a
-    /// lane, through reqwest.
+    /// [`DEFAULT_PIPELINE_DEPTH`], a number that many); `None` (`false`): one at a time on
+    /// each lane's connection.
     pub(crate) pipeline_depth: Option<usize>,
     /// Events waiting to be sent; past it they are dropped.
     pub(crate) queue_size: usize,

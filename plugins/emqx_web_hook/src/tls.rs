@@ -1,9 +1,8 @@
 //! The TLS client settings for an `https://` service (`[web_hook.ssl]`), made once and used
-//! by both ways of sending: pipelined connections (tokio-rustls) and one request at a time
-//! (reqwest, given the same settings).
+//! by every connection (tokio-rustls).
 //!
 //! - `cacertfile`: the service's certificate must chain to one of these CAs, and to nothing
-//!   else; without it, to the system's roots (as reqwest checks by default).
+//!   else; without it, to the system's roots (as HTTP clients check by default).
 //! - `certfile` and `keyfile`: a client certificate, for a service that asks for one.
 //! - `verify = false`: any certificate is accepted (EMQX's default); the handshake's
 //!   signatures are still checked against the certificate presented.
