@@ -84,6 +84,60 @@ async fn rules_allow_and_deny_publish_and_subscribe() {
     assert_eq!(suback_codes(&mut carol, &["open/x", "secret/x"]).await, vec![SubscribeReasonCode::Failure, ok]);
 }
 
+/// `%c` and `%u` stand for one literal topic level each, as in EMQX 4.3 (`feed_var`): a
+/// client whose id is `+` or `#` cannot use `clients/%c/#` to reach another client's topics,
+/// one whose id holds a `/` gets no deeper level, and a client without a username matches no
+/// `%u` rule. The EMQX who forms `{ipaddrs, [...]}` and `{'or', [...]}` are read. And a reload
+/// of a file with a rule it cannot read is refused whole: the rules in use stay (dropping the
+/// one deny rule would widen access), and `ctl` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholders_are_literal_levels_and_a_broken_reload_keeps_the_rules() {
+    let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");
+    dir.write(
+        "acl.conf",
+        "{deny, {'or', [{user, \"eve\"}, {ipaddrs, [\"10.0.0.0/8\", \"::1\"]}]}, pubsub, [\"clients/#\"]}.\n\
+         {allow, all, pubsub, [\"clients/%c/#\", \"users/%u/#\"]}.\n{deny, all}.\n",
+    );
+    let broker = Broker::start(&dir, &[]);
+    broker.wait_for_log("3 rules loaded from");
+    let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let denied = SubscribeReasonCode::Failure;
+
+    let mut victim = Client::connect(&broker, "victim").await;
+    assert_eq!(suback_codes(&mut victim, &["clients/victim/#"]).await, vec![ok]);
+    for id in ["+", "#"] {
+        let mut attacker = Client::connect(&broker, id).await;
+        assert_eq!(
+            suback_codes(&mut attacker, &["clients/victim/secret", "clients/+/secret", "clients/#"]).await,
+            vec![denied, denied, denied],
+            "client id {id}"
+        );
+        attacker.publish_acked("clients/victim/cmd", QoS::AtLeastOnce, id).await;
+    }
+    let mut slashed = Client::connect(&broker, "a/b").await;
+    assert_eq!(suback_codes(&mut slashed, &["clients/a/b/x", "clients/a/#"]).await, vec![denied, denied]);
+    let mut anonymous = Client::connect(&broker, "anon").await;
+    assert_eq!(suback_codes(&mut anonymous, &["users//x", "users/%u/x"]).await, vec![denied, denied]);
+    let mut alice = user(&broker, "c-alice", "alice").await;
+    assert_eq!(suback_codes(&mut alice, &["users/alice/x", "users/bob/x"]).await, vec![ok, denied]);
+    let mut eve = user(&broker, "c-eve", "eve").await;
+    assert_eq!(suback_codes(&mut eve, &["clients/c-eve/x"]).await, vec![denied], "the 'or' rule");
+    // Neither attacker's publish reached the victim: the next message it gets is its own.
+    victim.publish_acked("clients/victim/cmd", QoS::AtLeastOnce, "own").await;
+    assert_eq!(&victim.receive(1).await[0].payload[..], b"own");
+
+    // A broken rule (its '}' missing) would take the deny rule after it along: refused.
+    dir.write(
+        "acl.conf",
+        "{allow, all, pubsub, [\"open/#\"]\n{deny, all, subscribe, [\"secret/#\"]}.\n{allow, all}.\n",
+    );
+    let refusal = dir.ctl(&["acl", "reload"]).err();
+    assert!(refusal.contains("line 1: expected ',' or '}', found '{'"), "{refusal}");
+    assert!(refusal.contains("the rules in use are unchanged"), "{refusal}");
+    assert_eq!(suback_codes(&mut alice, &["users/alice/y", "open/x"]).await, vec![ok, denied], "the old rules");
+    assert!(dir.ctl(&["acl", "list"]).ok().contains("{allow, all, pubsub, [\"clients/%c/#\", \"users/%u/#\"]}."));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nomatch_deny_and_unloading_lifts_the_rules() {
     let dir = DataDir::with_plugins("{emqx_mod_acl_internal, true}.\n");

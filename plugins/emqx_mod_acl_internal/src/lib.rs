@@ -4,13 +4,14 @@
 //! for that filter; a denied publish is dropped (and still acknowledged).
 //!
 //! Config (`[acl_internal]`): `file` (default `acl.conf`, relative to the data directory),
-//! `nomatch = "allow" | "deny"` (default `allow`). `broker ctl acl reload` re-reads the file;
-//! `broker ctl acl list` prints the rules in use.
+//! `nomatch = "allow" | "deny"` (default `allow`). `broker ctl acl reload` re-reads the file
+//! (a file with a rule it cannot read is refused whole, the rules in use kept); `broker ctl
+//! acl list` prints the rules in use.
 #![forbid(unsafe_code)]
 
 mod rules;
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -49,21 +50,28 @@ pub struct AclInternal {
 }
 
 impl AclInternal {
-    /// Reads the rules file; a missing file is no rules. Returns a summary line.
-    fn load(&self) -> Result<String, String> {
+    /// Reads the rules file; a missing file is no rules. Returns a summary line. At start, a
+    /// rule that cannot be read is logged and skipped, the others used; on `reload`
+    /// (`initial` false) any such rule refuses the whole file, and the rules in use stay,
+    /// since dropping one deny rule would widen what clients may do.
+    fn load(&self, initial: bool) -> Result<String, String> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
         };
         let (rules, errors) = rules::parse(&text);
+        let path = self.path.display();
+        if !initial && !errors.is_empty() {
+            let errors: Vec<String> = errors.iter().map(|e| format!("{path}: {e}")).collect();
+            return Err(format!("{}\nnot reloaded: the rules in use are unchanged", errors.join("\n")));
+        }
         for error in &errors {
-            self.host.error(&format!("{}: {error}; rule skipped", self.path.display()));
+            self.host.error(&format!("{path}: {error}; rule skipped"));
         }
         let summary = format!(
-            "{} rules loaded from {} ({} skipped); no match means {:?}",
+            "{} rules loaded from {path} ({} skipped); no match means {:?}",
             rules.len(),
-            self.path.display(),
             errors.len(),
             self.nomatch
         );
@@ -81,7 +89,7 @@ impl Plugin for AclInternal {
             nomatch: settings.nomatch,
             rules: RwLock::new(Arc::new(Vec::new())),
         };
-        let summary = acl.load()?;
+        let summary = acl.load(true)?;
         host.info(&summary);
         Ok(acl)
     }
@@ -92,7 +100,8 @@ impl Plugin for AclInternal {
             Some(AclAction::Subscribe) => Action::Subscribe,
             None => return HookResult::Continue,
         };
-        let ip = event.peer.rsplit_once(':').and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok());
+        // `1.2.3.4:5678` or `[::1]:5678`.
+        let ip = event.peer.parse::<SocketAddr>().ok().map(|peer| peer.ip().to_canonical());
         let client = Client { client_id: event.client_id, username: event.username, ip };
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
         match rules.iter().find_map(|rule| rule.check(&client, action, event.topic)) {
@@ -106,10 +115,10 @@ impl Plugin for AclInternal {
     fn ctl(&self, args: &[String]) -> Result<String, String> {
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["reload"] => self.load(),
+            ["reload"] => self.load(false),
             ["list"] => {
                 let rules = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
-                Ok(rules.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join("\n"))
+                Ok(rules.iter().map(|r| r.source.as_str()).collect::<Vec<_>>().join("\n"))
             }
             _ => Err("usage: broker ctl acl reload | list".to_owned()),
         }
