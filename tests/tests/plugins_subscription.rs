@@ -49,6 +49,22 @@ async fn clients_are_subscribed_when_they_connect() {
     assert_eq!((p.topic.as_str(), p.qos), ("client/dev2", QoS::AtLeastOnce), "QoS capped at the configured 1");
 }
 
+/// A client whose id is a wildcard is not subscribed to `client/%c`: as `client/#` it would
+/// get every client's messages. Logged, and its other topics are still made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_with_a_wildcard_is_not_subscribed_to_everyones_topics() {
+    let (dir, broker) = start("{emqx_mod_subscription, true}.\n");
+    let mut opts = options(&broker, "#");
+    opts.set_credentials("mallory", "pw");
+    let mut mallory = Client::connect_with(opts).await;
+    broker.wait_for_log("\"#\" not subscribed to \"client/%c\": its client id or username has a wildcard");
+    wait_for_stat(&dir, "subscriptions.count", 1); // user/mallory only
+    let mut publisher = Client::connect(&broker, "pub").await;
+    publisher.publish_acked("client/victim", QoS::AtLeastOnce, "private").await;
+    publisher.publish_acked("user/mallory", QoS::AtLeastOnce, "own").await;
+    assert_eq!(&mallory.receive(1).await[0].payload[..], b"own", "the victim's message never came");
+}
+
 /// The subscription is made as a SUBSCRIBE would be: `emqx_retainer` delivers the message
 /// retained on it; a client resuming its session is not subscribed twice (no second copy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! In each topic `%c` is the client id and `%u` the username; a topic with `%u` is skipped
-//! for a client without a username (EMQX does the same), as is a topic whose substitution is
-//! not a valid filter (a client id with `+`, say). The subscriptions go through the broker as
+//! for a client without a username (EMQX does the same), and so is a topic whose client id or
+//! username has a wildcard (`+` or `#`): a client named `#` would otherwise be subscribed to
+//! `client/#`, every client's topics (logged). The subscriptions go through the broker as
 //! a SUBSCRIBE would (`Host::subscribe`): `session.subscribed` fires, so `emqx_retainer`
 //! delivers what is retained on them.
 
@@ -44,12 +45,30 @@ pub struct Subscription {
     topics: Vec<(String, QoS)>,
 }
 
-/// `topic` with `%c` and `%u` replaced; `None` when it needs a username the client has not.
-fn substitute(topic: &str, client_id: &str, username: &str) -> Option<String> {
-    if topic.contains("%u") && username.is_empty() {
-        return None;
+/// Why a configured topic is not made into a subscription for one client.
+#[derive(Debug, PartialEq, Eq)]
+enum Skipped {
+    /// It has `%u` and the client gave no username.
+    NoUsername,
+    /// The client id or username put in has a wildcard, which would widen the filter.
+    Wildcard,
+}
+
+/// `topic` with `%c` and `%u` replaced.
+fn substitute(topic: &str, client_id: &str, username: &str) -> Result<String, Skipped> {
+    let wildcard = |value: &str| value.contains(['+', '#']);
+    if topic.contains("%u") {
+        if username.is_empty() {
+            return Err(Skipped::NoUsername);
+        }
+        if wildcard(username) {
+            return Err(Skipped::Wildcard);
+        }
     }
-    Some(topic.replace("%c", client_id).replace("%u", username))
+    if topic.contains("%c") && wildcard(client_id) {
+        return Err(Skipped::Wildcard);
+    }
+    Ok(topic.replace("%c", client_id).replace("%u", username))
 }
 
 impl Plugin for Subscription {
@@ -77,8 +96,16 @@ impl Plugin for Subscription {
             return HookResult::Continue;
         }
         for (topic, qos) in &self.topics {
-            let Some(filter) = substitute(topic, event.client_id, event.username) else {
-                continue;
+            let filter = match substitute(topic, event.client_id, event.username) {
+                Ok(filter) => filter,
+                Err(Skipped::NoUsername) => continue,
+                Err(Skipped::Wildcard) => {
+                    let client = event.client_id;
+                    self.host.warn(&format!(
+                        "{client:?} not subscribed to {topic:?}: its client id or username has a wildcard (+ or #)"
+                    ));
+                    continue;
+                }
             };
             if let Err(e) = self.host.subscribe(event.client_id, &filter, *qos) {
                 self.host.warn(&format!("cannot subscribe {} to {filter:?}: {e}", event.client_id));
@@ -107,8 +134,12 @@ mod tests {
 
     #[test]
     fn placeholders_are_replaced_and_a_missing_username_skips_the_topic() {
-        assert_eq!(substitute("client/%c", "dev1", ""), Some("client/dev1".to_owned()));
-        assert_eq!(substitute("u/%u/%c/#", "dev1", "ann"), Some("u/ann/dev1/#".to_owned()));
-        assert_eq!(substitute("u/%u", "dev1", ""), None);
+        assert_eq!(substitute("client/%c", "dev1", ""), Ok("client/dev1".to_owned()));
+        assert_eq!(substitute("u/%u/%c/#", "dev1", "ann"), Ok("u/ann/dev1/#".to_owned()));
+        assert_eq!(substitute("u/%u", "dev1", ""), Err(Skipped::NoUsername));
+        assert_eq!(substitute("client/%c", "#", ""), Err(Skipped::Wildcard));
+        assert_eq!(substitute("client/%c/in", "a+b", ""), Err(Skipped::Wildcard));
+        assert_eq!(substitute("u/%u", "dev1", "+"), Err(Skipped::Wildcard));
+        assert_eq!(substitute("fixed", "#", "+"), Ok("fixed".to_owned()));
     }
 }
