@@ -38,7 +38,7 @@ pub fn embedded_file_name() -> &'static str {
 }
 pub use error::StoreError;
 pub use memory::Memory;
-pub use watch::{Change, Watch};
+pub use watch::{Change, Watch, WatchWaker};
 
 use committer::Committer;
 use watch::Watchers;

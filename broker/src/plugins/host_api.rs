@@ -132,13 +132,34 @@ pub(crate) struct PluginContext {
     name: String,
     shared: Arc<HostShared>,
     stopped: AtomicBool,
+    /// Its `stop` has been called: waits for store changes end at once.
+    stopping: AtomicBool,
     /// The plugin's store change feeds.
     watches: StoreWatches,
 }
 
 impl PluginContext {
     pub(crate) fn new(name: String, shared: Arc<HostShared>) -> PluginContext {
-        PluginContext { name, shared, stopped: AtomicBool::new(false), watches: StoreWatches::default() }
+        PluginContext {
+            name,
+            shared,
+            stopped: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            watches: StoreWatches::default(),
+        }
+    }
+
+    /// The plugin is about to be stopped: a thread of its waiting for a store change (one
+    /// its `stop` will join) gets `STATUS_UNAVAILABLE` now, not when the wait times out, so
+    /// that `stop`, and with it an unload or a reload, takes no longer than it must. Its
+    /// other calls are served until `stop` returns.
+    pub(crate) fn mark_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.watches.wake_all();
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// From now on the host refuses this plugin's calls (its `stop` returned, or `init` failed),

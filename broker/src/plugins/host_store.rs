@@ -13,23 +13,30 @@ use std::time::Duration;
 
 use plugin_api::abi::{self, RawBytes, RawBytesWriter, RawStr, RawWriter, Status};
 use plugin_api::store::wire;
-use store::{Batch, StoreError, Watch};
+use store::{Batch, StoreError, Watch, WatchWaker};
 
 use super::host_api::{context, refuse_if_stopped, PluginContext};
 
 /// The longest bucket name a plugin may give.
 const MAX_PLUGIN_BUCKET: usize = 128;
 
-/// One plugin's change feeds, by id. Ended (dropped) when the plugin stops.
+/// One plugin's change feeds, by id, each with the handle that ends a wait on it. Ended
+/// (dropped) when the plugin stops.
 #[derive(Debug, Default)]
 pub(crate) struct StoreWatches {
     next_id: AtomicU64,
-    feeds: Mutex<HashMap<u64, Arc<Mutex<Watch>>>>,
+    feeds: Mutex<HashMap<u64, (Arc<Mutex<Watch>>, WatchWaker)>>,
 }
 
 impl StoreWatches {
     pub(crate) fn clear(&self) {
         crate::lock(&self.feeds).clear();
+    }
+
+    /// Ends every wait on the feeds at once: the plugin is being stopped, and a thread of its
+    /// waiting for a change (which `stop` joins) is told so now, not when its wait times out.
+    pub(crate) fn wake_all(&self) {
+        crate::lock(&self.feeds).values().for_each(|(_, waker)| waker.wake());
     }
 }
 
@@ -210,7 +217,8 @@ pub(super) unsafe extern "C" fn watch(
     match bucket_of(context.name(), bucket).and_then(|bucket| store.watch(&bucket, prefix)) {
         Ok(feed) => {
             let id = watches.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-            crate::lock(&watches.feeds).insert(id, Arc::new(Mutex::new(feed)));
+            let waker = feed.waker();
+            crate::lock(&watches.feeds).insert(id, (Arc::new(Mutex::new(feed)), waker));
             // SAFETY: `id_out` is the caller's u64, writable during the call.
             unsafe { id_out.write(id) };
             abi::STATUS_OK
@@ -229,8 +237,13 @@ pub(super) unsafe extern "C" fn watch_next(
     // SAFETY: the plugin passes back our ctx.
     let context = unsafe { context(ctx) };
     refuse_if_stopped!(context);
+    if context.is_stopping() {
+        return abi::STATUS_UNAVAILABLE;
+    }
     let (_, watches) = context.store();
-    let Some(feed) = crate::lock(&watches.feeds).get(&id).cloned() else { return abi::STATUS_NOT_FOUND };
+    let Some(feed) = crate::lock(&watches.feeds).get(&id).map(|(feed, _)| feed.clone()) else {
+        return abi::STATUS_NOT_FOUND;
+    };
     let change = off_the_network(|| crate::lock(&feed).next_timeout(Duration::from_millis(timeout_ms.into())));
     match change {
         Some(change) => {
@@ -240,7 +253,7 @@ pub(super) unsafe extern "C" fn watch_next(
             unsafe { out.write_bytes(&bytes) };
             abi::STATUS_OK
         }
-        None if context.is_stopped() => abi::STATUS_UNAVAILABLE,
+        None if context.is_stopped() || context.is_stopping() => abi::STATUS_UNAVAILABLE,
         None => abi::STATUS_TIMEOUT,
     }
 }

@@ -139,6 +139,7 @@ impl Instance {
         if state.is_null() {
             return abi::STATUS_OK;
         }
+        self.context.mark_stopping();
         let status = {
             let _call = PluginCall::enter();
             // SAFETY: no call is in flight and none can start (take_state deactivated the

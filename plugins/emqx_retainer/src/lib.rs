@@ -35,7 +35,6 @@ mod store;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,9 +76,10 @@ pub struct Retainer {
     settings: Settings,
     index: Arc<Mutex<Index>>,
     /// The bucket's change feed (`disc`), with the thread that applies it every
-    /// [`FOLLOW_EVERY`] and its stop flag.
+    /// [`FOLLOW_EVERY`] and the sender whose drop stops it at once (not at its next turn: a
+    /// reload waits for it).
     feed: Option<Arc<Mutex<StoreWatch>>>,
-    follower: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+    follower: Option<(JoinHandle<()>, std::sync::mpsc::Sender<()>)>,
     /// The store's bucket; `None` with `ram`, which never touches the store.
     bucket: Option<Bucket>,
     /// Orders the writes of one topic: a topic's lock is held from its store write to its index
@@ -337,16 +337,15 @@ impl Plugin for Retainer {
         let index = Arc::new(Mutex::new(Index { messages, reserved: 0 }));
         let follower = match &feed {
             Some(feed) => {
-                let (host, index, feed, stopping) =
-                    (host, index.clone(), feed.clone(), Arc::new(AtomicBool::new(false)));
-                let stop = stopping.clone();
+                let (host, index, feed) = (host, index.clone(), feed.clone());
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
                 let thread = std::thread::Builder::new().name("emqx_retainer".into()).spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(FOLLOW_EVERY);
+                    // Waits out FOLLOW_EVERY, or ends when `stop` is dropped.
+                    while stopped.recv_timeout(FOLLOW_EVERY) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                         take_in_changes(&host, &index, &feed);
                     }
                 })?;
-                Some((thread, stopping))
+                Some((thread, stop))
             }
             None => None,
         };
@@ -393,8 +392,8 @@ impl Plugin for Retainer {
     }
 
     fn stop(mut self) {
-        if let Some((thread, stopping)) = self.follower.take() {
-            stopping.store(true, Ordering::SeqCst);
+        if let Some((thread, stop)) = self.follower.take() {
+            drop(stop);
             let _ = thread.join();
         }
     }
