@@ -20,12 +20,14 @@ use super::host_api::{context, refuse_if_stopped, PluginContext};
 /// The longest bucket name a plugin may give.
 const MAX_PLUGIN_BUCKET: usize = 128;
 
-/// One plugin's change feeds, by id, each with the handle that ends a wait on it. Ended
-/// (dropped) when the plugin stops.
+/// A change feed (waited on one call at a time) and the handle that ends a wait on it.
+type Feed = (Arc<Mutex<Watch>>, WatchWaker);
+
+/// One plugin's change feeds, by id. Ended (dropped) when the plugin stops.
 #[derive(Debug, Default)]
 pub(crate) struct StoreWatches {
     next_id: AtomicU64,
-    feeds: Mutex<HashMap<u64, (Arc<Mutex<Watch>>, WatchWaker)>>,
+    feeds: Mutex<HashMap<u64, Feed>>,
 }
 
 impl StoreWatches {
