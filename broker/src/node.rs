@@ -663,8 +663,15 @@ impl Node {
                 for (seq, entry) in restored.entries {
                     let mut delivery = entry.into_delivery(seq, now_ms);
                     delivery.maybe_sent = sent_through.is_none_or(|through| seq <= through);
+                    let packet_id = persist::packet_id_of(seq);
                     if delivery.qos == 2 && restored.released.contains(&seq) {
-                        state.inflight.push_released(persist::packet_id_of(seq), delivery);
+                        state.inflight.push_released(packet_id, delivery);
+                    } else if delivery.maybe_sent && !state.inflight.is_in_use(packet_id) {
+                        // It may have gone out and not been acknowledged: in flight, as it was
+                        // (resent first, DUP 1, MQTT-4.4.0-1), not queued, where a full queue
+                        // would drop it first and an expiry unsend it (MQTT-3.3.2-5 lets an
+                        // expired message go only before its delivery starts).
+                        state.inflight.push(packet_id, delivery);
                     } else {
                         state.queue.push(delivery);
                     }
@@ -1069,13 +1076,24 @@ impl Node {
     pub(crate) fn deliver(&self, client_id: &str, delivery: Delivery) -> bool {
         match self.sessions.get(client_id).filter(|s| s.is_connected()) {
             Some(session) => {
-                if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
-                    self.dropped(client_id, &lost.message, DropReason::QueueFull);
-                }
+                self.enqueue_one(&session, delivery);
                 true
             }
             None => false,
         }
+    }
+
+    /// Queues `delivery`, which no publisher waits for (a plugin's, a retained message), for
+    /// `session`; a persistent session's QoS 1/2 copy is written to the store with it, in the
+    /// background (nobody is acknowledged for it), so that it is resent after a restart as
+    /// it is after a reconnect, and its sequence number, and packet id, are never given out
+    /// twice.
+    fn enqueue_one(&self, session: &Session, delivery: Delivery) {
+        let mut batch = Batch::new();
+        if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, Some(&mut batch)) {
+            self.dropped(&session.client_id, &lost.message, DropReason::QueueFull);
+        }
+        self.commit_in_background(batch);
     }
 
     /// Delivers a retained message to `client_id`'s subscription `filter`: retain flag set,
@@ -1098,9 +1116,7 @@ impl Node {
             maybe_sent: false,
             share: None,
         };
-        if let Enqueued::Dropped(lost) = session.enqueue(delivery, self.zone.queue, false, None) {
-            self.dropped(client_id, &lost.message, DropReason::QueueFull);
-        }
+        self.enqueue_one(&session, delivery);
         true
     }
 

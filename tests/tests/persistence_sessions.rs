@@ -206,6 +206,165 @@ fn a_persistent_sessions_packet_ids_and_dup_flags_hold_across_restarts() {
     assert_eq!(next(&mut sub), ("after two restarts".to_owned(), 4, false), "the ids go on");
 }
 
+/// A retained message sent to a persistent session when it subscribes is in the store like
+/// any other it is sent: unacknowledged, it comes again after a restart with its packet id
+/// and DUP 1 (MQTT-4.4.0-1); at QoS 2 past PUBREC, its PUBREL comes again even after `kill
+/// -9`, and the next message does not take its packet id, which the client still holds until
+/// PUBCOMP (MQTT-2.2.1-3; before, the copy was never written, so the PUBREL was lost and the
+/// id given out again: a client following MQTT 4.3.3 would have dropped the new message as a
+/// duplicate).
+#[test]
+fn a_retained_message_sent_on_subscribe_is_kept_for_a_persistent_session() {
+    let retained = |broker: &Broker, topic: &str, qos: QoS| {
+        let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-ret-pub", true));
+        let mut publish = Publish::new(topic, qos, "kept");
+        (publish.pkid, publish.retain) = (1, true);
+        publisher.send(&Packet::Publish(publish));
+        match publisher.recv() {
+            Packet::PubAck(_) => {}
+            Packet::PubRec(_) => {
+                publisher.send(&Packet::PubRel(PubRel::new(1)));
+                assert!(matches!(publisher.recv(), Packet::PubComp(_)));
+            }
+            other => panic!("{other:?}"),
+        }
+        publisher.disconnect();
+    };
+    let resume = |broker: &Broker, id: &str| {
+        let (sub, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
+        assert!(ack.session_present, "{id}");
+        sub
+    };
+    let dir = DataDir::with_plugins("{emqx_retainer, true}.\n");
+    let broker = Broker::start(&dir, &[]);
+
+    // QoS 1, unacknowledged, then a graceful restart.
+    retained(&broker, "r/1", QoS::AtLeastOnce);
+    let (mut sub, _) = Raw::<V4>::connect(broker.addr, &connect4("p-ret-1", false));
+    sub.send(&Packet::Subscribe(subscribe("r/1", QoS::AtLeastOnce)));
+    // The retained message may come before the SUBACK (MQTT 3.1.1 §3.8.4).
+    let mut first = None;
+    for _ in 0..2 {
+        match sub.recv() {
+            Packet::SubAck(_) => {}
+            Packet::Publish(p) => first = Some(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    let first = first.expect("the retained message");
+    assert!(first.retain && !first.dup);
+    sub.disconnect();
+    broker.stop();
+    let broker = Broker::start(&dir, &[]);
+    let mut sub = resume(&broker, "p-ret-1");
+    match sub.recv() {
+        Packet::Publish(again) => {
+            assert_eq!((&again.payload[..], again.pkid, again.dup), (&b"kept"[..], first.pkid, true), "sent again")
+        }
+        other => panic!("the retained message again, got {other:?}"),
+    }
+    sub.send(&Packet::PubAck(PubAck::new(first.pkid)));
+    sub.disconnect();
+
+    // QoS 2, PUBREC sent and PUBREL received, then kill -9.
+    retained(&broker, "r/2", QoS::ExactlyOnce);
+    let (mut sub, _) = Raw::<V4>::connect(broker.addr, &connect4("p-ret-2", false));
+    sub.send(&Packet::Subscribe(subscribe("r/#", QoS::ExactlyOnce)));
+    // The SUBACK, the retained message (`ram` storage: r/1's went with the restart), and its
+    // PUBREL once its PUBREC is in.
+    let (mut held, mut seen) = (None, 0);
+    while held.is_none() || seen < 2 {
+        match sub.recv() {
+            Packet::SubAck(_) => seen += 1,
+            Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                seen += 1;
+                sub.send(&Packet::PubRec(PubRec::new(p.pkid)));
+            }
+            Packet::Publish(p) => {
+                seen += 1;
+                sub.send(&Packet::PubAck(PubAck::new(p.pkid)));
+            }
+            Packet::PubRel(rel) => held = Some(rel.pkid),
+            other => panic!("{other:?}"),
+        }
+    }
+    let held = held.unwrap();
+    let broker = broker.kill9_and_restart(&dir, &[]);
+    let mut sub = resume(&broker, "p-ret-2");
+    match sub.recv() {
+        Packet::PubRel(rel) => assert_eq!(rel.pkid, held, "the PUBREL again, for the id the client holds"),
+        other => panic!("the PUBREL again, got {other:?}"),
+    }
+    let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-ret-pub2", true));
+    let mut publish = Publish::new("r/new", QoS::ExactlyOnce, "new");
+    publish.pkid = 1;
+    publisher.send(&Packet::Publish(publish));
+    assert!(matches!(publisher.recv(), Packet::PubRec(_)));
+    publisher.send(&Packet::PubRel(PubRel::new(1)));
+    assert!(matches!(publisher.recv(), Packet::PubComp(_)));
+    match sub.recv() {
+        Packet::Publish(p) => {
+            assert_eq!(&p.payload[..], b"new");
+            assert_ne!(p.pkid, held, "not the id still held for PUBCOMP");
+        }
+        other => panic!("the new message, got {other:?}"),
+    }
+}
+
+/// After a restart, the messages a persistent session may have been sent and has not
+/// acknowledged are in flight again, as they are after a reconnect, not queued: a queue filled
+/// by messages arriving while it is offline (`max_mqueue_len` 3 here) drops none of them, and
+/// they go out first, DUP 1 (MQTT-4.4.0-1). Before, they were read back into the queue, and the
+/// three messages published after the restart pushed the three oldest out.
+#[test]
+fn unacknowledged_messages_are_in_flight_again_after_a_restart_not_queued() {
+    let env = [("BROKER_MQTT__MAX_INFLIGHT", "3"), ("BROKER_MQTT__MAX_MQUEUE_LEN", "3")];
+    let publish = |broker: &Broker, payloads: std::ops::Range<u16>| {
+        let (mut publisher, _) = Raw::<V4>::connect(broker.addr, &connect4("p-inf-pub", true));
+        for i in payloads {
+            let mut publish = Publish::new("p/inf", QoS::AtLeastOnce, format!("m{i}"));
+            publish.pkid = i + 1;
+            publisher.send(&Packet::Publish(publish));
+            assert!(matches!(publisher.recv(), Packet::PubAck(_)), "m{i}");
+        }
+        publisher.disconnect();
+    };
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &env);
+    persistent_subscriber(&broker, "p-inf", QoS::AtLeastOnce);
+    let (mut sub, _) = Raw::<V4>::connect(broker.addr, &connect4("p-inf", false));
+    publish(&broker, 0..5);
+    for i in 0..3 {
+        match sub.recv() {
+            Packet::Publish(p) => assert_eq!(&p.payload[..], format!("m{i}").as_bytes()),
+            other => panic!("m{i}, got {other:?}"),
+        }
+    }
+    // m0 to m2 in flight, unacknowledged; m3 and m4 queued behind the window of 3 (a third
+    // would fill the queue, and overload protection would hold the publisher's PUBACK).
+    sub.disconnect();
+    broker.stop();
+
+    let broker = Broker::start(&dir, &env);
+    publish(&broker, 5..8);
+    let (mut sub, ack) = Raw::<V4>::connect(broker.addr, &connect4("p-inf", false));
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        match sub.recv() {
+            Packet::Publish(p) => {
+                sub.send(&Packet::PubAck(PubAck::new(p.pkid)));
+                got.push((String::from_utf8(p.payload.to_vec()).unwrap(), p.dup));
+            }
+            other => panic!("a PUBLISH, got {other:?}"),
+        }
+    }
+    // m3 and m4 were queued, not sent, when the session went offline; its record says only
+    // how far its messages may have been sent, so they come as re-deliveries too.
+    let expected: Vec<(String, bool)> = (0..8).map(|i| (format!("m{i}"), i < 5)).collect();
+    assert_eq!(got, expected, "every message, in order; those of before the restart as re-deliveries");
+}
+
 #[test]
 fn a_damaged_store_is_refused_naming_its_file() {
     let dir = DataDir::new();
