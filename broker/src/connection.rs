@@ -105,6 +105,9 @@ pub(crate) enum Ended {
     TooLarge,
     /// The broker is shutting down.
     Shutdown,
+    /// An operator kicked the client (`ctl sessions kick`, the management API's DELETE):
+    /// MQTT 5's DISCONNECT 0x98, Administrative action; EMQX's reason `kicked`.
+    Kicked,
 }
 
 impl Ended {
@@ -121,6 +124,7 @@ impl Ended {
             Ended::Protocol { .. } => "protocol_error",
             Ended::TooLarge => "frame_too_large",
             Ended::Shutdown => "server_shutdown",
+            Ended::Kicked => "kicked",
         }
     }
 
@@ -133,6 +137,7 @@ impl Ended {
             Ended::Protocol { code, .. } => Some(*code),
             Ended::TooLarge => Some(reason::PACKET_TOO_LARGE),
             Ended::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Ended::Kicked => Some(reason::ADMINISTRATIVE_ACTION),
             _ => None,
         }
     }
@@ -350,6 +355,7 @@ impl<T: Transport> Connection<T> {
             reason::SESSION_TAKEN_OVER if discard => Ended::Discarded,
             reason::SESSION_TAKEN_OVER => Ended::TakenOver,
             reason::SERVER_SHUTTING_DOWN => Ended::Shutdown,
+            reason::ADMINISTRATIVE_ACTION => Ended::Kicked,
             code => Ended::protocol(code, "kicked"),
         })
     }

@@ -109,3 +109,27 @@ fn session_hooks_fire_as_sessions_are_created_resumed_taken_over_discarded_and_e
     let terminated = find(&events, "session.terminated", "dora");
     assert_eq!(terminated[0]["reason"], "normal");
 }
+
+/// A client kicked by an operator (`broker ctl sessions kick`) ends with EMQX's reason
+/// `kicked` in `client.disconnected`, and an MQTT 5 client is told why: DISCONNECT 0x98,
+/// Administrative action (before, `protocol_error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_client_is_disconnected_as_kicked() {
+    use rumqttc::v5::mqttbytes::v5 as mqtt5;
+    let dir = DataDir::with_plugins("{hook_recorder, true}.\n");
+    let file = dir.file("events.jsonl");
+    let broker = Broker::start(&dir, &[("BROKER_HOOK_RECORDER__FILE", file.to_str().unwrap())]);
+    let mut kicked = e2e::raw::C5::connect(&broker, "kicked-5");
+    dir.ctl(&["sessions", "kick", "kicked-5"]).ok();
+    match kicked.raw.recv() {
+        mqtt5::Packet::Disconnect(d) => {
+            assert_eq!(d.reason_code, mqtt5::DisconnectReasonCode::AdministrativeAction)
+        }
+        other => panic!("DISCONNECT 0x98 expected, got {other:?}"),
+    }
+    let events = wait_until("client.disconnected for kicked-5", || {
+        let events = recorded_events(&file);
+        (!find(&events, "client.disconnected", "kicked-5").is_empty()).then_some(events)
+    });
+    assert_eq!(find(&events, "client.disconnected", "kicked-5")[0]["reason"], "kicked");
+}
