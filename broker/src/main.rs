@@ -66,8 +66,10 @@ fn main() -> ExitCode {
 fn run_ctl(overrides: &config::Overrides, args: &[String]) -> ExitCode {
     match ctl::request(&config::data_dir(overrides), args) {
         Ok((true, output)) => {
+            // A reader that stops early (`| head`) is no failure: the rest is not wanted.
             if !output.is_empty() {
-                println!("{output}");
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{output}");
             }
             ExitCode::SUCCESS
         }

@@ -237,3 +237,24 @@ fn modules_are_listed_and_managed_as_emqx_modules() {
         .ok()
         .contains("Plugin(emqx_retainer, description=EMQ X Retainer, active=true)"));
 }
+
+/// `broker ctl ... | head -1`: a reader that stops early gets what it read, and ctl ends
+/// quietly, without a panic about a broken pipe.
+#[test]
+fn ctl_output_into_a_closed_pipe_is_no_panic() {
+    use std::process::{Command, Stdio};
+    let dir = DataDir::new();
+    let _broker = Broker::start(&dir, &[]);
+    let mut ctl = Command::new(e2e::broker_exe())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["ctl", "plugins", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(ctl.stdout.take()); // the reader is gone before ctl writes
+    let out = ctl.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
