@@ -243,8 +243,10 @@ fn modules_are_listed_and_managed_as_emqx_modules() {
 #[test]
 fn ctl_output_into_a_closed_pipe_is_no_panic() {
     use std::process::{Command, Stdio};
-    let dir = DataDir::new();
-    let _broker = Broker::start(&dir, &[]);
+    let dir = DataDir::with_plugins(PLUGINS);
+    let (k, v) = recorder_env(&dir);
+    let _broker = Broker::start(&dir, &[(k.as_str(), v.as_str())]);
+    assert!(dir.ctl(&["plugins", "list"]).ok().contains("hook_recorder"), "there is output to write");
     let mut ctl = Command::new(e2e::broker_exe())
         .arg("--data-dir")
         .arg(dir.path())
@@ -257,4 +259,17 @@ fn ctl_output_into_a_closed_pipe_is_no_panic() {
     let out = ctl.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
+
+/// A `%` comment after an entry in `loaded_plugins` is allowed, as EMQX's `file:consult`
+/// allows it: the plugin starts, and a rewrite by `ctl plugins unload` keeps the comment.
+#[test]
+fn a_comment_after_an_entry_in_loaded_plugins_is_allowed_and_kept() {
+    let dir = DataDir::with_plugins("{hook_recorder, true}. % records every event\n");
+    let (k, v) = recorder_env(&dir);
+    let broker = Broker::start(&dir, &[(k.as_str(), v.as_str())]);
+    broker.wait_for_log("plugin started plugin=\"hook_recorder\"");
+    dir.ctl(&["plugins", "unload", "hook_recorder"]).ok();
+    let file = std::fs::read_to_string(dir.file("loaded_plugins")).unwrap();
+    assert_eq!(file, "{hook_recorder, false}. % records every event\n");
 }

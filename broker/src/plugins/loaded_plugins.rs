@@ -1,6 +1,8 @@
 //! `data/loaded_plugins`, EMQX style: `{name, true}.`, `{name, false}.` or `name.`, one a
-//! line; blank lines and `%` comments are kept on rewrite; a bad line is reported with its
-//! number and kept as it is.
+//! line, a `%` comment after it allowed (as Erlang's `file:consult`, which EMQX reads it with,
+//! allows); blank lines and comments are kept on rewrite; a bad line is reported with its
+//! number and kept as it is. A rewrite goes to the file a symbolic link names, with the
+//! file's permissions.
 
 use std::fs;
 use std::io::{self, Write};
@@ -22,8 +24,9 @@ pub(crate) struct LineError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
-    /// `line` is the 1-based line number in the file as read (0 for an appended entry).
-    Entry { name: String, enabled: bool, line: usize },
+    /// `line` is the 1-based line number in the file as read (0 for an appended entry);
+    /// `comment` what followed the entry on its line (spaces, then a `%` comment), kept.
+    Entry { name: String, enabled: bool, line: usize, comment: String },
     /// A comment, a blank line, or a line that did not parse: kept verbatim.
     Verbatim(String),
 }
@@ -70,12 +73,17 @@ impl LoadedPlugins {
                 lines.push(Line::Verbatim(raw.to_owned()));
                 continue;
             }
-            match parse_entry(text) {
+            // A comment after the entry (names and entries have no `%`).
+            let (entry, comment) = match raw.find('%') {
+                Some(at) => (raw[..at].trim(), raw[at..].to_owned()),
+                None => (text, String::new()),
+            };
+            match parse_entry(entry) {
                 Ok((name, _)) if !seen.insert(name.clone()) => {
                     errors.push(LineError { line: i + 1, problem: "duplicate entry, ignored", text: raw.to_owned() });
                     lines.push(Line::Verbatim(raw.to_owned()));
                 }
-                Ok((name, enabled)) => lines.push(Line::Entry { name, enabled, line: i + 1 }),
+                Ok((name, enabled)) => lines.push(Line::Entry { name, enabled, line: i + 1, comment }),
                 Err(problem) => {
                     errors.push(LineError { line: i + 1, problem, text: raw.to_owned() });
                     lines.push(Line::Verbatim(raw.to_owned()));
@@ -102,7 +110,7 @@ impl LoadedPlugins {
     /// Every entry with its line number, in file order.
     pub(crate) fn numbered_entries(&self) -> impl Iterator<Item = (usize, &str, bool)> {
         self.lines.iter().filter_map(|line| match line {
-            Line::Entry { name, enabled, line } => Some((*line, name.as_str(), *enabled)),
+            Line::Entry { name, enabled, line, .. } => Some((*line, name.as_str(), *enabled)),
             Line::Verbatim(_) => None,
         })
     }
@@ -117,7 +125,7 @@ impl LoadedPlugins {
                 }
             }
         }
-        self.lines.push(Line::Entry { name: name.to_owned(), enabled, line: 0 });
+        self.lines.push(Line::Entry { name: name.to_owned(), enabled, line: 0, comment: String::new() });
     }
 
     /// The file's text.
@@ -125,7 +133,12 @@ impl LoadedPlugins {
         let mut out = String::new();
         for line in &self.lines {
             match line {
-                Line::Entry { name, enabled, .. } => out.push_str(&format!("{{{name}, {enabled}}}.")),
+                Line::Entry { name, enabled, comment, .. } if comment.is_empty() => {
+                    out.push_str(&format!("{{{name}, {enabled}}}."))
+                }
+                Line::Entry { name, enabled, comment, .. } => {
+                    out.push_str(&format!("{{{name}, {enabled}}}. {comment}"))
+                }
                 Line::Verbatim(text) => out.push_str(text),
             }
             out.push('\n');
@@ -134,13 +147,23 @@ impl LoadedPlugins {
     }
 
     /// Writes the file atomically: a temporary file beside it, fsync, rename, fsync of the
-    /// directory. A crash leaves either the old or the new file.
+    /// directory. A crash leaves either the old or the new file. Through a symbolic link, the
+    /// file it names is the one replaced (the link stays); the new file has the old one's
+    /// permissions.
     pub(crate) fn write(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let target = match fs::canonicalize(path) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_owned(),
+            Err(e) => return Err(e),
+        };
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new().prefix(".loaded_plugins.").tempfile_in(dir)?;
         tmp.write_all(self.render().as_bytes())?;
+        if let Ok(old) = fs::metadata(&target) {
+            tmp.as_file().set_permissions(old.permissions())?;
+        }
         tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        tmp.persist(&target).map_err(|e| e.error)?;
         fs::File::open(dir)?.sync_all()
     }
 }
@@ -170,6 +193,34 @@ mod tests {
         assert_eq!(lines, vec![2, 3, 4, 5]);
         assert_eq!(file.entries().collect::<Vec<_>>(), vec![("ok", true)]);
         assert!(file.render().contains("{../etc/passwd, true}."));
+    }
+
+    #[test]
+    fn a_comment_after_an_entry_is_read_and_kept() {
+        let text = "{emqx_retainer, true}. % keep retained messages\nemqx_mod_presence.%x\n";
+        let (mut file, errors) = LoadedPlugins::parse(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(file.entries().collect::<Vec<_>>(), vec![("emqx_retainer", true), ("emqx_mod_presence", true)]);
+        file.set("emqx_retainer", false);
+        assert_eq!(file.render(), "{emqx_retainer, false}. % keep retained messages\n{emqx_mod_presence, true}. %x\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_rewrite_keeps_a_symbolic_link_and_the_permissions() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real_loaded_plugins");
+        fs::write(&real, "{a, true}.\n").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("loaded_plugins");
+        symlink(&real, &link).unwrap();
+        let (mut file, _) = LoadedPlugins::read(&link).unwrap();
+        file.set("a", false);
+        file.write(&link).unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays");
+        assert_eq!(fs::read_to_string(&real).unwrap(), "{a, false}.\n");
+        assert_eq!(fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]
