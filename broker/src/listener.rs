@@ -12,6 +12,7 @@
 //! after the connection has begun, and `max_conns_per_ip` counts it then.
 
 mod limits;
+mod partial;
 mod proxy;
 mod tls;
 mod ws;
@@ -31,9 +32,10 @@ use crate::connection::Tagged;
 use crate::log_limit::{held_back, Throttle};
 use crate::node::Node;
 use limits::{AddressSlot, ConnRate, PerAddress};
+pub(crate) use partial::PartialInput;
+use partial::{Records, Watched};
 use tls::Tls;
 pub(crate) use tls::TlsError;
-pub(crate) use ws::PartialInput;
 
 /// What a listener speaks on top of TCP.
 #[derive(Debug, Clone)]
@@ -380,27 +382,32 @@ async fn connect_layered(
         Some(admission) => admission.admit(peer).map(Some),
         None => Some(None),
     };
+    // What the TLS and WebSocket layers hold of a record or frame begun (the connection's
+    // `mqtt.packet_timeout` runs while they do).
+    let partial = PartialInput::default();
     match kind {
         Kind::Tcp => crate::connection::serve(node, socket, peer).await,
         Kind::Ssl(tls) => {
-            let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
+            let watched = Watched::<_, Records>::new(socket, partial.clone());
+            let Some(stream) = tls_accept(&tls, watched, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
-            crate::connection::serve(node, Tagged::new(stream, port, username), peer).await;
+            crate::connection::serve(node, Tagged::new(stream, port, username).watched(partial), peer).await;
         }
         Kind::Ws { path, forwarded } => {
-            let upgraded = ws_upgrade(socket, &path, forwarded.as_deref(), &node, peer, deadline).await;
-            let Some((stream, partial, client)) = upgraded else { return };
+            let upgraded = ws_upgrade(socket, &path, forwarded.as_deref(), &node, peer, deadline, &partial).await;
+            let Some((stream, client)) = upgraded else { return };
             let peer = client.unwrap_or(peer);
             let Some(_slot) = admit(peer) else { return };
             crate::connection::serve(node, Tagged::new(stream, port, None).watched(partial), peer).await;
         }
         Kind::Wss { tls, path, forwarded } => {
             let started = tokio::time::Instant::now();
-            let Some(stream) = tls_accept(&tls, socket, peer, deadline).await else { return };
+            let watched = Watched::<_, Records>::new(socket, partial.clone());
+            let Some(stream) = tls_accept(&tls, watched, peer, deadline).await else { return };
             let username = tls.cert_username(stream.get_ref().1);
             let left = deadline.saturating_sub(started.elapsed());
-            let upgraded = ws_upgrade(stream, &path, forwarded.as_deref(), &node, peer, left).await;
-            let Some((stream, partial, client)) = upgraded else { return };
+            let upgraded = ws_upgrade(stream, &path, forwarded.as_deref(), &node, peer, left, &partial).await;
+            let Some((stream, client)) = upgraded else { return };
             let peer = client.unwrap_or(peer);
             let Some(_slot) = admit(peer) else { return };
             crate::connection::serve(node, Tagged::new(stream, port, username).watched(partial), peer).await;
@@ -409,12 +416,15 @@ async fn connect_layered(
 }
 
 /// The TLS handshake, within `deadline`; `None` (logged) when it fails.
-async fn tls_accept(
+async fn tls_accept<S>(
     tls: &Tls,
-    socket: TcpStream,
+    socket: S,
     peer: SocketAddr,
     deadline: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(deadline, tls.acceptor.accept(socket)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
@@ -429,7 +439,7 @@ async fn tls_accept(
 }
 
 /// The WebSocket upgrade, within `deadline`, and the client's address if `forwarded`'s
-/// header named one; `None` (logged) when it fails.
+/// header named one; `None` (logged) when it fails. A frame begun shows in `partial`.
 async fn ws_upgrade<S>(
     stream: S,
     path: &str,
@@ -437,11 +447,12 @@ async fn ws_upgrade<S>(
     node: &Node,
     peer: SocketAddr,
     deadline: Duration,
-) -> Option<(ws::WsTransport<S>, ws::PartialInput, Option<SocketAddr>)>
+    partial: &PartialInput,
+) -> Option<(ws::WsTransport<S>, Option<SocketAddr>)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let upgrade = ws::upgrade(stream, path, forwarded, peer, node.zone.max_packet_size);
+    let upgrade = ws::upgrade(stream, path, forwarded, peer, node.zone.max_packet_size, partial.clone());
     match tokio::time::timeout(deadline, upgrade).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {

@@ -649,6 +649,69 @@ fn a_websocket_frame_or_message_left_unfinished_is_closed_after_packet_timeout()
     assert_eq!(idle.read_frame(), Some((2, vec![0xd0, 0])), "the idle client is still served");
 }
 
+/// The same over TLS (ssl and wss): rustls holds an unfinished record where neither the
+/// WebSocket layer nor the MQTT reader can see it, so the records are followed below TLS. A
+/// keep-alive 0 client that sent half of the record carrying a PUBLISH is closed after
+/// `mqtt.packet_timeout` (before, it was held open for good); an idle one is still served.
+#[test]
+fn half_a_tls_record_is_closed_after_packet_timeout_on_ssl_and_wss() {
+    let dir = DataDir::with_plugins("");
+    let pki = Pki::new(&dir);
+    let mut env = ssl_env(&pki, "BROKER_LISTENER__SSL");
+    env.extend(ssl_env(&pki, "BROKER_LISTENER__WSS"));
+    env.push(("BROKER_MQTT__PACKET_TIMEOUT".to_owned(), "1"));
+    let broker = start(&dir, &env);
+    let (ssl, wss) = (broker.logged_addr("ssl listener on "), broker.logged_addr("wss listener on "));
+
+    // CONNECT (3.1.1, clean session, keep-alive 0), then its CONNACK.
+    let connect = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>, id: u8| {
+        tls.write_all(&[0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 2, b'h', id]).unwrap();
+        let mut connack = [0; 4];
+        tls.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+    };
+    let mut idle = tls_behind_balancer(&pki, ssl, b"");
+    connect(&mut idle, b'i');
+
+    // A PUBLISH of 3,000 bytes to "t", encrypted, and half of its record written.
+    let mut publish = vec![0x30, 0xb8, 0x17, 0, 1, b't'];
+    publish.resize(publish.len() + 2997, b'x');
+    let half_written = |mut tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>, plaintext: &[u8]| {
+        tls.conn.writer().write_all(plaintext).unwrap();
+        let mut records = Vec::new();
+        while tls.conn.wants_write() {
+            tls.conn.write_tls(&mut records).unwrap();
+        }
+        tls.sock.write_all(&records[..records.len() / 2]).unwrap();
+        tls.sock
+    };
+    let mut ssl_client = tls_behind_balancer(&pki, ssl, b"");
+    connect(&mut ssl_client, b's');
+    let ssl_socket = half_written(ssl_client, &publish);
+
+    let wss_tls = tls_behind_balancer(&pki, wss, b"");
+    let (wss_client, connack) = RawWs::over(wss_tls, wss, "", "h-wss").expect("the upgrade and a CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut frame = frame_header(true, 2, publish.len());
+    frame.extend_from_slice(&publish);
+    let wss_socket = half_written(wss_client.socket, &frame);
+
+    for (name, mut socket) in [("ssl", ssl_socket), ("wss", wss_socket)] {
+        let mut rest = Vec::new();
+        match socket.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                panic!("{name}: still open after {DEADLINE:?}")
+            }
+            Err(_) => {} // reset: closed too
+        }
+    }
+    idle.write_all(&[0xc0, 0]).unwrap();
+    let mut pingresp = [0; 2];
+    idle.read_exact(&mut pingresp).unwrap();
+    assert_eq!(pingresp, [0xd0, 0], "the idle client is still served");
+}
+
 /// A client frame's header: FIN, `opcode`, masked with the key 0 (so the payload goes as
 /// it is), announcing `len` bytes.
 fn frame_header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {

@@ -22,9 +22,7 @@ use ws_stream_tungstenite::WsStream;
 
 use crate::config::Forwarded;
 
-mod partial;
-pub(crate) use partial::PartialInput;
-use partial::Watched;
+use super::partial::{Frames, PartialInput, Watched};
 
 /// The subprotocols a client may ask for (EMQX's `mqtt`, `mqtt-v3`, `mqtt-v3.1.1`,
 /// `mqtt-v5`, and the `mqttvX` spellings of older clients). The broker answers with the
@@ -46,13 +44,13 @@ fn config(max_packet_size: usize) -> WebSocketConfig {
 pub(crate) type UpgradeError = async_tungstenite::tungstenite::Error;
 
 /// A WebSocket connection carrying MQTT.
-pub(crate) type WsTransport<S> = WsStream<TokioAdapter<Watched<S>>>;
+pub(crate) type WsTransport<S> = WsStream<TokioAdapter<Watched<S, Frames>>>;
 
 /// Answers the client's HTTP upgrade request on `path` (404 elsewhere); frames and messages
-/// are then limited to `max_packet_size` plus [`FRAME_SLACK`]. Also gives what tells whether
-/// the client is in the middle of a frame or message (see [`PartialInput`]), and the client's
-/// address if `forwarded`'s header gave one (`peer` is the connection's own: its port is
-/// kept when no port is given).
+/// are then limited to `max_packet_size` plus [`FRAME_SLACK`]. Whether the client is in the
+/// middle of a frame or message goes to `partial`. Gives the client's address if
+/// `forwarded`'s header gave one (`peer` is the connection's own: its port is kept when no
+/// port is given).
 // The callback's error type (an HTTP response) is tungstenite's, not ours to shrink.
 #[allow(clippy::result_large_err)]
 pub(crate) async fn upgrade<S>(
@@ -61,7 +59,8 @@ pub(crate) async fn upgrade<S>(
     forwarded: Option<&Forwarded>,
     peer: SocketAddr,
     max_packet_size: usize,
-) -> Result<(WsTransport<S>, PartialInput, Option<SocketAddr>), UpgradeError>
+    partial: PartialInput,
+) -> Result<(WsTransport<S>, Option<SocketAddr>), UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -71,9 +70,9 @@ where
         answer(request, response, path)
     };
     let config = Some(config(max_packet_size));
-    let (stream, partial) = Watched::new(stream);
+    let stream = Watched::new(stream, partial);
     let socket = async_tungstenite::tokio::accept_hdr_async_with_config(stream, check, config).await?;
-    Ok((WsStream::new(socket), partial, client))
+    Ok((WsStream::new(socket), client))
 }
 
 /// The client's address as `forwarded`'s headers of `request` give it: the last address of

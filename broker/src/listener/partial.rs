@@ -1,61 +1,82 @@
-//! Whether a WebSocket connection holds input that has not reached MQTT yet.
+//! Whether a connection's transport holds input that has not reached MQTT yet.
 //!
-//! tungstenite hands a message on only once it is whole, so a client that stops in the middle
-//! of a frame (or between the frames of a fragmented message) leaves bytes in tungstenite's
-//! buffer that the connection never sees: its `mqtt.packet_timeout` would not start, and with
-//! keep-alive 0 nothing else would ever close it. [`Watched`] sits under tungstenite, follows
-//! the frame boundaries in the bytes it reads (RFC 6455 §5.2), and keeps a flag the connection
-//! reads through [`PartialInput`].
+//! tungstenite hands a message on only once it is whole, and rustls a record's plaintext only
+//! once the record is whole, so a client that stops in the middle of a WebSocket frame (or
+//! between the frames of a fragmented message), or of a TLS record, leaves bytes in their
+//! buffers that the connection never sees: its `mqtt.packet_timeout` would not start, and with
+//! keep-alive 0 nothing else would ever close it. [`Watched`] sits under tungstenite or
+//! rustls, follows the frame or record boundaries in the bytes it reads ([`Frames`], RFC 6455
+//! §5.2; [`Records`], RFC 8446 §5.1), and keeps a flag the connection reads through
+//! [`PartialInput`]. Over wss both layers are watched, each with its own bit of one flag.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The connection's view of a [`Watched`] stream: whether a frame or message is under way.
-#[derive(Debug, Clone)]
-pub(crate) struct PartialInput(Arc<AtomicBool>);
+/// The connection's view of its [`Watched`] layers: whether one is in the middle of a frame,
+/// a message or a record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartialInput(Arc<AtomicU8>);
 
 impl PartialInput {
-    /// Whether the client has begun a frame, or a fragmented message, and not finished it.
+    /// Whether the client has begun a frame, a fragmented message or a record, and not
+    /// finished it.
     pub(crate) fn pending(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    fn set(&self, bit: u8, mid: bool) {
+        if mid {
+            self.0.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.0.fetch_and(!bit, Ordering::Relaxed);
+        }
     }
 }
 
-/// A client's byte stream, read through a [`Frames`] tracker.
+/// A layer's unit boundaries, followed through the bytes a client sends.
+pub(crate) trait Boundaries: Default {
+    /// This layer's bit of the [`PartialInput`] flag.
+    const BIT: u8;
+    /// Takes in bytes read.
+    fn feed(&mut self, bytes: &[u8]);
+    /// Whether bytes were read that the layer above cannot hand on yet.
+    fn mid(&self) -> bool;
+}
+
+/// A client's byte stream, read through a [`Boundaries`] tracker.
 #[derive(Debug)]
-pub(crate) struct Watched<S> {
+pub(crate) struct Watched<S, B> {
     stream: S,
-    frames: Frames,
+    boundaries: B,
     partial: PartialInput,
 }
 
-impl<S> Watched<S> {
-    /// Watches `stream` from its first byte (the HTTP upgrade request).
-    pub(crate) fn new(stream: S) -> (Watched<S>, PartialInput) {
-        let partial = PartialInput(Arc::new(AtomicBool::new(false)));
-        (Watched { stream, frames: Frames::default(), partial: partial.clone() }, partial)
+impl<S, B: Boundaries> Watched<S, B> {
+    /// Watches `stream` from its first byte, reporting to `partial`.
+    pub(crate) fn new(stream: S, partial: PartialInput) -> Watched<S, B> {
+        Watched { stream, boundaries: B::default(), partial }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+impl<S: AsyncRead + Unpin, B: Boundaries + Unpin> AsyncRead for Watched<S, B> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         let read = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.frames.feed(&buf.filled()[before..]);
-            this.partial.0.store(this.frames.mid_message(), Ordering::Relaxed);
+            this.boundaries.feed(&buf.filled()[before..]);
+            this.partial.set(B::BIT, this.boundaries.mid());
         }
         read
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Unpin, B: Unpin> AsyncWrite for Watched<S, B> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -66,6 +87,47 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// TLS records: a 5-byte header (content type, version, length) and that many bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    /// Header bytes read of the record under way (5: its payload is being read).
+    header: [u8; 5],
+    have: u8,
+    /// Payload bytes still to come.
+    left: usize,
+}
+
+impl Boundaries for Records {
+    const BIT: u8 = 2;
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.have < 5 {
+                self.header[usize::from(self.have)] = bytes[0];
+                self.have += 1;
+                bytes = &bytes[1..];
+                if self.have == 5 {
+                    self.left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                    if self.left == 0 {
+                        self.have = 0;
+                    }
+                }
+            } else {
+                let take = self.left.min(bytes.len());
+                bytes = &bytes[take..];
+                self.left -= take;
+                if self.left == 0 {
+                    self.have = 0;
+                }
+            }
+        }
+    }
+
+    fn mid(&self) -> bool {
+        self.have > 0
     }
 }
 
@@ -81,9 +143,10 @@ enum Stage {
     Payload { left: u64 },
 }
 
-/// Follows frame boundaries through the bytes a client sends.
+/// WebSocket frames (after the HTTP upgrade request): follows frame boundaries through the
+/// bytes a client sends.
 #[derive(Debug)]
-struct Frames {
+pub(crate) struct Frames {
     stage: Stage,
     /// A data frame without FIN was seen, and its message's last frame was not.
     in_message: bool,
@@ -96,6 +159,18 @@ impl Default for Frames {
 }
 
 const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
+impl Boundaries for Frames {
+    const BIT: u8 = 1;
+
+    fn feed(&mut self, bytes: &[u8]) {
+        Frames::feed(self, bytes);
+    }
+
+    fn mid(&self) -> bool {
+        self.mid_message()
+    }
+}
 
 impl Frames {
     /// Whether bytes were read that tungstenite cannot hand on yet.
@@ -192,6 +267,26 @@ mod tests {
         assert!(!frames.mid_message(), "the request head is not a frame");
         frames.feed(b"\n");
         frames
+    }
+
+    #[test]
+    fn a_tls_record_is_pending_from_its_first_byte_to_its_last() {
+        let record = |len: u16| {
+            let mut r = vec![23, 3, 3];
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend(std::iter::repeat_n(0, usize::from(len)));
+            r
+        };
+        let mut records = Records::default();
+        let two: Vec<u8> = [record(300), record(0), record(5)].concat();
+        for (i, &byte) in two.iter().enumerate() {
+            records.feed(&[byte]);
+            assert_eq!(records.mid(), i + 1 != 305 && i + 1 != 310 && i + 1 != two.len(), "after byte {i}");
+        }
+        records.feed(&[record(40), record(2)[..3].to_vec()].concat());
+        assert!(records.mid(), "a header begun");
+        records.feed(&[0, 2, 9, 9]);
+        assert!(!records.mid(), "whole again");
     }
 
     #[test]
