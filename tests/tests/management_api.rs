@@ -473,3 +473,45 @@ fn through_the_dashboard_each_browser_is_counted_by_its_own_address() {
         "without the token, the addresses it names are not believed"
     );
 }
+
+/// EMQX 4.3's client endpoints and paging: `GET /api/v4/clients?_page=P&_limit=L` gives that
+/// page with `meta` `page`, `limit`, `count` and `hasnext` (without `_limit`, up to 10,000
+/// rows, EMQX's `max_row_limit`); `GET /api/v4/clients/{clientid}` the client in a list of one,
+/// or an empty list; `DELETE /api/v4/clients/{clientid}` kicks it (404 when there is none). A
+/// query string that does not parse is answered in the API's JSON shape too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_paged_looked_up_and_kicked_as_in_emqx() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let (broker, api) = start(&dir);
+    let mut clients = Vec::new();
+    for id in ["page-a", "page-b", "page-c"] {
+        clients.push(Client::connect(&broker, id).await);
+    }
+    let (status, body) = api.get("/api/v4/clients?_page=2&_limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["meta"], json!({"page": 2, "limit": 1, "count": 3, "hasnext": true}), "{body}");
+    let (_, body) = api.get("/api/v4/clients?_page=3&_limit=1").await;
+    assert_eq!(body["meta"]["hasnext"], false, "{body}");
+    let (_, body) = api.get("/api/v4/clients").await;
+    assert_eq!(body["meta"], json!({"page": 1, "limit": 10000, "count": 3, "hasnext": false}), "{body}");
+
+    let (status, body) = api.get("/api/v4/clients/page-b").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["clientid"], "page-b", "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+    let (status, _) = api.call(Method::DELETE, "/api/v4/clients/page-b", Some(("admin", "s3cret")), None).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_until("page-b gone", || {
+        let list = dir.ctl(&["clients", "list", "--json"]).ok();
+        (!list.contains("\"page-b\"")).then_some(())
+    });
+    let (_, body) = api.get("/api/v4/clients/page-b").await;
+    assert_eq!(body["data"], json!([]), "{body}");
+    let (status, body) = api.call(Method::DELETE, "/api/v4/clients/page-b", Some(("admin", "s3cret")), None).await;
+    assert_eq!((status, &body["code"]), (StatusCode::NOT_FOUND, &json!(404)), "{body}");
+
+    let (status, body) = api.get("/api/v4/clients?_page=abc").await;
+    assert_eq!((status, &body["code"]), (StatusCode::BAD_REQUEST, &json!(400)), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("_page")), "{body}");
+}

@@ -42,6 +42,33 @@ pub(crate) fn ok(data: Value) -> ApiResult {
     Ok(Json(json!({"code": 0, "data": data})))
 }
 
+/// The most rows a list gives when `_limit` is not set (EMQX's `max_row_limit`).
+const MAX_ROW_LIMIT: usize = 10_000;
+
+/// EMQX's paging of a list: `_page` (from 1) and `_limit` rows a page.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Page {
+    #[serde(rename = "_page")]
+    page: Option<usize>,
+    #[serde(rename = "_limit")]
+    limit: Option<usize>,
+}
+
+impl Page {
+    /// The page of `all` asked for, as EMQX answers it: `{"code": 0, "data": [...], "meta":
+    /// {"page", "limit", "count", "hasnext"}}`.
+    pub(crate) fn of(&self, all: Vec<Value>) -> ApiResult {
+        let (page, limit) = (self.page.unwrap_or(1).max(1), self.limit.unwrap_or(MAX_ROW_LIMIT).max(1));
+        let count = all.len();
+        let skip = (page - 1).saturating_mul(limit);
+        let data: Vec<Value> = all.into_iter().skip(skip).take(limit).collect();
+        let hasnext = skip.saturating_add(limit) < count;
+        Ok(Json(
+            json!({"code": 0, "data": data, "meta": {"page": page, "limit": limit, "count": count, "hasnext": hasnext}}),
+        ))
+    }
+}
+
 /// Maps a `broker ctl` error to an HTTP status.
 /// The HTTP status for a failed host command, from the kind of failure the host reports
 /// (never from its text).
@@ -76,6 +103,7 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>, dashboard_token: Option<Arc<st
         .route("/api/v4/nodes/{node}", get(node))
         .route("/api/v4/nodes/{node}/stats", get(node_stats))
         .route("/api/v4/clients", get(clients))
+        .route("/api/v4/clients/{clientid}", get(client).delete(kick_client))
         .route("/api/v4/nodes/{node}/clients", get(node_clients))
         .route("/api/v4/sessions", get(sessions))
         .route("/api/v4/nodes/{node}/sessions", get(node_sessions))
@@ -93,6 +121,7 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>, dashboard_token: Option<Arc<st
         .merge(crate::auth_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api)
 }
@@ -133,6 +162,25 @@ fn dashboard_client(token: Option<&str>, headers: &HeaderMap) -> Option<IpAddr> 
     let client: IpAddr = headers.get(dashboard_client::CLIENT_HEADER)?.to_str().ok()?.parse().ok()?;
     let given = headers.get(dashboard_client::TOKEN_HEADER)?.as_bytes();
     dashboard_client::is_token(given, token?).then_some(client)
+}
+
+/// A failure axum answered itself (a query string or a path segment that does not parse) in
+/// the API's shape too: `{"code": <status>, "message": "<axum's text>"}`.
+async fn json_errors(response: Response) -> Response {
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if is_json || !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let mut answer = ApiError(parts.status, String::from_utf8_lossy(&text).into_owned()).into_response();
+    for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
 }
 
 async fn not_found() -> ApiError {
@@ -241,29 +289,43 @@ async fn node_stats(State(api): State<Api>, Path(node): Path<String>) -> ApiResu
 }
 
 /// `GET /api/v4/clients`: the clients connected to every running node of the cluster.
-async fn clients(State(api): State<Api>) -> ApiResult {
-    listed(&api, None, &["clients", "list", "--json"]).await
+async fn clients(State(api): State<Api>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, None, &["clients", "list", "--json"]).await?)
+}
+
+/// `GET /api/v4/clients/{clientid}`: the client connected with that id, in a list of one
+/// (an empty list if none is), as EMQX 4.3's `lookup_client`.
+async fn client(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
+    let all = listed(&api, None, &["clients", "list", "--json"]).await?;
+    ok(json!(all.into_iter().filter(|c| c["clientid"] == client_id.as_str()).collect::<Vec<_>>()))
+}
+
+/// `DELETE /api/v4/clients/{clientid}`: kicks the client (MQTT 5: DISCONNECT 0x98) and
+/// discards its session, as EMQX 4.3's `kickout_client`; 404 if there is no such session.
+async fn kick_client(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
+    ctl(api.host, vec!["sessions".into(), "kick".into(), client_id]).await?;
+    Ok(Json(json!({"code": 0})))
 }
 
 /// `GET /api/v4/nodes/{node}/clients`: the clients connected to one node.
-async fn node_clients(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    listed(&api, Some(&node), &["clients", "list", "--json"]).await
+async fn node_clients(State(api): State<Api>, Path(node): Path<String>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, Some(&node), &["clients", "list", "--json"]).await?)
 }
 
 /// `GET /api/v4/sessions`: every session of every running node, online or not (EMQX's
 /// session fields, each with its `node`; `persistent` says it is kept in the store).
-async fn sessions(State(api): State<Api>) -> ApiResult {
-    listed(&api, None, &["sessions", "list", "--json"]).await
+async fn sessions(State(api): State<Api>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, None, &["sessions", "list", "--json"]).await?)
 }
 
 /// `GET /api/v4/nodes/{node}/sessions`: one node's sessions.
-async fn node_sessions(State(api): State<Api>, Path(node): Path<String>) -> ApiResult {
-    listed(&api, Some(&node), &["sessions", "list", "--json"]).await
+async fn node_sessions(State(api): State<Api>, Path(node): Path<String>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, Some(&node), &["sessions", "list", "--json"]).await?)
 }
 
 /// The JSON lists `command` gives on `node`, or on every running node (this one first),
-/// as EMQX's paged lists: `{"code": 0, "data": [...], "meta": {"count": N}}`.
-async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> ApiResult {
+/// each item with its `node`.
+async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> Result<Vec<Value>, ApiError> {
     let nodes = match node {
         Some(node) => vec![node.to_owned()],
         None => running_nodes(api).await?,
@@ -279,8 +341,7 @@ async fn listed(api: &Api, node: Option<&str>, command: &[&str]) -> ApiResult {
             item
         }));
     }
-    let count = list.len();
-    Ok(Json(json!({"code": 0, "data": list, "meta": {"count": count}})))
+    Ok(list)
 }
 
 /// `GET /api/v4/sessions/{clientid}`: one session; 404 if there is none.

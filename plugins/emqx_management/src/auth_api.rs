@@ -16,10 +16,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{ctl, ok, parse, Api, ApiError, ApiResult};
+use crate::api::{ctl, ok, parse, Api, ApiError, ApiResult, Page};
 
 /// Which logins a path is about: its `ctl` command and its JSON field.
 #[derive(Debug, Clone, Copy)]
@@ -50,14 +49,6 @@ pub(crate) fn routes() -> Router<Api> {
     router
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(rename = "_page")]
-    page: Option<usize>,
-    #[serde(rename = "_limit")]
-    limit: Option<usize>,
-}
-
 /// A JSON body, or 400 saying what was expected.
 fn body(body: Result<Json<Value>, axum::extract::rejection::JsonRejection>, expected: &str) -> Result<Value, ApiError> {
     body.map(|Json(v)| v)
@@ -84,11 +75,8 @@ fn superuser(body: &Value) -> Result<Option<String>, ApiError> {
 }
 
 async fn list(State(api): State<Api>, Query(page): Query<Page>, kind: Kind) -> ApiResult {
-    let all: Value = parse(&ctl(api.host, vec![kind.command.into(), "list".into(), "--json".into()]).await?)?;
-    let all = all.as_array().cloned().unwrap_or_default();
-    let (page, limit) = (page.page.unwrap_or(1).max(1), page.limit.unwrap_or(10).max(1));
-    let data: Vec<Value> = all.iter().skip((page - 1).saturating_mul(limit)).take(limit).cloned().collect();
-    Ok(Json(json!({"code": 0, "data": data, "meta": {"page": page, "limit": limit, "count": all.len()}})))
+    let all: Vec<Value> = parse(&ctl(api.host, vec![kind.command.into(), "list".into(), "--json".into()]).await?)?;
+    page.of(all)
 }
 
 async fn add(
