@@ -887,3 +887,33 @@ fn response_information_goes_only_to_a_client_that_asks_for_it() {
     let (_dir, plain) = start_broker("", &[]);
     assert_eq!(response_information(&plain, "ri-asks", Some(1)), None, "none set");
 }
+
+/// MQTT-3.1.2-24: the server never sends a packet over the client's Maximum Packet Size. A
+/// SUBSCRIBE of 40 filters from a client that takes at most 20 bytes would need a 45-byte
+/// SUBACK (an UNSUBSCRIBE likewise): the connection is closed with DISCONNECT 0x95 instead of
+/// sending it (before, it was sent). A SUBACK that fits is sent.
+#[test]
+fn a_suback_over_the_clients_maximum_packet_size_closes_the_connection_instead() {
+    let dir = DataDir::new();
+    let broker = Broker::start(&dir, &[]);
+    let props = || v5::ConnectProperties { max_packet_size: Some(20), ..v5::ConnectProperties::new() };
+    let filters = |n: usize| (0..n).map(|i| v5::Filter::new(format!("mps/{i}"), QoS::AtMostOnce)).collect::<Vec<_>>();
+
+    let (mut small, _) = C5::connect_with(&broker, "mps-small", Some(props()));
+    assert_eq!(small.subscribe_with(filters(10), None).len(), 10, "a 15-byte SUBACK fits");
+
+    for unsubscribe in [false, true] {
+        let (mut client, _) = C5::connect_with(&broker, "mps-many", Some(props()));
+        let pkid = client.next_pkid();
+        if unsubscribe {
+            let filters = (0..40).map(|i| format!("mps/{i}")).collect();
+            client.raw.send(&P5::Unsubscribe(v5::Unsubscribe { pkid, filters, properties: None }));
+        } else {
+            client.raw.send(&P5::Subscribe(v5::Subscribe { pkid, filters: filters(40), properties: None }));
+        }
+        match client.raw.recv() {
+            P5::Disconnect(d) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::PacketTooLarge, "{unsubscribe}"),
+            other => panic!("DISCONNECT 0x95 expected (unsubscribe: {unsubscribe}), got {other:?}"),
+        }
+    }
+}

@@ -166,8 +166,16 @@ impl<T: Transport> Connection<T> {
             Packet::PubRec(ack) => self.on_pubrec(ack)?,
             Packet::PubRel(ack) => self.on_pubrel(ack),
             Packet::PubComp(ack) => self.on_pubcomp(ack)?,
-            Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe),
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::Subscribe(subscribe) => {
+                let why = "the SUBACK would exceed the client's Maximum Packet Size (MQTT-3.1.2-24)";
+                self.answer_fits(subscribe.filters.len(), why)?;
+                return self.on_subscribe(subscribe);
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                let why = "the UNSUBACK would exceed the client's Maximum Packet Size (MQTT-3.1.2-24)";
+                self.answer_fits(unsubscribe.filters.len(), why)?;
+                self.on_unsubscribe(unsubscribe)
+            }
             Packet::PingReq => {
                 encode_pingresp(&mut self.out);
                 self.node.stats.metrics.packet_sent(kind::PINGRESP, 0);
@@ -179,6 +187,19 @@ impl<T: Transport> Connection<T> {
             }
         }
         Ok(Next::Done)
+    }
+
+    /// Whether the SUBACK or UNSUBACK for `filters` filters (a reason code each, no Reason
+    /// String) fits the client's Maximum Packet Size: MQTT-3.1.2-24 forbids sending it bigger,
+    /// and a client left without its answer would wait for good, so the connection is closed
+    /// instead (MQTT 5: DISCONNECT 0x95, 4 bytes, which fits any limit a client can give).
+    fn answer_fits(&self, filters: usize, why: &'static str) -> Result<(), Ended> {
+        let body = 2 + usize::from(self.version == crate::mqtt::Version::V5) + filters;
+        let size = 1 + crate::mqtt::frame::varint_len(body) + body;
+        if size <= self.client_max_packet_size {
+            return Ok(());
+        }
+        Err(Ended::protocol(reason::PACKET_TOO_LARGE, why))
     }
 
     /// A reason string for an MQTT 5 acknowledgement with `code`, when it is a failure and
