@@ -75,7 +75,9 @@ async fn next_event(watcher: &mut Client, client_id: &str, what: &str) -> (Value
 }
 
 /// EMQX 4.3's payloads field for field: every connected field (no username is
-/// `"undefined"`, as EMQX encodes its atom), every disconnected field with EMQX's reasons
+/// `"undefined"`, as EMQX encodes its atom), every disconnected field of EMQX 4.3.6 on but
+/// `connected_at` (the client's address, port and protocol as in the connected event), with
+/// EMQX's reasons
 /// (`normal` for a DISCONNECT, `takeovered` when a client resumes the session elsewhere,
 /// `discarded` when it starts clean elsewhere), sent at EMQX's default QoS 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +118,20 @@ async fn payloads_match_emqx_4_3_with_its_reasons_at_qos_1() {
     assert_eq!(qos, QoS::AtLeastOnce);
     let mut keys: Vec<&str> = disconnected.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["clientid", "disconnected_at", "reason", "ts", "username"]);
+    assert_eq!(
+        keys,
+        ["clientid", "disconnected_at", "ipaddress", "proto_name", "proto_ver", "reason", "sockport", "ts", "username"],
+        "EMQX 4.3.6's, but connected_at"
+    );
+    assert_eq!(
+        (
+            &disconnected["ipaddress"],
+            &disconnected["sockport"],
+            &disconnected["proto_name"],
+            &disconnected["proto_ver"]
+        ),
+        (&connected["ipaddress"], &connected["sockport"], &connected["proto_name"], &connected["proto_ver"])
+    );
     assert_eq!(disconnected["reason"], "normal");
     assert_eq!(disconnected["username"], "undefined");
 

@@ -5,8 +5,10 @@
 //! - connected: `clientid`, `username`, `ipaddress`, `sockport`, `proto_name`, `proto_ver`,
 //!   `keepalive`, `clean_start`, `expiry_interval` (seconds), `connack`, `connected_at`, `ts`
 //!   (milliseconds since the epoch);
-//! - disconnected: `clientid`, `username`, `reason` (EMQX's: `normal`, `tcp_closed`,
-//!   `keepalive_timeout`, `takeovered`, `discarded`, ...), `disconnected_at`, `ts`.
+//! - disconnected: `clientid`, `username`, `ipaddress`, `sockport`, `proto_name`,
+//!   `proto_ver` (EMQX 4.3.6 on), `reason` (EMQX's: `normal`, `tcp_closed`,
+//!   `keepalive_timeout`, `takeovered`, `discarded`, `kicked`, ...), `disconnected_at`, `ts`.
+//!   EMQX 4.3.6 on also sends `connected_at`, which the event does not carry.
 //!
 //! A client without a username is `"username": "undefined"`, as EMQX writes it. Subscribe to
 //! `$SYS/brokers/+/clients/#` to watch clients come and go.
@@ -95,7 +97,7 @@ impl Plugin for Presence {
                     "username": username(event),
                     "ipaddress": ip_of(event.peer),
                     "sockport": event.sockport.unwrap_or(0),
-                    "proto_name": if event.proto_ver == 3 { "MQIsdp" } else { "MQTT" },
+                    "proto_name": proto_name(event),
                     "proto_ver": event.proto_ver,
                     "keepalive": event.keepalive,
                     "connack": event.return_code,
@@ -111,6 +113,10 @@ impl Plugin for Presence {
                 json!({
                     "clientid": event.client_id,
                     "username": username(event),
+                    "ipaddress": ip_of(event.peer),
+                    "sockport": event.sockport.unwrap_or(0),
+                    "proto_name": proto_name(event),
+                    "proto_ver": event.proto_ver,
                     "reason": event.reason,
                     "disconnected_at": event.timestamp_ms,
                     "ts": event.timestamp_ms,
@@ -119,6 +125,15 @@ impl Plugin for Presence {
             _ => {}
         }
         HookResult::Continue
+    }
+}
+
+/// EMQX's `proto_name`: `MQIsdp` for MQTT 3.1, else `MQTT`.
+fn proto_name(event: &Event<'_>) -> &'static str {
+    if event.proto_ver == 3 {
+        "MQIsdp"
+    } else {
+        "MQTT"
     }
 }
 
