@@ -49,11 +49,15 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The gauges by EMQX's names (`emqx_stats`).
-    pub(crate) fn named(&self) -> [(&'static str, u64); 10] {
+    /// The gauges by EMQX's names (`emqx_stats`). EMQX 4.3 counts the same things under more
+    /// than one name (`channels.*` are the connections, `suboptions.*` and `subscribers.*`
+    /// the subscriptions); each is given, so that dashboards made for EMQX find theirs.
+    pub(crate) fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("connections.count", self.connections),
             ("connections.max", self.connections_max),
+            ("channels.count", self.connections),
+            ("channels.max", self.connections_max),
             ("sessions.count", self.sessions),
             ("sessions.max", self.sessions_max),
             ("topics.count", self.topics),
@@ -62,6 +66,10 @@ impl Snapshot {
             ("routes.max", self.topics_max),
             ("subscriptions.count", self.subscriptions),
             ("subscriptions.max", self.subscriptions_max),
+            ("suboptions.count", self.subscriptions),
+            ("suboptions.max", self.subscriptions_max),
+            ("subscribers.count", self.subscriptions),
+            ("subscribers.max", self.subscriptions_max),
         ]
     }
 }

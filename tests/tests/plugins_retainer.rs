@@ -104,6 +104,8 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 office/temp 19");
+    // EMQX's `messages.retained`: the six retained messages stored (not the deleting one).
+    assert_eq!(e2e::stat(&dir, "messages.retained"), 6);
 }
 
 /// MQTT-3.3.1-6: a new subscription gets the retained message of every matching topic, and

@@ -57,6 +57,10 @@ fn sys_topics_are_published_as_emqx_publishes_them() {
     assert_eq!(at("stats/connections.count"), "2");
     assert!(at("stats/connections.max").parse::<u64>().unwrap() >= 2);
     assert!(at("stats/subscriptions.count").parse::<u64>().is_ok());
+    // EMQX 4.3's other names for the same gauges.
+    assert_eq!(at("stats/channels.count"), "2");
+    assert_eq!(at("stats/suboptions.count"), at("stats/subscriptions.count"));
+    assert_eq!(at("stats/subscribers.count"), at("stats/subscriptions.count"));
     assert_eq!(at("metrics/messages/received"), "1", "one PUBLISH from a client");
     assert_eq!(at("metrics/messages/qos1/received"), "1");
     assert!(at("metrics/bytes/received").parse::<u64>().unwrap() > 0);

@@ -162,6 +162,9 @@ impl Retainer {
         match written {
             Ok(()) => {
                 index.messages.insert(topic.to_owned(), message);
+                drop(index);
+                // EMQX's `messages.retained`: retained messages stored.
+                let _ = self.host.metric_add("messages.retained", 1);
             }
             Err(e) => {
                 drop(index);
