@@ -515,3 +515,61 @@ async fn clients_are_paged_looked_up_and_kicked_as_in_emqx() {
     assert_eq!((status, &body["code"]), (StatusCode::BAD_REQUEST, &json!(400)), "{body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("_page")), "{body}");
 }
+
+/// EMQX 4.3's publish and subscribe over HTTP: `POST /api/v4/mqtt/publish` (plain, base64 and
+/// a JSON object as payload; a topic list; retained), `/api/v4/mqtt/subscribe` of a connected
+/// client (404 for one that is not), the batch forms, and 400 for a bad topic or QoS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_published_and_clients_subscribed_over_http() {
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_retainer, true}.\n");
+    let (broker, api) = start(&dir);
+    let post = |path: &'static str, body: Value| {
+        let api = &api;
+        async move { api.call(Method::POST, path, Some(("admin", "s3cret")), Some(body)).await }
+    };
+    let mut sub = Client::connect(&broker, "http-sub").await;
+    sub.subscribe("http/#", QoS::AtLeastOnce).await;
+
+    let (status, body) = post("/api/v4/mqtt/publish", json!({"topic": "http/a", "payload": "plain", "qos": 1})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"code": 0})));
+    let got = sub.receive(1).await.remove(0);
+    assert_eq!((got.topic.as_str(), &got.payload[..], got.qos), ("http/a", &b"plain"[..], QoS::AtLeastOnce));
+    post("/api/v4/mqtt/publish", json!({"topics": "http/b,bad/#,http/c", "payload": "aGk=", "encoding": "base64"}))
+        .await;
+    let got: Vec<(String, String)> =
+        sub.receive(2).await.into_iter().map(|p| (p.topic.clone(), e2e::text(&p.payload))).collect();
+    assert_eq!(got, [("http/b".to_owned(), "hi".to_owned()), ("http/c".to_owned(), "hi".to_owned())]);
+    post("/api/v4/mqtt/publish", json!({"topic": "http/json", "payload": {"t": 21}, "retain": true})).await;
+    assert_eq!(e2e::text(&sub.receive(1).await[0].payload), r#"{"t":21}"#);
+    assert!(dir.ctl(&["retainer", "topics"]).ok().contains("http/json"), "retained");
+
+    for bad in [json!({"topic": "x/#", "payload": "p"}), json!({"topic": "x", "qos": 3})] {
+        let (status, body) = post("/api/v4/mqtt/publish", bad.clone()).await;
+        assert_eq!((status, &body["code"]), (StatusCode::BAD_REQUEST, &json!(400)), "{bad}: {body}");
+    }
+
+    let mut target = Client::connect(&broker, "http-target").await;
+    let (status, body) =
+        post("/api/v4/mqtt/subscribe", json!({"clientid": "http-target", "topic": "pushed/#", "qos": 1})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"code": 0})));
+    let (status, _) = post("/api/v4/mqtt/subscribe", json!({"clientid": "nobody", "topic": "pushed/#"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, body) = post(
+        "/api/v4/mqtt/publish_batch",
+        json!([{"topic": "pushed/1", "payload": "one", "qos": 1}, {"topic": "pushed/+", "payload": "no"}]),
+    )
+    .await;
+    assert_eq!(body["data"], json!([{"topic": "pushed/1", "code": 0}, {"topic": "pushed/+", "code": 400}]), "{body}");
+    let got = target.receive(1).await.remove(0);
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("pushed/1", &b"one"[..]));
+    let (_, body) = post(
+        "/api/v4/mqtt/subscribe_batch",
+        json!([{"clientid": "http-target", "topic": "more/x"}, {"clientid": "nobody", "topic": "more/x"}]),
+    )
+    .await;
+    assert_eq!(
+        body["data"],
+        json!([{"clientid": "http-target", "topic": "more/x", "code": 0}, {"clientid": "nobody", "topic": "more/x", "code": 404}]),
+        "{body}"
+    );
+}

@@ -119,6 +119,7 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>, dashboard_token: Option<Arc<st
         .route("/api/v4/metrics", get(metrics))
         .route("/api/v4/nodes/{node}/metrics", get(node_metrics))
         .merge(crate::auth_api::routes())
+        .merge(crate::pubsub_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(json_errors))

@@ -32,6 +32,7 @@ mod auth;
 mod auth_api;
 mod login_limit;
 mod password;
+mod pubsub_api;
 mod verified;
 
 use std::net::SocketAddr;
