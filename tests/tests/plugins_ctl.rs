@@ -273,3 +273,47 @@ fn a_comment_after_an_entry_in_loaded_plugins_is_allowed_and_kept() {
     let file = std::fs::read_to_string(dir.file("loaded_plugins")).unwrap();
     assert_eq!(file, "{hook_recorder, false}. % records every event\n");
 }
+
+/// While an authentication plugin is reloaded (`ctl plugins reload`), logins are refused, not
+/// let through: between stopping it and starting it again a closed gate stands in for it on
+/// `client.authenticate` and `client.check_acl`. Here the `gatekeeper` test plugin, which
+/// denies `mallory`, is kept starting (its `init` waits on a file) while `mallory` and then
+/// `alice` try to connect: both are refused (CONNACK 4, as any denied login), where `mallory` was let in as an anonymous
+/// loopback client before. Once it runs again, `alice` is in and `mallory` still out.
+#[test]
+fn a_reloading_authentication_plugin_lets_nobody_in_meanwhile() {
+    use e2e::raw::{connect4, Raw, V4};
+    use rumqttc::ConnectReturnCode;
+    let dir = DataDir::with_plugins("{gatekeeper, true}.\n");
+    let hold = dir.file("hold_init");
+    dir.write("broker.toml", &format!("[gatekeeper]\ndeny_users = [\"mallory\"]\nhold_init_while = {hold:?}\n"));
+    let broker = Broker::start(&dir, &[]);
+    let login = |user: &str| {
+        let mut packet = connect4(&format!("c-{user}"), true);
+        if let rumqttc::Packet::Connect(connect) = &mut packet {
+            connect.login = Some(rumqttc::Login::new(user, "pw"));
+        }
+        Raw::<V4>::connect(broker.addr, &packet).1.code
+    };
+    assert_eq!(login("mallory"), ConnectReturnCode::BadUserNamePassword, "denied while it runs");
+
+    std::fs::write(&hold, b"").unwrap();
+    let reload = {
+        let dir_path = dir.path().to_owned();
+        std::thread::spawn(move || {
+            std::process::Command::new(e2e::broker_exe())
+                .arg("--data-dir")
+                .arg(dir_path)
+                .args(["ctl", "plugins", "reload", "gatekeeper"])
+                .output()
+                .unwrap()
+        })
+    };
+    broker.wait_for_log("plugin stopped, to be started again plugin=\"gatekeeper\"");
+    assert_eq!(login("mallory"), ConnectReturnCode::BadUserNamePassword, "mallory, during the reload");
+    assert_eq!(login("alice"), ConnectReturnCode::BadUserNamePassword, "alice too: the gate is closed");
+    std::fs::remove_file(&hold).unwrap();
+    assert!(reload.join().unwrap().status.success());
+    assert_eq!(login("alice"), ConnectReturnCode::Success, "alice, once it runs again");
+    assert_eq!(login("mallory"), ConnectReturnCode::BadUserNamePassword);
+}

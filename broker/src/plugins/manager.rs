@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use plugin_api::abi;
+use plugin_api::{abi, Hook, HookMask};
 
 use super::host_api::{CommandError, HostShared, PluginControl};
 use super::instance::Instance;
@@ -184,10 +184,12 @@ impl Manager {
     /// Starts plugin `name`; with `persist`, records `{name, true}.` in `loaded_plugins`.
     pub(crate) fn load(&self, name: &str, persist: bool) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
-        self.load_locked(name, persist)
+        self.load_locked(name, persist, None)
     }
 
-    fn load_locked(&self, name: &str, persist: bool) -> Result<(), PluginError> {
+    /// Starts `name`, in the hook order of `seq` when it is given (a reload keeps the
+    /// plugin's place among plugins of its priority), else after every plugin started so far.
+    fn load_locked(&self, name: &str, persist: bool, seq: Option<u64>) -> Result<(), PluginError> {
         if !is_valid_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()));
         }
@@ -195,15 +197,18 @@ impl Manager {
             return Err(PluginError::AlreadyLoaded(name.to_owned()));
         }
         let library = self.library(name)?;
-        let seq = {
+        let seq = seq.unwrap_or_else(|| {
             let mut state = lock(&self.state);
             state.next_seq += 1;
             state.next_seq
-        };
+        });
         let instance = match Instance::start(library, self.shared.clone(), &self.config_json(name), seq) {
             Ok(instance) => Arc::new(instance),
             Err(why) => {
-                lock(&self.state).failed.insert(name.to_owned(), why.clone());
+                let mut state = lock(&self.state);
+                state.failed.insert(name.to_owned(), why.clone());
+                // A reload's stand-in (see `reload`) goes.
+                self.hooks.install(&handles(&state.running));
                 return Err(PluginError::Init { name: name.to_owned(), why });
             }
         };
@@ -255,9 +260,15 @@ impl Manager {
         }
     }
 
-    /// Stops `name` if it runs, then starts it again from its (possibly rebuilt) library, and
-    /// records it as enabled. A library that cannot be loaded leaves the running instance
-    /// alone.
+    /// Stops `name` if it runs, then starts it again from its (possibly rebuilt) library, in
+    /// its place in the hook order, and records it as enabled. A library that cannot be
+    /// loaded leaves the running instance alone.
+    ///
+    /// Between the two, a plugin that decides who may connect or what clients may do
+    /// (`client.authenticate`, `client.check_acl`) is stood in for by a closed gate that
+    /// denies them: a login or a publish in those milliseconds is refused, not let through
+    /// as if the plugin were not there (EMQX's unload-then-load lets `allow_anonymous` decide
+    /// meanwhile). Its other hooks are not called meanwhile.
     pub(crate) fn reload(&self, name: &str) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
         if !is_valid_name(name) {
@@ -266,11 +277,21 @@ impl Manager {
         // Check the new library before stopping the running instance: a missing or refused
         // file leaves the plugin running as it was.
         self.library(name)?;
-        match self.unload_locked(name, false) {
-            Ok(()) | Err(PluginError::NotLoaded(_)) => {}
-            Err(e) => return Err(e),
-        }
-        self.load_locked(name, true)
+        let old = {
+            let mut state = lock(&self.state);
+            let index = state.running.iter().position(|p| p.name() == name);
+            let old = index.map(|index| state.running.remove(index));
+            if let Some(old) = &old {
+                let mut with_gate = handles(&state.running);
+                with_gate.extend(closed_gate(&old.handle));
+                self.hooks.install(&with_gate);
+            }
+            old
+        };
+        let Some(old) = old else { return self.load_locked(name, true, None) };
+        Self::stop_instance(&old);
+        tracing::info!(plugin = name, "plugin stopped, to be started again");
+        self.load_locked(name, true, Some(old.handle.seq))
     }
 
     /// Stops a plugin that failed (panicked) and keeps it listed as failed.
@@ -570,6 +591,33 @@ const PLUGINS_USAGE: &str =
 /// The hook handles of the running plugins, in load order.
 fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {
     running.iter().map(|i| i.handle.clone()).collect()
+}
+
+/// The access hooks a reloading plugin's stand-in denies (see [`Manager::reload`]).
+const GATED: [Hook; 2] = [Hook::ClientAuthenticate, Hook::ClientCheckAcl];
+
+/// A stand-in for `plugin` while it is reloaded, in its place in the hook order: it denies
+/// the access hooks of [`GATED`] the plugin has, and has no other; `None` if it has none.
+fn closed_gate(plugin: &PluginHandle) -> Option<Arc<PluginHandle>> {
+    let gated: Vec<Hook> = GATED.into_iter().filter(|&hook| plugin.hooks.contains(hook)).collect();
+    if gated.is_empty() {
+        return None;
+    }
+    /// Denies whatever it is asked.
+    unsafe extern "C" fn deny(_state: *mut std::ffi::c_void, _event: *const plugin_api::abi::RawEvent) -> u32 {
+        plugin_api::abi::HOOK_DENY
+    }
+    let name = format!("{} (reloading)", plugin.name);
+    let hooks = HookMask::of(&gated);
+    Some(Arc::new(PluginHandle::new(
+        name,
+        hooks,
+        HookMask::NONE,
+        plugin.priority,
+        plugin.seq,
+        deny,
+        std::ptr::null_mut(),
+    )))
 }
 
 /// One line of `broker ctl plugins list` (`label` "Plugin") or `modules list` ("Module"),
