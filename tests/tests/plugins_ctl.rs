@@ -276,7 +276,7 @@ fn a_comment_after_an_entry_in_loaded_plugins_is_allowed_and_kept() {
 
 /// While an authentication plugin is reloaded (`ctl plugins reload`), logins are refused, not
 /// let through: between stopping it and starting it again a closed gate stands in for it on
-/// `client.authenticate` and `client.check_acl`. Here the `gatekeeper` test plugin, which
+/// `client.authenticate`. Here the `gatekeeper` test plugin, which
 /// denies `mallory`, is kept starting (its `init` waits on a file) while `mallory` and then
 /// `alice` try to connect: both are refused (CONNACK 4, as any denied login), where `mallory` was let in as an anonymous
 /// loopback client before. Once it runs again, `alice` is in and `mallory` still out.

@@ -264,11 +264,13 @@ impl Manager {
     /// its place in the hook order, and records it as enabled. A library that cannot be
     /// loaded leaves the running instance alone.
     ///
-    /// Between the two, a plugin that decides who may connect or what clients may do
-    /// (`client.authenticate`, `client.check_acl`) is stood in for by a closed gate that
-    /// denies them: a login or a publish in those milliseconds is refused, not let through
-    /// as if the plugin were not there (EMQX's unload-then-load lets `allow_anonymous` decide
-    /// meanwhile). Its other hooks are not called meanwhile.
+    /// Between the two, a plugin that decides who may connect (`client.authenticate`) is
+    /// stood in for by a closed gate that denies it: a login in those milliseconds is
+    /// refused (the client tries again), not let through as if the plugin were not there
+    /// (EMQX's unload-then-load lets `allow_anonymous` decide meanwhile). Its other hooks
+    /// are not called meanwhile: `client.check_acl` is not gated, since a denied publish is
+    /// dropped, and a plugin that has the hook without deciding by it (`emqx_exhook` has
+    /// every hook; its `init` may wait `request_timeout` for its servers) would lose messages.
     pub(crate) fn reload(&self, name: &str) -> Result<(), PluginError> {
         let _ops = lock(&self.ops);
         if !is_valid_name(name) {
@@ -593,14 +595,11 @@ fn handles(running: &[Arc<Instance>]) -> Vec<Arc<PluginHandle>> {
     running.iter().map(|i| i.handle.clone()).collect()
 }
 
-/// The access hooks a reloading plugin's stand-in denies (see [`Manager::reload`]).
-const GATED: [Hook; 2] = [Hook::ClientAuthenticate, Hook::ClientCheckAcl];
-
 /// A stand-in for `plugin` while it is reloaded, in its place in the hook order: it denies
-/// the access hooks of [`GATED`] the plugin has, and has no other; `None` if it has none.
+/// `client.authenticate` if the plugin has it, and has no other hook; `None` if it has not
+/// (see [`Manager::reload`]).
 fn closed_gate(plugin: &PluginHandle) -> Option<Arc<PluginHandle>> {
-    let gated: Vec<Hook> = GATED.into_iter().filter(|&hook| plugin.hooks.contains(hook)).collect();
-    if gated.is_empty() {
+    if !plugin.hooks.contains(Hook::ClientAuthenticate) {
         return None;
     }
     /// Denies whatever it is asked.
@@ -608,7 +607,7 @@ fn closed_gate(plugin: &PluginHandle) -> Option<Arc<PluginHandle>> {
         plugin_api::abi::HOOK_DENY
     }
     let name = format!("{} (reloading)", plugin.name);
-    let hooks = HookMask::of(&gated);
+    let hooks = HookMask::of(&[Hook::ClientAuthenticate]);
     Some(Arc::new(PluginHandle::new(
         name,
         hooks,
