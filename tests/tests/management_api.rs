@@ -573,3 +573,24 @@ async fn messages_are_published_and_clients_subscribed_over_http() {
         "{body}"
     );
 }
+
+/// `PUT /api/v4/telemetry/status {"enabled": true}` while `DO_NOT_TRACK=1` keeps telemetry off
+/// says so in a `message`, as `broker ctl telemetry enable` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_telemetry_that_do_not_track_keeps_off_says_so() {
+    let dir = DataDir::with_plugins(PLUGINS);
+    let broker = Broker::start(
+        &dir,
+        &[
+            ("BROKER_MANAGEMENT__LISTEN", "127.0.0.1:0"),
+            ("BROKER_MANAGEMENT__PASSWORD", "s3cret"),
+            ("DO_NOT_TRACK", "1"),
+        ],
+    );
+    let api = Api::new(format!("http://{}", broker.logged_addr("management API listening on http://")));
+    let (status, body) = api
+        .call(Method::PUT, "/api/v4/telemetry/status", Some(("admin", "s3cret")), Some(json!({"enabled": true})))
+        .await;
+    assert_eq!((status, &body["code"]), (StatusCode::OK, &json!(0)), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("stays off: disabled by DO_NOT_TRACK")), "{body}");
+}

@@ -460,7 +460,12 @@ async fn set_telemetry_status(State(api): State<Api>, headers: HeaderMap, body: 
         _ => return Err(ApiError(StatusCode::BAD_REQUEST, "expected a JSON body {\"enabled\": true|false}".into())),
     };
     let verb = if body.enabled { "enable" } else { "disable" };
-    ctl(api.host, vec!["telemetry".into(), verb.into()]).await.map_err(telemetry_off)?;
+    let said = ctl(api.host, vec!["telemetry".into(), verb.into()]).await.map_err(telemetry_off)?;
+    // Switched on while something else keeps it off (DO_NOT_TRACK, the config): said so, as
+    // `ctl` says it.
+    if body.enabled && said.contains("stays off") {
+        return Ok(Json(json!({"code": 0, "message": said.trim()})));
+    }
     Ok(Json(json!({"code": 0})))
 }
 
