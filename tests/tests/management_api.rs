@@ -594,3 +594,40 @@ async fn enabling_telemetry_that_do_not_track_keeps_off_says_so() {
     assert_eq!((status, &body["code"]), (StatusCode::OK, &json!(0)), "{body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("stays off: disabled by DO_NOT_TRACK")), "{body}");
 }
+
+/// EMQX's `emqx_ctl clients list|show|kick`, `subscriptions list|show` and `routes list|show`
+/// under `broker ctl`, in EMQX's line forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emqx_ctl_clients_subscriptions_and_routes() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    let mut a = Client::connect(&broker, "ctl-a").await;
+    a.subscribe("room/+/temp", QoS::AtLeastOnce).await;
+    a.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
+    let mut b = Client::connect(&broker, "ctl-b").await;
+    b.subscribe("room/+/temp", QoS::AtMostOnce).await;
+
+    let list = dir.ctl(&["clients", "list"]).ok();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("Client(ctl-a, username=undefined, peername=127.0.0.1:"), "{list}");
+    assert!(
+        lines[0].contains(", clean_start=true, keepalive=30, session_expiry_interval=0, subscriptions=2,"),
+        "{list}"
+    );
+    assert!(lines[0].contains(", connected=true, created_at="), "{list}");
+    assert!(dir.ctl(&["clients", "show", "ctl-b"]).ok().starts_with("Client(ctl-b, "));
+    assert!(dir.ctl(&["clients", "show", "nobody"]).err().contains("no client connected as \"nobody\""));
+
+    assert_eq!(
+        dir.ctl(&["subscriptions", "list"]).ok().trim(),
+        "ctl-a -> $share/g/jobs/#\nctl-a -> room/+/temp\nctl-b -> room/+/temp"
+    );
+    assert_eq!(dir.ctl(&["subscriptions", "show", "ctl-b"]).ok().trim(), "ctl-b -> room/+/temp");
+    assert_eq!(dir.ctl(&["routes", "list"]).ok().trim(), "jobs/# -> emqx@127.0.0.1\nroom/+/temp -> emqx@127.0.0.1");
+    assert_eq!(dir.ctl(&["routes", "show", "jobs/#"]).ok().trim(), "jobs/# -> emqx@127.0.0.1");
+
+    assert_eq!(dir.ctl(&["clients", "kick", "ctl-b"]).ok().trim(), "ok");
+    wait_until("ctl-b gone", || (!dir.ctl(&["clients", "list"]).ok().contains("ctl-b")).then_some(()));
+    assert!(dir.ctl(&["clients", "kick", "ctl-b"]).err().contains("no session of client id"));
+}

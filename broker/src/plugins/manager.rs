@@ -18,7 +18,7 @@ use crate::cluster::Membership;
 use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
-use crate::session::listing::{Limits, SessionInfo};
+use crate::session::listing::{client_line, Limits, SessionInfo};
 
 /// Why a plugin operation failed. Each message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,63 @@ impl Manager {
             max_mqueue: zone.queue.max_len,
             max_awaiting_rel: zone.max_awaiting_rel,
         }
+    }
+
+    /// `clients list` / `clients show`: EMQX's line of each connected client (`only`: that
+    /// one), in client id order.
+    fn client_lines(&self, only: Option<&str>) -> Vec<String> {
+        let sessions = &self.shared.node.sessions;
+        sessions
+            .connected()
+            .iter()
+            .filter(|c| only.is_none_or(|id| *c.client_id == *id))
+            .filter_map(|c| sessions.get(&c.client_id).map(|s| client_line(c, &SessionInfo::of(&s))))
+            .collect()
+    }
+
+    /// `subscriptions list` / `show`: EMQX's `CLIENTID -> FILTER` (its subscription id is the
+    /// client id), a line a subscription, sorted.
+    fn subscription_lines(&self, only: Option<&str>) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .shared
+            .node
+            .sessions
+            .all()
+            .iter()
+            .filter(|s| only.is_none_or(|id| *s.client_id == *id))
+            .flat_map(|s| {
+                let filters: Vec<String> = s.lock().subscriptions.keys().map(|f| f.to_string()).collect();
+                filters.into_iter().map(|f| format!("{} -> {f}", s.client_id)).collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// `routes list` / `show`: EMQX's `FILTER -> NODE` for each filter subscribed to on this
+    /// node (a share group's by its topic filter, as EMQX routes it), once each, sorted.
+    fn route_lines(&self, only: Option<&str>) -> Vec<String> {
+        let mut filters: Vec<String> = self
+            .shared
+            .node
+            .sessions
+            .all()
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .subscriptions
+                    .keys()
+                    .map(|f| match f.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+                        Some((_group, topic)) => topic.to_owned(),
+                        None => f.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|f| only.is_none_or(|topic| f == topic))
+            .collect();
+        filters.sort();
+        filters.dedup();
+        filters.into_iter().map(|f| format!("{f} -> {}", self.shared.node_name)).collect()
     }
 
     pub(crate) fn new(
@@ -527,6 +584,26 @@ impl Manager {
                 }
             }
             ["sessions", ..] => Err(CommandError::invalid(SESSIONS_USAGE)),
+            // EMQX's `emqx_ctl clients`, `subscriptions` and `routes`.
+            ["clients", "list"] => Ok(self.client_lines(None).join("\n")),
+            ["clients", "show", client_id] => self
+                .client_lines(Some(client_id))
+                .pop()
+                .ok_or_else(|| CommandError::not_found(format!("no client connected as {client_id:?}"))),
+            ["clients", "kick", client_id] => match self.shared.node.kick_session(client_id) {
+                true => Ok("ok".to_owned()),
+                false => Err(CommandError::not_found(format!("no session of client id {client_id:?}"))),
+            },
+            ["clients", ..] => Err(CommandError::invalid(CLIENTS_USAGE)),
+            ["subscriptions", "list"] => Ok(self.subscription_lines(None).join("\n")),
+            ["subscriptions", "show", client_id] => match self.shared.node.sessions.get(client_id) {
+                Some(_) => Ok(self.subscription_lines(Some(client_id)).join("\n")),
+                None => Err(CommandError::not_found(format!("no session of client id {client_id:?}"))),
+            },
+            ["subscriptions", ..] => Err(CommandError::invalid("Usage: broker ctl subscriptions list | show CLIENTID")),
+            ["routes", "list"] => Ok(self.route_lines(None).join("\n")),
+            ["routes", "show", topic] => Ok(self.route_lines(Some(topic)).join("\n")),
+            ["routes", ..] => Err(CommandError::invalid("Usage: broker ctl routes list | show TOPIC_FILTER")),
             ["store", ..] => Err(CommandError::invalid("Usage: broker ctl store stats")),
             [command, rest @ ..] => {
                 // A plugin answers one command, or several (space-separated); one that answers
@@ -559,6 +636,7 @@ impl Manager {
 
 /// What `broker ctl sessions` takes.
 const SESSIONS_USAGE: &str = "Usage: broker ctl sessions list [--json] | show CLIENTID [--json] | kick CLIENTID";
+const CLIENTS_USAGE: &str = "Usage: broker ctl clients list [--json] | show CLIENTID | kick CLIENTID";
 
 /// `broker ctl store stats`: what the store did since the broker started, then each bucket.
 fn format_store_stats(store: &store::Store) -> Result<String, CommandError> {

@@ -77,6 +77,32 @@ impl SessionInfo {
     }
 }
 
+/// EMQX's `emqx_ctl clients` line of a connected client: `Client(c1, username=u,
+/// peername=127.0.0.1:52354, clean_start=true, keepalive=60, session_expiry_interval=0,
+/// subscriptions=1, inflight=0, awaiting_rel=0, mqueue_len=0, connected=true,
+/// created_at=1764900000, connected_at=1764900000)`. EMQX's `delivered_msgs`, `enqueued_msgs`
+/// and `dropped_msgs` are per-connection counters the broker does not keep, so they are
+/// left out rather than shown as 0; `mqueue_len` stands where `enqueued_msgs` was.
+pub(crate) fn client_line(client: &crate::client::ClientInfo, session: &SessionInfo) -> String {
+    let username = if client.username.is_empty() { "undefined" } else { &client.username };
+    let peername = client.peer_addr.map_or_else(|| "undefined".to_owned(), |p| p.to_string());
+    format!(
+        "Client({}, username={username}, peername={peername}, clean_start={}, keepalive={}, \
+         session_expiry_interval={}, subscriptions={}, inflight={}, awaiting_rel={}, mqueue_len={}, connected=true, \
+         created_at={}, connected_at={})",
+        client.client_id,
+        client.clean_start,
+        client.keep_alive,
+        session.expiry_interval,
+        session.subscriptions,
+        session.inflight,
+        session.awaiting_rel,
+        session.mqueue_len,
+        session.created_at_ms / 1000,
+        client.connected_at_ms / 1000,
+    )
+}
+
 /// The node's limits shown beside each session.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
