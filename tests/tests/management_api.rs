@@ -596,11 +596,12 @@ async fn enabling_telemetry_that_do_not_track_keeps_off_says_so() {
 }
 
 /// EMQX's `emqx_ctl clients list|show|kick`, `subscriptions list|show` and `routes list|show`
-/// under `broker ctl`, in EMQX's line forms.
+/// under `broker ctl`, in EMQX's line forms, and the management API's `/api/v4/subscriptions`
+/// (and `/{clientid}`) and `/api/v4/routes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emqx_ctl_clients_subscriptions_and_routes() {
-    let dir = DataDir::with_plugins("");
-    let broker = Broker::start(&dir, &[]);
+    let dir = DataDir::with_plugins("{emqx_management, true}.\n");
+    let (broker, api) = start(&dir);
     let mut a = Client::connect(&broker, "ctl-a").await;
     a.subscribe("room/+/temp", QoS::AtLeastOnce).await;
     a.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
@@ -627,6 +628,27 @@ async fn emqx_ctl_clients_subscriptions_and_routes() {
     assert_eq!(dir.ctl(&["routes", "list"]).ok().trim(), "jobs/# -> emqx@127.0.0.1\nroom/+/temp -> emqx@127.0.0.1");
     assert_eq!(dir.ctl(&["routes", "show", "jobs/#"]).ok().trim(), "jobs/# -> emqx@127.0.0.1");
 
+    // The management API has them too: EMQX's /subscriptions and /routes.
+    let (_, body) = api.get("/api/v4/subscriptions?_limit=2").await;
+    assert_eq!(
+        body["data"],
+        json!([
+            {"clientid": "ctl-a", "topic": "$share/g/jobs/#", "qos": 1, "node": "emqx@127.0.0.1"},
+            {"clientid": "ctl-a", "topic": "room/+/temp", "qos": 1, "node": "emqx@127.0.0.1"}
+        ]),
+        "{body}"
+    );
+    assert_eq!(body["meta"], json!({"page": 1, "limit": 2, "count": 3, "hasnext": true}), "{body}");
+    let (_, body) = api.get("/api/v4/subscriptions/ctl-b").await;
+    assert_eq!(
+        body["data"],
+        json!([{"clientid": "ctl-b", "topic": "room/+/temp", "qos": 0, "node": "emqx@127.0.0.1"}])
+    );
+    let (_, body) = api.get("/api/v4/routes").await;
+    assert_eq!(
+        body["data"],
+        json!([{"topic": "jobs/#", "node": "emqx@127.0.0.1"}, {"topic": "room/+/temp", "node": "emqx@127.0.0.1"}])
+    );
     assert_eq!(dir.ctl(&["clients", "kick", "ctl-b"]).ok().trim(), "ok");
     wait_until("ctl-b gone", || (!dir.ctl(&["clients", "list"]).ok().contains("ctl-b")).then_some(()));
     assert!(dir.ctl(&["clients", "kick", "ctl-b"]).err().contains("no session of client id"));

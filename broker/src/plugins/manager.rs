@@ -596,6 +596,29 @@ impl Manager {
             },
             ["clients", ..] => Err(CommandError::invalid(CLIENTS_USAGE)),
             ["subscriptions", "list"] => Ok(self.subscription_lines(None).join("\n")),
+            // As the management API lists them: `clientid`, `topic`, `qos`.
+            ["subscriptions", "list", "--json"] => {
+                let mut list: Vec<(String, String, u8)> = Vec::new();
+                for session in self.shared.node.sessions.all() {
+                    let state = session.lock();
+                    list.extend(
+                        state.subscriptions.iter().map(|(f, s)| (session.client_id.to_string(), f.to_string(), s.options.qos)),
+                    );
+                }
+                list.sort();
+                let json: Vec<_> =
+                    list.into_iter().map(|(c, t, q)| serde_json::json!({"clientid": c, "topic": t, "qos": q})).collect();
+                Ok(serde_json::Value::Array(json).to_string())
+            }
+            ["routes", "list", "--json"] => {
+                let json: Vec<_> = self
+                    .route_lines(None)
+                    .iter()
+                    .filter_map(|line| line.rsplit_once(" -> "))
+                    .map(|(topic, node)| serde_json::json!({"topic": topic, "node": node}))
+                    .collect();
+                Ok(serde_json::Value::Array(json).to_string())
+            }
             ["subscriptions", "show", client_id] => match self.shared.node.sessions.get(client_id) {
                 Some(_) => Ok(self.subscription_lines(Some(client_id)).join("\n")),
                 None => Err(CommandError::not_found(format!("no session of client id {client_id:?}"))),

@@ -105,6 +105,9 @@ pub(crate) fn router(host: Host, auth: Arc<Auth>, dashboard_token: Option<Arc<st
         .route("/api/v4/clients", get(clients))
         .route("/api/v4/clients/{clientid}", get(client).delete(kick_client))
         .route("/api/v4/nodes/{node}/clients", get(node_clients))
+        .route("/api/v4/subscriptions", get(subscriptions))
+        .route("/api/v4/subscriptions/{clientid}", get(client_subscriptions))
+        .route("/api/v4/routes", get(routes))
         .route("/api/v4/sessions", get(sessions))
         .route("/api/v4/nodes/{node}/sessions", get(node_sessions))
         .route("/api/v4/sessions/{clientid}", get(session).delete(kick_session))
@@ -306,6 +309,24 @@ async fn client(State(api): State<Api>, Path(client_id): Path<String>) -> ApiRes
 async fn kick_client(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
     ctl(api.host, vec!["sessions".into(), "kick".into(), client_id]).await?;
     Ok(Json(json!({"code": 0})))
+}
+
+/// `GET /api/v4/subscriptions`: every subscription of every running node, EMQX's `node`,
+/// `clientid`, `topic`, `qos`, paged.
+async fn subscriptions(State(api): State<Api>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, None, &["subscriptions", "list", "--json"]).await?)
+}
+
+/// `GET /api/v4/subscriptions/{clientid}`: one client's subscriptions (an empty list if it
+/// has none, or no session).
+async fn client_subscriptions(State(api): State<Api>, Path(client_id): Path<String>) -> ApiResult {
+    let all = listed(&api, None, &["subscriptions", "list", "--json"]).await?;
+    ok(json!(all.into_iter().filter(|s| s["clientid"] == client_id.as_str()).collect::<Vec<_>>()))
+}
+
+/// `GET /api/v4/routes`: each node's routes, EMQX's `topic` and `node`, paged.
+async fn routes(State(api): State<Api>, Query(page): Query<Page>) -> ApiResult {
+    page.of(listed(&api, None, &["routes", "list", "--json"]).await?)
 }
 
 /// `GET /api/v4/nodes/{node}/clients`: the clients connected to one node.
