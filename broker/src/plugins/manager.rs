@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use plugin_api::{abi, Hook, HookMask};
+use serde_json::json;
 
 use super::host_api::{CommandError, HostShared, PluginControl};
 use super::instance::Instance;
@@ -122,49 +123,46 @@ impl Manager {
             .collect()
     }
 
+    /// Every subscription on this node as (client id, filter, QoS), sorted.
+    fn subscriptions(&self) -> Vec<(String, String, u8)> {
+        let mut all = Vec::new();
+        for session in self.shared.node.sessions.all() {
+            let state = session.lock();
+            all.extend(
+                state.subscriptions.iter().map(|(f, s)| (session.client_id.to_string(), f.to_string(), s.options.qos)),
+            );
+        }
+        all.sort();
+        all
+    }
+
     /// `subscriptions list` / `show`: EMQX's `CLIENTID -> FILTER` (its subscription id is the
     /// client id), a line a subscription, sorted.
     fn subscription_lines(&self, only: Option<&str>) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .shared
-            .node
-            .sessions
-            .all()
-            .iter()
-            .filter(|s| only.is_none_or(|id| *s.client_id == *id))
-            .flat_map(|s| {
-                let filters: Vec<String> = s.lock().subscriptions.keys().map(|f| f.to_string()).collect();
-                filters.into_iter().map(|f| format!("{} -> {f}", s.client_id)).collect::<Vec<_>>()
-            })
-            .collect();
-        lines.sort();
-        lines
+        let subscriptions = self.subscriptions().into_iter();
+        subscriptions.filter(|(c, ..)| only.is_none_or(|id| c == id)).map(|(c, f, _)| format!("{c} -> {f}")).collect()
     }
 
-    /// `routes list` / `show`: EMQX's `FILTER -> NODE` for each filter subscribed to on this
-    /// node (a share group's by its topic filter, as EMQX routes it), once each, sorted.
-    fn route_lines(&self, only: Option<&str>) -> Vec<String> {
+    /// The filters routed to this node: each subscription's (a share group's by its topic
+    /// filter, as EMQX routes it), once each, sorted.
+    fn routes(&self) -> Vec<String> {
         let mut filters: Vec<String> = self
-            .shared
-            .node
-            .sessions
-            .all()
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .subscriptions
-                    .keys()
-                    .map(|f| match f.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
-                        Some((_group, topic)) => topic.to_owned(),
-                        None => f.to_string(),
-                    })
-                    .collect::<Vec<_>>()
+            .subscriptions()
+            .into_iter()
+            .map(|(_, f, _)| match f.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+                Some((_group, topic)) => topic.to_owned(),
+                None => f,
             })
-            .filter(|f| only.is_none_or(|topic| f == topic))
             .collect();
         filters.sort();
         filters.dedup();
-        filters.into_iter().map(|f| format!("{f} -> {}", self.shared.node_name)).collect()
+        filters
+    }
+
+    /// `routes list` / `show`: EMQX's `FILTER -> NODE`.
+    fn route_lines(&self, only: Option<&str>) -> Vec<String> {
+        let routes = self.routes().into_iter().filter(|f| only.is_none_or(|topic| f == topic));
+        routes.map(|f| format!("{f} -> {}", self.shared.node_name)).collect()
     }
 
     pub(crate) fn new(
@@ -598,26 +596,13 @@ impl Manager {
             ["subscriptions", "list"] => Ok(self.subscription_lines(None).join("\n")),
             // As the management API lists them: `clientid`, `topic`, `qos`.
             ["subscriptions", "list", "--json"] => {
-                let mut list: Vec<(String, String, u8)> = Vec::new();
-                for session in self.shared.node.sessions.all() {
-                    let state = session.lock();
-                    list.extend(
-                        state.subscriptions.iter().map(|(f, s)| (session.client_id.to_string(), f.to_string(), s.options.qos)),
-                    );
-                }
-                list.sort();
-                let json: Vec<_> =
-                    list.into_iter().map(|(c, t, q)| serde_json::json!({"clientid": c, "topic": t, "qos": q})).collect();
-                Ok(serde_json::Value::Array(json).to_string())
+                let json = self.subscriptions().into_iter().map(|(c, t, q)| json!({"clientid": c, "topic": t, "qos": q}));
+                Ok(serde_json::Value::Array(json.collect()).to_string())
             }
             ["routes", "list", "--json"] => {
-                let json: Vec<_> = self
-                    .route_lines(None)
-                    .iter()
-                    .filter_map(|line| line.rsplit_once(" -> "))
-                    .map(|(topic, node)| serde_json::json!({"topic": topic, "node": node}))
-                    .collect();
-                Ok(serde_json::Value::Array(json).to_string())
+                let node = &self.shared.node_name;
+                let json = self.routes().into_iter().map(|topic| json!({"topic": topic, "node": node}));
+                Ok(serde_json::Value::Array(json.collect()).to_string())
             }
             ["subscriptions", "show", client_id] => match self.shared.node.sessions.get(client_id) {
                 Some(_) => Ok(self.subscription_lines(Some(client_id)).join("\n")),
