@@ -574,7 +574,7 @@ impl Manager {
                     info.line()
                 })
             }
-            ["sessions", "kick", client_id] => {
+            ["sessions" | "clients", "kick", client_id] => {
                 if self.shared.node.kick_session(client_id) {
                     Ok("ok".to_owned())
                 } else {
@@ -588,10 +588,6 @@ impl Manager {
                 .client_lines(Some(client_id))
                 .pop()
                 .ok_or_else(|| CommandError::not_found(format!("no client connected as {client_id:?}"))),
-            ["clients", "kick", client_id] => match self.shared.node.kick_session(client_id) {
-                true => Ok("ok".to_owned()),
-                false => Err(CommandError::not_found(format!("no session of client id {client_id:?}"))),
-            },
             ["clients", ..] => Err(CommandError::invalid(CLIENTS_USAGE)),
             ["subscriptions", "list"] => Ok(self.subscription_lines(None).join("\n")),
             // As the management API lists them: `clientid`, `topic`, `qos`.
