@@ -742,7 +742,8 @@ fn packet_ids_in_flight_are_never_reused() {
 /// (MQTT-4.6.0-6) and the held-back PUBLISHes are acknowledged.
 ///
 /// Nothing here depends on how fast the subscriber reads: a slow reader only makes the
-/// publisher wait earlier (the test once assumed the socket drains as fast as it fills).
+/// publisher wait earlier (the test once assumed the socket drains as fast as it fills, and
+/// later that the queue filled only once the window was full).
 #[test]
 fn a_subscriber_that_never_acknowledges_is_held_to_its_window_and_queue() {
     const WINDOW: usize = 65_535;
@@ -773,23 +774,31 @@ fn a_subscriber_that_never_acknowledges_is_held_to_its_window_and_queue() {
     });
     let (mut publisher, _) = conn4(&broker, "never-acks-pub", true);
     let publish = |n: usize| publish4("held/x", QoS::AtLeastOnce, (n % 100) as u16 + 1, &n.to_string(), false);
-    // The window and the queue take WINDOW + QUEUE messages: each one is acknowledged (the
-    // publisher may wait on the way, while the subscriber reads).
-    for batch in 0..(WINDOW + QUEUE).div_ceil(100) {
-        let range = batch * 100..((batch + 1) * 100).min(WINDOW + QUEUE);
+    let acknowledged = |publisher: &mut Raw<V4>, range: std::ops::Range<usize>| {
         for n in range.clone() {
             publisher.send(&publish(n));
         }
         for n in range {
             assert!(matches!(publisher.recv(), P4::PubAck(a) if a.pkid == (n % 100) as u16 + 1), "PUBACK for {n}");
         }
+    };
+    // The window takes WINDOW messages, each one acknowledged. The publisher may wait on the
+    // way while the subscriber reads (its queue fills when its socket does), and goes on once
+    // the queue has drained to three quarters: the window has room for all of them.
+    for batch in 0..WINDOW.div_ceil(100) {
+        acknowledged(&mut publisher, batch * 100..((batch + 1) * 100).min(WINDOW));
     }
+    let mut sub = reader.join().expect("subscriber");
+    // The window is full: the queue takes QUEUE more, each acknowledged, the last filling it.
+    // (Published before the window was full, they could leave the publisher waiting for a
+    // queue three quarters full that never drains: how many the queue took would depend on
+    // how fast the subscriber read.)
+    acknowledged(&mut publisher, WINDOW..WINDOW + QUEUE);
     // The queue is full: what comes next is held back, unacknowledged.
     for n in WINDOW + QUEUE..TOTAL {
         publisher.send(&publish(n));
     }
     publisher.ping("the publisher waits for the full queue: no PUBACK");
-    let mut sub = reader.join().expect("subscriber");
     sub.ping("65535 in flight: nothing more is sent, the connection is served");
     assert_eq!(stat(&dir, "delivery.dropped"), 0, "nothing dropped");
 
