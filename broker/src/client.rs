@@ -48,6 +48,20 @@ impl ClientInfo {
         }
     }
 
+    /// The client whose will a persistent session kept across a restart: what the store has
+    /// of it (its id, username and address), its session persistent, its protocol MQTT 5 (a
+    /// delayed will is MQTT 5's).
+    pub(crate) fn of_kept_will(client_id: Arc<str>, username: &str, peer: &str) -> ClientInfo {
+        ClientInfo {
+            client_id,
+            username: username.into(),
+            peer: peer.into(),
+            peer_addr: peer.parse().ok(),
+            clean_start: false,
+            ..ClientInfo::broker()
+        }
+    }
+
     /// A hook event about this client, timestamped `timestamp_ms`; the caller fills in the
     /// fields of the hook.
     pub(crate) fn event(&self, hook: Hook, timestamp_ms: u64) -> RawEvent {

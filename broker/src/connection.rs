@@ -503,13 +503,15 @@ impl<T: Transport> Connection<T> {
                 self.node.stats.metrics.packet_sent(kind::DISCONNECT, code);
             }
         }
-        // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when the broker itself stops:
-        // its sessions end with it. Nor when a new connection resumes the session: the client
-        // is back before its will was due (MQTT-3.1.3-9 (5) with any delay; MQTT 3.1.1's
-        // §3.1.2.5 does not list a takeover), as mosquitto and EMQX do. A takeover that
-        // discards the session publishes it.
+        // No will after a normal DISCONNECT (MQTT-3.14.4-3), nor when a new connection resumes
+        // the session: the client is back before its will was due (MQTT-3.1.3-9 (5) with any
+        // delay; MQTT 3.1.1's §3.1.2.5 does not list a takeover), as mosquitto and EMQX do. A
+        // takeover that discards the session publishes it. When the broker stops, the will goes
+        // as for any close the client did not ask for (MQTT-3.1.2-8), as EMQX and mosquitto
+        // send it: now, or, delayed in a persistent session, kept in the store and sent when
+        // due after the restart unless the client is back first.
         let will = match ended {
-            Ended::Normal | Ended::Shutdown | Ended::TakenOver => None,
+            Ended::Normal | Ended::TakenOver => None,
             _ => self.will.take().map(|w| *w),
         };
         let taken_over = matches!(ended, Ended::TakenOver | Ended::Discarded);

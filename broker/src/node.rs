@@ -26,7 +26,7 @@ use crate::router::{
 };
 use crate::session::moved::MovedSession;
 use crate::session::registry::{Adopted, Claimed, HandOver, Owner, Sessions, Termination};
-use crate::session::{Durable, Enqueued, Overflow, Phase, QueueLimits, Session, Subscription};
+use crate::session::{Durable, Enqueued, Overflow, PendingWill, Phase, QueueLimits, Session, Subscription};
 use crate::stats::Stats;
 use store::{Batch, Store};
 
@@ -313,6 +313,8 @@ impl Node {
                     .keys
                     .clone();
                 let _ = persist::put_session(&mut batch, &keys, &Node::session_record(&state));
+                // Its client is back: a will kept while it was offline is not due any more.
+                let _ = persist::put_will(&mut batch, &keys, None);
             }
             state.durable.is_some() && state.queue.iter().any(|d| d.seq != 0 && !d.maybe_sent)
         };
@@ -612,6 +614,14 @@ impl Node {
         let durable = state.durable.as_deref()?;
         let mut batch = Batch::new();
         persist::put_session(&mut batch, &durable.keys, &Node::session_record(&state)).ok()?;
+        if state.attachment.is_none() {
+            // Offline: a will waiting for its delay is kept with it, to outlive a restart.
+            let will = state
+                .pending_will
+                .as_deref()
+                .map(|w| persist::WillRecord::of(&w.message, w.at, &w.client.username, &w.client.peer));
+            persist::put_will(&mut batch, &durable.keys, will.as_ref()).ok()?;
+        }
         Some(batch)
     }
 
@@ -627,10 +637,12 @@ impl Node {
         for key in orphans {
             batch.delete(persist::BUCKET, &key)?;
         }
-        let mut count = 0;
+        let mut sessions = Vec::with_capacity(restored.len());
         for restored in restored {
             let keys = Keys::new(&restored.client_id);
-            if restored.expires_at_ms(alive_at).is_some_and(|at| at <= now_ms) {
+            // One that ended while the broker was down is dropped, but for its will: it is
+            // read back, and ends when its timers start (below), the will published then.
+            if restored.will.is_none() && restored.expires_at_ms(alive_at).is_some_and(|at| at <= now_ms) {
                 keys.delete_all(&mut batch)?;
                 continue;
             }
@@ -660,6 +672,14 @@ impl Node {
                 state.expires_at = restored.expires_at(alive_at, now_ms);
                 state.durable = Some(Box::new(Durable { keys, next_seq }));
                 state.awaiting_rel = restored.awaiting_rel;
+                if let Some(will) = &restored.will {
+                    let client = ClientInfo::of_kept_will(session.client_id.clone(), &will.username, &will.peer);
+                    state.pending_will = Some(Box::new(PendingWill {
+                        message: will.message(session.id, now_ms),
+                        client: Arc::new(client),
+                        at: will.due_at(now_ms),
+                    }));
+                }
                 for (seq, entry) in restored.entries {
                     let mut delivery = entry.into_delivery(seq, now_ms);
                     delivery.maybe_sent = sent_through.is_none_or(|through| seq <= through);
@@ -684,11 +704,20 @@ impl Node {
                 }
             }
             node.stats.session_created();
-            node.sessions.restore(node, session);
-            count += 1;
+            node.sessions.restore(session.clone());
+            sessions.push(session);
         }
         store.commit(batch)?;
-        Ok(count)
+        // Their timers (expiry, a delayed will) start once every session is back in the router,
+        // so a will due already reaches every session subscribed to it. In a cluster they start
+        // once this node knows it still owns the session (`Node::own_restored`): a client back
+        // on another node meanwhile has no will sent.
+        if node.cluster.is_none() {
+            for session in &sessions {
+                node.sessions.start_timers(node, session.clone());
+            }
+        }
+        Ok(sessions.len())
     }
 
     /// In a cluster, after the persistent sessions were read back at start: each is kept if
@@ -706,11 +735,21 @@ impl Node {
             let mut retry = Vec::new();
             for session in pending {
                 match cluster.owns_restored(&session.client_id).await {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        let untouched = { session.lock().generation == 0 };
+                        if untouched {
+                            node.sessions.start_timers(&node, session);
+                        }
+                    }
                     Ok(false) => {
                         let client_id = clipped(&session.client_id);
                         let dropped = node.end_session_if(&session, Termination::Discarded, |state| {
-                            state.attachment.is_none() && state.generation == 0
+                            let untouched = state.attachment.is_none() && state.generation == 0;
+                            if untouched {
+                                // Its client is back elsewhere: no will (MQTT-3.1.3-9).
+                                state.pending_will = None;
+                            }
+                            untouched
                         });
                         if dropped {
                             tracing::info!(?client_id, "cluster: another node took this session's client id while this one was down: the copy here is dropped");
@@ -1436,6 +1475,14 @@ impl Owner for Node {
     fn went_offline(&self, session: &Arc<Session>) {
         let _ = self.share_record(session, false);
         if let Some(batch) = self.session_record_batch(session) {
+            self.commit_in_background(batch);
+        }
+    }
+
+    fn will_published(&self, session: &Arc<Session>) {
+        let Some(keys) = session.lock().durable.as_ref().map(|d| d.keys.clone()) else { return };
+        let mut batch = Batch::new();
+        if persist::put_will(&mut batch, &keys, None).is_ok() {
             self.commit_in_background(batch);
         }
     }

@@ -9,7 +9,9 @@
 //! - `l` + client id + sequence number: a QoS 2 message whose PUBREC came (so PUBREL, not the
 //!   message, is what is resent);
 //! - `r` + client id + packet id: each QoS 2 packet id it published and has not released, so
-//!   that a PUBLISH resent after a restart is not routed twice.
+//!   that a PUBLISH resent after a restart is not routed twice;
+//! - `w` + client id: while it is offline, its client's will waiting for its Will Delay
+//!   Interval ([`WillRecord`]), so that a restart neither loses the will nor sends it early.
 //!
 //! A message of a persistent session goes out with a packet id made from its sequence number
 //! ([`packet_id_of`]), so a QoS 2 message resent after a restart has the id the client saw
@@ -184,6 +186,81 @@ impl ShareTrailer {
     }
 }
 
+/// A will waiting for its Will Delay Interval (MQTT 5) while its session is offline: the
+/// message, when it is due, and who published it (as the hooks that see it published are told).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WillRecord {
+    pub(crate) version: u8,
+    /// When it is due (ms since the Unix epoch).
+    pub(crate) due_at_ms: u64,
+    /// Its client's username (empty if none) and address (`ip:port`).
+    pub(crate) username: String,
+    pub(crate) peer: String,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    /// MQTT 5 properties forwarded unchanged, encoded.
+    pub(crate) forwarded: Vec<u8>,
+    /// When it expires (ms since the Unix epoch), if it does.
+    pub(crate) expires_at_ms: Option<u64>,
+    pub(crate) timestamp_ms: u64,
+}
+
+impl WillRecord {
+    /// What is kept of `will`, due at `at`, of the client `username` at `peer`.
+    pub(crate) fn of(message: &Message, at: Instant, username: &str, peer: &str) -> WillRecord {
+        WillRecord {
+            version: RECORD_VERSION,
+            due_at_ms: epoch_ms_of(at),
+            username: username.to_owned(),
+            peer: peer.to_owned(),
+            topic: message.topic().to_owned(),
+            payload: message.payload().to_vec(),
+            qos: message.qos,
+            retain: message.retain,
+            forwarded: message.forwarded().to_vec(),
+            expires_at_ms: message.expires_at.map(epoch_ms_of),
+            timestamp_ms: message.timestamp_ms,
+        }
+    }
+
+    /// A record read back from the store.
+    pub(crate) fn decode(bytes: &[u8], client_id: &str) -> Result<WillRecord, RecordError> {
+        decode(bytes, "will", client_id)
+    }
+
+    /// The will's message back, published by session `publisher`.
+    pub(crate) fn message(&self, publisher: u64, now_ms: u64) -> Message {
+        let head = Head {
+            qos: self.qos,
+            retain: self.retain,
+            expires_at: self.expires_at_ms.map(|at| instant_of(at, now_ms)),
+            publisher,
+            timestamp_ms: self.timestamp_ms,
+            origin: None,
+        };
+        Message::new(head, &self.topic, &self.payload, &self.forwarded)
+    }
+
+    /// When it is due, as an instant of this process's clock (now if overdue).
+    pub(crate) fn due_at(&self, now_ms: u64) -> Instant {
+        instant_of(self.due_at_ms, now_ms)
+    }
+}
+
+/// `at` in milliseconds since the Unix epoch (now if it has passed).
+fn epoch_ms_of(at: Instant) -> u64 {
+    let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
+    crate::now_ms().saturating_add(left)
+}
+
+/// `at_ms` (since the Unix epoch) as an instant of this process's clock, `now_ms` being now
+/// (now if it has passed).
+fn instant_of(at_ms: u64, now_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
+}
+
 /// An [`EntryRecord`] borrowed from the message it describes: written to the store as that
 /// record is (the same fields, in the same order, encode to the same bytes), without copying
 /// the topic, payload and properties into a record first.
@@ -208,10 +285,7 @@ impl<'a> EntryView<'a> {
     /// What is kept of `delivery`.
     pub(crate) fn of(delivery: &'a Delivery) -> EntryView<'a> {
         let message = &delivery.message;
-        let expires_at_ms = message.expires_at.map(|at| {
-            let left = at.saturating_duration_since(Instant::now()).as_millis() as u64;
-            crate::now_ms().saturating_add(left)
-        });
+        let expires_at_ms = message.expires_at.map(epoch_ms_of);
         EntryView {
             version: RECORD_VERSION,
             topic: message.topic(),
@@ -257,7 +331,7 @@ impl EntryRecord {
 
     /// The delivery back, at `seq`.
     pub(crate) fn into_delivery(self, seq: u64, now_ms: u64) -> Delivery {
-        let expires_at = self.expires_at_ms.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)));
+        let expires_at = self.expires_at_ms.map(|at| instant_of(at, now_ms));
         let head = Head {
             qos: self.qos,
             retain: self.retain,
@@ -353,10 +427,15 @@ impl Keys {
         self.with(b'r', &packet_id.to_be_bytes())
     }
 
+    pub(crate) fn will(&self) -> Key {
+        self.with(b'w', &[])
+    }
+
     /// Adds to `batch` the deletes of every key of this client id, those of messages still
     /// being written included (the store expands the prefixes when it commits the batch).
     pub(crate) fn delete_all(&self, batch: &mut Batch) -> Result<(), StoreError> {
         batch.delete(BUCKET, &self.session())?;
+        batch.delete(BUCKET, &self.will())?;
         for kind in [b'q', b'l', b'r'] {
             batch.delete_prefix(BUCKET, &self.with(kind, &[]))?;
         }
@@ -367,6 +446,14 @@ impl Keys {
 /// Puts `record` for `keys` into `batch`.
 pub(crate) fn put_session(batch: &mut Batch, keys: &Keys, record: &SessionRecord) -> Result<(), StoreError> {
     batch.put(BUCKET, &keys.session(), &record.encode_stored()).map(drop)
+}
+
+/// Puts `will` for `keys` into `batch`, or the delete of a will kept before if `None`.
+pub(crate) fn put_will(batch: &mut Batch, keys: &Keys, will: Option<&WillRecord>) -> Result<(), StoreError> {
+    match will {
+        Some(will) => batch.put(BUCKET, &keys.will(), &encode(will)).map(drop),
+        None => batch.delete(BUCKET, &keys.will()).map(drop),
+    }
 }
 
 /// Puts `entry` at `seq` for `keys` into `batch`.
@@ -403,6 +490,8 @@ pub(crate) struct Restored {
     /// Sequence numbers of the QoS 2 messages whose PUBREC came.
     pub(crate) released: Vec<u64>,
     pub(crate) awaiting_rel: Vec<u16>,
+    /// Its client's will, waiting for its delay while the session was offline.
+    pub(crate) will: Option<WillRecord>,
 }
 
 impl Restored {
@@ -451,9 +540,10 @@ pub(crate) fn restore(store: &Store) -> Result<Stored, RecordError> {
             entries: Vec::new(),
             released: Vec::new(),
             awaiting_rel: Vec::new(),
+            will: None,
         });
     }
-    for kind in [b'q', b'l', b'r'] {
+    for kind in [b'q', b'l', b'r', b'w'] {
         for (key, value) in store.scan_prefix(BUCKET, &[kind])? {
             let Some((index, client_id, tail)) =
                 split_key(&key).and_then(|(_, id, tail)| Some((*by_id.get(id)?, id, tail)))
@@ -466,6 +556,7 @@ pub(crate) fn restore(store: &Store) -> Result<Stored, RecordError> {
                 (b'q', Ok(seq), _) => session.entries.push((seq, EntryRecord::decode(&value, client_id)?)),
                 (b'l', Ok(seq), _) => session.released.push(seq),
                 (b'r', _, Ok(id)) => session.awaiting_rel.push(id),
+                (b'w', ..) if tail.is_empty() => session.will = Some(WillRecord::decode(&value, client_id)?),
                 _ => orphans.push(key),
             }
         }
@@ -587,13 +678,18 @@ mod tests {
             }
             batch.put(BUCKET, &keys.awaiting_rel(9), b"").unwrap();
         }
+        let head = Head { qos: 1, retain: true, expires_at: None, publisher: 0, timestamp_ms: 77, origin: None };
+        let due = Instant::now() + Duration::from_secs(60);
+        let will = WillRecord::of(&Message::new(head, "w/a", b"gone", b""), due, "u", "127.0.0.1:5");
+        put_will(&mut batch, &Keys::new("a"), Some(&will)).unwrap();
+        put_will(&mut batch, &Keys::new("gone"), Some(&will)).unwrap();
         put_entry(&mut batch, &Keys::new("gone"), 1, &entry("x").view()).unwrap();
         put_alive(&mut batch, 1234).unwrap();
         store.commit(batch).unwrap();
 
         let Stored { sessions, alive_at_ms, orphans } = restore(&store).unwrap();
         assert_eq!(alive_at_ms, 1234);
-        assert_eq!(orphans, [Keys::new("gone").entry(1).to_vec()]);
+        assert_eq!(orphans, [Keys::new("gone").entry(1).to_vec(), Keys::new("gone").will().to_vec()]);
         let ids: Vec<_> = sessions.iter().map(|s| s.client_id.as_str()).collect();
         assert_eq!(ids, ["a", "ab"]);
         let a = &sessions[0];
@@ -602,12 +698,21 @@ mod tests {
         assert_eq!(a.awaiting_rel, [9]);
         let subs: Vec<_> = a.record.subscriptions().map(|(f, o, id)| (f.to_owned(), o.qos, id)).collect();
         assert_eq!(subs, [("t/#".to_owned(), 1, Some(7))]);
+        assert_eq!(a.will.as_ref(), Some(&will));
+        assert!(sessions[1].will.is_none());
+        let back = will.message(3, crate::now_ms());
+        assert_eq!(
+            (back.topic(), back.payload(), back.qos, back.retain, back.publisher),
+            ("w/a", &b"gone"[..], 1, true, 3)
+        );
+        assert!(will.due_at(crate::now_ms()) > Instant::now() + Duration::from_secs(58), "still a minute away");
 
         let mut batch = Batch::new();
         Keys::new("a").delete_all(&mut batch).unwrap();
         store.commit(batch).unwrap();
-        let sessions = restore(&store).unwrap().sessions;
+        let Stored { sessions, orphans, .. } = restore(&store).unwrap();
         assert_eq!(sessions.len(), 1, "only ab is left");
+        assert!(!orphans.contains(&Keys::new("a").will().to_vec()), "its will went with it");
     }
 
     #[test]
@@ -618,6 +723,7 @@ mod tests {
             entries: vec![],
             released: vec![],
             awaiting_rel: vec![],
+            will: None,
         };
         assert_eq!(restored.expires_at_ms(5_000), Some(15_000), "online when the broker died");
         restored.record.offline_since_ms = Some(1_000);

@@ -230,6 +230,10 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         while node.stats.connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // Their wills, published as they closed, reach the other nodes before this one goes.
+        if let Some(cluster) = &node.cluster {
+            cluster.flushed().await;
+        }
         anyhow::Ok(())
     })?;
     manager.shutdown();

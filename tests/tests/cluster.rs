@@ -5,7 +5,7 @@
 //! that cannot reach NATS at start says so and exits.
 
 use e2e::nats::Nats;
-use e2e::raw::{expiry, payload, topic, Raw, C5, V5};
+use e2e::raw::{expiry, payload, topic, Raw, C5, V4, V5};
 use e2e::{Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -95,6 +95,28 @@ fn a_message_published_on_one_node_reaches_subscribers_on_the_others_once_each()
 /// A SUBACK comes only once NATS has the node's interest: a message published on another node
 /// right after it is never missed (100 rounds, each on a new filter, the publisher already
 /// connected).
+/// MQTT-3.1.2-8: a node that stops (a rolling restart) closes its clients' connections
+/// without their DISCONNECT: their wills reach the subscribers on the other nodes before it
+/// exits (QoS 0 and 1).
+#[test]
+fn the_wills_of_a_stopping_nodes_clients_reach_the_other_nodes() {
+    let nats = Nats::start();
+    let (_d1, n1) = node(&nats, "emqx@n1");
+    let (_d2, n2) = node(&nats, "emqx@n2");
+    let mut on2 = C5::connect(&n2, "cw-on2");
+    on2.subscribe("cw/#", QoS::AtLeastOnce);
+    let mut clients = Vec::new();
+    for (id, qos) in [("cw/qos0", rumqttc::QoS::AtMostOnce), ("cw/qos1", rumqttc::QoS::AtLeastOnce)] {
+        let mut connect = rumqttc::Connect::new(id.replace('/', "-"));
+        connect.last_will = Some(rumqttc::LastWill::new(id, id, qos, false));
+        let (raw, ack) = Raw::<V4>::connect(n1.addr, &rumqttc::Packet::Connect(connect));
+        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+        clients.push(raw);
+    }
+    n1.stop();
+    all_of(&mut on2, &["cw/qos0", "cw/qos1"]);
+}
+
 #[test]
 fn a_suback_means_the_other_nodes_already_send_what_it_asked_for() {
     let nats = Nats::start();

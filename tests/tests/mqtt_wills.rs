@@ -5,12 +5,13 @@
 //! takeover before it cancels it, the session ending first sends it); will QoS and retain (kept
 //! by `emqx_retainer`, through `message.publish`, only with Will Retain 1); MQTT 5 will
 //! properties; wills the broker must refuse (ACL-denied topic, wildcard topic, QoS or retain
-//! beyond what it supports).
+//! beyond what it supports); wills when the broker stops (sent, and a delayed will of a
+//! persistent session kept across the restart).
 //!
 //! "No will was sent" is shown by order: a marker published after the moment the will would
 //! have been published is the next message the watcher gets.
 
-use e2e::raw::{topic, v5, will5, Raw, C5, V4, V5};
+use e2e::raw::{connect4, topic, v5, will5, Raw, C5, V4, V5};
 use e2e::{recorded_events, stat, text, wait_for_stat, Broker, DataDir};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::{Packet as P4, QoS};
@@ -261,6 +262,84 @@ fn will_delay_waits_and_a_new_connection_cancels_it() {
 
     assert_message(&next4(&mut watcher), "wd/marker", "connection gone");
     assert_message(&next4(&mut watcher), "wd/delayed", "late");
+}
+
+/// A watcher with a persistent session (3.1.1, CleanSession 0) subscribed to `filter` at QoS 1,
+/// then offline: what it gets meanwhile waits in the store.
+fn offline_watcher4(broker: &Broker, id: &str, filter: &str) {
+    let (mut raw, _) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
+    let filters = vec![rumqttc::SubscribeFilter::new(filter.to_owned(), QoS::AtLeastOnce)];
+    raw.send(&P4::Subscribe(rumqttc::Subscribe { pkid: 1, filters }));
+    assert!(matches!(raw.recv(), P4::SubAck(_)), "{id}: SUBACK");
+    raw.disconnect();
+}
+
+/// The persistent watcher `id` back online; its session is still there.
+fn resumed_watcher4(broker: &Broker, id: &str) -> Raw<V4> {
+    let (raw, ack) = Raw::<V4>::connect(broker.addr, &connect4(id, false));
+    assert!(ack.session_present, "{id}: session present");
+    raw
+}
+
+/// MQTT-3.1.2-8 (3.1.1), MQTT-3.1.3-9 (5): a broker that stops closes its clients' connections
+/// without their DISCONNECT, so their wills are published, as EMQX and mosquitto publish them:
+/// a 3.1.1 client's, an MQTT 5 client's, and the delayed will of an MQTT 5 client whose session
+/// (Session Expiry 0) ends with the connection. A persistent watcher that was offline finds
+/// the three queued after the restart, and nothing else.
+#[test]
+fn a_stopping_broker_publishes_its_clients_wills() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    offline_watcher4(&broker, "sw-watcher", "sw/#");
+    let _v311 = conn4_will(&broker, "sw-v311", 60, will4("sw/v311", "gone 3.1.1", QoS::AtLeastOnce, false));
+    let will = will5("sw/v5", "gone 5", Q5::AtLeastOnce, false, None);
+    let (_v5, _) = conn5_will(&broker, "sw-v5", true, Some(0), Some(will));
+    let will = will5("sw/v5-delayed", "session over", Q5::AtLeastOnce, false, Some(600));
+    let (_delayed, _) = conn5_will(&broker, "sw-v5-delayed", true, Some(0), Some(will));
+
+    broker.stop();
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = resumed_watcher4(&broker, "sw-watcher");
+    let mut got: Vec<_> = collect4(&mut watcher, 3).iter().map(|p| (p.topic.clone(), text(&p.payload))).collect();
+    got.sort();
+    let want = [("sw/v311", "gone 3.1.1"), ("sw/v5", "gone 5"), ("sw/v5-delayed", "session over")];
+    assert_eq!(got, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
+    marker(&broker, "sw-marker", "sw/marker", "end");
+    assert_message(&next4(&mut watcher), "sw/marker", "end");
+}
+
+/// MQTT-3.1.3-9 (5): the delayed will of a persistent session whose client was connected when
+/// the broker stopped is kept in the store and published when due after the restart (10 s
+/// after the stop: after a marker published at once); one whose client is back first (5 s
+/// delay) is not. A second
+/// restart shows that the store forgot the will of the client that came back: a will read back
+/// overdue would go at once, before the marker.
+#[test]
+fn a_delayed_will_outlives_a_restart_and_goes_when_due_unless_its_client_is_back() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[]);
+    offline_watcher4(&broker, "dr-watcher", "dr/#");
+    let will = will5("dr/due", "late", Q5::AtLeastOnce, false, Some(10));
+    let (_due, _) = conn5_will(&broker, "dr-due", true, Some(300), Some(will));
+    let will = will5("dr/back", "must not be sent", Q5::AtLeastOnce, false, Some(5));
+    let (_back, _) = conn5_will(&broker, "dr-back", true, Some(300), Some(will));
+
+    broker.stop();
+    let broker = Broker::start(&dir, &[]);
+    let (_back, present) = conn5_will(&broker, "dr-back", false, Some(300), None);
+    assert!(present, "dr-back resumed its session");
+    let mut watcher = resumed_watcher4(&broker, "dr-watcher");
+    marker(&broker, "dr-marker", "dr/marker", "restarted");
+    assert_message(&next4(&mut watcher), "dr/marker", "restarted");
+    // dr/back's will would have been due 5 s after the stop, before dr/due's.
+    assert_message(&next4(&mut watcher), "dr/due", "late");
+
+    watcher.disconnect();
+    broker.stop();
+    let broker = Broker::start(&dir, &[]);
+    let mut watcher = resumed_watcher4(&broker, "dr-watcher");
+    marker(&broker, "dr-marker", "dr/marker", "restarted again");
+    assert_message(&next4(&mut watcher), "dr/marker", "restarted again");
 }
 
 /// MQTT-3.1.2-8, MQTT-3.1.3-9 ("unless the Session ends first") (5): a will whose delay (60 s)

@@ -42,8 +42,11 @@ pub(crate) trait Owner: Send + Sync + 'static {
     fn end_session_if(&self, session: &Arc<Session>, why: Termination, still: impl FnOnce(&mut State) -> bool) -> bool;
     /// Publishes `message` (a will) from `client`.
     fn publish(&self, message: Message, client: &ClientInfo);
-    /// `session` outlives its connection, which just ended: a persistent one records when.
+    /// `session` outlives its connection, which just ended: a persistent one records when
+    /// (and a will waiting for its delay, [`crate::persist::WillRecord`]).
     fn went_offline(&self, session: &Arc<Session>);
+    /// The will `session` kept while offline was published: a persistent one forgets it.
+    fn will_published(&self, session: &Arc<Session>);
     /// In a cluster, makes this node the owner of `client`'s session before a connection of
     /// `clean_start` opens it here (see `crate::cluster`); a node alone owns every session.
     /// Err says why it could not.
@@ -539,11 +542,16 @@ impl Sessions {
         Session::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1, client_id)
     }
 
-    /// Adds `session`, offline, read back from the store at start; it ends when its
-    /// `expires_at` comes unless a client resumes it first.
-    pub(crate) fn restore(&self, node: &Arc<impl Owner>, session: Arc<Session>) {
+    /// Adds `session`, offline, read back from the store at start; its timers wait for
+    /// [`Sessions::start_timers`].
+    pub(crate) fn restore(&self, session: Arc<Session>) {
+        lock(&self.by_client_id).insert(session.client_id.clone(), session);
+    }
+
+    /// Starts the timers of `session`, read back from the store: it ends when its `expires_at`
+    /// comes, and its delayed will goes when due, unless a client resumes it first.
+    pub(crate) fn start_timers(&self, node: &Arc<impl Owner>, session: Arc<Session>) {
         let generation = session.lock().generation;
-        lock(&self.by_client_id).insert(session.client_id.clone(), session.clone());
         tokio::spawn(expire(node.clone(), session, generation));
     }
 }
@@ -585,6 +593,7 @@ async fn expire(node: Arc<impl Owner>, session: Arc<Session>, generation: u64) {
         };
         if let Some(will) = will {
             node.publish(will.message, &will.client);
+            node.will_published(&session);
         }
     }
 }
