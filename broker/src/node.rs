@@ -1197,10 +1197,40 @@ impl Node {
         let client = client.ok_or(PluginSubscribeError::NoSuchClient)?;
         let options = SubscriptionOptions { qos: qos.min(self.zone.max_qos), ..Default::default() };
         let is_new = self.subscribe(&session, filter, &parsed, Subscription { options, id: None });
+        self.subscriptions_changed(&session);
         if self.hooks.wants(Hook::SessionSubscribed) {
             self.subscribed(&client, filter, options, is_new, crate::now_ms());
         }
         Ok(())
+    }
+
+    /// Removes connected client `client_id`'s subscription to `filter` on an operator's behalf
+    /// (`broker ctl subscriptions del`, the management API's `/mqtt/unsubscribe`), as the
+    /// client's own UNSUBSCRIBE would: `session.unsubscribed` fires. False if it had none.
+    pub(crate) fn unsubscribe_for(&self, client_id: &str, filter: &str) -> Result<bool, PluginSubscribeError> {
+        let parsed = Filter::parse(filter).map_err(|_| PluginSubscribeError::InvalidFilter)?;
+        let session = self.sessions.get(client_id).ok_or(PluginSubscribeError::NoSuchClient)?;
+        let client = session.lock().attachment.as_ref().map(|a| a.client.clone());
+        let client = client.ok_or(PluginSubscribeError::NoSuchClient)?;
+        if !self.unsubscribe(&session, filter, &parsed) {
+            return Ok(false);
+        }
+        self.subscriptions_changed(&session);
+        if self.hooks.wants(Hook::SessionUnsubscribed) {
+            let mut event = client.event(Hook::SessionUnsubscribed, crate::now_ms());
+            event.topic = RawStr::new(filter);
+            self.hooks.dispatch(&event);
+        }
+        Ok(true)
+    }
+
+    /// After a subscription was added or removed other than by the client's own packets: a
+    /// persistent session's record is written, and the cluster's copy of it.
+    fn subscriptions_changed(&self, session: &Session) {
+        if let Some(batch) = self.session_record_batch(session) {
+            self.commit_in_background(batch);
+        }
+        let _ = self.share_record(session, false);
     }
 
     /// Fires `session.subscribed` for `client`'s subscription to `filter` (check

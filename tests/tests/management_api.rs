@@ -517,8 +517,9 @@ async fn clients_are_paged_looked_up_and_kicked_as_in_emqx() {
 }
 
 /// EMQX 4.3's publish and subscribe over HTTP: `POST /api/v4/mqtt/publish` (plain, base64 and
-/// a JSON object as payload; a topic list; retained), `/api/v4/mqtt/subscribe` of a connected
-/// client (404 for one that is not), the batch forms, and 400 for a bad topic or QoS.
+/// a JSON object as payload; a topic list; retained), `/api/v4/mqtt/subscribe` and
+/// `/unsubscribe` of a connected client (404 for one that is not), the batch forms, and 400
+/// for a bad topic or QoS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_published_and_clients_subscribed_over_http() {
     let dir = DataDir::with_plugins("{emqx_management, true}.\n{emqx_retainer, true}.\n");
@@ -572,6 +573,28 @@ async fn messages_are_published_and_clients_subscribed_over_http() {
         json!([{"clientid": "http-target", "topic": "more/x", "code": 0}, {"clientid": "nobody", "topic": "more/x", "code": 404}]),
         "{body}"
     );
+
+    // Unsubscribed: pushed/# goes, more/x stays (the next message the client gets), and
+    // removing what is not there is not an error (EMQX answers code 0 too).
+    let (status, body) =
+        post("/api/v4/mqtt/unsubscribe", json!({"clientid": "http-target", "topic": "pushed/#"})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"code": 0})));
+    let (_, body) = post(
+        "/api/v4/mqtt/unsubscribe_batch",
+        json!([{"clientid": "http-target", "topic": "pushed/#"}, {"clientid": "nobody", "topic": "more/x"}]),
+    )
+    .await;
+    assert_eq!(
+        body["data"],
+        json!([{"clientid": "http-target", "topic": "pushed/#", "code": 0}, {"clientid": "nobody", "topic": "more/x", "code": 404}]),
+        "{body}"
+    );
+    let (status, _) = post("/api/v4/mqtt/unsubscribe", json!({"clientid": "http-target", "topic": "a/#/b"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    post("/api/v4/mqtt/publish", json!({"topic": "pushed/2", "payload": "unsubscribed", "qos": 1})).await;
+    post("/api/v4/mqtt/publish", json!({"topic": "more/x", "payload": "still", "qos": 1})).await;
+    let got = target.receive(1).await.remove(0);
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("more/x", &b"still"[..]));
 }
 
 /// `PUT /api/v4/telemetry/status {"enabled": true}` while `DO_NOT_TRACK=1` keeps telemetry off
@@ -595,7 +618,7 @@ async fn enabling_telemetry_that_do_not_track_keeps_off_says_so() {
     assert!(body["message"].as_str().is_some_and(|m| m.contains("stays off: disabled by DO_NOT_TRACK")), "{body}");
 }
 
-/// EMQX's `emqx_ctl clients list|show|kick`, `subscriptions list|show` and `routes list|show`
+/// EMQX's `emqx_ctl clients list|show|kick`, `subscriptions list|show|add|del` and `routes list|show`
 /// under `broker ctl`, in EMQX's line forms, and the management API's `/api/v4/subscriptions`
 /// (and `/{clientid}`) and `/api/v4/routes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,6 +647,15 @@ async fn emqx_ctl_clients_subscriptions_and_routes() {
         dir.ctl(&["subscriptions", "list"]).ok().trim(),
         "ctl-a -> $share/g/jobs/#\nctl-a -> room/+/temp\nctl-b -> room/+/temp"
     );
+    assert_eq!(dir.ctl(&["subscriptions", "show", "ctl-b"]).ok().trim(), "ctl-b -> room/+/temp");
+    // EMQX 4's `subscriptions add|del` for a connected client.
+    assert_eq!(dir.ctl(&["subscriptions", "add", "ctl-b", "added/#", "1"]).ok().trim(), "ok");
+    assert_eq!(dir.ctl(&["subscriptions", "show", "ctl-b"]).ok().trim(), "ctl-b -> added/#\nctl-b -> room/+/temp");
+    assert_eq!(dir.ctl(&["subscriptions", "del", "ctl-b", "added/#"]).ok().trim(), "ok");
+    assert!(dir.ctl(&["subscriptions", "del", "ctl-b", "added/#"]).ok().contains("had no subscription"));
+    assert!(dir.ctl(&["subscriptions", "add", "nobody", "x", "0"]).err().contains("no client connected as \"nobody\""));
+    assert!(dir.ctl(&["subscriptions", "add", "ctl-b", "x", "3"]).err().contains("QoS should be 0, 1 or 2"));
+    assert!(dir.ctl(&["subscriptions", "del", "ctl-b", "a/#/b"]).err().contains("not a valid topic filter"));
     assert_eq!(dir.ctl(&["subscriptions", "show", "ctl-b"]).ok().trim(), "ctl-b -> room/+/temp");
     assert_eq!(dir.ctl(&["routes", "list"]).ok().trim(), "jobs/# -> emqx@127.0.0.1\nroom/+/temp -> emqx@127.0.0.1");
     assert_eq!(dir.ctl(&["routes", "show", "jobs/#"]).ok().trim(), "jobs/# -> emqx@127.0.0.1");

@@ -19,6 +19,7 @@ use crate::cluster::Membership;
 use crate::hooks::handle::PluginHandle;
 use crate::hooks::Hooks;
 use crate::lock;
+use crate::node::PluginSubscribeError;
 use crate::session::listing::{client_line, Limits, SessionInfo};
 
 /// Why a plugin operation failed. Each message is one line for the operator.
@@ -604,7 +605,27 @@ impl Manager {
                 Some(_) => Ok(self.subscription_lines(Some(client_id)).join("\n")),
                 None => Err(CommandError::not_found(format!("no session of client id {client_id:?}"))),
             },
-            ["subscriptions", ..] => Err(CommandError::invalid("Usage: broker ctl subscriptions list | show CLIENTID")),
+            // EMQX 4's `subscriptions add|del`: for a connected client, as its own SUBSCRIBE
+            // or UNSUBSCRIBE would.
+            ["subscriptions", "add", client_id, filter, qos] => {
+                let qos = match *qos {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(CommandError::invalid(format!("QoS should be 0, 1 or 2, not {qos:?}"))),
+                };
+                self.shared.node.subscribe_for(client_id, filter, qos).map_err(|e| subscribe_error(e, client_id, filter))?;
+                Ok("ok".to_owned())
+            }
+            ["subscriptions", "del", client_id, filter] => {
+                match self.shared.node.unsubscribe_for(client_id, filter) {
+                    Ok(true) => Ok("ok".to_owned()),
+                    // Not an error, as in EMQX: the subscription is not there either way.
+                    Ok(false) => Ok(format!("ok (client {client_id:?} had no subscription to {filter:?})")),
+                    Err(e) => Err(subscribe_error(e, client_id, filter)),
+                }
+            }
+            ["subscriptions", ..] => Err(CommandError::invalid(SUBSCRIPTIONS_USAGE)),
             ["routes", "list"] => Ok(self.route_lines(None).join("\n")),
             ["routes", "show", topic] => Ok(self.route_lines(Some(topic)).join("\n")),
             ["routes", ..] => Err(CommandError::invalid("Usage: broker ctl routes list | show TOPIC_FILTER")),
@@ -666,6 +687,17 @@ fn format_named<S: AsRef<str> + Ord>(rows: impl IntoIterator<Item = (S, u64)>) -
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_unstable();
     rows.iter().map(|(name, value)| format!("{:<30}: {value}", name.as_ref())).collect::<Vec<_>>().join("\n")
+}
+
+const SUBSCRIPTIONS_USAGE: &str =
+    "usage: broker ctl subscriptions list [--json] | show CLIENTID | add CLIENTID TOPIC_FILTER QOS | del CLIENTID TOPIC_FILTER";
+
+/// What `subscriptions add|del` says when the node refused.
+fn subscribe_error(error: PluginSubscribeError, client_id: &str, filter: &str) -> CommandError {
+    match error {
+        PluginSubscribeError::NoSuchClient => CommandError::not_found(format!("no client connected as {client_id:?}")),
+        PluginSubscribeError::InvalidFilter => CommandError::invalid(format!("not a valid topic filter: {filter:?}")),
+    }
 }
 
 const MODULES_USAGE: &str = "usage: broker ctl modules list | load NAME | unload NAME | reload NAME";

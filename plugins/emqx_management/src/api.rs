@@ -72,7 +72,7 @@ impl Page {
 /// Maps a `broker ctl` error to an HTTP status.
 /// The HTTP status for a failed host command, from the kind of failure the host reports
 /// (never from its text).
-fn ctl_error(error: HostError) -> ApiError {
+pub(crate) fn ctl_error(error: HostError) -> ApiError {
     let status = match &error {
         HostError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         HostError::NotFound(_) => StatusCode::NOT_FOUND,

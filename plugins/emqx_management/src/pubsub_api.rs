@@ -6,12 +6,15 @@
 //! | POST | `/api/v4/mqtt/publish_batch` | a list of those | `{"code":0,"data":[{"topic":...,"code":0}]}` |
 //! | POST | `/api/v4/mqtt/subscribe` | `{"clientid": "c1", "topic": "a/#"` (or `"topics"`), `"qos": 0}` | `{"code":0}` |
 //! | POST | `/api/v4/mqtt/subscribe_batch` | a list of those | `{"code":0,"data":[{"clientid":...,"topic":...,"code":0}]}` |
+//! | POST | `/api/v4/mqtt/unsubscribe` | `{"clientid": "c1", "topic": "a/#"}` | `{"code":0}` |
+//! | POST | `/api/v4/mqtt/unsubscribe_batch` | a list of those | `{"code":0,"data":[{"clientid":...,"topic":...,"code":0}]}` |
 //!
 //! As in EMQX: a payload that is a JSON object is published as its JSON text; topics that are
 //! not valid names (publish) or filters (subscribe) are left out of `topics`, and none left
 //! is a bad topic; the message is published by the broker (the hooks see it as EMQX's do), and
-//! a subscription is made for a connected client as its own SUBSCRIBE would be (retained
-//! messages follow). Failures are this API's: 400 for a bad topic, QoS, payload or body, 404
+//! a subscription is made (or removed) for a connected client as its own SUBSCRIBE (or
+//! UNSUBSCRIBE) would be (retained messages follow a new one; removing a subscription the
+//! client does not have is not an error, as in EMQX). Failures are this API's: 400 for a bad topic, QoS, payload or body, 404
 //! for a client not connected (a batch answers each entry's `code` with that status).
 
 use axum::extract::rejection::JsonRejection;
@@ -31,6 +34,8 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/api/v4/mqtt/publish_batch", post(publish_batch))
         .route("/api/v4/mqtt/subscribe", post(subscribe))
         .route("/api/v4/mqtt/subscribe_batch", post(subscribe_batch))
+        .route("/api/v4/mqtt/unsubscribe", post(unsubscribe))
+        .route("/api/v4/mqtt/unsubscribe_batch", post(unsubscribe_batch))
 }
 
 fn bad(message: String) -> ApiError {
@@ -104,12 +109,14 @@ fn publish_one(host: Host, params: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The request's `clientid`.
+fn client_id(params: &Value) -> Result<&str, ApiError> {
+    params.get("clientid").and_then(Value::as_str).ok_or_else(|| bad("bad clientid: must be a string".to_owned()))
+}
+
 /// Subscribes one request's client.
 fn subscribe_one(host: Host, params: &Value) -> Result<(), ApiError> {
-    let client_id = params
-        .get("clientid")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("bad clientid: must be a string".to_owned()))?;
+    let client_id = client_id(params)?;
     let filters = topics(params, topic::is_valid_filter)?;
     let qos = qos(params)?;
     for filter in &filters {
@@ -117,6 +124,15 @@ fn subscribe_one(host: Host, params: &Value) -> Result<(), ApiError> {
             HostError::NotFound(why) => ApiError(StatusCode::NOT_FOUND, why),
             other => bad(other.to_string()),
         })?;
+    }
+    Ok(())
+}
+
+/// Removes one request's subscriptions, through `broker ctl subscriptions del`.
+fn unsubscribe_one(host: Host, params: &Value) -> Result<(), ApiError> {
+    let client_id = client_id(params)?;
+    for filter in &topics(params, topic::is_valid_filter)? {
+        host.ctl(&["subscriptions", "del", client_id, filter]).map_err(crate::api::ctl_error)?;
     }
     Ok(())
 }
@@ -164,6 +180,24 @@ async fn subscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonR
         Ok(entries
             .iter()
             .map(|p| json!({"clientid": p["clientid"], "topic": named_topic(p), "code": code(&subscribe_one(host, p))}))
+            .collect())
+    })
+    .await?;
+    ok(Value::Array(answers))
+}
+
+async fn unsubscribe(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let params = body(json)?;
+    with_host(&api, move |host| unsubscribe_one(host, &params)).await?;
+    Ok(Json(json!({"code": 0})))
+}
+
+async fn unsubscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let entries = entries(body(json)?)?;
+    let answers = with_host(&api, move |host| {
+        Ok(entries
+            .iter()
+            .map(|p| json!({"clientid": p["clientid"], "topic": named_topic(p), "code": code(&unsubscribe_one(host, p))}))
             .collect())
     })
     .await?;
