@@ -672,13 +672,11 @@ impl Node {
                 state.expires_at = restored.expires_at(alive_at, now_ms);
                 state.durable = Some(Box::new(Durable { keys, next_seq }));
                 state.awaiting_rel = restored.awaiting_rel;
-                if let Some(will) = &restored.will {
+                if let Some(will) = restored.will {
                     let client = ClientInfo::of_kept_will(session.client_id.clone(), &will.username, &will.peer);
-                    state.pending_will = Some(Box::new(PendingWill {
-                        message: will.message(session.id, now_ms),
-                        client: Arc::new(client),
-                        at: will.due_at(now_ms),
-                    }));
+                    let at = will.due_at(now_ms);
+                    let message = will.into_message(session.id, now_ms);
+                    state.pending_will = Some(Box::new(PendingWill { message, client: Arc::new(client), at }));
                 }
                 for (seq, entry) in restored.entries {
                     let mut delivery = entry.into_delivery(seq, now_ms);

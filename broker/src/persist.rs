@@ -196,25 +196,15 @@ pub(crate) struct WillRecord {
     /// Its client's username (empty if none) and address (`ip:port`).
     pub(crate) username: String,
     pub(crate) peer: String,
-    pub(crate) topic: String,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) qos: u8,
-    pub(crate) retain: bool,
-    /// MQTT 5 properties forwarded unchanged, encoded.
-    pub(crate) forwarded: Vec<u8>,
-    /// When it expires (ms since the Unix epoch), if it does.
-    pub(crate) expires_at_ms: Option<u64>,
-    pub(crate) timestamp_ms: u64,
+    /// The message, kept as a queued one is (its QoS and retain flag the will's).
+    pub(crate) message: EntryRecord,
 }
 
 impl WillRecord {
-    /// What is kept of `will`, due at `at`, of the client `username` at `peer`.
+    /// What is kept of will `message`, due at `at`, of the client `username` at `peer`.
     pub(crate) fn of(message: &Message, at: Instant, username: &str, peer: &str) -> WillRecord {
-        WillRecord {
+        let message = EntryRecord {
             version: RECORD_VERSION,
-            due_at_ms: epoch_ms_of(at),
-            username: username.to_owned(),
-            peer: peer.to_owned(),
             topic: message.topic().to_owned(),
             payload: message.payload().to_vec(),
             qos: message.qos,
@@ -222,6 +212,15 @@ impl WillRecord {
             forwarded: message.forwarded().to_vec(),
             expires_at_ms: message.expires_at.map(epoch_ms_of),
             timestamp_ms: message.timestamp_ms,
+            subscription_ids: Vec::new(),
+            share: None,
+        };
+        WillRecord {
+            version: RECORD_VERSION,
+            due_at_ms: epoch_ms_of(at),
+            username: username.to_owned(),
+            peer: peer.to_owned(),
+            message,
         }
     }
 
@@ -231,16 +230,10 @@ impl WillRecord {
     }
 
     /// The will's message back, published by session `publisher`.
-    pub(crate) fn message(&self, publisher: u64, now_ms: u64) -> Message {
-        let head = Head {
-            qos: self.qos,
-            retain: self.retain,
-            expires_at: self.expires_at_ms.map(|at| instant_of(at, now_ms)),
-            publisher,
-            timestamp_ms: self.timestamp_ms,
-            origin: None,
-        };
-        Message::new(head, &self.topic, &self.payload, &self.forwarded)
+    pub(crate) fn into_message(self, publisher: u64, now_ms: u64) -> Message {
+        let mut message = self.message.into_delivery(0, now_ms).message;
+        message.edit(|head| head.publisher = publisher);
+        message
     }
 
     /// When it is due, as an instant of this process's clock (now if overdue).
@@ -700,7 +693,8 @@ mod tests {
         assert_eq!(subs, [("t/#".to_owned(), 1, Some(7))]);
         assert_eq!(a.will.as_ref(), Some(&will));
         assert!(sessions[1].will.is_none());
-        let back = will.message(3, crate::now_ms());
+        assert!(will.due_at(crate::now_ms()) > Instant::now() + Duration::from_secs(58), "still a minute away");
+        let back = will.clone().into_message(3, crate::now_ms());
         assert_eq!(
             (back.topic(), back.payload(), back.qos, back.retain, back.publisher),
             ("w/a", &b"gone"[..], 1, true, 3)

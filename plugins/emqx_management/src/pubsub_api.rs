@@ -175,11 +175,20 @@ async fn subscribe(State(api): State<Api>, json: Result<Json<Value>, JsonRejecti
 }
 
 async fn subscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    client_batch(&api, json, subscribe_one).await
+}
+
+/// Runs `one` for each entry of a batch, answering each entry's `clientid`, `topic` and `code`.
+async fn client_batch(
+    api: &Api,
+    json: Result<Json<Value>, JsonRejection>,
+    one: fn(Host, &Value) -> Result<(), ApiError>,
+) -> ApiResult {
     let entries = entries(body(json)?)?;
-    let answers = with_host(&api, move |host| {
+    let answers = with_host(api, move |host| {
         Ok(entries
             .iter()
-            .map(|p| json!({"clientid": p["clientid"], "topic": named_topic(p), "code": code(&subscribe_one(host, p))}))
+            .map(|p| json!({"clientid": p["clientid"], "topic": named_topic(p), "code": code(&one(host, p))}))
             .collect())
     })
     .await?;
@@ -193,13 +202,5 @@ async fn unsubscribe(State(api): State<Api>, json: Result<Json<Value>, JsonRejec
 }
 
 async fn unsubscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
-    let entries = entries(body(json)?)?;
-    let answers = with_host(&api, move |host| {
-        Ok(entries
-            .iter()
-            .map(|p| json!({"clientid": p["clientid"], "topic": named_topic(p), "code": code(&unsubscribe_one(host, p))}))
-            .collect())
-    })
-    .await?;
-    ok(Value::Array(answers))
+    client_batch(&api, json, unsubscribe_one).await
 }
