@@ -99,6 +99,8 @@ pub struct MqttSettings {
     /// Most subscriptions one session may hold (EMQX's `max_subscriptions`); 0 is no limit.
     /// A SUBSCRIBE for a new filter over it gets 0x97 Quota exceeded (MQTT 3.1.1: 0x80).
     pub max_subscriptions: usize,
+    /// How fast one connection's input is taken (EMQX 4.3's zone `rate_limit.*`).
+    pub rate_limit: RateLimitSettings,
     /// Deliver at the subscription's QoS even when the message was published lower.
     pub upgrade_qos: bool,
     /// Highest QoS accepted (MQTT 5 Maximum QoS).
@@ -127,6 +129,19 @@ pub struct MqttSettings {
     /// Information 1) gets in its CONNACK: the start of the topics it may use to be answered
     /// on (EMQX 5's `mqtt.response_information`); empty for none.
     pub response_information: String,
+}
+
+/// `[mqtt.rate_limit]`: EMQX 4.3's per-connection input limits, each `"AMOUNT,PERIOD"`; empty
+/// (the default, as in EMQX) for none. A client over a limit is not refused: the broker stops
+/// taking its input until the limit allows more.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// PUBLISH packets one connection may send a period, e.g. `"100,10s"`.
+    pub conn_messages_in: String,
+    /// Bytes one connection may send a period, e.g. `"100KB,10s"` (KB, MB and GB count
+    /// 1024s, as in EMQX).
+    pub conn_bytes_in: String,
 }
 
 /// `mqtt.mqueue_overflow`: what a connected client's full session queue does with one more
@@ -161,6 +176,7 @@ impl Default for MqttSettings {
             session_expiry_interval: "2h".to_owned(),
             max_session_expiry: "2h".to_owned(),
             max_subscriptions: 0,
+            rate_limit: RateLimitSettings::default(),
             upgrade_qos: false,
             max_qos_allowed: 2,
             retain_available: true,
@@ -222,6 +238,11 @@ impl MqttSettings {
         }
         let max_expiry = duration("mqtt.max_session_expiry", &self.max_session_expiry)?;
         let retry_interval = duration("mqtt.retry_interval", &self.retry_interval)?;
+        let limit = |key: &'static str, text: &str, bytes: bool| {
+            crate::connection::rate_limit::parse(text, bytes).map_err(|why| ConfigError::Setting(key, why))
+        };
+        let messages_in = limit("mqtt.rate_limit.conn_messages_in", &self.rate_limit.conn_messages_in, false)?;
+        let bytes_in = limit("mqtt.rate_limit.conn_bytes_in", &self.rate_limit.conn_bytes_in, true)?;
         Ok(Zone {
             max_packet_size: self.max_packet_size.min(268_435_460),
             max_connections: self.max_connections,
@@ -242,6 +263,8 @@ impl MqttSettings {
             session_expiry_v3: expiry.as_secs().min(u64::from(u32::MAX)) as u32,
             max_session_expiry: max_expiry.as_secs().min(u64::from(u32::MAX)) as u32,
             max_subscriptions: self.max_subscriptions,
+            messages_in,
+            bytes_in,
             upgrade_qos: self.upgrade_qos,
             max_qos: self.max_qos_allowed,
             retain_available: self.retain_available,

@@ -22,6 +22,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod overload;
+pub(crate) mod rate_limit;
 mod refill;
 mod retry;
 mod suspend;
@@ -240,6 +241,8 @@ struct Connection<T> {
     refill: refill::RefillHold,
     /// Sends unacknowledged messages again to an MQTT 3.1.1 client (`retry`).
     retry: retry::RetryTimer,
+    /// `mqtt.rate_limit`, when set: boxed, as most brokers run without.
+    limiter: Option<Box<rate_limit::Limiter>>,
 }
 
 impl<T: Transport> Connection<T> {
@@ -330,6 +333,13 @@ impl<T: Transport> Connection<T> {
                     continue;
                 }
             }
+            if header.kind() == kind::PUBLISH
+                && self.limiter.as_deref_mut().is_some_and(|limiter| !limiter.admit_message(self.now))
+            {
+                // Over `mqtt.rate_limit.conn_messages_in`: it waits in the buffer, with what
+                // follows it, until the limit allows it.
+                break Ok(None);
+            }
             handled = true;
             self.node.stats.metrics.packet_received(header.kind(), header.qos());
             let outcome = self.handle_packet(&header, &buf[header.header_len..header.frame_len()]);
@@ -388,7 +398,13 @@ impl<T: Transport> Connection<T> {
         if self.congestion.is_some() && self.poll_room(cx) {
             return Poll::Ready(Wake::Progress);
         }
-        if self.out.len() < OUT_HIGH_WATER && self.parked_len() < overload::PARK_HIGH_WATER {
+        let limited = match self.limiter.as_deref_mut().map(|limiter| limiter.poll_pause(cx)) {
+            // What waited in the buffer for the limit is handled now.
+            Some(rate_limit::Pause::Ended) => return Poll::Ready(Wake::Progress),
+            Some(rate_limit::Pause::Waiting) => true,
+            Some(rate_limit::Pause::None) | None => false,
+        };
+        if !limited && self.out.len() < OUT_HIGH_WATER && self.parked_len() < overload::PARK_HIGH_WATER {
             match self.poll_read(cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Wake::Ended(Ended::Closed)),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Wake::Progress),
@@ -451,6 +467,9 @@ impl<T: Transport> Connection<T> {
         let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.inbound);
         if let Poll::Ready(Ok(n)) = read {
             self.node.stats.metrics.add(Metric::BytesReceived, n as u64);
+            if let Some(limiter) = self.limiter.as_deref_mut() {
+                limiter.took_bytes(n);
+            }
         }
         read
     }
@@ -470,8 +489,10 @@ impl<T: Transport> Connection<T> {
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
-        // While its input is not read (overload protection), the client is not timed out.
-        let not_read = self.parked_len() >= overload::PARK_HIGH_WATER;
+        // While its input is not read (overload protection, a rate limit), the client is not
+        // timed out.
+        let not_read = self.parked_len() >= overload::PARK_HIGH_WATER
+            || self.limiter.as_deref().is_some_and(rate_limit::Limiter::is_paused);
         let (Some(keep_alive), Some(timer)) = (self.keep_alive, self.keep_alive_timer.as_mut()) else {
             return None;
         };

@@ -64,6 +64,10 @@ pub(crate) struct Zone {
     pub(crate) max_session_expiry: u32,
     /// Most subscriptions in one session; 0 for no limit.
     pub(crate) max_subscriptions: usize,
+    /// Most PUBLISH packets and bytes one connection may send a period
+    /// (`mqtt.rate_limit`); `None` for no limit.
+    pub(crate) messages_in: Option<crate::connection::rate_limit::Rate>,
+    pub(crate) bytes_in: Option<crate::connection::rate_limit::Rate>,
     /// Deliver at the subscription's QoS even when the message's is lower (EMQX).
     pub(crate) upgrade_qos: bool,
     pub(crate) max_qos: u8,
@@ -98,6 +102,8 @@ impl Default for Zone {
             session_expiry_v3: 7200,
             max_session_expiry: 7200,
             max_subscriptions: 0,
+            messages_in: None,
+            bytes_in: None,
             upgrade_qos: false,
             max_qos: 2,
             retain_available: true,

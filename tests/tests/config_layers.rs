@@ -175,6 +175,15 @@ fn refused(toml: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stderr).replace(file.to_str().unwrap(), "broker.toml")
 }
 
+/// A rate limit that is not EMQX's `AMOUNT,PERIOD` is refused at start, naming the setting.
+#[test]
+fn a_malformed_rate_limit_is_refused_naming_it() {
+    let out = refused("", &[("BROKER_MQTT__RATE_LIMIT__CONN_BYTES_IN", "100TB,1s")]);
+    assert!(out.contains("mqtt.rate_limit.conn_bytes_in") && out.contains("100TB"), "{out}");
+    let out = refused("[mqtt.rate_limit]\nconn_messages_in = \"100\"\n", &[]);
+    assert!(out.contains("mqtt.rate_limit.conn_messages_in") && out.contains("AMOUNT,PERIOD"), "{out}");
+}
+
 /// A setting the broker does not have (a misspelt name, most often) is refused at start with
 /// the setting, where it was given and the name it is likely a misspelling of, as EMQX and
 /// mosquitto refuse one, instead of being ignored while the broker runs with the default:

@@ -1,6 +1,7 @@
-//! Limits on what a client can make the broker hold: `mqtt.max_session_expiry` (EMQX 5's cap
-//! on the MQTT 5 Session Expiry Interval), `mqtt.max_subscriptions` (EMQX's, per session) and
-//! `mqtt.max_topic_levels` (EMQX's, how deep a topic or filter may be).
+//! Limits on what a client can make the broker hold or do: `mqtt.max_session_expiry` (EMQX 5's
+//! cap on the MQTT 5 Session Expiry Interval), `mqtt.max_subscriptions` (EMQX's, per session),
+//! `mqtt.max_topic_levels` (EMQX's, how deep a topic or filter may be) and `mqtt.rate_limit`
+//! (EMQX 4.3's per-connection input limits).
 
 use e2e::raw::{connect4, connect5, expiry, v5, Raw, C5, V4, V5};
 use e2e::{stat, wait_for_stat, Broker, DataDir};
@@ -128,4 +129,115 @@ fn topics_and_filters_deeper_than_max_topic_levels_are_refused() {
     assert!(!out.status.success(), "max_topic_levels = 202 was accepted");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid configuration: mqtt.max_topic_levels = 202 (at most 201"), "{stderr}");
+}
+
+/// A 3.1.1 watcher of `filter` (QoS 0).
+fn watcher4(broker: &Broker, id: &str, filter: &str) -> Raw<V4> {
+    let (mut raw, _) = Raw::<V4>::connect(broker.addr, &connect4(id, true));
+    let filters = vec![rumqttc::SubscribeFilter::new(filter.to_owned(), rumqttc::QoS::AtMostOnce)];
+    raw.send(&rumqttc::Packet::Subscribe(rumqttc::Subscribe { pkid: 1, filters }));
+    assert!(matches!(raw.recv(), rumqttc::Packet::SubAck(_)), "{id}: SUBACK");
+    raw
+}
+
+/// Sends a QoS 1 PUBLISH with packet id `pkid`.
+fn publish1(raw: &mut Raw<V4>, topic: &str, pkid: u16, payload: Vec<u8>) {
+    let mut publish = rumqttc::Publish::new(topic, rumqttc::QoS::AtLeastOnce, payload);
+    publish.pkid = pkid;
+    raw.send(&rumqttc::Packet::Publish(publish));
+}
+
+fn puback(raw: &mut Raw<V4>, pkid: u16) {
+    match raw.recv() {
+        rumqttc::Packet::PubAck(ack) => assert_eq!(ack.pkid, pkid),
+        other => panic!("expected PUBACK {pkid}, got {other:?}"),
+    }
+}
+
+/// Publishes a QoS 1 marker from a new client and waits for its PUBACK.
+fn marker(broker: &Broker, topic: &str) {
+    let (mut raw, _) = Raw::<V4>::connect(broker.addr, &connect4("rl-marker", true));
+    publish1(&mut raw, topic, 1, b"marker".to_vec());
+    puback(&mut raw, 1);
+}
+
+/// The topics and payloads `watcher` gets up to and with the one on `topic`.
+fn until(watcher: &mut Raw<V4>, topic: &str) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    loop {
+        match watcher.recv() {
+            rumqttc::Packet::Publish(p) => {
+                got.push((p.topic.clone(), e2e::text(&p.payload)));
+                if p.topic == topic {
+                    return got;
+                }
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
+
+/// EMQX 4.3's `rate_limit.conn_messages_in` (`"3,600s"`: a burst of 3, then one every 200 s):
+/// a client past it is neither refused nor disconnected; its next PUBLISH waits unhandled.
+/// Its first three go through (their PUBACKs come), the seven after them do not: a marker
+/// published later by another client reaches the watcher right after the three.
+#[test]
+fn a_client_past_conn_messages_in_waits_and_is_not_dropped() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__RATE_LIMIT__CONN_MESSAGES_IN", "3,600s")]);
+    let mut watcher = watcher4(&broker, "rl-watcher", "rl/#");
+    let (mut fast, _) = Raw::<V4>::connect(broker.addr, &connect4("rl-fast", true));
+    for i in 1..=3 {
+        publish1(&mut fast, "rl/fast", i, format!("{i}").into_bytes());
+        puback(&mut fast, i);
+    }
+    for i in 4..=10 {
+        publish1(&mut fast, "rl/fast", i, format!("{i}").into_bytes());
+    }
+    marker(&broker, "rl/marker");
+    let fast_one = |i: u32| ("rl/fast".to_owned(), i.to_string());
+    let want = vec![fast_one(1), fast_one(2), fast_one(3), ("rl/marker".to_owned(), "marker".to_owned())];
+    assert_eq!(until(&mut watcher, "rl/marker"), want);
+    assert!(dir.ctl(&["clients", "show", "rl-fast"]).ok().contains("connected=true"), "still connected");
+}
+
+/// `rate_limit.conn_bytes_in` (`"1KB,600s"`): what was read is handled, and then nothing more is
+/// read until the bytes are paid back. Two 600-byte PUBLISHes are read (the second overdraws
+/// the 1,024 bytes) and acknowledged; the third is not read: a later marker comes first.
+#[test]
+fn a_client_past_conn_bytes_in_is_not_read_until_its_bytes_are_paid_back() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__RATE_LIMIT__CONN_BYTES_IN", "1KB,600s")]);
+    let mut watcher = watcher4(&broker, "rl-watcher", "rl/#");
+    let (mut big, _) = Raw::<V4>::connect(broker.addr, &connect4("rl-big", true));
+    for i in 1..=2 {
+        publish1(&mut big, "rl/big", i, vec![b'x'; 600]);
+        puback(&mut big, i);
+    }
+    publish1(&mut big, "rl/big", 3, b"third".to_vec());
+    marker(&broker, "rl/marker");
+    let got: Vec<String> =
+        until(&mut watcher, "rl/marker").into_iter().map(|(t, p)| format!("{t} {}", p.len())).collect();
+    assert_eq!(got, ["rl/big 600", "rl/big 600", "rl/marker 6"]);
+}
+
+/// Under `rate_limit.conn_messages_in` (`"5,1s"`) a client publishing as fast as it can still
+/// gets every message through, in order, at the limit's pace: 20 QoS 1 messages, each
+/// acknowledged, each delivered once.
+#[test]
+fn messages_past_the_burst_go_through_at_the_limits_pace() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__RATE_LIMIT__CONN_MESSAGES_IN", "5,1s")]);
+    let mut watcher = watcher4(&broker, "rl-watcher", "rl/#");
+    let (mut fast, _) = Raw::<V4>::connect(broker.addr, &connect4("rl-fast", true));
+    for i in 1..=20 {
+        publish1(&mut fast, "rl/fast", i, format!("{i}").into_bytes());
+    }
+    for i in 1..=20 {
+        puback(&mut fast, i);
+    }
+    marker(&broker, "rl/end");
+    let got: Vec<String> = until(&mut watcher, "rl/end").into_iter().map(|(_, p)| p).collect();
+    let want: Vec<String> = (1..=20).map(|i| i.to_string()).chain(["marker".to_owned()]).collect();
+    assert_eq!(got, want);
 }

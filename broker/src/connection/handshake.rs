@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::inbound::acl_denied;
 use super::outbound::OutgoingAliases;
-use super::{Connection, Transport, FLUSH_TIMEOUT};
+use super::{rate_limit, Connection, Transport, FLUSH_TIMEOUT};
 use crate::client::ClientInfo;
 use crate::hooks::{Route, Verdict};
 use crate::log_limit::clipped;
@@ -349,6 +349,7 @@ pub(super) async fn handshake<T: Transport>(node: &Arc<Node>, mut io: T, peer: S
         held: None,
         refill: Default::default(),
         retry: Default::default(),
+        limiter: rate_limit::Limiter::new(node.zone.messages_in, node.zone.bytes_in),
     };
     node.stats.client_connected();
     if node.hooks.wants(Hook::ClientConnected) {
