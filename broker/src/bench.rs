@@ -50,6 +50,7 @@ impl Host {
             store: store::Store::in_memory(),
             manager: OnceLock::new(),
             plugin_metrics: Default::default(),
+            plugin_stats: Default::default(),
         });
         Host { _runtime: runtime, shared, hooks, data_dir }
     }

@@ -168,6 +168,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
         store: store.clone(),
         manager: OnceLock::new(),
         plugin_metrics: Default::default(),
+        plugin_stats: Default::default(),
     });
     let manager = Arc::new(Manager::new(
         ManagerPaths { plugins_dir: plugins_dir.clone(), loaded_plugins: data_dir.join("loaded_plugins") },

@@ -265,7 +265,7 @@ typedef struct {
 //
 // Re-entrancy: what a plugin may call, and from where.
 //
-// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe`, `list_plugins` | `ctl` |
+// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe`, `list_plugins`, `metric_add`, `stat_set` | `ctl` |
 // |---|---|---|
 // | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 // | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
@@ -398,6 +398,14 @@ typedef struct {
                          const RawBytes *expected,
                          const RawBytes *new,
                          RawWriter error);
+    // Sets the plugin gauge `name` to `value` (EMQX's `emqx_stats:setstat`), which
+    // [`HostApi::metrics`] reports with the broker's own gauges (`broker ctl broker stats`, the
+    // management API's `/api/v4/stats`, `emqx_prometheus`). A name ending in `.count` gets a
+    // `.max` beside it, the highest value set since the broker started (`retained.count`,
+    // `retained.max`). A gauge is the node's, kept across unloads, until the broker stops. A
+    // name of the broker's own gauges, or an empty one, is refused with
+    // [`STATUS_INVALID_ARGUMENT`].
+    Status (*stat_set)(const void *ctx, RawStr name, uint64_t value);
 } HostApi;
 
 // [`PluginDescriptor::init`]: starts the plugin and stores its state pointer in `*state_out`.

@@ -604,7 +604,7 @@ pub const LOG_DEBUG: u32 = 4;
 ///
 /// Re-entrancy: what a plugin may call, and from where.
 ///
-/// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe`, `list_plugins` | `ctl` |
+/// | from | `log`, `publish`, `deliver`, `deliver_retained`, `stats`, `metrics`, `list_clients`, `subscribe`, `list_plugins`, `metric_add`, `stat_set` | `ctl` |
 /// |---|---|---|
 /// | `init`, `stop` | yes | refused with [`STATUS_UNAVAILABLE`]: the plugin manager is busy starting or stopping this plugin and would wait for itself |
 /// | `on_event` (a hook) | yes (return quickly) | refused with [`STATUS_UNAVAILABLE`]: loading or unloading waits for hook calls in flight, this one included; hand it to your own thread |
@@ -762,6 +762,14 @@ pub struct HostApi {
         new: *const RawBytes,
         error: RawWriter,
     ) -> Status,
+    /// Sets the plugin gauge `name` to `value` (EMQX's `emqx_stats:setstat`), which
+    /// [`HostApi::metrics`] reports with the broker's own gauges (`broker ctl broker stats`, the
+    /// management API's `/api/v4/stats`, `emqx_prometheus`). A name ending in `.count` gets a
+    /// `.max` beside it, the highest value set since the broker started (`retained.count`,
+    /// `retained.max`). A gauge is the node's, kept across unloads, until the broker stops. A
+    /// name of the broker's own gauges, or an empty one, is refused with
+    /// [`STATUS_INVALID_ARGUMENT`].
+    pub stat_set: unsafe extern "C" fn(ctx: *const c_void, name: RawStr, value: u64) -> Status,
 }
 
 // SAFETY: the host guarantees ctx and the strings stay valid and that every function is
@@ -1007,7 +1015,8 @@ pub(crate) unsafe fn debug_host_api(api: *const HostApi, f: &mut std::fmt::Forma
         store_watch_next,
         store_unwatch,
         metric_add,
-        store_swap
+        store_swap,
+        stat_set
     );
     let mut out = f.debug_struct("HostApi");
     out.field("size", &size);

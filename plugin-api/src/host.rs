@@ -452,6 +452,21 @@ impl Host {
         }
     }
 
+    /// Sets this plugin's gauge `name` to `value` (EMQX's `emqx_stats:setstat`: e.g.
+    /// `retained.count`, whose `retained.max` the host keeps beside it), reported with the
+    /// broker's gauges ([`Host::metrics`]' `stats`, `broker ctl broker stats`, the management
+    /// API's `/api/v4/stats`, `emqx_prometheus`). A host too old for plugin gauges answers
+    /// [`HostError::Unsupported`]; ignoring that is fine.
+    pub fn stat_set(&self, name: &str, value: u64) -> Result<(), HostError> {
+        let stat_set = api!(self, stat_set).ok_or_else(|| unsupported("stat_set"))?;
+        // SAFETY: ctx is valid for the plugin's life; `name` outlives the call.
+        match unsafe { stat_set(self.ctx(), RawStr::new(name), value) } {
+            abi::STATUS_OK => Ok(()),
+            abi::STATUS_INVALID_ARGUMENT => Err(HostError::InvalidArgument(format!("gauge name {name:?}"))),
+            status => Err(HostError::Failed(format!("stat_set failed with status {status}"))),
+        }
+    }
+
     /// Every plugin the host knows, loaded or not.
     pub fn plugins(&self) -> Result<Vec<PluginStatus>, HostError> {
         let list_plugins = api!(self, list_plugins).ok_or_else(|| unsupported("list_plugins"))?;
@@ -558,6 +573,7 @@ mod tests {
             ("metric_add", host.metric_add("p.count", 1)),
             // The test host answers CONFLICT: not swapped.
             ("store_swap", host.store("b").swap(b"k", None, Some(b"v")).map(|swapped| assert!(!swapped))),
+            ("stat_set", host.stat_set("p.count", 3)),
         ];
         let mut answers = vec![("stats", stats.connections != 3)];
         for (name, result) in results {
@@ -600,6 +616,7 @@ mod tests {
             ("store_unwatch", offset_of!(HostApi, store_unwatch)),
             ("metric_add", offset_of!(HostApi, metric_add)),
             ("store_swap", offset_of!(HostApi, store_swap)),
+            ("stat_set", offset_of!(HostApi, stat_set)),
         ];
         let sizes = [
             offset_of!(HostApi, ctx),
@@ -608,6 +625,7 @@ mod tests {
             offset_of!(HostApi, subscribe),
             offset_of!(HostApi, store_get),  // before the store
             offset_of!(HostApi, store_swap), // before the swap
+            offset_of!(HostApi, stat_set),   // before plugin gauges
             size_of::<HostApi>(),
         ];
         let calls = Calls::default();
@@ -625,7 +643,7 @@ mod tests {
             let mut expected: Vec<&str> = ["log", "stats", "publish", "list_plugins", "ctl", "deliver"].to_vec();
             expected.extend(["list_clients", "deliver_retained", "metrics", "subscribe"]);
             expected.extend(["store_get", "store_scan", "store_commit", "store_watch", "store_watch_next"]);
-            expected.extend(["store_unwatch", "metric_add", "store_swap"]);
+            expected.extend(["store_unwatch", "metric_add", "store_swap", "stat_set"]);
             expected.retain(|name| has(name));
             assert_eq!(calls.take(), expected, "the host functions called, with a vtable of {size} bytes");
 

@@ -187,6 +187,12 @@ unsafe extern "C" fn store_swap(
     abi::STATUS_CONFLICT
 }
 
+unsafe extern "C" fn stat_set(ctx: *const c_void, _name: RawStr, _value: u64) -> Status {
+    // SAFETY: our ctx.
+    unsafe { record(ctx, "stat_set") };
+    abi::STATUS_OK
+}
+
 /// This crate's whole vtable, with `size` set to `size` (cut the copy to it with `Guarded`).
 pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
     HostApi {
@@ -215,5 +221,6 @@ pub(crate) fn vtable(calls: &Calls, size: usize) -> HostApi {
         store_unwatch,
         metric_add,
         store_swap,
+        stat_set,
     }
 }

@@ -106,6 +106,15 @@ async fn stores_replaces_deletes_and_delivers_on_subscribe() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 office/temp 19");
     // EMQX's `messages.retained`: the six retained messages stored (not the deleting one).
     assert_eq!(e2e::stat(&dir, "messages.retained"), 6);
+    // EMQX's `retained.count` gauge (`retained.max` beside it), with the broker's gauges:
+    // three topics hold one now, and three did at most; one deleted leaves two, the most three.
+    let stats = dir.ctl(&["broker", "stats"]).ok();
+    assert_eq!((e2e::stat_in(&stats, "retained.count"), e2e::stat_in(&stats, "retained.max")), (3, 3), "{stats}");
+    publish_retained(&broker, "office/temp", QoS::AtLeastOnce, "").await;
+    let stats = dir.ctl(&["broker", "stats"]).ok();
+    assert_eq!((e2e::stat_in(&stats, "retained.count"), e2e::stat_in(&stats, "retained.max")), (2, 3), "{stats}");
+    let json: serde_json::Value = serde_json::from_str(&dir.ctl(&["broker", "stats", "--json"]).ok()).unwrap();
+    assert_eq!(json["retained.count"], 2, "{json}");
 }
 
 /// MQTT-3.3.1-6: a new subscription gets the retained message of every matching topic, and

@@ -74,6 +74,8 @@ pub(crate) struct HostShared {
     pub(crate) manager: OnceLock<Weak<dyn PluginControl>>,
     /// Plugins' own counters ([`HostApi::metric_add`]), by name.
     pub(crate) plugin_metrics: Mutex<BTreeMap<String, u64>>,
+    /// Plugins' own gauges ([`HostApi::stat_set`]), by name, `.max` ones included.
+    pub(crate) plugin_stats: Mutex<BTreeMap<String, u64>>,
 }
 
 impl HostShared {
@@ -111,7 +113,12 @@ impl HostShared {
         plugin_api::Metrics {
             node: self.node_name.clone(),
             uptime_ms: snapshot.uptime_ms,
-            stats: snapshot.named().into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
+            stats: snapshot
+                .named()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .chain(crate::lock(&self.plugin_stats).iter().map(|(name, value)| (name.clone(), *value)))
+                .collect(),
             metrics: node
                 .stats
                 .metrics
@@ -245,6 +252,7 @@ pub(crate) fn vtable(context: &PluginContext) -> HostApi {
         store_unwatch: host_store::unwatch,
         metric_add,
         store_swap: host_store::swap,
+        stat_set,
     }
 }
 
@@ -369,6 +377,30 @@ unsafe extern "C" fn metric_add(ctx: *const c_void, name: RawStr, delta: u64) ->
     let mut counters = crate::lock(&context.shared.plugin_metrics);
     let value = counters.entry(name.to_owned()).or_insert(0);
     *value = value.wrapping_add(delta);
+    abi::STATUS_OK
+}
+
+unsafe extern "C" fn stat_set(ctx: *const c_void, name: RawStr, value: u64) -> Status {
+    // SAFETY: our ctx.
+    let context = unsafe { context(ctx) };
+    if context.stopped.load(Ordering::Acquire) {
+        return abi::STATUS_UNAVAILABLE;
+    }
+    // SAFETY: the plugin promises `name` is valid during the call.
+    let name = unsafe { name.as_str() };
+    let max = name.strip_suffix(".count").map(|prefix| format!("{prefix}.max"));
+    let core = |name: &str| context.shared.node.stats_snapshot().named().iter().any(|(core, _)| *core == name);
+    let mut gauges = crate::lock(&context.shared.plugin_stats);
+    if !gauges.contains_key(name)
+        && (name.is_empty() || name.len() > 200 || core(name) || max.as_deref().is_some_and(core))
+    {
+        return abi::STATUS_INVALID_ARGUMENT;
+    }
+    gauges.insert(name.to_owned(), value);
+    if let Some(max) = max {
+        let highest = gauges.entry(max).or_insert(0);
+        *highest = (*highest).max(value);
+    }
     abi::STATUS_OK
 }
 

@@ -504,7 +504,8 @@ impl Manager {
                 Ok(["sysdescr", "version", "uptime", "datetime", "node"].map(line).join("\n"))
             }
             ["broker", "--json"] => Ok(self.broker_info().to_string()),
-            ["broker", "stats"] => Ok(format_named(self.shared.node.stats_snapshot().named())),
+            // The broker's gauges and the plugins' own (`Host::stat_set`).
+            ["broker", "stats"] => Ok(format_named(self.shared.metrics_report().stats)),
             // The broker's counters and the plugins' own (`Host::metric_add`).
             ["broker", "metrics"] => Ok(format_named(self.shared.metrics_report().metrics)),
             // The gauges and counters as `Host::metrics` gives them (the management API's

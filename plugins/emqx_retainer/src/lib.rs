@@ -121,7 +121,9 @@ impl Retainer {
                     return;
                 }
             }
-            self.index().messages.remove(topic);
+            let mut index = self.index();
+            index.messages.remove(topic);
+            report_count(&self.host, &index);
             return;
         }
         if event.payload.len() > self.settings.max_payload_size {
@@ -162,6 +164,7 @@ impl Retainer {
         match written {
             Ok(()) => {
                 index.messages.insert(topic.to_owned(), message);
+                report_count(&self.host, &index);
                 drop(index);
                 // EMQX's `messages.retained`: retained messages stored.
                 let _ = self.host.metric_add("messages.retained", 1);
@@ -212,6 +215,7 @@ impl Retainer {
                 removed += usize::from(remove(topic) && !self.expired(&message, now));
             }
         }
+        report_count(&self.host, &index);
         Ok(removed)
     }
 
@@ -274,13 +278,19 @@ fn take_in_changes(host: &Host, index: &Mutex<Index>, feed: &Mutex<StoreWatch>) 
                     }
                 }
             }
-            Ok(None) => return,
+            Ok(None) => return report_count(host, &lock(index)),
             Err(e) => {
                 host.debug(&format!("the retained messages' change feed: {e}"));
                 return;
             }
         }
     }
+}
+
+/// Tells the broker how many retained messages there are: EMQX's `retained.count` gauge (and
+/// `retained.max`, which the broker keeps beside it).
+fn report_count(host: &Host, index: &Index) {
+    let _ = host.stat_set("retained.count", index.messages.len() as u64);
 }
 
 /// Imports the old file's messages into `bucket`; says how many.
@@ -362,6 +372,7 @@ impl Plugin for Retainer {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         };
         let count = retainer.topics().len();
+        report_count(&host, &retainer.index());
         host.info(&format!(
             "retainer started (storage_type {}, {count} retained messages)",
             retainer.settings.storage_type.name()
@@ -399,6 +410,8 @@ impl Plugin for Retainer {
             drop(stop);
             let _ = thread.join();
         }
+        // Not served while it is not running.
+        let _ = self.host.stat_set("retained.count", 0);
     }
 }
 
