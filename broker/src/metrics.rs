@@ -81,6 +81,7 @@ metrics! {
     MessagesPublish => "messages.publish",
     MessagesDropped => "messages.dropped",
     MessagesDroppedNoSubscribers => "messages.dropped.no_subscribers",
+    MessagesForward => "messages.forward",
     MessagesDelivered => "messages.delivered",
     MessagesAcked => "messages.acked",
     DeliveryDropped => "delivery.dropped",

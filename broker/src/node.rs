@@ -966,6 +966,8 @@ impl Node {
         let (reach, stored, here) = match &self.cluster {
             Some(cluster) => {
                 let forwarded = cluster.forward(&mut message, &client.client_id);
+                // EMQX's `messages.forward`: published here, sent on for other nodes.
+                self.stats.metrics.inc(Metric::MessagesForward);
                 (Reach::Plain, forwarded.stored, forwarded.here)
             }
             None => (Reach::All, None, Vec::new()),

@@ -90,6 +90,8 @@ fn a_message_published_on_one_node_reaches_subscribers_on_the_others_once_each()
     // Once each, in order: a node that forwarded again, or routed two copies, would repeat one.
     assert_eq!(until_marker(&mut on2, "c/end"), expected, "node 2");
     assert_eq!(until_marker(&mut on3, "c/end"), expected, "node 3");
+    // EMQX's `messages.forward`: the four, counted where they were published.
+    assert_eq!((e2e::stat(&_d1, "messages.forward"), e2e::stat(&_d2, "messages.forward")), (4, 0));
 }
 
 /// A SUBACK comes only once NATS has the node's interest: a message published on another node
