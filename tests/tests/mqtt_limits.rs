@@ -241,3 +241,25 @@ fn messages_past_the_burst_go_through_at_the_limits_pace() {
     let want: Vec<String> = (1..=20).map(|i| i.to_string()).chain(["marker".to_owned()]).collect();
     assert_eq!(got, want);
 }
+
+/// A client held back by `rate_limit.conn_messages_in` is not timed out for its silence: its
+/// PINGREQ may be waiting behind the PUBLISH the limit holds. With keep-alive 1 s, a client
+/// that connects after it and sends nothing is closed (1.5 × its keep-alive); the held-back
+/// one, silent for longer, is still connected then.
+#[test]
+fn a_client_held_back_by_a_rate_limit_is_not_timed_out() {
+    let dir = DataDir::with_plugins("");
+    let broker = Broker::start(&dir, &[("BROKER_MQTT__RATE_LIMIT__CONN_MESSAGES_IN", "1,600s")]);
+    let mut connect = rumqttc::Connect::new("rl-held");
+    connect.keep_alive = 1;
+    let (mut held, _) = Raw::<V4>::connect(broker.addr, &rumqttc::Packet::Connect(connect));
+    publish1(&mut held, "rl/held", 1, b"1".to_vec());
+    puback(&mut held, 1);
+    publish1(&mut held, "rl/held", 2, b"2".to_vec()); // held back for 600 s
+
+    let mut connect = rumqttc::Connect::new("rl-silent");
+    connect.keep_alive = 1;
+    let (mut silent, _) = Raw::<V4>::connect(broker.addr, &rumqttc::Packet::Connect(connect));
+    assert!(silent.until_closed().is_empty(), "the silent client is closed after 1.5 s");
+    assert!(dir.ctl(&["clients", "show", "rl-held"]).ok().contains("connected=true"), "the held one is not");
+}
