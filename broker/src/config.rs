@@ -319,10 +319,16 @@ fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 /// A duration setting: `"30s"`, `"2h"`, or a bare number of seconds.
 fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    duration_of(value).map_err(|why| ConfigError::Setting(key, why))
+}
+
+/// A duration as the settings write it (`"30s"`, `"2h"`, or a bare number of seconds), or
+/// why it is not one.
+pub(crate) fn duration_of(value: &str) -> Result<Duration, String> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    humantime::parse_duration(value).map_err(|e| ConfigError::Setting(key, format!("{value:?}: {e}")))
+    humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))
 }
 
 /// `[broker]`: node-wide behaviour (EMQX's `broker.*`).

@@ -1223,9 +1223,7 @@ impl Node {
         }
         self.subscriptions_changed(&session);
         if self.hooks.wants(Hook::SessionUnsubscribed) {
-            let mut event = client.event(Hook::SessionUnsubscribed, crate::now_ms());
-            event.topic = RawStr::new(filter);
-            self.hooks.dispatch(&event);
+            self.unsubscribed(&client, filter, crate::now_ms());
         }
         Ok(true)
     }
@@ -1255,6 +1253,14 @@ impl Node {
         event.return_code = u32::from(options.qos);
         event.sub_options = options.to_byte();
         event.sub_new = is_new as u8;
+        self.hooks.dispatch(&event);
+    }
+
+    /// Fires `session.unsubscribed` for `client`'s subscription to `filter`, removed (check
+    /// `hooks.wants(Hook::SessionUnsubscribed)` first).
+    pub(crate) fn unsubscribed(&self, client: &ClientInfo, filter: &str, now_ms: u64) {
+        let mut event = client.event(Hook::SessionUnsubscribed, now_ms);
+        event.topic = RawStr::new(filter);
         self.hooks.dispatch(&event);
     }
 

@@ -500,7 +500,7 @@ impl Restored {
 
     /// [`Restored::expires_at_ms`] as an instant of this process's clock.
     pub(crate) fn expires_at(&self, alive_at_ms: u64, now_ms: u64) -> Option<Instant> {
-        self.expires_at_ms(alive_at_ms).map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms)))
+        self.expires_at_ms(alive_at_ms).map(|at| instant_of(at, now_ms))
     }
 }
 

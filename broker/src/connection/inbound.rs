@@ -728,9 +728,7 @@ impl<T: Transport> Connection<T> {
         self.hold_from(start, record, None, None);
         if node.hooks.wants(Hook::SessionUnsubscribed) {
             for filter in removed {
-                let mut event = self.client.event(Hook::SessionUnsubscribed, self.now_ms);
-                event.topic = RawStr::new(&filter);
-                node.hooks.dispatch(&event);
+                node.unsubscribed(&self.client, &filter, self.now_ms);
             }
         }
     }

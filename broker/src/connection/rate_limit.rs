@@ -136,13 +136,14 @@ impl Bucket {
 }
 
 /// Reads a limit as EMQX writes it: `"100,10s"` (messages), `"100KB,10s"` (bytes, `KB`, `MB`
-/// and `GB` counting 1024s, as EMQX does); an empty text is no limit.
+/// and `GB` counting 1024s, as EMQX does; the period as every duration setting is written); an
+/// empty text is no limit.
 pub(crate) fn parse(text: &str, bytes: bool) -> Result<Option<Rate>, String> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    let (amount, period) = text.split_once(',').ok_or_else(|| format!("{text:?} is not AMOUNT,PERIOD"))?;
+    let (amount, period_text) = text.split_once(',').ok_or_else(|| format!("{text:?} is not AMOUNT,PERIOD"))?;
     let amount = amount.trim();
     let (digits, unit) = amount.split_at(amount.find(|c: char| !c.is_ascii_digit()).unwrap_or(amount.len()));
     let scale: u64 = match (bytes, unit.trim().to_ascii_uppercase().as_str()) {
@@ -153,11 +154,7 @@ pub(crate) fn parse(text: &str, bytes: bool) -> Result<Option<Rate>, String> {
         _ => return Err(format!("{amount:?} is not a {}", if bytes { "size (100, 100KB, 1MB)" } else { "count" })),
     };
     let amount = digits.parse::<u64>().map_err(|_| format!("{amount:?} is not a number"))?.saturating_mul(scale);
-    let period = period.trim();
-    let period = match period.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => humantime::parse_duration(period).map_err(|e| format!("{period:?}: {e}"))?,
-    };
+    let period = crate::config::duration_of(period_text.trim())?;
     if amount == 0 || period.is_zero() {
         return Err(format!("{text:?}: both the amount and the period must be above 0"));
     }

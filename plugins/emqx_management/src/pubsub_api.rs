@@ -154,8 +154,17 @@ fn code(result: &Result<(), ApiError>) -> u16 {
 }
 
 async fn publish(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    single(&api, json, publish_one).await
+}
+
+/// Runs `one` for a request's body, answering `{"code": 0}` or its failure.
+async fn single(
+    api: &Api,
+    json: Result<Json<Value>, JsonRejection>,
+    one: fn(Host, &Value) -> Result<(), ApiError>,
+) -> ApiResult {
     let params = body(json)?;
-    with_host(&api, move |host| publish_one(host, &params)).await?;
+    with_host(api, move |host| one(host, &params)).await?;
     Ok(Json(json!({"code": 0})))
 }
 
@@ -169,9 +178,7 @@ async fn publish_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRej
 }
 
 async fn subscribe(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
-    let params = body(json)?;
-    with_host(&api, move |host| subscribe_one(host, &params)).await?;
-    Ok(Json(json!({"code": 0})))
+    single(&api, json, subscribe_one).await
 }
 
 async fn subscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
@@ -196,9 +203,7 @@ async fn client_batch(
 }
 
 async fn unsubscribe(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
-    let params = body(json)?;
-    with_host(&api, move |host| unsubscribe_one(host, &params)).await?;
-    Ok(Json(json!({"code": 0})))
+    single(&api, json, unsubscribe_one).await
 }
 
 async fn unsubscribe_batch(State(api): State<Api>, json: Result<Json<Value>, JsonRejection>) -> ApiResult {
